@@ -1,0 +1,27 @@
+//! natter-protocol: the wire shared by every natter implementation.
+//!
+//! Owns the types generated from `spec/natter.proto` ([`pb`]), the frame codec
+//! ([`codec`]), the limits and input validation both ends enforce ([`limits`],
+//! [`validate`]), domain newtypes ([`ids`]) and the sans-IO [`ClientSession`]
+//! ([`session`]). It must not depend on sockets, async runtimes or clocks: it compiles to
+//! `wasm32-unknown-unknown` and runs unchanged under quinn, in a browser and in fuzzers.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod codec;
+pub mod error;
+pub mod ids;
+pub mod limits;
+pub mod session;
+pub mod validate;
+
+/// Types generated from `spec/natter.proto` (package `natter.v1`).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/natter.v1.rs"));
+}
+
+pub use codec::{decode_frame, encode_frame, FrameDecoder, FrameError};
+pub use error::ServerError;
+pub use ids::{ClientMsgId, ConversationId, DeviceId, RequestId, Seq, UserId};
+

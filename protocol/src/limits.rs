@@ -1,0 +1,65 @@
+//! Every size and count the protocol limits, one constant each (PROTOCOL.md §9).
+//!
+//! The server enforces these (some are configurable upward or downward and then advertised
+//! in `Welcome.limits`); clients check them before sending so bad input fails locally with
+//! the same typed error the server would give.
+use std::ops::RangeInclusive;
+
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// QUIC ALPN of natter version 1.
+pub const ALPN: &[u8] = b"natter/1";
+/// Largest encoded frame on any stream, length prefix excluded. Checked before allocating.
+pub const MAX_FRAME_BYTES: usize = 1 << 20;
+/// Largest frame after zstd decompression.
+pub const MAX_DECOMPRESSED_BYTES: usize = 4 << 20;
+/// Frames at least this large are sent compressed when compression makes them smaller.
+pub const COMPRESS_THRESHOLD_BYTES: usize = 16 * 1024;
+/// Message text, in Unicode scalar values.
+pub const MAX_TEXT_CHARS: usize = 100_000;
+/// Members of a group, owner included.
+pub const MAX_GROUP_MEMBERS: usize = 100;
+/// Members of a channel.
+pub const MAX_CHANNEL_MEMBERS: usize = 10_000;
+/// Events in one history page.
+pub const MAX_HISTORY_PAGE: u32 = 200;
+/// How long a disconnected session can be resumed.
+pub const RESUME_WINDOW_SECS: u32 = 120;
+/// Requests one connection may have in flight.
+pub const MAX_REQUESTS_IN_FLIGHT: u32 = 64;
+/// Bytes in a client message id.
+pub const MAX_CLIENT_MSG_ID_BYTES: usize = 64;
+/// Characters in a group name or device name.
+pub const MAX_NAME_CHARS: usize = 64;
+/// Characters in a username.
+pub const USERNAME_CHARS: RangeInclusive<usize> = 3..=32;
+/// Bytes in a password.
+pub const PASSWORD_BYTES: RangeInclusive<usize> = 8..=1024;
+/// Characters in a channel name.
+pub const CHANNEL_NAME_CHARS: RangeInclusive<usize> = 1..=64;
+/// Usernames named in one CreateGroup or AddMembers request.
+pub const MAX_USERNAMES_PER_REQUEST: usize = 100;
+/// Cursors in one Authenticate request.
+pub const MAX_CURSORS: usize = 10_000;
+/// Bytes of the `client` string in Hello.
+pub const MAX_CLIENT_NAME_BYTES: usize = 128;
+/// Bytes of an access or resume token.
+pub const MAX_TOKEN_BYTES: usize = 128;
+/// Unread counts stop counting here.
+pub const MAX_UNREAD_COUNT: u32 = 1000;
+
+/// The limits this crate's defaults advertise, as the wire message.
+pub fn default_limits() -> crate::pb::Limits {
+    crate::pb::Limits {
+        max_frame_bytes: MAX_FRAME_BYTES as u32,
+        max_text_chars: MAX_TEXT_CHARS as u32,
+        max_group_members: MAX_GROUP_MEMBERS as u32,
+        max_channel_members: MAX_CHANNEL_MEMBERS as u32,
+        max_history_page: MAX_HISTORY_PAGE,
+        resume_window_secs: RESUME_WINDOW_SECS,
+        max_requests_in_flight: MAX_REQUESTS_IN_FLIGHT,
+        max_client_msg_id_bytes: MAX_CLIENT_MSG_ID_BYTES as u32,
+        max_name_chars: MAX_NAME_CHARS as u32,
+        max_decompressed_bytes: MAX_DECOMPRESSED_BYTES as u32,
+    }
+}

@@ -1,0 +1,163 @@
+//! Input validation shared by client and server, so both reject the same input with the
+//! same [`ValidationError`] (and the same wire code).
+use crate::{limits, pb};
+
+/// Why an input was rejected.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ValidationError {
+    /// Text longer than the limit.
+    #[error("text is {chars} characters, the limit is {max}")]
+    TextTooLong {
+        /// Length of the text in characters.
+        chars: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A text message with no text.
+    #[error("message text is empty")]
+    EmptyText,
+    /// A message kind this version cannot send yet.
+    #[error("message kind {0} is not supported yet")]
+    UnsupportedKind(i32),
+    /// A malformed username.
+    #[error("username must be 3-32 characters of a-z, 0-9, '_', '.', '-', starting with a letter or digit")]
+    Username,
+    /// A password out of the allowed length.
+    #[error("password must be 8-1024 bytes")]
+    Password,
+    /// A malformed client message id.
+    #[error("client message id must be 1-64 characters of A-Z, a-z, 0-9, '_', '-'")]
+    ClientMsgId,
+    /// A group or device name that is empty or too long.
+    #[error("name must be 1-64 characters and contain no control characters")]
+    Name,
+    /// A malformed channel name.
+    #[error("channel name must be 1-64 characters of a-z, 0-9, '_', '-'")]
+    ChannelName,
+    /// A list longer than allowed.
+    #[error("{what}: {len} items, the limit is {max}")]
+    TooMany {
+        /// What was counted.
+        what: &'static str,
+        /// How many were given.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A zero id where an id is required.
+    #[error("{0} is required")]
+    Missing(&'static str),
+}
+
+impl ValidationError {
+    /// The wire code for this error.
+    pub fn code(&self) -> pb::ErrorCode {
+        match self {
+            ValidationError::TextTooLong { .. } => pb::ErrorCode::TextTooLong,
+            ValidationError::TooMany { .. } => pb::ErrorCode::LimitExceeded,
+            _ => pb::ErrorCode::BadRequest,
+        }
+    }
+}
+
+impl From<ValidationError> for crate::ServerError {
+    fn from(e: ValidationError) -> Self {
+        crate::ServerError::new(e.code(), e.to_string())
+    }
+}
+
+/// A message body: text within `max_chars`, a kind this version sends.
+pub fn message_body(body: &pb::MessageBody, max_chars: usize) -> Result<(), ValidationError> {
+    if body.kind != pb::MessageKind::Text as i32 {
+        return Err(ValidationError::UnsupportedKind(body.kind));
+    }
+    if body.text.is_empty() {
+        return Err(ValidationError::EmptyText);
+    }
+    // Cheap upper bound first: a string of n bytes has at most n characters.
+    if body.text.len() > max_chars {
+        let chars = body.text.chars().count();
+        if chars > max_chars {
+            return Err(ValidationError::TextTooLong { chars, max: max_chars });
+        }
+    }
+    Ok(())
+}
+
+/// A username (PROTOCOL.md §5.1).
+pub fn username(name: &str) -> Result<(), ValidationError> {
+    let ok = limits::USERNAME_CHARS.contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b))
+        && name.as_bytes()[0].is_ascii_alphanumeric();
+    ok.then_some(()).ok_or(ValidationError::Username)
+}
+
+/// A password's length.
+pub fn password(pw: &str) -> Result<(), ValidationError> {
+    limits::PASSWORD_BYTES.contains(&pw.len()).then_some(()).ok_or(ValidationError::Password)
+}
+
+/// A client message id.
+pub fn client_msg_id(id: &str) -> Result<(), ValidationError> {
+    let ok = !id.is_empty()
+        && id.len() <= limits::MAX_CLIENT_MSG_ID_BYTES
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    ok.then_some(()).ok_or(ValidationError::ClientMsgId)
+}
+
+/// A group name or device name.
+pub fn name(name: &str) -> Result<(), ValidationError> {
+    let chars = name.chars().count();
+    let ok = (1..=limits::MAX_NAME_CHARS).contains(&chars) && !name.chars().any(char::is_control);
+    ok.then_some(()).ok_or(ValidationError::Name)
+}
+
+/// A channel name.
+pub fn channel_name(name: &str) -> Result<(), ValidationError> {
+    let ok = limits::CHANNEL_NAME_CHARS.contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    ok.then_some(()).ok_or(ValidationError::ChannelName)
+}
+
+/// A list's length.
+pub fn count(what: &'static str, len: usize, max: usize) -> Result<(), ValidationError> {
+    if len > max {
+        Err(ValidationError::TooMany { what, len, max })
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_limit_counts_characters_not_bytes() {
+        let body = |t: String| pb::MessageBody { text: t, ..Default::default() };
+        assert!(message_body(&body("é".repeat(10)), 10).is_ok());
+        assert_eq!(
+            message_body(&body("é".repeat(11)), 10),
+            Err(ValidationError::TextTooLong { chars: 11, max: 10 })
+        );
+        assert_eq!(message_body(&body(String::new()), 10), Err(ValidationError::EmptyText));
+    }
+
+    #[test]
+    fn usernames() {
+        assert!(username("alice").is_ok());
+        assert!(username("a.b-c_9").is_ok());
+        for bad in ["al", "Alice", "_alice", "al ice", &"a".repeat(33)] {
+            assert_eq!(username(bad), Err(ValidationError::Username), "{bad}");
+        }
+    }
+
+    #[test]
+    fn client_msg_ids() {
+        assert!(client_msg_id("abc-DEF_123").is_ok());
+        assert!(client_msg_id("").is_err());
+        assert!(client_msg_id("a b").is_err());
+        assert!(client_msg_id(&"x".repeat(65)).is_err());
+    }
+}
