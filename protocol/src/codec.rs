@@ -57,18 +57,27 @@ pub fn encode_frame_compressed(frame: &Frame, max_frame: usize) -> Result<Bytes,
         return Ok(encode_frame(frame));
     }
     if len > MAX_DECOMPRESSED_BYTES {
-        return Err(FrameError::TooLarge { len: len as u64, max: MAX_DECOMPRESSED_BYTES });
+        return Err(FrameError::TooLarge {
+            len: len as u64,
+            max: MAX_DECOMPRESSED_BYTES,
+        });
     }
     let raw = frame.encode_to_vec();
-    let packed = ruzstd::encoding::compress_to_vec(&raw[..], ruzstd::encoding::CompressionLevel::Fastest);
+    let packed =
+        ruzstd::encoding::compress_to_vec(&raw[..], ruzstd::encoding::CompressionLevel::Fastest);
     let outer = if packed.len() < raw.len() {
-        Frame { kind: Some(Kind::Compressed(packed)) }
+        Frame {
+            kind: Some(Kind::Compressed(packed)),
+        }
     } else {
         frame.clone()
     };
     let outer_len = outer.encoded_len();
     if outer_len > max_frame {
-        return Err(FrameError::TooLarge { len: outer_len as u64, max: max_frame });
+        return Err(FrameError::TooLarge {
+            len: outer_len as u64,
+            max: max_frame,
+        });
     }
     Ok(encode_frame(&outer))
 }
@@ -99,9 +108,14 @@ fn peek_varint(buf: &[u8]) -> Result<Option<(u64, usize)>, FrameError> {
 /// checked against `max_frame` before anything else, and compressed frames are unpacked
 /// (at most [`MAX_DECOMPRESSED_BYTES`]).
 pub fn decode_frame(buf: &mut BytesMut, max_frame: usize) -> Result<Option<Frame>, FrameError> {
-    let Some((len, header)) = peek_varint(buf)? else { return Ok(None) };
+    let Some((len, header)) = peek_varint(buf)? else {
+        return Ok(None);
+    };
     if len > max_frame as u64 {
-        return Err(FrameError::TooLarge { len, max: max_frame });
+        return Err(FrameError::TooLarge {
+            len,
+            max: max_frame,
+        });
     }
     let len = len as usize;
     if buf.len() < header + len {
@@ -138,7 +152,10 @@ fn decompress(packed: &[u8]) -> Result<Vec<u8>, FrameError> {
         .read_to_end(&mut raw)
         .map_err(|e| FrameError::Decompress(e.to_string()))?;
     if raw.len() > MAX_DECOMPRESSED_BYTES {
-        return Err(FrameError::TooLarge { len: raw.len() as u64, max: MAX_DECOMPRESSED_BYTES });
+        return Err(FrameError::TooLarge {
+            len: raw.len() as u64,
+            max: MAX_DECOMPRESSED_BYTES,
+        });
     }
     Ok(raw)
 }
@@ -159,7 +176,10 @@ impl Default for FrameDecoder {
 impl FrameDecoder {
     /// A decoder that rejects frames over `max_frame` bytes.
     pub fn new(max_frame: usize) -> Self {
-        Self { buf: BytesMut::new(), max_frame }
+        Self {
+            buf: BytesMut::new(),
+            max_frame,
+        }
     }
 
     /// Append received bytes. Call [`FrameDecoder::next_frame`] until it returns `None`.
@@ -222,16 +242,28 @@ mod tests {
         let mut head = BytesMut::new();
         prost::encoding::encode_varint(1001, &mut head);
         dec.push(&head);
-        assert!(matches!(dec.next_frame(), Err(FrameError::TooLarge { len: 1001, max: 1000 })));
+        assert!(matches!(
+            dec.next_frame(),
+            Err(FrameError::TooLarge {
+                len: 1001,
+                max: 1000
+            })
+        ));
     }
 
     #[test]
     fn varint_of_2_pow_63_is_too_large_and_11_byte_varint_is_bad() {
         let mut b = BytesMut::new();
         prost::encoding::encode_varint(1 << 63, &mut b);
-        assert!(matches!(decode_frame(&mut b, MAX_FRAME_BYTES), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            decode_frame(&mut b, MAX_FRAME_BYTES),
+            Err(FrameError::TooLarge { .. })
+        ));
         let mut b = BytesMut::from(&[0xffu8; 11][..]);
-        assert!(matches!(decode_frame(&mut b, MAX_FRAME_BYTES), Err(FrameError::BadLength)));
+        assert!(matches!(
+            decode_frame(&mut b, MAX_FRAME_BYTES),
+            Err(FrameError::BadLength)
+        ));
     }
 
     #[test]
@@ -252,29 +284,53 @@ mod tests {
                 seq: 1,
                 body: Some(pb::conversation_event::Body::Message(pb::MessageEvent {
                     client_msg_id: "x".into(),
-                    body: Some(pb::MessageBody { text, ..Default::default() }),
+                    body: Some(pb::MessageBody {
+                        text,
+                        ..Default::default()
+                    }),
                 })),
                 ..Default::default()
             })),
         };
         let bytes = encode_frame_compressed(&frame, MAX_FRAME_BYTES).unwrap();
-        assert!(bytes.len() < frame.encoded_len() / 4, "compression should help: {}", bytes.len());
+        assert!(
+            bytes.len() < frame.encoded_len() / 4,
+            "compression should help: {}",
+            bytes.len()
+        );
         let mut buf = BytesMut::from(&bytes[..]);
-        assert_eq!(decode_frame(&mut buf, MAX_FRAME_BYTES).unwrap(), Some(frame));
+        assert_eq!(
+            decode_frame(&mut buf, MAX_FRAME_BYTES).unwrap(),
+            Some(frame)
+        );
     }
 
     #[test]
     fn nested_compression_is_rejected() {
-        let inner = Frame { kind: Some(Kind::Compressed(vec![1, 2, 3])) }.encode_to_vec();
-        let packed = ruzstd::encoding::compress_to_vec(&inner[..], ruzstd::encoding::CompressionLevel::Fastest);
-        let outer = encode_frame(&Frame { kind: Some(Kind::Compressed(packed)) });
+        let inner = Frame {
+            kind: Some(Kind::Compressed(vec![1, 2, 3])),
+        }
+        .encode_to_vec();
+        let packed = ruzstd::encoding::compress_to_vec(
+            &inner[..],
+            ruzstd::encoding::CompressionLevel::Fastest,
+        );
+        let outer = encode_frame(&Frame {
+            kind: Some(Kind::Compressed(packed)),
+        });
         let mut buf = BytesMut::from(&outer[..]);
-        assert!(matches!(decode_frame(&mut buf, MAX_FRAME_BYTES), Err(FrameError::NestedCompression)));
+        assert!(matches!(
+            decode_frame(&mut buf, MAX_FRAME_BYTES),
+            Err(FrameError::NestedCompression)
+        ));
     }
 
     #[test]
     fn garbage_is_malformed_not_a_panic() {
         let mut buf = BytesMut::from(&[3u8, 0xff, 0xff, 0xff][..]);
-        assert!(matches!(decode_frame(&mut buf, MAX_FRAME_BYTES), Err(FrameError::Malformed(_))));
+        assert!(matches!(
+            decode_frame(&mut buf, MAX_FRAME_BYTES),
+            Err(FrameError::Malformed(_))
+        ));
     }
 }

@@ -16,7 +16,11 @@ pub struct ServerError {
 impl ServerError {
     /// An error with a code and message.
     pub fn new(code: pb::ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), retry_after_ms: 0 }
+        Self {
+            code,
+            message: message.into(),
+            retry_after_ms: 0,
+        }
     }
 
     /// Whether the same request may succeed if retried unchanged later.
@@ -40,6 +44,10 @@ impl From<pb::Error> for ServerError {
 
 impl From<ServerError> for pb::Error {
     fn from(e: ServerError) -> Self {
-        pb::Error { code: e.code as i32, message: e.message, retry_after_ms: e.retry_after_ms }
+        pb::Error {
+            code: e.code as i32,
+            message: e.message,
+            retry_after_ms: e.retry_after_ms,
+        }
     }
 }

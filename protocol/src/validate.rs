@@ -45,6 +45,9 @@ pub enum ValidationError {
         /// The limit.
         max: usize,
     },
+    /// A request the caller may not make directly.
+    #[error("not allowed: {0}")]
+    NotAllowed(&'static str),
     /// A zero id where an id is required.
     #[error("{0} is required")]
     Missing(&'static str),
@@ -79,7 +82,10 @@ pub fn message_body(body: &pb::MessageBody, max_chars: usize) -> Result<(), Vali
     if body.text.len() > max_chars {
         let chars = body.text.chars().count();
         if chars > max_chars {
-            return Err(ValidationError::TextTooLong { chars, max: max_chars });
+            return Err(ValidationError::TextTooLong {
+                chars,
+                max: max_chars,
+            });
         }
     }
     Ok(())
@@ -88,21 +94,28 @@ pub fn message_body(body: &pb::MessageBody, max_chars: usize) -> Result<(), Vali
 /// A username (PROTOCOL.md §5.1).
 pub fn username(name: &str) -> Result<(), ValidationError> {
     let ok = limits::USERNAME_CHARS.contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b))
         && name.as_bytes()[0].is_ascii_alphanumeric();
     ok.then_some(()).ok_or(ValidationError::Username)
 }
 
 /// A password's length.
 pub fn password(pw: &str) -> Result<(), ValidationError> {
-    limits::PASSWORD_BYTES.contains(&pw.len()).then_some(()).ok_or(ValidationError::Password)
+    limits::PASSWORD_BYTES
+        .contains(&pw.len())
+        .then_some(())
+        .ok_or(ValidationError::Password)
 }
 
 /// A client message id.
 pub fn client_msg_id(id: &str) -> Result<(), ValidationError> {
     let ok = !id.is_empty()
         && id.len() <= limits::MAX_CLIENT_MSG_ID_BYTES
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     ok.then_some(()).ok_or(ValidationError::ClientMsgId)
 }
 
@@ -116,7 +129,9 @@ pub fn name(name: &str) -> Result<(), ValidationError> {
 /// A channel name.
 pub fn channel_name(name: &str) -> Result<(), ValidationError> {
     let ok = limits::CHANNEL_NAME_CHARS.contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
     ok.then_some(()).ok_or(ValidationError::ChannelName)
 }
 
@@ -135,13 +150,19 @@ mod tests {
 
     #[test]
     fn text_limit_counts_characters_not_bytes() {
-        let body = |t: String| pb::MessageBody { text: t, ..Default::default() };
+        let body = |t: String| pb::MessageBody {
+            text: t,
+            ..Default::default()
+        };
         assert!(message_body(&body("é".repeat(10)), 10).is_ok());
         assert_eq!(
             message_body(&body("é".repeat(11)), 10),
             Err(ValidationError::TextTooLong { chars: 11, max: 10 })
         );
-        assert_eq!(message_body(&body(String::new()), 10), Err(ValidationError::EmptyText));
+        assert_eq!(
+            message_body(&body(String::new()), 10),
+            Err(ValidationError::EmptyText)
+        );
     }
 
     #[test]

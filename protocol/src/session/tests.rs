@@ -1,0 +1,519 @@
+//! In-memory tests of the session against a scripted server, with a fake clock.
+use super::*;
+use crate::codec::decode_frame;
+use bytes::BytesMut;
+
+/// Plays the server: reads what the session transmits, answers with frames.
+struct Peer {
+    s: ClientSession,
+    now: Millis,
+}
+
+fn frame(kind: Kind) -> Bytes {
+    encode_frame(&pb::Frame { kind: Some(kind) })
+}
+
+fn ev(conv: u64, seq: u64, text: &str) -> pb::ConversationEvent {
+    pb::ConversationEvent {
+        conversation_id: conv,
+        seq,
+        body: Some(pb::conversation_event::Body::Message(pb::MessageEvent {
+            client_msg_id: format!("m{seq}"),
+            body: Some(pb::MessageBody {
+                text: text.into(),
+                ..Default::default()
+            }),
+        })),
+        ..Default::default()
+    }
+}
+
+fn text(t: &str) -> pb::MessageBody {
+    pb::MessageBody {
+        text: t.into(),
+        ..Default::default()
+    }
+}
+
+impl Peer {
+    fn new(token: Option<&str>) -> Self {
+        Peer {
+            s: ClientSession::new(SessionConfig::default(), token.map(String::from)),
+            now: Millis(1_000),
+        }
+    }
+
+    /// Every frame the session wants to send.
+    fn sent(&mut self) -> Vec<pb::Frame> {
+        let mut out = vec![];
+        while let Some(b) = self.s.poll_transmit() {
+            let mut buf = BytesMut::from(&b[..]);
+            out.push(decode_frame(&mut buf, usize::MAX).unwrap().unwrap());
+            assert!(buf.is_empty());
+        }
+        out
+    }
+
+    fn requests(&mut self) -> Vec<pb::Request> {
+        self.sent()
+            .into_iter()
+            .map(|f| match f.kind {
+                Some(Kind::Request(r)) => r,
+                other => panic!("expected a request, got {other:?}"),
+            })
+            .collect()
+    }
+
+    fn events(&mut self) -> Vec<SessionEvent> {
+        std::iter::from_fn(|| self.s.poll_event()).collect()
+    }
+
+    fn delivered(&mut self) -> Vec<(u64, u64)> {
+        self.events()
+            .into_iter()
+            .filter_map(|e| match e {
+                SessionEvent::Event(e) => Some((e.conversation_id, e.seq)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn control(&mut self, kind: Kind) {
+        self.s.handle_control_data(self.now, &frame(kind)).unwrap();
+    }
+
+    fn respond(&mut self, id: u64, result: Res) {
+        self.control(Kind::Response(pb::Response {
+            id,
+            result: Some(result),
+        }));
+    }
+
+    fn stream(&mut self, key: u64, frames: &[Kind]) {
+        let bytes: Vec<u8> = frames
+            .iter()
+            .flat_map(|k| frame(k.clone()).to_vec())
+            .collect();
+        self.s
+            .handle_stream_data(self.now, StreamKey(key), &bytes)
+            .unwrap();
+    }
+
+    /// Connect, handshake and authenticate; returns the Authenticate request.
+    fn connect(&mut self, ok: pb::AuthOk) -> pb::Authenticate {
+        self.s.handle_connected(self.now);
+        let hello = self.sent();
+        assert!(
+            matches!(&hello[..], [pb::Frame { kind: Some(Kind::Hello(h)) }] if h.versions == vec![1])
+        );
+        self.control(Kind::Welcome(pb::Welcome {
+            version: 1,
+            limits: Some(limits::default_limits()),
+            ..Default::default()
+        }));
+        let reqs = self.requests();
+        let auth = match &reqs[..] {
+            [pb::Request {
+                id,
+                op: Some(Op::Authenticate(a)),
+            }] => {
+                let a = a.clone();
+                self.respond(*id, Res::Auth(ok));
+                a
+            }
+            other => panic!("expected Authenticate, got {other:?}"),
+        };
+        assert_eq!(self.s.state(), State::Ready);
+        auth
+    }
+}
+
+fn auth_ok(resumed: bool, convs: Vec<pb::ConversationSummary>) -> pb::AuthOk {
+    pb::AuthOk {
+        user_id: 1,
+        username: "alice".into(),
+        device_id: 9,
+        resume_token: "rt-1".into(),
+        resume_window_secs: 120,
+        resumed,
+        conversations: convs,
+    }
+}
+
+fn summary(conv: u64, last_seq: u64, joined_seq: u64) -> pb::ConversationSummary {
+    pb::ConversationSummary {
+        conversation_id: conv,
+        last_seq,
+        joined_seq,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn events_are_delivered_once_in_order_and_gaps_are_fetched() {
+    let mut p = Peer::new(Some("tok"));
+    p.connect(auth_ok(false, vec![summary(5, 0, 1)]));
+    p.events();
+    p.stream(
+        1,
+        &[
+            Kind::StreamHeader(pb::StreamHeader { conversation_id: 5 }),
+            Kind::Event(ev(5, 1, "a")),
+            Kind::Event(ev(5, 2, "b")),
+            Kind::Event(ev(5, 2, "b again")),
+            Kind::Event(ev(5, 5, "e")),
+        ],
+    );
+    assert_eq!(p.delivered(), vec![(5, 1), (5, 2)]);
+    // Seq 5 after 2: a gap, fetched from after 2.
+    let reqs = p.requests();
+    let [pb::Request {
+        id,
+        op: Some(Op::History(h)),
+    }] = &reqs[..]
+    else {
+        panic!("{reqs:?}")
+    };
+    assert_eq!(h.anchor, Some(pb::get_history::Anchor::After(2)));
+    let id = *id;
+    p.stream(1, &[Kind::Event(ev(5, 4, "d"))]);
+    assert!(p.delivered().is_empty(), "still waiting for 3");
+    p.respond(
+        id,
+        Res::History(pb::HistoryPage {
+            conversation_id: 5,
+            events: vec![ev(5, 3, "c"), ev(5, 4, "d"), ev(5, 5, "e")],
+            has_more: false,
+            last_seq: 5,
+        }),
+    );
+    assert_eq!(p.delivered(), vec![(5, 3), (5, 4), (5, 5)]);
+    p.stream(
+        1,
+        &[Kind::Event(ev(5, 5, "dup")), Kind::Event(ev(5, 6, "f"))],
+    );
+    assert_eq!(p.delivered(), vec![(5, 6)]);
+    assert!(p.requests().is_empty());
+}
+
+#[test]
+fn cursor_sync_fetches_what_a_known_conversation_missed_and_backfills_new_ones() {
+    let mut p = Peer::new(Some("tok"));
+    p.s.restore(
+        None,
+        [(ConversationId(5), Seq(3)), (ConversationId(6), Seq(2))],
+    );
+    let auth = {
+        p.s.handle_connected(p.now);
+        p.sent();
+        p.control(Kind::Welcome(pb::Welcome {
+            version: 1,
+            limits: Some(limits::default_limits()),
+            ..Default::default()
+        }));
+        let reqs = p.requests();
+        let [pb::Request {
+            id,
+            op: Some(Op::Authenticate(a)),
+        }] = &reqs[..]
+        else {
+            panic!()
+        };
+        let a = a.clone();
+        // Conversation 6 is gone (we left); 7 is new with 500 events, joined at 1.
+        p.respond(
+            *id,
+            Res::Auth(auth_ok(false, vec![summary(5, 4, 1), summary(7, 500, 1)])),
+        );
+        a
+    };
+    assert_eq!(auth.cursors.len(), 2);
+    let mut afters: Vec<(u64, Option<pb::get_history::Anchor>)> = p
+        .requests()
+        .into_iter()
+        .map(|r| match r.op {
+            Some(Op::History(h)) => (h.conversation_id, h.anchor),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    afters.sort_by_key(|a| a.0);
+    use pb::get_history::Anchor::After;
+    assert_eq!(afters, vec![(5, Some(After(3))), (7, Some(After(450)))]);
+    assert_eq!(
+        p.s.cursors(),
+        vec![(ConversationId(5), Seq(3)), (ConversationId(7), Seq(450))]
+    );
+}
+
+#[test]
+fn events_before_auth_ok_wait_for_it() {
+    let mut p = Peer::new(Some("tok"));
+    p.s.restore(Some("rt-0".into()), [(ConversationId(5), Seq(1))]);
+    p.s.handle_connected(p.now);
+    p.sent();
+    p.control(Kind::Welcome(pb::Welcome {
+        version: 1,
+        limits: None,
+        ..Default::default()
+    }));
+    let reqs = p.requests();
+    let [pb::Request {
+        id,
+        op: Some(Op::Authenticate(a)),
+    }] = &reqs[..]
+    else {
+        panic!()
+    };
+    assert_eq!(a.resume_token, "rt-0");
+    let id = *id;
+    // The replay overtakes the AuthOk on another stream.
+    p.stream(
+        3,
+        &[
+            Kind::StreamHeader(pb::StreamHeader { conversation_id: 5 }),
+            Kind::Event(ev(5, 2, "x")),
+        ],
+    );
+    assert!(p.delivered().is_empty());
+    p.respond(id, Res::Auth(auth_ok(true, vec![])));
+    assert_eq!(p.delivered(), vec![(5, 2)]);
+    assert_eq!(p.s.resume_token(), Some("rt-1"));
+}
+
+#[test]
+fn the_outbox_survives_a_disconnect_and_resends_with_the_same_id() {
+    let mut p = Peer::new(Some("tok"));
+    p.connect(auth_ok(false, vec![]));
+    p.s.send_message(
+        p.now,
+        ConversationId(5),
+        ClientMsgId("c1".into()),
+        text("hi"),
+    )
+    .unwrap();
+    let first = p.requests();
+    let [pb::Request {
+        op: Some(Op::Send(s1)),
+        ..
+    }] = &first[..]
+    else {
+        panic!()
+    };
+    assert_eq!(s1.client_msg_id, "c1");
+    p.s.handle_disconnected(p.now);
+    assert_eq!(p.s.outbox().len(), 1);
+    p.connect(auth_ok(true, vec![]));
+    let again = p.requests();
+    let [pb::Request {
+        id,
+        op: Some(Op::Send(s2)),
+    }] = &again[..]
+    else {
+        panic!("{again:?}")
+    };
+    assert_eq!(s2.client_msg_id, "c1");
+    p.respond(
+        *id,
+        Res::Sent(pb::SendOk {
+            conversation_id: 5,
+            seq: 1,
+            server_time_ms: 7,
+            duplicate: true,
+        }),
+    );
+    let acks: Vec<_> = p
+        .events()
+        .into_iter()
+        .filter(|e| matches!(e, SessionEvent::SendAcked { .. }))
+        .collect();
+    assert_eq!(acks.len(), 1);
+    assert!(p.s.outbox().is_empty());
+}
+
+#[test]
+fn a_send_without_a_response_is_resent_after_the_timeout_and_acked_once() {
+    let mut p = Peer::new(Some("tok"));
+    p.connect(auth_ok(false, vec![]));
+    p.s.send_message(
+        p.now,
+        ConversationId(5),
+        ClientMsgId("c1".into()),
+        text("hi"),
+    )
+    .unwrap();
+    let r1 = p.requests();
+    let deadline = p.s.poll_timeout().unwrap();
+    p.now = deadline;
+    p.s.handle_timeout(deadline);
+    let r2 = p.requests();
+    assert_eq!(r2.len(), 1);
+    assert_ne!(r1[0].id, r2[0].id);
+    // The stale response is ignored, the fresh one acks.
+    p.respond(
+        r1[0].id,
+        Res::Sent(pb::SendOk {
+            conversation_id: 5,
+            seq: 1,
+            ..Default::default()
+        }),
+    );
+    p.respond(
+        r2[0].id,
+        Res::Sent(pb::SendOk {
+            conversation_id: 5,
+            seq: 1,
+            duplicate: true,
+            ..Default::default()
+        }),
+    );
+    let acks = p
+        .events()
+        .into_iter()
+        .filter(|e| matches!(e, SessionEvent::SendAcked { .. }))
+        .count();
+    assert_eq!(acks, 1);
+}
+
+#[test]
+fn requests_time_out_and_fail_on_disconnect_with_typed_errors() {
+    let mut p = Peer::new(Some("tok"));
+    p.connect(auth_ok(false, vec![]));
+    p.events();
+    let a =
+        p.s.request(p.now, Op::ListConversations(pb::ListConversations {}))
+            .unwrap();
+    p.requests();
+    p.now = p.s.poll_timeout().unwrap();
+    p.s.handle_timeout(p.now);
+    assert_eq!(
+        p.events(),
+        vec![SessionEvent::Response {
+            id: a,
+            result: Err(RequestError::Timeout)
+        }]
+    );
+    let b =
+        p.s.request(p.now, Op::ListDevices(pb::ListDevices {}))
+            .unwrap();
+    p.s.handle_disconnected(p.now);
+    assert_eq!(
+        p.events(),
+        vec![SessionEvent::Response {
+            id: b,
+            result: Err(RequestError::ConnectionLost)
+        }]
+    );
+}
+
+#[test]
+fn bad_input_is_refused_locally() {
+    let mut p = Peer::new(None);
+    let long = "x".repeat(limits::MAX_TEXT_CHARS + 1);
+    assert!(matches!(
+        p.s.send_message(
+            p.now,
+            ConversationId(1),
+            ClientMsgId("a".into()),
+            text(&long)
+        ),
+        Err(ValidationError::TextTooLong { .. })
+    ));
+    assert_eq!(
+        p.s.send_message(
+            p.now,
+            ConversationId(1),
+            ClientMsgId("a b".into()),
+            text("x")
+        ),
+        Err(ValidationError::ClientMsgId)
+    );
+    assert!(p
+        .s
+        .request(
+            p.now,
+            Op::Register(pb::Register {
+                username: "X".into(),
+                password: "password1".into()
+            })
+        )
+        .is_err());
+}
+
+#[test]
+fn login_overtakes_requests_waiting_for_auth_which_follow_it() {
+    let mut p = Peer::new(None);
+    let list =
+        p.s.request(p.now, Op::ListConversations(pb::ListConversations {}))
+            .unwrap();
+    let login =
+        p.s.request(
+            p.now,
+            Op::Login(pb::Login {
+                username: "alice".into(),
+                password: "password1".into(),
+                device_name: "laptop".into(),
+            }),
+        )
+        .unwrap();
+    p.s.handle_connected(p.now);
+    p.sent();
+    p.control(Kind::Welcome(pb::Welcome {
+        version: 1,
+        ..Default::default()
+    }));
+    assert_eq!(p.s.state(), State::Unauthenticated);
+    let reqs = p.requests();
+    assert_eq!(reqs.iter().map(|r| r.id).collect::<Vec<_>>(), vec![login.0]);
+    p.respond(
+        login.0,
+        Res::Login(pb::LoginOk {
+            user_id: 1,
+            device_id: 2,
+            access_token: "secret".into(),
+            session: Some(auth_ok(false, vec![])),
+        }),
+    );
+    assert_eq!(p.s.state(), State::Ready);
+    assert_eq!(p.s.access_token(), Some("secret"));
+    let reqs = p.requests();
+    assert_eq!(reqs.iter().map(|r| r.id).collect::<Vec<_>>(), vec![list.0]);
+}
+
+#[test]
+fn a_revoked_token_reports_auth_failed() {
+    let mut p = Peer::new(Some("old"));
+    p.s.handle_connected(p.now);
+    p.sent();
+    p.control(Kind::Welcome(pb::Welcome {
+        version: 1,
+        ..Default::default()
+    }));
+    let reqs = p.requests();
+    p.control(Kind::Response(pb::Response {
+        id: reqs[0].id,
+        result: Some(Res::Error(pb::Error {
+            code: pb::ErrorCode::TokenRevoked as i32,
+            ..Default::default()
+        })),
+    }));
+    assert!(p.events().iter().any(
+        |e| matches!(e, SessionEvent::AuthFailed(e) if e.code == pb::ErrorCode::TokenRevoked)
+    ));
+    assert_eq!(p.s.access_token(), None);
+    assert_eq!(p.s.state(), State::Unauthenticated);
+}
+
+#[test]
+fn a_server_choosing_an_unknown_version_is_a_session_error() {
+    let mut p = Peer::new(None);
+    p.s.handle_connected(p.now);
+    p.sent();
+    let bytes = frame(Kind::Welcome(pb::Welcome {
+        version: 2,
+        ..Default::default()
+    }));
+    assert!(matches!(
+        p.s.handle_control_data(p.now, &bytes),
+        Err(SessionError::UnsupportedVersion(2))
+    ));
+}
