@@ -6,6 +6,7 @@ macro_rules! id_u64 {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
         #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize), serde(transparent))]
         pub struct $name(pub u64);
 
         impl fmt::Display for $name {
@@ -52,6 +53,11 @@ impl Seq {
 
 /// The client-chosen idempotency key of a send (PROTOCOL.md §6.3).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(transparent)
+)]
 pub struct ClientMsgId(pub String);
 
 impl ClientMsgId {

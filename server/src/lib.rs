@@ -1,1 +1,2 @@
-
+//! natter-server: see the module docs.
+pub mod store;

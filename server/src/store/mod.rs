@@ -1,0 +1,225 @@
+//! Storage behind one domain-level, async [`Store`] trait: accounts, devices, conversations,
+//! membership, the event log, idempotency keys and read cursors.
+//!
+//! Backends implement whole domain operations (not get/put of bytes) so each can make them
+//! atomic in its own way: sled with one atomic batch per commit, Redis with scripts. Every
+//! backend runs the one shared suite in [`suite`]. This module must not know about
+//! connections, shards or the wire codec beyond the event type it stores.
+use async_trait::async_trait;
+use natter_protocol::pb;
+use natter_protocol::{ConversationId, DeviceId, Seq, UserId};
+use serde::{Deserialize, Serialize};
+
+pub mod sled_store;
+#[cfg(test)]
+pub mod suite;
+
+pub use sled_store::SledStore;
+
+/// A storage failure. Domain refusals (taken names) are typed; the rest is `Backend`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The username belongs to another account.
+    #[error("username is taken")]
+    UsernameTaken,
+    /// The backend failed; the operation did not take effect.
+    #[error("storage backend: {0}")]
+    Backend(String),
+    /// Stored data could not be read back.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+/// An account.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// Its id.
+    pub id: UserId,
+    /// Unique, immutable.
+    pub username: String,
+    /// PHC-format argon2id hash.
+    pub password_hash: String,
+    /// Creation time, ms since the epoch.
+    pub created_ms: u64,
+}
+
+/// A logged-in device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    /// Its id.
+    pub id: DeviceId,
+    /// Its user.
+    pub user: UserId,
+    /// Display name.
+    pub name: String,
+    /// Login time.
+    pub created_ms: u64,
+    /// Set when the token is revoked; a revoked device never authenticates again.
+    pub revoked: bool,
+}
+
+/// A conversation's own attributes (members are separate).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversationMeta {
+    /// Its id.
+    pub id: ConversationId,
+    /// `pb::ConversationKind` as i32.
+    pub kind: i32,
+    /// Group/channel name; empty for direct conversations.
+    pub name: String,
+    /// Creation time.
+    pub created_ms: u64,
+    /// Deleted conversations accept nothing and show nothing.
+    pub deleted: bool,
+}
+
+/// One member of a conversation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRecord {
+    /// The member.
+    pub user: UserId,
+    /// Their username (immutable, kept here for display).
+    pub username: String,
+    /// `pb::Role` as i32.
+    pub role: i32,
+    /// The seq of the event that made them a member.
+    pub joined_seq: Seq,
+}
+
+/// A conversation as the shard that owns it needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConversationRecord {
+    /// Attributes.
+    pub meta: ConversationMeta,
+    /// Members by user.
+    pub members: Vec<MemberRecord>,
+    /// The newest seq; 0 if no events.
+    pub last_seq: Seq,
+}
+
+/// What a send's idempotency key maps to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentRecord {
+    /// The seq the send got.
+    pub seq: Seq,
+    /// Its commit time.
+    pub server_time_ms: u64,
+}
+
+/// One event and the state changes that commit with it, atomically.
+#[derive(Clone, Debug, Default)]
+pub struct Commit {
+    /// The event, seq assigned.
+    pub event: pb::ConversationEvent,
+    /// New conversation attributes, when they change (creation, rename, delete).
+    pub meta: Option<ConversationMeta>,
+    /// Members added or changed.
+    pub upsert_members: Vec<MemberRecord>,
+    /// Members removed.
+    pub remove_members: Vec<UserId>,
+    /// The send's idempotency key: (sender, client message id).
+    pub idempotency: Option<(UserId, String)>,
+    /// Read cursors moved by this event (a sender has read up to their own message).
+    pub read_cursors: Vec<(UserId, Seq)>,
+}
+
+/// Which slice of a conversation's log to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Page {
+    /// The newest `limit` events with seq < before (`Seq(0)`: from the end).
+    Before(Seq),
+    /// The oldest `limit` events with seq > after.
+    After(Seq),
+}
+
+/// Storage for everything durable. Every method is atomic; `commit` is durable when it
+/// returns `Ok` (guarantee 2).
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Create an account.
+    async fn create_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+        now_ms: u64,
+    ) -> Result<UserId, StoreError>;
+    /// Look an account up by username.
+    async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>, StoreError>;
+    /// Create a device for a user with the hash of its access token.
+    async fn create_device(
+        &self,
+        user: UserId,
+        name: &str,
+        token_hash: [u8; 32],
+        now_ms: u64,
+    ) -> Result<DeviceId, StoreError>;
+    /// The live (not revoked) device holding this token hash.
+    async fn device_by_token(
+        &self,
+        token_hash: [u8; 32],
+    ) -> Result<Option<DeviceRecord>, StoreError>;
+    /// Revoke a device's token. False if the user has no such live device.
+    async fn revoke_device(&self, user: UserId, device: DeviceId) -> Result<bool, StoreError>;
+    /// A user's devices, revoked ones included.
+    async fn list_devices(&self, user: UserId) -> Result<Vec<DeviceRecord>, StoreError>;
+
+    /// A fresh conversation id, never handed out before.
+    async fn allocate_conversation_id(&self) -> Result<ConversationId, StoreError>;
+    /// The direct conversation of a pair: binds `candidate` if the pair has none yet and
+    /// returns whichever id is bound (first writer wins).
+    async fn claim_direct(
+        &self,
+        a: UserId,
+        b: UserId,
+        candidate: ConversationId,
+    ) -> Result<ConversationId, StoreError>;
+    /// The channel with this name: binds `candidate` if the name is free.
+    async fn claim_channel_name(
+        &self,
+        name: &str,
+        candidate: ConversationId,
+    ) -> Result<ConversationId, StoreError>;
+    /// The channel with this name, if any.
+    async fn channel_by_name(&self, name: &str) -> Result<Option<ConversationId>, StoreError>;
+    /// A conversation with its members and last seq.
+    async fn load_conversation(
+        &self,
+        id: ConversationId,
+    ) -> Result<Option<ConversationRecord>, StoreError>;
+    /// Persist events (with their state changes) in order, atomically and durably.
+    async fn commit(&self, batch: &[Commit]) -> Result<(), StoreError>;
+    /// The committed send with this idempotency key, if any.
+    async fn find_sent(
+        &self,
+        conv: ConversationId,
+        sender: UserId,
+        client_msg_id: &str,
+    ) -> Result<Option<SentRecord>, StoreError>;
+    /// A page of events in ascending seq, and whether more exist in that direction.
+    async fn events(
+        &self,
+        conv: ConversationId,
+        page: Page,
+        limit: usize,
+    ) -> Result<(Vec<pb::ConversationEvent>, bool), StoreError>;
+    /// The conversations a user is a member of.
+    async fn user_conversations(&self, user: UserId) -> Result<Vec<ConversationId>, StoreError>;
+    /// A user's read cursor in a conversation (0 if none).
+    async fn read_cursor(&self, user: UserId, conv: ConversationId) -> Result<Seq, StoreError>;
+    /// Move a read cursor forward; never backward. Returns the cursor after the call.
+    async fn advance_read_cursor(
+        &self,
+        user: UserId,
+        conv: ConversationId,
+        seq: Seq,
+    ) -> Result<Seq, StoreError>;
+    /// Messages by others after `after`, counting at most `cap`; and the newest message.
+    async fn unread_and_last_message(
+        &self,
+        conv: ConversationId,
+        user: UserId,
+        after: Seq,
+        cap: u32,
+    ) -> Result<(u32, Option<pb::ConversationEvent>), StoreError>;
+}

@@ -1,0 +1,460 @@
+//! The embedded default backend: one sled tree, keys prefixed by record type, one atomic
+//! batch plus one flush per [`Store::commit`] (group commit across a shard's batch).
+//!
+//! Key layout (integers big-endian so ranges sort numerically):
+//! `u/<username>` user · `d/<user><device>` device · `t/<sha256>` token → user,device ·
+//! `c/<conv>` meta · `m/<conv><user>` member · `uc/<user><conv>` membership index ·
+//! `e/<conv><seq>` event (protobuf) · `i/<conv><user><client_msg_id>` idempotency ·
+//! `dm/<a><b>` direct pair · `ch/<name>` channel name · `r/<user><conv>` read cursor.
+use std::path::Path;
+
+use async_trait::async_trait;
+use natter_protocol::pb;
+use natter_protocol::{ConversationId, DeviceId, Seq, UserId};
+use prost::Message;
+use serde::{de::DeserializeOwned, Serialize};
+
+use super::*;
+
+/// sled-backed [`Store`].
+#[derive(Debug, Clone)]
+pub struct SledStore {
+    db: sled::Db,
+    tree: sled::Tree,
+}
+
+fn key(prefix: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + parts.iter().map(|p| p.len()).sum::<usize>());
+    k.extend_from_slice(prefix);
+    for p in parts {
+        k.extend_from_slice(p);
+    }
+    k
+}
+
+fn be(v: u64) -> [u8; 8] {
+    v.to_be_bytes()
+}
+
+fn read_u64(b: &[u8]) -> Result<u64, StoreError> {
+    b.get(..8)
+        .and_then(|s| s.try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| StoreError::Corrupt("short integer".into()))
+}
+
+fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("records serialize")
+}
+
+fn dec<T: DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(b).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn backend(e: sled::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn event_key(conv: ConversationId, seq: Seq) -> Vec<u8> {
+    key(b"e/", &[&be(conv.0), &be(seq.0)])
+}
+
+fn decode_event(b: &[u8]) -> Result<pb::ConversationEvent, StoreError> {
+    pb::ConversationEvent::decode(b).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+impl SledStore {
+    /// Open (or create) a store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new().path(dir).open().map_err(backend)?;
+        let tree = db.open_tree("natter").map_err(backend)?;
+        Ok(Self { db, tree })
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.tree.flush_async().await.map_err(backend)?;
+        Ok(())
+    }
+
+    fn next_id(&self) -> Result<u64, StoreError> {
+        Ok(self.db.generate_id().map_err(backend)? + 1)
+    }
+
+    /// Bind `key` to `candidate` unless bound; return the bound value.
+    async fn claim(
+        &self,
+        k: Vec<u8>,
+        candidate: ConversationId,
+    ) -> Result<ConversationId, StoreError> {
+        match self
+            .tree
+            .compare_and_swap(&k, None as Option<&[u8]>, Some(&be(candidate.0)[..]))
+            .map_err(backend)?
+        {
+            Ok(()) => {
+                self.flush().await?;
+                Ok(candidate)
+            }
+            Err(cas) => Ok(ConversationId(read_u64(&cas.current.unwrap_or_default())?)),
+        }
+    }
+}
+
+#[async_trait]
+impl Store for SledStore {
+    async fn create_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+        now_ms: u64,
+    ) -> Result<UserId, StoreError> {
+        let id = UserId(self.next_id()?);
+        let rec = UserRecord {
+            id,
+            username: username.into(),
+            password_hash: password_hash.into(),
+            created_ms: now_ms,
+        };
+        let k = key(b"u/", &[username.as_bytes()]);
+        match self
+            .tree
+            .compare_and_swap(k, None as Option<&[u8]>, Some(enc(&rec)))
+            .map_err(backend)?
+        {
+            Ok(()) => {
+                self.flush().await?;
+                Ok(id)
+            }
+            Err(_) => Err(StoreError::UsernameTaken),
+        }
+    }
+
+    async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
+        self.tree
+            .get(key(b"u/", &[username.as_bytes()]))
+            .map_err(backend)?
+            .map(|v| dec(&v))
+            .transpose()
+    }
+
+    async fn create_device(
+        &self,
+        user: UserId,
+        name: &str,
+        token_hash: [u8; 32],
+        now_ms: u64,
+    ) -> Result<DeviceId, StoreError> {
+        let id = DeviceId(self.next_id()?);
+        let rec = DeviceRecord {
+            id,
+            user,
+            name: name.into(),
+            created_ms: now_ms,
+            revoked: false,
+        };
+        let mut batch = sled::Batch::default();
+        batch.insert(key(b"d/", &[&be(user.0), &be(id.0)]), enc(&rec));
+        batch.insert(
+            key(b"t/", &[&token_hash]),
+            key(b"", &[&be(user.0), &be(id.0)]),
+        );
+        self.tree.apply_batch(batch).map_err(backend)?;
+        self.flush().await?;
+        Ok(id)
+    }
+
+    async fn device_by_token(
+        &self,
+        token_hash: [u8; 32],
+    ) -> Result<Option<DeviceRecord>, StoreError> {
+        let Some(ids) = self.tree.get(key(b"t/", &[&token_hash])).map_err(backend)? else {
+            return Ok(None);
+        };
+        let Some(rec) = self.tree.get(key(b"d/", &[&ids[..]])).map_err(backend)? else {
+            return Ok(None);
+        };
+        let rec: DeviceRecord = dec(&rec)?;
+        Ok((!rec.revoked).then_some(rec))
+    }
+
+    async fn revoke_device(&self, user: UserId, device: DeviceId) -> Result<bool, StoreError> {
+        let k = key(b"d/", &[&be(user.0), &be(device.0)]);
+        let Some(rec) = self.tree.get(&k).map_err(backend)? else {
+            return Ok(false);
+        };
+        let mut rec: DeviceRecord = dec(&rec)?;
+        if rec.revoked {
+            return Ok(false);
+        }
+        rec.revoked = true;
+        self.tree.insert(k, enc(&rec)).map_err(backend)?;
+        self.flush().await?;
+        Ok(true)
+    }
+
+    async fn list_devices(&self, user: UserId) -> Result<Vec<DeviceRecord>, StoreError> {
+        self.tree
+            .scan_prefix(key(b"d/", &[&be(user.0)]))
+            .map(|kv| kv.map_err(backend).and_then(|(_, v)| dec(&v)))
+            .collect()
+    }
+
+    async fn allocate_conversation_id(&self) -> Result<ConversationId, StoreError> {
+        Ok(ConversationId(self.next_id()?))
+    }
+
+    async fn claim_direct(
+        &self,
+        a: UserId,
+        b: UserId,
+        candidate: ConversationId,
+    ) -> Result<ConversationId, StoreError> {
+        let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+        self.claim(key(b"dm/", &[&be(lo.0), &be(hi.0)]), candidate)
+            .await
+    }
+
+    async fn claim_channel_name(
+        &self,
+        name: &str,
+        candidate: ConversationId,
+    ) -> Result<ConversationId, StoreError> {
+        self.claim(key(b"ch/", &[name.as_bytes()]), candidate).await
+    }
+
+    async fn channel_by_name(&self, name: &str) -> Result<Option<ConversationId>, StoreError> {
+        let v = self
+            .tree
+            .get(key(b"ch/", &[name.as_bytes()]))
+            .map_err(backend)?;
+        v.map(|v| read_u64(&v).map(ConversationId)).transpose()
+    }
+
+    async fn load_conversation(
+        &self,
+        id: ConversationId,
+    ) -> Result<Option<ConversationRecord>, StoreError> {
+        let Some(meta) = self.tree.get(key(b"c/", &[&be(id.0)])).map_err(backend)? else {
+            return Ok(None);
+        };
+        let meta: ConversationMeta = dec(&meta)?;
+        let members = self
+            .tree
+            .scan_prefix(key(b"m/", &[&be(id.0)]))
+            .map(|kv| kv.map_err(backend).and_then(|(_, v)| dec(&v)))
+            .collect::<Result<Vec<MemberRecord>, _>>()?;
+        let last_seq = match self.tree.scan_prefix(key(b"e/", &[&be(id.0)])).next_back() {
+            Some(kv) => Seq(read_u64(&kv.map_err(backend)?.0[10..])?),
+            None => Seq(0),
+        };
+        Ok(Some(ConversationRecord {
+            meta,
+            members,
+            last_seq,
+        }))
+    }
+
+    async fn commit(&self, commits: &[Commit]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for c in commits {
+            let conv = ConversationId(c.event.conversation_id);
+            let cb = be(conv.0);
+            batch.insert(event_key(conv, Seq(c.event.seq)), c.event.encode_to_vec());
+            if let Some(meta) = &c.meta {
+                batch.insert(key(b"c/", &[&cb]), enc(meta));
+            }
+            for m in &c.upsert_members {
+                batch.insert(key(b"m/", &[&cb, &be(m.user.0)]), enc(m));
+                batch.insert(key(b"uc/", &[&be(m.user.0), &cb]), &[][..]);
+            }
+            for u in &c.remove_members {
+                batch.remove(key(b"m/", &[&cb, &be(u.0)]));
+                batch.remove(key(b"uc/", &[&be(u.0), &cb]));
+            }
+            if let Some((sender, id)) = &c.idempotency {
+                let rec = SentRecord {
+                    seq: Seq(c.event.seq),
+                    server_time_ms: c.event.server_time_ms,
+                };
+                batch.insert(key(b"i/", &[&cb, &be(sender.0), id.as_bytes()]), enc(&rec));
+            }
+        }
+        self.tree.apply_batch(batch).map_err(backend)?;
+        for c in commits {
+            for (user, seq) in &c.read_cursors {
+                self.bump_cursor(*user, ConversationId(c.event.conversation_id), *seq)?;
+            }
+        }
+        self.flush().await
+    }
+
+    async fn find_sent(
+        &self,
+        conv: ConversationId,
+        sender: UserId,
+        client_msg_id: &str,
+    ) -> Result<Option<SentRecord>, StoreError> {
+        let k = key(
+            b"i/",
+            &[&be(conv.0), &be(sender.0), client_msg_id.as_bytes()],
+        );
+        self.tree
+            .get(k)
+            .map_err(backend)?
+            .map(|v| dec(&v))
+            .transpose()
+    }
+
+    async fn events(
+        &self,
+        conv: ConversationId,
+        page: Page,
+        limit: usize,
+    ) -> Result<(Vec<pb::ConversationEvent>, bool), StoreError> {
+        let mut out = Vec::with_capacity(limit.min(256));
+        let mut more = false;
+        match page {
+            Page::After(after) => {
+                let range = event_key(conv, Seq(after.0.saturating_add(1)))
+                    ..=event_key(conv, Seq(u64::MAX));
+                for kv in self.tree.range(range) {
+                    if out.len() == limit {
+                        more = true;
+                        break;
+                    }
+                    out.push(decode_event(&kv.map_err(backend)?.1)?);
+                }
+            }
+            Page::Before(before) => {
+                let end = if before.0 == 0 {
+                    Seq(u64::MAX)
+                } else {
+                    Seq(before.0 - 1)
+                };
+                for kv in self
+                    .tree
+                    .range(event_key(conv, Seq(0))..=event_key(conv, end))
+                    .rev()
+                {
+                    if out.len() == limit {
+                        more = true;
+                        break;
+                    }
+                    out.push(decode_event(&kv.map_err(backend)?.1)?);
+                }
+                out.reverse();
+            }
+        }
+        Ok((out, more))
+    }
+
+    async fn user_conversations(&self, user: UserId) -> Result<Vec<ConversationId>, StoreError> {
+        self.tree
+            .scan_prefix(key(b"uc/", &[&be(user.0)]))
+            .map(|kv| {
+                kv.map_err(backend)
+                    .and_then(|(k, _)| read_u64(&k[11..]).map(ConversationId))
+            })
+            .collect()
+    }
+
+    async fn read_cursor(&self, user: UserId, conv: ConversationId) -> Result<Seq, StoreError> {
+        let v = self
+            .tree
+            .get(key(b"r/", &[&be(user.0), &be(conv.0)]))
+            .map_err(backend)?;
+        Ok(Seq(v.map(|v| read_u64(&v)).transpose()?.unwrap_or(0)))
+    }
+
+    async fn advance_read_cursor(
+        &self,
+        user: UserId,
+        conv: ConversationId,
+        seq: Seq,
+    ) -> Result<Seq, StoreError> {
+        let now = self.bump_cursor(user, conv, seq)?;
+        self.flush().await?;
+        Ok(now)
+    }
+
+    async fn unread_and_last_message(
+        &self,
+        conv: ConversationId,
+        user: UserId,
+        after: Seq,
+        cap: u32,
+    ) -> Result<(u32, Option<pb::ConversationEvent>), StoreError> {
+        let is_message = |e: &pb::ConversationEvent| {
+            matches!(e.body, Some(pb::conversation_event::Body::Message(_)))
+        };
+        let mut unread = 0;
+        let mut last = None;
+        // Newest first: the first message found is the last message; count until the cursor.
+        let range = event_key(conv, Seq(0))..=event_key(conv, Seq(u64::MAX));
+        for kv in self.tree.range(range).rev().take(cap as usize + 1000) {
+            let (k, v) = kv.map_err(backend)?;
+            let seq = Seq(read_u64(&k[10..])?);
+            if seq <= after && last.is_some() {
+                break;
+            }
+            let ev = decode_event(&v)?;
+            if !is_message(&ev) {
+                continue;
+            }
+            if seq > after && ev.sender_user_id != user.0 && unread < cap {
+                unread += 1;
+            }
+            if last.is_none() {
+                last = Some(ev);
+            }
+        }
+        Ok((unread, last))
+    }
+}
+
+impl SledStore {
+    fn bump_cursor(&self, user: UserId, conv: ConversationId, seq: Seq) -> Result<Seq, StoreError> {
+        let k = key(b"r/", &[&be(user.0), &be(conv.0)]);
+        let v = self
+            .tree
+            .update_and_fetch(k, |old| {
+                let cur = old
+                    .and_then(|o| o.get(..8))
+                    .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+                    .unwrap_or(0);
+                Some(be(cur.max(seq.0)).to_vec())
+            })
+            .map_err(backend)?;
+        Ok(Seq(v.map(|v| read_u64(&v)).transpose()?.unwrap_or(0)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn sled_passes_the_store_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = super::SledStore::open(dir.path()).unwrap();
+        super::super::suite::run(&store).await;
+    }
+
+    #[tokio::test]
+    async fn sled_data_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = {
+            let store = super::SledStore::open(dir.path()).unwrap();
+            super::Store::create_user(&store, "zed", "h", 1)
+                .await
+                .unwrap()
+        };
+        let store = super::SledStore::open(dir.path()).unwrap();
+        assert_eq!(
+            super::Store::user_by_name(&store, "zed")
+                .await
+                .unwrap()
+                .unwrap()
+                .id,
+            id
+        );
+    }
+}

@@ -1,0 +1,198 @@
+//! The one behaviour suite every [`Store`] backend must pass. A backend's test module calls
+//! [`run`] with a fresh, empty store.
+use super::*;
+use natter_protocol::pb::conversation_event::Body;
+
+fn msg(conv: ConversationId, seq: u64, sender: UserId, text: &str) -> Commit {
+    Commit {
+        event: pb::ConversationEvent {
+            conversation_id: conv.0,
+            seq,
+            sender_user_id: sender.0,
+            server_time_ms: 1000 + seq,
+            body: Some(Body::Message(pb::MessageEvent {
+                client_msg_id: format!("c{seq}"),
+                body: Some(pb::MessageBody {
+                    text: text.into(),
+                    ..Default::default()
+                }),
+            })),
+            ..Default::default()
+        },
+        idempotency: Some((sender, format!("c{seq}"))),
+        read_cursors: vec![(sender, Seq(seq))],
+        ..Default::default()
+    }
+}
+
+fn member(user: UserId, name: &str, joined: u64) -> MemberRecord {
+    MemberRecord {
+        user,
+        username: name.into(),
+        role: pb::Role::Member as i32,
+        joined_seq: Seq(joined),
+    }
+}
+
+/// Run every check against `store`, which must be empty.
+pub async fn run(store: &dyn Store) {
+    accounts(store).await;
+    devices(store).await;
+    conversations_and_events(store).await;
+    claims(store).await;
+}
+
+async fn accounts(store: &dyn Store) {
+    let a = store.create_user("alice", "hash-a", 1).await.unwrap();
+    let b = store.create_user("bob", "hash-b", 2).await.unwrap();
+    assert_ne!(a, b);
+    assert!(matches!(
+        store.create_user("alice", "x", 3).await,
+        Err(StoreError::UsernameTaken)
+    ));
+    let rec = store.user_by_name("alice").await.unwrap().unwrap();
+    assert_eq!((rec.id, rec.password_hash.as_str()), (a, "hash-a"));
+    assert!(store.user_by_name("nobody").await.unwrap().is_none());
+}
+
+async fn devices(store: &dyn Store) {
+    let u = store.create_user("dora", "h", 1).await.unwrap();
+    let d1 = store.create_device(u, "phone", [1; 32], 5).await.unwrap();
+    let d2 = store.create_device(u, "laptop", [2; 32], 6).await.unwrap();
+    assert_eq!(
+        store.device_by_token([1; 32]).await.unwrap().unwrap().id,
+        d1
+    );
+    assert!(store.device_by_token([9; 32]).await.unwrap().is_none());
+    assert!(store.revoke_device(u, d1).await.unwrap());
+    assert!(
+        !store.revoke_device(u, d1).await.unwrap(),
+        "second revoke is a no-op"
+    );
+    assert!(
+        store.device_by_token([1; 32]).await.unwrap().is_none(),
+        "revoked token is refused"
+    );
+    assert_eq!(
+        store.device_by_token([2; 32]).await.unwrap().unwrap().id,
+        d2
+    );
+    let list = store.list_devices(u).await.unwrap();
+    assert_eq!(list.len(), 2);
+    assert!(list.iter().any(|d| d.id == d1 && d.revoked));
+}
+
+async fn conversations_and_events(store: &dyn Store) {
+    let (a, b) = (UserId(100), UserId(200));
+    let conv = store.allocate_conversation_id().await.unwrap();
+    assert_ne!(conv, store.allocate_conversation_id().await.unwrap());
+    assert!(store.load_conversation(conv).await.unwrap().is_none());
+    let meta = ConversationMeta {
+        id: conv,
+        kind: pb::ConversationKind::Group as i32,
+        name: "g".into(),
+        created_ms: 1,
+        deleted: false,
+    };
+    let created = Commit {
+        event: pb::ConversationEvent {
+            conversation_id: conv.0,
+            seq: 1,
+            ..Default::default()
+        },
+        meta: Some(meta.clone()),
+        upsert_members: vec![member(a, "a", 1), member(b, "b", 1)],
+        ..Default::default()
+    };
+    store.commit(&[created]).await.unwrap();
+    let batch: Vec<Commit> = (2..=11)
+        .map(|s| msg(conv, s, if s % 2 == 0 { a } else { b }, "hi"))
+        .collect();
+    store.commit(&batch).await.unwrap();
+
+    let rec = store.load_conversation(conv).await.unwrap().unwrap();
+    assert_eq!(rec.meta, meta);
+    assert_eq!(rec.last_seq, Seq(11));
+    assert_eq!(rec.members.len(), 2);
+    assert_eq!(store.user_conversations(a).await.unwrap(), vec![conv]);
+
+    // Paging, both directions, ascending order, has_more.
+    let seqs = |v: &[pb::ConversationEvent]| v.iter().map(|e| e.seq).collect::<Vec<_>>();
+    let (p, more) = store.events(conv, Page::After(Seq(3)), 4).await.unwrap();
+    assert_eq!((seqs(&p), more), (vec![4, 5, 6, 7], true));
+    let (p, more) = store.events(conv, Page::After(Seq(9)), 4).await.unwrap();
+    assert_eq!((seqs(&p), more), (vec![10, 11], false));
+    let (p, more) = store.events(conv, Page::Before(Seq(0)), 3).await.unwrap();
+    assert_eq!((seqs(&p), more), (vec![9, 10, 11], true));
+    let (p, more) = store.events(conv, Page::Before(Seq(3)), 5).await.unwrap();
+    assert_eq!((seqs(&p), more), (vec![1, 2], false));
+
+    // Idempotency keys.
+    let sent = store.find_sent(conv, a, "c4").await.unwrap().unwrap();
+    assert_eq!(sent.seq, Seq(4));
+    assert!(
+        store.find_sent(conv, b, "c4").await.unwrap().is_none(),
+        "keys are per sender"
+    );
+
+    // Read cursors only move forward; a sender has read their own message.
+    assert_eq!(store.read_cursor(a, conv).await.unwrap(), Seq(10));
+    assert_eq!(
+        store.advance_read_cursor(a, conv, Seq(5)).await.unwrap(),
+        Seq(10)
+    );
+    assert_eq!(
+        store.advance_read_cursor(b, conv, Seq(11)).await.unwrap(),
+        Seq(11)
+    );
+    // a has read to 10; 11 is b's: one unread. Last message is 11.
+    let (unread, last) = store
+        .unread_and_last_message(conv, a, Seq(10), 1000)
+        .await
+        .unwrap();
+    assert_eq!((unread, last.map(|e| e.seq)), (1, Some(11)));
+    let (unread, _) = store
+        .unread_and_last_message(conv, a, Seq(0), 3)
+        .await
+        .unwrap();
+    assert_eq!(unread, 3, "capped");
+
+    // Removing a member drops them from the index.
+    let removed = Commit {
+        event: pb::ConversationEvent {
+            conversation_id: conv.0,
+            seq: 12,
+            ..Default::default()
+        },
+        remove_members: vec![b],
+        ..Default::default()
+    };
+    store.commit(&[removed]).await.unwrap();
+    assert!(store.user_conversations(b).await.unwrap().is_empty());
+    assert_eq!(
+        store
+            .load_conversation(conv)
+            .await
+            .unwrap()
+            .unwrap()
+            .members
+            .len(),
+        1
+    );
+}
+
+async fn claims(store: &dyn Store) {
+    let (x, y) = (UserId(7), UserId(8));
+    let c1 = store.allocate_conversation_id().await.unwrap();
+    let c2 = store.allocate_conversation_id().await.unwrap();
+    assert_eq!(store.claim_direct(x, y, c1).await.unwrap(), c1);
+    assert_eq!(
+        store.claim_direct(y, x, c2).await.unwrap(),
+        c1,
+        "one direct conversation per pair, either order"
+    );
+    assert_eq!(store.claim_channel_name("general", c2).await.unwrap(), c2);
+    assert_eq!(store.claim_channel_name("general", c1).await.unwrap(), c2);
+    assert_eq!(store.channel_by_name("general").await.unwrap(), Some(c2));
+    assert_eq!(store.channel_by_name("random").await.unwrap(), None);
+}
