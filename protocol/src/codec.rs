@@ -49,6 +49,17 @@ pub fn encode_frame(frame: &Frame) -> Bytes {
     out.freeze()
 }
 
+/// Encode `Frame { event }` straight from a shared event, without cloning it. The bytes
+/// are identical to `encode_frame` of that frame.
+pub fn encode_event_frame(event: &crate::pb::ConversationEvent) -> Bytes {
+    // Frame.event is field 6, length-delimited.
+    let body_len = prost::encoding::message::encoded_len(6, event);
+    let mut out = BytesMut::with_capacity(body_len + 10);
+    prost::encoding::encode_varint(body_len as u64, &mut out);
+    prost::encoding::message::encode(6, event, &mut out);
+    out.freeze()
+}
+
 /// Encode one frame, compressing it when it is large and compression helps.
 /// Fails when even the compressed frame is over `max_frame`.
 pub fn encode_frame_compressed(frame: &Frame, max_frame: usize) -> Result<Bytes, FrameError> {
@@ -63,8 +74,7 @@ pub fn encode_frame_compressed(frame: &Frame, max_frame: usize) -> Result<Bytes,
         });
     }
     let raw = frame.encode_to_vec();
-    let packed =
-        ruzstd::encoding::compress_to_vec(&raw[..], ruzstd::encoding::CompressionLevel::Fastest);
+    let packed = ruzstd::encoding::compress_to_vec(&raw[..], ruzstd::encoding::CompressionLevel::Fastest);
     let outer = if packed.len() < raw.len() {
         Frame {
             kind: Some(Kind::Compressed(packed)),
@@ -112,10 +122,7 @@ pub fn decode_frame(buf: &mut BytesMut, max_frame: usize) -> Result<Option<Frame
         return Ok(None);
     };
     if len > max_frame as u64 {
-        return Err(FrameError::TooLarge {
-            len,
-            max: max_frame,
-        });
+        return Err(FrameError::TooLarge { len, max: max_frame });
     }
     let len = len as usize;
     if buf.len() < header + len {
@@ -144,8 +151,8 @@ pub fn decode_body(body: Bytes) -> Result<Frame, FrameError> {
 
 fn decompress(packed: &[u8]) -> Result<Vec<u8>, FrameError> {
     let mut src = packed;
-    let decoder = ruzstd::decoding::StreamingDecoder::new(&mut src)
-        .map_err(|e| FrameError::Decompress(e.to_string()))?;
+    let decoder =
+        ruzstd::decoding::StreamingDecoder::new(&mut src).map_err(|e| FrameError::Decompress(e.to_string()))?;
     let mut raw = Vec::new();
     decoder
         .take(MAX_DECOMPRESSED_BYTES as u64 + 1)
@@ -244,10 +251,7 @@ mod tests {
         dec.push(&head);
         assert!(matches!(
             dec.next_frame(),
-            Err(FrameError::TooLarge {
-                len: 1001,
-                max: 1000
-            })
+            Err(FrameError::TooLarge { len: 1001, max: 1000 })
         ));
     }
 
@@ -299,10 +303,21 @@ mod tests {
             bytes.len()
         );
         let mut buf = BytesMut::from(&bytes[..]);
-        assert_eq!(
-            decode_frame(&mut buf, MAX_FRAME_BYTES).unwrap(),
-            Some(frame)
-        );
+        assert_eq!(decode_frame(&mut buf, MAX_FRAME_BYTES).unwrap(), Some(frame));
+    }
+
+    #[test]
+    fn event_frames_encode_like_frames() {
+        let ev = pb::ConversationEvent {
+            conversation_id: 3,
+            seq: 9,
+            sender_username: "a".into(),
+            ..Default::default()
+        };
+        let frame = Frame {
+            kind: Some(Kind::Event(ev.clone())),
+        };
+        assert_eq!(encode_event_frame(&ev), encode_frame(&frame));
     }
 
     #[test]
@@ -311,10 +326,7 @@ mod tests {
             kind: Some(Kind::Compressed(vec![1, 2, 3])),
         }
         .encode_to_vec();
-        let packed = ruzstd::encoding::compress_to_vec(
-            &inner[..],
-            ruzstd::encoding::CompressionLevel::Fastest,
-        );
+        let packed = ruzstd::encoding::compress_to_vec(&inner[..], ruzstd::encoding::CompressionLevel::Fastest);
         let outer = encode_frame(&Frame {
             kind: Some(Kind::Compressed(packed)),
         });

@@ -53,11 +53,7 @@ impl Seq {
 
 /// The client-chosen idempotency key of a send (PROTOCOL.md §6.3).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[cfg_attr(
-    feature = "serde",
-    derive(serde::Serialize, serde::Deserialize),
-    serde(transparent)
-)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize), serde(transparent))]
 pub struct ClientMsgId(pub String);
 
 impl ClientMsgId {

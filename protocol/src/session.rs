@@ -332,11 +332,7 @@ impl ClientSession {
     }
 
     /// Restore a resume token and cursors persisted by an earlier process.
-    pub fn restore(
-        &mut self,
-        resume_token: Option<String>,
-        cursors: impl IntoIterator<Item = (ConversationId, Seq)>,
-    ) {
+    pub fn restore(&mut self, resume_token: Option<String>, cursors: impl IntoIterator<Item = (ConversationId, Seq)>) {
         self.resume_token = resume_token;
         for (c, s) in cursors {
             let st = self.convs.entry(c).or_default();
@@ -416,35 +412,20 @@ impl ClientSession {
     }
 
     /// Bytes read from a server-opened delivery stream.
-    pub fn handle_stream_data(
-        &mut self,
-        now: Millis,
-        stream: StreamKey,
-        data: &[u8],
-    ) -> Result<(), SessionError> {
+    pub fn handle_stream_data(&mut self, now: Millis, stream: StreamKey, data: &[u8]) -> Result<(), SessionError> {
         self.now = now;
         let st = self.streams.entry(stream).or_default();
         st.decoder.push(data);
         let mut frames = Vec::new();
         while let Some(frame) = st.decoder.next_frame()? {
             match (frame.kind, st.conversation) {
-                (Some(Kind::StreamHeader(h)), None) => {
-                    st.conversation = Some(ConversationId(h.conversation_id))
-                }
-                (Some(Kind::Event(ev)), Some(conv)) if ev.conversation_id == conv.0 => {
-                    frames.push(ev)
-                }
+                (Some(Kind::StreamHeader(h)), None) => st.conversation = Some(ConversationId(h.conversation_id)),
+                (Some(Kind::Event(ev)), Some(conv)) if ev.conversation_id == conv.0 => frames.push(ev),
                 (Some(Kind::Event(_)), Some(_)) => {
                     return Err(SessionError::Unexpected("event for another conversation"))
                 }
-                (Some(Kind::Event(_)), None) => {
-                    return Err(SessionError::Unexpected("event before stream header"))
-                }
-                _ => {
-                    return Err(SessionError::Unexpected(
-                        "non-event frame on a delivery stream",
-                    ))
-                }
+                (Some(Kind::Event(_)), None) => return Err(SessionError::Unexpected("event before stream header")),
+                _ => return Err(SessionError::Unexpected("non-event frame on a delivery stream")),
             }
         }
         for ev in frames {
@@ -514,13 +495,10 @@ impl ClientSession {
                     }
                     self.fetch_queue.push_back(c);
                 }
-                Purpose::Authenticate => {
-                    self.events
-                        .push_back(SessionEvent::ConnectionError(ServerError::new(
-                            pb::ErrorCode::Internal,
-                            "authentication timed out",
-                        )))
-                }
+                Purpose::Authenticate => self.events.push_back(SessionEvent::ConnectionError(ServerError::new(
+                    pb::ErrorCode::Internal,
+                    "authentication timed out",
+                ))),
             }
         }
         self.flush();
@@ -574,10 +552,7 @@ impl ClientSession {
 
     fn put_request(&mut self, id: RequestId, op: Op, purpose: Purpose) {
         let frame = pb::Frame {
-            kind: Some(Kind::Request(pb::Request {
-                id: id.0,
-                op: Some(op),
-            })),
+            kind: Some(Kind::Request(pb::Request { id: id.0, op: Some(op) })),
         };
         self.transmit.push_back(encode_frame(&frame));
         let deadline = self.now.plus(self.config.request_timeout_ms);
@@ -618,12 +593,7 @@ impl ClientSession {
         // ones that wait for auth (which Login is needed to reach).
         let mut i = 0;
         while self.in_flight.len() < cap && i < self.queued.len() {
-            if !ready
-                && !matches!(
-                    self.queued[i].1,
-                    Op::Register(_) | Op::Login(_) | Op::Ping(_)
-                )
-            {
+            if !ready && !matches!(self.queued[i].1, Op::Register(_) | Op::Login(_) | Op::Ping(_)) {
                 i += 1;
                 continue;
             }
@@ -703,9 +673,7 @@ impl ClientSession {
                 }
                 Ok(())
             }
-            Some(Kind::Welcome(_)) => {
-                Err(SessionError::Unexpected("Welcome outside the handshake"))
-            }
+            Some(Kind::Welcome(_)) => Err(SessionError::Unexpected("Welcome outside the handshake")),
             Some(Kind::Response(r)) => {
                 self.on_response(r);
                 Ok(())
@@ -728,9 +696,7 @@ impl ClientSession {
             }
             // Unknown kinds from a newer server are ignored (PROTOCOL.md §2.4).
             None => Ok(()),
-            Some(_) => Err(SessionError::Unexpected(
-                "frame not allowed on the control stream",
-            )),
+            Some(_) => Err(SessionError::Unexpected("frame not allowed on the control stream")),
         }
     }
 
@@ -780,11 +746,7 @@ impl ClientSession {
     fn apply_auth(&mut self, ok: pb::AuthOk) {
         self.state = State::Ready;
         self.resume_token = Some(ok.resume_token).filter(|t| !t.is_empty());
-        self.identity = Some((
-            UserId(ok.user_id),
-            ok.username.clone(),
-            DeviceId(ok.device_id),
-        ));
+        self.identity = Some((UserId(ok.user_id), ok.username.clone(), DeviceId(ok.device_id)));
         self.events.push_back(SessionEvent::Authenticated {
             user_id: UserId(ok.user_id),
             username: ok.username,
@@ -800,24 +762,20 @@ impl ClientSession {
                 .collect();
             for s in &ok.conversations {
                 let last = Seq(s.last_seq);
-                let st = self
-                    .convs
-                    .entry(ConversationId(s.conversation_id))
-                    .or_insert_with(|| {
-                        let from_join = s.joined_seq.saturating_sub(1);
-                        let recent = s.last_seq.saturating_sub(self.config.backfill);
-                        let base = Seq(from_join.max(recent));
-                        ConvState {
-                            delivered: base,
-                            highest_seen: base,
-                            ..Default::default()
-                        }
-                    });
+                let st = self.convs.entry(ConversationId(s.conversation_id)).or_insert_with(|| {
+                    let from_join = s.joined_seq.saturating_sub(1);
+                    let recent = s.last_seq.saturating_sub(self.config.backfill);
+                    let base = Seq(from_join.max(recent));
+                    ConvState {
+                        delivered: base,
+                        highest_seen: base,
+                        ..Default::default()
+                    }
+                });
                 st.highest_seen = st.highest_seen.max(last);
             }
             self.convs.retain(|c, _| listed.contains(c));
-            self.events
-                .push_back(SessionEvent::Conversations(ok.conversations));
+            self.events.push_back(SessionEvent::Conversations(ok.conversations));
         }
         self.synced = true;
         for ev in std::mem::take(&mut self.early) {
@@ -825,12 +783,7 @@ impl ClientSession {
         }
     }
 
-    fn on_send_result(
-        &mut self,
-        id: RequestId,
-        cid: ClientMsgId,
-        result: Result<Res, ServerError>,
-    ) {
+    fn on_send_result(&mut self, id: RequestId, cid: ClientMsgId, result: Result<Res, ServerError>) {
         let Some(pos) = self
             .outbox
             .iter()
@@ -858,9 +811,7 @@ impl ClientSession {
             other => {
                 let error = match other {
                     Err(e) => e,
-                    Ok(_) => {
-                        ServerError::new(pb::ErrorCode::Internal, "unexpected response to Send")
-                    }
+                    Ok(_) => ServerError::new(pb::ErrorCode::Internal, "unexpected response to Send"),
                 };
                 let e = self.outbox.remove(pos);
                 self.events.push_back(SessionEvent::SendFailed {
@@ -917,17 +868,14 @@ impl ClientSession {
             return;
         }
         // A conversation seen for the first time live starts at this event.
-        let st = self
-            .convs
-            .entry(ConversationId(ev.conversation_id))
-            .or_insert_with(|| {
-                let base = Seq(seq.0 - 1);
-                ConvState {
-                    delivered: base,
-                    highest_seen: base,
-                    ..Default::default()
-                }
-            });
+        let st = self.convs.entry(ConversationId(ev.conversation_id)).or_insert_with(|| {
+            let base = Seq(seq.0 - 1);
+            ConvState {
+                delivered: base,
+                highest_seen: base,
+                ..Default::default()
+            }
+        });
         if seq <= st.delivered {
             return;
         }
@@ -967,24 +915,14 @@ fn validate_op(op: &Op) -> Result<(), ValidationError> {
         Op::CreateDirect(d) => validate::username(&d.username),
         Op::CreateGroup(g) => {
             validate::name(&g.name)?;
-            validate::count(
-                "usernames",
-                g.usernames.len(),
-                limits::MAX_USERNAMES_PER_REQUEST,
-            )
+            validate::count("usernames", g.usernames.len(), limits::MAX_USERNAMES_PER_REQUEST)
         }
         Op::CreateChannel(c) => validate::channel_name(&c.name),
         Op::JoinChannel(c) => validate::channel_name(&c.name),
-        Op::AddMembers(a) => validate::count(
-            "usernames",
-            a.usernames.len(),
-            limits::MAX_USERNAMES_PER_REQUEST,
-        ),
+        Op::AddMembers(a) => validate::count("usernames", a.usernames.len(), limits::MAX_USERNAMES_PER_REQUEST),
         Op::Rename(r) => validate::name(&r.name),
         Op::Send(_) => Err(ValidationError::NotAllowed("use send_message for sends")),
-        Op::Authenticate(_) => Err(ValidationError::NotAllowed(
-            "the session authenticates by itself",
-        )),
+        Op::Authenticate(_) => Err(ValidationError::NotAllowed("the session authenticates by itself")),
         _ => Ok(()),
     }
 }

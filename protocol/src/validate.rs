@@ -82,10 +82,7 @@ pub fn message_body(body: &pb::MessageBody, max_chars: usize) -> Result<(), Vali
     if body.text.len() > max_chars {
         let chars = body.text.chars().count();
         if chars > max_chars {
-            return Err(ValidationError::TextTooLong {
-                chars,
-                max: max_chars,
-            });
+            return Err(ValidationError::TextTooLong { chars, max: max_chars });
         }
     }
     Ok(())
@@ -113,9 +110,7 @@ pub fn password(pw: &str) -> Result<(), ValidationError> {
 pub fn client_msg_id(id: &str) -> Result<(), ValidationError> {
     let ok = !id.is_empty()
         && id.len() <= limits::MAX_CLIENT_MSG_ID_BYTES
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     ok.then_some(()).ok_or(ValidationError::ClientMsgId)
 }
 
@@ -159,10 +154,7 @@ mod tests {
             message_body(&body("é".repeat(11)), 10),
             Err(ValidationError::TextTooLong { chars: 11, max: 10 })
         );
-        assert_eq!(
-            message_body(&body(String::new()), 10),
-            Err(ValidationError::EmptyText)
-        );
+        assert_eq!(message_body(&body(String::new()), 10), Err(ValidationError::EmptyText));
     }
 
     #[test]

@@ -1,2 +1,22 @@
-//! natter-server: see the module docs.
+//! natter-server: the natter chat server as a library (the `natter-server` binary is a thin
+//! `main` over [`server::start`]).
+//!
+//! Layers, outside in: [`quic`] (transport adapter) → [`conn`] (one connection: handshake,
+//! auth, dispatch, delivery streams) → [`handlers`] (one function per request) →
+//! [`shard`] (conversation owners: order, permissions, group commit) and [`hub`] (sessions,
+//! fan-out, resume) → [`store`] (durable state behind the `Store` trait).
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod config;
+pub mod conn;
+pub mod handlers;
+pub mod hub;
+pub mod quic;
+pub mod server;
+pub mod shard;
 pub mod store;
+pub mod tls;
+
+pub use config::Config;
+pub use server::{start, RunningServer};

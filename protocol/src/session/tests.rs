@@ -90,22 +90,15 @@ impl Peer {
     }
 
     fn stream(&mut self, key: u64, frames: &[Kind]) {
-        let bytes: Vec<u8> = frames
-            .iter()
-            .flat_map(|k| frame(k.clone()).to_vec())
-            .collect();
-        self.s
-            .handle_stream_data(self.now, StreamKey(key), &bytes)
-            .unwrap();
+        let bytes: Vec<u8> = frames.iter().flat_map(|k| frame(k.clone()).to_vec()).collect();
+        self.s.handle_stream_data(self.now, StreamKey(key), &bytes).unwrap();
     }
 
     /// Connect, handshake and authenticate; returns the Authenticate request.
     fn connect(&mut self, ok: pb::AuthOk) -> pb::Authenticate {
         self.s.handle_connected(self.now);
         let hello = self.sent();
-        assert!(
-            matches!(&hello[..], [pb::Frame { kind: Some(Kind::Hello(h)) }] if h.versions == vec![1])
-        );
+        assert!(matches!(&hello[..], [pb::Frame { kind: Some(Kind::Hello(h)) }] if h.versions == vec![1]));
         self.control(Kind::Welcome(pb::Welcome {
             version: 1,
             limits: Some(limits::default_limits()),
@@ -188,10 +181,7 @@ fn events_are_delivered_once_in_order_and_gaps_are_fetched() {
         }),
     );
     assert_eq!(p.delivered(), vec![(5, 3), (5, 4), (5, 5)]);
-    p.stream(
-        1,
-        &[Kind::Event(ev(5, 5, "dup")), Kind::Event(ev(5, 6, "f"))],
-    );
+    p.stream(1, &[Kind::Event(ev(5, 5, "dup")), Kind::Event(ev(5, 6, "f"))]);
     assert_eq!(p.delivered(), vec![(5, 6)]);
     assert!(p.requests().is_empty());
 }
@@ -199,10 +189,7 @@ fn events_are_delivered_once_in_order_and_gaps_are_fetched() {
 #[test]
 fn cursor_sync_fetches_what_a_known_conversation_missed_and_backfills_new_ones() {
     let mut p = Peer::new(Some("tok"));
-    p.s.restore(
-        None,
-        [(ConversationId(5), Seq(3)), (ConversationId(6), Seq(2))],
-    );
+    p.s.restore(None, [(ConversationId(5), Seq(3)), (ConversationId(6), Seq(2))]);
     let auth = {
         p.s.handle_connected(p.now);
         p.sent();
@@ -284,17 +271,11 @@ fn events_before_auth_ok_wait_for_it() {
 fn the_outbox_survives_a_disconnect_and_resends_with_the_same_id() {
     let mut p = Peer::new(Some("tok"));
     p.connect(auth_ok(false, vec![]));
-    p.s.send_message(
-        p.now,
-        ConversationId(5),
-        ClientMsgId("c1".into()),
-        text("hi"),
-    )
-    .unwrap();
+    p.s.send_message(p.now, ConversationId(5), ClientMsgId("c1".into()), text("hi"))
+        .unwrap();
     let first = p.requests();
     let [pb::Request {
-        op: Some(Op::Send(s1)),
-        ..
+        op: Some(Op::Send(s1)), ..
     }] = &first[..]
     else {
         panic!()
@@ -334,13 +315,8 @@ fn the_outbox_survives_a_disconnect_and_resends_with_the_same_id() {
 fn a_send_without_a_response_is_resent_after_the_timeout_and_acked_once() {
     let mut p = Peer::new(Some("tok"));
     p.connect(auth_ok(false, vec![]));
-    p.s.send_message(
-        p.now,
-        ConversationId(5),
-        ClientMsgId("c1".into()),
-        text("hi"),
-    )
-    .unwrap();
+    p.s.send_message(p.now, ConversationId(5), ClientMsgId("c1".into()), text("hi"))
+        .unwrap();
     let r1 = p.requests();
     let deadline = p.s.poll_timeout().unwrap();
     p.now = deadline;
@@ -392,9 +368,7 @@ fn requests_time_out_and_fail_on_disconnect_with_typed_errors() {
             result: Err(RequestError::Timeout)
         }]
     );
-    let b =
-        p.s.request(p.now, Op::ListDevices(pb::ListDevices {}))
-            .unwrap();
+    let b = p.s.request(p.now, Op::ListDevices(pb::ListDevices {})).unwrap();
     p.s.handle_disconnected(p.now);
     assert_eq!(
         p.events(),
@@ -410,21 +384,11 @@ fn bad_input_is_refused_locally() {
     let mut p = Peer::new(None);
     let long = "x".repeat(limits::MAX_TEXT_CHARS + 1);
     assert!(matches!(
-        p.s.send_message(
-            p.now,
-            ConversationId(1),
-            ClientMsgId("a".into()),
-            text(&long)
-        ),
+        p.s.send_message(p.now, ConversationId(1), ClientMsgId("a".into()), text(&long)),
         Err(ValidationError::TextTooLong { .. })
     ));
     assert_eq!(
-        p.s.send_message(
-            p.now,
-            ConversationId(1),
-            ClientMsgId("a b".into()),
-            text("x")
-        ),
+        p.s.send_message(p.now, ConversationId(1), ClientMsgId("a b".into()), text("x")),
         Err(ValidationError::ClientMsgId)
     );
     assert!(p
@@ -496,9 +460,10 @@ fn a_revoked_token_reports_auth_failed() {
             ..Default::default()
         })),
     }));
-    assert!(p.events().iter().any(
-        |e| matches!(e, SessionEvent::AuthFailed(e) if e.code == pb::ErrorCode::TokenRevoked)
-    ));
+    assert!(p
+        .events()
+        .iter()
+        .any(|e| matches!(e, SessionEvent::AuthFailed(e) if e.code == pb::ErrorCode::TokenRevoked)));
     assert_eq!(p.s.access_token(), None);
     assert_eq!(p.s.state(), State::Unauthenticated);
 }

@@ -51,6 +51,8 @@ pub struct DeviceRecord {
     pub id: DeviceId,
     /// Its user.
     pub user: UserId,
+    /// The user's username.
+    pub username: String,
     /// Display name.
     pub name: String,
     /// Login time.
@@ -138,27 +140,20 @@ pub enum Page {
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Create an account.
-    async fn create_user(
-        &self,
-        username: &str,
-        password_hash: &str,
-        now_ms: u64,
-    ) -> Result<UserId, StoreError>;
+    async fn create_user(&self, username: &str, password_hash: &str, now_ms: u64) -> Result<UserId, StoreError>;
     /// Look an account up by username.
     async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>, StoreError>;
     /// Create a device for a user with the hash of its access token.
     async fn create_device(
         &self,
         user: UserId,
+        username: &str,
         name: &str,
         token_hash: [u8; 32],
         now_ms: u64,
     ) -> Result<DeviceId, StoreError>;
     /// The live (not revoked) device holding this token hash.
-    async fn device_by_token(
-        &self,
-        token_hash: [u8; 32],
-    ) -> Result<Option<DeviceRecord>, StoreError>;
+    async fn device_by_token(&self, token_hash: [u8; 32]) -> Result<Option<DeviceRecord>, StoreError>;
     /// Revoke a device's token. False if the user has no such live device.
     async fn revoke_device(&self, user: UserId, device: DeviceId) -> Result<bool, StoreError>;
     /// A user's devices, revoked ones included.
@@ -168,25 +163,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn allocate_conversation_id(&self) -> Result<ConversationId, StoreError>;
     /// The direct conversation of a pair: binds `candidate` if the pair has none yet and
     /// returns whichever id is bound (first writer wins).
-    async fn claim_direct(
-        &self,
-        a: UserId,
-        b: UserId,
-        candidate: ConversationId,
-    ) -> Result<ConversationId, StoreError>;
+    async fn claim_direct(&self, a: UserId, b: UserId, candidate: ConversationId)
+        -> Result<ConversationId, StoreError>;
     /// The channel with this name: binds `candidate` if the name is free.
-    async fn claim_channel_name(
-        &self,
-        name: &str,
-        candidate: ConversationId,
-    ) -> Result<ConversationId, StoreError>;
+    async fn claim_channel_name(&self, name: &str, candidate: ConversationId) -> Result<ConversationId, StoreError>;
     /// The channel with this name, if any.
     async fn channel_by_name(&self, name: &str) -> Result<Option<ConversationId>, StoreError>;
     /// A conversation with its members and last seq.
-    async fn load_conversation(
-        &self,
-        id: ConversationId,
-    ) -> Result<Option<ConversationRecord>, StoreError>;
+    async fn load_conversation(&self, id: ConversationId) -> Result<Option<ConversationRecord>, StoreError>;
     /// Persist events (with their state changes) in order, atomically and durably.
     async fn commit(&self, batch: &[Commit]) -> Result<(), StoreError>;
     /// The committed send with this idempotency key, if any.
@@ -208,12 +192,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// A user's read cursor in a conversation (0 if none).
     async fn read_cursor(&self, user: UserId, conv: ConversationId) -> Result<Seq, StoreError>;
     /// Move a read cursor forward; never backward. Returns the cursor after the call.
-    async fn advance_read_cursor(
-        &self,
-        user: UserId,
-        conv: ConversationId,
-        seq: Seq,
-    ) -> Result<Seq, StoreError>;
+    async fn advance_read_cursor(&self, user: UserId, conv: ConversationId, seq: Seq) -> Result<Seq, StoreError>;
     /// Messages by others after `after`, counting at most `cap`; and the newest message.
     async fn unread_and_last_message(
         &self,

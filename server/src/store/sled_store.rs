@@ -81,11 +81,7 @@ impl SledStore {
     }
 
     /// Bind `key` to `candidate` unless bound; return the bound value.
-    async fn claim(
-        &self,
-        k: Vec<u8>,
-        candidate: ConversationId,
-    ) -> Result<ConversationId, StoreError> {
+    async fn claim(&self, k: Vec<u8>, candidate: ConversationId) -> Result<ConversationId, StoreError> {
         match self
             .tree
             .compare_and_swap(&k, None as Option<&[u8]>, Some(&be(candidate.0)[..]))
@@ -102,12 +98,7 @@ impl SledStore {
 
 #[async_trait]
 impl Store for SledStore {
-    async fn create_user(
-        &self,
-        username: &str,
-        password_hash: &str,
-        now_ms: u64,
-    ) -> Result<UserId, StoreError> {
+    async fn create_user(&self, username: &str, password_hash: &str, now_ms: u64) -> Result<UserId, StoreError> {
         let id = UserId(self.next_id()?);
         let rec = UserRecord {
             id,
@@ -140,6 +131,7 @@ impl Store for SledStore {
     async fn create_device(
         &self,
         user: UserId,
+        username: &str,
         name: &str,
         token_hash: [u8; 32],
         now_ms: u64,
@@ -148,25 +140,20 @@ impl Store for SledStore {
         let rec = DeviceRecord {
             id,
             user,
+            username: username.into(),
             name: name.into(),
             created_ms: now_ms,
             revoked: false,
         };
         let mut batch = sled::Batch::default();
         batch.insert(key(b"d/", &[&be(user.0), &be(id.0)]), enc(&rec));
-        batch.insert(
-            key(b"t/", &[&token_hash]),
-            key(b"", &[&be(user.0), &be(id.0)]),
-        );
+        batch.insert(key(b"t/", &[&token_hash]), key(b"", &[&be(user.0), &be(id.0)]));
         self.tree.apply_batch(batch).map_err(backend)?;
         self.flush().await?;
         Ok(id)
     }
 
-    async fn device_by_token(
-        &self,
-        token_hash: [u8; 32],
-    ) -> Result<Option<DeviceRecord>, StoreError> {
+    async fn device_by_token(&self, token_hash: [u8; 32]) -> Result<Option<DeviceRecord>, StoreError> {
         let Some(ids) = self.tree.get(key(b"t/", &[&token_hash])).map_err(backend)? else {
             return Ok(None);
         };
@@ -210,30 +197,19 @@ impl Store for SledStore {
         candidate: ConversationId,
     ) -> Result<ConversationId, StoreError> {
         let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-        self.claim(key(b"dm/", &[&be(lo.0), &be(hi.0)]), candidate)
-            .await
+        self.claim(key(b"dm/", &[&be(lo.0), &be(hi.0)]), candidate).await
     }
 
-    async fn claim_channel_name(
-        &self,
-        name: &str,
-        candidate: ConversationId,
-    ) -> Result<ConversationId, StoreError> {
+    async fn claim_channel_name(&self, name: &str, candidate: ConversationId) -> Result<ConversationId, StoreError> {
         self.claim(key(b"ch/", &[name.as_bytes()]), candidate).await
     }
 
     async fn channel_by_name(&self, name: &str) -> Result<Option<ConversationId>, StoreError> {
-        let v = self
-            .tree
-            .get(key(b"ch/", &[name.as_bytes()]))
-            .map_err(backend)?;
+        let v = self.tree.get(key(b"ch/", &[name.as_bytes()])).map_err(backend)?;
         v.map(|v| read_u64(&v).map(ConversationId)).transpose()
     }
 
-    async fn load_conversation(
-        &self,
-        id: ConversationId,
-    ) -> Result<Option<ConversationRecord>, StoreError> {
+    async fn load_conversation(&self, id: ConversationId) -> Result<Option<ConversationRecord>, StoreError> {
         let Some(meta) = self.tree.get(key(b"c/", &[&be(id.0)])).map_err(backend)? else {
             return Ok(None);
         };
@@ -294,15 +270,8 @@ impl Store for SledStore {
         sender: UserId,
         client_msg_id: &str,
     ) -> Result<Option<SentRecord>, StoreError> {
-        let k = key(
-            b"i/",
-            &[&be(conv.0), &be(sender.0), client_msg_id.as_bytes()],
-        );
-        self.tree
-            .get(k)
-            .map_err(backend)?
-            .map(|v| dec(&v))
-            .transpose()
+        let k = key(b"i/", &[&be(conv.0), &be(sender.0), client_msg_id.as_bytes()]);
+        self.tree.get(k).map_err(backend)?.map(|v| dec(&v)).transpose()
     }
 
     async fn events(
@@ -315,8 +284,7 @@ impl Store for SledStore {
         let mut more = false;
         match page {
             Page::After(after) => {
-                let range = event_key(conv, Seq(after.0.saturating_add(1)))
-                    ..=event_key(conv, Seq(u64::MAX));
+                let range = event_key(conv, Seq(after.0.saturating_add(1)))..=event_key(conv, Seq(u64::MAX));
                 for kv in self.tree.range(range) {
                     if out.len() == limit {
                         more = true;
@@ -331,11 +299,7 @@ impl Store for SledStore {
                 } else {
                     Seq(before.0 - 1)
                 };
-                for kv in self
-                    .tree
-                    .range(event_key(conv, Seq(0))..=event_key(conv, end))
-                    .rev()
-                {
+                for kv in self.tree.range(event_key(conv, Seq(0))..=event_key(conv, end)).rev() {
                     if out.len() == limit {
                         more = true;
                         break;
@@ -366,12 +330,7 @@ impl Store for SledStore {
         Ok(Seq(v.map(|v| read_u64(&v)).transpose()?.unwrap_or(0)))
     }
 
-    async fn advance_read_cursor(
-        &self,
-        user: UserId,
-        conv: ConversationId,
-        seq: Seq,
-    ) -> Result<Seq, StoreError> {
+    async fn advance_read_cursor(&self, user: UserId, conv: ConversationId, seq: Seq) -> Result<Seq, StoreError> {
         let now = self.bump_cursor(user, conv, seq)?;
         self.flush().await?;
         Ok(now)
@@ -384,9 +343,7 @@ impl Store for SledStore {
         after: Seq,
         cap: u32,
     ) -> Result<(u32, Option<pb::ConversationEvent>), StoreError> {
-        let is_message = |e: &pb::ConversationEvent| {
-            matches!(e.body, Some(pb::conversation_event::Body::Message(_)))
-        };
+        let is_message = |e: &pb::ConversationEvent| matches!(e.body, Some(pb::conversation_event::Body::Message(_)));
         let mut unread = 0;
         let mut last = None;
         // Newest first: the first message found is the last message; count until the cursor.
@@ -443,18 +400,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let id = {
             let store = super::SledStore::open(dir.path()).unwrap();
-            super::Store::create_user(&store, "zed", "h", 1)
-                .await
-                .unwrap()
+            super::Store::create_user(&store, "zed", "h", 1).await.unwrap()
         };
         let store = super::SledStore::open(dir.path()).unwrap();
-        assert_eq!(
-            super::Store::user_by_name(&store, "zed")
-                .await
-                .unwrap()
-                .unwrap()
-                .id,
-            id
-        );
+        assert_eq!(super::Store::user_by_name(&store, "zed").await.unwrap().unwrap().id, id);
     }
 }

@@ -57,26 +57,17 @@ async fn accounts(store: &dyn Store) {
 
 async fn devices(store: &dyn Store) {
     let u = store.create_user("dora", "h", 1).await.unwrap();
-    let d1 = store.create_device(u, "phone", [1; 32], 5).await.unwrap();
-    let d2 = store.create_device(u, "laptop", [2; 32], 6).await.unwrap();
-    assert_eq!(
-        store.device_by_token([1; 32]).await.unwrap().unwrap().id,
-        d1
-    );
+    let d1 = store.create_device(u, "dora", "phone", [1; 32], 5).await.unwrap();
+    let d2 = store.create_device(u, "dora", "laptop", [2; 32], 6).await.unwrap();
+    assert_eq!(store.device_by_token([1; 32]).await.unwrap().unwrap().id, d1);
     assert!(store.device_by_token([9; 32]).await.unwrap().is_none());
     assert!(store.revoke_device(u, d1).await.unwrap());
-    assert!(
-        !store.revoke_device(u, d1).await.unwrap(),
-        "second revoke is a no-op"
-    );
+    assert!(!store.revoke_device(u, d1).await.unwrap(), "second revoke is a no-op");
     assert!(
         store.device_by_token([1; 32]).await.unwrap().is_none(),
         "revoked token is refused"
     );
-    assert_eq!(
-        store.device_by_token([2; 32]).await.unwrap().unwrap().id,
-        d2
-    );
+    assert_eq!(store.device_by_token([2; 32]).await.unwrap().unwrap().id, d2);
     let list = store.list_devices(u).await.unwrap();
     assert_eq!(list.len(), 2);
     assert!(list.iter().any(|d| d.id == d1 && d.revoked));
@@ -137,24 +128,12 @@ async fn conversations_and_events(store: &dyn Store) {
 
     // Read cursors only move forward; a sender has read their own message.
     assert_eq!(store.read_cursor(a, conv).await.unwrap(), Seq(10));
-    assert_eq!(
-        store.advance_read_cursor(a, conv, Seq(5)).await.unwrap(),
-        Seq(10)
-    );
-    assert_eq!(
-        store.advance_read_cursor(b, conv, Seq(11)).await.unwrap(),
-        Seq(11)
-    );
+    assert_eq!(store.advance_read_cursor(a, conv, Seq(5)).await.unwrap(), Seq(10));
+    assert_eq!(store.advance_read_cursor(b, conv, Seq(11)).await.unwrap(), Seq(11));
     // a has read to 10; 11 is b's: one unread. Last message is 11.
-    let (unread, last) = store
-        .unread_and_last_message(conv, a, Seq(10), 1000)
-        .await
-        .unwrap();
+    let (unread, last) = store.unread_and_last_message(conv, a, Seq(10), 1000).await.unwrap();
     assert_eq!((unread, last.map(|e| e.seq)), (1, Some(11)));
-    let (unread, _) = store
-        .unread_and_last_message(conv, a, Seq(0), 3)
-        .await
-        .unwrap();
+    let (unread, _) = store.unread_and_last_message(conv, a, Seq(0), 3).await.unwrap();
     assert_eq!(unread, 3, "capped");
 
     // Removing a member drops them from the index.
@@ -169,16 +148,7 @@ async fn conversations_and_events(store: &dyn Store) {
     };
     store.commit(&[removed]).await.unwrap();
     assert!(store.user_conversations(b).await.unwrap().is_empty());
-    assert_eq!(
-        store
-            .load_conversation(conv)
-            .await
-            .unwrap()
-            .unwrap()
-            .members
-            .len(),
-        1
-    );
+    assert_eq!(store.load_conversation(conv).await.unwrap().unwrap().members.len(), 1);
 }
 
 async fn claims(store: &dyn Store) {

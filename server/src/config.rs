@@ -1,0 +1,112 @@
+//! Server configuration: TOML file, then environment/flags on top, then defaults that run
+//! with nothing installed (sled in `./data`, a generated development certificate).
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use natter_protocol::limits;
+use serde::{Deserialize, Serialize};
+
+/// Everything the server can be told. Every field has a default.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// UDP address for QUIC.
+    pub listen: SocketAddr,
+    /// Where the database and the development certificate live.
+    pub data_dir: PathBuf,
+    /// Conversation shards; 0 means one per core.
+    pub shards: usize,
+    /// PEM certificate chain; unset means the generated development certificate.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// How long a disconnected session can be resumed.
+    pub resume_window_secs: u32,
+    /// Events kept per session for resume.
+    pub session_ring: usize,
+    /// Message text limit, in characters.
+    pub max_text_chars: usize,
+    /// Group size limit.
+    pub max_group_members: usize,
+    /// Channel size limit.
+    pub max_channel_members: usize,
+    /// History page limit.
+    pub max_history_page: u32,
+    /// Requests in flight per connection.
+    pub max_requests_in_flight: usize,
+    /// Seconds from connect to Hello.
+    pub handshake_timeout_secs: u64,
+    /// QUIC idle timeout in seconds (clients send keep-alives well inside it).
+    pub idle_timeout_secs: u64,
+    /// Seconds before an idle delivery stream is finished.
+    pub stream_idle_secs: u64,
+    /// `tracing` filter, e.g. "info" or "natter_server=debug".
+    pub log: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:4433".parse().expect("valid address"),
+            data_dir: PathBuf::from("data"),
+            shards: 0,
+            tls_cert: None,
+            tls_key: None,
+            resume_window_secs: limits::RESUME_WINDOW_SECS,
+            session_ring: 1024,
+            max_text_chars: limits::MAX_TEXT_CHARS,
+            max_group_members: limits::MAX_GROUP_MEMBERS,
+            max_channel_members: limits::MAX_CHANNEL_MEMBERS,
+            max_history_page: limits::MAX_HISTORY_PAGE,
+            max_requests_in_flight: limits::MAX_REQUESTS_IN_FLIGHT as usize,
+            handshake_timeout_secs: 10,
+            idle_timeout_secs: 30,
+            stream_idle_secs: 30,
+            log: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Read a TOML file; unknown keys are errors.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
+    /// Shards to run.
+    pub fn shard_count(&self) -> usize {
+        if self.shards == 0 {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        } else {
+            self.shards
+        }
+    }
+
+    /// The limits advertised in Welcome.
+    pub fn wire_limits(&self) -> natter_protocol::pb::Limits {
+        natter_protocol::pb::Limits {
+            max_text_chars: self.max_text_chars as u32,
+            max_group_members: self.max_group_members as u32,
+            max_channel_members: self.max_channel_members as u32,
+            max_history_page: self.max_history_page,
+            resume_window_secs: self.resume_window_secs,
+            max_requests_in_flight: self.max_requests_in_flight as u32,
+            ..limits::default_limits()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_overrides_defaults_and_rejects_unknown_keys() {
+        let c: Config = toml::from_str("listen = \"127.0.0.1:9000\"\nshards = 3\n").unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.shards, 3);
+        assert_eq!(c.max_text_chars, limits::MAX_TEXT_CHARS);
+        assert!(toml::from_str::<Config>("lisen = \"x\"").is_err());
+    }
+}

@@ -1,0 +1,294 @@
+//! Request handlers for authenticated connections: one function per operation, each
+//! checking its input and authorization and returning a typed result (PROTOCOL.md §5).
+//! Handlers never trust ids about the caller from the request: the [`Actor`] comes from the
+//! authenticated connection. They do no transport I/O.
+use std::sync::Arc;
+
+use natter_protocol::pb::{self, request::Op, response::Result as Res, ConversationKind as Kind, ErrorCode};
+use natter_protocol::{limits, validate, ConversationId, Seq, ServerError, UserId};
+
+use crate::shard::{Actor, ConvView, MemberLimits, Mutation, Shards};
+use crate::store::{Page, Store};
+
+/// What handlers need from the server.
+#[derive(Debug)]
+pub struct Ctx {
+    /// Durable state.
+    pub store: Arc<dyn Store>,
+    /// Conversation owners.
+    pub shards: Shards,
+    /// Member limits.
+    pub member_limits: MemberLimits,
+    /// Text limit in characters.
+    pub max_text_chars: usize,
+    /// History page limit.
+    pub max_history_page: u32,
+}
+
+fn bad(msg: &str) -> ServerError {
+    ServerError::new(ErrorCode::BadRequest, msg)
+}
+
+fn conv_id(id: u64) -> Result<ConversationId, ServerError> {
+    if id == 0 {
+        Err(bad("conversation_id is required"))
+    } else {
+        Ok(ConversationId(id))
+    }
+}
+
+/// Resolve usernames to users; unknown names are `NOT_FOUND`.
+async fn resolve(ctx: &Ctx, names: &[String]) -> Result<Vec<(UserId, String)>, ServerError> {
+    validate::count("usernames", names.len(), limits::MAX_USERNAMES_PER_REQUEST)?;
+    let mut out = Vec::with_capacity(names.len());
+    for n in names {
+        let u = ctx
+            .store
+            .user_by_name(n)
+            .await?
+            .ok_or_else(|| ServerError::new(ErrorCode::NotFound, format!("no user {n:?}")))?;
+        out.push((u.id, u.username));
+    }
+    Ok(out)
+}
+
+/// The caller's summary of one conversation.
+pub async fn summary(ctx: &Ctx, user: UserId, conv: ConversationId) -> Result<pb::ConversationSummary, ServerError> {
+    let view = ctx.shards.view(conv, user).await?;
+    summarize(ctx, user, view).await
+}
+
+async fn summarize(ctx: &Ctx, user: UserId, v: ConvView) -> Result<pb::ConversationSummary, ServerError> {
+    let read = ctx.store.read_cursor(user, v.meta.id).await?;
+    let (unread, last) = ctx
+        .store
+        .unread_and_last_message(v.meta.id, user, read, limits::MAX_UNREAD_COUNT)
+        .await?;
+    let name = if v.meta.kind == Kind::Direct as i32 {
+        v.members
+            .iter()
+            .find(|m| m.user != user)
+            .map(|m| m.username.clone())
+            .unwrap_or_default()
+    } else {
+        v.meta.name.clone()
+    };
+    Ok(pb::ConversationSummary {
+        conversation_id: v.meta.id.0,
+        kind: v.meta.kind,
+        name,
+        last_seq: v.last_seq.0,
+        joined_seq: v.me.joined_seq.0,
+        read_seq: read.0,
+        unread_count: unread,
+        my_role: v.me.role,
+        member_count: v.members.len() as u32,
+        last_message: last,
+    })
+}
+
+/// Every conversation the user is a member of, newest activity first.
+pub async fn all_summaries(ctx: &Ctx, user: UserId) -> Result<Vec<pb::ConversationSummary>, ServerError> {
+    let mut out = Vec::new();
+    for conv in ctx.store.user_conversations(user).await? {
+        match summary(ctx, user, conv).await {
+            Ok(s) => out.push(s),
+            // Deleted, or removed between the index read and now.
+            Err(e) if matches!(e.code, ErrorCode::NotFound | ErrorCode::NotMember) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    out.sort_by_key(|s| std::cmp::Reverse(s.last_message.as_ref().map_or(0, |m| m.server_time_ms)));
+    Ok(out)
+}
+
+async fn create_and_summarize(ctx: &Ctx, actor: &Actor, id: ConversationId, m: Mutation) -> Result<Res, ServerError> {
+    ctx.shards.mutate(id, actor.clone(), m).await?;
+    Ok(Res::Conversation(summary(ctx, actor.user, id).await?))
+}
+
+async fn done(ctx: &Ctx, actor: &Actor, id: u64, m: Mutation) -> Result<Res, ServerError> {
+    ctx.shards.mutate(conv_id(id)?, actor.clone(), m).await?;
+    Ok(Res::Done(pb::Done {}))
+}
+
+/// Handle one request of an authenticated connection (everything but the auth requests
+/// and sends, which the connection driver handles itself).
+pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError> {
+    match op {
+        Op::CreateDirect(r) => {
+            validate::username(&r.username)?;
+            let [(peer, peer_name)] =
+                <[_; 1]>::try_from(resolve(ctx, &[r.username]).await?).expect("one name, one user");
+            if peer == actor.user {
+                return Err(bad("a direct conversation needs another user"));
+            }
+            let candidate = ctx.store.allocate_conversation_id().await?;
+            let id = ctx.store.claim_direct(actor.user, peer, candidate).await?;
+            let m = Mutation::Create {
+                kind: Kind::Direct,
+                name: String::new(),
+                members: vec![(peer, peer_name)],
+            };
+            create_and_summarize(ctx, actor, id, m).await
+        }
+        Op::CreateGroup(r) => {
+            validate::name(&r.name)?;
+            let members = resolve(ctx, &r.usernames).await?;
+            validate::count("members", members.len() + 1, ctx.member_limits.group)?;
+            let id = ctx.store.allocate_conversation_id().await?;
+            create_and_summarize(
+                ctx,
+                actor,
+                id,
+                Mutation::Create {
+                    kind: Kind::Group,
+                    name: r.name,
+                    members,
+                },
+            )
+            .await
+        }
+        Op::CreateChannel(r) => {
+            validate::channel_name(&r.name)?;
+            let candidate = ctx.store.allocate_conversation_id().await?;
+            let id = ctx.store.claim_channel_name(&r.name, candidate).await?;
+            if id != candidate {
+                return Err(ServerError::new(
+                    ErrorCode::NameTaken,
+                    format!("channel {:?} exists; join it", r.name),
+                ));
+            }
+            create_and_summarize(
+                ctx,
+                actor,
+                id,
+                Mutation::Create {
+                    kind: Kind::Channel,
+                    name: r.name,
+                    members: vec![],
+                },
+            )
+            .await
+        }
+        Op::JoinChannel(r) => {
+            validate::channel_name(&r.name)?;
+            let id = ctx
+                .store
+                .channel_by_name(&r.name)
+                .await?
+                .ok_or_else(|| ServerError::new(ErrorCode::NotFound, "no such channel"))?;
+            match ctx.shards.mutate(id, actor.clone(), Mutation::Join).await {
+                Ok(_) => {}
+                Err(e) if e.code == ErrorCode::Conflict => {} // already a member: a no-op
+                Err(e) => return Err(e),
+            }
+            Ok(Res::Conversation(summary(ctx, actor.user, id).await?))
+        }
+        Op::AddMembers(r) => {
+            let users = resolve(ctx, &r.usernames).await?;
+            done(ctx, actor, r.conversation_id, Mutation::AddMembers(users)).await
+        }
+        Op::RemoveMember(r) => done(ctx, actor, r.conversation_id, Mutation::Remove(UserId(r.user_id))).await,
+        Op::Leave(r) => done(ctx, actor, r.conversation_id, Mutation::Leave).await,
+        Op::Rename(r) => {
+            validate::name(&r.name)?;
+            done(ctx, actor, r.conversation_id, Mutation::Rename(r.name)).await
+        }
+        Op::DeleteConversation(r) => done(ctx, actor, r.conversation_id, Mutation::Delete).await,
+        Op::SetRole(r) => {
+            let role = pb::Role::try_from(r.role).map_err(|_| bad("unknown role"))?;
+            done(
+                ctx,
+                actor,
+                r.conversation_id,
+                Mutation::SetRole(UserId(r.user_id), role),
+            )
+            .await
+        }
+        Op::ListConversations(_) => Ok(Res::Conversations(pb::ConversationList {
+            conversations: all_summaries(ctx, actor.user).await?,
+        })),
+        Op::GetMembers(r) => {
+            let view = ctx.shards.view(conv_id(r.conversation_id)?, actor.user).await?;
+            let mut members: Vec<pb::Member> = view
+                .members
+                .iter()
+                .map(|m| pb::Member {
+                    user_id: m.user.0,
+                    username: m.username.clone(),
+                    role: m.role,
+                    joined_seq: m.joined_seq.0,
+                })
+                .collect();
+            members.sort_by_key(|m| (m.joined_seq, m.user_id));
+            Ok(Res::Members(pb::MemberList { members }))
+        }
+        Op::History(r) => history(ctx, actor, r).await,
+        Op::MarkRead(r) => {
+            let conv = conv_id(r.conversation_id)?;
+            let view = ctx.shards.view(conv, actor.user).await?;
+            if r.seq > view.last_seq.0 {
+                return Err(bad("cannot mark read beyond the last seq"));
+            }
+            ctx.store.advance_read_cursor(actor.user, conv, Seq(r.seq)).await?;
+            Ok(Res::Done(pb::Done {}))
+        }
+        Op::Ping(p) => Ok(Res::Pong(pb::Pong {
+            nonce: p.nonce,
+            server_time_ms: crate::shard::now_ms(),
+        })),
+        Op::ListDevices(_) | Op::Logout(_) | Op::Register(_) | Op::Login(_) | Op::Authenticate(_) | Op::Send(_) => {
+            Err(ServerError::new(ErrorCode::Internal, "handled by the connection"))
+        }
+    }
+}
+
+/// Encoded bytes of events in one history page: a page always fits in one frame.
+const PAGE_BYTE_BUDGET: usize = limits::MAX_FRAME_BYTES - 64 * 1024;
+
+/// A page of history; members may read the whole log (PROTOCOL.md §5.6).
+async fn history(ctx: &Ctx, actor: &Actor, r: pb::GetHistory) -> Result<Res, ServerError> {
+    let conv = conv_id(r.conversation_id)?;
+    let view = ctx.shards.view(conv, actor.user).await?;
+    if r.limit > ctx.max_history_page {
+        return Err(ServerError::new(
+            ErrorCode::LimitExceeded,
+            format!("limit is at most {}", ctx.max_history_page),
+        ));
+    }
+    let limit = if r.limit == 0 { ctx.max_history_page } else { r.limit } as usize;
+    let page = match r.anchor {
+        Some(pb::get_history::Anchor::After(s)) => Page::After(Seq(s)),
+        Some(pb::get_history::Anchor::Before(s)) => Page::Before(Seq(s)),
+        None => Page::Before(Seq(0)),
+    };
+    let (mut events, mut has_more) = ctx.store.events(conv, page, limit).await?;
+    // Keep the page inside one frame whatever its compressibility (PROTOCOL.md §5.6).
+    let mut budget = PAGE_BYTE_BUDGET;
+    let fits = |e: &pb::ConversationEvent, budget: &mut usize| {
+        let len = prost::Message::encoded_len(e) + 8;
+        let ok = len <= *budget;
+        *budget = budget.saturating_sub(len);
+        ok
+    };
+    let keep = match page {
+        Page::After(_) => events.iter().take_while(|e| fits(e, &mut budget)).count().max(1),
+        Page::Before(_) => events.iter().rev().take_while(|e| fits(e, &mut budget)).count().max(1),
+    };
+    if keep < events.len() {
+        has_more = true;
+        match page {
+            Page::After(_) => events.truncate(keep),
+            Page::Before(_) => {
+                events.drain(..events.len() - keep);
+            }
+        }
+    }
+    Ok(Res::History(pb::HistoryPage {
+        conversation_id: conv.0,
+        events,
+        has_more,
+        last_seq: view.last_seq.0,
+    }))
+}

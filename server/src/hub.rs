@@ -1,0 +1,294 @@
+//! The session hub: who is connected where, live fan-out of committed events to each
+//! member's sessions, and resume (PROTOCOL.md §7).
+//!
+//! A session is one authenticated device. It outlives its connection for the resume window:
+//! every event routed to it goes into a bounded ring, so a client that reconnects with the
+//! session's resume token gets exactly the events after its cursors replayed from memory.
+//! Locks here are striped and held only to push into queues, never across I/O or awaits.
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use natter_protocol::pb;
+use natter_protocol::{ConversationId, DeviceId, Seq, UserId};
+use tokio::sync::mpsc;
+
+use crate::auth;
+
+const STRIPES: usize = 16;
+
+/// What the hub hands a connection's delivery task.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A committed event for this session.
+    Event(Arc<pb::ConversationEvent>),
+    /// Close the connection with this code (token revoked, replaced).
+    Close(pb::ErrorCode, &'static str),
+}
+
+/// Hub tunables.
+#[derive(Clone, Debug)]
+pub struct HubConfig {
+    /// Events kept per session for replay.
+    pub ring_capacity: usize,
+    /// How long a detached session can be resumed.
+    pub resume_window: Duration,
+}
+
+/// One authenticated device's session.
+#[derive(Debug)]
+pub struct Session {
+    /// Its user.
+    pub user: UserId,
+    /// Its device.
+    pub device: DeviceId,
+    state: Mutex<SessionState>,
+}
+
+#[derive(Debug)]
+struct SessionState {
+    ring: VecDeque<Arc<pb::ConversationEvent>>,
+    /// Per conversation, the highest seq that fell out of the ring.
+    evicted: HashMap<ConversationId, Seq>,
+    sink: Option<(u64, mpsc::Sender<Outbound>)>,
+    detached_at: Option<Instant>,
+    resume_token: String,
+}
+
+/// Shared handle to the hub.
+#[derive(Clone, Debug)]
+pub struct Hub {
+    inner: Arc<HubInner>,
+}
+
+#[derive(Debug)]
+struct HubInner {
+    config: HubConfig,
+    users: Vec<Mutex<HashMap<UserId, Vec<Arc<Session>>>>>,
+    tokens: Mutex<HashMap<String, Arc<Session>>>,
+}
+
+fn stripe(user: UserId) -> usize {
+    (user.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as usize % STRIPES
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new(config: HubConfig) -> Self {
+        let users = (0..STRIPES).map(|_| Mutex::new(HashMap::new())).collect();
+        Hub {
+            inner: Arc::new(HubInner {
+                config,
+                users,
+                tokens: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The configured resume window.
+    pub fn resume_window(&self) -> Duration {
+        self.inner.config.resume_window
+    }
+
+    fn channel(&self) -> (mpsc::Sender<Outbound>, mpsc::Receiver<Outbound>) {
+        // Room for a full ring replay plus live traffic; a reader slower than this is cut
+        // off (and resumes from the ring).
+        mpsc::channel(self.inner.config.ring_capacity * 2 + 64)
+    }
+
+    /// Start a fresh session for a device on connection `conn_id`, replacing any earlier
+    /// session of that device. Returns the session, its resume token and its outbound queue.
+    pub fn open(
+        &self,
+        user: UserId,
+        device: DeviceId,
+        conn_id: u64,
+    ) -> (Arc<Session>, String, mpsc::Receiver<Outbound>) {
+        self.close_device(user, device, None);
+        let (tx, rx) = self.channel();
+        let token = auth::new_token("rs_");
+        let session = Arc::new(Session {
+            user,
+            device,
+            state: Mutex::new(SessionState {
+                ring: VecDeque::new(),
+                evicted: HashMap::new(),
+                sink: Some((conn_id, tx)),
+                detached_at: None,
+                resume_token: token.clone(),
+            }),
+        });
+        self.inner.users[stripe(user)]
+            .lock()
+            .expect("hub lock")
+            .entry(user)
+            .or_default()
+            .push(session.clone());
+        self.inner
+            .tokens
+            .lock()
+            .expect("hub lock")
+            .insert(token.clone(), session.clone());
+        (session, token, rx)
+    }
+
+    /// Resume the session named by `token` for this device on connection `conn_id`:
+    /// replays every ring event after `cursors` into the new queue, then attaches it, under
+    /// one lock so live events cannot overtake the replay. `None` when the token is
+    /// unknown, expired, another device's, or the ring no longer covers the cursors.
+    pub fn resume(
+        &self,
+        token: &str,
+        user: UserId,
+        device: DeviceId,
+        cursors: &HashMap<ConversationId, Seq>,
+        conn_id: u64,
+    ) -> Option<(Arc<Session>, String, mpsc::Receiver<Outbound>, usize)> {
+        let session = self.inner.tokens.lock().expect("hub lock").get(token).cloned()?;
+        if session.user != user || session.device != device {
+            return None;
+        }
+        let (tx, rx) = self.channel();
+        let new_token = auth::new_token("rs_");
+        let replayed = {
+            let mut st = session.state.lock().expect("session lock");
+            if st.resume_token != token {
+                return None;
+            }
+            if let Some(at) = st.detached_at {
+                if at.elapsed() > self.inner.config.resume_window {
+                    return None;
+                }
+            }
+            let cursor = |c: &ConversationId| cursors.get(c).copied().unwrap_or(Seq(0));
+            if st.evicted.iter().any(|(c, s)| cursor(c) < *s) {
+                return None;
+            }
+            let mut n = 0;
+            for ev in &st.ring {
+                if Seq(ev.seq) > cursor(&ConversationId(ev.conversation_id)) {
+                    tx.try_send(Outbound::Event(ev.clone())).ok()?;
+                    n += 1;
+                }
+            }
+            if let Some((_, old)) = st.sink.replace((conn_id, tx)) {
+                let _ = old.try_send(Outbound::Close(
+                    pb::ErrorCode::Conflict,
+                    "session resumed on another connection",
+                ));
+            }
+            st.detached_at = None;
+            st.resume_token = new_token.clone();
+            n
+        };
+        let mut tokens = self.inner.tokens.lock().expect("hub lock");
+        tokens.remove(token);
+        tokens.insert(new_token.clone(), session.clone());
+        Some((session, new_token, rx, replayed))
+    }
+
+    /// The connection `conn_id` of this session is gone; the session waits for a resume.
+    pub fn detach(&self, session: &Session, conn_id: u64) {
+        let mut st = session.state.lock().expect("session lock");
+        if st.sink.as_ref().is_some_and(|(id, _)| *id == conn_id) {
+            st.sink = None;
+            st.detached_at = Some(Instant::now());
+        }
+    }
+
+    /// Fan a committed event out to every session of every recipient.
+    pub fn publish(&self, recipients: &[UserId], event: Arc<pb::ConversationEvent>) {
+        let cap = self.inner.config.ring_capacity;
+        for user in recipients {
+            let sessions = self.inner.users[stripe(*user)]
+                .lock()
+                .expect("hub lock")
+                .get(user)
+                .cloned();
+            for s in sessions.into_iter().flatten() {
+                let mut st = s.state.lock().expect("session lock");
+                st.ring.push_back(event.clone());
+                if st.ring.len() > cap {
+                    let old = st.ring.pop_front().expect("non-empty");
+                    let e = st.evicted.entry(ConversationId(old.conversation_id)).or_default();
+                    *e = (*e).max(Seq(old.seq));
+                }
+                let full = match &st.sink {
+                    Some((_, tx)) => tx.try_send(Outbound::Event(event.clone())).is_err(),
+                    None => false,
+                };
+                if full {
+                    // Slow reader: cut the connection; the ring keeps what it missed.
+                    st.sink = None;
+                    st.detached_at = Some(Instant::now());
+                }
+            }
+        }
+    }
+
+    /// End a device's session (logout, token revoked, new login), closing its connection
+    /// with `code` if given.
+    pub fn close_device(&self, user: UserId, device: DeviceId, code: Option<pb::ErrorCode>) {
+        let removed: Vec<Arc<Session>> = {
+            let mut users = self.inner.users[stripe(user)].lock().expect("hub lock");
+            let Some(list) = users.get_mut(&user) else { return };
+            let (gone, keep) = list.drain(..).partition(|s| s.device == device);
+            *list = keep;
+            if list.is_empty() {
+                users.remove(&user);
+            }
+            gone
+        };
+        self.forget(&removed, code);
+    }
+
+    fn forget(&self, sessions: &[Arc<Session>], code: Option<pb::ErrorCode>) {
+        let mut tokens = self.inner.tokens.lock().expect("hub lock");
+        for s in sessions {
+            let mut st = s.state.lock().expect("session lock");
+            tokens.remove(&st.resume_token);
+            if let (Some((_, tx)), Some(code)) = (st.sink.take(), code) {
+                let _ = tx.try_send(Outbound::Close(code, "session closed"));
+            }
+        }
+    }
+
+    /// Drop detached sessions whose resume window has passed.
+    pub fn sweep(&self) {
+        let window = self.inner.config.resume_window;
+        for stripe in &self.inner.users {
+            let mut expired = Vec::new();
+            {
+                let mut users = stripe.lock().expect("hub lock");
+                users.retain(|_, list| {
+                    list.retain(|s| {
+                        let st = s.state.lock().expect("session lock");
+                        let dead = st.detached_at.is_some_and(|at| at.elapsed() > window);
+                        if dead {
+                            expired.push(s.clone());
+                        }
+                        !dead
+                    });
+                    !list.is_empty()
+                });
+            }
+            self.forget(&expired, None);
+        }
+    }
+
+    /// Connected (attached) sessions, for metrics and tests.
+    pub fn attached_sessions(&self) -> usize {
+        self.inner
+            .users
+            .iter()
+            .map(|s| {
+                s.lock()
+                    .expect("hub lock")
+                    .values()
+                    .flatten()
+                    .filter(|s| s.state.lock().expect("session lock").sink.is_some())
+                    .count()
+            })
+            .sum()
+    }
+}

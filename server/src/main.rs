@@ -1,0 +1,84 @@
+//! `natter-server`: run the server. Configuration: `--config natter.toml`, then flags and
+//! `NATTER_*` environment variables on top.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use natter_server::Config;
+
+/// natter chat server.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// TOML configuration file.
+    #[arg(long, env = "NATTER_CONFIG")]
+    config: Option<PathBuf>,
+    /// UDP address to listen on (default 127.0.0.1:4433).
+    #[arg(long, env = "NATTER_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Data directory (default ./data).
+    #[arg(long, env = "NATTER_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Conversation shards (default: one per core).
+    #[arg(long, env = "NATTER_SHARDS")]
+    shards: Option<usize>,
+    /// Seconds a disconnected session stays resumable.
+    #[arg(long, env = "NATTER_RESUME_WINDOW_SECS")]
+    resume_window_secs: Option<u32>,
+    /// Log filter, e.g. "info" or "natter_server=debug".
+    #[arg(long, env = "NATTER_LOG")]
+    log: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut config = match &args.config {
+        Some(p) => Config::from_file(p)?,
+        None => Config::default(),
+    };
+    if let Some(v) = args.listen {
+        config.listen = v;
+    }
+    if let Some(v) = args.data_dir {
+        config.data_dir = v;
+    }
+    if let Some(v) = args.shards {
+        config.shards = v;
+    }
+    if let Some(v) = args.resume_window_secs {
+        config.resume_window_secs = v;
+    }
+    if let Some(v) = args.log {
+        config.log = v;
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&config.log)?)
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let server = natter_server::start(&config).await?;
+        // Machine-readable first lines: tests and scripts read the address and fingerprint.
+        println!("natter-server listening on {}", server.addr);
+        println!("certificate sha256 {}", server.fingerprint);
+        println!("data dir {}", config.data_dir.display());
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        server.shutdown().await;
+        anyhow::Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

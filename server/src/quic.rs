@@ -1,0 +1,64 @@
+//! The native QUIC transport (quinn, ALPN `natter/1`): accepts connections, takes the
+//! client's first bidirectional stream as the control stream and hands everything to
+//! [`conn::serve`]. Only moves bytes; no protocol logic here.
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use natter_protocol::pb::ErrorCode;
+
+use crate::conn::{self, Shared, Transport};
+
+/// A quinn connection as a [`Transport`].
+#[derive(Debug)]
+pub struct QuicTransport(pub quinn::Connection);
+
+#[async_trait]
+impl Transport for QuicTransport {
+    type Stream = quinn::SendStream;
+
+    async fn open_stream(&self) -> io::Result<quinn::SendStream> {
+        self.0.open_uni().await.map_err(io::Error::other)
+    }
+
+    fn close(&self, code: ErrorCode, reason: &str) {
+        self.0.close(quinn::VarInt::from_u32(code as u32), reason.as_bytes());
+    }
+}
+
+/// Transport parameters: one client-opened bidirectional stream (control), no client uni
+/// streams, keep-alives from the client, a bounded idle timeout.
+pub fn transport_config(idle: Duration) -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(1u32.into());
+    t.max_concurrent_uni_streams(0u32.into());
+    t.max_idle_timeout(Some(idle.try_into().expect("idle timeout in range")));
+    t
+}
+
+/// Accept connections until the endpoint closes.
+pub async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => return tracing::debug!(error = %e, "handshake failed"),
+            };
+            let handshake = shared.config.handshake_timeout;
+            let (send, recv) = match tokio::time::timeout(handshake, conn.accept_bi()).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return tracing::debug!(error = %e, "no control stream"),
+                Err(_) => {
+                    conn.close(
+                        quinn::VarInt::from_u32(ErrorCode::HandshakeRequired as u32),
+                        b"no control stream",
+                    );
+                    return;
+                }
+            };
+            conn::serve(shared, Arc::new(QuicTransport(conn)), recv, send).await;
+        });
+    }
+}

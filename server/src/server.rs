@@ -1,0 +1,109 @@
+//! Assembles a running server from a [`Config`]: store, hub, shards, TLS, the QUIC
+//! endpoint and housekeeping tasks. The binary and in-process tests both start here.
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::config::Config;
+use crate::conn::{ConnConfig, Shared};
+use crate::handlers::Ctx;
+use crate::hub::{Hub, HubConfig};
+use crate::shard::{MemberLimits, Shards};
+use crate::store::{SledStore, Store};
+use crate::{quic, tls};
+
+/// A server that is accepting connections.
+#[derive(Debug)]
+pub struct RunningServer {
+    /// The bound UDP address.
+    pub addr: SocketAddr,
+    /// SHA-256 of the certificate, for clients to pin.
+    pub fingerprint: String,
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Open storage, bind, and start serving.
+pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir.join("db"))?);
+    let identity = match (&config.tls_cert, &config.tls_key) {
+        (Some(c), Some(k)) => tls::load(c, k)?,
+        (None, None) => tls::dev_identity(&config.data_dir)?,
+        _ => anyhow::bail!("tls_cert and tls_key go together"),
+    };
+    let hub = Hub::new(HubConfig {
+        ring_capacity: config.session_ring.max(1),
+        resume_window: Duration::from_secs(config.resume_window_secs.into()),
+    });
+    let member_limits = MemberLimits {
+        group: config.max_group_members,
+        channel: config.max_channel_members,
+    };
+    let shards = Shards::start(config.shard_count(), store.clone(), hub.clone(), member_limits);
+    let ctx = Ctx {
+        store,
+        shards,
+        member_limits,
+        max_text_chars: config.max_text_chars,
+        max_history_page: config.max_history_page,
+    };
+    let shared = Arc::new(Shared::new(
+        ctx,
+        hub.clone(),
+        ConnConfig {
+            handshake_timeout: Duration::from_secs(config.handshake_timeout_secs),
+            stream_idle: Duration::from_secs(config.stream_idle_secs),
+            max_in_flight: config.max_requests_in_flight.max(1),
+            stream_queue: config.session_ring.max(1) * 2 + 64,
+            limits: config.wire_limits(),
+        },
+    ));
+
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls::server_config(&identity)?)?;
+    let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server_config.transport_config(Arc::new(quic::transport_config(Duration::from_secs(
+        config.idle_timeout_secs,
+    ))));
+    let endpoint =
+        quinn::Endpoint::server(server_config, config.listen).with_context(|| format!("binding {}", config.listen))?;
+    let addr = endpoint.local_addr()?;
+
+    let mut tasks = vec![tokio::spawn(quic::accept_loop(endpoint.clone(), shared.clone()))];
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            hub.sweep();
+        }
+    }));
+    Ok(RunningServer {
+        addr,
+        fingerprint: identity.fingerprint,
+        endpoint,
+        shared,
+        tasks,
+    })
+}
+
+impl RunningServer {
+    /// Sessions with a live connection.
+    pub fn attached_sessions(&self) -> usize {
+        self.shared.hub.attached_sessions()
+    }
+
+    /// Close every connection and stop.
+    pub async fn shutdown(self) {
+        self.endpoint.close(
+            quinn::VarInt::from_u32(natter_protocol::pb::ErrorCode::ShuttingDown as u32),
+            b"shutting down",
+        );
+        for t in &self.tasks {
+            t.abort();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+}

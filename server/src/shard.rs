@@ -1,0 +1,683 @@
+//! Conversation shards: the single owner of each conversation's order (guarantee 1).
+//!
+//! Conversations map to shards by hash. Each shard is one task that owns its
+//! conversations' hot state (attributes, members, last seq) with no locks: it takes a batch
+//! of commands from its queue, checks permissions, assigns gap-free seqs, commits the whole
+//! batch to the store in one durable write (group commit), and only then acknowledges and
+//! fans the events out through the [`Hub`] (guarantee 2). Idempotency keys are checked
+//! here, against the batch and the store (guarantee 3). It does no network I/O.
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use natter_protocol::pb::{self, conversation_event::Body, ConversationKind as Kind, ErrorCode, Role};
+use natter_protocol::{ConversationId, DeviceId, Seq, ServerError, UserId};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::hub::Hub;
+use crate::store::{Commit, ConversationMeta, MemberRecord, Store, StoreError};
+
+/// Commands a shard takes per batch.
+const BATCH: usize = 256;
+/// Conversations cached per shard before the cache is dropped and reloaded on demand.
+const CACHE_LIMIT: usize = 100_000;
+
+/// Who is acting: always taken from the authenticated connection, never from the request.
+#[derive(Clone, Debug)]
+pub struct Actor {
+    /// The user.
+    pub user: UserId,
+    /// Their username.
+    pub username: String,
+    /// The device.
+    pub device: DeviceId,
+}
+
+/// A change to a conversation; each one commits exactly one event.
+#[derive(Clone, Debug)]
+pub enum Mutation {
+    /// Create the conversation with the actor as owner (both members for direct).
+    Create {
+        /// Kind.
+        kind: Kind,
+        /// Name (empty for direct).
+        name: String,
+        /// Other initial members.
+        members: Vec<(UserId, String)>,
+    },
+    /// Post a message.
+    Send {
+        /// Idempotency key.
+        client_msg_id: String,
+        /// Content, validated.
+        body: pb::MessageBody,
+    },
+    /// Add members (group/channel admins).
+    AddMembers(Vec<(UserId, String)>),
+    /// Remove a member.
+    Remove(UserId),
+    /// Leave.
+    Leave,
+    /// Join a channel.
+    Join,
+    /// Rename.
+    Rename(String),
+    /// Delete the conversation (owner).
+    Delete,
+    /// Change a member's role; `Owner` transfers ownership.
+    SetRole(UserId, Role),
+}
+
+/// The outcome of a committed mutation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Committed {
+    /// The event's seq (for a duplicate send or an idempotent create: the original).
+    pub seq: Seq,
+    /// Its commit time.
+    pub server_time_ms: u64,
+    /// Nothing new was committed: the same request had been committed before.
+    pub duplicate: bool,
+}
+
+/// A member's view of a conversation, for summaries and reads.
+#[derive(Clone, Debug)]
+pub struct ConvView {
+    /// Attributes.
+    pub meta: ConversationMeta,
+    /// Newest seq.
+    pub last_seq: Seq,
+    /// The caller's membership.
+    pub me: MemberRecord,
+    /// All members.
+    pub members: Vec<MemberRecord>,
+}
+
+/// Per-kind member limits.
+#[derive(Clone, Copy, Debug)]
+pub struct MemberLimits {
+    /// Group size.
+    pub group: usize,
+    /// Channel size.
+    pub channel: usize,
+}
+
+enum Cmd {
+    Mutate {
+        conv: ConversationId,
+        actor: Actor,
+        m: Mutation,
+        reply: oneshot::Sender<Result<Committed, ServerError>>,
+    },
+    View {
+        conv: ConversationId,
+        user: UserId,
+        reply: oneshot::Sender<Result<ConvView, ServerError>>,
+    },
+}
+
+/// Handle to all shards.
+#[derive(Clone, Debug)]
+pub struct Shards {
+    senders: Arc<Vec<mpsc::Sender<Cmd>>>,
+}
+
+impl std::fmt::Debug for Cmd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("shard command")
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> ServerError {
+    ServerError::new(ErrorCode::Internal, e.to_string())
+}
+
+fn shutting_down() -> ServerError {
+    ServerError::new(ErrorCode::ShuttingDown, "server is shutting down")
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Shards {
+    /// Start `n` shard tasks.
+    pub fn start(n: usize, store: Arc<dyn Store>, hub: Hub, limits: MemberLimits) -> Self {
+        let senders = (0..n.max(1))
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(4096);
+                let shard = Shard {
+                    store: store.clone(),
+                    hub: hub.clone(),
+                    limits,
+                    convs: HashMap::new(),
+                };
+                tokio::spawn(shard.run(rx));
+                tx
+            })
+            .collect();
+        Shards {
+            senders: Arc::new(senders),
+        }
+    }
+
+    fn shard(&self, conv: ConversationId) -> &mpsc::Sender<Cmd> {
+        let h = conv.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+        &self.senders[h as usize % self.senders.len()]
+    }
+
+    /// Queue a mutation in order; await the returned receiver for its durable outcome.
+    /// Mutations submitted one after another by one caller commit in that order.
+    pub async fn submit(
+        &self,
+        conv: ConversationId,
+        actor: Actor,
+        m: Mutation,
+    ) -> Result<oneshot::Receiver<Result<Committed, ServerError>>, ServerError> {
+        let (reply, rx) = oneshot::channel();
+        self.shard(conv)
+            .send(Cmd::Mutate { conv, actor, m, reply })
+            .await
+            .map_err(|_| shutting_down())?;
+        Ok(rx)
+    }
+
+    /// Apply a mutation and wait until it is durable.
+    pub async fn mutate(&self, conv: ConversationId, actor: Actor, m: Mutation) -> Result<Committed, ServerError> {
+        self.submit(conv, actor, m).await?.await.map_err(|_| shutting_down())?
+    }
+
+    /// The conversation as `user` may see it: `NOT_MEMBER` unless they are a member.
+    pub async fn view(&self, conv: ConversationId, user: UserId) -> Result<ConvView, ServerError> {
+        let (reply, rx) = oneshot::channel();
+        self.shard(conv)
+            .send(Cmd::View { conv, user, reply })
+            .await
+            .map_err(|_| shutting_down())?;
+        rx.await.map_err(|_| shutting_down())?
+    }
+}
+
+struct Conv {
+    meta: ConversationMeta,
+    members: HashMap<UserId, MemberRecord>,
+    last_seq: Seq,
+}
+
+struct Shard {
+    store: Arc<dyn Store>,
+    hub: Hub,
+    limits: MemberLimits,
+    convs: HashMap<ConversationId, Conv>,
+}
+
+/// One accepted mutation waiting for the batch's commit.
+struct Pending {
+    reply: oneshot::Sender<Result<Committed, ServerError>>,
+    committed: Committed,
+    /// Index into the batch's commits and who receives the event; None for duplicates.
+    fanout: Option<(usize, Vec<UserId>)>,
+}
+
+impl Shard {
+    async fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
+        let mut cmds = Vec::with_capacity(BATCH);
+        while rx.recv_many(&mut cmds, BATCH).await > 0 {
+            let mut commits: Vec<Commit> = Vec::new();
+            let mut pending: Vec<Pending> = Vec::new();
+            let mut batch_ids: HashMap<(ConversationId, UserId, String), Committed> = HashMap::new();
+            for cmd in cmds.drain(..) {
+                match cmd {
+                    Cmd::View { conv, user, reply } => {
+                        let _ = reply.send(self.view(conv, user).await);
+                    }
+                    Cmd::Mutate { conv, actor, m, reply } => match self.accept(conv, &actor, m, &mut batch_ids).await {
+                        Ok(Accepted::New(commit, recipients)) => {
+                            let committed = Committed {
+                                seq: Seq(commit.event.seq),
+                                server_time_ms: commit.event.server_time_ms,
+                                duplicate: false,
+                            };
+                            pending.push(Pending {
+                                reply,
+                                committed,
+                                fanout: Some((commits.len(), recipients)),
+                            });
+                            commits.push(commit);
+                        }
+                        Ok(Accepted::Duplicate(committed)) => pending.push(Pending {
+                            reply,
+                            committed,
+                            fanout: None,
+                        }),
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                        }
+                    },
+                }
+            }
+            self.finish(commits, pending).await;
+            if self.convs.len() > CACHE_LIMIT {
+                self.convs.clear();
+            }
+        }
+    }
+
+    /// Commit the batch durably, then ack and fan out; on failure forget the touched
+    /// conversations (their cached state ran ahead of the store) and fail every ack.
+    async fn finish(&mut self, commits: Vec<Commit>, pending: Vec<Pending>) {
+        let result = if commits.is_empty() {
+            Ok(())
+        } else {
+            self.store.commit(&commits).await
+        };
+        match result {
+            Ok(()) => {
+                let events: Vec<Arc<pb::ConversationEvent>> = commits.into_iter().map(|c| Arc::new(c.event)).collect();
+                for p in pending {
+                    let _ = p.reply.send(Ok(p.committed));
+                    if let Some((i, recipients)) = p.fanout {
+                        self.hub.publish(&recipients, events[i].clone());
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "commit failed");
+                for c in &commits {
+                    self.convs.remove(&ConversationId(c.event.conversation_id));
+                }
+                for p in pending {
+                    let _ = p.reply.send(Err(internal(&e)));
+                }
+            }
+        }
+    }
+
+    async fn load(&mut self, id: ConversationId) -> Result<Option<&mut Conv>, ServerError> {
+        if !self.convs.contains_key(&id) {
+            match self.store.load_conversation(id).await.map_err(internal)? {
+                Some(rec) => {
+                    let members = rec.members.into_iter().map(|m| (m.user, m)).collect();
+                    self.convs.insert(
+                        id,
+                        Conv {
+                            meta: rec.meta,
+                            members,
+                            last_seq: rec.last_seq,
+                        },
+                    );
+                }
+                None => return Ok(None),
+            }
+        }
+        Ok(self.convs.get_mut(&id))
+    }
+
+    async fn view(&mut self, id: ConversationId, user: UserId) -> Result<ConvView, ServerError> {
+        let conv = live(self.load(id).await?)?;
+        let me = conv.members.get(&user).cloned().ok_or_else(not_member)?;
+        Ok(ConvView {
+            meta: conv.meta.clone(),
+            last_seq: conv.last_seq,
+            me,
+            members: conv.members.values().cloned().collect(),
+        })
+    }
+
+    async fn accept(
+        &mut self,
+        id: ConversationId,
+        actor: &Actor,
+        m: Mutation,
+        batch_ids: &mut HashMap<(ConversationId, UserId, String), Committed>,
+    ) -> Result<Accepted, ServerError> {
+        let now = now_ms();
+        if let Mutation::Create { kind, name, members } = m {
+            if self.load(id).await?.is_some() {
+                // Idempotent create (a direct pair or channel name raced to the same id).
+                return Ok(Accepted::Duplicate(Committed {
+                    seq: Seq(1),
+                    server_time_ms: now,
+                    duplicate: true,
+                }));
+            }
+            let (commit, recipients, conv) = create(id, actor, kind, name, members, now);
+            self.convs.insert(id, conv);
+            return Ok(Accepted::New(commit, recipients));
+        }
+        // Idempotency first: a retried send returns its original ack even if, say, the
+        // sender has left since.
+        if let Mutation::Send { client_msg_id, .. } = &m {
+            let key = (id, actor.user, client_msg_id.clone());
+            if let Some(c) = batch_ids.get(&key) {
+                return Ok(Accepted::Duplicate(Committed { duplicate: true, ..*c }));
+            }
+            if let Some(sent) = self
+                .store
+                .find_sent(id, actor.user, client_msg_id)
+                .await
+                .map_err(internal)?
+            {
+                return Ok(Accepted::Duplicate(Committed {
+                    seq: sent.seq,
+                    server_time_ms: sent.server_time_ms,
+                    duplicate: true,
+                }));
+            }
+        }
+        let limits = self.limits;
+        let conv = live(self.load(id).await?)?;
+        let (commit, recipients) = apply(conv, actor, m, now, limits)?;
+        if let Some((sender, cid)) = &commit.idempotency {
+            let c = Committed {
+                seq: Seq(commit.event.seq),
+                server_time_ms: now,
+                duplicate: false,
+            };
+            batch_ids.insert((id, *sender, cid.clone()), c);
+        }
+        Ok(Accepted::New(commit, recipients))
+    }
+}
+
+enum Accepted {
+    New(Commit, Vec<UserId>),
+    Duplicate(Committed),
+}
+
+fn not_member() -> ServerError {
+    ServerError::new(ErrorCode::NotMember, "not a member of this conversation")
+}
+
+fn forbidden(why: &str) -> ServerError {
+    ServerError::new(ErrorCode::Forbidden, why)
+}
+
+fn live(conv: Option<&mut Conv>) -> Result<&mut Conv, ServerError> {
+    match conv {
+        Some(c) if !c.meta.deleted => Ok(c),
+        _ => Err(ServerError::new(ErrorCode::NotFound, "no such conversation")),
+    }
+}
+
+fn event(id: ConversationId, seq: Seq, actor: &Actor, now: u64, body: Body) -> pb::ConversationEvent {
+    pb::ConversationEvent {
+        conversation_id: id.0,
+        seq: seq.0,
+        sender_user_id: actor.user.0,
+        sender_username: actor.username.clone(),
+        sender_device_id: actor.device.0,
+        server_time_ms: now,
+        body: Some(body),
+    }
+}
+
+fn member(user: UserId, username: String, role: Role, seq: Seq) -> MemberRecord {
+    MemberRecord {
+        user,
+        username,
+        role: role as i32,
+        joined_seq: seq,
+    }
+}
+
+fn to_pb(m: &MemberRecord) -> pb::Member {
+    pb::Member {
+        user_id: m.user.0,
+        username: m.username.clone(),
+        role: m.role,
+        joined_seq: m.joined_seq.0,
+    }
+}
+
+fn create(
+    id: ConversationId,
+    actor: &Actor,
+    kind: Kind,
+    name: String,
+    others: Vec<(UserId, String)>,
+    now: u64,
+) -> (Commit, Vec<UserId>, Conv) {
+    let seq = Seq(1);
+    let creator_role = if kind == Kind::Direct {
+        Role::Member
+    } else {
+        Role::Owner
+    };
+    let mut members = vec![member(actor.user, actor.username.clone(), creator_role, seq)];
+    for (u, n) in others {
+        if !members.iter().any(|m| m.user == u) {
+            members.push(member(u, n, Role::Member, seq));
+        }
+    }
+    let meta = ConversationMeta {
+        id,
+        kind: kind as i32,
+        name: name.clone(),
+        created_ms: now,
+        deleted: false,
+    };
+    let ev = event(
+        id,
+        seq,
+        actor,
+        now,
+        Body::Created(pb::ConversationCreated {
+            kind: kind as i32,
+            name,
+        }),
+    );
+    let recipients = members.iter().map(|m| m.user).collect();
+    let commit = Commit {
+        event: ev,
+        meta: Some(meta.clone()),
+        upsert_members: members.clone(),
+        ..Default::default()
+    };
+    let conv = Conv {
+        meta,
+        members: members.into_iter().map(|m| (m.user, m)).collect(),
+        last_seq: seq,
+    };
+    (commit, recipients, conv)
+}
+
+fn role_of(conv: &Conv, user: UserId) -> Option<Role> {
+    conv.members
+        .get(&user)
+        .map(|m| Role::try_from(m.role).unwrap_or(Role::Member))
+}
+
+/// Check and apply one mutation to a live conversation's state (PROTOCOL.md §5.4).
+fn apply(
+    conv: &mut Conv,
+    actor: &Actor,
+    m: Mutation,
+    now: u64,
+    limits: MemberLimits,
+) -> Result<(Commit, Vec<UserId>), ServerError> {
+    let kind = Kind::try_from(conv.meta.kind).unwrap_or(Kind::Group);
+    let id = conv.meta.id;
+    let seq = conv.last_seq.next();
+    let my_role = role_of(conv, actor.user);
+    let is_admin = matches!(my_role, Some(Role::Admin | Role::Owner));
+    let mut commit = Commit::default();
+    let mut extra_recipients = Vec::new();
+    let max_members = match kind {
+        Kind::Direct => 2,
+        Kind::Channel => limits.channel,
+        _ => limits.group,
+    };
+    if my_role.is_none() && !matches!(m, Mutation::Join) {
+        return Err(not_member());
+    }
+    let body = match m {
+        Mutation::Create { .. } => unreachable!("handled by the caller"),
+        Mutation::Send { client_msg_id, body } => {
+            commit.idempotency = Some((actor.user, client_msg_id.clone()));
+            commit.read_cursors = vec![(actor.user, seq)];
+            Body::Message(pb::MessageEvent {
+                client_msg_id,
+                body: Some(body),
+            })
+        }
+        Mutation::AddMembers(users) => {
+            if kind == Kind::Direct {
+                return Err(forbidden("direct conversations have exactly two members"));
+            }
+            if !is_admin {
+                return Err(forbidden("only owners and admins add members"));
+            }
+            let new: Vec<MemberRecord> = users
+                .into_iter()
+                .filter(|(u, _)| !conv.members.contains_key(u))
+                .map(|(u, n)| member(u, n, Role::Member, seq))
+                .collect();
+            if new.is_empty() {
+                return Err(ServerError::new(
+                    ErrorCode::Conflict,
+                    "everyone named is a member already",
+                ));
+            }
+            if conv.members.len() + new.len() > max_members {
+                return Err(ServerError::new(
+                    ErrorCode::LimitExceeded,
+                    format!("at most {max_members} members"),
+                ));
+            }
+            commit.upsert_members = new.clone();
+            Body::MembersAdded(pb::MembersAdded {
+                members: new.iter().map(to_pb).collect(),
+            })
+        }
+        Mutation::Join => {
+            if kind != Kind::Channel {
+                return Err(forbidden("only channels can be joined"));
+            }
+            if my_role.is_some() {
+                return Err(ServerError::new(ErrorCode::Conflict, "already a member"));
+            }
+            if conv.members.len() >= max_members {
+                return Err(ServerError::new(
+                    ErrorCode::LimitExceeded,
+                    format!("at most {max_members} members"),
+                ));
+            }
+            let m = member(actor.user, actor.username.clone(), Role::Member, seq);
+            commit.upsert_members = vec![m.clone()];
+            Body::MembersAdded(pb::MembersAdded {
+                members: vec![to_pb(&m)],
+            })
+        }
+        Mutation::Remove(user) => {
+            if kind == Kind::Direct {
+                return Err(forbidden("direct conversations have exactly two members"));
+            }
+            let target = role_of(conv, user).ok_or_else(|| ServerError::new(ErrorCode::NotFound, "not a member"))?;
+            let allowed = match my_role {
+                Some(Role::Owner) => target != Role::Owner,
+                Some(Role::Admin) => target == Role::Member,
+                _ => false,
+            };
+            if user == actor.user || !allowed {
+                return Err(forbidden(
+                    "owners remove anyone else, admins remove members; use leave for yourself",
+                ));
+            }
+            let username = conv.members[&user].username.clone();
+            commit.remove_members = vec![user];
+            extra_recipients.push(user);
+            Body::MemberRemoved(pb::MemberRemoved {
+                user_id: user.0,
+                username,
+                left: false,
+            })
+        }
+        Mutation::Leave => {
+            if kind == Kind::Direct {
+                return Err(forbidden("direct conversations cannot be left"));
+            }
+            if my_role == Some(Role::Owner) && conv.members.len() > 1 {
+                return Err(ServerError::new(
+                    ErrorCode::Conflict,
+                    "the owner must transfer ownership before leaving",
+                ));
+            }
+            commit.remove_members = vec![actor.user];
+            extra_recipients.push(actor.user);
+            Body::MemberRemoved(pb::MemberRemoved {
+                user_id: actor.user.0,
+                username: actor.username.clone(),
+                left: true,
+            })
+        }
+        Mutation::Rename(name) => {
+            if kind == Kind::Direct || !is_admin {
+                return Err(forbidden("only owners and admins rename groups and channels"));
+            }
+            let mut meta = conv.meta.clone();
+            meta.name = name.clone();
+            commit.meta = Some(meta);
+            Body::Renamed(pb::Renamed { name })
+        }
+        Mutation::Delete => {
+            if my_role != Some(Role::Owner) {
+                return Err(forbidden("only the owner deletes a conversation"));
+            }
+            let mut meta = conv.meta.clone();
+            meta.deleted = true;
+            commit.meta = Some(meta);
+            Body::Deleted(pb::ConversationDeleted {})
+        }
+        Mutation::SetRole(user, role) => {
+            if my_role != Some(Role::Owner) || kind == Kind::Direct || user == actor.user {
+                return Err(forbidden("only the owner changes roles of others"));
+            }
+            if role == Role::Unspecified {
+                return Err(ServerError::new(ErrorCode::BadRequest, "role is required"));
+            }
+            let mut target = conv
+                .members
+                .get(&user)
+                .cloned()
+                .ok_or_else(|| ServerError::new(ErrorCode::NotFound, "not a member"))?;
+            target.role = role as i32;
+            commit.upsert_members = vec![target];
+            if role == Role::Owner {
+                // Ownership transfer: the previous owner becomes an admin (one event).
+                let mut me = conv.members[&actor.user].clone();
+                me.role = Role::Admin as i32;
+                commit.upsert_members.push(me);
+            }
+            Body::RoleChanged(pb::RoleChanged {
+                user_id: user.0,
+                role: role as i32,
+            })
+        }
+    };
+    commit.event = event(id, seq, actor, now, body);
+    // Apply to the cached state; recipients are the members after the change plus anyone
+    // removed by it (so they learn of it).
+    for m in &commit.upsert_members {
+        conv.members.insert(m.user, m.clone());
+    }
+    for u in &commit.remove_members {
+        conv.members.remove(u);
+    }
+    if let Some(meta) = &commit.meta {
+        conv.meta = meta.clone();
+    }
+    conv.last_seq = seq;
+    let mut recipients: Vec<UserId> = conv.members.keys().copied().collect();
+    recipients.extend(extra_recipients);
+    Ok((commit, recipients))
+}
+
+impl From<StoreError> for ServerError {
+    fn from(e: StoreError) -> Self {
+        internal(e)
+    }
+}

@@ -1,0 +1,73 @@
+//! TLS material: the configured certificate, or a development certificate generated into the
+//! data dir on first run (valid for localhost, 127.0.0.1 and ::1), and its SHA-256
+//! fingerprint for clients to pin.
+use std::path::Path;
+
+use anyhow::Context;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use sha2::{Digest, Sha256};
+
+/// A certificate chain, its key, and the leaf's fingerprint.
+#[derive(Debug)]
+pub struct Identity {
+    /// Leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The private key.
+    pub key: PrivateKeyDer<'static>,
+    /// Lower-case hex SHA-256 of the leaf certificate (DER).
+    pub fingerprint: String,
+}
+
+/// Hex SHA-256 of a DER certificate: what clients pin.
+pub fn fingerprint(cert: &[u8]) -> String {
+    hex::encode(Sha256::digest(cert))
+}
+
+/// Load PEM files.
+pub fn load(cert: &Path, key: &Path) -> anyhow::Result<Identity> {
+    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut std::io::BufReader::new(
+        std::fs::File::open(cert).with_context(|| format!("opening {}", cert.display()))?,
+    ))
+    .collect::<Result<_, _>>()?;
+    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
+        std::fs::File::open(key).with_context(|| format!("opening {}", key.display()))?,
+    ))?
+    .context("no private key in the key file")?;
+    let leaf = chain.first().context("no certificate in the certificate file")?;
+    Ok(Identity {
+        fingerprint: fingerprint(leaf),
+        chain,
+        key,
+    })
+}
+
+/// The development certificate in `dir`, generated on first use.
+pub fn dev_identity(dir: &Path) -> anyhow::Result<Identity> {
+    let cert_path = dir.join("dev-cert.der");
+    let key_path = dir.join("dev-key.der");
+    if !cert_path.exists() || !key_path.exists() {
+        let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+        let ck = rcgen::generate_simple_self_signed(names).context("generating the development certificate")?;
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(&key_path, ck.key_pair.serialize_der())?;
+        std::fs::write(&cert_path, ck.cert.der())?;
+    }
+    let cert = std::fs::read(&cert_path)?;
+    let key = std::fs::read(&key_path)?;
+    Ok(Identity {
+        fingerprint: fingerprint(&cert),
+        chain: vec![CertificateDer::from(cert)],
+        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)),
+    })
+}
+
+/// A rustls server config for natter (TLS 1.3 only, ALPN `natter/1`).
+pub fn server_config(id: &Identity) -> anyhow::Result<rustls::ServerConfig> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(id.chain.clone(), id.key.clone_key())?;
+    cfg.alpn_protocols = vec![natter_protocol::limits::ALPN.to_vec()];
+    Ok(cfg)
+}
