@@ -1,1 +1,485 @@
+//! natter-sdk: the native async natter client.
+//!
+//! [`Client`] runs natter-protocol's sans-IO [`ClientSession`] over quinn: it owns the
+//! sockets, the clock and the reconnect loop (with backoff and resume), and turns session
+//! outputs into resolved futures and a stream of [`ClientEvent`]s. All protocol logic
+//! (outbox, dedup, gap fetch, cursor sync) lives in the session, not here.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
+mod driver;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use natter_protocol::pb::{self, request::Op, response::Result as Res};
+pub use natter_protocol::session::{RequestError, SessionConfig};
+pub use natter_protocol::{pb as proto, ClientMsgId, ConversationId, DeviceId, Seq, ServerError, UserId};
+use tokio::sync::{mpsc, oneshot};
+
+pub use tls::Trust;
+
+/// How to reach and trust a server.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// The server's UDP address.
+    pub addr: SocketAddr,
+    /// TLS server name (the development certificate is valid for "localhost").
+    pub server_name: String,
+    /// How to verify the server's certificate.
+    pub trust: Trust,
+    /// An access token from an earlier login, if any.
+    pub access_token: Option<String>,
+    /// Session tunables.
+    pub session: SessionConfig,
+    /// First reconnect delay; doubles up to `reconnect_max_ms`.
+    pub reconnect_min_ms: u64,
+    /// Longest reconnect delay.
+    pub reconnect_max_ms: u64,
+}
+
+impl ClientConfig {
+    /// Defaults for a server at `addr` whose certificate has this SHA-256 fingerprint.
+    pub fn pinned(addr: SocketAddr, fingerprint: &str) -> Self {
+        ClientConfig {
+            addr,
+            server_name: "localhost".into(),
+            trust: Trust::Fingerprint(fingerprint.to_string()),
+            access_token: None,
+            session: SessionConfig {
+                client_name: concat!("natter-sdk/", env!("CARGO_PKG_VERSION")).into(),
+                ..Default::default()
+            },
+            reconnect_min_ms: 100,
+            reconnect_max_ms: 5_000,
+        }
+    }
+}
+
+/// Why an SDK call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The request failed (server error, timeout, connection lost, invalid input).
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    /// The client has been shut down.
+    #[error("client is closed")]
+    Closed,
+    /// The server answered with the wrong kind of response.
+    #[error("unexpected response from server")]
+    Unexpected,
+    /// Setting up TLS or QUIC failed.
+    #[error("setup: {0}")]
+    Setup(String),
+}
+
+impl ClientError {
+    /// The server's error code, if the server refused the request.
+    pub fn code(&self) -> Option<pb::ErrorCode> {
+        match self {
+            ClientError::Request(RequestError::Server(e)) => Some(e.code),
+            _ => None,
+        }
+    }
+}
+
+/// A send that is durable on the server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SendAck {
+    /// The conversation.
+    pub conversation_id: ConversationId,
+    /// Its seq.
+    pub seq: Seq,
+    /// Commit time (ms since the epoch).
+    pub server_time_ms: u64,
+    /// It had been committed before (a retry).
+    pub duplicate: bool,
+    /// The idempotency key used.
+    pub client_msg_id: ClientMsgId,
+}
+
+/// The result of a login.
+#[derive(Clone, Debug)]
+pub struct LoginInfo {
+    /// The user.
+    pub user_id: UserId,
+    /// The new device.
+    pub device_id: DeviceId,
+    /// Keep this to authenticate later without the password.
+    pub access_token: String,
+}
+
+/// What the app hears from the client.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum ClientEvent {
+    /// Authenticated on a (re)connection.
+    Connected {
+        /// Who.
+        user_id: UserId,
+        /// Username.
+        username: String,
+        /// This device.
+        device_id: DeviceId,
+        /// The previous session was resumed.
+        resumed: bool,
+    },
+    /// The connection dropped; the client is reconnecting.
+    Disconnected {
+        /// Why.
+        reason: String,
+    },
+    /// The token was refused; log in again.
+    AuthFailed(ServerError),
+    /// The user's conversations (after a cursor sync).
+    Conversations(Vec<pb::ConversationSummary>),
+    /// A conversation event: exactly once, in order per conversation.
+    Event(pb::ConversationEvent),
+    /// A send was refused and left the outbox.
+    SendFailed {
+        /// Its id.
+        client_msg_id: ClientMsgId,
+        /// Where.
+        conversation_id: ConversationId,
+        /// Why.
+        error: ServerError,
+    },
+}
+
+/// Persistable client state.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Access token.
+    pub access_token: Option<String>,
+    /// Resume token.
+    pub resume_token: Option<String>,
+    /// Last seq delivered per conversation.
+    pub cursors: Vec<(ConversationId, Seq)>,
+    /// Sends not yet acknowledged.
+    pub unacked_sends: usize,
+}
+
+enum Command {
+    Request(Op, oneshot::Sender<Result<Res, RequestError>>),
+    Send(
+        ConversationId,
+        ClientMsgId,
+        pb::MessageBody,
+        oneshot::Sender<Result<SendAck, RequestError>>,
+    ),
+    Snapshot(oneshot::Sender<Snapshot>),
+    Reconnect,
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// The stream of [`ClientEvent`]s. Implements [`futures::Stream`].
+#[derive(Debug)]
+pub struct Events(mpsc::UnboundedReceiver<ClientEvent>);
+
+impl Events {
+    /// The next event; `None` after the client is shut down.
+    pub async fn next(&mut self) -> Option<ClientEvent> {
+        self.0.recv().await
+    }
+}
+
+impl futures::Stream for Events {
+    type Item = ClientEvent;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ClientEvent>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+/// A natter client. Cheap to clone; all clones share one connection.
+#[derive(Clone, Debug)]
+pub struct Client {
+    cmd: mpsc::UnboundedSender<Command>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("command")
+    }
+}
+
+fn random_id() -> ClientMsgId {
+    ClientMsgId::from_random(rand::random())
+}
+
+impl Client {
+    /// Start a client. It connects in the background and keeps reconnecting; requests made
+    /// meanwhile wait for the connection.
+    pub fn connect(config: ClientConfig) -> Result<(Client, Events), ClientError> {
+        let (cmd, cmd_rx) = mpsc::unbounded_channel();
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        driver::spawn(config, cmd_rx, ev_tx)?;
+        Ok((Client { cmd }, Events(ev_rx)))
+    }
+
+    async fn call(&self, op: Op) -> Result<Res, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Request(op, tx))
+            .map_err(|_| ClientError::Closed)?;
+        Ok(rx.await.map_err(|_| ClientError::Closed)??)
+    }
+
+    /// Create an account (does not log in).
+    pub async fn register(&self, username: &str, password: &str) -> Result<UserId, ClientError> {
+        let op = Op::Register(pb::Register {
+            username: username.into(),
+            password: password.into(),
+        });
+        match self.call(op).await? {
+            Res::Register(r) => Ok(UserId(r.user_id)),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// Log in as a new device; the connection is authenticated from then on, and the token
+    /// is kept for reconnects.
+    pub async fn login(&self, username: &str, password: &str, device_name: &str) -> Result<LoginInfo, ClientError> {
+        let op = Op::Login(pb::Login {
+            username: username.into(),
+            password: password.into(),
+            device_name: device_name.into(),
+        });
+        match self.call(op).await? {
+            Res::Login(r) => Ok(LoginInfo {
+                user_id: UserId(r.user_id),
+                device_id: DeviceId(r.device_id),
+                access_token: r.access_token,
+            }),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// Revoke a device's token (0: this device; the connection then closes).
+    pub async fn logout(&self, device: DeviceId) -> Result<(), ClientError> {
+        self.done(Op::Logout(pb::Logout { device_id: device.0 })).await
+    }
+
+    /// This user's devices.
+    pub async fn devices(&self) -> Result<Vec<pb::Device>, ClientError> {
+        match self.call(Op::ListDevices(pb::ListDevices {})).await? {
+            Res::Devices(d) => Ok(d.devices),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    async fn conversation(&self, op: Op) -> Result<pb::ConversationSummary, ClientError> {
+        match self.call(op).await? {
+            Res::Conversation(c) => Ok(c),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    async fn done(&self, op: Op) -> Result<(), ClientError> {
+        match self.call(op).await? {
+            Res::Done(_) => Ok(()),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// The 1:1 conversation with `username`, created on first use.
+    pub async fn direct(&self, username: &str) -> Result<pb::ConversationSummary, ClientError> {
+        self.conversation(Op::CreateDirect(pb::CreateDirect {
+            username: username.into(),
+        }))
+        .await
+    }
+
+    /// A new private group owned by the caller.
+    pub async fn create_group(&self, name: &str, members: &[&str]) -> Result<pb::ConversationSummary, ClientError> {
+        let usernames = members.iter().map(|s| s.to_string()).collect();
+        self.conversation(Op::CreateGroup(pb::CreateGroup {
+            name: name.into(),
+            usernames,
+        }))
+        .await
+    }
+
+    /// A new public channel owned by the caller.
+    pub async fn create_channel(&self, name: &str) -> Result<pb::ConversationSummary, ClientError> {
+        self.conversation(Op::CreateChannel(pb::CreateChannel { name: name.into() }))
+            .await
+    }
+
+    /// Join a public channel.
+    pub async fn join_channel(&self, name: &str) -> Result<pb::ConversationSummary, ClientError> {
+        self.conversation(Op::JoinChannel(pb::JoinChannel { name: name.into() }))
+            .await
+    }
+
+    /// Add members (owners and admins).
+    pub async fn add_members(&self, conv: ConversationId, usernames: &[&str]) -> Result<(), ClientError> {
+        let usernames = usernames.iter().map(|s| s.to_string()).collect();
+        self.done(Op::AddMembers(pb::AddMembers {
+            conversation_id: conv.0,
+            usernames,
+        }))
+        .await
+    }
+
+    /// Remove a member.
+    pub async fn remove_member(&self, conv: ConversationId, user: UserId) -> Result<(), ClientError> {
+        self.done(Op::RemoveMember(pb::RemoveMember {
+            conversation_id: conv.0,
+            user_id: user.0,
+        }))
+        .await
+    }
+
+    /// Leave a group or channel.
+    pub async fn leave(&self, conv: ConversationId) -> Result<(), ClientError> {
+        self.done(Op::Leave(pb::LeaveConversation {
+            conversation_id: conv.0,
+        }))
+        .await
+    }
+
+    /// Rename a group or channel.
+    pub async fn rename(&self, conv: ConversationId, name: &str) -> Result<(), ClientError> {
+        self.done(Op::Rename(pb::RenameConversation {
+            conversation_id: conv.0,
+            name: name.into(),
+        }))
+        .await
+    }
+
+    /// Delete a conversation (owner).
+    pub async fn delete(&self, conv: ConversationId) -> Result<(), ClientError> {
+        self.done(Op::DeleteConversation(pb::DeleteConversation {
+            conversation_id: conv.0,
+        }))
+        .await
+    }
+
+    /// Change a member's role (owner); `Owner` transfers ownership.
+    pub async fn set_role(&self, conv: ConversationId, user: UserId, role: pb::Role) -> Result<(), ClientError> {
+        self.done(Op::SetRole(pb::SetRole {
+            conversation_id: conv.0,
+            user_id: user.0,
+            role: role as i32,
+        }))
+        .await
+    }
+
+    /// Every conversation of the user, with last message and unread count.
+    pub async fn conversations(&self) -> Result<Vec<pb::ConversationSummary>, ClientError> {
+        match self.call(Op::ListConversations(pb::ListConversations {})).await? {
+            Res::Conversations(c) => Ok(c.conversations),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// Members of a conversation.
+    pub async fn members(&self, conv: ConversationId) -> Result<Vec<pb::Member>, ClientError> {
+        match self
+            .call(Op::GetMembers(pb::GetMembers {
+                conversation_id: conv.0,
+            }))
+            .await?
+        {
+            Res::Members(m) => Ok(m.members),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// Send a text message; resolves when the server has it durably.
+    pub async fn send(&self, conv: ConversationId, text: &str) -> Result<SendAck, ClientError> {
+        let body = pb::MessageBody {
+            text: text.into(),
+            ..Default::default()
+        };
+        self.send_with_id(conv, random_id(), body).await
+    }
+
+    /// Send with a caller-chosen idempotency key (to retry across app restarts).
+    pub async fn send_with_id(
+        &self,
+        conv: ConversationId,
+        id: ClientMsgId,
+        body: pb::MessageBody,
+    ) -> Result<SendAck, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Send(conv, id, body, tx))
+            .map_err(|_| ClientError::Closed)?;
+        Ok(rx.await.map_err(|_| ClientError::Closed)??)
+    }
+
+    /// A page of history: `before` (newest page before a seq; `Seq(0)` = latest) or `after`.
+    pub async fn history(
+        &self,
+        conv: ConversationId,
+        anchor: HistoryAnchor,
+        limit: u32,
+    ) -> Result<pb::HistoryPage, ClientError> {
+        let anchor = Some(match anchor {
+            HistoryAnchor::Before(s) => pb::get_history::Anchor::Before(s.0),
+            HistoryAnchor::After(s) => pb::get_history::Anchor::After(s.0),
+        });
+        match self
+            .call(Op::History(pb::GetHistory {
+                conversation_id: conv.0,
+                anchor,
+                limit,
+            }))
+            .await?
+        {
+            Res::History(h) => Ok(h),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// Move the read cursor.
+    pub async fn mark_read(&self, conv: ConversationId, seq: Seq) -> Result<(), ClientError> {
+        self.done(Op::MarkRead(pb::MarkRead {
+            conversation_id: conv.0,
+            seq: seq.0,
+        }))
+        .await
+    }
+
+    /// Round trip to the server.
+    pub async fn ping(&self) -> Result<u64, ClientError> {
+        match self.call(Op::Ping(pb::Ping { nonce: 1 })).await? {
+            Res::Pong(p) => Ok(p.server_time_ms),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// State to persist (tokens, cursors).
+    pub async fn snapshot(&self) -> Result<Snapshot, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd.send(Command::Snapshot(tx)).map_err(|_| ClientError::Closed)?;
+        rx.await.map_err(|_| ClientError::Closed)
+    }
+
+    /// Drop the current connection at once and reconnect (e.g. after a network change).
+    /// Sends in flight stay in the outbox and are retried.
+    pub fn reconnect(&self) {
+        let _ = self.cmd.send(Command::Reconnect);
+    }
+
+    /// Close the connection and stop.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.cmd.send(Command::Shutdown(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// Where a history page starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HistoryAnchor {
+    /// The newest page with seq < this (`Seq(0)`: the latest page).
+    Before(Seq),
+    /// The oldest page with seq > this.
+    After(Seq),
+}

@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use std::io::Write;
+
 use clap::Parser;
 use natter_server::Config;
 
@@ -59,9 +61,12 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async {
         let server = natter_server::start(&config).await?;
         // Machine-readable first lines: tests and scripts read the address and fingerprint.
-        println!("natter-server listening on {}", server.addr);
-        println!("certificate sha256 {}", server.fingerprint);
-        println!("data dir {}", config.data_dir.display());
+        // Written with errors ignored: a closed stdout must not take the server down.
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "natter-server listening on {}", server.addr);
+        let _ = writeln!(out, "certificate sha256 {}", server.fingerprint);
+        let _ = writeln!(out, "data dir {}", config.data_dir.display());
+        let _ = out.flush();
         shutdown_signal().await;
         tracing::info!("shutting down");
         server.shutdown().await;

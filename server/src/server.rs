@@ -23,6 +23,7 @@ pub struct RunningServer {
     pub fingerprint: String,
     endpoint: quinn::Endpoint,
     shared: Arc<Shared>,
+    store: std::sync::Weak<dyn Store>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -44,6 +45,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         channel: config.max_channel_members,
     };
     let shards = Shards::start(config.shard_count(), store.clone(), hub.clone(), member_limits);
+    let weak_store = Arc::downgrade(&store);
     let ctx = Ctx {
         store,
         shards,
@@ -85,6 +87,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         fingerprint: identity.fingerprint,
         endpoint,
         shared,
+        store: weak_store,
         tasks,
     })
 }
@@ -95,15 +98,28 @@ impl RunningServer {
         self.shared.hub.attached_sessions()
     }
 
-    /// Close every connection and stop.
+    /// Close every connection and stop. Returns once the store is closed (its directory
+    /// can be opened again), or after 10 s if some task still holds it.
     pub async fn shutdown(self) {
-        self.endpoint.close(
-            quinn::VarInt::from_u32(natter_protocol::pb::ErrorCode::ShuttingDown as u32),
-            b"shutting down",
-        );
-        for t in &self.tasks {
+        let RunningServer {
+            endpoint,
+            shared,
+            store,
+            tasks,
+            ..
+        } = self;
+        let code = quinn::VarInt::from_u32(natter_protocol::pb::ErrorCode::ShuttingDown as u32);
+        endpoint.close(code, b"shutting down");
+        for t in &tasks {
             t.abort();
         }
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        drop(shared);
+        // Connection and shard tasks wind down as their connections and queues close; the
+        // store (and sled's directory lock) goes with the last of them.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while store.strong_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }

@@ -1,0 +1,342 @@
+//! The I/O shell around [`ClientSession`]: one task that owns the quinn endpoint, connects
+//! and reconnects with backoff, pumps bytes and timers into the session, writes what it
+//! transmits, and resolves callers' futures from its events. Nothing here interprets frames.
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use natter_protocol::session::{SessionEvent, StreamKey};
+use natter_protocol::{ClientMsgId, ClientSession, Millis, RequestError, RequestId};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{ClientConfig, ClientError, ClientEvent, Command, SendAck, Snapshot};
+
+/// Bytes and stream ends from one connection's reader tasks.
+enum Input {
+    Control(Vec<u8>),
+    ControlEnd,
+    Stream(StreamKey, Vec<u8>),
+    StreamEnd(StreamKey),
+}
+
+enum Exit {
+    Reconnect(String),
+    Shutdown(Option<oneshot::Sender<()>>),
+}
+
+struct Driver {
+    config: ClientConfig,
+    endpoint: quinn::Endpoint,
+    quic: quinn::ClientConfig,
+    session: ClientSession,
+    start: Instant,
+    cmds: mpsc::UnboundedReceiver<Command>,
+    events: mpsc::UnboundedSender<ClientEvent>,
+    requests: HashMap<RequestId, oneshot::Sender<Result<natter_protocol::pb::response::Result, RequestError>>>,
+    sends: HashMap<ClientMsgId, oneshot::Sender<Result<SendAck, RequestError>>>,
+    /// Set by GoAway: wait this long before reconnecting.
+    pause: Option<Duration>,
+}
+
+pub(crate) fn spawn(
+    config: ClientConfig,
+    cmds: mpsc::UnboundedReceiver<Command>,
+    events: mpsc::UnboundedSender<ClientEvent>,
+) -> Result<(), ClientError> {
+    let tls = crate::tls::client_config(&config.trust).map_err(ClientError::Setup)?;
+    let crypto =
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| ClientError::Setup(e.to_string()))?;
+    let mut quic = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(5)));
+    transport.max_idle_timeout(Some(Duration::from_secs(30).try_into().expect("in range")));
+    transport.max_concurrent_uni_streams(1024u32.into());
+    quic.transport_config(Arc::new(transport));
+    let bind: std::net::SocketAddr = if config.addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
+        .parse()
+        .expect("valid");
+    let endpoint = quinn::Endpoint::client(bind).map_err(|e| ClientError::Setup(e.to_string()))?;
+    let session = ClientSession::new(config.session.clone(), config.access_token.clone());
+    let driver = Driver {
+        config,
+        endpoint,
+        quic,
+        session,
+        start: Instant::now(),
+        cmds,
+        events,
+        requests: HashMap::new(),
+        sends: HashMap::new(),
+        pause: None,
+    };
+    tokio::spawn(driver.run());
+    Ok(())
+}
+
+impl Driver {
+    fn now(&self) -> Millis {
+        Millis(self.start.elapsed().as_millis() as u64)
+    }
+
+    async fn run(mut self) {
+        let mut backoff = self.config.reconnect_min_ms;
+        loop {
+            let exit = match self.connect().await {
+                Ok(conn) => {
+                    backoff = self.config.reconnect_min_ms;
+                    self.serve(conn).await
+                }
+                Err(e) => Exit::Reconnect(e),
+            };
+            let now = self.now();
+            self.session.handle_disconnected(now);
+            self.dispatch();
+            match exit {
+                Exit::Shutdown(done) => {
+                    self.endpoint.close(0u32.into(), b"bye");
+                    if let Some(done) = done {
+                        let _ = done.send(());
+                    }
+                    return;
+                }
+                Exit::Reconnect(reason) => {
+                    tracing::debug!(%reason, "disconnected");
+                    let _ = self.events.send(ClientEvent::Disconnected { reason });
+                }
+            }
+            // Back off, still taking commands (they queue in the session).
+            let delay = self.pause.take().unwrap_or(Duration::from_millis(backoff));
+            backoff = (backoff * 2).min(self.config.reconnect_max_ms);
+            let until = tokio::time::Instant::now() + delay;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => break,
+                    cmd = self.cmds.recv() => match cmd {
+                        None => return,
+                        Some(Command::Shutdown(done)) => { let _ = done.send(()); return; }
+                        Some(Command::Reconnect) => break,
+                        Some(cmd) => { self.command(cmd); self.dispatch(); }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn connect(&mut self) -> Result<quinn::Connection, String> {
+        let connecting = self
+            .endpoint
+            .connect_with(self.quic.clone(), self.config.addr, &self.config.server_name)
+            .map_err(|e| e.to_string())?;
+        tokio::time::timeout(Duration::from_secs(10), connecting)
+            .await
+            .map_err(|_| "connect timed out".to_string())?
+            .map_err(|e| e.to_string())
+    }
+
+    async fn serve(&mut self, conn: quinn::Connection) -> Exit {
+        let (mut send, mut recv) = match conn.open_bi().await {
+            Ok(s) => s,
+            Err(e) => return Exit::Reconnect(e.to_string()),
+        };
+        let (in_tx, mut inputs) = mpsc::unbounded_channel();
+        let control_tx = in_tx.clone();
+        let reader = tokio::spawn(async move {
+            while let Ok(Some(chunk)) = recv.read_chunk(64 * 1024, true).await {
+                if control_tx.send(Input::Control(chunk.bytes.to_vec())).is_err() {
+                    return;
+                }
+            }
+            let _ = control_tx.send(Input::ControlEnd);
+        });
+        let accept_conn = conn.clone();
+        let acceptor = tokio::spawn(async move {
+            let mut next = 0u64;
+            while let Ok(mut stream) = accept_conn.accept_uni().await {
+                next += 1;
+                let key = StreamKey(next);
+                let tx = in_tx.clone();
+                tokio::spawn(async move {
+                    while let Ok(Some(chunk)) = stream.read_chunk(64 * 1024, true).await {
+                        if tx.send(Input::Stream(key, chunk.bytes.to_vec())).is_err() {
+                            return;
+                        }
+                    }
+                    let _ = tx.send(Input::StreamEnd(key));
+                });
+            }
+        });
+        self.session.handle_connected(self.now());
+        let exit = self.pump(&conn, &mut send, &mut inputs).await;
+        reader.abort();
+        acceptor.abort();
+        if let Exit::Shutdown(_) = exit {
+            let _ = send.finish();
+            conn.close(0u32.into(), b"bye");
+        } else {
+            conn.close(1u32.into(), b"reconnecting");
+        }
+        exit
+    }
+
+    async fn pump(
+        &mut self,
+        conn: &quinn::Connection,
+        send: &mut quinn::SendStream,
+        inputs: &mut mpsc::UnboundedReceiver<Input>,
+    ) -> Exit {
+        loop {
+            while let Some(bytes) = self.session.poll_transmit() {
+                if let Err(e) = send.write_all(&bytes).await {
+                    return Exit::Reconnect(e.to_string());
+                }
+            }
+            if let Some(exit) = self.dispatch() {
+                return exit;
+            }
+            let deadline = self
+                .session
+                .poll_timeout()
+                .map(|m| self.start + Duration::from_millis(m.0));
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                cmd = self.cmds.recv() => match cmd {
+                    None => return Exit::Shutdown(None),
+                    Some(Command::Shutdown(done)) => return Exit::Shutdown(Some(done)),
+                    Some(Command::Reconnect) => return Exit::Reconnect("reconnect requested".into()),
+                    Some(cmd) => self.command(cmd),
+                },
+                input = inputs.recv() => {
+                    let now = self.now();
+                    let result = match input {
+                        Some(Input::Control(b)) => self.session.handle_control_data(now, &b),
+                        Some(Input::Stream(k, b)) => self.session.handle_stream_data(now, k, &b),
+                        Some(Input::StreamEnd(k)) => self.session.handle_stream_finished(k),
+                        Some(Input::ControlEnd) | None => return Exit::Reconnect(
+                            conn.close_reason().map_or("control stream closed".into(), |r| r.to_string())),
+                    };
+                    if let Err(e) = result {
+                        return Exit::Reconnect(format!("protocol error: {e}"));
+                    }
+                },
+                _ = sleep => { let now = self.now(); self.session.handle_timeout(now); },
+                e = conn.closed() => return Exit::Reconnect(e.to_string()),
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        let now = self.now();
+        match cmd {
+            Command::Request(op, reply) => match self.session.request(now, op) {
+                Ok(id) => {
+                    self.requests.insert(id, reply);
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(RequestError::Invalid(e)));
+                }
+            },
+            Command::Send(conv, id, body, reply) => match self.session.send_message(now, conv, id.clone(), body) {
+                Ok(()) => {
+                    self.sends.insert(id, reply);
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(RequestError::Invalid(e)));
+                }
+            },
+            Command::Snapshot(reply) => {
+                let _ = reply.send(Snapshot {
+                    access_token: self.session.access_token().map(String::from),
+                    resume_token: self.session.resume_token().map(String::from),
+                    cursors: self.session.cursors(),
+                    unacked_sends: self.session.outbox().len(),
+                });
+            }
+            Command::Reconnect | Command::Shutdown(_) => unreachable!("handled by the loops"),
+        }
+    }
+
+    /// Route session events; returns an exit when the server asked us to go.
+    fn dispatch(&mut self) -> Option<Exit> {
+        let mut exit = None;
+        while let Some(ev) = self.session.poll_event() {
+            let app = match ev {
+                SessionEvent::Response { id, result } => {
+                    if let Some(tx) = self.requests.remove(&id) {
+                        let _ = tx.send(result);
+                    }
+                    None
+                }
+                SessionEvent::SendAcked {
+                    client_msg_id,
+                    conversation_id,
+                    seq,
+                    server_time_ms,
+                    duplicate,
+                } => {
+                    if let Some(tx) = self.sends.remove(&client_msg_id) {
+                        let _ = tx.send(Ok(SendAck {
+                            conversation_id,
+                            seq,
+                            server_time_ms,
+                            duplicate,
+                            client_msg_id,
+                        }));
+                    }
+                    None
+                }
+                SessionEvent::SendFailed {
+                    client_msg_id,
+                    conversation_id,
+                    error,
+                } => match self.sends.remove(&client_msg_id) {
+                    Some(tx) => {
+                        let _ = tx.send(Err(RequestError::Server(error)));
+                        None
+                    }
+                    None => Some(ClientEvent::SendFailed {
+                        client_msg_id,
+                        conversation_id,
+                        error,
+                    }),
+                },
+                SessionEvent::Authenticated {
+                    user_id,
+                    username,
+                    device_id,
+                    resumed,
+                } => Some(ClientEvent::Connected {
+                    user_id,
+                    username,
+                    device_id,
+                    resumed,
+                }),
+                SessionEvent::AuthFailed(e) => Some(ClientEvent::AuthFailed(e)),
+                SessionEvent::Conversations(c) => Some(ClientEvent::Conversations(c)),
+                SessionEvent::Event(e) => Some(ClientEvent::Event(e)),
+                SessionEvent::GoAway {
+                    reason,
+                    reconnect_after_ms,
+                } => {
+                    self.pause = Some(Duration::from_millis(reconnect_after_ms.into()));
+                    exit = Some(Exit::Reconnect(format!("server going away: {reason}")));
+                    None
+                }
+                SessionEvent::ConnectionError(e) => {
+                    exit = Some(Exit::Reconnect(format!("server closed the connection: {e}")));
+                    None
+                }
+                SessionEvent::Welcomed { .. } => None,
+                _ => None,
+            };
+            if let Some(app) = app {
+                let _ = self.events.send(app);
+            }
+        }
+        exit
+    }
+}

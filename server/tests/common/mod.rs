@@ -1,0 +1,251 @@
+//! Test harness: real servers on loopback (in-process or the binary), SDK clients, a raw
+//! frame-level client for hostile input, and event waits bounded by a deadline.
+#![allow(dead_code)]
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use natter_protocol::codec::{decode_frame, encode_frame};
+use natter_protocol::pb::{self, frame::Kind, request::Op};
+use natter_sdk::{Client, ClientConfig, ClientEvent, ConversationId, Events};
+use natter_server::{Config, RunningServer};
+
+/// Every wait in these tests ends by this deadline; a hang is a failure, not a stall.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+pub const PASSWORD: &str = "correct horse battery";
+
+pub fn config(dir: &Path) -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_path_buf(),
+        shards: 2,
+        log: "warn".into(),
+        ..Default::default()
+    }
+}
+
+pub async fn server(dir: &Path) -> RunningServer {
+    natter_server::start(&config(dir)).await.expect("server starts")
+}
+
+pub struct Device {
+    pub client: Client,
+    pub events: Events,
+    pub token: String,
+}
+
+pub fn client_config(addr: SocketAddr, fingerprint: &str, token: Option<String>) -> ClientConfig {
+    let mut c = ClientConfig::pinned(addr, fingerprint);
+    c.access_token = token;
+    c.reconnect_min_ms = 20;
+    c.reconnect_max_ms = 200;
+    c
+}
+
+/// Register `name` (if `register`) and log a new device in.
+pub async fn device(addr: SocketAddr, fp: &str, name: &str, register: bool) -> Device {
+    let (client, events) = Client::connect(client_config(addr, fp, None)).unwrap();
+    if register {
+        client.register(name, PASSWORD).await.expect("register");
+    }
+    let info = client
+        .login(name, PASSWORD, &format!("{name}-device"))
+        .await
+        .expect("login");
+    let mut events = events;
+    // Consume this login's Connected so later waits see only later connections.
+    wait_for(&mut events, |e| {
+        matches!(e, ClientEvent::Connected { .. }).then_some(())
+    })
+    .await;
+    Device {
+        client,
+        events,
+        token: info.access_token,
+    }
+}
+
+pub async fn user(s: &RunningServer, name: &str) -> Device {
+    device(s.addr, &s.fingerprint, name, true).await
+}
+
+/// Wait for the first event matching `f`, up to the deadline.
+pub async fn wait_for<T>(events: &mut Events, mut f: impl FnMut(&ClientEvent) -> Option<T>) -> T {
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            let ev = events.next().await.expect("event stream open");
+            if std::env::var("NATTER_TEST_TRACE").is_ok() {
+                eprintln!("EV {ev:?}");
+            }
+            if let Some(t) = f(&ev) {
+                return t;
+            }
+        }
+    })
+    .await
+    .expect("expected event before the deadline")
+}
+
+/// Message texts of a conversation, with seqs, until `n` messages have arrived.
+pub async fn messages(events: &mut Events, conv: ConversationId, n: usize) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let m = wait_for(events, |e| match e {
+            ClientEvent::Event(ev) if ev.conversation_id == conv.0 => Some(ev.clone()),
+            _ => None,
+        })
+        .await;
+        if let Some(pb::conversation_event::Body::Message(msg)) = m.body {
+            out.push((m.seq, msg.body.unwrap_or_default().text));
+        }
+    }
+    out
+}
+
+/// All events of a conversation with seq ≤ `upto`, asserting they arrive gap-free.
+pub async fn events_upto(events: &mut Events, conv: ConversationId, upto: u64) -> Vec<pb::ConversationEvent> {
+    let mut out: Vec<pb::ConversationEvent> = Vec::new();
+    while out.last().map_or(0, |e| e.seq) < upto {
+        let ev = wait_for(events, |e| match e {
+            ClientEvent::Event(ev) if ev.conversation_id == conv.0 => Some(ev.clone()),
+            _ => None,
+        })
+        .await;
+        out.push(ev);
+    }
+    out
+}
+
+pub fn seqs_and_texts(evs: &[pb::ConversationEvent]) -> Vec<(u64, String)> {
+    evs.iter()
+        .map(|e| {
+            let text = match &e.body {
+                Some(pb::conversation_event::Body::Message(m)) => m.body.clone().unwrap_or_default().text,
+                other => format!("{other:?}"),
+            };
+            (e.seq, text)
+        })
+        .collect()
+}
+
+/// A frame-level client for sending what the SDK never would.
+pub struct Raw {
+    pub conn: quinn::Connection,
+    pub send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    buf: BytesMut,
+    next_id: u64,
+}
+
+impl Raw {
+    pub async fn connect(addr: SocketAddr, fp: &str) -> Raw {
+        let tls = natter_sdk::tls::client_config(&natter_sdk::Trust::Fingerprint(fp.into())).unwrap();
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+        let conn = ep.connect(addr, "localhost").unwrap().await.unwrap();
+        let (send, recv) = conn.open_bi().await.unwrap();
+        Raw {
+            conn,
+            send,
+            recv,
+            buf: BytesMut::new(),
+            next_id: 1,
+        }
+    }
+
+    /// Connect and complete the handshake.
+    pub async fn hello(addr: SocketAddr, fp: &str) -> Raw {
+        let mut r = Raw::connect(addr, fp).await;
+        r.frame(Kind::Hello(pb::Hello {
+            versions: vec![1],
+            client: "raw".into(),
+        }))
+        .await;
+        match r.read().await {
+            Some(pb::Frame {
+                kind: Some(Kind::Welcome(_)),
+            }) => r,
+            other => panic!("expected Welcome, got {other:?}"),
+        }
+    }
+
+    pub async fn bytes(&mut self, b: &[u8]) {
+        self.send.write_all(b).await.unwrap();
+    }
+
+    pub async fn frame(&mut self, kind: Kind) {
+        let b = encode_frame(&pb::Frame { kind: Some(kind) });
+        self.bytes(&b).await;
+    }
+
+    pub async fn read(&mut self) -> Option<pb::Frame> {
+        tokio::time::timeout(DEADLINE, async {
+            loop {
+                if let Some(f) = decode_frame(&mut self.buf, usize::MAX).unwrap() {
+                    return Some(f);
+                }
+                match self.recv.read_chunk(65536, true).await {
+                    Ok(Some(c)) => self.buf.extend_from_slice(&c.bytes),
+                    _ => return None,
+                }
+            }
+        })
+        .await
+        .expect("frame or end before the deadline")
+    }
+
+    pub async fn request(&mut self, op: Op) -> pb::response::Result {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.frame(Kind::Request(pb::Request { id, op: Some(op) })).await;
+        loop {
+            match self.read().await {
+                Some(pb::Frame {
+                    kind: Some(Kind::Response(r)),
+                }) if r.id == id => return r.result.unwrap(),
+                Some(_) => continue,
+                None => panic!("connection ended before response {id}"),
+            }
+        }
+    }
+
+    pub async fn login(&mut self, user: &str) {
+        let op = Op::Login(pb::Login {
+            username: user.into(),
+            password: PASSWORD.into(),
+            device_name: "raw".into(),
+        });
+        match self.request(op).await {
+            pb::response::Result::Login(_) => {}
+            other => panic!("login failed: {other:?}"),
+        }
+    }
+
+    /// The connection's close: the ConnectionError frame (if any) and the close code.
+    pub async fn closed(&mut self) -> (Option<pb::ConnectionError>, u64) {
+        let mut err = None;
+        while let Some(f) = self.read().await {
+            if let Some(Kind::ConnectionError(e)) = f.kind {
+                err = Some(e);
+            }
+        }
+        let reason = tokio::time::timeout(DEADLINE, self.conn.closed())
+            .await
+            .expect("closed before the deadline");
+        let code = match reason {
+            quinn::ConnectionError::ApplicationClosed(c) => c.error_code.into_inner(),
+            other => panic!("expected an application close, got {other}"),
+        };
+        (err, code)
+    }
+}
+
+pub fn error_code(r: &pb::response::Result) -> pb::ErrorCode {
+    match r {
+        pb::response::Result::Error(e) => pb::ErrorCode::try_from(e.code).unwrap(),
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
