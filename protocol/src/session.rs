@@ -93,7 +93,7 @@ pub enum State {
 #[non_exhaustive]
 pub enum RequestError {
     /// The server answered with an error.
-    #[error("server error: {0}")]
+    #[error(transparent)]
     Server(#[from] ServerError),
     /// The connection dropped before the response arrived; the request may or may not
     /// have taken effect.
@@ -664,7 +664,7 @@ impl ClientSession {
                 }
                 self.events.push_back(SessionEvent::Welcomed {
                     version: w.version,
-                    limits: self.limits.clone(),
+                    limits: self.limits,
                 });
                 if self.access_token.is_some() {
                     self.send_authenticate();

@@ -243,7 +243,7 @@ impl<T: Transport> Conn<T> {
         }
         let welcome = pb::Welcome {
             version: limits::PROTOCOL_VERSION,
-            limits: Some(self.shared.config.limits.clone()),
+            limits: Some(self.shared.config.limits),
             server: concat!("natter-server/", env!("CARGO_PKG_VERSION")).into(),
             server_time_ms: now_ms(),
         };

@@ -236,6 +236,7 @@ impl Shard {
                     }
                     Cmd::Mutate { conv, actor, m, reply } => match self.accept(conv, &actor, m, &mut batch_ids).await {
                         Ok(Accepted::New(commit, recipients)) => {
+                            let commit = *commit;
                             let committed = Committed {
                                 seq: Seq(commit.event.seq),
                                 server_time_ms: commit.event.server_time_ms,
@@ -346,7 +347,7 @@ impl Shard {
             }
             let (commit, recipients, conv) = create(id, actor, kind, name, members, now);
             self.convs.insert(id, conv);
-            return Ok(Accepted::New(commit, recipients));
+            return Ok(Accepted::New(Box::new(commit), recipients));
         }
         // Idempotency first: a retried send returns its original ack even if, say, the
         // sender has left since.
@@ -379,12 +380,12 @@ impl Shard {
             };
             batch_ids.insert((id, *sender, cid.clone()), c);
         }
-        Ok(Accepted::New(commit, recipients))
+        Ok(Accepted::New(Box::new(commit), recipients))
     }
 }
 
 enum Accepted {
-    New(Commit, Vec<UserId>),
+    New(Box<Commit>, Vec<UserId>),
     Duplicate(Committed),
 }
 

@@ -1,1 +1,339 @@
-fn main() {}
+//! `natter`: a command-line chat client on natter-sdk. A profile dir remembers the server,
+//! its certificate fingerprint and the access token, so after `login` every command is
+//! short. Output is one JSON object per line, for people and scripts alike.
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use natter_sdk::proto::{self, conversation_event::Body};
+use natter_sdk::{Client, ClientConfig, ClientEvent, ConversationId, DeviceId, HistoryAnchor, Seq, UserId};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+#[derive(Debug, Parser)]
+#[command(version, about = "natter chat from the terminal")]
+struct Cli {
+    /// Profile directory (server, fingerprint, token).
+    #[arg(long, env = "NATTER_PROFILE", default_value = ".natter")]
+    profile: PathBuf,
+    /// Server address, e.g. 127.0.0.1:4433 (saved in the profile).
+    #[arg(long, env = "NATTER_SERVER")]
+    server: Option<SocketAddr>,
+    /// SHA-256 fingerprint the server printed (saved in the profile).
+    #[arg(long, env = "NATTER_FINGERPRINT")]
+    fingerprint: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Create an account. Password from --password, NATTER_PASSWORD or stdin.
+    Register {
+        username: String,
+        #[arg(long, env = "NATTER_PASSWORD")]
+        password: Option<String>,
+    },
+    /// Log in as a new device and save its token in the profile.
+    Login {
+        username: String,
+        #[arg(long, env = "NATTER_PASSWORD")]
+        password: Option<String>,
+        #[arg(long, default_value = "natter-cli")]
+        device: String,
+    },
+    /// Revoke this device's token (or another device's).
+    Logout {
+        #[arg(long)]
+        device: Option<u64>,
+    },
+    /// List this user's devices.
+    Devices,
+    /// List conversations with unread counts.
+    Conversations,
+    /// Open (or create) the direct conversation with a user.
+    Dm { username: String },
+    /// Groups: create, add, remove, leave, rename.
+    #[command(subcommand)]
+    Group(GroupCmd),
+    /// Create a public channel.
+    Channel { name: String },
+    /// Join a public channel.
+    Join { name: String },
+    /// Members of a conversation.
+    Members { conversation: u64 },
+    /// Send a message.
+    Send {
+        conversation: u64,
+        #[arg(required = true, num_args = 1..)]
+        text: Vec<String>,
+    },
+    /// Show history (latest page by default).
+    History {
+        conversation: u64,
+        #[arg(long)]
+        before: Option<u64>,
+        #[arg(long)]
+        after: Option<u64>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Mark a conversation read up to a seq.
+    Read { conversation: u64, seq: u64 },
+    /// Print every event as it arrives, one JSON object per line.
+    Listen,
+}
+
+#[derive(Debug, Subcommand)]
+enum GroupCmd {
+    /// Create a group with initial members.
+    Create { name: String, members: Vec<String> },
+    /// Add members.
+    Add {
+        conversation: u64,
+        #[arg(required = true, num_args = 1..)]
+        usernames: Vec<String>,
+    },
+    /// Remove a member by user id.
+    Remove { conversation: u64, user_id: u64 },
+    /// Leave a group.
+    Leave { conversation: u64 },
+    /// Rename a group.
+    Rename { conversation: u64, name: String },
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Profile {
+    server: Option<SocketAddr>,
+    fingerprint: Option<String>,
+    token: Option<String>,
+    username: Option<String>,
+}
+
+impl Profile {
+    fn load(dir: &Path) -> anyhow::Result<Profile> {
+        match std::fs::read(dir.join("profile.json")) {
+            Ok(b) => Ok(serde_json::from_slice(&b).context("reading profile.json")?),
+            Err(_) => Ok(Profile::default()),
+        }
+    }
+
+    fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join("profile.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(self)?)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        }
+        Ok(())
+    }
+}
+
+fn password(p: Option<String>) -> anyhow::Result<String> {
+    if let Some(p) = p {
+        return Ok(p);
+    }
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+fn print(v: Value) {
+    println!("{v}");
+}
+
+fn summary_json(s: &proto::ConversationSummary) -> Value {
+    json!({
+        "conversation": s.conversation_id,
+        "kind": match proto::ConversationKind::try_from(s.kind) {
+            Ok(proto::ConversationKind::Direct) => "direct",
+            Ok(proto::ConversationKind::Group) => "group",
+            Ok(proto::ConversationKind::Channel) => "channel",
+            _ => "unknown",
+        },
+        "name": s.name,
+        "last_seq": s.last_seq,
+        "unread": s.unread_count,
+        "members": s.member_count,
+        "last_message": s.last_message.as_ref().map(event_json),
+    })
+}
+
+fn event_json(e: &proto::ConversationEvent) -> Value {
+    let mut v = json!({
+        "type": "event",
+        "conversation": e.conversation_id,
+        "seq": e.seq,
+        "from": e.sender_username,
+        "time_ms": e.server_time_ms,
+    });
+    let body = match &e.body {
+        Some(Body::Message(m)) => {
+            let b = m.body.clone().unwrap_or_default();
+            json!({"kind": "message", "text": b.text, "reply_to": b.reply_to_seq, "client_msg_id": m.client_msg_id})
+        }
+        Some(Body::Created(c)) => json!({"kind": "created", "name": c.name}),
+        Some(Body::MembersAdded(m)) => {
+            json!({"kind": "members_added", "users": m.members.iter().map(|m| &m.username).collect::<Vec<_>>()})
+        }
+        Some(Body::MemberRemoved(m)) => json!({"kind": "member_removed", "user": m.username, "left": m.left}),
+        Some(Body::Renamed(r)) => json!({"kind": "renamed", "name": r.name}),
+        Some(Body::RoleChanged(r)) => json!({"kind": "role_changed", "user_id": r.user_id, "role": r.role}),
+        Some(Body::Deleted(_)) => json!({"kind": "deleted"}),
+        None => json!({"kind": "unknown"}),
+    };
+    v["body"] = body;
+    v
+}
+
+#[tokio::main]
+async fn main() {
+    if let Err(e) = run().await {
+        eprintln!("natter: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut profile = Profile::load(&cli.profile)?;
+    if cli.server.is_some() {
+        profile.server = cli.server;
+    }
+    if cli.fingerprint.is_some() {
+        profile.fingerprint = cli.fingerprint.clone();
+    }
+    let server = profile
+        .server
+        .context("no server: pass --server ADDR (saved after the first use)")?;
+    let fingerprint = profile
+        .fingerprint
+        .clone()
+        .context("no fingerprint: pass --fingerprint HEX as the server printed it")?;
+    let mut config = ClientConfig::pinned(server, &fingerprint);
+    config.access_token = profile.token.clone();
+    let needs_login = !matches!(cli.cmd, Cmd::Register { .. } | Cmd::Login { .. });
+    if needs_login && profile.token.is_none() {
+        bail!("not logged in: run `natter login USERNAME` first");
+    }
+    let (client, mut events) = Client::connect(config)?;
+    let conv = |id: u64| ConversationId(id);
+
+    match cli.cmd {
+        Cmd::Register { username, password: pw } => {
+            let id = client.register(&username, &password(pw)?).await?;
+            print(json!({"registered": username, "user_id": id.0}));
+        }
+        Cmd::Login {
+            username,
+            password: pw,
+            device,
+        } => {
+            let info = client.login(&username, &password(pw)?, &device).await?;
+            profile.token = Some(info.access_token);
+            profile.username = Some(username.clone());
+            print(json!({"logged_in": username, "user_id": info.user_id.0, "device_id": info.device_id.0}));
+        }
+        Cmd::Logout { device } => {
+            client.logout(DeviceId(device.unwrap_or(0))).await?;
+            if device.is_none() {
+                profile.token = None;
+            }
+            print(json!({"logged_out": true}));
+        }
+        Cmd::Devices => {
+            for d in client.devices().await? {
+                print(
+                    json!({"device_id": d.device_id, "name": d.name, "current": d.current, "created_ms": d.created_ms}),
+                );
+            }
+        }
+        Cmd::Conversations => {
+            for s in client.conversations().await? {
+                print(summary_json(&s));
+            }
+        }
+        Cmd::Dm { username } => print(summary_json(&client.direct(&username).await?)),
+        Cmd::Group(GroupCmd::Create { name, members }) => {
+            let names: Vec<&str> = members.iter().map(String::as_str).collect();
+            print(summary_json(&client.create_group(&name, &names).await?));
+        }
+        Cmd::Group(GroupCmd::Add {
+            conversation,
+            usernames,
+        }) => {
+            let names: Vec<&str> = usernames.iter().map(String::as_str).collect();
+            client.add_members(conv(conversation), &names).await?;
+            print(json!({"added": usernames}));
+        }
+        Cmd::Group(GroupCmd::Remove { conversation, user_id }) => {
+            client.remove_member(conv(conversation), UserId(user_id)).await?;
+            print(json!({"removed": user_id}));
+        }
+        Cmd::Group(GroupCmd::Leave { conversation }) => {
+            client.leave(conv(conversation)).await?;
+            print(json!({"left": conversation}));
+        }
+        Cmd::Group(GroupCmd::Rename { conversation, name }) => {
+            client.rename(conv(conversation), &name).await?;
+            print(json!({"renamed": conversation, "name": name}));
+        }
+        Cmd::Channel { name } => print(summary_json(&client.create_channel(&name).await?)),
+        Cmd::Join { name } => print(summary_json(&client.join_channel(&name).await?)),
+        Cmd::Members { conversation } => {
+            for m in client.members(conv(conversation)).await? {
+                let role = match proto::Role::try_from(m.role) {
+                    Ok(proto::Role::Owner) => "owner",
+                    Ok(proto::Role::Admin) => "admin",
+                    _ => "member",
+                };
+                print(json!({"user_id": m.user_id, "username": m.username, "role": role}));
+            }
+        }
+        Cmd::Send { conversation, text } => {
+            let ack = client.send(conv(conversation), &text.join(" ")).await?;
+            print(json!({"sent": true, "conversation": conversation, "seq": ack.seq.0, "duplicate": ack.duplicate}));
+        }
+        Cmd::History {
+            conversation,
+            before,
+            after,
+            limit,
+        } => {
+            let anchor = match (before, after) {
+                (_, Some(a)) => HistoryAnchor::After(Seq(a)),
+                (b, None) => HistoryAnchor::Before(Seq(b.unwrap_or(0))),
+            };
+            let page = client.history(conv(conversation), anchor, limit).await?;
+            for e in &page.events {
+                print(event_json(e));
+            }
+            print(json!({"has_more": page.has_more, "last_seq": page.last_seq}));
+        }
+        Cmd::Read { conversation, seq } => {
+            client.mark_read(conv(conversation), Seq(seq)).await?;
+            print(json!({"read": conversation, "seq": seq}));
+        }
+        Cmd::Listen => loop {
+            let Some(ev) = events.next().await else { break };
+            match ev {
+                ClientEvent::Event(e) => print(event_json(&e)),
+                ClientEvent::Connected { username, resumed, .. } => {
+                    print(json!({"type": "connected", "user": username, "resumed": resumed}))
+                }
+                ClientEvent::Disconnected { reason } => print(json!({"type": "disconnected", "reason": reason})),
+                ClientEvent::Conversations(list) => print(
+                    json!({"type": "conversations", "conversations": list.iter().map(summary_json).collect::<Vec<_>>()}),
+                ),
+                ClientEvent::AuthFailed(e) => bail!("authentication failed: {e}"),
+                other => print(json!({"type": "other", "debug": format!("{other:?}")})),
+            }
+        },
+    }
+    profile.save(&cli.profile)?;
+    client.shutdown().await;
+    Ok(())
+}
