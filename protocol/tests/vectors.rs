@@ -1,0 +1,151 @@
+//! Golden frames: every vector in `spec/vectors/frames.txt` must decode to the frame this
+//! file builds under the same name and re-encode to the same bytes; every vector in
+//! `spec/vectors/invalid.txt` must fail with the named error. Regenerate the valid file
+//! (after a deliberate wire change only) with `NATTER_WRITE_VECTORS=1 cargo test -p
+//! natter-protocol --test vectors`.
+use bytes::BytesMut;
+use natter_protocol::codec::{decode_frame, encode_frame, encode_frame_compressed, FrameError};
+use natter_protocol::limits::{self, MAX_FRAME_BYTES};
+use natter_protocol::pb::{self, conversation_event::Body, frame::Kind, request::Op, response::Result as Res};
+
+const VALID: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../spec/vectors/frames.txt");
+const INVALID: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../spec/vectors/invalid.txt");
+
+fn f(kind: Kind) -> pb::Frame {
+    pb::Frame { kind: Some(kind) }
+}
+
+fn req(id: u64, op: Op) -> pb::Frame {
+    f(Kind::Request(pb::Request { id, op: Some(op) }))
+}
+
+fn res(id: u64, r: Res) -> pb::Frame {
+    f(Kind::Response(pb::Response { id, result: Some(r) }))
+}
+
+fn message(conv: u64, seq: u64, text: &str) -> pb::ConversationEvent {
+    pb::ConversationEvent {
+        conversation_id: conv,
+        seq,
+        sender_user_id: 1,
+        sender_username: "alice".into(),
+        sender_device_id: 2,
+        server_time_ms: 1_700_000_000_000 + seq,
+        body: Some(Body::Message(pb::MessageEvent {
+            client_msg_id: format!("c{seq}"),
+            body: Some(pb::MessageBody { text: text.into(), ..Default::default() }),
+        })),
+    }
+}
+
+/// (name, meaning, frame, compressed?)
+fn vectors() -> Vec<(&'static str, &'static str, pb::Frame, bool)> {
+    let auth_ok = pb::AuthOk {
+        user_id: 1,
+        username: "alice".into(),
+        device_id: 2,
+        resume_token: "rs_00".into(),
+        resume_window_secs: 120,
+        resumed: true,
+        conversations: vec![],
+    };
+    vec![
+        ("hello", "Hello { versions: [1], client: \"natter-sdk/0.1.0\" }",
+            f(Kind::Hello(pb::Hello { versions: vec![1], client: "natter-sdk/0.1.0".into() })), false),
+        ("welcome", "Welcome { version: 1, default limits, server: \"natter-server/0.1.0\", server_time_ms: 1700000000000 }",
+            f(Kind::Welcome(pb::Welcome { version: 1, limits: Some(limits::default_limits()), server: "natter-server/0.1.0".into(), server_time_ms: 1_700_000_000_000 })), false),
+        ("register", "Request 1: Register { username: \"alice\", password: \"correct horse\" }",
+            req(1, Op::Register(pb::Register { username: "alice".into(), password: "correct horse".into() })), false),
+        ("register_ok", "Response 1: RegisterOk { user_id: 1 }",
+            res(1, Res::Register(pb::RegisterOk { user_id: 1 })), false),
+        ("login", "Request 2: Login { username: \"alice\", password: \"correct horse\", device_name: \"phone\" }",
+            req(2, Op::Login(pb::Login { username: "alice".into(), password: "correct horse".into(), device_name: "phone".into() })), false),
+        ("login_ok", "Response 2: LoginOk { user_id: 1, device_id: 2, access_token: \"nt_00\", session: AuthOk(resumed: false, no conversations) }",
+            res(2, Res::Login(pb::LoginOk { user_id: 1, device_id: 2, access_token: "nt_00".into(), session: Some(pb::AuthOk { resumed: false, ..auth_ok.clone() }) })), false),
+        ("authenticate", "Request 3: Authenticate { access_token: \"nt_00\", resume_token: \"rs_00\", cursors: [(conversation 42, seq 7)] }",
+            req(3, Op::Authenticate(pb::Authenticate { access_token: "nt_00".into(), resume_token: "rs_00".into(), cursors: vec![pb::Cursor { conversation_id: 42, seq: 7 }] })), false),
+        ("auth_ok_resumed", "Response 3: AuthOk { user 1 \"alice\", device 2, resume_token \"rs_00\", window 120 s, resumed: true }",
+            res(3, Res::Auth(auth_ok)), false),
+        ("send", "Request 4: SendMessage { conversation 42, client_msg_id \"c8\", text \"hi\", reply_to_seq 7 }",
+            req(4, Op::Send(pb::SendMessage { conversation_id: 42, client_msg_id: "c8".into(), body: Some(pb::MessageBody { text: "hi".into(), reply_to_seq: 7, ..Default::default() }) })), false),
+        ("send_ok", "Response 4: SendOk { conversation 42, seq 8, server_time_ms 1700000000008, duplicate: false }",
+            res(4, Res::Sent(pb::SendOk { conversation_id: 42, seq: 8, server_time_ms: 1_700_000_000_008, duplicate: false })), false),
+        ("error_not_member", "Response 5: Error { code: NOT_MEMBER (16), message: \"not a member of this conversation\" }",
+            res(5, Res::Error(pb::Error { code: pb::ErrorCode::NotMember as i32, message: "not a member of this conversation".into(), retry_after_ms: 0 })), false),
+        ("history_after", "Request 6: GetHistory { conversation 42, after: 7, limit: 200 }",
+            req(6, Op::History(pb::GetHistory { conversation_id: 42, anchor: Some(pb::get_history::Anchor::After(7)), limit: 200 })), false),
+        ("history_page", "Response 6: HistoryPage { conversation 42, events: [message seq 8 \"hi\"], has_more: false, last_seq: 8 }",
+            res(6, Res::History(pb::HistoryPage { conversation_id: 42, events: vec![message(42, 8, "hi")], has_more: false, last_seq: 8 })), false),
+        ("stream_header", "StreamHeader { conversation 42 } (first frame of a delivery stream)",
+            f(Kind::StreamHeader(pb::StreamHeader { conversation_id: 42 })), false),
+        ("event_message", "ConversationEvent { conversation 42, seq 8, from alice (user 1, device 2), message c8 \"hi\" }",
+            f(Kind::Event(message(42, 8, "hi"))), false),
+        ("event_members_added", "ConversationEvent { conversation 42, seq 9, MembersAdded [bob (user 3), member, joined_seq 9] }",
+            f(Kind::Event(pb::ConversationEvent { conversation_id: 42, seq: 9, sender_user_id: 1, sender_username: "alice".into(), sender_device_id: 2, server_time_ms: 1_700_000_000_009,
+                body: Some(Body::MembersAdded(pb::MembersAdded { members: vec![pb::Member { user_id: 3, username: "bob".into(), role: pb::Role::Member as i32, joined_seq: 9 }] })) })), false),
+        ("go_away", "GoAway { reason: \"restarting\", reconnect_after_ms: 500 }",
+            f(Kind::GoAway(pb::GoAway { reason: "restarting".into(), reconnect_after_ms: 500 })), false),
+        ("connection_error", "ConnectionError { code: FRAME_TOO_LARGE (13), message: \"frame too large\" }",
+            f(Kind::ConnectionError(pb::ConnectionError { code: pb::ErrorCode::FrameTooLarge as i32, message: "frame too large".into() })), false),
+        ("compressed_event", "Frame { compressed: zstd(ConversationEvent { conversation 42, seq 10, text \"natter \" x 4000 }) }",
+            f(Kind::Event(message(42, 10, &"natter ".repeat(4000)))), true),
+    ]
+}
+
+fn encode(frame: &pb::Frame, compressed: bool) -> Vec<u8> {
+    if compressed {
+        encode_frame_compressed(frame, MAX_FRAME_BYTES).unwrap().to_vec()
+    } else {
+        encode_frame(frame).to_vec()
+    }
+}
+
+#[test]
+fn every_valid_vector_decodes_to_its_frame_and_reencodes_identically() {
+    if std::env::var("NATTER_WRITE_VECTORS").is_ok() {
+        let mut out = String::from("# natter v1 golden frames: name | hex (varint length + Frame) | meaning\n");
+        for (name, meaning, frame, c) in vectors() {
+            out.push_str(&format!("{name} | {} | {meaning}\n", hex::encode(encode(&frame, c))));
+        }
+        std::fs::write(VALID, out).unwrap();
+    }
+    let text = std::fs::read_to_string(VALID).unwrap();
+    let expected = vectors();
+    let mut seen = 0;
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+        let mut parts = line.split(" | ");
+        let (name, hexs) = (parts.next().unwrap(), parts.next().unwrap());
+        let bytes = hex::decode(hexs).unwrap();
+        let (_, _, frame, compressed) = expected.iter().find(|v| v.0 == name).unwrap_or_else(|| panic!("unknown vector {name}"));
+        let mut buf = BytesMut::from(&bytes[..]);
+        let decoded = decode_frame(&mut buf, MAX_FRAME_BYTES).unwrap().unwrap();
+        assert!(buf.is_empty(), "{name}: trailing bytes");
+        assert_eq!(&decoded, frame, "{name}: decodes to its meaning");
+        assert_eq!(encode(frame, *compressed), bytes, "{name}: re-encodes to the same bytes");
+        seen += 1;
+    }
+    assert_eq!(seen, expected.len(), "every vector is in the file");
+}
+
+#[test]
+fn every_invalid_vector_fails_with_its_error() {
+    let text = std::fs::read_to_string(INVALID).unwrap();
+    let mut seen = 0;
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+        let mut parts = line.split(" | ");
+        let (name, hexs, want) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+        let mut buf = BytesMut::from(&hex::decode(hexs).unwrap()[..]);
+        let err = decode_frame(&mut buf, MAX_FRAME_BYTES).expect_err(name);
+        let got = match err {
+            FrameError::TooLarge { .. } => "too_large",
+            FrameError::BadLength => "bad_length",
+            FrameError::Malformed(_) => "malformed",
+            FrameError::NestedCompression => "nested_compression",
+            FrameError::Decompress(_) => "decompress",
+            _ => "other",
+        };
+        assert_eq!(got, want, "{name}");
+        seen += 1;
+    }
+    assert!(seen >= 5);
+}
