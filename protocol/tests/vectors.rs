@@ -33,12 +33,16 @@ fn message(conv: u64, seq: u64, text: &str) -> pb::ConversationEvent {
         server_time_ms: 1_700_000_000_000 + seq,
         body: Some(Body::Message(pb::MessageEvent {
             client_msg_id: format!("c{seq}"),
-            body: Some(pb::MessageBody { text: text.into(), ..Default::default() }),
+            body: Some(pb::MessageBody {
+                text: text.into(),
+                ..Default::default()
+            }),
         })),
     }
 }
 
-/// (name, meaning, frame, compressed?)
+/// (name, meaning, frame, compressed?) — a table, kept one vector per entry.
+#[rustfmt::skip]
 fn vectors() -> Vec<(&'static str, &'static str, pb::Frame, bool)> {
     let auth_ok = pb::AuthOk {
         user_id: 1,
@@ -116,12 +120,19 @@ fn every_valid_vector_decodes_to_its_frame_and_reencodes_identically() {
         let mut parts = line.split(" | ");
         let (name, hexs) = (parts.next().unwrap(), parts.next().unwrap());
         let bytes = hex::decode(hexs).unwrap();
-        let (_, _, frame, compressed) = expected.iter().find(|v| v.0 == name).unwrap_or_else(|| panic!("unknown vector {name}"));
+        let (_, _, frame, compressed) = expected
+            .iter()
+            .find(|v| v.0 == name)
+            .unwrap_or_else(|| panic!("unknown vector {name}"));
         let mut buf = BytesMut::from(&bytes[..]);
         let decoded = decode_frame(&mut buf, MAX_FRAME_BYTES).unwrap().unwrap();
         assert!(buf.is_empty(), "{name}: trailing bytes");
         assert_eq!(&decoded, frame, "{name}: decodes to its meaning");
-        assert_eq!(encode(frame, *compressed), bytes, "{name}: re-encodes to the same bytes");
+        assert_eq!(
+            encode(frame, *compressed),
+            bytes,
+            "{name}: re-encodes to the same bytes"
+        );
         seen += 1;
     }
     assert_eq!(seen, expected.len(), "every vector is in the file");
