@@ -536,3 +536,94 @@ async fn bad_input_gets_typed_errors_while_the_server_keeps_serving_everyone_els
     assert_eq!(got, vec!["after-text-1", "after-big-frame-2", "after-garbage-3"]);
     s.shutdown().await;
 }
+
+/// The `natter` CLI binary (built by `cargo build --workspace --bins`, which the test
+/// script runs first) sits next to this test's directory.
+fn natter_cli() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("natter");
+    assert!(
+        bin.exists(),
+        "build the CLI first: cargo build --workspace --bins ({})",
+        bin.display()
+    );
+    bin
+}
+
+fn cli(profile: &std::path::Path, args: &[&str]) -> Vec<serde_json::Value> {
+    let out = Command::new(natter_cli())
+        .arg("--profile")
+        .arg(profile)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "natter {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_registers_logs_in_sends_and_reads_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path()).await;
+    let (a, b) = (dir.path().join("alice"), dir.path().join("bob"));
+    let addr = s.addr.to_string();
+    let fp = s.fingerprint.clone();
+    for (p, name) in [(&a, "alice"), (&b, "bob")] {
+        let out = cli(
+            p,
+            &[
+                "--server",
+                &addr,
+                "--fingerprint",
+                &fp,
+                "register",
+                name,
+                "--password",
+                PASSWORD,
+            ],
+        );
+        assert_eq!(out[0]["registered"], name);
+        cli(p, &["login", name, "--password", PASSWORD]);
+    }
+    let a2 = a.clone();
+    let dm = tokio::task::spawn_blocking(move || cli(&a2, &["dm", "bob"]))
+        .await
+        .unwrap()[0]["conversation"]
+        .as_u64()
+        .unwrap();
+    let conv = dm.to_string();
+    let (a3, c2) = (a.clone(), conv.clone());
+    let sent = tokio::task::spawn_blocking(move || cli(&a3, &["send", &c2, "hello", "bob"]))
+        .await
+        .unwrap();
+    assert_eq!(sent[0]["seq"], 2);
+    let (b2, c3) = (b.clone(), conv.clone());
+    let history = tokio::task::spawn_blocking(move || cli(&b2, &["history", &c3]))
+        .await
+        .unwrap();
+    let texts: Vec<&str> = history.iter().filter_map(|v| v["body"]["text"].as_str()).collect();
+    assert_eq!(texts, vec!["hello bob"]);
+    let b3 = b.clone();
+    let convs = tokio::task::spawn_blocking(move || cli(&b3, &["conversations"]))
+        .await
+        .unwrap();
+    assert_eq!(convs[0]["name"], "alice");
+    assert_eq!(convs[0]["unread"], 1);
+    // Without a login the CLI refuses with a clear message, not a hang.
+    let out = Command::new(natter_cli())
+        .args(["--profile", dir.path().join("nobody").to_str().unwrap()])
+        .args(["--server", &addr, "--fingerprint", &fp, "conversations"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not logged in"));
+    s.shutdown().await;
+}
