@@ -550,12 +550,12 @@ fn natter_cli() -> std::path::PathBuf {
     bin
 }
 
-fn cli(profile: &std::path::Path, args: &[&str]) -> Vec<serde_json::Value> {
-    let out = Command::new(natter_cli())
-        .arg("--profile")
-        .arg(profile)
-        .args(args)
-        .output()
+/// Run the CLI off the async runtime (the in-process server needs its threads).
+async fn cli(profile: &std::path::Path, args: &[&str]) -> Vec<serde_json::Value> {
+    let mut cmd = Command::new(natter_cli());
+    cmd.arg("--profile").arg(profile).args(args);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
         .unwrap();
     assert!(
         out.status.success(),
@@ -577,44 +577,29 @@ async fn the_cli_registers_logs_in_sends_and_reads_history() {
     let addr = s.addr.to_string();
     let fp = s.fingerprint.clone();
     for (p, name) in [(&a, "alice"), (&b, "bob")] {
-        let out = cli(
-            p,
-            &[
-                "--server",
-                &addr,
-                "--fingerprint",
-                &fp,
-                "register",
-                name,
-                "--password",
-                PASSWORD,
-            ],
-        );
-        assert_eq!(out[0]["registered"], name);
-        cli(p, &["login", name, "--password", PASSWORD]);
+        let register = [
+            "--server",
+            &addr,
+            "--fingerprint",
+            &fp,
+            "register",
+            name,
+            "--password",
+            PASSWORD,
+        ];
+        assert_eq!(cli(p, &register).await[0]["registered"], name);
+        cli(p, &["login", name, "--password", PASSWORD]).await;
     }
-    let a2 = a.clone();
-    let dm = tokio::task::spawn_blocking(move || cli(&a2, &["dm", "bob"]))
-        .await
-        .unwrap()[0]["conversation"]
+    let dm = cli(&a, &["dm", "bob"]).await[0]["conversation"]
         .as_u64()
-        .unwrap();
-    let conv = dm.to_string();
-    let (a3, c2) = (a.clone(), conv.clone());
-    let sent = tokio::task::spawn_blocking(move || cli(&a3, &["send", &c2, "hello", "bob"]))
-        .await
-        .unwrap();
+        .unwrap()
+        .to_string();
+    let sent = cli(&a, &["send", &dm, "hello", "bob"]).await;
     assert_eq!(sent[0]["seq"], 2);
-    let (b2, c3) = (b.clone(), conv.clone());
-    let history = tokio::task::spawn_blocking(move || cli(&b2, &["history", &c3]))
-        .await
-        .unwrap();
+    let history = cli(&b, &["history", &dm]).await;
     let texts: Vec<&str> = history.iter().filter_map(|v| v["body"]["text"].as_str()).collect();
     assert_eq!(texts, vec!["hello bob"]);
-    let b3 = b.clone();
-    let convs = tokio::task::spawn_blocking(move || cli(&b3, &["conversations"]))
-        .await
-        .unwrap();
+    let convs = cli(&b, &["conversations"]).await;
     assert_eq!(convs[0]["name"], "alice");
     assert_eq!(convs[0]["unread"], 1);
     // Without a login the CLI refuses with a clear message, not a hang.

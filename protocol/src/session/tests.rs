@@ -94,8 +94,8 @@ impl Peer {
         self.s.handle_stream_data(self.now, StreamKey(key), &bytes).unwrap();
     }
 
-    /// Connect, handshake and authenticate; returns the Authenticate request.
-    fn connect(&mut self, ok: pb::AuthOk) -> pb::Authenticate {
+    /// Connect and complete the handshake; returns the Authenticate request it triggers.
+    fn handshake(&mut self) -> (u64, pb::Authenticate) {
         self.s.handle_connected(self.now);
         let hello = self.sent();
         assert!(matches!(&hello[..], [pb::Frame { kind: Some(Kind::Hello(h)) }] if h.versions == vec![1]));
@@ -104,18 +104,19 @@ impl Peer {
             limits: Some(limits::default_limits()),
             ..Default::default()
         }));
-        let reqs = self.requests();
-        let auth = match &reqs[..] {
+        match &self.requests()[..] {
             [pb::Request {
                 id,
                 op: Some(Op::Authenticate(a)),
-            }] => {
-                let a = a.clone();
-                self.respond(*id, Res::Auth(ok));
-                a
-            }
+            }] => (*id, a.clone()),
             other => panic!("expected Authenticate, got {other:?}"),
-        };
+        }
+    }
+
+    /// Connect, handshake and authenticate; returns the Authenticate request.
+    fn connect(&mut self, ok: pb::AuthOk) -> pb::Authenticate {
+        let (id, auth) = self.handshake();
+        self.respond(id, Res::Auth(ok));
         assert_eq!(self.s.state(), State::Ready);
         auth
     }
@@ -190,30 +191,12 @@ fn events_are_delivered_once_in_order_and_gaps_are_fetched() {
 fn cursor_sync_fetches_what_a_known_conversation_missed_and_backfills_new_ones() {
     let mut p = Peer::new(Some("tok"));
     p.s.restore(None, [(ConversationId(5), Seq(3)), (ConversationId(6), Seq(2))]);
-    let auth = {
-        p.s.handle_connected(p.now);
-        p.sent();
-        p.control(Kind::Welcome(pb::Welcome {
-            version: 1,
-            limits: Some(limits::default_limits()),
-            ..Default::default()
-        }));
-        let reqs = p.requests();
-        let [pb::Request {
-            id,
-            op: Some(Op::Authenticate(a)),
-        }] = &reqs[..]
-        else {
-            panic!()
-        };
-        let a = a.clone();
-        // Conversation 6 is gone (we left); 7 is new with 500 events, joined at 1.
-        p.respond(
-            *id,
-            Res::Auth(auth_ok(false, vec![summary(5, 4, 1), summary(7, 500, 1)])),
-        );
-        a
-    };
+    let (id, auth) = p.handshake();
+    // Conversation 6 is gone (we left); 7 is new with 500 events, joined at 1.
+    p.respond(
+        id,
+        Res::Auth(auth_ok(false, vec![summary(5, 4, 1), summary(7, 500, 1)])),
+    );
     assert_eq!(auth.cursors.len(), 2);
     let mut afters: Vec<(u64, Option<pb::get_history::Anchor>)> = p
         .requests()
@@ -236,23 +219,8 @@ fn cursor_sync_fetches_what_a_known_conversation_missed_and_backfills_new_ones()
 fn events_before_auth_ok_wait_for_it() {
     let mut p = Peer::new(Some("tok"));
     p.s.restore(Some("rt-0".into()), [(ConversationId(5), Seq(1))]);
-    p.s.handle_connected(p.now);
-    p.sent();
-    p.control(Kind::Welcome(pb::Welcome {
-        version: 1,
-        limits: None,
-        ..Default::default()
-    }));
-    let reqs = p.requests();
-    let [pb::Request {
-        id,
-        op: Some(Op::Authenticate(a)),
-    }] = &reqs[..]
-    else {
-        panic!()
-    };
+    let (id, a) = p.handshake();
     assert_eq!(a.resume_token, "rt-0");
-    let id = *id;
     // The replay overtakes the AuthOk on another stream.
     p.stream(
         3,
