@@ -22,4 +22,9 @@ cargo build -p natter-protocol --target wasm32-unknown-unknown --locked
 
 step "tests (unit, store suite, spec vectors, end-to-end over QUIC on loopback)"
 cargo build --workspace --bins --locked
-cargo test --workspace --locked
+log=$(mktemp)
+cargo test --workspace --locked 2>&1 | tee "$log"
+# One closing line with the totals over every test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
+     END { printf "\nnatter: %d passed, %d failed\n", p, f }' "$log"
+rm -f "$log"
