@@ -13,6 +13,7 @@ pub mod error;
 pub mod ids;
 pub mod limits;
 pub mod session;
+pub mod timeline;
 pub mod validate;
 
 /// Types generated from `spec/natter.proto` (package `natter.v1`).

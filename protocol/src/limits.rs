@@ -45,6 +45,8 @@ pub const MAX_CURSORS: usize = 10_000;
 pub const MAX_CLIENT_NAME_BYTES: usize = 128;
 /// Bytes of an access or resume token.
 pub const MAX_TOKEN_BYTES: usize = 128;
+/// Bytes of one reaction emoji.
+pub const MAX_EMOJI_BYTES: usize = 32;
 /// Unread counts stop counting here.
 pub const MAX_UNREAD_COUNT: u32 = 1000;
 

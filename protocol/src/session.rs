@@ -921,6 +921,14 @@ fn validate_op(op: &Op) -> Result<(), ValidationError> {
         Op::JoinChannel(c) => validate::channel_name(&c.name),
         Op::AddMembers(a) => validate::count("usernames", a.usernames.len(), limits::MAX_USERNAMES_PER_REQUEST),
         Op::Rename(r) => validate::name(&r.name),
+        Op::Edit(e) => validate::message_body(
+            &pb::MessageBody {
+                text: e.text.clone(),
+                ..Default::default()
+            },
+            limits::MAX_TEXT_CHARS,
+        ),
+        Op::React(r) => validate::emoji(&r.emoji),
         Op::Send(_) => Err(ValidationError::NotAllowed("use send_message for sends")),
         Op::Authenticate(_) => Err(ValidationError::NotAllowed("the session authenticates by itself")),
         _ => Ok(()),

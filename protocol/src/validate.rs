@@ -45,6 +45,9 @@ pub enum ValidationError {
         /// The limit.
         max: usize,
     },
+    /// A reaction that is not one emoji, or is too long.
+    #[error("a reaction must be one emoji of at most 32 bytes")]
+    Emoji,
     /// A request the caller may not make directly.
     #[error("not allowed: {0}")]
     NotAllowed(&'static str),
@@ -130,6 +133,31 @@ pub fn channel_name(name: &str) -> Result<(), ValidationError> {
     ok.then_some(()).ok_or(ValidationError::ChannelName)
 }
 
+/// A reaction: one emoji (possibly a ZWJ sequence, with modifiers, variation selectors,
+/// keycaps or flag pairs), at most [`limits::MAX_EMOJI_BYTES`] bytes.
+pub fn emoji(s: &str) -> Result<(), ValidationError> {
+    fn pictographic(c: char) -> bool {
+        matches!(c as u32,
+            0x1F000..=0x1FAFF | 0x2600..=0x27BF | 0x2300..=0x23FF | 0x2B00..=0x2BFF
+            | 0x2190..=0x21FF | 0x3030 | 0x303D | 0x3297 | 0x3299 | 0x00A9 | 0x00AE | 0x2122 | 0x2139
+            | 0x203C | 0x2049 | 0x24C2 | 0x25AA..=0x25FE | 0x2934 | 0x2935)
+    }
+    fn joiner(c: char) -> bool {
+        // ZWJ, variation selectors, keycap, tag characters (subdivision flags).
+        matches!(c as u32, 0x200D | 0xFE0E | 0xFE0F | 0x20E3 | 0xE0020..=0xE007F)
+    }
+    let first = s.chars().next();
+    let keycap =
+        s.chars().any(|c| c as u32 == 0x20E3) && first.is_some_and(|c| c.is_ascii_digit() || c == '#' || c == '*');
+    let ok = !s.is_empty()
+        && s.len() <= limits::MAX_EMOJI_BYTES
+        && (keycap || first.is_some_and(pictographic))
+        && s.chars()
+            .enumerate()
+            .all(|(i, c)| pictographic(c) || joiner(c) || (i == 0 && keycap));
+    ok.then_some(()).ok_or(ValidationError::Emoji)
+}
+
 /// A list's length.
 pub fn count(what: &'static str, len: usize, max: usize) -> Result<(), ValidationError> {
     if len > max {
@@ -163,6 +191,16 @@ mod tests {
         assert!(username("a.b-c_9").is_ok());
         for bad in ["al", "Alice", "_alice", "al ice", &"a".repeat(33)] {
             assert_eq!(username(bad), Err(ValidationError::Username), "{bad}");
+        }
+    }
+
+    #[test]
+    fn emojis() {
+        for good in ["👍", "❤️", "👩‍👩‍👧", "👍🏽", "🇫🇷", "1️⃣", "🏴‍☠️"] {
+            assert!(emoji(good).is_ok(), "{good}");
+        }
+        for bad in ["", "a", "ok", "👍a", "1", &"👍".repeat(9), " 👍"] {
+            assert_eq!(emoji(bad), Err(ValidationError::Emoji), "{bad:?}");
         }
     }
 

@@ -436,6 +436,49 @@ impl Client {
         }
     }
 
+    async fn committed(&self, op: Op) -> Result<Seq, ClientError> {
+        match self.call(op).await? {
+            Res::Sent(s) => Ok(Seq(s.seq)),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// Replace the text of your message; returns the seq of the edit event.
+    pub async fn edit(&self, conv: ConversationId, target: Seq, text: &str) -> Result<Seq, ClientError> {
+        self.committed(Op::Edit(pb::EditMessage {
+            conversation_id: conv.0,
+            target_seq: target.0,
+            text: text.into(),
+        }))
+        .await
+    }
+
+    /// Delete a message; returns the seq of the delete event.
+    pub async fn delete_message(&self, conv: ConversationId, target: Seq) -> Result<Seq, ClientError> {
+        self.committed(Op::DeleteMessage(pb::DeleteMessage {
+            conversation_id: conv.0,
+            target_seq: target.0,
+        }))
+        .await
+    }
+
+    /// Add (or with `remove`, take back) an emoji reaction; returns the event's seq.
+    pub async fn react(
+        &self,
+        conv: ConversationId,
+        target: Seq,
+        emoji: &str,
+        remove: bool,
+    ) -> Result<Seq, ClientError> {
+        let op = Op::React(pb::React {
+            conversation_id: conv.0,
+            target_seq: target.0,
+            emoji: emoji.into(),
+            remove,
+        });
+        self.committed(op).await
+    }
+
     /// Move the read cursor.
     pub async fn mark_read(&self, conv: ConversationId, seq: Seq) -> Result<(), ClientError> {
         self.done(Op::MarkRead(pb::MarkRead {

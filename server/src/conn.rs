@@ -38,6 +38,15 @@ pub trait Transport: Send + Sync + 'static {
     fn close(&self, code: ErrorCode, reason: &str);
 }
 
+/// The server's half of a control stream: written, then finished with a bounded wait for
+/// the peer to have read everything (so a closing `ConnectionError` is not discarded by the
+/// close that follows it).
+#[async_trait]
+pub trait ControlSend: AsyncWrite + Unpin + Send + 'static {
+    /// Finish the stream and wait until the peer has read it to the end.
+    async fn finish_and_wait(&mut self);
+}
+
 /// Per-connection tunables.
 #[derive(Clone, Debug)]
 pub struct ConnConfig {
@@ -108,7 +117,7 @@ pub async fn serve<T, R, W>(shared: Arc<Shared>, transport: Arc<T>, mut recv: R,
 where
     T: Transport,
     R: AsyncRead + Unpin + Send,
-    W: AsyncWrite + Unpin + Send + 'static,
+    W: ControlSend,
 {
     let conn_id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let (out, out_rx) = mpsc::channel(shared.config.max_in_flight * 2 + 16);
@@ -139,18 +148,18 @@ where
         let _ = conn.out.send(encode_frame(&frame)).await;
         drop(conn.out);
         // Let the error frame out before the close discards unsent data.
-        let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
         conn.transport.close(code, &message);
     }
 }
 
-async fn write_control<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Bytes>) {
+async fn write_control<W: ControlSend>(mut w: W, mut rx: mpsc::Receiver<Bytes>) {
     while let Some(b) = rx.recv().await {
         if w.write_all(&b).await.is_err() {
             return;
         }
     }
-    let _ = w.shutdown().await;
+    w.finish_and_wait().await;
 }
 
 async fn read_frame<R: AsyncRead + Unpin>(

@@ -112,6 +112,18 @@ async fn done(ctx: &Ctx, actor: &Actor, id: u64, m: Mutation) -> Result<Res, Ser
     Ok(Res::Done(pb::Done {}))
 }
 
+/// Apply a message change and answer with the seq of its event.
+async fn committed(ctx: &Ctx, actor: &Actor, id: u64, m: Mutation) -> Result<Res, ServerError> {
+    let conv = conv_id(id)?;
+    let c = ctx.shards.mutate(conv, actor.clone(), m).await?;
+    Ok(Res::Sent(pb::SendOk {
+        conversation_id: conv.0,
+        seq: c.seq.0,
+        server_time_ms: c.server_time_ms,
+        duplicate: false,
+    }))
+}
+
 /// Handle one request of an authenticated connection (everything but the auth requests
 /// and sends, which the connection driver handles itself).
 pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError> {
@@ -233,6 +245,36 @@ pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError
             }
             ctx.store.advance_read_cursor(actor.user, conv, Seq(r.seq)).await?;
             Ok(Res::Done(pb::Done {}))
+        }
+        Op::Edit(r) => {
+            let body = pb::MessageBody {
+                text: r.text.clone(),
+                ..Default::default()
+            };
+            validate::message_body(&body, ctx.max_text_chars)?;
+            let m = Mutation::Edit {
+                target: Seq(r.target_seq),
+                text: r.text,
+            };
+            committed(ctx, actor, r.conversation_id, m).await
+        }
+        Op::DeleteMessage(r) => {
+            committed(
+                ctx,
+                actor,
+                r.conversation_id,
+                Mutation::DeleteMessage(Seq(r.target_seq)),
+            )
+            .await
+        }
+        Op::React(r) => {
+            validate::emoji(&r.emoji)?;
+            let m = Mutation::React {
+                target: Seq(r.target_seq),
+                emoji: r.emoji,
+                remove: r.remove,
+            };
+            committed(ctx, actor, r.conversation_id, m).await
         }
         Op::Ping(p) => Ok(Res::Pong(pb::Pong {
             nonce: p.nonce,

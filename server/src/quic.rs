@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use natter_protocol::pb::ErrorCode;
 
-use crate::conn::{self, Shared, Transport};
+use crate::conn::{self, ControlSend, Shared, Transport};
 
 /// A quinn connection as a [`Transport`].
 #[derive(Debug)]
@@ -24,6 +24,15 @@ impl Transport for QuicTransport {
 
     fn close(&self, code: ErrorCode, reason: &str) {
         self.0.close(quinn::VarInt::from_u32(code as u32), reason.as_bytes());
+    }
+}
+
+#[async_trait]
+impl ControlSend for quinn::SendStream {
+    async fn finish_and_wait(&mut self) {
+        if self.finish().is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.stopped()).await;
+        }
     }
 }
 

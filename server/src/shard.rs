@@ -15,10 +15,12 @@ use natter_protocol::{ConversationId, DeviceId, Seq, ServerError, UserId};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::hub::Hub;
-use crate::store::{Commit, ConversationMeta, MemberRecord, Store, StoreError};
+use crate::store::{Commit, ConversationMeta, MemberRecord, MessageState, Store, StoreError};
 
 /// Commands a shard takes per batch.
 const BATCH: usize = 256;
+/// Different emojis on one message.
+const MAX_DISTINCT_REACTIONS: usize = 50;
 /// Conversations cached per shard before the cache is dropped and reloaded on demand.
 const CACHE_LIMIT: usize = 100_000;
 
@@ -66,6 +68,36 @@ pub enum Mutation {
     Delete,
     /// Change a member's role; `Owner` transfers ownership.
     SetRole(UserId, Role),
+    /// Replace the text of one's own message.
+    Edit {
+        /// The message.
+        target: Seq,
+        /// New text, validated.
+        text: String,
+    },
+    /// Delete a message.
+    DeleteMessage(Seq),
+    /// Add or take back a reaction.
+    React {
+        /// The message.
+        target: Seq,
+        /// One emoji, validated.
+        emoji: String,
+        /// Take it back.
+        remove: bool,
+    },
+}
+
+impl Mutation {
+    /// The message a change to a message targets.
+    fn target(&self) -> Option<Seq> {
+        match self {
+            Mutation::Edit { target, .. } | Mutation::React { target, .. } | Mutation::DeleteMessage(target) => {
+                Some(*target)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// The outcome of a committed mutation.
@@ -229,35 +261,38 @@ impl Shard {
             let mut commits: Vec<Commit> = Vec::new();
             let mut pending: Vec<Pending> = Vec::new();
             let mut batch_ids: HashMap<(ConversationId, UserId, String), Committed> = HashMap::new();
+            let mut batch_msgs: HashMap<(ConversationId, Seq), Target> = HashMap::new();
             for cmd in cmds.drain(..) {
                 match cmd {
                     Cmd::View { conv, user, reply } => {
                         let _ = reply.send(self.view(conv, user).await);
                     }
-                    Cmd::Mutate { conv, actor, m, reply } => match self.accept(conv, &actor, m, &mut batch_ids).await {
-                        Ok(Accepted::New(commit, recipients)) => {
-                            let commit = *commit;
-                            let committed = Committed {
-                                seq: Seq(commit.event.seq),
-                                server_time_ms: commit.event.server_time_ms,
-                                duplicate: false,
-                            };
-                            pending.push(Pending {
+                    Cmd::Mutate { conv, actor, m, reply } => {
+                        match self.accept(conv, &actor, m, &mut batch_ids, &mut batch_msgs).await {
+                            Ok(Accepted::New(commit, recipients)) => {
+                                let commit = *commit;
+                                let committed = Committed {
+                                    seq: Seq(commit.event.seq),
+                                    server_time_ms: commit.event.server_time_ms,
+                                    duplicate: false,
+                                };
+                                pending.push(Pending {
+                                    reply,
+                                    committed,
+                                    fanout: Some((commits.len(), recipients)),
+                                });
+                                commits.push(commit);
+                            }
+                            Ok(Accepted::Duplicate(committed)) => pending.push(Pending {
                                 reply,
                                 committed,
-                                fanout: Some((commits.len(), recipients)),
-                            });
-                            commits.push(commit);
+                                fanout: None,
+                            }),
+                            Err(e) => {
+                                let _ = reply.send(Err(e));
+                            }
                         }
-                        Ok(Accepted::Duplicate(committed)) => pending.push(Pending {
-                            reply,
-                            committed,
-                            fanout: None,
-                        }),
-                        Err(e) => {
-                            let _ = reply.send(Err(e));
-                        }
-                    },
+                    }
                 }
             }
             self.finish(commits, pending).await;
@@ -334,8 +369,31 @@ impl Shard {
         actor: &Actor,
         m: Mutation,
         batch_ids: &mut HashMap<(ConversationId, UserId, String), Committed>,
+        batch_msgs: &mut HashMap<(ConversationId, Seq), Target>,
     ) -> Result<Accepted, ServerError> {
         let now = now_ms();
+        if let Some(target) = m.target() {
+            // The target as this batch left it, else as stored.
+            let t = match batch_msgs.get(&(id, target)) {
+                Some(t) => t.clone(),
+                None => match self.store.message(id, target).await.map_err(internal)? {
+                    Some((event, state)) => Target { event, state },
+                    None => return Err(ServerError::new(ErrorCode::NotFound, "no message at that seq")),
+                },
+            };
+            let conv = live(self.load(id).await?)?;
+            let (commit, recipients) = apply_to_message(conv, actor, m, &t, now)?;
+            if let Some((_, state)) = &commit.message_state {
+                batch_msgs.insert(
+                    (id, target),
+                    Target {
+                        event: t.event,
+                        state: state.clone(),
+                    },
+                );
+            }
+            return Ok(Accepted::New(Box::new(commit), recipients));
+        }
         if let Mutation::Create { kind, name, members } = m {
             if self.load(id).await?.is_some() {
                 // Idempotent create (a direct pair or channel name raced to the same id).
@@ -382,6 +440,87 @@ impl Shard {
         }
         Ok(Accepted::New(Box::new(commit), recipients))
     }
+}
+
+/// A message being changed, with its current state.
+#[derive(Clone)]
+struct Target {
+    event: pb::ConversationEvent,
+    state: MessageState,
+}
+
+/// Check and apply an edit, delete or reaction (PROTOCOL.md §5.9).
+fn apply_to_message(
+    conv: &mut Conv,
+    actor: &Actor,
+    m: Mutation,
+    t: &Target,
+    now: u64,
+) -> Result<(Commit, Vec<UserId>), ServerError> {
+    let my_role = role_of(conv, actor.user).ok_or_else(not_member)?;
+    if t.state.deleted {
+        return Err(ServerError::new(ErrorCode::NotFound, "the message was deleted"));
+    }
+    let kind = Kind::try_from(conv.meta.kind).unwrap_or(Kind::Group);
+    let own = t.event.sender_user_id == actor.user.0;
+    let target = Seq(t.event.seq);
+    let mut state = t.state.clone();
+    let body = match m {
+        Mutation::Edit { text, .. } => {
+            if !own {
+                return Err(forbidden("only the sender edits a message"));
+            }
+            state.edited = true;
+            Body::MessageEdited(pb::MessageEdited {
+                target_seq: target.0,
+                text,
+            })
+        }
+        Mutation::DeleteMessage(_) => {
+            let moderator = kind != Kind::Direct && matches!(my_role, Role::Admin | Role::Owner);
+            if !own && !moderator {
+                return Err(forbidden(
+                    "only the sender, or a group's owner or admins, delete a message",
+                ));
+            }
+            state.deleted = true;
+            state.reactions.clear();
+            Body::MessageDeleted(pb::MessageDeleted { target_seq: target.0 })
+        }
+        Mutation::React { emoji, remove, .. } => {
+            let users = state.reactions.entry(emoji.clone()).or_default();
+            let had = users.contains(&actor.user);
+            match (remove, had) {
+                (false, true) => return Err(ServerError::new(ErrorCode::Conflict, "already reacted with that emoji")),
+                (true, false) => return Err(ServerError::new(ErrorCode::NotFound, "no such reaction of yours")),
+                (false, false) => users.push(actor.user),
+                (true, true) => users.retain(|u| *u != actor.user),
+            }
+            if users.is_empty() {
+                state.reactions.remove(&emoji);
+            }
+            if state.reactions.len() > MAX_DISTINCT_REACTIONS {
+                return Err(ServerError::new(
+                    ErrorCode::LimitExceeded,
+                    "too many different reactions on one message",
+                ));
+            }
+            Body::Reaction(pb::ReactionChanged {
+                target_seq: target.0,
+                emoji,
+                added: !remove,
+            })
+        }
+        _ => unreachable!("only message changes have a target"),
+    };
+    let seq = conv.last_seq.next();
+    conv.last_seq = seq;
+    let commit = Commit {
+        event: event(conv.meta.id, seq, actor, now, body),
+        message_state: Some((target, state)),
+        ..Default::default()
+    };
+    Ok((commit, conv.members.keys().copied().collect()))
 }
 
 enum Accepted {
@@ -516,7 +655,9 @@ fn apply(
         return Err(not_member());
     }
     let body = match m {
-        Mutation::Create { .. } => unreachable!("handled by the caller"),
+        Mutation::Create { .. } | Mutation::Edit { .. } | Mutation::DeleteMessage(_) | Mutation::React { .. } => {
+            unreachable!("handled by the caller")
+        }
         Mutation::Send { client_msg_id, body } => {
             commit.idempotency = Some((actor.user, client_msg_id.clone()));
             commit.read_cursors = vec![(actor.user, seq)];

@@ -79,6 +79,23 @@ enum Cmd {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+    /// Edit your message.
+    Edit {
+        conversation: u64,
+        seq: u64,
+        #[arg(required = true, num_args = 1..)]
+        text: Vec<String>,
+    },
+    /// Delete a message.
+    Delete { conversation: u64, seq: u64 },
+    /// React to a message with an emoji (--remove takes it back).
+    React {
+        conversation: u64,
+        seq: u64,
+        emoji: String,
+        #[arg(long)]
+        remove: bool,
+    },
     /// Mark a conversation read up to a seq.
     Read { conversation: u64, seq: u64 },
     /// Print every event as it arrives, one JSON object per line.
@@ -183,6 +200,11 @@ fn event_json(e: &proto::ConversationEvent) -> Value {
         Some(Body::Renamed(r)) => json!({"kind": "renamed", "name": r.name}),
         Some(Body::RoleChanged(r)) => json!({"kind": "role_changed", "user_id": r.user_id, "role": r.role}),
         Some(Body::Deleted(_)) => json!({"kind": "deleted"}),
+        Some(Body::MessageEdited(m)) => json!({"kind": "edited", "target": m.target_seq, "text": m.text}),
+        Some(Body::MessageDeleted(m)) => json!({"kind": "message_deleted", "target": m.target_seq}),
+        Some(Body::Reaction(r)) => {
+            json!({"kind": "reaction", "target": r.target_seq, "emoji": r.emoji, "added": r.added})
+        }
         None => json!({"kind": "unknown"}),
     };
     v["body"] = body;
@@ -312,6 +334,27 @@ async fn run() -> anyhow::Result<()> {
                 print(event_json(e));
             }
             print(json!({"has_more": page.has_more, "last_seq": page.last_seq}));
+        }
+        Cmd::Edit {
+            conversation,
+            seq,
+            text,
+        } => {
+            let ack = client.edit(conv(conversation), Seq(seq), &text.join(" ")).await?;
+            print(json!({"edited": seq, "seq": ack.0}));
+        }
+        Cmd::Delete { conversation, seq } => {
+            let ack = client.delete_message(conv(conversation), Seq(seq)).await?;
+            print(json!({"deleted": seq, "seq": ack.0}));
+        }
+        Cmd::React {
+            conversation,
+            seq,
+            emoji,
+            remove,
+        } => {
+            let ack = client.react(conv(conversation), Seq(seq), &emoji, remove).await?;
+            print(json!({"reacted": seq, "emoji": emoji, "removed": remove, "seq": ack.0}));
         }
         Cmd::Read { conversation, seq } => {
             client.mark_read(conv(conversation), Seq(seq)).await?;

@@ -109,6 +109,18 @@ pub struct SentRecord {
     pub server_time_ms: u64,
 }
 
+/// What later events did to a message (PROTOCOL.md §5.9): kept so the owner can check edits,
+/// deletes and reactions without replaying the log.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageState {
+    /// Deleted: no more edits or reactions.
+    pub deleted: bool,
+    /// Edited at least once.
+    pub edited: bool,
+    /// Emoji → users who reacted with it.
+    pub reactions: std::collections::BTreeMap<String, Vec<UserId>>,
+}
+
 /// One event and the state changes that commit with it, atomically.
 #[derive(Clone, Debug, Default)]
 pub struct Commit {
@@ -124,6 +136,8 @@ pub struct Commit {
     pub idempotency: Option<(UserId, String)>,
     /// Read cursors moved by this event (a sender has read up to their own message).
     pub read_cursors: Vec<(UserId, Seq)>,
+    /// The new state of the message this event edits, deletes or reacts to.
+    pub message_state: Option<(Seq, MessageState)>,
 }
 
 /// Which slice of a conversation's log to read.
@@ -180,6 +194,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         sender: UserId,
         client_msg_id: &str,
     ) -> Result<Option<SentRecord>, StoreError>;
+    /// The message event at `seq` with its current state; `None` if there is no event there
+    /// or it is not a message.
+    async fn message(
+        &self,
+        conv: ConversationId,
+        seq: Seq,
+    ) -> Result<Option<(pb::ConversationEvent, MessageState)>, StoreError>;
     /// A page of events in ascending seq, and whether more exist in that direction.
     async fn events(
         &self,

@@ -5,7 +5,8 @@
 //! `u/<username>` user · `d/<user><device>` device · `t/<sha256>` token → user,device ·
 //! `c/<conv>` meta · `m/<conv><user>` member · `uc/<user><conv>` membership index ·
 //! `e/<conv><seq>` event (protobuf) · `i/<conv><user><client_msg_id>` idempotency ·
-//! `dm/<a><b>` direct pair · `ch/<name>` channel name · `r/<user><conv>` read cursor.
+//! `dm/<a><b>` direct pair · `ch/<name>` channel name · `r/<user><conv>` read cursor ·
+//! `ms/<conv><seq>` message state (edits, deletes, reactions).
 use std::path::Path;
 
 use async_trait::async_trait;
@@ -247,6 +248,9 @@ impl Store for SledStore {
                 batch.remove(key(b"m/", &[&cb, &be(u.0)]));
                 batch.remove(key(b"uc/", &[&be(u.0), &cb]));
             }
+            if let Some((target, state)) = &c.message_state {
+                batch.insert(key(b"ms/", &[&cb, &be(target.0)]), enc(state));
+            }
             if let Some((sender, id)) = &c.idempotency {
                 let rec = SentRecord {
                     seq: Seq(c.event.seq),
@@ -272,6 +276,29 @@ impl Store for SledStore {
     ) -> Result<Option<SentRecord>, StoreError> {
         let k = key(b"i/", &[&be(conv.0), &be(sender.0), client_msg_id.as_bytes()]);
         self.tree.get(k).map_err(backend)?.map(|v| dec(&v)).transpose()
+    }
+
+    async fn message(
+        &self,
+        conv: ConversationId,
+        seq: Seq,
+    ) -> Result<Option<(pb::ConversationEvent, MessageState)>, StoreError> {
+        let Some(raw) = self.tree.get(event_key(conv, seq)).map_err(backend)? else {
+            return Ok(None);
+        };
+        let ev = decode_event(&raw)?;
+        if !matches!(ev.body, Some(pb::conversation_event::Body::Message(_))) {
+            return Ok(None);
+        }
+        let state = match self
+            .tree
+            .get(key(b"ms/", &[&be(conv.0), &be(seq.0)]))
+            .map_err(backend)?
+        {
+            Some(v) => dec(&v)?,
+            None => MessageState::default(),
+        };
+        Ok(Some((ev, state)))
     }
 
     async fn events(

@@ -136,11 +136,32 @@ async fn conversations_and_events(store: &dyn Store) {
     let (unread, _) = store.unread_and_last_message(conv, a, Seq(0), 3).await.unwrap();
     assert_eq!(unread, 3, "capped");
 
+    // Message state: only message events have one; it commits with its event.
+    assert!(
+        store.message(conv, Seq(1)).await.unwrap().is_none(),
+        "seq 1 is not a message"
+    );
+    let (ev, state) = store.message(conv, Seq(4)).await.unwrap().unwrap();
+    assert_eq!((ev.seq, state), (4, MessageState::default()));
+    let mut reacted = MessageState::default();
+    reacted.reactions.insert("👍".into(), vec![b]);
+    let reaction = Commit {
+        event: pb::ConversationEvent {
+            conversation_id: conv.0,
+            seq: 12,
+            ..Default::default()
+        },
+        message_state: Some((Seq(4), reacted.clone())),
+        ..Default::default()
+    };
+    store.commit(&[reaction]).await.unwrap();
+    assert_eq!(store.message(conv, Seq(4)).await.unwrap().unwrap().1, reacted);
+
     // Removing a member drops them from the index.
     let removed = Commit {
         event: pb::ConversationEvent {
             conversation_id: conv.0,
-            seq: 12,
+            seq: 13,
             ..Default::default()
         },
         remove_members: vec![b],
