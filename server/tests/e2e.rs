@@ -250,9 +250,7 @@ async fn a_server_restart_is_healed_by_cursor_sync() {
     })
     .await;
     // Same data dir, same port: both clients come back by themselves.
-    let mut cfg = config(dir.path());
-    cfg.listen = addr;
-    let s = natter_server::start(&cfg).await.unwrap();
+    let s = restart(dir.path(), addr).await;
     for i in 0..5 {
         alice.client.send(dm, &format!("after-{i}")).await.unwrap();
     }

@@ -79,9 +79,7 @@ async fn edits_deletes_and_reactions_reach_every_device_in_order_and_survive_a_r
 
     // After a restart the log (and so the fold) is the same.
     s.shutdown().await;
-    let mut cfg = config(dir.path());
-    cfg.listen = addr;
-    let s = natter_server::start(&cfg).await.unwrap();
+    let s = restart(dir.path(), addr).await;
     let page = a1.client.history(dm, HistoryAnchor::After(Seq(0)), 200).await.unwrap();
     let mut t = Timeline::new();
     page.events.iter().for_each(|e| t.apply(e));

@@ -72,8 +72,15 @@ impl SledStore {
         Ok(Self { db, tree })
     }
 
+    /// Make every write so far durable. Runs sled's synchronous flush on a blocking thread
+    /// rather than `flush_async`, whose pool can hold the database (and its directory lock)
+    /// after the future completes.
     async fn flush(&self) -> Result<(), StoreError> {
-        self.tree.flush_async().await.map_err(backend)?;
+        let tree = self.tree.clone();
+        tokio::task::spawn_blocking(move || tree.flush())
+            .await
+            .map_err(|e| StoreError::Backend(e.to_string()))?
+            .map_err(backend)?;
         Ok(())
     }
 

@@ -30,6 +30,24 @@ pub async fn server(dir: &Path) -> RunningServer {
     natter_server::start(&config(dir)).await.expect("server starts")
 }
 
+/// Start a server again on the same data dir and address. sled may release its directory
+/// lock a moment after the previous in-process server's last handle is gone (its I/O pool
+/// finishes first), so opening is retried while the lock is held, up to the deadline.
+pub async fn restart(dir: &Path, addr: SocketAddr) -> RunningServer {
+    let mut cfg = config(dir);
+    cfg.listen = addr;
+    let until = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match natter_server::start(&cfg).await {
+            Ok(s) => return s,
+            Err(e) if e.to_string().contains("could not acquire lock") && tokio::time::Instant::now() < until => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("restart failed: {e:#}"),
+        }
+    }
+}
+
 pub struct Device {
     pub client: Client,
     pub events: Events,
