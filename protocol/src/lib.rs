@@ -25,4 +25,7 @@ pub mod pb {
 pub use codec::{decode_frame, encode_frame, FrameDecoder, FrameError};
 pub use error::ServerError;
 pub use ids::{ClientMsgId, ConversationId, DeviceId, RequestId, Seq, UserId};
-pub use session::{ClientSession, Millis, RequestError, SessionConfig, SessionError, SessionEvent, State, StreamKey};
+pub use session::{
+    ClientSession, DeliveryState, MessageStatus, Millis, RequestError, SessionConfig, SessionError, SessionEvent,
+    State, StreamKey,
+};

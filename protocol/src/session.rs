@@ -15,7 +15,7 @@
 //! 2. then drains outputs in any order: [`ClientSession::poll_transmit`] (bytes for the
 //!    control stream), [`ClientSession::poll_event`] (for the app), and
 //!    [`ClientSession::poll_timeout`] (when to call `handle_timeout` next).
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use bytes::Bytes;
 
@@ -150,6 +150,26 @@ pub enum SessionEvent {
     Conversations(Vec<pb::ConversationSummary>),
     /// A conversation event: exactly once, in seq order per conversation.
     Event(pb::ConversationEvent),
+    /// A member's delivered/read cursors moved (drives message status).
+    Receipt {
+        /// Where.
+        conversation_id: ConversationId,
+        /// Whose.
+        user_id: UserId,
+        /// Everything up to here reached one of their devices.
+        delivered_seq: Seq,
+        /// Everything up to here is read.
+        read_seq: Seq,
+    },
+    /// This user's unread count in a conversation changed (any of their devices).
+    Unread {
+        /// Where.
+        conversation_id: ConversationId,
+        /// The user's read cursor.
+        read_seq: Seq,
+        /// Messages from others after it.
+        unread_count: u32,
+    },
     /// A send is durable on the server.
     SendAcked {
         /// The send's id.
@@ -203,9 +223,35 @@ pub struct OutboxEntry {
     not_before: Millis,
 }
 
+/// Where one of this user's messages stands with the other members (PROTOCOL.md §5.10).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MessageStatus {
+    /// The summary mark: sent (durable), delivered to all, read by all.
+    pub state: DeliveryState,
+    /// Other members with a device that received it.
+    pub delivered: u32,
+    /// Other members who read it.
+    pub read: u32,
+    /// Other members in the conversation.
+    pub recipients: u32,
+}
+
+/// ✓ sent, ✓✓ delivered, read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DeliveryState {
+    /// Durable on the server.
+    Sent,
+    /// Reached a device of every other member.
+    Delivered,
+    /// Read by every other member.
+    Read,
+}
+
 #[derive(Debug)]
 enum Purpose {
     App,
+    /// Fire-and-forget (delivery acks): the response only frees the slot.
+    Ack,
     Authenticate,
     Send(ClientMsgId),
     GapFetch(ConversationId),
@@ -228,6 +274,31 @@ struct ConvState {
     pending: BTreeMap<Seq, pb::ConversationEvent>,
     fetching: bool,
     fetch_not_before: Millis,
+    /// Members' (delivered, read) cursors, where receipts are kept.
+    receipts: BTreeMap<UserId, (Seq, Seq)>,
+    /// This user's read cursor.
+    read: Seq,
+    /// The server's unread count as of `unread_as_of`.
+    unread_base: u32,
+    unread_as_of: Seq,
+    /// Others' messages delivered after `unread_as_of`.
+    unread_new: BTreeSet<Seq>,
+}
+
+impl ConvState {
+    fn unread(&self) -> u32 {
+        let read = self.read;
+        self.unread_base + self.unread_new.iter().filter(|s| **s > read).count() as u32
+    }
+
+    /// A fresh count from the server, valid as of `as_of`.
+    fn set_unread(&mut self, count: u32, as_of: Seq) {
+        if as_of >= self.unread_as_of {
+            self.unread_base = count;
+            self.unread_as_of = as_of;
+            self.unread_new.retain(|s| *s > as_of);
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -259,6 +330,8 @@ pub struct ClientSession {
     early: Vec<pb::ConversationEvent>,
     synced: bool,
     now: Millis,
+    /// Highest seq to acknowledge as delivered, per conversation.
+    to_ack: BTreeMap<ConversationId, Seq>,
 }
 
 impl ClientSession {
@@ -284,6 +357,7 @@ impl ClientSession {
             early: Vec::new(),
             synced: false,
             now: Millis(0),
+            to_ack: BTreeMap::new(),
         }
     }
 
@@ -317,6 +391,38 @@ impl ClientSession {
     /// The last seq delivered to the app in each known conversation, for persistence.
     pub fn cursors(&self) -> Vec<(ConversationId, Seq)> {
         self.convs.iter().map(|(c, s)| (*c, s.delivered)).collect()
+    }
+
+    /// Where this user's message `seq` stands with the other members; `None` where no
+    /// receipts are kept (channels, unknown conversations).
+    pub fn message_status(&self, conv: ConversationId, seq: Seq) -> Option<MessageStatus> {
+        let me = self.identity.as_ref()?.0;
+        let st = self.convs.get(&conv)?;
+        let others: Vec<&(Seq, Seq)> = st.receipts.iter().filter(|(u, _)| **u != me).map(|(_, c)| c).collect();
+        if others.is_empty() {
+            return None;
+        }
+        let recipients = others.len() as u32;
+        let delivered = others.iter().filter(|c| c.0 >= seq).count() as u32;
+        let read = others.iter().filter(|c| c.1 >= seq).count() as u32;
+        let state = if read == recipients {
+            DeliveryState::Read
+        } else if delivered == recipients {
+            DeliveryState::Delivered
+        } else {
+            DeliveryState::Sent
+        };
+        Some(MessageStatus {
+            state,
+            delivered,
+            read,
+            recipients,
+        })
+    }
+
+    /// This user's unread count in a conversation.
+    pub fn unread(&self, conv: ConversationId) -> Option<u32> {
+        self.convs.get(&conv).map(ConvState::unread)
     }
 
     /// Sends not yet acknowledged, oldest first, for persistence.
@@ -453,7 +559,7 @@ impl ClientSession {
                     id,
                     result: Err(RequestError::ConnectionLost),
                 }),
-                Purpose::Send(_) | Purpose::Authenticate => {}
+                Purpose::Send(_) | Purpose::Authenticate | Purpose::Ack => {}
                 Purpose::GapFetch(c) => {
                     if let Some(st) = self.convs.get_mut(&c) {
                         st.fetching = false;
@@ -495,6 +601,7 @@ impl ClientSession {
                     }
                     self.fetch_queue.push_back(c);
                 }
+                Purpose::Ack => {}
                 Purpose::Authenticate => self.events.push_back(SessionEvent::ConnectionError(ServerError::new(
                     pb::ErrorCode::Internal,
                     "authentication timed out",
@@ -622,6 +729,16 @@ impl ClientSession {
             self.outbox[i].in_flight = Some(id);
             self.put_request(id, op, Purpose::Send(cid));
         }
+        // Delivery acks, one per conversation with the highest seq received.
+        while self.in_flight.len() < cap {
+            let Some((c, seq)) = self.to_ack.pop_first() else { break };
+            let op = Op::MarkDelivered(pb::MarkDelivered {
+                conversation_id: c.0,
+                seq: seq.0,
+            });
+            let id = self.alloc_id();
+            self.put_request(id, op, Purpose::Ack);
+        }
         // Gap fetches: re-derive the queue from state so nothing is forgotten.
         for (c, st) in &self.convs {
             if !st.fetching
@@ -678,6 +795,12 @@ impl ClientSession {
                 self.on_response(r);
                 Ok(())
             }
+            Some(Kind::Signal(sig)) => {
+                if let Some(pb::signal::Kind::Receipt(r)) = sig.kind {
+                    self.on_receipt(r);
+                }
+                Ok(())
+            }
             Some(Kind::GoAway(g)) => {
                 self.events.push_back(SessionEvent::GoAway {
                     reason: g.reason,
@@ -732,6 +855,7 @@ impl ClientSession {
                 Err(e) => self.auth_failed(e),
             },
             Purpose::Send(cid) => self.on_send_result(id, cid, result),
+            Purpose::Ack => {}
             Purpose::GapFetch(c) => self.on_gap_page(c, result),
         }
     }
@@ -773,9 +897,28 @@ impl ClientSession {
                     }
                 });
                 st.highest_seen = st.highest_seen.max(last);
+                st.read = st.read.max(Seq(s.read_seq));
+                st.set_unread(s.unread_count, last);
+                if !s.receipts.is_empty() {
+                    st.receipts = s
+                        .receipts
+                        .iter()
+                        .map(|r| (UserId(r.user_id), (Seq(r.delivered_seq), Seq(r.read_seq))))
+                        .collect();
+                }
             }
             self.convs.retain(|c, _| listed.contains(c));
+            let unread: Vec<SessionEvent> = self
+                .convs
+                .iter()
+                .map(|(c, st)| SessionEvent::Unread {
+                    conversation_id: *c,
+                    read_seq: st.read,
+                    unread_count: st.unread(),
+                })
+                .collect();
             self.events.push_back(SessionEvent::Conversations(ok.conversations));
+            self.events.extend(unread);
         }
         self.synced = true;
         for ev in std::mem::take(&mut self.early) {
@@ -880,12 +1023,13 @@ impl ClientSession {
             return;
         }
         st.highest_seen = st.highest_seen.max(seq);
+        let mut ready = Vec::new();
         if seq == st.delivered.next() {
             st.delivered = seq;
-            self.events.push_back(SessionEvent::Event(ev));
+            ready.push(ev);
             while let Some(next) = st.pending.remove(&st.delivered.next()) {
                 st.delivered = st.delivered.next();
-                self.events.push_back(SessionEvent::Event(next));
+                ready.push(next);
             }
         } else if st.pending.len() < self.config.max_pending_per_conversation {
             st.pending.insert(seq, ev);
@@ -893,6 +1037,89 @@ impl ClientSession {
         // Anything at or below `delivered` is no longer pending.
         let delivered = st.delivered;
         st.pending.retain(|s, _| *s > delivered);
+        for ev in ready {
+            self.deliver(ev);
+        }
+    }
+
+    /// Hand one in-order event to the app, updating what it implies: membership for
+    /// receipts, unread counts, and the delivery ack to send.
+    fn deliver(&mut self, ev: pb::ConversationEvent) {
+        use pb::conversation_event::Body;
+        let me = self.identity.as_ref().map(|i| i.0);
+        let conv = ConversationId(ev.conversation_id);
+        let seq = Seq(ev.seq);
+        let mut unread_changed = false;
+        if let Some(st) = self.convs.get_mut(&conv) {
+            let mine = me == Some(UserId(ev.sender_user_id));
+            let add = |st: &mut ConvState, members: &[pb::Member]| {
+                for m in members {
+                    st.receipts.entry(UserId(m.user_id)).or_default();
+                }
+            };
+            match &ev.body {
+                Some(Body::Message(_)) if mine => {
+                    // Sending reads the conversation up to one's own message.
+                    st.read = st.read.max(seq);
+                    st.set_unread(0, seq);
+                    unread_changed = true;
+                }
+                Some(Body::Message(_)) => {
+                    let e = self.to_ack.entry(conv).or_default();
+                    *e = (*e).max(seq);
+                    if seq > st.unread_as_of && seq > st.read {
+                        st.unread_new.insert(seq);
+                        unread_changed = true;
+                    }
+                }
+                Some(Body::Created(c)) if c.kind != pb::ConversationKind::Channel as i32 => add(st, &c.members),
+                Some(Body::MembersAdded(m)) if !st.receipts.is_empty() => add(st, &m.members),
+                Some(Body::MemberRemoved(m)) => {
+                    st.receipts.remove(&UserId(m.user_id));
+                }
+                _ => {}
+            }
+            if unread_changed {
+                let (read_seq, unread_count) = (st.read, st.unread());
+                self.events.push_back(SessionEvent::Event(ev));
+                self.events.push_back(SessionEvent::Unread {
+                    conversation_id: conv,
+                    read_seq,
+                    unread_count,
+                });
+                return;
+            }
+        }
+        self.events.push_back(SessionEvent::Event(ev));
+    }
+
+    fn on_receipt(&mut self, r: pb::ReceiptUpdate) {
+        let conv = ConversationId(r.conversation_id);
+        let user = UserId(r.user_id);
+        let me = self.identity.as_ref().map(|i| i.0);
+        let Some(st) = self.convs.get_mut(&conv) else { return };
+        let (delivered, read) = (Seq(r.delivered_seq), Seq(r.read_seq));
+        if st.receipts.contains_key(&user) || me == Some(user) {
+            let c = st.receipts.entry(user).or_default();
+            c.0 = c.0.max(delivered);
+            c.1 = c.1.max(read);
+        }
+        if me == Some(user) {
+            st.read = st.read.max(read);
+            st.set_unread(r.unread_count, Seq(r.last_seq));
+            let (read_seq, unread_count) = (st.read, st.unread());
+            self.events.push_back(SessionEvent::Unread {
+                conversation_id: conv,
+                read_seq,
+                unread_count,
+            });
+        }
+        self.events.push_back(SessionEvent::Receipt {
+            conversation_id: conv,
+            user_id: user,
+            delivered_seq: delivered,
+            read_seq: read,
+        });
     }
 }
 

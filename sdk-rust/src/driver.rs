@@ -256,6 +256,12 @@ impl Driver {
                     unacked_sends: self.session.outbox().len(),
                 });
             }
+            Command::Status(conv, seq, reply) => {
+                let _ = reply.send(self.session.message_status(conv, seq));
+            }
+            Command::Unread(conv, reply) => {
+                let _ = reply.send(self.session.unread(conv));
+            }
             Command::Reconnect | Command::Shutdown(_) => unreachable!("handled by the loops"),
         }
     }
@@ -318,6 +324,26 @@ impl Driver {
                 SessionEvent::AuthFailed(e) => Some(ClientEvent::AuthFailed(e)),
                 SessionEvent::Conversations(c) => Some(ClientEvent::Conversations(c)),
                 SessionEvent::Event(e) => Some(ClientEvent::Event(e)),
+                SessionEvent::Receipt {
+                    conversation_id,
+                    user_id,
+                    delivered_seq,
+                    read_seq,
+                } => Some(ClientEvent::Receipt {
+                    conversation_id,
+                    user_id,
+                    delivered_seq,
+                    read_seq,
+                }),
+                SessionEvent::Unread {
+                    conversation_id,
+                    read_seq,
+                    unread_count,
+                } => Some(ClientEvent::Unread {
+                    conversation_id,
+                    read_seq,
+                    unread_count,
+                }),
                 SessionEvent::GoAway {
                     reason,
                     reconnect_after_ms,

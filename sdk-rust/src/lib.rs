@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use natter_protocol::pb::{self, request::Op, response::Result as Res};
-pub use natter_protocol::session::{RequestError, SessionConfig};
+pub use natter_protocol::session::{DeliveryState, MessageStatus, RequestError, SessionConfig};
 pub use natter_protocol::{pb as proto, ClientMsgId, ConversationId, DeviceId, Seq, ServerError, UserId};
 use tokio::sync::{mpsc, oneshot};
 
@@ -138,6 +138,26 @@ pub enum ClientEvent {
     Conversations(Vec<pb::ConversationSummary>),
     /// A conversation event: exactly once, in order per conversation.
     Event(pb::ConversationEvent),
+    /// A member's delivered/read cursors moved: message statuses may have changed.
+    Receipt {
+        /// Where.
+        conversation_id: ConversationId,
+        /// Whose.
+        user_id: UserId,
+        /// Delivered up to.
+        delivered_seq: Seq,
+        /// Read up to.
+        read_seq: Seq,
+    },
+    /// This user's unread count changed (on this or another of their devices).
+    Unread {
+        /// Where.
+        conversation_id: ConversationId,
+        /// Read up to.
+        read_seq: Seq,
+        /// Messages from others after it.
+        unread_count: u32,
+    },
     /// A send was refused and left the outbox.
     SendFailed {
         /// Its id.
@@ -171,6 +191,8 @@ enum Command {
         oneshot::Sender<Result<SendAck, RequestError>>,
     ),
     Snapshot(oneshot::Sender<Snapshot>),
+    Status(ConversationId, Seq, oneshot::Sender<Option<MessageStatus>>),
+    Unread(ConversationId, oneshot::Sender<Option<u32>>),
     Reconnect,
     Shutdown(oneshot::Sender<()>),
 }
@@ -486,6 +508,38 @@ impl Client {
             seq: seq.0,
         }))
         .await
+    }
+
+    /// Where your message `seq` stands with the other members (✓ sent, ✓✓ delivered, read,
+    /// with counts for groups); `None` for channels and unknown conversations.
+    pub async fn message_status(&self, conv: ConversationId, seq: Seq) -> Result<Option<MessageStatus>, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Status(conv, seq, tx))
+            .map_err(|_| ClientError::Closed)?;
+        rx.await.map_err(|_| ClientError::Closed)
+    }
+
+    /// Your unread count in a conversation, as this client knows it.
+    pub async fn unread(&self, conv: ConversationId) -> Result<Option<u32>, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Unread(conv, tx))
+            .map_err(|_| ClientError::Closed)?;
+        rx.await.map_err(|_| ClientError::Closed)
+    }
+
+    /// Every member's delivered and read cursors (direct conversations and groups).
+    pub async fn receipts(&self, conv: ConversationId) -> Result<Vec<pb::MemberReceipt>, ClientError> {
+        match self
+            .call(Op::GetReceipts(pb::GetReceipts {
+                conversation_id: conv.0,
+            }))
+            .await?
+        {
+            Res::Receipts(r) => Ok(r.receipts),
+            _ => Err(ClientError::Unexpected),
+        }
     }
 
     /// Round trip to the server.

@@ -530,6 +530,7 @@ impl<T: Transport> Conn<T> {
         let delivery = tokio::spawn(deliver(
             self.transport.clone(),
             rx,
+            self.out.clone(),
             self.shared.config.stream_idle,
             self.shared.config.stream_queue,
         ));
@@ -615,11 +616,23 @@ fn too_many() -> ServerError {
 
 /// Route a session's events onto one delivery stream per conversation (PROTOCOL.md §3.2),
 /// each written by its own task so one blocked conversation never blocks another.
-async fn deliver<T: Transport>(transport: Arc<T>, mut rx: mpsc::Receiver<Outbound>, idle: Duration, queue: usize) {
+async fn deliver<T: Transport>(
+    transport: Arc<T>,
+    mut rx: mpsc::Receiver<Outbound>,
+    control: mpsc::Sender<Bytes>,
+    idle: Duration,
+    queue: usize,
+) {
     let mut writers: HashMap<ConversationId, mpsc::Sender<Arc<pb::ConversationEvent>>> = HashMap::new();
     while let Some(o) = rx.recv().await {
         let mut ev = match o {
             Outbound::Event(ev) => ev,
+            Outbound::Signal(frame) => {
+                if control.try_send(frame).is_err() {
+                    return transport.close(ErrorCode::LimitExceeded, "slow reader: control queue full");
+                }
+                continue;
+            }
             Outbound::Close(code, why) => return transport.close(code, why),
         };
         let conv = ConversationId(ev.conversation_id);

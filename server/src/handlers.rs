@@ -7,6 +7,7 @@ use std::sync::Arc;
 use natter_protocol::pb::{self, request::Op, response::Result as Res, ConversationKind as Kind, ErrorCode};
 use natter_protocol::{limits, validate, ConversationId, Seq, ServerError, UserId};
 
+use crate::hub::Hub;
 use crate::shard::{Actor, ConvView, MemberLimits, Mutation, Shards};
 use crate::store::{Page, Store};
 
@@ -15,6 +16,8 @@ use crate::store::{Page, Store};
 pub struct Ctx {
     /// Durable state.
     pub store: Arc<dyn Store>,
+    /// Sessions, for signals.
+    pub hub: Hub,
     /// Conversation owners.
     pub shards: Shards,
     /// Member limits.
@@ -73,6 +76,11 @@ async fn summarize(ctx: &Ctx, user: UserId, v: ConvView) -> Result<pb::Conversat
     } else {
         v.meta.name.clone()
     };
+    let receipts = if v.meta.kind == Kind::Channel as i32 {
+        Vec::new()
+    } else {
+        receipts(ctx, &v).await?
+    };
     Ok(pb::ConversationSummary {
         conversation_id: v.meta.id.0,
         kind: v.meta.kind,
@@ -84,6 +92,7 @@ async fn summarize(ctx: &Ctx, user: UserId, v: ConvView) -> Result<pb::Conversat
         my_role: v.me.role,
         member_count: v.members.len() as u32,
         last_message: last,
+        receipts,
     })
 }
 
@@ -110,6 +119,59 @@ async fn create_and_summarize(ctx: &Ctx, actor: &Actor, id: ConversationId, m: M
 async fn done(ctx: &Ctx, actor: &Actor, id: u64, m: Mutation) -> Result<Res, ServerError> {
     ctx.shards.mutate(conv_id(id)?, actor.clone(), m).await?;
     Ok(Res::Done(pb::Done {}))
+}
+
+/// Every member's cursors.
+async fn receipts(ctx: &Ctx, v: &ConvView) -> Result<Vec<pb::MemberReceipt>, ServerError> {
+    let mut out = Vec::with_capacity(v.members.len());
+    for m in &v.members {
+        out.push(pb::MemberReceipt {
+            user_id: m.user.0,
+            delivered_seq: ctx.store.delivered_cursor(m.user, v.meta.id).await?.0,
+            read_seq: ctx.store.read_cursor(m.user, v.meta.id).await?.0,
+        });
+    }
+    out.sort_by_key(|r| r.user_id);
+    Ok(out)
+}
+
+/// The conversation a cursor moves in: members only, and never past the last seq.
+async fn cursor_target(ctx: &Ctx, actor: &Actor, conv: ConversationId, seq: u64) -> Result<ConvView, ServerError> {
+    let view = ctx.shards.view(conv, actor.user).await?;
+    if seq > view.last_seq.0 {
+        return Err(bad("cannot mark beyond the last seq"));
+    }
+    Ok(view)
+}
+
+/// Tell who needs to know that a member's cursors moved (PROTOCOL.md §5.10): the member's
+/// own devices (with their unread count), and in direct conversations and groups every
+/// other member.
+async fn cursors_moved(ctx: &Ctx, actor: &Actor, v: &ConvView, delivered: Seq, read: Seq) -> Result<(), ServerError> {
+    let conv = v.meta.id;
+    let (unread, _) = ctx
+        .store
+        .unread_and_last_message(conv, actor.user, read, limits::MAX_UNREAD_COUNT)
+        .await?;
+    let update = |unread_count, last_seq| pb::Frame {
+        kind: Some(pb::frame::Kind::Signal(pb::Signal {
+            kind: Some(pb::signal::Kind::Receipt(pb::ReceiptUpdate {
+                conversation_id: conv.0,
+                user_id: actor.user.0,
+                delivered_seq: delivered.0,
+                read_seq: read.0,
+                unread_count,
+                last_seq,
+            })),
+        })),
+    };
+    let frame = |f: pb::Frame| natter_protocol::codec::encode_frame(&f);
+    ctx.hub.signal(&[actor.user], frame(update(unread, v.last_seq.0)));
+    if v.meta.kind != Kind::Channel as i32 {
+        let others: Vec<UserId> = v.members.iter().map(|m| m.user).filter(|u| *u != actor.user).collect();
+        ctx.hub.signal(&others, frame(update(0, 0)));
+    }
+    Ok(())
 }
 
 /// Apply a message change and answer with the seq of its event.
@@ -239,12 +301,36 @@ pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError
         Op::History(r) => history(ctx, actor, r).await,
         Op::MarkRead(r) => {
             let conv = conv_id(r.conversation_id)?;
-            let view = ctx.shards.view(conv, actor.user).await?;
-            if r.seq > view.last_seq.0 {
-                return Err(bad("cannot mark read beyond the last seq"));
+            let view = cursor_target(ctx, actor, conv, r.seq).await?;
+            let before = ctx.store.read_cursor(actor.user, conv).await?;
+            let read = ctx.store.advance_read_cursor(actor.user, conv, Seq(r.seq)).await?;
+            let delivered = ctx.store.advance_delivered_cursor(actor.user, conv, read).await?;
+            if read > before {
+                cursors_moved(ctx, actor, &view, delivered, read).await?;
             }
-            ctx.store.advance_read_cursor(actor.user, conv, Seq(r.seq)).await?;
             Ok(Res::Done(pb::Done {}))
+        }
+        Op::MarkDelivered(r) => {
+            let conv = conv_id(r.conversation_id)?;
+            let view = cursor_target(ctx, actor, conv, r.seq).await?;
+            let before = ctx.store.delivered_cursor(actor.user, conv).await?;
+            let delivered = ctx.store.advance_delivered_cursor(actor.user, conv, Seq(r.seq)).await?;
+            if delivered > before {
+                let read = ctx.store.read_cursor(actor.user, conv).await?;
+                cursors_moved(ctx, actor, &view, delivered, read).await?;
+            }
+            Ok(Res::Done(pb::Done {}))
+        }
+        Op::GetReceipts(r) => {
+            let conv = conv_id(r.conversation_id)?;
+            let view = ctx.shards.view(conv, actor.user).await?;
+            if view.meta.kind == Kind::Channel as i32 {
+                return Err(ServerError::new(ErrorCode::Forbidden, "channels keep no receipts"));
+            }
+            Ok(Res::Receipts(pb::ReceiptList {
+                conversation_id: conv.0,
+                receipts: receipts(ctx, &view).await?,
+            }))
         }
         Op::Edit(r) => {
             let body = pb::MessageBody {

@@ -9,6 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use natter_protocol::pb;
 use natter_protocol::{ConversationId, DeviceId, Seq, UserId};
 use tokio::sync::mpsc;
@@ -22,6 +23,8 @@ const STRIPES: usize = 16;
 pub enum Outbound {
     /// A committed event for this session.
     Event(Arc<pb::ConversationEvent>),
+    /// An encoded `Signal` frame for the control stream.
+    Signal(Bytes),
     /// Close the connection with this code (token revoked, replaced).
     Close(pb::ErrorCode, &'static str),
 }
@@ -45,9 +48,17 @@ pub struct Session {
     state: Mutex<SessionState>,
 }
 
+/// What a session remembers for replay: events (filtered by the client's cursors on
+/// resume) and signals (replayed as they are; they are idempotent cursor updates).
+#[derive(Debug, Clone)]
+enum RingItem {
+    Event(Arc<pb::ConversationEvent>),
+    Signal(Bytes),
+}
+
 #[derive(Debug)]
 struct SessionState {
-    ring: VecDeque<Arc<pb::ConversationEvent>>,
+    ring: VecDeque<RingItem>,
     /// Per conversation, the highest seq that fell out of the ring.
     evicted: HashMap<ConversationId, Seq>,
     sink: Option<(u64, mpsc::Sender<Outbound>)>,
@@ -165,11 +176,16 @@ impl Hub {
                 return None;
             }
             let mut n = 0;
-            for ev in &st.ring {
-                if Seq(ev.seq) > cursor(&ConversationId(ev.conversation_id)) {
-                    tx.try_send(Outbound::Event(ev.clone())).ok()?;
-                    n += 1;
-                }
+            for item in &st.ring {
+                let out = match item {
+                    RingItem::Event(ev) if Seq(ev.seq) > cursor(&ConversationId(ev.conversation_id)) => {
+                        Outbound::Event(ev.clone())
+                    }
+                    RingItem::Event(_) => continue,
+                    RingItem::Signal(b) => Outbound::Signal(b.clone()),
+                };
+                tx.try_send(out).ok()?;
+                n += 1;
             }
             if let Some((_, old)) = st.sink.replace((conn_id, tx)) {
                 let _ = old.try_send(Outbound::Close(
@@ -198,6 +214,15 @@ impl Hub {
 
     /// Fan a committed event out to every session of every recipient.
     pub fn publish(&self, recipients: &[UserId], event: Arc<pb::ConversationEvent>) {
+        self.push(recipients, RingItem::Event(event));
+    }
+
+    /// Send an encoded signal frame to every session of every recipient (kept for replay).
+    pub fn signal(&self, recipients: &[UserId], frame: Bytes) {
+        self.push(recipients, RingItem::Signal(frame));
+    }
+
+    fn push(&self, recipients: &[UserId], item: RingItem) {
         let cap = self.inner.config.ring_capacity;
         for user in recipients {
             let sessions = self.inner.users[stripe(*user)]
@@ -207,14 +232,19 @@ impl Hub {
                 .cloned();
             for s in sessions.into_iter().flatten() {
                 let mut st = s.state.lock().expect("session lock");
-                st.ring.push_back(event.clone());
+                st.ring.push_back(item.clone());
                 if st.ring.len() > cap {
-                    let old = st.ring.pop_front().expect("non-empty");
-                    let e = st.evicted.entry(ConversationId(old.conversation_id)).or_default();
-                    *e = (*e).max(Seq(old.seq));
+                    if let Some(RingItem::Event(old)) = st.ring.pop_front() {
+                        let e = st.evicted.entry(ConversationId(old.conversation_id)).or_default();
+                        *e = (*e).max(Seq(old.seq));
+                    }
                 }
+                let out = match &item {
+                    RingItem::Event(ev) => Outbound::Event(ev.clone()),
+                    RingItem::Signal(b) => Outbound::Signal(b.clone()),
+                };
                 let full = match &st.sink {
-                    Some((_, tx)) => tx.try_send(Outbound::Event(event.clone())).is_err(),
+                    Some((_, tx)) => tx.try_send(out).is_err(),
                     None => false,
                 };
                 if full {

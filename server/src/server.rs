@@ -48,6 +48,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     let weak_store = Arc::downgrade(&store);
     let ctx = Ctx {
         store,
+        hub: hub.clone(),
         shards,
         member_limits,
         max_text_chars: config.max_text_chars,

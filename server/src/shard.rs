@@ -608,6 +608,7 @@ fn create(
         Body::Created(pb::ConversationCreated {
             kind: kind as i32,
             name,
+            members: members.iter().map(to_pb).collect(),
         }),
     );
     let recipients = members.iter().map(|m| m.user).collect();

@@ -205,3 +205,176 @@ async fn bad_message_changes_get_typed_errors() {
     assert_eq!(code(a.client.edit(dm, m1, "again").await), Some(ErrorCode::NotFound));
     s.shutdown().await;
 }
+
+/// Wait until `f` holds for a receipt event on this device.
+async fn receipt(d: &mut Device, mut f: impl FnMut(UserId, Seq, Seq) -> bool) {
+    wait_for(&mut d.events, |e| match e {
+        ClientEvent::Receipt {
+            user_id,
+            delivered_seq,
+            read_seq,
+            ..
+        } => f(*user_id, *delivered_seq, *read_seq).then_some(()),
+        _ => None,
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dm_message_goes_sent_delivered_read_on_both_sender_devices() {
+    use natter_sdk::DeliveryState::*;
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path()).await;
+    let mut a1 = user(&s, "alice").await;
+    let mut a2 = device(s.addr, &s.fingerprint, "alice", false).await;
+    let b = user(&s, "bob").await;
+    let dm = ConversationId(dm_id(&a1).await);
+    let (_, bob) = ids(&a1).await;
+    // Bob is offline: the message is only sent.
+    b.client.shutdown().await;
+    let seq = a1.client.send(dm, "are you there?").await.unwrap().seq;
+    let st = a1.client.message_status(dm, seq).await.unwrap().unwrap();
+    assert_eq!((st.state, st.delivered, st.read, st.recipients), (Sent, 0, 0, 1));
+    // Bob's device comes back and receives it: delivered, on both of alice's devices.
+    let (bc, _bev) = natter_sdk::Client::connect(client_config(s.addr, &s.fingerprint, Some(b.token.clone()))).unwrap();
+    receipt(&mut a1, |u, d, _| u == bob && d >= seq).await;
+    assert_eq!(
+        a1.client.message_status(dm, seq).await.unwrap().unwrap().state,
+        Delivered
+    );
+    receipt(&mut a2, |u, d, _| u == bob && d >= seq).await;
+    assert_eq!(
+        a2.client.message_status(dm, seq).await.unwrap().unwrap().state,
+        Delivered
+    );
+    // Bob reads it.
+    bc.mark_read(dm, seq).await.unwrap();
+    for a in [&mut a1, &mut a2] {
+        receipt(a, |u, _, r| u == bob && r >= seq).await;
+        let st = a.client.message_status(dm, seq).await.unwrap().unwrap();
+        assert_eq!((st.state, st.delivered, st.read), (Read, 1, 1));
+    }
+    // Marking beyond the last seq is refused.
+    let err = bc.mark_read(dm, Seq(seq.0 + 5)).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::BadRequest));
+    bc.shutdown().await;
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_read_counts_move_as_each_member_reads() {
+    use natter_sdk::DeliveryState::*;
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path()).await;
+    let mut a1 = user(&s, "alice").await;
+    let mut a2 = device(s.addr, &s.fingerprint, "alice", false).await;
+    let mut members = Vec::new();
+    for i in 0..4 {
+        members.push(user(&s, &format!("member{i}")).await);
+    }
+    let names = ["member0", "member1", "member2", "member3"];
+    let g = ConversationId(a1.client.create_group("five", &names).await.unwrap().conversation_id);
+    let seq = a1.client.send(g, "hello all").await.unwrap().seq;
+    // Everyone is online: every device acknowledges delivery by itself.
+    let mut delivered = std::collections::HashSet::new();
+    while delivered.len() < 4 {
+        let u = wait_for(&mut a1.events, |e| match e {
+            ClientEvent::Receipt {
+                user_id, delivered_seq, ..
+            } if *delivered_seq >= seq => Some(*user_id),
+            _ => None,
+        })
+        .await;
+        delivered.insert(u);
+    }
+    let st = a1.client.message_status(g, seq).await.unwrap().unwrap();
+    assert_eq!((st.state, st.delivered, st.read, st.recipients), (Delivered, 4, 0, 4));
+    for (k, m) in members.iter().enumerate() {
+        m.client.mark_read(g, seq).await.unwrap();
+        receipt(&mut a1, |_, _, r| r >= seq).await;
+        let st = a1.client.message_status(g, seq).await.unwrap().unwrap();
+        assert_eq!(st.read, k as u32 + 1, "one more reader");
+        assert_eq!(st.state, if k == 3 { Read } else { Delivered });
+    }
+    // The sender's second device ends at the same statuses.
+    let mut readers = std::collections::HashSet::new();
+    while readers.len() < 4 {
+        let u = wait_for(&mut a2.events, |e| match e {
+            ClientEvent::Receipt { user_id, read_seq, .. } if *read_seq >= seq => Some(*user_id),
+            _ => None,
+        })
+        .await;
+        readers.insert(u);
+    }
+    let st = a2.client.message_status(g, seq).await.unwrap().unwrap();
+    assert_eq!((st.state, st.delivered, st.read, st.recipients), (Read, 4, 4, 4));
+    s.shutdown().await;
+}
+
+async fn unread_is(d: &mut Device, conv: ConversationId, count: u32) -> Seq {
+    wait_for(&mut d.events, |e| match e {
+        ClientEvent::Unread {
+            conversation_id,
+            unread_count,
+            read_seq,
+        } if *conversation_id == conv && *unread_count == count => Some(*read_seq),
+        _ => None,
+    })
+    .await
+}
+
+async fn unread_sync_case(resume_window_secs: u32) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.resume_window_secs = resume_window_secs;
+    let s = natter_server::start(&cfg).await.unwrap();
+    let a = user(&s, "alice").await;
+    let b1 = user(&s, "bob").await;
+    let mut b2 = device(s.addr, &s.fingerprint, "bob", false).await;
+    let dm = ConversationId(dm_id(&a).await);
+    let mut last = Seq(0);
+    for i in 0..3 {
+        last = a.client.send(dm, &format!("unread {i}")).await.unwrap().seq;
+    }
+    unread_is(&mut b2, dm, 3).await;
+    // Reading on device 1 clears device 2.
+    let started = std::time::Instant::now();
+    b1.client.mark_read(dm, last).await.unwrap();
+    assert_eq!(unread_is(&mut b2, dm, 0).await, last);
+    eprintln!("read-state sync to the other device took {:?}", started.elapsed());
+    assert_eq!(b2.client.unread(dm).await.unwrap(), Some(0));
+    // Device 2 drops; meanwhile two more arrive and device 1 reads the first.
+    b2.client.reconnect();
+    let m4 = a.client.send(dm, "four").await.unwrap().seq;
+    a.client.send(dm, "five").await.unwrap();
+    b1.client.mark_read(dm, m4).await.unwrap();
+    // After the reconnect (resumed or synced) device 2 shows exactly one unread.
+    let mut connected = false;
+    loop {
+        match wait_for(&mut b2.events, |e| {
+            matches!(e, ClientEvent::Connected { .. } | ClientEvent::Unread { .. }).then(|| e.clone())
+        })
+        .await
+        {
+            ClientEvent::Connected { .. } => connected = true,
+            ClientEvent::Unread {
+                conversation_id,
+                unread_count: 1,
+                read_seq,
+            } if conversation_id == dm && read_seq == m4 && connected => break,
+            _ => {}
+        }
+    }
+    assert_eq!(b2.client.unread(dm).await.unwrap(), Some(1));
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_on_one_device_clears_unread_on_another_and_survives_resume() {
+    unread_sync_case(120).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_counts_are_right_after_a_cursor_sync() {
+    unread_sync_case(0).await;
+}

@@ -64,6 +64,19 @@ impl Peer {
             .collect()
     }
 
+    /// Delivery acks (conversation, seq) apart from the other requests.
+    fn acks_and_requests(&mut self) -> (Vec<(u64, u64)>, Vec<pb::Request>) {
+        let mut acks = vec![];
+        let mut rest = vec![];
+        for r in self.requests() {
+            match r.op {
+                Some(Op::MarkDelivered(m)) => acks.push((m.conversation_id, m.seq)),
+                _ => rest.push(r),
+            }
+        }
+        (acks, rest)
+    }
+
     fn events(&mut self) -> Vec<SessionEvent> {
         std::iter::from_fn(|| self.s.poll_event()).collect()
     }
@@ -160,7 +173,8 @@ fn events_are_delivered_once_in_order_and_gaps_are_fetched() {
     );
     assert_eq!(p.delivered(), vec![(5, 1), (5, 2)]);
     // Seq 5 after 2: a gap, fetched from after 2.
-    let reqs = p.requests();
+    let (acks, reqs) = p.acks_and_requests();
+    assert_eq!(acks, vec![(5, 2)], "one delivery ack with the highest seq delivered");
     let [pb::Request {
         id,
         op: Some(Op::History(h)),
@@ -184,7 +198,11 @@ fn events_are_delivered_once_in_order_and_gaps_are_fetched() {
     assert_eq!(p.delivered(), vec![(5, 3), (5, 4), (5, 5)]);
     p.stream(1, &[Kind::Event(ev(5, 5, "dup")), Kind::Event(ev(5, 6, "f"))]);
     assert_eq!(p.delivered(), vec![(5, 6)]);
-    assert!(p.requests().is_empty());
+    assert_eq!(
+        p.acks_and_requests(),
+        (vec![(5, 5), (5, 6)], vec![]),
+        "an ack after the gap filled, one after 6"
+    );
 }
 
 #[test]

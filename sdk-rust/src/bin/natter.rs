@@ -372,6 +372,20 @@ async fn run() -> anyhow::Result<()> {
                     json!({"type": "conversations", "conversations": list.iter().map(summary_json).collect::<Vec<_>>()}),
                 ),
                 ClientEvent::AuthFailed(e) => bail!("authentication failed: {e}"),
+                ClientEvent::Receipt {
+                    conversation_id,
+                    user_id,
+                    delivered_seq,
+                    read_seq,
+                } => print(json!({
+                    "type": "receipt", "conversation": conversation_id.0, "user_id": user_id.0,
+                    "delivered": delivered_seq.0, "read": read_seq.0,
+                })),
+                ClientEvent::Unread {
+                    conversation_id,
+                    unread_count,
+                    ..
+                } => print(json!({"type": "unread", "conversation": conversation_id.0, "unread": unread_count})),
                 other => print(json!({"type": "other", "debug": format!("{other:?}")})),
             }
         },

@@ -214,6 +214,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn read_cursor(&self, user: UserId, conv: ConversationId) -> Result<Seq, StoreError>;
     /// Move a read cursor forward; never backward. Returns the cursor after the call.
     async fn advance_read_cursor(&self, user: UserId, conv: ConversationId, seq: Seq) -> Result<Seq, StoreError>;
+    /// A user's delivered cursor in a conversation (0 if none).
+    async fn delivered_cursor(&self, user: UserId, conv: ConversationId) -> Result<Seq, StoreError>;
+    /// Move a delivered cursor forward; never backward. Returns the cursor after the call.
+    async fn advance_delivered_cursor(&self, user: UserId, conv: ConversationId, seq: Seq) -> Result<Seq, StoreError>;
     /// Messages by others after `after`, counting at most `cap`; and the newest message.
     async fn unread_and_last_message(
         &self,

@@ -6,7 +6,7 @@
 //! `c/<conv>` meta · `m/<conv><user>` member · `uc/<user><conv>` membership index ·
 //! `e/<conv><seq>` event (protobuf) · `i/<conv><user><client_msg_id>` idempotency ·
 //! `dm/<a><b>` direct pair · `ch/<name>` channel name · `r/<user><conv>` read cursor ·
-//! `ms/<conv><seq>` message state (edits, deletes, reactions).
+//! `ms/<conv><seq>` message state (edits, deletes, reactions) · `dl/<user><conv>` delivered cursor.
 use std::path::Path;
 
 use async_trait::async_trait;
@@ -357,11 +357,17 @@ impl Store for SledStore {
     }
 
     async fn read_cursor(&self, user: UserId, conv: ConversationId) -> Result<Seq, StoreError> {
-        let v = self
-            .tree
-            .get(key(b"r/", &[&be(user.0), &be(conv.0)]))
-            .map_err(backend)?;
-        Ok(Seq(v.map(|v| read_u64(&v)).transpose()?.unwrap_or(0)))
+        self.cursor(b"r/", user, conv)
+    }
+
+    async fn delivered_cursor(&self, user: UserId, conv: ConversationId) -> Result<Seq, StoreError> {
+        self.cursor(b"dl/", user, conv)
+    }
+
+    async fn advance_delivered_cursor(&self, user: UserId, conv: ConversationId, seq: Seq) -> Result<Seq, StoreError> {
+        let now = self.bump(b"dl/", user, conv, seq)?;
+        self.flush().await?;
+        Ok(now)
     }
 
     async fn advance_read_cursor(&self, user: UserId, conv: ConversationId, seq: Seq) -> Result<Seq, StoreError> {
@@ -405,7 +411,20 @@ impl Store for SledStore {
 
 impl SledStore {
     fn bump_cursor(&self, user: UserId, conv: ConversationId, seq: Seq) -> Result<Seq, StoreError> {
-        let k = key(b"r/", &[&be(user.0), &be(conv.0)]);
+        self.bump(b"r/", user, conv, seq)
+    }
+
+    fn cursor(&self, prefix: &[u8], user: UserId, conv: ConversationId) -> Result<Seq, StoreError> {
+        let v = self
+            .tree
+            .get(key(prefix, &[&be(user.0), &be(conv.0)]))
+            .map_err(backend)?;
+        Ok(Seq(v.map(|v| read_u64(&v)).transpose()?.unwrap_or(0)))
+    }
+
+    /// Max-merge a cursor.
+    fn bump(&self, prefix: &[u8], user: UserId, conv: ConversationId, seq: Seq) -> Result<Seq, StoreError> {
+        let k = key(prefix, &[&be(user.0), &be(conv.0)]);
         let v = self
             .tree
             .update_and_fetch(k, |old| {

@@ -130,6 +130,14 @@ async fn conversations_and_events(store: &dyn Store) {
     assert_eq!(store.read_cursor(a, conv).await.unwrap(), Seq(10));
     assert_eq!(store.advance_read_cursor(a, conv, Seq(5)).await.unwrap(), Seq(10));
     assert_eq!(store.advance_read_cursor(b, conv, Seq(11)).await.unwrap(), Seq(11));
+    assert_eq!(store.delivered_cursor(b, conv).await.unwrap(), Seq(0));
+    assert_eq!(store.advance_delivered_cursor(b, conv, Seq(9)).await.unwrap(), Seq(9));
+    assert_eq!(
+        store.advance_delivered_cursor(b, conv, Seq(4)).await.unwrap(),
+        Seq(9),
+        "never backward"
+    );
+    assert_eq!(store.delivered_cursor(b, conv).await.unwrap(), Seq(9));
     // a has read to 10; 11 is b's: one unread. Last message is 11.
     let (unread, last) = store.unread_and_last_message(conv, a, Seq(10), 1000).await.unwrap();
     assert_eq!((unread, last.map(|e| e.seq)), (1, Some(11)));
