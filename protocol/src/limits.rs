@@ -45,6 +45,12 @@ pub const MAX_CURSORS: usize = 10_000;
 pub const MAX_CLIENT_NAME_BYTES: usize = 128;
 /// Bytes of an access or resume token.
 pub const MAX_TOKEN_BYTES: usize = 128;
+/// How often clients send presence heartbeats; a user is offline after two missed.
+pub const HEARTBEAT_INTERVAL_MS: u32 = 15_000;
+/// How long a typing indicator shows unless renewed.
+pub const TYPING_TTL_MS: u32 = 6_000;
+/// Largest datagram payload natter sends.
+pub const MAX_DATAGRAM_BYTES: usize = 1024;
 /// Bytes of one reaction emoji.
 pub const MAX_EMOJI_BYTES: usize = 32;
 /// Unread counts stop counting here.
@@ -63,5 +69,7 @@ pub fn default_limits() -> crate::pb::Limits {
         max_client_msg_id_bytes: MAX_CLIENT_MSG_ID_BYTES as u32,
         max_name_chars: MAX_NAME_CHARS as u32,
         max_decompressed_bytes: MAX_DECOMPRESSED_BYTES as u32,
+        heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS,
+        typing_ttl_ms: TYPING_TTL_MS,
     }
 }

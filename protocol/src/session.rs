@@ -170,6 +170,31 @@ pub enum SessionEvent {
         /// Messages from others after it.
         unread_count: u32,
     },
+    /// A contact's presence changed.
+    Presence(pb::PresenceUpdate),
+    /// Someone started (or is still) typing.
+    Typing {
+        /// Where.
+        conversation_id: ConversationId,
+        /// Who.
+        user_id: UserId,
+        /// Their username.
+        username: String,
+    },
+    /// A typing indicator expired (not renewed in time).
+    TypingStopped {
+        /// Where.
+        conversation_id: ConversationId,
+        /// Who.
+        user_id: UserId,
+    },
+    /// Our typing notice was refused.
+    TypingRejected {
+        /// Where.
+        conversation_id: ConversationId,
+        /// Why.
+        error: ServerError,
+    },
     /// A send is durable on the server.
     SendAcked {
         /// The send's id.
@@ -250,8 +275,10 @@ pub enum DeliveryState {
 #[derive(Debug)]
 enum Purpose {
     App,
-    /// Fire-and-forget (delivery acks): the response only frees the slot.
+    /// Fire-and-forget (delivery acks, heartbeats): the response only frees the slot.
     Ack,
+    /// Typing over the control stream (no datagrams): only an error matters.
+    Typing(ConversationId),
     Authenticate,
     Send(ClientMsgId),
     GapFetch(ConversationId),
@@ -332,6 +359,16 @@ pub struct ClientSession {
     now: Millis,
     /// Highest seq to acknowledge as delivered, per conversation.
     to_ack: BTreeMap<ConversationId, Seq>,
+    /// Whether the transport carries datagrams.
+    datagrams_ok: bool,
+    datagrams: VecDeque<Bytes>,
+    /// Presence this device reports, and when the next heartbeat is due.
+    presence: pb::PresenceState,
+    next_heartbeat: Option<Millis>,
+    /// When we last told each conversation we are typing (for rate limiting).
+    typing_sent: HashMap<ConversationId, Millis>,
+    /// Indicators shown, with their expiry.
+    typing_shown: BTreeMap<(ConversationId, UserId), Millis>,
 }
 
 impl ClientSession {
@@ -358,6 +395,12 @@ impl ClientSession {
             synced: false,
             now: Millis(0),
             to_ack: BTreeMap::new(),
+            datagrams_ok: false,
+            datagrams: VecDeque::new(),
+            presence: pb::PresenceState::Online,
+            next_heartbeat: None,
+            typing_sent: HashMap::new(),
+            typing_shown: BTreeMap::new(),
         }
     }
 
@@ -490,7 +533,66 @@ impl ClientSession {
         Ok(id)
     }
 
+    /// Tell the conversation we are typing. Renewals inside half the indicator's lifetime are
+    /// dropped here (the others' indicators are still showing). Goes as a datagram where the
+    /// transport has them, else on the control stream; a refusal comes back as
+    /// [`SessionEvent::TypingRejected`].
+    pub fn typing(&mut self, now: Millis, conversation_id: ConversationId) {
+        self.now = now;
+        if self.state != State::Ready {
+            return;
+        }
+        let renew_after = u64::from(self.limits.typing_ttl_ms / 2);
+        if self
+            .typing_sent
+            .get(&conversation_id)
+            .is_some_and(|t| now < t.plus(renew_after))
+        {
+            return;
+        }
+        self.typing_sent.insert(conversation_id, now);
+        let op = Op::Typing(pb::Typing {
+            conversation_id: conversation_id.0,
+        });
+        if self.datagrams_ok {
+            let frame = pb::Frame {
+                kind: Some(Kind::Request(pb::Request { id: 0, op: Some(op) })),
+            };
+            self.datagrams
+                .push_back(Bytes::from(prost::Message::encode_to_vec(&frame)));
+        } else {
+            let id = self.alloc_id();
+            self.put_request(id, op, Purpose::Typing(conversation_id));
+        }
+    }
+
+    /// Report this device as online or away (sent at once and with every heartbeat).
+    pub fn set_presence(&mut self, now: Millis, state: pb::PresenceState) {
+        self.now = now;
+        self.presence = state;
+        if self.state == State::Ready {
+            self.send_heartbeat();
+        }
+    }
+
     // ───────────────────────────── inputs ─────────────────────────────
+
+    /// Whether the current transport carries datagrams (call after `handle_connected`).
+    pub fn set_datagrams_supported(&mut self, yes: bool) {
+        self.datagrams_ok = yes;
+    }
+
+    /// A datagram from the server.
+    pub fn handle_datagram(&mut self, now: Millis, data: &[u8]) {
+        self.now = now;
+        // Datagrams are loss-tolerant extras: anything undecodable is dropped.
+        if let Ok(pb::Frame {
+            kind: Some(Kind::Signal(sig)),
+        }) = <pb::Frame as prost::Message>::decode(data)
+        {
+            self.on_signal(sig);
+        }
+    }
 
     /// A transport connection is up and the control stream is open: sends Hello.
     pub fn handle_connected(&mut self, now: Millis) {
@@ -559,7 +661,7 @@ impl ClientSession {
                     id,
                     result: Err(RequestError::ConnectionLost),
                 }),
-                Purpose::Send(_) | Purpose::Authenticate | Purpose::Ack => {}
+                Purpose::Send(_) | Purpose::Authenticate | Purpose::Ack | Purpose::Typing(_) => {}
                 Purpose::GapFetch(c) => {
                     if let Some(st) = self.convs.get_mut(&c) {
                         st.fetching = false;
@@ -601,14 +703,42 @@ impl ClientSession {
                     }
                     self.fetch_queue.push_back(c);
                 }
-                Purpose::Ack => {}
+                Purpose::Ack | Purpose::Typing(_) => {}
                 Purpose::Authenticate => self.events.push_back(SessionEvent::ConnectionError(ServerError::new(
                     pb::ErrorCode::Internal,
                     "authentication timed out",
                 ))),
             }
         }
+        if self.state == State::Ready && self.next_heartbeat.is_some_and(|t| t <= now) {
+            self.send_heartbeat();
+        }
+        let expired: Vec<(ConversationId, UserId)> = self
+            .typing_shown
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for (conversation_id, user_id) in expired {
+            self.typing_shown.remove(&(conversation_id, user_id));
+            self.events.push_back(SessionEvent::TypingStopped {
+                conversation_id,
+                user_id,
+            });
+        }
         self.flush();
+    }
+
+    fn send_heartbeat(&mut self) {
+        let id = self.alloc_id();
+        self.put_request(
+            id,
+            Op::Heartbeat(pb::Heartbeat {
+                state: self.presence as i32,
+            }),
+            Purpose::Ack,
+        );
+        self.next_heartbeat = Some(self.now.plus(u64::from(self.limits.heartbeat_interval_ms.max(100))));
     }
 
     // ───────────────────────────── outputs ─────────────────────────────
@@ -616,6 +746,11 @@ impl ClientSession {
     /// The next encoded frame to write on the control stream.
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
         self.transmit.pop_front()
+    }
+
+    /// The next datagram to send (typing).
+    pub fn poll_datagram(&mut self) -> Option<Bytes> {
+        self.datagrams.pop_front()
     }
 
     /// The next event for the app.
@@ -637,7 +772,14 @@ impl ClientSession {
             .values()
             .filter(|s| ready && !s.fetching && s.delivered < s.highest_seen)
             .map(|s| s.fetch_not_before);
-        requests.chain(sends).chain(fetches).min()
+        let heartbeat = self.next_heartbeat.filter(|_| ready);
+        let typing = self.typing_shown.values().copied();
+        requests
+            .chain(sends)
+            .chain(fetches)
+            .chain(heartbeat)
+            .chain(typing)
+            .min()
     }
 
     // ───────────────────────────── internals ─────────────────────────────
@@ -655,6 +797,10 @@ impl ClientSession {
         self.early.clear();
         self.synced = false;
         self.fetch_queue.clear();
+        self.datagrams.clear();
+        self.datagrams_ok = false;
+        self.typing_sent.clear();
+        self.next_heartbeat = None;
     }
 
     fn put_request(&mut self, id: RequestId, op: Op, purpose: Purpose) {
@@ -796,9 +942,7 @@ impl ClientSession {
                 Ok(())
             }
             Some(Kind::Signal(sig)) => {
-                if let Some(pb::signal::Kind::Receipt(r)) = sig.kind {
-                    self.on_receipt(r);
-                }
+                self.on_signal(sig);
                 Ok(())
             }
             Some(Kind::GoAway(g)) => {
@@ -856,6 +1000,12 @@ impl ClientSession {
             },
             Purpose::Send(cid) => self.on_send_result(id, cid, result),
             Purpose::Ack => {}
+            Purpose::Typing(conversation_id) => {
+                if let Err(error) = result {
+                    self.events
+                        .push_back(SessionEvent::TypingRejected { conversation_id, error });
+                }
+            }
             Purpose::GapFetch(c) => self.on_gap_page(c, result),
         }
     }
@@ -869,6 +1019,7 @@ impl ClientSession {
 
     fn apply_auth(&mut self, ok: pb::AuthOk) {
         self.state = State::Ready;
+        self.next_heartbeat = Some(self.now.plus(u64::from(self.limits.heartbeat_interval_ms.max(100))));
         self.resume_token = Some(ok.resume_token).filter(|t| !t.is_empty());
         self.identity = Some((UserId(ok.user_id), ok.username.clone(), DeviceId(ok.device_id)));
         self.events.push_back(SessionEvent::Authenticated {
@@ -1091,6 +1242,33 @@ impl ClientSession {
             }
         }
         self.events.push_back(SessionEvent::Event(ev));
+    }
+
+    fn on_signal(&mut self, sig: pb::Signal) {
+        match sig.kind {
+            Some(pb::signal::Kind::Receipt(r)) => self.on_receipt(r),
+            Some(pb::signal::Kind::Presence(p)) => self.events.push_back(SessionEvent::Presence(p)),
+            Some(pb::signal::Kind::Typing(t)) => {
+                let key = (ConversationId(t.conversation_id), UserId(t.user_id));
+                self.typing_shown.insert(key, self.now.plus(u64::from(t.expires_in_ms)));
+                self.events.push_back(SessionEvent::Typing {
+                    conversation_id: key.0,
+                    user_id: key.1,
+                    username: t.username,
+                });
+            }
+            Some(pb::signal::Kind::Rejected(r)) => {
+                let error = ServerError::from(pb::Error {
+                    code: r.code,
+                    message: "typing refused".into(),
+                    retry_after_ms: 0,
+                });
+                let conversation_id = ConversationId(r.conversation_id);
+                self.events
+                    .push_back(SessionEvent::TypingRejected { conversation_id, error });
+            }
+            None => {}
+        }
     }
 
     fn on_receipt(&mut self, r: pb::ReceiptUpdate) {

@@ -17,6 +17,7 @@ enum Input {
     ControlEnd,
     Stream(StreamKey, Vec<u8>),
     StreamEnd(StreamKey),
+    Datagram(bytes::Bytes),
 }
 
 enum Exit {
@@ -148,6 +149,15 @@ impl Driver {
             }
             let _ = control_tx.send(Input::ControlEnd);
         });
+        let dgram_conn = conn.clone();
+        let dgram_tx = in_tx.clone();
+        let datagrams = tokio::spawn(async move {
+            while let Ok(d) = dgram_conn.read_datagram().await {
+                if dgram_tx.send(Input::Datagram(d)).is_err() {
+                    return;
+                }
+            }
+        });
         let accept_conn = conn.clone();
         let acceptor = tokio::spawn(async move {
             let mut next = 0u64;
@@ -166,8 +176,10 @@ impl Driver {
             }
         });
         self.session.handle_connected(self.now());
+        self.session.set_datagrams_supported(conn.max_datagram_size().is_some());
         let exit = self.pump(&conn, &mut send, &mut inputs).await;
         reader.abort();
+        datagrams.abort();
         acceptor.abort();
         if let Exit::Shutdown(_) = exit {
             let _ = send.finish();
@@ -189,6 +201,10 @@ impl Driver {
                 if let Err(e) = send.write_all(&bytes).await {
                     return Exit::Reconnect(e.to_string());
                 }
+            }
+            while let Some(d) = self.session.poll_datagram() {
+                // Loss-tolerant by design: a datagram that cannot go is dropped.
+                let _ = conn.send_datagram(d);
             }
             if let Some(exit) = self.dispatch() {
                 return exit;
@@ -216,6 +232,7 @@ impl Driver {
                         Some(Input::Control(b)) => self.session.handle_control_data(now, &b),
                         Some(Input::Stream(k, b)) => self.session.handle_stream_data(now, k, &b),
                         Some(Input::StreamEnd(k)) => self.session.handle_stream_finished(k),
+                        Some(Input::Datagram(d)) => { self.session.handle_datagram(now, &d); Ok(()) }
                         Some(Input::ControlEnd) | None => return Exit::Reconnect(
                             conn.close_reason().map_or("control stream closed".into(), |r| r.to_string())),
                     };
@@ -262,6 +279,8 @@ impl Driver {
             Command::Unread(conv, reply) => {
                 let _ = reply.send(self.session.unread(conv));
             }
+            Command::Typing(conv) => self.session.typing(now, conv),
+            Command::Presence(state) => self.session.set_presence(now, state),
             Command::Reconnect | Command::Shutdown(_) => unreachable!("handled by the loops"),
         }
     }
@@ -344,6 +363,26 @@ impl Driver {
                     read_seq,
                     unread_count,
                 }),
+                SessionEvent::Presence(p) => Some(ClientEvent::Presence(p)),
+                SessionEvent::Typing {
+                    conversation_id,
+                    user_id,
+                    username,
+                } => Some(ClientEvent::Typing {
+                    conversation_id,
+                    user_id,
+                    username,
+                }),
+                SessionEvent::TypingStopped {
+                    conversation_id,
+                    user_id,
+                } => Some(ClientEvent::TypingStopped {
+                    conversation_id,
+                    user_id,
+                }),
+                SessionEvent::TypingRejected { conversation_id, error } => {
+                    Some(ClientEvent::TypingRejected { conversation_id, error })
+                }
                 SessionEvent::GoAway {
                     reason,
                     reconnect_after_ms,

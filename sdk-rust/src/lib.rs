@@ -158,6 +158,31 @@ pub enum ClientEvent {
         /// Messages from others after it.
         unread_count: u32,
     },
+    /// A contact's presence changed.
+    Presence(pb::PresenceUpdate),
+    /// Someone is typing (until `TypingStopped`, or renewed).
+    Typing {
+        /// Where.
+        conversation_id: ConversationId,
+        /// Who.
+        user_id: UserId,
+        /// Their username.
+        username: String,
+    },
+    /// A typing indicator expired.
+    TypingStopped {
+        /// Where.
+        conversation_id: ConversationId,
+        /// Who.
+        user_id: UserId,
+    },
+    /// Our typing notice was refused (e.g. not a member).
+    TypingRejected {
+        /// Where.
+        conversation_id: ConversationId,
+        /// Why.
+        error: ServerError,
+    },
     /// A send was refused and left the outbox.
     SendFailed {
         /// Its id.
@@ -192,6 +217,8 @@ enum Command {
     ),
     Snapshot(oneshot::Sender<Snapshot>),
     Status(ConversationId, Seq, oneshot::Sender<Option<MessageStatus>>),
+    Typing(ConversationId),
+    Presence(pb::PresenceState),
     Unread(ConversationId, oneshot::Sender<Option<u32>>),
     Reconnect,
     Shutdown(oneshot::Sender<()>),
@@ -538,6 +565,32 @@ impl Client {
             .await?
         {
             Res::Receipts(r) => Ok(r.receipts),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// Say you are typing in a conversation; call on every keystroke, the client rate-limits.
+    pub fn typing(&self, conv: ConversationId) {
+        let _ = self.cmd.send(Command::Typing(conv));
+    }
+
+    /// Report this device as online or away.
+    pub fn set_presence(&self, state: pb::PresenceState) {
+        let _ = self.cmd.send(Command::Presence(state));
+    }
+
+    /// Hide (or show) your last-seen time from contacts.
+    pub async fn set_hide_last_seen(&self, hide: bool) -> Result<(), ClientError> {
+        self.done(Op::SetPrivacy(pb::SetPrivacy { hide_last_seen: hide })).await
+    }
+
+    /// Presence of these users, as far as they are your contacts (others are left out).
+    pub async fn presence(&self, users: &[UserId]) -> Result<Vec<pb::PresenceUpdate>, ClientError> {
+        let op = Op::GetPresence(pb::GetPresence {
+            user_ids: users.iter().map(|u| u.0).collect(),
+        });
+        match self.call(op).await? {
+            Res::Presence(p) => Ok(p.users),
             _ => Err(ClientError::Unexpected),
         }
     }

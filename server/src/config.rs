@@ -40,6 +40,10 @@ pub struct Config {
     pub idle_timeout_secs: u64,
     /// Seconds before an idle delivery stream is finished.
     pub stream_idle_secs: u64,
+    /// Presence heartbeat interval (ms); a device is gone after two missed.
+    pub heartbeat_interval_ms: u32,
+    /// How long a typing indicator lasts unless renewed (ms).
+    pub typing_ttl_ms: u32,
     /// `tracing` filter, e.g. "info" or "natter_server=debug".
     pub log: String,
 }
@@ -62,6 +66,8 @@ impl Default for Config {
             handshake_timeout_secs: 10,
             idle_timeout_secs: 30,
             stream_idle_secs: 30,
+            heartbeat_interval_ms: limits::HEARTBEAT_INTERVAL_MS,
+            typing_ttl_ms: limits::TYPING_TTL_MS,
             log: "info".into(),
         }
     }
@@ -92,6 +98,8 @@ impl Config {
             max_history_page: self.max_history_page,
             resume_window_secs: self.resume_window_secs,
             max_requests_in_flight: self.max_requests_in_flight as u32,
+            heartbeat_interval_ms: self.heartbeat_interval_ms,
+            typing_ttl_ms: self.typing_ttl_ms,
             ..limits::default_limits()
         }
     }

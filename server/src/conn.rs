@@ -36,6 +36,10 @@ pub trait Transport: Send + Sync + 'static {
     async fn open_stream(&self) -> io::Result<Self::Stream>;
     /// Close the whole connection with an error code (PROTOCOL.md §8.2).
     fn close(&self, code: ErrorCode, reason: &str);
+    /// Send an unreliable datagram; false if the transport has none or it does not fit.
+    fn send_datagram(&self, data: Bytes) -> bool;
+    /// The next datagram from the client; `None` once there will be no more.
+    async fn read_datagram(&self) -> Option<Bytes>;
 }
 
 /// The server's half of a control stream: written, then finished with a bounded wait for
@@ -110,6 +114,8 @@ struct Conn<T: Transport> {
     conn_id: u64,
     auth: Option<Authed>,
     in_flight: Arc<Semaphore>,
+    /// The authenticated actor, for the datagram reader.
+    actor: Arc<std::sync::OnceLock<Actor>>,
 }
 
 /// Serve one connection until it ends. `recv`/`send` are its control stream.
@@ -123,6 +129,7 @@ where
     let (out, out_rx) = mpsc::channel(shared.config.max_in_flight * 2 + 16);
     let writer = tokio::spawn(write_control(send, out_rx));
     let in_flight = Arc::new(Semaphore::new(shared.config.max_in_flight));
+    let actor = Arc::new(std::sync::OnceLock::new());
     let mut conn = Conn {
         shared,
         transport,
@@ -130,12 +137,24 @@ where
         conn_id,
         auth: None,
         in_flight,
+        actor,
     };
     let mut decoder = FrameDecoder::new(conn.shared.config.limits.max_frame_bytes as usize);
+    let datagrams = tokio::spawn(read_datagrams(
+        conn.shared.clone(),
+        conn.transport.clone(),
+        conn.actor.clone(),
+    ));
     let result = conn.run(&mut recv, &mut decoder).await;
+    datagrams.abort();
     if let Some(a) = conn.auth.take() {
         a.delivery.abort();
         conn.shared.hub.detach(&a.session, conn.conn_id);
+        let clean = result.is_ok();
+        conn.shared
+            .ctx
+            .presence
+            .disconnected(a.actor.user, a.actor.device, conn.conn_id, clean);
     }
     if let Err(Close(code, message)) = result {
         tracing::debug!(conn = conn.conn_id, ?code, %message, "closing connection");
@@ -318,6 +337,15 @@ impl<T: Transport> Conn<T> {
                     })),
                 )
                 .await
+            }
+            Op::Heartbeat(h) if self.auth.is_some() => {
+                let a = &self.auth.as_ref().expect("checked").actor;
+                let state = pb::PresenceState::try_from(h.state).unwrap_or(pb::PresenceState::Online);
+                self.shared
+                    .ctx
+                    .presence
+                    .heartbeat(a.user, a.device, self.conn_id, state);
+                self.respond(id, Ok(Res::Done(pb::Done {}))).await;
             }
             _ if self.auth.is_none() => {
                 self.respond(
@@ -539,6 +567,11 @@ impl<T: Transport> Conn<T> {
             username: username.clone(),
             device,
         };
+        self.shared
+            .ctx
+            .presence
+            .connected(user, &username, device, self.conn_id);
+        let _ = self.actor.set(actor.clone());
         self.auth = Some(Authed {
             actor,
             session,
@@ -610,6 +643,39 @@ impl<T: Transport> Conn<T> {
     }
 }
 
+/// Ephemeral requests in datagrams (typing): `Frame { request { id: 0, op } }` without a
+/// length prefix. Refusals go back as a `SignalRejected` datagram; junk is dropped.
+async fn read_datagrams<T: Transport>(shared: Arc<Shared>, transport: Arc<T>, actor: Arc<std::sync::OnceLock<Actor>>) {
+    while let Some(d) = transport.read_datagram().await {
+        let Some(actor) = actor.get() else { continue };
+        if d.len() > limits::MAX_DATAGRAM_BYTES {
+            continue;
+        }
+        let Ok(pb::Frame {
+            kind:
+                Some(Kind::Request(pb::Request {
+                    op: Some(Op::Typing(t)),
+                    ..
+                })),
+        }) = <pb::Frame as prost::Message>::decode(d)
+        else {
+            continue;
+        };
+        if let Err(e) = handlers::typing(&shared.ctx, actor, t.conversation_id).await {
+            let rejected = pb::SignalRejected {
+                conversation_id: t.conversation_id,
+                code: e.code as i32,
+            };
+            let frame = pb::Frame {
+                kind: Some(Kind::Signal(pb::Signal {
+                    kind: Some(pb::signal::Kind::Rejected(rejected)),
+                })),
+            };
+            transport.send_datagram(Bytes::from(prost::Message::encode_to_vec(&frame)));
+        }
+    }
+}
+
 fn too_many() -> ServerError {
     ServerError::new(ErrorCode::LimitExceeded, "too many requests in flight")
 }
@@ -630,6 +696,13 @@ async fn deliver<T: Transport>(
             Outbound::Signal(frame) => {
                 if control.try_send(frame).is_err() {
                     return transport.close(ErrorCode::LimitExceeded, "slow reader: control queue full");
+                }
+                continue;
+            }
+            Outbound::Ephemeral(frame) => {
+                // Loss-tolerant: a datagram if possible, else the control stream, else dropped.
+                if !transport.send_datagram(Bytes::from(prost::Message::encode_to_vec(&*frame))) {
+                    let _ = control.try_send(encode_frame(&frame));
                 }
                 continue;
             }

@@ -8,6 +8,7 @@ use natter_protocol::pb::{self, request::Op, response::Result as Res, Conversati
 use natter_protocol::{limits, validate, ConversationId, Seq, ServerError, UserId};
 
 use crate::hub::Hub;
+use crate::presence::{self, Presence};
 use crate::shard::{Actor, ConvView, MemberLimits, Mutation, Shards};
 use crate::store::{Page, Store};
 
@@ -18,6 +19,10 @@ pub struct Ctx {
     pub store: Arc<dyn Store>,
     /// Sessions, for signals.
     pub hub: Hub,
+    /// Who is online.
+    pub presence: Presence,
+    /// Typing indicator lifetime.
+    pub typing_ttl_ms: u32,
     /// Conversation owners.
     pub shards: Shards,
     /// Member limits.
@@ -119,6 +124,27 @@ async fn create_and_summarize(ctx: &Ctx, actor: &Actor, id: ConversationId, m: M
 async fn done(ctx: &Ctx, actor: &Actor, id: u64, m: Mutation) -> Result<Res, ServerError> {
     ctx.shards.mutate(conv_id(id)?, actor.clone(), m).await?;
     Ok(Res::Done(pb::Done {}))
+}
+
+/// "Typing" in a conversation: members only; goes to the other members' connected devices
+/// and nowhere else (never stored, never replayed) (PROTOCOL.md §5.12).
+pub async fn typing(ctx: &Ctx, actor: &Actor, conv: u64) -> Result<(), ServerError> {
+    let conv = conv_id(conv)?;
+    let view = ctx.shards.view(conv, actor.user).await?;
+    let update = pb::TypingUpdate {
+        conversation_id: conv.0,
+        user_id: actor.user.0,
+        username: actor.username.clone(),
+        expires_in_ms: ctx.typing_ttl_ms,
+    };
+    let frame = pb::Frame {
+        kind: Some(pb::frame::Kind::Signal(pb::Signal {
+            kind: Some(pb::signal::Kind::Typing(update)),
+        })),
+    };
+    let members: Vec<UserId> = view.members.iter().map(|m| m.user).collect();
+    ctx.hub.ephemeral(&members, actor.user, Arc::new(frame));
+    Ok(())
 }
 
 /// Every member's cursors.
@@ -362,13 +388,37 @@ pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError
             };
             committed(ctx, actor, r.conversation_id, m).await
         }
+        Op::SetPrivacy(p) => {
+            ctx.presence.set_hide_last_seen(actor.user, p.hide_last_seen);
+            Ok(Res::Done(pb::Done {}))
+        }
+        Op::GetPresence(g) => {
+            validate::count("user_ids", g.user_ids.len(), limits::MAX_USERNAMES_PER_REQUEST)?;
+            let contacts = presence::contacts(ctx, actor.user).await?;
+            let users = g
+                .user_ids
+                .iter()
+                .map(|u| UserId(*u))
+                .filter(|u| contacts.contains(u))
+                .map(|u| ctx.presence.get(u))
+                .collect();
+            Ok(Res::Presence(pb::PresenceList { users }))
+        }
+        Op::Typing(t) => {
+            typing(ctx, actor, t.conversation_id).await?;
+            Ok(Res::Done(pb::Done {}))
+        }
         Op::Ping(p) => Ok(Res::Pong(pb::Pong {
             nonce: p.nonce,
             server_time_ms: crate::shard::now_ms(),
         })),
-        Op::ListDevices(_) | Op::Logout(_) | Op::Register(_) | Op::Login(_) | Op::Authenticate(_) | Op::Send(_) => {
-            Err(ServerError::new(ErrorCode::Internal, "handled by the connection"))
-        }
+        Op::ListDevices(_)
+        | Op::Logout(_)
+        | Op::Register(_)
+        | Op::Login(_)
+        | Op::Authenticate(_)
+        | Op::Send(_)
+        | Op::Heartbeat(_) => Err(ServerError::new(ErrorCode::Internal, "handled by the connection")),
     }
 }
 

@@ -25,6 +25,8 @@ pub enum Outbound {
     Event(Arc<pb::ConversationEvent>),
     /// An encoded `Signal` frame for the control stream.
     Signal(Bytes),
+    /// An ephemeral frame: a datagram where the transport has them, else the control stream.
+    Ephemeral(Arc<pb::Frame>),
     /// Close the connection with this code (token revoked, replaced).
     Close(pb::ErrorCode, &'static str),
 }
@@ -220,6 +222,24 @@ impl Hub {
     /// Send an encoded signal frame to every session of every recipient (kept for replay).
     pub fn signal(&self, recipients: &[UserId], frame: Bytes) {
         self.push(recipients, RingItem::Signal(frame));
+    }
+
+    /// Send an ephemeral frame (typing) to the attached sessions of the recipients, skipping
+    /// sessions of `except`. Never kept: a detached session simply misses it.
+    pub fn ephemeral(&self, recipients: &[UserId], except: UserId, frame: Arc<pb::Frame>) {
+        for user in recipients.iter().filter(|u| **u != except) {
+            let sessions = self.inner.users[stripe(*user)]
+                .lock()
+                .expect("hub lock")
+                .get(user)
+                .cloned();
+            for s in sessions.into_iter().flatten() {
+                let st = s.state.lock().expect("session lock");
+                if let Some((_, tx)) = &st.sink {
+                    let _ = tx.try_send(Outbound::Ephemeral(frame.clone()));
+                }
+            }
+        }
     }
 
     fn push(&self, recipients: &[UserId], item: RingItem) {

@@ -12,6 +12,7 @@ pub mod config;
 pub mod conn;
 pub mod handlers;
 pub mod hub;
+pub mod presence;
 pub mod quic;
 pub mod server;
 pub mod shard;

@@ -25,6 +25,14 @@ impl Transport for QuicTransport {
     fn close(&self, code: ErrorCode, reason: &str) {
         self.0.close(quinn::VarInt::from_u32(code as u32), reason.as_bytes());
     }
+
+    fn send_datagram(&self, data: bytes::Bytes) -> bool {
+        self.0.send_datagram(data).is_ok()
+    }
+
+    async fn read_datagram(&self) -> Option<bytes::Bytes> {
+        self.0.read_datagram().await.ok()
+    }
 }
 
 #[async_trait]

@@ -46,9 +46,12 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     };
     let shards = Shards::start(config.shard_count(), store.clone(), hub.clone(), member_limits);
     let weak_store = Arc::downgrade(&store);
+    let presence = crate::presence::Presence::new(Duration::from_millis(config.heartbeat_interval_ms.max(1).into()));
     let ctx = Ctx {
         store,
         hub: hub.clone(),
+        presence: presence.clone(),
+        typing_ttl_ms: config.typing_ttl_ms,
         shards,
         member_limits,
         max_text_chars: config.max_text_chars,
@@ -76,6 +79,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     let addr = endpoint.local_addr()?;
 
     let mut tasks = vec![tokio::spawn(quic::accept_loop(endpoint.clone(), shared.clone()))];
+    tasks.push(tokio::spawn(presence.run(Arc::downgrade(&shared))));
     tasks.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {

@@ -378,3 +378,161 @@ async fn reading_on_one_device_clears_unread_on_another_and_survives_resume() {
 async fn unread_counts_are_right_after_a_cursor_sync() {
     unread_sync_case(0).await;
 }
+
+fn live_config(dir: &std::path::Path) -> natter_server::Config {
+    let mut cfg = config(dir);
+    cfg.heartbeat_interval_ms = 300;
+    cfg.typing_ttl_ms = 600;
+    cfg
+}
+
+/// The next presence update of `who` in state `state` on this device.
+async fn presence_of(d: &mut Device, who: UserId, state: pb::PresenceState) -> pb::PresenceUpdate {
+    wait_for(&mut d.events, |e| match e {
+        ClientEvent::Presence(p) if p.user_id == who.0 && p.state == state as i32 => Some(p.clone()),
+        _ => None,
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contacts_see_presence_and_last_seen_and_nobody_else_does() {
+    use pb::PresenceState::{Offline, Online};
+    let dir = tempfile::tempdir().unwrap();
+    let s = natter_server::start(&live_config(dir.path())).await.unwrap();
+    let mut alice = user(&s, "alice").await;
+    let b = user(&s, "bob").await;
+    let mut carol = user(&s, "carol").await;
+    let dm = ConversationId(dm_id(&alice).await);
+    let (_, bob) = ids(&alice).await;
+    // A clean close is offline at once.
+    b.client.shutdown().await;
+    presence_of(&mut alice, bob, Offline).await;
+
+    // Bob comes online in another process (the CLI), which is then killed: no clean close.
+    let profile = dir.path().join("bob-cli");
+    std::fs::create_dir_all(&profile).unwrap();
+    let json = serde_json::json!({"server": s.addr, "fingerprint": s.fingerprint, "token": b.token, "username": "bob"});
+    std::fs::write(profile.join("profile.json"), json.to_string()).unwrap();
+    let started = std::time::Instant::now();
+    let mut child = std::process::Command::new(natter_cli())
+        .arg("--profile")
+        .arg(&profile)
+        .arg("listen")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    presence_of(&mut alice, bob, Online).await;
+    eprintln!("contact saw online after {:?}", started.elapsed());
+    let killed = std::time::Instant::now();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let off = presence_of(&mut alice, bob, Offline).await;
+    assert_eq!(off.state, Offline as i32);
+    assert!(off.last_seen_ms > 0, "last seen is set");
+    eprintln!(
+        "contact saw offline {:?} after the kill (heartbeat 300 ms)",
+        killed.elapsed()
+    );
+
+    // Carol shares no conversation with bob: she cannot ask, and was never told.
+    assert!(carol.client.presence(&[bob]).await.unwrap().is_empty());
+    let marker = ConversationId(alice.client.direct("carol").await.unwrap().conversation_id);
+    alice.client.send(marker, "marker").await.unwrap();
+    loop {
+        match wait_for(&mut carol.events, |e| {
+            matches!(e, ClientEvent::Presence(_) | ClientEvent::Event(_)).then(|| e.clone())
+        })
+        .await
+        {
+            ClientEvent::Presence(p) => assert_ne!(p.user_id, bob.0, "a non-contact never sees bob's presence"),
+            ClientEvent::Event(e) if e.conversation_id == marker.0 && e.seq == 2 => break,
+            _ => {}
+        }
+    }
+    // Hidden last seen.
+    let (bc, _ev) = natter_sdk::Client::connect(client_config(s.addr, &s.fingerprint, Some(b.token.clone()))).unwrap();
+    bc.set_hide_last_seen(true).await.unwrap();
+    presence_of(&mut alice, bob, Online).await;
+    let p = alice.client.presence(&[bob]).await.unwrap();
+    assert_eq!((p.len(), p[0].last_seen_ms), (1, 0), "hidden last seen reads as 0");
+    bc.shutdown().await;
+    let off = presence_of(&mut alice, bob, Offline).await;
+    assert_eq!((off.state, off.last_seen_ms), (Offline as i32, 0));
+    let _ = dm;
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_reaches_connected_members_only_expires_and_is_never_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = natter_server::start(&live_config(dir.path())).await.unwrap();
+    let mut alice = user(&s, "alice").await;
+    let b = user(&s, "bob").await;
+    let mut mallory = user(&s, "mallory").await;
+    let dm = ConversationId(dm_id(&alice).await);
+    let (_, bob) = ids(&alice).await;
+
+    b.client.typing(dm);
+    let who = wait_for(&mut alice.events, |e| match e {
+        ClientEvent::Typing {
+            conversation_id,
+            user_id,
+            ..
+        } if *conversation_id == dm => Some(*user_id),
+        _ => None,
+    })
+    .await;
+    assert_eq!(who, bob);
+    // Not renewed: it expires by itself.
+    let stopped = wait_for(&mut alice.events, |e| match e {
+        ClientEvent::TypingStopped {
+            conversation_id,
+            user_id,
+        } if *conversation_id == dm => Some(*user_id),
+        _ => None,
+    })
+    .await;
+    assert_eq!(stopped, bob);
+
+    // A non-member typing into the DM gets a typed refusal and reaches nobody.
+    mallory.client.typing(dm);
+    let err = wait_for(&mut mallory.events, |e| match e {
+        ClientEvent::TypingRejected { conversation_id, error } if *conversation_id == dm => Some(error.code),
+        _ => None,
+    })
+    .await;
+    assert_eq!(err, ErrorCode::NotMember);
+    // ...and never sees the DM's typing: bob types again, then a marker reaches mallory.
+    b.client.typing(dm);
+    wait_for(&mut alice.events, |e| {
+        matches!(e, ClientEvent::Typing { .. }).then_some(())
+    })
+    .await;
+    let marker = ConversationId(alice.client.direct("mallory").await.unwrap().conversation_id);
+    alice.client.send(marker, "marker").await.unwrap();
+    loop {
+        match wait_for(&mut mallory.events, |e| {
+            matches!(e, ClientEvent::Typing { .. } | ClientEvent::Event(_)).then(|| e.clone())
+        })
+        .await
+        {
+            ClientEvent::Typing { conversation_id, .. } => assert_ne!(conversation_id, dm),
+            ClientEvent::Event(e) if e.conversation_id == marker.0 && e.seq == 2 => break,
+            _ => {}
+        }
+    }
+    // Without datagrams (the control-stream fallback) the refusal is a typed error too.
+    let mut raw = Raw::hello(s.addr, &s.fingerprint).await;
+    raw.login("mallory").await;
+    let r = raw.request(Op::Typing(pb::Typing { conversation_id: dm.0 })).await;
+    assert_eq!(error_code(&r), ErrorCode::NotMember);
+    // Typing is never in history.
+    let page = alice
+        .client
+        .history(dm, HistoryAnchor::After(Seq(0)), 200)
+        .await
+        .unwrap();
+    assert_eq!(page.events.len(), 1, "only the creation event: {:?}", page.events);
+    s.shutdown().await;
+}

@@ -307,7 +307,12 @@ fn a_send_without_a_response_is_resent_after_the_timeout_and_acked_once() {
     let deadline = p.s.poll_timeout().unwrap();
     p.now = deadline;
     p.s.handle_timeout(deadline);
-    let r2 = p.requests();
+    // (A heartbeat may fall due at the same instant; only the sends matter here.)
+    let r2: Vec<pb::Request> = p
+        .requests()
+        .into_iter()
+        .filter(|r| matches!(r.op, Some(Op::Send(_))))
+        .collect();
     assert_eq!(r2.len(), 1);
     assert_ne!(r1[0].id, r2[0].id);
     // The stale response is ignored, the fresh one acks.
@@ -467,4 +472,51 @@ fn a_server_choosing_an_unknown_version_is_a_session_error() {
         p.s.handle_control_data(p.now, &bytes),
         Err(SessionError::UnsupportedVersion(2))
     ));
+}
+
+#[test]
+fn typing_renewals_are_rate_limited_and_indicators_expire_by_themselves() {
+    let mut p = Peer::new(Some("tok"));
+    p.connect(auth_ok(false, vec![]));
+    p.s.set_datagrams_supported(true);
+    let t0 = p.now;
+    let ttl = u64::from(limits::TYPING_TTL_MS);
+    p.s.typing(t0, ConversationId(5));
+    p.s.typing(t0.plus(ttl / 2 - 1), ConversationId(5));
+    assert_eq!(
+        std::iter::from_fn(|| p.s.poll_datagram()).count(),
+        1,
+        "a renewal inside ttl/2 is dropped"
+    );
+    p.s.typing(t0.plus(ttl / 2), ConversationId(5));
+    assert_eq!(
+        std::iter::from_fn(|| p.s.poll_datagram()).count(),
+        1,
+        "after ttl/2 it is renewed"
+    );
+    // Someone else's indicator shows until its expiry, then stops without any input.
+    let update = pb::TypingUpdate {
+        conversation_id: 5,
+        user_id: 2,
+        username: "bob".into(),
+        expires_in_ms: 6000,
+    };
+    let frame = pb::Frame {
+        kind: Some(Kind::Signal(pb::Signal {
+            kind: Some(pb::signal::Kind::Typing(update)),
+        })),
+    };
+    p.s.handle_datagram(t0, &prost::Message::encode_to_vec(&frame));
+    p.events();
+    assert_eq!(p.s.poll_timeout().map(|t| t <= t0.plus(6000)), Some(true));
+    p.s.handle_timeout(t0.plus(5999));
+    assert!(!p
+        .events()
+        .iter()
+        .any(|e| matches!(e, SessionEvent::TypingStopped { .. })));
+    p.s.handle_timeout(t0.plus(6000));
+    assert!(p
+        .events()
+        .iter()
+        .any(|e| matches!(e, SessionEvent::TypingStopped { user_id: UserId(2), .. })));
 }

@@ -96,6 +96,8 @@ enum Cmd {
         #[arg(long)]
         remove: bool,
     },
+    /// Show "typing…" to the other members.
+    Typing { conversation: u64 },
     /// Mark a conversation read up to a seq.
     Read { conversation: u64, seq: u64 },
     /// Print every event as it arrives, one JSON object per line.
@@ -356,6 +358,14 @@ async fn run() -> anyhow::Result<()> {
             let ack = client.react(conv(conversation), Seq(seq), &emoji, remove).await?;
             print(json!({"reacted": seq, "emoji": emoji, "removed": remove, "seq": ack.0}));
         }
+        Cmd::Typing { conversation } => {
+            // Authenticated first (typing is dropped before), then the notice.
+            client.conversations().await?;
+            client.typing(conv(conversation));
+            // A ping orders after the typing notice: it has left when the pong is back.
+            client.ping().await?;
+            print(json!({"typing": conversation}));
+        }
         Cmd::Read { conversation, seq } => {
             client.mark_read(conv(conversation), Seq(seq)).await?;
             print(json!({"read": conversation, "seq": seq}));
@@ -381,6 +391,24 @@ async fn run() -> anyhow::Result<()> {
                     "type": "receipt", "conversation": conversation_id.0, "user_id": user_id.0,
                     "delivered": delivered_seq.0, "read": read_seq.0,
                 })),
+                ClientEvent::Presence(p) => print(json!({
+                    "type": "presence", "user": p.username, "user_id": p.user_id,
+                    "state": match proto::PresenceState::try_from(p.state) {
+                        Ok(proto::PresenceState::Online) => "online",
+                        Ok(proto::PresenceState::Away) => "away",
+                        _ => "offline",
+                    },
+                    "last_seen_ms": p.last_seen_ms,
+                })),
+                ClientEvent::Typing {
+                    conversation_id,
+                    username,
+                    ..
+                } => print(json!({"type": "typing", "conversation": conversation_id.0, "user": username})),
+                ClientEvent::TypingStopped {
+                    conversation_id,
+                    user_id,
+                } => print(json!({"type": "typing_stopped", "conversation": conversation_id.0, "user_id": user_id.0})),
                 ClientEvent::Unread {
                     conversation_id,
                     unread_count,

@@ -267,3 +267,16 @@ pub fn error_code(r: &pb::response::Result) -> pb::ErrorCode {
         other => panic!("expected an error, got {other:?}"),
     }
 }
+
+/// The `natter` CLI binary (built by `cargo build --workspace --bins`, which the test
+/// script runs first) sits next to this test's directory.
+pub fn natter_cli() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("natter");
+    assert!(
+        bin.exists(),
+        "build the CLI first: cargo build --workspace --bins ({})",
+        bin.display()
+    );
+    bin
+}
