@@ -592,6 +592,13 @@ async fn the_cli_registers_logs_in_sends_and_reads_history() {
     let convs = cli(&b, &["conversations"]).await;
     assert_eq!(convs[0]["name"], "alice");
     assert_eq!(convs[0]["unread"], 1);
+    // Bob reads; alice's CLI shows the read mark.
+    cli(&b, &["read", &dm, "2"]).await;
+    let status = cli(&a, &["status", &dm, "2"]).await;
+    assert_eq!(
+        (status[0]["status"].as_str(), status[0]["read"].as_u64()),
+        (Some("read"), Some(1))
+    );
     // Without a login the CLI refuses with a clear message, not a hang.
     let out = Command::new(natter_cli())
         .args(["--profile", dir.path().join("nobody").to_str().unwrap()])

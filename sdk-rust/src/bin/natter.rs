@@ -96,6 +96,8 @@ enum Cmd {
         #[arg(long)]
         remove: bool,
     },
+    /// Show the status of your message: sent, delivered, read (with counts in groups).
+    Status { conversation: u64, seq: u64 },
     /// Show "typing…" to the other members.
     Typing { conversation: u64 },
     /// Mark a conversation read up to a seq.
@@ -357,6 +359,23 @@ async fn run() -> anyhow::Result<()> {
         } => {
             let ack = client.react(conv(conversation), Seq(seq), &emoji, remove).await?;
             print(json!({"reacted": seq, "emoji": emoji, "removed": remove, "seq": ack.0}));
+        }
+        Cmd::Status { conversation, seq } => {
+            // Authenticated first: the receipts arrive with the conversation list.
+            client.conversations().await?;
+            match client.message_status(conv(conversation), Seq(seq)).await? {
+                Some(st) => {
+                    let mark = match st.state {
+                        natter_sdk::DeliveryState::Sent => "sent",
+                        natter_sdk::DeliveryState::Delivered => "delivered",
+                        natter_sdk::DeliveryState::Read => "read",
+                    };
+                    print(
+                        json!({"seq": seq, "status": mark, "delivered": st.delivered, "read": st.read, "of": st.recipients}),
+                    )
+                }
+                None => print(json!({"seq": seq, "status": "unknown"})),
+            }
         }
         Cmd::Typing { conversation } => {
             // Authenticated first (typing is dropped before), then the notice.
