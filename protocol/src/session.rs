@@ -133,8 +133,8 @@ pub enum SessionEvent {
         /// The server's limits.
         limits: pb::Limits,
     },
-    /// The connection is authenticated (after Login or Authenticate).
-    Authenticated {
+    /// Authenticated on a (re)connection (after Login or Authenticate).
+    Connected {
         /// Who we are.
         user_id: UserId,
         /// Our username.
@@ -143,6 +143,11 @@ pub enum SessionEvent {
         device_id: DeviceId,
         /// True if the previous session was resumed (no cursor sync needed).
         resumed: bool,
+    },
+    /// The transport went away; the driver reconnects (sends stay in the outbox).
+    Disconnected {
+        /// Why, for logs and UI.
+        reason: String,
     },
     /// The access token was refused: the app must log in again.
     AuthFailed(ServerError),
@@ -651,9 +656,10 @@ impl ClientSession {
         Ok(())
     }
 
-    /// The transport is gone. Requests in flight fail with
-    /// [`RequestError::ConnectionLost`]; sends stay in the outbox.
-    pub fn handle_disconnected(&mut self, now: Millis) {
+    /// The transport is gone (`reason` is passed on in [`SessionEvent::Disconnected`]).
+    /// Requests in flight fail with [`RequestError::ConnectionLost`]; sends stay in the
+    /// outbox.
+    pub fn handle_disconnected(&mut self, now: Millis, reason: &str) {
         self.now = now;
         for (id, inf) in std::mem::take(&mut self.in_flight) {
             match inf.purpose {
@@ -674,6 +680,9 @@ impl ClientSession {
         }
         self.reset_connection();
         self.state = State::Disconnected;
+        self.events.push_back(SessionEvent::Disconnected {
+            reason: reason.to_string(),
+        });
     }
 
     /// Call at (or after) the instant [`ClientSession::poll_timeout`] named.
@@ -1022,7 +1031,7 @@ impl ClientSession {
         self.next_heartbeat = Some(self.now.plus(u64::from(self.limits.heartbeat_interval_ms.max(100))));
         self.resume_token = Some(ok.resume_token).filter(|t| !t.is_empty());
         self.identity = Some((UserId(ok.user_id), ok.username.clone(), DeviceId(ok.device_id)));
-        self.events.push_back(SessionEvent::Authenticated {
+        self.events.push_back(SessionEvent::Connected {
             user_id: UserId(ok.user_id),
             username: ok.username,
             device_id: DeviceId(ok.device_id),

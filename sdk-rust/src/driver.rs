@@ -90,7 +90,12 @@ impl Driver {
                 Err(e) => Exit::Reconnect(e),
             };
             let now = self.now();
-            self.session.handle_disconnected(now);
+            let reason = match &exit {
+                Exit::Reconnect(reason) => reason.as_str(),
+                Exit::Shutdown(_) => "shut down",
+            };
+            tracing::debug!(%reason, "disconnected");
+            self.session.handle_disconnected(now, reason);
             self.dispatch();
             match exit {
                 Exit::Shutdown(done) => {
@@ -100,10 +105,7 @@ impl Driver {
                     }
                     return;
                 }
-                Exit::Reconnect(reason) => {
-                    tracing::debug!(%reason, "disconnected");
-                    let _ = self.events.send(ClientEvent::Disconnected { reason });
-                }
+                Exit::Reconnect(_) => {}
             }
             // Back off, still taking commands (they queue in the session).
             let delay = self.pause.take().unwrap_or(Duration::from_millis(backoff));
@@ -285,16 +287,17 @@ impl Driver {
         }
     }
 
-    /// Route session events; returns an exit when the server asked us to go.
+    /// Route session events: resolve waiting futures, pass the rest to the app; returns an
+    /// exit when the server asked us to go.
     fn dispatch(&mut self) -> Option<Exit> {
         let mut exit = None;
         while let Some(ev) = self.session.poll_event() {
-            let app = match ev {
+            match ev {
                 SessionEvent::Response { id, result } => {
                     if let Some(tx) = self.requests.remove(&id) {
                         let _ = tx.send(result);
                     }
-                    None
+                    continue;
                 }
                 SessionEvent::SendAcked {
                     client_msg_id,
@@ -312,95 +315,31 @@ impl Driver {
                             client_msg_id,
                         }));
                     }
-                    None
+                    continue;
                 }
                 SessionEvent::SendFailed {
-                    client_msg_id,
-                    conversation_id,
-                    error,
-                } => match self.sends.remove(&client_msg_id) {
-                    Some(tx) => {
-                        let _ = tx.send(Err(RequestError::Server(error)));
-                        None
+                    ref client_msg_id,
+                    ref error,
+                    ..
+                } => {
+                    if let Some(tx) = self.sends.remove(client_msg_id) {
+                        let _ = tx.send(Err(RequestError::Server(error.clone())));
+                        continue;
                     }
-                    None => Some(ClientEvent::SendFailed {
-                        client_msg_id,
-                        conversation_id,
-                        error,
-                    }),
-                },
-                SessionEvent::Authenticated {
-                    user_id,
-                    username,
-                    device_id,
-                    resumed,
-                } => Some(ClientEvent::Connected {
-                    user_id,
-                    username,
-                    device_id,
-                    resumed,
-                }),
-                SessionEvent::AuthFailed(e) => Some(ClientEvent::AuthFailed(e)),
-                SessionEvent::Conversations(c) => Some(ClientEvent::Conversations(c)),
-                SessionEvent::Event(e) => Some(ClientEvent::Event(e)),
-                SessionEvent::Receipt {
-                    conversation_id,
-                    user_id,
-                    delivered_seq,
-                    read_seq,
-                } => Some(ClientEvent::Receipt {
-                    conversation_id,
-                    user_id,
-                    delivered_seq,
-                    read_seq,
-                }),
-                SessionEvent::Unread {
-                    conversation_id,
-                    read_seq,
-                    unread_count,
-                } => Some(ClientEvent::Unread {
-                    conversation_id,
-                    read_seq,
-                    unread_count,
-                }),
-                SessionEvent::Presence(p) => Some(ClientEvent::Presence(p)),
-                SessionEvent::Typing {
-                    conversation_id,
-                    user_id,
-                    username,
-                } => Some(ClientEvent::Typing {
-                    conversation_id,
-                    user_id,
-                    username,
-                }),
-                SessionEvent::TypingStopped {
-                    conversation_id,
-                    user_id,
-                } => Some(ClientEvent::TypingStopped {
-                    conversation_id,
-                    user_id,
-                }),
-                SessionEvent::TypingRejected { conversation_id, error } => {
-                    Some(ClientEvent::TypingRejected { conversation_id, error })
                 }
                 SessionEvent::GoAway {
-                    reason,
+                    ref reason,
                     reconnect_after_ms,
                 } => {
                     self.pause = Some(Duration::from_millis(reconnect_after_ms.into()));
                     exit = Some(Exit::Reconnect(format!("server going away: {reason}")));
-                    None
                 }
-                SessionEvent::ConnectionError(e) => {
+                SessionEvent::ConnectionError(ref e) => {
                     exit = Some(Exit::Reconnect(format!("server closed the connection: {e}")));
-                    None
                 }
-                SessionEvent::Welcomed { .. } => None,
-                _ => None,
-            };
-            if let Some(app) = app {
-                let _ = self.events.send(app);
+                _ => {}
             }
+            let _ = self.events.send(ev);
         }
         exit
     }

@@ -112,87 +112,11 @@ pub struct LoginInfo {
     pub access_token: String,
 }
 
-/// What the app hears from the client.
-#[derive(Clone, Debug, PartialEq)]
-#[non_exhaustive]
-pub enum ClientEvent {
-    /// Authenticated on a (re)connection.
-    Connected {
-        /// Who.
-        user_id: UserId,
-        /// Username.
-        username: String,
-        /// This device.
-        device_id: DeviceId,
-        /// The previous session was resumed.
-        resumed: bool,
-    },
-    /// The connection dropped; the client is reconnecting.
-    Disconnected {
-        /// Why.
-        reason: String,
-    },
-    /// The token was refused; log in again.
-    AuthFailed(ServerError),
-    /// The user's conversations (after a cursor sync).
-    Conversations(Vec<pb::ConversationSummary>),
-    /// A conversation event: exactly once, in order per conversation.
-    Event(pb::ConversationEvent),
-    /// A member's delivered/read cursors moved: message statuses may have changed.
-    Receipt {
-        /// Where.
-        conversation_id: ConversationId,
-        /// Whose.
-        user_id: UserId,
-        /// Delivered up to.
-        delivered_seq: Seq,
-        /// Read up to.
-        read_seq: Seq,
-    },
-    /// This user's unread count changed (on this or another of their devices).
-    Unread {
-        /// Where.
-        conversation_id: ConversationId,
-        /// Read up to.
-        read_seq: Seq,
-        /// Messages from others after it.
-        unread_count: u32,
-    },
-    /// A contact's presence changed.
-    Presence(pb::PresenceUpdate),
-    /// Someone is typing (until `TypingStopped`, or renewed).
-    Typing {
-        /// Where.
-        conversation_id: ConversationId,
-        /// Who.
-        user_id: UserId,
-        /// Their username.
-        username: String,
-    },
-    /// A typing indicator expired.
-    TypingStopped {
-        /// Where.
-        conversation_id: ConversationId,
-        /// Who.
-        user_id: UserId,
-    },
-    /// Our typing notice was refused (e.g. not a member).
-    TypingRejected {
-        /// Where.
-        conversation_id: ConversationId,
-        /// Why.
-        error: ServerError,
-    },
-    /// A send was refused and left the outbox.
-    SendFailed {
-        /// Its id.
-        client_msg_id: ClientMsgId,
-        /// Where.
-        conversation_id: ConversationId,
-        /// Why.
-        error: ServerError,
-    },
-}
+/// What the app hears from the client: the protocol session's own event type, so every SDK
+/// (native, FFI, WASM) reports the same events. The client consumes `Response` and
+/// `SendAcked` (they resolve the futures of `call`s and `send`s) and a `SendFailed` whose
+/// send someone is awaiting; everything else reaches the app.
+pub use natter_protocol::session::SessionEvent as ClientEvent;
 
 /// Persistable client state.
 #[derive(Clone, Debug, Default)]

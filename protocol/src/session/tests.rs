@@ -267,7 +267,7 @@ fn the_outbox_survives_a_disconnect_and_resends_with_the_same_id() {
         panic!()
     };
     assert_eq!(s1.client_msg_id, "c1");
-    p.s.handle_disconnected(p.now);
+    p.s.handle_disconnected(p.now, "test");
     assert_eq!(p.s.outbox().len(), 1);
     p.connect(auth_ok(true, vec![]));
     let again = p.requests();
@@ -360,13 +360,16 @@ fn requests_time_out_and_fail_on_disconnect_with_typed_errors() {
         }]
     );
     let b = p.s.request(p.now, Op::ListDevices(pb::ListDevices {})).unwrap();
-    p.s.handle_disconnected(p.now);
+    p.s.handle_disconnected(p.now, "test");
     assert_eq!(
         p.events(),
-        vec![SessionEvent::Response {
-            id: b,
-            result: Err(RequestError::ConnectionLost)
-        }]
+        vec![
+            SessionEvent::Response {
+                id: b,
+                result: Err(RequestError::ConnectionLost)
+            },
+            SessionEvent::Disconnected { reason: "test".into() },
+        ]
     );
 }
 
