@@ -228,12 +228,7 @@ impl Hub {
     /// sessions of `except`. Never kept: a detached session simply misses it.
     pub fn ephemeral(&self, recipients: &[UserId], except: UserId, frame: Arc<pb::Frame>) {
         for user in recipients.iter().filter(|u| **u != except) {
-            let sessions = self.inner.users[stripe(*user)]
-                .lock()
-                .expect("hub lock")
-                .get(user)
-                .cloned();
-            for s in sessions.into_iter().flatten() {
+            for s in self.sessions_of(*user) {
                 let st = s.state.lock().expect("session lock");
                 if let Some((_, tx)) = &st.sink {
                     let _ = tx.try_send(Outbound::Ephemeral(frame.clone()));
@@ -242,15 +237,20 @@ impl Hub {
         }
     }
 
+    /// The user's sessions, copied out so no hub lock is held while using them.
+    fn sessions_of(&self, user: UserId) -> Vec<Arc<Session>> {
+        self.inner.users[stripe(user)]
+            .lock()
+            .expect("hub lock")
+            .get(&user)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     fn push(&self, recipients: &[UserId], item: RingItem) {
         let cap = self.inner.config.ring_capacity;
         for user in recipients {
-            let sessions = self.inner.users[stripe(*user)]
-                .lock()
-                .expect("hub lock")
-                .get(user)
-                .cloned();
-            for s in sessions.into_iter().flatten() {
+            for s in self.sessions_of(*user) {
                 let mut st = s.state.lock().expect("session lock");
                 st.ring.push_back(item.clone());
                 if st.ring.len() > cap {
