@@ -567,10 +567,11 @@ impl<T: Transport> Conn<T> {
             username: username.clone(),
             device,
         };
-        self.shared
-            .ctx
-            .presence
-            .connected(user, &username, device, self.conn_id);
+        let presence = &self.shared.ctx.presence;
+        if let Err(e) = presence.ensure_loaded(&*self.shared.ctx.store, user).await {
+            tracing::warn!(%user, error = %e, "presence record not loaded");
+        }
+        presence.connected(user, &username, device, self.conn_id);
         let _ = self.actor.set(actor.clone());
         self.auth = Some(Authed {
             actor,

@@ -389,19 +389,19 @@ pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError
             committed(ctx, actor, r.conversation_id, m).await
         }
         Op::SetPrivacy(p) => {
-            ctx.presence.set_hide_last_seen(actor.user, p.hide_last_seen);
+            ctx.presence.ensure_loaded(&*ctx.store, actor.user).await?;
+            let rec = ctx.presence.set_hide_last_seen(actor.user, p.hide_last_seen);
+            ctx.store.put_presence_record(actor.user, rec).await?;
             Ok(Res::Done(pb::Done {}))
         }
         Op::GetPresence(g) => {
             validate::count("user_ids", g.user_ids.len(), limits::MAX_USERNAMES_PER_REQUEST)?;
             let contacts = presence::contacts(ctx, actor.user).await?;
-            let users = g
-                .user_ids
-                .iter()
-                .map(|u| UserId(*u))
-                .filter(|u| contacts.contains(u))
-                .map(|u| ctx.presence.get(u))
-                .collect();
+            let mut users = Vec::new();
+            for u in g.user_ids.iter().map(|u| UserId(*u)).filter(|u| contacts.contains(u)) {
+                ctx.presence.ensure_loaded(&*ctx.store, u).await?;
+                users.push(ctx.presence.get(u));
+            }
             Ok(Res::Presence(pb::PresenceList { users }))
         }
         Op::Typing(t) => {

@@ -15,6 +15,7 @@ use natter_protocol::{DeviceId, UserId};
 
 use crate::handlers::Ctx;
 use crate::shard::now_ms;
+use crate::store::{PresenceRecord, Store, StoreError};
 
 /// How often pending changes are published (the coalescing window).
 const FLUSH_EVERY: Duration = Duration::from_millis(200);
@@ -69,6 +70,22 @@ impl Presence {
         f(&mut self.inner.lock().expect("presence lock"))
     }
 
+    /// Load the user's persisted settings and last seen, unless already in memory.
+    pub async fn ensure_loaded(&self, store: &dyn Store, user: UserId) -> Result<(), StoreError> {
+        if self.with(|i| i.users.contains_key(&user)) {
+            return Ok(());
+        }
+        let rec = store.presence_record(user).await?;
+        self.with(|i| {
+            let u = i.users.entry(user).or_default();
+            if u.last_seen_ms == 0 {
+                u.last_seen_ms = rec.last_seen_ms;
+                u.hide_last_seen = rec.hide_last_seen;
+            }
+        });
+        Ok(())
+    }
+
     /// A device connected (authenticated) on connection `conn`.
     pub fn connected(&self, user: UserId, username: &str, device: DeviceId, conn: u64) {
         self.with(|i| {
@@ -107,12 +124,18 @@ impl Presence {
         }
     }
 
-    /// Hide or show this user's last-seen time.
-    pub fn set_hide_last_seen(&self, user: UserId, hide: bool) {
+    /// Hide or show this user's last-seen time; returns the record to persist.
+    pub fn set_hide_last_seen(&self, user: UserId, hide: bool) -> PresenceRecord {
         self.with(|i| {
-            i.users.entry(user).or_default().hide_last_seen = hide;
+            let u = i.users.entry(user).or_default();
+            u.hide_last_seen = hide;
+            let rec = PresenceRecord {
+                hide_last_seen: hide,
+                last_seen_ms: u.last_seen_ms,
+            };
             i.dirty.insert(user);
-        });
+            rec
+        })
     }
 
     /// A user's presence as others see it.
@@ -127,8 +150,9 @@ impl Presence {
         })
     }
 
-    /// Drop devices that missed two heartbeats; return users whose state changed.
-    fn expire_and_take_changes(&self) -> Vec<pb::PresenceUpdate> {
+    /// Drop devices that missed two heartbeats; return users whose state changed, and the
+    /// records of those who went offline (to persist their last seen).
+    fn expire_and_take_changes(&self) -> (Vec<pb::PresenceUpdate>, Vec<(UserId, PresenceRecord)>) {
         let limit = self.heartbeat * 2;
         self.with(|i| {
             for (user, u) in i.users.iter_mut() {
@@ -140,19 +164,27 @@ impl Presence {
             }
             let dirty: Vec<UserId> = i.dirty.drain().collect();
             let mut changes = Vec::new();
+            let mut offline = Vec::new();
             for user in dirty {
                 let Some(u) = i.users.get_mut(&user) else { continue };
                 let state = u.state();
                 if u.published == Some(state) {
                     continue;
                 }
-                if state == State::Offline {
+                if state == State::Offline && u.published.is_some() {
                     u.last_seen_ms = now_ms();
+                    offline.push((
+                        user,
+                        PresenceRecord {
+                            hide_last_seen: u.hide_last_seen,
+                            last_seen_ms: u.last_seen_ms,
+                        },
+                    ));
                 }
                 u.published = Some(state);
                 changes.push(update(user, u));
             }
-            changes
+            (changes, offline)
         })
     }
 
@@ -164,7 +196,13 @@ impl Presence {
             tick.tick().await;
             let Some(shared) = shared.upgrade() else { return };
             let ctx = &shared.ctx;
-            for change in self.expire_and_take_changes() {
+            let (changes, offline) = self.expire_and_take_changes();
+            for (user, rec) in offline {
+                if let Err(e) = ctx.store.put_presence_record(user, rec).await {
+                    tracing::warn!(%user, error = %e, "presence: last seen not saved");
+                }
+            }
+            for change in changes {
                 let user = UserId(change.user_id);
                 let contacts = match contacts(ctx, user).await {
                     Ok(c) => c,

@@ -536,3 +536,54 @@ async fn typing_reaches_connected_members_only_expires_and_is_never_stored() {
     assert_eq!(page.events.len(), 1, "only the creation event: {:?}", page.events);
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hidden_last_seen_and_last_seen_survive_a_server_restart() {
+    use pb::PresenceState::Offline;
+    let dir = tempfile::tempdir().unwrap();
+    let s = natter_server::start(&live_config(dir.path())).await.unwrap();
+    let addr = s.addr;
+    let mut alice = user(&s, "alice").await;
+    let bob = user(&s, "bob").await;
+    let carol = user(&s, "carol").await;
+    alice.client.direct("bob").await.unwrap();
+    alice.client.direct("carol").await.unwrap();
+    bob.client.set_hide_last_seen(true).await.unwrap();
+    let (bob_id, carol_id) = {
+        let p = alice.client.conversations().await.unwrap();
+        let id = |name: &str| p.iter().find(|c| c.name == name).unwrap().conversation_id;
+        let uid = |conv: u64, name: &'static str| {
+            let c = alice.client.clone();
+            async move {
+                let m = c.members(ConversationId(conv)).await.unwrap();
+                UserId(m.iter().find(|m| m.username == name).unwrap().user_id)
+            }
+        };
+        (uid(id("bob"), "bob").await, uid(id("carol"), "carol").await)
+    };
+    bob.client.shutdown().await;
+    carol.client.shutdown().await;
+    presence_of(&mut alice, bob_id, Offline).await;
+    let seen = presence_of(&mut alice, carol_id, Offline).await.last_seen_ms;
+    assert!(seen > 0);
+
+    s.shutdown().await;
+    let s = restart(dir.path(), addr).await;
+    wait_for(&mut alice.events, |e| {
+        matches!(e, ClientEvent::Connected { .. }).then_some(())
+    })
+    .await;
+    let p = alice.client.presence(&[bob_id, carol_id]).await.unwrap();
+    let of = |u: UserId| p.iter().find(|x| x.user_id == u.0).unwrap();
+    assert_eq!(
+        (of(bob_id).state, of(bob_id).last_seen_ms),
+        (Offline as i32, 0),
+        "still hidden after a restart"
+    );
+    assert_eq!(
+        (of(carol_id).state, of(carol_id).last_seen_ms),
+        (Offline as i32, seen),
+        "last seen kept"
+    );
+    s.shutdown().await;
+}

@@ -121,6 +121,15 @@ pub struct MessageState {
     pub reactions: std::collections::BTreeMap<String, Vec<UserId>>,
 }
 
+/// A user's presence settings and history that must survive restarts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceRecord {
+    /// Contacts see last seen as 0.
+    pub hide_last_seen: bool,
+    /// When the user was last online (ms since the epoch), 0 if never.
+    pub last_seen_ms: u64,
+}
+
 /// One event and the state changes that commit with it, atomically.
 #[derive(Clone, Debug, Default)]
 pub struct Commit {
@@ -218,6 +227,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn delivered_cursor(&self, user: UserId, conv: ConversationId) -> Result<Seq, StoreError>;
     /// Move a delivered cursor forward; never backward. Returns the cursor after the call.
     async fn advance_delivered_cursor(&self, user: UserId, conv: ConversationId, seq: Seq) -> Result<Seq, StoreError>;
+    /// A user's presence record (default if none).
+    async fn presence_record(&self, user: UserId) -> Result<PresenceRecord, StoreError>;
+    /// Replace a user's presence record.
+    async fn put_presence_record(&self, user: UserId, rec: PresenceRecord) -> Result<(), StoreError>;
     /// Messages by others after `after`, counting at most `cap`; and the newest message.
     async fn unread_and_last_message(
         &self,

@@ -6,7 +6,8 @@
 //! `c/<conv>` meta · `m/<conv><user>` member · `uc/<user><conv>` membership index ·
 //! `e/<conv><seq>` event (protobuf) · `i/<conv><user><client_msg_id>` idempotency ·
 //! `dm/<a><b>` direct pair · `ch/<name>` channel name · `r/<user><conv>` read cursor ·
-//! `ms/<conv><seq>` message state (edits, deletes, reactions) · `dl/<user><conv>` delivered cursor.
+//! `ms/<conv><seq>` message state (edits, deletes, reactions) · `dl/<user><conv>` delivered cursor ·
+//! `p/<user>` presence record (privacy, last seen).
 use std::path::Path;
 
 use async_trait::async_trait;
@@ -358,6 +359,20 @@ impl Store for SledStore {
 
     async fn read_cursor(&self, user: UserId, conv: ConversationId) -> Result<Seq, StoreError> {
         self.cursor(b"r/", user, conv)
+    }
+
+    async fn presence_record(&self, user: UserId) -> Result<PresenceRecord, StoreError> {
+        match self.tree.get(key(b"p/", &[&be(user.0)])).map_err(backend)? {
+            Some(v) => dec(&v),
+            None => Ok(PresenceRecord::default()),
+        }
+    }
+
+    async fn put_presence_record(&self, user: UserId, rec: PresenceRecord) -> Result<(), StoreError> {
+        self.tree
+            .insert(key(b"p/", &[&be(user.0)]), enc(&rec))
+            .map_err(backend)?;
+        self.flush().await
     }
 
     async fn delivered_cursor(&self, user: UserId, conv: ConversationId) -> Result<Seq, StoreError> {

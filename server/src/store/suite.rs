@@ -37,6 +37,7 @@ fn member(user: UserId, name: &str, joined: u64) -> MemberRecord {
 /// Run every check against `store`, which must be empty.
 pub async fn run(store: &dyn Store) {
     accounts(store).await;
+    presence_records(store).await;
     devices(store).await;
     conversations_and_events(store).await;
     claims(store).await;
@@ -53,6 +54,17 @@ async fn accounts(store: &dyn Store) {
     let rec = store.user_by_name("alice").await.unwrap().unwrap();
     assert_eq!((rec.id, rec.password_hash.as_str()), (a, "hash-a"));
     assert!(store.user_by_name("nobody").await.unwrap().is_none());
+}
+
+async fn presence_records(store: &dyn Store) {
+    let u = UserId(77);
+    assert_eq!(store.presence_record(u).await.unwrap(), PresenceRecord::default());
+    let rec = PresenceRecord {
+        hide_last_seen: true,
+        last_seen_ms: 1234,
+    };
+    store.put_presence_record(u, rec).await.unwrap();
+    assert_eq!(store.presence_record(u).await.unwrap(), rec);
 }
 
 async fn devices(store: &dyn Store) {
