@@ -563,8 +563,18 @@ async fn hidden_last_seen_and_last_seen_survive_a_server_restart() {
     };
     bob.client.shutdown().await;
     carol.client.shutdown().await;
-    presence_of(&mut alice, bob_id, Offline).await;
-    let seen = presence_of(&mut alice, carol_id, Offline).await.last_seen_ms;
+    // Both go offline; their updates may come in either order.
+    let mut offline = std::collections::HashMap::new();
+    while offline.len() < 2 {
+        let p = wait_for(&mut alice.events, |e| match e {
+            ClientEvent::Presence(p) if p.state == Offline as i32 => Some(p.clone()),
+            _ => None,
+        })
+        .await;
+        offline.insert(p.user_id, p.last_seen_ms);
+    }
+    assert_eq!(offline[&bob_id.0], 0, "hidden");
+    let seen = offline[&carol_id.0];
     assert!(seen > 0);
 
     s.shutdown().await;
