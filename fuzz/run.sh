@@ -7,6 +7,7 @@ secs=${1:-60}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 for t in $(cargo +nightly fuzz list); do
   echo "==> $t ($secs s)"
-  mkdir -p "corpus/$t"
-  cargo +nightly fuzz run "$t" "corpus/$t" -- -max_total_time="$secs" 2>&1 | tail -n 3
+  # New inputs go to work/<target> (ignored); the committed seeds in corpus/<target> are read.
+  mkdir -p "work/$t" "corpus/$t"
+  cargo +nightly fuzz run "$t" "work/$t" "corpus/$t" -- -max_total_time="$secs" 2>&1 | tail -n 3
 done

@@ -609,3 +609,110 @@ async fn the_cli_registers_logs_in_sends_and_reads_history() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not logged in"));
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_decide_who_may_change_groups_and_channels() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path()).await;
+    let owner = user(&s, "owner").await;
+    let admin = user(&s, "admin").await;
+    let member = user(&s, "member").await;
+    let _late = user(&s, "late").await;
+    let code = |r: Result<(), natter_sdk::ClientError>| r.unwrap_err().code();
+    let g = ConversationId(
+        owner
+            .client
+            .create_group("team", &["admin", "member"])
+            .await
+            .unwrap()
+            .conversation_id,
+    );
+    let id = |name: &'static str| {
+        let c = owner.client.clone();
+        async move {
+            natter_sdk::UserId(
+                c.members(g)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .find(|m| m.username == name)
+                    .unwrap()
+                    .user_id,
+            )
+        }
+    };
+    let (owner_id, admin_id, member_id) = (id("owner").await, id("admin").await, id("member").await);
+
+    // Members may not manage; the owner makes an admin.
+    assert_eq!(
+        code(member.client.add_members(g, &["late"]).await),
+        Some(ErrorCode::Forbidden)
+    );
+    assert_eq!(code(member.client.rename(g, "mine").await), Some(ErrorCode::Forbidden));
+    assert_eq!(
+        code(admin.client.set_role(g, member_id, pb::Role::Admin).await),
+        Some(ErrorCode::Forbidden)
+    );
+    owner.client.set_role(g, admin_id, pb::Role::Admin).await.unwrap();
+    // Admins add, rename and remove members, but not the owner; only the owner deletes.
+    admin.client.add_members(g, &["late"]).await.unwrap();
+    assert_eq!(
+        code(admin.client.add_members(g, &["late"]).await),
+        Some(ErrorCode::Conflict)
+    );
+    admin.client.rename(g, "team 2").await.unwrap();
+    assert_eq!(
+        code(admin.client.remove_member(g, owner_id).await),
+        Some(ErrorCode::Forbidden)
+    );
+    admin.client.remove_member(g, member_id).await.unwrap();
+    assert_eq!(
+        code(member.client.leave(g).await),
+        Some(ErrorCode::NotMember),
+        "removed members are out"
+    );
+    assert_eq!(code(admin.client.delete(g).await), Some(ErrorCode::Forbidden));
+    // The owner must hand over before leaving; the old owner becomes an admin.
+    assert_eq!(code(owner.client.leave(g).await), Some(ErrorCode::Conflict));
+    owner.client.set_role(g, admin_id, pb::Role::Owner).await.unwrap();
+    let roles: Vec<(String, i32)> = admin
+        .client
+        .members(g)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.username, m.role))
+        .collect();
+    assert!(
+        roles.contains(&("owner".into(), pb::Role::Admin as i32))
+            && roles.contains(&("admin".into(), pb::Role::Owner as i32))
+    );
+    owner.client.leave(g).await.unwrap();
+    admin.client.delete(g).await.unwrap();
+    assert_eq!(
+        admin.client.send(g, "anyone?").await.unwrap_err().code(),
+        Some(ErrorCode::NotFound),
+        "deleted"
+    );
+    // Direct conversations have no membership changes.
+    let dm = ConversationId(owner.client.direct("member").await.unwrap().conversation_id);
+    assert_eq!(
+        code(owner.client.add_members(dm, &["late"]).await),
+        Some(ErrorCode::Forbidden)
+    );
+    assert_eq!(code(owner.client.leave(dm).await), Some(ErrorCode::Forbidden));
+    // Channels: unique names, anyone joins (twice is a no-op), members leave.
+    let ch = owner.client.create_channel("general").await.unwrap().conversation_id;
+    assert_eq!(
+        owner.client.create_channel("general").await.unwrap_err().code(),
+        Some(ErrorCode::NameTaken)
+    );
+    assert_eq!(member.client.join_channel("general").await.unwrap().conversation_id, ch);
+    assert_eq!(member.client.join_channel("general").await.unwrap().member_count, 2);
+    member.client.leave(ConversationId(ch)).await.unwrap();
+    assert_eq!(
+        member.client.join_channel("nope").await.unwrap_err().code(),
+        Some(ErrorCode::NotFound)
+    );
+    s.shutdown().await;
+}
