@@ -253,30 +253,6 @@ pub struct OutboxEntry {
     not_before: Millis,
 }
 
-/// Where one of this user's messages stands with the other members (PROTOCOL.md §5.10).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MessageStatus {
-    /// The summary mark: sent (durable), delivered to all, read by all.
-    pub state: DeliveryState,
-    /// Other members with a device that received it.
-    pub delivered: u32,
-    /// Other members who read it.
-    pub read: u32,
-    /// Other members in the conversation.
-    pub recipients: u32,
-}
-
-/// ✓ sent, ✓✓ delivered, read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum DeliveryState {
-    /// Durable on the server.
-    Sent,
-    /// Reached a device of every other member.
-    Delivered,
-    /// Read by every other member.
-    Read,
-}
-
 #[derive(Debug)]
 enum Purpose {
     App,
@@ -293,44 +269,6 @@ enum Purpose {
 struct InFlight {
     purpose: Purpose,
     deadline: Millis,
-}
-
-/// Per-conversation delivery state (guarantee 4).
-#[derive(Debug, Default)]
-struct ConvState {
-    /// Every event up to here has been given to the app, none after.
-    delivered: Seq,
-    /// The highest seq known to exist.
-    highest_seen: Seq,
-    /// Events past a gap, waiting for it to fill.
-    pending: BTreeMap<Seq, pb::ConversationEvent>,
-    fetching: bool,
-    fetch_not_before: Millis,
-    /// Members' (delivered, read) cursors, where receipts are kept.
-    receipts: BTreeMap<UserId, (Seq, Seq)>,
-    /// This user's read cursor.
-    read: Seq,
-    /// The server's unread count as of `unread_as_of`.
-    unread_base: u32,
-    unread_as_of: Seq,
-    /// Others' messages delivered after `unread_as_of`.
-    unread_new: BTreeSet<Seq>,
-}
-
-impl ConvState {
-    fn unread(&self) -> u32 {
-        let read = self.read;
-        self.unread_base + self.unread_new.iter().filter(|s| **s > read).count() as u32
-    }
-
-    /// A fresh count from the server, valid as of `as_of`.
-    fn set_unread(&mut self, count: u32, as_of: Seq) {
-        if as_of >= self.unread_as_of {
-            self.unread_base = count;
-            self.unread_as_of = as_of;
-            self.unread_new.retain(|s| *s > as_of);
-        }
-    }
 }
 
 #[derive(Debug, Default)]
@@ -441,33 +379,6 @@ impl ClientSession {
         self.convs.iter().map(|(c, s)| (*c, s.delivered)).collect()
     }
 
-    /// Where this user's message `seq` stands with the other members; `None` where no
-    /// receipts are kept (channels, unknown conversations).
-    pub fn message_status(&self, conv: ConversationId, seq: Seq) -> Option<MessageStatus> {
-        let me = self.identity.as_ref()?.0;
-        let st = self.convs.get(&conv)?;
-        let others: Vec<&(Seq, Seq)> = st.receipts.iter().filter(|(u, _)| **u != me).map(|(_, c)| c).collect();
-        if others.is_empty() {
-            return None;
-        }
-        let recipients = others.len() as u32;
-        let delivered = others.iter().filter(|c| c.0 >= seq).count() as u32;
-        let read = others.iter().filter(|c| c.1 >= seq).count() as u32;
-        let state = if read == recipients {
-            DeliveryState::Read
-        } else if delivered == recipients {
-            DeliveryState::Delivered
-        } else {
-            DeliveryState::Sent
-        };
-        Some(MessageStatus {
-            state,
-            delivered,
-            read,
-            recipients,
-        })
-    }
-
     /// This user's unread count in a conversation.
     pub fn unread(&self, conv: ConversationId) -> Option<u32> {
         self.convs.get(&conv).map(ConvState::unread)
@@ -538,65 +449,11 @@ impl ClientSession {
         Ok(id)
     }
 
-    /// Tell the conversation we are typing. Renewals inside half the indicator's lifetime are
-    /// dropped here (the others' indicators are still showing). Goes as a datagram where the
-    /// transport has them, else on the control stream; a refusal comes back as
-    /// [`SessionEvent::TypingRejected`].
-    pub fn typing(&mut self, now: Millis, conversation_id: ConversationId) {
-        self.now = now;
-        if self.state != State::Ready {
-            return;
-        }
-        let renew_after = u64::from(self.limits.typing_ttl_ms / 2);
-        if self
-            .typing_sent
-            .get(&conversation_id)
-            .is_some_and(|t| now < t.plus(renew_after))
-        {
-            return;
-        }
-        self.typing_sent.insert(conversation_id, now);
-        let op = Op::Typing(pb::Typing {
-            conversation_id: conversation_id.0,
-        });
-        if self.datagrams_ok {
-            let frame = pb::Frame {
-                kind: Some(Kind::Request(pb::Request { id: 0, op: Some(op) })),
-            };
-            self.datagrams
-                .push_back(Bytes::from(prost::Message::encode_to_vec(&frame)));
-        } else {
-            let id = self.alloc_id();
-            self.put_request(id, op, Purpose::Typing(conversation_id));
-        }
-    }
-
-    /// Report this device as online or away (sent at once and with every heartbeat).
-    pub fn set_presence(&mut self, now: Millis, state: pb::PresenceState) {
-        self.now = now;
-        self.presence = state;
-        if self.state == State::Ready {
-            self.send_heartbeat();
-        }
-    }
-
     // ───────────────────────────── inputs ─────────────────────────────
 
     /// Whether the current transport carries datagrams (call after `handle_connected`).
     pub fn set_datagrams_supported(&mut self, yes: bool) {
         self.datagrams_ok = yes;
-    }
-
-    /// A datagram from the server.
-    pub fn handle_datagram(&mut self, now: Millis, data: &[u8]) {
-        self.now = now;
-        // Datagrams are loss-tolerant extras: anything undecodable is dropped.
-        if let Ok(pb::Frame {
-            kind: Some(Kind::Signal(sig)),
-        }) = <pb::Frame as prost::Message>::decode(data)
-        {
-            self.on_signal(sig);
-        }
     }
 
     /// A transport connection is up and the control stream is open: sends Hello.
@@ -736,18 +593,6 @@ impl ClientSession {
             });
         }
         self.flush();
-    }
-
-    fn send_heartbeat(&mut self) {
-        let id = self.alloc_id();
-        self.put_request(
-            id,
-            Op::Heartbeat(pb::Heartbeat {
-                state: self.presence as i32,
-            }),
-            Purpose::Ack,
-        );
-        self.next_heartbeat = Some(self.now.plus(u64::from(self.limits.heartbeat_interval_ms.max(100))));
     }
 
     // ───────────────────────────── outputs ─────────────────────────────
@@ -1125,189 +970,6 @@ impl ClientSession {
             }
         }
     }
-
-    fn on_gap_page(&mut self, c: ConversationId, result: Result<Res, ServerError>) {
-        match result {
-            Ok(Res::History(page)) => {
-                if let Some(st) = self.convs.get_mut(&c) {
-                    st.fetching = false;
-                    st.highest_seen = st.highest_seen.max(Seq(page.last_seq));
-                }
-                for ev in page.events {
-                    if ev.conversation_id == c.0 {
-                        self.on_event(ev);
-                    }
-                }
-            }
-            Err(e)
-                if matches!(
-                    e.code,
-                    pb::ErrorCode::NotMember | pb::ErrorCode::NotFound | pb::ErrorCode::Forbidden
-                ) =>
-            {
-                // No longer ours to read: forget it.
-                self.convs.remove(&c);
-            }
-            _ => {
-                let retry = self.now.plus(self.config.send_retry_ms);
-                if let Some(st) = self.convs.get_mut(&c) {
-                    st.fetching = false;
-                    st.fetch_not_before = retry;
-                }
-            }
-        }
-    }
-
-    /// Guarantee 4: give the app each `(conversation, seq)` once, in order, fetching gaps.
-    fn on_event(&mut self, ev: pb::ConversationEvent) {
-        if !self.synced {
-            if self.early.len() < self.config.max_early_events {
-                self.early.push(ev);
-            }
-            return;
-        }
-        let seq = Seq(ev.seq);
-        if seq.0 == 0 {
-            return;
-        }
-        // A conversation seen for the first time live starts at this event.
-        let st = self.convs.entry(ConversationId(ev.conversation_id)).or_insert_with(|| {
-            let base = Seq(seq.0 - 1);
-            ConvState {
-                delivered: base,
-                highest_seen: base,
-                ..Default::default()
-            }
-        });
-        if seq <= st.delivered {
-            return;
-        }
-        st.highest_seen = st.highest_seen.max(seq);
-        let mut ready = Vec::new();
-        if seq == st.delivered.next() {
-            st.delivered = seq;
-            ready.push(ev);
-            while let Some(next) = st.pending.remove(&st.delivered.next()) {
-                st.delivered = st.delivered.next();
-                ready.push(next);
-            }
-        } else if st.pending.len() < self.config.max_pending_per_conversation {
-            st.pending.insert(seq, ev);
-        }
-        // Anything at or below `delivered` is no longer pending.
-        let delivered = st.delivered;
-        st.pending.retain(|s, _| *s > delivered);
-        for ev in ready {
-            self.deliver(ev);
-        }
-    }
-
-    /// Hand one in-order event to the app, updating what it implies: membership for
-    /// receipts, unread counts, and the delivery ack to send.
-    fn deliver(&mut self, ev: pb::ConversationEvent) {
-        use pb::conversation_event::Body;
-        let me = self.identity.as_ref().map(|i| i.0);
-        let conv = ConversationId(ev.conversation_id);
-        let seq = Seq(ev.seq);
-        let mut unread_changed = false;
-        if let Some(st) = self.convs.get_mut(&conv) {
-            let mine = me == Some(UserId(ev.sender_user_id));
-            let add = |st: &mut ConvState, members: &[pb::Member]| {
-                for m in members {
-                    st.receipts.entry(UserId(m.user_id)).or_default();
-                }
-            };
-            match &ev.body {
-                Some(Body::Message(_)) if mine => {
-                    // Sending reads the conversation up to one's own message.
-                    st.read = st.read.max(seq);
-                    st.set_unread(0, seq);
-                    unread_changed = true;
-                }
-                Some(Body::Message(_)) => {
-                    let e = self.to_ack.entry(conv).or_default();
-                    *e = (*e).max(seq);
-                    if seq > st.unread_as_of && seq > st.read {
-                        st.unread_new.insert(seq);
-                        unread_changed = true;
-                    }
-                }
-                Some(Body::Created(c)) if c.kind != pb::ConversationKind::Channel as i32 => add(st, &c.members),
-                Some(Body::MembersAdded(m)) if !st.receipts.is_empty() => add(st, &m.members),
-                Some(Body::MemberRemoved(m)) => {
-                    st.receipts.remove(&UserId(m.user_id));
-                }
-                _ => {}
-            }
-            if unread_changed {
-                let (read_seq, unread_count) = (st.read, st.unread());
-                self.events.push_back(SessionEvent::Event(ev));
-                self.events.push_back(SessionEvent::Unread {
-                    conversation_id: conv,
-                    read_seq,
-                    unread_count,
-                });
-                return;
-            }
-        }
-        self.events.push_back(SessionEvent::Event(ev));
-    }
-
-    fn on_signal(&mut self, sig: pb::Signal) {
-        match sig.kind {
-            Some(pb::signal::Kind::Receipt(r)) => self.on_receipt(r),
-            Some(pb::signal::Kind::Presence(p)) => self.events.push_back(SessionEvent::Presence(p)),
-            Some(pb::signal::Kind::Typing(t)) => {
-                let key = (ConversationId(t.conversation_id), UserId(t.user_id));
-                self.typing_shown.insert(key, self.now.plus(u64::from(t.expires_in_ms)));
-                self.events.push_back(SessionEvent::Typing {
-                    conversation_id: key.0,
-                    user_id: key.1,
-                    username: t.username,
-                });
-            }
-            Some(pb::signal::Kind::Rejected(r)) => {
-                let error = ServerError::from(pb::Error {
-                    code: r.code,
-                    message: "typing refused".into(),
-                    retry_after_ms: 0,
-                });
-                let conversation_id = ConversationId(r.conversation_id);
-                self.events
-                    .push_back(SessionEvent::TypingRejected { conversation_id, error });
-            }
-            None => {}
-        }
-    }
-
-    fn on_receipt(&mut self, r: pb::ReceiptUpdate) {
-        let conv = ConversationId(r.conversation_id);
-        let user = UserId(r.user_id);
-        let me = self.identity.as_ref().map(|i| i.0);
-        let Some(st) = self.convs.get_mut(&conv) else { return };
-        let (delivered, read) = (Seq(r.delivered_seq), Seq(r.read_seq));
-        if st.receipts.contains_key(&user) || me == Some(user) {
-            let c = st.receipts.entry(user).or_default();
-            c.0 = c.0.max(delivered);
-            c.1 = c.1.max(read);
-        }
-        if me == Some(user) {
-            st.read = st.read.max(read);
-            st.set_unread(r.unread_count, Seq(r.last_seq));
-            let (read_seq, unread_count) = (st.read, st.unread());
-            self.events.push_back(SessionEvent::Unread {
-                conversation_id: conv,
-                read_seq,
-                unread_count,
-            });
-        }
-        self.events.push_back(SessionEvent::Receipt {
-            conversation_id: conv,
-            user_id: user,
-            delivered_seq: delivered,
-            read_seq: read,
-        });
-    }
 }
 
 /// Local checks for requests made through [`ClientSession::request`].
@@ -1348,6 +1010,12 @@ fn validate_op(op: &Op) -> Result<(), ValidationError> {
         _ => Ok(()),
     }
 }
+
+mod delivery;
+mod signals;
+
+use delivery::ConvState;
+pub use signals::{DeliveryState, MessageStatus};
 
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,172 @@
+//! Exactly-once, in-order delivery per conversation (guarantee 4, PROTOCOL.md §7.4): drop
+//! what was delivered, hold what is past a gap, fetch the gap, and keep the unread count
+//! that follows from what the app has been given. No I/O: requests go out through the
+//! parent's queues.
+use super::*;
+
+/// Per-conversation delivery state (guarantee 4).
+#[derive(Debug, Default)]
+pub(super) struct ConvState {
+    /// Every event up to here has been given to the app, none after.
+    pub(super) delivered: Seq,
+    /// The highest seq known to exist.
+    pub(super) highest_seen: Seq,
+    /// Events past a gap, waiting for it to fill.
+    pub(super) pending: BTreeMap<Seq, pb::ConversationEvent>,
+    pub(super) fetching: bool,
+    pub(super) fetch_not_before: Millis,
+    /// Members' (delivered, read) cursors, where receipts are kept.
+    pub(super) receipts: BTreeMap<UserId, (Seq, Seq)>,
+    /// This user's read cursor.
+    pub(super) read: Seq,
+    /// The server's unread count as of `unread_as_of`.
+    pub(super) unread_base: u32,
+    pub(super) unread_as_of: Seq,
+    /// Others' messages delivered after `unread_as_of`.
+    pub(super) unread_new: BTreeSet<Seq>,
+}
+
+impl ConvState {
+    pub(super) fn unread(&self) -> u32 {
+        let read = self.read;
+        self.unread_base + self.unread_new.iter().filter(|s| **s > read).count() as u32
+    }
+
+    /// A fresh count from the server, valid as of `as_of`.
+    pub(super) fn set_unread(&mut self, count: u32, as_of: Seq) {
+        if as_of >= self.unread_as_of {
+            self.unread_base = count;
+            self.unread_as_of = as_of;
+            self.unread_new.retain(|s| *s > as_of);
+        }
+    }
+}
+
+impl ClientSession {
+    pub(super) fn on_gap_page(&mut self, c: ConversationId, result: Result<Res, ServerError>) {
+        match result {
+            Ok(Res::History(page)) => {
+                if let Some(st) = self.convs.get_mut(&c) {
+                    st.fetching = false;
+                    st.highest_seen = st.highest_seen.max(Seq(page.last_seq));
+                }
+                for ev in page.events {
+                    if ev.conversation_id == c.0 {
+                        self.on_event(ev);
+                    }
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.code,
+                    pb::ErrorCode::NotMember | pb::ErrorCode::NotFound | pb::ErrorCode::Forbidden
+                ) =>
+            {
+                // No longer ours to read: forget it.
+                self.convs.remove(&c);
+            }
+            _ => {
+                let retry = self.now.plus(self.config.send_retry_ms);
+                if let Some(st) = self.convs.get_mut(&c) {
+                    st.fetching = false;
+                    st.fetch_not_before = retry;
+                }
+            }
+        }
+    }
+
+    /// Guarantee 4: give the app each `(conversation, seq)` once, in order, fetching gaps.
+    pub(super) fn on_event(&mut self, ev: pb::ConversationEvent) {
+        if !self.synced {
+            if self.early.len() < self.config.max_early_events {
+                self.early.push(ev);
+            }
+            return;
+        }
+        let seq = Seq(ev.seq);
+        if seq.0 == 0 {
+            return;
+        }
+        // A conversation seen for the first time live starts at this event.
+        let st = self.convs.entry(ConversationId(ev.conversation_id)).or_insert_with(|| {
+            let base = Seq(seq.0 - 1);
+            ConvState {
+                delivered: base,
+                highest_seen: base,
+                ..Default::default()
+            }
+        });
+        if seq <= st.delivered {
+            return;
+        }
+        st.highest_seen = st.highest_seen.max(seq);
+        let mut ready = Vec::new();
+        if seq == st.delivered.next() {
+            st.delivered = seq;
+            ready.push(ev);
+            while let Some(next) = st.pending.remove(&st.delivered.next()) {
+                st.delivered = st.delivered.next();
+                ready.push(next);
+            }
+        } else if st.pending.len() < self.config.max_pending_per_conversation {
+            st.pending.insert(seq, ev);
+        }
+        // Anything at or below `delivered` is no longer pending.
+        let delivered = st.delivered;
+        st.pending.retain(|s, _| *s > delivered);
+        for ev in ready {
+            self.deliver(ev);
+        }
+    }
+
+    /// Hand one in-order event to the app, updating what it implies: membership for
+    /// receipts, unread counts, and the delivery ack to send.
+    pub(super) fn deliver(&mut self, ev: pb::ConversationEvent) {
+        use pb::conversation_event::Body;
+        let me = self.identity.as_ref().map(|i| i.0);
+        let conv = ConversationId(ev.conversation_id);
+        let seq = Seq(ev.seq);
+        let mut unread_changed = false;
+        if let Some(st) = self.convs.get_mut(&conv) {
+            let mine = me == Some(UserId(ev.sender_user_id));
+            let add = |st: &mut ConvState, members: &[pb::Member]| {
+                for m in members {
+                    st.receipts.entry(UserId(m.user_id)).or_default();
+                }
+            };
+            match &ev.body {
+                Some(Body::Message(_)) if mine => {
+                    // Sending reads the conversation up to one's own message.
+                    st.read = st.read.max(seq);
+                    st.set_unread(0, seq);
+                    unread_changed = true;
+                }
+                Some(Body::Message(_)) => {
+                    let e = self.to_ack.entry(conv).or_default();
+                    *e = (*e).max(seq);
+                    if seq > st.unread_as_of && seq > st.read {
+                        st.unread_new.insert(seq);
+                        unread_changed = true;
+                    }
+                }
+                Some(Body::Created(c)) if c.kind != pb::ConversationKind::Channel as i32 => add(st, &c.members),
+                Some(Body::MembersAdded(m)) if !st.receipts.is_empty() => add(st, &m.members),
+                Some(Body::MemberRemoved(m)) => {
+                    st.receipts.remove(&UserId(m.user_id));
+                }
+                _ => {}
+            }
+            if unread_changed {
+                let (read_seq, unread_count) = (st.read, st.unread());
+                self.events.push_back(SessionEvent::Event(ev));
+                self.events.push_back(SessionEvent::Unread {
+                    conversation_id: conv,
+                    read_seq,
+                    unread_count,
+                });
+                return;
+            }
+        }
+        self.events.push_back(SessionEvent::Event(ev));
+    }
+}
