@@ -44,6 +44,8 @@ pub struct Config {
     pub heartbeat_interval_ms: u32,
     /// How long a typing indicator lasts unless renewed (ms).
     pub typing_ttl_ms: u32,
+    /// Rate limits.
+    pub rates: crate::ratelimit::RateConfig,
     /// `tracing` filter, e.g. "info" or "natter_server=debug".
     pub log: String,
 }
@@ -68,6 +70,7 @@ impl Default for Config {
             stream_idle_secs: 30,
             heartbeat_interval_ms: limits::HEARTBEAT_INTERVAL_MS,
             typing_ttl_ms: limits::TYPING_TTL_MS,
+            rates: crate::ratelimit::RateConfig::default(),
             log: "info".into(),
         }
     }

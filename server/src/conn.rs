@@ -40,6 +40,8 @@ pub trait Transport: Send + Sync + 'static {
     fn send_datagram(&self, data: Bytes) -> bool;
     /// The next datagram from the client; `None` once there will be no more.
     async fn read_datagram(&self) -> Option<Bytes>;
+    /// The client's IP address (for per-IP limits).
+    fn peer_ip(&self) -> std::net::IpAddr;
 }
 
 /// The server's half of a control stream: written, then finished with a bounded wait for
@@ -397,6 +399,9 @@ impl<T: Transport> Conn<T> {
             return self.respond(id, Err(too_many())).await;
         };
         let actor = self.auth.as_ref().expect("authenticated").actor.clone();
+        if let Err(e) = self.shared.ctx.rates.send(actor.user) {
+            return self.respond(id, Err(e)).await;
+        }
         let conv = ConversationId(s.conversation_id);
         let m = Mutation::Send {
             client_msg_id: s.client_msg_id,
@@ -424,6 +429,7 @@ impl<T: Transport> Conn<T> {
     }
 
     async fn register(&self, r: pb::Register) -> Result<Res, ServerError> {
+        self.shared.ctx.rates.register(self.transport.peer_ip())?;
         validate::username(&r.username)?;
         validate::password(&r.password)?;
         let pw = r.password;
@@ -446,6 +452,8 @@ impl<T: Transport> Conn<T> {
         }
         validate::username(&r.username)?;
         validate::password(&r.password)?;
+        // Counted before the password is checked: brute force meets the limit either way.
+        self.shared.ctx.rates.login(self.transport.peer_ip(), &r.username)?;
         let device_name = if r.device_name.is_empty() {
             "unnamed device".to_string()
         } else {

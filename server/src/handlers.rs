@@ -23,6 +23,8 @@ pub struct Ctx {
     pub presence: Presence,
     /// Typing indicator lifetime.
     pub typing_ttl_ms: u32,
+    /// Rate limiters.
+    pub rates: crate::ratelimit::RateLimits,
     /// Conversation owners.
     pub shards: Shards,
     /// Member limits.
@@ -130,6 +132,7 @@ async fn done(ctx: &Ctx, actor: &Actor, id: u64, m: Mutation) -> Result<Res, Ser
 /// and nowhere else (never stored, never replayed) (PROTOCOL.md §5.12).
 pub async fn typing(ctx: &Ctx, actor: &Actor, conv: u64) -> Result<(), ServerError> {
     let conv = conv_id(conv)?;
+    ctx.rates.typing(actor.user)?;
     let view = ctx.shards.view(conv, actor.user).await?;
     let update = pb::TypingUpdate {
         conversation_id: conv.0,
@@ -203,6 +206,7 @@ async fn cursors_moved(ctx: &Ctx, actor: &Actor, v: &ConvView, delivered: Seq, r
 /// Apply a message change and answer with the seq of its event.
 async fn committed(ctx: &Ctx, actor: &Actor, id: u64, m: Mutation) -> Result<Res, ServerError> {
     let conv = conv_id(id)?;
+    ctx.rates.send(actor.user)?;
     let c = ctx.shards.mutate(conv, actor.clone(), m).await?;
     Ok(Res::Sent(pb::SendOk {
         conversation_id: conv.0,

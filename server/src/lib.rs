@@ -14,6 +14,7 @@ pub mod handlers;
 pub mod hub;
 pub mod presence;
 pub mod quic;
+pub mod ratelimit;
 pub mod server;
 pub mod shard;
 pub mod store;

@@ -33,6 +33,10 @@ impl Transport for QuicTransport {
     async fn read_datagram(&self) -> Option<bytes::Bytes> {
         self.0.read_datagram().await.ok()
     }
+
+    fn peer_ip(&self) -> std::net::IpAddr {
+        self.0.remote_address().ip()
+    }
 }
 
 #[async_trait]

@@ -52,6 +52,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         hub: hub.clone(),
         presence: presence.clone(),
         typing_ttl_ms: config.typing_ttl_ms,
+        rates: crate::ratelimit::RateLimits::new(&config.rates),
         shards,
         member_limits,
         max_text_chars: config.max_text_chars,
@@ -80,11 +81,15 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
 
     let mut tasks = vec![tokio::spawn(quic::accept_loop(endpoint.clone(), shared.clone()))];
     tasks.push(tokio::spawn(presence.run(Arc::downgrade(&shared))));
+    let housekeeping = Arc::downgrade(&shared);
     tasks.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
             tick.tick().await;
             hub.sweep();
+            if let Some(shared) = housekeeping.upgrade() {
+                shared.ctx.rates.retain_recent();
+            }
         }
     }));
     Ok(RunningServer {

@@ -1,0 +1,143 @@
+//! Rate limits per user and per IP (GCRA, via `governor`): login and registration attempts,
+//! sends and typing. A refusal is the typed `RATE_LIMITED` error with `retry_after_ms`, which
+//! the SDK honours before retrying (PROTOCOL.md §9). Owns no connection state.
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
+use natter_protocol::pb::ErrorCode;
+use natter_protocol::{ServerError, UserId};
+use serde::{Deserialize, Serialize};
+
+/// Rates, all configurable.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateConfig {
+    /// Login attempts per username per minute (brute force against one account).
+    pub login_per_minute_per_user: u32,
+    /// Login attempts per client IP per minute (spraying many accounts).
+    pub login_per_minute_per_ip: u32,
+    /// Registrations per client IP per minute.
+    pub register_per_minute_per_ip: u32,
+    /// Sustained sends per user per second.
+    pub sends_per_second_per_user: u32,
+    /// Sends a user may burst above the sustained rate.
+    pub send_burst_per_user: u32,
+    /// Typing notices per user per second.
+    pub typing_per_second_per_user: u32,
+}
+
+impl Default for RateConfig {
+    fn default() -> Self {
+        RateConfig {
+            login_per_minute_per_user: 10,
+            login_per_minute_per_ip: 60,
+            register_per_minute_per_ip: 20,
+            sends_per_second_per_user: 50,
+            send_burst_per_user: 200,
+            typing_per_second_per_user: 5,
+        }
+    }
+}
+
+/// The server's limiters.
+#[derive(Debug)]
+pub struct RateLimits {
+    login_user: DefaultKeyedRateLimiter<String>,
+    login_ip: DefaultKeyedRateLimiter<IpAddr>,
+    register_ip: DefaultKeyedRateLimiter<IpAddr>,
+    sends: DefaultKeyedRateLimiter<UserId>,
+    typing: DefaultKeyedRateLimiter<UserId>,
+}
+
+fn nz(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n.max(1)).expect("at least 1")
+}
+
+fn check<K: Hash + Eq + Clone>(limiter: &DefaultKeyedRateLimiter<K>, key: &K, what: &str) -> Result<(), ServerError> {
+    limiter.check_key(key).map_err(|not_until| {
+        let wait: Duration = not_until.wait_time_from(DefaultClock::default().now());
+        ServerError {
+            code: ErrorCode::RateLimited,
+            message: format!("too many {what}; retry later"),
+            retry_after_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX).max(1),
+        }
+    })
+}
+
+impl RateLimits {
+    /// Limiters with these rates.
+    pub fn new(c: &RateConfig) -> Self {
+        RateLimits {
+            login_user: DefaultKeyedRateLimiter::keyed(Quota::per_minute(nz(c.login_per_minute_per_user))),
+            login_ip: DefaultKeyedRateLimiter::keyed(Quota::per_minute(nz(c.login_per_minute_per_ip))),
+            register_ip: DefaultKeyedRateLimiter::keyed(Quota::per_minute(nz(c.register_per_minute_per_ip))),
+            sends: DefaultKeyedRateLimiter::keyed(
+                Quota::per_second(nz(c.sends_per_second_per_user)).allow_burst(nz(c.send_burst_per_user)),
+            ),
+            typing: DefaultKeyedRateLimiter::keyed(Quota::per_second(nz(c.typing_per_second_per_user))),
+        }
+    }
+
+    /// A login attempt from `ip` for `username` (counted whether or not it succeeds).
+    pub fn login(&self, ip: IpAddr, username: &str) -> Result<(), ServerError> {
+        check(&self.login_ip, &ip, "login attempts from this address")?;
+        check(
+            &self.login_user,
+            &username.to_string(),
+            "login attempts for this account",
+        )
+    }
+
+    /// A registration from `ip`.
+    pub fn register(&self, ip: IpAddr) -> Result<(), ServerError> {
+        check(&self.register_ip, &ip, "registrations from this address")
+    }
+
+    /// A send (or other message change) by `user`.
+    pub fn send(&self, user: UserId) -> Result<(), ServerError> {
+        check(&self.sends, &user, "messages")
+    }
+
+    /// A typing notice by `user`.
+    pub fn typing(&self, user: UserId) -> Result<(), ServerError> {
+        check(&self.typing, &user, "typing notices")
+    }
+
+    /// Forget keys whose limits have fully recovered (bounds memory).
+    pub fn retain_recent(&self) {
+        self.login_user.retain_recent();
+        self.login_ip.retain_recent();
+        self.register_ip.retain_recent();
+        self.sends.retain_recent();
+        self.typing.retain_recent();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_over_the_quota_is_refused_with_a_retry_time() {
+        let r = RateLimits::new(&RateConfig {
+            login_per_minute_per_user: 3,
+            ..Default::default()
+        });
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        for _ in 0..3 {
+            r.login(ip, "alice").unwrap();
+        }
+        let e = r.login(ip, "alice").unwrap_err();
+        assert_eq!(e.code, ErrorCode::RateLimited);
+        assert!(
+            e.retry_after_ms > 0 && e.retry_after_ms <= 20_000,
+            "{}",
+            e.retry_after_ms
+        );
+        r.login(ip, "bob").expect("another account is not affected");
+    }
+}
