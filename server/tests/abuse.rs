@@ -76,8 +76,9 @@ async fn a_send_flood_gets_typed_errors_and_the_sdk_loses_nothing() {
         Res::Conversation(c) => c.conversation_id,
         other => panic!("{other:?}"),
     };
-    let mut limited = 0;
-    for i in 0..30 {
+    // Pipelined: all 30 requests are written before any response is read, so the burst
+    // reaches the server at once whatever the machine's load.
+    for i in 0..30u64 {
         let body = pb::MessageBody {
             text: format!("flood {i}"),
             ..Default::default()
@@ -87,10 +88,27 @@ async fn a_send_flood_gets_typed_errors_and_the_sdk_loses_nothing() {
             client_msg_id: format!("f{i}"),
             body: Some(body),
         });
-        if let Res::Error(e) = raw.request(op).await {
-            assert_eq!(e.code, ErrorCode::RateLimited as i32);
-            assert!(e.retry_after_ms > 0);
-            limited += 1;
+        raw.frame(pb::frame::Kind::Request(pb::Request {
+            id: 1000 + i,
+            op: Some(op),
+        }))
+        .await;
+    }
+    let (mut answered, mut limited) = (0, 0);
+    while answered < 30 {
+        match raw.read().await {
+            Some(pb::Frame {
+                kind: Some(pb::frame::Kind::Response(r)),
+            }) if r.id >= 1000 => {
+                answered += 1;
+                if let Some(Res::Error(e)) = r.result {
+                    assert_eq!(e.code, ErrorCode::RateLimited as i32);
+                    assert!(e.retry_after_ms > 0);
+                    limited += 1;
+                }
+            }
+            Some(_) => {}
+            None => panic!("connection ended"),
         }
     }
     assert!(limited >= 5, "a burst of 30 over a quota of 20 is limited ({limited})");
