@@ -133,3 +133,153 @@ async fn a_send_flood_gets_typed_errors_and_the_sdk_loses_nothing() {
     assert_eq!(texts, want);
     s.shutdown().await;
 }
+
+/// Every connection-level abuse ends that connection with its typed code, and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_streams_close_only_their_connection_with_typed_codes() {
+    use pb::frame::Kind;
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path()).await;
+    let alice = user(&s, "alice").await;
+    let mut bob = user(&s, "bob").await;
+    let dm = ConversationId(alice.client.direct("bob").await.unwrap().conversation_id);
+
+    // A 10 MiB frame: refused from its length prefix alone.
+    let mut raw = Raw::hello(s.addr, &s.fingerprint).await;
+    let mut head = bytes::BytesMut::new();
+    prost::encoding::encode_varint(10 << 20, &mut head);
+    raw.bytes(&head).await;
+    assert_eq!(raw.closed().await.1, ErrorCode::FrameTooLarge as u64);
+    alice.client.send(dm, "one").await.unwrap();
+
+    // A truncated frame, then the stream ends.
+    let mut raw = Raw::hello(s.addr, &s.fingerprint).await;
+    raw.bytes(&[20, 0x1a, 0x05]).await;
+    raw.send.finish().unwrap();
+    assert_eq!(raw.closed().await.1, ErrorCode::MalformedFrame as u64);
+    alice.client.send(dm, "two").await.unwrap();
+
+    // A frame kind from the future (field 100 of Frame): unknown, typed close.
+    let mut raw = Raw::hello(s.addr, &s.fingerprint).await;
+    raw.bytes(&[3, 0xa2, 0x06, 0x00]).await;
+    assert_eq!(raw.closed().await.1, ErrorCode::UnknownFrame as u64);
+    alice.client.send(dm, "three").await.unwrap();
+
+    // Hello again after the handshake: a frame a client may not send there.
+    let mut raw = Raw::hello(s.addr, &s.fingerprint).await;
+    raw.frame(Kind::Hello(pb::Hello {
+        versions: vec![1],
+        client: "again".into(),
+    }))
+    .await;
+    assert_eq!(raw.closed().await.1, ErrorCode::BadRequest as u64);
+    alice.client.send(dm, "four").await.unwrap();
+
+    let got: Vec<String> = messages(&mut bob.events, dm, 4)
+        .await
+        .into_iter()
+        .map(|m| m.1)
+        .collect();
+    assert_eq!(got, ["one", "two", "three", "four"]);
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_foreign_resume_tokens_never_resume_someone_elses_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path()).await;
+    let alice = user(&s, "alice").await;
+    let bob = user(&s, "bob").await;
+    let alice_resume = alice.client.snapshot().await.unwrap().resume_token.unwrap();
+    let auth = |token: &str, resume: &str| {
+        Op::Authenticate(pb::Authenticate {
+            access_token: token.into(),
+            resume_token: resume.into(),
+            cursors: vec![],
+        })
+    };
+    for (what, resume) in [
+        ("forged", "rs_".to_string() + &"0".repeat(64)),
+        ("alice's", alice_resume.clone()),
+    ] {
+        let mut raw = Raw::hello(s.addr, &s.fingerprint).await;
+        match raw.request(auth(&bob.token, &resume)).await {
+            Res::Auth(ok) => {
+                assert!(!ok.resumed, "{what} resume token must not resume");
+                assert_eq!(ok.username, "bob", "the access token decides who you are");
+            }
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    // A stolen resume token without the access token gets nowhere.
+    let mut raw = Raw::hello(s.addr, &s.fingerprint).await;
+    assert_eq!(
+        error_code(&raw.request(auth("nt_forged", &alice_resume)).await),
+        ErrorCode::Unauthenticated
+    );
+    // A token longer than any real one is refused before any lookup.
+    assert_eq!(
+        error_code(&raw.request(auth(&"x".repeat(4096), "")).await),
+        ErrorCode::Unauthenticated
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extra_streams_are_refused_by_the_transport() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path()).await;
+    let raw = Raw::hello(s.addr, &s.fingerprint).await;
+    // The control stream is the one bidirectional stream allowed; clients may open no
+    // unidirectional streams. Opening more waits on flow control instead of costing the
+    // server anything.
+    let bidi = tokio::time::timeout(std::time::Duration::from_millis(300), raw.conn.open_bi()).await;
+    assert!(bidi.is_err(), "a second bidirectional stream is not granted");
+    let uni = tokio::time::timeout(std::time::Duration::from_millis(300), raw.conn.open_uni()).await;
+    assert!(uni.is_err(), "no client unidirectional stream is granted");
+    // The connection itself still works.
+    let mut raw = raw;
+    assert!(matches!(raw.request(Op::Ping(pb::Ping { nonce: 9 })).await, Res::Pong(p) if p.nonce == 9));
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_cut_off_and_others_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.session_ring = 8; // small per-session queues: the cut-off comes early
+    let s = natter_server::start(&cfg).await.unwrap();
+    let alice = user(&s, "alice").await;
+    let mut bob = user(&s, "bob").await;
+    let _ = user(&s, "sloth").await;
+    let g = ConversationId(
+        alice
+            .client
+            .create_group("g", &["bob", "sloth"])
+            .await
+            .unwrap()
+            .conversation_id,
+    );
+    // The sloth authenticates and then never accepts or reads a delivery stream.
+    let mut sloth = Raw::hello(s.addr, &s.fingerprint).await;
+    sloth.login("sloth").await;
+    let big = "z".repeat(20_000);
+    const N: usize = 300; // 6 MB: far past QUIC's receive windows
+    let sends = (0..N).map(|i| {
+        let c = alice.client.clone();
+        let text = format!("{i:04}{big}");
+        async move { c.send(g, &text).await.unwrap() }
+    });
+    futures::future::join_all(sends).await;
+    // The sloth's connection was closed as a slow reader (its session stays resumable).
+    let (_, code) = sloth.closed().await;
+    assert_eq!(code, ErrorCode::LimitExceeded as u64);
+    // Bob got every message exactly once, in order.
+    let got = messages(&mut bob.events, g, N).await;
+    let seqs: Vec<u64> = got.iter().map(|m| m.0).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1));
+    let mut ids: Vec<String> = got.iter().map(|m| m.1[..4].to_string()).collect();
+    ids.sort();
+    assert_eq!(ids, (0..N).map(|i| format!("{i:04}")).collect::<Vec<_>>());
+    s.shutdown().await;
+}
