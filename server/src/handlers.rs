@@ -174,14 +174,18 @@ async fn cursor_target(ctx: &Ctx, actor: &Actor, conv: ConversationId, seq: u64)
 }
 
 /// Tell who needs to know that a member's cursors moved (PROTOCOL.md §5.10): the member's
-/// own devices (with their unread count), and in direct conversations and groups every
-/// other member.
-async fn cursors_moved(ctx: &Ctx, actor: &Actor, v: &ConvView, delivered: Seq, read: Seq) -> Result<(), ServerError> {
+/// own devices, and in direct conversations and groups every other member. Only a moved read
+/// cursor changes the unread count, so only then is it computed (a log scan) and sent; a
+/// delivery ack, sent for every batch of messages a device receives, skips it.
+async fn cursors_moved(
+    ctx: &Ctx,
+    actor: &Actor,
+    v: &ConvView,
+    delivered: Seq,
+    read: Seq,
+    read_moved: bool,
+) -> Result<(), ServerError> {
     let conv = v.meta.id;
-    let (unread, _) = ctx
-        .store
-        .unread_and_last_message(conv, actor.user, read, limits::MAX_UNREAD_COUNT)
-        .await?;
     let update = |unread_count, last_seq| pb::Frame {
         kind: Some(pb::frame::Kind::Signal(pb::Signal {
             kind: Some(pb::signal::Kind::Receipt(pb::ReceiptUpdate {
@@ -195,7 +199,16 @@ async fn cursors_moved(ctx: &Ctx, actor: &Actor, v: &ConvView, delivered: Seq, r
         })),
     };
     let frame = |f: pb::Frame| natter_protocol::codec::encode_frame(&f);
-    ctx.hub.signal(&[actor.user], frame(update(unread, v.last_seq.0)));
+    let own = if read_moved {
+        let (unread, _) = ctx
+            .store
+            .unread_and_last_message(conv, actor.user, read, limits::MAX_UNREAD_COUNT)
+            .await?;
+        update(unread, v.last_seq.0)
+    } else {
+        update(0, 0)
+    };
+    ctx.hub.signal(&[actor.user], frame(own));
     if v.meta.kind != Kind::Channel as i32 {
         let others: Vec<UserId> = v.members.iter().map(|m| m.user).filter(|u| *u != actor.user).collect();
         ctx.hub.signal(&others, frame(update(0, 0)));
@@ -336,7 +349,7 @@ pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError
             let read = ctx.store.advance_read_cursor(actor.user, conv, Seq(r.seq)).await?;
             let delivered = ctx.store.advance_delivered_cursor(actor.user, conv, read).await?;
             if read > before {
-                cursors_moved(ctx, actor, &view, delivered, read).await?;
+                cursors_moved(ctx, actor, &view, delivered, read, true).await?;
             }
             Ok(Res::Done(pb::Done {}))
         }
@@ -347,7 +360,7 @@ pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError
             let delivered = ctx.store.advance_delivered_cursor(actor.user, conv, Seq(r.seq)).await?;
             if delivered > before {
                 let read = ctx.store.read_cursor(actor.user, conv).await?;
-                cursors_moved(ctx, actor, &view, delivered, read).await?;
+                cursors_moved(ctx, actor, &view, delivered, read, false).await?;
             }
             Ok(Res::Done(pb::Done {}))
         }

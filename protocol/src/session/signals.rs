@@ -159,7 +159,9 @@ impl ClientSession {
             c.0 = c.0.max(delivered);
             c.1 = c.1.max(read);
         }
-        if me == Some(user) {
+        // Only an update that carries a count (last_seq > 0: the read cursor moved) says
+        // anything about this user's unread messages.
+        if me == Some(user) && r.last_seq > 0 {
             st.read = st.read.max(read);
             st.set_unread(r.unread_count, Seq(r.last_seq));
             let (read_seq, unread_count) = (st.read, st.unread());
