@@ -15,6 +15,7 @@ pub mod limits;
 pub mod session;
 pub mod timeline;
 pub mod validate;
+pub mod wsmux;
 
 /// Types generated from `spec/natter.proto` (package `natter.v1`).
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

@@ -44,6 +44,20 @@ pub struct Config {
     pub heartbeat_interval_ms: u32,
     /// How long a typing indicator lasts unless renewed (ms).
     pub typing_ttl_ms: u32,
+    /// UDP address for WebTransport (browsers); unset disables it.
+    pub webtransport_listen: Option<SocketAddr>,
+    /// Days a generated WebTransport certificate is valid (browsers pin at most 14).
+    pub webtransport_cert_days: u32,
+    /// Seconds between renewals of the generated WebTransport certificate; the new hash is
+    /// published at once, connections made with the old one carry on.
+    pub webtransport_cert_renew_secs: u64,
+    /// TCP address of the web endpoint: the chat page, `/natter.json` and WebSocket at
+    /// `/ws`; unset disables it.
+    pub web_listen: Option<SocketAddr>,
+    /// TLS on the web endpoint.
+    pub web_tls: WebTls,
+    /// Folder the web endpoint serves at `/` (the chat page and its WASM package).
+    pub web_root: PathBuf,
     /// Rate limits.
     pub rates: crate::ratelimit::RateConfig,
     /// `tracing` filter, e.g. "info" or "natter_server=debug".
@@ -70,8 +84,40 @@ impl Default for Config {
             stream_idle_secs: 30,
             heartbeat_interval_ms: limits::HEARTBEAT_INTERVAL_MS,
             typing_ttl_ms: limits::TYPING_TTL_MS,
+            webtransport_listen: Some("127.0.0.1:4434".parse().expect("valid address")),
+            webtransport_cert_days: 14,
+            webtransport_cert_renew_secs: 6 * 24 * 3600,
+            web_listen: Some("127.0.0.1:8080".parse().expect("valid address")),
+            web_tls: WebTls::Auto,
+            web_root: PathBuf::from("web"),
             rates: crate::ratelimit::RateConfig::default(),
             log: "info".into(),
+        }
+    }
+}
+
+/// Whether the web endpoint (page, discovery, WebSocket) speaks TLS.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebTls {
+    /// Plain HTTP on a loopback address (browsers treat `http://127.0.0.1` as a secure
+    /// context), TLS on any other.
+    #[default]
+    Auto,
+    /// Always TLS (the configured certificate, else the development one).
+    On,
+    /// Never TLS. Refused on non-loopback addresses: tokens would cross the network in clear.
+    Off,
+}
+
+impl WebTls {
+    /// Whether a listener on `addr` uses TLS; an error for plain text off loopback.
+    pub fn enabled_for(self, addr: SocketAddr) -> anyhow::Result<bool> {
+        match self {
+            WebTls::On => Ok(true),
+            WebTls::Auto => Ok(!addr.ip().is_loopback()),
+            WebTls::Off if addr.ip().is_loopback() => Ok(false),
+            WebTls::Off => anyhow::bail!("web_tls = \"off\" is only allowed on a loopback address, not {addr}"),
         }
     }
 }

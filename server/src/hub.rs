@@ -292,6 +292,28 @@ impl Hub {
         self.forget(&removed, code);
     }
 
+    /// Cut every connection of `user` as a network failure would: the sessions stay and can
+    /// be resumed. Returns how many connections were cut.
+    pub fn disconnect_user(&self, user: UserId) -> usize {
+        let sessions: Vec<Arc<Session>> = {
+            let users = self.inner.users[stripe(user)].lock().expect("hub lock");
+            users.get(&user).cloned().unwrap_or_default()
+        };
+        let mut cut = 0;
+        for s in sessions {
+            let mut st = s.state.lock().expect("session lock");
+            if let Some((_, tx)) = st.sink.take() {
+                st.detached_at = Some(Instant::now());
+                let _ = tx.try_send(Outbound::Close(
+                    pb::ErrorCode::Unspecified,
+                    "disconnected by the server",
+                ));
+                cut += 1;
+            }
+        }
+        cut
+    }
+
     fn forget(&self, sessions: &[Arc<Session>], code: Option<pb::ErrorCode>) {
         let mut tokens = self.inner.tokens.lock().expect("hub lock");
         for s in sessions {

@@ -1,7 +1,8 @@
 //! natter-server: the natter chat server as a library (the `natter-server` binary is a thin
 //! `main` over [`server::start`]).
 //!
-//! Layers, outside in: [`quic`] (transport adapter) → [`conn`] (one connection: handshake,
+//! Layers, outside in: [`quic`], [`wt`] (WebTransport) and [`ws`] (WebSocket, served by
+//! [`web`]) (transport adapters) → [`conn`] (one connection: handshake,
 //! auth, dispatch, delivery streams) → [`handlers`] (one function per request) →
 //! [`shard`] (conversation owners: order, permissions, group commit) and [`hub`] (sessions,
 //! fan-out, resume) → [`store`] (durable state behind the `Store` trait).
@@ -19,6 +20,9 @@ pub mod server;
 pub mod shard;
 pub mod store;
 pub mod tls;
+pub mod web;
+pub mod ws;
+pub mod wt;
 
 pub use config::Config;
 pub use server::{start, RunningServer};

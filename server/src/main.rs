@@ -18,6 +18,16 @@ struct Args {
     /// UDP address to listen on (default 127.0.0.1:4433).
     #[arg(long, env = "NATTER_LISTEN")]
     listen: Option<SocketAddr>,
+    /// TCP address of the web endpoint: chat page, /natter.json, WebSocket /ws (default
+    /// 127.0.0.1:8080; "off" disables it).
+    #[arg(long, env = "NATTER_WEB_LISTEN")]
+    web_listen: Option<String>,
+    /// UDP address for WebTransport (default 127.0.0.1:4434; "off" disables it).
+    #[arg(long, env = "NATTER_WEBTRANSPORT_LISTEN")]
+    webtransport_listen: Option<String>,
+    /// Folder with the chat page (default ./web).
+    #[arg(long, env = "NATTER_WEB_ROOT")]
+    web_root: Option<PathBuf>,
     /// Data directory (default ./data).
     #[arg(long, env = "NATTER_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -40,6 +50,15 @@ fn main() -> anyhow::Result<()> {
     };
     if let Some(v) = args.listen {
         config.listen = v;
+    }
+    if let Some(v) = args.web_listen {
+        config.web_listen = optional_addr(&v)?;
+    }
+    if let Some(v) = args.webtransport_listen {
+        config.webtransport_listen = optional_addr(&v)?;
+    }
+    if let Some(v) = args.web_root {
+        config.web_root = v;
     }
     if let Some(v) = args.data_dir {
         config.data_dir = v;
@@ -65,6 +84,17 @@ fn main() -> anyhow::Result<()> {
         let mut out = std::io::stdout();
         let _ = writeln!(out, "natter-server listening on {}", server.addr);
         let _ = writeln!(out, "certificate sha256 {}", server.fingerprint);
+        if let Some(addr) = server.webtransport_addr {
+            let _ = writeln!(out, "webtransport listening on {addr}");
+        }
+        if let Some(addr) = server.web_addr {
+            let scheme = if server.web_tls { "https" } else { "http" };
+            let _ = writeln!(
+                out,
+                "web chat on {scheme}://{addr}/ (serving {})",
+                config.web_root.display()
+            );
+        }
         let _ = writeln!(out, "data dir {}", config.data_dir.display());
         let _ = out.flush();
         shutdown_signal().await;
@@ -72,6 +102,13 @@ fn main() -> anyhow::Result<()> {
         server.shutdown().await;
         anyhow::Ok(())
     })
+}
+
+fn optional_addr(v: &str) -> anyhow::Result<Option<SocketAddr>> {
+    if v == "off" {
+        return Ok(None);
+    }
+    Ok(Some(v.parse().map_err(|e| anyhow::anyhow!("{v:?}: {e}"))?))
 }
 
 async fn shutdown_signal() {

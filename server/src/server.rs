@@ -21,6 +21,13 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     /// SHA-256 of the certificate, for clients to pin.
     pub fingerprint: String,
+    /// The WebTransport endpoint's UDP address, if enabled.
+    pub webtransport_addr: Option<SocketAddr>,
+    /// The web endpoint (page, `/natter.json`, WebSocket `/ws`), if enabled.
+    pub web_addr: Option<SocketAddr>,
+    /// Whether the web endpoint speaks TLS.
+    pub web_tls: bool,
+    webtransport: Option<Arc<crate::wt::WtEndpoint>>,
     endpoint: quinn::Endpoint,
     shared: Arc<Shared>,
     store: std::sync::Weak<dyn Store>,
@@ -80,6 +87,49 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     let addr = endpoint.local_addr()?;
 
     let mut tasks = vec![tokio::spawn(quic::accept_loop(endpoint.clone(), shared.clone()))];
+
+    let idle = Duration::from_secs(config.idle_timeout_secs);
+    let pem = config.tls_cert.as_deref().zip(config.tls_key.as_deref());
+    let webtransport = match config.webtransport_listen {
+        Some(addr) => {
+            let wt = crate::wt::WtEndpoint::bind(addr, pem, config.webtransport_cert_days, idle)
+                .await
+                .with_context(|| format!("binding WebTransport on {addr}"))?;
+            Some(Arc::new(wt))
+        }
+        None => None,
+    };
+    if let Some(wt) = &webtransport {
+        tasks.push(tokio::spawn(wt.clone().accept_loop(Arc::downgrade(&shared))));
+        let renew = Duration::from_secs(config.webtransport_cert_renew_secs.max(1));
+        let wt = wt.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(renew).await;
+                if let Err(e) = wt.renew(idle) {
+                    tracing::error!(error = %e, "renewing the WebTransport certificate failed");
+                }
+            }
+        }));
+    }
+    let (web_addr, web_tls) = match config.web_listen {
+        Some(addr) => {
+            let tls = if config.web_tls.enabled_for(addr)? {
+                Some(tls::server_config(&identity)?)
+            } else {
+                None
+            };
+            let wt_info = webtransport.as_ref().map(|wt| (wt.addr.port(), wt.certs.clone()));
+            let web =
+                crate::web::WebEndpoint::bind(addr, tls, config.web_root.clone(), Arc::downgrade(&shared), wt_info)
+                    .await
+                    .with_context(|| format!("binding the web endpoint on {addr}"))?;
+            let bound = (Some(web.addr), web.tls);
+            tasks.push(tokio::spawn(web.serve()));
+            bound
+        }
+        None => (None, false),
+    };
     tasks.push(tokio::spawn(presence.run(Arc::downgrade(&shared))));
     let housekeeping = Arc::downgrade(&shared);
     tasks.push(tokio::spawn(async move {
@@ -95,6 +145,10 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     Ok(RunningServer {
         addr,
         fingerprint: identity.fingerprint,
+        webtransport_addr: webtransport.as_ref().map(|wt| wt.addr),
+        web_addr,
+        web_tls,
+        webtransport,
         endpoint,
         shared,
         store: weak_store,
@@ -108,6 +162,28 @@ impl RunningServer {
         self.shared.hub.attached_sessions()
     }
 
+    /// Hex SHA-256 hashes browsers pass as `serverCertificateHashes` for WebTransport.
+    pub fn webtransport_cert_hashes(&self) -> Vec<String> {
+        self.webtransport
+            .as_ref()
+            .map(|wt| wt.certs.hashes())
+            .unwrap_or_default()
+    }
+
+    /// Renew the generated WebTransport certificate now (as the timer does).
+    pub fn renew_webtransport_cert(&self) -> anyhow::Result<()> {
+        match &self.webtransport {
+            Some(wt) => wt.renew(Duration::from_secs(30)),
+            None => Ok(()),
+        }
+    }
+
+    /// Close every connection of `user` as a network failure would (their sessions stay
+    /// resumable). For operators (a ban takes revocation too) and tests.
+    pub fn disconnect_user(&self, user: natter_protocol::UserId) -> usize {
+        self.shared.hub.disconnect_user(user)
+    }
+
     /// Close every connection and stop. Returns once the store is closed (its directory
     /// can be opened again), or after 10 s if some task still holds it.
     pub async fn shutdown(self) {
@@ -116,8 +192,12 @@ impl RunningServer {
             shared,
             store,
             tasks,
+            webtransport,
             ..
         } = self;
+        if let Some(wt) = &webtransport {
+            wt.close();
+        }
         let code = quinn::VarInt::from_u32(natter_protocol::pb::ErrorCode::ShuttingDown as u32);
         endpoint.close(code, b"shutting down");
         for t in &tasks {

@@ -284,6 +284,7 @@ struct ServerProcess {
 fn spawn_server_binary(dir: &std::path::Path, listen: &str) -> ServerProcess {
     let mut child = Command::new(env!("CARGO_BIN_EXE_natter-server"))
         .args(["--data-dir", dir.to_str().unwrap(), "--listen", listen, "--log", "warn"])
+        .args(["--web-listen", "127.0.0.1:0", "--webtransport-listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .spawn()
         .expect("server binary starts");

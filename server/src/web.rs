@@ -1,0 +1,217 @@
+//! The web endpoint (TCP): the chat page from `web_root`, `/natter.json` (how a page
+//! reaches this server: WebTransport URL and certificate hashes, WebSocket URL) and the
+//! WebSocket upgrade at `/ws`. Plain HTTP on loopback, TLS elsewhere (`web_tls`).
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use natter_protocol::{limits, wsmux};
+use serde::Serialize;
+use tokio::net::TcpListener;
+
+use crate::conn::Shared;
+use crate::wt::WtCerts;
+
+/// What the handlers need.
+#[derive(Clone, Debug)]
+struct WebState {
+    shared: Weak<Shared>,
+    tls: bool,
+    web_port: u16,
+    webtransport: Option<(u16, Arc<WtCerts>)>,
+}
+
+/// `/natter.json`: where and how a browser connects.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Discovery {
+    protocol: &'static str,
+    webtransport: Option<WebTransportInfo>,
+    websocket: WebSocketInfo,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WebTransportInfo {
+    url: String,
+    /// Hex SHA-256 of certificates to pass as `serverCertificateHashes` (empty when the
+    /// certificate is CA-issued).
+    certificate_hashes: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct WebSocketInfo {
+    url: String,
+}
+
+/// The host the browser used to reach us (without port), for URLs it can reach too.
+fn request_host(headers: &HeaderMap) -> String {
+    headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<axum::http::uri::Authority>().ok())
+        .map(|a| a.host().to_string())
+        .unwrap_or_else(|| "127.0.0.1".into())
+}
+
+async fn discovery(State(state): State<WebState>, headers: HeaderMap) -> Response {
+    let host = request_host(&headers);
+    let ws_scheme = if state.tls { "wss" } else { "ws" };
+    let body = Discovery {
+        protocol: wsmux::SUBPROTOCOL,
+        webtransport: state.webtransport.as_ref().map(|(port, certs)| WebTransportInfo {
+            url: format!("https://{host}:{port}/natter"),
+            certificate_hashes: certs.hashes(),
+        }),
+        websocket: WebSocketInfo {
+            url: format!("{ws_scheme}://{host}:{}/ws", state.web_port),
+        },
+    };
+    // Hashes change on renewal: never cache.
+    (
+        [
+            (header::CACHE_CONTROL, "no-store"),
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+        ],
+        Json(body),
+    )
+        .into_response()
+}
+
+async fn websocket(
+    State(state): State<WebState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let upgrade = upgrade
+        .protocols([wsmux::SUBPROTOCOL])
+        .max_message_size(limits::MAX_FRAME_BYTES as usize + 16)
+        .max_frame_size(limits::MAX_FRAME_BYTES as usize + 16);
+    if upgrade.selected_protocol().is_none() {
+        return (StatusCode::BAD_REQUEST, "offer the WebSocket subprotocol natter.v1").into_response();
+    }
+    let Some(shared) = state.shared.upgrade() else {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
+    upgrade.on_upgrade(move |socket| crate::ws::serve(shared, socket, peer.ip()))
+}
+
+/// A bound web endpoint.
+pub struct WebEndpoint {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Whether it speaks TLS.
+    pub tls: bool,
+    listener: TcpListener,
+    router: Router,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for WebEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebEndpoint")
+            .field("addr", &self.addr)
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+impl WebEndpoint {
+    /// Bind; `tls` is the rustls config to use, if any.
+    pub async fn bind(
+        addr: SocketAddr,
+        tls: Option<rustls::ServerConfig>,
+        root: PathBuf,
+        shared: Weak<Shared>,
+        webtransport: Option<(u16, Arc<WtCerts>)>,
+    ) -> anyhow::Result<WebEndpoint> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let state = WebState {
+            shared,
+            tls: tls.is_some(),
+            web_port: addr.port(),
+            webtransport,
+        };
+        let router = Router::new()
+            .route("/natter.json", get(discovery))
+            .route("/ws", get(websocket))
+            .fallback_service(tower_http::services::ServeDir::new(root))
+            .with_state(state);
+        let acceptor = tls.map(|mut cfg| {
+            cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+            tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+        });
+        Ok(WebEndpoint {
+            addr,
+            tls: acceptor.is_some(),
+            listener,
+            router,
+            acceptor,
+        })
+    }
+
+    /// Serve until the task is dropped.
+    pub async fn serve(self) {
+        let WebEndpoint {
+            listener,
+            router,
+            acceptor,
+            ..
+        } = self;
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of descriptors and the like: back off rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let router = router.clone();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                    let router = router.clone();
+                    async move { tower_call(&router, req).await }
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+                let result = match acceptor {
+                    Some(acceptor) => match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => {
+                            builder
+                                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), service)
+                                .await
+                        }
+                        _ => return,
+                    },
+                    None => {
+                        builder
+                            .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tcp), service)
+                            .await
+                    }
+                };
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "web connection ended");
+                }
+            });
+        }
+    }
+}
+
+async fn tower_call(
+    router: &Router,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<Response, std::convert::Infallible> {
+    use tower::ServiceExt;
+    router.clone().oneshot(req.map(axum::body::Body::new)).await
+}

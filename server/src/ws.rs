@@ -1,0 +1,232 @@
+//! The WebSocket transport (subprotocol `natter.v1`, PROTOCOL.md §3.6): one WebSocket
+//! carries the control stream, the delivery streams and datagrams, each binary message
+//! tagged with its channel by [`natter_protocol::wsmux`]. Like the QUIC adapter it only
+//! moves bytes: a reader task splits incoming messages into the control byte stream and
+//! datagrams, one writer task owns the socket's sending half, and every stream writes
+//! through a bounded queue to it (so a client that stops reading pushes back on the
+//! connection driver exactly as a stalled QUIC stream does).
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use natter_protocol::pb::ErrorCode;
+use natter_protocol::wsmux::{self, Channel};
+use tokio::io::AsyncWrite;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::PollSender;
+
+use crate::conn::{self, ControlSend, Shared, Transport};
+
+/// WebSocket close codes for natter errors: 4000 + the `ErrorCode` number.
+pub const CLOSE_CODE_BASE: u16 = 4000;
+
+/// Messages queued for the writer task.
+const OUT_QUEUE: usize = 256;
+/// Datagrams queued for the connection driver; more are dropped (they are ephemeral).
+const DATAGRAM_QUEUE: usize = 64;
+
+/// One WebSocket as a [`Transport`].
+#[derive(Debug)]
+pub struct WsTransport {
+    out: mpsc::Sender<Bytes>,
+    close: Mutex<Option<oneshot::Sender<(ErrorCode, String)>>>,
+    next_stream: AtomicU64,
+    datagrams: tokio::sync::Mutex<mpsc::Receiver<Bytes>>,
+    ip: IpAddr,
+}
+
+/// A server→client byte stream on one channel of the WebSocket.
+#[derive(Debug)]
+pub struct WsStream {
+    channel: Channel,
+    out: PollSender<Bytes>,
+}
+
+impl AsyncWrite for WsStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        ready!(this.out.poll_reserve(cx)).map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
+        let msg = wsmux::encode(this.channel, buf);
+        this.out
+            .send_item(msg)
+            .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if let Channel::Stream(_) = this.channel {
+            if this.out.is_closed() {
+                return Poll::Ready(Ok(()));
+            }
+            ready!(this.out.poll_reserve(cx)).map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
+            // An empty payload finishes a delivery stream.
+            let _ = this.out.send_item(wsmux::encode(this.channel, b""));
+            this.out.close();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[async_trait]
+impl ControlSend for WsStream {
+    async fn finish_and_wait(&mut self) {
+        // Messages leave in queue order, and the close frame only after the queue is
+        // drained (see `write_loop`): nothing to wait for here.
+    }
+}
+
+#[async_trait]
+impl Transport for WsTransport {
+    type Stream = WsStream;
+
+    async fn open_stream(&self) -> io::Result<WsStream> {
+        let n = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        Ok(WsStream {
+            channel: Channel::Stream(n),
+            out: PollSender::new(self.out.clone()),
+        })
+    }
+
+    fn close(&self, code: ErrorCode, reason: &str) {
+        if let Some(tx) = self.close.lock().expect("close lock").take() {
+            let _ = tx.send((code, reason.to_string()));
+        }
+    }
+
+    fn send_datagram(&self, data: Bytes) -> bool {
+        self.out.try_send(wsmux::encode(Channel::Datagram, &data)).is_ok()
+    }
+
+    async fn read_datagram(&self) -> Option<Bytes> {
+        self.datagrams.lock().await.recv().await
+    }
+
+    fn peer_ip(&self) -> IpAddr {
+        self.ip
+    }
+}
+
+/// Serve one upgraded WebSocket until it closes.
+pub async fn serve(shared: Arc<Shared>, socket: WebSocket, ip: IpAddr) {
+    let (sink, stream) = socket.split();
+    let (out, out_rx) = mpsc::channel(OUT_QUEUE);
+    let (close_tx, close_rx) = oneshot::channel();
+    let (control_tx, control_rx) = mpsc::channel::<io::Result<Bytes>>(64);
+    let (dgram_tx, dgram_rx) = mpsc::channel(DATAGRAM_QUEUE);
+    let transport = Arc::new(WsTransport {
+        out: out.clone(),
+        close: Mutex::new(Some(close_tx)),
+        next_stream: AtomicU64::new(1),
+        datagrams: tokio::sync::Mutex::new(dgram_rx),
+        ip,
+    });
+    let writer = tokio::spawn(write_loop(sink, out_rx, close_rx));
+    let reader = tokio::spawn(read_loop(stream, control_tx, dgram_tx, transport.clone()));
+    let control_rx = futures::stream::unfold(control_rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+    let recv = tokio_util::io::StreamReader::new(Box::pin(control_rx));
+    let send = WsStream {
+        channel: Channel::Control,
+        out: PollSender::new(out),
+    };
+    conn::serve(shared, transport.clone(), recv, send).await;
+    transport.close(ErrorCode::Unspecified, "");
+    reader.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+}
+
+async fn read_loop(
+    mut stream: futures::stream::SplitStream<WebSocket>,
+    control: mpsc::Sender<io::Result<Bytes>>,
+    datagrams: mpsc::Sender<Bytes>,
+    transport: Arc<WsTransport>,
+) {
+    while let Some(msg) = stream.next().await {
+        let data = match msg {
+            Ok(Message::Binary(data)) => data,
+            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            Ok(Message::Text(_)) => {
+                transport.close(ErrorCode::MalformedFrame, "text messages are not natter frames");
+                break;
+            }
+        };
+        match wsmux::decode(&data) {
+            Ok((Channel::Control, payload)) => {
+                if control.send(Ok(data.slice_ref(payload))).await.is_err() {
+                    break;
+                }
+            }
+            Ok((Channel::Datagram, payload)) => {
+                let _ = datagrams.try_send(data.slice_ref(payload));
+            }
+            Ok((Channel::Stream(_), _)) => {
+                transport.close(ErrorCode::MalformedFrame, "clients cannot open streams");
+                break;
+            }
+            Err(e) => {
+                transport.close(ErrorCode::MalformedFrame, &e.to_string());
+                break;
+            }
+        }
+    }
+}
+
+async fn write_loop(
+    mut sink: futures::stream::SplitSink<WebSocket, Message>,
+    mut out: mpsc::Receiver<Bytes>,
+    mut close: oneshot::Receiver<(ErrorCode, String)>,
+) {
+    let mut closing = None;
+    loop {
+        tokio::select! {
+            biased;
+            msg = out.recv(), if closing.is_none() => match msg {
+                Some(msg) => {
+                    // A peer that stopped reading must not hold a close back forever.
+                    tokio::select! {
+                        r = sink.send(Message::Binary(msg)) => if r.is_err() { return },
+                        c = &mut close => { closing = Some(c.unwrap_or((ErrorCode::Unspecified, String::new()))); }
+                    }
+                }
+                None => break,
+            },
+            c = &mut close, if closing.is_none() => {
+                closing = Some(c.unwrap_or((ErrorCode::Unspecified, String::new())));
+                // Whatever is already queued (a ConnectionError frame) goes first.
+                while let Ok(msg) = out.try_recv() {
+                    if tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Binary(msg))).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            else => break,
+        }
+        if closing.is_some() {
+            break;
+        }
+    }
+    let (code, reason) = closing.unwrap_or((ErrorCode::Unspecified, String::new()));
+    let mut reason = reason;
+    // A close reason is at most 123 bytes.
+    while reason.len() > 120 {
+        reason.pop();
+    }
+    let frame = CloseFrame {
+        code: CLOSE_CODE_BASE + code as u16,
+        reason: reason.into(),
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
+}

@@ -1,0 +1,185 @@
+//! The WebTransport transport (HTTP/3, `wtransport`) for browsers: the same mapping as
+//! native QUIC (the client's bidirectional stream is the control stream, server-opened
+//! unidirectional streams carry delivery, datagrams carry signals), so the adapter only
+//! moves bytes into [`conn::serve`].
+//!
+//! Without a configured certificate the endpoint runs on a generated ECDSA P-256
+//! certificate valid for at most 14 days, which browsers accept through
+//! `serverCertificateHashes`; [`WtCerts`] renews it before it expires and publishes the
+//! current hash for the page (served in `/natter.json`).
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use natter_protocol::pb::ErrorCode;
+use wtransport::{Endpoint, Identity, ServerConfig, VarInt};
+
+use crate::conn::{self, ControlSend, Shared, Transport};
+
+/// A WebTransport session as a [`Transport`].
+#[derive(Debug)]
+pub struct WtTransport(pub wtransport::Connection);
+
+#[async_trait]
+impl Transport for WtTransport {
+    type Stream = wtransport::SendStream;
+
+    async fn open_stream(&self) -> io::Result<wtransport::SendStream> {
+        let opening = self.0.open_uni().await.map_err(io::Error::other)?;
+        opening.await.map_err(io::Error::other)
+    }
+
+    fn close(&self, code: ErrorCode, reason: &str) {
+        self.0.close(VarInt::from_u32(code as u32), reason.as_bytes());
+    }
+
+    fn send_datagram(&self, data: bytes::Bytes) -> bool {
+        self.0.send_datagram(data).is_ok()
+    }
+
+    async fn read_datagram(&self) -> Option<bytes::Bytes> {
+        self.0.receive_datagram().await.ok().map(|d| d.payload())
+    }
+
+    fn peer_ip(&self) -> std::net::IpAddr {
+        self.0.remote_address().ip()
+    }
+}
+
+#[async_trait]
+impl ControlSend for wtransport::SendStream {
+    async fn finish_and_wait(&mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.finish()).await;
+    }
+}
+
+/// The certificate the WebTransport endpoint presents, and what the page needs to trust it.
+#[derive(Debug)]
+pub struct WtCerts {
+    /// Hex SHA-256 of each certificate browsers may see now (the current one; after a
+    /// renewal also the previous, until it expires). Empty with a CA-issued certificate.
+    hashes: RwLock<Vec<String>>,
+    generated: bool,
+    days: u32,
+}
+
+impl WtCerts {
+    /// Hashes for `serverCertificateHashes`.
+    pub fn hashes(&self) -> Vec<String> {
+        self.hashes.read().expect("hash lock").clone()
+    }
+}
+
+fn generate(days: u32) -> anyhow::Result<Identity> {
+    Ok(Identity::self_signed_builder()
+        .subject_alt_names(["localhost", "127.0.0.1", "::1"])
+        .from_now_utc()
+        .validity_days(days.clamp(1, 14))
+        .build()?)
+}
+
+fn hash_of(identity: &Identity) -> String {
+    let leaf = &identity.certificate_chain().as_slice()[0];
+    crate::tls::fingerprint(leaf.der())
+}
+
+fn server_config(addr: SocketAddr, identity: &Identity, idle: Duration) -> ServerConfig {
+    ServerConfig::builder()
+        .with_bind_address(addr)
+        .with_identity(identity.clone_identity())
+        .keep_alive_interval(None)
+        .max_idle_timeout(Some(idle))
+        .expect("idle timeout in range")
+        .build()
+}
+
+/// A bound WebTransport endpoint.
+pub struct WtEndpoint {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its certificates.
+    pub certs: Arc<WtCerts>,
+    endpoint: Endpoint<wtransport::endpoint::endpoint_side::Server>,
+}
+
+impl std::fmt::Debug for WtEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WtEndpoint").field("addr", &self.addr).finish()
+    }
+}
+
+impl WtEndpoint {
+    /// Bind. `pem` is the configured certificate and key (PEM files), if any.
+    pub async fn bind(
+        addr: SocketAddr,
+        pem: Option<(&std::path::Path, &std::path::Path)>,
+        days: u32,
+        idle: Duration,
+    ) -> anyhow::Result<WtEndpoint> {
+        let (identity, generated) = match pem {
+            Some((cert, key)) => (Identity::load_pemfiles(cert, key).await?, false),
+            None => (generate(days)?, true),
+        };
+        let endpoint = Endpoint::server(server_config(addr, &identity, idle))?;
+        let hashes = if generated {
+            vec![hash_of(&identity)]
+        } else {
+            Vec::new()
+        };
+        Ok(WtEndpoint {
+            addr: endpoint.local_addr()?,
+            certs: Arc::new(WtCerts {
+                hashes: RwLock::new(hashes),
+                generated,
+                days,
+            }),
+            endpoint,
+        })
+    }
+
+    /// Replace a generated certificate with a fresh one (new connections use it; the
+    /// previous hash stays published so a page that fetched it just now still connects).
+    pub fn renew(&self, idle: Duration) -> anyhow::Result<()> {
+        if !self.certs.generated {
+            return Ok(());
+        }
+        let identity = generate(self.certs.days)?;
+        self.endpoint
+            .reload_config(server_config(self.addr, &identity, idle), false)?;
+        let mut hashes = self.certs.hashes.write().expect("hash lock");
+        let previous = hashes.first().cloned();
+        *hashes = std::iter::once(hash_of(&identity)).chain(previous).collect();
+        tracing::info!(hash = %hashes[0], "renewed the WebTransport certificate");
+        Ok(())
+    }
+
+    /// Close every session.
+    pub fn close(&self) {
+        self.endpoint
+            .close(VarInt::from_u32(ErrorCode::ShuttingDown as u32), b"shutting down");
+    }
+
+    /// Accept sessions until the endpoint closes.
+    pub async fn accept_loop(self: Arc<Self>, shared: std::sync::Weak<Shared>) {
+        loop {
+            let incoming = self.endpoint.accept().await;
+            let Some(shared) = shared.upgrade() else { return };
+            tokio::spawn(async move {
+                let handshake = shared.config.handshake_timeout;
+                let session = async {
+                    let request = incoming.await.map_err(|e| e.to_string())?;
+                    let conn = request.accept().await.map_err(|e| e.to_string())?;
+                    let (send, recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+                    Ok::<_, String>((conn, send, recv))
+                };
+                match tokio::time::timeout(handshake, session).await {
+                    Ok(Ok((conn, send, recv))) => conn::serve(shared, Arc::new(WtTransport(conn)), recv, send).await,
+                    Ok(Err(e)) => tracing::debug!(error = %e, "WebTransport session failed"),
+                    Err(_) => tracing::debug!("WebTransport session without a control stream in time"),
+                }
+            });
+        }
+    }
+}
