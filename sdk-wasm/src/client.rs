@@ -1,0 +1,685 @@
+//! `NatterClient`, the JavaScript API: one object per signed-in device, Promises for
+//! requests, an event callback (or `nextEvent()` / `for await`) for everything pushed.
+//! State lives in the shared [`Inner`]; the [`crate::driver`] task owns the connection.
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::rc::Rc;
+
+use futures::channel::{mpsc, oneshot};
+use js_sys::{Array, Promise, Reflect};
+use natter_protocol::pb::{self, request::Op, response::Result as Res};
+use natter_protocol::session::RequestError;
+use natter_protocol::{ClientMsgId, ClientSession, ConversationId, Millis, RequestId, Seq, SessionConfig};
+use serde::Serialize;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::future_to_promise;
+
+use crate::view::{self, JsError, JsEvent, JsStatus, Transport, TransportChoice};
+
+/// Wake-ups for the driver.
+#[derive(Debug)]
+pub(crate) enum Wake {
+    /// The session has something to send.
+    Flush,
+    /// Drop the connection and reconnect now.
+    Reconnect,
+    /// Stop.
+    Close,
+}
+
+/// A send that is durable on the server.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct SendAck {
+    pub conversation_id: u64,
+    pub seq: u64,
+    pub server_time_ms: u64,
+    pub duplicate: bool,
+    pub client_msg_id: String,
+}
+
+/// Client options that stay fixed.
+#[derive(Debug)]
+pub(crate) struct Config {
+    pub server: String,
+    pub choice: TransportChoice,
+    pub reconnect_min_ms: u32,
+    pub reconnect_max_ms: u32,
+}
+
+/// Where events go: the callback if set, else a queue drained by `nextEvent()`.
+#[derive(Default)]
+struct Events {
+    callback: Option<js_sys::Function>,
+    queue: VecDeque<JsValue>,
+    waiters: VecDeque<oneshot::Sender<JsValue>>,
+    finished: bool,
+}
+
+/// What the client object and the driver share (single-threaded: `RefCell`s, never held
+/// across an await or a call into JavaScript).
+pub(crate) struct Inner {
+    pub session: RefCell<ClientSession>,
+    pub requests: RefCell<HashMap<RequestId, oneshot::Sender<Result<Res, RequestError>>>>,
+    pub sends: RefCell<HashMap<ClientMsgId, oneshot::Sender<Result<SendAck, RequestError>>>>,
+    pub transport: Cell<Option<Transport>>,
+    pub pause: Cell<Option<u32>>,
+    pub config: Config,
+    wake: mpsc::UnboundedSender<Wake>,
+    events: RefCell<Events>,
+    start: f64,
+}
+
+fn to_js<T: Serialize + ?Sized>(value: &T) -> JsValue {
+    value
+        .serialize(&serde_wasm_bindgen::Serializer::json_compatible())
+        .unwrap_or(JsValue::UNDEFINED)
+}
+
+/// A rejected promise's value: an `Error` with `code` (and `retryAfterMs`).
+fn js_error(e: &JsError) -> JsValue {
+    let err = js_sys::Error::new(&e.message);
+    let _ = Reflect::set(&err, &"code".into(), &e.code.clone().into());
+    if let Some(ms) = e.retry_after_ms {
+        let _ = Reflect::set(&err, &"retryAfterMs".into(), &ms.into());
+    }
+    err.into()
+}
+
+fn unexpected() -> JsValue {
+    js_error(&JsError::local("UNEXPECTED", "unexpected response from the server"))
+}
+
+impl Inner {
+    pub(crate) fn now(&self) -> Millis {
+        Millis((js_sys::Date::now() - self.start).max(0.0) as u64)
+    }
+
+    fn wake(&self, w: Wake) {
+        let _ = self.wake.unbounded_send(w);
+    }
+
+    pub(crate) fn emit(&self, ev: JsEvent) {
+        let value = to_js(&ev);
+        let callback = {
+            let mut events = self.events.borrow_mut();
+            match &events.callback {
+                Some(cb) => Some(cb.clone()),
+                None => {
+                    while let Some(w) = events.waiters.pop_front() {
+                        match w.send(value.clone()) {
+                            Ok(()) => return,
+                            Err(_) => continue,
+                        }
+                    }
+                    events.queue.push_back(value.clone());
+                    None
+                }
+            }
+        };
+        if let Some(cb) = callback {
+            // An exception in the app's handler must not stop the client.
+            if let Err(e) = cb.call1(&JsValue::NULL, &value) {
+                web_sys_console_error(&e);
+            }
+        }
+    }
+
+    /// The client stopped: pending `nextEvent()` calls resolve to `null`.
+    pub(crate) fn finish(&self) {
+        let mut events = self.events.borrow_mut();
+        events.finished = true;
+        for w in events.waiters.drain(..) {
+            let _ = w.send(JsValue::NULL);
+        }
+    }
+}
+
+fn web_sys_console_error(e: &JsValue) {
+    let console = Reflect::get(&js_sys::global(), &"console".into()).ok();
+    if let Some(error) = console.and_then(|c| Reflect::get(&c, &"error".into()).ok()) {
+        if let Ok(f) = error.dyn_into::<js_sys::Function>() {
+            let _ = f.call2(&JsValue::NULL, &"natter: event handler threw".into(), e);
+        }
+    }
+}
+
+fn random_id() -> ClientMsgId {
+    let mut bytes = [0u8; 16];
+    let crypto = Reflect::get(&js_sys::global(), &"crypto".into())
+        .ok()
+        .and_then(|c| c.dyn_into::<web_sys::Crypto>().ok());
+    match crypto {
+        Some(c) if c.get_random_values_with_u8_array(&mut bytes).is_ok() => {}
+        _ => {
+            for b in &mut bytes {
+                *b = (js_sys::Math::random() * 256.0) as u8;
+            }
+        }
+    }
+    ClientMsgId::from_random(bytes)
+}
+
+fn get_str(options: &JsValue, key: &str) -> Option<String> {
+    Reflect::get(options, &key.into()).ok().and_then(|v| v.as_string())
+}
+
+fn get_num(options: &JsValue, key: &str) -> Option<f64> {
+    Reflect::get(options, &key.into()).ok().and_then(|v| v.as_f64())
+}
+
+/// A natter client in the browser. Create with `NatterClient.connect({ server })`.
+#[wasm_bindgen]
+pub struct NatterClient {
+    inner: Rc<Inner>,
+}
+
+impl std::fmt::Debug for NatterClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatterClient")
+            .field("transport", &self.inner.transport.get())
+            .finish()
+    }
+}
+
+#[wasm_bindgen(typescript_custom_section)]
+const TS_TYPES: &'static str = r#"
+/** Events from `onEvent` / `nextEvent()`; `type` says which. Ids are numbers. */
+export type NatterEvent =
+  | { type: "transport"; name: "webtransport" | "websocket" }
+  | { type: "connected"; userId: number; username: string; deviceId: number; resumed: boolean }
+  | { type: "disconnected"; reason: string }
+  | { type: "authFailed"; error: NatterError }
+  | { type: "conversations"; conversations: ConversationSummary[] }
+  | { type: "event"; event: ConversationEvent }
+  | { type: "receipt"; conversationId: number; userId: number; deliveredSeq: number; readSeq: number }
+  | { type: "unread"; conversationId: number; readSeq: number; unreadCount: number }
+  | { type: "presence"; userId: number; username: string; state: "online" | "away" | "offline"; lastSeenMs: number }
+  | { type: "typing"; conversationId: number; userId: number; username: string }
+  | { type: "typingStopped"; conversationId: number; userId: number }
+  | { type: "typingRejected"; conversationId: number; error: NatterError }
+  | { type: "sendFailed"; clientMsgId: string; conversationId: number; error: NatterError }
+  | { type: "goAway"; reason: string; reconnectAfterMs: number }
+  | { type: "connectionError"; error: NatterError };
+/** Rejected promises are `Error`s with these fields. */
+export interface NatterError { code: string; message: string; retryAfterMs?: number }
+/** 1 direct, 2 group, 3 channel (spec/natter.proto ConversationKind). */
+export interface ConversationSummary {
+  conversationId: number; kind: number; name: string; lastSeq: number; joinedSeq: number;
+  readSeq: number; unreadCount: number; myRole: number; memberCount: number;
+  lastMessage?: ConversationEvent; receipts: { userId: number; deliveredSeq: number; readSeq: number }[];
+}
+export interface ConversationEvent {
+  conversationId: number; seq: number; senderUserId: number; senderUsername: string;
+  senderDeviceId: number; serverTimeMs: number;
+  body?: { message?: { clientMsgId: string; body?: { kind: number; text: string; replyToSeq: number } } } & Record<string, unknown>;
+}
+"#;
+
+impl NatterClient {
+    fn call(&self, op: Op) -> impl Future<Output = Result<Res, JsValue>> {
+        let (tx, rx) = oneshot::channel();
+        let now = self.inner.now();
+        let id = self.inner.session.borrow_mut().request(now, op);
+        let queued = match id {
+            Ok(id) => {
+                self.inner.requests.borrow_mut().insert(id, tx);
+                self.inner.wake(Wake::Flush);
+                Ok(())
+            }
+            Err(e) => Err(js_error(&(&RequestError::Invalid(e)).into())),
+        };
+        async move {
+            queued?;
+            match rx.await {
+                Ok(Ok(res)) => Ok(res),
+                Ok(Err(e)) => Err(js_error(&(&e).into())),
+                Err(_) => Err(js_error(&JsError::local("CLOSED", "the client is closed"))),
+            }
+        }
+    }
+
+    fn promise<F>(&self, op: Op, map: F) -> Promise
+    where
+        F: FnOnce(Res) -> Option<JsValue> + 'static,
+    {
+        let call = self.call(op);
+        future_to_promise(async move { map(call.await?).ok_or_else(unexpected) })
+    }
+
+    fn conversation(&self, op: Op) -> Promise {
+        self.promise(op, |r| match r {
+            Res::Conversation(c) => Some(to_js(&c)),
+            _ => None,
+        })
+    }
+
+    fn done(&self, op: Op) -> Promise {
+        self.promise(op, |r| matches!(r, Res::Done(_)).then_some(JsValue::UNDEFINED))
+    }
+
+    fn committed(&self, op: Op) -> Promise {
+        self.promise(op, |r| match r {
+            Res::Sent(s) => Some(JsValue::from_f64(s.seq as f64)),
+            _ => None,
+        })
+    }
+}
+
+#[wasm_bindgen]
+impl NatterClient {
+    /// Start a client; it connects in the background and keeps reconnecting (requests
+    /// made meanwhile wait). Options: `server` (base URL of the web endpoint, default the
+    /// page's origin), `transport` ("auto" | "webtransport" | "websocket"), `token` (an
+    /// access token from an earlier login), `resumeToken` and `cursors` (from
+    /// `snapshot()`), `onEvent` (callback), `reconnectMinMs`, `reconnectMaxMs`.
+    pub fn connect(options: JsValue) -> Result<NatterClient, JsValue> {
+        let server = match get_str(&options, "server") {
+            Some(s) => s,
+            None => Reflect::get(&js_sys::global(), &"location".into())
+                .and_then(|l| Reflect::get(&l, &"origin".into()))
+                .ok()
+                .and_then(|o| o.as_string())
+                .ok_or_else(|| js_error(&JsError::local("INVALID", "options.server is required")))?,
+        };
+        let choice = TransportChoice::parse(get_str(&options, "transport").as_deref()).map_err(|e| js_error(&e))?;
+        let config = Config {
+            server,
+            choice,
+            reconnect_min_ms: get_num(&options, "reconnectMinMs").unwrap_or(250.0) as u32,
+            reconnect_max_ms: get_num(&options, "reconnectMaxMs").unwrap_or(10_000.0) as u32,
+        };
+        let mut session = ClientSession::new(
+            SessionConfig {
+                client_name: concat!("natter-wasm/", env!("CARGO_PKG_VERSION")).into(),
+                ..Default::default()
+            },
+            get_str(&options, "token"),
+        );
+        let cursors: Vec<(ConversationId, Seq)> = Reflect::get(&options, &"cursors".into())
+            .ok()
+            .filter(|c| Array::is_array(c))
+            .map(|c| {
+                Array::from(&c)
+                    .iter()
+                    .filter_map(|pair| {
+                        let pair = Array::from(&pair);
+                        Some((
+                            ConversationId(pair.get(0).as_f64()? as u64),
+                            Seq(pair.get(1).as_f64()? as u64),
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        session.restore(get_str(&options, "resumeToken"), cursors);
+        let (wake, wake_rx) = mpsc::unbounded();
+        let callback = Reflect::get(&options, &"onEvent".into())
+            .ok()
+            .and_then(|f| f.dyn_into::<js_sys::Function>().ok());
+        let inner = Rc::new(Inner {
+            session: RefCell::new(session),
+            requests: RefCell::default(),
+            sends: RefCell::default(),
+            transport: Cell::new(None),
+            pause: Cell::new(None),
+            config,
+            wake,
+            events: RefCell::new(Events {
+                callback,
+                ..Default::default()
+            }),
+            start: js_sys::Date::now(),
+        });
+        wasm_bindgen_futures::spawn_local(crate::driver::run(inner.clone(), wake_rx));
+        Ok(NatterClient { inner })
+    }
+
+    /// Deliver events to `callback` from now on (queued ones first).
+    #[wasm_bindgen(js_name = onEvent)]
+    pub fn on_event(&self, callback: js_sys::Function) {
+        let queued: Vec<JsValue> = {
+            let mut events = self.inner.events.borrow_mut();
+            events.callback = Some(callback.clone());
+            events.queue.drain(..).collect()
+        };
+        for v in queued {
+            let _ = callback.call1(&JsValue::NULL, &v);
+        }
+    }
+
+    /// The next event (when no callback is set); `null` once the client is closed.
+    #[wasm_bindgen(js_name = nextEvent)]
+    pub fn next_event(&self) -> Promise {
+        let mut events = self.inner.events.borrow_mut();
+        if let Some(v) = events.queue.pop_front() {
+            return Promise::resolve(&v);
+        }
+        if events.finished {
+            return Promise::resolve(&JsValue::NULL);
+        }
+        let (tx, rx) = oneshot::channel();
+        events.waiters.push_back(tx);
+        future_to_promise(async move { Ok(rx.await.unwrap_or(JsValue::NULL)) })
+    }
+
+    /// "webtransport", "websocket", or undefined while disconnected.
+    #[wasm_bindgen(getter)]
+    pub fn transport(&self) -> Option<String> {
+        self.inner.transport.get().map(|t| t.name().to_string())
+    }
+
+    /// "disconnected", "handshaking", "unauthenticated", "authenticating" or "ready".
+    #[wasm_bindgen(getter)]
+    pub fn state(&self) -> String {
+        format!("{:?}", self.inner.session.borrow().state()).to_lowercase()
+    }
+
+    /// Create an account (does not log in). Resolves to the user id.
+    pub fn register(&self, username: String, password: String) -> Promise {
+        self.promise(Op::Register(pb::Register { username, password }), |r| match r {
+            Res::Register(r) => Some(JsValue::from_f64(r.user_id as f64)),
+            _ => None,
+        })
+    }
+
+    /// Log in as a new device: `{ userId, deviceId, accessToken }`. Keep the token (e.g.
+    /// in localStorage) to connect later without the password.
+    pub fn login(&self, username: String, password: String, device_name: String) -> Promise {
+        let op = Op::Login(pb::Login {
+            username,
+            password,
+            device_name,
+        });
+        self.promise(op, |r| match r {
+            Res::Login(l) => {
+                let o = js_sys::Object::new();
+                let _ = Reflect::set(&o, &"userId".into(), &(l.user_id as f64).into());
+                let _ = Reflect::set(&o, &"deviceId".into(), &(l.device_id as f64).into());
+                let _ = Reflect::set(&o, &"accessToken".into(), &l.access_token.into());
+                Some(o.into())
+            }
+            _ => None,
+        })
+    }
+
+    /// Revoke this device's token (the connection then closes).
+    pub fn logout(&self) -> Promise {
+        self.done(Op::Logout(pb::Logout { device_id: 0 }))
+    }
+
+    /// This user's devices.
+    pub fn devices(&self) -> Promise {
+        self.promise(Op::ListDevices(pb::ListDevices {}), |r| match r {
+            Res::Devices(d) => Some(to_js(&d.devices)),
+            _ => None,
+        })
+    }
+
+    /// Every conversation with last message and unread count.
+    pub fn conversations(&self) -> Promise {
+        self.promise(Op::ListConversations(pb::ListConversations {}), |r| match r {
+            Res::Conversations(c) => Some(to_js(&c.conversations)),
+            _ => None,
+        })
+    }
+
+    /// The 1:1 conversation with `username` (created on first use).
+    pub fn direct(&self, username: String) -> Promise {
+        self.conversation(Op::CreateDirect(pb::CreateDirect { username }))
+    }
+
+    /// A new private group with these members.
+    #[wasm_bindgen(js_name = createGroup)]
+    pub fn create_group(&self, name: String, usernames: Vec<String>) -> Promise {
+        self.conversation(Op::CreateGroup(pb::CreateGroup { name, usernames }))
+    }
+
+    /// A new public channel.
+    #[wasm_bindgen(js_name = createChannel)]
+    pub fn create_channel(&self, name: String) -> Promise {
+        self.conversation(Op::CreateChannel(pb::CreateChannel { name }))
+    }
+
+    /// Join a public channel by name.
+    #[wasm_bindgen(js_name = joinChannel)]
+    pub fn join_channel(&self, name: String) -> Promise {
+        self.conversation(Op::JoinChannel(pb::JoinChannel { name }))
+    }
+
+    /// Add members (owners and admins).
+    #[wasm_bindgen(js_name = addMembers)]
+    pub fn add_members(&self, conversation_id: f64, usernames: Vec<String>) -> Promise {
+        self.done(Op::AddMembers(pb::AddMembers {
+            conversation_id: conversation_id as u64,
+            usernames,
+        }))
+    }
+
+    /// Leave a group or channel.
+    pub fn leave(&self, conversation_id: f64) -> Promise {
+        self.done(Op::Leave(pb::LeaveConversation {
+            conversation_id: conversation_id as u64,
+        }))
+    }
+
+    /// Members with roles.
+    pub fn members(&self, conversation_id: f64) -> Promise {
+        let op = Op::GetMembers(pb::GetMembers {
+            conversation_id: conversation_id as u64,
+        });
+        self.promise(op, |r| match r {
+            Res::Members(m) => Some(to_js(&m.members)),
+            _ => None,
+        })
+    }
+
+    /// Send a text; resolves (`{ conversationId, seq, serverTimeMs, duplicate,
+    /// clientMsgId }`) once durable. Survives reconnects; pass your own `clientMsgId` to
+    /// retry safely across page reloads.
+    pub fn send(&self, conversation_id: f64, text: String, client_msg_id: Option<String>) -> Promise {
+        // A caller's id is validated with the send (length, characters).
+        let id = client_msg_id.map_or_else(random_id, ClientMsgId);
+        let body = pb::MessageBody {
+            text,
+            ..Default::default()
+        };
+        let (tx, rx) = oneshot::channel();
+        let now = self.inner.now();
+        let queued =
+            self.inner
+                .session
+                .borrow_mut()
+                .send_message(now, ConversationId(conversation_id as u64), id.clone(), body);
+        if let Err(e) = queued {
+            return Promise::reject(&js_error(&(&RequestError::Invalid(e)).into()));
+        }
+        self.inner.sends.borrow_mut().insert(id, tx);
+        self.inner.wake(Wake::Flush);
+        future_to_promise(async move {
+            match rx.await {
+                Ok(Ok(ack)) => Ok(to_js(&ack)),
+                Ok(Err(e)) => Err(js_error(&(&e).into())),
+                Err(_) => Err(js_error(&JsError::local("CLOSED", "the client is closed"))),
+            }
+        })
+    }
+
+    /// A page of events: `{ before: seq }` (newest page before; 0 or absent = latest) or
+    /// `{ after: seq }`, and `limit`. Resolves to `{ events, hasMore, lastSeq }`.
+    pub fn history(&self, conversation_id: f64, options: JsValue) -> Promise {
+        let anchor = match (get_num(&options, "after"), get_num(&options, "before")) {
+            (Some(a), _) => pb::get_history::Anchor::After(a as u64),
+            (None, b) => pb::get_history::Anchor::Before(b.unwrap_or(0.0) as u64),
+        };
+        let op = Op::History(pb::GetHistory {
+            conversation_id: conversation_id as u64,
+            anchor: Some(anchor),
+            limit: get_num(&options, "limit").unwrap_or(50.0) as u32,
+        });
+        self.promise(op, |r| match r {
+            Res::History(h) => Some(to_js(&h)),
+            _ => None,
+        })
+    }
+
+    /// Move your read cursor (clears unread on your other devices, sends read receipts).
+    #[wasm_bindgen(js_name = markRead)]
+    pub fn mark_read(&self, conversation_id: f64, seq: f64) -> Promise {
+        self.done(Op::MarkRead(pb::MarkRead {
+            conversation_id: conversation_id as u64,
+            seq: seq as u64,
+        }))
+    }
+
+    /// Replace the text of your message; resolves to the edit event's seq.
+    pub fn edit(&self, conversation_id: f64, target_seq: f64, text: String) -> Promise {
+        self.committed(Op::Edit(pb::EditMessage {
+            conversation_id: conversation_id as u64,
+            target_seq: target_seq as u64,
+            text,
+        }))
+    }
+
+    /// Delete a message; resolves to the delete event's seq.
+    #[wasm_bindgen(js_name = deleteMessage)]
+    pub fn delete_message(&self, conversation_id: f64, target_seq: f64) -> Promise {
+        self.committed(Op::DeleteMessage(pb::DeleteMessage {
+            conversation_id: conversation_id as u64,
+            target_seq: target_seq as u64,
+        }))
+    }
+
+    /// Add (or with `remove`, take back) a reaction.
+    pub fn react(&self, conversation_id: f64, target_seq: f64, emoji: String, remove: bool) -> Promise {
+        self.committed(Op::React(pb::React {
+            conversation_id: conversation_id as u64,
+            target_seq: target_seq as u64,
+            emoji,
+            remove,
+        }))
+    }
+
+    /// Members' delivered/read cursors.
+    pub fn receipts(&self, conversation_id: f64) -> Promise {
+        let op = Op::GetReceipts(pb::GetReceipts {
+            conversation_id: conversation_id as u64,
+        });
+        self.promise(op, |r| match r {
+            Res::Receipts(r) => Some(to_js(&r.receipts)),
+            _ => None,
+        })
+    }
+
+    /// Presence of these users (contacts only).
+    pub fn presence(&self, user_ids: Vec<f64>) -> Promise {
+        let op = Op::GetPresence(pb::GetPresence {
+            user_ids: user_ids.into_iter().map(|u| u as u64).collect(),
+        });
+        self.promise(op, |r| match r {
+            Res::Presence(p) => {
+                let list: Vec<JsEvent> = p
+                    .users
+                    .into_iter()
+                    .map(|p| JsEvent::Presence {
+                        user_id: p.user_id,
+                        username: p.username,
+                        state: view::presence_name(p.state),
+                        last_seen_ms: p.last_seen_ms,
+                    })
+                    .collect();
+                Some(to_js(&list))
+            }
+            _ => None,
+        })
+    }
+
+    /// Hide (or show) your last-seen time from contacts.
+    #[wasm_bindgen(js_name = setHideLastSeen)]
+    pub fn set_hide_last_seen(&self, hide: bool) -> Promise {
+        self.done(Op::SetPrivacy(pb::SetPrivacy { hide_last_seen: hide }))
+    }
+
+    /// Say you are typing; call on every keystroke (the client rate-limits).
+    pub fn typing(&self, conversation_id: f64) {
+        let now = self.inner.now();
+        self.inner
+            .session
+            .borrow_mut()
+            .typing(now, ConversationId(conversation_id as u64));
+        self.inner.wake(Wake::Flush);
+    }
+
+    /// "online" or "away" (e.g. from `visibilitychange`).
+    #[wasm_bindgen(js_name = setPresence)]
+    pub fn set_presence(&self, state: String) -> Result<(), JsValue> {
+        let state = match state.as_str() {
+            "online" => pb::PresenceState::Online,
+            "away" => pb::PresenceState::Away,
+            _ => return Err(js_error(&JsError::local("INVALID", "presence is online or away"))),
+        };
+        let now = self.inner.now();
+        self.inner.session.borrow_mut().set_presence(now, state);
+        self.inner.wake(Wake::Flush);
+        Ok(())
+    }
+
+    /// Where your message stands: `{ state: "sent"|"delivered"|"read", delivered, read,
+    /// recipients }`, or null (channels, unknown).
+    #[wasm_bindgen(js_name = messageStatus)]
+    pub fn message_status(&self, conversation_id: f64, seq: f64) -> JsValue {
+        let status = self
+            .inner
+            .session
+            .borrow()
+            .message_status(ConversationId(conversation_id as u64), Seq(seq as u64));
+        status.map_or(JsValue::NULL, |s| to_js(&JsStatus::from(s)))
+    }
+
+    /// Your unread count in a conversation, as this client knows it.
+    pub fn unread(&self, conversation_id: f64) -> Option<u32> {
+        self.inner
+            .session
+            .borrow()
+            .unread(ConversationId(conversation_id as u64))
+    }
+
+    /// What to persist to restore this session after a reload: `{ accessToken,
+    /// resumeToken, cursors: [[conversationId, seq]…], unackedSends }`.
+    pub fn snapshot(&self) -> JsValue {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Snapshot {
+            access_token: Option<String>,
+            resume_token: Option<String>,
+            cursors: Vec<(u64, u64)>,
+            unacked_sends: usize,
+        }
+        let s = self.inner.session.borrow();
+        to_js(&Snapshot {
+            access_token: s.access_token().map(String::from),
+            resume_token: s.resume_token().map(String::from),
+            cursors: s.cursors().into_iter().map(|(c, q)| (c.0, q.0)).collect(),
+            unacked_sends: s.outbox().len(),
+        })
+    }
+
+    /// Round trip to the server; resolves to the server's clock (ms).
+    pub fn ping(&self) -> Promise {
+        self.promise(Op::Ping(pb::Ping { nonce: 1 }), |r| match r {
+            Res::Pong(p) => Some(JsValue::from_f64(p.server_time_ms as f64)),
+            _ => None,
+        })
+    }
+
+    /// Drop the connection now and reconnect (sends stay queued).
+    pub fn reconnect(&self) {
+        self.inner.wake(Wake::Reconnect);
+    }
+
+    /// Close the connection and stop.
+    pub fn close(&self) {
+        self.inner.wake(Wake::Close);
+    }
+}

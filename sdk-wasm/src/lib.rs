@@ -1,0 +1,25 @@
+//! natter-wasm: natter for browsers.
+//!
+//! A wasm-bindgen wrapper over natter-protocol's sans-IO `ClientSession` — the same
+//! protocol core as the native and mobile SDKs, no second copy of its logic. The browser
+//! side adds only I/O: WebTransport through web-sys (trusting development certificates by
+//! `serverCertificateHashes` from the server's `/natter.json`), a WebSocket fallback when
+//! WebTransport is missing or does not connect in time, timers, and reconnect with resume.
+//!
+//! Modules: [`view`] (what JavaScript sees; pure, tested natively and under Node),
+//! `client` (the `NatterClient` JS class), `driver` (the I/O loop), `link` (the two
+//! transports). The last three exist only on wasm32.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod view;
+
+#[cfg(target_arch = "wasm32")]
+mod client;
+#[cfg(target_arch = "wasm32")]
+mod driver;
+#[cfg(target_arch = "wasm32")]
+mod link;
+
+#[cfg(target_arch = "wasm32")]
+pub use client::NatterClient;
