@@ -425,6 +425,8 @@ impl ClientSession {
         if conversation_id.0 == 0 {
             return Err(ValidationError::Missing("conversation_id"));
         }
+        // A message ends "typing": the next keystroke announces itself again at once.
+        self.typing_sent.remove(&conversation_id);
         self.outbox.push(OutboxEntry {
             client_msg_id,
             conversation_id,

@@ -127,6 +127,14 @@ impl ClientSession {
         let conv = ConversationId(ev.conversation_id);
         let seq = Seq(ev.seq);
         let mut unread_changed = false;
+        // Their message ends their typing indicator.
+        let sender = UserId(ev.sender_user_id);
+        let stopped_typing =
+            matches!(ev.body, Some(Body::Message(_))) && self.typing_shown.remove(&(conv, sender)).is_some();
+        let typing_stopped = SessionEvent::TypingStopped {
+            conversation_id: conv,
+            user_id: sender,
+        };
         if let Some(st) = self.convs.get_mut(&conv) {
             let mine = me == Some(UserId(ev.sender_user_id));
             let add = |st: &mut ConvState, members: &[pb::Member]| {
@@ -164,9 +172,15 @@ impl ClientSession {
                     read_seq,
                     unread_count,
                 });
+                if stopped_typing {
+                    self.events.push_back(typing_stopped);
+                }
                 return;
             }
         }
         self.events.push_back(SessionEvent::Event(ev));
+        if stopped_typing {
+            self.events.push_back(typing_stopped);
+        }
     }
 }

@@ -523,3 +523,48 @@ fn typing_renewals_are_rate_limited_and_indicators_expire_by_themselves() {
         .iter()
         .any(|e| matches!(e, SessionEvent::TypingStopped { user_id: UserId(2), .. })));
 }
+
+#[test]
+fn a_message_ends_typing_on_both_sides() {
+    let mut p = Peer::new(Some("tok"));
+    p.connect(auth_ok(false, vec![]));
+    p.s.set_datagrams_supported(true);
+    let t0 = p.now;
+    let conv = ConversationId(5);
+    p.s.typing(t0, conv);
+    p.s.send_message(t0.plus(10), conv, ClientMsgId("m1".into()), text("hi"))
+        .unwrap();
+    let _ = std::iter::from_fn(|| p.s.poll_datagram()).count();
+    // Typing again right after sending announces at once (no renewal throttle).
+    p.s.typing(t0.plus(20), conv);
+    assert_eq!(std::iter::from_fn(|| p.s.poll_datagram()).count(), 1);
+
+    // Bob's indicator stops when his message arrives, not only when it expires.
+    let update = pb::TypingUpdate {
+        conversation_id: 5,
+        user_id: 2,
+        username: "bob".into(),
+        expires_in_ms: 6000,
+    };
+    let signal = pb::Frame {
+        kind: Some(Kind::Signal(pb::Signal {
+            kind: Some(pb::signal::Kind::Typing(update)),
+        })),
+    };
+    p.s.handle_datagram(t0, &prost::Message::encode_to_vec(&signal));
+    assert!(p.events().iter().any(|e| matches!(e, SessionEvent::Typing { .. })));
+    let mut m = ev(5, 1, "hi");
+    m.sender_user_id = 2;
+    p.stream(
+        1,
+        &[
+            Kind::StreamHeader(pb::StreamHeader { conversation_id: 5 }),
+            Kind::Event(m),
+        ],
+    );
+    let evs = p.events();
+    let at = |f: &dyn Fn(&SessionEvent) -> bool| evs.iter().position(f);
+    let event = at(&|e| matches!(e, SessionEvent::Event(_))).expect("the message");
+    let stopped = at(&|e| matches!(e, SessionEvent::TypingStopped { user_id: UserId(2), .. })).expect("typing stopped");
+    assert!(event < stopped, "the message shows before the indicator goes");
+}

@@ -1,0 +1,387 @@
+//! Browser tests: the chat page (web/) and natter-wasm in real headless Chromium, against
+//! a real server on loopback, over WebTransport and WebSocket. `web/tests/driver.mjs`
+//! drives Chromium (playwright-core, Debian's chromium); this file orchestrates it with
+//! native natter-sdk clients and server hooks, and asserts. `scripts/test.sh` builds the
+//! WASM package and installs Chromium and the driver's one npm package first.
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use natter_sdk::{ClientEvent, ConversationId, UserId};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// The Chromium driver process.
+struct Browser {
+    _child: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+    next: u64,
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        let repo = repo();
+        let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+        for (path, what) in [
+            (
+                repo.join("web/pkg/natter_wasm_bg.wasm"),
+                "the natter-wasm package (bash sdk-wasm/build.sh)",
+            ),
+            (
+                repo.join("web/tests/node_modules/playwright-core"),
+                "playwright-core (cd web/tests && npm ci)",
+            ),
+            (PathBuf::from(&chromium), "Chromium (apt-get install chromium)"),
+        ] {
+            assert!(
+                path.exists(),
+                "browser tests need {what}: {} is missing. `bash scripts/test.sh` sets everything up.",
+                path.display()
+            );
+        }
+        let mut child = Command::new("node")
+            .arg(repo.join("web/tests/driver.mjs"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node runs");
+        let stdin = child.stdin.take().unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut b = Browser {
+            _child: child,
+            stdin,
+            lines,
+            next: 1,
+        };
+        let ready = b.reply().await;
+        assert_eq!(ready["value"], "ready");
+        b
+    }
+
+    async fn reply(&mut self) -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(60), self.lines.next_line())
+            .await
+            .expect("browser driver answers within 60 s")
+            .unwrap()
+            .expect("browser driver running");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("driver said {line:?}: {e}"))
+    }
+
+    async fn cmd(&mut self, mut cmd: Value) -> Value {
+        let id = self.next;
+        self.next += 1;
+        cmd["id"] = json!(id);
+        let line = format!("{cmd}\n");
+        self.stdin.write_all(line.as_bytes()).await.unwrap();
+        let reply = self.reply().await;
+        assert_eq!(reply["id"], json!(id));
+        assert!(reply["ok"] == json!(true), "browser command {cmd} failed: {reply:#}");
+        reply["value"].clone()
+    }
+
+    async fn open(&mut self, page: &str, url: &str) {
+        self.cmd(json!({"op": "open", "page": page, "url": url})).await;
+    }
+    async fn fill(&mut self, page: &str, selector: &str, value: &str) {
+        self.cmd(json!({"op": "fill", "page": page, "selector": selector, "value": value}))
+            .await;
+    }
+    async fn click(&mut self, page: &str, selector: &str) {
+        self.cmd(json!({"op": "click", "page": page, "selector": selector}))
+            .await;
+    }
+    async fn type_text(&mut self, page: &str, selector: &str, value: &str) {
+        self.cmd(json!({"op": "type", "page": page, "selector": selector, "value": value}))
+            .await;
+    }
+    async fn press(&mut self, page: &str, selector: &str, key: &str) {
+        self.cmd(json!({"op": "press", "page": page, "selector": selector, "key": key}))
+            .await;
+    }
+    async fn wait(&mut self, page: &str, selector: &str) {
+        self.cmd(json!({"op": "wait", "page": page, "selector": selector}))
+            .await;
+    }
+    /// Wait until `js` (an expression in the page) is truthy; its value.
+    async fn wait_fn(&mut self, page: &str, js: &str) -> Value {
+        self.cmd(json!({"op": "waitFn", "page": page, "js": js})).await
+    }
+    async fn eval(&mut self, page: &str, js: &str) -> Value {
+        self.cmd(json!({"op": "eval", "page": page, "js": js})).await
+    }
+    async fn texts(&mut self, page: &str, selector: &str) -> Vec<String> {
+        let v = self
+            .cmd(json!({"op": "text", "page": page, "selector": selector}))
+            .await;
+        serde_json::from_value(v).unwrap()
+    }
+}
+
+fn web_config(dir: &Path) -> natter_server::Config {
+    let mut cfg = config(dir);
+    cfg.web_root = repo().join("web");
+    cfg.heartbeat_interval_ms = 500;
+    cfg
+}
+
+fn page_url(s: &natter_server::RunningServer, transport: &str) -> String {
+    format!("http://{}/?transport={transport}", s.web_addr.expect("web endpoint"))
+}
+
+/// Register and sign in through the page's form; waits for the chat view on `transport`.
+async fn sign_up(b: &mut Browser, page: &str, name: &str, transport: &str) {
+    b.wait(page, "#auth:not([hidden])").await;
+    b.fill(page, "#username", name).await;
+    b.fill(page, "#password", PASSWORD).await;
+    b.click(page, "#register").await;
+    b.wait(page, "#app:not([hidden])").await;
+    b.wait(page, &format!("#conn[data-transport={transport}]")).await;
+}
+
+/// (seq, text) of the page's messages in a conversation, in seq order.
+async fn page_messages(b: &mut Browser, page: &str, conv: u64) -> Vec<(u64, String)> {
+    let v = b
+        .eval(
+            page,
+            &format!(
+                "const c = window.natter.convs.get({conv}); if (!c) return [];
+                 return [...c.messages.values()].filter(m => !m.notice).sort((a, b) => a.seq - b.seq).map(m => [m.seq, m.text]);"
+            ),
+        )
+        .await;
+    serde_json::from_value(v).unwrap()
+}
+
+/// Conversation events the page received, as (conversation, seq), in arrival order.
+async fn page_event_log(b: &mut Browser, page: &str) -> Vec<(u64, u64)> {
+    let v = b
+        .eval(
+            page,
+            "return window.natter.log.filter(e => e.type === 'event').map(e => [e.conversationId, e.seq]);",
+        )
+        .await;
+    serde_json::from_value(v).unwrap()
+}
+
+fn assert_exactly_once_in_order(log: &[(u64, u64)], conv: u64) {
+    let seqs: Vec<u64> = log.iter().filter(|(c, _)| *c == conv).map(|(_, s)| *s).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "events of conversation {conv} arrived out of order, doubled or with a gap: {seqs:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_browsers_chat_over_webtransport_with_typing_and_read_marks() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = natter_server::start(&web_config(dir.path())).await.unwrap();
+    let mut b = Browser::start().await;
+    let url = page_url(&s, "webtransport");
+    b.open("alice", &url).await;
+    b.open("bob", &url).await;
+    sign_up(&mut b, "alice", "alice", "webtransport").await;
+    sign_up(&mut b, "bob", "bob", "webtransport").await;
+
+    // Alice starts a DM and writes before Bob looks: Bob's list shows it unread.
+    b.fill("alice", "#dm-user", "bob").await;
+    b.click("alice", "#new-dm button").await;
+    b.wait("alice", "#composer:not([hidden])").await;
+    b.fill("alice", "#text", "hi bob, are you there?").await;
+    b.press("alice", "#text", "Enter").await;
+    b.wait("bob", "#conversations [data-unread='1']").await;
+    // Bob sees Alice online (presence dot) in his list.
+    b.wait("bob", "#conversations .dot[data-presence=online]").await;
+
+    // Bob opens it: the message is there, and Alice's mark turns to read.
+    b.click("bob", "#conversations li").await;
+    b.wait_fn("bob", "[...document.querySelectorAll('#message-list .msg .text')].some(e => e.textContent === 'hi bob, are you there?')")
+        .await;
+    b.wait("alice", "#message-list .msg.mine [data-status=read]").await;
+
+    // Typing both ways, then replies both ways.
+    b.type_text("bob", "#text", "yes, here").await;
+    b.wait_fn(
+        "alice",
+        "document.getElementById('typing').textContent.includes('bob is typing')",
+    )
+    .await;
+    b.press("bob", "#text", "Enter").await;
+    b.wait_fn(
+        "alice",
+        "[...document.querySelectorAll('#message-list .msg .text')].some(e => e.textContent === 'yes, here')",
+    )
+    .await;
+    b.wait_fn("alice", "document.getElementById('typing').textContent === ''")
+        .await;
+    b.wait("bob", "#message-list .msg.mine [data-status=read]").await;
+
+    b.type_text("alice", "#text", "great").await;
+    b.wait_fn(
+        "bob",
+        "document.getElementById('typing').textContent.includes('alice is typing')",
+    )
+    .await;
+    b.press("alice", "#text", "Enter").await;
+    b.wait_fn(
+        "bob",
+        "[...document.querySelectorAll('#message-list .msg .text')].some(e => e.textContent === 'great')",
+    )
+    .await;
+    b.wait_fn(
+        "alice",
+        "document.querySelectorAll('#message-list .msg.mine [data-status=read]').length === 2",
+    )
+    .await;
+
+    // Both pages show the same conversation in the same order.
+    let a_texts = b.texts("alice", "#message-list .msg .text").await;
+    let b_texts = b.texts("bob", "#message-list .msg .text").await;
+    assert_eq!(a_texts, vec!["hi bob, are you there?", "yes, here", "great"]);
+    assert_eq!(a_texts, b_texts);
+
+    let shots = repo().join("target/browser-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let path = shots.join("webtransport-chat.png");
+    b.cmd(json!({"op": "screenshot", "page": "alice", "path": path})).await;
+    assert!(std::fs::metadata(&path).unwrap().len() > 10_000, "a real screenshot");
+    eprintln!("screenshot: {}", path.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_on_websocket_and_a_native_client_see_one_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = natter_server::start(&web_config(dir.path())).await.unwrap();
+    let mut b = Browser::start().await;
+    b.open("web", &page_url(&s, "websocket")).await;
+    sign_up(&mut b, "web", "webby", "websocket").await;
+    let transport = b.eval("web", "return window.natter.client.transport;").await;
+    assert_eq!(transport, "websocket");
+
+    let mut nate = user(&s, "nate").await;
+    let dm = nate.client.direct("webby").await.unwrap();
+    let conv = dm.conversation_id;
+    b.wait_fn("web", &format!("window.natter.convs.has({conv})")).await;
+
+    // Both send 15 at once, interleaving on the server.
+    let js =
+        format!("const c = window.natter.client; for (let i = 0; i < 15; i++) c.send({conv}, 'w' + i); return true;");
+    let page_sends = b.eval("web", &js);
+    let texts: Vec<String> = (0..15).map(|i| format!("n{i}")).collect();
+    let native = async {
+        let sends = texts.iter().map(|t| nate.client.send(ConversationId(conv), t));
+        futures::future::try_join_all(sends).await.unwrap()
+    };
+    let (_, acks) = tokio::join!(page_sends, native);
+    assert_eq!(acks.len(), 15);
+
+    let native_view = messages(&mut nate.events, ConversationId(conv), 30).await;
+    b.wait_fn(
+        "web",
+        &format!("[...window.natter.convs.get({conv}).messages.values()].filter(m => !m.notice).length >= 30"),
+    )
+    .await;
+    let page_view = page_messages(&mut b, "web", conv).await;
+    assert_eq!(page_view.len(), 30);
+    assert_eq!(
+        native_view, page_view,
+        "the browser and the native client disagree on the order"
+    );
+    // Each side's own messages keep their send order.
+    for prefix in ["w", "n"] {
+        let own: Vec<String> = page_view
+            .iter()
+            .filter(|(_, t)| t.starts_with(prefix))
+            .map(|(_, t)| t.clone())
+            .collect();
+        let want: Vec<String> = (0..15).map(|i| format!("{prefix}{i}")).collect();
+        assert_eq!(own, want);
+    }
+    assert_exactly_once_in_order(&page_event_log(&mut b, "web").await, conv);
+    let transport = b.eval("web", "return window.natter.client.transport;").await;
+    assert_eq!(transport, "websocket", "stayed on WebSocket");
+}
+
+async fn cut_and_resume(transport: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = natter_server::start(&web_config(dir.path())).await.unwrap();
+    let mut b = Browser::start().await;
+    b.open("web", &page_url(&s, transport)).await;
+    sign_up(&mut b, "web", "rita", transport).await;
+    let mut sam = user(&s, "sam").await;
+    let conv = sam.client.direct("rita").await.unwrap().conversation_id;
+    let rita = UserId(b.eval("web", "return window.natter.me.userId;").await.as_u64().unwrap());
+    b.wait_fn("web", &format!("window.natter.convs.has({conv})")).await;
+
+    // Sam sends 40 while Rita's connection is cut by the server after the 10th.
+    let mut sent = Vec::new();
+    for i in 0..40 {
+        sent.push(
+            sam.client
+                .send(ConversationId(conv), &format!("m{i}"))
+                .await
+                .unwrap()
+                .seq
+                .0,
+        );
+        if i == 9 {
+            b.wait_fn(
+                "web",
+                &format!("[...window.natter.convs.get({conv}).messages.values()].filter(m => !m.notice).length >= 10"),
+            )
+            .await;
+            assert_eq!(s.disconnect_user(rita), 1, "rita's one connection cut");
+        }
+    }
+    b.wait_fn(
+        "web",
+        &format!("[...window.natter.convs.get({conv}).messages.values()].filter(m => !m.notice).length >= 40"),
+    )
+    .await;
+    let view = page_messages(&mut b, "web", conv).await;
+    let want: Vec<(u64, String)> = sent
+        .iter()
+        .enumerate()
+        .map(|(i, seq)| (*seq, format!("m{i}")))
+        .collect();
+    assert_eq!(view, want, "lost, doubled or reordered after the cut");
+    assert_exactly_once_in_order(&page_event_log(&mut b, "web").await, conv);
+    // It really was cut and came back by resuming.
+    let log = b
+        .eval("web", "return window.natter.log.filter(e => e.type !== 'event');")
+        .await;
+    let log = log.as_array().unwrap();
+    let cut = log
+        .iter()
+        .position(|e| e["type"] == "disconnected")
+        .expect("a disconnect");
+    assert!(
+        log[cut..]
+            .iter()
+            .any(|e| e["type"] == "connected" && e["resumed"] == true),
+        "reconnected with resume: {log:?}"
+    );
+    // Sam hears nothing odd: his own view is the same.
+    let native = messages(&mut sam.events, ConversationId(conv), 40).await;
+    assert_eq!(native, want);
+    let _ = ClientEvent::Disconnected { reason: String::new() };
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_cut_off_by_the_server_resumes_over_webtransport_without_loss() {
+    cut_and_resume("webtransport").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_cut_off_by_the_server_resumes_over_websocket_without_loss() {
+    cut_and_resume("websocket").await;
+}

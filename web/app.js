@@ -1,0 +1,322 @@
+// The natter web chat: a small app over the natter-wasm package (./pkg, built by
+// sdk-wasm/build.sh). Everything protocol-related happens in natter-wasm; this file keeps
+// view state and renders it. Query options: ?transport=websocket|webtransport|auto.
+import init, { NatterClient } from "./pkg/index.js";
+
+const KIND = { DIRECT: 1, GROUP: 2, CHANNEL: 3 };
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+const TOKEN_KEY = "natter.token";
+
+const state = {
+  client: null,
+  me: null,                 // { userId, username }
+  convs: new Map(),         // id -> { summary, messages: Map(seq -> msg), oldest, peer }
+  active: null,
+  typing: new Map(),        // conversationId -> Map(userId -> username)
+  presence: new Map(),      // userId -> "online" | "away" | "offline"
+  log: [],                  // recent events, newest last (for tests and debugging)
+};
+window.natter = state;      // for tests and the console
+
+function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") e.className = v;
+    else if (k.startsWith("data-")) e.setAttribute(k, v);
+    else e[k] = v;
+  }
+  for (const c of children) if (c != null) e.append(c);
+  return e;
+}
+
+function conv(id) {
+  let c = state.convs.get(id);
+  if (!c) {
+    c = { summary: { conversationId: id, name: "", kind: 0, unreadCount: 0, lastSeq: 0 }, messages: new Map(), oldest: null, peer: null };
+    state.convs.set(id, c);
+  }
+  return c;
+}
+
+function title(c) {
+  const s = c.summary;
+  if (s.kind === KIND.DIRECT) return c.peer ? c.peer.username : s.name || "Direct message";
+  if (s.kind === KIND.CHANNEL) return "#" + s.name;
+  return s.name;
+}
+
+// ---- events -------------------------------------------------------------------------
+
+function onEvent(ev) {
+  state.log.push(ev.type === "event" ? { type: "event", conversationId: ev.event.conversationId, seq: ev.event.seq }
+    : ev.type === "connected" ? { type: "connected", resumed: ev.resumed } : { type: ev.type });
+  if (state.log.length > 5000) state.log.shift();
+  switch (ev.type) {
+    case "transport": setConn(`connected · ${ev.name}`, true); break;
+    case "connected":
+      state.me = { userId: ev.userId, username: ev.username };
+      $("me-name").textContent = ev.username;
+      showApp();
+      refreshConversations();
+      break;
+    case "disconnected": setConn("reconnecting…", false); break;
+    case "authFailed":
+      localStorage.removeItem(TOKEN_KEY);
+      showAuth("Your session ended; sign in again.");
+      break;
+    case "conversations": for (const s of ev.conversations) addSummary(s); renderList(); break;
+    case "event": onConversationEvent(ev.event); break;
+    case "unread": conv(ev.conversationId).summary.unreadCount = ev.unreadCount; renderList(); break;
+    case "receipt": if (ev.conversationId === state.active) renderMarks(); break;
+    case "presence": state.presence.set(ev.userId, ev.state); renderList(); renderHeader(); break;
+    case "typing": typingMap(ev.conversationId).set(ev.userId, ev.username); renderTyping(); break;
+    case "typingStopped": typingMap(ev.conversationId).delete(ev.userId); renderTyping(); break;
+    case "sendFailed": $("chat-error").textContent = `Not sent: ${ev.error.message}`; break;
+  }
+}
+
+function typingMap(id) {
+  if (!state.typing.has(id)) state.typing.set(id, new Map());
+  return state.typing.get(id);
+}
+
+function addSummary(s) {
+  const c = conv(s.conversationId);
+  c.summary = s;
+  if (s.lastMessage) addEvent(s.lastMessage);
+  if (s.kind === KIND.DIRECT && !c.peer) loadPeer(s.conversationId);
+}
+
+async function loadPeer(id) {
+  const members = await state.client.members(id);
+  const peer = members.find((m) => m.userId !== state.me.userId);
+  if (!peer) return;
+  conv(id).peer = peer;
+  const p = await state.client.presence([peer.userId]);
+  for (const u of p) state.presence.set(u.userId, u.state);
+  renderList();
+  renderHeader();
+}
+
+async function refreshConversations() {
+  for (const s of await state.client.conversations()) addSummary(s);
+  renderList();
+}
+
+function addEvent(e) {
+  const c = conv(e.conversationId);
+  const body = e.body || {};
+  if (body.message) {
+    c.messages.set(e.seq, { seq: e.seq, from: e.senderUserId, who: e.senderUsername, text: body.message.body?.text ?? "", time: e.serverTimeMs });
+  } else if (body.messageEdited) {
+    const m = c.messages.get(body.messageEdited.targetSeq);
+    if (m) { m.text = body.messageEdited.text; m.edited = true; }
+  } else if (body.messageDeleted) {
+    const m = c.messages.get(body.messageDeleted.targetSeq);
+    if (m) { m.text = "message deleted"; m.deleted = true; }
+  } else if (body.created || body.membersAdded || body.memberRemoved || body.renamed) {
+    c.messages.set(e.seq, { seq: e.seq, notice: notice(e) });
+  }
+  if (c.oldest == null || e.seq < c.oldest) c.oldest = e.seq;
+  if (e.seq > (c.summary.lastSeq || 0)) c.summary.lastSeq = e.seq;
+}
+
+function notice(e) {
+  const b = e.body;
+  if (b.created) return `${e.senderUsername} created this conversation`;
+  if (b.membersAdded) return `${e.senderUsername} added ${b.membersAdded.members.map((m) => m.username).join(", ")}`;
+  if (b.memberRemoved) return b.memberRemoved.left ? `${b.memberRemoved.username} left` : `${b.memberRemoved.username} was removed`;
+  if (b.renamed) return `${e.senderUsername} renamed it to ${b.renamed.name}`;
+  return "";
+}
+
+function onConversationEvent(e) {
+  const known = state.convs.has(e.conversationId) && state.convs.get(e.conversationId).summary.kind;
+  addEvent(e);
+  const c = conv(e.conversationId);
+  if (e.body?.message) {
+    c.summary.lastMessage = e;
+    typingMap(e.conversationId).delete(e.senderUserId);
+    renderTyping();
+  }
+  if (!known || e.body?.created || e.body?.renamed || e.body?.membersAdded) refreshConversations();
+  if (e.conversationId === state.active) {
+    renderMessages();
+    markReadIfVisible();
+  }
+  renderList();
+}
+
+// ---- rendering ----------------------------------------------------------------------
+
+function setConn(text, up) {
+  const c = $("conn");
+  c.textContent = text;
+  c.classList.toggle("up", up);
+  c.dataset.transport = up ? (state.client.transport || "") : "";
+}
+
+function renderList() {
+  const list = $("conversations");
+  const items = [...state.convs.values()]
+    .filter((c) => c.summary.kind)
+    .sort((a, b) => (b.summary.lastMessage?.serverTimeMs || 0) - (a.summary.lastMessage?.serverTimeMs || 0));
+  list.replaceChildren(
+    ...items.map((c) => {
+      const s = c.summary;
+      const presence = c.peer ? state.presence.get(c.peer.userId) || "offline" : null;
+      const last = s.lastMessage?.body?.message?.body?.text;
+      const li = el("li", { "data-conversation": String(s.conversationId), class: s.conversationId === state.active ? "active" : "" },
+        el("span", { class: `dot ${presence ?? "none"}`, "data-presence": presence ?? "", title: presence ?? "" }),
+        el("span", { class: "name" }, title(c), last ? el("span", { class: "preview" }, last) : null),
+        s.unreadCount > 0 && s.conversationId !== state.active ? el("span", { class: "badge", "data-unread": String(s.unreadCount) }, String(s.unreadCount)) : null);
+      li.onclick = () => openConversation(s.conversationId);
+      return li;
+    }));
+}
+
+function renderHeader() {
+  if (state.active == null) return;
+  const c = conv(state.active);
+  $("chat-title").textContent = title(c);
+  const sub = c.peer ? state.presence.get(c.peer.userId) || "offline" : `${c.summary.memberCount || ""} members`;
+  $("chat-sub").textContent = sub;
+}
+
+function mark(m) {
+  if (m.from !== state.me?.userId || m.notice) return null;
+  const s = state.client.messageStatus(state.active, m.seq);
+  if (!s) return null;
+  const text = s.state === "read" ? "✓✓ read" : s.state === "delivered" ? "✓✓" : "✓";
+  return el("span", { class: `mark ${s.state}`, "data-status": s.state }, text);
+}
+
+function renderMessages() {
+  const c = conv(state.active);
+  const ol = $("message-list");
+  const box = $("messages");
+  const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+  const msgs = [...c.messages.values()].sort((a, b) => a.seq - b.seq);
+  ol.replaceChildren(...msgs.map((m) => {
+    if (m.notice) return el("li", { class: "notice", "data-seq": String(m.seq) }, m.notice);
+    const mine = m.from === state.me?.userId;
+    return el("li", { class: `msg${mine ? " mine" : ""}${m.deleted ? " deleted" : ""}`, "data-seq": String(m.seq) },
+      !mine && c.summary.kind !== KIND.DIRECT ? el("div", { class: "who" }, m.who) : null,
+      el("div", { class: "text" }, m.text),
+      el("div", { class: "meta" }, new Date(m.time).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }), m.edited ? " · edited" : "", " ", mark(m)));
+  }));
+  $("older").hidden = !(c.oldest > 1);
+  if (atBottom) box.scrollTop = box.scrollHeight;
+}
+
+function renderMarks() {
+  renderMessages();
+}
+
+function renderTyping() {
+  const who = state.active == null ? [] : [...typingMap(state.active).values()];
+  $("typing").textContent = who.length === 0 ? "" : who.length === 1 ? `${who[0]} is typing…` : `${who.join(", ")} are typing…`;
+}
+
+async function openConversation(id) {
+  state.active = id;
+  $("empty").hidden = true;
+  for (const e of [document.querySelector(".chat-head"), $("messages"), $("composer")]) e.hidden = false;
+  renderHeader();
+  renderList();
+  const c = conv(id);
+  if (c.messages.size < 30) await loadOlder(true);
+  renderMessages();
+  renderTyping();
+  markReadIfVisible();
+  $("text").focus();
+}
+
+async function loadOlder(latest = false) {
+  const c = conv(state.active);
+  const page = await state.client.history(state.active, { before: latest ? 0 : c.oldest, limit: 50 });
+  for (const e of page.events) addEvent(e);
+  renderMessages();
+}
+
+function markReadIfVisible() {
+  if (state.active == null || document.visibilityState !== "visible") return;
+  const c = conv(state.active);
+  const last = c.summary.lastSeq;
+  if (last > (c.summary.readSeq || 0)) {
+    c.summary.readSeq = last;
+    c.summary.unreadCount = 0;
+    state.client.markRead(state.active, last).catch(() => {});
+    renderList();
+  }
+}
+
+// ---- auth and actions ---------------------------------------------------------------
+
+function showAuth(message = "") {
+  $("app").hidden = true;
+  $("auth").hidden = false;
+  $("auth-error").textContent = message;
+}
+
+function showApp() {
+  $("auth").hidden = true;
+  $("app").hidden = false;
+}
+
+async function signIn(register) {
+  const username = $("username").value.trim();
+  const password = $("password").value;
+  $("auth-error").textContent = "";
+  try {
+    if (register) await state.client.register(username, password);
+    const login = await state.client.login(username, password, `${navigator.userAgent.includes("Headless") ? "headless " : ""}browser`);
+    localStorage.setItem(TOKEN_KEY, login.accessToken);
+  } catch (e) {
+    $("auth-error").textContent = e.code === "CONFLICT" ? "That username is taken." : e.code === "UNAUTHENTICATED" ? "Wrong username or password." : e.message;
+  }
+}
+
+function wire() {
+  $("auth-form").onsubmit = (e) => { e.preventDefault(); signIn(false); };
+  $("register").onclick = () => { if ($("auth-form").reportValidity()) signIn(true); };
+  $("composer").onsubmit = async (e) => {
+    e.preventDefault();
+    const text = $("text").value;
+    if (!text.trim() || state.active == null) return;
+    $("text").value = "";
+    $("chat-error").textContent = "";
+    try { await state.client.send(state.active, text); } catch (err) { $("chat-error").textContent = err.message; }
+  };
+  $("text").oninput = () => { if (state.active != null && $("text").value) state.client.typing(state.active); };
+  $("older").onclick = () => loadOlder(false);
+  const action = (form, fn) => { $(form).onsubmit = async (e) => {
+    e.preventDefault();
+    try { const s = await fn(); addSummary(s); renderList(); openConversation(s.conversationId); e.target.reset(); }
+    catch (err) { $("chat-error").textContent = err.message; }
+  }; };
+  action("new-dm", () => state.client.direct($("dm-user").value.trim()));
+  action("new-group", () => state.client.createGroup($("group-name").value.trim(),
+    $("group-members").value.split(",").map((s) => s.trim()).filter(Boolean)));
+  action("join-channel", async () => {
+    const name = $("channel-name").value.trim().replace(/^#/, "");
+    try { return await state.client.joinChannel(name); }
+    catch (e) { if (e.code === "NOT_FOUND") return state.client.createChannel(name); throw e; }
+  });
+  $("logout").onclick = async () => {
+    try { await state.client.logout(); } catch {}
+    localStorage.removeItem(TOKEN_KEY);
+    location.reload();
+  };
+  document.addEventListener("visibilitychange", () => {
+    state.client?.setPresence(document.visibilityState === "visible" ? "online" : "away");
+    markReadIfVisible();
+  });
+}
+
+await init();
+wire();
+const token = localStorage.getItem(TOKEN_KEY);
+state.client = NatterClient.connect({ transport: params.get("transport") || "auto", token: token || undefined, onEvent });
+if (!token) showAuth();

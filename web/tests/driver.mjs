@@ -1,0 +1,64 @@
+// Headless Chromium for natter's browser tests, driven over stdin/stdout by
+// server/tests/browser.rs: one JSON command per line in, one JSON reply per line out
+// ({ id, ok, value } or { id, ok: false, error }). Each page gets its own browser
+// context (own storage), like two people on two machines. Uses Debian's chromium; never
+// downloads a browser.
+import { chromium } from "playwright-core";
+import readline from "node:readline";
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  headless: true,
+  args: ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync"],
+});
+const pages = new Map();
+const logs = new Map();
+
+async function run(cmd) {
+  const page = pages.get(cmd.page);
+  switch (cmd.op) {
+    case "open": {
+      const context = await browser.newContext({ viewport: { width: 1100, height: 700 } });
+      const p = await context.newPage();
+      logs.set(cmd.page, []);
+      p.on("console", (m) => logs.get(cmd.page).push(`${m.type()}: ${m.text()}`));
+      p.on("pageerror", (e) => logs.get(cmd.page).push(`pageerror: ${e.message}`));
+      await p.goto(cmd.url);
+      pages.set(cmd.page, p);
+      return null;
+    }
+    case "fill": await page.fill(cmd.selector, cmd.value); return null;
+    case "type": await page.locator(cmd.selector).pressSequentially(cmd.value, { delay: 20 }); return null;
+    case "press": await page.press(cmd.selector, cmd.key); return null;
+    case "click": await page.click(cmd.selector); return null;
+    case "text": return await page.locator(cmd.selector).allInnerTexts();
+    case "wait": await page.waitForSelector(cmd.selector, { timeout: cmd.timeout ?? 20000 }); return null;
+    // Wait until an expression (evaluated in the page) is truthy; returns its value.
+    case "waitFn": {
+      const handle = await page.waitForFunction(cmd.js, null, { timeout: cmd.timeout ?? 20000, polling: 50 });
+      return await handle.jsonValue();
+    }
+    // Evaluate an async function body in the page; returns its JSON result.
+    case "eval": return await page.evaluate(`(async () => { ${cmd.js} })()`);
+    case "screenshot": await page.screenshot({ path: cmd.path, fullPage: true }); return cmd.path;
+    case "logs": return logs.get(cmd.page) ?? [];
+    case "quit": await browser.close(); process.exit(0);
+    default: throw new Error(`unknown op ${cmd.op}`);
+  }
+}
+
+const rl = readline.createInterface({ input: process.stdin });
+console.log(JSON.stringify({ id: 0, ok: true, value: "ready" }));
+for await (const line of rl) {
+  if (!line.trim()) continue;
+  const cmd = JSON.parse(line);
+  try {
+    const value = await run(cmd);
+    console.log(JSON.stringify({ id: cmd.id, ok: true, value: value ?? null }));
+  } catch (e) {
+    const log = cmd.page ? (logs.get(cmd.page) ?? []).slice(-20) : [];
+    console.log(JSON.stringify({ id: cmd.id, ok: false, error: String(e?.message ?? e), log }));
+  }
+}
+await browser.close();
