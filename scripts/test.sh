@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# Runs every natter test on a fresh machine: installs what the suite needs, then checks
-# formatting, lints, the wasm32 build of natter-protocol, and the whole test suite.
+# Runs every natter test on a fresh machine: installs what the suite needs (rustup
+# components and the wasm32 target, Debian's chromium for the browser tests, the pinned
+# wasm-bindgen CLI, the browser driver's npm package), builds the natter-wasm package, then
+# checks formatting, lints, and runs the whole suite: unit tests, the store suite, spec
+# vectors, end-to-end tests over QUIC, WebTransport and WebSocket on loopback, natter-wasm's
+# logic under Node and the web chat in headless Chromium.
 # Usage: ./scripts/test.sh      (the README's test command; .ci/run calls it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,20 +15,47 @@ step "toolchain: rustfmt, clippy, wasm32-unknown-unknown"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 rustup target add wasm32-unknown-unknown
 
+step "chromium for the browser tests"
+if [[ ! -x /usr/bin/chromium ]]; then
+  sudo=""
+  [[ "$(id -u)" != 0 ]] && sudo="sudo -n"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get install -y -qq chromium chromium-driver >/dev/null ||
+    { $sudo apt-get update -qq && $sudo apt-get install -y -qq chromium chromium-driver >/dev/null; }
+fi
+/usr/bin/chromium --version
+
+step "wasm-bindgen CLI (the exact version natter-wasm pins)"
+want="$(sed -n 's/^wasm-bindgen = "=\(.*\)"/\1/p' sdk-wasm/Cargo.toml)"
+if [[ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$want" ]]; then
+  # Not --locked: its lockfile names a webpki-roots version the registry no longer has.
+  cargo install wasm-bindgen-cli --version "=$want"
+fi
+
+step "browser test driver (playwright-core, no downloaded browser)"
+(cd web/tests && npm ci --no-audit --no-fund --loglevel=error)
+
 step "format"
 cargo fmt --all -- --check
 
-step "clippy (all targets, warnings are errors)"
+step "clippy (all targets, warnings are errors; natter-wasm also as wasm32)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy -p natter-wasm --target wasm32-unknown-unknown --all-targets --locked -- -D warnings
 
 step "natter-protocol builds for wasm32-unknown-unknown"
 cargo build -p natter-protocol --target wasm32-unknown-unknown --locked
 
-step "tests (unit, store suite, spec vectors, end-to-end over QUIC on loopback)"
+step "natter-wasm package (sdk-wasm/pkg, copied to web/pkg)"
+bash sdk-wasm/build.sh
+
+step "tests"
 cargo build --workspace --bins --locked
 log=$(mktemp)
-cargo test --workspace --locked 2>&1 | tee "$log"
+trap 'rm -f "$log"' EXIT
+# natter-wasm's logic in wasm32 under Node (wasm-bindgen-test-runner, .cargo/config.toml).
+cargo test -p natter-wasm --target wasm32-unknown-unknown --locked 2>&1 | tee "$log"
+# Everything else, browser tests included.
+cargo test --workspace --locked 2>&1 | tee -a "$log"
 # One closing line with the totals over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
      END { printf "\nnatter: %d passed, %d failed\n", p, f }' "$log"
-rm -f "$log"

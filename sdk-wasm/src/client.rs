@@ -299,7 +299,7 @@ impl NatterClient {
         );
         let cursors: Vec<(ConversationId, Seq)> = Reflect::get(&options, &"cursors".into())
             .ok()
-            .filter(|c| Array::is_array(c))
+            .filter(Array::is_array)
             .map(|c| {
                 Array::from(&c)
                     .iter()

@@ -1,0 +1,168 @@
+//! natter-wasm's pure logic, compiled to wasm32 and run under Node by
+//! wasm-bindgen-test (`cargo test -p natter-wasm --target wasm32-unknown-unknown`): the
+//! protocol core running inside wasm, what JavaScript receives (serialized by the same
+//! serializer the client uses), discovery parsing and the transport plan. Also runs
+//! natively as ordinary tests, minus the JS-value checks.
+use natter_protocol::codec::encode_frame;
+use natter_protocol::pb::{self, frame::Kind};
+use natter_protocol::{ClientSession, ConversationId, Millis, Seq, SessionConfig, SessionEvent, UserId};
+use natter_wasm::view::{self, Discovery, JsEvent, Transport, TransportChoice};
+use wasm_bindgen_test::wasm_bindgen_test;
+
+fn discovery(with_wt: bool) -> Discovery {
+    let json = if with_wt {
+        r#"{"protocol":"natter.v1","webtransport":{"url":"https://127.0.0.1:4434/natter","certificateHashes":["00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff","zz"]},"websocket":{"url":"ws://127.0.0.1:8080/ws"}}"#
+    } else {
+        r#"{"protocol":"natter.v1","webtransport":null,"websocket":{"url":"wss://chat.example/ws"}}"#
+    };
+    serde_json::from_str(json).unwrap()
+}
+
+#[wasm_bindgen_test]
+#[test]
+fn discovery_parses_and_bad_hashes_are_skipped() {
+    let d = discovery(true);
+    let wt = d.webtransport.as_ref().unwrap();
+    assert_eq!(wt.url, "https://127.0.0.1:4434/natter");
+    let hashes = wt.hash_bytes();
+    assert_eq!(hashes.len(), 1, "the malformed hash is dropped");
+    assert_eq!(hashes[0][..4], [0x00, 0x11, 0x22, 0x33]);
+    assert_eq!(discovery(false).websocket.url, "wss://chat.example/ws");
+}
+
+#[wasm_bindgen_test]
+#[test]
+fn auto_prefers_webtransport_and_falls_back_to_websocket() {
+    use Transport::{WebSocket as Ws, WebTransport as Wt};
+    let with = discovery(true);
+    let without = discovery(false);
+    assert_eq!(TransportChoice::Auto.plan(true, &with, false), vec![Wt, Ws]);
+    assert_eq!(
+        TransportChoice::Auto.plan(false, &with, false),
+        vec![Ws],
+        "browser without WebTransport"
+    );
+    assert_eq!(
+        TransportChoice::Auto.plan(true, &without, false),
+        vec![Ws],
+        "server without it"
+    );
+    assert_eq!(
+        TransportChoice::Auto.plan(true, &with, true),
+        vec![Ws],
+        "after it failed once"
+    );
+    assert_eq!(
+        TransportChoice::WebTransport.plan(false, &without, true),
+        vec![Wt],
+        "forced"
+    );
+    assert_eq!(TransportChoice::WebSocket.plan(true, &with, false), vec![Ws]);
+    assert_eq!(TransportChoice::parse(None).unwrap(), TransportChoice::Auto);
+    assert_eq!(TransportChoice::parse(Some("quic")).unwrap_err().code, "INVALID");
+}
+
+/// The protocol core in wasm: handshake, login-free authentication, an event, and what
+/// the app receives for it.
+#[wasm_bindgen_test]
+#[test]
+fn the_session_runs_in_wasm_and_its_events_become_js_events() {
+    let mut s = ClientSession::new(SessionConfig::default(), Some("token".into()));
+    s.handle_connected(Millis(0));
+    let hello = s.poll_transmit().expect("hello goes out");
+    assert!(!hello.is_empty());
+    let welcome = encode_frame(&pb::Frame {
+        kind: Some(Kind::Welcome(pb::Welcome {
+            version: 1,
+            limits: Some(natter_protocol::limits::default_limits()),
+            ..Default::default()
+        })),
+    });
+    s.handle_control_data(Millis(1), &welcome).unwrap();
+    let auth = s.poll_transmit().expect("authenticate goes out");
+    let mut buf = bytes::BytesMut::from(&auth[..]);
+    let frame = natter_protocol::decode_frame(&mut buf, 1 << 20).unwrap().unwrap();
+    let Some(Kind::Request(req)) = frame.kind else {
+        panic!("a request")
+    };
+    let ok = encode_frame(&pb::Frame {
+        kind: Some(Kind::Response(pb::Response {
+            id: req.id,
+            result: Some(pb::response::Result::Auth(pb::AuthOk {
+                user_id: 7,
+                username: "ann".into(),
+                device_id: 3,
+                resume_token: "r".into(),
+                resume_window_secs: 60,
+                ..Default::default()
+            })),
+        })),
+    });
+    s.handle_control_data(Millis(2), &ok).unwrap();
+    let events: Vec<SessionEvent> = std::iter::from_fn(|| s.poll_event()).collect();
+    let js: Vec<JsEvent> = events.iter().filter_map(view::event).collect();
+    assert!(js.contains(&JsEvent::Connected {
+        user_id: 7,
+        username: "ann".into(),
+        device_id: 3,
+        resumed: false
+    }));
+    assert_eq!(s.resume_token(), Some("r"));
+    assert_eq!(s.cursors(), Vec::<(ConversationId, Seq)>::new());
+    let _ = UserId(7);
+}
+
+#[wasm_bindgen_test]
+#[test]
+fn errors_carry_their_wire_code_and_retry_time() {
+    let e = natter_protocol::ServerError {
+        code: pb::ErrorCode::RateLimited,
+        message: "slow down".into(),
+        retry_after_ms: 1500,
+    };
+    let js = view::JsError::from(&e);
+    assert_eq!(js.code, "RATE_LIMITED");
+    assert_eq!(js.retry_after_ms, Some(1500));
+    let lost = view::JsError::from(&natter_protocol::RequestError::ConnectionLost);
+    assert_eq!(lost.code, "CONNECTION_LOST");
+    assert_eq!(view::presence_name(pb::PresenceState::Away as i32), "away");
+    assert_eq!(view::presence_name(99), "offline");
+}
+
+/// What JavaScript actually gets: camelCase fields, a `type` tag, numbers for ids.
+#[cfg(target_arch = "wasm32")]
+#[wasm_bindgen_test]
+fn js_values_have_the_documented_shape() {
+    use serde::Serialize;
+    use wasm_bindgen::JsValue;
+    let get = |v: &JsValue, k: &str| js_sys::Reflect::get(v, &k.into()).unwrap();
+    let ser = serde_wasm_bindgen::Serializer::json_compatible();
+    let ev = JsEvent::Unread {
+        conversation_id: 5,
+        read_seq: 9,
+        unread_count: 2,
+    };
+    let v = ev.serialize(&ser).unwrap();
+    assert_eq!(get(&v, "type").as_string().unwrap(), "unread");
+    assert_eq!(get(&v, "conversationId").as_f64(), Some(5.0));
+    assert_eq!(get(&v, "unreadCount").as_f64(), Some(2.0));
+
+    let event = pb::ConversationEvent {
+        conversation_id: 5,
+        seq: 3,
+        sender_username: "ann".into(),
+        body: Some(pb::conversation_event::Body::Message(pb::MessageEvent {
+            client_msg_id: "c1".into(),
+            body: Some(pb::MessageBody {
+                text: "hi".into(),
+                ..Default::default()
+            }),
+        })),
+        ..Default::default()
+    };
+    let v = JsEvent::Event { event }.serialize(&ser).unwrap();
+    let e = get(&v, "event");
+    assert_eq!(get(&e, "senderUsername").as_string().unwrap(), "ann");
+    let text = get(&get(&get(&get(&e, "body"), "message"), "body"), "text");
+    assert_eq!(text.as_string().unwrap(), "hi");
+}
