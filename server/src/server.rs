@@ -178,6 +178,14 @@ impl RunningServer {
         }
     }
 
+    /// Stop accepting WebTransport (existing sessions close too); browsers fall back to
+    /// WebSocket. For draining UDP and for tests.
+    pub fn stop_webtransport(&self) {
+        if let Some(wt) = &self.webtransport {
+            wt.close();
+        }
+    }
+
     /// Close every connection of `user` as a network failure would (their sessions stay
     /// resumable). For operators (a ban takes revocation too) and tests.
     pub fn disconnect_user(&self, user: natter_protocol::UserId) -> usize {

@@ -29,6 +29,11 @@ struct Browser {
 
 impl Browser {
     async fn start() -> Browser {
+        Browser::start_with_args("").await
+    }
+
+    /// With extra Chromium flags.
+    async fn start_with_args(args: &str) -> Browser {
         let repo = repo();
         let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
         for (path, what) in [
@@ -50,6 +55,7 @@ impl Browser {
         }
         let mut child = Command::new("node")
             .arg(repo.join("web/tests/driver.mjs"))
+            .env("CHROMIUM_ARGS", args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -384,4 +390,206 @@ async fn a_browser_cut_off_by_the_server_resumes_over_webtransport_without_loss(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_cut_off_by_the_server_resumes_over_websocket_without_loss() {
     cut_and_resume("websocket").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_falls_back_to_websocket_when_webtransport_is_missing_or_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = natter_server::start(&web_config(dir.path())).await.unwrap();
+    let mut b = Browser::start().await;
+    let url = page_url(&s, "auto");
+    // A browser without WebTransport.
+    b.cmd(json!({"op": "open", "page": "old", "url": url, "init": "delete window.WebTransport;"}))
+        .await;
+    sign_up(&mut b, "old", "olga", "websocket").await;
+    // A browser with it, but the server's WebTransport endpoint refuses connections.
+    s.stop_webtransport();
+    b.open("new", &url).await;
+    sign_up(&mut b, "new", "nina", "websocket").await;
+
+    // They chat through the page.
+    b.fill("old", "#dm-user", "nina").await;
+    b.click("old", "#new-dm button").await;
+    b.wait("old", "#composer:not([hidden])").await;
+    b.fill("old", "#text", "can you hear me?").await;
+    b.press("old", "#text", "Enter").await;
+    b.wait("new", "#conversations li").await;
+    b.click("new", "#conversations li").await;
+    b.wait_fn(
+        "new",
+        "[...document.querySelectorAll('#message-list .msg .text')].some(e => e.textContent === 'can you hear me?')",
+    )
+    .await;
+    b.wait("old", "#message-list .msg.mine [data-status=read]").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_and_channels_from_the_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = natter_server::start(&web_config(dir.path())).await.unwrap();
+    let mut b = Browser::start().await;
+    let url = page_url(&s, "webtransport");
+    let _bob = user(&s, "bob").await;
+    let mut carol = user(&s, "carol").await;
+    b.open("ann", &url).await;
+    sign_up(&mut b, "ann", "ann", "webtransport").await;
+
+    // A group with two native members, created from the page.
+    b.fill("ann", "#group-name", "launch crew").await;
+    b.fill("ann", "#group-members", "bob, carol").await;
+    b.click("ann", "#new-group button").await;
+    b.wait_fn(
+        "ann",
+        "document.getElementById('chat-title').textContent === 'launch crew'",
+    )
+    .await;
+    b.fill("ann", "#text", "kickoff at ten").await;
+    b.press("ann", "#text", "Enter").await;
+    let groups = carol.client.conversations().await.unwrap();
+    let group = groups
+        .iter()
+        .find(|c| c.name == "launch crew")
+        .expect("carol is in the group");
+    assert_eq!(group.member_count, 3);
+    let texts = messages(&mut carol.events, ConversationId(group.conversation_id), 1).await;
+    assert_eq!(texts[0].1, "kickoff at ten");
+
+    // A channel created by carol, joined from the page; carol's message reaches it.
+    let channel = carol.client.create_channel("announcements").await.unwrap();
+    b.fill("ann", "#channel-name", "#announcements").await;
+    b.click("ann", "#join-channel button").await;
+    b.wait_fn(
+        "ann",
+        "document.getElementById('chat-title').textContent === '#announcements'",
+    )
+    .await;
+    carol
+        .client
+        .send(ConversationId(channel.conversation_id), "welcome, ann")
+        .await
+        .unwrap();
+    b.wait_fn(
+        "ann",
+        "[...document.querySelectorAll('#message-list .msg .text')].some(e => e.textContent === 'welcome, ann')",
+    )
+    .await;
+    // And a channel that does not exist yet is created by joining it.
+    b.fill("ann", "#channel-name", "random").await;
+    b.click("ann", "#join-channel button").await;
+    b.wait_fn("ann", "document.getElementById('chat-title').textContent === '#random'")
+        .await;
+    let list = b.texts("ann", "#conversations li .name").await;
+    assert_eq!(list.len(), 3, "group and two channels: {list:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_and_websocket_work_over_tls() {
+    use base64::Engine;
+    use sha2::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = web_config(dir.path());
+    cfg.web_tls = natter_server::config::WebTls::On;
+    let s = natter_server::start(&cfg).await.unwrap();
+    assert!(s.web_tls);
+    // Chromium trusts the development certificate by its public key, as a developer would
+    // with --ignore-certificate-errors-spki-list (a real deployment has a CA certificate).
+    let key = std::fs::read(dir.path().join("dev-key.der")).unwrap();
+    let spki = rcgen::KeyPair::try_from(key.as_slice()).unwrap().public_key_der();
+    let pin = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&spki));
+    let mut b = Browser::start_with_args(&format!("--ignore-certificate-errors-spki-list={pin}")).await;
+    let url = format!("https://localhost:{}/?transport=websocket", s.web_addr.unwrap().port());
+    b.open("web", &url).await;
+    sign_up(&mut b, "web", "tess", "websocket").await;
+    let ws_url = b
+        .eval(
+            "web",
+            "return (await (await fetch('/natter.json')).json()).websocket.url;",
+        )
+        .await;
+    assert!(ws_url.as_str().unwrap().starts_with("wss://localhost:"), "{ws_url}");
+
+    let mut uma = user(&s, "uma").await;
+    let conv = uma.client.direct("tess").await.unwrap().conversation_id;
+    b.wait_fn("web", &format!("window.natter.convs.has({conv})")).await;
+    b.eval(
+        "web",
+        &format!("await window.natter.client.send({conv}, 'over wss'); return true;"),
+    )
+    .await;
+    let got = messages(&mut uma.events, ConversationId(conv), 1).await;
+    assert_eq!(got[0].1, "over wss");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_webtransport_certificate_is_published_and_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = natter_server::start(&web_config(dir.path())).await.unwrap();
+    let first = s.webtransport_cert_hashes();
+    assert_eq!(first.len(), 1);
+    let mut b = Browser::start().await;
+    let url = page_url(&s, "webtransport");
+    b.open("before", &url).await;
+    sign_up(&mut b, "before", "bea", "webtransport").await;
+
+    s.renew_webtransport_cert().unwrap();
+    let renewed = s.webtransport_cert_hashes();
+    assert_eq!(renewed.len(), 2, "new hash first, the previous one still published");
+    assert_ne!(renewed[0], first[0]);
+    assert_eq!(renewed[1], first[0]);
+    // The endpoint now presents the new certificate: pinning only the new hash connects,
+    // pinning only the old one does not.
+    let wt_url = format!("https://127.0.0.1:{}/natter", s.webtransport_addr.unwrap().port());
+    assert!(
+        wt_connect(&wt_url, &renewed[0]).await.is_ok(),
+        "the new certificate is served"
+    );
+    assert!(
+        wt_connect(&wt_url, &first[0]).await.is_err(),
+        "the old certificate is not"
+    );
+    let published = b
+        .eval(
+            "before",
+            "return (await (await fetch('/natter.json')).json()).webtransport.certificateHashes;",
+        )
+        .await;
+    assert_eq!(published, json!(renewed));
+
+    // A new page connects with the new certificate; the old session keeps working.
+    b.open("after", &url).await;
+    sign_up(&mut b, "after", "abe", "webtransport").await;
+    let conv = b
+        .eval(
+            "after",
+            "return (await window.natter.client.direct('bea')).conversationId;",
+        )
+        .await;
+    b.eval(
+        "after",
+        &format!("await window.natter.client.send({conv}, 'new cert'); return true;"),
+    )
+    .await;
+    b.wait_fn(
+        "before",
+        &format!("window.natter.convs.get({conv})?.messages.size > 0 && [...window.natter.convs.get({conv}).messages.values()].some(m => m.text === 'new cert')"),
+    )
+    .await;
+    let transport = b.eval("before", "return window.natter.client.transport;").await;
+    assert_eq!(transport, "webtransport");
+}
+
+/// A native WebTransport connection that trusts only the certificate with this hash.
+async fn wt_connect(url: &str, hex_hash: &str) -> Result<(), String> {
+    let bytes: [u8; 32] = hex::decode(hex_hash).unwrap().try_into().unwrap();
+    let config = wtransport::ClientConfig::builder()
+        .with_bind_default()
+        .with_server_certificate_hashes([wtransport::tls::Sha256Digest::new(bytes)])
+        .build();
+    let endpoint = wtransport::Endpoint::client(config).map_err(|e| e.to_string())?;
+    let conn = tokio::time::timeout(DEADLINE, endpoint.connect(url))
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    conn.close(wtransport::VarInt::from_u32(0), b"");
+    Ok(())
 }

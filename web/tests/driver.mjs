@@ -10,7 +10,9 @@ const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   headless: true,
   args: ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync"],
+    "--disable-component-update", "--disable-sync",
+    // Extra flags from the test, e.g. --ignore-certificate-errors-spki-list for a dev cert.
+    ...(process.env.CHROMIUM_ARGS ? process.env.CHROMIUM_ARGS.split(" ") : [])],
 });
 const pages = new Map();
 const logs = new Map();
@@ -20,6 +22,8 @@ async function run(cmd) {
   switch (cmd.op) {
     case "open": {
       const context = await browser.newContext({ viewport: { width: 1100, height: 700 } });
+      // Runs before the page's own scripts (e.g. to take WebTransport away).
+      if (cmd.init) await context.addInitScript(cmd.init);
       const p = await context.newPage();
       logs.set(cmd.page, []);
       p.on("console", (m) => logs.get(cmd.page).push(`${m.type()}: ${m.text()}`));
