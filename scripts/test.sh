@@ -11,9 +11,9 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "toolchain: rustfmt, clippy, wasm32-unknown-unknown"
+step "toolchain: rustfmt, clippy, wasm32-unknown-unknown, wasm-bindgen CLI"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
-rustup target add wasm32-unknown-unknown
+source scripts/wasm-tools.sh
 
 step "chromium for the browser tests"
 if [[ ! -x /usr/bin/chromium ]]; then
@@ -24,13 +24,6 @@ if [[ ! -x /usr/bin/chromium ]]; then
     { $sudo apt-get update -qq && $sudo apt-get install -y -qq chromium chromium-driver >/dev/null; }
 fi
 /usr/bin/chromium --version
-
-step "wasm-bindgen CLI (the exact version natter-wasm pins)"
-want="$(sed -n 's/^wasm-bindgen = "=\(.*\)"/\1/p' sdk-wasm/Cargo.toml)"
-if [[ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$want" ]]; then
-  # Not --locked: its lockfile names a webpki-roots version the registry no longer has.
-  cargo install wasm-bindgen-cli --version "=$want"
-fi
 
 step "browser test driver (playwright-core, no downloaded browser)"
 (cd web/tests && npm ci --no-audit --no-fund --loglevel=error)

@@ -11,6 +11,8 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const ALPN: &[u8] = b"natter/1";
 /// Largest encoded frame on any stream, length prefix excluded. Checked before allocating.
 pub const MAX_FRAME_BYTES: usize = 1 << 20;
+/// Largest WebSocket message a client may send: a frame plus its channel and length prefixes.
+pub const MAX_WS_MESSAGE_BYTES: usize = MAX_FRAME_BYTES + 16;
 /// Largest frame after zstd decompression.
 pub const MAX_DECOMPRESSED_BYTES: usize = 4 << 20;
 /// Frames at least this large are sent compressed when compression makes them smaller.

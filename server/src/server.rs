@@ -119,6 +119,12 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
             } else {
                 None
             };
+            if !config.web_root.join("pkg/natter_wasm_bg.wasm").exists() {
+                tracing::warn!(
+                    root = %config.web_root.display(),
+                    "no web chat to serve (build it with sdk-wasm/build.sh, or run scripts/serve.sh)"
+                );
+            }
             let wt_info = webtransport.as_ref().map(|wt| (wt.addr.port(), wt.certs.clone()));
             let web =
                 crate::web::WebEndpoint::bind(addr, tls, config.web_root.clone(), Arc::downgrade(&shared), wt_info)

@@ -92,8 +92,8 @@ async fn websocket(
 ) -> Response {
     let upgrade = upgrade
         .protocols([wsmux::SUBPROTOCOL])
-        .max_message_size(limits::MAX_FRAME_BYTES + 16)
-        .max_frame_size(limits::MAX_FRAME_BYTES + 16);
+        .max_message_size(limits::MAX_WS_MESSAGE_BYTES)
+        .max_frame_size(limits::MAX_WS_MESSAGE_BYTES);
     if upgrade.selected_protocol().is_none() {
         return (StatusCode::BAD_REQUEST, "offer the WebSocket subprotocol natter.v1").into_response();
     }

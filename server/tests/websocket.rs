@@ -1,0 +1,242 @@
+//! The WebSocket mapping (PROTOCOL.md §3.6) from a raw client: subprotocol required,
+//! channels, a full session (register, login, a message delivered on a delivery channel
+//! with its stream header), and typed closes for what breaks the mapping — while the
+//! server keeps serving.
+mod common;
+
+use bytes::BytesMut;
+use common::*;
+use futures::{SinkExt, StreamExt};
+use natter_protocol::codec::{decode_frame, encode_frame};
+use natter_protocol::pb::{self, frame::Kind, request::Op, response::Result as Res};
+use natter_protocol::wsmux::{self, Channel};
+use natter_protocol::{limits, ConversationId};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn open(s: &natter_server::RunningServer, protocol: Option<&str>) -> Result<Ws, String> {
+    let mut req = format!("ws://{}/ws", s.web_addr.unwrap())
+        .into_client_request()
+        .unwrap();
+    if let Some(p) = protocol {
+        req.headers_mut().insert("Sec-WebSocket-Protocol", p.parse().unwrap());
+    }
+    tokio_tungstenite::connect_async(req)
+        .await
+        .map(|(ws, _)| ws)
+        .map_err(|e| e.to_string())
+}
+
+/// A raw natter client over WebSocket.
+struct RawWs {
+    ws: Ws,
+    control: BytesMut,
+    next_id: u64,
+}
+
+enum In {
+    Control(pb::Frame),
+    Stream(u64, Vec<pb::Frame>),
+    StreamEnd(u64),
+    Datagram,
+    Closed(Option<u16>),
+}
+
+impl RawWs {
+    async fn connect(s: &natter_server::RunningServer) -> RawWs {
+        let ws = open(s, Some(wsmux::SUBPROTOCOL)).await.expect("upgrade with natter.v1");
+        let mut r = RawWs {
+            ws,
+            control: BytesMut::new(),
+            next_id: 1,
+        };
+        r.send(Kind::Hello(pb::Hello {
+            versions: vec![1],
+            client: "raw-ws".into(),
+        }))
+        .await;
+        assert!(matches!(r.control().await.kind, Some(Kind::Welcome(_))));
+        r
+    }
+
+    async fn send(&mut self, kind: Kind) {
+        let bytes = encode_frame(&pb::Frame { kind: Some(kind) });
+        // Split the frame over two messages: channel 0 is a byte stream.
+        let (a, b) = bytes.split_at(bytes.len() / 2);
+        for part in [a, b] {
+            let msg = wsmux::encode(Channel::Control, part);
+            self.ws.send(Message::Binary(msg)).await.unwrap();
+        }
+    }
+
+    async fn request(&mut self, op: Op) -> Res {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send(Kind::Request(pb::Request { id, op: Some(op) })).await;
+        loop {
+            if let Some(Kind::Response(r)) = self.control().await.kind {
+                assert_eq!(r.id, id);
+                return r.result.unwrap();
+            }
+        }
+    }
+
+    async fn next(&mut self) -> In {
+        loop {
+            if let Some(f) = decode_frame(&mut self.control, limits::MAX_FRAME_BYTES).unwrap() {
+                return In::Control(f);
+            }
+            let msg = tokio::time::timeout(DEADLINE, self.ws.next())
+                .await
+                .expect("message in time");
+            let data = match msg {
+                Some(Ok(Message::Binary(d))) => d,
+                Some(Ok(Message::Close(c))) => return In::Closed(c.map(|c| u16::from(c.code))),
+                None | Some(Err(_)) => return In::Closed(None),
+                Some(Ok(_)) => continue,
+            };
+            match wsmux::decode(&data).unwrap() {
+                (Channel::Control, p) => self.control.extend_from_slice(p),
+                (Channel::Datagram, _) => return In::Datagram,
+                (Channel::Stream(n), []) => return In::StreamEnd(n),
+                (Channel::Stream(n), p) => {
+                    let mut buf = BytesMut::from(p);
+                    let mut frames = Vec::new();
+                    while let Some(f) = decode_frame(&mut buf, limits::MAX_FRAME_BYTES).unwrap() {
+                        frames.push(f);
+                    }
+                    assert!(buf.is_empty(), "the server writes whole frames per message");
+                    return In::Stream(n, frames);
+                }
+            }
+        }
+    }
+
+    async fn control(&mut self) -> pb::Frame {
+        loop {
+            match self.next().await {
+                In::Control(f) => return f,
+                In::Closed(c) => panic!("closed ({c:?}) while waiting for a control frame"),
+                _ => {}
+            }
+        }
+    }
+
+    /// The close code, skipping anything before it.
+    async fn closed(&mut self) -> Option<u16> {
+        loop {
+            if let In::Closed(c) = self.next().await {
+                return c;
+            }
+        }
+    }
+}
+
+fn close_code(e: pb::ErrorCode) -> Option<u16> {
+    Some(natter_server::ws::CLOSE_CODE_BASE + e as u16)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_websocket_client_chats_on_channels() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path()).await;
+    let bob = user(&s, "bob").await;
+    let mut r = RawWs::connect(&s).await;
+    let reg = Op::Register(pb::Register {
+        username: "wendy".into(),
+        password: PASSWORD.into(),
+    });
+    assert!(matches!(r.request(reg).await, Res::Register(_)));
+    let login = Op::Login(pb::Login {
+        username: "wendy".into(),
+        password: PASSWORD.into(),
+        device_name: "raw".into(),
+    });
+    assert!(matches!(r.request(login).await, Res::Login(_)));
+
+    let conv = bob.client.direct("wendy").await.unwrap().conversation_id;
+    bob.client.send(ConversationId(conv), "over a websocket").await.unwrap();
+    // Events arrive on a delivery channel: its header first, then the conversation's
+    // events in seq order (creation, then the message).
+    let mut frames = Vec::new();
+    let mut channel = None;
+    let text = |f: &pb::Frame| match &f.kind {
+        Some(Kind::Event(e)) => match &e.body {
+            Some(pb::conversation_event::Body::Message(m)) => Some(m.body.clone().unwrap().text),
+            _ => None,
+        },
+        _ => None,
+    };
+    while !frames.iter().any(|f| text(f).is_some()) {
+        if let In::Stream(n, more) = r.next().await {
+            assert_eq!(*channel.get_or_insert(n), n, "one conversation, one delivery channel");
+            frames.extend(more);
+        }
+    }
+    assert!(matches!(&frames[0].kind, Some(Kind::StreamHeader(h)) if h.conversation_id == conv));
+    let seqs: Vec<u64> = frames[1..]
+        .iter()
+        .map(|f| match &f.kind {
+            Some(Kind::Event(e)) => e.seq,
+            other => panic!("only events after the header, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(seqs, vec![1, 2]);
+    assert_eq!(text(&frames[2]).as_deref(), Some("over a websocket"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_mapping_violations_get_typed_closes_and_others_keep_chatting() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path()).await;
+    let mut alice = user(&s, "alice").await;
+    let mut bob = user(&s, "bob").await;
+    let conv = ConversationId(alice.client.direct("bob").await.unwrap().conversation_id);
+
+    // No subprotocol: refused at the upgrade.
+    let err = open(&s, None).await.unwrap_err();
+    assert!(err.contains("400"), "{err}");
+    let err = open(&s, Some("chat.v2")).await.unwrap_err();
+    assert!(err.contains("400"), "{err}");
+
+    // A text message.
+    let mut r = RawWs::connect(&s).await;
+    r.ws.send(Message::Text("hello".into())).await.unwrap();
+    assert_eq!(r.closed().await, close_code(pb::ErrorCode::MalformedFrame));
+    // A client message on a delivery channel.
+    let mut r = RawWs::connect(&s).await;
+    r.ws.send(Message::Binary(wsmux::encode(Channel::Stream(1), b"x")))
+        .await
+        .unwrap();
+    assert_eq!(r.closed().await, close_code(pb::ErrorCode::MalformedFrame));
+    // No channel number at all.
+    let mut r = RawWs::connect(&s).await;
+    r.ws.send(Message::Binary(vec![0x80].into())).await.unwrap();
+    assert_eq!(r.closed().await, close_code(pb::ErrorCode::MalformedFrame));
+    // A frame whose length prefix is over the limit, on the control channel.
+    let mut r = RawWs::connect(&s).await;
+    let mut huge = Vec::new();
+    prost::encoding::encode_varint(10 << 20, &mut huge);
+    r.ws.send(Message::Binary(wsmux::encode(Channel::Control, &huge)))
+        .await
+        .unwrap();
+    assert_eq!(r.closed().await, close_code(pb::ErrorCode::FrameTooLarge));
+    // A WebSocket message over the limit is refused by the transport.
+    let mut r = RawWs::connect(&s).await;
+    let big = vec![0u8; limits::MAX_WS_MESSAGE_BYTES + 1];
+    let _ = r.ws.send(Message::Binary(wsmux::encode(Channel::Control, &big))).await;
+    let code = r.closed().await;
+    assert_ne!(code, Some(1000), "not a normal close: {code:?}");
+    // A request before authentication is refused, typed, without closing.
+    let mut r = RawWs::connect(&s).await;
+    let res = r.request(Op::ListConversations(pb::ListConversations {})).await;
+    assert_eq!(error_code(&res), pb::ErrorCode::Unauthenticated);
+
+    // Meanwhile the others chat as usual.
+    alice.client.send(conv, "still here").await.unwrap();
+    let got = messages(&mut bob.events, conv, 1).await;
+    assert_eq!(got[0].1, "still here");
+}
