@@ -12,7 +12,6 @@ use natter_protocol::pb::{self, frame::Kind, request::Op, response::Result as Re
 use natter_protocol::wsmux::{self, Channel};
 use natter_protocol::{limits, ConversationId};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -192,7 +191,7 @@ async fn a_raw_websocket_client_chats_on_channels() {
 async fn websocket_mapping_violations_get_typed_closes_and_others_keep_chatting() {
     let dir = tempfile::tempdir().unwrap();
     let s = server(dir.path()).await;
-    let mut alice = user(&s, "alice").await;
+    let alice = user(&s, "alice").await;
     let mut bob = user(&s, "bob").await;
     let conv = ConversationId(alice.client.direct("bob").await.unwrap().conversation_id);
 
