@@ -39,7 +39,7 @@ struct RawWs {
 enum In {
     Control(pb::Frame),
     Stream(u64, Vec<pb::Frame>),
-    StreamEnd(u64),
+    StreamEnd,
     Datagram,
     Closed(Option<u16>),
 }
@@ -100,7 +100,7 @@ impl RawWs {
             match wsmux::decode(&data).unwrap() {
                 (Channel::Control, p) => self.control.extend_from_slice(p),
                 (Channel::Datagram, _) => return In::Datagram,
-                (Channel::Stream(n), []) => return In::StreamEnd(n),
+                (Channel::Stream(_), []) => return In::StreamEnd,
                 (Channel::Stream(n), p) => {
                     let mut buf = BytesMut::from(p);
                     let mut frames = Vec::new();
