@@ -274,7 +274,10 @@ async function signIn(register) {
     const login = await state.client.login(username, password, `${navigator.userAgent.includes("Headless") ? "headless " : ""}browser`);
     localStorage.setItem(TOKEN_KEY, login.accessToken);
   } catch (e) {
-    $("auth-error").textContent = e.code === "CONFLICT" ? "That username is taken." : e.code === "UNAUTHENTICATED" ? "Wrong username or password." : e.message;
+    $("auth-error").textContent = e.code === "USERNAME_TAKEN" ? "That username is taken."
+      : e.code === "INVALID_CREDENTIALS" ? "Wrong username or password."
+      : e.code === "RATE_LIMITED" ? `Too many attempts; try again in ${Math.ceil(e.retryAfterMs / 1000)} s.`
+      : e.message;
   }
 }
 

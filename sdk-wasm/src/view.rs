@@ -128,7 +128,8 @@ pub enum JsEvent {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct JsError {
-    /// "RATE_LIMITED", "FORBIDDEN", … for server errors; "TIMEOUT", "CONNECTION_LOST",
+    /// "RATE_LIMITED", "INVALID_CREDENTIALS", "NOT_MEMBER", … (the wire `ErrorCode`
+    /// without its prefix) for server errors; "TIMEOUT", "CONNECTION_LOST",
     /// "INVALID", "CLOSED" for local ones.
     pub code: String,
     /// Human-readable.

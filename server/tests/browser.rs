@@ -593,3 +593,96 @@ async fn wt_connect(url: &str, hex_hash: &str) -> Result<(), String> {
     conn.close(wtransport::VarInt::from_u32(0), b"");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_pages_in_the_page_and_the_package_api_from_plain_js() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = natter_server::start(&web_config(dir.path())).await.unwrap();
+    // Pat has an account and 80 messages waiting before she ever opens the page.
+    let pat = user(&s, "pat").await;
+    pat.client.shutdown().await;
+    let quinn = user(&s, "quinn").await;
+    let conv = quinn.client.direct("pat").await.unwrap().conversation_id;
+    for i in 0..80 {
+        quinn.client.send(ConversationId(conv), &format!("h{i}")).await.unwrap();
+    }
+    let mut b = Browser::start().await;
+    b.open("pat", &page_url(&s, "auto")).await;
+    b.wait("pat", "#auth:not([hidden])").await;
+    b.fill("pat", "#username", "pat").await;
+    b.fill("pat", "#password", PASSWORD).await;
+    b.click("pat", "#login").await;
+    b.wait(
+        "pat",
+        &format!("#conversations [data-conversation='{conv}'] [data-unread]"),
+    )
+    .await;
+    let unread = b
+        .eval(
+            "pat",
+            &format!("return document.querySelector(\"[data-conversation='{conv}'] [data-unread]\").dataset.unread;"),
+        )
+        .await;
+    assert_eq!(unread, "80");
+    b.click("pat", &format!("#conversations [data-conversation='{conv}']"))
+        .await;
+    // A first page, then older pages on demand until the start.
+    b.wait_fn("pat", "document.querySelectorAll('#message-list .msg').length >= 30")
+        .await;
+    let first = b.texts("pat", "#message-list .msg .text").await;
+    assert!(first.len() < 80, "not everything at once: {}", first.len());
+    assert_eq!(first.last().unwrap(), "h79");
+    while !b
+        .eval("pat", "return document.getElementById('older').hidden;")
+        .await
+        .as_bool()
+        .unwrap()
+    {
+        let before = b.texts("pat", "#message-list .msg .text").await.len();
+        b.click("pat", "#older").await;
+        b.wait_fn(
+            "pat",
+            &format!("document.querySelectorAll('#message-list .msg').length > {before}"),
+        )
+        .await;
+    }
+    let all = b.texts("pat", "#message-list .msg .text").await;
+    let want: Vec<String> = (0..80).map(|i| format!("h{i}")).collect();
+    assert_eq!(all, want);
+    // Reading clears the badge.
+    b.wait_fn(
+        "pat",
+        &format!("!document.querySelector(\"[data-conversation='{conv}'] [data-unread]\")"),
+    )
+    .await;
+
+    // The npm package's API from plain JavaScript: typed errors, async iteration, acks.
+    let out = b
+        .eval(
+            "pat",
+            &format!(
+                "const m = await import('/pkg/index.js');
+                 await m.default();
+                 const c = m.NatterClient.connect({{ transport: 'websocket' }});
+                 let wrong;
+                 try {{ await c.login('pat', 'not the password', 'x'); }} catch (e) {{ wrong = e.code; }}
+                 await c.login('pat', '{PASSWORD}', 'second tab');
+                 const seen = [];
+                 for await (const ev of c) {{
+                   seen.push(ev.type);
+                   if (ev.type === 'event' && ev.event.seq === 81) break;
+                 }}
+                 const ack = await c.send({conv}, 'from the package');
+                 const status = c.messageStatus({conv}, ack.seq);
+                 c.close();
+                 return {{ wrong, seen, ack, status, transport: 'ok' }};"
+            ),
+        )
+        .await;
+    assert_eq!(out["wrong"], "INVALID_CREDENTIALS", "{out}");
+    let seen: Vec<String> = serde_json::from_value(out["seen"].clone()).unwrap();
+    assert!(seen.contains(&"connected".to_string()), "{seen:?}");
+    assert_eq!(out["ack"]["conversationId"], json!(conv));
+    assert_eq!(out["ack"]["seq"], json!(82));
+    assert_eq!(out["status"]["state"], "sent");
+}
