@@ -29,6 +29,10 @@ pub const MAX_HISTORY_PAGE: u32 = 200;
 pub const RESUME_WINDOW_SECS: u32 = 120;
 /// Requests one connection may have in flight.
 pub const MAX_REQUESTS_IN_FLIGHT: u32 = 64;
+/// Authenticated connections one user may hold at once (all devices).
+pub const MAX_CONNECTIONS_PER_USER: u32 = 32;
+/// Connections (authenticated or not) from one IP address at once.
+pub const MAX_CONNECTIONS_PER_IP: u32 = 1024;
 /// Bytes in a client message id.
 pub const MAX_CLIENT_MSG_ID_BYTES: usize = 64;
 /// Characters in a group name or device name.

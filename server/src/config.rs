@@ -34,6 +34,10 @@ pub struct Config {
     pub max_history_page: u32,
     /// Requests in flight per connection.
     pub max_requests_in_flight: usize,
+    /// Authenticated connections per user (all devices).
+    pub max_connections_per_user: u32,
+    /// Connections per client IP address.
+    pub max_connections_per_ip: u32,
     /// Seconds from connect to Hello.
     pub handshake_timeout_secs: u64,
     /// QUIC idle timeout in seconds (clients send keep-alives well inside it).
@@ -79,6 +83,8 @@ impl Default for Config {
             max_channel_members: limits::MAX_CHANNEL_MEMBERS,
             max_history_page: limits::MAX_HISTORY_PAGE,
             max_requests_in_flight: limits::MAX_REQUESTS_IN_FLIGHT as usize,
+            max_connections_per_user: limits::MAX_CONNECTIONS_PER_USER,
+            max_connections_per_ip: limits::MAX_CONNECTIONS_PER_IP,
             handshake_timeout_secs: 10,
             idle_timeout_secs: 30,
             stream_idle_secs: 30,

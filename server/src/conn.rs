@@ -62,6 +62,10 @@ pub struct ConnConfig {
     pub stream_idle: Duration,
     /// Requests in flight per connection.
     pub max_in_flight: usize,
+    /// Authenticated connections per user.
+    pub max_per_user: usize,
+    /// Connections per client IP.
+    pub max_per_ip: usize,
     /// Events queued per delivery stream before the connection counts as a slow reader.
     pub stream_queue: usize,
     /// Limits advertised in Welcome.
@@ -78,6 +82,45 @@ pub struct Shared {
     /// Tunables.
     pub config: ConnConfig,
     next_conn: AtomicU64,
+    per_ip: std::sync::Mutex<HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One connection's place in its IP address's count; released on drop. Transports take
+/// one with [`Shared::admit`] as soon as a connection is accepted, before anything else
+/// is spent on it, and hold it for the connection's life.
+#[derive(Debug)]
+pub struct IpSlot {
+    shared: Arc<Shared>,
+    ip: std::net::IpAddr,
+}
+
+impl Shared {
+    /// Count a connection from `ip`; `None` when that address is at its limit (the
+    /// transport then refuses it with `LIMIT_EXCEEDED`).
+    pub fn admit(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<IpSlot> {
+        let mut map = self.per_ip.lock().expect("per-ip lock");
+        let n = map.entry(ip).or_insert(0);
+        if *n >= self.config.max_per_ip {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            shared: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut map = self.shared.per_ip.lock().expect("per-ip lock");
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl Shared {
@@ -88,6 +131,7 @@ impl Shared {
             hub,
             config,
             next_conn: AtomicU64::new(1),
+            per_ip: Default::default(),
         }
     }
 }
@@ -483,6 +527,8 @@ impl<T: Transport> Conn<T> {
                 ))
             }
         };
+        // A new device would be one connection too many: refuse before creating it.
+        self.check_user_connections(user.id, DeviceId(0))?;
         let token = auth::new_token("nt_");
         let device = self
             .shared
@@ -534,6 +580,18 @@ impl<T: Transport> Conn<T> {
     /// Resume the session if the token allows, else open a fresh one with cursor sync
     /// (PROTOCOL.md §7). The session is attached before the conversation list is read, so
     /// nothing committed in between is missed.
+    /// The per-user connection limit, counting the user's other devices.
+    fn check_user_connections(&self, user: UserId, device: DeviceId) -> Result<(), ServerError> {
+        let max = self.shared.config.max_per_user;
+        if self.shared.hub.attached_elsewhere(user, device) >= max {
+            return Err(ServerError::new(
+                ErrorCode::LimitExceeded,
+                format!("this account already has {max} connections open"),
+            ));
+        }
+        Ok(())
+    }
+
     async fn establish(
         &mut self,
         user: UserId,
@@ -542,6 +600,7 @@ impl<T: Transport> Conn<T> {
         resume_token: &str,
         cursors: &[pb::Cursor],
     ) -> Result<pb::AuthOk, ServerError> {
+        self.check_user_connections(user, device)?;
         let hub = &self.shared.hub;
         let resumed = if resume_token.is_empty() {
             None

@@ -292,6 +292,16 @@ impl Hub {
         self.forget(&removed, code);
     }
 
+    /// Attached sessions of `user` on devices other than `device`.
+    pub fn attached_elsewhere(&self, user: UserId, device: DeviceId) -> usize {
+        let users = self.inner.users[stripe(user)].lock().expect("hub lock");
+        users.get(&user).map_or(0, |list| {
+            list.iter()
+                .filter(|s| s.device != device && s.state.lock().expect("session lock").sink.is_some())
+                .count()
+        })
+    }
+
     /// Cut every connection of `user` as a network failure would: the sessions stay and can
     /// be resumed. Returns how many connections were cut.
     pub fn disconnect_user(&self, user: UserId) -> usize {

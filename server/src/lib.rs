@@ -13,6 +13,7 @@ pub mod config;
 pub mod conn;
 pub mod handlers;
 pub mod hub;
+pub mod mem;
 pub mod presence;
 pub mod quic;
 pub mod ratelimit;

@@ -67,6 +67,13 @@ pub async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
                 Ok(c) => c,
                 Err(e) => return tracing::debug!(error = %e, "handshake failed"),
             };
+            let Some(_slot) = shared.admit(conn.remote_address().ip()) else {
+                conn.close(
+                    quinn::VarInt::from_u32(ErrorCode::LimitExceeded as u32),
+                    b"too many connections from this address",
+                );
+                return;
+            };
             let handshake = shared.config.handshake_timeout;
             let (send, recv) = match tokio::time::timeout(handshake, conn.accept_bi()).await {
                 Ok(Ok(s)) => s,

@@ -72,6 +72,8 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
             handshake_timeout: Duration::from_secs(config.handshake_timeout_secs),
             stream_idle: Duration::from_secs(config.stream_idle_secs),
             max_in_flight: config.max_requests_in_flight.max(1),
+            max_per_user: config.max_connections_per_user.max(1) as usize,
+            max_per_ip: config.max_connections_per_ip.max(1) as usize,
             stream_queue: config.session_ring.max(1) * 2 + 64,
             limits: config.wire_limits(),
         },
@@ -182,6 +184,11 @@ impl RunningServer {
             Some(wt) => wt.renew(Duration::from_secs(30)),
             None => Ok(()),
         }
+    }
+
+    /// Open an in-process connection (no sockets, no TLS) served like any other.
+    pub fn connect_in_process(&self) -> crate::mem::MemClient {
+        crate::mem::connect(self.shared.clone())
     }
 
     /// Stop accepting WebTransport (existing sessions close too); browsers fall back to

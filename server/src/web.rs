@@ -100,7 +100,13 @@ async fn websocket(
     let Some(shared) = state.shared.upgrade() else {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     };
-    upgrade.on_upgrade(move |socket| crate::ws::serve(shared, socket, peer.ip()))
+    let Some(slot) = shared.admit(peer.ip()) else {
+        return (StatusCode::TOO_MANY_REQUESTS, "too many connections from this address").into_response();
+    };
+    upgrade.on_upgrade(move |socket| async move {
+        crate::ws::serve(shared, socket, peer.ip()).await;
+        drop(slot);
+    })
 }
 
 /// A bound web endpoint.

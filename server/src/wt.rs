@@ -170,12 +170,18 @@ impl WtEndpoint {
                 let handshake = shared.config.handshake_timeout;
                 let session = async {
                     let request = incoming.await.map_err(|e| e.to_string())?;
+                    let Some(slot) = shared.admit(request.remote_address().ip()) else {
+                        request.too_many_requests().await;
+                        return Err("too many connections from this address".to_string());
+                    };
                     let conn = request.accept().await.map_err(|e| e.to_string())?;
                     let (send, recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
-                    Ok::<_, String>((conn, send, recv))
+                    Ok::<_, String>((conn, send, recv, slot))
                 };
                 match tokio::time::timeout(handshake, session).await {
-                    Ok(Ok((conn, send, recv))) => conn::serve(shared, Arc::new(WtTransport(conn)), recv, send).await,
+                    Ok(Ok((conn, send, recv, _slot))) => {
+                        conn::serve(shared, Arc::new(WtTransport(conn)), recv, send).await
+                    }
                     Ok(Err(e)) => tracing::debug!(error = %e, "WebTransport session failed"),
                     Err(_) => tracing::debug!("WebTransport session without a control stream in time"),
                 }

@@ -226,21 +226,116 @@ async fn forged_and_foreign_resume_tokens_never_resume_someone_elses_session() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn extra_streams_are_refused_by_the_transport() {
+async fn ten_thousand_extra_streams_are_never_granted() {
+    use futures::FutureExt;
     let dir = tempfile::tempdir().unwrap();
     let s = server(dir.path()).await;
-    let raw = Raw::hello(s.addr, &s.fingerprint).await;
-    // The control stream is the one bidirectional stream allowed; clients may open no
-    // unidirectional streams. Opening more waits on flow control instead of costing the
-    // server anything.
-    let bidi = tokio::time::timeout(std::time::Duration::from_millis(300), raw.conn.open_bi()).await;
-    assert!(bidi.is_err(), "a second bidirectional stream is not granted");
-    let uni = tokio::time::timeout(std::time::Duration::from_millis(300), raw.conn.open_uni()).await;
-    assert!(uni.is_err(), "no client unidirectional stream is granted");
-    // The connection itself still works.
-    let mut raw = raw;
+    let alice = user(&s, "alice").await;
+    let mut bob = user(&s, "bob").await;
+    let dm = ConversationId(alice.client.direct("bob").await.unwrap().conversation_id);
+    let mut raw = Raw::hello(s.addr, &s.fingerprint).await;
+    // The control stream is the one bidirectional stream allowed and clients may open no
+    // unidirectional stream: 10,000 of each are opened at once and wait on flow control
+    // without costing the server anything.
+    let conn = raw.conn.clone();
+    let mut bidi: Vec<_> = (0..10_000).map(|_| Box::pin(conn.open_bi())).collect();
+    let mut uni: Vec<_> = (0..10_000).map(|_| Box::pin(conn.open_uni())).collect();
+    // Poll each once, then a round trip on the control stream, then again: none granted.
+    assert!(bidi.iter_mut().all(|f| f.as_mut().now_or_never().is_none()));
+    assert!(uni.iter_mut().all(|f| f.as_mut().now_or_never().is_none()));
     assert!(matches!(raw.request(Op::Ping(pb::Ping { nonce: 9 })).await, Res::Pong(p) if p.nonce == 9));
+    assert!(
+        bidi.iter_mut().all(|f| f.as_mut().now_or_never().is_none()),
+        "a second bidirectional stream"
+    );
+    assert!(
+        uni.iter_mut().all(|f| f.as_mut().now_or_never().is_none()),
+        "a client unidirectional stream"
+    );
+    drop((bidi, uni));
+    // Everyone else is served as usual.
+    alice.client.send(dm, "unaffected").await.unwrap();
+    assert_eq!(messages(&mut bob.events, dm, 1).await[0].1, "unaffected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_ip_and_per_user_are_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.max_connections_per_ip = 3;
+    cfg.max_connections_per_user = 2;
+    let s = natter_server::start(&cfg).await.unwrap();
+    let alice = user(&s, "alice").await;
+    let mut bob = user(&s, "bob").await;
+    let dm = ConversationId(alice.client.direct("bob").await.unwrap().conversation_id);
+
+    // Per IP: a fourth connection from 127.0.0.2 is closed with LIMIT_EXCEEDED at once;
+    // 127.0.0.1 (alice and bob) is another address and is not affected.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(Raw::quic_from("127.0.0.2", s.addr, &s.fingerprint).await);
+    }
+    let fourth = Raw::quic_from("127.0.0.2", s.addr, &s.fingerprint).await;
+    match tokio::time::timeout(DEADLINE, fourth.closed()).await.unwrap() {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(c.error_code.into_inner(), ErrorCode::LimitExceeded as u64)
+        }
+        other => panic!("expected LIMIT_EXCEEDED, got {other}"),
+    }
+    alice.client.send(dm, "other addresses are fine").await.unwrap();
+    // A slot frees when a connection ends.
+    held.pop().unwrap().close(0u32.into(), b"bye");
+    let until = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let mut again = Raw::connect_from("127.0.0.2", s.addr, &s.fingerprint).await;
+        again
+            .frame(pb::frame::Kind::Hello(pb::Hello {
+                versions: vec![1],
+                client: "raw".into(),
+            }))
+            .await;
+        match again.read().await {
+            Some(pb::Frame {
+                kind: Some(pb::frame::Kind::Welcome(_)),
+            }) => break,
+            _ => assert!(tokio::time::Instant::now() < until, "the freed slot is reused"),
+        }
+    }
+
+    assert_eq!(messages(&mut bob.events, dm, 1).await[0].1, "other addresses are fine");
+    drop(held);
     s.shutdown().await;
+
+    // Per user (on a server without the tight per-IP limit): two devices of carol are
+    // connected; a third login is refused, typed, before a device is created; when one
+    // disconnects, the next login succeeds.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.max_connections_per_user = 2;
+    let s = natter_server::start(&cfg).await.unwrap();
+    let c1 = user(&s, "carol").await;
+    let _c2 = device(s.addr, &s.fingerprint, "carol", false).await;
+    let mut c3 = Raw::hello(s.addr, &s.fingerprint).await;
+    let login = Op::Login(pb::Login {
+        username: "carol".into(),
+        password: PASSWORD.into(),
+        device_name: "third".into(),
+    });
+    assert_eq!(error_code(&c3.request(login.clone()).await), ErrorCode::LimitExceeded);
+    let devices = c1.client.devices().await.unwrap();
+    assert_eq!(devices.len(), 2, "no device was created for the refused login");
+    c1.client.shutdown().await;
+    let until = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match c3.request(login.clone()).await {
+            Res::Login(_) => break,
+            r => {
+                assert_eq!(error_code(&r), ErrorCode::LimitExceeded);
+                assert!(tokio::time::Instant::now() < until, "a freed connection makes room");
+                tokio::task::yield_now().await;
+            }
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

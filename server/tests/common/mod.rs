@@ -161,11 +161,22 @@ pub struct Raw {
 
 impl Raw {
     pub async fn connect(addr: SocketAddr, fp: &str) -> Raw {
+        Raw::connect_from("127.0.0.1", addr, fp).await
+    }
+
+    /// A bare QUIC connection from a chosen loopback address (every 127.x.y.z is this
+    /// machine).
+    pub async fn quic_from(ip: &str, addr: SocketAddr, fp: &str) -> quinn::Connection {
         let tls = natter_sdk::tls::client_config(&natter_sdk::Trust::Fingerprint(fp.into())).unwrap();
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut ep = quinn::Endpoint::client(format!("{ip}:0").parse().unwrap()).unwrap();
         ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-        let conn = ep.connect(addr, "localhost").unwrap().await.unwrap();
+        ep.connect(addr, "localhost").unwrap().await.unwrap()
+    }
+
+    /// Connect from a chosen loopback address.
+    pub async fn connect_from(ip: &str, addr: SocketAddr, fp: &str) -> Raw {
+        let conn = Raw::quic_from(ip, addr, fp).await;
         let (send, recv) = conn.open_bi().await.unwrap();
         Raw {
             conn,
