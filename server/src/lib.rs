@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod chanwrite;
 pub mod config;
 pub mod conn;
 pub mod handlers;

@@ -5,27 +5,29 @@
 //! moves bytes; the client side decodes frames with natter-protocol's codec.
 use std::io;
 use std::net::{IpAddr, Ipv6Addr};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use natter_protocol::pb::{self, ErrorCode};
 use natter_protocol::{codec, limits, FrameDecoder, FrameError};
-use tokio::io::{AsyncWrite, AsyncWriteExt, DuplexStream};
+use tokio::io::{AsyncWriteExt, DuplexStream};
 use tokio::sync::mpsc;
-use tokio_util::sync::PollSender;
 
-use crate::conn::{self, ControlSend, Shared, Transport};
+use crate::chanwrite::ChannelWriter;
+use crate::conn::{self, Shared, Transport};
 
 /// What the server sends an in-process client, per channel, in order.
 #[derive(Debug)]
-enum Out {
+pub enum Out {
+    /// Control-stream bytes.
     Control(Bytes),
+    /// Delivery-stream bytes.
     Stream(u64, Bytes),
+    /// A delivery stream finished.
     StreamEnd(u64),
+    /// The connection closed with this code.
     Closed(ErrorCode),
 }
 
@@ -39,46 +41,17 @@ struct MemTransport {
 }
 
 /// A server→client byte stream of an in-process connection.
-#[derive(Debug)]
-pub struct MemStream {
-    stream: Option<u64>,
-    out: PollSender<Out>,
-}
+pub type MemStream = ChannelWriter<Out>;
 
-impl AsyncWrite for MemStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        ready!(this.out.poll_reserve(cx)).map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
+fn stream_writer(out: mpsc::Sender<Out>, stream: Option<u64>) -> MemStream {
+    let wrap = move |buf: &[u8]| {
         let data = Bytes::copy_from_slice(buf);
-        let item = match this.stream {
+        match stream {
             Some(n) => Out::Stream(n, data),
             None => Out::Control(data),
-        };
-        this.out
-            .send_item(item)
-            .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        if let Some(n) = this.stream {
-            if ready!(this.out.poll_reserve(cx)).is_ok() {
-                let _ = this.out.send_item(Out::StreamEnd(n));
-            }
-            this.out.close();
         }
-        Poll::Ready(Ok(()))
-    }
-}
-
-#[async_trait]
-impl ControlSend for MemStream {
-    async fn finish_and_wait(&mut self) {}
+    };
+    ChannelWriter::new(out, wrap, stream.map(Out::StreamEnd))
 }
 
 #[async_trait]
@@ -86,10 +59,8 @@ impl Transport for MemTransport {
     type Stream = MemStream;
 
     async fn open_stream(&self) -> io::Result<MemStream> {
-        Ok(MemStream {
-            stream: Some(self.next_stream.fetch_add(1, Ordering::Relaxed)),
-            out: PollSender::new(self.out.clone()),
-        })
+        let n = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        Ok(stream_writer(self.out.clone(), Some(n)))
     }
 
     fn close(&self, code: ErrorCode, _reason: &str) {
@@ -146,10 +117,7 @@ pub fn connect(shared: Arc<Shared>) -> MemClient {
         out: out.clone(),
         next_stream: AtomicU64::new(1),
     });
-    let control = MemStream {
-        stream: None,
-        out: PollSender::new(out),
-    };
+    let control = stream_writer(out, None);
     tokio::spawn(conn::serve(shared, transport, server_reads, control));
     MemClient {
         to_server,

@@ -7,10 +7,8 @@
 //! connection driver exactly as a stalled QUIC stream does).
 use std::io;
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -19,11 +17,10 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use natter_protocol::pb::ErrorCode;
 use natter_protocol::wsmux::{self, Channel};
-use tokio::io::AsyncWrite;
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::PollSender;
 
-use crate::conn::{self, ControlSend, Shared, Transport};
+use crate::chanwrite::ChannelWriter;
+use crate::conn::{self, Shared, Transport};
 
 /// WebSocket close codes for natter errors: 4000 + the `ErrorCode` number.
 pub const CLOSE_CODE_BASE: u16 = 4000;
@@ -44,48 +41,12 @@ pub struct WsTransport {
 }
 
 /// A server→client byte stream on one channel of the WebSocket.
-#[derive(Debug)]
-pub struct WsStream {
-    channel: Channel,
-    out: PollSender<Bytes>,
-}
+pub type WsStream = ChannelWriter<Bytes>;
 
-impl AsyncWrite for WsStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        ready!(this.out.poll_reserve(cx)).map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
-        let msg = wsmux::encode(this.channel, buf);
-        this.out
-            .send_item(msg)
-            .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        if let Channel::Stream(_) = this.channel {
-            if this.out.is_closed() {
-                return Poll::Ready(Ok(()));
-            }
-            ready!(this.out.poll_reserve(cx)).map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
-            // An empty payload finishes a delivery stream.
-            let _ = this.out.send_item(wsmux::encode(this.channel, b""));
-            this.out.close();
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-#[async_trait]
-impl ControlSend for WsStream {
-    async fn finish_and_wait(&mut self) {
-        // Messages leave in queue order, and the close frame only after the queue is
-        // drained (see `write_loop`): nothing to wait for here.
-    }
+fn channel_writer(out: mpsc::Sender<Bytes>, channel: Channel) -> WsStream {
+    // An empty payload finishes a delivery stream.
+    let fin = matches!(channel, Channel::Stream(_)).then(|| wsmux::encode(channel, b""));
+    ChannelWriter::new(out, move |buf| wsmux::encode(channel, buf), fin)
 }
 
 #[async_trait]
@@ -94,10 +55,7 @@ impl Transport for WsTransport {
 
     async fn open_stream(&self) -> io::Result<WsStream> {
         let n = self.next_stream.fetch_add(1, Ordering::Relaxed);
-        Ok(WsStream {
-            channel: Channel::Stream(n),
-            out: PollSender::new(self.out.clone()),
-        })
+        Ok(channel_writer(self.out.clone(), Channel::Stream(n)))
     }
 
     fn close(&self, code: ErrorCode, reason: &str) {
@@ -137,10 +95,7 @@ pub async fn serve(shared: Arc<Shared>, socket: WebSocket, ip: IpAddr) {
     let reader = tokio::spawn(read_loop(stream, control_tx, dgram_tx, transport.clone()));
     let control_rx = futures::stream::unfold(control_rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
     let recv = tokio_util::io::StreamReader::new(Box::pin(control_rx));
-    let send = WsStream {
-        channel: Channel::Control,
-        out: PollSender::new(out),
-    };
+    let send = channel_writer(out, Channel::Control);
     conn::serve(shared, transport.clone(), recv, send).await;
     transport.close(ErrorCode::Unspecified, "");
     reader.abort();
