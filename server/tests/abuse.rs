@@ -271,9 +271,23 @@ async fn connections_per_ip_and_per_user_are_limited() {
 
     // Per IP: a fourth connection from 127.0.0.2 is closed with LIMIT_EXCEEDED at once;
     // 127.0.0.1 (alice and bob) is another address and is not affected.
+    // Each held connection completes the handshake, so it has certainly been admitted.
     let mut held = Vec::new();
     for _ in 0..3 {
-        held.push(Raw::quic_from("127.0.0.2", s.addr, &s.fingerprint).await);
+        let mut raw = Raw::connect_from("127.0.0.2", s.addr, &s.fingerprint).await;
+        raw.frame(pb::frame::Kind::Hello(pb::Hello {
+            versions: vec![1],
+            client: "raw".into(),
+        }))
+        .await;
+        assert!(matches!(
+            raw.read().await,
+            Some(pb::Frame {
+                kind: Some(pb::frame::Kind::Welcome(_))
+            })
+        ));
+        // Kept whole: ending the control stream would end the connection.
+        held.push(raw);
     }
     let fourth = Raw::quic_from("127.0.0.2", s.addr, &s.fingerprint).await;
     match tokio::time::timeout(DEADLINE, fourth.closed()).await.unwrap() {
@@ -284,7 +298,7 @@ async fn connections_per_ip_and_per_user_are_limited() {
     }
     alice.client.send(dm, "other addresses are fine").await.unwrap();
     // A slot frees when a connection ends.
-    held.pop().unwrap().close(0u32.into(), b"bye");
+    held.pop().unwrap().conn.close(0u32.into(), b"bye");
     let until = tokio::time::Instant::now() + DEADLINE;
     loop {
         let mut again = Raw::connect_from("127.0.0.2", s.addr, &s.fingerprint).await;
