@@ -852,7 +852,16 @@ impl ClientSession {
                     pb::ErrorCode::Internal,
                     "unexpected response to Authenticate",
                 )),
-                Err(e) => self.auth_failed(e),
+                // Only a refused token means "log in again". Anything else (too many
+                // connections, a server error) keeps the login: the driver reconnects and
+                // authenticates afresh, without the resume token in case it was the cause.
+                Err(e) if matches!(e.code, pb::ErrorCode::Unauthenticated | pb::ErrorCode::TokenRevoked) => {
+                    self.auth_failed(e)
+                }
+                Err(e) => {
+                    self.resume_token = None;
+                    self.events.push_back(SessionEvent::ConnectionError(e));
+                }
             },
             Purpose::Send(cid) => self.on_send_result(id, cid, result),
             Purpose::Ack => {}

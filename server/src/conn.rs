@@ -556,12 +556,16 @@ impl<T: Transport> Conn<T> {
         if self.auth.is_some() {
             return Err(ServerError::new(ErrorCode::Conflict, "already authenticated"));
         }
-        if a.access_token.is_empty()
-            || a.access_token.len() > limits::MAX_TOKEN_BYTES
-            || a.resume_token.len() > limits::MAX_TOKEN_BYTES
-        {
+        if a.access_token.is_empty() || a.access_token.len() > limits::MAX_TOKEN_BYTES {
             return Err(ServerError::new(ErrorCode::Unauthenticated, "malformed token"));
         }
+        // A resume token is only a hint: one that cannot name a session (too long) means a
+        // fresh session with cursor sync, never a refused login.
+        let resume_token = if a.resume_token.len() > limits::MAX_TOKEN_BYTES {
+            ""
+        } else {
+            a.resume_token.as_str()
+        };
         validate::count("cursors", a.cursors.len(), limits::MAX_CURSORS)?;
         let device = self
             .shared
@@ -572,14 +576,11 @@ impl<T: Transport> Conn<T> {
             .map_err(store_err)?
             .ok_or_else(|| ServerError::new(ErrorCode::Unauthenticated, "unknown or revoked token"))?;
         let ok = self
-            .establish(device.user, device.username, device.id, &a.resume_token, &a.cursors)
+            .establish(device.user, device.username, device.id, resume_token, &a.cursors)
             .await?;
         Ok(Res::Auth(ok))
     }
 
-    /// Resume the session if the token allows, else open a fresh one with cursor sync
-    /// (PROTOCOL.md §7). The session is attached before the conversation list is read, so
-    /// nothing committed in between is missed.
     /// The per-user connection limit, counting the user's other devices.
     fn check_user_connections(&self, user: UserId, device: DeviceId) -> Result<(), ServerError> {
         let max = self.shared.config.max_per_user;
@@ -592,6 +593,9 @@ impl<T: Transport> Conn<T> {
         Ok(())
     }
 
+    /// Resume the session if the token allows, else open a fresh one with cursor sync
+    /// (PROTOCOL.md §7). The session is attached before the conversation list is read, so
+    /// nothing committed in between is missed.
     async fn establish(
         &mut self,
         user: UserId,

@@ -201,6 +201,8 @@ async fn forged_and_foreign_resume_tokens_never_resume_someone_elses_session() {
     for (what, resume) in [
         ("forged", "rs_".to_string() + &"0".repeat(64)),
         ("alice's", alice_resume.clone()),
+        // Found by fuzz/resume_tokens: an over-long resume token refused the login itself.
+        ("over-long", "rs_fouged".to_string() + &"\u{fffd}".repeat(40)),
     ] {
         let mut raw = Raw::hello(s.addr, &s.fingerprint).await;
         match raw.request(auth(&bob.token, &resume)).await {

@@ -568,3 +568,34 @@ fn a_message_ends_typing_on_both_sides() {
     let stopped = at(&|e| matches!(e, SessionEvent::TypingStopped { user_id: UserId(2), .. })).expect("typing stopped");
     assert!(event < stopped, "the message shows before the indicator goes");
 }
+
+#[test]
+fn only_a_refused_token_logs_out_other_authentication_errors_reconnect() {
+    use pb::response::Result as R;
+    for (code, logs_out) in [
+        (pb::ErrorCode::Unauthenticated, true),
+        (pb::ErrorCode::TokenRevoked, true),
+        (pb::ErrorCode::LimitExceeded, false),
+        (pb::ErrorCode::Internal, false),
+        (pb::ErrorCode::BadRequest, false),
+    ] {
+        let mut p = Peer::new(Some("tok"));
+        let (id, _) = p.handshake();
+        p.respond(id, R::Error(ServerError::new(code, "no").into()));
+        let evs = p.events();
+        if logs_out {
+            assert!(evs.iter().any(|e| matches!(e, SessionEvent::AuthFailed(_))), "{code:?}");
+            assert_eq!(p.s.access_token(), None);
+        } else {
+            assert!(
+                evs.iter().any(|e| matches!(e, SessionEvent::ConnectionError(_))),
+                "{code:?}"
+            );
+            assert!(
+                !evs.iter().any(|e| matches!(e, SessionEvent::AuthFailed(_))),
+                "{code:?}"
+            );
+            assert_eq!(p.s.access_token(), Some("tok"), "{code:?} keeps the login");
+        }
+    }
+}
