@@ -152,6 +152,43 @@ async fn malformed_streams_close_only_their_connection_with_typed_codes() {
     assert_eq!(raw.closed().await.1, ErrorCode::FrameTooLarge as u64);
     alice.client.send(dm, "one").await.unwrap();
 
+    // A length prefix of 2^63 (a valid 10-byte varint).
+    let mut raw = Raw::hello(s.addr, &s.fingerprint).await;
+    let mut head = bytes::BytesMut::new();
+    prost::encoding::encode_varint(1u64 << 63, &mut head);
+    raw.bytes(&head).await;
+    assert_eq!(raw.closed().await.1, ErrorCode::FrameTooLarge as u64);
+
+    // Random bytes, before and after the handshake: always a typed close.
+    let typed = [
+        ErrorCode::MalformedFrame,
+        ErrorCode::FrameTooLarge,
+        ErrorCode::UnknownFrame,
+        ErrorCode::HandshakeRequired,
+        ErrorCode::BadRequest,
+        ErrorCode::UnsupportedVersion,
+    ];
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    for round in 0..6 {
+        let noise: Vec<u8> = (0..4096)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        let mut raw = if round % 2 == 0 {
+            Raw::connect(s.addr, &s.fingerprint).await
+        } else {
+            Raw::hello(s.addr, &s.fingerprint).await
+        };
+        raw.bytes(&noise).await;
+        let _ = raw.send.finish();
+        let code = raw.closed().await.1;
+        assert!(typed.iter().any(|c| *c as u64 == code), "round {round}: code {code}");
+    }
+
     // A truncated frame, then the stream ends.
     let mut raw = Raw::hello(s.addr, &s.fingerprint).await;
     raw.bytes(&[20, 0x1a, 0x05]).await;
