@@ -28,6 +28,8 @@ enum Exit {
 struct Driver {
     config: ClientConfig,
     endpoint: quinn::Endpoint,
+    /// Closed on shutdown only if this client made it.
+    owns_endpoint: bool,
     quic: quinn::ClientConfig,
     session: ClientSession,
     start: Instant,
@@ -56,11 +58,18 @@ pub(crate) fn spawn(
     let bind: std::net::SocketAddr = if config.addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
         .parse()
         .expect("valid");
-    let endpoint = quinn::Endpoint::client(bind).map_err(|e| ClientError::Setup(e.to_string()))?;
+    let (endpoint, owns_endpoint) = match &config.endpoint {
+        Some(shared) => (shared.clone(), false),
+        None => (
+            quinn::Endpoint::client(bind).map_err(|e| ClientError::Setup(e.to_string()))?,
+            true,
+        ),
+    };
     let session = ClientSession::new(config.session.clone(), config.access_token.clone());
     let driver = Driver {
         config,
         endpoint,
+        owns_endpoint,
         quic,
         session,
         start: Instant::now(),
@@ -99,7 +108,9 @@ impl Driver {
             self.dispatch();
             match exit {
                 Exit::Shutdown(done) => {
-                    self.endpoint.close(0u32.into(), b"bye");
+                    if self.owns_endpoint {
+                        self.endpoint.close(0u32.into(), b"bye");
+                    }
                     if let Some(done) = done {
                         let _ = done.send(());
                     }

@@ -38,6 +38,10 @@ pub struct ClientConfig {
     pub reconnect_min_ms: u64,
     /// Longest reconnect delay.
     pub reconnect_max_ms: u64,
+    /// A quinn endpoint (UDP socket) to share with other clients in this process; `None`
+    /// gives the client its own. Many clients on one socket (bots, load generators) save
+    /// descriptors and memory.
+    pub endpoint: Option<quinn::Endpoint>,
 }
 
 impl ClientConfig {
@@ -54,6 +58,7 @@ impl ClientConfig {
             },
             reconnect_min_ms: 100,
             reconnect_max_ms: 5_000,
+            endpoint: None,
         }
     }
 }

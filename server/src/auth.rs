@@ -6,26 +6,63 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use std::sync::OnceLock;
 
-/// Hash a password with argon2id (default parameters: 19 MiB, 2 passes). Slow by design:
-/// call from a blocking thread.
+/// argon2id cost. The default (19 MiB, 2 passes) is OWASP's recommendation; lower it only
+/// where logins are not exposed (load generators, tests).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PasswordCost {
+    /// Memory in KiB.
+    pub memory_kib: u32,
+    /// Passes.
+    pub iterations: u32,
+}
+
+impl Default for PasswordCost {
+    fn default() -> Self {
+        PasswordCost {
+            memory_kib: argon2::Params::DEFAULT_M_COST,
+            iterations: argon2::Params::DEFAULT_T_COST,
+        }
+    }
+}
+
+impl PasswordCost {
+    fn hasher(self) -> Argon2<'static> {
+        let params = argon2::Params::new(self.memory_kib.max(8), self.iterations.max(1), 1, None).unwrap_or_default();
+        Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+    }
+}
+
+/// Hash a password with argon2id at the default cost. Slow by design: call from a
+/// blocking thread.
 pub fn hash_password(password: &str) -> String {
+    hash_password_with(password, PasswordCost::default())
+}
+
+/// Hash a password with argon2id at `cost` (the hash records its parameters).
+pub fn hash_password_with(password: &str, cost: PasswordCost) -> String {
     let salt = SaltString::generate(&mut OsRng);
-    Argon2::default()
+    cost.hasher()
         .hash_password(password.as_bytes(), &salt)
         .expect("argon2 with valid params")
         .to_string()
 }
 
-/// Check a password against a stored hash. Slow by design.
+/// Check a password against a stored hash (at the cost recorded in it). Slow by design.
 pub fn verify_password(hash: &str, password: &str) -> bool {
     PasswordHash::new(hash).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
 }
 
 /// A hash to verify against when the user does not exist, so that a login for an unknown
-/// user costs the same time as one with a wrong password.
-pub fn dummy_hash() -> &'static str {
-    static H: OnceLock<String> = OnceLock::new();
-    H.get_or_init(|| hash_password("natter-dummy-password"))
+/// user costs the same time as one with a wrong password (one per cost in use).
+pub fn dummy_hash(cost: PasswordCost) -> String {
+    static H: OnceLock<std::sync::Mutex<Vec<(PasswordCost, String)>>> = OnceLock::new();
+    let mut cache = H.get_or_init(Default::default).lock().expect("dummy hash lock");
+    if let Some((_, h)) = cache.iter().find(|(c, _)| *c == cost) {
+        return h.clone();
+    }
+    let h = hash_password_with("natter-dummy-password", cost);
+    cache.push((cost, h.clone()));
+    h
 }
 
 /// A new random token (256 bits) with a prefix that says what it is.

@@ -62,6 +62,11 @@ pub struct Config {
     pub web_tls: WebTls,
     /// Folder the web endpoint serves at `/` (the chat page and its WASM package).
     pub web_root: PathBuf,
+    /// argon2id memory (KiB) for new password hashes; default 19,456 (OWASP). Lower only
+    /// where logins are not exposed (load tests).
+    pub password_hash_memory_kib: u32,
+    /// argon2id passes for new password hashes; default 2.
+    pub password_hash_iterations: u32,
     /// Rate limits.
     pub rates: crate::ratelimit::RateConfig,
     /// `tracing` filter, e.g. "info" or "natter_server=debug".
@@ -96,6 +101,8 @@ impl Default for Config {
             web_listen: Some("127.0.0.1:8080".parse().expect("valid address")),
             web_tls: WebTls::Auto,
             web_root: PathBuf::from("web"),
+            password_hash_memory_kib: crate::auth::PasswordCost::default().memory_kib,
+            password_hash_iterations: crate::auth::PasswordCost::default().iterations,
             rates: crate::ratelimit::RateConfig::default(),
             log: "info".into(),
         }

@@ -477,7 +477,8 @@ impl<T: Transport> Conn<T> {
         validate::username(&r.username)?;
         validate::password(&r.password)?;
         let pw = r.password;
-        let hash = tokio::task::spawn_blocking(move || auth::hash_password(&pw))
+        let cost = self.shared.ctx.password_cost;
+        let hash = tokio::task::spawn_blocking(move || auth::hash_password_with(&pw, cost))
             .await
             .map_err(|e| ServerError::new(ErrorCode::Internal, e.to_string()))?;
         let id = self
@@ -511,9 +512,10 @@ impl<T: Transport> Conn<T> {
             .user_by_name(&r.username)
             .await
             .map_err(store_err)?;
-        let hash = user
-            .as_ref()
-            .map_or_else(|| auth::dummy_hash().to_string(), |u| u.password_hash.clone());
+        let hash = user.as_ref().map_or_else(
+            || auth::dummy_hash(self.shared.ctx.password_cost),
+            |u| u.password_hash.clone(),
+        );
         let pw = r.password;
         let ok = tokio::task::spawn_blocking(move || auth::verify_password(&hash, &pw))
             .await

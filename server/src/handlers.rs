@@ -33,6 +33,8 @@ pub struct Ctx {
     pub max_text_chars: usize,
     /// History page limit.
     pub max_history_page: u32,
+    /// argon2id cost for new password hashes.
+    pub password_cost: crate::auth::PasswordCost,
 }
 
 fn bad(msg: &str) -> ServerError {

@@ -64,6 +64,10 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         member_limits,
         max_text_chars: config.max_text_chars,
         max_history_page: config.max_history_page,
+        password_cost: crate::auth::PasswordCost {
+            memory_kib: config.password_hash_memory_kib,
+            iterations: config.password_hash_iterations,
+        },
     };
     let shared = Arc::new(Shared::new(
         ctx,

@@ -1,0 +1,604 @@
+//! natter-bench: load over the real protocol, with the real SDK (`natter-sdk` clients, the
+//! same `ClientSession` as every app), against a running server. Scenarios:
+//! [`fanout`] (groups, senders at a rate, end-to-end latency per delivery), [`dm`] (round
+//! trips), [`connections`] (hold many authenticated connections, measure memory per
+//! connection and delivery while they are held) and [`history`] (paging over a large
+//! conversation). Every scenario counts lost and duplicated deliveries, which must be zero.
+#![forbid(unsafe_code)]
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use natter_protocol::pb;
+use natter_sdk::{Client, ClientConfig, ClientEvent, ConversationId, Events, HistoryAnchor, Seq};
+use serde::Serialize;
+
+pub const PASSWORD: &str = "natter-bench-password";
+
+/// Where the server is.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// UDP address.
+    pub addr: SocketAddr,
+    /// Certificate fingerprint to pin.
+    pub fingerprint: String,
+    /// The server's pid, to read its CPU time and memory from /proc.
+    pub server_pid: Option<u32>,
+}
+
+/// The server process's CPU time and resident memory.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct ProcStats {
+    /// User + system CPU seconds.
+    pub cpu_secs: f64,
+    /// Resident set size in bytes.
+    pub rss_bytes: u64,
+}
+
+impl ProcStats {
+    /// Read `/proc/<pid>`; zeros where unavailable.
+    pub fn read(pid: Option<u32>) -> ProcStats {
+        let Some(pid) = pid else { return ProcStats::default() };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the command (which may contain spaces): utime is 14th, stime 15th.
+        let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let cpu_secs = (ticks(11) + ticks(12)) / 100.0;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let rss_kib = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        ProcStats {
+            cpu_secs,
+            rss_bytes: rss_kib * 1024,
+        }
+    }
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Latency {
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    pub samples: u64,
+}
+
+fn latency(h: &Histogram<u64>) -> Latency {
+    let ms = |us: u64| us as f64 / 1000.0;
+    Latency {
+        p50_ms: ms(h.value_at_quantile(0.50)),
+        p99_ms: ms(h.value_at_quantile(0.99)),
+        p999_ms: ms(h.value_at_quantile(0.999)),
+        max_ms: ms(h.max()),
+        samples: h.len(),
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")
+}
+
+/// What a scenario measured.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    pub params: serde_json::Value,
+    /// Seconds of the measured phase.
+    pub duration_secs: f64,
+    /// Messages acknowledged by the server.
+    pub sent: u64,
+    /// Deliveries received by clients (other members' messages).
+    pub delivered: u64,
+    /// Deliveries per second over the measured phase.
+    pub delivered_per_sec: f64,
+    pub latency: Latency,
+    /// Requests that failed.
+    pub errors: u64,
+    /// Expected deliveries that never arrived.
+    pub lost: u64,
+    /// Deliveries that arrived more than once.
+    pub duplicates: u64,
+    /// Server CPU seconds used in the measured phase, and as a share of one core.
+    pub server_cpu_secs: f64,
+    pub server_cpu_share: f64,
+    /// Server resident memory at the end.
+    pub server_rss_bytes: u64,
+    /// Scenario-specific figures.
+    pub extra: serde_json::Value,
+}
+
+impl Report {
+    /// One line for humans.
+    pub fn summary(&self) -> String {
+        format!(
+            "{}: {} sent, {} delivered ({:.0}/s), latency p50 {:.1} ms p99 {:.1} ms p999 {:.1} ms, {} errors, {} lost, {} duplicates, server {:.0}% of a core, RSS {:.1} MiB {}",
+            self.scenario,
+            self.sent,
+            self.delivered,
+            self.delivered_per_sec,
+            self.latency.p50_ms,
+            self.latency.p99_ms,
+            self.latency.p999_ms,
+            self.errors,
+            self.lost,
+            self.duplicates,
+            self.server_cpu_share * 100.0,
+            self.server_rss_bytes as f64 / (1 << 20) as f64,
+            if self.extra.is_null() { String::new() } else { self.extra.to_string() },
+        )
+    }
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Shared UDP sockets for many clients (one per `per` clients).
+#[derive(Debug)]
+pub struct Endpoints {
+    list: Vec<quinn::Endpoint>,
+    per: usize,
+}
+
+impl Endpoints {
+    pub fn new(clients: usize, per: usize) -> anyhow::Result<Endpoints> {
+        let n = clients.div_ceil(per.max(1)).max(1);
+        let list = (0..n)
+            .map(|_| quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")))
+            .collect::<Result<_, _>>()?;
+        Ok(Endpoints { list, per: per.max(1) })
+    }
+
+    fn for_client(&self, i: usize) -> quinn::Endpoint {
+        self.list[(i / self.per) % self.list.len()].clone()
+    }
+}
+
+/// One benchmark user with a connected client.
+#[derive(Debug)]
+pub struct BenchUser {
+    pub name: String,
+    pub client: Client,
+    pub events: Events,
+    pub user_id: u64,
+}
+
+/// A run-unique user name prefix (runs share a server).
+pub fn run_prefix() -> String {
+    format!("b{:08x}", rand::random::<u32>())
+}
+
+/// Register and log in `name` on a client sharing `endpoint`.
+pub async fn bench_user(t: &Target, endpoint: quinn::Endpoint, name: &str) -> anyhow::Result<BenchUser> {
+    let mut config = ClientConfig::pinned(t.addr, &t.fingerprint);
+    config.endpoint = Some(endpoint);
+    config.reconnect_min_ms = 50;
+    config.reconnect_max_ms = 1_000;
+    config.session.request_timeout_ms = 60_000;
+    let (client, mut events) = Client::connect(config)?;
+    client
+        .register(name, PASSWORD)
+        .await
+        .with_context(|| format!("register {name}"))?;
+    let login = client
+        .login(name, PASSWORD, "bench")
+        .await
+        .with_context(|| format!("login {name}"))?;
+    // Wait for the session to be ready.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(60), events.next()).await {
+            Ok(Some(ClientEvent::Connected { .. })) => break,
+            Ok(Some(_)) => continue,
+            _ => anyhow::bail!("{name} never connected"),
+        }
+    }
+    Ok(BenchUser {
+        name: name.to_string(),
+        client,
+        events,
+        user_id: login.user_id.0,
+    })
+}
+
+/// Create `n` users, `parallel` at a time, printing progress.
+pub async fn bench_users(t: &Target, n: usize, per_socket: usize, parallel: usize) -> anyhow::Result<Vec<BenchUser>> {
+    use futures::StreamExt;
+    let prefix = run_prefix();
+    let endpoints = Endpoints::new(n, per_socket)?;
+    let started = Instant::now();
+    let done = AtomicU64::new(0);
+    let mut users: Vec<(usize, BenchUser)> = futures::stream::iter(0..n)
+        .map(|i| {
+            let t = t.clone();
+            let ep = endpoints.for_client(i);
+            let name = format!("{prefix}u{i}");
+            let done = &done;
+            async move {
+                let u = bench_user(&t, ep, &name).await;
+                let d = done.fetch_add(1, Ordering::Relaxed) + 1;
+                if d % 1000 == 0 {
+                    eprintln!(
+                        "  {d}/{n} users connected ({:.0}/s)",
+                        d as f64 / started.elapsed().as_secs_f64()
+                    );
+                }
+                u.map(|u| (i, u))
+            }
+        })
+        .buffer_unordered(parallel.max(1))
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+    users.sort_by_key(|(i, _)| *i);
+    Ok(users.into_iter().map(|(_, u)| u).collect())
+}
+
+/// Counts kept by a receiver task.
+#[derive(Default)]
+struct Receipts {
+    delivered: AtomicU64,
+    duplicates: AtomicU64,
+    latency: Mutex<Option<Histogram<u64>>>,
+}
+
+/// Consume a client's events: every message from someone else whose text is
+/// `b|<send time µs>|…` counts once, with its latency; a second copy counts as a duplicate.
+fn spawn_receiver(mut events: Events, me: u64, receipts: Arc<Receipts>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut seen: HashSet<(u64, u64)> = HashSet::new();
+        while let Some(ev) = events.next().await {
+            let ClientEvent::Event(e) = ev else { continue };
+            let Some(pb::conversation_event::Body::Message(m)) = &e.body else {
+                continue;
+            };
+            if e.sender_user_id == me {
+                continue;
+            }
+            let text = m.body.as_ref().map_or("", |b| b.text.as_str());
+            let Some(sent) = text
+                .strip_prefix("b|")
+                .and_then(|r| r.split('|').next())
+                .and_then(|v| v.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            if !seen.insert((e.conversation_id, e.seq)) {
+                receipts.duplicates.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let latency_us = now_us().saturating_sub(sent).max(1);
+            // Recorded before the count moves, so a reader that sees the count sees the sample.
+            let _ = receipts
+                .latency
+                .lock()
+                .expect("histogram lock")
+                .get_or_insert_with(histogram)
+                .record(latency_us);
+            receipts.delivered.fetch_add(1, Ordering::Relaxed);
+        }
+    })
+}
+
+/// Fan-out parameters.
+#[derive(Clone, Debug, Serialize)]
+pub struct FanoutOpts {
+    pub users: usize,
+    pub group_size: usize,
+    pub senders_per_group: usize,
+    pub rate_per_sender: f64,
+    pub secs: f64,
+}
+
+/// Groups of `group_size`; `senders_per_group` members each send `rate_per_sender`
+/// messages/s for `secs`; every other member's client records end-to-end latency.
+pub async fn fanout(t: &Target, o: &FanoutOpts) -> anyhow::Result<Report> {
+    let groups = (o.users / o.group_size.max(2)).max(1);
+    let n = groups * o.group_size.max(2);
+    eprintln!("fanout: {n} users in {groups} groups of {}", o.group_size);
+    let users = bench_users(t, n, 1000, 64).await?;
+    let receipts = Arc::new(Receipts::default());
+    let mut convs = Vec::new();
+    let mut clients = Vec::new();
+    for g in 0..groups {
+        let members = &users[g * o.group_size..(g + 1) * o.group_size];
+        let names: Vec<&str> = members[1..].iter().map(|u| u.name.as_str()).collect();
+        let conv = members[0].client.create_group(&format!("bench {g}"), &names).await?;
+        convs.push(ConversationId(conv.conversation_id));
+    }
+    for u in users {
+        spawn_receiver(u.events, u.user_id, receipts.clone());
+        clients.push(u.client);
+    }
+    run_senders(t, o, &clients, &convs, receipts, "fanout").await
+}
+
+async fn run_senders(
+    t: &Target,
+    o: &FanoutOpts,
+    clients: &[Client],
+    convs: &[ConversationId],
+    receipts: Arc<Receipts>,
+    name: &str,
+) -> anyhow::Result<Report> {
+    let group_size = o.group_size.max(2);
+    let sent = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let before = ProcStats::read(t.server_pid);
+    let started = Instant::now();
+    let until = started + Duration::from_secs_f64(o.secs);
+    let mut tasks = Vec::new();
+    for (g, conv) in convs.iter().enumerate() {
+        for s in 0..o.senders_per_group.min(group_size) {
+            let client = clients[g * group_size + s].clone();
+            let (conv, sent, errors) = (*conv, sent.clone(), errors.clone());
+            let interval = Duration::from_secs_f64(1.0 / o.rate_per_sender.max(0.001));
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut k = 0u64;
+                let mut inflight = Vec::new();
+                while Instant::now() < until {
+                    tick.tick().await;
+                    k += 1;
+                    let c = client.clone();
+                    let (sent, errors) = (sent.clone(), errors.clone());
+                    inflight.push(tokio::spawn(async move {
+                        match c.send(conv, &format!("b|{}|{k}", now_us())).await {
+                            Ok(_) => sent.fetch_add(1, Ordering::Relaxed),
+                            Err(_) => errors.fetch_add(1, Ordering::Relaxed),
+                        };
+                    }));
+                }
+                for f in inflight {
+                    let _ = f.await;
+                }
+            }));
+        }
+    }
+    // Progress once a second while sending.
+    let progress = {
+        let (sent, receipts) = (sent.clone(), receipts.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                eprintln!(
+                    "  {:.0}s: {} sent, {} delivered",
+                    started.elapsed().as_secs_f64(),
+                    sent.load(Ordering::Relaxed),
+                    receipts.delivered.load(Ordering::Relaxed)
+                );
+            }
+        })
+    };
+    for t in tasks {
+        let _ = t.await;
+    }
+    let send_secs = started.elapsed().as_secs_f64();
+    // Drain: every acknowledged message reaches every other member, or the wait ends.
+    let expected = sent.load(Ordering::Relaxed) * (group_size as u64 - 1);
+    let drain_until = Instant::now() + Duration::from_secs(30);
+    while receipts.delivered.load(Ordering::Relaxed) < expected && Instant::now() < drain_until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    progress.abort();
+    let elapsed = started.elapsed().as_secs_f64();
+    let after = ProcStats::read(t.server_pid);
+    let delivered = receipts.delivered.load(Ordering::Relaxed);
+    let hist = receipts.latency.lock().expect("histogram lock").clone();
+    let lat = hist.as_ref().map(latency).unwrap_or_default();
+    Ok(Report {
+        scenario: name.into(),
+        params: serde_json::to_value(o)?,
+        duration_secs: send_secs,
+        sent: sent.load(Ordering::Relaxed),
+        delivered,
+        delivered_per_sec: delivered as f64 / elapsed,
+        latency: lat,
+        errors: errors.load(Ordering::Relaxed),
+        lost: expected.saturating_sub(delivered),
+        duplicates: receipts.duplicates.load(Ordering::Relaxed),
+        server_cpu_secs: after.cpu_secs - before.cpu_secs,
+        server_cpu_share: (after.cpu_secs - before.cpu_secs) / elapsed,
+        server_rss_bytes: after.rss_bytes,
+        extra: serde_json::Value::Null,
+    })
+}
+
+/// DM parameters.
+#[derive(Clone, Debug, Serialize)]
+pub struct DmOpts {
+    pub pairs: usize,
+    pub rate_per_sender: f64,
+    pub secs: f64,
+}
+
+/// 1:1 pairs: both sides send at a rate; each side records the other's delivery latency.
+pub async fn dm(t: &Target, o: &DmOpts) -> anyhow::Result<Report> {
+    let users = bench_users(t, o.pairs * 2, 1000, 64).await?;
+    let receipts = Arc::new(Receipts::default());
+    let mut convs = Vec::new();
+    let mut clients = Vec::new();
+    for pair in users.chunks(2) {
+        let conv = pair[0].client.direct(&pair[1].name).await?;
+        convs.push(ConversationId(conv.conversation_id));
+    }
+    for u in users {
+        spawn_receiver(u.events, u.user_id, receipts.clone());
+        clients.push(u.client);
+    }
+    let f = FanoutOpts {
+        users: o.pairs * 2,
+        group_size: 2,
+        senders_per_group: 2,
+        rate_per_sender: o.rate_per_sender,
+        secs: o.secs,
+    };
+    let mut r = run_senders(t, &f, &clients, &convs, receipts, "dm").await?;
+    r.params = serde_json::to_value(o)?;
+    Ok(r)
+}
+
+/// Idle-connection parameters.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConnectionsOpts {
+    pub connections: usize,
+    /// Clients per UDP socket.
+    pub per_socket: usize,
+    /// Logins in flight.
+    pub parallel: usize,
+    /// Messages timed while all are held.
+    pub probes: usize,
+}
+
+/// Open and hold `connections` authenticated connections; report handshakes/s and server
+/// memory per connection; then time deliveries between two of them while all are held.
+pub async fn connections(t: &Target, o: &ConnectionsOpts) -> anyhow::Result<Report> {
+    let before = ProcStats::read(t.server_pid);
+    let started = Instant::now();
+    let users = bench_users(t, o.connections.max(2), o.per_socket, o.parallel).await?;
+    let open_secs = started.elapsed().as_secs_f64();
+    // Let the server settle (presence publishing, allocator) before reading memory.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let held = ProcStats::read(t.server_pid);
+    let mut iter = users.into_iter();
+    let a = iter.next().expect("two users");
+    let b = iter.next().expect("two users");
+    let rest: Vec<BenchUser> = iter.collect();
+    let conv = ConversationId(a.client.direct(&b.name).await?.conversation_id);
+    let receipts = Arc::new(Receipts::default());
+    let rx = spawn_receiver(b.events, b.user_id, receipts.clone());
+    let probe_start = Instant::now();
+    let mut sent = 0;
+    for i in 0..o.probes {
+        a.client.send(conv, &format!("b|{}|{i}", now_us())).await?;
+        sent += 1;
+        // One at a time: each probe's latency is measured on an otherwise idle server.
+        let until = Instant::now() + Duration::from_secs(10);
+        while receipts.delivered.load(Ordering::Relaxed) < sent && Instant::now() < until {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+    }
+    let probe_secs = probe_start.elapsed().as_secs_f64();
+    let after = ProcStats::read(t.server_pid);
+    let delivered = receipts.delivered.load(Ordering::Relaxed);
+    let hist = receipts.latency.lock().expect("histogram lock").clone();
+    let n = (rest.len() + 2) as u64;
+    let per_conn = held.rss_bytes.saturating_sub(before.rss_bytes) / n.max(1);
+    drop(rx);
+    drop(rest);
+    Ok(Report {
+        scenario: "connections".into(),
+        params: serde_json::to_value(o)?,
+        duration_secs: probe_secs,
+        sent,
+        delivered,
+        delivered_per_sec: delivered as f64 / probe_secs.max(1e-9),
+        latency: hist.as_ref().map(latency).unwrap_or_default(),
+        errors: 0,
+        lost: sent.saturating_sub(delivered),
+        duplicates: receipts.duplicates.load(Ordering::Relaxed),
+        server_cpu_secs: after.cpu_secs - before.cpu_secs,
+        server_cpu_share: (after.cpu_secs - before.cpu_secs) / started.elapsed().as_secs_f64(),
+        server_rss_bytes: after.rss_bytes,
+        extra: serde_json::json!({
+            "connections_held": n,
+            "open_secs": open_secs,
+            "registrations_and_logins_per_sec": n as f64 / open_secs,
+            "server_rss_before_bytes": before.rss_bytes,
+            "server_rss_held_bytes": held.rss_bytes,
+            "server_bytes_per_connection": per_conn,
+        }),
+    })
+}
+
+/// History parameters.
+#[derive(Clone, Debug, Serialize)]
+pub struct HistoryOpts {
+    pub messages: u64,
+    pub pages: usize,
+    pub page_size: u32,
+    /// Sends in flight while filling.
+    pub window: usize,
+}
+
+/// Fill one conversation with `messages`, then time `pages` random history pages.
+pub async fn history(t: &Target, o: &HistoryOpts) -> anyhow::Result<Report> {
+    use futures::StreamExt;
+    let mut users = bench_users(t, 2, 1000, 2).await?;
+    let b = users.pop().expect("two");
+    let a = users.pop().expect("two");
+    drop(b.events);
+    let conv = ConversationId(a.client.direct(&b.name).await?.conversation_id);
+    let fill_start = Instant::now();
+    let errors = AtomicU64::new(0);
+    let done = AtomicU64::new(0);
+    futures::stream::iter(0..o.messages)
+        .for_each_concurrent(o.window.max(1), |i| {
+            let c = a.client.clone();
+            let (errors, done) = (&errors, &done);
+            async move {
+                if c.send(conv, &format!("history message {i}")).await.is_err() {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                let d = done.fetch_add(1, Ordering::Relaxed) + 1;
+                if d % 100_000 == 0 {
+                    eprintln!("  {d} stored ({:.0}/s)", d as f64 / fill_start.elapsed().as_secs_f64());
+                }
+            }
+        })
+        .await;
+    let fill_secs = fill_start.elapsed().as_secs_f64();
+    let before = ProcStats::read(t.server_pid);
+    let started = Instant::now();
+    let mut h = histogram();
+    let last = o.messages + 1; // the creation event is seq 1
+    let mut pages_ok = 0u64;
+    for _ in 0..o.pages {
+        let anchor = 2 + rand::random::<u64>() % last.max(1);
+        let t0 = Instant::now();
+        let page = b
+            .client
+            .history(conv, HistoryAnchor::Before(Seq(anchor)), o.page_size)
+            .await?;
+        let _ = h.record(t0.elapsed().as_micros().max(1) as u64);
+        // A page is the run just below the anchor, gap-free.
+        let seqs: Vec<u64> = page.events.iter().map(|e| e.seq).collect();
+        if seqs.windows(2).all(|w| w[1] == w[0] + 1) && seqs.last().is_none_or(|s| *s == anchor - 1) {
+            pages_ok += 1;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let after = ProcStats::read(t.server_pid);
+    Ok(Report {
+        scenario: "history".into(),
+        params: serde_json::to_value(o)?,
+        duration_secs: secs,
+        sent: o.messages,
+        delivered: pages_ok,
+        delivered_per_sec: pages_ok as f64 / secs,
+        latency: latency(&h),
+        errors: errors.load(Ordering::Relaxed) + (o.pages as u64 - pages_ok),
+        lost: 0,
+        duplicates: 0,
+        server_cpu_secs: after.cpu_secs - before.cpu_secs,
+        server_cpu_share: (after.cpu_secs - before.cpu_secs) / secs,
+        server_rss_bytes: after.rss_bytes,
+        extra: serde_json::json!({ "fill_secs": fill_secs, "fill_sends_per_sec": o.messages as f64 / fill_secs }),
+    })
+}

@@ -1,0 +1,153 @@
+//! `natter-bench <scenario>`: run one scenario against a running server and print a JSON
+//! report (stdout, or `--json FILE`) plus a one-line summary (stderr). See bench/RESULTS.md
+//! for the commands behind the published figures.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use natter_bench::{ConnectionsOpts, DmOpts, FanoutOpts, HistoryOpts, Target};
+
+#[derive(Debug, Parser)]
+#[command(version, about = "Load generator for natter")]
+struct Args {
+    /// Server UDP address.
+    #[arg(long, default_value = "127.0.0.1:4433")]
+    server: SocketAddr,
+    /// The server's certificate fingerprint (printed at start).
+    #[arg(long)]
+    fingerprint: String,
+    /// The server's pid, for CPU time and memory from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Also write the JSON report here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Groups with senders at a fixed rate; end-to-end latency per delivery.
+    Fanout {
+        #[arg(long, default_value_t = 1000)]
+        users: usize,
+        #[arg(long, default_value_t = 100)]
+        group_size: usize,
+        #[arg(long, default_value_t = 1)]
+        senders: usize,
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 10.0)]
+        secs: f64,
+    },
+    /// 1:1 conversations, both sides sending.
+    Dm {
+        #[arg(long, default_value_t = 100)]
+        pairs: usize,
+        #[arg(long, default_value_t = 5.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 10.0)]
+        secs: f64,
+    },
+    /// Hold many authenticated connections; memory per connection; delivery while held.
+    Connections {
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        #[arg(long, default_value_t = 1000)]
+        per_socket: usize,
+        #[arg(long, default_value_t = 256)]
+        parallel: usize,
+        #[arg(long, default_value_t = 200)]
+        probes: usize,
+    },
+    /// Page through a conversation with many stored messages.
+    History {
+        #[arg(long, default_value_t = 1_000_000)]
+        messages: u64,
+        #[arg(long, default_value_t = 1000)]
+        pages: usize,
+        #[arg(long, default_value_t = 50)]
+        page_size: u32,
+        #[arg(long, default_value_t = 512)]
+        window: usize,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let target = Target {
+        addr: args.server,
+        fingerprint: args.fingerprint.clone(),
+        server_pid: args.server_pid,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let report = rt.block_on(async {
+        match args.scenario {
+            Scenario::Fanout {
+                users,
+                group_size,
+                senders,
+                rate,
+                secs,
+            } => {
+                let o = FanoutOpts {
+                    users,
+                    group_size,
+                    senders_per_group: senders,
+                    rate_per_sender: rate,
+                    secs,
+                };
+                natter_bench::fanout(&target, &o).await
+            }
+            Scenario::Dm { pairs, rate, secs } => {
+                let o = DmOpts {
+                    pairs,
+                    rate_per_sender: rate,
+                    secs,
+                };
+                natter_bench::dm(&target, &o).await
+            }
+            Scenario::Connections {
+                connections,
+                per_socket,
+                parallel,
+                probes,
+            } => {
+                let o = ConnectionsOpts {
+                    connections,
+                    per_socket,
+                    parallel,
+                    probes,
+                };
+                natter_bench::connections(&target, &o).await
+            }
+            Scenario::History {
+                messages,
+                pages,
+                page_size,
+                window,
+            } => {
+                let o = HistoryOpts {
+                    messages,
+                    pages,
+                    page_size,
+                    window,
+                };
+                natter_bench::history(&target, &o).await
+            }
+        }
+    })?;
+    let json = serde_json::to_string_pretty(&report)?;
+    println!("{json}");
+    if let Some(path) = args.json {
+        std::fs::write(path, &json)?;
+    }
+    eprintln!("{}", report.summary());
+    // Exit at once: thousands of clients need not say goodbye.
+    std::process::exit(if report.lost == 0 && report.duplicates == 0 {
+        0
+    } else {
+        2
+    });
+}

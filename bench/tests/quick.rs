@@ -1,0 +1,84 @@
+//! Every natter-bench scenario, small and quick, against an in-process server: keeps the
+//! benchmark working and asserts what it must always show — nothing lost, nothing
+//! duplicated, no errors. Timing is reported, never asserted (figures live in RESULTS.md).
+use natter_bench::{ConnectionsOpts, DmOpts, FanoutOpts, HistoryOpts, Report, Target};
+
+async fn server(dir: &std::path::Path) -> natter_server::RunningServer {
+    let mut cfg = natter_server::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        web_listen: None,
+        webtransport_listen: None,
+        data_dir: dir.to_path_buf(),
+        shards: 2,
+        log: "warn".into(),
+        password_hash_memory_kib: 64,
+        password_hash_iterations: 1,
+        ..Default::default()
+    };
+    cfg.rates.register_per_minute_per_ip = 1_000_000;
+    cfg.rates.login_per_minute_per_ip = 1_000_000;
+    natter_server::start(&cfg).await.unwrap()
+}
+
+fn target(s: &natter_server::RunningServer) -> Target {
+    Target {
+        addr: s.addr,
+        fingerprint: s.fingerprint.clone(),
+        server_pid: Some(std::process::id()),
+    }
+}
+
+fn check(r: &Report) {
+    eprintln!("{}", r.summary());
+    assert_eq!(r.lost, 0, "{r:?}");
+    assert_eq!(r.duplicates, 0, "{r:?}");
+    assert_eq!(r.errors, 0, "{r:?}");
+    assert!(r.sent > 0 && r.delivered > 0, "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_runs_small_with_nothing_lost_or_doubled() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path()).await;
+    let t = target(&s);
+    let fanout = FanoutOpts {
+        users: 20,
+        group_size: 10,
+        senders_per_group: 2,
+        rate_per_sender: 20.0,
+        secs: 1.0,
+    };
+    let r = natter_bench::fanout(&t, &fanout).await.unwrap();
+    check(&r);
+    assert_eq!(r.delivered, r.sent * 9, "every other member got every message");
+    let r = natter_bench::dm(
+        &t,
+        &DmOpts {
+            pairs: 5,
+            rate_per_sender: 20.0,
+            secs: 1.0,
+        },
+    )
+    .await
+    .unwrap();
+    check(&r);
+    assert_eq!(r.delivered, r.sent);
+    let c = ConnectionsOpts {
+        connections: 50,
+        per_socket: 20,
+        parallel: 16,
+        probes: 5,
+    };
+    let r = natter_bench::connections(&t, &c).await.unwrap();
+    check(&r);
+    assert_eq!(r.extra["connections_held"], 50);
+    let h = HistoryOpts {
+        messages: 300,
+        pages: 20,
+        page_size: 50,
+        window: 32,
+    };
+    let r = natter_bench::history(&t, &h).await.unwrap();
+    check(&r);
+    assert_eq!(r.delivered, 20, "every page is the gap-free run below its anchor");
+}
