@@ -35,6 +35,9 @@ struct Conv {
     last_seq: u64,
 }
 
+/// Distinguishes client message ids across inputs (the server outlives them).
+static RUN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 fn check_conv_seq(conv: &mut Conv, seq: u64, what: &str) {
     assert_eq!(seq, conv.last_seq + 1, "{what}: seqs are consecutive per conversation");
     conv.last_seq = seq;
@@ -142,8 +145,9 @@ fuzz_target!(|actions: Vec<Action>| {
                     let n = convs.len().max(1);
                     let Some(c) = convs.get_mut(usize::from(conv) % n) else { continue };
                     let user = usize::from(user % 3);
+                    // Unique for the whole fuzzing process: the server remembers every id.
                     n_msg += 1;
-                    let cmid = format!("fz-{rid}-{n_msg}");
+                    let cmid = format!("fz-{}-{n_msg}", RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
                     let op = Op::Send(pb::SendMessage {
                         conversation_id: c.id,
                         client_msg_id: cmid.clone(),
