@@ -179,10 +179,19 @@ async fn cursor_target(ctx: &Ctx, actor: &Actor, conv: ConversationId, seq: u64)
 /// own devices, and in direct conversations and groups every other member. Only a moved read
 /// cursor changes the unread count, so only then is it computed (a log scan) and sent; a
 /// delivery ack, sent for every batch of messages a device receives, skips it.
+/// Most events a receipt looks through to find whom it concerns; beyond that (a device
+/// catching up on a long backlog) it goes to every member.
+const RECEIPT_SCAN: usize = 256;
+
+/// A member's cursors moved from `since` up: their own devices hear it (unread sync), and of
+/// the other members only those whose messages it covers (their ✓✓/read marks). Telling
+/// every member of a group about every member's cursor would cost O(members²) signals per
+/// message; natter-bench's fan-out showed it dominating.
 async fn cursors_moved(
     ctx: &Ctx,
     actor: &Actor,
     v: &ConvView,
+    since: Seq,
     delivered: Seq,
     read: Seq,
     read_moved: bool,
@@ -211,8 +220,27 @@ async fn cursors_moved(
         update(0, 0)
     };
     ctx.hub.signal(&[actor.user], frame(own));
-    if v.meta.kind != Kind::Channel as i32 {
-        let others: Vec<UserId> = v.members.iter().map(|m| m.user).filter(|u| *u != actor.user).collect();
+    if v.meta.kind == Kind::Channel as i32 {
+        return Ok(());
+    }
+    let upto = delivered.max(read);
+    let (events, _) = ctx
+        .store
+        .events(conv, crate::store::Page::After(since), RECEIPT_SCAN)
+        .await?;
+    let mut others: Vec<UserId> = if events.last().is_some_and(|e| e.seq >= upto.0) || events.len() < RECEIPT_SCAN {
+        events
+            .iter()
+            .filter(|e| e.seq <= upto.0 && matches!(e.body, Some(pb::conversation_event::Body::Message(_))))
+            .map(|e| UserId(e.sender_user_id))
+            .filter(|u| *u != actor.user)
+            .collect()
+    } else {
+        v.members.iter().map(|m| m.user).filter(|u| *u != actor.user).collect()
+    };
+    others.sort_unstable();
+    others.dedup();
+    if !others.is_empty() {
         ctx.hub.signal(&others, frame(update(0, 0)));
     }
     Ok(())
@@ -351,7 +379,7 @@ pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError
             let read = ctx.store.advance_read_cursor(actor.user, conv, Seq(r.seq)).await?;
             let delivered = ctx.store.advance_delivered_cursor(actor.user, conv, read).await?;
             if read > before {
-                cursors_moved(ctx, actor, &view, delivered, read, true).await?;
+                cursors_moved(ctx, actor, &view, before, delivered, read, true).await?;
             }
             Ok(Res::Done(pb::Done {}))
         }
@@ -362,7 +390,7 @@ pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError
             let delivered = ctx.store.advance_delivered_cursor(actor.user, conv, Seq(r.seq)).await?;
             if delivered > before {
                 let read = ctx.store.read_cursor(actor.user, conv).await?;
-                cursors_moved(ctx, actor, &view, delivered, read, false).await?;
+                cursors_moved(ctx, actor, &view, before, delivered, read, false).await?;
             }
             Ok(Res::Done(pb::Done {}))
         }
