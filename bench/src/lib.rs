@@ -114,6 +114,9 @@ pub struct Report {
     pub server_cpu_share: f64,
     /// Server resident memory at the end.
     pub server_rss_bytes: u64,
+    /// The load generator's own CPU over the run, as a share of one core (near 1.0 means
+    /// the generator, not the server, is the limit).
+    pub client_cpu_share: f64,
     /// Scenario-specific figures.
     pub extra: serde_json::Value,
 }
@@ -122,7 +125,7 @@ impl Report {
     /// One line for humans.
     pub fn summary(&self) -> String {
         format!(
-            "{}: {} sent, {} delivered ({:.0}/s), latency p50 {:.1} ms p99 {:.1} ms p999 {:.1} ms, {} errors, {} lost, {} duplicates, server {:.0}% of a core, RSS {:.1} MiB {}",
+            "{}: {} sent, {} delivered ({:.0}/s), latency p50 {:.1} ms p99 {:.1} ms p999 {:.1} ms, {} errors, {} lost, {} duplicates, server {:.0}% of a core, RSS {:.1} MiB, generator {:.0}% of a core {}",
             self.scenario,
             self.sent,
             self.delivered,
@@ -135,6 +138,7 @@ impl Report {
             self.duplicates,
             self.server_cpu_share * 100.0,
             self.server_rss_bytes as f64 / (1 << 20) as f64,
+            self.client_cpu_share * 100.0,
             if self.extra.is_null() { String::new() } else { self.extra.to_string() },
         )
     }
@@ -338,6 +342,7 @@ async fn run_senders(
     let sent = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let before = ProcStats::read(t.server_pid);
+    let me_before = ProcStats::read(Some(std::process::id()));
     let started = Instant::now();
     let until = started + Duration::from_secs_f64(o.secs);
     let mut tasks = Vec::new();
@@ -416,6 +421,7 @@ async fn run_senders(
         server_cpu_secs: after.cpu_secs - before.cpu_secs,
         server_cpu_share: (after.cpu_secs - before.cpu_secs) / elapsed,
         server_rss_bytes: after.rss_bytes,
+        client_cpu_share: (ProcStats::read(Some(std::process::id())).cpu_secs - me_before.cpu_secs) / elapsed,
         extra: serde_json::Value::Null,
     })
 }
@@ -516,6 +522,7 @@ pub async fn connections(t: &Target, o: &ConnectionsOpts) -> anyhow::Result<Repo
         server_cpu_secs: after.cpu_secs - before.cpu_secs,
         server_cpu_share: (after.cpu_secs - before.cpu_secs) / started.elapsed().as_secs_f64(),
         server_rss_bytes: after.rss_bytes,
+        client_cpu_share: 0.0,
         extra: serde_json::json!({
             "connections_held": n,
             "open_secs": open_secs,
@@ -599,6 +606,7 @@ pub async fn history(t: &Target, o: &HistoryOpts) -> anyhow::Result<Report> {
         server_cpu_secs: after.cpu_secs - before.cpu_secs,
         server_cpu_share: (after.cpu_secs - before.cpu_secs) / secs,
         server_rss_bytes: after.rss_bytes,
+        client_cpu_share: 0.0,
         extra: serde_json::json!({ "fill_secs": fill_secs, "fill_sends_per_sec": o.messages as f64 / fill_secs }),
     })
 }
