@@ -3,6 +3,7 @@
 # the load generator to CPU 1 (taskset), so the two never share a core. Prints the JSON
 # report and a summary; the server is stopped afterwards.
 # Usage: bench/run.sh <scenario> [scenario options]   e.g. bench/run.sh fanout --users 2000
+#        PERF=1 bench/run.sh …   also samples the server with perf and prints the top of the profile
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked -p natter-server -p natter-bench
@@ -15,4 +16,14 @@ server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -f "$out"' EXIT
 for _ in $(seq 100); do grep -q "certificate sha256" "$out" && break; sleep 0.1; done
 fp=$(sed -n 's/^certificate sha256 //p' "$out")
+if [[ -n "${PERF:-}" ]]; then
+  # Sample the server's stacks during the run (software clock: this VM has no PMU).
+  perf record -e cpu-clock -F 999 -g -p "$server" -o target/bench-perf.data > /dev/null 2>&1 &
+  perf_pid=$!
+fi
 taskset -c 1 target/release/natter-bench --fingerprint "$fp" --server-pid "$server" "$@"
+if [[ -n "${PERF:-}" ]]; then
+  kill -INT "$perf_pid"; wait "$perf_pid" || true
+  perf report -i target/bench-perf.data --stdio --no-children --percent-limit 1.5 2>/dev/null \
+    | grep -v '^$' | head -80
+fi
