@@ -27,9 +27,26 @@ pub(super) struct ConvState {
 }
 
 impl ConvState {
+    /// Capped like the server's count (`MAX_UNREAD_COUNT`), and in time bounded by the cap:
+    /// a conversation nobody reads must not make every new message cost O(backlog).
     pub(super) fn unread(&self) -> u32 {
-        let read = self.read;
-        self.unread_base + self.unread_new.iter().filter(|s| **s > read).count() as u32
+        use std::ops::Bound::{Excluded, Unbounded};
+        let cap = crate::limits::MAX_UNREAD_COUNT;
+        let after = self
+            .unread_new
+            .range((Excluded(self.read), Unbounded))
+            .take(cap as usize)
+            .count() as u32;
+        (self.unread_base + after).min(cap)
+    }
+
+    /// Note another's message after the server's count; only the newest `cap + 1` are
+    /// kept (older ones could only matter above the cap).
+    pub(super) fn add_unread(&mut self, seq: Seq) {
+        self.unread_new.insert(seq);
+        if self.unread_new.len() > crate::limits::MAX_UNREAD_COUNT as usize + 1 {
+            self.unread_new.pop_first();
+        }
     }
 
     /// A fresh count from the server, valid as of `as_of`.
@@ -153,7 +170,7 @@ impl ClientSession {
                     let e = self.to_ack.entry(conv).or_default();
                     *e = (*e).max(seq);
                     if seq > st.unread_as_of && seq > st.read {
-                        st.unread_new.insert(seq);
+                        st.add_unread(seq);
                         unread_changed = true;
                     }
                 }

@@ -599,3 +599,25 @@ fn only_a_refused_token_logs_out_other_authentication_errors_reconnect() {
         }
     }
 }
+
+#[test]
+fn unread_counts_stay_capped_and_cheap_in_a_conversation_nobody_reads() {
+    let mut p = Peer::new(Some("tok"));
+    p.connect(auth_ok(false, vec![summary(5, 0, 1)]));
+    p.events();
+    let n = 5_000u64;
+    let frames: Vec<Kind> = std::iter::once(Kind::StreamHeader(pb::StreamHeader { conversation_id: 5 }))
+        .chain((1..=n).map(|seq| {
+            let mut e = ev(5, seq, "x");
+            e.sender_user_id = 99;
+            Kind::Event(e)
+        }))
+        .collect();
+    p.stream(1, &frames);
+    assert_eq!(p.s.unread(ConversationId(5)), Some(limits::MAX_UNREAD_COUNT));
+    let st = &p.s.convs[&ConversationId(5)];
+    assert!(
+        st.unread_new.len() <= limits::MAX_UNREAD_COUNT as usize + 1,
+        "bounded memory"
+    );
+}
