@@ -193,14 +193,27 @@ pub async fn bench_user(t: &Target, endpoint: quinn::Endpoint, name: &str) -> an
     config.reconnect_max_ms = 1_000;
     config.session.request_timeout_ms = 60_000;
     let (client, mut events) = Client::connect(config)?;
-    client
-        .register(name, PASSWORD)
-        .await
-        .with_context(|| format!("register {name}"))?;
-    let login = client
-        .login(name, PASSWORD, "bench")
-        .await
-        .with_context(|| format!("login {name}"))?;
+    // Under heavy setup load a connection can drop before a response: retry (a register
+    // whose response was lost reads USERNAME_TAKEN the second time, which is success).
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match client.register(name, PASSWORD).await {
+            Ok(_) => break,
+            Err(e) if e.code() == Some(pb::ErrorCode::UsernameTaken) && attempt > 1 => break,
+            Err(e) if attempt < 4 && e.code().is_none() => continue,
+            Err(e) => return Err(e).with_context(|| format!("register {name}")),
+        }
+    }
+    let mut attempt = 0;
+    let login = loop {
+        attempt += 1;
+        match client.login(name, PASSWORD, "bench").await {
+            Ok(l) => break l,
+            Err(e) if attempt < 4 && e.code().is_none() => continue,
+            Err(e) => return Err(e).with_context(|| format!("login {name}")),
+        }
+    };
     // Wait for the session to be ready.
     loop {
         match tokio::time::timeout(Duration::from_secs(60), events.next()).await {
@@ -501,6 +514,26 @@ pub async fn connections(t: &Target, o: &ConnectionsOpts) -> anyhow::Result<Repo
         }
     }
     let probe_secs = probe_start.elapsed().as_secs_f64();
+    // Handshakes alone: every held client drops its connection and reconnects (QUIC + TLS
+    // handshake, Hello, Authenticate with resume), `parallel` at a time.
+    let mut rest = rest;
+    let reconnect_start = Instant::now();
+    {
+        use futures::StreamExt;
+        futures::stream::iter(rest.iter_mut())
+            .for_each_concurrent(o.parallel.max(1), |u| async move {
+                u.client.reconnect();
+                let until = Instant::now() + Duration::from_secs(60);
+                while Instant::now() < until {
+                    match tokio::time::timeout(Duration::from_secs(60), u.events.next()).await {
+                        Ok(Some(ClientEvent::Connected { .. })) | Ok(None) | Err(_) => break,
+                        Ok(Some(_)) => {}
+                    }
+                }
+            })
+            .await;
+    }
+    let handshakes_per_sec = rest.len() as f64 / reconnect_start.elapsed().as_secs_f64();
     let after = ProcStats::read(t.server_pid);
     let delivered = receipts.delivered.load(Ordering::Relaxed);
     let hist = receipts.latency.lock().expect("histogram lock").clone();
@@ -530,6 +563,7 @@ pub async fn connections(t: &Target, o: &ConnectionsOpts) -> anyhow::Result<Repo
             "server_rss_before_bytes": before.rss_bytes,
             "server_rss_held_bytes": held.rss_bytes,
             "server_bytes_per_connection": per_conn,
+            "handshakes_per_sec": handshakes_per_sec,
         }),
     })
 }
