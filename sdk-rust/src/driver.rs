@@ -37,8 +37,10 @@ struct Driver {
     events: mpsc::UnboundedSender<ClientEvent>,
     requests: HashMap<RequestId, oneshot::Sender<Result<natter_protocol::pb::response::Result, RequestError>>>,
     sends: HashMap<ClientMsgId, oneshot::Sender<Result<SendAck, RequestError>>>,
-    /// Set by GoAway: wait this long before reconnecting.
+    /// Set by GoAway (or an error with a retry time): wait this long before reconnecting.
     pause: Option<Duration>,
+    /// The next reconnect delay.
+    backoff_ms: u64,
 }
 
 pub(crate) fn spawn(
@@ -78,6 +80,7 @@ pub(crate) fn spawn(
         requests: HashMap::new(),
         sends: HashMap::new(),
         pause: None,
+        backoff_ms: 0,
     };
     tokio::spawn(driver.run());
     Ok(())
@@ -89,13 +92,13 @@ impl Driver {
     }
 
     async fn run(mut self) {
-        let mut backoff = self.config.reconnect_min_ms;
+        self.backoff_ms = self.config.reconnect_min_ms;
         loop {
             let exit = match self.connect().await {
-                Ok(conn) => {
-                    backoff = self.config.reconnect_min_ms;
-                    self.serve(conn).await
-                }
+                // The backoff resets when a session is established (see `dispatch`), not
+                // when the transport connects: a server refusing us after the handshake
+                // (too many connections, overload) must not be hammered.
+                Ok(conn) => self.serve(conn).await,
                 Err(e) => Exit::Reconnect(e),
             };
             let now = self.now();
@@ -119,8 +122,8 @@ impl Driver {
                 Exit::Reconnect(_) => {}
             }
             // Back off, still taking commands (they queue in the session).
-            let delay = self.pause.take().unwrap_or(Duration::from_millis(backoff));
-            backoff = (backoff * 2).min(self.config.reconnect_max_ms);
+            let delay = self.pause.take().unwrap_or(Duration::from_millis(self.backoff_ms));
+            self.backoff_ms = (self.backoff_ms * 2).min(self.config.reconnect_max_ms);
             let until = tokio::time::Instant::now() + delay;
             loop {
                 tokio::select! {
@@ -346,7 +349,15 @@ impl Driver {
                     exit = Some(Exit::Reconnect(format!("server going away: {reason}")));
                 }
                 SessionEvent::ConnectionError(ref e) => {
+                    if e.retry_after_ms > 0 {
+                        self.pause = Some(Duration::from_millis(e.retry_after_ms.into()));
+                    }
                     exit = Some(Exit::Reconnect(format!("server closed the connection: {e}")));
+                }
+                SessionEvent::Connected { .. } => self.backoff_ms = self.config.reconnect_min_ms,
+                SessionEvent::Welcomed { .. } if self.session.state() == natter_protocol::State::Unauthenticated => {
+                    // Nothing to authenticate: the connection itself is the success.
+                    self.backoff_ms = self.config.reconnect_min_ms;
                 }
                 _ => {}
             }

@@ -65,6 +65,8 @@ pub(crate) struct Inner {
     pub sends: RefCell<HashMap<ClientMsgId, oneshot::Sender<Result<SendAck, RequestError>>>>,
     pub transport: Cell<Option<Transport>>,
     pub pause: Cell<Option<u32>>,
+    /// The next reconnect delay (ms).
+    pub backoff: Cell<u32>,
     pub config: Config,
     wake: mpsc::UnboundedSender<Wake>,
     events: RefCell<Events>,
@@ -324,6 +326,7 @@ impl NatterClient {
             sends: RefCell::default(),
             transport: Cell::new(None),
             pause: Cell::new(None),
+            backoff: Cell::new(0),
             config,
             wake,
             events: RefCell::new(Events {

@@ -86,13 +86,12 @@ async fn connect(inner: &Inner, tx: mpsc::UnboundedSender<Input>, wt_failed: &mu
 
 /// Run until the client is closed.
 pub(crate) async fn run(inner: Rc<Inner>, mut wake: mpsc::UnboundedReceiver<Wake>) {
-    let mut backoff = inner.config.reconnect_min_ms;
+    inner.backoff.set(inner.config.reconnect_min_ms);
     let mut wt_failed = false;
     loop {
         let (tx, mut rx) = mpsc::unbounded();
         let exit = match connect(&inner, tx, &mut wt_failed).await {
             Ok(link) => {
-                backoff = inner.config.reconnect_min_ms;
                 inner.transport.set(Some(link.transport()));
                 inner.emit(JsEvent::Transport {
                     name: link.transport().name().into(),
@@ -121,8 +120,12 @@ pub(crate) async fn run(inner: Rc<Inner>, mut wake: mpsc::UnboundedReceiver<Wake
             inner.finish();
             return;
         }
-        let delay = inner.pause.take().unwrap_or(backoff);
-        backoff = (backoff * 2).min(inner.config.reconnect_max_ms);
+        // The backoff resets when a session is established (in `dispatch`), not when the
+        // transport connects: a server refusing us after the handshake must not be hammered.
+        let delay = inner.pause.take().unwrap_or(inner.backoff.get());
+        inner
+            .backoff
+            .set((inner.backoff.get() * 2).min(inner.config.reconnect_max_ms));
         let mut timer = TimeoutFuture::new(delay).fuse();
         loop {
             futures::select! {
@@ -239,7 +242,16 @@ fn dispatch(inner: &Inner) -> Option<Exit> {
                 exit = Some(Exit::Reconnect(format!("server going away: {reason}")));
             }
             SessionEvent::ConnectionError(e) => {
+                if e.retry_after_ms > 0 {
+                    inner.pause.set(Some(e.retry_after_ms));
+                }
                 exit = Some(Exit::Reconnect(format!("server closed the connection: {e}")));
+            }
+            SessionEvent::Connected { .. } => inner.backoff.set(inner.config.reconnect_min_ms),
+            SessionEvent::Welcomed { .. }
+                if inner.session.borrow().state() == natter_protocol::State::Unauthenticated =>
+            {
+                inner.backoff.set(inner.config.reconnect_min_ms)
             }
             _ => {}
         }

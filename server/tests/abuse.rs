@@ -389,6 +389,25 @@ async fn connections_per_ip_and_per_user_are_limited() {
             }
         }
     }
+
+    // An SDK device refused for the limit keeps its login (no AuthFailed), backs off, and
+    // gets in once a connection frees up. Carol now has c2 and c3 connected.
+    let (sdk, mut events) = Client::connect(client_config(s.addr, &s.fingerprint, Some(c1.token.clone()))).unwrap();
+    let refused = wait_for(&mut events, |e| match e {
+        natter_sdk::ClientEvent::ConnectionError(err) => Some(err.code),
+        natter_sdk::ClientEvent::AuthFailed(err) => panic!("a connection limit must not log out: {err}"),
+        _ => None,
+    })
+    .await;
+    assert_eq!(refused, ErrorCode::LimitExceeded);
+    drop(c3);
+    wait_for(&mut events, |e| match e {
+        natter_sdk::ClientEvent::Connected { .. } => Some(()),
+        natter_sdk::ClientEvent::AuthFailed(err) => panic!("a connection limit must not log out: {err}"),
+        _ => None,
+    })
+    .await;
+    sdk.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
