@@ -112,7 +112,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         tasks.push(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(renew).await;
-                if let Err(e) = wt.renew(idle) {
+                if let Err(e) = wt.renew() {
                     tracing::error!(error = %e, "renewing the WebTransport certificate failed");
                 }
             }
@@ -185,7 +185,7 @@ impl RunningServer {
     /// Renew the generated WebTransport certificate now (as the timer does).
     pub fn renew_webtransport_cert(&self) -> anyhow::Result<()> {
         match &self.webtransport {
-            Some(wt) => wt.renew(Duration::from_secs(30)),
+            Some(wt) => wt.renew(),
             None => Ok(()),
         }
     }

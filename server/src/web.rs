@@ -187,8 +187,7 @@ impl WebEndpoint {
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(ConnectInfo(peer));
-                    let router = router.clone();
-                    async move { tower_call(&router, req).await }
+                    tower_call(router.clone(), req)
                 });
                 let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
                 let result = match acceptor {
@@ -215,9 +214,9 @@ impl WebEndpoint {
 }
 
 async fn tower_call(
-    router: &Router,
+    router: Router,
     req: hyper::Request<hyper::body::Incoming>,
 ) -> Result<Response, std::convert::Infallible> {
     use tower::ServiceExt;
-    router.clone().oneshot(req.map(axum::body::Body::new)).await
+    router.oneshot(req.map(axum::body::Body::new)).await
 }

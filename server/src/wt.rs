@@ -101,6 +101,8 @@ pub struct WtEndpoint {
     pub addr: SocketAddr,
     /// Its certificates.
     pub certs: Arc<WtCerts>,
+    /// The idle timeout its configuration carries (kept across certificate renewals).
+    idle: Duration,
     endpoint: Endpoint<wtransport::endpoint::endpoint_side::Server>,
 }
 
@@ -135,19 +137,20 @@ impl WtEndpoint {
                 generated,
                 days,
             }),
+            idle,
             endpoint,
         })
     }
 
     /// Replace a generated certificate with a fresh one (new connections use it; the
     /// previous hash stays published so a page that fetched it just now still connects).
-    pub fn renew(&self, idle: Duration) -> anyhow::Result<()> {
+    pub fn renew(&self) -> anyhow::Result<()> {
         if !self.certs.generated {
             return Ok(());
         }
         let identity = generate(self.certs.days)?;
         self.endpoint
-            .reload_config(server_config(self.addr, &identity, idle), false)?;
+            .reload_config(server_config(self.addr, &identity, self.idle), false)?;
         let mut hashes = self.certs.hashes.write().expect("hash lock");
         let previous = hashes.first().cloned();
         *hashes = std::iter::once(hash_of(&identity)).chain(previous).collect();
