@@ -19,9 +19,7 @@ async fn a_login_brute_force_is_rate_limited_while_others_chat() {
     let dir = tempfile::tempdir().unwrap();
     let s = natter_server::start(&limited_config(dir.path())).await.unwrap();
     let _victim = user(&s, "victim").await;
-    let alice = user(&s, "alice").await;
-    let mut bob = user(&s, "bob").await;
-    let dm = ConversationId(alice.client.direct("bob").await.unwrap().conversation_id);
+    let (alice, mut bob, dm) = alice_and_bob(&s).await;
 
     let (attacker, _events) = Client::connect(client_config(s.addr, &s.fingerprint, None)).unwrap();
     let mut refused = None;
@@ -63,9 +61,7 @@ async fn a_send_flood_gets_typed_errors_and_the_sdk_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let s = natter_server::start(&limited_config(dir.path())).await.unwrap();
     let _flooder = user(&s, "flooder").await;
-    let alice = user(&s, "alice").await;
-    let mut bob = user(&s, "bob").await;
-    let dm = ConversationId(alice.client.direct("bob").await.unwrap().conversation_id);
+    let (alice, mut bob, dm) = alice_and_bob(&s).await;
     // Raw: a burst over the quota gets RATE_LIMITED with a retry time.
     let mut raw = Raw::hello(s.addr, &s.fingerprint).await;
     raw.login("flooder").await;
@@ -140,9 +136,7 @@ async fn malformed_streams_close_only_their_connection_with_typed_codes() {
     use pb::frame::Kind;
     let dir = tempfile::tempdir().unwrap();
     let s = server(dir.path()).await;
-    let alice = user(&s, "alice").await;
-    let mut bob = user(&s, "bob").await;
-    let dm = ConversationId(alice.client.direct("bob").await.unwrap().conversation_id);
+    let (alice, mut bob, dm) = alice_and_bob(&s).await;
 
     // A 10 MiB frame: refused from its length prefix alone.
     let mut raw = Raw::hello(s.addr, &s.fingerprint).await;
@@ -269,9 +263,7 @@ async fn ten_thousand_extra_streams_are_never_granted() {
     use futures::FutureExt;
     let dir = tempfile::tempdir().unwrap();
     let s = server(dir.path()).await;
-    let alice = user(&s, "alice").await;
-    let mut bob = user(&s, "bob").await;
-    let dm = ConversationId(alice.client.direct("bob").await.unwrap().conversation_id);
+    let (alice, mut bob, dm) = alice_and_bob(&s).await;
     let mut raw = Raw::hello(s.addr, &s.fingerprint).await;
     // The control stream is the one bidirectional stream allowed and clients may open no
     // unidirectional stream: 10,000 of each are opened at once and wait on flow control
@@ -304,9 +296,7 @@ async fn connections_per_ip_and_per_user_are_limited() {
     cfg.max_connections_per_ip = 3;
     cfg.max_connections_per_user = 2;
     let s = natter_server::start(&cfg).await.unwrap();
-    let alice = user(&s, "alice").await;
-    let mut bob = user(&s, "bob").await;
-    let dm = ConversationId(alice.client.direct("bob").await.unwrap().conversation_id);
+    let (alice, mut bob, dm) = alice_and_bob(&s).await;
 
     // Per IP: a fourth connection from 127.0.0.2 is closed with LIMIT_EXCEEDED at once;
     // 127.0.0.1 (alice and bob) is another address and is not affected.

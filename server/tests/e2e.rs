@@ -210,9 +210,7 @@ async fn drop_while_flowing(alice: &Device, bob: &mut Device, dm: ConversationId
 async fn reconnect_inside_the_resume_window_resumes_with_nothing_lost_or_doubled() {
     let dir = tempfile::tempdir().unwrap();
     let s = server(dir.path()).await;
-    let alice = user(&s, "alice").await;
-    let mut bob = user(&s, "bob").await;
-    let dm = ConversationId(alice.client.direct("bob").await.unwrap().conversation_id);
+    let (alice, mut bob, dm) = alice_and_bob(&s).await;
     let resumed = drop_while_flowing(&alice, &mut bob, dm, "r").await;
     assert!(resumed, "inside the window the session resumes");
     s.shutdown().await;
@@ -224,9 +222,7 @@ async fn reconnect_after_the_window_falls_back_to_cursor_sync() {
     let mut cfg = config(dir.path());
     cfg.resume_window_secs = 0;
     let s = natter_server::start(&cfg).await.unwrap();
-    let alice = user(&s, "alice").await;
-    let mut bob = user(&s, "bob").await;
-    let dm = ConversationId(alice.client.direct("bob").await.unwrap().conversation_id);
+    let (alice, mut bob, dm) = alice_and_bob(&s).await;
     let resumed = drop_while_flowing(&alice, &mut bob, dm, "w").await;
     assert!(!resumed, "past the window the client syncs from cursors");
     s.shutdown().await;
@@ -237,9 +233,7 @@ async fn a_server_restart_is_healed_by_cursor_sync() {
     let dir = tempfile::tempdir().unwrap();
     let s = server(dir.path()).await;
     let addr = s.addr;
-    let alice = user(&s, "alice").await;
-    let mut bob = user(&s, "bob").await;
-    let dm = ConversationId(alice.client.direct("bob").await.unwrap().conversation_id);
+    let (alice, mut bob, dm) = alice_and_bob(&s).await;
     for i in 0..5 {
         alice.client.send(dm, &format!("before-{i}")).await.unwrap();
     }

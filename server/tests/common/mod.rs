@@ -91,6 +91,14 @@ pub async fn user(s: &RunningServer, name: &str) -> Device {
     device(s.addr, &s.fingerprint, name, true).await
 }
 
+/// The usual cast: alice and bob, registered and connected, and their direct conversation.
+pub async fn alice_and_bob(s: &RunningServer) -> (Device, Device, ConversationId) {
+    let alice = user(s, "alice").await;
+    let bob = user(s, "bob").await;
+    let dm = ConversationId(alice.client.direct("bob").await.unwrap().conversation_id);
+    (alice, bob, dm)
+}
+
 /// Wait for the first event matching `f`, up to the deadline.
 pub async fn wait_for<T>(events: &mut Events, mut f: impl FnMut(&ClientEvent) -> Option<T>) -> T {
     tokio::time::timeout(DEADLINE, async {
