@@ -122,6 +122,18 @@ impl Browser {
     async fn wait_fn(&mut self, page: &str, js: &str) -> Value {
         self.cmd(json!({"op": "waitFn", "page": page, "js": js})).await
     }
+    /// Wait until the open conversation shows a message with exactly this text.
+    async fn wait_shown(&mut self, page: &str, text: &str) {
+        let text = serde_json::to_string(text).unwrap();
+        let js =
+            format!("[...document.querySelectorAll('#message-list .msg .text')].some(e => e.textContent === {text})");
+        self.wait_fn(page, &js).await;
+    }
+    /// Wait until the page holds at least `n` messages of a conversation.
+    async fn wait_stored(&mut self, page: &str, conv: u64, n: usize) {
+        let js = format!("[...window.natter.convs.get({conv}).messages.values()].filter(m => !m.notice).length >= {n}");
+        self.wait_fn(page, &js).await;
+    }
     async fn eval(&mut self, page: &str, js: &str) -> Value {
         self.cmd(json!({"op": "eval", "page": page, "js": js})).await
     }
@@ -210,8 +222,7 @@ async fn two_browsers_chat_over_webtransport_with_typing_and_read_marks() {
 
     // Bob opens it: the message is there, and Alice's mark turns to read.
     b.click("bob", "#conversations li").await;
-    b.wait_fn("bob", "[...document.querySelectorAll('#message-list .msg .text')].some(e => e.textContent === 'hi bob, are you there?')")
-        .await;
+    b.wait_shown("bob", "hi bob, are you there?").await;
     b.wait("alice", "#message-list .msg.mine [data-status=read]").await;
 
     // Typing both ways, then replies both ways.
@@ -222,11 +233,7 @@ async fn two_browsers_chat_over_webtransport_with_typing_and_read_marks() {
     )
     .await;
     b.press("bob", "#text", "Enter").await;
-    b.wait_fn(
-        "alice",
-        "[...document.querySelectorAll('#message-list .msg .text')].some(e => e.textContent === 'yes, here')",
-    )
-    .await;
+    b.wait_shown("alice", "yes, here").await;
     b.wait_fn("alice", "document.getElementById('typing').textContent === ''")
         .await;
     b.wait("bob", "#message-list .msg.mine [data-status=read]").await;
@@ -238,11 +245,7 @@ async fn two_browsers_chat_over_webtransport_with_typing_and_read_marks() {
     )
     .await;
     b.press("alice", "#text", "Enter").await;
-    b.wait_fn(
-        "bob",
-        "[...document.querySelectorAll('#message-list .msg .text')].some(e => e.textContent === 'great')",
-    )
-    .await;
+    b.wait_shown("bob", "great").await;
     b.wait_fn(
         "alice",
         "document.querySelectorAll('#message-list .msg.mine [data-status=read]').length === 2",
@@ -291,11 +294,7 @@ async fn a_browser_on_websocket_and_a_native_client_see_one_order() {
     assert_eq!(acks.len(), 15);
 
     let native_view = messages(&mut nate.events, ConversationId(conv), 30).await;
-    b.wait_fn(
-        "web",
-        &format!("[...window.natter.convs.get({conv}).messages.values()].filter(m => !m.notice).length >= 30"),
-    )
-    .await;
+    b.wait_stored("web", conv, 30).await;
     let page_view = page_messages(&mut b, "web", conv).await;
     assert_eq!(page_view.len(), 30);
     assert_eq!(
@@ -340,19 +339,11 @@ async fn cut_and_resume(transport: &str) {
                 .0,
         );
         if i == 9 {
-            b.wait_fn(
-                "web",
-                &format!("[...window.natter.convs.get({conv}).messages.values()].filter(m => !m.notice).length >= 10"),
-            )
-            .await;
+            b.wait_stored("web", conv, 10).await;
             assert_eq!(s.disconnect_user(rita), 1, "rita's one connection cut");
         }
     }
-    b.wait_fn(
-        "web",
-        &format!("[...window.natter.convs.get({conv}).messages.values()].filter(m => !m.notice).length >= 40"),
-    )
-    .await;
+    b.wait_stored("web", conv, 40).await;
     let view = page_messages(&mut b, "web", conv).await;
     let want: Vec<(u64, String)> = sent
         .iter()
@@ -415,11 +406,7 @@ async fn auto_falls_back_to_websocket_when_webtransport_is_missing_or_fails() {
     b.press("old", "#text", "Enter").await;
     b.wait("new", "#conversations li").await;
     b.click("new", "#conversations li").await;
-    b.wait_fn(
-        "new",
-        "[...document.querySelectorAll('#message-list .msg .text')].some(e => e.textContent === 'can you hear me?')",
-    )
-    .await;
+    b.wait_shown("new", "can you hear me?").await;
     b.wait("old", "#message-list .msg.mine [data-status=read]").await;
 }
 
@@ -468,11 +455,7 @@ async fn groups_and_channels_from_the_page() {
         .send(ConversationId(channel.conversation_id), "welcome, ann")
         .await
         .unwrap();
-    b.wait_fn(
-        "ann",
-        "[...document.querySelectorAll('#message-list .msg .text')].some(e => e.textContent === 'welcome, ann')",
-    )
-    .await;
+    b.wait_shown("ann", "welcome, ann").await;
     // And a channel that does not exist yet is created by joining it.
     b.fill("ann", "#channel-name", "random").await;
     b.click("ann", "#join-channel button").await;
