@@ -68,6 +68,16 @@ struct SessionState {
     resume_token: String,
 }
 
+impl SessionState {
+    /// Let go of the attached connection (if any), starting the resume window; returns
+    /// its sink so the caller can still tell it why.
+    fn detach(&mut self) -> Option<mpsc::Sender<Outbound>> {
+        let (_, tx) = self.sink.take()?;
+        self.detached_at = Some(Instant::now());
+        Some(tx)
+    }
+}
+
 /// Shared handle to the hub.
 #[derive(Clone, Debug)]
 pub struct Hub {
@@ -209,8 +219,7 @@ impl Hub {
     pub fn detach(&self, session: &Session, conn_id: u64) {
         let mut st = session.state.lock().expect("session lock");
         if st.sink.as_ref().is_some_and(|(id, _)| *id == conn_id) {
-            st.sink = None;
-            st.detached_at = Some(Instant::now());
+            st.detach();
         }
     }
 
@@ -269,8 +278,7 @@ impl Hub {
                 };
                 if full {
                     // Slow reader: cut the connection; the ring keeps what it missed.
-                    st.sink = None;
-                    st.detached_at = Some(Instant::now());
+                    st.detach();
                 }
             }
         }
@@ -312,8 +320,7 @@ impl Hub {
         let mut cut = 0;
         for s in sessions {
             let mut st = s.state.lock().expect("session lock");
-            if let Some((_, tx)) = st.sink.take() {
-                st.detached_at = Some(Instant::now());
+            if let Some(tx) = st.detach() {
                 let _ = tx.try_send(Outbound::Close(
                     pb::ErrorCode::Unspecified,
                     "disconnected by the server",
