@@ -67,7 +67,8 @@ pub(crate) fn spawn(
             true,
         ),
     };
-    let session = ClientSession::new(config.session.clone(), config.access_token.clone());
+    let mut session = ClientSession::new(config.session.clone(), config.access_token.clone());
+    session.restore(config.resume_token.clone(), config.cursors.iter().copied());
     let driver = Driver {
         config,
         endpoint,
@@ -286,7 +287,16 @@ impl Driver {
                     access_token: self.session.access_token().map(String::from),
                     resume_token: self.session.resume_token().map(String::from),
                     cursors: self.session.cursors(),
-                    unacked_sends: self.session.outbox().len(),
+                    pending_sends: self
+                        .session
+                        .outbox()
+                        .iter()
+                        .map(|e| crate::PendingSend {
+                            conversation_id: e.conversation_id,
+                            client_msg_id: e.client_msg_id.clone(),
+                            body: e.body.clone(),
+                        })
+                        .collect(),
                 });
             }
             Command::Status(conv, seq, reply) => {

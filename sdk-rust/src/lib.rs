@@ -32,6 +32,12 @@ pub struct ClientConfig {
     pub trust: Trust,
     /// An access token from an earlier login, if any.
     pub access_token: Option<String>,
+    /// A resume token from an earlier process's [`Snapshot`]: the first connection resumes
+    /// that session (no cursor sync) if the server still holds it.
+    pub resume_token: Option<String>,
+    /// Delivered cursors from an earlier process's [`Snapshot`]: events at or below them are
+    /// not delivered again.
+    pub cursors: Vec<(ConversationId, Seq)>,
     /// Session tunables.
     pub session: SessionConfig,
     /// First reconnect delay; doubles up to `reconnect_max_ms`.
@@ -52,6 +58,8 @@ impl ClientConfig {
             server_name: "localhost".into(),
             trust: Trust::Fingerprint(fingerprint.to_string()),
             access_token: None,
+            resume_token: None,
+            cursors: Vec::new(),
             session: SessionConfig {
                 client_name: concat!("natter-sdk/", env!("CARGO_PKG_VERSION")).into(),
                 ..Default::default()
@@ -123,7 +131,9 @@ pub struct LoginInfo {
 /// send someone is awaiting; everything else reaches the app.
 pub use natter_protocol::session::SessionEvent as ClientEvent;
 
-/// Persistable client state.
+/// Persistable client state: what an app stores to restore its session after the process
+/// is killed. Pass the tokens and cursors back in [`ClientConfig`] and re-send every
+/// pending send with [`Client::send_with_id`] (same id: the server keeps each message once).
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     /// Access token.
@@ -132,8 +142,19 @@ pub struct Snapshot {
     pub resume_token: Option<String>,
     /// Last seq delivered per conversation.
     pub cursors: Vec<(ConversationId, Seq)>,
-    /// Sends not yet acknowledged.
-    pub unacked_sends: usize,
+    /// Sends not yet acknowledged, oldest first.
+    pub pending_sends: Vec<PendingSend>,
+}
+
+/// A send still in the outbox.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PendingSend {
+    /// Its conversation.
+    pub conversation_id: ConversationId,
+    /// Its idempotency key.
+    pub client_msg_id: ClientMsgId,
+    /// What it says.
+    pub body: pb::MessageBody,
 }
 
 enum Command {
@@ -183,7 +204,9 @@ impl std::fmt::Debug for Command {
     }
 }
 
-fn random_id() -> ClientMsgId {
+/// A fresh random idempotency key for [`Client::send_with_id`]: choose it before sending,
+/// persist it with the draft, and a retry after a crash cannot duplicate the message.
+pub fn new_message_id() -> ClientMsgId {
     ClientMsgId::from_random(rand::random())
 }
 
@@ -373,7 +396,7 @@ impl Client {
             text: text.into(),
             ..Default::default()
         };
-        self.send_with_id(conv, random_id(), body).await
+        self.send_with_id(conv, new_message_id(), body).await
     }
 
     /// Send with a caller-chosen idempotency key (to retry across app restarts).

@@ -89,6 +89,9 @@ struct HubInner {
     config: HubConfig,
     users: Vec<Mutex<HashMap<UserId, Vec<Arc<Session>>>>>,
     tokens: Mutex<HashMap<String, Arc<Session>>>,
+    /// Fault injection for tests: drop every live message event instead of delivering it.
+    #[cfg(feature = "faults")]
+    withhold_messages: std::sync::atomic::AtomicBool,
 }
 
 fn stripe(user: UserId) -> usize {
@@ -104,6 +107,8 @@ impl Hub {
                 config,
                 users,
                 tokens: Mutex::new(HashMap::new()),
+                #[cfg(feature = "faults")]
+                withhold_messages: Default::default(),
             }),
         }
     }
@@ -256,7 +261,21 @@ impl Hub {
             .unwrap_or_default()
     }
 
+    /// Fault injection (feature `faults`, tests only): while set, committed messages are
+    /// stored but never pushed to sessions — a server that fails to deliver.
+    #[cfg(feature = "faults")]
+    pub fn set_withhold_messages(&self, on: bool) {
+        self.inner.withhold_messages.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
     fn push(&self, recipients: &[UserId], item: RingItem) {
+        #[cfg(feature = "faults")]
+        if let RingItem::Event(ev) = &item {
+            let message = matches!(ev.body, Some(pb::conversation_event::Body::Message(_)));
+            if message && self.inner.withhold_messages.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+        }
         let cap = self.inner.config.ring_capacity;
         for user in recipients {
             for s in self.sessions_of(*user) {

@@ -209,6 +209,13 @@ impl RunningServer {
         self.shared.hub.disconnect_user(user)
     }
 
+    /// Fault injection (feature `faults`, tests only): while `on`, committed messages are not
+    /// delivered live. Proves that client tests fail when delivery fails.
+    #[cfg(feature = "faults")]
+    pub fn set_withhold_messages(&self, on: bool) {
+        self.shared.hub.set_withhold_messages(on);
+    }
+
     /// Close every connection and stop. Returns once the store is closed (its directory
     /// can be opened again), or after 10 s if some task still holds it.
     pub async fn shutdown(self) {

@@ -1,0 +1,408 @@
+//! `NatterClient` for the foreign languages: each method forwards to `natter_sdk::Client`
+//! and converts. Events reach the app through `NatterListener`s registered with
+//! `subscribe`; the returned `Subscription` stops delivery when cancelled or dropped.
+//!
+//! Listener callbacks run on one thread per client ("natter-events"), in order, never on
+//! the I/O threads: a slow listener delays later events, not the connection. Events that
+//! arrive before the first `subscribe` wait for it, so nothing between connect and
+//! subscribe is lost.
+use std::future::Future;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::{Arc, Mutex};
+
+use natter_sdk::proto as pb;
+use natter_sdk::{Client, ClientConfig, ClientError, ClientMsgId, ConversationId, DeviceId, Events, Seq, Trust, UserId};
+
+use crate::error::NatterError;
+use crate::runtime;
+use crate::types::*;
+
+/// Receives a client's events. Implement it in Kotlin, Swift or Python.
+#[uniffi::export(with_foreign)]
+pub trait NatterListener: Send + Sync {
+    /// One event; called in order on the client's event thread.
+    fn on_event(&self, event: NatterEvent);
+}
+
+type Listeners = Mutex<Vec<(u64, Arc<dyn NatterListener>)>>;
+
+/// A registered listener; events stop when it is cancelled or dropped (Kotlin: `close()`,
+/// Swift: released, Python: garbage-collected).
+#[derive(uniffi::Object)]
+pub struct Subscription {
+    id: u64,
+    listeners: std::sync::Weak<Listeners>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription").field("id", &self.id).finish()
+    }
+}
+
+#[uniffi::export]
+impl Subscription {
+    /// Stop delivering events to this listener.
+    pub fn cancel(&self) {
+        if let Some(listeners) = self.listeners.upgrade() {
+            listeners.lock().expect("listeners").retain(|(id, _)| *id != self.id);
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
+
+/// A natter client: one connection that reconnects and resumes by itself.
+#[derive(uniffi::Object)]
+pub struct NatterClient {
+    inner: Client,
+    /// The SDK's event stream until the first subscription starts the event thread.
+    events: Mutex<Option<Events>>,
+    listeners: Arc<Listeners>,
+    next_subscription: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for NatterClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatterClient").finish_non_exhaustive()
+    }
+}
+
+/// Run an SDK future on the library's runtime and convert its result.
+async fn run<T, R>(fut: impl Future<Output = Result<T, ClientError>> + Send + 'static) -> Result<R, NatterError>
+where
+    T: Send + 'static,
+    R: From<T>,
+{
+    match runtime().spawn(fut).await {
+        Ok(result) => Ok(result?.into()),
+        Err(_) => Err(NatterError::Closed),
+    }
+}
+
+fn each<T, R: From<T>>(list: Vec<T>) -> Vec<R> {
+    list.into_iter().map(R::from).collect()
+}
+
+fn text_body(text: String, reply_to_seq: u64) -> pb::MessageBody {
+    pb::MessageBody {
+        kind: pb::MessageKind::Text as i32,
+        text,
+        reply_to_seq,
+    }
+}
+
+fn config(options: ConnectOptions) -> Result<ClientConfig, NatterError> {
+    let addr: SocketAddr = options
+        .address
+        .to_socket_addrs()
+        .map_err(|e| NatterError::Setup {
+            detail: format!("address {:?}: {e}", options.address),
+        })?
+        .next()
+        .ok_or_else(|| NatterError::Setup {
+            detail: format!("address {:?} resolves to nothing", options.address),
+        })?;
+    let trust = match (options.certificate_sha256, options.ca_pem) {
+        (Some(fingerprint), None) => Trust::Fingerprint(fingerprint),
+        (None, Some(pem)) => Trust::CaPem(pem.into_bytes()),
+        _ => {
+            return Err(NatterError::Setup {
+                detail: "give exactly one of certificate_sha256 and ca_pem".into(),
+            })
+        }
+    };
+    let mut config = ClientConfig::pinned(addr, "");
+    config.trust = trust;
+    config.server_name = options.server_name;
+    config.access_token = options.access_token;
+    config.resume_token = options.resume_token;
+    config.cursors = options.cursors.into_iter().map(Into::into).collect();
+    config.session.client_name = options.client_name;
+    Ok(config)
+}
+
+#[uniffi::export]
+impl NatterClient {
+    /// Start a client; it connects in the background (calls made meanwhile wait).
+    #[uniffi::constructor]
+    pub fn new(options: ConnectOptions) -> Result<Arc<Self>, NatterError> {
+        let config = config(options)?;
+        let _rt = runtime().enter();
+        let (inner, events) = Client::connect(config)?;
+        Ok(Arc::new(NatterClient {
+            inner,
+            events: Mutex::new(Some(events)),
+            listeners: Arc::new(Mutex::new(Vec::new())),
+            next_subscription: 0.into(),
+        }))
+    }
+
+    /// Deliver events to `listener` until the returned subscription is cancelled/dropped.
+    pub fn subscribe(&self, listener: Arc<dyn NatterListener>) -> Arc<Subscription> {
+        let id = self.next_subscription.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.listeners.lock().expect("listeners").push((id, listener));
+        if let Some(mut events) = self.events.lock().expect("events").take() {
+            let listeners = Arc::downgrade(&self.listeners);
+            std::thread::Builder::new()
+                .name("natter-events".into())
+                .spawn(move || {
+                    while let Some(event) = runtime().block_on(events.next()) {
+                        let Some(listeners) = listeners.upgrade() else { return };
+                        let Some(event) = NatterEvent::from_sdk(event) else { continue };
+                        let targets: Vec<_> = listeners.lock().expect("listeners").iter().map(|(_, l)| l.clone()).collect();
+                        for listener in targets {
+                            listener.on_event(event.clone());
+                        }
+                    }
+                })
+                .expect("natter: starting the event thread");
+        }
+        Arc::new(Subscription {
+            id,
+            listeners: Arc::downgrade(&self.listeners),
+        })
+    }
+
+    /// Create an account (does not log in).
+    pub async fn register(&self, username: String, password: String) -> Result<u64, NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.register(&username, &password).await.map(|u| u.0) }).await
+    }
+
+    /// Log in as a new device; keep `accessToken` to connect later without the password.
+    pub async fn login(&self, username: String, password: String, device_name: String) -> Result<LoginInfo, NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.login(&username, &password, &device_name).await }).await
+    }
+
+    /// Revoke a device (0: this one; its connection closes).
+    pub async fn logout(&self, device_id: u64) -> Result<(), NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.logout(DeviceId(device_id)).await }).await
+    }
+
+    /// This user's devices.
+    pub async fn devices(&self) -> Result<Vec<Device>, NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.devices().await.map(each) }).await
+    }
+
+    /// Every conversation, with last message, unread count and receipts.
+    pub async fn conversations(&self) -> Result<Vec<Conversation>, NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.conversations().await.map(each) }).await
+    }
+
+    /// The 1:1 conversation with `username`, created on first use.
+    pub async fn direct(&self, username: String) -> Result<Conversation, NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.direct(&username).await }).await
+    }
+
+    /// A new private group owned by the caller.
+    pub async fn create_group(&self, name: String, usernames: Vec<String>) -> Result<Conversation, NatterError> {
+        let c = self.inner.clone();
+        run(async move {
+            let members: Vec<&str> = usernames.iter().map(String::as_str).collect();
+            c.create_group(&name, &members).await
+        })
+        .await
+    }
+
+    /// A new public channel owned by the caller.
+    pub async fn create_channel(&self, name: String) -> Result<Conversation, NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.create_channel(&name).await }).await
+    }
+
+    /// Join a public channel by name.
+    pub async fn join_channel(&self, name: String) -> Result<Conversation, NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.join_channel(&name).await }).await
+    }
+
+    /// Members of a conversation.
+    pub async fn members(&self, conversation_id: u64) -> Result<Vec<Member>, NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.members(ConversationId(conversation_id)).await.map(each) }).await
+    }
+
+    /// Add members to a group or channel (owners and admins).
+    pub async fn add_members(&self, conversation_id: u64, usernames: Vec<String>) -> Result<(), NatterError> {
+        let c = self.inner.clone();
+        run(async move {
+            let names: Vec<&str> = usernames.iter().map(String::as_str).collect();
+            c.add_members(ConversationId(conversation_id), &names).await
+        })
+        .await
+    }
+
+    /// Remove a member.
+    pub async fn remove_member(&self, conversation_id: u64, user_id: u64) -> Result<(), NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.remove_member(ConversationId(conversation_id), UserId(user_id)).await }).await
+    }
+
+    /// Leave a group or channel.
+    pub async fn leave(&self, conversation_id: u64) -> Result<(), NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.leave(ConversationId(conversation_id)).await }).await
+    }
+
+    /// Rename a group or channel.
+    pub async fn rename(&self, conversation_id: u64, name: String) -> Result<(), NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.rename(ConversationId(conversation_id), &name).await }).await
+    }
+
+    /// Change a member's role (owner); `OWNER` transfers ownership.
+    pub async fn set_role(&self, conversation_id: u64, user_id: u64, role: Role) -> Result<(), NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.set_role(ConversationId(conversation_id), UserId(user_id), role.into()).await }).await
+    }
+
+    /// Delete a conversation (owner).
+    pub async fn delete_conversation(&self, conversation_id: u64) -> Result<(), NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.delete(ConversationId(conversation_id)).await }).await
+    }
+
+    /// Send a text message (`reply_to_seq` 0: not a reply); returns once it is durable on
+    /// the server ("sent"). Survives reconnects; never duplicated.
+    pub async fn send(&self, conversation_id: u64, text: String, reply_to_seq: u64) -> Result<SendAck, NatterError> {
+        self.send_with_id(conversation_id, natter_sdk::new_message_id().0, text, reply_to_seq)
+            .await
+    }
+
+    /// Send with an id from `newMessageId()` kept by the app: after a restart, re-send each
+    /// pending send from the snapshot with its id and the server keeps it once.
+    pub async fn send_with_id(
+        &self,
+        conversation_id: u64,
+        client_msg_id: String,
+        text: String,
+        reply_to_seq: u64,
+    ) -> Result<SendAck, NatterError> {
+        let c = self.inner.clone();
+        let body = text_body(text, reply_to_seq);
+        run(async move {
+            c.send_with_id(ConversationId(conversation_id), ClientMsgId(client_msg_id), body)
+                .await
+        })
+        .await
+    }
+
+    /// A page of history (at most `limit` events).
+    pub async fn history(&self, conversation_id: u64, anchor: HistoryAnchor, limit: u32) -> Result<HistoryPage, NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.history(ConversationId(conversation_id), anchor.into(), limit).await }).await
+    }
+
+    /// Replace the text of your message; returns the edit event's seq.
+    pub async fn edit(&self, conversation_id: u64, target_seq: u64, text: String) -> Result<u64, NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.edit(ConversationId(conversation_id), Seq(target_seq), &text).await.map(|s| s.0) }).await
+    }
+
+    /// Delete a message; returns the delete event's seq.
+    pub async fn delete_message(&self, conversation_id: u64, target_seq: u64) -> Result<u64, NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.delete_message(ConversationId(conversation_id), Seq(target_seq)).await.map(|s| s.0) }).await
+    }
+
+    /// Add (or with `remove`, take back) a reaction; returns the event's seq.
+    pub async fn react(&self, conversation_id: u64, target_seq: u64, emoji: String, remove: bool) -> Result<u64, NatterError> {
+        let c = self.inner.clone();
+        run(async move {
+            c.react(ConversationId(conversation_id), Seq(target_seq), &emoji, remove)
+                .await
+                .map(|s| s.0)
+        })
+        .await
+    }
+
+    /// Move your read cursor (senders see "read").
+    pub async fn mark_read(&self, conversation_id: u64, seq: u64) -> Result<(), NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.mark_read(ConversationId(conversation_id), Seq(seq)).await }).await
+    }
+
+    /// Where your message stands (sent / delivered / read, with counts for groups); `null`
+    /// for channels and conversations this client has not seen.
+    pub async fn message_status(&self, conversation_id: u64, seq: u64) -> Result<Option<MessageStatus>, NatterError> {
+        let c = self.inner.clone();
+        run(async move {
+            c.message_status(ConversationId(conversation_id), Seq(seq))
+                .await
+                .map(|s| s.map(MessageStatus::from))
+        })
+        .await
+    }
+
+    /// Your unread count as this client knows it.
+    pub async fn unread(&self, conversation_id: u64) -> Result<Option<u32>, NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.unread(ConversationId(conversation_id)).await }).await
+    }
+
+    /// Every member's delivered and read cursors.
+    pub async fn receipts(&self, conversation_id: u64) -> Result<Vec<MemberReceipt>, NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.receipts(ConversationId(conversation_id)).await.map(each) }).await
+    }
+
+    /// Call on every keystroke; the client rate-limits what it sends.
+    pub fn typing(&self, conversation_id: u64) {
+        self.inner.typing(ConversationId(conversation_id));
+    }
+
+    /// Report this device online or away (e.g. when the app goes to the background).
+    pub fn set_presence(&self, state: PresenceState) {
+        self.inner.set_presence(state.into());
+    }
+
+    /// Presence of these users (your contacts only).
+    pub async fn presence(&self, user_ids: Vec<u64>) -> Result<Vec<Presence>, NatterError> {
+        let c = self.inner.clone();
+        run(async move {
+            let users: Vec<UserId> = user_ids.into_iter().map(UserId).collect();
+            c.presence(&users).await.map(each)
+        })
+        .await
+    }
+
+    /// Hide (or show) your last-seen time.
+    pub async fn set_hide_last_seen(&self, hide: bool) -> Result<(), NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.set_hide_last_seen(hide).await }).await
+    }
+
+    /// Round trip to the server; returns its clock (ms since the epoch).
+    pub async fn ping(&self) -> Result<u64, NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.ping().await }).await
+    }
+
+    /// What to persist to restore the session after the app is killed.
+    pub async fn snapshot(&self) -> Result<Snapshot, NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.snapshot().await }).await
+    }
+
+    /// Drop the connection now and reconnect (e.g. on a network change); sends in flight
+    /// are kept and retried.
+    pub fn reconnect(&self) {
+        self.inner.reconnect();
+    }
+
+    /// Close the connection and stop; events end.
+    pub async fn shutdown(&self) {
+        let c = self.inner.clone();
+        let _ = runtime().spawn(async move { c.shutdown().await }).await;
+    }
+}

@@ -1,0 +1,67 @@
+//! `NatterError`: every failure an app can see, flattened from natter-sdk's `ClientError`
+//! (and the protocol's `RequestError`) into one enum at the FFI edge. Kotlin sees
+//! `NatterException.Server`, Swift `NatterError.Server`, Python `NatterError.Server`.
+use natter_sdk::{ClientError, RequestError};
+
+use crate::types::ErrorCode;
+
+/// Why a natter call failed.
+#[derive(Debug, thiserror::Error, uniffi::Error)]
+pub enum NatterError {
+    /// The server refused the request; `code` says why (e.g. `INVALID_CREDENTIALS`,
+    /// `NOT_MEMBER`, `RATE_LIMITED` with `retry_after_ms`).
+    #[error("{code:?}: {detail}")]
+    Server {
+        /// The typed reason.
+        code: ErrorCode,
+        /// Human-readable detail for logs; never parse it.
+        detail: String,
+        /// For rate limits and drains: when to try again.
+        retry_after_ms: u32,
+    },
+    /// Refused on the device before sending (bad username, empty text, too long, …).
+    #[error("invalid input: {detail}")]
+    InvalidInput {
+        /// What is wrong.
+        detail: String,
+    },
+    /// The connection dropped before the answer arrived; the request may or may not have
+    /// taken effect (sends are retried by the SDK and never fail this way).
+    #[error("connection lost before the response")]
+    ConnectionLost,
+    /// No answer within the request timeout.
+    #[error("request timed out")]
+    Timeout,
+    /// The client was shut down.
+    #[error("client is closed")]
+    Closed,
+    /// Bad connect options (address, certificate) or TLS/QUIC set-up failure.
+    #[error("setup: {detail}")]
+    Setup {
+        /// What failed.
+        detail: String,
+    },
+    /// The server answered with a response of the wrong kind.
+    #[error("unexpected response from the server")]
+    Unexpected,
+}
+
+impl From<ClientError> for NatterError {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::Request(RequestError::Server(e)) => NatterError::Server {
+                code: e.code.into(),
+                detail: e.message,
+                retry_after_ms: e.retry_after_ms,
+            },
+            ClientError::Request(RequestError::Invalid(v)) => NatterError::InvalidInput { detail: v.to_string() },
+            ClientError::Request(RequestError::ConnectionLost) => NatterError::ConnectionLost,
+            ClientError::Request(RequestError::Timeout) => NatterError::Timeout,
+            ClientError::Closed => NatterError::Closed,
+            ClientError::Setup(detail) => NatterError::Setup { detail },
+            ClientError::Unexpected => NatterError::Unexpected,
+            // ClientError is non-exhaustive; a new kind reads as unexpected until mapped.
+            _ => NatterError::Unexpected,
+        }
+    }
+}

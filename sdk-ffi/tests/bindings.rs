@@ -1,0 +1,230 @@
+//! The generated bindings against a live server: the Python and Kotlin test programs
+//! (`tests/python/chat_test.py`, `tests/kotlin/ChatTest.kt`) run the same chat scenario —
+//! two users, listener events, ✓/✓✓/read, a server-side cut with resume, restore from a
+//! snapshot, typed errors — against a real natter server on loopback (QUIC, sled in a temp
+//! dir). Each also runs once against a server that withholds messages, and must fail there.
+//!
+//! Bindings are generated here from the built library with this crate's `uniffi-bindgen`,
+//! exactly as `sdk-ffi/bindgen.sh` does. The Kotlin compiler comes from npm
+//! (`sdk-ffi/tests/kotlin`, installed by `scripts/test.sh`), JNA from Debian's libjna-java.
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use natter_server::{Config, RunningServer};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// A whole program run ends by this deadline (it waits at most NATTER_WAIT_SECS per event).
+const PROGRAM_DEADLINE: Duration = Duration::from_secs(300);
+
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `target/<profile>`: where cargo put the uniffi-bindgen binary and the cdylib.
+fn build_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_uniffi-bindgen")).parent().unwrap().to_path_buf()
+}
+
+fn run_ok(cmd: &mut std::process::Command, what: &str) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Generate Kotlin, Swift and Python bindings once per test process.
+fn bindings() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let lib = build_dir().join("libnatter_ffi.so");
+        assert!(lib.exists(), "{} missing: cargo builds the cdylib with the tests", lib.display());
+        let out = build_dir().join("ffi-test-bindings");
+        let _ = std::fs::remove_dir_all(&out);
+        for lang in ["kotlin", "swift", "python"] {
+            run_ok(
+                std::process::Command::new(env!("CARGO_BIN_EXE_uniffi-bindgen"))
+                    .args(["generate", "--library"])
+                    .arg(&lib)
+                    .args(["--language", lang, "--out-dir"])
+                    .arg(out.join(lang)),
+                &format!("uniffi-bindgen {lang}"),
+            );
+        }
+        std::fs::copy(&lib, out.join("python/libnatter_ffi.so")).expect("copy the library next to the module");
+        out
+    })
+}
+
+async fn server(dir: &Path, withhold_messages: bool) -> RunningServer {
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        web_listen: None,
+        webtransport_listen: None,
+        data_dir: dir.to_path_buf(),
+        shards: 2,
+        log: "warn".into(),
+        ..Default::default()
+    };
+    let server = natter_server::start(&config).await.expect("server starts");
+    server.set_withhold_messages(withhold_messages);
+    server
+}
+
+struct Outcome {
+    success: bool,
+    output: String,
+}
+
+/// Run a test program against `server`, serving its "@cut <user id>" requests, and
+/// collect its output.
+async fn run_program(mut cmd: tokio::process::Command, server: &RunningServer, prefix: &str, wait_secs: u32) -> Outcome {
+    cmd.env("NATTER_BINDINGS", bindings().join("python"))
+        .env("NATTER_ADDR", server.addr.to_string())
+        .env("NATTER_FINGERPRINT", &server.fingerprint)
+        .env("NATTER_PREFIX", prefix)
+        .env("NATTER_WAIT_SECS", wait_secs.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("start the test program");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut stderr = child.stderr.take().unwrap();
+    let mut output = String::new();
+    let drive = async {
+        while let Some(line) = lines.next_line().await.expect("read the program's output") {
+            output.push_str(&line);
+            output.push('\n');
+            if let Some(request) = line.strip_prefix('@') {
+                let answer = match request.split_once(' ') {
+                    Some(("cut", id)) => {
+                        let user = natter_sdk::UserId(id.trim().parse().expect("a user id"));
+                        assert!(server.disconnect_user(user) > 0, "user {id} had no connection to cut");
+                        "ok\n"
+                    }
+                    _ => "unknown request\n",
+                };
+                stdin.write_all(answer.as_bytes()).await.unwrap();
+                stdin.flush().await.unwrap();
+            }
+        }
+        let mut err = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut err).await.unwrap();
+        (child.wait().await.expect("wait for the program"), err)
+    };
+    let (status, err) = tokio::time::timeout(PROGRAM_DEADLINE, drive)
+        .await
+        .expect("the test program finished within its deadline");
+    output.push_str(&err);
+    Outcome {
+        success: status.success(),
+        output,
+    }
+}
+
+fn python() -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("python3");
+    cmd.arg(manifest_dir().join("tests/python/chat_test.py"));
+    cmd
+}
+
+/// The Kotlin toolchain: kotlinc and the coroutines jar from npm, JNA from Debian.
+struct Kotlin {
+    kotlinc: PathBuf,
+    classpath: String,
+}
+
+fn kotlin() -> Kotlin {
+    let npm = manifest_dir().join("tests/kotlin/node_modules/kotlin-compiler");
+    let kotlinc = npm.join("bin/kotlinc");
+    assert!(
+        kotlinc.exists(),
+        "{} missing: run `npm ci` in sdk-ffi/tests/kotlin (scripts/test.sh does)",
+        kotlinc.display()
+    );
+    let jna = Path::new("/usr/share/java/jna.jar");
+    assert!(jna.exists(), "{} missing: apt-get install libjna-java (scripts/test.sh does)", jna.display());
+    let classpath = format!("{}:{}", jna.display(), npm.join("lib/kotlinx-coroutines-core-jvm.jar").display());
+    Kotlin { kotlinc, classpath }
+}
+
+/// Compile the generated Kotlin with the test program once per test process.
+fn kotlin_jar() -> &'static (PathBuf, String) {
+    static JAR: OnceLock<(PathBuf, String)> = OnceLock::new();
+    JAR.get_or_init(|| {
+        let k = kotlin();
+        let jar = build_dir().join("ffi-test-kotlin.jar");
+        run_ok(
+            std::process::Command::new(&k.kotlinc)
+                .arg(bindings().join("kotlin/uniffi/natter_ffi/natter_ffi.kt"))
+                .arg(manifest_dir().join("tests/kotlin/ChatTest.kt"))
+                .args(["-nowarn", "-include-runtime", "-cp", &k.classpath, "-d"])
+                .arg(&jar),
+            "kotlinc",
+        );
+        (jar, k.classpath)
+    })
+}
+
+fn kotlin_program() -> tokio::process::Command {
+    let (jar, classpath) = kotlin_jar();
+    let mut cmd = tokio::process::Command::new("java");
+    cmd.arg(format!("-Djna.library.path={}", build_dir().display()))
+        .arg("-cp")
+        .arg(format!("{}:{classpath}", jar.display()))
+        .arg("ChatTestKt");
+    cmd
+}
+
+async fn passes(program: tokio::process::Command, prefix: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path(), false).await;
+    let outcome = run_program(program, &server, prefix, 20).await;
+    assert!(outcome.success, "the program failed against a working server:\n{}", outcome.output);
+    assert!(outcome.output.contains("all checks passed"), "{}", outcome.output);
+    assert!(
+        outcome.output.contains("@cut "),
+        "the program never asked for its connection to be cut:\n{}",
+        outcome.output
+    );
+    server.shutdown().await;
+}
+
+async fn fails_without_delivery(program: tokio::process::Command, prefix: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path(), true).await;
+    let outcome = run_program(program, &server, prefix, 3).await;
+    assert!(!outcome.success, "the program passed against a server that delivers no messages:\n{}", outcome.output);
+    assert!(
+        outcome.output.contains("FAIL: bob: bob receives alice's message"),
+        "the program failed, but not at the undelivered message:\n{}",
+        outcome.output
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_bindings_chat_against_a_live_server() {
+    passes(python(), "py").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_bindings_fail_when_the_server_does_not_deliver() {
+    fails_without_delivery(python(), "pyf").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kotlin_bindings_chat_against_a_live_server() {
+    passes(kotlin_program(), "kt").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kotlin_bindings_fail_when_the_server_does_not_deliver() {
+    fails_without_delivery(kotlin_program(), "ktf").await;
+}

@@ -1,0 +1,242 @@
+"""natter's generated Python bindings against a live server.
+
+Run by sdk-ffi/tests/bindings.rs, which starts the server and sets:
+  NATTER_BINDINGS      folder holding natter_ffi.py and libnatter_ffi.so
+  NATTER_ADDR          host:port of the server's QUIC endpoint
+  NATTER_FINGERPRINT   the server certificate's SHA-256
+  NATTER_PREFIX        prefix for usernames (unique per run)
+  NATTER_WAIT_SECS     how long to wait for any one event (default 20)
+Lines starting with "@" on stdout ask the harness to act on the server ("@cut <user id>":
+drop that user's connections as a network failure would); it answers "ok" on stdin.
+Exits 0 when every check holds; otherwise prints "FAIL: <check>" and exits 1.
+"""
+import asyncio
+import os
+import sys
+import threading
+
+sys.path.insert(0, os.environ["NATTER_BINDINGS"])
+import natter_ffi as n  # noqa: E402
+
+WAIT = float(os.environ.get("NATTER_WAIT_SECS", "20"))
+PREFIX = os.environ["NATTER_PREFIX"]
+
+
+class Failed(Exception):
+    pass
+
+
+def check(cond, what):
+    if not cond:
+        raise Failed(what)
+
+
+class Recorder(n.NatterListener):
+    """Keeps every event; waiters block on a condition, never on a sleep."""
+
+    def __init__(self, name):
+        self.name = name
+        self.events = []
+        self.cond = threading.Condition()
+
+    def on_event(self, event):
+        with self.cond:
+            self.events.append(event)
+            self.cond.notify_all()
+
+    def _wait(self, pred, what, start):
+        with self.cond:
+            ok = self.cond.wait_for(lambda: any(pred(e) for e in self.events[start:]), timeout=WAIT)
+            if not ok:
+                raise Failed(f"{self.name}: {what} (within {WAIT} s)")
+            return next(e for e in self.events[start:] if pred(e))
+
+    async def wait_for(self, pred, what, start=0):
+        return await asyncio.to_thread(self._wait, pred, what, start)
+
+    def mark(self):
+        with self.cond:
+            return len(self.events)
+
+    def messages(self, conv):
+        """(seq, text) of every message event of `conv`, in arrival order."""
+        with self.cond:
+            return [(e.event.seq, e.event.body.text) for e in self.events
+                    if isinstance(e, n.NatterEvent.EVENT) and e.event.conversation_id == conv
+                    and isinstance(e.event.body, n.EventBody.MESSAGE)]
+
+
+def is_message(conv, text):
+    return lambda e: (isinstance(e, n.NatterEvent.EVENT) and e.event.conversation_id == conv
+                      and isinstance(e.event.body, n.EventBody.MESSAGE) and e.event.body.text == text)
+
+
+def is_receipt(conv, user, delivered=0, read=0):
+    return lambda e: (isinstance(e, n.NatterEvent.RECEIPT) and e.conversation_id == conv and e.user_id == user
+                      and e.delivered_seq >= delivered and e.read_seq >= read)
+
+
+async def expect_error(kind, coro, what, code=None):
+    try:
+        await coro
+    except kind as e:
+        if code is not None:
+            check(e.code == code, f"{what}: code {e.code}, expected {code}")
+        return e
+    raise Failed(f"{what}: no {kind.__name__} raised")
+
+
+async def harness(request):
+    print("@" + request, flush=True)
+    answer = await asyncio.to_thread(sys.stdin.readline)
+    check(answer.strip() == "ok", f"harness answered {answer!r} to {request}")
+
+
+def options(**kw):
+    return n.ConnectOptions(address=os.environ["NATTER_ADDR"],
+                            certificate_sha256=os.environ["NATTER_FINGERPRINT"],
+                            client_name="python-test", **kw)
+
+
+async def main():
+    alice_name, bob_name, carol_name = (f"{PREFIX}{x}" for x in ("alice", "bob", "carol"))
+    alice, bob = n.NatterClient(options()), n.NatterClient(options())
+    a_events, b_events = Recorder("alice"), Recorder("bob")
+    a_sub, b_sub = alice.subscribe(a_events), bob.subscribe(b_events)
+
+    # Typed errors: bad input is refused on the device, the server's refusals carry codes.
+    await expect_error(n.NatterError.InvalidInput, alice.register("x", "long enough password"),
+                       "a one-letter username")
+    alice_id = await alice.register(alice_name, "alice password")
+    bob_id = await bob.register(bob_name, "bob password")
+    carol_id = await alice.register(carol_name, "carol password")
+    await expect_error(n.NatterError.Server, bob.register(bob_name, "another password"),
+                       "a taken username", n.ErrorCode.USERNAME_TAKEN)
+    await expect_error(n.NatterError.Server, alice.login(alice_name, "wrong password", "phone"),
+                       "a wrong password", n.ErrorCode.INVALID_CREDENTIALS)
+    try:
+        n.NatterClient(n.ConnectOptions(address=os.environ["NATTER_ADDR"]))
+        raise Failed("connect options without a certificate were accepted")
+    except n.NatterError.Setup:
+        pass
+
+    a_login = await alice.login(alice_name, "alice password", "alice's phone")
+    b_login = await bob.login(bob_name, "bob password", "bob's phone")
+    check(a_login.user_id == alice_id and b_login.user_id == bob_id, "login returns the registered user")
+    await a_events.wait_for(lambda e: isinstance(e, n.NatterEvent.CONNECTED) and e.user_id == alice_id,
+                            "a Connected event after login")
+
+    # Chat: a DM, delivered through the listener, with ✓ → ✓✓ → read.
+    dm = (await alice.direct(bob_name)).conversation_id
+    await expect_error(n.NatterError.InvalidInput, alice.send(dm, "", 0), "an empty message")
+    await expect_error(n.NatterError.Server, bob.send(999_999, "to nowhere", 0),
+                       "a send to a conversation that does not exist")
+    await a_events.wait_for(lambda e: isinstance(e, n.NatterEvent.EVENT) and e.event.conversation_id == dm
+                            and isinstance(e.event.body, n.EventBody.CREATED), "the DM's Created event")
+    ack = await alice.send(dm, "hello bob", 0)
+    check(ack.seq == 2 and not ack.duplicate, f"first message acked at seq 2, got {ack}")
+    got = await b_events.wait_for(is_message(dm, "hello bob"), "bob receives alice's message")
+    check(got.event.sender_user_id == alice_id and got.event.seq == ack.seq, "sender and seq as acked")
+    await a_events.wait_for(is_receipt(dm, bob_id, delivered=ack.seq), "a delivered receipt from bob")
+    status = await alice.message_status(dm, ack.seq)
+    check(status is not None and status.state == n.DeliveryState.DELIVERED, f"delivered status, got {status}")
+    await bob.mark_read(dm, ack.seq)
+    await a_events.wait_for(is_receipt(dm, bob_id, read=ack.seq), "a read receipt from bob")
+    status = await alice.message_status(dm, ack.seq)
+    check(status.state == n.DeliveryState.READ and status.read == 1, f"read status, got {status}")
+
+    # ✓ only: carol never connects, so a message to her stays "sent".
+    to_carol = (await alice.direct(carol_name)).conversation_id
+    await a_events.wait_for(lambda e: isinstance(e, n.NatterEvent.EVENT) and e.event.conversation_id == to_carol,
+                            "the DM with carol's Created event")
+    carol_ack = await alice.send(to_carol, "are you there?", 0)
+    status = await alice.message_status(to_carol, carol_ack.seq)
+    check(status is not None and status.state == n.DeliveryState.SENT, f"sent status, got {status}")
+
+    # Typing, presence, reply, edit and reaction cross to the other side.
+    alice.typing(dm)
+    await b_events.wait_for(lambda e: isinstance(e, n.NatterEvent.TYPING) and e.user_id == alice_id,
+                            "bob sees alice typing")
+    seen = await bob.presence([alice_id])
+    check(len(seen) == 1 and seen[0].state == n.PresenceState.ONLINE, f"alice online for bob, got {seen}")
+    reply = await bob.send(dm, "hi alice", ack.seq)
+    got = await a_events.wait_for(is_message(dm, "hi alice"), "alice receives bob's reply")
+    check(got.event.body.reply_to_seq == ack.seq, "the reply points at alice's message")
+    await alice.react(dm, reply.seq, "👍", False)
+    edit_seq = await bob.edit(dm, reply.seq, "hi alice!")
+    await b_events.wait_for(lambda e: isinstance(e, n.NatterEvent.EVENT) and isinstance(e.event.body, n.EventBody.REACTION)
+                            and e.event.body.emoji == "👍", "bob sees the reaction")
+    await a_events.wait_for(lambda e: isinstance(e, n.NatterEvent.EVENT) and e.event.seq == edit_seq
+                            and isinstance(e.event.body, n.EventBody.MESSAGE_EDITED), "alice sees the edit")
+    await expect_error(n.NatterError.Server, alice.edit(dm, reply.seq, "not mine"),
+                       "editing someone else's message", n.ErrorCode.FORBIDDEN)
+
+    # A dropped connection: alice is cut off by the server while both keep sending; she
+    # resumes, her queued sends go out once, and both see every message once, in order.
+    mark = a_events.mark()
+    await harness(f"cut {alice_id}")
+    sends = [asyncio.ensure_future(alice.send(dm, f"from alice {i}", 0)) for i in range(5)]
+    for i in range(5):
+        await bob.send(dm, f"from bob {i}", 0)
+    acks = await asyncio.gather(*sends)
+    check(all(not a.duplicate for a in acks), "no alice send reported as a duplicate of another")
+    await a_events.wait_for(lambda e: isinstance(e, n.NatterEvent.DISCONNECTED), "alice sees the drop", mark)
+    resumed = await a_events.wait_for(lambda e: isinstance(e, n.NatterEvent.CONNECTED), "alice reconnects", mark)
+    check(resumed.resumed, "alice's session was resumed")
+    for i in range(5):
+        await a_events.wait_for(is_message(dm, f"from bob {i}"), f"alice receives 'from bob {i}'")
+        await b_events.wait_for(is_message(dm, f"from alice {i}"), f"bob receives 'from alice {i}'")
+
+    page = await alice.history(dm, n.HistoryAnchor.BEFORE(seq=0), 100)
+    seqs = [e.seq for e in page.events]
+    check(seqs == list(range(1, page.last_seq + 1)), f"history is gap-free from 1, got {seqs}")
+    texts = [e.body.text for e in page.events if isinstance(e.body, n.EventBody.MESSAGE)]
+    for who in ("alice", "bob"):
+        mine = [t for t in texts if t.startswith(f"from {who} ")]
+        check(sorted(mine) == [f"from {who} {i}" for i in range(5)], f"{who}'s sends stored once each: {mine}")
+    check([t for t in texts if t.startswith("from bob ")] == [f"from bob {i}" for i in range(5)],
+          "bob's sends in his order")
+    for rec in (a_events, b_events):
+        msgs = rec.messages(dm)
+        check(len(msgs) == len(set(msgs)), f"{rec.name} received a message twice: {msgs}")
+        check([s for s, _ in msgs] == sorted(s for s, _ in msgs), f"{rec.name} received out of order: {msgs}")
+
+    # Restore after the app is killed: snapshot, stop, start again from the snapshot.
+    snap = await alice.snapshot()
+    check(snap.access_token == a_login.access_token and snap.resume_token, "snapshot holds the tokens")
+    check(snap.pending_sends == [], f"nothing pending after every ack, got {snap.pending_sends}")
+    a_sub.cancel()
+    await alice.shutdown()
+    alice = n.NatterClient(options(access_token=snap.access_token, resume_token=snap.resume_token,
+                                   cursors=snap.cursors))
+    restored = Recorder("alice (restored)")
+    a_sub = alice.subscribe(restored)
+    back = await restored.wait_for(lambda e: isinstance(e, n.NatterEvent.CONNECTED), "the restored client connects")
+    check(back.resumed and back.device_id == a_login.device_id, f"restored the same session: {back}")
+    await bob.send(dm, "welcome back", 0)
+    await restored.wait_for(is_message(dm, "welcome back"), "the restored client receives new messages")
+    check([t for _, t in restored.messages(dm)] == ["welcome back"],
+          f"only the new message after the restore (nothing again): {restored.messages(dm)}")
+
+    # A cancelled subscription hears nothing more; another one on the same client does.
+    b_sub.cancel()
+    quiet = b_events.mark()
+    b_other = Recorder("bob (second listener)")
+    b_other_sub = bob.subscribe(b_other)
+    await alice.send(dm, "after cancel", 0)
+    await b_other.wait_for(is_message(dm, "after cancel"), "the second listener receives")
+    check(b_events.mark() == quiet, "a cancelled subscription still got events")
+    b_other_sub.cancel()
+
+    await alice.logout(0)
+    await bob.shutdown()
+    await alice.shutdown()
+    print("python bindings: all checks passed", flush=True)
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(main())
+    except Failed as e:
+        print(f"FAIL: {e}", flush=True)
+        sys.exit(1)
