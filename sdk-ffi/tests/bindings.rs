@@ -22,9 +22,16 @@ fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `target/<profile>`: where cargo put the uniffi-bindgen binary and the cdylib.
+/// `target/<profile>`: where cargo put the uniffi-bindgen binary.
 fn build_dir() -> PathBuf {
     Path::new(env!("CARGO_BIN_EXE_uniffi-bindgen")).parent().unwrap().to_path_buf()
+}
+
+/// The cdylib cargo built along with this test: `target/<profile>/deps/libnatter_ffi.so`
+/// (`target/<profile>/libnatter_ffi.so` is only refreshed by `cargo build`, so it can be
+/// stale here).
+fn library_dir() -> PathBuf {
+    build_dir().join("deps")
 }
 
 fn run_ok(cmd: &mut std::process::Command, what: &str) {
@@ -41,7 +48,7 @@ fn run_ok(cmd: &mut std::process::Command, what: &str) {
 fn bindings() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let lib = build_dir().join("libnatter_ffi.so");
+        let lib = library_dir().join("libnatter_ffi.so");
         assert!(lib.exists(), "{} missing: cargo builds the cdylib with the tests", lib.display());
         let out = build_dir().join("ffi-test-bindings");
         let _ = std::fs::remove_dir_all(&out);
@@ -175,7 +182,7 @@ fn kotlin_jar() -> &'static (PathBuf, String) {
 fn kotlin_program() -> tokio::process::Command {
     let (jar, classpath) = kotlin_jar();
     let mut cmd = tokio::process::Command::new("java");
-    cmd.arg(format!("-Djna.library.path={}", build_dir().display()))
+    cmd.arg(format!("-Djna.library.path={}", library_dir().display()))
         .arg("-cp")
         .arg(format!("{}:{classpath}", jar.display()))
         .arg("ChatTestKt");

@@ -1,0 +1,256 @@
+// natter's generated Kotlin bindings against a live server: the same scenario as
+// tests/python/chat_test.py. Run by sdk-ffi/tests/bindings.rs, which starts the server, sets
+// NATTER_ADDR, NATTER_FINGERPRINT, NATTER_PREFIX and NATTER_WAIT_SECS, and answers "@cut <user
+// id>" lines on stdout by dropping that user's connections. Exits 0 when every check holds;
+// otherwise prints "FAIL: <check>" and exits 1.
+import kotlinx.coroutines.Dispatchers
+import kotlinx.coroutines.async
+import kotlinx.coroutines.awaitAll
+import kotlinx.coroutines.coroutineScope
+import kotlinx.coroutines.runBlocking
+import kotlinx.coroutines.withContext
+import uniffi.natter_ffi.*
+import kotlin.system.exitProcess
+
+val WAIT_MS = ((System.getenv("NATTER_WAIT_SECS") ?: "20").toDouble() * 1000).toLong()
+val PREFIX: String = System.getenv("NATTER_PREFIX")
+
+class Failed(what: String) : Exception(what)
+
+fun check(cond: Boolean, what: () -> String) {
+    if (!cond) throw Failed(what())
+}
+
+/** Keeps every event; waiters block on the monitor, never on a sleep. */
+class Recorder(val name: String) : NatterListener {
+    private val lock = Object()
+    private val events = mutableListOf<NatterEvent>()
+
+    override fun onEvent(event: NatterEvent) {
+        synchronized(lock) {
+            events.add(event)
+            lock.notifyAll()
+        }
+    }
+
+    fun mark(): Int = synchronized(lock) { events.size }
+
+    suspend fun waitFor(what: String, start: Int = 0, pred: (NatterEvent) -> Boolean): NatterEvent =
+        withContext(Dispatchers.IO) {
+            val deadline = System.currentTimeMillis() + WAIT_MS
+            synchronized(lock) {
+                while (true) {
+                    events.drop(start).firstOrNull(pred)?.let { return@withContext it }
+                    val left = deadline - System.currentTimeMillis()
+                    if (left <= 0) throw Failed("$name: $what (within ${WAIT_MS / 1000.0} s)")
+                    lock.wait(left)
+                }
+                @Suppress("UNREACHABLE_CODE")
+                throw IllegalStateException()
+            }
+        }
+
+    /** (seq, text) of every message event of `conv`, in arrival order. */
+    fun messages(conv: ULong): List<Pair<ULong, String>> = synchronized(lock) {
+        events.filterIsInstance<NatterEvent.Event>()
+            .filter { it.event.conversationId == conv }
+            .mapNotNull { e -> (e.event.body as? EventBody.Message)?.let { e.event.seq to it.text } }
+    }
+}
+
+fun isMessage(conv: ULong, text: String): (NatterEvent) -> Boolean = { e ->
+    e is NatterEvent.Event && e.event.conversationId == conv && (e.event.body as? EventBody.Message)?.text == text
+}
+
+fun isReceipt(conv: ULong, user: ULong, delivered: ULong = 0u, read: ULong = 0u): (NatterEvent) -> Boolean = { e ->
+    e is NatterEvent.Receipt && e.conversationId == conv && e.userId == user &&
+        e.deliveredSeq >= delivered && e.readSeq >= read
+}
+
+suspend inline fun <reified E : NatterException> expectError(what: String, code: ErrorCode? = null, block: () -> Unit): E {
+    try {
+        block()
+    } catch (e: NatterException) {
+        check(e is E) { "$what: ${e::class.simpleName} raised, expected ${E::class.simpleName}" }
+        if (code != null) check((e as NatterException.Server).code == code) { "$what: code ${e.code}, expected $code" }
+        return e as E
+    }
+    throw Failed("$what: no ${E::class.simpleName} raised")
+}
+
+suspend fun harness(request: String) {
+    println("@$request")
+    System.out.flush()
+    val answer = withContext(Dispatchers.IO) { readLine() }
+    check(answer?.trim() == "ok") { "harness answered $answer to $request" }
+}
+
+fun options(accessToken: String? = null, resumeToken: String? = null, cursors: List<Cursor> = listOf()) =
+    ConnectOptions(
+        address = System.getenv("NATTER_ADDR"),
+        certificateSha256 = System.getenv("NATTER_FINGERPRINT"),
+        accessToken = accessToken,
+        resumeToken = resumeToken,
+        cursors = cursors,
+        clientName = "kotlin-test",
+    )
+
+suspend fun scenario() {
+    val (aliceName, bobName, carolName) = listOf("alice", "bob", "carol").map { PREFIX + it }
+    var alice = NatterClient(options())
+    val bob = NatterClient(options())
+    val aEvents = Recorder("alice")
+    val bEvents = Recorder("bob")
+    var aSub = alice.subscribe(aEvents)
+    val bSub = bob.subscribe(bEvents)
+
+    // Typed errors: bad input is refused on the device, the server's refusals carry codes.
+    expectError<NatterException.InvalidInput>("a one-letter username") { alice.register("x", "long enough password") }
+    val aliceId = alice.register(aliceName, "alice password")
+    val bobId = bob.register(bobName, "bob password")
+    alice.register(carolName, "carol password")
+    expectError<NatterException.Server>("a taken username", ErrorCode.USERNAME_TAKEN) {
+        bob.register(bobName, "another password")
+    }
+    expectError<NatterException.Server>("a wrong password", ErrorCode.INVALID_CREDENTIALS) {
+        alice.login(aliceName, "wrong password", "phone")
+    }
+    expectError<NatterException.Setup>("connect options without a certificate") {
+        NatterClient(ConnectOptions(address = System.getenv("NATTER_ADDR")))
+    }
+
+    val aLogin = alice.login(aliceName, "alice password", "alice's phone")
+    val bLogin = bob.login(bobName, "bob password", "bob's phone")
+    check(aLogin.userId == aliceId && bLogin.userId == bobId) { "login returns the registered user" }
+    aEvents.waitFor("a Connected event after login") { it is NatterEvent.Connected && it.userId == aliceId }
+
+    // Chat: a DM, delivered through the listener, with ✓ → ✓✓ → read.
+    val dm = alice.direct(bobName).conversationId
+    expectError<NatterException.InvalidInput>("an empty message") { alice.send(dm, "", 0u) }
+    expectError<NatterException.Server>("a send to a conversation that does not exist") {
+        bob.send(999_999u, "to nowhere", 0u)
+    }
+    aEvents.waitFor("the DM's Created event") {
+        it is NatterEvent.Event && it.event.conversationId == dm && it.event.body is EventBody.Created
+    }
+    val ack = alice.send(dm, "hello bob", 0u)
+    check(ack.seq == 2uL && !ack.duplicate) { "first message acked at seq 2, got $ack" }
+    val got = bEvents.waitFor("bob receives alice's message", pred = isMessage(dm, "hello bob")) as NatterEvent.Event
+    check(got.event.senderUserId == aliceId && got.event.seq == ack.seq) { "sender and seq as acked" }
+    aEvents.waitFor("a delivered receipt from bob", pred = isReceipt(dm, bobId, delivered = ack.seq))
+    var status = alice.messageStatus(dm, ack.seq)
+    check(status?.state == DeliveryState.DELIVERED) { "delivered status, got $status" }
+    bob.markRead(dm, ack.seq)
+    aEvents.waitFor("a read receipt from bob", pred = isReceipt(dm, bobId, read = ack.seq))
+    status = alice.messageStatus(dm, ack.seq)
+    check(status?.state == DeliveryState.READ && status.read == 1u) { "read status, got $status" }
+
+    // ✓ only: carol never connects, so a message to her stays "sent".
+    val toCarol = alice.direct(carolName).conversationId
+    aEvents.waitFor("the DM with carol's Created event") {
+        it is NatterEvent.Event && it.event.conversationId == toCarol
+    }
+    val carolAck = alice.send(toCarol, "are you there?", 0u)
+    status = alice.messageStatus(toCarol, carolAck.seq)
+    check(status?.state == DeliveryState.SENT) { "sent status, got $status" }
+
+    // Typing, presence, reply, edit and reaction cross to the other side.
+    alice.typing(dm)
+    bEvents.waitFor("bob sees alice typing") { it is NatterEvent.Typing && it.userId == aliceId }
+    val seen = bob.presence(listOf(aliceId))
+    check(seen.size == 1 && seen[0].state == PresenceState.ONLINE) { "alice online for bob, got $seen" }
+    val reply = bob.send(dm, "hi alice", ack.seq)
+    val replyEvent = aEvents.waitFor("alice receives bob's reply", pred = isMessage(dm, "hi alice")) as NatterEvent.Event
+    check((replyEvent.event.body as EventBody.Message).replyToSeq == ack.seq) { "the reply points at alice's message" }
+    alice.react(dm, reply.seq, "👍", false)
+    val editSeq = bob.edit(dm, reply.seq, "hi alice!")
+    bEvents.waitFor("bob sees the reaction") {
+        it is NatterEvent.Event && (it.event.body as? EventBody.Reaction)?.emoji == "👍"
+    }
+    aEvents.waitFor("alice sees the edit") {
+        it is NatterEvent.Event && it.event.seq == editSeq && it.event.body is EventBody.MessageEdited
+    }
+    expectError<NatterException.Server>("editing someone else's message", ErrorCode.FORBIDDEN) {
+        alice.edit(dm, reply.seq, "not mine")
+    }
+
+    // A dropped connection: alice is cut off by the server while both keep sending; she
+    // resumes, her queued sends go out once, and both see every message once, in order.
+    val mark = aEvents.mark()
+    harness("cut $aliceId")
+    val acks = coroutineScope {
+        val sends = (0 until 5).map { i -> async { alice.send(dm, "from alice $i", 0u) } }
+        for (i in 0 until 5) bob.send(dm, "from bob $i", 0u)
+        sends.awaitAll()
+    }
+    check(acks.none { it.duplicate }) { "no alice send reported as a duplicate of another" }
+    aEvents.waitFor("alice sees the drop", mark) { it is NatterEvent.Disconnected }
+    val resumed = aEvents.waitFor("alice reconnects", mark) { it is NatterEvent.Connected } as NatterEvent.Connected
+    check(resumed.resumed) { "alice's session was resumed" }
+    for (i in 0 until 5) {
+        aEvents.waitFor("alice receives 'from bob $i'", pred = isMessage(dm, "from bob $i"))
+        bEvents.waitFor("bob receives 'from alice $i'", pred = isMessage(dm, "from alice $i"))
+    }
+
+    val page = alice.history(dm, HistoryAnchor.Before(0u), 100u)
+    val seqs = page.events.map { it.seq }
+    check(seqs == (1uL..page.lastSeq).toList()) { "history is gap-free from 1, got $seqs" }
+    val texts = page.events.mapNotNull { (it.body as? EventBody.Message)?.text }
+    for (who in listOf("alice", "bob")) {
+        val mine = texts.filter { it.startsWith("from $who ") }
+        check(mine.sorted() == (0 until 5).map { "from $who $it" }) { "$who's sends stored once each: $mine" }
+    }
+    check(texts.filter { it.startsWith("from bob ") } == (0 until 5).map { "from bob $it" }) { "bob's sends in his order" }
+    for (rec in listOf(aEvents, bEvents)) {
+        val msgs = rec.messages(dm)
+        check(msgs.size == msgs.toSet().size) { "${rec.name} received a message twice: $msgs" }
+        check(msgs.map { it.first } == msgs.map { it.first }.sorted()) { "${rec.name} received out of order: $msgs" }
+    }
+
+    // Restore after the app is killed: snapshot, stop, start again from the snapshot.
+    val snap = alice.snapshot()
+    check(snap.accessToken == aLogin.accessToken && snap.resumeToken != null) { "snapshot holds the tokens" }
+    check(snap.pendingSends.isEmpty()) { "nothing pending after every ack, got ${snap.pendingSends}" }
+    aSub.cancel()
+    alice.shutdown()
+    alice.close()
+    alice = NatterClient(options(snap.accessToken, snap.resumeToken, snap.cursors))
+    val restored = Recorder("alice (restored)")
+    aSub = alice.subscribe(restored)
+    val back = restored.waitFor("the restored client connects") { it is NatterEvent.Connected } as NatterEvent.Connected
+    check(back.resumed && back.deviceId == aLogin.deviceId) { "restored the same session: $back" }
+    bob.send(dm, "welcome back", 0u)
+    restored.waitFor("the restored client receives new messages", pred = isMessage(dm, "welcome back"))
+    check(restored.messages(dm).map { it.second } == listOf("welcome back")) {
+        "only the new message after the restore (nothing again): ${restored.messages(dm)}"
+    }
+
+    // A cancelled subscription hears nothing more; another one on the same client does.
+    bSub.cancel()
+    val quiet = bEvents.mark()
+    val bOther = Recorder("bob (second listener)")
+    bob.subscribe(bOther).use {
+        alice.send(dm, "after cancel", 0u)
+        bOther.waitFor("the second listener receives", pred = isMessage(dm, "after cancel"))
+        check(bEvents.mark() == quiet) { "a cancelled subscription still got events" }
+    }
+
+    alice.logout(0u)
+    bob.shutdown()
+    alice.shutdown()
+    aSub.close()
+    alice.close()
+    bob.close()
+    println("kotlin bindings: all checks passed")
+}
+
+fun main() {
+    try {
+        runBlocking { scenario() }
+    } catch (e: Failed) {
+        println("FAIL: ${e.message}")
+        System.out.flush()
+        exitProcess(1)
+    }
+    exitProcess(0)
+}
