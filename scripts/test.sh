@@ -4,7 +4,8 @@
 # wasm-bindgen CLI, the browser driver's npm package), builds the natter-wasm package, then
 # checks formatting, lints, and runs the whole suite: unit tests, the store suite, spec
 # vectors, end-to-end tests over QUIC, WebTransport and WebSocket on loopback, natter-wasm's
-# logic under Node and the web chat in headless Chromium.
+# logic under Node, the web chat in headless Chromium, and natter-ffi's generated Kotlin and
+# Python bindings against a live server (JDK, JNA and the Kotlin compiler are installed here).
 # Usage: ./scripts/test.sh      (the README's test command; .ci/run calls it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,18 +16,31 @@ step "toolchain: rustfmt, clippy, wasm32-unknown-unknown, wasm-bindgen CLI"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 source scripts/wasm-tools.sh
 
-step "chromium for the browser tests"
-if [[ ! -x /usr/bin/chromium ]]; then
-  sudo=""
+# Install Debian packages that are missing (apt-get update only if the first try fails).
+apt_install() {
+  (($# == 0)) && return 0
+  local sudo=""
   [[ "$(id -u)" != 0 ]] && sudo="sudo -n"
   export DEBIAN_FRONTEND=noninteractive
-  $sudo apt-get install -y -qq chromium chromium-driver >/dev/null ||
-    { $sudo apt-get update -qq && $sudo apt-get install -y -qq chromium chromium-driver >/dev/null; }
-fi
+  $sudo apt-get install -y -qq "$@" >/dev/null ||
+    { $sudo apt-get update -qq && $sudo apt-get install -y -qq "$@" >/dev/null; }
+}
+
+step "Debian packages: chromium (browser tests), a JRE and JNA (Kotlin bindings), python3"
+need=()
+[[ -x /usr/bin/chromium ]] || need+=(chromium chromium-driver)
+command -v java >/dev/null || need+=(default-jre-headless)
+[[ -f /usr/share/java/jna.jar ]] || need+=(libjna-java)
+command -v python3 >/dev/null || need+=(python3)
+apt_install "${need[@]}"
 /usr/bin/chromium --version
+java -version 2>&1 | head -1
 
 step "browser test driver (playwright-core, no downloaded browser)"
 (cd web/tests && npm ci --no-audit --no-fund --loglevel=error)
+
+step "Kotlin compiler for natter-ffi's Kotlin tests (npm kotlin-compiler: kotlinc + coroutines)"
+(cd sdk-ffi/tests/kotlin && npm ci --no-audit --no-fund --loglevel=error)
 
 step "format"
 cargo fmt --all -- --check
@@ -40,6 +54,9 @@ cargo build -p natter-protocol --target wasm32-unknown-unknown --locked
 
 step "natter-wasm package (sdk-wasm/pkg, copied to web/pkg)"
 bash sdk-wasm/build.sh
+
+step "natter-ffi bindings (Kotlin, Swift, Python) with sdk-ffi/bindgen.sh"
+bash sdk-ffi/bindgen.sh
 
 step "tests"
 cargo build --workspace --bins --locked

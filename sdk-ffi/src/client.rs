@@ -11,7 +11,9 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
 
 use natter_sdk::proto as pb;
-use natter_sdk::{Client, ClientConfig, ClientError, ClientMsgId, ConversationId, DeviceId, Events, Seq, Trust, UserId};
+use natter_sdk::{
+    Client, ClientConfig, ClientError, ClientMsgId, ConversationId, DeviceId, Events, Seq, Trust, UserId,
+};
 
 use crate::error::NatterError;
 use crate::runtime;
@@ -144,7 +146,9 @@ impl NatterClient {
 
     /// Deliver events to `listener` until the returned subscription is cancelled/dropped.
     pub fn subscribe(&self, listener: Arc<dyn NatterListener>) -> Arc<Subscription> {
-        let id = self.next_subscription.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = self
+            .next_subscription
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.listeners.lock().expect("listeners").push((id, listener));
         if let Some(mut events) = self.events.lock().expect("events").take() {
             let listeners = Arc::downgrade(&self.listeners);
@@ -153,8 +157,15 @@ impl NatterClient {
                 .spawn(move || {
                     while let Some(event) = runtime().block_on(events.next()) {
                         let Some(listeners) = listeners.upgrade() else { return };
-                        let Some(event) = NatterEvent::from_sdk(event) else { continue };
-                        let targets: Vec<_> = listeners.lock().expect("listeners").iter().map(|(_, l)| l.clone()).collect();
+                        let Some(event) = NatterEvent::from_sdk(event) else {
+                            continue;
+                        };
+                        let targets: Vec<_> = listeners
+                            .lock()
+                            .expect("listeners")
+                            .iter()
+                            .map(|(_, l)| l.clone())
+                            .collect();
                         for listener in targets {
                             listener.on_event(event.clone());
                         }
@@ -175,7 +186,12 @@ impl NatterClient {
     }
 
     /// Log in as a new device; keep `accessToken` to connect later without the password.
-    pub async fn login(&self, username: String, password: String, device_name: String) -> Result<LoginInfo, NatterError> {
+    pub async fn login(
+        &self,
+        username: String,
+        password: String,
+        device_name: String,
+    ) -> Result<LoginInfo, NatterError> {
         let c = self.inner.clone();
         run(async move { c.login(&username, &password, &device_name).await }).await
     }
@@ -263,7 +279,11 @@ impl NatterClient {
     /// Change a member's role (owner); `OWNER` transfers ownership.
     pub async fn set_role(&self, conversation_id: u64, user_id: u64, role: Role) -> Result<(), NatterError> {
         let c = self.inner.clone();
-        run(async move { c.set_role(ConversationId(conversation_id), UserId(user_id), role.into()).await }).await
+        run(async move {
+            c.set_role(ConversationId(conversation_id), UserId(user_id), role.into())
+                .await
+        })
+        .await
     }
 
     /// Delete a conversation (owner).
@@ -298,7 +318,12 @@ impl NatterClient {
     }
 
     /// A page of history (at most `limit` events).
-    pub async fn history(&self, conversation_id: u64, anchor: HistoryAnchor, limit: u32) -> Result<HistoryPage, NatterError> {
+    pub async fn history(
+        &self,
+        conversation_id: u64,
+        anchor: HistoryAnchor,
+        limit: u32,
+    ) -> Result<HistoryPage, NatterError> {
         let c = self.inner.clone();
         run(async move { c.history(ConversationId(conversation_id), anchor.into(), limit).await }).await
     }
@@ -306,17 +331,33 @@ impl NatterClient {
     /// Replace the text of your message; returns the edit event's seq.
     pub async fn edit(&self, conversation_id: u64, target_seq: u64, text: String) -> Result<u64, NatterError> {
         let c = self.inner.clone();
-        run(async move { c.edit(ConversationId(conversation_id), Seq(target_seq), &text).await.map(|s| s.0) }).await
+        run(async move {
+            c.edit(ConversationId(conversation_id), Seq(target_seq), &text)
+                .await
+                .map(|s| s.0)
+        })
+        .await
     }
 
     /// Delete a message; returns the delete event's seq.
     pub async fn delete_message(&self, conversation_id: u64, target_seq: u64) -> Result<u64, NatterError> {
         let c = self.inner.clone();
-        run(async move { c.delete_message(ConversationId(conversation_id), Seq(target_seq)).await.map(|s| s.0) }).await
+        run(async move {
+            c.delete_message(ConversationId(conversation_id), Seq(target_seq))
+                .await
+                .map(|s| s.0)
+        })
+        .await
     }
 
     /// Add (or with `remove`, take back) a reaction; returns the event's seq.
-    pub async fn react(&self, conversation_id: u64, target_seq: u64, emoji: String, remove: bool) -> Result<u64, NatterError> {
+    pub async fn react(
+        &self,
+        conversation_id: u64,
+        target_seq: u64,
+        emoji: String,
+        remove: bool,
+    ) -> Result<u64, NatterError> {
         let c = self.inner.clone();
         run(async move {
             c.react(ConversationId(conversation_id), Seq(target_seq), &emoji, remove)

@@ -24,7 +24,10 @@ fn manifest_dir() -> PathBuf {
 
 /// `target/<profile>`: where cargo put the uniffi-bindgen binary.
 fn build_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_uniffi-bindgen")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_BIN_EXE_uniffi-bindgen"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// The cdylib cargo built along with this test: `target/<profile>/deps/libnatter_ffi.so`
@@ -49,7 +52,11 @@ fn bindings() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let lib = library_dir().join("libnatter_ffi.so");
-        assert!(lib.exists(), "{} missing: cargo builds the cdylib with the tests", lib.display());
+        assert!(
+            lib.exists(),
+            "{} missing: cargo builds the cdylib with the tests",
+            lib.display()
+        );
         let out = build_dir().join("ffi-test-bindings");
         let _ = std::fs::remove_dir_all(&out);
         for lang in ["kotlin", "swift", "python"] {
@@ -89,7 +96,12 @@ struct Outcome {
 
 /// Run a test program against `server`, serving its "@cut <user id>" requests, and
 /// collect its output.
-async fn run_program(mut cmd: tokio::process::Command, server: &RunningServer, prefix: &str, wait_secs: u32) -> Outcome {
+async fn run_program(
+    mut cmd: tokio::process::Command,
+    server: &RunningServer,
+    prefix: &str,
+    wait_secs: u32,
+) -> Outcome {
     cmd.env("NATTER_BINDINGS", bindings().join("python"))
         .env("NATTER_ADDR", server.addr.to_string())
         .env("NATTER_FINGERPRINT", &server.fingerprint)
@@ -122,7 +134,9 @@ async fn run_program(mut cmd: tokio::process::Command, server: &RunningServer, p
             }
         }
         let mut err = String::new();
-        tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut err).await.unwrap();
+        tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut err)
+            .await
+            .unwrap();
         (child.wait().await.expect("wait for the program"), err)
     };
     let (status, err) = tokio::time::timeout(PROGRAM_DEADLINE, drive)
@@ -156,8 +170,16 @@ fn kotlin() -> Kotlin {
         kotlinc.display()
     );
     let jna = Path::new("/usr/share/java/jna.jar");
-    assert!(jna.exists(), "{} missing: apt-get install libjna-java (scripts/test.sh does)", jna.display());
-    let classpath = format!("{}:{}", jna.display(), npm.join("lib/kotlinx-coroutines-core-jvm.jar").display());
+    assert!(
+        jna.exists(),
+        "{} missing: apt-get install libjna-java (scripts/test.sh does)",
+        jna.display()
+    );
+    let classpath = format!(
+        "{}:{}",
+        jna.display(),
+        npm.join("lib/kotlinx-coroutines-core-jvm.jar").display()
+    );
     Kotlin { kotlinc, classpath }
 }
 
@@ -193,7 +215,11 @@ async fn passes(program: tokio::process::Command, prefix: &str) {
     let dir = tempfile::tempdir().unwrap();
     let server = server(dir.path(), false).await;
     let outcome = run_program(program, &server, prefix, 20).await;
-    assert!(outcome.success, "the program failed against a working server:\n{}", outcome.output);
+    assert!(
+        outcome.success,
+        "the program failed against a working server:\n{}",
+        outcome.output
+    );
     assert!(outcome.output.contains("all checks passed"), "{}", outcome.output);
     assert!(
         outcome.output.contains("@cut "),
@@ -207,7 +233,11 @@ async fn fails_without_delivery(program: tokio::process::Command, prefix: &str) 
     let dir = tempfile::tempdir().unwrap();
     let server = server(dir.path(), true).await;
     let outcome = run_program(program, &server, prefix, 3).await;
-    assert!(!outcome.success, "the program passed against a server that delivers no messages:\n{}", outcome.output);
+    assert!(
+        !outcome.success,
+        "the program passed against a server that delivers no messages:\n{}",
+        outcome.output
+    );
     assert!(
         outcome.output.contains("FAIL: bob: bob receives alice's message"),
         "the program failed, but not at the undelivered message:\n{}",
@@ -234,4 +264,66 @@ async fn kotlin_bindings_chat_against_a_live_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kotlin_bindings_fail_when_the_server_does_not_deliver() {
     fails_without_delivery(kotlin_program(), "ktf").await;
+}
+
+/// Names of the C functions a header declares (`uniffi_natter_ffi_*`, `ffi_natter_ffi_*`).
+fn declared_functions(header: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for line in header.lines().map(str::trim) {
+        if line.starts_with("typedef") || line.starts_with('#') || line.starts_with("//") {
+            continue;
+        }
+        let Some(open) = line.find('(') else { continue };
+        let ident = line[..open]
+            .rsplit(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .next()
+            .unwrap_or("");
+        if ident.starts_with("uniffi_natter_ffi_") || ident.starts_with("ffi_natter_ffi_") {
+            names.insert(ident.to_string());
+        }
+    }
+    names
+}
+
+/// No Swift compiler can be installed here, so this checks what can be checked of the Swift
+/// bindings: the generated C header compiles, and every function it declares is exported
+/// by the library the Swift code would link.
+#[test]
+fn swift_header_compiles_and_every_declared_function_is_exported() {
+    let swift = bindings().join("swift");
+    assert!(
+        swift.join("natter_ffi.swift").exists(),
+        "no Swift bindings were generated"
+    );
+    let header = std::fs::read_to_string(swift.join("natter_ffiFFI.h")).expect("the generated header");
+    let probe = swift.join("probe.c");
+    std::fs::write(&probe, "#include \"natter_ffiFFI.h\"\nint main(void) { return 0; }\n").unwrap();
+    run_ok(
+        std::process::Command::new("gcc")
+            .args(["-fsyntax-only", "-Wall", "-Werror", "-D_Nonnull=", "-D_Nullable="])
+            .arg("-I")
+            .arg(&swift)
+            .arg(&probe),
+        "gcc on the Swift bindings' C header",
+    );
+    let declared = declared_functions(&header);
+    assert!(
+        declared.len() > 50 && declared.contains("uniffi_natter_ffi_fn_constructor_natterclient_new"),
+        "the header declares too little: {declared:?}"
+    );
+    let nm = std::process::Command::new("nm")
+        .args(["-D", "--defined-only"])
+        .arg(library_dir().join("libnatter_ffi.so"))
+        .output()
+        .expect("nm");
+    assert!(nm.status.success());
+    let exported: std::collections::BTreeSet<String> = String::from_utf8_lossy(&nm.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().last().map(String::from))
+        .collect();
+    let missing: Vec<&String> = declared.difference(&exported).collect();
+    assert!(
+        missing.is_empty(),
+        "declared in the header but not exported: {missing:?}"
+    );
 }

@@ -265,7 +265,9 @@ impl Hub {
     /// stored but never pushed to sessions — a server that fails to deliver.
     #[cfg(feature = "faults")]
     pub fn set_withhold_messages(&self, on: bool) {
-        self.inner.withhold_messages.store(on, std::sync::atomic::Ordering::SeqCst);
+        self.inner
+            .withhold_messages
+            .store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn push(&self, recipients: &[UserId], item: RingItem) {

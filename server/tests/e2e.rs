@@ -711,3 +711,91 @@ async fn roles_decide_who_may_change_groups_and_channels() {
     );
     s.shutdown().await;
 }
+
+/// An app killed with a message still "sending" restores from its snapshot: the pending
+/// send (with its id), the access token and the cursors. Re-sent with the same id it is
+/// stored once; the cursors mean nothing already delivered comes again.
+#[tokio::test]
+async fn a_killed_app_restores_its_pending_sends_and_cursors_from_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path()).await;
+    let addr = s.addr;
+    let fp = s.fingerprint.clone();
+    let (alice, mut bob, dm) = alice_and_bob(&s).await;
+    let first = alice.client.send(dm, "before the outage").await.unwrap();
+    messages(&mut bob.events, dm, 1).await;
+
+    // The server goes away; alice writes a message that cannot be sent, then is killed.
+    s.shutdown().await;
+    let id = natter_sdk::new_message_id();
+    let body = pb::MessageBody {
+        text: "written offline".into(),
+        ..Default::default()
+    };
+    let pending = tokio::spawn({
+        let (client, id, body) = (alice.client.clone(), id.clone(), body.clone());
+        async move { client.send_with_id(dm, id, body).await }
+    });
+    let snap = tokio::time::timeout(DEADLINE, async {
+        loop {
+            let snap = alice.client.snapshot().await.unwrap();
+            if !snap.pending_sends.is_empty() {
+                return snap;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the send reaches the outbox");
+    assert_eq!(
+        snap.pending_sends,
+        vec![natter_sdk::PendingSend {
+            conversation_id: dm,
+            client_msg_id: id.clone(),
+            body: body.clone()
+        }]
+    );
+    assert!(
+        snap.cursors.contains(&(dm, first.seq)),
+        "cursor at the last delivered seq: {:?}",
+        snap.cursors
+    );
+    alice.client.shutdown().await;
+    assert!(
+        pending.await.unwrap().is_err(),
+        "a killed client's send does not report success"
+    );
+
+    // A new process: server back, client restored from the snapshot.
+    let s = restart(dir.path(), addr).await;
+    let mut config = client_config(addr, &fp, snap.access_token.clone());
+    config.resume_token = snap.resume_token.clone();
+    config.cursors = snap.cursors.clone();
+    let (restored, mut events) = natter_sdk::Client::connect(config).unwrap();
+    let p = &snap.pending_sends[0];
+    let ack = restored
+        .send_with_id(p.conversation_id, p.client_msg_id.clone(), p.body.clone())
+        .await
+        .unwrap();
+    assert_eq!(ack.seq, first.seq.next());
+    assert!(!ack.duplicate);
+    // The first event this client hears in the DM is the restored message, not a replay of
+    // what was delivered before the snapshot.
+    let ev = wait_for(&mut events, |e| match e {
+        ClientEvent::Event(ev) if ev.conversation_id == dm.0 => Some(ev.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(ev.seq, ack.seq.0, "events at or below the restored cursor came again");
+    // Sent again (say the app was killed again before the ack): stored once.
+    let again = restored.send_with_id(dm, id, body).await.unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.seq, ack.seq);
+    let got = messages(&mut bob.events, dm, 1).await;
+    assert_eq!(got, vec![(ack.seq.0, "written offline".to_string())]);
+    let page = bob.client.history(dm, HistoryAnchor::Before(Seq(0)), 50).await.unwrap();
+    let texts: Vec<_> = seqs_and_texts(&page.events).into_iter().map(|(_, t)| t).collect();
+    assert_eq!(texts.iter().filter(|t| *t == "written offline").count(), 1);
+    restored.shutdown().await;
+    s.shutdown().await;
+}
