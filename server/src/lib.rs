@@ -21,6 +21,8 @@ pub mod ratelimit;
 pub mod server;
 pub mod shard;
 pub mod store;
+#[doc(hidden)]
+pub mod testredis;
 pub mod tls;
 pub mod web;
 pub mod ws;

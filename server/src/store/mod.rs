@@ -10,10 +10,12 @@ use natter_protocol::pb;
 use natter_protocol::{ConversationId, DeviceId, Seq, UserId};
 use serde::{Deserialize, Serialize};
 
+pub mod redis_store;
 pub mod sled_store;
 #[cfg(test)]
 pub mod suite;
 
+pub use redis_store::{RedisConn, RedisStore};
 pub use sled_store::SledStore;
 
 /// A storage failure. Domain refusals (taken names) are typed; the rest is `Backend`.
@@ -29,6 +31,10 @@ pub enum StoreError {
     /// Stored data could not be read back.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// `commit` only: these conversations had moved on (another node committed first), so
+    /// their commits were not applied; every other conversation's commits were.
+    #[error("conversations changed concurrently: {0:?}")]
+    Conflict(Vec<ConversationId>),
 }
 
 /// An account.
@@ -159,7 +165,9 @@ pub enum Page {
 }
 
 /// Storage for everything durable. Every method is atomic; `commit` is durable when it
-/// returns `Ok` (guarantee 2).
+/// returns `Ok` (guarantee 2). A conversation's commits apply only if its last seq is the
+/// one before the first of them; otherwise `commit` refuses them with
+/// [`StoreError::Conflict`] (a single-writer backend like sled never sees that).
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Create an account.

@@ -1,0 +1,714 @@
+//! The [`Store`] on Redis (one server or Redis Cluster), for running several natter nodes.
+//!
+//! Key layout (`n:` prefix; `{…}` is a Redis Cluster hash tag, so each conversation's keys
+//! share one slot and one script can touch them all atomically):
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `n:{c:ID}:last` | string | newest seq |
+//! | `n:{c:ID}:ev` | hash seq → protobuf | the event log |
+//! | `n:{c:ID}:meta` | string (JSON) | attributes |
+//! | `n:{c:ID}:mem` | hash user → JSON | members |
+//! | `n:{c:ID}:sent` | hash "user:client id" → "seq:time" | idempotency keys |
+//! | `n:{c:ID}:read`, `n:{c:ID}:dlv` | hash user → seq | read and delivered cursors |
+//! | `n:{c:ID}:msg` | hash seq → JSON | message state (edits, deletes, reactions) |
+//! | `n:{u:ID}:user` / `:devs` / `:convs` / `:presence` | | account, devices, conversation index, last seen |
+//! | `n:uname:NAME`, `n:tok:HEX`, `n:direct:A:B`, `n:chan:NAME`, `n:ids` | string | unique claims and the id counter |
+//!
+//! Seq assignment is a compare-and-set inside the commit script: a batch for a conversation
+//! commits only if the conversation's last seq is still the one the committing shard saw
+//! (seq of its first event − 1), in one round trip. Every change to a conversation is an
+//! event, so an unchanged last seq means the shard's cached state (members, roles) was
+//! current. Otherwise the script changes nothing and the commit reports
+//! [`StoreError::Conflict`]: another node committed first, and the shard reloads and retries.
+//!
+//! A user's conversation index lives in the user's slot, so it cannot join the script: it
+//! is added to *before* the commit and pruned after a removal, and `user_conversations`
+//! keeps only conversations whose member list holds the user. An index entry may be stale;
+//! it is never missing.
+//!
+//! Durability is Redis's: run it with `appendonly yes` and `appendfsync always` for
+//! guarantee 2 (an ack means durable), and with replicas + `WAIT` against losing a machine
+//! (docs/SCALING.md).
+use async_trait::async_trait;
+use natter_protocol::pb;
+use natter_protocol::{ConversationId, DeviceId, Seq, UserId};
+use prost::Message as _;
+use redis::aio::ConnectionManager;
+use redis::cluster_async::ClusterConnection;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::*;
+
+/// A connection to a single Redis or to a Redis Cluster.
+#[derive(Clone)]
+pub enum RedisConn {
+    /// One server (reconnects by itself).
+    Single(ConnectionManager),
+    /// A cluster (routes by slot, follows redirects).
+    Cluster(ClusterConnection),
+}
+
+impl std::fmt::Debug for RedisConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RedisConn::Single(_) => "RedisConn::Single",
+            RedisConn::Cluster(_) => "RedisConn::Cluster",
+        })
+    }
+}
+
+impl RedisConn {
+    /// Connect: one URL is a single server, several are the seed nodes of a cluster.
+    pub async fn connect(urls: &[String], cluster: bool) -> Result<Self, StoreError> {
+        if cluster {
+            let client = redis::cluster::ClusterClient::new(urls.to_vec()).map_err(backend)?;
+            Ok(RedisConn::Cluster(
+                client.get_async_connection().await.map_err(backend)?,
+            ))
+        } else {
+            let url = urls
+                .first()
+                .ok_or_else(|| StoreError::Backend("no Redis URL configured".into()))?;
+            let client = redis::Client::open(url.as_str()).map_err(backend)?;
+            Ok(RedisConn::Single(
+                ConnectionManager::new(client).await.map_err(backend)?,
+            ))
+        }
+    }
+
+    /// Run one command.
+    pub async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        match self.clone() {
+            RedisConn::Single(mut c) => cmd.query_async(&mut c).await.map_err(backend),
+            RedisConn::Cluster(mut c) => cmd.query_async(&mut c).await.map_err(backend),
+        }
+    }
+
+    /// Run commands whose keys may live in different cluster slots; results in order. One
+    /// pipeline on a single server, concurrent commands on a cluster.
+    pub async fn each<T: redis::FromRedisValue>(&self, cmds: Vec<redis::Cmd>) -> Result<Vec<T>, StoreError> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self {
+            RedisConn::Single(_) => {
+                let mut p = redis::pipe();
+                for c in cmds {
+                    p.add_command(c);
+                }
+                self.pipe(&p).await
+            }
+            RedisConn::Cluster(_) => futures::future::try_join_all(cmds.iter().map(|c| self.query(c))).await,
+        }
+    }
+
+    /// Run a pipeline whose keys all share one cluster slot (not atomic).
+    pub async fn pipe<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, StoreError> {
+        match self.clone() {
+            RedisConn::Single(mut c) => pipe.query_async(&mut c).await.map_err(backend),
+            RedisConn::Cluster(mut c) => pipe.query_async(&mut c).await.map_err(backend),
+        }
+    }
+
+    /// Run a script.
+    pub async fn script<T: redis::FromRedisValue>(&self, inv: &redis::ScriptInvocation<'_>) -> Result<T, StoreError> {
+        match self.clone() {
+            RedisConn::Single(mut c) => inv.invoke_async(&mut c).await.map_err(backend),
+            RedisConn::Cluster(mut c) => inv.invoke_async(&mut c).await.map_err(backend),
+        }
+    }
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("records serialize")
+}
+
+fn dec<T: DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(b).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn decode_event(b: &[u8]) -> Result<pb::ConversationEvent, StoreError> {
+    pb::ConversationEvent::decode(b).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn ck(conv: ConversationId, what: &str) -> String {
+    format!("n:{{c:{}}}:{what}", conv.0)
+}
+
+fn uk(user: UserId, what: &str) -> String {
+    format!("n:{{u:{}}}:{what}", user.0)
+}
+
+/// Commit one conversation's events if its last seq is still ARGV[1]. Layout of ARGV after
+/// the count, per commit: seq, event, meta ("" = none), n upserts, (user, member)*, n
+/// removals, user*, idempotency field ("" = none), its value, n read cursors, (user, seq)*,
+/// message-state seq ("0" = none), its state.
+const COMMIT: &str = r#"
+local last = tonumber(redis.call('GET', KEYS[1]) or '0')
+if last ~= tonumber(ARGV[1]) then return {0, last} end
+local i = 3
+local seq = last
+for c = 1, tonumber(ARGV[2]) do
+  seq = tonumber(ARGV[i])
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]); i = i + 2
+  if ARGV[i] ~= '' then redis.call('SET', KEYS[3], ARGV[i]) end; i = i + 1
+  local n = tonumber(ARGV[i]); i = i + 1
+  for _ = 1, n do redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1]); i = i + 2 end
+  n = tonumber(ARGV[i]); i = i + 1
+  for _ = 1, n do redis.call('HDEL', KEYS[4], ARGV[i]); i = i + 1 end
+  if ARGV[i] ~= '' then redis.call('HSET', KEYS[5], ARGV[i], ARGV[i + 1]) end; i = i + 2
+  n = tonumber(ARGV[i]); i = i + 1
+  for _ = 1, n do
+    local cur = tonumber(redis.call('HGET', KEYS[6], ARGV[i]) or '0')
+    if tonumber(ARGV[i + 1]) > cur then redis.call('HSET', KEYS[6], ARGV[i], ARGV[i + 1]) end
+    i = i + 2
+  end
+  if ARGV[i] ~= '0' then redis.call('HSET', KEYS[7], ARGV[i], ARGV[i + 1]) end; i = i + 2
+end
+redis.call('SET', KEYS[1], seq)
+return {1, seq}
+"#;
+
+/// Move a cursor (hash KEYS[1], field ARGV[1]) forward to ARGV[2]; return the cursor.
+const BUMP: &str = r#"
+local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+local new = tonumber(ARGV[2])
+if new > cur then redis.call('HSET', KEYS[1], ARGV[1], new); return new end
+return cur
+"#;
+
+/// The store on Redis.
+#[derive(Debug)]
+pub struct RedisStore {
+    conn: RedisConn,
+    commit: redis::Script,
+    bump: redis::Script,
+}
+
+impl RedisStore {
+    /// A store over an open connection.
+    pub fn new(conn: RedisConn) -> Self {
+        RedisStore {
+            conn,
+            commit: redis::Script::new(COMMIT),
+            bump: redis::Script::new(BUMP),
+        }
+    }
+
+    /// The connection (shared with the cluster bus and directory).
+    pub fn conn(&self) -> &RedisConn {
+        &self.conn
+    }
+
+    async fn next_id(&self) -> Result<u64, StoreError> {
+        self.conn.query(redis::cmd("INCR").arg("n:ids")).await
+    }
+
+    /// Bind `key` to `candidate` unless bound; return the bound value.
+    async fn claim(&self, key: String, candidate: ConversationId) -> Result<ConversationId, StoreError> {
+        let set: bool = self
+            .conn
+            .query(redis::cmd("SET").arg(&key).arg(candidate.0).arg("NX"))
+            .await?;
+        if set {
+            return Ok(candidate);
+        }
+        let bound: u64 = self.conn.query(redis::cmd("GET").arg(&key)).await?;
+        Ok(ConversationId(bound))
+    }
+
+    async fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        let raw: Option<Vec<u8>> = self.conn.query(redis::cmd("GET").arg(key)).await?;
+        raw.map(|b| dec(&b)).transpose()
+    }
+
+    async fn hget_seq(&self, key: String, field: u64) -> Result<Seq, StoreError> {
+        let v: Option<u64> = self.conn.query(redis::cmd("HGET").arg(key).arg(field)).await?;
+        Ok(Seq(v.unwrap_or(0)))
+    }
+
+    async fn bump(&self, key: String, user: UserId, seq: Seq) -> Result<Seq, StoreError> {
+        let mut inv = self.bump.key(key);
+        inv.arg(user.0).arg(seq.0);
+        Ok(Seq(self.conn.script(&inv).await?))
+    }
+
+    async fn last_seq(&self, conv: ConversationId) -> Result<Seq, StoreError> {
+        let v: Option<u64> = self.conn.query(redis::cmd("GET").arg(ck(conv, "last"))).await?;
+        Ok(Seq(v.unwrap_or(0)))
+    }
+
+    /// Events at these seqs, in the given order, skipping holes.
+    async fn events_at(&self, conv: ConversationId, seqs: &[u64]) -> Result<Vec<pb::ConversationEvent>, StoreError> {
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let raw: Vec<Option<Vec<u8>>> = self
+            .conn
+            .query(redis::cmd("HMGET").arg(ck(conv, "ev")).arg(seqs))
+            .await?;
+        raw.into_iter().flatten().map(|b| decode_event(&b)).collect()
+    }
+
+    /// Commit one conversation's run of events with the compare-and-set script.
+    async fn commit_conversation(&self, conv: ConversationId, commits: &[&Commit]) -> Result<bool, StoreError> {
+        // The index first: a member is always in their index (see the module docs).
+        let index = commits
+            .iter()
+            .flat_map(|c| &c.upsert_members)
+            .map(|m| redis::cmd("SADD").arg(uk(m.user, "convs")).arg(conv.0).to_owned())
+            .collect();
+        self.conn.each::<redis::Value>(index).await?;
+
+        let expected = commits[0].event.seq - 1;
+        let mut inv = self.commit.prepare_invoke();
+        for what in ["last", "ev", "meta", "mem", "sent", "read", "msg"] {
+            inv.key(ck(conv, what));
+        }
+        inv.arg(expected).arg(commits.len());
+        for c in commits {
+            inv.arg(c.event.seq).arg(c.event.encode_to_vec());
+            inv.arg(c.meta.as_ref().map(enc).unwrap_or_default());
+            inv.arg(c.upsert_members.len());
+            for m in &c.upsert_members {
+                inv.arg(m.user.0).arg(enc(m));
+            }
+            inv.arg(c.remove_members.len());
+            for u in &c.remove_members {
+                inv.arg(u.0);
+            }
+            match &c.idempotency {
+                Some((sender, id)) => {
+                    inv.arg(format!("{}:{id}", sender.0))
+                        .arg(format!("{}:{}", c.event.seq, c.event.server_time_ms));
+                }
+                None => {
+                    inv.arg("").arg("");
+                }
+            }
+            inv.arg(c.read_cursors.len());
+            for (u, s) in &c.read_cursors {
+                inv.arg(u.0).arg(s.0);
+            }
+            match &c.message_state {
+                Some((seq, state)) => {
+                    inv.arg(seq.0).arg(enc(state));
+                }
+                None => {
+                    inv.arg(0).arg("");
+                }
+            }
+        }
+        let (ok, _last): (u8, u64) = self.conn.script(&inv).await?;
+        if ok == 0 {
+            return Ok(false);
+        }
+        let prune = commits
+            .iter()
+            .flat_map(|c| &c.remove_members)
+            .map(|u| redis::cmd("SREM").arg(uk(*u, "convs")).arg(conv.0).to_owned())
+            .collect();
+        self.conn.each::<redis::Value>(prune).await?;
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn create_user(&self, username: &str, password_hash: &str, now_ms: u64) -> Result<UserId, StoreError> {
+        let id = UserId(self.next_id().await?);
+        let rec = UserRecord {
+            id,
+            username: username.to_string(),
+            password_hash: password_hash.to_string(),
+            created_ms: now_ms,
+        };
+        // The record first, then the name: a name never points at a missing record.
+        self.conn
+            .query::<()>(redis::cmd("SET").arg(uk(id, "user")).arg(enc(&rec)))
+            .await?;
+        let claimed: bool = self
+            .conn
+            .query(redis::cmd("SET").arg(format!("n:uname:{username}")).arg(id.0).arg("NX"))
+            .await?;
+        if claimed {
+            Ok(id)
+        } else {
+            Err(StoreError::UsernameTaken)
+        }
+    }
+
+    async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
+        let id: Option<u64> = self
+            .conn
+            .query(redis::cmd("GET").arg(format!("n:uname:{username}")))
+            .await?;
+        match id {
+            Some(id) => self.get_json(&uk(UserId(id), "user")).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn create_device(
+        &self,
+        user: UserId,
+        username: &str,
+        name: &str,
+        token_hash: [u8; 32],
+        now_ms: u64,
+    ) -> Result<DeviceId, StoreError> {
+        let id = DeviceId(self.next_id().await?);
+        let rec = DeviceRecord {
+            id,
+            user,
+            username: username.to_string(),
+            name: name.to_string(),
+            created_ms: now_ms,
+            revoked: false,
+        };
+        self.conn
+            .query::<()>(redis::cmd("HSET").arg(uk(user, "devs")).arg(id.0).arg(enc(&rec)))
+            .await?;
+        self.conn
+            .query::<()>(
+                redis::cmd("SET")
+                    .arg(format!("n:tok:{}", hex::encode(token_hash)))
+                    .arg(format!("{}:{}", user.0, id.0)),
+            )
+            .await?;
+        Ok(id)
+    }
+
+    async fn device_by_token(&self, token_hash: [u8; 32]) -> Result<Option<DeviceRecord>, StoreError> {
+        let bound: Option<String> = self
+            .conn
+            .query(redis::cmd("GET").arg(format!("n:tok:{}", hex::encode(token_hash))))
+            .await?;
+        let Some((user, device)) = bound.as_deref().and_then(|b| b.split_once(':')) else {
+            return Ok(None);
+        };
+        let (user, device): (u64, u64) = match (user.parse(), device.parse()) {
+            (Ok(u), Ok(d)) => (u, d),
+            _ => return Err(StoreError::Corrupt(format!("token binding {bound:?}"))),
+        };
+        let raw: Option<Vec<u8>> = self
+            .conn
+            .query(redis::cmd("HGET").arg(uk(UserId(user), "devs")).arg(device))
+            .await?;
+        let rec: Option<DeviceRecord> = raw.map(|b| dec(&b)).transpose()?;
+        Ok(rec.filter(|d| !d.revoked))
+    }
+
+    async fn revoke_device(&self, user: UserId, device: DeviceId) -> Result<bool, StoreError> {
+        let raw: Option<Vec<u8>> = self
+            .conn
+            .query(redis::cmd("HGET").arg(uk(user, "devs")).arg(device.0))
+            .await?;
+        let Some(mut rec) = raw.map(|b| dec::<DeviceRecord>(&b)).transpose()? else {
+            return Ok(false);
+        };
+        if rec.revoked {
+            return Ok(false);
+        }
+        rec.revoked = true;
+        self.conn
+            .query::<()>(redis::cmd("HSET").arg(uk(user, "devs")).arg(device.0).arg(enc(&rec)))
+            .await?;
+        Ok(true)
+    }
+
+    async fn list_devices(&self, user: UserId) -> Result<Vec<DeviceRecord>, StoreError> {
+        let raw: Vec<Vec<u8>> = self.conn.query(redis::cmd("HVALS").arg(uk(user, "devs"))).await?;
+        let mut list = raw
+            .iter()
+            .map(|b| dec::<DeviceRecord>(b))
+            .collect::<Result<Vec<_>, _>>()?;
+        list.sort_by_key(|d| d.id);
+        Ok(list)
+    }
+
+    async fn allocate_conversation_id(&self) -> Result<ConversationId, StoreError> {
+        Ok(ConversationId(self.next_id().await?))
+    }
+
+    async fn claim_direct(
+        &self,
+        a: UserId,
+        b: UserId,
+        candidate: ConversationId,
+    ) -> Result<ConversationId, StoreError> {
+        let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+        self.claim(format!("n:direct:{}:{}", lo.0, hi.0), candidate).await
+    }
+
+    async fn claim_channel_name(&self, name: &str, candidate: ConversationId) -> Result<ConversationId, StoreError> {
+        self.claim(format!("n:chan:{name}"), candidate).await
+    }
+
+    async fn channel_by_name(&self, name: &str) -> Result<Option<ConversationId>, StoreError> {
+        let v: Option<u64> = self.conn.query(redis::cmd("GET").arg(format!("n:chan:{name}"))).await?;
+        Ok(v.map(ConversationId))
+    }
+
+    async fn load_conversation(&self, id: ConversationId) -> Result<Option<ConversationRecord>, StoreError> {
+        let mut p = redis::pipe();
+        p.cmd("GET").arg(ck(id, "meta"));
+        p.cmd("HVALS").arg(ck(id, "mem"));
+        p.cmd("GET").arg(ck(id, "last"));
+        let (meta, members, last): (Option<Vec<u8>>, Vec<Vec<u8>>, Option<u64>) = self.conn.pipe(&p).await?;
+        let Some(meta) = meta else { return Ok(None) };
+        Ok(Some(ConversationRecord {
+            meta: dec(&meta)?,
+            members: members.iter().map(|b| dec(b)).collect::<Result<_, _>>()?,
+            last_seq: Seq(last.unwrap_or(0)),
+        }))
+    }
+
+    async fn commit(&self, commits: &[Commit]) -> Result<(), StoreError> {
+        // Runs per conversation, in batch order within each.
+        let mut runs: Vec<(ConversationId, Vec<&Commit>)> = Vec::new();
+        for c in commits {
+            let conv = ConversationId(c.event.conversation_id);
+            match runs.iter_mut().find(|(id, _)| *id == conv) {
+                Some((_, run)) => run.push(c),
+                None => runs.push((conv, vec![c])),
+            }
+        }
+        let results =
+            futures::future::join_all(runs.iter().map(|(conv, run)| self.commit_conversation(*conv, run))).await;
+        let mut conflicts = Vec::new();
+        for ((conv, _), r) in runs.iter().zip(results) {
+            if !r? {
+                conflicts.push(*conv);
+            }
+        }
+        if conflicts.is_empty() {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict(conflicts))
+        }
+    }
+
+    async fn find_sent(
+        &self,
+        conv: ConversationId,
+        sender: UserId,
+        client_msg_id: &str,
+    ) -> Result<Option<SentRecord>, StoreError> {
+        let v: Option<String> = self
+            .conn
+            .query(
+                redis::cmd("HGET")
+                    .arg(ck(conv, "sent"))
+                    .arg(format!("{}:{client_msg_id}", sender.0)),
+            )
+            .await?;
+        let Some(v) = v else { return Ok(None) };
+        let parsed = v
+            .split_once(':')
+            .and_then(|(s, t)| Some((s.parse().ok()?, t.parse().ok()?)));
+        match parsed {
+            Some((seq, server_time_ms)) => Ok(Some(SentRecord {
+                seq: Seq(seq),
+                server_time_ms,
+            })),
+            None => Err(StoreError::Corrupt(format!("sent record {v:?}"))),
+        }
+    }
+
+    async fn message(
+        &self,
+        conv: ConversationId,
+        seq: Seq,
+    ) -> Result<Option<(pb::ConversationEvent, MessageState)>, StoreError> {
+        let mut p = redis::pipe();
+        p.cmd("HGET").arg(ck(conv, "ev")).arg(seq.0);
+        p.cmd("HGET").arg(ck(conv, "msg")).arg(seq.0);
+        let (ev, state): (Option<Vec<u8>>, Option<Vec<u8>>) = self.conn.pipe(&p).await?;
+        let Some(ev) = ev else { return Ok(None) };
+        let ev = decode_event(&ev)?;
+        if !matches!(ev.body, Some(pb::conversation_event::Body::Message(_))) {
+            return Ok(None);
+        }
+        let state = state.map(|b| dec(&b)).transpose()?.unwrap_or_default();
+        Ok(Some((ev, state)))
+    }
+
+    async fn events(
+        &self,
+        conv: ConversationId,
+        page: Page,
+        limit: usize,
+    ) -> Result<(Vec<pb::ConversationEvent>, bool), StoreError> {
+        // The log is gap-free from 1, so a page is a range of seqs.
+        let last = self.last_seq(conv).await?.0;
+        let limit = limit as u64;
+        let (from, to, more) = match page {
+            Page::After(after) => {
+                let to = after.0.saturating_add(limit).min(last);
+                (after.0 + 1, to, to < last)
+            }
+            Page::Before(before) => {
+                let to = if before.0 == 0 { last } else { (before.0 - 1).min(last) };
+                let from = to.saturating_sub(limit.saturating_sub(1)).max(1);
+                (from, to, from > 1)
+            }
+        };
+        if from > to || limit == 0 {
+            return Ok((Vec::new(), from <= last && limit == 0));
+        }
+        let seqs: Vec<u64> = (from..=to).collect();
+        Ok((self.events_at(conv, &seqs).await?, more))
+    }
+
+    async fn user_conversations(&self, user: UserId) -> Result<Vec<ConversationId>, StoreError> {
+        let mut ids: Vec<u64> = self.conn.query(redis::cmd("SMEMBERS").arg(uk(user, "convs"))).await?;
+        ids.sort_unstable();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Keep only conversations that list the user (index entries may be stale).
+        let checks = ids
+            .iter()
+            .map(|id| {
+                redis::cmd("HEXISTS")
+                    .arg(ck(ConversationId(*id), "mem"))
+                    .arg(user.0)
+                    .to_owned()
+            })
+            .collect();
+        let member: Vec<bool> = self.conn.each(checks).await?;
+        Ok(ids
+            .into_iter()
+            .zip(member)
+            .filter(|(_, m)| *m)
+            .map(|(id, _)| ConversationId(id))
+            .collect())
+    }
+
+    async fn read_cursor(&self, user: UserId, conv: ConversationId) -> Result<Seq, StoreError> {
+        self.hget_seq(ck(conv, "read"), user.0).await
+    }
+
+    async fn advance_read_cursor(&self, user: UserId, conv: ConversationId, seq: Seq) -> Result<Seq, StoreError> {
+        self.bump(ck(conv, "read"), user, seq).await
+    }
+
+    async fn delivered_cursor(&self, user: UserId, conv: ConversationId) -> Result<Seq, StoreError> {
+        self.hget_seq(ck(conv, "dlv"), user.0).await
+    }
+
+    async fn advance_delivered_cursor(&self, user: UserId, conv: ConversationId, seq: Seq) -> Result<Seq, StoreError> {
+        self.bump(ck(conv, "dlv"), user, seq).await
+    }
+
+    async fn presence_record(&self, user: UserId) -> Result<PresenceRecord, StoreError> {
+        Ok(self.get_json(&uk(user, "presence")).await?.unwrap_or_default())
+    }
+
+    async fn put_presence_record(&self, user: UserId, rec: PresenceRecord) -> Result<(), StoreError> {
+        self.conn
+            .query(redis::cmd("SET").arg(uk(user, "presence")).arg(enc(&rec)))
+            .await
+    }
+
+    async fn unread_and_last_message(
+        &self,
+        conv: ConversationId,
+        user: UserId,
+        after: Seq,
+        cap: u32,
+    ) -> Result<(u32, Option<pb::ConversationEvent>), StoreError> {
+        const PAGE: u64 = 200;
+        let is_message = |e: &pb::ConversationEvent| matches!(e.body, Some(pb::conversation_event::Body::Message(_)));
+        let mut unread = 0;
+        let mut last = None;
+        // Newest first, as the sled store does, bounded the same way.
+        let mut to = self.last_seq(conv).await?.0;
+        let mut budget = u64::from(cap) + 1000;
+        while to > 0 && budget > 0 {
+            let from = to.saturating_sub(PAGE - 1).max(1);
+            let seqs: Vec<u64> = (from..=to).rev().collect();
+            for ev in self.events_at(conv, &seqs).await? {
+                budget = budget.saturating_sub(1);
+                if Seq(ev.seq) <= after && last.is_some() {
+                    return Ok((unread, last));
+                }
+                if !is_message(&ev) {
+                    continue;
+                }
+                if Seq(ev.seq) > after && ev.sender_user_id != user.0 && unread < cap {
+                    unread += 1;
+                }
+                if last.is_none() {
+                    last = Some(ev);
+                }
+            }
+            to = from - 1;
+        }
+        Ok((unread, last))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn redis_passes_the_store_suite() {
+        let redis = crate::testredis::TestRedis::start();
+        let store = RedisStore::new(RedisConn::connect(&[redis.url()], false).await.unwrap());
+        super::super::suite::run(&store).await;
+    }
+
+    #[tokio::test]
+    async fn redis_cluster_passes_the_store_suite() {
+        let cluster = crate::testredis::TestRedis::cluster(3);
+        let store = RedisStore::new(RedisConn::connect(&cluster.urls(), true).await.unwrap());
+        super::super::suite::run(&store).await;
+    }
+
+    /// Two nodes committing to one conversation: the second, with a stale view, is refused
+    /// with `Conflict` and nothing of its batch is stored.
+    #[tokio::test]
+    async fn a_commit_on_a_stale_view_is_a_conflict_and_changes_nothing() {
+        let redis = crate::testredis::TestRedis::start();
+        let store = RedisStore::new(RedisConn::connect(&[redis.url()], false).await.unwrap());
+        let conv = store.allocate_conversation_id().await.unwrap();
+        let ev = |seq: u64, text: &str| Commit {
+            event: pb::ConversationEvent {
+                conversation_id: conv.0,
+                seq,
+                body: Some(pb::conversation_event::Body::Message(pb::MessageEvent {
+                    client_msg_id: text.into(),
+                    body: Some(pb::MessageBody {
+                        text: text.into(),
+                        ..Default::default()
+                    }),
+                })),
+                ..Default::default()
+            },
+            idempotency: Some((UserId(1), text.into())),
+            ..Default::default()
+        };
+        store.commit(&[ev(1, "first")]).await.unwrap();
+        store.commit(&[ev(2, "node-a")]).await.unwrap();
+        match store.commit(&[ev(2, "node-b"), ev(3, "node-b2")]).await {
+            Err(StoreError::Conflict(c)) => assert_eq!(c, vec![conv]),
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        let (events, _) = store.events(conv, Page::After(Seq(0)), 10).await.unwrap();
+        assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
+        assert!(store.find_sent(conv, UserId(1), "node-b").await.unwrap().is_none());
+        assert_eq!(
+            store.find_sent(conv, UserId(1), "node-a").await.unwrap().unwrap().seq,
+            Seq(2)
+        );
+    }
+}

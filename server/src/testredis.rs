@@ -1,0 +1,137 @@
+//! Test support: throwaway `redis-server` processes on loopback — one server, or a Redis
+//! Cluster of N masters — each in its own temporary directory, killed on drop. Used by the
+//! Redis store's suite and the multi-node tests; needs Debian's `redis-server` (and
+//! `redis-cli` for clusters), which `scripts/test.sh` installs.
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a Redis may take to come up.
+const START: Duration = Duration::from_secs(20);
+
+/// One or more running `redis-server` processes.
+#[derive(Debug)]
+pub struct TestRedis {
+    children: Vec<Child>,
+    ports: Vec<u16>,
+    _dir: PathBuf,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// Send one inline command and return the raw reply.
+fn ask(port: u16, cmd: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(format!("{cmd}\r\n").as_bytes()).ok()?;
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    let until = Instant::now() + START;
+    while !ok() {
+        assert!(Instant::now() < until, "redis: {what} within {START:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl TestRedis {
+    fn spawn(dir: &std::path::Path, cluster: bool) -> (Child, u16) {
+        let port = free_port();
+        let data = dir.join(port.to_string());
+        std::fs::create_dir_all(&data).expect("redis data dir");
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", ""])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if cluster {
+            cmd.args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]);
+        }
+        let child = cmd
+            .spawn()
+            .expect("redis-server runs (apt-get install redis-server; scripts/test.sh does)");
+        (child, port)
+    }
+
+    fn dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("natter-redis-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
+
+    /// A single Redis.
+    pub fn start() -> Self {
+        let dir = Self::dir();
+        let (child, port) = Self::spawn(&dir, false);
+        wait_until("answers PING", || {
+            ask(port, "PING").is_some_and(|r| r.starts_with("+PONG"))
+        });
+        TestRedis {
+            children: vec![child],
+            ports: vec![port],
+            _dir: dir,
+        }
+    }
+
+    /// A Redis Cluster of `masters` masters and no replicas, all slots assigned.
+    pub fn cluster(masters: usize) -> Self {
+        let dir = Self::dir();
+        let (children, ports): (Vec<Child>, Vec<u16>) = (0..masters).map(|_| Self::spawn(&dir, true)).unzip();
+        for p in &ports {
+            wait_until("answers PING", || {
+                ask(*p, "PING").is_some_and(|r| r.starts_with("+PONG"))
+            });
+        }
+        let status = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli runs");
+        assert!(status.success(), "redis-cli --cluster create failed");
+        for p in &ports {
+            wait_until("cluster_state:ok", || {
+                ask(*p, "CLUSTER INFO").is_some_and(|r| r.contains("cluster_state:ok"))
+            });
+        }
+        TestRedis {
+            children,
+            ports,
+            _dir: dir,
+        }
+    }
+
+    /// `redis://127.0.0.1:PORT` of the first (or only) server.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.ports[0])
+    }
+
+    /// URLs of every server (a cluster's seed nodes).
+    pub fn urls(&self) -> Vec<String> {
+        self.ports.iter().map(|p| format!("redis://127.0.0.1:{p}")).collect()
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self._dir);
+    }
+}
