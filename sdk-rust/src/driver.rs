@@ -41,6 +41,8 @@ struct Driver {
     pause: Option<Duration>,
     /// The next reconnect delay.
     backoff_ms: u64,
+    /// Which of `addr` and `fallback_addrs` to connect to next.
+    next_addr: usize,
 }
 
 pub(crate) fn spawn(
@@ -53,8 +55,12 @@ pub(crate) fn spawn(
         quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| ClientError::Setup(e.to_string()))?;
     let mut quic = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(Duration::from_secs(5)));
-    transport.max_idle_timeout(Some(Duration::from_secs(30).try_into().expect("in range")));
+    let idle = Duration::from_millis(config.idle_timeout_ms.max(300));
+    transport.keep_alive_interval(Some((idle / 3).min(Duration::from_secs(5))));
+    transport.max_idle_timeout(Some(
+        idle.try_into()
+            .map_err(|_| ClientError::Setup("idle timeout too long".into()))?,
+    ));
     transport.max_concurrent_uni_streams(1024u32.into());
     quic.transport_config(Arc::new(transport));
     let bind: std::net::SocketAddr = if config.addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
@@ -82,6 +88,7 @@ pub(crate) fn spawn(
         sends: HashMap::new(),
         pause: None,
         backoff_ms: 0,
+        next_addr: 0,
     };
     tokio::spawn(driver.run());
     Ok(())
@@ -120,7 +127,10 @@ impl Driver {
                     }
                     return;
                 }
-                Exit::Reconnect(_) => {}
+                Exit::Reconnect(_) => {
+                    // With several nodes, try the next one: the lost one may be gone.
+                    self.next_addr += 1;
+                }
             }
             // Back off, still taking commands (they queue in the session).
             let delay = self.pause.take().unwrap_or(Duration::from_millis(self.backoff_ms));
@@ -140,10 +150,18 @@ impl Driver {
         }
     }
 
+    fn addr(&self) -> std::net::SocketAddr {
+        let n = self.config.fallback_addrs.len() + 1;
+        match self.next_addr % n {
+            0 => self.config.addr,
+            i => self.config.fallback_addrs[i - 1],
+        }
+    }
+
     async fn connect(&mut self) -> Result<quinn::Connection, String> {
         let connecting = self
             .endpoint
-            .connect_with(self.quic.clone(), self.config.addr, &self.config.server_name)
+            .connect_with(self.quic.clone(), self.addr(), &self.config.server_name)
             .map_err(|e| e.to_string())?;
         tokio::time::timeout(Duration::from_secs(10), connecting)
             .await

@@ -26,6 +26,13 @@ pub use tls::Trust;
 pub struct ClientConfig {
     /// The server's UDP address.
     pub addr: SocketAddr,
+    /// Other nodes of the same deployment. After a lost connection or a `GoAway` the client
+    /// reconnects to the next address in turn (`addr`, then these), so a crashed or
+    /// draining node's clients move to the others.
+    pub fallback_addrs: Vec<SocketAddr>,
+    /// QUIC idle timeout: a server that stops answering (crash, lost network) is given up
+    /// after this long; keep-alives go out at a third of it (at most every 5 s).
+    pub idle_timeout_ms: u64,
     /// TLS server name (the development certificate is valid for "localhost").
     pub server_name: String,
     /// How to verify the server's certificate.
@@ -55,6 +62,8 @@ impl ClientConfig {
     pub fn pinned(addr: SocketAddr, fingerprint: &str) -> Self {
         ClientConfig {
             addr,
+            fallback_addrs: Vec::new(),
+            idle_timeout_ms: 30_000,
             server_name: "localhost".into(),
             trust: Trust::Fingerprint(fingerprint.to_string()),
             access_token: None,

@@ -71,6 +71,30 @@ pub struct Config {
     pub rates: crate::ratelimit::RateConfig,
     /// `tracing` filter, e.g. "info" or "natter_server=debug".
     pub log: String,
+    /// Where durable state lives: `sled` (embedded, one node) or `redis` (several nodes).
+    pub storage: Storage,
+    /// Redis URLs (`redis://host:port`): the server, or a cluster's seed nodes.
+    pub redis_urls: Vec<String>,
+    /// The Redis URLs are a Redis Cluster.
+    pub redis_cluster: bool,
+    /// This node's id among the nodes on one Redis (default: host name and process id).
+    pub node_id: String,
+    /// The address clients reach this node at, published in the node registry (default:
+    /// `listen`).
+    pub advertise: Option<String>,
+    /// Seconds a draining node (SIGTERM) waits for its clients to move before closing.
+    pub drain_secs: u64,
+}
+
+/// The storage backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    /// sled in `data_dir`: one node, nothing to install.
+    #[default]
+    Sled,
+    /// Redis or Redis Cluster at `redis_urls`: any number of nodes.
+    Redis,
 }
 
 impl Default for Config {
@@ -105,6 +129,12 @@ impl Default for Config {
             password_hash_iterations: crate::auth::PasswordCost::default().iterations,
             rates: crate::ratelimit::RateConfig::default(),
             log: "info".into(),
+            storage: Storage::Sled,
+            redis_urls: vec!["redis://127.0.0.1:6379".into()],
+            redis_cluster: false,
+            node_id: String::new(),
+            advertise: None,
+            drain_secs: 10,
         }
     }
 }

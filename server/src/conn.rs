@@ -607,6 +607,14 @@ impl<T: Transport> Conn<T> {
         cursors: &[pb::Cursor],
     ) -> Result<pb::AuthOk, ServerError> {
         self.check_user_connections(user, device)?;
+        if let Some(cluster) = &self.shared.ctx.cluster {
+            // Before the session starts: events committed on other nodes from now on are
+            // routed here, so none falls between the cursor sync and live delivery.
+            cluster
+                .attach(user, pb::PresenceState::Online)
+                .await
+                .map_err(|e| ServerError::new(ErrorCode::Internal, e.to_string()))?;
+        }
         let hub = &self.shared.hub;
         let resumed = if resume_token.is_empty() {
             None

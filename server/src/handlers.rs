@@ -35,6 +35,8 @@ pub struct Ctx {
     pub max_history_page: u32,
     /// argon2id cost for new password hashes.
     pub password_cost: crate::auth::PasswordCost,
+    /// The other nodes, when this node is one of several (Redis storage).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 fn bad(msg: &str) -> ServerError {
@@ -447,7 +449,11 @@ pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError
             let mut users = Vec::new();
             for u in g.user_ids.iter().map(|u| UserId(*u)).filter(|u| contacts.contains(u)) {
                 ctx.presence.ensure_loaded(&*ctx.store, u).await?;
-                users.push(ctx.presence.get(u));
+                let here = ctx.presence.get(u);
+                users.push(match &ctx.cluster {
+                    Some(cluster) => cluster.merge_presence(here).await,
+                    None => here,
+                });
             }
             Ok(Res::Presence(pb::PresenceList { users }))
         }

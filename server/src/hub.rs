@@ -31,6 +31,22 @@ pub enum Outbound {
     Close(pb::ErrorCode, &'static str),
 }
 
+/// What the hub hands the cluster bus for members connected to other nodes (see
+/// [`crate::cluster`]); the same three kinds as local delivery.
+#[derive(Debug)]
+pub enum Forward {
+    /// A committed event for these users.
+    Event(Vec<UserId>, Arc<pb::ConversationEvent>),
+    /// An encoded signal frame for these users.
+    Signal(Vec<UserId>, Bytes),
+    /// An ephemeral frame for these users' attached sessions, except the user's own.
+    Ephemeral(Vec<UserId>, UserId, Arc<pb::Frame>),
+}
+
+/// Forwards queued for the cluster bus before the hub drops them (the bus is down): a
+/// member on another node then catches up by gap fetch or cursor sync (guarantee 4).
+const FORWARD_QUEUE: usize = 65_536;
+
 /// Hub tunables.
 #[derive(Clone, Debug)]
 pub struct HubConfig {
@@ -92,6 +108,8 @@ struct HubInner {
     /// Fault injection for tests: drop every live message event instead of delivering it.
     #[cfg(feature = "faults")]
     withhold_messages: std::sync::atomic::AtomicBool,
+    /// The cluster bus, when this node is one of several.
+    forward: std::sync::OnceLock<mpsc::Sender<Forward>>,
 }
 
 fn stripe(user: UserId) -> usize {
@@ -109,6 +127,7 @@ impl Hub {
                 tokens: Mutex::new(HashMap::new()),
                 #[cfg(feature = "faults")]
                 withhold_messages: Default::default(),
+                forward: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -228,19 +247,77 @@ impl Hub {
         }
     }
 
-    /// Fan a committed event out to every session of every recipient.
+    /// Start handing everything published here to the cluster bus as well (once).
+    pub fn set_forwarder(&self) -> mpsc::Receiver<Forward> {
+        let (tx, rx) = mpsc::channel(FORWARD_QUEUE);
+        assert!(self.inner.forward.set(tx).is_ok(), "the hub has one forwarder");
+        rx
+    }
+
+    fn forward(&self, f: impl FnOnce() -> Forward) {
+        if let Some(tx) = self.inner.forward.get() {
+            if tx.try_send(f()).is_err() {
+                tracing::warn!("cluster bus queue full: a forward was dropped (members catch up by gap fetch)");
+            }
+        }
+    }
+
+    /// Fan a committed event out to every session of every recipient, here and (through
+    /// the cluster bus) on other nodes.
     pub fn publish(&self, recipients: &[UserId], event: Arc<pb::ConversationEvent>) {
+        self.forward(|| Forward::Event(recipients.to_vec(), event.clone()));
         self.push(recipients, RingItem::Event(event));
     }
 
     /// Send an encoded signal frame to every session of every recipient (kept for replay).
     pub fn signal(&self, recipients: &[UserId], frame: Bytes) {
+        self.forward(|| Forward::Signal(recipients.to_vec(), frame.clone()));
         self.push(recipients, RingItem::Signal(frame));
     }
 
     /// Send an ephemeral frame (typing) to the attached sessions of the recipients, skipping
     /// sessions of `except`. Never kept: a detached session simply misses it.
     pub fn ephemeral(&self, recipients: &[UserId], except: UserId, frame: Arc<pb::Frame>) {
+        self.forward(|| Forward::Ephemeral(recipients.to_vec(), except, frame.clone()));
+        self.ephemeral_here(recipients, except, frame);
+    }
+
+    /// Deliver what another node forwarded, to this node's sessions only.
+    pub fn deliver_forwarded(&self, f: Forward) {
+        match f {
+            Forward::Event(to, ev) => self.push(&to, RingItem::Event(ev)),
+            Forward::Signal(to, frame) => self.push(&to, RingItem::Signal(frame)),
+            Forward::Ephemeral(to, except, frame) => self.ephemeral_here(&to, except, frame),
+        }
+    }
+
+    /// Users with a session on this node (attached or resumable).
+    pub fn local_users(&self) -> Vec<UserId> {
+        self.inner
+            .users
+            .iter()
+            .flat_map(|s| s.lock().expect("hub lock").keys().copied().collect::<Vec<_>>())
+            .collect()
+    }
+
+    /// Send `frame` (a GoAway) to every attached session, not kept for replay: the node is
+    /// draining and its clients should reconnect elsewhere.
+    pub fn broadcast_control(&self, frame: Bytes) -> usize {
+        let mut sent = 0;
+        for stripe in &self.inner.users {
+            let sessions: Vec<Arc<Session>> = stripe.lock().expect("hub lock").values().flatten().cloned().collect();
+            for s in sessions {
+                if let Some((_, tx)) = &s.state.lock().expect("session lock").sink {
+                    if tx.try_send(Outbound::Signal(frame.clone())).is_ok() {
+                        sent += 1;
+                    }
+                }
+            }
+        }
+        sent
+    }
+
+    fn ephemeral_here(&self, recipients: &[UserId], except: UserId, frame: Arc<pb::Frame>) {
         for user in recipients.iter().filter(|u| **u != except) {
             for s in self.sessions_of(*user) {
                 let st = s.state.lock().expect("session lock");

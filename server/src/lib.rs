@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod chanwrite;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod handlers;

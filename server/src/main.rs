@@ -40,6 +40,18 @@ struct Args {
     /// Log filter, e.g. "info" or "natter_server=debug".
     #[arg(long, env = "NATTER_LOG")]
     log: Option<String>,
+    /// Storage backend: "sled" (default, one node) or "redis" (several nodes).
+    #[arg(long, env = "NATTER_STORAGE")]
+    storage: Option<String>,
+    /// Redis URL(s), comma-separated (a cluster's seed nodes with --redis-cluster).
+    #[arg(long, env = "NATTER_REDIS", value_delimiter = ',')]
+    redis: Option<Vec<String>>,
+    /// The Redis URLs are a Redis Cluster.
+    #[arg(long, env = "NATTER_REDIS_CLUSTER")]
+    redis_cluster: bool,
+    /// This node's id (default: host name and process id).
+    #[arg(long, env = "NATTER_NODE_ID")]
+    node_id: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -72,6 +84,22 @@ fn main() -> anyhow::Result<()> {
     if let Some(v) = args.log {
         config.log = v;
     }
+    if let Some(v) = args.storage {
+        config.storage = match v.as_str() {
+            "sled" => natter_server::config::Storage::Sled,
+            "redis" => natter_server::config::Storage::Redis,
+            other => anyhow::bail!("--storage {other:?}: expected sled or redis"),
+        };
+    }
+    if let Some(v) = args.redis {
+        config.redis_urls = v;
+    }
+    if args.redis_cluster {
+        config.redis_cluster = true;
+    }
+    if let Some(v) = args.node_id {
+        config.node_id = v;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&config.log)?)
         .with_writer(std::io::stderr)
@@ -97,7 +125,13 @@ fn main() -> anyhow::Result<()> {
         }
         let _ = writeln!(out, "data dir {}", config.data_dir.display());
         let _ = out.flush();
+        let _ = writeln!(out, "node {}", server.node_id());
+        let _ = out.flush();
         shutdown_signal().await;
+        // Drain first: clients are told to reconnect (to another node, when there is one)
+        // and given time to go before the endpoint closes.
+        tracing::info!("draining");
+        server.drain(std::time::Duration::from_secs(config.drain_secs)).await;
         tracing::info!("shutting down");
         server.shutdown().await;
         anyhow::Ok(())

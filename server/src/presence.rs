@@ -202,8 +202,17 @@ impl Presence {
                     tracing::warn!(%user, error = %e, "presence: last seen not saved");
                 }
             }
-            for change in changes {
+            for mut change in changes {
                 let user = UserId(change.user_id);
+                if let Some(cluster) = &ctx.cluster {
+                    // Other nodes learn this node's view from the directory; contacts hear
+                    // the user's best state over every node (offline here is not offline
+                    // if a phone is still online on another node).
+                    if let Err(e) = cluster.attach(user, change.state()).await {
+                        tracing::warn!(%user, error = %e, "presence: directory update failed");
+                    }
+                    change = cluster.merge_presence(change).await;
+                }
                 let contacts = match contacts(ctx, user).await {
                     Ok(c) => c,
                     Err(e) => {

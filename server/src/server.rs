@@ -6,12 +6,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::config::Storage;
 use crate::conn::{ConnConfig, Shared};
 use crate::handlers::Ctx;
 use crate::hub::{Hub, HubConfig};
 use crate::shard::{MemberLimits, Shards};
-use crate::store::{SledStore, Store};
+use crate::store::{RedisConn, RedisStore, SledStore, Store};
 use crate::{quic, tls};
 
 /// A server that is accepting connections.
@@ -30,6 +32,7 @@ pub struct RunningServer {
     webtransport: Option<Arc<crate::wt::WtEndpoint>>,
     endpoint: quinn::Endpoint,
     shared: Arc<Shared>,
+    cluster: Option<Arc<Cluster>>,
     store: std::sync::Weak<dyn Store>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -37,7 +40,15 @@ pub struct RunningServer {
 /// Open storage, bind, and start serving.
 pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir.join("db"))?);
+    let (store, redis): (Arc<dyn Store>, Option<RedisConn>) = match config.storage {
+        Storage::Sled => (Arc::new(SledStore::open(&config.data_dir.join("db"))?), None),
+        Storage::Redis => {
+            let conn = RedisConn::connect(&config.redis_urls, config.redis_cluster)
+                .await
+                .with_context(|| format!("connecting to Redis at {:?}", config.redis_urls))?;
+            (Arc::new(RedisStore::new(conn.clone())), Some(conn))
+        }
+    };
     let identity = match (&config.tls_cert, &config.tls_key) {
         (Some(c), Some(k)) => tls::load(c, k)?,
         (None, None) => tls::dev_identity(&config.data_dir)?,
@@ -54,6 +65,20 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     let shards = Shards::start(config.shard_count(), store.clone(), hub.clone(), member_limits);
     let weak_store = Arc::downgrade(&store);
     let presence = crate::presence::Presence::new(Duration::from_millis(config.heartbeat_interval_ms.max(1).into()));
+    let cluster = match redis {
+        Some(conn) => {
+            let node = if config.node_id.is_empty() {
+                format!("node-{}-{:08x}", std::process::id(), rand::random::<u32>())
+            } else {
+                config.node_id.clone()
+            };
+            let advertise = config.advertise.clone().unwrap_or_else(|| config.listen.to_string());
+            let urls = config.redis_urls.clone();
+            let (hub, shards) = (hub.clone(), shards.clone());
+            Some(Cluster::start(conn, urls, node, advertise, hub, shards, presence.clone()).await?)
+        }
+        None => None,
+    };
     let ctx = Ctx {
         store,
         hub: hub.clone(),
@@ -68,6 +93,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
             memory_kib: config.password_hash_memory_kib,
             iterations: config.password_hash_iterations,
         },
+        cluster: cluster.clone(),
     };
     let shared = Arc::new(Shared::new(
         ctx,
@@ -163,6 +189,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         webtransport,
         endpoint,
         shared,
+        cluster,
         store: weak_store,
         tasks,
     })
@@ -207,6 +234,37 @@ impl RunningServer {
     /// resumable). For operators (a ban takes revocation too) and tests.
     pub fn disconnect_user(&self, user: natter_protocol::UserId) -> usize {
         self.shared.hub.disconnect_user(user)
+    }
+
+    /// This node's id in a multi-node deployment; "single" on sled.
+    pub fn node_id(&self) -> &str {
+        self.cluster.as_ref().map_or("single", |c| c.node_id())
+    }
+
+    /// Drain before a planned stop (SIGTERM): refuse new connections, tell every client to
+    /// reconnect (a `GoAway`; with several nodes their SDKs move to another), wait up to
+    /// `grace` for them to go, then leave the cluster so nothing more is routed here.
+    /// Sends in flight are retried by the clients on their new node (idempotent, no loss).
+    pub async fn drain(&self, grace: Duration) {
+        self.endpoint.set_server_config(None);
+        self.stop_webtransport();
+        let frame = natter_protocol::codec::encode_frame(&natter_protocol::pb::Frame {
+            kind: Some(natter_protocol::pb::frame::Kind::GoAway(natter_protocol::pb::GoAway {
+                reason: "node draining".into(),
+                reconnect_after_ms: 0,
+            })),
+        });
+        let told = self.shared.hub.broadcast_control(frame);
+        tracing::info!(connections = told, "draining: clients told to reconnect");
+        let until = tokio::time::Instant::now() + grace;
+        while self.shared.hub.attached_sessions() > 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Some(cluster) = &self.cluster {
+            if let Err(e) = cluster.leave(&self.shared.hub.local_users()).await {
+                tracing::warn!(error = %e, "draining: leaving the cluster failed");
+            }
+        }
     }
 
     /// Fault injection (feature `faults`, tests only): while `on`, committed messages are not

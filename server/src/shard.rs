@@ -23,6 +23,8 @@ const BATCH: usize = 256;
 const MAX_DISTINCT_REACTIONS: usize = 50;
 /// Conversations cached per shard before the cache is dropped and reloaded on demand.
 const CACHE_LIMIT: usize = 100_000;
+/// Times a mutation is re-applied after losing a commit race to another node.
+const MAX_ATTEMPTS: u8 = 16;
 
 /// Who is acting: always taken from the authenticated connection, never from the request.
 #[derive(Clone, Debug)]
@@ -139,7 +141,11 @@ enum Cmd {
         actor: Actor,
         m: Mutation,
         reply: oneshot::Sender<Result<Committed, ServerError>>,
+        /// Commit races lost so far (another node committed to the conversation first).
+        attempt: u8,
     },
+    /// Another node committed `seq` in `conv`: drop the cached state if it is older.
+    Forget { conv: ConversationId, seq: Seq },
     View {
         conv: ConversationId,
         user: UserId,
@@ -211,7 +217,13 @@ impl Shards {
     ) -> Result<oneshot::Receiver<Result<Committed, ServerError>>, ServerError> {
         let (reply, rx) = oneshot::channel();
         self.shard(conv)
-            .send(Cmd::Mutate { conv, actor, m, reply })
+            .send(Cmd::Mutate {
+                conv,
+                actor,
+                m,
+                reply,
+                attempt: 0,
+            })
             .await
             .map_err(|_| shutting_down())?;
         Ok(rx)
@@ -220,6 +232,12 @@ impl Shards {
     /// Apply a mutation and wait until it is durable.
     pub async fn mutate(&self, conv: ConversationId, actor: Actor, m: Mutation) -> Result<Committed, ServerError> {
         self.submit(conv, actor, m).await?.await.map_err(|_| shutting_down())?
+    }
+
+    /// Another node committed `seq` in `conv` (seen on the cluster bus): a cached state
+    /// older than that is dropped, so reads and permission checks here see the change.
+    pub fn forget(&self, conv: ConversationId, seq: Seq) {
+        let _ = self.shard(conv).try_send(Cmd::Forget { conv, seq });
     }
 
     /// The conversation as `user` may see it: `NOT_MEMBER` unless they are a member.
@@ -248,6 +266,8 @@ struct Shard {
 
 /// One accepted mutation waiting for the batch's commit.
 struct Pending {
+    /// The command as submitted, to apply again if the commit loses a race.
+    retry: (ConversationId, Actor, Mutation, u8),
     reply: oneshot::Sender<Result<Committed, ServerError>>,
     committed: Committed,
     /// Index into the batch's commits and who receives the event; None for duplicates.
@@ -257,7 +277,16 @@ struct Pending {
 impl Shard {
     async fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
         let mut cmds = Vec::with_capacity(BATCH);
-        while rx.recv_many(&mut cmds, BATCH).await > 0 {
+        let mut retries: Vec<Cmd> = Vec::new();
+        loop {
+            if retries.is_empty() {
+                if rx.recv_many(&mut cmds, BATCH).await == 0 {
+                    return;
+                }
+            } else {
+                // Lost races go first, in their original order.
+                cmds.append(&mut retries);
+            }
             let mut commits: Vec<Commit> = Vec::new();
             let mut pending: Vec<Pending> = Vec::new();
             let mut batch_ids: HashMap<(ConversationId, UserId, String), Committed> = HashMap::new();
@@ -267,7 +296,19 @@ impl Shard {
                     Cmd::View { conv, user, reply } => {
                         let _ = reply.send(self.view(conv, user).await);
                     }
-                    Cmd::Mutate { conv, actor, m, reply } => {
+                    Cmd::Forget { conv, seq } => {
+                        if self.convs.get(&conv).is_some_and(|c| c.last_seq < seq) {
+                            self.convs.remove(&conv);
+                        }
+                    }
+                    Cmd::Mutate {
+                        conv,
+                        actor,
+                        m,
+                        reply,
+                        attempt,
+                    } => {
+                        let retry = (conv, actor.clone(), m.clone(), attempt);
                         match self.accept(conv, &actor, m, &mut batch_ids, &mut batch_msgs).await {
                             Ok(Accepted::New(commit, recipients)) => {
                                 let commit = *commit;
@@ -277,6 +318,7 @@ impl Shard {
                                     duplicate: false,
                                 };
                                 pending.push(Pending {
+                                    retry,
                                     reply,
                                     committed,
                                     fanout: Some((commits.len(), recipients)),
@@ -284,6 +326,7 @@ impl Shard {
                                 commits.push(commit);
                             }
                             Ok(Accepted::Duplicate(committed)) => pending.push(Pending {
+                                retry,
                                 reply,
                                 committed,
                                 fanout: None,
@@ -295,25 +338,51 @@ impl Shard {
                     }
                 }
             }
-            self.finish(commits, pending).await;
+            retries = self.finish(commits, pending).await;
             if self.convs.len() > CACHE_LIMIT {
                 self.convs.clear();
             }
         }
     }
 
-    /// Commit the batch durably, then ack and fan out; on failure forget the touched
-    /// conversations (their cached state ran ahead of the store) and fail every ack.
-    async fn finish(&mut self, commits: Vec<Commit>, pending: Vec<Pending>) {
+    /// Commit the batch durably, then ack and fan out. Conversations another node committed
+    /// to first are forgotten (reloaded on next use) and their commands returned to be
+    /// applied again; on any other failure the touched conversations are forgotten (their
+    /// cached state ran ahead of the store) and every ack fails.
+    async fn finish(&mut self, commits: Vec<Commit>, pending: Vec<Pending>) -> Vec<Cmd> {
         let result = if commits.is_empty() {
             Ok(())
         } else {
             self.store.commit(&commits).await
         };
+        let lost: Vec<ConversationId> = match &result {
+            Err(StoreError::Conflict(convs)) => convs.clone(),
+            _ => Vec::new(),
+        };
+        let mut retries = Vec::new();
         match result {
-            Ok(()) => {
+            Ok(()) | Err(StoreError::Conflict(_)) => {
+                for conv in &lost {
+                    self.convs.remove(conv);
+                }
                 let events: Vec<Arc<pb::ConversationEvent>> = commits.into_iter().map(|c| Arc::new(c.event)).collect();
                 for p in pending {
+                    let (conv, actor, m, attempt) = p.retry;
+                    if lost.contains(&conv) {
+                        if attempt + 1 >= MAX_ATTEMPTS {
+                            let busy = ServerError::new(ErrorCode::Internal, "conversation too contended; try again");
+                            let _ = p.reply.send(Err(busy));
+                        } else {
+                            retries.push(Cmd::Mutate {
+                                conv,
+                                actor,
+                                m,
+                                reply: p.reply,
+                                attempt: attempt + 1,
+                            });
+                        }
+                        continue;
+                    }
                     let _ = p.reply.send(Ok(p.committed));
                     if let Some((i, recipients)) = p.fanout {
                         self.hub.publish(&recipients, events[i].clone());
@@ -330,6 +399,7 @@ impl Shard {
                 }
             }
         }
+        retries
     }
 
     async fn load(&mut self, id: ConversationId) -> Result<Option<&mut Conv>, ServerError> {

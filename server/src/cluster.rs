@@ -1,0 +1,480 @@
+//! Several natter nodes on one Redis (or Redis Cluster): node membership, the user → node
+//! directory, cross-node presence and the bus that carries events, signals and typing to
+//! members connected elsewhere.
+//!
+//! - **Membership**: each node writes `n:nodes` field `<node id>` = `<expiry ms>|<address>`
+//!   every second ([`NODE_TTL`]); a node that stops (crash, `kill -9`) drops out when its
+//!   entry expires.
+//! - **Directory**: `n:{u:ID}:nodes` (hash, in the user's slot) maps node id →
+//!   `<expiry ms>:<presence state>` for every node holding a session of the user, written
+//!   before the session starts (so no event committed after a client's sync can miss its
+//!   node), refreshed every [`USER_REFRESH`], expiring after [`USER_TTL`].
+//! - **Bus**: the hub hands this module every fan-out ([`Forward`]); one task looks the
+//!   recipients up in the directory (live nodes only) and publishes one message per target
+//!   node and batch on `n:node:<id>` with Redis pub/sub, in commit order. Each node
+//!   subscribes to its own channel and delivers to its local sessions. Pub/sub is
+//!   at-most-once: a message lost here (bus outage, node restart) is healed by the SDK —
+//!   a later event reveals the gap and the client fetches it (guarantee 4); a reconnect
+//!   syncs from cursors.
+//! - **Presence**: any node answers for any user by combining its own view with the
+//!   directory's states from the other live nodes.
+//!
+//! Each conversation's order is still decided in one place: the commit script in Redis
+//! (store/redis_store.rs), so shards on different nodes may serve the same conversation.
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes};
+use natter_protocol::pb::{self, PresenceState as State};
+use natter_protocol::{ConversationId, Seq, UserId};
+use prost::Message as _;
+use tokio::sync::mpsc;
+
+use crate::hub::{Forward, Hub};
+use crate::shard::{now_ms, Shards};
+use crate::store::{RedisConn, StoreError};
+
+/// A node is dead once its registry entry is this old.
+pub const NODE_TTL: Duration = Duration::from_secs(5);
+/// How often a node renews its registry entry.
+const NODE_BEAT: Duration = Duration::from_secs(1);
+/// A directory entry lasts this long unless refreshed.
+pub const USER_TTL: Duration = Duration::from_secs(30);
+/// How often a node refreshes the directory entries of its users.
+const USER_REFRESH: Duration = Duration::from_secs(10);
+/// Forwards handled per bus round.
+const BUS_BATCH: usize = 512;
+
+const NODES: &str = "n:nodes";
+
+fn user_key(user: UserId) -> String {
+    format!("n:{{u:{}}}:nodes", user.0)
+}
+
+fn channel(node: &str) -> String {
+    format!("n:node:{node}")
+}
+
+fn rank(s: State) -> u8 {
+    match s {
+        State::Online => 3,
+        State::Away => 2,
+        _ => 1,
+    }
+}
+
+/// This node's part in a multi-node deployment.
+#[derive(Debug)]
+pub struct Cluster {
+    node: String,
+    advertise: String,
+    conn: RedisConn,
+    urls: Vec<String>,
+    /// Live nodes other than this one, with their registry expiry, refreshed every beat.
+    peers: Mutex<HashMap<String, u64>>,
+}
+
+impl Cluster {
+    /// Join the cluster: register this node and start the heartbeat, the bus publisher
+    /// (fed by the hub) and the subscriber (delivering to the hub and invalidating shards).
+    pub async fn start(
+        conn: RedisConn,
+        urls: Vec<String>,
+        node: String,
+        advertise: String,
+        hub: Hub,
+        shards: Shards,
+        presence: crate::presence::Presence,
+    ) -> Result<Arc<Cluster>, StoreError> {
+        let cluster = Arc::new(Cluster {
+            node,
+            advertise,
+            conn,
+            urls,
+            peers: Mutex::new(HashMap::new()),
+        });
+        cluster.beat().await?;
+        let weak = Arc::downgrade(&cluster);
+        let beat_hub = hub.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(NODE_BEAT);
+            let mut last_refresh = tokio::time::Instant::now();
+            loop {
+                tick.tick().await;
+                let Some(c) = weak.upgrade() else { return };
+                if let Err(e) = c.beat().await {
+                    tracing::warn!(error = %e, "cluster: heartbeat failed");
+                }
+                if last_refresh.elapsed() >= USER_REFRESH {
+                    last_refresh = tokio::time::Instant::now();
+                    let users: Vec<(UserId, State)> = beat_hub
+                        .local_users()
+                        .into_iter()
+                        .map(|u| (u, presence.get(u).state()))
+                        .collect();
+                    if let Err(e) = c.refresh(&users).await {
+                        tracing::warn!(error = %e, "cluster: directory refresh failed");
+                    }
+                }
+            }
+        });
+        let forwards = hub.set_forwarder();
+        tokio::spawn(publish_loop(Arc::downgrade(&cluster), forwards));
+        tokio::spawn(subscribe_loop(Arc::downgrade(&cluster), hub, shards));
+        Ok(cluster)
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.node
+    }
+
+    /// Renew this node's registry entry and re-read the live peers.
+    async fn beat(&self) -> Result<(), StoreError> {
+        let entry = format!("{}|{}", now_ms() + NODE_TTL.as_millis() as u64, self.advertise);
+        self.conn
+            .query::<()>(redis::cmd("HSET").arg(NODES).arg(&self.node).arg(entry))
+            .await?;
+        self.read_peers().await
+    }
+
+    /// Re-read the registry: which other nodes are alive.
+    async fn read_peers(&self) -> Result<(), StoreError> {
+        let now = now_ms();
+        let all: HashMap<String, String> = self.conn.query(redis::cmd("HGETALL").arg(NODES)).await?;
+        let mut dead = Vec::new();
+        let mut live = HashMap::new();
+        for (node, v) in all {
+            let expiry: u64 = v.split('|').next().and_then(|e| e.parse().ok()).unwrap_or(0);
+            if expiry < now {
+                dead.push(node);
+            } else if node != self.node {
+                live.insert(node, expiry);
+            }
+        }
+        *self.peers.lock().expect("peers") = live;
+        if !dead.is_empty() {
+            // Tidy up after crashed nodes (any node may; HDEL is idempotent).
+            self.conn.query::<()>(redis::cmd("HDEL").arg(NODES).arg(dead)).await?;
+        }
+        Ok(())
+    }
+
+    fn alive(&self, node: &str, now: u64) -> bool {
+        self.peers.lock().expect("peers").get(node).is_some_and(|e| *e >= now)
+    }
+
+    fn entry(state: State) -> String {
+        format!("{}:{}", now_ms() + USER_TTL.as_millis() as u64, state as i32)
+    }
+
+    /// Record that `user` has a session here, in `state`. Awaited before the session
+    /// starts, so every event committed after the client's sync is routed to this node.
+    pub async fn attach(&self, user: UserId, state: State) -> Result<(), StoreError> {
+        let key = user_key(user);
+        let mut p = redis::pipe();
+        p.cmd("HSET").arg(&key).arg(&self.node).arg(Self::entry(state)).ignore();
+        p.cmd("PEXPIRE").arg(&key).arg(USER_TTL.as_millis() as u64).ignore();
+        self.conn.pipe::<()>(&p).await
+    }
+
+    /// Renew the directory entries of these users (every session on this node, resumable
+    /// ones included: their replay rings must keep receiving).
+    async fn refresh(&self, users: &[(UserId, State)]) -> Result<(), StoreError> {
+        let cmds = users
+            .iter()
+            .flat_map(|(u, state)| {
+                let key = user_key(*u);
+                [
+                    redis::cmd("HSET")
+                        .arg(&key)
+                        .arg(&self.node)
+                        .arg(Self::entry(*state))
+                        .to_owned(),
+                    redis::cmd("PEXPIRE")
+                        .arg(&key)
+                        .arg(USER_TTL.as_millis() as u64)
+                        .to_owned(),
+                ]
+            })
+            .collect();
+        self.conn.each::<redis::Value>(cmds).await?;
+        Ok(())
+    }
+
+    /// The nodes other than this one holding a session of each user.
+    async fn lookup(&self, users: &[UserId]) -> Result<HashMap<UserId, Vec<(String, State)>>, StoreError> {
+        let cmds = users
+            .iter()
+            .map(|u| redis::cmd("HGETALL").arg(user_key(*u)).to_owned())
+            .collect();
+        let found: Vec<HashMap<String, String>> = self.conn.each(cmds).await?;
+        let now = now_ms();
+        let mut out = HashMap::new();
+        let unknown = {
+            let peers = self.peers.lock().expect("peers");
+            found
+                .iter()
+                .flat_map(|f| f.keys())
+                .any(|n| *n != self.node && !peers.contains_key(n))
+        };
+        if unknown {
+            // A node that joined since the last beat: read the registry now rather than
+            // drop what is routed to it.
+            self.read_peers().await?;
+        }
+        for (user, fields) in users.iter().zip(found) {
+            let nodes: Vec<(String, State)> = fields
+                .into_iter()
+                .filter(|(node, _)| *node != self.node && self.alive(node, now))
+                .filter_map(|(node, v)| {
+                    let (expiry, state) = v.split_once(':')?;
+                    let expiry: u64 = expiry.parse().ok()?;
+                    let state = State::try_from(state.parse::<i32>().ok()?).ok()?;
+                    (expiry >= now).then_some((node, state))
+                })
+                .collect();
+            if !nodes.is_empty() {
+                out.insert(*user, nodes);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The user's best presence on the other live nodes, if any holds a session of theirs.
+    pub async fn remote_presence(&self, user: UserId) -> Option<State> {
+        match self.lookup(&[user]).await {
+            Ok(found) => found.get(&user)?.iter().map(|(_, s)| *s).max_by_key(|s| rank(*s)),
+            Err(e) => {
+                tracing::warn!(%user, error = %e, "cluster: presence lookup failed");
+                None
+            }
+        }
+    }
+
+    /// Combine this node's view of a user's presence with the other nodes'.
+    pub async fn merge_presence(&self, mut local: pb::PresenceUpdate) -> pb::PresenceUpdate {
+        if let Some(remote) = self.remote_presence(UserId(local.user_id)).await {
+            if rank(remote) > rank(local.state()) {
+                local.state = remote as i32;
+            }
+        }
+        local
+    }
+
+    /// Leave: drop this node's registry entry and its users' directory entries, so nothing
+    /// more is routed here (draining, after the clients were told to move).
+    pub async fn leave(&self, users: &[UserId]) -> Result<(), StoreError> {
+        let cmds = users
+            .iter()
+            .map(|u| redis::cmd("HDEL").arg(user_key(*u)).arg(&self.node).to_owned())
+            .collect();
+        self.conn.each::<redis::Value>(cmds).await?;
+        self.conn
+            .query::<()>(redis::cmd("HDEL").arg(NODES).arg(&self.node))
+            .await
+    }
+}
+
+// ───────────────────────────── the bus ─────────────────────────────
+
+const KIND_EVENT: u8 = 1;
+const KIND_SIGNAL: u8 = 2;
+const KIND_EPHEMERAL: u8 = 3;
+
+/// Append one forward for `to` to a bus message.
+fn encode(out: &mut Vec<u8>, f: &Forward, to: &[UserId]) {
+    let (kind, except, payload): (u8, u64, Bytes) = match f {
+        Forward::Event(_, ev) => (KIND_EVENT, 0, Bytes::from(ev.encode_to_vec())),
+        Forward::Signal(_, frame) => (KIND_SIGNAL, 0, frame.clone()),
+        Forward::Ephemeral(_, except, frame) => (KIND_EPHEMERAL, except.0, Bytes::from(frame.encode_to_vec())),
+    };
+    out.put_u8(kind);
+    out.put_u32(to.len() as u32);
+    for u in to {
+        out.put_u64(u.0);
+    }
+    out.put_u64(except);
+    out.put_u32(payload.len() as u32);
+    out.put_slice(&payload);
+}
+
+/// Read a bus message back into forwards. A malformed message is refused whole.
+fn decode(mut b: &[u8]) -> Result<Vec<Forward>, String> {
+    let mut out = Vec::new();
+    let need = |b: &[u8], n: usize| {
+        if b.remaining() < n {
+            Err("truncated bus message".to_string())
+        } else {
+            Ok(())
+        }
+    };
+    while b.has_remaining() {
+        need(b, 5)?;
+        let kind = b.get_u8();
+        let n = b.get_u32() as usize;
+        need(b, n.saturating_mul(8))?;
+        let to: Vec<UserId> = (0..n).map(|_| UserId(b.get_u64())).collect();
+        need(b, 12)?;
+        let except = UserId(b.get_u64());
+        let len = b.get_u32() as usize;
+        need(b, len)?;
+        let payload = Bytes::copy_from_slice(&b[..len]);
+        b.advance(len);
+        out.push(match kind {
+            KIND_EVENT => Forward::Event(
+                to,
+                Arc::new(pb::ConversationEvent::decode(payload).map_err(|e| e.to_string())?),
+            ),
+            KIND_SIGNAL => Forward::Signal(to, payload),
+            KIND_EPHEMERAL => Forward::Ephemeral(
+                to,
+                except,
+                Arc::new(pb::Frame::decode(payload).map_err(|e| e.to_string())?),
+            ),
+            k => return Err(format!("unknown bus item kind {k}")),
+        });
+    }
+    Ok(out)
+}
+
+fn recipients(f: &Forward) -> &[UserId] {
+    match f {
+        Forward::Event(to, _) | Forward::Signal(to, _) | Forward::Ephemeral(to, _, _) => to,
+    }
+}
+
+/// Take the hub's forwards in order, route them by the directory and publish one message
+/// per target node per round.
+async fn publish_loop(cluster: std::sync::Weak<Cluster>, mut rx: mpsc::Receiver<Forward>) {
+    let mut batch = Vec::with_capacity(BUS_BATCH);
+    while rx.recv_many(&mut batch, BUS_BATCH).await > 0 {
+        let Some(c) = cluster.upgrade() else { return };
+        let mut users: Vec<UserId> = batch.iter().flat_map(|f| recipients(f).iter().copied()).collect();
+        users.sort_unstable();
+        users.dedup();
+        let found = match c.lookup(&users).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, dropped = batch.len(), "cluster: directory lookup failed");
+                batch.clear();
+                continue;
+            }
+        };
+        let mut messages: Vec<(String, Vec<u8>)> = Vec::new();
+        for f in batch.drain(..) {
+            let mut per_node: HashMap<&str, Vec<UserId>> = HashMap::new();
+            for u in recipients(&f) {
+                for (node, _) in found.get(u).into_iter().flatten() {
+                    per_node.entry(node.as_str()).or_default().push(*u);
+                }
+            }
+            for (node, to) in per_node {
+                let at = match messages.iter().position(|(n, _)| n == node) {
+                    Some(i) => i,
+                    None => {
+                        messages.push((node.to_string(), Vec::new()));
+                        messages.len() - 1
+                    }
+                };
+                encode(&mut messages[at].1, &f, &to);
+            }
+        }
+        for (node, body) in messages {
+            if let Err(e) = c
+                .conn
+                .query::<()>(redis::cmd("PUBLISH").arg(channel(&node)).arg(body))
+                .await
+            {
+                tracing::warn!(%node, error = %e, "cluster: publish failed");
+            }
+        }
+    }
+}
+
+/// Receive this node's channel and deliver to local sessions; reconnect (to the next URL)
+/// when the subscription breaks.
+async fn subscribe_loop(cluster: std::sync::Weak<Cluster>, hub: Hub, shards: Shards) {
+    use futures::StreamExt;
+    let mut attempt = 0usize;
+    loop {
+        let Some(c) = cluster.upgrade() else { return };
+        let url = c.urls[attempt % c.urls.len().max(1)].clone();
+        let name = channel(&c.node);
+        drop(c);
+        attempt += 1;
+        let subscribed = async {
+            let client = redis::Client::open(url.as_str())?;
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&name).await?;
+            redis::RedisResult::Ok(pubsub)
+        }
+        .await;
+        let pubsub = match subscribed {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(%url, error = %e, "cluster: subscribing failed");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let mut stream = pubsub.into_on_message();
+        while let Some(msg) = stream.next().await {
+            if cluster.strong_count() == 0 {
+                return;
+            }
+            match decode(msg.get_payload_bytes()) {
+                Ok(forwards) => {
+                    for f in forwards {
+                        if let Forward::Event(_, ev) = &f {
+                            shards.forget(ConversationId(ev.conversation_id), Seq(ev.seq));
+                        }
+                        hub.deliver_forwarded(f);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cluster: bad bus message"),
+            }
+        }
+        tracing::warn!(%url, "cluster: subscription ended; resubscribing");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bus_messages_round_trip_and_refuse_truncation() {
+        let ev = Arc::new(pb::ConversationEvent {
+            conversation_id: 5,
+            seq: 9,
+            ..Default::default()
+        });
+        let items = [
+            Forward::Event(vec![UserId(1), UserId(2)], ev.clone()),
+            Forward::Signal(vec![UserId(3)], Bytes::from_static(b"signal")),
+            Forward::Ephemeral(vec![UserId(4)], UserId(1), Arc::new(pb::Frame::default())),
+        ];
+        let mut body = Vec::new();
+        for f in &items {
+            encode(&mut body, f, recipients(f));
+        }
+        let back = decode(&body).unwrap();
+        assert_eq!(back.len(), 3);
+        match &back[0] {
+            Forward::Event(to, e) => assert_eq!((to.clone(), e.seq), (vec![UserId(1), UserId(2)], 9)),
+            other => panic!("{other:?}"),
+        }
+        match &back[2] {
+            Forward::Ephemeral(to, except, _) => assert_eq!((to.clone(), *except), (vec![UserId(4)], UserId(1))),
+            other => panic!("{other:?}"),
+        }
+        let mut first = Vec::new();
+        encode(&mut first, &items[0], recipients(&items[0]));
+        for cut in 1..first.len() {
+            assert!(decode(&body[..cut]).is_err(), "a message cut at {cut} was accepted");
+        }
+    }
+}
