@@ -4,16 +4,36 @@
 # report and a summary; the server is stopped afterwards.
 # Usage: bench/run.sh <scenario> [scenario options]   e.g. bench/run.sh fanout --users 2000
 #        PERF=1 bench/run.sh …   also samples the server with perf and prints the top of the profile
+#        STORAGE=redis bench/run.sh …   the server on a fresh redis-server (appendfsync always,
+#                                       on CPU 0 with the server) instead of sled
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked -p natter-server -p natter-bench
 rm -rf target/bench-data
 ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 out=$(mktemp)
+storage=()
+redis=""
+if [[ "${STORAGE:-sled}" == redis ]]; then
+  mkdir -p target/bench-data/redis
+  (cd target/bench-data/redis && exec taskset -c 0 redis-server --bind 127.0.0.1 --port 6399 --save "" \
+    --appendonly yes --appendfsync always > redis.log) &
+  redis=$!
+  for _ in $(seq 100); do redis-cli -p 6399 ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
+  storage=(--storage redis --redis redis://127.0.0.1:6399)
+fi
 taskset -c 0 target/release/natter-server --config bench/server.toml \
-  --web-listen off --webtransport-listen off > "$out" &
+  --web-listen off --webtransport-listen off "${storage[@]}" > "$out" &
 server=$!
-trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -f "$out"' EXIT
+stop() {
+  kill "$server" 2>/dev/null; wait "$server" 2>/dev/null
+  if [[ -n "$redis" ]]; then
+    echo "redis-server CPU: $(ps -o times= -p "$redis" | tr -d ' ') s"
+    kill "$redis" 2>/dev/null; wait "$redis" 2>/dev/null
+  fi
+  rm -f "$out"
+}
+trap stop EXIT
 for _ in $(seq 100); do grep -q "certificate sha256" "$out" && break; sleep 0.1; done
 fp=$(sed -n 's/^certificate sha256 //p' "$out")
 if [[ -n "${PERF:-}" ]]; then

@@ -5,7 +5,8 @@
 # checks formatting, lints, and runs the whole suite: unit tests, the store suite, spec
 # vectors, end-to-end tests over QUIC, WebTransport and WebSocket on loopback, natter-wasm's
 # logic under Node, the web chat in headless Chromium, and natter-ffi's generated Kotlin and
-# Python bindings against a live server (JDK, JNA and the Kotlin compiler are installed here).
+# Python bindings against a live server (JDK, JNA and the Kotlin compiler are installed here),
+# and three server processes on a real redis-server and on a 3-master Redis Cluster.
 # Usage: ./scripts/test.sh      (the README's test command; .ci/run calls it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,8 +27,12 @@ apt_install() {
     { $sudo apt-get update -qq && $sudo apt-get install -y -qq "$@" >/dev/null; }
 }
 
-step "Debian packages: chromium (browser tests), a JRE and JNA (Kotlin bindings), python3"
+step "Debian packages: chromium (browser tests), a JRE and JNA (Kotlin bindings), python3, redis-server (multi-node tests)"
 need=()
+# The Redis tests start their own redis-server processes (one server, or a 3-master
+# cluster with redis-cli) on free loopback ports, each in a temporary directory.
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v redis-cli >/dev/null || need+=(redis-tools)
 [[ -x /usr/bin/chromium ]] || need+=(chromium chromium-driver)
 command -v java >/dev/null || need+=(default-jre-headless)
 [[ -f /usr/share/java/jna.jar ]] || need+=(libjna-java)
@@ -35,6 +40,7 @@ command -v python3 >/dev/null || need+=(python3)
 apt_install "${need[@]}"
 /usr/bin/chromium --version
 java -version 2>&1 | head -1
+redis-server --version
 
 step "browser test driver (playwright-core, no downloaded browser)"
 (cd web/tests && npm ci --no-audit --no-fund --loglevel=error)
