@@ -261,8 +261,12 @@ impl RunningServer {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         if let Some(cluster) = &self.cluster {
-            if let Err(e) = cluster.leave(&self.shared.hub.local_users()).await {
-                tracing::warn!(error = %e, "draining: leaving the cluster failed");
+            // Bounded: a node draining because Redis is gone must still stop.
+            let users = self.shared.hub.local_users();
+            match tokio::time::timeout(Duration::from_secs(2), cluster.leave(&users)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "draining: leaving the cluster failed"),
+                Err(_) => tracing::warn!("draining: Redis did not answer; the registry entry will expire"),
             }
         }
     }

@@ -247,6 +247,23 @@ async fn three_nodes_on_a_redis_cluster_deliver_in_one_order_with_presence_and_t
     cross_node_chat(redis.urls(), true).await;
 }
 
+/// People on the given nodes (index, name) and a group of them all created by the first,
+/// its Created event seen by everyone.
+async fn group_on(nodes: &[Node], people: &[(usize, &str)]) -> (Vec<(Client, Events)>, ConversationId) {
+    let mut members = Vec::new();
+    for (home, name) in people {
+        let (client, events, _) = person(nodes, *home, name).await;
+        members.push((client, events));
+    }
+    let others: Vec<&str> = people[1..].iter().map(|(_, n)| *n).collect();
+    let created = members[0].0.create_group("group", &others).await.unwrap();
+    let group = ConversationId(created.conversation_id);
+    for (_, ev) in members.iter_mut() {
+        received(ev, group, 1).await;
+    }
+    (members, group)
+}
+
 /// Send `n` messages one after another (each awaited: the SDK retries across reconnects);
 /// the returned watch counts the acks so far.
 fn sender(
@@ -316,26 +333,8 @@ async fn kill_9_of_a_node_moves_its_clients_without_loss_or_duplicates() {
     let redis = TestRedis::start();
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = three_nodes(dir.path(), &[redis.url()], false);
-    let (alice, a_ev, _) = person(&nodes, 0, "alice").await;
-    let (bob, b_ev, _) = person(&nodes, 0, "bob").await;
-    let (carol, c_ev, _) = person(&nodes, 1, "carol").await;
-    let (dave, d_ev, _) = person(&nodes, 2, "dave").await;
-    let group = ConversationId(
-        alice
-            .create_group("four", &["bob", "carol", "dave"])
-            .await
-            .unwrap()
-            .conversation_id,
-    );
-    let mut members = vec![
-        (alice.clone(), a_ev),
-        (bob.clone(), b_ev),
-        (carol.clone(), c_ev),
-        (dave, d_ev),
-    ];
-    for (_, ev) in members.iter_mut() {
-        received(ev, group, 1).await;
-    }
+    let (mut members, group) = group_on(&nodes, &[(0, "alice"), (0, "bob"), (1, "carol"), (2, "dave")]).await;
+    let [alice, bob, carol] = [0, 1, 2].map(|i| members[i].0.clone());
     let (a, mut a_acks) = sender(&alice, group, "a", 30);
     let (b, _) = sender(&bob, group, "b", 30);
     let (c, _) = sender(&carol, group, "c", 30);
@@ -354,20 +353,8 @@ async fn a_draining_node_moves_every_client_to_the_others_without_loss() {
     let redis = TestRedis::start();
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = three_nodes(dir.path(), &[redis.url()], false);
-    let (alice, a_ev, _) = person(&nodes, 0, "alice").await;
-    let (bob, b_ev, _) = person(&nodes, 0, "bob").await;
-    let (carol, c_ev, _) = person(&nodes, 1, "carol").await;
-    let group = ConversationId(
-        alice
-            .create_group("g", &["bob", "carol"])
-            .await
-            .unwrap()
-            .conversation_id,
-    );
-    let mut members = vec![(alice.clone(), a_ev), (bob.clone(), b_ev), (carol.clone(), c_ev)];
-    for (_, ev) in members.iter_mut() {
-        received(ev, group, 1).await;
-    }
+    let (mut members, group) = group_on(&nodes, &[(0, "alice"), (0, "bob"), (1, "carol")]).await;
+    let [alice, bob] = [0, 1].map(|i| members[i].0.clone());
     let (a, mut a_acks) = sender(&alice, group, "a", 30);
     let (b, _) = sender(&bob, group, "b", 30);
     until_acked(&mut a_acks, 10).await;
