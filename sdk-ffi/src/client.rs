@@ -98,17 +98,25 @@ fn text_body(text: String, reply_to_seq: u64) -> pb::MessageBody {
     }
 }
 
-fn config(options: ConnectOptions) -> Result<ClientConfig, NatterError> {
-    let addr: SocketAddr = options
-        .address
+fn resolve(address: &str) -> Result<SocketAddr, NatterError> {
+    address
         .to_socket_addrs()
         .map_err(|e| NatterError::Setup {
-            detail: format!("address {:?}: {e}", options.address),
+            detail: format!("address {address:?}: {e}"),
         })?
         .next()
         .ok_or_else(|| NatterError::Setup {
-            detail: format!("address {:?} resolves to nothing", options.address),
-        })?;
+            detail: format!("address {address:?} resolves to nothing"),
+        })
+}
+
+fn config(options: ConnectOptions) -> Result<ClientConfig, NatterError> {
+    let addr = resolve(&options.address)?;
+    let fallback_addrs = options
+        .fallback_addresses
+        .iter()
+        .map(|a| resolve(a))
+        .collect::<Result<Vec<_>, _>>()?;
     let trust = match (options.certificate_sha256, options.ca_pem) {
         (Some(fingerprint), None) => Trust::Fingerprint(fingerprint),
         (None, Some(pem)) => Trust::CaPem(pem.into_bytes()),
@@ -119,6 +127,7 @@ fn config(options: ConnectOptions) -> Result<ClientConfig, NatterError> {
         }
     };
     let mut config = ClientConfig::pinned(addr, "");
+    config.fallback_addrs = fallback_addrs;
     config.trust = trust;
     config.server_name = options.server_name;
     config.access_token = options.access_token;

@@ -9,6 +9,10 @@ use natter_sdk::{ClientEvent, ConversationId, Seq};
 pub struct ConnectOptions {
     /// `host:port` of the server's QUIC endpoint.
     pub address: String,
+    /// Other nodes of the same deployment (`host:port`): after a lost connection or a
+    /// drain the client moves to the next one in turn.
+    #[uniffi(default)]
+    pub fallback_addresses: Vec<String>,
     /// TLS server name (development certificates are valid for "localhost").
     #[uniffi(default = "localhost")]
     pub server_name: String,
