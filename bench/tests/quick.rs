@@ -5,15 +5,9 @@ use natter_bench::{ConnectionsOpts, DmOpts, FanoutOpts, HistoryOpts, Report, Tar
 
 async fn server(dir: &std::path::Path) -> natter_server::RunningServer {
     let mut cfg = natter_server::Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        web_listen: None,
-        webtransport_listen: None,
-        data_dir: dir.to_path_buf(),
-        shards: 2,
-        log: "warn".into(),
         password_hash_memory_kib: 64,
         password_hash_iterations: 1,
-        ..Default::default()
+        ..natter_server::Config::loopback(dir)
     };
     cfg.rates.register_per_minute_per_ip = 1_000_000;
     cfg.rates.login_per_minute_per_ip = 1_000_000;

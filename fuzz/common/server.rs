@@ -33,13 +33,8 @@ pub fn fixture() -> &'static Fixture {
             tempfile::tempdir().unwrap()
         };
         let mut config = natter_server::Config {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            web_listen: None,
-            webtransport_listen: None,
-            data_dir: dir.path().to_path_buf(),
-            shards: 2,
             log: "off".into(),
-            ..Default::default()
+            ..natter_server::Config::loopback(dir.path())
         };
         let wide = u32::MAX / 4;
         config.rates.login_per_minute_per_user = wide;

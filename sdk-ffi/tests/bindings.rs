@@ -75,16 +75,9 @@ fn bindings() -> &'static Path {
 }
 
 async fn server(dir: &Path, withhold_messages: bool) -> RunningServer {
-    let config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        web_listen: None,
-        webtransport_listen: None,
-        data_dir: dir.to_path_buf(),
-        shards: 2,
-        log: "warn".into(),
-        ..Default::default()
-    };
-    let server = natter_server::start(&config).await.expect("server starts");
+    let server = natter_server::start(&Config::loopback(dir))
+        .await
+        .expect("server starts");
     server.set_withhold_messages(withhold_messages);
     server
 }

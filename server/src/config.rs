@@ -139,6 +139,22 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    /// A server for tests and embedding: QUIC on an ephemeral loopback port, no web or
+    /// WebTransport endpoint, two shards, warnings only, data in `data_dir`.
+    pub fn loopback(data_dir: &Path) -> Self {
+        Config {
+            listen: "127.0.0.1:0".parse().expect("valid address"),
+            web_listen: None,
+            webtransport_listen: None,
+            data_dir: data_dir.to_path_buf(),
+            shards: 2,
+            log: "warn".into(),
+            ..Default::default()
+        }
+    }
+}
+
 /// Whether the web endpoint (page, discovery, WebSocket) speaks TLS.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -18,13 +18,9 @@ pub const PASSWORD: &str = "correct horse battery";
 
 pub fn config(dir: &Path) -> Config {
     Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
         web_listen: Some("127.0.0.1:0".parse().unwrap()),
         webtransport_listen: Some("127.0.0.1:0".parse().unwrap()),
-        data_dir: dir.to_path_buf(),
-        shards: 2,
-        log: "warn".into(),
-        ..Default::default()
+        ..Config::loopback(dir)
     }
 }
 
