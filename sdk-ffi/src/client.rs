@@ -26,7 +26,46 @@ pub trait NatterListener: Send + Sync {
     fn on_event(&self, event: NatterEvent);
 }
 
-type Listeners = Mutex<Vec<(u64, Arc<dyn NatterListener>)>>;
+/// The listeners of one client and the rule that makes cancelling exact: no event reaches
+/// a listener after its `cancel` has returned.
+#[derive(Default)]
+struct Listeners {
+    list: Mutex<Vec<(u64, Arc<dyn NatterListener>)>>,
+    /// Held while a listener runs; `cancel` waits on it (except on the event thread itself,
+    /// where a listener may cancel from inside `on_event`).
+    dispatch: Mutex<()>,
+    thread: std::sync::OnceLock<std::thread::ThreadId>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A listener that panicked must not stop every later event.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Listeners {
+    fn add(&self, id: u64, listener: Arc<dyn NatterListener>) {
+        lock(&self.list).push((id, listener));
+    }
+
+    fn remove(&self, id: u64) {
+        lock(&self.list).retain(|(i, _)| *i != id);
+        if self.thread.get() != Some(&std::thread::current().id()) {
+            drop(lock(&self.dispatch));
+        }
+    }
+
+    /// Give `event` to every listener registered now, each checked again just before.
+    fn deliver(&self, event: &NatterEvent) {
+        let ids: Vec<u64> = lock(&self.list).iter().map(|(id, _)| *id).collect();
+        for id in ids {
+            let _running = lock(&self.dispatch);
+            let listener = lock(&self.list).iter().find(|(i, _)| *i == id).map(|(_, l)| l.clone());
+            if let Some(listener) = listener {
+                listener.on_event(event.clone());
+            }
+        }
+    }
+}
 
 /// A registered listener; events stop when it is cancelled or dropped (Kotlin: `close()`,
 /// Swift: released, Python: garbage-collected).
@@ -44,10 +83,10 @@ impl std::fmt::Debug for Subscription {
 
 #[uniffi::export]
 impl Subscription {
-    /// Stop delivering events to this listener.
+    /// Stop delivering events to this listener; once this returns it gets no more.
     pub fn cancel(&self) {
         if let Some(listeners) = self.listeners.upgrade() {
-            listeners.lock().expect("listeners").retain(|(id, _)| *id != self.id);
+            listeners.remove(self.id);
         }
     }
 }
@@ -148,7 +187,7 @@ impl NatterClient {
         Ok(Arc::new(NatterClient {
             inner,
             events: Mutex::new(Some(events)),
-            listeners: Arc::new(Mutex::new(Vec::new())),
+            listeners: Arc::new(Listeners::default()),
             next_subscription: 0.into(),
         }))
     }
@@ -158,25 +197,17 @@ impl NatterClient {
         let id = self
             .next_subscription
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.listeners.lock().expect("listeners").push((id, listener));
-        if let Some(mut events) = self.events.lock().expect("events").take() {
+        self.listeners.add(id, listener);
+        if let Some(mut events) = lock(&self.events).take() {
             let listeners = Arc::downgrade(&self.listeners);
             std::thread::Builder::new()
                 .name("natter-events".into())
                 .spawn(move || {
                     while let Some(event) = runtime().block_on(events.next()) {
                         let Some(listeners) = listeners.upgrade() else { return };
-                        let Some(event) = NatterEvent::from_sdk(event) else {
-                            continue;
-                        };
-                        let targets: Vec<_> = listeners
-                            .lock()
-                            .expect("listeners")
-                            .iter()
-                            .map(|(_, l)| l.clone())
-                            .collect();
-                        for listener in targets {
-                            listener.on_event(event.clone());
+                        let _ = listeners.thread.set(std::thread::current().id());
+                        if let Some(event) = NatterEvent::from_sdk(event) {
+                            listeners.deliver(&event);
                         }
                     }
                 })
