@@ -227,6 +227,17 @@ async fn write_control<W: ControlSend>(mut w: W, mut rx: mpsc::Receiver<Bytes>) 
     w.finish_and_wait().await;
 }
 
+fn closed_by_peer_with_code_0(e: &std::io::Error) -> bool {
+    let closed = |c: &quinn::ConnectionError| matches!(c, quinn::ConnectionError::ApplicationClosed(a) if a.error_code == quinn::VarInt::from_u32(0));
+    match e.get_ref() {
+        Some(inner) => match inner.downcast_ref::<quinn::ReadError>() {
+            Some(quinn::ReadError::ConnectionLost(c)) => closed(c),
+            _ => inner.downcast_ref::<quinn::ConnectionError>().is_some_and(closed),
+        },
+        None => false,
+    }
+}
+
 async fn read_frame<R: AsyncRead + Unpin>(
     recv: &mut R,
     decoder: &mut FrameDecoder,
@@ -244,10 +255,13 @@ async fn read_frame<R: AsyncRead + Unpin>(
             }
             Err(e) => return Err(Close::new(ErrorCode::MalformedFrame, e.to_string())),
         }
-        let n = recv
-            .read(&mut buf)
-            .await
-            .map_err(|e| Close::new(ErrorCode::Unspecified, e.to_string()))?;
+        let n = match recv.read(&mut buf).await {
+            Ok(n) => n,
+            // A client that finishes its control stream and closes with code 0 in one go
+            // (the SDKs' shutdown) may have the close overtake the FIN: still a clean end.
+            Err(e) if closed_by_peer_with_code_0(&e) => 0,
+            Err(e) => return Err(Close::new(ErrorCode::Unspecified, e.to_string())),
+        };
         if n == 0 {
             return match decoder.finish() {
                 Ok(()) => Ok(None),

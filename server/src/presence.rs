@@ -29,6 +29,9 @@ struct UserPresence {
     published: Option<State>,
     last_seen_ms: u64,
     hide_last_seen: bool,
+    /// A device connected since the last flush (it may already be gone again: a session
+    /// shorter than a flush tick still sets last seen).
+    connected_since_flush: bool,
 }
 
 impl UserPresence {
@@ -92,6 +95,7 @@ impl Presence {
             let u = i.users.entry(user).or_default();
             u.username = username.to_string();
             u.devices.insert((device, conn), (State::Online, Instant::now()));
+            u.connected_since_flush = true;
             i.dirty.insert(user);
         });
     }
@@ -168,10 +172,11 @@ impl Presence {
             for user in dirty {
                 let Some(u) = i.users.get_mut(&user) else { continue };
                 let state = u.state();
+                let was_connected = std::mem::take(&mut u.connected_since_flush);
                 if u.published == Some(state) {
                     continue;
                 }
-                if state == State::Offline && u.published.is_some() {
+                if state == State::Offline && (u.published.is_some() || was_connected) {
                     u.last_seen_ms = now_ms();
                     offline.push((
                         user,

@@ -35,23 +35,18 @@ impl Drop for Node {
 /// Start a node. All nodes share `dir` for the development certificate (so clients pin one
 /// fingerprint); their data lives in Redis.
 fn node(dir: &Path, redis: &[String], cluster: bool, id: &str) -> Node {
-    // Short heartbeats, so a client that goes away is offline for its contacts quickly.
-    let config = dir.join("node.toml");
-    std::fs::write(&config, "heartbeat_interval_ms = 500\n").unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_natter-server"));
-    cmd.arg("--config")
-        .arg(&config)
-        .args([
-            "--data-dir",
-            dir.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--log",
-            "warn",
-        ])
-        .args(["--web-listen", "off", "--webtransport-listen", "off"])
-        .args(["--storage", "redis", "--redis", &redis.join(","), "--node-id", id])
-        .stdout(Stdio::piped());
+    cmd.args([
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--log",
+        "warn",
+    ])
+    .args(["--web-listen", "off", "--webtransport-listen", "off"])
+    .args(["--storage", "redis", "--redis", &redis.join(","), "--node-id", id])
+    .stdout(Stdio::piped());
     if cluster {
         cmd.arg("--redis-cluster");
     }

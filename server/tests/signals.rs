@@ -597,3 +597,27 @@ async fn hidden_last_seen_and_last_seen_survive_a_server_restart() {
     );
     s.shutdown().await;
 }
+
+/// With production heartbeats (15 s; gone after two missed = 30 s), a client that shuts
+/// down cleanly is offline for its contacts at once — well inside the 20 s wait here. The
+/// SDK finishes its control stream and closes with code 0 in one go; either may arrive
+/// first at the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_shutdown_is_offline_without_waiting_for_heartbeats() {
+    use pb::PresenceState::Offline;
+    for _ in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        assert!(
+            cfg.heartbeat_interval_ms >= 10_000,
+            "this test needs production heartbeats"
+        );
+        let s = natter_server::start(&cfg).await.unwrap();
+        let mut alice = user(&s, "alice").await;
+        let b = user(&s, "bob").await;
+        let (_, bob) = ids(&alice).await;
+        b.client.shutdown().await;
+        presence_of(&mut alice, bob, Offline).await;
+        s.shutdown().await;
+    }
+}
