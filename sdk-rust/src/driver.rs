@@ -261,24 +261,45 @@ impl Driver {
                     Some(Command::Reconnect) => return Exit::Reconnect("reconnect requested".into()),
                     Some(cmd) => self.command(cmd),
                 },
-                input = inputs.recv() => {
-                    let now = self.now();
-                    let result = match input {
-                        Some(Input::Control(b)) => self.session.handle_control_data(now, &b),
-                        Some(Input::Stream(k, b)) => self.session.handle_stream_data(now, k, &b),
-                        Some(Input::StreamEnd(k)) => self.session.handle_stream_finished(k),
-                        Some(Input::Datagram(d)) => { self.session.handle_datagram(now, &d); Ok(()) }
-                        Some(Input::ControlEnd) | None => return Exit::Reconnect(
-                            conn.close_reason().map_or("control stream closed".into(), |r| r.to_string())),
-                    };
-                    if let Err(e) = result {
-                        return Exit::Reconnect(format!("protocol error: {e}"));
-                    }
+                input = inputs.recv() => if let Err(exit) = self.input(input, conn) {
+                    return exit;
                 },
                 _ = sleep => { let now = self.now(); self.session.handle_timeout(now); },
-                e = conn.closed() => return Exit::Reconnect(e.to_string()),
+                e = conn.closed() => {
+                    // What the readers took off the connection before it closed is still
+                    // the server's word (a response sent right before a close, e.g. to a
+                    // Logout): apply it before giving up on the connection.
+                    while let Ok(input) = inputs.try_recv() {
+                        if self.input(Some(input), conn).is_err() {
+                            break;
+                        }
+                    }
+                    self.dispatch();
+                    return Exit::Reconnect(e.to_string());
+                }
             }
         }
+    }
+
+    /// Feed one reader input to the session; `Err` when the connection is over.
+    fn input(&mut self, input: Option<Input>, conn: &quinn::Connection) -> Result<(), Exit> {
+        let now = self.now();
+        let result = match input {
+            Some(Input::Control(b)) => self.session.handle_control_data(now, &b),
+            Some(Input::Stream(k, b)) => self.session.handle_stream_data(now, k, &b),
+            Some(Input::StreamEnd(k)) => self.session.handle_stream_finished(k),
+            Some(Input::Datagram(d)) => {
+                self.session.handle_datagram(now, &d);
+                Ok(())
+            }
+            Some(Input::ControlEnd) | None => {
+                return Err(Exit::Reconnect(
+                    conn.close_reason()
+                        .map_or("control stream closed".into(), |r| r.to_string()),
+                ))
+            }
+        };
+        result.map_err(|e| Exit::Reconnect(format!("protocol error: {e}")))
     }
 
     fn command(&mut self, cmd: Command) {

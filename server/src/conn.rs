@@ -36,6 +36,10 @@ pub trait Transport: Send + Sync + 'static {
     async fn open_stream(&self) -> io::Result<Self::Stream>;
     /// Close the whole connection with an error code (PROTOCOL.md §8.2).
     fn close(&self, code: ErrorCode, reason: &str);
+    /// Wait up to `limit` for the client to close the connection itself. Where closing
+    /// discards data the peer has received but not yet read (QUIC), this is how a last
+    /// response and `ConnectionError` reach the client's app; elsewhere it returns at once.
+    async fn peer_closed(&self, _limit: Duration) {}
     /// Send an unreliable datagram; false if the transport has none or it does not fit.
     fn send_datagram(&self, data: Bytes) -> bool;
     /// The next datagram from the client; `None` once there will be no more.
@@ -212,8 +216,10 @@ where
         };
         let _ = conn.out.send(encode_frame(&frame)).await;
         drop(conn.out);
-        // Let the error frame out before the close discards unsent data.
+        // Let the error frame out before the close discards unsent data, and give the
+        // client a moment to read it and close first (it does on `ConnectionError`).
         let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+        conn.transport.peer_closed(Duration::from_secs(1)).await;
         conn.transport.close(code, &message);
     }
 }

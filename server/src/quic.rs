@@ -26,6 +26,10 @@ impl Transport for QuicTransport {
         self.0.close(quinn::VarInt::from_u32(code as u32), reason.as_bytes());
     }
 
+    async fn peer_closed(&self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, self.0.closed()).await;
+    }
+
     fn send_datagram(&self, data: bytes::Bytes) -> bool {
         self.0.send_datagram(data).is_ok()
     }

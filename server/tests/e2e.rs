@@ -799,3 +799,24 @@ async fn a_killed_app_restores_its_pending_sends_and_cursors_from_a_snapshot() {
     restored.shutdown().await;
     s.shutdown().await;
 }
+
+/// Logging this device out is answered before the server closes the connection, and the
+/// SDK applies that answer even when it notices the close first (found by a CI run of the
+/// Kotlin bindings: `logout` failed with "connection lost" now and then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logging_this_device_out_is_answered_not_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.rates.login_per_minute_per_user = 1_000;
+    cfg.rates.login_per_minute_per_ip = 1_000;
+    let s = natter_server::start(&cfg).await.unwrap();
+    let first = user(&s, "alice").await;
+    first.client.shutdown().await;
+    for round in 0..40 {
+        let d = device(s.addr, &s.fingerprint, "alice", false).await;
+        let done = d.client.logout(natter_sdk::DeviceId(0)).await;
+        assert!(done.is_ok(), "round {round}: logout of this device failed: {done:?}");
+        d.client.shutdown().await;
+    }
+    s.shutdown().await;
+}
