@@ -73,6 +73,8 @@ pub struct Cluster {
     urls: Vec<String>,
     /// Live nodes other than this one, with their registry expiry, refreshed every beat.
     peers: Mutex<HashMap<String, u64>>,
+    /// When `peers` was last read (ms since the epoch, taken before the read).
+    peers_read_at: std::sync::atomic::AtomicU64,
 }
 
 impl Cluster {
@@ -93,6 +95,7 @@ impl Cluster {
             conn,
             urls,
             peers: Mutex::new(HashMap::new()),
+            peers_read_at: 0.into(),
         });
         cluster.beat().await?;
         let weak = Arc::downgrade(&cluster);
@@ -142,6 +145,7 @@ impl Cluster {
     /// Re-read the registry: which other nodes are alive.
     async fn read_peers(&self) -> Result<(), StoreError> {
         let now = now_ms();
+        let read_at = now;
         let all: HashMap<String, String> = self.conn.query(redis::cmd("HGETALL").arg(NODES)).await?;
         let mut dead = Vec::new();
         let mut live = HashMap::new();
@@ -154,6 +158,7 @@ impl Cluster {
             }
         }
         *self.peers.lock().expect("peers") = live;
+        self.peers_read_at.store(read_at, std::sync::atomic::Ordering::Relaxed);
         if !dead.is_empty() {
             // Tidy up after crashed nodes (any node may; HDEL is idempotent).
             self.conn.query::<()>(redis::cmd("HDEL").arg(NODES).arg(dead)).await?;
@@ -211,29 +216,46 @@ impl Cluster {
             .collect();
         let found: Vec<HashMap<String, String>> = self.conn.each(cmds).await?;
         let now = now_ms();
-        let mut out = HashMap::new();
-        let unknown = {
+        // (node, entry expiry, state) of other nodes' live directory entries, per user.
+        let entries: Vec<Vec<(String, u64, State)>> = found
+            .into_iter()
+            .map(|fields| {
+                fields
+                    .into_iter()
+                    .filter(|(node, _)| *node != self.node)
+                    .filter_map(|(node, v)| {
+                        let (expiry, state) = v.split_once(':')?;
+                        let expiry: u64 = expiry.parse().ok()?;
+                        let state = State::try_from(state.parse::<i32>().ok()?).ok()?;
+                        (expiry >= now).then_some((node, expiry, state))
+                    })
+                    .collect()
+            })
+            .collect();
+        // A node missing from the last registry read is either dead or joined since. Only
+        // an entry written after that read can be a newcomer's (nodes register before
+        // they serve anyone): read the registry again for those rather than drop what is
+        // routed to them, and not for a crashed node's leftovers. Two beats of slack cover
+        // clock skew between nodes.
+        let read_at = self
+            .peers_read_at
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .saturating_sub(2 * NODE_BEAT.as_millis() as u64);
+        let newcomer = {
             let peers = self.peers.lock().expect("peers");
-            found
-                .iter()
-                .flat_map(|f| f.keys())
-                .any(|n| *n != self.node && !peers.contains_key(n))
+            entries.iter().flatten().any(|(node, expiry, _)| {
+                !peers.contains_key(node) && expiry.saturating_sub(USER_TTL.as_millis() as u64) >= read_at
+            })
         };
-        if unknown {
-            // A node that joined since the last beat: read the registry now rather than
-            // drop what is routed to it.
+        if newcomer {
             self.read_peers().await?;
         }
-        for (user, fields) in users.iter().zip(found) {
-            let nodes: Vec<(String, State)> = fields
+        let mut out = HashMap::new();
+        for (user, nodes) in users.iter().zip(entries) {
+            let nodes: Vec<(String, State)> = nodes
                 .into_iter()
-                .filter(|(node, _)| *node != self.node && self.alive(node, now))
-                .filter_map(|(node, v)| {
-                    let (expiry, state) = v.split_once(':')?;
-                    let expiry: u64 = expiry.parse().ok()?;
-                    let state = State::try_from(state.parse::<i32>().ok()?).ok()?;
-                    (expiry >= now).then_some((node, state))
-                })
+                .filter(|(node, _, _)| self.alive(node, now))
+                .map(|(node, _, state)| (node, state))
                 .collect();
             if !nodes.is_empty() {
                 out.insert(*user, nodes);
