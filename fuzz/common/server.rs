@@ -2,11 +2,11 @@
 //! process (sled in a temporary directory, on /dev/shm when there is one so fsync is cheap),
 //! with rate limits opened wide so the model is not second-guessed by them, and three
 //! users with access tokens. Inputs talk to it over in-process connections
-//! (`natter_server::mem`), which run the same connection driver as QUIC.
+//! (`natter_server::transport::mem`), which run the same connection driver as QUIC.
 use std::sync::OnceLock;
 
 use natter_protocol::pb::{self, frame::Kind, request::Op, response::Result as Res};
-use natter_server::mem::{MemClient, MemEvent};
+use natter_server::transport::mem::{MemClient, MemEvent};
 use natter_server::RunningServer;
 
 pub struct Fixture {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use natter_protocol::pb::{self, frame::Kind, request::Op, response::Result as Res, ErrorCode};
-use natter_server::mem::{MemClient, MemEvent};
+use natter_server::transport::mem::{MemClient, MemEvent};
 
 #[derive(Arbitrary, Debug)]
 enum Action {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
 use natter_protocol::pb::{self, frame::Kind, request::Op, response::Result as Res};
-use natter_server::mem::MemEvent;
+use natter_server::transport::mem::MemEvent;
 
 fuzz_target!(|data: &[u8]| {
     let f = server::fixture();

@@ -68,7 +68,7 @@ pub struct Config {
     /// argon2id passes for new password hashes; default 2.
     pub password_hash_iterations: u32,
     /// Rate limits.
-    pub rates: crate::ratelimit::RateConfig,
+    pub rates: crate::security::ratelimit::RateConfig,
     /// `tracing` filter, e.g. "info" or "natter_server=debug".
     pub log: String,
     /// Where durable state lives: `sled` (embedded, one node) or `redis` (several nodes).
@@ -125,9 +125,9 @@ impl Default for Config {
             web_listen: Some("127.0.0.1:8080".parse().expect("valid address")),
             web_tls: WebTls::Auto,
             web_root: PathBuf::from("web"),
-            password_hash_memory_kib: crate::auth::PasswordCost::default().memory_kib,
-            password_hash_iterations: crate::auth::PasswordCost::default().iterations,
-            rates: crate::ratelimit::RateConfig::default(),
+            password_hash_memory_kib: crate::security::auth::PasswordCost::default().memory_kib,
+            password_hash_iterations: crate::security::auth::PasswordCost::default().iterations,
+            rates: crate::security::ratelimit::RateConfig::default(),
             log: "info".into(),
             storage: Storage::Sled,
             redis_urls: vec!["redis://127.0.0.1:6379".into()],

@@ -1,33 +1,28 @@
 //! natter-server: the natter chat server as a library (the `natter-server` binary is a thin
-//! `main` over [`server::start`]).
+//! `main` over [`app::start`]).
 //!
-//! Layers, outside in: [`quic`], [`wt`] (WebTransport) and [`ws`] (WebSocket, served by
-//! [`web`]) (transport adapters) → [`conn`] (one connection: handshake,
-//! auth, dispatch, delivery streams) → [`handlers`] (one function per request) →
-//! [`shard`] (conversation owners: order, permissions, group commit) and [`hub`] (sessions,
-//! fan-out, resume) → [`store`] (durable state behind the `Store` trait).
+//! One folder per layer; every import points down (checked by `tests/layers.rs`), and
+//! `ARCHITECTURE.md` at the repository root is the map:
+//!
+//! [`app`] (composition root) → [`transport`] (QUIC, WebTransport, WebSocket, web endpoint,
+//! in-process) → [`conn`] (one connection: handshake, auth phases, request loop, delivery
+//! streams) → [`api`] (one function per request) → [`cluster`] (several nodes on Redis) →
+//! [`conversation`] (shards: order, permissions, group commit) → [`session`] (hub, presence)
+//! → [`store`] (durable state behind the `Store` trait). [`security`] (accounts and tokens,
+//! rate limits, TLS) and [`clock`] sit beside the layers and import none of them.
 #![forbid(unsafe_code)]
 
-pub mod auth;
-pub mod chanwrite;
+pub mod api;
+pub mod app;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod conn;
-pub mod handlers;
-pub mod hub;
-pub mod mem;
-pub mod presence;
-pub mod quic;
-pub mod ratelimit;
-pub mod server;
-pub mod shard;
+pub mod conversation;
+pub mod security;
+pub mod session;
 pub mod store;
-#[doc(hidden)]
-pub mod testredis;
-pub mod tls;
-pub mod web;
-pub mod ws;
-pub mod wt;
+pub mod transport;
 
+pub use app::{start, RunningServer};
 pub use config::Config;
-pub use server::{start, RunningServer};

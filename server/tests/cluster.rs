@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::*;
 use natter_protocol::pb;
 use natter_sdk::{Client, ClientEvent, ConversationId, Events, HistoryAnchor, Seq, UserId};
-use natter_server::testredis::TestRedis;
+use natter_server::store::testredis::TestRedis;
 
 /// Sends and reconnections in these tests finish well inside this.
 const LONG: Duration = Duration::from_secs(60);

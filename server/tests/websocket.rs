@@ -135,7 +135,7 @@ impl RawWs {
 }
 
 fn close_code(e: pb::ErrorCode) -> Option<u16> {
-    Some(natter_server::ws::CLOSE_CODE_BASE + e as u16)
+    Some(natter_server::transport::websocket::CLOSE_CODE_BASE + e as u16)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

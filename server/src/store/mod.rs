@@ -14,6 +14,10 @@ pub mod redis_store;
 pub mod sled_store;
 #[cfg(test)]
 pub mod suite;
+/// Throwaway `redis-server` processes for tests (feature `test-support`; never in the
+/// release library).
+#[cfg(any(test, feature = "test-support"))]
+pub mod testredis;
 
 pub use redis_store::{RedisConn, RedisStore};
 pub use sled_store::SledStore;

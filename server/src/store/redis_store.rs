@@ -662,14 +662,14 @@ mod tests {
 
     #[tokio::test]
     async fn redis_passes_the_store_suite() {
-        let redis = crate::testredis::TestRedis::start();
+        let redis = crate::store::testredis::TestRedis::start();
         let store = RedisStore::new(RedisConn::connect(&[redis.url()], false).await.unwrap());
         super::super::suite::run(&store).await;
     }
 
     #[tokio::test]
     async fn redis_cluster_passes_the_store_suite() {
-        let cluster = crate::testredis::TestRedis::cluster(3);
+        let cluster = crate::store::testredis::TestRedis::cluster(3);
         let store = RedisStore::new(RedisConn::connect(&cluster.urls(), true).await.unwrap());
         super::super::suite::run(&store).await;
     }
@@ -678,7 +678,7 @@ mod tests {
     /// with `Conflict` and nothing of its batch is stored.
     #[tokio::test]
     async fn a_commit_on_a_stale_view_is_a_conflict_and_changes_nothing() {
-        let redis = crate::testredis::TestRedis::start();
+        let redis = crate::store::testredis::TestRedis::start();
         let store = RedisStore::new(RedisConn::connect(&[redis.url()], false).await.unwrap());
         let conv = store.allocate_conversation_id().await.unwrap();
         let ev = |seq: u64, text: &str| Commit {

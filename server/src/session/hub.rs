@@ -14,7 +14,7 @@ use natter_protocol::pb;
 use natter_protocol::{ConversationId, DeviceId, Seq, UserId};
 use tokio::sync::mpsc;
 
-use crate::auth;
+use crate::security::auth;
 
 const STRIPES: usize = 16;
 

@@ -9,12 +9,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use natter_protocol::codec::encode_frame;
 use natter_protocol::pb::{self, PresenceState as State};
 use natter_protocol::{DeviceId, UserId};
 
-use crate::handlers::Ctx;
-use crate::shard::now_ms;
+use crate::clock::{Clock, SystemClock};
 use crate::store::{PresenceRecord, Store, StoreError};
 
 /// How often pending changes are published (the coalescing window).
@@ -52,6 +50,7 @@ impl UserPresence {
 pub struct Presence {
     inner: Arc<Mutex<Inner>>,
     heartbeat: Duration,
+    clock: Arc<dyn Clock>,
 }
 
 #[derive(Debug, Default)]
@@ -63,9 +62,15 @@ struct Inner {
 impl Presence {
     /// A tracker expecting a heartbeat every `heartbeat`.
     pub fn new(heartbeat: Duration) -> Self {
+        Presence::with_clock(heartbeat, Arc::new(SystemClock))
+    }
+
+    /// A tracker on the given clock (tests pass a [`crate::clock::FakeClock`]).
+    pub fn with_clock(heartbeat: Duration, clock: Arc<dyn Clock>) -> Self {
         Presence {
             inner: Arc::new(Mutex::new(Inner::default())),
             heartbeat,
+            clock,
         }
     }
 
@@ -94,7 +99,7 @@ impl Presence {
         self.with(|i| {
             let u = i.users.entry(user).or_default();
             u.username = username.to_string();
-            u.devices.insert((device, conn), (State::Online, Instant::now()));
+            u.devices.insert((device, conn), (State::Online, self.clock.now()));
             u.connected_since_flush = true;
             i.dirty.insert(user);
         });
@@ -109,7 +114,7 @@ impl Presence {
         };
         self.with(|i| {
             if let Some(u) = i.users.get_mut(&user) {
-                u.devices.insert((device, conn), (state, Instant::now()));
+                u.devices.insert((device, conn), (state, self.clock.now()));
                 i.dirty.insert(user);
             }
         });
@@ -145,7 +150,7 @@ impl Presence {
     /// A user's presence as others see it.
     pub fn get(&self, user: UserId) -> pb::PresenceUpdate {
         self.with(|i| match i.users.get(&user) {
-            Some(u) => update(user, u),
+            Some(u) => update(user, u, self.clock.now_ms()),
             None => pb::PresenceUpdate {
                 user_id: user.0,
                 state: State::Offline as i32,
@@ -158,10 +163,12 @@ impl Presence {
     /// records of those who went offline (to persist their last seen).
     fn expire_and_take_changes(&self) -> (Vec<pb::PresenceUpdate>, Vec<(UserId, PresenceRecord)>) {
         let limit = self.heartbeat * 2;
+        let (now, now_ms) = (self.clock.now(), self.clock.now_ms());
         self.with(|i| {
             for (user, u) in i.users.iter_mut() {
                 let before = u.devices.len();
-                u.devices.retain(|_, (_, beat)| beat.elapsed() <= limit);
+                u.devices
+                    .retain(|_, (_, beat)| now.saturating_duration_since(*beat) <= limit);
                 if u.devices.len() != before {
                     i.dirty.insert(*user);
                 }
@@ -177,7 +184,7 @@ impl Presence {
                     continue;
                 }
                 if state == State::Offline && (u.published.is_some() || was_connected) {
-                    u.last_seen_ms = now_ms();
+                    u.last_seen_ms = now_ms;
                     offline.push((
                         user,
                         PresenceRecord {
@@ -187,63 +194,43 @@ impl Presence {
                     ));
                 }
                 u.published = Some(state);
-                changes.push(update(user, u));
+                changes.push(update(user, u, now_ms));
             }
             (changes, offline)
         })
     }
 
-    /// Run forever: expire devices and publish coalesced changes to contacts.
-    /// Holds the server only weakly, so it never keeps a stopped server alive.
-    pub async fn run(self, shared: std::sync::Weak<crate::conn::Shared>) {
+    /// Run until the outlet reports the server gone: every flush tick, expire devices and
+    /// hand the coalesced changes to `outlet` (which saves last seen and tells contacts).
+    pub async fn run(self, outlet: impl PresenceOutlet) {
         let mut tick = tokio::time::interval(FLUSH_EVERY);
         loop {
             tick.tick().await;
-            let Some(shared) = shared.upgrade() else { return };
-            let ctx = &shared.ctx;
             let (changes, offline) = self.expire_and_take_changes();
-            for (user, rec) in offline {
-                if let Err(e) = ctx.store.put_presence_record(user, rec).await {
-                    tracing::warn!(%user, error = %e, "presence: last seen not saved");
-                }
-            }
-            for mut change in changes {
-                let user = UserId(change.user_id);
-                if let Some(cluster) = &ctx.cluster {
-                    // Other nodes learn this node's view from the directory; contacts hear
-                    // the user's best state over every node (offline here is not offline
-                    // if a phone is still online on another node).
-                    if let Err(e) = cluster.attach(user, change.state()).await {
-                        tracing::warn!(%user, error = %e, "presence: directory update failed");
-                    }
-                    change = cluster.merge_presence(change).await;
-                }
-                let contacts = match contacts(ctx, user).await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(%user, error = %e, "presence: contacts lookup failed");
-                        continue;
-                    }
-                };
-                let frame = pb::Frame {
-                    kind: Some(pb::frame::Kind::Signal(pb::Signal {
-                        kind: Some(pb::signal::Kind::Presence(change)),
-                    })),
-                };
-                ctx.hub.signal(&contacts, encode_frame(&frame));
+            if !outlet.flush(changes, offline).await {
+                return;
             }
         }
     }
 }
 
-fn update(user: UserId, u: &UserPresence) -> pb::PresenceUpdate {
+/// Where presence changes go: the layers above presence (contacts are conversation
+/// members; other nodes are the cluster) implement this, so presence imports none of them.
+#[async_trait::async_trait]
+pub trait PresenceOutlet: Send + Sync + 'static {
+    /// Save `offline` users' last seen and publish `changes` to each user's contacts.
+    /// Returns false once the server has stopped (presence's loop then ends).
+    async fn flush(&self, changes: Vec<pb::PresenceUpdate>, offline: Vec<(UserId, PresenceRecord)>) -> bool;
+}
+
+fn update(user: UserId, u: &UserPresence, now_ms: u64) -> pb::PresenceUpdate {
     let state = u.published.unwrap_or_else(|| u.state());
     let last_seen_ms = if u.hide_last_seen {
         0
     } else if state == State::Offline {
         u.last_seen_ms
     } else {
-        now_ms()
+        now_ms
     };
     pb::PresenceUpdate {
         user_id: user.0,
@@ -251,19 +238,4 @@ fn update(user: UserId, u: &UserPresence) -> pb::PresenceUpdate {
         state: state as i32,
         last_seen_ms,
     }
-}
-
-/// The members of the user's direct conversations and groups, the user excluded.
-pub async fn contacts(ctx: &Ctx, user: UserId) -> Result<Vec<UserId>, natter_protocol::ServerError> {
-    let mut out = HashSet::new();
-    for conv in ctx.store.user_conversations(user).await? {
-        match ctx.shards.view(conv, user).await {
-            Ok(v) if v.meta.kind != pb::ConversationKind::Channel as i32 => {
-                out.extend(v.members.iter().map(|m| m.user))
-            }
-            _ => {}
-        }
-    }
-    out.remove(&user);
-    Ok(out.into_iter().collect())
 }

@@ -25,15 +25,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes};
 use natter_protocol::pb::{self, PresenceState as State};
 use natter_protocol::{ConversationId, Seq, UserId};
-use prost::Message as _;
 use tokio::sync::mpsc;
 
-use crate::hub::{Forward, Hub};
-use crate::shard::{now_ms, Shards};
+use crate::clock::now_ms;
+use crate::conversation::Shards;
+use crate::session::hub::{Forward, Hub};
 use crate::store::{RedisConn, StoreError};
+
+mod bus;
+use bus::{decode, encode, recipients};
 
 /// A node is dead once its registry entry is this old.
 pub const NODE_TTL: Duration = Duration::from_secs(5);
@@ -64,6 +66,13 @@ fn rank(s: State) -> u8 {
     }
 }
 
+/// This node's own view of a user's presence, as the directory refresh needs it. The
+/// cluster defines this narrow interface so it does not depend on the presence tracker.
+pub trait LocalPresence: Send + Sync + std::fmt::Debug + 'static {
+    /// The user's state over this node's devices.
+    fn local_state(&self, user: UserId) -> State;
+}
+
 /// This node's part in a multi-node deployment.
 #[derive(Debug)]
 pub struct Cluster {
@@ -87,7 +96,7 @@ impl Cluster {
         advertise: String,
         hub: Hub,
         shards: Shards,
-        presence: crate::presence::Presence,
+        presence: Arc<dyn LocalPresence>,
     ) -> Result<Arc<Cluster>, StoreError> {
         let cluster = Arc::new(Cluster {
             node,
@@ -114,7 +123,7 @@ impl Cluster {
                     let users: Vec<(UserId, State)> = beat_hub
                         .local_users()
                         .into_iter()
-                        .map(|u| (u, presence.get(u).state()))
+                        .map(|u| (u, presence.local_state(u)))
                         .collect();
                     if let Err(e) = c.refresh(&users).await {
                         tracing::warn!(error = %e, "cluster: directory refresh failed");
@@ -301,72 +310,6 @@ impl Cluster {
 
 // ───────────────────────────── the bus ─────────────────────────────
 
-const KIND_EVENT: u8 = 1;
-const KIND_SIGNAL: u8 = 2;
-const KIND_EPHEMERAL: u8 = 3;
-
-/// Append one forward for `to` to a bus message.
-fn encode(out: &mut Vec<u8>, f: &Forward, to: &[UserId]) {
-    let (kind, except, payload): (u8, u64, Bytes) = match f {
-        Forward::Event(_, ev) => (KIND_EVENT, 0, Bytes::from(ev.encode_to_vec())),
-        Forward::Signal(_, frame) => (KIND_SIGNAL, 0, frame.clone()),
-        Forward::Ephemeral(_, except, frame) => (KIND_EPHEMERAL, except.0, Bytes::from(frame.encode_to_vec())),
-    };
-    out.put_u8(kind);
-    out.put_u32(to.len() as u32);
-    for u in to {
-        out.put_u64(u.0);
-    }
-    out.put_u64(except);
-    out.put_u32(payload.len() as u32);
-    out.put_slice(&payload);
-}
-
-/// Read a bus message back into forwards. A malformed message is refused whole.
-fn decode(mut b: &[u8]) -> Result<Vec<Forward>, String> {
-    let mut out = Vec::new();
-    let need = |b: &[u8], n: usize| {
-        if b.remaining() < n {
-            Err("truncated bus message".to_string())
-        } else {
-            Ok(())
-        }
-    };
-    while b.has_remaining() {
-        need(b, 5)?;
-        let kind = b.get_u8();
-        let n = b.get_u32() as usize;
-        need(b, n.saturating_mul(8))?;
-        let to: Vec<UserId> = (0..n).map(|_| UserId(b.get_u64())).collect();
-        need(b, 12)?;
-        let except = UserId(b.get_u64());
-        let len = b.get_u32() as usize;
-        need(b, len)?;
-        let payload = Bytes::copy_from_slice(&b[..len]);
-        b.advance(len);
-        out.push(match kind {
-            KIND_EVENT => Forward::Event(
-                to,
-                Arc::new(pb::ConversationEvent::decode(payload).map_err(|e| e.to_string())?),
-            ),
-            KIND_SIGNAL => Forward::Signal(to, payload),
-            KIND_EPHEMERAL => Forward::Ephemeral(
-                to,
-                except,
-                Arc::new(pb::Frame::decode(payload).map_err(|e| e.to_string())?),
-            ),
-            k => return Err(format!("unknown bus item kind {k}")),
-        });
-    }
-    Ok(out)
-}
-
-fn recipients(f: &Forward) -> &[UserId] {
-    match f {
-        Forward::Event(to, _) | Forward::Signal(to, _) | Forward::Ephemeral(to, _, _) => to,
-    }
-}
-
 /// Take the hub's forwards in order, route them by the directory and publish one message
 /// per target node per round.
 async fn publish_loop(cluster: std::sync::Weak<Cluster>, mut rx: mpsc::Receiver<Forward>) {
@@ -460,43 +403,5 @@ async fn subscribe_loop(cluster: std::sync::Weak<Cluster>, hub: Hub, shards: Sha
         }
         tracing::warn!(%url, "cluster: subscription ended; resubscribing");
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bus_messages_round_trip_and_refuse_truncation() {
-        let ev = Arc::new(pb::ConversationEvent {
-            conversation_id: 5,
-            seq: 9,
-            ..Default::default()
-        });
-        let items = [
-            Forward::Event(vec![UserId(1), UserId(2)], ev.clone()),
-            Forward::Signal(vec![UserId(3)], Bytes::from_static(b"signal")),
-            Forward::Ephemeral(vec![UserId(4)], UserId(1), Arc::new(pb::Frame::default())),
-        ];
-        let mut body = Vec::new();
-        for f in &items {
-            encode(&mut body, f, recipients(f));
-        }
-        let back = decode(&body).unwrap();
-        assert_eq!(back.len(), 3);
-        match &back[0] {
-            Forward::Event(to, e) => assert_eq!((to.clone(), e.seq), (vec![UserId(1), UserId(2)], 9)),
-            other => panic!("{other:?}"),
-        }
-        match &back[2] {
-            Forward::Ephemeral(to, except, _) => assert_eq!((to.clone(), *except), (vec![UserId(4)], UserId(1))),
-            other => panic!("{other:?}"),
-        }
-        let mut first = Vec::new();
-        encode(&mut first, &items[0], recipients(&items[0]));
-        for cut in 1..first.len() {
-            assert!(decode(&body[..cut]).is_err(), "a message cut at {cut} was accepted");
-        }
     }
 }

@@ -7,10 +7,12 @@ use std::sync::Arc;
 use natter_protocol::pb::{self, request::Op, response::Result as Res, ConversationKind as Kind, ErrorCode};
 use natter_protocol::{limits, validate, ConversationId, Seq, ServerError, UserId};
 
-use crate::hub::Hub;
-use crate::presence::{self, Presence};
-use crate::shard::{Actor, ConvView, MemberLimits, Mutation, Shards};
+use crate::conversation::{Actor, ConvView, MemberLimits, Mutation, Shards};
+use crate::session::hub::Hub;
+use crate::session::presence::Presence;
 use crate::store::{Page, Store};
+
+pub mod presence;
 
 /// What handlers need from the server.
 #[derive(Debug)]
@@ -24,7 +26,7 @@ pub struct Ctx {
     /// Typing indicator lifetime.
     pub typing_ttl_ms: u32,
     /// Rate limiters.
-    pub rates: crate::ratelimit::RateLimits,
+    pub rates: crate::security::ratelimit::RateLimits,
     /// Conversation owners.
     pub shards: Shards,
     /// Member limits.
@@ -34,7 +36,7 @@ pub struct Ctx {
     /// History page limit.
     pub max_history_page: u32,
     /// argon2id cost for new password hashes.
-    pub password_cost: crate::auth::PasswordCost,
+    pub password_cost: crate::security::auth::PasswordCost,
     /// The other nodes, when this node is one of several (Redis storage).
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
@@ -463,7 +465,7 @@ pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError
         }
         Op::Ping(p) => Ok(Res::Pong(pb::Pong {
             nonce: p.nonce,
-            server_time_ms: crate::shard::now_ms(),
+            server_time_ms: crate::clock::now_ms(),
         })),
         Op::ListDevices(_)
         | Op::Logout(_)

@@ -19,8 +19,8 @@ use natter_protocol::pb::ErrorCode;
 use natter_protocol::wsmux::{self, Channel};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::chanwrite::ChannelWriter;
 use crate::conn::{self, Shared, Transport};
+use crate::transport::chanwrite::ChannelWriter;
 
 /// WebSocket close codes for natter errors: 4000 + the `ErrorCode` number.
 pub const CLOSE_CODE_BASE: u16 = 4000;

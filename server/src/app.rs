@@ -6,15 +6,40 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::cluster::Cluster;
+use natter_protocol::{pb, UserId};
+
+use crate::api;
+use crate::api::Ctx;
+use crate::cluster::{Cluster, LocalPresence};
 use crate::config::Config;
 use crate::config::Storage;
 use crate::conn::{ConnConfig, Shared};
-use crate::handlers::Ctx;
-use crate::hub::{Hub, HubConfig};
-use crate::shard::{MemberLimits, Shards};
+use crate::conversation::{MemberLimits, Shards};
+use crate::security::tls;
+use crate::session::hub::{Hub, HubConfig};
+use crate::session::presence::{Presence, PresenceOutlet};
+use crate::store::PresenceRecord;
 use crate::store::{RedisConn, RedisStore, SledStore, Store};
-use crate::{quic, tls};
+use crate::transport::quic;
+
+/// Presence changes go out through the request layer, which knows contacts and nodes.
+/// Holds the server weakly, so presence never keeps a stopped server alive.
+struct PublishPresence(std::sync::Weak<Shared>);
+
+#[async_trait::async_trait]
+impl PresenceOutlet for PublishPresence {
+    async fn flush(&self, changes: Vec<pb::PresenceUpdate>, offline: Vec<(UserId, PresenceRecord)>) -> bool {
+        let Some(shared) = self.0.upgrade() else { return false };
+        api::presence::publish(&shared.ctx, changes, offline).await;
+        true
+    }
+}
+
+impl LocalPresence for Presence {
+    fn local_state(&self, user: UserId) -> pb::PresenceState {
+        self.get(user).state()
+    }
+}
 
 /// A server that is accepting connections.
 #[derive(Debug)]
@@ -29,7 +54,7 @@ pub struct RunningServer {
     pub web_addr: Option<SocketAddr>,
     /// Whether the web endpoint speaks TLS.
     pub web_tls: bool,
-    webtransport: Option<Arc<crate::wt::WtEndpoint>>,
+    webtransport: Option<Arc<crate::transport::webtransport::WtEndpoint>>,
     endpoint: quinn::Endpoint,
     shared: Arc<Shared>,
     cluster: Option<Arc<Cluster>>,
@@ -64,7 +89,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     };
     let shards = Shards::start(config.shard_count(), store.clone(), hub.clone(), member_limits);
     let weak_store = Arc::downgrade(&store);
-    let presence = crate::presence::Presence::new(Duration::from_millis(config.heartbeat_interval_ms.max(1).into()));
+    let presence = Presence::new(Duration::from_millis(config.heartbeat_interval_ms.max(1).into()));
     let cluster = match redis {
         Some(conn) => {
             let node = if config.node_id.is_empty() {
@@ -75,7 +100,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
             let advertise = config.advertise.clone().unwrap_or_else(|| config.listen.to_string());
             let urls = config.redis_urls.clone();
             let (hub, shards) = (hub.clone(), shards.clone());
-            Some(Cluster::start(conn, urls, node, advertise, hub, shards, presence.clone()).await?)
+            Some(Cluster::start(conn, urls, node, advertise, hub, shards, Arc::new(presence.clone())).await?)
         }
         None => None,
     };
@@ -84,12 +109,12 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         hub: hub.clone(),
         presence: presence.clone(),
         typing_ttl_ms: config.typing_ttl_ms,
-        rates: crate::ratelimit::RateLimits::new(&config.rates),
+        rates: crate::security::ratelimit::RateLimits::new(&config.rates),
         shards,
         member_limits,
         max_text_chars: config.max_text_chars,
         max_history_page: config.max_history_page,
-        password_cost: crate::auth::PasswordCost {
+        password_cost: crate::security::auth::PasswordCost {
             memory_kib: config.password_hash_memory_kib,
             iterations: config.password_hash_iterations,
         },
@@ -124,7 +149,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     let pem = config.tls_cert.as_deref().zip(config.tls_key.as_deref());
     let webtransport = match config.webtransport_listen {
         Some(addr) => {
-            let wt = crate::wt::WtEndpoint::bind(addr, pem, config.webtransport_cert_days, idle)
+            let wt = crate::transport::webtransport::WtEndpoint::bind(addr, pem, config.webtransport_cert_days, idle)
                 .await
                 .with_context(|| format!("binding WebTransport on {addr}"))?;
             Some(Arc::new(wt))
@@ -158,17 +183,22 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
                 );
             }
             let wt_info = webtransport.as_ref().map(|wt| (wt.addr.port(), wt.certs.clone()));
-            let web =
-                crate::web::WebEndpoint::bind(addr, tls, config.web_root.clone(), Arc::downgrade(&shared), wt_info)
-                    .await
-                    .with_context(|| format!("binding the web endpoint on {addr}"))?;
+            let web = crate::transport::web::WebEndpoint::bind(
+                addr,
+                tls,
+                config.web_root.clone(),
+                Arc::downgrade(&shared),
+                wt_info,
+            )
+            .await
+            .with_context(|| format!("binding the web endpoint on {addr}"))?;
             let bound = (Some(web.addr), web.tls);
             tasks.push(tokio::spawn(web.serve()));
             bound
         }
         None => (None, false),
     };
-    tasks.push(tokio::spawn(presence.run(Arc::downgrade(&shared))));
+    tasks.push(tokio::spawn(presence.run(PublishPresence(Arc::downgrade(&shared)))));
     let housekeeping = Arc::downgrade(&shared);
     tasks.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -218,8 +248,8 @@ impl RunningServer {
     }
 
     /// Open an in-process connection (no sockets, no TLS) served like any other.
-    pub fn connect_in_process(&self) -> crate::mem::MemClient {
-        crate::mem::connect(self.shared.clone())
+    pub fn connect_in_process(&self) -> crate::transport::mem::MemClient {
+        crate::transport::mem::connect(self.shared.clone())
     }
 
     /// Stop accepting WebTransport (existing sessions close too); browsers fall back to

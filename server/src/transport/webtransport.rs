@@ -86,7 +86,7 @@ fn generate(days: u32) -> anyhow::Result<Identity> {
 
 fn hash_of(identity: &Identity) -> String {
     let leaf = &identity.certificate_chain().as_slice()[0];
-    crate::tls::fingerprint(leaf.der())
+    crate::security::tls::fingerprint(leaf.der())
 }
 
 fn server_config(addr: SocketAddr, identity: &Identity, idle: Duration) -> ServerConfig {

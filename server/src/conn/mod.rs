@@ -21,10 +21,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::auth;
-use crate::handlers::{self, Ctx};
-use crate::hub::{Hub, Outbound, Session};
-use crate::shard::{now_ms, Actor, Mutation};
+use crate::api::{self, Ctx};
+use crate::clock::now_ms;
+use crate::conversation::{Actor, Mutation};
+use crate::security::auth;
+use crate::session::hub::{Hub, Outbound, Session};
 use crate::store::StoreError;
 
 /// A connection as the driver needs it: open server→client streams, close with a code.
@@ -435,7 +436,7 @@ impl<T: Transport> Conn<T> {
                 let actor = self.auth.as_ref().expect("checked above").actor.clone();
                 let out = self.out.clone();
                 tokio::spawn(async move {
-                    let res = handlers::handle(&shared.ctx, &actor, op).await;
+                    let res = api::handle(&shared.ctx, &actor, op).await;
                     let _ = out.send(response_frame(id, res)).await;
                     drop(permit);
                 });
@@ -652,7 +653,7 @@ impl<T: Transport> Conn<T> {
             }
             None => {
                 let (session, token, rx) = hub.open(user, device, self.conn_id);
-                let list = handlers::all_summaries(&self.shared.ctx, user).await?;
+                let list = api::all_summaries(&self.shared.ctx, user).await?;
                 (session, token, rx, list, false)
             }
         };
@@ -763,7 +764,7 @@ async fn read_datagrams<T: Transport>(shared: Arc<Shared>, transport: Arc<T>, ac
         else {
             continue;
         };
-        if let Err(e) = handlers::typing(&shared.ctx, actor, t.conversation_id).await {
+        if let Err(e) = api::typing(&shared.ctx, actor, t.conversation_id).await {
             let rejected = pb::SignalRejected {
                 conversation_id: t.conversation_id,
                 code: e.code as i32,

@@ -15,8 +15,8 @@ use natter_protocol::{codec, limits, FrameDecoder, FrameError};
 use tokio::io::{AsyncWriteExt, DuplexStream};
 use tokio::sync::mpsc;
 
-use crate::chanwrite::ChannelWriter;
 use crate::conn::{self, Shared, Transport};
+use crate::transport::chanwrite::ChannelWriter;
 
 /// What the server sends an in-process client, per channel, in order.
 #[derive(Debug)]

@@ -17,7 +17,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 
 use crate::conn::Shared;
-use crate::wt::WtCerts;
+use crate::transport::webtransport::WtCerts;
 
 /// What the handlers need.
 #[derive(Clone, Debug)]
@@ -104,7 +104,7 @@ async fn websocket(
         return (StatusCode::TOO_MANY_REQUESTS, "too many connections from this address").into_response();
     };
     upgrade.on_upgrade(move |socket| async move {
-        crate::ws::serve(shared, socket, peer.ip()).await;
+        crate::transport::websocket::serve(shared, socket, peer.ip()).await;
         drop(slot);
     })
 }

@@ -1,0 +1,394 @@
+//! The pure rules of a conversation (PROTOCOL.md §5.4, §5.9): who may do what, and the
+//! one event (plus store changes) each accepted mutation commits. No I/O, no clock, no
+//! tasks: the shard actor in [`super`] loads state, calls these, and commits the result,
+//! which is why every rule here has a unit test that runs in microseconds.
+use std::collections::HashMap;
+
+use natter_protocol::pb::{self, conversation_event::Body, ConversationKind as Kind, ErrorCode, Role};
+use natter_protocol::{ConversationId, Seq, ServerError, UserId};
+
+use super::{Actor, MemberLimits, Mutation};
+use crate::store::{Commit, ConversationMeta, MemberRecord, MessageState};
+
+/// Different emojis on one message.
+const MAX_DISTINCT_REACTIONS: usize = 50;
+
+/// A conversation's hot state as its shard caches it.
+#[derive(Clone, Debug)]
+pub(crate) struct Conv {
+    pub(crate) meta: ConversationMeta,
+    pub(crate) members: HashMap<UserId, MemberRecord>,
+    pub(crate) last_seq: Seq,
+}
+
+/// A message being changed, with its current state.
+#[derive(Clone)]
+pub(crate) struct Target {
+    pub(crate) event: pb::ConversationEvent,
+    pub(crate) state: MessageState,
+}
+
+/// Check and apply an edit, delete or reaction (PROTOCOL.md §5.9).
+pub(crate) fn apply_to_message(
+    conv: &mut Conv,
+    actor: &Actor,
+    m: Mutation,
+    t: &Target,
+    now: u64,
+) -> Result<(Commit, Vec<UserId>), ServerError> {
+    let my_role = role_of(conv, actor.user).ok_or_else(not_member)?;
+    if t.state.deleted {
+        return Err(ServerError::new(ErrorCode::NotFound, "the message was deleted"));
+    }
+    let kind = Kind::try_from(conv.meta.kind).unwrap_or(Kind::Group);
+    let own = t.event.sender_user_id == actor.user.0;
+    let target = Seq(t.event.seq);
+    let mut state = t.state.clone();
+    let body = match m {
+        Mutation::Edit { text, .. } => {
+            if !own {
+                return Err(forbidden("only the sender edits a message"));
+            }
+            state.edited = true;
+            Body::MessageEdited(pb::MessageEdited {
+                target_seq: target.0,
+                text,
+            })
+        }
+        Mutation::DeleteMessage(_) => {
+            let moderator = kind != Kind::Direct && matches!(my_role, Role::Admin | Role::Owner);
+            if !own && !moderator {
+                return Err(forbidden(
+                    "only the sender, or a group's owner or admins, delete a message",
+                ));
+            }
+            state.deleted = true;
+            state.reactions.clear();
+            Body::MessageDeleted(pb::MessageDeleted { target_seq: target.0 })
+        }
+        Mutation::React { emoji, remove, .. } => {
+            let users = state.reactions.entry(emoji.clone()).or_default();
+            let had = users.contains(&actor.user);
+            match (remove, had) {
+                (false, true) => return Err(ServerError::new(ErrorCode::Conflict, "already reacted with that emoji")),
+                (true, false) => return Err(ServerError::new(ErrorCode::NotFound, "no such reaction of yours")),
+                (false, false) => users.push(actor.user),
+                (true, true) => users.retain(|u| *u != actor.user),
+            }
+            if users.is_empty() {
+                state.reactions.remove(&emoji);
+            }
+            if state.reactions.len() > MAX_DISTINCT_REACTIONS {
+                return Err(ServerError::new(
+                    ErrorCode::LimitExceeded,
+                    "too many different reactions on one message",
+                ));
+            }
+            Body::Reaction(pb::ReactionChanged {
+                target_seq: target.0,
+                emoji,
+                added: !remove,
+            })
+        }
+        _ => unreachable!("only message changes have a target"),
+    };
+    let seq = conv.last_seq.next();
+    conv.last_seq = seq;
+    let commit = Commit {
+        event: event(conv.meta.id, seq, actor, now, body),
+        message_state: Some((target, state)),
+        ..Default::default()
+    };
+    Ok((commit, conv.members.keys().copied().collect()))
+}
+
+pub(crate) fn not_member() -> ServerError {
+    ServerError::new(ErrorCode::NotMember, "not a member of this conversation")
+}
+
+fn forbidden(why: &str) -> ServerError {
+    ServerError::new(ErrorCode::Forbidden, why)
+}
+
+pub(crate) fn live(conv: Option<&mut Conv>) -> Result<&mut Conv, ServerError> {
+    match conv {
+        Some(c) if !c.meta.deleted => Ok(c),
+        _ => Err(ServerError::new(ErrorCode::NotFound, "no such conversation")),
+    }
+}
+
+fn event(id: ConversationId, seq: Seq, actor: &Actor, now: u64, body: Body) -> pb::ConversationEvent {
+    pb::ConversationEvent {
+        conversation_id: id.0,
+        seq: seq.0,
+        sender_user_id: actor.user.0,
+        sender_username: actor.username.clone(),
+        sender_device_id: actor.device.0,
+        server_time_ms: now,
+        body: Some(body),
+    }
+}
+
+fn member(user: UserId, username: String, role: Role, seq: Seq) -> MemberRecord {
+    MemberRecord {
+        user,
+        username,
+        role: role as i32,
+        joined_seq: seq,
+    }
+}
+
+fn to_pb(m: &MemberRecord) -> pb::Member {
+    pb::Member {
+        user_id: m.user.0,
+        username: m.username.clone(),
+        role: m.role,
+        joined_seq: m.joined_seq.0,
+    }
+}
+
+pub(crate) fn create(
+    id: ConversationId,
+    actor: &Actor,
+    kind: Kind,
+    name: String,
+    others: Vec<(UserId, String)>,
+    now: u64,
+) -> (Commit, Vec<UserId>, Conv) {
+    let seq = Seq(1);
+    let creator_role = if kind == Kind::Direct {
+        Role::Member
+    } else {
+        Role::Owner
+    };
+    let mut members = vec![member(actor.user, actor.username.clone(), creator_role, seq)];
+    for (u, n) in others {
+        if !members.iter().any(|m| m.user == u) {
+            members.push(member(u, n, Role::Member, seq));
+        }
+    }
+    let meta = ConversationMeta {
+        id,
+        kind: kind as i32,
+        name: name.clone(),
+        created_ms: now,
+        deleted: false,
+    };
+    let ev = event(
+        id,
+        seq,
+        actor,
+        now,
+        Body::Created(pb::ConversationCreated {
+            kind: kind as i32,
+            name,
+            members: members.iter().map(to_pb).collect(),
+        }),
+    );
+    let recipients = members.iter().map(|m| m.user).collect();
+    let commit = Commit {
+        event: ev,
+        meta: Some(meta.clone()),
+        upsert_members: members.clone(),
+        ..Default::default()
+    };
+    let conv = Conv {
+        meta,
+        members: members.into_iter().map(|m| (m.user, m)).collect(),
+        last_seq: seq,
+    };
+    (commit, recipients, conv)
+}
+
+fn role_of(conv: &Conv, user: UserId) -> Option<Role> {
+    conv.members
+        .get(&user)
+        .map(|m| Role::try_from(m.role).unwrap_or(Role::Member))
+}
+
+/// Check and apply one mutation to a live conversation's state (PROTOCOL.md §5.4).
+pub(crate) fn apply(
+    conv: &mut Conv,
+    actor: &Actor,
+    m: Mutation,
+    now: u64,
+    limits: MemberLimits,
+) -> Result<(Commit, Vec<UserId>), ServerError> {
+    let kind = Kind::try_from(conv.meta.kind).unwrap_or(Kind::Group);
+    let id = conv.meta.id;
+    let seq = conv.last_seq.next();
+    let my_role = role_of(conv, actor.user);
+    let is_admin = matches!(my_role, Some(Role::Admin | Role::Owner));
+    let mut commit = Commit::default();
+    let mut extra_recipients = Vec::new();
+    let max_members = match kind {
+        Kind::Direct => 2,
+        Kind::Channel => limits.channel,
+        _ => limits.group,
+    };
+    if my_role.is_none() && !matches!(m, Mutation::Join) {
+        return Err(not_member());
+    }
+    let body = match m {
+        Mutation::Create { .. } | Mutation::Edit { .. } | Mutation::DeleteMessage(_) | Mutation::React { .. } => {
+            unreachable!("handled by the caller")
+        }
+        Mutation::Send { client_msg_id, body } => {
+            commit.idempotency = Some((actor.user, client_msg_id.clone()));
+            commit.read_cursors = vec![(actor.user, seq)];
+            Body::Message(pb::MessageEvent {
+                client_msg_id,
+                body: Some(body),
+            })
+        }
+        Mutation::AddMembers(users) => {
+            if kind == Kind::Direct {
+                return Err(forbidden("direct conversations have exactly two members"));
+            }
+            if !is_admin {
+                return Err(forbidden("only owners and admins add members"));
+            }
+            let new: Vec<MemberRecord> = users
+                .into_iter()
+                .filter(|(u, _)| !conv.members.contains_key(u))
+                .map(|(u, n)| member(u, n, Role::Member, seq))
+                .collect();
+            if new.is_empty() {
+                return Err(ServerError::new(
+                    ErrorCode::Conflict,
+                    "everyone named is a member already",
+                ));
+            }
+            if conv.members.len() + new.len() > max_members {
+                return Err(ServerError::new(
+                    ErrorCode::LimitExceeded,
+                    format!("at most {max_members} members"),
+                ));
+            }
+            commit.upsert_members = new.clone();
+            Body::MembersAdded(pb::MembersAdded {
+                members: new.iter().map(to_pb).collect(),
+            })
+        }
+        Mutation::Join => {
+            if kind != Kind::Channel {
+                return Err(forbidden("only channels can be joined"));
+            }
+            if my_role.is_some() {
+                return Err(ServerError::new(ErrorCode::Conflict, "already a member"));
+            }
+            if conv.members.len() >= max_members {
+                return Err(ServerError::new(
+                    ErrorCode::LimitExceeded,
+                    format!("at most {max_members} members"),
+                ));
+            }
+            let m = member(actor.user, actor.username.clone(), Role::Member, seq);
+            commit.upsert_members = vec![m.clone()];
+            Body::MembersAdded(pb::MembersAdded {
+                members: vec![to_pb(&m)],
+            })
+        }
+        Mutation::Remove(user) => {
+            if kind == Kind::Direct {
+                return Err(forbidden("direct conversations have exactly two members"));
+            }
+            let target = role_of(conv, user).ok_or_else(|| ServerError::new(ErrorCode::NotFound, "not a member"))?;
+            let allowed = match my_role {
+                Some(Role::Owner) => target != Role::Owner,
+                Some(Role::Admin) => target == Role::Member,
+                _ => false,
+            };
+            if user == actor.user || !allowed {
+                return Err(forbidden(
+                    "owners remove anyone else, admins remove members; use leave for yourself",
+                ));
+            }
+            let username = conv.members[&user].username.clone();
+            commit.remove_members = vec![user];
+            extra_recipients.push(user);
+            Body::MemberRemoved(pb::MemberRemoved {
+                user_id: user.0,
+                username,
+                left: false,
+            })
+        }
+        Mutation::Leave => {
+            if kind == Kind::Direct {
+                return Err(forbidden("direct conversations cannot be left"));
+            }
+            if my_role == Some(Role::Owner) && conv.members.len() > 1 {
+                return Err(ServerError::new(
+                    ErrorCode::Conflict,
+                    "the owner must transfer ownership before leaving",
+                ));
+            }
+            commit.remove_members = vec![actor.user];
+            extra_recipients.push(actor.user);
+            Body::MemberRemoved(pb::MemberRemoved {
+                user_id: actor.user.0,
+                username: actor.username.clone(),
+                left: true,
+            })
+        }
+        Mutation::Rename(name) => {
+            if kind == Kind::Direct || !is_admin {
+                return Err(forbidden("only owners and admins rename groups and channels"));
+            }
+            let mut meta = conv.meta.clone();
+            meta.name = name.clone();
+            commit.meta = Some(meta);
+            Body::Renamed(pb::Renamed { name })
+        }
+        Mutation::Delete => {
+            if my_role != Some(Role::Owner) {
+                return Err(forbidden("only the owner deletes a conversation"));
+            }
+            let mut meta = conv.meta.clone();
+            meta.deleted = true;
+            commit.meta = Some(meta);
+            Body::Deleted(pb::ConversationDeleted {})
+        }
+        Mutation::SetRole(user, role) => {
+            if my_role != Some(Role::Owner) || kind == Kind::Direct || user == actor.user {
+                return Err(forbidden("only the owner changes roles of others"));
+            }
+            if role == Role::Unspecified {
+                return Err(ServerError::new(ErrorCode::BadRequest, "role is required"));
+            }
+            let mut target = conv
+                .members
+                .get(&user)
+                .cloned()
+                .ok_or_else(|| ServerError::new(ErrorCode::NotFound, "not a member"))?;
+            target.role = role as i32;
+            commit.upsert_members = vec![target];
+            if role == Role::Owner {
+                // Ownership transfer: the previous owner becomes an admin (one event).
+                let mut me = conv.members[&actor.user].clone();
+                me.role = Role::Admin as i32;
+                commit.upsert_members.push(me);
+            }
+            Body::RoleChanged(pb::RoleChanged {
+                user_id: user.0,
+                role: role as i32,
+            })
+        }
+    };
+    commit.event = event(id, seq, actor, now, body);
+    // Apply to the cached state; recipients are the members after the change plus anyone
+    // removed by it (so they learn of it).
+    for m in &commit.upsert_members {
+        conv.members.insert(m.user, m.clone());
+    }
+    for u in &commit.remove_members {
+        conv.members.remove(u);
+    }
+    if let Some(meta) = &commit.meta {
+        conv.meta = meta.clone();
+    }
+    conv.last_seq = seq;
+    let mut recipients: Vec<UserId> = conv.members.keys().copied().collect();
+    recipients.extend(extra_recipients);
+    Ok((commit, recipients))
+}
