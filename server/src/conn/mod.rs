@@ -684,7 +684,7 @@ impl<T: Transport> Conn<T> {
             user_id: user.0,
             username,
             device_id: device.0,
-            resume_token: token,
+            resume_token: token.expose().to_string(),
             resume_window_secs: hub.resume_window().as_secs() as u32,
             resumed: was_resumed,
             conversations,

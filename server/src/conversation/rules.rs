@@ -392,3 +392,7 @@ pub(crate) fn apply(
     recipients.extend(extra_recipients);
     Ok((commit, recipients))
 }
+
+#[cfg(test)]
+#[path = "rules_tests.rs"]
+mod tests;

@@ -77,9 +77,46 @@ pub fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// A session's resume token (PROTOCOL.md §7.2): a bearer secret, so its `Debug` never
+/// shows it; [`ResumeToken::expose`] is for the one place it goes on the wire.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct ResumeToken(String);
+
+impl ResumeToken {
+    /// A fresh random token.
+    pub fn generate() -> Self {
+        ResumeToken(new_token("rs_"))
+    }
+
+    /// The token itself, to send to the client.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for ResumeToken {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ResumeToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ResumeToken(<redacted>)")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resume_token_never_shows_in_debug_output() {
+        let t = ResumeToken::generate();
+        assert!(t.expose().starts_with("rs_"));
+        let shown = format!("{t:?} {:?}", Some(t.clone()));
+        assert!(!shown.contains(&t.expose()[3..]), "{shown}");
+    }
 
     #[test]
     fn passwords_verify_and_tokens_differ() {

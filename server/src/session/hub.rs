@@ -14,7 +14,8 @@ use natter_protocol::pb;
 use natter_protocol::{ConversationId, DeviceId, Seq, UserId};
 use tokio::sync::mpsc;
 
-use crate::security::auth;
+use crate::clock::{Clock, SystemClock};
+use crate::security::auth::ResumeToken;
 
 const STRIPES: usize = 16;
 
@@ -81,15 +82,15 @@ struct SessionState {
     evicted: HashMap<ConversationId, Seq>,
     sink: Option<(u64, mpsc::Sender<Outbound>)>,
     detached_at: Option<Instant>,
-    resume_token: String,
+    resume_token: ResumeToken,
 }
 
 impl SessionState {
     /// Let go of the attached connection (if any), starting the resume window; returns
     /// its sink so the caller can still tell it why.
-    fn detach(&mut self) -> Option<mpsc::Sender<Outbound>> {
+    fn detach(&mut self, now: Instant) -> Option<mpsc::Sender<Outbound>> {
         let (_, tx) = self.sink.take()?;
-        self.detached_at = Some(Instant::now());
+        self.detached_at = Some(now);
         Some(tx)
     }
 }
@@ -103,8 +104,9 @@ pub struct Hub {
 #[derive(Debug)]
 struct HubInner {
     config: HubConfig,
+    clock: Arc<dyn Clock>,
     users: Vec<Mutex<HashMap<UserId, Vec<Arc<Session>>>>>,
-    tokens: Mutex<HashMap<String, Arc<Session>>>,
+    tokens: Mutex<HashMap<ResumeToken, Arc<Session>>>,
     /// Fault injection for tests: drop every live message event instead of delivering it.
     #[cfg(feature = "faults")]
     withhold_messages: std::sync::atomic::AtomicBool,
@@ -119,10 +121,16 @@ fn stripe(user: UserId) -> usize {
 impl Hub {
     /// An empty hub.
     pub fn new(config: HubConfig) -> Self {
+        Hub::with_clock(config, Arc::new(SystemClock))
+    }
+
+    /// An empty hub on the given clock (tests pass a [`crate::clock::FakeClock`]).
+    pub fn with_clock(config: HubConfig, clock: Arc<dyn Clock>) -> Self {
         let users = (0..STRIPES).map(|_| Mutex::new(HashMap::new())).collect();
         Hub {
             inner: Arc::new(HubInner {
                 config,
+                clock,
                 users,
                 tokens: Mutex::new(HashMap::new()),
                 #[cfg(feature = "faults")]
@@ -150,10 +158,10 @@ impl Hub {
         user: UserId,
         device: DeviceId,
         conn_id: u64,
-    ) -> (Arc<Session>, String, mpsc::Receiver<Outbound>) {
+    ) -> (Arc<Session>, ResumeToken, mpsc::Receiver<Outbound>) {
         self.close_device(user, device, None);
         let (tx, rx) = self.channel();
-        let token = auth::new_token("rs_");
+        let token = ResumeToken::generate();
         let session = Arc::new(Session {
             user,
             device,
@@ -190,20 +198,20 @@ impl Hub {
         device: DeviceId,
         cursors: &HashMap<ConversationId, Seq>,
         conn_id: u64,
-    ) -> Option<(Arc<Session>, String, mpsc::Receiver<Outbound>, usize)> {
+    ) -> Option<(Arc<Session>, ResumeToken, mpsc::Receiver<Outbound>, usize)> {
         let session = self.inner.tokens.lock().expect("hub lock").get(token).cloned()?;
         if session.user != user || session.device != device {
             return None;
         }
         let (tx, rx) = self.channel();
-        let new_token = auth::new_token("rs_");
+        let new_token = ResumeToken::generate();
         let replayed = {
             let mut st = session.state.lock().expect("session lock");
-            if st.resume_token != token {
+            if st.resume_token.expose() != token {
                 return None;
             }
             if let Some(at) = st.detached_at {
-                if at.elapsed() > self.inner.config.resume_window {
+                if self.inner.clock.now().saturating_duration_since(at) > self.inner.config.resume_window {
                     return None;
                 }
             }
@@ -243,7 +251,7 @@ impl Hub {
     pub fn detach(&self, session: &Session, conn_id: u64) {
         let mut st = session.state.lock().expect("session lock");
         if st.sink.as_ref().is_some_and(|(id, _)| *id == conn_id) {
-            st.detach();
+            st.detach(self.inner.clock.now());
         }
     }
 
@@ -376,7 +384,7 @@ impl Hub {
                 };
                 if full {
                     // Slow reader: cut the connection; the ring keeps what it missed.
-                    st.detach();
+                    st.detach(self.inner.clock.now());
                 }
             }
         }
@@ -418,7 +426,7 @@ impl Hub {
         let mut cut = 0;
         for s in sessions {
             let mut st = s.state.lock().expect("session lock");
-            if let Some(tx) = st.detach() {
+            if let Some(tx) = st.detach(self.inner.clock.now()) {
                 let _ = tx.try_send(Outbound::Close(
                     pb::ErrorCode::Unspecified,
                     "disconnected by the server",
@@ -443,6 +451,7 @@ impl Hub {
     /// Drop detached sessions whose resume window has passed.
     pub fn sweep(&self) {
         let window = self.inner.config.resume_window;
+        let now = self.inner.clock.now();
         for stripe in &self.inner.users {
             let mut expired = Vec::new();
             {
@@ -450,7 +459,9 @@ impl Hub {
                 users.retain(|_, list| {
                     list.retain(|s| {
                         let st = s.state.lock().expect("session lock");
-                        let dead = st.detached_at.is_some_and(|at| at.elapsed() > window);
+                        let dead = st
+                            .detached_at
+                            .is_some_and(|at| now.saturating_duration_since(at) > window);
                         if dead {
                             expired.push(s.clone());
                         }
@@ -479,3 +490,7 @@ impl Hub {
             .sum()
     }
 }
+
+#[cfg(test)]
+#[path = "hub_tests.rs"]
+mod tests;

@@ -239,3 +239,7 @@ fn update(user: UserId, u: &UserPresence, now_ms: u64) -> pb::PresenceUpdate {
         last_seen_ms,
     }
 }
+
+#[cfg(test)]
+#[path = "presence_tests.rs"]
+mod tests;

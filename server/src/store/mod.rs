@@ -3,13 +3,14 @@
 //!
 //! Backends implement whole domain operations (not get/put of bytes) so each can make them
 //! atomic in its own way: sled with one atomic batch per commit, Redis with scripts. Every
-//! backend runs the one shared suite in [`suite`]. This module must not know about
+//! backend (memory, sled, Redis, Redis Cluster) runs the one shared suite in `suite`. This module must not know about
 //! connections, shards or the wire codec beyond the event type it stores.
 use async_trait::async_trait;
 use natter_protocol::pb;
 use natter_protocol::{ConversationId, DeviceId, Seq, UserId};
 use serde::{Deserialize, Serialize};
 
+pub mod memory;
 pub mod redis_store;
 pub mod sled_store;
 #[cfg(test)]
@@ -19,6 +20,7 @@ pub mod suite;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testredis;
 
+pub use memory::MemoryStore;
 pub use redis_store::{RedisConn, RedisStore};
 pub use sled_store::SledStore;
 

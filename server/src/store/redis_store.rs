@@ -660,18 +660,24 @@ impl Store for RedisStore {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn redis_passes_the_store_suite() {
-        let redis = crate::store::testredis::TestRedis::start();
-        let store = RedisStore::new(RedisConn::connect(&[redis.url()], false).await.unwrap());
-        super::super::suite::run(&store).await;
+    /// The shared store suite on one redis-server, one test per behaviour.
+    mod suite {
+        use crate::store::{testredis::TestRedis, RedisConn, RedisStore};
+        crate::store::suite::store_suite!({
+            let redis = TestRedis::start();
+            let store = RedisStore::new(RedisConn::connect(&[redis.url()], false).await.unwrap());
+            (redis, store)
+        });
     }
 
-    #[tokio::test]
-    async fn redis_cluster_passes_the_store_suite() {
-        let cluster = crate::store::testredis::TestRedis::cluster(3);
-        let store = RedisStore::new(RedisConn::connect(&cluster.urls(), true).await.unwrap());
-        super::super::suite::run(&store).await;
+    /// The shared store suite on a 3-master Redis Cluster, one test per behaviour.
+    mod cluster_suite {
+        use crate::store::{testredis::TestRedis, RedisConn, RedisStore};
+        crate::store::suite::store_suite!({
+            let cluster = TestRedis::cluster(3);
+            let store = RedisStore::new(RedisConn::connect(&cluster.urls(), true).await.unwrap());
+            (cluster, store)
+        });
     }
 
     /// Two nodes committing to one conversation: the second, with a stale view, is refused

@@ -462,11 +462,13 @@ impl SledStore {
 
 #[cfg(test)]
 mod tests {
-    #[tokio::test]
-    async fn sled_passes_the_store_suite() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = super::SledStore::open(dir.path()).unwrap();
-        super::super::suite::run(&store).await;
+    /// The shared store suite, one test per behaviour.
+    mod suite {
+        crate::store::suite::store_suite!({
+            let dir = tempfile::tempdir().unwrap();
+            let store = crate::store::SledStore::open(dir.path()).unwrap();
+            (dir, store)
+        });
     }
 
     #[tokio::test]

@@ -1,5 +1,7 @@
-//! The one behaviour suite every [`Store`] backend must pass. A backend's test module calls
-//! [`run`] with a fresh, empty store.
+//! The one behaviour suite every [`Store`] backend must pass. A backend's test module
+//! invokes [`store_suite!`] with an expression that makes a fresh, empty store (and a guard
+//! that keeps its backend alive); the macro expands to one named test per behaviour, so a
+//! failure names the backend and the behaviour (`store::sled_store::tests::suite::paging`).
 use super::*;
 use natter_protocol::pb::conversation_event::Body;
 
@@ -34,16 +36,27 @@ fn member(user: UserId, name: &str, joined: u64) -> MemberRecord {
     }
 }
 
-/// Run every check against `store`, which must be empty.
-pub async fn run(store: &dyn Store) {
-    accounts(store).await;
-    presence_records(store).await;
-    devices(store).await;
-    conversations_and_events(store).await;
-    claims(store).await;
+/// One `#[tokio::test]` per behaviour below, each on a fresh store from `$make`, an
+/// expression (it may `.await`) giving `(guard, store)`.
+macro_rules! store_suite {
+    ($make:expr) => {
+        $crate::store::suite::store_suite!(@each $make;
+            accounts presence_records devices conversation_records paging idempotency_keys
+            read_and_delivered_cursors unread_counts message_state member_removal claims);
+    };
+    (@each $make:expr; $($behaviour:ident)*) => {
+        $(
+            #[tokio::test]
+            async fn $behaviour() {
+                let (_guard, store) = $make;
+                $crate::store::suite::$behaviour(&store).await;
+            }
+        )*
+    };
 }
+pub(crate) use store_suite;
 
-async fn accounts(store: &dyn Store) {
+pub(crate) async fn accounts(store: &dyn Store) {
     let a = store.create_user("alice", "hash-a", 1).await.unwrap();
     let b = store.create_user("bob", "hash-b", 2).await.unwrap();
     assert_ne!(a, b);
@@ -56,7 +69,7 @@ async fn accounts(store: &dyn Store) {
     assert!(store.user_by_name("nobody").await.unwrap().is_none());
 }
 
-async fn presence_records(store: &dyn Store) {
+pub(crate) async fn presence_records(store: &dyn Store) {
     let u = UserId(77);
     assert_eq!(store.presence_record(u).await.unwrap(), PresenceRecord::default());
     let rec = PresenceRecord {
@@ -67,7 +80,7 @@ async fn presence_records(store: &dyn Store) {
     assert_eq!(store.presence_record(u).await.unwrap(), rec);
 }
 
-async fn devices(store: &dyn Store) {
+pub(crate) async fn devices(store: &dyn Store) {
     let u = store.create_user("dora", "h", 1).await.unwrap();
     let d1 = store.create_device(u, "dora", "phone", [1; 32], 5).await.unwrap();
     let d2 = store.create_device(u, "dora", "laptop", [2; 32], 6).await.unwrap();
@@ -85,7 +98,8 @@ async fn devices(store: &dyn Store) {
     assert!(list.iter().any(|d| d.id == d1 && d.revoked));
 }
 
-async fn conversations_and_events(store: &dyn Store) {
+/// A group of `a` and `b` with events 1 (created) ..= 11 (messages, even seqs by `a`).
+async fn seeded(store: &dyn Store) -> (ConversationId, UserId, UserId, ConversationMeta) {
     let (a, b) = (UserId(100), UserId(200));
     let conv = store.allocate_conversation_id().await.unwrap();
     assert_ne!(conv, store.allocate_conversation_id().await.unwrap());
@@ -112,14 +126,21 @@ async fn conversations_and_events(store: &dyn Store) {
         .map(|s| msg(conv, s, if s % 2 == 0 { a } else { b }, "hi"))
         .collect();
     store.commit(&batch).await.unwrap();
+    (conv, a, b, meta)
+}
 
+pub(crate) async fn conversation_records(store: &dyn Store) {
+    let (conv, a, _, meta) = seeded(store).await;
     let rec = store.load_conversation(conv).await.unwrap().unwrap();
     assert_eq!(rec.meta, meta);
     assert_eq!(rec.last_seq, Seq(11));
     assert_eq!(rec.members.len(), 2);
     assert_eq!(store.user_conversations(a).await.unwrap(), vec![conv]);
+}
 
-    // Paging, both directions, ascending order, has_more.
+pub(crate) async fn paging(store: &dyn Store) {
+    let (conv, ..) = seeded(store).await;
+    // Both directions, ascending order, has_more.
     let seqs = |v: &[pb::ConversationEvent]| v.iter().map(|e| e.seq).collect::<Vec<_>>();
     let (p, more) = store.events(conv, Page::After(Seq(3)), 4).await.unwrap();
     assert_eq!((seqs(&p), more), (vec![4, 5, 6, 7], true));
@@ -129,15 +150,20 @@ async fn conversations_and_events(store: &dyn Store) {
     assert_eq!((seqs(&p), more), (vec![9, 10, 11], true));
     let (p, more) = store.events(conv, Page::Before(Seq(3)), 5).await.unwrap();
     assert_eq!((seqs(&p), more), (vec![1, 2], false));
+}
 
-    // Idempotency keys.
+pub(crate) async fn idempotency_keys(store: &dyn Store) {
+    let (conv, a, b, _) = seeded(store).await;
     let sent = store.find_sent(conv, a, "c4").await.unwrap().unwrap();
     assert_eq!(sent.seq, Seq(4));
     assert!(
         store.find_sent(conv, b, "c4").await.unwrap().is_none(),
         "keys are per sender"
     );
+}
 
+pub(crate) async fn read_and_delivered_cursors(store: &dyn Store) {
+    let (conv, a, b, _) = seeded(store).await;
     // Read cursors only move forward; a sender has read their own message.
     assert_eq!(store.read_cursor(a, conv).await.unwrap(), Seq(10));
     assert_eq!(store.advance_read_cursor(a, conv, Seq(5)).await.unwrap(), Seq(10));
@@ -150,13 +176,20 @@ async fn conversations_and_events(store: &dyn Store) {
         "never backward"
     );
     assert_eq!(store.delivered_cursor(b, conv).await.unwrap(), Seq(9));
+}
+
+pub(crate) async fn unread_counts(store: &dyn Store) {
+    let (conv, a, ..) = seeded(store).await;
     // a has read to 10; 11 is b's: one unread. Last message is 11.
     let (unread, last) = store.unread_and_last_message(conv, a, Seq(10), 1000).await.unwrap();
     assert_eq!((unread, last.map(|e| e.seq)), (1, Some(11)));
     let (unread, _) = store.unread_and_last_message(conv, a, Seq(0), 3).await.unwrap();
     assert_eq!(unread, 3, "capped");
+}
 
-    // Message state: only message events have one; it commits with its event.
+pub(crate) async fn message_state(store: &dyn Store) {
+    let (conv, _, b, _) = seeded(store).await;
+    // Only message events have one; it commits with its event.
     assert!(
         store.message(conv, Seq(1)).await.unwrap().is_none(),
         "seq 1 is not a message"
@@ -176,12 +209,15 @@ async fn conversations_and_events(store: &dyn Store) {
     };
     store.commit(&[reaction]).await.unwrap();
     assert_eq!(store.message(conv, Seq(4)).await.unwrap().unwrap().1, reacted);
+}
 
+pub(crate) async fn member_removal(store: &dyn Store) {
+    let (conv, _, b, _) = seeded(store).await;
     // Removing a member drops them from the index.
     let removed = Commit {
         event: pb::ConversationEvent {
             conversation_id: conv.0,
-            seq: 13,
+            seq: 12,
             ..Default::default()
         },
         remove_members: vec![b],
@@ -192,7 +228,7 @@ async fn conversations_and_events(store: &dyn Store) {
     assert_eq!(store.load_conversation(conv).await.unwrap().unwrap().members.len(), 1);
 }
 
-async fn claims(store: &dyn Store) {
+pub(crate) async fn claims(store: &dyn Store) {
     let (x, y) = (UserId(7), UserId(8));
     let c1 = store.allocate_conversation_id().await.unwrap();
     let c2 = store.allocate_conversation_id().await.unwrap();

@@ -1,0 +1,399 @@
+//! An in-memory [`Store`]: the same domain behaviour as sled and Redis (it passes the same
+//! suite), nothing durable. For unit tests of the layers above the store and for embedding
+//! where nothing must survive the process; never the server's configured storage.
+//!
+//! Like Redis it checks that a conversation's commits follow its last seq, so a commit on a
+//! stale view is a typed [`StoreError::Conflict`] here too.
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use natter_protocol::pb;
+use natter_protocol::{ConversationId, DeviceId, Seq, UserId};
+
+use super::*;
+
+/// In-memory [`Store`].
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    next_id: u64,
+    users: HashMap<String, UserRecord>,
+    devices: BTreeMap<(UserId, DeviceId), DeviceRecord>,
+    tokens: HashMap<[u8; 32], (UserId, DeviceId)>,
+    convs: HashMap<ConversationId, Conv>,
+    member_of: BTreeMap<(UserId, ConversationId), ()>,
+    directs: HashMap<(UserId, UserId), ConversationId>,
+    channels: HashMap<String, ConversationId>,
+    read: HashMap<(UserId, ConversationId), Seq>,
+    delivered: HashMap<(UserId, ConversationId), Seq>,
+    presence: HashMap<UserId, PresenceRecord>,
+}
+
+#[derive(Debug, Default)]
+struct Conv {
+    meta: Option<ConversationMeta>,
+    members: BTreeMap<UserId, MemberRecord>,
+    events: BTreeMap<Seq, pb::ConversationEvent>,
+    sent: HashMap<(UserId, String), SentRecord>,
+    message_state: HashMap<Seq, MessageState>,
+}
+
+impl Conv {
+    fn last_seq(&self) -> Seq {
+        self.events.keys().next_back().copied().unwrap_or(Seq(0))
+    }
+}
+
+fn is_message(e: &pb::ConversationEvent) -> bool {
+    matches!(e.body, Some(pb::conversation_event::Body::Message(_)))
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        f(&mut self.state.lock().expect("memory store lock"))
+    }
+}
+
+fn bump(map: &mut HashMap<(UserId, ConversationId), Seq>, user: UserId, conv: ConversationId, seq: Seq) -> Seq {
+    let cur = map.entry((user, conv)).or_insert(Seq(0));
+    *cur = (*cur).max(seq);
+    *cur
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn create_user(&self, username: &str, password_hash: &str, now_ms: u64) -> Result<UserId, StoreError> {
+        self.with(|s| {
+            if s.users.contains_key(username) {
+                return Err(StoreError::UsernameTaken);
+            }
+            s.next_id += 1;
+            let id = UserId(s.next_id);
+            s.users.insert(
+                username.to_string(),
+                UserRecord {
+                    id,
+                    username: username.to_string(),
+                    password_hash: password_hash.to_string(),
+                    created_ms: now_ms,
+                },
+            );
+            Ok(id)
+        })
+    }
+
+    async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
+        Ok(self.with(|s| s.users.get(username).cloned()))
+    }
+
+    async fn create_device(
+        &self,
+        user: UserId,
+        username: &str,
+        name: &str,
+        token_hash: [u8; 32],
+        now_ms: u64,
+    ) -> Result<DeviceId, StoreError> {
+        Ok(self.with(|s| {
+            s.next_id += 1;
+            let id = DeviceId(s.next_id);
+            s.devices.insert(
+                (user, id),
+                DeviceRecord {
+                    id,
+                    user,
+                    username: username.to_string(),
+                    name: name.to_string(),
+                    created_ms: now_ms,
+                    revoked: false,
+                },
+            );
+            s.tokens.insert(token_hash, (user, id));
+            id
+        }))
+    }
+
+    async fn device_by_token(&self, token_hash: [u8; 32]) -> Result<Option<DeviceRecord>, StoreError> {
+        Ok(self.with(|s| {
+            let key = s.tokens.get(&token_hash)?;
+            s.devices.get(key).filter(|d| !d.revoked).cloned()
+        }))
+    }
+
+    async fn revoke_device(&self, user: UserId, device: DeviceId) -> Result<bool, StoreError> {
+        Ok(self.with(|s| match s.devices.get_mut(&(user, device)) {
+            Some(d) if !d.revoked => {
+                d.revoked = true;
+                true
+            }
+            _ => false,
+        }))
+    }
+
+    async fn list_devices(&self, user: UserId) -> Result<Vec<DeviceRecord>, StoreError> {
+        Ok(self.with(|s| {
+            s.devices
+                .range((user, DeviceId(0))..=(user, DeviceId(u64::MAX)))
+                .map(|(_, d)| d.clone())
+                .collect()
+        }))
+    }
+
+    async fn allocate_conversation_id(&self) -> Result<ConversationId, StoreError> {
+        Ok(self.with(|s| {
+            s.next_id += 1;
+            ConversationId(s.next_id)
+        }))
+    }
+
+    async fn claim_direct(
+        &self,
+        a: UserId,
+        b: UserId,
+        candidate: ConversationId,
+    ) -> Result<ConversationId, StoreError> {
+        let pair = if a <= b { (a, b) } else { (b, a) };
+        Ok(self.with(|s| *s.directs.entry(pair).or_insert(candidate)))
+    }
+
+    async fn claim_channel_name(&self, name: &str, candidate: ConversationId) -> Result<ConversationId, StoreError> {
+        Ok(self.with(|s| *s.channels.entry(name.to_string()).or_insert(candidate)))
+    }
+
+    async fn channel_by_name(&self, name: &str) -> Result<Option<ConversationId>, StoreError> {
+        Ok(self.with(|s| s.channels.get(name).copied()))
+    }
+
+    async fn load_conversation(&self, id: ConversationId) -> Result<Option<ConversationRecord>, StoreError> {
+        Ok(self.with(|s| {
+            let c = s.convs.get(&id)?;
+            Some(ConversationRecord {
+                meta: c.meta.clone()?,
+                members: c.members.values().cloned().collect(),
+                last_seq: c.last_seq(),
+            })
+        }))
+    }
+
+    async fn commit(&self, batch: &[Commit]) -> Result<(), StoreError> {
+        self.with(|s| {
+            // All or nothing per conversation: each conversation's first commit must follow
+            // its stored last seq (PROTOCOL.md §7.6, as the Redis commit script checks).
+            let mut expected: HashMap<ConversationId, Seq> = HashMap::new();
+            let mut lost = Vec::new();
+            for c in batch {
+                let conv = ConversationId(c.event.conversation_id);
+                let next = expected
+                    .entry(conv)
+                    .or_insert_with(|| s.convs.get(&conv).map_or(Seq(0), Conv::last_seq));
+                if c.event.seq != next.0 + 1 && !lost.contains(&conv) {
+                    lost.push(conv);
+                }
+                *next = Seq(c.event.seq);
+            }
+            for c in batch {
+                let conv = ConversationId(c.event.conversation_id);
+                if lost.contains(&conv) {
+                    continue;
+                }
+                let seq = Seq(c.event.seq);
+                let entry = s.convs.entry(conv).or_default();
+                entry.events.insert(seq, c.event.clone());
+                if let Some(meta) = &c.meta {
+                    entry.meta = Some(meta.clone());
+                }
+                for m in &c.upsert_members {
+                    entry.members.insert(m.user, m.clone());
+                    s.member_of.insert((m.user, conv), ());
+                }
+                for u in &c.remove_members {
+                    entry.members.remove(u);
+                    s.member_of.remove(&(*u, conv));
+                }
+                if let Some((target, state)) = &c.message_state {
+                    entry.message_state.insert(*target, state.clone());
+                }
+                if let Some((sender, id)) = &c.idempotency {
+                    let rec = SentRecord {
+                        seq,
+                        server_time_ms: c.event.server_time_ms,
+                    };
+                    entry.sent.insert((*sender, id.clone()), rec);
+                }
+                for (user, at) in &c.read_cursors {
+                    bump(&mut s.read, *user, conv, *at);
+                }
+            }
+            if lost.is_empty() {
+                Ok(())
+            } else {
+                Err(StoreError::Conflict(lost))
+            }
+        })
+    }
+
+    async fn find_sent(
+        &self,
+        conv: ConversationId,
+        sender: UserId,
+        client_msg_id: &str,
+    ) -> Result<Option<SentRecord>, StoreError> {
+        Ok(self.with(|s| {
+            s.convs
+                .get(&conv)?
+                .sent
+                .get(&(sender, client_msg_id.to_string()))
+                .copied()
+        }))
+    }
+
+    async fn message(
+        &self,
+        conv: ConversationId,
+        seq: Seq,
+    ) -> Result<Option<(pb::ConversationEvent, MessageState)>, StoreError> {
+        Ok(self.with(|s| {
+            let c = s.convs.get(&conv)?;
+            let ev = c.events.get(&seq).filter(|e| is_message(e))?;
+            Some((ev.clone(), c.message_state.get(&seq).cloned().unwrap_or_default()))
+        }))
+    }
+
+    async fn events(
+        &self,
+        conv: ConversationId,
+        page: Page,
+        limit: usize,
+    ) -> Result<(Vec<pb::ConversationEvent>, bool), StoreError> {
+        Ok(self.with(|s| {
+            let Some(c) = s.convs.get(&conv) else {
+                return (Vec::new(), false);
+            };
+            match page {
+                Page::After(after) => {
+                    let mut it = c.events.range(Seq(after.0.saturating_add(1))..).map(|(_, e)| e.clone());
+                    let out: Vec<_> = it.by_ref().take(limit).collect();
+                    (out, it.next().is_some())
+                }
+                Page::Before(before) => {
+                    let end = if before.0 == 0 {
+                        Seq(u64::MAX)
+                    } else {
+                        Seq(before.0 - 1)
+                    };
+                    let mut it = c.events.range(..=end).rev().map(|(_, e)| e.clone());
+                    let mut out: Vec<_> = it.by_ref().take(limit).collect();
+                    let more = it.next().is_some();
+                    out.reverse();
+                    (out, more)
+                }
+            }
+        }))
+    }
+
+    async fn user_conversations(&self, user: UserId) -> Result<Vec<ConversationId>, StoreError> {
+        Ok(self.with(|s| {
+            s.member_of
+                .range((user, ConversationId(0))..=(user, ConversationId(u64::MAX)))
+                .map(|((_, c), _)| *c)
+                .collect()
+        }))
+    }
+
+    async fn read_cursor(&self, user: UserId, conv: ConversationId) -> Result<Seq, StoreError> {
+        Ok(self.with(|s| s.read.get(&(user, conv)).copied().unwrap_or(Seq(0))))
+    }
+
+    async fn advance_read_cursor(&self, user: UserId, conv: ConversationId, seq: Seq) -> Result<Seq, StoreError> {
+        Ok(self.with(|s| bump(&mut s.read, user, conv, seq)))
+    }
+
+    async fn delivered_cursor(&self, user: UserId, conv: ConversationId) -> Result<Seq, StoreError> {
+        Ok(self.with(|s| s.delivered.get(&(user, conv)).copied().unwrap_or(Seq(0))))
+    }
+
+    async fn advance_delivered_cursor(&self, user: UserId, conv: ConversationId, seq: Seq) -> Result<Seq, StoreError> {
+        Ok(self.with(|s| bump(&mut s.delivered, user, conv, seq)))
+    }
+
+    async fn presence_record(&self, user: UserId) -> Result<PresenceRecord, StoreError> {
+        Ok(self.with(|s| s.presence.get(&user).copied().unwrap_or_default()))
+    }
+
+    async fn put_presence_record(&self, user: UserId, rec: PresenceRecord) -> Result<(), StoreError> {
+        self.with(|s| s.presence.insert(user, rec));
+        Ok(())
+    }
+
+    async fn unread_and_last_message(
+        &self,
+        conv: ConversationId,
+        user: UserId,
+        after: Seq,
+        cap: u32,
+    ) -> Result<(u32, Option<pb::ConversationEvent>), StoreError> {
+        Ok(self.with(|s| {
+            let Some(c) = s.convs.get(&conv) else {
+                return (0, None);
+            };
+            let last = c.events.values().rev().find(|e| is_message(e)).cloned();
+            let unread = c
+                .events
+                .range(Seq(after.0.saturating_add(1))..)
+                .filter(|(_, e)| is_message(e) && e.sender_user_id != user.0)
+                .take(cap as usize)
+                .count() as u32;
+            (unread, last)
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shared store suite, one test per behaviour.
+    mod suite {
+        crate::store::suite::store_suite!(((), crate::store::MemoryStore::new()));
+    }
+
+    fn ev(conv: ConversationId, seq: u64) -> Commit {
+        Commit {
+            event: pb::ConversationEvent {
+                conversation_id: conv.0,
+                seq,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_commit_that_does_not_follow_the_last_seq_is_a_conflict_and_changes_nothing() {
+        let store = MemoryStore::new();
+        let (c1, c2) = (ConversationId(1), ConversationId(2));
+        store.commit(&[ev(c1, 1), ev(c2, 1)]).await.unwrap();
+        let err = store.commit(&[ev(c1, 1), ev(c2, 2)]).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::Conflict(ref lost) if lost == &vec![c1]),
+            "{err:?}"
+        );
+        assert_eq!(store.events(c1, Page::After(Seq(0)), 10).await.unwrap().0.len(), 1);
+        assert_eq!(store.load_conversation(c2).await.unwrap(), None, "c2 has no meta yet");
+        assert_eq!(
+            store.events(c2, Page::After(Seq(0)), 10).await.unwrap().0.len(),
+            2,
+            "c2 applied"
+        );
+    }
+}
