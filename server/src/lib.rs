@@ -9,7 +9,7 @@
 //! streams) → [`api`] (one function per request) → [`cluster`] (several nodes on Redis) →
 //! [`conversation`] (shards: order, permissions, group commit) → [`session`] (hub, presence)
 //! → [`store`] (durable state behind the `Store` trait). [`security`] (accounts and tokens,
-//! rate limits, TLS) and [`clock`] sit beside the layers and import none of them.
+//! rate limits, TLS), [`clock`] and [`error`] sit beside the layers and import none of them.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -19,6 +19,7 @@ pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod conversation;
+pub mod error;
 pub mod security;
 pub mod session;
 pub mod store;

@@ -80,7 +80,7 @@ async fn summarize(ctx: &Ctx, user: UserId, v: ConvView) -> Result<pb::Conversat
         .store
         .unread_and_last_message(v.meta.id, user, read, limits::MAX_UNREAD_COUNT)
         .await?;
-    let name = if v.meta.kind == Kind::Direct as i32 {
+    let name = if v.meta.kind == Kind::Direct {
         v.members
             .iter()
             .find(|m| m.user != user)
@@ -89,20 +89,20 @@ async fn summarize(ctx: &Ctx, user: UserId, v: ConvView) -> Result<pb::Conversat
     } else {
         v.meta.name.clone()
     };
-    let receipts = if v.meta.kind == Kind::Channel as i32 {
+    let receipts = if v.meta.kind == Kind::Channel {
         Vec::new()
     } else {
         receipts(ctx, &v).await?
     };
     Ok(pb::ConversationSummary {
         conversation_id: v.meta.id.0,
-        kind: v.meta.kind,
+        kind: v.meta.kind as i32,
         name,
         last_seq: v.last_seq.0,
         joined_seq: v.me.joined_seq.0,
         read_seq: read.0,
         unread_count: unread,
-        my_role: v.me.role,
+        my_role: v.me.role as i32,
         member_count: v.members.len() as u32,
         last_message: last,
         receipts,
@@ -224,7 +224,7 @@ async fn cursors_moved(
         update(0, 0)
     };
     ctx.hub.signal(&[actor.user], frame(own));
-    if v.meta.kind == Kind::Channel as i32 {
+    if v.meta.kind == Kind::Channel {
         return Ok(());
     }
     let upto = delivered.max(read);
@@ -368,7 +368,7 @@ pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError
                 .map(|m| pb::Member {
                     user_id: m.user.0,
                     username: m.username.clone(),
-                    role: m.role,
+                    role: m.role as i32,
                     joined_seq: m.joined_seq.0,
                 })
                 .collect();
@@ -401,7 +401,7 @@ pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError
         Op::GetReceipts(r) => {
             let conv = conv_id(r.conversation_id)?;
             let view = ctx.shards.view(conv, actor.user).await?;
-            if view.meta.kind == Kind::Channel as i32 {
+            if view.meta.kind == Kind::Channel {
                 return Err(ServerError::new(ErrorCode::Forbidden, "channels keep no receipts"));
             }
             Ok(Res::Receipts(pb::ReceiptList {

@@ -15,9 +15,7 @@ pub async fn contacts(ctx: &Ctx, user: UserId) -> Result<Vec<UserId>, ServerErro
     let mut out = HashSet::new();
     for conv in ctx.store.user_conversations(user).await? {
         match ctx.shards.view(conv, user).await {
-            Ok(v) if v.meta.kind != pb::ConversationKind::Channel as i32 => {
-                out.extend(v.members.iter().map(|m| m.user))
-            }
+            Ok(v) if v.meta.kind != pb::ConversationKind::Channel => out.extend(v.members.iter().map(|m| m.user)),
             _ => {}
         }
     }

@@ -173,10 +173,6 @@ impl std::fmt::Debug for Cmd {
     }
 }
 
-fn internal(e: impl std::fmt::Display) -> ServerError {
-    ServerError::new(ErrorCode::Internal, e.to_string())
-}
-
 fn shutting_down() -> ServerError {
     ServerError::new(ErrorCode::ShuttingDown, "server is shutting down")
 }
@@ -389,7 +385,7 @@ impl Shard {
                     self.convs.remove(&ConversationId(c.event.conversation_id));
                 }
                 for p in pending {
-                    let _ = p.reply.send(Err(internal(&e)));
+                    let _ = p.reply.send(Err(ServerError::from(e.clone())));
                 }
             }
         }
@@ -398,7 +394,7 @@ impl Shard {
 
     async fn load(&mut self, id: ConversationId) -> Result<Option<&mut Conv>, ServerError> {
         if !self.convs.contains_key(&id) {
-            match self.store.load_conversation(id).await.map_err(internal)? {
+            match self.store.load_conversation(id).await.map_err(ServerError::from)? {
                 Some(rec) => {
                     let members = rec.members.into_iter().map(|m| (m.user, m)).collect();
                     self.convs.insert(
@@ -440,7 +436,7 @@ impl Shard {
             // The target as this batch left it, else as stored.
             let t = match batch_msgs.get(&(id, target)) {
                 Some(t) => t.clone(),
-                None => match self.store.message(id, target).await.map_err(internal)? {
+                None => match self.store.message(id, target).await.map_err(ServerError::from)? {
                     Some((event, state)) => Target { event, state },
                     None => return Err(ServerError::new(ErrorCode::NotFound, "no message at that seq")),
                 },
@@ -482,7 +478,7 @@ impl Shard {
                 .store
                 .find_sent(id, actor.user, client_msg_id)
                 .await
-                .map_err(internal)?
+                .map_err(ServerError::from)?
             {
                 return Ok(Accepted::Duplicate(Committed {
                     seq: sent.seq,
@@ -509,10 +505,4 @@ impl Shard {
 enum Accepted {
     New(Box<Commit>, Vec<UserId>),
     Duplicate(Committed),
-}
-
-impl From<StoreError> for ServerError {
-    fn from(e: StoreError) -> Self {
-        internal(e)
-    }
 }

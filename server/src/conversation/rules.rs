@@ -40,7 +40,7 @@ pub(crate) fn apply_to_message(
     if t.state.deleted {
         return Err(ServerError::new(ErrorCode::NotFound, "the message was deleted"));
     }
-    let kind = Kind::try_from(conv.meta.kind).unwrap_or(Kind::Group);
+    let kind = conv.meta.kind;
     let own = t.event.sender_user_id == actor.user.0;
     let target = Seq(t.event.seq);
     let mut state = t.state.clone();
@@ -133,7 +133,7 @@ fn member(user: UserId, username: String, role: Role, seq: Seq) -> MemberRecord 
     MemberRecord {
         user,
         username,
-        role: role as i32,
+        role,
         joined_seq: seq,
     }
 }
@@ -142,7 +142,7 @@ fn to_pb(m: &MemberRecord) -> pb::Member {
     pb::Member {
         user_id: m.user.0,
         username: m.username.clone(),
-        role: m.role,
+        role: m.role as i32,
         joined_seq: m.joined_seq.0,
     }
 }
@@ -169,7 +169,7 @@ pub(crate) fn create(
     }
     let meta = ConversationMeta {
         id,
-        kind: kind as i32,
+        kind,
         name: name.clone(),
         created_ms: now,
         deleted: false,
@@ -201,9 +201,7 @@ pub(crate) fn create(
 }
 
 fn role_of(conv: &Conv, user: UserId) -> Option<Role> {
-    conv.members
-        .get(&user)
-        .map(|m| Role::try_from(m.role).unwrap_or(Role::Member))
+    conv.members.get(&user).map(|m| m.role)
 }
 
 /// Check and apply one mutation to a live conversation's state (PROTOCOL.md §5.4).
@@ -214,7 +212,7 @@ pub(crate) fn apply(
     now: u64,
     limits: MemberLimits,
 ) -> Result<(Commit, Vec<UserId>), ServerError> {
-    let kind = Kind::try_from(conv.meta.kind).unwrap_or(Kind::Group);
+    let kind = conv.meta.kind;
     let id = conv.meta.id;
     let seq = conv.last_seq.next();
     let my_role = role_of(conv, actor.user);
@@ -361,12 +359,12 @@ pub(crate) fn apply(
                 .get(&user)
                 .cloned()
                 .ok_or_else(|| ServerError::new(ErrorCode::NotFound, "not a member"))?;
-            target.role = role as i32;
+            target.role = role;
             commit.upsert_members = vec![target];
             if role == Role::Owner {
                 // Ownership transfer: the previous owner becomes an admin (one event).
                 let mut me = conv.members[&actor.user].clone();
-                me.role = Role::Admin as i32;
+                me.role = Role::Admin;
                 commit.upsert_members.push(me);
             }
             Body::RoleChanged(pb::RoleChanged {

@@ -31,7 +31,7 @@ fn code<T: std::fmt::Debug>(r: Result<T, natter_protocol::ServerError>) -> Error
 }
 
 fn role(c: &Conv, user: u64) -> Option<Role> {
-    c.members.get(&UserId(user)).map(|m| Role::try_from(m.role).unwrap())
+    c.members.get(&UserId(user)).map(|m| m.role)
 }
 
 fn send(text: &str, id: &str) -> Mutation {

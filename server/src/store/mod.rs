@@ -24,8 +24,37 @@ pub use memory::MemoryStore;
 pub use redis_store::{RedisConn, RedisStore};
 pub use sled_store::SledStore;
 
+/// Wire enums in stored records: written as their protobuf numbers (the format the
+/// backends have always stored), read back strictly.
+mod wire_enum {
+    macro_rules! wire_enum {
+        ($name:ident, $ty:ty) => {
+            pub mod $name {
+                use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+                pub fn serialize<S: Serializer>(v: &$ty, s: S) -> Result<S::Ok, S::Error> {
+                    s.serialize_i32(*v as i32)
+                }
+
+                pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<$ty, D::Error> {
+                    let n = i32::deserialize(d)?;
+                    match <$ty>::try_from(n) {
+                        Ok(v) if n != 0 => Ok(v),
+                        _ => Err(D::Error::custom(format!(
+                            concat!("unknown ", stringify!($name), " {}"),
+                            n
+                        ))),
+                    }
+                }
+            }
+        };
+    }
+    wire_enum!(kind, natter_protocol::pb::ConversationKind);
+    wire_enum!(role, natter_protocol::pb::Role);
+}
+
 /// A storage failure. Domain refusals (taken names) are typed; the rest is `Backend`.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     /// The username belongs to another account.
@@ -41,6 +70,19 @@ pub enum StoreError {
     /// their commits were not applied; every other conversation's commits were.
     #[error("conversations changed concurrently: {0:?}")]
     Conflict(Vec<ConversationId>),
+}
+
+/// The one mapping of storage failures onto the wire (PROTOCOL.md §8): domain refusals keep
+/// their meaning; everything else is `INTERNAL` with an incident id ([`crate::error`]).
+impl From<StoreError> for natter_protocol::ServerError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::UsernameTaken => {
+                natter_protocol::ServerError::new(pb::ErrorCode::UsernameTaken, "username is taken")
+            }
+            other => crate::error::internal(&other),
+        }
+    }
 }
 
 /// An account.
@@ -78,8 +120,10 @@ pub struct DeviceRecord {
 pub struct ConversationMeta {
     /// Its id.
     pub id: ConversationId,
-    /// `pb::ConversationKind` as i32.
-    pub kind: i32,
+    /// Direct, group or channel (stored as its wire number; an unknown one reads as
+    /// [`StoreError::Corrupt`], never as a guess).
+    #[serde(with = "wire_enum::kind")]
+    pub kind: pb::ConversationKind,
     /// Group/channel name; empty for direct conversations.
     pub name: String,
     /// Creation time.
@@ -95,8 +139,10 @@ pub struct MemberRecord {
     pub user: UserId,
     /// Their username (immutable, kept here for display).
     pub username: String,
-    /// `pb::Role` as i32.
-    pub role: i32,
+    /// Owner, admin or member (stored as its wire number; an unknown one reads as
+    /// [`StoreError::Corrupt`]).
+    #[serde(with = "wire_enum::role")]
+    pub role: pb::Role,
     /// The seq of the event that made them a member.
     pub joined_seq: Seq,
 }
@@ -253,4 +299,47 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         after: Seq,
         cap: u32,
     ) -> Result<(u32, Option<pb::ConversationEvent>), StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_and_roles_are_stored_as_wire_numbers_and_read_back_strictly() {
+        let meta = ConversationMeta {
+            id: ConversationId(3),
+            kind: pb::ConversationKind::Channel,
+            name: "c".into(),
+            created_ms: 1,
+            deleted: false,
+        };
+        let json = serde_json::to_string(&meta).unwrap();
+        assert!(
+            json.contains(&format!("\"kind\":{}", pb::ConversationKind::Channel as i32)),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<ConversationMeta>(&json).unwrap(), meta);
+        for bad in ["99", "0"] {
+            let corrupt = json.replace(
+                &format!("\"kind\":{}", pb::ConversationKind::Channel as i32),
+                &format!("\"kind\":{bad}"),
+            );
+            assert!(
+                serde_json::from_str::<ConversationMeta>(&corrupt).is_err(),
+                "kind {bad} was accepted"
+            );
+        }
+        let m = r#"{"user":1,"username":"a","role":42,"joined_seq":1}"#;
+        assert!(serde_json::from_str::<MemberRecord>(m).is_err(), "role 42 was accepted");
+    }
+
+    #[test]
+    fn only_domain_refusals_keep_their_meaning_on_the_wire() {
+        let taken: natter_protocol::ServerError = StoreError::UsernameTaken.into();
+        assert_eq!(taken.code, pb::ErrorCode::UsernameTaken);
+        let backend: natter_protocol::ServerError = StoreError::Backend("disk /var/lib/natter: EIO".into()).into();
+        assert_eq!(backend.code, pb::ErrorCode::Internal);
+        assert!(!backend.message.contains("/var/lib"), "{}", backend.message);
+    }
 }

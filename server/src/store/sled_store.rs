@@ -478,7 +478,19 @@ mod tests {
             let store = super::SledStore::open(dir.path()).unwrap();
             super::Store::create_user(&store, "zed", "h", 1).await.unwrap()
         };
-        let store = super::SledStore::open(dir.path()).unwrap();
+        // sled's flusher thread lets go of the directory lock shortly after the last handle
+        // drops; wait for that (bounded) rather than race it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let store = loop {
+            match super::SledStore::open(dir.path()) {
+                Ok(s) => break s,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                Err(e) => panic!("reopening: {e}"),
+            }
+        };
         assert_eq!(super::Store::user_by_name(&store, "zed").await.unwrap().unwrap().id, id);
     }
 }

@@ -31,7 +31,7 @@ fn member(user: UserId, name: &str, joined: u64) -> MemberRecord {
     MemberRecord {
         user,
         username: name.into(),
-        role: pb::Role::Member as i32,
+        role: pb::Role::Member,
         joined_seq: Seq(joined),
     }
 }
@@ -106,7 +106,7 @@ async fn seeded(store: &dyn Store) -> (ConversationId, UserId, UserId, Conversat
     assert!(store.load_conversation(conv).await.unwrap().is_none());
     let meta = ConversationMeta {
         id: conv,
-        kind: pb::ConversationKind::Group as i32,
+        kind: pb::ConversationKind::Group,
         name: "g".into(),
         created_ms: 1,
         deleted: false,

@@ -41,6 +41,25 @@ impl Transport for QuicTransport {
     fn peer_ip(&self) -> std::net::IpAddr {
         self.0.remote_address().ip()
     }
+
+    fn is_clean_close(&self, error: &io::Error) -> bool {
+        closed_by_peer_with_code_0(error)
+    }
+}
+
+/// A client that finishes its control stream and closes with code 0 in one go (the SDKs'
+/// shutdown) may have the close overtake the FIN: quinn then reports the read as failed
+/// with `ApplicationClosed(0)`, which is still a clean end. WebTransport sessions run on
+/// the same quinn streams and use this too.
+pub fn closed_by_peer_with_code_0(e: &io::Error) -> bool {
+    let closed = |c: &quinn::ConnectionError| matches!(c, quinn::ConnectionError::ApplicationClosed(a) if a.error_code == quinn::VarInt::from_u32(0));
+    match e.get_ref() {
+        Some(inner) => match inner.downcast_ref::<quinn::ReadError>() {
+            Some(quinn::ReadError::ConnectionLost(c)) => closed(c),
+            _ => inner.downcast_ref::<quinn::ConnectionError>().is_some_and(closed),
+        },
+        None => false,
+    }
 }
 
 #[async_trait]

@@ -50,6 +50,10 @@ impl Transport for WtTransport {
     fn peer_ip(&self) -> std::net::IpAddr {
         self.0.remote_address().ip()
     }
+
+    fn is_clean_close(&self, error: &io::Error) -> bool {
+        super::quic::closed_by_peer_with_code_0(error)
+    }
 }
 
 #[async_trait]

@@ -1,0 +1,267 @@
+//! The authentication phase's requests (PROTOCOL.md §4–§5.1, §7): register, login,
+//! authenticate (with resume or a fresh session and cursor sync), and the device requests
+//! of an authenticated connection (logout, list devices). `establish` is the one
+//! transition from [`Phase::Unauthenticated`] to [`Phase::Authenticated`].
+use std::collections::HashMap;
+
+use natter_protocol::pb::{self, response::Result as Res, ErrorCode};
+use natter_protocol::{limits, validate, ConversationId, DeviceId, Seq, ServerError, UserId};
+
+use super::delivery::deliver;
+use super::{Authed, Close, Conn, Phase, Transport};
+use crate::api;
+use crate::clock::now_ms;
+use crate::conversation::Actor;
+use crate::security::auth;
+
+impl<T: Transport> Conn<T> {
+    pub(super) async fn register(&self, r: pb::Register) -> Result<Res, ServerError> {
+        self.shared.ctx.rates.register(self.transport.peer_ip())?;
+        validate::username(&r.username)?;
+        validate::password(&r.password)?;
+        let pw = r.password;
+        let cost = self.shared.ctx.password_cost;
+        let hash = tokio::task::spawn_blocking(move || auth::hash_password_with(&pw, cost))
+            .await
+            .map_err(|e| crate::error::internal(&e))?;
+        let id = self
+            .shared
+            .ctx
+            .store
+            .create_user(&r.username, &hash, now_ms())
+            .await
+            .map_err(ServerError::from)?;
+        Ok(Res::Register(pb::RegisterOk { user_id: id.0 }))
+    }
+
+    pub(super) async fn login(&mut self, r: pb::Login) -> Result<Res, ServerError> {
+        if matches!(self.phase, Phase::Authenticated(_)) {
+            return Err(ServerError::new(ErrorCode::Conflict, "already authenticated"));
+        }
+        validate::username(&r.username)?;
+        validate::password(&r.password)?;
+        // Counted before the password is checked: brute force meets the limit either way.
+        self.shared.ctx.rates.login(self.transport.peer_ip(), &r.username)?;
+        let device_name = if r.device_name.is_empty() {
+            "unnamed device".to_string()
+        } else {
+            r.device_name
+        };
+        validate::name(&device_name)?;
+        let user = self
+            .shared
+            .ctx
+            .store
+            .user_by_name(&r.username)
+            .await
+            .map_err(ServerError::from)?;
+        let hash = user.as_ref().map_or_else(
+            || auth::dummy_hash(self.shared.ctx.password_cost),
+            |u| u.password_hash.clone(),
+        );
+        let pw = r.password;
+        let ok = tokio::task::spawn_blocking(move || auth::verify_password(&hash, &pw))
+            .await
+            .unwrap_or(false);
+        let user = match user {
+            Some(u) if ok => u,
+            _ => {
+                return Err(ServerError::new(
+                    ErrorCode::InvalidCredentials,
+                    "wrong username or password",
+                ))
+            }
+        };
+        // A new device would be one connection too many: refuse before creating it.
+        self.check_user_connections(user.id, DeviceId(0))?;
+        let token = auth::new_token("nt_");
+        let device = self
+            .shared
+            .ctx
+            .store
+            .create_device(
+                user.id,
+                &user.username,
+                &device_name,
+                auth::token_hash(&token),
+                now_ms(),
+            )
+            .await
+            .map_err(ServerError::from)?;
+        let session = self.establish(user.id, user.username, device, "", &[]).await?;
+        Ok(Res::Login(pb::LoginOk {
+            user_id: user.id.0,
+            device_id: device.0,
+            access_token: token,
+            session: Some(session),
+        }))
+    }
+
+    pub(super) async fn authenticate(&mut self, a: pb::Authenticate) -> Result<Res, ServerError> {
+        if matches!(self.phase, Phase::Authenticated(_)) {
+            return Err(ServerError::new(ErrorCode::Conflict, "already authenticated"));
+        }
+        if a.access_token.is_empty() || a.access_token.len() > limits::MAX_TOKEN_BYTES {
+            return Err(ServerError::new(ErrorCode::Unauthenticated, "malformed token"));
+        }
+        // A resume token is only a hint: one that cannot name a session (too long) means a
+        // fresh session with cursor sync, never a refused login.
+        let resume_token = if a.resume_token.len() > limits::MAX_TOKEN_BYTES {
+            ""
+        } else {
+            a.resume_token.as_str()
+        };
+        validate::count("cursors", a.cursors.len(), limits::MAX_CURSORS)?;
+        let device = self
+            .shared
+            .ctx
+            .store
+            .device_by_token(auth::token_hash(&a.access_token))
+            .await
+            .map_err(ServerError::from)?
+            .ok_or_else(|| ServerError::new(ErrorCode::Unauthenticated, "unknown or revoked token"))?;
+        let ok = self
+            .establish(device.user, device.username, device.id, resume_token, &a.cursors)
+            .await?;
+        Ok(Res::Auth(ok))
+    }
+
+    /// The per-user connection limit, counting the user's other devices.
+    fn check_user_connections(&self, user: UserId, device: DeviceId) -> Result<(), ServerError> {
+        let max = self.shared.config.max_per_user;
+        if self.shared.hub.attached_elsewhere(user, device) >= max {
+            return Err(ServerError::new(
+                ErrorCode::LimitExceeded,
+                format!("this account already has {max} connections open"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Resume the session if the token allows, else open a fresh one with cursor sync
+    /// (PROTOCOL.md §7). The session is attached before the conversation list is read, so
+    /// nothing committed in between is missed.
+    async fn establish(
+        &mut self,
+        user: UserId,
+        username: String,
+        device: DeviceId,
+        resume_token: &str,
+        cursors: &[pb::Cursor],
+    ) -> Result<pb::AuthOk, ServerError> {
+        self.check_user_connections(user, device)?;
+        if let Some(cluster) = &self.shared.ctx.cluster {
+            // Before the session starts: events committed on other nodes from now on are
+            // routed here, so none falls between the cursor sync and live delivery.
+            cluster
+                .attach(user, pb::PresenceState::Online)
+                .await
+                .map_err(|e| crate::error::internal(&e))?;
+        }
+        let hub = &self.shared.hub;
+        let resumed = if resume_token.is_empty() {
+            None
+        } else {
+            let map: HashMap<ConversationId, Seq> = cursors
+                .iter()
+                .map(|c| (ConversationId(c.conversation_id), Seq(c.seq)))
+                .collect();
+            hub.resume(resume_token, user, device, &map, self.conn_id)
+        };
+        let (session, token, rx, conversations, was_resumed) = match resumed {
+            Some((session, token, rx, replayed)) => {
+                tracing::debug!(%user, %device, replayed, "session resumed");
+                (session, token, rx, vec![], true)
+            }
+            None => {
+                let (session, token, rx) = hub.open(user, device, self.conn_id);
+                let list = api::all_summaries(&self.shared.ctx, user).await?;
+                (session, token, rx, list, false)
+            }
+        };
+        let delivery = tokio::spawn(deliver(
+            self.transport.clone(),
+            rx,
+            self.out.clone(),
+            self.shared.config.stream_idle,
+            self.shared.config.stream_queue,
+        ));
+        let actor = Actor {
+            user,
+            username: username.clone(),
+            device,
+        };
+        let presence = &self.shared.ctx.presence;
+        if let Err(e) = presence.ensure_loaded(&*self.shared.ctx.store, user).await {
+            tracing::warn!(%user, error = %e, "presence record not loaded");
+        }
+        presence.connected(user, &username, device, self.conn_id);
+        let _ = self.actor.set(actor.clone());
+        self.phase = Phase::Authenticated(Authed {
+            actor,
+            session,
+            delivery,
+        });
+        Ok(pb::AuthOk {
+            user_id: user.0,
+            username,
+            device_id: device.0,
+            resume_token: token.expose().to_string(),
+            resume_window_secs: hub.resume_window().as_secs() as u32,
+            resumed: was_resumed,
+            conversations,
+        })
+    }
+
+    pub(super) async fn logout(&mut self, id: u64, l: pb::Logout, actor: Actor) -> Result<(), Close> {
+        let device = if l.device_id == 0 {
+            actor.device
+        } else {
+            DeviceId(l.device_id)
+        };
+        match self.shared.ctx.store.revoke_device(actor.user, device).await {
+            Ok(true) => {}
+            Ok(false) => {
+                self.respond(id, Err(ServerError::new(ErrorCode::NotFound, "no such device")))
+                    .await;
+                return Ok(());
+            }
+            Err(e) => {
+                self.respond(id, Err(e.into())).await;
+                return Ok(());
+            }
+        }
+        self.respond(id, Ok(Res::Done(pb::Done {}))).await;
+        if device == actor.device {
+            self.shared.hub.close_device(actor.user, device, None);
+            return Err(Close::new(ErrorCode::TokenRevoked, "logged out"));
+        }
+        self.shared
+            .hub
+            .close_device(actor.user, device, Some(ErrorCode::TokenRevoked));
+        Ok(())
+    }
+
+    pub(super) async fn list_devices(&self, actor: &Actor) -> Result<Res, ServerError> {
+        let devices = self
+            .shared
+            .ctx
+            .store
+            .list_devices(actor.user)
+            .await
+            .map_err(ServerError::from)?;
+        Ok(Res::Devices(pb::DeviceList {
+            devices: devices
+                .into_iter()
+                .filter(|d| !d.revoked)
+                .map(|d| pb::Device {
+                    device_id: d.id.0,
+                    name: d.name,
+                    created_ms: d.created_ms,
+                    last_seen_ms: 0,
+                    current: d.id == actor.device,
+                })
+                .collect(),
+        }))
+    }
+}

@@ -1,0 +1,120 @@
+//! Writers: the control stream's writer task, and delivery — one server-opened stream per
+//! conversation (PROTOCOL.md §3.2), each written by its own task so one blocked
+//! conversation never blocks another. A reader too slow for its queues is cut off (its
+//! session keeps what it missed for resume).
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use natter_protocol::codec::{encode_event_frame, encode_frame};
+use natter_protocol::pb::{self, frame::Kind, ErrorCode};
+use natter_protocol::ConversationId;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+use super::{ControlSend, Transport};
+use crate::session::hub::Outbound;
+
+/// Write queued frames to the control stream, then finish it (with a bounded wait for the
+/// peer to read everything).
+pub(super) async fn write_control<W: ControlSend>(mut w: W, mut rx: mpsc::Receiver<Bytes>) {
+    while let Some(b) = rx.recv().await {
+        if w.write_all(&b).await.is_err() {
+            return;
+        }
+    }
+    w.finish_and_wait().await;
+}
+
+/// Route a session's events onto one delivery stream per conversation (PROTOCOL.md §3.2),
+/// each written by its own task so one blocked conversation never blocks another.
+pub(super) async fn deliver<T: Transport>(
+    transport: Arc<T>,
+    mut rx: mpsc::Receiver<Outbound>,
+    control: mpsc::Sender<Bytes>,
+    idle: Duration,
+    queue: usize,
+) {
+    let mut writers: HashMap<ConversationId, mpsc::Sender<Arc<pb::ConversationEvent>>> = HashMap::new();
+    while let Some(o) = rx.recv().await {
+        let mut ev = match o {
+            Outbound::Event(ev) => ev,
+            Outbound::Signal(frame) => {
+                if control.try_send(frame).is_err() {
+                    return transport.close(ErrorCode::LimitExceeded, "slow reader: control queue full");
+                }
+                continue;
+            }
+            Outbound::Ephemeral(frame) => {
+                // Loss-tolerant: a datagram if possible, else the control stream, else dropped.
+                if !transport.send_datagram(Bytes::from(prost::Message::encode_to_vec(&*frame))) {
+                    let _ = control.try_send(encode_frame(&frame));
+                }
+                continue;
+            }
+            Outbound::Close(code, why) => return transport.close(code, why),
+        };
+        let conv = ConversationId(ev.conversation_id);
+        loop {
+            let tx = writers.entry(conv).or_insert_with(|| {
+                let (tx, rx) = mpsc::channel(queue);
+                tokio::spawn(write_conversation(transport.clone(), conv, rx, idle));
+                tx
+            });
+            match tx.try_send(ev) {
+                Ok(()) => break,
+                // The writer went idle and finished its stream: start a new one.
+                Err(mpsc::error::TrySendError::Closed(back)) => {
+                    writers.remove(&conv);
+                    ev = back;
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    return transport.close(ErrorCode::LimitExceeded, "slow reader: delivery queue full");
+                }
+            }
+        }
+    }
+    // The hub let go of this connection (slow reader, or the session moved on).
+    transport.close(ErrorCode::LimitExceeded, "session detached from this connection");
+}
+
+async fn write_conversation<T: Transport>(
+    transport: Arc<T>,
+    conv: ConversationId,
+    mut rx: mpsc::Receiver<Arc<pb::ConversationEvent>>,
+    idle: Duration,
+) {
+    let Ok(mut stream) = transport.open_stream().await else {
+        return;
+    };
+    let header = pb::Frame {
+        kind: Some(Kind::StreamHeader(pb::StreamHeader {
+            conversation_id: conv.0,
+        })),
+    };
+    if stream.write_all(&encode_frame(&header)).await.is_err() {
+        return;
+    }
+    loop {
+        match tokio::time::timeout(idle, rx.recv()).await {
+            Ok(Some(ev)) => {
+                if stream.write_all(&encode_event_frame(&ev)).await.is_err() {
+                    return;
+                }
+            }
+            Ok(None) => break,
+            Err(_) => {
+                // Idle: refuse new events, write what raced in, then finish the stream.
+                rx.close();
+                while let Ok(ev) = rx.try_recv() {
+                    if stream.write_all(&encode_event_frame(&ev)).await.is_err() {
+                        return;
+                    }
+                }
+                break;
+            }
+        }
+    }
+    let _ = stream.shutdown().await;
+}
