@@ -7,11 +7,35 @@
 # logic under Node, the web chat in headless Chromium, and natter-ffi's generated Kotlin and
 # Python bindings against a live server (JDK, JNA and the Kotlin compiler are installed here),
 # and three server processes on a real redis-server and on a 3-master Redis Cluster.
-# Usage: ./scripts/test.sh      (the README's test command; .ci/run calls it)
+# Usage: ./scripts/test.sh        the full run (the README's test command; .ci/run calls it)
+#        ./scripts/test.sh quick  format, clippy, the unit tests (no sockets, fake clocks), the
+#                                 layer rule, the spec vectors and the store suite on memory and
+#                                 sled: no apt, no npm, no services; about a minute after a build
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
+
+# One closing line with the totals over every test binary whose output is in "$1".
+totals() {
+  awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
+       END { printf "\nnatter: %d passed, %d failed\n", p, f }' "$1"
+}
+
+if [[ "${1:-}" == quick ]]; then
+  log=$(mktemp)
+  trap 'rm -f "$log"' EXIT
+  step "format"
+  cargo fmt --all -- --check
+  step "clippy (all targets, warnings are errors)"
+  cargo clippy --workspace --all-targets --locked -- -D warnings
+  step "unit tests: protocol (session, codec, timeline, vectors), server (rules, hub, presence, store suite on memory and sled), the layer rule"
+  cargo test --locked -p natter-protocol 2>&1 | tee "$log"
+  cargo test --locked -p natter-server --lib -- --skip store::redis_store 2>&1 | tee -a "$log"
+  cargo test --locked -p natter-server --test layers 2>&1 | tee -a "$log"
+  totals "$log"
+  exit 0
+fi
 
 step "toolchain: rustfmt, clippy, wasm32-unknown-unknown, wasm-bindgen CLI"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
@@ -72,6 +96,4 @@ trap 'rm -f "$log"' EXIT
 cargo test -p natter-wasm --target wasm32-unknown-unknown --locked 2>&1 | tee "$log"
 # Everything else, browser tests included.
 cargo test --workspace --locked 2>&1 | tee -a "$log"
-# One closing line with the totals over every test binary.
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
-     END { printf "\nnatter: %d passed, %d failed\n", p, f }' "$log"
+totals "$log"

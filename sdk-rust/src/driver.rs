@@ -1,15 +1,28 @@
 //! The I/O shell around [`ClientSession`]: one task that owns the quinn endpoint, connects
-//! and reconnects with backoff, pumps bytes and timers into the session, writes what it
-//! transmits, and resolves callers' futures from its events. Nothing here interprets frames.
-use std::collections::HashMap;
+//! and reconnects, pumps bytes and timers into the session and writes what it transmits.
+//! Which caller a response resolves and when to reconnect where are the client core's
+//! ([`Router`], [`Reconnect`]); nothing here interprets frames.
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use natter_protocol::session::{SessionEvent, StreamKey};
-use natter_protocol::{ClientMsgId, ClientSession, Millis, RequestError, RequestId};
+use natter_protocol::client::{Reconnect, Reply, Routed, Router};
+use natter_protocol::session::StreamKey;
+use natter_protocol::{ClientSession, Millis, RequestError};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{ClientConfig, ClientError, ClientEvent, Command, SendAck, Snapshot};
+
+/// A caller waiting on a tokio oneshot.
+pub(crate) struct Waiter<T>(pub(crate) oneshot::Sender<T>);
+
+impl<T> Reply<T> for Waiter<T> {
+    fn reply(self, value: T) {
+        let _ = self.0.send(value);
+    }
+}
+
+type Pending =
+    Router<Waiter<Result<natter_protocol::pb::response::Result, RequestError>>, Waiter<Result<SendAck, RequestError>>>;
 
 /// Bytes and stream ends from one connection's reader tasks.
 enum Input {
@@ -35,14 +48,8 @@ struct Driver {
     start: Instant,
     cmds: mpsc::UnboundedReceiver<Command>,
     events: mpsc::UnboundedSender<ClientEvent>,
-    requests: HashMap<RequestId, oneshot::Sender<Result<natter_protocol::pb::response::Result, RequestError>>>,
-    sends: HashMap<ClientMsgId, oneshot::Sender<Result<SendAck, RequestError>>>,
-    /// Set by GoAway (or an error with a retry time): wait this long before reconnecting.
-    pause: Option<Duration>,
-    /// The next reconnect delay.
-    backoff_ms: u64,
-    /// Which of `addr` and `fallback_addrs` to connect to next.
-    next_addr: usize,
+    pending: Pending,
+    reconnect: Reconnect,
 }
 
 pub(crate) fn spawn(
@@ -75,6 +82,7 @@ pub(crate) fn spawn(
     };
     let mut session = ClientSession::new(config.session.clone(), config.access_token.clone());
     session.restore(config.resume_token.clone(), config.cursors.iter().copied());
+    let reconnect = Reconnect::new(config.reconnect_min_ms, config.reconnect_max_ms);
     let driver = Driver {
         config,
         endpoint,
@@ -84,11 +92,8 @@ pub(crate) fn spawn(
         start: Instant::now(),
         cmds,
         events,
-        requests: HashMap::new(),
-        sends: HashMap::new(),
-        pause: None,
-        backoff_ms: 0,
-        next_addr: 0,
+        pending: Router::new(),
+        reconnect,
     };
     tokio::spawn(driver.run());
     Ok(())
@@ -100,12 +105,8 @@ impl Driver {
     }
 
     async fn run(mut self) {
-        self.backoff_ms = self.config.reconnect_min_ms;
         loop {
             let exit = match self.connect().await {
-                // The backoff resets when a session is established (see `dispatch`), not
-                // when the transport connects: a server refusing us after the handshake
-                // (too many connections, overload) must not be hammered.
                 Ok(conn) => self.serve(conn).await,
                 Err(e) => Exit::Reconnect(e),
             };
@@ -117,24 +118,18 @@ impl Driver {
             tracing::debug!(%reason, "disconnected");
             self.session.handle_disconnected(now, reason);
             self.dispatch();
-            match exit {
-                Exit::Shutdown(done) => {
-                    if self.owns_endpoint {
-                        self.endpoint.close(0u32.into(), b"bye");
-                    }
-                    if let Some(done) = done {
-                        let _ = done.send(());
-                    }
-                    return;
+            if let Exit::Shutdown(done) = exit {
+                if self.owns_endpoint {
+                    self.endpoint.close(0u32.into(), b"bye");
                 }
-                Exit::Reconnect(_) => {
-                    // With several nodes, try the next one: the lost one may be gone.
-                    self.next_addr += 1;
+                if let Some(done) = done {
+                    let _ = done.send(());
                 }
+                return;
             }
-            // Back off, still taking commands (they queue in the session).
-            let delay = self.pause.take().unwrap_or(Duration::from_millis(self.backoff_ms));
-            self.backoff_ms = (self.backoff_ms * 2).min(self.config.reconnect_max_ms);
+            // Back off (the policy also moves on to the next node), still taking commands:
+            // they queue in the session.
+            let delay = Duration::from_millis(self.reconnect.next_delay());
             let until = tokio::time::Instant::now() + delay;
             loop {
                 tokio::select! {
@@ -151,8 +146,7 @@ impl Driver {
     }
 
     fn addr(&self) -> std::net::SocketAddr {
-        let n = self.config.fallback_addrs.len() + 1;
-        match self.next_addr % n {
+        match self.reconnect.address(self.config.fallback_addrs.len() + 1) {
             0 => self.config.addr,
             i => self.config.fallback_addrs[i - 1],
         }
@@ -305,22 +299,10 @@ impl Driver {
     fn command(&mut self, cmd: Command) {
         let now = self.now();
         match cmd {
-            Command::Request(op, reply) => match self.session.request(now, op) {
-                Ok(id) => {
-                    self.requests.insert(id, reply);
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(RequestError::Invalid(e)));
-                }
-            },
-            Command::Send(conv, id, body, reply) => match self.session.send_message(now, conv, id.clone(), body) {
-                Ok(()) => {
-                    self.sends.insert(id, reply);
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(RequestError::Invalid(e)));
-                }
-            },
+            Command::Request(op, reply) => self.pending.request(&mut self.session, now, op, Waiter(reply)),
+            Command::Send(conv, id, body, reply) => {
+                self.pending.send(&mut self.session, now, conv, id, body, Waiter(reply))
+            }
             Command::Snapshot(reply) => {
                 let _ = reply.send(Snapshot {
                     access_token: self.session.access_token().map(String::from),
@@ -350,67 +332,23 @@ impl Driver {
         }
     }
 
-    /// Route session events: resolve waiting futures, pass the rest to the app; returns an
-    /// exit when the server asked us to go.
+    /// Route session events through the core's router: it resolves waiting futures and
+    /// keeps the reconnect policy; the rest goes to the app. Returns an exit when the
+    /// server asked us to go.
     fn dispatch(&mut self) -> Option<Exit> {
         let mut exit = None;
         while let Some(ev) = self.session.poll_event() {
-            match ev {
-                SessionEvent::Response { id, result } => {
-                    if let Some(tx) = self.requests.remove(&id) {
-                        let _ = tx.send(result);
-                    }
-                    continue;
+            let state = self.session.state();
+            match self.pending.route(ev, state, &mut self.reconnect) {
+                Routed::Handled => {}
+                Routed::App(ev) => {
+                    let _ = self.events.send(ev);
                 }
-                SessionEvent::SendAcked {
-                    client_msg_id,
-                    conversation_id,
-                    seq,
-                    server_time_ms,
-                    duplicate,
-                } => {
-                    if let Some(tx) = self.sends.remove(&client_msg_id) {
-                        let _ = tx.send(Ok(SendAck {
-                            conversation_id,
-                            seq,
-                            server_time_ms,
-                            duplicate,
-                            client_msg_id,
-                        }));
-                    }
-                    continue;
+                Routed::AppAndReconnect(ev, why) => {
+                    let _ = self.events.send(ev);
+                    exit = Some(Exit::Reconnect(why));
                 }
-                SessionEvent::SendFailed {
-                    ref client_msg_id,
-                    ref error,
-                    ..
-                } => {
-                    if let Some(tx) = self.sends.remove(client_msg_id) {
-                        let _ = tx.send(Err(RequestError::Server(error.clone())));
-                        continue;
-                    }
-                }
-                SessionEvent::GoAway {
-                    ref reason,
-                    reconnect_after_ms,
-                } => {
-                    self.pause = Some(Duration::from_millis(reconnect_after_ms.into()));
-                    exit = Some(Exit::Reconnect(format!("server going away: {reason}")));
-                }
-                SessionEvent::ConnectionError(ref e) => {
-                    if e.retry_after_ms > 0 {
-                        self.pause = Some(Duration::from_millis(e.retry_after_ms.into()));
-                    }
-                    exit = Some(Exit::Reconnect(format!("server closed the connection: {e}")));
-                }
-                SessionEvent::Connected { .. } => self.backoff_ms = self.config.reconnect_min_ms,
-                SessionEvent::Welcomed { .. } if self.session.state() == natter_protocol::State::Unauthenticated => {
-                    // Nothing to authenticate: the connection itself is the success.
-                    self.backoff_ms = self.config.reconnect_min_ms;
-                }
-                _ => {}
             }
-            let _ = self.events.send(ev);
         }
         exit
     }

@@ -14,6 +14,8 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use natter_protocol::client::{ops, Call};
+pub use natter_protocol::client::{HistoryAnchor, SendAck};
 use natter_protocol::pb::{self, request::Op, response::Result as Res};
 pub use natter_protocol::session::{DeliveryState, MessageStatus, RequestError, SessionConfig};
 pub use natter_protocol::{pb as proto, ClientMsgId, ConversationId, DeviceId, Seq, ServerError, UserId};
@@ -106,21 +108,6 @@ impl ClientError {
             _ => None,
         }
     }
-}
-
-/// A send that is durable on the server.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SendAck {
-    /// The conversation.
-    pub conversation_id: ConversationId,
-    /// Its seq.
-    pub seq: Seq,
-    /// Commit time (ms since the epoch).
-    pub server_time_ms: u64,
-    /// It had been committed before (a retry).
-    pub duplicate: bool,
-    /// The idempotency key used.
-    pub client_msg_id: ClientMsgId,
 }
 
 /// The result of a login.
@@ -229,7 +216,7 @@ impl Client {
         Ok((Client { cmd }, Events(ev_rx)))
     }
 
-    async fn call(&self, op: Op) -> Result<Res, ClientError> {
+    async fn request(&self, op: Op) -> Result<Res, ClientError> {
         let (tx, rx) = oneshot::channel();
         self.cmd
             .send(Command::Request(op, tx))
@@ -237,166 +224,100 @@ impl Client {
         Ok(rx.await.map_err(|_| ClientError::Closed)??)
     }
 
+    /// Make one of the core's operations ([`natter_protocol::client::ops`]) and take its
+    /// answer out of the response.
+    pub async fn call<T>(&self, call: Call<T>) -> Result<T, ClientError> {
+        let (op, extract) = call.into_parts();
+        let res = self.request(op).await?;
+        extract.apply(res).map_err(|_| ClientError::Unexpected)
+    }
+
     /// Create an account (does not log in).
     pub async fn register(&self, username: &str, password: &str) -> Result<UserId, ClientError> {
-        let op = Op::Register(pb::Register {
-            username: username.into(),
-            password: password.into(),
-        });
-        match self.call(op).await? {
-            Res::Register(r) => Ok(UserId(r.user_id)),
-            _ => Err(ClientError::Unexpected),
-        }
+        self.call(ops::register(username, password)).await
     }
 
     /// Log in as a new device; the connection is authenticated from then on, and the token
     /// is kept for reconnects.
     pub async fn login(&self, username: &str, password: &str, device_name: &str) -> Result<LoginInfo, ClientError> {
-        let op = Op::Login(pb::Login {
-            username: username.into(),
-            password: password.into(),
-            device_name: device_name.into(),
-        });
-        match self.call(op).await? {
-            Res::Login(r) => Ok(LoginInfo {
-                user_id: UserId(r.user_id),
-                device_id: DeviceId(r.device_id),
-                access_token: r.access_token,
-            }),
-            _ => Err(ClientError::Unexpected),
-        }
+        let r = self.call(ops::login(username, password, device_name)).await?;
+        Ok(LoginInfo {
+            user_id: UserId(r.user_id),
+            device_id: DeviceId(r.device_id),
+            access_token: r.access_token,
+        })
     }
 
     /// Revoke a device's token (0: this device; the connection then closes).
     pub async fn logout(&self, device: DeviceId) -> Result<(), ClientError> {
-        self.done(Op::Logout(pb::Logout { device_id: device.0 })).await
+        self.call(ops::logout(device)).await
     }
 
     /// This user's devices.
     pub async fn devices(&self) -> Result<Vec<pb::Device>, ClientError> {
-        match self.call(Op::ListDevices(pb::ListDevices {})).await? {
-            Res::Devices(d) => Ok(d.devices),
-            _ => Err(ClientError::Unexpected),
-        }
-    }
-
-    async fn conversation(&self, op: Op) -> Result<pb::ConversationSummary, ClientError> {
-        match self.call(op).await? {
-            Res::Conversation(c) => Ok(c),
-            _ => Err(ClientError::Unexpected),
-        }
-    }
-
-    async fn done(&self, op: Op) -> Result<(), ClientError> {
-        match self.call(op).await? {
-            Res::Done(_) => Ok(()),
-            _ => Err(ClientError::Unexpected),
-        }
+        self.call(ops::devices()).await
     }
 
     /// The 1:1 conversation with `username`, created on first use.
     pub async fn direct(&self, username: &str) -> Result<pb::ConversationSummary, ClientError> {
-        self.conversation(Op::CreateDirect(pb::CreateDirect {
-            username: username.into(),
-        }))
-        .await
+        self.call(ops::direct(username)).await
     }
 
     /// A new private group owned by the caller.
     pub async fn create_group(&self, name: &str, members: &[&str]) -> Result<pb::ConversationSummary, ClientError> {
         let usernames = members.iter().map(|s| s.to_string()).collect();
-        self.conversation(Op::CreateGroup(pb::CreateGroup {
-            name: name.into(),
-            usernames,
-        }))
-        .await
+        self.call(ops::create_group(name, usernames)).await
     }
 
     /// A new public channel owned by the caller.
     pub async fn create_channel(&self, name: &str) -> Result<pb::ConversationSummary, ClientError> {
-        self.conversation(Op::CreateChannel(pb::CreateChannel { name: name.into() }))
-            .await
+        self.call(ops::create_channel(name)).await
     }
 
     /// Join a public channel.
     pub async fn join_channel(&self, name: &str) -> Result<pb::ConversationSummary, ClientError> {
-        self.conversation(Op::JoinChannel(pb::JoinChannel { name: name.into() }))
-            .await
+        self.call(ops::join_channel(name)).await
     }
 
     /// Add members (owners and admins).
     pub async fn add_members(&self, conv: ConversationId, usernames: &[&str]) -> Result<(), ClientError> {
         let usernames = usernames.iter().map(|s| s.to_string()).collect();
-        self.done(Op::AddMembers(pb::AddMembers {
-            conversation_id: conv.0,
-            usernames,
-        }))
-        .await
+        self.call(ops::add_members(conv, usernames)).await
     }
 
     /// Remove a member.
     pub async fn remove_member(&self, conv: ConversationId, user: UserId) -> Result<(), ClientError> {
-        self.done(Op::RemoveMember(pb::RemoveMember {
-            conversation_id: conv.0,
-            user_id: user.0,
-        }))
-        .await
+        self.call(ops::remove_member(conv, user)).await
     }
 
     /// Leave a group or channel.
     pub async fn leave(&self, conv: ConversationId) -> Result<(), ClientError> {
-        self.done(Op::Leave(pb::LeaveConversation {
-            conversation_id: conv.0,
-        }))
-        .await
+        self.call(ops::leave(conv)).await
     }
 
     /// Rename a group or channel.
     pub async fn rename(&self, conv: ConversationId, name: &str) -> Result<(), ClientError> {
-        self.done(Op::Rename(pb::RenameConversation {
-            conversation_id: conv.0,
-            name: name.into(),
-        }))
-        .await
+        self.call(ops::rename(conv, name)).await
     }
 
     /// Delete a conversation (owner).
     pub async fn delete(&self, conv: ConversationId) -> Result<(), ClientError> {
-        self.done(Op::DeleteConversation(pb::DeleteConversation {
-            conversation_id: conv.0,
-        }))
-        .await
+        self.call(ops::delete(conv)).await
     }
 
     /// Change a member's role (owner); `Owner` transfers ownership.
     pub async fn set_role(&self, conv: ConversationId, user: UserId, role: pb::Role) -> Result<(), ClientError> {
-        self.done(Op::SetRole(pb::SetRole {
-            conversation_id: conv.0,
-            user_id: user.0,
-            role: role as i32,
-        }))
-        .await
+        self.call(ops::set_role(conv, user, role)).await
     }
 
     /// Every conversation of the user, with last message and unread count.
     pub async fn conversations(&self) -> Result<Vec<pb::ConversationSummary>, ClientError> {
-        match self.call(Op::ListConversations(pb::ListConversations {})).await? {
-            Res::Conversations(c) => Ok(c.conversations),
-            _ => Err(ClientError::Unexpected),
-        }
+        self.call(ops::conversations()).await
     }
 
     /// Members of a conversation.
     pub async fn members(&self, conv: ConversationId) -> Result<Vec<pb::Member>, ClientError> {
-        match self
-            .call(Op::GetMembers(pb::GetMembers {
-                conversation_id: conv.0,
-            }))
-            .await?
-        {
-            Res::Members(m) => Ok(m.members),
-            _ => Err(ClientError::Unexpected),
-        }
+        self.call(ops::members(conv)).await
     }
 
     /// Send a text message; resolves when the server has it durably.
@@ -429,47 +350,17 @@ impl Client {
         anchor: HistoryAnchor,
         limit: u32,
     ) -> Result<pb::HistoryPage, ClientError> {
-        let anchor = Some(match anchor {
-            HistoryAnchor::Before(s) => pb::get_history::Anchor::Before(s.0),
-            HistoryAnchor::After(s) => pb::get_history::Anchor::After(s.0),
-        });
-        match self
-            .call(Op::History(pb::GetHistory {
-                conversation_id: conv.0,
-                anchor,
-                limit,
-            }))
-            .await?
-        {
-            Res::History(h) => Ok(h),
-            _ => Err(ClientError::Unexpected),
-        }
-    }
-
-    async fn committed(&self, op: Op) -> Result<Seq, ClientError> {
-        match self.call(op).await? {
-            Res::Sent(s) => Ok(Seq(s.seq)),
-            _ => Err(ClientError::Unexpected),
-        }
+        self.call(ops::history(conv, anchor, limit)).await
     }
 
     /// Replace the text of your message; returns the seq of the edit event.
     pub async fn edit(&self, conv: ConversationId, target: Seq, text: &str) -> Result<Seq, ClientError> {
-        self.committed(Op::Edit(pb::EditMessage {
-            conversation_id: conv.0,
-            target_seq: target.0,
-            text: text.into(),
-        }))
-        .await
+        self.call(ops::edit(conv, target, text)).await
     }
 
     /// Delete a message; returns the seq of the delete event.
     pub async fn delete_message(&self, conv: ConversationId, target: Seq) -> Result<Seq, ClientError> {
-        self.committed(Op::DeleteMessage(pb::DeleteMessage {
-            conversation_id: conv.0,
-            target_seq: target.0,
-        }))
-        .await
+        self.call(ops::delete_message(conv, target)).await
     }
 
     /// Add (or with `remove`, take back) an emoji reaction; returns the event's seq.
@@ -480,22 +371,12 @@ impl Client {
         emoji: &str,
         remove: bool,
     ) -> Result<Seq, ClientError> {
-        let op = Op::React(pb::React {
-            conversation_id: conv.0,
-            target_seq: target.0,
-            emoji: emoji.into(),
-            remove,
-        });
-        self.committed(op).await
+        self.call(ops::react(conv, target, emoji, remove)).await
     }
 
     /// Move the read cursor.
     pub async fn mark_read(&self, conv: ConversationId, seq: Seq) -> Result<(), ClientError> {
-        self.done(Op::MarkRead(pb::MarkRead {
-            conversation_id: conv.0,
-            seq: seq.0,
-        }))
-        .await
+        self.call(ops::mark_read(conv, seq)).await
     }
 
     /// Where your message `seq` stands with the other members (✓ sent, ✓✓ delivered, read,
@@ -519,15 +400,7 @@ impl Client {
 
     /// Every member's delivered and read cursors (direct conversations and groups).
     pub async fn receipts(&self, conv: ConversationId) -> Result<Vec<pb::MemberReceipt>, ClientError> {
-        match self
-            .call(Op::GetReceipts(pb::GetReceipts {
-                conversation_id: conv.0,
-            }))
-            .await?
-        {
-            Res::Receipts(r) => Ok(r.receipts),
-            _ => Err(ClientError::Unexpected),
-        }
+        self.call(ops::receipts(conv)).await
     }
 
     /// Say you are typing in a conversation; call on every keystroke, the client rate-limits.
@@ -542,26 +415,17 @@ impl Client {
 
     /// Hide (or show) your last-seen time from contacts.
     pub async fn set_hide_last_seen(&self, hide: bool) -> Result<(), ClientError> {
-        self.done(Op::SetPrivacy(pb::SetPrivacy { hide_last_seen: hide })).await
+        self.call(ops::set_hide_last_seen(hide)).await
     }
 
     /// Presence of these users, as far as they are your contacts (others are left out).
     pub async fn presence(&self, users: &[UserId]) -> Result<Vec<pb::PresenceUpdate>, ClientError> {
-        let op = Op::GetPresence(pb::GetPresence {
-            user_ids: users.iter().map(|u| u.0).collect(),
-        });
-        match self.call(op).await? {
-            Res::Presence(p) => Ok(p.users),
-            _ => Err(ClientError::Unexpected),
-        }
+        self.call(ops::presence(users)).await
     }
 
     /// Round trip to the server.
     pub async fn ping(&self) -> Result<u64, ClientError> {
-        match self.call(Op::Ping(pb::Ping { nonce: 1 })).await? {
-            Res::Pong(p) => Ok(p.server_time_ms),
-            _ => Err(ClientError::Unexpected),
-        }
+        self.call(ops::ping()).await
     }
 
     /// State to persist (tokens, cursors).
@@ -584,13 +448,4 @@ impl Client {
             let _ = rx.await;
         }
     }
-}
-
-/// Where a history page starts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HistoryAnchor {
-    /// The newest page with seq < this (`Seq(0)`: the latest page).
-    Before(Seq),
-    /// The oldest page with seq > this.
-    After(Seq),
 }

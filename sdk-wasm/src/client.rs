@@ -2,15 +2,16 @@
 //! requests, an event callback (or `nextEvent()` / `for await`) for everything pushed.
 //! State lives in the shared [`Inner`]; the [`crate::driver`] task owns the connection.
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::rc::Rc;
 
 use futures::channel::{mpsc, oneshot};
 use js_sys::{Array, Promise, Reflect};
+use natter_protocol::client::{ops, Call, HistoryAnchor, Reconnect, Reply, Router};
 use natter_protocol::pb::{self, request::Op, response::Result as Res};
 use natter_protocol::session::RequestError;
-use natter_protocol::{ClientMsgId, ClientSession, ConversationId, Millis, RequestId, Seq, SessionConfig};
+use natter_protocol::{ClientMsgId, ClientSession, ConversationId, Millis, Seq, SessionConfig, UserId};
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
@@ -28,16 +29,41 @@ pub(crate) enum Wake {
     Close,
 }
 
-/// A send that is durable on the server.
+/// A send that is durable on the server, as JavaScript sees it.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub(crate) struct SendAck {
-    pub conversation_id: u64,
-    pub seq: u64,
-    pub server_time_ms: u64,
-    pub duplicate: bool,
-    pub client_msg_id: String,
+struct JsSendAck {
+    conversation_id: u64,
+    seq: u64,
+    server_time_ms: u64,
+    duplicate: bool,
+    client_msg_id: String,
 }
+
+impl From<natter_protocol::client::SendAck> for JsSendAck {
+    fn from(a: natter_protocol::client::SendAck) -> Self {
+        JsSendAck {
+            conversation_id: a.conversation_id.0,
+            seq: a.seq.0,
+            server_time_ms: a.server_time_ms,
+            duplicate: a.duplicate,
+            client_msg_id: a.client_msg_id.as_str().to_string(),
+        }
+    }
+}
+
+/// A caller waiting on a futures oneshot (behind a Promise).
+pub(crate) struct Waiter<T>(oneshot::Sender<T>);
+
+impl<T> Reply<T> for Waiter<T> {
+    fn reply(self, value: T) {
+        let _ = self.0.send(value);
+    }
+}
+
+/// Requests and sends waiting for their outcome (the client core's router).
+pub(crate) type Pending =
+    Router<Waiter<Result<Res, RequestError>>, Waiter<Result<natter_protocol::client::SendAck, RequestError>>>;
 
 /// Client options that stay fixed.
 #[derive(Debug)]
@@ -61,12 +87,10 @@ struct Events {
 /// across an await or a call into JavaScript).
 pub(crate) struct Inner {
     pub session: RefCell<ClientSession>,
-    pub requests: RefCell<HashMap<RequestId, oneshot::Sender<Result<Res, RequestError>>>>,
-    pub sends: RefCell<HashMap<ClientMsgId, oneshot::Sender<Result<SendAck, RequestError>>>>,
+    pub pending: RefCell<Pending>,
     pub transport: Cell<Option<Transport>>,
-    pub pause: Cell<Option<u32>>,
-    /// The next reconnect delay (ms).
-    pub backoff: Cell<u32>,
+    /// Backoff and the server's pauses (the client core's policy).
+    pub reconnect: RefCell<Reconnect>,
     pub config: Config,
     wake: mpsc::UnboundedSender<Wake>,
     events: RefCell<Events>,
@@ -220,20 +244,18 @@ export interface ConversationEvent {
 "#;
 
 impl NatterClient {
-    fn call(&self, op: Op) -> impl Future<Output = Result<Res, JsValue>> {
+    fn request(&self, op: Op) -> impl Future<Output = Result<Res, JsValue>> {
         let (tx, rx) = oneshot::channel();
         let now = self.inner.now();
-        let id = self.inner.session.borrow_mut().request(now, op);
-        let queued = match id {
-            Ok(id) => {
-                self.inner.requests.borrow_mut().insert(id, tx);
-                self.inner.wake(Wake::Flush);
-                Ok(())
-            }
-            Err(e) => Err(js_error(&(&RequestError::Invalid(e)).into())),
-        };
+        {
+            let mut session = self.inner.session.borrow_mut();
+            self.inner
+                .pending
+                .borrow_mut()
+                .request(&mut session, now, op, Waiter(tx));
+        }
+        self.inner.wake(Wake::Flush);
         async move {
-            queued?;
             match rx.await {
                 Ok(Ok(res)) => Ok(res),
                 Ok(Err(e)) => Err(js_error(&(&e).into())),
@@ -242,31 +264,32 @@ impl NatterClient {
         }
     }
 
-    fn promise<F>(&self, op: Op, map: F) -> Promise
-    where
-        F: FnOnce(Res) -> Option<JsValue> + 'static,
-    {
-        let call = self.call(op);
-        future_to_promise(async move { map(call.await?).ok_or_else(unexpected) })
-    }
-
-    fn conversation(&self, op: Op) -> Promise {
-        self.promise(op, |r| match r {
-            Res::Conversation(c) => Some(to_js(&c)),
-            _ => None,
+    /// One of the core's operations as a Promise of its answer, made JavaScript by `js`.
+    fn call<T: 'static>(&self, call: Call<T>, js: fn(T) -> JsValue) -> Promise {
+        let (op, extract) = call.into_parts();
+        let response = self.request(op);
+        future_to_promise(async move {
+            let answer = extract.apply(response.await?).map_err(|_| unexpected())?;
+            Ok(js(answer))
         })
     }
+}
 
-    fn done(&self, op: Op) -> Promise {
-        self.promise(op, |r| matches!(r, Res::Done(_)).then_some(JsValue::UNDEFINED))
-    }
+/// Plain data answers (protobuf messages, lists of them) as JSON-compatible objects.
+fn plain<T: Serialize>(v: T) -> JsValue {
+    to_js(&v)
+}
 
-    fn committed(&self, op: Op) -> Promise {
-        self.promise(op, |r| match r {
-            Res::Sent(s) => Some(JsValue::from_f64(s.seq as f64)),
-            _ => None,
-        })
-    }
+fn conv(id: f64) -> ConversationId {
+    ConversationId(id as u64)
+}
+
+fn nothing(_: ()) -> JsValue {
+    JsValue::UNDEFINED
+}
+
+fn seq_number(s: Seq) -> JsValue {
+    JsValue::from_f64(s.0 as f64)
 }
 
 #[wasm_bindgen]
@@ -322,11 +345,12 @@ impl NatterClient {
             .and_then(|f| f.dyn_into::<js_sys::Function>().ok());
         let inner = Rc::new(Inner {
             session: RefCell::new(session),
-            requests: RefCell::default(),
-            sends: RefCell::default(),
+            pending: RefCell::new(Router::new()),
             transport: Cell::new(None),
-            pause: Cell::new(None),
-            backoff: Cell::new(0),
+            reconnect: RefCell::new(Reconnect::new(
+                config.reconnect_min_ms.into(),
+                config.reconnect_max_ms.into(),
+            )),
             config,
             wake,
             events: RefCell::new(Events {
@@ -381,101 +405,110 @@ impl NatterClient {
 
     /// Create an account (does not log in). Resolves to the user id.
     pub fn register(&self, username: String, password: String) -> Promise {
-        self.promise(Op::Register(pb::Register { username, password }), |r| match r {
-            Res::Register(r) => Some(JsValue::from_f64(r.user_id as f64)),
-            _ => None,
+        self.call(ops::register(&username, &password), |u: UserId| {
+            JsValue::from_f64(u.0 as f64)
         })
     }
 
     /// Log in as a new device: `{ userId, deviceId, accessToken }`. Keep the token (e.g.
     /// in localStorage) to connect later without the password.
     pub fn login(&self, username: String, password: String, device_name: String) -> Promise {
-        let op = Op::Login(pb::Login {
-            username,
-            password,
-            device_name,
-        });
-        self.promise(op, |r| match r {
-            Res::Login(l) => {
-                let o = js_sys::Object::new();
-                let _ = Reflect::set(&o, &"userId".into(), &(l.user_id as f64).into());
-                let _ = Reflect::set(&o, &"deviceId".into(), &(l.device_id as f64).into());
-                let _ = Reflect::set(&o, &"accessToken".into(), &l.access_token.into());
-                Some(o.into())
-            }
-            _ => None,
+        self.call(ops::login(&username, &password, &device_name), |l| {
+            let o = js_sys::Object::new();
+            let _ = Reflect::set(&o, &"userId".into(), &(l.user_id as f64).into());
+            let _ = Reflect::set(&o, &"deviceId".into(), &(l.device_id as f64).into());
+            let _ = Reflect::set(&o, &"accessToken".into(), &l.access_token.into());
+            o.into()
         })
     }
 
     /// Revoke this device's token (the connection then closes).
     pub fn logout(&self) -> Promise {
-        self.done(Op::Logout(pb::Logout { device_id: 0 }))
+        self.call(ops::logout(natter_protocol::DeviceId(0)), nothing)
     }
 
     /// This user's devices.
     pub fn devices(&self) -> Promise {
-        self.promise(Op::ListDevices(pb::ListDevices {}), |r| match r {
-            Res::Devices(d) => Some(to_js(&d.devices)),
-            _ => None,
-        })
+        self.call(ops::devices(), plain)
     }
 
     /// Every conversation with last message and unread count.
     pub fn conversations(&self) -> Promise {
-        self.promise(Op::ListConversations(pb::ListConversations {}), |r| match r {
-            Res::Conversations(c) => Some(to_js(&c.conversations)),
-            _ => None,
-        })
+        self.call(ops::conversations(), plain)
     }
 
     /// The 1:1 conversation with `username` (created on first use).
     pub fn direct(&self, username: String) -> Promise {
-        self.conversation(Op::CreateDirect(pb::CreateDirect { username }))
+        self.call(ops::direct(&username), plain)
     }
 
     /// A new private group with these members.
     #[wasm_bindgen(js_name = createGroup)]
     pub fn create_group(&self, name: String, usernames: Vec<String>) -> Promise {
-        self.conversation(Op::CreateGroup(pb::CreateGroup { name, usernames }))
+        self.call(ops::create_group(&name, usernames), plain)
     }
 
     /// A new public channel.
     #[wasm_bindgen(js_name = createChannel)]
     pub fn create_channel(&self, name: String) -> Promise {
-        self.conversation(Op::CreateChannel(pb::CreateChannel { name }))
+        self.call(ops::create_channel(&name), plain)
     }
 
     /// Join a public channel by name.
     #[wasm_bindgen(js_name = joinChannel)]
     pub fn join_channel(&self, name: String) -> Promise {
-        self.conversation(Op::JoinChannel(pb::JoinChannel { name }))
+        self.call(ops::join_channel(&name), plain)
     }
 
     /// Add members (owners and admins).
     #[wasm_bindgen(js_name = addMembers)]
     pub fn add_members(&self, conversation_id: f64, usernames: Vec<String>) -> Promise {
-        self.done(Op::AddMembers(pb::AddMembers {
-            conversation_id: conversation_id as u64,
-            usernames,
-        }))
+        self.call(ops::add_members(conv(conversation_id), usernames), nothing)
+    }
+
+    /// Remove a member (owners remove anyone else, admins remove members).
+    #[wasm_bindgen(js_name = removeMember)]
+    pub fn remove_member(&self, conversation_id: f64, user_id: f64) -> Promise {
+        self.call(
+            ops::remove_member(conv(conversation_id), UserId(user_id as u64)),
+            nothing,
+        )
     }
 
     /// Leave a group or channel.
     pub fn leave(&self, conversation_id: f64) -> Promise {
-        self.done(Op::Leave(pb::LeaveConversation {
-            conversation_id: conversation_id as u64,
-        }))
+        self.call(ops::leave(conv(conversation_id)), nothing)
+    }
+
+    /// Rename a group or channel (owners and admins).
+    pub fn rename(&self, conversation_id: f64, name: String) -> Promise {
+        self.call(ops::rename(conv(conversation_id), &name), nothing)
+    }
+
+    /// Delete a conversation (owner).
+    #[wasm_bindgen(js_name = deleteConversation)]
+    pub fn delete_conversation(&self, conversation_id: f64) -> Promise {
+        self.call(ops::delete(conv(conversation_id)), nothing)
+    }
+
+    /// Change a member's role (owner): "owner" (transfers ownership), "admin" or "member".
+    #[wasm_bindgen(js_name = setRole)]
+    pub fn set_role(&self, conversation_id: f64, user_id: f64, role: String) -> Promise {
+        let role = match role.as_str() {
+            "owner" => pb::Role::Owner,
+            "admin" => pb::Role::Admin,
+            "member" => pb::Role::Member,
+            _ => return Promise::reject(&js_error(&JsError::local("INVALID", "role is owner, admin or member"))),
+        };
+        self.call(
+            ops::set_role(conv(conversation_id), UserId(user_id as u64), role),
+            nothing,
+        )
     }
 
     /// Members with roles.
     pub fn members(&self, conversation_id: f64) -> Promise {
-        let op = Op::GetMembers(pb::GetMembers {
-            conversation_id: conversation_id as u64,
-        });
-        self.promise(op, |r| match r {
-            Res::Members(m) => Some(to_js(&m.members)),
-            _ => None,
-        })
+        self.call(ops::members(conv(conversation_id)), plain)
     }
 
     /// Send a text; resolves (`{ conversationId, seq, serverTimeMs, duplicate,
@@ -490,19 +523,17 @@ impl NatterClient {
         };
         let (tx, rx) = oneshot::channel();
         let now = self.inner.now();
-        let queued =
+        {
+            let mut session = self.inner.session.borrow_mut();
             self.inner
-                .session
+                .pending
                 .borrow_mut()
-                .send_message(now, ConversationId(conversation_id as u64), id.clone(), body);
-        if let Err(e) = queued {
-            return Promise::reject(&js_error(&(&RequestError::Invalid(e)).into()));
+                .send(&mut session, now, conv(conversation_id), id, body, Waiter(tx));
         }
-        self.inner.sends.borrow_mut().insert(id, tx);
         self.inner.wake(Wake::Flush);
         future_to_promise(async move {
             match rx.await {
-                Ok(Ok(ack)) => Ok(to_js(&ack)),
+                Ok(Ok(ack)) => Ok(to_js(&JsSendAck::from(ack))),
                 Ok(Err(e)) => Err(js_error(&(&e).into())),
                 Err(_) => Err(js_error(&JsError::local("CLOSED", "the client is closed"))),
             }
@@ -513,95 +544,68 @@ impl NatterClient {
     /// `{ after: seq }`, and `limit`. Resolves to `{ events, hasMore, lastSeq }`.
     pub fn history(&self, conversation_id: f64, options: JsValue) -> Promise {
         let anchor = match (get_num(&options, "after"), get_num(&options, "before")) {
-            (Some(a), _) => pb::get_history::Anchor::After(a as u64),
-            (None, b) => pb::get_history::Anchor::Before(b.unwrap_or(0.0) as u64),
+            (Some(a), _) => HistoryAnchor::After(Seq(a as u64)),
+            (None, b) => HistoryAnchor::Before(Seq(b.unwrap_or(0.0) as u64)),
         };
-        let op = Op::History(pb::GetHistory {
-            conversation_id: conversation_id as u64,
-            anchor: Some(anchor),
-            limit: get_num(&options, "limit").unwrap_or(50.0) as u32,
-        });
-        self.promise(op, |r| match r {
-            Res::History(h) => Some(to_js(&h)),
-            _ => None,
-        })
+        let limit = get_num(&options, "limit").unwrap_or(50.0) as u32;
+        self.call(ops::history(conv(conversation_id), anchor, limit), plain)
     }
 
     /// Move your read cursor (clears unread on your other devices, sends read receipts).
     #[wasm_bindgen(js_name = markRead)]
     pub fn mark_read(&self, conversation_id: f64, seq: f64) -> Promise {
-        self.done(Op::MarkRead(pb::MarkRead {
-            conversation_id: conversation_id as u64,
-            seq: seq as u64,
-        }))
+        self.call(ops::mark_read(conv(conversation_id), Seq(seq as u64)), nothing)
     }
 
     /// Replace the text of your message; resolves to the edit event's seq.
     pub fn edit(&self, conversation_id: f64, target_seq: f64, text: String) -> Promise {
-        self.committed(Op::Edit(pb::EditMessage {
-            conversation_id: conversation_id as u64,
-            target_seq: target_seq as u64,
-            text,
-        }))
+        self.call(
+            ops::edit(conv(conversation_id), Seq(target_seq as u64), &text),
+            seq_number,
+        )
     }
 
     /// Delete a message; resolves to the delete event's seq.
     #[wasm_bindgen(js_name = deleteMessage)]
     pub fn delete_message(&self, conversation_id: f64, target_seq: f64) -> Promise {
-        self.committed(Op::DeleteMessage(pb::DeleteMessage {
-            conversation_id: conversation_id as u64,
-            target_seq: target_seq as u64,
-        }))
+        self.call(
+            ops::delete_message(conv(conversation_id), Seq(target_seq as u64)),
+            seq_number,
+        )
     }
 
     /// Add (or with `remove`, take back) a reaction.
     pub fn react(&self, conversation_id: f64, target_seq: f64, emoji: String, remove: bool) -> Promise {
-        self.committed(Op::React(pb::React {
-            conversation_id: conversation_id as u64,
-            target_seq: target_seq as u64,
-            emoji,
-            remove,
-        }))
+        let call = ops::react(conv(conversation_id), Seq(target_seq as u64), &emoji, remove);
+        self.call(call, seq_number)
     }
 
     /// Members' delivered/read cursors.
     pub fn receipts(&self, conversation_id: f64) -> Promise {
-        let op = Op::GetReceipts(pb::GetReceipts {
-            conversation_id: conversation_id as u64,
-        });
-        self.promise(op, |r| match r {
-            Res::Receipts(r) => Some(to_js(&r.receipts)),
-            _ => None,
-        })
+        self.call(ops::receipts(conv(conversation_id)), plain)
     }
 
     /// Presence of these users (contacts only).
     pub fn presence(&self, user_ids: Vec<f64>) -> Promise {
-        let op = Op::GetPresence(pb::GetPresence {
-            user_ids: user_ids.into_iter().map(|u| u as u64).collect(),
-        });
-        self.promise(op, |r| match r {
-            Res::Presence(p) => {
-                let list: Vec<JsEvent> = p
-                    .users
-                    .into_iter()
-                    .map(|p| JsEvent::Presence {
-                        user_id: p.user_id,
-                        username: p.username,
-                        state: view::presence_name(p.state),
-                        last_seen_ms: p.last_seen_ms,
-                    })
-                    .collect();
-                Some(to_js(&list))
-            }
-            _ => None,
+        let users: Vec<UserId> = user_ids.into_iter().map(|u| UserId(u as u64)).collect();
+        self.call(ops::presence(&users), |list| {
+            let list: Vec<JsEvent> = list
+                .into_iter()
+                .map(|p| JsEvent::Presence {
+                    user_id: p.user_id,
+                    username: p.username,
+                    state: view::presence_name(p.state),
+                    last_seen_ms: p.last_seen_ms,
+                })
+                .collect();
+            to_js(&list)
         })
     }
 
     /// Hide (or show) your last-seen time from contacts.
     #[wasm_bindgen(js_name = setHideLastSeen)]
     pub fn set_hide_last_seen(&self, hide: bool) -> Promise {
-        self.done(Op::SetPrivacy(pb::SetPrivacy { hide_last_seen: hide }))
+        self.call(ops::set_hide_last_seen(hide), nothing)
     }
 
     /// Say you are typing; call on every keystroke (the client rate-limits).
@@ -670,10 +674,7 @@ impl NatterClient {
 
     /// Round trip to the server; resolves to the server's clock (ms).
     pub fn ping(&self) -> Promise {
-        self.promise(Op::Ping(pb::Ping { nonce: 1 }), |r| match r {
-            Res::Pong(p) => Some(JsValue::from_f64(p.server_time_ms as f64)),
-            _ => None,
-        })
+        self.call(ops::ping(), |ms| JsValue::from_f64(ms as f64))
     }
 
     /// Drop the connection now and reconnect (sends stay queued).

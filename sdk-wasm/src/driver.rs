@@ -1,17 +1,19 @@
 //! The I/O loop around [`ClientSession`] in the browser: connect (WebTransport first when
 //! allowed, else WebSocket), pump link inputs, timers and wake-ups into the session,
-//! write what it transmits, resolve promises from its events, reconnect with backoff.
-//! Mirrors natter-sdk's driver; nothing here interprets frames.
+//! write what it transmits. Which promise a response resolves and when to reconnect are
+//! the client core's ([`natter_protocol::client::Router`], [`natter_protocol::client::Reconnect`]),
+//! shared with natter-sdk; nothing here interprets frames.
 use std::rc::Rc;
 
 use futures::channel::mpsc;
 use futures::{FutureExt, StreamExt};
 use gloo_timers::future::TimeoutFuture;
+use natter_protocol::client::Routed;
 use natter_protocol::SessionEvent;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 
-use crate::client::{Inner, SendAck, Wake};
+use crate::client::{Inner, Wake};
 use crate::link::{Input, Link};
 use crate::view::{self, Discovery, JsEvent, Transport};
 
@@ -86,7 +88,6 @@ async fn connect(inner: &Inner, tx: mpsc::UnboundedSender<Input>, wt_failed: &mu
 
 /// Run until the client is closed.
 pub(crate) async fn run(inner: Rc<Inner>, mut wake: mpsc::UnboundedReceiver<Wake>) {
-    inner.backoff.set(inner.config.reconnect_min_ms);
     let mut wt_failed = false;
     loop {
         let (tx, mut rx) = mpsc::unbounded();
@@ -120,13 +121,8 @@ pub(crate) async fn run(inner: Rc<Inner>, mut wake: mpsc::UnboundedReceiver<Wake
             inner.finish();
             return;
         }
-        // The backoff resets when a session is established (in `dispatch`), not when the
-        // transport connects: a server refusing us after the handshake must not be hammered.
-        let delay = inner.pause.take().unwrap_or(inner.backoff.get());
-        inner
-            .backoff
-            .set((inner.backoff.get() * 2).min(inner.config.reconnect_max_ms));
-        let mut timer = TimeoutFuture::new(delay).fuse();
+        let delay = inner.reconnect.borrow_mut().next_delay();
+        let mut timer = TimeoutFuture::new(delay.min(u32::MAX.into()) as u32).fuse();
         loop {
             futures::select! {
                 _ = timer => break,
@@ -192,69 +188,29 @@ async fn pump(
     }
 }
 
-/// Route session events: resolve promises, hand the rest to the app. Events are taken
-/// out of the session first: an app callback may call back into the client.
+/// Route session events through the core's router (it resolves promises and keeps the
+/// reconnect policy) and hand the rest to the app. Events are taken out of the session
+/// first, and no borrow is held while the app's callback runs: it may call back into the
+/// client.
 fn dispatch(inner: &Inner) -> Option<Exit> {
-    let events: Vec<SessionEvent> = {
+    let (events, state): (Vec<SessionEvent>, _) = {
         let mut s = inner.session.borrow_mut();
-        std::iter::from_fn(|| s.poll_event()).collect()
+        (std::iter::from_fn(|| s.poll_event()).collect(), s.state())
     };
     let mut exit = None;
     for ev in events {
-        match &ev {
-            SessionEvent::Response { id, result } => {
-                if let Some(tx) = inner.requests.borrow_mut().remove(id) {
-                    let _ = tx.send(result.clone());
-                }
-                continue;
+        let routed = {
+            let mut reconnect = inner.reconnect.borrow_mut();
+            inner.pending.borrow_mut().route(ev, state, &mut reconnect)
+        };
+        let ev = match routed {
+            Routed::Handled => continue,
+            Routed::App(ev) => ev,
+            Routed::AppAndReconnect(ev, why) => {
+                exit = Some(Exit::Reconnect(why));
+                ev
             }
-            SessionEvent::SendAcked {
-                client_msg_id,
-                conversation_id,
-                seq,
-                server_time_ms,
-                duplicate,
-            } => {
-                if let Some(tx) = inner.sends.borrow_mut().remove(client_msg_id) {
-                    let _ = tx.send(Ok(SendAck {
-                        conversation_id: conversation_id.0,
-                        seq: seq.0,
-                        server_time_ms: *server_time_ms,
-                        duplicate: *duplicate,
-                        client_msg_id: client_msg_id.as_str().to_string(),
-                    }));
-                }
-                continue;
-            }
-            SessionEvent::SendFailed {
-                client_msg_id, error, ..
-            } => {
-                if let Some(tx) = inner.sends.borrow_mut().remove(client_msg_id) {
-                    let _ = tx.send(Err(error.clone().into()));
-                    continue;
-                }
-            }
-            SessionEvent::GoAway {
-                reason,
-                reconnect_after_ms,
-            } => {
-                inner.pause.set(Some(*reconnect_after_ms));
-                exit = Some(Exit::Reconnect(format!("server going away: {reason}")));
-            }
-            SessionEvent::ConnectionError(e) => {
-                if e.retry_after_ms > 0 {
-                    inner.pause.set(Some(e.retry_after_ms));
-                }
-                exit = Some(Exit::Reconnect(format!("server closed the connection: {e}")));
-            }
-            SessionEvent::Connected { .. } => inner.backoff.set(inner.config.reconnect_min_ms),
-            SessionEvent::Welcomed { .. }
-                if inner.session.borrow().state() == natter_protocol::State::Unauthenticated =>
-            {
-                inner.backoff.set(inner.config.reconnect_min_ms)
-            }
-            _ => {}
-        }
+        };
         if let Some(js) = view::event(&ev) {
             inner.emit(js);
         }

@@ -1,0 +1,23 @@
+//! The client core every SDK shares, above [`crate::ClientSession`]: what natter-sdk (quinn),
+//! natter-wasm (WebTransport/WebSocket in the browser) and, through natter-sdk, natter-ffi
+//! would otherwise each write for themselves. Runtime-free like the session: no tasks, no
+//! sockets, no clock.
+//!
+//! - [`ops`]: the one list of operations — a typed builder per request with the extractor of
+//!   its response, so a request added here is one line in each SDK's API.
+//! - [`Router`]: the reply side of requests and sends: who is waiting for which response,
+//!   and which session events resolve a waiter instead of reaching the app.
+//! - [`Reconnect`]: the reconnect policy as a sans-IO step — backoff, the server's pauses
+//!   (`GoAway`, `retry_after_ms`), reset on an established session, node rotation.
+//!
+//! A driver's loop is then: feed the session, drain `poll_transmit`, hand every
+//! `poll_event` to [`Router::route`], deliver what comes back to the app, and when the
+//! connection ends wait [`Reconnect::next_delay`] and connect to [`Reconnect::address`].
+mod reconnect;
+mod router;
+
+pub mod ops;
+
+pub use ops::{Call, HistoryAnchor, Unexpected};
+pub use reconnect::Reconnect;
+pub use router::{Reply, Routed, Router, SendAck};

@@ -1,0 +1,332 @@
+//! The one list of operations (PROTOCOL.md §5): for each request, a builder that makes its
+//! `Op` from typed arguments and the extractor that takes its answer out of the response.
+//! Every SDK method is `call(ops::x(..))` plus whatever its binding's types require, so a
+//! request added here reaches Rust, Kotlin/Swift/Python (through natter-sdk) and JS alike.
+use crate::ids::{ConversationId, DeviceId, Seq, UserId};
+use crate::pb::{self, request::Op, response::Result as Res};
+
+/// A request ready to go, with the extractor of its answer.
+#[derive(Debug)]
+pub struct Call<T> {
+    op: Op,
+    extract: fn(Res) -> Option<T>,
+}
+
+/// The server answered with a response of the wrong kind for the request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unexpected response from the server")]
+pub struct Unexpected;
+
+impl<T> Call<T> {
+    fn new(op: Op, extract: fn(Res) -> Option<T>) -> Self {
+        Call { op, extract }
+    }
+
+    /// The request as it goes on the wire.
+    pub fn op(&self) -> &Op {
+        &self.op
+    }
+
+    /// Split into the request and its extractor (the extractor travels to where the
+    /// response arrives).
+    pub fn into_parts(self) -> (Op, Extract<T>) {
+        (self.op, Extract(self.extract))
+    }
+}
+
+/// Takes one call's answer out of its response.
+#[derive(Debug)]
+pub struct Extract<T>(fn(Res) -> Option<T>);
+
+impl<T> Extract<T> {
+    /// The answer, or [`Unexpected`] for a response of another kind.
+    pub fn apply(&self, res: Res) -> Result<T, Unexpected> {
+        (self.0)(res).ok_or(Unexpected)
+    }
+}
+
+/// Where a history page starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HistoryAnchor {
+    /// The newest page with seq < this (`Seq(0)`: the latest page).
+    Before(Seq),
+    /// The oldest page with seq > this.
+    After(Seq),
+}
+
+fn done(r: Res) -> Option<()> {
+    matches!(r, Res::Done(_)).then_some(())
+}
+
+fn conversation(r: Res) -> Option<pb::ConversationSummary> {
+    match r {
+        Res::Conversation(c) => Some(c),
+        _ => None,
+    }
+}
+
+fn committed(r: Res) -> Option<Seq> {
+    match r {
+        Res::Sent(s) => Some(Seq(s.seq)),
+        _ => None,
+    }
+}
+
+/// Create an account (does not log in).
+pub fn register(username: &str, password: &str) -> Call<UserId> {
+    let op = Op::Register(pb::Register {
+        username: username.into(),
+        password: password.into(),
+    });
+    Call::new(op, |r| match r {
+        Res::Register(r) => Some(UserId(r.user_id)),
+        _ => None,
+    })
+}
+
+/// Log in as a new device; the session authenticates with the token from then on.
+pub fn login(username: &str, password: &str, device_name: &str) -> Call<pb::LoginOk> {
+    let op = Op::Login(pb::Login {
+        username: username.into(),
+        password: password.into(),
+        device_name: device_name.into(),
+    });
+    Call::new(op, |r| match r {
+        Res::Login(l) => Some(l),
+        _ => None,
+    })
+}
+
+/// Revoke a device's token (`DeviceId(0)`: this device; the connection then closes).
+pub fn logout(device: DeviceId) -> Call<()> {
+    Call::new(Op::Logout(pb::Logout { device_id: device.0 }), done)
+}
+
+/// This user's devices.
+pub fn devices() -> Call<Vec<pb::Device>> {
+    Call::new(Op::ListDevices(pb::ListDevices {}), |r| match r {
+        Res::Devices(d) => Some(d.devices),
+        _ => None,
+    })
+}
+
+/// Every conversation of the user, with last message and unread count.
+pub fn conversations() -> Call<Vec<pb::ConversationSummary>> {
+    Call::new(Op::ListConversations(pb::ListConversations {}), |r| match r {
+        Res::Conversations(c) => Some(c.conversations),
+        _ => None,
+    })
+}
+
+/// The 1:1 conversation with `username`, created on first use.
+pub fn direct(username: &str) -> Call<pb::ConversationSummary> {
+    let op = Op::CreateDirect(pb::CreateDirect {
+        username: username.into(),
+    });
+    Call::new(op, conversation)
+}
+
+/// A new private group owned by the caller.
+pub fn create_group(name: &str, usernames: Vec<String>) -> Call<pb::ConversationSummary> {
+    let op = Op::CreateGroup(pb::CreateGroup {
+        name: name.into(),
+        usernames,
+    });
+    Call::new(op, conversation)
+}
+
+/// A new public channel owned by the caller.
+pub fn create_channel(name: &str) -> Call<pb::ConversationSummary> {
+    Call::new(Op::CreateChannel(pb::CreateChannel { name: name.into() }), conversation)
+}
+
+/// Join a public channel by name.
+pub fn join_channel(name: &str) -> Call<pb::ConversationSummary> {
+    Call::new(Op::JoinChannel(pb::JoinChannel { name: name.into() }), conversation)
+}
+
+/// Add members (owners and admins).
+pub fn add_members(conv: ConversationId, usernames: Vec<String>) -> Call<()> {
+    let op = Op::AddMembers(pb::AddMembers {
+        conversation_id: conv.0,
+        usernames,
+    });
+    Call::new(op, done)
+}
+
+/// Remove a member (owners remove anyone else, admins remove members).
+pub fn remove_member(conv: ConversationId, user: UserId) -> Call<()> {
+    let op = Op::RemoveMember(pb::RemoveMember {
+        conversation_id: conv.0,
+        user_id: user.0,
+    });
+    Call::new(op, done)
+}
+
+/// Leave a group or channel.
+pub fn leave(conv: ConversationId) -> Call<()> {
+    let op = Op::Leave(pb::LeaveConversation {
+        conversation_id: conv.0,
+    });
+    Call::new(op, done)
+}
+
+/// Rename a group or channel (owners and admins).
+pub fn rename(conv: ConversationId, name: &str) -> Call<()> {
+    let op = Op::Rename(pb::RenameConversation {
+        conversation_id: conv.0,
+        name: name.into(),
+    });
+    Call::new(op, done)
+}
+
+/// Delete a conversation (owner).
+pub fn delete(conv: ConversationId) -> Call<()> {
+    let op = Op::DeleteConversation(pb::DeleteConversation {
+        conversation_id: conv.0,
+    });
+    Call::new(op, done)
+}
+
+/// Change a member's role (owner); `Owner` transfers ownership.
+pub fn set_role(conv: ConversationId, user: UserId, role: pb::Role) -> Call<()> {
+    let op = Op::SetRole(pb::SetRole {
+        conversation_id: conv.0,
+        user_id: user.0,
+        role: role as i32,
+    });
+    Call::new(op, done)
+}
+
+/// Members of a conversation, with roles.
+pub fn members(conv: ConversationId) -> Call<Vec<pb::Member>> {
+    let op = Op::GetMembers(pb::GetMembers {
+        conversation_id: conv.0,
+    });
+    Call::new(op, |r| match r {
+        Res::Members(m) => Some(m.members),
+        _ => None,
+    })
+}
+
+/// A page of history from `anchor`, at most `limit` events.
+pub fn history(conv: ConversationId, anchor: HistoryAnchor, limit: u32) -> Call<pb::HistoryPage> {
+    let anchor = Some(match anchor {
+        HistoryAnchor::Before(s) => pb::get_history::Anchor::Before(s.0),
+        HistoryAnchor::After(s) => pb::get_history::Anchor::After(s.0),
+    });
+    let op = Op::History(pb::GetHistory {
+        conversation_id: conv.0,
+        anchor,
+        limit,
+    });
+    Call::new(op, |r| match r {
+        Res::History(h) => Some(h),
+        _ => None,
+    })
+}
+
+/// Replace the text of your message; answers the seq of the edit event.
+pub fn edit(conv: ConversationId, target: Seq, text: &str) -> Call<Seq> {
+    let op = Op::Edit(pb::EditMessage {
+        conversation_id: conv.0,
+        target_seq: target.0,
+        text: text.into(),
+    });
+    Call::new(op, committed)
+}
+
+/// Delete a message; answers the seq of the delete event.
+pub fn delete_message(conv: ConversationId, target: Seq) -> Call<Seq> {
+    let op = Op::DeleteMessage(pb::DeleteMessage {
+        conversation_id: conv.0,
+        target_seq: target.0,
+    });
+    Call::new(op, committed)
+}
+
+/// Add (or with `remove`, take back) an emoji reaction; answers the event's seq.
+pub fn react(conv: ConversationId, target: Seq, emoji: &str, remove: bool) -> Call<Seq> {
+    let op = Op::React(pb::React {
+        conversation_id: conv.0,
+        target_seq: target.0,
+        emoji: emoji.into(),
+        remove,
+    });
+    Call::new(op, committed)
+}
+
+/// Move the read cursor (clears unread on the user's other devices, sends receipts).
+pub fn mark_read(conv: ConversationId, seq: Seq) -> Call<()> {
+    let op = Op::MarkRead(pb::MarkRead {
+        conversation_id: conv.0,
+        seq: seq.0,
+    });
+    Call::new(op, done)
+}
+
+/// Every member's delivered and read cursors (direct conversations and groups).
+pub fn receipts(conv: ConversationId) -> Call<Vec<pb::MemberReceipt>> {
+    let op = Op::GetReceipts(pb::GetReceipts {
+        conversation_id: conv.0,
+    });
+    Call::new(op, |r| match r {
+        Res::Receipts(r) => Some(r.receipts),
+        _ => None,
+    })
+}
+
+/// Hide (or show) your last-seen time from contacts.
+pub fn set_hide_last_seen(hide: bool) -> Call<()> {
+    Call::new(Op::SetPrivacy(pb::SetPrivacy { hide_last_seen: hide }), done)
+}
+
+/// Presence of these users, as far as they are your contacts.
+pub fn presence(users: &[UserId]) -> Call<Vec<pb::PresenceUpdate>> {
+    let op = Op::GetPresence(pb::GetPresence {
+        user_ids: users.iter().map(|u| u.0).collect(),
+    });
+    Call::new(op, |r| match r {
+        Res::Presence(p) => Some(p.users),
+        _ => None,
+    })
+}
+
+/// Round trip to the server; answers the server's clock (ms since the epoch).
+pub fn ping() -> Call<u64> {
+    Call::new(Op::Ping(pb::Ping { nonce: 1 }), |r| match r {
+        Res::Pong(p) => Some(p.server_time_ms),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_call_extracts_its_own_answer_and_refuses_another_kind() {
+        let (op, extract) = edit(ConversationId(5), Seq(3), "fixed").into_parts();
+        assert!(matches!(op, Op::Edit(ref e) if e.conversation_id == 5 && e.target_seq == 3 && e.text == "fixed"));
+        let sent = Res::Sent(pb::SendOk {
+            seq: 9,
+            ..Default::default()
+        });
+        assert_eq!(extract.apply(sent), Ok(Seq(9)));
+        assert_eq!(extract.apply(Res::Done(pb::Done {})), Err(Unexpected));
+        let (_, extract) = leave(ConversationId(5)).into_parts();
+        assert_eq!(extract.apply(Res::Done(pb::Done {})), Ok(()));
+    }
+
+    #[test]
+    fn history_anchors_map_onto_the_wire() {
+        let call = history(ConversationId(1), HistoryAnchor::After(Seq(4)), 20);
+        match call.op() {
+            Op::History(h) => {
+                assert_eq!(h.anchor, Some(pb::get_history::Anchor::After(4)));
+                assert_eq!(h.limit, 20);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
