@@ -15,9 +15,10 @@ wasm-bindgen --target web --out-dir "$out" --out-name natter_wasm \
   "target/wasm32-unknown-unknown/$profile/natter_wasm.wasm"
 version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)"
 cat > "$out/index.js" <<'JS'
-// natter-wasm: `await init()` once, then `NatterClient.connect({ server })`.
-// Adds `for await (const ev of client)` on top of the generated bindings.
-import init, { NatterClient } from "./natter_wasm.js";
+// natter-wasm: `await init()` once, then `NatterClient.connect({ server })`; `Timeline`
+// folds a conversation's events into messages. Adds `for await (const ev of client)` on
+// top of the generated bindings.
+import init, { NatterClient, Timeline } from "./natter_wasm.js";
 NatterClient.prototype[Symbol.asyncIterator] = function () {
   return {
     next: async () => {
@@ -26,7 +27,7 @@ NatterClient.prototype[Symbol.asyncIterator] = function () {
     },
   };
 };
-export { NatterClient };
+export { NatterClient, Timeline };
 export default init;
 JS
 cat > "$out/index.d.ts" <<'TS'

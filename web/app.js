@@ -1,7 +1,9 @@
 // The natter web chat: a small app over the natter-wasm package (./pkg, built by
 // sdk-wasm/build.sh). Everything protocol-related happens in natter-wasm; this file keeps
-// view state and renders it. Query options: ?transport=websocket|webtransport|auto.
-import init, { NatterClient } from "./pkg/index.js";
+// view state and renders it; what a message says after edits, deletes and reactions comes
+// from natter-wasm's Timeline (the protocol's own fold). Query options:
+// ?transport=websocket|webtransport|auto.
+import init, { NatterClient, Timeline } from "./pkg/index.js";
 
 const KIND = { DIRECT: 1, GROUP: 2, CHANNEL: 3 };
 const $ = (id) => document.getElementById(id);
@@ -11,7 +13,7 @@ const TOKEN_KEY = "natter.token";
 const state = {
   client: null,
   me: null,                 // { userId, username }
-  convs: new Map(),         // id -> { summary, messages: Map(seq -> msg), oldest, peer }
+  convs: new Map(),         // id -> { summary, timeline, messages: Map(seq -> msg), oldest, peer }
   active: null,
   typing: new Map(),        // conversationId -> Map(userId -> username)
   presence: new Map(),      // userId -> "online" | "away" | "offline"
@@ -33,7 +35,7 @@ function el(tag, attrs = {}, ...children) {
 function conv(id) {
   let c = state.convs.get(id);
   if (!c) {
-    c = { summary: { conversationId: id, name: "", kind: 0, unreadCount: 0, lastSeq: 0 }, messages: new Map(), oldest: null, peer: null };
+    c = { summary: { conversationId: id, name: "", kind: 0, unreadCount: 0, lastSeq: 0 }, timeline: new Timeline(), messages: new Map(), oldest: null, peer: null };
     state.convs.set(id, c);
   }
   return c;
@@ -107,14 +109,14 @@ async function refreshConversations() {
 function addEvent(e) {
   const c = conv(e.conversationId);
   const body = e.body || {};
-  if (body.message) {
-    c.messages.set(e.seq, { seq: e.seq, from: e.senderUserId, who: e.senderUsername, text: body.message.body?.text ?? "", time: e.serverTimeMs });
-  } else if (body.messageEdited) {
-    const m = c.messages.get(body.messageEdited.targetSeq);
-    if (m) { m.text = body.messageEdited.text; m.edited = true; }
-  } else if (body.messageDeleted) {
-    const m = c.messages.get(body.messageDeleted.targetSeq);
-    if (m) { m.text = "message deleted"; m.deleted = true; }
+  // Messages, edits, deletes and reactions fold in the timeline; it names the message to redraw.
+  const changed = c.timeline.apply(e);
+  if (changed) {
+    const m = c.timeline.message(changed);
+    c.messages.set(changed, {
+      seq: m.seq, from: m.senderUserId, who: m.senderUsername, time: m.serverTimeMs,
+      text: m.deleted ? "message deleted" : m.text, edited: m.edited, deleted: m.deleted, reactions: m.reactions,
+    });
   } else if (body.created || body.membersAdded || body.memberRemoved || body.renamed) {
     c.messages.set(e.seq, { seq: e.seq, notice: notice(e) });
   }
@@ -204,6 +206,8 @@ function renderMessages() {
     return el("li", { class: `msg${mine ? " mine" : ""}${m.deleted ? " deleted" : ""}`, "data-seq": String(m.seq) },
       !mine && c.summary.kind !== KIND.DIRECT ? el("div", { class: "who" }, m.who) : null,
       el("div", { class: "text" }, m.text),
+      m.reactions?.length ? el("div", { class: "reactions" }, ...m.reactions.map((r) =>
+        el("span", { class: `reaction${r.userIds.includes(state.me?.userId) ? " mine" : ""}`, "data-emoji": r.emoji }, `${r.emoji} ${r.count}`))) : null,
       el("div", { class: "meta" }, new Date(m.time).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }), m.edited ? " · edited" : "", " ", mark(m)));
   }));
   $("older").hidden = !(c.oldest > 1);

@@ -51,8 +51,17 @@ impl Timeline {
     }
 
     /// Apply one event. Changes to messages this timeline has not seen are ignored.
-    pub fn apply(&mut self, ev: &pb::ConversationEvent) {
-        let Some(body) = &ev.body else { return };
+    /// Returns the seq of the message the event created or changed, if this timeline
+    /// holds it (what a view has to redraw).
+    pub fn apply(&mut self, ev: &pb::ConversationEvent) -> Option<Seq> {
+        let body = ev.body.as_ref()?;
+        let target = match body {
+            Body::Message(_) => Seq(ev.seq),
+            Body::MessageEdited(e) => Seq(e.target_seq),
+            Body::MessageDeleted(d) => Seq(d.target_seq),
+            Body::Reaction(r) => Seq(r.target_seq),
+            _ => return None,
+        };
         match body {
             Body::Message(m) => {
                 let b = m.body.clone().unwrap_or_default();
@@ -97,6 +106,7 @@ impl Timeline {
             }
             _ => {}
         }
+        self.messages.contains_key(&target).then_some(target)
     }
 
     /// One message.
@@ -137,7 +147,7 @@ mod tests {
     #[test]
     fn edits_deletes_and_reactions_fold_in_order() {
         let mut t = Timeline::new();
-        t.apply(&ev(1, 1, msg("helo")));
+        assert_eq!(t.apply(&ev(1, 1, msg("helo"))), Some(Seq(1)));
         t.apply(&ev(2, 2, msg("bye")));
         t.apply(&ev(
             3,
@@ -158,7 +168,11 @@ mod tests {
                 }),
             )
         };
-        t.apply(&react(4, 2, "👍", true));
+        assert_eq!(
+            t.apply(&react(4, 2, "👍", true)),
+            Some(Seq(1)),
+            "a reaction changes message 1"
+        );
         t.apply(&react(5, 3, "👍", true));
         t.apply(&react(6, 3, "❤️", true));
         t.apply(&react(7, 3, "❤️", false));
@@ -178,5 +192,12 @@ mod tests {
             }),
         ));
         assert!(t.get(Seq(2)).unwrap().text.is_empty());
+        // A change to a message this timeline never saw changes nothing.
+        let unknown = ev(10, 2, Body::MessageDeleted(pb::MessageDeleted { target_seq: 99 }));
+        assert_eq!(t.apply(&unknown), None);
+        assert_eq!(
+            t.apply(&ev(11, 2, Body::Renamed(pb::Renamed { name: "x".into() }))),
+            None
+        );
     }
 }

@@ -8,7 +8,9 @@
 //!
 //! Modules: [`view`] (what JavaScript sees; pure, tested natively and under Node),
 //! `client` (the `NatterClient` JS class), `driver` (the I/O loop), `link` (the two
-//! transports). The last three exist only on wasm32.
+//! transports), `timeline` (the `Timeline` JS class over the protocol's fold). The last
+//! four exist only on wasm32. Requests, reply routing and the reconnect policy are
+//! natter-protocol's client core, shared with natter-sdk.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -20,6 +22,10 @@ mod client;
 mod driver;
 #[cfg(target_arch = "wasm32")]
 mod link;
+#[cfg(target_arch = "wasm32")]
+mod timeline;
 
 #[cfg(target_arch = "wasm32")]
 pub use client::NatterClient;
+#[cfg(target_arch = "wasm32")]
+pub use timeline::Timeline;

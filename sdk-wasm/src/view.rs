@@ -402,3 +402,65 @@ impl Transport {
         }
     }
 }
+
+/// One message of a [`natter_protocol::timeline::Timeline`] as JavaScript sees it (the
+/// `Timeline` class's `message()` and `messages()`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JsMessage {
+    /// Its seq.
+    pub seq: u64,
+    /// Who sent it.
+    pub sender_user_id: u64,
+    /// Their username.
+    pub sender_username: String,
+    /// Current text (empty once deleted).
+    pub text: String,
+    /// The message it answers, 0 for none.
+    pub reply_to_seq: u64,
+    /// Commit time of the original (ms since the epoch).
+    pub server_time_ms: u64,
+    /// Edited at least once.
+    pub edited: bool,
+    /// Deleted (a tombstone).
+    pub deleted: bool,
+    /// Reactions, most used first.
+    pub reactions: Vec<JsReaction>,
+}
+
+/// One emoji on a message and who reacted with it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JsReaction {
+    /// The emoji.
+    pub emoji: String,
+    /// How many reacted with it.
+    pub count: u32,
+    /// Who.
+    pub user_ids: Vec<u64>,
+}
+
+impl From<&natter_protocol::timeline::MessageView> for JsMessage {
+    fn from(m: &natter_protocol::timeline::MessageView) -> Self {
+        let reactions = m
+            .reaction_counts()
+            .into_iter()
+            .map(|(emoji, count)| JsReaction {
+                user_ids: m.reactions[&emoji].iter().map(|u| u.0).collect(),
+                emoji,
+                count: count as u32,
+            })
+            .collect();
+        JsMessage {
+            seq: m.seq.0,
+            sender_user_id: m.sender.0,
+            sender_username: m.sender_username.clone(),
+            text: m.text.clone(),
+            reply_to_seq: m.reply_to.0,
+            server_time_ms: m.server_time_ms,
+            edited: m.edited,
+            deleted: m.deleted,
+            reactions,
+        }
+    }
+}

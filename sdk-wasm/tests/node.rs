@@ -166,3 +166,115 @@ fn js_values_have_the_documented_shape() {
     let text = get(&get(&get(&get(&e, "body"), "message"), "body"), "text");
     assert_eq!(text.as_string().unwrap(), "hi");
 }
+
+fn message_event(seq: u64, sender: u64, text: &str) -> pb::ConversationEvent {
+    pb::ConversationEvent {
+        conversation_id: 5,
+        seq,
+        sender_user_id: sender,
+        sender_username: format!("user{sender}"),
+        server_time_ms: 1_000 + seq,
+        body: Some(pb::conversation_event::Body::Message(pb::MessageEvent {
+            client_msg_id: format!("c{seq}"),
+            body: Some(pb::MessageBody {
+                text: text.into(),
+                reply_to_seq: 0,
+                ..Default::default()
+            }),
+        })),
+        ..Default::default()
+    }
+}
+
+fn reaction(seq: u64, sender: u64, target: u64, emoji: &str) -> pb::ConversationEvent {
+    pb::ConversationEvent {
+        conversation_id: 5,
+        seq,
+        sender_user_id: sender,
+        body: Some(pb::conversation_event::Body::Reaction(pb::ReactionChanged {
+            target_seq: target,
+            emoji: emoji.into(),
+            added: true,
+        })),
+        ..Default::default()
+    }
+}
+
+/// What the page hands back to `Timeline.apply` is what the client gave it: the event's
+/// JavaScript form must read back as the same event (every field, every body kind).
+#[wasm_bindgen_test]
+#[test]
+fn conversation_events_read_back_from_their_javascript_form() {
+    let edited = pb::ConversationEvent {
+        conversation_id: 5,
+        seq: 4,
+        body: Some(pb::conversation_event::Body::MessageEdited(pb::MessageEdited {
+            target_seq: 1,
+            text: "fixed".into(),
+        })),
+        ..Default::default()
+    };
+    for ev in [message_event(1, 7, "hi"), reaction(2, 8, 1, "👍"), edited] {
+        let json = serde_json::to_value(&ev).unwrap();
+        let back: pb::ConversationEvent = serde_json::from_value(json).unwrap();
+        assert_eq!(back, ev);
+    }
+    // A field the page never had (an older server, a hand-made object) reads as its default.
+    let partial: pb::ConversationEvent = serde_json::from_str(r#"{"conversationId":5,"seq":9}"#).unwrap();
+    assert_eq!((partial.seq, partial.body), (9, None));
+}
+
+#[wasm_bindgen_test]
+#[test]
+fn the_timeline_view_has_the_documented_shape() {
+    let mut t = natter_protocol::timeline::Timeline::new();
+    t.apply(&message_event(1, 7, "hi"));
+    t.apply(&reaction(2, 8, 1, "👍"));
+    t.apply(&reaction(3, 9, 1, "👍"));
+    t.apply(&reaction(4, 9, 1, "🎉"));
+    let m = view::JsMessage::from(t.get(Seq(1)).unwrap());
+    assert_eq!((m.seq, m.sender_user_id, m.text.as_str()), (1, 7, "hi"));
+    let r: Vec<(&str, u32, Vec<u64>)> = m
+        .reactions
+        .iter()
+        .map(|r| (r.emoji.as_str(), r.count, r.user_ids.clone()))
+        .collect();
+    assert_eq!(r, vec![("👍", 2, vec![8, 9]), ("🎉", 1, vec![9])]);
+    let json = serde_json::to_value(&m).unwrap();
+    assert_eq!(json["senderUsername"], "user7");
+    assert_eq!(json["reactions"][0]["userIds"][1], 9);
+}
+
+/// The `Timeline` class folds events in their JavaScript form, as the page feeds them.
+#[cfg(target_arch = "wasm32")]
+#[wasm_bindgen_test]
+fn the_timeline_class_folds_javascript_events() {
+    use serde::Serialize;
+    let ser = serde_wasm_bindgen::Serializer::json_compatible();
+    let get = |v: &wasm_bindgen::JsValue, k: &str| js_sys::Reflect::get(v, &k.into()).unwrap();
+    let mut t = natter_wasm::Timeline::new();
+    assert_eq!(
+        t.apply(message_event(1, 7, "helo").serialize(&ser).unwrap()).unwrap(),
+        1.0
+    );
+    let edit = pb::ConversationEvent {
+        conversation_id: 5,
+        seq: 2,
+        sender_user_id: 7,
+        body: Some(pb::conversation_event::Body::MessageEdited(pb::MessageEdited {
+            target_seq: 1,
+            text: "hello".into(),
+        })),
+        ..Default::default()
+    };
+    assert_eq!(t.apply(edit.serialize(&ser).unwrap()).unwrap(), 1.0);
+    assert_eq!(t.apply(reaction(3, 8, 1, "👍").serialize(&ser).unwrap()).unwrap(), 1.0);
+    assert_eq!(t.apply(reaction(4, 8, 99, "👍").serialize(&ser).unwrap()).unwrap(), 0.0);
+    let m = t.message(1.0);
+    assert_eq!(get(&m, "text").as_string().unwrap(), "hello");
+    assert_eq!(get(&m, "edited").as_bool(), Some(true));
+    let reactions = js_sys::Array::from(&get(&m, "reactions"));
+    assert_eq!(get(&reactions.get(0), "count").as_f64(), Some(1.0));
+    assert!(t.message(2.0).is_null(), "an edit is not a message of its own");
+    assert!(t.apply(wasm_bindgen::JsValue::from_str("nonsense")).is_err());
+}

@@ -316,6 +316,69 @@ async fn a_browser_on_websocket_and_a_native_client_see_one_order() {
     assert_eq!(transport, "websocket", "stayed on WebSocket");
 }
 
+/// The page shows what the protocol's timeline fold makes of edits, deletes and reactions:
+/// it draws from natter-wasm's `Timeline`, not a fold of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_deletes_and_reactions_show_in_the_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = natter_server::start(&web_config(dir.path())).await.unwrap();
+    let mut b = Browser::start().await;
+    b.open("web", &page_url(&s, "websocket")).await;
+    sign_up(&mut b, "web", "wendy", "websocket").await;
+
+    let nate = user(&s, "nate").await;
+    let conv = ConversationId(nate.client.direct("wendy").await.unwrap().conversation_id);
+    let helo = nate.client.send(conv, "helo").await.unwrap().seq;
+    let bye = nate.client.send(conv, "bye").await.unwrap().seq;
+    b.wait_fn("web", &format!("window.natter.convs.has({})", conv.0)).await;
+    b.click("web", &format!("#conversations li[data-conversation='{}']", conv.0))
+        .await;
+    b.wait_shown("web", "bye").await;
+
+    nate.client.edit(conv, helo, "hello").await.unwrap();
+    nate.client.react(conv, helo, "👍", false).await.unwrap();
+    // Wendy reacts from the page's own client: her reaction is marked as hers.
+    let js = format!(
+        "return window.natter.client.react({}, {}, '👍', false).then(() => true);",
+        conv.0, helo.0
+    );
+    b.eval("web", &js).await;
+    nate.client.delete_message(conv, bye).await.unwrap();
+
+    b.wait_shown("web", "hello").await;
+    b.wait_shown("web", "message deleted").await;
+    let reaction = format!("#message-list li[data-seq='{}'] .reaction[data-emoji='👍']", helo.0);
+    b.wait_fn(
+        "web",
+        &format!("document.querySelector(\"{reaction}\")?.textContent === '👍 2'"),
+    )
+    .await;
+    let shown = b
+        .eval(
+            "web",
+            &format!(
+                "const li = (s) => document.querySelector(`#message-list li[data-seq='${{s}}']`);
+                 return [li({h}).querySelector('.meta').textContent.includes('edited'),
+                         li({h}).querySelector('.reaction').classList.contains('mine'),
+                         li({y}).classList.contains('deleted'),
+                         li({y}).querySelector('.reactions') === null];",
+                h = helo.0,
+                y = bye.0
+            ),
+        )
+        .await;
+    assert_eq!(
+        shown,
+        json!([true, true, true, true]),
+        "edited mark, own reaction, tombstone"
+    );
+    assert_eq!(
+        page_messages(&mut b, "web", conv.0).await,
+        vec![(helo.0, "hello".to_string()), (bye.0, "message deleted".to_string())],
+        "edits and deletes are events of their own, not messages"
+    );
+}
+
 async fn cut_and_resume(transport: &str) {
     let dir = tempfile::tempdir().unwrap();
     let s = natter_server::start(&web_config(dir.path())).await.unwrap();

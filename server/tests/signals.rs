@@ -12,7 +12,9 @@ use natter_sdk::{ClientEvent, ConversationId, HistoryAnchor, RequestError, Seq, 
 async fn fold(d: &mut Device, conv: ConversationId, upto: u64) -> (Vec<u64>, Timeline) {
     let evs = events_upto(&mut d.events, conv, upto).await;
     let mut t = Timeline::new();
-    evs.iter().for_each(|e| t.apply(e));
+    evs.iter().for_each(|e| {
+        t.apply(e);
+    });
     (evs.iter().map(|e| e.seq).collect(), t)
 }
 
@@ -82,7 +84,9 @@ async fn edits_deletes_and_reactions_reach_every_device_in_order_and_survive_a_r
     let s = restart(dir.path(), addr).await;
     let page = a1.client.history(dm, HistoryAnchor::After(Seq(0)), 200).await.unwrap();
     let mut t = Timeline::new();
-    page.events.iter().for_each(|e| t.apply(e));
+    page.events.iter().for_each(|e| {
+        t.apply(e);
+    });
     assert_eq!(
         page.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
         (1..=9).collect::<Vec<_>>()
