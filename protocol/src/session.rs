@@ -19,239 +19,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use bytes::Bytes;
 
-use crate::codec::{encode_frame, FrameDecoder, FrameError};
+use crate::codec::{encode_frame, FrameDecoder};
 use crate::error::ServerError;
 use crate::ids::{ClientMsgId, ConversationId, DeviceId, RequestId, Seq, UserId};
 use crate::limits;
 use crate::pb::{self, frame::Kind, request::Op, response::Result as Res};
 use crate::validate::{self, ValidationError};
-
-/// A point in time in milliseconds from an arbitrary, monotonic origin chosen by the driver.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Millis(pub u64);
-
-impl Millis {
-    /// This instant plus `ms` milliseconds.
-    pub fn plus(self, ms: u64) -> Millis {
-        Millis(self.0.saturating_add(ms))
-    }
-}
-
-/// The transport's name for one server-opened delivery stream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct StreamKey(pub u64);
-
-/// Tunables of the session; the defaults suit interactive apps.
-#[derive(Clone, Debug)]
-pub struct SessionConfig {
-    /// Sent in Hello for the server's logs.
-    pub client_name: String,
-    /// A request without a response after this long fails with [`RequestError::Timeout`]
-    /// (sends are re-sent instead).
-    pub request_timeout_ms: u64,
-    /// Delay before re-sending a send that failed with a transient error.
-    pub send_retry_ms: u64,
-    /// For a conversation this client has never seen, how many of its newest events cursor
-    /// sync fetches (older ones are for the app to page through history).
-    pub backfill: u64,
-    /// Events that arrive before authentication completes are held, up to this many.
-    pub max_early_events: usize,
-    /// Out-of-order events held per conversation while a gap is fetched.
-    pub max_pending_per_conversation: usize,
-}
-
-impl Default for SessionConfig {
-    fn default() -> Self {
-        Self {
-            client_name: concat!("natter-protocol/", env!("CARGO_PKG_VERSION")).into(),
-            request_timeout_ms: 15_000,
-            send_retry_ms: 1_000,
-            backfill: 50,
-            max_early_events: 10_000,
-            max_pending_per_conversation: 10_000,
-        }
-    }
-}
-
-/// Where the session is in its lifecycle.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum State {
-    /// No transport. Sends and requests queue.
-    Disconnected,
-    /// Hello sent, waiting for Welcome.
-    Handshaking,
-    /// Welcome received and no access token: Register and Login may be sent.
-    Unauthenticated,
-    /// Authenticate sent.
-    Authenticating,
-    /// Authenticated: everything flows.
-    Ready,
-}
-
-/// Why a request failed.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum RequestError {
-    /// The server answered with an error.
-    #[error(transparent)]
-    Server(#[from] ServerError),
-    /// The connection dropped before the response arrived; the request may or may not
-    /// have taken effect.
-    #[error("connection lost before the response")]
-    ConnectionLost,
-    /// No response within the request timeout.
-    #[error("request timed out")]
-    Timeout,
-    /// Rejected locally before sending.
-    #[error("invalid request: {0}")]
-    Invalid(#[from] ValidationError),
-}
-
-/// A protocol violation by the server; the driver must close the connection.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum SessionError {
-    /// Bytes that are not frames.
-    #[error(transparent)]
-    Frame(#[from] FrameError),
-    /// The server chose a version this client does not speak.
-    #[error("server chose unsupported protocol version {0}")]
-    UnsupportedVersion(u32),
-    /// A frame that is not allowed where it arrived.
-    #[error("unexpected frame: {0}")]
-    Unexpected(&'static str),
-}
-
-/// What the session tells the app.
-#[derive(Clone, Debug, PartialEq)]
-#[non_exhaustive]
-pub enum SessionEvent {
-    /// The handshake completed.
-    Welcomed {
-        /// Negotiated version.
-        version: u32,
-        /// The server's limits.
-        limits: pb::Limits,
-    },
-    /// Authenticated on a (re)connection (after Login or Authenticate).
-    Connected {
-        /// Who we are.
-        user_id: UserId,
-        /// Our username.
-        username: String,
-        /// This device.
-        device_id: DeviceId,
-        /// True if the previous session was resumed (no cursor sync needed).
-        resumed: bool,
-    },
-    /// The transport went away; the driver reconnects (sends stay in the outbox).
-    Disconnected {
-        /// Why, for logs and UI.
-        reason: String,
-    },
-    /// The access token was refused: the app must log in again.
-    AuthFailed(ServerError),
-    /// Cursor sync: every conversation the user is a member of.
-    Conversations(Vec<pb::ConversationSummary>),
-    /// A conversation event: exactly once, in seq order per conversation.
-    Event(pb::ConversationEvent),
-    /// A member's delivered/read cursors moved (drives message status).
-    Receipt {
-        /// Where.
-        conversation_id: ConversationId,
-        /// Whose.
-        user_id: UserId,
-        /// Everything up to here reached one of their devices.
-        delivered_seq: Seq,
-        /// Everything up to here is read.
-        read_seq: Seq,
-    },
-    /// This user's unread count in a conversation changed (any of their devices).
-    Unread {
-        /// Where.
-        conversation_id: ConversationId,
-        /// The user's read cursor.
-        read_seq: Seq,
-        /// Messages from others after it.
-        unread_count: u32,
-    },
-    /// A contact's presence changed.
-    Presence(pb::PresenceUpdate),
-    /// Someone started (or is still) typing.
-    Typing {
-        /// Where.
-        conversation_id: ConversationId,
-        /// Who.
-        user_id: UserId,
-        /// Their username.
-        username: String,
-    },
-    /// A typing indicator expired (not renewed in time).
-    TypingStopped {
-        /// Where.
-        conversation_id: ConversationId,
-        /// Who.
-        user_id: UserId,
-    },
-    /// Our typing notice was refused.
-    TypingRejected {
-        /// Where.
-        conversation_id: ConversationId,
-        /// Why.
-        error: ServerError,
-    },
-    /// A send is durable on the server.
-    SendAcked {
-        /// The send's id.
-        client_msg_id: ClientMsgId,
-        /// Its conversation.
-        conversation_id: ConversationId,
-        /// Its position.
-        seq: Seq,
-        /// Commit time.
-        server_time_ms: u64,
-        /// The server had committed this id before (a retry).
-        duplicate: bool,
-    },
-    /// A send was refused for good; it has left the outbox.
-    SendFailed {
-        /// The send's id.
-        client_msg_id: ClientMsgId,
-        /// Its conversation.
-        conversation_id: ConversationId,
-        /// Why.
-        error: ServerError,
-    },
-    /// The outcome of a request made with [`ClientSession::request`].
-    Response {
-        /// The id `request` returned.
-        id: RequestId,
-        /// The result.
-        result: Result<Res, RequestError>,
-    },
-    /// The server is going away; reconnect after the delay.
-    GoAway {
-        /// Why.
-        reason: String,
-        /// Suggested delay.
-        reconnect_after_ms: u32,
-    },
-    /// The server closed the connection with an error.
-    ConnectionError(ServerError),
-}
-
-/// A send waiting for its durable ack.
-#[derive(Clone, Debug)]
-pub struct OutboxEntry {
-    /// Idempotency key.
-    pub client_msg_id: ClientMsgId,
-    /// Target conversation.
-    pub conversation_id: ConversationId,
-    /// What to send.
-    pub body: pb::MessageBody,
-    in_flight: Option<RequestId>,
-    not_before: Millis,
-}
 
 #[derive(Debug)]
 enum Purpose {
@@ -277,11 +50,40 @@ struct DeliveryStream {
     conversation: Option<ConversationId>,
 }
 
+/// Where the current connection is (PROTOCOL.md §4), holding what that phase needs.
+#[derive(Debug)]
+enum Phase {
+    /// No transport.
+    Disconnected,
+    /// Connected but not authenticated: events that arrive before the session is
+    /// established (a delivery stream can overtake the `AuthOk`) wait in `early`.
+    Connecting {
+        /// Handshaking, unauthenticated (Register/Login may go) or authenticating.
+        step: State,
+        /// Held until the session is established, at most `max_early_events`.
+        early: Vec<pb::ConversationEvent>,
+    },
+    /// Authenticated, cursor sync or resume applied: everything flows.
+    Ready {
+        /// When the next presence heartbeat is due.
+        next_heartbeat: Millis,
+    },
+}
+
+impl Phase {
+    fn connecting(step: State) -> Self {
+        Phase::Connecting {
+            step,
+            early: Vec::new(),
+        }
+    }
+}
+
 /// The client side of one natter session, across any number of connections.
 #[derive(Debug)]
 pub struct ClientSession {
     config: SessionConfig,
-    state: State,
+    phase: Phase,
     limits: pb::Limits,
     access_token: Option<String>,
     resume_token: Option<String>,
@@ -296,18 +98,14 @@ pub struct ClientSession {
     outbox: Vec<OutboxEntry>,
     convs: BTreeMap<ConversationId, ConvState>,
     fetch_queue: VecDeque<ConversationId>,
-    /// Events that arrived before the current connection's AuthOk was applied.
-    early: Vec<pb::ConversationEvent>,
-    synced: bool,
     now: Millis,
     /// Highest seq to acknowledge as delivered, per conversation.
     to_ack: BTreeMap<ConversationId, Seq>,
     /// Whether the transport carries datagrams.
     datagrams_ok: bool,
     datagrams: VecDeque<Bytes>,
-    /// Presence this device reports, and when the next heartbeat is due.
+    /// Presence this device reports (the next heartbeat is due per [`Phase::Ready`]).
     presence: pb::PresenceState,
-    next_heartbeat: Option<Millis>,
     /// When we last told each conversation we are typing (for rate limiting).
     typing_sent: HashMap<ConversationId, Millis>,
     /// Indicators shown, with their expiry.
@@ -319,7 +117,7 @@ impl ClientSession {
     pub fn new(config: SessionConfig, access_token: Option<String>) -> Self {
         Self {
             config,
-            state: State::Disconnected,
+            phase: Phase::Disconnected,
             limits: limits::default_limits(),
             access_token,
             resume_token: None,
@@ -334,14 +132,11 @@ impl ClientSession {
             outbox: Vec::new(),
             convs: BTreeMap::new(),
             fetch_queue: VecDeque::new(),
-            early: Vec::new(),
-            synced: false,
             now: Millis(0),
             to_ack: BTreeMap::new(),
             datagrams_ok: false,
             datagrams: VecDeque::new(),
             presence: pb::PresenceState::Online,
-            next_heartbeat: None,
             typing_sent: HashMap::new(),
             typing_shown: BTreeMap::new(),
         }
@@ -351,7 +146,15 @@ impl ClientSession {
 
     /// Lifecycle state.
     pub fn state(&self) -> State {
-        self.state
+        match self.phase {
+            Phase::Disconnected => State::Disconnected,
+            Phase::Connecting { step, .. } => step,
+            Phase::Ready { .. } => State::Ready,
+        }
+    }
+
+    fn ready(&self) -> bool {
+        matches!(self.phase, Phase::Ready { .. })
     }
 
     /// The access token (after Login), for the app to persist.
@@ -462,7 +265,7 @@ impl ClientSession {
     pub fn handle_connected(&mut self, now: Millis) {
         self.now = now;
         self.reset_connection();
-        self.state = State::Handshaking;
+        self.phase = Phase::connecting(State::Handshaking);
         let hello = pb::Hello {
             versions: vec![limits::PROTOCOL_VERSION],
             client: self.config.client_name.clone(),
@@ -538,7 +341,7 @@ impl ClientSession {
             e.in_flight = None;
         }
         self.reset_connection();
-        self.state = State::Disconnected;
+        self.phase = Phase::Disconnected;
         self.events.push_back(SessionEvent::Disconnected {
             reason: reason.to_string(),
         });
@@ -578,7 +381,7 @@ impl ClientSession {
                 ))),
             }
         }
-        if self.state == State::Ready && self.next_heartbeat.is_some_and(|t| t <= now) {
+        if matches!(self.phase, Phase::Ready { next_heartbeat } if next_heartbeat <= now) {
             self.send_heartbeat();
         }
         let expired: Vec<(ConversationId, UserId)> = self
@@ -617,7 +420,7 @@ impl ClientSession {
     /// When [`ClientSession::handle_timeout`] must be called next, if at all.
     pub fn poll_timeout(&self) -> Option<Millis> {
         let requests = self.in_flight.values().map(|f| f.deadline);
-        let ready = self.state == State::Ready;
+        let ready = self.ready();
         let sends = self
             .outbox
             .iter()
@@ -628,7 +431,10 @@ impl ClientSession {
             .values()
             .filter(|s| ready && !s.fetching && s.delivered < s.highest_seen)
             .map(|s| s.fetch_not_before);
-        let heartbeat = self.next_heartbeat.filter(|_| ready);
+        let heartbeat = match self.phase {
+            Phase::Ready { next_heartbeat } => Some(next_heartbeat),
+            _ => None,
+        };
         let typing = self.typing_shown.values().copied();
         requests
             .chain(sends)
@@ -650,13 +456,10 @@ impl ClientSession {
         self.control = FrameDecoder::new(self.limits.max_frame_bytes as usize);
         self.streams.clear();
         self.transmit.clear();
-        self.early.clear();
-        self.synced = false;
         self.fetch_queue.clear();
         self.datagrams.clear();
         self.datagrams_ok = false;
         self.typing_sent.clear();
-        self.next_heartbeat = None;
     }
 
     fn put_request(&mut self, id: RequestId, op: Op, purpose: Purpose) {
@@ -664,7 +467,7 @@ impl ClientSession {
             kind: Some(Kind::Request(pb::Request { id: id.0, op: Some(op) })),
         };
         self.transmit.push_back(encode_frame(&frame));
-        let deadline = self.now.plus(self.config.request_timeout_ms);
+        let deadline = self.deadline(Timer::Request);
         self.in_flight.insert(id, InFlight { purpose, deadline });
     }
 
@@ -686,18 +489,17 @@ impl ClientSession {
         });
         let id = self.alloc_id();
         self.put_request(id, op, Purpose::Authenticate);
-        self.state = State::Authenticating;
+        self.set_step(State::Authenticating);
     }
 
     /// Put out whatever the current state allows: queued requests, outbox sends, gap
     /// fetches, within the server's in-flight limit.
     fn flush(&mut self) {
         let cap = self.limits.max_requests_in_flight.max(1) as usize;
-        let pre_auth = matches!(self.state, State::Unauthenticated | State::Ready);
-        if !pre_auth {
+        let ready = self.ready();
+        if !ready && self.state() != State::Unauthenticated {
             return;
         }
-        let ready = self.state == State::Ready;
         // App requests in order; before auth only Register/Login/Ping go, overtaking the
         // ones that wait for auth (which Login is needed to reach).
         let mut i = 0;
@@ -774,7 +576,7 @@ impl ClientSession {
 
     fn on_control_frame(&mut self, frame: pb::Frame) -> Result<(), SessionError> {
         match frame.kind {
-            Some(Kind::Welcome(w)) if self.state == State::Handshaking => {
+            Some(Kind::Welcome(w)) if self.state() == State::Handshaking => {
                 if w.version != limits::PROTOCOL_VERSION {
                     return Err(SessionError::UnsupportedVersion(w.version));
                 }
@@ -788,7 +590,7 @@ impl ClientSession {
                 if self.access_token.is_some() {
                     self.send_authenticate();
                 } else {
-                    self.state = State::Unauthenticated;
+                    self.set_step(State::Unauthenticated);
                 }
                 Ok(())
             }
@@ -878,13 +680,26 @@ impl ClientSession {
     fn auth_failed(&mut self, e: ServerError) {
         self.access_token = None;
         self.resume_token = None;
-        self.state = State::Unauthenticated;
+        self.set_step(State::Unauthenticated);
         self.events.push_back(SessionEvent::AuthFailed(e));
     }
 
+    /// Move to another step of connecting, keeping the events held so far.
+    fn set_step(&mut self, to: State) {
+        match &mut self.phase {
+            Phase::Connecting { step, .. } => *step = to,
+            _ => self.phase = Phase::connecting(to),
+        }
+    }
+
     fn apply_auth(&mut self, ok: pb::AuthOk) {
-        self.state = State::Ready;
-        self.next_heartbeat = Some(self.now.plus(u64::from(self.limits.heartbeat_interval_ms.max(100))));
+        let ready = Phase::Ready {
+            next_heartbeat: self.deadline(Timer::Heartbeat),
+        };
+        let early = match std::mem::replace(&mut self.phase, ready) {
+            Phase::Connecting { early, .. } => early,
+            _ => Vec::new(),
+        };
         self.resume_token = Some(ok.resume_token).filter(|t| !t.is_empty());
         self.identity = Some((UserId(ok.user_id), ok.username.clone(), DeviceId(ok.device_id)));
         self.events.push_back(SessionEvent::Connected {
@@ -936,8 +751,7 @@ impl ClientSession {
             self.events.push_back(SessionEvent::Conversations(ok.conversations));
             self.events.extend(unread);
         }
-        self.synced = true;
-        for ev in std::mem::take(&mut self.early) {
+        for ev in early {
             self.on_event(ev);
         }
     }
@@ -962,7 +776,7 @@ impl ClientSession {
                 });
             }
             Err(e) if e.is_transient() => {
-                let wait = u64::from(e.retry_after_ms).max(self.config.send_retry_ms);
+                let wait = u64::from(e.retry_after_ms).max(self.delay(Timer::SendRetry));
                 let entry = &mut self.outbox[pos];
                 entry.in_flight = None;
                 entry.not_before = self.now.plus(wait);
@@ -1024,6 +838,12 @@ fn validate_op(op: &Op) -> Result<(), ValidationError> {
 
 mod delivery;
 mod signals;
+mod timers;
+mod vocabulary;
+
+pub use vocabulary::{Millis, OutboxEntry, RequestError, SessionConfig, SessionError, SessionEvent, State, StreamKey};
+
+use timers::Timer;
 
 use delivery::ConvState;
 pub use signals::{DeliveryState, MessageStatus};

@@ -83,7 +83,7 @@ impl ClientSession {
                 self.convs.remove(&c);
             }
             _ => {
-                let retry = self.now.plus(self.config.send_retry_ms);
+                let retry = self.deadline(Timer::GapFetchRetry);
                 if let Some(st) = self.convs.get_mut(&c) {
                     st.fetching = false;
                     st.fetch_not_before = retry;
@@ -94,11 +94,16 @@ impl ClientSession {
 
     /// Guarantee 4: give the app each `(conversation, seq)` once, in order, fetching gaps.
     pub(super) fn on_event(&mut self, ev: pb::ConversationEvent) {
-        if !self.synced {
-            if self.early.len() < self.config.max_early_events {
-                self.early.push(ev);
+        match &mut self.phase {
+            Phase::Ready { .. } => {}
+            Phase::Connecting { early, .. } => {
+                if early.len() < self.config.max_early_events {
+                    early.push(ev);
+                }
+                return;
             }
-            return;
+            // No connection, so no stream an event could have come on: nothing to hold.
+            Phase::Disconnected => return,
         }
         let seq = Seq(ev.seq);
         if seq.0 == 0 {

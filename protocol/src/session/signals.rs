@@ -61,10 +61,10 @@ impl ClientSession {
     /// [`SessionEvent::TypingRejected`].
     pub fn typing(&mut self, now: Millis, conversation_id: ConversationId) {
         self.now = now;
-        if self.state != State::Ready {
+        if !self.ready() {
             return;
         }
-        let renew_after = u64::from(self.limits.typing_ttl_ms / 2);
+        let renew_after = self.delay(Timer::TypingRenew);
         if self
             .typing_sent
             .get(&conversation_id)
@@ -92,7 +92,7 @@ impl ClientSession {
     pub fn set_presence(&mut self, now: Millis, state: pb::PresenceState) {
         self.now = now;
         self.presence = state;
-        if self.state == State::Ready {
+        if self.ready() {
             self.send_heartbeat();
         }
     }
@@ -118,7 +118,10 @@ impl ClientSession {
             }),
             Purpose::Ack,
         );
-        self.next_heartbeat = Some(self.now.plus(u64::from(self.limits.heartbeat_interval_ms.max(100))));
+        let due = self.deadline(Timer::Heartbeat);
+        if let Phase::Ready { next_heartbeat } = &mut self.phase {
+            *next_heartbeat = due;
+        }
     }
 
     pub(super) fn on_signal(&mut self, sig: pb::Signal) {

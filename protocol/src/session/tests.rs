@@ -621,3 +621,37 @@ fn unread_counts_stay_capped_and_cheap_in_a_conversation_nobody_reads() {
         "bounded memory"
     );
 }
+
+#[test]
+fn heartbeats_run_only_while_ready_at_the_servers_interval() {
+    let mut p = Peer::new(Some("nt_x"));
+    let (id, _) = p.handshake();
+    assert_eq!(p.s.state(), State::Authenticating);
+    let interval = u64::from(limits::default_limits().heartbeat_interval_ms.max(100));
+    // While authenticating only the Authenticate request's deadline is armed.
+    assert_eq!(
+        p.s.poll_timeout(),
+        Some(p.now.plus(SessionConfig::default().request_timeout_ms))
+    );
+    p.respond(id, Res::Auth(auth_ok(true, vec![])));
+    p.sent();
+    assert_eq!(
+        p.s.poll_timeout(),
+        Some(p.now.plus(interval)),
+        "the next heartbeat is due"
+    );
+    p.now = p.now.plus(interval);
+    p.s.handle_timeout(p.now);
+    let beats = p
+        .requests()
+        .into_iter()
+        .filter(|r| matches!(r.op, Some(Op::Heartbeat(_))))
+        .count();
+    assert_eq!(beats, 1);
+    // Disconnected: no heartbeat is due until the session is established again.
+    p.s.handle_disconnected(p.now, "gone");
+    p.now = p.now.plus(interval * 3);
+    p.s.handle_timeout(p.now);
+    assert!(p.sent().is_empty());
+    assert_eq!(p.s.poll_timeout(), None, "nothing armed while disconnected");
+}

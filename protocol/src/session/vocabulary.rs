@@ -1,0 +1,235 @@
+//! The session's vocabulary: what goes in (time, stream keys, configuration) and what
+//! comes out (states, events, errors, outbox entries). The machine that turns one into
+//! the other is [`super::ClientSession`].
+use crate::codec::FrameError;
+use crate::error::ServerError;
+use crate::ids::{ClientMsgId, ConversationId, DeviceId, RequestId, Seq, UserId};
+use crate::pb::{self, response::Result as Res};
+use crate::validate::ValidationError;
+
+/// A point in time in milliseconds from an arbitrary, monotonic origin chosen by the driver.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Millis(pub u64);
+
+impl Millis {
+    /// This instant plus `ms` milliseconds.
+    pub fn plus(self, ms: u64) -> Millis {
+        Millis(self.0.saturating_add(ms))
+    }
+}
+
+/// The transport's name for one server-opened delivery stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StreamKey(pub u64);
+
+/// Tunables of the session; the defaults suit interactive apps.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// Sent in Hello for the server's logs.
+    pub client_name: String,
+    /// A request without a response after this long fails with [`RequestError::Timeout`]
+    /// (sends are re-sent instead).
+    pub request_timeout_ms: u64,
+    /// Delay before re-sending a send that failed with a transient error.
+    pub send_retry_ms: u64,
+    /// For a conversation this client has never seen, how many of its newest events cursor
+    /// sync fetches (older ones are for the app to page through history).
+    pub backfill: u64,
+    /// Events that arrive before authentication completes are held, up to this many.
+    pub max_early_events: usize,
+    /// Out-of-order events held per conversation while a gap is fetched.
+    pub max_pending_per_conversation: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            client_name: concat!("natter-protocol/", env!("CARGO_PKG_VERSION")).into(),
+            request_timeout_ms: 15_000,
+            send_retry_ms: 1_000,
+            backfill: 50,
+            max_early_events: 10_000,
+            max_pending_per_conversation: 10_000,
+        }
+    }
+}
+
+/// Where the session is in its lifecycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// No transport. Sends and requests queue.
+    Disconnected,
+    /// Hello sent, waiting for Welcome.
+    Handshaking,
+    /// Welcome received and no access token: Register and Login may be sent.
+    Unauthenticated,
+    /// Authenticate sent.
+    Authenticating,
+    /// Authenticated: everything flows.
+    Ready,
+}
+
+/// Why a request failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// The server answered with an error.
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    /// The connection dropped before the response arrived; the request may or may not
+    /// have taken effect.
+    #[error("connection lost before the response")]
+    ConnectionLost,
+    /// No response within the request timeout.
+    #[error("request timed out")]
+    Timeout,
+    /// Rejected locally before sending.
+    #[error("invalid request: {0}")]
+    Invalid(#[from] ValidationError),
+}
+
+/// A protocol violation by the server; the driver must close the connection.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// Bytes that are not frames.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The server chose a version this client does not speak.
+    #[error("server chose unsupported protocol version {0}")]
+    UnsupportedVersion(u32),
+    /// A frame that is not allowed where it arrived.
+    #[error("unexpected frame: {0}")]
+    Unexpected(&'static str),
+}
+
+/// What the session tells the app.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum SessionEvent {
+    /// The handshake completed.
+    Welcomed {
+        /// Negotiated version.
+        version: u32,
+        /// The server's limits.
+        limits: pb::Limits,
+    },
+    /// Authenticated on a (re)connection (after Login or Authenticate).
+    Connected {
+        /// Who we are.
+        user_id: UserId,
+        /// Our username.
+        username: String,
+        /// This device.
+        device_id: DeviceId,
+        /// True if the previous session was resumed (no cursor sync needed).
+        resumed: bool,
+    },
+    /// The transport went away; the driver reconnects (sends stay in the outbox).
+    Disconnected {
+        /// Why, for logs and UI.
+        reason: String,
+    },
+    /// The access token was refused: the app must log in again.
+    AuthFailed(ServerError),
+    /// Cursor sync: every conversation the user is a member of.
+    Conversations(Vec<pb::ConversationSummary>),
+    /// A conversation event: exactly once, in seq order per conversation.
+    Event(pb::ConversationEvent),
+    /// A member's delivered/read cursors moved (drives message status).
+    Receipt {
+        /// Where.
+        conversation_id: ConversationId,
+        /// Whose.
+        user_id: UserId,
+        /// Everything up to here reached one of their devices.
+        delivered_seq: Seq,
+        /// Everything up to here is read.
+        read_seq: Seq,
+    },
+    /// This user's unread count in a conversation changed (any of their devices).
+    Unread {
+        /// Where.
+        conversation_id: ConversationId,
+        /// The user's read cursor.
+        read_seq: Seq,
+        /// Messages from others after it.
+        unread_count: u32,
+    },
+    /// A contact's presence changed.
+    Presence(pb::PresenceUpdate),
+    /// Someone started (or is still) typing.
+    Typing {
+        /// Where.
+        conversation_id: ConversationId,
+        /// Who.
+        user_id: UserId,
+        /// Their username.
+        username: String,
+    },
+    /// A typing indicator expired (not renewed in time).
+    TypingStopped {
+        /// Where.
+        conversation_id: ConversationId,
+        /// Who.
+        user_id: UserId,
+    },
+    /// Our typing notice was refused.
+    TypingRejected {
+        /// Where.
+        conversation_id: ConversationId,
+        /// Why.
+        error: ServerError,
+    },
+    /// A send is durable on the server.
+    SendAcked {
+        /// The send's id.
+        client_msg_id: ClientMsgId,
+        /// Its conversation.
+        conversation_id: ConversationId,
+        /// Its position.
+        seq: Seq,
+        /// Commit time.
+        server_time_ms: u64,
+        /// The server had committed this id before (a retry).
+        duplicate: bool,
+    },
+    /// A send was refused for good; it has left the outbox.
+    SendFailed {
+        /// The send's id.
+        client_msg_id: ClientMsgId,
+        /// Its conversation.
+        conversation_id: ConversationId,
+        /// Why.
+        error: ServerError,
+    },
+    /// The outcome of a request made with [`ClientSession::request`].
+    Response {
+        /// The id `request` returned.
+        id: RequestId,
+        /// The result.
+        result: Result<Res, RequestError>,
+    },
+    /// The server is going away; reconnect after the delay.
+    GoAway {
+        /// Why.
+        reason: String,
+        /// Suggested delay.
+        reconnect_after_ms: u32,
+    },
+    /// The server closed the connection with an error.
+    ConnectionError(ServerError),
+}
+
+/// A send waiting for its durable ack.
+#[derive(Clone, Debug)]
+pub struct OutboxEntry {
+    /// Idempotency key.
+    pub client_msg_id: ClientMsgId,
+    /// Target conversation.
+    pub conversation_id: ConversationId,
+    /// What to send.
+    pub body: pb::MessageBody,
+    pub(super) in_flight: Option<RequestId>,
+    pub(super) not_before: Millis,
+}
