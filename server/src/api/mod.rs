@@ -2,6 +2,12 @@
 //! checking its input and authorization and returning a typed result (PROTOCOL.md §5).
 //! Handlers never trust ids about the caller from the request: the [`Actor`] comes from the
 //! authenticated connection. They do no transport I/O.
+//!
+//! By area: conversations, membership and messages here; [`history`] pages; [`signals`]
+//! (typing, receipts after cursor moves); [`presence`] (contacts, publishing changes).
+//!
+//! May import: `cluster`, `conversation`, `session`, `store`, `security`, `clock`, `error`.
+//! Must not import `conn` or `transport`: a request arrives here as an `Op` and an `Actor`.
 use std::sync::Arc;
 
 use natter_protocol::pb::{self, request::Op, response::Result as Res, ConversationKind as Kind, ErrorCode};
@@ -10,9 +16,15 @@ use natter_protocol::{limits, validate, ConversationId, Seq, ServerError, UserId
 use crate::conversation::{Actor, ConvView, MemberLimits, Mutation, Shards};
 use crate::session::hub::Hub;
 use crate::session::presence::Presence;
-use crate::store::{Page, Store};
+use crate::store::Store;
 
+mod history;
 pub mod presence;
+mod signals;
+
+use history::history;
+pub use signals::typing;
+use signals::{cursor_target, cursors_moved, receipts};
 
 /// What handlers need from the server.
 #[derive(Debug)]
@@ -132,122 +144,6 @@ async fn create_and_summarize(ctx: &Ctx, actor: &Actor, id: ConversationId, m: M
 async fn done(ctx: &Ctx, actor: &Actor, id: u64, m: Mutation) -> Result<Res, ServerError> {
     ctx.shards.mutate(conv_id(id)?, actor.clone(), m).await?;
     Ok(Res::Done(pb::Done {}))
-}
-
-/// "Typing" in a conversation: members only; goes to the other members' connected devices
-/// and nowhere else (never stored, never replayed) (PROTOCOL.md §5.12).
-pub async fn typing(ctx: &Ctx, actor: &Actor, conv: u64) -> Result<(), ServerError> {
-    let conv = conv_id(conv)?;
-    ctx.rates.typing(actor.user)?;
-    let view = ctx.shards.view(conv, actor.user).await?;
-    let update = pb::TypingUpdate {
-        conversation_id: conv.0,
-        user_id: actor.user.0,
-        username: actor.username.clone(),
-        expires_in_ms: ctx.typing_ttl_ms,
-    };
-    let frame = pb::Frame {
-        kind: Some(pb::frame::Kind::Signal(pb::Signal {
-            kind: Some(pb::signal::Kind::Typing(update)),
-        })),
-    };
-    let members: Vec<UserId> = view.members.iter().map(|m| m.user).collect();
-    ctx.hub.ephemeral(&members, actor.user, Arc::new(frame));
-    Ok(())
-}
-
-/// Every member's cursors.
-async fn receipts(ctx: &Ctx, v: &ConvView) -> Result<Vec<pb::MemberReceipt>, ServerError> {
-    let mut out = Vec::with_capacity(v.members.len());
-    for m in &v.members {
-        out.push(pb::MemberReceipt {
-            user_id: m.user.0,
-            delivered_seq: ctx.store.delivered_cursor(m.user, v.meta.id).await?.0,
-            read_seq: ctx.store.read_cursor(m.user, v.meta.id).await?.0,
-        });
-    }
-    out.sort_by_key(|r| r.user_id);
-    Ok(out)
-}
-
-/// The conversation a cursor moves in: members only, and never past the last seq.
-async fn cursor_target(ctx: &Ctx, actor: &Actor, conv: ConversationId, seq: u64) -> Result<ConvView, ServerError> {
-    let view = ctx.shards.view(conv, actor.user).await?;
-    if seq > view.last_seq.0 {
-        return Err(bad("cannot mark beyond the last seq"));
-    }
-    Ok(view)
-}
-
-/// Tell who needs to know that a member's cursors moved (PROTOCOL.md §5.10): the member's
-/// own devices, and in direct conversations and groups every other member. Only a moved read
-/// cursor changes the unread count, so only then is it computed (a log scan) and sent; a
-/// delivery ack, sent for every batch of messages a device receives, skips it.
-/// Most events a receipt looks through to find whom it concerns; beyond that (a device
-/// catching up on a long backlog) it goes to every member.
-const RECEIPT_SCAN: usize = 256;
-
-/// A member's cursors moved from `since` up: their own devices hear it (unread sync), and of
-/// the other members only those whose messages it covers (their ✓✓/read marks). Telling
-/// every member of a group about every member's cursor would cost O(members²) signals per
-/// message; natter-bench's fan-out showed it dominating.
-async fn cursors_moved(
-    ctx: &Ctx,
-    actor: &Actor,
-    v: &ConvView,
-    since: Seq,
-    delivered: Seq,
-    read: Seq,
-    read_moved: bool,
-) -> Result<(), ServerError> {
-    let conv = v.meta.id;
-    let update = |unread_count, last_seq| pb::Frame {
-        kind: Some(pb::frame::Kind::Signal(pb::Signal {
-            kind: Some(pb::signal::Kind::Receipt(pb::ReceiptUpdate {
-                conversation_id: conv.0,
-                user_id: actor.user.0,
-                delivered_seq: delivered.0,
-                read_seq: read.0,
-                unread_count,
-                last_seq,
-            })),
-        })),
-    };
-    let frame = |f: pb::Frame| natter_protocol::codec::encode_frame(&f);
-    let own = if read_moved {
-        let (unread, _) = ctx
-            .store
-            .unread_and_last_message(conv, actor.user, read, limits::MAX_UNREAD_COUNT)
-            .await?;
-        update(unread, v.last_seq.0)
-    } else {
-        update(0, 0)
-    };
-    ctx.hub.signal(&[actor.user], frame(own));
-    if v.meta.kind == Kind::Channel {
-        return Ok(());
-    }
-    let upto = delivered.max(read);
-    let (events, _) = ctx
-        .store
-        .events(conv, crate::store::Page::After(since), RECEIPT_SCAN)
-        .await?;
-    let mut others: Vec<UserId> = if events.last().is_some_and(|e| e.seq >= upto.0) || events.len() < RECEIPT_SCAN {
-        events
-            .iter()
-            .filter(|e| e.seq <= upto.0 && matches!(e.body, Some(pb::conversation_event::Body::Message(_))))
-            .map(|e| UserId(e.sender_user_id))
-            .filter(|u| *u != actor.user)
-            .collect()
-    } else {
-        v.members.iter().map(|m| m.user).filter(|u| *u != actor.user).collect()
-    };
-    others.sort_unstable();
-    others.dedup();
-    if !others.is_empty() {
-        ctx.hub.signal(&others, frame(update(0, 0)));
-    }
-    Ok(())
 }
 
 /// Apply a message change and answer with the seq of its event.
@@ -475,53 +371,4 @@ pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError
         | Op::Send(_)
         | Op::Heartbeat(_) => Err(ServerError::new(ErrorCode::Internal, "handled by the connection")),
     }
-}
-
-/// Encoded bytes of events in one history page: a page always fits in one frame.
-const PAGE_BYTE_BUDGET: usize = limits::MAX_FRAME_BYTES - 64 * 1024;
-
-/// A page of history; members may read the whole log (PROTOCOL.md §5.6).
-async fn history(ctx: &Ctx, actor: &Actor, r: pb::GetHistory) -> Result<Res, ServerError> {
-    let conv = conv_id(r.conversation_id)?;
-    let view = ctx.shards.view(conv, actor.user).await?;
-    if r.limit > ctx.max_history_page {
-        return Err(ServerError::new(
-            ErrorCode::LimitExceeded,
-            format!("limit is at most {}", ctx.max_history_page),
-        ));
-    }
-    let limit = if r.limit == 0 { ctx.max_history_page } else { r.limit } as usize;
-    let page = match r.anchor {
-        Some(pb::get_history::Anchor::After(s)) => Page::After(Seq(s)),
-        Some(pb::get_history::Anchor::Before(s)) => Page::Before(Seq(s)),
-        None => Page::Before(Seq(0)),
-    };
-    let (mut events, mut has_more) = ctx.store.events(conv, page, limit).await?;
-    // Keep the page inside one frame whatever its compressibility (PROTOCOL.md §5.6).
-    let mut budget = PAGE_BYTE_BUDGET;
-    let fits = |e: &pb::ConversationEvent, budget: &mut usize| {
-        let len = prost::Message::encoded_len(e) + 8;
-        let ok = len <= *budget;
-        *budget = budget.saturating_sub(len);
-        ok
-    };
-    let keep = match page {
-        Page::After(_) => events.iter().take_while(|e| fits(e, &mut budget)).count().max(1),
-        Page::Before(_) => events.iter().rev().take_while(|e| fits(e, &mut budget)).count().max(1),
-    };
-    if keep < events.len() {
-        has_more = true;
-        match page {
-            Page::After(_) => events.truncate(keep),
-            Page::Before(_) => {
-                events.drain(..events.len() - keep);
-            }
-        }
-    }
-    Ok(Res::History(pb::HistoryPage {
-        conversation_id: conv.0,
-        events,
-        has_more,
-        last_seq: view.last_seq.0,
-    }))
 }

@@ -21,6 +21,9 @@
 //!
 //! Each conversation's order is still decided in one place: the commit script in Redis
 //! (store/redis_store.rs), so shards on different nodes may serve the same conversation.
+//!
+//! May import: `conversation`, `session`, `store`, `clock`. Must not import `api`, `conn`
+//! or `transport`; local presence comes in through [`LocalPresence`], which it defines.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

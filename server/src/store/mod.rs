@@ -5,6 +5,8 @@
 //! atomic in its own way: sled with one atomic batch per commit, Redis with scripts. Every
 //! backend (memory, sled, Redis, Redis Cluster) runs the one shared suite in `suite`. This module must not know about
 //! connections, shards or the wire codec beyond the event type it stores.
+//!
+//! May import: `clock`, `error`. Must not import any other layer: it is the bottom one.
 use async_trait::async_trait;
 use natter_protocol::pb;
 use natter_protocol::{ConversationId, DeviceId, Seq, UserId};
