@@ -44,6 +44,15 @@ fn send(text: &str, id: &str) -> Mutation {
     }
 }
 
+/// A reaction to `t` with `emoji` (or taking it back).
+fn react(t: &Target, emoji: &str, remove: bool) -> Mutation {
+    Mutation::React {
+        target: Seq(t.event.seq),
+        emoji: emoji.into(),
+        remove,
+    }
+}
+
 /// Apply a send and return the message as an edit/delete/react target.
 fn message(c: &mut Conv, from: u64) -> Target {
     let (commit, _) = apply(c, &actor(from), send("hi", &format!("m{}", c.last_seq.0)), NOW, LIMITS).unwrap();
@@ -418,13 +427,8 @@ fn a_deleted_message_takes_no_more_changes() {
     let mut c = conv(Kind::Group, &[2]);
     let mut t = message(&mut c, 2);
     t.state.deleted = true;
-    let react = Mutation::React {
-        target: Seq(t.event.seq),
-        emoji: "👍".into(),
-        remove: false,
-    };
     assert_eq!(
-        code(apply_to_message(&mut c, &actor(1), react, &t, NOW)),
+        code(apply_to_message(&mut c, &actor(1), react(&t, "👍", false), &t, NOW)),
         ErrorCode::NotFound
     );
 }
@@ -433,27 +437,22 @@ fn a_deleted_message_takes_no_more_changes() {
 fn reactions_are_added_once_and_removed_only_by_their_owner() {
     let mut c = conv(Kind::Group, &[2]);
     let mut t = message(&mut c, 2);
-    let react = |remove| Mutation::React {
-        target: Seq(t.event.seq),
-        emoji: "👍".into(),
-        remove,
-    };
     assert_eq!(
-        code(apply_to_message(&mut c, &actor(1), react(true), &t, NOW)),
+        code(apply_to_message(&mut c, &actor(1), react(&t, "👍", true), &t, NOW)),
         ErrorCode::NotFound
     );
-    let (commit, _) = apply_to_message(&mut c, &actor(1), react(false), &t, NOW).unwrap();
+    let (commit, _) = apply_to_message(&mut c, &actor(1), react(&t, "👍", false), &t, NOW).unwrap();
     t.state = commit.message_state.unwrap().1;
     assert_eq!(t.state.reactions["👍"], vec![UserId(1)]);
     assert_eq!(
-        code(apply_to_message(&mut c, &actor(1), react(false), &t, NOW)),
+        code(apply_to_message(&mut c, &actor(1), react(&t, "👍", false), &t, NOW)),
         ErrorCode::Conflict
     );
     assert_eq!(
-        code(apply_to_message(&mut c, &actor(2), react(true), &t, NOW)),
+        code(apply_to_message(&mut c, &actor(2), react(&t, "👍", true), &t, NOW)),
         ErrorCode::NotFound
     );
-    let (commit, _) = apply_to_message(&mut c, &actor(1), react(true), &t, NOW).unwrap();
+    let (commit, _) = apply_to_message(&mut c, &actor(1), react(&t, "👍", true), &t, NOW).unwrap();
     assert!(
         commit.message_state.unwrap().1.reactions.is_empty(),
         "an emoji nobody uses is gone"
@@ -467,13 +466,8 @@ fn a_message_holds_at_most_fifty_different_emojis() {
     for i in 0..super::MAX_DISTINCT_REACTIONS {
         t.state.reactions.insert(format!("e{i}"), vec![UserId(2)]);
     }
-    let react = Mutation::React {
-        target: Seq(t.event.seq),
-        emoji: "🆕".into(),
-        remove: false,
-    };
     assert_eq!(
-        code(apply_to_message(&mut c, &actor(1), react, &t, NOW)),
+        code(apply_to_message(&mut c, &actor(1), react(&t, "🆕", false), &t, NOW)),
         ErrorCode::LimitExceeded
     );
 }
@@ -482,13 +476,8 @@ fn a_message_holds_at_most_fifty_different_emojis() {
 fn non_members_cannot_touch_messages() {
     let mut c = conv(Kind::Group, &[2]);
     let t = message(&mut c, 2);
-    let react = Mutation::React {
-        target: Seq(t.event.seq),
-        emoji: "👍".into(),
-        remove: false,
-    };
     assert_eq!(
-        code(apply_to_message(&mut c, &actor(9), react, &t, NOW)),
+        code(apply_to_message(&mut c, &actor(9), react(&t, "👍", false), &t, NOW)),
         ErrorCode::NotMember
     );
 }
