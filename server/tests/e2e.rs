@@ -820,3 +820,47 @@ async fn logging_this_device_out_is_answered_not_cut_off() {
     }
     s.shutdown().await;
 }
+
+/// PROTOCOL.md §5.5: a reply names an event of the conversation. One that names a seq past
+/// the end is refused with `NOT_FOUND` and stores nothing; a real one is kept with its link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_to_a_missing_seq_is_refused_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path()).await;
+    let (alice, _bob, dm) = alice_and_bob(&s).await;
+    for i in 0..5 {
+        alice.client.send(dm, &format!("m{i}")).await.unwrap();
+    }
+    let body = |to: u64| pb::MessageBody {
+        text: "re".into(),
+        reply_to_seq: to,
+        ..Default::default()
+    };
+    let refused = alice
+        .client
+        .send_with_id(dm, natter_sdk::new_message_id(), body(1_000_000))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some(ErrorCode::NotFound), "{refused}");
+    let ok = alice
+        .client
+        .send_with_id(dm, natter_sdk::new_message_id(), body(2))
+        .await
+        .unwrap();
+    let page = alice
+        .client
+        .history(dm, HistoryAnchor::Before(Seq(0)), 50)
+        .await
+        .unwrap();
+    assert_eq!(page.last_seq, ok.seq.0, "the refused reply took no seq");
+    let replies: Vec<u64> = page
+        .events
+        .iter()
+        .filter_map(|e| match &e.body {
+            Some(pb::conversation_event::Body::Message(m)) => m.body.as_ref().map(|b| b.reply_to_seq),
+            _ => None,
+        })
+        .filter(|r| *r != 0)
+        .collect();
+    assert_eq!(replies, vec![2]);
+}

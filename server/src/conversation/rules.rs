@@ -232,6 +232,13 @@ pub(crate) fn apply(
             unreachable!("handled by the caller")
         }
         Mutation::Send { client_msg_id, body } => {
+            // PROTOCOL.md §5.5: a reply names an event that exists (seqs are gap-free).
+            if body.reply_to_seq > conv.last_seq.0 {
+                return Err(ServerError::new(
+                    ErrorCode::NotFound,
+                    format!("reply_to_seq {} names no event of this conversation", body.reply_to_seq),
+                ));
+            }
             commit.idempotency = Some((actor.user, client_msg_id.clone()));
             commit.read_cursors = vec![(actor.user, seq)];
             Body::Message(pb::MessageEvent {

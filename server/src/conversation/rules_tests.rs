@@ -481,3 +481,34 @@ fn non_members_cannot_touch_messages() {
         ErrorCode::NotMember
     );
 }
+
+#[test]
+fn a_reply_names_an_event_of_the_conversation() {
+    let mut c = conv(Kind::Direct, &[2]);
+    let first = message(&mut c, 2);
+    let reply = |to: u64| Mutation::Send {
+        client_msg_id: format!("r{to}"),
+        body: pb::MessageBody {
+            text: "re".into(),
+            reply_to_seq: to,
+            ..Default::default()
+        },
+    };
+    let last = c.last_seq;
+    assert_eq!(
+        code(apply(&mut c, &actor(1), reply(1_000_000), NOW, LIMITS)),
+        ErrorCode::NotFound
+    );
+    assert_eq!(
+        code(apply(&mut c, &actor(1), reply(last.0 + 1), NOW, LIMITS)),
+        ErrorCode::NotFound,
+        "not itself"
+    );
+    assert_eq!(c.last_seq, last, "a refused reply commits nothing");
+    let (commit, _) = apply(&mut c, &actor(1), reply(first.event.seq), NOW, LIMITS).unwrap();
+    match commit.event.body {
+        Some(Body::Message(m)) => assert_eq!(m.body.unwrap().reply_to_seq, first.event.seq),
+        other => panic!("{other:?}"),
+    }
+    apply(&mut c, &actor(1), reply(0), NOW, LIMITS).unwrap();
+}
