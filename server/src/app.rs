@@ -139,8 +139,17 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     server_config.transport_config(Arc::new(quic::transport_config(Duration::from_secs(
         config.idle_timeout_secs,
     ))));
-    let endpoint =
-        quinn::Endpoint::server(server_config, config.listen).with_context(|| format!("binding {}", config.listen))?;
+    // A reset key that survives restarts: the clients of a restarted node learn at once
+    // that their connection is gone (security/reset.rs).
+    let endpoint_config = crate::security::reset::endpoint_config(&config.data_dir, &config.node_id)?;
+    let socket = std::net::UdpSocket::bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
+    let endpoint = quinn::Endpoint::new(
+        endpoint_config,
+        Some(server_config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .with_context(|| format!("binding {}", config.listen))?;
     let addr = endpoint.local_addr()?;
 
     let mut tasks = vec![tokio::spawn(quic::accept_loop(endpoint.clone(), shared.clone()))];

@@ -864,3 +864,50 @@ async fn a_reply_to_a_missing_seq_is_refused_and_stores_nothing() {
         .collect();
     assert_eq!(replies, vec![2]);
 }
+
+/// A restarted server tells the clients of its previous life at once that their connection
+/// is gone (a QUIC stateless reset, with a key kept in the data dir): they reconnect at
+/// their next packet instead of waiting out the idle timeout (issue 13). The client's idle
+/// timeout here is 120 s and the wait is bounded well below it, so only a reset the client
+/// believes can end the old connection in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_of_a_restarted_server_learn_at_once_that_their_connection_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = spawn_server_binary(dir.path(), "127.0.0.1:0");
+    let alice = device(p.addr, &p.fingerprint, "alice", true).await;
+    alice.client.shutdown().await;
+    let mut config = client_config(p.addr, &p.fingerprint, Some(alice.token.clone()));
+    config.idle_timeout_ms = 120_000;
+    let (client, mut events) = natter_sdk::Client::connect(config).unwrap();
+    wait_for(&mut events, |e| {
+        matches!(e, ClientEvent::Connected { .. }).then_some(())
+    })
+    .await;
+
+    p.child.kill().unwrap(); // SIGKILL: the old connection's state dies with the process
+    p.child.wait().unwrap();
+    let mut p2 = spawn_server_binary(dir.path(), &p.addr.to_string());
+    // The client's next packet (a ping; keep-alives would do the same within seconds).
+    let pinger = client.clone();
+    tokio::spawn(async move {
+        let _ = pinger.ping().await;
+    });
+    let reason = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        wait_for(&mut events, |e| match e {
+            ClientEvent::Disconnected { reason } => Some(reason.clone()),
+            _ => None,
+        }),
+    )
+    .await
+    .expect("the old connection ended long before the idle timeout");
+    assert!(reason.contains("reset"), "ended by a stateless reset, not: {reason}");
+    wait_for(&mut events, |e| {
+        matches!(e, ClientEvent::Connected { .. }).then_some(())
+    })
+    .await;
+    assert!(client.ping().await.is_ok(), "served by the restarted node");
+    client.shutdown().await;
+    p2.child.kill().unwrap();
+    p2.child.wait().unwrap();
+}
