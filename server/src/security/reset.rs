@@ -78,7 +78,10 @@ mod tests {
     use super::*;
 
     fn token(keys: &EndpointKeys) -> (Vec<u8>, u64) {
-        (hmac::sign(&keys.reset, b"connection id").as_ref().to_vec(), keys.connection_ids)
+        (
+            hmac::sign(&keys.reset, b"connection id").as_ref().to_vec(),
+            keys.connection_ids,
+        )
     }
 
     #[test]
@@ -90,11 +93,7 @@ mod tests {
             token(&endpoint_keys(dir.path(), "").unwrap()),
             "same node, same key"
         );
-        assert_ne!(
-            first,
-            token(&endpoint_keys(dir.path(), "n2").unwrap()),
-            "another node"
-        );
+        assert_ne!(first, token(&endpoint_keys(dir.path(), "n2").unwrap()), "another node");
         let other = tempfile::tempdir().unwrap();
         assert_ne!(
             first,
