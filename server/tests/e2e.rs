@@ -911,3 +911,62 @@ async fn clients_of_a_restarted_server_learn_at_once_that_their_connection_is_go
     p2.child.kill().unwrap();
     p2.child.wait().unwrap();
 }
+
+/// Closes the session layer starts say why first (PROTOCOL.md §8.2): a device logged out
+/// from another one, and a connection whose session was resumed on another connection, each
+/// read a `ConnectionError` with the close's code before the close itself (issue 13).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_layer_closes_send_their_reason_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path()).await;
+    let bob = user(&s, "bob").await;
+
+    // Logged out by another device.
+    let mut other = Raw::hello(s.addr, &s.fingerprint).await;
+    other.login("bob").await;
+    let devices = bob.client.devices().await.unwrap();
+    let target = devices.iter().find(|d| !d.current).expect("the raw device");
+    bob.client.logout(natter_sdk::DeviceId(target.device_id)).await.unwrap();
+    let (err, code) = other.closed().await;
+    assert_eq!(code, ErrorCode::TokenRevoked as u64);
+    assert_eq!(
+        err.map(|e| e.code),
+        Some(ErrorCode::TokenRevoked as i32),
+        "the reason came first"
+    );
+
+    // The session moved to another connection by a resume.
+    let mut first = Raw::hello(s.addr, &s.fingerprint).await;
+    let login = first
+        .request(Op::Login(pb::Login {
+            username: "bob".into(),
+            password: PASSWORD.into(),
+            device_name: "raw".into(),
+        }))
+        .await;
+    let Res::Login(login) = login else {
+        panic!("login: {login:?}")
+    };
+    let resume_token = login.session.expect("a session").resume_token;
+    let mut second = Raw::hello(s.addr, &s.fingerprint).await;
+    let auth = second
+        .request(Op::Authenticate(pb::Authenticate {
+            access_token: login.access_token,
+            resume_token,
+            cursors: vec![],
+        }))
+        .await;
+    assert!(matches!(&auth, Res::Auth(a) if a.resumed), "resumed: {auth:?}");
+    let (err, code) = first.closed().await;
+    assert_eq!(code, ErrorCode::Conflict as u64);
+    assert_eq!(
+        err.map(|e| e.code),
+        Some(ErrorCode::Conflict as i32),
+        "the reason came first"
+    );
+    let r = second.request(Op::ListConversations(pb::ListConversations {})).await;
+    assert!(
+        matches!(r, Res::Conversations(_)),
+        "the resumed connection serves: {r:?}"
+    );
+}

@@ -183,6 +183,7 @@ impl<T: Transport> Conn<T> {
             self.transport.clone(),
             rx,
             self.out.clone(),
+            self.closes.clone(),
             self.shared.config.stream_idle,
             self.shared.config.stream_queue,
         ));

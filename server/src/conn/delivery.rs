@@ -13,7 +13,7 @@ use natter_protocol::ConversationId;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-use super::{ControlSend, Transport};
+use super::{Close, ControlSend, Transport};
 use crate::session::hub::Outbound;
 
 /// Write queued frames to the control stream, then finish it (with a bounded wait for the
@@ -33,6 +33,7 @@ pub(super) async fn deliver<T: Transport>(
     transport: Arc<T>,
     mut rx: mpsc::Receiver<Outbound>,
     control: mpsc::Sender<Bytes>,
+    closes: mpsc::Sender<Close>,
     idle: Duration,
     queue: usize,
 ) {
@@ -53,7 +54,15 @@ pub(super) async fn deliver<T: Transport>(
                 }
                 continue;
             }
-            Outbound::Close(code, why) => return transport.close(code, why),
+            // The connection's own task says why and closes (serve's one close path); only
+            // if it is gone already does the transport close here.
+            Outbound::Close(code, why) => {
+                if let Err(mpsc::error::TrySendError::Closed(_)) = closes.try_send(Close::new(code, why)) {
+                    transport.close(code, why);
+                }
+                return;
+            }
+            Outbound::Cut => return transport.close(ErrorCode::Unspecified, "disconnected by the server"),
         };
         let conv = ConversationId(ev.conversation_id);
         loop {

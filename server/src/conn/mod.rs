@@ -122,10 +122,10 @@ impl Shared {
 /// Ends a connection: the code and message go out in a ConnectionError frame, then the
 /// transport closes with the code.
 #[derive(Debug)]
-struct Close(ErrorCode, String);
+pub(super) struct Close(ErrorCode, String);
 
 impl Close {
-    fn new(code: ErrorCode, msg: impl Into<String>) -> Self {
+    pub(super) fn new(code: ErrorCode, msg: impl Into<String>) -> Self {
         Close(code, msg.into())
     }
 }
@@ -153,6 +153,9 @@ struct Conn<T: Transport> {
     in_flight: Arc<Semaphore>,
     /// The authenticated actor, for the datagram reader.
     actor: Arc<std::sync::OnceLock<Actor>>,
+    /// Closes the session layer asks for (logged out elsewhere, resumed on another
+    /// connection): the read loop ends with them, so they go out like every other close.
+    closes: mpsc::Sender<Close>,
 }
 
 /// Serve one connection until it ends. `recv`/`send` are its control stream.
@@ -167,6 +170,7 @@ where
     let writer = tokio::spawn(delivery::write_control(send, out_rx));
     let in_flight = Arc::new(Semaphore::new(shared.config.max_in_flight));
     let actor = Arc::new(std::sync::OnceLock::new());
+    let (closes, mut close_requests) = mpsc::channel(1);
     let mut conn = Conn {
         shared,
         transport,
@@ -175,6 +179,7 @@ where
         phase: Phase::Unauthenticated,
         in_flight,
         actor,
+        closes,
     };
     let mut decoder = FrameDecoder::new(conn.shared.config.limits.max_frame_bytes as usize);
     let datagrams = tokio::spawn(read_datagrams(
@@ -182,7 +187,7 @@ where
         conn.transport.clone(),
         conn.actor.clone(),
     ));
-    let result = conn.run(&mut recv, &mut decoder).await;
+    let result = conn.run(&mut recv, &mut decoder, &mut close_requests).await;
     datagrams.abort();
     if let Phase::Authenticated(a) = std::mem::replace(&mut conn.phase, Phase::Unauthenticated) {
         a.delivery.abort();
@@ -272,7 +277,12 @@ impl<T: Transport> Conn<T> {
         let _ = self.out.send(response_frame(id, result)).await;
     }
 
-    async fn run<R: AsyncRead + Unpin>(&mut self, recv: &mut R, decoder: &mut FrameDecoder) -> Result<(), Close> {
+    async fn run<R: AsyncRead + Unpin>(
+        &mut self,
+        recv: &mut R,
+        decoder: &mut FrameDecoder,
+        close_requests: &mut mpsc::Receiver<Close>,
+    ) -> Result<(), Close> {
         // §4.1: Hello first, within the handshake timeout.
         let first = tokio::time::timeout(
             self.shared.config.handshake_timeout,
@@ -311,7 +321,12 @@ impl<T: Transport> Conn<T> {
             }))
             .await;
 
-        while let Some(frame) = read_frame(&*self.transport, recv, decoder).await? {
+        loop {
+            let frame = tokio::select! {
+                frame = read_frame(&*self.transport, recv, decoder) => frame?,
+                Some(close) = close_requests.recv() => return Err(close),
+            };
+            let Some(frame) = frame else { break };
             match frame.kind {
                 Some(Kind::Request(r)) => self.on_request(r).await?,
                 None => return Err(Close::new(ErrorCode::UnknownFrame, "unknown frame kind")),

@@ -28,8 +28,12 @@ pub enum Outbound {
     Signal(Bytes),
     /// An ephemeral frame: a datagram where the transport has them, else the control stream.
     Ephemeral(Arc<pb::Frame>),
-    /// Close the connection with this code (token revoked, replaced).
+    /// Close the connection with this code (token revoked, replaced), telling the client
+    /// why first (PROTOCOL.md §8.2).
     Close(pb::ErrorCode, &'static str),
+    /// Drop the connection as a network failure would: no reason sent (operators' and
+    /// tests' "cut"; the session stays resumable).
+    Cut,
 }
 
 /// What the hub hands the cluster bus for members connected to other nodes (see
@@ -427,10 +431,7 @@ impl Hub {
         for s in sessions {
             let mut st = s.state.lock().expect("session lock");
             if let Some(tx) = st.detach(self.inner.clock.now()) {
-                let _ = tx.try_send(Outbound::Close(
-                    pb::ErrorCode::Unspecified,
-                    "disconnected by the server",
-                ));
+                let _ = tx.try_send(Outbound::Cut);
                 cut += 1;
             }
         }
