@@ -380,12 +380,13 @@ impl Shard {
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "commit failed");
+                // One incident for the batch: logged once, its id in every failed ack.
+                let failed = ServerError::from(e);
                 for c in &commits {
                     self.convs.remove(&ConversationId(c.event.conversation_id));
                 }
                 for p in pending {
-                    let _ = p.reply.send(Err(ServerError::from(e.clone())));
+                    let _ = p.reply.send(Err(failed.clone()));
                 }
             }
         }

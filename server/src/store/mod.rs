@@ -56,7 +56,7 @@ mod wire_enum {
 }
 
 /// A storage failure. Domain refusals (taken names) are typed; the rest is `Backend`.
-#[derive(Clone, Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     /// The username belongs to another account.
