@@ -17,28 +17,43 @@ use ring::hmac;
 /// The file in the data dir that holds the node secret (32 random bytes, owner-only).
 pub const SECRET_FILE: &str = "node.secret";
 
-/// The node secret: read from `data_dir`, created there on first use.
+/// The node secret: read from `data_dir`, created there on first use. Nodes that share a
+/// data dir and start together agree on one secret: each writes a whole candidate file and
+/// links it into place, and whoever loses the race reads the winner's complete file.
 pub fn node_secret(data_dir: &Path) -> anyhow::Result<[u8; 32]> {
     let path = data_dir.join(SECRET_FILE);
-    match std::fs::read(&path) {
-        Ok(bytes) => bytes
+    let read = |path: &Path| -> anyhow::Result<[u8; 32]> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        bytes
             .try_into()
-            .map_err(|_| anyhow::anyhow!("{} is not 32 bytes; delete it to make a new one", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut secret = [0u8; 32];
-            rand::thread_rng().fill_bytes(&mut secret);
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let mut f = options
-                .open(&path)
-                .with_context(|| format!("creating {}", path.display()))?;
-            f.write_all(&secret)?;
-            f.sync_all()?;
-            Ok(secret)
-        }
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+            .map_err(|_| anyhow::anyhow!("{} is not 32 bytes; delete it to make a new one", path.display()))
+    };
+    match std::fs::metadata(&path) {
+        Ok(_) => return read(&path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let mut secret = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut secret);
+    let candidate = data_dir.join(format!(
+        "{SECRET_FILE}.{}.{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let written = options.open(&candidate).and_then(|mut f| {
+        f.write_all(&secret)?;
+        f.sync_all()
+    });
+    let linked = written.and_then(|()| std::fs::hard_link(&candidate, &path));
+    let _ = std::fs::remove_file(&candidate);
+    match linked {
+        Ok(()) => Ok(secret),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read(&path),
+        Err(e) => Err(e).with_context(|| format!("creating {}", path.display())),
     }
 }
 
@@ -109,6 +124,20 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o077, 0, "the secret is the owner's alone");
         }
+        let shared = tempfile::tempdir().unwrap();
+        let racers: Vec<_> = (0..8)
+            .map(|_| {
+                let dir = shared.path().to_path_buf();
+                std::thread::spawn(move || node_secret(&dir).unwrap())
+            })
+            .collect();
+        let secrets: Vec<[u8; 32]> = racers.into_iter().map(|t| t.join().unwrap()).collect();
+        assert!(
+            secrets.windows(2).all(|w| w[0] == w[1]),
+            "nodes starting together agree on one secret"
+        );
+        let files = std::fs::read_dir(shared.path()).unwrap().count();
+        assert_eq!(files, 1, "no candidate file is left behind");
         std::fs::write(dir.path().join(SECRET_FILE), b"short").unwrap();
         assert!(
             endpoint_keys(dir.path(), "").is_err(),
