@@ -97,7 +97,8 @@ pub(crate) struct Inner {
     start: f64,
 }
 
-fn to_js<T: Serialize + ?Sized>(value: &T) -> JsValue {
+/// A value as JavaScript sees it: plain JSON-compatible objects (numbers, not BigInts).
+pub(crate) fn to_js<T: Serialize + ?Sized>(value: &T) -> JsValue {
     value
         .serialize(&serde_wasm_bindgen::Serializer::json_compatible())
         .unwrap_or(JsValue::UNDEFINED)

@@ -6,6 +6,7 @@ use natter_protocol::pb;
 use natter_protocol::Seq;
 use wasm_bindgen::prelude::*;
 
+use crate::client::to_js;
 use crate::view::JsMessage;
 
 /// The messages of one conversation, folded from its events.
@@ -13,12 +14,6 @@ use crate::view::JsMessage;
 #[derive(Debug, Default)]
 pub struct Timeline {
     inner: natter_protocol::timeline::Timeline,
-}
-
-fn to_js<T: serde::Serialize>(value: &T) -> JsValue {
-    value
-        .serialize(&serde_wasm_bindgen::Serializer::json_compatible())
-        .unwrap_or(JsValue::UNDEFINED)
 }
 
 #[wasm_bindgen]
