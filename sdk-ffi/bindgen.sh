@@ -2,9 +2,11 @@
 # Builds natter-ffi and generates its Kotlin, Swift and Python bindings (uniffi library
 # mode: the API is read from the built library itself, no UDL).
 # Usage: sdk-ffi/bindgen.sh [--release] [out-dir]   (default out-dir: target/ffi-bindings)
-# Out: <out>/kotlin/uniffi/natter_ffi/natter_ffi.kt, <out>/swift/{natter_ffi.swift,
-#      natter_ffiFFI.h, natter_ffiFFI.modulemap}, <out>/python/natter_ffi.py, and the
-#      library next to the Python module (it loads the .so from its own folder).
+# Out: two modules per language — natter_ffi (the client) and natter_protocol (the
+#      app-facing model: events, records, codes): <out>/kotlin/uniffi/{natter_ffi,
+#      natter_protocol}/*.kt, <out>/swift/{natter_ffi,natter_protocol}{.swift,FFI.h,
+#      FFI.modulemap}, <out>/python/{natter_ffi,natter_protocol}.py, and the library next
+#      to the Python modules (they load the .so from their own folder).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 profile=debug flag=()

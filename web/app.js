@@ -5,7 +5,7 @@
 // ?transport=websocket|webtransport|auto.
 import init, { NatterClient, Timeline } from "./pkg/index.js";
 
-const KIND = { DIRECT: 1, GROUP: 2, CHANNEL: 3 };
+const KIND = { DIRECT: "direct", GROUP: "group", CHANNEL: "channel" };
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const TOKEN_KEY = "natter.token";
@@ -35,7 +35,7 @@ function el(tag, attrs = {}, ...children) {
 function conv(id) {
   let c = state.convs.get(id);
   if (!c) {
-    c = { summary: { conversationId: id, name: "", kind: 0, unreadCount: 0, lastSeq: 0 }, timeline: new Timeline(), messages: new Map(), oldest: null, peer: null };
+    c = { summary: { conversationId: id, name: "", kind: null, unreadCount: 0, lastSeq: 0 }, timeline: new Timeline(), messages: new Map(), oldest: null, peer: null };
     state.convs.set(id, c);
   }
   return c;
@@ -71,7 +71,7 @@ function onEvent(ev) {
     case "event": onConversationEvent(ev.event); break;
     case "unread": conv(ev.conversationId).summary.unreadCount = ev.unreadCount; renderList(); break;
     case "receipt": if (ev.conversationId === state.active) renderMarks(); break;
-    case "presence": state.presence.set(ev.userId, ev.state); renderList(); renderHeader(); break;
+    case "presenceChanged": state.presence.set(ev.presence.userId, ev.presence.state); renderList(); renderHeader(); break;
     case "typing": typingMap(ev.conversationId).set(ev.userId, ev.username); renderTyping(); break;
     case "typingStopped": typingMap(ev.conversationId).delete(ev.userId); renderTyping(); break;
     case "sendFailed": $("chat-error").textContent = `Not sent: ${ev.error.message}`; break;
@@ -108,7 +108,7 @@ async function refreshConversations() {
 
 function addEvent(e) {
   const c = conv(e.conversationId);
-  const body = e.body || {};
+  const kind = e.body.type;
   // Messages, edits, deletes and reactions fold in the timeline; it names the message to redraw.
   const changed = c.timeline.apply(e);
   if (changed) {
@@ -117,32 +117,37 @@ function addEvent(e) {
       seq: m.seq, from: m.senderUserId, who: m.senderUsername, time: m.serverTimeMs,
       text: m.deleted ? "message deleted" : m.text, edited: m.edited, deleted: m.deleted, reactions: m.reactions,
     });
-  } else if (body.created || body.membersAdded || body.memberRemoved || body.renamed) {
+  } else if (NOTICES.has(kind)) {
     c.messages.set(e.seq, { seq: e.seq, notice: notice(e) });
   }
   if (c.oldest == null || e.seq < c.oldest) c.oldest = e.seq;
   if (e.seq > (c.summary.lastSeq || 0)) c.summary.lastSeq = e.seq;
 }
 
+// Conversation changes shown as a line of their own.
+const NOTICES = new Set(["created", "membersAdded", "memberRemoved", "renamed"]);
+
 function notice(e) {
   const b = e.body;
-  if (b.created) return `${e.senderUsername} created this conversation`;
-  if (b.membersAdded) return `${e.senderUsername} added ${b.membersAdded.members.map((m) => m.username).join(", ")}`;
-  if (b.memberRemoved) return b.memberRemoved.left ? `${b.memberRemoved.username} left` : `${b.memberRemoved.username} was removed`;
-  if (b.renamed) return `${e.senderUsername} renamed it to ${b.renamed.name}`;
-  return "";
+  switch (b.type) {
+    case "created": return `${e.senderUsername} created this conversation`;
+    case "membersAdded": return `${e.senderUsername} added ${b.members.map((m) => m.username).join(", ")}`;
+    case "memberRemoved": return b.left ? `${b.username} left` : `${b.username} was removed`;
+    case "renamed": return `${e.senderUsername} renamed it to ${b.name}`;
+    default: return "";
+  }
 }
 
 function onConversationEvent(e) {
   const known = state.convs.has(e.conversationId) && state.convs.get(e.conversationId).summary.kind;
   addEvent(e);
   const c = conv(e.conversationId);
-  if (e.body?.message) {
+  if (e.body.type === "message") {
     c.summary.lastMessage = e;
     typingMap(e.conversationId).delete(e.senderUserId);
     renderTyping();
   }
-  if (!known || e.body?.created || e.body?.renamed || e.body?.membersAdded) refreshConversations();
+  if (!known || ["created", "renamed", "membersAdded"].includes(e.body.type)) refreshConversations();
   if (e.conversationId === state.active) {
     renderMessages();
     markReadIfVisible();
@@ -168,7 +173,7 @@ function renderList() {
     ...items.map((c) => {
       const s = c.summary;
       const presence = c.peer ? state.presence.get(c.peer.userId) || "offline" : null;
-      const last = s.lastMessage?.body?.message?.body?.text;
+      const last = s.lastMessage?.body.type === "message" ? s.lastMessage.body.text : undefined;
       const li = el("li", { "data-conversation": String(s.conversationId), class: s.conversationId === state.active ? "active" : "" },
         el("span", { class: `dot ${presence ?? "none"}`, "data-presence": presence ?? "", title: presence ?? "" }),
         el("span", { class: "name" }, title(c), last ? el("span", { class: "preview" }, last) : null),

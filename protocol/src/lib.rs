@@ -5,7 +5,10 @@
 //! [`validate`]), domain newtypes ([`ids`]) and the sans-IO [`ClientSession`]
 //! ([`session`]). It must not depend on sockets, async runtimes or clocks: it compiles to
 //! `wasm32-unknown-unknown` and runs unchanged under quinn, in a browser and in fuzzers.
-#![forbid(unsafe_code)]
+// No unsafe code of our own. The `uniffi` feature's derives generate the FFI scaffolding,
+// which is unsafe by nature, so with that feature the lint is lifted for generated code.
+#![cfg_attr(not(feature = "uniffi"), forbid(unsafe_code))]
+#![cfg_attr(feature = "uniffi", allow(unsafe_code))]
 #![warn(missing_docs)]
 
 pub mod client;
@@ -23,6 +26,9 @@ pub mod wsmux;
 pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/natter.v1.rs"));
 }
+
+#[cfg(feature = "uniffi")]
+uniffi::setup_scaffolding!();
 
 pub use codec::{decode_frame, encode_frame, FrameDecoder, FrameError};
 pub use error::ServerError;

@@ -1,9 +1,10 @@
 //! Folds a conversation's events into the messages an app shows: current text, edited and
 //! deleted flags, reactions with counts and who reacted. Pure and order-driven: feed events
-//! in seq order (as [`crate::ClientSession`] delivers them, or from history pages).
+//! in seq order (as [`crate::ClientSession`] delivers them, or from history pages), in the
+//! app-facing shape ([`crate::client::model::ConversationEvent`]) every binding hands out.
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::pb::{self, conversation_event::Body};
+use crate::client::model::{ConversationEvent, EventBody, Message};
 use crate::{Seq, UserId};
 
 /// One message as it stands after every event so far.
@@ -53,53 +54,51 @@ impl Timeline {
     /// Apply one event. Changes to messages this timeline has not seen are ignored.
     /// Returns the seq of the message the event created or changed, if this timeline
     /// holds it (what a view has to redraw).
-    pub fn apply(&mut self, ev: &pb::ConversationEvent) -> Option<Seq> {
-        let body = ev.body.as_ref()?;
-        let target = match body {
-            Body::Message(_) => Seq(ev.seq),
-            Body::MessageEdited(e) => Seq(e.target_seq),
-            Body::MessageDeleted(d) => Seq(d.target_seq),
-            Body::Reaction(r) => Seq(r.target_seq),
+    pub fn apply(&mut self, ev: &ConversationEvent) -> Option<Seq> {
+        let target = match &ev.body {
+            EventBody::Message { .. } => Seq(ev.seq),
+            EventBody::MessageEdited { target_seq, .. }
+            | EventBody::MessageDeleted { target_seq }
+            | EventBody::Reaction { target_seq, .. } => Seq(*target_seq),
             _ => return None,
         };
-        match body {
-            Body::Message(m) => {
-                let b = m.body.clone().unwrap_or_default();
+        match &ev.body {
+            EventBody::Message { text, reply_to_seq, .. } => {
                 self.messages.insert(
-                    Seq(ev.seq),
+                    target,
                     MessageView {
-                        seq: Seq(ev.seq),
+                        seq: target,
                         sender: UserId(ev.sender_user_id),
                         sender_username: ev.sender_username.clone(),
-                        text: b.text,
-                        reply_to: Seq(b.reply_to_seq),
+                        text: text.clone(),
+                        reply_to: Seq(*reply_to_seq),
                         server_time_ms: ev.server_time_ms,
                         ..Default::default()
                     },
                 );
             }
-            Body::MessageEdited(e) => {
-                if let Some(m) = self.messages.get_mut(&Seq(e.target_seq)).filter(|m| !m.deleted) {
-                    m.text = e.text.clone();
+            EventBody::MessageEdited { text, .. } => {
+                if let Some(m) = self.messages.get_mut(&target).filter(|m| !m.deleted) {
+                    m.text = text.clone();
                     m.edited = true;
                 }
             }
-            Body::MessageDeleted(d) => {
-                if let Some(m) = self.messages.get_mut(&Seq(d.target_seq)) {
+            EventBody::MessageDeleted { .. } => {
+                if let Some(m) = self.messages.get_mut(&target) {
                     m.deleted = true;
                     m.text.clear();
                     m.reactions.clear();
                 }
             }
-            Body::Reaction(r) => {
-                if let Some(m) = self.messages.get_mut(&Seq(r.target_seq)).filter(|m| !m.deleted) {
+            EventBody::Reaction { emoji, added, .. } => {
+                if let Some(m) = self.messages.get_mut(&target).filter(|m| !m.deleted) {
                     let who = UserId(ev.sender_user_id);
-                    if r.added {
-                        m.reactions.entry(r.emoji.clone()).or_default().insert(who);
-                    } else if let Some(users) = m.reactions.get_mut(&r.emoji) {
+                    if *added {
+                        m.reactions.entry(emoji.clone()).or_default().insert(who);
+                    } else if let Some(users) = m.reactions.get_mut(emoji) {
                         users.remove(&who);
                         if users.is_empty() {
-                            m.reactions.remove(&r.emoji);
+                            m.reactions.remove(emoji);
                         }
                     }
                 }
@@ -107,6 +106,16 @@ impl Timeline {
             _ => {}
         }
         self.messages.contains_key(&target).then_some(target)
+    }
+
+    /// One message as the app shows it.
+    pub fn message(&self, seq: Seq) -> Option<Message> {
+        self.messages.get(&seq).map(Message::from)
+    }
+
+    /// Every message as the app shows it, oldest first.
+    pub fn all(&self) -> Vec<Message> {
+        self.messages.values().map(Message::from).collect()
     }
 
     /// One message.
@@ -124,24 +133,24 @@ impl Timeline {
 mod tests {
     use super::*;
 
-    fn ev(seq: u64, user: u64, body: Body) -> pb::ConversationEvent {
-        pb::ConversationEvent {
+    fn ev(seq: u64, user: u64, body: EventBody) -> ConversationEvent {
+        ConversationEvent {
             conversation_id: 1,
             seq,
             sender_user_id: user,
-            body: Some(body),
-            ..Default::default()
+            sender_username: format!("u{user}"),
+            sender_device_id: 1,
+            server_time_ms: seq * 10,
+            body,
         }
     }
 
-    fn msg(text: &str) -> Body {
-        Body::Message(pb::MessageEvent {
+    fn msg(text: &str) -> EventBody {
+        EventBody::Message {
             client_msg_id: "x".into(),
-            body: Some(pb::MessageBody {
-                text: text.into(),
-                ..Default::default()
-            }),
-        })
+            text: text.into(),
+            reply_to_seq: 0,
+        }
     }
 
     #[test]
@@ -152,20 +161,20 @@ mod tests {
         t.apply(&ev(
             3,
             1,
-            Body::MessageEdited(pb::MessageEdited {
+            EventBody::MessageEdited {
                 target_seq: 1,
                 text: "hello".into(),
-            }),
+            },
         ));
         let react = |seq, user, emoji: &str, added| {
             ev(
                 seq,
                 user,
-                Body::Reaction(pb::ReactionChanged {
+                EventBody::Reaction {
                     target_seq: 1,
                     emoji: emoji.into(),
                     added,
-                }),
+                },
             )
         };
         assert_eq!(
@@ -176,7 +185,7 @@ mod tests {
         t.apply(&react(5, 3, "👍", true));
         t.apply(&react(6, 3, "❤️", true));
         t.apply(&react(7, 3, "❤️", false));
-        t.apply(&ev(8, 2, Body::MessageDeleted(pb::MessageDeleted { target_seq: 2 })));
+        t.apply(&ev(8, 2, EventBody::MessageDeleted { target_seq: 2 }));
         let m1 = t.get(Seq(1)).unwrap();
         assert_eq!((m1.text.as_str(), m1.edited), ("hello", true));
         assert_eq!(m1.reaction_counts(), vec![("👍".to_string(), 2)]);
@@ -186,18 +195,44 @@ mod tests {
         t.apply(&ev(
             9,
             2,
-            Body::MessageEdited(pb::MessageEdited {
+            EventBody::MessageEdited {
                 target_seq: 2,
                 text: "back".into(),
-            }),
+            },
         ));
         assert!(t.get(Seq(2)).unwrap().text.is_empty());
         // A change to a message this timeline never saw changes nothing.
-        let unknown = ev(10, 2, Body::MessageDeleted(pb::MessageDeleted { target_seq: 99 }));
+        let unknown = ev(10, 2, EventBody::MessageDeleted { target_seq: 99 });
         assert_eq!(t.apply(&unknown), None);
-        assert_eq!(
-            t.apply(&ev(11, 2, Body::Renamed(pb::Renamed { name: "x".into() }))),
-            None
-        );
+        assert_eq!(t.apply(&ev(11, 2, EventBody::Renamed { name: "x".into() })), None);
+        assert_eq!(t.apply(&ev(12, 2, EventBody::Unknown)), None);
+    }
+
+    #[test]
+    fn the_app_record_of_a_message_lists_reactions_with_who() {
+        let mut t = Timeline::new();
+        t.apply(&ev(1, 1, msg("hi")));
+        for (seq, user, emoji) in [(2, 2, "👍"), (3, 3, "👍"), (4, 3, "🎉")] {
+            t.apply(&ev(
+                seq,
+                user,
+                EventBody::Reaction {
+                    target_seq: 1,
+                    emoji: emoji.into(),
+                    added: true,
+                },
+            ));
+        }
+        let m = t.message(Seq(1)).expect("message 1");
+        assert_eq!((m.seq, m.sender_user_id, m.sender_username.as_str()), (1, 1, "u1"));
+        assert_eq!((m.text.as_str(), m.server_time_ms), ("hi", 10));
+        let r: Vec<(&str, u32, &[u64])> = m
+            .reactions
+            .iter()
+            .map(|r| (r.emoji.as_str(), r.count, r.user_ids.as_slice()))
+            .collect();
+        assert_eq!(r, vec![("👍", 2, &[2u64, 3][..]), ("🎉", 1, &[3u64][..])]);
+        assert_eq!(t.all(), vec![m]);
+        assert_eq!(t.message(Seq(2)), None, "a reaction is no message");
     }
 }

@@ -206,7 +206,7 @@ impl NatterClient {
                     while let Some(event) = runtime().block_on(events.next()) {
                         let Some(listeners) = listeners.upgrade() else { return };
                         let _ = listeners.thread.set(std::thread::current().id());
-                        if let Some(event) = NatterEvent::from_sdk(event) {
+                        if let Some(event) = NatterEvent::from_session(event) {
                             listeners.deliver(&event);
                         }
                     }
@@ -417,12 +417,7 @@ impl NatterClient {
     /// for channels and conversations this client has not seen.
     pub async fn message_status(&self, conversation_id: u64, seq: u64) -> Result<Option<MessageStatus>, NatterError> {
         let c = self.inner.clone();
-        run(async move {
-            c.message_status(ConversationId(conversation_id), Seq(seq))
-                .await
-                .map(|s| s.map(MessageStatus::from))
-        })
-        .await
+        run(async move { c.message_status(ConversationId(conversation_id), Seq(seq)).await }).await
     }
 
     /// Your unread count as this client knows it.

@@ -7,7 +7,10 @@
 //!
 //! - [`client`]: the `NatterClient` object, the foreign `NatterListener` trait and the
 //!   `Subscription` handle that stops delivery when dropped or cancelled.
-//! - [`types`]: records and enums the bindings see, with `From` conversions.
+//! - [`types`]: the connect options and snapshot records of this binding; everything the
+//!   app receives (events, conversations, messages) is natter-protocol's app-facing model
+//!   (`natter_protocol::client::model`), re-exported there and shared with the JS package.
+//! - [`timeline`]: the timeline fold as an object.
 //! - [`error`]: `NatterError`, the SDK's errors flattened to one enum at this edge.
 //!
 //! Async methods run on one tokio runtime owned by this library ([`runtime`]); foreign
@@ -16,10 +19,12 @@
 
 pub mod client;
 pub mod error;
+pub mod timeline;
 pub mod types;
 
 pub use client::{NatterClient, NatterListener, Subscription};
 pub use error::NatterError;
+pub use timeline::Timeline;
 
 uniffi::setup_scaffolding!();
 

@@ -185,6 +185,7 @@ fn kotlin_jar() -> &'static (PathBuf, String) {
         run_ok(
             std::process::Command::new(&k.kotlinc)
                 .arg(bindings().join("kotlin/uniffi/natter_ffi/natter_ffi.kt"))
+                .arg(bindings().join("kotlin/uniffi/natter_protocol/natter_protocol.kt"))
                 .arg(manifest_dir().join("tests/kotlin/ChatTest.kt"))
                 .args(["-nowarn", "-include-runtime", "-cp", &k.classpath, "-d"])
                 .arg(&jar),
@@ -259,8 +260,8 @@ async fn kotlin_bindings_fail_when_the_server_does_not_deliver() {
     fails_without_delivery(kotlin_program(), "ktf").await;
 }
 
-/// Names of the C functions a header declares (`uniffi_natter_ffi_*`, `ffi_natter_ffi_*`).
-fn declared_functions(header: &str) -> std::collections::BTreeSet<String> {
+/// Names of the C functions a module's header declares (`uniffi_<module>_*`, `ffi_<module>_*`).
+fn declared_functions(header: &str, module: &str) -> std::collections::BTreeSet<String> {
     let mut names = std::collections::BTreeSet::new();
     for line in header.lines().map(str::trim) {
         if line.starts_with("typedef") || line.starts_with('#') || line.starts_with("//") {
@@ -271,7 +272,7 @@ fn declared_functions(header: &str) -> std::collections::BTreeSet<String> {
             .rsplit(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .next()
             .unwrap_or("");
-        if ident.starts_with("uniffi_natter_ffi_") || ident.starts_with("ffi_natter_ffi_") {
+        if ident.starts_with(&format!("uniffi_{module}_")) || ident.starts_with(&format!("ffi_{module}_")) {
             names.insert(ident.to_string());
         }
     }
@@ -288,22 +289,34 @@ fn swift_header_compiles_and_every_declared_function_is_exported() {
         swift.join("natter_ffi.swift").exists(),
         "no Swift bindings were generated"
     );
-    let header = std::fs::read_to_string(swift.join("natter_ffiFFI.h")).expect("the generated header");
-    let probe = swift.join("probe.c");
-    std::fs::write(&probe, "#include \"natter_ffiFFI.h\"\nint main(void) { return 0; }\n").unwrap();
-    run_ok(
-        std::process::Command::new("gcc")
-            .args(["-fsyntax-only", "-Wall", "-Werror", "-D_Nonnull=", "-D_Nullable="])
-            .arg("-I")
-            .arg(&swift)
-            .arg(&probe),
-        "gcc on the Swift bindings' C header",
-    );
-    let declared = declared_functions(&header);
-    assert!(
-        declared.len() > 50 && declared.contains("uniffi_natter_ffi_fn_constructor_natterclient_new"),
-        "the header declares too little: {declared:?}"
-    );
+    // Two modules: the client (natter_ffi) and the app-facing model (natter_protocol).
+    let mut declared = std::collections::BTreeSet::new();
+    for (module, must_declare, at_least) in [
+        ("natter_ffi", "uniffi_natter_ffi_fn_constructor_natterclient_new", 50),
+        ("natter_protocol", "ffi_natter_protocol_uniffi_contract_version", 5),
+    ] {
+        let header = std::fs::read_to_string(swift.join(format!("{module}FFI.h"))).expect("the generated header");
+        let probe = swift.join(format!("probe_{module}.c"));
+        std::fs::write(
+            &probe,
+            format!("#include \"{module}FFI.h\"\nint main(void) {{ return 0; }}\n"),
+        )
+        .unwrap();
+        run_ok(
+            std::process::Command::new("gcc")
+                .args(["-fsyntax-only", "-Wall", "-Werror", "-D_Nonnull=", "-D_Nullable="])
+                .arg("-I")
+                .arg(&swift)
+                .arg(&probe),
+            &format!("gcc on the Swift bindings' C header {module}FFI.h"),
+        );
+        let mine = declared_functions(&header, module);
+        assert!(
+            mine.len() > at_least && mine.contains(must_declare),
+            "{module}FFI.h declares too little: {mine:?}"
+        );
+        declared.extend(mine);
+    }
     let nm = std::process::Command::new("nm")
         .args(["-D", "--defined-only"])
         .arg(library_dir().join("libnatter_ffi.so"))

@@ -16,7 +16,11 @@ use serde::Serialize;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
-use crate::view::{self, JsError, JsEvent, JsStatus, Transport, TransportChoice};
+use natter_protocol::client::model::{
+    self, Conversation, Device, HistoryPage, Member, MemberReceipt, Presence, SendAck,
+};
+
+use crate::view::{JsError, Transport, TransportChoice};
 
 /// Wake-ups for the driver.
 #[derive(Debug)]
@@ -27,29 +31,6 @@ pub(crate) enum Wake {
     Reconnect,
     /// Stop.
     Close,
-}
-
-/// A send that is durable on the server, as JavaScript sees it.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct JsSendAck {
-    conversation_id: u64,
-    seq: u64,
-    server_time_ms: u64,
-    duplicate: bool,
-    client_msg_id: String,
-}
-
-impl From<natter_protocol::client::SendAck> for JsSendAck {
-    fn from(a: natter_protocol::client::SendAck) -> Self {
-        JsSendAck {
-            conversation_id: a.conversation_id.0,
-            seq: a.seq.0,
-            server_time_ms: a.server_time_ms,
-            duplicate: a.duplicate,
-            client_msg_id: a.client_msg_id.as_str().to_string(),
-        }
-    }
 }
 
 /// A caller waiting on a futures oneshot (behind a Promise).
@@ -127,8 +108,9 @@ impl Inner {
         let _ = self.wake.unbounded_send(w);
     }
 
-    pub(crate) fn emit(&self, ev: JsEvent) {
-        let value = to_js(&ev);
+    /// Hand one event (a [`model::NatterEvent`], or the transport notice) to the app.
+    pub(crate) fn emit<E: Serialize>(&self, ev: &E) {
+        let value = to_js(ev);
         let callback = {
             let mut events = self.events.borrow_mut();
             match &events.callback {
@@ -212,35 +194,67 @@ impl std::fmt::Debug for NatterClient {
 
 #[wasm_bindgen(typescript_custom_section)]
 const TS_TYPES: &'static str = r#"
-/** Events from `onEvent` / `nextEvent()`; `type` says which. Ids are numbers. */
+/** Events from `onEvent` / `nextEvent()`; `type` says which. Ids are numbers. The same
+ * events the Kotlin/Swift/Python bindings deliver (natter-protocol's app-facing model). */
 export type NatterEvent =
   | { type: "transport"; name: "webtransport" | "websocket" }
   | { type: "connected"; userId: number; username: string; deviceId: number; resumed: boolean }
   | { type: "disconnected"; reason: string }
-  | { type: "authFailed"; error: NatterError }
-  | { type: "conversations"; conversations: ConversationSummary[] }
+  | { type: "authFailed"; error: ErrorInfo }
+  | { type: "conversations"; conversations: Conversation[] }
   | { type: "event"; event: ConversationEvent }
   | { type: "receipt"; conversationId: number; userId: number; deliveredSeq: number; readSeq: number }
   | { type: "unread"; conversationId: number; readSeq: number; unreadCount: number }
-  | { type: "presence"; userId: number; username: string; state: "online" | "away" | "offline"; lastSeenMs: number }
+  | { type: "presenceChanged"; presence: Presence }
   | { type: "typing"; conversationId: number; userId: number; username: string }
   | { type: "typingStopped"; conversationId: number; userId: number }
-  | { type: "typingRejected"; conversationId: number; error: NatterError }
-  | { type: "sendFailed"; clientMsgId: string; conversationId: number; error: NatterError }
+  | { type: "typingRejected"; conversationId: number; error: ErrorInfo }
+  | { type: "sendFailed"; conversationId: number; clientMsgId: string; error: ErrorInfo }
   | { type: "goAway"; reason: string; reconnectAfterMs: number }
-  | { type: "connectionError"; error: NatterError };
-/** Rejected promises are `Error`s with these fields. */
+  | { type: "connectionError"; error: ErrorInfo };
+/** "RATE_LIMITED", "NOT_MEMBER", … (spec/natter.proto ErrorCode without its prefix). */
+export type ErrorCode = string;
+/** Why the server refused something, as events carry it (0: no retry hint). */
+export interface ErrorInfo { code: ErrorCode; message: string; retryAfterMs: number }
+/** Rejected promises are `Error`s with these fields; local codes: TIMEOUT, CONNECTION_LOST,
+ * INVALID, CLOSED, UNEXPECTED. */
 export interface NatterError { code: string; message: string; retryAfterMs?: number }
-/** 1 direct, 2 group, 3 channel (spec/natter.proto ConversationKind). */
-export interface ConversationSummary {
-  conversationId: number; kind: number; name: string; lastSeq: number; joinedSeq: number;
-  readSeq: number; unreadCount: number; myRole: number; memberCount: number;
-  lastMessage?: ConversationEvent; receipts: { userId: number; deliveredSeq: number; readSeq: number }[];
+export type ConversationKind = "unspecified" | "direct" | "group" | "channel";
+export type Role = "unspecified" | "member" | "admin" | "owner";
+export type PresenceState = "unspecified" | "online" | "away" | "offline";
+export interface Member { userId: number; username: string; role: Role; joinedSeq: number }
+export interface MemberReceipt { userId: number; deliveredSeq: number; readSeq: number }
+export interface Conversation {
+  conversationId: number; kind: ConversationKind; name: string; lastSeq: number; joinedSeq: number;
+  readSeq: number; unreadCount: number; myRole: Role; memberCount: number;
+  lastMessage: ConversationEvent | null; receipts: MemberReceipt[];
 }
 export interface ConversationEvent {
   conversationId: number; seq: number; senderUserId: number; senderUsername: string;
-  senderDeviceId: number; serverTimeMs: number;
-  body?: { message?: { clientMsgId: string; body?: { kind: number; text: string; replyToSeq: number } } } & Record<string, unknown>;
+  senderDeviceId: number; serverTimeMs: number; body: EventBody;
+}
+export type EventBody =
+  | { type: "message"; clientMsgId: string; text: string; replyToSeq: number }
+  | { type: "created"; kind: ConversationKind; name: string; members: Member[] }
+  | { type: "membersAdded"; members: Member[] }
+  | { type: "memberRemoved"; userId: number; username: string; left: boolean }
+  | { type: "renamed"; name: string }
+  | { type: "roleChanged"; userId: number; role: Role }
+  | { type: "deleted" }
+  | { type: "messageEdited"; targetSeq: number; text: string }
+  | { type: "messageDeleted"; targetSeq: number }
+  | { type: "reaction"; targetSeq: number; emoji: string; added: boolean }
+  | { type: "unknown" };
+export interface HistoryPage { conversationId: number; events: ConversationEvent[]; hasMore: boolean; lastSeq: number }
+export interface Presence { userId: number; username: string; state: PresenceState; lastSeenMs: number }
+export interface Device { deviceId: number; name: string; createdMs: number; lastSeenMs: number; current: boolean }
+export interface SendAck { conversationId: number; seq: number; serverTimeMs: number; duplicate: boolean; clientMsgId: string }
+export interface MessageStatus { state: "sent" | "delivered" | "read"; delivered: number; read: number; recipients: number }
+/** A message as a `Timeline` holds it after edits, deletes and reactions. */
+export interface Message {
+  seq: number; senderUserId: number; senderUsername: string; text: string; replyToSeq: number;
+  serverTimeMs: number; edited: boolean; deleted: boolean;
+  reactions: { emoji: string; count: number; userIds: number[] }[];
 }
 "#;
 
@@ -276,9 +290,14 @@ impl NatterClient {
     }
 }
 
-/// Plain data answers (protobuf messages, lists of them) as JSON-compatible objects.
-fn plain<T: Serialize>(v: T) -> JsValue {
-    to_js(&v)
+/// A wire answer as the app-facing record JavaScript sees (`record::<_, Conversation>`).
+fn record<A, B: From<A> + Serialize>(v: A) -> JsValue {
+    to_js(&B::from(v))
+}
+
+/// A list of wire answers as app-facing records.
+fn records<A, B: From<A> + Serialize>(v: Vec<A>) -> JsValue {
+    to_js(&model::list::<A, B>(v))
 }
 
 fn conv(id: f64) -> ConversationId {
@@ -430,35 +449,35 @@ impl NatterClient {
 
     /// This user's devices.
     pub fn devices(&self) -> Promise {
-        self.call(ops::devices(), plain)
+        self.call(ops::devices(), records::<_, Device>)
     }
 
     /// Every conversation with last message and unread count.
     pub fn conversations(&self) -> Promise {
-        self.call(ops::conversations(), plain)
+        self.call(ops::conversations(), records::<_, Conversation>)
     }
 
     /// The 1:1 conversation with `username` (created on first use).
     pub fn direct(&self, username: String) -> Promise {
-        self.call(ops::direct(&username), plain)
+        self.call(ops::direct(&username), record::<_, Conversation>)
     }
 
     /// A new private group with these members.
     #[wasm_bindgen(js_name = createGroup)]
     pub fn create_group(&self, name: String, usernames: Vec<String>) -> Promise {
-        self.call(ops::create_group(&name, usernames), plain)
+        self.call(ops::create_group(&name, usernames), record::<_, Conversation>)
     }
 
     /// A new public channel.
     #[wasm_bindgen(js_name = createChannel)]
     pub fn create_channel(&self, name: String) -> Promise {
-        self.call(ops::create_channel(&name), plain)
+        self.call(ops::create_channel(&name), record::<_, Conversation>)
     }
 
     /// Join a public channel by name.
     #[wasm_bindgen(js_name = joinChannel)]
     pub fn join_channel(&self, name: String) -> Promise {
-        self.call(ops::join_channel(&name), plain)
+        self.call(ops::join_channel(&name), record::<_, Conversation>)
     }
 
     /// Add members (owners and admins).
@@ -509,7 +528,7 @@ impl NatterClient {
 
     /// Members with roles.
     pub fn members(&self, conversation_id: f64) -> Promise {
-        self.call(ops::members(conv(conversation_id)), plain)
+        self.call(ops::members(conv(conversation_id)), records::<_, Member>)
     }
 
     /// Send a text; resolves (`{ conversationId, seq, serverTimeMs, duplicate,
@@ -534,7 +553,7 @@ impl NatterClient {
         self.inner.wake(Wake::Flush);
         future_to_promise(async move {
             match rx.await {
-                Ok(Ok(ack)) => Ok(to_js(&JsSendAck::from(ack))),
+                Ok(Ok(ack)) => Ok(to_js(&SendAck::from(ack))),
                 Ok(Err(e)) => Err(js_error(&(&e).into())),
                 Err(_) => Err(js_error(&JsError::local("CLOSED", "the client is closed"))),
             }
@@ -549,7 +568,10 @@ impl NatterClient {
             (None, b) => HistoryAnchor::Before(Seq(b.unwrap_or(0.0) as u64)),
         };
         let limit = get_num(&options, "limit").unwrap_or(50.0) as u32;
-        self.call(ops::history(conv(conversation_id), anchor, limit), plain)
+        self.call(
+            ops::history(conv(conversation_id), anchor, limit),
+            record::<_, HistoryPage>,
+        )
     }
 
     /// Move your read cursor (clears unread on your other devices, sends read receipts).
@@ -583,24 +605,13 @@ impl NatterClient {
 
     /// Members' delivered/read cursors.
     pub fn receipts(&self, conversation_id: f64) -> Promise {
-        self.call(ops::receipts(conv(conversation_id)), plain)
+        self.call(ops::receipts(conv(conversation_id)), records::<_, MemberReceipt>)
     }
 
     /// Presence of these users (contacts only).
     pub fn presence(&self, user_ids: Vec<f64>) -> Promise {
         let users: Vec<UserId> = user_ids.into_iter().map(|u| UserId(u as u64)).collect();
-        self.call(ops::presence(&users), |list| {
-            let list: Vec<JsEvent> = list
-                .into_iter()
-                .map(|p| JsEvent::Presence {
-                    user_id: p.user_id,
-                    username: p.username,
-                    state: view::presence_name(p.state),
-                    last_seen_ms: p.last_seen_ms,
-                })
-                .collect();
-            to_js(&list)
-        })
+        self.call(ops::presence(&users), records::<_, Presence>)
     }
 
     /// Hide (or show) your last-seen time from contacts.
@@ -642,7 +653,7 @@ impl NatterClient {
             .session
             .borrow()
             .message_status(ConversationId(conversation_id as u64), Seq(seq as u64));
-        status.map_or(JsValue::NULL, |s| to_js(&JsStatus::from(s)))
+        status.map_or(JsValue::NULL, |s| to_js(&s))
     }
 
     /// Your unread count in a conversation, as this client knows it.

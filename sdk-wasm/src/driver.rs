@@ -8,6 +8,7 @@ use std::rc::Rc;
 use futures::channel::mpsc;
 use futures::{FutureExt, StreamExt};
 use gloo_timers::future::TimeoutFuture;
+use natter_protocol::client::model::NatterEvent;
 use natter_protocol::client::Routed;
 use natter_protocol::SessionEvent;
 use wasm_bindgen::prelude::*;
@@ -15,7 +16,7 @@ use wasm_bindgen_futures::JsFuture;
 
 use crate::client::{Inner, Wake};
 use crate::link::{Input, Link};
-use crate::view::{self, Discovery, JsEvent, Transport};
+use crate::view::{Discovery, Transport, TransportEvent};
 
 enum Exit {
     Reconnect(String),
@@ -94,8 +95,8 @@ pub(crate) async fn run(inner: Rc<Inner>, mut wake: mpsc::UnboundedReceiver<Wake
         let exit = match connect(&inner, tx, &mut wt_failed).await {
             Ok(link) => {
                 inner.transport.set(Some(link.transport()));
-                inner.emit(JsEvent::Transport {
-                    name: link.transport().name().into(),
+                inner.emit(&TransportEvent {
+                    name: link.transport().name(),
                 });
                 {
                     let now = inner.now();
@@ -211,8 +212,8 @@ fn dispatch(inner: &Inner) -> Option<Exit> {
                 ev
             }
         };
-        if let Some(js) = view::event(&ev) {
-            inner.emit(js);
+        if let Some(app) = NatterEvent::from_session(ev) {
+            inner.emit(&app);
         }
     }
     exit

@@ -2,12 +2,11 @@
 //! conversation's events (from `onEvent` and `history()`, as they arrive) and read each
 //! message as it stands — text after edits, deleted, reactions with who. The same fold the
 //! native SDKs use; the web chat draws from it instead of folding events itself.
-use natter_protocol::pb;
+use natter_protocol::client::model::ConversationEvent;
 use natter_protocol::Seq;
 use wasm_bindgen::prelude::*;
 
 use crate::client::to_js;
-use crate::view::JsMessage;
 
 /// The messages of one conversation, folded from its events.
 #[wasm_bindgen]
@@ -29,7 +28,7 @@ impl Timeline {
     /// 0 when it touched none this timeline holds (membership changes, edits of messages
     /// not loaded yet). Throws on something that is not a conversation event.
     pub fn apply(&mut self, event: JsValue) -> Result<f64, JsValue> {
-        let ev: pb::ConversationEvent = serde_wasm_bindgen::from_value(event)
+        let ev: ConversationEvent = serde_wasm_bindgen::from_value(event)
             .map_err(|e| js_sys::Error::new(&format!("not a conversation event: {e}")))?;
         Ok(self.inner.apply(&ev).map_or(0.0, |s| s.0 as f64))
     }
@@ -37,14 +36,11 @@ impl Timeline {
     /// The message at `seq` (`{ seq, senderUserId, senderUsername, text, replyToSeq,
     /// serverTimeMs, edited, deleted, reactions: [{ emoji, count, userIds }] }`), or null.
     pub fn message(&self, seq: f64) -> JsValue {
-        self.inner
-            .get(Seq(seq as u64))
-            .map_or(JsValue::NULL, |m| to_js(&JsMessage::from(m)))
+        self.inner.message(Seq(seq as u64)).map_or(JsValue::NULL, |m| to_js(&m))
     }
 
     /// Every message, oldest first.
     pub fn messages(&self) -> JsValue {
-        let all: Vec<JsMessage> = self.inner.messages().map(JsMessage::from).collect();
-        to_js(&all)
+        to_js(&self.inner.all())
     }
 }

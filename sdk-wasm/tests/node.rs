@@ -3,10 +3,11 @@
 //! protocol core running inside wasm, what JavaScript receives (serialized by the same
 //! serializer the client uses), discovery parsing and the transport plan. Also runs
 //! natively as ordinary tests, minus the JS-value checks.
+use natter_protocol::client::model::{ConversationEvent, NatterEvent};
 use natter_protocol::codec::encode_frame;
 use natter_protocol::pb::{self, frame::Kind};
 use natter_protocol::{ClientSession, ConversationId, Millis, Seq, SessionConfig, SessionEvent, UserId};
-use natter_wasm::view::{self, Discovery, JsEvent, Transport, TransportChoice};
+use natter_wasm::view::{self, Discovery, Transport, TransportChoice};
 use wasm_bindgen_test::wasm_bindgen_test;
 
 fn discovery(with_wt: bool) -> Discovery {
@@ -100,8 +101,8 @@ fn the_session_runs_in_wasm_and_its_events_become_js_events() {
     });
     s.handle_control_data(Millis(2), &ok).unwrap();
     let events: Vec<SessionEvent> = std::iter::from_fn(|| s.poll_event()).collect();
-    let js: Vec<JsEvent> = events.iter().filter_map(view::event).collect();
-    assert!(js.contains(&JsEvent::Connected {
+    let js: Vec<NatterEvent> = events.into_iter().filter_map(NatterEvent::from_session).collect();
+    assert!(js.contains(&NatterEvent::Connected {
         user_id: 7,
         username: "ann".into(),
         device_id: 3,
@@ -125,8 +126,6 @@ fn errors_carry_their_wire_code_and_retry_time() {
     assert_eq!(js.retry_after_ms, Some(1500));
     let lost = view::JsError::from(&natter_protocol::RequestError::ConnectionLost);
     assert_eq!(lost.code, "CONNECTION_LOST");
-    assert_eq!(view::presence_name(pb::PresenceState::Away as i32), "away");
-    assert_eq!(view::presence_name(99), "offline");
 }
 
 /// What JavaScript actually gets: camelCase fields, a `type` tag, numbers for ids.
@@ -137,7 +136,7 @@ fn js_values_have_the_documented_shape() {
     use wasm_bindgen::JsValue;
     let get = |v: &JsValue, k: &str| js_sys::Reflect::get(v, &k.into()).unwrap();
     let ser = serde_wasm_bindgen::Serializer::json_compatible();
-    let ev = JsEvent::Unread {
+    let ev = NatterEvent::Unread {
         conversation_id: 5,
         read_seq: 9,
         unread_count: 2,
@@ -147,28 +146,21 @@ fn js_values_have_the_documented_shape() {
     assert_eq!(get(&v, "conversationId").as_f64(), Some(5.0));
     assert_eq!(get(&v, "unreadCount").as_f64(), Some(2.0));
 
-    let event = pb::ConversationEvent {
-        conversation_id: 5,
-        seq: 3,
-        sender_username: "ann".into(),
-        body: Some(pb::conversation_event::Body::Message(pb::MessageEvent {
-            client_msg_id: "c1".into(),
-            body: Some(pb::MessageBody {
-                text: "hi".into(),
-                ..Default::default()
-            }),
-        })),
-        ..Default::default()
-    };
-    let v = JsEvent::Event { event }.serialize(&ser).unwrap();
+    let event = message_event(3, 7, "hi");
+    let v = NatterEvent::Event { event }.serialize(&ser).unwrap();
     let e = get(&v, "event");
-    assert_eq!(get(&e, "senderUsername").as_string().unwrap(), "ann");
-    let text = get(&get(&get(&get(&e, "body"), "message"), "body"), "text");
-    assert_eq!(text.as_string().unwrap(), "hi");
+    assert_eq!(get(&e, "senderUsername").as_string().unwrap(), "user7");
+    let body = get(&e, "body");
+    assert_eq!(get(&body, "type").as_string().unwrap(), "message");
+    assert_eq!(get(&body, "text").as_string().unwrap(), "hi");
+
+    let v = view::TransportEvent { name: "websocket" }.serialize(&ser).unwrap();
+    assert_eq!(get(&v, "type").as_string().unwrap(), "transport");
+    assert_eq!(get(&v, "name").as_string().unwrap(), "websocket");
 }
 
-fn message_event(seq: u64, sender: u64, text: &str) -> pb::ConversationEvent {
-    pb::ConversationEvent {
+fn message_event(seq: u64, sender: u64, text: &str) -> ConversationEvent {
+    ConversationEvent::from(pb::ConversationEvent {
         conversation_id: 5,
         seq,
         sender_user_id: sender,
@@ -183,11 +175,11 @@ fn message_event(seq: u64, sender: u64, text: &str) -> pb::ConversationEvent {
             }),
         })),
         ..Default::default()
-    }
+    })
 }
 
-fn reaction(seq: u64, sender: u64, target: u64, emoji: &str) -> pb::ConversationEvent {
-    pb::ConversationEvent {
+fn reaction(seq: u64, sender: u64, target: u64, emoji: &str) -> ConversationEvent {
+    ConversationEvent::from(pb::ConversationEvent {
         conversation_id: 5,
         seq,
         sender_user_id: sender,
@@ -197,7 +189,20 @@ fn reaction(seq: u64, sender: u64, target: u64, emoji: &str) -> pb::Conversation
             added: true,
         })),
         ..Default::default()
-    }
+    })
+}
+
+fn edit(seq: u64, sender: u64, target: u64, text: &str) -> ConversationEvent {
+    ConversationEvent::from(pb::ConversationEvent {
+        conversation_id: 5,
+        seq,
+        sender_user_id: sender,
+        body: Some(pb::conversation_event::Body::MessageEdited(pb::MessageEdited {
+            target_seq: target,
+            text: text.into(),
+        })),
+        ..Default::default()
+    })
 }
 
 /// What the page hands back to `Timeline.apply` is what the client gave it: the event's
@@ -205,23 +210,20 @@ fn reaction(seq: u64, sender: u64, target: u64, emoji: &str) -> pb::Conversation
 #[wasm_bindgen_test]
 #[test]
 fn conversation_events_read_back_from_their_javascript_form() {
-    let edited = pb::ConversationEvent {
-        conversation_id: 5,
-        seq: 4,
-        body: Some(pb::conversation_event::Body::MessageEdited(pb::MessageEdited {
-            target_seq: 1,
-            text: "fixed".into(),
-        })),
-        ..Default::default()
-    };
-    for ev in [message_event(1, 7, "hi"), reaction(2, 8, 1, "👍"), edited] {
+    for ev in [
+        message_event(1, 7, "hi"),
+        reaction(2, 8, 1, "👍"),
+        edit(4, 7, 1, "fixed"),
+    ] {
         let json = serde_json::to_value(&ev).unwrap();
-        let back: pb::ConversationEvent = serde_json::from_value(json).unwrap();
+        let back: ConversationEvent = serde_json::from_value(json).unwrap();
         assert_eq!(back, ev);
     }
-    // A field the page never had (an older server, a hand-made object) reads as its default.
-    let partial: pb::ConversationEvent = serde_json::from_str(r#"{"conversationId":5,"seq":9}"#).unwrap();
-    assert_eq!((partial.seq, partial.body), (9, None));
+    // A body of a kind this version does not know (a newer server) reads as "unknown".
+    let newer = r#"{"conversationId":5,"seq":9,"senderUserId":1,"senderUsername":"a","senderDeviceId":1,
+                    "serverTimeMs":1,"body":{"type":"poll","question":"?"}}"#;
+    let read: ConversationEvent = serde_json::from_str(newer).unwrap();
+    assert_eq!(read.body, natter_protocol::client::model::EventBody::Unknown);
 }
 
 #[wasm_bindgen_test]
@@ -232,7 +234,7 @@ fn the_timeline_view_has_the_documented_shape() {
     t.apply(&reaction(2, 8, 1, "👍"));
     t.apply(&reaction(3, 9, 1, "👍"));
     t.apply(&reaction(4, 9, 1, "🎉"));
-    let m = view::JsMessage::from(t.get(Seq(1)).unwrap());
+    let m = t.message(Seq(1)).unwrap();
     assert_eq!((m.seq, m.sender_user_id, m.text.as_str()), (1, 7, "hi"));
     let r: Vec<(&str, u32, Vec<u64>)> = m
         .reactions
@@ -257,16 +259,7 @@ fn the_timeline_class_folds_javascript_events() {
         t.apply(message_event(1, 7, "helo").serialize(&ser).unwrap()).unwrap(),
         1.0
     );
-    let edit = pb::ConversationEvent {
-        conversation_id: 5,
-        seq: 2,
-        sender_user_id: 7,
-        body: Some(pb::conversation_event::Body::MessageEdited(pb::MessageEdited {
-            target_seq: 1,
-            text: "hello".into(),
-        })),
-        ..Default::default()
-    };
+    let edit = edit(2, 7, 1, "hello");
     assert_eq!(t.apply(edit.serialize(&ser).unwrap()).unwrap(), 1.0);
     assert_eq!(t.apply(reaction(3, 8, 1, "👍").serialize(&ser).unwrap()).unwrap(), 1.0);
     assert_eq!(t.apply(reaction(4, 8, 99, "👍").serialize(&ser).unwrap()).unwrap(), 0.0);

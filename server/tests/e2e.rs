@@ -575,23 +575,28 @@ async fn the_cli_registers_logs_in_sends_and_reads_history() {
         assert_eq!(cli(p, &register).await[0]["registered"], name);
         cli(p, &["login", name, "--password", PASSWORD]).await;
     }
-    let dm = cli(&a, &["dm", "bob"]).await[0]["conversation"]
+    let dm = cli(&a, &["dm", "bob"]).await[0]["conversationId"]
         .as_u64()
         .unwrap()
         .to_string();
     let sent = cli(&a, &["send", &dm, "hello", "bob"]).await;
     assert_eq!(sent[0]["seq"], 2);
     let history = cli(&b, &["history", &dm]).await;
-    let texts: Vec<&str> = history.iter().filter_map(|v| v["body"]["text"].as_str()).collect();
+    let texts: Vec<&str> = history
+        .iter()
+        .filter(|v| v["body"]["type"] == "message")
+        .filter_map(|v| v["body"]["text"].as_str())
+        .collect();
     assert_eq!(texts, vec!["hello bob"]);
     let convs = cli(&b, &["conversations"]).await;
     assert_eq!(convs[0]["name"], "alice");
-    assert_eq!(convs[0]["unread"], 1);
+    assert_eq!(convs[0]["unreadCount"], 1);
+    assert_eq!(convs[0]["kind"], "direct");
     // Bob reads; alice's CLI shows the read mark.
     cli(&b, &["read", &dm, "2"]).await;
     let status = cli(&a, &["status", &dm, "2"]).await;
     assert_eq!(
-        (status[0]["status"].as_str(), status[0]["read"].as_u64()),
+        (status[0]["state"].as_str(), status[0]["read"].as_u64()),
         (Some("read"), Some(1))
     );
     // Without a login the CLI refuses with a clear message, not a hang.

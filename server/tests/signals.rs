@@ -13,7 +13,7 @@ async fn fold(d: &mut Device, conv: ConversationId, upto: u64) -> (Vec<u64>, Tim
     let evs = events_upto(&mut d.events, conv, upto).await;
     let mut t = Timeline::new();
     evs.iter().for_each(|e| {
-        t.apply(e);
+        t.apply(&e.clone().into());
     });
     (evs.iter().map(|e| e.seq).collect(), t)
 }
@@ -85,7 +85,7 @@ async fn edits_deletes_and_reactions_reach_every_device_in_order_and_survive_a_r
     let page = a1.client.history(dm, HistoryAnchor::After(Seq(0)), 200).await.unwrap();
     let mut t = Timeline::new();
     page.events.iter().for_each(|e| {
-        t.apply(e);
+        t.apply(&e.clone().into());
     });
     assert_eq!(
         page.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
@@ -119,7 +119,7 @@ async fn replay_case(resume_window_secs: u32) -> bool {
             ClientEvent::Connected { resumed: r, .. } => resumed = Some(r),
             ClientEvent::Event(e) if e.conversation_id == dm.0 => {
                 seqs.push(e.seq);
-                t.apply(&e);
+                t.apply(&e.into());
             }
             _ => {}
         }

@@ -7,6 +7,8 @@
 //!   its response, so a request added here is one line in each SDK's API.
 //! - [`Router`]: the reply side of requests and sends: who is waiting for which response,
 //!   and which session events resolve a waiter instead of reaching the app.
+//! - [`model`]: the app-facing events and records every binding hands out as they are
+//!   (serde for JavaScript, uniffi derives for Kotlin/Swift/Python).
 //! - [`Reconnect`]: the reconnect policy as a sans-IO step — backoff, the server's pauses
 //!   (`GoAway`, `retry_after_ms`), reset on an established session, node rotation.
 //!
@@ -16,6 +18,7 @@
 mod reconnect;
 mod router;
 
+pub mod model;
 pub mod ops;
 
 pub use ops::{Call, HistoryAnchor, Unexpected};

@@ -4,7 +4,14 @@
 use super::*;
 
 /// Where one of this user's messages stands with the other members (PROTOCOL.md §5.10).
+/// Also an app-facing record ([`crate::client::model`]): JS `{ state: "read", … }`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "camelCase")
+)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct MessageStatus {
     /// The summary mark: sent (durable), delivered to all, read by all.
     pub state: DeliveryState,
@@ -16,8 +23,14 @@ pub struct MessageStatus {
     pub recipients: u32,
 }
 
-/// ✓ sent, ✓✓ delivered, read.
+/// ✓ sent, ✓✓ delivered, read. JS: `"sent"`, `"delivered"`, `"read"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "lowercase")
+)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
 pub enum DeliveryState {
     /// Durable on the server.
     Sent,

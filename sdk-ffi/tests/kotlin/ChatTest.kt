@@ -10,6 +10,7 @@ import kotlinx.coroutines.coroutineScope
 import kotlinx.coroutines.runBlocking
 import kotlinx.coroutines.withContext
 import uniffi.natter_ffi.*
+import uniffi.natter_protocol.*
 import kotlin.system.exitProcess
 
 val WAIT_MS = ((System.getenv("NATTER_WAIT_SECS") ?: "20").toDouble() * 1000).toLong()
@@ -196,6 +197,20 @@ suspend fun scenario() {
     val seqs = page.events.map { it.seq }
     check(seqs == (1uL..page.lastSeq).toList()) { "history is gap-free from 1, got $seqs" }
     val texts = page.events.mapNotNull { (it.body as? EventBody.Message)?.text }
+    // The timeline fold (the one the JS package and the web chat use) over the same page.
+    val timeline = Timeline()
+    val changed = page.events.map { timeline.apply(it) }
+    check(changed[(editSeq - 1uL).toInt()] == reply.seq) { "the edit changes the reply, got $changed" }
+    val folded = timeline.message(reply.seq)
+    check(folded != null && folded.text == "hi alice!" && folded.edited && !folded.deleted) {
+        "the reply as it stands after the edit, got $folded"
+    }
+    check(folded!!.reactions.map { Triple(it.emoji, it.count, it.userIds) } == listOf(Triple("👍", 1u, listOf(aliceId)))) {
+        "alice's reaction on the reply, got ${folded.reactions}"
+    }
+    check(timeline.messages().map { it.seq } == page.events.filter { it.body is EventBody.Message }.map { it.seq }) {
+        "the timeline holds every message of the page, in order"
+    }
     for (who in listOf("alice", "bob")) {
         val mine = texts.filter { it.startsWith("from $who ") }
         check(mine.sorted() == (0 until 5).map { "from $who $it" }) { "$who's sends stored once each: $mine" }

@@ -16,7 +16,8 @@ import sys
 import threading
 
 sys.path.insert(0, os.environ["NATTER_BINDINGS"])
-import natter_ffi as n  # noqa: E402
+import natter_ffi as n  # noqa: E402  (the client)
+import natter_protocol as m  # noqa: E402  (the app-facing model: events, records, codes)
 
 WAIT = float(os.environ.get("NATTER_WAIT_SECS", "20"))
 PREFIX = os.environ["NATTER_PREFIX"]
@@ -62,17 +63,17 @@ class Recorder(n.NatterListener):
         """(seq, text) of every message event of `conv`, in arrival order."""
         with self.cond:
             return [(e.event.seq, e.event.body.text) for e in self.events
-                    if isinstance(e, n.NatterEvent.EVENT) and e.event.conversation_id == conv
-                    and isinstance(e.event.body, n.EventBody.MESSAGE)]
+                    if isinstance(e, m.NatterEvent.EVENT) and e.event.conversation_id == conv
+                    and isinstance(e.event.body, m.EventBody.MESSAGE)]
 
 
 def is_message(conv, text):
-    return lambda e: (isinstance(e, n.NatterEvent.EVENT) and e.event.conversation_id == conv
-                      and isinstance(e.event.body, n.EventBody.MESSAGE) and e.event.body.text == text)
+    return lambda e: (isinstance(e, m.NatterEvent.EVENT) and e.event.conversation_id == conv
+                      and isinstance(e.event.body, m.EventBody.MESSAGE) and e.event.body.text == text)
 
 
 def is_receipt(conv, user, delivered=0, read=0):
-    return lambda e: (isinstance(e, n.NatterEvent.RECEIPT) and e.conversation_id == conv and e.user_id == user
+    return lambda e: (isinstance(e, m.NatterEvent.RECEIPT) and e.conversation_id == conv and e.user_id == user
                       and e.delivered_seq >= delivered and e.read_seq >= read)
 
 
@@ -111,9 +112,9 @@ async def main():
     bob_id = await bob.register(bob_name, "bob password")
     carol_id = await alice.register(carol_name, "carol password")
     await expect_error(n.NatterError.Server, bob.register(bob_name, "another password"),
-                       "a taken username", n.ErrorCode.USERNAME_TAKEN)
+                       "a taken username", m.ErrorCode.USERNAME_TAKEN)
     await expect_error(n.NatterError.Server, alice.login(alice_name, "wrong password", "phone"),
-                       "a wrong password", n.ErrorCode.INVALID_CREDENTIALS)
+                       "a wrong password", m.ErrorCode.INVALID_CREDENTIALS)
     try:
         n.NatterClient(n.ConnectOptions(address=os.environ["NATTER_ADDR"]))
         raise Failed("connect options without a certificate were accepted")
@@ -123,7 +124,7 @@ async def main():
     a_login = await alice.login(alice_name, "alice password", "alice's phone")
     b_login = await bob.login(bob_name, "bob password", "bob's phone")
     check(a_login.user_id == alice_id and b_login.user_id == bob_id, "login returns the registered user")
-    await a_events.wait_for(lambda e: isinstance(e, n.NatterEvent.CONNECTED) and e.user_id == alice_id,
+    await a_events.wait_for(lambda e: isinstance(e, m.NatterEvent.CONNECTED) and e.user_id == alice_id,
                             "a Connected event after login")
 
     # Chat: a DM, delivered through the listener, with ✓ → ✓✓ → read.
@@ -131,45 +132,45 @@ async def main():
     await expect_error(n.NatterError.InvalidInput, alice.send(dm, "", 0), "an empty message")
     await expect_error(n.NatterError.Server, bob.send(999_999, "to nowhere", 0),
                        "a send to a conversation that does not exist")
-    await a_events.wait_for(lambda e: isinstance(e, n.NatterEvent.EVENT) and e.event.conversation_id == dm
-                            and isinstance(e.event.body, n.EventBody.CREATED), "the DM's Created event")
+    await a_events.wait_for(lambda e: isinstance(e, m.NatterEvent.EVENT) and e.event.conversation_id == dm
+                            and isinstance(e.event.body, m.EventBody.CREATED), "the DM's Created event")
     ack = await alice.send(dm, "hello bob", 0)
     check(ack.seq == 2 and not ack.duplicate, f"first message acked at seq 2, got {ack}")
     got = await b_events.wait_for(is_message(dm, "hello bob"), "bob receives alice's message")
     check(got.event.sender_user_id == alice_id and got.event.seq == ack.seq, "sender and seq as acked")
     await a_events.wait_for(is_receipt(dm, bob_id, delivered=ack.seq), "a delivered receipt from bob")
     status = await alice.message_status(dm, ack.seq)
-    check(status is not None and status.state == n.DeliveryState.DELIVERED, f"delivered status, got {status}")
+    check(status is not None and status.state == m.DeliveryState.DELIVERED, f"delivered status, got {status}")
     await bob.mark_read(dm, ack.seq)
     await a_events.wait_for(is_receipt(dm, bob_id, read=ack.seq), "a read receipt from bob")
     status = await alice.message_status(dm, ack.seq)
-    check(status.state == n.DeliveryState.READ and status.read == 1, f"read status, got {status}")
+    check(status.state == m.DeliveryState.READ and status.read == 1, f"read status, got {status}")
 
     # ✓ only: carol never connects, so a message to her stays "sent".
     to_carol = (await alice.direct(carol_name)).conversation_id
-    await a_events.wait_for(lambda e: isinstance(e, n.NatterEvent.EVENT) and e.event.conversation_id == to_carol,
+    await a_events.wait_for(lambda e: isinstance(e, m.NatterEvent.EVENT) and e.event.conversation_id == to_carol,
                             "the DM with carol's Created event")
     carol_ack = await alice.send(to_carol, "are you there?", 0)
     status = await alice.message_status(to_carol, carol_ack.seq)
-    check(status is not None and status.state == n.DeliveryState.SENT, f"sent status, got {status}")
+    check(status is not None and status.state == m.DeliveryState.SENT, f"sent status, got {status}")
 
     # Typing, presence, reply, edit and reaction cross to the other side.
     alice.typing(dm)
-    await b_events.wait_for(lambda e: isinstance(e, n.NatterEvent.TYPING) and e.user_id == alice_id,
+    await b_events.wait_for(lambda e: isinstance(e, m.NatterEvent.TYPING) and e.user_id == alice_id,
                             "bob sees alice typing")
     seen = await bob.presence([alice_id])
-    check(len(seen) == 1 and seen[0].state == n.PresenceState.ONLINE, f"alice online for bob, got {seen}")
+    check(len(seen) == 1 and seen[0].state == m.PresenceState.ONLINE, f"alice online for bob, got {seen}")
     reply = await bob.send(dm, "hi alice", ack.seq)
     got = await a_events.wait_for(is_message(dm, "hi alice"), "alice receives bob's reply")
     check(got.event.body.reply_to_seq == ack.seq, "the reply points at alice's message")
     await alice.react(dm, reply.seq, "👍", False)
     edit_seq = await bob.edit(dm, reply.seq, "hi alice!")
-    await b_events.wait_for(lambda e: isinstance(e, n.NatterEvent.EVENT) and isinstance(e.event.body, n.EventBody.REACTION)
+    await b_events.wait_for(lambda e: isinstance(e, m.NatterEvent.EVENT) and isinstance(e.event.body, m.EventBody.REACTION)
                             and e.event.body.emoji == "👍", "bob sees the reaction")
-    await a_events.wait_for(lambda e: isinstance(e, n.NatterEvent.EVENT) and e.event.seq == edit_seq
-                            and isinstance(e.event.body, n.EventBody.MESSAGE_EDITED), "alice sees the edit")
+    await a_events.wait_for(lambda e: isinstance(e, m.NatterEvent.EVENT) and e.event.seq == edit_seq
+                            and isinstance(e.event.body, m.EventBody.MESSAGE_EDITED), "alice sees the edit")
     await expect_error(n.NatterError.Server, alice.edit(dm, reply.seq, "not mine"),
-                       "editing someone else's message", n.ErrorCode.FORBIDDEN)
+                       "editing someone else's message", m.ErrorCode.FORBIDDEN)
 
     # A dropped connection: alice is cut off by the server while both keep sending; she
     # resumes, her queued sends go out once, and both see every message once, in order.
@@ -180,8 +181,8 @@ async def main():
         await bob.send(dm, f"from bob {i}", 0)
     acks = await asyncio.gather(*sends)
     check(all(not a.duplicate for a in acks), "no alice send reported as a duplicate of another")
-    await a_events.wait_for(lambda e: isinstance(e, n.NatterEvent.DISCONNECTED), "alice sees the drop", mark)
-    resumed = await a_events.wait_for(lambda e: isinstance(e, n.NatterEvent.CONNECTED), "alice reconnects", mark)
+    await a_events.wait_for(lambda e: isinstance(e, m.NatterEvent.DISCONNECTED), "alice sees the drop", mark)
+    resumed = await a_events.wait_for(lambda e: isinstance(e, m.NatterEvent.CONNECTED), "alice reconnects", mark)
     check(resumed.resumed, "alice's session was resumed")
     for i in range(5):
         await a_events.wait_for(is_message(dm, f"from bob {i}"), f"alice receives 'from bob {i}'")
@@ -190,7 +191,19 @@ async def main():
     page = await alice.history(dm, n.HistoryAnchor.BEFORE(seq=0), 100)
     seqs = [e.seq for e in page.events]
     check(seqs == list(range(1, page.last_seq + 1)), f"history is gap-free from 1, got {seqs}")
-    texts = [e.body.text for e in page.events if isinstance(e.body, n.EventBody.MESSAGE)]
+    texts = [e.body.text for e in page.events if isinstance(e.body, m.EventBody.MESSAGE)]
+    # The timeline fold (the one the JS package and the web chat use) over the same page.
+    timeline = n.Timeline()
+    changed = [timeline.apply(e) for e in page.events]
+    check(changed[edit_seq - 1] == reply.seq, f"the edit changes the reply, got {changed[edit_seq - 1]}")
+    folded = timeline.message(reply.seq)
+    check(folded is not None and folded.text == "hi alice!" and folded.edited and not folded.deleted,
+          f"the reply as it stands after the edit, got {folded}")
+    check([(r.emoji, r.count, r.user_ids) for r in folded.reactions] == [("👍", 1, [alice_id])],
+          f"alice's reaction on the reply, got {folded.reactions}")
+    check([x.seq for x in timeline.messages()] == [e.seq for e in page.events
+                                                   if isinstance(e.body, m.EventBody.MESSAGE)],
+          "the timeline holds every message of the page, in order")
     for who in ("alice", "bob"):
         mine = [t for t in texts if t.startswith(f"from {who} ")]
         check(sorted(mine) == [f"from {who} {i}" for i in range(5)], f"{who}'s sends stored once each: {mine}")
@@ -211,7 +224,7 @@ async def main():
                                    cursors=snap.cursors))
     restored = Recorder("alice (restored)")
     a_sub = alice.subscribe(restored)
-    back = await restored.wait_for(lambda e: isinstance(e, n.NatterEvent.CONNECTED), "the restored client connects")
+    back = await restored.wait_for(lambda e: isinstance(e, m.NatterEvent.CONNECTED), "the restored client connects")
     check(back.resumed and back.device_id == a_login.device_id, f"restored the same session: {back}")
     await bob.send(dm, "welcome back", 0)
     await restored.wait_for(is_message(dm, "welcome back"), "the restored client receives new messages")

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use natter_sdk::proto::{self, conversation_event::Body};
+use natter_protocol::client::model::{self, Conversation, Device, Member, NatterEvent};
 use natter_sdk::{Client, ClientConfig, ClientEvent, ConversationId, DeviceId, HistoryAnchor, Seq, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -166,53 +166,18 @@ fn print(v: Value) {
     println!("{v}");
 }
 
-fn summary_json(s: &proto::ConversationSummary) -> Value {
-    json!({
-        "conversation": s.conversation_id,
-        "kind": match proto::ConversationKind::try_from(s.kind) {
-            Ok(proto::ConversationKind::Direct) => "direct",
-            Ok(proto::ConversationKind::Group) => "group",
-            Ok(proto::ConversationKind::Channel) => "channel",
-            _ => "unknown",
-        },
-        "name": s.name,
-        "last_seq": s.last_seq,
-        "unread": s.unread_count,
-        "members": s.member_count,
-        "last_message": s.last_message.as_ref().map(event_json),
-    })
+/// Print an app-facing record or event as JSON: the same shape the JS package hands out
+/// (natter-protocol's app-facing model), so scripts and pages read one format.
+fn print_record<T: Serialize>(v: &T) {
+    match serde_json::to_value(v) {
+        Ok(v) => print(v),
+        Err(e) => eprintln!("natter: cannot print: {e}"),
+    }
 }
 
-fn event_json(e: &proto::ConversationEvent) -> Value {
-    let mut v = json!({
-        "type": "event",
-        "conversation": e.conversation_id,
-        "seq": e.seq,
-        "from": e.sender_username,
-        "time_ms": e.server_time_ms,
-    });
-    let body = match &e.body {
-        Some(Body::Message(m)) => {
-            let b = m.body.clone().unwrap_or_default();
-            json!({"kind": "message", "text": b.text, "reply_to": b.reply_to_seq, "client_msg_id": m.client_msg_id})
-        }
-        Some(Body::Created(c)) => json!({"kind": "created", "name": c.name}),
-        Some(Body::MembersAdded(m)) => {
-            json!({"kind": "members_added", "users": m.members.iter().map(|m| &m.username).collect::<Vec<_>>()})
-        }
-        Some(Body::MemberRemoved(m)) => json!({"kind": "member_removed", "user": m.username, "left": m.left}),
-        Some(Body::Renamed(r)) => json!({"kind": "renamed", "name": r.name}),
-        Some(Body::RoleChanged(r)) => json!({"kind": "role_changed", "user_id": r.user_id, "role": r.role}),
-        Some(Body::Deleted(_)) => json!({"kind": "deleted"}),
-        Some(Body::MessageEdited(m)) => json!({"kind": "edited", "target": m.target_seq, "text": m.text}),
-        Some(Body::MessageDeleted(m)) => json!({"kind": "message_deleted", "target": m.target_seq}),
-        Some(Body::Reaction(r)) => {
-            json!({"kind": "reaction", "target": r.target_seq, "emoji": r.emoji, "added": r.added})
-        }
-        None => json!({"kind": "unknown"}),
-    };
-    v["body"] = body;
-    v
+/// A wire answer as its app-facing record.
+fn print_as<A, B: From<A> + Serialize>(v: A) {
+    print_record(&B::from(v));
 }
 
 #[tokio::main]
@@ -272,20 +237,18 @@ async fn run() -> anyhow::Result<()> {
         }
         Cmd::Devices => {
             for d in client.devices().await? {
-                print(
-                    json!({"device_id": d.device_id, "name": d.name, "current": d.current, "created_ms": d.created_ms}),
-                );
+                print_as::<_, Device>(d);
             }
         }
         Cmd::Conversations => {
             for s in client.conversations().await? {
-                print(summary_json(&s));
+                print_as::<_, Conversation>(s);
             }
         }
-        Cmd::Dm { username } => print(summary_json(&client.direct(&username).await?)),
+        Cmd::Dm { username } => print_as::<_, Conversation>(client.direct(&username).await?),
         Cmd::Group(GroupCmd::Create { name, members }) => {
             let names: Vec<&str> = members.iter().map(String::as_str).collect();
-            print(summary_json(&client.create_group(&name, &names).await?));
+            print_as::<_, Conversation>(client.create_group(&name, &names).await?);
         }
         Cmd::Group(GroupCmd::Add {
             conversation,
@@ -307,21 +270,16 @@ async fn run() -> anyhow::Result<()> {
             client.rename(conv(conversation), &name).await?;
             print(json!({"renamed": conversation, "name": name}));
         }
-        Cmd::Channel { name } => print(summary_json(&client.create_channel(&name).await?)),
-        Cmd::Join { name } => print(summary_json(&client.join_channel(&name).await?)),
+        Cmd::Channel { name } => print_as::<_, Conversation>(client.create_channel(&name).await?),
+        Cmd::Join { name } => print_as::<_, Conversation>(client.join_channel(&name).await?),
         Cmd::Members { conversation } => {
             for m in client.members(conv(conversation)).await? {
-                let role = match proto::Role::try_from(m.role) {
-                    Ok(proto::Role::Owner) => "owner",
-                    Ok(proto::Role::Admin) => "admin",
-                    _ => "member",
-                };
-                print(json!({"user_id": m.user_id, "username": m.username, "role": role}));
+                print_as::<_, Member>(m);
             }
         }
         Cmd::Send { conversation, text } => {
             let ack = client.send(conv(conversation), &text.join(" ")).await?;
-            print(json!({"sent": true, "conversation": conversation, "seq": ack.seq.0, "duplicate": ack.duplicate}));
+            print_as::<_, model::SendAck>(ack);
         }
         Cmd::History {
             conversation,
@@ -334,10 +292,11 @@ async fn run() -> anyhow::Result<()> {
                 (b, None) => HistoryAnchor::Before(Seq(b.unwrap_or(0))),
             };
             let page = client.history(conv(conversation), anchor, limit).await?;
+            let page = model::HistoryPage::from(page);
             for e in &page.events {
-                print(event_json(e));
+                print_record(e);
             }
-            print(json!({"has_more": page.has_more, "last_seq": page.last_seq}));
+            print(json!({"hasMore": page.has_more, "lastSeq": page.last_seq}));
         }
         Cmd::Edit {
             conversation,
@@ -364,17 +323,8 @@ async fn run() -> anyhow::Result<()> {
             // Authenticated first: the receipts arrive with the conversation list.
             client.conversations().await?;
             match client.message_status(conv(conversation), Seq(seq)).await? {
-                Some(st) => {
-                    let mark = match st.state {
-                        natter_sdk::DeliveryState::Sent => "sent",
-                        natter_sdk::DeliveryState::Delivered => "delivered",
-                        natter_sdk::DeliveryState::Read => "read",
-                    };
-                    print(
-                        json!({"seq": seq, "status": mark, "delivered": st.delivered, "read": st.read, "of": st.recipients}),
-                    )
-                }
-                None => print(json!({"seq": seq, "status": "unknown"})),
+                Some(st) => print_record(&st),
+                None => print(json!({"state": "unknown"})),
             }
         }
         Cmd::Typing { conversation } => {
@@ -391,49 +341,11 @@ async fn run() -> anyhow::Result<()> {
         }
         Cmd::Listen => loop {
             let Some(ev) = events.next().await else { break };
-            match ev {
-                ClientEvent::Event(e) => print(event_json(&e)),
-                ClientEvent::Connected { username, resumed, .. } => {
-                    print(json!({"type": "connected", "user": username, "resumed": resumed}))
-                }
-                ClientEvent::Disconnected { reason } => print(json!({"type": "disconnected", "reason": reason})),
-                ClientEvent::Conversations(list) => print(
-                    json!({"type": "conversations", "conversations": list.iter().map(summary_json).collect::<Vec<_>>()}),
-                ),
-                ClientEvent::AuthFailed(e) => bail!("authentication failed: {e}"),
-                ClientEvent::Receipt {
-                    conversation_id,
-                    user_id,
-                    delivered_seq,
-                    read_seq,
-                } => print(json!({
-                    "type": "receipt", "conversation": conversation_id.0, "user_id": user_id.0,
-                    "delivered": delivered_seq.0, "read": read_seq.0,
-                })),
-                ClientEvent::Presence(p) => print(json!({
-                    "type": "presence", "user": p.username, "user_id": p.user_id,
-                    "state": match proto::PresenceState::try_from(p.state) {
-                        Ok(proto::PresenceState::Online) => "online",
-                        Ok(proto::PresenceState::Away) => "away",
-                        _ => "offline",
-                    },
-                    "last_seen_ms": p.last_seen_ms,
-                })),
-                ClientEvent::Typing {
-                    conversation_id,
-                    username,
-                    ..
-                } => print(json!({"type": "typing", "conversation": conversation_id.0, "user": username})),
-                ClientEvent::TypingStopped {
-                    conversation_id,
-                    user_id,
-                } => print(json!({"type": "typing_stopped", "conversation": conversation_id.0, "user_id": user_id.0})),
-                ClientEvent::Unread {
-                    conversation_id,
-                    unread_count,
-                    ..
-                } => print(json!({"type": "unread", "conversation": conversation_id.0, "unread": unread_count})),
-                other => print(json!({"type": "other", "debug": format!("{other:?}")})),
+            if let ClientEvent::AuthFailed(e) = &ev {
+                bail!("authentication failed: {e}");
+            }
+            if let Some(app) = NatterEvent::from_session(ev) {
+                print_record(&app);
             }
         },
     }

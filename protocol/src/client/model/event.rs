@@ -1,0 +1,206 @@
+//! [`NatterEvent`]: what the app hears, in the shape every binding shows it, and the one
+//! mapping from the session's [`SessionEvent`] to it.
+use super::{Conversation, ConversationEvent, ErrorInfo, Presence};
+use crate::session::SessionEvent;
+
+/// What the app hears: from natter-ffi's `NatterListener.onEvent`, from natter-wasm's
+/// `onEvent` / `nextEvent()` (`{ type: "connected", userId, … }`), and from
+/// [`NatterEvent::from_session`] in Rust.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")
+)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
+pub enum NatterEvent {
+    /// Authenticated on a (re)connection. `resumed`: the earlier session continued (nothing
+    /// to re-sync). Show "connected".
+    Connected {
+        /// Who.
+        user_id: u64,
+        /// Username.
+        username: String,
+        /// This device.
+        device_id: u64,
+        /// The session was resumed.
+        resumed: bool,
+    },
+    /// The connection is gone; the client is reconnecting by itself (sends wait in the
+    /// outbox). Show "reconnecting…".
+    Disconnected {
+        /// Why, for logs.
+        reason: String,
+    },
+    /// The access token was refused: log in again.
+    AuthFailed {
+        /// Why.
+        error: ErrorInfo,
+    },
+    /// After a (non-resumed) connect: every conversation of the user.
+    Conversations {
+        /// The list.
+        conversations: Vec<Conversation>,
+    },
+    /// A conversation event: exactly once, in seq order per conversation.
+    Event {
+        /// The event.
+        event: ConversationEvent,
+    },
+    /// A member's cursors moved: refresh message status.
+    Receipt {
+        /// Where.
+        conversation_id: u64,
+        /// Whose.
+        user_id: u64,
+        /// Delivered up to.
+        delivered_seq: u64,
+        /// Read up to.
+        read_seq: u64,
+    },
+    /// Your unread count changed (any of your devices).
+    Unread {
+        /// Where.
+        conversation_id: u64,
+        /// Your read cursor.
+        read_seq: u64,
+        /// Unread messages.
+        unread_count: u32,
+    },
+    /// A contact's presence changed.
+    PresenceChanged {
+        /// The new presence.
+        presence: Presence,
+    },
+    /// Someone is typing.
+    Typing {
+        /// Where.
+        conversation_id: u64,
+        /// Who.
+        user_id: u64,
+        /// Their username.
+        username: String,
+    },
+    /// A typing indicator expired.
+    TypingStopped {
+        /// Where.
+        conversation_id: u64,
+        /// Who.
+        user_id: u64,
+    },
+    /// Your typing notice was refused.
+    TypingRejected {
+        /// Where.
+        conversation_id: u64,
+        /// Why.
+        error: ErrorInfo,
+    },
+    /// A send nobody was awaiting (e.g. one restored from a snapshot) was refused for good.
+    SendFailed {
+        /// Where.
+        conversation_id: u64,
+        /// Which.
+        client_msg_id: String,
+        /// Why.
+        error: ErrorInfo,
+    },
+    /// The server is draining; the client reconnects after the delay.
+    GoAway {
+        /// Why.
+        reason: String,
+        /// Suggested delay.
+        reconnect_after_ms: u32,
+    },
+    /// The server closed the connection with an error; the client reconnects.
+    ConnectionError {
+        /// Why.
+        error: ErrorInfo,
+    },
+}
+
+impl NatterEvent {
+    /// The app's view of a session event; `None` for those an SDK consumes itself (the
+    /// handshake, responses and acks, which resolve the caller's request instead).
+    pub fn from_session(ev: SessionEvent) -> Option<Self> {
+        Some(match ev {
+            SessionEvent::Connected {
+                user_id,
+                username,
+                device_id,
+                resumed,
+            } => NatterEvent::Connected {
+                user_id: user_id.0,
+                username,
+                device_id: device_id.0,
+                resumed,
+            },
+            SessionEvent::Disconnected { reason } => NatterEvent::Disconnected { reason },
+            SessionEvent::AuthFailed(e) => NatterEvent::AuthFailed { error: (&e).into() },
+            SessionEvent::Conversations(list) => NatterEvent::Conversations {
+                conversations: super::list(list),
+            },
+            SessionEvent::Event(e) => NatterEvent::Event { event: e.into() },
+            SessionEvent::Receipt {
+                conversation_id,
+                user_id,
+                delivered_seq,
+                read_seq,
+            } => NatterEvent::Receipt {
+                conversation_id: conversation_id.0,
+                user_id: user_id.0,
+                delivered_seq: delivered_seq.0,
+                read_seq: read_seq.0,
+            },
+            SessionEvent::Unread {
+                conversation_id,
+                read_seq,
+                unread_count,
+            } => NatterEvent::Unread {
+                conversation_id: conversation_id.0,
+                read_seq: read_seq.0,
+                unread_count,
+            },
+            SessionEvent::Presence(p) => NatterEvent::PresenceChanged { presence: p.into() },
+            SessionEvent::Typing {
+                conversation_id,
+                user_id,
+                username,
+            } => NatterEvent::Typing {
+                conversation_id: conversation_id.0,
+                user_id: user_id.0,
+                username,
+            },
+            SessionEvent::TypingStopped {
+                conversation_id,
+                user_id,
+            } => NatterEvent::TypingStopped {
+                conversation_id: conversation_id.0,
+                user_id: user_id.0,
+            },
+            SessionEvent::TypingRejected { conversation_id, error } => NatterEvent::TypingRejected {
+                conversation_id: conversation_id.0,
+                error: (&error).into(),
+            },
+            SessionEvent::SendFailed {
+                client_msg_id,
+                conversation_id,
+                error,
+            } => NatterEvent::SendFailed {
+                conversation_id: conversation_id.0,
+                client_msg_id: client_msg_id.0,
+                error: (&error).into(),
+            },
+            SessionEvent::GoAway {
+                reason,
+                reconnect_after_ms,
+            } => NatterEvent::GoAway {
+                reason,
+                reconnect_after_ms,
+            },
+            SessionEvent::ConnectionError(e) => NatterEvent::ConnectionError { error: (&e).into() },
+            SessionEvent::Welcomed { .. } | SessionEvent::SendAcked { .. } | SessionEvent::Response { .. } => {
+                return None
+            }
+        })
+    }
+}

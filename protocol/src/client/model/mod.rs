@@ -1,0 +1,577 @@
+//! The app-facing model: what every SDK hands to the app — the events of
+//! [`NatterEvent`] and the records requests answer with — defined once, here. Plain data
+//! with typed bodies and enums; ids are plain `u64`s (foreign languages have no newtypes).
+//!
+//! The bindings use these types as they are, with no mirror of their own:
+//! - **JavaScript** (natter-wasm) sees them through serde: camelCase fields, tagged unions
+//!   with a `type` field (`{ type: "event", event: { body: { type: "message", text } } }`),
+//!   enums as strings (`"RATE_LIMITED"`, `"group"`, `"online"`).
+//! - **Kotlin, Swift and Python** (natter-ffi) see them through uniffi derives behind the
+//!   `uniffi` feature; they land in the bindings' `natter_protocol` module.
+//!
+//! A new event or record field is added here once and reaches Rust, JS and the generated
+//! bindings alike. The conversions from the wire types ([`crate::pb`]) and from
+//! [`crate::SessionEvent`] live here too; the app never sees the wire types.
+mod event;
+#[cfg(test)]
+mod tests;
+
+pub use event::NatterEvent;
+
+use crate::client::SendAck as CoreSendAck;
+use crate::error::ServerError;
+use crate::pb;
+use crate::timeline::MessageView;
+
+/// Mirrors a wire enum for the app (with conversions both ways): the wire type is prost's
+/// `i32` enum, which neither serde's JS names nor uniffi know.
+macro_rules! app_enum {
+    ($(#[$doc:meta])* $name:ident from $pb:ty, serde $case:literal { $($(#[$vdoc:meta])* $variant:ident),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize), serde(rename_all = $case))]
+        #[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
+        // The variants are the wire enum's; spec/natter.proto documents each.
+        #[allow(missing_docs)]
+        pub enum $name { $($(#[$vdoc])* $variant),+ }
+
+        impl From<$pb> for $name {
+            fn from(v: $pb) -> Self {
+                match v { $(<$pb>::$variant => $name::$variant),+ }
+            }
+        }
+
+        impl From<$name> for $pb {
+            fn from(v: $name) -> Self {
+                match v { $($name::$variant => <$pb>::$variant),+ }
+            }
+        }
+    };
+}
+
+app_enum!(
+    /// Why the server refused something (PROTOCOL.md §8). JS: `"RATE_LIMITED"`, ….
+    ErrorCode from pb::ErrorCode, serde "SCREAMING_SNAKE_CASE" {
+        /// Not set.
+        Unspecified, BadRequest, Unauthenticated, Forbidden, NotFound, Conflict, TooLarge,
+        LimitExceeded, RateLimited, Internal, UnsupportedVersion, UnknownFrame, MalformedFrame,
+        FrameTooLarge, UsernameTaken, InvalidCredentials, NotMember, TextTooLong,
+        UnknownRequest, ShuttingDown, HandshakeRequired, TokenRevoked, NameTaken,
+    }
+);
+app_enum!(
+    /// Direct, group or channel. JS: `"direct"`, `"group"`, `"channel"`.
+    ConversationKind from pb::ConversationKind, serde "lowercase" { Unspecified, Direct, Group, Channel }
+);
+app_enum!(
+    /// A member's role. JS: `"member"`, `"admin"`, `"owner"`.
+    Role from pb::Role, serde "lowercase" { Unspecified, Member, Admin, Owner }
+);
+app_enum!(
+    /// Online, away, offline. JS: `"online"`, `"away"`, `"offline"`.
+    PresenceState from pb::PresenceState, serde "lowercase" { Unspecified, Online, Away, Offline }
+);
+
+/// Why the server refused something, as events carry it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "camelCase")
+)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+pub struct ErrorInfo {
+    /// The typed reason.
+    pub code: ErrorCode,
+    /// Human-readable detail for logs; never parse it.
+    pub message: String,
+    /// For rate limits and drains: when to try again (0: no hint).
+    pub retry_after_ms: u32,
+}
+
+impl From<&ServerError> for ErrorInfo {
+    fn from(e: &ServerError) -> Self {
+        ErrorInfo {
+            code: e.code.into(),
+            message: e.message.clone(),
+            retry_after_ms: e.retry_after_ms,
+        }
+    }
+}
+
+/// A conversation member.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "camelCase")
+)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+pub struct Member {
+    /// Their id.
+    pub user_id: u64,
+    /// Their username.
+    pub username: String,
+    /// Their role.
+    pub role: Role,
+    /// The seq of the event that made them a member.
+    pub joined_seq: u64,
+}
+
+/// A member's delivered and read cursors.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "camelCase")
+)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+pub struct MemberReceipt {
+    /// Whose.
+    pub user_id: u64,
+    /// Everything up to here reached one of their devices.
+    pub delivered_seq: u64,
+    /// Everything up to here is read.
+    pub read_seq: u64,
+}
+
+/// A conversation as the conversation list shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "camelCase")
+)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+pub struct Conversation {
+    /// Its id.
+    pub conversation_id: u64,
+    /// Direct, group or channel.
+    pub kind: ConversationKind,
+    /// Group/channel name; for a direct conversation the other user's username.
+    pub name: String,
+    /// Newest seq (0: empty).
+    pub last_seq: u64,
+    /// The seq that made the caller a member.
+    pub joined_seq: u64,
+    /// The caller's read cursor.
+    pub read_seq: u64,
+    /// Messages from others after `read_seq` (capped at 1000).
+    pub unread_count: u32,
+    /// The caller's role.
+    pub my_role: Role,
+    /// How many members.
+    pub member_count: u32,
+    /// The newest message, for the preview line.
+    pub last_message: Option<ConversationEvent>,
+    /// Every member's cursors (direct conversations and groups).
+    pub receipts: Vec<MemberReceipt>,
+}
+
+/// One event of a conversation: a message, or a change to the conversation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "camelCase")
+)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+pub struct ConversationEvent {
+    /// Where.
+    pub conversation_id: u64,
+    /// Its position: gap-free from 1.
+    pub seq: u64,
+    /// Who.
+    pub sender_user_id: u64,
+    /// Their username.
+    pub sender_username: String,
+    /// From which of their devices.
+    pub sender_device_id: u64,
+    /// Commit time (ms since the epoch).
+    pub server_time_ms: u64,
+    /// What happened.
+    pub body: EventBody,
+}
+
+/// What a [`ConversationEvent`] says. JS: `{ type: "message", clientMsgId, text, replyToSeq }`, ….
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")
+)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
+pub enum EventBody {
+    /// A message.
+    Message {
+        /// The sender's idempotency key.
+        client_msg_id: String,
+        /// Its text.
+        text: String,
+        /// The message it answers, 0 for none.
+        reply_to_seq: u64,
+    },
+    /// The conversation was created with these members.
+    Created {
+        /// Kind.
+        kind: ConversationKind,
+        /// Name.
+        name: String,
+        /// Initial members.
+        members: Vec<Member>,
+    },
+    /// Members joined or were added.
+    MembersAdded {
+        /// Who.
+        members: Vec<Member>,
+    },
+    /// A member left or was removed.
+    MemberRemoved {
+        /// Who.
+        user_id: u64,
+        /// Their username.
+        username: String,
+        /// They left by themselves.
+        left: bool,
+    },
+    /// Renamed.
+    Renamed {
+        /// The new name.
+        name: String,
+    },
+    /// A member's role changed.
+    RoleChanged {
+        /// Whose.
+        user_id: u64,
+        /// The new role.
+        role: Role,
+    },
+    /// The conversation was deleted.
+    Deleted,
+    /// The message at `target_seq` now reads `text`.
+    MessageEdited {
+        /// Which.
+        target_seq: u64,
+        /// New text.
+        text: String,
+    },
+    /// The message at `target_seq` was deleted.
+    MessageDeleted {
+        /// Which.
+        target_seq: u64,
+    },
+    /// The sender added or removed a reaction.
+    Reaction {
+        /// On which message.
+        target_seq: u64,
+        /// The emoji.
+        emoji: String,
+        /// Added (true) or removed.
+        added: bool,
+    },
+    /// An event kind this version does not know (a newer server).
+    #[cfg_attr(feature = "serde", serde(other))]
+    Unknown,
+}
+
+/// A page of history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "camelCase")
+)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+pub struct HistoryPage {
+    /// Where.
+    pub conversation_id: u64,
+    /// Oldest first.
+    pub events: Vec<ConversationEvent>,
+    /// More exist in the direction asked.
+    pub has_more: bool,
+    /// The conversation's newest seq.
+    pub last_seq: u64,
+}
+
+/// A message is durable on the server ("sent", ✓).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "camelCase")
+)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+pub struct SendAck {
+    /// Where.
+    pub conversation_id: u64,
+    /// Its seq.
+    pub seq: u64,
+    /// Commit time.
+    pub server_time_ms: u64,
+    /// It had been committed before (a retry of an earlier send).
+    pub duplicate: bool,
+    /// The idempotency key.
+    pub client_msg_id: String,
+}
+
+/// A user's presence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "camelCase")
+)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+pub struct Presence {
+    /// Who.
+    pub user_id: u64,
+    /// Their username.
+    pub username: String,
+    /// Online, away or offline.
+    pub state: PresenceState,
+    /// When last online (0: hidden or unknown).
+    pub last_seen_ms: u64,
+}
+
+/// One of the user's devices.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "camelCase")
+)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+pub struct Device {
+    /// Its id.
+    pub device_id: u64,
+    /// Its name.
+    pub name: String,
+    /// When it logged in (ms since the epoch).
+    pub created_ms: u64,
+    /// When it was last connected.
+    pub last_seen_ms: u64,
+    /// This is the calling device.
+    pub current: bool,
+}
+
+/// One message of a [`crate::timeline::Timeline`] as it stands after every event so far.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "camelCase")
+)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+pub struct Message {
+    /// Its seq.
+    pub seq: u64,
+    /// Who sent it.
+    pub sender_user_id: u64,
+    /// Their username.
+    pub sender_username: String,
+    /// Current text (empty once deleted).
+    pub text: String,
+    /// The message it answers, 0 for none.
+    pub reply_to_seq: u64,
+    /// Commit time of the original (ms since the epoch).
+    pub server_time_ms: u64,
+    /// Edited at least once.
+    pub edited: bool,
+    /// Deleted (a tombstone).
+    pub deleted: bool,
+    /// Reactions, most used first.
+    pub reactions: Vec<Reaction>,
+}
+
+/// One emoji on a message and who reacted with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "camelCase")
+)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+pub struct Reaction {
+    /// The emoji.
+    pub emoji: String,
+    /// How many reacted with it.
+    pub count: u32,
+    /// Who, by id.
+    pub user_ids: Vec<u64>,
+}
+
+impl From<pb::Member> for Member {
+    fn from(m: pb::Member) -> Self {
+        Member {
+            role: m.role().into(),
+            user_id: m.user_id,
+            username: m.username,
+            joined_seq: m.joined_seq,
+        }
+    }
+}
+
+impl From<pb::MemberReceipt> for MemberReceipt {
+    fn from(r: pb::MemberReceipt) -> Self {
+        MemberReceipt {
+            user_id: r.user_id,
+            delivered_seq: r.delivered_seq,
+            read_seq: r.read_seq,
+        }
+    }
+}
+
+impl From<pb::ConversationSummary> for Conversation {
+    fn from(c: pb::ConversationSummary) -> Self {
+        Conversation {
+            kind: c.kind().into(),
+            my_role: c.my_role().into(),
+            conversation_id: c.conversation_id,
+            name: c.name,
+            last_seq: c.last_seq,
+            joined_seq: c.joined_seq,
+            read_seq: c.read_seq,
+            unread_count: c.unread_count,
+            member_count: c.member_count,
+            last_message: c.last_message.map(ConversationEvent::from),
+            receipts: list(c.receipts),
+        }
+    }
+}
+
+/// A list of wire records as app records.
+pub fn list<A, B: From<A>>(items: Vec<A>) -> Vec<B> {
+    items.into_iter().map(B::from).collect()
+}
+
+impl From<pb::conversation_event::Body> for EventBody {
+    fn from(b: pb::conversation_event::Body) -> Self {
+        use pb::conversation_event::Body as B;
+        match b {
+            B::Message(m) => {
+                let body = m.body.unwrap_or_default();
+                EventBody::Message {
+                    client_msg_id: m.client_msg_id,
+                    text: body.text,
+                    reply_to_seq: body.reply_to_seq,
+                }
+            }
+            B::Created(c) => EventBody::Created {
+                kind: c.kind().into(),
+                name: c.name,
+                members: list(c.members),
+            },
+            B::MembersAdded(m) => EventBody::MembersAdded {
+                members: list(m.members),
+            },
+            B::MemberRemoved(m) => EventBody::MemberRemoved {
+                user_id: m.user_id,
+                username: m.username,
+                left: m.left,
+            },
+            B::Renamed(r) => EventBody::Renamed { name: r.name },
+            B::RoleChanged(r) => EventBody::RoleChanged {
+                role: r.role().into(),
+                user_id: r.user_id,
+            },
+            B::Deleted(_) => EventBody::Deleted,
+            B::MessageEdited(e) => EventBody::MessageEdited {
+                target_seq: e.target_seq,
+                text: e.text,
+            },
+            B::MessageDeleted(d) => EventBody::MessageDeleted {
+                target_seq: d.target_seq,
+            },
+            B::Reaction(r) => EventBody::Reaction {
+                target_seq: r.target_seq,
+                emoji: r.emoji,
+                added: r.added,
+            },
+        }
+    }
+}
+
+impl From<pb::ConversationEvent> for ConversationEvent {
+    fn from(e: pb::ConversationEvent) -> Self {
+        ConversationEvent {
+            conversation_id: e.conversation_id,
+            seq: e.seq,
+            sender_user_id: e.sender_user_id,
+            sender_username: e.sender_username,
+            sender_device_id: e.sender_device_id,
+            server_time_ms: e.server_time_ms,
+            body: e.body.map_or(EventBody::Unknown, EventBody::from),
+        }
+    }
+}
+
+impl From<pb::HistoryPage> for HistoryPage {
+    fn from(h: pb::HistoryPage) -> Self {
+        HistoryPage {
+            conversation_id: h.conversation_id,
+            events: list(h.events),
+            has_more: h.has_more,
+            last_seq: h.last_seq,
+        }
+    }
+}
+
+impl From<pb::PresenceUpdate> for Presence {
+    fn from(p: pb::PresenceUpdate) -> Self {
+        Presence {
+            state: p.state().into(),
+            user_id: p.user_id,
+            username: p.username,
+            last_seen_ms: p.last_seen_ms,
+        }
+    }
+}
+
+impl From<pb::Device> for Device {
+    fn from(d: pb::Device) -> Self {
+        Device {
+            device_id: d.device_id,
+            name: d.name,
+            created_ms: d.created_ms,
+            last_seen_ms: d.last_seen_ms,
+            current: d.current,
+        }
+    }
+}
+
+impl From<CoreSendAck> for SendAck {
+    fn from(a: CoreSendAck) -> Self {
+        SendAck {
+            conversation_id: a.conversation_id.0,
+            seq: a.seq.0,
+            server_time_ms: a.server_time_ms,
+            duplicate: a.duplicate,
+            client_msg_id: a.client_msg_id.0,
+        }
+    }
+}
+
+impl From<&MessageView> for Message {
+    fn from(m: &MessageView) -> Self {
+        let reactions = m
+            .reaction_counts()
+            .into_iter()
+            .map(|(emoji, count)| Reaction {
+                user_ids: m.reactions[&emoji].iter().map(|u| u.0).collect(),
+                emoji,
+                count: u32::try_from(count).unwrap_or(u32::MAX),
+            })
+            .collect();
+        Message {
+            seq: m.seq.0,
+            sender_user_id: m.sender.0,
+            sender_username: m.sender_username.clone(),
+            text: m.text.clone(),
+            reply_to_seq: m.reply_to.0,
+            server_time_ms: m.server_time_ms,
+            edited: m.edited,
+            deleted: m.deleted,
+            reactions,
+        }
+    }
+}
