@@ -27,7 +27,10 @@ impl ServerError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self.code,
-            pb::ErrorCode::Internal | pb::ErrorCode::RateLimited | pb::ErrorCode::ShuttingDown
+            pb::ErrorCode::Internal
+                | pb::ErrorCode::RateLimited
+                | pb::ErrorCode::ShuttingDown
+                | pb::ErrorCode::StorageUnavailable
         )
     }
 }

@@ -66,7 +66,13 @@ pub struct RunningServer {
 pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
     let (store, redis): (Arc<dyn Store>, Option<RedisConn>) = match config.storage {
-        Storage::Sled => (Arc::new(SledStore::open(&config.data_dir.join("db"))?), None),
+        Storage::Sled => (
+            Arc::new(SledStore::open_with_reserve(
+                &config.data_dir.join("db"),
+                config.disk_reserve_bytes,
+            )?),
+            None,
+        ),
         Storage::Redis => {
             let conn = RedisConn::connect(&config.redis_urls, config.redis_cluster)
                 .await

@@ -84,6 +84,11 @@ pub struct Config {
     pub advertise: Option<String>,
     /// Seconds a draining node (SIGTERM) waits for its clients to move before closing.
     pub drain_secs: u64,
+    /// Free disk space (bytes) the embedded store keeps in reserve: below it writes are
+    /// refused with `STORAGE_UNAVAILABLE` and reads go on (PROTOCOL.md §6). Unset: 5 % of
+    /// the file system, 1–256 MiB. 0 turns the reserve off (then a full disk reaches sled,
+    /// which needs a restart after a failed write — tests only).
+    pub disk_reserve_bytes: Option<u64>,
 }
 
 /// The storage backend.
@@ -135,6 +140,7 @@ impl Default for Config {
             node_id: String::new(),
             advertise: None,
             drain_secs: 10,
+            disk_reserve_bytes: None,
         }
     }
 }

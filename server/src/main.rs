@@ -52,6 +52,10 @@ struct Args {
     /// This node's id (default: host name and process id).
     #[arg(long, env = "NATTER_NODE_ID")]
     node_id: Option<String>,
+    /// Free disk space (bytes) the embedded store keeps in reserve (default: 5 % of the
+    /// disk, 1–256 MiB; 0: none).
+    #[arg(long, env = "NATTER_DISK_RESERVE_BYTES")]
+    disk_reserve_bytes: Option<u64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -77,6 +81,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(v) = args.shards {
         config.shards = v;
+    }
+    if let Some(v) = args.disk_reserve_bytes {
+        config.disk_reserve_bytes = Some(v);
     }
     if let Some(v) = args.resume_window_secs {
         config.resume_window_secs = v;

@@ -222,6 +222,10 @@ async fn forged_and_foreign_resume_tokens_never_resume_someone_elses_session() {
     let alice = user(&s, "alice").await;
     let bob = user(&s, "bob").await;
     let alice_resume = alice.client.snapshot().await.unwrap().resume_token.unwrap();
+    // Bob's own client steps aside: the raw connections below authenticate as his device,
+    // and a live session of the same device would take it back (closing them) the moment
+    // it reconnected.
+    bob.client.shutdown().await;
     let auth = |token: &str, resume: &str| {
         Op::Authenticate(pb::Authenticate {
             access_token: token.into(),

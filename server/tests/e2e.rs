@@ -4,8 +4,7 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use common::*;
 use natter_protocol::pb::{self, frame::Kind, request::Op, response::Result as Res, ErrorCode};
@@ -265,40 +264,6 @@ async fn a_server_restart_is_healed_by_cursor_sync() {
         "nothing lost, nothing doubled"
     );
     s.shutdown().await;
-}
-
-struct ServerProcess {
-    child: Child,
-    /// Held so the server's stdout stays open.
-    _stdout: std::io::Lines<BufReader<std::process::ChildStdout>>,
-    addr: std::net::SocketAddr,
-    fingerprint: String,
-}
-
-fn spawn_server_binary(dir: &std::path::Path, listen: &str) -> ServerProcess {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_natter-server"))
-        .args(["--data-dir", dir.to_str().unwrap(), "--listen", listen, "--log", "warn"])
-        .args(["--web-listen", "127.0.0.1:0", "--webtransport-listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("server binary starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = lines
-        .next()
-        .unwrap()
-        .unwrap()
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let fingerprint = lines.next().unwrap().unwrap().rsplit(' ').next().unwrap().to_string();
-    ServerProcess {
-        child,
-        _stdout: lines,
-        addr,
-        fingerprint,
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod memory;
 pub mod redis_store;
+mod sled_health;
 pub mod sled_store;
 #[cfg(test)]
 pub mod suite;
@@ -68,6 +69,10 @@ pub enum StoreError {
     /// Stored data could not be read back.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// The backend cannot make writes durable now (disk full, I/O error, unreachable or
+    /// read-only): nothing of the write was acknowledged; retry later.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
     /// `commit` only: these conversations had moved on (another node committed first), so
     /// their commits were not applied; every other conversation's commits were.
     #[error("conversations changed concurrently: {0:?}")]
@@ -82,6 +87,12 @@ impl From<StoreError> for natter_protocol::ServerError {
             StoreError::UsernameTaken => {
                 natter_protocol::ServerError::new(pb::ErrorCode::UsernameTaken, "username is taken")
             }
+            // Logged once by the backend when it goes down, not once per refused request.
+            StoreError::Unavailable(_) => natter_protocol::ServerError {
+                code: pb::ErrorCode::StorageUnavailable,
+                message: "storage unavailable: writes are refused until it is writable again".into(),
+                retry_after_ms: sled_health::RETRY_AFTER_MS,
+            },
             other => crate::error::internal(&other),
         }
     }

@@ -8,7 +8,13 @@
 //! `dm/<a><b>` direct pair · `ch/<name>` channel name · `r/<user><conv>` read cursor ·
 //! `ms/<conv><seq>` message state (edits, deletes, reactions) · `dl/<user><conv>` delivered cursor ·
 //! `p/<user>` presence record (privacy, last seen).
+//!
+//! Disk failures are [`super::sled_health`]'s: a failed write takes the store down
+//! (writes refused with `Unavailable`, reads from the database as reopened from disk) until
+//! the disk takes writes again. Every write therefore goes through [`SledStore::write`].
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use natter_protocol::pb;
@@ -16,13 +22,23 @@ use natter_protocol::{ConversationId, DeviceId, Seq, UserId};
 use prost::Message;
 use serde::{de::DeserializeOwned, Serialize};
 
+use super::sled_health::{Handles, Health, View};
 use super::*;
+
+/// A flush that has not returned by then counts as failed (sled can wait forever on a log
+/// that will never become stable).
+const FLUSH_DEADLINE: Duration = Duration::from_secs(10);
+
+/// What a write of a record or two may take on disk, for the free-space check.
+const SMALL_WRITE: u64 = 64 * 1024;
+
+/// How long a read waits for a reopening store before it answers `Unavailable`.
+const REOPEN_READ_WAIT: Duration = Duration::from_millis(500);
 
 /// sled-backed [`Store`].
 #[derive(Debug, Clone)]
 pub struct SledStore {
-    db: sled::Db,
-    tree: sled::Tree,
+    health: Arc<Health>,
 }
 
 fn key(prefix: &[u8], parts: &[&[u8]]) -> Vec<u8> {
@@ -53,9 +69,7 @@ fn dec<T: DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(b).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-fn backend(e: sled::Error) -> StoreError {
-    StoreError::Backend(e.to_string())
-}
+use super::sled_health::sled_error as backend;
 
 fn event_key(conv: ConversationId, seq: Seq) -> Vec<u8> {
     key(b"e/", &[&be(conv.0), &be(seq.0)])
@@ -66,46 +80,114 @@ fn decode_event(b: &[u8]) -> Result<pb::ConversationEvent, StoreError> {
 }
 
 impl SledStore {
-    /// Open (or create) a store in `dir`.
+    /// Open (or create) a store in `dir`, with the default free-space reserve.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .flush_every_ms(Some(500))
-            .open()
-            .map_err(backend)?;
-        let tree = db.open_tree("natter").map_err(backend)?;
-        Ok(Self { db, tree })
+        Self::open_with_reserve(dir, None)
     }
 
-    /// Make every write so far durable. Runs sled's synchronous flush on a blocking thread
-    /// rather than `flush_async`, whose pool can hold the database (and its directory lock)
-    /// after the future completes.
-    async fn flush(&self) -> Result<(), StoreError> {
-        let tree = self.tree.clone();
-        tokio::task::spawn_blocking(move || tree.flush())
-            .await
-            .map_err(|e| StoreError::Backend(e.to_string()))?
-            .map_err(backend)?;
-        Ok(())
+    /// Open (or create) a store in `dir` that keeps `reserve` bytes of the disk free
+    /// (`None`: the default, see `Config::disk_reserve_bytes`).
+    pub fn open_with_reserve(dir: &Path, reserve: Option<u64>) -> Result<Self, StoreError> {
+        Ok(Self {
+            health: Health::open(dir, reserve).map_err(backend)?,
+        })
+    }
+
+    /// What reads see. While the store reopens after a failure (milliseconds), reads wait
+    /// for it rather than fail, up to [`REOPEN_READ_WAIT`].
+    async fn view(&self) -> Result<View, StoreError> {
+        let until = tokio::time::Instant::now() + REOPEN_READ_WAIT;
+        loop {
+            match self.health.view() {
+                Err(_) if self.health.reopening() && tokio::time::Instant::now() < until => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One write: `apply` changes the tree, then (with `durable`) a flush makes it
+    /// durable. Any failure takes the store down.
+    async fn write<T: Send + 'static>(
+        &self,
+        durable: bool,
+        apply: impl FnOnce(&Handles) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.write_sized(SMALL_WRITE, durable, apply).await
+    }
+
+    /// [`Self::write`] of about `bytes` (checked against the free-space reserve first).
+    async fn write_sized<T: Send + 'static>(
+        &self,
+        bytes: u64,
+        durable: bool,
+        apply: impl FnOnce(&Handles) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let h = self.health.writer()?;
+        self.health.space.check(bytes).map_err(StoreError::Unavailable)?;
+        let out = match apply(&h) {
+            Ok(v) => v,
+            Err(StoreError::Backend(e) | StoreError::Unavailable(e)) => return Err(self.health.fail(&e)),
+            Err(other) => return Err(other),
+        };
+        if durable {
+            if let Err(e) = flush(&h).await {
+                return Err(self.health.fail(&e));
+            }
+        }
+        Ok(out)
+    }
+
+    /// A write's preparatory read failed on I/O: the disk is failing, take the store down.
+    fn down_on_io<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        match r {
+            Err(StoreError::Unavailable(e)) => Err(self.health.fail(&e)),
+            other => other,
+        }
     }
 
     fn next_id(&self) -> Result<u64, StoreError> {
-        Ok(self.db.generate_id().map_err(backend)? + 1)
+        let h = self.health.writer()?;
+        self.health.space.check(SMALL_WRITE).map_err(StoreError::Unavailable)?;
+        match h.db.generate_id() {
+            Ok(id) => Ok(id + 1),
+            Err(e) => Err(self.health.fail(&backend(e))),
+        }
     }
 
     /// Bind `key` to `candidate` unless bound; return the bound value.
     async fn claim(&self, k: Vec<u8>, candidate: ConversationId) -> Result<ConversationId, StoreError> {
-        match self
-            .tree
-            .compare_and_swap(&k, None as Option<&[u8]>, Some(&be(candidate.0)[..]))
-            .map_err(backend)?
-        {
-            Ok(()) => {
-                self.flush().await?;
-                Ok(candidate)
-            }
-            Err(cas) => Ok(ConversationId(read_u64(&cas.current.unwrap_or_default())?)),
+        if let Some(v) = self.view().await?.get(&k)? {
+            return Ok(ConversationId(read_u64(&v)?));
         }
+        let swapped = self
+            .write(true, move |h| {
+                h.tree
+                    .compare_and_swap(&k, None as Option<&[u8]>, Some(&be(candidate.0)[..]))
+                    .map_err(backend)
+                    .map(|r| r.map_err(|cas| cas.current))
+            })
+            .await?;
+        match swapped {
+            Ok(()) => Ok(candidate),
+            Err(current) => Ok(ConversationId(read_u64(&current.unwrap_or_default())?)),
+        }
+    }
+}
+
+/// Make every write so far durable. Runs sled's synchronous flush on a blocking thread
+/// rather than `flush_async`, whose pool can hold the database (and its directory lock)
+/// after the future completes; bounded by [`FLUSH_DEADLINE`].
+async fn flush(h: &Arc<Handles>) -> Result<(), String> {
+    // The blocking thread holds the handles (not a bare tree), so a failed database is
+    // dropped only once this flush has returned (see `sled_health::bury`).
+    let h = h.clone();
+    match tokio::time::timeout(FLUSH_DEADLINE, tokio::task::spawn_blocking(move || h.tree.flush())).await {
+        Ok(Ok(Ok(_))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(e.to_string()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("flush did not finish within {FLUSH_DEADLINE:?}")),
     }
 }
 
@@ -120,23 +202,28 @@ impl Store for SledStore {
             created_ms: now_ms,
         };
         let k = key(b"u/", &[username.as_bytes()]);
-        match self
-            .tree
-            .compare_and_swap(k, None as Option<&[u8]>, Some(enc(&rec)))
-            .map_err(backend)?
-        {
-            Ok(()) => {
-                self.flush().await?;
-                Ok(id)
-            }
-            Err(_) => Err(StoreError::UsernameTaken),
+        if self.view().await?.get(&k)?.is_some() {
+            return Err(StoreError::UsernameTaken);
+        }
+        let created = self
+            .write(true, move |h| {
+                h.tree
+                    .compare_and_swap(&k, None as Option<&[u8]>, Some(enc(&rec)))
+                    .map_err(backend)
+                    .map(|r| r.is_ok())
+            })
+            .await?;
+        if created {
+            Ok(id)
+        } else {
+            Err(StoreError::UsernameTaken)
         }
     }
 
     async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
-        self.tree
-            .get(key(b"u/", &[username.as_bytes()]))
-            .map_err(backend)?
+        self.view()
+            .await?
+            .get(&key(b"u/", &[username.as_bytes()]))?
             .map(|v| dec(&v))
             .transpose()
     }
@@ -158,19 +245,24 @@ impl Store for SledStore {
             created_ms: now_ms,
             revoked: false,
         };
-        let mut batch = sled::Batch::default();
-        batch.insert(key(b"d/", &[&be(user.0), &be(id.0)]), enc(&rec));
-        batch.insert(key(b"t/", &[&token_hash]), key(b"", &[&be(user.0), &be(id.0)]));
-        self.tree.apply_batch(batch).map_err(backend)?;
-        self.flush().await?;
+        let dk = key(b"d/", &[&be(user.0), &be(id.0)]);
+        let tk = key(b"t/", &[&token_hash]);
+        self.write(true, move |h| {
+            let mut batch = sled::Batch::default();
+            batch.insert(dk, enc(&rec));
+            batch.insert(tk, key(b"", &[&be(user.0), &be(id.0)]));
+            h.tree.apply_batch(batch).map_err(backend)
+        })
+        .await?;
         Ok(id)
     }
 
     async fn device_by_token(&self, token_hash: [u8; 32]) -> Result<Option<DeviceRecord>, StoreError> {
-        let Some(ids) = self.tree.get(key(b"t/", &[&token_hash])).map_err(backend)? else {
+        let view = self.view().await?;
+        let Some(ids) = view.get(&key(b"t/", &[&token_hash]))? else {
             return Ok(None);
         };
-        let Some(rec) = self.tree.get(key(b"d/", &[&ids[..]])).map_err(backend)? else {
+        let Some(rec) = view.get(&key(b"d/", &[&ids[..]]))? else {
             return Ok(None);
         };
         let rec: DeviceRecord = dec(&rec)?;
@@ -179,7 +271,7 @@ impl Store for SledStore {
 
     async fn revoke_device(&self, user: UserId, device: DeviceId) -> Result<bool, StoreError> {
         let k = key(b"d/", &[&be(user.0), &be(device.0)]);
-        let Some(rec) = self.tree.get(&k).map_err(backend)? else {
+        let Some(rec) = self.view().await?.get(&k)? else {
             return Ok(false);
         };
         let mut rec: DeviceRecord = dec(&rec)?;
@@ -187,15 +279,16 @@ impl Store for SledStore {
             return Ok(false);
         }
         rec.revoked = true;
-        self.tree.insert(k, enc(&rec)).map_err(backend)?;
-        self.flush().await?;
+        self.write(true, move |h| h.tree.insert(k, enc(&rec)).map_err(backend).map(drop))
+            .await?;
         Ok(true)
     }
 
     async fn list_devices(&self, user: UserId) -> Result<Vec<DeviceRecord>, StoreError> {
-        self.tree
-            .scan_prefix(key(b"d/", &[&be(user.0)]))
-            .map(|kv| kv.map_err(backend).and_then(|(_, v)| dec(&v)))
+        self.view()
+            .await?
+            .prefix(&key(b"d/", &[&be(user.0)]), false)
+            .map(|kv| kv.and_then(|(_, v)| dec(&v)))
             .collect()
     }
 
@@ -218,22 +311,22 @@ impl Store for SledStore {
     }
 
     async fn channel_by_name(&self, name: &str) -> Result<Option<ConversationId>, StoreError> {
-        let v = self.tree.get(key(b"ch/", &[name.as_bytes()])).map_err(backend)?;
+        let v = self.view().await?.get(&key(b"ch/", &[name.as_bytes()]))?;
         v.map(|v| read_u64(&v).map(ConversationId)).transpose()
     }
 
     async fn load_conversation(&self, id: ConversationId) -> Result<Option<ConversationRecord>, StoreError> {
-        let Some(meta) = self.tree.get(key(b"c/", &[&be(id.0)])).map_err(backend)? else {
+        let view = self.view().await?;
+        let Some(meta) = view.get(&key(b"c/", &[&be(id.0)]))? else {
             return Ok(None);
         };
         let meta: ConversationMeta = dec(&meta)?;
-        let members = self
-            .tree
-            .scan_prefix(key(b"m/", &[&be(id.0)]))
-            .map(|kv| kv.map_err(backend).and_then(|(_, v)| dec(&v)))
+        let members = view
+            .prefix(&key(b"m/", &[&be(id.0)]), false)
+            .map(|kv| kv.and_then(|(_, v)| dec(&v)))
             .collect::<Result<Vec<MemberRecord>, _>>()?;
-        let last_seq = match self.tree.scan_prefix(key(b"e/", &[&be(id.0)])).next_back() {
-            Some(kv) => Seq(read_u64(&kv.map_err(backend)?.0[10..])?),
+        let last_seq = match view.prefix(&key(b"e/", &[&be(id.0)]), true).next() {
+            Some(kv) => Seq(read_u64(&kv?.0[10..])?),
             None => Seq(0),
         };
         Ok(Some(ConversationRecord {
@@ -244,40 +337,76 @@ impl Store for SledStore {
     }
 
     async fn commit(&self, commits: &[Commit]) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
+        let h = self.health.writer()?;
+        // A conversation whose next event key is taken moved on without this shard knowing
+        // (the store was reopened with a failed write that had reached the disk after
+        // all): its commits are refused as a conflict, and the shard reloads and retries.
+        let mut moved: Vec<ConversationId> = Vec::new();
         for c in commits {
             let conv = ConversationId(c.event.conversation_id);
+            let taken = self.down_on_io(h.tree.contains_key(event_key(conv, Seq(c.event.seq))).map_err(backend))?;
+            if !moved.contains(&conv) && taken {
+                moved.push(conv);
+            }
+        }
+        let mut batch = sled::Batch::default();
+        let mut cursors = Vec::new();
+        // sled writes values through its log and rewrites tree pages: about twice the
+        // bytes, plus a little per record.
+        let mut bytes = SMALL_WRITE;
+        for c in commits
+            .iter()
+            .filter(|c| !moved.contains(&ConversationId(c.event.conversation_id)))
+        {
+            let conv = ConversationId(c.event.conversation_id);
             let cb = be(conv.0);
-            batch.insert(event_key(conv, Seq(c.event.seq)), c.event.encode_to_vec());
+            let ek = event_key(conv, Seq(c.event.seq));
+            let event = c.event.encode_to_vec();
+            bytes += 2 * event.len() as u64 + 512;
+            batch.insert(ek, event);
             if let Some(meta) = &c.meta {
-                batch.insert(key(b"c/", &[&cb]), enc(meta));
+                let k = key(b"c/", &[&cb]);
+                batch.insert(k, enc(meta));
             }
             for m in &c.upsert_members {
-                batch.insert(key(b"m/", &[&cb, &be(m.user.0)]), enc(m));
-                batch.insert(key(b"uc/", &[&be(m.user.0), &cb]), &[][..]);
+                let (mk, uk) = (key(b"m/", &[&cb, &be(m.user.0)]), key(b"uc/", &[&be(m.user.0), &cb]));
+                batch.insert(mk, enc(m));
+                batch.insert(uk, &[][..]);
             }
             for u in &c.remove_members {
-                batch.remove(key(b"m/", &[&cb, &be(u.0)]));
-                batch.remove(key(b"uc/", &[&be(u.0), &cb]));
+                let (mk, uk) = (key(b"m/", &[&cb, &be(u.0)]), key(b"uc/", &[&be(u.0), &cb]));
+                batch.remove(mk);
+                batch.remove(uk);
             }
             if let Some((target, state)) = &c.message_state {
-                batch.insert(key(b"ms/", &[&cb, &be(target.0)]), enc(state));
+                let k = key(b"ms/", &[&cb, &be(target.0)]);
+                batch.insert(k, enc(state));
             }
             if let Some((sender, id)) = &c.idempotency {
                 let rec = SentRecord {
                     seq: Seq(c.event.seq),
                     server_time_ms: c.event.server_time_ms,
                 };
-                batch.insert(key(b"i/", &[&cb, &be(sender.0), id.as_bytes()]), enc(&rec));
+                let k = key(b"i/", &[&cb, &be(sender.0), id.as_bytes()]);
+                batch.insert(k, enc(&rec));
             }
-        }
-        self.tree.apply_batch(batch).map_err(backend)?;
-        for c in commits {
             for (user, seq) in &c.read_cursors {
-                self.bump_cursor(*user, ConversationId(c.event.conversation_id), *seq)?;
+                cursors.push((*user, conv, *seq));
             }
         }
-        self.flush().await
+        self.write_sized(bytes, true, move |h| {
+            h.tree.apply_batch(batch).map_err(backend)?;
+            for (user, conv, seq) in cursors {
+                bump(&h.tree, b"r/", user, conv, seq)?;
+            }
+            Ok(())
+        })
+        .await?;
+        if moved.is_empty() {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict(moved))
+        }
     }
 
     async fn find_sent(
@@ -287,7 +416,7 @@ impl Store for SledStore {
         client_msg_id: &str,
     ) -> Result<Option<SentRecord>, StoreError> {
         let k = key(b"i/", &[&be(conv.0), &be(sender.0), client_msg_id.as_bytes()]);
-        self.tree.get(k).map_err(backend)?.map(|v| dec(&v)).transpose()
+        self.view().await?.get(&k)?.map(|v| dec(&v)).transpose()
     }
 
     async fn message(
@@ -295,18 +424,15 @@ impl Store for SledStore {
         conv: ConversationId,
         seq: Seq,
     ) -> Result<Option<(pb::ConversationEvent, MessageState)>, StoreError> {
-        let Some(raw) = self.tree.get(event_key(conv, seq)).map_err(backend)? else {
+        let view = self.view().await?;
+        let Some(raw) = view.get(&event_key(conv, seq))? else {
             return Ok(None);
         };
         let ev = decode_event(&raw)?;
         if !matches!(ev.body, Some(pb::conversation_event::Body::Message(_))) {
             return Ok(None);
         }
-        let state = match self
-            .tree
-            .get(key(b"ms/", &[&be(conv.0), &be(seq.0)]))
-            .map_err(backend)?
-        {
+        let state = match view.get(&key(b"ms/", &[&be(conv.0), &be(seq.0)]))? {
             Some(v) => dec(&v)?,
             None => MessageState::default(),
         };
@@ -319,68 +445,63 @@ impl Store for SledStore {
         page: Page,
         limit: usize,
     ) -> Result<(Vec<pb::ConversationEvent>, bool), StoreError> {
+        let view = self.view().await?;
         let mut out = Vec::with_capacity(limit.min(256));
         let mut more = false;
-        match page {
-            Page::After(after) => {
-                let range = event_key(conv, Seq(after.0.saturating_add(1)))..=event_key(conv, Seq(u64::MAX));
-                for kv in self.tree.range(range) {
-                    if out.len() == limit {
-                        more = true;
-                        break;
-                    }
-                    out.push(decode_event(&kv.map_err(backend)?.1)?);
-                }
-            }
+        let (range, rev) = match page {
+            Page::After(after) => (
+                event_key(conv, Seq(after.0.saturating_add(1)))..=event_key(conv, Seq(u64::MAX)),
+                false,
+            ),
             Page::Before(before) => {
                 let end = if before.0 == 0 {
                     Seq(u64::MAX)
                 } else {
                     Seq(before.0 - 1)
                 };
-                for kv in self.tree.range(event_key(conv, Seq(0))..=event_key(conv, end)).rev() {
-                    if out.len() == limit {
-                        more = true;
-                        break;
-                    }
-                    out.push(decode_event(&kv.map_err(backend)?.1)?);
-                }
-                out.reverse();
+                (event_key(conv, Seq(0))..=event_key(conv, end), true)
             }
+        };
+        for kv in view.range(range, rev) {
+            if out.len() == limit {
+                more = true;
+                break;
+            }
+            out.push(decode_event(&kv?.1)?);
+        }
+        if rev {
+            out.reverse();
         }
         Ok((out, more))
     }
 
     async fn user_conversations(&self, user: UserId) -> Result<Vec<ConversationId>, StoreError> {
-        self.tree
-            .scan_prefix(key(b"uc/", &[&be(user.0)]))
-            .map(|kv| {
-                kv.map_err(backend)
-                    .and_then(|(k, _)| read_u64(&k[11..]).map(ConversationId))
-            })
+        self.view()
+            .await?
+            .prefix(&key(b"uc/", &[&be(user.0)]), false)
+            .map(|kv| kv.and_then(|(k, _)| read_u64(&k[11..]).map(ConversationId)))
             .collect()
     }
 
     async fn read_cursor(&self, user: UserId, conv: ConversationId) -> Result<Seq, StoreError> {
-        self.cursor(b"r/", user, conv)
+        self.cursor(b"r/", user, conv).await
     }
 
     async fn presence_record(&self, user: UserId) -> Result<PresenceRecord, StoreError> {
-        match self.tree.get(key(b"p/", &[&be(user.0)])).map_err(backend)? {
+        match self.view().await?.get(&key(b"p/", &[&be(user.0)]))? {
             Some(v) => dec(&v),
             None => Ok(PresenceRecord::default()),
         }
     }
 
     async fn put_presence_record(&self, user: UserId, rec: PresenceRecord) -> Result<(), StoreError> {
-        self.tree
-            .insert(key(b"p/", &[&be(user.0)]), enc(&rec))
-            .map_err(backend)?;
-        self.flush().await
+        let k = key(b"p/", &[&be(user.0)]);
+        self.write(true, move |h| h.tree.insert(k, enc(&rec)).map_err(backend).map(drop))
+            .await
     }
 
     async fn delivered_cursor(&self, user: UserId, conv: ConversationId) -> Result<Seq, StoreError> {
-        self.cursor(b"dl/", user, conv)
+        self.cursor(b"dl/", user, conv).await
     }
 
     async fn advance_delivered_cursor(&self, user: UserId, conv: ConversationId, seq: Seq) -> Result<Seq, StoreError> {
@@ -388,13 +509,11 @@ impl Store for SledStore {
         // move forward, and sled's periodic flush (≤ 500 ms) makes them durable. A crash
         // in that window shows a message ✓ instead of ✓✓ until the next ack (PROTOCOL.md
         // §5.10); read cursors, which drive unread counts, are still flushed at once.
-        self.bump(b"dl/", user, conv, seq)
+        self.write(false, move |h| bump(&h.tree, b"dl/", user, conv, seq)).await
     }
 
     async fn advance_read_cursor(&self, user: UserId, conv: ConversationId, seq: Seq) -> Result<Seq, StoreError> {
-        let now = self.bump_cursor(user, conv, seq)?;
-        self.flush().await?;
-        Ok(now)
+        self.write(true, move |h| bump(&h.tree, b"r/", user, conv, seq)).await
     }
 
     async fn unread_and_last_message(
@@ -409,8 +528,8 @@ impl Store for SledStore {
         let mut last = None;
         // Newest first: the first message found is the last message; count until the cursor.
         let range = event_key(conv, Seq(0))..=event_key(conv, Seq(u64::MAX));
-        for kv in self.tree.range(range).rev().take(cap as usize + 1000) {
-            let (k, v) = kv.map_err(backend)?;
+        for kv in self.view().await?.range(range, true).take(cap as usize + 1000) {
+            let (k, v) = kv?;
             let seq = Seq(read_u64(&k[10..])?);
             if seq <= after && last.is_some() {
                 break;
@@ -431,33 +550,25 @@ impl Store for SledStore {
 }
 
 impl SledStore {
-    fn bump_cursor(&self, user: UserId, conv: ConversationId, seq: Seq) -> Result<Seq, StoreError> {
-        self.bump(b"r/", user, conv, seq)
-    }
-
-    fn cursor(&self, prefix: &[u8], user: UserId, conv: ConversationId) -> Result<Seq, StoreError> {
-        let v = self
-            .tree
-            .get(key(prefix, &[&be(user.0), &be(conv.0)]))
-            .map_err(backend)?;
+    async fn cursor(&self, prefix: &[u8], user: UserId, conv: ConversationId) -> Result<Seq, StoreError> {
+        let v = self.view().await?.get(&key(prefix, &[&be(user.0), &be(conv.0)]))?;
         Ok(Seq(v.map(|v| read_u64(&v)).transpose()?.unwrap_or(0)))
     }
+}
 
-    /// Max-merge a cursor.
-    fn bump(&self, prefix: &[u8], user: UserId, conv: ConversationId, seq: Seq) -> Result<Seq, StoreError> {
-        let k = key(prefix, &[&be(user.0), &be(conv.0)]);
-        let v = self
-            .tree
-            .update_and_fetch(k, |old| {
-                let cur = old
-                    .and_then(|o| o.get(..8))
-                    .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
-                    .unwrap_or(0);
-                Some(be(cur.max(seq.0)).to_vec())
-            })
-            .map_err(backend)?;
-        Ok(Seq(v.map(|v| read_u64(&v)).transpose()?.unwrap_or(0)))
-    }
+/// Max-merge a cursor.
+fn bump(tree: &sled::Tree, prefix: &[u8], user: UserId, conv: ConversationId, seq: Seq) -> Result<Seq, StoreError> {
+    let k = key(prefix, &[&be(user.0), &be(conv.0)]);
+    let v = tree
+        .update_and_fetch(k, |old| {
+            let cur = old
+                .and_then(|o| o.get(..8))
+                .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+                .unwrap_or(0);
+            Some(be(cur.max(seq.0)).to_vec())
+        })
+        .map_err(backend)?;
+    Ok(Seq(v.map(|v| read_u64(&v)).transpose()?.unwrap_or(0)))
 }
 
 #[cfg(test)]

@@ -297,3 +297,54 @@ pub fn natter_cli() -> std::path::PathBuf {
     );
     bin
 }
+
+/// The server binary in its own process (for `kill -9`), on loopback.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    /// Held so the server's stdout stays open.
+    _stdout: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    pub addr: std::net::SocketAddr,
+    pub fingerprint: String,
+}
+
+impl Drop for ServerProcess {
+    /// A failed test must not leave its server running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start the server binary on `dir` (the QUIC endpoint on `listen`) and read its address
+/// and certificate fingerprint from its first two lines.
+pub fn spawn_server_binary(dir: &std::path::Path, listen: &str) -> ServerProcess {
+    spawn_server_binary_with(dir, listen, &[])
+}
+
+/// [`spawn_server_binary`] with extra command-line flags.
+pub fn spawn_server_binary_with(dir: &std::path::Path, listen: &str, extra: &[&str]) -> ServerProcess {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_natter-server"))
+        .args(["--data-dir", dir.to_str().unwrap(), "--listen", listen, "--log", "warn"])
+        .args(["--web-listen", "127.0.0.1:0", "--webtransport-listen", "127.0.0.1:0"])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("server binary starts");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let addr = lines
+        .next()
+        .unwrap()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let fingerprint = lines.next().unwrap().unwrap().rsplit(' ').next().unwrap().to_string();
+    ServerProcess {
+        child,
+        _stdout: lines,
+        addr,
+        fingerprint,
+    }
+}

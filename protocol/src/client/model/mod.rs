@@ -57,6 +57,7 @@ app_enum!(
         LimitExceeded, RateLimited, Internal, UnsupportedVersion, UnknownFrame, MalformedFrame,
         FrameTooLarge, UsernameTaken, InvalidCredentials, NotMember, TextTooLong,
         UnknownRequest, ShuttingDown, HandshakeRequired, TokenRevoked, NameTaken,
+        StorageUnavailable,
     }
 );
 app_enum!(
