@@ -1,12 +1,14 @@
-//! The fault suite, part 1: storage faults. The server binary runs with its data dir on a
-//! small tmpfs that concurrent sends fill up; every answer is recorded and then checked
-//! against what survives a `kill -9` and a restart with space again.
+//! The fault suite: what the spec promises still holds when things break.
 //!
-//! Needs root (to mount the tmpfs), as CI has. Each property is one the spec promises
-//! (PROTOCOL.md §5.4, §8): an acknowledged send — `duplicate: true` included — is durable;
-//! a send that cannot be made durable fails with the typed, retryable
-//! `STORAGE_UNAVAILABLE`; writes work again within seconds once space returns, without a
-//! restart.
+//! - Storage faults: the server binary runs with its data dir on a small tmpfs that
+//!   concurrent sends fill up; every answer is recorded and then checked against what
+//!   survives a `kill -9` and a restart with space again. Needs root (to mount the tmpfs),
+//!   as CI has. PROTOCOL.md §6 (guarantee 2), §8: an acknowledged send — `duplicate: true`
+//!   included — is durable; a send that cannot be made durable fails with the typed,
+//!   retryable `STORAGE_UNAVAILABLE`; writes work again within seconds once space
+//!   returns, without a restart.
+//! - Lost connections at the wrong moment: a drop during the first cursor sync never
+//!   turns into a resume that skips events (§7.2).
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
@@ -365,4 +367,87 @@ async fn when_sled_itself_hits_the_full_disk_requests_get_typed_errors_not_hangs
     for run in 0..repeats() {
         one_disk_full_run(run, Fill::SledHitsTheWall).await;
     }
+}
+
+/// PROTOCOL.md §7.2: a connection that drops during its first cursor sync (before the
+/// client fetched up to the `last_seq` it was told) reconnects with the fresh resume token
+/// and its old cursors. The session's memory begins after those events, so resuming would
+/// replay nothing and skip them: the server answers with a cursor sync instead. Resuming
+/// from cursors the session does cover still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_lost_during_its_first_cursor_sync_resumes_only_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path()).await;
+    let alice = user(&s, "alice").await;
+    let bob = user(&s, "bob").await;
+    bob.client.shutdown().await;
+    let dm = alice.client.direct("bob").await.unwrap().conversation_id;
+    for i in 0..5 {
+        alice
+            .client
+            .send(natter_sdk::ConversationId(dm), &format!("m{i}"))
+            .await
+            .unwrap();
+    }
+    let auth = |resume: &str, cursors: &[(u64, u64)]| {
+        Op::Authenticate(pb::Authenticate {
+            access_token: bob.token.clone(),
+            resume_token: resume.into(),
+            cursors: cursors
+                .iter()
+                .map(|&(conversation_id, seq)| pb::Cursor { conversation_id, seq })
+                .collect(),
+        })
+    };
+    let last_seq = |ok: &pb::AuthOk| {
+        ok.conversations
+            .iter()
+            .find(|c| c.conversation_id == dm)
+            .map(|c| c.last_seq)
+    };
+    // First connection: a fresh session whose cursor sync says the DM is at seq 6 (created
+    // + 5 messages). It drops before the client fetched any of them.
+    let mut first = Raw::hello(s.addr, &s.fingerprint).await;
+    let Res::Auth(ok) = first.request(auth("", &[])).await else {
+        panic!("authenticate failed")
+    };
+    assert!(!ok.resumed);
+    assert_eq!(last_seq(&ok), Some(6));
+    first.conn.close(0u32.into(), b"gone");
+    drop(first);
+
+    // Back with the fresh token and the cursors it had (none): no resume — a cursor sync
+    // that tells it where the DM stands, so nothing is skipped.
+    let mut second = Raw::hello(s.addr, &s.fingerprint).await;
+    let Res::Auth(again) = second.request(auth(&ok.resume_token, &[])).await else {
+        panic!("authenticate failed")
+    };
+    assert!(
+        !again.resumed,
+        "resuming from cursor 0 would replay nothing of seqs 1..=6"
+    );
+    assert_eq!(last_seq(&again), Some(6), "the cursor sync reports the DM");
+    // The same with a cursor short of 6.
+    second.conn.close(0u32.into(), b"gone");
+    drop(second);
+    let mut third = Raw::hello(s.addr, &s.fingerprint).await;
+    let Res::Auth(short) = third.request(auth(&again.resume_token, &[(dm, 3)])).await else {
+        panic!("authenticate failed")
+    };
+    assert!(!short.resumed, "cursor 3 of 6 predates the session");
+
+    // Having fetched up to 6, the client resumes, and gets exactly what came after: seq 7.
+    third.conn.close(0u32.into(), b"gone");
+    drop(third);
+    alice
+        .client
+        .send(natter_sdk::ConversationId(dm), "after")
+        .await
+        .unwrap();
+    let mut fourth = Raw::hello(s.addr, &s.fingerprint).await;
+    let Res::Auth(exact) = fourth.request(auth(&short.resume_token, &[(dm, 6)])).await else {
+        panic!("authenticate failed")
+    };
+    assert!(exact.resumed, "cursors the session covers resume");
+    s.shutdown().await;
 }

@@ -176,6 +176,11 @@ impl<T: Transport> Conn<T> {
             None => {
                 let (session, token, rx) = hub.open(user, device, self.conn_id);
                 let list = api::all_summaries(&self.shared.ctx, user).await?;
+                hub.set_floor(
+                    &session,
+                    list.iter()
+                        .map(|s| (ConversationId(s.conversation_id), Seq(s.last_seq))),
+                );
                 (session, token, rx, list, false)
             }
         };

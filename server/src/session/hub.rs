@@ -84,6 +84,10 @@ struct SessionState {
     ring: VecDeque<RingItem>,
     /// Per conversation, the highest seq that fell out of the ring.
     evicted: HashMap<ConversationId, Seq>,
+    /// Per conversation, where it stood when the session began (the cursor sync's
+    /// `last_seq`): the ring holds nothing before it, so a resume with an older cursor
+    /// cannot be exact.
+    floor: HashMap<ConversationId, Seq>,
     sink: Option<(u64, mpsc::Sender<Outbound>)>,
     detached_at: Option<Instant>,
     resume_token: ResumeToken,
@@ -172,6 +176,7 @@ impl Hub {
             state: Mutex::new(SessionState {
                 ring: VecDeque::new(),
                 evicted: HashMap::new(),
+                floor: HashMap::new(),
                 sink: Some((conn_id, tx)),
                 detached_at: None,
                 resume_token: token.clone(),
@@ -191,10 +196,21 @@ impl Hub {
         (session, token, rx)
     }
 
+    /// Where the session's conversations stood when it began (from its cursor sync): a
+    /// later resume whose cursors are older than that is refused (PROTOCOL.md §7.2).
+    pub fn set_floor(&self, session: &Session, floor: impl IntoIterator<Item = (ConversationId, Seq)>) {
+        let mut st = session.state.lock().expect("session lock");
+        for (conv, seq) in floor {
+            let f = st.floor.entry(conv).or_default();
+            *f = (*f).max(seq);
+        }
+    }
+
     /// Resume the session named by `token` for this device on connection `conn_id`:
     /// replays every ring event after `cursors` into the new queue, then attaches it, under
     /// one lock so live events cannot overtake the replay. `None` when the token is
-    /// unknown, expired, another device's, or the ring no longer covers the cursors.
+    /// unknown, expired, another device's, or the ring does not cover the cursors: events
+    /// after a cursor fell out of it, or came before the session began.
     pub fn resume(
         &self,
         token: &str,
@@ -221,6 +237,9 @@ impl Hub {
             }
             let cursor = |c: &ConversationId| cursors.get(c).copied().unwrap_or(Seq(0));
             if st.evicted.iter().any(|(c, s)| cursor(c) < *s) {
+                return None;
+            }
+            if st.floor.iter().any(|(c, s)| cursor(c) < *s) {
                 return None;
             }
             let mut n = 0;

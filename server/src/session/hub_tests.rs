@@ -126,6 +126,28 @@ fn resume_is_refused_when_the_ring_no_longer_covers_the_cursor() {
 }
 
 #[test]
+fn resume_is_refused_when_the_cursors_predate_the_session() {
+    // The session began with conversation 5 at seq 6 (its cursor sync) and saw 7 live.
+    let (hub, _) = hub(16);
+    let (session, token, _rx) = hub.open(A, PHONE, 1);
+    hub.set_floor(&session, [(ConversationId(5), Seq(6))]);
+    hub.publish(&[A], ev(5, 7));
+    hub.detach(&session, 1);
+    // The connection dropped during that first sync: the client still has cursor 2. The
+    // ring cannot replay 3..=6, so there is no exact resume (the client does a cursor sync).
+    assert!(hub.resume(token.expose(), A, PHONE, &cursors(&[(5, 2)]), 2).is_none());
+    assert!(
+        hub.resume(token.expose(), A, PHONE, &cursors(&[]), 2).is_none(),
+        "no cursor is seq 0"
+    );
+    // Having fetched up to 6, it resumes and gets exactly 7.
+    let (_, _, mut rx, _) = hub
+        .resume(token.expose(), A, PHONE, &cursors(&[(5, 6)]), 2)
+        .expect("covered from the floor on");
+    assert_eq!(seqs(&mut rx), vec![7]);
+}
+
+#[test]
 fn a_slow_reader_is_detached_and_keeps_what_it_missed_for_resume() {
     let (hub, _) = hub(8);
     let (_session, token, mut rx) = hub.open(A, PHONE, 1);
