@@ -131,6 +131,8 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         hub.clone(),
         ConnConfig {
             handshake_timeout: Duration::from_secs(config.handshake_timeout_secs),
+            auth_timeout: Duration::from_secs(config.auth_timeout_secs.max(1)),
+            max_connections: config.max_connections.max(1) as usize,
             stream_idle: Duration::from_secs(config.stream_idle_secs),
             max_in_flight: config.max_requests_in_flight.max(1),
             max_per_user: config.max_connections_per_user.max(1) as usize,

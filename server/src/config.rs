@@ -40,6 +40,12 @@ pub struct Config {
     pub max_connections_per_ip: u32,
     /// Seconds from connect to Hello.
     pub handshake_timeout_secs: u64,
+    /// Seconds from connect to authenticated (Login or Authenticate); a connection still
+    /// unauthenticated then is closed with `HANDSHAKE_REQUIRED` (the client reconnects).
+    pub auth_timeout_secs: u64,
+    /// Connections this node holds at most, over all addresses and transports; beyond it
+    /// new ones are closed with `LIMIT_EXCEEDED` at once.
+    pub max_connections: u32,
     /// QUIC idle timeout in seconds (clients send keep-alives well inside it).
     pub idle_timeout_secs: u64,
     /// Seconds before an idle delivery stream is finished.
@@ -120,6 +126,8 @@ impl Default for Config {
             max_connections_per_user: limits::MAX_CONNECTIONS_PER_USER,
             max_connections_per_ip: limits::MAX_CONNECTIONS_PER_IP,
             handshake_timeout_secs: 10,
+            auth_timeout_secs: 30,
+            max_connections: 100_000,
             idle_timeout_secs: 30,
             stream_idle_secs: 30,
             heartbeat_interval_ms: limits::HEARTBEAT_INTERVAL_MS,

@@ -444,3 +444,64 @@ async fn a_client_that_never_reads_is_cut_off_and_others_lose_nothing() {
     assert_eq!(ids, (0..N).map(|i| format!("{i:04}")).collect::<Vec<_>>());
     s.shutdown().await;
 }
+
+/// Admission (issue 13): a connection that never authenticates is closed at the
+/// authentication deadline with a typed `ConnectionError` first, while authenticated ones
+/// carry on; and the node holds at most `max_connections`, refusing the next with
+/// `LIMIT_EXCEEDED` whatever its address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_connections_end_at_the_deadline_and_the_node_caps_its_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.auth_timeout_secs = 1;
+    cfg.max_connections = 4;
+    let s = natter_server::start(&cfg).await.unwrap();
+    let (alice, _bob, dm) = alice_and_bob(&s).await;
+    // Connections 3 and 4: one that only says Hello, one that authenticates.
+    let mut idle = Raw::hello(s.addr, &s.fingerprint).await;
+    let mut authed = Raw::hello(s.addr, &s.fingerprint).await;
+    authed.login("alice").await;
+    // A fifth, from another address: the node is full.
+    let fifth = Raw::quic_from("127.0.0.3", s.addr, &s.fingerprint).await;
+    match tokio::time::timeout(DEADLINE, fifth.closed()).await.unwrap() {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(c.error_code.into_inner(), ErrorCode::LimitExceeded as u64)
+        }
+        other => panic!("expected LIMIT_EXCEEDED, got {other}"),
+    }
+    // The idle one is told why, then closed, once the deadline has passed.
+    let (err, code) = idle.closed().await;
+    assert_eq!(code, ErrorCode::HandshakeRequired as u64);
+    assert_eq!(
+        err.map(|e| e.code),
+        Some(ErrorCode::HandshakeRequired as i32),
+        "the ConnectionError comes first"
+    );
+    // The authenticated connection, older than the deadline now, still works, and so do
+    // the SDK clients.
+    assert!(matches!(
+        authed.request(Op::Ping(pb::Ping { nonce: 7 })).await,
+        Res::Pong(p) if p.nonce == 7
+    ));
+    alice.client.send(dm, "still here").await.unwrap();
+    // The idle connection's slot frees once the server has let go of it.
+    let until = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let mut again = Raw::connect(s.addr, &s.fingerprint).await;
+        again
+            .frame(pb::frame::Kind::Hello(pb::Hello {
+                versions: vec![1],
+                client: "raw".into(),
+            }))
+            .await;
+        if let Some(pb::Frame {
+            kind: Some(pb::frame::Kind::Welcome(_)),
+        }) = again.read().await
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < until, "the slot never freed");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    s.shutdown().await;
+}

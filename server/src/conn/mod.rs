@@ -41,6 +41,10 @@ pub use transport::{ControlSend, Transport};
 pub struct ConnConfig {
     /// Time allowed from connect to Hello.
     pub handshake_timeout: Duration,
+    /// Time allowed from connect to authenticated.
+    pub auth_timeout: Duration,
+    /// Connections held at most, over every address.
+    pub max_connections: usize,
     /// A delivery stream idle this long is finished (reopened on the next event).
     pub stream_idle: Duration,
     /// Requests in flight per connection.
@@ -65,7 +69,8 @@ pub struct Shared {
     /// Tunables.
     pub config: ConnConfig,
     next_conn: AtomicU64,
-    per_ip: std::sync::Mutex<HashMap<std::net::IpAddr, usize>>,
+    /// Connections per address, and (under the same lock) in all.
+    per_ip: std::sync::Mutex<(HashMap<std::net::IpAddr, usize>, usize)>,
 }
 
 /// One connection's place in its IP address's count; released on drop. Transports take
@@ -78,15 +83,20 @@ pub struct IpSlot {
 }
 
 impl Shared {
-    /// Count a connection from `ip`; `None` when that address is at its limit (the
-    /// transport then refuses it with `LIMIT_EXCEEDED`).
+    /// Count a connection from `ip`; `None` when that address, or the node, is at its
+    /// limit (the transport then refuses it with `LIMIT_EXCEEDED`).
     pub fn admit(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<IpSlot> {
-        let mut map = self.per_ip.lock().expect("per-ip lock");
+        let mut guard = self.per_ip.lock().expect("per-ip lock");
+        let (map, total) = &mut *guard;
+        if *total >= self.config.max_connections {
+            return None;
+        }
         let n = map.entry(ip).or_insert(0);
         if *n >= self.config.max_per_ip {
             return None;
         }
         *n += 1;
+        *total += 1;
         Some(IpSlot {
             shared: self.clone(),
             ip,
@@ -96,7 +106,9 @@ impl Shared {
 
 impl Drop for IpSlot {
     fn drop(&mut self) {
-        let mut map = self.shared.per_ip.lock().expect("per-ip lock");
+        let mut guard = self.shared.per_ip.lock().expect("per-ip lock");
+        let (map, total) = &mut *guard;
+        *total = total.saturating_sub(1);
         if let Some(n) = map.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
@@ -283,7 +295,9 @@ impl<T: Transport> Conn<T> {
         decoder: &mut FrameDecoder,
         close_requests: &mut mpsc::Receiver<Close>,
     ) -> Result<(), Close> {
-        // §4.1: Hello first, within the handshake timeout.
+        // §4.1: Hello first, within the handshake timeout; authenticated within the
+        // authentication deadline, counted from the same moment.
+        let auth_deadline = tokio::time::Instant::now() + self.shared.config.auth_timeout;
         let first = tokio::time::timeout(
             self.shared.config.handshake_timeout,
             read_frame(&*self.transport, recv, decoder),
@@ -322,9 +336,16 @@ impl<T: Transport> Conn<T> {
             .await;
 
         loop {
+            let unauthenticated = matches!(self.phase, Phase::Unauthenticated);
             let frame = tokio::select! {
                 frame = read_frame(&*self.transport, recv, decoder) => frame?,
                 Some(close) = close_requests.recv() => return Err(close),
+                _ = tokio::time::sleep_until(auth_deadline), if unauthenticated => {
+                    return Err(Close::new(
+                        ErrorCode::HandshakeRequired,
+                        "not authenticated within the authentication deadline",
+                    ))
+                }
             };
             let Some(frame) = frame else { break };
             match frame.kind {
