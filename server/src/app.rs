@@ -288,25 +288,40 @@ impl RunningServer {
         self.cluster.as_ref().map_or("single", |c| c.node_id())
     }
 
-    /// Drain before a planned stop (SIGTERM): refuse new connections, tell every client to
-    /// reconnect (a `GoAway`; with several nodes their SDKs move to another), wait up to
-    /// `grace` for them to go, then leave the cluster so nothing more is routed here.
-    /// Sends in flight are retried by the clients on their new node (idempotent, no loss).
+    /// Drain before a planned stop (SIGTERM), one sequence for every connection of every
+    /// transport, authenticated or not (PROTOCOL.md §7.6): refuse new QUIC connections,
+    /// tell every client to reconnect (a `GoAway`; with several nodes their SDKs move to
+    /// another), wait up to `grace` for them to go, close the rest with `SHUTTING_DOWN`
+    /// (a `ConnectionError` first; WebSocket 4019), then leave the cluster so nothing
+    /// more is routed here. Sends in flight are retried by the clients on their new node
+    /// (idempotent, no loss).
     pub async fn drain(&self, grace: Duration) {
         self.endpoint.set_server_config(None);
-        self.stop_webtransport();
+        self.shared.stop_admitting();
         let frame = natter_protocol::codec::encode_frame(&natter_protocol::pb::Frame {
             kind: Some(natter_protocol::pb::frame::Kind::GoAway(natter_protocol::pb::GoAway {
                 reason: "node draining".into(),
                 reconnect_after_ms: 0,
             })),
         });
-        let told = self.shared.hub.broadcast_control(frame);
+        let told = self.shared.tell_all(frame);
         tracing::info!(connections = told, "draining: clients told to reconnect");
         let until = tokio::time::Instant::now() + grace;
-        while self.shared.hub.attached_sessions() > 0 && tokio::time::Instant::now() < until {
+        while self.shared.live_connections() > 0 && tokio::time::Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        let closed = self
+            .shared
+            .close_all(natter_protocol::pb::ErrorCode::ShuttingDown, "server stopping");
+        if closed > 0 {
+            tracing::info!(connections = closed, "draining: closing the connections that stayed");
+        }
+        // Each close lets its ConnectionError out and waits briefly for the client.
+        let until = tokio::time::Instant::now() + Duration::from_secs(4);
+        while self.shared.live_connections() > 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.stop_webtransport();
         if let Some(cluster) = &self.cluster {
             // Bounded: a node draining because Redis is gone must still stop.
             let users = self.shared.hub.local_users();

@@ -239,3 +239,103 @@ async fn websocket_mapping_violations_get_typed_closes_and_others_keep_chatting(
     let got = messages(&mut bob.events, conv, 1).await;
     assert_eq!(got[0].1, "still here");
 }
+
+/// What a raw client saw until its connection ended: control frame kinds in order (GoAway,
+/// ConnectionError) and the close code.
+#[derive(Debug, Default)]
+struct Ending {
+    go_away: bool,
+    error: Option<i32>,
+    close: Option<u64>,
+}
+
+async fn ws_ending(mut r: RawWs) -> Ending {
+    let mut e = Ending::default();
+    loop {
+        match r.next().await {
+            In::Control(f) => match f.kind {
+                Some(Kind::GoAway(_)) => e.go_away = true,
+                Some(Kind::ConnectionError(c)) => e.error = Some(c.code),
+                _ => {}
+            },
+            In::Closed(code) => {
+                e.close = code.map(u64::from);
+                return e;
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn quic_ending(mut r: Raw) -> Ending {
+    let mut e = Ending::default();
+    while let Some(f) = r.read().await {
+        match f.kind {
+            Some(Kind::GoAway(_)) => e.go_away = true,
+            Some(Kind::ConnectionError(c)) => e.error = Some(c.code),
+            _ => {}
+        }
+    }
+    let reason = tokio::time::timeout(DEADLINE, r.conn.closed())
+        .await
+        .expect("closed in time");
+    if let quinn::ConnectionError::ApplicationClosed(c) = reason {
+        e.close = Some(c.error_code.into_inner());
+    }
+    e
+}
+
+/// PROTOCOL.md §7.6: a drain (what SIGTERM runs) follows one sequence for every connection
+/// of every transport, authenticated or not — `GoAway`, then, for those that stay,
+/// `ConnectionError SHUTTING_DOWN` and the close (QUIC 19, WebSocket 4019) — and new
+/// connections are refused meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_tells_every_connection_of_every_transport_and_then_closes_it_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path()).await;
+    let _bob = user(&s, "bob").await;
+    let mut quic_authed = Raw::hello(s.addr, &s.fingerprint).await;
+    quic_authed.login("bob").await;
+    let quic_unauthed = Raw::hello(s.addr, &s.fingerprint).await;
+    let mut ws_authed = RawWs::connect(&s).await;
+    let login = Op::Login(pb::Login {
+        username: "bob".into(),
+        password: PASSWORD.into(),
+        device_name: "raw".into(),
+    });
+    assert!(matches!(ws_authed.request(login).await, Res::Login(_)));
+    let ws_unauthed = RawWs::connect(&s).await;
+
+    let endings = async {
+        tokio::join!(
+            quic_ending(quic_authed),
+            quic_ending(quic_unauthed),
+            ws_ending(ws_authed),
+            ws_ending(ws_unauthed)
+        )
+    };
+    let ((qa, qu, wa, wu), ()) = tokio::join!(endings, async {
+        s.drain(std::time::Duration::from_millis(500)).await;
+    });
+    let shutting_down = pb::ErrorCode::ShuttingDown as u64;
+    for (what, e, close) in [
+        ("QUIC, authenticated", &qa, shutting_down),
+        ("QUIC, not authenticated", &qu, shutting_down),
+        ("WebSocket, authenticated", &wa, 4000 + shutting_down),
+        ("WebSocket, not authenticated", &wu, 4000 + shutting_down),
+    ] {
+        assert!(e.go_away, "{what}: no GoAway ({e:?})");
+        assert_eq!(
+            e.error,
+            Some(shutting_down as i32),
+            "{what}: ConnectionError first ({e:?})"
+        );
+        assert_eq!(e.close, Some(close), "{what}: close code ({e:?})");
+    }
+    // Draining admits nobody new.
+    assert!(
+        open(&s, Some(wsmux::SUBPROTOCOL)).await.is_err(),
+        "a WebSocket during the drain"
+    );
+    s.shutdown().await;
+}

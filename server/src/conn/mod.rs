@@ -71,6 +71,59 @@ pub struct Shared {
     next_conn: AtomicU64,
     /// Connections per address, and (under the same lock) in all.
     per_ip: std::sync::Mutex<(HashMap<std::net::IpAddr, usize>, usize)>,
+    /// Every connection being served, in any phase: how a drain reaches them all.
+    live: std::sync::Mutex<HashMap<u64, Live>>,
+    /// Draining: no new connection is admitted.
+    draining: std::sync::atomic::AtomicBool,
+}
+
+/// How to reach one live connection from outside it.
+#[derive(Debug)]
+struct Live {
+    /// Its control stream (frames in order with its responses).
+    out: mpsc::Sender<Bytes>,
+    /// Its one close path.
+    closes: mpsc::Sender<Close>,
+}
+
+impl Shared {
+    /// Send `frame` (a `GoAway`) on every live connection's control stream, authenticated
+    /// or not. Returns how many took it.
+    pub fn tell_all(&self, frame: Bytes) -> usize {
+        let live = self.live.lock().expect("live lock");
+        live.values().filter(|l| l.out.try_send(frame.clone()).is_ok()).count()
+    }
+
+    /// Close every live connection through its own close path: the `ConnectionError`
+    /// with `code` first, then the transport's close (QUIC code, WebSocket 4000 + code).
+    pub fn close_all(&self, code: ErrorCode, message: &str) -> usize {
+        let live = self.live.lock().expect("live lock");
+        live.values()
+            .filter(|l| l.closes.try_send(Close::new(code, message)).is_ok())
+            .count()
+    }
+
+    /// Admit no new connection from now on (a drain).
+    pub fn stop_admitting(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Connections being served now.
+    pub fn live_connections(&self) -> usize {
+        self.live.lock().expect("live lock").len()
+    }
+}
+
+/// Takes a connection off the live list when its serving ends.
+struct LiveGuard<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl Drop for LiveGuard<'_> {
+    fn drop(&mut self) {
+        self.shared.live.lock().expect("live lock").remove(&self.id);
+    }
 }
 
 /// One connection's place in its IP address's count; released on drop. Transports take
@@ -84,8 +137,12 @@ pub struct IpSlot {
 
 impl Shared {
     /// Count a connection from `ip`; `None` when that address, or the node, is at its
-    /// limit (the transport then refuses it with `LIMIT_EXCEEDED`).
+    /// limit, or the node is draining (the transport then refuses it: QUIC and
+    /// WebTransport with `LIMIT_EXCEEDED`, WebSocket with HTTP 429).
     pub fn admit(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<IpSlot> {
+        if self.draining.load(Ordering::SeqCst) {
+            return None;
+        }
         let mut guard = self.per_ip.lock().expect("per-ip lock");
         let (map, total) = &mut *guard;
         if *total >= self.config.max_connections {
@@ -127,6 +184,8 @@ impl Shared {
             config,
             next_conn: AtomicU64::new(1),
             per_ip: Default::default(),
+            live: Default::default(),
+            draining: Default::default(),
         }
     }
 }
@@ -183,6 +242,18 @@ where
     let in_flight = Arc::new(Semaphore::new(shared.config.max_in_flight));
     let actor = Arc::new(std::sync::OnceLock::new());
     let (closes, mut close_requests) = mpsc::channel(1);
+    shared.live.lock().expect("live lock").insert(
+        conn_id,
+        Live {
+            out: out.clone(),
+            closes: closes.clone(),
+        },
+    );
+    let registry = shared.clone();
+    let _live = LiveGuard {
+        shared: &registry,
+        id: conn_id,
+    };
     let mut conn = Conn {
         shared,
         transport,

@@ -93,7 +93,7 @@ pub async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
             let Some(_slot) = shared.admit(conn.remote_address().ip()) else {
                 conn.close(
                     quinn::VarInt::from_u32(ErrorCode::LimitExceeded as u32),
-                    b"too many connections from this address",
+                    b"not admitted: this address or node is at its limit, or draining",
                 );
                 return;
             };

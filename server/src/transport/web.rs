@@ -101,7 +101,11 @@ async fn websocket(
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     };
     let Some(slot) = shared.admit(peer.ip()) else {
-        return (StatusCode::TOO_MANY_REQUESTS, "too many connections from this address").into_response();
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            "not admitted: this address or node is at its limit, or draining",
+        )
+            .into_response();
     };
     upgrade.on_upgrade(move |socket| async move {
         crate::transport::websocket::serve(shared, socket, peer.ip()).await;

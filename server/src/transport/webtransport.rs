@@ -183,7 +183,7 @@ impl WtEndpoint {
                     let request = incoming.await.map_err(|e| e.to_string())?;
                     let Some(slot) = shared.admit(request.remote_address().ip()) else {
                         request.too_many_requests().await;
-                        return Err("too many connections from this address".to_string());
+                        return Err("not admitted: address or node at its limit, or draining".to_string());
                     };
                     let conn = request.accept().await.map_err(|e| e.to_string())?;
                     let (send, recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
