@@ -123,15 +123,6 @@ impl RawWs {
             }
         }
     }
-
-    /// The close code, skipping anything before it.
-    async fn closed(&mut self) -> Option<u16> {
-        loop {
-            if let In::Closed(c) = self.next().await {
-                return c;
-            }
-        }
-    }
 }
 
 fn close_code(e: pb::ErrorCode) -> Option<u16> {
@@ -201,34 +192,57 @@ async fn websocket_mapping_violations_get_typed_closes_and_others_keep_chatting(
     let err = open(&s, Some("chat.v2")).await.unwrap_err();
     assert!(err.contains("400"), "{err}");
 
-    // A text message.
-    let mut r = RawWs::connect(&s).await;
-    r.ws.send(Message::Text("hello".into())).await.unwrap();
-    assert_eq!(r.closed().await, close_code(pb::ErrorCode::MalformedFrame));
-    // A client message on a delivery channel.
-    let mut r = RawWs::connect(&s).await;
-    r.ws.send(Message::Binary(wsmux::encode(Channel::Stream(1), b"x")))
-        .await
-        .unwrap();
-    assert_eq!(r.closed().await, close_code(pb::ErrorCode::MalformedFrame));
-    // No channel number at all.
-    let mut r = RawWs::connect(&s).await;
-    r.ws.send(Message::Binary(vec![0x80].into())).await.unwrap();
-    assert_eq!(r.closed().await, close_code(pb::ErrorCode::MalformedFrame));
-    // A frame whose length prefix is over the limit, on the control channel.
-    let mut r = RawWs::connect(&s).await;
-    let mut huge = Vec::new();
-    prost::encoding::encode_varint(10 << 20, &mut huge);
-    r.ws.send(Message::Binary(wsmux::encode(Channel::Control, &huge)))
-        .await
-        .unwrap();
-    assert_eq!(r.closed().await, close_code(pb::ErrorCode::FrameTooLarge));
-    // A WebSocket message over the limit is refused by the transport.
-    let mut r = RawWs::connect(&s).await;
-    let big = vec![0u8; limits::MAX_WS_MESSAGE_BYTES + 1];
-    let _ = r.ws.send(Message::Binary(wsmux::encode(Channel::Control, &big))).await;
-    let code = r.closed().await;
-    assert_ne!(code, Some(1000), "not a normal close: {code:?}");
+    // Every way of breaking the mapping ends the connection the same way: the
+    // ConnectionError first, then close code 4000 + the same code — 20 times each.
+    type Case = (&'static str, fn() -> Message, pb::ErrorCode);
+    let cases: [Case; 5] = [
+        (
+            "a text message",
+            || Message::Text("hello".into()),
+            pb::ErrorCode::MalformedFrame,
+        ),
+        (
+            "a client message on a delivery channel",
+            || Message::Binary(wsmux::encode(Channel::Stream(1), b"x")),
+            pb::ErrorCode::MalformedFrame,
+        ),
+        (
+            "no channel number at all",
+            || Message::Binary(vec![0x80].into()),
+            pb::ErrorCode::MalformedFrame,
+        ),
+        (
+            "a WebSocket message over the limit",
+            || {
+                Message::Binary(wsmux::encode(
+                    Channel::Control,
+                    &vec![0u8; limits::MAX_WS_MESSAGE_BYTES + 1],
+                ))
+            },
+            pb::ErrorCode::FrameTooLarge,
+        ),
+        (
+            "a frame length over the limit, on the control channel",
+            || {
+                let mut prefix = Vec::new();
+                prost::encoding::encode_varint(10 << 20, &mut prefix);
+                Message::Binary(wsmux::encode(Channel::Control, &prefix))
+            },
+            pb::ErrorCode::FrameTooLarge,
+        ),
+    ];
+    for (what, message, code) in cases {
+        for attempt in 0..20 {
+            let mut r = RawWs::connect(&s).await;
+            let _ = r.ws.send(message()).await;
+            let e = ws_ending(r).await;
+            assert_eq!(
+                (e.error, e.close),
+                (Some(code as i32), close_code(code).map(u64::from)),
+                "{what}, attempt {attempt}: {e:?}"
+            );
+        }
+    }
     // A request before authentication is refused, typed, without closing.
     let mut r = RawWs::connect(&s).await;
     let res = r.request(Op::ListConversations(pb::ListConversations {})).await;

@@ -34,7 +34,7 @@ mod auth;
 mod delivery;
 pub mod transport;
 
-pub use transport::{ControlSend, Transport};
+pub use transport::{ControlSend, Transport, Violation};
 
 /// Per-connection tunables.
 #[derive(Clone, Debug)]
@@ -80,8 +80,9 @@ pub struct Shared {
 /// How to reach one live connection from outside it.
 #[derive(Debug)]
 struct Live {
-    /// Its control stream (frames in order with its responses).
-    out: mpsc::Sender<Bytes>,
+    /// Its control stream (frames in order with its responses). Weak: the control writer
+    /// ends when the connection drops its own sender, which a close waits for.
+    out: mpsc::WeakSender<Bytes>,
     /// Its one close path.
     closes: mpsc::Sender<Close>,
 }
@@ -91,7 +92,9 @@ impl Shared {
     /// or not. Returns how many took it.
     pub fn tell_all(&self, frame: Bytes) -> usize {
         let live = self.live.lock().expect("live lock");
-        live.values().filter(|l| l.out.try_send(frame.clone()).is_ok()).count()
+        live.values()
+            .filter(|l| l.out.upgrade().is_some_and(|out| out.try_send(frame.clone()).is_ok()))
+            .count()
     }
 
     /// Close every live connection through its own close path: the `ConnectionError`
@@ -245,7 +248,7 @@ where
     shared.live.lock().expect("live lock").insert(
         conn_id,
         Live {
-            out: out.clone(),
+            out: out.downgrade(),
             closes: closes.clone(),
         },
     );
@@ -321,6 +324,10 @@ async fn read_frame<T: Transport, R: AsyncRead + Unpin>(
             Ok(n) => n,
             // The client's clean close may overtake its FIN (QUIC): still a clean end.
             Err(e) if transport.is_clean_close(&e) => 0,
+            Err(e) if Violation::from_io(&e).is_some() => {
+                let v = Violation::from_io(&e).expect("checked");
+                return Err(Close::new(v.code, v.message.clone()));
+            }
             Err(e) => return Err(Close::new(ErrorCode::Unspecified, e.to_string())),
         };
         if n == 0 {

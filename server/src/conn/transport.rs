@@ -37,6 +37,34 @@ pub trait Transport: Send + Sync + 'static {
     }
 }
 
+/// A transport-level violation the adapter found under the control stream (a WebSocket
+/// text message, a client message on a delivery channel): the adapter yields it as the
+/// control stream's read error, and the driver ends the connection with its code through
+/// the one close path — the `ConnectionError` first, then the transport's close.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Violation {
+    /// The close code.
+    pub code: ErrorCode,
+    /// Why, for the `ConnectionError` and the logs.
+    pub message: String,
+}
+
+impl Violation {
+    /// A violation as the control stream's read error.
+    pub fn into_io(code: ErrorCode, message: impl Into<String>) -> io::Error {
+        io::Error::other(Violation {
+            code,
+            message: message.into(),
+        })
+    }
+
+    /// The violation inside a control-stream read error, if that is what it is.
+    pub fn from_io(e: &io::Error) -> Option<&Violation> {
+        e.get_ref().and_then(|inner| inner.downcast_ref::<Violation>())
+    }
+}
+
 /// The server's half of a control stream: written, then finished with a bounded wait for
 /// the peer to have read everything (so a closing `ConnectionError` is not discarded by the
 /// close that follows it).

@@ -92,8 +92,11 @@ async fn websocket(
 ) -> Response {
     let upgrade = upgrade
         .protocols([wsmux::SUBPROTOCOL])
-        .max_message_size(limits::MAX_WS_MESSAGE_BYTES)
-        .max_frame_size(limits::MAX_WS_MESSAGE_BYTES);
+        // Twice the protocol's limit: a message over the limit is still read whole (so the
+        // socket closes cleanly, not with a reset that could eat the close) and refused by
+        // the read loop with FRAME_TOO_LARGE; beyond twice, the transport drops it.
+        .max_message_size(2 * limits::MAX_WS_MESSAGE_BYTES)
+        .max_frame_size(2 * limits::MAX_WS_MESSAGE_BYTES);
     if upgrade.selected_protocol().is_none() {
         return (StatusCode::BAD_REQUEST, "offer the WebSocket subprotocol natter.v1").into_response();
     }

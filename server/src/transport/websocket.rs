@@ -15,11 +15,12 @@ use async_trait::async_trait;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
+use natter_protocol::limits;
 use natter_protocol::pb::ErrorCode;
 use natter_protocol::wsmux::{self, Channel};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::conn::{self, Shared, Transport};
+use crate::conn::{self, Shared, Transport, Violation};
 use crate::transport::chanwrite::ChannelWriter;
 
 /// WebSocket close codes for natter errors: 4000 + the `ErrorCode` number.
@@ -92,7 +93,7 @@ pub async fn serve(shared: Arc<Shared>, socket: WebSocket, ip: IpAddr) {
         ip,
     });
     let writer = tokio::spawn(write_loop(sink, out_rx, close_rx));
-    let reader = tokio::spawn(read_loop(stream, control_tx, dgram_tx, transport.clone()));
+    let reader = tokio::spawn(read_loop(stream, control_tx, dgram_tx));
     let control_rx = futures::stream::unfold(control_rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
     let recv = tokio_util::io::StreamReader::new(Box::pin(control_rx));
     let send = channel_writer(out, Channel::Control);
@@ -106,15 +107,40 @@ async fn read_loop(
     mut stream: futures::stream::SplitStream<WebSocket>,
     control: mpsc::Sender<io::Result<Bytes>>,
     datagrams: mpsc::Sender<Bytes>,
-    transport: Arc<WsTransport>,
 ) {
     while let Some(msg) = stream.next().await {
         let data = match msg {
+            Ok(Message::Binary(data)) if data.len() > limits::MAX_WS_MESSAGE_BYTES => {
+                let why = format!(
+                    "message of {} bytes, limit {}",
+                    data.len(),
+                    limits::MAX_WS_MESSAGE_BYTES
+                );
+                violation(&control, ErrorCode::FrameTooLarge, &why).await;
+                break;
+            }
             Ok(Message::Binary(data)) => data,
-            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(Message::Close(_)) => break,
+            // The one read error a client can cause on purpose is a message over the size
+            // limit (PROTOCOL.md §3.6); any other (a reset) ends a connection that is gone.
+            Err(e) => {
+                let text = e.to_string();
+                let code = if text.contains("Message too long") || text.contains("Space limit exceeded") {
+                    ErrorCode::FrameTooLarge
+                } else {
+                    ErrorCode::MalformedFrame
+                };
+                violation(&control, code, &text).await;
+                break;
+            }
             Ok(Message::Ping(_) | Message::Pong(_)) => continue,
             Ok(Message::Text(_)) => {
-                transport.close(ErrorCode::MalformedFrame, "text messages are not natter frames");
+                violation(
+                    &control,
+                    ErrorCode::MalformedFrame,
+                    "text messages are not natter frames",
+                )
+                .await;
                 break;
             }
         };
@@ -128,15 +154,21 @@ async fn read_loop(
                 let _ = datagrams.try_send(data.slice_ref(payload));
             }
             Ok((Channel::Stream(_), _)) => {
-                transport.close(ErrorCode::MalformedFrame, "clients cannot open streams");
+                violation(&control, ErrorCode::MalformedFrame, "clients cannot open streams").await;
                 break;
             }
             Err(e) => {
-                transport.close(ErrorCode::MalformedFrame, &e.to_string());
+                violation(&control, ErrorCode::MalformedFrame, &e.to_string()).await;
                 break;
             }
         }
     }
+}
+
+/// Hand a violation of the mapping to the connection driver, which ends the connection
+/// with it: the `ConnectionError` first, then close code 4000 + code (PROTOCOL.md §3.6).
+async fn violation(control: &mpsc::Sender<io::Result<Bytes>>, code: ErrorCode, message: &str) {
+    let _ = control.send(Err(Violation::into_io(code, message))).await;
 }
 
 async fn write_loop(
@@ -144,36 +176,43 @@ async fn write_loop(
     mut out: mpsc::Receiver<Bytes>,
     mut close: oneshot::Receiver<(ErrorCode, String)>,
 ) {
-    let mut closing = None;
-    loop {
+    let unspecified = || (ErrorCode::Unspecified, String::new());
+    let closing = loop {
         tokio::select! {
             biased;
-            msg = out.recv(), if closing.is_none() => match msg {
+            msg = out.recv() => match msg {
                 Some(msg) => {
-                    // A peer that stopped reading must not hold a close back forever.
+                    let send = sink.send(Message::Binary(msg));
+                    tokio::pin!(send);
                     tokio::select! {
-                        r = sink.send(Message::Binary(msg)) => if r.is_err() { return },
-                        c = &mut close => { closing = Some(c.unwrap_or((ErrorCode::Unspecified, String::new()))); }
+                        r = &mut send => if r.is_err() { return },
+                        c = &mut close => {
+                            // The message under way may be the ConnectionError: finish it
+                            // (bounded — a peer that stopped reading must not hold the
+                            // close back forever), never cut it off.
+                            match tokio::time::timeout(Duration::from_secs(1), send).await {
+                                Ok(Ok(())) => {}
+                                _ => return,
+                            }
+                            break c.unwrap_or_else(|_| unspecified());
+                        }
                     }
                 }
-                None => break,
+                None => break unspecified(),
             },
-            c = &mut close, if closing.is_none() => {
-                closing = Some(c.unwrap_or((ErrorCode::Unspecified, String::new())));
-                // Whatever is already queued (a ConnectionError frame) goes first.
-                while let Ok(msg) = out.try_recv() {
-                    if tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Binary(msg))).await.is_err() {
-                        break;
-                    }
-                }
-            }
-            else => break,
+            c = &mut close => break c.unwrap_or_else(|_| unspecified()),
         }
-        if closing.is_some() {
+    };
+    // Whatever is already queued (a ConnectionError frame) goes first.
+    while let Ok(msg) = out.try_recv() {
+        if tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Binary(msg)))
+            .await
+            .map_or(true, |r| r.is_err())
+        {
             break;
         }
     }
-    let (code, reason) = closing.unwrap_or((ErrorCode::Unspecified, String::new()));
+    let (code, reason) = closing;
     let mut reason = reason;
     // A close reason is at most 123 bytes.
     while reason.len() > 120 {
