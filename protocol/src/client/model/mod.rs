@@ -23,6 +23,21 @@ use crate::error::ServerError;
 use crate::pb;
 use crate::timeline::MessageView;
 
+/// An app-facing record: plain data, camelCase for JS, a uniffi record for the bindings.
+macro_rules! record {
+    ($(#[$meta:meta])* pub struct $name:ident { $($body:tt)* }) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug, PartialEq, Eq)]
+        #[cfg_attr(
+            feature = "serde",
+            derive(serde::Serialize, serde::Deserialize),
+            serde(rename_all = "camelCase")
+        )]
+        #[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+        pub struct $name { $($body)* }
+    };
+}
+
 /// Mirrors a wire enum for the app (with conversions both ways): the wire type is prost's
 /// `i32` enum, which neither serde's JS names nor uniffi know.
 macro_rules! app_enum {
@@ -73,21 +88,16 @@ app_enum!(
     PresenceState from pb::PresenceState, serde "lowercase" { Unspecified, Online, Away, Offline }
 );
 
-/// Why the server refused something, as events carry it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(
-    feature = "serde",
-    derive(serde::Serialize, serde::Deserialize),
-    serde(rename_all = "camelCase")
-)]
-#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
-pub struct ErrorInfo {
-    /// The typed reason.
-    pub code: ErrorCode,
-    /// Human-readable detail for logs; never parse it.
-    pub message: String,
-    /// For rate limits and drains: when to try again (0: no hint).
-    pub retry_after_ms: u32,
+record! {
+    /// Why the server refused something, as events carry it.
+    pub struct ErrorInfo {
+        /// The typed reason.
+        pub code: ErrorCode,
+        /// Human-readable detail for logs; never parse it.
+        pub message: String,
+        /// For rate limits and drains: when to try again (0: no hint).
+        pub retry_after_ms: u32,
+    }
 }
 
 impl From<&ServerError> for ErrorInfo {
@@ -100,98 +110,78 @@ impl From<&ServerError> for ErrorInfo {
     }
 }
 
-/// A conversation member.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(
-    feature = "serde",
-    derive(serde::Serialize, serde::Deserialize),
-    serde(rename_all = "camelCase")
-)]
-#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
-pub struct Member {
-    /// Their id.
-    pub user_id: u64,
-    /// Their username.
-    pub username: String,
-    /// Their role.
-    pub role: Role,
-    /// The seq of the event that made them a member.
-    pub joined_seq: u64,
+record! {
+    /// A conversation member.
+    pub struct Member {
+        /// Their id.
+        pub user_id: u64,
+        /// Their username.
+        pub username: String,
+        /// Their role.
+        pub role: Role,
+        /// The seq of the event that made them a member.
+        pub joined_seq: u64,
+    }
 }
 
-/// A member's delivered and read cursors.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(
-    feature = "serde",
-    derive(serde::Serialize, serde::Deserialize),
-    serde(rename_all = "camelCase")
-)]
-#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
-pub struct MemberReceipt {
-    /// Whose.
-    pub user_id: u64,
-    /// Everything up to here reached one of their devices.
-    pub delivered_seq: u64,
-    /// Everything up to here is read.
-    pub read_seq: u64,
+record! {
+    /// A member's delivered and read cursors.
+    pub struct MemberReceipt {
+        /// Whose.
+        pub user_id: u64,
+        /// Everything up to here reached one of their devices.
+        pub delivered_seq: u64,
+        /// Everything up to here is read.
+        pub read_seq: u64,
+    }
 }
 
-/// A conversation as the conversation list shows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(
-    feature = "serde",
-    derive(serde::Serialize, serde::Deserialize),
-    serde(rename_all = "camelCase")
-)]
-#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
-pub struct Conversation {
-    /// Its id.
-    pub conversation_id: u64,
-    /// Direct, group or channel.
-    pub kind: ConversationKind,
-    /// Group/channel name; for a direct conversation the other user's username.
-    pub name: String,
-    /// Newest seq (0: empty).
-    pub last_seq: u64,
-    /// The seq that made the caller a member.
-    pub joined_seq: u64,
-    /// The caller's read cursor.
-    pub read_seq: u64,
-    /// Messages from others after `read_seq` (capped at 1000).
-    pub unread_count: u32,
-    /// The caller's role.
-    pub my_role: Role,
-    /// How many members.
-    pub member_count: u32,
-    /// The newest message, for the preview line.
-    pub last_message: Option<ConversationEvent>,
-    /// Every member's cursors (direct conversations and groups).
-    pub receipts: Vec<MemberReceipt>,
+record! {
+    /// A conversation as the conversation list shows it.
+    pub struct Conversation {
+        /// Its id.
+        pub conversation_id: u64,
+        /// Direct, group or channel.
+        pub kind: ConversationKind,
+        /// Group/channel name; for a direct conversation the other user's username.
+        pub name: String,
+        /// Newest seq (0: empty).
+        pub last_seq: u64,
+        /// The seq that made the caller a member.
+        pub joined_seq: u64,
+        /// The caller's read cursor.
+        pub read_seq: u64,
+        /// Messages from others after `read_seq` (capped at 1000).
+        pub unread_count: u32,
+        /// The caller's role.
+        pub my_role: Role,
+        /// How many members.
+        pub member_count: u32,
+        /// The newest message, for the preview line.
+        pub last_message: Option<ConversationEvent>,
+        /// Every member's cursors (direct conversations and groups).
+        pub receipts: Vec<MemberReceipt>,
+    }
 }
 
-/// One event of a conversation: a message, or a change to the conversation.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(
-    feature = "serde",
-    derive(serde::Serialize, serde::Deserialize),
-    serde(rename_all = "camelCase")
-)]
-#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
-pub struct ConversationEvent {
-    /// Where.
-    pub conversation_id: u64,
-    /// Its position: gap-free from 1.
-    pub seq: u64,
-    /// Who.
-    pub sender_user_id: u64,
-    /// Their username.
-    pub sender_username: String,
-    /// From which of their devices.
-    pub sender_device_id: u64,
-    /// Commit time (ms since the epoch).
-    pub server_time_ms: u64,
-    /// What happened.
-    pub body: EventBody,
+record! {
+    /// One event of a conversation: a message, or a change to the conversation.
+    pub struct ConversationEvent {
+        /// Where.
+        pub conversation_id: u64,
+        /// Its position: gap-free from 1.
+        pub seq: u64,
+        /// Who.
+        pub sender_user_id: u64,
+        /// Their username.
+        pub sender_username: String,
+        /// From which of their devices.
+        pub sender_device_id: u64,
+        /// Commit time (ms since the epoch).
+        pub server_time_ms: u64,
+        /// What happened.
+        pub body: EventBody,
+    }
 }
 
 /// What a [`ConversationEvent`] says. JS: `{ type: "message", clientMsgId, text, replyToSeq }`, ….
@@ -275,130 +265,100 @@ pub enum EventBody {
     Unknown,
 }
 
-/// A page of history.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(
-    feature = "serde",
-    derive(serde::Serialize, serde::Deserialize),
-    serde(rename_all = "camelCase")
-)]
-#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
-pub struct HistoryPage {
-    /// Where.
-    pub conversation_id: u64,
-    /// Oldest first.
-    pub events: Vec<ConversationEvent>,
-    /// More exist in the direction asked.
-    pub has_more: bool,
-    /// The conversation's newest seq.
-    pub last_seq: u64,
+record! {
+    /// A page of history.
+    pub struct HistoryPage {
+        /// Where.
+        pub conversation_id: u64,
+        /// Oldest first.
+        pub events: Vec<ConversationEvent>,
+        /// More exist in the direction asked.
+        pub has_more: bool,
+        /// The conversation's newest seq.
+        pub last_seq: u64,
+    }
 }
 
-/// A message is durable on the server ("sent", ✓).
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(
-    feature = "serde",
-    derive(serde::Serialize, serde::Deserialize),
-    serde(rename_all = "camelCase")
-)]
-#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
-pub struct SendAck {
-    /// Where.
-    pub conversation_id: u64,
-    /// Its seq.
-    pub seq: u64,
-    /// Commit time.
-    pub server_time_ms: u64,
-    /// It had been committed before (a retry of an earlier send).
-    pub duplicate: bool,
-    /// The idempotency key.
-    pub client_msg_id: String,
+record! {
+    /// A message is durable on the server ("sent", ✓).
+    pub struct SendAck {
+        /// Where.
+        pub conversation_id: u64,
+        /// Its seq.
+        pub seq: u64,
+        /// Commit time.
+        pub server_time_ms: u64,
+        /// It had been committed before (a retry of an earlier send).
+        pub duplicate: bool,
+        /// The idempotency key.
+        pub client_msg_id: String,
+    }
 }
 
-/// A user's presence.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(
-    feature = "serde",
-    derive(serde::Serialize, serde::Deserialize),
-    serde(rename_all = "camelCase")
-)]
-#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
-pub struct Presence {
-    /// Who.
-    pub user_id: u64,
-    /// Their username.
-    pub username: String,
-    /// Online, away or offline.
-    pub state: PresenceState,
-    /// When last online (0: hidden or unknown).
-    pub last_seen_ms: u64,
+record! {
+    /// A user's presence.
+    pub struct Presence {
+        /// Who.
+        pub user_id: u64,
+        /// Their username.
+        pub username: String,
+        /// Online, away or offline.
+        pub state: PresenceState,
+        /// When last online (0: hidden or unknown).
+        pub last_seen_ms: u64,
+    }
 }
 
-/// One of the user's devices.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(
-    feature = "serde",
-    derive(serde::Serialize, serde::Deserialize),
-    serde(rename_all = "camelCase")
-)]
-#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
-pub struct Device {
-    /// Its id.
-    pub device_id: u64,
-    /// Its name.
-    pub name: String,
-    /// When it logged in (ms since the epoch).
-    pub created_ms: u64,
-    /// When it was last connected.
-    pub last_seen_ms: u64,
-    /// This is the calling device.
-    pub current: bool,
+record! {
+    /// One of the user's devices.
+    pub struct Device {
+        /// Its id.
+        pub device_id: u64,
+        /// Its name.
+        pub name: String,
+        /// When it logged in (ms since the epoch).
+        pub created_ms: u64,
+        /// When it was last connected.
+        pub last_seen_ms: u64,
+        /// This is the calling device.
+        pub current: bool,
+    }
 }
 
-/// One message of a [`crate::timeline::Timeline`] as it stands after every event so far.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(
-    feature = "serde",
-    derive(serde::Serialize, serde::Deserialize),
-    serde(rename_all = "camelCase")
-)]
-#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
-pub struct Message {
-    /// Its seq.
-    pub seq: u64,
-    /// Who sent it.
-    pub sender_user_id: u64,
-    /// Their username.
-    pub sender_username: String,
-    /// Current text (empty once deleted).
-    pub text: String,
-    /// The message it answers, 0 for none.
-    pub reply_to_seq: u64,
-    /// Commit time of the original (ms since the epoch).
-    pub server_time_ms: u64,
-    /// Edited at least once.
-    pub edited: bool,
-    /// Deleted (a tombstone).
-    pub deleted: bool,
-    /// Reactions, most used first.
-    pub reactions: Vec<Reaction>,
+record! {
+    /// One message of a [`crate::timeline::Timeline`] as it stands after every event so far.
+    pub struct Message {
+        /// Its seq.
+        pub seq: u64,
+        /// Who sent it.
+        pub sender_user_id: u64,
+        /// Their username.
+        pub sender_username: String,
+        /// Current text (empty once deleted).
+        pub text: String,
+        /// The message it answers, 0 for none.
+        pub reply_to_seq: u64,
+        /// Commit time of the original (ms since the epoch).
+        pub server_time_ms: u64,
+        /// Edited at least once.
+        pub edited: bool,
+        /// Deleted (a tombstone).
+        pub deleted: bool,
+        /// Reactions, most used first.
+        pub reactions: Vec<Reaction>,
+    }
 }
 
-/// One emoji on a message and who reacted with it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(
-    feature = "serde",
-    derive(serde::Serialize, serde::Deserialize),
-    serde(rename_all = "camelCase")
-)]
-#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
-pub struct Reaction {
-    /// The emoji.
-    pub emoji: String,
-    /// How many reacted with it.
-    pub count: u32,
-    /// Who, by id.
-    pub user_ids: Vec<u64>,
+record! {
+    /// One emoji on a message and who reacted with it.
+    pub struct Reaction {
+        /// The emoji.
+        pub emoji: String,
+        /// How many reacted with it.
+        pub count: u32,
+        /// Who, by id.
+        pub user_ids: Vec<u64>,
+    }
 }
 
 impl From<pb::Member> for Member {
