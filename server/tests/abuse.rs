@@ -505,3 +505,43 @@ async fn unauthenticated_connections_end_at_the_deadline_and_the_node_caps_its_c
     }
     s.shutdown().await;
 }
+
+/// One connection per device (PROTOCOL.md §8.2): the same device authenticating on a
+/// second connection ends the first with `CONFLICT`, its `ConnectionError` first — never a
+/// first connection left open without its session (which used to go silent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_connection_of_the_same_device_closes_the_first_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path()).await;
+    let bob = user(&s, "bob").await;
+    bob.client.shutdown().await;
+    let auth = || {
+        Op::Authenticate(pb::Authenticate {
+            access_token: bob.token.clone(),
+            resume_token: String::new(),
+            cursors: vec![],
+        })
+    };
+    for attempt in 0..20 {
+        let mut first = Raw::hello(s.addr, &s.fingerprint).await;
+        assert!(matches!(first.request(auth()).await, Res::Auth(_)), "attempt {attempt}");
+        let mut second = Raw::hello(s.addr, &s.fingerprint).await;
+        assert!(
+            matches!(second.request(auth()).await, Res::Auth(_)),
+            "attempt {attempt}"
+        );
+        let (err, code) = first.closed().await;
+        assert_eq!(code, ErrorCode::Conflict as u64, "attempt {attempt}");
+        assert_eq!(
+            err.map(|e| e.code),
+            Some(ErrorCode::Conflict as i32),
+            "attempt {attempt}: the ConnectionError comes first"
+        );
+        // The second carries the session.
+        assert!(matches!(
+            second.request(Op::Ping(pb::Ping { nonce: 1 })).await,
+            Res::Pong(_)
+        ));
+    }
+    s.shutdown().await;
+}

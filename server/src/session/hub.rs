@@ -167,7 +167,9 @@ impl Hub {
         device: DeviceId,
         conn_id: u64,
     ) -> (Arc<Session>, ResumeToken, mpsc::Receiver<Outbound>) {
-        self.close_device(user, device, None);
+        // One connection per device (PROTOCOL.md §8.2): a newer authentication of the same
+        // device ends the older connection with CONFLICT, its reason first.
+        self.close_device(user, device, Some(pb::ErrorCode::Conflict));
         let (tx, rx) = self.channel();
         let token = ResumeToken::generate();
         let session = Arc::new(Session {
