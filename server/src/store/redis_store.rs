@@ -81,8 +81,8 @@ impl RedisConn {
     /// Run one command.
     pub async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
         match self.clone() {
-            RedisConn::Single(mut c) => cmd.query_async(&mut c).await.map_err(backend),
-            RedisConn::Cluster(mut c) => cmd.query_async(&mut c).await.map_err(backend),
+            RedisConn::Single(mut c) => cmd.query_async(&mut c).await.map_err(redis_error),
+            RedisConn::Cluster(mut c) => cmd.query_async(&mut c).await.map_err(redis_error),
         }
     }
 
@@ -107,22 +107,45 @@ impl RedisConn {
     /// Run a pipeline whose keys all share one cluster slot (not atomic).
     pub async fn pipe<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, StoreError> {
         match self.clone() {
-            RedisConn::Single(mut c) => pipe.query_async(&mut c).await.map_err(backend),
-            RedisConn::Cluster(mut c) => pipe.query_async(&mut c).await.map_err(backend),
+            RedisConn::Single(mut c) => pipe.query_async(&mut c).await.map_err(redis_error),
+            RedisConn::Cluster(mut c) => pipe.query_async(&mut c).await.map_err(redis_error),
         }
     }
 
     /// Run a script.
     pub async fn script<T: redis::FromRedisValue>(&self, inv: &redis::ScriptInvocation<'_>) -> Result<T, StoreError> {
         match self.clone() {
-            RedisConn::Single(mut c) => inv.invoke_async(&mut c).await.map_err(backend),
-            RedisConn::Cluster(mut c) => inv.invoke_async(&mut c).await.map_err(backend),
+            RedisConn::Single(mut c) => inv.invoke_async(&mut c).await.map_err(redis_error),
+            RedisConn::Cluster(mut c) => inv.invoke_async(&mut c).await.map_err(redis_error),
         }
     }
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
+}
+
+/// A Redis error as the store's: Redis unreachable, read-only (a replica, or a primary
+/// demoted in a failover), out of memory, refusing writes after a failed save, loading, or
+/// a cluster without a master for the slot is `Unavailable` — the write did not happen and
+/// may succeed later (PROTOCOL.md §6.2, `STORAGE_UNAVAILABLE`); anything else is `Backend`.
+fn redis_error(e: redis::RedisError) -> StoreError {
+    use redis::{ErrorKind, ServerErrorKind};
+    let unavailable = e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.is_cluster_error()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown | ServerErrorKind::BusyLoading)
+        )
+        || matches!(e.code(), Some("OOM" | "MISCONF" | "NOREPLICAS"));
+    if unavailable {
+        StoreError::Unavailable(e.to_string())
+    } else {
+        StoreError::Backend(e.to_string())
+    }
 }
 
 fn enc<T: Serialize>(v: &T) -> Vec<u8> {
@@ -678,6 +701,37 @@ mod tests {
             let store = RedisStore::new(RedisConn::connect(&cluster.urls(), true).await.unwrap());
             (cluster, store)
         });
+    }
+
+    /// Redis refusing writes (a replica, as a demoted primary is) or gone answers the typed,
+    /// retryable `Unavailable` (STORAGE_UNAVAILABLE on the wire), not an internal error.
+    #[tokio::test]
+    async fn a_read_only_or_unreachable_redis_is_unavailable_not_internal() {
+        let redis = crate::store::testredis::TestRedis::start();
+        let store = RedisStore::new(RedisConn::connect(&[redis.url()], false).await.unwrap());
+        store.create_user("ann", "h", 1).await.unwrap();
+        // Demote it: a replica of a primary that does not exist is read-only.
+        let client = redis::Client::open(redis.url()).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let _: () = redis::cmd("REPLICAOF")
+            .arg("127.0.0.1")
+            .arg(1)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let err = store.create_user("bea", "h", 1).await.unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "read-only: {err:?}");
+        assert_eq!(
+            natter_protocol::ServerError::from(err).code,
+            pb::ErrorCode::StorageUnavailable
+        );
+        // Reads still answer on a read-only Redis.
+        assert!(store.user_by_name("ann").await.unwrap().is_some());
+        // Gone altogether.
+        drop(c);
+        drop(redis);
+        let err = store.user_by_name("ann").await.unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "unreachable: {err:?}");
     }
 
     /// Two nodes committing to one conversation: the second, with a stale view, is refused
