@@ -206,8 +206,8 @@ enum Fill {
     Reserve,
     /// No reserve (`--disk-reserve-bytes 0`): sled's own writes hit ENOSPC. Every request
     /// still gets a typed answer (no hang), and a restart with space serves again. What
-    /// sled keeps of its last writes is sled's: sled 0.34 was seen to lose a value it had
-    /// flushed once its log met ENOSPC, which is why the reserve exists and is on by
+    /// sled keeps of its last writes is sled's: sled 0.34 was seen to lose acknowledged
+    /// writes once its log met ENOSPC, which is why the reserve exists and is on by
     /// default (README, Configuration).
     SledHitsTheWall,
 }

@@ -22,8 +22,9 @@
 //!   database (its drop can block on a log that never becomes stable); then the store
 //!   stays down — every answer typed, none false — until the server is restarted.
 //!
-//! Why the reserve matters more than the recovery: sled 0.34 was seen to lose a value it
-//! had reported flushed once its log met ENOSPC (`server/tests/faults.rs`, no reserve).
+//! Why the reserve matters more than the recovery: sled 0.34 was seen to lose acknowledged
+//! writes once its log met ENOSPC — after a restart, a message acknowledged under its seq
+//! was gone (`server/tests/faults.rs` without the reserve).
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
