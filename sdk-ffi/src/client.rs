@@ -15,6 +15,8 @@ use natter_sdk::{
     Client, ClientConfig, ClientError, ClientMsgId, ConversationId, DeviceId, Events, Seq, Trust, UserId,
 };
 
+use natter_protocol::client::model::list;
+
 use crate::error::NatterError;
 use crate::runtime;
 use crate::types::*;
@@ -123,10 +125,6 @@ where
         Ok(result) => Ok(result?.into()),
         Err(_) => Err(NatterError::Closed),
     }
-}
-
-fn each<T, R: From<T>>(list: Vec<T>) -> Vec<R> {
-    list.into_iter().map(R::from).collect()
 }
 
 fn text_body(text: String, reply_to_seq: u64) -> pb::MessageBody {
@@ -245,13 +243,13 @@ impl NatterClient {
     /// This user's devices.
     pub async fn devices(&self) -> Result<Vec<Device>, NatterError> {
         let c = self.inner.clone();
-        run(async move { c.devices().await.map(each) }).await
+        run(async move { c.devices().await.map(list) }).await
     }
 
     /// Every conversation, with last message, unread count and receipts.
     pub async fn conversations(&self) -> Result<Vec<Conversation>, NatterError> {
         let c = self.inner.clone();
-        run(async move { c.conversations().await.map(each) }).await
+        run(async move { c.conversations().await.map(list) }).await
     }
 
     /// The 1:1 conversation with `username`, created on first use.
@@ -285,7 +283,7 @@ impl NatterClient {
     /// Members of a conversation.
     pub async fn members(&self, conversation_id: u64) -> Result<Vec<Member>, NatterError> {
         let c = self.inner.clone();
-        run(async move { c.members(ConversationId(conversation_id)).await.map(each) }).await
+        run(async move { c.members(ConversationId(conversation_id)).await.map(list) }).await
     }
 
     /// Add members to a group or channel (owners and admins).
@@ -429,7 +427,7 @@ impl NatterClient {
     /// Every member's delivered and read cursors.
     pub async fn receipts(&self, conversation_id: u64) -> Result<Vec<MemberReceipt>, NatterError> {
         let c = self.inner.clone();
-        run(async move { c.receipts(ConversationId(conversation_id)).await.map(each) }).await
+        run(async move { c.receipts(ConversationId(conversation_id)).await.map(list) }).await
     }
 
     /// Call on every keystroke; the client rate-limits what it sends.
@@ -447,7 +445,7 @@ impl NatterClient {
         let c = self.inner.clone();
         run(async move {
             let users: Vec<UserId> = user_ids.into_iter().map(UserId).collect();
-            c.presence(&users).await.map(each)
+            c.presence(&users).await.map(list)
         })
         .await
     }

@@ -64,7 +64,7 @@ fn fill(path: &Path, leave: u64) {
     let mut f = std::fs::File::create(path).unwrap();
     let chunk = vec![0x5a_u8; 64 * 1024];
     loop {
-        let stat = nix_free_bytes(path.parent().unwrap());
+        let stat = free_bytes(path.parent().unwrap());
         if stat <= leave {
             break;
         }
@@ -77,7 +77,7 @@ fn fill(path: &Path, leave: u64) {
 }
 
 /// Free bytes of the file system holding `dir` (`df` keeps this free of libc bindings).
-fn nix_free_bytes(dir: &Path) -> u64 {
+fn free_bytes(dir: &Path) -> u64 {
     let out = Command::new("df")
         .args(["-B1", "--output=avail"])
         .arg(dir)

@@ -118,12 +118,12 @@ impl Shared {
 }
 
 /// Takes a connection off the live list when its serving ends.
-struct LiveGuard<'a> {
-    shared: &'a Shared,
+struct LiveGuard {
+    shared: Arc<Shared>,
     id: u64,
 }
 
-impl Drop for LiveGuard<'_> {
+impl Drop for LiveGuard {
     fn drop(&mut self) {
         self.shared.live.lock().expect("live lock").remove(&self.id);
     }
@@ -252,9 +252,8 @@ where
             closes: closes.clone(),
         },
     );
-    let registry = shared.clone();
     let _live = LiveGuard {
-        shared: &registry,
+        shared: shared.clone(),
         id: conn_id,
     };
     let mut conn = Conn {

@@ -118,10 +118,11 @@ fn space(_dir: &Path) -> Option<(u64, u64)> {
 #[derive(Debug)]
 pub(super) struct Health {
     /// Checked before every write.
-    pub space: SpaceGuard,
+    space: SpaceGuard,
     dir: PathBuf,
+    /// Up, or down with one recovery thread (started by the failure that took it down)
+    /// under way until it is up again.
     state: RwLock<State>,
-    recovering: AtomicBool,
     /// The recovery thread is opening the database right now.
     opening: AtomicBool,
 }
@@ -137,7 +138,6 @@ impl Health {
             space: SpaceGuard::new(dir, reserve),
             dir: dir.to_path_buf(),
             state: RwLock::new(State::Up(Arc::new(handles))),
-            recovering: AtomicBool::new(false),
             opening: AtomicBool::new(false),
         }))
     }
@@ -150,7 +150,7 @@ impl Health {
         self.state.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The database to write to, or `Unavailable` while the store is down.
+    /// The database, or `Unavailable` while the store is down.
     pub fn writer(&self) -> Result<Arc<Handles>, StoreError> {
         match &*self.read_state() {
             State::Up(h) => Ok(h.clone()),
@@ -158,21 +158,23 @@ impl Health {
         }
     }
 
-    /// What reads see: the database, or `Unavailable` while the store is down.
-    pub fn view(&self) -> Result<View, StoreError> {
-        match &*self.read_state() {
-            State::Up(h) => Ok(View { h: h.clone() }),
-            State::Down { reason, .. } => Err(unavailable(reason)),
-        }
+    /// The database for a write of about `need` bytes: also `Unavailable` (nothing
+    /// touched, the store stays up) while that would eat into the free-space reserve.
+    pub fn writer_for(&self, need: u64) -> Result<Arc<Handles>, StoreError> {
+        let h = self.writer()?;
+        self.space.check(need).map_err(StoreError::Unavailable)?;
+        Ok(h)
     }
 
-    /// Whether the store is down and its database is being reopened right now (reads wait
-    /// for that, briefly).
+    /// What reads see: the database, or `Unavailable` while the store is down.
+    pub fn view(&self) -> Result<View, StoreError> {
+        self.writer().map(|h| View { h })
+    }
+
+    /// Whether the database is being reopened right now (reads wait for that, briefly).
+    /// Only the recovery thread of a store that is down opens it.
     pub fn reopening(&self) -> bool {
-        match &*self.read_state() {
-            State::Down { .. } => self.opening.load(Ordering::SeqCst),
-            State::Up(_) => false,
-        }
+        self.opening.load(Ordering::SeqCst)
     }
 
     /// A write failed: drop the database (its memory may hold what is not durable),
@@ -180,26 +182,24 @@ impl Health {
     /// caller.
     pub fn fail(self: &Arc<Self>, error: &dyn std::fmt::Display) -> StoreError {
         let reason = format!("storage cannot make writes durable: {error}");
-        {
-            let mut state = self.write_state();
-            if let State::Up(_) = &*state {
-                tracing::error!(%error, "storage failed; refusing writes until it is writable again");
-                let down = State::Down {
-                    since: Instant::now(),
-                    reason: reason.clone(),
-                };
-                if let State::Up(failed) = std::mem::replace(&mut *state, down) {
-                    bury(failed);
-                }
+        let mut state = self.write_state();
+        // Only the failure that takes the store down starts its recovery; later ones (and
+        // writes that were under way) find it down already.
+        if let State::Up(_) = &*state {
+            tracing::error!(%error, "storage failed; refusing writes until it is writable again");
+            let down = State::Down {
+                since: Instant::now(),
+                reason: reason.clone(),
+            };
+            if let State::Up(failed) = std::mem::replace(&mut *state, down) {
+                bury(failed);
             }
-        }
-        if !self.recovering.swap(true, Ordering::SeqCst) {
             let me = self.clone();
-            let spawned = std::thread::Builder::new()
+            if let Err(e) = std::thread::Builder::new()
                 .name("natter-sled-recovery".into())
-                .spawn(move || me.recover());
-            if spawned.is_err() {
-                self.recovering.store(false, Ordering::SeqCst);
+                .spawn(move || me.recover())
+            {
+                tracing::error!(error = %e, "no recovery thread; restart the server to recover");
             }
         }
         unavailable(&reason)
@@ -241,7 +241,6 @@ impl Health {
                 );
             }
             *state = State::Up(Arc::new(h));
-            self.recovering.store(false, Ordering::SeqCst);
             return;
         }
     }

@@ -124,8 +124,7 @@ impl SledStore {
         durable: bool,
         apply: impl FnOnce(&Handles) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let h = self.health.writer()?;
-        self.health.space.check(bytes).map_err(StoreError::Unavailable)?;
+        let h = self.health.writer_for(bytes)?;
         let out = match apply(&h) {
             Ok(v) => v,
             Err(StoreError::Backend(e) | StoreError::Unavailable(e)) => return Err(self.health.fail(&e)),
@@ -148,8 +147,7 @@ impl SledStore {
     }
 
     fn next_id(&self) -> Result<u64, StoreError> {
-        let h = self.health.writer()?;
-        self.health.space.check(SMALL_WRITE).map_err(StoreError::Unavailable)?;
+        let h = self.health.writer_for(SMALL_WRITE)?;
         match h.db.generate_id() {
             Ok(id) => Ok(id + 1),
             Err(e) => Err(self.health.fail(&backend(e))),
@@ -360,35 +358,29 @@ impl Store for SledStore {
         {
             let conv = ConversationId(c.event.conversation_id);
             let cb = be(conv.0);
-            let ek = event_key(conv, Seq(c.event.seq));
             let event = c.event.encode_to_vec();
             bytes += 2 * event.len() as u64 + 512;
-            batch.insert(ek, event);
+            batch.insert(event_key(conv, Seq(c.event.seq)), event);
             if let Some(meta) = &c.meta {
-                let k = key(b"c/", &[&cb]);
-                batch.insert(k, enc(meta));
+                batch.insert(key(b"c/", &[&cb]), enc(meta));
             }
             for m in &c.upsert_members {
-                let (mk, uk) = (key(b"m/", &[&cb, &be(m.user.0)]), key(b"uc/", &[&be(m.user.0), &cb]));
-                batch.insert(mk, enc(m));
-                batch.insert(uk, &[][..]);
+                batch.insert(key(b"m/", &[&cb, &be(m.user.0)]), enc(m));
+                batch.insert(key(b"uc/", &[&be(m.user.0), &cb]), &[][..]);
             }
             for u in &c.remove_members {
-                let (mk, uk) = (key(b"m/", &[&cb, &be(u.0)]), key(b"uc/", &[&be(u.0), &cb]));
-                batch.remove(mk);
-                batch.remove(uk);
+                batch.remove(key(b"m/", &[&cb, &be(u.0)]));
+                batch.remove(key(b"uc/", &[&be(u.0), &cb]));
             }
             if let Some((target, state)) = &c.message_state {
-                let k = key(b"ms/", &[&cb, &be(target.0)]);
-                batch.insert(k, enc(state));
+                batch.insert(key(b"ms/", &[&cb, &be(target.0)]), enc(state));
             }
             if let Some((sender, id)) = &c.idempotency {
                 let rec = SentRecord {
                     seq: Seq(c.event.seq),
                     server_time_ms: c.event.server_time_ms,
                 };
-                let k = key(b"i/", &[&cb, &be(sender.0), id.as_bytes()]);
-                batch.insert(k, enc(&rec));
+                batch.insert(key(b"i/", &[&cb, &be(sender.0), id.as_bytes()]), enc(&rec));
             }
             for (user, seq) in &c.read_cursors {
                 cursors.push((*user, conv, *seq));
