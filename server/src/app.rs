@@ -19,7 +19,7 @@ use crate::security::tls;
 use crate::session::hub::{Hub, HubConfig};
 use crate::session::presence::{Presence, PresenceOutlet};
 use crate::store::PresenceRecord;
-use crate::store::{RedisConn, RedisStore, SledStore, Store};
+use crate::store::{Durability, RedisConn, RedisStore, SledStore, Store};
 use crate::transport::quic;
 
 /// Presence changes go out through the request layer, which knows contacts and nodes.
@@ -77,7 +77,14 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
             let conn = RedisConn::connect(&config.redis_urls, config.redis_cluster)
                 .await
                 .with_context(|| format!("connecting to Redis at {:?}", config.redis_urls))?;
-            (Arc::new(RedisStore::new(conn.clone())), Some(conn))
+            let durability = Durability {
+                replicas: config.redis_wait_replicas,
+                timeout_ms: config.redis_wait_timeout_ms,
+            };
+            (
+                Arc::new(RedisStore::with_durability(conn.clone(), durability)),
+                Some(conn),
+            )
         }
     };
     let identity = match (&config.tls_cert, &config.tls_key) {

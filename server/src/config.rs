@@ -83,6 +83,13 @@ pub struct Config {
     pub redis_urls: Vec<String>,
     /// The Redis URLs are a Redis Cluster.
     pub redis_cluster: bool,
+    /// Redis replicas that must confirm every write (`WAIT`) before it is acknowledged; 0
+    /// (the default): the primary alone, and a failover can lose what was acknowledged in
+    /// the last replication lag (docs/SCALING.md).
+    pub redis_wait_replicas: u32,
+    /// How long a write waits for `redis_wait_replicas` before it fails with
+    /// `STORAGE_UNAVAILABLE` (ms).
+    pub redis_wait_timeout_ms: u64,
     /// This node's id among the nodes on one Redis (default: host name and process id).
     pub node_id: String,
     /// The address clients reach this node at, published in the node registry (default:
@@ -145,6 +152,8 @@ impl Default for Config {
             storage: Storage::Sled,
             redis_urls: vec!["redis://127.0.0.1:6379".into()],
             redis_cluster: false,
+            redis_wait_replicas: 0,
+            redis_wait_timeout_ms: 1000,
             node_id: String::new(),
             advertise: None,
             drain_secs: 10,

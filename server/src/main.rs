@@ -49,6 +49,12 @@ struct Args {
     /// The Redis URLs are a Redis Cluster.
     #[arg(long, env = "NATTER_REDIS_CLUSTER")]
     redis_cluster: bool,
+    /// Redis replicas that must confirm each write before it is acknowledged (default 0).
+    #[arg(long, env = "NATTER_REDIS_WAIT_REPLICAS")]
+    redis_wait_replicas: Option<u32>,
+    /// How long a write waits for those replicas, in ms (default 1000).
+    #[arg(long, env = "NATTER_REDIS_WAIT_TIMEOUT_MS")]
+    redis_wait_timeout_ms: Option<u64>,
     /// This node's id (default: host name and process id).
     #[arg(long, env = "NATTER_NODE_ID")]
     node_id: Option<String>,
@@ -103,6 +109,12 @@ fn main() -> anyhow::Result<()> {
     }
     if args.redis_cluster {
         config.redis_cluster = true;
+    }
+    if let Some(v) = args.redis_wait_replicas {
+        config.redis_wait_replicas = v;
+    }
+    if let Some(v) = args.redis_wait_timeout_ms {
+        config.redis_wait_timeout_ms = v;
     }
     if let Some(v) = args.node_id {
         config.node_id = v;

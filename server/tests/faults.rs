@@ -7,6 +7,11 @@
 //!   included — is durable; a send that cannot be made durable fails with the typed,
 //!   retryable `STORAGE_UNAVAILABLE`; writes work again within seconds once space
 //!   returns, without a restart.
+//! - Redis primary loss: a primary with one replica; the replica is cut off (its link
+//!   killed, the process stopped), sends go on, the primary is killed with `kill -9` and
+//!   the replica promoted. With `--redis-wait-replicas 1` nothing acknowledged is lost —
+//!   what the replica had not confirmed was answered `STORAGE_UNAVAILABLE` — and without
+//!   it exactly those acknowledged sends are gone (docs/SCALING.md).
 //! - Lost connections at the wrong moment: a drop during the first cursor sync never
 //!   turns into a resume that skips events (§7.2).
 mod common;
@@ -18,6 +23,7 @@ use std::time::Duration;
 
 use common::*;
 use natter_protocol::pb::{self, request::Op, response::Result as Res, ErrorCode};
+use natter_server::store::testredis::TestRedis;
 
 /// How many times the whole scenario runs (the issue asks for 20).
 fn repeats() -> usize {
@@ -367,6 +373,123 @@ async fn when_sled_itself_hits_the_full_disk_requests_get_typed_errors_not_hangs
     for run in 0..repeats() {
         one_disk_full_run(run, Fill::SledHitsTheWall).await;
     }
+}
+
+/// What one Redis failover run left: every acknowledged id → seq, what history holds after
+/// the promotion (seq → id), and the error codes the sends got.
+struct Failover {
+    acked: BTreeMap<String, u64>,
+    stored: BTreeMap<u64, String>,
+    codes: HashMap<i32, usize>,
+}
+
+impl Failover {
+    /// Acknowledged ids missing from history, or at another seq.
+    fn lost(&self) -> Vec<&str> {
+        self.acked
+            .iter()
+            .filter(|(id, seq)| self.stored.get(seq) != Some(id))
+            .map(|(id, _)| id.as_str())
+            .collect()
+    }
+}
+
+/// A natter node on the Redis at `url`, waiting for `wait` replicas on every write.
+fn redis_node(dir: &Path, url: &str, wait: u32) -> ServerProcess {
+    let wait = wait.to_string();
+    let flags = ["--storage", "redis", "--redis", url, "--redis-wait-replicas", &wait];
+    let mut flags = flags.to_vec();
+    flags.extend(["--redis-wait-timeout-ms", "100"]);
+    spawn_server_binary_with(dir, "127.0.0.1:0", &flags)
+}
+
+async fn one_failover_run(wait: u32) -> Failover {
+    let mut redis = TestRedis::primary_and_replica();
+    let dir = tempfile::tempdir().unwrap();
+    let node = redis_node(dir.path(), &redis.url_of(0), wait);
+    let (addr, fp) = (node.addr, node.fingerprint.clone());
+    let mut alice = logged_in(addr, &fp, "alice", true).await;
+    let _bob = logged_in(addr, &fp, "bob", true).await;
+    let dm = match alice
+        .request(Op::CreateDirect(pb::CreateDirect { username: "bob".into() }))
+        .await
+    {
+        Res::Conversation(c) => c.conversation_id,
+        other => panic!("{other:?}"),
+    };
+    let mut out = Outcome::default();
+    let send = |i: usize| format!("m{i}");
+    for i in 0..30 {
+        let id = send(i);
+        let r = alice.request(send_op(dm, &id, &id)).await;
+        assert!(out.record(&id, r), "{id} fails with the replica in sync");
+    }
+    // The replica falls behind for good: stopped, and its link dropped by the primary, so
+    // nothing written from now on reaches it.
+    redis.signal(1, "STOP");
+    let killed = redis.ask(0, "CLIENT KILL TYPE replica");
+    assert!(killed.is_some_and(|r| r.starts_with(':')), "CLIENT KILL");
+    for i in 30..40 {
+        let id = send(i);
+        let r = alice.request(send_op(dm, &id, &id)).await;
+        if !out.record(&id, r) {
+            // The retry finds the write on the primary: its duplicate answer must wait for
+            // the replica as well.
+            out.record(&id, alice.request(send_op(dm, &id, &id)).await);
+        }
+    }
+    // Failover: the primary dies, the replica is promoted, the node comes back on it. The
+    // promoted replica has no replica of its own (with `wait` it would refuse every write,
+    // the login's included), so the node that reads the outcome waits for none.
+    redis.signal(0, "KILL");
+    redis.signal(1, "CONT");
+    redis.promote(1);
+    drop(alice);
+    drop(node);
+    let node = redis_node(dir.path(), &redis.url_of(1), 0);
+    let mut alice = logged_in(node.addr, &node.fingerprint, "alice", false).await;
+    let stored = stored(&mut alice, dm).await.expect("history on the promoted replica");
+    Failover {
+        acked: out.acked,
+        stored,
+        codes: out.codes,
+    }
+}
+
+/// `--redis-wait-replicas 1`: the primary is lost after acks, the replica promoted, and
+/// every acknowledged send is there; what the replica never confirmed was refused with the
+/// typed, retryable `STORAGE_UNAVAILABLE` (duplicate answers to retries included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_wait_a_redis_failover_loses_nothing_acknowledged() {
+    let runs = std::env::var("NATTER_FAILOVER_REPEATS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    for run in 0..runs {
+        let f = one_failover_run(1).await;
+        assert_eq!(f.lost(), Vec::<&str>::new(), "run {run}: acknowledged sends lost");
+        assert_eq!(f.acked.len(), 30, "run {run}: only the in-sync sends are acknowledged");
+        let storage = ErrorCode::StorageUnavailable as i32;
+        assert_eq!(
+            f.codes.keys().copied().collect::<Vec<_>>(),
+            vec![storage],
+            "run {run}: sends the replica did not confirm fail with STORAGE_UNAVAILABLE"
+        );
+        assert_eq!(f.codes[&storage], 20, "run {run}: each of 10 sends and its retry");
+    }
+}
+
+/// Without `WAIT` (the default) the same failover loses exactly the sends acknowledged
+/// after the replica fell behind — what docs/SCALING.md says, and proof that the run
+/// above would see a loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_wait_a_redis_failover_loses_what_the_replica_never_got() {
+    let f = one_failover_run(0).await;
+    assert_eq!(f.acked.len(), 40, "every send is acknowledged by the primary alone");
+    let want: Vec<String> = (30..40).map(|i| format!("m{i}")).collect();
+    let mut lost: Vec<&str> = f.lost();
+    lost.sort_by_key(|id| id[1..].parse::<usize>().unwrap());
+    assert_eq!(lost, want.iter().map(String::as_str).collect::<Vec<_>>());
 }
 
 /// PROTOCOL.md §7.2: a connection that drops during its first cursor sync (before the

@@ -24,7 +24,7 @@ pub mod suite;
 pub mod testredis;
 
 pub use memory::MemoryStore;
-pub use redis_store::{RedisConn, RedisStore};
+pub use redis_store::{Durability, RedisConn, RedisStore};
 pub use sled_store::SledStore;
 
 /// Wire enums in stored records: written as their protobuf numbers (the format the

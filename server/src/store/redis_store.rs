@@ -12,6 +12,7 @@
 //! | `n:{c:ID}:sent` | hash "user:client id" → "seq:time" | idempotency keys |
 //! | `n:{c:ID}:read`, `n:{c:ID}:dlv` | hash user → seq | read and delivered cursors |
 //! | `n:{c:ID}:msg` | hash seq → JSON | message state (edits, deletes, reactions) |
+//! | `n:{c:ID}:fence` | counter | written before a duplicate answer waits for replicas |
 //! | `n:{u:ID}:user` / `:devs` / `:convs` / `:presence` | | account, devices, conversation index, last seen |
 //! | `n:uname:NAME`, `n:tok:HEX`, `n:direct:A:B`, `n:chan:NAME`, `n:ids` | string | unique claims and the id counter |
 //!
@@ -28,8 +29,11 @@
 //! it is never missing.
 //!
 //! Durability is Redis's: run it with `appendonly yes` and `appendfsync always` for
-//! guarantee 2 (an ack means durable), and with replicas + `WAIT` against losing a machine
-//! (docs/SCALING.md).
+//! guarantee 2 (an ack means durable) on one machine. Against losing the machine, run
+//! replicas and set [`Durability::replicas`]: every acknowledged write (a commit, an
+//! account, a device) is then followed by `WAIT n timeout`, and a write fewer than `n`
+//! replicas confirmed in time is answered `Unavailable` — it may exist on the primary, so a
+//! retry finds it, and that duplicate answer waits for the replicas too (docs/SCALING.md).
 use async_trait::async_trait;
 use natter_protocol::pb;
 use natter_protocol::{ConversationId, DeviceId, Seq, UserId};
@@ -206,22 +210,70 @@ if new > cur then redis.call('HSET', KEYS[1], ARGV[1], new); return new end
 return cur
 "#;
 
+/// How many replicas must confirm a write before it is acknowledged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Durability {
+    /// Replicas that must have the write (`WAIT replicas timeout`); 0: the primary alone.
+    pub replicas: u32,
+    /// How long to wait for them before the write is answered `Unavailable`.
+    pub timeout_ms: u64,
+}
+
 /// The store on Redis.
 #[derive(Debug)]
 pub struct RedisStore {
     conn: RedisConn,
     commit: redis::Script,
     bump: redis::Script,
+    durability: Durability,
 }
 
 impl RedisStore {
-    /// A store over an open connection.
+    /// A store over an open connection; writes are acknowledged once the primary has them.
     pub fn new(conn: RedisConn) -> Self {
+        Self::with_durability(conn, Durability::default())
+    }
+
+    /// A store whose acknowledged writes are on `durability.replicas` replicas too.
+    pub fn with_durability(conn: RedisConn, durability: Durability) -> Self {
         RedisStore {
             conn,
             commit: redis::Script::new(COMMIT),
             bump: redis::Script::new(BUMP),
+            durability,
         }
+    }
+
+    /// Wait until the configured replicas hold every write made on this connection so far
+    /// (Redis tracks the replication offset per client; the connection is one multiplexed
+    /// client, so this covers the caller's write). On a cluster `WAIT` goes to every
+    /// primary and the smallest count counts.
+    async fn replicated(&self) -> Result<(), StoreError> {
+        let Durability { replicas, timeout_ms } = self.durability;
+        if replicas == 0 {
+            return Ok(());
+        }
+        let got: u64 = self
+            .conn
+            .query(redis::cmd("WAIT").arg(replicas).arg(timeout_ms.max(1)))
+            .await?;
+        if got < u64::from(replicas) {
+            return Err(StoreError::Unavailable(format!(
+                "the write reached {got} of {replicas} required Redis replicas within {timeout_ms} ms"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Before answering from a write found in the store (an idempotent retry): make sure
+    /// it is on the replicas too. A write of our own to the same slot (`fence`) orders
+    /// after the one we read, so waiting for ours covers it, whichever node wrote it.
+    async fn replicated_before(&self, fence: String) -> Result<(), StoreError> {
+        if self.durability.replicas == 0 {
+            return Ok(());
+        }
+        self.conn.query::<redis::Value>(redis::cmd("INCR").arg(fence)).await?;
+        self.replicated().await
     }
 
     /// The connection (shared with the cluster bus and directory).
@@ -361,6 +413,7 @@ impl Store for RedisStore {
             .query(redis::cmd("SET").arg(format!("n:uname:{username}")).arg(id.0).arg("NX"))
             .await?;
         if claimed {
+            self.replicated().await?;
             Ok(id)
         } else {
             Err(StoreError::UsernameTaken)
@@ -405,6 +458,7 @@ impl Store for RedisStore {
                     .arg(format!("{}:{}", user.0, id.0)),
             )
             .await?;
+        self.replicated().await?;
         Ok(id)
     }
 
@@ -443,6 +497,7 @@ impl Store for RedisStore {
         self.conn
             .query::<()>(redis::cmd("HSET").arg(uk(user, "devs")).arg(device.0).arg(enc(&rec)))
             .await?;
+        self.replicated().await?;
         Ok(true)
     }
 
@@ -511,11 +566,10 @@ impl Store for RedisStore {
                 conflicts.push(*conv);
             }
         }
-        if conflicts.is_empty() {
-            Ok(())
-        } else {
-            Err(StoreError::Conflict(conflicts))
+        if !conflicts.is_empty() {
+            return Err(StoreError::Conflict(conflicts));
         }
+        self.replicated().await
     }
 
     async fn find_sent(
@@ -536,13 +590,14 @@ impl Store for RedisStore {
         let parsed = v
             .split_once(':')
             .and_then(|(s, t)| Some((s.parse().ok()?, t.parse().ok()?)));
-        match parsed {
-            Some((seq, server_time_ms)) => Ok(Some(SentRecord {
-                seq: Seq(seq),
-                server_time_ms,
-            })),
-            None => Err(StoreError::Corrupt(format!("sent record {v:?}"))),
-        }
+        let Some((seq, server_time_ms)) = parsed else {
+            return Err(StoreError::Corrupt(format!("sent record {v:?}")));
+        };
+        self.replicated_before(ck(conv, "fence")).await?;
+        Ok(Some(SentRecord {
+            seq: Seq(seq),
+            server_time_ms,
+        }))
     }
 
     async fn message(

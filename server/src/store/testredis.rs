@@ -115,6 +115,53 @@ impl TestRedis {
         }
     }
 
+    /// A primary (index 0) and one replica of it (index 1), linked and in sync.
+    pub fn primary_and_replica() -> Self {
+        let mut redis = Self::start();
+        let (child, port) = Self::spawn(&redis._dir, false);
+        redis.children.push(child);
+        redis.ports.push(port);
+        wait_until("the replica answers PING", || {
+            ask(port, "PING").is_some_and(|r| r.starts_with("+PONG"))
+        });
+        let primary = redis.ports[0];
+        let ok = ask(port, &format!("REPLICAOF 127.0.0.1 {primary}"));
+        assert!(ok.is_some_and(|r| r.starts_with("+OK")), "REPLICAOF");
+        wait_until("the replica is linked", || {
+            ask(port, "INFO replication").is_some_and(|r| r.contains("master_link_status:up"))
+        });
+        redis
+    }
+
+    /// Send server `i` one inline command; its raw reply (None if it does not answer).
+    pub fn ask(&self, i: usize, cmd: &str) -> Option<String> {
+        ask(self.ports[i], cmd)
+    }
+
+    /// Send server `i` a signal (`kill -s SIG`): `KILL`, `STOP`, `CONT`.
+    pub fn signal(&mut self, i: usize, sig: &str) {
+        let pid = self.children[i].id().to_string();
+        let ok = Command::new("kill")
+            .args(["-s", sig, &pid])
+            .status()
+            .expect("kill runs");
+        assert!(ok.success(), "kill -s {sig} {pid}");
+        if sig == "KILL" {
+            let _ = self.children[i].wait();
+        }
+    }
+
+    /// Make server `i` a primary (`REPLICAOF NO ONE`), as a failover does.
+    pub fn promote(&self, i: usize) {
+        let ok = self.ask(i, "REPLICAOF NO ONE");
+        assert!(ok.is_some_and(|r| r.starts_with("+OK")), "REPLICAOF NO ONE");
+    }
+
+    /// `redis://127.0.0.1:PORT` of server `i`.
+    pub fn url_of(&self, i: usize) -> String {
+        format!("redis://127.0.0.1:{}", self.ports[i])
+    }
+
     /// `redis://127.0.0.1:PORT` of the first (or only) server.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.ports[0])
