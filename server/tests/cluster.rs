@@ -379,3 +379,104 @@ async fn a_draining_node_moves_every_client_to_the_others_without_loss() {
     assert!(exited.success(), "drain then shutdown exits cleanly: {exited:?}");
     assert_same_complete_history(&mut members, group, &[("a", 30), ("b", 30)]).await;
 }
+
+/// PROTOCOL.md §7.2 across nodes: a session lives in the memory of the node that holds it,
+/// so a resume token presented to another node is never a resume there — the answer is a
+/// cursor sync whose `last_seq` covers what the client missed, and fetching from its cursor
+/// returns every event, none skipped. (Through the raw protocol: no SDK logic helps.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_token_presented_to_another_node_gets_a_cursor_sync_with_nothing_missing() {
+    use pb::{request::Op, response::Result as Res};
+    let redis = TestRedis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = node(dir.path(), &[redis.url()], false, "a");
+    let b = node(dir.path(), &[redis.url()], false, "b");
+    let (alice, _alice_events, _) = person(std::slice::from_ref(&a), 0, "alice").await;
+    let register = |name: &str| {
+        Op::Register(pb::Register {
+            username: name.into(),
+            password: PASSWORD.into(),
+        })
+    };
+    let mut bob = Raw::hello(a.addr, &a.fingerprint).await;
+    assert!(matches!(bob.request(register("bob")).await, Res::Register(_)));
+    let login = Op::Login(pb::Login {
+        username: "bob".into(),
+        password: PASSWORD.into(),
+        device_name: "raw".into(),
+    });
+    let Res::Login(ok) = bob.request(login).await else {
+        panic!("login failed")
+    };
+    let dm = ConversationId(alice.direct("bob").await.unwrap().conversation_id);
+    for i in 0..3 {
+        alice.send(dm, &format!("before{i}")).await.unwrap();
+    }
+    // Bob reconnects on node a (a fresh session: no resume token) and learns where the DM
+    // stands.
+    bob.conn.close(0u32.into(), b"gone");
+    let auth = |resume: &str, cursor: u64| {
+        Op::Authenticate(pb::Authenticate {
+            access_token: ok.access_token.clone(),
+            resume_token: resume.into(),
+            cursors: vec![pb::Cursor {
+                conversation_id: dm.0,
+                seq: cursor,
+            }],
+        })
+    };
+    let mut bob = Raw::hello(a.addr, &a.fingerprint).await;
+    let Res::Auth(first) = bob.request(auth("", 0)).await else {
+        panic!("authenticate failed")
+    };
+    let last = |s: &pb::AuthOk| {
+        s.conversations
+            .iter()
+            .find(|c| c.conversation_id == dm.0)
+            .map(|c| c.last_seq)
+    };
+    let cursor = last(&first).expect("the DM is listed");
+    assert_eq!(cursor, 4, "created + 3 messages");
+    // His connection to a drops; meanwhile more is said (through a).
+    bob.conn.close(0u32.into(), b"gone");
+    drop(bob);
+    for i in 0..3 {
+        alice.send(dm, &format!("after{i}")).await.unwrap();
+    }
+    // He comes back on node b with a's token and his cursor.
+    let mut bob = Raw::hello(b.addr, &b.fingerprint).await;
+    let Res::Auth(there) = bob.request(auth(&first.resume_token, cursor)).await else {
+        panic!("authenticate failed")
+    };
+    assert!(
+        !there.resumed,
+        "node b holds no session of a's: never a resume that replays nothing"
+    );
+    assert_eq!(last(&there), Some(7), "the cursor sync tells him the DM moved on");
+    let Res::History(page) = bob
+        .request(Op::History(pb::GetHistory {
+            conversation_id: dm.0,
+            anchor: Some(pb::get_history::Anchor::After(cursor)),
+            limit: 50,
+        }))
+        .await
+    else {
+        panic!("history failed")
+    };
+    assert_eq!(
+        seqs_and_texts(&page.events),
+        vec![(5, "after0".into()), (6, "after1".into()), (7, "after2".into())],
+        "every event after his cursor, none skipped"
+    );
+    // And a token of b's resumes on b, replaying what came after.
+    bob.conn.close(0u32.into(), b"gone");
+    drop(bob);
+    alice.send(dm, "later").await.unwrap();
+    let mut bob = Raw::hello(b.addr, &b.fingerprint).await;
+    let Res::Auth(back) = bob.request(auth(&there.resume_token, 7)).await else {
+        panic!("authenticate failed")
+    };
+    assert!(back.resumed, "b's own session resumes on b");
+    let replayed = bob.next_delivered().await;
+    assert_eq!(seqs_and_texts(&[replayed]), vec![(8, "later".into())]);
+}

@@ -259,6 +259,37 @@ impl Raw {
         }
     }
 
+    /// The next event on a delivery stream the server opens (§3.2): the stream's header,
+    /// then its first event. Enough for tests that expect one event per stream.
+    pub async fn next_delivered(&mut self) -> pb::ConversationEvent {
+        tokio::time::timeout(DEADLINE, async {
+            let mut stream = self.conn.accept_uni().await.expect("a delivery stream");
+            let mut buf = BytesMut::new();
+            let mut frames = Vec::new();
+            while frames.len() < 2 {
+                while let Some(f) = decode_frame(&mut buf, usize::MAX).unwrap() {
+                    frames.push(f);
+                }
+                if frames.len() >= 2 {
+                    break;
+                }
+                let chunk = stream.read_chunk(65536, true).await.unwrap().expect("more frames");
+                buf.extend_from_slice(&chunk.bytes);
+            }
+            assert!(
+                matches!(frames[0].kind, Some(Kind::StreamHeader(_))),
+                "a delivery stream starts with its header: {:?}",
+                frames[0]
+            );
+            match frames.swap_remove(1).kind {
+                Some(Kind::Event(e)) => e,
+                other => panic!("expected an event, got {other:?}"),
+            }
+        })
+        .await
+        .expect("an event before the deadline")
+    }
+
     /// The connection's close: the ConnectionError frame (if any) and the close code.
     pub async fn closed(&mut self) -> (Option<pb::ConnectionError>, u64) {
         let mut err = None;
