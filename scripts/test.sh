@@ -51,12 +51,14 @@ apt_install() {
     { $sudo apt-get update -qq && $sudo apt-get install -y -qq "$@" >/dev/null; }
 }
 
-step "Debian packages: chromium (browser tests), a JRE and JNA (Kotlin bindings), python3, redis-server (multi-node tests)"
+step "Debian packages: chromium (browser tests), a JRE and JNA (Kotlin bindings), python3, redis-server (multi-node tests), faketime (a skewed node clock)"
 need=()
 # The Redis tests start their own redis-server processes (one server, or a 3-master
 # cluster with redis-cli) on free loopback ports, each in a temporary directory.
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v redis-cli >/dev/null || need+=(redis-tools)
+# A node with a skewed clock (libfaketime) for the event-time rule across nodes.
+command -v faketime >/dev/null || need+=(faketime)
 [[ -x /usr/bin/chromium ]] || need+=(chromium chromium-driver)
 command -v java >/dev/null || need+=(default-jre-headless)
 [[ -f /usr/share/java/jna.jar ]] || need+=(libjna-java)

@@ -35,7 +35,20 @@ impl Drop for Node {
 /// Start a node. All nodes share `dir` for the development certificate (so clients pin one
 /// fingerprint); their data lives in Redis.
 fn node(dir: &Path, redis: &[String], cluster: bool, id: &str) -> Node {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_natter-server"));
+    node_via(&[], dir, redis, cluster, id)
+}
+
+/// [`node`], started through `wrapper` (e.g. `faketime -f -120s`); empty: directly.
+fn node_via(wrapper: &[&str], dir: &Path, redis: &[String], cluster: bool, id: &str) -> Node {
+    let bin = env!("CARGO_BIN_EXE_natter-server");
+    let mut cmd = match wrapper {
+        [] => Command::new(bin),
+        [program, args @ ..] => {
+            let mut c = Command::new(program);
+            c.args(args).arg(bin);
+            c
+        }
+    };
     cmd.args([
         "--data-dir",
         dir.to_str().unwrap(),
@@ -95,6 +108,11 @@ async fn person(nodes: &[Node], home: usize, name: &str) -> (Client, Events, Use
 
 /// The whole log of a conversation, paged from the start; asserted gap-free.
 async fn history(client: &Client, conv: ConversationId) -> Vec<(u64, String)> {
+    seqs_and_texts(&history_events(client, conv).await)
+}
+
+/// [`history`] as the events themselves.
+async fn history_events(client: &Client, conv: ConversationId) -> Vec<pb::ConversationEvent> {
     let mut out: Vec<pb::ConversationEvent> = Vec::new();
     loop {
         let after = Seq(out.last().map_or(0, |e| e.seq));
@@ -107,7 +125,7 @@ async fn history(client: &Client, conv: ConversationId) -> Vec<(u64, String)> {
     }
     let seqs: Vec<u64> = out.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "history has a gap");
-    seqs_and_texts(&out)
+    out
 }
 
 /// Everything a member received live in `conv` up to `upto`, asserted in order, once each.
@@ -479,4 +497,37 @@ async fn a_resume_token_presented_to_another_node_gets_a_cursor_sync_with_nothin
     assert!(back.resumed, "b's own session resumes on b");
     let replayed = bob.next_delivered().await;
     assert_eq!(seqs_and_texts(&[replayed]), vec![(8, "later".into())]);
+}
+
+/// PROTOCOL.md §6: event times are non-decreasing in seq order even when the nodes' clocks
+/// disagree. Node b runs two minutes behind (libfaketime, Debian's `faketime`); alice on a
+/// and bob on b take turns in one DM, and the log's times never go back — bob's events
+/// carry the time of the event before them instead of b's clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_times_never_go_back_when_a_nodes_clock_is_behind() {
+    let redis = TestRedis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = node(dir.path(), &[redis.url()], false, "a");
+    let faketime = ["faketime", "-f", "-120s"];
+    let b = node_via(&faketime, dir.path(), &[redis.url()], false, "b");
+    // The skew is real: b's Welcome tells a time two minutes before a's.
+    let welcome_time = |raw: &Raw| raw.welcome.as_ref().map(|w| w.server_time_ms).unwrap();
+    let on_a = Raw::hello(a.addr, &a.fingerprint).await;
+    let on_b = Raw::hello(b.addr, &b.fingerprint).await;
+    let skew = welcome_time(&on_a).saturating_sub(welcome_time(&on_b));
+    assert!(skew >= 100_000, "node b's clock is behind by {skew} ms only");
+    let (alice, _ae, _) = person(std::slice::from_ref(&a), 0, "alice").await;
+    let (bob, _be, _) = person(std::slice::from_ref(&b), 0, "bob").await;
+    let dm = ConversationId(alice.direct("bob").await.unwrap().conversation_id);
+    for i in 0..5 {
+        alice.send(dm, &format!("a{i}")).await.unwrap();
+        bob.send(dm, &format!("b{i}")).await.unwrap();
+    }
+    let log = history_events(&alice, dm).await;
+    assert_eq!(log.len(), 11, "created + 10 messages");
+    let times: Vec<u64> = log.iter().map(|e| e.server_time_ms).collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "event times go back in seq order: {times:?}"
+    );
 }

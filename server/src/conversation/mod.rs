@@ -25,7 +25,7 @@ use rules::{apply, apply_to_message, create, live, not_member, Conv, Target};
 
 use crate::clock::now_ms;
 use crate::session::hub::Hub;
-use crate::store::{Commit, ConversationMeta, MemberRecord, Store, StoreError};
+use crate::store::{Commit, ConversationMeta, MemberRecord, Page, Store, StoreError};
 
 /// Commands a shard takes per batch.
 const BATCH: usize = 256;
@@ -398,12 +398,24 @@ impl Shard {
             match self.store.load_conversation(id).await.map_err(ServerError::from)? {
                 Some(rec) => {
                     let members = rec.members.into_iter().map(|m| (m.user, m)).collect();
+                    // The newest event's time: the next one is never stamped earlier.
+                    let last_time_ms = if rec.last_seq.0 == 0 {
+                        0
+                    } else {
+                        let (newest, _) = self
+                            .store
+                            .events(id, Page::Before(Seq(0)), 1)
+                            .await
+                            .map_err(ServerError::from)?;
+                        newest.first().map_or(0, |e| e.server_time_ms)
+                    };
                     self.convs.insert(
                         id,
                         Conv {
                             meta: rec.meta,
                             members,
                             last_seq: rec.last_seq,
+                            last_time_ms,
                         },
                     );
                 }
@@ -494,7 +506,7 @@ impl Shard {
         if let Some((sender, cid)) = &commit.idempotency {
             let c = Committed {
                 seq: Seq(commit.event.seq),
-                server_time_ms: now,
+                server_time_ms: commit.event.server_time_ms,
                 duplicate: false,
             };
             batch_ids.insert((id, *sender, cid.clone()), c);

@@ -19,6 +19,18 @@ pub(crate) struct Conv {
     pub(crate) meta: ConversationMeta,
     pub(crate) members: HashMap<UserId, MemberRecord>,
     pub(crate) last_seq: Seq,
+    /// `server_time_ms` of the event at `last_seq`.
+    pub(crate) last_time_ms: u64,
+}
+
+impl Conv {
+    /// The time the next event carries: the wall clock, but never earlier than the
+    /// conversation's previous event (PROTOCOL.md §6, guarantee 1: event times are
+    /// non-decreasing in seq order), so a node whose clock runs behind another's still
+    /// stamps in order and a client sorting by time never reorders.
+    fn event_time(&self, now: u64) -> u64 {
+        now.max(self.last_time_ms)
+    }
 }
 
 /// A message being changed, with its current state.
@@ -36,6 +48,7 @@ pub(crate) fn apply_to_message(
     t: &Target,
     now: u64,
 ) -> Result<(Commit, Vec<UserId>), ServerError> {
+    let now = conv.event_time(now);
     let my_role = role_of(conv, actor.user).ok_or_else(not_member)?;
     if t.state.deleted {
         return Err(ServerError::new(ErrorCode::NotFound, "the message was deleted"));
@@ -94,6 +107,7 @@ pub(crate) fn apply_to_message(
     };
     let seq = conv.last_seq.next();
     conv.last_seq = seq;
+    conv.last_time_ms = now;
     let commit = Commit {
         event: event(conv.meta.id, seq, actor, now, body),
         message_state: Some((target, state)),
@@ -196,6 +210,7 @@ pub(crate) fn create(
         meta,
         members: members.into_iter().map(|m| (m.user, m)).collect(),
         last_seq: seq,
+        last_time_ms: now,
     };
     (commit, recipients, conv)
 }
@@ -212,6 +227,7 @@ pub(crate) fn apply(
     now: u64,
     limits: MemberLimits,
 ) -> Result<(Commit, Vec<UserId>), ServerError> {
+    let now = conv.event_time(now);
     let kind = conv.meta.kind;
     let id = conv.meta.id;
     let seq = conv.last_seq.next();
@@ -393,6 +409,7 @@ pub(crate) fn apply(
         conv.meta = meta.clone();
     }
     conv.last_seq = seq;
+    conv.last_time_ms = now;
     let mut recipients: Vec<UserId> = conv.members.keys().copied().collect();
     recipients.extend(extra_recipients);
     Ok((commit, recipients))

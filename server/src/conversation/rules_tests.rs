@@ -512,3 +512,25 @@ fn a_reply_names_an_event_of_the_conversation() {
     }
     apply(&mut c, &actor(1), reply(0), NOW, LIMITS).unwrap();
 }
+
+/// Event times never go back in seq order (PROTOCOL.md §6): a node whose clock is behind
+/// the one that stamped the previous event stamps the previous time, not its own.
+#[test]
+fn event_times_are_non_decreasing_in_seq_order_whatever_the_clock_says() {
+    let mut c = conv(Kind::Group, &[2]);
+    let (first, _) = apply(&mut c, &actor(1), send("a", "a"), NOW + 60_000, LIMITS).unwrap();
+    assert_eq!(first.event.server_time_ms, NOW + 60_000);
+    // The next writer's clock is a minute behind: the event keeps the earlier one's time.
+    let (second, _) = apply(&mut c, &actor(2), send("b", "b"), NOW, LIMITS).unwrap();
+    assert_eq!(second.event.server_time_ms, NOW + 60_000);
+    let t = Target {
+        event: second.event.clone(),
+        state: MessageState::default(),
+    };
+    let (reaction, _) = apply_to_message(&mut c, &actor(1), react(&t, "👍", false), &t, NOW + 1).unwrap();
+    assert_eq!(reaction.event.server_time_ms, NOW + 60_000);
+    // A clock ahead of the last event is taken as it is.
+    let (third, _) = apply(&mut c, &actor(2), send("c", "c"), NOW + 60_005, LIMITS).unwrap();
+    assert_eq!(third.event.server_time_ms, NOW + 60_005);
+    assert_eq!(c.last_time_ms, NOW + 60_005);
+}

@@ -161,6 +161,8 @@ pub struct Raw {
     recv: quinn::RecvStream,
     buf: BytesMut,
     next_id: u64,
+    /// The server's Welcome, once [`Raw::hello`] got it.
+    pub welcome: Option<pb::Welcome>,
 }
 
 impl Raw {
@@ -188,6 +190,7 @@ impl Raw {
             recv,
             buf: BytesMut::new(),
             next_id: 1,
+            welcome: None,
         }
     }
 
@@ -201,8 +204,11 @@ impl Raw {
         .await;
         match r.read().await {
             Some(pb::Frame {
-                kind: Some(Kind::Welcome(_)),
-            }) => r,
+                kind: Some(Kind::Welcome(w)),
+            }) => {
+                r.welcome = Some(w);
+                r
+            }
             other => panic!("expected Welcome, got {other:?}"),
         }
     }
