@@ -53,6 +53,11 @@ pub const MAX_CLIENT_NAME_BYTES: usize = 128;
 pub const MAX_TOKEN_BYTES: usize = 128;
 /// How often clients send presence heartbeats; a user is offline after two missed.
 pub const HEARTBEAT_INTERVAL_MS: u32 = 15_000;
+/// The server's QUIC idle timeout: a connection silent this long is dropped.
+pub const IDLE_TIMEOUT_MS: u32 = 30_000;
+/// The SDK's idle timeout: a connected app notices a dead path within this long (it sends a
+/// keep-alive after a third of it without traffic).
+pub const CLIENT_IDLE_TIMEOUT_MS: u32 = 10_000;
 /// How long a typing indicator shows unless renewed.
 pub const TYPING_TTL_MS: u32 = 6_000;
 /// Largest datagram payload natter sends.
@@ -77,5 +82,6 @@ pub fn default_limits() -> crate::pb::Limits {
         max_decompressed_bytes: MAX_DECOMPRESSED_BYTES as u32,
         heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS,
         typing_ttl_ms: TYPING_TTL_MS,
+        idle_timeout_ms: IDLE_TIMEOUT_MS,
     }
 }

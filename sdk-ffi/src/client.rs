@@ -171,6 +171,9 @@ fn config(options: ConnectOptions) -> Result<ClientConfig, NatterError> {
     config.resume_token = options.resume_token;
     config.cursors = options.cursors.into_iter().map(Into::into).collect();
     config.session.client_name = options.client_name;
+    if let Some(ms) = options.idle_timeout_ms {
+        config.idle_timeout_ms = ms;
+    }
     Ok(config)
 }
 

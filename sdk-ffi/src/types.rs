@@ -41,6 +41,11 @@ pub struct ConnectOptions {
     /// Shown in the server's logs.
     #[uniffi(default = "natter-ffi")]
     pub client_name: String,
+    /// How long a silent connection is given before the client reconnects (ms); unset: 10 s,
+    /// right for an app in the foreground. Raise it while in the background (PROTOCOL.md
+    /// §3.1).
+    #[uniffi(default)]
+    pub idle_timeout_ms: Option<u64>,
 }
 
 /// The last seq this device received in a conversation.

@@ -32,8 +32,13 @@ pub struct ClientConfig {
     /// reconnects to the next address in turn (`addr`, then these), so a crashed or
     /// draining node's clients move to the others.
     pub fallback_addrs: Vec<SocketAddr>,
-    /// QUIC idle timeout: a server that stops answering (crash, lost network) is given up
-    /// after this long; keep-alives go out at a third of it (at most every 5 s).
+    /// QUIC idle timeout: a server that stops answering (crash, lost network, a dead path)
+    /// is given up after this long and the client reconnects; keep-alives go out after a
+    /// third of it without traffic (at most every 5 s). The effective timeout is the smaller
+    /// of this and the server's (`Limits.idle_timeout_ms`, 30 s by default). Default 10 s
+    /// (a keep-alive every 3.3 s while nothing else moves) for a connected app; an app in
+    /// the background raises it up to the server's, or disconnects and relies on push
+    /// (PROTOCOL.md §3.1).
     pub idle_timeout_ms: u64,
     /// TLS server name (the development certificate is valid for "localhost").
     pub server_name: String,
@@ -65,7 +70,7 @@ impl ClientConfig {
         ClientConfig {
             addr,
             fallback_addrs: Vec::new(),
-            idle_timeout_ms: 30_000,
+            idle_timeout_ms: natter_protocol::limits::CLIENT_IDLE_TIMEOUT_MS.into(),
             server_name: "localhost".into(),
             trust: Trust::Fingerprint(fingerprint.to_string()),
             access_token: None,

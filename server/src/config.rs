@@ -135,7 +135,7 @@ impl Default for Config {
             handshake_timeout_secs: 10,
             auth_timeout_secs: 30,
             max_connections: 100_000,
-            idle_timeout_secs: 30,
+            idle_timeout_secs: u64::from(limits::IDLE_TIMEOUT_MS / 1000),
             stream_idle_secs: 30,
             heartbeat_interval_ms: limits::HEARTBEAT_INTERVAL_MS,
             typing_ttl_ms: limits::TYPING_TTL_MS,
@@ -231,6 +231,7 @@ impl Config {
             max_requests_in_flight: self.max_requests_in_flight as u32,
             heartbeat_interval_ms: self.heartbeat_interval_ms,
             typing_ttl_ms: self.typing_ttl_ms,
+            idle_timeout_ms: u32::try_from(self.idle_timeout_secs.saturating_mul(1000)).unwrap_or(u32::MAX),
             ..limits::default_limits()
         }
     }

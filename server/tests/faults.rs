@@ -12,6 +12,9 @@
 //!   the replica promoted. With `--redis-wait-replicas 1` nothing acknowledged is lost —
 //!   what the replica had not confirmed was answered `STORAGE_UNAVAILABLE` — and without
 //!   it exactly those acknowledged sends are gone (docs/SCALING.md).
+//! - The network between an app and its server, through a UDP relay on loopback
+//!   (`common::relay`): a blackhole is noticed within the SDK's idle timeout and healed with
+//!   nothing lost or doubled; 30 % loss with delay keeps every pipelined send once, in order.
 //! - Lost connections at the wrong moment: a drop during the first cursor sync never
 //!   turns into a resume that skips events (§7.2).
 mod common;
@@ -573,4 +576,120 @@ async fn a_connection_lost_during_its_first_cursor_sync_resumes_only_exactly() {
     };
     assert!(exact.resumed, "cursors the session covers resume");
     s.shutdown().await;
+}
+
+/// Everything a device received in `conv`, in arrival order, until the event at `upto`:
+/// seq → message text (other events as their debug form).
+async fn received_until(events: &mut natter_sdk::Events, conv: u64, upto: u64, within: Duration) -> Vec<(u64, String)> {
+    tokio::time::timeout(within, async {
+        let mut got = Vec::new();
+        loop {
+            match events.next().await.expect("event stream open") {
+                natter_sdk::ClientEvent::Event(e) if e.conversation_id == conv => {
+                    let seq = e.seq;
+                    got.extend(seqs_and_texts(&[e]));
+                    if seq >= upto {
+                        return got;
+                    }
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("every event arrives")
+}
+
+/// A blackhole between a connected app and its server (every datagram dropped, both
+/// ways): the SDK notices the dead path within its 10 s idle timeout (PROTOCOL.md §3.1;
+/// it once took the server's 30 s), reconnects once the path is back, and receives what
+/// was said meanwhile once each, in order; its own send from the blackhole is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackhole_is_noticed_within_the_idle_timeout_and_healed_without_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path()).await;
+    let relay = common::relay::Relay::start(s.addr).await;
+    let bob = user(&s, "bob").await;
+    // Alice's app reaches the server through the relay, with the SDK's default timeouts.
+    let mut alice = device(relay.addr, &s.fingerprint, "alice", true).await;
+    let dm = natter_sdk::ConversationId(alice.client.direct("bob").await.unwrap().conversation_id);
+    let before = alice.client.send(dm, "before").await.unwrap();
+    received_until(&mut alice.events, dm.0, before.seq.0, DEADLINE).await;
+
+    relay.blackhole(true);
+    let cut = std::time::Instant::now();
+    for i in 0..5 {
+        bob.client.send(dm, &format!("b{i}")).await.unwrap();
+    }
+    let during = tokio::spawn({
+        let alice = alice.client.clone();
+        async move { alice.send(dm, "during").await }
+    });
+    tokio::time::timeout(Duration::from_secs(45), async {
+        loop {
+            if let natter_sdk::ClientEvent::Disconnected { .. } = alice.events.next().await.unwrap() {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the dead path is noticed while the 45 s blackhole lasts");
+    let noticed = cut.elapsed();
+    eprintln!("blackhole noticed after {noticed:?}");
+    assert!(
+        noticed < Duration::from_secs(20),
+        "noticed after {noticed:?}: not the 10 s idle timeout"
+    );
+    relay.blackhole(false);
+    let ack = tokio::time::timeout(DEADLINE, during)
+        .await
+        .expect("the send from the blackhole is acknowledged after it")
+        .unwrap()
+        .unwrap();
+    let got = received_until(&mut alice.events, dm.0, ack.seq.0, DEADLINE).await;
+    let texts: Vec<&str> = got.iter().map(|(_, t)| t.as_str()).collect();
+    assert_eq!(texts, ["b0", "b1", "b2", "b3", "b4", "during"], "once each, in order");
+    let seqs: Vec<u64> = got.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, (before.seq.0 + 1..=ack.seq.0).collect::<Vec<_>>());
+    assert!(relay.dropped() > 0, "the blackhole dropped datagrams");
+}
+
+/// 30 % of datagrams lost each way and 30 ms of delay between alice and the server: 200
+/// pipelined sends are each acknowledged once, stored once in alice's order, and bob (on a
+/// clean path) receives exactly that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_loss_and_delay_pipelined_sends_arrive_once_each_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path()).await;
+    let relay = common::relay::Relay::start(s.addr).await;
+    let mut bob = user(&s, "bob").await;
+    let alice = device(relay.addr, &s.fingerprint, "alice", true).await;
+    let dm = natter_sdk::ConversationId(alice.client.direct("bob").await.unwrap().conversation_id);
+    relay.loss(300);
+    relay.delay(Duration::from_millis(30));
+    let n = 200;
+    let acks = tokio::time::timeout(
+        Duration::from_secs(120),
+        futures::future::join_all((0..n).map(|i| {
+            let alice = alice.client.clone();
+            async move { alice.send(dm, &format!("m{i}")).await }
+        })),
+    )
+    .await
+    .expect("every send is acknowledged in time");
+    let seqs: Vec<u64> = acks.into_iter().map(|a| a.expect("send succeeds").seq.0).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "acks out of send order or doubled: {seqs:?}"
+    );
+    let last = *seqs.last().unwrap();
+    let got = received_until(&mut bob.events, dm.0, last, Duration::from_secs(60)).await;
+    let texts: Vec<String> = got.iter().filter(|(s, _)| *s > 1).map(|(_, t)| t.clone()).collect();
+    let want: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
+    assert_eq!(texts, want, "bob receives each send once, in alice's order");
+    assert!(
+        relay.dropped() > 10,
+        "the relay dropped only {} datagrams",
+        relay.dropped()
+    );
 }
