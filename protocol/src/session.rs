@@ -268,7 +268,15 @@ impl ClientSession {
         self.phase = Phase::connecting(State::Handshaking);
         let hello = pb::Hello {
             versions: vec![limits::PROTOCOL_VERSION],
-            client: self.config.client_name.clone(),
+            // The server refuses a longer one (PROTOCOL.md §4.1): cut at a char boundary.
+            client: {
+                let name = &self.config.client_name;
+                let mut end = name.len().min(limits::MAX_CLIENT_NAME_BYTES);
+                while !name.is_char_boundary(end) {
+                    end -= 1;
+                }
+                name[..end].to_string()
+            },
         };
         self.transmit.push_back(encode_frame(&pb::Frame {
             kind: Some(Kind::Hello(hello)),

@@ -63,7 +63,7 @@ pub(crate) fn spawn(
     let mut quic = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     let idle = Duration::from_millis(config.idle_timeout_ms.max(300));
-    transport.keep_alive_interval(Some((idle / 3).min(Duration::from_secs(5))));
+    transport.keep_alive_interval(Some((idle / 4).min(Duration::from_secs(5))));
     transport.max_idle_timeout(Some(
         idle.try_into()
             .map_err(|_| ClientError::Setup("idle timeout too long".into()))?,

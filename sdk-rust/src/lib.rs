@@ -34,9 +34,9 @@ pub struct ClientConfig {
     pub fallback_addrs: Vec<SocketAddr>,
     /// QUIC idle timeout: a server that stops answering (crash, lost network, a dead path)
     /// is given up after this long and the client reconnects; keep-alives go out after a
-    /// third of it without traffic (at most every 5 s). The effective timeout is the smaller
+    /// quarter of it without traffic (at most every 5 s). The effective timeout is the smaller
     /// of this and the server's (`Limits.idle_timeout_ms`, 30 s by default). Default 10 s
-    /// (a keep-alive every 3.3 s while nothing else moves) for a connected app; an app in
+    /// (a keep-alive every 2.5 s while nothing else moves: a restarted node's stateless reset reaches the client within that) for a connected app; an app in
     /// the background raises it up to the server's, or disconnects and relies on push
     /// (PROTOCOL.md §3.1).
     pub idle_timeout_ms: u64,

@@ -545,3 +545,58 @@ async fn a_second_connection_of_the_same_device_closes_the_first_with_its_reason
     }
     s.shutdown().await;
 }
+
+/// `spec/vectors/sessions.txt`: each vector's bytes, written on a fresh connection's
+/// control stream, get exactly the answers it lists, in order — the rules of PROTOCOL.md
+/// §2, §4 and §5 for what a client gets wrong, as an independent client sees them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_session_vector_gets_the_answers_it_names() {
+    let text = include_str!("../../spec/vectors/sessions.txt");
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path()).await;
+    let code = |name: &str| {
+        ErrorCode::from_str_name(&format!("ERROR_CODE_{name}")).unwrap_or_else(|| panic!("no error code {name}"))
+    };
+    let mut played = 0;
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+        let cols: Vec<&str> = line.split(" | ").collect();
+        let [name, hex, answers, _meaning] = cols[..] else {
+            panic!("bad vector line {line:?}")
+        };
+        let mut raw = Raw::connect(s.addr, &s.fingerprint).await;
+        raw.bytes(&hex::decode(hex).unwrap()).await;
+        for answer in answers.split(", ") {
+            let words: Vec<&str> = answer.split(' ').collect();
+            match words[..] {
+                ["welcome"] => match raw.read().await.and_then(|f| f.kind) {
+                    Some(pb::frame::Kind::Welcome(_)) => {}
+                    other => panic!("{name}: expected Welcome, got {other:?}"),
+                },
+                ["response", id, what] => {
+                    let id: u64 = id.parse().unwrap();
+                    let r = match raw.read().await.and_then(|f| f.kind) {
+                        Some(pb::frame::Kind::Response(r)) => r,
+                        other => panic!("{name}: expected response {id}, got {other:?}"),
+                    };
+                    assert_eq!(r.id, id, "{name}: response id");
+                    match (what, r.result) {
+                        ("PONG", Some(Res::Pong(_))) => {}
+                        (what, Some(Res::Error(e))) if what != "PONG" => {
+                            assert_eq!(e.code, code(what) as i32, "{name}: error code ({})", e.message)
+                        }
+                        (what, other) => panic!("{name}: expected {what}, got {other:?}"),
+                    }
+                }
+                ["close", what] => {
+                    let (err, close) = raw.closed().await;
+                    let err = err.unwrap_or_else(|| panic!("{name}: no ConnectionError before the close"));
+                    assert_eq!(err.code, code(what) as i32, "{name}: ConnectionError ({})", err.message);
+                    assert_eq!(close, code(what) as u64, "{name}: close code");
+                }
+                _ => panic!("{name}: bad answer {answer:?}"),
+            }
+        }
+        played += 1;
+    }
+    assert!(played >= 15, "only {played} vectors");
+}

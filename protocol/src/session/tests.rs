@@ -655,3 +655,23 @@ fn heartbeats_run_only_while_ready_at_the_servers_interval() {
     assert!(p.sent().is_empty());
     assert_eq!(p.s.poll_timeout(), None, "nothing armed while disconnected");
 }
+
+/// PROTOCOL.md §4.1: the server refuses a `Hello.client` over 128 bytes, so the session
+/// cuts a longer client name at a character boundary instead of getting refused.
+#[test]
+fn a_long_client_name_is_cut_to_128_bytes_at_a_character_boundary() {
+    let config = SessionConfig {
+        client_name: "é".repeat(100),
+        ..SessionConfig::default()
+    };
+    let mut s = ClientSession::new(config, None);
+    s.handle_connected(Millis(0));
+    let mut buf = BytesMut::from(&s.poll_transmit().expect("Hello")[..]);
+    let Some(pb::Frame {
+        kind: Some(Kind::Hello(hello)),
+    }) = decode_frame(&mut buf, usize::MAX).unwrap()
+    else {
+        panic!("the first frame is Hello")
+    };
+    assert_eq!(hello.client, "é".repeat(64), "128 bytes, whole characters");
+}

@@ -393,6 +393,12 @@ impl<T: Transport> Conn<T> {
                 ))
             }
         };
+        if hello.client.len() > limits::MAX_CLIENT_NAME_BYTES {
+            return Err(Close::new(
+                ErrorCode::BadRequest,
+                format!("Hello.client is over {} bytes", limits::MAX_CLIENT_NAME_BYTES),
+            ));
+        }
         if !hello.versions.contains(&limits::PROTOCOL_VERSION) {
             return Err(Close::new(
                 ErrorCode::UnsupportedVersion,
