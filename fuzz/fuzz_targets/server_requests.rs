@@ -1,43 +1,6 @@
-//! The server's per-connection request handling fed arbitrary client bytes after an
-//! authenticated start (a prepared user's Hello + Authenticate): every request kind with
-//! any field values, truncated and oversized frames, frames that are not allowed from a
-//! client. The server must not panic (a panic in any task aborts the fuzzer), must answer
-//! only with well-formed frames, must answer each request id it read at most once, and a
-//! fresh connection must still be served afterwards.
+//! libFuzzer entry point of `targets/server_requests.rs` (what it checks is documented there).
 #![no_main]
-#[path = "../common/server.rs"]
-mod server;
+#[path = "../targets/server_requests.rs"]
+mod target;
 
-use std::collections::HashSet;
-use std::time::Duration;
-
-use libfuzzer_sys::fuzz_target;
-use natter_protocol::pb::{self, frame::Kind, request::Op, response::Result as Res};
-use natter_server::transport::mem::MemEvent;
-
-fuzz_target!(|data: &[u8]| {
-    let f = server::fixture();
-    f.rt.block_on(async {
-        let (mut c, _) = server::authenticated(f, usize::from(data.first().copied().unwrap_or(0) % 3)).await;
-        let _ = c.send_bytes(data.get(1..).unwrap_or_default()).await;
-        let _ = c.finish().await;
-        let mut answered = HashSet::new();
-        let drained = tokio::time::timeout(Duration::from_secs(5), async {
-            while let Some(ev) = c.next().await.expect("the server only writes well-formed frames") {
-                match ev {
-                    MemEvent::Control(pb::Frame {
-                        kind: Some(Kind::Response(r)),
-                    }) => assert!(answered.insert(r.id) || r.id == 0, "request {} answered twice", r.id),
-                    MemEvent::Closed(_) => break,
-                    _ => {}
-                }
-            }
-        })
-        .await;
-        assert!(drained.is_ok(), "the connection ends once its input has");
-        // Still serving.
-        let mut fresh = server::hello(&f.server).await;
-        let pong = server::request(&mut fresh, 9, Op::Ping(pb::Ping { nonce: 9 })).await;
-        assert!(matches!(pong, Some(Res::Pong(_))), "{pong:?}");
-    });
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| target::run(data));
