@@ -693,3 +693,91 @@ async fn under_loss_and_delay_pipelined_sends_arrive_once_each_in_order() {
         relay.dropped()
     );
 }
+
+/// `kill -9` loops during pipelined sends (guarantee 2, §6): alice's SDK keeps 300 sends in
+/// flight through eight `kill -9`s and restarts of the server binary on the same address
+/// (the SDK retries each unacknowledged send under its id). Afterwards history holds every
+/// send once — each acknowledged at the seq it was acknowledged with — in alice's order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loops_during_pipelined_sends_lose_and_double_nothing() {
+    use natter_sdk::{ConversationId, HistoryAnchor, Seq};
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = spawn_server_binary(dir.path(), "127.0.0.1:0");
+    let addr = p.addr.to_string();
+    let alice = device(p.addr, &p.fingerprint, "alice", true).await;
+    let _bob = device(p.addr, &p.fingerprint, "bob", true).await;
+    let dm = ConversationId(alice.client.direct("bob").await.unwrap().conversation_id);
+    let n = 300;
+    let (acked, mut acks) = tokio::sync::watch::channel(0usize);
+    let sends = tokio::spawn({
+        let client = alice.client.clone();
+        async move {
+            use futures::StreamExt;
+            // 16 in flight at a time, issued in order.
+            let all = (0..n).map(|i| {
+                let (client, acked) = (client.clone(), acked.clone());
+                async move {
+                    let ack = client
+                        .send(dm, &format!("k{i}"))
+                        .await
+                        .expect("every send succeeds in the end");
+                    acked.send_modify(|k| *k += 1);
+                    ack.seq.0
+                }
+            });
+            futures::stream::iter(all).buffered(16).collect::<Vec<u64>>().await
+        }
+    });
+    let mut in_flight_at_kills = Vec::new();
+    for round in 1..=8 {
+        tokio::time::timeout(Duration::from_secs(60), acks.wait_for(|k| *k >= round * n / 10))
+            .await
+            .expect("sends go on between the kills")
+            .unwrap();
+        p.child.kill().unwrap(); // SIGKILL: no shutdown path runs
+        p.child.wait().unwrap();
+        in_flight_at_kills.push(n - *acks.borrow());
+        p = spawn_server_binary(dir.path(), &addr);
+    }
+    eprintln!("sends not yet acknowledged at each kill: {in_flight_at_kills:?}");
+    assert!(
+        in_flight_at_kills.iter().all(|&k| k > 0),
+        "every kill lands while sends are outstanding: {in_flight_at_kills:?}"
+    );
+    let seqs = tokio::time::timeout(Duration::from_secs(120), sends)
+        .await
+        .expect("every send is acknowledged after the last restart")
+        .unwrap();
+    let mut log: BTreeMap<u64, String> = BTreeMap::new();
+    let mut after = 0;
+    loop {
+        let page = alice
+            .client
+            .history(dm, HistoryAnchor::After(Seq(after)), 200)
+            .await
+            .unwrap();
+        for e in &page.events {
+            if let Some(pb::conversation_event::Body::Message(m)) = &e.body {
+                log.insert(e.seq, m.body.clone().unwrap_or_default().text);
+            }
+            after = e.seq;
+        }
+        if !page.has_more {
+            break;
+        }
+    }
+    for (i, seq) in seqs.iter().enumerate() {
+        assert_eq!(
+            log.get(seq),
+            Some(&format!("k{i}")),
+            "k{i} acknowledged at seq {seq}, stored there"
+        );
+    }
+    let texts: Vec<&String> = log.values().collect();
+    let want: Vec<String> = (0..n).map(|i| format!("k{i}")).collect();
+    assert_eq!(
+        texts,
+        want.iter().collect::<Vec<_>>(),
+        "each send once, in alice's order"
+    );
+}
