@@ -144,6 +144,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
             max_in_flight: config.max_requests_in_flight.max(1),
             max_per_user: config.max_connections_per_user.max(1) as usize,
             max_per_ip: config.max_connections_per_ip.max(1) as usize,
+            retry_above_handshakes: config.quic_retry_above_handshakes as usize,
             stream_queue: config.session_ring.max(1) * 2 + 64,
             limits: config.wire_limits(),
         },

@@ -46,6 +46,10 @@ pub struct Config {
     /// Connections this node holds at most, over all addresses and transports; beyond it
     /// new ones are closed with `LIMIT_EXCEEDED` at once.
     pub max_connections: u32,
+    /// QUIC handshakes in progress above which a new connection must first prove its
+    /// address (a QUIC Retry: one packet, no state kept, so a flood from spoofed addresses
+    /// costs no handshakes); 0 validates every new address. Default 64.
+    pub quic_retry_above_handshakes: u32,
     /// QUIC idle timeout in seconds (clients send keep-alives well inside it).
     pub idle_timeout_secs: u64,
     /// Seconds before an idle delivery stream is finished.
@@ -135,6 +139,7 @@ impl Default for Config {
             handshake_timeout_secs: 10,
             auth_timeout_secs: 30,
             max_connections: 100_000,
+            quic_retry_above_handshakes: 64,
             idle_timeout_secs: u64::from(limits::IDLE_TIMEOUT_MS / 1000),
             stream_idle_secs: 30,
             heartbeat_interval_ms: limits::HEARTBEAT_INTERVAL_MS,

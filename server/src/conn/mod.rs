@@ -53,6 +53,9 @@ pub struct ConnConfig {
     pub max_per_user: usize,
     /// Connections per client IP.
     pub max_per_ip: usize,
+    /// QUIC handshakes in progress above which a new connection from an address not yet
+    /// validated is sent a Retry first (0: every one).
+    pub retry_above_handshakes: usize,
     /// Events queued per delivery stream before the connection counts as a slow reader.
     pub stream_queue: usize,
     /// Limits advertised in Welcome.

@@ -2,6 +2,7 @@
 //! client's first bidirectional stream as the control stream and hands everything to
 //! [`conn::serve`]. Only moves bytes; no protocol logic here.
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,22 +82,48 @@ pub fn transport_config(idle: Duration) -> quinn::TransportConfig {
     t
 }
 
-/// Accept connections until the endpoint closes.
+/// QUIC handshakes under way, counted while one runs.
+struct Handshaking(Arc<AtomicUsize>);
+
+impl Handshaking {
+    fn start(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Handshaking(count.clone())
+    }
+}
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Accept connections until the endpoint closes. Admission comes before any crypto
+/// (PROTOCOL.md §3.1): a connection from an address at its limit, on a full or draining
+/// node, is refused from its first packet (QUIC `CONNECTION_REFUSED`, no TLS handshake);
+/// under load, one from an address not yet validated gets a Retry first.
 pub async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
+    let handshaking = Arc::new(AtomicUsize::new(0));
     while let Some(incoming) = endpoint.accept().await {
+        let Some(slot) = shared.admit(incoming.remote_address().ip()) else {
+            incoming.refuse();
+            continue;
+        };
+        let busy = handshaking.load(Ordering::Relaxed) >= shared.config.retry_above_handshakes;
+        if busy && !incoming.remote_address_validated() && incoming.may_retry() {
+            drop(slot);
+            let _ = incoming.retry();
+            continue;
+        }
         let shared = shared.clone();
+        let handshake_running = Handshaking::start(&handshaking);
         tokio::spawn(async move {
+            let _slot = slot;
             let conn = match incoming.await {
                 Ok(c) => c,
                 Err(e) => return tracing::debug!(error = %e, "handshake failed"),
             };
-            let Some(_slot) = shared.admit(conn.remote_address().ip()) else {
-                conn.close(
-                    quinn::VarInt::from_u32(ErrorCode::LimitExceeded as u32),
-                    b"not admitted: this address or node is at its limit, or draining",
-                );
-                return;
-            };
+            drop(handshake_running);
             let handshake = shared.config.handshake_timeout;
             let (send, recv) = match tokio::time::timeout(handshake, conn.accept_bi()).await {
                 Ok(Ok(s)) => s,

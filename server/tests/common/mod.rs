@@ -174,25 +174,56 @@ impl Raw {
     /// A bare QUIC connection from a chosen loopback address (every 127.x.y.z is this
     /// machine).
     pub async fn quic_from(ip: &str, addr: SocketAddr, fp: &str) -> quinn::Connection {
+        Raw::quic_attempt_from(ip, addr, fp).await.unwrap()
+    }
+
+    /// A QUIC connection attempt from a chosen loopback address, which the server may
+    /// refuse before the handshake.
+    pub async fn quic_attempt_from(
+        ip: &str,
+        addr: SocketAddr,
+        fp: &str,
+    ) -> Result<quinn::Connection, quinn::ConnectionError> {
         let tls = natter_sdk::tls::client_config(&natter_sdk::Trust::Fingerprint(fp.into())).unwrap();
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
         let mut ep = quinn::Endpoint::client(format!("{ip}:0").parse().unwrap()).unwrap();
         ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-        ep.connect(addr, "localhost").unwrap().await.unwrap()
+        tokio::time::timeout(DEADLINE, ep.connect(addr, "localhost").unwrap())
+            .await
+            .expect("connected or refused before the deadline")
+    }
+
+    /// Assert that the server refused a connection attempt before the TLS handshake
+    /// (PROTOCOL.md §3.1: admission comes before crypto).
+    pub async fn assert_refused_before_tls(ip: &str, addr: SocketAddr, fp: &str) {
+        match Raw::quic_attempt_from(ip, addr, fp).await {
+            Err(quinn::ConnectionError::ConnectionClosed(c)) => assert_eq!(
+                c.error_code,
+                quinn::TransportErrorCode::CONNECTION_REFUSED,
+                "refused with CONNECTION_REFUSED"
+            ),
+            Err(e) => panic!("expected CONNECTION_REFUSED before the handshake, got {e}"),
+            Ok(_) => panic!("expected a refusal before the handshake, the connection was accepted"),
+        }
     }
 
     /// Connect from a chosen loopback address.
     pub async fn connect_from(ip: &str, addr: SocketAddr, fp: &str) -> Raw {
-        let conn = Raw::quic_from(ip, addr, fp).await;
+        Raw::try_connect_from(ip, addr, fp).await.expect("connection admitted")
+    }
+
+    /// Connect from a chosen loopback address; `None` if the server refused it.
+    pub async fn try_connect_from(ip: &str, addr: SocketAddr, fp: &str) -> Option<Raw> {
+        let conn = Raw::quic_attempt_from(ip, addr, fp).await.ok()?;
         let (send, recv) = conn.open_bi().await.unwrap();
-        Raw {
+        Some(Raw {
             conn,
             send,
             recv,
             buf: BytesMut::new(),
             next_id: 1,
             welcome: None,
-        }
+        })
     }
 
     /// Connect and complete the handshake.

@@ -20,6 +20,8 @@ struct Faults {
     /// The seeded generator behind the drops (xorshift64).
     rng: Mutex<u64>,
     dropped: AtomicU64,
+    /// QUIC Retry packets seen from the server (long header, type 3).
+    retries: AtomicU64,
 }
 
 impl Faults {
@@ -74,6 +76,9 @@ impl Relay {
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 65536];
                 while let Ok(n) = back.recv(&mut buf).await {
+                    if n > 0 && buf[0] & 0xb0 == 0xb0 {
+                        faults.retries.fetch_add(1, Ordering::Relaxed);
+                    }
                     let to = *client.lock().unwrap();
                     if let Some(to) = to {
                         forward(&faults, buf[..n].to_vec(), front.clone(), Some(to)).await;
@@ -101,6 +106,11 @@ impl Relay {
     /// Hold every datagram back this long, both ways.
     pub fn delay(&self, by: Duration) {
         self.faults.delay_ms.store(by.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// QUIC Retry packets the server sent through the relay so far.
+    pub fn retries(&self) -> u64 {
+        self.faults.retries.load(Ordering::Relaxed)
     }
 
     /// Datagrams dropped so far.
