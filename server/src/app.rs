@@ -279,9 +279,9 @@ impl RunningServer {
 
     /// Stop accepting WebTransport (existing sessions close too); browsers fall back to
     /// WebSocket. For draining UDP and for tests.
-    pub fn stop_webtransport(&self) {
+    pub async fn stop_webtransport(&self) {
         if let Some(wt) = &self.webtransport {
-            wt.close();
+            wt.close().await;
         }
     }
 
@@ -329,7 +329,7 @@ impl RunningServer {
         while self.shared.live_connections() > 0 && tokio::time::Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        self.stop_webtransport();
+        self.stop_webtransport().await;
         if let Some(cluster) = &self.cluster {
             // Bounded: a node draining because Redis is gone must still stop.
             let users = self.shared.hub.local_users();
@@ -360,7 +360,7 @@ impl RunningServer {
             ..
         } = self;
         if let Some(wt) = &webtransport {
-            wt.close();
+            wt.close().await;
         }
         let code = quinn::VarInt::from_u32(natter_protocol::pb::ErrorCode::ShuttingDown as u32);
         endpoint.close(code, b"shutting down");

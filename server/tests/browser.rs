@@ -457,7 +457,7 @@ async fn auto_falls_back_to_websocket_when_webtransport_is_missing_or_fails() {
         .await;
     sign_up(&mut b, "old", "olga", "websocket").await;
     // A browser with it, but the server's WebTransport endpoint refuses connections.
-    s.stop_webtransport();
+    s.stop_webtransport().await;
     b.open("new", &url).await;
     sign_up(&mut b, "new", "nina", "websocket").await;
 

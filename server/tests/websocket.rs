@@ -299,12 +299,45 @@ async fn quic_ending(mut r: Raw) -> Ending {
     e
 }
 
+async fn wt_ending(mut r: common::wt::RawWt) -> Ending {
+    let mut e = Ending::default();
+    while let Some(f) = r.read().await {
+        match f.kind {
+            Some(Kind::GoAway(_)) => e.go_away = true,
+            Some(Kind::ConnectionError(c)) => e.error = Some(c.code),
+            _ => {}
+        }
+    }
+    e.close = r.close_code().await;
+    e
+}
+
+/// Panics anywhere in this process (server tasks included) since the hook went in.
+static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// PROTOCOL.md §7.6: a drain (what SIGTERM runs) follows one sequence for every connection
 /// of every transport, authenticated or not — `GoAway`, then, for those that stay,
-/// `ConnectionError SHUTTING_DOWN` and the close (QUIC 19, WebSocket 4019) — and new
-/// connections are refused meanwhile.
+/// `ConnectionError SHUTTING_DOWN` and the close (QUIC and WebTransport 19, WebSocket 4019)
+/// — new connections are refused meanwhile, and nothing panics (wtransport once did while
+/// its endpoint closed). 20 runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_tells_every_connection_of_every_transport_and_then_closes_it_with_its_reason() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        default(info);
+    }));
+    for run in 0..20 {
+        one_drain(run).await;
+    }
+    assert_eq!(
+        PANICS.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a panic during a drain"
+    );
+}
+
+async fn one_drain(run: usize) {
     let dir = tempfile::tempdir().unwrap();
     let s = server(dir.path()).await;
     let _bob = user(&s, "bob").await;
@@ -319,17 +352,22 @@ async fn a_drain_tells_every_connection_of_every_transport_and_then_closes_it_wi
     });
     assert!(matches!(ws_authed.request(login).await, Res::Login(_)));
     let ws_unauthed = RawWs::connect(&s).await;
+    let mut wt_authed = common::wt::RawWt::hello(&s).await;
+    wt_authed.login("bob").await;
+    let wt_unauthed = common::wt::RawWt::hello(&s).await;
 
     let endings = async {
         tokio::join!(
             quic_ending(quic_authed),
             quic_ending(quic_unauthed),
             ws_ending(ws_authed),
-            ws_ending(ws_unauthed)
+            ws_ending(ws_unauthed),
+            wt_ending(wt_authed),
+            wt_ending(wt_unauthed)
         )
     };
-    let ((qa, qu, wa, wu), ()) = tokio::join!(endings, async {
-        s.drain(std::time::Duration::from_millis(500)).await;
+    let ((qa, qu, wa, wu, ta, tu), ()) = tokio::join!(endings, async {
+        s.drain(std::time::Duration::from_millis(300)).await;
     });
     let shutting_down = pb::ErrorCode::ShuttingDown as u64;
     for (what, e, close) in [
@@ -337,14 +375,16 @@ async fn a_drain_tells_every_connection_of_every_transport_and_then_closes_it_wi
         ("QUIC, not authenticated", &qu, shutting_down),
         ("WebSocket, authenticated", &wa, 4000 + shutting_down),
         ("WebSocket, not authenticated", &wu, 4000 + shutting_down),
+        ("WebTransport, authenticated", &ta, shutting_down),
+        ("WebTransport, not authenticated", &tu, shutting_down),
     ] {
-        assert!(e.go_away, "{what}: no GoAway ({e:?})");
+        assert!(e.go_away, "run {run}, {what}: no GoAway ({e:?})");
         assert_eq!(
             e.error,
             Some(shutting_down as i32),
-            "{what}: ConnectionError first ({e:?})"
+            "run {run}, {what}: ConnectionError first ({e:?})"
         );
-        assert_eq!(e.close, Some(close), "{what}: close code ({e:?})");
+        assert_eq!(e.close, Some(close), "run {run}, {what}: close code ({e:?})");
     }
     // Draining admits nobody new.
     assert!(

@@ -112,6 +112,11 @@ pub struct WtEndpoint {
     /// The idle timeout its configuration carries (kept across certificate renewals).
     idle: Duration,
     endpoint: Endpoint<wtransport::endpoint::endpoint_side::Server>,
+    /// Set by [`WtEndpoint::close`]: the accept loop stops before the endpoint closes
+    /// (wtransport panics in an `accept` that is pending when its endpoint closes).
+    closing: tokio::sync::watch::Sender<bool>,
+    /// Set by the accept loop when it has stopped.
+    stopped: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for WtEndpoint {
@@ -147,6 +152,8 @@ impl WtEndpoint {
             }),
             idle,
             endpoint,
+            closing: tokio::sync::watch::Sender::new(false),
+            stopped: tokio::sync::watch::Sender::new(false),
         })
     }
 
@@ -166,17 +173,26 @@ impl WtEndpoint {
         Ok(())
     }
 
-    /// Close every session.
-    pub fn close(&self) {
+    /// Stop accepting, then close every session. Waits (at most 2 s) for the accept loop
+    /// to let go of the endpoint first, so no `accept` is pending when it closes.
+    pub async fn close(&self) {
+        self.closing.send_replace(true);
+        let mut stopped = self.stopped.subscribe();
+        let _ = tokio::time::timeout(Duration::from_secs(2), stopped.wait_for(|s| *s)).await;
         self.endpoint
             .close(VarInt::from_u32(ErrorCode::ShuttingDown as u32), b"shutting down");
     }
 
-    /// Accept sessions until the endpoint closes.
+    /// Accept sessions until [`WtEndpoint::close`] (or until the server is gone).
     pub async fn accept_loop(self: Arc<Self>, shared: std::sync::Weak<Shared>) {
+        let mut closing = self.closing.subscribe();
         loop {
-            let incoming = self.endpoint.accept().await;
-            let Some(shared) = shared.upgrade() else { return };
+            let incoming = tokio::select! {
+                biased;
+                _ = closing.wait_for(|c| *c) => break,
+                incoming = self.endpoint.accept() => incoming,
+            };
+            let Some(shared) = shared.upgrade() else { break };
             tokio::spawn(async move {
                 let handshake = shared.config.handshake_timeout;
                 let session = async {
@@ -198,5 +214,6 @@ impl WtEndpoint {
                 }
             });
         }
+        self.stopped.send_replace(true);
     }
 }

@@ -2,6 +2,7 @@
 //! frame-level client for hostile input, and event waits bounded by a deadline.
 #![allow(dead_code)]
 pub mod relay;
+pub mod wt;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;

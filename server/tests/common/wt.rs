@@ -1,0 +1,111 @@
+//! A frame-level WebTransport client (wtransport) for the §3.5 mapping: one HTTP/3
+//! session, the control stream as its first bidirectional stream, trusting the server's
+//! generated certificate by its hash as a browser does.
+use bytes::BytesMut;
+use natter_protocol::codec::{decode_frame, encode_frame};
+use natter_protocol::pb::{self, frame::Kind, request::Op};
+
+use super::{DEADLINE, PASSWORD};
+
+pub struct RawWt {
+    pub conn: wtransport::Connection,
+    send: wtransport::SendStream,
+    recv: wtransport::RecvStream,
+    buf: BytesMut,
+    next_id: u64,
+    _endpoint: wtransport::Endpoint<wtransport::endpoint::endpoint_side::Client>,
+}
+
+impl RawWt {
+    /// A session with the server's WebTransport endpoint, past Hello/Welcome.
+    pub async fn hello(s: &natter_server::RunningServer) -> RawWt {
+        let hash: [u8; 32] = hex::decode(&s.webtransport_cert_hashes()[0])
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let config = wtransport::ClientConfig::builder()
+            .with_bind_default()
+            .with_server_certificate_hashes([wtransport::tls::Sha256Digest::new(hash)])
+            .build();
+        let endpoint = wtransport::Endpoint::client(config).unwrap();
+        let url = format!("https://127.0.0.1:{}/natter", s.webtransport_addr.unwrap().port());
+        let conn = tokio::time::timeout(DEADLINE, endpoint.connect(&url))
+            .await
+            .expect("WebTransport session in time")
+            .expect("WebTransport session");
+        let (send, recv) = conn.open_bi().await.unwrap().await.unwrap();
+        let mut r = RawWt {
+            conn,
+            send,
+            recv,
+            buf: BytesMut::new(),
+            next_id: 1,
+            _endpoint: endpoint,
+        };
+        r.frame(Kind::Hello(pb::Hello {
+            versions: vec![1],
+            client: "raw-wt".into(),
+        }))
+        .await;
+        match r.read().await.and_then(|f| f.kind) {
+            Some(Kind::Welcome(_)) => r,
+            other => panic!("expected Welcome, got {other:?}"),
+        }
+    }
+
+    pub async fn frame(&mut self, kind: Kind) {
+        let b = encode_frame(&pb::Frame { kind: Some(kind) });
+        self.send.write_all(&b).await.unwrap();
+    }
+
+    /// The next control frame; `None` once the stream or session ended.
+    pub async fn read(&mut self) -> Option<pb::Frame> {
+        tokio::time::timeout(DEADLINE, async {
+            let mut chunk = vec![0u8; 65536];
+            loop {
+                if let Some(f) = decode_frame(&mut self.buf, usize::MAX).unwrap() {
+                    return Some(f);
+                }
+                match self.recv.read(&mut chunk).await {
+                    Ok(Some(n)) if n > 0 => self.buf.extend_from_slice(&chunk[..n]),
+                    _ => return None,
+                }
+            }
+        })
+        .await
+        .expect("frame or end before the deadline")
+    }
+
+    /// Log in as `user` (registered already).
+    pub async fn login(&mut self, user: &str) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let op = Op::Login(pb::Login {
+            username: user.into(),
+            password: PASSWORD.into(),
+            device_name: "raw-wt".into(),
+        });
+        self.frame(Kind::Request(pb::Request { id, op: Some(op) })).await;
+        loop {
+            match self.read().await.and_then(|f| f.kind) {
+                Some(Kind::Response(r)) if r.id == id => {
+                    assert!(matches!(r.result, Some(pb::response::Result::Login(_))), "login: {r:?}");
+                    return;
+                }
+                Some(_) => continue,
+                None => panic!("session ended before the login's response"),
+            }
+        }
+    }
+
+    /// The session's close code (the ErrorCode number, §3.5), once it ends.
+    pub async fn close_code(&self) -> Option<u64> {
+        match tokio::time::timeout(DEADLINE, self.conn.closed())
+            .await
+            .expect("closed in time")
+        {
+            wtransport::error::ConnectionError::ApplicationClosed(c) => Some(c.code().into_inner()),
+            _ => None,
+        }
+    }
+}
