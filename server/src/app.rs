@@ -174,9 +174,13 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     let pem = config.tls_cert.as_deref().zip(config.tls_key.as_deref());
     let webtransport = match config.webtransport_listen {
         Some(addr) => {
-            let wt = crate::transport::webtransport::WtEndpoint::bind(addr, pem, config.webtransport_cert_days, idle)
-                .await
-                .with_context(|| format!("binding WebTransport on {addr}"))?;
+            // Its own stable reset key too, so browsers of a restarted node learn at once.
+            let keys =
+                crate::security::reset::endpoint_config(&config.data_dir, &format!("{}|webtransport", config.node_id))?;
+            let wt =
+                crate::transport::webtransport::WtEndpoint::bind(addr, pem, config.webtransport_cert_days, idle, keys)
+                    .await
+                    .with_context(|| format!("binding WebTransport on {addr}"))?;
             Some(Arc::new(wt))
         }
         None => None,

@@ -1014,3 +1014,78 @@ async fn thirty_idle_clients_are_back_soon_after_a_kill_9_and_restart() {
     p2.child.kill().unwrap();
     p2.child.wait().unwrap();
 }
+
+/// The WebTransport endpoint's stateless-reset key is stable across restarts too (its own,
+/// derived from `node.secret`): a WebTransport client of a server killed and restarted on
+/// the same port learns at its next packet that its session is gone, instead of waiting
+/// out its idle timeout (30 s), and connects to the restarted node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webtransport_clients_of_a_restarted_server_learn_at_once_that_their_session_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let wt_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let wt_listen = format!("127.0.0.1:{wt_port}");
+    let start = |listen: &str| {
+        let mut p = spawn_server_binary_with(dir.path(), listen, &["--webtransport-listen", &wt_listen]);
+        let wt: std::net::SocketAddr = p
+            .stdout
+            .next()
+            .unwrap()
+            .unwrap()
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let web = p.stdout.next().unwrap().unwrap();
+        let web = web
+            .split("http://")
+            .nth(1)
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string();
+        (p, wt, discovery_hash(&web))
+    };
+    let (mut p, wt, hash) = start("127.0.0.1:0");
+    let mut client = common::wt::RawWt::hello_at(wt, &hash).await;
+    p.child.kill().unwrap(); // SIGKILL: the session's state dies with the process
+    p.child.wait().unwrap();
+    let (mut p2, wt2, hash2) = start(&p.addr.to_string());
+    assert_eq!(wt2, wt, "the same WebTransport port");
+    // The client's next packet: a Ping on its control stream.
+    client
+        .frame(Kind::Request(pb::Request {
+            id: 9,
+            op: Some(Op::Ping(pb::Ping { nonce: 1 })),
+        }))
+        .await;
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), client.conn.closed()).await;
+    assert!(ended.is_ok(), "the old session ended long before its idle timeout");
+    eprintln!("old WebTransport session ended: {}", ended.unwrap());
+    // And the restarted node serves a new session (with its new certificate).
+    let _again = common::wt::RawWt::hello_at(wt2, &hash2).await;
+    p2.child.kill().unwrap();
+    p2.child.wait().unwrap();
+}
+
+/// The first WebTransport certificate hash `/natter.json` on the web endpoint `host:port`
+/// publishes.
+fn discovery_hash(web: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(web).unwrap();
+    write!(
+        s,
+        "GET /natter.json HTTP/1.1\r\nHost: {web}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    let json = &body[body.find('{').expect("a JSON body")..];
+    let v: serde_json::Value = serde_json::from_str(json.trim_end()).unwrap();
+    v["webtransport"]["certificateHashes"][0].as_str().unwrap().to_string()
+}

@@ -93,14 +93,16 @@ fn hash_of(identity: &Identity) -> String {
     crate::security::tls::fingerprint(leaf.der())
 }
 
-fn server_config(addr: SocketAddr, identity: &Identity, idle: Duration) -> ServerConfig {
-    ServerConfig::builder()
+fn server_config(addr: SocketAddr, identity: &Identity, idle: Duration, keys: &quinn::EndpointConfig) -> ServerConfig {
+    let mut config = ServerConfig::builder()
         .with_bind_address(addr)
         .with_identity(identity.clone_identity())
         .keep_alive_interval(None)
         .max_idle_timeout(Some(idle))
         .expect("idle timeout in range")
-        .build()
+        .build();
+    *config.quic_endpoint_config_mut() = keys.clone();
+    config
 }
 
 /// A bound WebTransport endpoint.
@@ -111,6 +113,9 @@ pub struct WtEndpoint {
     pub certs: Arc<WtCerts>,
     /// The idle timeout its configuration carries (kept across certificate renewals).
     idle: Duration,
+    /// Its stateless-reset and connection-id keys (security/reset.rs), stable across
+    /// restarts.
+    keys: quinn::EndpointConfig,
     endpoint: Endpoint<wtransport::endpoint::endpoint_side::Server>,
     /// Set by [`WtEndpoint::close`]: the accept loop stops before the endpoint closes
     /// (wtransport panics in an `accept` that is pending when its endpoint closes).
@@ -132,12 +137,13 @@ impl WtEndpoint {
         pem: Option<(&std::path::Path, &std::path::Path)>,
         days: u32,
         idle: Duration,
+        keys: quinn::EndpointConfig,
     ) -> anyhow::Result<WtEndpoint> {
         let (identity, generated) = match pem {
             Some((cert, key)) => (Identity::load_pemfiles(cert, key).await?, false),
             None => (generate(days)?, true),
         };
-        let endpoint = Endpoint::server(server_config(addr, &identity, idle))?;
+        let endpoint = Endpoint::server(server_config(addr, &identity, idle, &keys))?;
         let hashes = if generated {
             vec![hash_of(&identity)]
         } else {
@@ -151,6 +157,7 @@ impl WtEndpoint {
                 days,
             }),
             idle,
+            keys,
             endpoint,
             closing: tokio::sync::watch::Sender::new(false),
             stopped: tokio::sync::watch::Sender::new(false),
@@ -165,7 +172,7 @@ impl WtEndpoint {
         }
         let identity = generate(self.certs.days)?;
         self.endpoint
-            .reload_config(server_config(self.addr, &identity, self.idle), false)?;
+            .reload_config(server_config(self.addr, &identity, self.idle, &self.keys), false)?;
         let mut hashes = self.certs.hashes.write().expect("hash lock");
         let previous = hashes.first().cloned();
         *hashes = std::iter::once(hash_of(&identity)).chain(previous).collect();

@@ -371,8 +371,8 @@ pub fn natter_cli() -> std::path::PathBuf {
 /// The server binary in its own process (for `kill -9`), on loopback.
 pub struct ServerProcess {
     pub child: std::process::Child,
-    /// Held so the server's stdout stays open.
-    _stdout: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    /// The rest of the server's stdout (held so it stays open).
+    pub stdout: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
     pub addr: std::net::SocketAddr,
     pub fingerprint: String,
 }
@@ -395,7 +395,12 @@ pub fn spawn_server_binary(dir: &std::path::Path, listen: &str) -> ServerProcess
 pub fn spawn_server_binary_with(dir: &std::path::Path, listen: &str, extra: &[&str]) -> ServerProcess {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_natter-server"))
         .args(["--data-dir", dir.to_str().unwrap(), "--listen", listen, "--log", "warn"])
-        .args(["--web-listen", "127.0.0.1:0", "--webtransport-listen", "127.0.0.1:0"])
+        .args(["--web-listen", "127.0.0.1:0"])
+        .args(if extra.contains(&"--webtransport-listen") {
+            &[][..]
+        } else {
+            &["--webtransport-listen", "127.0.0.1:0"][..]
+        })
         .args(extra)
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -413,7 +418,7 @@ pub fn spawn_server_binary_with(dir: &std::path::Path, listen: &str, extra: &[&s
     let fingerprint = lines.next().unwrap().unwrap().rsplit(' ').next().unwrap().to_string();
     ServerProcess {
         child,
-        _stdout: lines,
+        stdout: lines,
         addr,
         fingerprint,
     }

@@ -19,16 +19,18 @@ pub struct RawWt {
 impl RawWt {
     /// A session with the server's WebTransport endpoint, past Hello/Welcome.
     pub async fn hello(s: &natter_server::RunningServer) -> RawWt {
-        let hash: [u8; 32] = hex::decode(&s.webtransport_cert_hashes()[0])
-            .unwrap()
-            .try_into()
-            .unwrap();
+        RawWt::hello_at(s.webtransport_addr.unwrap(), &s.webtransport_cert_hashes()[0]).await
+    }
+
+    /// [`RawWt::hello`] to the endpoint at `addr` whose certificate has this hex hash.
+    pub async fn hello_at(addr: std::net::SocketAddr, hex_hash: &str) -> RawWt {
+        let hash: [u8; 32] = hex::decode(hex_hash).unwrap().try_into().unwrap();
         let config = wtransport::ClientConfig::builder()
             .with_bind_default()
             .with_server_certificate_hashes([wtransport::tls::Sha256Digest::new(hash)])
             .build();
         let endpoint = wtransport::Endpoint::client(config).unwrap();
-        let url = format!("https://127.0.0.1:{}/natter", s.webtransport_addr.unwrap().port());
+        let url = format!("https://127.0.0.1:{}/natter", addr.port());
         let conn = tokio::time::timeout(DEADLINE, endpoint.connect(&url))
             .await
             .expect("WebTransport session in time")
