@@ -35,20 +35,14 @@ impl Drop for Node {
 /// Start a node. All nodes share `dir` for the development certificate (so clients pin one
 /// fingerprint); their data lives in Redis.
 fn node(dir: &Path, redis: &[String], cluster: bool, id: &str) -> Node {
-    node_via(&[], dir, redis, cluster, id)
+    node_with_env(&[], dir, redis, cluster, id)
 }
 
-/// [`node`], started through `wrapper` (e.g. `faketime -f -120s`); empty: directly.
-fn node_via(wrapper: &[&str], dir: &Path, redis: &[String], cluster: bool, id: &str) -> Node {
-    let bin = env!("CARGO_BIN_EXE_natter-server");
-    let mut cmd = match wrapper {
-        [] => Command::new(bin),
-        [program, args @ ..] => {
-            let mut c = Command::new(program);
-            c.args(args).arg(bin);
-            c
-        }
-    };
+/// [`node`] with extra environment variables (e.g. libfaketime's, for a skewed clock).
+/// The binary runs itself (no wrapper process), so the `Node`'s kill reaches it.
+fn node_with_env(env: &[(&str, &str)], dir: &Path, redis: &[String], cluster: bool, id: &str) -> Node {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_natter-server"));
+    cmd.envs(env.iter().copied());
     cmd.args([
         "--data-dir",
         dir.to_str().unwrap(),
@@ -508,8 +502,11 @@ async fn event_times_never_go_back_when_a_nodes_clock_is_behind() {
     let redis = TestRedis::start();
     let dir = tempfile::tempdir().unwrap();
     let a = node(dir.path(), &[redis.url()], false, "a");
-    let faketime = ["faketime", "-f", "-120s"];
-    let b = node_via(&faketime, dir.path(), &[redis.url()], false, "b");
+    // libfaketime preloaded into the binary itself: the `faketime` wrapper forks, and
+    // killing it would leave the server running.
+    let lib = libfaketime();
+    let skewed = [("LD_PRELOAD", lib.as_str()), ("FAKETIME", "-120s")];
+    let b = node_with_env(&skewed, dir.path(), &[redis.url()], false, "b");
     // The skew is real: b's Welcome tells a time two minutes before a's.
     let welcome_time = |raw: &Raw| raw.welcome.as_ref().map(|w| w.server_time_ms).unwrap();
     let on_a = Raw::hello(a.addr, &a.fingerprint).await;
@@ -530,4 +527,17 @@ async fn event_times_never_go_back_when_a_nodes_clock_is_behind() {
         times.windows(2).all(|w| w[0] <= w[1]),
         "event times go back in seq order: {times:?}"
     );
+}
+
+/// Debian's libfaketime (package `faketime`, which scripts/test.sh installs).
+fn libfaketime() -> String {
+    let found = std::fs::read_dir("/usr/lib")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("faketime/libfaketime.so.1"))
+        .find(|p| p.exists());
+    found
+        .expect("libfaketime.so.1 under /usr/lib/*/faketime (apt-get install faketime)")
+        .to_string_lossy()
+        .into_owned()
 }

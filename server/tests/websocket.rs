@@ -393,3 +393,42 @@ async fn one_drain(run: usize) {
     );
     s.shutdown().await;
 }
+
+/// §8.2 on WebTransport: the closes the session layer starts say why first, exactly as on
+/// QUIC — the older session of a device that authenticated again elsewhere reads
+/// `ConnectionError CONFLICT` and closes with 5, a device logged out from another one reads
+/// `TOKEN_REVOKED` and closes with 21. 20 tries each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webtransport_session_layer_closes_send_their_reason_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.rates.login_per_minute_per_user = 1_000;
+    cfg.rates.login_per_minute_per_ip = 1_000;
+    let s = natter_server::start(&cfg).await.unwrap();
+    let bob = user(&s, "bob").await;
+    let conflict = pb::ErrorCode::Conflict as u64;
+    let revoked = pb::ErrorCode::TokenRevoked as u64;
+    for run in 0..20 {
+        // The same device on a second session: the first one ends with CONFLICT.
+        let mut first = common::wt::RawWt::hello(&s).await;
+        let ok = first.login("bob").await;
+        let mut second = common::wt::RawWt::hello(&s).await;
+        let ending = tokio::spawn(wt_ending(first));
+        let auth = Op::Authenticate(pb::Authenticate {
+            access_token: ok.access_token.clone(),
+            ..Default::default()
+        });
+        assert!(matches!(second.request(auth).await, Res::Auth(_)), "run {run}");
+        let e = ending.await.unwrap();
+        assert_eq!(e.error, Some(conflict as i32), "run {run}: CONFLICT first ({e:?})");
+        assert_eq!(e.close, Some(conflict), "run {run}: close code ({e:?})");
+
+        // Logged out from another device: TOKEN_REVOKED.
+        let ending = tokio::spawn(wt_ending(second));
+        bob.client.logout(natter_sdk::DeviceId(ok.device_id)).await.unwrap();
+        let e = ending.await.unwrap();
+        assert_eq!(e.error, Some(revoked as i32), "run {run}: TOKEN_REVOKED first ({e:?})");
+        assert_eq!(e.close, Some(revoked), "run {run}: close code ({e:?})");
+    }
+    s.shutdown().await;
+}

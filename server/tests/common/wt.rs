@@ -78,25 +78,30 @@ impl RawWt {
         .expect("frame or end before the deadline")
     }
 
-    /// Log in as `user` (registered already).
-    pub async fn login(&mut self, user: &str) {
+    /// Send a request and wait for its response (other frames are skipped).
+    pub async fn request(&mut self, op: Op) -> pb::response::Result {
         let id = self.next_id;
         self.next_id += 1;
+        self.frame(Kind::Request(pb::Request { id, op: Some(op) })).await;
+        loop {
+            match self.read().await.and_then(|f| f.kind) {
+                Some(Kind::Response(r)) if r.id == id => return r.result.expect("a result"),
+                Some(_) => continue,
+                None => panic!("session ended before response {id}"),
+            }
+        }
+    }
+
+    /// Log in as `user` (registered already): a new device; its LoginOk.
+    pub async fn login(&mut self, user: &str) -> pb::LoginOk {
         let op = Op::Login(pb::Login {
             username: user.into(),
             password: PASSWORD.into(),
             device_name: "raw-wt".into(),
         });
-        self.frame(Kind::Request(pb::Request { id, op: Some(op) })).await;
-        loop {
-            match self.read().await.and_then(|f| f.kind) {
-                Some(Kind::Response(r)) if r.id == id => {
-                    assert!(matches!(r.result, Some(pb::response::Result::Login(_))), "login: {r:?}");
-                    return;
-                }
-                Some(_) => continue,
-                None => panic!("session ended before the login's response"),
-            }
+        match self.request(op).await {
+            pb::response::Result::Login(ok) => ok,
+            other => panic!("login: {other:?}"),
         }
     }
 
