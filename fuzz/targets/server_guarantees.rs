@@ -163,6 +163,10 @@ pub fn run(data: &[u8]) {
                         Some(Res::Done(_)) => {
                             assert!(allowed, "{action:?} allowed");
                             c.members.remove(&user);
+                            if c.owner == Some(user) {
+                                // The sole owner left: nobody is left to manage it.
+                                c.owner = None;
+                            }
                             c.last_seq += 1;
                         }
                         Some(Res::Error(_)) => assert!(!allowed, "{action:?} refused"),
