@@ -1030,16 +1030,7 @@ async fn webtransport_clients_of_a_restarted_server_learn_at_once_that_their_ses
     let wt_listen = format!("127.0.0.1:{wt_port}");
     let start = |listen: &str| {
         let mut p = spawn_server_binary_with(dir.path(), listen, &["--webtransport-listen", &wt_listen]);
-        let wt: std::net::SocketAddr = p
-            .stdout
-            .next()
-            .unwrap()
-            .unwrap()
-            .rsplit(' ')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let wt: std::net::SocketAddr = last_word(&mut p.stdout).parse().unwrap();
         let web = p.stdout.next().unwrap().unwrap();
         let web = web
             .split("http://")

@@ -175,6 +175,20 @@ async fn logged_in(addr: std::net::SocketAddr, fp: &str, user: &str, register: b
     raw
 }
 
+/// alice and bob registered, alice logged in on a raw connection, and their DM.
+async fn alice_with_a_dm(addr: std::net::SocketAddr, fp: &str) -> (Raw, u64) {
+    let mut alice = logged_in(addr, fp, "alice", true).await;
+    let _bob = logged_in(addr, fp, "bob", true).await;
+    let dm = match alice
+        .request(Op::CreateDirect(pb::CreateDirect { username: "bob".into() }))
+        .await
+    {
+        Res::Conversation(c) => c.conversation_id,
+        other => panic!("{other:?}"),
+    };
+    (alice, dm)
+}
+
 /// Every message event of `conv`: seq → client message id; `None` if the server answers
 /// `STORAGE_UNAVAILABLE` (sled cannot even open its database on a full disk).
 async fn stored(raw: &mut Raw, conv: u64) -> Option<BTreeMap<u64, String>> {
@@ -229,15 +243,7 @@ async fn one_disk_full_run(run: usize, how: Fill) {
     };
     let p = spawn_server_binary_with(&fs.dir, "127.0.0.1:0", flags);
     let (addr, fp) = (p.addr, p.fingerprint.clone());
-    let mut alice = logged_in(addr, &fp, "alice", true).await;
-    let _bob = logged_in(addr, &fp, "bob", true).await;
-    let dm = match alice
-        .request(Op::CreateDirect(pb::CreateDirect { username: "bob".into() }))
-        .await
-    {
-        Res::Conversation(c) => c.conversation_id,
-        other => panic!("{other:?}"),
-    };
+    let (mut alice, dm) = alice_with_a_dm(addr, &fp).await;
     // Logged in before the disk fills (a login writes a device record).
     let mut senders = Vec::new();
     for _ in 0..3 {
@@ -411,15 +417,7 @@ async fn one_failover_run(wait: u32) -> Failover {
     let dir = tempfile::tempdir().unwrap();
     let node = redis_node(dir.path(), &redis.url_of(0), wait);
     let (addr, fp) = (node.addr, node.fingerprint.clone());
-    let mut alice = logged_in(addr, &fp, "alice", true).await;
-    let _bob = logged_in(addr, &fp, "bob", true).await;
-    let dm = match alice
-        .request(Op::CreateDirect(pb::CreateDirect { username: "bob".into() }))
-        .await
-    {
-        Res::Conversation(c) => c.conversation_id,
-        other => panic!("{other:?}"),
-    };
+    let (mut alice, dm) = alice_with_a_dm(addr, &fp).await;
     let mut out = Outcome::default();
     let send = |i: usize| format!("m{i}");
     for i in 0..30 {

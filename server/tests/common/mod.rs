@@ -368,6 +368,12 @@ pub fn natter_cli() -> std::path::PathBuf {
     bin
 }
 
+/// The last word of the server's next stdout line (an address, a fingerprint).
+pub fn last_word(lines: &mut std::io::Lines<std::io::BufReader<std::process::ChildStdout>>) -> String {
+    let line = lines.next().expect("a line").expect("readable");
+    line.rsplit(' ').next().unwrap_or_default().to_string()
+}
+
 /// The server binary in its own process (for `kill -9`), on loopback.
 pub struct ServerProcess {
     pub child: std::process::Child,
@@ -406,16 +412,8 @@ pub fn spawn_server_binary_with(dir: &std::path::Path, listen: &str, extra: &[&s
         .spawn()
         .expect("server binary starts");
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
-    let addr = lines
-        .next()
-        .unwrap()
-        .unwrap()
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let fingerprint = lines.next().unwrap().unwrap().rsplit(' ').next().unwrap().to_string();
+    let addr = last_word(&mut lines).parse().unwrap();
+    let fingerprint = last_word(&mut lines);
     ServerProcess {
         child,
         stdout: lines,
