@@ -57,7 +57,7 @@ pub const HEARTBEAT_INTERVAL_MS: u32 = 15_000;
 pub const IDLE_TIMEOUT_MS: u32 = 30_000;
 /// The SDK's idle timeout: a connected app notices a dead path within this long (it sends a
 /// keep-alive after a quarter of it without traffic).
-pub const CLIENT_IDLE_TIMEOUT_MS: u32 = 10_000;
+pub const CLIENT_IDLE_TIMEOUT_MS: u32 = 8_000;
 /// How long a typing indicator shows unless renewed.
 pub const TYPING_TTL_MS: u32 = 6_000;
 /// Largest datagram payload natter sends.

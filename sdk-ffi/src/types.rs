@@ -41,7 +41,7 @@ pub struct ConnectOptions {
     /// Shown in the server's logs.
     #[uniffi(default = "natter-ffi")]
     pub client_name: String,
-    /// How long a silent connection is given before the client reconnects (ms); unset: 10 s,
+    /// How long a silent connection is given before the client reconnects (ms); unset: 8 s,
     /// right for an app in the foreground. Raise it while in the background (PROTOCOL.md
     /// §3.1).
     #[uniffi(default)]

@@ -35,7 +35,7 @@ pub struct ClientConfig {
     /// QUIC idle timeout: a server that stops answering (crash, lost network, a dead path)
     /// is given up after this long and the client reconnects; keep-alives go out after a
     /// quarter of it without traffic (at most every 5 s). The effective timeout is the smaller
-    /// of this and the server's (`Limits.idle_timeout_ms`, 30 s by default). Default 10 s
+    /// of this and the server's (`Limits.idle_timeout_ms`, 30 s by default). Default 8 s
     /// (a keep-alive every 2.5 s while nothing else moves: a restarted node's stateless reset reaches the client within that) for a connected app; an app in
     /// the background raises it up to the server's, or disconnects and relies on push
     /// (PROTOCOL.md §3.1).

@@ -946,7 +946,7 @@ async fn session_layer_closes_send_their_reason_first() {
 /// connected and authenticated again — when its next keep-alive meets the restarted
 /// node's stateless reset, well before its idle timeout could have told it. The delays
 /// are printed (median and max; bench/RESULTS.md records them); the assertion is the
-/// property: every client reconnects by reset, before its idle timeout (10 s).
+/// property: every client reconnects by reset, before its idle timeout (8 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_idle_clients_are_back_soon_after_a_kill_9_and_restart() {
     let dir = tempfile::tempdir().unwrap();
