@@ -67,6 +67,23 @@ pub const MAX_EMOJI_BYTES: usize = 32;
 /// Unread counts stop counting here.
 pub const MAX_UNREAD_COUNT: u32 = 1000;
 
+/// Largest file one upload may declare (PROTOCOL.md §11).
+pub const MAX_UPLOAD_BYTES: u64 = 1 << 30;
+/// The pieces an upload is stored in (and resumes between).
+pub const UPLOAD_CHUNK_BYTES: u32 = 1 << 20;
+/// Upload streams one connection may have open at once.
+pub const MAX_UPLOAD_STREAMS: u32 = 4;
+/// An unfinished upload is deleted this long after it was created.
+pub const UPLOAD_EXPIRY_SECS: u32 = 24 * 3600;
+/// Bytes of media one user may hold.
+pub const MEDIA_QUOTA_BYTES: u64 = 10 << 30;
+/// Attachments in one message.
+pub const MAX_ATTACHMENTS: usize = 10;
+/// Bytes of an attachment's file name.
+pub const MAX_FILE_NAME_BYTES: usize = 255;
+/// Bytes of a declared content type.
+pub const MAX_MIME_BYTES: usize = 127;
+
 /// The limits this crate's defaults advertise, as the wire message.
 pub fn default_limits() -> crate::pb::Limits {
     crate::pb::Limits {
@@ -83,5 +100,11 @@ pub fn default_limits() -> crate::pb::Limits {
         heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS,
         typing_ttl_ms: TYPING_TTL_MS,
         idle_timeout_ms: IDLE_TIMEOUT_MS,
+        max_upload_bytes: MAX_UPLOAD_BYTES,
+        upload_chunk_bytes: UPLOAD_CHUNK_BYTES,
+        max_upload_streams: MAX_UPLOAD_STREAMS,
+        upload_expiry_secs: UPLOAD_EXPIRY_SECS,
+        media_quota_bytes: MEDIA_QUOTA_BYTES,
+        max_attachments: MAX_ATTACHMENTS as u32,
     }
 }

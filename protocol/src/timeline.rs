@@ -4,7 +4,7 @@
 //! app-facing shape ([`crate::client::model::ConversationEvent`]) every binding hands out.
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::client::model::{ConversationEvent, EventBody, Message};
+use crate::client::model::{Attachment, ConversationEvent, EventBody, Message};
 use crate::{Seq, UserId};
 
 /// One message as it stands after every event so far.
@@ -20,6 +20,8 @@ pub struct MessageView {
     pub text: String,
     /// Replied-to seq, 0 for none.
     pub reply_to: Seq,
+    /// Its files (none once deleted).
+    pub attachments: Vec<Attachment>,
     /// Commit time of the original.
     pub server_time_ms: u64,
     /// Edited at least once.
@@ -63,7 +65,12 @@ impl Timeline {
             _ => return None,
         };
         match &ev.body {
-            EventBody::Message { text, reply_to_seq, .. } => {
+            EventBody::Message {
+                text,
+                reply_to_seq,
+                attachments,
+                ..
+            } => {
                 self.messages.insert(
                     target,
                     MessageView {
@@ -72,6 +79,7 @@ impl Timeline {
                         sender_username: ev.sender_username.clone(),
                         text: text.clone(),
                         reply_to: Seq(*reply_to_seq),
+                        attachments: attachments.clone(),
                         server_time_ms: ev.server_time_ms,
                         ..Default::default()
                     },
@@ -88,6 +96,7 @@ impl Timeline {
                     m.deleted = true;
                     m.text.clear();
                     m.reactions.clear();
+                    m.attachments.clear();
                 }
             }
             EventBody::Reaction { emoji, added, .. } => {
@@ -150,6 +159,7 @@ mod tests {
             client_msg_id: "x".into(),
             text: text.into(),
             reply_to_seq: 0,
+            attachments: Vec::new(),
         }
     }
 

@@ -54,6 +54,15 @@ pub enum ValidationError {
     /// A zero id where an id is required.
     #[error("{0} is required")]
     Missing(&'static str),
+    /// A file name that is empty, too long, a path or has control characters.
+    #[error("file name must be 1-255 bytes with no '/', '\\', control characters, and not '.' or '..'")]
+    FileName,
+    /// A declared content type that is not `type/subtype`.
+    #[error("content type must be type/subtype of at most 127 bytes")]
+    Mime,
+    /// A malformed media or upload id.
+    #[error("malformed media or upload id")]
+    MediaId,
 }
 
 impl ValidationError {
@@ -75,10 +84,21 @@ impl From<ValidationError> for crate::ServerError {
 
 /// A message body: text within `max_chars`, a kind this version sends.
 pub fn message_body(body: &pb::MessageBody, max_chars: usize) -> Result<(), ValidationError> {
-    if body.kind != pb::MessageKind::Text as i32 {
+    let media_kind = [pb::MessageKind::Image, pb::MessageKind::File, pb::MessageKind::Video]
+        .iter()
+        .any(|k| *k as i32 == body.kind);
+    // IMAGE, FILE and VIDEO only say how to show a message's attachments (§11.5).
+    if body.kind != pb::MessageKind::Text as i32 && !(media_kind && !body.attachments.is_empty()) {
         return Err(ValidationError::UnsupportedKind(body.kind));
     }
-    if body.text.is_empty() {
+    count("attachments", body.attachments.len(), limits::MAX_ATTACHMENTS)?;
+    for a in &body.attachments {
+        media_id(&a.media_id)?;
+        if !a.name.is_empty() {
+            file_name(&a.name)?;
+        }
+    }
+    if body.text.is_empty() && body.attachments.is_empty() {
         return Err(ValidationError::EmptyText);
     }
     // Cheap upper bound first: a string of n bytes has at most n characters.
@@ -89,6 +109,32 @@ pub fn message_body(body: &pb::MessageBody, max_chars: usize) -> Result<(), Vali
         }
     }
     Ok(())
+}
+
+/// A file name as shown to others (PROTOCOL.md §11.1): never a path.
+pub fn file_name(name: &str) -> Result<(), ValidationError> {
+    let ok = (1..=limits::MAX_FILE_NAME_BYTES).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && !name.chars().any(|c| c == '/' || c == '\\' || c.is_control());
+    ok.then_some(()).ok_or(ValidationError::FileName)
+}
+
+/// A declared content type: `type/subtype` of token characters (parameters allowed).
+pub fn mime(m: &str) -> Result<(), ValidationError> {
+    let essence = m.split(';').next().unwrap_or("").trim();
+    let token = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-".contains(&b));
+    let ok = m.len() <= limits::MAX_MIME_BYTES
+        && m.is_ascii()
+        && !m.bytes().any(|b| b.is_ascii_control())
+        && matches!(essence.split_once('/'), Some((t, s)) if token(t) && token(s));
+    ok.then_some(()).ok_or(ValidationError::Mime)
+}
+
+/// A media or upload id: 22 characters of base64url (128 bits).
+pub fn media_id(id: &str) -> Result<(), ValidationError> {
+    let ok = id.len() == 22 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    ok.then_some(()).ok_or(ValidationError::MediaId)
 }
 
 /// A username (PROTOCOL.md §5.1).

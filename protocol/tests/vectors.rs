@@ -81,7 +81,7 @@ fn vectors() -> Vec<(&'static str, &'static str, pb::Frame, bool)> {
         ("history_page", "Response 6: HistoryPage { conversation 42, events: [message seq 8 \"hi\"], has_more: false, last_seq: 8 }",
             res(6, Res::History(pb::HistoryPage { conversation_id: 42, events: vec![message(42, 8, "hi")], has_more: false, last_seq: 8 })), false),
         ("stream_header", "StreamHeader { conversation 42 } (first frame of a delivery stream)",
-            f(Kind::StreamHeader(pb::StreamHeader { conversation_id: 42 })), false),
+            f(Kind::StreamHeader(pb::StreamHeader { conversation_id: 42, ..Default::default() })), false),
         ("event_message", "ConversationEvent { conversation 42, seq 8, from alice (user 1, device 2), message c8 \"hi\" }",
             f(Kind::Event(message(42, 8, "hi"))), false),
         ("event_members_added", "ConversationEvent { conversation 42, seq 9, MembersAdded [bob (user 3), member, joined_seq 9] }",

@@ -117,6 +117,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         }
         None => None,
     };
+    let store_for_media = store.clone();
     let ctx = Ctx {
         store,
         hub: hub.clone(),
@@ -132,6 +133,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
             iterations: config.password_hash_iterations,
         },
         cluster: cluster.clone(),
+        media: Arc::new(crate::media::Media::new(store_for_media, media_store(&config)?, config.media_config())),
     };
     let shared = Arc::new(Shared::new(
         ctx,
@@ -152,9 +154,10 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
 
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls::server_config(&identity)?)?;
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    server_config.transport_config(Arc::new(quic::transport_config(Duration::from_secs(
-        config.idle_timeout_secs,
-    ))));
+    server_config.transport_config(Arc::new(quic::transport_config(
+        Duration::from_secs(config.idle_timeout_secs),
+        config.max_upload_streams,
+    )));
     // A reset key that survives restarts: the clients of a restarted node learn at once
     // that their connection is gone (security/reset.rs).
     let endpoint_config = crate::security::reset::endpoint_config(&config.data_dir, &config.node_id)?;
@@ -380,4 +383,25 @@ impl RunningServer {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
+
+/// Where media bytes go: the configured S3-compatible bucket, else `media_dir`.
+fn media_store(config: &Config) -> anyhow::Result<Arc<dyn crate::media::MediaStore>> {
+    use crate::media::{ObjectMediaStore, S3Settings};
+    if let Some(s3) = &config.s3 {
+        let secret = std::env::var("NATTER_S3_SECRET_KEY").unwrap_or_else(|_| s3.secret_key.0.clone());
+        let settings = S3Settings {
+            endpoint: s3.endpoint.clone(),
+            bucket: s3.bucket.clone(),
+            region: if s3.region.is_empty() { "us-east-1".into() } else { s3.region.clone() },
+            access_key: s3.access_key.clone(),
+            secret_key: secret,
+        };
+        return Ok(Arc::new(ObjectMediaStore::s3(&settings)?));
+    }
+    if config.storage == crate::config::Storage::Redis {
+        tracing::warn!("storage = redis without [s3]: media stays on this node's disk, so other nodes cannot serve it");
+    }
+    let dir = config.media_dir.clone().unwrap_or_else(|| config.data_dir.join("media"));
+    Ok(Arc::new(ObjectMediaStore::local(&dir)?))
 }

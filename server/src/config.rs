@@ -106,6 +106,37 @@ pub struct Config {
     /// the file system, 1–256 MiB. 0 turns the reserve off (then a full disk reaches sled,
     /// which needs a restart after a failed write — tests only).
     pub disk_reserve_bytes: Option<u64>,
+    /// Largest file one upload may declare (PROTOCOL.md §11). Default 1 GiB.
+    pub max_upload_bytes: u64,
+    /// Uploads are stored (and resume) in pieces of at most this many bytes. Default 1 MiB.
+    pub upload_chunk_bytes: u32,
+    /// Upload streams one QUIC or WebTransport connection may have open at once. Default 4.
+    pub max_upload_streams: u32,
+    /// Unfinished uploads are deleted this long after they were created. Default 24 h.
+    pub upload_expiry_secs: u32,
+    /// Bytes of media one user may hold. Default 10 GiB.
+    pub media_quota_bytes: u64,
+    /// Where media bytes live without S3. Unset: `<data_dir>/media`.
+    pub media_dir: Option<PathBuf>,
+    /// An S3-compatible bucket for media (needed for several nodes: any node then serves
+    /// any upload or download). Unset: `media_dir`.
+    pub s3: Option<S3Config>,
+}
+
+/// `[s3]`: an S3-compatible bucket.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    /// e.g. `http://127.0.0.1:9000`; empty for AWS.
+    pub endpoint: String,
+    /// The bucket (it must exist).
+    pub bucket: String,
+    /// Region; S3-compatible servers take any.
+    pub region: String,
+    /// Access key id.
+    pub access_key: String,
+    /// Secret key (or env `NATTER_S3_SECRET_KEY`).
+    pub secret_key: crate::security::Secret,
 }
 
 /// The storage backend.
@@ -163,6 +194,13 @@ impl Default for Config {
             advertise: None,
             drain_secs: 10,
             disk_reserve_bytes: None,
+            max_upload_bytes: limits::MAX_UPLOAD_BYTES,
+            upload_chunk_bytes: limits::UPLOAD_CHUNK_BYTES,
+            max_upload_streams: limits::MAX_UPLOAD_STREAMS,
+            upload_expiry_secs: limits::UPLOAD_EXPIRY_SECS,
+            media_quota_bytes: limits::MEDIA_QUOTA_BYTES,
+            media_dir: None,
+            s3: None,
         }
     }
 }
@@ -237,7 +275,23 @@ impl Config {
             heartbeat_interval_ms: self.heartbeat_interval_ms,
             typing_ttl_ms: self.typing_ttl_ms,
             idle_timeout_ms: u32::try_from(self.idle_timeout_secs.saturating_mul(1000)).unwrap_or(u32::MAX),
+            max_upload_bytes: self.max_upload_bytes,
+            upload_chunk_bytes: self.upload_chunk_bytes,
+            max_upload_streams: self.max_upload_streams,
+            upload_expiry_secs: self.upload_expiry_secs,
+            media_quota_bytes: self.media_quota_bytes,
             ..limits::default_limits()
+        }
+    }
+
+    /// The media limits, as the media layer takes them.
+    pub fn media_config(&self) -> crate::media::MediaConfig {
+        crate::media::MediaConfig {
+            max_upload_bytes: self.max_upload_bytes,
+            chunk_bytes: self.upload_chunk_bytes.max(1),
+            max_upload_streams: self.max_upload_streams,
+            upload_expiry_secs: self.upload_expiry_secs,
+            quota_bytes: self.media_quota_bytes,
         }
     }
 }

@@ -13,6 +13,7 @@ const LAYERS: &[&str] = &[
     "cluster",
     "conversation",
     "session",
+    "media",
     "store",
 ];
 /// Beside the layers: any layer may use them; they use no layer.

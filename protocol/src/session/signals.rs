@@ -160,6 +160,7 @@ impl ClientSession {
                 self.events
                     .push_back(SessionEvent::TypingRejected { conversation_id, error });
             }
+            Some(pb::signal::Kind::Upload(u)) => self.events.push_back(SessionEvent::UploadProgress(u)),
             None => {}
         }
     }

@@ -174,6 +174,9 @@ pub enum SessionEvent {
         /// Who.
         user_id: UserId,
     },
+    /// An upload's stored offset or state moved, or an upload stream was refused
+    /// (PROTOCOL.md §11.2).
+    UploadProgress(pb::UploadProgress),
     /// Our typing notice was refused.
     TypingRejected {
         /// Where.

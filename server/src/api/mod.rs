@@ -19,6 +19,7 @@ use crate::session::presence::Presence;
 use crate::store::Store;
 
 mod history;
+pub mod media;
 pub mod presence;
 mod signals;
 
@@ -51,6 +52,8 @@ pub struct Ctx {
     pub password_cost: crate::security::auth::PasswordCost,
     /// The other nodes, when this node is one of several (Redis storage).
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Uploads and files.
+    pub media: Arc<crate::media::Media>,
 }
 
 fn bad(msg: &str) -> ServerError {
@@ -318,13 +321,13 @@ pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError
             committed(ctx, actor, r.conversation_id, m).await
         }
         Op::DeleteMessage(r) => {
-            committed(
-                ctx,
-                actor,
-                r.conversation_id,
-                Mutation::DeleteMessage(Seq(r.target_seq)),
-            )
-            .await
+            let conv = conv_id(r.conversation_id)?;
+            let target = ctx.store.message(conv, Seq(r.target_seq)).await?;
+            let res = committed(ctx, actor, r.conversation_id, Mutation::DeleteMessage(Seq(r.target_seq))).await?;
+            if let Some((ev, _)) = target {
+                media::detach(ctx, conv, &ev).await;
+            }
+            Ok(res)
         }
         Op::React(r) => {
             validate::emoji(&r.emoji)?;
@@ -359,6 +362,13 @@ pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError
             typing(ctx, actor, t.conversation_id).await?;
             Ok(Res::Done(pb::Done {}))
         }
+        op @ (Op::CreateUpload(_) | Op::GetUpload(_) | Op::CancelUpload(_) | Op::GetMedia(_)) => {
+            media::handle(ctx, actor, op).await
+        }
+        Op::MediaUrl(_) => Err(ServerError::new(
+            ErrorCode::UnknownRequest,
+            "media URLs come with the web endpoint's media routes (PROTOCOL.md §11.4)",
+        )),
         Op::Ping(p) => Ok(Res::Pong(pb::Pong {
             nonce: p.nonce,
             server_time_ms: crate::clock::now_ms(),
@@ -369,6 +379,7 @@ pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError
         | Op::Login(_)
         | Op::Authenticate(_)
         | Op::Send(_)
+        | Op::Download(_)
         | Op::Heartbeat(_) => Err(ServerError::new(ErrorCode::Internal, "handled by the connection")),
     }
 }

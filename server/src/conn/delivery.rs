@@ -100,6 +100,7 @@ async fn write_conversation<T: Transport>(
     let header = pb::Frame {
         kind: Some(Kind::StreamHeader(pb::StreamHeader {
             conversation_id: conv.0,
+            download_request_id: 0,
         })),
     };
     if stream.write_all(&encode_frame(&header)).await.is_err() {

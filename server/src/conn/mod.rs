@@ -32,9 +32,10 @@ use crate::session::hub::{Hub, Session};
 
 mod auth;
 mod delivery;
+mod media;
 pub mod transport;
 
-pub use transport::{ControlSend, Transport, Violation};
+pub use transport::{ControlSend, NoUpload, Transport, UploadRecv, Violation};
 
 /// Per-connection tunables.
 #[derive(Clone, Debug)]
@@ -275,8 +276,15 @@ where
         conn.transport.clone(),
         conn.actor.clone(),
     ));
+    let uploads = tokio::spawn(media::read_uploads(
+        conn.shared.clone(),
+        conn.transport.clone(),
+        conn.actor.clone(),
+        conn.out.downgrade(),
+    ));
     let result = conn.run(&mut recv, &mut decoder, &mut close_requests).await;
     datagrams.abort();
+    uploads.abort();
     if let Phase::Authenticated(a) = std::mem::replace(&mut conn.phase, Phase::Unauthenticated) {
         a.delivery.abort();
         conn.shared.hub.detach(&a.session, conn.conn_id);
@@ -518,6 +526,14 @@ impl<T: Transport> Conn<T> {
                 self.respond(id, res).await;
             }
             Op::Send(s) => self.send(id, s, actor).await,
+            Op::Download(d) => {
+                let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+                    self.respond(id, Err(too_many())).await;
+                    return Ok(());
+                };
+                let (shared, transport, out) = (self.shared.clone(), self.transport.clone(), self.out.clone());
+                tokio::spawn(media::download(shared, transport, out, actor, id, d, permit));
+            }
             op => {
                 let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
                     self.respond(id, Err(too_many())).await;
@@ -546,7 +562,7 @@ impl<T: Transport> Conn<T> {
             }
             Ok(body)
         })();
-        let body = match checked {
+        let mut body = match checked {
             Ok(b) => b,
             Err(e) => return self.respond(id, Err(e.into())).await,
         };
@@ -557,6 +573,12 @@ impl<T: Transport> Conn<T> {
             return self.respond(id, Err(e)).await;
         }
         let conv = ConversationId(s.conversation_id);
+        if !body.attachments.is_empty() {
+            // Awaited here, in read order, so sends still reach their shard in order.
+            if let Err(e) = api::media::attach(&self.shared.ctx, &actor, conv, &s.client_msg_id, &mut body).await {
+                return self.respond(id, Err(e)).await;
+            }
+        }
         let m = Mutation::Send {
             client_msg_id: s.client_msg_id,
             body,

@@ -8,13 +8,18 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use natter_protocol::pb::ErrorCode;
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// A connection as the driver needs it: open server→client streams, close with a code.
 #[async_trait]
 pub trait Transport: Send + Sync + 'static {
     /// A server-opened unidirectional stream.
     type Stream: AsyncWrite + Unpin + Send + 'static;
+    /// A client-opened upload stream (PROTOCOL.md §11.2).
+    type Upload: UploadRecv;
+    /// The next upload stream the client opens; `None` once there will be no more (the
+    /// connection ended, or the transport has none: WebSocket clients upload over HTTP).
+    async fn accept_upload(&self) -> Option<Self::Upload>;
     /// Open a delivery stream.
     async fn open_stream(&self) -> io::Result<Self::Stream>;
     /// Close the whole connection with an error code (PROTOCOL.md §8.2).
@@ -72,4 +77,30 @@ impl Violation {
 pub trait ControlSend: AsyncWrite + Unpin + Send + 'static {
     /// Finish the stream and wait until the peer has read it to the end.
     async fn finish_and_wait(&mut self);
+}
+
+/// The server's half of a client-opened upload stream.
+pub trait UploadRecv: AsyncRead + Unpin + Send + 'static {
+    /// Tell the client to stop sending, with an error code (QUIC `STOP_SENDING`).
+    fn stop(self, code: ErrorCode);
+}
+
+/// The upload stream of a transport that has none.
+#[derive(Debug)]
+pub enum NoUpload {}
+
+impl AsyncRead for NoUpload {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        _: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match *self {}
+    }
+}
+
+impl UploadRecv for NoUpload {
+    fn stop(self, _: ErrorCode) {
+        match self {}
+    }
 }

@@ -32,6 +32,9 @@ struct State {
     read: HashMap<(UserId, ConversationId), Seq>,
     delivered: HashMap<(UserId, ConversationId), Seq>,
     presence: HashMap<UserId, PresenceRecord>,
+    media: HashMap<MediaId, MediaRecord>,
+    uploads: HashMap<UploadId, MediaId>,
+    media_usage: HashMap<UserId, u64>,
 }
 
 #[derive(Debug, Default)]
@@ -354,6 +357,67 @@ impl Store for MemoryStore {
                 .take(cap as usize)
                 .count() as u32;
             (unread, last)
+        }))
+    }
+
+    async fn create_media(&self, rec: &MediaRecord, quota: u64) -> Result<(), StoreError> {
+        self.with(|s| {
+            let used = s.media_usage.entry(rec.owner).or_default();
+            if used.saturating_add(rec.size) > quota {
+                return Err(StoreError::QuotaExceeded);
+            }
+            *used += rec.size;
+            s.uploads.insert(rec.upload_id.clone(), rec.media_id.clone());
+            s.media.insert(rec.media_id.clone(), rec.clone());
+            Ok(())
+        })
+    }
+
+    async fn media(&self, id: &MediaId) -> Result<Option<MediaRecord>, StoreError> {
+        Ok(self.with(|s| s.media.get(id).cloned()))
+    }
+
+    async fn media_by_upload(&self, id: &UploadId) -> Result<Option<MediaRecord>, StoreError> {
+        Ok(self.with(|s| s.uploads.get(id).and_then(|m| s.media.get(m)).cloned()))
+    }
+
+    async fn update_media(&self, rec: &MediaRecord) -> Result<(), StoreError> {
+        self.with(|s| match s.media.get_mut(&rec.media_id) {
+            Some(cur) if cur.version + 1 == rec.version => {
+                *cur = rec.clone();
+                Ok(())
+            }
+            _ => Err(StoreError::Changed),
+        })
+    }
+
+    async fn delete_media(&self, id: &MediaId) -> Result<bool, StoreError> {
+        Ok(self.with(|s| match s.media.remove(id) {
+            Some(rec) => {
+                s.uploads.remove(&rec.upload_id);
+                let used = s.media_usage.entry(rec.owner).or_default();
+                *used = used.saturating_sub(rec.size);
+                true
+            }
+            None => false,
+        }))
+    }
+
+    async fn media_usage(&self, user: UserId) -> Result<u64, StoreError> {
+        Ok(self.with(|s| s.media_usage.get(&user).copied().unwrap_or(0)))
+    }
+
+    async fn expired_uploads(&self, now_ms: u64, limit: usize) -> Result<Vec<MediaId>, StoreError> {
+        Ok(self.with(|s| {
+            let mut v: Vec<MediaId> = s
+                .media
+                .values()
+                .filter(|m| m.state != MediaState::Ready && m.expires_ms < now_ms)
+                .map(|m| m.media_id.clone())
+                .collect();
+            v.sort();
+            v.truncate(limit);
+            v
         }))
     }
 }

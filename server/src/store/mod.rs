@@ -12,6 +12,7 @@ use natter_protocol::pb;
 use natter_protocol::{ConversationId, DeviceId, Seq, UserId};
 use serde::{Deserialize, Serialize};
 
+pub mod media;
 pub mod memory;
 pub mod redis_store;
 mod sled_health;
@@ -23,6 +24,7 @@ pub mod suite;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testredis;
 
+pub use media::{MediaId, MediaRecord, MediaRef, MediaState, ReadyInfo, ThumbRecord, UploadId};
 pub use memory::MemoryStore;
 pub use redis_store::{Durability, RedisConn, RedisStore};
 pub use sled_store::SledStore;
@@ -73,6 +75,12 @@ pub enum StoreError {
     /// read-only): nothing of the write was acknowledged; retry later.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// `create_media` only: the owner's media would exceed the quota.
+    #[error("media quota exceeded")]
+    QuotaExceeded,
+    /// `update_media` only: the record changed (or went) since it was read.
+    #[error("media record changed concurrently")]
+    Changed,
     /// `commit` only: these conversations had moved on (another node committed first), so
     /// their commits were not applied; every other conversation's commits were.
     #[error("conversations changed concurrently: {0:?}")]
@@ -86,6 +94,9 @@ impl From<StoreError> for natter_protocol::ServerError {
         match e {
             StoreError::UsernameTaken => {
                 natter_protocol::ServerError::new(pb::ErrorCode::UsernameTaken, "username is taken")
+            }
+            StoreError::QuotaExceeded => {
+                natter_protocol::ServerError::new(pb::ErrorCode::QuotaExceeded, "media quota exceeded")
             }
             // Logged once by the backend when it goes down, not once per refused request.
             StoreError::Unavailable(_) => natter_protocol::ServerError {
@@ -312,6 +323,23 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         after: Seq,
         cap: u32,
     ) -> Result<(u32, Option<pb::ConversationEvent>), StoreError>;
+
+    /// Record a new upload, counting its declared size against its owner's media (at most
+    /// `quota` bytes in all, else [`StoreError::QuotaExceeded`] and nothing recorded).
+    async fn create_media(&self, rec: &MediaRecord, quota: u64) -> Result<(), StoreError>;
+    /// A media record by its file id.
+    async fn media(&self, id: &MediaId) -> Result<Option<MediaRecord>, StoreError>;
+    /// A media record by its upload id.
+    async fn media_by_upload(&self, id: &UploadId) -> Result<Option<MediaRecord>, StoreError>;
+    /// Replace a record whose stored `version` is `rec.version - 1`; otherwise
+    /// [`StoreError::Changed`] and nothing written. Durable when it returns.
+    async fn update_media(&self, rec: &MediaRecord) -> Result<(), StoreError>;
+    /// Remove a record and give its size back to the owner's quota; false if it was gone.
+    async fn delete_media(&self, id: &MediaId) -> Result<bool, StoreError>;
+    /// Bytes of media the user holds (declared sizes of every record they own).
+    async fn media_usage(&self, user: UserId) -> Result<u64, StoreError>;
+    /// Up to `limit` unfinished uploads whose `expires_ms` is before `now_ms`.
+    async fn expired_uploads(&self, now_ms: u64, limit: usize) -> Result<Vec<MediaId>, StoreError>;
 }
 
 #[cfg(test)]

@@ -210,6 +210,26 @@ if new > cur then redis.call('HSET', KEYS[1], ARGV[1], new); return new end
 return cur
 "#;
 
+/// Replace a media record (hash KEYS[1]: `v` version, `r` record) if its version is
+/// ARGV[1]; 1 if replaced.
+const MEDIA_CAS: &str = r#"
+local v = redis.call('HGET', KEYS[1], 'v')
+if v == false or tonumber(v) ~= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'v', ARGV[2], 'r', ARGV[3])
+return 1
+"#;
+
+/// Keys of media records: one hash per file (`v`, `r`), the upload id → file id, and the
+/// set of unfinished uploads scored by expiry. Media ids are random, so each record is a
+/// slot of its own on a cluster; updates of one record are one script.
+fn mk(id: &MediaId) -> String {
+    format!("n:{{m:{}}}:media", id.0)
+}
+fn upk(id: &UploadId) -> String {
+    format!("n:upload:{}", id.0)
+}
+const EXPIRING: &str = "n:media:expiring";
+
 /// How many replicas must confirm a write before it is acknowledged.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Durability {
@@ -225,6 +245,7 @@ pub struct RedisStore {
     conn: RedisConn,
     commit: redis::Script,
     bump: redis::Script,
+    media_cas: redis::Script,
     durability: Durability,
 }
 
@@ -240,6 +261,7 @@ impl RedisStore {
             conn,
             commit: redis::Script::new(COMMIT),
             bump: redis::Script::new(BUMP),
+            media_cas: redis::Script::new(MEDIA_CAS),
             durability,
         }
     }
@@ -731,6 +753,91 @@ impl Store for RedisStore {
             to = from - 1;
         }
         Ok((unread, last))
+    }
+
+    async fn create_media(&self, rec: &MediaRecord, quota: u64) -> Result<(), StoreError> {
+        let usage = uk(rec.owner, "media_bytes");
+        let used: u64 = self.conn.query(redis::cmd("INCRBY").arg(&usage).arg(rec.size)).await?;
+        if used > quota {
+            self.conn.query::<()>(redis::cmd("DECRBY").arg(&usage).arg(rec.size)).await?;
+            return Err(StoreError::QuotaExceeded);
+        }
+        // The record before its upload id: an upload id never points at a missing record.
+        self.conn
+            .query::<()>(redis::cmd("HSET").arg(mk(&rec.media_id)).arg("v").arg(rec.version).arg("r").arg(enc(rec)))
+            .await?;
+        self.conn
+            .query::<()>(redis::cmd("SET").arg(upk(&rec.upload_id)).arg(&rec.media_id.0))
+            .await?;
+        self.conn
+            .query::<()>(redis::cmd("ZADD").arg(EXPIRING).arg(rec.expires_ms).arg(&rec.media_id.0))
+            .await?;
+        self.replicated().await
+    }
+
+    async fn media(&self, id: &MediaId) -> Result<Option<MediaRecord>, StoreError> {
+        let raw: Option<Vec<u8>> = self.conn.query(redis::cmd("HGET").arg(mk(id)).arg("r")).await?;
+        raw.map(|b| dec(&b)).transpose()
+    }
+
+    async fn media_by_upload(&self, id: &UploadId) -> Result<Option<MediaRecord>, StoreError> {
+        let m: Option<String> = self.conn.query(redis::cmd("GET").arg(upk(id))).await?;
+        match m {
+            Some(m) => self.media(&MediaId(m)).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn update_media(&self, rec: &MediaRecord) -> Result<(), StoreError> {
+        let mut inv = self.media_cas.key(mk(&rec.media_id));
+        inv.arg(rec.version.saturating_sub(1)).arg(rec.version).arg(enc(rec));
+        let replaced: i64 = self.conn.script(&inv).await?;
+        if replaced == 0 {
+            return Err(StoreError::Changed);
+        }
+        if rec.state == MediaState::Ready {
+            self.conn.query::<()>(redis::cmd("ZREM").arg(EXPIRING).arg(&rec.media_id.0)).await?;
+        }
+        self.replicated().await
+    }
+
+    async fn delete_media(&self, id: &MediaId) -> Result<bool, StoreError> {
+        let Some(rec) = self.media(id).await? else {
+            return Ok(false);
+        };
+        // Only the caller whose DEL removed the record gives its bytes back.
+        let removed: i64 = self.conn.query(redis::cmd("DEL").arg(mk(id))).await?;
+        if removed == 0 {
+            return Ok(false);
+        }
+        self.conn.query::<()>(redis::cmd("DEL").arg(upk(&rec.upload_id))).await?;
+        self.conn.query::<()>(redis::cmd("ZREM").arg(EXPIRING).arg(&id.0)).await?;
+        self.conn
+            .query::<()>(redis::cmd("DECRBY").arg(uk(rec.owner, "media_bytes")).arg(rec.size))
+            .await?;
+        self.replicated().await?;
+        Ok(true)
+    }
+
+    async fn media_usage(&self, user: UserId) -> Result<u64, StoreError> {
+        let v: Option<i64> = self.conn.query(redis::cmd("GET").arg(uk(user, "media_bytes"))).await?;
+        Ok(v.unwrap_or(0).max(0) as u64)
+    }
+
+    async fn expired_uploads(&self, now_ms: u64, limit: usize) -> Result<Vec<MediaId>, StoreError> {
+        let ids: Vec<String> = self
+            .conn
+            .query(
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(EXPIRING)
+                    .arg("-inf")
+                    .arg(format!("({now_ms}"))
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit),
+            )
+            .await?;
+        Ok(ids.into_iter().map(MediaId).collect())
     }
 }
 

@@ -7,7 +7,8 @@
 //! `e/<conv><seq>` event (protobuf) · `i/<conv><user><client_msg_id>` idempotency ·
 //! `dm/<a><b>` direct pair · `ch/<name>` channel name · `r/<user><conv>` read cursor ·
 //! `ms/<conv><seq>` message state (edits, deletes, reactions) · `dl/<user><conv>` delivered cursor ·
-//! `p/<user>` presence record (privacy, last seen).
+//! `p/<user>` presence record (privacy, last seen) · `md/<media id>` media record ·
+//! `mu/<upload id>` → media id · `mq/<user>` bytes of media held (quota).
 //!
 //! Disk failures are [`super::sled_health`]'s: a failed write takes the store down
 //! (writes refused with `Unavailable`, reads from the database as reopened from disk) until
@@ -538,6 +539,119 @@ impl Store for SledStore {
             }
         }
         Ok((unread, last))
+    }
+
+    async fn create_media(&self, rec: &MediaRecord, quota: u64) -> Result<(), StoreError> {
+        let rec = rec.clone();
+        self.write(true, move |h| {
+            media_txn(&h.tree, |t| {
+                let qk = key(b"mq/", &[&be(rec.owner.0)]);
+                let used = match t.get(&qk)? {
+                    Some(v) => read_u64(&v).map_err(Abort::Abort)?,
+                    None => 0,
+                };
+                if used.saturating_add(rec.size) > quota {
+                    return Err(Abort::Abort(StoreError::QuotaExceeded));
+                }
+                t.insert(qk, &be(used + rec.size)[..])?;
+                t.insert(key(b"mu/", &[rec.upload_id.0.as_bytes()]), rec.media_id.0.as_bytes())?;
+                t.insert(media_key(&rec.media_id), enc(&rec))?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn media(&self, id: &MediaId) -> Result<Option<MediaRecord>, StoreError> {
+        self.view().await?.get(&media_key(id))?.map(|v| dec(&v)).transpose()
+    }
+
+    async fn media_by_upload(&self, id: &UploadId) -> Result<Option<MediaRecord>, StoreError> {
+        let Some(m) = self.view().await?.get(&key(b"mu/", &[id.0.as_bytes()]))? else {
+            return Ok(None);
+        };
+        let m = MediaId(String::from_utf8(m.to_vec()).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+        self.media(&m).await
+    }
+
+    async fn update_media(&self, rec: &MediaRecord) -> Result<(), StoreError> {
+        let rec = rec.clone();
+        self.write(true, move |h| {
+            media_txn(&h.tree, |t| {
+                let k = media_key(&rec.media_id);
+                let cur: MediaRecord = match t.get(&k)? {
+                    Some(v) => dec(&v).map_err(Abort::Abort)?,
+                    None => return Err(Abort::Abort(StoreError::Changed)),
+                };
+                if cur.version + 1 != rec.version {
+                    return Err(Abort::Abort(StoreError::Changed));
+                }
+                t.insert(k, enc(&rec))?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn delete_media(&self, id: &MediaId) -> Result<bool, StoreError> {
+        let id = id.clone();
+        self.write(true, move |h| {
+            media_txn(&h.tree, |t| {
+                let Some(v) = t.remove(media_key(&id))? else {
+                    return Ok(false);
+                };
+                let rec: MediaRecord = dec(&v).map_err(Abort::Abort)?;
+                t.remove(key(b"mu/", &[rec.upload_id.0.as_bytes()]))?;
+                let qk = key(b"mq/", &[&be(rec.owner.0)]);
+                let used = match t.get(&qk)? {
+                    Some(v) => read_u64(&v).map_err(Abort::Abort)?,
+                    None => 0,
+                };
+                t.insert(qk, &be(used.saturating_sub(rec.size))[..])?;
+                Ok(true)
+            })
+        })
+        .await
+    }
+
+    async fn media_usage(&self, user: UserId) -> Result<u64, StoreError> {
+        match self.view().await?.get(&key(b"mq/", &[&be(user.0)]))? {
+            Some(v) => read_u64(&v),
+            None => Ok(0),
+        }
+    }
+
+    async fn expired_uploads(&self, now_ms: u64, limit: usize) -> Result<Vec<MediaId>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.view().await?.prefix(b"md/", false) {
+            let (_, v) = item?;
+            let rec: MediaRecord = dec(&v)?;
+            if rec.state != MediaState::Ready && rec.expires_ms < now_ms {
+                out.push(rec.media_id);
+                if out.len() == limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+use sled::transaction::ConflictableTransactionError as Abort;
+
+fn media_key(id: &MediaId) -> Vec<u8> {
+    key(b"md/", &[id.0.as_bytes()])
+}
+
+/// One serializable transaction over the tree, its abort being a typed store error.
+fn media_txn<T>(
+    tree: &sled::Tree,
+    f: impl Fn(&sled::transaction::TransactionalTree) -> Result<T, Abort<StoreError>>,
+) -> Result<T, StoreError> {
+    match tree.transaction(|t| f(t)) {
+        Ok(v) => Ok(v),
+        Err(sled::transaction::TransactionError::Abort(e)) => Err(e),
+        Err(sled::transaction::TransactionError::Storage(e)) => Err(backend(e)),
     }
 }
 

@@ -42,7 +42,8 @@ macro_rules! store_suite {
     ($make:expr) => {
         $crate::store::suite::store_suite!(@each $make;
             accounts presence_records devices conversation_records paging idempotency_keys
-            read_and_delivered_cursors unread_counts message_state member_removal claims);
+            read_and_delivered_cursors unread_counts message_state member_removal claims
+            media_records media_quota);
     };
     (@each $make:expr; $($behaviour:ident)*) => {
         $(
@@ -242,4 +243,82 @@ pub(crate) async fn claims(store: &dyn Store) {
     assert_eq!(store.claim_channel_name("general", c1).await.unwrap(), c2);
     assert_eq!(store.channel_by_name("general").await.unwrap(), Some(c2));
     assert_eq!(store.channel_by_name("random").await.unwrap(), None);
+}
+
+fn media_rec(n: u8, owner: UserId, size: u64, expires_ms: u64) -> MediaRecord {
+    MediaRecord {
+        media_id: MediaId(format!("media-{n}")),
+        upload_id: UploadId(format!("upload-{n}")),
+        owner,
+        conversation: ConversationId(1),
+        size,
+        declared_mime: "image/png".into(),
+        name: "cat.png".into(),
+        encrypted: false,
+        expected_sha256: None,
+        chunk_bytes: 1024,
+        pieces: Vec::new(),
+        state: MediaState::Uploading,
+        ready: None,
+        created_ms: 1,
+        expires_ms,
+        refs: Default::default(),
+        version: 1,
+    }
+}
+
+pub(crate) async fn media_records(store: &dyn Store) {
+    let owner = UserId(3);
+    let rec = media_rec(1, owner, 3000, 100);
+    store.create_media(&rec, 1 << 20).await.unwrap();
+    assert_eq!(store.media(&rec.media_id).await.unwrap().as_ref(), Some(&rec));
+    assert_eq!(store.media_by_upload(&rec.upload_id).await.unwrap().as_ref(), Some(&rec));
+    assert!(store.media(&MediaId("nope".into())).await.unwrap().is_none());
+    assert!(store.media_by_upload(&UploadId("nope".into())).await.unwrap().is_none());
+
+    // Updates compare the version: a stale writer is refused and changes nothing.
+    let mut next = rec.clone();
+    next.pieces.push(1024);
+    next.version = 2;
+    store.update_media(&next).await.unwrap();
+    let mut stale = rec.clone();
+    stale.pieces.push(2048);
+    stale.version = 2;
+    assert!(matches!(store.update_media(&stale).await, Err(StoreError::Changed)));
+    assert_eq!(store.media(&rec.media_id).await.unwrap().unwrap().committed(), 1024);
+
+    // Unfinished uploads past their expiry are listed; ready ones never.
+    let other = media_rec(2, owner, 10, 500);
+    store.create_media(&other, 1 << 20).await.unwrap();
+    assert_eq!(store.expired_uploads(200, 10).await.unwrap(), vec![rec.media_id.clone()]);
+    let mut ready = next.clone();
+    ready.state = MediaState::Ready;
+    ready.version = 3;
+    store.update_media(&ready).await.unwrap();
+    assert!(store.expired_uploads(200, 10).await.unwrap().is_empty());
+    assert_eq!(store.expired_uploads(1000, 10).await.unwrap(), vec![other.media_id.clone()]);
+
+    // Deleting removes the record and its upload id, once.
+    assert!(store.delete_media(&rec.media_id).await.unwrap());
+    assert!(!store.delete_media(&rec.media_id).await.unwrap());
+    assert!(store.media(&rec.media_id).await.unwrap().is_none());
+    assert!(store.media_by_upload(&rec.upload_id).await.unwrap().is_none());
+    assert!(matches!(store.update_media(&ready).await, Err(StoreError::Changed)));
+}
+
+pub(crate) async fn media_quota(store: &dyn Store) {
+    let (a, b) = (UserId(5), UserId(6));
+    store.create_media(&media_rec(1, a, 600, 9), 1000).await.unwrap();
+    assert!(matches!(
+        store.create_media(&media_rec(2, a, 401, 9), 1000).await,
+        Err(StoreError::QuotaExceeded)
+    ));
+    assert!(store.media(&MediaId("media-2".into())).await.unwrap().is_none(), "nothing recorded");
+    assert_eq!(store.media_usage(a).await.unwrap(), 600);
+    store.create_media(&media_rec(3, a, 400, 9), 1000).await.unwrap();
+    store.create_media(&media_rec(4, b, 1000, 9), 1000).await.unwrap();
+    assert_eq!(store.media_usage(a).await.unwrap(), 1000);
+    store.delete_media(&MediaId("media-1".into())).await.unwrap();
+    assert_eq!(store.media_usage(a).await.unwrap(), 400, "deleting gives the bytes back");
+    assert_eq!(store.media_usage(b).await.unwrap(), 1000);
 }

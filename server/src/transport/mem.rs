@@ -57,6 +57,12 @@ fn stream_writer(out: mpsc::Sender<Out>, stream: Option<u64>) -> MemStream {
 #[async_trait]
 impl Transport for MemTransport {
     type Stream = MemStream;
+    type Upload = crate::conn::NoUpload;
+
+    /// Uploads go over HTTP (tus) beside this transport (PROTOCOL.md §11.3).
+    async fn accept_upload(&self) -> Option<crate::conn::NoUpload> {
+        None
+    }
 
     async fn open_stream(&self) -> io::Result<MemStream> {
         let n = self.next_stream.fetch_add(1, Ordering::Relaxed);

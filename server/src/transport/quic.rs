@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use natter_protocol::pb::ErrorCode;
 
-use crate::conn::{self, ControlSend, Shared, Transport};
+use crate::conn::{self, ControlSend, Shared, Transport, UploadRecv};
 
 /// A quinn connection as a [`Transport`].
 #[derive(Debug)]
@@ -18,9 +18,14 @@ pub struct QuicTransport(pub quinn::Connection);
 #[async_trait]
 impl Transport for QuicTransport {
     type Stream = quinn::SendStream;
+    type Upload = quinn::RecvStream;
 
     async fn open_stream(&self) -> io::Result<quinn::SendStream> {
         self.0.open_uni().await.map_err(io::Error::other)
+    }
+
+    async fn accept_upload(&self) -> Option<quinn::RecvStream> {
+        self.0.accept_uni().await.ok()
     }
 
     fn close(&self, code: ErrorCode, reason: &str) {
@@ -63,6 +68,12 @@ pub fn closed_by_peer_with_code_0(e: &io::Error) -> bool {
     }
 }
 
+impl UploadRecv for quinn::RecvStream {
+    fn stop(mut self, code: ErrorCode) {
+        let _ = quinn::RecvStream::stop(&mut self, quinn::VarInt::from_u32(code as u32));
+    }
+}
+
 #[async_trait]
 impl ControlSend for quinn::SendStream {
     async fn finish_and_wait(&mut self) {
@@ -72,12 +83,13 @@ impl ControlSend for quinn::SendStream {
     }
 }
 
-/// Transport parameters: one client-opened bidirectional stream (control), no client uni
-/// streams, keep-alives from the client, a bounded idle timeout.
-pub fn transport_config(idle: Duration) -> quinn::TransportConfig {
+/// Transport parameters: one client-opened bidirectional stream (control), `uploads`
+/// client-opened unidirectional streams (PROTOCOL.md §11.2), keep-alives from the client,
+/// a bounded idle timeout.
+pub fn transport_config(idle: Duration, uploads: u32) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(1u32.into());
-    t.max_concurrent_uni_streams(0u32.into());
+    t.max_concurrent_uni_streams(uploads.into());
     t.max_idle_timeout(Some(idle.try_into().expect("idle timeout in range")));
     t
 }

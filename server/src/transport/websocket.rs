@@ -53,6 +53,12 @@ fn channel_writer(out: mpsc::Sender<Bytes>, channel: Channel) -> WsStream {
 #[async_trait]
 impl Transport for WsTransport {
     type Stream = WsStream;
+    type Upload = crate::conn::NoUpload;
+
+    /// Uploads go over HTTP (tus) beside this transport (PROTOCOL.md §11.3).
+    async fn accept_upload(&self) -> Option<crate::conn::NoUpload> {
+        None
+    }
 
     async fn open_stream(&self) -> io::Result<WsStream> {
         let n = self.next_stream.fetch_add(1, Ordering::Relaxed);

@@ -25,6 +25,11 @@ pub struct WtTransport(pub wtransport::Connection);
 #[async_trait]
 impl Transport for WtTransport {
     type Stream = wtransport::SendStream;
+    type Upload = wtransport::RecvStream;
+
+    async fn accept_upload(&self) -> Option<wtransport::RecvStream> {
+        self.0.accept_uni().await.ok()
+    }
 
     async fn open_stream(&self) -> io::Result<wtransport::SendStream> {
         let opening = self.0.open_uni().await.map_err(io::Error::other)?;
@@ -222,5 +227,11 @@ impl WtEndpoint {
             });
         }
         self.stopped.send_replace(true);
+    }
+}
+
+impl crate::conn::UploadRecv for wtransport::RecvStream {
+    fn stop(self, code: ErrorCode) {
+        wtransport::RecvStream::stop(self, wtransport::VarInt::from_u32(code as u32));
     }
 }

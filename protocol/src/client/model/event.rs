@@ -1,6 +1,6 @@
 //! [`NatterEvent`]: what the app hears, in the shape every binding shows it, and the one
 //! mapping from the session's [`SessionEvent`] to it.
-use super::{Conversation, ConversationEvent, ErrorInfo, Presence};
+use super::{Conversation, ConversationEvent, ErrorInfo, Presence, UploadProgress};
 use crate::session::SessionEvent;
 
 /// What the app hears: from natter-ffi's `NatterListener.onEvent`, from natter-wasm's
@@ -95,6 +95,11 @@ pub enum NatterEvent {
         /// Why.
         error: ErrorInfo,
     },
+    /// One of your uploads moved on: more bytes stored, processed, ready or rejected.
+    UploadProgress {
+        /// What the server reported.
+        progress: UploadProgress,
+    },
     /// A send nobody was awaiting (e.g. one restored from a snapshot) was refused for good.
     SendFailed {
         /// Where.
@@ -177,6 +182,7 @@ impl NatterEvent {
                 conversation_id: conversation_id.0,
                 user_id: user_id.0,
             },
+            SessionEvent::UploadProgress(u) => NatterEvent::UploadProgress { progress: u.into() },
             SessionEvent::TypingRejected { conversation_id, error } => NatterEvent::TypingRejected {
                 conversation_id: conversation_id.0,
                 error: (&error).into(),

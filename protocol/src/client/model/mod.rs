@@ -17,6 +17,7 @@ mod event;
 mod tests;
 
 pub use event::NatterEvent;
+pub use media::{Attachment, MediaInfo, MediaVariant, Thumbnail, UploadProgress, UploadState};
 
 use crate::client::SendAck as CoreSendAck;
 use crate::error::ServerError;
@@ -72,7 +73,7 @@ app_enum!(
         LimitExceeded, RateLimited, Internal, UnsupportedVersion, UnknownFrame, MalformedFrame,
         FrameTooLarge, UsernameTaken, InvalidCredentials, NotMember, TextTooLong,
         UnknownRequest, ShuttingDown, HandshakeRequired, TokenRevoked, NameTaken,
-        StorageUnavailable,
+        StorageUnavailable, MediaNotReady, MediaRejected, QuotaExceeded, OffsetMismatch,
     }
 );
 app_enum!(
@@ -201,6 +202,8 @@ pub enum EventBody {
         text: String,
         /// The message it answers, 0 for none.
         reply_to_seq: u64,
+        /// Its files (PROTOCOL.md §11.5).
+        attachments: Vec<Attachment>,
     },
     /// The conversation was created with these members.
     Created {
@@ -338,6 +341,8 @@ record! {
         pub text: String,
         /// The message it answers, 0 for none.
         pub reply_to_seq: u64,
+        /// Its files (none once deleted).
+        pub attachments: Vec<Attachment>,
         /// Commit time of the original (ms since the epoch).
         pub server_time_ms: u64,
         /// Edited at least once.
@@ -415,6 +420,7 @@ impl From<pb::conversation_event::Body> for EventBody {
                     client_msg_id: m.client_msg_id,
                     text: body.text,
                     reply_to_seq: body.reply_to_seq,
+                    attachments: list(body.attachments),
                 }
             }
             B::Created(c) => EventBody::Created {
@@ -529,6 +535,7 @@ impl From<&MessageView> for Message {
             sender_username: m.sender_username.clone(),
             text: m.text.clone(),
             reply_to_seq: m.reply_to.0,
+            attachments: m.attachments.clone(),
             server_time_ms: m.server_time_ms,
             edited: m.edited,
             deleted: m.deleted,
@@ -536,3 +543,5 @@ impl From<&MessageView> for Message {
         }
     }
 }
+
+mod media;

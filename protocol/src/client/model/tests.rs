@@ -39,6 +39,7 @@ fn a_wire_event_becomes_a_typed_body() {
                 client_msg_id: "m1".into(),
                 text: "hi".into(),
                 reply_to_seq: 4,
+                attachments: Vec::new(),
             },
         }
     );

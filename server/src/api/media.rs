@@ -1,0 +1,111 @@
+//! Media requests (PROTOCOL.md §11): announcing, inspecting and cancelling uploads, reading
+//! files, and the attachments of a send. Who may read a file is decided here, where
+//! memberships are known: its uploader, and the members of any conversation one of whose
+//! messages attaches it.
+use natter_protocol::pb::{self, response::Result as Res, ErrorCode};
+use natter_protocol::{ServerError, UserId};
+
+use super::{conv_id, Ctx};
+use crate::conversation::Actor;
+use crate::media::{self, Media};
+use crate::store::{MediaRecord, MediaState};
+
+fn err(code: ErrorCode, msg: &str) -> ServerError {
+    ServerError::new(code, msg)
+}
+
+/// `CreateUpload`, `GetUpload`, `CancelUpload`, `GetMedia`.
+pub async fn handle(ctx: &Ctx, actor: &Actor, op: pb::request::Op) -> Result<Res, ServerError> {
+    use pb::request::Op;
+    match op {
+        Op::CreateUpload(r) => {
+            let conv = conv_id(r.conversation_id)?;
+            ctx.shards.view(conv, actor.user).await?;
+            ctx.rates.send(actor.user)?;
+            let rec = ctx.media.create(actor.user, conv, r, crate::clock::now_ms()).await?;
+            Ok(Res::Upload(media::upload_info(&rec)))
+        }
+        Op::GetUpload(r) => Ok(Res::Upload(media::upload_info(&ctx.media.status(actor.user, &r.upload_id).await?))),
+        Op::CancelUpload(r) => {
+            ctx.media.cancel(actor.user, &r.upload_id).await?;
+            Ok(Res::Done(pb::Done {}))
+        }
+        Op::GetMedia(r) => {
+            let rec = readable(ctx, actor.user, &r.media_id).await?;
+            Ok(Res::Media(media::info(&rec).expect("readable media is ready")))
+        }
+        _ => Err(err(ErrorCode::Internal, "not a media request")),
+    }
+}
+
+/// A ready file the user may read; otherwise `NOT_FOUND` (no such file, or one the user may
+/// not know of) or `MEDIA_NOT_READY`.
+pub async fn readable(ctx: &Ctx, user: UserId, id: &str) -> Result<MediaRecord, ServerError> {
+    let rec = ctx.media.media(id).await?;
+    let allowed = rec.owner == user || {
+        let mut ok = false;
+        let convs: std::collections::BTreeSet<_> = rec.refs.iter().map(|r| r.0).collect();
+        for c in convs {
+            if ctx.shards.view(c, user).await.is_ok() {
+                ok = true;
+                break;
+            }
+        }
+        ok
+    };
+    if !allowed {
+        return Err(err(ErrorCode::NotFound, "no such media"));
+    }
+    if rec.state != MediaState::Ready {
+        return Err(err(ErrorCode::MediaNotReady, "the file is not finished"));
+    }
+    Ok(rec)
+}
+
+/// The byte range a `Download` asks for: `(start, end, total, mime)` of the variant.
+pub fn range(rec: &MediaRecord, d: &pb::Download) -> Result<(u64, u64, u64, String), ServerError> {
+    let variant = pb::MediaVariant::try_from(d.variant).map_err(|_| err(ErrorCode::BadRequest, "unknown variant"))?;
+    let total = Media::variant_size(rec, variant).ok_or_else(|| err(ErrorCode::NotFound, "the file has no such variant"))?;
+    if d.offset > total || (d.offset == total && total > 0 && d.length > 0) {
+        return Err(err(ErrorCode::BadRequest, "offset past the end"));
+    }
+    let end = if d.length == 0 { total } else { d.offset.saturating_add(d.length).min(total) };
+    let mime = match variant {
+        pb::MediaVariant::Original => rec.ready.as_ref().map(|r| r.mime.clone()).unwrap_or_default(),
+        _ => "image/jpeg".into(),
+    };
+    Ok((d.offset, end, total, mime))
+}
+
+/// Check and complete a send's attachments: each must be a ready file that the sender
+/// uploaded (or that is attached in this conversation already), and is recorded as
+/// attached by this message before the send commits (so it is never collected under it).
+pub async fn attach(ctx: &Ctx, actor: &Actor, conv: natter_protocol::ConversationId, client_msg_id: &str, body: &mut pb::MessageBody) -> Result<(), ServerError> {
+    let mut out = Vec::with_capacity(body.attachments.len());
+    for a in &body.attachments {
+        let rec = ctx.media.media(&a.media_id).await?;
+        let shared_here = rec.refs.iter().any(|r| r.0 == conv);
+        if rec.owner != actor.user && !shared_here {
+            return Err(err(ErrorCode::NotFound, "no such media"));
+        }
+        if rec.state != MediaState::Ready {
+            return Err(err(ErrorCode::MediaNotReady, "the file is not finished"));
+        }
+        let rec = ctx.media.add_ref(rec, (conv, actor.user, client_msg_id.to_string())).await?;
+        out.push(media::attachment(&rec, a));
+    }
+    body.attachments = out;
+    Ok(())
+}
+
+/// A deleted message no longer holds its files.
+pub async fn detach(ctx: &Ctx, conv: natter_protocol::ConversationId, ev: &pb::ConversationEvent) {
+    let Some(pb::conversation_event::Body::Message(m)) = &ev.body else { return };
+    let Some(body) = &m.body else { return };
+    let r = (conv, UserId(ev.sender_user_id), m.client_msg_id.clone());
+    for a in &body.attachments {
+        if let Err(e) = ctx.media.remove_ref(&a.media_id, &r).await {
+            tracing::warn!(error = %e.message, "a deleted message's file stays referenced");
+        }
+    }
+}
