@@ -88,7 +88,8 @@ pub fn message_body(body: &pb::MessageBody, max_chars: usize) -> Result<(), Vali
         .iter()
         .any(|k| *k as i32 == body.kind);
     // IMAGE, FILE and VIDEO only say how to show a message's attachments (§11.5).
-    if body.kind != pb::MessageKind::Text as i32 && !(media_kind && !body.attachments.is_empty()) {
+    let kind_ok = body.kind == pb::MessageKind::Text as i32 || (media_kind && !body.attachments.is_empty());
+    if !kind_ok {
         return Err(ValidationError::UnsupportedKind(body.kind));
     }
     count("attachments", body.attachments.len(), limits::MAX_ATTACHMENTS)?;
@@ -123,7 +124,11 @@ pub fn file_name(name: &str) -> Result<(), ValidationError> {
 /// A declared content type: `type/subtype` of token characters (parameters allowed).
 pub fn mime(m: &str) -> Result<(), ValidationError> {
     let essence = m.split(';').next().unwrap_or("").trim();
-    let token = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-".contains(&b));
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-".contains(&b))
+    };
     let ok = m.len() <= limits::MAX_MIME_BYTES
         && m.is_ascii()
         && !m.bytes().any(|b| b.is_ascii_control())

@@ -133,7 +133,11 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
             iterations: config.password_hash_iterations,
         },
         cluster: cluster.clone(),
-        media: Arc::new(crate::media::Media::new(store_for_media, media_store(&config)?, config.media_config())),
+        media: Arc::new(crate::media::Media::new(
+            store_for_media,
+            media_store(config)?,
+            config.media_config(),
+        )),
     };
     let shared = Arc::new(Shared::new(
         ctx,
@@ -239,6 +243,22 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
             hub.sweep();
             if let Some(shared) = housekeeping.upgrade() {
                 shared.ctx.rates.retain_recent();
+            }
+        }
+    }));
+    // Unfinished uploads are deleted once expired: checked at half the expiry, at least
+    // once a minute.
+    let sweeping = Arc::downgrade(&shared);
+    let every = Duration::from_secs(u64::from(config.upload_expiry_secs / 2).clamp(1, 60));
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let Some(shared) = sweeping.upgrade() else { return };
+            match shared.ctx.media.sweep(crate::clock::now_ms()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(n, "deleted expired uploads"),
+                Err(e) => tracing::warn!(error = %e.message, "sweeping expired uploads failed"),
             }
         }
     }));
@@ -393,7 +413,11 @@ fn media_store(config: &Config) -> anyhow::Result<Arc<dyn crate::media::MediaSto
         let settings = S3Settings {
             endpoint: s3.endpoint.clone(),
             bucket: s3.bucket.clone(),
-            region: if s3.region.is_empty() { "us-east-1".into() } else { s3.region.clone() },
+            region: if s3.region.is_empty() {
+                "us-east-1".into()
+            } else {
+                s3.region.clone()
+            },
             access_key: s3.access_key.clone(),
             secret_key: secret,
         };
@@ -402,6 +426,9 @@ fn media_store(config: &Config) -> anyhow::Result<Arc<dyn crate::media::MediaSto
     if config.storage == crate::config::Storage::Redis {
         tracing::warn!("storage = redis without [s3]: media stays on this node's disk, so other nodes cannot serve it");
     }
-    let dir = config.media_dir.clone().unwrap_or_else(|| config.data_dir.join("media"));
+    let dir = config
+        .media_dir
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("media"));
     Ok(Arc::new(ObjectMediaStore::local(&dir)?))
 }

@@ -36,6 +36,7 @@ struct RawWs {
     next_id: u64,
 }
 
+#[allow(clippy::large_enum_variant)] // a test helper; one frame at a time
 enum In {
     Control(pb::Frame),
     Stream(u64, Vec<pb::Frame>),

@@ -164,7 +164,10 @@ fn events_are_delivered_once_in_order_and_gaps_are_fetched() {
     p.stream(
         1,
         &[
-            Kind::StreamHeader(pb::StreamHeader { conversation_id: 5, ..Default::default() }),
+            Kind::StreamHeader(pb::StreamHeader {
+                conversation_id: 5,
+                ..Default::default()
+            }),
             Kind::Event(ev(5, 1, "a")),
             Kind::Event(ev(5, 2, "b")),
             Kind::Event(ev(5, 2, "b again")),
@@ -243,7 +246,10 @@ fn events_before_auth_ok_wait_for_it() {
     p.stream(
         3,
         &[
-            Kind::StreamHeader(pb::StreamHeader { conversation_id: 5, ..Default::default() }),
+            Kind::StreamHeader(pb::StreamHeader {
+                conversation_id: 5,
+                ..Default::default()
+            }),
             Kind::Event(ev(5, 2, "x")),
         ],
     );
@@ -558,7 +564,10 @@ fn a_message_ends_typing_on_both_sides() {
     p.stream(
         1,
         &[
-            Kind::StreamHeader(pb::StreamHeader { conversation_id: 5, ..Default::default() }),
+            Kind::StreamHeader(pb::StreamHeader {
+                conversation_id: 5,
+                ..Default::default()
+            }),
             Kind::Event(m),
         ],
     );
@@ -606,13 +615,16 @@ fn unread_counts_stay_capped_and_cheap_in_a_conversation_nobody_reads() {
     p.connect(auth_ok(false, vec![summary(5, 0, 1)]));
     p.events();
     let n = 5_000u64;
-    let frames: Vec<Kind> = std::iter::once(Kind::StreamHeader(pb::StreamHeader { conversation_id: 5, ..Default::default() }))
-        .chain((1..=n).map(|seq| {
-            let mut e = ev(5, seq, "x");
-            e.sender_user_id = 99;
-            Kind::Event(e)
-        }))
-        .collect();
+    let frames: Vec<Kind> = std::iter::once(Kind::StreamHeader(pb::StreamHeader {
+        conversation_id: 5,
+        ..Default::default()
+    }))
+    .chain((1..=n).map(|seq| {
+        let mut e = ev(5, seq, "x");
+        e.sender_user_id = 99;
+        Kind::Event(e)
+    }))
+    .collect();
     p.stream(1, &frames);
     assert_eq!(p.s.unread(ConversationId(5)), Some(limits::MAX_UNREAD_COUNT));
     let st = &p.s.convs[&ConversationId(5)];

@@ -25,7 +25,9 @@ pub async fn handle(ctx: &Ctx, actor: &Actor, op: pb::request::Op) -> Result<Res
             let rec = ctx.media.create(actor.user, conv, r, crate::clock::now_ms()).await?;
             Ok(Res::Upload(media::upload_info(&rec)))
         }
-        Op::GetUpload(r) => Ok(Res::Upload(media::upload_info(&ctx.media.status(actor.user, &r.upload_id).await?))),
+        Op::GetUpload(r) => Ok(Res::Upload(media::upload_info(
+            &ctx.media.status(actor.user, &r.upload_id).await?,
+        ))),
         Op::CancelUpload(r) => {
             ctx.media.cancel(actor.user, &r.upload_id).await?;
             Ok(Res::Done(pb::Done {}))
@@ -65,11 +67,16 @@ pub async fn readable(ctx: &Ctx, user: UserId, id: &str) -> Result<MediaRecord, 
 /// The byte range a `Download` asks for: `(start, end, total, mime)` of the variant.
 pub fn range(rec: &MediaRecord, d: &pb::Download) -> Result<(u64, u64, u64, String), ServerError> {
     let variant = pb::MediaVariant::try_from(d.variant).map_err(|_| err(ErrorCode::BadRequest, "unknown variant"))?;
-    let total = Media::variant_size(rec, variant).ok_or_else(|| err(ErrorCode::NotFound, "the file has no such variant"))?;
+    let total =
+        Media::variant_size(rec, variant).ok_or_else(|| err(ErrorCode::NotFound, "the file has no such variant"))?;
     if d.offset > total || (d.offset == total && total > 0 && d.length > 0) {
         return Err(err(ErrorCode::BadRequest, "offset past the end"));
     }
-    let end = if d.length == 0 { total } else { d.offset.saturating_add(d.length).min(total) };
+    let end = if d.length == 0 {
+        total
+    } else {
+        d.offset.saturating_add(d.length).min(total)
+    };
     let mime = match variant {
         pb::MediaVariant::Original => rec.ready.as_ref().map(|r| r.mime.clone()).unwrap_or_default(),
         _ => "image/jpeg".into(),
@@ -80,7 +87,13 @@ pub fn range(rec: &MediaRecord, d: &pb::Download) -> Result<(u64, u64, u64, Stri
 /// Check and complete a send's attachments: each must be a ready file that the sender
 /// uploaded (or that is attached in this conversation already), and is recorded as
 /// attached by this message before the send commits (so it is never collected under it).
-pub async fn attach(ctx: &Ctx, actor: &Actor, conv: natter_protocol::ConversationId, client_msg_id: &str, body: &mut pb::MessageBody) -> Result<(), ServerError> {
+pub async fn attach(
+    ctx: &Ctx,
+    actor: &Actor,
+    conv: natter_protocol::ConversationId,
+    client_msg_id: &str,
+    body: &mut pb::MessageBody,
+) -> Result<(), ServerError> {
     let mut out = Vec::with_capacity(body.attachments.len());
     for a in &body.attachments {
         let rec = ctx.media.media(&a.media_id).await?;
@@ -91,7 +104,10 @@ pub async fn attach(ctx: &Ctx, actor: &Actor, conv: natter_protocol::Conversatio
         if rec.state != MediaState::Ready {
             return Err(err(ErrorCode::MediaNotReady, "the file is not finished"));
         }
-        let rec = ctx.media.add_ref(rec, (conv, actor.user, client_msg_id.to_string())).await?;
+        let rec = ctx
+            .media
+            .add_ref(rec, (conv, actor.user, client_msg_id.to_string()))
+            .await?;
         out.push(media::attachment(&rec, a));
     }
     body.attachments = out;
@@ -100,7 +116,9 @@ pub async fn attach(ctx: &Ctx, actor: &Actor, conv: natter_protocol::Conversatio
 
 /// A deleted message no longer holds its files.
 pub async fn detach(ctx: &Ctx, conv: natter_protocol::ConversationId, ev: &pb::ConversationEvent) {
-    let Some(pb::conversation_event::Body::Message(m)) = &ev.body else { return };
+    let Some(pb::conversation_event::Body::Message(m)) = &ev.body else {
+        return;
+    };
     let Some(body) = &m.body else { return };
     let r = (conv, UserId(ev.sender_user_id), m.client_msg_id.clone());
     for a in &body.attachments {

@@ -323,7 +323,13 @@ pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError
         Op::DeleteMessage(r) => {
             let conv = conv_id(r.conversation_id)?;
             let target = ctx.store.message(conv, Seq(r.target_seq)).await?;
-            let res = committed(ctx, actor, r.conversation_id, Mutation::DeleteMessage(Seq(r.target_seq))).await?;
+            let res = committed(
+                ctx,
+                actor,
+                r.conversation_id,
+                Mutation::DeleteMessage(Seq(r.target_seq)),
+            )
+            .await?;
             if let Some((ev, _)) = target {
                 media::detach(ctx, conv, &ev).await;
             }

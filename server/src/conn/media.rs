@@ -51,7 +51,10 @@ async fn read_header<R: AsyncRead + Unpin>(r: &mut R) -> Result<pb::UploadHeader
     let bad = |m: &str| ServerError::new(ErrorCode::MalformedFrame, m);
     let mut len = 0u64;
     for i in 0..10 {
-        let b = r.read_u8().await.map_err(|_| bad("upload stream ended before its header"))?;
+        let b = r
+            .read_u8()
+            .await
+            .map_err(|_| bad("upload stream ended before its header"))?;
         len |= u64::from(b & 0x7f) << (7 * i);
         if b & 0x80 == 0 {
             break;
@@ -64,7 +67,9 @@ async fn read_header<R: AsyncRead + Unpin>(r: &mut R) -> Result<pb::UploadHeader
         return Err(ServerError::new(ErrorCode::FrameTooLarge, "upload header too large"));
     }
     let mut buf = vec![0u8; len as usize];
-    r.read_exact(&mut buf).await.map_err(|_| bad("upload stream ended inside its header"))?;
+    r.read_exact(&mut buf)
+        .await
+        .map_err(|_| bad("upload stream ended inside its header"))?;
     match pb::Frame::decode(&buf[..]) {
         Ok(pb::Frame {
             kind: Some(Kind::UploadHeader(h)),
@@ -91,7 +96,10 @@ async fn upload<U: UploadRecv>(shared: Arc<Shared>, actor: Actor, out: mpsc::Sen
         let _ = out.try_send(signal(p));
     };
     let media = &shared.ctx.media;
-    if let Err(e) = media.write(actor.user, &header.upload_id, header.offset, &mut stream, &report).await {
+    if let Err(e) = media
+        .write(actor.user, &header.upload_id, header.offset, &mut stream, &report)
+        .await
+    {
         stream.stop(e.code);
     }
 }
@@ -131,7 +139,9 @@ pub(super) async fn download<T: Transport>(
         return;
     }
     let variant = pb::MediaVariant::try_from(d.variant).unwrap_or(pb::MediaVariant::Original);
-    let Ok(mut stream) = transport.open_stream().await else { return };
+    let Ok(mut stream) = transport.open_stream().await else {
+        return;
+    };
     let header = pb::Frame {
         kind: Some(Kind::StreamHeader(pb::StreamHeader {
             conversation_id: 0,

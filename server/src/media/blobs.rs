@@ -87,7 +87,9 @@ impl ObjectMediaStore {
     /// Files under `dir` (created if missing), each put fsynced.
     pub fn local(dir: &Path) -> Result<Self, BlobError> {
         std::fs::create_dir_all(dir).map_err(|e| BlobError(format!("{}: {e}", dir.display())))?;
-        let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)?.with_fsync(true);
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)?
+            .with_fsync(true)
+            .with_automatic_cleanup(true);
         Ok(ObjectMediaStore {
             store: Arc::new(fs),
             what: format!("local {}", dir.display()),
@@ -103,7 +105,9 @@ impl ObjectMediaStore {
             .with_secret_access_key(&s.secret_key)
             .with_virtual_hosted_style_request(false);
         if !s.endpoint.is_empty() {
-            b = b.with_endpoint(&s.endpoint).with_allow_http(s.endpoint.starts_with("http://"));
+            b = b
+                .with_endpoint(&s.endpoint)
+                .with_allow_http(s.endpoint.starts_with("http://"));
         }
         Ok(ObjectMediaStore {
             store: Arc::new(b.build()?),
@@ -123,7 +127,9 @@ fn variant_path(media: &MediaId, variant: i32) -> ObjPath {
 #[async_trait]
 impl MediaStore for ObjectMediaStore {
     async fn put_piece(&self, media: &MediaId, start: u64, bytes: Bytes) -> Result<(), BlobError> {
-        self.store.put(&piece_path(media, start), PutPayload::from(bytes)).await?;
+        self.store
+            .put(&piece_path(media, start), PutPayload::from(bytes))
+            .await?;
         Ok(())
     }
 
@@ -132,7 +138,9 @@ impl MediaStore for ObjectMediaStore {
     }
 
     async fn put_variant(&self, media: &MediaId, variant: i32, bytes: Bytes) -> Result<(), BlobError> {
-        self.store.put(&variant_path(media, variant), PutPayload::from(bytes)).await?;
+        self.store
+            .put(&variant_path(media, variant), PutPayload::from(bytes))
+            .await?;
         Ok(())
     }
 

@@ -236,7 +236,9 @@ impl Media {
                 committed: mine.as_ref().map_or(0, |r| r.committed()),
                 state: match &mine {
                     Some(r) => state_of(r),
-                    None if e.code == ErrorCode::TooLarge || e.code == ErrorCode::MediaRejected => pb::UploadState::Rejected,
+                    None if e.code == ErrorCode::TooLarge || e.code == ErrorCode::MediaRejected => {
+                        pb::UploadState::Rejected
+                    }
                     None => pb::UploadState::Unspecified,
                 } as i32,
                 media: None,
@@ -288,7 +290,10 @@ impl Media {
             }
             let end = start + buf.len() as u64;
             let short = end < start + want;
-            self.blobs.put_piece(&rec.media_id, start, buf.freeze()).await.map_err(unavailable)?;
+            self.blobs
+                .put_piece(&rec.media_id, start, buf.freeze())
+                .await
+                .map_err(unavailable)?;
             rec.pieces.push(end);
             rec = self.save(rec).await?;
             progress(progress_of(&rec));
@@ -300,7 +305,10 @@ impl Media {
         let mut one = [0u8; 1];
         if body.read(&mut one).await.map_err(read_error)? > 0 {
             self.discard(&rec).await;
-            return Err(err(ErrorCode::TooLarge, format!("more bytes than the declared {}", rec.size)));
+            return Err(err(
+                ErrorCode::TooLarge,
+                format!("more bytes than the declared {}", rec.size),
+            ));
         }
         rec.state = MediaState::Processing;
         rec = self.save(rec).await?;
@@ -313,7 +321,10 @@ impl Media {
         rec.version += 1;
         match self.store.update_media(&rec).await {
             Ok(()) => Ok(rec),
-            Err(StoreError::Changed) => Err(err(ErrorCode::Conflict, "the upload changed meanwhile (cancelled or written elsewhere)")),
+            Err(StoreError::Changed) => Err(err(
+                ErrorCode::Conflict,
+                "the upload changed meanwhile (cancelled or written elsewhere)",
+            )),
             Err(e) => Err(e.into()),
         }
     }
@@ -356,7 +367,10 @@ impl Media {
         }
         let sha256 = hasher.finalize().to_vec();
         if rec.expected_sha256.as_ref().is_some_and(|e| *e != sha256) {
-            return Err(err(ErrorCode::MediaRejected, "the bytes do not have the declared SHA-256"));
+            return Err(err(
+                ErrorCode::MediaRejected,
+                "the bytes do not have the declared SHA-256",
+            ));
         }
         if rec.encrypted {
             return Ok(ReadyInfo {
@@ -431,7 +445,10 @@ impl Media {
         if variant != pb::MediaVariant::Original {
             let v = variant as i32;
             return futures::stream::once(async move {
-                blobs.read_variant(&media, v, start..end).await.map_err(io::Error::other)
+                blobs
+                    .read_variant(&media, v, start..end)
+                    .await
+                    .map_err(io::Error::other)
             })
             .boxed();
         }
@@ -607,7 +624,11 @@ pub fn attachment(rec: &MediaRecord, sent: &pb::Attachment) -> pb::Attachment {
     }
     pb::Attachment {
         media_id: rec.media_id.0.clone(),
-        name: if sent.name.is_empty() { rec.name.clone() } else { sent.name.clone() },
+        name: if sent.name.is_empty() {
+            rec.name.clone()
+        } else {
+            sent.name.clone()
+        },
         mime: i.mime,
         size: rec.size,
         width: i.width,

@@ -44,7 +44,9 @@ pub fn check_type(declared: &str, sniffed: Option<&str>) -> Result<String, Rejec
     let declared = canonical(declared);
     let Some(sniffed) = sniffed else {
         if declared.starts_with("image/") && is_raster(&declared) {
-            return Err(Rejected(format!("declared {declared} but the bytes are no image the server knows")));
+            return Err(Rejected(format!(
+                "declared {declared} but the bytes are no image the server knows"
+            )));
         }
         return Ok(declared);
     };
@@ -56,7 +58,12 @@ pub fn check_type(declared: &str, sniffed: Option<&str>) -> Result<String, Rejec
             || m == "application/epub+zip"
             || m == "application/java-archive"
     };
-    let mp4_family = |m: &str| matches!(m, "video/mp4" | "audio/mp4" | "audio/m4a" | "audio/x-m4a" | "video/quicktime");
+    let mp4_family = |m: &str| {
+        matches!(
+            m,
+            "video/mp4" | "audio/mp4" | "audio/m4a" | "audio/x-m4a" | "video/quicktime"
+        )
+    };
     let compatible = declared == sniffed
         || declared == "application/octet-stream"
         || (zip_family(&declared) && zip_family(&sniffed))
@@ -152,7 +159,8 @@ fn jpeg(img: &DynamicImage) -> Result<Vec<u8>, Rejected> {
     let mut out = Vec::new();
     let rgb = DynamicImage::ImageRgb8(img.to_rgb8());
     let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 80);
-    rgb.write_with_encoder(enc).map_err(|e| Rejected(format!("thumbnail: {e}")))?;
+    rgb.write_with_encoder(enc)
+        .map_err(|e| Rejected(format!("thumbnail: {e}")))?;
     Ok(out)
 }
 

@@ -759,18 +759,32 @@ impl Store for RedisStore {
         let usage = uk(rec.owner, "media_bytes");
         let used: u64 = self.conn.query(redis::cmd("INCRBY").arg(&usage).arg(rec.size)).await?;
         if used > quota {
-            self.conn.query::<()>(redis::cmd("DECRBY").arg(&usage).arg(rec.size)).await?;
+            self.conn
+                .query::<()>(redis::cmd("DECRBY").arg(&usage).arg(rec.size))
+                .await?;
             return Err(StoreError::QuotaExceeded);
         }
         // The record before its upload id: an upload id never points at a missing record.
         self.conn
-            .query::<()>(redis::cmd("HSET").arg(mk(&rec.media_id)).arg("v").arg(rec.version).arg("r").arg(enc(rec)))
+            .query::<()>(
+                redis::cmd("HSET")
+                    .arg(mk(&rec.media_id))
+                    .arg("v")
+                    .arg(rec.version)
+                    .arg("r")
+                    .arg(enc(rec)),
+            )
             .await?;
         self.conn
             .query::<()>(redis::cmd("SET").arg(upk(&rec.upload_id)).arg(&rec.media_id.0))
             .await?;
         self.conn
-            .query::<()>(redis::cmd("ZADD").arg(EXPIRING).arg(rec.expires_ms).arg(&rec.media_id.0))
+            .query::<()>(
+                redis::cmd("ZADD")
+                    .arg(EXPIRING)
+                    .arg(rec.expires_ms)
+                    .arg(&rec.media_id.0),
+            )
             .await?;
         self.replicated().await
     }
@@ -796,7 +810,9 @@ impl Store for RedisStore {
             return Err(StoreError::Changed);
         }
         if rec.state == MediaState::Ready {
-            self.conn.query::<()>(redis::cmd("ZREM").arg(EXPIRING).arg(&rec.media_id.0)).await?;
+            self.conn
+                .query::<()>(redis::cmd("ZREM").arg(EXPIRING).arg(&rec.media_id.0))
+                .await?;
         }
         self.replicated().await
     }
@@ -810,8 +826,12 @@ impl Store for RedisStore {
         if removed == 0 {
             return Ok(false);
         }
-        self.conn.query::<()>(redis::cmd("DEL").arg(upk(&rec.upload_id))).await?;
-        self.conn.query::<()>(redis::cmd("ZREM").arg(EXPIRING).arg(&id.0)).await?;
+        self.conn
+            .query::<()>(redis::cmd("DEL").arg(upk(&rec.upload_id)))
+            .await?;
+        self.conn
+            .query::<()>(redis::cmd("ZREM").arg(EXPIRING).arg(&id.0))
+            .await?;
         self.conn
             .query::<()>(redis::cmd("DECRBY").arg(uk(rec.owner, "media_bytes")).arg(rec.size))
             .await?;

@@ -272,7 +272,10 @@ pub(crate) async fn media_records(store: &dyn Store) {
     let rec = media_rec(1, owner, 3000, 100);
     store.create_media(&rec, 1 << 20).await.unwrap();
     assert_eq!(store.media(&rec.media_id).await.unwrap().as_ref(), Some(&rec));
-    assert_eq!(store.media_by_upload(&rec.upload_id).await.unwrap().as_ref(), Some(&rec));
+    assert_eq!(
+        store.media_by_upload(&rec.upload_id).await.unwrap().as_ref(),
+        Some(&rec)
+    );
     assert!(store.media(&MediaId("nope".into())).await.unwrap().is_none());
     assert!(store.media_by_upload(&UploadId("nope".into())).await.unwrap().is_none());
 
@@ -290,13 +293,19 @@ pub(crate) async fn media_records(store: &dyn Store) {
     // Unfinished uploads past their expiry are listed; ready ones never.
     let other = media_rec(2, owner, 10, 500);
     store.create_media(&other, 1 << 20).await.unwrap();
-    assert_eq!(store.expired_uploads(200, 10).await.unwrap(), vec![rec.media_id.clone()]);
+    assert_eq!(
+        store.expired_uploads(200, 10).await.unwrap(),
+        vec![rec.media_id.clone()]
+    );
     let mut ready = next.clone();
     ready.state = MediaState::Ready;
     ready.version = 3;
     store.update_media(&ready).await.unwrap();
     assert!(store.expired_uploads(200, 10).await.unwrap().is_empty());
-    assert_eq!(store.expired_uploads(1000, 10).await.unwrap(), vec![other.media_id.clone()]);
+    assert_eq!(
+        store.expired_uploads(1000, 10).await.unwrap(),
+        vec![other.media_id.clone()]
+    );
 
     // Deleting removes the record and its upload id, once.
     assert!(store.delete_media(&rec.media_id).await.unwrap());
@@ -313,12 +322,19 @@ pub(crate) async fn media_quota(store: &dyn Store) {
         store.create_media(&media_rec(2, a, 401, 9), 1000).await,
         Err(StoreError::QuotaExceeded)
     ));
-    assert!(store.media(&MediaId("media-2".into())).await.unwrap().is_none(), "nothing recorded");
+    assert!(
+        store.media(&MediaId("media-2".into())).await.unwrap().is_none(),
+        "nothing recorded"
+    );
     assert_eq!(store.media_usage(a).await.unwrap(), 600);
     store.create_media(&media_rec(3, a, 400, 9), 1000).await.unwrap();
     store.create_media(&media_rec(4, b, 1000, 9), 1000).await.unwrap();
     assert_eq!(store.media_usage(a).await.unwrap(), 1000);
     store.delete_media(&MediaId("media-1".into())).await.unwrap();
-    assert_eq!(store.media_usage(a).await.unwrap(), 400, "deleting gives the bytes back");
+    assert_eq!(
+        store.media_usage(a).await.unwrap(),
+        400,
+        "deleting gives the bytes back"
+    );
     assert_eq!(store.media_usage(b).await.unwrap(), 1000);
 }

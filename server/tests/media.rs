@@ -1,0 +1,530 @@
+//! Media over the raw protocol (PROTOCOL.md §11) against the real server on loopback:
+//! resumable uploads on client-opened QUIC streams, range downloads on server-opened
+//! ones, attachments, and hostile input — each refusal typed, nothing stored, the server
+//! serving others.
+mod common;
+
+use bytes::BytesMut;
+use common::*;
+use natter_protocol::codec::{decode_frame, encode_frame};
+use natter_protocol::pb::{self, frame::Kind, request::Op, response::Result as Res, ErrorCode};
+use sha2::{Digest, Sha256};
+
+/// Pieces of 64 KiB, so a few MiB make many of them.
+const CHUNK: u32 = 64 * 1024;
+
+async fn media_server(dir: &std::path::Path, quota: u64) -> natter_server::RunningServer {
+    let cfg = natter_server::Config {
+        upload_chunk_bytes: CHUNK,
+        media_quota_bytes: quota,
+        ..config(dir)
+    };
+    natter_server::start(&cfg).await.expect("server starts")
+}
+
+/// Deterministic bytes that compress to nothing useful.
+fn file(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A logged-in raw client.
+async fn raw(s: &natter_server::RunningServer, name: &str) -> Raw {
+    let mut r = Raw::hello(s.addr, &s.fingerprint).await;
+    r.login(name).await;
+    r
+}
+
+async fn create(r: &mut Raw, conv: u64, data: &[u8], mime: &str, name: &str) -> Result<pb::UploadInfo, pb::Error> {
+    match r
+        .request(Op::CreateUpload(pb::CreateUpload {
+            conversation_id: conv,
+            size: data.len() as u64,
+            mime: mime.into(),
+            name: name.into(),
+            encrypted: false,
+            sha256: Sha256::digest(data).to_vec(),
+        }))
+        .await
+    {
+        Res::Upload(u) => Ok(u),
+        Res::Error(e) => Err(e),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+async fn get_upload(r: &mut Raw, id: &str) -> Result<pb::UploadInfo, pb::Error> {
+    match r.request(Op::GetUpload(pb::GetUpload { upload_id: id.into() })).await {
+        Res::Upload(u) => Ok(u),
+        Res::Error(e) => Err(e),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// Open an upload stream at `offset` and write `bytes`; `finish` ends it cleanly, else it
+/// is reset (a cut).
+async fn stream(r: &Raw, id: &str, offset: u64, bytes: &[u8], finish: bool) {
+    let s = open_and_write(r, id, offset, bytes).await;
+    end(s, finish).await;
+}
+
+async fn open_and_write(r: &Raw, id: &str, offset: u64, bytes: &[u8]) -> quinn::SendStream {
+    let mut s = r.conn.open_uni().await.unwrap();
+    let header = encode_frame(&pb::Frame {
+        kind: Some(Kind::UploadHeader(pb::UploadHeader {
+            upload_id: id.into(),
+            offset,
+        })),
+    });
+    s.write_all(&header).await.unwrap();
+    // The server may stop the stream early (a refusal): writes then fail, which is fine.
+    let _ = s.write_all(bytes).await;
+    s
+}
+
+async fn end(mut s: quinn::SendStream, finish: bool) {
+    if finish {
+        let _ = s.finish();
+        let _ = s.stopped().await;
+    } else {
+        let _ = s.reset(quinn::VarInt::from_u32(0));
+    }
+}
+
+/// Control-stream upload reports until one matches `until`.
+async fn progress_until(r: &mut Raw, mut until: impl FnMut(&pb::UploadProgress) -> bool) -> pb::UploadProgress {
+    loop {
+        match r.read().await {
+            Some(pb::Frame {
+                kind:
+                    Some(Kind::Signal(pb::Signal {
+                        kind: Some(pb::signal::Kind::Upload(p)),
+                    })),
+            }) if until(&p) => return p,
+            Some(_) => continue,
+            None => panic!("connection ended while waiting for upload progress"),
+        }
+    }
+}
+
+/// Download a range; `Err` with the refusal.
+async fn download(
+    r: &mut Raw,
+    media: &str,
+    variant: pb::MediaVariant,
+    offset: u64,
+    length: u64,
+) -> Result<Vec<u8>, pb::Error> {
+    let res = r
+        .request(Op::Download(pb::Download {
+            media_id: media.into(),
+            variant: variant as i32,
+            offset,
+            length,
+        }))
+        .await;
+    let ok = match res {
+        Res::Download(d) => d,
+        Res::Error(e) => return Err(e),
+        other => panic!("unexpected {other:?}"),
+    };
+    // The download stream is the server-opened stream whose header names a download (the
+    // delivery streams name conversations).
+    loop {
+        let mut s = tokio::time::timeout(DEADLINE, r.conn.accept_uni())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut buf = BytesMut::new();
+        let header = loop {
+            if let Some(f) = decode_frame(&mut buf, usize::MAX).unwrap() {
+                break f;
+            }
+            let c = s.read_chunk(65536, true).await.unwrap().expect("a header");
+            buf.extend_from_slice(&c.bytes);
+        };
+        let Some(Kind::StreamHeader(h)) = header.kind else {
+            panic!("no header: {header:?}")
+        };
+        if h.download_request_id == 0 {
+            continue; // a delivery stream
+        }
+        let mut out = buf.to_vec();
+        out.extend(s.read_to_end(1 << 30).await.unwrap());
+        assert_eq!(
+            out.len() as u64,
+            ok.length,
+            "the stream carries what DownloadOk announced"
+        );
+        return Ok(out);
+    }
+}
+
+async fn dm(r: &mut Raw, peer: &str) -> u64 {
+    match r
+        .request(Op::CreateDirect(pb::CreateDirect { username: peer.into() }))
+        .await
+    {
+        Res::Conversation(c) => c.conversation_id,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+async fn send(r: &mut Raw, conv: u64, id: &str, attachments: Vec<pb::Attachment>) -> Res {
+    r.request(Op::Send(pb::SendMessage {
+        conversation_id: conv,
+        client_msg_id: id.into(),
+        body: Some(pb::MessageBody {
+            text: "see attached".into(),
+            attachments,
+            ..Default::default()
+        }),
+    }))
+    .await
+}
+
+fn attach(media: &str) -> pb::Attachment {
+    pb::Attachment {
+        media_id: media.into(),
+        ..Default::default()
+    }
+}
+
+/// A 3 MiB upload cut four times — streams reset at arbitrary offsets and once the whole
+/// connection dropped — resumes each time from the committed offset (always a piece
+/// boundary no further than what was sent), and the file downloads byte for byte, whole
+/// and in ranges, also by the other member once a message attaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_upload_resumes_from_the_committed_offset_and_downloads_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = media_server(dir.path(), 1 << 30).await;
+    let _alice_app = user(&s, "alice").await;
+    user(&s, "bob").await;
+    let mut alice = raw(&s, "alice").await;
+    let conv = dm(&mut alice, "bob").await;
+    let data = file(3 << 20, 7);
+    let up = create(&mut alice, conv, &data, "application/octet-stream", "data.bin")
+        .await
+        .unwrap();
+    assert_eq!(
+        (up.committed, up.chunk_bytes, up.state()),
+        (0, CHUNK, pb::UploadState::Uploading)
+    );
+
+    let mut committed = 0u64;
+    for (i, cut) in [200_000usize, 777_777, 1_500_001, 2_600_000].into_iter().enumerate() {
+        let sent = &data[committed as usize..cut];
+        let stored = cut as u64 / u64::from(CHUNK) * u64::from(CHUNK);
+        let s_up = open_and_write(&alice, &up.upload_id, committed, sent).await;
+        // Every whole piece sent is reported stored; the partial one after it is in flight
+        // when the cut comes, and lost.
+        progress_until(&mut alice, |p| p.committed == stored).await;
+        if i == 2 {
+            // A dropped connection instead of a reset stream.
+            alice.conn.close(0u32.into(), b"gone");
+            drop(s_up);
+            alice = raw(&s, "alice").await;
+        } else {
+            end(s_up, false).await;
+            progress_until(&mut alice, |p| p.error != 0).await;
+        }
+        let now = get_upload(&mut alice, &up.upload_id).await.unwrap().committed;
+        assert_eq!(
+            now, stored,
+            "cut {i}: the whole pieces sent, nothing of the partial one"
+        );
+        committed = now;
+    }
+    stream(&alice, &up.upload_id, committed, &data[committed as usize..], true).await;
+    let done = progress_until(&mut alice, |p| p.state() == pb::UploadState::Ready || p.error != 0).await;
+    assert_eq!(done.error, 0, "{done:?}");
+    let info = done.media.expect("a ready upload reports its file");
+    assert_eq!(info.sha256, Sha256::digest(&data).to_vec());
+    assert_eq!(
+        (info.size, info.mime.as_str()),
+        (data.len() as u64, "application/octet-stream")
+    );
+
+    let all = download(&mut alice, &up.media_id, pb::MediaVariant::Original, 0, 0)
+        .await
+        .unwrap();
+    assert!(all == data, "the whole file, byte for byte");
+    for (off, len) in [
+        (0u64, 10u64),
+        (65_530, 20),
+        (1_000_000, 300_000),
+        (data.len() as u64 - 5, 5),
+        (data.len() as u64 - 5, 100),
+    ] {
+        let got = download(&mut alice, &up.media_id, pb::MediaVariant::Original, off, len)
+            .await
+            .unwrap();
+        let end = (off + len).min(data.len() as u64) as usize;
+        assert!(got == data[off as usize..end], "range {off}+{len}");
+    }
+    let past = download(
+        &mut alice,
+        &up.media_id,
+        pb::MediaVariant::Original,
+        data.len() as u64 + 1,
+        1,
+    )
+    .await;
+    assert_eq!(past.unwrap_err().code(), ErrorCode::BadRequest);
+
+    // Bob may read it once a message in their conversation attaches it, not before.
+    let mut bob = raw(&s, "bob").await;
+    let before = download(&mut bob, &up.media_id, pb::MediaVariant::Original, 0, 10).await;
+    assert_eq!(before.unwrap_err().code(), ErrorCode::NotFound);
+    let sent = send(&mut alice, conv, "m1", vec![attach(&up.media_id)]).await;
+    assert!(matches!(sent, Res::Sent(_)), "{sent:?}");
+    let got = download(&mut bob, &up.media_id, pb::MediaVariant::Original, 1_000, 4_000)
+        .await
+        .unwrap();
+    assert!(got == data[1_000..5_000]);
+    // The stored attachment is what the server knows of the file, not what the sender said.
+    let page = match bob
+        .request(Op::History(pb::GetHistory {
+            conversation_id: conv,
+            anchor: None,
+            limit: 0,
+        }))
+        .await
+    {
+        Res::History(h) => h,
+        other => panic!("{other:?}"),
+    };
+    let att = page
+        .events
+        .iter()
+        .find_map(|e| match &e.body {
+            Some(pb::conversation_event::Body::Message(m)) => {
+                m.body.as_ref().and_then(|b| b.attachments.first().cloned())
+            }
+            _ => None,
+        })
+        .expect("the message carries its attachment");
+    assert_eq!(
+        (att.media_id.as_str(), att.size, att.name.as_str()),
+        (up.media_id.as_str(), data.len() as u64, "data.bin")
+    );
+}
+
+/// A PNG gets its pixel size, a BlurHash and two JPEG thumbnails that download as such.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_gets_thumbnails_and_a_blurhash() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = media_server(dir.path(), 1 << 30).await;
+    let _alice_app = user(&s, "alice").await;
+    user(&s, "bob").await;
+    let mut alice = raw(&s, "alice").await;
+    let conv = dm(&mut alice, "bob").await;
+    let img = image::RgbImage::from_fn(1000, 500, |x, y| image::Rgb([(x / 4) as u8, (y / 2) as u8, 90]));
+    let mut png = Vec::new();
+    image::DynamicImage::ImageRgb8(img)
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    let up = create(&mut alice, conv, &png, "image/png", "photo.png").await.unwrap();
+    stream(&alice, &up.upload_id, 0, &png, true).await;
+    let done = progress_until(&mut alice, |p| p.state() == pb::UploadState::Ready || p.error != 0).await;
+    assert_eq!(done.error, 0, "{done:?}");
+    let info = done.media.expect("a ready upload reports its file");
+    assert_eq!((info.width, info.height, info.mime.as_str()), (1000, 500, "image/png"));
+    assert!(!info.blurhash.is_empty());
+    let sizes: Vec<(u32, u32)> = info.thumbnails.iter().map(|t| (t.width, t.height)).collect();
+    assert_eq!(sizes, [(320, 160), (800, 400)]);
+    let thumb = download(&mut alice, &up.media_id, pb::MediaVariant::Thumb320, 0, 0)
+        .await
+        .unwrap();
+    let decoded = image::load_from_memory_with_format(&thumb, image::ImageFormat::Jpeg).unwrap();
+    assert_eq!((decoded.width(), decoded.height()), (320, 160));
+}
+
+/// A PNG whose header (CRC intact) claims `side` × `side` pixels.
+fn bomb_png(side: u32) -> Vec<u8> {
+    let mut p = Vec::new();
+    image::DynamicImage::ImageRgb8(image::RgbImage::new(1, 1))
+        .write_to(&mut std::io::Cursor::new(&mut p), image::ImageFormat::Png)
+        .unwrap();
+    p[16..20].copy_from_slice(&side.to_be_bytes());
+    p[20..24].copy_from_slice(&side.to_be_bytes());
+    let mut c = 0xffff_ffffu32;
+    for b in &p[12..29] {
+        c ^= u32::from(*b);
+        for _ in 0..8 {
+            c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
+        }
+    }
+    p[29..33].copy_from_slice(&(!c).to_be_bytes());
+    p
+}
+
+fn media_dir_holds(dir: &std::path::Path, media: &str) -> bool {
+    dir.join("media").join("media").join(media).exists()
+}
+
+/// Hostile uploads and reads, each refused with its typed error, nothing of them kept,
+/// and the server still serving a well-behaved upload afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_uploads_get_typed_errors_and_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = media_server(dir.path(), 1 << 20).await;
+    let _alice_app = user(&s, "alice").await;
+    user(&s, "bob").await;
+    user(&s, "carol").await;
+    let mut alice = raw(&s, "alice").await;
+    let conv = dm(&mut alice, "bob").await;
+
+    // A file name that is a path.
+    let e = create(&mut alice, conv, b"x", "text/plain", "../../etc/passwd")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::BadRequest);
+    // More than the quota (1 MiB here).
+    let e = create(
+        &mut alice,
+        conv,
+        &file((1 << 20) + 1, 1),
+        "application/octet-stream",
+        "big",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::QuotaExceeded);
+    // A conversation the caller is not in.
+    let mut carol = raw(&s, "carol").await;
+    let e = create(&mut carol, conv, b"x", "text/plain", "x.txt").await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::NotMember);
+
+    // An offset lie: the stream is refused, nothing moves.
+    let data = file(200_000, 3);
+    let up = create(&mut alice, conv, &data, "application/octet-stream", "d.bin")
+        .await
+        .unwrap();
+    stream(&alice, &up.upload_id, 5, &data[5..], true).await;
+    let p = progress_until(&mut alice, |p| p.error != 0).await;
+    assert_eq!(p.error(), ErrorCode::OffsetMismatch);
+    assert_eq!(get_upload(&mut alice, &up.upload_id).await.unwrap().committed, 0);
+
+    // Someone else's upload id.
+    stream(&carol, &up.upload_id, 0, &data, true).await;
+    let p = progress_until(&mut carol, |p| p.error != 0).await;
+    assert_eq!(p.error(), ErrorCode::Forbidden);
+    assert_eq!(
+        get_upload(&mut carol, &up.upload_id).await.unwrap_err().code(),
+        ErrorCode::Forbidden
+    );
+    assert_eq!(get_upload(&mut alice, &up.upload_id).await.unwrap().committed, 0);
+
+    // Sending it before it is finished.
+    let r = send(&mut alice, conv, "early", vec![attach(&up.media_id)]).await;
+    assert!(
+        matches!(&r, Res::Error(e) if e.code() == ErrorCode::MediaNotReady),
+        "{r:?}"
+    );
+
+    // More bytes than declared: rejected, and the upload is gone with its bytes.
+    let mut long = data.clone();
+    long.extend_from_slice(b"one more thing");
+    stream(&alice, &up.upload_id, 0, &long, true).await;
+    let p = progress_until(&mut alice, |p| p.error != 0).await;
+    assert_eq!((p.error(), p.state()), (ErrorCode::TooLarge, pb::UploadState::Rejected));
+    assert_eq!(
+        get_upload(&mut alice, &up.upload_id).await.unwrap_err().code(),
+        ErrorCode::NotFound
+    );
+    assert!(!media_dir_holds(dir.path(), &up.media_id), "no byte of it is kept");
+
+    // A decompression bomb.
+    let bomb = bomb_png(60_000);
+    let up = create(&mut alice, conv, &bomb, "image/png", "bomb.png").await.unwrap();
+    stream(&alice, &up.upload_id, 0, &bomb, true).await;
+    let p = progress_until(&mut alice, |p| p.error != 0).await;
+    assert_eq!(
+        (p.error(), p.state()),
+        (ErrorCode::MediaRejected, pb::UploadState::Rejected)
+    );
+    assert!(!media_dir_holds(dir.path(), &up.media_id));
+
+    // Bytes that contradict the declared type.
+    let up = create(&mut alice, conv, &bomb, "application/pdf", "doc.pdf")
+        .await
+        .unwrap();
+    stream(&alice, &up.upload_id, 0, &bomb, true).await;
+    let p = progress_until(&mut alice, |p| p.error != 0).await;
+    assert_eq!(p.error(), ErrorCode::MediaRejected);
+
+    // Rejected uploads gave their quota back: a well-behaved upload of most of it works,
+    // and is attached; carol, no member, cannot read it, nor attach it herself.
+    let good = file(900_000, 9);
+    let up = create(&mut alice, conv, &good, "application/octet-stream", "ok.bin")
+        .await
+        .unwrap();
+    stream(&alice, &up.upload_id, 0, &good, true).await;
+    let p = progress_until(&mut alice, |p| p.state() == pb::UploadState::Ready || p.error != 0).await;
+    assert_eq!(p.error, 0, "{p:?}");
+    assert!(matches!(
+        send(&mut alice, conv, "ok", vec![attach(&up.media_id)]).await,
+        Res::Sent(_)
+    ));
+    let e = download(&mut carol, &up.media_id, pb::MediaVariant::Original, 0, 0)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::NotFound);
+    let carol_dm = dm(&mut carol, "alice").await;
+    let r = send(&mut carol, carol_dm, "steal", vec![attach(&up.media_id)]).await;
+    assert!(matches!(&r, Res::Error(e) if e.code() == ErrorCode::NotFound), "{r:?}");
+    let mut bob = raw(&s, "bob").await;
+    assert!(
+        download(&mut bob, &up.media_id, pb::MediaVariant::Original, 0, 0)
+            .await
+            .unwrap()
+            == good
+    );
+}
+
+/// An upload left unfinished past its expiry is deleted with its bytes, and its quota is
+/// free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfinished_upload_expires_with_its_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = natter_server::Config {
+        upload_chunk_bytes: CHUNK,
+        upload_expiry_secs: 1,
+        media_quota_bytes: 300_000,
+        ..config(dir.path())
+    };
+    let s = natter_server::start(&cfg).await.unwrap();
+    let _alice_app = user(&s, "alice").await;
+    user(&s, "bob").await;
+    let mut alice = raw(&s, "alice").await;
+    let conv = dm(&mut alice, "bob").await;
+    let data = file(200_000, 5);
+    let up = create(&mut alice, conv, &data, "application/octet-stream", "half.bin")
+        .await
+        .unwrap();
+    stream(&alice, &up.upload_id, 0, &data[..100_000], true).await;
+    progress_until(&mut alice, |p| p.committed == u64::from(CHUNK)).await;
+    assert!(media_dir_holds(dir.path(), &up.media_id));
+    // Its quota is taken: a second file of the same size does not fit.
+    let e = create(&mut alice, conv, &data, "application/octet-stream", "b.bin")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::QuotaExceeded);
+    let until = tokio::time::Instant::now() + DEADLINE;
+    while get_upload(&mut alice, &up.upload_id).await.is_ok() {
+        assert!(tokio::time::Instant::now() < until, "expired upload still there");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(!media_dir_holds(dir.path(), &up.media_id), "its bytes went with it");
+    create(&mut alice, conv, &data, "application/octet-stream", "b.bin")
+        .await
+        .expect("quota given back");
+}
