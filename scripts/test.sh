@@ -68,11 +68,15 @@ apt_install "${need[@]}"
 java -version 2>&1 | head -1
 redis-server --version
 
-step "browser test driver (playwright-core, no downloaded browser)"
+step "browser test driver (playwright-core, no downloaded browser) and tus-js-client"
 (cd web/tests && npm ci --no-audit --no-fund --loglevel=error)
 
 step "Kotlin compiler for natter-ffi's Kotlin tests (npm kotlin-compiler: kotlinc + coroutines)"
 (cd sdk-ffi/tests/kotlin && npm ci --no-audit --no-fund --loglevel=error)
+
+step "tuspy (PyPI) for the tus interoperability test, in a venv at target/py"
+[[ -x target/py/bin/python ]] || python3 -m venv target/py
+target/py/bin/python -c "import tusclient" 2>/dev/null || target/py/bin/pip install -q tuspy==1.1.0
 
 step "format"
 cargo fmt --all -- --check

@@ -64,6 +64,9 @@ pub struct RunningServer {
 
 /// Open storage, bind, and start serving.
 pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
+    // One process-wide rustls provider (ring) for the HTTP clients that ask for the
+    // default one (object_store's S3 client); a second call finds it installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
     let (store, redis): (Arc<dyn Store>, Option<RedisConn>) = match config.storage {
         Storage::Sled => (

@@ -14,7 +14,7 @@ fn err(code: ErrorCode, msg: &str) -> ServerError {
     ServerError::new(code, msg)
 }
 
-/// `CreateUpload`, `GetUpload`, `CancelUpload`, `GetMedia`.
+/// `CreateUpload`, `GetUpload`, `CancelUpload`, `GetMedia`, `MediaUrl`.
 pub async fn handle(ctx: &Ctx, actor: &Actor, op: pb::request::Op) -> Result<Res, ServerError> {
     use pb::request::Op;
     match op {
@@ -32,12 +32,85 @@ pub async fn handle(ctx: &Ctx, actor: &Actor, op: pb::request::Op) -> Result<Res
             ctx.media.cancel(actor.user, &r.upload_id).await?;
             Ok(Res::Done(pb::Done {}))
         }
+        Op::MediaUrl(r) => media_url(ctx, actor, r).await,
         Op::GetMedia(r) => {
             let rec = readable(ctx, actor.user, &r.media_id).await?;
             Ok(Res::Media(media::info(&rec).expect("readable media is ready")))
         }
         _ => Err(err(ErrorCode::Internal, "not a media request")),
     }
+}
+
+/// The device an access token belongs to (HTTP requests carry it as a bearer token).
+pub async fn actor_for_token(ctx: &Ctx, token: &str) -> Result<Actor, ServerError> {
+    if token.is_empty() || token.len() > natter_protocol::limits::MAX_TOKEN_BYTES {
+        return Err(err(ErrorCode::Unauthenticated, "malformed token"));
+    }
+    let d = ctx
+        .store
+        .device_by_token(crate::security::auth::token_hash(token))
+        .await?
+        .ok_or_else(|| err(ErrorCode::Unauthenticated, "unknown or revoked token"))?;
+    Ok(Actor {
+        user: d.user,
+        username: d.username,
+        device: d.id,
+    })
+}
+
+/// How long a signed media URL is valid.
+pub const URL_VALIDITY_MS: u64 = 3600 * 1000;
+
+fn url_message(id: &str, variant: i32, exp: u64, user: UserId) -> String {
+    format!("natter-media-url\n{id}\n{variant}\n{exp}\n{}", user.0)
+}
+
+fn url_mac(key: &[u8; 32], id: &str, variant: i32, exp: u64, user: UserId) -> String {
+    let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+    hex::encode(ring::hmac::sign(&k, url_message(id, variant, exp, user).as_bytes()).as_ref())
+}
+
+/// `MediaUrl`: a path on the web endpoint that serves the file to whoever holds it, for an
+/// hour — and only while its user may still read the file (checked again on every GET).
+pub async fn media_url(ctx: &Ctx, actor: &Actor, r: pb::MediaUrl) -> Result<Res, ServerError> {
+    let rec = readable(ctx, actor.user, &r.media_id).await?;
+    pb::MediaVariant::try_from(r.variant).map_err(|_| err(ErrorCode::BadRequest, "unknown variant"))?;
+    let exp = crate::clock::now_ms() + URL_VALIDITY_MS;
+    let key = ctx.store.shared_secret("media-url").await?;
+    let sig = url_mac(&key, &rec.media_id.0, r.variant, exp, actor.user);
+    Ok(Res::MediaUrl(pb::MediaUrlOk {
+        path: format!(
+            "/media/{}?v={}&exp={exp}&u={}&sig={sig}",
+            rec.media_id.0, r.variant, actor.user.0
+        ),
+        expires_ms: exp,
+    }))
+}
+
+/// The user a signed URL speaks for, if its signature holds and it has not expired.
+pub async fn check_url(
+    ctx: &Ctx,
+    id: &str,
+    variant: pb::MediaVariant,
+    exp: u64,
+    user: UserId,
+    sig: &str,
+) -> Result<UserId, ServerError> {
+    if exp < crate::clock::now_ms() {
+        return Err(err(
+            ErrorCode::Unauthenticated,
+            "the media URL has expired; ask for a new one",
+        ));
+    }
+    let key = ctx.store.shared_secret("media-url").await?;
+    let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key);
+    let msg = url_message(id, variant as i32, exp, user);
+    // ring compares in constant time.
+    let ok = hex::decode(sig).is_ok_and(|tag| ring::hmac::verify(&k, msg.as_bytes(), &tag).is_ok());
+    if !ok {
+        return Err(err(ErrorCode::Unauthenticated, "bad media URL signature"));
+    }
+    Ok(user)
 }
 
 /// A ready file the user may read; otherwise `NOT_FOUND` (no such file, or one the user may

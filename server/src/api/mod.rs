@@ -368,13 +368,9 @@ pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError
             typing(ctx, actor, t.conversation_id).await?;
             Ok(Res::Done(pb::Done {}))
         }
-        op @ (Op::CreateUpload(_) | Op::GetUpload(_) | Op::CancelUpload(_) | Op::GetMedia(_)) => {
+        op @ (Op::CreateUpload(_) | Op::GetUpload(_) | Op::CancelUpload(_) | Op::GetMedia(_) | Op::MediaUrl(_)) => {
             media::handle(ctx, actor, op).await
         }
-        Op::MediaUrl(_) => Err(ServerError::new(
-            ErrorCode::UnknownRequest,
-            "media URLs come with the web endpoint's media routes (PROTOCOL.md §11.4)",
-        )),
         Op::Ping(p) => Ok(Res::Pong(pb::Pong {
             nonce: p.nonce,
             server_time_ms: crate::clock::now_ms(),

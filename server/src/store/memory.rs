@@ -35,6 +35,7 @@ struct State {
     media: HashMap<MediaId, MediaRecord>,
     uploads: HashMap<UploadId, MediaId>,
     media_usage: HashMap<UserId, u64>,
+    secrets: HashMap<String, [u8; 32]>,
 }
 
 #[derive(Debug, Default)]
@@ -405,6 +406,10 @@ impl Store for MemoryStore {
 
     async fn media_usage(&self, user: UserId) -> Result<u64, StoreError> {
         Ok(self.with(|s| s.media_usage.get(&user).copied().unwrap_or(0)))
+    }
+
+    async fn shared_secret(&self, name: &str) -> Result<[u8; 32], StoreError> {
+        Ok(self.with(|s| *s.secrets.entry(name.to_string()).or_insert_with(random_secret)))
     }
 
     async fn expired_uploads(&self, now_ms: u64, limit: usize) -> Result<Vec<MediaId>, StoreError> {

@@ -340,6 +340,22 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn media_usage(&self, user: UserId) -> Result<u64, StoreError>;
     /// Up to `limit` unfinished uploads whose `expires_ms` is before `now_ms`.
     async fn expired_uploads(&self, now_ms: u64, limit: usize) -> Result<Vec<MediaId>, StoreError>;
+    /// A random 32-byte secret named `name`, made on first use and the same for every node
+    /// on this storage from then on (signed media URLs).
+    async fn shared_secret(&self, name: &str) -> Result<[u8; 32], StoreError>;
+}
+
+/// 32 fresh random bytes.
+pub fn random_secret() -> [u8; 32] {
+    let mut k = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut k);
+    k
+}
+
+/// A stored secret read back.
+fn secret_from(b: &[u8]) -> Result<[u8; 32], StoreError> {
+    b.try_into()
+        .map_err(|_| StoreError::Corrupt("secret of the wrong length".into()))
 }
 
 #[cfg(test)]

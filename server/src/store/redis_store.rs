@@ -844,6 +844,16 @@ impl Store for RedisStore {
         Ok(v.unwrap_or(0).max(0) as u64)
     }
 
+    async fn shared_secret(&self, name: &str) -> Result<[u8; 32], StoreError> {
+        let k = format!("n:secret:{name}");
+        self.conn
+            .query::<()>(redis::cmd("SET").arg(&k).arg(&random_secret()[..]).arg("NX"))
+            .await?;
+        let v: Vec<u8> = self.conn.query(redis::cmd("GET").arg(&k)).await?;
+        self.replicated().await?;
+        secret_from(&v)
+    }
+
     async fn expired_uploads(&self, now_ms: u64, limit: usize) -> Result<Vec<MediaId>, StoreError> {
         let ids: Vec<String> = self
             .conn

@@ -8,7 +8,8 @@
 //! `dm/<a><b>` direct pair · `ch/<name>` channel name · `r/<user><conv>` read cursor ·
 //! `ms/<conv><seq>` message state (edits, deletes, reactions) · `dl/<user><conv>` delivered cursor ·
 //! `p/<user>` presence record (privacy, last seen) · `md/<media id>` media record ·
-//! `mu/<upload id>` → media id · `mq/<user>` bytes of media held (quota).
+//! `mu/<upload id>` → media id · `mq/<user>` bytes of media held (quota) · `sec/<name>`
+//! shared secrets.
 //!
 //! Disk failures are [`super::sled_health`]'s: a failed write takes the store down
 //! (writes refused with `Unavailable`, reads from the database as reopened from disk) until
@@ -619,6 +620,26 @@ impl Store for SledStore {
             Some(v) => read_u64(&v),
             None => Ok(0),
         }
+    }
+
+    async fn shared_secret(&self, name: &str) -> Result<[u8; 32], StoreError> {
+        let k = key(b"sec/", &[name.as_bytes()]);
+        if let Some(v) = self.view().await?.get(&k)? {
+            return secret_from(&v);
+        }
+        let fresh = random_secret();
+        let kept = self
+            .write(true, move |h| {
+                h.tree
+                    .compare_and_swap(&k, None as Option<&[u8]>, Some(&fresh[..]))
+                    .map_err(backend)
+                    .map(|r| match r {
+                        Ok(()) => fresh.to_vec(),
+                        Err(cas) => cas.current.map(|c| c.to_vec()).unwrap_or_default(),
+                    })
+            })
+            .await?;
+        secret_from(&kept)
     }
 
     async fn expired_uploads(&self, now_ms: u64, limit: usize) -> Result<Vec<MediaId>, StoreError> {

@@ -43,7 +43,7 @@ macro_rules! store_suite {
         $crate::store::suite::store_suite!(@each $make;
             accounts presence_records devices conversation_records paging idempotency_keys
             read_and_delivered_cursors unread_counts message_state member_removal claims
-            media_records media_quota);
+            media_records media_quota shared_secrets);
     };
     (@each $make:expr; $($behaviour:ident)*) => {
         $(
@@ -337,4 +337,15 @@ pub(crate) async fn media_quota(store: &dyn Store) {
         "deleting gives the bytes back"
     );
     assert_eq!(store.media_usage(b).await.unwrap(), 1000);
+}
+
+pub(crate) async fn shared_secrets(store: &dyn Store) {
+    let a = store.shared_secret("media-url").await.unwrap();
+    assert_eq!(
+        store.shared_secret("media-url").await.unwrap(),
+        a,
+        "made once, then kept"
+    );
+    assert_ne!(store.shared_secret("other").await.unwrap(), a, "one per name");
+    assert_ne!(a, [0u8; 32]);
 }

@@ -4,8 +4,11 @@
 //! opens streams, and maps its own close and error signals onto the contract.
 //!
 //! May import: `conn` (the contract and the driver), `security` (TLS). Must not import
-//! `api`, the domain services or `store`.
+//! the domain services or `store`. The one exception is [`http_media`]: HTTP requests on
+//! the web endpoint (tus uploads, media GETs) have no connection to run in, so it maps each
+//! onto the `api::media` handlers and the media layer directly — still no rule of its own.
 pub mod chanwrite;
+pub mod http_media;
 pub mod mem;
 pub mod quic;
 pub mod web;

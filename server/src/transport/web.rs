@@ -156,8 +156,9 @@ impl WebEndpoint {
         let router = Router::new()
             .route("/natter.json", get(discovery))
             .route("/ws", get(websocket))
-            .fallback_service(tower_http::services::ServeDir::new(root))
-            .with_state(state);
+            .with_state(state.clone())
+            .merge(crate::transport::http_media::routes(state.shared.clone()))
+            .fallback_service(tower_http::services::ServeDir::new(root));
         let acceptor = tls.map(|mut cfg| {
             cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
             tokio_rustls::TlsAcceptor::from(Arc::new(cfg))

@@ -148,7 +148,7 @@ mod json {
                 "event": {
                     "conversationId": 7, "seq": 5, "senderUserId": 2, "senderUsername": "bob",
                     "senderDeviceId": 3, "serverTimeMs": 1000,
-                    "body": { "type": "message", "clientMsgId": "m1", "text": "hi", "replyToSeq": 4 }
+                    "body": { "type": "message", "clientMsgId": "m1", "text": "hi", "replyToSeq": 4, "attachments": [] }
                 }
             })
         );
