@@ -212,6 +212,12 @@ impl FrameDecoder {
     pub fn buffered(&self) -> usize {
         self.buf.len()
     }
+
+    /// Take the bytes buffered after the last decoded frame (a stream whose header frame is
+    /// followed by raw bytes: downloads, PROTOCOL.md §11.4).
+    pub fn take_rest(&mut self) -> bytes::Bytes {
+        self.buf.split().freeze()
+    }
 }
 
 #[cfg(test)]

@@ -48,6 +48,8 @@ struct InFlight {
 struct DeliveryStream {
     decoder: FrameDecoder,
     conversation: Option<ConversationId>,
+    /// A download stream (§11.4): the Download request it answers; raw bytes follow.
+    download: Option<RequestId>,
 }
 
 /// Where the current connection is (PROTOCOL.md §4), holding what that phase needs.
@@ -294,14 +296,31 @@ impl ClientSession {
         Ok(())
     }
 
-    /// Bytes read from a server-opened delivery stream.
+    /// Bytes read from a server-opened stream: a delivery stream (§3.2) or a download
+    /// stream (§11.4), whose bytes come out as [`SessionEvent::DownloadData`].
     pub fn handle_stream_data(&mut self, now: Millis, stream: StreamKey, data: &[u8]) -> Result<(), SessionError> {
         self.now = now;
         let st = self.streams.entry(stream).or_default();
+        if let Some(request_id) = st.download {
+            self.events.push_back(SessionEvent::DownloadData {
+                request_id,
+                data: Bytes::copy_from_slice(data),
+            });
+            return Ok(());
+        }
         st.decoder.push(data);
         let mut frames = Vec::new();
         while let Some(frame) = st.decoder.next_frame()? {
             match (frame.kind, st.conversation) {
+                (Some(Kind::StreamHeader(h)), None) if h.download_request_id != 0 => {
+                    let request_id = RequestId(h.download_request_id);
+                    st.download = Some(request_id);
+                    let data = st.decoder.take_rest();
+                    if !data.is_empty() {
+                        self.events.push_back(SessionEvent::DownloadData { request_id, data });
+                    }
+                    return Ok(());
+                }
                 (Some(Kind::StreamHeader(h)), None) => st.conversation = Some(ConversationId(h.conversation_id)),
                 (Some(Kind::Event(ev)), Some(conv)) if ev.conversation_id == conv.0 => frames.push(ev),
                 (Some(Kind::Event(_)), Some(_)) => {
@@ -318,9 +337,13 @@ impl ClientSession {
         Ok(())
     }
 
-    /// A delivery stream ended.
+    /// A server-opened stream ended (cleanly: a download's last byte is in).
     pub fn handle_stream_finished(&mut self, stream: StreamKey) -> Result<(), SessionError> {
         if let Some(st) = self.streams.remove(&stream) {
+            if let Some(request_id) = st.download {
+                self.events.push_back(SessionEvent::DownloadFinished { request_id });
+                return Ok(());
+            }
             st.decoder.finish()?;
         }
         Ok(())

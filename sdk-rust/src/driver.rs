@@ -5,12 +5,22 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use natter_protocol::client::{Reconnect, Reply, Routed, Router};
+use natter_protocol::client::{ops, DownloadSink, Reconnect, Reply, Routed, Router};
+use natter_protocol::pb;
 use natter_protocol::session::StreamKey;
 use natter_protocol::{ClientSession, Millis, RequestError};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{ClientConfig, ClientError, ClientEvent, Command, SendAck, Snapshot};
+
+/// What an upload's watcher hears.
+#[derive(Debug)]
+pub(crate) enum UploadWatch {
+    /// A report from the server.
+    Progress(Box<pb::UploadProgress>),
+    /// The connection dropped: reports for streams on it will not come.
+    Disconnected,
+}
 
 /// A caller waiting on a tokio oneshot.
 pub(crate) struct Waiter<T>(pub(crate) oneshot::Sender<T>);
@@ -21,8 +31,38 @@ impl<T> Reply<T> for Waiter<T> {
     }
 }
 
-type Pending =
-    Router<Waiter<Result<natter_protocol::pb::response::Result, RequestError>>, Waiter<Result<SendAck, RequestError>>>;
+type Pending = Router<
+    Waiter<Result<natter_protocol::pb::response::Result, RequestError>>,
+    Waiter<Result<SendAck, RequestError>>,
+    DownloadWaiter,
+>;
+
+/// A download's caller: the bytes gather here until the core's router says it is whole.
+pub(crate) struct DownloadWaiter {
+    bytes: Vec<u8>,
+    reply: oneshot::Sender<Result<(pb::DownloadOk, Vec<u8>), natter_protocol::client::DownloadError>>,
+}
+
+impl DownloadWaiter {
+    pub(crate) fn new(
+        reply: oneshot::Sender<Result<(pb::DownloadOk, Vec<u8>), natter_protocol::client::DownloadError>>,
+    ) -> Self {
+        DownloadWaiter {
+            bytes: Vec::new(),
+            reply,
+        }
+    }
+}
+
+impl DownloadSink for DownloadWaiter {
+    fn data(&mut self, bytes: bytes::Bytes) {
+        self.bytes.extend_from_slice(&bytes);
+    }
+
+    fn finish(self, result: Result<pb::DownloadOk, natter_protocol::client::DownloadError>) {
+        let _ = self.reply.send(result.map(|ok| (ok, self.bytes)));
+    }
+}
 
 /// Bytes and stream ends from one connection's reader tasks.
 enum Input {
@@ -50,6 +90,10 @@ struct Driver {
     events: mpsc::UnboundedSender<ClientEvent>,
     pending: Pending,
     reconnect: Reconnect,
+    /// The connection being served, for upload streams.
+    conn: Option<quinn::Connection>,
+    /// Callers waiting on an upload's progress reports, by upload id.
+    upload_watchers: std::collections::HashMap<String, Vec<mpsc::UnboundedSender<UploadWatch>>>,
 }
 
 pub(crate) fn spawn(
@@ -94,6 +138,8 @@ pub(crate) fn spawn(
         events,
         pending: Router::new(),
         reconnect,
+        conn: None,
+        upload_watchers: Default::default(),
     };
     tokio::spawn(driver.run());
     Ok(())
@@ -117,6 +163,10 @@ impl Driver {
             };
             tracing::debug!(%reason, "disconnected");
             self.session.handle_disconnected(now, reason);
+            self.upload_watchers.retain(|_, ws| {
+                ws.retain(|w| w.send(UploadWatch::Disconnected).is_ok());
+                !ws.is_empty()
+            });
             self.dispatch();
             if let Exit::Shutdown(done) = exit {
                 if self.owns_endpoint {
@@ -206,7 +256,9 @@ impl Driver {
         });
         self.session.handle_connected(self.now());
         self.session.set_datagrams_supported(conn.max_datagram_size().is_some());
+        self.conn = Some(conn.clone());
         let exit = self.pump(&conn, &mut send, &mut inputs).await;
+        self.conn = None;
         reader.abort();
         datagrams.abort();
         acceptor.abort();
@@ -327,6 +379,18 @@ impl Driver {
                 let _ = reply.send(self.session.unread(conv));
             }
             Command::Typing(conv) => self.session.typing(now, conv),
+            Command::Download(d, waiter) => self.pending.download(&mut self.session, now, d, waiter),
+            Command::WatchUpload(id, tx) => self.upload_watchers.entry(id).or_default().push(tx),
+            Command::UploadStream(id, offset, data, done) => match self.conn.clone() {
+                Some(conn) => {
+                    tokio::spawn(async move {
+                        let _ = done.send(upload_stream(conn, &id, offset, data).await);
+                    });
+                }
+                None => {
+                    let _ = done.send(Err("not connected".into()));
+                }
+            },
             Command::Presence(state) => self.session.set_presence(now, state),
             Command::Reconnect | Command::Shutdown(_) => unreachable!("handled by the loops"),
         }
@@ -342,6 +406,14 @@ impl Driver {
             match self.pending.route(ev, state, &mut self.reconnect) {
                 Routed::Handled => {}
                 Routed::App(ev) => {
+                    if let natter_protocol::SessionEvent::UploadProgress(p) = &ev {
+                        if let Some(watchers) = self.upload_watchers.get_mut(&p.upload_id) {
+                            watchers.retain(|w| w.send(UploadWatch::Progress(Box::new(p.clone()))).is_ok());
+                            if watchers.is_empty() {
+                                self.upload_watchers.remove(&p.upload_id);
+                            }
+                        }
+                    }
                     let _ = self.events.send(ev);
                 }
                 Routed::AppAndReconnect(ev, why) => {
@@ -351,5 +423,21 @@ impl Driver {
             }
         }
         exit
+    }
+}
+
+/// One upload stream (PROTOCOL.md §11.2): the core's header, the bytes, FIN; `Ok` once the
+/// server has read them all.
+async fn upload_stream(conn: quinn::Connection, id: &str, offset: u64, data: bytes::Bytes) -> Result<(), String> {
+    let mut s = conn.open_uni().await.map_err(|e| e.to_string())?;
+    s.write_all(&ops::upload_header(id, offset))
+        .await
+        .map_err(|e| e.to_string())?;
+    s.write_all(&data).await.map_err(|e| e.to_string())?;
+    s.finish().map_err(|e| e.to_string())?;
+    match s.stopped().await {
+        Ok(None) => Ok(()),
+        Ok(Some(code)) => Err(format!("stopped by the server with {code}")),
+        Err(e) => Err(e.to_string()),
     }
 }

@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 mod driver;
+mod media;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -36,7 +37,8 @@ pub struct ClientConfig {
     /// is given up after this long and the client reconnects; keep-alives go out after a
     /// quarter of it without traffic (at most every 5 s). The effective timeout is the smaller
     /// of this and the server's (`Limits.idle_timeout_ms`, 30 s by default). Default 8 s
-    /// (a keep-alive every 2.5 s while nothing else moves: a restarted node's stateless reset reaches the client within that) for a connected app; an app in
+    /// (a keep-alive every 2 s while nothing else moves, so a restarted node's stateless
+    /// reset reaches the client within that) for a connected app; an app in
     /// the background raises it up to the server's, or disconnects and relies on push
     /// (PROTOCOL.md §3.1).
     pub idle_timeout_ms: u64,
@@ -103,6 +105,13 @@ pub enum ClientError {
     /// Setting up TLS or QUIC failed.
     #[error("setup: {0}")]
     Setup(String),
+    /// A download did not complete (refused, or cut off by a lost connection).
+    #[error(transparent)]
+    Download(#[from] natter_protocol::client::DownloadError),
+    /// An upload gave up: the server kept refusing its stream, or it was not finished in
+    /// time (what was stored stays; `resume_upload` goes on from there).
+    #[error("upload: {0}")]
+    Upload(String),
 }
 
 impl ClientError {
@@ -110,6 +119,9 @@ impl ClientError {
     pub fn code(&self) -> Option<pb::ErrorCode> {
         match self {
             ClientError::Request(RequestError::Server(e)) => Some(e.code),
+            ClientError::Download(natter_protocol::client::DownloadError::Request(RequestError::Server(e))) => {
+                Some(e.code)
+            }
             _ => None,
         }
     }
@@ -171,6 +183,11 @@ enum Command {
     Typing(ConversationId),
     Presence(pb::PresenceState),
     Unread(ConversationId, oneshot::Sender<Option<u32>>),
+    /// Open an upload stream on the current connection: header, bytes, FIN.
+    UploadStream(String, u64, bytes::Bytes, oneshot::Sender<Result<(), String>>),
+    /// Hear of one upload's progress reports.
+    WatchUpload(String, mpsc::UnboundedSender<driver::UploadWatch>),
+    Download(pb::Download, driver::DownloadWaiter),
     Reconnect,
     Shutdown(oneshot::Sender<()>),
 }

@@ -500,25 +500,6 @@ async fn bad_input_gets_typed_errors_while_the_server_keeps_serving_everyone_els
     s.shutdown().await;
 }
 
-/// Run the CLI off the async runtime (the in-process server needs its threads).
-async fn cli(profile: &std::path::Path, args: &[&str]) -> Vec<serde_json::Value> {
-    let mut cmd = Command::new(natter_cli());
-    cmd.arg("--profile").arg(profile).args(args);
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "natter {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_registers_logs_in_sends_and_reads_history() {
     let dir = tempfile::tempdir().unwrap();

@@ -23,4 +23,4 @@ pub mod ops;
 
 pub use ops::{Call, HistoryAnchor, Unexpected};
 pub use reconnect::Reconnect;
-pub use router::{Reply, Routed, Router, SendAck};
+pub use router::{DownloadError, DownloadSink, NoDownloads, Reply, Routed, Router, SendAck};

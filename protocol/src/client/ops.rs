@@ -300,6 +300,94 @@ pub fn ping() -> Call<u64> {
     })
 }
 
+fn upload_info(r: Res) -> Option<pb::UploadInfo> {
+    match r {
+        Res::Upload(u) => Some(u),
+        _ => None,
+    }
+}
+
+/// Announce an upload of `size` bytes to `conv` (PROTOCOL.md §11.1); `sha256` empty or the
+/// file's 32-byte digest.
+pub fn create_upload(conv: ConversationId, size: u64, mime: &str, name: &str, sha256: Vec<u8>) -> Call<pb::UploadInfo> {
+    let op = Op::CreateUpload(pb::CreateUpload {
+        conversation_id: conv.0,
+        size,
+        mime: mime.into(),
+        name: name.into(),
+        encrypted: false,
+        sha256,
+    });
+    Call::new(op, upload_info)
+}
+
+/// Where an upload stands: its committed offset, and the file once ready.
+pub fn get_upload(upload_id: &str) -> Call<pb::UploadInfo> {
+    Call::new(
+        Op::GetUpload(pb::GetUpload {
+            upload_id: upload_id.into(),
+        }),
+        upload_info,
+    )
+}
+
+/// Stop an upload and delete what it stored.
+pub fn cancel_upload(upload_id: &str) -> Call<()> {
+    Call::new(
+        Op::CancelUpload(pb::CancelUpload {
+            upload_id: upload_id.into(),
+        }),
+        done,
+    )
+}
+
+/// A finished file's description.
+pub fn get_media(media_id: &str) -> Call<pb::MediaInfo> {
+    Call::new(
+        Op::GetMedia(pb::GetMedia {
+            media_id: media_id.into(),
+        }),
+        |r| match r {
+            Res::Media(m) => Some(m),
+            _ => None,
+        },
+    )
+}
+
+/// A signed path on the web endpoint for `<img>`/`<video>` (PROTOCOL.md §11.6).
+pub fn media_url(media_id: &str, variant: pb::MediaVariant) -> Call<pb::MediaUrlOk> {
+    let op = Op::MediaUrl(pb::MediaUrl {
+        media_id: media_id.into(),
+        variant: variant as i32,
+    });
+    Call::new(op, |r| match r {
+        Res::MediaUrl(u) => Some(u),
+        _ => None,
+    })
+}
+
+/// The first frame of an upload stream at `offset` (PROTOCOL.md §11.2); the file's bytes
+/// from `offset` follow it on the stream.
+pub fn upload_header(upload_id: &str, offset: u64) -> bytes::Bytes {
+    crate::codec::encode_frame(&pb::Frame {
+        kind: Some(pb::frame::Kind::UploadHeader(pb::UploadHeader {
+            upload_id: upload_id.into(),
+            offset,
+        })),
+    })
+}
+
+/// A `Download` of `length` bytes from `offset` (0: to the end) of a file's variant, for
+/// [`crate::client::Router::download`].
+pub fn download(media_id: &str, variant: pb::MediaVariant, offset: u64, length: u64) -> pb::Download {
+    pb::Download {
+        media_id: media_id.into(),
+        variant: variant as i32,
+        offset,
+        length,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,8 @@
 //! every SDK: natter-sdk's replies are tokio oneshots, natter-wasm's are Promise resolvers.
 use std::collections::HashMap;
 
+use bytes::Bytes;
+
 use super::Reconnect;
 use crate::ids::{ClientMsgId, ConversationId, RequestId, Seq};
 use crate::pb::{self, request::Op, response::Result as Res};
@@ -42,27 +44,166 @@ pub enum Routed {
     AppAndReconnect(SessionEvent, String),
 }
 
-/// Requests and sends waiting for their outcome, keyed as the session reports them.
-#[derive(Debug)]
-pub struct Router<R, S> {
-    requests: HashMap<RequestId, R>,
-    sends: HashMap<ClientMsgId, S>,
+/// Where a download's bytes go as they arrive (PROTOCOL.md §11.4), and how it ends.
+pub trait DownloadSink {
+    /// The next bytes, in order.
+    fn data(&mut self, bytes: Bytes);
+    /// The end: every byte `DownloadOk` announced arrived, or why not.
+    fn finish(self, result: Result<pb::DownloadOk, DownloadError>);
 }
 
-impl<R, S> Default for Router<R, S> {
+/// Why a download did not complete.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DownloadError {
+    /// The request failed (refused, connection lost before the answer, timed out).
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    /// The download stream ended short: the connection dropped meanwhile. `received`
+    /// bytes arrived; ask again from there.
+    #[error("download cut off after {received} of {expected} bytes")]
+    Cut {
+        /// Bytes that arrived.
+        received: u64,
+        /// Bytes announced.
+        expected: u64,
+    },
+}
+
+/// The sink of an SDK that makes no downloads.
+#[derive(Debug)]
+pub enum NoDownloads {}
+
+impl DownloadSink for NoDownloads {
+    fn data(&mut self, _: Bytes) {
+        match *self {}
+    }
+    fn finish(self, _: Result<pb::DownloadOk, DownloadError>) {
+        match self {}
+    }
+}
+
+#[derive(Debug)]
+struct Downloading<D> {
+    sink: D,
+    ok: Option<pb::DownloadOk>,
+    received: u64,
+    stream_done: bool,
+}
+
+/// Requests and sends waiting for their outcome, keyed as the session reports them.
+#[derive(Debug)]
+pub struct Router<R, S, D = NoDownloads> {
+    requests: HashMap<RequestId, R>,
+    sends: HashMap<ClientMsgId, S>,
+    downloads: HashMap<RequestId, Downloading<D>>,
+}
+
+impl<R, S, D> Default for Router<R, S, D> {
     fn default() -> Self {
         Router {
             requests: HashMap::new(),
             sends: HashMap::new(),
+            downloads: HashMap::new(),
         }
     }
 }
 
-impl<R, S> Router<R, S>
+impl<R, S, D> Router<R, S, D>
 where
     R: Reply<Result<Res, RequestError>>,
     S: Reply<Result<SendAck, RequestError>>,
+    D: DownloadSink,
 {
+    /// Ask for a byte range of a file; its bytes go to `sink` as the download stream
+    /// brings them, whichever of the stream and the response arrives first.
+    pub fn download(&mut self, session: &mut ClientSession, now: Millis, d: pb::Download, sink: D) {
+        match session.request(now, Op::Download(d)) {
+            Ok(id) => {
+                let st = Downloading {
+                    sink,
+                    ok: None,
+                    received: 0,
+                    stream_done: false,
+                };
+                self.downloads.insert(id, st);
+            }
+            Err(e) => sink.finish(Err(RequestError::Invalid(e).into())),
+        }
+    }
+
+    /// A download whose response and stream are both in: complete or cut.
+    fn settle(&mut self, id: RequestId) {
+        let done = self.downloads.get(&id).is_some_and(|d| d.ok.is_some() && d.stream_done);
+        if !done {
+            return;
+        }
+        let d = self.downloads.remove(&id).expect("present");
+        let ok = d.ok.expect("checked");
+        if d.received == ok.length {
+            d.sink.finish(Ok(ok));
+        } else {
+            d.sink.finish(Err(DownloadError::Cut {
+                received: d.received,
+                expected: ok.length,
+            }));
+        }
+    }
+
+    fn on_download_event(&mut self, ev: SessionEvent) {
+        match ev {
+            SessionEvent::Response { id, result } => {
+                let Some(d) = self.downloads.get_mut(&id) else { return };
+                match result {
+                    Ok(Res::Download(ok)) => {
+                        d.ok = Some(ok);
+                        self.settle(id);
+                    }
+                    Ok(_) => {
+                        let d = self.downloads.remove(&id).expect("present");
+                        let e = crate::ServerError::new(pb::ErrorCode::Internal, "unexpected answer to Download");
+                        d.sink.finish(Err(RequestError::Server(e).into()));
+                    }
+                    Err(e) => {
+                        let d = self.downloads.remove(&id).expect("present");
+                        d.sink.finish(Err(e.into()));
+                    }
+                }
+            }
+            SessionEvent::DownloadData { request_id, data } => {
+                if let Some(d) = self.downloads.get_mut(&request_id) {
+                    d.received += data.len() as u64;
+                    d.sink.data(data);
+                }
+            }
+            SessionEvent::DownloadFinished { request_id } => {
+                if let Some(d) = self.downloads.get_mut(&request_id) {
+                    d.stream_done = true;
+                    self.settle(request_id);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The connection is gone: downloads whose stream had not ended are cut (their
+    /// requests, if unanswered, fail through the session as `ConnectionLost`).
+    fn cut_downloads(&mut self) {
+        let open: Vec<RequestId> = self
+            .downloads
+            .iter()
+            .filter(|(_, d)| d.ok.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in open {
+            let d = self.downloads.remove(&id).expect("present");
+            let expected = d.ok.map_or(0, |o| o.length);
+            d.sink.finish(Err(DownloadError::Cut {
+                received: d.received,
+                expected,
+            }));
+        }
+    }
+
     /// An empty router.
     pub fn new() -> Self {
         Self::default()
@@ -104,6 +245,18 @@ where
     /// connection errors set the policy's pause and end the connection.
     pub fn route(&mut self, ev: SessionEvent, state: State, policy: &mut Reconnect) -> Routed {
         match ev {
+            SessionEvent::Response { id, .. } if self.downloads.contains_key(&id) => {
+                self.on_download_event(ev);
+                Routed::Handled
+            }
+            SessionEvent::DownloadData { .. } | SessionEvent::DownloadFinished { .. } => {
+                self.on_download_event(ev);
+                Routed::Handled
+            }
+            SessionEvent::Disconnected { .. } => {
+                self.cut_downloads();
+                Routed::App(ev)
+            }
             SessionEvent::Response { id, result } => {
                 if let Some(reply) = self.requests.remove(&id) {
                     reply.reply(result);

@@ -1,6 +1,8 @@
 //! The session's vocabulary: what goes in (time, stream keys, configuration) and what
 //! comes out (states, events, errors, outbox entries). The machine that turns one into
 //! the other is [`super::ClientSession`].
+use bytes::Bytes;
+
 use crate::codec::FrameError;
 use crate::error::ServerError;
 use crate::ids::{ClientMsgId, ConversationId, DeviceId, RequestId, Seq, UserId};
@@ -177,6 +179,19 @@ pub enum SessionEvent {
     /// An upload's stored offset or state moved, or an upload stream was refused
     /// (PROTOCOL.md §11.2).
     UploadProgress(pb::UploadProgress),
+    /// Bytes of a download stream, in order (PROTOCOL.md §11.4).
+    DownloadData {
+        /// The `Download` request they answer.
+        request_id: RequestId,
+        /// The next bytes.
+        data: Bytes,
+    },
+    /// A download stream ended with its last byte (a stream cut by a lost connection never
+    /// gets here: the download then failed short of its length).
+    DownloadFinished {
+        /// The `Download` request it answered.
+        request_id: RequestId,
+    },
     /// Our typing notice was refused.
     TypingRejected {
         /// Where.

@@ -63,11 +63,39 @@ enum Cmd {
     Join { name: String },
     /// Members of a conversation.
     Members { conversation: u64 },
-    /// Send a message.
+    /// Send a message: text, files (--file, uploaded first), or both.
     Send {
         conversation: u64,
-        #[arg(required = true, num_args = 1..)]
+        #[arg(num_args = 0..)]
         text: Vec<String>,
+        /// A file to attach (repeat for several).
+        #[arg(long = "file")]
+        files: Vec<PathBuf>,
+    },
+    /// Upload a file for a conversation (resumes by itself across lost connections) and
+    /// print the finished file; attach it with `send --file` or by its media id.
+    Upload {
+        conversation: u64,
+        file: PathBuf,
+        /// Content type (default: guessed from the name; the server checks the bytes).
+        #[arg(long)]
+        mime: Option<String>,
+    },
+    /// Download a file (or a thumbnail) you may read.
+    Download {
+        media_id: String,
+        /// Where to write it (default: stdout).
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+        /// A thumbnail instead of the file: 320 or 800.
+        #[arg(long)]
+        thumb: Option<u32>,
+        /// First byte.
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+        /// Bytes (0: to the end).
+        #[arg(long, default_value_t = 0)]
+        length: u64,
     },
     /// Show history (latest page by default).
     History {
@@ -160,6 +188,50 @@ fn password(p: Option<String>) -> anyhow::Result<String> {
     let mut line = String::new();
     std::io::stdin().read_line(&mut line)?;
     Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+/// A content type from a file name, for the declaration (the server checks the bytes).
+fn guess_mime(path: &Path) -> &'static str {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    match ext.as_str() {
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "mp4" | "m4v" => "video/mp4",
+        "webm" => "video/webm",
+        "mp3" => "audio/mpeg",
+        "ogg" => "audio/ogg",
+        "pdf" => "application/pdf",
+        "txt" | "md" => "text/plain",
+        _ => "application/octet-stream",
+    }
+}
+
+/// Upload a file, printing progress to stderr.
+async fn upload(
+    client: &Client,
+    conversation: u64,
+    path: &Path,
+    mime: Option<String>,
+) -> anyhow::Result<natter_sdk::proto::MediaInfo> {
+    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("the file needs a name")?
+        .to_string();
+    let mime = mime.unwrap_or_else(|| guess_mime(path).to_string());
+    let info = client
+        .upload(ConversationId(conversation), &name, &mime, data.into(), |done, size| {
+            eprintln!("natter: uploaded {done} of {size} bytes");
+        })
+        .await?;
+    Ok(info)
 }
 
 fn print(v: Value) {
@@ -277,9 +349,62 @@ async fn run() -> anyhow::Result<()> {
                 print_as::<_, Member>(m);
             }
         }
-        Cmd::Send { conversation, text } => {
-            let ack = client.send(conv(conversation), &text.join(" ")).await?;
+        Cmd::Send {
+            conversation,
+            text,
+            files,
+        } => {
+            let text = text.join(" ");
+            let ack = if files.is_empty() {
+                if text.is_empty() {
+                    bail!("nothing to send: give text, --file, or both");
+                }
+                client.send(conv(conversation), &text).await?
+            } else {
+                let mut done = Vec::new();
+                for f in &files {
+                    done.push(upload(&client, conversation, f, None).await?);
+                }
+                client.send_attachments(conv(conversation), &text, &done).await?
+            };
             print_as::<_, model::SendAck>(ack);
+        }
+        Cmd::Upload {
+            conversation,
+            file,
+            mime,
+        } => {
+            let info = upload(&client, conversation, &file, mime).await?;
+            print_as::<_, model::MediaInfo>(info);
+        }
+        Cmd::Download {
+            media_id,
+            out,
+            thumb,
+            offset,
+            length,
+        } => {
+            let variant = match thumb {
+                None => natter_sdk::proto::MediaVariant::Original,
+                Some(320) => natter_sdk::proto::MediaVariant::Thumb320,
+                Some(800) => natter_sdk::proto::MediaVariant::Thumb800,
+                Some(other) => bail!("thumbnails are 320 or 800, not {other}"),
+            };
+            let bytes = if offset == 0 && length == 0 {
+                client.download_all(&media_id, variant).await?
+            } else {
+                client.download(&media_id, variant, offset, length).await?
+            };
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
+                    print(json!({"mediaId": media_id, "bytes": bytes.len(), "path": path}));
+                }
+                None => {
+                    use std::io::Write;
+                    std::io::stdout().write_all(&bytes)?;
+                }
+            }
         }
         Cmd::History {
             conversation,

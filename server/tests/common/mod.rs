@@ -368,6 +368,25 @@ pub fn natter_cli() -> std::path::PathBuf {
     bin
 }
 
+/// Run the CLI off the async runtime (the in-process server needs its threads).
+pub async fn cli(profile: &std::path::Path, args: &[&str]) -> Vec<serde_json::Value> {
+    let mut cmd = std::process::Command::new(natter_cli());
+    cmd.arg("--profile").arg(profile).args(args);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "natter {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// The last word of the server's next stdout line (an address, a fingerprint).
 pub fn last_word(lines: &mut std::io::Lines<std::io::BufReader<std::process::ChildStdout>>) -> String {
     let line = lines.next().expect("a line").expect("readable");

@@ -183,6 +183,8 @@ impl NatterEvent {
                 user_id: user_id.0,
             },
             SessionEvent::UploadProgress(u) => NatterEvent::UploadProgress { progress: u.into() },
+            // Download bytes go to the waiting download (the client core's Router).
+            SessionEvent::DownloadData { .. } | SessionEvent::DownloadFinished { .. } => return None,
             SessionEvent::TypingRejected { conversation_id, error } => NatterEvent::TypingRejected {
                 conversation_id: conversation_id.0,
                 error: (&error).into(),
