@@ -28,6 +28,13 @@ pub trait NatterListener: Send + Sync {
     fn on_event(&self, event: NatterEvent);
 }
 
+/// Hears an upload's progress. Implement it in Kotlin, Swift or Python.
+#[uniffi::export(with_foreign)]
+pub trait UploadListener: Send + Sync {
+    /// `stored` of `size` bytes are durable on the server.
+    fn on_progress(&self, stored: u64, size: u64);
+}
+
 /// The listeners of one client and the rule that makes cancelling exact: no event reaches
 /// a listener after its `cancel` has returned.
 #[derive(Default)]
@@ -357,6 +364,90 @@ impl NatterClient {
                 .await
         })
         .await
+    }
+
+    /// Upload `data` for a conversation and wait until the server has checked it (PROTOCOL.md
+    /// §11); `listener` hears each durable piece. Survives lost connections: each retry
+    /// goes on from the server's committed offset.
+    pub async fn upload(
+        &self,
+        conversation_id: u64,
+        name: String,
+        mime: String,
+        data: Vec<u8>,
+        listener: Option<Arc<dyn UploadListener>>,
+    ) -> Result<MediaInfo, NatterError> {
+        let c = self.inner.clone();
+        run(async move {
+            let progress = move |stored, size| {
+                if let Some(l) = &listener {
+                    l.on_progress(stored, size);
+                }
+            };
+            c.upload(ConversationId(conversation_id), &name, &mime, data.into(), progress)
+                .await
+        })
+        .await
+    }
+
+    /// [`Self::upload`] of a file on disk (its name is the file name).
+    pub async fn upload_file(
+        &self,
+        conversation_id: u64,
+        path: String,
+        mime: String,
+        listener: Option<Arc<dyn UploadListener>>,
+    ) -> Result<MediaInfo, NatterError> {
+        let data = std::fs::read(&path).map_err(|e| NatterError::File {
+            detail: format!("{path}: {e}"),
+        })?;
+        let name = std::path::Path::new(&path)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("file")
+            .to_string();
+        self.upload(conversation_id, name, mime, data, listener).await
+    }
+
+    /// Bytes `offset..offset + length` (`length` 0: to the end) of a file or a thumbnail;
+    /// from offset 0 and to the end, a lost connection is resumed by itself.
+    pub async fn download(
+        &self,
+        media_id: String,
+        variant: MediaVariant,
+        offset: u64,
+        length: u64,
+    ) -> Result<Vec<u8>, NatterError> {
+        let c = self.inner.clone();
+        let variant = pb::MediaVariant::from(variant);
+        run(async move {
+            if offset == 0 && length == 0 {
+                c.download_all(&media_id, variant).await
+            } else {
+                c.download(&media_id, variant, offset, length).await
+            }
+        })
+        .await
+    }
+
+    /// Send a message with finished uploads attached (and optional text).
+    pub async fn send_files(
+        &self,
+        conversation_id: u64,
+        text: String,
+        files: Vec<MediaInfo>,
+    ) -> Result<SendAck, NatterError> {
+        let c = self.inner.clone();
+        let files: Vec<pb::MediaInfo> = files
+            .into_iter()
+            .map(|m| pb::MediaInfo {
+                media_id: m.media_id,
+                name: m.name,
+                mime: m.mime,
+                ..Default::default()
+            })
+            .collect();
+        run(async move { c.send_attachments(ConversationId(conversation_id), &text, &files).await }).await
     }
 
     /// A page of history (at most `limit` events).

@@ -44,6 +44,19 @@ pub enum NatterError {
     /// The server answered with a response of the wrong kind.
     #[error("unexpected response from the server")]
     Unexpected,
+    /// A download was cut off, or an upload gave up; what the server stored stays and a
+    /// retry goes on from there.
+    #[error("media: {detail}")]
+    Media {
+        /// What happened.
+        detail: String,
+    },
+    /// A local file could not be read or written.
+    #[error("file: {detail}")]
+    File {
+        /// What failed.
+        detail: String,
+    },
 }
 
 impl From<ClientError> for NatterError {
@@ -60,6 +73,9 @@ impl From<ClientError> for NatterError {
             ClientError::Closed => NatterError::Closed,
             ClientError::Setup(detail) => NatterError::Setup { detail },
             ClientError::Unexpected => NatterError::Unexpected,
+            ClientError::Download(natter_protocol::client::DownloadError::Request(r)) => ClientError::Request(r).into(),
+            ClientError::Download(cut) => NatterError::Media { detail: cut.to_string() },
+            ClientError::Upload(detail) => NatterError::Media { detail },
             // ClientError is non-exhaustive; a new kind reads as unexpected until mapped.
             _ => NatterError::Unexpected,
         }

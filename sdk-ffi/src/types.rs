@@ -7,7 +7,7 @@ use natter_sdk::{ConversationId, Seq};
 
 pub use natter_protocol::client::model::{
     Conversation, ConversationEvent, ConversationKind, Device, ErrorCode, ErrorInfo, EventBody, HistoryPage, Member,
-    MemberReceipt, Message, NatterEvent, Presence, PresenceState, Reaction, Role, SendAck,
+    MediaInfo, MediaVariant, MemberReceipt, Message, NatterEvent, Presence, PresenceState, Reaction, Role, SendAck,
 };
 pub use natter_protocol::session::{DeliveryState, MessageStatus};
 

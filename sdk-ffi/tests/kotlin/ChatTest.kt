@@ -18,6 +18,22 @@ val PREFIX: String = System.getenv("NATTER_PREFIX")
 
 class Failed(what: String) : Exception(what)
 
+/** A real PNG, made with the JDK's ImageIO. */
+fun png(width: Int, height: Int): ByteArray {
+    val img = java.awt.image.BufferedImage(width, height, java.awt.image.BufferedImage.TYPE_INT_RGB)
+    for (y in 0 until height) for (x in 0 until width) img.setRGB(x, y, ((x * 4 % 256) shl 16) or ((y * 5 % 256) shl 8) or 90)
+    val out = java.io.ByteArrayOutputStream()
+    javax.imageio.ImageIO.write(img, "png", out)
+    return out.toByteArray()
+}
+
+class Progress : UploadListener {
+    val seen = java.util.Collections.synchronizedList(mutableListOf<Pair<ULong, ULong>>())
+    override fun onProgress(stored: ULong, size: ULong) {
+        seen.add(stored to size)
+    }
+}
+
 fun check(cond: Boolean, what: () -> String) {
     if (!cond) throw Failed(what())
 }
@@ -220,6 +236,31 @@ suspend fun scenario() {
         val msgs = rec.messages(dm)
         check(msgs.size == msgs.toSet().size) { "${rec.name} received a message twice: $msgs" }
         check(msgs.map { it.first } == msgs.map { it.first }.sorted()) { "${rec.name} received out of order: $msgs" }
+    }
+
+    // Files: alice uploads a PNG with progress and sends it; bob sees the attachment (type
+    // and pixel size from the server) and downloads it whole, a range and a thumbnail.
+    val picture = png(400, 300)
+    val progress = Progress()
+    val info = alice.upload(dm, "picture.png", "image/png", picture, progress)
+    check(info.mime == "image/png" && info.width == 400u && info.height == 300u && info.size == picture.size.toULong()) {
+        "the finished upload describes the picture, got $info"
+    }
+    check(progress.seen.lastOrNull() == (picture.size.toULong() to picture.size.toULong())) {
+        "progress ends with every byte stored, got ${progress.seen}"
+    }
+    val sentPicture = alice.sendFiles(dm, "a picture", listOf(info))
+    val pictureEvent = bEvents.waitFor("bob receives the picture message") {
+        it is NatterEvent.Event && it.event.seq == sentPicture.seq
+    } as NatterEvent.Event
+    val att = (pictureEvent.event.body as EventBody.Message).attachments
+    check(att.size == 1 && att[0].mediaId == info.mediaId && att[0].width == 400u) { "one attachment, got $att" }
+    check(bob.download(info.mediaId, MediaVariant.ORIGINAL, 0u, 0u).contentEquals(picture)) { "bob downloads the picture byte for byte" }
+    check(bob.download(info.mediaId, MediaVariant.ORIGINAL, 100u, 50u).contentEquals(picture.copyOfRange(100, 150))) { "a range of it" }
+    val thumb = bob.download(info.mediaId, MediaVariant.THUMB320, 0u, 0u)
+    check(thumb.size > 3 && thumb[0] == 0xFF.toByte() && thumb[1] == 0xD8.toByte()) { "the thumbnail is a JPEG" }
+    expectError<NatterException.Server>("a file that does not exist", ErrorCode.NOT_FOUND) {
+        bob.download("A".repeat(22), MediaVariant.ORIGINAL, 0u, 0u)
     }
 
     // Restore after the app is killed: snapshot, stop, start again from the snapshot.

@@ -12,8 +12,10 @@ Exits 0 when every check holds; otherwise prints "FAIL: <check>" and exits 1.
 """
 import asyncio
 import os
+import struct
 import sys
 import threading
+import zlib
 
 sys.path.insert(0, os.environ["NATTER_BINDINGS"])
 import natter_ffi as n  # noqa: E402  (the client)
@@ -91,6 +93,24 @@ async def harness(request):
     print("@" + request, flush=True)
     answer = await asyncio.to_thread(sys.stdin.readline)
     check(answer.strip() == "ok", f"harness answered {answer!r} to {request}")
+
+
+def png(width, height):
+    """A real RGB PNG, made with the standard library."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    rows = b"".join(b"\x00" + b"".join(bytes(((x * 4) % 256, (y * 5) % 256, 90)) for x in range(width))
+                    for y in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+class Progress(n.UploadListener):
+    def __init__(self):
+        self.seen = []
+
+    def on_progress(self, stored, size):
+        self.seen.append((stored, size))
 
 
 def options(**kw):
@@ -213,6 +233,29 @@ async def main():
         msgs = rec.messages(dm)
         check(len(msgs) == len(set(msgs)), f"{rec.name} received a message twice: {msgs}")
         check([s for s, _ in msgs] == sorted(s for s, _ in msgs), f"{rec.name} received out of order: {msgs}")
+
+    # Files: alice uploads a PNG with progress, sends it; bob sees the attachment (type and
+    # pixel size from the server), downloads it whole, a range, and a thumbnail.
+    picture = png(400, 300)
+    progress = Progress()
+    info = await alice.upload(dm, "picture.png", "image/png", picture, progress)
+    check(info.mime == "image/png" and (info.width, info.height) == (400, 300) and info.size == len(picture),
+          f"the finished upload describes the picture, got {info}")
+    check(progress.seen and progress.seen[-1] == (len(picture), len(picture)),
+          f"progress ends with every byte stored, got {progress.seen}")
+    sent = await alice.send_files(dm, "a picture", [info])
+    got = await b_events.wait_for(lambda e: isinstance(e, m.NatterEvent.EVENT) and e.event.seq == sent.seq,
+                                  "bob receives the picture message")
+    att = got.event.body.attachments
+    check(len(att) == 1 and att[0].media_id == info.media_id and att[0].width == 400, f"one attachment, got {att}")
+    whole = await bob.download(info.media_id, m.MediaVariant.ORIGINAL, 0, 0)
+    check(whole == picture, "bob downloads the picture byte for byte")
+    part = await bob.download(info.media_id, m.MediaVariant.ORIGINAL, 100, 50)
+    check(part == picture[100:150], "a range of it")
+    thumb = await bob.download(info.media_id, m.MediaVariant.THUMB320, 0, 0)
+    check(thumb[:3] == b"\xff\xd8\xff", "the thumbnail is a JPEG")
+    await expect_error(n.NatterError.Server, bob.download("A" * 22, m.MediaVariant.ORIGINAL, 0, 0),
+                       "a file that does not exist", m.ErrorCode.NOT_FOUND)
 
     # Restore after the app is killed: snapshot, stop, start again from the snapshot.
     snap = await alice.snapshot()
