@@ -74,9 +74,10 @@ step "browser test driver (playwright-core, no downloaded browser) and tus-js-cl
 step "Kotlin compiler for natter-ffi's Kotlin tests (npm kotlin-compiler: kotlinc + coroutines)"
 (cd sdk-ffi/tests/kotlin && npm ci --no-audit --no-fund --loglevel=error)
 
-step "tuspy (PyPI) for the tus interoperability test, in a venv at target/py"
+step "tuspy (the tus interoperability test) and moto's S3 server (the several-node media test), PyPI, in a venv at target/py"
 [[ -x target/py/bin/python ]] || python3 -m venv target/py
 target/py/bin/python -c "import tusclient" 2>/dev/null || target/py/bin/pip install -q tuspy==1.1.0
+[[ -x target/py/bin/moto_server ]] || target/py/bin/pip install -q "moto[server]==5.2.5"
 
 step "format"
 cargo fmt --all -- --check

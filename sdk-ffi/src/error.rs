@@ -74,7 +74,9 @@ impl From<ClientError> for NatterError {
             ClientError::Setup(detail) => NatterError::Setup { detail },
             ClientError::Unexpected => NatterError::Unexpected,
             ClientError::Download(natter_protocol::client::DownloadError::Request(r)) => ClientError::Request(r).into(),
-            ClientError::Download(cut) => NatterError::Media { detail: cut.to_string() },
+            ClientError::Download(cut) => NatterError::Media {
+                detail: cut.to_string(),
+            },
             ClientError::Upload(detail) => NatterError::Media { detail },
             // ClientError is non-exhaustive; a new kind reads as unexpected until mapped.
             _ => NatterError::Unexpected,

@@ -6,8 +6,8 @@
 use natter_sdk::{ConversationId, Seq};
 
 pub use natter_protocol::client::model::{
-    Conversation, ConversationEvent, ConversationKind, Device, ErrorCode, ErrorInfo, EventBody, HistoryPage, Member,
-    MediaInfo, MediaVariant, MemberReceipt, Message, NatterEvent, Presence, PresenceState, Reaction, Role, SendAck,
+    Conversation, ConversationEvent, ConversationKind, Device, ErrorCode, ErrorInfo, EventBody, HistoryPage, MediaInfo,
+    MediaVariant, Member, MemberReceipt, Message, NatterEvent, Presence, PresenceState, Reaction, Role, SendAck,
 };
 pub use natter_protocol::session::{DeliveryState, MessageStatus};
 

@@ -660,3 +660,163 @@ async fn the_cli_sends_a_file_and_the_other_member_downloads_it() {
     let t = image::open(&thumb).unwrap();
     assert_eq!((t.width(), t.height()), (320, 240));
 }
+
+/// moto's S3 server (PyPI `moto[server]`, in `target/py` as `scripts/test.sh` installs it)
+/// on a free loopback port, with one bucket.
+struct Moto {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Moto {
+    async fn start(bucket: &str) -> Moto {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/py/bin/moto_server");
+        let child = std::process::Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{} starts (scripts/test.sh installs it): {e}", bin.display()));
+        let moto = Moto {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let until = tokio::time::Instant::now() + DEADLINE;
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(tokio::time::Instant::now() < until, "moto_server did not listen");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let r = reqwest::Client::new()
+            .put(format!("{}/{bucket}", moto.endpoint))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "bucket created: {}", r.status());
+        moto
+    }
+}
+
+async fn register_raw(s_addr: std::net::SocketAddr, fp: &str, name: &str) {
+    let mut r = Raw::hello(s_addr, fp).await;
+    let res = r
+        .request(Op::Register(pb::Register {
+            username: name.into(),
+            password: PASSWORD.into(),
+        }))
+        .await;
+    assert!(matches!(res, Res::Register(_)), "{res:?}");
+}
+
+async fn raw_at(addr: std::net::SocketAddr, fp: &str, name: &str) -> Raw {
+    let mut r = Raw::hello(addr, fp).await;
+    r.login(name).await;
+    r
+}
+
+/// Three nodes on Redis with media on a real S3-compatible server (moto): an upload begun
+/// on node 1 is resumed on node 2 after node 1 is killed (`kill -9`), from the offset the
+/// pieces in S3 and the record in Redis say; node 3 serves the finished file to the other
+/// member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_three_nodes_an_upload_moves_to_another_node_and_a_third_serves_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = natter_server::store::testredis::TestRedis::start();
+    let moto = Moto::start("natter-media").await;
+    let config = dir.path().join("natter.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "storage = \"redis\"\nredis_urls = [\"{}\"]\nupload_chunk_bytes = {CHUNK}\n\n[s3]\nendpoint = \"{}\"\nbucket = \"natter-media\"\nregion = \"us-east-1\"\naccess_key = \"test\"\nsecret_key = \"test\"\n",
+            redis.url(),
+            moto.endpoint
+        ),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let mut nodes: Vec<ServerProcess> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|id| spawn_server_binary_with(dir.path(), "127.0.0.1:0", &["--config", cfg, "--node-id", id]))
+        .collect();
+    let fp = nodes[0].fingerprint.clone();
+    register_raw(nodes[0].addr, &fp, "alice").await;
+    register_raw(nodes[0].addr, &fp, "bob").await;
+    let mut alice = raw_at(nodes[0].addr, &fp, "alice").await;
+    let conv = dm(&mut alice, "bob").await;
+    let data = file(2 << 20, 33);
+    let up = create(&mut alice, conv, &data, "application/octet-stream", "moved.bin")
+        .await
+        .unwrap();
+    let half = 1 << 20;
+    let s_up = open_and_write(&alice, &up.upload_id, 0, &data[..half + 1000]).await;
+    progress_until(&mut alice, |p| p.committed == half as u64).await;
+    nodes[0].child.kill().unwrap();
+    nodes[0].child.wait().unwrap();
+    drop(s_up);
+
+    let mut alice = raw_at(nodes[1].addr, &fp, "alice").await;
+    let st = get_upload(&mut alice, &up.upload_id).await.unwrap();
+    assert_eq!(
+        st.committed, half as u64,
+        "node 2 sees what node 1 stored, not the piece in flight"
+    );
+    stream(
+        &alice,
+        &up.upload_id,
+        st.committed,
+        &data[st.committed as usize..],
+        true,
+    )
+    .await;
+    let done = progress_until(&mut alice, |p| p.state() == pb::UploadState::Ready || p.error != 0).await;
+    assert_eq!(done.error, 0, "{done:?}");
+    assert_eq!(
+        done.media.unwrap().sha256,
+        Sha256::digest(&data).to_vec(),
+        "whole, across two nodes"
+    );
+    assert!(matches!(
+        send(&mut alice, conv, "moved", vec![attach(&up.media_id)]).await,
+        Res::Sent(_)
+    ));
+
+    let mut bob = raw_at(nodes[2].addr, &fp, "bob").await;
+    let got = download(&mut bob, &up.media_id, pb::MediaVariant::Original, 0, 0)
+        .await
+        .unwrap();
+    assert!(got == data, "node 3 serves the file byte for byte");
+    let part = download(&mut bob, &up.media_id, pb::MediaVariant::Original, 1_000_000, 100_000)
+        .await
+        .unwrap();
+    assert!(part == data[1_000_000..1_100_000]);
+    // The pieces are objects in the bucket, none on the nodes' (shared) data dir.
+    assert!(!media_dir_holds(dir.path(), &up.media_id), "nothing on a node's disk");
+    let listing = reqwest::Client::new()
+        .get(format!(
+            "{}/natter-media?list-type=2&prefix=media/{}/p/",
+            moto.endpoint, up.media_id
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        listing.matches("<Key>").count(),
+        data.len() / CHUNK as usize,
+        "one object per piece: {listing}"
+    );
+}
