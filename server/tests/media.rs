@@ -4,9 +4,9 @@
 //! serving others.
 mod common;
 
-use bytes::BytesMut;
+use common::media::{download, file, first_attachment};
 use common::*;
-use natter_protocol::codec::{decode_frame, encode_frame};
+use natter_protocol::codec::encode_frame;
 use natter_protocol::pb::{self, frame::Kind, request::Op, response::Result as Res, ErrorCode};
 use sha2::{Digest, Sha256};
 
@@ -20,19 +20,6 @@ async fn media_server(dir: &std::path::Path, quota: u64) -> natter_server::Runni
         ..config(dir)
     };
     natter_server::start(&cfg).await.expect("server starts")
-}
-
-/// Deterministic bytes that compress to nothing useful.
-fn file(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// A logged-in raw client.
@@ -111,59 +98,6 @@ async fn progress_until(r: &mut Raw, mut until: impl FnMut(&pb::UploadProgress) 
             Some(_) => continue,
             None => panic!("connection ended while waiting for upload progress"),
         }
-    }
-}
-
-/// Download a range; `Err` with the refusal.
-async fn download(
-    r: &mut Raw,
-    media: &str,
-    variant: pb::MediaVariant,
-    offset: u64,
-    length: u64,
-) -> Result<Vec<u8>, pb::Error> {
-    let res = r
-        .request(Op::Download(pb::Download {
-            media_id: media.into(),
-            variant: variant as i32,
-            offset,
-            length,
-        }))
-        .await;
-    let ok = match res {
-        Res::Download(d) => d,
-        Res::Error(e) => return Err(e),
-        other => panic!("unexpected {other:?}"),
-    };
-    // The download stream is the server-opened stream whose header names a download (the
-    // delivery streams name conversations).
-    loop {
-        let mut s = tokio::time::timeout(DEADLINE, r.conn.accept_uni())
-            .await
-            .unwrap()
-            .unwrap();
-        let mut buf = BytesMut::new();
-        let header = loop {
-            if let Some(f) = decode_frame(&mut buf, usize::MAX).unwrap() {
-                break f;
-            }
-            let c = s.read_chunk(65536, true).await.unwrap().expect("a header");
-            buf.extend_from_slice(&c.bytes);
-        };
-        let Some(Kind::StreamHeader(h)) = header.kind else {
-            panic!("no header: {header:?}")
-        };
-        if h.download_request_id == 0 {
-            continue; // a delivery stream
-        }
-        let mut out = buf.to_vec();
-        out.extend(s.read_to_end(1 << 30).await.unwrap());
-        assert_eq!(
-            out.len() as u64,
-            ok.length,
-            "the stream carries what DownloadOk announced"
-        );
-        return Ok(out);
     }
 }
 
@@ -301,16 +235,7 @@ async fn a_cut_upload_resumes_from_the_committed_offset_and_downloads_intact() {
         Res::History(h) => h,
         other => panic!("{other:?}"),
     };
-    let att = page
-        .events
-        .iter()
-        .find_map(|e| match &e.body {
-            Some(pb::conversation_event::Body::Message(m)) => {
-                m.body.as_ref().and_then(|b| b.attachments.first().cloned())
-            }
-            _ => None,
-        })
-        .expect("the message carries its attachment");
+    let att = first_attachment(&page.events).expect("the message carries its attachment");
     assert_eq!(
         (att.media_id.as_str(), att.size, att.name.as_str()),
         (up.media_id.as_str(), data.len() as u64, "data.bin")
@@ -572,15 +497,7 @@ async fn the_sdk_uploads_through_reconnects_and_the_other_member_downloads() {
         .await
         .unwrap();
     let ev = events_upto(&mut bob.events, dm, ack.seq.0).await;
-    let att = ev
-        .iter()
-        .find_map(|e| match &e.body {
-            Some(pb::conversation_event::Body::Message(m)) => {
-                m.body.as_ref().and_then(|b| b.attachments.first().cloned())
-            }
-            _ => None,
-        })
-        .expect("bob received the attachment");
+    let att = first_attachment(&ev).expect("bob received the attachment");
     assert_eq!(
         (att.media_id.as_str(), att.size),
         (info.media_id.as_str(), data.len() as u64)

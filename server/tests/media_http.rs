@@ -6,8 +6,9 @@ mod common;
 
 use std::process::Command;
 
+use common::media::file;
 use common::*;
-use natter_protocol::pb::{self, frame::Kind, request::Op, response::Result as Res, ErrorCode};
+use natter_protocol::pb::{self, request::Op, response::Result as Res, ErrorCode};
 
 const CHUNK: u32 = 64 * 1024;
 
@@ -48,18 +49,6 @@ async fn setup(dir: &std::path::Path) -> (natter_server::RunningServer, Alice) {
     (s, Alice { raw, token, conv })
 }
 
-fn file(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 fn base(s: &natter_server::RunningServer) -> String {
     format!("http://{}", s.web_addr.expect("web endpoint"))
 }
@@ -68,43 +57,6 @@ async fn upload_of(raw: &mut Raw, id: &str) -> pb::UploadInfo {
     match raw.request(Op::GetUpload(pb::GetUpload { upload_id: id.into() })).await {
         Res::Upload(u) => u,
         other => panic!("{other:?}"),
-    }
-}
-
-/// The bytes of a file, over QUIC.
-async fn download(raw: &mut Raw, media: &str) -> Vec<u8> {
-    let ok = match raw
-        .request(Op::Download(pb::Download {
-            media_id: media.into(),
-            ..Default::default()
-        }))
-        .await
-    {
-        Res::Download(d) => d,
-        other => panic!("{other:?}"),
-    };
-    loop {
-        let mut s = tokio::time::timeout(DEADLINE, raw.conn.accept_uni())
-            .await
-            .unwrap()
-            .unwrap();
-        let mut buf = bytes::BytesMut::new();
-        let header = loop {
-            if let Some(f) = natter_protocol::codec::decode_frame(&mut buf, usize::MAX).unwrap() {
-                break f;
-            }
-            buf.extend_from_slice(&s.read_chunk(65536, true).await.unwrap().unwrap().bytes);
-        };
-        let Some(Kind::StreamHeader(h)) = header.kind else {
-            panic!()
-        };
-        if h.download_request_id == 0 {
-            continue;
-        }
-        let mut out = buf.to_vec();
-        out.extend(s.read_to_end(1 << 30).await.unwrap());
-        assert_eq!(out.len() as u64, ok.length);
-        return out;
     }
 }
 
@@ -169,7 +121,13 @@ async fn tus_js_client_and_tuspy_upload_and_resume_through_the_tus_endpoint() {
             (pb::UploadState::Ready, data.len() as u64),
             "{client}"
         );
-        assert!(download(&mut alice.raw, &up.media_id).await == data, "{client}: intact");
+        assert!(
+            common::media::download(&mut alice.raw, &up.media_id, pb::MediaVariant::Original, 0, 0)
+                .await
+                .unwrap()
+                == data,
+            "{client}: intact"
+        );
     }
 }
 
