@@ -269,24 +269,51 @@ async fn ten_thousand_extra_streams_are_never_granted() {
     let s = server(dir.path()).await;
     let (alice, mut bob, dm) = alice_and_bob(&s).await;
     let mut raw = Raw::hello(s.addr, &s.fingerprint).await;
-    // The control stream is the one bidirectional stream allowed and clients may open no
-    // unidirectional stream: 10,000 of each are opened at once and wait on flow control
-    // without costing the server anything.
+    raw.login("alice").await;
+    let uploads = raw
+        .welcome
+        .as_ref()
+        .unwrap()
+        .limits
+        .as_ref()
+        .unwrap()
+        .max_upload_streams as usize;
+    assert_eq!(uploads, 4, "the advertised upload streams");
+    // The control stream is the one bidirectional stream allowed, and clients may hold at
+    // most `max_upload_streams` unidirectional (upload) streams: 10,000 of each are opened
+    // at once and wait on flow control without costing the server anything.
     let conn = raw.conn.clone();
     let mut bidi: Vec<_> = (0..10_000).map(|_| Box::pin(conn.open_bi())).collect();
     let mut uni: Vec<_> = (0..10_000).map(|_| Box::pin(conn.open_uni())).collect();
-    // Poll each once, then a round trip on the control stream, then again: none granted.
+    // Poll each once, then a round trip on the control stream, then again. The granted
+    // upload streams are held open (no header yet), so no credit comes back.
     assert!(bidi.iter_mut().all(|f| f.as_mut().now_or_never().is_none()));
-    assert!(uni.iter_mut().all(|f| f.as_mut().now_or_never().is_none()));
+    let mut granted = Vec::new();
+    // A granted stream leaves the list: a finished future is never polled again.
+    let take_granted = |uni: &mut Vec<_>, granted: &mut Vec<_>| {
+        uni.retain_mut(
+            |f: &mut std::pin::Pin<Box<quinn::OpenUni<'_>>>| match f.as_mut().now_or_never() {
+                Some(stream) => {
+                    granted.push(stream);
+                    false
+                }
+                None => true,
+            },
+        )
+    };
+    take_granted(&mut uni, &mut granted);
     assert!(matches!(raw.request(Op::Ping(pb::Ping { nonce: 9 })).await, Res::Pong(p) if p.nonce == 9));
     assert!(
         bidi.iter_mut().all(|f| f.as_mut().now_or_never().is_none()),
         "a second bidirectional stream"
     );
-    assert!(
-        uni.iter_mut().all(|f| f.as_mut().now_or_never().is_none()),
-        "a client unidirectional stream"
+    take_granted(&mut uni, &mut granted);
+    assert_eq!(
+        granted.len(),
+        uploads,
+        "exactly max_upload_streams unidirectional streams"
     );
+    drop(granted);
     drop((bidi, uni));
     // Everyone else is served as usual.
     alice.client.send(dm, "unaffected").await.unwrap();

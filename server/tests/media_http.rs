@@ -396,3 +396,75 @@ async fn media_is_served_with_ranges_signed_urls_and_safe_headers() {
         .await;
     assert!(matches!(&r, Res::Error(e) if e.code() == ErrorCode::NotFound), "{r:?}");
 }
+
+/// An HTML-in-JPEG polyglot (a valid JPEG whose comment segment is a page with a script) is
+/// accepted as the image it is, and served so that it can never run as a page: as an
+/// attachment, `nosniff`, in a `sandbox` CSP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polyglot_is_served_as_an_attachment_never_as_a_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, mut alice) = setup(dir.path()).await;
+    let mut jpeg = Vec::new();
+    image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(64, 64, image::Rgb([200, 10, 10])))
+        .write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
+        .unwrap();
+    let html = b"<html><body><script>document.title='owned'</script></body></html>";
+    let mut polyglot = jpeg[..2].to_vec();
+    polyglot.extend([0xFF, 0xFE]);
+    polyglot.extend(((html.len() + 2) as u16).to_be_bytes());
+    polyglot.extend_from_slice(html);
+    polyglot.extend_from_slice(&jpeg[2..]);
+    let b64 = |v: &str| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, v);
+    let c = http();
+    let r = c
+        .post(format!("{}/tus", base(&s)))
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Length", polyglot.len().to_string())
+        .header(
+            "Upload-Metadata",
+            format!(
+                "conversation {},filename {},filetype {}",
+                b64(&alice.conv.to_string()),
+                b64("page.html"),
+                b64("image/jpeg")
+            ),
+        )
+        .header("Content-Type", "application/offset+octet-stream")
+        .header("Authorization", format!("Bearer {}", alice.token))
+        .body(polyglot.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let media = r.headers()["natter-media-id"].to_str().unwrap().to_string();
+    let id = r.headers()["location"]
+        .to_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        upload_of(&mut alice.raw, &id).await.state(),
+        pb::UploadState::Ready,
+        "it is a JPEG"
+    );
+    let got = c
+        .get(format!("{}/media/{media}", base(&s)))
+        .header("Authorization", format!("Bearer {}", alice.token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), 200);
+    assert_eq!(got.headers()["content-type"], "image/jpeg", "never text/html");
+    assert_eq!(got.headers()["x-content-type-options"], "nosniff");
+    assert!(got.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .starts_with("attachment;"));
+    assert!(got.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .starts_with("sandbox"));
+    assert!(got.bytes().await.unwrap() == polyglot);
+}
