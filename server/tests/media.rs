@@ -802,3 +802,29 @@ async fn fifty_mib_cut_five_times_and_across_a_kill_9_downloads_intact() {
         "the downloaded bytes hash equal"
     );
 }
+
+/// A stream that carried every declared byte but then stays open, or is reset, does not
+/// hold the file back: it is processed and ready either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_stream_that_never_ends_cleanly_still_completes_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = media_server(dir.path(), 1 << 30).await;
+    let _alice_app = user(&s, "alice").await;
+    user(&s, "bob").await;
+    let mut alice = raw(&s, "alice").await;
+    let conv = dm(&mut alice, "bob").await;
+    for (i, reset) in [false, true].into_iter().enumerate() {
+        let data = file(150_000, 60 + i as u64);
+        let up = create(&mut alice, conv, &data, "application/octet-stream", "open.bin")
+            .await
+            .unwrap();
+        let s_up = open_and_write(&alice, &up.upload_id, 0, &data).await;
+        progress_until(&mut alice, |p| p.committed == data.len() as u64).await;
+        if reset {
+            end(s_up, false).await;
+        }
+        let done = progress_until(&mut alice, |p| p.state() == pb::UploadState::Ready || p.error != 0).await;
+        assert_eq!(done.error, 0, "reset {reset}: {done:?}");
+        assert_eq!(done.media.unwrap().sha256, Sha256::digest(&data).to_vec());
+    }
+}

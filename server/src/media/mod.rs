@@ -68,6 +68,10 @@ impl MediaConfig {
     }
 }
 
+/// How long a stream that has carried every declared byte is given to end (or to show it
+/// carries more) before the file is processed anyway.
+const END_OF_STREAM_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Where progress reports go (the control stream of the uploading connection).
 pub type Progress<'a> = &'a (dyn Fn(pb::UploadProgress) + Send + Sync);
 
@@ -301,9 +305,12 @@ impl Media {
                 return Ok(rec); // the stream ended inside a piece: that much is stored
             }
         }
-        // Every declared byte is in: one more is a lie about the size.
+        // Every declared byte is in: one more is a lie about the size. A stream that then
+        // neither ends nor sends (or is reset) does not hold the file back: what was
+        // declared is stored.
         let mut one = [0u8; 1];
-        if body.read(&mut one).await.map_err(read_error)? > 0 {
+        let more = tokio::time::timeout(END_OF_STREAM_WAIT, body.read(&mut one)).await;
+        if matches!(more, Ok(Ok(n)) if n > 0) {
             self.discard(&rec).await;
             return Err(err(
                 ErrorCode::TooLarge,
