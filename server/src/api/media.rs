@@ -140,8 +140,8 @@ pub async fn readable(ctx: &Ctx, user: UserId, id: &str) -> Result<MediaRecord, 
 /// The byte range a `Download` asks for: `(start, end, total, mime)` of the variant.
 pub fn range(rec: &MediaRecord, d: &pb::Download) -> Result<(u64, u64, u64, String), ServerError> {
     let variant = pb::MediaVariant::try_from(d.variant).map_err(|_| err(ErrorCode::BadRequest, "unknown variant"))?;
-    let total =
-        Media::variant_size(rec, variant).ok_or_else(|| err(ErrorCode::NotFound, "the file has no such variant"))?;
+    let (total, mime) =
+        Media::variant_of(rec, variant).ok_or_else(|| err(ErrorCode::NotFound, "the file has no such variant"))?;
     if d.offset > total || (d.offset == total && total > 0 && d.length > 0) {
         return Err(err(ErrorCode::BadRequest, "offset past the end"));
     }
@@ -149,10 +149,6 @@ pub fn range(rec: &MediaRecord, d: &pb::Download) -> Result<(u64, u64, u64, Stri
         total
     } else {
         d.offset.saturating_add(d.length).min(total)
-    };
-    let mime = match variant {
-        pb::MediaVariant::Original => rec.ready.as_ref().map(|r| r.mime.clone()).unwrap_or_default(),
-        _ => "image/jpeg".into(),
     };
     Ok((d.offset, end, total, mime))
 }

@@ -474,17 +474,17 @@ impl Media {
             .boxed()
     }
 
-    /// Size of a variant of a ready file, if it has that variant.
-    pub fn variant_size(rec: &MediaRecord, variant: pb::MediaVariant) -> Option<u64> {
+    /// Size and content type of a variant of a ready file, if it has that variant.
+    pub fn variant_of(rec: &MediaRecord, variant: pb::MediaVariant) -> Option<(u64, String)> {
+        let ready = rec.ready.as_ref();
         if variant == pb::MediaVariant::Original {
-            return Some(rec.size);
+            return Some((rec.size, ready.map(|r| r.mime.clone()).unwrap_or_default()));
         }
-        rec.ready
-            .as_ref()?
+        ready?
             .thumbnails
             .iter()
             .find(|t| t.variant == variant as i32)
-            .map(|t| t.size)
+            .map(|t| (t.size, t.mime.clone()))
     }
 
     /// Record that a message attaches a file; the file is kept while any such message is.

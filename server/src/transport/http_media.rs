@@ -479,12 +479,8 @@ async fn serve_media(
         _ => bearer(shared, h).await?.user,
     };
     let rec = api::media::readable(ctx, user, id).await?;
-    let total = media::Media::variant_size(&rec, variant)
+    let (total, mime) = media::Media::variant_of(&rec, variant)
         .ok_or_else(|| ServerError::new(ErrorCode::NotFound, "no such variant"))?;
-    let mime = match variant {
-        pb::MediaVariant::Original => rec.ready.as_ref().map(|r| r.mime.clone()).unwrap_or_default(),
-        _ => "image/jpeg".into(),
-    };
     let range = match h.get(header::RANGE).and_then(|v| v.to_str().ok()) {
         None => None,
         Some(r) => match parse_range(r, total) {

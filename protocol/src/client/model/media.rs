@@ -112,18 +112,6 @@ impl From<pb::Thumbnail> for Thumbnail {
     }
 }
 
-impl From<Thumbnail> for pb::Thumbnail {
-    fn from(t: Thumbnail) -> Self {
-        pb::Thumbnail {
-            variant: pb::MediaVariant::from(t.variant) as i32,
-            width: t.width,
-            height: t.height,
-            size: t.size,
-            mime: t.mime,
-        }
-    }
-}
-
 impl From<pb::MediaInfo> for MediaInfo {
     fn from(m: pb::MediaInfo) -> Self {
         MediaInfo {
@@ -146,23 +134,6 @@ impl From<pb::MediaInfo> for MediaInfo {
 impl From<pb::Attachment> for Attachment {
     fn from(a: pb::Attachment) -> Self {
         Attachment {
-            media_id: a.media_id,
-            name: a.name,
-            mime: a.mime,
-            size: a.size,
-            width: a.width,
-            height: a.height,
-            duration_ms: a.duration_ms,
-            blurhash: a.blurhash,
-            thumbnails: a.thumbnails.into_iter().map(Into::into).collect(),
-            encrypted: a.encrypted,
-        }
-    }
-}
-
-impl From<Attachment> for pb::Attachment {
-    fn from(a: Attachment) -> Self {
-        pb::Attachment {
             media_id: a.media_id,
             name: a.name,
             mime: a.mime,
