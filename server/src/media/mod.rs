@@ -8,7 +8,7 @@
 //! May import: `store`, `security`, `clock`, `error`. Must not import `conversation`,
 //! `session`, `api`, `conn` or `transport`: who may read a file is decided above (api),
 //! which knows memberships.
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex};
 
@@ -21,6 +21,8 @@ use natter_protocol::{limits, validate, ConversationId, ServerError, UserId};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::store::{MediaId, MediaRecord, MediaRef, MediaState, ReadyInfo, Store, StoreError, ThumbRecord, UploadId};
 
@@ -82,9 +84,11 @@ pub struct Media {
     blobs: Arc<dyn MediaStore>,
     /// Its limits.
     pub config: MediaConfig,
-    /// Uploads with a writer on this node (one at a time per upload; across nodes the
-    /// record's version decides).
-    writing: Mutex<HashSet<UploadId>>,
+    /// Uploads with a writer on this node, each with the token that asks it to let go
+    /// (one writer at a time per upload; across nodes the record's version decides).
+    writing: Mutex<HashMap<UploadId, CancellationToken>>,
+    /// Signalled whenever a writer lets go of an upload.
+    released: Notify,
     /// Type checks and thumbnails running at once.
     processing: tokio::sync::Semaphore,
 }
@@ -108,12 +112,22 @@ fn random_id() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }
 
-/// Takes an upload for one writer; released on drop.
-struct Writing<'a>(&'a Media, UploadId);
+/// How long a new upload stream waits for the one before it to let go (that one may be
+/// storing its last piece, or processing the finished file) before it is refused.
+const TAKEOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Takes an upload for one writer; released on drop. `stop` is cancelled when a newer
+/// stream of the same owner wants the upload.
+struct Writing<'a> {
+    media: &'a Media,
+    id: UploadId,
+    stop: CancellationToken,
+}
 
 impl Drop for Writing<'_> {
     fn drop(&mut self) {
-        self.0.writing.lock().expect("writing lock").remove(&self.1);
+        self.media.writing.lock().expect("writing lock").remove(&self.id);
+        self.media.released.notify_waiters();
     }
 }
 
@@ -124,7 +138,8 @@ impl Media {
             store,
             blobs,
             config,
-            writing: Mutex::new(HashSet::new()),
+            writing: Mutex::new(HashMap::new()),
+            released: Notify::new(),
             processing: tokio::sync::Semaphore::new(2),
         }
     }
@@ -201,18 +216,51 @@ impl Media {
     /// between the last byte and the thumbnails).
     pub async fn status(&self, owner: UserId, id: &str) -> Result<MediaRecord, ServerError> {
         let rec = self.upload_of(owner, id).await?;
-        if rec.state == MediaState::Processing && self.try_take(&rec.upload_id).is_some() {
-            return self.finish(rec, &|_| {}).await;
+        if rec.state != MediaState::Processing {
+            return Ok(rec);
         }
-        Ok(rec)
+        // Held until the file is finished (a guard in the `if` would be dropped at once).
+        let Some(_writing) = self.try_take(&rec.upload_id, false) else {
+            return Ok(rec);
+        };
+        self.finish(rec, &|_| {}).await
     }
 
-    fn try_take(&self, id: &UploadId) -> Option<Writing<'_>> {
-        self.writing
-            .lock()
-            .expect("writing lock")
-            .insert(id.clone())
-            .then(|| Writing(self, id.clone()))
+    /// The upload, if no writer has it; else (with `preempt`) ask that writer to let go.
+    fn try_take(&self, id: &UploadId, preempt: bool) -> Option<Writing<'_>> {
+        let mut writing = self.writing.lock().expect("writing lock");
+        if let Some(holder) = writing.get(id) {
+            if preempt {
+                holder.cancel();
+            }
+            return None;
+        }
+        let stop = CancellationToken::new();
+        writing.insert(id.clone(), stop.clone());
+        Some(Writing {
+            media: self,
+            id: id.clone(),
+            stop,
+        })
+    }
+
+    /// The upload for a new stream: the newest stream wins. A stream whose connection
+    /// vanished without a close would otherwise hold the upload until its idle timeout;
+    /// the writer before is asked to stop at its next read (the piece it is storing is
+    /// finished, a partly read one is dropped) and this one waits for it.
+    async fn take_over(&self, id: &UploadId) -> Result<Writing<'_>, ServerError> {
+        let deadline = tokio::time::Instant::now() + TAKEOVER_WAIT;
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if let Some(w) = self.try_take(id, true) {
+                return Ok(w);
+            }
+            if tokio::time::timeout_at(deadline, released).await.is_err() {
+                return Err(err(ErrorCode::Conflict, "another upload stream is writing this upload"));
+            }
+        }
     }
 
     /// Store the bytes of `body` at `offset` of the caller's upload, piece by piece, each
@@ -262,9 +310,7 @@ impl Media {
         progress: Progress<'_>,
     ) -> Result<MediaRecord, ServerError> {
         let mut rec = self.upload_of(owner, id).await?;
-        let _writing = self
-            .try_take(&rec.upload_id)
-            .ok_or_else(|| err(ErrorCode::Conflict, "another upload stream is writing this upload"))?;
+        let writing = self.take_over(&rec.upload_id).await?;
         // Re-read under the lock: the writer before may have moved it on.
         rec = self.upload_of(owner, id).await?;
         match rec.state {
@@ -285,7 +331,13 @@ impl Media {
             let mut buf = BytesMut::with_capacity(want as usize);
             let mut limited = (&mut body).take(want);
             while (buf.len() as u64) < want {
-                if limited.read_buf(&mut buf).await.map_err(read_error)? == 0 {
+                let n = tokio::select! {
+                    n = limited.read_buf(&mut buf) => n.map_err(read_error)?,
+                    // A newer stream took over: what is stored stays, the partial piece
+                    // goes (that stream starts at the committed offset).
+                    () = writing.stop.cancelled() => return Ok(rec),
+                };
+                if n == 0 {
                     break;
                 }
             }
@@ -309,8 +361,11 @@ impl Media {
         // neither ends nor sends (or is reset) does not hold the file back: what was
         // declared is stored.
         let mut one = [0u8; 1];
-        let more = tokio::time::timeout(END_OF_STREAM_WAIT, body.read(&mut one)).await;
-        if matches!(more, Ok(Ok(n)) if n > 0) {
+        let more = tokio::select! {
+            more = tokio::time::timeout(END_OF_STREAM_WAIT, body.read(&mut one)) => more.ok(),
+            () = writing.stop.cancelled() => None,
+        };
+        if matches!(more, Some(Ok(n)) if n > 0) {
             self.discard(&rec).await;
             return Err(err(
                 ErrorCode::TooLarge,
@@ -539,7 +594,10 @@ impl Media {
         let mut n = 0;
         for id in ids {
             if let Some(rec) = self.store.media(&id).await? {
-                if rec.state != MediaState::Ready && self.try_take(&rec.upload_id).is_some() {
+                if rec.state == MediaState::Ready {
+                    continue;
+                }
+                if let Some(_writing) = self.try_take(&rec.upload_id, false) {
                     self.discard(&rec).await;
                     n += 1;
                 }
