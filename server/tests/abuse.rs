@@ -674,7 +674,11 @@ async fn a_flood_from_one_address_costs_only_the_handshakes_it_admits() {
         let toml = dir.path().join("flood.toml");
         std::fs::write(
             &toml,
-            format!("max_connections_per_ip = {per_ip}\nquic_retry_above_handshakes = {retry_above}\n"),
+            // The admitted connections open no control stream: a long handshake timeout keeps
+            // the server from closing them (and freeing their slots) while a slow flood runs.
+            format!(
+                "max_connections_per_ip = {per_ip}\nquic_retry_above_handshakes = {retry_above}\nhandshake_timeout_secs = 600\n"
+            ),
         )
         .unwrap();
         let mut p = spawn_server_binary_with(dir.path(), "127.0.0.1:0", &["--config", toml.to_str().unwrap()]);
