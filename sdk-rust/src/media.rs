@@ -5,8 +5,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use natter_protocol::client::model::MediaInfo;
 use natter_protocol::client::ops;
-use natter_protocol::pb::{self, ErrorCode};
+use natter_protocol::client::upload::{self, Next};
+use natter_protocol::pb;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
@@ -15,24 +17,10 @@ use crate::{Client, ClientError, Command, ConversationId, RequestError};
 
 /// How long an upload keeps trying (reconnects included) before it gives up; what was
 /// stored stays, and [`Client::resume_upload`] goes on from there.
-const UPLOAD_PATIENCE: Duration = Duration::from_secs(120);
+const UPLOAD_PATIENCE: Duration = Duration::from_millis(upload::PATIENCE_MS);
 
-/// Refusals that no retry can change.
-fn permanent(code: ErrorCode) -> bool {
-    matches!(
-        code,
-        ErrorCode::TooLarge
-            | ErrorCode::MediaRejected
-            | ErrorCode::Forbidden
-            | ErrorCode::NotFound
-            | ErrorCode::QuotaExceeded
-            | ErrorCode::BadRequest
-            | ErrorCode::NotMember
-    )
-}
-
-fn server_error(code: ErrorCode, message: String) -> ClientError {
-    ClientError::Request(RequestError::Server(natter_protocol::ServerError::new(code, message)))
+fn server_error(e: natter_protocol::ServerError) -> ClientError {
+    ClientError::Request(RequestError::Server(e))
 }
 
 impl Client {
@@ -80,59 +68,53 @@ impl Client {
             };
             progress(st.committed, size);
             // Reports come on the connection that carried the stream: after one of ours, wait
-            // for them; while another connection's stream finishes (a reconnect), look again
-            // soon.
-            let mut patience = Duration::from_millis(500);
-            match st.state() {
-                pb::UploadState::Ready => return st.media.ok_or(ClientError::Unexpected),
-                pb::UploadState::Rejected => return Err(server_error(st.error(), "upload rejected".into())),
-                pb::UploadState::Processing => {}
-                _ => {
-                    patience = Duration::from_secs(30);
-                    let from = st.committed.min(size) as usize;
+            // for them; while the server checks the file, or another connection's stream
+            // finishes (a reconnect), look again soon.
+            let patience = match upload::after_status(&st) {
+                Next::Ready(m) => return Ok(m),
+                Next::Failed(e) => return Err(server_error(e)),
+                Next::Wait | Next::AskAgain => Duration::from_millis(upload::LOOK_AGAIN_MS),
+                Next::Send { offset } => {
+                    let from = offset.min(size) as usize;
                     let (done, sent) = oneshot::channel();
-                    let rest = data.slice(from..);
                     self.cmd
-                        .send(Command::UploadStream(upload_id.to_string(), st.committed, rest, done))
+                        .send(Command::UploadStream(
+                            upload_id.to_string(),
+                            offset,
+                            data.slice(from..),
+                            done,
+                        ))
                         .map_err(|_| ClientError::Closed)?;
                     if !matches!(sent.await, Ok(Ok(()))) {
                         // Not connected, or the stream was cut: let the client reconnect.
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
+                    Duration::from_millis(upload::STREAM_REPORT_WAIT_MS)
                 }
-            }
+            };
             // Wait for the outcome: ready, rejected, or a refusal of the stream.
             let outcome = tokio::time::timeout(patience, async {
                 while let Some(w) = reports.recv().await {
                     let p = match w {
                         UploadWatch::Progress(p) => *p,
                         // Reports for that stream are lost with the connection: look again.
-                        UploadWatch::Disconnected => return None,
+                        UploadWatch::Disconnected => return Next::AskAgain,
                     };
                     progress(p.committed, size);
-                    if p.error != 0 {
-                        return Some(p);
-                    }
-                    if matches!(p.state(), pb::UploadState::Ready | pb::UploadState::Rejected) {
-                        return Some(p);
+                    match upload::after_report(&p) {
+                        Next::Wait => {}
+                        next => return next,
                     }
                 }
-                None
+                Next::AskAgain
             })
             .await;
             match outcome {
-                Ok(Some(p)) if p.state() == pb::UploadState::Ready => {
-                    return p.media.ok_or(ClientError::Unexpected);
-                }
-                Ok(Some(p)) if p.error != 0 && permanent(p.error()) => {
-                    return Err(server_error(p.error(), p.message));
-                }
-                Ok(Some(p)) if p.state() == pb::UploadState::Rejected => {
-                    return Err(server_error(p.error(), p.message));
-                }
-                // A refusal that a fresh look can fix (offset, a concurrent stream), a
-                // report lost to a reconnect, or silence: ask where it stands.
+                Ok(Next::Ready(m)) => return Ok(m),
+                Ok(Next::Failed(e)) => return Err(server_error(e)),
+                // A refusal that a fresh look can fix, a report lost to a reconnect, or
+                // silence: ask where it stands.
                 _ => continue,
             }
         }
@@ -189,29 +171,8 @@ impl Client {
         text: &str,
         files: &[pb::MediaInfo],
     ) -> Result<crate::SendAck, ClientError> {
-        let attachments = files
-            .iter()
-            .map(|m| pb::Attachment {
-                media_id: m.media_id.clone(),
-                name: m.name.clone(),
-                ..Default::default()
-            })
-            .collect();
-        let kind = if !files.is_empty() && files.iter().all(|m| m.mime.starts_with("image/")) {
-            pb::MessageKind::Image
-        } else if !files.is_empty() && files.iter().all(|m| m.mime.starts_with("video/")) {
-            pb::MessageKind::Video
-        } else if text.is_empty() {
-            pb::MessageKind::File
-        } else {
-            pb::MessageKind::Text
-        };
-        let body = pb::MessageBody {
-            kind: kind as i32,
-            text: text.into(),
-            attachments,
-            ..Default::default()
-        };
+        let files: Vec<MediaInfo> = files.iter().cloned().map(Into::into).collect();
+        let body = upload::files_body(text, &files);
         self.send_with_id(conv, crate::new_message_id(), body).await
     }
 }

@@ -9,6 +9,9 @@
 //!   and which session events resolve a waiter instead of reaching the app.
 //! - [`model`]: the app-facing events and records every binding hands out as they are
 //!   (serde for JavaScript, uniffi derives for Kotlin/Swift/Python).
+//! - [`upload`]: the upload policy — from a server's status or report, the next step
+//!   (send from the committed offset, wait, ask again, stop) — and the body of a message
+//!   with files.
 //! - [`Reconnect`]: the reconnect policy as a sans-IO step — backoff, the server's pauses
 //!   (`GoAway`, `retry_after_ms`), reset on an established session, node rotation.
 //!
@@ -20,6 +23,7 @@ mod router;
 
 pub mod model;
 pub mod ops;
+pub mod upload;
 
 pub use ops::{Call, HistoryAnchor, Unexpected};
 pub use reconnect::Reconnect;

@@ -1,0 +1,197 @@
+//! The upload policy every SDK shares (PROTOCOL.md §11.2–11.3), as pure decisions: given
+//! where the server says an upload stands (`GetUpload`) or what it reported on the control
+//! stream (`UploadProgress`), what the driver does next — send the rest from the committed
+//! offset, wait, ask again, or stop with the file or a refusal. The drivers (natter-sdk's
+//! streams, natter-wasm's WebTransport streams or tus PATCHes) only carry it out.
+//!
+//! Also here: the message body that attaches finished files, so every SDK names a
+//! message's kind the same way.
+use super::model::MediaInfo;
+use crate::pb::{self, ErrorCode};
+use crate::ServerError;
+
+/// How long an upload keeps trying (reconnects included) before it gives up; what was
+/// stored stays on the server until the upload expires, and a later attempt goes on from
+/// there.
+pub const PATIENCE_MS: u64 = 120_000;
+
+/// How long to wait for the reports of a stream just sent before asking again.
+pub const STREAM_REPORT_WAIT_MS: u64 = 30_000;
+
+/// How often to look again while the server checks a finished upload, or while another
+/// connection's stream (one cut by a reconnect) is still being finished.
+pub const LOOK_AGAIN_MS: u64 = 500;
+
+/// What to do next with an upload.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    /// Done: the server checked the file.
+    Ready(pb::MediaInfo),
+    /// Send the file's bytes from `offset` (a new upload stream, or a tus PATCH), then
+    /// wait for reports up to [`STREAM_REPORT_WAIT_MS`].
+    Send {
+        /// The server's committed offset.
+        offset: u64,
+    },
+    /// Keep waiting for reports (or, after [`LOOK_AGAIN_MS`] of silence, ask again).
+    Wait,
+    /// Ask the server where the upload stands.
+    AskAgain,
+    /// Refused for good: no retry can change it.
+    Failed(ServerError),
+}
+
+/// Refusals that no retry can change.
+pub fn permanent(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::TooLarge
+            | ErrorCode::MediaRejected
+            | ErrorCode::Forbidden
+            | ErrorCode::NotFound
+            | ErrorCode::QuotaExceeded
+            | ErrorCode::BadRequest
+            | ErrorCode::NotMember
+    )
+}
+
+/// The next step after `GetUpload` answered `status`.
+pub fn after_status(status: &pb::UploadInfo) -> Next {
+    match status.state() {
+        pb::UploadState::Ready => match &status.media {
+            Some(m) => Next::Ready(m.clone()),
+            None => Next::Failed(ServerError::new(ErrorCode::Internal, "a ready upload without its file")),
+        },
+        pb::UploadState::Rejected => Next::Failed(ServerError::new(status.error(), "upload rejected")),
+        pb::UploadState::Processing => Next::Wait,
+        pb::UploadState::Uploading | pb::UploadState::Unspecified => Next::Send {
+            offset: status.committed,
+        },
+    }
+}
+
+/// The next step after a report on the control stream: [`Next::Wait`] while pieces are
+/// stored, the file once ready, a refusal that stands, or [`Next::AskAgain`] after a
+/// refusal of the stream that a fresh look can fix (an offset behind the server's, a
+/// concurrent stream).
+pub fn after_report(report: &pb::UploadProgress) -> Next {
+    if report.error != 0 && permanent(report.error()) {
+        return Next::Failed(ServerError::new(report.error(), report.message.clone()));
+    }
+    match report.state() {
+        pb::UploadState::Ready => match &report.media {
+            Some(m) => Next::Ready(m.clone()),
+            None => Next::AskAgain,
+        },
+        pb::UploadState::Rejected => Next::Failed(ServerError::new(report.error(), report.message.clone())),
+        _ if report.error != 0 => Next::AskAgain,
+        _ => Next::Wait,
+    }
+}
+
+/// A message attaching finished files, with optional text. Its kind says what a client
+/// can show without opening the files: images only → `IMAGE`, videos only → `VIDEO`,
+/// other files without text → `FILE`, else `TEXT` with attachments.
+pub fn files_body(text: &str, files: &[MediaInfo]) -> pb::MessageBody {
+    let attachments = files
+        .iter()
+        .map(|m| pb::Attachment {
+            media_id: m.media_id.clone(),
+            name: m.name.clone(),
+            ..Default::default()
+        })
+        .collect();
+    let all = |prefix: &str| !files.is_empty() && files.iter().all(|m| m.mime.starts_with(prefix));
+    let kind = if all("image/") {
+        pb::MessageKind::Image
+    } else if all("video/") {
+        pb::MessageKind::Video
+    } else if text.is_empty() {
+        pb::MessageKind::File
+    } else {
+        pb::MessageKind::Text
+    };
+    pb::MessageBody {
+        kind: kind as i32,
+        text: text.into(),
+        attachments,
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(state: pb::UploadState, committed: u64) -> pb::UploadInfo {
+        pb::UploadInfo {
+            state: state as i32,
+            committed,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_unfinished_upload_goes_on_from_the_committed_offset() {
+        assert_eq!(
+            after_status(&status(pb::UploadState::Uploading, 4096)),
+            Next::Send { offset: 4096 }
+        );
+        assert_eq!(after_status(&status(pb::UploadState::Processing, 10)), Next::Wait);
+        let mut ready = status(pb::UploadState::Ready, 10);
+        assert!(matches!(after_status(&ready), Next::Failed(e) if e.code == ErrorCode::Internal));
+        ready.media = Some(pb::MediaInfo::default());
+        assert!(matches!(after_status(&ready), Next::Ready(_)));
+    }
+
+    #[test]
+    fn reports_wait_ask_again_or_stop_by_their_error() {
+        let stored = pb::UploadProgress {
+            state: pb::UploadState::Uploading as i32,
+            committed: 10,
+            ..Default::default()
+        };
+        assert_eq!(after_report(&stored), Next::Wait);
+        let behind = pb::UploadProgress {
+            error: ErrorCode::OffsetMismatch as i32,
+            ..stored.clone()
+        };
+        assert_eq!(after_report(&behind), Next::AskAgain);
+        let refused = pb::UploadProgress {
+            error: ErrorCode::QuotaExceeded as i32,
+            message: "quota".into(),
+            ..stored
+        };
+        assert!(matches!(after_report(&refused), Next::Failed(e) if e.code == ErrorCode::QuotaExceeded));
+    }
+
+    #[test]
+    fn a_message_of_files_is_named_by_what_they_all_are() {
+        let file = |mime: &str| MediaInfo {
+            media_id: "m".into(),
+            mime: mime.into(),
+            size: 1,
+            name: "n".into(),
+            width: 0,
+            height: 0,
+            blurhash: String::new(),
+            thumbnails: vec![],
+            encrypted: false,
+            owner_user_id: 1,
+            created_ms: 0,
+            sha256: String::new(),
+        };
+        let kind = |text: &str, f: &[MediaInfo]| files_body(text, f).kind();
+        assert_eq!(
+            kind("", &[file("image/png"), file("image/jpeg")]),
+            pb::MessageKind::Image
+        );
+        assert_eq!(kind("look", &[file("video/mp4")]), pb::MessageKind::Video);
+        assert_eq!(
+            kind("", &[file("image/png"), file("application/pdf")]),
+            pb::MessageKind::File
+        );
+        assert_eq!(kind("see", &[file("application/pdf")]), pb::MessageKind::Text);
+        assert_eq!(files_body("x", &[file("a/b")]).attachments[0].media_id, "m");
+    }
+}
