@@ -16,9 +16,10 @@ wasm-bindgen --target web --out-dir "$out" --out-name natter_wasm \
 version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)"
 cat > "$out/index.js" <<'JS'
 // natter-wasm: `await init()` once, then `NatterClient.connect({ server })`; `Timeline`
-// folds a conversation's events into messages. Adds `for await (const ev of client)` on
+// folds a conversation's events into messages; `decodeBlurhash` draws an image's
+// placeholder. Adds `for await (const ev of client)` on
 // top of the generated bindings.
-import init, { NatterClient, Timeline } from "./natter_wasm.js";
+import init, { NatterClient, Timeline, decodeBlurhash } from "./natter_wasm.js";
 NatterClient.prototype[Symbol.asyncIterator] = function () {
   return {
     next: async () => {
@@ -27,7 +28,7 @@ NatterClient.prototype[Symbol.asyncIterator] = function () {
     },
   };
 };
-export { NatterClient, Timeline };
+export { NatterClient, Timeline, decodeBlurhash };
 export default init;
 JS
 cat > "$out/index.d.ts" <<'TS'

@@ -31,6 +31,8 @@ pub(crate) enum Wake {
     Reconnect,
     /// Stop.
     Close,
+    /// Open an upload stream with this header and body (WebTransport only).
+    UploadStream(Vec<u8>, web_sys::Blob, oneshot::Sender<Result<(), String>>),
 }
 
 /// A caller waiting on a futures oneshot (behind a Promise).
@@ -42,9 +44,16 @@ impl<T> Reply<T> for Waiter<T> {
     }
 }
 
-/// Requests and sends waiting for their outcome (the client core's router).
-pub(crate) type Pending =
-    Router<Waiter<Result<Res, RequestError>>, Waiter<Result<natter_protocol::client::SendAck, RequestError>>>;
+/// Requests, sends and downloads waiting for their outcome (the client core's router).
+pub(crate) type Pending = Router<
+    Waiter<Result<Res, RequestError>>,
+    Waiter<Result<natter_protocol::client::SendAck, RequestError>>,
+    crate::media::Collect,
+>;
+
+/// An upload's reports from the control stream; `None`: the connection that carried its
+/// stream is gone (its reports with it).
+pub(crate) type UploadReports = mpsc::UnboundedSender<Option<pb::UploadProgress>>;
 
 /// Client options that stay fixed.
 #[derive(Debug)]
@@ -73,20 +82,22 @@ pub(crate) struct Inner {
     /// Backoff and the server's pauses (the client core's policy).
     pub reconnect: RefCell<Reconnect>,
     pub config: Config,
+    /// Uploads in progress, by upload id: where their reports go.
+    pub uploads: RefCell<std::collections::HashMap<String, UploadReports>>,
     wake: mpsc::UnboundedSender<Wake>,
     events: RefCell<Events>,
     start: f64,
 }
 
 /// A value as JavaScript sees it: plain JSON-compatible objects (numbers, not BigInts).
-pub(crate) fn to_js<T: Serialize + ?Sized>(value: &T) -> JsValue {
+pub fn to_js<T: Serialize + ?Sized>(value: &T) -> JsValue {
     value
         .serialize(&serde_wasm_bindgen::Serializer::json_compatible())
         .unwrap_or(JsValue::UNDEFINED)
 }
 
 /// A rejected promise's value: an `Error` with `code` (and `retryAfterMs`).
-fn js_error(e: &JsError) -> JsValue {
+pub(crate) fn js_error(e: &JsError) -> JsValue {
     let err = js_sys::Error::new(&e.message);
     let _ = Reflect::set(&err, &"code".into(), &e.code.clone().into());
     if let Some(ms) = e.retry_after_ms {
@@ -95,17 +106,40 @@ fn js_error(e: &JsError) -> JsValue {
     err.into()
 }
 
-fn unexpected() -> JsValue {
-    js_error(&JsError::local("UNEXPECTED", "unexpected response from the server"))
-}
-
 impl Inner {
     pub(crate) fn now(&self) -> Millis {
         Millis((js_sys::Date::now() - self.start).max(0.0) as u64)
     }
 
-    fn wake(&self, w: Wake) {
+    pub(crate) fn wake(&self, w: Wake) {
         let _ = self.wake.unbounded_send(w);
+    }
+
+    /// Send a request; resolves to its answer.
+    pub(crate) fn request(&self, op: Op) -> impl Future<Output = Result<Res, JsError>> {
+        let (tx, rx) = oneshot::channel();
+        let now = self.now();
+        {
+            let mut session = self.session.borrow_mut();
+            self.pending.borrow_mut().request(&mut session, now, op, Waiter(tx));
+        }
+        self.wake(Wake::Flush);
+        async move {
+            match rx.await {
+                Ok(Ok(res)) => Ok(res),
+                Ok(Err(e)) => Err((&e).into()),
+                Err(_) => Err(JsError::local("CLOSED", "the client is closed")),
+            }
+        }
+    }
+
+    /// One of the core's operations, answered.
+    pub(crate) async fn call<T>(&self, call: Call<T>) -> Result<T, JsError> {
+        let (op, extract) = call.into_parts();
+        let res = self.request(op).await?;
+        extract
+            .apply(res)
+            .map_err(|_| JsError::local("UNEXPECTED", "unexpected response from the server"))
     }
 
     /// Hand one event (a [`model::NatterEvent`], or the transport notice) to the app.
@@ -154,7 +188,7 @@ fn web_sys_console_error(e: &JsValue) {
     }
 }
 
-fn random_id() -> ClientMsgId {
+pub(crate) fn random_id() -> ClientMsgId {
     let mut bytes = [0u8; 16];
     let crypto = Reflect::get(&js_sys::global(), &"crypto".into())
         .ok()
@@ -170,11 +204,11 @@ fn random_id() -> ClientMsgId {
     ClientMsgId::from_random(bytes)
 }
 
-fn get_str(options: &JsValue, key: &str) -> Option<String> {
+pub(crate) fn get_str(options: &JsValue, key: &str) -> Option<String> {
     Reflect::get(options, &key.into()).ok().and_then(|v| v.as_string())
 }
 
-fn get_num(options: &JsValue, key: &str) -> Option<f64> {
+pub(crate) fn get_num(options: &JsValue, key: &str) -> Option<f64> {
     Reflect::get(options, &key.into()).ok().and_then(|v| v.as_f64())
 }
 
@@ -211,7 +245,8 @@ export type NatterEvent =
   | { type: "typingRejected"; conversationId: number; error: ErrorInfo }
   | { type: "sendFailed"; conversationId: number; clientMsgId: string; error: ErrorInfo }
   | { type: "goAway"; reason: string; reconnectAfterMs: number }
-  | { type: "connectionError"; error: ErrorInfo };
+  | { type: "connectionError"; error: ErrorInfo }
+  | { type: "uploadProgress"; progress: UploadProgress };
 /** "RATE_LIMITED", "NOT_MEMBER", … (spec/natter.proto ErrorCode without its prefix). */
 export type ErrorCode = string;
 /** Why the server refused something, as events carry it (0: no retry hint). */
@@ -234,7 +269,7 @@ export interface ConversationEvent {
   senderDeviceId: number; serverTimeMs: number; body: EventBody;
 }
 export type EventBody =
-  | { type: "message"; clientMsgId: string; text: string; replyToSeq: number }
+  | { type: "message"; clientMsgId: string; text: string; replyToSeq: number; attachments: Attachment[] }
   | { type: "created"; kind: ConversationKind; name: string; members: Member[] }
   | { type: "membersAdded"; members: Member[] }
   | { type: "memberRemoved"; userId: number; username: string; left: boolean }
@@ -255,39 +290,73 @@ export interface Message {
   seq: number; senderUserId: number; senderUsername: string; text: string; replyToSeq: number;
   serverTimeMs: number; edited: boolean; deleted: boolean;
   reactions: { emoji: string; count: number; userIds: number[] }[];
+  attachments: Attachment[];
+}
+export type MediaVariant = "original" | "thumb320" | "thumb800";
+export type UploadState = "unspecified" | "uploading" | "processing" | "ready" | "rejected";
+export interface Thumbnail { variant: MediaVariant; width: number; height: number; size: number; mime: string }
+/** A finished upload: attach it with `sendFiles`. */
+export interface MediaInfo {
+  mediaId: string; mime: string; size: number; name: string; width: number; height: number;
+  blurhash: string; thumbnails: Thumbnail[]; encrypted: boolean; ownerUserId: number;
+  createdMs: number; sha256: string;
+}
+/** A file in a message (the server fills in what it knows of the file). */
+export interface Attachment {
+  mediaId: string; name: string; mime: string; size: number; width: number; height: number;
+  durationMs: number; blurhash: string; thumbnails: Thumbnail[]; encrypted: boolean;
+}
+export interface UploadProgress {
+  uploadId: string; committed: number; state: UploadState; media: MediaInfo | null; error: ErrorInfo | null;
+}
+export interface UploadOptions {
+  /** Default: the File's name, else "file". */ name?: string;
+  /** Default: the Blob's type, else application/octet-stream. */ mime?: string;
+  /** Hears (stored, size) each time a piece is durable on the server. */
+  onProgress?: (stored: number, size: number) => void;
 }
 "#;
 
 impl NatterClient {
-    fn request(&self, op: Op) -> impl Future<Output = Result<Res, JsValue>> {
-        let (tx, rx) = oneshot::channel();
-        let now = self.inner.now();
-        {
-            let mut session = self.inner.session.borrow_mut();
-            self.inner
-                .pending
-                .borrow_mut()
-                .request(&mut session, now, op, Waiter(tx));
-        }
-        self.inner.wake(Wake::Flush);
-        async move {
-            match rx.await {
-                Ok(Ok(res)) => Ok(res),
-                Ok(Err(e)) => Err(js_error(&(&e).into())),
-                Err(_) => Err(js_error(&JsError::local("CLOSED", "the client is closed"))),
-            }
-        }
-    }
-
     /// One of the core's operations as a Promise of its answer, made JavaScript by `js`.
     fn call<T: 'static>(&self, call: Call<T>, js: fn(T) -> JsValue) -> Promise {
-        let (op, extract) = call.into_parts();
-        let response = self.request(op);
+        let inner = self.inner.clone();
         future_to_promise(async move {
-            let answer = extract.apply(response.await?).map_err(|_| unexpected())?;
+            let answer = inner.call(call).await.map_err(|e| js_error(&e))?;
             Ok(js(answer))
         })
     }
+
+    pub(crate) fn inner(&self) -> &Rc<Inner> {
+        &self.inner
+    }
+}
+
+/// Send a message body; resolves to its `SendAck` once durable (the core's outbox retries
+/// it across reconnects with the same client message id).
+pub(crate) fn send_body(
+    inner: &Rc<Inner>,
+    conversation: ConversationId,
+    id: ClientMsgId,
+    body: pb::MessageBody,
+) -> Promise {
+    let (tx, rx) = oneshot::channel();
+    let now = inner.now();
+    {
+        let mut session = inner.session.borrow_mut();
+        inner
+            .pending
+            .borrow_mut()
+            .send(&mut session, now, conversation, id, body, Waiter(tx));
+    }
+    inner.wake(Wake::Flush);
+    future_to_promise(async move {
+        match rx.await {
+            Ok(Ok(ack)) => Ok(to_js(&SendAck::from(ack))),
+            Ok(Err(e)) => Err(js_error(&(&e).into())),
+            Err(_) => Err(js_error(&JsError::local("CLOSED", "the client is closed"))),
+        }
+    })
 }
 
 /// A wire answer as the app-facing record JavaScript sees (`record::<_, Conversation>`).
@@ -300,7 +369,7 @@ fn records<A, B: From<A> + Serialize>(v: Vec<A>) -> JsValue {
     to_js(&model::list::<A, B>(v))
 }
 
-fn conv(id: f64) -> ConversationId {
+pub(crate) fn conv(id: f64) -> ConversationId {
     ConversationId(id as u64)
 }
 
@@ -372,6 +441,7 @@ impl NatterClient {
                 config.reconnect_max_ms.into(),
             )),
             config,
+            uploads: RefCell::default(),
             wake,
             events: RefCell::new(Events {
                 callback,
@@ -541,23 +611,7 @@ impl NatterClient {
             text,
             ..Default::default()
         };
-        let (tx, rx) = oneshot::channel();
-        let now = self.inner.now();
-        {
-            let mut session = self.inner.session.borrow_mut();
-            self.inner
-                .pending
-                .borrow_mut()
-                .send(&mut session, now, conv(conversation_id), id, body, Waiter(tx));
-        }
-        self.inner.wake(Wake::Flush);
-        future_to_promise(async move {
-            match rx.await {
-                Ok(Ok(ack)) => Ok(to_js(&SendAck::from(ack))),
-                Ok(Err(e)) => Err(js_error(&(&e).into())),
-                Err(_) => Err(js_error(&JsError::local("CLOSED", "the client is closed"))),
-            }
-        })
+        send_body(&self.inner, conv(conversation_id), id, body)
     }
 
     /// A page of events: `{ before: seq }` (newest page before; 0 or absent = latest) or

@@ -106,6 +106,10 @@ pub(crate) async fn run(inner: Rc<Inner>, mut wake: mpsc::UnboundedReceiver<Wake
                 }
                 let exit = pump(&inner, &link, &mut rx, &mut wake).await;
                 link.close();
+                // Reports of the streams this connection carried are gone with it.
+                for reports in inner.uploads.borrow().values() {
+                    let _ = reports.unbounded_send(None);
+                }
                 exit
             }
             Err(e) => Exit::Reconnect(e),
@@ -129,6 +133,7 @@ pub(crate) async fn run(inner: Rc<Inner>, mut wake: mpsc::UnboundedReceiver<Wake
                 _ = timer => break,
                 w = wake.next() => match w {
                     Some(Wake::Flush) => {}
+                    Some(Wake::UploadStream(_, _, done)) => { let _ = done.send(Err("not connected".into())); }
                     Some(Wake::Reconnect) => break,
                     Some(Wake::Close) | None => { inner.finish(); return; }
                 },
@@ -166,6 +171,7 @@ async fn pump(
         futures::select! {
             w = wake.next() => match w {
                 Some(Wake::Flush) => {}
+                Some(Wake::UploadStream(header, body, done)) => link.upload(header, body, done),
                 Some(Wake::Reconnect) => return Exit::Reconnect("reconnect requested".into()),
                 Some(Wake::Close) | None => return Exit::Close,
             },
@@ -212,6 +218,11 @@ fn dispatch(inner: &Inner) -> Option<Exit> {
                 ev
             }
         };
+        if let SessionEvent::UploadProgress(p) = &ev {
+            if let Some(reports) = inner.uploads.borrow().get(&p.upload_id) {
+                let _ = reports.unbounded_send(Some(p.clone()));
+            }
+        }
         if let Some(app) = NatterEvent::from_session(ev) {
             inner.emit(&app);
         }

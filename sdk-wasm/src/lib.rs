@@ -8,8 +8,8 @@
 //!
 //! Modules: [`view`] (what JavaScript sees; pure, tested natively and under Node),
 //! `client` (the `NatterClient` JS class), `driver` (the I/O loop), `link` (the two
-//! transports), `timeline` (the `Timeline` JS class over the protocol's fold). The last
-//! four exist only on wasm32. Requests, reply routing and the reconnect policy are
+//! transports), `media` (uploads, downloads, media URLs), `timeline` (the `Timeline` JS
+//! class over the protocol's fold). The last five exist only on wasm32. Requests, reply routing and the reconnect policy are
 //! natter-protocol's client core, shared with natter-sdk.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -22,6 +22,8 @@ mod client;
 mod driver;
 #[cfg(target_arch = "wasm32")]
 mod link;
+#[cfg(target_arch = "wasm32")]
+mod media;
 #[cfg(target_arch = "wasm32")]
 mod timeline;
 

@@ -11,8 +11,8 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::{spawn_local, JsFuture};
 use web_sys::{
-    ReadableStream, ReadableStreamDefaultReader, WebSocket, WebTransport, WebTransportBidirectionalStream,
-    WebTransportCloseInfo, WebTransportHash, WebTransportOptions, WritableStreamDefaultWriter,
+    Blob, ReadableStream, ReadableStreamDefaultReader, WebSocket, WebTransport, WebTransportBidirectionalStream,
+    WebTransportCloseInfo, WebTransportHash, WebTransportOptions, WritableStream, WritableStreamDefaultWriter,
 };
 
 use crate::view::{Transport, WebTransportInfo};
@@ -117,6 +117,32 @@ impl Link {
                 let _ = ws.send_with_u8_array(&wsmux::encode(Channel::Datagram, bytes));
             }
         }
+    }
+
+    /// Open an upload stream (PROTOCOL.md §11.2): `header`, then `body` to its end, then
+    /// FIN. `done` hears whether every byte was handed to the stream; what the server
+    /// stored it reports on the control stream. Only WebTransport has client-opened
+    /// streams: over WebSocket, uploads go by tus (the caller's choice).
+    pub(crate) fn upload(&self, header: Vec<u8>, body: Blob, done: oneshot::Sender<Result<(), String>>) {
+        let Link::WebTransport { wt, .. } = self else {
+            let _ = done.send(Err("upload streams need WebTransport".into()));
+            return;
+        };
+        let opening = wt.create_unidirectional_stream();
+        spawn_local(async move {
+            let sent = async {
+                let stream: WritableStream = JsFuture::from(opening).await.map_err(js_err)?.unchecked_into();
+                let writer = stream.get_writer().map_err(js_err)?;
+                JsFuture::from(writer.write_with_chunk(&Uint8Array::from(header.as_slice())))
+                    .await
+                    .map_err(js_err)?;
+                writer.release_lock();
+                // pipeTo closes the stream (FIN) when the file ends, and aborts it on error.
+                JsFuture::from(body.stream().pipe_to(&stream)).await.map_err(js_err)?;
+                Ok(())
+            };
+            let _ = done.send(sent.await);
+        });
     }
 
     /// Close (the server sees the client go away).

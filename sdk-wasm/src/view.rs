@@ -171,3 +171,49 @@ impl Transport {
         }
     }
 }
+
+/// What an answer to a tus `PATCH` (PROTOCOL.md §11.6) means for the upload loop.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TusOutcome {
+    /// The piece is stored: the server's offset now.
+    Stored(u64),
+    /// The offset was not the server's (409), or the upload is busy on another
+    /// connection (423), or the server is briefly unable (503): ask where it stands.
+    AskAgain,
+    /// Refused for good (or an answer that is not tus).
+    Failed(JsError),
+}
+
+/// Read a tus `PATCH` answer: its status, its `Upload-Offset`, its `Natter-Error` code
+/// name and its body (the message).
+pub fn tus_outcome(status: u16, upload_offset: Option<&str>, natter_error: Option<&str>, body: &str) -> TusOutcome {
+    match status {
+        200..=299 => match upload_offset.and_then(|o| o.trim().parse().ok()) {
+            Some(offset) => TusOutcome::Stored(offset),
+            None => TusOutcome::Failed(JsError::local("UNEXPECTED", "a tus answer without Upload-Offset")),
+        },
+        409 | 423 | 503 => TusOutcome::AskAgain,
+        _ => {
+            let code = natter_error.map_or_else(|| format!("HTTP_{status}"), str::to_string);
+            let message = body.trim();
+            let message = message
+                .strip_prefix(&format!("{code}: "))
+                .unwrap_or(message)
+                .to_string();
+            TusOutcome::Failed(JsError {
+                code,
+                message,
+                retry_after_ms: None,
+            })
+        }
+    }
+}
+
+/// A BlurHash placeholder (PROTOCOL.md §11.5) as `width`×`height` RGBA pixels, for a
+/// canvas to show while the thumbnail loads.
+pub fn blurhash_rgba(hash: &str, width: u32, height: u32) -> Result<Vec<u8>, JsError> {
+    if width == 0 || height == 0 || width > 256 || height > 256 {
+        return Err(JsError::local("INVALID", "a placeholder is 1 to 256 pixels each way"));
+    }
+    blurhash::decode(hash, width, height, 1.0).map_err(|e| JsError::local("INVALID", format!("not a BlurHash: {e}")))
+}

@@ -271,3 +271,45 @@ fn the_timeline_class_folds_javascript_events() {
     assert!(t.message(2.0).is_null(), "an edit is not a message of its own");
     assert!(t.apply(wasm_bindgen::JsValue::from_str("nonsense")).is_err());
 }
+
+#[wasm_bindgen_test]
+#[test]
+fn tus_answers_store_ask_again_or_fail_with_the_natter_code() {
+    use view::{tus_outcome, TusOutcome};
+    assert_eq!(
+        tus_outcome(204, Some("4194304"), None, ""),
+        TusOutcome::Stored(4_194_304)
+    );
+    assert_eq!(
+        tus_outcome(409, None, Some("OFFSET_MISMATCH"), ""),
+        TusOutcome::AskAgain
+    );
+    assert_eq!(tus_outcome(423, None, Some("CONFLICT"), ""), TusOutcome::AskAgain);
+    match tus_outcome(413, None, Some("QUOTA_EXCEEDED"), "QUOTA_EXCEEDED: over your quota\n") {
+        TusOutcome::Failed(e) => {
+            assert_eq!(e.code, "QUOTA_EXCEEDED");
+            assert_eq!(e.message, "over your quota");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(tus_outcome(204, None, None, ""), TusOutcome::Failed(e) if e.code == "UNEXPECTED"));
+    assert!(matches!(tus_outcome(502, None, None, "bad gateway"), TusOutcome::Failed(e) if e.code == "HTTP_502"));
+}
+
+#[wasm_bindgen_test]
+#[test]
+fn a_blurhash_decodes_to_rgba_pixels_and_garbage_is_refused() {
+    // An all-red 1x1-component hash made by the same crate the server encodes with.
+    let red: Vec<u8> = [255u8, 0, 0, 255].repeat(16);
+    let hash = blurhash::encode(1, 1, 4, 4, &red).unwrap();
+    let px = view::blurhash_rgba(&hash, 8, 6).unwrap();
+    assert_eq!(px.len(), 8 * 6 * 4);
+    assert!(
+        px.chunks(4)
+            .all(|p| p[0] > 240 && p[1] < 16 && p[2] < 16 && p[3] == 255),
+        "{:?}",
+        &px[..8]
+    );
+    assert_eq!(view::blurhash_rgba("not a hash", 8, 8).unwrap_err().code, "INVALID");
+    assert_eq!(view::blurhash_rgba(&hash, 0, 8).unwrap_err().code, "INVALID");
+}
