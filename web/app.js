@@ -4,6 +4,7 @@
 // from natter-wasm's Timeline (the protocol's own fold). Query options:
 // ?transport=websocket|webtransport|auto.
 import init, { NatterClient, Timeline } from "./pkg/index.js";
+import { renderAttachments, sendFiles } from "./media.js";
 
 const KIND = { DIRECT: "direct", GROUP: "group", CHANNEL: "channel" };
 const $ = (id) => document.getElementById(id);
@@ -116,6 +117,9 @@ function addEvent(e) {
     c.messages.set(changed, {
       seq: m.seq, from: m.senderUserId, who: m.senderUsername, time: m.serverTimeMs,
       text: m.deleted ? "message deleted" : m.text, edited: m.edited, deleted: m.deleted, reactions: m.reactions,
+      attachments: m.deleted ? [] : m.attachments,
+      // Drawn once and kept, so a redraw does not reload images and players.
+      attachmentsEl: c.messages.get(changed)?.attachmentsEl,
     });
   } else if (NOTICES.has(kind)) {
     c.messages.set(e.seq, { seq: e.seq, notice: notice(e) });
@@ -173,7 +177,9 @@ function renderList() {
     ...items.map((c) => {
       const s = c.summary;
       const presence = c.peer ? state.presence.get(c.peer.userId) || "offline" : null;
-      const last = s.lastMessage?.body.type === "message" ? s.lastMessage.body.text : undefined;
+      const body = s.lastMessage?.body;
+      const last = body?.type !== "message" ? undefined
+        : body.text || (body.attachments?.length ? `📎 ${body.attachments.map((a) => a.name).join(", ")}` : undefined);
       const li = el("li", { "data-conversation": String(s.conversationId), class: s.conversationId === state.active ? "active" : "" },
         el("span", { class: `dot ${presence ?? "none"}`, "data-presence": presence ?? "", title: presence ?? "" }),
         el("span", { class: "name" }, title(c), last ? el("span", { class: "preview" }, last) : null),
@@ -210,7 +216,8 @@ function renderMessages() {
     const mine = m.from === state.me?.userId;
     return el("li", { class: `msg${mine ? " mine" : ""}${m.deleted ? " deleted" : ""}`, "data-seq": String(m.seq) },
       !mine && c.summary.kind !== KIND.DIRECT ? el("div", { class: "who" }, m.who) : null,
-      el("div", { class: "text" }, m.text),
+      m.text || !m.attachments?.length ? el("div", { class: "text" }, m.text) : null,
+      m.attachments?.length ? (m.attachmentsEl ??= renderAttachments(state.client, m.attachments)) : null,
       m.reactions?.length ? el("div", { class: "reactions" }, ...m.reactions.map((r) =>
         el("span", { class: `reaction${r.userIds.includes(state.me?.userId) ? " mine" : ""}`, "data-emoji": r.emoji }, `${r.emoji} ${r.count}`))) : null,
       el("div", { class: "meta" }, new Date(m.time).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }), m.edited ? " · edited" : "", " ", mark(m)));
@@ -301,6 +308,31 @@ function wire() {
     $("chat-error").textContent = "";
     try { await state.client.send(state.active, text); } catch (err) { $("chat-error").textContent = err.message; }
   };
+  // Files: the attach button, or dropped anywhere on the conversation.
+  const send = async (files) => {
+    if (!files.length || state.active == null) return;
+    const text = $("text").value;
+    $("text").value = "";
+    $("chat-error").textContent = "";
+    try { await sendFiles(state.client, state.active, files, text, $("uploads")); }
+    catch (err) { $("chat-error").textContent = err.message; }
+  };
+  $("attach").onclick = () => $("file").click();
+  $("file").onchange = () => { const files = [...$("file").files]; $("file").value = ""; send(files); };
+  const chat = $("chat");
+  chat.addEventListener("dragover", (e) => {
+    if (state.active == null || !e.dataTransfer?.types.includes("Files")) return;
+    e.preventDefault();
+    chat.classList.add("dropping");
+  });
+  chat.addEventListener("dragleave", (e) => { if (e.target === chat) chat.classList.remove("dropping"); });
+  chat.addEventListener("drop", (e) => {
+    chat.classList.remove("dropping");
+    if (state.active == null || !e.dataTransfer?.files.length) return;
+    e.preventDefault();
+    send([...e.dataTransfer.files]);
+  });
+  $("viewer").onclick = (e) => { if (e.target.tagName !== "A") $("viewer").hidden = true; };
   $("text").oninput = () => { if (state.active != null && $("text").value) state.client.typing(state.active); };
   $("older").onclick = () => loadOlder(false);
   const action = (form, fn) => { $(form).onsubmit = async (e) => {

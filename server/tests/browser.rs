@@ -4,6 +4,8 @@
 //! native natter-sdk clients and server hooks, and asserts. `scripts/test.sh` builds the
 //! WASM package and installs Chromium and the driver's one npm package first.
 mod common;
+#[path = "browser/media.rs"]
+mod media;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

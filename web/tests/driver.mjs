@@ -16,6 +16,7 @@ const browser = await chromium.launch({
 });
 const pages = new Map();
 const logs = new Map();
+const media = new Map();  // page -> [{ method, url, range, status }] of its /media/ and /tus/ requests
 
 async function run(cmd) {
   const page = pages.get(cmd.page);
@@ -28,6 +29,13 @@ async function run(cmd) {
       logs.set(cmd.page, []);
       p.on("console", (m) => logs.get(cmd.page).push(`${m.type()}: ${m.text()}`));
       p.on("pageerror", (e) => logs.get(cmd.page).push(`pageerror: ${e.message}`));
+      media.set(cmd.page, []);
+      p.on("response", async (r) => {
+        const path = new URL(r.url()).pathname;
+        if (!path.startsWith("/media/") && !path.startsWith("/tus/")) return;
+        const headers = await r.request().allHeaders().catch(() => ({}));
+        media.get(cmd.page).push({ method: r.request().method(), url: r.url(), range: headers["range"] ?? null, status: r.status() });
+      });
       await p.goto(cmd.url);
       pages.set(cmd.page, p);
       return null;
@@ -47,6 +55,8 @@ async function run(cmd) {
     case "eval": return await page.evaluate(`(async () => { ${cmd.js} })()`);
     case "screenshot": await page.screenshot({ path: cmd.path, fullPage: true }); return cmd.path;
     case "logs": return logs.get(cmd.page) ?? [];
+    // The page's requests for /media/ and /tus/ so far: method, URL, Range header, status.
+    case "mediaRequests": return media.get(cmd.page) ?? [];
     case "quit": await browser.close(); process.exit(0);
     default: throw new Error(`unknown op ${cmd.op}`);
   }
