@@ -22,8 +22,17 @@ if [[ "${STORAGE:-sled}" == redis ]]; then
   for _ in $(seq 100); do redis-cli -p 6399 ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
   storage=(--storage redis --redis redis://127.0.0.1:6399)
 fi
+# The web endpoint only for the media scenario (its curl comparison goes through it).
+web=(--web-listen off)
+extra=()
+for a in "$@"; do
+  if [[ "$a" == media ]]; then
+    web=(--web-listen 127.0.0.1:18080)
+    extra=(--web http://127.0.0.1:18080)
+  fi
+done
 taskset -c 0 target/release/natter-server --config bench/server.toml \
-  --web-listen off --webtransport-listen off "${storage[@]}" > "$out" &
+  "${web[@]}" --webtransport-listen off "${storage[@]}" > "$out" &
 server=$!
 stop() {
   kill "$server" 2>/dev/null; wait "$server" 2>/dev/null
@@ -41,7 +50,7 @@ if [[ -n "${PERF:-}" ]]; then
   perf record -e cpu-clock -F 999 -g -p "$server" -o target/bench-perf.data > /dev/null 2>&1 &
   perf_pid=$!
 fi
-taskset -c 1 target/release/natter-bench --fingerprint "$fp" --server-pid "$server" "$@"
+taskset -c 1 target/release/natter-bench --fingerprint "$fp" --server-pid "$server" "$@" "${extra[@]}"
 if [[ -n "${PERF:-}" ]]; then
   kill -INT "$perf_pid"; wait "$perf_pid" || true
   perf report -i target/bench-perf.data --stdio --no-children --percent-limit 1.5 2>/dev/null \

@@ -3,8 +3,12 @@
 //! [`fanout`] (groups, senders at a rate, end-to-end latency per delivery), [`dm`] (round
 //! trips), [`connections`] (hold many authenticated connections, measure memory per
 //! connection and delivery while they are held) and [`history`] (paging over a large
-//! conversation). Every scenario counts lost and duplicated deliveries, which must be zero.
+//! conversation) and [`media`] (upload and download throughput next to curl, chat
+//! latency while large uploads run). Every scenario counts lost and duplicated deliveries, which must be zero.
 #![forbid(unsafe_code)]
+
+mod media;
+pub use media::{media, MediaOpts};
 
 use std::collections::HashSet;
 use std::net::SocketAddr;

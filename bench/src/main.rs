@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use natter_bench::{ConnectionsOpts, DmOpts, FanoutOpts, HistoryOpts, Target};
+use natter_bench::{ConnectionsOpts, DmOpts, FanoutOpts, HistoryOpts, MediaOpts, Target};
 
 #[derive(Debug, Parser)]
 #[command(version, about = "Load generator for natter")]
@@ -72,6 +72,25 @@ enum Scenario {
         #[arg(long, default_value_t = 512)]
         window: usize,
     },
+    /// Upload/download throughput over QUIC next to curl over HTTP; chat p99 idle and
+    /// while large uploads run.
+    Media {
+        #[arg(long, default_value_t = 100)]
+        size_mib: u64,
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// The server's web endpoint, for curl (e.g. http://127.0.0.1:18080).
+        #[arg(long)]
+        web: Option<String>,
+        #[arg(long, default_value_t = 4)]
+        loaded_uploads: usize,
+        #[arg(long, default_value_t = 100)]
+        loaded_upload_mib: u64,
+        #[arg(long, default_value_t = 20.0)]
+        chat_rate: f64,
+        #[arg(long, default_value_t = 15.0)]
+        chat_secs: f64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -135,6 +154,26 @@ fn main() -> anyhow::Result<()> {
                     window,
                 };
                 natter_bench::history(&target, &o).await
+            }
+            Scenario::Media {
+                size_mib,
+                repeats,
+                web,
+                loaded_uploads,
+                loaded_upload_mib,
+                chat_rate,
+                chat_secs,
+            } => {
+                let o = MediaOpts {
+                    size_mib,
+                    repeats,
+                    web,
+                    loaded_uploads,
+                    loaded_upload_mib,
+                    chat_rate,
+                    chat_secs,
+                };
+                natter_bench::media(&target, &o).await
             }
         }
     })?;
