@@ -370,6 +370,7 @@ impl Driver {
                             body: e.body.clone(),
                         })
                         .collect(),
+                    pending_uploads: Vec::new(),
                 });
             }
             Command::Status(conv, seq, reply) => {
@@ -381,10 +382,10 @@ impl Driver {
             Command::Typing(conv) => self.session.typing(now, conv),
             Command::Download(d, waiter) => self.pending.download(&mut self.session, now, d, waiter),
             Command::WatchUpload(id, tx) => self.upload_watchers.entry(id).or_default().push(tx),
-            Command::UploadStream(id, offset, data, done) => match self.conn.clone() {
+            Command::UploadStream(id, offset, data, stop, done) => match self.conn.clone() {
                 Some(conn) => {
                     tokio::spawn(async move {
-                        let _ = done.send(upload_stream(conn, &id, offset, data).await);
+                        let _ = done.send(upload_stream(conn, &id, offset, data, stop).await);
                     });
                 }
                 None => {
@@ -427,17 +428,37 @@ impl Driver {
 }
 
 /// One upload stream (PROTOCOL.md §11.2): the core's header, the bytes, FIN; `Ok` once the
-/// server has read them all.
-async fn upload_stream(conn: quinn::Connection, id: &str, offset: u64, data: bytes::Bytes) -> Result<(), String> {
+/// server has read them all. `stop` (fired or dropped) resets the stream: the server keeps
+/// the pieces it stored.
+async fn upload_stream(
+    conn: quinn::Connection,
+    id: &str,
+    offset: u64,
+    data: bytes::Bytes,
+    stop: oneshot::Receiver<()>,
+) -> Result<(), String> {
     let mut s = conn.open_uni().await.map_err(|e| e.to_string())?;
-    s.write_all(&ops::upload_header(id, offset))
-        .await
-        .map_err(|e| e.to_string())?;
-    s.write_all(&data).await.map_err(|e| e.to_string())?;
-    s.finish().map_err(|e| e.to_string())?;
-    match s.stopped().await {
-        Ok(None) => Ok(()),
-        Ok(Some(code)) => Err(format!("stopped by the server with {code}")),
-        Err(e) => Err(e.to_string()),
+    let write = async |s: &mut quinn::SendStream| {
+        s.write_all(&ops::upload_header(id, offset))
+            .await
+            .map_err(|e| e.to_string())?;
+        s.write_all(&data).await.map_err(|e| e.to_string())?;
+        s.finish().map_err(|e| e.to_string())?;
+        match s.stopped().await {
+            Ok(None) => Ok(()),
+            Ok(Some(code)) => Err(format!("stopped by the server with {code}")),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    let done = tokio::select! {
+        r = write(&mut s) => Some(r),
+        _ = stop => None,
+    };
+    match done {
+        Some(r) => r,
+        None => {
+            let _ = s.reset(0u32.into());
+            Err("stopped".into())
+        }
     }
 }

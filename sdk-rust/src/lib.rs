@@ -13,6 +13,7 @@ pub mod tls;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use natter_protocol::client::{ops, Call};
@@ -54,6 +55,9 @@ pub struct ClientConfig {
     /// Delivered cursors from an earlier process's [`Snapshot`]: events at or below them are
     /// not delivered again.
     pub cursors: Vec<(ConversationId, Seq)>,
+    /// Unfinished uploads from an earlier process's [`Snapshot`]: go on with each by
+    /// [`Client::resume_upload`] (or [`Client::resume_upload_file`]) with the same file.
+    pub pending_uploads: Vec<PendingUpload>,
     /// Session tunables.
     pub session: SessionConfig,
     /// First reconnect delay; doubles up to `reconnect_max_ms`.
@@ -78,6 +82,7 @@ impl ClientConfig {
             access_token: None,
             resume_token: None,
             cursors: Vec::new(),
+            pending_uploads: Vec::new(),
             session: SessionConfig {
                 client_name: concat!("natter-sdk/", env!("CARGO_PKG_VERSION")).into(),
                 ..Default::default()
@@ -112,6 +117,19 @@ pub enum ClientError {
     /// time (what was stored stays; `resume_upload` goes on from there).
     #[error("upload: {0}")]
     Upload(String),
+    /// The upload was paused ([`Client::pause_upload`]): what was stored stays, and
+    /// `resume_upload` goes on from there.
+    #[error("upload {0} is paused")]
+    UploadPaused(String),
+    /// The upload was cancelled ([`Client::cancel_upload`]) while it ran.
+    #[error("upload {0} was cancelled")]
+    UploadCancelled(String),
+    /// The file given to go on with an upload is not the one it started with.
+    #[error(transparent)]
+    Resume(#[from] natter_protocol::client::upload::ResumeError),
+    /// A file could not be read.
+    #[error("{0}")]
+    File(String),
 }
 
 impl ClientError {
@@ -157,7 +175,12 @@ pub struct Snapshot {
     pub cursors: Vec<(ConversationId, Seq)>,
     /// Sends not yet acknowledged, oldest first.
     pub pending_sends: Vec<PendingSend>,
+    /// Uploads not finished yet (paused ones included), oldest first: pass them back in
+    /// [`ClientConfig::pending_uploads`] and resume each with the same file.
+    pub pending_uploads: Vec<PendingUpload>,
 }
+
+pub use natter_protocol::client::model::PendingUpload;
 
 /// A send still in the outbox.
 #[derive(Clone, Debug, PartialEq)]
@@ -183,8 +206,15 @@ enum Command {
     Typing(ConversationId),
     Presence(pb::PresenceState),
     Unread(ConversationId, oneshot::Sender<Option<u32>>),
-    /// Open an upload stream on the current connection: header, bytes, FIN.
-    UploadStream(String, u64, bytes::Bytes, oneshot::Sender<Result<(), String>>),
+    /// Open an upload stream on the current connection: header, bytes, FIN; reset when the
+    /// stop sender fires or is dropped (a pause, or the upload's future dropped).
+    UploadStream(
+        String,
+        u64,
+        bytes::Bytes,
+        oneshot::Receiver<()>,
+        oneshot::Sender<Result<(), String>>,
+    ),
     /// Hear of one upload's progress reports.
     WatchUpload(String, mpsc::UnboundedSender<driver::UploadWatch>),
     Download(pb::Download, driver::DownloadWaiter),
@@ -214,6 +244,7 @@ impl futures::Stream for Events {
 #[derive(Clone, Debug)]
 pub struct Client {
     cmd: mpsc::UnboundedSender<Command>,
+    uploads: Arc<media::UploadTable>,
 }
 
 impl std::fmt::Debug for Command {
@@ -234,8 +265,9 @@ impl Client {
     pub fn connect(config: ClientConfig) -> Result<(Client, Events), ClientError> {
         let (cmd, cmd_rx) = mpsc::unbounded_channel();
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let uploads = Arc::new(media::UploadTable::restore(config.pending_uploads.clone()));
         driver::spawn(config, cmd_rx, ev_tx)?;
-        Ok((Client { cmd }, Events(ev_rx)))
+        Ok((Client { cmd, uploads }, Events(ev_rx)))
     }
 
     async fn request(&self, op: Op) -> Result<Res, ClientError> {
@@ -450,11 +482,13 @@ impl Client {
         self.call(ops::ping()).await
     }
 
-    /// State to persist (tokens, cursors).
+    /// State to persist (tokens, cursors, unacknowledged sends, unfinished uploads).
     pub async fn snapshot(&self) -> Result<Snapshot, ClientError> {
         let (tx, rx) = oneshot::channel();
         self.cmd.send(Command::Snapshot(tx)).map_err(|_| ClientError::Closed)?;
-        rx.await.map_err(|_| ClientError::Closed)
+        let mut snap = rx.await.map_err(|_| ClientError::Closed)?;
+        snap.pending_uploads = self.uploads.list();
+        Ok(snap)
     }
 
     /// Drop the current connection at once and reconnect (e.g. after a network change).

@@ -1,16 +1,20 @@
-//! Files (PROTOCOL.md §11): uploads that survive cut streams and reconnects — each attempt
-//! asks the server's committed offset and sends from there — and range downloads. The
-//! requests and the upload header come from the client core (`ops`), the download's
-//! assembly from its `Router`; here is only the waiting.
+//! Files (PROTOCOL.md §11): uploads that survive cut streams, reconnects and app restarts —
+//! each attempt asks the server's committed offset and sends from there; unfinished ones
+//! are in the snapshot, and may be paused — and range downloads. The requests and the
+//! upload header come from the client core (`ops`), the record of unfinished uploads from
+//! its `upload::Uploads`, the download's assembly from its `Router`; here is only the
+//! waiting.
+use std::path::Path;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
-use natter_protocol::client::model::MediaInfo;
+use natter_protocol::client::model::{MediaInfo, PendingUpload};
 use natter_protocol::client::ops;
-use natter_protocol::client::upload::{self, Next};
+use natter_protocol::client::upload::{self, Next, Uploads};
 use natter_protocol::pb;
 use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::driver::UploadWatch;
 use crate::{Client, ClientError, Command, ConversationId, RequestError};
@@ -23,11 +27,81 @@ fn server_error(e: natter_protocol::ServerError) -> ClientError {
     ClientError::Request(RequestError::Server(e))
 }
 
+/// The client's unfinished uploads (the core's record) and a signal that one of them was
+/// paused or cancelled, which every running upload loop watches.
+#[derive(Debug)]
+pub(crate) struct UploadTable {
+    uploads: Mutex<Uploads>,
+    changed: watch::Sender<u64>,
+}
+
+impl UploadTable {
+    pub(crate) fn restore(list: Vec<PendingUpload>) -> Self {
+        UploadTable {
+            uploads: Mutex::new(Uploads::restore(list)),
+            changed: watch::channel(0).0,
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Uploads) -> T) -> T {
+        f(&mut self.uploads.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub(crate) fn list(&self) -> Vec<PendingUpload> {
+        self.with(|u| u.list())
+    }
+
+    fn signal(&self) {
+        self.changed.send_modify(|n| *n += 1);
+    }
+}
+
+/// Why an upload loop stops before the file is ready, if it must: paused or cancelled.
+fn stopped(table: &UploadTable, upload_id: &str, tracked: bool) -> Option<ClientError> {
+    table.with(|u| match u.get(upload_id) {
+        Some(p) if p.paused => Some(ClientError::UploadPaused(upload_id.into())),
+        None if tracked => Some(ClientError::UploadCancelled(upload_id.into())),
+        _ => None,
+    })
+}
+
+/// Resolves once `upload_id` is paused or cancelled (another upload's pause wakes it, and it
+/// goes on waiting).
+async fn until_stopped(
+    table: &UploadTable,
+    changed: &mut watch::Receiver<u64>,
+    upload_id: &str,
+    tracked: bool,
+) -> ClientError {
+    loop {
+        if changed.changed().await.is_err() {
+            // The table outlives every loop that borrows it.
+            std::future::pending::<()>().await;
+        }
+        if let Some(e) = stopped(table, upload_id, tracked) {
+            return e;
+        }
+    }
+}
+
+/// Reads a whole file for an upload: its bytes and its name.
+fn read_file(path: &str) -> Result<(Bytes, String), ClientError> {
+    let data = std::fs::read(path).map_err(|e| ClientError::File(format!("{path}: {e}")))?;
+    let name = Path::new(path)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("file")
+        .to_string();
+    Ok((data.into(), name))
+}
+
 impl Client {
     /// Upload `data` as a file for `conv` and wait until the server has checked it (and
     /// made its thumbnails): its [`pb::MediaInfo`], to attach with
     /// [`Client::send_attachments`]. `progress` hears `(stored, size)` each time a piece is
-    /// durable. A lost connection or a cut stream costs at most the piece in flight.
+    /// durable. A lost connection or a cut stream costs at most the piece in flight; until
+    /// it is ready the upload is in [`Client::snapshot`], so after an app restart
+    /// [`Client::resume_upload`] goes on with it.
     pub async fn upload(
         &self,
         conv: ConversationId,
@@ -36,28 +110,148 @@ impl Client {
         data: Bytes,
         progress: impl Fn(u64, u64) + Send,
     ) -> Result<pb::MediaInfo, ClientError> {
-        let sha = Sha256::digest(&data).to_vec();
-        let info = self
-            .call(ops::create_upload(conv, data.len() as u64, mime, name, sha))
-            .await?;
-        self.resume_upload(&info.upload_id, data, progress).await
+        self.upload_from(conv, name, mime, data, None, progress).await
     }
 
-    /// Go on with an upload from wherever the server stands (after a crash of the app, say:
-    /// keep the upload id and the file).
+    /// [`Client::upload`] of a file on disk, named by its file name. Its path is kept with
+    /// the upload in the snapshot, so [`Client::resume_upload_file`] needs only the id.
+    pub async fn upload_file(
+        &self,
+        conv: ConversationId,
+        path: &str,
+        mime: &str,
+        progress: impl Fn(u64, u64) + Send,
+    ) -> Result<pb::MediaInfo, ClientError> {
+        let (data, name) = read_file(path)?;
+        self.upload_from(conv, &name, mime, data, Some(path.to_string()), progress)
+            .await
+    }
+
+    async fn upload_from(
+        &self,
+        conv: ConversationId,
+        name: &str,
+        mime: &str,
+        data: Bytes,
+        source: Option<String>,
+        progress: impl Fn(u64, u64) + Send,
+    ) -> Result<pb::MediaInfo, ClientError> {
+        let sha = Sha256::digest(&data).to_vec();
+        let info = self
+            .call(ops::create_upload(conv, data.len() as u64, mime, name, sha.clone()))
+            .await?;
+        self.uploads.with(|u| {
+            u.started(PendingUpload {
+                upload_id: info.upload_id.clone(),
+                conversation_id: conv.0,
+                name: name.into(),
+                mime: mime.into(),
+                size: data.len() as u64,
+                sha256: upload::hex(&sha),
+                source,
+                paused: false,
+            })
+        });
+        self.drive(&info.upload_id, data, true, progress).await
+    }
+
+    /// Go on with an upload from wherever the server stands — after a pause, a give-up, or
+    /// an app restart (the upload from the snapshot, and the same file: its size and
+    /// SHA-256 are checked first, [`ClientError::Resume`]). An upload id this client does
+    /// not know (the app kept it itself) is resumed too; the server checks the bytes.
     pub async fn resume_upload(
         &self,
         upload_id: &str,
         data: Bytes,
         progress: impl Fn(u64, u64) + Send,
     ) -> Result<pb::MediaInfo, ClientError> {
+        let sha = upload::hex(&Sha256::digest(&data));
+        let known = self
+            .uploads
+            .with(|u| u.resume(upload_id, data.len() as u64, &sha))?
+            .is_some();
+        self.drive(upload_id, data, known, progress).await
+    }
+
+    /// [`Client::resume_upload`] from the file the upload was started with
+    /// ([`Client::upload_file`]'s path, in the snapshot).
+    pub async fn resume_upload_file(
+        &self,
+        upload_id: &str,
+        progress: impl Fn(u64, u64) + Send,
+    ) -> Result<pb::MediaInfo, ClientError> {
+        let path = self
+            .uploads
+            .with(|u| u.get(upload_id).and_then(|p| p.source.clone()))
+            .ok_or_else(|| ClientError::File(format!("upload {upload_id} has no file path here")))?;
+        let (data, _) = read_file(&path)?;
+        self.resume_upload(upload_id, data, progress).await
+    }
+
+    /// Stop sending an upload: its stream is reset, its running `upload`/`resume_upload`
+    /// ends with [`ClientError::UploadPaused`], and what the server stored stays (until the
+    /// upload expires) for a later `resume_upload`. False if no such upload is unfinished
+    /// here.
+    pub fn pause_upload(&self, upload_id: &str) -> bool {
+        let paused = self.uploads.with(|u| u.pause(upload_id));
+        self.uploads.signal();
+        paused
+    }
+
+    /// Stop an upload for good: the server deletes what it stored, and a running
+    /// `upload`/`resume_upload` ends with [`ClientError::UploadCancelled`].
+    pub async fn cancel_upload(&self, upload_id: &str) -> Result<(), ClientError> {
+        self.uploads.with(|u| u.finished(upload_id));
+        self.uploads.signal();
+        self.call(ops::cancel_upload(upload_id)).await
+    }
+
+    /// Unfinished uploads (paused ones included), oldest first.
+    pub fn pending_uploads(&self) -> Vec<PendingUpload> {
+        self.uploads.list()
+    }
+
+    /// The upload loop: ask where it stands, send the rest, wait for the reports; until it
+    /// is ready, refused for good, paused or cancelled (`tracked`: it is in the table, so
+    /// leaving it means a cancel), or out of patience.
+    async fn drive(
+        &self,
+        upload_id: &str,
+        data: Bytes,
+        tracked: bool,
+        progress: impl Fn(u64, u64) + Send,
+    ) -> Result<pb::MediaInfo, ClientError> {
+        let result = self.drive_inner(upload_id, data, tracked, progress).await;
+        match &result {
+            Ok(_) => {
+                self.uploads.with(|u| u.finished(upload_id));
+            }
+            Err(ClientError::Request(RequestError::Server(e))) if upload::permanent(e.code) => {
+                self.uploads.with(|u| u.finished(upload_id));
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn drive_inner(
+        &self,
+        upload_id: &str,
+        data: Bytes,
+        tracked: bool,
+        progress: impl Fn(u64, u64) + Send,
+    ) -> Result<pb::MediaInfo, ClientError> {
         let (tx, mut reports) = mpsc::unbounded_channel();
         self.cmd
             .send(Command::WatchUpload(upload_id.to_string(), tx))
             .map_err(|_| ClientError::Closed)?;
+        let mut changed = self.uploads.changed.subscribe();
         let size = data.len() as u64;
         let until = tokio::time::Instant::now() + UPLOAD_PATIENCE;
         loop {
+            if let Some(e) = stopped(&self.uploads, upload_id, tracked) {
+                return Err(e);
+            }
             if tokio::time::Instant::now() > until {
                 return Err(ClientError::Upload("gave up: no progress in time".into()));
             }
@@ -77,24 +271,49 @@ impl Client {
                 Next::Send { offset } => {
                     let from = offset.min(size) as usize;
                     let (done, sent) = oneshot::channel();
+                    // Dropped (a pause, a cancel, this future dropped): the stream is reset.
+                    let (stop, stop_rx) = oneshot::channel::<()>();
                     self.cmd
                         .send(Command::UploadStream(
                             upload_id.to_string(),
                             offset,
                             data.slice(from..),
+                            stop_rx,
                             done,
                         ))
                         .map_err(|_| ClientError::Closed)?;
-                    if !matches!(sent.await, Ok(Ok(()))) {
+                    // While the stream is written, its reports come in: progress, or a
+                    // refusal that ends it. Leaving this arm drops `stop`, which resets it.
+                    let mut sent = std::pin::pin!(sent);
+                    let sent = loop {
+                        tokio::select! {
+                            r = &mut sent => break matches!(r, Ok(Ok(()))),
+                            e = until_stopped(&self.uploads, &mut changed, upload_id, tracked) => return Err(e),
+                            w = reports.recv() => match w {
+                                Some(UploadWatch::Progress(p)) => {
+                                    progress(p.committed, size);
+                                    match upload::after_report(&p) {
+                                        Next::Wait => {}
+                                        Next::Ready(m) => return Ok(m),
+                                        Next::Failed(e) => return Err(server_error(e)),
+                                        Next::Send { .. } | Next::AskAgain => break false,
+                                    }
+                                }
+                                Some(UploadWatch::Disconnected) | None => break false,
+                            },
+                        }
+                    };
+                    if !sent {
                         // Not connected, or the stream was cut: let the client reconnect.
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
+                    drop(stop);
                     Duration::from_millis(upload::STREAM_REPORT_WAIT_MS)
                 }
             };
             // Wait for the outcome: ready, rejected, or a refusal of the stream.
-            let outcome = tokio::time::timeout(patience, async {
+            let reports = async {
                 while let Some(w) = reports.recv().await {
                     let p = match w {
                         UploadWatch::Progress(p) => *p,
@@ -108,13 +327,24 @@ impl Client {
                     }
                 }
                 Next::AskAgain
+            };
+            let outcome = tokio::time::timeout(patience, async {
+                tokio::select! {
+                    next = reports => Ok(next),
+                    e = until_stopped(&self.uploads, &mut changed, upload_id, tracked) => Err(e),
+                }
             })
             .await;
+            let outcome = match outcome {
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(next)) => Ok(next),
+                Err(elapsed) => Err(elapsed),
+            };
             match outcome {
                 Ok(Next::Ready(m)) => return Ok(m),
                 Ok(Next::Failed(e)) => return Err(server_error(e)),
-                // A refusal that a fresh look can fix, a report lost to a reconnect, or
-                // silence: ask where it stands.
+                // A refusal that a fresh look can fix, a report lost to a reconnect, a
+                // pause, or silence: ask where it stands.
                 _ => continue,
             }
         }

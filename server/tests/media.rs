@@ -3,6 +3,9 @@
 //! ones, attachments, and hostile input — each refusal typed, nothing stored, the server
 //! serving others.
 mod common;
+// Uploads and downloads through the SDK and the CLI: pause, restart, resume, cancel.
+#[path = "media/sdk.rs"]
+mod sdk;
 
 use common::media::{download, file, first_attachment};
 use common::*;
@@ -467,127 +470,6 @@ async fn an_unfinished_upload_expires_with_its_bytes() {
 /// The Rust SDK: an 8 MiB upload whose connection is dropped twice on the way resumes by
 /// itself and arrives whole; bob receives the message with its attachment and downloads the
 /// file (whole and a range) through the SDK.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_sdk_uploads_through_reconnects_and_the_other_member_downloads() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = media_server(dir.path(), 1 << 30).await;
-    let (alice, mut bob, dm) = alice_and_bob(&s).await;
-    let data = bytes::Bytes::from(file(8 << 20, 21));
-    let client = alice.client.clone();
-    let stored = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let seen = stored.clone();
-    let upload = tokio::spawn({
-        let data = data.clone();
-        async move {
-            client
-                .upload(dm, "movie.bin", "application/octet-stream", data, move |done, _| {
-                    seen.fetch_max(done, std::sync::atomic::Ordering::Relaxed);
-                })
-                .await
-        }
-    });
-    // Drop the connection twice while the upload runs: at 2 MiB and at 5 MiB stored.
-    for at in [2u64 << 20, 5 << 20] {
-        let until = tokio::time::Instant::now() + DEADLINE;
-        while stored.load(std::sync::atomic::Ordering::Relaxed) < at {
-            assert!(tokio::time::Instant::now() < until, "upload stalled below {at}");
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-        alice.client.reconnect();
-    }
-    let info = tokio::time::timeout(DEADLINE * 3, upload)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(info.sha256, Sha256::digest(&data).to_vec(), "the file arrived whole");
-    let ack = alice
-        .client
-        .send_attachments(dm, "", std::slice::from_ref(&info))
-        .await
-        .unwrap();
-    let ev = events_upto(&mut bob.events, dm, ack.seq.0).await;
-    let att = first_attachment(&ev).expect("bob received the attachment");
-    assert_eq!(
-        (att.media_id.as_str(), att.size),
-        (info.media_id.as_str(), data.len() as u64)
-    );
-    let got = bob
-        .client
-        .download_all(&att.media_id, pb::MediaVariant::Original)
-        .await
-        .unwrap();
-    assert!(got == data[..], "bob downloads it whole");
-    let part = bob
-        .client
-        .download(&att.media_id, pb::MediaVariant::Original, 3_000_000, 1_000)
-        .await
-        .unwrap();
-    assert!(part == data[3_000_000..3_001_000]);
-}
-
-/// The CLI: `send --file` uploads a PNG and sends it; the other member sees the attachment
-/// in `history` (type, pixel size, thumbnails) and downloads the file and a thumbnail.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cli_sends_a_file_and_the_other_member_downloads_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = media_server(dir.path(), 1 << 30).await;
-    let (a, b) = (dir.path().join("alice"), dir.path().join("bob"));
-    let (addr, fp) = (s.addr.to_string(), s.fingerprint.clone());
-    for (p, name) in [(&a, "alice"), (&b, "bob")] {
-        cli(
-            p,
-            &[
-                "--server",
-                &addr,
-                "--fingerprint",
-                &fp,
-                "register",
-                name,
-                "--password",
-                PASSWORD,
-            ],
-        )
-        .await;
-        cli(p, &["login", name, "--password", PASSWORD]).await;
-    }
-    let dm = cli(&a, &["dm", "bob"]).await[0]["conversationId"]
-        .as_u64()
-        .unwrap()
-        .to_string();
-    let img = image::RgbImage::from_fn(640, 480, |x, y| image::Rgb([(x / 3) as u8, (y / 2) as u8, 7]));
-    let png_path = dir.path().join("photo.png");
-    img.save(&png_path).unwrap();
-    let png = std::fs::read(&png_path).unwrap();
-    let sent = cli(&a, &["send", &dm, "a", "photo", "--file", png_path.to_str().unwrap()]).await;
-    let seq = sent[0]["seq"].as_u64().unwrap();
-    let history = cli(&b, &["history", &dm]).await;
-    let msg = history.iter().find(|v| v["seq"] == seq).expect("bob sees the message");
-    assert_eq!(msg["body"]["text"], "a photo");
-    let att = &msg["body"]["attachments"][0];
-    assert_eq!(
-        (att["mime"].as_str(), att["width"].as_u64(), att["height"].as_u64()),
-        (Some("image/png"), Some(640), Some(480))
-    );
-    assert_eq!(
-        (att["name"].as_str(), att["size"].as_u64()),
-        (Some("photo.png"), Some(png.len() as u64))
-    );
-    assert_eq!(att["thumbnails"].as_array().map(Vec::len), Some(2));
-    let media = att["mediaId"].as_str().unwrap();
-    let out = dir.path().join("got.png");
-    cli(&b, &["download", media, "--out", out.to_str().unwrap()]).await;
-    assert!(std::fs::read(&out).unwrap() == png, "the file, byte for byte");
-    let thumb = dir.path().join("thumb.jpg");
-    cli(
-        &b,
-        &["download", media, "--thumb", "320", "--out", thumb.to_str().unwrap()],
-    )
-    .await;
-    let t = image::open(&thumb).unwrap();
-    assert_eq!((t.width(), t.height()), (320, 240));
-}
-
 /// moto's S3 server (PyPI `moto[server]`, in `target/py` as `scripts/test.sh` installs it)
 /// on a free loopback port, with one bucket.
 struct Moto {

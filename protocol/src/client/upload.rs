@@ -4,9 +4,11 @@
 //! offset, wait, ask again, or stop with the file or a refusal. The drivers (natter-sdk's
 //! streams, natter-wasm's WebTransport streams or tus PATCHes) only carry it out.
 //!
-//! Also here: the message body that attaches finished files, so every SDK names a
-//! message's kind the same way.
-use super::model::MediaInfo;
+//! Also here: the client's record of its unfinished uploads ([`Uploads`]), which every
+//! SDK keeps in its snapshot so an upload survives an app restart and can be paused, and
+//! the message body that attaches finished files, so every SDK names a message's kind the
+//! same way.
+use super::model::{MediaInfo, PendingUpload};
 use crate::pb::{self, ErrorCode};
 use crate::ServerError;
 
@@ -89,6 +91,114 @@ pub fn after_report(report: &pb::UploadProgress) -> Next {
     }
 }
 
+/// Why a file offered to go on with an upload is refused before a byte is sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResumeError {
+    /// Its size is not the upload's.
+    #[error("this file has {got} bytes; upload {upload_id} is of {want}")]
+    Size {
+        /// The upload.
+        upload_id: String,
+        /// The file offered.
+        got: u64,
+        /// The upload's.
+        want: u64,
+    },
+    /// Its SHA-256 is not the upload's: another file of the same size.
+    #[error("this file is not the one upload {upload_id} started with (SHA-256 differs)")]
+    Hash {
+        /// The upload.
+        upload_id: String,
+    },
+}
+
+/// This client's unfinished uploads, oldest first: one is added when the server created
+/// it and forgotten once it is ready, rejected or cancelled. The SDKs put
+/// [`Uploads::list`] in their snapshot and give it back with [`Uploads::restore`] after a
+/// restart; a paused upload stays here (and on the server, until it expires) without a
+/// byte being sent.
+#[derive(Debug, Clone, Default)]
+pub struct Uploads {
+    list: Vec<PendingUpload>,
+}
+
+impl Uploads {
+    /// The uploads of an earlier snapshot.
+    pub fn restore(list: impl IntoIterator<Item = PendingUpload>) -> Self {
+        let mut u = Uploads::default();
+        for p in list {
+            u.started(p);
+        }
+        u
+    }
+
+    /// The server created an upload (or a restored one is known again).
+    pub fn started(&mut self, p: PendingUpload) {
+        self.list.retain(|q| q.upload_id != p.upload_id);
+        self.list.push(p);
+    }
+
+    /// Ready, rejected or cancelled: nothing left to resume.
+    pub fn finished(&mut self, upload_id: &str) -> Option<PendingUpload> {
+        let i = self.list.iter().position(|p| p.upload_id == upload_id)?;
+        Some(self.list.remove(i))
+    }
+
+    /// Stop sending `upload_id` until [`Uploads::resume`]; false if it is not here.
+    pub fn pause(&mut self, upload_id: &str) -> bool {
+        self.list
+            .iter_mut()
+            .find(|p| p.upload_id == upload_id)
+            .map(|p| p.paused = true)
+            .is_some()
+    }
+
+    /// Whether `upload_id` is paused.
+    pub fn is_paused(&self, upload_id: &str) -> bool {
+        self.get(upload_id).is_some_and(|p| p.paused)
+    }
+
+    /// Go on with `upload_id` with a file of `size` bytes and SHA-256 `sha256` (hex): it
+    /// must be the file the upload started with. Unpauses it; its record, or `None` for
+    /// an upload this client does not know (the app kept the id itself): the server's
+    /// checks of the bytes then decide.
+    pub fn resume(&mut self, upload_id: &str, size: u64, sha256: &str) -> Result<Option<PendingUpload>, ResumeError> {
+        let Some(p) = self.list.iter_mut().find(|p| p.upload_id == upload_id) else {
+            return Ok(None);
+        };
+        if p.size != size {
+            return Err(ResumeError::Size {
+                upload_id: upload_id.into(),
+                got: size,
+                want: p.size,
+            });
+        }
+        if !p.sha256.is_empty() && !p.sha256.eq_ignore_ascii_case(sha256) {
+            return Err(ResumeError::Hash {
+                upload_id: upload_id.into(),
+            });
+        }
+        p.paused = false;
+        Ok(Some(p.clone()))
+    }
+
+    /// One upload's record.
+    pub fn get(&self, upload_id: &str) -> Option<&PendingUpload> {
+        self.list.iter().find(|p| p.upload_id == upload_id)
+    }
+
+    /// Every unfinished upload, oldest first: what the snapshot keeps.
+    pub fn list(&self) -> Vec<PendingUpload> {
+        self.list.clone()
+    }
+}
+
+/// Lower-case hex of a digest (the form [`PendingUpload::sha256`] and `MediaInfo.sha256`
+/// use).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A message attaching finished files, with optional text. Its kind says what a client
 /// can show without opening the files: images only → `IMAGE`, videos only → `VIDEO`,
 /// other files without text → `FILE`, else `TEXT` with attachments.
@@ -163,6 +273,54 @@ mod tests {
             ..stored
         };
         assert!(matches!(after_report(&refused), Next::Failed(e) if e.code == ErrorCode::QuotaExceeded));
+    }
+
+    fn pending(id: &str, size: u64, sha: &str) -> PendingUpload {
+        PendingUpload {
+            upload_id: id.into(),
+            conversation_id: 7,
+            name: "a.bin".into(),
+            mime: "application/octet-stream".into(),
+            size,
+            sha256: sha.into(),
+            source: None,
+            paused: false,
+        }
+    }
+
+    #[test]
+    fn uploads_are_kept_until_finished_and_survive_a_restore() {
+        let mut u = Uploads::default();
+        u.started(pending("u1", 10, "aa"));
+        u.started(pending("u2", 20, "bb"));
+        assert!(u.pause("u1"));
+        assert!(!u.pause("nope"));
+        // A restart: the snapshot's list, in order, paused state and all.
+        let mut u = Uploads::restore(u.list());
+        assert_eq!(
+            u.list().iter().map(|p| p.upload_id.as_str()).collect::<Vec<_>>(),
+            ["u1", "u2"]
+        );
+        assert!(u.is_paused("u1") && !u.is_paused("u2"));
+        assert_eq!(u.finished("u2").map(|p| p.size), Some(20));
+        assert_eq!(u.finished("u2"), None);
+        assert_eq!(u.list().len(), 1);
+    }
+
+    #[test]
+    fn only_the_same_file_resumes_an_upload() {
+        let mut u = Uploads::restore([pending("u1", 10, "aa")]);
+        u.pause("u1");
+        assert!(matches!(
+            u.resume("u1", 11, "aa"),
+            Err(ResumeError::Size { got: 11, want: 10, .. })
+        ));
+        assert!(matches!(u.resume("u1", 10, "ab"), Err(ResumeError::Hash { .. })));
+        assert!(u.is_paused("u1"), "a refused file leaves it paused");
+        assert_eq!(u.resume("u1", 10, "AA").unwrap().map(|p| p.paused), Some(false));
+        assert!(!u.is_paused("u1"));
+        assert_eq!(u.resume("unknown", 1, "x"), Ok(None));
+        assert_eq!(hex(&[0, 0xab, 0x10]), "00ab10");
     }
 
     #[test]

@@ -302,7 +302,10 @@ async fn chromium_seeks_a_served_mp4_and_webm_to_their_middle_through_http_range
             .await
             .unwrap();
         assert_eq!(media.mime, mime);
-        nate.client.send_attachments(conv, "", &[media.clone()]).await.unwrap();
+        nate.client
+            .send_attachments(conv, "", std::slice::from_ref(&media))
+            .await
+            .unwrap();
         let id = media.media_id.clone();
         let video = format!("#message-list .att.video video[data-media='{id}']");
         b.wait("vera", &video).await;

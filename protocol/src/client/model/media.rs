@@ -59,6 +59,31 @@ record! {
 }
 
 record! {
+    /// An upload this client started that the server has not finished: kept in the
+    /// snapshot so it survives an app restart — resume it with the same file (its size and
+    /// hash are checked) and it goes on from the server's committed offset.
+    pub struct PendingUpload {
+        /// The server's id of the upload.
+        pub upload_id: String,
+        /// The conversation it is for.
+        pub conversation_id: u64,
+        /// The file name.
+        pub name: String,
+        /// The declared content type.
+        pub mime: String,
+        /// Bytes.
+        pub size: u64,
+        /// SHA-256 of the whole file, hex.
+        pub sha256: String,
+        /// Where the app read the file from (a path), when it said: the FFI's `upload_file`
+        /// records it, so `resume_upload_file` needs only the upload id.
+        pub source: Option<String>,
+        /// Paused by the app: nothing is sent until it resumes the upload.
+        pub paused: bool,
+    }
+}
+
+record! {
     /// A file in a message.
     pub struct Attachment {
         /// The file.

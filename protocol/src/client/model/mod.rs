@@ -17,7 +17,7 @@ mod event;
 mod tests;
 
 pub use event::NatterEvent;
-pub use media::{Attachment, MediaInfo, MediaVariant, Thumbnail, UploadProgress, UploadState};
+pub use media::{Attachment, MediaInfo, MediaVariant, PendingUpload, Thumbnail, UploadProgress, UploadState};
 
 use crate::client::SendAck as CoreSendAck;
 use crate::error::ServerError;

@@ -1,0 +1,276 @@
+//! Media through natter-sdk and the CLI against the real server on loopback: uploads that
+//! survive reconnects, a pause, an app restart (the snapshot) and a cancel; the other
+//! member's downloads; the CLI's `send --file` and `download`.
+use super::common::media::{file, first_attachment};
+use super::common::*;
+use super::media_server;
+use natter_protocol::client::ops;
+use natter_protocol::client::upload::ResumeError;
+use natter_protocol::pb::{self, ErrorCode};
+use natter_sdk::{Client, ClientError};
+use sha2::{Digest, Sha256};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_uploads_through_reconnects_and_the_other_member_downloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = media_server(dir.path(), 1 << 30).await;
+    let (alice, mut bob, dm) = alice_and_bob(&s).await;
+    let data = bytes::Bytes::from(file(8 << 20, 21));
+    let client = alice.client.clone();
+    let stored = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = stored.clone();
+    let upload = tokio::spawn({
+        let data = data.clone();
+        async move {
+            client
+                .upload(dm, "movie.bin", "application/octet-stream", data, move |done, _| {
+                    seen.fetch_max(done, std::sync::atomic::Ordering::Relaxed);
+                })
+                .await
+        }
+    });
+    // Drop the connection twice while the upload runs: at 2 MiB and at 5 MiB stored.
+    for at in [2u64 << 20, 5 << 20] {
+        let until = tokio::time::Instant::now() + DEADLINE;
+        while stored.load(std::sync::atomic::Ordering::Relaxed) < at {
+            assert!(tokio::time::Instant::now() < until, "upload stalled below {at}");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        alice.client.reconnect();
+    }
+    let info = tokio::time::timeout(DEADLINE * 3, upload)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(info.sha256, Sha256::digest(&data).to_vec(), "the file arrived whole");
+    let ack = alice
+        .client
+        .send_attachments(dm, "", std::slice::from_ref(&info))
+        .await
+        .unwrap();
+    let ev = events_upto(&mut bob.events, dm, ack.seq.0).await;
+    let att = first_attachment(&ev).expect("bob received the attachment");
+    assert_eq!(
+        (att.media_id.as_str(), att.size),
+        (info.media_id.as_str(), data.len() as u64)
+    );
+    let got = bob
+        .client
+        .download_all(&att.media_id, pb::MediaVariant::Original)
+        .await
+        .unwrap();
+    assert!(got == data[..], "bob downloads it whole");
+    let part = bob
+        .client
+        .download(&att.media_id, pb::MediaVariant::Original, 3_000_000, 1_000)
+        .await
+        .unwrap();
+    assert!(part == data[3_000_000..3_001_000]);
+}
+
+/// The CLI: `send --file` uploads a PNG and sends it; the other member sees the attachment
+/// in `history` (type, pixel size, thumbnails) and downloads the file and a thumbnail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_sends_a_file_and_the_other_member_downloads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = media_server(dir.path(), 1 << 30).await;
+    let (a, b) = (dir.path().join("alice"), dir.path().join("bob"));
+    let (addr, fp) = (s.addr.to_string(), s.fingerprint.clone());
+    for (p, name) in [(&a, "alice"), (&b, "bob")] {
+        cli(
+            p,
+            &[
+                "--server",
+                &addr,
+                "--fingerprint",
+                &fp,
+                "register",
+                name,
+                "--password",
+                PASSWORD,
+            ],
+        )
+        .await;
+        cli(p, &["login", name, "--password", PASSWORD]).await;
+    }
+    let dm = cli(&a, &["dm", "bob"]).await[0]["conversationId"]
+        .as_u64()
+        .unwrap()
+        .to_string();
+    let img = image::RgbImage::from_fn(640, 480, |x, y| image::Rgb([(x / 3) as u8, (y / 2) as u8, 7]));
+    let png_path = dir.path().join("photo.png");
+    img.save(&png_path).unwrap();
+    let png = std::fs::read(&png_path).unwrap();
+    let sent = cli(&a, &["send", &dm, "a", "photo", "--file", png_path.to_str().unwrap()]).await;
+    let seq = sent[0]["seq"].as_u64().unwrap();
+    let history = cli(&b, &["history", &dm]).await;
+    let msg = history.iter().find(|v| v["seq"] == seq).expect("bob sees the message");
+    assert_eq!(msg["body"]["text"], "a photo");
+    let att = &msg["body"]["attachments"][0];
+    assert_eq!(
+        (att["mime"].as_str(), att["width"].as_u64(), att["height"].as_u64()),
+        (Some("image/png"), Some(640), Some(480))
+    );
+    assert_eq!(
+        (att["name"].as_str(), att["size"].as_u64()),
+        (Some("photo.png"), Some(png.len() as u64))
+    );
+    assert_eq!(att["thumbnails"].as_array().map(Vec::len), Some(2));
+    let media = att["mediaId"].as_str().unwrap();
+    let out = dir.path().join("got.png");
+    cli(&b, &["download", media, "--out", out.to_str().unwrap()]).await;
+    assert!(std::fs::read(&out).unwrap() == png, "the file, byte for byte");
+    let thumb = dir.path().join("thumb.jpg");
+    cli(
+        &b,
+        &["download", media, "--thumb", "320", "--out", thumb.to_str().unwrap()],
+    )
+    .await;
+    let t = image::open(&thumb).unwrap();
+    assert_eq!((t.width(), t.height()), (320, 240));
+}
+
+/// Waits until `stored` has reached `at` bytes (the upload's progress callback).
+async fn until_stored(stored: &AtomicU64, at: u64) {
+    let until = tokio::time::Instant::now() + DEADLINE;
+    while stored.load(Ordering::Relaxed) < at {
+        assert!(tokio::time::Instant::now() < until, "upload stalled below {at}");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// A pause, an app restart and a resume: while unfinished the upload is in the snapshot
+/// (with its size, hash and path); a pause ends the running upload with a typed error and
+/// stops its bytes short of the end; a new client built from the snapshot knows it as
+/// paused, refuses a different file before a byte moves, and goes on from the server's
+/// committed offset (not from 0) to the whole file; then nothing is pending. A cancel ends
+/// a running upload, and the server forgets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_pauses_survives_a_restart_in_the_snapshot_and_resumes_where_it_stood() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = media_server(dir.path(), 1 << 30).await;
+    let (alice, _bob, dm) = alice_and_bob(&s).await;
+    // Large enough that no flow-control window holds the rest when the pause comes.
+    let data = file(24 << 20, 33);
+    let path = dir.path().join("holiday.bin");
+    std::fs::write(&path, &data).unwrap();
+    let path = path.to_str().unwrap().to_string();
+
+    // The snapshot of the running upload, taken when the first piece is stored; then the
+    // pause, from the progress callback (so it comes while most of the file is unsent).
+    let (snap_tx, snap_rx) = std::sync::mpsc::channel();
+    let upload = tokio::spawn({
+        let (client, path) = (alice.client.clone(), path.clone());
+        async move {
+            let me = client.clone();
+            client
+                .upload_file(dm, &path, "application/octet-stream", move |done, _| {
+                    if done > 0 {
+                        for p in me.pending_uploads() {
+                            if !p.paused && me.pause_upload(&p.upload_id) {
+                                let _ = snap_tx.send(p);
+                            }
+                        }
+                    }
+                })
+                .await
+        }
+    });
+    let paused = tokio::time::timeout(DEADLINE, upload).await.unwrap().unwrap();
+    let p = snap_rx.try_recv().expect("paused once a piece was stored");
+    assert_eq!(
+        (p.conversation_id, p.name.as_str(), p.size, p.source.as_deref()),
+        (dm.0, "holiday.bin", data.len() as u64, Some(path.as_str()))
+    );
+    assert_eq!(p.sha256, hex::encode(Sha256::digest(&data)));
+    let id = p.upload_id.clone();
+    assert!(
+        matches!(&paused, Err(ClientError::UploadPaused(u)) if *u == id),
+        "{paused:?}"
+    );
+    let at_pause = alice.client.call(ops::get_upload(&id)).await.unwrap();
+    assert_eq!(at_pause.state(), pb::UploadState::Uploading);
+    assert!(
+        at_pause.committed > 0 && at_pause.committed < data.len() as u64,
+        "paused part-way: {} of {}",
+        at_pause.committed,
+        data.len()
+    );
+    let snap = alice.client.snapshot().await.unwrap();
+    assert!(snap.pending_uploads[0].paused, "the snapshot says paused");
+
+    // The app is killed; a new process restores the snapshot.
+    alice.client.shutdown().await;
+    let mut config = client_config(s.addr, &s.fingerprint, snap.access_token.clone());
+    config.pending_uploads = snap.pending_uploads.clone();
+    let (again, _events) = Client::connect(config).unwrap();
+    assert_eq!(again.pending_uploads(), snap.pending_uploads);
+    // Another file is refused before anything is sent: a different size, then the same
+    // size with other bytes.
+    let shorter = again
+        .resume_upload(&id, bytes::Bytes::from(data[1..].to_vec()), |_, _| {})
+        .await;
+    assert!(
+        matches!(shorter, Err(ClientError::Resume(ResumeError::Size { .. }))),
+        "{shorter:?}"
+    );
+    let other = again
+        .resume_upload(&id, bytes::Bytes::from(file(data.len(), 34)), |_, _| {})
+        .await;
+    assert!(
+        matches!(other, Err(ClientError::Resume(ResumeError::Hash { .. }))),
+        "{other:?}"
+    );
+    assert!(again.pending_uploads()[0].paused, "still paused after the refusals");
+    let unchanged = again.call(ops::get_upload(&id)).await.unwrap();
+    assert_eq!(unchanged.committed, at_pause.committed, "nothing moved while paused");
+
+    let first = Arc::new(AtomicU64::new(u64::MAX));
+    let seen = first.clone();
+    let info = tokio::time::timeout(
+        DEADLINE * 3,
+        again.resume_upload_file(&id, move |done, _| {
+            let _ = seen.compare_exchange(u64::MAX, done, Ordering::Relaxed, Ordering::Relaxed);
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        first.load(Ordering::Relaxed) >= at_pause.committed,
+        "resumed from the committed offset {}, not from {}",
+        at_pause.committed,
+        first.load(Ordering::Relaxed)
+    );
+    assert_eq!(info.sha256, Sha256::digest(&data).to_vec(), "the file arrived whole");
+    assert!(again.pending_uploads().is_empty());
+    assert!(again.snapshot().await.unwrap().pending_uploads.is_empty());
+
+    // A cancel while it runs.
+    let stored = Arc::new(AtomicU64::new(0));
+    let upload = tokio::spawn({
+        let (client, seen) = (again.clone(), stored.clone());
+        let data = bytes::Bytes::from(file(8 << 20, 35));
+        async move {
+            client
+                .upload(dm, "gone.bin", "application/octet-stream", data, move |done, _| {
+                    seen.fetch_max(done, Ordering::Relaxed);
+                })
+                .await
+        }
+    });
+    until_stored(&stored, 1 << 20).await;
+    let id = again.pending_uploads()[0].upload_id.clone();
+    again.cancel_upload(&id).await.unwrap();
+    let cancelled = tokio::time::timeout(DEADLINE, upload).await.unwrap().unwrap();
+    assert!(
+        matches!(&cancelled, Err(ClientError::UploadCancelled(u)) if *u == id),
+        "{cancelled:?}"
+    );
+    assert!(again.pending_uploads().is_empty());
+    let gone = again.call(ops::get_upload(&id)).await;
+    assert_eq!(gone.unwrap_err().code(), Some(ErrorCode::NotFound));
+}
