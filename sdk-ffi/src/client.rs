@@ -134,6 +134,15 @@ where
     }
 }
 
+/// An upload's progress callback for the SDK: the app's listener, if it gave one.
+fn progress_of(listener: Option<Arc<dyn UploadListener>>) -> impl Fn(u64, u64) + Send {
+    move |stored, size| {
+        if let Some(l) = &listener {
+            l.on_progress(stored, size);
+        }
+    }
+}
+
 fn text_body(text: String, reply_to_seq: u64) -> pb::MessageBody {
     pb::MessageBody {
         kind: pb::MessageKind::Text as i32,
@@ -178,6 +187,7 @@ fn config(options: ConnectOptions) -> Result<ClientConfig, NatterError> {
     config.access_token = options.access_token;
     config.resume_token = options.resume_token;
     config.cursors = options.cursors.into_iter().map(Into::into).collect();
+    config.pending_uploads = options.pending_uploads;
     config.session.client_name = options.client_name;
     if let Some(ms) = options.idle_timeout_ms {
         config.idle_timeout_ms = ms;
@@ -379,18 +389,21 @@ impl NatterClient {
     ) -> Result<MediaInfo, NatterError> {
         let c = self.inner.clone();
         run(async move {
-            let progress = move |stored, size| {
-                if let Some(l) = &listener {
-                    l.on_progress(stored, size);
-                }
-            };
-            c.upload(ConversationId(conversation_id), &name, &mime, data.into(), progress)
-                .await
+            c.upload(
+                ConversationId(conversation_id),
+                &name,
+                &mime,
+                data.into(),
+                progress_of(listener),
+            )
+            .await
         })
         .await
     }
 
-    /// [`Self::upload`] of a file on disk (its name is the file name).
+    /// [`Self::upload`] of a file on disk (its name is the file name). Its path is kept
+    /// with the upload in the snapshot, so after an app restart `resume_upload_file` needs
+    /// only the upload id.
     pub async fn upload_file(
         &self,
         conversation_id: u64,
@@ -398,15 +411,54 @@ impl NatterClient {
         mime: String,
         listener: Option<Arc<dyn UploadListener>>,
     ) -> Result<MediaInfo, NatterError> {
-        let data = std::fs::read(&path).map_err(|e| NatterError::File {
-            detail: format!("{path}: {e}"),
-        })?;
-        let name = std::path::Path::new(&path)
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("file")
-            .to_string();
-        self.upload(conversation_id, name, mime, data, listener).await
+        let c = self.inner.clone();
+        run(async move {
+            c.upload_file(ConversationId(conversation_id), &path, &mime, progress_of(listener))
+                .await
+        })
+        .await
+    }
+
+    /// Go on with an unfinished upload (after a pause, a give-up or an app restart) with
+    /// the same bytes, from the server's committed offset. Another file is refused first
+    /// (`NotTheSameFile`).
+    pub async fn resume_upload(
+        &self,
+        upload_id: String,
+        data: Vec<u8>,
+        listener: Option<Arc<dyn UploadListener>>,
+    ) -> Result<MediaInfo, NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.resume_upload(&upload_id, data.into(), progress_of(listener)).await }).await
+    }
+
+    /// [`Self::resume_upload`] from the file `upload_file` started with (its path is in
+    /// the snapshot's pending upload).
+    pub async fn resume_upload_file(
+        &self,
+        upload_id: String,
+        listener: Option<Arc<dyn UploadListener>>,
+    ) -> Result<MediaInfo, NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.resume_upload_file(&upload_id, progress_of(listener)).await }).await
+    }
+
+    /// Stop sending an upload; its running call ends with `UploadPaused`, and what the
+    /// server stored stays for `resume_upload`. False if no such upload is unfinished here.
+    pub fn pause_upload(&self, upload_id: String) -> bool {
+        self.inner.pause_upload(&upload_id)
+    }
+
+    /// Stop an upload for good: the server deletes what it stored; its running call ends
+    /// with `UploadCancelled`.
+    pub async fn cancel_upload(&self, upload_id: String) -> Result<(), NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.cancel_upload(&upload_id).await }).await
+    }
+
+    /// Unfinished uploads (paused ones included), oldest first.
+    pub fn pending_uploads(&self) -> Vec<PendingUpload> {
+        self.inner.pending_uploads()
     }
 
     /// Bytes `offset..offset + length` (`length` 0: to the end) of a file or a thumbnail;

@@ -57,6 +57,25 @@ pub enum NatterError {
         /// What failed.
         detail: String,
     },
+    /// The upload was paused (`pause_upload`); `resume_upload` goes on from what was stored.
+    #[error("upload {upload_id} is paused")]
+    UploadPaused {
+        /// The upload.
+        upload_id: String,
+    },
+    /// The upload was cancelled (`cancel_upload`) while it ran.
+    #[error("upload {upload_id} was cancelled")]
+    UploadCancelled {
+        /// The upload.
+        upload_id: String,
+    },
+    /// The file given to go on with an upload is not the one it started with (another
+    /// size or SHA-256); nothing was sent.
+    #[error("{detail}")]
+    NotTheSameFile {
+        /// Which upload, and how the file differs.
+        detail: String,
+    },
 }
 
 impl From<ClientError> for NatterError {
@@ -78,6 +97,10 @@ impl From<ClientError> for NatterError {
                 detail: cut.to_string(),
             },
             ClientError::Upload(detail) => NatterError::Media { detail },
+            ClientError::UploadPaused(upload_id) => NatterError::UploadPaused { upload_id },
+            ClientError::UploadCancelled(upload_id) => NatterError::UploadCancelled { upload_id },
+            ClientError::Resume(e) => NatterError::NotTheSameFile { detail: e.to_string() },
+            ClientError::File(detail) => NatterError::File { detail },
             // ClientError is non-exhaustive; a new kind reads as unexpected until mapped.
             _ => NatterError::Unexpected,
         }

@@ -7,7 +7,8 @@ use natter_sdk::{ConversationId, Seq};
 
 pub use natter_protocol::client::model::{
     Conversation, ConversationEvent, ConversationKind, Device, ErrorCode, ErrorInfo, EventBody, HistoryPage, MediaInfo,
-    MediaVariant, Member, MemberReceipt, Message, NatterEvent, Presence, PresenceState, Reaction, Role, SendAck,
+    MediaVariant, Member, MemberReceipt, Message, NatterEvent, PendingUpload, Presence, PresenceState, Reaction, Role,
+    SendAck,
 };
 pub use natter_protocol::session::{DeliveryState, MessageStatus};
 
@@ -38,6 +39,10 @@ pub struct ConnectOptions {
     /// Delivered cursors from an earlier [`Snapshot`].
     #[uniffi(default)]
     pub cursors: Vec<Cursor>,
+    /// Unfinished uploads from an earlier [`Snapshot`]: go on with each by
+    /// `resume_upload_file` (or `resume_upload` with the same bytes).
+    #[uniffi(default)]
+    pub pending_uploads: Vec<PendingUpload>,
     /// Shown in the server's logs.
     #[uniffi(default = "natter-ffi")]
     pub client_name: String,
@@ -57,8 +62,9 @@ pub struct Cursor {
     pub seq: u64,
 }
 
-/// What to store to restore the session after the app is killed: pass the tokens and
-/// cursors to [`ConnectOptions`], and re-send each pending send with `sendWithId`.
+/// What to store to restore the session after the app is killed: pass the tokens,
+/// cursors and pending uploads to [`ConnectOptions`], re-send each pending send with
+/// `sendWithId`, and resume each upload with `resumeUploadFile`.
 #[derive(Clone, Debug, uniffi::Record)]
 pub struct Snapshot {
     /// Access token (keep it in the keychain/keystore).
@@ -69,6 +75,8 @@ pub struct Snapshot {
     pub cursors: Vec<Cursor>,
     /// Sends the server has not acknowledged yet, oldest first.
     pub pending_sends: Vec<PendingSend>,
+    /// Uploads not finished yet (paused ones included), oldest first.
+    pub pending_uploads: Vec<PendingUpload>,
 }
 
 /// A message still "sending".
@@ -141,6 +149,7 @@ impl From<natter_sdk::Snapshot> for Snapshot {
                     reply_to_seq: p.body.reply_to_seq,
                 })
                 .collect(),
+            pending_uploads: s.pending_uploads,
         }
     }
 }

@@ -34,6 +34,16 @@ class Progress : UploadListener {
     }
 }
 
+/** Pauses the client's running upload once its first piece is stored. */
+class PauseOnFirstPiece(val client: NatterClient) : UploadListener {
+    val paused = java.util.Collections.synchronizedList(mutableListOf<String>())
+    override fun onProgress(stored: ULong, size: ULong) {
+        if (stored > 0u && paused.isEmpty()) {
+            for (p in client.pendingUploads()) if (client.pauseUpload(p.uploadId)) paused.add(p.uploadId)
+        }
+    }
+}
+
 fun check(cond: Boolean, what: () -> String) {
     if (!cond) throw Failed(what())
 }
@@ -102,13 +112,19 @@ suspend fun harness(request: String) {
     check(answer?.trim() == "ok") { "harness answered $answer to $request" }
 }
 
-fun options(accessToken: String? = null, resumeToken: String? = null, cursors: List<Cursor> = listOf()) =
+fun options(
+    accessToken: String? = null,
+    resumeToken: String? = null,
+    cursors: List<Cursor> = listOf(),
+    pendingUploads: List<PendingUpload> = listOf(),
+) =
     ConnectOptions(
         address = System.getenv("NATTER_ADDR"),
         certificateSha256 = System.getenv("NATTER_FINGERPRINT"),
         accessToken = accessToken,
         resumeToken = resumeToken,
         cursors = cursors,
+        pendingUploads = pendingUploads,
         clientName = "kotlin-test",
     )
 
@@ -263,14 +279,44 @@ suspend fun scenario() {
         bob.download("A".repeat(22), MediaVariant.ORIGINAL, 0u, 0u)
     }
 
+    // An upload from a file, paused once its first piece is stored (large enough that the
+    // rest is still unsent then): the running call ends with UploadPaused, and the upload is
+    // in the snapshot — paused, with its path — for after the restart below.
+    val movie = ByteArray(24 shl 20).also { java.util.Random(7).nextBytes(it) }
+    val moviePath = java.io.File.createTempFile("natter-$PREFIX", "movie.bin").apply { writeBytes(movie) }.path
+    val pauser = PauseOnFirstPiece(alice)
+    expectError<NatterException.UploadPaused>("a paused upload ends its call") {
+        alice.uploadFile(dm, moviePath, "application/octet-stream", pauser)
+    }
+    check(pauser.paused.size == 1) { "paused once, got ${pauser.paused}" }
+
     // Restore after the app is killed: snapshot, stop, start again from the snapshot.
     val snap = alice.snapshot()
     check(snap.accessToken == aLogin.accessToken && snap.resumeToken != null) { "snapshot holds the tokens" }
     check(snap.pendingSends.isEmpty()) { "nothing pending after every ack, got ${snap.pendingSends}" }
+    check(snap.pendingUploads.map { listOf(it.uploadId, it.source, it.size, it.paused) } ==
+        listOf(listOf(pauser.paused[0], moviePath, movie.size.toULong(), true))) {
+        "the paused upload is in the snapshot, got ${snap.pendingUploads}"
+    }
     aSub.cancel()
     alice.shutdown()
     alice.close()
-    alice = NatterClient(options(snap.accessToken, snap.resumeToken, snap.cursors))
+    alice = NatterClient(options(snap.accessToken, snap.resumeToken, snap.cursors, snap.pendingUploads))
+    check(alice.pendingUploads() == snap.pendingUploads) { "the restored client knows the upload" }
+    expectError<NatterException.NotTheSameFile>("another file of the same size") {
+        alice.resumeUpload(pauser.paused[0], ByteArray(movie.size), null)
+    }
+    val resumedUpload = Progress()
+    val movieInfo = alice.resumeUploadFile(pauser.paused[0], resumedUpload)
+    val movieSha = java.security.MessageDigest.getInstance("SHA-256").digest(movie).joinToString("") { "%02x".format(it) }
+    check(movieInfo.size == movie.size.toULong() && movieInfo.sha256 == movieSha) {
+        "the resumed upload is the whole file, got $movieInfo"
+    }
+    check(resumedUpload.seen.isNotEmpty() && resumedUpload.seen[0].first > 0u) {
+        "it went on from the stored offset, not from 0: ${resumedUpload.seen.take(3)}"
+    }
+    check(alice.pendingUploads().isEmpty()) { "nothing pending once it is ready" }
+    java.io.File(moviePath).delete()
     val restored = Recorder("alice (restored)")
     aSub = alice.subscribe(restored)
     val back = restored.waitFor("the restored client connects") { it is NatterEvent.Connected } as NatterEvent.Connected

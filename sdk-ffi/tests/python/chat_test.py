@@ -11,6 +11,7 @@ drop that user's connections as a network failure would); it answers "ok" on std
 Exits 0 when every check holds; otherwise prints "FAIL: <check>" and exits 1.
 """
 import asyncio
+import hashlib
 import os
 import struct
 import sys
@@ -111,6 +112,18 @@ class Progress(n.UploadListener):
 
     def on_progress(self, stored, size):
         self.seen.append((stored, size))
+
+
+class PauseOnFirstPiece(n.UploadListener):
+    """Pauses the client's running upload once its first piece is stored."""
+    def __init__(self, client):
+        self.client, self.paused = client, []
+
+    def on_progress(self, stored, size):
+        if stored > 0 and not self.paused:
+            for p in self.client.pending_uploads():
+                if self.client.pause_upload(p.upload_id):
+                    self.paused.append(p.upload_id)
 
 
 def options(**kw):
@@ -257,14 +270,42 @@ async def main():
     await expect_error(n.NatterError.Server, bob.download("A" * 22, m.MediaVariant.ORIGINAL, 0, 0),
                        "a file that does not exist", m.ErrorCode.NOT_FOUND)
 
+    # An upload from a file, paused once its first piece is stored (large enough that the
+    # rest is still unsent then): the running call ends with UploadPaused, and the upload is
+    # in the snapshot — paused, with its path — for after the restart below.
+    movie = os.urandom(24 << 20)
+    movie_path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"{PREFIX}movie.bin")
+    with open(movie_path, "wb") as f:
+        f.write(movie)
+    pauser = PauseOnFirstPiece(alice)
+    await expect_error(n.NatterError.UploadPaused,
+                       alice.upload_file(dm, movie_path, "application/octet-stream", pauser),
+                       "a paused upload ends its call")
+    check(len(pauser.paused) == 1, f"paused once, got {pauser.paused}")
+
     # Restore after the app is killed: snapshot, stop, start again from the snapshot.
     snap = await alice.snapshot()
     check(snap.access_token == a_login.access_token and snap.resume_token, "snapshot holds the tokens")
     check(snap.pending_sends == [], f"nothing pending after every ack, got {snap.pending_sends}")
+    check([(p.upload_id, p.source, p.size, p.paused) for p in snap.pending_uploads]
+          == [(pauser.paused[0], movie_path, len(movie), True)],
+          f"the paused upload is in the snapshot, got {snap.pending_uploads}")
     a_sub.cancel()
     await alice.shutdown()
     alice = n.NatterClient(options(access_token=snap.access_token, resume_token=snap.resume_token,
-                                   cursors=snap.cursors))
+                                   cursors=snap.cursors, pending_uploads=snap.pending_uploads))
+    check(alice.pending_uploads() == snap.pending_uploads, "the restored client knows the upload")
+    await expect_error(n.NatterError.NotTheSameFile,
+                       alice.resume_upload(pauser.paused[0], os.urandom(len(movie)), None),
+                       "another file of the same size")
+    resumed = Progress()
+    movie_info = await alice.resume_upload_file(pauser.paused[0], resumed)
+    check(movie_info.size == len(movie) and movie_info.sha256 == hashlib.sha256(movie).hexdigest(),
+          f"the resumed upload is the whole file, got {movie_info}")
+    check(resumed.seen and resumed.seen[0][0] > 0,
+          f"it went on from the stored offset, not from 0: {resumed.seen[:3]}")
+    check(alice.pending_uploads() == [], "nothing pending once it is ready")
+    os.remove(movie_path)
     restored = Recorder("alice (restored)")
     a_sub = alice.subscribe(restored)
     back = await restored.wait_for(lambda e: isinstance(e, m.NatterEvent.CONNECTED), "the restored client connects")
