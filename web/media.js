@@ -93,26 +93,56 @@ export function renderAttachments(client, attachments) {
   }));
 }
 
-// Upload files to a conversation, one progress bar each, and send them as one message
-// with `text`. Resolves when sent; a failed upload shows its error in its row.
+// Upload files to a conversation, one progress bar and a pause/resume button each, and
+// send them as one message with `text`. Resolves when sent; a failed upload shows its
+// error in its row. A paused upload keeps what the server stored and goes on from there.
 export async function sendFiles(client, conversationId, files, text, tray) {
   const rows = [...files].map((file) => {
     const bar = el("progress", { max: file.size || 1, value: 0 });
+    const pause = el("button", { type: "button", class: "pause", title: "Pause" }, "Pause");
     const row = el("li", { class: "upload", "data-name": file.name, "data-state": "uploading" },
-      el("span", { class: "name" }, `${file.name} · ${humanSize(file.size)}`), bar);
+      el("span", { class: "name" }, `${file.name} · ${humanSize(file.size)}`), bar, pause);
     tray.append(row);
-    return { file, row, bar };
+    return { file, row, bar, pause };
   });
   tray.hidden = false;
-  const done = await Promise.all(rows.map(async ({ file, row, bar }) => {
+  const done = await Promise.all(rows.map(async ({ file, row, bar, pause }) => {
+    const onProgress = (stored, size) => { bar.max = size || 1; bar.value = stored; row.dataset.stored = String(stored); };
+    let resume = null;
+    pause.addEventListener("click", () => {
+      if (row.dataset.state === "paused") { resume?.(); return; }
+      // This file's upload: the unfinished one of its name and size that no row holds yet.
+      const mine = row.dataset.uploadId ? { uploadId: row.dataset.uploadId }
+        : client.pendingUploads().find((p) => p.name === file.name && p.size === file.size && !p.paused
+          && !tray.querySelector(`[data-upload-id="${p.uploadId}"]`));
+      if (!mine) return;
+      row.dataset.uploadId = mine.uploadId;
+      client.pauseUpload(mine.uploadId);
+    });
     try {
-      const media = await client.upload(conversationId, file, {
-        onProgress: (stored, size) => { bar.max = size || 1; bar.value = stored; row.dataset.stored = String(stored); },
-      });
+      let media = null;
+      let running = client.upload(conversationId, file, { onProgress });
+      while (!media) {
+        try {
+          media = await running;
+        } catch (e) {
+          if (e.code !== "UPLOAD_PAUSED") throw e;
+          row.dataset.state = "paused";
+          pause.textContent = "Resume";
+          pause.title = "Resume";
+          await new Promise((r) => { resume = r; });
+          row.dataset.state = "uploading";
+          pause.textContent = "Pause";
+          pause.title = "Pause";
+          running = client.resumeUpload(row.dataset.uploadId, file, { onProgress });
+        }
+      }
       row.dataset.state = "ready";
+      pause.remove();
       return media;
     } catch (e) {
       row.dataset.state = "failed";
+      pause.remove();
       row.append(el("span", { class: "error" }, e.message));
       return null;
     }

@@ -32,7 +32,12 @@ pub(crate) enum Wake {
     /// Stop.
     Close,
     /// Open an upload stream with this header and body (WebTransport only).
-    UploadStream(Vec<u8>, web_sys::Blob, oneshot::Sender<Result<(), String>>),
+    UploadStream(
+        Vec<u8>,
+        web_sys::Blob,
+        web_sys::AbortSignal,
+        oneshot::Sender<Result<(), String>>,
+    ),
 }
 
 /// A caller waiting on a futures oneshot (behind a Promise).
@@ -82,8 +87,11 @@ pub(crate) struct Inner {
     /// Backoff and the server's pauses (the client core's policy).
     pub reconnect: RefCell<Reconnect>,
     pub config: Config,
-    /// Uploads in progress, by upload id: where their reports go.
-    pub uploads: RefCell<std::collections::HashMap<String, UploadReports>>,
+    /// Uploads in progress, by upload id: where their reports go, and what aborts their
+    /// stream or PATCH (a pause or cancel).
+    pub uploads: RefCell<std::collections::HashMap<String, (UploadReports, web_sys::AbortController)>>,
+    /// Unfinished uploads (the client core's record), for the snapshot.
+    pub pending_uploads: RefCell<natter_protocol::client::upload::Uploads>,
     wake: mpsc::UnboundedSender<Wake>,
     events: RefCell<Events>,
     start: f64,
@@ -428,6 +436,12 @@ impl NatterClient {
             })
             .unwrap_or_default();
         session.restore(get_str(&options, "resumeToken"), cursors);
+        let pending_uploads: Vec<natter_protocol::client::model::PendingUpload> =
+            Reflect::get(&options, &"pendingUploads".into())
+                .ok()
+                .filter(Array::is_array)
+                .and_then(|v| serde_wasm_bindgen::from_value(v).ok())
+                .unwrap_or_default();
         let (wake, wake_rx) = mpsc::unbounded();
         let callback = Reflect::get(&options, &"onEvent".into())
             .ok()
@@ -442,6 +456,7 @@ impl NatterClient {
             )),
             config,
             uploads: RefCell::default(),
+            pending_uploads: RefCell::new(natter_protocol::client::upload::Uploads::restore(pending_uploads)),
             wake,
             events: RefCell::new(Events {
                 callback,
@@ -719,7 +734,9 @@ impl NatterClient {
     }
 
     /// What to persist to restore this session after a reload: `{ accessToken,
-    /// resumeToken, cursors: [[conversationId, seq]…], unackedSends }`.
+    /// resumeToken, cursors: [[conversationId, seq]…], unackedSends, pendingUploads }`
+    /// (pass `pendingUploads` back to `connect` and go on with each by `resumeUpload`
+    /// with the same file).
     pub fn snapshot(&self) -> JsValue {
         #[derive(Serialize)]
         #[serde(rename_all = "camelCase")]
@@ -728,6 +745,7 @@ impl NatterClient {
             resume_token: Option<String>,
             cursors: Vec<(u64, u64)>,
             unacked_sends: usize,
+            pending_uploads: Vec<natter_protocol::client::model::PendingUpload>,
         }
         let s = self.inner.session.borrow();
         to_js(&Snapshot {
@@ -735,6 +753,7 @@ impl NatterClient {
             resume_token: s.resume_token().map(String::from),
             cursors: s.cursors().into_iter().map(|(c, q)| (c.0, q.0)).collect(),
             unacked_sends: s.outbox().len(),
+            pending_uploads: self.inner.pending_uploads.borrow().list(),
         })
     }
 

@@ -107,7 +107,7 @@ pub(crate) async fn run(inner: Rc<Inner>, mut wake: mpsc::UnboundedReceiver<Wake
                 let exit = pump(&inner, &link, &mut rx, &mut wake).await;
                 link.close();
                 // Reports of the streams this connection carried are gone with it.
-                for reports in inner.uploads.borrow().values() {
+                for (reports, _) in inner.uploads.borrow().values() {
                     let _ = reports.unbounded_send(None);
                 }
                 exit
@@ -133,7 +133,7 @@ pub(crate) async fn run(inner: Rc<Inner>, mut wake: mpsc::UnboundedReceiver<Wake
                 _ = timer => break,
                 w = wake.next() => match w {
                     Some(Wake::Flush) => {}
-                    Some(Wake::UploadStream(_, _, done)) => { let _ = done.send(Err("not connected".into())); }
+                    Some(Wake::UploadStream(_, _, _, done)) => { let _ = done.send(Err("not connected".into())); }
                     Some(Wake::Reconnect) => break,
                     Some(Wake::Close) | None => { inner.finish(); return; }
                 },
@@ -171,7 +171,7 @@ async fn pump(
         futures::select! {
             w = wake.next() => match w {
                 Some(Wake::Flush) => {}
-                Some(Wake::UploadStream(header, body, done)) => link.upload(header, body, done),
+                Some(Wake::UploadStream(header, body, signal, done)) => link.upload(header, body, signal, done),
                 Some(Wake::Reconnect) => return Exit::Reconnect("reconnect requested".into()),
                 Some(Wake::Close) | None => return Exit::Close,
             },
@@ -219,7 +219,7 @@ fn dispatch(inner: &Inner) -> Option<Exit> {
             }
         };
         if let SessionEvent::UploadProgress(p) = &ev {
-            if let Some(reports) = inner.uploads.borrow().get(&p.upload_id) {
+            if let Some((reports, _)) = inner.uploads.borrow().get(&p.upload_id) {
                 let _ = reports.unbounded_send(Some(p.clone()));
             }
         }

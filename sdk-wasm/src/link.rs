@@ -123,7 +123,14 @@ impl Link {
     /// FIN. `done` hears whether every byte was handed to the stream; what the server
     /// stored it reports on the control stream. Only WebTransport has client-opened
     /// streams: over WebSocket, uploads go by tus (the caller's choice).
-    pub(crate) fn upload(&self, header: Vec<u8>, body: Blob, done: oneshot::Sender<Result<(), String>>) {
+    /// `signal` aborts it (a pause or cancel): the stream is reset.
+    pub(crate) fn upload(
+        &self,
+        header: Vec<u8>,
+        body: Blob,
+        signal: web_sys::AbortSignal,
+        done: oneshot::Sender<Result<(), String>>,
+    ) {
         let Link::WebTransport { wt, .. } = self else {
             let _ = done.send(Err("upload streams need WebTransport".into()));
             return;
@@ -138,7 +145,11 @@ impl Link {
                     .map_err(js_err)?;
                 writer.release_lock();
                 // pipeTo closes the stream (FIN) when the file ends, and aborts it on error.
-                JsFuture::from(body.stream().pipe_to(&stream)).await.map_err(js_err)?;
+                let options = web_sys::StreamPipeOptions::new();
+                options.set_signal(&signal);
+                JsFuture::from(body.stream().pipe_to_with_options(&stream, &options))
+                    .await
+                    .map_err(js_err)?;
                 Ok(())
             };
             let _ = done.send(sent.await);

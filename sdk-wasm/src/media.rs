@@ -12,7 +12,7 @@ use futures::channel::{mpsc, oneshot};
 use futures::{FutureExt, StreamExt};
 use gloo_timers::future::TimeoutFuture;
 use js_sys::{Array, Function, Promise, Reflect, Uint8Array};
-use natter_protocol::client::model::MediaInfo;
+use natter_protocol::client::model::{MediaInfo, PendingUpload};
 use natter_protocol::client::upload::{self, Next};
 use natter_protocol::client::{ops, DownloadError, DownloadSink};
 use natter_protocol::pb;
@@ -85,49 +85,127 @@ impl Drop for Watch {
     }
 }
 
-/// Carry an upload to its end: ask where it stands, send the rest, wait for the verdict.
+/// Why an upload loop stops before the file is ready, if it must: paused, or cancelled
+/// (`tracked`: it was in the record, so its leaving means a cancel).
+fn stopped(inner: &Inner, upload_id: &str, tracked: bool) -> Option<JsError> {
+    let uploads = inner.pending_uploads.borrow();
+    match uploads.get(upload_id) {
+        Some(p) if p.paused => Some(JsError::local("UPLOAD_PAUSED", format!("upload {upload_id} is paused"))),
+        None if tracked => Some(JsError::local(
+            "UPLOAD_CANCELLED",
+            format!("upload {upload_id} was cancelled"),
+        )),
+        _ => None,
+    }
+}
+
+/// Stop a running upload's stream or PATCH and wake its loop (which then sees why).
+fn interrupt(inner: &Inner, upload_id: &str) {
+    if let Some((reports, abort)) = inner.uploads.borrow().get(upload_id) {
+        abort.abort();
+        let _ = reports.unbounded_send(None);
+    }
+}
+
+/// Carry an upload to its end, then forget it if it is ready or refused for good.
 async fn drive(
     inner: Rc<Inner>,
     upload_id: String,
     blob: Blob,
+    tracked: bool,
     progress: Option<Function>,
 ) -> Result<pb::MediaInfo, JsError> {
+    let result = drive_inner(&inner, &upload_id, &blob, tracked, &progress).await;
+    let done = match &result {
+        Ok(_) => true,
+        Err(e) => pb::ErrorCode::from_str_name(&e.code).is_some_and(upload::permanent),
+    };
+    if done {
+        inner.pending_uploads.borrow_mut().finished(&upload_id);
+    }
+    result
+}
+
+/// Ask where the upload stands, send the rest, wait for the verdict; until it is ready,
+/// refused for good, paused, cancelled, or out of patience.
+async fn drive_inner(
+    inner: &Rc<Inner>,
+    upload_id: &str,
+    blob: &Blob,
+    tracked: bool,
+    progress: &Option<Function>,
+) -> Result<pb::MediaInfo, JsError> {
     let (tx, mut reports) = mpsc::unbounded();
-    inner.uploads.borrow_mut().insert(upload_id.clone(), tx);
+    let abort = web_sys::AbortController::new().map_err(|_| failed("no AbortController"))?;
+    let signal = abort.signal();
+    inner.uploads.borrow_mut().insert(upload_id.to_string(), (tx, abort));
     let _watch = Watch {
         inner: inner.clone(),
-        upload_id: upload_id.clone(),
+        upload_id: upload_id.to_string(),
     };
     let size = blob.size() as u64;
     let until = inner.now().0 + upload::PATIENCE_MS;
     loop {
+        if let Some(e) = stopped(inner, upload_id, tracked) {
+            return Err(e);
+        }
         if inner.now().0 > until {
             return Err(failed("gave up: no progress in time"));
         }
-        let st = match inner.call(ops::get_upload(&upload_id)).await {
+        let st = match inner.call(ops::get_upload(upload_id)).await {
             Ok(st) => st,
             Err(e) if e.code == "CONNECTION_LOST" || e.code == "TIMEOUT" => continue,
             Err(e) => return Err(e),
         };
-        report(&progress, st.committed, size);
+        report(progress, st.committed, size);
+        if let Some(e) = stopped(inner, upload_id, tracked) {
+            return Err(e);
+        }
         let wait_ms = match upload::after_status(&st) {
             Next::Ready(m) => return Ok(m),
             Next::Failed(e) => return Err((&e).into()),
             Next::Wait | Next::AskAgain => upload::LOOK_AGAIN_MS,
             Next::Send { offset } => match inner.transport.get() {
                 Some(Transport::WebTransport) => {
-                    let header = ops::upload_header(&upload_id, offset).to_vec();
+                    let header = ops::upload_header(upload_id, offset).to_vec();
                     let (done, sent) = oneshot::channel();
-                    inner.wake(Wake::UploadStream(header, slice(&blob, offset, size)?, done));
-                    if !matches!(sent.await, Ok(Ok(()))) {
-                        // Not connected, or the stream was cut: the client reconnects.
-                        TimeoutFuture::new(100).await;
+                    inner.wake(Wake::UploadStream(
+                        header,
+                        slice(blob, offset, size)?,
+                        signal.clone(),
+                        done,
+                    ));
+                    // Reports come in while the stream is written: progress, or a refusal
+                    // that ends it; a pause aborts the stream and wakes this loop.
+                    let mut sent = sent.fuse();
+                    let sent = loop {
+                        futures::select! {
+                            r = sent => break matches!(r, Ok(Ok(()))),
+                            r = reports.next() => match r {
+                                Some(Some(p)) => {
+                                    report(progress, p.committed, size);
+                                    match upload::after_report(&p) {
+                                        Next::Wait => {}
+                                        Next::Ready(m) => return Ok(m),
+                                        Next::Failed(e) => return Err((&e).into()),
+                                        Next::Send { .. } | Next::AskAgain => break false,
+                                    }
+                                }
+                                Some(None) | None => break false,
+                            },
+                        }
+                    };
+                    if !sent {
+                        // Not connected, the stream was cut, or paused: look again.
+                        if stopped(inner, upload_id, tracked).is_none() {
+                            TimeoutFuture::new(100).await;
+                        }
                         continue;
                     }
                     upload::STREAM_REPORT_WAIT_MS
                 }
                 Some(Transport::WebSocket) => {
-                    tus_send(&inner, &upload_id, &blob, offset, size, &progress).await?;
+                    tus_send(inner, upload_id, blob, offset, size, progress, &signal).await?;
                     upload::LOOK_AGAIN_MS
                 }
                 None => {
@@ -143,13 +221,13 @@ async fn drive(
                 _ = timer => break Next::AskAgain,
                 r = reports.next() => match r {
                     Some(Some(p)) => {
-                        report(&progress, p.committed, size);
+                        report(progress, p.committed, size);
                         match upload::after_report(&p) {
                             Next::Wait => {}
                             next => break next,
                         }
                     }
-                    // The connection went, and the stream's reports with it.
+                    // The connection went (and the stream's reports with it), or a pause.
                     Some(None) | None => break Next::AskAgain,
                 },
             }
@@ -172,6 +250,7 @@ async fn tus_send(
     mut offset: u64,
     size: u64,
     progress: &Option<Function>,
+    signal: &web_sys::AbortSignal,
 ) -> Result<(), JsError> {
     let token = inner
         .session
@@ -195,9 +274,10 @@ async fn tus_send(
         init.set_method("PATCH");
         init.set_headers(&headers);
         init.set_body(&slice(blob, offset, end)?.into());
+        init.set_signal(Some(signal));
         let response = match fetch(&url, &init).await {
             Ok(r) => r,
-            // The network: ask where it stands and go on from there.
+            // The network, or a pause: ask where it stands and go on from there.
             Err(_) => return Ok(()),
         };
         let h = response.headers();
@@ -280,7 +360,19 @@ impl NatterClient {
                 .call(ops::create_upload(conversation, size, &mime, &name, Vec::new()))
                 .await
                 .map_err(|e| js_error(&e))?;
-            let media = drive(inner, info.upload_id, blob, progress)
+            inner.pending_uploads.borrow_mut().started(PendingUpload {
+                upload_id: info.upload_id.clone(),
+                conversation_id: conversation.0,
+                name,
+                mime,
+                size,
+                // Hashing a large File in the page would cost a full read first; a resumed
+                // file is checked by its size here and by the server's checks of the bytes.
+                sha256: String::new(),
+                source: None,
+                paused: false,
+            });
+            let media = drive(inner, info.upload_id, blob, true, progress)
                 .await
                 .map_err(|e| js_error(&e))?;
             Ok(to_js(&MediaInfo::from(media)))
@@ -297,18 +389,49 @@ impl NatterClient {
         };
         let progress = on_progress(&options);
         let inner = self.inner().clone();
+        let known = match inner
+            .pending_uploads
+            .borrow_mut()
+            .resume(&upload_id, blob.size() as u64, "")
+        {
+            Ok(p) => p.is_some(),
+            Err(e) => return reject(JsError::local("NOT_THE_SAME_FILE", e.to_string())),
+        };
         future_to_promise(async move {
-            let media = drive(inner, upload_id, blob, progress)
+            let media = drive(inner, upload_id, blob, known, progress)
                 .await
                 .map_err(|e| js_error(&e))?;
             Ok(to_js(&MediaInfo::from(media)))
         })
     }
 
-    /// Stop an upload and delete what it stored.
+    /// Stop sending an upload: its stream or PATCH is aborted, its running `upload` /
+    /// `resumeUpload` rejects with code `UPLOAD_PAUSED`, and what the server stored stays
+    /// (it is in `snapshot().pendingUploads`) for a later `resumeUpload`. False if no such
+    /// upload is unfinished here.
+    #[wasm_bindgen(js_name = pauseUpload)]
+    pub fn pause_upload(&self, upload_id: String) -> bool {
+        let inner = self.inner();
+        let paused = inner.pending_uploads.borrow_mut().pause(&upload_id);
+        if paused {
+            interrupt(inner, &upload_id);
+        }
+        paused
+    }
+
+    /// Unfinished uploads (paused ones included), oldest first: `PendingUpload[]`.
+    #[wasm_bindgen(js_name = pendingUploads)]
+    pub fn pending_uploads(&self) -> JsValue {
+        to_js(&self.inner().pending_uploads.borrow().list())
+    }
+
+    /// Stop an upload and delete what it stored; its running `upload` / `resumeUpload`
+    /// rejects with code `UPLOAD_CANCELLED`.
     #[wasm_bindgen(js_name = cancelUpload)]
     pub fn cancel_upload(&self, upload_id: String) -> Promise {
         let inner = self.inner().clone();
+        inner.pending_uploads.borrow_mut().finished(&upload_id);
+        interrupt(&inner, &upload_id);
         future_to_promise(async move {
             inner
                 .call(ops::cancel_upload(&upload_id))

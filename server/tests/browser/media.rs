@@ -364,3 +364,146 @@ async fn chromium_seeks_a_served_mp4_and_webm_to_their_middle_through_http_range
         }
     }
 }
+
+/// Pause and resume, in the web chat and across a restart: a large file dropped on the
+/// page is paused from its row's button once its first piece is stored (the row says
+/// paused, the package lists it as paused), resumed from the same button, and arrives
+/// whole at the other member. Then on each transport the package pauses an upload, a new
+/// client is built from `snapshot()` (the page's own one closed, as after a reload), is
+/// refused another file, and goes on from the stored offset to the whole file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_pause_and_resume_in_the_web_chat_and_after_a_restart_from_the_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = natter_server::start(&web_config(dir.path())).await.unwrap();
+    let mut b = Browser::start().await;
+    b.open("wt", &page_url(&s, "webtransport")).await;
+    b.open("ws", &page_url(&s, "websocket")).await;
+    sign_up(&mut b, "wt", "wanda", "webtransport").await;
+    sign_up(&mut b, "ws", "walt", "websocket").await;
+    let mut nate = user(&s, "nate").await;
+    let conv = nate
+        .client
+        .create_group("big files", &["wanda", "walt"])
+        .await
+        .unwrap()
+        .conversation_id;
+    const SIZE: u64 = 24 << 20;
+
+    // The web chat: drop, pause by the row's button at the first stored piece, resume.
+    b.wait_fn("wt", &format!("window.natter.convs.get({conv})?.summary.kind"))
+        .await;
+    b.click("wt", &format!("#conversations [data-conversation='{conv}']"))
+        .await;
+    b.wait("wt", "#composer:not([hidden])").await;
+    let dropped = b
+        .eval(
+            "wt",
+            &format!(
+                "{HELPERS}
+                 const bytes = new Uint8Array({SIZE});
+                 for (let o = 0; o < bytes.length; o += 65536) crypto.getRandomValues(bytes.subarray(o, Math.min(bytes.length, o + 65536)));
+                 const file = new File([bytes], 'film.bin', {{ type: 'application/octet-stream' }});
+                 window.pausedAt = null;
+                 new MutationObserver((ms) => {{ for (const m of ms) {{
+                   const row = m.target.closest && m.target.closest('.upload');
+                   if (row && window.pausedAt === null && Number(row.dataset.stored) > 0) {{
+                     window.pausedAt = Number(row.dataset.stored);
+                     row.querySelector('.pause').click();
+                   }}
+                 }} }}).observe(document.getElementById('uploads'), {{ subtree: true, attributes: true, attributeFilter: ['data-stored'] }});
+                 const dt = new DataTransfer(); dt.items.add(file);
+                 document.getElementById('chat').dispatchEvent(new DragEvent('drop', {{ dataTransfer: dt, bubbles: true, cancelable: true }}));
+                 return {{ sha: await sha(bytes) }};"
+            ),
+        )
+        .await;
+    b.wait("wt", "#uploads .upload[data-state=paused]").await;
+    let paused = b
+        .eval(
+            "wt",
+            "return { pending: window.natter.client.pendingUploads(),
+                      button: document.querySelector('#uploads .upload .pause').textContent };",
+        )
+        .await;
+    let pending = paused["pending"].as_array().unwrap();
+    assert_eq!(pending.len(), 1, "{paused}");
+    assert_eq!(
+        (&pending[0]["name"], &pending[0]["size"], &pending[0]["paused"]),
+        (&json!("film.bin"), &json!(SIZE), &json!(true))
+    );
+    assert_eq!(paused["button"], "Resume");
+    b.click("wt", "#uploads .upload .pause").await;
+    let evs = wait_for(&mut nate.events, |e| match e {
+        natter_sdk::ClientEvent::Event(ev) if ev.conversation_id == conv => match &ev.body {
+            Some(pb::conversation_event::Body::Message(m)) => m.body.clone().filter(|b| !b.attachments.is_empty()),
+            _ => None,
+        },
+        _ => None,
+    })
+    .await;
+    let media_id = evs.attachments[0].media_id.clone();
+    let got = nate
+        .client
+        .download_all(&media_id, pb::MediaVariant::Original)
+        .await
+        .unwrap();
+    assert_eq!(got.len() as u64, SIZE);
+    assert_eq!(
+        sha_hex(&got),
+        dropped["sha"].as_str().unwrap(),
+        "the resumed file arrived whole"
+    );
+    assert_eq!(
+        b.eval("wt", "return window.natter.client.pendingUploads().length;")
+            .await,
+        0
+    );
+
+    // The package, on each transport: pause, restart from the snapshot, resume.
+    for (page, transport) in [("wt", "webtransport"), ("ws", "websocket")] {
+        b.wait_fn(page, &format!("window.natter.convs.has({conv})")).await;
+        let r = b
+            .eval(
+                page,
+                &format!(
+                    "{HELPERS}
+                     const {{ NatterClient }} = await import('./pkg/index.js');
+                     const bytes = new Uint8Array({SIZE});
+                     for (let o = 0; o < bytes.length; o += 65536) crypto.getRandomValues(bytes.subarray(o, Math.min(bytes.length, o + 65536)));
+                     const first = window.natter.client;
+                     let paused = null;
+                     const ended = await first.upload({conv}, new Blob([bytes]), {{ name: '{page}.bin', onProgress: (s) => {{
+                       if (s > 0 && paused === null) {{ const p = first.pendingUploads()[0]; if (first.pauseUpload(p.uploadId)) paused = p.uploadId; }}
+                     }} }}).then(() => 'finished', (e) => e.code);
+                     const snap = first.snapshot();
+                     first.close();
+                     const again = NatterClient.connect({{ transport: '{transport}', token: snap.accessToken, pendingUploads: snap.pendingUploads, onEvent: () => {{}} }});
+                     const known = again.pendingUploads();
+                     const wrong = await again.resumeUpload(paused, new Blob([bytes.subarray(1)])).then(() => 'resumed', (e) => e.code);
+                     const seen = [];
+                     const media = await again.resumeUpload(paused, new Blob([bytes]), {{ onProgress: (s) => seen.push(s) }});
+                     return {{ ended, paused, snap: snap.pendingUploads, known, wrong, first: seen[0], sha: await sha(bytes),
+                               serverSha: media.sha256, size: media.size, after: again.pendingUploads(), transport: again.transport }};"
+                ),
+            )
+            .await;
+        assert_eq!(r["ended"], "UPLOAD_PAUSED", "{page}: {r}");
+        let snap = r["snap"].as_array().unwrap();
+        assert_eq!(snap.len(), 1, "{page}: {r}");
+        assert_eq!(
+            (&snap[0]["uploadId"], &snap[0]["paused"], &snap[0]["size"]),
+            (&r["paused"], &json!(true), &json!(SIZE)),
+            "{page}"
+        );
+        assert_eq!(r["known"], r["snap"], "{page}: the restored client knows it");
+        assert_eq!(r["wrong"], "NOT_THE_SAME_FILE", "{page}");
+        let first = r["first"].as_u64().unwrap();
+        assert!(
+            first > 0 && first < SIZE,
+            "{page}: went on from the stored offset {first}"
+        );
+        assert_eq!((&r["serverSha"], &r["size"]), (&r["sha"], &json!(SIZE)), "{page}");
+        assert_eq!(r["after"], json!([]), "{page}");
+        assert_eq!(r["transport"], transport, "{page}");
+    }
+}
