@@ -70,7 +70,11 @@ async fn until_ready(client: &natter_sdk::Client, upload_id: &str) -> anyhow::Re
 
 /// `curl` with these arguments; its `-w` output.
 fn curl(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("curl").args(["-sS", "--fail"]).args(args).output().context("running curl")?;
+    let out = Command::new("curl")
+        .args(["-sS", "--fail"])
+        .args(args)
+        .output()
+        .context("running curl")?;
     if !out.status.success() {
         bail!("curl failed: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -100,7 +104,13 @@ pub async fn media(t: &Target, o: &MediaOpts) -> anyhow::Result<Report> {
         let started = Instant::now();
         let m = up
             .client
-            .upload(files, &format!("bench-{r}.bin"), "application/octet-stream", data.clone(), |_, _| {})
+            .upload(
+                files,
+                &format!("bench-{r}.bin"),
+                "application/octet-stream",
+                data.clone(),
+                |_, _| {},
+            )
             .await?;
         quic_up.push(size as u64, started.elapsed().as_secs_f64());
         let started = Instant::now();
@@ -109,7 +119,10 @@ pub async fn media(t: &Target, o: &MediaOpts) -> anyhow::Result<Report> {
         if got[..] != data[..] {
             bail!("QUIC download {r}: the bytes differ");
         }
-        eprintln!("  QUIC run {r}: up {:.0} MiB/s, down {:.0} MiB/s", quic_up.runs[r], quic_down.runs[r]);
+        eprintln!(
+            "  QUIC run {r}: up {:.0} MiB/s, down {:.0} MiB/s",
+            quic_up.runs[r], quic_down.runs[r]
+        );
     }
 
     // curl over HTTP to the same server: a tus PATCH of the file (timed until the server
@@ -123,23 +136,53 @@ pub async fn media(t: &Target, o: &MediaOpts) -> anyhow::Result<Report> {
         std::fs::write(&path, &data)?;
         let file = path.to_string_lossy().into_owned();
         for r in 0..o.repeats {
-            let call = ops::create_upload(files, size as u64, "application/octet-stream", &format!("curl-{r}.bin"), vec![]);
+            let call = ops::create_upload(
+                files,
+                size as u64,
+                "application/octet-stream",
+                &format!("curl-{r}.bin"),
+                vec![],
+            );
             let info = up.client.call(call).await?;
             let url = format!("{web}/tus/{}", info.upload_id);
             let started = Instant::now();
             curl(&[
-                "-X", "PATCH", "-H", &auth, "-H", "Tus-Resumable: 1.0.0", "-H", "Upload-Offset: 0",
-                "-H", "Content-Type: application/offset+octet-stream", "-T", &file, "-o", "/dev/null", &url,
+                "-X",
+                "PATCH",
+                "-H",
+                &auth,
+                "-H",
+                "Tus-Resumable: 1.0.0",
+                "-H",
+                "Upload-Offset: 0",
+                "-H",
+                "Content-Type: application/offset+octet-stream",
+                "-T",
+                &file,
+                "-o",
+                "/dev/null",
+                &url,
             ])?;
             let media_id = until_ready(&up.client, &info.upload_id).await?;
             curl_up.push(size as u64, started.elapsed().as_secs_f64());
             let started = Instant::now();
-            let got = curl(&["-H", &auth, "-o", "/dev/null", "-w", "%{size_download}", &format!("{web}/media/{media_id}")])?;
+            let got = curl(&[
+                "-H",
+                &auth,
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{size_download}",
+                &format!("{web}/media/{media_id}"),
+            ])?;
             curl_down.push(size as u64, started.elapsed().as_secs_f64());
             if got.trim() != size.to_string() {
                 bail!("curl download {r}: {got} bytes, not {size}");
             }
-            eprintln!("  curl run {r}: up {:.0} MiB/s, down {:.0} MiB/s", curl_up.runs[r], curl_down.runs[r]);
+            eprintln!(
+                "  curl run {r}: up {:.0} MiB/s, down {:.0} MiB/s",
+                curl_up.runs[r], curl_down.runs[r]
+            );
         }
         let _ = std::fs::remove_file(&path);
     }
