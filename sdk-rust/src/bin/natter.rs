@@ -1,5 +1,6 @@
 //! `natter`: a command-line chat client on natter-sdk. A profile dir remembers the server,
-//! its certificate fingerprint and the access token, so after `login` every command is
+//! its certificate fingerprint, the access token and unfinished uploads (so an upload cut
+//! by a killed process goes on with `natter resume`), so after `login` every command is
 //! short. Output is one JSON object per line, for people and scripts alike.
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -81,6 +82,13 @@ enum Cmd {
         #[arg(long)]
         mime: Option<String>,
     },
+    /// List unfinished uploads (kept in the profile, e.g. after the process was killed).
+    Uploads,
+    /// Go on with an unfinished upload from what the server stored (the same file, read
+    /// again from its path) and print the finished file.
+    Resume { upload_id: String },
+    /// Stop an unfinished upload for good: the server deletes what it stored.
+    Cancel { upload_id: String },
     /// Download a file (or a thumbnail) you may read.
     Download {
         media_id: String,
@@ -152,12 +160,15 @@ enum GroupCmd {
     Rename { conversation: u64, name: String },
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct Profile {
     server: Option<SocketAddr>,
     fingerprint: Option<String>,
     token: Option<String>,
     username: Option<String>,
+    /// Uploads not finished yet: what `natter resume` goes on with.
+    #[serde(default)]
+    pending_uploads: Vec<model::PendingUpload>,
 }
 
 impl Profile {
@@ -212,26 +223,44 @@ fn guess_mime(path: &Path) -> &'static str {
     }
 }
 
-/// Upload a file, printing progress to stderr.
+/// Upload a file, printing progress to stderr. Once the server has stored its first piece
+/// the upload is written to the profile, so a killed process leaves it to `natter resume`.
 async fn upload(
     client: &Client,
     conversation: u64,
     path: &Path,
     mime: Option<String>,
+    saved: &Saved,
 ) -> anyhow::Result<natter_sdk::proto::MediaInfo> {
-    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .context("the file needs a name")?
-        .to_string();
-    let mime = mime.unwrap_or_else(|| guess_mime(path).to_string());
+    let path = std::fs::canonicalize(path).with_context(|| format!("reading {}", path.display()))?;
+    let path = path.to_str().context("the file's path must be UTF-8")?;
+    let mime = mime.unwrap_or_else(|| guess_mime(Path::new(path)).to_string());
     let info = client
-        .upload(ConversationId(conversation), &name, &mime, data.into(), |done, size| {
+        .upload_file(ConversationId(conversation), path, &mime, |done, size| {
+            saved.upload_started(client);
             eprintln!("natter: uploaded {done} of {size} bytes");
         })
         .await?;
     Ok(info)
+}
+
+/// Writes the profile with the client's unfinished uploads, once per upload run.
+struct Saved {
+    dir: PathBuf,
+    profile: Profile,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl Saved {
+    fn upload_started(&self, client: &Client) {
+        if !self.done.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            let mut p = self.profile.clone();
+            p.pending_uploads = client.pending_uploads();
+            if let Err(e) = p.save(&self.dir) {
+                eprintln!("natter: cannot save the upload in the profile: {e}");
+            }
+        }
+    }
 }
 
 fn print(v: Value) {
@@ -278,14 +307,34 @@ async fn run() -> anyhow::Result<()> {
         .context("no fingerprint: pass --fingerprint HEX as the server printed it")?;
     let mut config = ClientConfig::pinned(server, &fingerprint);
     config.access_token = profile.token.clone();
+    config.pending_uploads = profile.pending_uploads.clone();
     let needs_login = !matches!(cli.cmd, Cmd::Register { .. } | Cmd::Login { .. });
     if needs_login && profile.token.is_none() {
         bail!("not logged in: run `natter login USERNAME` first");
     }
     let (client, mut events) = Client::connect(config)?;
-    let conv = |id: u64| ConversationId(id);
+    let result = command(cli.cmd, &client, &mut events, &mut profile, &cli.profile).await;
+    // Unfinished uploads stay in the profile, also when the command failed.
+    profile.pending_uploads = client.pending_uploads();
+    profile.save(&cli.profile)?;
+    client.shutdown().await;
+    result
+}
 
-    match cli.cmd {
+async fn command(
+    cmd: Cmd,
+    client: &Client,
+    events: &mut natter_sdk::Events,
+    profile: &mut Profile,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    let conv = |id: u64| ConversationId(id);
+    let saved = Saved {
+        dir: dir.to_path_buf(),
+        profile: profile.clone(),
+        done: Default::default(),
+    };
+    match cmd {
         Cmd::Register { username, password: pw } => {
             let id = client.register(&username, &password(pw)?).await?;
             print(json!({"registered": username, "user_id": id.0}));
@@ -363,7 +412,7 @@ async fn run() -> anyhow::Result<()> {
             } else {
                 let mut done = Vec::new();
                 for f in &files {
-                    done.push(upload(&client, conversation, f, None).await?);
+                    done.push(upload(client, conversation, f, None, &saved).await?);
                 }
                 client.send_attachments(conv(conversation), &text, &done).await?
             };
@@ -374,8 +423,25 @@ async fn run() -> anyhow::Result<()> {
             file,
             mime,
         } => {
-            let info = upload(&client, conversation, &file, mime).await?;
+            let info = upload(client, conversation, &file, mime, &saved).await?;
             print_as::<_, model::MediaInfo>(info);
+        }
+        Cmd::Uploads => {
+            for p in client.pending_uploads() {
+                print_record(&p);
+            }
+        }
+        Cmd::Resume { upload_id } => {
+            let info = client
+                .resume_upload_file(&upload_id, |done, size| {
+                    eprintln!("natter: uploaded {done} of {size} bytes");
+                })
+                .await?;
+            print_as::<_, model::MediaInfo>(info);
+        }
+        Cmd::Cancel { upload_id } => {
+            client.cancel_upload(&upload_id).await?;
+            print(json!({"cancelled": upload_id}));
         }
         Cmd::Download {
             media_id,
@@ -474,7 +540,5 @@ async fn run() -> anyhow::Result<()> {
             }
         },
     }
-    profile.save(&cli.profile)?;
-    client.shutdown().await;
     Ok(())
 }

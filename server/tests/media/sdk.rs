@@ -274,3 +274,89 @@ async fn an_upload_pauses_survives_a_restart_in_the_snapshot_and_resumes_where_i
     let gone = again.call(ops::get_upload(&id)).await;
     assert_eq!(gone.unwrap_err().code(), Some(ErrorCode::NotFound));
 }
+
+/// The CLI keeps an unfinished upload in its profile: `natter upload` killed (`kill -9`)
+/// after its first stored piece leaves it to `natter uploads`, and `natter resume` goes on
+/// from the stored offset to the whole file; then nothing is pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_resumes_an_upload_its_killed_process_left_in_the_profile() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let s = media_server(dir.path(), 1 << 30).await;
+    let a = dir.path().join("alice");
+    let (addr, fp) = (s.addr.to_string(), s.fingerprint.clone());
+    cli(
+        &a,
+        &[
+            "--server",
+            &addr,
+            "--fingerprint",
+            &fp,
+            "register",
+            "alice",
+            "--password",
+            PASSWORD,
+        ],
+    )
+    .await;
+    cli(&a, &["login", "alice", "--password", PASSWORD]).await;
+    let group = cli(&a, &["group", "create", "films"]).await[0]["conversationId"]
+        .as_u64()
+        .unwrap()
+        .to_string();
+    let data = file(24 << 20, 36);
+    let path = dir.path().join("film.bin");
+    std::fs::write(&path, &data).unwrap();
+
+    let mut child = tokio::process::Command::new(natter_cli())
+        .arg("--profile")
+        .arg(&a)
+        .args(["upload", &group, path.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let killed_at = tokio::time::timeout(DEADLINE, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let done: u64 = line
+                .strip_prefix("natter: uploaded ")
+                .and_then(|r| r.split(' ').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            if done > 0 {
+                child.kill().await.unwrap();
+                return done;
+            }
+        }
+        panic!("the upload ended without a stored piece")
+    })
+    .await
+    .unwrap();
+    assert!(killed_at < data.len() as u64, "killed part-way");
+
+    let pending = cli(&a, &["uploads"]).await;
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!(
+        (&pending[0]["name"], &pending[0]["size"]),
+        (&serde_json::json!("film.bin"), &serde_json::json!(data.len()))
+    );
+    let id = pending[0]["uploadId"].as_str().unwrap().to_string();
+    let mut cmd = std::process::Command::new(natter_cli());
+    cmd.arg("--profile").arg(&a).args(["resume", &id]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let first: u64 = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .find_map(|l| l.strip_prefix("natter: uploaded ")?.split(' ').next()?.parse().ok())
+        .expect("progress");
+    assert!(
+        first >= killed_at,
+        "resumed from the stored offset ({killed_at}), not from {first}"
+    );
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["sha256"], hex::encode(Sha256::digest(&data)), "the whole file");
+    assert!(cli(&a, &["uploads"]).await.is_empty(), "nothing pending");
+}
