@@ -130,6 +130,9 @@ pub enum ClientError {
     /// A file could not be read.
     #[error("{0}")]
     File(String),
+    /// An encrypted file did not open: a bad key, an altered chunk, a wrong range.
+    #[error(transparent)]
+    FileCrypto(#[from] natter_protocol::client::file_crypto::FileCryptoError),
 }
 
 impl ClientError {
@@ -180,6 +183,7 @@ pub struct Snapshot {
     pub pending_uploads: Vec<PendingUpload>,
 }
 
+pub use natter_protocol::client::file_crypto::FileKey;
 pub use natter_protocol::client::model::PendingUpload;
 
 /// A send still in the outbox.

@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
+use natter_protocol::client::file_crypto::{self, FileKey};
 use natter_protocol::client::model::{MediaInfo, PendingUpload};
 use natter_protocol::client::ops;
 use natter_protocol::client::upload::{self, Next, Uploads};
@@ -348,6 +349,58 @@ impl Client {
                 _ => continue,
             }
         }
+    }
+
+    /// Encrypt `data` on this device ([`file_crypto`]: a fresh key, chunks that verify
+    /// on their own) and upload the result flagged `encrypted`, so the server stores and
+    /// serves bytes it cannot read (no sniffing, no thumbnails; `mime` and `name` are as
+    /// given — pass neutral ones to keep them from the server too). Returns the finished
+    /// file and its key: the key goes with the message (inside the end-to-end envelope in
+    /// an encrypted conversation), and [`Client::download_encrypted`] opens any range of
+    /// it. An encrypted upload survives lost connections like any other, but is not kept
+    /// in the snapshot: its key lives only in this call until it returns.
+    pub async fn upload_encrypted(
+        &self,
+        conv: ConversationId,
+        name: &str,
+        mime: &str,
+        data: &[u8],
+        progress: impl Fn(u64, u64) + Send,
+    ) -> Result<(pb::MediaInfo, FileKey), ClientError> {
+        let mut random = [0u8; FileKey::BYTES];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut random);
+        let key = FileKey::from_random(random);
+        let sealed = Bytes::from(file_crypto::encrypt(&key, data));
+        let sha = Sha256::digest(&sealed).to_vec();
+        let info = self
+            .call(ops::create_encrypted_upload(conv, sealed.len() as u64, mime, name, sha))
+            .await?;
+        let media = self.drive(&info.upload_id, sealed, false, progress).await?;
+        Ok((media, key))
+    }
+
+    /// Plaintext bytes `offset..offset + length` (`length` 0: to the end) of a file
+    /// uploaded with [`Client::upload_encrypted`]: only the chunks that hold them are
+    /// downloaded, and each is verified before a byte is returned.
+    pub async fn download_encrypted(
+        &self,
+        media_id: &str,
+        key: &FileKey,
+        offset: u64,
+        length: u64,
+    ) -> Result<Vec<u8>, ClientError> {
+        let info = self.call(ops::get_media(media_id)).await?;
+        let plain = file_crypto::plain_size(info.size)?;
+        let range = file_crypto::encrypted_range(plain, offset, length)?;
+        let sealed = self
+            .download(
+                media_id,
+                pb::MediaVariant::Original,
+                range.start,
+                range.end - range.start,
+            )
+            .await?;
+        Ok(file_crypto::decrypt_range(key, plain, offset, length, &sealed)?)
     }
 
     /// Bytes `offset..offset + length` (`length` 0: to the end) of a file or one of its

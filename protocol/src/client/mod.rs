@@ -11,7 +11,9 @@
 //!   (serde for JavaScript, uniffi derives for Kotlin/Swift/Python).
 //! - [`upload`]: the upload policy — from a server's status or report, the next step
 //!   (send from the committed offset, wait, ask again, stop) — and the body of a message
-//!   with files.
+//!   with files, and the record of unfinished uploads the snapshots keep.
+//! - [`file_crypto`]: client-side encryption of a file in independently verifiable
+//!   chunks, so any range of an encrypted upload downloads and decrypts on its own.
 //! - [`Reconnect`]: the reconnect policy as a sans-IO step — backoff, the server's pauses
 //!   (`GoAway`, `retry_after_ms`), reset on an established session, node rotation.
 //!
@@ -21,6 +23,7 @@
 mod reconnect;
 mod router;
 
+pub mod file_crypto;
 pub mod model;
 pub mod ops;
 pub mod upload;

@@ -321,6 +321,26 @@ pub fn create_upload(conv: ConversationId, size: u64, mime: &str, name: &str, sh
     Call::new(op, upload_info)
 }
 
+/// [`create_upload`] of a file the client encrypted ([`super::file_crypto`]): `size` and
+/// `sha256` are the encrypted bytes'; the server neither sniffs nor thumbnails it.
+pub fn create_encrypted_upload(
+    conv: ConversationId,
+    size: u64,
+    mime: &str,
+    name: &str,
+    sha256: Vec<u8>,
+) -> Call<pb::UploadInfo> {
+    let op = Op::CreateUpload(pb::CreateUpload {
+        conversation_id: conv.0,
+        size,
+        mime: mime.into(),
+        name: name.into(),
+        encrypted: true,
+        sha256,
+    });
+    Call::new(op, upload_info)
+}
+
 /// Where an upload stands: its committed offset, and the file once ready.
 pub fn get_upload(upload_id: &str) -> Call<pb::UploadInfo> {
     Call::new(

@@ -360,3 +360,108 @@ async fn the_cli_resumes_an_upload_its_killed_process_left_in_the_profile() {
     assert_eq!(info["sha256"], hex::encode(Sha256::digest(&data)), "the whole file");
     assert!(cli(&a, &["uploads"]).await.is_empty(), "nothing pending");
 }
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Client-side encryption: the server stores and serves bytes it cannot read (no window of
+/// the plaintext anywhere in its data dir, its SHA-256 is the sealed bytes'), the other
+/// member opens the whole file and ranges across chunk boundaries with the key, a wrong key
+/// or a range past the end is a typed error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_upload_is_unreadable_on_the_server_and_any_range_opens_with_the_key() {
+    use natter_protocol::client::file_crypto::{self, FileCryptoError};
+    let dir = tempfile::tempdir().unwrap();
+    let s = media_server(dir.path(), 1 << 30).await;
+    let (alice, mut bob, dm) = alice_and_bob(&s).await;
+    let plain = file(3 * file_crypto::CHUNK_BYTES as usize + 5_000, 37);
+    let (media, key) = alice
+        .client
+        .upload_encrypted(dm, "secret.bin", "application/octet-stream", &plain, |_, _| {})
+        .await
+        .unwrap();
+    assert!(media.encrypted);
+    assert_eq!(media.size, file_crypto::encrypted_size(plain.len() as u64));
+    assert!(media.thumbnails.is_empty() && media.blurhash.is_empty());
+    // What the server holds and serves is not the plaintext.
+    for window in [&plain[..64], &plain[100_000..100_064], &plain[plain.len() - 64..]] {
+        for f in files_under(dir.path()) {
+            let bytes = std::fs::read(&f).unwrap_or_default();
+            assert!(
+                !bytes.windows(64).any(|w| w == window),
+                "plaintext found in {}",
+                f.display()
+            );
+        }
+    }
+    let ack = alice
+        .client
+        .send_attachments(dm, "", std::slice::from_ref(&media))
+        .await
+        .unwrap();
+    let ev = events_upto(&mut bob.events, dm, ack.seq.0).await;
+    let att = first_attachment(&ev).expect("bob received the attachment");
+    assert!(att.encrypted);
+    let sealed = bob
+        .client
+        .download_all(&att.media_id, pb::MediaVariant::Original)
+        .await
+        .unwrap();
+    assert_eq!(
+        Sha256::digest(&sealed).to_vec(),
+        media.sha256,
+        "the server's hash is the sealed bytes'"
+    );
+    assert!(sealed != plain);
+
+    // Bob has the key (from the message, in an encrypted conversation): the whole file and
+    // ranges, each fetching only its chunks.
+    let key = natter_sdk::FileKey::from_hex(&key.to_hex()).unwrap();
+    let whole = bob.client.download_encrypted(&att.media_id, &key, 0, 0).await.unwrap();
+    assert!(whole == plain, "the whole file opens");
+    let c = file_crypto::CHUNK_BYTES;
+    for (offset, length) in [
+        (0, 10),
+        (c - 5, 10),
+        (c, c),
+        (2 * c + 17, c + 100),
+        (plain.len() as u64 - 1, 0),
+    ] {
+        let got = bob
+            .client
+            .download_encrypted(&att.media_id, &key, offset, length)
+            .await
+            .unwrap();
+        let end = if length == 0 {
+            plain.len() as u64
+        } else {
+            offset + length
+        };
+        assert!(got == plain[offset as usize..end as usize], "{offset}+{length}");
+    }
+    let wrong = natter_sdk::FileKey::from_random([7; natter_sdk::FileKey::BYTES]);
+    let e = bob.client.download_encrypted(&att.media_id, &wrong, c, 10).await;
+    assert!(
+        matches!(e, Err(ClientError::FileCrypto(FileCryptoError::Corrupt { chunk: 1 }))),
+        "{e:?}"
+    );
+    let e = bob
+        .client
+        .download_encrypted(&att.media_id, &key, plain.len() as u64, 1)
+        .await;
+    assert!(
+        matches!(e, Err(ClientError::FileCrypto(FileCryptoError::PastEnd { .. }))),
+        "{e:?}"
+    );
+}
