@@ -443,6 +443,50 @@ impl NatterClient {
         run(async move { c.resume_upload_file(&upload_id, progress_of(listener)).await }).await
     }
 
+    /// Encrypt `data` on this device (a fresh key; chunks that verify on their own) and
+    /// upload the sealed bytes: the server cannot read them and makes no thumbnails. The
+    /// returned key goes with the message; `download_encrypted` opens any range with it.
+    pub async fn upload_encrypted(
+        &self,
+        conversation_id: u64,
+        name: String,
+        mime: String,
+        data: Vec<u8>,
+        listener: Option<Arc<dyn UploadListener>>,
+    ) -> Result<EncryptedUpload, NatterError> {
+        let c = self.inner.clone();
+        let (media, key): (MediaInfo, String) = run(async move {
+            let (media, key) = c
+                .upload_encrypted(
+                    ConversationId(conversation_id),
+                    &name,
+                    &mime,
+                    &data,
+                    progress_of(listener),
+                )
+                .await?;
+            Ok((MediaInfo::from(media), key.to_hex()))
+        })
+        .await?;
+        Ok(EncryptedUpload { media, key })
+    }
+
+    /// Plaintext bytes `offset..offset + length` (`length` 0: to the end) of an encrypted
+    /// file, opened with its key (hex); only the chunks that hold them are downloaded, each
+    /// verified (`Decrypt` if one does not).
+    pub async fn download_encrypted(
+        &self,
+        media_id: String,
+        key: String,
+        offset: u64,
+        length: u64,
+    ) -> Result<Vec<u8>, NatterError> {
+        let key =
+            natter_sdk::FileKey::from_hex(&key).map_err(|e| NatterError::InvalidInput { detail: e.to_string() })?;
+        let c = self.inner.clone();
+        run(async move { c.download_encrypted(&media_id, &key, offset, length).await }).await
+    }
+
     /// Stop sending an upload; its running call ends with `UploadPaused`, and what the
     /// server stored stays for `resume_upload`. False if no such upload is unfinished here.
     pub fn pause_upload(&self, upload_id: String) -> bool {

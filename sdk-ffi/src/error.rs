@@ -69,6 +69,13 @@ pub enum NatterError {
         /// The upload.
         upload_id: String,
     },
+    /// An encrypted file did not open: the wrong key, an altered chunk, a range past its
+    /// end.
+    #[error("{detail}")]
+    Decrypt {
+        /// What failed.
+        detail: String,
+    },
     /// The file given to go on with an upload is not the one it started with (another
     /// size or SHA-256); nothing was sent.
     #[error("{detail}")]
@@ -101,6 +108,7 @@ impl From<ClientError> for NatterError {
             ClientError::UploadCancelled(upload_id) => NatterError::UploadCancelled { upload_id },
             ClientError::Resume(e) => NatterError::NotTheSameFile { detail: e.to_string() },
             ClientError::File(detail) => NatterError::File { detail },
+            ClientError::FileCrypto(e) => NatterError::Decrypt { detail: e.to_string() },
             // ClientError is non-exhaustive; a new kind reads as unexpected until mapped.
             _ => NatterError::Unexpected,
         }

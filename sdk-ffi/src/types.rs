@@ -92,6 +92,16 @@ pub struct PendingSend {
     pub reply_to_seq: u64,
 }
 
+/// A file encrypted on this device and uploaded (`upload_encrypted`): the server holds
+/// only sealed bytes; `key` (hex) opens them and goes with the message.
+#[derive(Clone, Debug, uniffi::Record)]
+pub struct EncryptedUpload {
+    /// The finished file as the server knows it (`encrypted`, size of the sealed bytes).
+    pub media: MediaInfo,
+    /// Its key material, hex (keep it secret: it opens the file).
+    pub key: String,
+}
+
 /// A successful login.
 #[derive(Clone, Debug, uniffi::Record)]
 pub struct LoginInfo {

@@ -12,6 +12,7 @@ use futures::channel::{mpsc, oneshot};
 use futures::{FutureExt, StreamExt};
 use gloo_timers::future::TimeoutFuture;
 use js_sys::{Array, Function, Promise, Reflect, Uint8Array};
+use natter_protocol::client::file_crypto::{self, FileKey};
 use natter_protocol::client::model::{MediaInfo, PendingUpload};
 use natter_protocol::client::upload::{self, Next};
 use natter_protocol::client::{ops, DownloadError, DownloadSink};
@@ -314,6 +315,52 @@ async fn fetch(url: &str, init: &web_sys::RequestInit) -> Result<web_sys::Respon
     JsFuture::from(promise).await?.dyn_into()
 }
 
+/// Bytes `offset..offset + length` (`length` 0: to the end) of a file or thumbnail, over
+/// the connection.
+async fn fetch_range(
+    inner: &Rc<Inner>,
+    media_id: &str,
+    v: pb::MediaVariant,
+    offset: u64,
+    length: u64,
+) -> Result<Vec<u8>, JsError> {
+    let (done, rx) = oneshot::channel();
+    {
+        let now = inner.now();
+        let mut session = inner.session.borrow_mut();
+        let sink = Collect {
+            bytes: Vec::new(),
+            done,
+        };
+        inner
+            .pending
+            .borrow_mut()
+            .download(&mut session, now, ops::download(media_id, v, offset, length), sink);
+    }
+    inner.wake(Wake::Flush);
+    match rx.await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(DownloadError::Request(e))) => Err((&e).into()),
+        Ok(Err(e @ DownloadError::Cut { .. })) => Err(JsError::local("CONNECTION_LOST", e.to_string())),
+        Err(_) => Err(JsError::local("CLOSED", "the client is closed")),
+    }
+}
+
+fn decrypt_failed(e: file_crypto::FileCryptoError) -> JsError {
+    JsError::local("DECRYPT_FAILED", e.to_string())
+}
+
+/// Key material from the page's CSPRNG (`crypto.getRandomValues`); never a weaker source.
+fn secure_random() -> Result<[u8; FileKey::BYTES], JsError> {
+    let mut bytes = [0u8; FileKey::BYTES];
+    Reflect::get(&js_sys::global(), &"crypto".into())
+        .ok()
+        .and_then(|c| c.dyn_into::<web_sys::Crypto>().ok())
+        .and_then(|c| c.get_random_values_with_u8_array(&mut bytes).ok())
+        .ok_or_else(|| JsError::local("UNSUPPORTED", "no crypto.getRandomValues for a file key"))?;
+    Ok(bytes)
+}
+
 fn variant(name: Option<String>) -> Result<pb::MediaVariant, JsError> {
     Ok(match name.as_deref().unwrap_or("original") {
         "original" => pb::MediaVariant::Original,
@@ -461,30 +508,93 @@ impl NatterClient {
         };
         let offset = crate::client::get_num(&options, "offset").unwrap_or(0.0) as u64;
         let length = crate::client::get_num(&options, "length").unwrap_or(0.0) as u64;
-        let (done, rx) = oneshot::channel();
         let inner = self.inner().clone();
-        {
-            let now = inner.now();
-            let mut session = inner.session.borrow_mut();
-            let sink = Collect {
-                bytes: Vec::new(),
-                done,
-            };
-            inner
-                .pending
-                .borrow_mut()
-                .download(&mut session, now, ops::download(&media_id, v, offset, length), sink);
-        }
-        inner.wake(Wake::Flush);
         future_to_promise(async move {
-            match rx.await {
-                Ok(Ok(bytes)) => Ok(Uint8Array::from(bytes.as_slice()).into()),
-                Ok(Err(DownloadError::Request(e))) => Err(js_error(&(&e).into())),
-                Ok(Err(e @ DownloadError::Cut { .. })) => {
-                    Err(js_error(&JsError::local("CONNECTION_LOST", e.to_string())))
-                }
-                Err(_) => Err(js_error(&JsError::local("CLOSED", "the client is closed"))),
+            let bytes = fetch_range(&inner, &media_id, v, offset, length)
+                .await
+                .map_err(|e| js_error(&e))?;
+            Ok(Uint8Array::from(bytes.as_slice()).into())
+        })
+    }
+
+    /// Encrypt a `File`, `Blob` or bytes in the page (a fresh key; 64 KiB chunks that
+    /// verify on their own) and upload the sealed bytes: the server cannot read them and
+    /// makes no thumbnails. Options: `name`, `mime` (sent as given: pass neutral ones to keep
+    /// them from the server), `onProgress`. Resolves to `{ media, key }`; the key (hex) goes
+    /// with the message, and `downloadEncrypted` opens any range with it.
+    #[wasm_bindgen(js_name = uploadEncrypted)]
+    pub fn upload_encrypted(&self, conversation_id: f64, file: JsValue, options: JsValue) -> Promise {
+        let blob = match as_blob(&file) {
+            Ok(b) => b,
+            Err(e) => return reject(e),
+        };
+        let name = get_str(&options, "name").unwrap_or_else(|| "file".into());
+        let mime = get_str(&options, "mime").unwrap_or_else(|| "application/octet-stream".into());
+        let progress = on_progress(&options);
+        let inner = self.inner().clone();
+        let conversation = conv(conversation_id);
+        future_to_promise(async move {
+            let key = FileKey::from_random(secure_random().map_err(|e| js_error(&e))?);
+            let plain = JsFuture::from(blob.array_buffer())
+                .await
+                .map_err(|_| js_error(&failed("could not read the file")))?;
+            let sealed = file_crypto::encrypt(&key, &Uint8Array::new(&plain).to_vec());
+            let size = sealed.len() as u64;
+            let sealed = as_blob(&Uint8Array::from(sealed.as_slice()).into()).map_err(|e| js_error(&e))?;
+            let info = inner
+                .call(ops::create_encrypted_upload(
+                    conversation,
+                    size,
+                    &mime,
+                    &name,
+                    Vec::new(),
+                ))
+                .await
+                .map_err(|e| js_error(&e))?;
+            let media = drive(inner, info.upload_id, sealed, false, progress)
+                .await
+                .map_err(|e| js_error(&e))?;
+            #[derive(serde::Serialize)]
+            struct Encrypted {
+                media: MediaInfo,
+                key: String,
             }
+            Ok(to_js(&Encrypted {
+                media: MediaInfo::from(media),
+                key: key.to_hex(),
+            }))
+        })
+    }
+
+    /// Plaintext bytes of an encrypted file, opened with its key (hex): options `offset`,
+    /// `length` (0: to the end). Only the chunks that hold them are downloaded, each
+    /// verified; rejects with `DECRYPT_FAILED` if one does not, `INVALID` for a bad key.
+    #[wasm_bindgen(js_name = downloadEncrypted)]
+    pub fn download_encrypted(&self, media_id: String, key: String, options: JsValue) -> Promise {
+        let key = match FileKey::from_hex(&key) {
+            Ok(k) => k,
+            Err(e) => return reject(JsError::local("INVALID", e.to_string())),
+        };
+        let offset = crate::client::get_num(&options, "offset").unwrap_or(0.0) as u64;
+        let length = crate::client::get_num(&options, "length").unwrap_or(0.0) as u64;
+        let inner = self.inner().clone();
+        future_to_promise(async move {
+            let opened = async {
+                let info = inner.call(ops::get_media(&media_id)).await?;
+                let plain = file_crypto::plain_size(info.size).map_err(decrypt_failed)?;
+                let range = file_crypto::encrypted_range(plain, offset, length).map_err(decrypt_failed)?;
+                let sealed = fetch_range(
+                    &inner,
+                    &media_id,
+                    pb::MediaVariant::Original,
+                    range.start,
+                    range.end - range.start,
+                )
+                .await?;
+                file_crypto::decrypt_range(&key, plain, offset, length, &sealed).map_err(decrypt_failed)
+            };
+            let bytes = opened.await.map_err(|e| js_error(&e))?;
+            Ok(Uint8Array::from(bytes.as_slice()).into())
         })
     }
 

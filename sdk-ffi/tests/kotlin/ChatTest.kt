@@ -279,6 +279,32 @@ suspend fun scenario() {
         bob.download("A".repeat(22), MediaVariant.ORIGINAL, 0u, 0u)
     }
 
+    // A file encrypted on alice's device: the server serves sealed bytes; bob opens the
+    // whole file and a range across a chunk boundary with the key, not with another.
+    val secret = ByteArray(200_000).also { java.util.Random(8).nextBytes(it) }
+    val enc = alice.uploadEncrypted(dm, "secret.bin", "application/octet-stream", secret, null)
+    check(enc.media.encrypted && enc.media.size > secret.size.toULong()) { "an encrypted file, got ${enc.media}" }
+    val encSent = alice.sendFiles(dm, "", listOf(enc.media))
+    val encEvent = bEvents.waitFor("bob receives the encrypted file") {
+        it is NatterEvent.Event && it.event.seq == encSent.seq
+    } as NatterEvent.Event
+    check((encEvent.event.body as EventBody.Message).attachments[0].encrypted) { "the attachment says encrypted" }
+    val sealed = bob.download(enc.media.mediaId, MediaVariant.ORIGINAL, 0u, 0u)
+    val window = secret.copyOfRange(1000, 1064)
+    check((0..sealed.size - window.size).none { i -> window.indices.all { sealed[i + it] == window[it] } }) {
+        "the server serves no plaintext"
+    }
+    check(bob.downloadEncrypted(enc.media.mediaId, enc.key, 0u, 0u).contentEquals(secret)) { "bob opens it whole" }
+    check(bob.downloadEncrypted(enc.media.mediaId, enc.key, 65_000u, 1_000u).contentEquals(secret.copyOfRange(65_000, 66_000))) {
+        "and a range across a chunk boundary"
+    }
+    expectError<NatterException.Decrypt>("another key") {
+        bob.downloadEncrypted(enc.media.mediaId, "00".repeat(51), 0u, 10u)
+    }
+    expectError<NatterException.InvalidInput>("not a key") {
+        bob.downloadEncrypted(enc.media.mediaId, "xyz", 0u, 10u)
+    }
+
     // An upload from a file, paused once its first piece is stored (large enough that the
     // rest is still unsent then): the running call ends with UploadPaused, and the upload is
     // in the snapshot — paused, with its path — for after the restart below.

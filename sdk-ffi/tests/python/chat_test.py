@@ -270,6 +270,25 @@ async def main():
     await expect_error(n.NatterError.Server, bob.download("A" * 22, m.MediaVariant.ORIGINAL, 0, 0),
                        "a file that does not exist", m.ErrorCode.NOT_FOUND)
 
+    # A file encrypted on alice's device: the server serves sealed bytes; bob opens the
+    # whole file and a range across a chunk boundary with the key, not with another.
+    secret = os.urandom(200_000)
+    enc = await alice.upload_encrypted(dm, "secret.bin", "application/octet-stream", secret, None)
+    check(enc.media.encrypted and enc.media.size > len(secret), f"an encrypted file, got {enc.media}")
+    sent = await alice.send_files(dm, "", [enc.media])
+    got = await b_events.wait_for(lambda e: isinstance(e, m.NatterEvent.EVENT) and e.event.seq == sent.seq,
+                                  "bob receives the encrypted file")
+    check(got.event.body.attachments[0].encrypted, "the attachment says encrypted")
+    sealed = await bob.download(enc.media.media_id, m.MediaVariant.ORIGINAL, 0, 0)
+    check(secret[1000:1064] not in sealed, "the server serves no plaintext")
+    check(await bob.download_encrypted(enc.media.media_id, enc.key, 0, 0) == secret, "bob opens it whole")
+    check(await bob.download_encrypted(enc.media.media_id, enc.key, 65_000, 1_000) == secret[65_000:66_000],
+          "and a range across a chunk boundary")
+    await expect_error(n.NatterError.Decrypt, bob.download_encrypted(enc.media.media_id, "00" * 51, 0, 10),
+                       "another key")
+    await expect_error(n.NatterError.InvalidInput, bob.download_encrypted(enc.media.media_id, "xyz", 0, 10),
+                       "not a key")
+
     # An upload from a file, paused once its first piece is stored (large enough that the
     # rest is still unsent then): the running call ends with UploadPaused, and the upload is
     # in the snapshot — paused, with its path — for after the restart below.

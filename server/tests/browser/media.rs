@@ -162,23 +162,30 @@ async fn an_image_dropped_in_one_browser_shows_placeholder_then_thumbnail_then_f
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_package_uploads_by_stream_over_webtransport_and_by_tus_over_websocket_and_a_native_client_gets_every_byte()
-{
-    let dir = tempfile::tempdir().unwrap();
-    let s = natter_server::start(&web_config(dir.path())).await.unwrap();
+/// A server, Wanda's page on WebTransport ("wt") and Walt's on WebSocket ("ws"), and a
+/// native client Nate who makes a group `name` of the three.
+async fn two_pages_and_nate(dir: &Path, name: &str) -> (natter_server::RunningServer, Browser, Device, u64) {
+    let s = natter_server::start(&web_config(dir)).await.unwrap();
     let mut b = Browser::start().await;
     b.open("wt", &page_url(&s, "webtransport")).await;
     b.open("ws", &page_url(&s, "websocket")).await;
     sign_up(&mut b, "wt", "wanda", "webtransport").await;
     sign_up(&mut b, "ws", "walt", "websocket").await;
-    let mut nate = user(&s, "nate").await;
+    let nate = user(&s, "nate").await;
     let conv = nate
         .client
-        .create_group("files", &["wanda", "walt"])
+        .create_group(name, &["wanda", "walt"])
         .await
         .unwrap()
         .conversation_id;
+    (s, b, nate, conv)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_package_uploads_by_stream_over_webtransport_and_by_tus_over_websocket_and_a_native_client_gets_every_byte()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let (_s, mut b, mut nate, conv) = two_pages_and_nate(dir.path(), "files").await;
 
     let mut uploaded = Vec::new();
     for (page, transport, size) in [
@@ -374,19 +381,7 @@ async fn chromium_seeks_a_served_mp4_and_webm_to_their_middle_through_http_range
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_pause_and_resume_in_the_web_chat_and_after_a_restart_from_the_snapshot() {
     let dir = tempfile::tempdir().unwrap();
-    let s = natter_server::start(&web_config(dir.path())).await.unwrap();
-    let mut b = Browser::start().await;
-    b.open("wt", &page_url(&s, "webtransport")).await;
-    b.open("ws", &page_url(&s, "websocket")).await;
-    sign_up(&mut b, "wt", "wanda", "webtransport").await;
-    sign_up(&mut b, "ws", "walt", "websocket").await;
-    let mut nate = user(&s, "nate").await;
-    let conv = nate
-        .client
-        .create_group("big files", &["wanda", "walt"])
-        .await
-        .unwrap()
-        .conversation_id;
+    let (_s, mut b, mut nate, conv) = two_pages_and_nate(dir.path(), "big files").await;
     const SIZE: u64 = 24 << 20;
 
     // The web chat: drop, pause by the row's button at the first stored piece, resume.
@@ -506,4 +501,63 @@ async fn uploads_pause_and_resume_in_the_web_chat_and_after_a_restart_from_the_s
         assert_eq!(r["after"], json!([]), "{page}");
         assert_eq!(r["transport"], transport, "{page}");
     }
+}
+
+/// Client-side encryption from the page: `uploadEncrypted` seals the file in the browser,
+/// the server's copy is not the plaintext, a native member opens it with the key the page
+/// returned, and the page opens a range across a chunk boundary; a wrong key is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_package_encrypts_a_file_in_the_page_and_a_native_member_opens_it_with_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = natter_server::start(&web_config(dir.path())).await.unwrap();
+    let mut b = Browser::start().await;
+    b.open("ws", &page_url(&s, "websocket")).await;
+    sign_up(&mut b, "ws", "walt", "websocket").await;
+    let nate = user(&s, "nate").await;
+    let conv = nate
+        .client
+        .create_group("secrets", &["walt"])
+        .await
+        .unwrap()
+        .conversation_id;
+    b.wait_fn("ws", &format!("window.natter.convs.has({conv})")).await;
+    let r = b
+        .eval(
+            "ws",
+            &format!(
+                "{HELPERS}
+                 const bytes = new Uint8Array(200000);
+                 for (let o = 0; o < bytes.length; o += 65536) crypto.getRandomValues(bytes.subarray(o, Math.min(bytes.length, o + 65536)));
+                 const c = window.natter.client;
+                 const {{ media, key }} = await c.uploadEncrypted({conv}, new Blob([bytes]), {{ name: 'secret.bin' }});
+                 await c.sendFiles({conv}, '', [media]);
+                 const part = await c.downloadEncrypted(media.mediaId, key, {{ offset: 65000, length: 1000 }});
+                 const wrong = await c.downloadEncrypted(media.mediaId, '00'.repeat(51), {{ offset: 0, length: 10 }}).then(() => 'opened', (e) => e.code);
+                 return {{ mediaId: media.mediaId, encrypted: media.encrypted, size: media.size, key, sha: await sha(bytes),
+                           partOk: hex(part) === hex(bytes.subarray(65000, 66000)), wrong }};"
+            ),
+        )
+        .await;
+    assert_eq!(r["encrypted"], true);
+    assert!(r["size"].as_u64().unwrap() > 200_000, "{r}");
+    assert_eq!(r["partOk"], true, "the page opens a range: {r}");
+    assert_eq!(r["wrong"], "DECRYPT_FAILED");
+    let media_id = r["mediaId"].as_str().unwrap();
+    let sealed = nate
+        .client
+        .download_all(media_id, pb::MediaVariant::Original)
+        .await
+        .unwrap();
+    assert_ne!(
+        sha_hex(&sealed),
+        r["sha"].as_str().unwrap(),
+        "the server holds sealed bytes"
+    );
+    let key = natter_sdk::FileKey::from_hex(r["key"].as_str().unwrap()).unwrap();
+    let opened = nate.client.download_encrypted(media_id, &key, 0, 0).await.unwrap();
+    assert_eq!(
+        sha_hex(&opened),
+        r["sha"].as_str().unwrap(),
+        "nate opens the page's file with its key"
+    );
 }
