@@ -74,9 +74,11 @@ step "browser test driver (playwright-core, no downloaded browser) and tus-js-cl
 step "Kotlin compiler for natter-ffi's Kotlin tests (npm kotlin-compiler: kotlinc + coroutines)"
 (cd sdk-ffi/tests/kotlin && npm ci --no-audit --no-fund --loglevel=error)
 
-step "tuspy (the tus interoperability test) and moto's S3 server (the several-node media test), PyPI, in a venv at target/py"
+step "tuspy (the tus interoperability test), PyNaCl (an independent file decryption) and moto's S3 server (the several-node media test), PyPI, in a venv at target/py"
 [[ -x target/py/bin/python ]] || python3 -m venv target/py
 target/py/bin/python -c "import tusclient" 2>/dev/null || target/py/bin/pip install -q tuspy==1.1.0
+# PyNaCl (libsodium): the Python bindings test opens a natter-encrypted file with it.
+target/py/bin/python -c "import nacl" 2>/dev/null || target/py/bin/pip install -q pynacl==1.6.2
 [[ -x target/py/bin/moto_server ]] || target/py/bin/pip install -q "moto[server]==5.2.5"
 
 step "format"

@@ -178,3 +178,48 @@ fn every_invalid_vector_fails_with_its_error() {
     }
     assert!(seen >= 5);
 }
+
+const FILE_CRYPTO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../spec/vectors/file_crypto.txt");
+
+/// The client-side file encryption of PROTOCOL.md §11.7, pinned so every SDK (and any
+/// other client) seals and opens files the same way: per case the key material, the
+/// plaintext (`byte i = i mod 251`, of the given length), and slices of the sealed file
+/// (`start..end` and their hex). Regenerated like `frames.txt`.
+#[test]
+fn file_crypto_vectors() {
+    use natter_protocol::client::file_crypto::{self, FileKey};
+    let key_bytes: Vec<u8> = (0..FileKey::BYTES as u8).collect();
+    let key = FileKey::from_bytes(&key_bytes).unwrap();
+    let plain = |n: usize| (0..n).map(|i| (i % 251) as u8).collect::<Vec<u8>>();
+    let mut out = String::from(
+        "# Client-side file encryption (PROTOCOL.md §11.7). One case per line:\n\
+         # name key_hex plaintext_length sealed_length start..end:sealed_hex\n\
+         # plaintext byte i = i mod 251; sealed = chunks of 65,536 bytes, each XChaCha20-Poly1305\n\
+         # under STREAM (nonce = prefix | u32 BE chunk index | last flag), tag after each chunk.\n",
+    );
+    for (name, n, slices) in [
+        ("empty", 0usize, vec![(0usize, 16usize)]),
+        ("short", 6, vec![(0, 22)]),
+        ("one-full-chunk", 65_536, vec![(0, 32), (65_520, 65_552)]),
+        ("two-chunks", 65_537, vec![(0, 32), (65_520, 65_552), (65_552, 65_569)]),
+    ] {
+        let p = plain(n);
+        let sealed = file_crypto::encrypt(&key, &p);
+        assert_eq!(file_crypto::decrypt(&key, &sealed).unwrap(), p);
+        let parts: Vec<String> = slices
+            .iter()
+            .map(|&(a, b)| format!("{a}..{b}:{}", hex::encode(&sealed[a..b])))
+            .collect();
+        out.push_str(&format!(
+            "{name} {} {n} {} {}\n",
+            key.to_hex(),
+            sealed.len(),
+            parts.join(" ")
+        ));
+    }
+    if std::env::var("NATTER_WRITE_VECTORS").is_ok() {
+        std::fs::write(FILE_CRYPTO, &out).unwrap();
+    }
+    let committed = std::fs::read_to_string(FILE_CRYPTO).expect("spec/vectors/file_crypto.txt");
+    assert_eq!(committed, out, "sealing changed: that breaks every file already sent");
+}

@@ -142,8 +142,11 @@ async fn run_program(
     }
 }
 
+/// The test venv's Python (scripts/test.sh makes it, with PyNaCl for the independent
+/// decryption check), else the system's.
 fn python() -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new("python3");
+    let venv = manifest_dir().join("../target/py/bin/python");
+    let mut cmd = tokio::process::Command::new(if venv.exists() { venv } else { PathBuf::from("python3") });
     cmd.arg(manifest_dir().join("tests/python/chat_test.py"));
     cmd
 }

@@ -114,6 +114,19 @@ class Progress(n.UploadListener):
         self.seen.append((stored, size))
 
 
+def open_with_libsodium(key_hex, sealed):
+    """An independent reading of PROTOCOL.md §11.7: libsodium's XChaCha20-Poly1305, chunk by
+    chunk, nonce = prefix | u32 BE index | last flag."""
+    from nacl.bindings import crypto_aead_xchacha20poly1305_ietf_decrypt
+    material = bytes.fromhex(key_hex)
+    key, prefix = material[:32], material[32:]
+    pieces = [sealed[i:i + 65552] for i in range(0, len(sealed), 65552)]
+    return b"".join(
+        crypto_aead_xchacha20poly1305_ietf_decrypt(
+            p, None, prefix + i.to_bytes(4, "big") + (b"\x01" if i == len(pieces) - 1 else b"\x00"), key)
+        for i, p in enumerate(pieces))
+
+
 class PauseOnFirstPiece(n.UploadListener):
     """Pauses the client's running upload once its first piece is stored."""
     def __init__(self, client):
@@ -282,6 +295,8 @@ async def main():
     sealed = await bob.download(enc.media.media_id, m.MediaVariant.ORIGINAL, 0, 0)
     check(secret[1000:1064] not in sealed, "the server serves no plaintext")
     check(await bob.download_encrypted(enc.media.media_id, enc.key, 0, 0) == secret, "bob opens it whole")
+    check(open_with_libsodium(enc.key, sealed) == secret,
+          "libsodium (PyNaCl) opens the served bytes by PROTOCOL.md §11.7 alone")
     check(await bob.download_encrypted(enc.media.media_id, enc.key, 65_000, 1_000) == secret[65_000:66_000],
           "and a range across a chunk boundary")
     await expect_error(n.NatterError.Decrypt, bob.download_encrypted(enc.media.media_id, "00" * 51, 0, 10),
