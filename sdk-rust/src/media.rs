@@ -12,7 +12,7 @@ use bytes::Bytes;
 use natter_protocol::client::file_crypto::{self, FileKey};
 use natter_protocol::client::model::{MediaInfo, PendingUpload};
 use natter_protocol::client::ops;
-use natter_protocol::client::upload::{self, Next, Uploads};
+use natter_protocol::client::upload::{self, Next, Stopped, Uploads};
 use natter_protocol::pb;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -59,10 +59,9 @@ impl UploadTable {
 
 /// Why an upload loop stops before the file is ready, if it must: paused or cancelled.
 fn stopped(table: &UploadTable, upload_id: &str, tracked: bool) -> Option<ClientError> {
-    table.with(|u| match u.get(upload_id) {
-        Some(p) if p.paused => Some(ClientError::UploadPaused(upload_id.into())),
-        None if tracked => Some(ClientError::UploadCancelled(upload_id.into())),
-        _ => None,
+    table.with(|u| u.stop_reason(upload_id, tracked)).map(|why| match why {
+        Stopped::Paused => ClientError::UploadPaused(upload_id.into()),
+        Stopped::Cancelled => ClientError::UploadCancelled(upload_id.into()),
     })
 }
 

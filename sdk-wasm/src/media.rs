@@ -14,7 +14,7 @@ use gloo_timers::future::TimeoutFuture;
 use js_sys::{Array, Function, Promise, Reflect, Uint8Array};
 use natter_protocol::client::file_crypto::{self, FileKey};
 use natter_protocol::client::model::{MediaInfo, PendingUpload};
-use natter_protocol::client::upload::{self, Next};
+use natter_protocol::client::upload::{self, Next, Stopped};
 use natter_protocol::client::{ops, DownloadError, DownloadSink};
 use natter_protocol::pb;
 use wasm_bindgen::prelude::*;
@@ -89,15 +89,11 @@ impl Drop for Watch {
 /// Why an upload loop stops before the file is ready, if it must: paused, or cancelled
 /// (`tracked`: it was in the record, so its leaving means a cancel).
 fn stopped(inner: &Inner, upload_id: &str, tracked: bool) -> Option<JsError> {
-    let uploads = inner.pending_uploads.borrow();
-    match uploads.get(upload_id) {
-        Some(p) if p.paused => Some(JsError::local("UPLOAD_PAUSED", format!("upload {upload_id} is paused"))),
-        None if tracked => Some(JsError::local(
-            "UPLOAD_CANCELLED",
-            format!("upload {upload_id} was cancelled"),
-        )),
-        _ => None,
-    }
+    let why = inner.pending_uploads.borrow().stop_reason(upload_id, tracked)?;
+    Some(match why {
+        Stopped::Paused => JsError::local("UPLOAD_PAUSED", format!("upload {upload_id} is paused")),
+        Stopped::Cancelled => JsError::local("UPLOAD_CANCELLED", format!("upload {upload_id} was cancelled")),
+    })
 }
 
 /// Stop a running upload's stream or PATCH and wake its loop (which then sees why).

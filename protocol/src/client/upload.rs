@@ -112,6 +112,15 @@ pub enum ResumeError {
     },
 }
 
+/// Why a running upload stopped before its file was ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// The app paused it.
+    Paused,
+    /// The app cancelled it.
+    Cancelled,
+}
+
 /// This client's unfinished uploads, oldest first: one is added when the server created
 /// it and forgotten once it is ready, rejected or cancelled. The SDKs put
 /// [`Uploads::list`] in their snapshot and give it back with [`Uploads::restore`] after a
@@ -151,6 +160,17 @@ impl Uploads {
             .find(|p| p.upload_id == upload_id)
             .map(|p| p.paused = true)
             .is_some()
+    }
+
+    /// Why a running upload of `upload_id` must stop before its file is ready, if it
+    /// must: paused, or gone from the record (`tracked`: it was here when the upload
+    /// started, so its leaving means a cancel; an untracked upload is never cancelled so).
+    pub fn stop_reason(&self, upload_id: &str, tracked: bool) -> Option<Stopped> {
+        match self.get(upload_id) {
+            Some(p) if p.paused => Some(Stopped::Paused),
+            None if tracked => Some(Stopped::Cancelled),
+            _ => None,
+        }
     }
 
     /// Whether `upload_id` is paused.
@@ -302,6 +322,10 @@ mod tests {
             ["u1", "u2"]
         );
         assert!(u.is_paused("u1") && !u.is_paused("u2"));
+        assert_eq!(u.stop_reason("u1", true), Some(Stopped::Paused));
+        assert_eq!(u.stop_reason("u2", true), None);
+        assert_eq!(u.stop_reason("gone", true), Some(Stopped::Cancelled));
+        assert_eq!(u.stop_reason("gone", false), None);
         assert_eq!(u.finished("u2").map(|p| p.size), Some(20));
         assert_eq!(u.finished("u2"), None);
         assert_eq!(u.list().len(), 1);
