@@ -8,7 +8,9 @@
 #![forbid(unsafe_code)]
 
 mod media;
+mod media_load;
 pub use media::{media, MediaOpts};
+pub use media_load::media_load;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;

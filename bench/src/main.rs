@@ -91,6 +91,14 @@ enum Scenario {
         #[arg(long, default_value_t = 15.0)]
         chat_secs: f64,
     },
+    /// The media scenario's uploaders (started by `media`; see media_load.rs).
+    #[command(hide = true)]
+    MediaLoad {
+        #[arg(long)]
+        uploads: usize,
+        #[arg(long)]
+        mib: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -101,6 +109,9 @@ fn main() -> anyhow::Result<()> {
         server_pid: args.server_pid,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    if let Scenario::MediaLoad { uploads, mib } = args.scenario {
+        return rt.block_on(natter_bench::media_load(&target, uploads, mib));
+    }
     let report = rt.block_on(async {
         match args.scenario {
             Scenario::Fanout {
@@ -175,6 +186,7 @@ fn main() -> anyhow::Result<()> {
                 };
                 natter_bench::media(&target, &o).await
             }
+            Scenario::MediaLoad { .. } => unreachable!("handled above"),
         }
     })?;
     let json = serde_json::to_string_pretty(&report)?;

@@ -4,7 +4,6 @@
 //! repeated runs in one process; then chat latency between two other clients, idle and
 //! while four large uploads run, to show files never slow chat.
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,6 +14,7 @@ use natter_protocol::pb;
 use natter_sdk::ConversationId;
 use serde::Serialize;
 
+use crate::media_load::Loader;
 use crate::{bench_users, run_senders, spawn_receiver, FanoutOpts, Receipts, Report, Target};
 
 /// Media parameters.
@@ -50,7 +50,7 @@ impl Transfers {
     }
 }
 
-fn random(size: usize) -> Bytes {
+pub(crate) fn random(size: usize) -> Bytes {
     let mut v = vec![0u8; size];
     rand::Rng::fill(&mut rand::thread_rng(), &mut v[..]);
     v.into()
@@ -83,7 +83,7 @@ fn curl(args: &[&str]) -> anyhow::Result<String> {
 
 /// Throughput both ways, QUIC and curl, then chat idle and loaded.
 pub async fn media(t: &Target, o: &MediaOpts) -> anyhow::Result<Report> {
-    let users = bench_users(t, 5 + o.loaded_uploads, 1000, 16).await?;
+    let users = bench_users(t, 5, 1000, 16).await?;
     let mut users = users.into_iter();
     let up = users.next().context("users")?;
     let (a1, b1, a2, b2) = (
@@ -92,7 +92,6 @@ pub async fn media(t: &Target, o: &MediaOpts) -> anyhow::Result<Report> {
         users.next().context("users")?,
         users.next().context("users")?,
     );
-    let loaders: Vec<_> = users.collect();
     let files = ConversationId(up.client.create_group("bench media", &[]).await?.conversation_id);
     let size = (o.size_mib << 20) as usize;
     let data = random(size);
@@ -205,49 +204,15 @@ pub async fn media(t: &Target, o: &MediaOpts) -> anyhow::Result<Report> {
     let dm2 = ConversationId(a2.client.direct(&b2.name).await?.conversation_id);
     let r2 = Arc::new(Receipts::default());
     spawn_receiver(b2.events, b2.user_id, r2.clone());
-    let stop = Arc::new(AtomicBool::new(false));
-    let moved = Arc::new(AtomicU64::new(0));
-    let started_uploads = Arc::new(AtomicU64::new(0));
-    let big = random((o.loaded_upload_mib << 20) as usize);
-    let mut tasks = Vec::new();
-    for (i, l) in loaders.into_iter().enumerate() {
-        let conv = ConversationId(l.client.create_group(&format!("load {i}"), &[]).await?.conversation_id);
-        let (stop, moved, started_uploads, big) = (stop.clone(), moved.clone(), started_uploads.clone(), big.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut k = 0;
-            while !stop.load(Ordering::Relaxed) {
-                started_uploads.fetch_add(1, Ordering::Relaxed);
-                let last = AtomicU64::new(0);
-                let name = format!("load-{i}-{k}.bin");
-                let r = l
-                    .client
-                    .upload(conv, &name, "application/octet-stream", big.clone(), |stored, _| {
-                        let before = last.swap(stored, Ordering::Relaxed);
-                        moved.fetch_add(stored.saturating_sub(before), Ordering::Relaxed);
-                    })
-                    .await;
-                if let Err(e) = r {
-                    return Err(anyhow::anyhow!("loaded upload {name}: {e}"));
-                }
-                k += 1;
-            }
-            Ok::<_, anyhow::Error>(k)
-        }));
-    }
-    // Chat starts once bytes flow.
-    while moved.load(Ordering::Relaxed) == 0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    // The uploaders run in a process of their own at idle priority (see media_load.rs).
+    let mut loader = tokio::task::block_in_place(|| Loader::start(t, o.loaded_uploads, o.loaded_upload_mib))?;
     let chat_started = Instant::now();
-    let moved_before = moved.load(Ordering::Relaxed);
+    let moved_before = tokio::task::block_in_place(|| loader.mark())?;
     let loaded = run_senders(t, &chat, &[a2.client, b2.client], &[dm2], r2, "media-chat-loaded").await?;
     let load_secs = chat_started.elapsed().as_secs_f64();
-    let moved_during = moved.load(Ordering::Relaxed) - moved_before;
-    stop.store(true, Ordering::Relaxed);
-    let mut finished = 0;
-    for task in tasks {
-        finished += task.await??;
-    }
+    let moved_after = tokio::task::block_in_place(|| loader.mark())?;
+    let moved_during = moved_after - moved_before;
+    let (_, finished) = tokio::task::block_in_place(|| loader.stop())?;
     eprintln!("  chat loaded: {}", loaded.summary());
 
     let ratio = loaded.latency.p99_ms / idle.latency.p99_ms.max(0.001);

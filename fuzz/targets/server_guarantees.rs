@@ -67,6 +67,7 @@ pub fn run(data: &[u8]) {
                     let (a, b) = (usize::from(a % 3), usize::from(b % 3));
                     let op = Op::CreateDirect(pb::CreateDirect {
                         username: names[b].clone(),
+                        encrypted: false,
                     });
                     match server::request(&mut clients[a], rid, op).await {
                         Some(Res::Conversation(s)) if a != b => {

@@ -2,7 +2,7 @@
 use crate::pb;
 
 /// An error response from the server (PROTOCOL.md §8.1).
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, Default, PartialEq, thiserror::Error)]
 #[error("{code:?}: {message}")]
 pub struct ServerError {
     /// What went wrong; unknown codes read as `Internal`.
@@ -11,7 +11,12 @@ pub struct ServerError {
     pub message: String,
     /// For rate limits and drains: when to try again.
     pub retry_after_ms: u32,
+    /// For `DEVICE_MISMATCH`: the devices an encrypted send got wrong (PROTOCOL.md §12.5).
+    pub device_mismatch: Option<Box<pb::DeviceMismatch>>,
 }
+
+// Every field compares as an equivalence (no floats), so equality is total.
+impl Eq for ServerError {}
 
 impl ServerError {
     /// An error with a code and message.
@@ -19,7 +24,7 @@ impl ServerError {
         Self {
             code,
             message: message.into(),
-            retry_after_ms: 0,
+            ..Default::default()
         }
     }
 
@@ -41,6 +46,7 @@ impl From<pb::Error> for ServerError {
             code: pb::ErrorCode::try_from(e.code).unwrap_or(pb::ErrorCode::Internal),
             message: e.message,
             retry_after_ms: e.retry_after_ms,
+            device_mismatch: e.device_mismatch.map(Box::new),
         }
     }
 }
@@ -51,6 +57,7 @@ impl From<ServerError> for pb::Error {
             code: e.code as i32,
             message: e.message,
             retry_after_ms: e.retry_after_ms,
+            device_mismatch: e.device_mismatch.map(|m| *m),
         }
     }
 }

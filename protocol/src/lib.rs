@@ -13,6 +13,7 @@
 
 pub mod client;
 pub mod codec;
+pub mod e2ee;
 pub mod error;
 pub mod ids;
 pub mod limits;

@@ -79,6 +79,12 @@ pub const UPLOAD_EXPIRY_SECS: u32 = 24 * 3600;
 pub const MEDIA_QUOTA_BYTES: u64 = 10 << 30;
 /// Attachments in one message.
 pub const MAX_ATTACHMENTS: usize = 10;
+/// Wrapped message keys in one envelope (PROTOCOL.md §12.4): the devices of both members.
+pub const MAX_WRAPPED_KEYS: usize = 256;
+/// Bytes of one wrapped key's Olm message.
+pub const MAX_OLM_BODY_BYTES: usize = 4096;
+/// One-time keys the server holds per device (PROTOCOL.md §12.1).
+pub const MAX_ONE_TIME_KEYS: usize = 100;
 /// Bytes of an attachment's file name.
 pub const MAX_FILE_NAME_BYTES: usize = 255;
 /// Bytes of a declared content type.

@@ -645,7 +645,7 @@ impl ClientSession {
                 let err = ServerError::from(pb::Error {
                     code: e.code,
                     message: e.message,
-                    retry_after_ms: 0,
+                    ..Default::default()
                 });
                 self.events.push_back(SessionEvent::ConnectionError(err));
                 Ok(())

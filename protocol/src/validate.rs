@@ -63,6 +63,9 @@ pub enum ValidationError {
     /// A malformed media or upload id.
     #[error("malformed media or upload id")]
     MediaId,
+    /// An end-to-end envelope of the wrong shape, or content outside it (PROTOCOL.md §12.3).
+    #[error("encrypted message: {0}")]
+    Envelope(&'static str),
 }
 
 impl ValidationError {
@@ -84,6 +87,19 @@ impl From<ValidationError> for crate::ServerError {
 
 /// A message body: text within `max_chars`, a kind this version sends.
 pub fn message_body(body: &pb::MessageBody, max_chars: usize) -> Result<(), ValidationError> {
+    if let Some(env) = &body.encrypted {
+        let outside = body.kind != pb::MessageKind::Text as i32
+            || !body.text.is_empty()
+            || body.reply_to_seq != 0
+            || !body.attachments.is_empty();
+        if outside {
+            return Err(ValidationError::Envelope("content outside the envelope"));
+        }
+        return envelope(env);
+    }
+    if body.attachments.iter().any(|a| !a.file_key.is_empty()) {
+        return Err(ValidationError::Envelope("a file key outside an envelope"));
+    }
     let media_kind = [pb::MessageKind::Image, pb::MessageKind::File, pb::MessageKind::Video]
         .iter()
         .any(|k| *k as i32 == body.kind);
@@ -108,6 +124,41 @@ pub fn message_body(body: &pb::MessageBody, max_chars: usize) -> Result<(), Vali
         if chars > max_chars {
             return Err(ValidationError::TextTooLong { chars, max: max_chars });
         }
+    }
+    Ok(())
+}
+
+/// The shape of an end-to-end envelope (PROTOCOL.md §12.4); whether its keys cover the
+/// right devices is the conversation's check (§12.5).
+pub fn envelope(env: &pb::Envelope) -> Result<(), ValidationError> {
+    use crate::e2ee::{ENVELOPE_VERSION, MIN_BUCKET, NONCE_BYTES, PUBLIC_KEY_BYTES};
+    let bad = ValidationError::Envelope;
+    if env.version != ENVELOPE_VERSION {
+        return Err(bad("unknown envelope version"));
+    }
+    if env.sender_key.len() != PUBLIC_KEY_BYTES || env.nonce.len() != NONCE_BYTES {
+        return Err(bad("sender_key is 32 bytes and nonce 24"));
+    }
+    // Padded to a bucket (§12.4), plus the 16-byte tag: sizes leak only rounded.
+    let padded = env.ciphertext.len().saturating_sub(16);
+    if padded < MIN_BUCKET || !padded.is_power_of_two() {
+        return Err(bad("the ciphertext is not padded to a bucket"));
+    }
+    if env.keys.is_empty() {
+        return Err(bad("no wrapped keys"));
+    }
+    count("wrapped keys", env.keys.len(), limits::MAX_WRAPPED_KEYS)?;
+    for k in &env.keys {
+        if k.identity_key.len() != PUBLIC_KEY_BYTES || k.olm_type > 1 {
+            return Err(bad("a wrapped key names a 32-byte identity key and Olm type 0 or 1"));
+        }
+        if k.olm_body.is_empty() || k.olm_body.len() > limits::MAX_OLM_BODY_BYTES {
+            return Err(bad("a wrapped key's Olm message is 1 to 4096 bytes"));
+        }
+    }
+    count("attachments", env.media_ids.len(), limits::MAX_ATTACHMENTS)?;
+    for m in &env.media_ids {
+        media_id(m)?;
     }
     Ok(())
 }

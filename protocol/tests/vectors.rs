@@ -52,6 +52,7 @@ fn vectors() -> Vec<(&'static str, &'static str, pb::Frame, bool)> {
         resume_window_secs: 120,
         resumed: true,
         conversations: vec![],
+        key_counts: None,
     };
     vec![
         ("hello", "Hello { versions: [1], client: \"natter-sdk/0.1.0\" }",
@@ -75,7 +76,7 @@ fn vectors() -> Vec<(&'static str, &'static str, pb::Frame, bool)> {
         ("send_ok", "Response 4: SendOk { conversation 42, seq 8, server_time_ms 1700000000008, duplicate: false }",
             res(4, Res::Sent(pb::SendOk { conversation_id: 42, seq: 8, server_time_ms: 1_700_000_000_008, duplicate: false })), false),
         ("error_not_member", "Response 5: Error { code: NOT_MEMBER (16), message: \"not a member of this conversation\" }",
-            res(5, Res::Error(pb::Error { code: pb::ErrorCode::NotMember as i32, message: "not a member of this conversation".into(), retry_after_ms: 0 })), false),
+            res(5, Res::Error(pb::Error { code: pb::ErrorCode::NotMember as i32, message: "not a member of this conversation".into(), retry_after_ms: 0, device_mismatch: None })), false),
         ("history_after", "Request 6: GetHistory { conversation 42, after: 7, limit: 200 }",
             req(6, Op::History(pb::GetHistory { conversation_id: 42, anchor: Some(pb::get_history::Anchor::After(7)), limit: 200 })), false),
         ("history_page", "Response 6: HistoryPage { conversation 42, events: [message seq 8 \"hi\"], has_more: false, last_seq: 8 }",

@@ -149,6 +149,7 @@ fn text_body(text: String, reply_to_seq: u64) -> pb::MessageBody {
         text,
         reply_to_seq,
         attachments: Vec::new(),
+        encrypted: None,
     }
 }
 

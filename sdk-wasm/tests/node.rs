@@ -120,6 +120,7 @@ fn errors_carry_their_wire_code_and_retry_time() {
         code: pb::ErrorCode::RateLimited,
         message: "slow down".into(),
         retry_after_ms: 1500,
+        device_mismatch: None,
     };
     let js = view::JsError::from(&e);
     assert_eq!(js.code, "RATE_LIMITED");

@@ -121,6 +121,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         None => None,
     };
     let store_for_media = store.clone();
+    let keys = crate::keys::Keys::new(store.clone());
     let ctx = Ctx {
         store,
         hub: hub.clone(),
@@ -141,6 +142,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
             media_store(config)?,
             config.media_config(),
         )),
+        keys,
     };
     let shared = Arc::new(Shared::new(
         ctx,

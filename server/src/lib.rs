@@ -20,6 +20,7 @@ pub mod config;
 pub mod conn;
 pub mod conversation;
 pub mod error;
+pub mod keys;
 pub mod media;
 pub mod security;
 pub mod session;

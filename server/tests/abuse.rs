@@ -66,7 +66,10 @@ async fn a_send_flood_gets_typed_errors_and_the_sdk_loses_nothing() {
     let mut raw = Raw::hello(s.addr, &s.fingerprint).await;
     raw.login("flooder").await;
     let conv = match raw
-        .request(Op::CreateDirect(pb::CreateDirect { username: "bob".into() }))
+        .request(Op::CreateDirect(pb::CreateDirect {
+            username: "bob".into(),
+            encrypted: false,
+        }))
         .await
     {
         Res::Conversation(c) => c.conversation_id,

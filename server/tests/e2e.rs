@@ -398,6 +398,7 @@ async fn bad_input_gets_typed_errors_while_the_server_keeps_serving_everyone_els
     let eve_dm = match raw
         .request(Op::CreateDirect(pb::CreateDirect {
             username: "alice".into(),
+            encrypted: false,
         }))
         .await
     {

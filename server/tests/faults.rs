@@ -180,7 +180,10 @@ async fn alice_with_a_dm(addr: std::net::SocketAddr, fp: &str) -> (Raw, u64) {
     let mut alice = logged_in(addr, fp, "alice", true).await;
     let _bob = logged_in(addr, fp, "bob", true).await;
     let dm = match alice
-        .request(Op::CreateDirect(pb::CreateDirect { username: "bob".into() }))
+        .request(Op::CreateDirect(pb::CreateDirect {
+            username: "bob".into(),
+            encrypted: false,
+        }))
         .await
     {
         Res::Conversation(c) => c.conversation_id,

@@ -14,6 +14,7 @@ const LAYERS: &[&str] = &[
     "conversation",
     "session",
     "media",
+    "keys",
     "store",
 ];
 /// Beside the layers: any layer may use them; they use no layer.

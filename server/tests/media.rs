@@ -117,7 +117,10 @@ async fn progress_until(r: &mut Raw, mut until: impl FnMut(&pb::UploadProgress) 
 
 async fn dm(r: &mut Raw, peer: &str) -> u64 {
     match r
-        .request(Op::CreateDirect(pb::CreateDirect { username: peer.into() }))
+        .request(Op::CreateDirect(pb::CreateDirect {
+            username: peer.into(),
+            encrypted: false,
+        }))
         .await
     {
         Res::Conversation(c) => c.conversation_id,

@@ -40,7 +40,10 @@ async fn setup(dir: &std::path::Path) -> (natter_server::RunningServer, Alice) {
         other => panic!("{other:?}"),
     };
     let conv = match raw
-        .request(Op::CreateDirect(pb::CreateDirect { username: "bob".into() }))
+        .request(Op::CreateDirect(pb::CreateDirect {
+            username: "bob".into(),
+            encrypted: false,
+        }))
         .await
     {
         Res::Conversation(c) => c.conversation_id,

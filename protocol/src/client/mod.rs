@@ -14,6 +14,8 @@
 //!   with files, and the record of unfinished uploads the snapshots keep.
 //! - [`file_crypto`]: client-side encryption of a file in independently verifiable
 //!   chunks, so any range of an encrypted upload downloads and decrypts on its own.
+//! - [`e2ee`] (feature `e2ee`): one device's end-to-end encryption — its Olm account and
+//!   sessions, sealing and opening envelopes, the keys it keeps published, its saved state.
 //! - [`Reconnect`]: the reconnect policy as a sans-IO step — backoff, the server's pauses
 //!   (`GoAway`, `retry_after_ms`), reset on an established session, node rotation.
 //!
@@ -23,6 +25,8 @@
 mod reconnect;
 mod router;
 
+#[cfg(feature = "e2ee")]
+pub mod e2ee;
 pub mod file_crypto;
 pub mod model;
 pub mod ops;

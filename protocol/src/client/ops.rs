@@ -122,8 +122,47 @@ pub fn conversations() -> Call<Vec<pb::ConversationSummary>> {
 pub fn direct(username: &str) -> Call<pb::ConversationSummary> {
     let op = Op::CreateDirect(pb::CreateDirect {
         username: username.into(),
+        encrypted: false,
     });
     Call::new(op, conversation)
+}
+
+/// The end-to-end encrypted 1:1 conversation with `username` (PROTOCOL.md §12.3), created
+/// on first use.
+pub fn encrypted_direct(username: &str) -> Call<pb::ConversationSummary> {
+    let op = Op::CreateDirect(pb::CreateDirect {
+        username: username.into(),
+        encrypted: true,
+    });
+    Call::new(op, conversation)
+}
+
+/// Publish this device's keys (PROTOCOL.md §12.1); the stock after.
+pub fn upload_keys(keys: pb::UploadKeys) -> Call<pb::KeyCounts> {
+    Call::new(Op::UploadKeys(keys), |r| match r {
+        Res::KeyCounts(c) => Some(c),
+        _ => None,
+    })
+}
+
+/// Claim one key of each of `user`'s devices (only `devices` when not empty) (§12.2).
+pub fn claim_keys(user: u64, devices: Vec<u64>) -> Call<Vec<pb::ClaimedKey>> {
+    let op = Op::ClaimKeys(pb::ClaimKeys {
+        user_id: user,
+        device_ids: devices,
+    });
+    Call::new(op, |r| match r {
+        Res::ClaimedKeys(c) => Some(c.keys),
+        _ => None,
+    })
+}
+
+/// The identity keys of `user`'s devices.
+pub fn device_keys(user: u64) -> Call<Vec<pb::DeviceKeys>> {
+    Call::new(Op::GetDeviceKeys(pb::GetDeviceKeys { user_id: user }), |r| match r {
+        Res::UserDevices(u) => Some(u.devices),
+        _ => None,
+    })
 }
 
 /// A new private group owned by the caller.

@@ -154,13 +154,20 @@ impl ClientSession {
                 let error = ServerError::from(pb::Error {
                     code: r.code,
                     message: "typing refused".into(),
-                    retry_after_ms: 0,
+                    ..Default::default()
                 });
                 let conversation_id = ConversationId(r.conversation_id);
                 self.events
                     .push_back(SessionEvent::TypingRejected { conversation_id, error });
             }
             Some(pb::signal::Kind::Upload(u)) => self.events.push_back(SessionEvent::UploadProgress(u)),
+            Some(pb::signal::Kind::KeyCounts(c)) => {
+                // Every session of the user hears it; only the device it is about acts.
+                let mine = self.identity.as_ref().is_some_and(|i| i.2 .0 == c.device_id);
+                if mine {
+                    self.events.push_back(SessionEvent::KeyCounts(c));
+                }
+            }
             None => {}
         }
     }

@@ -144,6 +144,7 @@ fn auth_ok(resumed: bool, convs: Vec<pb::ConversationSummary>) -> pb::AuthOk {
         resume_window_secs: 120,
         resumed,
         conversations: convs,
+        key_counts: None,
     }
 }
 

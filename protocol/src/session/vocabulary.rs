@@ -179,6 +179,9 @@ pub enum SessionEvent {
     /// An upload's stored offset or state moved, or an upload stream was refused
     /// (PROTOCOL.md §11.2).
     UploadProgress(pb::UploadProgress),
+    /// This device's one-time key stock ran low or its fallback key was used
+    /// (PROTOCOL.md §12.1): publish more keys.
+    KeyCounts(pb::KeyCounts),
     /// Bytes of a download stream, in order (PROTOCOL.md §11.4).
     DownloadData {
         /// The `Download` request they answer.

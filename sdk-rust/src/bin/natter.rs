@@ -86,11 +86,19 @@ enum Cmd {
     Uploads,
     /// Go on with an unfinished upload from what the server stored (the same file, read
     /// again from its path) and print the finished file.
-    Resume { upload_id: String },
+    Resume {
+        /// Ids are base64url, so one may start with '-': taken as a value, never a flag.
+        #[arg(allow_hyphen_values = true)]
+        upload_id: String,
+    },
     /// Stop an unfinished upload for good: the server deletes what it stored.
-    Cancel { upload_id: String },
+    Cancel {
+        #[arg(allow_hyphen_values = true)]
+        upload_id: String,
+    },
     /// Download a file (or a thumbnail) you may read.
     Download {
+        #[arg(allow_hyphen_values = true)]
         media_id: String,
         /// Where to write it (default: stdout).
         #[arg(long, short)]
@@ -541,4 +549,22 @@ async fn command(
         },
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{Cli, Cmd};
+
+    #[test]
+    fn ids_that_start_with_a_hyphen_are_values() {
+        // Upload and media ids are base64url: one in 64 starts with '-'.
+        let cli = Cli::try_parse_from(["natter", "resume", "-Qx3"]).unwrap();
+        assert!(matches!(cli.cmd, Cmd::Resume { upload_id } if upload_id == "-Qx3"));
+        let cli = Cli::try_parse_from(["natter", "cancel", "-a"]).unwrap();
+        assert!(matches!(cli.cmd, Cmd::Cancel { upload_id } if upload_id == "-a"));
+        let cli = Cli::try_parse_from(["natter", "download", "-m1", "--out", "f"]).unwrap();
+        assert!(matches!(cli.cmd, Cmd::Download { media_id, .. } if media_id == "-m1"));
+    }
 }

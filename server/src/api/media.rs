@@ -163,24 +163,42 @@ pub async fn attach(
     client_msg_id: &str,
     body: &mut pb::MessageBody,
 ) -> Result<(), ServerError> {
+    // An envelope's files (PROTOCOL.md §12.4): checked and kept like plain attachments,
+    // their details stay sealed.
+    if let Some(env) = &body.encrypted {
+        for id in &env.media_ids {
+            attachable(ctx, actor, conv, client_msg_id, id).await?;
+        }
+        return Ok(());
+    }
     let mut out = Vec::with_capacity(body.attachments.len());
     for a in &body.attachments {
-        let rec = ctx.media.media(&a.media_id).await?;
-        let shared_here = rec.refs.iter().any(|r| r.0 == conv);
-        if rec.owner != actor.user && !shared_here {
-            return Err(err(ErrorCode::NotFound, "no such media"));
-        }
-        if rec.state != MediaState::Ready {
-            return Err(err(ErrorCode::MediaNotReady, "the file is not finished"));
-        }
-        let rec = ctx
-            .media
-            .add_ref(rec, (conv, actor.user, client_msg_id.to_string()))
-            .await?;
+        let rec = attachable(ctx, actor, conv, client_msg_id, &a.media_id).await?;
         out.push(media::attachment(&rec, a));
     }
     body.attachments = out;
     Ok(())
+}
+
+/// A file the sender may attach here, recorded as attached by this message.
+async fn attachable(
+    ctx: &Ctx,
+    actor: &Actor,
+    conv: natter_protocol::ConversationId,
+    client_msg_id: &str,
+    media_id: &str,
+) -> Result<crate::store::MediaRecord, ServerError> {
+    let rec = ctx.media.media(media_id).await?;
+    let shared_here = rec.refs.iter().any(|r| r.0 == conv);
+    if rec.owner != actor.user && !shared_here {
+        return Err(err(ErrorCode::NotFound, "no such media"));
+    }
+    if rec.state != MediaState::Ready {
+        return Err(err(ErrorCode::MediaNotReady, "the file is not finished"));
+    }
+    ctx.media
+        .add_ref(rec, (conv, actor.user, client_msg_id.to_string()))
+        .await
 }
 
 /// A deleted message no longer holds its files.

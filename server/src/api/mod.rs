@@ -19,6 +19,7 @@ use crate::session::presence::Presence;
 use crate::store::Store;
 
 mod history;
+pub mod keys;
 pub mod media;
 pub mod presence;
 mod signals;
@@ -54,6 +55,8 @@ pub struct Ctx {
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Uploads and files.
     pub media: Arc<crate::media::Media>,
+    /// Device keys for end-to-end encryption.
+    pub keys: crate::keys::Keys,
 }
 
 fn bad(msg: &str) -> ServerError {
@@ -121,6 +124,7 @@ async fn summarize(ctx: &Ctx, user: UserId, v: ConvView) -> Result<pb::Conversat
         member_count: v.members.len() as u32,
         last_message: last,
         receipts,
+        encrypted: v.meta.encrypted,
     })
 }
 
@@ -174,13 +178,25 @@ pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError
                 return Err(bad("a direct conversation needs another user"));
             }
             let candidate = ctx.store.allocate_conversation_id().await?;
-            let id = ctx.store.claim_direct(actor.user, peer, candidate).await?;
+            let id = ctx.store.claim_direct(actor.user, peer, r.encrypted, candidate).await?;
+            let encrypted = if r.encrypted {
+                let mut devices = keys::encrypted_devices(ctx, actor.user).await?;
+                devices.extend(keys::encrypted_devices(ctx, peer).await?);
+                Some(devices)
+            } else {
+                None
+            };
             let m = Mutation::Create {
                 kind: Kind::Direct,
                 name: String::new(),
-                members: vec![(peer, peer_name)],
+                members: vec![(peer, peer_name.clone())],
+                encrypted,
             };
-            create_and_summarize(ctx, actor, id, m).await
+            ctx.shards.mutate(id, actor.clone(), m).await?;
+            if r.encrypted {
+                keys::ensure_listed(ctx, id, &[(actor.user, actor.username.clone()), (peer, peer_name)]).await?;
+            }
+            Ok(Res::Conversation(summary(ctx, actor.user, id).await?))
         }
         Op::CreateGroup(r) => {
             validate::name(&r.name)?;
@@ -195,6 +211,7 @@ pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError
                     kind: Kind::Group,
                     name: r.name,
                     members,
+                    encrypted: None,
                 },
             )
             .await
@@ -217,6 +234,7 @@ pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError
                     kind: Kind::Channel,
                     name: r.name,
                     members: vec![],
+                    encrypted: None,
                 },
             )
             .await
@@ -371,6 +389,7 @@ pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError
         op @ (Op::CreateUpload(_) | Op::GetUpload(_) | Op::CancelUpload(_) | Op::GetMedia(_) | Op::MediaUrl(_)) => {
             media::handle(ctx, actor, op).await
         }
+        op @ (Op::UploadKeys(_) | Op::ClaimKeys(_) | Op::GetDeviceKeys(_)) => keys::handle(ctx, actor, op).await,
         Op::Ping(p) => Ok(Res::Pong(pb::Pong {
             nonce: p.nonce,
             server_time_ms: crate::clock::now_ms(),

@@ -208,6 +208,17 @@ impl<T: Transport> Conn<T> {
             session,
             delivery,
         });
+        // Best effort: a device learns its stock again from its next upload.
+        let key_counts = match self.shared.ctx.keys.counts(user, device).await {
+            Ok(c) => c.map(|mut c| {
+                c.device_id = device.0;
+                c
+            }),
+            Err(e) => {
+                tracing::warn!(%user, error = %e.message, "key counts unreadable");
+                None
+            }
+        };
         Ok(pb::AuthOk {
             user_id: user.0,
             username,
@@ -216,6 +227,7 @@ impl<T: Transport> Conn<T> {
             resume_window_secs: hub.resume_window().as_secs() as u32,
             resumed: was_resumed,
             conversations,
+            key_counts,
         })
     }
 
@@ -237,6 +249,13 @@ impl<T: Transport> Conn<T> {
                 return Ok(());
             }
         }
+        // The device leaves its encrypted conversations' lists before the answer: a send
+        // after it no longer wraps a key for it (PROTOCOL.md §12.3).
+        let ctx = &self.shared.ctx;
+        if let Err(e) = ctx.keys.remove(actor.user, device).await {
+            tracing::warn!(error = %e.message, "a logged-out device's keys stay until its next removal");
+        }
+        crate::api::keys::sync_devices(ctx, &actor, Vec::new(), vec![device]).await;
         self.respond(id, Ok(Res::Done(pb::Done {}))).await;
         if device == actor.device {
             self.shared.hub.close_device(actor.user, device, None);

@@ -573,7 +573,7 @@ impl<T: Transport> Conn<T> {
             return self.respond(id, Err(e)).await;
         }
         let conv = ConversationId(s.conversation_id);
-        if !body.attachments.is_empty() {
+        if !body.attachments.is_empty() || body.encrypted.as_ref().is_some_and(|e| !e.media_ids.is_empty()) {
             // Awaited here, in read order, so sends still reach their shard in order.
             if let Err(e) = api::media::attach(&self.shared.ctx, &actor, conv, &s.client_msg_id, &mut body).await {
                 return self.respond(id, Err(e)).await;

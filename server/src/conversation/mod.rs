@@ -19,13 +19,14 @@ use natter_protocol::pb::{self, ConversationKind as Kind, ErrorCode, Role};
 use natter_protocol::{ConversationId, DeviceId, Seq, ServerError, UserId};
 use tokio::sync::{mpsc, oneshot};
 
+mod coverage;
 mod rules;
 
 use rules::{apply, apply_to_message, create, live, not_member, Conv, Target};
 
 use crate::clock::now_ms;
 use crate::session::hub::Hub;
-use crate::store::{Commit, ConversationMeta, MemberRecord, Page, Store, StoreError};
+use crate::store::{Commit, ConversationMeta, EncryptedDevice, MemberRecord, Page, Store, StoreError};
 
 /// Commands a shard takes per batch.
 const BATCH: usize = 256;
@@ -56,6 +57,17 @@ pub enum Mutation {
         name: String,
         /// Other initial members.
         members: Vec<(UserId, String)>,
+        /// End-to-end encrypted (PROTOCOL.md §12.3): the members' devices with keys.
+        encrypted: Option<Vec<EncryptedDevice>>,
+    },
+    /// An encrypted conversation's view of the actor's devices: add those not listed,
+    /// remove those listed (PROTOCOL.md §12.3). Refused with `CONFLICT` when it would
+    /// change nothing.
+    DevicesChanged {
+        /// Devices that published keys.
+        add: Vec<EncryptedDevice>,
+        /// Devices logged out.
+        remove: Vec<DeviceId>,
     },
     /// Post a message.
     Send {
@@ -147,7 +159,7 @@ enum Cmd {
     Mutate {
         conv: ConversationId,
         actor: Actor,
-        m: Mutation,
+        m: Box<Mutation>,
         reply: oneshot::Sender<Result<Committed, ServerError>>,
         /// Commit races lost so far (another node committed to the conversation first).
         attempt: u8,
@@ -216,7 +228,7 @@ impl Shards {
             .send(Cmd::Mutate {
                 conv,
                 actor,
-                m,
+                m: Box::new(m),
                 reply,
                 attempt: 0,
             })
@@ -298,8 +310,8 @@ impl Shard {
                         reply,
                         attempt,
                     } => {
-                        let retry = (conv, actor.clone(), m.clone(), attempt);
-                        match self.accept(conv, &actor, m, &mut batch_ids, &mut batch_msgs).await {
+                        let retry = (conv, actor.clone(), (*m).clone(), attempt);
+                        match self.accept(conv, &actor, *m, &mut batch_ids, &mut batch_msgs).await {
                             Ok(Accepted::New(commit, recipients)) => {
                                 let commit = *commit;
                                 let committed = Committed {
@@ -366,7 +378,7 @@ impl Shard {
                             retries.push(Cmd::Mutate {
                                 conv,
                                 actor,
-                                m,
+                                m: Box::new(m),
                                 reply: p.reply,
                                 attempt: attempt + 1,
                             });
@@ -467,7 +479,13 @@ impl Shard {
             }
             return Ok(Accepted::New(Box::new(commit), recipients));
         }
-        if let Mutation::Create { kind, name, members } = m {
+        if let Mutation::Create {
+            kind,
+            name,
+            members,
+            encrypted,
+        } = m
+        {
             if self.load(id).await?.is_some() {
                 // Idempotent create (a direct pair or channel name raced to the same id).
                 return Ok(Accepted::Duplicate(Committed {
@@ -476,7 +494,7 @@ impl Shard {
                     duplicate: true,
                 }));
             }
-            let (commit, recipients, conv) = create(id, actor, kind, name, members, now);
+            let (commit, recipients, conv) = create(id, actor, kind, name, members, encrypted, now);
             self.convs.insert(id, conv);
             return Ok(Accepted::New(Box::new(commit), recipients));
         }

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use natter_protocol::pb::{self, conversation_event::Body, ConversationKind as Kind, ErrorCode, Role};
 use natter_protocol::{ConversationId, Seq, ServerError, UserId};
 
-use super::{Actor, MemberLimits, Mutation};
-use crate::store::{Commit, ConversationMeta, MemberRecord, MessageState};
+use super::{coverage, Actor, MemberLimits, Mutation};
+use crate::store::{Commit, ConversationMeta, EncryptedDevice, MemberRecord, MessageState};
 
 /// Different emojis on one message.
 const MAX_DISTINCT_REACTIONS: usize = 50;
@@ -50,6 +50,12 @@ pub(crate) fn apply_to_message(
 ) -> Result<(Commit, Vec<UserId>), ServerError> {
     let now = conv.event_time(now);
     let my_role = role_of(conv, actor.user).ok_or_else(not_member)?;
+    if conv.meta.encrypted {
+        return Err(ServerError::new(
+            ErrorCode::BadRequest,
+            "in an encrypted conversation edits, deletions and reactions travel sealed (PROTOCOL.md §12.3)",
+        ));
+    }
     if t.state.deleted {
         return Err(ServerError::new(ErrorCode::NotFound, "the message was deleted"));
     }
@@ -167,6 +173,7 @@ pub(crate) fn create(
     kind: Kind,
     name: String,
     others: Vec<(UserId, String)>,
+    encrypted: Option<Vec<EncryptedDevice>>,
     now: u64,
 ) -> (Commit, Vec<UserId>, Conv) {
     let seq = Seq(1);
@@ -181,12 +188,16 @@ pub(crate) fn create(
             members.push(member(u, n, Role::Member, seq));
         }
     }
+    let mut devices = encrypted.clone().unwrap_or_default();
+    devices.sort_by_key(|d| (d.user, d.device));
     let meta = ConversationMeta {
         id,
         kind,
         name: name.clone(),
         created_ms: now,
         deleted: false,
+        encrypted: encrypted.is_some(),
+        devices,
     };
     let ev = event(
         id,
@@ -197,6 +208,8 @@ pub(crate) fn create(
             kind: kind as i32,
             name,
             members: members.iter().map(to_pb).collect(),
+            encrypted: meta.encrypted,
+            devices: meta.devices.iter().map(coverage::wire).collect(),
         }),
     );
     let recipients = members.iter().map(|m| m.user).collect();
@@ -248,6 +261,22 @@ pub(crate) fn apply(
             unreachable!("handled by the caller")
         }
         Mutation::Send { client_msg_id, body } => {
+            match (&body.encrypted, conv.meta.encrypted) {
+                (Some(envelope), true) => coverage::check(&conv.meta.devices, actor, envelope)?,
+                (None, true) => {
+                    return Err(ServerError::new(
+                        ErrorCode::BadRequest,
+                        "an encrypted conversation takes only envelopes (PROTOCOL.md §12.3)",
+                    ))
+                }
+                (Some(_), false) => {
+                    return Err(ServerError::new(
+                        ErrorCode::BadRequest,
+                        "an envelope in a conversation that is not encrypted",
+                    ))
+                }
+                (None, false) => {}
+            }
             // PROTOCOL.md §5.5: a reply names an event that exists (seqs are gap-free).
             if body.reply_to_seq > conv.last_seq.0 {
                 return Err(ServerError::new(
@@ -261,6 +290,19 @@ pub(crate) fn apply(
                 client_msg_id,
                 body: Some(body),
             })
+        }
+        Mutation::DevicesChanged { add, remove } => {
+            if !conv.meta.encrypted {
+                return Err(ServerError::new(
+                    ErrorCode::BadRequest,
+                    "the conversation is not encrypted",
+                ));
+            }
+            let mut meta = conv.meta.clone();
+            let changed = coverage::change_devices(&mut meta.devices, actor.user, add, &remove)
+                .ok_or_else(|| ServerError::new(ErrorCode::Conflict, "the device list is unchanged"))?;
+            commit.meta = Some(meta);
+            Body::DevicesChanged(changed)
         }
         Mutation::AddMembers(users) => {
             if kind == Kind::Direct {

@@ -23,7 +23,16 @@ fn others(ids: &[u64]) -> Vec<(UserId, String)> {
 
 /// A conversation of `kind` created by user 1 with `members`.
 fn conv(kind: Kind, members: &[u64]) -> Conv {
-    create(ConversationId(7), &actor(1), kind, "room".into(), others(members), NOW).2
+    create(
+        ConversationId(7),
+        &actor(1),
+        kind,
+        "room".into(),
+        others(members),
+        None,
+        NOW,
+    )
+    .2
 }
 
 fn code<T: std::fmt::Debug>(r: Result<T, natter_protocol::ServerError>) -> ErrorCode {
@@ -70,6 +79,7 @@ fn a_group_starts_at_seq_1_with_its_creator_as_owner() {
         Kind::Group,
         "g".into(),
         others(&[2, 3]),
+        None,
         NOW,
     );
     assert_eq!(commit.event.seq, 1);

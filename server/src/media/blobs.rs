@@ -16,6 +16,7 @@ use futures::StreamExt;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
+use super::background;
 use crate::store::MediaId;
 
 /// A blob store failure: the operation did not take effect.
@@ -27,6 +28,10 @@ impl From<object_store::Error> for BlobError {
     fn from(e: object_store::Error) -> Self {
         BlobError(e.to_string())
     }
+}
+
+fn panicked(e: tokio::task::JoinError) -> BlobError {
+    BlobError(format!("media task failed: {e}"))
 }
 
 /// Media bytes, by file and piece.
@@ -126,44 +131,57 @@ fn variant_path(media: &MediaId, variant: i32) -> ObjPath {
 
 #[async_trait]
 impl MediaStore for ObjectMediaStore {
+    // Every operation runs on the media runtime (background.rs): below chat's priority.
     async fn put_piece(&self, media: &MediaId, start: u64, bytes: Bytes) -> Result<(), BlobError> {
-        self.store
-            .put(&piece_path(media, start), PutPayload::from(bytes))
-            .await?;
+        let (store, path) = (self.store.clone(), piece_path(media, start));
+        background::run(async move { store.put(&path, PutPayload::from(bytes)).await })
+            .await
+            .map_err(panicked)??;
         Ok(())
     }
 
     async fn read_piece(&self, media: &MediaId, start: u64, range: Range<u64>) -> Result<Bytes, BlobError> {
-        Ok(self.store.get_range(&piece_path(media, start), range).await?)
+        let (store, path) = (self.store.clone(), piece_path(media, start));
+        Ok(background::run(async move { store.get_range(&path, range).await })
+            .await
+            .map_err(panicked)??)
     }
 
     async fn put_variant(&self, media: &MediaId, variant: i32, bytes: Bytes) -> Result<(), BlobError> {
-        self.store
-            .put(&variant_path(media, variant), PutPayload::from(bytes))
-            .await?;
+        let (store, path) = (self.store.clone(), variant_path(media, variant));
+        background::run(async move { store.put(&path, PutPayload::from(bytes)).await })
+            .await
+            .map_err(panicked)??;
         Ok(())
     }
 
     async fn read_variant(&self, media: &MediaId, variant: i32, range: Range<u64>) -> Result<Bytes, BlobError> {
-        Ok(self.store.get_range(&variant_path(media, variant), range).await?)
+        let (store, path) = (self.store.clone(), variant_path(media, variant));
+        Ok(background::run(async move { store.get_range(&path, range).await })
+            .await
+            .map_err(panicked)??)
     }
 
     async fn delete(&self, media: &MediaId) -> Result<(), BlobError> {
+        let store = self.store.clone();
         let prefix = ObjPath::from(format!("media/{}", media.0));
-        let paths: Vec<ObjPath> = self
-            .store
-            .list(Some(&prefix))
-            .map(|m| m.map(|m| m.location))
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect::<Result<_, _>>()?;
-        for p in paths {
-            match self.store.delete(&p).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
+        background::run(async move {
+            let paths: Vec<ObjPath> = store
+                .list(Some(&prefix))
+                .map(|m| m.map(|m| m.location))
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .collect::<Result<_, _>>()?;
+            for p in paths {
+                match store.delete(&p).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(BlobError::from(e)),
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
+        .await
+        .map_err(panicked)?
     }
 }

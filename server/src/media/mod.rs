@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::store::{MediaId, MediaRecord, MediaRef, MediaState, ReadyInfo, Store, StoreError, ThumbRecord, UploadId};
 
+pub mod background;
 pub mod blobs;
 pub mod process;
 
@@ -103,6 +104,7 @@ fn unavailable(e: impl std::fmt::Display) -> ServerError {
         code: ErrorCode::StorageUnavailable,
         message: "media storage unavailable; retry".into(),
         retry_after_ms: 1000,
+        device_mismatch: None,
     }
 }
 
@@ -419,7 +421,16 @@ impl Media {
         let mut pieces = self.range_stream(rec, pb::MediaVariant::Original, 0, rec.size);
         while let Some(b) = pieces.next().await {
             let b = b.map_err(unavailable)?;
-            hasher.update(&b);
+            // Hashing is file work too: below chat's priority (background.rs).
+            hasher = {
+                let b = b.clone();
+                background::blocking(move || {
+                    hasher.update(&b);
+                    hasher
+                })
+                .await
+                .map_err(|e| err(ErrorCode::Internal, e.to_string()))?
+            };
             if head.len() < 8192 {
                 head.extend_from_slice(&b[..b.len().min(8192 - head.len())]);
             }
@@ -449,7 +460,7 @@ impl Media {
             ..Default::default()
         };
         if process::is_raster(&mime) && keep_all {
-            let out = tokio::task::spawn_blocking(move || process::image(&all, &mime))
+            let out = background::blocking(move || process::image(&all, &mime))
                 .await
                 .map_err(|e| err(ErrorCode::Internal, e.to_string()))?
                 .map_err(|e| err(ErrorCode::MediaRejected, e.0))?;
@@ -702,5 +713,6 @@ pub fn attachment(rec: &MediaRecord, sent: &pb::Attachment) -> pb::Attachment {
         blurhash: i.blurhash,
         thumbnails: i.thumbnails,
         encrypted: false,
+        file_key: Vec::new(),
     }
 }

@@ -64,6 +64,7 @@ fn check<K: Hash + Eq + Clone>(limiter: &DefaultKeyedRateLimiter<K>, key: &K, wh
             code: ErrorCode::RateLimited,
             message: format!("too many {what}; retry later"),
             retry_after_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX).max(1),
+            device_mismatch: None,
         }
     })
 }

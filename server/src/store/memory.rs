@@ -27,7 +27,7 @@ struct State {
     tokens: HashMap<[u8; 32], (UserId, DeviceId)>,
     convs: HashMap<ConversationId, Conv>,
     member_of: BTreeMap<(UserId, ConversationId), ()>,
-    directs: HashMap<(UserId, UserId), ConversationId>,
+    directs: HashMap<(UserId, UserId, bool), ConversationId>,
     channels: HashMap<String, ConversationId>,
     read: HashMap<(UserId, ConversationId), Seq>,
     delivered: HashMap<(UserId, ConversationId), Seq>,
@@ -36,6 +36,7 @@ struct State {
     uploads: HashMap<UploadId, MediaId>,
     media_usage: HashMap<UserId, u64>,
     secrets: HashMap<String, [u8; 32]>,
+    keys: BTreeMap<(UserId, DeviceId), KeyState>,
 }
 
 #[derive(Debug, Default)]
@@ -164,9 +165,10 @@ impl Store for MemoryStore {
         &self,
         a: UserId,
         b: UserId,
+        encrypted: bool,
         candidate: ConversationId,
     ) -> Result<ConversationId, StoreError> {
-        let pair = if a <= b { (a, b) } else { (b, a) };
+        let pair = if a <= b { (a, b, encrypted) } else { (b, a, encrypted) };
         Ok(self.with(|s| *s.directs.entry(pair).or_insert(candidate)))
     }
 
@@ -410,6 +412,34 @@ impl Store for MemoryStore {
 
     async fn shared_secret(&self, name: &str) -> Result<[u8; 32], StoreError> {
         Ok(self.with(|s| *s.secrets.entry(name.to_string()).or_insert_with(random_secret)))
+    }
+
+    async fn key_state(&self, user: UserId, device: DeviceId) -> Result<Option<KeyState>, StoreError> {
+        Ok(self.with(|s| s.keys.get(&(user, device)).cloned()))
+    }
+
+    async fn user_key_states(&self, user: UserId) -> Result<Vec<KeyState>, StoreError> {
+        Ok(self.with(|s| {
+            s.keys
+                .range((user, DeviceId(0))..=(user, DeviceId(u64::MAX)))
+                .map(|(_, k)| k.clone())
+                .collect()
+        }))
+    }
+
+    async fn put_key_state(&self, rec: &KeyState) -> Result<(), StoreError> {
+        self.with(|s| {
+            let now = s.keys.get(&(rec.user, rec.device)).map_or(0, |k| k.version);
+            if now + 1 != rec.version {
+                return Err(StoreError::Changed);
+            }
+            s.keys.insert((rec.user, rec.device), rec.clone());
+            Ok(())
+        })
+    }
+
+    async fn delete_key_state(&self, user: UserId, device: DeviceId) -> Result<bool, StoreError> {
+        Ok(self.with(|s| s.keys.remove(&(user, device)).is_some()))
     }
 
     async fn expired_uploads(&self, now_ms: u64, limit: usize) -> Result<Vec<MediaId>, StoreError> {

@@ -12,6 +12,7 @@ use natter_protocol::pb;
 use natter_protocol::{ConversationId, DeviceId, Seq, UserId};
 use serde::{Deserialize, Serialize};
 
+pub mod keys;
 pub mod media;
 pub mod memory;
 pub mod redis_store;
@@ -24,6 +25,7 @@ pub mod suite;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testredis;
 
+pub use keys::{DeviceKeysRecord, EncryptedDevice, KeyState, OneTimeKeyRecord};
 pub use media::{MediaId, MediaRecord, MediaRef, MediaState, ReadyInfo, ThumbRecord, UploadId};
 pub use memory::MemoryStore;
 pub use redis_store::{Durability, RedisConn, RedisStore};
@@ -78,8 +80,9 @@ pub enum StoreError {
     /// `create_media` only: the owner's media would exceed the quota.
     #[error("media quota exceeded")]
     QuotaExceeded,
-    /// `update_media` only: the record changed (or went) since it was read.
-    #[error("media record changed concurrently")]
+    /// `update_media` and `put_key_state` only: the record changed (or went) since it
+    /// was read.
+    #[error("record changed concurrently")]
     Changed,
     /// `commit` only: these conversations had moved on (another node committed first), so
     /// their commits were not applied; every other conversation's commits were.
@@ -103,6 +106,7 @@ impl From<StoreError> for natter_protocol::ServerError {
                 code: pb::ErrorCode::StorageUnavailable,
                 message: "storage unavailable: writes are refused until it is writable again".into(),
                 retry_after_ms: sled_health::RETRY_AFTER_MS,
+                device_mismatch: None,
             },
             other => crate::error::internal(&other),
         }
@@ -154,6 +158,13 @@ pub struct ConversationMeta {
     pub created_ms: u64,
     /// Deleted conversations accept nothing and show nothing.
     pub deleted: bool,
+    /// End-to-end encrypted (PROTOCOL.md §12): messages carry only envelopes.
+    #[serde(default)]
+    pub encrypted: bool,
+    /// Encrypted conversations: the members' devices with keys as of the newest event,
+    /// by user and device.
+    #[serde(default)]
+    pub devices: Vec<EncryptedDevice>,
 }
 
 /// One member of a conversation.
@@ -268,10 +279,16 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// A fresh conversation id, never handed out before.
     async fn allocate_conversation_id(&self) -> Result<ConversationId, StoreError>;
-    /// The direct conversation of a pair: binds `candidate` if the pair has none yet and
-    /// returns whichever id is bound (first writer wins).
-    async fn claim_direct(&self, a: UserId, b: UserId, candidate: ConversationId)
-        -> Result<ConversationId, StoreError>;
+    /// The direct conversation of a pair (its plain one, or with `encrypted` its end-to-end
+    /// encrypted one): binds `candidate` if the pair has none yet and returns whichever id
+    /// is bound (first writer wins).
+    async fn claim_direct(
+        &self,
+        a: UserId,
+        b: UserId,
+        encrypted: bool,
+        candidate: ConversationId,
+    ) -> Result<ConversationId, StoreError>;
     /// The channel with this name: binds `candidate` if the name is free.
     async fn claim_channel_name(&self, name: &str, candidate: ConversationId) -> Result<ConversationId, StoreError>;
     /// The channel with this name, if any.
@@ -343,6 +360,18 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// A random 32-byte secret named `name`, made on first use and the same for every node
     /// on this storage from then on (signed media URLs).
     async fn shared_secret(&self, name: &str) -> Result<[u8; 32], StoreError>;
+
+    /// A device's end-to-end encryption keys (PROTOCOL.md §12.1), if it published any.
+    async fn key_state(&self, user: UserId, device: DeviceId) -> Result<Option<KeyState>, StoreError>;
+    /// The key records of every device of `user` that has one (revoked devices included
+    /// until their record is deleted: callers keep only live devices).
+    async fn user_key_states(&self, user: UserId) -> Result<Vec<KeyState>, StoreError>;
+    /// Write a key record: version 1 creates it (none may exist), a later version replaces
+    /// the record at `rec.version - 1`; otherwise [`StoreError::Changed`] and nothing
+    /// written. Durable when it returns.
+    async fn put_key_state(&self, rec: &KeyState) -> Result<(), StoreError>;
+    /// Delete a device's key record; false if it had none.
+    async fn delete_key_state(&self, user: UserId, device: DeviceId) -> Result<bool, StoreError>;
 }
 
 /// 32 fresh random bytes.
@@ -370,6 +399,8 @@ mod tests {
             name: "c".into(),
             created_ms: 1,
             deleted: false,
+            devices: Vec::new(),
+            encrypted: false,
         };
         let json = serde_json::to_string(&meta).unwrap();
         assert!(

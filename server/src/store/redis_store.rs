@@ -14,6 +14,7 @@
 //! | `n:{c:ID}:msg` | hash seq → JSON | message state (edits, deletes, reactions) |
 //! | `n:{c:ID}:fence` | counter | written before a duplicate answer waits for replicas |
 //! | `n:{u:ID}:user` / `:devs` / `:convs` / `:presence` | | account, devices, conversation index, last seen |
+//! | `n:{u:ID}:keys` | hash device → JSON, `device:v` → version | end-to-end encryption keys |
 //! | `n:uname:NAME`, `n:tok:HEX`, `n:direct:A:B`, `n:chan:NAME`, `n:ids` | string | unique claims and the id counter |
 //!
 //! Seq assignment is a compare-and-set inside the commit script: a batch for a conversation
@@ -219,6 +220,17 @@ redis.call('HSET', KEYS[1], 'v', ARGV[2], 'r', ARGV[3])
 return 1
 "#;
 
+/// Replace a device's key record (hash KEYS[1], one user's: field ARGV[1] the record,
+/// `ARGV[1]:v` its version) if its version is ARGV[2] (0: none yet); 1 if written.
+const KEYS_CAS: &str = r#"
+local v = redis.call('HGET', KEYS[1], ARGV[1] .. ':v')
+local now = 0
+if v then now = tonumber(v) end
+if now ~= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1] .. ':v', ARGV[3], ARGV[1], ARGV[4])
+return 1
+"#;
+
 /// Keys of media records: one hash per file (`v`, `r`), the upload id → file id, and the
 /// set of unfinished uploads scored by expiry. Media ids are random, so each record is a
 /// slot of its own on a cluster; updates of one record are one script.
@@ -246,6 +258,7 @@ pub struct RedisStore {
     commit: redis::Script,
     bump: redis::Script,
     media_cas: redis::Script,
+    keys_cas: redis::Script,
     durability: Durability,
 }
 
@@ -262,6 +275,7 @@ impl RedisStore {
             commit: redis::Script::new(COMMIT),
             bump: redis::Script::new(BUMP),
             media_cas: redis::Script::new(MEDIA_CAS),
+            keys_cas: redis::Script::new(KEYS_CAS),
             durability,
         }
     }
@@ -541,10 +555,12 @@ impl Store for RedisStore {
         &self,
         a: UserId,
         b: UserId,
+        encrypted: bool,
         candidate: ConversationId,
     ) -> Result<ConversationId, StoreError> {
         let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-        self.claim(format!("n:direct:{}:{}", lo.0, hi.0), candidate).await
+        let kind = if encrypted { ":e" } else { "" };
+        self.claim(format!("n:direct:{}:{}{kind}", lo.0, hi.0), candidate).await
     }
 
     async fn claim_channel_name(&self, name: &str, candidate: ConversationId) -> Result<ConversationId, StoreError> {
@@ -852,6 +868,49 @@ impl Store for RedisStore {
         let v: Vec<u8> = self.conn.query(redis::cmd("GET").arg(&k)).await?;
         self.replicated().await?;
         secret_from(&v)
+    }
+
+    async fn key_state(&self, user: UserId, device: DeviceId) -> Result<Option<KeyState>, StoreError> {
+        let raw: Option<Vec<u8>> = self
+            .conn
+            .query(redis::cmd("HGET").arg(uk(user, "keys")).arg(device.0))
+            .await?;
+        raw.map(|b| dec(&b)).transpose()
+    }
+
+    async fn user_key_states(&self, user: UserId) -> Result<Vec<KeyState>, StoreError> {
+        let all: Vec<(String, Vec<u8>)> = self.conn.query(redis::cmd("HGETALL").arg(uk(user, "keys"))).await?;
+        all.into_iter()
+            .filter(|(f, _)| !f.ends_with(":v"))
+            .map(|(_, v)| dec(&v))
+            .collect()
+    }
+
+    async fn put_key_state(&self, rec: &KeyState) -> Result<(), StoreError> {
+        let mut inv = self.keys_cas.key(uk(rec.user, "keys"));
+        inv.arg(rec.device.0)
+            .arg(rec.version.saturating_sub(1))
+            .arg(rec.version)
+            .arg(enc(rec));
+        let replaced: i64 = self.conn.script(&inv).await?;
+        if replaced == 0 {
+            return Err(StoreError::Changed);
+        }
+        self.replicated().await
+    }
+
+    async fn delete_key_state(&self, user: UserId, device: DeviceId) -> Result<bool, StoreError> {
+        let removed: i64 = self
+            .conn
+            .query(
+                redis::cmd("HDEL")
+                    .arg(uk(user, "keys"))
+                    .arg(device.0)
+                    .arg(format!("{}:v", device.0)),
+            )
+            .await?;
+        self.replicated().await?;
+        Ok(removed > 0)
     }
 
     async fn expired_uploads(&self, now_ms: u64, limit: usize) -> Result<Vec<MediaId>, StoreError> {

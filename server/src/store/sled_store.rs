@@ -9,7 +9,7 @@
 //! `ms/<conv><seq>` message state (edits, deletes, reactions) · `dl/<user><conv>` delivered cursor ·
 //! `p/<user>` presence record (privacy, last seen) · `md/<media id>` media record ·
 //! `mu/<upload id>` → media id · `mq/<user>` bytes of media held (quota) · `sec/<name>`
-//! shared secrets.
+//! shared secrets · `k/<user><device>` a device's end-to-end encryption keys.
 //!
 //! Disk failures are [`super::sled_health`]'s: a failed write takes the store down
 //! (writes refused with `Unavailable`, reads from the database as reopened from disk) until
@@ -300,10 +300,12 @@ impl Store for SledStore {
         &self,
         a: UserId,
         b: UserId,
+        encrypted: bool,
         candidate: ConversationId,
     ) -> Result<ConversationId, StoreError> {
         let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-        self.claim(key(b"dm/", &[&be(lo.0), &be(hi.0)]), candidate).await
+        let kind: &[u8] = if encrypted { b"e" } else { b"" };
+        self.claim(key(b"dm/", &[&be(lo.0), &be(hi.0), kind]), candidate).await
     }
 
     async fn claim_channel_name(&self, name: &str, candidate: ConversationId) -> Result<ConversationId, StoreError> {
@@ -642,6 +644,48 @@ impl Store for SledStore {
         secret_from(&kept)
     }
 
+    async fn key_state(&self, user: UserId, device: DeviceId) -> Result<Option<KeyState>, StoreError> {
+        self.view()
+            .await?
+            .get(&keys_key(user, device))?
+            .map(|v| dec(&v))
+            .transpose()
+    }
+
+    async fn user_key_states(&self, user: UserId) -> Result<Vec<KeyState>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.view().await?.prefix(&key(b"k/", &[&be(user.0)]), false) {
+            out.push(dec(&item?.1)?);
+        }
+        Ok(out)
+    }
+
+    async fn put_key_state(&self, rec: &KeyState) -> Result<(), StoreError> {
+        let rec = rec.clone();
+        self.write(true, move |h| {
+            media_txn(&h.tree, |t| {
+                let k = keys_key(rec.user, rec.device);
+                let now = match t.get(&k)? {
+                    Some(v) => dec::<KeyState>(&v).map_err(Abort::Abort)?.version,
+                    None => 0,
+                };
+                if now + 1 != rec.version {
+                    return Err(Abort::Abort(StoreError::Changed));
+                }
+                t.insert(k, enc(&rec))?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn delete_key_state(&self, user: UserId, device: DeviceId) -> Result<bool, StoreError> {
+        self.write(true, move |h| {
+            Ok(h.tree.remove(keys_key(user, device)).map_err(backend)?.is_some())
+        })
+        .await
+    }
+
     async fn expired_uploads(&self, now_ms: u64, limit: usize) -> Result<Vec<MediaId>, StoreError> {
         let mut out = Vec::new();
         for item in self.view().await?.prefix(b"md/", false) {
@@ -659,6 +703,10 @@ impl Store for SledStore {
 }
 
 use sled::transaction::ConflictableTransactionError as Abort;
+
+fn keys_key(user: UserId, device: DeviceId) -> Vec<u8> {
+    key(b"k/", &[&be(user.0), &be(device.0)])
+}
 
 fn media_key(id: &MediaId) -> Vec<u8> {
     key(b"md/", &[id.0.as_bytes()])

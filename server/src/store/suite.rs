@@ -43,7 +43,7 @@ macro_rules! store_suite {
         $crate::store::suite::store_suite!(@each $make;
             accounts presence_records devices conversation_records paging idempotency_keys
             read_and_delivered_cursors unread_counts message_state member_removal claims
-            media_records media_quota shared_secrets);
+            media_records media_quota shared_secrets key_records);
     };
     (@each $make:expr; $($behaviour:ident)*) => {
         $(
@@ -111,6 +111,8 @@ async fn seeded(store: &dyn Store) -> (ConversationId, UserId, UserId, Conversat
         name: "g".into(),
         created_ms: 1,
         deleted: false,
+        devices: Vec::new(),
+        encrypted: false,
     };
     let created = Commit {
         event: pb::ConversationEvent {
@@ -233,12 +235,18 @@ pub(crate) async fn claims(store: &dyn Store) {
     let (x, y) = (UserId(7), UserId(8));
     let c1 = store.allocate_conversation_id().await.unwrap();
     let c2 = store.allocate_conversation_id().await.unwrap();
-    assert_eq!(store.claim_direct(x, y, c1).await.unwrap(), c1);
+    assert_eq!(store.claim_direct(x, y, false, c1).await.unwrap(), c1);
     assert_eq!(
-        store.claim_direct(y, x, c2).await.unwrap(),
+        store.claim_direct(y, x, false, c2).await.unwrap(),
         c1,
         "one direct conversation per pair, either order"
     );
+    // The pair's encrypted conversation is another one, also one per pair.
+    let c3 = store.allocate_conversation_id().await.unwrap();
+    let c4 = store.allocate_conversation_id().await.unwrap();
+    assert_eq!(store.claim_direct(y, x, true, c3).await.unwrap(), c3);
+    assert_eq!(store.claim_direct(x, y, true, c4).await.unwrap(), c3);
+    assert_eq!(store.claim_direct(x, y, false, c4).await.unwrap(), c1);
     assert_eq!(store.claim_channel_name("general", c2).await.unwrap(), c2);
     assert_eq!(store.claim_channel_name("general", c1).await.unwrap(), c2);
     assert_eq!(store.channel_by_name("general").await.unwrap(), Some(c2));
@@ -348,4 +356,74 @@ pub(crate) async fn shared_secrets(store: &dyn Store) {
     );
     assert_ne!(store.shared_secret("other").await.unwrap(), a, "one per name");
     assert_ne!(a, [0u8; 32]);
+}
+
+pub(crate) async fn key_records(store: &dyn Store) {
+    let (u, other) = (UserId(5), UserId(6));
+    let rec = |device: u64, version: u64, otks: &[u8]| KeyState {
+        user: u,
+        device: DeviceId(device),
+        identity: DeviceKeysRecord {
+            ed25519: vec![device as u8; 32],
+            curve25519: vec![device as u8 + 1; 32],
+            signature: vec![9; 64],
+        },
+        one_time: otks
+            .iter()
+            .map(|b| OneTimeKeyRecord {
+                public_key: vec![*b; 32],
+                signature: vec![1; 64],
+            })
+            .collect(),
+        fallback: Some((
+            OneTimeKeyRecord {
+                public_key: vec![200; 32],
+                signature: vec![2; 64],
+            },
+            false,
+        )),
+        seen: otks.iter().map(|b| vec![*b; 32]).collect(),
+        version,
+    };
+    assert!(store.key_state(u, DeviceId(1)).await.unwrap().is_none());
+    assert!(store.user_key_states(u).await.unwrap().is_empty());
+    // Creation is version 1, and only once.
+    assert!(matches!(
+        store.put_key_state(&rec(1, 2, &[1])).await,
+        Err(StoreError::Changed)
+    ));
+    store.put_key_state(&rec(1, 1, &[1, 2])).await.unwrap();
+    assert!(matches!(
+        store.put_key_state(&rec(1, 1, &[3])).await,
+        Err(StoreError::Changed)
+    ));
+    assert_eq!(
+        store.key_state(u, DeviceId(1)).await.unwrap().unwrap(),
+        rec(1, 1, &[1, 2])
+    );
+    // A replacement must follow the version it read.
+    store.put_key_state(&rec(1, 2, &[2])).await.unwrap();
+    assert!(matches!(
+        store.put_key_state(&rec(1, 2, &[7])).await,
+        Err(StoreError::Changed)
+    ));
+    assert!(matches!(
+        store.put_key_state(&rec(1, 4, &[7])).await,
+        Err(StoreError::Changed)
+    ));
+    assert_eq!(store.key_state(u, DeviceId(1)).await.unwrap().unwrap(), rec(1, 2, &[2]));
+    store.put_key_state(&rec(2, 1, &[4])).await.unwrap();
+    let mut theirs = rec(1, 1, &[]);
+    theirs.user = other;
+    store.put_key_state(&theirs).await.unwrap();
+    let mut all = store.user_key_states(u).await.unwrap();
+    all.sort_by_key(|k| k.device);
+    assert_eq!(all, vec![rec(1, 2, &[2]), rec(2, 1, &[4])]);
+    assert!(store.delete_key_state(u, DeviceId(1)).await.unwrap());
+    assert!(!store.delete_key_state(u, DeviceId(1)).await.unwrap());
+    assert!(store.key_state(u, DeviceId(1)).await.unwrap().is_none());
+    assert_eq!(store.user_key_states(u).await.unwrap(), vec![rec(2, 1, &[4])]);
+    assert_eq!(store.user_key_states(other).await.unwrap(), vec![theirs]);
+    // A deleted record can be made again from version 1.
+    store.put_key_state(&rec(1, 1, &[8])).await.unwrap();
 }

@@ -185,6 +185,8 @@ impl NatterEvent {
             SessionEvent::UploadProgress(u) => NatterEvent::UploadProgress { progress: u.into() },
             // Download bytes go to the waiting download (the client core's Router).
             SessionEvent::DownloadData { .. } | SessionEvent::DownloadFinished { .. } => return None,
+            // Key stock: the SDK's encryption keeps it topped up by itself.
+            SessionEvent::KeyCounts(_) => return None,
             SessionEvent::TypingRejected { conversation_id, error } => NatterEvent::TypingRejected {
                 conversation_id: conversation_id.0,
                 error: (&error).into(),

@@ -74,6 +74,7 @@ app_enum!(
         FrameTooLarge, UsernameTaken, InvalidCredentials, NotMember, TextTooLong,
         UnknownRequest, ShuttingDown, HandshakeRequired, TokenRevoked, NameTaken,
         StorageUnavailable, MediaNotReady, MediaRejected, QuotaExceeded, OffsetMismatch,
+        DeviceMismatch,
     }
 );
 app_enum!(
@@ -162,6 +163,8 @@ record! {
         pub last_message: Option<ConversationEvent>,
         /// Every member's cursors (direct conversations and groups).
         pub receipts: Vec<MemberReceipt>,
+        /// End-to-end encrypted (PROTOCOL.md §12).
+        pub encrypted: bool,
     }
 }
 
@@ -213,6 +216,8 @@ pub enum EventBody {
         name: String,
         /// Initial members.
         members: Vec<Member>,
+        /// End-to-end encrypted (PROTOCOL.md §12.3).
+        encrypted: bool,
     },
     /// Members joined or were added.
     MembersAdded {
@@ -262,6 +267,31 @@ pub enum EventBody {
         emoji: String,
         /// Added (true) or removed.
         added: bool,
+    },
+    /// An end-to-end encrypted message this device has not opened: what an SDK without
+    /// the device's keys shows. SDKs with them hand out the opened message, or
+    /// [`EventBody::Undecryptable`].
+    Encrypted {
+        /// The sender's idempotency key.
+        client_msg_id: String,
+    },
+    /// An end-to-end encrypted message this device cannot open, and why (PROTOCOL.md
+    /// §12.6: `not_for_this_device`, `unknown_sender_device`, `olm`, `binding`,
+    /// `content`, `malformed`).
+    Undecryptable {
+        /// The sender's idempotency key.
+        client_msg_id: String,
+        /// The reason.
+        reason: String,
+    },
+    /// An encrypted conversation's list of a member's devices changed (§12.3).
+    DevicesChanged {
+        /// Whose devices.
+        user_id: u64,
+        /// Devices added.
+        added: Vec<u64>,
+        /// Devices removed.
+        removed: Vec<u64>,
     },
     /// An event kind this version does not know (a newer server).
     #[cfg_attr(feature = "serde", serde(other))]
@@ -401,6 +431,7 @@ impl From<pb::ConversationSummary> for Conversation {
             member_count: c.member_count,
             last_message: c.last_message.map(ConversationEvent::from),
             receipts: list(c.receipts),
+            encrypted: c.encrypted,
         }
     }
 }
@@ -416,6 +447,11 @@ impl From<pb::conversation_event::Body> for EventBody {
         match b {
             B::Message(m) => {
                 let body = m.body.unwrap_or_default();
+                if body.encrypted.is_some() {
+                    return EventBody::Encrypted {
+                        client_msg_id: m.client_msg_id,
+                    };
+                }
                 EventBody::Message {
                     client_msg_id: m.client_msg_id,
                     text: body.text,
@@ -427,6 +463,12 @@ impl From<pb::conversation_event::Body> for EventBody {
                 kind: c.kind().into(),
                 name: c.name,
                 members: list(c.members),
+                encrypted: c.encrypted,
+            },
+            B::DevicesChanged(d) => EventBody::DevicesChanged {
+                user_id: d.user_id,
+                added: d.added.iter().map(|k| k.device_id).collect(),
+                removed: d.removed,
             },
             B::MembersAdded(m) => EventBody::MembersAdded {
                 members: list(m.members),

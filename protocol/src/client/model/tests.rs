@@ -100,6 +100,7 @@ fn session_events_for_the_app_map_and_the_sdks_own_do_not() {
             code: pb::ErrorCode::RateLimited,
             message: "slow down".into(),
             retry_after_ms: 250,
+            device_mismatch: None,
         },
     };
     assert_eq!(

@@ -1,0 +1,335 @@
+//! Devices sealing and opening real Olm (vodozemac) envelopes, with a stand-in for the
+//! server's key stock.
+use std::collections::HashMap;
+
+use super::*;
+
+const CONV: ConversationId = ConversationId(9);
+
+/// A device's identity, its unclaimed one-time keys and its fallback key.
+type Published = (pb::DeviceKeys, Vec<pb::OneTimeKey>, Option<pb::OneTimeKey>);
+
+/// The server's part in these tests: each device's published one-time keys and fallback.
+#[derive(Default)]
+struct Stock {
+    keys: HashMap<(u64, u64), Published>,
+}
+
+impl Stock {
+    fn publish(&mut self, c: &mut Crypto) {
+        let counts = self
+            .keys
+            .get(&(c.user().0, c.device().0))
+            .map(|(_, otks, f)| pb::KeyCounts {
+                one_time_keys: otks.len() as u32,
+                fallback_unused: f.is_some(),
+                device_id: c.device().0,
+            });
+        let Some(up) = c.keys_to_upload(counts.as_ref()) else {
+            return;
+        };
+        let e = self
+            .keys
+            .entry((c.user().0, c.device().0))
+            .or_insert_with(|| (up.device_keys.clone().expect("identity first"), vec![], None));
+        e.1.extend(up.one_time_keys);
+        if up.fallback_key.is_some() {
+            e.2 = up.fallback_key;
+        }
+        c.uploaded();
+    }
+
+    fn identity(&self, c: &Crypto) -> pb::DeviceKeys {
+        self.keys[&(c.user().0, c.device().0)].0.clone()
+    }
+
+    fn claim(&mut self, devices: &[pb::DeviceKeys]) -> Vec<pb::ClaimedKey> {
+        devices
+            .iter()
+            .map(|d| {
+                let (keys, otks, fallback) = self.keys.get_mut(&(d.user_id, d.device_id)).unwrap();
+                let (key, fb) = if otks.is_empty() {
+                    (fallback.clone().unwrap(), true)
+                } else {
+                    (otks.remove(0), false)
+                };
+                pb::ClaimedKey {
+                    device: Some(keys.clone()),
+                    one_time_key: Some(key),
+                    fallback: fb,
+                }
+            })
+            .collect()
+    }
+}
+
+fn text(t: &str) -> pb::SealedContent {
+    pb::SealedContent {
+        body: Some(pb::MessageBody {
+            kind: pb::MessageKind::Text as i32,
+            text: t.into(),
+            ..Default::default()
+        }),
+        change: None,
+    }
+}
+
+fn event(from: &Crypto, id: &str, env: pb::Envelope) -> pb::ConversationEvent {
+    pb::ConversationEvent {
+        conversation_id: CONV.0,
+        seq: 1,
+        sender_user_id: from.user().0,
+        sender_device_id: from.device().0,
+        body: Some(pb::conversation_event::Body::Message(pb::MessageEvent {
+            client_msg_id: id.into(),
+            body: Some(pb::MessageBody {
+                kind: pb::MessageKind::Text as i32,
+                encrypted: Some(env),
+                ..Default::default()
+            }),
+        })),
+        ..Default::default()
+    }
+}
+
+fn random(n: u8) -> [u8; SEAL_RANDOM_BYTES] {
+    [n; SEAL_RANDOM_BYTES]
+}
+
+/// Seal from `from` to `to`, claiming keys when asked.
+fn send(stock: &mut Stock, from: &mut Crypto, to: &[&Crypto], id: &str, t: &str) -> pb::ConversationEvent {
+    let devices: Vec<pb::DeviceKeys> = to.iter().map(|c| stock.identity(c)).collect();
+    let env = match from.seal(CONV, id, &text(t), &devices, &[], random(id.len() as u8)) {
+        Ok(env) => env,
+        Err(SealError::NeedKeys(need)) => {
+            let claimed = stock.claim(&need);
+            from.seal(CONV, id, &text(t), &devices, &claimed, random(1)).unwrap()
+        }
+        Err(e) => panic!("{e}"),
+    };
+    event(from, id, env)
+}
+
+fn body(c: pb::SealedContent) -> String {
+    c.body.unwrap().text
+}
+
+fn setup() -> (Stock, Crypto, Crypto, Crypto) {
+    let mut stock = Stock::default();
+    let (mut a1, mut a2, mut b1) = (
+        Crypto::new(UserId(1), DeviceId(11)),
+        Crypto::new(UserId(1), DeviceId(12)),
+        Crypto::new(UserId(2), DeviceId(21)),
+    );
+    for c in [&mut a1, &mut a2, &mut b1] {
+        stock.publish(c);
+    }
+    (stock, a1, a2, b1)
+}
+
+#[test]
+fn every_other_device_opens_a_message_and_replies_reuse_the_session() {
+    let (mut stock, mut a1, mut a2, mut b1) = setup();
+    let ev = send(&mut stock, &mut a1, &[&a2, &b1], "m1", "hello bob");
+    let a1_keys = stock.identity(&a1);
+    assert_eq!(body(b1.open(&ev, Some(&a1_keys)).unwrap()), "hello bob");
+    assert_eq!(body(a2.open(&ev, Some(&a1_keys)).unwrap()), "hello bob");
+    // The sender reads its own message back from the key it kept.
+    assert_eq!(body(a1.open(&ev, Some(&a1_keys)).unwrap()), "hello bob");
+    // And again (history), without Olm.
+    assert_eq!(body(b1.open(&ev, Some(&a1_keys)).unwrap()), "hello bob");
+
+    // b1 answers over the session a1 started — a normal Olm message to a1, no claim —
+    // and needs a key only for a2, which never wrote to it.
+    let devices = vec![stock.identity(&a1), stock.identity(&a2)];
+    let need = match b1.seal(CONV, "m2", &text("hi alice"), &devices, &[], random(2)) {
+        Err(SealError::NeedKeys(need)) => need,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(need, vec![stock.identity(&a2)]);
+    let claimed = stock.claim(&need);
+    let env = b1
+        .seal(CONV, "m2", &text("hi alice"), &devices, &claimed, random(2))
+        .unwrap();
+    let to_a1 = env.keys.iter().find(|k| k.device_id == 11).unwrap();
+    assert_eq!(to_a1.olm_type, 1);
+    let ev2 = event(&b1, "m2", env);
+    let b1_keys = stock.identity(&b1);
+    assert_eq!(body(a1.open(&ev2, Some(&b1_keys)).unwrap()), "hi alice");
+    assert_eq!(body(a2.open(&ev2, Some(&b1_keys)).unwrap()), "hi alice");
+
+    // Many more, both ways, in order.
+    for i in 0..20 {
+        let ev = send(&mut stock, &mut a1, &[&a2, &b1], &format!("x{i}"), &format!("a{i}"));
+        assert_eq!(body(b1.open(&ev, Some(&a1_keys)).unwrap()), format!("a{i}"));
+        let ev = send(&mut stock, &mut b1, &[&a1, &a2], &format!("y{i}"), &format!("b{i}"));
+        assert_eq!(body(a1.open(&ev, Some(&b1_keys)).unwrap()), format!("b{i}"));
+        assert_eq!(body(a2.open(&ev, Some(&b1_keys)).unwrap()), format!("b{i}"));
+    }
+}
+
+#[test]
+fn what_does_not_open_says_why() {
+    let (mut stock, mut a1, a2, mut b1) = setup();
+    let a1_keys = stock.identity(&a1);
+    let ev = send(&mut stock, &mut a1, &[&b1], "m1", "only bob");
+    let mut a2 = a2;
+    assert_eq!(a2.open(&ev, Some(&a1_keys)), Err(Undecryptable::NotForThisDevice));
+    assert_eq!(b1.open(&ev, None), Err(Undecryptable::UnknownSenderDevice));
+    assert_eq!(
+        b1.open(&ev, Some(&stock.identity(&a2))),
+        Err(Undecryptable::UnknownSenderDevice),
+        "another device's keys"
+    );
+
+    let mut tampered = ev.clone();
+    if let Some(pb::conversation_event::Body::Message(m)) = &mut tampered.body {
+        m.body.as_mut().unwrap().encrypted.as_mut().unwrap().ciphertext[5] ^= 1;
+    }
+    assert!(matches!(
+        b1.open(&tampered, Some(&a1_keys)),
+        Err(Undecryptable::Content(_))
+    ));
+
+    // The same wrapped key moved to another message id: Olm opens, the grant does not match.
+    let ev2 = send(&mut stock, &mut a1, &[&b1], "m2", "second");
+    let mut moved = ev2.clone();
+    if let Some(pb::conversation_event::Body::Message(m)) = &mut moved.body {
+        m.client_msg_id = "m3".into();
+    }
+    assert_eq!(b1.open(&moved, Some(&a1_keys)), Err(Undecryptable::Binding));
+    // The Olm message was used by that attempt: a replay of it does not open…
+    let mut replay = ev2.clone();
+    if let Some(pb::conversation_event::Body::Message(m)) = &mut replay.body {
+        m.client_msg_id = "m4".into();
+    }
+    assert!(matches!(
+        b1.open(&replay, Some(&a1_keys)),
+        Err(Undecryptable::Olm(_)) | Err(Undecryptable::Binding)
+    ));
+    // …and garbage is malformed.
+    let mut junk = ev.clone();
+    if let Some(pb::conversation_event::Body::Message(m)) = &mut junk.body {
+        let env = m.body.as_mut().unwrap().encrypted.as_mut().unwrap();
+        env.keys[0].olm_body = vec![1, 2, 3];
+    }
+    let mut fresh_b = Crypto::new(UserId(2), DeviceId(21));
+    stock.publish(&mut fresh_b);
+    assert!(matches!(
+        fresh_b.open(&junk, Some(&a1_keys)),
+        Err(Undecryptable::Malformed(_)) | Err(Undecryptable::NotForThisDevice)
+    ));
+}
+
+#[test]
+fn keys_that_do_not_verify_stop_the_send() {
+    let (mut stock, mut a1, _a2, b1) = setup();
+    let mut forged = stock.identity(&b1);
+    forged.curve25519 = a1.identity().curve25519;
+    assert!(matches!(
+        a1.seal(CONV, "m", &text("x"), &[forged], &[], random(1)),
+        Err(SealError::BadDevice { .. })
+    ));
+    let devices = vec![stock.identity(&b1)];
+    let mut claimed = stock.claim(&devices);
+    claimed[0].one_time_key.as_mut().unwrap().public_key = vec![7; 32];
+    assert!(matches!(
+        a1.seal(CONV, "m", &text("x"), &devices, &claimed, random(1)),
+        Err(SealError::BadDevice { .. })
+    ));
+    assert_eq!(
+        a1.seal(CONV, "m", &text("x"), &[a1.identity()], &[], random(1)),
+        Err(SealError::NoRecipients)
+    );
+}
+
+#[test]
+fn the_fallback_key_keeps_an_exhausted_device_reachable() {
+    let (mut stock, _a1, _a2, mut b1) = setup();
+    let b1_id = stock.identity(&b1);
+    stock.keys.get_mut(&(2, 21)).unwrap().1.clear(); // every one-time key claimed
+    let b1_keys_before = stock.keys[&(2, 21)].2.clone();
+    let mut senders: Vec<Crypto> = (0..3).map(|i| Crypto::new(UserId(5 + i), DeviceId(50 + i))).collect();
+    for (i, s) in senders.iter_mut().enumerate() {
+        stock.publish(s);
+        let claimed = stock.claim(std::slice::from_ref(&b1_id));
+        assert!(claimed[0].fallback);
+        let env = s
+            .seal(
+                CONV,
+                "f",
+                &text(&format!("via fallback {i}")),
+                std::slice::from_ref(&b1_id),
+                &claimed,
+                random(3),
+            )
+            .unwrap();
+        let ev = event(s, "f", env);
+        assert_eq!(
+            body(b1.open(&ev, Some(&stock.identity(s))).unwrap()),
+            format!("via fallback {i}")
+        );
+    }
+    // Back online, the device refills and replaces its used fallback key.
+    let counts = pb::KeyCounts {
+        one_time_keys: 0,
+        fallback_unused: false,
+        device_id: 21,
+    };
+    let up = b1.keys_to_upload(Some(&counts)).unwrap();
+    assert_eq!(up.one_time_keys.len(), KEEP_ONE_TIME_KEYS);
+    assert!(up.device_keys.is_none());
+    assert_ne!(up.fallback_key, b1_keys_before);
+}
+
+#[test]
+fn keys_are_published_as_the_stock_needs() {
+    let mut c = Crypto::new(UserId(1), DeviceId(2));
+    let first = c.keys_to_upload(None).unwrap();
+    assert_eq!(first.device_keys, Some(c.identity()));
+    assert_eq!(first.one_time_keys.len(), KEEP_ONE_TIME_KEYS);
+    assert!(first.fallback_key.is_some());
+    // Not acknowledged yet: the same keys are offered again, not new ones.
+    assert_eq!(c.keys_to_upload(None).unwrap(), first);
+    c.uploaded();
+    let full = pb::KeyCounts {
+        one_time_keys: 50,
+        fallback_unused: true,
+        device_id: 2,
+    };
+    assert_eq!(c.keys_to_upload(Some(&full)), None);
+    let low = pb::KeyCounts {
+        one_time_keys: 20,
+        ..full
+    };
+    let up = c.keys_to_upload(Some(&low)).unwrap();
+    assert_eq!((up.one_time_keys.len(), up.fallback_key.is_none()), (30, true));
+    c.uploaded();
+    let used = pb::KeyCounts {
+        fallback_unused: false,
+        ..full
+    };
+    let up = c.keys_to_upload(Some(&used)).unwrap();
+    assert_eq!((up.one_time_keys.len(), up.fallback_key.is_some()), (0, true));
+}
+
+#[test]
+fn saved_state_reopens_only_with_its_key_and_carries_on() {
+    let (mut stock, mut a1, a2, b1) = setup();
+    let a1_keys = stock.identity(&a1);
+    let ev = send(&mut stock, &mut a1, &[&a2, &b1], "m1", "before the restart");
+    let saved = b1.save(&[7; 32], [1; 24]);
+    assert_eq!(Crypto::load(&[8; 32], &saved).unwrap_err(), StateError::WrongKey);
+    let mut altered = saved.clone();
+    altered[40] ^= 1;
+    assert_eq!(Crypto::load(&[7; 32], &altered).unwrap_err(), StateError::WrongKey);
+    // Killed after receiving, before acknowledging: the old state opens the event.
+    let mut b1 = Crypto::load(&[7; 32], &saved).unwrap();
+    assert_eq!(body(b1.open(&ev, Some(&a1_keys)).unwrap()), "before the restart");
+    let saved = b1.save(&[7; 32], [2; 24]);
+    let mut b1 = Crypto::load(&[7; 32], &saved).unwrap();
+    assert_eq!(body(b1.open(&ev, Some(&a1_keys)).unwrap()), "before the restart");
+    let ev2 = send(&mut stock, &mut a1, &[&a2, &b1], "m2", "after");
+    assert_eq!(body(b1.open(&ev2, Some(&a1_keys)).unwrap()), "after");
+    assert!(!format!("{b1:?}").contains("after"));
+}
