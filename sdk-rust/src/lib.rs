@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 mod driver;
+mod e2ee;
 mod media;
 pub mod tls;
 
@@ -23,6 +24,7 @@ pub use natter_protocol::session::{DeliveryState, MessageStatus, RequestError, S
 pub use natter_protocol::{pb as proto, ClientMsgId, ConversationId, DeviceId, Seq, ServerError, UserId};
 use tokio::sync::{mpsc, oneshot};
 
+pub use e2ee::{E2eeError, Encryption, StoreKey};
 pub use tls::Trust;
 
 /// How to reach and trust a server.
@@ -68,6 +70,10 @@ pub struct ClientConfig {
     /// gives the client its own. Many clients on one socket (bots, load generators) save
     /// descriptors and memory.
     pub endpoint: Option<quinn::Endpoint>,
+    /// End-to-end encryption (PROTOCOL.md §12): where this device keeps its keys. `None`:
+    /// encrypted messages reach the app as `EventBody::Encrypted`, and sending to an
+    /// encrypted conversation fails with [`E2eeError::NotConfigured`].
+    pub encryption: Option<Encryption>,
 }
 
 impl ClientConfig {
@@ -90,6 +96,7 @@ impl ClientConfig {
             reconnect_min_ms: 100,
             reconnect_max_ms: 5_000,
             endpoint: None,
+            encryption: None,
         }
     }
 }
@@ -133,16 +140,23 @@ pub enum ClientError {
     /// An encrypted file did not open: a bad key, an altered chunk, a wrong range.
     #[error(transparent)]
     FileCrypto(#[from] natter_protocol::client::file_crypto::FileCryptoError),
+    /// End-to-end encryption failed (not configured, a device's keys do not verify, the
+    /// state file).
+    #[error(transparent)]
+    E2ee(#[from] E2eeError),
 }
 
 impl ClientError {
     /// The server's error code, if the server refused the request.
     pub fn code(&self) -> Option<pb::ErrorCode> {
+        self.server_error().map(|e| e.code)
+    }
+
+    /// The server's refusal, if the server refused the request.
+    pub fn server_error(&self) -> Option<&ServerError> {
         match self {
-            ClientError::Request(RequestError::Server(e)) => Some(e.code),
-            ClientError::Download(natter_protocol::client::DownloadError::Request(RequestError::Server(e))) => {
-                Some(e.code)
-            }
+            ClientError::Request(RequestError::Server(e)) => Some(e),
+            ClientError::Download(natter_protocol::client::DownloadError::Request(RequestError::Server(e))) => Some(e),
             _ => None,
         }
     }
@@ -249,11 +263,19 @@ impl futures::Stream for Events {
 pub struct Client {
     cmd: mpsc::UnboundedSender<Command>,
     uploads: Arc<media::UploadTable>,
+    e2ee: Option<Arc<e2ee::E2ee>>,
 }
 
 impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("command")
+    }
+}
+
+fn sealed_change(change: pb::sealed_content::Change) -> pb::SealedContent {
+    pb::SealedContent {
+        body: None,
+        change: Some(change),
     }
 }
 
@@ -270,8 +292,18 @@ impl Client {
         let (cmd, cmd_rx) = mpsc::unbounded_channel();
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let uploads = Arc::new(media::UploadTable::restore(config.pending_uploads.clone()));
-        driver::spawn(config, cmd_rx, ev_tx)?;
-        Ok((Client { cmd, uploads }, Events(ev_rx)))
+        let e2ee = config.encryption.clone().map(e2ee::E2ee::new);
+        let client = Client { cmd, uploads, e2ee };
+        match &client.e2ee {
+            // Events pass through the encryption on their way to the app, in order.
+            Some(e) => {
+                let (raw_tx, raw_rx) = mpsc::unbounded_channel();
+                driver::spawn(config, cmd_rx, raw_tx)?;
+                tokio::spawn(e2ee::pump(e.clone(), client.clone(), raw_rx, ev_tx));
+            }
+            None => driver::spawn(config, cmd_rx, ev_tx)?,
+        }
+        Ok((client, Events(ev_rx)))
     }
 
     async fn request(&self, op: Op) -> Result<Res, ClientError> {
@@ -319,6 +351,37 @@ impl Client {
     /// The 1:1 conversation with `username`, created on first use.
     pub async fn direct(&self, username: &str) -> Result<pb::ConversationSummary, ClientError> {
         self.call(ops::direct(username)).await
+    }
+
+    /// The end-to-end encrypted 1:1 conversation with `username` (PROTOCOL.md §12),
+    /// created on first use; needs [`ClientConfig::encryption`].
+    pub async fn encrypted_direct(&self, username: &str) -> Result<pb::ConversationSummary, ClientError> {
+        let e2ee = self.e2ee()?;
+        let c = self.call(ops::encrypted_direct(username)).await?;
+        e2ee.note_encrypted(ConversationId(c.conversation_id)).await;
+        Ok(c)
+    }
+
+    fn e2ee(&self) -> Result<&Arc<e2ee::E2ee>, ClientError> {
+        self.e2ee.as_ref().ok_or(ClientError::E2ee(E2eeError::NotConfigured))
+    }
+
+    /// The encryption, if `conv` is a conversation this client knows to be encrypted.
+    async fn sealing(&self, conv: ConversationId) -> Option<&Arc<e2ee::E2ee>> {
+        match &self.e2ee {
+            Some(e) if e.is_encrypted(conv).await => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Send sealed content (a message, or a change to one) to an encrypted conversation.
+    async fn send_sealed(
+        &self,
+        e2ee: &e2ee::E2ee,
+        conv: ConversationId,
+        content: pb::SealedContent,
+    ) -> Result<SendAck, ClientError> {
+        e2ee.send(self, conv, new_message_id(), content).await
     }
 
     /// A new private group owned by the caller.
@@ -370,7 +433,13 @@ impl Client {
 
     /// Every conversation of the user, with last message and unread count.
     pub async fn conversations(&self) -> Result<Vec<pb::ConversationSummary>, ClientError> {
-        self.call(ops::conversations()).await
+        let list = self.call(ops::conversations()).await?;
+        if let Some(e) = &self.e2ee {
+            for c in list.iter().filter(|c| c.encrypted) {
+                e.note_encrypted(ConversationId(c.conversation_id)).await;
+            }
+        }
+        Ok(list)
     }
 
     /// Members of a conversation.
@@ -378,12 +447,21 @@ impl Client {
         self.call(ops::members(conv)).await
     }
 
-    /// Send a text message; resolves when the server has it durably.
+    /// Send a text message; resolves when the server has it durably. In an encrypted
+    /// conversation it is sealed for the conversation's devices first.
     pub async fn send(&self, conv: ConversationId, text: &str) -> Result<SendAck, ClientError> {
         let body = pb::MessageBody {
+            kind: pb::MessageKind::Text as i32,
             text: text.into(),
             ..Default::default()
         };
+        if let Some(e) = self.sealing(conv).await {
+            let content = pb::SealedContent {
+                body: Some(body),
+                change: None,
+            };
+            return self.send_sealed(e, conv, content).await;
+        }
         self.send_with_id(conv, new_message_id(), body).await
     }
 
@@ -408,16 +486,33 @@ impl Client {
         anchor: HistoryAnchor,
         limit: u32,
     ) -> Result<pb::HistoryPage, ClientError> {
-        self.call(ops::history(conv, anchor, limit)).await
+        let mut page = self.call(ops::history(conv, anchor, limit)).await?;
+        if let Some(e) = &self.e2ee {
+            e.open_page(self, &mut page).await;
+        }
+        Ok(page)
     }
 
-    /// Replace the text of your message; returns the seq of the edit event.
+    /// Replace the text of your message; returns the seq of the edit event (sealed in an
+    /// encrypted conversation).
     pub async fn edit(&self, conv: ConversationId, target: Seq, text: &str) -> Result<Seq, ClientError> {
+        if let Some(e) = self.sealing(conv).await {
+            let change = pb::sealed_content::Change::Edit(pb::MessageEdited {
+                target_seq: target.0,
+                text: text.into(),
+            });
+            return Ok(self.send_sealed(e, conv, sealed_change(change)).await?.seq);
+        }
         self.call(ops::edit(conv, target, text)).await
     }
 
-    /// Delete a message; returns the seq of the delete event.
+    /// Delete a message; returns the seq of the delete event (sealed in an encrypted
+    /// conversation: the server does not learn which message).
     pub async fn delete_message(&self, conv: ConversationId, target: Seq) -> Result<Seq, ClientError> {
+        if let Some(e) = self.sealing(conv).await {
+            let change = pb::sealed_content::Change::Delete(pb::MessageDeleted { target_seq: target.0 });
+            return Ok(self.send_sealed(e, conv, sealed_change(change)).await?.seq);
+        }
         self.call(ops::delete_message(conv, target)).await
     }
 
@@ -429,6 +524,15 @@ impl Client {
         emoji: &str,
         remove: bool,
     ) -> Result<Seq, ClientError> {
+        if let Some(e) = self.sealing(conv).await {
+            natter_protocol::validate::emoji(emoji).map_err(|v| RequestError::Server(v.into()))?;
+            let change = pb::sealed_content::Change::Reaction(pb::ReactionChanged {
+                target_seq: target.0,
+                emoji: emoji.into(),
+                added: !remove,
+            });
+            return Ok(self.send_sealed(e, conv, sealed_change(change)).await?.seq);
+        }
         self.call(ops::react(conv, target, emoji, remove)).await
     }
 

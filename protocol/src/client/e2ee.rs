@@ -183,6 +183,11 @@ impl Crypto {
         self.device
     }
 
+    /// The server has this device's identity (and keys) since an upload it took.
+    pub fn published(&self) -> bool {
+        self.identity_published
+    }
+
     /// This device's identity keys, self-signed (PROTOCOL.md §12.1).
     pub fn identity(&self) -> pb::DeviceKeys {
         let ed = self.account.ed25519_key().as_bytes().to_vec();

@@ -182,6 +182,15 @@ pub enum SessionEvent {
     /// This device's one-time key stock ran low or its fallback key was used
     /// (PROTOCOL.md §12.1): publish more keys.
     KeyCounts(pb::KeyCounts),
+    /// An end-to-end encrypted message this device cannot open (PROTOCOL.md §12.6),
+    /// from an SDK's encryption: the event as it came, and why.
+    Undecryptable {
+        /// The sealed event.
+        event: pb::ConversationEvent,
+        /// `not_for_this_device`, `unknown_sender_device`, `olm`, `binding`, `content`
+        /// or `malformed`.
+        reason: String,
+    },
     /// Bytes of a download stream, in order (PROTOCOL.md §11.4).
     DownloadData {
         /// The `Download` request they answer.

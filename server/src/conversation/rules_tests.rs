@@ -544,3 +544,108 @@ fn event_times_are_non_decreasing_in_seq_order_whatever_the_clock_says() {
     assert_eq!(third.event.server_time_ms, NOW + 60_005);
     assert_eq!(c.last_time_ms, NOW + 60_005);
 }
+
+/// A device of `user` as an encrypted conversation lists it.
+fn listed(user: u64, device: u64) -> crate::store::EncryptedDevice {
+    crate::store::EncryptedDevice {
+        user: UserId(user),
+        device: DeviceId(device),
+        keys: crate::store::DeviceKeysRecord {
+            ed25519: vec![device as u8; 32],
+            curve25519: vec![device as u8 + 1; 32],
+            signature: vec![0; 64],
+        },
+    }
+}
+
+#[test]
+fn an_encrypted_conversation_takes_only_envelopes_and_tracks_its_devices() {
+    // actor(1) is device 10 of user 1; user 2 has device 20.
+    let (commit, _, mut c) = create(
+        ConversationId(7),
+        &actor(1),
+        Kind::Direct,
+        String::new(),
+        others(&[2]),
+        Some(vec![listed(2, 20), listed(1, 10)]),
+        NOW,
+    );
+    let Some(Body::Created(created)) = &commit.event.body else {
+        panic!("a creation event")
+    };
+    assert!(created.encrypted);
+    let ids: Vec<_> = created.devices.iter().map(|d| (d.user_id, d.device_id)).collect();
+    assert_eq!(ids, vec![(1, 10), (2, 20)], "sorted by user and device");
+    assert_eq!(
+        code(apply(&mut c, &actor(1), send("plain", "p"), NOW, LIMITS)),
+        ErrorCode::BadRequest
+    );
+
+    let key = |d: &crate::store::EncryptedDevice| pb::WrappedKey {
+        user_id: d.user.0,
+        device_id: d.device.0,
+        identity_key: d.keys.curve25519.clone(),
+        olm_type: 0,
+        olm_body: vec![1],
+    };
+    let sealed = |keys: Vec<pb::WrappedKey>| Mutation::Send {
+        client_msg_id: "s1".into(),
+        body: pb::MessageBody {
+            kind: pb::MessageKind::Text as i32,
+            encrypted: Some(pb::Envelope {
+                version: 1,
+                sender_key: listed(1, 10).keys.curve25519,
+                nonce: vec![0; 24],
+                ciphertext: vec![0; 272],
+                keys,
+                media_ids: vec![],
+            }),
+            ..Default::default()
+        },
+    };
+    let (ok, _) = apply(&mut c, &actor(1), sealed(vec![key(&listed(2, 20))]), NOW, LIMITS).unwrap();
+    assert_eq!(ok.event.seq, 2);
+
+    // Bob's second device publishes its keys: an ordered event, and sends must cover it.
+    let bob = Actor {
+        user: UserId(2),
+        username: "user2".into(),
+        device: DeviceId(0),
+    };
+    let add = Mutation::DevicesChanged {
+        add: vec![listed(2, 21)],
+        remove: vec![],
+    };
+    let (changed, _) = apply(&mut c, &bob, add.clone(), NOW, LIMITS).unwrap();
+    assert!(matches!(&changed.event.body, Some(Body::DevicesChanged(d)) if d.added.len() == 1));
+    assert_eq!(
+        code(apply(&mut c, &bob, add, NOW, LIMITS)),
+        ErrorCode::Conflict,
+        "no change, no event"
+    );
+    let e = apply(&mut c, &actor(1), sealed(vec![key(&listed(2, 20))]), NOW, LIMITS).unwrap_err();
+    assert_eq!(e.code, ErrorCode::DeviceMismatch);
+    assert_eq!(e.device_mismatch.unwrap().missing.len(), 1);
+    let both = vec![key(&listed(2, 20)), key(&listed(2, 21))];
+    assert!(apply(&mut c, &actor(1), sealed(both), NOW, LIMITS).is_ok());
+
+    // Edits, deletions and reactions travel sealed, never as server-visible changes.
+    let target = Target {
+        event: ok.event.clone(),
+        state: MessageState::default(),
+    };
+    let edit = Mutation::Edit {
+        target: Seq(2),
+        text: "x".into(),
+    };
+    assert_eq!(
+        code(apply_to_message(&mut c, &actor(1), edit, &target, NOW)),
+        ErrorCode::BadRequest
+    );
+    // And a plain conversation takes no envelope.
+    let mut plain = conv(Kind::Direct, &[2]);
+    assert_eq!(
+        code(apply(&mut plain, &actor(1), sealed(vec![]), NOW, LIMITS)),
+        ErrorCode::BadRequest
+    );
+}

@@ -145,6 +145,13 @@ impl NatterEvent {
                 conversations: super::list(list),
             },
             SessionEvent::Event(e) => NatterEvent::Event { event: e.into() },
+            SessionEvent::Undecryptable { event, reason } => {
+                let mut event = super::ConversationEvent::from(event);
+                if let super::EventBody::Encrypted { client_msg_id } = event.body {
+                    event.body = super::EventBody::Undecryptable { client_msg_id, reason };
+                }
+                NatterEvent::Event { event }
+            }
             SessionEvent::Receipt {
                 conversation_id,
                 user_id,

@@ -1,0 +1,428 @@
+//! End-to-end encrypted direct conversations in the native SDK (PROTOCOL.md §12): the I/O
+//! around the client core's [`Crypto`]. Events pass through [`pump`] in order on their way
+//! to the app: encrypted messages come out opened (or as an undecryptable event with its
+//! reason), device list changes are learned, and the device's key stock is topped up when
+//! the server says so. Sends to an encrypted conversation are sealed for its devices,
+//! claiming keys where a session is missing and sealing again when the server answers
+//! `DEVICE_MISMATCH` (same client message id: exactly-once makes the retry safe).
+//!
+//! The state (Olm account, sessions, message keys) is one file, encrypted with the app's
+//! store key, written (fsynced, then renamed into place) after every change and before the
+//! event that caused it reaches the app (§12.7).
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use natter_protocol::client::e2ee::{Crypto, SealError, StateError, SEAL_RANDOM_BYTES};
+use natter_protocol::client::ops;
+use natter_protocol::pb::{self, conversation_event::Body};
+use natter_protocol::session::SessionEvent;
+use natter_protocol::{ClientMsgId, ConversationId, DeviceId, UserId};
+use tokio::sync::{mpsc, Mutex};
+
+use crate::{Client, ClientError, ClientEvent, SendAck};
+
+/// Times a sealed send is sealed again after `DEVICE_MISMATCH` before it gives up.
+const SEAL_ATTEMPTS: usize = 6;
+
+/// The key the app keeps (in the platform's keystore) to encrypt the state at rest.
+#[derive(Clone)]
+pub struct StoreKey(pub [u8; 32]);
+
+impl fmt::Debug for StoreKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StoreKey(…)")
+    }
+}
+
+/// Where this device keeps its encryption state, and the key it is encrypted with.
+#[derive(Clone, Debug)]
+pub struct Encryption {
+    /// The state file (created on first use; one per device login).
+    pub state_path: PathBuf,
+    /// Its key.
+    pub store_key: StoreKey,
+}
+
+/// Why an encrypted send or the encryption state failed.
+#[derive(Debug, thiserror::Error)]
+pub enum E2eeError {
+    /// The client was started without [`Encryption`].
+    #[error("this client has no encryption state (ClientConfig::encryption)")]
+    NotConfigured,
+    /// Not logged in yet: the device's keys do not exist before its login.
+    #[error("not connected as a device yet")]
+    NoDevice,
+    /// Sealing failed (a device's keys do not verify, nobody else can read it).
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    /// The saved state does not open (another store key) or is malformed.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The state file could not be written or read.
+    #[error("encryption state file: {0}")]
+    Io(String),
+    /// The server kept naming devices the send did not cover.
+    #[error("the conversation's devices kept changing; send again")]
+    Unsettled,
+}
+
+struct Inner {
+    crypto: Option<Crypto>,
+    /// The devices of each encrypted conversation as this device last learned them.
+    lists: HashMap<ConversationId, Vec<pb::DeviceKeys>>,
+    /// Conversations known to be encrypted.
+    encrypted: HashSet<ConversationId>,
+}
+
+/// The SDK's encryption, shared by the client handle and the event pump.
+pub(crate) struct E2ee {
+    config: Encryption,
+    inner: Mutex<Inner>,
+}
+
+impl fmt::Debug for E2ee {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("E2ee")
+            .field("state_path", &self.config.state_path)
+            .finish()
+    }
+}
+
+fn random<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut b);
+    b
+}
+
+/// What an opened envelope becomes for the app: the message, or the change it carries.
+fn opened(mut ev: pb::ConversationEvent, content: pb::SealedContent) -> pb::ConversationEvent {
+    let client_msg_id = match &ev.body {
+        Some(Body::Message(m)) => m.client_msg_id.clone(),
+        _ => String::new(),
+    };
+    ev.body = Some(match content.change {
+        Some(pb::sealed_content::Change::Edit(e)) => Body::MessageEdited(e),
+        Some(pb::sealed_content::Change::Delete(d)) => Body::MessageDeleted(d),
+        Some(pb::sealed_content::Change::Reaction(r)) => Body::Reaction(r),
+        None => {
+            let mut body = content.body.unwrap_or_default();
+            body.encrypted = None;
+            Body::Message(pb::MessageEvent {
+                client_msg_id,
+                body: Some(body),
+            })
+        }
+    });
+    ev
+}
+
+impl E2ee {
+    pub(crate) fn new(config: Encryption) -> Arc<Self> {
+        Arc::new(E2ee {
+            config,
+            inner: Mutex::new(Inner {
+                crypto: None,
+                lists: HashMap::new(),
+                encrypted: HashSet::new(),
+            }),
+        })
+    }
+
+    /// Write the state: a temporary file, fsynced, renamed over the old one.
+    async fn save(&self, crypto: &Crypto) -> Result<(), E2eeError> {
+        let bytes = crypto.save(&self.config.store_key.0, random());
+        let path = self.config.state_path.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            use std::io::Write;
+            let tmp = path.with_extension("tmp");
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| E2eeError::Io(e.to_string()))?
+        .map_err(|e| E2eeError::Io(e.to_string()))
+    }
+
+    /// After each authentication: load or make this device's account, then publish what
+    /// is due.
+    async fn connected(&self, client: &Client, user: UserId, device: DeviceId) -> Result<(), E2eeError> {
+        let mut inner = self.inner.lock().await;
+        let fresh = match inner.crypto.as_ref() {
+            Some(c) => (c.user(), c.device()) != (user, device),
+            None => true,
+        };
+        if fresh {
+            let loaded = match std::fs::read(&self.config.state_path) {
+                Ok(bytes) => Some(Crypto::load(&self.config.store_key.0, &bytes)?),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(E2eeError::Io(e.to_string())),
+            };
+            // A state of another login is another device's: this login starts afresh.
+            let crypto = loaded
+                .filter(|c| (c.user(), c.device()) == (user, device))
+                .unwrap_or_else(|| Crypto::new(user, device));
+            inner.crypto = Some(crypto);
+        }
+        let crypto = inner.crypto.as_mut().expect("set above");
+        let counts = if crypto.published() {
+            client.call(ops::upload_keys(pb::UploadKeys::default())).await.ok()
+        } else {
+            None
+        };
+        drop(inner);
+        self.top_up(client, counts.as_ref()).await
+    }
+
+    /// Publish keys if the stock needs them.
+    async fn top_up(&self, client: &Client, counts: Option<&pb::KeyCounts>) -> Result<(), E2eeError> {
+        let mut inner = self.inner.lock().await;
+        let Some(crypto) = inner.crypto.as_mut() else {
+            return Ok(());
+        };
+        let Some(upload) = crypto.keys_to_upload(counts) else {
+            return Ok(());
+        };
+        // Saved before the upload: a key the server may hold is never lost.
+        self.save(crypto).await?;
+        match client.call(ops::upload_keys(upload)).await {
+            Ok(_) => {}
+            // Already there (an answer lost before): published all the same.
+            Err(e) if e.code() == Some(pb::ErrorCode::Conflict) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "publishing encryption keys failed; retried on the next connect");
+                return Ok(());
+            }
+        }
+        let crypto = inner.crypto.as_mut().expect("still set");
+        crypto.uploaded();
+        self.save(crypto).await
+    }
+
+    /// A device's keys for opening its message: the conversation's list, else the server.
+    async fn sender_keys(&self, client: &Client, ev: &pb::ConversationEvent) -> Option<pb::DeviceKeys> {
+        let conv = ConversationId(ev.conversation_id);
+        let who = (ev.sender_user_id, ev.sender_device_id);
+        let listed = {
+            let inner = self.inner.lock().await;
+            inner
+                .lists
+                .get(&conv)
+                .and_then(|l| l.iter().find(|d| (d.user_id, d.device_id) == who).cloned())
+        };
+        if listed.is_some() {
+            return listed;
+        }
+        let devices = client.call(ops::device_keys(ev.sender_user_id)).await.ok()?;
+        devices.into_iter().find(|d| (d.user_id, d.device_id) == who)
+    }
+
+    /// Learn from an event, and open it if it is sealed.
+    async fn on_event(&self, client: &Client, ev: pb::ConversationEvent) -> ClientEvent {
+        let conv = ConversationId(ev.conversation_id);
+        match &ev.body {
+            Some(Body::Created(c)) if c.encrypted => {
+                let mut inner = self.inner.lock().await;
+                inner.encrypted.insert(conv);
+                inner.lists.insert(conv, c.devices.clone());
+            }
+            Some(Body::DevicesChanged(d)) => {
+                let mut inner = self.inner.lock().await;
+                inner.encrypted.insert(conv);
+                let list = inner.lists.entry(conv).or_default();
+                list.retain(|k| !(k.user_id == d.user_id && d.removed.contains(&k.device_id)));
+                for k in &d.added {
+                    if !list
+                        .iter()
+                        .any(|x| (x.user_id, x.device_id) == (k.user_id, k.device_id))
+                    {
+                        list.push(k.clone());
+                    }
+                }
+            }
+            Some(Body::Message(m)) if m.body.as_ref().is_some_and(|b| b.encrypted.is_some()) => {
+                return self.open(client, ev).await;
+            }
+            _ => {}
+        }
+        SessionEvent::Event(ev)
+    }
+
+    async fn open(&self, client: &Client, ev: pb::ConversationEvent) -> ClientEvent {
+        let sender = self.sender_keys(client, &ev).await;
+        let mut inner = self.inner.lock().await;
+        inner.encrypted.insert(ConversationId(ev.conversation_id));
+        let Some(crypto) = inner.crypto.as_mut() else {
+            return SessionEvent::Undecryptable {
+                event: ev,
+                reason: "not_for_this_device".into(),
+            };
+        };
+        let result = crypto.open(&ev, sender.as_ref());
+        // Written before the app sees the message (and so before it can be acknowledged).
+        if let Err(e) = self.save(crypto).await {
+            tracing::error!(error = %e, "encryption state not saved");
+        }
+        match result {
+            Ok(content) => SessionEvent::Event(opened(ev, content)),
+            Err(why) => {
+                tracing::warn!(seq = ev.seq, reason = why.reason(), error = %why, "undecryptable event");
+                SessionEvent::Undecryptable {
+                    event: ev,
+                    reason: why.reason().into(),
+                }
+            }
+        }
+    }
+
+    /// Open the events of a history page (message keys of opened messages are kept, so
+    /// what this device read before opens again).
+    pub(crate) async fn open_page(&self, client: &Client, page: &mut pb::HistoryPage) {
+        for ev in page.events.iter_mut() {
+            let sealed =
+                matches!(&ev.body, Some(Body::Message(m)) if m.body.as_ref().is_some_and(|b| b.encrypted.is_some()));
+            if sealed {
+                if let SessionEvent::Event(open) = self.open(client, ev.clone()).await {
+                    *ev = open;
+                }
+            }
+        }
+    }
+
+    pub(crate) async fn note_encrypted(&self, conv: ConversationId) {
+        self.inner.lock().await.encrypted.insert(conv);
+    }
+
+    pub(crate) async fn is_encrypted(&self, conv: ConversationId) -> bool {
+        self.inner.lock().await.encrypted.contains(&conv)
+    }
+
+    /// The conversation's devices: as learned, else every member's from the server.
+    async fn list(&self, client: &Client, conv: ConversationId) -> Result<Vec<pb::DeviceKeys>, ClientError> {
+        if let Some(l) = self.inner.lock().await.lists.get(&conv) {
+            return Ok(l.clone());
+        }
+        let mut list = Vec::new();
+        for m in client.members(conv).await? {
+            list.extend(client.call(ops::device_keys(m.user_id)).await?);
+        }
+        self.inner.lock().await.lists.insert(conv, list.clone());
+        Ok(list)
+    }
+
+    /// Seal and send `content` as message `id`, covering the conversation's devices.
+    pub(crate) async fn send(
+        &self,
+        client: &Client,
+        conv: ConversationId,
+        id: ClientMsgId,
+        content: pb::SealedContent,
+    ) -> Result<SendAck, ClientError> {
+        let mut devices = self.list(client, conv).await?;
+        for _ in 0..SEAL_ATTEMPTS {
+            let envelope = self.seal(client, conv, &id, &content, &devices).await?;
+            let body = pb::MessageBody {
+                kind: pb::MessageKind::Text as i32,
+                encrypted: Some(envelope),
+                ..Default::default()
+            };
+            match client.send_with_id(conv, id.clone(), body).await {
+                Ok(ack) => return Ok(ack),
+                Err(e) if e.code() == Some(pb::ErrorCode::DeviceMismatch) => {
+                    let Some(m) = e.server_error().and_then(|s| s.device_mismatch.clone()) else {
+                        return Err(e);
+                    };
+                    devices.retain(|d| {
+                        let gone = |r: &pb::DeviceRef| (r.user_id, r.device_id) == (d.user_id, d.device_id);
+                        let stale = |k: &pb::DeviceKeys| (k.user_id, k.device_id) == (d.user_id, d.device_id);
+                        !m.extra.iter().any(gone) && !m.stale.iter().any(stale)
+                    });
+                    devices.extend(m.missing.iter().cloned());
+                    devices.extend(m.stale.iter().cloned());
+                    self.inner.lock().await.lists.insert(conv, devices.clone());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ClientError::E2ee(E2eeError::Unsettled))
+    }
+
+    async fn seal(
+        &self,
+        client: &Client,
+        conv: ConversationId,
+        id: &ClientMsgId,
+        content: &pb::SealedContent,
+        devices: &[pb::DeviceKeys],
+    ) -> Result<pb::Envelope, ClientError> {
+        let mut claimed: Vec<pb::ClaimedKey> = Vec::new();
+        loop {
+            let mut inner = self.inner.lock().await;
+            let crypto = inner.crypto.as_mut().ok_or(ClientError::E2ee(E2eeError::NoDevice))?;
+            let r = crypto.seal(conv, &id.0, content, devices, &claimed, random::<SEAL_RANDOM_BYTES>());
+            match r {
+                Ok(env) => {
+                    self.save(crypto).await.map_err(ClientError::E2ee)?;
+                    return Ok(env);
+                }
+                Err(SealError::NeedKeys(need)) if claimed.is_empty() => {
+                    drop(inner);
+                    let mut by_user: HashMap<u64, Vec<u64>> = HashMap::new();
+                    for d in &need {
+                        by_user.entry(d.user_id).or_default().push(d.device_id);
+                    }
+                    for (user, devices) in by_user {
+                        claimed.extend(client.call(ops::claim_keys(user, devices)).await?);
+                    }
+                    if claimed.is_empty() {
+                        return Err(ClientError::E2ee(E2eeError::Seal(SealError::NeedKeys(need))));
+                    }
+                }
+                Err(e) => return Err(ClientError::E2ee(E2eeError::Seal(e))),
+            }
+        }
+    }
+}
+
+/// Pass session events to the app in order, opening and learning on the way.
+pub(crate) async fn pump(
+    e2ee: Arc<E2ee>,
+    client: Client,
+    mut raw: mpsc::UnboundedReceiver<ClientEvent>,
+    app: mpsc::UnboundedSender<ClientEvent>,
+) {
+    while let Some(ev) = raw.recv().await {
+        let out = match ev {
+            SessionEvent::Connected { user_id, device_id, .. } => {
+                if let Err(e) = e2ee.connected(&client, user_id, device_id).await {
+                    tracing::error!(error = %e, "encryption unavailable on this connection");
+                }
+                ev
+            }
+            SessionEvent::KeyCounts(c) => {
+                if let Err(e) = e2ee.top_up(&client, Some(&c)).await {
+                    tracing::warn!(error = %e, "topping up one-time keys failed");
+                }
+                continue;
+            }
+            SessionEvent::Conversations(ref list) => {
+                for c in list.iter().filter(|c| c.encrypted) {
+                    e2ee.note_encrypted(ConversationId(c.conversation_id)).await;
+                }
+                ev
+            }
+            SessionEvent::Event(e) => e2ee.on_event(&client, e).await,
+            other => other,
+        };
+        if app.send(out).is_err() {
+            return;
+        }
+    }
+}

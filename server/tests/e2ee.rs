@@ -1,0 +1,380 @@
+//! End-to-end encrypted direct conversations (PROTOCOL.md §12) against the real server on
+//! loopback with natter-sdk's encryption: several devices per user reading every message,
+//! a device added and one removed mid-conversation, no plaintext anywhere in the server's
+//! data directory, a client restarted from older state, and hostile key uploads and
+//! envelopes refused with typed errors.
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use natter_protocol::client::e2ee::Crypto;
+use natter_protocol::client::ops;
+use natter_protocol::pb::{self, conversation_event::Body, request::Op, response::Result as Res, ErrorCode};
+use natter_sdk::{Client, ClientEvent, ConversationId, DeviceId, Encryption, Events, StoreKey, UserId};
+
+const MARKER: &str = "zebra-quartz-7731";
+
+struct Phone {
+    client: Client,
+    events: Events,
+    device: DeviceId,
+}
+
+/// Log a new encrypting device of `name` in (registering the user first if asked). Its
+/// keys are published by the time this returns (the SDK does it before the app hears
+/// `Connected`).
+async fn phone(s: &natter_server::RunningServer, dir: &Path, name: &str, n: u32, register: bool) -> Phone {
+    phone_at(s, &dir.join(format!("{name}-{n}.state")), name, register, None).await
+}
+
+async fn phone_at(
+    s: &natter_server::RunningServer,
+    state: &Path,
+    name: &str,
+    register: bool,
+    token: Option<String>,
+) -> Phone {
+    let mut cfg = client_config(s.addr, &s.fingerprint, token.clone());
+    cfg.encryption = Some(Encryption {
+        state_path: state.to_path_buf(),
+        store_key: StoreKey([9; 32]),
+    });
+    let (client, mut events) = Client::connect(cfg).unwrap();
+    if register {
+        client.register(name, PASSWORD).await.expect("register");
+    }
+    if token.is_none() {
+        client.login(name, PASSWORD, name).await.expect("login");
+    }
+    let device = wait_for(&mut events, |e| match e {
+        ClientEvent::Connected { device_id, .. } => Some(*device_id),
+        _ => None,
+    })
+    .await;
+    Phone { client, events, device }
+}
+
+/// Texts of the next `n` messages in `conv`; panics on an undecryptable one.
+async fn read(p: &mut Phone, conv: ConversationId, n: usize) -> Vec<String> {
+    read_after(p, conv, 0, n).await
+}
+
+/// Texts of the next `n` messages in `conv` after seq `floor` (earlier ones, e.g. what a
+/// new device's sync brings from before it existed, are passed over).
+async fn read_after(p: &mut Phone, conv: ConversationId, floor: u64, n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let ev = wait_for(&mut p.events, |e| match e {
+            ClientEvent::Event(ev) if ev.conversation_id == conv.0 && ev.seq > floor => Some(Ok(ev.clone())),
+            ClientEvent::Undecryptable { event, reason } if event.conversation_id == conv.0 && event.seq > floor => {
+                Some(Err(format!("seq {}: {reason}", event.seq)))
+            }
+            _ => None,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("device {:?} could not read: {e}", p.device));
+        if let Some(Body::Message(m)) = ev.body {
+            let body = m.body.unwrap_or_default();
+            assert!(body.encrypted.is_none(), "handed out opened");
+            out.push(body.text);
+        }
+    }
+    out
+}
+
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if std::fs::read(&path).unwrap().windows(needle.len()).any(|w| w == needle) {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_device_reads_every_message_and_the_server_holds_no_plaintext() {
+    let data = tempfile::tempdir().unwrap();
+    let phones = tempfile::tempdir().unwrap();
+    let s = server(data.path()).await;
+    let mut a1 = phone(&s, phones.path(), "alice", 1, true).await;
+    let mut a2 = phone(&s, phones.path(), "alice", 2, false).await;
+    let mut b1 = phone(&s, phones.path(), "bob", 1, true).await;
+    let mut b2 = phone(&s, phones.path(), "bob", 2, false).await;
+    let mut b3 = phone(&s, phones.path(), "bob", 3, false).await;
+    let dm = ConversationId(a1.client.encrypted_direct("bob").await.unwrap().conversation_id);
+    assert!(b1
+        .client
+        .conversations()
+        .await
+        .unwrap()
+        .iter()
+        .any(|c| c.conversation_id == dm.0 && c.encrypted));
+    // A plain conversation beside it: its text must be found where the encrypted one's is not.
+    let plain = ConversationId(a1.client.direct("bob").await.unwrap().conversation_id);
+    assert_ne!(plain, dm);
+    a1.client.send(plain, "plain-control-4242").await.unwrap();
+
+    // 200 messages, both ways, from every device but one.
+    let mut want = Vec::new();
+    for i in 0..200 {
+        let text = format!("{MARKER} {i}");
+        let from = match i % 4 {
+            0 => &a1.client,
+            1 => &b1.client,
+            2 => &a2.client,
+            _ => &b2.client,
+        };
+        from.send(dm, &text).await.unwrap();
+        want.push(text);
+    }
+    for p in [&mut a1, &mut a2, &mut b1, &mut b2, &mut b3] {
+        assert_eq!(read(p, dm, 200).await, want, "device {:?}", p.device);
+    }
+
+    // A device added mid-conversation reads what comes after, not what came before.
+    let mut b4 = phone(&s, phones.path(), "bob", 4, false).await;
+    let ack = a1.client.send(dm, "after b4").await.unwrap();
+    assert_eq!(
+        read_after(&mut b4, dm, ack.seq.0 - 1, 1).await,
+        vec!["after b4".to_string()]
+    );
+    let page = b4
+        .client
+        .history(dm, natter_sdk::HistoryAnchor::Before(natter_sdk::Seq(0)), 5)
+        .await
+        .unwrap();
+    let opened = page
+        .events
+        .iter()
+        .filter(|e| matches!(&e.body, Some(Body::Message(m)) if m.body.as_ref().is_some_and(|b| b.encrypted.is_none())))
+        .count();
+    assert_eq!(opened, 1, "only the message after it joined opens on b4");
+
+    // A removed device gets no key for what comes after its removal.
+    b3.client.logout(DeviceId(0)).await.unwrap();
+    let (watcher, mut watch) = Client::connect(client_config(s.addr, &s.fingerprint, None)).unwrap();
+    watcher.login("bob", PASSWORD, "no keys").await.unwrap();
+    let ack = b1.client.send(dm, "after b3 left").await.unwrap();
+    let sealed = wait_for(&mut watch, |e| match e {
+        ClientEvent::Event(ev) if ev.conversation_id == dm.0 && ev.seq == ack.seq.0 => match &ev.body {
+            Some(Body::Message(m)) => m.body.clone().and_then(|b| b.encrypted),
+            _ => None,
+        },
+        _ => None,
+    })
+    .await;
+    let for_devices: Vec<u64> = sealed.keys.iter().map(|k| k.device_id).collect();
+    assert!(!for_devices.contains(&b3.device.0), "{for_devices:?}");
+    for d in [a1.device, a2.device, b2.device, b4.device] {
+        assert!(for_devices.contains(&d.0), "{d:?} missing from {for_devices:?}");
+    }
+    assert_eq!(
+        read(&mut a2, dm, 2).await,
+        vec!["after b4".to_string(), "after b3 left".into()]
+    );
+
+    // Nothing the server stored says what was written (the plain control is there).
+    drop(s);
+    assert!(
+        !files_containing(data.path(), b"plain-control-4242").is_empty(),
+        "the search works"
+    );
+    let leaks = files_containing(data.path(), MARKER.as_bytes());
+    assert!(leaks.is_empty(), "plaintext on the server: {leaks:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_restarted_from_older_state_opens_what_it_missed_and_what_follows() {
+    let data = tempfile::tempdir().unwrap();
+    let phones = tempfile::tempdir().unwrap();
+    let s = server(data.path()).await;
+    let mut a1 = phone(&s, phones.path(), "alice", 1, true).await;
+    let state = phones.path().join("bob-1.state");
+    let b1 = phone_at(&s, &state, "bob", true, None).await;
+    let dm = ConversationId(a1.client.encrypted_direct("bob").await.unwrap().conversation_id);
+    let token = b1.client.snapshot().await.unwrap().access_token.unwrap();
+    // The state as it was before any message: what a kill -9 before the write leaves.
+    let before = std::fs::read(&state).unwrap();
+    a1.client.send(dm, "first").await.unwrap();
+    a1.client.send(dm, "second").await.unwrap();
+    let mut b1 = b1;
+    assert_eq!(read(&mut b1, dm, 2).await, vec!["first", "second"]);
+    b1.client.shutdown().await;
+    drop(b1);
+    std::fs::write(&state, before).unwrap();
+
+    // Back with the old state and no cursors: both are delivered again and open, and so
+    // does what comes after.
+    let mut b1 = phone_at(&s, &state, "bob", false, Some(token)).await;
+    a1.client.send(dm, "third").await.unwrap();
+    assert_eq!(read(&mut b1, dm, 3).await, vec!["first", "second", "third"]);
+    let _ = read(&mut a1, dm, 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_keys_and_envelopes_get_typed_errors() {
+    let data = tempfile::tempdir().unwrap();
+    let s = server(data.path()).await;
+    let (carol, _events) = Client::connect(client_config(s.addr, &s.fingerprint, None)).unwrap();
+    carol.register("carol", PASSWORD).await.unwrap();
+    let me = carol.login("carol", PASSWORD, "carol").await.unwrap();
+    let dave = user(&s, "dave").await;
+    let code = |r: Result<(), natter_sdk::ClientError>| r.unwrap_err().code();
+    let upload = |u: pb::UploadKeys| {
+        let c = carol.clone();
+        async move { c.call(ops::upload_keys(u)).await.map(|_| ()) }
+    };
+
+    let mut crypto = Crypto::new(me.user_id, me.device_id);
+    let good = crypto.keys_to_upload(None).unwrap();
+    // Keys before an identity, a forged identity, another device's identity.
+    let no_id = pb::UploadKeys {
+        device_keys: None,
+        ..good.clone()
+    };
+    assert_eq!(code(upload(no_id).await), Some(ErrorCode::BadRequest));
+    let mut forged = good.clone();
+    forged.device_keys.as_mut().unwrap().curve25519[0] ^= 1;
+    assert_eq!(code(upload(forged).await), Some(ErrorCode::BadRequest));
+    let mut other = good.clone();
+    other.device_keys.as_mut().unwrap().device_id += 1;
+    assert_eq!(code(upload(other).await), Some(ErrorCode::BadRequest));
+    // The real thing, then one of its one-time keys again.
+    let counts = carol.call(ops::upload_keys(good.clone())).await.unwrap();
+    assert_eq!((counts.one_time_keys, counts.fallback_unused), (50, true));
+    crypto.uploaded();
+    let again = pb::UploadKeys {
+        device_keys: None,
+        one_time_keys: good.one_time_keys[..1].to_vec(),
+        fallback_key: None,
+    };
+    assert_eq!(code(upload(again).await), Some(ErrorCode::Conflict));
+
+    // Strangers claim nobody's keys.
+    let stranger = dave
+        .client
+        .call(ops::claim_keys(me.user_id.0, vec![]))
+        .await
+        .map(|_| ());
+    assert_eq!(code(stranger), Some(ErrorCode::Forbidden));
+
+    // An encrypted conversation refuses plain messages.
+    let dm = ConversationId(carol.call(ops::encrypted_direct("dave")).await.unwrap().conversation_id);
+    let send = |id: &str, body: pb::MessageBody| {
+        let c = carol.clone();
+        let id = natter_sdk::ClientMsgId(id.into());
+        async move { c.send_with_id(dm, id, body).await }
+    };
+    let plain = pb::MessageBody {
+        kind: pb::MessageKind::Text as i32,
+        text: "hi".into(),
+        ..Default::default()
+    };
+    assert_eq!(code(send("p1", plain).await.map(|_| ())), Some(ErrorCode::BadRequest));
+
+    // An envelope for a device that does not exist: DEVICE_MISMATCH names it extra.
+    let mut ghost = Crypto::new(UserId(424242), DeviceId(7));
+    let claim = pb::ClaimedKey {
+        device: Some(ghost.identity()),
+        one_time_key: ghost.keys_to_upload(None).unwrap().one_time_keys.pop(),
+        fallback: false,
+    };
+    let content = pb::SealedContent {
+        body: Some(pb::MessageBody {
+            text: "x".into(),
+            ..Default::default()
+        }),
+        change: None,
+    };
+    let env = crypto
+        .seal(dm, "m1", &content, &[ghost.identity()], &[claim], [1; 56])
+        .unwrap();
+    let sealed = |env: pb::Envelope| pb::MessageBody {
+        kind: pb::MessageKind::Text as i32,
+        encrypted: Some(env),
+        ..Default::default()
+    };
+    let e = send("m1", sealed(env.clone())).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::DeviceMismatch));
+    let m = e.server_error().unwrap().device_mismatch.clone().unwrap();
+    let extra: Vec<_> = m.extra.iter().map(|r| (r.user_id, r.device_id)).collect();
+    assert_eq!(extra, vec![(424242, 7)]);
+    assert!(m.missing.is_empty(), "dave has no keys, carol no other device");
+    // Malformed: an unknown version, a ciphertext not padded to a bucket, another
+    // device's identity as the sender's. The SDK refuses the first two itself, so a
+    // frame-level client (a device of carol's with keys of its own) sends them.
+    let mut v2 = env.clone();
+    v2.version = 2;
+    assert!(matches!(
+        send("m2", sealed(v2.clone())).await,
+        Err(natter_sdk::ClientError::Request(natter_sdk::RequestError::Invalid(_)))
+    ));
+    let mut raw = Raw::hello(s.addr, &s.fingerprint).await;
+    let login = raw
+        .request(Op::Login(pb::Login {
+            username: "carol".into(),
+            password: PASSWORD.into(),
+            device_name: "raw".into(),
+        }))
+        .await;
+    let Res::Login(l) = login else { panic!("{login:?}") };
+    let mut raw_crypto = Crypto::new(UserId(l.user_id), DeviceId(l.device_id));
+    let keys = raw_crypto.keys_to_upload(None).unwrap();
+    assert!(matches!(raw.request(Op::UploadKeys(keys)).await, Res::KeyCounts(_)));
+    let claim = pb::ClaimedKey {
+        device: Some(ghost.identity()),
+        one_time_key: ghost.keys_to_upload(None).unwrap().one_time_keys.pop(),
+        fallback: false,
+    };
+    let raw_env = raw_crypto
+        .seal(dm, "r1", &content, &[ghost.identity()], &[claim], [2; 56])
+        .unwrap();
+    let raw_send = |id: &str, env: pb::Envelope| {
+        Op::Send(pb::SendMessage {
+            conversation_id: dm.0,
+            client_msg_id: id.into(),
+            body: Some(sealed(env)),
+        })
+    };
+    let r = raw.request(raw_send("r1", raw_env.clone())).await;
+    assert_eq!(
+        error_code(&r),
+        ErrorCode::DeviceMismatch,
+        "shape is fine, coverage is not"
+    );
+    let mut v2 = raw_env.clone();
+    v2.version = 2;
+    assert_eq!(
+        error_code(&raw.request(raw_send("r2", v2)).await),
+        ErrorCode::BadRequest
+    );
+    let mut unpadded = raw_env.clone();
+    unpadded.ciphertext.pop();
+    assert_eq!(
+        error_code(&raw.request(raw_send("r3", unpadded)).await),
+        ErrorCode::BadRequest
+    );
+    let mut no_keys = raw_env;
+    no_keys.keys.clear();
+    assert_eq!(
+        error_code(&raw.request(raw_send("r4", no_keys)).await),
+        ErrorCode::BadRequest
+    );
+    let mut not_mine = env;
+    not_mine.sender_key = ghost.identity().curve25519;
+    assert_eq!(
+        code(send("m4", sealed(not_mine)).await.map(|_| ())),
+        Some(ErrorCode::BadRequest)
+    );
+    // The server keeps serving.
+    assert!(dave.client.ping().await.is_ok());
+}
