@@ -51,7 +51,7 @@ apt_install() {
     { $sudo apt-get update -qq && $sudo apt-get install -y -qq "$@" >/dev/null; }
 }
 
-step "Debian packages: chromium (browser tests), a JRE and JNA (Kotlin bindings), python3, redis-server (multi-node tests), faketime (a skewed node clock)"
+step "Debian packages: chromium (browser tests), a JRE and JNA (Kotlin bindings), python3 with python3-olm and python3-nacl (the independent end-to-end decryptor), redis-server (multi-node tests), faketime (a skewed node clock)"
 need=()
 # The Redis tests start their own redis-server processes (one server, or a 3-master
 # cluster with redis-cli) on free loopback ports, each in a temporary directory.
@@ -63,6 +63,10 @@ command -v faketime >/dev/null || need+=(faketime)
 command -v java >/dev/null || need+=(default-jre-headless)
 [[ -f /usr/share/java/jna.jar ]] || need+=(libjna-java)
 command -v python3 >/dev/null || need+=(python3)
+# libolm and libsodium for Debian's Python: the independent end-to-end decryptor
+# (server/tests/e2ee/olm_device.py, run with /usr/bin/python3).
+/usr/bin/python3 -c "import olm" 2>/dev/null || need+=(python3-olm)
+/usr/bin/python3 -c "import nacl" 2>/dev/null || need+=(python3-nacl)
 apt_install "${need[@]}"
 /usr/bin/chromium --version
 java -version 2>&1 | head -1

@@ -186,7 +186,9 @@ pub async fn media(t: &Target, o: &MediaOpts) -> anyhow::Result<Report> {
         let _ = std::fs::remove_file(&path);
     }
 
-    // Chat, idle: a1 → b1.
+    // Chat, idle: a1 → b1 — once the disk has written back what the transfers left in
+    // the page cache, so the idle figure is idle.
+    let _ = Command::new("sync").status();
     let chat = FanoutOpts {
         users: 2,
         group_size: 2,

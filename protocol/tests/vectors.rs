@@ -224,3 +224,61 @@ fn file_crypto_vectors() {
     let committed = std::fs::read_to_string(FILE_CRYPTO).expect("spec/vectors/file_crypto.txt");
     assert_eq!(committed, out, "sealing changed: that breaks every file already sent");
 }
+
+const E2EE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../spec/vectors/e2ee.txt");
+
+/// The byte-exact parts of PROTOCOL.md §12 (Olm itself is standard and checked against
+/// libolm by server/tests/e2ee.rs): what a device signs, the associated data, the padded
+/// plaintext and the sealed content for fixed keys. Regenerated like `frames.txt`.
+#[test]
+fn e2ee_vectors() {
+    use natter_protocol::e2ee;
+    use natter_protocol::{ConversationId, DeviceId, UserId};
+    let ed: Vec<u8> = (0..32).collect();
+    let curve: Vec<u8> = (32..64).collect();
+    let (user, device) = (UserId(7), DeviceId(0x0102_0304_0506_0708));
+    let mut out = String::from(
+        "# End-to-end encryption (PROTOCOL.md §12). One value per line: name hex.\n\
+         # ed25519 = 00..1f, curve25519 = 20..3f, user 7, device 0x0102030405060708,\n\
+         # conversation 42, client_msg_id \"m1\", message key = 40..5f, nonce = 60..77;\n\
+         # the content is SealedContent { body: MessageBody { kind: TEXT, text } }.\n",
+    );
+    let line = |out: &mut String, name: &str, b: &[u8]| out.push_str(&format!("{name} {}\n", hex::encode(b)));
+    line(
+        &mut out,
+        "device_keys_message",
+        &e2ee::device_keys_message(user, device, &ed, &curve),
+    );
+    line(
+        &mut out,
+        "one_time_key_message",
+        &e2ee::one_time_key_message(user, device, &curve),
+    );
+    let aad = e2ee::content_aad(ConversationId(42), user, device, "m1");
+    line(&mut out, "content_aad", &aad);
+    let key: [u8; 32] = std::array::from_fn(|i| 0x40 + i as u8);
+    let nonce: [u8; 24] = std::array::from_fn(|i| 0x60 + i as u8);
+    for (name, text) in [("hi", "hi".to_string()), ("bucket_512", "x".repeat(300))] {
+        let content = pb::SealedContent {
+            body: Some(pb::MessageBody {
+                kind: pb::MessageKind::Text as i32,
+                text,
+                ..Default::default()
+            }),
+            change: None,
+        };
+        let bytes = prost::Message::encode_to_vec(&content);
+        line(&mut out, &format!("{name}.padded"), &e2ee::pad(&bytes));
+        let sealed = e2ee::seal_content(&key, &nonce, &aad, &content);
+        assert_eq!(e2ee::open_content(&key, &nonce, &aad, &sealed).unwrap(), content);
+        line(&mut out, &format!("{name}.ciphertext"), &sealed);
+    }
+    if std::env::var("NATTER_WRITE_VECTORS").is_ok() {
+        std::fs::write(E2EE, &out).unwrap();
+    }
+    let committed = std::fs::read_to_string(E2EE).expect("spec/vectors/e2ee.txt");
+    assert_eq!(
+        committed, out,
+        "the envelope's bytes changed: that breaks every message already sent"
+    );
+}

@@ -9,7 +9,7 @@
 //! The state (Olm account, sessions, message keys) is one file, encrypted with the app's
 //! store key, written (fsynced, then renamed into place) after every change and before the
 //! event that caused it reaches the app (§12.7).
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,6 +25,8 @@ use crate::{Client, ClientError, ClientEvent, SendAck};
 
 /// Times a sealed send is sealed again after `DEVICE_MISMATCH` before it gives up.
 const SEAL_ATTEMPTS: usize = 6;
+/// How long a send or history read waits for the device's first authentication.
+const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The key the app keeps (in the platform's keystore) to encrypt the state at rest.
 #[derive(Clone)]
@@ -72,14 +74,16 @@ struct Inner {
     crypto: Option<Crypto>,
     /// The devices of each encrypted conversation as this device last learned them.
     lists: HashMap<ConversationId, Vec<pb::DeviceKeys>>,
-    /// Conversations known to be encrypted.
-    encrypted: HashSet<ConversationId>,
+    /// Whether each conversation this device heard of is encrypted.
+    encrypted: HashMap<ConversationId, bool>,
 }
 
 /// The SDK's encryption, shared by the client handle and the event pump.
 pub(crate) struct E2ee {
     config: Encryption,
     inner: Mutex<Inner>,
+    /// True once this device's account is loaded (after the first authentication).
+    ready: tokio::sync::watch::Sender<bool>,
 }
 
 impl fmt::Debug for E2ee {
@@ -125,8 +129,9 @@ impl E2ee {
             inner: Mutex::new(Inner {
                 crypto: None,
                 lists: HashMap::new(),
-                encrypted: HashSet::new(),
+                encrypted: HashMap::new(),
             }),
+            ready: tokio::sync::watch::Sender::new(false),
         })
     }
 
@@ -171,6 +176,7 @@ impl E2ee {
                 .unwrap_or_else(|| Crypto::new(user, device));
             inner.crypto = Some(crypto);
         }
+        self.ready.send_replace(true);
         let crypto = inner.crypto.as_mut().expect("set above");
         let counts = if crypto.published() {
             client.call(ops::upload_keys(pb::UploadKeys::default())).await.ok()
@@ -179,6 +185,14 @@ impl E2ee {
         };
         drop(inner);
         self.top_up(client, counts.as_ref()).await
+    }
+
+    /// Wait (up to `limit`) until the device's account is loaded: a send or a history
+    /// read made right after connecting waits for the login it needs.
+    async fn wait_ready(&self, limit: std::time::Duration) -> bool {
+        let mut rx = self.ready.subscribe();
+        let ready = tokio::time::timeout(limit, rx.wait_for(|r| *r)).await;
+        matches!(ready, Ok(Ok(_)))
     }
 
     /// Publish keys if the stock needs them.
@@ -230,12 +244,12 @@ impl E2ee {
         match &ev.body {
             Some(Body::Created(c)) if c.encrypted => {
                 let mut inner = self.inner.lock().await;
-                inner.encrypted.insert(conv);
+                inner.encrypted.insert(conv, true);
                 inner.lists.insert(conv, c.devices.clone());
             }
             Some(Body::DevicesChanged(d)) => {
                 let mut inner = self.inner.lock().await;
-                inner.encrypted.insert(conv);
+                inner.encrypted.insert(conv, true);
                 let list = inner.lists.entry(conv).or_default();
                 list.retain(|k| !(k.user_id == d.user_id && d.removed.contains(&k.device_id)));
                 for k in &d.added {
@@ -258,7 +272,7 @@ impl E2ee {
     async fn open(&self, client: &Client, ev: pb::ConversationEvent) -> ClientEvent {
         let sender = self.sender_keys(client, &ev).await;
         let mut inner = self.inner.lock().await;
-        inner.encrypted.insert(ConversationId(ev.conversation_id));
+        inner.encrypted.insert(ConversationId(ev.conversation_id), true);
         let Some(crypto) = inner.crypto.as_mut() else {
             return SessionEvent::Undecryptable {
                 event: ev,
@@ -285,6 +299,7 @@ impl E2ee {
     /// Open the events of a history page (message keys of opened messages are kept, so
     /// what this device read before opens again).
     pub(crate) async fn open_page(&self, client: &Client, page: &mut pb::HistoryPage) {
+        self.wait_ready(READY_WAIT).await;
         for ev in page.events.iter_mut() {
             let sealed =
                 matches!(&ev.body, Some(Body::Message(m)) if m.body.as_ref().is_some_and(|b| b.encrypted.is_some()));
@@ -296,12 +311,14 @@ impl E2ee {
         }
     }
 
-    pub(crate) async fn note_encrypted(&self, conv: ConversationId) {
-        self.inner.lock().await.encrypted.insert(conv);
+    /// Remember whether a conversation is encrypted.
+    pub(crate) async fn note(&self, conv: ConversationId, encrypted: bool) {
+        self.inner.lock().await.encrypted.insert(conv, encrypted);
     }
 
-    pub(crate) async fn is_encrypted(&self, conv: ConversationId) -> bool {
-        self.inner.lock().await.encrypted.contains(&conv)
+    /// Whether a conversation is encrypted, if this device knows.
+    pub(crate) async fn is_encrypted(&self, conv: ConversationId) -> Option<bool> {
+        self.inner.lock().await.encrypted.get(&conv).copied()
     }
 
     /// The conversation's devices: as learned, else every member's from the server.
@@ -362,6 +379,9 @@ impl E2ee {
         content: &pb::SealedContent,
         devices: &[pb::DeviceKeys],
     ) -> Result<pb::Envelope, ClientError> {
+        if !self.wait_ready(READY_WAIT).await {
+            return Err(ClientError::E2ee(E2eeError::NoDevice));
+        }
         let mut claimed: Vec<pb::ClaimedKey> = Vec::new();
         loop {
             let mut inner = self.inner.lock().await;
@@ -413,8 +433,8 @@ pub(crate) async fn pump(
                 continue;
             }
             SessionEvent::Conversations(ref list) => {
-                for c in list.iter().filter(|c| c.encrypted) {
-                    e2ee.note_encrypted(ConversationId(c.conversation_id)).await;
+                for c in list {
+                    e2ee.note(ConversationId(c.conversation_id), c.encrypted).await;
                 }
                 ev
             }

@@ -358,7 +358,7 @@ impl Client {
     pub async fn encrypted_direct(&self, username: &str) -> Result<pb::ConversationSummary, ClientError> {
         let e2ee = self.e2ee()?;
         let c = self.call(ops::encrypted_direct(username)).await?;
-        e2ee.note_encrypted(ConversationId(c.conversation_id)).await;
+        e2ee.note(ConversationId(c.conversation_id), true).await;
         Ok(c)
     }
 
@@ -366,12 +366,18 @@ impl Client {
         self.e2ee.as_ref().ok_or(ClientError::E2ee(E2eeError::NotConfigured))
     }
 
-    /// The encryption, if `conv` is a conversation this client knows to be encrypted.
+    /// The encryption, if `conv` is encrypted (asked of the server once if this client has
+    /// not heard of the conversation yet).
     async fn sealing(&self, conv: ConversationId) -> Option<&Arc<e2ee::E2ee>> {
-        match &self.e2ee {
-            Some(e) if e.is_encrypted(conv).await => Some(e),
-            _ => None,
-        }
+        let e = self.e2ee.as_ref()?;
+        let known = match e.is_encrypted(conv).await {
+            Some(k) => k,
+            None => {
+                let _ = self.conversations().await;
+                e.is_encrypted(conv).await.unwrap_or(false)
+            }
+        };
+        known.then_some(e)
     }
 
     /// Send sealed content (a message, or a change to one) to an encrypted conversation.
@@ -435,8 +441,8 @@ impl Client {
     pub async fn conversations(&self) -> Result<Vec<pb::ConversationSummary>, ClientError> {
         let list = self.call(ops::conversations()).await?;
         if let Some(e) = &self.e2ee {
-            for c in list.iter().filter(|c| c.encrypted) {
-                e.note_encrypted(ConversationId(c.conversation_id)).await;
+            for c in &list {
+                e.note(ConversationId(c.conversation_id), c.encrypted).await;
             }
         }
         Ok(list)

@@ -378,3 +378,199 @@ async fn hostile_keys_and_envelopes_get_typed_errors() {
     // The server keeps serving.
     assert!(dave.client.ping().await.is_ok());
 }
+
+/// The independent device: `server/tests/e2ee/olm_device.py` on Debian's python3-olm and
+/// python3-nacl (installed by scripts/test.sh).
+fn python(args: &[&str], stdin: Option<serde_json::Value>) -> Result<serde_json::Value, String> {
+    use std::io::Write;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2ee/olm_device.py");
+    let mut child = std::process::Command::new("/usr/bin/python3")
+        .arg(script)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("/usr/bin/python3 (with python3-olm and python3-nacl)");
+    let mut input = child.stdin.take().unwrap();
+    if let Some(v) = stdin {
+        input.write_all(v.to_string().as_bytes()).unwrap();
+    }
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(serde_json::from_slice(&out.stdout).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_independent_olm_device_opens_what_the_sdk_sealed() {
+    let data = tempfile::tempdir().unwrap();
+    let phones = tempfile::tempdir().unwrap();
+    let s = server(data.path()).await;
+    let alice = phone(&s, phones.path(), "alice", 1, true).await;
+    // Bob's device is libolm in Python: it makes its keys, natter only carries them.
+    let (bob, mut bob_events) = Client::connect(client_config(s.addr, &s.fingerprint, None)).unwrap();
+    bob.register("bob", PASSWORD).await.unwrap();
+    let me = bob.login("bob", PASSWORD, "python").await.unwrap();
+    let k = python(&["keys", &me.user_id.0.to_string(), &me.device_id.0.to_string()], None).unwrap();
+    let hex = |v: &serde_json::Value| hex::decode(v.as_str().unwrap()).unwrap();
+    let upload = pb::UploadKeys {
+        device_keys: Some(pb::DeviceKeys {
+            user_id: me.user_id.0,
+            device_id: me.device_id.0,
+            ed25519: hex(&k["ed25519"]),
+            curve25519: hex(&k["curve25519"]),
+            signature: hex(&k["signature"]),
+        }),
+        one_time_keys: k["one_time_keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| pb::OneTimeKey {
+                public_key: hex(&o["public_key"]),
+                signature: hex(&o["signature"]),
+            })
+            .collect(),
+        fallback_key: None,
+    };
+    let counts = bob
+        .call(ops::upload_keys(upload))
+        .await
+        .expect("libolm's signatures verify");
+    assert_eq!(counts.one_time_keys, 5);
+
+    let dm = ConversationId(alice.client.encrypted_direct("bob").await.unwrap().conversation_id);
+    let text = "from natter-sdk to libolm: zażółć gęślą jaźń 🦀";
+    let ack = alice.client.send(dm, text).await.unwrap();
+    let ev = wait_for(&mut bob_events, |e| match e {
+        ClientEvent::Event(ev) if ev.conversation_id == dm.0 && ev.seq == ack.seq.0 => Some(ev.clone()),
+        _ => None,
+    })
+    .await;
+    let Some(Body::Message(m)) = &ev.body else {
+        panic!("a message: {ev:?}")
+    };
+    let env = m.body.clone().unwrap().encrypted.expect("sealed");
+    let wrapped = env
+        .keys
+        .iter()
+        .find(|w| w.device_id == me.device_id.0)
+        .expect("a key for it");
+    let input = |ciphertext: &[u8]| {
+        serde_json::json!({
+            "pickle": k["pickle"],
+            "sender_key": hex::encode(&env.sender_key),
+            "olm_type": wrapped.olm_type,
+            "olm_body": hex::encode(&wrapped.olm_body),
+            "conversation_id": dm.0,
+            "sender_user_id": ev.sender_user_id,
+            "sender_device_id": ev.sender_device_id,
+            "client_msg_id": m.client_msg_id,
+            "nonce": hex::encode(&env.nonce),
+            "ciphertext": hex::encode(ciphertext),
+        })
+    };
+    let opened = python(&["open"], Some(input(&env.ciphertext))).unwrap();
+    assert_eq!(opened["text"], text);
+    let mut tampered = env.ciphertext.clone();
+    tampered[17] ^= 1;
+    assert!(
+        python(&["open"], Some(input(&tampered))).is_err(),
+        "an altered byte fails its tag"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_whose_keys_ran_out_offline_is_reached_by_its_fallback_key_and_refills() {
+    let data = tempfile::tempdir().unwrap();
+    let phones = tempfile::tempdir().unwrap();
+    let s = server(data.path()).await;
+    let a1 = phone(&s, phones.path(), "alice", 1, true).await;
+    let state = phones.path().join("bob-1.state");
+    let b1 = phone_at(&s, &state, "bob", true, None).await;
+    let bob_id = b1.client.members(ConversationId(
+        a1.client.encrypted_direct("bob").await.unwrap().conversation_id,
+    ));
+    let bob_user = bob_id
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|m| m.username == "bob")
+        .unwrap()
+        .user_id;
+    let token = b1.client.snapshot().await.unwrap().access_token.unwrap();
+    b1.client.shutdown().await;
+    drop(b1);
+
+    // While bob's phone is off, 60 of its keys are claimed: 50 one-time keys, then the
+    // fallback key again and again.
+    let mut fallbacks = 0;
+    for _ in 0..60 {
+        let claimed = a1.client.call(ops::claim_keys(bob_user, vec![])).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        fallbacks += usize::from(claimed[0].fallback);
+    }
+    assert_eq!(fallbacks, 10);
+
+    // A new device of alice's has no session with it: its message goes over the fallback.
+    let mut a2 = phone(&s, phones.path(), "alice", 2, false).await;
+    let dm = ConversationId(a2.client.encrypted_direct("bob").await.unwrap().conversation_id);
+    a2.client.send(dm, "over the fallback key").await.unwrap();
+    let _ = read(&mut a2, dm, 1).await;
+
+    // Back on: it opens the message, and publishes a full stock and a new fallback key.
+    let mut b1 = phone_at(&s, &state, "bob", false, Some(token)).await;
+    assert_eq!(read(&mut b1, dm, 1).await, vec!["over the fallback key".to_string()]);
+    let claimed = a1.client.call(ops::claim_keys(bob_user, vec![])).await.unwrap();
+    assert!(!claimed[0].fallback, "one-time keys again");
+    let counts = b1
+        .client
+        .call(ops::upload_keys(pb::UploadKeys::default()))
+        .await
+        .unwrap();
+    assert_eq!((counts.one_time_keys, counts.fallback_unused), (49, true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_writes_and_reads_an_encrypted_conversation() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    let s = server(&data).await;
+    let (a, b) = (dir.path().join("alice"), dir.path().join("bob"));
+    let (addr, fp) = (s.addr.to_string(), s.fingerprint.clone());
+    for (p, name) in [(&a, "alice"), (&b, "bob")] {
+        let register = [
+            "--server",
+            &addr,
+            "--fingerprint",
+            &fp,
+            "register",
+            name,
+            "--password",
+            PASSWORD,
+        ];
+        cli(p, &register).await;
+        cli(p, &["login", name, "--password", PASSWORD]).await;
+    }
+    let dm = cli(&a, &["dm", "bob", "--encrypted"]).await;
+    assert_eq!(dm[0]["encrypted"], true);
+    let dm = dm[0]["conversationId"].as_u64().unwrap().to_string();
+    cli(&a, &["send", &dm, MARKER, "from", "the", "terminal"]).await;
+    cli(&b, &["send", &dm, "and", "back"]).await;
+    let texts = |h: Vec<serde_json::Value>| -> Vec<String> {
+        h.iter()
+            .filter(|v| v["body"]["type"] == "message")
+            .filter_map(|v| v["body"]["text"].as_str().map(String::from))
+            .collect()
+    };
+    let want = vec![format!("{MARKER} from the terminal"), "and back".to_string()];
+    assert_eq!(texts(cli(&b, &["history", &dm]).await), want);
+    assert_eq!(texts(cli(&a, &["history", &dm]).await), want);
+    drop(s);
+    assert!(
+        files_containing(&data, MARKER.as_bytes()).is_empty(),
+        "plaintext on the server"
+    );
+}

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use natter_protocol::client::model::{self, Conversation, Device, Member, NatterEvent};
-use natter_sdk::{Client, ClientConfig, ClientEvent, ConversationId, DeviceId, HistoryAnchor, Seq, UserId};
+use natter_sdk::{
+    Client, ClientConfig, ClientEvent, ConversationId, DeviceId, Encryption, HistoryAnchor, Seq, StoreKey, UserId,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -54,7 +56,13 @@ enum Cmd {
     /// List conversations with unread counts.
     Conversations,
     /// Open (or create) the direct conversation with a user.
-    Dm { username: String },
+    Dm {
+        username: String,
+        /// The pair's end-to-end encrypted conversation (PROTOCOL.md §12): messages are
+        /// sealed for every device of both users, and the server cannot read them.
+        #[arg(long)]
+        encrypted: bool,
+    },
     /// Groups: create, add, remove, leave, rename.
     #[command(subcommand)]
     Group(GroupCmd),
@@ -177,6 +185,28 @@ struct Profile {
     /// Uploads not finished yet: what `natter resume` goes on with.
     #[serde(default)]
     pending_uploads: Vec<model::PendingUpload>,
+}
+
+/// The key the profile's encryption state is sealed with: `e2ee.key` beside it (0600),
+/// made on first use. A terminal has no keystore; whoever can read the profile can read
+/// its token too.
+fn store_key(dir: &Path) -> anyhow::Result<StoreKey> {
+    let path = dir.join("e2ee.key");
+    if let Ok(b) = std::fs::read(&path) {
+        let key: [u8; 32] = b
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("{} is not 32 bytes", path.display()))?;
+        return Ok(StoreKey(key));
+    }
+    std::fs::create_dir_all(dir)?;
+    let key: [u8; 32] = rand::random();
+    std::fs::write(&path, key)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(StoreKey(key))
 }
 
 impl Profile {
@@ -316,6 +346,11 @@ async fn run() -> anyhow::Result<()> {
     let mut config = ClientConfig::pinned(server, &fingerprint);
     config.access_token = profile.token.clone();
     config.pending_uploads = profile.pending_uploads.clone();
+    // Every CLI device takes part in end-to-end encryption: its keys live in the profile.
+    config.encryption = Some(Encryption {
+        state_path: cli.profile.join("e2ee.state"),
+        store_key: store_key(&cli.profile)?,
+    });
     let needs_login = !matches!(cli.cmd, Cmd::Register { .. } | Cmd::Login { .. });
     if needs_login && profile.token.is_none() {
         bail!("not logged in: run `natter login USERNAME` first");
@@ -353,6 +388,19 @@ async fn command(
             device,
         } => {
             let info = client.login(&username, &password(pw)?, &device).await?;
+            // The device's encryption keys are published before `Connected` reaches us:
+            // wait for it, so others can write to this device as soon as we return.
+            let connected = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+                while let Some(ev) = events.next().await {
+                    if matches!(ev, ClientEvent::Connected { .. }) {
+                        return true;
+                    }
+                }
+                false
+            });
+            if !matches!(connected.await, Ok(true)) {
+                bail!("logged in, but the connection did not settle");
+            }
             profile.token = Some(info.access_token);
             profile.username = Some(username.clone());
             print(json!({"logged_in": username, "user_id": info.user_id.0, "device_id": info.device_id.0}));
@@ -374,7 +422,14 @@ async fn command(
                 print_as::<_, Conversation>(s);
             }
         }
-        Cmd::Dm { username } => print_as::<_, Conversation>(client.direct(&username).await?),
+        Cmd::Dm { username, encrypted } => {
+            let c = if encrypted {
+                client.encrypted_direct(&username).await?
+            } else {
+                client.direct(&username).await?
+            };
+            print_as::<_, Conversation>(c);
+        }
         Cmd::Group(GroupCmd::Create { name, members }) => {
             let names: Vec<&str> = members.iter().map(String::as_str).collect();
             print_as::<_, Conversation>(client.create_group(&name, &names).await?);
