@@ -193,6 +193,23 @@ fn config(options: ConnectOptions) -> Result<ClientConfig, NatterError> {
     if let Some(ms) = options.idle_timeout_ms {
         config.idle_timeout_ms = ms;
     }
+    config.encryption = match (options.encryption_state_path, options.encryption_store_key) {
+        (None, None) => None,
+        (Some(path), Some(key)) => {
+            let key: [u8; 32] = key.try_into().map_err(|_| NatterError::Setup {
+                detail: "encryption_store_key must be 32 bytes".into(),
+            })?;
+            Some(natter_sdk::Encryption {
+                state_path: path.into(),
+                store_key: natter_sdk::StoreKey(key),
+            })
+        }
+        _ => {
+            return Err(NatterError::Setup {
+                detail: "give both encryption_state_path and encryption_store_key, or neither".into(),
+            })
+        }
+    };
     Ok(config)
 }
 
@@ -278,6 +295,14 @@ impl NatterClient {
     pub async fn direct(&self, username: String) -> Result<Conversation, NatterError> {
         let c = self.inner.clone();
         run(async move { c.direct(&username).await }).await
+    }
+
+    /// The end-to-end encrypted 1:1 conversation with `username` (PROTOCOL.md §12),
+    /// created on first use; sends, edits, reactions and history there are sealed and
+    /// opened by the client. Needs the encryption options.
+    pub async fn encrypted_direct(&self, username: String) -> Result<Conversation, NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.encrypted_direct(&username).await }).await
     }
 
     /// A new private group owned by the caller.

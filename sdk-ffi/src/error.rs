@@ -83,6 +83,13 @@ pub enum NatterError {
         /// Which upload, and how the file differs.
         detail: String,
     },
+    /// End-to-end encryption failed: not configured, a device's keys do not verify, the
+    /// state file does not open with the store key.
+    #[error("encryption: {detail}")]
+    Encryption {
+        /// What failed.
+        detail: String,
+    },
 }
 
 impl From<ClientError> for NatterError {
@@ -109,6 +116,7 @@ impl From<ClientError> for NatterError {
             ClientError::Resume(e) => NatterError::NotTheSameFile { detail: e.to_string() },
             ClientError::File(detail) => NatterError::File { detail },
             ClientError::FileCrypto(e) => NatterError::Decrypt { detail: e.to_string() },
+            ClientError::E2ee(e) => NatterError::Encryption { detail: e.to_string() },
             // ClientError is non-exhaustive; a new kind reads as unexpected until mapped.
             _ => NatterError::Unexpected,
         }

@@ -51,6 +51,14 @@ pub struct ConnectOptions {
     /// §3.1).
     #[uniffi(default)]
     pub idle_timeout_ms: Option<u64>,
+    /// End-to-end encryption (PROTOCOL.md §12): where this device keeps its keys (a file
+    /// in the app's private storage) and the 32-byte key they are sealed with (keep it in
+    /// the keychain/keystore). Both or neither; without them encrypted messages arrive as
+    /// `EventBody.Encrypted` and sending to an encrypted conversation fails.
+    #[uniffi(default)]
+    pub encryption_state_path: Option<String>,
+    #[uniffi(default)]
+    pub encryption_store_key: Option<Vec<u8>>,
 }
 
 /// The last seq this device received in a conversation.

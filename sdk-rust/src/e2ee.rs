@@ -350,7 +350,7 @@ impl E2ee {
                 encrypted: Some(envelope),
                 ..Default::default()
             };
-            match client.send_with_id(conv, id.clone(), body).await {
+            match client.send_as_is(conv, id.clone(), body).await {
                 Ok(ack) => return Ok(ack),
                 Err(e) if e.code() == Some(pb::ErrorCode::DeviceMismatch) => {
                     let Some(m) = e.server_error().and_then(|s| s.device_mismatch.clone()) else {

@@ -461,18 +461,31 @@ impl Client {
             text: text.into(),
             ..Default::default()
         };
-        if let Some(e) = self.sealing(conv).await {
-            let content = pb::SealedContent {
-                body: Some(body),
-                change: None,
-            };
-            return self.send_sealed(e, conv, content).await;
-        }
         self.send_with_id(conv, new_message_id(), body).await
     }
 
-    /// Send with a caller-chosen idempotency key (to retry across app restarts).
+    /// Send with a caller-chosen idempotency key (to retry across app restarts). In an
+    /// encrypted conversation a plain body is sealed first (PROTOCOL.md §12.4).
     pub async fn send_with_id(
+        &self,
+        conv: ConversationId,
+        id: ClientMsgId,
+        body: pb::MessageBody,
+    ) -> Result<SendAck, ClientError> {
+        if body.encrypted.is_none() {
+            if let Some(e) = self.sealing(conv).await {
+                let content = pb::SealedContent {
+                    body: Some(body),
+                    change: None,
+                };
+                return e.send(self, conv, id, content).await;
+            }
+        }
+        self.send_as_is(conv, id, body).await
+    }
+
+    /// Queue a body as it is (an envelope the encryption made, or a plain message).
+    async fn send_as_is(
         &self,
         conv: ConversationId,
         id: ClientMsgId,

@@ -506,22 +506,9 @@ async fn the_cli_registers_logs_in_sends_and_reads_history() {
     let dir = tempfile::tempdir().unwrap();
     let s = server(dir.path()).await;
     let (a, b) = (dir.path().join("alice"), dir.path().join("bob"));
-    let addr = s.addr.to_string();
-    let fp = s.fingerprint.clone();
-    for (p, name) in [(&a, "alice"), (&b, "bob")] {
-        let register = [
-            "--server",
-            &addr,
-            "--fingerprint",
-            &fp,
-            "register",
-            name,
-            "--password",
-            PASSWORD,
-        ];
-        assert_eq!(cli(p, &register).await[0]["registered"], name);
-        cli(p, &["login", name, "--password", PASSWORD]).await;
-    }
+    cli_user(&a, &s, "alice").await;
+    cli_user(&b, &s, "bob").await;
+    let (addr, fp) = (s.addr.to_string(), s.fingerprint.clone());
     let dm = cli(&a, &["dm", "bob"]).await[0]["conversationId"]
         .as_u64()
         .unwrap()

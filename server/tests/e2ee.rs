@@ -539,21 +539,8 @@ async fn the_cli_writes_and_reads_an_encrypted_conversation() {
     let data = dir.path().join("server");
     let s = server(&data).await;
     let (a, b) = (dir.path().join("alice"), dir.path().join("bob"));
-    let (addr, fp) = (s.addr.to_string(), s.fingerprint.clone());
-    for (p, name) in [(&a, "alice"), (&b, "bob")] {
-        let register = [
-            "--server",
-            &addr,
-            "--fingerprint",
-            &fp,
-            "register",
-            name,
-            "--password",
-            PASSWORD,
-        ];
-        cli(p, &register).await;
-        cli(p, &["login", name, "--password", PASSWORD]).await;
-    }
+    cli_user(&a, &s, "alice").await;
+    cli_user(&b, &s, "bob").await;
     let dm = cli(&a, &["dm", "bob", "--encrypted"]).await;
     assert_eq!(dm[0]["encrypted"], true);
     let dm = dm[0]["conversationId"].as_u64().unwrap().to_string();

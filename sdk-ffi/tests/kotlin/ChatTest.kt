@@ -363,6 +363,8 @@ suspend fun scenario() {
         check(bEvents.mark() == quiet) { "a cancelled subscription still got events" }
     }
 
+    encryptedDm()
+
     alice.logout(0u)
     bob.shutdown()
     alice.shutdown()
@@ -370,6 +372,45 @@ suspend fun scenario() {
     alice.close()
     bob.close()
     println("kotlin bindings: all checks passed")
+}
+
+/** End-to-end encryption through the bindings: two encrypting devices read each other. */
+suspend fun encryptedDm() {
+    val dir = kotlin.io.path.createTempDirectory("natter-keys").toFile()
+    fun e2ee(name: String) = options().copy(
+        encryptionStatePath = java.io.File(dir, "$name.state").path,
+        encryptionStoreKey = java.security.SecureRandom().let { r -> ByteArray(32).also { r.nextBytes(it) } },
+    )
+    expectError<NatterException.Setup>("a 5-byte store key") {
+        NatterClient(options().copy(encryptionStatePath = java.io.File(dir, "x").path, encryptionStoreKey = ByteArray(5)))
+    }
+    val (daveName, erinName) = listOf("dave", "erin").map { PREFIX + it }
+    val dave = NatterClient(e2ee("dave"))
+    val erin = NatterClient(e2ee("erin"))
+    val dEvents = Recorder("dave")
+    val eEvents = Recorder("erin")
+    val dSub = dave.subscribe(dEvents)
+    val eSub = erin.subscribe(eEvents)
+    dave.register(daveName, "dave password")
+    erin.register(erinName, "erin password")
+    dave.login(daveName, "dave password", "dave's phone")
+    erin.login(erinName, "erin password", "erin's phone")
+    for (rec in listOf(dEvents, eEvents)) {
+        rec.waitFor("connected with keys published") { it is NatterEvent.Connected }
+    }
+    val secret = dave.encryptedDirect(erinName)
+    check(secret.encrypted) { "an encrypted conversation: $secret" }
+    val sid = secret.conversationId
+    dave.send(sid, "sealed from kotlin", 0u)
+    eEvents.waitFor("erin opens dave's sealed message", pred = isMessage(sid, "sealed from kotlin"))
+    erin.send(sid, "and back", 0u)
+    dEvents.waitFor("dave opens erin's answer", pred = isMessage(sid, "and back"))
+    dSub.cancel()
+    eSub.cancel()
+    dave.shutdown()
+    erin.shutdown()
+    dave.close()
+    erin.close()
 }
 
 fun main() {

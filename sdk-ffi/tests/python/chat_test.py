@@ -359,10 +359,59 @@ async def main():
     check(b_events.mark() == quiet, "a cancelled subscription still got events")
     b_other_sub.cancel()
 
+    await encrypted_dm()
+
     await alice.logout(0)
     await bob.shutdown()
     await alice.shutdown()
     print("python bindings: all checks passed", flush=True)
+
+
+async def encrypted_dm():
+    """End-to-end encryption through the bindings: two encrypting devices read each other;
+    a device of the same user without keys sees only that a message is sealed."""
+    import tempfile
+    keys_dir = tempfile.mkdtemp()
+
+    def e2ee_options(name):
+        return options(encryption_state_path=os.path.join(keys_dir, name + ".state"),
+                       encryption_store_key=os.urandom(32))
+
+    try:
+        n.NatterClient(options(encryption_state_path=os.path.join(keys_dir, "x"), encryption_store_key=b"short"))
+        raise Failed("a 5-byte store key was accepted")
+    except n.NatterError.Setup:
+        pass
+    dave_name, erin_name = f"{PREFIX}dave", f"{PREFIX}erin"
+    dave, erin = n.NatterClient(e2ee_options("dave")), n.NatterClient(e2ee_options("erin"))
+    d_events, e_events = Recorder("dave"), Recorder("erin")
+    d_sub, e_sub = dave.subscribe(d_events), erin.subscribe(e_events)
+    await dave.register(dave_name, "dave password")
+    await erin.register(erin_name, "erin password")
+    await dave.login(dave_name, "dave password", "dave's phone")
+    await erin.login(erin_name, "erin password", "erin's phone")
+    for rec in (d_events, e_events):
+        await rec.wait_for(lambda e: isinstance(e, m.NatterEvent.CONNECTED), "connected with keys published")
+    secret = await dave.encrypted_direct(erin_name)
+    check(secret.encrypted, f"an encrypted conversation: {secret}")
+    sid = secret.conversation_id
+    await dave.send(sid, "sealed from python", 0)
+    await e_events.wait_for(is_message(sid, "sealed from python"), "erin opens dave's sealed message")
+    await erin.send(sid, "and back", 0)
+    await d_events.wait_for(is_message(sid, "and back"), "dave opens erin's answer")
+
+    keyless = n.NatterClient(options())
+    k_events = Recorder("erin (no keys)")
+    k_sub = keyless.subscribe(k_events)
+    await keyless.login(erin_name, "erin password", "erin's old tablet")
+    ack = await dave.send(sid, "not for the tablet", 0)
+    got = await k_events.wait_for(lambda e: isinstance(e, m.NatterEvent.EVENT) and e.event.conversation_id == sid
+                                  and e.event.seq == ack.seq, "the tablet hears of the message")
+    check(isinstance(got.event.body, m.EventBody.ENCRYPTED), f"only that it is sealed: {got.event.body}")
+    await e_events.wait_for(is_message(sid, "not for the tablet"), "erin's phone reads it")
+    for c, sub in ((dave, d_sub), (erin, e_sub), (keyless, k_sub)):
+        sub.cancel()
+        await c.shutdown()
 
 
 if __name__ == "__main__":

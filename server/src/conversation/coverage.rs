@@ -13,13 +13,7 @@ use crate::store::EncryptedDevice;
 
 /// The wire form of a listed device.
 pub(crate) fn wire(d: &EncryptedDevice) -> pb::DeviceKeys {
-    pb::DeviceKeys {
-        user_id: d.user.0,
-        device_id: d.device.0,
-        ed25519: d.keys.ed25519.clone(),
-        curve25519: d.keys.curve25519.clone(),
-        signature: d.keys.signature.clone(),
-    }
+    d.keys.to_wire(d.user, d.device)
 }
 
 fn bad(msg: &str) -> ServerError {

@@ -69,13 +69,7 @@ pub fn check_one_time_key(
 
 /// The wire form of a device's identity.
 pub fn device_keys(s: &KeyState) -> pb::DeviceKeys {
-    pb::DeviceKeys {
-        user_id: s.user.0,
-        device_id: s.device.0,
-        ed25519: s.identity.ed25519.clone(),
-        curve25519: s.identity.curve25519.clone(),
-        signature: s.identity.signature.clone(),
-    }
+    s.identity.to_wire(s.user, s.device)
 }
 
 fn one_time_key(k: &OneTimeKeyRecord) -> pb::OneTimeKey {

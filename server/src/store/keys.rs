@@ -4,6 +4,7 @@
 //! twice). Public keys only: nothing here can read a message.
 use std::collections::BTreeSet;
 
+use natter_protocol::pb;
 use natter_protocol::{DeviceId, UserId};
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +17,19 @@ pub struct DeviceKeysRecord {
     pub curve25519: Vec<u8>,
     /// The device's signature over both (PROTOCOL.md §12.1), 64 bytes.
     pub signature: Vec<u8>,
+}
+
+impl DeviceKeysRecord {
+    /// The wire form, for `device` of `user`.
+    pub fn to_wire(&self, user: UserId, device: DeviceId) -> pb::DeviceKeys {
+        pb::DeviceKeys {
+            user_id: user.0,
+            device_id: device.0,
+            ed25519: self.ed25519.clone(),
+            curve25519: self.curve25519.clone(),
+            signature: self.signature.clone(),
+        }
+    }
 }
 
 /// A one-time or fallback key with its signature.

@@ -388,6 +388,24 @@ pub async fn cli(profile: &std::path::Path, args: &[&str]) -> Vec<serde_json::Va
         .collect()
 }
 
+/// A CLI profile at `profile` for a new user `name` on `s`: registered (saving the server
+/// and its fingerprint in the profile) and logged in.
+pub async fn cli_user(profile: &std::path::Path, s: &RunningServer, name: &str) {
+    let (addr, fp) = (s.addr.to_string(), s.fingerprint.clone());
+    let register = [
+        "--server",
+        &addr,
+        "--fingerprint",
+        &fp,
+        "register",
+        name,
+        "--password",
+        PASSWORD,
+    ];
+    assert_eq!(cli(profile, &register).await[0]["registered"], name);
+    cli(profile, &["login", name, "--password", PASSWORD]).await;
+}
+
 /// The last word of the server's next stdout line (an address, a fingerprint).
 pub fn last_word(lines: &mut std::io::Lines<std::io::BufReader<std::process::ChildStdout>>) -> String {
     let line = lines.next().expect("a line").expect("readable");

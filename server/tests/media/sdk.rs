@@ -78,24 +78,8 @@ async fn the_cli_sends_a_file_and_the_other_member_downloads_it() {
     let dir = tempfile::tempdir().unwrap();
     let s = media_server(dir.path(), 1 << 30).await;
     let (a, b) = (dir.path().join("alice"), dir.path().join("bob"));
-    let (addr, fp) = (s.addr.to_string(), s.fingerprint.clone());
-    for (p, name) in [(&a, "alice"), (&b, "bob")] {
-        cli(
-            p,
-            &[
-                "--server",
-                &addr,
-                "--fingerprint",
-                &fp,
-                "register",
-                name,
-                "--password",
-                PASSWORD,
-            ],
-        )
-        .await;
-        cli(p, &["login", name, "--password", PASSWORD]).await;
-    }
+    cli_user(&a, &s, "alice").await;
+    cli_user(&b, &s, "bob").await;
     let dm = cli(&a, &["dm", "bob"]).await[0]["conversationId"]
         .as_u64()
         .unwrap()
@@ -284,22 +268,7 @@ async fn the_cli_resumes_an_upload_its_killed_process_left_in_the_profile() {
     let dir = tempfile::tempdir().unwrap();
     let s = media_server(dir.path(), 1 << 30).await;
     let a = dir.path().join("alice");
-    let (addr, fp) = (s.addr.to_string(), s.fingerprint.clone());
-    cli(
-        &a,
-        &[
-            "--server",
-            &addr,
-            "--fingerprint",
-            &fp,
-            "register",
-            "alice",
-            "--password",
-            PASSWORD,
-        ],
-    )
-    .await;
-    cli(&a, &["login", "alice", "--password", PASSWORD]).await;
+    cli_user(&a, &s, "alice").await;
     let group = cli(&a, &["group", "create", "films"]).await[0]["conversationId"]
         .as_u64()
         .unwrap()
