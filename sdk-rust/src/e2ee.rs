@@ -100,6 +100,11 @@ fn random<const N: usize>() -> [u8; N] {
     b
 }
 
+/// A message event with an envelope.
+fn sealed(ev: &pb::ConversationEvent) -> bool {
+    matches!(&ev.body, Some(Body::Message(m)) if m.body.as_ref().is_some_and(|b| b.encrypted.is_some()))
+}
+
 /// What an opened envelope becomes for the app: the message, or the change it carries.
 fn opened(mut ev: pb::ConversationEvent, content: pb::SealedContent) -> pb::ConversationEvent {
     let client_msg_id = match &ev.body {
@@ -261,16 +266,24 @@ impl E2ee {
                     }
                 }
             }
-            Some(Body::Message(m)) if m.body.as_ref().is_some_and(|b| b.encrypted.is_some()) => {
-                return self.open(client, ev).await;
-            }
+            _ if sealed(&ev) => return self.open(client, ev).await,
             _ => {}
         }
         SessionEvent::Event(ev)
     }
 
     async fn open(&self, client: &Client, ev: pb::ConversationEvent) -> ClientEvent {
-        let sender = self.sender_keys(client, &ev).await;
+        // A message this device sealed or opened before opens from its kept key: no
+        // lookup of the sender's keys, no state to write (history re-reads stay local).
+        let kept = {
+            let inner = self.inner.lock().await;
+            inner.crypto.as_ref().is_some_and(|c| c.has_message_key(&ev))
+        };
+        let sender = if kept {
+            None
+        } else {
+            self.sender_keys(client, &ev).await
+        };
         let mut inner = self.inner.lock().await;
         inner.encrypted.insert(ConversationId(ev.conversation_id), true);
         let Some(crypto) = inner.crypto.as_mut() else {
@@ -281,8 +294,10 @@ impl E2ee {
         };
         let result = crypto.open(&ev, sender.as_ref());
         // Written before the app sees the message (and so before it can be acknowledged).
-        if let Err(e) = self.save(crypto).await {
-            tracing::error!(error = %e, "encryption state not saved");
+        if !kept {
+            if let Err(e) = self.save(crypto).await {
+                tracing::error!(error = %e, "encryption state not saved");
+            }
         }
         match result {
             Ok(content) => SessionEvent::Event(opened(ev, content)),
@@ -301,9 +316,7 @@ impl E2ee {
     pub(crate) async fn open_page(&self, client: &Client, page: &mut pb::HistoryPage) {
         self.wait_ready(READY_WAIT).await;
         for ev in page.events.iter_mut() {
-            let sealed =
-                matches!(&ev.body, Some(Body::Message(m)) if m.body.as_ref().is_some_and(|b| b.encrypted.is_some()));
-            if sealed {
+            if sealed(ev) {
                 if let SessionEvent::Event(open) = self.open(client, ev.clone()).await {
                     *ev = open;
                 }

@@ -367,6 +367,12 @@ impl Crypto {
         }
     }
 
+    /// This device kept the message key of this event (it sealed or opened it before):
+    /// [`Self::open`] then needs neither the sender's keys nor Olm, and changes no state.
+    pub fn has_message_key(&self, event: &pb::ConversationEvent) -> bool {
+        message_ref(event).is_some_and(|id| self.message_keys.contains_key(&id))
+    }
+
     /// Open an encrypted message event. `sender`: the sending device's keys as this
     /// device knows them (the conversation's list, or `GetDeviceKeys`); `None` if unknown.
     pub fn open(
@@ -388,7 +394,7 @@ impl Crypto {
         let conv = ConversationId(event.conversation_id);
         let (su, sd) = (UserId(event.sender_user_id), DeviceId(event.sender_device_id));
         let aad = e2ee::content_aad(conv, su, sd, &m.client_msg_id);
-        let id = (conv.0, su.0, sd.0, m.client_msg_id.clone());
+        let id = message_ref(event).expect("a message event");
         if let Some(key) = self.message_keys.get(&id) {
             return e2ee::open_content(key, &env.nonce, &aad, &env.ciphertext).map_err(content);
         }
@@ -501,6 +507,19 @@ impl Crypto {
             message_keys,
         })
     }
+}
+
+/// The kept-key name of a message event.
+fn message_ref(event: &pb::ConversationEvent) -> Option<MessageRef> {
+    let Some(pb::conversation_event::Body::Message(m)) = &event.body else {
+        return None;
+    };
+    Some((
+        event.conversation_id,
+        event.sender_user_id,
+        event.sender_device_id,
+        m.client_msg_id.clone(),
+    ))
 }
 
 fn content(e: ContentError) -> Undecryptable {
