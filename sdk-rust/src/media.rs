@@ -446,6 +446,24 @@ impl Client {
         }
     }
 
+    /// Send a message with files uploaded by [`Client::upload_encrypted`] and optional
+    /// text, each file's key in its attachment. Only for an encrypted conversation: the
+    /// keys travel inside the end-to-end envelope, and the server refuses a file key
+    /// anywhere else.
+    pub async fn send_encrypted_files(
+        &self,
+        conv: ConversationId,
+        text: &str,
+        files: &[(pb::MediaInfo, FileKey)],
+    ) -> Result<crate::SendAck, ClientError> {
+        let infos: Vec<MediaInfo> = files.iter().map(|(m, _)| m.clone().into()).collect();
+        let mut body = upload::files_body(text, &infos);
+        for (a, (_, key)) in body.attachments.iter_mut().zip(files) {
+            a.file_key = key.to_bytes().to_vec();
+        }
+        self.send_with_id(conv, crate::new_message_id(), body).await
+    }
+
     /// Send a message with files (finished uploads) and optional text.
     pub async fn send_attachments(
         &self,

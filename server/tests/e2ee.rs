@@ -15,6 +15,23 @@ use natter_sdk::{Client, ClientEvent, ConversationId, DeviceId, Encryption, Even
 
 const MARKER: &str = "zebra-quartz-7731";
 
+/// Where a test's server answers: in this process, or the binary in its own.
+trait Reach {
+    fn reach(&self) -> (std::net::SocketAddr, &str);
+}
+
+impl Reach for natter_server::RunningServer {
+    fn reach(&self) -> (std::net::SocketAddr, &str) {
+        (self.addr, &self.fingerprint)
+    }
+}
+
+impl Reach for ServerProcess {
+    fn reach(&self) -> (std::net::SocketAddr, &str) {
+        (self.addr, &self.fingerprint)
+    }
+}
+
 struct Phone {
     client: Client,
     events: Events,
@@ -24,18 +41,13 @@ struct Phone {
 /// Log a new encrypting device of `name` in (registering the user first if asked). Its
 /// keys are published by the time this returns (the SDK does it before the app hears
 /// `Connected`).
-async fn phone(s: &natter_server::RunningServer, dir: &Path, name: &str, n: u32, register: bool) -> Phone {
+async fn phone(s: &impl Reach, dir: &Path, name: &str, n: u32, register: bool) -> Phone {
     phone_at(s, &dir.join(format!("{name}-{n}.state")), name, register, None).await
 }
 
-async fn phone_at(
-    s: &natter_server::RunningServer,
-    state: &Path,
-    name: &str,
-    register: bool,
-    token: Option<String>,
-) -> Phone {
-    let mut cfg = client_config(s.addr, &s.fingerprint, token.clone());
+async fn phone_at(s: &impl Reach, state: &Path, name: &str, register: bool, token: Option<String>) -> Phone {
+    let (addr, fingerprint) = s.reach();
+    let mut cfg = client_config(addr, fingerprint, token.clone());
     cfg.encryption = Some(Encryption {
         state_path: state.to_path_buf(),
         store_key: StoreKey([9; 32]),
@@ -83,8 +95,12 @@ async fn read_after(p: &mut Phone, conv: ConversationId, floor: u64, n: usize) -
     out
 }
 
-/// Every file under `dir` whose bytes contain `needle`.
+/// Every file under `dir` (or `dir` itself, a file) whose bytes contain `needle`.
 fn files_containing(dir: &Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let holds = |path: &Path| std::fs::read(path).unwrap().windows(needle.len()).any(|w| w == needle);
+    if dir.is_file() {
+        return if holds(dir) { vec![dir.to_path_buf()] } else { vec![] };
+    }
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -92,7 +108,7 @@ fn files_containing(dir: &Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 stack.push(path);
-            } else if std::fs::read(&path).unwrap().windows(needle.len()).any(|w| w == needle) {
+            } else if holds(&path) {
                 out.push(path);
             }
         }
@@ -190,6 +206,106 @@ async fn every_device_reads_every_message_and_the_server_holds_no_plaintext() {
     );
     let leaks = files_containing(data.path(), MARKER.as_bytes());
     assert!(leaks.is_empty(), "plaintext on the server: {leaks:?}");
+}
+
+/// The multi-node deployment's stores: the server binary on Redis, logging at `trace`,
+/// with an encrypted file beside the messages. The marker, sent only inside encrypted
+/// messages and an encrypted file, is in no byte of the Redis dump and append-only file,
+/// the server's log or the media store — where the plain controls sent beside it are
+/// found (the log never held message text, plain or not: it is searched all the same).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_redis_the_dump_the_log_and_the_media_store_hold_no_plaintext() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = natter_server::store::testredis::TestRedis::start();
+    let (data, log) = (dir.path().join("server"), dir.path().join("server.log"));
+    let url = redis.url();
+    let extra = ["--storage", "redis", "--redis", url.as_str()];
+    let s = spawn_server_binary_logging(&data, "127.0.0.1:0", &extra, "trace", &log);
+    let phones = dir.path().join("phones");
+    std::fs::create_dir_all(&phones).unwrap();
+    let mut a1 = phone(&s, &phones, "alice", 1, true).await;
+    let mut b1 = phone(&s, &phones, "bob", 1, true).await;
+    let dm = ConversationId(a1.client.encrypted_direct("bob").await.unwrap().conversation_id);
+    let plain = ConversationId(a1.client.direct("bob").await.unwrap().conversation_id);
+
+    let mut want = Vec::new();
+    for i in 0..20 {
+        let text = format!("{MARKER} {i}");
+        let from = if i % 2 == 0 { &a1.client } else { &b1.client };
+        from.send(dm, &text).await.unwrap();
+        want.push(text);
+    }
+    let secret = MARKER.repeat(4096).into_bytes();
+    let (file, key) = a1
+        .client
+        .upload_encrypted(dm, "f.bin", "application/octet-stream", &secret, |_, _| {})
+        .await
+        .unwrap();
+    a1.client
+        .send_encrypted_files(dm, &format!("{MARKER} file"), &[(file.clone(), key.clone())])
+        .await
+        .unwrap();
+    want.push(format!("{MARKER} file"));
+    // The plain controls: a message and a file in the plain conversation.
+    a1.client.send(plain, "plain-control-4242").await.unwrap();
+    let control = "plain-file-control-5151".repeat(4096);
+    let plain_file = a1
+        .client
+        .upload(plain, "c.txt", "text/plain", control.clone().into(), |_, _| {})
+        .await
+        .unwrap();
+    a1.client.send_attachments(plain, "", &[plain_file]).await.unwrap();
+    let refused = a1
+        .client
+        .send_encrypted_files(plain, "", &[(file.clone(), key.clone())])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            natter_sdk::ClientError::Request(natter_sdk::RequestError::Invalid(_))
+        ),
+        "a file key outside an envelope is refused: {refused:?}"
+    );
+
+    assert_eq!(read(&mut b1, dm, 21).await, want);
+    let opened = b1
+        .client
+        .history(dm, natter_sdk::HistoryAnchor::Before(natter_sdk::Seq(0)), 1)
+        .await
+        .unwrap();
+    let attachment = match &opened.events[0].body {
+        Some(Body::Message(m)) => m.body.as_ref().unwrap().attachments[0].clone(),
+        other => panic!("{other:?}"),
+    };
+    let key = natter_sdk::FileKey::from_bytes(&attachment.file_key).unwrap();
+    let back = b1
+        .client
+        .download_encrypted(&attachment.media_id, &key, 0, 0)
+        .await
+        .unwrap();
+    assert!(back == secret, "bob opens the file with the key from the message");
+    let _ = read(&mut a1, dm, 21).await;
+
+    let dump = redis.dump().to_path_buf();
+    drop((a1, b1, s));
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log_text.lines().count() > 1000,
+        "the server logged at trace: {log_text}"
+    );
+    assert!(
+        !files_containing(&dump, b"plain-control-4242").is_empty(),
+        "the search finds plain text in Redis"
+    );
+    assert!(
+        !files_containing(&data, b"plain-file-control-5151").is_empty(),
+        "the search finds a plain file in the media store"
+    );
+    for place in [&dump, &data, &log] {
+        let leaks = files_containing(place, MARKER.as_bytes());
+        assert!(leaks.is_empty(), "plaintext on the server: {leaks:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -560,4 +676,109 @@ async fn the_cli_writes_and_reads_an_encrypted_conversation() {
         files_containing(&data, MARKER.as_bytes()).is_empty(),
         "plaintext on the server"
     );
+}
+
+/// The CLI's `natter listen` as a process of its own on `profile`, connecting to `server`.
+struct Listener {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<serde_json::Value>,
+}
+
+impl Listener {
+    fn start(profile: &Path, server: std::net::SocketAddr) -> Listener {
+        let mut child = std::process::Command::new(natter_cli())
+            .arg("--profile")
+            .arg(profile)
+            .args(["--server", &server.to_string(), "listen"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(out).map_while(Result::ok) {
+                if tx.send(serde_json::from_str(&line).unwrap()).is_err() {
+                    break;
+                }
+            }
+        });
+        Listener { child, lines }
+    }
+
+    /// The next printed record `f` picks, within the test deadline.
+    async fn until<T>(&mut self, mut f: impl FnMut(&serde_json::Value) -> Option<T>) -> T {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            let line = tokio::task::block_in_place(|| self.lines.recv_timeout(left))
+                .expect("the listener printed what was waited for");
+            if let Some(t) = f(&line) {
+                return t;
+            }
+        }
+    }
+
+    /// The next message of `conv` it printed: its text, or the undecryptable reason.
+    async fn message(&mut self, conv: &str) -> Result<String, String> {
+        self.until(|v| {
+            let ev = &v["event"];
+            if v["type"] != "event" || ev["conversationId"].as_u64() != conv.parse().ok() {
+                return None;
+            }
+            match ev["body"]["type"].as_str() {
+                Some("message") => Some(Ok(ev["body"]["text"].as_str().unwrap_or_default().to_string())),
+                Some("undecryptable") | Some("encrypted") => Some(Err(ev.to_string())),
+                _ => None,
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client process killed (`kill -9`) after it received and opened the first message of
+/// an encrypted conversation (the one that set up its Olm session) but before its
+/// acknowledgement reached the server: started again, it opens that message and every
+/// later one. The relay in front of it drops what it sends, so the server provably never
+/// heard the acknowledgement (the message is still only "sent" when the process dies).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_killed_between_receiving_and_acknowledging_opens_that_event_and_later_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(&dir.path().join("server")).await;
+    let (a, b) = (dir.path().join("alice"), dir.path().join("bob"));
+    cli_user(&a, &s, "alice").await;
+    cli_user(&b, &s, "bob").await;
+    let dm = cli(&a, &["dm", "bob", "--encrypted"]).await[0]["conversationId"].to_string();
+
+    let relay = common::relay::Relay::start(s.addr).await;
+    let mut listener = Listener::start(&b, relay.addr);
+    listener.until(|v| (v["type"] == "connected").then_some(())).await;
+    relay.mute_client(true);
+    let sent = cli(&a, &["send", &dm, "caught", "in", "the", "window"]).await;
+    let seq = sent[0]["seq"].as_u64().unwrap().to_string();
+    assert_eq!(listener.message(&dm).await, Ok("caught in the window".into()));
+    listener.child.kill().unwrap();
+    listener.child.wait().unwrap();
+    assert_eq!(
+        cli(&a, &["status", &dm, &seq]).await[0]["state"],
+        "sent",
+        "the server never heard bob's acknowledgement"
+    );
+
+    let mut listener = Listener::start(&b, s.addr);
+    assert_eq!(
+        listener.message(&dm).await,
+        Ok("caught in the window".into()),
+        "delivered again, and it opens"
+    );
+    cli(&a, &["send", &dm, "and", "after"]).await;
+    assert_eq!(listener.message(&dm).await, Ok("and after".into()));
+    drop(listener);
+    assert_ne!(cli(&a, &["status", &dm, &seq]).await[0]["state"], "sent");
 }

@@ -157,6 +157,18 @@ impl TestRedis {
         assert!(ok.is_some_and(|r| r.starts_with("+OK")), "REPLICAOF NO ONE");
     }
 
+    /// Write a dump of every server (`SAVE`, strings uncompressed so they can be searched)
+    /// next to its append-only file, and return the directory that holds them all.
+    pub fn dump(&self) -> &std::path::Path {
+        for i in 0..self.ports.len() {
+            let ok = self.ask(i, "CONFIG SET rdbcompression no");
+            assert!(ok.is_some_and(|r| r.starts_with("+OK")), "CONFIG SET");
+            let ok = self.ask(i, "SAVE");
+            assert!(ok.is_some_and(|r| r.starts_with("+OK")), "SAVE");
+        }
+        &self._dir
+    }
+
     /// `redis://127.0.0.1:PORT` of server `i`.
     pub fn url_of(&self, i: usize) -> String {
         format!("redis://127.0.0.1:{}", self.ports[i])

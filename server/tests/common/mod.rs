@@ -437,8 +437,31 @@ pub fn spawn_server_binary(dir: &std::path::Path, listen: &str) -> ServerProcess
 
 /// [`spawn_server_binary`] with extra command-line flags.
 pub fn spawn_server_binary_with(dir: &std::path::Path, listen: &str, extra: &[&str]) -> ServerProcess {
+    spawn_server(dir, listen, extra, "warn", std::process::Stdio::inherit())
+}
+
+/// [`spawn_server_binary_with`] logging at `level` (`debug`, `trace`…) into the file `log`.
+pub fn spawn_server_binary_logging(
+    dir: &std::path::Path,
+    listen: &str,
+    extra: &[&str],
+    level: &str,
+    log: &std::path::Path,
+) -> ServerProcess {
+    let file = std::fs::File::create(log).expect("log file");
+    spawn_server(dir, listen, extra, level, file.into())
+}
+
+fn spawn_server(
+    dir: &std::path::Path,
+    listen: &str,
+    extra: &[&str],
+    level: &str,
+    stderr: std::process::Stdio,
+) -> ServerProcess {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_natter-server"))
-        .args(["--data-dir", dir.to_str().unwrap(), "--listen", listen, "--log", "warn"])
+        .args(["--data-dir", dir.to_str().unwrap(), "--listen", listen, "--log", level])
+        .stderr(stderr)
         .args(["--web-listen", "127.0.0.1:0"])
         .args(if extra.contains(&"--webtransport-listen") {
             &[][..]

@@ -1,8 +1,8 @@
 //! A UDP relay on loopback between a client and a server, for network faults without
 //! `tc netem`: it forwards every datagram both ways, and on request drops all of them (a
-//! blackhole), drops a share of them (loss, from a seeded generator so a run repeats) or
-//! holds each one back a while (delay). One client at a time: replies go to the last
-//! address that sent.
+//! blackhole), drops a share of them (loss, from a seeded generator so a run repeats),
+//! holds each one back a while (delay), or drops only what the client sends (mute). One
+//! client at a time: replies go to the last address that sent.
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,6 +22,8 @@ struct Faults {
     dropped: AtomicU64,
     /// QUIC Retry packets seen from the server (long header, type 3).
     retries: AtomicU64,
+    /// Drop everything the client sends (the server's datagrams still arrive).
+    mute_client: std::sync::atomic::AtomicBool,
 }
 
 impl Faults {
@@ -67,6 +69,9 @@ impl Relay {
                 let mut buf = vec![0u8; 65536];
                 while let Ok((n, from)) = front.recv_from(&mut buf).await {
                     *client.lock().unwrap() = Some(from);
+                    if faults.mute_client.load(Ordering::Relaxed) {
+                        continue;
+                    }
                     forward(&faults, buf[..n].to_vec(), back.clone(), None).await;
                 }
             })
@@ -96,6 +101,12 @@ impl Relay {
     /// Drop every datagram both ways (`true`) or none (`false`).
     pub fn blackhole(&self, on: bool) {
         self.loss(if on { 1000 } else { 0 });
+    }
+
+    /// Drop every datagram the client sends (`true`) while the server's still reach it:
+    /// the client receives, but nothing it answers (acknowledgements included) arrives.
+    pub fn mute_client(&self, on: bool) {
+        self.faults.mute_client.store(on, Ordering::Relaxed);
     }
 
     /// Drop this many datagrams in a thousand, both ways.
