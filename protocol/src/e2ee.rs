@@ -23,6 +23,12 @@ pub const MESSAGE_KEY_BYTES: usize = 32;
 pub const NONCE_BYTES: usize = 24;
 /// The smallest padding bucket.
 pub const MIN_BUCKET: usize = 256;
+/// HPKE `info` of the key backup (PROTOCOL.md §12.9).
+pub const BACKUP_INFO: &[u8] = b"natter-key-backup-v1";
+/// A backed-up key's HPKE encapsulated key (DHKEM(X25519, HKDF-SHA256)).
+pub const BACKUP_ENCAPSULATED_KEY_BYTES: usize = 32;
+/// A backed-up key's HPKE ciphertext: the 32-byte message key and a 16-byte tag.
+pub const BACKUP_CIPHERTEXT_BYTES: usize = MESSAGE_KEY_BYTES + 16;
 
 const DEVICE_KEYS_CONTEXT: &[u8] = b"natter-device-keys-v1";
 const ONE_TIME_KEY_CONTEXT: &[u8] = b"natter-one-time-key-v1";

@@ -128,6 +128,17 @@ pub fn message_body(body: &pb::MessageBody, max_chars: usize) -> Result<(), Vali
     Ok(())
 }
 
+/// A backed-up message key (PROTOCOL.md §12.9): sizes and the message it names.
+pub fn backup_key(k: &pb::BackupKey) -> Result<(), ValidationError> {
+    use crate::e2ee::{BACKUP_CIPHERTEXT_BYTES, BACKUP_ENCAPSULATED_KEY_BYTES};
+    if k.encapsulated_key.len() != BACKUP_ENCAPSULATED_KEY_BYTES || k.ciphertext.len() != BACKUP_CIPHERTEXT_BYTES {
+        return Err(ValidationError::Envelope(
+            "a backed-up key is a 32-byte encapsulated key and a 48-byte ciphertext",
+        ));
+    }
+    client_msg_id(&k.client_msg_id)
+}
+
 /// The shape of an end-to-end envelope (PROTOCOL.md §12.4); whether its keys cover the
 /// right devices is the conversation's check (§12.5).
 pub fn envelope(env: &pb::Envelope) -> Result<(), ValidationError> {

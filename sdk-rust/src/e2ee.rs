@@ -6,6 +6,8 @@
 //! claiming keys where a session is missing and sealing again when the server answers
 //! `DEVICE_MISMATCH` (same client message id: exactly-once makes the retry safe).
 //!
+//! Message keys also go to the user's key backup when there is one (`backup`).
+//!
 //! The state (Olm account, sessions, message keys) is one file, encrypted with the app's
 //! store key, written (fsynced, then renamed into place) after every change and before the
 //! event that caused it reaches the app (§12.7).
@@ -14,6 +16,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use natter_protocol::client::e2ee::backup::BackupError;
 use natter_protocol::client::e2ee::{Crypto, SealError, StateError, SEAL_RANDOM_BYTES};
 use natter_protocol::client::ops;
 use natter_protocol::pb::{self, conversation_event::Body};
@@ -68,6 +71,9 @@ pub enum E2eeError {
     /// The server kept naming devices the send did not cover.
     #[error("the conversation's devices kept changing; send again")]
     Unsettled,
+    /// The key backup: a malformed or wrong recovery key, no backup, a corrupt key.
+    #[error(transparent)]
+    Backup(#[from] BackupError),
 }
 
 struct Inner {
@@ -84,6 +90,8 @@ pub(crate) struct E2ee {
     inner: Mutex<Inner>,
     /// True once this device's account is loaded (after the first authentication).
     ready: tokio::sync::watch::Sender<bool>,
+    /// A backup upload is running (one at a time).
+    backing_up: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for E2ee {
@@ -127,6 +135,8 @@ fn opened(mut ev: pb::ConversationEvent, content: pb::SealedContent) -> pb::Conv
     ev
 }
 
+mod backup;
+
 impl E2ee {
     pub(crate) fn new(config: Encryption) -> Arc<Self> {
         Arc::new(E2ee {
@@ -137,6 +147,7 @@ impl E2ee {
                 encrypted: HashMap::new(),
             }),
             ready: tokio::sync::watch::Sender::new(false),
+            backing_up: Default::default(),
         })
     }
 
@@ -189,7 +200,8 @@ impl E2ee {
             None
         };
         drop(inner);
-        self.top_up(client, counts.as_ref()).await
+        self.top_up(client, counts.as_ref()).await?;
+        self.sync_backup(client).await
     }
 
     /// Wait (up to `limit`) until the device's account is loaded: a send or a history
@@ -451,7 +463,11 @@ pub(crate) async fn pump(
                 }
                 ev
             }
-            SessionEvent::Event(e) => e2ee.on_event(&client, e).await,
+            SessionEvent::Event(e) => {
+                let out = e2ee.on_event(&client, e).await;
+                e2ee.kick_backup(&client).await;
+                out
+            }
             other => other,
         };
         if app.send(out).is_err() {

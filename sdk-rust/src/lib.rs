@@ -197,6 +197,7 @@ pub struct Snapshot {
     pub pending_uploads: Vec<PendingUpload>,
 }
 
+pub use natter_protocol::client::e2ee::backup::BackupError;
 pub use natter_protocol::client::file_crypto::FileKey;
 pub use natter_protocol::client::model::PendingUpload;
 
@@ -360,6 +361,29 @@ impl Client {
         let c = self.call(ops::encrypted_direct(username)).await?;
         e2ee.note(ConversationId(c.conversation_id), true).await;
         Ok(c)
+    }
+
+    /// Set up a key backup for this user (PROTOCOL.md §12.9), replacing any earlier one,
+    /// and back up every message key this device holds; every device of the user backs
+    /// up what it reads from then on. Returns the recovery key, written for people (53
+    /// characters in groups of four): the only way to open the backup — show it once and
+    /// let the person keep it.
+    pub async fn enable_backup(&self) -> Result<String, ClientError> {
+        Ok(self.e2ee()?.enable_backup(self).await?.to_display())
+    }
+
+    /// Restore message keys from the key backup with the person's recovery key, so this
+    /// device opens history no other device of theirs sealed for it; how many keys were
+    /// new. A mistyped key is [`BackupError::Malformed`], another backup's key
+    /// [`BackupError::WrongKey`] (both inside [`E2eeError::Backup`]), and nothing is read.
+    pub async fn restore_backup(&self, recovery_key: &str) -> Result<u64, ClientError> {
+        self.e2ee()?.restore_backup(self, recovery_key).await
+    }
+
+    /// Upload the message keys still waiting for the backup now, rather than shortly
+    /// after the messages that brought them (before a logout, say).
+    pub async fn backup_now(&self) -> Result<(), ClientError> {
+        self.e2ee()?.flush_backup(self).await
     }
 
     fn e2ee(&self) -> Result<&Arc<e2ee::E2ee>, ClientError> {

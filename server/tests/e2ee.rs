@@ -782,3 +782,104 @@ async fn a_client_killed_between_receiving_and_acknowledging_opens_that_event_an
     drop(listener);
     assert_ne!(cli(&a, &["status", &dm, &seq]).await[0]["state"], "sent");
 }
+
+/// Texts of the messages of a history page, `None` for each one that did not open.
+fn page_texts(page: &pb::HistoryPage) -> Vec<Option<String>> {
+    page.events
+        .iter()
+        .filter_map(|e| match &e.body {
+            Some(Body::Message(m)) => {
+                let b = m.body.clone().unwrap_or_default();
+                Some(b.encrypted.is_none().then_some(b.text))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The key backup: bob's only device backs up what it reads (what it kept before the
+/// backup existed too), then goes away; a new device of bob's, with no other device
+/// online, reads nothing of the history until it restores with the recovery key — a
+/// mistyped key and another backup's key are typed errors that read nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_device_alone_restores_history_from_the_key_backup() {
+    let data = tempfile::tempdir().unwrap();
+    let phones = tempfile::tempdir().unwrap();
+    let s = server(data.path()).await;
+    let mut a1 = phone(&s, phones.path(), "alice", 1, true).await;
+    let mut b1 = phone(&s, phones.path(), "bob", 1, true).await;
+    let dm = ConversationId(a1.client.encrypted_direct("bob").await.unwrap().conversation_id);
+    a1.client.send(dm, "before the backup").await.unwrap();
+    assert_eq!(read(&mut b1, dm, 1).await, vec!["before the backup"]);
+    let recovery = b1.client.enable_backup().await.unwrap();
+    assert_eq!(recovery.replace(' ', "").len(), 53);
+    let mut want = vec!["before the backup".to_string()];
+    for i in 0..30 {
+        let text = format!("{MARKER} {i}");
+        if i % 3 == 2 {
+            b1.client.send(dm, &text).await.unwrap();
+        } else {
+            a1.client.send(dm, &text).await.unwrap();
+        }
+        want.push(text);
+    }
+    assert_eq!(read(&mut b1, dm, 30).await, want[1..]);
+    b1.client.backup_now().await.unwrap();
+    let token = b1.client.snapshot().await.unwrap().access_token.unwrap();
+    b1.client.shutdown().await;
+    drop(b1);
+    let _ = read(&mut a1, dm, 31).await;
+
+    let b2 = phone(&s, phones.path(), "bob", 2, false).await;
+    let history = |c: Client| async move {
+        let page = c
+            .history(dm, natter_sdk::HistoryAnchor::After(natter_sdk::Seq(0)), 100)
+            .await
+            .unwrap();
+        page_texts(&page)
+    };
+    assert!(
+        history(b2.client.clone()).await.iter().all(Option::is_none),
+        "nothing opens yet"
+    );
+    let e2ee_err = |r: Result<u64, natter_sdk::ClientError>| match r {
+        Err(natter_sdk::ClientError::E2ee(natter_sdk::E2eeError::Backup(e))) => e,
+        other => panic!("expected a backup error, got {other:?}"),
+    };
+    let mut typo: Vec<char> = recovery.chars().collect();
+    typo[1] = if typo[1] == '7' { '8' } else { '7' };
+    let typo: String = typo.into_iter().collect();
+    assert!(matches!(
+        e2ee_err(b2.client.restore_backup(&typo).await),
+        natter_sdk::BackupError::Malformed(_)
+    ));
+    let other = natter_protocol::client::e2ee::backup::RecoveryKey::from_random([5; 32]).to_display();
+    assert_eq!(
+        e2ee_err(b2.client.restore_backup(&other).await),
+        natter_sdk::BackupError::WrongKey
+    );
+    assert!(
+        history(b2.client.clone()).await.iter().all(Option::is_none),
+        "a wrong key reads nothing"
+    );
+
+    assert_eq!(b2.client.restore_backup(&recovery).await.unwrap(), 31);
+    let opened: Vec<String> = history(b2.client.clone())
+        .await
+        .into_iter()
+        .map(|t| t.expect("opens"))
+        .collect();
+    assert_eq!(opened, want);
+
+    // The old device, back with its state, still reads; the backup is not its only copy.
+    let b1 = phone_at(&s, &phones.path().join("bob-1.state"), "bob", false, Some(token)).await;
+    let page = b1
+        .client
+        .history(dm, natter_sdk::HistoryAnchor::After(natter_sdk::Seq(0)), 100)
+        .await
+        .unwrap();
+    assert!(page_texts(&page).iter().all(Option::is_some));
+    // Nothing the server keeps of the backup says what was written.
+    drop((a1, b1, b2, s));
+    assert!(files_containing(data.path(), MARKER.as_bytes()).is_empty());
+}

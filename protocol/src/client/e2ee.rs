@@ -9,7 +9,7 @@
 //! Message keys of every message this device sealed or opened stay in the state, so a
 //! message reads again (history, a re-delivery after a restart) without Olm — whose
 //! message keys are used once.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
 use prost::Message as _;
@@ -113,6 +113,10 @@ pub struct Crypto {
     sessions: HashMap<[u8; 32], Vec<Session>>,
     /// (conversation, sender user, sender device, client message id) → message key.
     message_keys: BTreeMap<MessageRef, [u8; MESSAGE_KEY_BYTES]>,
+    /// The user's key backup as this device last heard of it: version and public key.
+    backup: Option<(u64, Vec<u8>)>,
+    /// Kept message keys not yet in that backup.
+    backup_pending: BTreeSet<MessageRef>,
 }
 
 impl fmt::Debug for Crypto {
@@ -158,6 +162,10 @@ struct Saved {
     account: AccountPickle,
     sessions: Vec<(Vec<u8>, Vec<SessionPickle>)>,
     message_keys: Vec<(MessageRef, Vec<u8>)>,
+    #[serde(default)]
+    backup: Option<(u64, Vec<u8>)>,
+    #[serde(default)]
+    backup_pending: Vec<MessageRef>,
 }
 
 impl Crypto {
@@ -170,6 +178,8 @@ impl Crypto {
             identity_published: false,
             sessions: HashMap::new(),
             message_keys: BTreeMap::new(),
+            backup: None,
+            backup_pending: BTreeSet::new(),
         }
     }
 
@@ -319,7 +329,7 @@ impl Crypto {
                 olm_body,
             });
         }
-        self.message_keys.insert(
+        self.keep(
             (conversation.0, self.user.0, self.device.0, client_msg_id.to_owned()),
             key,
         );
@@ -425,7 +435,7 @@ impl Crypto {
             .try_into()
             .map_err(|_| Undecryptable::Malformed("a message key is 32 bytes"))?;
         let content = e2ee::open_content(&key, &env.nonce, &aad, &env.ciphertext).map_err(content)?;
-        self.message_keys.insert(id, key);
+        self.keep(id, key);
         Ok(content)
     }
 
@@ -477,6 +487,8 @@ impl Crypto {
                 .map(|(k, v)| (k.to_vec(), v.iter().map(Session::pickle).collect()))
                 .collect(),
             message_keys: self.message_keys.iter().map(|(k, v)| (k.clone(), v.to_vec())).collect(),
+            backup: self.backup.clone(),
+            backup_pending: self.backup_pending.iter().cloned().collect(),
         };
         let json = serde_json::to_vec(&saved).expect("the state serializes");
         let mut out = nonce.to_vec();
@@ -505,7 +517,102 @@ impl Crypto {
             identity_published: s.identity_published,
             sessions,
             message_keys,
+            backup: s.backup,
+            backup_pending: s.backup_pending.into_iter().collect(),
         })
+    }
+
+    /// Keep a message key (and queue it for the backup, if there is one).
+    fn keep(&mut self, id: MessageRef, key: [u8; MESSAGE_KEY_BYTES]) {
+        if self.backup.is_some() && !self.message_keys.contains_key(&id) {
+            self.backup_pending.insert(id.clone());
+        }
+        self.message_keys.insert(id, key);
+    }
+
+    /// The user's key backup as the server reports it (PROTOCOL.md §12.9). A new version
+    /// queues every kept key for it; version 0 (none) stops backing up.
+    pub fn set_backup(&mut self, b: &pb::KeyBackup) {
+        if b.version == 0 {
+            self.backup = None;
+            self.backup_pending.clear();
+            return;
+        }
+        if self.backup.as_ref().map(|(v, _)| *v) != Some(b.version) {
+            self.backup = Some((b.version, b.public_key.clone()));
+            self.backup_pending = self.message_keys.keys().cloned().collect();
+        }
+    }
+
+    /// The backup version this device backs up to (0: none).
+    pub fn backup_version(&self) -> u64 {
+        self.backup.as_ref().map_or(0, |(v, _)| *v)
+    }
+
+    /// Kept keys waiting for the backup.
+    pub fn backup_pending(&self) -> usize {
+        self.backup_pending.len()
+    }
+
+    /// Up to `max` waiting keys sealed to the backup, as the request that stores them.
+    pub fn backup_batch(&self, max: usize) -> Option<pb::PutBackupKeys> {
+        let (version, public_key) = self.backup.as_ref()?;
+        let keys: Vec<pb::BackupKey> = self
+            .backup_pending
+            .iter()
+            .take(max)
+            .filter_map(|id| {
+                let key = self.message_keys.get(id)?;
+                backup::seal_key(public_key, &backed_up(id), key)
+            })
+            .collect();
+        (!keys.is_empty()).then_some(pb::PutBackupKeys {
+            version: *version,
+            keys,
+        })
+    }
+
+    /// The server stored `batch`: those keys wait no more.
+    pub fn backed_up(&mut self, batch: &pb::PutBackupKeys) {
+        if batch.version != self.backup_version() {
+            return;
+        }
+        for k in &batch.keys {
+            self.backup_pending.remove(&(
+                k.conversation_id,
+                k.sender_user_id,
+                k.sender_device_id,
+                k.client_msg_id.clone(),
+            ));
+        }
+    }
+
+    /// Keep the message keys of a backup page, opened with the recovery key (checked
+    /// against the backup first with [`backup::check`]); how many were new.
+    pub fn restore(
+        &mut self,
+        recovery: &backup::RecoveryKey,
+        keys: &[pb::BackupKey],
+    ) -> Result<usize, backup::BackupError> {
+        let mut opened = Vec::with_capacity(keys.len());
+        for k in keys {
+            opened.push(backup::open_key(recovery, k)?);
+        }
+        let mut new = 0;
+        for (id, key) in opened {
+            let id = (id.conversation.0, id.user.0, id.device.0, id.client_msg_id);
+            new += usize::from(self.message_keys.insert(id, key).is_none());
+        }
+        Ok(new)
+    }
+}
+
+fn backed_up(id: &MessageRef) -> backup::BackedUp {
+    backup::BackedUp {
+        conversation: ConversationId(id.0),
+        user: UserId(id.1),
+        device: DeviceId(id.2),
+        client_msg_id: id.3.clone(),
     }
 }
 
@@ -525,6 +632,8 @@ fn message_ref(event: &pb::ConversationEvent) -> Option<MessageRef> {
 fn content(e: ContentError) -> Undecryptable {
     Undecryptable::Content(e.to_string())
 }
+
+pub mod backup;
 
 #[cfg(test)]
 mod tests;

@@ -165,6 +165,47 @@ pub fn device_keys(user: u64) -> Call<Vec<pb::DeviceKeys>> {
     })
 }
 
+/// Start a new key backup version with `public_key` (PROTOCOL.md §12.9), replacing
+/// `replaces_version` (0: none was seen).
+pub fn create_key_backup(public_key: Vec<u8>, replaces_version: u64) -> Call<pb::KeyBackup> {
+    let op = Op::CreateKeyBackup(pb::CreateKeyBackup {
+        public_key,
+        replaces_version,
+    });
+    Call::new(op, key_backup)
+}
+
+/// The user's current key backup (version 0: none).
+pub fn get_key_backup() -> Call<pb::KeyBackup> {
+    Call::new(Op::GetKeyBackup(pb::GetKeyBackup {}), key_backup)
+}
+
+fn key_backup(r: Res) -> Option<pb::KeyBackup> {
+    match r {
+        Res::KeyBackup(b) => Some(b),
+        _ => None,
+    }
+}
+
+/// Store sealed message keys in the backup.
+pub fn put_backup_keys(batch: pb::PutBackupKeys) -> Call<()> {
+    Call::new(Op::PutBackupKeys(batch), done)
+}
+
+/// A page of one conversation's backed-up keys after the cursor `after`.
+pub fn get_backup_keys(version: u64, conversation: ConversationId, after: Vec<u8>) -> Call<pb::BackupKeys> {
+    let op = Op::GetBackupKeys(pb::GetBackupKeys {
+        version,
+        conversation_id: conversation.0,
+        after,
+        limit: 0,
+    });
+    Call::new(op, |r| match r {
+        Res::BackupKeys(k) => Some(k),
+        _ => None,
+    })
+}
+
 /// A new private group owned by the caller.
 pub fn create_group(name: &str, usernames: Vec<String>) -> Call<pb::ConversationSummary> {
     let op = Op::CreateGroup(pb::CreateGroup {

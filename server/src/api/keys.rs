@@ -1,7 +1,8 @@
 //! End-to-end encryption requests (PROTOCOL.md §12): publishing, claiming and listing
 //! device keys, and keeping every encrypted conversation's device list in step with its
 //! members' devices — a device that first publishes keys is added to its user's
-//! encrypted conversations, a logged-out one removed, each as an ordered event.
+//! encrypted conversations, a logged-out one removed, each as an ordered event — and the
+//! key backup (§12.9), only for conversations the caller is a member of.
 use natter_protocol::codec::encode_frame;
 use natter_protocol::pb::{self, request::Op, response::Result as Res, ErrorCode};
 use natter_protocol::{ConversationId, DeviceId, ServerError, UserId};
@@ -106,7 +107,25 @@ fn counts_signal(user: UserId, counts: pb::KeyCounts) -> (Vec<UserId>, bytes::By
     (vec![user], encode_frame(&frame))
 }
 
-/// `UploadKeys`, `ClaimKeys`, `GetDeviceKeys`.
+/// The conversations `user` is a member of.
+async fn member_of(ctx: &Ctx, user: UserId) -> Result<std::collections::HashSet<u64>, ServerError> {
+    Ok(ctx
+        .store
+        .user_conversations(user)
+        .await?
+        .into_iter()
+        .map(|c| c.0)
+        .collect())
+}
+
+fn not_member(conv: u64) -> ServerError {
+    ServerError::new(
+        ErrorCode::NotMember,
+        format!("backed-up keys of conversation {conv}, which you are not a member of"),
+    )
+}
+
+/// `UploadKeys`, `ClaimKeys`, `GetDeviceKeys` and the key backup's requests.
 pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError> {
     match op {
         Op::UploadKeys(r) => {
@@ -153,6 +172,27 @@ pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError
                 user_id: target.0,
                 devices,
             }))
+        }
+        Op::GetKeyBackup(_) => Ok(Res::KeyBackup(ctx.keys.backup(actor.user).await?)),
+        Op::CreateKeyBackup(r) => Ok(Res::KeyBackup(
+            ctx.keys
+                .create_backup(actor.user, &r.public_key, r.replaces_version)
+                .await?,
+        )),
+        Op::PutBackupKeys(r) => {
+            ctx.rates.send(actor.user)?;
+            let mine = member_of(ctx, actor.user).await?;
+            if let Some(k) = r.keys.iter().find(|k| !mine.contains(&k.conversation_id)) {
+                return Err(not_member(k.conversation_id));
+            }
+            ctx.keys.put_backup_keys(actor.user, &r).await?;
+            Ok(Res::Done(pb::Done {}))
+        }
+        Op::GetBackupKeys(r) => {
+            if !member_of(ctx, actor.user).await?.contains(&r.conversation_id) {
+                return Err(not_member(r.conversation_id));
+            }
+            Ok(Res::BackupKeys(ctx.keys.backup_keys(actor.user, &r).await?))
         }
         _ => Err(ServerError::new(ErrorCode::Internal, "not a key request")),
     }

@@ -389,7 +389,13 @@ pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError
         op @ (Op::CreateUpload(_) | Op::GetUpload(_) | Op::CancelUpload(_) | Op::GetMedia(_) | Op::MediaUrl(_)) => {
             media::handle(ctx, actor, op).await
         }
-        op @ (Op::UploadKeys(_) | Op::ClaimKeys(_) | Op::GetDeviceKeys(_)) => keys::handle(ctx, actor, op).await,
+        op @ (Op::UploadKeys(_)
+        | Op::ClaimKeys(_)
+        | Op::GetDeviceKeys(_)
+        | Op::CreateKeyBackup(_)
+        | Op::GetKeyBackup(_)
+        | Op::PutBackupKeys(_)
+        | Op::GetBackupKeys(_)) => keys::handle(ctx, actor, op).await,
         Op::Ping(p) => Ok(Res::Pong(pb::Pong {
             nonce: p.nonce,
             server_time_ms: crate::clock::now_ms(),

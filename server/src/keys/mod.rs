@@ -1,8 +1,9 @@
 //! Device keys for end-to-end encryption (PROTOCOL.md §12.1–12.2): publishing a device's
 //! identity, one-time and fallback keys (every signature checked, no one-time key ever
 //! accepted twice), claiming one key per device atomically, and the counts a device
-//! refills by. Public keys only: the server can verify who published a key, never read
-//! what it protects. Which conversations a new device joins is decided above (api).
+//! refills by; and each user's key backup (§12.9), a public key and message keys sealed
+//! to it. Public keys and sealed bytes only: the server can verify who published a key,
+//! never read what it protects. Which conversations a new device joins is decided above (api).
 //!
 //! May import: `store`, `security`, `clock`, `error`.
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use natter_protocol::pb::{self, ErrorCode};
 use natter_protocol::{DeviceId, ServerError, UserId};
 use ring::signature::{UnparsedPublicKey, ED25519};
 
-use crate::store::{DeviceKeysRecord, KeyState, OneTimeKeyRecord, Store, StoreError};
+use crate::store::{BackupKeyRecord, DeviceKeysRecord, KeyBackupRecord, KeyState, OneTimeKeyRecord, Store, StoreError};
 
 /// One-time keys the server holds per device.
 pub const MAX_ONE_TIME_KEYS: usize = natter_protocol::limits::MAX_ONE_TIME_KEYS;
@@ -272,6 +273,87 @@ impl Keys {
     pub async fn remove(&self, user: UserId, device: DeviceId) -> Result<bool, ServerError> {
         Ok(self.store.delete_key_state(user, device).await?)
     }
+
+    /// The user's key backup (version 0: none) (PROTOCOL.md §12.9).
+    pub async fn backup(&self, user: UserId) -> Result<pb::KeyBackup, ServerError> {
+        Ok(self.store.key_backup(user).await?.map(backup_wire).unwrap_or_default())
+    }
+
+    /// Start a new backup version over `replaces` (the version the caller saw; 0: none).
+    pub async fn create_backup(
+        &self,
+        user: UserId,
+        public_key: &[u8],
+        replaces: u64,
+    ) -> Result<pb::KeyBackup, ServerError> {
+        if public_key.len() != PUBLIC_KEY_BYTES {
+            return Err(bad(format!("a backup public key is {PUBLIC_KEY_BYTES} bytes")));
+        }
+        let rec = KeyBackupRecord {
+            user,
+            version: replaces + 1,
+            public_key: public_key.to_vec(),
+        };
+        match self.store.put_key_backup(&rec).await {
+            Ok(()) => Ok(backup_wire(rec)),
+            Err(StoreError::Changed) => Err(changed_backup()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Store sealed keys in the current backup version `version`. Every key is checked
+    /// first; none is stored unless all are well-formed.
+    pub async fn put_backup_keys(&self, user: UserId, r: &pb::PutBackupKeys) -> Result<(), ServerError> {
+        natter_protocol::validate::count("backed-up keys", r.keys.len(), MAX_BACKUP_KEYS)?;
+        for k in &r.keys {
+            natter_protocol::validate::backup_key(k)?;
+        }
+        if r.version == 0 || self.backup(user).await?.version != r.version {
+            return Err(changed_backup());
+        }
+        let recs: Vec<BackupKeyRecord> = r
+            .keys
+            .iter()
+            .map(|k| BackupKeyRecord::from_wire(r.version, k))
+            .collect();
+        Ok(self.store.put_backup_keys(user, &recs).await?)
+    }
+
+    /// A page of the user's backed-up keys of `r.version` in one conversation.
+    pub async fn backup_keys(&self, user: UserId, r: &pb::GetBackupKeys) -> Result<pb::BackupKeys, ServerError> {
+        let limit = match r.limit as usize {
+            0 => MAX_BACKUP_KEYS,
+            n => n.min(MAX_BACKUP_KEYS),
+        };
+        let conv = natter_protocol::ConversationId(r.conversation_id);
+        let page = self.store.backup_keys(user, conv, r.version, &r.after, limit).await?;
+        let next = if page.len() == limit {
+            page.last().map(BackupKeyRecord::id).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        Ok(pb::BackupKeys {
+            keys: page.iter().map(BackupKeyRecord::to_wire).collect(),
+            next,
+        })
+    }
+}
+
+/// Backed-up keys in one request or page.
+const MAX_BACKUP_KEYS: usize = natter_protocol::limits::MAX_BACKUP_KEYS;
+
+fn backup_wire(rec: KeyBackupRecord) -> pb::KeyBackup {
+    pb::KeyBackup {
+        version: rec.version,
+        public_key: rec.public_key,
+    }
+}
+
+fn changed_backup() -> ServerError {
+    ServerError::new(
+        ErrorCode::Conflict,
+        "the key backup was replaced; fetch the current one",
+    )
 }
 
 fn busy() -> ServerError {

@@ -1,11 +1,12 @@
 //! The end-to-end encryption records the store keeps (PROTOCOL.md §12.1): one
 //! [`KeyState`] per device that published keys — its identity keys, its stock of one-time
 //! keys, its fallback key and every one-time key it ever published (so none is taken
-//! twice). Public keys only: nothing here can read a message.
+//! twice) — and each user's key backup (§12.9): its public key and the message keys
+//! sealed to it. Public keys and sealed bytes only: nothing here can read a message.
 use std::collections::BTreeSet;
 
 use natter_protocol::pb;
-use natter_protocol::{DeviceId, UserId};
+use natter_protocol::{ConversationId, DeviceId, UserId};
 use serde::{Deserialize, Serialize};
 
 /// A device's identity keys and their self-signature, as the device published them.
@@ -69,4 +70,71 @@ pub struct EncryptedDevice {
     pub device: DeviceId,
     /// Its identity keys.
     pub keys: DeviceKeysRecord,
+}
+
+/// A user's key backup (PROTOCOL.md §12.9): which version is current and the public key
+/// its keys are sealed to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyBackupRecord {
+    /// Whose.
+    pub user: UserId,
+    /// 1, 2, …: each new backup replaces the one before.
+    pub version: u64,
+    /// X25519, 32 bytes.
+    pub public_key: Vec<u8>,
+}
+
+/// One message key in a backup, sealed to its public key: opaque to the server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupKeyRecord {
+    /// The backup version it was sealed for.
+    pub version: u64,
+    /// The message it opens.
+    pub conversation: ConversationId,
+    /// Its sender.
+    pub sender_user: UserId,
+    /// Its sender's device.
+    pub sender_device: DeviceId,
+    /// Its client message id.
+    pub client_msg_id: String,
+    /// HPKE encapsulated key.
+    pub encapsulated_key: Vec<u8>,
+    /// HPKE ciphertext.
+    pub ciphertext: Vec<u8>,
+}
+
+impl BackupKeyRecord {
+    /// Orders a conversation's keys (and is the cursor of a page): sender user and
+    /// device big-endian, then the client message id.
+    pub fn id(&self) -> Vec<u8> {
+        let mut id = self.sender_user.0.to_be_bytes().to_vec();
+        id.extend(self.sender_device.0.to_be_bytes());
+        id.extend(self.client_msg_id.as_bytes());
+        id
+    }
+
+    /// From the wire, for backup `version`.
+    pub fn from_wire(version: u64, k: &pb::BackupKey) -> Self {
+        BackupKeyRecord {
+            version,
+            conversation: ConversationId(k.conversation_id),
+            sender_user: UserId(k.sender_user_id),
+            sender_device: DeviceId(k.sender_device_id),
+            client_msg_id: k.client_msg_id.clone(),
+            encapsulated_key: k.encapsulated_key.clone(),
+            ciphertext: k.ciphertext.clone(),
+        }
+    }
+
+    /// The wire form.
+    pub fn to_wire(&self) -> pb::BackupKey {
+        pb::BackupKey {
+            conversation_id: self.conversation.0,
+            sender_user_id: self.sender_user.0,
+            sender_device_id: self.sender_device.0,
+            client_msg_id: self.client_msg_id.clone(),
+            encapsulated_key: self.encapsulated_key.clone(),
+            ciphertext: self.ciphertext.clone(),
+        }
+    }
 }

@@ -37,6 +37,8 @@ struct State {
     media_usage: HashMap<UserId, u64>,
     secrets: HashMap<String, [u8; 32]>,
     keys: BTreeMap<(UserId, DeviceId), KeyState>,
+    backups: HashMap<UserId, KeyBackupRecord>,
+    backup_keys: BTreeMap<(UserId, ConversationId, Vec<u8>), BackupKeyRecord>,
 }
 
 #[derive(Debug, Default)]
@@ -440,6 +442,57 @@ impl Store for MemoryStore {
 
     async fn delete_key_state(&self, user: UserId, device: DeviceId) -> Result<bool, StoreError> {
         Ok(self.with(|s| s.keys.remove(&(user, device)).is_some()))
+    }
+
+    async fn key_backup(&self, user: UserId) -> Result<Option<KeyBackupRecord>, StoreError> {
+        Ok(self.with(|s| s.backups.get(&user).cloned()))
+    }
+
+    async fn put_key_backup(&self, rec: &KeyBackupRecord) -> Result<(), StoreError> {
+        self.with(|s| {
+            let now = s.backups.get(&rec.user).map_or(0, |b| b.version);
+            if now + 1 != rec.version {
+                return Err(StoreError::Changed);
+            }
+            s.backups.insert(rec.user, rec.clone());
+            Ok(())
+        })
+    }
+
+    async fn put_backup_keys(&self, user: UserId, keys: &[BackupKeyRecord]) -> Result<(), StoreError> {
+        self.with(|s| {
+            for k in keys {
+                s.backup_keys.insert((user, k.conversation, k.id()), k.clone());
+            }
+        });
+        Ok(())
+    }
+
+    async fn backup_keys(
+        &self,
+        user: UserId,
+        conv: ConversationId,
+        version: u64,
+        after: &[u8],
+        limit: usize,
+    ) -> Result<Vec<BackupKeyRecord>, StoreError> {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        Ok(self.with(|s| {
+            let from = (user, conv, after.to_vec());
+            let start = if after.is_empty() {
+                Included(from)
+            } else {
+                Excluded(from)
+            };
+            s.backup_keys
+                .range((start, Unbounded))
+                .take_while(|((u, c, _), _)| (*u, *c) == (user, conv))
+                .map(|(_, k)| k)
+                .filter(|k| k.version == version)
+                .take(limit)
+                .cloned()
+                .collect()
+        }))
     }
 
     async fn expired_uploads(&self, now_ms: u64, limit: usize) -> Result<Vec<MediaId>, StoreError> {

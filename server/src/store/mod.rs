@@ -25,7 +25,7 @@ pub mod suite;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testredis;
 
-pub use keys::{DeviceKeysRecord, EncryptedDevice, KeyState, OneTimeKeyRecord};
+pub use keys::{BackupKeyRecord, DeviceKeysRecord, EncryptedDevice, KeyBackupRecord, KeyState, OneTimeKeyRecord};
 pub use media::{MediaId, MediaRecord, MediaRef, MediaState, ReadyInfo, ThumbRecord, UploadId};
 pub use memory::MemoryStore;
 pub use redis_store::{Durability, RedisConn, RedisStore};
@@ -372,6 +372,25 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn put_key_state(&self, rec: &KeyState) -> Result<(), StoreError>;
     /// Delete a device's key record; false if it had none.
     async fn delete_key_state(&self, user: UserId, device: DeviceId) -> Result<bool, StoreError>;
+
+    /// The user's key backup (PROTOCOL.md §12.9), if one was set up.
+    async fn key_backup(&self, user: UserId) -> Result<Option<KeyBackupRecord>, StoreError>;
+    /// Make `rec` the user's backup if the current one is at `rec.version - 1` (0: none);
+    /// otherwise [`StoreError::Changed`] and nothing written. Durable when it returns.
+    async fn put_key_backup(&self, rec: &KeyBackupRecord) -> Result<(), StoreError>;
+    /// Add backed-up keys of `user`, each replacing the one for the same message (of any
+    /// version). Durable when it returns.
+    async fn put_backup_keys(&self, user: UserId, keys: &[BackupKeyRecord]) -> Result<(), StoreError>;
+    /// Up to `limit` of `user`'s backed-up keys of `version` in `conv`, in
+    /// [`BackupKeyRecord::id`] order after `after` (empty: from the first).
+    async fn backup_keys(
+        &self,
+        user: UserId,
+        conv: ConversationId,
+        version: u64,
+        after: &[u8],
+        limit: usize,
+    ) -> Result<Vec<BackupKeyRecord>, StoreError>;
 }
 
 /// 32 fresh random bytes.

@@ -913,6 +913,72 @@ impl Store for RedisStore {
         Ok(removed > 0)
     }
 
+    async fn key_backup(&self, user: UserId) -> Result<Option<KeyBackupRecord>, StoreError> {
+        let raw: Option<Vec<u8>> = self
+            .conn
+            .query(redis::cmd("HGET").arg(uk(user, "backup")).arg("b"))
+            .await?;
+        raw.map(|b| dec(&b)).transpose()
+    }
+
+    async fn put_key_backup(&self, rec: &KeyBackupRecord) -> Result<(), StoreError> {
+        // The backup record is field `b` of its own hash, under the key records' CAS.
+        let mut inv = self.keys_cas.key(uk(rec.user, "backup"));
+        inv.arg("b")
+            .arg(rec.version.saturating_sub(1))
+            .arg(rec.version)
+            .arg(enc(rec));
+        let replaced: i64 = self.conn.script(&inv).await?;
+        if replaced == 0 {
+            return Err(StoreError::Changed);
+        }
+        self.replicated().await
+    }
+
+    async fn put_backup_keys(&self, user: UserId, keys: &[BackupKeyRecord]) -> Result<(), StoreError> {
+        // One hash per conversation (field: the key's id), in the user's slot.
+        let mut by_conv: std::collections::BTreeMap<ConversationId, Vec<&BackupKeyRecord>> = Default::default();
+        for k in keys {
+            by_conv.entry(k.conversation).or_default().push(k);
+        }
+        for (conv, ks) in by_conv {
+            let mut cmd = redis::cmd("HSET");
+            cmd.arg(uk(user, &format!("bk:{}", conv.0)));
+            for k in ks {
+                cmd.arg(k.id()).arg(enc(k));
+            }
+            self.conn.query::<()>(&cmd).await?;
+        }
+        self.replicated().await
+    }
+
+    async fn backup_keys(
+        &self,
+        user: UserId,
+        conv: ConversationId,
+        version: u64,
+        after: &[u8],
+        limit: usize,
+    ) -> Result<Vec<BackupKeyRecord>, StoreError> {
+        let all: Vec<(Vec<u8>, Vec<u8>)> = self
+            .conn
+            .query(redis::cmd("HGETALL").arg(uk(user, &format!("bk:{}", conv.0))))
+            .await?;
+        let mut page: Vec<(Vec<u8>, Vec<u8>)> = all.into_iter().filter(|(id, _)| id.as_slice() > after).collect();
+        page.sort();
+        let mut out = Vec::new();
+        for (_, v) in page {
+            let rec: BackupKeyRecord = dec(&v)?;
+            if rec.version == version {
+                out.push(rec);
+                if out.len() == limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     async fn expired_uploads(&self, now_ms: u64, limit: usize) -> Result<Vec<MediaId>, StoreError> {
         let ids: Vec<String> = self
             .conn

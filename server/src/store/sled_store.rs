@@ -686,6 +686,74 @@ impl Store for SledStore {
         .await
     }
 
+    async fn key_backup(&self, user: UserId) -> Result<Option<KeyBackupRecord>, StoreError> {
+        self.view()
+            .await?
+            .get(&key(b"kb/", &[&be(user.0)]))?
+            .map(|v| dec(&v))
+            .transpose()
+    }
+
+    async fn put_key_backup(&self, rec: &KeyBackupRecord) -> Result<(), StoreError> {
+        let rec = rec.clone();
+        self.write(true, move |h| {
+            media_txn(&h.tree, |t| {
+                let k = key(b"kb/", &[&be(rec.user.0)]);
+                let now = match t.get(&k)? {
+                    Some(v) => dec::<KeyBackupRecord>(&v).map_err(Abort::Abort)?.version,
+                    None => 0,
+                };
+                if now + 1 != rec.version {
+                    return Err(Abort::Abort(StoreError::Changed));
+                }
+                t.insert(k, enc(&rec))?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn put_backup_keys(&self, user: UserId, keys: &[BackupKeyRecord]) -> Result<(), StoreError> {
+        let keys = keys.to_vec();
+        self.write(true, move |h| {
+            let mut batch = sled::Batch::default();
+            for k in &keys {
+                batch.insert(backup_key_key(user, k.conversation, &k.id()), enc(k));
+            }
+            h.tree.apply_batch(batch).map_err(backend)
+        })
+        .await
+    }
+
+    async fn backup_keys(
+        &self,
+        user: UserId,
+        conv: ConversationId,
+        version: u64,
+        after: &[u8],
+        limit: usize,
+    ) -> Result<Vec<BackupKeyRecord>, StoreError> {
+        use std::ops::Bound::{Excluded, Included};
+        let first = backup_key_key(user, conv, after);
+        let end = key(b"kk/", &[&be(user.0), &be(conv.0 + 1)]);
+        let start = if after.is_empty() {
+            Included(first)
+        } else {
+            Excluded(first)
+        };
+        let mut out = Vec::new();
+        for item in self.view().await?.range((start, Excluded(end)), false) {
+            let rec: BackupKeyRecord = dec(&item?.1)?;
+            if rec.version == version {
+                out.push(rec);
+                if out.len() == limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     async fn expired_uploads(&self, now_ms: u64, limit: usize) -> Result<Vec<MediaId>, StoreError> {
         let mut out = Vec::new();
         for item in self.view().await?.prefix(b"md/", false) {
@@ -706,6 +774,10 @@ use sled::transaction::ConflictableTransactionError as Abort;
 
 fn keys_key(user: UserId, device: DeviceId) -> Vec<u8> {
     key(b"k/", &[&be(user.0), &be(device.0)])
+}
+
+fn backup_key_key(user: UserId, conv: ConversationId, id: &[u8]) -> Vec<u8> {
+    key(b"kk/", &[&be(user.0), &be(conv.0), id])
 }
 
 fn media_key(id: &MediaId) -> Vec<u8> {

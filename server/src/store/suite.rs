@@ -43,7 +43,7 @@ macro_rules! store_suite {
         $crate::store::suite::store_suite!(@each $make;
             accounts presence_records devices conversation_records paging idempotency_keys
             read_and_delivered_cursors unread_counts message_state member_removal claims
-            media_records media_quota shared_secrets key_records);
+            media_records media_quota shared_secrets key_records key_backups);
     };
     (@each $make:expr; $($behaviour:ident)*) => {
         $(
@@ -426,4 +426,74 @@ pub(crate) async fn key_records(store: &dyn Store) {
     assert_eq!(store.user_key_states(other).await.unwrap(), vec![theirs]);
     // A deleted record can be made again from version 1.
     store.put_key_state(&rec(1, 1, &[8])).await.unwrap();
+}
+
+pub(crate) async fn key_backups(store: &dyn Store) {
+    let (u, other) = (UserId(5), UserId(6));
+    let (c1, c2) = (ConversationId(10), ConversationId(11));
+    let backup = |version: u64| KeyBackupRecord {
+        user: u,
+        version,
+        public_key: vec![version as u8; 32],
+    };
+    let key = |version: u64, conv: ConversationId, sender: u64, id: &str| BackupKeyRecord {
+        version,
+        conversation: conv,
+        sender_user: UserId(sender),
+        sender_device: DeviceId(1),
+        client_msg_id: id.into(),
+        encapsulated_key: vec![version as u8; 32],
+        ciphertext: vec![7; 48],
+    };
+    assert_eq!(store.key_backup(u).await.unwrap(), None);
+    assert!(matches!(
+        store.put_key_backup(&backup(2)).await,
+        Err(StoreError::Changed)
+    ));
+    store.put_key_backup(&backup(1)).await.unwrap();
+    assert!(
+        matches!(store.put_key_backup(&backup(1)).await, Err(StoreError::Changed)),
+        "two devices starting a backup at once: one wins"
+    );
+    assert_eq!(store.key_backup(u).await.unwrap(), Some(backup(1)));
+    assert_eq!(store.key_backup(other).await.unwrap(), None);
+
+    // Keys of two conversations, out of order; a page reads one conversation in id order.
+    let keys = vec![
+        key(1, c1, 9, "b"),
+        key(1, c2, 1, "x"),
+        key(1, c1, 2, "z"),
+        key(1, c1, 9, "a"),
+    ];
+    store.put_backup_keys(u, &keys).await.unwrap();
+    let ids = |v: Vec<BackupKeyRecord>| -> Vec<(u64, String)> {
+        v.into_iter().map(|k| (k.sender_user.0, k.client_msg_id)).collect()
+    };
+    let all = store.backup_keys(u, c1, 1, &[], 10).await.unwrap();
+    assert_eq!(
+        ids(all.clone()),
+        vec![(2, "z".into()), (9, "a".into()), (9, "b".into())]
+    );
+    let first = store.backup_keys(u, c1, 1, &[], 2).await.unwrap();
+    assert_eq!(first.len(), 2);
+    let rest = store.backup_keys(u, c1, 1, &first[1].id(), 10).await.unwrap();
+    assert_eq!(ids(rest), vec![(9, "b".into())]);
+    assert_eq!(
+        ids(store.backup_keys(u, c2, 1, &[], 10).await.unwrap()),
+        vec![(1, "x".into())]
+    );
+    assert!(store.backup_keys(other, c1, 1, &[], 10).await.unwrap().is_empty());
+
+    // A new version: keys of the old one are not read, and re-sealed ones replace them.
+    store.put_key_backup(&backup(2)).await.unwrap();
+    assert!(store.backup_keys(u, c1, 2, &[], 10).await.unwrap().is_empty());
+    store.put_backup_keys(u, &[key(2, c1, 9, "a")]).await.unwrap();
+    assert_eq!(
+        store.backup_keys(u, c1, 2, &[], 10).await.unwrap(),
+        vec![key(2, c1, 9, "a")]
+    );
+    assert_eq!(
+        ids(store.backup_keys(u, c1, 1, &[], 10).await.unwrap()),
+        vec![(2, "z".into()), (9, "b".into())]
+    );
 }

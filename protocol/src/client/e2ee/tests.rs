@@ -333,3 +333,42 @@ fn saved_state_reopens_only_with_its_key_and_carries_on() {
     assert_eq!(body(b1.open(&ev2, Some(&a1_keys)).unwrap()), "after");
     assert!(!format!("{b1:?}").contains("after"));
 }
+
+#[test]
+fn a_new_device_opens_history_from_the_backup_with_the_recovery_key() {
+    let (mut stock, mut a1, a2, mut b1) = setup();
+    let recovery = backup::RecoveryKey::from_random([7; 32]);
+    let info = pb::KeyBackup {
+        version: 1,
+        public_key: recovery.public_key().to_vec(),
+    };
+    let first = send(&mut stock, &mut a1, &[&a2, &b1], "m1", "before the backup");
+    let a1_keys = stock.identity(&a1);
+    b1.open(&first, Some(&a1_keys)).unwrap();
+    // Setting up the backup queues what b1 already kept; what it opens later joins.
+    b1.set_backup(&info);
+    assert_eq!((b1.backup_version(), b1.backup_pending()), (1, 1));
+    let second = send(&mut stock, &mut a1, &[&a2, &b1], "m2", "after it");
+    b1.open(&second, Some(&a1_keys)).unwrap();
+    let batch = b1.backup_batch(100).unwrap();
+    assert_eq!(batch.keys.len(), 2);
+    b1.backed_up(&batch);
+    assert_eq!(b1.backup_pending(), 0);
+    assert!(b1.backup_batch(100).is_none());
+
+    // A new device of bob's, never sent to: opens both from the backup alone.
+    let mut b2 = Crypto::new(UserId(2), DeviceId(22));
+    assert_eq!(
+        b2.open(&first, Some(&a1_keys)).unwrap_err(),
+        Undecryptable::NotForThisDevice
+    );
+    let wrong = backup::RecoveryKey::from_random([8; 32]);
+    assert_eq!(backup::check(&wrong, &info), Err(backup::BackupError::WrongKey));
+    assert_eq!(b2.restore(&wrong, &batch.keys), Err(backup::BackupError::Corrupt));
+    assert_eq!(b2.restore(&recovery, &batch.keys), Ok(2));
+    assert_eq!(body(b2.open(&first, None).unwrap()), "before the backup");
+    assert_eq!(body(b2.open(&second, None).unwrap()), "after it");
+    // The restored keys survive a save.
+    let b2 = Crypto::load(&[3; 32], &b2.save(&[3; 32], [4; 24])).unwrap();
+    assert!(b2.has_message_key(&first) && b2.has_message_key(&second));
+}
