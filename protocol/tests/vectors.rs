@@ -273,6 +273,44 @@ fn e2ee_vectors() {
         assert_eq!(e2ee::open_content(&key, &nonce, &aad, &sealed).unwrap(), content);
         line(&mut out, &format!("{name}.ciphertext"), &sealed);
     }
+    // The key backup (§12.9): recovery key 80..9f, its text and its HPKE public key; and
+    // the message key above sealed to it for the message above. HPKE sealing is
+    // randomised, so the sealed pair is kept from the committed file and checked to open.
+    use natter_protocol::client::e2ee::backup;
+    let recovery = backup::RecoveryKey::from_random(std::array::from_fn(|i| 0x80 + i as u8));
+    line(&mut out, "recovery_key.text", recovery.to_display().as_bytes());
+    line(&mut out, "recovery_key.public_key", &recovery.public_key());
+    let committed = std::fs::read_to_string(E2EE).unwrap_or_default();
+    let kept = |name: &str| {
+        committed
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|h| hex::decode(h).ok())
+    };
+    let id = backup::BackedUp {
+        conversation: ConversationId(42),
+        user,
+        device,
+        client_msg_id: "m1".into(),
+    };
+    let sealed = match (kept("backup_key.encapsulated_key"), kept("backup_key.ciphertext")) {
+        (Some(enc), Some(ct)) if std::env::var("NATTER_WRITE_VECTORS").is_err() => pb::BackupKey {
+            conversation_id: 42,
+            sender_user_id: user.0,
+            sender_device_id: device.0,
+            client_msg_id: "m1".into(),
+            encapsulated_key: enc,
+            ciphertext: ct,
+        },
+        _ => backup::seal_key(&recovery.public_key(), &id, &key).unwrap(),
+    };
+    assert_eq!(
+        backup::open_key(&recovery, &sealed).unwrap(),
+        (id, key),
+        "the backed-up key opens"
+    );
+    line(&mut out, "backup_key.encapsulated_key", &sealed.encapsulated_key);
+    line(&mut out, "backup_key.ciphertext", &sealed.ciphertext);
     if std::env::var("NATTER_WRITE_VECTORS").is_ok() {
         std::fs::write(E2EE, &out).unwrap();
     }

@@ -305,6 +305,27 @@ impl NatterClient {
         run(async move { c.encrypted_direct(&username).await }).await
     }
 
+    /// Set up a key backup for this user (replacing any earlier one) and back up every
+    /// message key this device holds; returns the recovery key (53 characters in groups
+    /// of four) — show it once, the person keeps it.
+    pub async fn enable_backup(&self) -> Result<String, NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.enable_backup().await }).await
+    }
+
+    /// Restore message keys from the key backup with the person's recovery key; how many
+    /// were new. `MalformedRecoveryKey` / `WrongRecoveryKey` / `NoKeyBackup` read nothing.
+    pub async fn restore_backup(&self, recovery_key: String) -> Result<u64, NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.restore_backup(&recovery_key).await }).await
+    }
+
+    /// Upload the message keys still waiting for the backup now.
+    pub async fn backup_now(&self) -> Result<(), NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.backup_now().await }).await
+    }
+
     /// A new private group owned by the caller.
     pub async fn create_group(&self, name: String, usernames: Vec<String>) -> Result<Conversation, NatterError> {
         let c = self.inner.clone();

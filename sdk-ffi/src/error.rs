@@ -1,7 +1,7 @@
 //! `NatterError`: every failure an app can see, flattened from natter-sdk's `ClientError`
 //! (and the protocol's `RequestError`) into one enum at the FFI edge. Kotlin sees
 //! `NatterException.Server`, Swift `NatterError.Server`, Python `NatterError.Server`.
-use natter_sdk::{ClientError, RequestError};
+use natter_sdk::{BackupError, ClientError, RequestError};
 
 use crate::types::ErrorCode;
 
@@ -90,6 +90,19 @@ pub enum NatterError {
         /// What failed.
         detail: String,
     },
+    /// Not a recovery key (a typo, most likely: the check character disagrees); nothing
+    /// was read.
+    #[error("not a recovery key: {detail}")]
+    MalformedRecoveryKey {
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// A well-formed recovery key, but not this user's backup's; nothing was read.
+    #[error("the recovery key does not open this backup")]
+    WrongRecoveryKey,
+    /// The user has no key backup to restore from.
+    #[error("no key backup was set up")]
+    NoKeyBackup,
 }
 
 impl From<ClientError> for NatterError {
@@ -116,6 +129,12 @@ impl From<ClientError> for NatterError {
             ClientError::Resume(e) => NatterError::NotTheSameFile { detail: e.to_string() },
             ClientError::File(detail) => NatterError::File { detail },
             ClientError::FileCrypto(e) => NatterError::Decrypt { detail: e.to_string() },
+            ClientError::E2ee(natter_sdk::E2eeError::Backup(e)) => match e {
+                BackupError::Malformed(why) => NatterError::MalformedRecoveryKey { detail: why.into() },
+                BackupError::WrongKey => NatterError::WrongRecoveryKey,
+                BackupError::NoBackup => NatterError::NoKeyBackup,
+                BackupError::Corrupt => NatterError::Encryption { detail: e.to_string() },
+            },
             ClientError::E2ee(e) => NatterError::Encryption { detail: e.to_string() },
             // ClientError is non-exhaustive; a new kind reads as unexpected until mapped.
             _ => NatterError::Unexpected,

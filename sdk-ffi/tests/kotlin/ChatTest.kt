@@ -405,12 +405,42 @@ suspend fun encryptedDm() {
     eEvents.waitFor("erin opens dave's sealed message", pred = isMessage(sid, "sealed from kotlin"))
     erin.send(sid, "and back", 0u)
     dEvents.waitFor("dave opens erin's answer", pred = isMessage(sid, "and back"))
-    dSub.cancel()
+
+    // The key backup: a new phone of erin's, alone, restores history with her recovery key.
+    val recovery = erin.enableBackup()
+    check(recovery.replace(" ", "").length == 53) { "a recovery key: $recovery" }
+    erin.backupNow()
     eSub.cancel()
-    dave.shutdown()
     erin.shutdown()
-    dave.close()
     erin.close()
+    val phone = NatterClient(e2ee("erin-new"))
+    val pEvents = Recorder("erin (new phone)")
+    val pSub = phone.subscribe(pEvents)
+    phone.login(erinName, "erin password", "erin's new phone")
+    pEvents.waitFor("the new phone has keys") { it is NatterEvent.Connected }
+    suspend fun texts() = phone.history(sid, HistoryAnchor.After(0u), 100u).events.mapNotNull { e ->
+        when (val b = e.body) {
+            is EventBody.Message -> b.text
+            is EventBody.Encrypted -> ""
+            else -> null
+        }
+    }
+    val before = texts()
+    check(before == listOf("", "")) { "nothing opens before the restore: $before" }
+    expectError<NatterException.WrongRecoveryKey>("another backup's key") {
+        // A well-formed key of another user's backup (dave's) is wrong, not malformed.
+        phone.restoreBackup(dave.enableBackup())
+    }
+    expectError<NatterException.MalformedRecoveryKey>("a mistyped key") { phone.restoreBackup(recovery.dropLast(1)) }
+    check(phone.restoreBackup(recovery) == 2uL) { "two message keys restored" }
+    val after = texts()
+    check(after == listOf("sealed from kotlin", "and back")) { "history opens on the new phone: $after" }
+    dSub.cancel()
+    pSub.cancel()
+    dave.shutdown()
+    phone.shutdown()
+    dave.close()
+    phone.close()
 }
 
 fun main() {

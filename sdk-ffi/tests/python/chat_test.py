@@ -409,7 +409,37 @@ async def encrypted_dm():
                                   and e.event.seq == ack.seq, "the tablet hears of the message")
     check(isinstance(got.event.body, m.EventBody.ENCRYPTED), f"only that it is sealed: {got.event.body}")
     await e_events.wait_for(is_message(sid, "not for the tablet"), "erin's phone reads it")
-    for c, sub in ((dave, d_sub), (erin, e_sub), (keyless, k_sub)):
+
+    # The key backup: erin's phone backs up what it read; a new phone of hers, alone,
+    # reads nothing until it restores with the recovery key.
+    recovery = await erin.enable_backup()
+    check(len(recovery.replace(" ", "")) == 53, f"a recovery key: {recovery!r}")
+    await erin.backup_now()
+    for c, sub in ((erin, e_sub), (keyless, k_sub)):
+        sub.cancel()
+        await c.shutdown()
+    new_phone = n.NatterClient(e2ee_options("erin-new"))
+    p_events = Recorder("erin (new phone)")
+    p_sub = new_phone.subscribe(p_events)
+    await new_phone.login(erin_name, "erin password", "erin's new phone")
+    await p_events.wait_for(lambda e: isinstance(e, m.NatterEvent.CONNECTED), "the new phone has keys")
+
+    async def texts():
+        page = await new_phone.history(sid, n.HistoryAnchor.AFTER(seq=0), 100)
+        return [e.body.text if isinstance(e.body, m.EventBody.MESSAGE) else None
+                for e in page.events if isinstance(e.body, (m.EventBody.MESSAGE, m.EventBody.ENCRYPTED))]
+    check(all(t is None for t in await texts()), "nothing opens before the restore")
+    wrong = recovery[:-1] + ("1" if recovery[-1] != "1" else "2")
+    try:
+        await new_phone.restore_backup(wrong)
+        raise Failed("a mistyped recovery key was accepted")
+    except (n.NatterError.MalformedRecoveryKey, n.NatterError.WrongRecoveryKey):
+        pass
+    restored = await new_phone.restore_backup(recovery)
+    check(restored == 3, f"three message keys restored, got {restored}")
+    want = ["sealed from python", "and back", "not for the tablet"]
+    check(await texts() == want, f"history opens on the new phone: {await texts()}")
+    for c, sub in ((dave, d_sub), (new_phone, p_sub)):
         sub.cancel()
         await c.shutdown()
 
