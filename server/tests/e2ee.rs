@@ -671,6 +671,32 @@ async fn the_cli_writes_and_reads_an_encrypted_conversation() {
     let want = vec![format!("{MARKER} from the terminal"), "and back".to_string()];
     assert_eq!(texts(cli(&b, &["history", &dm]).await), want);
     assert_eq!(texts(cli(&a, &["history", &dm]).await), want);
+
+    // The key backup from the terminal: a new profile of bob's restores what it never got.
+    let recovery = cli(&b, &["backup", "enable"]).await[0]["recoveryKey"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let b2 = dir.path().join("bob-2");
+    let (addr, fp) = (s.addr.to_string(), s.fingerprint.clone());
+    let login = [
+        "--server",
+        &addr,
+        "--fingerprint",
+        &fp,
+        "login",
+        "bob",
+        "--password",
+        PASSWORD,
+    ];
+    cli(&b2, &login).await;
+    assert!(texts(cli(&b2, &["history", &dm]).await).is_empty(), "nothing opens yet");
+    let other = natter_protocol::client::e2ee::backup::RecoveryKey::from_random([3; 32]).to_display();
+    let refused = cli_fails(&b2, &["backup", "restore", "--recovery-key", &other]).await;
+    assert!(refused.contains("does not open this backup"), "{refused}");
+    let restored = cli(&b2, &["backup", "restore", "--recovery-key", &recovery]).await;
+    assert_eq!(restored[0]["restored"], 2);
+    assert_eq!(texts(cli(&b2, &["history", &dm]).await), want);
     drop(s);
     assert!(
         files_containing(&data, MARKER.as_bytes()).is_empty(),

@@ -63,6 +63,9 @@ enum Cmd {
         #[arg(long)]
         encrypted: bool,
     },
+    /// The key backup of encrypted conversations: enable, restore.
+    #[command(subcommand)]
+    Backup(BackupCmd),
     /// Groups: create, add, remove, leave, rename.
     #[command(subcommand)]
     Group(GroupCmd),
@@ -156,6 +159,19 @@ enum Cmd {
     Read { conversation: u64, seq: u64 },
     /// Print every event as it arrives, one JSON object per line.
     Listen,
+}
+
+#[derive(Debug, Subcommand)]
+enum BackupCmd {
+    /// Set up a key backup (replacing any earlier one), back up this device's message
+    /// keys, and print the recovery key — keep it: nothing else opens the backup.
+    Enable,
+    /// Restore message keys from the backup, so this device opens history that was
+    /// never sealed for it. Recovery key from --recovery-key, NATTER_RECOVERY_KEY or stdin.
+    Restore {
+        #[arg(long, env = "NATTER_RECOVERY_KEY")]
+        recovery_key: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -356,7 +372,15 @@ async fn run() -> anyhow::Result<()> {
         bail!("not logged in: run `natter login USERNAME` first");
     }
     let (client, mut events) = Client::connect(config)?;
+    let logout = matches!(cli.cmd, Cmd::Logout { .. });
     let result = command(cli.cmd, &client, &mut events, &mut profile, &cli.profile).await;
+    // Message keys this command kept go to the key backup before the process ends (the
+    // SDK would upload them shortly; a CLI process is gone by then).
+    if result.is_ok() && !logout {
+        if let Err(e) = client.backup_now().await {
+            eprintln!("natter: key backup: {e}");
+        }
+    }
     // Unfinished uploads stay in the profile, also when the command failed.
     profile.pending_uploads = client.pending_uploads();
     profile.save(&cli.profile)?;
@@ -429,6 +453,14 @@ async fn command(
                 client.direct(&username).await?
             };
             print_as::<_, Conversation>(c);
+        }
+        Cmd::Backup(BackupCmd::Enable) => {
+            let recovery_key = client.enable_backup().await?;
+            print(json!({ "recoveryKey": recovery_key }));
+        }
+        Cmd::Backup(BackupCmd::Restore { recovery_key }) => {
+            let restored = client.restore_backup(&password(recovery_key)?).await?;
+            print(json!({ "restored": restored }));
         }
         Cmd::Group(GroupCmd::Create { name, members }) => {
             let names: Vec<&str> = members.iter().map(String::as_str).collect();

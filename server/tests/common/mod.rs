@@ -388,6 +388,17 @@ pub async fn cli(profile: &std::path::Path, args: &[&str]) -> Vec<serde_json::Va
         .collect()
 }
 
+/// Run the CLI expecting it to fail; its stderr.
+pub async fn cli_fails(profile: &std::path::Path, args: &[&str]) -> String {
+    let mut cmd = std::process::Command::new(natter_cli());
+    cmd.arg("--profile").arg(profile).args(args);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert!(!out.status.success(), "natter {args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// A CLI profile at `profile` for a new user `name` on `s`: registered (saving the server
 /// and its fingerprint in the profile) and logged in.
 pub async fn cli_user(profile: &std::path::Path, s: &RunningServer, name: &str) {
