@@ -192,9 +192,15 @@ pub fn run_prefix() -> String {
 }
 
 /// Register and log in `name` on a client sharing `endpoint`.
-pub async fn bench_user(t: &Target, endpoint: quinn::Endpoint, name: &str) -> anyhow::Result<BenchUser> {
+pub async fn bench_user(
+    t: &Target,
+    endpoint: quinn::Endpoint,
+    name: &str,
+    encryption: Option<natter_sdk::Encryption>,
+) -> anyhow::Result<BenchUser> {
     let mut config = ClientConfig::pinned(t.addr, &t.fingerprint);
     config.endpoint = Some(endpoint);
+    config.encryption = encryption;
     config.reconnect_min_ms = 50;
     config.reconnect_max_ms = 1_000;
     config.session.request_timeout_ms = 60_000;
@@ -238,6 +244,17 @@ pub async fn bench_user(t: &Target, endpoint: quinn::Endpoint, name: &str) -> an
 
 /// Create `n` users, `parallel` at a time, printing progress.
 pub async fn bench_users(t: &Target, n: usize, per_socket: usize, parallel: usize) -> anyhow::Result<Vec<BenchUser>> {
+    bench_users_with(t, n, per_socket, parallel, None).await
+}
+
+/// [`bench_users`], each an encrypting device with its state file in `keys` when given.
+pub async fn bench_users_with(
+    t: &Target,
+    n: usize,
+    per_socket: usize,
+    parallel: usize,
+    keys: Option<&std::path::Path>,
+) -> anyhow::Result<Vec<BenchUser>> {
     use futures::StreamExt;
     let prefix = run_prefix();
     let endpoints = Endpoints::new(n, per_socket)?;
@@ -248,9 +265,13 @@ pub async fn bench_users(t: &Target, n: usize, per_socket: usize, parallel: usiz
             let t = t.clone();
             let ep = endpoints.for_client(i);
             let name = format!("{prefix}u{i}");
+            let encryption = keys.map(|dir| natter_sdk::Encryption {
+                state_path: dir.join(format!("{name}.state")),
+                store_key: natter_sdk::StoreKey([7; 32]),
+            });
             let done = &done;
             async move {
-                let u = bench_user(&t, ep, &name).await;
+                let u = bench_user(&t, ep, &name, encryption).await;
                 let d = done.fetch_add(1, Ordering::Relaxed) + 1;
                 if d % 1000 == 0 {
                     eprintln!(
@@ -451,16 +472,29 @@ pub struct DmOpts {
     pub pairs: usize,
     pub rate_per_sender: f64,
     pub secs: f64,
+    /// End-to-end encrypted conversations (PROTOCOL.md §12): every client seals and opens.
+    pub encrypted: bool,
 }
 
 /// 1:1 pairs: both sides send at a rate; each side records the other's delivery latency.
 pub async fn dm(t: &Target, o: &DmOpts) -> anyhow::Result<Report> {
-    let users = bench_users(t, o.pairs * 2, 1000, 64).await?;
+    let keys = tempfile::tempdir()?;
+    let users = bench_users_with(t, o.pairs * 2, 1000, 64, o.encrypted.then_some(keys.path())).await?;
     let receipts = Arc::new(Receipts::default());
     let mut convs = Vec::new();
     let mut clients = Vec::new();
     for pair in users.chunks(2) {
-        let conv = pair[0].client.direct(&pair[1].name).await?;
+        let conv = if o.encrypted {
+            let conv = pair[0].client.encrypted_direct(&pair[1].name).await?;
+            // One message each way first, so the measured phase runs over established
+            // Olm sessions (the first message of a pair claims keys).
+            let conv_id = ConversationId(conv.conversation_id);
+            pair[0].client.send(conv_id, "warm-up").await?;
+            pair[1].client.send(conv_id, "warm-up").await?;
+            conv
+        } else {
+            pair[0].client.direct(&pair[1].name).await?
+        };
         convs.push(ConversationId(conv.conversation_id));
     }
     for u in users {
@@ -474,8 +508,15 @@ pub async fn dm(t: &Target, o: &DmOpts) -> anyhow::Result<Report> {
         rate_per_sender: o.rate_per_sender,
         secs: o.secs,
     };
-    let mut r = run_senders(t, &f, &clients, &convs, receipts, "dm").await?;
+    let name = if o.encrypted { "dm-encrypted" } else { "dm" };
+    let mut r = run_senders(t, &f, &clients, &convs, receipts, name).await?;
     r.params = serde_json::to_value(o)?;
+    // The clients' CPU per delivered message (sealing on one side, opening on the other).
+    let cpu_secs = r.client_cpu_share * r.duration_secs.max(f64::MIN_POSITIVE);
+    r.extra = serde_json::json!({
+        "client_cpu_us_per_message": 1e6 * cpu_secs / r.delivered.max(1) as f64,
+    });
+    drop(keys);
     Ok(r)
 }
 

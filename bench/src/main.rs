@@ -49,6 +49,9 @@ enum Scenario {
         rate: f64,
         #[arg(long, default_value_t = 10.0)]
         secs: f64,
+        /// End-to-end encrypted conversations.
+        #[arg(long)]
+        encrypted: bool,
     },
     /// Hold many authenticated connections; memory per connection; delivery while held.
     Connections {
@@ -130,11 +133,17 @@ fn main() -> anyhow::Result<()> {
                 };
                 natter_bench::fanout(&target, &o).await
             }
-            Scenario::Dm { pairs, rate, secs } => {
+            Scenario::Dm {
+                pairs,
+                rate,
+                secs,
+                encrypted,
+            } => {
                 let o = DmOpts {
                     pairs,
                     rate_per_sender: rate,
                     secs,
+                    encrypted,
                 };
                 natter_bench::dm(&target, &o).await
             }

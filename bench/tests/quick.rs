@@ -51,12 +51,24 @@ async fn every_scenario_runs_small_with_nothing_lost_or_doubled() {
             pairs: 5,
             rate_per_sender: 20.0,
             secs: 1.0,
+            encrypted: false,
         },
     )
     .await
     .unwrap();
     check(&r);
     assert_eq!(r.delivered, r.sent);
+    let sealed = DmOpts {
+        pairs: 3,
+        rate_per_sender: 10.0,
+        secs: 1.0,
+        encrypted: true,
+    };
+    let r = natter_bench::dm(&t, &sealed).await.unwrap();
+    check(&r);
+    assert_eq!(r.scenario, "dm-encrypted");
+    assert_eq!(r.delivered, r.sent, "every sealed message opened on the other side");
+    assert!(r.extra["client_cpu_us_per_message"].as_f64().unwrap() > 0.0);
     let c = ConnectionsOpts {
         connections: 50,
         per_socket: 20,

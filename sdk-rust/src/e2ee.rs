@@ -9,8 +9,8 @@
 //! Message keys also go to the user's key backup when there is one (`backup`).
 //!
 //! The state (Olm account, sessions, message keys) is one file, encrypted with the app's
-//! store key, written (fsynced, then renamed into place) after every change and before the
-//! event that caused it reaches the app (§12.7).
+//! store key: a log of records, one appended (and synced) after every change and before
+//! the event that caused it reaches the app (§12.7), written afresh when it has grown.
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
@@ -92,7 +92,19 @@ pub(crate) struct E2ee {
     ready: tokio::sync::watch::Sender<bool>,
     /// A backup upload is running (one at a time).
     backing_up: std::sync::atomic::AtomicBool,
+    /// The state log's size: when to write it afresh.
+    log: std::sync::Mutex<LogSize>,
 }
+
+/// Bytes of the state log: its last full write, and the records appended since.
+#[derive(Debug, Default)]
+struct LogSize {
+    snapshot: u64,
+    appended: u64,
+}
+
+/// The log is written afresh once its records pass twice the state, or this.
+const COMPACT_BYTES: u64 = 256 * 1024;
 
 impl fmt::Debug for E2ee {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -148,15 +160,36 @@ impl E2ee {
             }),
             ready: tokio::sync::watch::Sender::new(false),
             backing_up: Default::default(),
+            log: Default::default(),
         })
     }
 
-    /// Write the state: a temporary file, fsynced, renamed over the old one.
-    async fn save(&self, crypto: &Crypto) -> Result<(), E2eeError> {
-        let bytes = crypto.save(&self.config.store_key.0, random());
+    /// Write what changed in the state before anything acts on it: one record appended
+    /// to the state log and synced; when the log has grown well past the state it holds
+    /// (or there is none yet), the whole state instead, written to a temporary file,
+    /// synced and renamed over the old one.
+    async fn save(&self, crypto: &mut Crypto) -> Result<(), E2eeError> {
+        let (compact, appended) = {
+            let log = self.log.lock().expect("log sizes");
+            (
+                log.snapshot == 0 || log.appended > COMPACT_BYTES.max(2 * log.snapshot),
+                log.appended,
+            )
+        };
         let path = self.config.state_path.clone();
+        let bytes = if compact {
+            crypto.save(&self.config.store_key.0, random())
+        } else {
+            crypto.save_record(&self.config.store_key.0, random())
+        };
+        let len = bytes.len() as u64;
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             use std::io::Write;
+            if !compact {
+                let mut f = std::fs::OpenOptions::new().append(true).open(&path)?;
+                f.write_all(&bytes)?;
+                return f.sync_data();
+            }
             let tmp = path.with_extension("tmp");
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(&bytes)?;
@@ -169,7 +202,17 @@ impl E2ee {
         })
         .await
         .map_err(|e| E2eeError::Io(e.to_string()))?
-        .map_err(|e| E2eeError::Io(e.to_string()))
+        .map_err(|e| E2eeError::Io(e.to_string()))?;
+        let mut log = self.log.lock().expect("log sizes");
+        if compact {
+            *log = LogSize {
+                snapshot: len,
+                appended: 0,
+            };
+        } else {
+            log.appended = appended + len;
+        }
+        Ok(())
     }
 
     /// After each authentication: load or make this device's account, then publish what

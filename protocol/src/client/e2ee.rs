@@ -100,6 +100,10 @@ pub enum StateError {
     Malformed(String),
 }
 
+/// The first bytes of a state log (PROTOCOL.md §12.7); then records, each a u32 BE
+/// length and a 24-byte nonce with the sealed JSON.
+const STATE_MAGIC: &[u8; 8] = b"natterS1";
+
 /// Identifies a message across devices: its idempotency key (PROTOCOL.md §6.3).
 type MessageRef = (u64, u64, u64, String);
 
@@ -117,6 +121,10 @@ pub struct Crypto {
     backup: Option<(u64, Vec<u8>)>,
     /// Kept message keys not yet in that backup.
     backup_pending: BTreeSet<MessageRef>,
+    /// Message keys kept since the state was last written.
+    unsaved: Vec<MessageRef>,
+    /// Device identities whose self-signature this process already checked.
+    verified: std::collections::HashSet<Vec<u8>>,
 }
 
 impl fmt::Debug for Crypto {
@@ -135,8 +143,8 @@ fn key32(b: &[u8]) -> Option<[u8; 32]> {
     b.try_into().ok()
 }
 
-/// A device's published identity, its self-signature checked.
-fn verified_identity(d: &pb::DeviceKeys) -> Result<(Ed25519PublicKey, Curve25519PublicKey), SealError> {
+/// A device's published identity keys, parsed (not yet checked).
+fn identity_keys(d: &pb::DeviceKeys) -> Result<(Ed25519PublicKey, Curve25519PublicKey), SealError> {
     let bad = |why| SealError::BadDevice {
         user: d.user_id,
         device: d.device_id,
@@ -146,6 +154,17 @@ fn verified_identity(d: &pb::DeviceKeys) -> Result<(Ed25519PublicKey, Curve25519
         .and_then(|k| Ed25519PublicKey::from_slice(&k).ok())
         .ok_or(bad("not an Ed25519 key"))?;
     let curve = Curve25519PublicKey::from_slice(&d.curve25519).map_err(|_| bad("not a Curve25519 key"))?;
+    Ok((ed, curve))
+}
+
+/// A device's published identity, its self-signature checked.
+fn verified_identity(d: &pb::DeviceKeys) -> Result<(Ed25519PublicKey, Curve25519PublicKey), SealError> {
+    let (ed, curve) = identity_keys(d)?;
+    let bad = |why| SealError::BadDevice {
+        user: d.user_id,
+        device: d.device_id,
+        why,
+    };
     let msg = e2ee::device_keys_message(UserId(d.user_id), DeviceId(d.device_id), &d.ed25519, &d.curve25519);
     let sig = Ed25519Signature::from_slice(&d.signature).map_err(|_| bad("malformed signature"))?;
     ed.verify(&msg, &sig)
@@ -180,6 +199,8 @@ impl Crypto {
             message_keys: BTreeMap::new(),
             backup: None,
             backup_pending: BTreeSet::new(),
+            unsaved: Vec::new(),
+            verified: Default::default(),
         }
     }
 
@@ -273,7 +294,7 @@ impl Crypto {
         let mut missing = Vec::new();
         let mut checked = Vec::with_capacity(targets.len());
         for d in &targets {
-            let (ed, curve) = verified_identity(d)?;
+            let (ed, curve) = self.checked_identity(d)?;
             let has_session = self.sessions.get(curve.as_bytes()).is_some_and(|s| !s.is_empty());
             if !has_session {
                 let claim = claimed.iter().find(|c| {
@@ -473,9 +494,29 @@ impl Crypto {
         Err(Undecryptable::Olm(last))
     }
 
-    /// The whole state, encrypted under `store_key` (XChaCha20-Poly1305 with `nonce`,
-    /// 24 fresh random bytes), to write before acknowledging what changed it.
-    pub fn save(&self, store_key: &[u8; 32], nonce: [u8; NONCE_BYTES]) -> Vec<u8> {
+    /// The whole state as a new log (PROTOCOL.md §12.7): the magic and one record
+    /// holding everything, encrypted under `store_key` (XChaCha20-Poly1305 with `nonce`,
+    /// 24 fresh random bytes). What a new state file or a compaction writes.
+    pub fn save(&mut self, store_key: &[u8; 32], nonce: [u8; NONCE_BYTES]) -> Vec<u8> {
+        self.unsaved.clear();
+        let keys = self.message_keys.iter().map(|(k, v)| (k.clone(), v.to_vec())).collect();
+        let mut out = STATE_MAGIC.to_vec();
+        out.extend(self.record(store_key, nonce, keys));
+        out
+    }
+
+    /// What changed since the last [`Self::save`] or record, as one record to append to
+    /// the log: the account and sessions as they are now, and only the message keys kept
+    /// since (so a long history is not written again on every message).
+    pub fn save_record(&mut self, store_key: &[u8; 32], nonce: [u8; NONCE_BYTES]) -> Vec<u8> {
+        let keys = std::mem::take(&mut self.unsaved)
+            .into_iter()
+            .filter_map(|id| self.message_keys.get(&id).map(|k| (id, k.to_vec())))
+            .collect();
+        self.record(store_key, nonce, keys)
+    }
+
+    fn record(&self, store_key: &[u8; 32], nonce: [u8; NONCE_BYTES], keys: Vec<(MessageRef, Vec<u8>)>) -> Vec<u8> {
         let saved = Saved {
             user: self.user.0,
             device: self.device.0,
@@ -486,21 +527,54 @@ impl Crypto {
                 .iter()
                 .map(|(k, v)| (k.to_vec(), v.iter().map(Session::pickle).collect()))
                 .collect(),
-            message_keys: self.message_keys.iter().map(|(k, v)| (k.clone(), v.to_vec())).collect(),
+            message_keys: keys,
             backup: self.backup.clone(),
             backup_pending: self.backup_pending.iter().cloned().collect(),
         };
         let json = serde_json::to_vec(&saved).expect("the state serializes");
-        let mut out = nonce.to_vec();
-        out.extend(e2ee::seal_blob(store_key, &nonce, &json));
+        let sealed = e2ee::seal_blob(store_key, &nonce, &json);
+        let mut out = ((NONCE_BYTES + sealed.len()) as u32).to_be_bytes().to_vec();
+        out.extend(nonce);
+        out.extend(sealed);
         out
     }
 
-    /// A state [`Self::save`] wrote.
+    /// A state log [`Self::save`] and [`Self::save_record`] wrote: the last record's
+    /// account and sessions, every record's message keys. A torn last record (the
+    /// process died while appending it) is left out: it was never acknowledged.
     pub fn load(store_key: &[u8; 32], bytes: &[u8]) -> Result<Self, StateError> {
-        let (nonce, sealed) = bytes.split_at_checked(NONCE_BYTES).ok_or(StateError::WrongKey)?;
-        let json = e2ee::open_blob(store_key, nonce, sealed).ok_or(StateError::WrongKey)?;
-        let s: Saved = serde_json::from_slice(&json).map_err(|e| StateError::Malformed(e.to_string()))?;
+        let Some(mut rest) = bytes.strip_prefix(STATE_MAGIC) else {
+            // A state written before the log: one sealed blob (nonce, then ciphertext).
+            let (nonce, sealed) = bytes.split_at_checked(NONCE_BYTES).ok_or(StateError::WrongKey)?;
+            let json = e2ee::open_blob(store_key, nonce, sealed).ok_or(StateError::WrongKey)?;
+            let s: Saved = serde_json::from_slice(&json).map_err(|e| StateError::Malformed(e.to_string()))?;
+            return Crypto::from_saved(s);
+        };
+        let mut state: Option<Crypto> = None;
+        while rest.len() >= 4 {
+            let len = u32::from_be_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+            let Some(record) = rest.get(4..4 + len) else { break };
+            rest = &rest[4 + len..];
+            let (nonce, sealed) = record.split_at_checked(NONCE_BYTES).ok_or(StateError::WrongKey)?;
+            let Some(json) = e2ee::open_blob(store_key, nonce, sealed) else {
+                return Err(match state {
+                    None => StateError::WrongKey,
+                    Some(_) => StateError::Malformed("a damaged record".into()),
+                });
+            };
+            let s: Saved = serde_json::from_slice(&json).map_err(|e| StateError::Malformed(e.to_string()))?;
+            let mut next = Crypto::from_saved(s)?;
+            if let Some(before) = state.take() {
+                let mut keys = before.message_keys;
+                keys.append(&mut next.message_keys);
+                next.message_keys = keys;
+            }
+            state = Some(next);
+        }
+        state.ok_or(StateError::WrongKey)
+    }
+
+    fn from_saved(s: Saved) -> Result<Self, StateError> {
         let mut sessions = HashMap::new();
         for (k, v) in s.sessions {
             let k = key32(&k).ok_or(StateError::Malformed("a session key".into()))?;
@@ -519,14 +593,36 @@ impl Crypto {
             message_keys,
             backup: s.backup,
             backup_pending: s.backup_pending.into_iter().collect(),
+            unsaved: Vec::new(),
+            verified: Default::default(),
         })
+    }
+
+    /// [`verified_identity`], each distinct identity checked once per process.
+    fn checked_identity(&mut self, d: &pb::DeviceKeys) -> Result<(Ed25519PublicKey, Curve25519PublicKey), SealError> {
+        let mut id = Vec::with_capacity(16 + 128);
+        id.extend(d.user_id.to_be_bytes());
+        id.extend(d.device_id.to_be_bytes());
+        for part in [&d.ed25519, &d.curve25519, &d.signature] {
+            id.extend(part);
+        }
+        if self.verified.contains(&id) {
+            return identity_keys(d);
+        }
+        let keys = verified_identity(d)?;
+        self.verified.insert(id);
+        Ok(keys)
     }
 
     /// Keep a message key (and queue it for the backup, if there is one).
     fn keep(&mut self, id: MessageRef, key: [u8; MESSAGE_KEY_BYTES]) {
-        if self.backup.is_some() && !self.message_keys.contains_key(&id) {
+        if self.message_keys.contains_key(&id) {
+            return;
+        }
+        if self.backup.is_some() {
             self.backup_pending.insert(id.clone());
         }
+        self.unsaved.push(id.clone());
         self.message_keys.insert(id, key);
     }
 
@@ -601,7 +697,11 @@ impl Crypto {
         let mut new = 0;
         for (id, key) in opened {
             let id = (id.conversation.0, id.user.0, id.device.0, id.client_msg_id);
-            new += usize::from(self.message_keys.insert(id, key).is_none());
+            if !self.message_keys.contains_key(&id) {
+                self.unsaved.push(id.clone());
+                self.message_keys.insert(id, key);
+                new += 1;
+            }
         }
         Ok(new)
     }

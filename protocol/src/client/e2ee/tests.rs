@@ -315,7 +315,7 @@ fn keys_are_published_as_the_stock_needs() {
 
 #[test]
 fn saved_state_reopens_only_with_its_key_and_carries_on() {
-    let (mut stock, mut a1, a2, b1) = setup();
+    let (mut stock, mut a1, a2, mut b1) = setup();
     let a1_keys = stock.identity(&a1);
     let ev = send(&mut stock, &mut a1, &[&a2, &b1], "m1", "before the restart");
     let saved = b1.save(&[7; 32], [1; 24]);
@@ -369,6 +369,58 @@ fn a_new_device_opens_history_from_the_backup_with_the_recovery_key() {
     assert_eq!(body(b2.open(&first, None).unwrap()), "before the backup");
     assert_eq!(body(b2.open(&second, None).unwrap()), "after it");
     // The restored keys survive a save.
-    let b2 = Crypto::load(&[3; 32], &b2.save(&[3; 32], [4; 24])).unwrap();
+    let saved = b2.save(&[3; 32], [4; 24]);
+    let b2 = Crypto::load(&[3; 32], &saved).unwrap();
     assert!(b2.has_message_key(&first) && b2.has_message_key(&second));
+}
+
+#[test]
+fn the_state_log_appends_only_what_changed_and_survives_a_torn_record() {
+    let (mut stock, mut a1, a2, mut b1) = setup();
+    let a1_keys = stock.identity(&a1);
+    let key = [7; 32];
+    let mut log = b1.save(&key, [1; 24]);
+    let mut sizes = Vec::new();
+    let mut events = Vec::new();
+    for i in 0..20 {
+        let ev = send(
+            &mut stock,
+            &mut a1,
+            &[&a2, &b1],
+            &format!("m{i}"),
+            &format!("message {i}"),
+        );
+        b1.open(&ev, Some(&a1_keys)).unwrap();
+        let record = b1.save_record(&key, [i as u8 + 2; 24]);
+        sizes.push(record.len());
+        log.extend(record);
+        events.push(ev);
+    }
+    // A record carries the keys kept since the one before, not every key so far.
+    let spread = sizes.iter().max().unwrap() - sizes.iter().min().unwrap();
+    assert!(spread < 200, "record sizes do not grow with history: {sizes:?}");
+    let reopened = Crypto::load(&key, &log).unwrap();
+    assert!(
+        events.iter().all(|ev| reopened.has_message_key(ev)),
+        "every record's keys"
+    );
+    // The process died while appending one more: the torn tail is left out.
+    let ev = send(&mut stock, &mut a1, &[&a2, &b1], "m20", "torn");
+    b1.open(&ev, Some(&a1_keys)).unwrap();
+    let record = b1.save_record(&key, [99; 24]);
+    let mut torn = log.clone();
+    torn.extend(&record[..record.len() / 2]);
+    let mut back = Crypto::load(&key, &torn).unwrap();
+    assert!(!back.has_message_key(&ev));
+    assert_eq!(
+        body(back.open(&ev, Some(&a1_keys)).unwrap()),
+        "torn",
+        "opened again from the old state"
+    );
+    // A damaged record (whole, but altered) is not silently skipped.
+    let mut damaged = log.clone();
+    let at = damaged.len() - sizes[19] + 40;
+    damaged[at] ^= 1;
+    assert!(matches!(Crypto::load(&key, &damaged), Err(StateError::Malformed(_))));
+    assert_eq!(Crypto::load(&[8; 32], &log).unwrap_err(), StateError::WrongKey);
 }
