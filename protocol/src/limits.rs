@@ -85,6 +85,8 @@ pub const MAX_WRAPPED_KEYS: usize = 256;
 pub const MAX_OLM_BODY_BYTES: usize = 4096;
 /// One-time keys the server holds per device (PROTOCOL.md §12.1).
 pub const MAX_ONE_TIME_KEYS: usize = 100;
+/// Bytes of one `SendToDevice` payload (a verification step, §12.10).
+pub const MAX_TO_DEVICE_BYTES: usize = 4096;
 /// Backed-up keys in one `PutBackupKeys`, and in one `BackupKeys` page (§12.9).
 pub const MAX_BACKUP_KEYS: usize = 200;
 /// Bytes of an attachment's file name.

@@ -872,7 +872,10 @@ mod signals;
 mod timers;
 mod vocabulary;
 
-pub use vocabulary::{Millis, OutboxEntry, RequestError, SessionConfig, SessionError, SessionEvent, State, StreamKey};
+pub use vocabulary::{
+    Millis, OutboxEntry, RequestError, SessionConfig, SessionError, SessionEvent, State, StreamKey, VerificationState,
+    VerificationUpdate,
+};
 
 use timers::Timer;
 

@@ -74,6 +74,10 @@ pub enum E2eeError {
     /// The key backup: a malformed or wrong recovery key, no backup, a corrupt key.
     #[error(transparent)]
     Backup(#[from] BackupError),
+    /// A device verification could not go on (no such transaction, a step out of order,
+    /// a device without keys).
+    #[error("verification: {0}")]
+    Verification(String),
 }
 
 struct Inner {
@@ -82,6 +86,8 @@ struct Inner {
     lists: HashMap<ConversationId, Vec<pb::DeviceKeys>>,
     /// Whether each conversation this device heard of is encrypted.
     encrypted: HashMap<ConversationId, bool>,
+    /// Device verifications under way, by transaction.
+    verifications: HashMap<String, natter_protocol::client::e2ee::verify::Verification>,
 }
 
 /// The SDK's encryption, shared by the client handle and the event pump.
@@ -94,6 +100,8 @@ pub(crate) struct E2ee {
     backing_up: std::sync::atomic::AtomicBool,
     /// The state log's size: when to write it afresh.
     log: std::sync::Mutex<LogSize>,
+    /// The app's event stream (set by the pump), for verification steps.
+    app: std::sync::OnceLock<mpsc::UnboundedSender<ClientEvent>>,
 }
 
 /// Bytes of the state log: its last full write, and the records appended since.
@@ -148,6 +156,8 @@ fn opened(mut ev: pb::ConversationEvent, content: pb::SealedContent) -> pb::Conv
 }
 
 mod backup;
+mod verify;
+pub use verify::DeviceTrust;
 
 impl E2ee {
     pub(crate) fn new(config: Encryption) -> Arc<Self> {
@@ -157,10 +167,12 @@ impl E2ee {
                 crypto: None,
                 lists: HashMap::new(),
                 encrypted: HashMap::new(),
+                verifications: HashMap::new(),
             }),
             ready: tokio::sync::watch::Sender::new(false),
             backing_up: Default::default(),
             log: Default::default(),
+            app: std::sync::OnceLock::new(),
         })
     }
 
@@ -486,8 +498,13 @@ pub(crate) async fn pump(
     mut raw: mpsc::UnboundedReceiver<ClientEvent>,
     app: mpsc::UnboundedSender<ClientEvent>,
 ) {
+    let _ = e2ee.app.set(app.clone());
     while let Some(ev) = raw.recv().await {
         let out = match ev {
+            SessionEvent::ToDevice(t) => {
+                e2ee.on_to_device(&client, t).await;
+                continue;
+            }
             SessionEvent::Connected { user_id, device_id, .. } => {
                 if let Err(e) = e2ee.connected(&client, user_id, device_id).await {
                     tracing::error!(error = %e, "encryption unavailable on this connection");

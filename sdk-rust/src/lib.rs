@@ -24,7 +24,9 @@ pub use natter_protocol::session::{DeliveryState, MessageStatus, RequestError, S
 pub use natter_protocol::{pb as proto, ClientMsgId, ConversationId, DeviceId, Seq, ServerError, UserId};
 use tokio::sync::{mpsc, oneshot};
 
-pub use e2ee::{E2eeError, Encryption, StoreKey};
+pub use e2ee::{DeviceTrust, E2eeError, Encryption, StoreKey};
+pub use natter_protocol::client::e2ee::TrustLevel;
+pub use natter_protocol::session::{VerificationState, VerificationUpdate};
 pub use tls::Trust;
 
 /// How to reach and trust a server.
@@ -384,6 +386,37 @@ impl Client {
     /// after the messages that brought them (before a logout, say).
     pub async fn backup_now(&self) -> Result<(), ClientError> {
         self.e2ee()?.flush_backup(self).await
+    }
+
+    /// Start verifying `device` of `user` (PROTOCOL.md §12.10): both devices then hear
+    /// [`ClientEvent::Verification`] steps — the other is asked to accept, both show the
+    /// same seven emoji, and each person confirms with [`Client::confirm_verification`].
+    /// Returns the transaction id.
+    pub async fn verify_device(&self, user: UserId, device: DeviceId) -> Result<String, ClientError> {
+        self.e2ee()?.verify_device(self, user, device).await
+    }
+
+    /// Accept another device's request to verify this one.
+    pub async fn accept_verification(&self, txn: &str) -> Result<(), ClientError> {
+        self.e2ee()?.accept_verification(self, txn).await
+    }
+
+    /// Say whether the codes on both screens agree. Both people saying yes, and the
+    /// keys checking out, makes the other device verified on this one.
+    pub async fn confirm_verification(&self, txn: &str, matches: bool) -> Result<(), ClientError> {
+        self.e2ee()?.confirm_verification(self, txn, matches).await
+    }
+
+    /// Stop a verification.
+    pub async fn cancel_verification(&self, txn: &str) -> Result<(), ClientError> {
+        self.e2ee()?.cancel_verification(self, txn).await
+    }
+
+    /// `user`'s devices with keys and how far this device trusts each: verified,
+    /// unverified (a new device — or one an attacker with the password added), or changed
+    /// since it was verified.
+    pub async fn device_trust(&self, user: UserId) -> Result<Vec<DeviceTrust>, ClientError> {
+        self.e2ee()?.device_trust(self, user).await
     }
 
     fn e2ee(&self) -> Result<&Arc<e2ee::E2ee>, ClientError> {

@@ -909,3 +909,138 @@ async fn a_new_device_alone_restores_history_from_the_key_backup() {
     drop((a1, b1, b2, s));
     assert!(files_containing(data.path(), MARKER.as_bytes()).is_empty());
 }
+
+/// The next step of verification `txn` that `p` hears (any transaction when `txn` is
+/// empty), as (transaction, state).
+async fn verification(p: &mut Phone, txn: &str) -> (String, natter_sdk::VerificationState) {
+    wait_for(&mut p.events, |e| match e {
+        ClientEvent::Verification(v) if txn.is_empty() || v.txn == txn => Some((v.txn.clone(), v.state.clone())),
+        _ => None,
+    })
+    .await
+}
+
+fn code(state: natter_sdk::VerificationState) -> Vec<(String, String)> {
+    match state {
+        natter_sdk::VerificationState::Compare { emoji, .. } => emoji,
+        other => panic!("expected a code to compare, got {other:?}"),
+    }
+}
+
+/// SAS verification (PROTOCOL.md §12.10) between alice's and bob's phones: both show the
+/// same seven emoji, both people confirm, each phone lists the other as verified (kept
+/// across a restart). Then an attacker with bob's password adds a device: it reaches
+/// alice's phone as a DevicesChanged event of their conversation and is listed as
+/// unverified. The attacker in the middle — verifying with alice as "bob" and with bob's
+/// phone as bob's new device — cannot make the two codes agree: the people comparing see
+/// different emoji, decline, and nothing becomes verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sas_verification_agrees_and_a_device_added_with_the_password_stays_unverified() {
+    let data = tempfile::tempdir().unwrap();
+    let phones = tempfile::tempdir().unwrap();
+    let s = server(data.path()).await;
+    let mut a1 = phone(&s, phones.path(), "alice", 1, true).await;
+    let mut b1 = phone(&s, phones.path(), "bob", 1, true).await;
+    let dm = ConversationId(a1.client.encrypted_direct("bob").await.unwrap().conversation_id);
+    let members = a1.client.members(dm).await.unwrap();
+    let id_of = |name: &str| UserId(members.iter().find(|m| m.username == name).unwrap().user_id);
+    let (alice, bob) = (id_of("alice"), id_of("bob"));
+    let trust = |c: Client, user: UserId| async move {
+        let mut t: Vec<(u64, natter_sdk::TrustLevel)> = c
+            .device_trust(user)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| (d.device_id.0, d.trust))
+            .collect();
+        t.sort_by_key(|(d, _)| *d);
+        t
+    };
+    assert_eq!(
+        trust(a1.client.clone(), bob).await,
+        vec![(b1.device.0, natter_sdk::TrustLevel::Unverified)]
+    );
+
+    let txn = a1.client.verify_device(bob, b1.device).await.unwrap();
+    assert_eq!(
+        verification(&mut b1, &txn).await.1,
+        natter_sdk::VerificationState::Requested
+    );
+    b1.client.accept_verification(&txn).await.unwrap();
+    let (on_a, on_b) = (
+        code(verification(&mut a1, &txn).await.1),
+        code(verification(&mut b1, &txn).await.1),
+    );
+    assert_eq!(on_a, on_b, "both phones show the same emoji");
+    assert_eq!(on_a.len(), 7);
+    a1.client.confirm_verification(&txn, true).await.unwrap();
+    b1.client.confirm_verification(&txn, true).await.unwrap();
+    assert_eq!(
+        verification(&mut a1, &txn).await.1,
+        natter_sdk::VerificationState::Verified
+    );
+    assert_eq!(
+        verification(&mut b1, &txn).await.1,
+        natter_sdk::VerificationState::Verified
+    );
+    assert_eq!(
+        trust(a1.client.clone(), bob).await,
+        vec![(b1.device.0, natter_sdk::TrustLevel::Verified)]
+    );
+    assert_eq!(
+        trust(b1.client.clone(), alice).await,
+        vec![(a1.device.0, natter_sdk::TrustLevel::Verified)]
+    );
+
+    // An attacker with bob's password logs a device in: alice's phone hears of it in the
+    // conversation, and lists it as unverified beside bob's verified phone.
+    let mut evil = phone(&s, phones.path(), "bob", 9, false).await;
+    let added = wait_for(&mut a1.events, |e| match e {
+        ClientEvent::Event(ev) if ev.conversation_id == dm.0 => match &ev.body {
+            Some(Body::DevicesChanged(d)) if d.user_id == bob.0 => d.added.first().map(|k| k.device_id),
+            _ => None,
+        },
+        _ => None,
+    })
+    .await;
+    assert_eq!(added, evil.device.0);
+    let mut want = vec![
+        (b1.device.0, natter_sdk::TrustLevel::Verified),
+        (evil.device.0, natter_sdk::TrustLevel::Unverified),
+    ];
+    want.sort_by_key(|(d, _)| *d);
+    assert_eq!(trust(a1.client.clone(), bob).await, want);
+
+    // In the middle: alice verifies "bob" (the attacker's device), and the attacker
+    // verifies itself with bob's phone, to relay what each shows.
+    let to_alice = a1.client.verify_device(bob, evil.device).await.unwrap();
+    let (t, st) = verification(&mut evil, &to_alice).await;
+    assert_eq!(st, natter_sdk::VerificationState::Requested);
+    evil.client.accept_verification(&t).await.unwrap();
+    let to_bob = evil.client.verify_device(bob, b1.device).await.unwrap();
+    assert_eq!(
+        verification(&mut b1, &to_bob).await.1,
+        natter_sdk::VerificationState::Requested
+    );
+    b1.client.accept_verification(&to_bob).await.unwrap();
+    let alice_sees = code(verification(&mut a1, &to_alice).await.1);
+    let bob_sees = code(verification(&mut b1, &to_bob).await.1);
+    assert_ne!(alice_sees, bob_sees, "the two people compare different emoji");
+    a1.client.confirm_verification(&to_alice, false).await.unwrap();
+    b1.client.confirm_verification(&to_bob, false).await.unwrap();
+    let cancelled = natter_sdk::VerificationState::Cancelled("user".into());
+    assert_eq!(verification(&mut a1, &to_alice).await.1, cancelled);
+    assert_eq!(verification(&mut b1, &to_bob).await.1, cancelled);
+    assert_eq!(
+        trust(a1.client.clone(), bob).await,
+        want,
+        "the attacker's device stays unverified"
+    );
+
+    // The verification is kept in the phone's state.
+    let token = a1.client.snapshot().await.unwrap().access_token.unwrap();
+    a1.client.shutdown().await;
+    drop(a1);
+    let a1 = phone_at(&s, &phones.path().join("alice-1.state"), "alice", false, Some(token)).await;
+    assert_eq!(trust(a1.client.clone(), bob).await, want);
+}

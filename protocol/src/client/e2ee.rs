@@ -125,6 +125,19 @@ pub struct Crypto {
     unsaved: Vec<MessageRef>,
     /// Device identities whose self-signature this process already checked.
     verified: std::collections::HashSet<Vec<u8>>,
+    /// Devices a SAS verification confirmed (PROTOCOL.md §12.10): their Ed25519 key then.
+    trusted: BTreeMap<(u64, u64), Vec<u8>>,
+}
+
+/// How far this device trusts another's identity (PROTOCOL.md §12.10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrustLevel {
+    /// Verified by SAS, with the key it has now.
+    Verified,
+    /// Never verified.
+    Unverified,
+    /// Verified before, with another key: someone may be in the middle.
+    Changed,
 }
 
 impl fmt::Debug for Crypto {
@@ -185,6 +198,8 @@ struct Saved {
     backup: Option<(u64, Vec<u8>)>,
     #[serde(default)]
     backup_pending: Vec<MessageRef>,
+    #[serde(default)]
+    trusted: Vec<((u64, u64), Vec<u8>)>,
 }
 
 impl Crypto {
@@ -201,6 +216,7 @@ impl Crypto {
             backup_pending: BTreeSet::new(),
             unsaved: Vec::new(),
             verified: Default::default(),
+            trusted: BTreeMap::new(),
         }
     }
 
@@ -530,6 +546,7 @@ impl Crypto {
             message_keys: keys,
             backup: self.backup.clone(),
             backup_pending: self.backup_pending.iter().cloned().collect(),
+            trusted: self.trusted.iter().map(|(k, v)| (*k, v.clone())).collect(),
         };
         let json = serde_json::to_vec(&saved).expect("the state serializes");
         let sealed = e2ee::seal_blob(store_key, &nonce, &json);
@@ -595,7 +612,31 @@ impl Crypto {
             backup_pending: s.backup_pending.into_iter().collect(),
             unsaved: Vec::new(),
             verified: Default::default(),
+            trusted: s.trusted.into_iter().collect(),
         })
+    }
+
+    /// This device as a party to a verification.
+    pub fn party(&self) -> verify::Party {
+        verify::Party {
+            user: self.user,
+            device: self.device,
+            ed25519: self.account.ed25519_key().as_bytes().to_vec(),
+        }
+    }
+
+    /// A verification confirmed `peer` with the key it holds for it.
+    pub fn mark_verified(&mut self, peer: &verify::Party) {
+        self.trusted.insert((peer.user.0, peer.device.0), peer.ed25519.clone());
+    }
+
+    /// How far this device trusts `device`'s published identity.
+    pub fn trust(&self, device: &pb::DeviceKeys) -> TrustLevel {
+        match self.trusted.get(&(device.user_id, device.device_id)) {
+            None => TrustLevel::Unverified,
+            Some(k) if *k == device.ed25519 => TrustLevel::Verified,
+            Some(_) => TrustLevel::Changed,
+        }
     }
 
     /// [`verified_identity`], each distinct identity checked once per process.
@@ -734,6 +775,7 @@ fn content(e: ContentError) -> Undecryptable {
 }
 
 pub mod backup;
+pub mod verify;
 
 #[cfg(test)]
 mod tests;

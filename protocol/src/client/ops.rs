@@ -187,6 +187,16 @@ fn key_backup(r: Res) -> Option<pb::KeyBackup> {
     }
 }
 
+/// Relay a verification step to one device (PROTOCOL.md §12.10).
+pub fn send_to_device(user: u64, device: u64, payload: Vec<u8>) -> Call<()> {
+    let op = Op::SendToDevice(pb::SendToDevice {
+        user_id: user,
+        device_id: device,
+        payload,
+    });
+    Call::new(op, done)
+}
+
 /// Store sealed message keys in the backup.
 pub fn put_backup_keys(batch: pb::PutBackupKeys) -> Call<()> {
     Call::new(Op::PutBackupKeys(batch), done)

@@ -105,6 +105,37 @@ pub enum SessionError {
     Unexpected(&'static str),
 }
 
+/// Where a device verification stands (PROTOCOL.md §12.10).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerificationUpdate {
+    /// The transaction.
+    pub txn: String,
+    /// The other device's user.
+    pub user_id: UserId,
+    /// The other device.
+    pub device_id: DeviceId,
+    /// What happened.
+    pub state: VerificationState,
+}
+
+/// A step of a device verification, as the app sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VerificationState {
+    /// The other device asks to verify this one: accept or cancel.
+    Requested,
+    /// Both keys are in: show these and ask the person whether both screens agree.
+    Compare {
+        /// Seven (emoji, name) pairs.
+        emoji: Vec<(String, String)>,
+        /// Three numbers.
+        decimals: (u16, u16, u16),
+    },
+    /// Both people confirmed and the keys check out: the other device is verified.
+    Verified,
+    /// Stopped: `user` (declined), `mismatch` (a key was swapped), `unexpected`, `timeout`.
+    Cancelled(String),
+}
+
 /// What the session tells the app.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
@@ -182,6 +213,11 @@ pub enum SessionEvent {
     /// This device's one-time key stock ran low or its fallback key was used
     /// (PROTOCOL.md §12.1): publish more keys.
     KeyCounts(pb::KeyCounts),
+    /// Another device's message to this one (PROTOCOL.md §12.10): a verification step,
+    /// which an SDK's encryption consumes.
+    ToDevice(pb::ToDevice),
+    /// A device verification moved (PROTOCOL.md §12.10), from an SDK's encryption.
+    Verification(VerificationUpdate),
     /// An end-to-end encrypted message this device cannot open (PROTOCOL.md §12.6),
     /// from an SDK's encryption: the event as it came, and why.
     Undecryptable {

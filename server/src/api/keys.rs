@@ -125,7 +125,8 @@ fn not_member(conv: u64) -> ServerError {
     )
 }
 
-/// `UploadKeys`, `ClaimKeys`, `GetDeviceKeys` and the key backup's requests.
+/// `UploadKeys`, `ClaimKeys`, `GetDeviceKeys`, `SendToDevice` (verification steps,
+/// relayed to the device's live sessions, never stored) and the key backup's requests.
 pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError> {
     match op {
         Op::UploadKeys(r) => {
@@ -172,6 +173,32 @@ pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError
                 user_id: target.0,
                 devices,
             }))
+        }
+        Op::SendToDevice(r) => {
+            let target = UserId(r.user_id);
+            may_see(ctx, actor.user, target).await?;
+            if r.payload.len() > natter_protocol::limits::MAX_TO_DEVICE_BYTES {
+                return Err(ServerError::new(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "a device message is at most {} bytes",
+                        natter_protocol::limits::MAX_TO_DEVICE_BYTES
+                    ),
+                ));
+            }
+            ctx.rates.send(actor.user)?;
+            let frame = pb::Frame {
+                kind: Some(pb::frame::Kind::Signal(pb::Signal {
+                    kind: Some(pb::signal::Kind::ToDevice(pb::ToDevice {
+                        from_user_id: actor.user.0,
+                        from_device_id: actor.device.0,
+                        to_device_id: r.device_id,
+                        payload: r.payload,
+                    })),
+                })),
+            };
+            ctx.hub.signal(&[target], encode_frame(&frame));
+            Ok(Res::Done(pb::Done {}))
         }
         Op::GetKeyBackup(_) => Ok(Res::KeyBackup(ctx.keys.backup(actor.user).await?)),
         Op::CreateKeyBackup(r) => Ok(Res::KeyBackup(

@@ -395,7 +395,8 @@ pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError
         | Op::CreateKeyBackup(_)
         | Op::GetKeyBackup(_)
         | Op::PutBackupKeys(_)
-        | Op::GetBackupKeys(_)) => keys::handle(ctx, actor, op).await,
+        | Op::GetBackupKeys(_)
+        | Op::SendToDevice(_)) => keys::handle(ctx, actor, op).await,
         Op::Ping(p) => Ok(Res::Pong(pb::Pong {
             nonce: p.nonce,
             server_time_ms: crate::clock::now_ms(),

@@ -121,6 +121,26 @@ pub enum NatterEvent {
         /// Why.
         error: ErrorInfo,
     },
+    /// A device verification moved (PROTOCOL.md §12.10). `state`: `requested` (the other
+    /// device asks: accept or cancel), `compare` (show `emoji` / `decimals` and ask the
+    /// person whether both screens agree), `verified`, or `cancelled` (with `reason`:
+    /// `user`, `mismatch`, `unexpected`, `timeout`).
+    Verification {
+        /// The transaction, for accept / confirm / cancel.
+        txn: String,
+        /// The other device's user.
+        user_id: u64,
+        /// The other device.
+        device_id: u64,
+        /// Where it stands.
+        state: String,
+        /// `compare`: seven emoji, each "symbol name" (e.g. "🐶 Dog").
+        emoji: Vec<String>,
+        /// `compare`: three numbers.
+        decimals: Vec<u16>,
+        /// `cancelled`: why.
+        reason: String,
+    },
 }
 
 impl NatterEvent {
@@ -192,8 +212,32 @@ impl NatterEvent {
             SessionEvent::UploadProgress(u) => NatterEvent::UploadProgress { progress: u.into() },
             // Download bytes go to the waiting download (the client core's Router).
             SessionEvent::DownloadData { .. } | SessionEvent::DownloadFinished { .. } => return None,
-            // Key stock: the SDK's encryption keeps it topped up by itself.
-            SessionEvent::KeyCounts(_) => return None,
+            // Key stock: the SDK's encryption keeps it topped up by itself; device messages
+            // are the encryption's verification steps, which come out as `Verification`.
+            SessionEvent::KeyCounts(_) | SessionEvent::ToDevice(_) => return None,
+            SessionEvent::Verification(v) => {
+                use crate::session::VerificationState as S;
+                let (state, emoji, decimals, reason) = match v.state {
+                    S::Requested => ("requested", vec![], vec![], String::new()),
+                    S::Compare { emoji, decimals } => (
+                        "compare",
+                        emoji.into_iter().map(|(e, n)| format!("{e} {n}")).collect(),
+                        vec![decimals.0, decimals.1, decimals.2],
+                        String::new(),
+                    ),
+                    S::Verified => ("verified", vec![], vec![], String::new()),
+                    S::Cancelled(r) => ("cancelled", vec![], vec![], r),
+                };
+                NatterEvent::Verification {
+                    txn: v.txn,
+                    user_id: v.user_id.0,
+                    device_id: v.device_id.0,
+                    state: state.into(),
+                    emoji,
+                    decimals,
+                    reason,
+                }
+            }
             SessionEvent::TypingRejected { conversation_id, error } => NatterEvent::TypingRejected {
                 conversation_id: conversation_id.0,
                 error: (&error).into(),

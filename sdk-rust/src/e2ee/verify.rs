@@ -1,0 +1,273 @@
+//! Device verification in the native SDK (PROTOCOL.md §12.10): the I/O around the client
+//! core's [`Verification`] — steps relayed to the other device with `SendToDevice`, the
+//! other device's identity key as the server lists it, each step reported to the app as
+//! a [`VerificationUpdate`], and a verified device kept in the state (written before the
+//! app hears "verified").
+use natter_protocol::client::e2ee::verify::{Outcome, Party, Verification};
+use natter_protocol::client::e2ee::TrustLevel;
+use natter_protocol::client::ops;
+use natter_protocol::pb;
+use natter_protocol::session::{SessionEvent, VerificationState, VerificationUpdate};
+use natter_protocol::{DeviceId, UserId};
+use prost::Message as _;
+
+use super::{random, E2ee, E2eeError, READY_WAIT};
+use crate::{Client, ClientError};
+
+/// A device of a user as this device trusts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceTrust {
+    /// Which.
+    pub device_id: DeviceId,
+    /// Its Ed25519 identity key (what a verification compares).
+    pub ed25519: Vec<u8>,
+    /// Verified, unverified, or changed since it was verified.
+    pub trust: TrustLevel,
+}
+
+fn txn() -> String {
+    let bytes: [u8; 16] = random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Which verification an update is about: transaction, user, device.
+type Update = (String, UserId, DeviceId);
+
+fn update(v: &Verification) -> Update {
+    (v.txn().to_owned(), v.peer().user, v.peer().device)
+}
+
+/// What one step of a verification gave.
+struct Advanced {
+    to: Update,
+    peer: Party,
+    send: Option<pb::VerificationMessage>,
+    state: Option<VerificationState>,
+}
+
+fn no_such(txn: &str) -> ClientError {
+    ClientError::E2ee(E2eeError::Verification(format!("no verification {txn} under way")))
+}
+
+impl E2ee {
+    /// The server's word for a device's identity.
+    async fn party_of(&self, client: &Client, user: UserId, device: DeviceId) -> Result<Party, ClientError> {
+        let devices = client.call(ops::device_keys(user.0)).await?;
+        let d = devices.into_iter().find(|d| d.device_id == device.0).ok_or_else(|| {
+            ClientError::E2ee(E2eeError::Verification(format!(
+                "{user:?} has no device {device:?} with keys"
+            )))
+        })?;
+        Ok(Party {
+            user,
+            device,
+            ed25519: d.ed25519,
+        })
+    }
+
+    async fn me(&self) -> Result<Party, ClientError> {
+        if !self.wait_ready(READY_WAIT).await {
+            return Err(ClientError::E2ee(E2eeError::NoDevice));
+        }
+        let inner = self.inner.lock().await;
+        let crypto = inner.crypto.as_ref().ok_or(ClientError::E2ee(E2eeError::NoDevice))?;
+        Ok(crypto.party())
+    }
+
+    async fn send_step(&self, client: &Client, to: &Party, msg: &pb::VerificationMessage) -> Result<(), ClientError> {
+        client
+            .call(ops::send_to_device(to.user.0, to.device.0, msg.encode_to_vec()))
+            .await
+    }
+
+    fn tell(&self, to: Update, state: VerificationState) {
+        if let Some(app) = self.app.get() {
+            let _ = app.send(SessionEvent::Verification(VerificationUpdate {
+                txn: to.0,
+                user_id: to.1,
+                device_id: to.2,
+                state,
+            }));
+        }
+    }
+
+    /// Advance verification `txn` with `f` under the state's lock, so a step from the
+    /// other device and the person's answer never miss each other: what `f` returns to
+    /// send, the other device, and where it now stands for the app. The code is news only
+    /// after the step that brought the keys (`keys_now`); a verified device is kept (and
+    /// written) before anyone hears of it; a finished verification leaves the table.
+    async fn advance(
+        &self,
+        txn: &str,
+        keys_now: bool,
+        f: impl FnOnce(&mut Verification) -> Option<pb::VerificationMessage>,
+    ) -> Result<Advanced, ClientError> {
+        let mut guard = self.inner.lock().await;
+        let inner = &mut *guard;
+        let v = inner.verifications.get_mut(txn).ok_or_else(|| no_such(txn))?;
+        let send = f(v);
+        let state = match v.outcome() {
+            Some(Outcome::Verified) => {
+                if let Some(crypto) = inner.crypto.as_mut() {
+                    crypto.mark_verified(v.peer());
+                    self.save(crypto).await.map_err(ClientError::E2ee)?;
+                }
+                Some(VerificationState::Verified)
+            }
+            Some(Outcome::Cancelled(reason)) => Some(VerificationState::Cancelled(reason.clone())),
+            None if !keys_now => None,
+            None => v.sas().map(|code| VerificationState::Compare {
+                emoji: code.emoji().into_iter().map(|(e, n)| (e.into(), n.into())).collect(),
+                decimals: code.decimals,
+            }),
+        };
+        let (to, peer) = (update(v), v.peer().clone());
+        if v.outcome().is_some() {
+            inner.verifications.remove(txn);
+        }
+        Ok(Advanced { to, peer, send, state })
+    }
+
+    /// Send what a step gave, then tell the app.
+    async fn finish_step(&self, client: &Client, a: Advanced) -> Result<(), ClientError> {
+        if let Some(msg) = &a.send {
+            self.send_step(client, &a.peer, msg).await?;
+        }
+        if let Some(state) = a.state {
+            self.tell(a.to, state);
+        }
+        Ok(())
+    }
+
+    /// Start verifying `device` of `user`; the transaction id.
+    pub(crate) async fn verify_device(
+        &self,
+        client: &Client,
+        user: UserId,
+        device: DeviceId,
+    ) -> Result<String, ClientError> {
+        let me = self.me().await?;
+        let peer = self.party_of(client, user, device).await?;
+        let (v, start) = Verification::start(me, peer.clone(), txn());
+        let id = v.txn().to_owned();
+        self.inner.lock().await.verifications.insert(id.clone(), v);
+        self.send_step(client, &peer, &start).await?;
+        Ok(id)
+    }
+
+    /// Accept the other device's request.
+    pub(crate) async fn accept_verification(&self, client: &Client, txn: &str) -> Result<(), ClientError> {
+        let mut refused = None;
+        let a = self
+            .advance(txn, false, |v| match v.accept() {
+                Ok(key) => Some(key),
+                Err(e) => {
+                    refused = Some(e);
+                    None
+                }
+            })
+            .await?;
+        if let Some(e) = refused {
+            return Err(ClientError::E2ee(E2eeError::Verification(e.to_string())));
+        }
+        self.finish_step(client, a).await
+    }
+
+    /// The person compared the codes: `matches` or not.
+    pub(crate) async fn confirm_verification(
+        &self,
+        client: &Client,
+        txn: &str,
+        matches: bool,
+    ) -> Result<(), ClientError> {
+        let a = self
+            .advance(txn, false, |v| {
+                Some(match v.confirm(matches) {
+                    Ok(m) => m,
+                    Err(e) => v.cancel_message(e.reason()),
+                })
+            })
+            .await?;
+        self.finish_step(client, a).await
+    }
+
+    /// Stop a verification.
+    pub(crate) async fn cancel_verification(&self, client: &Client, txn: &str) -> Result<(), ClientError> {
+        let v = self
+            .inner
+            .lock()
+            .await
+            .verifications
+            .remove(txn)
+            .ok_or_else(|| no_such(txn))?;
+        let peer = v.peer().clone();
+        self.send_step(client, &peer, &v.cancel_message("user")).await?;
+        self.tell(update(&v), VerificationState::Cancelled("user".into()));
+        Ok(())
+    }
+
+    /// A step from another device (the pump hands them here, in order).
+    pub(crate) async fn on_to_device(&self, client: &Client, t: pb::ToDevice) {
+        if let Err(e) = self.step_from(client, t).await {
+            tracing::warn!(error = %e, "verification step failed");
+        }
+    }
+
+    async fn step_from(&self, client: &Client, t: pb::ToDevice) -> Result<(), ClientError> {
+        let Ok(msg) = pb::VerificationMessage::decode(&t.payload[..]) else {
+            return Ok(());
+        };
+        let from = (UserId(t.from_user_id), DeviceId(t.from_device_id));
+        let with = {
+            let inner = self.inner.lock().await;
+            inner
+                .verifications
+                .get(&msg.txn)
+                .map(|v| (v.peer().user, v.peer().device))
+        };
+        match with {
+            // A step of ours must come from the device it is with.
+            Some(with) if with != from => Ok(()),
+            Some(_) => {
+                let keys_now = matches!(msg.kind, Some(pb::verification_message::Kind::Key(_)));
+                let a = self
+                    .advance(&msg.txn, keys_now, |v| match v.receive(&msg) {
+                        Ok(reply) => reply,
+                        Err(e) => Some(v.cancel_message(e.reason())),
+                    })
+                    .await?;
+                self.finish_step(client, a).await
+            }
+            None if matches!(msg.kind, Some(pb::verification_message::Kind::Start(_))) => {
+                let me = self.me().await?;
+                let peer = self.party_of(client, from.0, from.1).await?;
+                match Verification::requested(me, peer, &msg) {
+                    Ok(v) => {
+                        let to = update(&v);
+                        self.inner.lock().await.verifications.insert(v.txn().to_owned(), v);
+                        self.tell(to, VerificationState::Requested);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "a malformed verification request"),
+                }
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// `user`'s devices with keys, and how far this device trusts each.
+    pub(crate) async fn device_trust(&self, client: &Client, user: UserId) -> Result<Vec<DeviceTrust>, ClientError> {
+        self.me().await?;
+        let devices = client.call(ops::device_keys(user.0)).await?;
+        let inner = self.inner.lock().await;
+        let crypto = inner.crypto.as_ref().ok_or(ClientError::E2ee(E2eeError::NoDevice))?;
+        Ok(devices
+            .into_iter()
+            .map(|d| DeviceTrust {
+                device_id: DeviceId(d.device_id),
+                trust: crypto.trust(&d),
+                ed25519: d.ed25519,
+            })
+            .collect())
+    }
+}
