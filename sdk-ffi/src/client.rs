@@ -326,6 +326,39 @@ impl NatterClient {
         run(async move { c.backup_now().await }).await
     }
 
+    /// Start verifying `device_id` of `user_id` (PROTOCOL.md §12.10); the transaction id.
+    /// Both devices then hear `NatterEvent.Verification` steps: `requested` on the other
+    /// (accept it), then `compare` with the emoji on both, then `verified` or `cancelled`.
+    pub async fn verify_device(&self, user_id: u64, device_id: u64) -> Result<String, NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.verify_device(UserId(user_id), DeviceId(device_id)).await }).await
+    }
+
+    /// Accept another device's request to verify this one.
+    pub async fn accept_verification(&self, txn: String) -> Result<(), NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.accept_verification(&txn).await }).await
+    }
+
+    /// Say whether the emoji on both screens agree.
+    pub async fn confirm_verification(&self, txn: String, matches: bool) -> Result<(), NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.confirm_verification(&txn, matches).await }).await
+    }
+
+    /// Stop a verification.
+    pub async fn cancel_verification(&self, txn: String) -> Result<(), NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.cancel_verification(&txn).await }).await
+    }
+
+    /// A user's devices with keys and how far this device trusts each.
+    pub async fn device_trust(&self, user_id: u64) -> Result<Vec<DeviceTrust>, NatterError> {
+        let c = self.inner.clone();
+        let devices: Vec<natter_sdk::DeviceTrust> = run(async move { c.device_trust(UserId(user_id)).await }).await?;
+        Ok(devices.into_iter().map(DeviceTrust::from).collect())
+    }
+
     /// A new private group owned by the caller.
     pub async fn create_group(&self, name: String, usernames: Vec<String>) -> Result<Conversation, NatterError> {
         let c = self.inner.clone();

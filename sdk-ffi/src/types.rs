@@ -190,3 +190,30 @@ impl From<HistoryAnchor> for natter_sdk::HistoryAnchor {
         }
     }
 }
+
+/// A device of a user and how far this device trusts it (PROTOCOL.md §12.10).
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct DeviceTrust {
+    /// Which device.
+    pub device_id: u64,
+    /// Its Ed25519 identity key, hex (what a verification compares).
+    pub fingerprint: String,
+    /// `verified`, `unverified` (new — or added by someone with the password), or
+    /// `changed` (verified before with another key).
+    pub trust: String,
+}
+
+impl From<natter_sdk::DeviceTrust> for DeviceTrust {
+    fn from(d: natter_sdk::DeviceTrust) -> Self {
+        DeviceTrust {
+            device_id: d.device_id.0,
+            fingerprint: d.ed25519.iter().map(|b| format!("{b:02x}")).collect(),
+            trust: match d.trust {
+                natter_sdk::TrustLevel::Verified => "verified",
+                natter_sdk::TrustLevel::Unverified => "unverified",
+                natter_sdk::TrustLevel::Changed => "changed",
+            }
+            .into(),
+        }
+    }
+}

@@ -417,7 +417,7 @@ suspend fun encryptedDm() {
     val pEvents = Recorder("erin (new phone)")
     val pSub = phone.subscribe(pEvents)
     phone.login(erinName, "erin password", "erin's new phone")
-    pEvents.waitFor("the new phone has keys") { it is NatterEvent.Connected }
+    val phoneUp = pEvents.waitFor("the new phone has keys") { it is NatterEvent.Connected } as NatterEvent.Connected
     suspend fun texts() = phone.history(sid, HistoryAnchor.After(0u), 100u).events.mapNotNull { e ->
         when (val b = e.body) {
             is EventBody.Message -> b.text
@@ -435,6 +435,21 @@ suspend fun encryptedDm() {
     check(phone.restoreBackup(recovery) == 2uL) { "two message keys restored" }
     val after = texts()
     check(after == listOf("sealed from kotlin", "and back")) { "history opens on the new phone: $after" }
+
+    // Dave verifies erin's new phone by comparing emoji.
+    fun step(state: String, txn: String) = { e: NatterEvent -> e is NatterEvent.Verification && e.state == state && e.txn == txn }
+    val txn = dave.verifyDevice(phoneUp.userId, phoneUp.deviceId)
+    pEvents.waitFor("the phone is asked to verify", pred = step("requested", txn))
+    phone.acceptVerification(txn)
+    val onDave = dEvents.waitFor("dave's code", pred = step("compare", txn)) as NatterEvent.Verification
+    val onPhone = pEvents.waitFor("the phone's code", pred = step("compare", txn)) as NatterEvent.Verification
+    check(onDave.emoji == onPhone.emoji && onDave.emoji.size == 7) { "the same emoji: ${onDave.emoji} / ${onPhone.emoji}" }
+    dave.confirmVerification(txn, true)
+    phone.confirmVerification(txn, true)
+    dEvents.waitFor("dave: verified", pred = step("verified", txn))
+    pEvents.waitFor("the phone: verified", pred = step("verified", txn))
+    val trust = dave.deviceTrust(phoneUp.userId).associate { it.deviceId to it.trust }
+    check(trust[phoneUp.deviceId] == "verified") { "erin's new phone is verified for dave: $trust" }
     dSub.cancel()
     pSub.cancel()
     dave.shutdown()

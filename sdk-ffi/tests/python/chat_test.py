@@ -422,7 +422,7 @@ async def encrypted_dm():
     p_events = Recorder("erin (new phone)")
     p_sub = new_phone.subscribe(p_events)
     await new_phone.login(erin_name, "erin password", "erin's new phone")
-    await p_events.wait_for(lambda e: isinstance(e, m.NatterEvent.CONNECTED), "the new phone has keys")
+    phone_up = await p_events.wait_for(lambda e: isinstance(e, m.NatterEvent.CONNECTED), "the new phone has keys")
 
     async def texts():
         page = await new_phone.history(sid, n.HistoryAnchor.AFTER(seq=0), 100)
@@ -439,6 +439,25 @@ async def encrypted_dm():
     check(restored == 3, f"three message keys restored, got {restored}")
     want = ["sealed from python", "and back", "not for the tablet"]
     check(await texts() == want, f"history opens on the new phone: {await texts()}")
+
+    # Dave verifies erin's new phone: both show the same emoji, both confirm.
+    erin_id, phone_id = phone_up.user_id, phone_up.device_id
+    def verification(state, txn=None):
+        return lambda e: (isinstance(e, m.NatterEvent.VERIFICATION) and e.state == state
+                          and (txn is None or e.txn == txn))
+    txn = await dave.verify_device(erin_id, phone_id)
+    await p_events.wait_for(verification("requested", txn), "the phone is asked to verify")
+    await new_phone.accept_verification(txn)
+    on_dave = await d_events.wait_for(verification("compare", txn), "dave's screen shows the code")
+    on_phone = await p_events.wait_for(verification("compare", txn), "the phone's screen shows the code")
+    check(on_dave.emoji == on_phone.emoji and len(on_dave.emoji) == 7, f"the same emoji: {on_dave.emoji} / {on_phone.emoji}")
+    await dave.confirm_verification(txn, True)
+    await new_phone.confirm_verification(txn, True)
+    await d_events.wait_for(verification("verified", txn), "dave: verified")
+    await p_events.wait_for(verification("verified", txn), "the phone: verified")
+    trust = {d.device_id: d.trust for d in await dave.device_trust(erin_id)}
+    check(trust[phone_id] == "verified", f"erin's new phone is verified for dave: {trust}")
+    check(list(trust.values()).count("unverified") == 1, f"her old phone is not: {trust}")
     for c, sub in ((dave, d_sub), (new_phone, p_sub)):
         sub.cancel()
         await c.shutdown()
