@@ -1044,3 +1044,62 @@ async fn sas_verification_agrees_and_a_device_added_with_the_password_stays_unve
     let a1 = phone_at(&s, &phones.path().join("alice-1.state"), "alice", false, Some(token)).await;
     assert_eq!(trust(a1.client.clone(), bob).await, want);
 }
+
+/// Device verification from the terminal: `natter verify --incoming` on bob's side and
+/// `natter verify USER DEVICE` on alice's print the same emoji; both answer "yes" on stdin
+/// and end verified, and `natter trust` lists bob's device as verified for alice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_verifies_a_device_by_emoji() {
+    use std::io::{BufRead, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(&dir.path().join("server")).await;
+    let (a, b) = (dir.path().join("alice"), dir.path().join("bob"));
+    cli_user(&a, &s, "alice").await;
+    cli_user(&b, &s, "bob").await;
+    let dm = cli(&a, &["dm", "bob", "--encrypted"]).await[0]["conversationId"].to_string();
+    let members = cli(&a, &["members", &dm]).await;
+    let bob_id = members.iter().find(|m| m["username"] == "bob").unwrap()["userId"].to_string();
+    let bob_device = cli(&b, &["devices"])
+        .await
+        .into_iter()
+        .find(|d| d["current"] == true)
+        .unwrap()["deviceId"]
+        .to_string();
+    assert_eq!(cli(&a, &["trust", &bob_id]).await[0]["trust"], "unverified");
+
+    let spawn = |profile: &Path, args: &[&str]| {
+        let mut child = std::process::Command::new(natter_cli())
+            .arg("--profile")
+            .arg(profile)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        (child, lines)
+    };
+    let compare = |lines: &mut std::io::Lines<std::io::BufReader<std::process::ChildStdout>>| -> serde_json::Value {
+        loop {
+            let line = lines.next().expect("a line").unwrap();
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if v["verification"] == "compare" {
+                return v["emoji"].clone();
+            }
+        }
+    };
+    let (mut bob, mut bob_out) = spawn(&b, &["verify", "--incoming"]);
+    // Requests are not stored: alice starts once bob's process says it is listening.
+    let waiting = tokio::task::block_in_place(|| bob_out.next().expect("a line").unwrap());
+    assert!(waiting.contains("waiting"), "{waiting}");
+    let (mut alice, mut alice_out) = spawn(&a, &["verify", &bob_id, &bob_device]);
+    let (on_alice, on_bob) = tokio::task::block_in_place(|| (compare(&mut alice_out), compare(&mut bob_out)));
+    assert_eq!(on_alice, on_bob);
+    assert_eq!(on_alice.as_array().unwrap().len(), 7);
+    for child in [&mut alice, &mut bob] {
+        child.stdin.as_mut().unwrap().write_all(b"yes\n").unwrap();
+    }
+    let (ra, rb) = tokio::task::block_in_place(|| (alice.wait().unwrap(), bob.wait().unwrap()));
+    assert!(ra.success() && rb.success(), "both end verified");
+    assert_eq!(cli(&a, &["trust", &bob_id]).await[0]["trust"], "verified");
+}

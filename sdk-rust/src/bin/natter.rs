@@ -63,6 +63,19 @@ enum Cmd {
         #[arg(long)]
         encrypted: bool,
     },
+    /// Verify another device by comparing emoji (PROTOCOL.md §12.10): starts with
+    /// USER_ID DEVICE_ID, or with --incoming waits for another device to ask. Prints the
+    /// code, reads "yes" or "no" from stdin, and ends verified (exit 0) or not (exit 1).
+    Verify {
+        #[arg(required_unless_present = "incoming")]
+        user_id: Option<u64>,
+        #[arg(required_unless_present = "incoming")]
+        device_id: Option<u64>,
+        #[arg(long, conflicts_with_all = ["user_id", "device_id"])]
+        incoming: bool,
+    },
+    /// A user's devices with keys and whether this device verified each.
+    Trust { user_id: u64 },
     /// The key backup of encrypted conversations: enable, restore.
     #[command(subcommand)]
     Backup(BackupCmd),
@@ -243,6 +256,58 @@ impl Profile {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
         }
         Ok(())
+    }
+}
+
+/// Run one verification to its end: start it (or wait for a request and accept it),
+/// print the code, ask stdin whether it matches, print the outcome.
+async fn verify(client: &Client, events: &mut natter_sdk::Events, with: Option<(u64, u64)>) -> anyhow::Result<()> {
+    use natter_sdk::VerificationState as S;
+    let mut txn = match with {
+        Some((user, device)) => Some(client.verify_device(UserId(user), DeviceId(device)).await?),
+        None => {
+            // Authenticated first: a request sent before this session exists never reaches it.
+            client.conversations().await?;
+            print(json!({"verification": "waiting"}));
+            None
+        }
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        let ev = tokio::time::timeout_at(deadline, events.next())
+            .await
+            .context("no verification step within 5 minutes")?;
+        let Some(ev) = ev else { bail!("disconnected") };
+        let ClientEvent::Verification(v) = ev else { continue };
+        if txn.as_ref().is_some_and(|t| *t != v.txn) {
+            continue;
+        }
+        match v.state {
+            S::Requested if txn.is_none() => {
+                print(json!({"verification": "requested", "userId": v.user_id.0, "deviceId": v.device_id.0}));
+                client.accept_verification(&v.txn).await?;
+                txn = Some(v.txn);
+            }
+            S::Requested => {}
+            S::Compare { emoji, decimals } => {
+                let emoji: Vec<String> = emoji.into_iter().map(|(e, n)| format!("{e} {n}")).collect();
+                print(
+                    json!({"verification": "compare", "emoji": emoji, "decimals": [decimals.0, decimals.1, decimals.2]}),
+                );
+                let answer = tokio::task::spawn_blocking(|| {
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line).map(|_| line)
+                })
+                .await??;
+                let matches = matches!(answer.trim().to_lowercase().as_str(), "y" | "yes");
+                client.confirm_verification(&v.txn, matches).await?;
+            }
+            S::Verified => {
+                print(json!({"verification": "verified", "userId": v.user_id.0, "deviceId": v.device_id.0}));
+                return Ok(());
+            }
+            S::Cancelled(reason) => bail!("not verified: {reason}"),
+        }
     }
 }
 
@@ -453,6 +518,18 @@ async fn command(
                 client.direct(&username).await?
             };
             print_as::<_, Conversation>(c);
+        }
+        Cmd::Verify {
+            user_id,
+            device_id,
+            incoming,
+        } => verify(client, events, user_id.zip(device_id).filter(|_| !incoming)).await?,
+        Cmd::Trust { user_id } => {
+            for d in client.device_trust(UserId(user_id)).await? {
+                let fingerprint: String = d.ed25519.iter().map(|b| format!("{b:02x}")).collect();
+                let trust = format!("{:?}", d.trust).to_lowercase();
+                print(json!({"deviceId": d.device_id.0, "fingerprint": fingerprint, "trust": trust}));
+            }
         }
         Cmd::Backup(BackupCmd::Enable) => {
             let recovery_key = client.enable_backup().await?;
