@@ -380,6 +380,7 @@ impl Driver {
                 let _ = reply.send(self.session.unread(conv));
             }
             Command::Typing(conv) => self.session.typing(now, conv),
+            Command::Acknowledge(conv, seq) => self.session.acknowledge(now, conv, seq),
             Command::Download(d, waiter) => self.pending.download(&mut self.session, now, d, waiter),
             Command::WatchUpload(id, tx) => self.upload_watchers.entry(id).or_default().push(tx),
             Command::UploadStream(id, offset, data, stop, done) => match self.conn.clone() {

@@ -98,6 +98,8 @@ pub(crate) struct E2ee {
     ready: tokio::sync::watch::Sender<bool>,
     /// A backup upload is running (one at a time).
     backing_up: std::sync::atomic::AtomicBool,
+    /// The state could not be written after the event being handed on.
+    unsaved_event: std::sync::atomic::AtomicBool,
     /// The state log's size: when to write it afresh.
     log: std::sync::Mutex<LogSize>,
     /// The app's event stream (set by the pump), for verification steps.
@@ -171,6 +173,7 @@ impl E2ee {
             }),
             ready: tokio::sync::watch::Sender::new(false),
             backing_up: Default::default(),
+            unsaved_event: Default::default(),
             log: Default::default(),
             app: std::sync::OnceLock::new(),
         })
@@ -310,6 +313,14 @@ impl E2ee {
         devices.into_iter().find(|d| (d.user_id, d.device_id) == who)
     }
 
+    /// What the session would have acknowledged for this event itself: someone else's
+    /// message (the session hands this client's own messages on unacknowledged too).
+    async fn acknowledgeable(&self, ev: &pb::ConversationEvent) -> Option<(ConversationId, natter_protocol::Seq)> {
+        let me = self.inner.lock().await.crypto.as_ref().map(|c| c.user().0);
+        let theirs = matches!(ev.body, Some(Body::Message(_))) && me != Some(ev.sender_user_id);
+        theirs.then_some((ConversationId(ev.conversation_id), natter_protocol::Seq(ev.seq)))
+    }
+
     /// Learn from an event, and open it if it is sealed.
     async fn on_event(&self, client: &Client, ev: pb::ConversationEvent) -> ClientEvent {
         let conv = ConversationId(ev.conversation_id);
@@ -363,7 +374,9 @@ impl E2ee {
         // Written before the app sees the message (and so before it can be acknowledged).
         if !kept {
             if let Err(e) = self.save(crypto).await {
+                // Not acknowledged, then: after a restart the server delivers it again.
                 tracing::error!(error = %e, "encryption state not saved");
+                self.unsaved_event.store(true, std::sync::atomic::Ordering::Release);
             }
         }
         match result {
@@ -524,7 +537,13 @@ pub(crate) async fn pump(
                 ev
             }
             SessionEvent::Event(e) => {
+                let ack = e2ee.acknowledgeable(&e).await;
                 let out = e2ee.on_event(&client, e).await;
+                // After the state is written: the message may now count as delivered.
+                let unsaved = e2ee.unsaved_event.swap(false, std::sync::atomic::Ordering::AcqRel);
+                if let Some((conv, seq)) = ack.filter(|_| !unsaved) {
+                    client.acknowledge(conv, seq);
+                }
                 e2ee.kick_backup(&client).await;
                 out
             }

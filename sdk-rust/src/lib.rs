@@ -240,6 +240,8 @@ enum Command {
     WatchUpload(String, mpsc::UnboundedSender<driver::UploadWatch>),
     Download(pb::Download, driver::DownloadWaiter),
     Reconnect,
+    /// The app is done with a conversation up to a seq (with `SessionConfig::ack_by_app`).
+    Acknowledge(ConversationId, Seq),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -291,7 +293,9 @@ pub fn new_message_id() -> ClientMsgId {
 impl Client {
     /// Start a client. It connects in the background and keeps reconnecting; requests made
     /// meanwhile wait for the connection.
-    pub fn connect(config: ClientConfig) -> Result<(Client, Events), ClientError> {
+    pub fn connect(mut config: ClientConfig) -> Result<(Client, Events), ClientError> {
+        // An encrypting client acknowledges a message once its state is written (§12.7).
+        config.session.ack_by_app |= config.encryption.is_some();
         let (cmd, cmd_rx) = mpsc::unbounded_channel();
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let uploads = Arc::new(media::UploadTable::restore(config.pending_uploads.clone()));
@@ -354,6 +358,12 @@ impl Client {
     /// The 1:1 conversation with `username`, created on first use.
     pub async fn direct(&self, username: &str) -> Result<pb::ConversationSummary, ClientError> {
         self.call(ops::direct(username)).await
+    }
+
+    /// Acknowledge delivery of `conv` up to `seq` (only with `SessionConfig::ack_by_app`;
+    /// an encrypting client does it itself once its state is written).
+    pub fn acknowledge(&self, conv: ConversationId, seq: Seq) {
+        let _ = self.cmd.send(Command::Acknowledge(conv, seq));
     }
 
     /// The end-to-end encrypted 1:1 conversation with `username` (PROTOCOL.md §12),

@@ -332,9 +332,7 @@ async fn a_drain_tells_every_connection_of_every_transport_and_then_closes_it_wi
         // The other tests of this binary run alongside on their own threads (named after
         // them); their panics are theirs to report. Server tasks run on runtime workers.
         let thread = std::thread::current();
-        let another_test = thread
-            .name()
-            .is_some_and(|n| n.contains('_') && n != DRAIN_TEST);
+        let another_test = thread.name().is_some_and(|n| n.contains('_') && n != DRAIN_TEST);
         if !another_test {
             PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }

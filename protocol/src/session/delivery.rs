@@ -141,6 +141,18 @@ impl ClientSession {
         }
     }
 
+    /// With [`crate::session::SessionConfig::ack_by_app`]: the app is done with
+    /// conversation `conv` up to `seq` (what those events changed is written); the
+    /// delivery acknowledgement goes out.
+    pub fn acknowledge(&mut self, now: Millis, conv: ConversationId, seq: Seq) {
+        self.now = now;
+        let e = self.to_ack.entry(conv).or_default();
+        *e = (*e).max(seq);
+        if self.ready() {
+            self.flush();
+        }
+    }
+
     /// Hand one in-order event to the app, updating what it implies: membership for
     /// receipts, unread counts, and the delivery ack to send.
     pub(super) fn deliver(&mut self, ev: pb::ConversationEvent) {
@@ -172,8 +184,10 @@ impl ClientSession {
                     unread_changed = true;
                 }
                 Some(Body::Message(_)) => {
-                    let e = self.to_ack.entry(conv).or_default();
-                    *e = (*e).max(seq);
+                    if !self.config.ack_by_app {
+                        let e = self.to_ack.entry(conv).or_default();
+                        *e = (*e).max(seq);
+                    }
                     if seq > st.unread_as_of && seq > st.read {
                         st.add_unread(seq);
                         unread_changed = true;

@@ -210,6 +210,39 @@ fn events_are_delivered_once_in_order_and_gaps_are_fetched() {
 }
 
 #[test]
+fn with_ack_by_app_nothing_is_acknowledged_until_the_app_says_so() {
+    let mut p = Peer {
+        s: ClientSession::new(
+            SessionConfig {
+                ack_by_app: true,
+                ..Default::default()
+            },
+            Some("tok".into()),
+        ),
+        now: Millis(1_000),
+    };
+    p.connect(auth_ok(false, vec![summary(5, 0, 1)]));
+    p.events();
+    p.stream(
+        1,
+        &[
+            Kind::StreamHeader(pb::StreamHeader {
+                conversation_id: 5,
+                ..Default::default()
+            }),
+            Kind::Event(ev(5, 1, "a")),
+            Kind::Event(ev(5, 2, "b")),
+        ],
+    );
+    assert_eq!(p.delivered(), vec![(5, 1), (5, 2)]);
+    assert_eq!(p.acks_and_requests(), (vec![], vec![]), "delivered, not acknowledged");
+    p.s.acknowledge(p.now, ConversationId(5), Seq(1));
+    assert_eq!(p.acks_and_requests().0, vec![(5, 1)], "up to what the app has written");
+    p.s.acknowledge(p.now, ConversationId(5), Seq(2));
+    assert_eq!(p.acks_and_requests().0, vec![(5, 2)]);
+}
+
+#[test]
 fn cursor_sync_fetches_what_a_known_conversation_missed_and_backfills_new_ones() {
     let mut p = Peer::new(Some("tok"));
     p.s.restore(None, [(ConversationId(5), Seq(3)), (ConversationId(6), Seq(2))]);

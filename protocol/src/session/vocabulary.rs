@@ -41,6 +41,11 @@ pub struct SessionConfig {
     pub max_early_events: usize,
     /// Out-of-order events held per conversation while a gap is fetched.
     pub max_pending_per_conversation: usize,
+    /// The app acknowledges delivered messages itself ([`crate::session::ClientSession::acknowledge`])
+    /// instead of the session doing it as it hands them on: for an app layer that must
+    /// write what an event changed before the server may consider it delivered (the
+    /// end-to-end encryption's state, PROTOCOL.md §12.7).
+    pub ack_by_app: bool,
 }
 
 impl Default for SessionConfig {
@@ -52,6 +57,7 @@ impl Default for SessionConfig {
             backfill: 50,
             max_early_events: 10_000,
             max_pending_per_conversation: 10_000,
+            ack_by_app: false,
         }
     }
 }
