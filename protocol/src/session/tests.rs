@@ -28,6 +28,14 @@ fn ev(conv: u64, seq: u64, text: &str) -> pb::ConversationEvent {
     }
 }
 
+/// The first frame of conversation `conv`'s delivery stream.
+fn header(conv: u64) -> Kind {
+    Kind::StreamHeader(pb::StreamHeader {
+        conversation_id: conv,
+        ..Default::default()
+    })
+}
+
 fn text(t: &str) -> pb::MessageBody {
     pb::MessageBody {
         text: t.into(),
@@ -37,8 +45,12 @@ fn text(t: &str) -> pb::MessageBody {
 
 impl Peer {
     fn new(token: Option<&str>) -> Self {
+        Peer::with_config(SessionConfig::default(), token)
+    }
+
+    fn with_config(config: SessionConfig, token: Option<&str>) -> Self {
         Peer {
-            s: ClientSession::new(SessionConfig::default(), token.map(String::from)),
+            s: ClientSession::new(config, token.map(String::from)),
             now: Millis(1_000),
         }
     }
@@ -165,10 +177,7 @@ fn events_are_delivered_once_in_order_and_gaps_are_fetched() {
     p.stream(
         1,
         &[
-            Kind::StreamHeader(pb::StreamHeader {
-                conversation_id: 5,
-                ..Default::default()
-            }),
+            header(5),
             Kind::Event(ev(5, 1, "a")),
             Kind::Event(ev(5, 2, "b")),
             Kind::Event(ev(5, 2, "b again")),
@@ -211,29 +220,14 @@ fn events_are_delivered_once_in_order_and_gaps_are_fetched() {
 
 #[test]
 fn with_ack_by_app_nothing_is_acknowledged_until_the_app_says_so() {
-    let mut p = Peer {
-        s: ClientSession::new(
-            SessionConfig {
-                ack_by_app: true,
-                ..Default::default()
-            },
-            Some("tok".into()),
-        ),
-        now: Millis(1_000),
+    let config = SessionConfig {
+        ack_by_app: true,
+        ..Default::default()
     };
+    let mut p = Peer::with_config(config, Some("tok"));
     p.connect(auth_ok(false, vec![summary(5, 0, 1)]));
     p.events();
-    p.stream(
-        1,
-        &[
-            Kind::StreamHeader(pb::StreamHeader {
-                conversation_id: 5,
-                ..Default::default()
-            }),
-            Kind::Event(ev(5, 1, "a")),
-            Kind::Event(ev(5, 2, "b")),
-        ],
-    );
+    p.stream(1, &[header(5), Kind::Event(ev(5, 1, "a")), Kind::Event(ev(5, 2, "b"))]);
     assert_eq!(p.delivered(), vec![(5, 1), (5, 2)]);
     assert_eq!(p.acks_and_requests(), (vec![], vec![]), "delivered, not acknowledged");
     p.s.acknowledge(p.now, ConversationId(5), Seq(1));
@@ -277,16 +271,7 @@ fn events_before_auth_ok_wait_for_it() {
     let (id, a) = p.handshake();
     assert_eq!(a.resume_token, "rt-0");
     // The replay overtakes the AuthOk on another stream.
-    p.stream(
-        3,
-        &[
-            Kind::StreamHeader(pb::StreamHeader {
-                conversation_id: 5,
-                ..Default::default()
-            }),
-            Kind::Event(ev(5, 2, "x")),
-        ],
-    );
+    p.stream(3, &[header(5), Kind::Event(ev(5, 2, "x"))]);
     assert!(p.delivered().is_empty());
     p.respond(id, Res::Auth(auth_ok(true, vec![])));
     assert_eq!(p.delivered(), vec![(5, 2)]);
@@ -595,16 +580,7 @@ fn a_message_ends_typing_on_both_sides() {
     assert!(p.events().iter().any(|e| matches!(e, SessionEvent::Typing { .. })));
     let mut m = ev(5, 1, "hi");
     m.sender_user_id = 2;
-    p.stream(
-        1,
-        &[
-            Kind::StreamHeader(pb::StreamHeader {
-                conversation_id: 5,
-                ..Default::default()
-            }),
-            Kind::Event(m),
-        ],
-    );
+    p.stream(1, &[header(5), Kind::Event(m)]);
     let evs = p.events();
     let at = |f: &dyn Fn(&SessionEvent) -> bool| evs.iter().position(f);
     let event = at(&|e| matches!(e, SessionEvent::Event(_))).expect("the message");
@@ -649,16 +625,13 @@ fn unread_counts_stay_capped_and_cheap_in_a_conversation_nobody_reads() {
     p.connect(auth_ok(false, vec![summary(5, 0, 1)]));
     p.events();
     let n = 5_000u64;
-    let frames: Vec<Kind> = std::iter::once(Kind::StreamHeader(pb::StreamHeader {
-        conversation_id: 5,
-        ..Default::default()
-    }))
-    .chain((1..=n).map(|seq| {
-        let mut e = ev(5, seq, "x");
-        e.sender_user_id = 99;
-        Kind::Event(e)
-    }))
-    .collect();
+    let frames: Vec<Kind> = std::iter::once(header(5))
+        .chain((1..=n).map(|seq| {
+            let mut e = ev(5, seq, "x");
+            e.sender_user_id = 99;
+            Kind::Event(e)
+        }))
+        .collect();
     p.stream(1, &frames);
     assert_eq!(p.s.unread(ConversationId(5)), Some(limits::MAX_UNREAD_COUNT));
     let st = &p.s.convs[&ConversationId(5)];
