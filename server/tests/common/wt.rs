@@ -56,8 +56,14 @@ impl RawWt {
     }
 
     pub async fn frame(&mut self, kind: Kind) {
+        self.try_frame(kind).await.unwrap();
+    }
+
+    /// [`RawWt::frame`], returning the write's error: a session the client already knows
+    /// is gone refuses the write (`NotConnected`).
+    pub async fn try_frame(&mut self, kind: Kind) -> Result<(), wtransport::error::StreamWriteError> {
         let b = encode_frame(&pb::Frame { kind: Some(kind) });
-        self.send.write_all(&b).await.unwrap();
+        self.send.write_all(&b).await
     }
 
     /// The next control frame; `None` once the stream or session ended.
