@@ -31,10 +31,27 @@ impl RawWt {
             .build();
         let endpoint = wtransport::Endpoint::client(config).unwrap();
         let url = format!("https://127.0.0.1:{}/natter", addr.port());
-        let conn = tokio::time::timeout(DEADLINE, endpoint.connect(&url))
-            .await
-            .expect("WebTransport session in time")
-            .expect("WebTransport session");
+        // One more try when the handshake itself fails with an HTTP/3 error: CI saw the
+        // wtransport 0.7.2 pair end a connect once with H3_FRAME_UNEXPECTED (0x105) among
+        // thousands (not reproduced here). No test here is about that handshake; a natter
+        // client reconnects after such a failure too.
+        let mut conn = None;
+        for attempt in 0..2 {
+            match tokio::time::timeout(DEADLINE, endpoint.connect(&url))
+                .await
+                .expect("WebTransport session in time")
+            {
+                Ok(c) => {
+                    conn = Some(c);
+                    break;
+                }
+                Err(e) if attempt == 0 && matches!(e, wtransport::error::ConnectingError::ConnectionError(_)) => {
+                    eprintln!("WebTransport connect failed ({e}); once more");
+                }
+                Err(e) => panic!("WebTransport session: {e}"),
+            }
+        }
+        let conn = conn.expect("a session");
         let (send, recv) = conn.open_bi().await.unwrap().await.unwrap();
         let mut r = RawWt {
             conn,
