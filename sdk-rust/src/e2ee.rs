@@ -6,7 +6,9 @@
 //! claiming keys where a session is missing and sealing again when the server answers
 //! `DEVICE_MISMATCH` (same client message id: exactly-once makes the retry safe).
 //!
-//! Message keys also go to the user's key backup when there is one (`backup`).
+//! Message keys also go to the user's key backup when there is one (`backup`). A message
+//! handed to the app undecryptable is handed on again, opened, when its key arrives
+//! later (a restore from the backup): same conversation and seq, so a timeline replaces it.
 //!
 //! The state (Olm account, sessions, message keys) is one file, encrypted with the app's
 //! store key: a log of records, one appended (and synced) after every change and before
@@ -30,6 +32,9 @@ use crate::{Client, ClientError, ClientEvent, SendAck};
 const SEAL_ATTEMPTS: usize = 6;
 /// How long a send or history read waits for the device's first authentication.
 const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Undecryptable events kept (the newest, by conversation and seq) to open again when
+/// their keys arrive; older ones open when the app reads them from history again.
+const UNOPENED_KEPT: usize = 1_000;
 
 /// The key the app keeps (in the platform's keystore) to encrypt the state at rest.
 #[derive(Clone)]
@@ -88,6 +93,9 @@ struct Inner {
     encrypted: HashMap<ConversationId, bool>,
     /// Device verifications under way, by transaction.
     verifications: HashMap<String, natter_protocol::client::e2ee::verify::Verification>,
+    /// Message events the app got undecryptable, by (conversation, seq): opened and
+    /// handed on again once this device keeps their keys ([`E2ee::reopen`]).
+    unopened: std::collections::BTreeMap<(u64, u64), pb::ConversationEvent>,
 }
 
 /// The SDK's encryption, shared by the client handle and the event pump.
@@ -170,6 +178,7 @@ impl E2ee {
                 lists: HashMap::new(),
                 encrypted: HashMap::new(),
                 verifications: HashMap::new(),
+                unopened: Default::default(),
             }),
             ready: tokio::sync::watch::Sender::new(false),
             backing_up: Default::default(),
@@ -391,6 +400,49 @@ impl E2ee {
         }
     }
 
+    /// Keep an event the app got undecryptable, to open when its key arrives.
+    async fn unopened(&self, ev: pb::ConversationEvent) {
+        let mut inner = self.inner.lock().await;
+        inner.unopened.insert((ev.conversation_id, ev.seq), ev);
+        while inner.unopened.len() > UNOPENED_KEPT {
+            inner.unopened.pop_first();
+        }
+    }
+
+    /// Hand on again, opened, every event the app got undecryptable whose key this
+    /// device now keeps (after keys arrived: a restore from the backup); how many.
+    pub(crate) async fn reopen(&self) -> usize {
+        let reopened: Vec<pb::ConversationEvent> = {
+            let mut guard = self.inner.lock().await;
+            let inner = &mut *guard;
+            let Some(crypto) = inner.crypto.as_mut() else {
+                return 0;
+            };
+            let ready: Vec<(u64, u64)> = inner
+                .unopened
+                .iter()
+                .filter(|(_, ev)| crypto.has_message_key(ev))
+                .map(|(k, _)| *k)
+                .collect();
+            ready
+                .into_iter()
+                .filter_map(|k| {
+                    let ev = inner.unopened.remove(&k)?;
+                    // A kept key: no sender keys needed, no state changed.
+                    let content = crypto.open(&ev, None).ok()?;
+                    Some(opened(ev, content))
+                })
+                .collect()
+        };
+        let n = reopened.len();
+        if let Some(app) = self.app.get() {
+            for ev in reopened {
+                let _ = app.send(SessionEvent::Event(ev));
+            }
+        }
+        n
+    }
+
     /// Open the events of a history page (message keys of opened messages are kept, so
     /// what this device read before opens again).
     pub(crate) async fn open_page(&self, client: &Client, page: &mut pb::HistoryPage) {
@@ -539,6 +591,9 @@ pub(crate) async fn pump(
             SessionEvent::Event(e) => {
                 let ack = e2ee.acknowledgeable(&e).await;
                 let out = e2ee.on_event(&client, e).await;
+                if let SessionEvent::Undecryptable { event, .. } = &out {
+                    e2ee.unopened(event.clone()).await;
+                }
                 // After the state is written: the message may now count as delivered.
                 let unsaved = e2ee.unsaved_event.swap(false, std::sync::atomic::Ordering::AcqRel);
                 if let Some((conv, seq)) = ack.filter(|_| !unsaved) {

@@ -388,6 +388,8 @@ impl Client {
     /// device opens history no other device of theirs sealed for it; how many keys were
     /// new. A mistyped key is [`BackupError::Malformed`], another backup's key
     /// [`BackupError::WrongKey`] (both inside [`E2eeError::Backup`]), and nothing is read.
+    /// Messages the event stream brought undecryptable and whose keys came are on it
+    /// again, opened (same conversation and seq), by the time this returns.
     pub async fn restore_backup(&self, recovery_key: &str) -> Result<u64, ClientError> {
         self.e2ee()?.restore_backup(self, recovery_key).await
     }

@@ -826,7 +826,8 @@ fn page_texts(page: &pb::HistoryPage) -> Vec<Option<String>> {
 /// The key backup: bob's only device backs up what it reads (what it kept before the
 /// backup existed too), then goes away; a new device of bob's, with no other device
 /// online, reads nothing of the history until it restores with the recovery key — a
-/// mistyped key and another backup's key are typed errors that read nothing.
+/// mistyped key and another backup's key are typed errors that read nothing — and then
+/// gets the messages its sync brought undecryptable again, opened.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_device_alone_restores_history_from_the_key_backup() {
     let data = tempfile::tempdir().unwrap();
@@ -856,7 +857,23 @@ async fn a_new_device_alone_restores_history_from_the_key_backup() {
     drop(b1);
     let _ = read(&mut a1, dm, 31).await;
 
-    let b2 = phone(&s, phones.path(), "bob", 2, false).await;
+    let mut b2 = phone(&s, phones.path(), "bob", 2, false).await;
+    // The new phone's sync brings the 31 messages from before it existed: none opens.
+    let mut unopened = Vec::new();
+    while unopened.len() < 31 {
+        let seq = wait_for(&mut b2.events, |e| match e {
+            ClientEvent::Undecryptable { event, reason } if event.conversation_id == dm.0 => {
+                assert_eq!(reason, "not_for_this_device");
+                Some(event.seq)
+            }
+            ClientEvent::Event(ev) if ev.conversation_id == dm.0 && matches!(ev.body, Some(Body::Message(_))) => {
+                panic!("seq {} opened without its key", ev.seq)
+            }
+            _ => None,
+        })
+        .await;
+        unopened.push(seq);
+    }
     let history = |c: Client| async move {
         let page = c
             .history(dm, natter_sdk::HistoryAnchor::After(natter_sdk::Seq(0)), 100)
@@ -890,6 +907,26 @@ async fn a_new_device_alone_restores_history_from_the_key_backup() {
     );
 
     assert_eq!(b2.client.restore_backup(&recovery).await.unwrap(), 31);
+    // What the event stream brought undecryptable comes again, opened, same seqs.
+    let mut reopened = Vec::new();
+    while reopened.len() < 31 {
+        reopened.push(
+            wait_for(&mut b2.events, |e| match e {
+                ClientEvent::Event(ev) if ev.conversation_id == dm.0 => match &ev.body {
+                    Some(Body::Message(m)) => {
+                        let body = m.body.clone().unwrap_or_default();
+                        assert!(body.encrypted.is_none(), "seq {} handed on opened", ev.seq);
+                        Some((ev.seq, body.text))
+                    }
+                    _ => None,
+                },
+                _ => None,
+            })
+            .await,
+        );
+    }
+    assert_eq!(reopened.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), unopened);
+    assert_eq!(reopened.into_iter().map(|(_, t)| t).collect::<Vec<_>>(), want);
     let opened: Vec<String> = history(b2.client.clone())
         .await
         .into_iter()

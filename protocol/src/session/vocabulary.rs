@@ -225,7 +225,9 @@ pub enum SessionEvent {
     /// A device verification moved (PROTOCOL.md §12.10), from an SDK's encryption.
     Verification(VerificationUpdate),
     /// An end-to-end encrypted message this device cannot open (PROTOCOL.md §12.6),
-    /// from an SDK's encryption: the event as it came, and why.
+    /// from an SDK's encryption: the event as it came, and why. When its key arrives
+    /// later (a restore from the key backup) the SDK hands it on again as an `Event`,
+    /// opened, with the same conversation and seq.
     Undecryptable {
         /// The sealed event.
         event: pb::ConversationEvent,

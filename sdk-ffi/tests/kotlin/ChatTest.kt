@@ -62,6 +62,9 @@ class Recorder(val name: String) : NatterListener {
 
     fun mark(): Int = synchronized(lock) { events.size }
 
+    /** Every event so far that `pred` holds for, in arrival order. */
+    fun matching(pred: (NatterEvent) -> Boolean): List<NatterEvent> = synchronized(lock) { events.filter(pred) }
+
     suspend fun waitFor(what: String, start: Int = 0, pred: (NatterEvent) -> Boolean): NatterEvent =
         withContext(Dispatchers.IO) {
             val deadline = System.currentTimeMillis() + WAIT_MS
@@ -427,12 +430,23 @@ suspend fun encryptedDm() {
     }
     val before = texts()
     check(before == listOf("", "")) { "nothing opens before the restore: $before" }
+    // Its sync brought both messages undecryptable; the restore hands them on again, opened.
+    val isUnopened = { e: NatterEvent ->
+        e is NatterEvent.Event && e.event.conversationId == sid && e.event.body is EventBody.Undecryptable
+    }
+    // (The count under the recorder's lock, which is re-entrant.)
+    pEvents.waitFor("the sync brings both messages, unopened") { pEvents.matching(isUnopened).size == 2 }
+    check(pEvents.messages(sid).isEmpty()) { "none opened without its key: ${pEvents.messages(sid)}" }
+    val unopenedSeqs = pEvents.matching(isUnopened).map { (it as NatterEvent.Event).event.seq }
     expectError<NatterException.WrongRecoveryKey>("another backup's key") {
         // A well-formed key of another user's backup (dave's) is wrong, not malformed.
         phone.restoreBackup(dave.enableBackup())
     }
     expectError<NatterException.MalformedRecoveryKey>("a mistyped key") { phone.restoreBackup(recovery.dropLast(1)) }
     check(phone.restoreBackup(recovery) == 2uL) { "two message keys restored" }
+    pEvents.waitFor("what came undecryptable comes again, opened", pred = isMessage(sid, "and back"))
+    val reopened = pEvents.messages(sid)
+    check(reopened == unopenedSeqs.zip(listOf("sealed from kotlin", "and back"))) { "same seqs, opened: $reopened" }
     val after = texts()
     check(after == listOf("sealed from kotlin", "and back")) { "history opens on the new phone: $after" }
 

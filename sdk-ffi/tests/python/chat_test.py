@@ -423,6 +423,14 @@ async def encrypted_dm():
     p_sub = new_phone.subscribe(p_events)
     await new_phone.login(erin_name, "erin password", "erin's new phone")
     phone_up = await p_events.wait_for(lambda e: isinstance(e, m.NatterEvent.CONNECTED), "the new phone has keys")
+    def undecryptable(seq=None):
+        return lambda e: (isinstance(e, m.NatterEvent.EVENT) and e.event.conversation_id == sid
+                          and isinstance(e.event.body, m.EventBody.UNDECRYPTABLE)
+                          and (seq is None or e.event.seq == seq))
+    await p_events.wait_for(undecryptable(ack.seq), "the new phone's sync brings the last message, unopened")
+    with p_events.cond:
+        unopened = [e.event.seq for e in p_events.events if undecryptable()(e)]
+    check(len(unopened) == 3 and not p_events.messages(sid), f"three messages it cannot open yet: {unopened}")
 
     async def texts():
         page = await new_phone.history(sid, n.HistoryAnchor.AFTER(seq=0), 100)
@@ -438,6 +446,8 @@ async def encrypted_dm():
     restored = await new_phone.restore_backup(recovery)
     check(restored == 3, f"three message keys restored, got {restored}")
     want = ["sealed from python", "and back", "not for the tablet"]
+    await p_events.wait_for(is_message(sid, want[-1]), "what came undecryptable comes again, opened")
+    check(p_events.messages(sid) == list(zip(unopened, want)), f"same seqs, opened: {p_events.messages(sid)}")
     check(await texts() == want, f"history opens on the new phone: {await texts()}")
 
     # Dave verifies erin's new phone: both show the same emoji, both confirm.

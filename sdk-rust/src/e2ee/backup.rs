@@ -110,7 +110,8 @@ impl E2ee {
 
     /// Restore the message keys of every encrypted conversation of the user from the
     /// backup with `recovery_key` (as the person typed it); how many keys were new. A
-    /// malformed or wrong key is refused before anything is read.
+    /// malformed or wrong key is refused before anything is read. Events the app got
+    /// undecryptable whose keys came are handed on again, opened, before this returns.
     pub(crate) async fn restore_backup(&self, client: &Client, recovery_key: &str) -> Result<u64, ClientError> {
         let recovery = RecoveryKey::parse(recovery_key).map_err(bad_backup)?;
         if !self.wait_ready(READY_WAIT).await {
@@ -138,6 +139,9 @@ impl E2ee {
         let crypto = inner.crypto.as_mut().ok_or(ClientError::E2ee(E2eeError::NoDevice))?;
         crypto.set_backup(&info);
         self.save(crypto).await.map_err(ClientError::E2ee)?;
+        drop(inner);
+        // What the app got undecryptable and can read now, handed on again opened.
+        self.reopen().await;
         Ok(restored)
     }
 }
