@@ -96,6 +96,12 @@ struct Inner {
     /// Message events the app got undecryptable, by (conversation, seq): opened and
     /// handed on again once this device keeps their keys ([`E2ee::reopen`]).
     unopened: std::collections::BTreeMap<(u64, u64), pb::ConversationEvent>,
+    /// Devices of this user whose last key share arrived (user, device), not yet matched
+    /// with this device's own "verified" for them.
+    shared_by: std::collections::HashSet<(u64, u64)>,
+    /// Verified devices of this user whose key share the app's "verified" waits for:
+    /// (transaction, user, device) of the update.
+    verified_pending: HashMap<(u64, u64), (String, UserId, DeviceId)>,
 }
 
 /// The SDK's encryption, shared by the client handle and the event pump.
@@ -179,6 +185,8 @@ impl E2ee {
                 encrypted: HashMap::new(),
                 verifications: HashMap::new(),
                 unopened: Default::default(),
+                shared_by: Default::default(),
+                verified_pending: HashMap::new(),
             }),
             ready: tokio::sync::watch::Sender::new(false),
             backing_up: Default::default(),

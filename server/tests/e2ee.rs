@@ -1139,4 +1139,166 @@ async fn the_cli_verifies_a_device_by_emoji() {
     let (ra, rb) = tokio::task::block_in_place(|| (alice.wait().unwrap(), bob.wait().unwrap()));
     assert!(ra.success() && rb.success(), "both end verified");
     assert_eq!(cli(&a, &["trust", &bob_id]).await[0]["trust"], "verified");
+
+    // A new profile of bob's verifies itself with his first one and reads what came
+    // before it (the keys are shared before either process says verified, §12.11).
+    cli(&a, &["send", &dm, "before", "the", "new", "profile"]).await;
+    let b2 = dir.path().join("bob-2");
+    let (addr, fp) = (s.addr.to_string(), s.fingerprint.clone());
+    let login = [
+        "--server",
+        &addr,
+        "--fingerprint",
+        &fp,
+        "login",
+        "bob",
+        "--password",
+        PASSWORD,
+    ];
+    cli(&b2, &login).await;
+    let texts = |h: Vec<serde_json::Value>| -> Vec<Option<String>> {
+        h.iter()
+            .filter(|v| v["body"]["type"] == "message" || v["body"]["type"] == "encrypted")
+            .map(|v| v["body"]["text"].as_str().map(String::from))
+            .collect()
+    };
+    assert_eq!(
+        texts(cli(&b2, &["history", &dm]).await),
+        vec![None],
+        "nothing opens yet"
+    );
+    let (mut old, mut old_out) = spawn(&b, &["verify", "--incoming"]);
+    let waiting = tokio::task::block_in_place(|| old_out.next().expect("a line").unwrap());
+    assert!(waiting.contains("waiting"), "{waiting}");
+    let (mut new, mut new_out) = spawn(&b2, &["verify", &bob_id, &bob_device]);
+    let (on_new, on_old) = tokio::task::block_in_place(|| (compare(&mut new_out), compare(&mut old_out)));
+    assert_eq!(on_new, on_old);
+    for child in [&mut new, &mut old] {
+        child.stdin.as_mut().unwrap().write_all(b"yes\n").unwrap();
+    }
+    let (rn, ro) = tokio::task::block_in_place(|| (new.wait().unwrap(), old.wait().unwrap()));
+    assert!(rn.success() && ro.success(), "both end verified");
+    assert_eq!(
+        texts(cli(&b2, &["history", &dm]).await),
+        vec![Some("before the new profile".to_string())]
+    );
+}
+
+/// Key sharing between a user's verified devices (PROTOCOL.md §12.11): bob's new phone
+/// reads nothing of the 40 messages from before it existed; bob verifies it from his old
+/// phone by emoji, and by the time both say "verified" the old phone's keys are on the
+/// new one — what its sync brought undecryptable comes again opened, and history opens.
+/// A device added with bob's password, never verified, gets no key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verified_new_device_gets_the_keys_of_the_old_one_and_an_unverified_one_does_not() {
+    let data = tempfile::tempdir().unwrap();
+    let phones = tempfile::tempdir().unwrap();
+    let s = server(data.path()).await;
+    let a1 = phone(&s, phones.path(), "alice", 1, true).await;
+    let mut b1 = phone(&s, phones.path(), "bob", 1, true).await;
+    let dm = ConversationId(a1.client.encrypted_direct("bob").await.unwrap().conversation_id);
+    let mut want = Vec::new();
+    for i in 0..40 {
+        let text = format!("{MARKER} {i}");
+        if i % 4 == 3 {
+            b1.client.send(dm, &text).await.unwrap();
+        } else {
+            a1.client.send(dm, &text).await.unwrap();
+        }
+        want.push(text);
+    }
+    assert_eq!(read(&mut b1, dm, 40).await, want);
+
+    let evil = phone(&s, phones.path(), "bob", 9, false).await;
+    let mut b2 = phone(&s, phones.path(), "bob", 2, false).await;
+    let mut unopened = Vec::new();
+    while unopened.len() < 40 {
+        unopened.push(
+            wait_for(&mut b2.events, |e| match e {
+                ClientEvent::Undecryptable { event, .. } if event.conversation_id == dm.0 => Some(event.seq),
+                ClientEvent::Event(ev) if ev.conversation_id == dm.0 && matches!(ev.body, Some(Body::Message(_))) => {
+                    panic!("seq {} opened without its key", ev.seq)
+                }
+                _ => None,
+            })
+            .await,
+        );
+    }
+
+    let members = b1.client.members(dm).await.unwrap();
+    let bob = UserId(members.iter().find(|m| m.username == "bob").unwrap().user_id);
+    let txn = b1.client.verify_device(bob, b2.device).await.unwrap();
+    assert_eq!(
+        verification(&mut b2, &txn).await.1,
+        natter_sdk::VerificationState::Requested
+    );
+    b2.client.accept_verification(&txn).await.unwrap();
+    let (on_1, on_2) = (
+        code(verification(&mut b1, &txn).await.1),
+        code(verification(&mut b2, &txn).await.1),
+    );
+    assert_eq!(on_1, on_2);
+    b2.client.confirm_verification(&txn, true).await.unwrap();
+    b1.client.confirm_verification(&txn, true).await.unwrap();
+    // "verified" on the new phone comes after the old phone's keys: the messages it
+    // could not open come first, opened (in seq order within each share).
+    let mut reopened = Vec::new();
+    let verified = loop {
+        let got = wait_for(&mut b2.events, |e| match e {
+            ClientEvent::Event(ev) if ev.conversation_id == dm.0 => match &ev.body {
+                Some(Body::Message(m)) => Some(Ok((ev.seq, m.body.clone().unwrap_or_default().text))),
+                _ => None,
+            },
+            ClientEvent::Verification(v) if v.txn == txn => Some(Err(v.state.clone())),
+            _ => None,
+        })
+        .await;
+        match got {
+            Ok(m) => reopened.push(m),
+            Err(state) => break state,
+        }
+    };
+    assert_eq!(verified, natter_sdk::VerificationState::Verified);
+    reopened.sort();
+    assert_eq!(reopened.iter().map(|(s, _)| *s).collect::<Vec<_>>(), unopened);
+    assert_eq!(reopened.into_iter().map(|(_, t)| t).collect::<Vec<_>>(), want);
+    assert_eq!(
+        verification(&mut b1, &txn).await.1,
+        natter_sdk::VerificationState::Verified
+    );
+    let page = b2
+        .client
+        .history(dm, natter_sdk::HistoryAnchor::After(natter_sdk::Seq(0)), 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        page_texts(&page)
+            .into_iter()
+            .map(|t| t.expect("opens"))
+            .collect::<Vec<_>>(),
+        want
+    );
+    // Both ways: a message the new phone sends opens on the old one as ever.
+    b2.client.send(dm, "from the new phone").await.unwrap();
+    assert_eq!(read_after(&mut b1, dm, 0, 1).await, vec!["from the new phone"]);
+
+    // The device added with the password, never verified, was given nothing.
+    let page = evil
+        .client
+        .history(dm, natter_sdk::HistoryAnchor::After(natter_sdk::Seq(0)), 100)
+        .await
+        .unwrap();
+    let texts = page_texts(&page);
+    assert_eq!(texts.len(), 41);
+    assert!(
+        texts[..40].iter().all(Option::is_none),
+        "nothing before it existed opens"
+    );
+    assert_eq!(
+        texts[40].as_deref(),
+        Some("from the new phone"),
+        "what was sealed for it does"
+    );
+    drop((a1, b1, b2, evil, s));
+    assert!(files_containing(data.path(), MARKER.as_bytes()).is_empty());
 }

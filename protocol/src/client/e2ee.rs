@@ -6,8 +6,9 @@
 //! [`Crypto::keys_to_upload`] returns, claims keys for the devices [`SealError::NeedKeys`]
 //! names, and answers [`Crypto::open`]'s failures with an undecryptable event.
 //!
-//! Message keys of every message this device sealed or opened stay in the state, so a
-//! message reads again (history, a re-delivery after a restart) without Olm — whose
+//! Message keys of every message this device sealed or opened stay in the state (and go
+//! to the key backup, [`backup`], and to the user's other devices it verified, [`share`]),
+//! so a message reads again (history, a re-delivery after a restart) without Olm — whose
 //! message keys are used once.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -775,6 +776,7 @@ fn content(e: ContentError) -> Undecryptable {
 }
 
 pub mod backup;
+pub mod share;
 pub mod verify;
 
 #[cfg(test)]

@@ -136,7 +136,9 @@ pub enum VerificationState {
         /// Three numbers.
         decimals: (u16, u16, u16),
     },
-    /// Both people confirmed and the keys check out: the other device is verified.
+    /// Both people confirmed and the keys check out: the other device is verified. For
+    /// another device of this user, once the two also shared their message keys
+    /// (PROTOCOL.md §12.11), or 30 s after without the other's.
     Verified,
     /// Stopped: `user` (declined), `mismatch` (a key was swapped), `unexpected`, `timeout`.
     Cancelled(String),

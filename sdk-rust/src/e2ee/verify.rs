@@ -2,9 +2,14 @@
 //! core's [`Verification`] — steps relayed to the other device with `SendToDevice`, the
 //! other device's identity key as the server lists it, each step reported to the app as
 //! a [`VerificationUpdate`], and a verified device kept in the state (written before the
-//! app hears "verified").
+//! app hears "verified"). Two devices of one user that verified each other then share
+//! the message keys they keep (§12.11), and the app hears "verified" once this device
+//! sent its keys and has the other's (or after [`SHARE_WAIT`] without them).
+use std::time::Duration;
+
+use natter_protocol::client::e2ee::share::ShareError;
 use natter_protocol::client::e2ee::verify::{Outcome, Party, Verification};
-use natter_protocol::client::e2ee::TrustLevel;
+use natter_protocol::client::e2ee::{SealError, TrustLevel};
 use natter_protocol::client::ops;
 use natter_protocol::pb;
 use natter_protocol::session::{SessionEvent, VerificationState, VerificationUpdate};
@@ -24,6 +29,11 @@ pub struct DeviceTrust {
     /// Verified, unverified, or changed since it was verified.
     pub trust: TrustLevel,
 }
+
+/// How long "verified" for one of the user's own devices waits for its keys.
+const SHARE_WAIT: Duration = Duration::from_secs(30);
+/// Times one key share step is sent again after `RATE_LIMITED`.
+const SHARE_ATTEMPTS: usize = 20;
 
 fn txn() -> String {
     let bytes: [u8; 16] = random();
@@ -49,15 +59,14 @@ fn no_such(txn: &str) -> ClientError {
     ClientError::E2ee(E2eeError::Verification(format!("no verification {txn} under way")))
 }
 
+fn share_error(e: ShareError) -> ClientError {
+    ClientError::E2ee(E2eeError::Verification(format!("key share: {e}")))
+}
+
 impl E2ee {
     /// The server's word for a device's identity.
     async fn party_of(&self, client: &Client, user: UserId, device: DeviceId) -> Result<Party, ClientError> {
-        let devices = client.call(ops::device_keys(user.0)).await?;
-        let d = devices.into_iter().find(|d| d.device_id == device.0).ok_or_else(|| {
-            ClientError::E2ee(E2eeError::Verification(format!(
-                "{user:?} has no device {device:?} with keys"
-            )))
-        })?;
+        let d = self.keys_of(client, user, device).await?;
         Ok(Party {
             user,
             device,
@@ -128,13 +137,135 @@ impl E2ee {
         Ok(Advanced { to, peer, send, state })
     }
 
-    /// Send what a step gave, then tell the app.
+    /// Send what a step gave, then tell the app. A device of this user just verified gets
+    /// this device's keys first, and "verified" waits for its keys too.
     async fn finish_step(&self, client: &Client, a: Advanced) -> Result<(), ClientError> {
         if let Some(msg) = &a.send {
             self.send_step(client, &a.peer, msg).await?;
         }
-        if let Some(state) = a.state {
-            self.tell(a.to, state);
+        let Some(state) = a.state else {
+            return Ok(());
+        };
+        if matches!(state, VerificationState::Verified) && self.own_device(&a.peer).await {
+            if let Err(e) = self.share_with(client, &a.peer, &a.to.0).await {
+                tracing::warn!(error = %e, "sharing keys with a verified device of this user failed");
+            }
+            let who = (a.peer.user.0, a.peer.device.0);
+            let mut inner = self.inner.lock().await;
+            if !inner.shared_by.remove(&who) {
+                inner.verified_pending.insert(who, a.to);
+                drop(inner);
+                if let Ok(me) = client.e2ee() {
+                    let me = me.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(SHARE_WAIT).await;
+                        let pending = me.inner.lock().await.verified_pending.remove(&who);
+                        if let Some(to) = pending {
+                            tracing::warn!(device = who.1, "verified, but its keys did not come");
+                            me.tell(to, VerificationState::Verified);
+                        }
+                    });
+                }
+                return Ok(());
+            }
+        }
+        self.tell(a.to, state);
+        Ok(())
+    }
+
+    /// Another device of this device's user.
+    async fn own_device(&self, peer: &Party) -> bool {
+        let inner = self.inner.lock().await;
+        inner
+            .crypto
+            .as_ref()
+            .is_some_and(|c| c.user() == peer.user && c.device() != peer.device)
+    }
+
+    /// The server's keys of one device.
+    async fn keys_of(&self, client: &Client, user: UserId, device: DeviceId) -> Result<pb::DeviceKeys, ClientError> {
+        let devices = client.call(ops::device_keys(user.0)).await?;
+        devices.into_iter().find(|d| d.device_id == device.0).ok_or_else(|| {
+            ClientError::E2ee(E2eeError::Verification(format!(
+                "{user:?} has no device {device:?} with keys"
+            )))
+        })
+    }
+
+    /// Send every message key this device keeps to `peer`, a device of its user it just
+    /// verified (PROTOCOL.md §12.11); how many steps that took.
+    async fn share_with(&self, client: &Client, peer: &Party, txn: &str) -> Result<usize, ClientError> {
+        let keys = self.keys_of(client, peer.user, peer.device).await?;
+        let mut claimed = Vec::new();
+        let steps = loop {
+            let mut inner = self.inner.lock().await;
+            let crypto = inner.crypto.as_mut().ok_or(ClientError::E2ee(E2eeError::NoDevice))?;
+            match crypto.share_keys(&keys, &claimed, txn) {
+                Ok(steps) => {
+                    // A session made for it is written before anything is sent with it.
+                    self.save(crypto).await.map_err(ClientError::E2ee)?;
+                    break steps;
+                }
+                Err(ShareError::Seal(SealError::NeedKeys(need))) if claimed.is_empty() => {
+                    drop(inner);
+                    claimed = client.call(ops::claim_keys(peer.user.0, vec![peer.device.0])).await?;
+                    if claimed.is_empty() {
+                        return Err(share_error(ShareError::Seal(SealError::NeedKeys(need))));
+                    }
+                }
+                Err(e) => return Err(share_error(e)),
+            }
+        };
+        for step in &steps {
+            let mut attempt = 0;
+            loop {
+                match self.send_step(client, peer, step).await {
+                    Err(e) if e.code() == Some(pb::ErrorCode::RateLimited) && attempt < SHARE_ATTEMPTS => {
+                        attempt += 1;
+                        let wait = e.server_error().map_or(100, |s| s.retry_after_ms.max(10));
+                        tokio::time::sleep(Duration::from_millis(wait.into())).await;
+                    }
+                    other => break other?,
+                }
+            }
+        }
+        Ok(steps.len())
+    }
+
+    /// Keys another device of this user shared: kept (and written) if this device verified
+    /// it, then what the app got undecryptable and can read now comes again, opened; the
+    /// last share lets this device's "verified" for it through.
+    async fn shared_keys(
+        &self,
+        client: &Client,
+        from: (UserId, DeviceId),
+        share: &pb::KeyShare,
+    ) -> Result<(), ClientError> {
+        let keys = self.keys_of(client, from.0, from.1).await?;
+        let (new, tell) = {
+            let mut guard = self.inner.lock().await;
+            let inner = &mut *guard;
+            let crypto = inner.crypto.as_mut().ok_or(ClientError::E2ee(E2eeError::NoDevice))?;
+            let (new, last) = crypto.accept_shared_keys(&keys, share).map_err(share_error)?;
+            // The Olm session moved on: written even when no key was new.
+            self.save(crypto).await.map_err(ClientError::E2ee)?;
+            let who = (from.0 .0, from.1 .0);
+            let tell = if last {
+                let pending = inner.verified_pending.remove(&who);
+                if pending.is_none() {
+                    inner.shared_by.insert(who);
+                }
+                pending
+            } else {
+                None
+            };
+            (new, tell)
+        };
+        if new > 0 {
+            self.reopen().await;
+        }
+        if let Some(to) = tell {
+            self.tell(to, VerificationState::Verified);
         }
         Ok(())
     }
@@ -218,6 +349,9 @@ impl E2ee {
             return Ok(());
         };
         let from = (UserId(t.from_user_id), DeviceId(t.from_device_id));
+        if let Some(pb::verification_message::Kind::KeyShare(share)) = &msg.kind {
+            return self.shared_keys(client, from, share).await;
+        }
         let with = {
             let inner = self.inner.lock().await;
             inner

@@ -2,6 +2,7 @@
 //! server's key stock.
 use std::collections::HashMap;
 
+use super::share::ShareError;
 use super::*;
 
 const CONV: ConversationId = ConversationId(9);
@@ -423,4 +424,103 @@ fn the_state_log_appends_only_what_changed_and_survives_a_torn_record() {
     damaged[at] ^= 1;
     assert!(matches!(Crypto::load(&key, &damaged), Err(StateError::Malformed(_))));
     assert_eq!(Crypto::load(&[8; 32], &log).unwrap_err(), StateError::WrongKey);
+}
+
+fn party(stock: &Stock, c: &Crypto) -> verify::Party {
+    let d = stock.identity(c);
+    verify::Party {
+        user: UserId(d.user_id),
+        device: DeviceId(d.device_id),
+        ed25519: d.ed25519,
+    }
+}
+
+#[test]
+fn verified_devices_of_one_user_share_their_keys_and_nobody_else_can() {
+    let (mut stock, mut a1, a2, mut b1) = setup();
+    let a1_keys = stock.identity(&a1);
+    let events: Vec<pb::ConversationEvent> = (0..100)
+        .map(|i| {
+            let ev = send(&mut stock, &mut a1, &[&a2, &b1], &format!("m{i:03}"), "history");
+            b1.open(&ev, Some(&a1_keys)).unwrap();
+            ev
+        })
+        .collect();
+    // bob's new phone, b2, never sent to: reads nothing.
+    let mut b2 = Crypto::new(UserId(2), DeviceId(22));
+    stock.publish(&mut b2);
+    let (b1_id, b2_id) = (stock.identity(&b1), stock.identity(&b2));
+    assert_eq!(
+        b2.open(&events[0], Some(&a1_keys)).unwrap_err(),
+        Undecryptable::NotForThisDevice
+    );
+    // Not before b1 verified b2, and never with another user's device.
+    assert_eq!(
+        b1.share_keys(&b2_id, &[], "t1").unwrap_err(),
+        ShareError::NotVerified(22)
+    );
+    assert_eq!(
+        b1.share_keys(&stock.identity(&a2), &[], "t1").unwrap_err(),
+        ShareError::NotOwnDevice
+    );
+    b1.mark_verified(&party(&stock, &b2));
+    b2.mark_verified(&party(&stock, &b1));
+    let shares = match b1.share_keys(&b2_id, &[], "t1") {
+        Err(ShareError::Seal(SealError::NeedKeys(need))) => {
+            let claimed = stock.claim(&need);
+            b1.share_keys(&b2_id, &claimed, "t1").unwrap()
+        }
+        other => panic!("expected to need b2's keys, got {other:?}"),
+    };
+    assert!(shares.len() > 1, "100 keys take several device messages");
+    for s in &shares {
+        assert!(
+            s.encoded_len() <= crate::limits::MAX_TO_DEVICE_BYTES,
+            "{} bytes",
+            s.encoded_len()
+        );
+    }
+    let share = |m: &pb::VerificationMessage| match &m.kind {
+        Some(pb::verification_message::Kind::KeyShare(k)) => k.clone(),
+        other => panic!("{other:?}"),
+    };
+    // A device added with the password (unverified) hands b2 nothing; a1 is not bob's.
+    let mut b3 = Crypto::new(UserId(2), DeviceId(23));
+    stock.publish(&mut b3);
+    b3.mark_verified(&party(&stock, &b2));
+    let b3_id = stock.identity(&b3);
+    let forged = match b3.share_keys(&b2_id, &stock.claim(std::slice::from_ref(&b2_id)), "t2") {
+        Ok(m) => share(&m[0]),
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(
+        b2.accept_shared_keys(&b3_id, &forged).unwrap_err(),
+        ShareError::NotVerified(23)
+    );
+    assert_eq!(
+        b2.accept_shared_keys(&a1_keys, &forged).unwrap_err(),
+        ShareError::NotOwnDevice
+    );
+
+    let mut new = 0;
+    for (i, m) in shares.iter().enumerate() {
+        let (n, last) = b2.accept_shared_keys(&b1_id, &share(m)).unwrap();
+        assert_eq!(last, i == shares.len() - 1, "only the last share says so");
+        new += n;
+    }
+    assert_eq!(new, 100);
+    for ev in &events {
+        assert_eq!(body(b2.open(ev, None).unwrap()), "history");
+    }
+    // A replayed share, or one altered on the way, opens no more.
+    assert!(matches!(
+        b2.accept_shared_keys(&b1_id, &share(&shares[0])),
+        Err(ShareError::Olm(_))
+    ));
+    let mut altered = share(&shares[1]);
+    let n = altered.olm_body.len();
+    altered.olm_body[n - 20] ^= 1;
+    assert!(b2.accept_shared_keys(&b1_id, &altered).is_err());
+    // Both keep a session with each other: b2 answers without claiming.
+    assert_eq!(b2.share_keys(&b1_id, &[], "t1").unwrap().len(), shares.len());
 }
