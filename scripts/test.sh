@@ -92,8 +92,8 @@ step "clippy (all targets, warnings are errors; natter-wasm also as wasm32)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy -p natter-wasm --target wasm32-unknown-unknown --all-targets --locked -- -D warnings
 
-step "natter-protocol builds for wasm32-unknown-unknown"
-cargo build -p natter-protocol --target wasm32-unknown-unknown --locked
+step "natter-protocol builds for wasm32-unknown-unknown, its end-to-end encryption (vodozemac, HPKE) included"
+cargo build -p natter-protocol --features e2ee --target wasm32-unknown-unknown --locked
 
 step "natter-wasm package (sdk-wasm/pkg, copied to web/pkg)"
 bash sdk-wasm/build.sh
