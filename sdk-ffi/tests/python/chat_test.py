@@ -468,7 +468,28 @@ async def encrypted_dm():
     trust = {d.device_id: d.trust for d in await dave.device_trust(erin_id)}
     check(trust[phone_id] == "verified", f"erin's new phone is verified for dave: {trust}")
     check(list(trust.values()).count("unverified") == 1, f"her old phone is not: {trust}")
-    for c, sub in ((dave, d_sub), (new_phone, p_sub)):
+
+    # Her new phone verifies a laptop of hers: with the verification the laptop gets the
+    # phone's keys (PROTOCOL.md §12.11) and reads the history nobody sealed for it.
+    laptop = n.NatterClient(e2ee_options("erin-laptop"))
+    l_events = Recorder("erin (laptop)")
+    l_sub = laptop.subscribe(l_events)
+    await laptop.login(erin_name, "erin password", "erin's laptop")
+    laptop_up = await l_events.wait_for(lambda e: isinstance(e, m.NatterEvent.CONNECTED), "the laptop has keys")
+    own = await new_phone.verify_device(erin_id, laptop_up.device_id)
+    await l_events.wait_for(verification("requested", own), "the laptop is asked to verify")
+    await laptop.accept_verification(own)
+    on_phone = await p_events.wait_for(verification("compare", own), "the phone's code for the laptop")
+    on_laptop = await l_events.wait_for(verification("compare", own), "the laptop's code")
+    check(on_phone.emoji == on_laptop.emoji, f"the same emoji: {on_phone.emoji} / {on_laptop.emoji}")
+    await new_phone.confirm_verification(own, True)
+    await laptop.confirm_verification(own, True)
+    await l_events.wait_for(verification("verified", own), "the laptop: verified")
+    await p_events.wait_for(verification("verified", own), "the phone: the laptop verified")
+    page = await laptop.history(sid, n.HistoryAnchor.AFTER(seq=0), 100)
+    got = [e.body.text for e in page.events if isinstance(e.body, m.EventBody.MESSAGE)]
+    check(got == want, f"the laptop reads the history it was never sent: {got}")
+    for c, sub in ((dave, d_sub), (new_phone, p_sub), (laptop, l_sub)):
         sub.cancel()
         await c.shutdown()
 
