@@ -13,13 +13,17 @@
 //! The state (Olm account, sessions, message keys) is one file, encrypted with the app's
 //! store key: a log of records, one appended (and synced) after every change and before
 //! the event that caused it reaches the app (§12.7), written afresh when it has grown.
+//! What is policy rather than I/O — device lists, the state log's compaction, which
+//! undecryptable events wait for keys — is the client core's (`client::e2ee`), for the
+//! browser package to share.
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use natter_protocol::client::e2ee::backup::BackupError;
-use natter_protocol::client::e2ee::{Crypto, SealError, StateError, SEAL_RANDOM_BYTES};
+use natter_protocol::client::e2ee::conversations::{is_sealed, opened, Conversations};
+use natter_protocol::client::e2ee::{Crypto, SealError, StateError, StateLog, SEAL_RANDOM_BYTES};
 use natter_protocol::client::ops;
 use natter_protocol::pb::{self, conversation_event::Body};
 use natter_protocol::session::SessionEvent;
@@ -32,9 +36,6 @@ use crate::{Client, ClientError, ClientEvent, SendAck};
 const SEAL_ATTEMPTS: usize = 6;
 /// How long a send or history read waits for the device's first authentication.
 const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
-/// Undecryptable events kept (the newest, by conversation and seq) to open again when
-/// their keys arrive; older ones open when the app reads them from history again.
-const UNOPENED_KEPT: usize = 1_000;
 
 /// The key the app keeps (in the platform's keystore) to encrypt the state at rest.
 #[derive(Clone)]
@@ -87,15 +88,11 @@ pub enum E2eeError {
 
 struct Inner {
     crypto: Option<Crypto>,
-    /// The devices of each encrypted conversation as this device last learned them.
-    lists: HashMap<ConversationId, Vec<pb::DeviceKeys>>,
-    /// Whether each conversation this device heard of is encrypted.
-    encrypted: HashMap<ConversationId, bool>,
+    /// Which conversations are encrypted, their device lists, the events the app got
+    /// undecryptable.
+    convs: Conversations,
     /// Device verifications under way, by transaction.
     verifications: HashMap<String, natter_protocol::client::e2ee::verify::Verification>,
-    /// Message events the app got undecryptable, by (conversation, seq): opened and
-    /// handed on again once this device keeps their keys ([`E2ee::reopen`]).
-    unopened: std::collections::BTreeMap<(u64, u64), pb::ConversationEvent>,
     /// Devices of this user whose last key share arrived (user, device), not yet matched
     /// with this device's own "verified" for them.
     shared_by: std::collections::HashSet<(u64, u64)>,
@@ -115,20 +112,10 @@ pub(crate) struct E2ee {
     /// The state could not be written after the event being handed on.
     unsaved_event: std::sync::atomic::AtomicBool,
     /// The state log's size: when to write it afresh.
-    log: std::sync::Mutex<LogSize>,
+    log: std::sync::Mutex<StateLog>,
     /// The app's event stream (set by the pump), for verification steps.
     app: std::sync::OnceLock<mpsc::UnboundedSender<ClientEvent>>,
 }
-
-/// Bytes of the state log: its last full write, and the records appended since.
-#[derive(Debug, Default)]
-struct LogSize {
-    snapshot: u64,
-    appended: u64,
-}
-
-/// The log is written afresh once its records pass twice the state, or this.
-const COMPACT_BYTES: u64 = 256 * 1024;
 
 impl fmt::Debug for E2ee {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -144,33 +131,6 @@ fn random<const N: usize>() -> [u8; N] {
     b
 }
 
-/// A message event with an envelope.
-fn sealed(ev: &pb::ConversationEvent) -> bool {
-    matches!(&ev.body, Some(Body::Message(m)) if m.body.as_ref().is_some_and(|b| b.encrypted.is_some()))
-}
-
-/// What an opened envelope becomes for the app: the message, or the change it carries.
-fn opened(mut ev: pb::ConversationEvent, content: pb::SealedContent) -> pb::ConversationEvent {
-    let client_msg_id = match &ev.body {
-        Some(Body::Message(m)) => m.client_msg_id.clone(),
-        _ => String::new(),
-    };
-    ev.body = Some(match content.change {
-        Some(pb::sealed_content::Change::Edit(e)) => Body::MessageEdited(e),
-        Some(pb::sealed_content::Change::Delete(d)) => Body::MessageDeleted(d),
-        Some(pb::sealed_content::Change::Reaction(r)) => Body::Reaction(r),
-        None => {
-            let mut body = content.body.unwrap_or_default();
-            body.encrypted = None;
-            Body::Message(pb::MessageEvent {
-                client_msg_id,
-                body: Some(body),
-            })
-        }
-    });
-    ev
-}
-
 mod backup;
 mod verify;
 pub use verify::DeviceTrust;
@@ -181,10 +141,8 @@ impl E2ee {
             config,
             inner: Mutex::new(Inner {
                 crypto: None,
-                lists: HashMap::new(),
-                encrypted: HashMap::new(),
+                convs: Conversations::default(),
                 verifications: HashMap::new(),
-                unopened: Default::default(),
                 shared_by: Default::default(),
                 verified_pending: HashMap::new(),
             }),
@@ -201,13 +159,7 @@ impl E2ee {
     /// (or there is none yet), the whole state instead, written to a temporary file,
     /// synced and renamed over the old one.
     async fn save(&self, crypto: &mut Crypto) -> Result<(), E2eeError> {
-        let (compact, appended) = {
-            let log = self.log.lock().expect("log sizes");
-            (
-                log.snapshot == 0 || log.appended > COMPACT_BYTES.max(2 * log.snapshot),
-                log.appended,
-            )
-        };
+        let compact = self.log.lock().expect("log sizes").whole_next();
         let path = self.config.state_path.clone();
         let bytes = if compact {
             crypto.save(&self.config.store_key.0, random())
@@ -235,15 +187,7 @@ impl E2ee {
         .await
         .map_err(|e| E2eeError::Io(e.to_string()))?
         .map_err(|e| E2eeError::Io(e.to_string()))?;
-        let mut log = self.log.lock().expect("log sizes");
-        if compact {
-            *log = LogSize {
-                snapshot: len,
-                appended: 0,
-            };
-        } else {
-            log.appended = appended + len;
-        }
+        self.log.lock().expect("log sizes").wrote(compact, len);
         Ok(())
     }
 
@@ -314,18 +258,11 @@ impl E2ee {
 
     /// A device's keys for opening its message: the conversation's list, else the server.
     async fn sender_keys(&self, client: &Client, ev: &pb::ConversationEvent) -> Option<pb::DeviceKeys> {
-        let conv = ConversationId(ev.conversation_id);
-        let who = (ev.sender_user_id, ev.sender_device_id);
-        let listed = {
-            let inner = self.inner.lock().await;
-            inner
-                .lists
-                .get(&conv)
-                .and_then(|l| l.iter().find(|d| (d.user_id, d.device_id) == who).cloned())
-        };
+        let listed = self.inner.lock().await.convs.sender(ev);
         if listed.is_some() {
             return listed;
         }
+        let who = (ev.sender_user_id, ev.sender_device_id);
         let devices = client.call(ops::device_keys(ev.sender_user_id)).await.ok()?;
         devices.into_iter().find(|d| (d.user_id, d.device_id) == who)
     }
@@ -340,29 +277,9 @@ impl E2ee {
 
     /// Learn from an event, and open it if it is sealed.
     async fn on_event(&self, client: &Client, ev: pb::ConversationEvent) -> ClientEvent {
-        let conv = ConversationId(ev.conversation_id);
-        match &ev.body {
-            Some(Body::Created(c)) if c.encrypted => {
-                let mut inner = self.inner.lock().await;
-                inner.encrypted.insert(conv, true);
-                inner.lists.insert(conv, c.devices.clone());
-            }
-            Some(Body::DevicesChanged(d)) => {
-                let mut inner = self.inner.lock().await;
-                inner.encrypted.insert(conv, true);
-                let list = inner.lists.entry(conv).or_default();
-                list.retain(|k| !(k.user_id == d.user_id && d.removed.contains(&k.device_id)));
-                for k in &d.added {
-                    if !list
-                        .iter()
-                        .any(|x| (x.user_id, x.device_id) == (k.user_id, k.device_id))
-                    {
-                        list.push(k.clone());
-                    }
-                }
-            }
-            _ if sealed(&ev) => return self.open(client, ev).await,
-            _ => {}
+        self.inner.lock().await.convs.learn(&ev);
+        if is_sealed(&ev) {
+            return self.open(client, ev).await;
         }
         SessionEvent::Event(ev)
     }
@@ -380,7 +297,7 @@ impl E2ee {
             self.sender_keys(client, &ev).await
         };
         let mut inner = self.inner.lock().await;
-        inner.encrypted.insert(ConversationId(ev.conversation_id), true);
+        inner.convs.note(ConversationId(ev.conversation_id), true);
         let Some(crypto) = inner.crypto.as_mut() else {
             return SessionEvent::Undecryptable {
                 event: ev,
@@ -410,11 +327,7 @@ impl E2ee {
 
     /// Keep an event the app got undecryptable, to open when its key arrives.
     async fn unopened(&self, ev: pb::ConversationEvent) {
-        let mut inner = self.inner.lock().await;
-        inner.unopened.insert((ev.conversation_id, ev.seq), ev);
-        while inner.unopened.len() > UNOPENED_KEPT {
-            inner.unopened.pop_first();
-        }
+        self.inner.lock().await.convs.keep_unopened(ev);
     }
 
     /// Hand on again, opened, every event the app got undecryptable whose key this
@@ -426,21 +339,7 @@ impl E2ee {
             let Some(crypto) = inner.crypto.as_mut() else {
                 return 0;
             };
-            let ready: Vec<(u64, u64)> = inner
-                .unopened
-                .iter()
-                .filter(|(_, ev)| crypto.has_message_key(ev))
-                .map(|(k, _)| *k)
-                .collect();
-            ready
-                .into_iter()
-                .filter_map(|k| {
-                    let ev = inner.unopened.remove(&k)?;
-                    // A kept key: no sender keys needed, no state changed.
-                    let content = crypto.open(&ev, None).ok()?;
-                    Some(opened(ev, content))
-                })
-                .collect()
+            inner.convs.reopen(crypto)
         };
         let n = reopened.len();
         if let Some(app) = self.app.get() {
@@ -456,7 +355,7 @@ impl E2ee {
     pub(crate) async fn open_page(&self, client: &Client, page: &mut pb::HistoryPage) {
         self.wait_ready(READY_WAIT).await;
         for ev in page.events.iter_mut() {
-            if sealed(ev) {
+            if is_sealed(ev) {
                 if let SessionEvent::Event(open) = self.open(client, ev.clone()).await {
                     *ev = open;
                 }
@@ -466,24 +365,24 @@ impl E2ee {
 
     /// Remember whether a conversation is encrypted.
     pub(crate) async fn note(&self, conv: ConversationId, encrypted: bool) {
-        self.inner.lock().await.encrypted.insert(conv, encrypted);
+        self.inner.lock().await.convs.note(conv, encrypted);
     }
 
     /// Whether a conversation is encrypted, if this device knows.
     pub(crate) async fn is_encrypted(&self, conv: ConversationId) -> Option<bool> {
-        self.inner.lock().await.encrypted.get(&conv).copied()
+        self.inner.lock().await.convs.is_encrypted(conv)
     }
 
     /// The conversation's devices: as learned, else every member's from the server.
     async fn list(&self, client: &Client, conv: ConversationId) -> Result<Vec<pb::DeviceKeys>, ClientError> {
-        if let Some(l) = self.inner.lock().await.lists.get(&conv) {
-            return Ok(l.clone());
+        if let Some(l) = self.inner.lock().await.convs.devices(conv) {
+            return Ok(l.to_vec());
         }
         let mut list = Vec::new();
         for m in client.members(conv).await? {
             list.extend(client.call(ops::device_keys(m.user_id)).await?);
         }
-        self.inner.lock().await.lists.insert(conv, list.clone());
+        self.inner.lock().await.convs.set_devices(conv, list.clone());
         Ok(list)
     }
 
@@ -509,14 +408,7 @@ impl E2ee {
                     let Some(m) = e.server_error().and_then(|s| s.device_mismatch.clone()) else {
                         return Err(e);
                     };
-                    devices.retain(|d| {
-                        let gone = |r: &pb::DeviceRef| (r.user_id, r.device_id) == (d.user_id, d.device_id);
-                        let stale = |k: &pb::DeviceKeys| (k.user_id, k.device_id) == (d.user_id, d.device_id);
-                        !m.extra.iter().any(gone) && !m.stale.iter().any(stale)
-                    });
-                    devices.extend(m.missing.iter().cloned());
-                    devices.extend(m.stale.iter().cloned());
-                    self.inner.lock().await.lists.insert(conv, devices.clone());
+                    devices = self.inner.lock().await.convs.fix_devices(conv, &devices, &m);
                 }
                 Err(e) => return Err(e),
             }

@@ -524,3 +524,108 @@ fn verified_devices_of_one_user_share_their_keys_and_nobody_else_can() {
     // Both keep a session with each other: b2 answers without claiming.
     assert_eq!(b2.share_keys(&b1_id, &[], "t1").unwrap().len(), shares.len());
 }
+
+#[test]
+fn the_state_log_is_written_afresh_once_its_records_outgrow_the_state() {
+    let mut log = StateLog::default();
+    assert!(log.whole_next(), "no log yet");
+    log.wrote(true, 300 * 1024);
+    assert!(!log.whole_next());
+    log.wrote(false, 600 * 1024);
+    assert!(!log.whole_next(), "twice the state, not past it");
+    log.wrote(false, 1);
+    assert!(log.whole_next());
+    log.wrote(true, 1_000);
+    log.wrote(false, 256 * 1024 + 1);
+    assert!(log.whole_next(), "a small state: past 256 KiB of records");
+}
+
+#[test]
+fn conversations_follow_device_list_events_and_refusals_and_reopen_what_keys_came_for() {
+    use super::conversations::{Conversations, UNOPENED_KEPT};
+    let (mut stock, mut a1, a2, mut b1) = setup();
+    let (ka1, ka2, kb1) = (stock.identity(&a1), stock.identity(&a2), stock.identity(&b1));
+    let ids = |c: &Conversations| -> Vec<(u64, u64)> {
+        c.devices(CONV)
+            .unwrap()
+            .iter()
+            .map(|d| (d.user_id, d.device_id))
+            .collect()
+    };
+    let at = |seq: u64, body: pb::conversation_event::Body| pb::ConversationEvent {
+        conversation_id: CONV.0,
+        seq,
+        body: Some(body),
+        ..Default::default()
+    };
+    let mut c = Conversations::default();
+    assert_eq!(c.is_encrypted(CONV), None);
+    c.learn(&at(
+        1,
+        pb::conversation_event::Body::Created(pb::ConversationCreated {
+            encrypted: true,
+            devices: vec![ka1.clone(), kb1.clone()],
+            ..Default::default()
+        }),
+    ));
+    assert_eq!(c.is_encrypted(CONV), Some(true));
+    assert_eq!(ids(&c), vec![(1, 11), (2, 21)]);
+    c.learn(&at(
+        2,
+        pb::conversation_event::Body::DevicesChanged(pb::DevicesChanged {
+            user_id: 1,
+            added: vec![ka2.clone(), kb1.clone()],
+            removed: vec![11],
+        }),
+    ));
+    assert_eq!(ids(&c), vec![(2, 21), (1, 12)], "a1 removed, a2 added, b1 not twice");
+    let ev = send(&mut stock, &mut a1, &[&a2, &b1], "m1", "hi");
+    assert_eq!(c.sender(&ev), None, "a1 is no longer listed");
+    // A refusal: a2 extra, b1 stale (new keys), a1 missing.
+    let mut b1_new = kb1.clone();
+    b1_new.signature.push(0);
+    let fixed = c.fix_devices(
+        CONV,
+        &[kb1.clone(), ka2.clone()],
+        &pb::DeviceMismatch {
+            missing: vec![ka1.clone()],
+            extra: vec![pb::DeviceRef {
+                user_id: 1,
+                device_id: 12,
+            }],
+            stale: vec![b1_new.clone()],
+        },
+    );
+    assert_eq!(fixed, vec![ka1.clone(), b1_new]);
+    assert_eq!(c.devices(CONV).unwrap(), &fixed[..]);
+    assert_eq!(c.sender(&ev), Some(ka1.clone()));
+
+    // Undecryptable events wait for their keys, the newest UNOPENED_KEPT of them.
+    let mut b2 = Crypto::new(UserId(2), DeviceId(22));
+    for seq in 0..UNOPENED_KEPT as u64 {
+        let mut old = ev.clone();
+        old.seq = 10_000 + seq;
+        c.keep_unopened(old);
+    }
+    let mut kept = ev.clone();
+    kept.seq = 20_000;
+    c.keep_unopened(kept);
+    assert!(c.reopen(&mut b2).is_empty(), "no keys yet");
+    b1.open(&ev, Some(&ka1)).unwrap();
+    let recovery = backup::RecoveryKey::from_random([7; 32]);
+    b1.set_backup(&pb::KeyBackup {
+        version: 1,
+        public_key: recovery.public_key().to_vec(),
+    });
+    b2.restore(&recovery, &b1.backup_batch(10).unwrap().keys).unwrap();
+    let reopened = c.reopen(&mut b2);
+    // All 1,001 share one message id here: the oldest (10_000) fell out of the kept ones.
+    assert_eq!(reopened.len(), UNOPENED_KEPT);
+    assert_eq!(reopened[0].seq, 10_001);
+    assert_eq!(reopened.last().unwrap().seq, 20_000);
+    assert!(matches!(
+        &reopened[0].body,
+        Some(pb::conversation_event::Body::Message(m)) if m.body.as_ref().unwrap().text == "hi"
+    ));
+    assert!(c.reopen(&mut b2).is_empty(), "handed on once");
+}
