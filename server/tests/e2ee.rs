@@ -678,18 +678,7 @@ async fn the_cli_writes_and_reads_an_encrypted_conversation() {
         .unwrap()
         .to_string();
     let b2 = dir.path().join("bob-2");
-    let (addr, fp) = (s.addr.to_string(), s.fingerprint.clone());
-    let login = [
-        "--server",
-        &addr,
-        "--fingerprint",
-        &fp,
-        "login",
-        "bob",
-        "--password",
-        PASSWORD,
-    ];
-    cli(&b2, &login).await;
+    cli_login(&b2, &s, "bob").await;
     assert!(texts(cli(&b2, &["history", &dm]).await).is_empty(), "nothing opens yet");
     let other = natter_protocol::client::e2ee::backup::RecoveryKey::from_random([3; 32]).to_display();
     let refused = cli_fails(&b2, &["backup", "restore", "--recovery-key", &other]).await;
@@ -1144,18 +1133,7 @@ async fn the_cli_verifies_a_device_by_emoji() {
     // before it (the keys are shared before either process says verified, §12.11).
     cli(&a, &["send", &dm, "before", "the", "new", "profile"]).await;
     let b2 = dir.path().join("bob-2");
-    let (addr, fp) = (s.addr.to_string(), s.fingerprint.clone());
-    let login = [
-        "--server",
-        &addr,
-        "--fingerprint",
-        &fp,
-        "login",
-        "bob",
-        "--password",
-        PASSWORD,
-    ];
-    cli(&b2, &login).await;
+    cli_login(&b2, &s, "bob").await;
     let texts = |h: Vec<serde_json::Value>| -> Vec<Option<String>> {
         h.iter()
             .filter(|v| v["body"]["type"] == "message" || v["body"]["type"] == "encrypted")

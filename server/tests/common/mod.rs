@@ -417,6 +417,23 @@ pub async fn cli_user(profile: &std::path::Path, s: &RunningServer, name: &str) 
     cli(profile, &["login", name, "--password", PASSWORD]).await;
 }
 
+/// A new CLI profile at `profile` logged in as `name` (registered already) on `s`: a
+/// new device of that user.
+pub async fn cli_login(profile: &std::path::Path, s: &RunningServer, name: &str) {
+    let (addr, fp) = (s.addr.to_string(), s.fingerprint.clone());
+    let login = [
+        "--server",
+        &addr,
+        "--fingerprint",
+        &fp,
+        "login",
+        name,
+        "--password",
+        PASSWORD,
+    ];
+    cli(profile, &login).await;
+}
+
 /// The last word of the server's next stdout line (an address, a fingerprint).
 pub fn last_word(lines: &mut std::io::Lines<std::io::BufReader<std::process::ChildStdout>>) -> String {
     let line = lines.next().expect("a line").expect("readable");
