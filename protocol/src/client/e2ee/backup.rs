@@ -104,6 +104,11 @@ impl RecoveryKey {
         if count != 53 || bytes.len() != 33 {
             return Err(BackupError::Malformed("a recovery key is 53 characters"));
         }
+        // The last character's spare bit is 0 as written: a typo that changes only it
+        // is caught too.
+        if acc & ((1 << bits) - 1) != 0 {
+            return Err(BackupError::Malformed("the last character does not match (a typo?)"));
+        }
         let key: [u8; 32] = bytes[..32].try_into().expect("32 bytes");
         if parity(&key) != bytes[32] {
             return Err(BackupError::Malformed("the check character does not match (a typo?)"));
@@ -214,6 +219,16 @@ mod tests {
         let typo: String = typo.into_iter().collect();
         assert!(matches!(RecoveryKey::parse(&typo), Err(BackupError::Malformed(_))));
         assert!(matches!(RecoveryKey::parse("abc"), Err(BackupError::Malformed(_))));
+        // Every other last character, the one that differs only in the spare bit included
+        // (a typo a Python test once made of a key ending in 0: read as the same key).
+        let last = text.chars().last().unwrap();
+        for c in ALPHABET.iter().map(|b| char::from(*b)).filter(|c| *c != last) {
+            let typo = format!("{}{c}", &text[..text.len() - 1]);
+            assert!(
+                matches!(RecoveryKey::parse(&typo), Err(BackupError::Malformed(_))),
+                "{last} -> {c} read as a key"
+            );
+        }
         assert_eq!(format!("{k:?}"), "RecoveryKey(redacted)");
     }
 
