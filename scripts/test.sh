@@ -14,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*"; }
+step() { printf '\n==> %s (at %ds)\n' "$*" "$SECONDS"; }
 
 # One closing line with the totals over every test binary whose output is in "$1".
 totals() {
@@ -110,3 +110,4 @@ cargo test -p natter-wasm --target wasm32-unknown-unknown --locked 2>&1 | tee "$
 # Everything else, browser tests included.
 cargo test --workspace --locked 2>&1 | tee -a "$log"
 totals "$log"
+echo "natter: the full run took ${SECONDS}s"
