@@ -143,34 +143,44 @@ impl E2ee {
         if let Some(msg) = &a.send {
             self.send_step(client, &a.peer, msg).await?;
         }
-        let Some(state) = a.state else {
+        let Some(state) = a.state.clone() else {
             return Ok(());
         };
         if matches!(state, VerificationState::Verified) && self.own_device(&a.peer).await {
-            if let Err(e) = self.share_with(client, &a.peer, &a.to.0).await {
-                tracing::warn!(error = %e, "sharing keys with a verified device of this user failed");
-            }
-            let who = (a.peer.user.0, a.peer.device.0);
-            let mut inner = self.inner.lock().await;
-            if !inner.shared_by.remove(&who) {
-                inner.verified_pending.insert(who, a.to);
-                drop(inner);
-                if let Ok(me) = client.e2ee() {
-                    let me = me.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(SHARE_WAIT).await;
-                        let pending = me.inner.lock().await.verified_pending.remove(&who);
-                        if let Some(to) = pending {
-                            tracing::warn!(device = who.1, "verified, but its keys did not come");
-                            me.tell(to, VerificationState::Verified);
-                        }
-                    });
-                }
+            if let Ok(me) = client.e2ee() {
+                // A task of its own: a large key store takes many device messages, and
+                // the event pump (which may be running this step) must not wait on them.
+                let (me, client) = (me.clone(), client.clone());
+                tokio::spawn(async move { me.share_then_tell(&client, a).await });
                 return Ok(());
             }
         }
         self.tell(a.to, state);
         Ok(())
+    }
+
+    /// Share this device's keys with a device of its user it just verified, then tell the
+    /// app "verified" once that device's keys are in too (or after [`SHARE_WAIT`]).
+    async fn share_then_tell(self: std::sync::Arc<Self>, client: &Client, a: Advanced) {
+        if let Err(e) = self.share_with(client, &a.peer, &a.to.0).await {
+            tracing::warn!(error = %e, "sharing keys with a verified device of this user failed");
+        }
+        let who = (a.peer.user.0, a.peer.device.0);
+        {
+            let mut inner = self.inner.lock().await;
+            if !inner.shared_by.remove(&who) {
+                inner.verified_pending.insert(who, a.to);
+                drop(inner);
+                tokio::time::sleep(SHARE_WAIT).await;
+                let pending = self.inner.lock().await.verified_pending.remove(&who);
+                if let Some(to) = pending {
+                    tracing::warn!(device = who.1, "verified, but its keys did not come");
+                    self.tell(to, VerificationState::Verified);
+                }
+                return;
+            }
+        }
+        self.tell(a.to, VerificationState::Verified);
     }
 
     /// Another device of this device's user.
