@@ -271,6 +271,8 @@ export interface Conversation {
   conversationId: number; kind: ConversationKind; name: string; lastSeq: number; joinedSeq: number;
   readSeq: number; unreadCount: number; myRole: Role; memberCount: number;
   lastMessage: ConversationEvent | null; receipts: MemberReceipt[];
+  /** End-to-end encrypted (PROTOCOL.md §12): its messages reach this package as `encrypted`. */
+  encrypted: boolean;
 }
 export interface ConversationEvent {
   conversationId: number; seq: number; senderUserId: number; senderUsername: string;
@@ -278,7 +280,7 @@ export interface ConversationEvent {
 }
 export type EventBody =
   | { type: "message"; clientMsgId: string; text: string; replyToSeq: number; attachments: Attachment[] }
-  | { type: "created"; kind: ConversationKind; name: string; members: Member[] }
+  | { type: "created"; kind: ConversationKind; name: string; members: Member[]; encrypted: boolean }
   | { type: "membersAdded"; members: Member[] }
   | { type: "memberRemoved"; userId: number; username: string; left: boolean }
   | { type: "renamed"; name: string }
@@ -287,6 +289,12 @@ export type EventBody =
   | { type: "messageEdited"; targetSeq: number; text: string }
   | { type: "messageDeleted"; targetSeq: number }
   | { type: "reaction"; targetSeq: number; emoji: string; added: boolean }
+  /** An end-to-end encrypted message: this package does not open envelopes yet. */
+  | { type: "encrypted"; clientMsgId: string }
+  /** An encrypted message an SDK with the device's keys could not open, and why (§12.6). */
+  | { type: "undecryptable"; clientMsgId: string; reason: string }
+  /** An encrypted conversation's list of a member's devices changed (§12.3). */
+  | { type: "devicesChanged"; userId: number; added: number[]; removed: number[] }
   | { type: "unknown" };
 export interface HistoryPage { conversationId: number; events: ConversationEvent[]; hasMore: boolean; lastSeq: number }
 export interface Presence { userId: number; username: string; state: PresenceState; lastSeenMs: number }
