@@ -47,7 +47,7 @@ cat > "$out/package.json" <<JSON
   "type": "module",
   "main": "index.js",
   "types": "index.d.ts",
-  "files": ["index.js", "index.d.ts", "natter_wasm.js", "natter_wasm.d.ts", "natter_wasm_bg.wasm", "natter_wasm_bg.wasm.d.ts"],
+  "files": ["index.js", "index.d.ts", "natter_wasm.js", "natter_wasm.d.ts", "natter_wasm_bg.wasm", "natter_wasm_bg.wasm.d.ts", "snippets"],
   "license": "Apache-2.0"
 }
 JSON

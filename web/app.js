@@ -2,9 +2,11 @@
 // sdk-wasm/build.sh). Everything protocol-related happens in natter-wasm; this file keeps
 // view state and renders it; what a message says after edits, deletes and reactions comes
 // from natter-wasm's Timeline (the protocol's own fold). Query options:
-// ?transport=websocket|webtransport|auto.
+// ?transport=websocket|webtransport|auto. Encrypted direct conversations (the 🔒 box
+// beside "Chat"), their device list and emoji verification are in e2ee.js.
 import init, { NatterClient, Timeline } from "./pkg/index.js";
 import { renderAttachments, sendFiles } from "./media.js";
+import { forgetStoreKey, onVerification, renderDevices, storeKey } from "./e2ee.js";
 
 const KIND = { DIRECT: "direct", GROUP: "group", CHANNEL: "channel" };
 const $ = (id) => document.getElementById(id);
@@ -13,7 +15,7 @@ const TOKEN_KEY = "natter.token";
 
 const state = {
   client: null,
-  me: null,                 // { userId, username }
+  me: null,                 // { userId, username, deviceId }
   convs: new Map(),         // id -> { summary, timeline, messages: Map(seq -> msg), oldest, peer }
   active: null,
   typing: new Map(),        // conversationId -> Map(userId -> username)
@@ -58,7 +60,7 @@ function onEvent(ev) {
   switch (ev.type) {
     case "transport": setConn(`connected · ${ev.name}`, true); break;
     case "connected":
-      state.me = { userId: ev.userId, username: ev.username };
+      state.me = { userId: ev.userId, username: ev.username, deviceId: ev.deviceId };
       $("me-name").textContent = ev.username;
       showApp();
       refreshConversations();
@@ -76,7 +78,15 @@ function onEvent(ev) {
     case "typing": typingMap(ev.conversationId).set(ev.userId, ev.username); renderTyping(); break;
     case "typingStopped": typingMap(ev.conversationId).delete(ev.userId); renderTyping(); break;
     case "sendFailed": $("chat-error").textContent = `Not sent: ${ev.error.message}`; break;
+    case "verification": onVerification(state.client, ev, username(ev.userId), () => { if (!$("devices").hidden) showDevices(); }); break;
   }
+}
+
+// A user's name as this page knows it (a conversation peer, or this user).
+function username(userId) {
+  if (userId === state.me?.userId) return "you";
+  for (const c of state.convs.values()) if (c.peer?.userId === userId) return c.peer.username;
+  return `user ${userId}`;
 }
 
 function typingMap(id) {
@@ -123,13 +133,18 @@ function addEvent(e) {
     });
   } else if (NOTICES.has(kind)) {
     c.messages.set(e.seq, { seq: e.seq, notice: notice(e) });
+  } else if ((kind === "undecryptable" || kind === "encrypted") && !c.timeline.message(e.seq)) {
+    // It comes again, opened, with the same seq if its key arrives later.
+    const why = kind === "undecryptable" ? ` (${e.body.reason})` : "";
+    c.messages.set(e.seq, { seq: e.seq, from: e.senderUserId, who: e.senderUsername, time: e.serverTimeMs,
+      text: `🔒 This message could not be decrypted on this device${why}.`, undecryptable: true });
   }
   if (c.oldest == null || e.seq < c.oldest) c.oldest = e.seq;
   if (e.seq > (c.summary.lastSeq || 0)) c.summary.lastSeq = e.seq;
 }
 
 // Conversation changes shown as a line of their own.
-const NOTICES = new Set(["created", "membersAdded", "memberRemoved", "renamed"]);
+const NOTICES = new Set(["created", "membersAdded", "memberRemoved", "renamed", "devicesChanged"]);
 
 function notice(e) {
   const b = e.body;
@@ -138,6 +153,11 @@ function notice(e) {
     case "membersAdded": return `${e.senderUsername} added ${b.members.map((m) => m.username).join(", ")}`;
     case "memberRemoved": return b.left ? `${b.username} left` : `${b.username} was removed`;
     case "renamed": return `${e.senderUsername} renamed it to ${b.name}`;
+    case "devicesChanged": {
+      const who = username(b.userId);
+      const parts = [...b.added.map((d) => `added device ${d}`), ...b.removed.map((d) => `removed device ${d}`)];
+      return `🔒 ${who === "you" ? "You" : who} ${parts.join(", ")}${b.added.length ? " — verify it under Devices" : ""}`;
+    }
     default: return "";
   }
 }
@@ -182,7 +202,8 @@ function renderList() {
         : body.text || (body.attachments?.length ? `📎 ${body.attachments.map((a) => a.name).join(", ")}` : undefined);
       const li = el("li", { "data-conversation": String(s.conversationId), class: s.conversationId === state.active ? "active" : "" },
         el("span", { class: `dot ${presence ?? "none"}`, "data-presence": presence ?? "", title: presence ?? "" }),
-        el("span", { class: "name" }, title(c), last ? el("span", { class: "preview" }, last) : null),
+        el("span", { class: "name" }, s.encrypted ? el("span", { class: "lock", title: "end-to-end encrypted", "data-encrypted": "true" }, "🔒 ") : null,
+          title(c), last ? el("span", { class: "preview" }, last) : null),
         s.unreadCount > 0 && s.conversationId !== state.active ? el("span", { class: "badge", "data-unread": String(s.unreadCount) }, String(s.unreadCount)) : null);
       li.onclick = () => openConversation(s.conversationId);
       return li;
@@ -192,7 +213,10 @@ function renderList() {
 function renderHeader() {
   if (state.active == null) return;
   const c = conv(state.active);
-  $("chat-title").textContent = title(c);
+  $("chat-title").textContent = (c.summary.encrypted ? "🔒 " : "") + title(c);
+  $("chat-title").dataset.encrypted = String(!!c.summary.encrypted);
+  $("devices-btn").hidden = !c.summary.encrypted;
+  if (!c.summary.encrypted) $("devices").hidden = true;
   const sub = c.peer ? state.presence.get(c.peer.userId) || "offline" : `${c.summary.memberCount || ""} members`;
   $("chat-sub").textContent = sub;
 }
@@ -214,7 +238,7 @@ function renderMessages() {
   ol.replaceChildren(...msgs.map((m) => {
     if (m.notice) return el("li", { class: "notice", "data-seq": String(m.seq) }, m.notice);
     const mine = m.from === state.me?.userId;
-    return el("li", { class: `msg${mine ? " mine" : ""}${m.deleted ? " deleted" : ""}`, "data-seq": String(m.seq) },
+    return el("li", { class: `msg${mine ? " mine" : ""}${m.deleted ? " deleted" : ""}${m.undecryptable ? " undecryptable" : ""}`, "data-seq": String(m.seq) },
       !mine && c.summary.kind !== KIND.DIRECT ? el("div", { class: "who" }, m.who) : null,
       m.text || !m.attachments?.length ? el("div", { class: "text" }, m.text) : null,
       m.attachments?.length ? (m.attachmentsEl ??= renderAttachments(state.client, m.attachments)) : null,
@@ -235,8 +259,18 @@ function renderTyping() {
   $("typing").textContent = who.length === 0 ? "" : who.length === 1 ? `${who[0]} is typing…` : `${who.join(", ")} are typing…`;
 }
 
+// The devices of an encrypted conversation's members, with their trust.
+async function showDevices() {
+  const c = conv(state.active);
+  $("devices").hidden = false;
+  const users = [{ userId: state.me.userId, username: state.me.username }];
+  if (c.peer) users.push(c.peer);
+  try { await renderDevices(state.client, state.me, users); } catch (e) { $("chat-error").textContent = e.message; }
+}
+
 async function openConversation(id) {
   state.active = id;
+  $("devices").hidden = true;
   $("empty").hidden = true;
   for (const e of [document.querySelector(".chat-head"), $("messages"), $("composer")]) e.hidden = false;
   renderHeader();
@@ -340,7 +374,8 @@ function wire() {
     try { const s = await fn(); addSummary(s); renderList(); openConversation(s.conversationId); e.target.reset(); }
     catch (err) { $("chat-error").textContent = err.message; }
   }; };
-  action("new-dm", () => state.client.direct($("dm-user").value.trim()));
+  action("new-dm", () => state.client.direct($("dm-user").value.trim(), { encrypted: $("dm-encrypted").checked }));
+  $("devices-btn").onclick = () => ($("devices").hidden ? showDevices() : ($("devices").hidden = true));
   action("new-group", () => state.client.createGroup($("group-name").value.trim(),
     $("group-members").value.split(",").map((s) => s.trim()).filter(Boolean)));
   action("join-channel", async () => {
@@ -351,6 +386,7 @@ function wire() {
   $("logout").onclick = async () => {
     try { await state.client.logout(); } catch {}
     localStorage.removeItem(TOKEN_KEY);
+    forgetStoreKey();
     location.reload();
   };
   document.addEventListener("visibilitychange", () => {
@@ -362,5 +398,8 @@ function wire() {
 await init();
 wire();
 const token = localStorage.getItem(TOKEN_KEY);
-state.client = NatterClient.connect({ transport: params.get("transport") || "auto", token: token || undefined, onEvent });
+state.client = NatterClient.connect({
+  transport: params.get("transport") || "auto", token: token || undefined, onEvent,
+  encryption: { storeKey: storeKey() },
+});
 if (!token) showAuth();

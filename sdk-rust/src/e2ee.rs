@@ -363,6 +363,24 @@ impl E2ee {
         }
     }
 
+    /// Learn which conversations are encrypted from a list of them, and open their last
+    /// messages (what a conversation list shows).
+    pub(crate) async fn open_summaries(&self, client: &Client, list: &mut [pb::ConversationSummary]) {
+        for c in list.iter() {
+            self.note(ConversationId(c.conversation_id), c.encrypted).await;
+        }
+        if !*self.ready.borrow() {
+            return;
+        }
+        for c in list.iter_mut() {
+            if let Some(last) = c.last_message.as_mut().filter(|ev| is_sealed(ev)) {
+                if let SessionEvent::Event(open) = self.open(client, last.clone()).await {
+                    *last = open;
+                }
+            }
+        }
+    }
+
     /// Remember whether a conversation is encrypted.
     pub(crate) async fn note(&self, conv: ConversationId, encrypted: bool) {
         self.inner.lock().await.convs.note(conv, encrypted);
@@ -482,11 +500,9 @@ pub(crate) async fn pump(
                 }
                 continue;
             }
-            SessionEvent::Conversations(ref list) => {
-                for c in list {
-                    e2ee.note(ConversationId(c.conversation_id), c.encrypted).await;
-                }
-                ev
+            SessionEvent::Conversations(mut list) => {
+                e2ee.open_summaries(&client, &mut list).await;
+                SessionEvent::Conversations(list)
             }
             SessionEvent::Event(e) => {
                 let ack = e2ee.acknowledgeable(&e).await;

@@ -506,13 +506,12 @@ impl Client {
         self.call(ops::set_role(conv, user, role)).await
     }
 
-    /// Every conversation of the user, with last message and unread count.
+    /// Every conversation of the user, with last message (opened, in an encrypted one) and
+    /// unread count.
     pub async fn conversations(&self) -> Result<Vec<pb::ConversationSummary>, ClientError> {
-        let list = self.call(ops::conversations()).await?;
+        let mut list = self.call(ops::conversations()).await?;
         if let Some(e) = &self.e2ee {
-            for c in &list {
-                e.note(ConversationId(c.conversation_id), c.encrypted).await;
-            }
+            e.open_summaries(self, &mut list).await;
         }
         Ok(list)
     }

@@ -8,10 +8,13 @@ use std::rc::Rc;
 
 use futures::channel::{mpsc, oneshot};
 use js_sys::{Array, Promise, Reflect};
+use natter_protocol::client::model::NatterEvent;
 use natter_protocol::client::{ops, Call, HistoryAnchor, Reconnect, Reply, Router};
 use natter_protocol::pb::{self, request::Op, response::Result as Res};
 use natter_protocol::session::RequestError;
-use natter_protocol::{ClientMsgId, ClientSession, ConversationId, Millis, Seq, SessionConfig, UserId};
+use natter_protocol::{
+    ClientMsgId, ClientSession, ConversationId, DeviceId, Millis, Seq, SessionConfig, SessionEvent, UserId,
+};
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
@@ -92,6 +95,11 @@ pub(crate) struct Inner {
     pub uploads: RefCell<std::collections::HashMap<String, (UploadReports, web_sys::AbortController)>>,
     /// Unfinished uploads (the client core's record), for the snapshot.
     pub pending_uploads: RefCell<natter_protocol::client::upload::Uploads>,
+    /// End-to-end encryption, when `connect` was given `encryption`.
+    pub e2ee: Option<Rc<crate::e2ee::E2ee>>,
+    /// With encryption, app-bound session events go through its pump, in order (taken
+    /// when the client closes, which ends the pump).
+    to_pump: RefCell<Option<mpsc::UnboundedSender<SessionEvent>>>,
     wake: mpsc::UnboundedSender<Wake>,
     events: RefCell<Events>,
     start: f64,
@@ -172,13 +180,37 @@ impl Inner {
         if let Some(cb) = callback {
             // An exception in the app's handler must not stop the client.
             if let Err(e) = cb.call1(&JsValue::NULL, &value) {
+                console_error("natter: event handler threw");
                 web_sys_console_error(&e);
             }
         }
     }
 
-    /// The client stopped: pending `nextEvent()` calls resolve to `null`.
+    /// A session event for the app: through the encryption's pump when there is one.
+    pub(crate) fn deliver(&self, ev: SessionEvent) {
+        let ev = match &*self.to_pump.borrow() {
+            Some(pump) => match pump.unbounded_send(ev) {
+                Ok(()) => return,
+                Err(e) => e.into_inner(),
+            },
+            None => ev,
+        };
+        if let Some(app) = NatterEvent::from_session(ev) {
+            self.emit(&app);
+        }
+    }
+
+    /// The client stopped: once the events before it are out, pending `nextEvent()` calls
+    /// resolve to `null`.
     pub(crate) fn finish(&self) {
+        // The pump hands on what it holds, then finishes.
+        if self.to_pump.borrow_mut().take().is_none() {
+            self.finish_events();
+        }
+    }
+
+    /// Pending `nextEvent()` calls resolve to `null`.
+    pub(crate) fn finish_events(&self) {
         let mut events = self.events.borrow_mut();
         events.finished = true;
         for w in events.waiters.drain(..) {
@@ -187,11 +219,16 @@ impl Inner {
     }
 }
 
+/// A line on the console's error log.
+pub(crate) fn console_error(line: &str) {
+    web_sys_console_error(&line.into());
+}
+
 fn web_sys_console_error(e: &JsValue) {
     let console = Reflect::get(&js_sys::global(), &"console".into()).ok();
     if let Some(error) = console.and_then(|c| Reflect::get(&c, &"error".into()).ok()) {
         if let Ok(f) = error.dyn_into::<js_sys::Function>() {
-            let _ = f.call2(&JsValue::NULL, &"natter: event handler threw".into(), e);
+            let _ = f.call1(&JsValue::NULL, e);
         }
     }
 }
@@ -218,6 +255,25 @@ pub(crate) fn get_str(options: &JsValue, key: &str) -> Option<String> {
 
 pub(crate) fn get_num(options: &JsValue, key: &str) -> Option<f64> {
     Reflect::get(options, &key.into()).ok().and_then(|v| v.as_f64())
+}
+
+/// `options.encryption`: `{ storeKey: Uint8Array(32), database?: string }` — the key the
+/// encryption state is sealed with at rest, and the IndexedDB database it lives in.
+fn encryption(options: &JsValue) -> Result<Option<Rc<crate::e2ee::E2ee>>, JsValue> {
+    let e = Reflect::get(options, &"encryption".into()).unwrap_or(JsValue::UNDEFINED);
+    if e.is_undefined() || e.is_null() {
+        return Ok(None);
+    }
+    let key = Reflect::get(&e, &"storeKey".into()).unwrap_or(JsValue::UNDEFINED);
+    let key: Option<[u8; 32]> = key
+        .dyn_ref::<js_sys::Uint8Array>()
+        .and_then(|k| k.to_vec().try_into().ok());
+    let Some(key) = key else {
+        let why = "encryption.storeKey must be a Uint8Array of 32 bytes";
+        return Err(js_error(&JsError::local("INVALID", why)));
+    };
+    let database = get_str(&e, "database").unwrap_or_else(|| "natter-e2ee".into());
+    Ok(Some(crate::e2ee::E2ee::new(key, database)))
 }
 
 /// A natter client in the browser. Create with `NatterClient.connect({ server })`.
@@ -254,7 +310,12 @@ export type NatterEvent =
   | { type: "sendFailed"; conversationId: number; clientMsgId: string; error: ErrorInfo }
   | { type: "goAway"; reason: string; reconnectAfterMs: number }
   | { type: "connectionError"; error: ErrorInfo }
-  | { type: "uploadProgress"; progress: UploadProgress };
+  | { type: "uploadProgress"; progress: UploadProgress }
+  /** A device verification moved (PROTOCOL.md §12.10): `requested` (accept or cancel),
+   * `compare` (show `emoji`, e.g. "🐶 Dog", or `decimals`, and ask whether both screens
+   * agree), `verified`, `cancelled` (`reason`: user, mismatch, unexpected, timeout). */
+  | { type: "verification"; txn: string; userId: number; deviceId: number;
+      state: "requested" | "compare" | "verified" | "cancelled"; emoji: string[]; decimals: number[]; reason: string };
 /** "RATE_LIMITED", "NOT_MEMBER", … (spec/natter.proto ErrorCode without its prefix). */
 export type ErrorCode = string;
 /** Why the server refused something, as events carry it (0: no retry hint). */
@@ -289,15 +350,22 @@ export type EventBody =
   | { type: "messageEdited"; targetSeq: number; text: string }
   | { type: "messageDeleted"; targetSeq: number }
   | { type: "reaction"; targetSeq: number; emoji: string; added: boolean }
-  /** An end-to-end encrypted message: this package does not open envelopes yet. */
+  /** An end-to-end encrypted message, unopened: a client connected without `encryption`. */
   | { type: "encrypted"; clientMsgId: string }
-  /** An encrypted message an SDK with the device's keys could not open, and why (§12.6). */
+  /** An encrypted message this device could not open, and why (§12.6); it comes again,
+   * opened, with the same seq if its key arrives later (a verified device's key share). */
   | { type: "undecryptable"; clientMsgId: string; reason: string }
   /** An encrypted conversation's list of a member's devices changed (§12.3). */
   | { type: "devicesChanged"; userId: number; added: number[]; removed: number[] }
   | { type: "unknown" };
 export interface HistoryPage { conversationId: number; events: ConversationEvent[]; hasMore: boolean; lastSeq: number }
 export interface Presence { userId: number; username: string; state: PresenceState; lastSeenMs: number }
+/** How far this device trusts another's identity key (`deviceTrust`). */
+export interface DeviceTrust { deviceId: number; ed25519: string; trust: "verified" | "unverified" | "changed" }
+/** `connect({ encryption })`: the key the encryption state is sealed with at rest (keep it
+ * outside IndexedDB), and the IndexedDB database the state lives in (default "natter-e2ee";
+ * one per signed-in device). */
+export interface EncryptionOptions { storeKey: Uint8Array; database?: string }
 export interface Device { deviceId: number; name: string; createdMs: number; lastSeenMs: number; current: boolean }
 export interface SendAck { conversationId: number; seq: number; serverTimeMs: number; duplicate: boolean; clientMsgId: string }
 export interface MessageStatus { state: "sent" | "delivered" | "read"; delivered: number; read: number; recipients: number }
@@ -334,6 +402,45 @@ export interface UploadOptions {
 "#;
 
 impl NatterClient {
+    /// An operation of the encryption as a Promise (rejected when there is none).
+    fn encrypting<F, Fut>(&self, f: F) -> Promise
+    where
+        F: FnOnce(Rc<Inner>, Rc<crate::e2ee::E2ee>) -> Fut,
+        Fut: Future<Output = Result<JsValue, JsError>> + 'static,
+    {
+        let Some(e2ee) = self.inner.e2ee.clone() else {
+            let why = "this client has no encryption (connect with options.encryption)";
+            return Promise::reject(&js_error(&crate::e2ee::error(why)));
+        };
+        let done = f(self.inner.clone(), e2ee);
+        future_to_promise(async move { done.await.map_err(|e| js_error(&e)) })
+    }
+
+    /// A change to a message: sealed in an encrypted conversation (the server does not
+    /// learn which message, nor what), else the plain request; resolves to its seq.
+    fn change(&self, conv: ConversationId, change: pb::sealed_content::Change, plain: Call<Seq>) -> Promise {
+        let Some(e2ee) = self.inner.e2ee.clone() else {
+            return self.call(plain, seq_number);
+        };
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let seq = if e2ee.sealing(&inner, conv).await.map_err(|e| js_error(&e))? {
+                let content = pb::SealedContent {
+                    body: None,
+                    change: Some(change),
+                };
+                let id = random_id();
+                e2ee.send(&inner, conv, id, content)
+                    .await
+                    .map_err(|e| js_error(&e))?
+                    .seq
+            } else {
+                inner.call(plain).await.map_err(|e| js_error(&e))?
+            };
+            Ok(seq_number(seq))
+        })
+    }
+
     /// One of the core's operations as a Promise of its answer, made JavaScript by `js`.
     fn call<T: 'static>(&self, call: Call<T>, js: fn(T) -> JsValue) -> Promise {
         let inner = self.inner.clone();
@@ -350,12 +457,47 @@ impl NatterClient {
 
 /// Send a message body; resolves to its `SendAck` once durable (the core's outbox retries
 /// it across reconnects with the same client message id).
+/// In an encrypted conversation a plain body is sealed first (PROTOCOL.md §12.4).
 pub(crate) fn send_body(
     inner: &Rc<Inner>,
     conversation: ConversationId,
     id: ClientMsgId,
     body: pb::MessageBody,
 ) -> Promise {
+    let Some(e2ee) = inner.e2ee.clone().filter(|_| body.encrypted.is_none()) else {
+        let sent = send_request(inner, conversation, id, body);
+        return future_to_promise(async move {
+            let ack = sent.await.map_err(|e| js_error(&(&e).into()))?;
+            Ok(to_js(&SendAck::from(ack)))
+        });
+    };
+    let inner = inner.clone();
+    future_to_promise(async move {
+        let ack = if e2ee.sealing(&inner, conversation).await.map_err(|e| js_error(&e))? {
+            let content = pb::SealedContent {
+                body: Some(body),
+                change: None,
+            };
+            e2ee.send(&inner, conversation, id, content)
+                .await
+                .map_err(|e| js_error(&e))?
+        } else {
+            send_request(&inner, conversation, id, body)
+                .await
+                .map_err(|e| js_error(&(&e).into()))?
+        };
+        Ok(to_js(&SendAck::from(ack)))
+    })
+}
+
+/// Queue a body as it is (the core's outbox retries it across reconnects with the same
+/// client message id); resolves once durable.
+pub(crate) fn send_request(
+    inner: &Inner,
+    conversation: ConversationId,
+    id: ClientMsgId,
+    body: pb::MessageBody,
+) -> impl Future<Output = Result<natter_protocol::client::SendAck, RequestError>> {
     let (tx, rx) = oneshot::channel();
     let now = inner.now();
     {
@@ -366,13 +508,7 @@ pub(crate) fn send_body(
             .send(&mut session, now, conversation, id, body, Waiter(tx));
     }
     inner.wake(Wake::Flush);
-    future_to_promise(async move {
-        match rx.await {
-            Ok(Ok(ack)) => Ok(to_js(&SendAck::from(ack))),
-            Ok(Err(e)) => Err(js_error(&(&e).into())),
-            Err(_) => Err(js_error(&JsError::local("CLOSED", "the client is closed"))),
-        }
-    })
+    async move { rx.await.unwrap_or(Err(RequestError::ConnectionLost)) }
 }
 
 /// A wire answer as the app-facing record JavaScript sees (`record::<_, Conversation>`).
@@ -403,7 +539,9 @@ impl NatterClient {
     /// made meanwhile wait). Options: `server` (base URL of the web endpoint, default the
     /// page's origin), `transport` ("auto" | "webtransport" | "websocket"), `token` (an
     /// access token from an earlier login), `resumeToken` and `cursors` (from
-    /// `snapshot()`), `onEvent` (callback), `reconnectMinMs`, `reconnectMaxMs`.
+    /// `snapshot()`), `onEvent` (callback), `reconnectMinMs`, `reconnectMaxMs`, and
+    /// `encryption` (`{ storeKey, database }`: end-to-end encrypted direct conversations;
+    /// sealed messages then reach `onEvent` opened).
     pub fn connect(options: JsValue) -> Result<NatterClient, JsValue> {
         let server = match get_str(&options, "server") {
             Some(s) => s,
@@ -420,9 +558,12 @@ impl NatterClient {
             reconnect_min_ms: get_num(&options, "reconnectMinMs").unwrap_or(250.0) as u32,
             reconnect_max_ms: get_num(&options, "reconnectMaxMs").unwrap_or(10_000.0) as u32,
         };
+        let e2ee = encryption(&options)?;
         let mut session = ClientSession::new(
             SessionConfig {
                 client_name: concat!("natter-wasm/", env!("CARGO_PKG_VERSION")).into(),
+                // An encrypting client acknowledges a message once its state is written.
+                ack_by_app: e2ee.is_some(),
                 ..Default::default()
             },
             get_str(&options, "token"),
@@ -454,7 +595,10 @@ impl NatterClient {
         let callback = Reflect::get(&options, &"onEvent".into())
             .ok()
             .and_then(|f| f.dyn_into::<js_sys::Function>().ok());
+        let (to_pump, pumped) = mpsc::unbounded();
         let inner = Rc::new(Inner {
+            to_pump: RefCell::new(e2ee.is_some().then_some(to_pump)),
+            e2ee: e2ee.clone(),
             session: RefCell::new(session),
             pending: RefCell::new(Router::new()),
             transport: Cell::new(None),
@@ -472,6 +616,9 @@ impl NatterClient {
             }),
             start: js_sys::Date::now(),
         });
+        if let Some(e2ee) = e2ee {
+            wasm_bindgen_futures::spawn_local(crate::e2ee::pump(inner.clone(), e2ee, pumped));
+        }
         wasm_bindgen_futures::spawn_local(crate::driver::run(inner.clone(), wake_rx));
         Ok(NatterClient { inner })
     }
@@ -535,9 +682,20 @@ impl NatterClient {
         })
     }
 
-    /// Revoke this device's token (the connection then closes).
+    /// Revoke this device's token (the connection then closes); with encryption, its
+    /// state in IndexedDB is deleted too (the device is gone for good).
     pub fn logout(&self) -> Promise {
-        self.call(ops::logout(natter_protocol::DeviceId(0)), nothing)
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            inner
+                .call(ops::logout(natter_protocol::DeviceId(0)))
+                .await
+                .map_err(|e| js_error(&e))?;
+            if let Some(e2ee) = &inner.e2ee {
+                e2ee.forget().await.map_err(|e| js_error(&e))?;
+            }
+            Ok(JsValue::UNDEFINED)
+        })
     }
 
     /// This user's devices.
@@ -547,12 +705,91 @@ impl NatterClient {
 
     /// Every conversation with last message and unread count.
     pub fn conversations(&self) -> Promise {
-        self.call(ops::conversations(), records::<_, Conversation>)
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let mut list = inner.call(ops::conversations()).await.map_err(|e| js_error(&e))?;
+            if let Some(e2ee) = &inner.e2ee {
+                e2ee.open_summaries(&inner, &mut list).await;
+            }
+            Ok(records::<_, Conversation>(list))
+        })
     }
 
-    /// The 1:1 conversation with `username` (created on first use).
-    pub fn direct(&self, username: String) -> Promise {
-        self.call(ops::direct(&username), record::<_, Conversation>)
+    /// The 1:1 conversation with `username` (created on first use). `{ encrypted: true }`:
+    /// the end-to-end encrypted one instead (PROTOCOL.md §12; needs `encryption` in
+    /// `connect`), a conversation of its own beside the plain one.
+    pub fn direct(&self, username: String, options: JsValue) -> Promise {
+        let encrypted = Reflect::get(&options, &"encrypted".into())
+            .ok()
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        if !encrypted {
+            return self.call(ops::direct(&username), record::<_, Conversation>);
+        }
+        let Some(e2ee) = self.inner.e2ee.clone() else {
+            return Promise::reject(&js_error(&crate::e2ee::error(
+                "this client has no encryption (connect with options.encryption)",
+            )));
+        };
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let c = inner
+                .call(ops::encrypted_direct(&username))
+                .await
+                .map_err(|e| js_error(&e))?;
+            e2ee.note(ConversationId(c.conversation_id), true);
+            Ok(record::<_, Conversation>(c))
+        })
+    }
+
+    /// Start verifying another device (one of yours, or of the person you talk to):
+    /// resolves to the transaction id; `verification` events follow (`compare` with the
+    /// emoji to show, then `verified` or `cancelled`).
+    #[wasm_bindgen(js_name = verifyDevice)]
+    pub fn verify_device(&self, user_id: f64, device_id: f64) -> Promise {
+        self.encrypting(move |inner, e2ee| async move {
+            let txn = e2ee
+                .verify_device(&inner, UserId(user_id as u64), DeviceId(device_id as u64))
+                .await?;
+            Ok(txn.into())
+        })
+    }
+
+    /// Accept a `requested` verification.
+    #[wasm_bindgen(js_name = acceptVerification)]
+    pub fn accept_verification(&self, txn: String) -> Promise {
+        self.encrypting(move |inner, e2ee| async move {
+            e2ee.accept(&inner, &txn).await?;
+            Ok(JsValue::UNDEFINED)
+        })
+    }
+
+    /// The person compared the codes on both screens: `matches` or not.
+    #[wasm_bindgen(js_name = confirmVerification)]
+    pub fn confirm_verification(&self, txn: String, matches: bool) -> Promise {
+        self.encrypting(move |inner, e2ee| async move {
+            e2ee.confirm(&inner, &txn, matches).await?;
+            Ok(JsValue::UNDEFINED)
+        })
+    }
+
+    /// Stop a verification.
+    #[wasm_bindgen(js_name = cancelVerification)]
+    pub fn cancel_verification(&self, txn: String) -> Promise {
+        self.encrypting(move |inner, e2ee| async move {
+            e2ee.cancel(&inner, &txn).await?;
+            Ok(JsValue::UNDEFINED)
+        })
+    }
+
+    /// A user's devices with keys and how far this device trusts each:
+    /// `[{ deviceId, ed25519, trust: "verified" | "unverified" | "changed" }]`.
+    #[wasm_bindgen(js_name = deviceTrust)]
+    pub fn device_trust(&self, user_id: f64) -> Promise {
+        self.encrypting(move |inner, e2ee| async move {
+            let list = e2ee.device_trust(&inner, UserId(user_id as u64)).await?;
+            Ok(to_js(&list))
+        })
     }
 
     /// A new private group with these members.
@@ -645,10 +882,15 @@ impl NatterClient {
             (None, b) => HistoryAnchor::Before(Seq(b.unwrap_or(0.0) as u64)),
         };
         let limit = get_num(&options, "limit").unwrap_or(50.0) as u32;
-        self.call(
-            ops::history(conv(conversation_id), anchor, limit),
-            record::<_, HistoryPage>,
-        )
+        let inner = self.inner.clone();
+        let call = ops::history(conv(conversation_id), anchor, limit);
+        future_to_promise(async move {
+            let mut page = inner.call(call).await.map_err(|e| js_error(&e))?;
+            if let Some(e2ee) = &inner.e2ee {
+                e2ee.open_page(&inner, &mut page).await;
+            }
+            Ok(record::<_, HistoryPage>(page))
+        })
     }
 
     /// Move your read cursor (clears unread on your other devices, sends read receipts).
@@ -659,25 +901,34 @@ impl NatterClient {
 
     /// Replace the text of your message; resolves to the edit event's seq.
     pub fn edit(&self, conversation_id: f64, target_seq: f64, text: String) -> Promise {
-        self.call(
-            ops::edit(conv(conversation_id), Seq(target_seq as u64), &text),
-            seq_number,
-        )
+        let (c, target) = (conv(conversation_id), Seq(target_seq as u64));
+        let change = pb::sealed_content::Change::Edit(pb::MessageEdited {
+            target_seq: target.0,
+            text: text.clone(),
+        });
+        self.change(c, change, ops::edit(c, target, &text))
     }
 
     /// Delete a message; resolves to the delete event's seq.
     #[wasm_bindgen(js_name = deleteMessage)]
     pub fn delete_message(&self, conversation_id: f64, target_seq: f64) -> Promise {
-        self.call(
-            ops::delete_message(conv(conversation_id), Seq(target_seq as u64)),
-            seq_number,
-        )
+        let (c, target) = (conv(conversation_id), Seq(target_seq as u64));
+        let change = pb::sealed_content::Change::Delete(pb::MessageDeleted { target_seq: target.0 });
+        self.change(c, change, ops::delete_message(c, target))
     }
 
     /// Add (or with `remove`, take back) a reaction.
     pub fn react(&self, conversation_id: f64, target_seq: f64, emoji: String, remove: bool) -> Promise {
-        let call = ops::react(conv(conversation_id), Seq(target_seq as u64), &emoji, remove);
-        self.call(call, seq_number)
+        let (c, target) = (conv(conversation_id), Seq(target_seq as u64));
+        if let Err(v) = natter_protocol::validate::emoji(&emoji) {
+            return Promise::reject(&js_error(&(&RequestError::Invalid(v)).into()));
+        }
+        let change = pb::sealed_content::Change::Reaction(pb::ReactionChanged {
+            target_seq: target.0,
+            emoji: emoji.clone(),
+            added: !remove,
+        });
+        self.change(c, change, ops::react(c, target, &emoji, remove))
     }
 
     /// Members' delivered/read cursors.

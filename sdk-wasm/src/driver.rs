@@ -8,7 +8,6 @@ use std::rc::Rc;
 use futures::channel::mpsc;
 use futures::{FutureExt, StreamExt};
 use gloo_timers::future::TimeoutFuture;
-use natter_protocol::client::model::NatterEvent;
 use natter_protocol::client::Routed;
 use natter_protocol::SessionEvent;
 use wasm_bindgen::prelude::*;
@@ -196,7 +195,8 @@ async fn pump(
 }
 
 /// Route session events through the core's router (it resolves promises and keeps the
-/// reconnect policy) and hand the rest to the app. Events are taken out of the session
+/// reconnect policy) and hand the rest to the app (through the encryption when there is
+/// one). Events are taken out of the session
 /// first, and no borrow is held while the app's callback runs: it may call back into the
 /// client.
 fn dispatch(inner: &Inner) -> Option<Exit> {
@@ -223,9 +223,7 @@ fn dispatch(inner: &Inner) -> Option<Exit> {
                 let _ = reports.unbounded_send(Some(p.clone()));
             }
         }
-        if let Some(app) = NatterEvent::from_session(ev) {
-            inner.emit(&app);
-        }
+        inner.deliver(ev);
     }
     exit
 }

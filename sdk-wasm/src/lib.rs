@@ -8,7 +8,8 @@
 //!
 //! Modules: [`view`] (what JavaScript sees; pure, tested natively and under Node),
 //! `client` (the `NatterClient` JS class), `driver` (the I/O loop), `link` (the two
-//! transports), `media` (uploads, downloads, media URLs), `timeline` (the `Timeline` JS
+//! transports), `e2ee` (encrypted direct conversations: sealing, opening, the state in
+//! IndexedDB, device verification), `media` (uploads, downloads, media URLs), `timeline` (the `Timeline` JS
 //! class over the protocol's fold). The last five exist only on wasm32. Requests, reply routing and the reconnect policy are
 //! natter-protocol's client core, shared with natter-sdk.
 #![forbid(unsafe_code)]
@@ -20,6 +21,8 @@ pub mod view;
 mod client;
 #[cfg(target_arch = "wasm32")]
 mod driver;
+#[cfg(target_arch = "wasm32")]
+mod e2ee;
 #[cfg(target_arch = "wasm32")]
 mod link;
 #[cfg(target_arch = "wasm32")]

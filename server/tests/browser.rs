@@ -4,6 +4,8 @@
 //! native natter-sdk clients and server hooks, and asserts. `scripts/test.sh` builds the
 //! WASM package and installs Chromium and the driver's one npm package first.
 mod common;
+#[path = "browser/e2ee.rs"]
+mod e2ee;
 #[path = "browser/media.rs"]
 mod media;
 

@@ -43,6 +43,8 @@ async function run(cmd) {
     case "fill": await page.fill(cmd.selector, cmd.value); return null;
     case "type": await page.locator(cmd.selector).pressSequentially(cmd.value, { delay: 20 }); return null;
     case "press": await page.press(cmd.selector, cmd.key); return null;
+    // Load the page again (what a person's reload does: storage stays, memory goes).
+    case "reload": await page.reload(); return null;
     case "click": await page.click(cmd.selector); return null;
     case "text": return await page.locator(cmd.selector).allInnerTexts();
     case "wait": await page.waitForSelector(cmd.selector, { timeout: cmd.timeout ?? 20000 }); return null;

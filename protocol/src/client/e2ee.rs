@@ -309,8 +309,15 @@ impl Crypto {
         if !missing.is_empty() {
             return Err(SealError::NeedKeys(missing));
         }
-        let (key, nonce) = random.split_at(MESSAGE_KEY_BYTES);
-        let key: [u8; MESSAGE_KEY_BYTES] = key.try_into().expect("32 bytes");
+        let (fresh, nonce) = random.split_at(MESSAGE_KEY_BYTES);
+        // Sealed again (after DEVICE_MISMATCH, or a retry of the same client message id):
+        // the same message key, so whichever envelope the server keeps — this one, or an
+        // earlier one it answers as a duplicate — opens with the key this device keeps.
+        let id = (conversation.0, self.user.0, self.device.0, client_msg_id.to_owned());
+        let key: [u8; MESSAGE_KEY_BYTES] = match self.message_keys.get(&id) {
+            Some(kept) => *kept,
+            None => fresh.try_into().expect("32 bytes"),
+        };
         let nonce: [u8; NONCE_BYTES] = nonce.try_into().expect("24 bytes");
         let aad = e2ee::content_aad(conversation, self.user, self.device, client_msg_id);
         let ciphertext = e2ee::seal_content(&key, &nonce, &aad, content);
@@ -345,10 +352,7 @@ impl Crypto {
                 olm_body,
             });
         }
-        self.keep(
-            (conversation.0, self.user.0, self.device.0, client_msg_id.to_owned()),
-            key,
-        );
+        self.keep(id, key);
         Ok(pb::Envelope {
             version: ENVELOPE_VERSION,
             sender_key: self.account.curve25519_key().to_vec(),

@@ -63,7 +63,12 @@ impl Conversations {
             }
             Some(Body::DevicesChanged(d)) => {
                 self.encrypted.insert(conv, true);
-                let list = self.lists.entry(conv).or_default();
+                // A change to a list this device never learned whole (it joined the
+                // conversation's device list later, e.g. as a new device) stays unknown:
+                // the whole list comes from the server when it is needed.
+                let Some(list) = self.lists.get_mut(&conv) else {
+                    return;
+                };
                 list.retain(|k| !(k.user_id == d.user_id && d.removed.contains(&k.device_id)));
                 for k in &d.added {
                     if !list

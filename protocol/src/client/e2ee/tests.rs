@@ -579,6 +579,23 @@ fn conversations_follow_device_list_events_and_refusals_and_reopen_what_keys_cam
         }),
     ));
     assert_eq!(ids(&c), vec![(2, 21), (1, 12)], "a1 removed, a2 added, b1 not twice");
+    // A device that joined later hears only a change: its list stays unknown (to be asked
+    // of the server), never just the change.
+    let mut late = Conversations::default();
+    late.learn(&at(
+        3,
+        pb::conversation_event::Body::DevicesChanged(pb::DevicesChanged {
+            user_id: 2,
+            added: vec![kb1.clone()],
+            removed: vec![],
+        }),
+    ));
+    assert_eq!(late.is_encrypted(CONV), Some(true));
+    assert_eq!(
+        late.devices(CONV),
+        None,
+        "a partial list would leave out every other device"
+    );
     let ev = send(&mut stock, &mut a1, &[&a2, &b1], "m1", "hi");
     assert_eq!(c.sender(&ev), None, "a1 is no longer listed");
     // A refusal: a2 extra, b1 stale (new keys), a1 missing.
@@ -628,4 +645,45 @@ fn conversations_follow_device_list_events_and_refusals_and_reopen_what_keys_cam
         Some(pb::conversation_event::Body::Message(m)) if m.body.as_ref().unwrap().text == "hi"
     ));
     assert!(c.reopen(&mut b2).is_empty(), "handed on once");
+}
+
+/// A send refused for its device list is sealed again under the same client message id
+/// (PROTOCOL.md §12.5): whichever envelope the server keeps, the sender reads its own
+/// message back from the key it kept, and so do the devices of both seals.
+#[test]
+fn sealing_one_message_again_keeps_one_message_key() {
+    let (mut stock, mut a1, a2, b1) = setup();
+    let first = send(&mut stock, &mut a1, &[&b1], "m1", "hello");
+    // The server said a2 was missing: the same message, sealed for both, fresh randomness.
+    let devices = vec![stock.identity(&a2), stock.identity(&b1)];
+    let env = match a1.seal(CONV, "m1", &text("hello"), &devices, &[], random(7)) {
+        Err(SealError::NeedKeys(need)) => {
+            let claimed = stock.claim(&need);
+            a1.seal(CONV, "m1", &text("hello"), &devices, &claimed, random(7))
+                .unwrap()
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_ne!(env.nonce, first_nonce(&first), "a fresh nonce");
+    let second = event(&a1, "m1", env);
+    let a1_keys = stock.identity(&a1);
+    for ev in [&first, &second] {
+        assert_eq!(
+            body(a1.open(ev, None).unwrap()),
+            "hello",
+            "the sender's kept key opens it"
+        );
+    }
+    let (mut a2, mut b1) = (a2, b1);
+    assert_eq!(body(a2.open(&second, Some(&a1_keys)).unwrap()), "hello");
+    assert_eq!(body(b1.open(&second, Some(&a1_keys)).unwrap()), "hello");
+}
+
+fn first_nonce(ev: &pb::ConversationEvent) -> Vec<u8> {
+    match &ev.body {
+        Some(pb::conversation_event::Body::Message(m)) => {
+            m.body.as_ref().unwrap().encrypted.as_ref().unwrap().nonce.clone()
+        }
+        _ => unreachable!(),
+    }
 }

@@ -1,0 +1,193 @@
+//! Encrypted direct conversations in the browser (PROTOCOL.md §12): the web chat's
+//! natter-wasm device beside natter-sdk devices in one encrypted DM, a device added
+//! mid-conversation (refused coverage once, sealed again), a reload that reads its state
+//! back from IndexedDB, and emoji verification between two browsers.
+use super::*;
+use common::e2ee::*;
+
+/// The page's messages of `conv` that could not be opened: (seq, text).
+async fn page_undecryptable(b: &mut Browser, page: &str, conv: u64) -> Vec<(u64, String)> {
+    let v = b
+        .eval(
+            page,
+            &format!(
+                "const c = window.natter.convs.get({conv}); if (!c) return [];
+                 return [...c.messages.values()].filter(m => m.undecryptable).map(m => [m.seq, m.text]);"
+            ),
+        )
+        .await;
+    serde_json::from_value(v).unwrap()
+}
+
+/// Start an encrypted DM with `peer` from the page's form; its conversation id.
+async fn encrypted_dm_from_page(b: &mut Browser, page: &str, peer: &str) -> u64 {
+    b.fill(page, "#dm-user", peer).await;
+    b.click(page, "#dm-encrypted").await;
+    b.click(page, "#new-dm button").await;
+    b.wait(page, "#chat-title[data-encrypted=true]").await;
+    b.wait(page, "#conversations li .lock[data-encrypted=true]").await;
+    b.eval(page, "return window.natter.active;").await.as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_and_native_devices_read_every_encrypted_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let states = tempfile::tempdir().unwrap();
+    let s = natter_server::start(&web_config(dir.path())).await.unwrap();
+    let mut b = Browser::start().await;
+    b.open("alice", &page_url(&s, "webtransport")).await;
+    sign_up(&mut b, "alice", "alice", "webtransport").await;
+    // Alice: the page and a native device; Bob: two native devices.
+    let mut alice2 = phone(&s, states.path(), "alice", 2, false).await;
+    let mut bob1 = phone(&s, states.path(), "bob", 1, true).await;
+    let mut bob2 = phone(&s, states.path(), "bob", 2, false).await;
+
+    let conv = encrypted_dm_from_page(&mut b, "alice", "bob").await;
+    let c = ConversationId(conv);
+
+    // 100 each way at once: the page seals each for three devices, Bob's for three.
+    const N: usize = 100;
+    let js = format!(
+        "const c = window.natter.client; for (let i = 0; i < {N}; i++) await c.send({conv}, '{MARKER} w' + i); return true;"
+    );
+    let page_sends = b.eval("alice", &js);
+    let native = async {
+        for i in 0..N {
+            bob1.client.send(c, &format!("{MARKER} n{i}")).await.unwrap();
+        }
+    };
+    let (sent, ()) = tokio::join!(page_sends, native);
+    assert_eq!(sent, json!(true));
+
+    let mut want: Vec<String> = (0..N)
+        .flat_map(|i| [format!("{MARKER} w{i}"), format!("{MARKER} n{i}")])
+        .collect();
+    want.sort();
+    for p in [&mut alice2, &mut bob1, &mut bob2] {
+        let mut got = read(p, c, 2 * N).await;
+        got.sort();
+        assert_eq!(got, want, "device {:?} read every message, opened", p.device);
+    }
+    b.wait_stored("alice", conv, 2 * N).await;
+    let mut shown: Vec<String> = page_messages(&mut b, "alice", conv)
+        .await
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect();
+    shown.sort();
+    assert_eq!(shown, want, "the page opened every message");
+    assert_eq!(page_undecryptable(&mut b, "alice", conv).await, vec![]);
+    assert_exactly_once_in_order(&page_event_log(&mut b, "alice").await, conv);
+
+    // Bob adds a device: the page's next send is refused coverage once, sealed again for
+    // it, and the new device reads it; the page shows the change.
+    let mut bob3 = phone(&s, states.path(), "bob", 3, false).await;
+    b.wait_fn(
+        "alice",
+        "[...document.querySelectorAll('#message-list .notice')].some(e => e.textContent.includes('added device'))",
+    )
+    .await;
+    let floor = b
+        .eval(
+            "alice",
+            &format!("return window.natter.convs.get({conv}).summary.lastSeq;"),
+        )
+        .await
+        .as_u64()
+        .unwrap();
+    b.fill("alice", "#text", "for every device of bob").await;
+    b.press("alice", "#text", "Enter").await;
+    for p in [&mut bob1, &mut bob2, &mut bob3] {
+        assert_eq!(read_after(p, c, floor, 1).await, vec!["for every device of bob"]);
+    }
+
+    // A reload reads the state back from IndexedDB: history opens from kept keys, and
+    // what comes next opens over the sessions it had.
+    b.cmd(json!({"op": "reload", "page": "alice"})).await;
+    b.wait("alice", "#app:not([hidden])").await;
+    b.wait("alice", &format!("#conversations li[data-conversation='{conv}'] .lock"))
+        .await;
+    b.click("alice", &format!("#conversations li[data-conversation='{conv}']"))
+        .await;
+    b.wait_shown("alice", "for every device of bob").await;
+    // The latest page of history (50 events) shows opened, from the kept keys.
+    let texts = b.texts("alice", "#message-list .msg .text").await;
+    assert!(texts.len() >= 45, "a page of history: {}", texts.len());
+    for t in &texts {
+        assert!(
+            want.contains(t) || t == "for every device of bob",
+            "shown after the reload: {t:?}"
+        );
+    }
+    bob3.client.send(c, "after the reload").await.unwrap();
+    b.wait_shown("alice", "after the reload").await;
+    assert_eq!(page_undecryptable(&mut b, "alice", conv).await, vec![]);
+
+    // The server holds no plaintext of any of it.
+    let leaks = files_containing(dir.path(), MARKER.as_bytes());
+    assert!(leaks.is_empty(), "plaintext on the server: {leaks:?}");
+    let leaks = files_containing(dir.path(), b"for every device of bob");
+    assert!(leaks.is_empty(), "plaintext on the server: {leaks:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_browsers_verify_each_other_by_emoji() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = natter_server::start(&web_config(dir.path())).await.unwrap();
+    let mut b = Browser::start().await;
+    let url = page_url(&s, "websocket");
+    b.open("alice", &url).await;
+    b.open("bob", &url).await;
+    sign_up(&mut b, "alice", "alice", "websocket").await;
+    sign_up(&mut b, "bob", "bob", "websocket").await;
+    let conv = encrypted_dm_from_page(&mut b, "alice", "bob").await;
+    b.fill("alice", "#text", "shall we verify?").await;
+    b.press("alice", "#text", "Enter").await;
+    b.wait("bob", &format!("#conversations li[data-conversation='{conv}'] .lock"))
+        .await;
+    b.click("bob", &format!("#conversations li[data-conversation='{conv}']"))
+        .await;
+    b.wait_shown("bob", "shall we verify?").await;
+
+    // Alice's device list: her own device, and Bob's, unverified.
+    b.click("alice", "#devices-btn").await;
+    b.wait("alice", "#device-list li[data-trust=self]").await;
+    b.wait("alice", "#device-list li[data-trust=unverified]").await;
+
+    // A first attempt where Bob says the emoji differ ends cancelled on both sides.
+    b.click("alice", "#device-list li[data-trust=unverified] button").await;
+    b.wait("bob", "#verify[data-state=requested]").await;
+    b.click("bob", "#verify-accept").await;
+    b.wait("alice", "#verify[data-state=compare]").await;
+    b.wait("bob", "#verify[data-state=compare]").await;
+    b.click("bob", "#verify-no").await;
+    b.wait("bob", "#verify[data-state=cancelled]").await;
+    b.wait("alice", "#verify[data-state=cancelled]").await;
+    let why = b.texts("alice", "#verify-text").await;
+    assert!(why[0].contains("stopped (user)"), "cancelled by the person: {why:?}");
+    b.wait("alice", "#device-list li[data-trust=unverified]").await;
+
+    // Then both agree: the same seven emoji on both screens, and verified on both.
+    b.click("alice", "#device-list li[data-trust=unverified] button").await;
+    b.wait("bob", "#verify[data-state=requested]").await;
+    b.click("bob", "#verify-accept").await;
+    b.wait("alice", "#verify[data-state=compare]").await;
+    b.wait("bob", "#verify[data-state=compare]").await;
+    let alice_emoji = b.texts("alice", "#verify-emoji .emoji").await;
+    let bob_emoji = b.texts("bob", "#verify-emoji .emoji").await;
+    assert_eq!(alice_emoji.len(), 7, "seven emoji: {alice_emoji:?}");
+    assert_eq!(alice_emoji, bob_emoji, "both screens show the same code");
+    b.click("alice", "#verify-yes").await;
+    b.click("bob", "#verify-yes").await;
+    b.wait("alice", "#verify[data-state=verified]").await;
+    b.wait("bob", "#verify[data-state=verified]").await;
+    b.wait("alice", "#device-list li[data-trust=verified]").await;
+    // And Bob's page lists Alice's device as verified too.
+    b.click("bob", "#devices-btn").await;
+    b.wait("bob", "#device-list li[data-trust=verified]").await;
+
+    let shots = repo().join("target/browser-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    b.cmd(json!({"op": "screenshot", "page": "bob", "path": shots.join("e2ee-verified.png")}))
+        .await;
+}

@@ -1,0 +1,101 @@
+// End-to-end encryption in the web chat (PROTOCOL.md §12): the store key the page keeps,
+// the device list with each device's trust, and emoji verification between two devices.
+// natter-wasm does all of the cryptography; this file only shows it.
+//
+// The store key seals the encryption state natter-wasm keeps in IndexedDB. The page keeps
+// it in localStorage beside the access token: a browser offers nothing stronger to a page
+// without asking the person for a passphrase, so the state at rest is as safe as the
+// origin's storage (an app that can ask should derive the key from one).
+const STORE_KEY = "natter.storeKey";
+const $ = (id) => document.getElementById(id);
+
+/** This browser's store key (made on first use). */
+export function storeKey() {
+  const saved = localStorage.getItem(STORE_KEY);
+  if (saved) return Uint8Array.from(atob(saved), (c) => c.charCodeAt(0));
+  const key = crypto.getRandomValues(new Uint8Array(32));
+  localStorage.setItem(STORE_KEY, btoa(String.fromCharCode(...key)));
+  return key;
+}
+
+/** After a logout: the state it sealed is gone, so is the key. */
+export function forgetStoreKey() {
+  localStorage.removeItem(STORE_KEY);
+}
+
+function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") e.className = v;
+    else if (k.startsWith("data-")) e.setAttribute(k, v);
+    else e[k] = v;
+  }
+  for (const c of children) if (c != null) e.append(c);
+  return e;
+}
+
+const TRUST = { verified: "✅ verified", unverified: "⚠️ unverified", changed: "❗ key changed" };
+
+/** The devices of the people in an encrypted conversation (`users`: [{ userId, username }]),
+ * each with its trust and a Verify button; this device is listed as such. */
+export async function renderDevices(client, me, users) {
+  const list = $("device-list");
+  const rows = [];
+  for (const u of users) {
+    for (const d of await client.deviceTrust(u.userId)) {
+      const self = u.userId === me.userId && d.deviceId === me.deviceId;
+      const verify = el("button", { class: "secondary", textContent: "Verify" });
+      verify.onclick = () => client.verifyDevice(u.userId, d.deviceId).catch((e) => showVerify(e.message));
+      rows.push(el("li", { "data-user": String(u.userId), "data-device": String(d.deviceId), "data-trust": self ? "self" : d.trust },
+        el("span", { class: "name" }, `${u.username} · device ${d.deviceId}`),
+        el("code", { title: "identity key" }, d.ed25519.slice(0, 16) + "…"),
+        self ? el("span", { class: "muted" }, "this device") : el("span", { class: `trust ${d.trust}` }, TRUST[d.trust]),
+        self || d.trust === "verified" ? null : verify));
+    }
+  }
+  list.replaceChildren(...rows);
+}
+
+function showVerify(text, emoji = [], buttons = []) {
+  $("verify").hidden = false;
+  $("verify-text").textContent = text;
+  $("verify-emoji").replaceChildren(...emoji.map((e) => {
+    const [symbol, ...name] = e.split(" ");
+    return el("span", { class: "emoji" }, el("b", {}, symbol), name.join(" "));
+  }));
+  $("verify-buttons").replaceChildren(...buttons.map(([label, id, fn, secondary]) => {
+    const b = el("button", { id, textContent: label, class: secondary ? "secondary" : "" });
+    b.onclick = async () => { $("verify-buttons").replaceChildren(); try { await fn(); } catch (e) { $("verify-text").textContent = e.message; } };
+    return b;
+  }));
+}
+
+/** A `verification` event: asks, shows the emoji to compare, or says how it ended.
+ * `done(ev)` runs after a verification ends (to redraw the device list). */
+export function onVerification(client, ev, who, done) {
+  const close = ["Close", "verify-close", () => { $("verify").hidden = true; }, true];
+  $("verify").dataset.state = ev.state;
+  $("verify").dataset.txn = ev.txn;
+  switch (ev.state) {
+    case "requested":
+      showVerify(`${who} (device ${ev.deviceId}) asks to verify this device.`, [], [
+        ["Accept", "verify-accept", () => { $("verify-text").textContent = "Waiting for the codes…"; return client.acceptVerification(ev.txn); }],
+        ["Decline", "verify-decline", () => client.cancelVerification(ev.txn).then(() => { $("verify").hidden = true; }), true],
+      ]);
+      break;
+    case "compare":
+      showVerify(`Do these emoji appear in the same order on ${who}'s device ${ev.deviceId}?`, ev.emoji, [
+        ["They match", "verify-yes", () => { $("verify-text").textContent = "Waiting for the other device…"; return client.confirmVerification(ev.txn, true); }],
+        ["They don't match", "verify-no", () => client.confirmVerification(ev.txn, false), true],
+      ]);
+      break;
+    case "verified":
+      showVerify(`✅ ${who}'s device ${ev.deviceId} is verified.`, [], [close]);
+      done(ev);
+      break;
+    case "cancelled":
+      showVerify(`Verification with ${who}'s device ${ev.deviceId} stopped (${ev.reason}).`, [], [close]);
+      done(ev);
+      break;
+  }
+}
