@@ -6,7 +6,7 @@
 // beside "Chat"), their device list and emoji verification are in e2ee.js.
 import init, { NatterClient, Timeline } from "./pkg/index.js";
 import { renderAttachments, sendFiles } from "./media.js";
-import { forgetStoreKey, onVerification, renderDevices, storeKey } from "./e2ee.js";
+import { forgetStoreKey, onVerification, renderDevices, storeKey, wireBackup } from "./e2ee.js";
 
 const KIND = { DIRECT: "direct", GROUP: "group", CHANNEL: "channel" };
 const $ = (id) => document.getElementById(id);
@@ -389,6 +389,8 @@ function wire() {
     forgetStoreKey();
     location.reload();
   };
+  // After a restore: what was drawn unopened is read again.
+  wireBackup(state.client, async () => { if (state.active != null) await loadOlder(true); });
   document.addEventListener("visibilitychange", () => {
     state.client?.setPresence(document.visibilityState === "visible" ? "online" : "away");
     markReadIfVisible();
@@ -396,10 +398,10 @@ function wire() {
 }
 
 await init();
-wire();
 const token = localStorage.getItem(TOKEN_KEY);
 state.client = NatterClient.connect({
   transport: params.get("transport") || "auto", token: token || undefined, onEvent,
   encryption: { storeKey: storeKey() },
 });
+wire();
 if (!token) showAuth();

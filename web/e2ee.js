@@ -1,5 +1,6 @@
 // End-to-end encryption in the web chat (PROTOCOL.md §12): the store key the page keeps,
-// the device list with each device's trust, and emoji verification between two devices.
+// the device list with each device's trust, emoji verification between two devices, and
+// the key backup (set up, with a recovery key to write down; restore on a new device).
 // natter-wasm does all of the cryptography; this file only shows it.
 //
 // The store key seals the encryption state natter-wasm keeps in IndexedDB. The page keeps
@@ -98,4 +99,36 @@ export function onVerification(client, ev, who, done) {
       done(ev);
       break;
   }
+}
+
+/** The key backup panel: set one up (shows the recovery key once), or restore with one;
+ * `restored()` runs after a restore (to reload what was shown unopened). */
+export function wireBackup(client, restored) {
+  const status = $("backup-status");
+  $("backup-enable").onclick = async () => {
+    status.textContent = "Setting up…";
+    try {
+      const key = await client.enableBackup();
+      $("recovery-key").hidden = false;
+      $("recovery-key").textContent = key;
+      status.textContent = "Write this recovery key down: it is the only way to read the backup.";
+    } catch (e) { status.textContent = e.message; status.dataset.code = e.code; }
+  };
+  $("backup-restore").onsubmit = async (e) => {
+    e.preventDefault();
+    status.textContent = "Restoring…";
+    delete status.dataset.code;
+    try {
+      const n = await client.restoreBackup($("recovery-input").value.trim());
+      status.textContent = `Restored ${n} message keys.`;
+      status.dataset.code = "OK";
+      e.target.reset();
+      await restored();
+    } catch (err) {
+      status.textContent = err.code === "WRONG_RECOVERY_KEY" ? "That recovery key does not open this backup."
+        : err.code === "MALFORMED_RECOVERY_KEY" ? `That is not a recovery key (${err.message}).`
+        : err.code === "NO_KEY_BACKUP" ? "No key backup was set up." : err.message;
+      status.dataset.code = err.code;
+    }
+  };
 }

@@ -351,13 +351,16 @@ impl E2ee {
     }
 
     /// Open the events of a history page (message keys of opened messages are kept, so
-    /// what this device read before opens again).
+    /// what this device read before opens again); those that do not open are kept to come
+    /// again, opened, as events when their keys arrive.
     pub(crate) async fn open_page(&self, client: &Client, page: &mut pb::HistoryPage) {
         self.wait_ready(READY_WAIT).await;
         for ev in page.events.iter_mut() {
             if is_sealed(ev) {
-                if let SessionEvent::Event(open) = self.open(client, ev.clone()).await {
-                    *ev = open;
+                match self.open(client, ev.clone()).await {
+                    SessionEvent::Event(open) => *ev = open,
+                    // Handed on again, opened, if its key arrives (a restore, a share).
+                    _ => self.unopened(ev.clone()).await,
                 }
             }
         }

@@ -321,7 +321,8 @@ export type ErrorCode = string;
 /** Why the server refused something, as events carry it (0: no retry hint). */
 export interface ErrorInfo { code: ErrorCode; message: string; retryAfterMs: number }
 /** Rejected promises are `Error`s with these fields; local codes: TIMEOUT, CONNECTION_LOST,
- * INVALID, CLOSED, UNEXPECTED. */
+ * INVALID, CLOSED, UNEXPECTED, and for encryption ENCRYPTION, MALFORMED_RECOVERY_KEY,
+ * WRONG_RECOVERY_KEY, NO_KEY_BACKUP. */
 export interface NatterError { code: string; message: string; retryAfterMs?: number }
 export type ConversationKind = "unspecified" | "direct" | "group" | "channel";
 export type Role = "unspecified" | "member" | "admin" | "owner";
@@ -779,6 +780,36 @@ impl NatterClient {
         self.encrypting(move |inner, e2ee| async move {
             e2ee.cancel(&inner, &txn).await?;
             Ok(JsValue::UNDEFINED)
+        })
+    }
+
+    /// Set up a key backup (replacing the user's previous one) and back up every message
+    /// key this device keeps, then each new one as it comes; resolves to the recovery key
+    /// for the person to write down (the only way to read the backup).
+    #[wasm_bindgen(js_name = enableBackup)]
+    pub fn enable_backup(&self) -> Promise {
+        self.encrypting(move |inner, e2ee| async move { Ok(e2ee.enable_backup(&inner).await?.into()) })
+    }
+
+    /// Upload every message key waiting for the backup now (they go in the background
+    /// anyway; e.g. before signing out).
+    #[wasm_bindgen(js_name = backupNow)]
+    pub fn backup_now(&self) -> Promise {
+        self.encrypting(move |inner, e2ee| async move {
+            e2ee.flush_backup(&inner).await?;
+            Ok(JsValue::UNDEFINED)
+        })
+    }
+
+    /// Restore message keys from the backup with the recovery key as the person typed it;
+    /// resolves to how many keys were new (messages that came undecryptable come again,
+    /// opened, first). Rejects with MALFORMED_RECOVERY_KEY, WRONG_RECOVERY_KEY or
+    /// NO_KEY_BACKUP before reading anything.
+    #[wasm_bindgen(js_name = restoreBackup)]
+    pub fn restore_backup(&self, recovery_key: String) -> Promise {
+        self.encrypting(move |inner, e2ee| async move {
+            let n = e2ee.restore_backup(&inner, &recovery_key).await?;
+            Ok(JsValue::from_f64(n as f64))
         })
     }
 

@@ -7,6 +7,9 @@
 //! encrypted conversation are sealed for its devices, claiming keys where a session is
 //! missing and sealing again on `DEVICE_MISMATCH` (same client message id).
 //!
+//! Message keys also go to the user's key backup when there is one (`backup`), and device
+//! verification and key sharing between a user's verified devices are in `verify`.
+//!
 //! The state lives in IndexedDB (`store`), encrypted with the app's store key. What is
 //! policy rather than I/O — device lists, when to rewrite the state, which undecryptable
 //! events wait for keys — is the client core's (`client::e2ee`), shared with natter-sdk.
@@ -28,6 +31,7 @@ use natter_protocol::{ClientMsgId, ConversationId, DeviceId, Seq, UserId};
 use crate::client::{Inner, Wake};
 use crate::view::JsError;
 
+mod backup;
 mod store;
 mod verify;
 
@@ -71,6 +75,8 @@ pub(crate) struct E2ee {
     waiting: RefCell<Vec<oneshot::Sender<()>>>,
     /// The state could not be written after the event being handed on.
     unsaved_event: Cell<bool>,
+    /// A backup upload is running (one at a time).
+    backing_up: Cell<bool>,
 }
 
 impl E2ee {
@@ -89,6 +95,7 @@ impl E2ee {
             ready: Cell::new(false),
             waiting: RefCell::default(),
             unsaved_event: Cell::new(false),
+            backing_up: Cell::new(false),
         })
     }
 
@@ -159,7 +166,8 @@ impl E2ee {
         } else {
             None
         };
-        self.top_up(inner, counts.as_ref()).await
+        self.top_up(inner, counts.as_ref()).await?;
+        self.sync_backup(inner).await
     }
 
     /// Publish keys if the stock needs them (saved first: a key the server may hold is
@@ -228,15 +236,18 @@ impl E2ee {
         }
     }
 
-    /// Open the sealed events of a history page.
+    /// Open the sealed events of a history page; those that do not open are kept to come
+    /// again, opened, as events when their keys arrive.
     pub(crate) async fn open_page(&self, inner: &Inner, page: &mut pb::HistoryPage) {
         if self.wait_ready().await.is_err() {
             return;
         }
         for ev in page.events.iter_mut() {
             if is_sealed(ev) {
-                if let SessionEvent::Event(open) = self.open(inner, ev.clone()).await {
-                    *ev = open;
+                match self.open(inner, ev.clone()).await {
+                    SessionEvent::Event(open) => *ev = open,
+                    // Handed on again, opened, if its key arrives (a restore, a share).
+                    _ => self.convs.borrow_mut().keep_unopened(ev.clone()),
                 }
             }
         }
@@ -435,6 +446,7 @@ pub(crate) async fn pump(inner: Rc<Inner>, e2ee: Rc<E2ee>, mut events: mpsc::Unb
                     inner.session.borrow_mut().acknowledge(now, conv, seq);
                     inner.wake(Wake::Flush);
                 }
+                e2ee.kick_backup(&inner).await;
                 out
             }
             other => other,

@@ -191,3 +191,87 @@ async fn two_browsers_verify_each_other_by_emoji() {
     b.cmd(json!({"op": "screenshot", "page": "bob", "path": shots.join("e2ee-verified.png")}))
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_browser_restores_encrypted_history_from_the_key_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    let states = tempfile::tempdir().unwrap();
+    let s = natter_server::start(&web_config(dir.path())).await.unwrap();
+    let mut b = Browser::start().await;
+    let url = page_url(&s, "websocket");
+    b.open("old", &url).await;
+    sign_up(&mut b, "old", "alice", "websocket").await;
+    let mut bob = phone(&s, states.path(), "bob", 1, true).await;
+    let conv = encrypted_dm_from_page(&mut b, "old", "bob").await;
+    let c = ConversationId(conv);
+
+    // The old page sets up the backup: the recovery key is shown once.
+    b.click("old", "#backup summary").await;
+    b.click("old", "#backup-enable").await;
+    b.wait("old", "#recovery-key:not([hidden])").await;
+    let recovery = b.texts("old", "#recovery-key").await.remove(0);
+    assert!(recovery.len() > 40, "a recovery key: {recovery}");
+
+    // Five each way, all backed up (the page's own as it sends, Bob's as it reads them).
+    for i in 0..5 {
+        b.fill("old", "#text", &format!("from the old page {i}")).await;
+        b.press("old", "#text", "Enter").await;
+        b.wait_shown("old", &format!("from the old page {i}")).await;
+        bob.client.send(c, &format!("from bob {i}")).await.unwrap();
+        b.wait_shown("old", &format!("from bob {i}")).await;
+    }
+    let want: Vec<String> = (0..5)
+        .flat_map(|i| [format!("from the old page {i}"), format!("from bob {i}")])
+        .collect();
+    let mut read_by_bob = read(&mut bob, c, 10).await;
+    read_by_bob.sort();
+    let mut sorted = want.clone();
+    sorted.sort();
+    assert_eq!(read_by_bob, sorted);
+    // Every key is in the backup once the upload under way is done.
+    let flushed = b
+        .eval("old", "await window.natter.client.backupNow(); return true;")
+        .await;
+    assert_eq!(flushed, json!(true));
+
+    // A new browser of Alice's, alone: the history it was never sealed for shows unopened.
+    b.open("new", &url).await;
+    b.wait("new", "#auth:not([hidden])").await;
+    b.fill("new", "#username", "alice").await;
+    b.fill("new", "#password", PASSWORD).await;
+    b.click("new", "#login").await;
+    b.wait("new", "#app:not([hidden])").await;
+    b.wait("new", &format!("#conversations li[data-conversation='{conv}'] .lock"))
+        .await;
+    b.click("new", &format!("#conversations li[data-conversation='{conv}']"))
+        .await;
+    b.wait_fn(
+        "new",
+        "document.querySelectorAll('#message-list .msg.undecryptable').length === 10",
+    )
+    .await;
+
+    // A wrong recovery key: a typed refusal, and nothing opens.
+    let wrong = natter_protocol::client::e2ee::backup::RecoveryKey::from_random([7; 32]).to_display();
+    b.click("new", "#backup summary").await;
+    b.fill("new", "#recovery-input", &wrong).await;
+    b.click("new", "#backup-restore button").await;
+    b.wait("new", "#backup-status[data-code=WRONG_RECOVERY_KEY]").await;
+    assert_eq!(page_undecryptable(&mut b, "new", conv).await.len(), 10);
+    // A typo: malformed, refused as such.
+    b.fill("new", "#recovery-input", &recovery[..recovery.len() - 3]).await;
+    b.click("new", "#backup-restore button").await;
+    b.wait("new", "#backup-status[data-code=MALFORMED_RECOVERY_KEY]").await;
+
+    // The right one opens all ten in place.
+    b.fill("new", "#recovery-input", &recovery).await;
+    b.click("new", "#backup-restore button").await;
+    b.wait("new", "#backup-status[data-code=OK]").await;
+    b.wait_fn(
+        "new",
+        "document.querySelectorAll('#message-list .msg.undecryptable').length === 0",
+    )
+    .await;
+    let shown = b.texts("new", "#message-list .msg .text").await;
+    assert_eq!(shown, want, "the whole history, opened, in order");
+}
