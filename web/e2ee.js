@@ -7,6 +7,7 @@
 // it in localStorage beside the access token: a browser offers nothing stronger to a page
 // without asking the person for a passphrase, so the state at rest is as safe as the
 // origin's storage (an app that can ask should derive the key from one).
+import { el } from "./dom.js";
 const STORE_KEY = "natter.storeKey";
 const $ = (id) => document.getElementById(id);
 
@@ -22,17 +23,6 @@ export function storeKey() {
 /** After a logout: the state it sealed is gone, so is the key. */
 export function forgetStoreKey() {
   localStorage.removeItem(STORE_KEY);
-}
-
-function el(tag, attrs = {}, ...children) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "class") e.className = v;
-    else if (k.startsWith("data-")) e.setAttribute(k, v);
-    else e[k] = v;
-  }
-  for (const c of children) if (c != null) e.append(c);
-  return e;
 }
 
 const TRUST = { verified: "✅ verified", unverified: "⚠️ unverified", changed: "❗ key changed" };

@@ -4,17 +4,7 @@
 // a download link for anything else). Uploads, signed URLs and placeholders are
 // natter-wasm's (`upload`, `mediaUrl`, `decodeBlurhash`); this file only draws.
 import { decodeBlurhash } from "./pkg/index.js";
-
-const el = (tag, attrs = {}, ...children) => {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "class") e.className = v;
-    else if (k.startsWith("data-")) e.setAttribute(k, v);
-    else e[k] = v;
-  }
-  for (const c of children) if (c != null) e.append(c);
-  return e;
-};
+import { el } from "./dom.js";
 
 export function humanSize(n) {
   if (n < 1024) return `${n} B`;

@@ -130,6 +130,20 @@ async fn a_browser_and_native_devices_read_every_encrypted_message() {
     assert!(leaks.is_empty(), "plaintext on the server: {leaks:?}");
 }
 
+/// Alice's page asks to verify Bob's unverified device, Bob's page accepts, and both show
+/// the code to compare: the emoji each page shows.
+async fn verify_until_compare(b: &mut Browser) -> (Vec<String>, Vec<String>) {
+    b.click("alice", "#device-list li[data-trust=unverified] button").await;
+    b.wait("bob", "#verify[data-state=requested]").await;
+    b.click("bob", "#verify-accept").await;
+    b.wait("alice", "#verify[data-state=compare]").await;
+    b.wait("bob", "#verify[data-state=compare]").await;
+    (
+        b.texts("alice", "#verify-emoji .emoji").await,
+        b.texts("bob", "#verify-emoji .emoji").await,
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_browsers_verify_each_other_by_emoji() {
     let dir = tempfile::tempdir().unwrap();
@@ -155,11 +169,7 @@ async fn two_browsers_verify_each_other_by_emoji() {
     b.wait("alice", "#device-list li[data-trust=unverified]").await;
 
     // A first attempt where Bob says the emoji differ ends cancelled on both sides.
-    b.click("alice", "#device-list li[data-trust=unverified] button").await;
-    b.wait("bob", "#verify[data-state=requested]").await;
-    b.click("bob", "#verify-accept").await;
-    b.wait("alice", "#verify[data-state=compare]").await;
-    b.wait("bob", "#verify[data-state=compare]").await;
+    let _ = verify_until_compare(&mut b).await;
     b.click("bob", "#verify-no").await;
     b.wait("bob", "#verify[data-state=cancelled]").await;
     b.wait("alice", "#verify[data-state=cancelled]").await;
@@ -168,13 +178,7 @@ async fn two_browsers_verify_each_other_by_emoji() {
     b.wait("alice", "#device-list li[data-trust=unverified]").await;
 
     // Then both agree: the same seven emoji on both screens, and verified on both.
-    b.click("alice", "#device-list li[data-trust=unverified] button").await;
-    b.wait("bob", "#verify[data-state=requested]").await;
-    b.click("bob", "#verify-accept").await;
-    b.wait("alice", "#verify[data-state=compare]").await;
-    b.wait("bob", "#verify[data-state=compare]").await;
-    let alice_emoji = b.texts("alice", "#verify-emoji .emoji").await;
-    let bob_emoji = b.texts("bob", "#verify-emoji .emoji").await;
+    let (alice_emoji, bob_emoji) = verify_until_compare(&mut b).await;
     assert_eq!(alice_emoji.len(), 7, "seven emoji: {alice_emoji:?}");
     assert_eq!(alice_emoji, bob_emoji, "both screens show the same code");
     b.click("alice", "#verify-yes").await;
