@@ -228,7 +228,10 @@ function renderMessages() {
   ol.replaceChildren(...msgs.map((m) => {
     if (m.notice) return el("li", { class: "notice", "data-seq": String(m.seq) }, m.notice);
     const mine = m.from === state.me?.userId;
-    return el("li", { class: `msg${mine ? " mine" : ""}${m.deleted ? " deleted" : ""}${m.undecryptable ? " undecryptable" : ""}`, "data-seq": String(m.seq) },
+    // Sent before this device was added to the conversation: only keys from elsewhere open it.
+    const before = m.undecryptable && c.readableFrom != null && m.seq < c.readableFrom;
+    if (before) m.text = "🔒 Sent before this device joined: restore your key backup, or verify another device of yours, to read it.";
+    return el("li", { class: `msg${mine ? " mine" : ""}${m.deleted ? " deleted" : ""}${m.undecryptable ? " undecryptable" : ""}`, "data-seq": String(m.seq), "data-before-device": before ? "true" : undefined },
       !mine && c.summary.kind !== KIND.DIRECT ? el("div", { class: "who" }, m.who) : null,
       m.text || !m.attachments?.length ? el("div", { class: "text" }, m.text) : null,
       m.attachments?.length ? (m.attachmentsEl ??= renderAttachments(state.client, m.attachments)) : null,
@@ -266,6 +269,8 @@ async function openConversation(id) {
   renderHeader();
   renderList();
   const c = conv(id);
+  // Which of an encrypted conversation this device can read (from the event that added it).
+  if (c.summary.encrypted) c.readableFrom = await state.client.readableFrom(id).catch(() => null);
   if (c.messages.size < 30) await loadOlder(true);
   renderMessages();
   renderTyping();

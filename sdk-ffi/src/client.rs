@@ -352,6 +352,17 @@ impl NatterClient {
         run(async move { c.cancel_verification(&txn).await }).await
     }
 
+    /// Which part of an encrypted conversation this device can read (PROTOCOL.md §12.6):
+    /// the seq from which every message was sealed for it (the event that added it to the
+    /// conversation's devices); `null` until it has seen that event. Earlier messages open
+    /// only with keys from the backup or a verified device of this user.
+    pub async fn readable_from(&self, conversation_id: u64) -> Result<Option<u64>, NatterError> {
+        let c = self.inner.clone();
+        let from: Option<natter_sdk::Seq> =
+            run(async move { c.readable_from(ConversationId(conversation_id)).await }).await?;
+        Ok(from.map(|s| s.0))
+    }
+
     /// A user's devices with keys and how far this device trusts each.
     pub async fn device_trust(&self, user_id: u64) -> Result<Vec<DeviceTrust>, NatterError> {
         let c = self.inner.clone();

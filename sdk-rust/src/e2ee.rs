@@ -278,6 +278,7 @@ impl E2ee {
     /// Learn from an event, and open it if it is sealed.
     async fn on_event(&self, client: &Client, ev: pb::ConversationEvent) -> ClientEvent {
         self.inner.lock().await.convs.learn(&ev);
+        self.note_covered(&ev).await;
         if is_sealed(&ev) {
             return self.open(client, ev).await;
         }
@@ -325,6 +326,25 @@ impl E2ee {
         }
     }
 
+    /// Note the event that put this device into a conversation's device list (written
+    /// before the event is acknowledged, like every change).
+    async fn note_covered(&self, ev: &pb::ConversationEvent) {
+        let mut inner = self.inner.lock().await;
+        let Some(crypto) = inner.crypto.as_mut() else {
+            return;
+        };
+        if crypto.note_covered(ev) && self.save(crypto).await.is_err() {
+            self.unsaved_event.store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// The seq from which `conv`'s messages are sealed for this device, once it saw the
+    /// event that added it.
+    pub(crate) async fn readable_from(&self, conv: ConversationId) -> Option<natter_protocol::Seq> {
+        let inner = self.inner.lock().await;
+        inner.crypto.as_ref().and_then(|c| c.covered_from(conv))
+    }
+
     /// Keep an event the app got undecryptable, to open when its key arrives.
     async fn unopened(&self, ev: pb::ConversationEvent) {
         self.inner.lock().await.convs.keep_unopened(ev);
@@ -356,6 +376,9 @@ impl E2ee {
     pub(crate) async fn open_page(&self, client: &Client, page: &mut pb::HistoryPage) {
         self.wait_ready(READY_WAIT).await;
         for ev in page.events.iter_mut() {
+            // The event that added this device may be in the page (a device that reads
+            // history before its event stream got there).
+            self.note_covered(ev).await;
             if is_sealed(ev) {
                 match self.open(client, ev.clone()).await {
                     SessionEvent::Event(open) => *ev = open,

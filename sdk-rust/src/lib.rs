@@ -431,6 +431,15 @@ impl Client {
         self.e2ee()?.device_trust(self, user).await
     }
 
+    /// Which part of an encrypted conversation this device can read (PROTOCOL.md §12.6):
+    /// the seq from which every message was sealed for it (the event that added it to the
+    /// conversation's device list); messages before it open only with keys restored from
+    /// the backup or shared by a verified device of this user. `None` until this device
+    /// has seen that event.
+    pub async fn readable_from(&self, conv: ConversationId) -> Result<Option<Seq>, ClientError> {
+        Ok(self.e2ee()?.readable_from(conv).await)
+    }
+
     fn e2ee(&self) -> Result<&Arc<e2ee::E2ee>, ClientError> {
         self.e2ee.as_ref().ok_or(ClientError::E2ee(E2eeError::NotConfigured))
     }

@@ -813,6 +813,18 @@ impl NatterClient {
         })
     }
 
+    /// Which part of an encrypted conversation this device can read (PROTOCOL.md §12.6):
+    /// resolves to the seq from which every message was sealed for it (the event that
+    /// added it to the conversation's devices), or null until it has seen that event.
+    /// Earlier messages open only with keys from the backup or a verified device of yours.
+    #[wasm_bindgen(js_name = readableFrom)]
+    pub fn readable_from(&self, conversation_id: f64) -> Promise {
+        self.encrypting(move |_, e2ee| async move {
+            let from = e2ee.readable_from(conv(conversation_id)).await;
+            Ok(from.map_or(JsValue::NULL, seq_number))
+        })
+    }
+
     /// A user's devices with keys and how far this device trusts each:
     /// `[{ deviceId, ed25519, trust: "verified" | "unverified" | "changed" }]`.
     #[wasm_bindgen(js_name = deviceTrust)]

@@ -236,6 +236,25 @@ impl E2ee {
         }
     }
 
+    /// Note the event that put this device into a conversation's device list (written
+    /// before the event is acknowledged, like every change).
+    async fn note_covered(&self, ev: &pb::ConversationEvent) {
+        let mut state = self.state.lock().await;
+        let Some(crypto) = state.crypto.as_mut() else {
+            return;
+        };
+        if crypto.note_covered(ev) && self.save(crypto).await.is_err() {
+            self.unsaved_event.set(true);
+        }
+    }
+
+    /// The seq from which `conv`'s messages are sealed for this device, once it saw the
+    /// event that added it.
+    pub(crate) async fn readable_from(&self, conv: ConversationId) -> Option<Seq> {
+        let state = self.state.lock().await;
+        state.crypto.as_ref().and_then(|c| c.covered_from(conv))
+    }
+
     /// Open the sealed events of a history page; those that do not open are kept to come
     /// again, opened, as events when their keys arrive.
     pub(crate) async fn open_page(&self, inner: &Inner, page: &mut pb::HistoryPage) {
@@ -243,6 +262,9 @@ impl E2ee {
             return;
         }
         for ev in page.events.iter_mut() {
+            // The event that added this device may be in the page (a device that reads
+            // history before its event stream got there).
+            self.note_covered(ev).await;
             if is_sealed(ev) {
                 match self.open(inner, ev.clone()).await {
                     SessionEvent::Event(open) => *ev = open,
@@ -431,6 +453,7 @@ pub(crate) async fn pump(inner: Rc<Inner>, e2ee: Rc<E2ee>, mut events: mpsc::Unb
                 let me = e2ee.state.lock().await.crypto.as_ref().map(Crypto::user);
                 let ack = acknowledgeable(me, &e);
                 e2ee.convs.borrow_mut().learn(&e);
+                e2ee.note_covered(&e).await;
                 let out = if is_sealed(&e) {
                     e2ee.open(&inner, e).await
                 } else {

@@ -72,6 +72,13 @@ async fn every_device_reads_every_message_and_the_server_holds_no_plaintext() {
         .filter(|e| matches!(&e.body, Some(Body::Message(m)) if m.body.as_ref().is_some_and(|b| b.encrypted.is_none())))
         .count();
     assert_eq!(opened, 1, "only the message after it joined opens on b4");
+    // And b4 says so: it is covered from the change that added it (the seq before "after
+    // b4"), the devices there from the start from the creation.
+    assert_eq!(
+        b4.client.readable_from(dm).await.unwrap(),
+        Some(natter_sdk::Seq(ack.seq.0 - 1))
+    );
+    assert_eq!(a1.client.readable_from(dm).await.unwrap(), Some(natter_sdk::Seq(1)));
 
     // A removed device gets no key for what comes after its removal.
     b3.client.logout(DeviceId(0)).await.unwrap();
@@ -577,7 +584,19 @@ async fn the_cli_writes_and_reads_an_encrypted_conversation() {
         .to_string();
     let b2 = dir.path().join("bob-2");
     cli_login(&b2, &s, "bob").await;
-    assert!(texts(cli(&b2, &["history", &dm]).await).is_empty(), "nothing opens yet");
+    let history = cli(&b2, &["history", &dm]).await;
+    assert!(texts(history.clone()).is_empty(), "nothing opens yet");
+    // It says why: it reads from the change that added it, after both messages.
+    let last_message = history
+        .iter()
+        .filter(|v| v["body"]["type"] == "encrypted")
+        .filter_map(|v| v["seq"].as_u64())
+        .max();
+    let from = history.last().unwrap()["readableFrom"].as_u64();
+    assert!(
+        from.is_some_and(|f| Some(f) > last_message),
+        "readable from {from:?}, after {last_message:?}"
+    );
     let other = natter_protocol::client::e2ee::backup::RecoveryKey::from_random([3; 32]).to_display();
     let refused = cli_fails(&b2, &["backup", "restore", "--recovery-key", &other]).await;
     assert!(refused.contains("does not open this backup"), "{refused}");

@@ -119,6 +119,9 @@ pub struct Crypto {
     backup_pending: BTreeSet<MessageRef>,
     /// Message keys kept since the state was last written.
     unsaved: Vec<MessageRef>,
+    /// By conversation: the seq of the event that put this device into its device list
+    /// (PROTOCOL.md §12.3): every message from there on was sealed for it.
+    covered: BTreeMap<u64, u64>,
     /// Device identities whose self-signature this process already checked.
     verified: std::collections::HashSet<Vec<u8>>,
     /// Devices a SAS verification confirmed (PROTOCOL.md §12.10): their Ed25519 key then.
@@ -191,6 +194,7 @@ impl Crypto {
             identity_published: false,
             sessions: HashMap::new(),
             message_keys: BTreeMap::new(),
+            covered: BTreeMap::new(),
             backup: None,
             backup_pending: BTreeSet::new(),
             unsaved: Vec::new(),
@@ -401,6 +405,35 @@ impl Crypto {
     /// [`Self::open`] then needs neither the sender's keys nor Olm, and changes no state.
     pub fn has_message_key(&self, event: &pb::ConversationEvent) -> bool {
         message_ref(event).is_some_and(|id| self.message_keys.contains_key(&id))
+    }
+
+    /// Learn from an event whether it put this device (with its current identity key) into
+    /// the conversation's device list — its creation, or a `DevicesChanged` that added it;
+    /// true when that is news (the state then has something to write).
+    pub fn note_covered(&mut self, event: &pb::ConversationEvent) -> bool {
+        use pb::conversation_event::Body;
+        let me = |d: &pb::DeviceKeys| {
+            (d.user_id, d.device_id) == (self.user.0, self.device.0)
+                && d.curve25519 == self.account.curve25519_key().as_bytes()
+        };
+        let added = match &event.body {
+            Some(Body::Created(c)) => c.encrypted && c.devices.iter().any(me),
+            Some(Body::DevicesChanged(d)) => d.added.iter().any(me),
+            _ => false,
+        };
+        if !added || self.covered.contains_key(&event.conversation_id) {
+            return false;
+        }
+        self.covered.insert(event.conversation_id, event.seq);
+        true
+    }
+
+    /// The seq from which this device is in `conversation`'s device list, once it has seen
+    /// the event that put it there: every message at or after it was sealed for this
+    /// device; earlier ones open only with keys from the backup or another verified device
+    /// of this user (§12.9, §12.11). `None`: not seen (yet).
+    pub fn covered_from(&self, conversation: ConversationId) -> Option<crate::Seq> {
+        self.covered.get(&conversation.0).map(|s| crate::Seq(*s))
     }
 
     /// Open an encrypted message event. `sender`: the sending device's keys as this

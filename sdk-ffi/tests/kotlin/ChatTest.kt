@@ -449,6 +449,13 @@ suspend fun encryptedDm() {
     check(reopened == unopenedSeqs.zip(listOf("sealed from kotlin", "and back"))) { "same seqs, opened: $reopened" }
     val after = texts()
     check(after == listOf("sealed from kotlin", "and back")) { "history opens on the new phone: $after" }
+    // The phone says what it can read of its own: from the change that added it, after both.
+    pEvents.waitFor("the phone hears it was added") { e ->
+        e is NatterEvent.Event && e.event.conversationId == sid &&
+            (e.event.body as? EventBody.DevicesChanged)?.added?.contains(phoneUp.deviceId) == true
+    }
+    val from = phone.readableFrom(sid)
+    check(from != null && from > unopenedSeqs.max()) { "readable from its addition on: $from, unopened $unopenedSeqs" }
 
     // Dave verifies erin's new phone by comparing emoji.
     fun step(state: String, txn: String) = { e: NatterEvent -> e is NatterEvent.Verification && e.state == state && e.txn == txn }

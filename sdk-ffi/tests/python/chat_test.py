@@ -449,6 +449,12 @@ async def encrypted_dm():
     await p_events.wait_for(is_message(sid, want[-1]), "what came undecryptable comes again, opened")
     check(p_events.messages(sid) == list(zip(unopened, want)), f"same seqs, opened: {p_events.messages(sid)}")
     check(await texts() == want, f"history opens on the new phone: {await texts()}")
+    # The phone says what it can read of its own: from the change that added it, after all three.
+    await p_events.wait_for(lambda e: (isinstance(e, m.NatterEvent.EVENT) and e.event.conversation_id == sid
+                                       and isinstance(e.event.body, m.EventBody.DEVICES_CHANGED)
+                                       and phone_up.device_id in e.event.body.added), "the phone hears it was added")
+    frm = await new_phone.readable_from(sid)
+    check(frm is not None and frm > max(unopened), f"readable from its addition on: {frm}, unopened {unopened}")
 
     # Dave verifies erin's new phone: both show the same emoji, both confirm.
     erin_id, phone_id = phone_up.user_id, phone_up.device_id

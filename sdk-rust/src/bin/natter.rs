@@ -659,7 +659,13 @@ async fn command(
             for e in &page.events {
                 print_record(e);
             }
-            print(json!({"hasMore": page.has_more, "lastSeq": page.last_seq}));
+            // In an encrypted conversation: from which seq this device can read (§12.6).
+            let readable = client.readable_from(conv(conversation)).await.ok().flatten();
+            let mut end = json!({"hasMore": page.has_more, "lastSeq": page.last_seq});
+            if let Some(from) = readable {
+                end["readableFrom"] = json!(from.0);
+            }
+            print(end);
         }
         Cmd::Edit {
             conversation,

@@ -255,6 +255,37 @@ async fn a_new_browser_restores_encrypted_history_from_the_key_backup() {
     )
     .await;
 
+    // The page knows why: they came before the change that added this device, the seq it
+    // reads from.
+    b.wait_fn(
+        "new",
+        "[...document.querySelectorAll('#message-list .notice')].some(e => e.textContent.includes('You added device'))",
+    )
+    .await;
+    let from = b
+        .eval(
+            "new",
+            &format!("return await window.natter.client.readableFrom({conv});"),
+        )
+        .await;
+    let last_old = page_undecryptable(&mut b, "new", conv)
+        .await
+        .iter()
+        .map(|(s, _)| *s)
+        .max()
+        .unwrap();
+    assert!(
+        from.as_u64().is_some_and(|f| f > last_old),
+        "readable from {from} (after {last_old})"
+    );
+    b.click("new", &format!("#conversations li[data-conversation='{conv}']"))
+        .await;
+    b.wait_fn(
+        "new",
+        "document.querySelectorAll('#message-list .msg[data-before-device=true]').length === 10",
+    )
+    .await;
+
     // A wrong recovery key: a typed refusal, and nothing opens.
     let wrong = natter_protocol::client::e2ee::backup::RecoveryKey::from_random([7; 32]).to_display();
     b.click("new", "#backup summary").await;

@@ -61,6 +61,8 @@ struct Saved {
     backup_pending: Vec<MessageRef>,
     #[serde(default)]
     trusted: Vec<((u64, u64), Vec<u8>)>,
+    #[serde(default)]
+    covered: Vec<(u64, u64)>,
 }
 
 impl Crypto {
@@ -101,6 +103,7 @@ impl Crypto {
             backup: self.backup.clone(),
             backup_pending: self.backup_pending.iter().cloned().collect(),
             trusted: self.trusted.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            covered: self.covered.iter().map(|(c, s)| (*c, *s)).collect(),
         };
         let json = serde_json::to_vec(&saved).expect("the state serializes");
         let sealed = e2ee::seal_blob(store_key, &nonce, &json);
@@ -167,6 +170,7 @@ impl Crypto {
             unsaved: Vec::new(),
             verified: Default::default(),
             trusted: s.trusted.into_iter().collect(),
+            covered: s.covered.into_iter().collect(),
         })
     }
 }

@@ -687,3 +687,52 @@ fn first_nonce(ev: &pb::ConversationEvent) -> Vec<u8> {
         _ => unreachable!(),
     }
 }
+
+/// A device learns from which seq a conversation's messages are sealed for it: the
+/// creation that listed it, or the change that added it — with its own identity key, not
+/// an earlier device's under the same id — and keeps that across a restart.
+#[test]
+fn a_device_knows_from_which_seq_it_can_read() {
+    let (stock, mut a1, mut a2, _b1) = setup();
+    let (ka1, ka2) = (stock.identity(&a1), stock.identity(&a2));
+    let at = |seq: u64, body: pb::conversation_event::Body| pb::ConversationEvent {
+        conversation_id: CONV.0,
+        seq,
+        body: Some(body),
+        ..Default::default()
+    };
+    let created = at(
+        1,
+        pb::conversation_event::Body::Created(pb::ConversationCreated {
+            encrypted: true,
+            devices: vec![ka1.clone()],
+            ..Default::default()
+        }),
+    );
+    assert_eq!(a1.covered_from(CONV), None);
+    assert!(a1.note_covered(&created));
+    assert!(!a1.note_covered(&created), "not news twice");
+    assert!(!a2.note_covered(&created), "a2 is not listed");
+    // A change adding a device of the same id under another identity key is not a2's.
+    let mut other = ka2.clone();
+    other.curve25519 = ka1.curve25519.clone();
+    let wrong = pb::DevicesChanged {
+        user_id: 1,
+        added: vec![other],
+        removed: vec![],
+    };
+    assert!(!a2.note_covered(&at(4, pb::conversation_event::Body::DevicesChanged(wrong))));
+    let added = pb::DevicesChanged {
+        user_id: 1,
+        added: vec![ka2.clone()],
+        removed: vec![],
+    };
+    assert!(a2.note_covered(&at(5, pb::conversation_event::Body::DevicesChanged(added))));
+    assert_eq!(a1.covered_from(CONV), Some(crate::Seq(1)));
+    assert_eq!(a2.covered_from(CONV), Some(crate::Seq(5)));
+    let key = [3u8; 32];
+    let mut log = a2.save(&key, [1; 24]);
+    log.extend(a2.save_record(&key, [2; 24]));
+    let again = Crypto::load(&key, &log).unwrap();
+    assert_eq!(again.covered_from(CONV), Some(crate::Seq(5)), "kept in the state");
+}
