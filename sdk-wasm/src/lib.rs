@@ -10,7 +10,7 @@
 //! `client` (the `NatterClient` JS class), `driver` (the I/O loop), `link` (the two
 //! transports), `e2ee` (encrypted direct conversations: sealing, opening, the state in
 //! IndexedDB, device verification), `media` (uploads, downloads, media URLs), `timeline` (the `Timeline` JS
-//! class over the protocol's fold). The last five exist only on wasm32. Requests, reply routing and the reconnect policy are
+//! class over the protocol's fold). All but `view` exist only on wasm32. Requests, reply routing and the reconnect policy are
 //! natter-protocol's client core, shared with natter-sdk.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
