@@ -32,6 +32,8 @@ pub const BACKUP_CIPHERTEXT_BYTES: usize = MESSAGE_KEY_BYTES + 16;
 
 const DEVICE_KEYS_CONTEXT: &[u8] = b"natter-device-keys-v1";
 const ONE_TIME_KEY_CONTEXT: &[u8] = b"natter-one-time-key-v1";
+const DEVICE_BY_USER_CONTEXT: &[u8] = b"natter-device-by-user-v1";
+const USER_KEY_CONTEXT: &[u8] = b"natter-user-key-v1";
 const CONTENT_CONTEXT: &[u8] = b"natter-e2ee-v1";
 
 /// What a device signs to publish its identity keys.
@@ -41,6 +43,25 @@ pub fn device_keys_message(user: UserId, device: DeviceId, ed25519: &[u8], curve
     m.extend_from_slice(&device.0.to_be_bytes());
     m.extend_from_slice(ed25519);
     m.extend_from_slice(curve25519);
+    m
+}
+
+/// What a user's signing key signs to vouch for one of the user's devices (PROTOCOL.md
+/// §12.12).
+pub fn device_by_user_message(user: UserId, device: DeviceId, ed25519: &[u8], curve25519: &[u8]) -> Vec<u8> {
+    let mut m = DEVICE_BY_USER_CONTEXT.to_vec();
+    m.extend_from_slice(&user.0.to_be_bytes());
+    m.extend_from_slice(&device.0.to_be_bytes());
+    m.extend_from_slice(ed25519);
+    m.extend_from_slice(curve25519);
+    m
+}
+
+/// What a device signs to vouch for its user's signing key (PROTOCOL.md §12.12).
+pub fn user_key_message(user: UserId, ed25519: &[u8]) -> Vec<u8> {
+    let mut m = USER_KEY_CONTEXT.to_vec();
+    m.extend_from_slice(&user.0.to_be_bytes());
+    m.extend_from_slice(ed25519);
     m
 }
 

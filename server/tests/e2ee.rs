@@ -444,6 +444,7 @@ async fn an_independent_olm_device_opens_what_the_sdk_sealed() {
             ed25519: hex(&k["ed25519"]),
             curve25519: hex(&k["curve25519"]),
             signature: hex(&k["signature"]),
+            ..Default::default()
         }),
         one_time_keys: k["one_time_keys"]
             .as_array()

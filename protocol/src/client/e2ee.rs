@@ -122,6 +122,11 @@ pub struct Crypto {
     /// By conversation: the seq of the event that put this device into its device list
     /// (PROTOCOL.md §12.3): every message from there on was sealed for it.
     covered: BTreeMap<u64, u64>,
+    /// The user's signing key (its Ed25519 secret), if this device holds it (§12.12).
+    user_key: Option<[u8; 32]>,
+    /// Other users' signing keys this device trusts (a device it verified vouched for
+    /// them), by user.
+    trusted_users: BTreeMap<u64, Vec<u8>>,
     /// Device identities whose self-signature this process already checked.
     verified: std::collections::HashSet<Vec<u8>>,
     /// Devices a SAS verification confirmed (PROTOCOL.md §12.10): their Ed25519 key then.
@@ -195,6 +200,8 @@ impl Crypto {
             sessions: HashMap::new(),
             message_keys: BTreeMap::new(),
             covered: BTreeMap::new(),
+            user_key: None,
+            trusted_users: BTreeMap::new(),
             backup: None,
             backup_pending: BTreeSet::new(),
             unsaved: Vec::new(),
@@ -229,6 +236,7 @@ impl Crypto {
             signature: self.account.sign(&msg).to_bytes().to_vec(),
             ed25519: ed,
             curve25519: curve,
+            user_signature: Vec::new(),
         }
     }
 
@@ -688,6 +696,7 @@ pub mod backup;
 pub mod conversations;
 pub mod share;
 mod state;
+pub mod user_key;
 pub mod verify;
 
 pub use state::StateLog;

@@ -125,7 +125,8 @@ fn not_member(conv: u64) -> ServerError {
     )
 }
 
-/// `UploadKeys`, `ClaimKeys`, `GetDeviceKeys`, `SendToDevice` (verification steps,
+/// `UploadKeys`, `ClaimKeys`, `GetDeviceKeys`, `PublishUserKey`, `SignDevice` (the
+/// user's signing key), `SendToDevice` (verification steps,
 /// relayed to the device's live sessions, never stored) and the key backup's requests.
 pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError> {
     match op {
@@ -164,15 +165,33 @@ pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError
         Op::GetDeviceKeys(r) => {
             let target = UserId(r.user_id);
             may_see(ctx, actor.user, target).await?;
+            let user_key = ctx.keys.user_key(target).await?;
             let devices = key_states(ctx, target)
                 .await?
                 .iter()
-                .map(crate::keys::device_keys)
+                .map(|s| {
+                    let mut d = crate::keys::device_keys(s);
+                    if let Some(sig) = user_key.as_ref().and_then(|k| k.signed.get(&d.device_id)) {
+                        d.user_signature = sig.clone();
+                    }
+                    d
+                })
                 .collect();
             Ok(Res::UserDevices(pb::UserDevices {
                 user_id: target.0,
                 devices,
+                user_key: user_key.as_ref().map(crate::keys::user_key::wire),
             }))
+        }
+        Op::PublishUserKey(r) => {
+            ctx.rates.send(actor.user)?;
+            ctx.keys.publish_user_key(actor.user, actor.device, &r).await?;
+            Ok(Res::Done(pb::Done {}))
+        }
+        Op::SignDevice(r) => {
+            ctx.rates.send(actor.user)?;
+            ctx.keys.sign_device(actor.user, &r).await?;
+            Ok(Res::Done(pb::Done {}))
         }
         Op::SendToDevice(r) => {
             let target = UserId(r.user_id);

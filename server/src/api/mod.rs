@@ -396,7 +396,9 @@ pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError
         | Op::GetKeyBackup(_)
         | Op::PutBackupKeys(_)
         | Op::GetBackupKeys(_)
-        | Op::SendToDevice(_)) => keys::handle(ctx, actor, op).await,
+        | Op::SendToDevice(_)
+        | Op::PublishUserKey(_)
+        | Op::SignDevice(_)) => keys::handle(ctx, actor, op).await,
         Op::Ping(p) => Ok(Res::Pong(pb::Pong {
             nonce: p.nonce,
             server_time_ms: crate::clock::now_ms(),

@@ -2,7 +2,7 @@
 //! identity, one-time and fallback keys (every signature checked, no one-time key ever
 //! accepted twice), claiming one key per device atomically, and the counts a device
 //! refills by; and each user's key backup (§12.9), a public key and message keys sealed
-//! to it. Public keys and sealed bytes only: the server can verify who published a key,
+//! to it; and each user's signing key (§12.12, `user_key`). Public keys and sealed bytes only: the server can verify who published a key,
 //! never read what it protects. Which conversations a new device joins is decided above (api).
 //!
 //! May import: `store`, `security`, `clock`, `error`.
@@ -198,6 +198,8 @@ pub fn apply_claim(mut s: KeyState, max_one_time: usize) -> Option<(KeyState, Cl
 pub fn low_mark(max_one_time: usize) -> usize {
     (max_one_time / 4).max(1)
 }
+
+pub mod user_key;
 
 /// The key service over the store.
 #[derive(Debug, Clone)]

@@ -38,6 +38,7 @@ impl Device {
             ed25519: self.ed(),
             curve25519: curve,
             signature: self.pair.sign(&msg).as_ref().to_vec(),
+            ..Default::default()
         }
     }
 
@@ -214,4 +215,77 @@ async fn concurrent_claims_never_hand_out_one_key_twice() {
     assert_eq!(keys.counts(U, D).await.unwrap().unwrap().one_time_keys, 0);
     assert!(keys.remove(U, D).await.unwrap());
     assert!(keys.claim(U, D).await.unwrap().is_none());
+}
+
+/// The user's signing key (§12.12): published by a device that vouches for it and is
+/// signed by it, every signature checked; one key per user; a signature over another
+/// device only from that key, over that device's identity.
+#[tokio::test]
+async fn a_user_key_is_kept_only_with_signatures_that_verify() {
+    let keys = Keys::new(Arc::new(MemoryStore::new()));
+    let (d3, d4, user_key, other_key) = (Device::new(), Device::new(), Device::new(), Device::new());
+    let d4_id = DeviceId(4);
+    keys.upload(U, D, &d3.upload(&[], None)).await.unwrap();
+    let mut up4 = d4.upload(&[], None);
+    up4.device_keys = Some(d4.identity(U, d4_id));
+    keys.upload(U, d4_id, &up4).await.unwrap();
+    let publish = |by: &Device, key: &Device, device: DeviceId| {
+        let id = by.identity(U, device);
+        pb::PublishUserKey {
+            ed25519: key.ed(),
+            vouch: by.pair.sign(&e2ee::user_key_message(U, &key.ed())).as_ref().to_vec(),
+            device_signature: key
+                .pair
+                .sign(&e2ee::device_by_user_message(U, device, &id.ed25519, &id.curve25519))
+                .as_ref()
+                .to_vec(),
+        }
+    };
+    let refused = |r: Result<(), natter_protocol::ServerError>| r.expect_err("refused").code;
+
+    // A vouch by another device's key, or a device signature by another key: refused.
+    let mut bad_vouch = publish(&d3, &user_key, D);
+    bad_vouch.vouch = publish(&d4, &user_key, D).vouch;
+    assert_eq!(
+        refused(keys.publish_user_key(U, D, &bad_vouch).await),
+        ErrorCode::BadRequest
+    );
+    let mut bad_sig = publish(&d3, &user_key, D);
+    bad_sig.device_signature = publish(&d3, &other_key, D).device_signature;
+    assert_eq!(
+        refused(keys.publish_user_key(U, D, &bad_sig).await),
+        ErrorCode::BadRequest
+    );
+    // Signing before there is a key: refused.
+    let sign4 = |key: &Device| pb::SignDevice {
+        device_id: 4,
+        signature: key
+            .pair
+            .sign(&e2ee::device_by_user_message(U, d4_id, &d4.ed(), &[0x42; 32]))
+            .as_ref()
+            .to_vec(),
+    };
+    assert_eq!(
+        refused(keys.sign_device(U, &sign4(&user_key)).await),
+        ErrorCode::BadRequest
+    );
+    assert_eq!(keys.user_key(U).await.unwrap(), None, "nothing kept");
+
+    keys.publish_user_key(U, D, &publish(&d3, &user_key, D)).await.unwrap();
+    // Another key for the same user: CONFLICT; the same one again: fine.
+    assert_eq!(
+        refused(keys.publish_user_key(U, D, &publish(&d3, &other_key, D)).await),
+        ErrorCode::Conflict
+    );
+    keys.publish_user_key(U, D, &publish(&d3, &user_key, D)).await.unwrap();
+    // Device 4 signed by another key: refused; by the user's: kept.
+    assert_eq!(
+        refused(keys.sign_device(U, &sign4(&other_key)).await),
+        ErrorCode::BadRequest
+    );
+    keys.sign_device(U, &sign4(&user_key)).await.unwrap();
+    let rec = keys.user_key(U).await.unwrap().unwrap();
+    assert_eq!(rec.ed25519, user_key.ed());
+    assert_eq!(rec.vouched_by.keys().copied().collect::<Vec<_>>(), vec![3]);
+    assert_eq!(rec.signed.keys().copied().collect::<Vec<_>>(), vec![3, 4]);
 }

@@ -29,6 +29,7 @@ impl DeviceKeysRecord {
             ed25519: self.ed25519.clone(),
             curve25519: self.curve25519.clone(),
             signature: self.signature.clone(),
+            user_signature: Vec::new(),
         }
     }
 }
@@ -70,6 +71,22 @@ pub struct EncryptedDevice {
     pub device: DeviceId,
     /// Its identity keys.
     pub keys: DeviceKeysRecord,
+}
+
+/// A user's signing key (PROTOCOL.md §12.12): its public half, the devices that hold it
+/// and vouched for it, and its signatures over the user's devices.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserKeyRecord {
+    /// Whose.
+    pub user: UserId,
+    /// Ed25519, 32 bytes; set once.
+    pub ed25519: Vec<u8>,
+    /// Device → its signature over the key.
+    pub vouched_by: std::collections::BTreeMap<u64, Vec<u8>>,
+    /// Device → the key's signature over its identity.
+    pub signed: std::collections::BTreeMap<u64, Vec<u8>>,
+    /// Bumped on every change; the store replaces a record only over the version before.
+    pub version: u64,
 }
 
 /// A user's key backup (PROTOCOL.md §12.9): which version is current and the public key

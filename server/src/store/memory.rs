@@ -38,6 +38,7 @@ struct State {
     secrets: HashMap<String, [u8; 32]>,
     keys: BTreeMap<(UserId, DeviceId), KeyState>,
     backups: HashMap<UserId, KeyBackupRecord>,
+    user_keys: HashMap<UserId, UserKeyRecord>,
     backup_keys: BTreeMap<(UserId, ConversationId, Vec<u8>), BackupKeyRecord>,
 }
 
@@ -442,6 +443,21 @@ impl Store for MemoryStore {
 
     async fn delete_key_state(&self, user: UserId, device: DeviceId) -> Result<bool, StoreError> {
         Ok(self.with(|s| s.keys.remove(&(user, device)).is_some()))
+    }
+
+    async fn user_key(&self, user: UserId) -> Result<Option<UserKeyRecord>, StoreError> {
+        Ok(self.with(|s| s.user_keys.get(&user).cloned()))
+    }
+
+    async fn put_user_key(&self, rec: &UserKeyRecord) -> Result<(), StoreError> {
+        self.with(|s| {
+            let now = s.user_keys.get(&rec.user).map_or(0, |k| k.version);
+            if now + 1 != rec.version {
+                return Err(StoreError::Changed);
+            }
+            s.user_keys.insert(rec.user, rec.clone());
+            Ok(())
+        })
     }
 
     async fn key_backup(&self, user: UserId) -> Result<Option<KeyBackupRecord>, StoreError> {

@@ -25,7 +25,9 @@ pub mod suite;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testredis;
 
-pub use keys::{BackupKeyRecord, DeviceKeysRecord, EncryptedDevice, KeyBackupRecord, KeyState, OneTimeKeyRecord};
+pub use keys::{
+    BackupKeyRecord, DeviceKeysRecord, EncryptedDevice, KeyBackupRecord, KeyState, OneTimeKeyRecord, UserKeyRecord,
+};
 pub use media::{MediaId, MediaRecord, MediaRef, MediaState, ReadyInfo, ThumbRecord, UploadId};
 pub use memory::MemoryStore;
 pub use redis_store::{Durability, RedisConn, RedisStore};
@@ -372,6 +374,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn put_key_state(&self, rec: &KeyState) -> Result<(), StoreError>;
     /// Delete a device's key record; false if it had none.
     async fn delete_key_state(&self, user: UserId, device: DeviceId) -> Result<bool, StoreError>;
+
+    /// The user's signing key (PROTOCOL.md §12.12), if a device published one.
+    async fn user_key(&self, user: UserId) -> Result<Option<UserKeyRecord>, StoreError>;
+    /// Replace the user's signing key record if the current one is at `rec.version - 1`
+    /// (0: none); otherwise [`StoreError::Changed`] and nothing written. Durable when it
+    /// returns.
+    async fn put_user_key(&self, rec: &UserKeyRecord) -> Result<(), StoreError>;
 
     /// The user's key backup (PROTOCOL.md §12.9), if one was set up.
     async fn key_backup(&self, user: UserId) -> Result<Option<KeyBackupRecord>, StoreError>;

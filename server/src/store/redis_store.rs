@@ -913,6 +913,28 @@ impl Store for RedisStore {
         Ok(removed > 0)
     }
 
+    async fn user_key(&self, user: UserId) -> Result<Option<UserKeyRecord>, StoreError> {
+        let raw: Option<Vec<u8>> = self
+            .conn
+            .query(redis::cmd("HGET").arg(uk(user, "userkey")).arg("k"))
+            .await?;
+        raw.map(|b| dec(&b)).transpose()
+    }
+
+    async fn put_user_key(&self, rec: &UserKeyRecord) -> Result<(), StoreError> {
+        // Field `k` of its own hash in the user's slot, under the key records' CAS.
+        let mut inv = self.keys_cas.key(uk(rec.user, "userkey"));
+        inv.arg("k")
+            .arg(rec.version.saturating_sub(1))
+            .arg(rec.version)
+            .arg(enc(rec));
+        let replaced: i64 = self.conn.script(&inv).await?;
+        if replaced == 0 {
+            return Err(StoreError::Changed);
+        }
+        self.replicated().await
+    }
+
     async fn key_backup(&self, user: UserId) -> Result<Option<KeyBackupRecord>, StoreError> {
         let raw: Option<Vec<u8>> = self
             .conn

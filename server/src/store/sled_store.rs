@@ -686,6 +686,33 @@ impl Store for SledStore {
         .await
     }
 
+    async fn user_key(&self, user: UserId) -> Result<Option<UserKeyRecord>, StoreError> {
+        self.view()
+            .await?
+            .get(&key(b"uk/", &[&be(user.0)]))?
+            .map(|v| dec(&v))
+            .transpose()
+    }
+
+    async fn put_user_key(&self, rec: &UserKeyRecord) -> Result<(), StoreError> {
+        let rec = rec.clone();
+        self.write(true, move |h| {
+            media_txn(&h.tree, |t| {
+                let k = key(b"uk/", &[&be(rec.user.0)]);
+                let now = match t.get(&k)? {
+                    Some(v) => dec::<UserKeyRecord>(&v).map_err(Abort::Abort)?.version,
+                    None => 0,
+                };
+                if now + 1 != rec.version {
+                    return Err(Abort::Abort(StoreError::Changed));
+                }
+                t.insert(k, enc(&rec))?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
     async fn key_backup(&self, user: UserId) -> Result<Option<KeyBackupRecord>, StoreError> {
         self.view()
             .await?

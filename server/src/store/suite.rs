@@ -43,7 +43,7 @@ macro_rules! store_suite {
         $crate::store::suite::store_suite!(@each $make;
             accounts presence_records devices conversation_records paging idempotency_keys
             read_and_delivered_cursors unread_counts message_state member_removal claims
-            media_records media_quota shared_secrets key_records key_backups);
+            media_records media_quota shared_secrets key_records key_backups user_keys);
     };
     (@each $make:expr; $($behaviour:ident)*) => {
         $(
@@ -426,6 +426,30 @@ pub(crate) async fn key_records(store: &dyn Store) {
     assert_eq!(store.user_key_states(other).await.unwrap(), vec![theirs]);
     // A deleted record can be made again from version 1.
     store.put_key_state(&rec(1, 1, &[8])).await.unwrap();
+}
+
+pub(crate) async fn user_keys(store: &dyn Store) {
+    let (u, other) = (UserId(5), UserId(6));
+    let rec = |version: u64, devices: &[u64]| UserKeyRecord {
+        user: u,
+        ed25519: vec![1; 32],
+        vouched_by: devices.iter().map(|d| (*d, vec![*d as u8; 64])).collect(),
+        signed: devices.iter().map(|d| (*d, vec![*d as u8 + 1; 64])).collect(),
+        version,
+    };
+    assert_eq!(store.user_key(u).await.unwrap(), None);
+    assert!(matches!(
+        store.put_user_key(&rec(2, &[1])).await,
+        Err(StoreError::Changed)
+    ));
+    store.put_user_key(&rec(1, &[1])).await.unwrap();
+    assert!(
+        matches!(store.put_user_key(&rec(1, &[2])).await, Err(StoreError::Changed)),
+        "two devices publishing at once: one wins, the other reads again"
+    );
+    store.put_user_key(&rec(2, &[1, 2])).await.unwrap();
+    assert_eq!(store.user_key(u).await.unwrap(), Some(rec(2, &[1, 2])));
+    assert_eq!(store.user_key(other).await.unwrap(), None);
 }
 
 pub(crate) async fn key_backups(store: &dyn Store) {

@@ -79,7 +79,11 @@ impl Crypto {
             size += len;
             batches.last_mut().expect("one batch at least").keys.push(k);
         }
-        batches.last_mut().expect("one batch at least").last = true;
+        let last = batches.last_mut().expect("one batch at least");
+        last.last = true;
+        // The user's signing key goes along (§12.12): the other device can vouch for it
+        // and sign this user's next devices too.
+        last.user_key = self.user_key.map(|k| k.to_vec()).unwrap_or_default();
         let session = self
             .sessions
             .get_mut(curve.as_bytes())
@@ -130,12 +134,25 @@ impl Crypto {
                 key,
             ));
         }
+        let user_key: Option<[u8; 32]> = match shared.user_key.len() {
+            0 => None,
+            _ => Some(
+                shared
+                    .user_key
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| ShareError::Malformed("a user key is 32 bytes"))?,
+            ),
+        };
         let mut new = 0;
         for (id, key) in keys {
             if !self.message_keys.contains_key(&id) {
                 self.keep(id, key);
                 new += 1;
             }
+        }
+        if let Some(k) = user_key {
+            self.user_key = Some(k);
         }
         Ok((new, shared.last))
     }

@@ -63,6 +63,10 @@ struct Saved {
     trusted: Vec<((u64, u64), Vec<u8>)>,
     #[serde(default)]
     covered: Vec<(u64, u64)>,
+    #[serde(default)]
+    user_key: Option<Vec<u8>>,
+    #[serde(default)]
+    trusted_users: Vec<(u64, Vec<u8>)>,
 }
 
 impl Crypto {
@@ -104,6 +108,8 @@ impl Crypto {
             backup_pending: self.backup_pending.iter().cloned().collect(),
             trusted: self.trusted.iter().map(|(k, v)| (*k, v.clone())).collect(),
             covered: self.covered.iter().map(|(c, s)| (*c, *s)).collect(),
+            user_key: self.user_key.map(|k| k.to_vec()),
+            trusted_users: self.trusted_users.iter().map(|(u, k)| (*u, k.clone())).collect(),
         };
         let json = serde_json::to_vec(&saved).expect("the state serializes");
         let sealed = e2ee::seal_blob(store_key, &nonce, &json);
@@ -171,6 +177,11 @@ impl Crypto {
             verified: Default::default(),
             trusted: s.trusted.into_iter().collect(),
             covered: s.covered.into_iter().collect(),
+            user_key: match s.user_key {
+                Some(k) => Some(key32(&k).ok_or(StateError::Malformed("the user key".into()))?),
+                None => None,
+            },
+            trusted_users: s.trusted_users.into_iter().collect(),
         })
     }
 }

@@ -736,3 +736,124 @@ fn a_device_knows_from_which_seq_it_can_read() {
     let again = Crypto::load(&key, &log).unwrap();
     assert_eq!(again.covered_from(CONV), Some(crate::Seq(5)), "kept in the state");
 }
+
+/// What the server keeps of a user's signing key (PROTOCOL.md §12.12), applied as it
+/// would: the key, who vouched for it, whom it signed.
+#[derive(Default)]
+struct UserKeyListing {
+    key: Vec<u8>,
+    vouched_by: Vec<pb::DeviceSignature>,
+    signed: Vec<(u64, Vec<u8>)>,
+}
+
+impl UserKeyListing {
+    fn publish(&mut self, from: &Crypto, p: pb::PublishUserKey) {
+        assert!(self.key.is_empty() || self.key == p.ed25519, "one key per user");
+        self.key = p.ed25519;
+        self.vouched_by.push(pb::DeviceSignature {
+            device_id: from.device().0,
+            signature: p.vouch,
+        });
+        self.signed.push((from.device().0, p.device_signature));
+    }
+
+    fn listing(&self, stock: &Stock, devices: &[&Crypto]) -> pb::UserDevices {
+        pb::UserDevices {
+            user_id: devices[0].user().0,
+            devices: devices
+                .iter()
+                .map(|c| {
+                    let mut d = stock.identity(c);
+                    d.user_signature = self
+                        .signed
+                        .iter()
+                        .find(|(id, _)| *id == d.device_id)
+                        .map(|(_, s)| s.clone())
+                        .unwrap_or_default();
+                    d
+                })
+                .collect(),
+            user_key: (!self.key.is_empty()).then(|| pb::UserKey {
+                ed25519: self.key.clone(),
+                vouched_by: self.vouched_by.clone(),
+            }),
+        }
+    }
+}
+
+/// Bob's first device makes his signing key, verifies his second and hands it the key;
+/// Alice verifies the first only, and trusts the second through the key — not a third
+/// added with the password, not a key the server swapped in.
+#[test]
+fn the_user_key_vouches_for_the_devices_it_signed_and_no_others() {
+    let (mut stock, mut a1, _a2, mut b1) = setup();
+    let mut b2 = Crypto::new(UserId(2), DeviceId(22));
+    let mut b3 = Crypto::new(UserId(2), DeviceId(23));
+    stock.publish(&mut b2);
+    stock.publish(&mut b3);
+    let mut server = UserKeyListing::default();
+    // b1 finds no key: makes one, vouches for it, signs itself; asked again, nothing new.
+    let p = b1
+        .user_key_to_publish(&server.listing(&stock, &[&b1]))
+        .expect("a new key");
+    server.publish(&b1, p);
+    assert_eq!(b1.user_key_to_publish(&server.listing(&stock, &[&b1])), None);
+    // b2 (logged in with the password) holds no key: nothing to publish.
+    assert_eq!(b2.user_key_to_publish(&server.listing(&stock, &[&b1, &b2])), None);
+    // b1 verifies b2: signs it, and the key goes along with the message keys.
+    b1.mark_verified(&party(&stock, &b2));
+    b2.mark_verified(&party(&stock, &b1));
+    let b2_id = stock.identity(&b2);
+    server
+        .signed
+        .push((22, b1.sign_own_device(&b2_id).expect("b1 holds the key")));
+    assert_eq!(b1.sign_own_device(&stock.identity(&a1)), None, "only its own user's");
+    let claimed = stock.claim(std::slice::from_ref(&b2_id));
+    let shares = b1.share_keys(&b2_id, &claimed, "t").unwrap();
+    for m in &shares {
+        let Some(pb::verification_message::Kind::KeyShare(k)) = &m.kind else {
+            panic!()
+        };
+        b2.accept_shared_keys(&stock.identity(&b1), k).unwrap();
+    }
+    assert_eq!(b2.user_key(), b1.user_key(), "b2 holds the key now");
+    let p = b2
+        .user_key_to_publish(&server.listing(&stock, &[&b1, &b2]))
+        .expect("b2 vouches");
+    server.publish(&b2, p);
+    let bob = server.listing(&stock, &[&b1, &b2, &b3]);
+    use TrustLevel::*;
+    // Bob's devices as b2 sees them: both signed by the key it holds; b3 not.
+    assert_eq!(b2.trust_all(&bob).0, vec![Verified, Verified, Unverified]);
+
+    // Alice has verified nobody: nothing is trusted, no key pinned.
+    assert_eq!(a1.trust_all(&bob), (vec![Unverified, Unverified, Unverified], false));
+    // She verifies b1, which vouched for the key: b2 is trusted through it, b3 is not.
+    a1.mark_verified(&party(&stock, &b1));
+    assert_eq!(a1.trust_all(&bob), (vec![Verified, Verified, Unverified], true));
+    assert_eq!(a1.trust_all(&bob).1, false, "pinned once");
+    // The pin survives a restart.
+    let key = [5u8; 32];
+    let mut a1 = Crypto::load(&key, &a1.save(&key, [0; 24])).unwrap();
+    assert_eq!(a1.trust_all(&bob).0, vec![Verified, Verified, Unverified]);
+
+    // The server swaps in a key of its own that signs b3 (and vouches with nobody Alice
+    // verified): Alice trusts none of what it signed, and says the key changed.
+    let forged = vodozemac::Ed25519SecretKey::new();
+    let mut swapped = bob.clone();
+    swapped.user_key = Some(pb::UserKey {
+        ed25519: forged.public_key().as_bytes().to_vec(),
+        vouched_by: vec![],
+    });
+    for d in swapped.devices.iter_mut() {
+        let msg =
+            crate::e2ee::device_by_user_message(UserId(d.user_id), DeviceId(d.device_id), &d.ed25519, &d.curve25519);
+        d.user_signature = forged.sign(&msg).to_bytes().to_vec();
+    }
+    assert_eq!(a1.trust_all(&swapped).0, vec![Verified, Changed, Changed]);
+    // And someone who verified b1 but never saw the real key cannot be talked into it.
+    let mut c1 = Crypto::new(UserId(3), DeviceId(31));
+    stock.publish(&mut c1);
+    c1.mark_verified(&party(&stock, &b1));
+    assert_eq!(c1.trust_all(&swapped), (vec![Verified, Unverified, Unverified], false));
+}
