@@ -220,6 +220,7 @@ impl E2ee {
         };
         drop(inner);
         self.top_up(client, counts.as_ref()).await?;
+        self.ensure_user_key(client).await?;
         self.sync_backup(client).await
     }
 

@@ -871,6 +871,103 @@ fn code(state: natter_sdk::VerificationState) -> Vec<(String, String)> {
     }
 }
 
+/// `from` starts verifying `to` (a device of `user`), `to` accepts, and both show the same
+/// seven emoji: the transaction.
+async fn verify_until_compare(from: &mut Phone, to: &mut Phone, user: UserId) -> String {
+    let txn = from.client.verify_device(user, to.device).await.unwrap();
+    assert_eq!(verification(to, &txn).await.1, natter_sdk::VerificationState::Requested);
+    to.client.accept_verification(&txn).await.unwrap();
+    let (on_from, on_to) = (
+        code(verification(from, &txn).await.1),
+        code(verification(to, &txn).await.1),
+    );
+    assert_eq!(on_from, on_to, "both phones show the same emoji");
+    assert_eq!(on_from.len(), 7);
+    txn
+}
+
+/// A whole verification: both people confirm, both phones end verified.
+async fn verify(from: &mut Phone, to: &mut Phone, user: UserId) {
+    let txn = verify_until_compare(from, to, user).await;
+    from.client.confirm_verification(&txn, true).await.unwrap();
+    to.client.confirm_verification(&txn, true).await.unwrap();
+    for p in [from, to] {
+        assert_eq!(verification(p, &txn).await.1, natter_sdk::VerificationState::Verified);
+    }
+}
+
+/// A user's devices as `c` trusts them, by device id.
+async fn trust_of(c: &Client, user: UserId) -> Vec<(u64, natter_sdk::TrustLevel)> {
+    let mut t: Vec<(u64, natter_sdk::TrustLevel)> = c
+        .device_trust(user)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.device_id.0, d.trust))
+        .collect();
+    t.sort_by_key(|(d, _)| *d);
+    t
+}
+
+/// The user's signing key (PROTOCOL.md §12.12): bob's first phone makes it; alice verifies
+/// that phone only. Bob's new phone, verified by his first, is signed by the key and handed
+/// it — alice trusts it without verifying it, and so does every device the new phone signs
+/// later — while a device added with bob's password alone stays unverified for her.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_signed_by_their_users_key_are_trusted_through_one_verified_device() {
+    use natter_sdk::TrustLevel::{Unverified, Verified};
+    let data = tempfile::tempdir().unwrap();
+    let phones = tempfile::tempdir().unwrap();
+    let s = server(data.path()).await;
+    let mut a1 = phone(&s, phones.path(), "alice", 1, true).await;
+    let mut b1 = phone(&s, phones.path(), "bob", 1, true).await;
+    let dm = ConversationId(a1.client.encrypted_direct("bob").await.unwrap().conversation_id);
+    let members = a1.client.members(dm).await.unwrap();
+    let bob = UserId(members.iter().find(|m| m.username == "bob").unwrap().user_id);
+    verify(&mut a1, &mut b1, bob).await;
+
+    // Bob's new phone: unverified for alice until bob's first phone verifies it.
+    let mut b2 = phone(&s, phones.path(), "bob", 2, false).await;
+    assert_eq!(
+        trust_of(&a1.client, bob).await,
+        vec![(b1.device.0, Verified), (b2.device.0, Unverified)]
+    );
+    verify(&mut b1, &mut b2, bob).await;
+    assert_eq!(
+        trust_of(&a1.client, bob).await,
+        vec![(b1.device.0, Verified), (b2.device.0, Verified)],
+        "signed by bob's key, which the phone alice verified vouches for"
+    );
+
+    // A device added with the password alone: nobody signed it.
+    let evil = phone(&s, phones.path(), "bob", 3, false).await;
+    assert_eq!(
+        trust_of(&a1.client, bob).await,
+        vec![
+            (b1.device.0, Verified),
+            (b2.device.0, Verified),
+            (evil.device.0, Unverified)
+        ]
+    );
+    // The new phone got the key with the verification: it signs the next one itself.
+    let mut b4 = phone(&s, phones.path(), "bob", 4, false).await;
+    verify(&mut b2, &mut b4, bob).await;
+    let seen = trust_of(&a1.client, bob).await;
+    assert_eq!(seen.iter().find(|(d, _)| *d == b4.device.0).unwrap().1, Verified);
+    assert_eq!(seen.iter().find(|(d, _)| *d == evil.device.0).unwrap().1, Unverified);
+    // Bob's own phones see it the same way.
+    let own = trust_of(&b4.client, bob).await;
+    assert_eq!(own.iter().find(|(d, _)| *d == b1.device.0).unwrap().1, Verified);
+    assert_eq!(own.iter().find(|(d, _)| *d == evil.device.0).unwrap().1, Unverified);
+
+    // Alice's trust in bob's key is kept across a restart.
+    let token = a1.client.snapshot().await.unwrap().access_token.unwrap();
+    a1.client.shutdown().await;
+    drop(a1);
+    let a1 = phone_at(&s, &phones.path().join("alice-1.state"), "alice", false, Some(token)).await;
+    assert_eq!(trust_of(&a1.client, bob).await, seen);
+}
+
 /// SAS verification (PROTOCOL.md §12.10) between alice's and bob's phones: both show the
 /// same seven emoji, both people confirm, each phone lists the other as verified (kept
 /// across a restart). Then an attacker with bob's password adds a device: it reaches
@@ -889,50 +986,18 @@ async fn sas_verification_agrees_and_a_device_added_with_the_password_stays_unve
     let members = a1.client.members(dm).await.unwrap();
     let id_of = |name: &str| UserId(members.iter().find(|m| m.username == name).unwrap().user_id);
     let (alice, bob) = (id_of("alice"), id_of("bob"));
-    let trust = |c: Client, user: UserId| async move {
-        let mut t: Vec<(u64, natter_sdk::TrustLevel)> = c
-            .device_trust(user)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|d| (d.device_id.0, d.trust))
-            .collect();
-        t.sort_by_key(|(d, _)| *d);
-        t
-    };
     assert_eq!(
-        trust(a1.client.clone(), bob).await,
+        trust_of(&a1.client, bob).await,
         vec![(b1.device.0, natter_sdk::TrustLevel::Unverified)]
     );
 
-    let txn = a1.client.verify_device(bob, b1.device).await.unwrap();
+    verify(&mut a1, &mut b1, bob).await;
     assert_eq!(
-        verification(&mut b1, &txn).await.1,
-        natter_sdk::VerificationState::Requested
-    );
-    b1.client.accept_verification(&txn).await.unwrap();
-    let (on_a, on_b) = (
-        code(verification(&mut a1, &txn).await.1),
-        code(verification(&mut b1, &txn).await.1),
-    );
-    assert_eq!(on_a, on_b, "both phones show the same emoji");
-    assert_eq!(on_a.len(), 7);
-    a1.client.confirm_verification(&txn, true).await.unwrap();
-    b1.client.confirm_verification(&txn, true).await.unwrap();
-    assert_eq!(
-        verification(&mut a1, &txn).await.1,
-        natter_sdk::VerificationState::Verified
-    );
-    assert_eq!(
-        verification(&mut b1, &txn).await.1,
-        natter_sdk::VerificationState::Verified
-    );
-    assert_eq!(
-        trust(a1.client.clone(), bob).await,
+        trust_of(&a1.client, bob).await,
         vec![(b1.device.0, natter_sdk::TrustLevel::Verified)]
     );
     assert_eq!(
-        trust(b1.client.clone(), alice).await,
+        trust_of(&b1.client, alice).await,
         vec![(a1.device.0, natter_sdk::TrustLevel::Verified)]
     );
 
@@ -953,7 +1018,7 @@ async fn sas_verification_agrees_and_a_device_added_with_the_password_stays_unve
         (evil.device.0, natter_sdk::TrustLevel::Unverified),
     ];
     want.sort_by_key(|(d, _)| *d);
-    assert_eq!(trust(a1.client.clone(), bob).await, want);
+    assert_eq!(trust_of(&a1.client, bob).await, want);
 
     // In the middle: alice verifies "bob" (the attacker's device), and the attacker
     // verifies itself with bob's phone, to relay what each shows.
@@ -976,7 +1041,7 @@ async fn sas_verification_agrees_and_a_device_added_with_the_password_stays_unve
     assert_eq!(verification(&mut a1, &to_alice).await.1, cancelled);
     assert_eq!(verification(&mut b1, &to_bob).await.1, cancelled);
     assert_eq!(
-        trust(a1.client.clone(), bob).await,
+        trust_of(&a1.client, bob).await,
         want,
         "the attacker's device stays unverified"
     );
@@ -986,7 +1051,7 @@ async fn sas_verification_agrees_and_a_device_added_with_the_password_stays_unve
     a1.client.shutdown().await;
     drop(a1);
     let a1 = phone_at(&s, &phones.path().join("alice-1.state"), "alice", false, Some(token)).await;
-    assert_eq!(trust(a1.client.clone(), bob).await, want);
+    assert_eq!(trust_of(&a1.client, bob).await, want);
 }
 
 /// Device verification from the terminal: `natter verify --incoming` on bob's side and
@@ -1123,17 +1188,7 @@ async fn a_verified_new_device_gets_the_keys_of_the_old_one_and_an_unverified_on
 
     let members = b1.client.members(dm).await.unwrap();
     let bob = UserId(members.iter().find(|m| m.username == "bob").unwrap().user_id);
-    let txn = b1.client.verify_device(bob, b2.device).await.unwrap();
-    assert_eq!(
-        verification(&mut b2, &txn).await.1,
-        natter_sdk::VerificationState::Requested
-    );
-    b2.client.accept_verification(&txn).await.unwrap();
-    let (on_1, on_2) = (
-        code(verification(&mut b1, &txn).await.1),
-        code(verification(&mut b2, &txn).await.1),
-    );
-    assert_eq!(on_1, on_2);
+    let txn = verify_until_compare(&mut b1, &mut b2, bob).await;
     b2.client.confirm_verification(&txn, true).await.unwrap();
     b1.client.confirm_verification(&txn, true).await.unwrap();
     // "verified" on the new phone comes after the old phone's keys: the messages it

@@ -159,9 +159,61 @@ impl E2ee {
         Ok(())
     }
 
+    /// Make, adopt or vouch for the user's signing key as the server lists it (§12.12): a
+    /// key this device made is written before it is published.
+    pub(crate) async fn ensure_user_key(&self, client: &Client) -> Result<(), E2eeError> {
+        let me = match self.inner.lock().await.crypto.as_ref() {
+            Some(c) => c.user(),
+            None => return Ok(()),
+        };
+        let listing = match client.call(ops::user_devices(me.0)).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "the user's signing key is unknown on this connection");
+                return Ok(());
+            }
+        };
+        let publish = {
+            let mut inner = self.inner.lock().await;
+            let Some(crypto) = inner.crypto.as_mut() else {
+                return Ok(());
+            };
+            let held = crypto.user_key();
+            let publish = crypto.user_key_to_publish(&listing);
+            if publish.is_some() || crypto.user_key() != held {
+                self.save(crypto).await?;
+            }
+            publish
+        };
+        if let Some(p) = publish {
+            if let Err(e) = client.call(ops::publish_user_key(p)).await {
+                tracing::warn!(error = %e, "publishing the user's signing key failed; again on the next connect");
+            }
+        }
+        Ok(())
+    }
+
+    /// Sign a device of this user that this device just verified with the user's key, if
+    /// this device holds it.
+    async fn sign_own(&self, client: &Client, peer: &Party) -> Result<(), ClientError> {
+        let keys = self.keys_of(client, peer.user, peer.device).await?;
+        let signature = {
+            let inner = self.inner.lock().await;
+            inner.crypto.as_ref().and_then(|c| c.sign_own_device(&keys))
+        };
+        if let Some(sig) = signature {
+            client.call(ops::sign_device(peer.device.0, sig)).await?;
+        }
+        Ok(())
+    }
+
     /// Share this device's keys with a device of its user it just verified, then tell the
     /// app "verified" once that device's keys are in too (or after [`SHARE_WAIT`]).
     async fn share_then_tell(self: std::sync::Arc<Self>, client: &Client, a: Advanced) {
+        // Signed first, so the device is vouched for by the time it holds the key.
+        if let Err(e) = self.sign_own(client, &a.peer).await {
+            tracing::warn!(error = %e, "signing a verified device of this user failed");
+        }
         if let Err(e) = self.share_with(client, &a.peer, &a.to.0).await {
             tracing::warn!(error = %e, "sharing keys with a verified device of this user failed");
         }
@@ -252,11 +304,13 @@ impl E2ee {
         share: &pb::KeyShare,
     ) -> Result<(), ClientError> {
         let keys = self.keys_of(client, from.0, from.1).await?;
-        let (new, tell) = {
+        let (new, tell, got_user_key) = {
             let mut guard = self.inner.lock().await;
             let inner = &mut *guard;
             let crypto = inner.crypto.as_mut().ok_or(ClientError::E2ee(E2eeError::NoDevice))?;
+            let held = crypto.user_key();
             let (new, last) = crypto.accept_shared_keys(&keys, share).map_err(share_error)?;
+            let got_user_key = crypto.user_key() != held;
             // The Olm session moved on: written even when no key was new.
             self.save(crypto).await.map_err(ClientError::E2ee)?;
             let who = (from.0 .0, from.1 .0);
@@ -269,10 +323,15 @@ impl E2ee {
             } else {
                 None
             };
-            (new, tell)
+            (new, tell, got_user_key)
         };
         if new > 0 {
             self.reopen().await;
+        }
+        // The user's key came with the share: vouch for it (others who verified this
+        // device then trust what the key signs).
+        if got_user_key {
+            self.ensure_user_key(client).await.map_err(ClientError::E2ee)?;
         }
         if let Some(to) = tell {
             self.tell(to, VerificationState::Verified);
@@ -402,14 +461,21 @@ impl E2ee {
     /// `user`'s devices with keys, and how far this device trusts each.
     pub(crate) async fn device_trust(&self, client: &Client, user: UserId) -> Result<Vec<DeviceTrust>, ClientError> {
         self.me().await?;
-        let devices = client.call(ops::device_keys(user.0)).await?;
-        let inner = self.inner.lock().await;
-        let crypto = inner.crypto.as_ref().ok_or(ClientError::E2ee(E2eeError::NoDevice))?;
-        Ok(devices
+        let listing = client.call(ops::user_devices(user.0)).await?;
+        let mut inner = self.inner.lock().await;
+        let crypto = inner.crypto.as_mut().ok_or(ClientError::E2ee(E2eeError::NoDevice))?;
+        // The user's signing key counts (§12.12); a key trusted just now is written.
+        let (levels, pinned) = crypto.trust_all(&listing);
+        if pinned {
+            self.save(crypto).await.map_err(ClientError::E2ee)?;
+        }
+        Ok(listing
+            .devices
             .into_iter()
-            .map(|d| DeviceTrust {
+            .zip(levels)
+            .map(|(d, trust)| DeviceTrust {
                 device_id: DeviceId(d.device_id),
-                trust: crypto.trust(&d),
+                trust,
                 ed25519: d.ed25519,
             })
             .collect())
