@@ -167,6 +167,7 @@ impl E2ee {
             None
         };
         self.top_up(inner, counts.as_ref()).await?;
+        self.ensure_user_key(inner).await?;
         self.sync_backup(inner).await
     }
 

@@ -498,6 +498,31 @@ pub fn download(media_id: &str, variant: pb::MediaVariant, offset: u64, length: 
     }
 }
 
+/// A user's devices with their keys, and the user's signing key (PROTOCOL.md §12.12).
+pub fn user_devices(user: u64) -> Call<pb::UserDevices> {
+    Call::new(Op::GetDeviceKeys(pb::GetDeviceKeys { user_id: user }), |r| match r {
+        Res::UserDevices(u) => Some(u),
+        _ => None,
+    })
+}
+
+/// This device holds the user's signing key: make it the user's (if there is none) and
+/// publish this device's vouch for it and its signature over this device (§12.12).
+pub fn publish_user_key(key: pb::PublishUserKey) -> Call<()> {
+    Call::new(Op::PublishUserKey(key), done)
+}
+
+/// The user's signing key's signature over another device of the user (§12.12).
+pub fn sign_device(device: u64, signature: Vec<u8>) -> Call<()> {
+    Call::new(
+        Op::SignDevice(pb::SignDevice {
+            device_id: device,
+            signature,
+        }),
+        done,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -527,29 +552,4 @@ mod tests {
             other => panic!("{other:?}"),
         }
     }
-}
-
-/// A user's devices with their keys, and the user's signing key (PROTOCOL.md §12.12).
-pub fn user_devices(user: u64) -> Call<pb::UserDevices> {
-    Call::new(Op::GetDeviceKeys(pb::GetDeviceKeys { user_id: user }), |r| match r {
-        Res::UserDevices(u) => Some(u),
-        _ => None,
-    })
-}
-
-/// This device holds the user's signing key: make it the user's (if there is none) and
-/// publish this device's vouch for it and its signature over this device (§12.12).
-pub fn publish_user_key(key: pb::PublishUserKey) -> Call<()> {
-    Call::new(Op::PublishUserKey(key), done)
-}
-
-/// The user's signing key's signature over another device of the user (§12.12).
-pub fn sign_device(device: u64, signature: Vec<u8>) -> Call<()> {
-    Call::new(
-        Op::SignDevice(pb::SignDevice {
-            device_id: device,
-            signature,
-        }),
-        done,
-    )
 }

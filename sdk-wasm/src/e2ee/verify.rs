@@ -4,7 +4,9 @@
 //! against the server's list, writes a verified device into the state before the app
 //! hears "verified", and reports every step as a `verification` event. Two devices of
 //! one user that verified each other share the message keys they keep (§12.11); the
-//! shares that arrive are taken (the core refuses them from an unverified device).
+//! shares that arrive are taken (the core refuses them from an unverified device). The
+//! user's signing key (§12.12) is made or adopted on connect, signs a verified own device
+//! and goes to it with the shared keys, and counts in `deviceTrust`.
 use std::rc::Rc;
 
 use natter_protocol::client::e2ee::share::ShareError;
@@ -143,6 +145,10 @@ impl E2ee {
         if matches!(state, VerificationState::Verified) && own {
             let (me, inner, peer, txn) = (self.clone(), inner.clone(), a.peer.clone(), a.update.0.clone());
             wasm_bindgen_futures::spawn_local(async move {
+                // Signed first, so the device is vouched for by the time it holds the key.
+                if let Err(e) = me.sign_own(&inner, &peer).await {
+                    crate::client::console_error(&format!("natter: signing a verified device failed: {}", e.message));
+                }
                 if let Err(e) = me.share_with(&inner, &peer, &txn).await {
                     crate::client::console_error(&format!("natter: sharing keys failed: {}", e.message));
                 }
@@ -150,6 +156,50 @@ impl E2ee {
         }
         tell(inner, a.update, state);
         Ok(())
+    }
+
+    /// Make, adopt or vouch for the user's signing key as the server lists it (§12.12): a
+    /// key this device made is written before it is published.
+    pub(crate) async fn ensure_user_key(&self, inner: &Inner) -> Result<(), JsError> {
+        let Some(me) = self.state.lock().await.crypto.as_ref().map(|c| c.user()) else {
+            return Ok(());
+        };
+        let Ok(listing) = inner.call(ops::user_devices(me.0)).await else {
+            // Unknown on this connection: again on the next.
+            return Ok(());
+        };
+        let publish = {
+            let mut state = self.state.lock().await;
+            let Some(crypto) = state.crypto.as_mut() else {
+                return Ok(());
+            };
+            let held = crypto.user_key();
+            let publish = crypto.user_key_to_publish(&listing);
+            if publish.is_some() || crypto.user_key() != held {
+                self.save(crypto).await?;
+            }
+            publish
+        };
+        if let Some(p) = publish {
+            if let Err(e) = inner.call(ops::publish_user_key(p)).await {
+                crate::client::console_error(&format!("natter: publishing the user key failed: {}", e.message));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sign a device of this user that this device just verified with the user's key, if
+    /// this device holds it.
+    async fn sign_own(&self, inner: &Inner, peer: &Party) -> Result<(), JsError> {
+        let keys = self.keys_of(inner, peer.user, peer.device).await?;
+        let signature = {
+            let state = self.state.lock().await;
+            state.crypto.as_ref().and_then(|c| c.sign_own_device(&keys))
+        };
+        match signature {
+            Some(sig) => inner.call(ops::sign_device(peer.device.0, sig)).await,
+            None => Ok(()),
+        }
     }
 
     /// Send every message key this device keeps to `peer`, a device of its user it just
@@ -195,15 +245,20 @@ impl E2ee {
     /// it; what the app got undecryptable and can read now comes again, opened.
     async fn shared_keys(&self, inner: &Inner, from: (UserId, DeviceId), share: &pb::KeyShare) -> Result<(), JsError> {
         let keys = self.keys_of(inner, from.0, from.1).await?;
-        let new = {
+        let (new, got_user_key) = {
             let mut state = self.state.lock().await;
             let crypto = state.crypto.as_mut().ok_or_else(|| error("no device yet"))?;
+            let held = crypto.user_key();
             let (new, _last) = crypto.accept_shared_keys(&keys, share).map_err(error)?;
             self.save(crypto).await?;
-            new
+            (new, crypto.user_key() != held)
         };
         if new > 0 {
             self.reopen(inner).await;
+        }
+        // The user's key came with the share: vouch for it.
+        if got_user_key {
+            self.ensure_user_key(inner).await?;
         }
         Ok(())
     }
@@ -323,14 +378,21 @@ impl E2ee {
     /// `user`'s devices with keys, and how far this device trusts each.
     pub(crate) async fn device_trust(&self, inner: &Inner, user: UserId) -> Result<Vec<DeviceTrust>, JsError> {
         self.me().await?;
-        let devices = self.device_keys(inner, user.0).await?;
-        let state = self.state.lock().await;
-        let crypto = state.crypto.as_ref().ok_or_else(|| error("no device yet"))?;
-        Ok(devices
+        let listing = inner.call(ops::user_devices(user.0)).await?;
+        let mut state = self.state.lock().await;
+        let crypto = state.crypto.as_mut().ok_or_else(|| error("no device yet"))?;
+        // The user's signing key counts (§12.12); a key trusted just now is written.
+        let (levels, pinned) = crypto.trust_all(&listing);
+        if pinned {
+            self.save(crypto).await?;
+        }
+        Ok(listing
+            .devices
             .into_iter()
-            .map(|d| DeviceTrust {
+            .zip(levels)
+            .map(|(d, level)| DeviceTrust {
                 device_id: d.device_id,
-                trust: match crypto.trust(&d) {
+                trust: match level {
                     TrustLevel::Verified => "verified",
                     TrustLevel::Unverified => "unverified",
                     TrustLevel::Changed => "changed",

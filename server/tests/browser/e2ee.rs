@@ -190,6 +190,42 @@ async fn two_browsers_verify_each_other_by_emoji() {
     b.click("bob", "#devices-btn").await;
     b.wait("bob", "#device-list li[data-trust=verified]").await;
 
+    // Bob's new phone (natter-sdk), verified from his page: signed by bob's signing key,
+    // which his page made and vouches for — so alice's page trusts the phone without
+    // verifying it (PROTOCOL.md §12.12).
+    let states = tempfile::tempdir().unwrap();
+    let mut phone2 = phone(&s, states.path(), "bob", 2, false).await;
+    b.click("bob", "#devices-btn").await;
+    b.click("bob", "#devices-btn").await;
+    let row = format!("#device-list li[data-device='{}']", phone2.device.0);
+    b.wait("bob", &format!("{row}[data-trust=unverified]")).await;
+    b.click("bob", &format!("{row} button")).await;
+    let step = |want: &'static str| {
+        move |e: &ClientEvent| match e {
+            ClientEvent::Verification(v) if format!("{:?}", v.state).to_lowercase().starts_with(want) => {
+                Some(v.clone())
+            }
+            _ => None,
+        }
+    };
+    let asked = wait_for(&mut phone2.events, step("requested")).await;
+    phone2.client.accept_verification(&asked.txn).await.unwrap();
+    let on_phone = wait_for(&mut phone2.events, step("compare")).await;
+    b.wait("bob", "#verify[data-state=compare]").await;
+    let on_page = b.texts("bob", "#verify-emoji .emoji").await;
+    let natter_sdk::VerificationState::Compare { emoji, .. } = on_phone.state else {
+        unreachable!()
+    };
+    let on_phone: Vec<String> = emoji.iter().map(|(e, n)| format!("{e}\n{n}")).collect();
+    assert_eq!(on_page, on_phone, "the page and the phone show the same code");
+    b.click("bob", "#verify-yes").await;
+    phone2.client.confirm_verification(&asked.txn, true).await.unwrap();
+    b.wait("bob", "#verify[data-state=verified]").await;
+    wait_for(&mut phone2.events, step("verified")).await;
+    b.click("alice", "#devices-btn").await;
+    b.click("alice", "#devices-btn").await;
+    b.wait("alice", &format!("{row}[data-trust=verified]")).await;
+
     let shots = repo().join("target/browser-screenshots");
     std::fs::create_dir_all(&shots).unwrap();
     b.cmd(json!({"op": "screenshot", "page": "bob", "path": shots.join("e2ee-verified.png")}))

@@ -831,7 +831,7 @@ fn the_user_key_vouches_for_the_devices_it_signed_and_no_others() {
     // She verifies b1, which vouched for the key: b2 is trusted through it, b3 is not.
     a1.mark_verified(&party(&stock, &b1));
     assert_eq!(a1.trust_all(&bob), (vec![Verified, Verified, Unverified], true));
-    assert_eq!(a1.trust_all(&bob).1, false, "pinned once");
+    assert!(!a1.trust_all(&bob).1, "pinned once");
     // The pin survives a restart.
     let key = [5u8; 32];
     let mut a1 = Crypto::load(&key, &a1.save(&key, [0; 24])).unwrap();

@@ -71,7 +71,7 @@ impl Crypto {
             }
         }
         let me = self.identity();
-        let vouch = self.account.sign(&e2ee::user_key_message(self.user, &public));
+        let vouch = self.account.sign(e2ee::user_key_message(self.user, &public));
         let signature = secret.sign(&e2ee::device_by_user_message(
             self.user,
             self.device,
