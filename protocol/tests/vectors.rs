@@ -254,6 +254,14 @@ fn e2ee_vectors() {
         "one_time_key_message",
         &e2ee::one_time_key_message(user, device, &curve),
     );
+    // The user's signing key (§12.12): what it signs over a device (the device key pair
+    // above), and what a device signs over it (the key = 00..1f).
+    line(
+        &mut out,
+        "device_by_user_message",
+        &e2ee::device_by_user_message(user, device, &ed, &curve),
+    );
+    line(&mut out, "user_key_message", &e2ee::user_key_message(user, &ed));
     let aad = e2ee::content_aad(ConversationId(42), user, device, "m1");
     line(&mut out, "content_aad", &aad);
     let key: [u8; 32] = std::array::from_fn(|i| 0x40 + i as u8);
