@@ -1,9 +1,76 @@
 //! Encrypted direct conversations in the browser (PROTOCOL.md §12): the web chat's
-//! natter-wasm device beside natter-sdk devices in one encrypted DM, a device added
-//! mid-conversation (refused coverage once, sealed again), a reload that reads its state
-//! back from IndexedDB, and emoji verification between two browsers.
+//! natter-wasm device beside natter-sdk devices and one on the generated Python bindings in
+//! one encrypted DM, a device added mid-conversation (refused coverage once, sealed again),
+//! a reload that reads its state back from IndexedDB, emoji verification between two
+//! browsers (and a device trusted through the user's signing key), and a new browser
+//! restoring its history from the key backup.
 use super::*;
 use common::e2ee::*;
+
+/// A device on natter's generated Python bindings (`browser/bindings_member.py`), driven
+/// line by line.
+struct PyDevice {
+    _child: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+    device: u64,
+}
+
+impl PyDevice {
+    async fn login(s: &natter_server::RunningServer, user: &str, state: &Path) -> PyDevice {
+        let bindings = repo().join("target/ffi-bindings/python");
+        assert!(
+            bindings.join("natter_ffi.py").exists(),
+            "the Python bindings are missing: bash sdk-ffi/bindgen.sh (scripts/test.sh runs it)"
+        );
+        let mut child = Command::new("python3")
+            .arg(repo().join("server/tests/browser/bindings_member.py"))
+            .env("NATTER_BINDINGS", &bindings)
+            .env("NATTER_ADDR", s.addr.to_string())
+            .env("NATTER_FINGERPRINT", &s.fingerprint)
+            .env("NATTER_USER", user)
+            .env("NATTER_PASSWORD", PASSWORD)
+            .env("NATTER_STATE", state)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3 runs");
+        let stdin = child.stdin.take().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let up = PyDevice::line(&mut lines).await;
+        let device = up["device"].as_u64().expect("the device id");
+        PyDevice {
+            _child: child,
+            stdin,
+            lines,
+            device,
+        }
+    }
+
+    async fn line(lines: &mut Lines<BufReader<ChildStdout>>) -> Value {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("the Python device answers within a minute")
+            .unwrap()
+            .expect("the Python device failed (its error is above)");
+        serde_json::from_str(&line).unwrap()
+    }
+
+    async fn ask(&mut self, command: String) -> Value {
+        self.stdin.write_all(format!("{command}\n").as_bytes()).await.unwrap();
+        PyDevice::line(&mut self.lines).await
+    }
+
+    /// The first `n` messages of `conv` it received, opened.
+    async fn read(&mut self, conv: u64, n: usize) -> Vec<String> {
+        serde_json::from_value(self.ask(format!("read {conv} {n}")).await["texts"].clone()).unwrap()
+    }
+
+    async fn send(&mut self, conv: u64, text: &str) {
+        assert!(self.ask(format!("send {conv} {text}")).await["seq"].is_u64());
+    }
+}
 
 /// The page's messages of `conv` that could not be opened: (seq, text).
 async fn page_undecryptable(b: &mut Browser, page: &str, conv: u64) -> Vec<(u64, String)> {
@@ -30,23 +97,27 @@ async fn encrypted_dm_from_page(b: &mut Browser, page: &str, peer: &str) -> u64 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_browser_and_native_devices_read_every_encrypted_message() {
+async fn a_browser_python_bindings_and_native_devices_read_every_encrypted_message() {
     let dir = tempfile::tempdir().unwrap();
     let states = tempfile::tempdir().unwrap();
     let s = natter_server::start(&web_config(dir.path())).await.unwrap();
     let mut b = Browser::start().await;
     b.open("alice", &page_url(&s, "webtransport")).await;
     sign_up(&mut b, "alice", "alice", "webtransport").await;
-    // Alice: the page and a native device; Bob: two native devices.
+    // Alice: the page and a natter-sdk device; Bob: two natter-sdk devices and one on the
+    // Python bindings.
     let mut alice2 = phone(&s, states.path(), "alice", 2, false).await;
     let mut bob1 = phone(&s, states.path(), "bob", 1, true).await;
     let mut bob2 = phone(&s, states.path(), "bob", 2, false).await;
+    let mut py = PyDevice::login(&s, "bob", &states.path().join("bob-python.state")).await;
 
     let conv = encrypted_dm_from_page(&mut b, "alice", "bob").await;
     let c = ConversationId(conv);
 
-    // 100 each way at once: the page seals each for three devices, Bob's for three.
+    // 100 each way at once: the page seals each for four devices, Bob's for four; and ten
+    // from the Python device.
     const N: usize = 100;
+    const P: usize = 10;
     let js = format!(
         "const c = window.natter.client; for (let i = 0; i < {N}; i++) await c.send({conv}, '{MARKER} w' + i); return true;"
     );
@@ -56,19 +127,28 @@ async fn a_browser_and_native_devices_read_every_encrypted_message() {
             bob1.client.send(c, &format!("{MARKER} n{i}")).await.unwrap();
         }
     };
-    let (sent, ()) = tokio::join!(page_sends, native);
+    let python = async {
+        for i in 0..P {
+            py.send(conv, &format!("{MARKER} p{i}")).await;
+        }
+    };
+    let (sent, (), ()) = tokio::join!(page_sends, native, python);
     assert_eq!(sent, json!(true));
 
     let mut want: Vec<String> = (0..N)
         .flat_map(|i| [format!("{MARKER} w{i}"), format!("{MARKER} n{i}")])
+        .chain((0..P).map(|i| format!("{MARKER} p{i}")))
         .collect();
     want.sort();
     for p in [&mut alice2, &mut bob1, &mut bob2] {
-        let mut got = read(p, c, 2 * N).await;
+        let mut got = read(p, c, 2 * N + P).await;
         got.sort();
         assert_eq!(got, want, "device {:?} read every message, opened", p.device);
     }
-    b.wait_stored("alice", conv, 2 * N).await;
+    let mut got = py.read(conv, 2 * N + P).await;
+    got.sort();
+    assert_eq!(got, want, "the Python device read every message, opened");
+    b.wait_stored("alice", conv, 2 * N + P).await;
     let mut shown: Vec<String> = page_messages(&mut b, "alice", conv)
         .await
         .into_iter()
@@ -100,6 +180,10 @@ async fn a_browser_and_native_devices_read_every_encrypted_message() {
     for p in [&mut bob1, &mut bob2, &mut bob3] {
         assert_eq!(read_after(p, c, floor, 1).await, vec!["for every device of bob"]);
     }
+    assert_eq!(
+        py.read(conv, 2 * N + P + 1).await.last().unwrap(),
+        "for every device of bob"
+    );
 
     // A reload reads the state back from IndexedDB: history opens from kept keys, and
     // what comes next opens over the sessions it had.
