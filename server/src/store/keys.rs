@@ -62,6 +62,30 @@ pub struct KeyState {
     pub version: u64,
 }
 
+/// A record the store replaces only over the version before it (compare-and-set).
+pub trait Versioned {
+    /// 1, 2, …; the store keeps a record at `version` only over one at `version - 1`.
+    fn version(&self) -> u64;
+}
+
+impl Versioned for KeyState {
+    fn version(&self) -> u64 {
+        self.version
+    }
+}
+
+impl Versioned for UserKeyRecord {
+    fn version(&self) -> u64 {
+        self.version
+    }
+}
+
+impl Versioned for KeyBackupRecord {
+    fn version(&self) -> u64 {
+        self.version
+    }
+}
+
 /// A device in an encrypted conversation's list (PROTOCOL.md §12.3).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EncryptedDevice {

@@ -27,6 +27,7 @@ pub mod testredis;
 
 pub use keys::{
     BackupKeyRecord, DeviceKeysRecord, EncryptedDevice, KeyBackupRecord, KeyState, OneTimeKeyRecord, UserKeyRecord,
+    Versioned,
 };
 pub use media::{MediaId, MediaRecord, MediaRef, MediaState, ReadyInfo, ThumbRecord, UploadId};
 pub use memory::MemoryStore;

@@ -263,6 +263,27 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
+    /// Write `rec` as `field` of hash `key` (in the user's slot) only over the record at
+    /// the version before it (none: 0), by the key records' CAS script; otherwise
+    /// [`StoreError::Changed`]. Replicated when it returns.
+    async fn put_versioned<T: Versioned + Serialize>(
+        &self,
+        key: String,
+        field: impl redis::ToRedisArgs,
+        rec: &T,
+    ) -> Result<(), StoreError> {
+        let mut inv = self.keys_cas.key(key);
+        inv.arg(field)
+            .arg(rec.version().saturating_sub(1))
+            .arg(rec.version())
+            .arg(enc(rec));
+        let replaced: i64 = self.conn.script(&inv).await?;
+        if replaced == 0 {
+            return Err(StoreError::Changed);
+        }
+        self.replicated().await
+    }
+
     /// A store over an open connection; writes are acknowledged once the primary has them.
     pub fn new(conn: RedisConn) -> Self {
         Self::with_durability(conn, Durability::default())
@@ -887,16 +908,7 @@ impl Store for RedisStore {
     }
 
     async fn put_key_state(&self, rec: &KeyState) -> Result<(), StoreError> {
-        let mut inv = self.keys_cas.key(uk(rec.user, "keys"));
-        inv.arg(rec.device.0)
-            .arg(rec.version.saturating_sub(1))
-            .arg(rec.version)
-            .arg(enc(rec));
-        let replaced: i64 = self.conn.script(&inv).await?;
-        if replaced == 0 {
-            return Err(StoreError::Changed);
-        }
-        self.replicated().await
+        self.put_versioned(uk(rec.user, "keys"), rec.device.0, rec).await
     }
 
     async fn delete_key_state(&self, user: UserId, device: DeviceId) -> Result<bool, StoreError> {
@@ -922,17 +934,8 @@ impl Store for RedisStore {
     }
 
     async fn put_user_key(&self, rec: &UserKeyRecord) -> Result<(), StoreError> {
-        // Field `k` of its own hash in the user's slot, under the key records' CAS.
-        let mut inv = self.keys_cas.key(uk(rec.user, "userkey"));
-        inv.arg("k")
-            .arg(rec.version.saturating_sub(1))
-            .arg(rec.version)
-            .arg(enc(rec));
-        let replaced: i64 = self.conn.script(&inv).await?;
-        if replaced == 0 {
-            return Err(StoreError::Changed);
-        }
-        self.replicated().await
+        // Field `k` of its own hash in the user's slot.
+        self.put_versioned(uk(rec.user, "userkey"), "k", rec).await
     }
 
     async fn key_backup(&self, user: UserId) -> Result<Option<KeyBackupRecord>, StoreError> {
@@ -944,17 +947,8 @@ impl Store for RedisStore {
     }
 
     async fn put_key_backup(&self, rec: &KeyBackupRecord) -> Result<(), StoreError> {
-        // The backup record is field `b` of its own hash, under the key records' CAS.
-        let mut inv = self.keys_cas.key(uk(rec.user, "backup"));
-        inv.arg("b")
-            .arg(rec.version.saturating_sub(1))
-            .arg(rec.version)
-            .arg(enc(rec));
-        let replaced: i64 = self.conn.script(&inv).await?;
-        if replaced == 0 {
-            return Err(StoreError::Changed);
-        }
-        self.replicated().await
+        // Field `b` of its own hash in the user's slot.
+        self.put_versioned(uk(rec.user, "backup"), "b", rec).await
     }
 
     async fn put_backup_keys(&self, user: UserId, keys: &[BackupKeyRecord]) -> Result<(), StoreError> {

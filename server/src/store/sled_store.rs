@@ -82,6 +82,28 @@ fn decode_event(b: &[u8]) -> Result<pb::ConversationEvent, StoreError> {
 }
 
 impl SledStore {
+    /// Write `rec` under `k` only over the record at the version before it (none: 0);
+    /// otherwise [`StoreError::Changed`]. Durable when it returns.
+    async fn put_versioned<T>(&self, k: Vec<u8>, rec: T) -> Result<(), StoreError>
+    where
+        T: Versioned + Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.write(true, move |h| {
+            media_txn(&h.tree, |t| {
+                let now = match t.get(&k)? {
+                    Some(v) => dec::<T>(&v).map_err(Abort::Abort)?.version(),
+                    None => 0,
+                };
+                if now + 1 != rec.version() {
+                    return Err(Abort::Abort(StoreError::Changed));
+                }
+                t.insert(k.clone(), enc(&rec))?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
     /// Open (or create) a store in `dir`, with the default free-space reserve.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         Self::open_with_reserve(dir, None)
@@ -661,22 +683,7 @@ impl Store for SledStore {
     }
 
     async fn put_key_state(&self, rec: &KeyState) -> Result<(), StoreError> {
-        let rec = rec.clone();
-        self.write(true, move |h| {
-            media_txn(&h.tree, |t| {
-                let k = keys_key(rec.user, rec.device);
-                let now = match t.get(&k)? {
-                    Some(v) => dec::<KeyState>(&v).map_err(Abort::Abort)?.version,
-                    None => 0,
-                };
-                if now + 1 != rec.version {
-                    return Err(Abort::Abort(StoreError::Changed));
-                }
-                t.insert(k, enc(&rec))?;
-                Ok(())
-            })
-        })
-        .await
+        self.put_versioned(keys_key(rec.user, rec.device), rec.clone()).await
     }
 
     async fn delete_key_state(&self, user: UserId, device: DeviceId) -> Result<bool, StoreError> {
@@ -695,22 +702,7 @@ impl Store for SledStore {
     }
 
     async fn put_user_key(&self, rec: &UserKeyRecord) -> Result<(), StoreError> {
-        let rec = rec.clone();
-        self.write(true, move |h| {
-            media_txn(&h.tree, |t| {
-                let k = key(b"uk/", &[&be(rec.user.0)]);
-                let now = match t.get(&k)? {
-                    Some(v) => dec::<UserKeyRecord>(&v).map_err(Abort::Abort)?.version,
-                    None => 0,
-                };
-                if now + 1 != rec.version {
-                    return Err(Abort::Abort(StoreError::Changed));
-                }
-                t.insert(k, enc(&rec))?;
-                Ok(())
-            })
-        })
-        .await
+        self.put_versioned(key(b"uk/", &[&be(rec.user.0)]), rec.clone()).await
     }
 
     async fn key_backup(&self, user: UserId) -> Result<Option<KeyBackupRecord>, StoreError> {
@@ -722,22 +714,7 @@ impl Store for SledStore {
     }
 
     async fn put_key_backup(&self, rec: &KeyBackupRecord) -> Result<(), StoreError> {
-        let rec = rec.clone();
-        self.write(true, move |h| {
-            media_txn(&h.tree, |t| {
-                let k = key(b"kb/", &[&be(rec.user.0)]);
-                let now = match t.get(&k)? {
-                    Some(v) => dec::<KeyBackupRecord>(&v).map_err(Abort::Abort)?.version,
-                    None => 0,
-                };
-                if now + 1 != rec.version {
-                    return Err(Abort::Abort(StoreError::Changed));
-                }
-                t.insert(k, enc(&rec))?;
-                Ok(())
-            })
-        })
-        .await
+        self.put_versioned(key(b"kb/", &[&be(rec.user.0)]), rec.clone()).await
     }
 
     async fn put_backup_keys(&self, user: UserId, keys: &[BackupKeyRecord]) -> Result<(), StoreError> {

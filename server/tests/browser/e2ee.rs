@@ -13,7 +13,6 @@ struct PyDevice {
     _child: Child,
     stdin: ChildStdin,
     lines: Lines<BufReader<ChildStdout>>,
-    device: u64,
 }
 
 impl PyDevice {
@@ -39,12 +38,11 @@ impl PyDevice {
         let stdin = child.stdin.take().unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let up = PyDevice::line(&mut lines).await;
-        let device = up["device"].as_u64().expect("the device id");
+        assert!(up["device"].is_u64(), "logged in, keys published: {up}");
         PyDevice {
             _child: child,
             stdin,
             lines,
-            device,
         }
     }
 
