@@ -716,6 +716,78 @@ async fn a_client_killed_between_receiving_and_acknowledging_opens_that_event_an
     assert_ne!(cli(&a, &["status", &dm, &seq]).await[0]["state"], "sent");
 }
 
+/// Where a phone reaches the server through: a relay in front of it.
+struct Via(std::net::SocketAddr, String);
+
+impl Reach for Via {
+    fn reach(&self) -> (std::net::SocketAddr, &str) {
+        (self.0, &self.1)
+    }
+}
+
+/// Device coverage (PROTOCOL.md §12.5) with a sender that cannot know of a new device:
+/// alice's phone, cut off behind a relay, seals for the devices it knows while bob adds
+/// one. Back online, the server refuses that envelope once (a device missing), the phone
+/// seals again under the same client message id, and the new device reads it — once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_that_missed_a_new_device_is_refused_once_and_seals_again() {
+    let data = tempfile::tempdir().unwrap();
+    let phones = tempfile::tempdir().unwrap();
+    let s = server(data.path()).await;
+    let relay = common::relay::Relay::start(s.addr).await;
+    let via = Via(relay.addr, s.fingerprint.clone());
+    let a1 = phone(&via, phones.path(), "alice", 1, true).await;
+    let mut b1 = phone(&s, phones.path(), "bob", 1, true).await;
+    let dm = ConversationId(a1.client.encrypted_direct("bob").await.unwrap().conversation_id);
+    a1.client.send(dm, "before").await.unwrap();
+    assert_eq!(read(&mut b1, dm, 1).await, vec!["before"]);
+
+    relay.blackhole(true);
+    let mut b2 = phone(&s, phones.path(), "bob", 2, false).await;
+    let sender = a1.client.clone();
+    let sending = tokio::spawn(async move { sender.send(dm, "after bob's new phone").await });
+    // Sealed while cut off: for b1 only.
+    let until = tokio::time::Instant::now() + DEADLINE;
+    let pending = loop {
+        let snap = a1.client.snapshot().await.unwrap();
+        if let Some(p) = snap.pending_sends.into_iter().next() {
+            break p;
+        }
+        assert!(tokio::time::Instant::now() < until, "the send was queued");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    let named = |env: &pb::Envelope| -> Vec<u64> { env.keys.iter().map(|k| k.device_id).collect() };
+    assert_eq!(named(pending.body.encrypted.as_ref().unwrap()), vec![b1.device.0]);
+
+    relay.blackhole(false);
+    let ack = tokio::time::timeout(DEADLINE, sending).await.unwrap().unwrap().unwrap();
+    assert!(!ack.duplicate);
+    assert_eq!(
+        read_after(&mut b2, dm, ack.seq.0 - 1, 1).await,
+        vec!["after bob's new phone"]
+    );
+    assert_eq!(read_after(&mut b1, dm, 1, 1).await, vec!["after bob's new phone"]);
+    // What the server committed names both of bob's phones, under the same message id.
+    let page = b1
+        .client
+        .history(dm, natter_sdk::HistoryAnchor::After(natter_sdk::Seq(ack.seq.0 - 1)), 5)
+        .await
+        .unwrap();
+    let committed = page.events.iter().find(|e| e.seq == ack.seq.0).unwrap();
+    let Some(Body::Message(m)) = &committed.body else {
+        panic!("a message")
+    };
+    assert_eq!(m.client_msg_id, pending.client_msg_id.0, "sent again under its id");
+    assert_eq!(
+        page.events
+            .iter()
+            .filter(|e| matches!(e.body, Some(Body::Message(_))))
+            .count(),
+        1,
+        "once"
+    );
+}
+
 /// Texts of the messages of a history page, `None` for each one that did not open.
 fn page_texts(page: &pb::HistoryPage) -> Vec<Option<String>> {
     page.events
