@@ -68,6 +68,13 @@ function onEvent(ev) {
     case "typing": typingMap(ev.conversationId).set(ev.userId, ev.username); renderTyping(); break;
     case "typingStopped": typingMap(ev.conversationId).delete(ev.userId); renderTyping(); break;
     case "sendFailed": $("chat-error").textContent = `Not sent: ${ev.error.message}`; break;
+    case "encryptionUnavailable":
+      $("banner").hidden = false;
+      $("banner").dataset.reason = ev.reason;
+      $("banner").textContent = ev.reason === "in_use"
+        ? "natter is open in another tab or window: encrypted conversations work in one of them at a time. Close the other one and reload this page to use them here."
+        : `Encrypted conversations are unavailable on this device: ${ev.message}`;
+      break;
     case "verification": onVerification(state.client, ev, username(ev.userId), () => { if (!$("devices").hidden) showDevices(); }); break;
   }
 }

@@ -518,6 +518,15 @@ pub(crate) async fn pump(
             SessionEvent::Connected { user_id, device_id, .. } => {
                 if let Err(e) = e2ee.connected(&client, user_id, device_id).await {
                     tracing::error!(error = %e, "encryption unavailable on this connection");
+                    let reason = if matches!(e, E2eeError::State(_)) {
+                        "state"
+                    } else {
+                        "storage"
+                    };
+                    let _ = app.send(SessionEvent::EncryptionUnavailable {
+                        reason: reason.into(),
+                        message: e.to_string(),
+                    });
                 }
                 ev
             }

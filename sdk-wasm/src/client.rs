@@ -311,6 +311,9 @@ export type NatterEvent =
   | { type: "goAway"; reason: string; reconnectAfterMs: number }
   | { type: "connectionError"; error: ErrorInfo }
   | { type: "uploadProgress"; progress: UploadProgress }
+  /** This device's encryption state could not be loaded: `in_use` (open in another tab or
+   * window: one client per state), `state` (another store key, or malformed), `storage`. */
+  | { type: "encryptionUnavailable"; reason: "in_use" | "state" | "storage"; message: string }
   /** A device verification moved (PROTOCOL.md §12.10): `requested` (accept or cancel),
    * `compare` (show `emoji`, e.g. "🐶 Dog", or `decimals`, and ask whether both screens
    * agree), `verified`, `cancelled` (`reason`: user, mismatch, unexpected, timeout). */

@@ -137,13 +137,21 @@ impl E2ee {
             .as_ref()
             .is_none_or(|c| (c.user(), c.device()) != (user, device));
         if fresh {
+            if !self.db.take().await {
+                return Err(JsError::local(
+                    "ENCRYPTION_IN_USE",
+                    "this device's encryption state is open in another tab or window",
+                ));
+            }
             let saved = self
                 .db
                 .load()
                 .await
                 .map_err(|e| error(format!("reading the encryption state: {e}")))?;
             let loaded = match saved {
-                Some(bytes) => Some(Crypto::load(&self.store_key, &bytes).map_err(error)?),
+                Some(bytes) => {
+                    Some(Crypto::load(&self.store_key, &bytes).map_err(|e| JsError::local("STATE", e.to_string()))?)
+                }
                 None => None,
             };
             // A state of another login is another device's: this login starts afresh
@@ -439,6 +447,18 @@ pub(crate) async fn pump(inner: Rc<Inner>, e2ee: Rc<E2ee>, mut events: mpsc::Unb
             SessionEvent::Connected { user_id, device_id, .. } => {
                 if let Err(e) = e2ee.connected(&inner, user_id, device_id).await {
                     crate::client::console_error(&format!("natter: encryption unavailable: {}", e.message));
+                    let reason = match e.code.as_str() {
+                        "ENCRYPTION_IN_USE" => "in_use",
+                        "STATE" => "state",
+                        _ => "storage",
+                    };
+                    emit(
+                        &inner,
+                        SessionEvent::EncryptionUnavailable {
+                            reason: reason.into(),
+                            message: e.message,
+                        },
+                    );
                 }
                 ev
             }
@@ -477,5 +497,7 @@ pub(crate) async fn pump(inner: Rc<Inner>, e2ee: Rc<E2ee>, mut events: mpsc::Unb
         };
         emit(&inner, out);
     }
+    // Closed: another tab may take the state now.
+    e2ee.db.close();
     inner.finish_events();
 }

@@ -1325,3 +1325,34 @@ async fn a_verified_new_device_gets_the_keys_of_the_old_one_and_an_unverified_on
     drop((a1, b1, b2, evil, s));
     assert!(files_containing(data.path(), MARKER.as_bytes()).is_empty());
 }
+
+/// A state that does not open with the store key the app gives is reported to the app
+/// (`EncryptionUnavailable`, reason `state`) and left as it is — never replaced by a new,
+/// empty one (PROTOCOL.md §12.7).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_that_does_not_open_is_reported_and_left_alone() {
+    let data = tempfile::tempdir().unwrap();
+    let phones = tempfile::tempdir().unwrap();
+    let s = server(data.path()).await;
+    let a1 = phone(&s, phones.path(), "alice", 1, true).await;
+    let token = a1.client.snapshot().await.unwrap().access_token.unwrap();
+    a1.client.shutdown().await;
+    drop(a1);
+    let path = phones.path().join("alice-1.state");
+    let before = std::fs::read(&path).unwrap();
+
+    let mut cfg = client_config(s.addr, &s.fingerprint, Some(token));
+    cfg.encryption = Some(natter_sdk::Encryption {
+        state_path: path.clone(),
+        store_key: natter_sdk::StoreKey([8; 32]),
+    });
+    let (client, mut events) = Client::connect(cfg).unwrap();
+    let reason = wait_for(&mut events, |e| match e {
+        ClientEvent::EncryptionUnavailable { reason, .. } => Some(reason.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(reason, "state");
+    client.shutdown().await;
+    assert_eq!(std::fs::read(&path).unwrap(), before, "the state is left as it was");
+}

@@ -40,6 +40,15 @@ async function run(cmd) {
       pages.set(cmd.page, p);
       return null;
     }
+    // Another tab of the same browser profile as page `of` (same storage, same locks).
+    case "openTab": {
+      const p = await pages.get(cmd.of).context().newPage();
+      logs.set(cmd.page, []);
+      p.on("console", (m) => logs.get(cmd.page).push(`${m.type()}: ${m.text()}`));
+      await p.goto(cmd.url);
+      pages.set(cmd.page, p);
+      return null;
+    }
     case "fill": await page.fill(cmd.selector, cmd.value); return null;
     case "type": await page.locator(cmd.selector).pressSequentially(cmd.value, { delay: 20 }); return null;
     case "press": await page.press(cmd.selector, cmd.key); return null;

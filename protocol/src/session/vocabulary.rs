@@ -226,6 +226,16 @@ pub enum SessionEvent {
     ToDevice(pb::ToDevice),
     /// A device verification moved (PROTOCOL.md §12.10), from an SDK's encryption.
     Verification(VerificationUpdate),
+    /// An SDK's encryption could not load this device's state on this connection, so
+    /// sealed messages stay unopened and encrypted sends fail until it can: `reason` is
+    /// `in_use` (another tab or process holds it), `state` (it does not open with this
+    /// store key, or is malformed) or `storage` (it could not be read).
+    EncryptionUnavailable {
+        /// Which of the three.
+        reason: String,
+        /// Detail for logs.
+        message: String,
+    },
     /// An end-to-end encrypted message this device cannot open (PROTOCOL.md §12.6),
     /// from an SDK's encryption: the event as it came, and why. When its key arrives
     /// later (a restore from the key backup) the SDK hands it on again as an `Event`,

@@ -4,6 +4,10 @@
 //! A change is written in a `strict`-durability transaction and counts as written only
 //! once that transaction completes; writing the whole state clears the log in the same
 //! transaction. The bytes are the client core's, already sealed with the app's store key.
+//!
+//! One client at a time may use a state: two tabs advancing the same Olm sessions would
+//! each break the other's. A client takes the Web Lock `natter-e2ee:<database>` before it
+//! loads the state and holds it until it closes; another tab finds it taken.
 use wasm_bindgen::prelude::*;
 
 #[wasm_bindgen(inline_js = r#"
@@ -38,6 +42,23 @@ export function natterStateWrite(db, bytes, whole) {
   log.add(bytes);
   return finished(tx);
 }
+const held = new Map();
+export function natterStateLock(name) {
+  if (held.has(name)) return Promise.resolve(true);
+  if (!globalThis.navigator?.locks) return Promise.resolve(true);
+  return new Promise((ok) => {
+    navigator.locks.request("natter-e2ee:" + name, { ifAvailable: true }, (lock) => {
+      if (!lock) { ok(false); return undefined; }
+      ok(true);
+      return new Promise((release) => held.set(name, release));
+    }).catch(() => ok(false));
+  });
+}
+export function natterStateUnlock(name) {
+  const release = held.get(name);
+  held.delete(name);
+  if (release) release();
+}
 export function natterStateDelete(name) {
   if (typeof indexedDB === "undefined") return Promise.resolve();
   return request(indexedDB.deleteDatabase(name));
@@ -52,6 +73,10 @@ extern "C" {
     async fn write(db: &JsValue, bytes: &[u8], whole: bool) -> Result<JsValue, JsValue>;
     #[wasm_bindgen(catch, js_name = natterStateDelete)]
     async fn delete(name: &str) -> Result<JsValue, JsValue>;
+    #[wasm_bindgen(catch, js_name = natterStateLock)]
+    async fn lock(name: &str) -> Result<JsValue, JsValue>;
+    #[wasm_bindgen(js_name = natterStateUnlock)]
+    fn unlock(name: &str);
 }
 
 fn message(e: JsValue) -> String {
@@ -91,8 +116,15 @@ impl StateDb {
         Ok((!bytes.is_null()).then(|| js_sys::Uint8Array::new(&bytes).to_vec()))
     }
 
-    /// Close the database (before it is deleted: an open connection would block that).
+    /// Take this state for this client (a Web Lock, held until [`Self::close`]); false
+    /// when another tab or window holds it.
+    pub(crate) async fn take(&self) -> bool {
+        lock(&self.name).await.is_ok_and(|v| v.as_bool() == Some(true))
+    }
+
+    /// Close the database and let the state go (another tab may take it then).
     pub(crate) fn close(&self) {
+        unlock(&self.name);
         if let Some(db) = self.db.borrow_mut().take() {
             let close = js_sys::Reflect::get(&db, &"close".into()).ok();
             if let Some(f) = close.and_then(|f| f.dyn_into::<js_sys::Function>().ok()) {

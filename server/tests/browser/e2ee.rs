@@ -428,3 +428,39 @@ async fn a_new_browser_restores_encrypted_history_from_the_key_backup() {
     let shown = b.texts("new", "#message-list .msg .text").await;
     assert_eq!(shown, want, "the whole history, opened, in order");
 }
+
+/// One client per encryption state (PROTOCOL.md §12.7): a second tab of the same browser
+/// profile finds the state held by the first (a Web Lock), says so, and leaves it alone;
+/// the first tab goes on sealing and opening.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_tab_leaves_the_encryption_state_to_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let states = tempfile::tempdir().unwrap();
+    let s = natter_server::start(&web_config(dir.path())).await.unwrap();
+    let mut b = Browser::start().await;
+    let url = page_url(&s, "websocket");
+    b.open("tab1", &url).await;
+    sign_up(&mut b, "tab1", "alice", "websocket").await;
+    let mut bob = phone(&s, states.path(), "bob", 1, true).await;
+    let conv = encrypted_dm_from_page(&mut b, "tab1", "bob").await;
+
+    b.cmd(json!({"op": "openTab", "page": "tab2", "of": "tab1", "url": url}))
+        .await;
+    b.wait("tab2", "#banner[data-reason=in_use]").await;
+    assert_eq!(
+        b.eval("tab1", "return document.getElementById('banner').hidden;").await,
+        json!(true),
+        "the first tab keeps the state"
+    );
+    b.fill("tab1", "#text", "from the first tab").await;
+    b.press("tab1", "#text", "Enter").await;
+    assert_eq!(
+        read(&mut bob, ConversationId(conv), 1).await,
+        vec!["from the first tab"]
+    );
+    bob.client
+        .send(ConversationId(conv), "back to the first tab")
+        .await
+        .unwrap();
+    b.wait_shown("tab1", "back to the first tab").await;
+}

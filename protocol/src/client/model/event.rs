@@ -121,6 +121,16 @@ pub enum NatterEvent {
         /// Why.
         error: ErrorInfo,
     },
+    /// This device's encryption state could not be loaded (PROTOCOL.md §12.7): `reason`
+    /// `in_use` (open in another tab or process), `state` (another store key, or
+    /// malformed) or `storage` (unreadable). Sealed messages stay unopened and encrypted
+    /// sends fail until it loads.
+    EncryptionUnavailable {
+        /// `in_use`, `state` or `storage`.
+        reason: String,
+        /// Detail for logs.
+        message: String,
+    },
     /// A device verification moved (PROTOCOL.md §12.10). `state`: `requested` (the other
     /// device asks: accept or cancel), `compare` (show `emoji` / `decimals` and ask the
     /// person whether both screens agree), `verified`, or `cancelled` (with `reason`:
@@ -215,6 +225,9 @@ impl NatterEvent {
             // Key stock: the SDK's encryption keeps it topped up by itself; device messages
             // are the encryption's verification steps, which come out as `Verification`.
             SessionEvent::KeyCounts(_) | SessionEvent::ToDevice(_) => return None,
+            SessionEvent::EncryptionUnavailable { reason, message } => {
+                NatterEvent::EncryptionUnavailable { reason, message }
+            }
             SessionEvent::Verification(v) => {
                 use crate::session::VerificationState as S;
                 let (state, emoji, decimals, reason) = match v.state {
