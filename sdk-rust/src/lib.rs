@@ -299,14 +299,17 @@ impl Client {
         let (cmd, cmd_rx) = mpsc::unbounded_channel();
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let uploads = Arc::new(media::UploadTable::restore(config.pending_uploads.clone()));
-        let e2ee = config.encryption.clone().map(e2ee::E2ee::new);
+        let e2ee = config.encryption.clone().map(e2ee::new);
         let client = Client { cmd, uploads, e2ee };
+        if let Some(e) = &client.e2ee {
+            e2ee::attach(e, client.clone());
+        }
         match &client.e2ee {
             // Events pass through the encryption on their way to the app, in order.
             Some(e) => {
                 let (raw_tx, raw_rx) = mpsc::unbounded_channel();
                 driver::spawn(config, cmd_rx, raw_tx)?;
-                tokio::spawn(e2ee::pump(e.clone(), client.clone(), raw_rx, ev_tx));
+                tokio::spawn(e2ee::pump(e.clone(), raw_rx, ev_tx));
             }
             None => driver::spawn(config, cmd_rx, ev_tx)?,
         }
@@ -371,7 +374,7 @@ impl Client {
     pub async fn encrypted_direct(&self, username: &str) -> Result<pb::ConversationSummary, ClientError> {
         let e2ee = self.e2ee()?;
         let c = self.call(ops::encrypted_direct(username)).await?;
-        e2ee.note(ConversationId(c.conversation_id), true).await;
+        e2ee.note(ConversationId(c.conversation_id), true);
         Ok(c)
     }
 
@@ -381,7 +384,8 @@ impl Client {
     /// characters in groups of four): the only way to open the backup — show it once and
     /// let the person keep it.
     pub async fn enable_backup(&self) -> Result<String, ClientError> {
-        Ok(self.e2ee()?.enable_backup(self).await?.to_display())
+        let key = self.e2ee()?.enable_backup().await.map_err(e2ee::client_error)?;
+        Ok(key.to_display())
     }
 
     /// Restore message keys from the key backup with the person's recovery key, so this
@@ -391,13 +395,16 @@ impl Client {
     /// Messages the event stream brought undecryptable and whose keys came are on it
     /// again, opened (same conversation and seq), by the time this returns.
     pub async fn restore_backup(&self, recovery_key: &str) -> Result<u64, ClientError> {
-        self.e2ee()?.restore_backup(self, recovery_key).await
+        self.e2ee()?
+            .restore_backup(recovery_key)
+            .await
+            .map_err(e2ee::client_error)
     }
 
     /// Upload the message keys still waiting for the backup now, rather than shortly
     /// after the messages that brought them (before a logout, say).
     pub async fn backup_now(&self) -> Result<(), ClientError> {
-        self.e2ee()?.flush_backup(self).await
+        self.e2ee()?.flush_backup().await.map_err(e2ee::client_error)
     }
 
     /// Start verifying `device` of `user` (PROTOCOL.md §12.10): both devices then hear
@@ -405,30 +412,34 @@ impl Client {
     /// same seven emoji, and each person confirms with [`Client::confirm_verification`].
     /// Returns the transaction id.
     pub async fn verify_device(&self, user: UserId, device: DeviceId) -> Result<String, ClientError> {
-        self.e2ee()?.verify_device(self, user, device).await
+        self.e2ee()?
+            .verify_device(user, device)
+            .await
+            .map_err(e2ee::client_error)
     }
 
     /// Accept another device's request to verify this one.
     pub async fn accept_verification(&self, txn: &str) -> Result<(), ClientError> {
-        self.e2ee()?.accept_verification(self, txn).await
+        self.e2ee()?.accept_verification(txn).await.map_err(e2ee::client_error)
     }
 
     /// Say whether the codes on both screens agree. Both people saying yes, and the
     /// keys checking out, makes the other device verified on this one.
     pub async fn confirm_verification(&self, txn: &str, matches: bool) -> Result<(), ClientError> {
-        self.e2ee()?.confirm_verification(self, txn, matches).await
+        let e = self.e2ee()?;
+        e.confirm_verification(txn, matches).await.map_err(e2ee::client_error)
     }
 
     /// Stop a verification.
     pub async fn cancel_verification(&self, txn: &str) -> Result<(), ClientError> {
-        self.e2ee()?.cancel_verification(self, txn).await
+        self.e2ee()?.cancel_verification(txn).await.map_err(e2ee::client_error)
     }
 
     /// `user`'s devices with keys and how far this device trusts each: verified,
     /// unverified (a new device — or one an attacker with the password added), or changed
     /// since it was verified.
     pub async fn device_trust(&self, user: UserId) -> Result<Vec<DeviceTrust>, ClientError> {
-        self.e2ee()?.device_trust(self, user).await
+        self.e2ee()?.device_trust(user).await.map_err(e2ee::client_error)
     }
 
     /// Which part of an encrypted conversation this device can read (PROTOCOL.md §12.6):
@@ -448,14 +459,7 @@ impl Client {
     /// not heard of the conversation yet).
     async fn sealing(&self, conv: ConversationId) -> Option<&Arc<e2ee::E2ee>> {
         let e = self.e2ee.as_ref()?;
-        let known = match e.is_encrypted(conv).await {
-            Some(k) => k,
-            None => {
-                let _ = self.conversations().await;
-                e.is_encrypted(conv).await.unwrap_or(false)
-            }
-        };
-        known.then_some(e)
+        e.sealing(conv).await.unwrap_or(false).then_some(e)
     }
 
     /// Send sealed content (a message, or a change to one) to an encrypted conversation.
@@ -465,7 +469,9 @@ impl Client {
         conv: ConversationId,
         content: pb::SealedContent,
     ) -> Result<SendAck, ClientError> {
-        e2ee.send(self, conv, new_message_id(), content).await
+        e2ee.send(conv, new_message_id(), content)
+            .await
+            .map_err(e2ee::client_error)
     }
 
     /// A new private group owned by the caller.
@@ -520,7 +526,7 @@ impl Client {
     pub async fn conversations(&self) -> Result<Vec<pb::ConversationSummary>, ClientError> {
         let mut list = self.call(ops::conversations()).await?;
         if let Some(e) = &self.e2ee {
-            e.open_summaries(self, &mut list).await;
+            e.open_summaries(&mut list).await;
         }
         Ok(list)
     }
@@ -555,7 +561,7 @@ impl Client {
                     body: Some(body),
                     change: None,
                 };
-                return e.send(self, conv, id, content).await;
+                return e.send(conv, id, content).await.map_err(e2ee::client_error);
             }
         }
         self.send_as_is(conv, id, body).await
@@ -584,7 +590,7 @@ impl Client {
     ) -> Result<pb::HistoryPage, ClientError> {
         let mut page = self.call(ops::history(conv, anchor, limit)).await?;
         if let Some(e) = &self.e2ee {
-            e.open_page(self, &mut page).await;
+            e.open_page(&mut page).await;
         }
         Ok(page)
     }

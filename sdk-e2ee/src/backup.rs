@@ -1,31 +1,29 @@
-//! The key backup in the native SDK (PROTOCOL.md §12.9): setting one up (a new recovery
+//! The key backup (PROTOCOL.md §12.9): setting one up (a new recovery
 //! key for the person to keep), backing up every kept message key to it in the
 //! background (batches, after the event or send that kept them), and restoring on a
 //! device that has no other device to learn from — the recovery key checked against the
 //! backup's public key before anything is read.
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
-use natter_protocol::client::e2ee::backup::{self, BackupError, RecoveryKey};
+use natter_protocol::client::e2ee::backup::{self, RecoveryKey};
 use natter_protocol::client::ops;
 use natter_protocol::limits::MAX_BACKUP_KEYS;
 use natter_protocol::pb;
 use natter_protocol::ConversationId;
 
-use super::{random, E2ee, E2eeError, READY_WAIT};
-use crate::{Client, ClientError};
+use super::{random, E2eeError, Engine, Io};
 
-/// How long the background upload waits to gather keys into one batch.
-const GATHER: Duration = Duration::from_millis(300);
+/// How long the background upload waits to gather keys into one batch (ms).
+const GATHER_MS: u32 = 300;
 
-impl E2ee {
+impl<I: Io> Engine<I> {
     /// Learn the user's current backup from the server (after each authentication).
-    pub(crate) async fn sync_backup(&self, client: &Client) -> Result<(), E2eeError> {
-        let info = match client.call(ops::get_key_backup()).await {
+    pub(crate) async fn sync_backup(&self) -> Result<(), E2eeError> {
+        let info = match self.io.call(ops::get_key_backup()).await {
             Ok(info) => info,
             Err(e) => {
-                tracing::warn!(error = %e, "key backup unknown on this connection");
+                self.io.warn(&format!("key backup unknown on this connection: {e}"));
                 return Ok(());
             }
         };
@@ -46,7 +44,7 @@ impl E2ee {
     }
 
     /// Start a background upload if keys wait for the backup and none is running.
-    pub(crate) async fn kick_backup(self: &Arc<Self>, client: &Client) {
+    pub(crate) async fn kick_backup(self: &Arc<Self>) {
         let waiting = {
             let inner = self.inner.lock().await;
             inner.crypto.as_ref().is_some_and(|c| c.backup_pending() > 0)
@@ -54,11 +52,13 @@ impl E2ee {
         if !waiting || self.backing_up.swap(true, Ordering::AcqRel) {
             return;
         }
-        let (me, client) = (self.clone(), client.clone());
-        tokio::spawn(async move {
-            tokio::time::sleep(GATHER).await;
-            if let Err(e) = me.flush_backup(&client).await {
-                tracing::warn!(error = %e, "key backup upload failed; retried after the next message");
+        let me = self.clone();
+        self.io.spawn(async move {
+            me.io.sleep(GATHER_MS).await;
+            if let Err(e) = me.flush_backup().await {
+                me.io.warn(&format!(
+                    "key backup upload failed, retried after the next message: {e}"
+                ));
             }
             me.backing_up.store(false, Ordering::Release);
         });
@@ -66,7 +66,7 @@ impl E2ee {
 
     /// Upload every waiting key, in batches; a replaced backup is fetched and the keys
     /// sealed again for it.
-    pub(crate) async fn flush_backup(&self, client: &Client) -> Result<(), ClientError> {
+    pub async fn flush_backup(&self) -> Result<(), E2eeError> {
         let mut refetched = false;
         loop {
             let batch = {
@@ -74,37 +74,38 @@ impl E2ee {
                 inner.crypto.as_ref().and_then(|c| c.backup_batch(MAX_BACKUP_KEYS))
             };
             let Some(batch) = batch else { return Ok(()) };
-            match client.call(ops::put_backup_keys(batch.clone())).await {
+            match self.io.call(ops::put_backup_keys(batch.clone())).await {
                 Ok(()) => {
                     let mut inner = self.inner.lock().await;
                     if let Some(crypto) = inner.crypto.as_mut() {
                         crypto.backed_up(&batch);
-                        self.save(crypto).await.map_err(ClientError::E2ee)?;
+                        self.save(crypto).await?;
                     }
                 }
-                Err(e) if e.code() == Some(pb::ErrorCode::Conflict) && !refetched => {
+                Err(natter_protocol::session::RequestError::Server(s))
+                    if s.code == pb::ErrorCode::Conflict && !refetched =>
+                {
                     refetched = true;
-                    let info = client.call(ops::get_key_backup()).await?;
-                    self.adopt(&info).await.map_err(ClientError::E2ee)?;
+                    let info = self.io.call(ops::get_key_backup()).await?;
+                    self.adopt(&info).await?;
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         }
     }
 
     /// Set up a new backup (replacing the user's previous one) and back up every key
     /// this device kept; the recovery key for the person to keep.
-    pub(crate) async fn enable_backup(&self, client: &Client) -> Result<RecoveryKey, ClientError> {
-        if !self.wait_ready(READY_WAIT).await {
-            return Err(ClientError::E2ee(E2eeError::NoDevice));
-        }
+    pub async fn enable_backup(&self) -> Result<RecoveryKey, E2eeError> {
+        self.wait_ready().await?;
         let recovery = RecoveryKey::from_random(random());
-        let current = client.call(ops::get_key_backup()).await?;
-        let info = client
+        let current = self.io.call(ops::get_key_backup()).await?;
+        let info = self
+            .io
             .call(ops::create_key_backup(recovery.public_key().to_vec(), current.version))
             .await?;
-        self.adopt(&info).await.map_err(ClientError::E2ee)?;
-        self.flush_backup(client).await?;
+        self.adopt(&info).await?;
+        self.flush_backup().await?;
         Ok(recovery)
     }
 
@@ -112,22 +113,20 @@ impl E2ee {
     /// backup with `recovery_key` (as the person typed it); how many keys were new. A
     /// malformed or wrong key is refused before anything is read. Events the app got
     /// undecryptable whose keys came are handed on again, opened, before this returns.
-    pub(crate) async fn restore_backup(&self, client: &Client, recovery_key: &str) -> Result<u64, ClientError> {
-        let recovery = RecoveryKey::parse(recovery_key).map_err(bad_backup)?;
-        if !self.wait_ready(READY_WAIT).await {
-            return Err(ClientError::E2ee(E2eeError::NoDevice));
-        }
-        let info = client.call(ops::get_key_backup()).await?;
-        backup::check(&recovery, &info).map_err(bad_backup)?;
+    pub async fn restore_backup(&self, recovery_key: &str) -> Result<u64, E2eeError> {
+        let recovery = RecoveryKey::parse(recovery_key)?;
+        self.wait_ready().await?;
+        let info = self.io.call(ops::get_key_backup()).await?;
+        backup::check(&recovery, &info)?;
         let mut restored = 0u64;
-        for conv in client.conversations().await?.iter().filter(|c| c.encrypted) {
+        for conv in self.io.call(ops::conversations()).await?.iter().filter(|c| c.encrypted) {
             let conv = ConversationId(conv.conversation_id);
             let mut after = Vec::new();
             loop {
-                let page = client.call(ops::get_backup_keys(info.version, conv, after)).await?;
+                let page = self.io.call(ops::get_backup_keys(info.version, conv, after)).await?;
                 let mut inner = self.inner.lock().await;
-                let crypto = inner.crypto.as_mut().ok_or(ClientError::E2ee(E2eeError::NoDevice))?;
-                restored += crypto.restore(&recovery, &page.keys).map_err(bad_backup)? as u64;
+                let crypto = inner.crypto.as_mut().ok_or(E2eeError::NoDevice)?;
+                restored += crypto.restore(&recovery, &page.keys)? as u64;
                 if page.next.is_empty() {
                     break;
                 }
@@ -136,16 +135,12 @@ impl E2ee {
         }
         // This device backs up to the same backup from now on.
         let mut inner = self.inner.lock().await;
-        let crypto = inner.crypto.as_mut().ok_or(ClientError::E2ee(E2eeError::NoDevice))?;
+        let crypto = inner.crypto.as_mut().ok_or(E2eeError::NoDevice)?;
         crypto.set_backup(&info);
-        self.save(crypto).await.map_err(ClientError::E2ee)?;
+        self.save(crypto).await?;
         drop(inner);
         // What the app got undecryptable and can read now, handed on again opened.
         self.reopen().await;
         Ok(restored)
     }
-}
-
-fn bad_backup(e: BackupError) -> ClientError {
-    ClientError::E2ee(E2eeError::Backup(e))
 }

@@ -1,11 +1,12 @@
-//! Device verification in the native SDK (PROTOCOL.md §12.10): the I/O around the client
-//! core's [`Verification`] — steps relayed to the other device with `SendToDevice`, the
+//! Device verification (PROTOCOL.md §12.10): the steps around the client core's
+//! [`Verification`] — relayed to the other device with `SendToDevice`, the
 //! other device's identity key as the server lists it, each step reported to the app as
 //! a [`VerificationUpdate`], and a verified device kept in the state (written before the
 //! app hears "verified"). Two devices of one user that verified each other then share
 //! the message keys they keep (§12.11), and the app hears "verified" once this device
-//! sent its keys and has the other's (or after [`SHARE_WAIT`] without them).
-use std::time::Duration;
+//! sent its keys and has the other's (or after [`SHARE_WAIT_MS`] without them). The user's signing key (§12.12) is made
+//! or adopted on connect, signs a verified own device and goes to it with the shared keys.
+use std::sync::Arc;
 
 use natter_protocol::client::e2ee::share::ShareError;
 use natter_protocol::client::e2ee::verify::{Outcome, Party, Verification};
@@ -16,8 +17,7 @@ use natter_protocol::session::{SessionEvent, VerificationState, VerificationUpda
 use natter_protocol::{DeviceId, UserId};
 use prost::Message as _;
 
-use super::{random, E2ee, E2eeError, READY_WAIT};
-use crate::{Client, ClientError};
+use super::{random, E2eeError, Engine, Io};
 
 /// A device of a user as this device trusts it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,14 +30,13 @@ pub struct DeviceTrust {
     pub trust: TrustLevel,
 }
 
-/// How long "verified" for one of the user's own devices waits for its keys.
-const SHARE_WAIT: Duration = Duration::from_secs(30);
+/// How long "verified" for one of the user's own devices waits for its keys (ms).
+const SHARE_WAIT_MS: u32 = 30_000;
 /// Times one key share step is sent again after `RATE_LIMITED`.
 const SHARE_ATTEMPTS: usize = 20;
 
 fn txn() -> String {
-    let bytes: [u8; 16] = random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(random::<16>())
 }
 
 /// Which verification an update is about: transaction, user, device.
@@ -55,18 +54,18 @@ struct Advanced {
     state: Option<VerificationState>,
 }
 
-fn no_such(txn: &str) -> ClientError {
-    ClientError::E2ee(E2eeError::Verification(format!("no verification {txn} under way")))
+fn no_such(txn: &str) -> E2eeError {
+    E2eeError::Verification(format!("no verification {txn} under way"))
 }
 
-fn share_error(e: ShareError) -> ClientError {
-    ClientError::E2ee(E2eeError::Verification(format!("key share: {e}")))
+fn share_error(e: ShareError) -> E2eeError {
+    E2eeError::Verification(format!("key share: {e}"))
 }
 
-impl E2ee {
+impl<I: Io> Engine<I> {
     /// The server's word for a device's identity.
-    async fn party_of(&self, client: &Client, user: UserId, device: DeviceId) -> Result<Party, ClientError> {
-        let d = self.keys_of(client, user, device).await?;
+    async fn party_of(&self, user: UserId, device: DeviceId) -> Result<Party, E2eeError> {
+        let d = self.keys_of(user, device).await?;
         Ok(Party {
             user,
             device,
@@ -74,30 +73,27 @@ impl E2ee {
         })
     }
 
-    async fn me(&self) -> Result<Party, ClientError> {
-        if !self.wait_ready(READY_WAIT).await {
-            return Err(ClientError::E2ee(E2eeError::NoDevice));
-        }
+    async fn me(&self) -> Result<Party, E2eeError> {
+        self.wait_ready().await?;
         let inner = self.inner.lock().await;
-        let crypto = inner.crypto.as_ref().ok_or(ClientError::E2ee(E2eeError::NoDevice))?;
+        let crypto = inner.crypto.as_ref().ok_or(E2eeError::NoDevice)?;
         Ok(crypto.party())
     }
 
-    async fn send_step(&self, client: &Client, to: &Party, msg: &pb::VerificationMessage) -> Result<(), ClientError> {
-        client
+    async fn send_step(&self, to: &Party, msg: &pb::VerificationMessage) -> Result<(), E2eeError> {
+        Ok(self
+            .io
             .call(ops::send_to_device(to.user.0, to.device.0, msg.encode_to_vec()))
-            .await
+            .await?)
     }
 
     fn tell(&self, to: Update, state: VerificationState) {
-        if let Some(app) = self.app.get() {
-            let _ = app.send(SessionEvent::Verification(VerificationUpdate {
-                txn: to.0,
-                user_id: to.1,
-                device_id: to.2,
-                state,
-            }));
-        }
+        self.io.emit(SessionEvent::Verification(VerificationUpdate {
+            txn: to.0,
+            user_id: to.1,
+            device_id: to.2,
+            state,
+        }));
     }
 
     /// Advance verification `txn` with `f` under the state's lock, so a step from the
@@ -110,7 +106,7 @@ impl E2ee {
         txn: &str,
         keys_now: bool,
         f: impl FnOnce(&mut Verification) -> Option<pb::VerificationMessage>,
-    ) -> Result<Advanced, ClientError> {
+    ) -> Result<Advanced, E2eeError> {
         let mut guard = self.inner.lock().await;
         let inner = &mut *guard;
         let v = inner.verifications.get_mut(txn).ok_or_else(|| no_such(txn))?;
@@ -119,7 +115,7 @@ impl E2ee {
             Some(Outcome::Verified) => {
                 if let Some(crypto) = inner.crypto.as_mut() {
                     crypto.mark_verified(v.peer());
-                    self.save(crypto).await.map_err(ClientError::E2ee)?;
+                    self.save(crypto).await?;
                 }
                 Some(VerificationState::Verified)
             }
@@ -139,21 +135,19 @@ impl E2ee {
 
     /// Send what a step gave, then tell the app. A device of this user just verified gets
     /// this device's keys first, and "verified" waits for its keys too.
-    async fn finish_step(&self, client: &Client, a: Advanced) -> Result<(), ClientError> {
+    async fn finish_step(self: &Arc<Self>, a: Advanced) -> Result<(), E2eeError> {
         if let Some(msg) = &a.send {
-            self.send_step(client, &a.peer, msg).await?;
+            self.send_step(&a.peer, msg).await?;
         }
         let Some(state) = a.state.clone() else {
             return Ok(());
         };
         if matches!(state, VerificationState::Verified) && self.own_device(&a.peer).await {
-            if let Ok(me) = client.e2ee() {
-                // A task of its own: a large key store takes many device messages, and
-                // the event pump (which may be running this step) must not wait on them.
-                let (me, client) = (me.clone(), client.clone());
-                tokio::spawn(async move { me.share_then_tell(&client, a).await });
-                return Ok(());
-            }
+            // A task of its own: a large key store takes many device messages, and the
+            // event pump (which may be running this step) must not wait on them.
+            let me = self.clone();
+            self.io.spawn(async move { me.share_then_tell(a).await });
+            return Ok(());
         }
         self.tell(a.to, state);
         Ok(())
@@ -161,15 +155,16 @@ impl E2ee {
 
     /// Make, adopt or vouch for the user's signing key as the server lists it (§12.12): a
     /// key this device made is written before it is published.
-    pub(crate) async fn ensure_user_key(&self, client: &Client) -> Result<(), E2eeError> {
+    pub(crate) async fn ensure_user_key(&self) -> Result<(), E2eeError> {
         let me = match self.inner.lock().await.crypto.as_ref() {
             Some(c) => c.user(),
             None => return Ok(()),
         };
-        let listing = match client.call(ops::user_devices(me.0)).await {
+        let listing = match self.io.call(ops::user_devices(me.0)).await {
             Ok(l) => l,
             Err(e) => {
-                tracing::warn!(error = %e, "the user's signing key is unknown on this connection");
+                self.io
+                    .warn(&format!("the user's signing key is unknown on this connection: {e}"));
                 return Ok(());
             }
         };
@@ -186,8 +181,10 @@ impl E2ee {
             publish
         };
         if let Some(p) = publish {
-            if let Err(e) = client.call(ops::publish_user_key(p)).await {
-                tracing::warn!(error = %e, "publishing the user's signing key failed; again on the next connect");
+            if let Err(e) = self.io.call(ops::publish_user_key(p)).await {
+                self.io.warn(&format!(
+                    "publishing the user's signing key failed, again on the next connect: {e}"
+                ));
             }
         }
         Ok(())
@@ -195,27 +192,29 @@ impl E2ee {
 
     /// Sign a device of this user that this device just verified with the user's key, if
     /// this device holds it.
-    async fn sign_own(&self, client: &Client, peer: &Party) -> Result<(), ClientError> {
-        let keys = self.keys_of(client, peer.user, peer.device).await?;
+    async fn sign_own(&self, peer: &Party) -> Result<(), E2eeError> {
+        let keys = self.keys_of(peer.user, peer.device).await?;
         let signature = {
             let inner = self.inner.lock().await;
             inner.crypto.as_ref().and_then(|c| c.sign_own_device(&keys))
         };
         if let Some(sig) = signature {
-            client.call(ops::sign_device(peer.device.0, sig)).await?;
+            self.io.call(ops::sign_device(peer.device.0, sig)).await?;
         }
         Ok(())
     }
 
     /// Share this device's keys with a device of its user it just verified, then tell the
-    /// app "verified" once that device's keys are in too (or after [`SHARE_WAIT`]).
-    async fn share_then_tell(self: std::sync::Arc<Self>, client: &Client, a: Advanced) {
+    /// app "verified" once that device's keys are in too (or after [`SHARE_WAIT_MS`]).
+    async fn share_then_tell(self: Arc<Self>, a: Advanced) {
         // Signed first, so the device is vouched for by the time it holds the key.
-        if let Err(e) = self.sign_own(client, &a.peer).await {
-            tracing::warn!(error = %e, "signing a verified device of this user failed");
+        if let Err(e) = self.sign_own(&a.peer).await {
+            self.io
+                .warn(&format!("signing a verified device of this user failed: {e}"));
         }
-        if let Err(e) = self.share_with(client, &a.peer, &a.to.0).await {
-            tracing::warn!(error = %e, "sharing keys with a verified device of this user failed");
+        if let Err(e) = self.share_with(&a.peer, &a.to.0).await {
+            self.io
+                .warn(&format!("sharing keys with a verified device of this user failed: {e}"));
         }
         let who = (a.peer.user.0, a.peer.device.0);
         {
@@ -223,10 +222,11 @@ impl E2ee {
             if !inner.shared_by.remove(&who) {
                 inner.verified_pending.insert(who, a.to);
                 drop(inner);
-                tokio::time::sleep(SHARE_WAIT).await;
+                self.io.sleep(SHARE_WAIT_MS).await;
                 let pending = self.inner.lock().await.verified_pending.remove(&who);
                 if let Some(to) = pending {
-                    tracing::warn!(device = who.1, "verified, but its keys did not come");
+                    self.io
+                        .warn(&format!("device {} verified, but its keys did not come", who.1));
                     self.tell(to, VerificationState::Verified);
                 }
                 return;
@@ -245,32 +245,31 @@ impl E2ee {
     }
 
     /// The server's keys of one device.
-    async fn keys_of(&self, client: &Client, user: UserId, device: DeviceId) -> Result<pb::DeviceKeys, ClientError> {
-        let devices = client.call(ops::device_keys(user.0)).await?;
-        devices.into_iter().find(|d| d.device_id == device.0).ok_or_else(|| {
-            ClientError::E2ee(E2eeError::Verification(format!(
-                "{user:?} has no device {device:?} with keys"
-            )))
-        })
+    async fn keys_of(&self, user: UserId, device: DeviceId) -> Result<pb::DeviceKeys, E2eeError> {
+        let devices = self.io.call(ops::device_keys(user.0)).await?;
+        devices
+            .into_iter()
+            .find(|d| d.device_id == device.0)
+            .ok_or_else(|| E2eeError::Verification(format!("{user:?} has no device {device:?} with keys")))
     }
 
     /// Send every message key this device keeps to `peer`, a device of its user it just
     /// verified (PROTOCOL.md §12.11); how many steps that took.
-    async fn share_with(&self, client: &Client, peer: &Party, txn: &str) -> Result<usize, ClientError> {
-        let keys = self.keys_of(client, peer.user, peer.device).await?;
+    async fn share_with(&self, peer: &Party, txn: &str) -> Result<usize, E2eeError> {
+        let keys = self.keys_of(peer.user, peer.device).await?;
         let mut claimed = Vec::new();
         let steps = loop {
             let mut inner = self.inner.lock().await;
-            let crypto = inner.crypto.as_mut().ok_or(ClientError::E2ee(E2eeError::NoDevice))?;
+            let crypto = inner.crypto.as_mut().ok_or(E2eeError::NoDevice)?;
             match crypto.share_keys(&keys, &claimed, txn) {
                 Ok(steps) => {
                     // A session made for it is written before anything is sent with it.
-                    self.save(crypto).await.map_err(ClientError::E2ee)?;
+                    self.save(crypto).await?;
                     break steps;
                 }
                 Err(ShareError::Seal(SealError::NeedKeys(need))) if claimed.is_empty() => {
                     drop(inner);
-                    claimed = client.call(ops::claim_keys(peer.user.0, vec![peer.device.0])).await?;
+                    claimed = self.io.call(ops::claim_keys(peer.user.0, vec![peer.device.0])).await?;
                     if claimed.is_empty() {
                         return Err(share_error(ShareError::Seal(SealError::NeedKeys(need))));
                     }
@@ -281,11 +280,14 @@ impl E2ee {
         for step in &steps {
             let mut attempt = 0;
             loop {
-                match self.send_step(client, peer, step).await {
+                match self.send_step(peer, step).await {
                     Err(e) if e.code() == Some(pb::ErrorCode::RateLimited) && attempt < SHARE_ATTEMPTS => {
                         attempt += 1;
-                        let wait = e.server_error().map_or(100, |s| s.retry_after_ms.max(10));
-                        tokio::time::sleep(Duration::from_millis(wait.into())).await;
+                        let wait = match &e {
+                            E2eeError::Request(natter_protocol::session::RequestError::Server(s)) => s.retry_after_ms,
+                            _ => 100,
+                        };
+                        self.io.sleep(wait.max(10)).await;
                     }
                     other => break other?,
                 }
@@ -297,22 +299,17 @@ impl E2ee {
     /// Keys another device of this user shared: kept (and written) if this device verified
     /// it, then what the app got undecryptable and can read now comes again, opened; the
     /// last share lets this device's "verified" for it through.
-    async fn shared_keys(
-        &self,
-        client: &Client,
-        from: (UserId, DeviceId),
-        share: &pb::KeyShare,
-    ) -> Result<(), ClientError> {
-        let keys = self.keys_of(client, from.0, from.1).await?;
+    async fn shared_keys(&self, from: (UserId, DeviceId), share: &pb::KeyShare) -> Result<(), E2eeError> {
+        let keys = self.keys_of(from.0, from.1).await?;
         let (new, tell, got_user_key) = {
             let mut guard = self.inner.lock().await;
             let inner = &mut *guard;
-            let crypto = inner.crypto.as_mut().ok_or(ClientError::E2ee(E2eeError::NoDevice))?;
+            let crypto = inner.crypto.as_mut().ok_or(E2eeError::NoDevice)?;
             let held = crypto.user_key();
             let (new, last) = crypto.accept_shared_keys(&keys, share).map_err(share_error)?;
             let got_user_key = crypto.user_key() != held;
             // The Olm session moved on: written even when no key was new.
-            self.save(crypto).await.map_err(ClientError::E2ee)?;
+            self.save(crypto).await?;
             let who = (from.0 .0, from.1 .0);
             let tell = if last {
                 let pending = inner.verified_pending.remove(&who);
@@ -331,7 +328,7 @@ impl E2ee {
         // The user's key came with the share: vouch for it (others who verified this
         // device then trust what the key signs).
         if got_user_key {
-            self.ensure_user_key(client).await.map_err(ClientError::E2ee)?;
+            self.ensure_user_key().await?;
         }
         if let Some(to) = tell {
             self.tell(to, VerificationState::Verified);
@@ -340,23 +337,18 @@ impl E2ee {
     }
 
     /// Start verifying `device` of `user`; the transaction id.
-    pub(crate) async fn verify_device(
-        &self,
-        client: &Client,
-        user: UserId,
-        device: DeviceId,
-    ) -> Result<String, ClientError> {
+    pub async fn verify_device(&self, user: UserId, device: DeviceId) -> Result<String, E2eeError> {
         let me = self.me().await?;
-        let peer = self.party_of(client, user, device).await?;
+        let peer = self.party_of(user, device).await?;
         let (v, start) = Verification::start(me, peer.clone(), txn());
         let id = v.txn().to_owned();
         self.inner.lock().await.verifications.insert(id.clone(), v);
-        self.send_step(client, &peer, &start).await?;
+        self.send_step(&peer, &start).await?;
         Ok(id)
     }
 
     /// Accept the other device's request.
-    pub(crate) async fn accept_verification(&self, client: &Client, txn: &str) -> Result<(), ClientError> {
+    pub async fn accept_verification(self: &Arc<Self>, txn: &str) -> Result<(), E2eeError> {
         let mut refused = None;
         let a = self
             .advance(txn, false, |v| match v.accept() {
@@ -368,18 +360,13 @@ impl E2ee {
             })
             .await?;
         if let Some(e) = refused {
-            return Err(ClientError::E2ee(E2eeError::Verification(e.to_string())));
+            return Err(E2eeError::Verification(e.to_string()));
         }
-        self.finish_step(client, a).await
+        self.finish_step(a).await
     }
 
     /// The person compared the codes: `matches` or not.
-    pub(crate) async fn confirm_verification(
-        &self,
-        client: &Client,
-        txn: &str,
-        matches: bool,
-    ) -> Result<(), ClientError> {
+    pub async fn confirm_verification(self: &Arc<Self>, txn: &str, matches: bool) -> Result<(), E2eeError> {
         let a = self
             .advance(txn, false, |v| {
                 Some(match v.confirm(matches) {
@@ -388,11 +375,11 @@ impl E2ee {
                 })
             })
             .await?;
-        self.finish_step(client, a).await
+        self.finish_step(a).await
     }
 
     /// Stop a verification.
-    pub(crate) async fn cancel_verification(&self, client: &Client, txn: &str) -> Result<(), ClientError> {
+    pub async fn cancel_verification(&self, txn: &str) -> Result<(), E2eeError> {
         let v = self
             .inner
             .lock()
@@ -401,25 +388,25 @@ impl E2ee {
             .remove(txn)
             .ok_or_else(|| no_such(txn))?;
         let peer = v.peer().clone();
-        self.send_step(client, &peer, &v.cancel_message("user")).await?;
+        self.send_step(&peer, &v.cancel_message("user")).await?;
         self.tell(update(&v), VerificationState::Cancelled("user".into()));
         Ok(())
     }
 
     /// A step from another device (the pump hands them here, in order).
-    pub(crate) async fn on_to_device(&self, client: &Client, t: pb::ToDevice) {
-        if let Err(e) = self.step_from(client, t).await {
-            tracing::warn!(error = %e, "verification step failed");
+    pub(crate) async fn on_to_device(self: &Arc<Self>, t: pb::ToDevice) {
+        if let Err(e) = self.step_from(t).await {
+            self.io.warn(&format!("verification step failed: {e}"));
         }
     }
 
-    async fn step_from(&self, client: &Client, t: pb::ToDevice) -> Result<(), ClientError> {
+    async fn step_from(self: &Arc<Self>, t: pb::ToDevice) -> Result<(), E2eeError> {
         let Ok(msg) = pb::VerificationMessage::decode(&t.payload[..]) else {
             return Ok(());
         };
         let from = (UserId(t.from_user_id), DeviceId(t.from_device_id));
         if let Some(pb::verification_message::Kind::KeyShare(share)) = &msg.kind {
-            return self.shared_keys(client, from, share).await;
+            return self.shared_keys(from, share).await;
         }
         let with = {
             let inner = self.inner.lock().await;
@@ -439,18 +426,18 @@ impl E2ee {
                         Err(e) => Some(v.cancel_message(e.reason())),
                     })
                     .await?;
-                self.finish_step(client, a).await
+                self.finish_step(a).await
             }
             None if matches!(msg.kind, Some(pb::verification_message::Kind::Start(_))) => {
                 let me = self.me().await?;
-                let peer = self.party_of(client, from.0, from.1).await?;
+                let peer = self.party_of(from.0, from.1).await?;
                 match Verification::requested(me, peer, &msg) {
                     Ok(v) => {
                         let to = update(&v);
                         self.inner.lock().await.verifications.insert(v.txn().to_owned(), v);
                         self.tell(to, VerificationState::Requested);
                     }
-                    Err(e) => tracing::warn!(error = %e, "a malformed verification request"),
+                    Err(e) => self.io.warn(&format!("a malformed verification request: {e}")),
                 }
                 Ok(())
             }
@@ -459,15 +446,15 @@ impl E2ee {
     }
 
     /// `user`'s devices with keys, and how far this device trusts each.
-    pub(crate) async fn device_trust(&self, client: &Client, user: UserId) -> Result<Vec<DeviceTrust>, ClientError> {
+    pub async fn device_trust(&self, user: UserId) -> Result<Vec<DeviceTrust>, E2eeError> {
         self.me().await?;
-        let listing = client.call(ops::user_devices(user.0)).await?;
+        let listing = self.io.call(ops::user_devices(user.0)).await?;
         let mut inner = self.inner.lock().await;
-        let crypto = inner.crypto.as_mut().ok_or(ClientError::E2ee(E2eeError::NoDevice))?;
+        let crypto = inner.crypto.as_mut().ok_or(E2eeError::NoDevice)?;
         // The user's signing key counts (§12.12); a key trusted just now is written.
         let (levels, pinned) = crypto.trust_all(&listing);
         if pinned {
-            self.save(crypto).await.map_err(ClientError::E2ee)?;
+            self.save(crypto).await?;
         }
         Ok(listing
             .devices
