@@ -149,6 +149,19 @@ impl Inner {
         }
     }
 
+    /// Send a request; resolves to its answer or the request's own error (a closed
+    /// client: the connection is gone).
+    pub(crate) fn request_raw(&self, op: Op) -> impl Future<Output = Result<Res, RequestError>> {
+        let (tx, rx) = oneshot::channel();
+        let now = self.now();
+        {
+            let mut session = self.session.borrow_mut();
+            self.pending.borrow_mut().request(&mut session, now, op, Waiter(tx));
+        }
+        self.wake(Wake::Flush);
+        async move { rx.await.unwrap_or(Err(RequestError::ConnectionLost)) }
+    }
+
     /// One of the core's operations, answered.
     pub(crate) async fn call<T>(&self, call: Call<T>) -> Result<T, JsError> {
         let (op, extract) = call.into_parts();
@@ -409,14 +422,14 @@ impl NatterClient {
     /// An operation of the encryption as a Promise (rejected when there is none).
     fn encrypting<F, Fut>(&self, f: F) -> Promise
     where
-        F: FnOnce(Rc<Inner>, Rc<crate::e2ee::E2ee>) -> Fut,
+        F: FnOnce(Rc<crate::e2ee::E2ee>) -> Fut,
         Fut: Future<Output = Result<JsValue, JsError>> + 'static,
     {
         let Some(e2ee) = self.inner.e2ee.clone() else {
             let why = "this client has no encryption (connect with options.encryption)";
-            return Promise::reject(&js_error(&crate::e2ee::error(why)));
+            return Promise::reject(&js_error(&crate::e2ee::encryption_error(why)));
         };
-        let done = f(self.inner.clone(), e2ee);
+        let done = f(e2ee);
         future_to_promise(async move { done.await.map_err(|e| js_error(&e)) })
     }
 
@@ -428,16 +441,13 @@ impl NatterClient {
         };
         let inner = self.inner.clone();
         future_to_promise(async move {
-            let seq = if e2ee.sealing(&inner, conv).await.map_err(|e| js_error(&e))? {
+            let seq = if e2ee.sealing(conv).await.map_err(|e| js_error(&e))? {
                 let content = pb::SealedContent {
                     body: None,
                     change: Some(change),
                 };
                 let id = random_id();
-                e2ee.send(&inner, conv, id, content)
-                    .await
-                    .map_err(|e| js_error(&e))?
-                    .seq
+                e2ee.send(conv, id, content).await.map_err(|e| js_error(&e))?.seq
             } else {
                 inner.call(plain).await.map_err(|e| js_error(&e))?
             };
@@ -477,14 +487,12 @@ pub(crate) fn send_body(
     };
     let inner = inner.clone();
     future_to_promise(async move {
-        let ack = if e2ee.sealing(&inner, conversation).await.map_err(|e| js_error(&e))? {
+        let ack = if e2ee.sealing(conversation).await.map_err(|e| js_error(&e))? {
             let content = pb::SealedContent {
                 body: Some(body),
                 change: None,
             };
-            e2ee.send(&inner, conversation, id, content)
-                .await
-                .map_err(|e| js_error(&e))?
+            e2ee.send(conversation, id, content).await.map_err(|e| js_error(&e))?
         } else {
             send_request(&inner, conversation, id, body)
                 .await
@@ -713,7 +721,7 @@ impl NatterClient {
         future_to_promise(async move {
             let mut list = inner.call(ops::conversations()).await.map_err(|e| js_error(&e))?;
             if let Some(e2ee) = &inner.e2ee {
-                e2ee.open_summaries(&inner, &mut list).await;
+                e2ee.open_summaries(&mut list).await;
             }
             Ok(records::<_, Conversation>(list))
         })
@@ -731,7 +739,7 @@ impl NatterClient {
             return self.call(ops::direct(&username), record::<_, Conversation>);
         }
         let Some(e2ee) = self.inner.e2ee.clone() else {
-            return Promise::reject(&js_error(&crate::e2ee::error(
+            return Promise::reject(&js_error(&crate::e2ee::encryption_error(
                 "this client has no encryption (connect with options.encryption)",
             )));
         };
@@ -751,9 +759,9 @@ impl NatterClient {
     /// emoji to show, then `verified` or `cancelled`).
     #[wasm_bindgen(js_name = verifyDevice)]
     pub fn verify_device(&self, user_id: f64, device_id: f64) -> Promise {
-        self.encrypting(move |inner, e2ee| async move {
+        self.encrypting(move |e2ee| async move {
             let txn = e2ee
-                .verify_device(&inner, UserId(user_id as u64), DeviceId(device_id as u64))
+                .verify_device(UserId(user_id as u64), DeviceId(device_id as u64))
                 .await?;
             Ok(txn.into())
         })
@@ -762,8 +770,8 @@ impl NatterClient {
     /// Accept a `requested` verification.
     #[wasm_bindgen(js_name = acceptVerification)]
     pub fn accept_verification(&self, txn: String) -> Promise {
-        self.encrypting(move |inner, e2ee| async move {
-            e2ee.accept(&inner, &txn).await?;
+        self.encrypting(move |e2ee| async move {
+            e2ee.accept(&txn).await?;
             Ok(JsValue::UNDEFINED)
         })
     }
@@ -771,8 +779,8 @@ impl NatterClient {
     /// The person compared the codes on both screens: `matches` or not.
     #[wasm_bindgen(js_name = confirmVerification)]
     pub fn confirm_verification(&self, txn: String, matches: bool) -> Promise {
-        self.encrypting(move |inner, e2ee| async move {
-            e2ee.confirm(&inner, &txn, matches).await?;
+        self.encrypting(move |e2ee| async move {
+            e2ee.confirm(&txn, matches).await?;
             Ok(JsValue::UNDEFINED)
         })
     }
@@ -780,8 +788,8 @@ impl NatterClient {
     /// Stop a verification.
     #[wasm_bindgen(js_name = cancelVerification)]
     pub fn cancel_verification(&self, txn: String) -> Promise {
-        self.encrypting(move |inner, e2ee| async move {
-            e2ee.cancel(&inner, &txn).await?;
+        self.encrypting(move |e2ee| async move {
+            e2ee.cancel(&txn).await?;
             Ok(JsValue::UNDEFINED)
         })
     }
@@ -791,15 +799,15 @@ impl NatterClient {
     /// for the person to write down (the only way to read the backup).
     #[wasm_bindgen(js_name = enableBackup)]
     pub fn enable_backup(&self) -> Promise {
-        self.encrypting(move |inner, e2ee| async move { Ok(e2ee.enable_backup(&inner).await?.into()) })
+        self.encrypting(move |e2ee| async move { Ok(e2ee.enable_backup().await?.into()) })
     }
 
     /// Upload every message key waiting for the backup now (they go in the background
     /// anyway; e.g. before signing out).
     #[wasm_bindgen(js_name = backupNow)]
     pub fn backup_now(&self) -> Promise {
-        self.encrypting(move |inner, e2ee| async move {
-            e2ee.flush_backup(&inner).await?;
+        self.encrypting(move |e2ee| async move {
+            e2ee.flush_backup().await?;
             Ok(JsValue::UNDEFINED)
         })
     }
@@ -810,8 +818,8 @@ impl NatterClient {
     /// NO_KEY_BACKUP before reading anything.
     #[wasm_bindgen(js_name = restoreBackup)]
     pub fn restore_backup(&self, recovery_key: String) -> Promise {
-        self.encrypting(move |inner, e2ee| async move {
-            let n = e2ee.restore_backup(&inner, &recovery_key).await?;
+        self.encrypting(move |e2ee| async move {
+            let n = e2ee.restore_backup(&recovery_key).await?;
             Ok(JsValue::from_f64(n as f64))
         })
     }
@@ -822,7 +830,7 @@ impl NatterClient {
     /// Earlier messages open only with keys from the backup or a verified device of yours.
     #[wasm_bindgen(js_name = readableFrom)]
     pub fn readable_from(&self, conversation_id: f64) -> Promise {
-        self.encrypting(move |_, e2ee| async move {
+        self.encrypting(move |e2ee| async move {
             let from = e2ee.readable_from(conv(conversation_id)).await;
             Ok(from.map_or(JsValue::NULL, seq_number))
         })
@@ -832,8 +840,8 @@ impl NatterClient {
     /// `[{ deviceId, ed25519, trust: "verified" | "unverified" | "changed" }]`.
     #[wasm_bindgen(js_name = deviceTrust)]
     pub fn device_trust(&self, user_id: f64) -> Promise {
-        self.encrypting(move |inner, e2ee| async move {
-            let list = e2ee.device_trust(&inner, UserId(user_id as u64)).await?;
+        self.encrypting(move |e2ee| async move {
+            let list = e2ee.device_trust(UserId(user_id as u64)).await?;
             Ok(to_js(&list))
         })
     }
@@ -933,7 +941,7 @@ impl NatterClient {
         future_to_promise(async move {
             let mut page = inner.call(call).await.map_err(|e| js_error(&e))?;
             if let Some(e2ee) = &inner.e2ee {
-                e2ee.open_page(&inner, &mut page).await;
+                e2ee.open_page(&mut page).await;
             }
             Ok(record::<_, HistoryPage>(page))
         })
