@@ -968,6 +968,20 @@ async fn verify(from: &mut Phone, to: &mut Phone, user: UserId) {
     }
 }
 
+/// Alice's and bob's first phones and their encrypted conversation: (alice's phone, bob's
+/// phone, the conversation, alice's id, bob's id).
+async fn alice_and_bob(
+    s: &natter_server::RunningServer,
+    phones: &Path,
+) -> (Phone, Phone, ConversationId, UserId, UserId) {
+    let a1 = phone(s, phones, "alice", 1, true).await;
+    let b1 = phone(s, phones, "bob", 1, true).await;
+    let dm = ConversationId(a1.client.encrypted_direct("bob").await.unwrap().conversation_id);
+    let members = a1.client.members(dm).await.unwrap();
+    let id_of = |name: &str| UserId(members.iter().find(|m| m.username == name).unwrap().user_id);
+    (a1, b1, dm, id_of("alice"), id_of("bob"))
+}
+
 /// A user's devices as `c` trusts them, by device id.
 async fn trust_of(c: &Client, user: UserId) -> Vec<(u64, natter_sdk::TrustLevel)> {
     let mut t: Vec<(u64, natter_sdk::TrustLevel)> = c
@@ -991,11 +1005,7 @@ async fn devices_signed_by_their_users_key_are_trusted_through_one_verified_devi
     let data = tempfile::tempdir().unwrap();
     let phones = tempfile::tempdir().unwrap();
     let s = server(data.path()).await;
-    let mut a1 = phone(&s, phones.path(), "alice", 1, true).await;
-    let mut b1 = phone(&s, phones.path(), "bob", 1, true).await;
-    let dm = ConversationId(a1.client.encrypted_direct("bob").await.unwrap().conversation_id);
-    let members = a1.client.members(dm).await.unwrap();
-    let bob = UserId(members.iter().find(|m| m.username == "bob").unwrap().user_id);
+    let (mut a1, mut b1, _, _, bob) = alice_and_bob(&s, phones.path()).await;
     verify(&mut a1, &mut b1, bob).await;
 
     // Bob's new phone: unverified for alice until bob's first phone verifies it.
@@ -1052,12 +1062,7 @@ async fn sas_verification_agrees_and_a_device_added_with_the_password_stays_unve
     let data = tempfile::tempdir().unwrap();
     let phones = tempfile::tempdir().unwrap();
     let s = server(data.path()).await;
-    let mut a1 = phone(&s, phones.path(), "alice", 1, true).await;
-    let mut b1 = phone(&s, phones.path(), "bob", 1, true).await;
-    let dm = ConversationId(a1.client.encrypted_direct("bob").await.unwrap().conversation_id);
-    let members = a1.client.members(dm).await.unwrap();
-    let id_of = |name: &str| UserId(members.iter().find(|m| m.username == name).unwrap().user_id);
-    let (alice, bob) = (id_of("alice"), id_of("bob"));
+    let (mut a1, mut b1, dm, alice, bob) = alice_and_bob(&s, phones.path()).await;
     assert_eq!(
         trust_of(&a1.client, bob).await,
         vec![(b1.device.0, natter_sdk::TrustLevel::Unverified)]
