@@ -62,30 +62,33 @@ function showVerify(text, emoji = [], buttons = []) {
 }
 
 /** A `verification` event: asks, shows the emoji to compare, or says how it ended.
- * `done(ev)` runs after a verification ends (to redraw the device list). */
+ * `who` is the other device's user ("you" for one of your own); `done(ev)` runs after a
+ * verification ends (to redraw the device list). */
 export function onVerification(client, ev, who, done) {
+  const whose = who === "you" ? "your" : `${who}'s`;
+  const Whose = whose[0].toUpperCase() + whose.slice(1);
   const close = ["Close", "verify-close", () => { $("verify").hidden = true; }, true];
   $("verify").dataset.state = ev.state;
   $("verify").dataset.txn = ev.txn;
   switch (ev.state) {
     case "requested":
-      showVerify(`${who} (device ${ev.deviceId}) asks to verify this device.`, [], [
+      showVerify(`${Whose} device ${ev.deviceId} asks to verify this device.`, [], [
         ["Accept", "verify-accept", () => { $("verify-text").textContent = "Waiting for the codes…"; return client.acceptVerification(ev.txn); }],
         ["Decline", "verify-decline", () => client.cancelVerification(ev.txn).then(() => { $("verify").hidden = true; }), true],
       ]);
       break;
     case "compare":
-      showVerify(`Do these emoji appear in the same order on ${who}'s device ${ev.deviceId}?`, ev.emoji, [
+      showVerify(`Do these emoji appear in the same order on ${whose} device ${ev.deviceId}?`, ev.emoji, [
         ["They match", "verify-yes", () => { $("verify-text").textContent = "Waiting for the other device…"; return client.confirmVerification(ev.txn, true); }],
         ["They don't match", "verify-no", () => client.confirmVerification(ev.txn, false), true],
       ]);
       break;
     case "verified":
-      showVerify(`✅ ${who}'s device ${ev.deviceId} is verified.`, [], [close]);
+      showVerify(`✅ ${Whose} device ${ev.deviceId} is verified.`, [], [close]);
       done(ev);
       break;
     case "cancelled":
-      showVerify(`Verification with ${who}'s device ${ev.deviceId} stopped (${ev.reason}).`, [], [close]);
+      showVerify(`Verification with ${whose} device ${ev.deviceId} stopped (${ev.reason}).`, [], [close]);
       done(ev);
       break;
   }
