@@ -263,6 +263,16 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
+    /// The record in `field` of hash `key`, if there is one.
+    async fn get_field<T: DeserializeOwned>(
+        &self,
+        key: String,
+        field: impl redis::ToRedisArgs,
+    ) -> Result<Option<T>, StoreError> {
+        let raw: Option<Vec<u8>> = self.conn.query(redis::cmd("HGET").arg(key).arg(field)).await?;
+        raw.map(|b| dec(&b)).transpose()
+    }
+
     /// Write `rec` as `field` of hash `key` (in the user's slot) only over the record at
     /// the version before it (none: 0), by the key records' CAS script; otherwise
     /// [`StoreError::Changed`]. Replicated when it returns.
@@ -892,11 +902,7 @@ impl Store for RedisStore {
     }
 
     async fn key_state(&self, user: UserId, device: DeviceId) -> Result<Option<KeyState>, StoreError> {
-        let raw: Option<Vec<u8>> = self
-            .conn
-            .query(redis::cmd("HGET").arg(uk(user, "keys")).arg(device.0))
-            .await?;
-        raw.map(|b| dec(&b)).transpose()
+        self.get_field(uk(user, "keys"), device.0).await
     }
 
     async fn user_key_states(&self, user: UserId) -> Result<Vec<KeyState>, StoreError> {
@@ -926,11 +932,7 @@ impl Store for RedisStore {
     }
 
     async fn user_key(&self, user: UserId) -> Result<Option<UserKeyRecord>, StoreError> {
-        let raw: Option<Vec<u8>> = self
-            .conn
-            .query(redis::cmd("HGET").arg(uk(user, "userkey")).arg("k"))
-            .await?;
-        raw.map(|b| dec(&b)).transpose()
+        self.get_field(uk(user, "userkey"), "k").await
     }
 
     async fn put_user_key(&self, rec: &UserKeyRecord) -> Result<(), StoreError> {
@@ -939,11 +941,7 @@ impl Store for RedisStore {
     }
 
     async fn key_backup(&self, user: UserId) -> Result<Option<KeyBackupRecord>, StoreError> {
-        let raw: Option<Vec<u8>> = self
-            .conn
-            .query(redis::cmd("HGET").arg(uk(user, "backup")).arg("b"))
-            .await?;
-        raw.map(|b| dec(&b)).transpose()
+        self.get_field(uk(user, "backup"), "b").await
     }
 
     async fn put_key_backup(&self, rec: &KeyBackupRecord) -> Result<(), StoreError> {

@@ -82,6 +82,11 @@ fn decode_event(b: &[u8]) -> Result<pb::ConversationEvent, StoreError> {
 }
 
 impl SledStore {
+    /// The record under `k`, if there is one.
+    async fn get_record<T: DeserializeOwned>(&self, k: &[u8]) -> Result<Option<T>, StoreError> {
+        self.view().await?.get(k)?.map(|v| dec(&v)).transpose()
+    }
+
     /// Write `rec` under `k` only over the record at the version before it (none: 0);
     /// otherwise [`StoreError::Changed`]. Durable when it returns.
     async fn put_versioned<T>(&self, k: Vec<u8>, rec: T) -> Result<(), StoreError>
@@ -667,11 +672,7 @@ impl Store for SledStore {
     }
 
     async fn key_state(&self, user: UserId, device: DeviceId) -> Result<Option<KeyState>, StoreError> {
-        self.view()
-            .await?
-            .get(&keys_key(user, device))?
-            .map(|v| dec(&v))
-            .transpose()
+        self.get_record(&keys_key(user, device)).await
     }
 
     async fn user_key_states(&self, user: UserId) -> Result<Vec<KeyState>, StoreError> {
@@ -694,11 +695,7 @@ impl Store for SledStore {
     }
 
     async fn user_key(&self, user: UserId) -> Result<Option<UserKeyRecord>, StoreError> {
-        self.view()
-            .await?
-            .get(&key(b"uk/", &[&be(user.0)]))?
-            .map(|v| dec(&v))
-            .transpose()
+        self.get_record(&key(b"uk/", &[&be(user.0)])).await
     }
 
     async fn put_user_key(&self, rec: &UserKeyRecord) -> Result<(), StoreError> {
@@ -706,11 +703,7 @@ impl Store for SledStore {
     }
 
     async fn key_backup(&self, user: UserId) -> Result<Option<KeyBackupRecord>, StoreError> {
-        self.view()
-            .await?
-            .get(&key(b"kb/", &[&be(user.0)]))?
-            .map(|v| dec(&v))
-            .transpose()
+        self.get_record(&key(b"kb/", &[&be(user.0)])).await
     }
 
     async fn put_key_backup(&self, rec: &KeyBackupRecord) -> Result<(), StoreError> {
