@@ -131,8 +131,9 @@ impl Inner {
         let _ = self.wake.unbounded_send(w);
     }
 
-    /// Send a request; resolves to its answer.
-    pub(crate) fn request(&self, op: Op) -> impl Future<Output = Result<Res, JsError>> {
+    /// Send a request; resolves to its outcome, or `Canceled` when the client closed
+    /// before it was answered.
+    pub(crate) fn submit(&self, op: Op) -> oneshot::Receiver<Result<Res, RequestError>> {
         let (tx, rx) = oneshot::channel();
         let now = self.now();
         {
@@ -140,26 +141,19 @@ impl Inner {
             self.pending.borrow_mut().request(&mut session, now, op, Waiter(tx));
         }
         self.wake(Wake::Flush);
-        async move {
-            match rx.await {
-                Ok(Ok(res)) => Ok(res),
-                Ok(Err(e)) => Err((&e).into()),
-                Err(_) => Err(JsError::local("CLOSED", "the client is closed")),
-            }
-        }
+        rx
     }
 
-    /// Send a request; resolves to its answer or the request's own error (a closed
-    /// client: the connection is gone).
-    pub(crate) fn request_raw(&self, op: Op) -> impl Future<Output = Result<Res, RequestError>> {
-        let (tx, rx) = oneshot::channel();
-        let now = self.now();
-        {
-            let mut session = self.session.borrow_mut();
-            self.pending.borrow_mut().request(&mut session, now, op, Waiter(tx));
+    /// Send a request; resolves to its answer.
+    pub(crate) fn request(&self, op: Op) -> impl Future<Output = Result<Res, JsError>> {
+        let answer = self.submit(op);
+        async move {
+            match answer.await {
+                Ok(Ok(res)) => Ok(res),
+                Ok(Err(e)) => Err((&e).into()),
+                Err(_) => Err(closed()),
+            }
         }
-        self.wake(Wake::Flush);
-        async move { rx.await.unwrap_or(Err(RequestError::ConnectionLost)) }
     }
 
     /// One of the core's operations, answered.
@@ -230,6 +224,11 @@ impl Inner {
             let _ = w.send(JsValue::NULL);
         }
     }
+}
+
+/// What a request or send the client closed under rejects with.
+fn closed() -> JsError {
+    JsError::local("CLOSED", "the client is closed")
 }
 
 /// A line on the console's error log.
@@ -427,7 +426,7 @@ impl NatterClient {
     {
         let Some(e2ee) = self.inner.e2ee.clone() else {
             let why = "this client has no encryption (connect with options.encryption)";
-            return Promise::reject(&js_error(&crate::e2ee::encryption_error(why)));
+            return Promise::reject(&js_error(&JsError::local("ENCRYPTION", why)));
         };
         let done = f(e2ee);
         future_to_promise(async move { done.await.map_err(|e| js_error(&e)) })
@@ -479,11 +478,8 @@ pub(crate) fn send_body(
     body: pb::MessageBody,
 ) -> Promise {
     let Some(e2ee) = inner.e2ee.clone().filter(|_| body.encrypted.is_none()) else {
-        let sent = send_request(inner, conversation, id, body);
-        return future_to_promise(async move {
-            let ack = sent.await.map_err(|e| js_error(&(&e).into()))?;
-            Ok(to_js(&SendAck::from(ack)))
-        });
+        let sent = send_plain(inner, conversation, id, body);
+        return future_to_promise(async move { Ok(to_js(&SendAck::from(sent.await?))) });
     };
     let inner = inner.clone();
     future_to_promise(async move {
@@ -494,22 +490,36 @@ pub(crate) fn send_body(
             };
             e2ee.send(conversation, id, content).await.map_err(|e| js_error(&e))?
         } else {
-            send_request(&inner, conversation, id, body)
-                .await
-                .map_err(|e| js_error(&(&e).into()))?
+            send_plain(&inner, conversation, id, body).await?
         };
         Ok(to_js(&SendAck::from(ack)))
     })
 }
 
+/// [`send_request`], with its refusal as a rejected promise sees it.
+fn send_plain(
+    inner: &Inner,
+    conversation: ConversationId,
+    id: ClientMsgId,
+    body: pb::MessageBody,
+) -> impl Future<Output = Result<natter_protocol::client::SendAck, JsValue>> {
+    let sent = send_request(inner, conversation, id, body);
+    async move {
+        match sent.await {
+            Ok(answer) => answer.map_err(|e| js_error(&(&e).into())),
+            Err(_) => Err(js_error(&closed())),
+        }
+    }
+}
+
 /// Queue a body as it is (the core's outbox retries it across reconnects with the same
-/// client message id); resolves once durable.
+/// client message id); resolves once durable, or `Canceled` when the client closed first.
 pub(crate) fn send_request(
     inner: &Inner,
     conversation: ConversationId,
     id: ClientMsgId,
     body: pb::MessageBody,
-) -> impl Future<Output = Result<natter_protocol::client::SendAck, RequestError>> {
+) -> oneshot::Receiver<Result<natter_protocol::client::SendAck, RequestError>> {
     let (tx, rx) = oneshot::channel();
     let now = inner.now();
     {
@@ -520,7 +530,7 @@ pub(crate) fn send_request(
             .send(&mut session, now, conversation, id, body, Waiter(tx));
     }
     inner.wake(Wake::Flush);
-    async move { rx.await.unwrap_or(Err(RequestError::ConnectionLost)) }
+    rx
 }
 
 /// A wire answer as the app-facing record JavaScript sees (`record::<_, Conversation>`).
@@ -738,17 +748,9 @@ impl NatterClient {
         if !encrypted {
             return self.call(ops::direct(&username), record::<_, Conversation>);
         }
-        let Some(e2ee) = self.inner.e2ee.clone() else {
-            return Promise::reject(&js_error(&crate::e2ee::encryption_error(
-                "this client has no encryption (connect with options.encryption)",
-            )));
-        };
         let inner = self.inner.clone();
-        future_to_promise(async move {
-            let c = inner
-                .call(ops::encrypted_direct(&username))
-                .await
-                .map_err(|e| js_error(&e))?;
+        self.encrypting(move |e2ee| async move {
+            let c = inner.call(ops::encrypted_direct(&username)).await?;
             e2ee.note(ConversationId(c.conversation_id), true);
             Ok(record::<_, Conversation>(c))
         })

@@ -27,11 +27,6 @@ use crate::view::JsError;
 
 mod store;
 
-/// A local encryption failure (no encryption configured).
-pub(crate) fn encryption_error(message: impl std::fmt::Display) -> JsError {
-    JsError::local("ENCRYPTION", message.to_string())
-}
-
 /// An encryption failure as a rejected promise sees it: ENCRYPTION, ENCRYPTION_IN_USE,
 /// MALFORMED_RECOVERY_KEY, WRONG_RECOVERY_KEY, NO_KEY_BACKUP, or a request's own code.
 pub(crate) fn js_error(e: E2eeError) -> JsError {
@@ -65,7 +60,8 @@ impl Io for WasmIo {
         async move {
             let inner = inner.ok_or(RequestError::ConnectionLost)?;
             let (op, extract) = call.into_parts();
-            let res = inner.request_raw(op).await?;
+            // A client closed before the answer: the connection is gone, as for natter-sdk.
+            let res = inner.submit(op).await.unwrap_or(Err(RequestError::ConnectionLost))?;
             extract.apply(res).map_err(|_| {
                 RequestError::Server(ServerError::new(
                     pb::ErrorCode::Internal,
@@ -86,7 +82,7 @@ impl Io for WasmIo {
             .map(|inner| crate::client::send_request(&inner, conv, id, body));
         async move {
             match sent {
-                Some(sent) => sent.await,
+                Some(sent) => sent.await.unwrap_or(Err(RequestError::ConnectionLost)),
                 None => Err(RequestError::ConnectionLost),
             }
         }
