@@ -160,6 +160,9 @@ struct Inner {
     shared_by: HashSet<(u64, u64)>,
     /// Verified devices of this user whose key share the app's "verified" waits for.
     verified_pending: HashMap<(u64, u64), (String, UserId, DeviceId)>,
+    /// The keys of a device whose key shares are coming in: asked of the server at its
+    /// first share, forgotten at its last.
+    sharing: HashMap<(u64, u64), pb::DeviceKeys>,
 }
 
 /// One device's encryption: the core's [`Crypto`] and the steps around it.
@@ -204,6 +207,7 @@ impl<I: Io> Engine<I> {
                 verifications: HashMap::new(),
                 shared_by: HashSet::new(),
                 verified_pending: HashMap::new(),
+                sharing: HashMap::new(),
             }),
             convs: SyncMutex::default(),
             log: SyncMutex::default(),

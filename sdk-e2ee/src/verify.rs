@@ -300,7 +300,13 @@ impl<I: Io> Engine<I> {
     /// it, then what the app got undecryptable and can read now comes again, opened; the
     /// last share lets this device's "verified" for it through.
     async fn shared_keys(&self, from: (UserId, DeviceId), share: &pb::KeyShare) -> Result<(), E2eeError> {
-        let keys = self.keys_of(from.0, from.1).await?;
+        let who = (from.0 .0, from.1 .0);
+        // A large key store comes in many shares: the sender's keys are asked once.
+        let known = self.inner.lock().await.sharing.get(&who).cloned();
+        let keys = match known {
+            Some(keys) => keys,
+            None => self.keys_of(from.0, from.1).await?,
+        };
         let (new, tell, got_user_key) = {
             let mut guard = self.inner.lock().await;
             let inner = &mut *guard;
@@ -310,7 +316,11 @@ impl<I: Io> Engine<I> {
             let got_user_key = crypto.user_key() != held;
             // The Olm session moved on: written even when no key was new.
             self.save(crypto).await?;
-            let who = (from.0 .0, from.1 .0);
+            if last {
+                inner.sharing.remove(&who);
+            } else {
+                inner.sharing.insert(who, keys);
+            }
             let tell = if last {
                 let pending = inner.verified_pending.remove(&who);
                 if pending.is_none() {
