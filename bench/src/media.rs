@@ -95,6 +95,10 @@ pub async fn media(t: &Target, o: &MediaOpts) -> anyhow::Result<Report> {
     let files = ConversationId(up.client.create_group("bench media", &[]).await?.conversation_id);
     let size = (o.size_mib << 20) as usize;
     let data = random(size);
+    // Uploads yield to chat for 3 s after a commit (PROTOCOL.md §11.2), and setting up was
+    // chat: the throughput runs start once it has been quiet that long, so they measure
+    // transfers on a server without chat (the loaded phase below measures them with it).
+    tokio::time::sleep(Duration::from_millis(3500)).await;
 
     // QUIC: upload until checked, download all, the same file each time.
     let mut quic_up = Transfers::default();

@@ -103,7 +103,16 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         group: config.max_group_members,
         channel: config.max_channel_members,
     };
-    let shards = Shards::start(config.shard_count(), store.clone(), hub.clone(), member_limits);
+    // Uploads read only what chat leaves over (chat_first.rs): shards report their commit
+    // times, the probe runs on this (the chat) runtime.
+    let chat_first = crate::chat_first::ChatFirst::new(config.chat_first());
+    let shards = Shards::start(
+        config.shard_count(),
+        store.clone(),
+        hub.clone(),
+        member_limits,
+        chat_first.clone(),
+    );
     let weak_store = Arc::downgrade(&store);
     let presence = Presence::new(Duration::from_millis(config.heartbeat_interval_ms.max(1).into()));
     let cluster = match redis {
@@ -141,6 +150,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
             store_for_media,
             media_store(config)?,
             config.media_config(),
+            chat_first.clone(),
         )),
         keys,
     };
@@ -180,7 +190,10 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     .with_context(|| format!("binding {}", config.listen))?;
     let addr = endpoint.local_addr()?;
 
-    let mut tasks = vec![tokio::spawn(quic::accept_loop(endpoint.clone(), shared.clone()))];
+    let mut tasks = vec![
+        tokio::spawn(quic::accept_loop(endpoint.clone(), shared.clone())),
+        tokio::spawn(chat_first.run_probe()),
+    ];
 
     let idle = Duration::from_secs(config.idle_timeout_secs);
     let pem = config.tls_cert.as_deref().zip(config.tls_key.as_deref());

@@ -114,6 +114,13 @@ pub struct Config {
     pub max_upload_streams: u32,
     /// Unfinished uploads are deleted this long after they were created. Default 24 h.
     pub upload_expiry_secs: u32,
+    /// Uploads yield to chat (PROTOCOL.md §11.2): they are read only as fast as chat leaves
+    /// room for, measured by the chat runtime's lag and commit times. Default on; off, they
+    /// are read as fast as they arrive (up to `upload_bytes_per_sec`).
+    pub uploads_yield_to_chat: bool,
+    /// Most bytes per second all uploads to this node together are read at. 0 (default):
+    /// no ceiling but what chat leaves.
+    pub upload_bytes_per_sec: u64,
     /// Bytes of media one user may hold. Default 10 GiB.
     pub media_quota_bytes: u64,
     /// Where media bytes live without S3. Unset: `<data_dir>/media`.
@@ -198,6 +205,8 @@ impl Default for Config {
             upload_chunk_bytes: limits::UPLOAD_CHUNK_BYTES,
             max_upload_streams: limits::MAX_UPLOAD_STREAMS,
             upload_expiry_secs: limits::UPLOAD_EXPIRY_SECS,
+            uploads_yield_to_chat: true,
+            upload_bytes_per_sec: 0,
             media_quota_bytes: limits::MEDIA_QUOTA_BYTES,
             media_dir: None,
             s3: None,
@@ -281,6 +290,17 @@ impl Config {
             upload_expiry_secs: self.upload_expiry_secs,
             media_quota_bytes: self.media_quota_bytes,
             ..limits::default_limits()
+        }
+    }
+
+    /// The upload pace's settings (chat_first.rs).
+    pub fn chat_first(&self) -> crate::chat_first::Settings {
+        crate::chat_first::Settings {
+            yield_to_chat: self.uploads_yield_to_chat,
+            ceiling: match self.upload_bytes_per_sec {
+                0 => f64::INFINITY,
+                n => n as f64,
+            },
         }
     }
 

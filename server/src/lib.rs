@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod app;
+pub mod chat_first;
 pub mod clock;
 pub mod cluster;
 pub mod config;

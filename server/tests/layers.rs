@@ -18,7 +18,7 @@ const LAYERS: &[&str] = &[
     "store",
 ];
 /// Beside the layers: any layer may use them; they use no layer.
-const SIDE: &[&str] = &["security", "clock", "error"];
+const SIDE: &[&str] = &["security", "clock", "error", "chat_first"];
 /// The composition root: it may use everything, and nothing may use it.
 const ROOT: &[&str] = &["app", "config", "main", "lib"];
 

@@ -99,6 +99,44 @@ async fn end(mut s: quinn::SendStream, finish: bool) {
     }
 }
 
+/// `upload_bytes_per_sec` holds every upload to the ceiling (chat_first.rs), read slower
+/// than sent: the sender is held back by flow control and every piece still arrives.
+#[tokio::test]
+async fn uploads_are_read_no_faster_than_the_configured_ceiling() {
+    let dir = tempfile::tempdir().unwrap();
+    let rate: u64 = 256 * 1024;
+    let cfg = natter_server::Config {
+        upload_chunk_bytes: CHUNK,
+        uploads_yield_to_chat: false,
+        upload_bytes_per_sec: rate,
+        ..config(dir.path())
+    };
+    let s = natter_server::start(&cfg).await.unwrap();
+    let _alice_app = user(&s, "alice").await;
+    user(&s, "bob").await;
+    let mut alice = raw(&s, "alice").await;
+    let conv = dm(&mut alice, "bob").await;
+    let data = file(1 << 20, 11);
+    let up = create(&mut alice, conv, &data, "application/octet-stream", "slow.bin")
+        .await
+        .unwrap();
+    stream(&alice, &up.upload_id, 0, &data, true).await;
+    progress_until(&mut alice, |p| p.committed >= u64::from(CHUNK)).await;
+    let first = std::time::Instant::now();
+    let done = progress_until(&mut alice, |p| p.committed == data.len() as u64).await;
+    // The rest (15 pieces) at 256 KiB/s takes 3.75 s; a short burst and the sleep
+    // granularity allowed for, no less than 3 s.
+    let took = first.elapsed();
+    assert!(took >= std::time::Duration::from_secs(3), "read 960 KiB in {took:?}");
+    assert_eq!(done.error, 0, "{done:?}");
+    let ready = match done.state() {
+        pb::UploadState::Ready => done,
+        _ => progress_until(&mut alice, |p| p.state() == pb::UploadState::Ready || p.error != 0).await,
+    };
+    let media = ready.media.expect("the finished file");
+    assert_eq!(media.sha256, Sha256::digest(&data).to_vec());
+}
+
 /// Control-stream upload reports until one matches `until`.
 async fn progress_until(r: &mut Raw, mut until: impl FnMut(&pb::UploadProgress) -> bool) -> pb::UploadProgress {
     loop {

@@ -10,7 +10,7 @@
 //! This file is the actor (queue, batching, load and commit); what a mutation may do and
 //! which event it commits are the pure functions of [`rules`].
 //!
-//! May import: `session` (the hub, for fan-out), `store`, `clock`. Must not import
+//! May import: `session` (the hub, for fan-out), `store`, `clock`, `chat_first`. Must not import
 //! `cluster`, `api`, `conn` or `transport`.
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +24,7 @@ mod rules;
 
 use rules::{apply, apply_to_message, create, live, not_member, Conv, Target};
 
+use crate::chat_first::ChatFirst;
 use crate::clock::now_ms;
 use crate::session::hub::Hub;
 use crate::store::{Commit, ConversationMeta, EncryptedDevice, MemberRecord, Page, Store, StoreError};
@@ -191,7 +192,7 @@ fn shutting_down() -> ServerError {
 
 impl Shards {
     /// Start `n` shard tasks.
-    pub fn start(n: usize, store: Arc<dyn Store>, hub: Hub, limits: MemberLimits) -> Self {
+    pub fn start(n: usize, store: Arc<dyn Store>, hub: Hub, limits: MemberLimits, chat_first: Arc<ChatFirst>) -> Self {
         let senders = (0..n.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::channel(4096);
@@ -200,6 +201,7 @@ impl Shards {
                     hub: hub.clone(),
                     limits,
                     convs: HashMap::new(),
+                    chat_first: chat_first.clone(),
                 };
                 tokio::spawn(shard.run(rx));
                 tx
@@ -264,6 +266,8 @@ struct Shard {
     hub: Hub,
     limits: MemberLimits,
     convs: HashMap<ConversationId, Conv>,
+    /// Told how long each commit took (slow commits hold uploads back).
+    chat_first: Arc<ChatFirst>,
 }
 
 /// One accepted mutation waiting for the batch's commit.
@@ -355,7 +359,10 @@ impl Shard {
         let result = if commits.is_empty() {
             Ok(())
         } else {
-            self.store.commit(&commits).await
+            let started = std::time::Instant::now();
+            let result = self.store.commit(&commits).await;
+            self.chat_first.commit_took(started.elapsed());
+            result
         };
         let lost: Vec<ConversationId> = match &result {
             Err(StoreError::Conflict(convs)) => convs.clone(),

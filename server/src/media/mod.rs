@@ -5,7 +5,7 @@
 //! of what expired or is no longer referenced. Transport-neutral: an upload stream, a tus
 //! PATCH and a download all come here as byte streams.
 //!
-//! May import: `store`, `security`, `clock`, `error`. Must not import `conversation`,
+//! May import: `store`, `security`, `clock`, `error`, `chat_first`. Must not import `conversation`,
 //! `session`, `api`, `conn` or `transport`: who may read a file is decided above (api),
 //! which knows memberships.
 use std::collections::HashMap;
@@ -24,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::chat_first::ChatFirst;
 use crate::store::{MediaId, MediaRecord, MediaRef, MediaState, ReadyInfo, Store, StoreError, ThumbRecord, UploadId};
 
 pub mod background;
@@ -92,6 +93,8 @@ pub struct Media {
     released: Notify,
     /// Type checks and thumbnails running at once.
     processing: tokio::sync::Semaphore,
+    /// The pace uploads are read at: what chat leaves over.
+    chat_first: Arc<ChatFirst>,
 }
 
 fn err(code: ErrorCode, msg: impl Into<String>) -> ServerError {
@@ -114,6 +117,9 @@ fn random_id() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }
 
+/// Most bytes an upload reads before paying for them (chat_first.rs).
+const READ_SLICE: u64 = 64 * 1024;
+
 /// How long a new upload stream waits for the one before it to let go (that one may be
 /// storing its last piece, or processing the finished file) before it is refused.
 const TAKEOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -135,8 +141,14 @@ impl Drop for Writing<'_> {
 
 impl Media {
     /// A media service over these stores.
-    pub fn new(store: Arc<dyn Store>, blobs: Arc<dyn MediaStore>, config: MediaConfig) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        blobs: Arc<dyn MediaStore>,
+        config: MediaConfig,
+        chat_first: Arc<ChatFirst>,
+    ) -> Self {
         Media {
+            chat_first,
             store,
             blobs,
             config,
@@ -331,16 +343,23 @@ impl Media {
             let start = rec.committed();
             let want = chunk.min(rec.size - start);
             let mut buf = BytesMut::with_capacity(want as usize);
-            let mut limited = (&mut body).take(want);
             while (buf.len() as u64) < want {
+                // Read in slices, each paid for before the next is read: a stream read
+                // slower than it arrives holds its sender back (flow control).
+                let slice = (want - buf.len() as u64).min(READ_SLICE);
+                let mut sliced = (&mut body).take(slice);
                 let n = tokio::select! {
-                    n = limited.read_buf(&mut buf) => n.map_err(read_error)?,
+                    n = sliced.read_buf(&mut buf) => n.map_err(read_error)?,
                     // A newer stream took over: what is stored stays, the partial piece
                     // goes (that stream starts at the committed offset).
                     () = writing.stop.cancelled() => return Ok(rec),
                 };
                 if n == 0 {
                     break;
+                }
+                tokio::select! {
+                    () = self.chat_first.take(n) => {}
+                    () = writing.stop.cancelled() => return Ok(rec),
                 }
             }
             if buf.is_empty() {
