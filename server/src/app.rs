@@ -106,12 +106,14 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     // Uploads read only what chat leaves over (chat_first.rs): shards report their commit
     // times, the probe runs on this (the chat) runtime.
     let chat_first = crate::chat_first::ChatFirst::new(config.chat_first());
+    let push = crate::push::Push::new(store.clone(), hub.clone(), config.push());
     let shards = Shards::start(
         config.shard_count(),
         store.clone(),
         hub.clone(),
         member_limits,
         chat_first.clone(),
+        push.clone(),
     );
     let weak_store = Arc::downgrade(&store);
     let presence = Presence::new(Duration::from_millis(config.heartbeat_interval_ms.max(1).into()));
@@ -153,6 +155,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
             chat_first.clone(),
         )),
         keys,
+        push: push.clone(),
     };
     let shared = Arc::new(Shared::new(
         ctx,
@@ -193,6 +196,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     let mut tasks = vec![
         tokio::spawn(quic::accept_loop(endpoint.clone(), shared.clone())),
         tokio::spawn(chat_first.run_probe()),
+        tokio::spawn(push.run()),
     ];
 
     let idle = Duration::from_secs(config.idle_timeout_secs);

@@ -121,6 +121,14 @@ pub struct Config {
     /// Most bytes per second all uploads to this node together are read at. 0 (default):
     /// no ceiling but what chat leaves.
     pub upload_bytes_per_sec: u64,
+    /// Send notifications to offline devices (PROTOCOL.md §13). Default on.
+    pub push_enabled: bool,
+    /// How push services reach the operator: the VAPID `sub` claim, a `mailto:` or https
+    /// URL. Default `mailto:postmaster@localhost`.
+    pub push_contact: String,
+    /// Tests only: accept `http` push endpoints on loopback addresses (the provider
+    /// stand-ins). Never in production: it lets clients make the server call itself.
+    pub push_allow_loopback_endpoints: bool,
     /// Bytes of media one user may hold. Default 10 GiB.
     pub media_quota_bytes: u64,
     /// Where media bytes live without S3. Unset: `<data_dir>/media`.
@@ -207,6 +215,9 @@ impl Default for Config {
             upload_expiry_secs: limits::UPLOAD_EXPIRY_SECS,
             uploads_yield_to_chat: true,
             upload_bytes_per_sec: 0,
+            push_enabled: true,
+            push_contact: crate::push::PushSettings::default().contact,
+            push_allow_loopback_endpoints: false,
             media_quota_bytes: limits::MEDIA_QUOTA_BYTES,
             media_dir: None,
             s3: None,
@@ -290,6 +301,16 @@ impl Config {
             upload_expiry_secs: self.upload_expiry_secs,
             media_quota_bytes: self.media_quota_bytes,
             ..limits::default_limits()
+        }
+    }
+
+    /// How notifications are sent (push/).
+    pub fn push(&self) -> crate::push::PushSettings {
+        crate::push::PushSettings {
+            enabled: self.push_enabled,
+            contact: self.push_contact.clone(),
+            allow_loopback_endpoints: self.push_allow_loopback_endpoints,
+            ..crate::push::PushSettings::default()
         }
     }
 

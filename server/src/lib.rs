@@ -23,6 +23,7 @@ pub mod conversation;
 pub mod error;
 pub mod keys;
 pub mod media;
+pub mod push;
 pub mod security;
 pub mod session;
 pub mod store;

@@ -12,6 +12,7 @@ const LAYERS: &[&str] = &[
     "api",
     "cluster",
     "conversation",
+    "push",
     "session",
     "media",
     "keys",

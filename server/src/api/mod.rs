@@ -57,6 +57,8 @@ pub struct Ctx {
     pub media: Arc<crate::media::Media>,
     /// Device keys for end-to-end encryption.
     pub keys: crate::keys::Keys,
+    /// Notifications for offline devices.
+    pub push: Arc<crate::push::Push>,
 }
 
 fn bad(msg: &str) -> ServerError {
@@ -399,6 +401,17 @@ pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError
         | Op::SendToDevice(_)
         | Op::PublishUserKey(_)
         | Op::SignDevice(_)) => keys::handle(ctx, actor, op).await,
+        Op::RegisterPush(r) => {
+            ctx.rates.push_change(actor.user)?;
+            Ok(Res::Push(ctx.push.register(actor.user, actor.device, r.target).await?))
+        }
+        Op::ListPush(_) => Ok(Res::Push(ctx.push.list(actor.user, actor.device).await?)),
+        Op::RemovePush(r) => {
+            ctx.rates.push_change(actor.user)?;
+            Ok(Res::Push(
+                ctx.push.remove(actor.user, actor.device, &r.registration_id).await?,
+            ))
+        }
         Op::Ping(p) => Ok(Res::Pong(pb::Pong {
             nonce: p.nonce,
             server_time_ms: crate::clock::now_ms(),

@@ -10,7 +10,8 @@
 //! This file is the actor (queue, batching, load and commit); what a mutation may do and
 //! which event it commits are the pure functions of [`rules`].
 //!
-//! May import: `session` (the hub, for fan-out), `store`, `clock`, `chat_first`. Must not import
+//! May import: `push` (told of commits), `session` (the hub, for fan-out), `store`,
+//! `clock`, `chat_first`. Must not import
 //! `cluster`, `api`, `conn` or `transport`.
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use rules::{apply, apply_to_message, create, live, not_member, Conv, Target};
 
 use crate::chat_first::ChatFirst;
 use crate::clock::now_ms;
+use crate::push::Push;
 use crate::session::hub::Hub;
 use crate::store::{Commit, ConversationMeta, EncryptedDevice, MemberRecord, Page, Store, StoreError};
 
@@ -192,7 +194,14 @@ fn shutting_down() -> ServerError {
 
 impl Shards {
     /// Start `n` shard tasks.
-    pub fn start(n: usize, store: Arc<dyn Store>, hub: Hub, limits: MemberLimits, chat_first: Arc<ChatFirst>) -> Self {
+    pub fn start(
+        n: usize,
+        store: Arc<dyn Store>,
+        hub: Hub,
+        limits: MemberLimits,
+        chat_first: Arc<ChatFirst>,
+        push: Arc<Push>,
+    ) -> Self {
         let senders = (0..n.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::channel(4096);
@@ -202,6 +211,7 @@ impl Shards {
                     limits,
                     convs: HashMap::new(),
                     chat_first: chat_first.clone(),
+                    push: push.clone(),
                 };
                 tokio::spawn(shard.run(rx));
                 tx
@@ -268,6 +278,8 @@ struct Shard {
     convs: HashMap<ConversationId, Conv>,
     /// Told how long each commit took (slow commits hold uploads back).
     chat_first: Arc<ChatFirst>,
+    /// Told of every committed event (it decides who gets a notification).
+    push: Arc<Push>,
 }
 
 /// One accepted mutation waiting for the batch's commit.
@@ -395,6 +407,7 @@ impl Shard {
                     let _ = p.reply.send(Ok(p.committed));
                     if let Some((i, recipients)) = p.fanout {
                         self.hub.publish(&recipients, events[i].clone());
+                        self.push.committed(&events[i], &recipients);
                     }
                 }
             }

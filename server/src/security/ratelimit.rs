@@ -28,6 +28,8 @@ pub struct RateConfig {
     pub send_burst_per_user: u32,
     /// Typing notices per user per second.
     pub typing_per_second_per_user: u32,
+    /// Push registrations and removals per user per minute.
+    pub push_changes_per_minute_per_user: u32,
 }
 
 impl Default for RateConfig {
@@ -39,6 +41,7 @@ impl Default for RateConfig {
             sends_per_second_per_user: 50,
             send_burst_per_user: 200,
             typing_per_second_per_user: 5,
+            push_changes_per_minute_per_user: 10,
         }
     }
 }
@@ -51,6 +54,7 @@ pub struct RateLimits {
     register_ip: DefaultKeyedRateLimiter<IpAddr>,
     sends: DefaultKeyedRateLimiter<UserId>,
     typing: DefaultKeyedRateLimiter<UserId>,
+    push: DefaultKeyedRateLimiter<UserId>,
 }
 
 fn nz(n: u32) -> NonZeroU32 {
@@ -80,6 +84,7 @@ impl RateLimits {
                 Quota::per_second(nz(c.sends_per_second_per_user)).allow_burst(nz(c.send_burst_per_user)),
             ),
             typing: DefaultKeyedRateLimiter::keyed(Quota::per_second(nz(c.typing_per_second_per_user))),
+            push: DefaultKeyedRateLimiter::keyed(Quota::per_minute(nz(c.push_changes_per_minute_per_user))),
         }
     }
 
@@ -108,6 +113,11 @@ impl RateLimits {
         check(&self.typing, &user, "typing notices")
     }
 
+    /// A push registration or removal by `user`.
+    pub fn push_change(&self, user: UserId) -> Result<(), ServerError> {
+        check(&self.push, &user, "push registration changes")
+    }
+
     /// Forget keys whose limits have fully recovered (bounds memory).
     pub fn retain_recent(&self) {
         self.login_user.retain_recent();
@@ -115,6 +125,7 @@ impl RateLimits {
         self.register_ip.retain_recent();
         self.sends.retain_recent();
         self.typing.retain_recent();
+        self.push.retain_recent();
     }
 }
 

@@ -431,6 +431,15 @@ impl Hub {
         self.forget(&removed, code);
     }
 
+    /// Whether `device` of `user` has an attached session on this node.
+    pub fn device_attached(&self, user: UserId, device: DeviceId) -> bool {
+        let users = self.inner.users[stripe(user)].lock().expect("hub lock");
+        users.get(&user).is_some_and(|list| {
+            list.iter()
+                .any(|s| s.device == device && s.state.lock().expect("session lock").sink.is_some())
+        })
+    }
+
     /// Attached sessions of `user` on devices other than `device`.
     pub fn attached_elsewhere(&self, user: UserId, device: DeviceId) -> usize {
         let users = self.inner.users[stripe(user)].lock().expect("hub lock");

@@ -40,6 +40,8 @@ struct State {
     backups: HashMap<UserId, KeyBackupRecord>,
     user_keys: HashMap<UserId, UserKeyRecord>,
     backup_keys: BTreeMap<(UserId, ConversationId, Vec<u8>), BackupKeyRecord>,
+    push: HashMap<UserId, PushRecord>,
+    push_jobs: HashMap<String, PushJob>,
 }
 
 #[derive(Debug, Default)]
@@ -523,6 +525,69 @@ impl Store for MemoryStore {
             v.truncate(limit);
             v
         }))
+    }
+
+    async fn push_record(&self, user: UserId) -> Result<Option<PushRecord>, StoreError> {
+        Ok(self.with(|s| s.push.get(&user).cloned()))
+    }
+
+    async fn put_push_record(&self, rec: &PushRecord) -> Result<(), StoreError> {
+        self.with(|s| {
+            let now = s.push.get(&rec.user).map_or(0, |r| r.version);
+            if now + 1 != rec.version {
+                return Err(StoreError::Changed);
+            }
+            s.push.insert(rec.user, rec.clone());
+            Ok(())
+        })
+    }
+
+    async fn enqueue_push(&self, job: &PushJob) -> Result<(), StoreError> {
+        self.with(|s| {
+            s.push_jobs
+                .entry(job.id.clone())
+                .and_modify(|j| j.seq = j.seq.max(job.seq))
+                .or_insert_with(|| job.clone());
+        });
+        Ok(())
+    }
+
+    async fn due_pushes(&self, now_ms: u64, limit: usize) -> Result<Vec<PushJob>, StoreError> {
+        Ok(self.with(|s| {
+            let mut due: Vec<PushJob> = s.push_jobs.values().filter(|j| j.due_ms <= now_ms).cloned().collect();
+            due.sort_by(|a, b| (a.due_ms, &a.id).cmp(&(b.due_ms, &b.id)));
+            due.truncate(limit);
+            due
+        }))
+    }
+
+    async fn finish_push(&self, id: &str, sent_seq: u64, next_due_ms: u64) -> Result<(), StoreError> {
+        self.with(|s| match s.push_jobs.get_mut(id) {
+            Some(j) if j.seq > sent_seq => {
+                j.due_ms = next_due_ms;
+                j.attempts = 0;
+            }
+            Some(_) => {
+                s.push_jobs.remove(id);
+            }
+            None => {}
+        });
+        Ok(())
+    }
+
+    async fn retry_push(&self, id: &str, due_ms: u64, attempts: u32) -> Result<(), StoreError> {
+        self.with(|s| {
+            if let Some(j) = s.push_jobs.get_mut(id) {
+                j.due_ms = due_ms;
+                j.attempts = attempts;
+            }
+        });
+        Ok(())
+    }
+
+    async fn drop_push(&self, id: &str) -> Result<(), StoreError> {
+        self.with(|s| s.push_jobs.remove(id));
+        Ok(())
     }
 }
 

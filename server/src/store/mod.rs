@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 pub mod keys;
 pub mod media;
 pub mod memory;
+pub mod push;
 pub mod redis_store;
 mod sled_health;
 pub mod sled_store;
@@ -31,6 +32,7 @@ pub use keys::{
 };
 pub use media::{MediaId, MediaRecord, MediaRef, MediaState, ReadyInfo, ThumbRecord, UploadId};
 pub use memory::MemoryStore;
+pub use push::{PushJob, PushRecord, PushRegistrationRecord};
 pub use redis_store::{Durability, RedisConn, RedisStore};
 pub use sled_store::SledStore;
 
@@ -401,6 +403,24 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         after: &[u8],
         limit: usize,
     ) -> Result<Vec<BackupKeyRecord>, StoreError>;
+
+    /// A user's push registrations (PROTOCOL.md §13.1), if any were ever made.
+    async fn push_record(&self, user: UserId) -> Result<Option<PushRecord>, StoreError>;
+    /// Replace a user's push registrations, only over the version before `rec.version`;
+    /// otherwise [`StoreError::Changed`].
+    async fn put_push_record(&self, rec: &PushRecord) -> Result<(), StoreError>;
+    /// Queue a notification, durably. A job with the same id that is still queued takes the
+    /// larger seq and keeps its due time and attempts (a burst becomes one notification).
+    async fn enqueue_push(&self, job: &PushJob) -> Result<(), StoreError>;
+    /// Queued notifications due at `now_ms`, earliest first.
+    async fn due_pushes(&self, now_ms: u64, limit: usize) -> Result<Vec<PushJob>, StoreError>;
+    /// A job was sent up to `sent_seq`: deleted if it holds nothing newer; otherwise its
+    /// newer events are due at `next_due_ms` (with its attempts reset).
+    async fn finish_push(&self, id: &str, sent_seq: u64, next_due_ms: u64) -> Result<(), StoreError>;
+    /// A job failed: due again at `due_ms` after `attempts` failures (nothing if it is gone).
+    async fn retry_push(&self, id: &str, due_ms: u64, attempts: u32) -> Result<(), StoreError>;
+    /// Drop a job (its registration is gone).
+    async fn drop_push(&self, id: &str) -> Result<(), StoreError>;
 }
 
 /// 32 fresh random bytes.

@@ -231,6 +231,75 @@ redis.call('HSET', KEYS[1], ARGV[1] .. ':v', ARGV[3], ARGV[1], ARGV[4])
 return 1
 "#;
 
+/// The push queue (PROTOCOL.md §13.4): one slot (`{push}`) on a cluster. A job's record is
+/// written once; what changes lives beside it: its seq, its attempts, and its due time as
+/// the score in the due set.
+const PUSH_JOBS: &str = "n:{push}:jobs";
+const PUSH_DUE: &str = "n:{push}:due";
+const PUSH_SEQ: &str = "n:{push}:seq";
+const PUSH_ATTEMPTS: &str = "n:{push}:attempts";
+
+fn push_keys(inv: &mut redis::ScriptInvocation<'_>) {
+    inv.key(PUSH_JOBS).key(PUSH_DUE).key(PUSH_SEQ).key(PUSH_ATTEMPTS);
+}
+
+/// ARGV: id, job, due, seq. A queued job takes the larger seq; a new one is queued.
+static PUSH_ENQUEUE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+  local now = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
+  if tonumber(ARGV[4]) > now then redis.call('HSET', KEYS[3], ARGV[1], ARGV[4]) end
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+  redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
+end
+"#,
+    )
+});
+
+/// ARGV: id, sent seq, next due. Gone if nothing newer came; else due again.
+static PUSH_FINISH: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return end
+if tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0') > tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+  redis.call('HDEL', KEYS[4], ARGV[1])
+else
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('HDEL', KEYS[3], ARGV[1])
+  redis.call('HDEL', KEYS[4], ARGV[1])
+end
+"#,
+    )
+});
+
+/// ARGV: id, due, attempts.
+static PUSH_RETRY: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[4], ARGV[1], ARGV[3])
+"#,
+    )
+});
+
+/// ARGV: id.
+static PUSH_DROP: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
+"#,
+    )
+});
+
 /// Keys of media records: one hash per file (`v`, `r`), the upload id → file id, and the
 /// set of unfinished uploads scored by expiry. Media ids are random, so each record is a
 /// slot of its own on a cluster; updates of one record are one script.
@@ -1007,6 +1076,88 @@ impl Store for RedisStore {
             )
             .await?;
         Ok(ids.into_iter().map(MediaId).collect())
+    }
+
+    async fn push_record(&self, user: UserId) -> Result<Option<PushRecord>, StoreError> {
+        self.get_field(uk(user, "push"), "p").await
+    }
+
+    async fn put_push_record(&self, rec: &PushRecord) -> Result<(), StoreError> {
+        // Field `p` of its own hash in the user's slot.
+        self.put_versioned(uk(rec.user, "push"), "p", rec).await
+    }
+
+    async fn enqueue_push(&self, job: &PushJob) -> Result<(), StoreError> {
+        let mut inv = PUSH_ENQUEUE.prepare_invoke();
+        push_keys(&mut inv);
+        inv.arg(&job.id).arg(enc(job)).arg(job.due_ms).arg(job.seq);
+        let () = self.conn.script(&inv).await?;
+        self.replicated().await
+    }
+
+    async fn due_pushes(&self, now_ms: u64, limit: usize) -> Result<Vec<PushJob>, StoreError> {
+        let ids: Vec<String> = self
+            .conn
+            .query(
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(PUSH_DUE)
+                    .arg("-inf")
+                    .arg(now_ms)
+                    .arg("WITHSCORES")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit),
+            )
+            .await?;
+        let mut out = Vec::new();
+        for pair in ids.chunks(2) {
+            let [id, due] = pair else { break };
+            let (job, seq, attempts): (Option<Vec<u8>>, Option<u64>, Option<u32>) = self
+                .conn
+                .query(
+                    redis::cmd("EVAL")
+                        .arg("return {redis.call('HGET', KEYS[1], ARGV[1]), redis.call('HGET', KEYS[2], ARGV[1]), redis.call('HGET', KEYS[3], ARGV[1])}")
+                        .arg(3)
+                        .arg(PUSH_JOBS)
+                        .arg(PUSH_SEQ)
+                        .arg(PUSH_ATTEMPTS)
+                        .arg(id),
+                )
+                .await?;
+            let Some(job) = job else { continue };
+            let mut job: PushJob = dec(&job)?;
+            job.seq = seq.unwrap_or(job.seq);
+            job.attempts = attempts.unwrap_or(0);
+            job.due_ms = due
+                .parse()
+                .map_err(|e: std::num::ParseIntError| StoreError::Corrupt(e.to_string()))?;
+            out.push(job);
+        }
+        Ok(out)
+    }
+
+    async fn finish_push(&self, id: &str, sent_seq: u64, next_due_ms: u64) -> Result<(), StoreError> {
+        let mut inv = PUSH_FINISH.prepare_invoke();
+        push_keys(&mut inv);
+        inv.arg(id).arg(sent_seq).arg(next_due_ms);
+        let () = self.conn.script(&inv).await?;
+        self.replicated().await
+    }
+
+    async fn retry_push(&self, id: &str, due_ms: u64, attempts: u32) -> Result<(), StoreError> {
+        let mut inv = PUSH_RETRY.prepare_invoke();
+        push_keys(&mut inv);
+        inv.arg(id).arg(due_ms).arg(attempts);
+        let () = self.conn.script(&inv).await?;
+        self.replicated().await
+    }
+
+    async fn drop_push(&self, id: &str) -> Result<(), StoreError> {
+        let mut inv = PUSH_DROP.prepare_invoke();
+        push_keys(&mut inv);
+        inv.arg(id);
+        let () = self.conn.script(&inv).await?;
+        self.replicated().await
     }
 }
 

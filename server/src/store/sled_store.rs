@@ -765,9 +765,122 @@ impl Store for SledStore {
         }
         Ok(out)
     }
+
+    async fn push_record(&self, user: UserId) -> Result<Option<PushRecord>, StoreError> {
+        self.get_record(&key(b"pr/", &[&be(user.0)])).await
+    }
+
+    async fn put_push_record(&self, rec: &PushRecord) -> Result<(), StoreError> {
+        self.put_versioned(key(b"pr/", &[&be(rec.user.0)]), rec.clone()).await
+    }
+
+    async fn enqueue_push(&self, job: &PushJob) -> Result<(), StoreError> {
+        let job = job.clone();
+        self.write(true, move |h| {
+            media_txn(&h.tree, |t| {
+                let jk = push_job_key(&job.id);
+                let kept = match t.get(&jk)? {
+                    Some(v) => {
+                        let mut j: PushJob = dec(&v).map_err(Abort::Abort)?;
+                        j.seq = j.seq.max(job.seq);
+                        j
+                    }
+                    None => {
+                        t.insert(push_due_key(job.due_ms, &job.id), &[][..])?;
+                        job.clone()
+                    }
+                };
+                t.insert(jk, enc(&kept))?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn due_pushes(&self, now_ms: u64, limit: usize) -> Result<Vec<PushJob>, StoreError> {
+        let view = self.view().await?;
+        let mut out = Vec::new();
+        for item in view.prefix(b"pd/", false) {
+            let (k, _) = item?;
+            let due = read_u64(&k[3..])?;
+            if due > now_ms || out.len() == limit {
+                break;
+            }
+            let id = std::str::from_utf8(&k[11..]).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            if let Some(v) = view.get(&push_job_key(id))? {
+                out.push(dec(&v)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn finish_push(&self, id: &str, sent_seq: u64, next_due_ms: u64) -> Result<(), StoreError> {
+        let id = id.to_string();
+        self.write(true, move |h| {
+            media_txn(&h.tree, |t| {
+                let jk = push_job_key(&id);
+                let Some(v) = t.get(&jk)? else { return Ok(()) };
+                let mut j: PushJob = dec(&v).map_err(Abort::Abort)?;
+                t.remove(push_due_key(j.due_ms, &id))?;
+                if j.seq > sent_seq {
+                    j.due_ms = next_due_ms;
+                    j.attempts = 0;
+                    t.insert(push_due_key(j.due_ms, &id), &[][..])?;
+                    t.insert(jk, enc(&j))?;
+                } else {
+                    t.remove(jk)?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn retry_push(&self, id: &str, due_ms: u64, attempts: u32) -> Result<(), StoreError> {
+        let id = id.to_string();
+        self.write(true, move |h| {
+            media_txn(&h.tree, |t| {
+                let jk = push_job_key(&id);
+                let Some(v) = t.get(&jk)? else { return Ok(()) };
+                let mut j: PushJob = dec(&v).map_err(Abort::Abort)?;
+                t.remove(push_due_key(j.due_ms, &id))?;
+                j.due_ms = due_ms;
+                j.attempts = attempts;
+                t.insert(push_due_key(j.due_ms, &id), &[][..])?;
+                t.insert(jk, enc(&j))?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn drop_push(&self, id: &str) -> Result<(), StoreError> {
+        let id = id.to_string();
+        self.write(true, move |h| {
+            media_txn(&h.tree, |t| {
+                let jk = push_job_key(&id);
+                if let Some(v) = t.get(&jk)? {
+                    let j: PushJob = dec(&v).map_err(Abort::Abort)?;
+                    t.remove(push_due_key(j.due_ms, &id))?;
+                    t.remove(jk)?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
 }
 
 use sled::transaction::ConflictableTransactionError as Abort;
+
+fn push_job_key(id: &str) -> Vec<u8> {
+    key(b"pj/", &[id.as_bytes()])
+}
+
+/// The queue's order: `pd/<due ms, big-endian><job id>`.
+fn push_due_key(due_ms: u64, id: &str) -> Vec<u8> {
+    key(b"pd/", &[&be(due_ms), id.as_bytes()])
+}
 
 fn keys_key(user: UserId, device: DeviceId) -> Vec<u8> {
     key(b"k/", &[&be(user.0), &be(device.0)])

@@ -43,7 +43,8 @@ macro_rules! store_suite {
         $crate::store::suite::store_suite!(@each $make;
             accounts presence_records devices conversation_records paging idempotency_keys
             read_and_delivered_cursors unread_counts message_state member_removal claims
-            media_records media_quota shared_secrets key_records key_backups user_keys);
+            media_records media_quota shared_secrets key_records key_backups user_keys
+            push_records push_queue);
     };
     (@each $make:expr; $($behaviour:ident)*) => {
         $(
@@ -519,5 +520,109 @@ pub(crate) async fn key_backups(store: &dyn Store) {
     assert_eq!(
         ids(store.backup_keys(u, c1, 1, &[], 10).await.unwrap()),
         vec![(2, "z".into()), (9, "b".into())]
+    );
+}
+
+pub(crate) async fn push_records(store: &dyn Store) {
+    let u = UserId(7);
+    assert_eq!(store.push_record(u).await.unwrap(), None);
+    let reg = |id: &str, device: u64| PushRegistrationRecord {
+        id: id.into(),
+        device: DeviceId(device),
+        provider: pb::PushProvider::WebPush as i32,
+        endpoint: format!("https://push.example/{id}"),
+        p256dh: vec![4; 65],
+        auth: vec![1; 16],
+        apns_topic: String::new(),
+        apns_sandbox: false,
+        created_ms: 1,
+    };
+    let v1 = PushRecord {
+        user: u,
+        registrations: vec![reg("a", 1)],
+        version: 1,
+    };
+    store.put_push_record(&v1).await.unwrap();
+    assert_eq!(store.push_record(u).await.unwrap(), Some(v1.clone()));
+    let v2 = PushRecord {
+        registrations: vec![reg("a", 1), reg("b", 2)],
+        version: 2,
+        ..v1.clone()
+    };
+    assert!(
+        matches!(store.put_push_record(&v1).await, Err(StoreError::Changed)),
+        "same version again"
+    );
+    store.put_push_record(&v2).await.unwrap();
+    assert!(
+        matches!(store.put_push_record(&v2).await, Err(StoreError::Changed)),
+        "a stale writer"
+    );
+    assert_eq!(store.push_record(u).await.unwrap(), Some(v2));
+    assert_eq!(store.push_record(UserId(8)).await.unwrap(), None, "one record per user");
+}
+
+pub(crate) async fn push_queue(store: &dyn Store) {
+    let job = |reg: &str, conv: u64, seq: u64, due: u64| PushJob {
+        id: PushJob::id_for(reg, ConversationId(conv)),
+        user: UserId(7),
+        device: DeviceId(1),
+        registration: reg.into(),
+        conversation: ConversationId(conv),
+        seq,
+        due_ms: due,
+        attempts: 0,
+    };
+    let ids = |v: Vec<PushJob>| {
+        v.into_iter()
+            .map(|j| (j.id, j.seq, j.due_ms, j.attempts))
+            .collect::<Vec<_>>()
+    };
+    store.enqueue_push(&job("r", 1, 5, 100)).await.unwrap();
+    store.enqueue_push(&job("r", 2, 9, 50)).await.unwrap();
+    // A burst: the queued job takes the newer seq and keeps its due time.
+    store.enqueue_push(&job("r", 1, 6, 300)).await.unwrap();
+    store.enqueue_push(&job("r", 1, 4, 300)).await.unwrap();
+    assert_eq!(ids(store.due_pushes(49, 10).await.unwrap()), vec![]);
+    assert_eq!(
+        ids(store.due_pushes(100, 10).await.unwrap()),
+        vec![("r/2".into(), 9, 50, 0), ("r/1".into(), 6, 100, 0)],
+        "earliest first, the burst's newest seq"
+    );
+    assert_eq!(store.due_pushes(100, 1).await.unwrap().len(), 1, "limited");
+
+    // A failure: due later, attempts counted.
+    store.retry_push("r/2", 1_000, 1).await.unwrap();
+    assert_eq!(
+        ids(store.due_pushes(999, 10).await.unwrap()),
+        vec![("r/1".into(), 6, 100, 0)]
+    );
+    assert_eq!(
+        ids(store.due_pushes(1_000, 10).await.unwrap())[1],
+        ("r/2".into(), 9, 1_000, 1)
+    );
+
+    // Sent up to 6, but 7 came meanwhile: due again (attempts reset); then sent for good.
+    store.enqueue_push(&job("r", 1, 7, 0)).await.unwrap();
+    store.finish_push("r/1", 6, 2_000).await.unwrap();
+    assert_eq!(
+        ids(store.due_pushes(1_999, 10).await.unwrap()),
+        vec![("r/2".into(), 9, 1_000, 1)]
+    );
+    assert_eq!(
+        ids(store.due_pushes(2_000, 10).await.unwrap())[1],
+        ("r/1".into(), 7, 2_000, 0)
+    );
+    store.finish_push("r/1", 7, 3_000).await.unwrap();
+    store.drop_push("r/2").await.unwrap();
+    assert_eq!(ids(store.due_pushes(u64::MAX / 2, 10).await.unwrap()), vec![]);
+    // Gone jobs: finishing or retrying them does nothing, a new one starts afresh.
+    store.finish_push("r/1", 7, 0).await.unwrap();
+    store.retry_push("r/1", 0, 3).await.unwrap();
+    assert_eq!(ids(store.due_pushes(u64::MAX / 2, 10).await.unwrap()), vec![]);
+    store.enqueue_push(&job("r", 1, 8, 10)).await.unwrap();
+    assert_eq!(
+        ids(store.due_pushes(10, 10).await.unwrap()),
+        vec![("r/1".into(), 8, 10, 0)]
     );
 }

@@ -74,7 +74,7 @@ app_enum!(
         FrameTooLarge, UsernameTaken, InvalidCredentials, NotMember, TextTooLong,
         UnknownRequest, ShuttingDown, HandshakeRequired, TokenRevoked, NameTaken,
         StorageUnavailable, MediaNotReady, MediaRejected, QuotaExceeded, OffsetMismatch,
-        DeviceMismatch,
+        DeviceMismatch, PushTargetRejected,
     }
 );
 app_enum!(

@@ -1,0 +1,470 @@
+//! Notifications for offline devices (PROTOCOL.md §13). This module owns:
+//! - devices' push registrations, checked before they are kept: the endpoint must be https
+//!   and must not name a loopback, private or link-local address, and the keys must be well
+//!   formed;
+//! - the decision to notify: a new message, for each registered device of each other
+//!   member that has no attached session;
+//! - the durable queue in the store, where a burst becomes one notification per device and
+//!   conversation;
+//! - the sender (`sender.rs`): payloads padded to one size, encrypted with RFC 8291, and
+//!   posted with retries, backoff and `Retry-After`. A registration the push service says is
+//!   gone is removed.
+//!
+//! May import: `session` (the hub: is a device attached here?), `store`, `clock`, `error`.
+//! Must not import `conversation` or anything above it; the shards hand committed events
+//! in through [`Push::committed`], which never blocks a commit.
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use natter_protocol::pb::{self, ErrorCode};
+use natter_protocol::{ConversationId, DeviceId, ServerError, UserId};
+use tokio::sync::{mpsc, Notify};
+
+use crate::clock::now_ms;
+use crate::session::hub::Hub;
+use crate::store::{PushJob, PushRecord, PushRegistrationRecord, Store, StoreError};
+
+pub mod payload;
+pub mod sender;
+
+/// Longest endpoint (URL or token) kept.
+pub const MAX_ENDPOINT: usize = 1024;
+/// Committed events waiting for the push worker; past this, new ones are dropped (logged).
+const QUEUE: usize = 4096;
+
+/// How a server sends notifications.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushSettings {
+    /// Send notifications at all.
+    pub enabled: bool,
+    /// The VAPID `sub` claim: how a push service reaches the operator (`mailto:` or https).
+    pub contact: String,
+    /// Test only: accept `http` endpoints on loopback addresses (the provider stand-ins).
+    pub allow_loopback_endpoints: bool,
+    /// A first notification waits this long for the rest of its burst.
+    pub burst: Duration,
+    /// At most one notification per device and conversation in this time.
+    pub coalesce: Duration,
+}
+
+impl Default for PushSettings {
+    fn default() -> Self {
+        PushSettings {
+            enabled: true,
+            contact: "mailto:postmaster@localhost".into(),
+            allow_loopback_endpoints: false,
+            burst: Duration::from_millis(250),
+            coalesce: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A committed event and who may hear of it.
+#[derive(Debug)]
+struct Committed {
+    event: Arc<pb::ConversationEvent>,
+    recipients: Vec<UserId>,
+}
+
+/// One server's notifications.
+#[derive(Debug)]
+pub struct Push {
+    store: Arc<dyn Store>,
+    hub: Hub,
+    settings: PushSettings,
+    tx: mpsc::Sender<Committed>,
+    rx: std::sync::Mutex<Option<mpsc::Receiver<Committed>>>,
+    /// Woken when a job is queued, so the sender need not wait for its next look.
+    queued: Notify,
+    sender: sender::Sender,
+}
+
+fn err(code: ErrorCode, msg: impl Into<String>) -> ServerError {
+    ServerError::new(code, msg)
+}
+
+fn rejected(msg: impl Into<String>) -> ServerError {
+    err(ErrorCode::PushTargetRejected, msg)
+}
+
+impl Push {
+    /// Notifications over `store`, told about sessions by `hub`.
+    pub fn new(store: Arc<dyn Store>, hub: Hub, settings: PushSettings) -> Arc<Self> {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        Arc::new(Push {
+            sender: sender::Sender::new(store.clone(), settings.contact.clone()),
+            store,
+            hub,
+            settings,
+            tx,
+            rx: std::sync::Mutex::new(Some(rx)),
+            queued: Notify::new(),
+        })
+    }
+
+    /// A conversation committed `event` for `recipients` (the shard calls this after the
+    /// commit; it never waits).
+    pub fn committed(&self, event: &Arc<pb::ConversationEvent>, recipients: &[UserId]) {
+        if !self.settings.enabled || !matches!(event.body, Some(pb::conversation_event::Body::Message(_))) {
+            return;
+        }
+        let c = Committed {
+            event: event.clone(),
+            recipients: recipients.to_vec(),
+        };
+        if self.tx.try_send(c).is_err() {
+            tracing::warn!("push queue full: a notification decision was dropped");
+        }
+    }
+
+    /// Register `device`'s push target, replacing its earlier one.
+    pub async fn register(
+        &self,
+        user: UserId,
+        device: DeviceId,
+        target: Option<pb::PushTarget>,
+    ) -> Result<pb::PushRegistrations, ServerError> {
+        let target = target.ok_or_else(|| err(ErrorCode::BadRequest, "a push target is required"))?;
+        self.check(&target)?;
+        let reg = PushRegistrationRecord {
+            id: random_id(),
+            device,
+            provider: target.provider,
+            endpoint: target.endpoint,
+            p256dh: target.p256dh,
+            auth: target.auth,
+            apns_topic: target.apns_topic,
+            apns_sandbox: target.apns_sandbox,
+            created_ms: now_ms(),
+        };
+        self.change(user, |regs| {
+            regs.retain(|r| r.device != device);
+            regs.push(reg.clone());
+        })
+        .await?;
+        self.list(user, device).await
+    }
+
+    /// `device`'s registrations and the server's VAPID key.
+    pub async fn list(&self, user: UserId, device: DeviceId) -> Result<pb::PushRegistrations, ServerError> {
+        let rec = self.store.push_record(user).await?;
+        Ok(pb::PushRegistrations {
+            registrations: rec
+                .iter()
+                .flat_map(|r| &r.registrations)
+                .filter(|r| r.device == device)
+                .map(registration)
+                .collect(),
+            vapid_public_key: self.sender.vapid_public_key().await?,
+        })
+    }
+
+    /// Remove one of `device`'s registrations.
+    pub async fn remove(&self, user: UserId, device: DeviceId, id: &str) -> Result<pb::PushRegistrations, ServerError> {
+        let mut found = false;
+        self.change(user, |regs| {
+            let before = regs.len();
+            regs.retain(|r| !(r.device == device && r.id == id));
+            found = regs.len() != before;
+        })
+        .await?;
+        if !found {
+            return Err(err(ErrorCode::NotFound, "no such push registration of this device"));
+        }
+        self.list(user, device).await
+    }
+
+    /// Forget a registration the push service says is gone (all its jobs go with it as they
+    /// come due).
+    pub(crate) async fn forget(&self, user: UserId, id: &str) -> Result<(), ServerError> {
+        self.change(user, |regs| regs.retain(|r| r.id != id)).await
+    }
+
+    /// Change a user's registrations by compare-and-set, again on a lost race.
+    async fn change(
+        &self,
+        user: UserId,
+        mut f: impl FnMut(&mut Vec<PushRegistrationRecord>),
+    ) -> Result<(), ServerError> {
+        for _ in 0..8 {
+            let mut rec = self.store.push_record(user).await?.unwrap_or(PushRecord {
+                user,
+                registrations: Vec::new(),
+                version: 0,
+            });
+            f(&mut rec.registrations);
+            rec.version += 1;
+            match self.store.put_push_record(&rec).await {
+                Ok(()) => return Ok(()),
+                Err(StoreError::Changed) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(err(
+            ErrorCode::Conflict,
+            "push registrations changed meanwhile; try again",
+        ))
+    }
+
+    /// A target the server will send to, or a typed refusal.
+    fn check(&self, t: &pb::PushTarget) -> Result<(), ServerError> {
+        if t.endpoint.is_empty() || t.endpoint.len() > MAX_ENDPOINT {
+            return Err(rejected(format!("the endpoint must have 1..={MAX_ENDPOINT} bytes")));
+        }
+        match pb::PushProvider::try_from(t.provider) {
+            Ok(pb::PushProvider::WebPush | pb::PushProvider::UnifiedPush) => self.check_url(&t.endpoint)?,
+            Ok(pb::PushProvider::Apns | pb::PushProvider::Fcm) => {
+                return Err(err(
+                    ErrorCode::BadRequest,
+                    "APNs and FCM are not configured on this server",
+                ))
+            }
+            _ => return Err(rejected("unknown push provider")),
+        }
+        if t.p256dh.len() != 65 || web_push_native::p256::PublicKey::from_sec1_bytes(&t.p256dh).is_err() {
+            return Err(rejected("p256dh must be an uncompressed P-256 public key (65 bytes)"));
+        }
+        if t.auth.len() != 16 {
+            return Err(rejected("auth must be 16 bytes"));
+        }
+        Ok(())
+    }
+
+    fn check_url(&self, endpoint: &str) -> Result<(), ServerError> {
+        let url = reqwest::Url::parse(endpoint).map_err(|e| rejected(format!("the endpoint is not a URL: {e}")))?;
+        let host = url.host().ok_or_else(|| rejected("the endpoint has no host"))?;
+        let ip = match host {
+            url::Host::Ipv4(a) => Some(IpAddr::V4(a)),
+            url::Host::Ipv6(a) => Some(IpAddr::V6(a)),
+            url::Host::Domain(d) if d.eq_ignore_ascii_case("localhost") || d.ends_with(".localhost") => {
+                Some(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+            }
+            url::Host::Domain(_) => None,
+        };
+        let allowed_loopback = self.settings.allow_loopback_endpoints && ip.is_some_and(|ip| ip.is_loopback());
+        if url.scheme() != "https" && !(allowed_loopback && url.scheme() == "http") {
+            return Err(rejected("the endpoint must be https"));
+        }
+        if let Some(ip) = ip {
+            if !allowed_loopback && !public(ip) {
+                return Err(rejected(format!("the endpoint names a non-public address ({ip})")));
+            }
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(rejected("the endpoint must not carry credentials"));
+        }
+        Ok(())
+    }
+
+    /// Run the worker: turn committed events into queued jobs, and send due jobs (until
+    /// aborted). Started once per server.
+    pub async fn run(self: Arc<Self>) {
+        let Some(mut rx) = self.rx.lock().expect("push lock").take() else {
+            return;
+        };
+        let deciding = {
+            let me = self.clone();
+            async move {
+                while let Some(c) = rx.recv().await {
+                    if let Err(e) = me.decide(&c).await {
+                        tracing::warn!(error = %e.message, "queueing notifications failed");
+                    }
+                }
+            }
+        };
+        tokio::join!(deciding, self.send_loop());
+    }
+
+    /// Queue a job for every registered device of every other member with no attached
+    /// session.
+    async fn decide(&self, c: &Committed) -> Result<(), ServerError> {
+        let conv = ConversationId(c.event.conversation_id);
+        let sender = UserId(c.event.sender_user_id);
+        let mut any = false;
+        for &user in c.recipients.iter().filter(|u| **u != sender) {
+            let Some(rec) = self.store.push_record(user).await? else {
+                continue;
+            };
+            for reg in &rec.registrations {
+                if self.hub.device_attached(user, reg.device) {
+                    continue;
+                }
+                let job = PushJob {
+                    id: PushJob::id_for(&reg.id, conv),
+                    user,
+                    device: reg.device,
+                    registration: reg.id.clone(),
+                    conversation: conv,
+                    seq: c.event.seq,
+                    due_ms: now_ms() + self.settings.burst.as_millis() as u64,
+                    attempts: 0,
+                };
+                self.store.enqueue_push(&job).await?;
+                any = true;
+            }
+        }
+        if any {
+            self.queued.notify_one();
+        }
+        Ok(())
+    }
+
+    async fn send_loop(&self) {
+        loop {
+            let next = match self.send_due().await {
+                Ok(true) => continue,
+                Ok(false) => Duration::from_millis(100),
+                Err(e) => {
+                    tracing::warn!(error = %e.message, "sending notifications failed");
+                    Duration::from_secs(1)
+                }
+            };
+            tokio::select! {
+                () = self.queued.notified() => tokio::time::sleep(self.settings.burst).await,
+                () = tokio::time::sleep(next) => {}
+            }
+        }
+    }
+
+    /// Send what is due; true if a full batch was handled (more may be due).
+    async fn send_due(&self) -> Result<bool, ServerError> {
+        const BATCH: usize = 64;
+        let due = self.store.due_pushes(now_ms(), BATCH).await?;
+        let full = due.len() == BATCH;
+        let sends = due.into_iter().map(|job| self.send_one(job));
+        for r in futures::future::join_all(sends).await {
+            if let Err(e) = r {
+                tracing::warn!(error = %e.message, "a notification failed");
+            }
+        }
+        Ok(full)
+    }
+
+    async fn send_one(&self, job: PushJob) -> Result<(), ServerError> {
+        let rec = self.store.push_record(job.user).await?;
+        let Some(reg) = rec
+            .iter()
+            .flat_map(|r| &r.registrations)
+            .find(|r| r.id == job.registration)
+        else {
+            return Ok(self.store.drop_push(&job.id).await?);
+        };
+        let next = now_ms() + self.settings.coalesce.as_millis() as u64;
+        // Online again, or read elsewhere since: nothing to say.
+        let read = self.store.read_cursor(job.user, job.conversation).await?;
+        if self.hub.device_attached(job.user, job.device) || read.0 >= job.seq {
+            return Ok(self.store.finish_push(&job.id, job.seq, next).await?);
+        }
+        let body = payload::build(&*self.store, &job).await?;
+        match self.sender.send(reg, &job, body).await {
+            sender::Outcome::Sent => self.store.finish_push(&job.id, job.seq, next).await?,
+            sender::Outcome::Gone => {
+                tracing::info!(
+                    device = job.device.0,
+                    "push registration gone at the push service: removed"
+                );
+                self.forget(job.user, &reg.id).await?;
+                self.store.drop_push(&job.id).await?;
+            }
+            sender::Outcome::Refused(why) => {
+                tracing::warn!(%why, "the push service refused a notification: dropped");
+                self.store.drop_push(&job.id).await?;
+            }
+            sender::Outcome::Later(after) => {
+                let attempts = job.attempts + 1;
+                let backoff = Duration::from_secs(1 << attempts.min(9)).min(Duration::from_secs(600));
+                let wait = after.map_or(backoff, |a| a.max(Duration::from_secs(1)));
+                self.store
+                    .retry_push(&job.id, now_ms() + wait.as_millis() as u64, attempts)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An address on the public internet (not loopback, private, link-local, unspecified,
+/// shared, documentation or multicast).
+fn public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => {
+            let o = a.octets();
+            !(a.is_loopback()
+                || a.is_private()
+                || a.is_link_local()
+                || a.is_unspecified()
+                || a.is_broadcast()
+                || a.is_multicast()
+                || a.is_documentation()
+                || (o[0] == 100 && (64..128).contains(&o[1]))
+                || o[0] == 0
+                || o[0] >= 240)
+        }
+        IpAddr::V6(a) => {
+            if let Some(v4) = a.to_ipv4_mapped() {
+                return public(IpAddr::V4(v4));
+            }
+            let s = a.segments();
+            !(a.is_loopback()
+                || a.is_unspecified()
+                || a.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || s[0] == 0x2001 && s[1] == 0x0db8)
+        }
+    }
+}
+
+fn random_id() -> String {
+    let mut b = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut b);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+fn registration(r: &PushRegistrationRecord) -> pb::PushRegistration {
+    pb::PushRegistration {
+        registration_id: r.id.clone(),
+        device_id: r.device.0,
+        target: Some(pb::PushTarget {
+            provider: r.provider,
+            endpoint: r.endpoint.clone(),
+            p256dh: r.p256dh.clone(),
+            auth: r.auth.clone(),
+            apns_topic: r.apns_topic.clone(),
+            apns_sandbox: r.apns_sandbox,
+        }),
+        created_ms: r.created_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_public_addresses_are_public() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+            "::",
+            "255.255.255.255",
+            "224.0.0.1",
+        ] {
+            assert!(!public(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "17.57.144.10"] {
+            assert!(public(ip.parse().unwrap()), "{ip}");
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! What a notification says (PROTOCOL.md §13.3): a `PushPayload` built from the queued job's
+//! newest event, padded to [`PAYLOAD_BYTES`] so that every notification has the same length
+//! before and after encryption.
+use natter_protocol::pb;
+use natter_protocol::{Seq, ServerError};
+use prost::Message;
+
+use crate::store::{Page, PushJob, Store};
+
+/// Every payload's length before encryption. Web Push bodies may have 4,096 bytes; RFC 8291
+/// adds 103 (header, tag and padding delimiter), which leaves room to spare.
+pub const PAYLOAD_BYTES: usize = 3072;
+/// Longest text preview, in characters.
+pub const PREVIEW_CHARS: usize = 160;
+/// Conversations counted for the badge (the rest count as read).
+const BADGE_CONVERSATIONS: usize = 500;
+/// Unread messages counted per conversation for the badge.
+const BADGE_CAP: u32 = 999;
+
+/// The padded payload for `job`.
+pub async fn build(store: &dyn Store, job: &PushJob) -> Result<Vec<u8>, ServerError> {
+    let (events, _) = store
+        .events(job.conversation, Page::After(Seq(job.seq.saturating_sub(1))), 1)
+        .await?;
+    let event = events.into_iter().find(|e| e.seq == job.seq);
+    let meta = store.load_conversation(job.conversation).await?.map(|c| c.meta);
+    let mut p = pb::PushPayload {
+        conversation_id: job.conversation.0,
+        seq: job.seq,
+        collapse_id: collapse_id(job),
+        conversation_title: meta.as_ref().map(|m| m.name.clone()).unwrap_or_default(),
+        badge: badge(store, job).await?,
+        ..Default::default()
+    };
+    if let Some(e) = &event {
+        p.sender_user_id = e.sender_user_id;
+        p.sender_name = e.sender_username.clone();
+        p.kind = "message".into();
+        if let Some(pb::conversation_event::Body::Message(m)) = &e.body {
+            let body = m.body.as_ref();
+            if body.is_some_and(|b| b.encrypted.is_some()) {
+                // Sealed: the event itself if it fits, for the device to open on its own.
+                let bytes = e.encode_to_vec();
+                if pad(&pb::PushPayload {
+                    event: bytes.clone(),
+                    ..p.clone()
+                })
+                .is_some()
+                {
+                    p.event = bytes;
+                } else {
+                    p.fetch = true;
+                }
+            } else if let Some(b) = body {
+                p.preview = preview(b);
+            }
+        }
+    } else {
+        p.fetch = true;
+    }
+    pad(&p).ok_or_else(|| ServerError::new(pb::ErrorCode::Internal, "a push payload does not fit"))
+}
+
+/// `p` encoded and padded to exactly [`PAYLOAD_BYTES`], if it fits.
+pub fn pad(p: &pb::PushPayload) -> Option<Vec<u8>> {
+    let mut p = p.clone();
+    p.padding.clear();
+    let bare = p.encoded_len();
+    // Field 15 (one tag byte), its length as a varint, then the bytes.
+    let mut n = PAYLOAD_BYTES.checked_sub(bare + 2)?;
+    while bare + 1 + prost::encoding::encoded_len_varint(n as u64) + n > PAYLOAD_BYTES {
+        n = n.checked_sub(1)?;
+    }
+    p.padding = vec![0; n];
+    let out = p.encode_to_vec();
+    (out.len() == PAYLOAD_BYTES).then_some(out)
+}
+
+/// One notification per device and conversation shows at a time: the newest replaces it.
+pub fn collapse_id(job: &PushJob) -> String {
+    format!("c{}", job.conversation.0)
+}
+
+fn preview(b: &pb::MessageBody) -> String {
+    let text: String = b.text.chars().take(PREVIEW_CHARS).collect();
+    if text.is_empty() && !b.attachments.is_empty() {
+        return match b.attachments.len() {
+            1 => format!(
+                "📎 {}",
+                b.attachments[0]
+                    .name
+                    .chars()
+                    .take(PREVIEW_CHARS - 2)
+                    .collect::<String>()
+            ),
+            n => format!("📎 {n} files"),
+        };
+    }
+    text
+}
+
+/// The user's unread messages over their conversations.
+async fn badge(store: &dyn Store, job: &PushJob) -> Result<u32, ServerError> {
+    let mut total = 0u32;
+    for conv in store
+        .user_conversations(job.user)
+        .await?
+        .into_iter()
+        .take(BADGE_CONVERSATIONS)
+    {
+        let read = store.read_cursor(job.user, conv).await?;
+        let (unread, _) = store.unread_and_last_message(conv, job.user, read, BADGE_CAP).await?;
+        total = total.saturating_add(unread);
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_payload_pads_to_the_same_length() {
+        for text in ["", "hi", &"x".repeat(PREVIEW_CHARS * 4)] {
+            let p = pb::PushPayload {
+                conversation_id: u64::MAX,
+                seq: 1,
+                preview: text.into(),
+                ..Default::default()
+            };
+            let out = pad(&p).expect("fits");
+            assert_eq!(out.len(), PAYLOAD_BYTES);
+            let back = pb::PushPayload::decode(&out[..]).unwrap();
+            assert_eq!(back.preview, text);
+        }
+        let huge = pb::PushPayload {
+            event: vec![1; PAYLOAD_BYTES],
+            ..Default::default()
+        };
+        assert_eq!(pad(&huge), None, "too big to carry");
+    }
+}

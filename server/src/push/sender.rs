@@ -1,0 +1,181 @@
+//! Sending one notification (PROTOCOL.md §13.4): RFC 8030 Web Push (and UnifiedPush, the
+//! same protocol) with the payload encrypted by RFC 8291 and the server identified by VAPID
+//! (RFC 8292), the request built by `web-push-native` and posted with `reqwest`; the push
+//! service's answer sorted into sent, gone, refused or later.
+use std::time::Duration;
+
+use natter_protocol::pb::{self, ErrorCode};
+use natter_protocol::ServerError;
+use tokio::sync::OnceCell;
+use web_push_native::jwt_simple::algorithms::{ECDSAP256PublicKeyLike, ES256KeyPair};
+use web_push_native::{Auth, WebPushBuilder};
+
+use super::payload::collapse_id;
+use crate::store::{PushJob, PushRegistrationRecord, Store};
+
+/// How long a push service may take to answer.
+const TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a push service keeps an undelivered notification (the `TTL` header).
+const TTL: Duration = Duration::from_secs(24 * 3600);
+/// Longest `Retry-After` honoured; a longer one is capped.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// What became of one notification.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The push service took it.
+    Sent,
+    /// The registration is gone (404, 410): remove it.
+    Gone,
+    /// The request will never be taken (another 4xx): drop it.
+    Refused(String),
+    /// Try again later (429, 5xx, no answer), after at least this long if the service said.
+    Later(Option<Duration>),
+}
+
+/// The server's side of Web Push: its VAPID key (shared by every node through the store)
+/// and an HTTP client.
+pub struct Sender {
+    store: std::sync::Arc<dyn Store>,
+    contact: String,
+    vapid: OnceCell<ES256KeyPair>,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for Sender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sender")
+            .field("contact", &self.contact)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sender {
+    pub(super) fn new(store: std::sync::Arc<dyn Store>, contact: String) -> Self {
+        Sender {
+            store,
+            contact,
+            vapid: OnceCell::new(),
+            http: reqwest::Client::builder()
+                .timeout(TIMEOUT)
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("an HTTP client"),
+        }
+    }
+
+    /// The VAPID key pair: made once from a secret every node shares.
+    async fn vapid(&self) -> Result<&ES256KeyPair, ServerError> {
+        self.vapid
+            .get_or_try_init(|| async {
+                let secret = self.store.shared_secret("push-vapid").await?;
+                ES256KeyPair::from_bytes(&secret)
+                    .map_err(|e| ServerError::new(ErrorCode::Internal, format!("VAPID key: {e}")))
+            })
+            .await
+    }
+
+    /// The VAPID public key, 65 bytes uncompressed (a browser's applicationServerKey).
+    pub async fn vapid_public_key(&self) -> Result<Vec<u8>, ServerError> {
+        Ok(self.vapid().await?.public_key().public_key().to_bytes_uncompressed())
+    }
+
+    /// Send `payload` (padded, not yet encrypted) for `job` to `reg`.
+    pub async fn send(&self, reg: &PushRegistrationRecord, job: &PushJob, payload: Vec<u8>) -> Outcome {
+        match self.request(reg, job, payload).await {
+            Ok(req) => match self.http.execute(req).await {
+                Ok(res) => classify(res.status().as_u16(), retry_after(res.headers())),
+                Err(e) => {
+                    tracing::debug!(error = %e, "push service unreachable");
+                    Outcome::Later(None)
+                }
+            },
+            Err(e) => Outcome::Refused(e.message),
+        }
+    }
+
+    async fn request(
+        &self,
+        reg: &PushRegistrationRecord,
+        job: &PushJob,
+        payload: Vec<u8>,
+    ) -> Result<reqwest::Request, ServerError> {
+        let bad = |e: String| ServerError::new(ErrorCode::PushTargetRejected, e);
+        match pb::PushProvider::try_from(reg.provider) {
+            Ok(pb::PushProvider::WebPush | pb::PushProvider::UnifiedPush) => {}
+            _ => return Err(bad("provider not supported by this server".into())),
+        }
+        let uri: http::Uri = reg.endpoint.parse().map_err(|e| bad(format!("endpoint: {e}")))?;
+        let key =
+            web_push_native::p256::PublicKey::from_sec1_bytes(&reg.p256dh).map_err(|e| bad(format!("p256dh: {e}")))?;
+        let auth = Auth::clone_from_slice(&reg.auth);
+        let vapid = self.vapid().await?;
+        let mut req = WebPushBuilder::new(uri, key, auth)
+            .with_valid_duration(TTL)
+            .with_vapid(vapid, &self.contact)
+            .build(payload)
+            .map_err(|e| bad(format!("encrypting: {e}")))?;
+        let h = req.headers_mut();
+        h.insert("Urgency", http::HeaderValue::from_static("high"));
+        // RFC 8030 §5.4: a newer notification with the same topic replaces an undelivered one.
+        if let Ok(v) = http::HeaderValue::from_str(&collapse_id(job)) {
+            h.insert("Topic", v);
+        }
+        reqwest::Request::try_from(req).map_err(|e| bad(format!("request: {e}")))
+    }
+}
+
+/// Sort a push service's answer.
+pub fn classify(status: u16, retry_after: Option<Duration>) -> Outcome {
+    match status {
+        200..=299 => Outcome::Sent,
+        404 | 410 => Outcome::Gone,
+        408 | 425 | 429 | 500..=599 => Outcome::Later(retry_after),
+        s => Outcome::Refused(format!("HTTP {s}")),
+    }
+}
+
+/// `Retry-After` in seconds or as an HTTP date.
+fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let v = h.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let d = match v.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => httpdate::parse_http_date(v)
+            .ok()?
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    };
+    Some(d.min(MAX_RETRY_AFTER))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_sort_into_sent_gone_refused_and_later() {
+        assert_eq!(classify(201, None), Outcome::Sent);
+        assert_eq!(classify(410, None), Outcome::Gone);
+        assert_eq!(classify(404, None), Outcome::Gone);
+        let d = Some(Duration::from_secs(7));
+        assert_eq!(classify(429, d), Outcome::Later(d));
+        assert_eq!(classify(503, None), Outcome::Later(None));
+        assert!(matches!(classify(413, None), Outcome::Refused(_)));
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates_and_is_capped() {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("retry-after", "30".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(30)));
+        h.insert("retry-after", "999999".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(MAX_RETRY_AFTER));
+        let later = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(120));
+        h.insert("retry-after", later.parse().unwrap());
+        let got = retry_after(&h).unwrap();
+        assert!(
+            (Duration::from_secs(115)..=Duration::from_secs(120)).contains(&got),
+            "{got:?}"
+        );
+    }
+}

@@ -1,0 +1,80 @@
+//! The push records the store keeps (PROTOCOL.md §13): each user's push registrations (one
+//! versioned record per user) and the durable queue of notifications waiting to be sent.
+use natter_protocol::{ConversationId, DeviceId, UserId};
+use serde::{Deserialize, Serialize};
+
+use super::keys::Versioned;
+
+/// One device's push target.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushRegistrationRecord {
+    /// Random, base64url.
+    pub id: String,
+    /// The device it wakes.
+    pub device: DeviceId,
+    /// `pb::PushProvider` as its number.
+    pub provider: i32,
+    /// The push service URL, or the APNs/FCM token.
+    pub endpoint: String,
+    /// The device's P-256 key (65 bytes) and auth secret (16 bytes), RFC 8291.
+    pub p256dh: Vec<u8>,
+    pub auth: Vec<u8>,
+    /// APNs only.
+    pub apns_topic: String,
+    pub apns_sandbox: bool,
+    pub created_ms: u64,
+}
+
+impl std::fmt::Debug for PushRegistrationRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The endpoint is a capability (whoever has it can wake the device): not logged.
+        f.debug_struct("PushRegistrationRecord")
+            .field("id", &self.id)
+            .field("device", &self.device)
+            .field("provider", &self.provider)
+            .field("endpoint", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// A user's push registrations.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushRecord {
+    /// Whose.
+    pub user: UserId,
+    /// At most one per device.
+    pub registrations: Vec<PushRegistrationRecord>,
+    /// Bumped on every change; the store replaces a record only over the version before.
+    pub version: u64,
+}
+
+impl Versioned for PushRecord {
+    fn version(&self) -> u64 {
+        self.version
+    }
+}
+
+/// One notification waiting to be sent to one registration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushJob {
+    /// `<registration>/<conversation>`: one job per registration and conversation, so a
+    /// burst in a conversation becomes one notification (the newest event wins).
+    pub id: String,
+    pub user: UserId,
+    pub device: DeviceId,
+    pub registration: String,
+    pub conversation: ConversationId,
+    /// The newest event to notify about.
+    pub seq: u64,
+    /// Not sent before this time (coalescing, backoff, Retry-After).
+    pub due_ms: u64,
+    /// Failed attempts so far.
+    pub attempts: u32,
+}
+
+impl PushJob {
+    /// The queue id of a registration's job for a conversation.
+    pub fn id_for(registration: &str, conversation: ConversationId) -> String {
+        format!("{registration}/{}", conversation.0)
+    }
+}
