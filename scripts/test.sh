@@ -84,6 +84,7 @@ target/py/bin/python -c "import tusclient" 2>/dev/null || target/py/bin/pip inst
 # PyNaCl (libsodium): the Python bindings test opens a natter-encrypted file with it.
 target/py/bin/python -c "import nacl" 2>/dev/null || target/py/bin/pip install -q pynacl==1.6.2
 [[ -x target/py/bin/moto_server ]] || target/py/bin/pip install -q "moto[server]==5.2.5"
+target/py/bin/python -c "import http_ece" 2>/dev/null || target/py/bin/pip install -q http-ece==1.2.1
 
 step "format"
 cargo fmt --all -- --check

@@ -4,10 +4,12 @@
 //! service's answer sorted into sent, gone, refused or later.
 use std::time::Duration;
 
+use base64::Engine;
 use natter_protocol::pb::{self, ErrorCode};
 use natter_protocol::ServerError;
 use tokio::sync::OnceCell;
-use web_push_native::jwt_simple::algorithms::{ECDSAP256PublicKeyLike, ES256KeyPair};
+use web_push_native::jwt_simple::algorithms::{ECDSAP256KeyPairLike, ECDSAP256PublicKeyLike, ES256KeyPair};
+use web_push_native::jwt_simple::claims::Claims;
 use web_push_native::{Auth, WebPushBuilder};
 
 use super::payload::collapse_id;
@@ -17,6 +19,8 @@ use crate::store::{PushJob, PushRegistrationRecord, Store};
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a push service keeps an undelivered notification (the `TTL` header).
 const TTL: Duration = Duration::from_secs(24 * 3600);
+/// How long a VAPID token is valid (RFC 8292 allows at most 24 hours).
+const VAPID_VALID: Duration = Duration::from_secs(12 * 3600);
 /// Longest `Retry-After` honoured; a longer one is capped.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
@@ -52,6 +56,8 @@ impl std::fmt::Debug for Sender {
 
 impl Sender {
     pub(super) fn new(store: std::sync::Arc<dyn Store>, contact: String) -> Self {
+        // natter's TLS is ring's everywhere; reqwest needs it installed (once per process).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         Sender {
             store,
             contact,
@@ -78,6 +84,27 @@ impl Sender {
     /// The VAPID public key, 65 bytes uncompressed (a browser's applicationServerKey).
     pub async fn vapid_public_key(&self) -> Result<Vec<u8>, ServerError> {
         Ok(self.vapid().await?.public_key().public_key().to_bytes_uncompressed())
+    }
+
+    /// The VAPID `Authorization` for a push to `endpoint` (RFC 8292): an ES256 JWT whose
+    /// `aud` is the endpoint's origin, port included. (web-push-native's own signer drops
+    /// a non-default port, which a push service on one refuses; found by the loopback
+    /// provider in tests/push.rs.)
+    async fn vapid_header(&self, endpoint: &str) -> Result<http::HeaderValue, ServerError> {
+        let bad = |e: String| ServerError::new(ErrorCode::PushTargetRejected, e);
+        let origin = reqwest::Url::parse(endpoint)
+            .map_err(|e| bad(format!("endpoint: {e}")))?
+            .origin()
+            .ascii_serialization();
+        let kp = self.vapid().await?;
+        let claims = Claims::create(VAPID_VALID.into())
+            .with_audience(origin)
+            .with_subject(&self.contact);
+        let token = kp
+            .sign(claims)
+            .map_err(|e| ServerError::new(ErrorCode::Internal, format!("VAPID: {e}")))?;
+        let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.vapid_public_key().await?);
+        http::HeaderValue::from_str(&format!("vapid t={token}, k={k}")).map_err(|e| bad(e.to_string()))
     }
 
     /// Send `payload` (padded, not yet encrypted) for `job` to `reg`.
@@ -109,13 +136,13 @@ impl Sender {
         let key =
             web_push_native::p256::PublicKey::from_sec1_bytes(&reg.p256dh).map_err(|e| bad(format!("p256dh: {e}")))?;
         let auth = Auth::clone_from_slice(&reg.auth);
-        let vapid = self.vapid().await?;
+        let vapid = self.vapid_header(&reg.endpoint).await?;
         let mut req = WebPushBuilder::new(uri, key, auth)
             .with_valid_duration(TTL)
-            .with_vapid(vapid, &self.contact)
             .build(payload)
             .map_err(|e| bad(format!("encrypting: {e}")))?;
         let h = req.headers_mut();
+        h.insert(http::header::AUTHORIZATION, vapid);
         h.insert("Urgency", http::HeaderValue::from_static("high"));
         // RFC 8030 §5.4: a newer notification with the same topic replaces an undelivered one.
         if let Ok(v) = http::HeaderValue::from_str(&collapse_id(job)) {

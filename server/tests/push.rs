@@ -1,0 +1,425 @@
+//! Notifications for offline devices (PROTOCOL.md §13) against the real server and a Web
+//! Push service on loopback that does the provider's side faithfully
+//! (`tests/push/webpush_provider.py`: it checks each request's VAPID signature and decrypts
+//! every body with the independent `http_ece` library).
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use base64::Engine;
+use common::*;
+use natter_protocol::pb::{self, request::Op, response::Result as Res, ErrorCode};
+use prost::Message;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// The Web Push service stand-in, running until dropped.
+struct Provider {
+    _child: tokio::process::Child,
+    base: String,
+    http: reqwest::Client,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Received {
+    status: u16,
+    length: usize,
+    topic: Option<String>,
+    urgency: Option<String>,
+    problem: Option<String>,
+    payload: Option<String>,
+}
+
+fn b64(s: &str) -> Vec<u8> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .expect("base64url")
+}
+
+impl Provider {
+    async fn start() -> Provider {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let py = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/py/bin/python");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/push/webpush_provider.py");
+        let mut child = tokio::process::Command::new(py)
+            .arg(script)
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the provider starts (scripts/test.sh makes target/py with http-ece)");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = tokio::time::timeout(DEADLINE, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let port = line.strip_prefix("port ").expect("port line").to_string();
+        Provider {
+            _child: child,
+            base: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// A subscription for `device`, as a browser's PushManager would hand it out.
+    async fn subscribe(&self, device: &str) -> pb::PushTarget {
+        let v: serde_json::Value = self
+            .http
+            .get(format!("{}/subscribe/{device}", self.base))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .map(|b| serde_json::from_slice(&b).unwrap())
+            .unwrap();
+        pb::PushTarget {
+            provider: pb::PushProvider::WebPush as i32,
+            endpoint: v["endpoint"].as_str().unwrap().into(),
+            p256dh: b64(v["p256dh"].as_str().unwrap()),
+            auth: b64(v["auth"].as_str().unwrap()),
+            ..Default::default()
+        }
+    }
+
+    async fn received(&self, device: &str) -> Vec<Received> {
+        self.http
+            .get(format!("{}/received/{device}", self.base))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .map(|b| serde_json::from_slice(&b).unwrap())
+            .unwrap()
+    }
+
+    /// Wait until `device` got at least `n` pushes; all of them.
+    async fn until(&self, device: &str, n: usize) -> Vec<Received> {
+        let until = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let got = self.received(device).await;
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                tokio::time::Instant::now() < until,
+                "{device} got {} of {n} pushes",
+                got.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Answer `device`'s next `count` pushes with `status` (and `Retry-After`).
+    async fn answer(&self, device: &str, status: u16, retry_after: Option<u32>, count: u32) {
+        let mut url = format!("{}/mode/{device}?status={status}&count={count}", self.base);
+        if let Some(r) = retry_after {
+            url += &format!("&retry_after={r}");
+        }
+        self.http.post(url).send().await.unwrap().error_for_status().unwrap();
+    }
+}
+
+fn payload(r: &Received) -> pb::PushPayload {
+    assert_eq!(r.problem, None, "the provider found a problem");
+    let bytes = b64(r.payload.as_deref().expect("decrypted"));
+    assert_eq!(bytes.len(), 3072, "every payload has the same padded length");
+    pb::PushPayload::decode(&bytes[..]).expect("a PushPayload")
+}
+
+async fn push_server(dir: &std::path::Path) -> natter_server::RunningServer {
+    let cfg = natter_server::Config {
+        push_allow_loopback_endpoints: true,
+        ..config(dir)
+    };
+    natter_server::start(&cfg).await.expect("server starts")
+}
+
+/// A raw device of `name` (registered already) with `target` registered for pushes.
+async fn registered(s: &natter_server::RunningServer, name: &str, target: pb::PushTarget) -> Raw {
+    let mut r = Raw::hello(s.addr, &s.fingerprint).await;
+    r.login(name).await;
+    match r
+        .request(Op::RegisterPush(pb::RegisterPush {
+            target: Some(target.clone()),
+        }))
+        .await
+    {
+        Res::Push(p) => {
+            assert_eq!(p.vapid_public_key.len(), 65, "the server's VAPID key");
+            assert_eq!(p.registrations.len(), 1);
+            assert_eq!(p.registrations[0].target.as_ref(), Some(&target));
+        }
+        other => panic!("register push: {other:?}"),
+    }
+    r
+}
+
+/// Close `r`'s connection and wait until the server has let go of its session.
+async fn go_offline(s: &natter_server::RunningServer, r: Raw) {
+    let before = s.attached_sessions();
+    r.conn.close(0u32.into(), b"pocket");
+    let until = tokio::time::Instant::now() + DEADLINE;
+    while s.attached_sessions() >= before {
+        assert!(tokio::time::Instant::now() < until, "the session stays attached");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_offline_device_gets_one_encrypted_notification_per_burst_and_an_online_one_none() {
+    let provider = Provider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = push_server(dir.path()).await;
+    let bob = user(&s, "bob").await;
+    for name in ["alice", "carol", "dave"] {
+        drop(user(&s, name).await);
+    }
+    let alice = registered(&s, "alice", provider.subscribe("alice").await).await;
+    let carol = registered(&s, "carol", provider.subscribe("carol").await).await;
+    let dave = registered(&s, "dave", provider.subscribe("dave").await).await;
+    go_offline(&s, alice).await;
+    go_offline(&s, dave).await;
+
+    // A burst of three: one notification, about the newest.
+    let to_alice = natter_sdk::ConversationId(bob.client.direct("alice").await.unwrap().conversation_id);
+    let mut last = 0;
+    for text in ["one", "two", "three"] {
+        last = bob.client.send(to_alice, text).await.unwrap().seq.0;
+    }
+    let got = provider.until("alice", 1).await;
+    let first = payload(&got[0]);
+    assert_eq!(first.conversation_id, to_alice.0);
+    assert_eq!(first.seq, last, "the burst's newest event");
+    assert_eq!((first.sender_name.as_str(), first.preview.as_str()), ("bob", "three"));
+    assert_eq!(first.collapse_id, format!("c{}", to_alice.0));
+    assert!(first.badge >= 3, "badge {}", first.badge);
+    assert_eq!(
+        got[0].topic.as_deref(),
+        Some(first.collapse_id.as_str()),
+        "RFC 8030 Topic"
+    );
+    assert_eq!(got[0].urgency.as_deref(), Some("high"));
+
+    // The next message is a new notification, the same length on the wire.
+    let fourth = bob.client.send(to_alice, "four").await.unwrap().seq.0;
+    let got = provider.until("alice", 2).await;
+    assert_eq!(got.len(), 2, "one per burst: {got:?}");
+    assert_eq!(payload(&got[1]).seq, fourth);
+    assert_eq!(got[0].length, got[1].length, "every encrypted body has the same length");
+
+    // Carol is online: nothing for her. Dave's notification comes after hers would have.
+    let to_carol = natter_sdk::ConversationId(bob.client.direct("carol").await.unwrap().conversation_id);
+    bob.client.send(to_carol, "you are here").await.unwrap();
+    let to_dave = natter_sdk::ConversationId(bob.client.direct("dave").await.unwrap().conversation_id);
+    bob.client.send(to_dave, "you are not").await.unwrap();
+    assert_eq!(payload(&provider.until("dave", 1).await[0]).preview, "you are not");
+    assert!(
+        provider.received("carol").await.is_empty(),
+        "an online device gets none"
+    );
+    drop(carol);
+}
+
+#[tokio::test]
+async fn a_gone_registration_is_removed_and_a_busy_service_is_retried_after_retry_after() {
+    let provider = Provider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = push_server(dir.path()).await;
+    let bob = user(&s, "bob").await;
+    for name in ["alice", "dave"] {
+        drop(user(&s, name).await);
+    }
+    let alice = registered(&s, "alice", provider.subscribe("alice").await).await;
+    let dave = registered(&s, "dave", provider.subscribe("dave").await).await;
+    go_offline(&s, alice).await;
+    go_offline(&s, dave).await;
+    let to_alice = natter_sdk::ConversationId(bob.client.direct("alice").await.unwrap().conversation_id);
+    let to_dave = natter_sdk::ConversationId(bob.client.direct("dave").await.unwrap().conversation_id);
+
+    // 429 with Retry-After: 2 s, then taken; the retry waits at least that long.
+    provider.answer("alice", 429, Some(2), 1).await;
+    let seq = bob.client.send(to_alice, "later").await.unwrap().seq.0;
+    let t0 = std::time::Instant::now();
+    let got = provider.until("alice", 2).await;
+    assert_eq!((got[0].status, got[1].status), (429, 201));
+    assert!(
+        t0.elapsed() >= Duration::from_secs(2),
+        "retried after {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(payload(&got[1]).seq, seq, "nothing lost");
+
+    // 410: the registration is gone; later messages are not sent there.
+    provider.answer("dave", 410, None, 1).await;
+    bob.client.send(to_dave, "gone?").await.unwrap();
+    assert_eq!(provider.until("dave", 1).await[0].status, 410);
+    bob.client.send(to_dave, "still there?").await.unwrap();
+    // Alice's next notification is queued after that message's decision.
+    bob.client.send(to_alice, "sync").await.unwrap();
+    provider.until("alice", 3).await;
+    assert_eq!(provider.received("dave").await.len(), 1, "nothing after 410");
+}
+
+#[tokio::test]
+async fn registrations_that_would_make_the_server_call_where_it_should_not_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // The default configuration (no loopback endpoints), with room for the refusals below
+    // before the rate limit.
+    let mut cfg = config(dir.path());
+    cfg.rates.push_changes_per_minute_per_user = 20;
+    let s = natter_server::start(&cfg).await.unwrap();
+    drop(user(&s, "alice").await);
+    let mut r = Raw::hello(s.addr, &s.fingerprint).await;
+    r.login("alice").await;
+    let key = {
+        let secret = web_push_native::p256::SecretKey::random(&mut rand::thread_rng());
+        use web_push_native::p256::elliptic_curve::sec1::ToEncodedPoint;
+        secret.public_key().to_encoded_point(false).as_bytes().to_vec()
+    };
+    let good = pb::PushTarget {
+        provider: pb::PushProvider::WebPush as i32,
+        endpoint: "https://push.example.net/abc".into(),
+        p256dh: key.clone(),
+        auth: vec![7; 16],
+        ..Default::default()
+    };
+    let refusals = [
+        (
+            "plain http",
+            pb::PushTarget {
+                endpoint: "http://push.example.net/abc".into(),
+                ..good.clone()
+            },
+        ),
+        (
+            "loopback",
+            pb::PushTarget {
+                endpoint: "https://127.0.0.1:8443/x".into(),
+                ..good.clone()
+            },
+        ),
+        (
+            "localhost",
+            pb::PushTarget {
+                endpoint: "https://localhost/x".into(),
+                ..good.clone()
+            },
+        ),
+        (
+            "private",
+            pb::PushTarget {
+                endpoint: "https://10.0.0.7/x".into(),
+                ..good.clone()
+            },
+        ),
+        (
+            "metadata",
+            pb::PushTarget {
+                endpoint: "https://169.254.169.254/latest".into(),
+                ..good.clone()
+            },
+        ),
+        (
+            "v6 loopback",
+            pb::PushTarget {
+                endpoint: "https://[::1]/x".into(),
+                ..good.clone()
+            },
+        ),
+        (
+            "v4-mapped",
+            pb::PushTarget {
+                endpoint: "https://[::ffff:192.168.0.1]/x".into(),
+                ..good.clone()
+            },
+        ),
+        (
+            "credentials",
+            pb::PushTarget {
+                endpoint: "https://u:p@push.example.net/x".into(),
+                ..good.clone()
+            },
+        ),
+        (
+            "oversized",
+            pb::PushTarget {
+                endpoint: format!("https://push.example.net/{}", "a".repeat(1100)),
+                ..good.clone()
+            },
+        ),
+        (
+            "not a url",
+            pb::PushTarget {
+                endpoint: "push me".into(),
+                ..good.clone()
+            },
+        ),
+        (
+            "bad key",
+            pb::PushTarget {
+                p256dh: vec![4; 65],
+                ..good.clone()
+            },
+        ),
+        (
+            "short auth",
+            pb::PushTarget {
+                auth: vec![7; 15],
+                ..good.clone()
+            },
+        ),
+        (
+            "no provider",
+            pb::PushTarget {
+                provider: 0,
+                ..good.clone()
+            },
+        ),
+    ];
+    for (what, target) in refusals {
+        let res = r
+            .request(Op::RegisterPush(pb::RegisterPush { target: Some(target) }))
+            .await;
+        assert_eq!(error_code(&res), ErrorCode::PushTargetRejected, "{what}: {res:?}");
+    }
+    match r.request(Op::ListPush(pb::ListPush {})).await {
+        Res::Push(p) => assert!(p.registrations.is_empty(), "nothing kept"),
+        other => panic!("{other:?}"),
+    }
+    // The good one is kept, replaces nothing else, and can be removed.
+    let id = match r
+        .request(Op::RegisterPush(pb::RegisterPush { target: Some(good) }))
+        .await
+    {
+        Res::Push(p) => p.registrations[0].registration_id.clone(),
+        other => panic!("{other:?}"),
+    };
+    let res = r
+        .request(Op::RemovePush(pb::RemovePush {
+            registration_id: "nope".into(),
+        }))
+        .await;
+    assert_eq!(error_code(&res), ErrorCode::NotFound);
+    match r.request(Op::RemovePush(pb::RemovePush { registration_id: id })).await {
+        Res::Push(p) => assert!(p.registrations.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    // A flood of changes is rate-limited.
+    let mut limited = false;
+    for _ in 0..30 {
+        let res = r.request(Op::ListPush(pb::ListPush {})).await;
+        assert!(matches!(res, Res::Push(_)), "listing is not limited");
+        let res = r
+            .request(Op::RemovePush(pb::RemovePush {
+                registration_id: "x".into(),
+            }))
+            .await;
+        if error_code(&res) == ErrorCode::RateLimited {
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "registration changes are rate-limited");
+}
