@@ -202,6 +202,7 @@ pub struct Snapshot {
 pub use natter_protocol::client::e2ee::backup::BackupError;
 pub use natter_protocol::client::file_crypto::FileKey;
 pub use natter_protocol::client::model::PendingUpload;
+pub use natter_protocol::client::push::{PushError, PushKeys};
 
 /// A send still in the outbox.
 #[derive(Clone, Debug, PartialEq)]
@@ -356,6 +357,23 @@ impl Client {
     /// This user's devices.
     pub async fn devices(&self) -> Result<Vec<pb::Device>, ClientError> {
         self.call(ops::devices()).await
+    }
+
+    /// Register this device's push target, replacing its earlier one (PROTOCOL.md §13.1).
+    /// Build it with [`PushKeys::target`] for APNs, FCM or UnifiedPush; a browser's
+    /// subscription carries its own keys.
+    pub async fn register_push(&self, target: pb::PushTarget) -> Result<pb::PushRegistrations, ClientError> {
+        self.call(ops::register_push(target)).await
+    }
+
+    /// This device's push registrations and the server's VAPID key.
+    pub async fn list_push(&self) -> Result<pb::PushRegistrations, ClientError> {
+        self.call(ops::list_push()).await
+    }
+
+    /// Remove one of this device's push registrations.
+    pub async fn remove_push(&self, registration_id: &str) -> Result<pb::PushRegistrations, ClientError> {
+        self.call(ops::remove_push(registration_id)).await
     }
 
     /// The 1:1 conversation with `username`, created on first use.

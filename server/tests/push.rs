@@ -28,6 +28,7 @@ struct Received {
     urgency: Option<String>,
     problem: Option<String>,
     payload: Option<String>,
+    body: Option<String>,
 }
 
 fn b64(s: &str) -> Vec<u8> {
@@ -80,6 +81,21 @@ impl Provider {
             auth: b64(v["auth"].as_str().unwrap()),
             ..Default::default()
         }
+    }
+
+    /// An endpoint for a device that brings its own keys; bodies are kept as they came.
+    async fn endpoint(&self, device: &str) -> String {
+        let v: serde_json::Value = self
+            .http
+            .get(format!("{}/subscribe/{device}?keys=device", self.base))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .map(|b| serde_json::from_slice(&b).unwrap())
+            .unwrap();
+        v["endpoint"].as_str().unwrap().into()
     }
 
     async fn received(&self, device: &str) -> Vec<Received> {
@@ -422,4 +438,82 @@ async fn registrations_that_would_make_the_server_call_where_it_should_not_are_r
         }
     }
     assert!(limited, "registration changes are rate-limited");
+}
+
+/// The CLI makes push keys, registers with them, lists and removes; a notification the
+/// server sent through the push service decrypts with `natter push decrypt` and those keys.
+#[tokio::test]
+async fn the_cli_registers_its_own_keys_and_decrypts_what_the_push_service_carried() {
+    let provider = Provider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = push_server(dir.path()).await;
+    let bob = user(&s, "bob").await;
+    let profile = dir.path().join("erin-cli");
+    cli_user(&profile, &s, "erin").await;
+    let keys = dir.path().join("push.keys");
+    let made = cli(&profile, &["push", "keys", keys.to_str().unwrap()]).await;
+    assert_eq!(b64(made[0]["p256dh"].as_str().unwrap()).len(), 65);
+    let endpoint = provider.endpoint("erin").await;
+    let regs = cli(
+        &profile,
+        &[
+            "push",
+            "register",
+            "--provider",
+            "webpush",
+            "--endpoint",
+            &endpoint,
+            "--keys",
+            keys.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let reg = &regs[0]["registrations"][0];
+    assert_eq!(reg["provider"], "webpush");
+    assert_eq!(reg["endpoint"], endpoint.as_str());
+    assert_eq!(b64(regs[0]["vapidPublicKey"].as_str().unwrap()).len(), 65);
+    let listed = cli(&profile, &["push", "list"]).await;
+    assert_eq!(listed[0]["registrations"], regs[0]["registrations"]);
+
+    // The CLI has exited: erin's device is offline.
+    let to_erin = natter_sdk::ConversationId(bob.client.direct("erin").await.unwrap().conversation_id);
+    let seq = bob.client.send(to_erin, "for your pocket").await.unwrap().seq.0;
+    let got = provider.until("erin", 1).await;
+    assert_eq!(got[0].problem, None);
+    let body = dir.path().join("body");
+    std::fs::write(&body, b64(got[0].body.as_deref().unwrap())).unwrap();
+    let opened = cli(
+        &profile,
+        &[
+            "push",
+            "decrypt",
+            "--keys",
+            keys.to_str().unwrap(),
+            body.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(opened[0]["preview"], "for your pocket");
+    assert_eq!(opened[0]["seq"], seq);
+    assert_eq!(opened[0]["conversationId"], to_erin.0);
+    assert_eq!(opened[0]["senderName"], "bob");
+    // Another device's keys do not open it.
+    let other = dir.path().join("other.keys");
+    cli(&profile, &["push", "keys", other.to_str().unwrap()]).await;
+    let refused = cli_fails(
+        &profile,
+        &[
+            "push",
+            "decrypt",
+            "--keys",
+            other.to_str().unwrap(),
+            body.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(refused.contains("does not decrypt"), "{refused}");
+
+    let id = reg["registrationId"].as_str().unwrap();
+    let left = cli(&profile, &["push", "remove", id]).await;
+    assert_eq!(left[0]["registrations"], serde_json::json!([]));
 }

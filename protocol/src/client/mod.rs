@@ -30,6 +30,8 @@ pub mod e2ee;
 pub mod file_crypto;
 pub mod model;
 pub mod ops;
+#[cfg(feature = "push")]
+pub mod push;
 pub mod upload;
 
 pub use ops::{Call, HistoryAnchor, Unexpected};

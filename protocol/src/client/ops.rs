@@ -110,6 +110,31 @@ pub fn devices() -> Call<Vec<pb::Device>> {
     })
 }
 
+/// Register this device's push target (replacing its earlier one), PROTOCOL.md §13.1.
+pub fn register_push(target: pb::PushTarget) -> Call<pb::PushRegistrations> {
+    Call::new(Op::RegisterPush(pb::RegisterPush { target: Some(target) }), push)
+}
+
+/// This device's push registrations and the server's VAPID key.
+pub fn list_push() -> Call<pb::PushRegistrations> {
+    Call::new(Op::ListPush(pb::ListPush {}), push)
+}
+
+/// Remove one of this device's push registrations.
+pub fn remove_push(registration_id: &str) -> Call<pb::PushRegistrations> {
+    let op = Op::RemovePush(pb::RemovePush {
+        registration_id: registration_id.into(),
+    });
+    Call::new(op, push)
+}
+
+fn push(r: Res) -> Option<pb::PushRegistrations> {
+    match r {
+        Res::Push(p) => Some(p),
+        _ => None,
+    }
+}
+
 /// Every conversation of the user, with last message and unread count.
 pub fn conversations() -> Call<Vec<pb::ConversationSummary>> {
     Call::new(Op::ListConversations(pb::ListConversations {}), |r| match r {

@@ -5,9 +5,12 @@ P-256 private key and auth secret), checks every push request's VAPID authorizat
 aes128gcm body with the independent `http_ece` library (RFC 8291), and records what it got.
 
 GET  /subscribe/<device>       -> {"endpoint", "p256dh", "auth"} (base64url)
+GET  /subscribe/<device>?keys=device   -> {"endpoint"}: the device brings its own keys (as
+                                  APNs and FCM apps do); bodies are recorded as they came
 POST /push/<device>            the push service endpoint
 POST /mode/<device>?status=410&retry_after=3&count=1   answer the next `count` pushes so
-GET  /received/<device>        -> [{"status", "payload" (base64url plaintext), "length",
+GET  /received/<device>        -> [{"status", "payload" (base64url plaintext), "body"
+                                    (base64url, for devices with their own keys), "length",
                                     "topic", "urgency", "ttl", "at"}]
 Prints "port <n>" once listening.
 """
@@ -86,7 +89,12 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         url = urlparse(self.path)
         parts = url.path.strip("/").split("/")
-        if parts[0] == "subscribe":
+        if parts[0] == "subscribe" and "keys=device" in url.query:
+            with lock:
+                devices[parts[1]] = {"key": None, "auth": None, "received": [], "modes": []}
+            port = self.server.server_address[1]
+            self.reply(200, {"endpoint": f"http://127.0.0.1:{port}/push/{parts[1]}"})
+        elif parts[0] == "subscribe":
             key = ec.generate_private_key(ec.SECP256R1())
             auth = os.urandom(16)
             with lock:
@@ -135,7 +143,9 @@ class Handler(BaseHTTPRequestHandler):
             "ttl": self.headers.get("TTL"),
             "problem": problem,
         }
-        if problem is None:
+        if problem is None and dev["key"] is None:
+            record["body"] = b64e(body)
+        elif problem is None:
             try:
                 plain = http_ece.decrypt(body, private_key=dev["key"], auth_secret=dev["auth"], version="aes128gcm")
                 record["payload"] = b64e(plain)

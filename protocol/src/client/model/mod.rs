@@ -18,6 +18,7 @@ mod tests;
 
 pub use event::NatterEvent;
 pub use media::{Attachment, MediaInfo, MediaVariant, PendingUpload, Thumbnail, UploadProgress, UploadState};
+pub use push::{PushNotification, PushProvider, PushRegistration, PushRegistrations};
 
 use crate::client::SendAck as CoreSendAck;
 use crate::error::ServerError;
@@ -587,3 +588,4 @@ impl From<&MessageView> for Message {
 }
 
 mod media;
+mod push;

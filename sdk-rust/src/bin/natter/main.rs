@@ -12,6 +12,8 @@ use natter_sdk::{
     Client, ClientConfig, ClientEvent, ConversationId, DeviceId, Encryption, HistoryAnchor, Seq, StoreKey, UserId,
 };
 use serde::{Deserialize, Serialize};
+
+mod push;
 use serde_json::{json, Value};
 
 #[derive(Debug, Parser)]
@@ -79,6 +81,9 @@ enum Cmd {
     /// The key backup of encrypted conversations: enable, restore.
     #[command(subcommand)]
     Backup(BackupCmd),
+    /// Notifications for this device when offline: keys, register, list, remove, decrypt.
+    #[command(subcommand)]
+    Push(push::PushCmd),
     /// Groups: create, add, remove, leave, rename.
     #[command(subcommand)]
     Group(GroupCmd),
@@ -410,6 +415,20 @@ async fn main() {
 
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Cmd::Push(p) = cli.cmd {
+        if p.offline() {
+            return push::offline(p);
+        }
+        return with_client(Cli {
+            cmd: Cmd::Push(p),
+            ..cli
+        })
+        .await;
+    }
+    with_client(cli).await
+}
+
+async fn with_client(cli: Cli) -> anyhow::Result<()> {
     let mut profile = Profile::load(&cli.profile)?;
     if cli.server.is_some() {
         profile.server = cli.server;
@@ -531,6 +550,7 @@ async fn command(
                 print(json!({"deviceId": d.device_id.0, "fingerprint": fingerprint, "trust": trust}));
             }
         }
+        Cmd::Push(p) => push::online(p, client).await?,
         Cmd::Backup(BackupCmd::Enable) => {
             let recovery_key = client.enable_backup().await?;
             print(json!({ "recoveryKey": recovery_key }));

@@ -1,0 +1,105 @@
+//! The app-facing push records (PROTOCOL.md §13): a device's registrations and a decrypted
+//! notification, converted once from the wire types.
+use crate::pb;
+
+app_enum!(
+    /// Who wakes the device. JS: `"webpush"`, `"unifiedpush"`, `"apns"`, `"fcm"`.
+    PushProvider from pb::PushProvider, serde "lowercase" { Unspecified, WebPush, UnifiedPush, Apns, Fcm }
+);
+
+record! {
+    /// One push target of this device.
+    pub struct PushRegistration {
+        /// Names it for removal.
+        pub registration_id: String,
+        /// The device it wakes.
+        pub device_id: u64,
+        /// Who wakes it.
+        pub provider: PushProvider,
+        /// The push service URL, or the APNs/FCM token.
+        pub endpoint: String,
+        /// When it was registered (ms since the epoch).
+        pub created_ms: u64,
+    }
+}
+
+record! {
+    /// This device's push registrations and the server's VAPID key.
+    pub struct PushRegistrations {
+        /// At most one.
+        pub registrations: Vec<PushRegistration>,
+        /// 65 bytes uncompressed P-256: a browser's `applicationServerKey`.
+        pub vapid_public_key: Vec<u8>,
+    }
+}
+
+record! {
+    /// A notification as the device decrypted it.
+    pub struct PushNotification {
+        /// Its conversation.
+        pub conversation_id: u64,
+        /// The newest event it is about.
+        pub seq: u64,
+        /// Who sent it.
+        pub sender_user_id: u64,
+        /// Their username.
+        pub sender_name: String,
+        /// The conversation's name (empty for direct conversations).
+        pub conversation_title: String,
+        /// The user's unread messages.
+        pub badge: u32,
+        /// It mentions the user.
+        pub mention: bool,
+        /// Plain conversations: the start of the text.
+        pub preview: String,
+        /// Encrypted conversations: the sealed event, when it fitted (open it with the
+        /// client's keys); else empty and `fetch` is true.
+        pub event: Vec<u8>,
+        /// Fetch the event from the server to show it.
+        pub fetch: bool,
+        /// Notifications with the same id replace each other.
+        pub collapse_id: String,
+    }
+}
+
+impl From<pb::PushRegistration> for PushRegistration {
+    fn from(r: pb::PushRegistration) -> Self {
+        let t = r.target.unwrap_or_default();
+        PushRegistration {
+            registration_id: r.registration_id,
+            device_id: r.device_id,
+            provider: pb::PushProvider::try_from(t.provider)
+                .unwrap_or(pb::PushProvider::Unspecified)
+                .into(),
+            endpoint: t.endpoint,
+            created_ms: r.created_ms,
+        }
+    }
+}
+
+impl From<pb::PushRegistrations> for PushRegistrations {
+    fn from(r: pb::PushRegistrations) -> Self {
+        PushRegistrations {
+            registrations: r.registrations.into_iter().map(Into::into).collect(),
+            vapid_public_key: r.vapid_public_key,
+        }
+    }
+}
+
+impl From<pb::PushPayload> for PushNotification {
+    fn from(p: pb::PushPayload) -> Self {
+        PushNotification {
+            conversation_id: p.conversation_id,
+            seq: p.seq,
+            sender_user_id: p.sender_user_id,
+            sender_name: p.sender_name,
+            conversation_title: p.conversation_title,
+            badge: p.badge,
+            mention: p.mention,
+            preview: p.preview,
+            event: p.event,
+            fetch: p.fetch,
+            collapse_id: p.collapse_id,
+        }
+    }
+}
