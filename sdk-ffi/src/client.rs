@@ -109,7 +109,7 @@ impl Drop for Subscription {
 /// A natter client: one connection that reconnects and resumes by itself.
 #[derive(uniffi::Object)]
 pub struct NatterClient {
-    inner: Client,
+    pub(crate) inner: Client,
     /// The SDK's event stream until the first subscription starts the event thread.
     events: Mutex<Option<Events>>,
     listeners: Arc<Listeners>,
@@ -123,7 +123,9 @@ impl std::fmt::Debug for NatterClient {
 }
 
 /// Run an SDK future on the library's runtime and convert its result.
-async fn run<T, R>(fut: impl Future<Output = Result<T, ClientError>> + Send + 'static) -> Result<R, NatterError>
+pub(crate) async fn run<T, R>(
+    fut: impl Future<Output = Result<T, ClientError>> + Send + 'static,
+) -> Result<R, NatterError>
 where
     T: Send + 'static,
     R: From<T>,

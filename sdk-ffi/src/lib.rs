@@ -11,6 +11,7 @@
 //!   app receives (events, conversations, messages) is natter-protocol's app-facing model
 //!   (`natter_protocol::client::model`), re-exported there and shared with the JS package.
 //! - [`timeline`]: the timeline fold as an object.
+//! - [`push`]: push registrations, and opening a notification without a client.
 //! - [`error`]: `NatterError`, the SDK's errors flattened to one enum at this edge.
 //!
 //! Async methods run on one tokio runtime owned by this library ([`runtime`]); foreign
@@ -19,6 +20,7 @@
 
 pub mod client;
 pub mod error;
+pub mod push;
 pub mod timeline;
 pub mod types;
 

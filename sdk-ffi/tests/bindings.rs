@@ -336,3 +336,28 @@ fn swift_header_compiles_and_every_declared_function_is_exported() {
         "declared in the header but not exported: {missing:?}"
     );
 }
+
+/// Push from Python (tests/python/push_test.py): keys, registration, and a separate
+/// extension process that opens a notification the loopback Web Push service received.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_bindings_register_push_and_an_extension_process_opens_a_notification() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        push_allow_loopback_endpoints: true,
+        ..Config::loopback(dir.path())
+    };
+    let server = natter_server::start(&config).await.expect("server starts");
+    let venv = manifest_dir().join("../target/py/bin/python");
+    let mut cmd = tokio::process::Command::new(venv);
+    cmd.arg(manifest_dir().join("tests/python/push_test.py")).env(
+        "NATTER_PUSH_PROVIDER",
+        manifest_dir().join("../server/tests/push/webpush_provider.py"),
+    );
+    let outcome = run_program(cmd, &server, "pypush", 20).await;
+    assert!(outcome.success, "the push program failed:\n{}", outcome.output);
+    assert!(outcome.output.contains("all checks passed"), "{}", outcome.output);
+    for line in outcome.output.lines().filter(|l| l.starts_with("extension:")) {
+        println!("{line}");
+    }
+    server.shutdown().await;
+}
