@@ -46,7 +46,6 @@ pub fn push_public_keys(keys_file: Vec<u8>) -> Result<PushPublicKeys, NatterErro
 pub fn decrypt_notification(keys_file: Vec<u8>, body: Vec<u8>) -> Result<PushNotification, NatterError> {
     keys(&keys_file)?
         .decrypt(&body)
-        .map(Into::into)
         .map_err(|e| NatterError::Decrypt { detail: e.to_string() })
 }
 

@@ -28,6 +28,8 @@ mod link;
 #[cfg(target_arch = "wasm32")]
 mod media;
 #[cfg(target_arch = "wasm32")]
+mod push;
+#[cfg(target_arch = "wasm32")]
 mod timeline;
 
 #[cfg(target_arch = "wasm32")]

@@ -217,3 +217,53 @@ pub fn blurhash_rgba(hash: &str, width: u32, height: u32) -> Result<Vec<u8>, JsE
     }
     blurhash::decode(hash, width, height, 1.0).map_err(|e| JsError::local("INVALID", format!("not a BlurHash: {e}")))
 }
+/// base64url (with or without padding; plain base64 too) to bytes; None if it is not.
+pub fn unb64(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in s.trim_end_matches('=').bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' | b'+' => 62,
+            b'_' | b'/' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
+/// Bytes as base64url without padding.
+pub fn b64(b: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(b.len().div_ceil(3) * 4);
+    for chunk in b.chunks(3) {
+        let n = chunk.iter().fold(0u32, |a, x| (a << 8) | u32::from(*x)) << (8 * (3 - chunk.len()));
+        for i in 0..=chunk.len() {
+            out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64url_round_trips() {
+        for n in 0..70u8 {
+            let b: Vec<u8> = (0..n).map(|i| i.wrapping_mul(37)).collect();
+            assert_eq!(unb64(&b64(&b)).unwrap(), b, "{n}");
+        }
+        assert_eq!(unb64("+/+/").unwrap(), unb64("-_-_").unwrap(), "plain base64 too");
+        assert_eq!(unb64("a!b"), None);
+    }
+}

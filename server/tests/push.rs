@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use base64::Engine;
 use common::*;
+use natter_protocol::client::model::PushNotification;
 use natter_protocol::pb::{self, request::Op, response::Result as Res, ErrorCode};
-use prost::Message;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// The Web Push service stand-in, running until dropped.
@@ -137,11 +137,12 @@ impl Provider {
     }
 }
 
-fn payload(r: &Received) -> pb::PushPayload {
+/// A Web Push payload as the provider decrypted it: JSON (PROTOCOL.md §13.3).
+fn payload(r: &Received) -> PushNotification {
     assert_eq!(r.problem, None, "the provider found a problem");
     let bytes = b64(r.payload.as_deref().expect("decrypted"));
     assert_eq!(bytes.len(), 3072, "every payload has the same padded length");
-    pb::PushPayload::decode(&bytes[..]).expect("a PushPayload")
+    serde_json::from_slice(&bytes).expect("a PushNotification")
 }
 
 async fn push_server(dir: &std::path::Path) -> natter_server::RunningServer {

@@ -10,6 +10,7 @@ use web_push_native::p256::elliptic_curve::sec1::ToEncodedPoint;
 use web_push_native::p256::SecretKey;
 use web_push_native::Auth;
 
+use crate::client::model::PushNotification;
 use crate::pb;
 
 /// The key file's first byte: its format.
@@ -112,10 +113,21 @@ impl PushKeys {
             .map_err(|_| PushError::Decrypt)
     }
 
-    /// Decrypt a notification's body to its payload.
-    pub fn decrypt(&self, body: &[u8]) -> Result<pb::PushPayload, PushError> {
-        pb::PushPayload::decode(&self.decrypt_bytes(body)?[..]).map_err(|_| PushError::Payload)
+    /// Decrypt a notification's body to what it says: protobuf for APNs, FCM and
+    /// UnifiedPush, JSON for Web Push (PROTOCOL.md §13.3).
+    pub fn decrypt(&self, body: &[u8]) -> Result<PushNotification, PushError> {
+        payload(&self.decrypt_bytes(body)?)
     }
+}
+
+/// A decrypted payload, in either of its encodings.
+pub fn payload(plain: &[u8]) -> Result<PushNotification, PushError> {
+    if plain.first() == Some(&b'{') {
+        return serde_json::from_slice(plain).map_err(|_| PushError::Payload);
+    }
+    pb::PushPayload::decode(plain)
+        .map(Into::into)
+        .map_err(|_| PushError::Payload)
 }
 
 fn rand_fill(b: &mut [u8]) {
@@ -171,7 +183,12 @@ mod tests {
         let public = web_push_native::p256::PublicKey::from_sec1_bytes(&keys.public_key()).unwrap();
         let body =
             web_push_native::encrypt(payload.encode_to_vec(), &public, &Auth::clone_from_slice(&keys.auth())).unwrap();
-        assert_eq!(back.decrypt(&body).unwrap(), payload);
+        assert_eq!(back.decrypt(&body).unwrap(), PushNotification::from(payload.clone()));
+        // Web Push carries JSON, padded with spaces.
+        let mut json = serde_json::to_vec(&PushNotification::from(payload.clone())).unwrap();
+        json.resize(300, b' ');
+        let body = web_push_native::encrypt(json, &public, &Auth::clone_from_slice(&keys.auth())).unwrap();
+        assert_eq!(back.decrypt(&body).unwrap(), PushNotification::from(payload));
         assert_eq!(
             PushKeys::from_bytes(&[FORMAT; 10]).unwrap_err(),
             PushError::MalformedKeys

@@ -357,7 +357,8 @@ impl Push {
         if self.hub.device_attached(job.user, job.device) || read.0 >= job.seq {
             return Ok(self.store.finish_push(&job.id, job.seq, next).await?);
         }
-        let body = payload::build(&*self.store, &job).await?;
+        let provider = pb::PushProvider::try_from(reg.provider).unwrap_or(pb::PushProvider::Unspecified);
+        let body = payload::build(&*self.store, &job, provider).await?;
         match self.sender.send(reg, &job, body).await {
             sender::Outcome::Sent => self.store.finish_push(&job.id, job.seq, next).await?,
             sender::Outcome::Gone => {

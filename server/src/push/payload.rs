@@ -1,6 +1,9 @@
 //! What a notification says (PROTOCOL.md §13.3): a `PushPayload` built from the queued job's
 //! newest event, padded to [`PAYLOAD_BYTES`] so that every notification has the same length
-//! before and after encryption.
+//! before and after encryption. Protobuf for APNs, FCM and UnifiedPush; for Web Push the
+//! same fields as JSON (the app-facing `PushNotification`, padded with spaces), which a
+//! service worker reads with `event.data.json()`.
+use natter_protocol::client::model::PushNotification;
 use natter_protocol::pb;
 use natter_protocol::{Seq, ServerError};
 use prost::Message;
@@ -17,8 +20,9 @@ const BADGE_CONVERSATIONS: usize = 500;
 /// Unread messages counted per conversation for the badge.
 const BADGE_CAP: u32 = 999;
 
-/// The padded payload for `job`.
-pub async fn build(store: &dyn Store, job: &PushJob) -> Result<Vec<u8>, ServerError> {
+/// The padded payload for `job`, encoded for `provider`.
+pub async fn build(store: &dyn Store, job: &PushJob, provider: pb::PushProvider) -> Result<Vec<u8>, ServerError> {
+    let web = provider == pb::PushProvider::WebPush;
     let (events, _) = store
         .events(job.conversation, Page::After(Seq(job.seq.saturating_sub(1))), 1)
         .await?;
@@ -58,7 +62,18 @@ pub async fn build(store: &dyn Store, job: &PushJob) -> Result<Vec<u8>, ServerEr
     } else {
         p.fetch = true;
     }
-    pad(&p).ok_or_else(|| ServerError::new(pb::ErrorCode::Internal, "a push payload does not fit"))
+    let padded = if web { pad_json(&p) } else { pad(&p) };
+    padded.ok_or_else(|| ServerError::new(pb::ErrorCode::Internal, "a push payload does not fit"))
+}
+
+/// `p` as the app-facing JSON, padded with spaces to exactly [`PAYLOAD_BYTES`], if it fits.
+pub fn pad_json(p: &pb::PushPayload) -> Option<Vec<u8>> {
+    let mut out = serde_json::to_vec(&PushNotification::from(p.clone())).ok()?;
+    if out.len() > PAYLOAD_BYTES {
+        return None;
+    }
+    out.resize(PAYLOAD_BYTES, b' ');
+    Some(out)
 }
 
 /// `p` encoded and padded to exactly [`PAYLOAD_BYTES`], if it fits.
@@ -138,5 +153,13 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(pad(&huge), None, "too big to carry");
+        let json = pad_json(&pb::PushPayload {
+            preview: "\"quoted\" ünïcode".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(json.len(), PAYLOAD_BYTES);
+        let back: PushNotification = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back.preview, "\"quoted\" ünïcode");
     }
 }

@@ -53,7 +53,8 @@ record! {
         /// Plain conversations: the start of the text.
         pub preview: String,
         /// Encrypted conversations: the sealed event, when it fitted (open it with the
-        /// client's keys); else empty and `fetch` is true.
+        /// client's keys); else empty and `fetch` is true. Never in Web Push's JSON.
+        #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Vec::is_empty"))]
         pub event: Vec<u8>,
         /// Fetch the event from the server to show it.
         pub fetch: bool,

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use base64::Engine;
 use clap::Subcommand;
-use natter_protocol::client::model::{PushNotification, PushRegistrations};
+use natter_protocol::client::model::PushRegistrations;
 use natter_sdk::{proto as pb, Client, PushKeys};
 use serde_json::json;
 
@@ -102,7 +102,7 @@ pub fn offline(cmd: PushCmd) -> anyhow::Result<()> {
             } else {
                 std::fs::read(&body).with_context(|| format!("reading {}", body.display()))?
             };
-            print_record(&PushNotification::from(read_keys(&keys)?.decrypt(&body)?));
+            print_record(&read_keys(&keys)?.decrypt(&body)?);
         }
         _ => bail!("this push command needs the server"),
     }
