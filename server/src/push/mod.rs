@@ -31,6 +31,8 @@ pub mod sender;
 
 /// Longest endpoint (URL or token) kept.
 pub const MAX_ENDPOINT: usize = 1024;
+/// How long a node holds the jobs it took to send (longer than a send may take).
+const CLAIM: Duration = Duration::from_secs(60);
 /// Committed events waiting for the push worker; past this, new ones are dropped (logged).
 const QUEUE: usize = 4096;
 
@@ -331,7 +333,13 @@ impl Push {
     /// Send what is due; true if a full batch was handled (more may be due).
     async fn send_due(&self) -> Result<bool, ServerError> {
         const BATCH: usize = 64;
-        let due = self.store.due_pushes(now_ms(), BATCH).await?;
+        // Claimed for a while: another node does not take them meanwhile, and if this one
+        // dies mid-send they are sent after the claim runs out.
+        let now = now_ms();
+        let due = self
+            .store
+            .claim_pushes(now, now + CLAIM.as_millis() as u64, BATCH)
+            .await?;
         let full = due.len() == BATCH;
         let sends = due.into_iter().map(|job| self.send_one(job));
         for r in futures::future::join_all(sends).await {

@@ -561,6 +561,20 @@ impl Store for MemoryStore {
         }))
     }
 
+    async fn claim_pushes(&self, now_ms: u64, until_ms: u64, limit: usize) -> Result<Vec<PushJob>, StoreError> {
+        Ok(self.with(|s| {
+            let mut due: Vec<&mut PushJob> = s.push_jobs.values_mut().filter(|j| j.due_ms <= now_ms).collect();
+            due.sort_by(|a, b| (a.due_ms, &a.id).cmp(&(b.due_ms, &b.id)));
+            due.into_iter()
+                .take(limit)
+                .map(|j| {
+                    j.due_ms = until_ms;
+                    j.clone()
+                })
+                .collect()
+        }))
+    }
+
     async fn finish_push(&self, id: &str, sent_seq: u64, next_due_ms: u64) -> Result<(), StoreError> {
         self.with(|s| match s.push_jobs.get_mut(id) {
             Some(j) if j.seq > sent_seq => {

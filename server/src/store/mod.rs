@@ -414,6 +414,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn enqueue_push(&self, job: &PushJob) -> Result<(), StoreError>;
     /// Queued notifications due at `now_ms`, earliest first.
     async fn due_pushes(&self, now_ms: u64, limit: usize) -> Result<Vec<PushJob>, StoreError>;
+    /// Take the notifications due at `now_ms` (earliest first) for the caller to send: each
+    /// becomes due again at `until_ms`, so no other node takes it meanwhile, and one whose
+    /// sender died is sent after that. Returned with `due_ms = until_ms`.
+    async fn claim_pushes(&self, now_ms: u64, until_ms: u64, limit: usize) -> Result<Vec<PushJob>, StoreError>;
     /// A job was sent up to `sent_seq`: deleted if it holds nothing newer; otherwise its
     /// newer events are due at `next_due_ms` (with its attempts reset).
     async fn finish_push(&self, id: &str, sent_seq: u64, next_due_ms: u64) -> Result<(), StoreError>;

@@ -259,6 +259,23 @@ end
     )
 });
 
+/// ARGV: now, until, limit. The due jobs, each now due at `until` (claimed by the caller
+/// until then): `(id, until)` pairs.
+static PUSH_CLAIM: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+local out = {}
+for _, id in ipairs(ids) do
+  redis.call('ZADD', KEYS[2], ARGV[2], id)
+  table.insert(out, id)
+  table.insert(out, ARGV[2])
+end
+return out
+"#,
+    )
+});
+
 /// ARGV: id, sent seq, next due. Gone if nothing newer came; else due again.
 static PUSH_FINISH: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
@@ -527,6 +544,37 @@ impl RedisStore {
             .collect();
         self.conn.each::<redis::Value>(prune).await?;
         Ok(true)
+    }
+}
+
+impl RedisStore {
+    /// The queued jobs of `(id, due)` pairs, with their current seq and attempts.
+    async fn push_jobs(&self, ids: Vec<String>) -> Result<Vec<PushJob>, StoreError> {
+        let mut out = Vec::new();
+        for pair in ids.chunks(2) {
+            let [id, due] = pair else { break };
+            let (job, seq, attempts): (Option<Vec<u8>>, Option<u64>, Option<u32>) = self
+                .conn
+                .query(
+                    redis::cmd("EVAL")
+                        .arg("return {redis.call('HGET', KEYS[1], ARGV[1]), redis.call('HGET', KEYS[2], ARGV[1]), redis.call('HGET', KEYS[3], ARGV[1])}")
+                        .arg(3)
+                        .arg(PUSH_JOBS)
+                        .arg(PUSH_SEQ)
+                        .arg(PUSH_ATTEMPTS)
+                        .arg(id),
+                )
+                .await?;
+            let Some(job) = job else { continue };
+            let mut job: PushJob = dec(&job)?;
+            job.seq = seq.unwrap_or(job.seq);
+            job.attempts = attempts.unwrap_or(0);
+            job.due_ms = due
+                .parse()
+                .map_err(|e: std::num::ParseIntError| StoreError::Corrupt(e.to_string()))?;
+            out.push(job);
+        }
+        Ok(out)
     }
 }
 
@@ -1109,31 +1157,16 @@ impl Store for RedisStore {
                     .arg(limit),
             )
             .await?;
-        let mut out = Vec::new();
-        for pair in ids.chunks(2) {
-            let [id, due] = pair else { break };
-            let (job, seq, attempts): (Option<Vec<u8>>, Option<u64>, Option<u32>) = self
-                .conn
-                .query(
-                    redis::cmd("EVAL")
-                        .arg("return {redis.call('HGET', KEYS[1], ARGV[1]), redis.call('HGET', KEYS[2], ARGV[1]), redis.call('HGET', KEYS[3], ARGV[1])}")
-                        .arg(3)
-                        .arg(PUSH_JOBS)
-                        .arg(PUSH_SEQ)
-                        .arg(PUSH_ATTEMPTS)
-                        .arg(id),
-                )
-                .await?;
-            let Some(job) = job else { continue };
-            let mut job: PushJob = dec(&job)?;
-            job.seq = seq.unwrap_or(job.seq);
-            job.attempts = attempts.unwrap_or(0);
-            job.due_ms = due
-                .parse()
-                .map_err(|e: std::num::ParseIntError| StoreError::Corrupt(e.to_string()))?;
-            out.push(job);
-        }
-        Ok(out)
+        self.push_jobs(ids).await
+    }
+
+    async fn claim_pushes(&self, now_ms: u64, until_ms: u64, limit: usize) -> Result<Vec<PushJob>, StoreError> {
+        let mut inv = PUSH_CLAIM.prepare_invoke();
+        push_keys(&mut inv);
+        inv.arg(now_ms).arg(until_ms).arg(limit);
+        let ids: Vec<String> = self.conn.script(&inv).await?;
+        self.replicated().await?;
+        self.push_jobs(ids).await
     }
 
     async fn finish_push(&self, id: &str, sent_seq: u64, next_due_ms: u64) -> Result<(), StoreError> {

@@ -814,6 +814,31 @@ impl Store for SledStore {
         Ok(out)
     }
 
+    async fn claim_pushes(&self, now_ms: u64, until_ms: u64, limit: usize) -> Result<Vec<PushJob>, StoreError> {
+        let due = self.due_pushes(now_ms, limit).await?;
+        let ids: Vec<String> = due.into_iter().map(|j| j.id).collect();
+        self.write(true, move |h| {
+            media_txn(&h.tree, |t| {
+                let mut out = Vec::new();
+                for id in &ids {
+                    let jk = push_job_key(id);
+                    let Some(v) = t.get(&jk)? else { continue };
+                    let mut j: PushJob = dec(&v).map_err(Abort::Abort)?;
+                    if j.due_ms > now_ms {
+                        continue; // moved on meanwhile
+                    }
+                    t.remove(push_due_key(j.due_ms, id))?;
+                    j.due_ms = until_ms;
+                    t.insert(push_due_key(j.due_ms, id), &[][..])?;
+                    t.insert(jk, enc(&j))?;
+                    out.push(j);
+                }
+                Ok(out)
+            })
+        })
+        .await
+    }
+
     async fn finish_push(&self, id: &str, sent_seq: u64, next_due_ms: u64) -> Result<(), StoreError> {
         let id = id.to_string();
         self.write(true, move |h| {
