@@ -127,6 +127,17 @@ impl Provider {
         }
     }
 
+    /// Answer `device`'s pushes normally again.
+    async fn clear(&self, device: &str) {
+        self.http
+            .post(format!("{}/clear/{device}", self.base))
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap();
+    }
+
     /// Answer `device`'s next `count` pushes with `status` (and `Retry-After`).
     async fn answer(&self, device: &str, status: u16, retry_after: Option<u32>, count: u32) {
         let mut url = format!("{}/mode/{device}?status={status}&count={count}", self.base);
@@ -517,4 +528,70 @@ async fn the_cli_registers_its_own_keys_and_decrypts_what_the_push_service_carri
     let id = reg["registrationId"].as_str().unwrap();
     let left = cli(&profile, &["push", "remove", id]).await;
     assert_eq!(left[0]["registrations"], serde_json::json!([]));
+}
+
+/// A notification the push service has not taken yet survives `kill -9`: after the
+/// restart it is sent once, and the next message is a notification of its own.
+#[tokio::test]
+async fn a_queued_notification_survives_kill_9_and_is_sent_once_after_the_restart() {
+    let provider = Provider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("natter.toml");
+    std::fs::write(&config, "push_allow_loopback_endpoints = true\n").unwrap();
+    let cfg = config.to_str().unwrap();
+    let mut p = spawn_server_binary_with(dir.path(), "127.0.0.1:0", &["--config", cfg]);
+    let bob = device(p.addr, &p.fingerprint, "bob", true).await;
+    drop(device(p.addr, &p.fingerprint, "alice", true).await);
+    let mut alice = Raw::hello(p.addr, &p.fingerprint).await;
+    alice.login("alice").await;
+    let target = provider.subscribe("alice").await;
+    let res = alice
+        .request(Op::RegisterPush(pb::RegisterPush { target: Some(target) }))
+        .await;
+    assert!(matches!(res, Res::Push(_)), "{res:?}");
+    alice.conn.close(0u32.into(), b"pocket");
+    alice.conn.closed().await;
+
+    // The push service is down: attempts fail and the job waits in the store.
+    provider.answer("alice", 503, None, 1000).await;
+    let to_alice = natter_sdk::ConversationId(bob.client.direct("alice").await.unwrap().conversation_id);
+    let seq = bob.client.send(to_alice, "through a crash").await.unwrap().seq.0;
+    // Two failed attempts: the first one's retry was written down.
+    provider.until("alice", 2).await;
+    p.child.kill().unwrap(); // SIGKILL: no shutdown path runs
+    p.child.wait().unwrap();
+    bob.client.shutdown().await;
+    provider.clear("alice").await;
+
+    let p2 = spawn_server_binary_with(dir.path(), "127.0.0.1:0", &["--config", cfg]);
+    let taken = |got: &[Received]| got.iter().filter(|r| r.status == 201).count();
+    let until = tokio::time::Instant::now() + DEADLINE * 2;
+    let got = loop {
+        let got = provider.received("alice").await;
+        if taken(&got) >= 1 {
+            break got;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "not sent after the restart: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let sent: Vec<u64> = got.iter().filter(|r| r.status == 201).map(|r| payload(r).seq).collect();
+    assert_eq!(sent, vec![seq], "sent once, the message from before the crash");
+
+    // The next message is its own notification; the first is not sent again.
+    let bob = device(p2.addr, &p2.fingerprint, "bob", false).await;
+    let next = bob.client.send(to_alice, "after").await.unwrap().seq.0;
+    let until = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let got = provider.received("alice").await;
+        if taken(&got) >= 2 {
+            let sent: Vec<u64> = got.iter().filter(|r| r.status == 201).map(|r| payload(r).seq).collect();
+            assert_eq!(sent, vec![seq, next], "none twice");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < until, "the next message was not notified");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -32,7 +32,7 @@ pub mod sender;
 /// Longest endpoint (URL or token) kept.
 pub const MAX_ENDPOINT: usize = 1024;
 /// How long a node holds the jobs it took to send (longer than a send may take).
-const CLAIM: Duration = Duration::from_secs(60);
+const CLAIM: Duration = Duration::from_secs(20);
 /// Committed events waiting for the push worker; past this, new ones are dropped (logged).
 const QUEUE: usize = 4096;
 

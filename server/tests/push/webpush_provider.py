@@ -9,6 +9,7 @@ GET  /subscribe/<device>?keys=device   -> {"endpoint"}: the device brings its ow
                                   APNs and FCM apps do); bodies are recorded as they came
 POST /push/<device>            the push service endpoint
 POST /mode/<device>?status=410&retry_after=3&count=1   answer the next `count` pushes so
+POST /clear/<device>           answer normally again
 GET  /received/<device>        -> [{"status", "payload" (base64url plaintext), "body"
                                     (base64url, for devices with their own keys), "length",
                                     "topic", "urgency", "ttl", "at"}]
@@ -119,6 +120,10 @@ class Handler(BaseHTTPRequestHandler):
         url = urlparse(self.path)
         parts = url.path.strip("/").split("/")
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        if parts[0] == "clear":
+            with lock:
+                devices[parts[1]]["modes"].clear()
+            return self.reply(200, {})
         if parts[0] == "mode":
             q = {k: v[0] for k, v in parse_qs(url.query).items()}
             with lock:
