@@ -78,7 +78,7 @@ step "browser test driver (playwright-core, no downloaded browser) and tus-js-cl
 step "Kotlin compiler for natter-ffi's Kotlin tests (npm kotlin-compiler: kotlinc + coroutines)"
 (cd sdk-ffi/tests/kotlin && npm ci --no-audit --no-fund --loglevel=error)
 
-step "tuspy (the tus interoperability test), PyNaCl (an independent file decryption) and moto's S3 server (the several-node media test), PyPI, in a venv at target/py"
+step "tuspy (the tus interoperability test), PyNaCl (an independent file decryption), moto's S3 server (the several-node media test) and http-ece (the Web Push service stand-in decrypts with it), PyPI, in a venv at target/py"
 [[ -x target/py/bin/python ]] || python3 -m venv target/py
 target/py/bin/python -c "import tusclient" 2>/dev/null || target/py/bin/pip install -q tuspy==1.1.0
 # PyNaCl (libsodium): the Python bindings test opens a natter-encrypted file with it.
