@@ -8,6 +8,7 @@ import init, { NatterClient, Timeline } from "./pkg/index.js";
 import { renderAttachments, sendFiles } from "./media.js";
 import { forgetStoreKey, onVerification, renderDevices, storeKey, wireBackup } from "./e2ee.js";
 import { el } from "./dom.js";
+import { enableNotifications, notifyHidden, startNotifications } from "./notify.js";
 
 const KIND = { DIRECT: "direct", GROUP: "group", CHANNEL: "channel" };
 const $ = (id) => document.getElementById(id);
@@ -22,6 +23,8 @@ const state = {
   typing: new Map(),        // conversationId -> Map(userId -> username)
   presence: new Map(),      // userId -> "online" | "away" | "offline"
   log: [],                  // recent events, newest last (for tests and debugging)
+  // A conversation to open once it is known (?c=<id>, or the service worker asked).
+  pendingOpen: Number(params.get("c")) || null,
 };
 window.natter = state;      // for tests and the console
 
@@ -60,7 +63,11 @@ function onEvent(ev) {
       localStorage.removeItem(TOKEN_KEY);
       showAuth("Your session ended; sign in again.");
       break;
-    case "conversations": for (const s of ev.conversations) addSummary(s); renderList(); break;
+    case "conversations":
+      for (const s of ev.conversations) addSummary(s);
+      renderList();
+      openPending();
+      break;
     case "event": onConversationEvent(ev.event); break;
     case "unread": conv(ev.conversationId).summary.unreadCount = ev.unreadCount; renderList(); break;
     case "receipt": if (ev.conversationId === state.active) renderMarks(); break;
@@ -112,6 +119,7 @@ async function loadPeer(id) {
 async function refreshConversations() {
   for (const s of await state.client.conversations()) addSummary(s);
   renderList();
+  openPending();
 }
 
 function addEvent(e) {
@@ -165,6 +173,9 @@ function onConversationEvent(e) {
   const c = conv(e.conversationId);
   if (e.body.type === "message") {
     c.summary.lastMessage = e;
+    if (state.me && e.senderUserId !== state.me.userId) {
+      notifyHidden(title(c) || e.senderUsername, e.body.text || "New message", e.conversationId);
+    }
     typingMap(e.conversationId).delete(e.senderUserId);
     renderTyping();
   }
@@ -266,6 +277,15 @@ async function showDevices() {
   const users = [{ userId: state.me.userId, username: state.me.username }];
   if (c.peer) users.push(c.peer);
   try { await renderDevices(state.client, state.me, users); } catch (e) { $("chat-error").textContent = e.message; }
+}
+
+// Open the conversation asked for (by the URL or the service worker) once it is known.
+function openPending() {
+  const id = state.pendingOpen;
+  if (id != null && state.convs.get(id)?.summary.kind) {
+    state.pendingOpen = null;
+    openConversation(id);
+  }
 }
 
 async function openConversation(id) {
@@ -377,6 +397,7 @@ function wire() {
     catch (err) { $("chat-error").textContent = err.message; }
   }; };
   action("new-dm", () => state.client.direct($("dm-user").value.trim(), { encrypted: $("dm-encrypted").checked }));
+  $("notify-btn").onclick = () => enableNotifications(state.client);
   $("devices-btn").onclick = () => ($("devices").hidden ? showDevices() : ($("devices").hidden = true));
   action("new-group", () => state.client.createGroup($("group-name").value.trim(),
     $("group-members").value.split(",").map((s) => s.trim()).filter(Boolean)));
@@ -406,4 +427,5 @@ state.client = NatterClient.connect({
   encryption: { storeKey: storeKey() },
 });
 wire();
+startNotifications((id) => { state.pendingOpen = id; openPending(); });
 if (!token) showAuth();

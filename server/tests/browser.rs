@@ -8,6 +8,8 @@ mod common;
 mod e2ee;
 #[path = "browser/media.rs"]
 mod media;
+#[path = "browser/push.rs"]
+mod push;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -68,6 +68,28 @@ async function run(cmd) {
     case "logs": return logs.get(cmd.page) ?? [];
     // The page's requests for /media/ and /tus/ so far: method, URL, Range header, status.
     case "mediaRequests": return media.get(cmd.page) ?? [];
+    // Allow notifications for the page's origin (what a person's "Allow" does).
+    case "grant": await page.context().grantPermissions(cmd.permissions, { origin: new URL(page.url()).origin }); return null;
+    // Deliver a push message to the page's service worker as a push service would, after
+    // the browser decrypted it (DevTools: ServiceWorker.deliverPushMessage).
+    case "deliverPush": {
+      const cdp = await page.context().newCDPSession(page);
+      const origin = new URL(page.url()).origin;
+      const registered = new Promise((resolve) => cdp.on("ServiceWorker.workerRegistrationUpdated", (e) => {
+        const r = e.registrations.find((r) => !r.isDeleted && r.scopeURL.startsWith(origin));
+        if (r) resolve(r.registrationId);
+      }));
+      await cdp.send("ServiceWorker.enable");
+      const registrationId = await registered;
+      await cdp.send("ServiceWorker.deliverPushMessage", { origin, registrationId, data: cmd.data });
+      await cdp.detach();
+      return null;
+    }
+    // Evaluate an async function body in the page's service worker; returns its JSON result.
+    case "workerEval": {
+      const worker = page.context().serviceWorkers()[0] ?? (await page.context().waitForEvent("serviceworker"));
+      return await worker.evaluate(`(async () => { ${cmd.js} })()`);
+    }
     case "quit": await browser.close(); process.exit(0);
     default: throw new Error(`unknown op ${cmd.op}`);
   }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 pub mod e2ee;
 pub mod media;
+pub mod push;
 pub mod relay;
 pub mod wt;
 use std::net::SocketAddr;

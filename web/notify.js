@@ -1,0 +1,50 @@
+// Notifications in the web chat (PROTOCOL.md §13): the service worker (sw.js) shows Web
+// Push notifications while no natter page is in front; "🔔 Notify me" subscribes this
+// browser with the server's VAPID key and registers the subscription for this device. While
+// the page is open but hidden, new messages show through the Notification API directly.
+const $ = (id) => document.getElementById(id);
+
+let registration = null;
+
+/** Register the service worker; `open(conversationId)` is called when it asks. */
+export async function startNotifications(open) {
+  if (!("serviceWorker" in navigator)) return;
+  try {
+    registration = await navigator.serviceWorker.register("sw.js");
+  } catch (e) {
+    console.warn("service worker:", e.message);
+    return;
+  }
+  navigator.serviceWorker.addEventListener("message", (e) => {
+    if (e.data?.type === "openConversation") open(e.data.conversationId);
+  });
+  $("notify-btn").hidden = !("PushManager" in window);
+}
+
+/** Subscribe this browser and register the subscription with the server. */
+export async function enableNotifications(client) {
+  const status = $("notify-status");
+  try {
+    if ((await Notification.requestPermission()) !== "granted") {
+      status.textContent = "Notifications are blocked for this page.";
+      return;
+    }
+    const reg = registration ?? (await navigator.serviceWorker.ready);
+    const { vapidPublicKey } = await client.listPush();
+    const sub = (await reg.pushManager.getSubscription())
+      ?? (await reg.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: vapidPublicKey }));
+    await client.registerPush(sub);
+    status.textContent = "Notifications are on for this browser.";
+    $("notify-btn").dataset.on = "true";
+  } catch (e) {
+    status.textContent = `Notifications are unavailable here: ${e.message}`;
+  }
+}
+
+/** A message arrived while the page is open but hidden: tell the person. */
+export function notifyHidden(title, body, conversationId) {
+  if (document.visibilityState === "visible" || !("Notification" in window)) return;
+  if (Notification.permission !== "granted") return;
+  const n = new Notification(title, { body, tag: `c${conversationId}` });
+  n.onclick = () => { window.focus(); n.close(); };
+}
