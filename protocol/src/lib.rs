@@ -17,6 +17,7 @@ pub mod e2ee;
 pub mod error;
 pub mod ids;
 pub mod limits;
+pub mod mentions;
 pub mod session;
 pub mod timeline;
 pub mod validate;

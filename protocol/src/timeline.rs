@@ -160,6 +160,8 @@ mod tests {
             text: text.into(),
             reply_to_seq: 0,
             attachments: Vec::new(),
+            mentions: Vec::new(),
+            mention_here: false,
         }
     }
 

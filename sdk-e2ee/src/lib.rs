@@ -485,6 +485,35 @@ impl<I: Io> Engine<I> {
         Ok(list)
     }
 
+    /// Who a message about to be sealed mentions, listed outside the ciphertext so that
+    /// "mentions only" works (PROTOCOL.md §13.2): the body's own list, and each `@name` of
+    /// its text that names a member — the server cannot read the text to find them.
+    async fn mentions(
+        &self,
+        conv: ConversationId,
+        body: Option<&pb::MessageBody>,
+    ) -> Result<(Vec<u64>, bool), E2eeError> {
+        let Some(body) = body else {
+            return Ok((Vec::new(), false));
+        };
+        let mut ids = body.mentions.clone();
+        let mut here = body.mention_here;
+        let names: Vec<String> = natter_protocol::mentions::at_names(&body.text).collect();
+        if !names.is_empty() {
+            let members = self.io.call(ops::members(conv)).await?;
+            for name in names {
+                if name == "here" {
+                    here = true;
+                } else if let Some(m) = members.iter().find(|m| m.username == name) {
+                    ids.push(m.user_id);
+                }
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        Ok((ids, here))
+    }
+
     /// Seal and send `content` as message `id`, covering the conversation's devices.
     pub async fn send(
         &self,
@@ -493,11 +522,14 @@ impl<I: Io> Engine<I> {
         content: pb::SealedContent,
     ) -> Result<SendAck, E2eeError> {
         let mut devices = self.devices(conv).await?;
+        let (mentions, mention_here) = self.mentions(conv, content.body.as_ref()).await?;
         for _ in 0..SEAL_ATTEMPTS {
             let envelope = self.seal(conv, &id, &content, &devices).await?;
             let body = pb::MessageBody {
                 kind: pb::MessageKind::Text as i32,
                 encrypted: Some(envelope),
+                mentions: mentions.clone(),
+                mention_here,
                 ..Default::default()
             };
             match self.io.send(conv, id.clone(), body).await {

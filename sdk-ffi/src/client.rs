@@ -150,8 +150,7 @@ fn text_body(text: String, reply_to_seq: u64) -> pb::MessageBody {
         kind: pb::MessageKind::Text as i32,
         text,
         reply_to_seq,
-        attachments: Vec::new(),
-        encrypted: None,
+        ..Default::default()
     }
 }
 

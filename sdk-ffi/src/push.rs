@@ -7,7 +7,10 @@ use natter_sdk::{proto as pb, PushKeys};
 
 use crate::client::{run, NatterClient};
 use crate::error::NatterError;
-pub use natter_protocol::client::model::{PushNotification, PushProvider, PushRegistration, PushRegistrations};
+pub use natter_protocol::client::model::{
+    ConversationNotify, NotifyLevel, NotifySettings, PushNotification, PushProvider, PushRegistration,
+    PushRegistrations,
+};
 
 /// The public half of push keys: what a registration carries.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
@@ -78,6 +81,19 @@ impl NatterClient {
     pub async fn list_push(&self) -> Result<PushRegistrations, NatterError> {
         let c = self.inner.clone();
         run(async move { c.list_push().await }).await
+    }
+
+    /// The user's notification rules.
+    pub async fn notify_settings(&self) -> Result<NotifySettings, NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.notify_settings().await }).await
+    }
+
+    /// Replace the user's notification rules (level, mutes, do-not-disturb hours in an
+    /// IANA time zone, per-conversation rules).
+    pub async fn set_notify_settings(&self, settings: NotifySettings) -> Result<NotifySettings, NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.set_notify_settings(settings.into()).await }).await
     }
 
     /// Remove one of this device's registrations.

@@ -376,6 +376,17 @@ impl Client {
         self.call(ops::remove_push(registration_id)).await
     }
 
+    /// The user's notification rules (PROTOCOL.md §13.2).
+    pub async fn notify_settings(&self) -> Result<pb::NotifySettings, ClientError> {
+        self.call(ops::notify_settings()).await
+    }
+
+    /// Replace the user's notification rules: level, mutes, do-not-disturb hours and
+    /// per-conversation rules. `BAD_REQUEST` for an unknown time zone or level.
+    pub async fn set_notify_settings(&self, settings: pb::NotifySettings) -> Result<pb::NotifySettings, ClientError> {
+        self.call(ops::set_notify_settings(settings)).await
+    }
+
     /// The 1:1 conversation with `username`, created on first use.
     pub async fn direct(&self, username: &str) -> Result<pb::ConversationSummary, ClientError> {
         self.call(ops::direct(username)).await

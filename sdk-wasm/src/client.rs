@@ -356,7 +356,7 @@ export interface ConversationEvent {
   senderDeviceId: number; serverTimeMs: number; body: EventBody;
 }
 export type EventBody =
-  | { type: "message"; clientMsgId: string; text: string; replyToSeq: number; attachments: Attachment[] }
+  | { type: "message"; clientMsgId: string; text: string; replyToSeq: number; attachments: Attachment[]; mentions: number[]; mentionHere: boolean }
   | { type: "created"; kind: ConversationKind; name: string; members: Member[]; encrypted: boolean }
   | { type: "membersAdded"; members: Member[] }
   | { type: "memberRemoved"; userId: number; username: string; left: boolean }

@@ -4,7 +4,7 @@
 //! `pushManager.subscribe({ applicationServerKey })` takes. The browser decrypts Web Push
 //! itself and hands the service worker the payload (JSON, §13.3).
 use js_sys::{Object, Promise, Reflect};
-use natter_protocol::client::model::PushRegistrations;
+use natter_protocol::client::model::{NotifySettings, PushRegistrations};
 use natter_protocol::client::ops;
 use natter_protocol::pb;
 use wasm_bindgen::prelude::*;
@@ -66,6 +66,14 @@ export interface PushRegistration {
 /** What registerPush/listPush/removePush resolve to; `vapidPublicKey` is base64url, the
  * `applicationServerKey` for `pushManager.subscribe`. */
 export interface PushRegistrations { registrations: PushRegistration[]; vapidPublicKey: string }
+/** Which messages notify (PROTOCOL.md §13.2); a conversation's "unspecified" is the user's. */
+export type NotifyLevel = "unspecified" | "all" | "mentions" | "none";
+/** A user's notification rules: getNotifySettings() / setNotifySettings(settings). */
+export interface NotifySettings {
+  level: NotifyLevel; muteUntilMs: number; timeZone: string;
+  dndStartMinute: number; dndEndMinute: number;
+  conversations: { conversationId: number; level: NotifyLevel; muteUntilMs: number }[];
+}
 /** What the service worker gets in a Web Push (`event.data.json()`, PROTOCOL.md §13.3). */
 export interface PushNotification {
   conversationId: number; seq: number; senderUserId: number; senderName: string;
@@ -95,6 +103,32 @@ impl NatterClient {
         future_to_promise(async move {
             let r = inner.call(ops::list_push()).await.map_err(|e| js_error(&e))?;
             Ok(registrations(r))
+        })
+    }
+
+    /// The user's notification rules (PROTOCOL.md §13.2), a `NotifySettings`.
+    #[wasm_bindgen(js_name = getNotifySettings)]
+    pub fn get_notify_settings(&self) -> Promise {
+        let inner = self.inner().clone();
+        future_to_promise(async move {
+            let s = inner.call(ops::notify_settings()).await.map_err(|e| js_error(&e))?;
+            Ok(to_js(&NotifySettings::from(s)))
+        })
+    }
+
+    /// Replace the user's notification rules with `settings` (a `NotifySettings`);
+    /// rejects with `BAD_REQUEST` for an unknown time zone or level.
+    #[wasm_bindgen(js_name = setNotifySettings)]
+    pub fn set_notify_settings(&self, settings: JsValue) -> Promise {
+        let inner = self.inner().clone();
+        future_to_promise(async move {
+            let s: NotifySettings = serde_wasm_bindgen::from_value(settings)
+                .map_err(|e| js_error(&JsError::local("INVALID_INPUT", format!("setNotifySettings: {e}"))))?;
+            let s = inner
+                .call(ops::set_notify_settings(s.into()))
+                .await
+                .map_err(|e| js_error(&e))?;
+            Ok(to_js(&NotifySettings::from(s)))
         })
     }
 

@@ -458,3 +458,196 @@ async fn a_queued_notification_survives_kill_9_and_is_sent_once_after_the_restar
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+async fn set_rules(r: &mut Raw, settings: pb::NotifySettings) -> pb::NotifySettings {
+    match r
+        .request(Op::SetNotifySettings(pb::SetNotifySettings {
+            settings: Some(settings),
+        }))
+        .await
+    {
+        Res::NotifySettings(s) => s,
+        other => panic!("set notify settings: {other:?}"),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Seqs of the notifications `device` got (the provider took them all).
+async fn notified(provider: &Provider, device: &str) -> Vec<u64> {
+    provider.received(device).await.iter().map(|r| payload(r).seq).collect()
+}
+
+/// Mentions-only, a muted conversation and do-not-disturb hours, each with messages that
+/// must and must not notify, in a group; erin (no rules) is notified of everything, so
+/// once her notification of a message is in, every decision about it has been made.
+#[tokio::test]
+async fn rules_decide_which_group_messages_notify() {
+    let provider = Provider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = push_server(dir.path()).await;
+    let bob = user(&s, "bob").await;
+    for name in ["alice", "dave", "erin"] {
+        drop(user(&s, name).await);
+    }
+    let mut alice = registered(&s, "alice", provider.subscribe("alice").await).await;
+    let mut dave = registered(&s, "dave", provider.subscribe("dave").await).await;
+    let erin = registered(&s, "erin", provider.subscribe("erin").await).await;
+    let team = bob
+        .client
+        .create_group("team", &["alice", "dave", "erin"])
+        .await
+        .unwrap()
+        .conversation_id;
+    // Alice: mentions only. Dave: do not disturb, now, in his time zone.
+    let alice_rules = set_rules(
+        &mut alice,
+        pb::NotifySettings {
+            level: pb::NotifyLevel::Mentions as i32,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(alice_rules.level, pb::NotifyLevel::Mentions as i32);
+    let minute = ((now_ms() / 60_000) % 1440) as u32;
+    let dnd = pb::NotifySettings {
+        time_zone: "UTC".into(),
+        dnd_start_minute: (minute + 1439) % 1440,
+        dnd_end_minute: (minute + 3) % 1440,
+        ..Default::default()
+    };
+    set_rules(&mut dave, dnd).await;
+    let bad = dave
+        .request(Op::SetNotifySettings(pb::SetNotifySettings {
+            settings: Some(pb::NotifySettings {
+                time_zone: "Nowhere/Atlantis".into(),
+                ..Default::default()
+            }),
+        }))
+        .await;
+    assert_eq!(error_code(&bad), ErrorCode::BadRequest, "an unknown time zone");
+    let mut alice_raw = alice;
+    go_offline(&s, erin).await;
+
+    let send = |text: &'static str| {
+        let c = bob.client.clone();
+        async move { c.send(natter_sdk::ConversationId(team), text).await.unwrap().seq.0 }
+    };
+    // 1. No mention: erin yes, alice (mentions only) no, dave (do not disturb) no.
+    let plain = send("lunch at noon").await;
+    provider.until("erin", 1).await;
+    // 2. A mention of alice: alice yes.
+    let mention = send("@alice can you book it?").await;
+    provider.until("erin", 2).await;
+    assert_eq!(notified(&provider, "alice").await, Vec::<u64>::new(), "alice is online");
+    go_offline(&s, alice_raw).await;
+    let again = send("@alice ping").await;
+    provider.until("erin", 3).await;
+    let alice_got = provider.until("alice", 1).await;
+    let p = payload(&alice_got[0]);
+    assert_eq!(
+        (p.seq, p.mention),
+        (again, true),
+        "the mention notifies, with mention set"
+    );
+    // 3. @here counts as a mention of everyone.
+    let here = send("@here standup").await;
+    provider.until("erin", 4).await;
+    provider.until("alice", 2).await;
+    assert_eq!(notified(&provider, "alice").await, vec![again, here]);
+    assert!(
+        provider.received("dave").await.is_empty(),
+        "dave's do-not-disturb holds"
+    );
+    let _ = (plain, mention);
+
+    // 4. Alice mutes the group for ten minutes: not even a mention.
+    alice_raw = Raw::hello(s.addr, &s.fingerprint).await;
+    alice_raw.login("alice").await;
+    set_rules(
+        &mut alice_raw,
+        pb::NotifySettings {
+            level: pb::NotifyLevel::Mentions as i32,
+            conversations: vec![pb::ConversationNotify {
+                conversation_id: team,
+                level: 0,
+                mute_until_ms: now_ms() + 600_000,
+            }],
+            ..Default::default()
+        },
+    )
+    .await;
+    match alice_raw.request(Op::GetNotifySettings(pb::GetNotifySettings {})).await {
+        Res::NotifySettings(n) => assert_eq!(n.conversations[0].conversation_id, team),
+        other => panic!("{other:?}"),
+    }
+    drop(alice_raw);
+    // 5. Dave's hours end (he turns them off): the next message notifies him.
+    set_rules(&mut dave, pb::NotifySettings::default()).await;
+    go_offline(&s, dave).await;
+    let last = send("@alice @dave done").await;
+    provider.until("erin", 5).await;
+    assert_eq!(notified(&provider, "dave").await, vec![last]);
+    assert_eq!(
+        notified(&provider, "alice").await,
+        vec![again, here],
+        "the muted group stays quiet"
+    );
+}
+
+/// "Mentions only" in an encrypted direct conversation: the sender's SDK lists the
+/// mention outside the ciphertext; the notification says so and carries no preview.
+#[tokio::test]
+async fn mentions_only_works_in_an_encrypted_direct_conversation() {
+    use common::e2ee::phone;
+    let provider = Provider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = push_server(dir.path()).await;
+    let bob = phone(&s, dir.path(), "bob", 1, true).await;
+    let alice = phone(&s, dir.path(), "alice", 1, true).await;
+    alice
+        .client
+        .register_push(provider.subscribe("alice").await)
+        .await
+        .unwrap();
+    let mut rules = alice.client.notify_settings().await.unwrap();
+    rules.level = pb::NotifyLevel::Mentions as i32;
+    alice.client.set_notify_settings(rules).await.unwrap();
+    let dm = natter_sdk::ConversationId(bob.client.encrypted_direct("alice").await.unwrap().conversation_id);
+    let before = s.attached_sessions();
+    alice.client.shutdown().await;
+    let until = tokio::time::Instant::now() + DEADLINE;
+    while s.attached_sessions() >= before {
+        assert!(tokio::time::Instant::now() < until, "alice stays attached");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    bob.client.send(dm, "no mention here").await.unwrap();
+    let mentioned = bob.client.send(dm, "@alice are you there?").await.unwrap().seq.0;
+    let got = provider.until("alice", 1).await;
+    let p = payload(&got[0]);
+    assert_eq!((p.seq, p.mention, p.fetch), (mentioned, true, true));
+    assert_eq!(p.preview, "", "no plaintext from an encrypted conversation");
+    // The mention is outside the ciphertext: the stored event lists alice, nothing else.
+    let page = bob
+        .client
+        .history(dm, natter_sdk::HistoryAnchor::Before(natter_sdk::Seq(0)), 10)
+        .await
+        .unwrap();
+    let alice_id = page.events.iter().find_map(|e| match &e.body {
+        Some(pb::conversation_event::Body::Message(m)) if e.seq == mentioned => {
+            Some(m.body.as_ref().unwrap().mentions.clone())
+        }
+        _ => None,
+    });
+    assert_eq!(alice_id.map(|v| v.len()), Some(1));
+    assert_eq!(
+        provider.received("alice").await.len(),
+        1,
+        "the message without a mention did not notify"
+    );
+}

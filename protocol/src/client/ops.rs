@@ -128,6 +128,26 @@ pub fn remove_push(registration_id: &str) -> Call<pb::PushRegistrations> {
     Call::new(op, push)
 }
 
+/// The user's notification rules.
+pub fn notify_settings() -> Call<pb::NotifySettings> {
+    Call::new(Op::GetNotifySettings(pb::GetNotifySettings {}), notify)
+}
+
+/// Replace the user's notification rules.
+pub fn set_notify_settings(settings: pb::NotifySettings) -> Call<pb::NotifySettings> {
+    let op = Op::SetNotifySettings(pb::SetNotifySettings {
+        settings: Some(settings),
+    });
+    Call::new(op, notify)
+}
+
+fn notify(r: Res) -> Option<pb::NotifySettings> {
+    match r {
+        Res::NotifySettings(s) => Some(s),
+        _ => None,
+    }
+}
+
 fn push(r: Res) -> Option<pb::PushRegistrations> {
     match r {
         Res::Push(p) => Some(p),

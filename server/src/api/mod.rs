@@ -405,6 +405,13 @@ pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError
             ctx.rates.push_change(actor.user)?;
             Ok(Res::Push(ctx.push.register(actor.user, actor.device, r.target).await?))
         }
+        Op::GetNotifySettings(_) => Ok(Res::NotifySettings(ctx.push.settings(actor.user).await?)),
+        Op::SetNotifySettings(r) => {
+            ctx.rates.push_change(actor.user)?;
+            Ok(Res::NotifySettings(
+                ctx.push.set_settings(actor.user, r.settings).await?,
+            ))
+        }
         Op::ListPush(_) => Ok(Res::Push(ctx.push.list(actor.user, actor.device).await?)),
         Op::RemovePush(r) => {
             ctx.rates.push_change(actor.user)?;

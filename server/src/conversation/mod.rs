@@ -21,6 +21,7 @@ use natter_protocol::{ConversationId, DeviceId, Seq, ServerError, UserId};
 use tokio::sync::{mpsc, oneshot};
 
 mod coverage;
+mod mentions;
 mod rules;
 
 use rules::{apply, apply_to_message, create, live, not_member, Conv, Target};

@@ -260,7 +260,10 @@ pub(crate) fn apply(
         Mutation::Create { .. } | Mutation::Edit { .. } | Mutation::DeleteMessage(_) | Mutation::React { .. } => {
             unreachable!("handled by the caller")
         }
-        Mutation::Send { client_msg_id, body } => {
+        Mutation::Send {
+            client_msg_id,
+            mut body,
+        } => {
             match (&body.encrypted, conv.meta.encrypted) {
                 (Some(envelope), true) => coverage::check(&conv.meta.devices, actor, envelope)?,
                 (None, true) => {
@@ -284,6 +287,7 @@ pub(crate) fn apply(
                     format!("reply_to_seq {} names no event of this conversation", body.reply_to_seq),
                 ));
             }
+            super::mentions::resolve(conv, &mut body);
             commit.idempotency = Some((actor.user, client_msg_id.clone()));
             commit.read_cursors = vec![(actor.user, seq)];
             Body::Message(pb::MessageEvent {

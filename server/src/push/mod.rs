@@ -27,6 +27,7 @@ use crate::session::hub::Hub;
 use crate::store::{PushJob, PushRecord, PushRegistrationRecord, Store, StoreError};
 
 pub mod payload;
+pub mod rules;
 pub mod sender;
 
 /// Longest endpoint (URL or token) kept.
@@ -178,6 +179,23 @@ impl Push {
         self.list(user, device).await
     }
 
+    /// The user's notification rules.
+    pub async fn settings(&self, user: UserId) -> Result<pb::NotifySettings, ServerError> {
+        let rec = self.store.push_record(user).await?;
+        Ok(rec.map(|r| r.rules.to_wire()).unwrap_or_default())
+    }
+
+    /// Replace the user's notification rules (checked first).
+    pub async fn set_settings(
+        &self,
+        user: UserId,
+        s: Option<pb::NotifySettings>,
+    ) -> Result<pb::NotifySettings, ServerError> {
+        let rules = rules::NotifyRules::from_wire(s.unwrap_or_default())?;
+        self.change_record(user, |r| r.rules = rules.clone()).await?;
+        self.settings(user).await
+    }
+
     /// Forget a registration the push service says is gone (all its jobs go with it as they
     /// come due).
     pub(crate) async fn forget(&self, user: UserId, id: &str) -> Result<(), ServerError> {
@@ -190,13 +208,20 @@ impl Push {
         user: UserId,
         mut f: impl FnMut(&mut Vec<PushRegistrationRecord>),
     ) -> Result<(), ServerError> {
+        self.change_record(user, |r| f(&mut r.registrations)).await
+    }
+
+    /// Change a user's push record (registrations and rules) by compare-and-set, again on
+    /// a lost race.
+    async fn change_record(&self, user: UserId, mut f: impl FnMut(&mut PushRecord)) -> Result<(), ServerError> {
         for _ in 0..8 {
             let mut rec = self.store.push_record(user).await?.unwrap_or(PushRecord {
                 user,
                 registrations: Vec::new(),
+                rules: Default::default(),
                 version: 0,
             });
-            f(&mut rec.registrations);
+            f(&mut rec);
             rec.version += 1;
             match self.store.put_push_record(&rec).await {
                 Ok(()) => return Ok(()),
@@ -284,11 +309,21 @@ impl Push {
     async fn decide(&self, c: &Committed) -> Result<(), ServerError> {
         let conv = ConversationId(c.event.conversation_id);
         let sender = UserId(c.event.sender_user_id);
+        let body = match &c.event.body {
+            Some(pb::conversation_event::Body::Message(m)) => m.body.clone().unwrap_or_default(),
+            _ => return Ok(()),
+        };
+        let now = now_ms();
         let mut any = false;
         for &user in c.recipients.iter().filter(|u| **u != sender) {
             let Some(rec) = self.store.push_record(user).await? else {
                 continue;
             };
+            // The user's rules: levels, mutes, do-not-disturb hours (rules.rs).
+            let mentioned = body.mention_here || body.mentions.contains(&user.0);
+            if !rec.rules.allows(conv.0, mentioned, now) {
+                continue;
+            }
             for reg in &rec.registrations {
                 if self.hub.device_attached(user, reg.device) {
                     continue;
@@ -300,7 +335,7 @@ impl Push {
                     registration: reg.id.clone(),
                     conversation: conv,
                     seq: c.event.seq,
-                    due_ms: now_ms() + self.settings.burst.as_millis() as u64,
+                    due_ms: now + self.settings.burst.as_millis() as u64,
                     attempts: 0,
                 };
                 self.store.enqueue_push(&job).await?;

@@ -43,13 +43,15 @@ pub async fn build(store: &dyn Store, job: &PushJob, provider: pb::PushProvider)
         if let Some(pb::conversation_event::Body::Message(m)) = &e.body {
             let body = m.body.as_ref();
             if body.is_some_and(|b| b.encrypted.is_some()) {
-                // Sealed: the event itself if it fits, for the device to open on its own.
+                // Sealed: the event itself if it fits, for the device to open on its own
+                // (never to a browser: its service worker holds no keys; it fetches).
                 let bytes = e.encode_to_vec();
-                if pad(&pb::PushPayload {
-                    event: bytes.clone(),
-                    ..p.clone()
-                })
-                .is_some()
+                if !web
+                    && pad(&pb::PushPayload {
+                        event: bytes.clone(),
+                        ..p.clone()
+                    })
+                    .is_some()
                 {
                     p.event = bytes;
                 } else {
@@ -58,6 +60,7 @@ pub async fn build(store: &dyn Store, job: &PushJob, provider: pb::PushProvider)
             } else if let Some(b) = body {
                 p.preview = preview(b);
             }
+            p.mention = body.is_some_and(|b| b.mention_here || b.mentions.contains(&job.user.0));
         }
     } else {
         p.fetch = true;

@@ -1,5 +1,7 @@
 //! The push records the store keeps (PROTOCOL.md §13): each user's push registrations (one
 //! versioned record per user) and the durable queue of notifications waiting to be sent.
+use std::collections::BTreeMap;
+
 use natter_protocol::{ConversationId, DeviceId, UserId};
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +46,9 @@ pub struct PushRecord {
     pub user: UserId,
     /// At most one per device.
     pub registrations: Vec<PushRegistrationRecord>,
+    /// Which messages notify (PROTOCOL.md §13.2).
+    #[serde(default)]
+    pub rules: NotifyRules,
     /// Bumped on every change; the store replaces a record only over the version before.
     pub version: u64,
 }
@@ -77,4 +82,26 @@ impl PushJob {
     pub fn id_for(registration: &str, conversation: ConversationId) -> String {
         format!("{registration}/{}", conversation.0)
     }
+}
+
+/// One conversation's rule.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversationRule {
+    /// `NotifyLevel` as its number (0: the user's).
+    pub level: i32,
+    pub mute_until_ms: u64,
+}
+
+/// A user's notification rules, as stored (checked and applied in `push::rules`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotifyRules {
+    /// `NotifyLevel` as its number (0: all).
+    pub level: i32,
+    pub mute_until_ms: u64,
+    /// IANA name; empty: UTC.
+    pub time_zone: String,
+    pub dnd_start_minute: u32,
+    pub dnd_end_minute: u32,
+    /// Conversation id → its rule.
+    pub conversations: BTreeMap<u64, ConversationRule>,
 }

@@ -540,12 +540,28 @@ pub(crate) async fn push_records(store: &dyn Store) {
     let v1 = PushRecord {
         user: u,
         registrations: vec![reg("a", 1)],
+        rules: Default::default(),
         version: 1,
     };
     store.put_push_record(&v1).await.unwrap();
     assert_eq!(store.push_record(u).await.unwrap(), Some(v1.clone()));
     let v2 = PushRecord {
         registrations: vec![reg("a", 1), reg("b", 2)],
+        rules: super::push::NotifyRules {
+            level: pb::NotifyLevel::Mentions as i32,
+            time_zone: "Europe/Berlin".into(),
+            dnd_start_minute: 1320,
+            dnd_end_minute: 420,
+            conversations: [(
+                9,
+                super::push::ConversationRule {
+                    level: 3,
+                    mute_until_ms: 77,
+                },
+            )]
+            .into(),
+            ..Default::default()
+        },
         version: 2,
         ..v1.clone()
     };

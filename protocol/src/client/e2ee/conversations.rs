@@ -19,10 +19,16 @@ pub fn is_sealed(ev: &pb::ConversationEvent) -> bool {
 }
 
 /// What an opened envelope becomes for the app: the message, or the change it carries.
+/// The mentions stay those the server committed (outside the ciphertext, PROTOCOL.md
+/// §13.2), which are what notified.
 pub fn opened(mut ev: pb::ConversationEvent, content: pb::SealedContent) -> pb::ConversationEvent {
-    let client_msg_id = match &ev.body {
-        Some(Body::Message(m)) => m.client_msg_id.clone(),
-        _ => String::new(),
+    let (client_msg_id, mentions, mention_here) = match &ev.body {
+        Some(Body::Message(m)) => (
+            m.client_msg_id.clone(),
+            m.body.as_ref().map(|b| b.mentions.clone()).unwrap_or_default(),
+            m.body.as_ref().is_some_and(|b| b.mention_here),
+        ),
+        _ => (String::new(), Vec::new(), false),
     };
     ev.body = Some(match content.change {
         Some(pb::sealed_content::Change::Edit(e)) => Body::MessageEdited(e),
@@ -31,6 +37,8 @@ pub fn opened(mut ev: pb::ConversationEvent, content: pb::SealedContent) -> pb::
         None => {
             let mut body = content.body.unwrap_or_default();
             body.encrypted = None;
+            body.mentions = mentions;
+            body.mention_here = mention_here;
             Body::Message(pb::MessageEvent {
                 client_msg_id,
                 body: Some(body),

@@ -18,7 +18,10 @@ mod tests;
 
 pub use event::NatterEvent;
 pub use media::{Attachment, MediaInfo, MediaVariant, PendingUpload, Thumbnail, UploadProgress, UploadState};
-pub use push::{PushNotification, PushProvider, PushRegistration, PushRegistrations};
+pub use push::{
+    ConversationNotify, NotifyLevel, NotifySettings, PushNotification, PushProvider, PushRegistration,
+    PushRegistrations,
+};
 
 use crate::client::SendAck as CoreSendAck;
 use crate::error::ServerError;
@@ -208,6 +211,10 @@ pub enum EventBody {
         reply_to_seq: u64,
         /// Its files (PROTOCOL.md §11.5).
         attachments: Vec<Attachment>,
+        /// Users it mentions (PROTOCOL.md §13.2).
+        mentions: Vec<u64>,
+        /// `@here`: everyone in the group counts as mentioned.
+        mention_here: bool,
     },
     /// The conversation was created with these members.
     Created {
@@ -458,6 +465,8 @@ impl From<pb::conversation_event::Body> for EventBody {
                     text: body.text,
                     reply_to_seq: body.reply_to_seq,
                     attachments: list(body.attachments),
+                    mentions: body.mentions,
+                    mention_here: body.mention_here,
                 }
             }
             B::Created(c) => EventBody::Created {

@@ -3,6 +3,90 @@
 use crate::pb;
 
 app_enum!(
+    /// Which messages notify. JS: `"unspecified"` (a conversation: the user's level),
+    /// `"all"`, `"mentions"`, `"none"`.
+    NotifyLevel from pb::NotifyLevel, serde "lowercase" { Unspecified, All, Mentions, None }
+);
+
+record! {
+    /// One conversation's notification rule.
+    pub struct ConversationNotify {
+        /// The conversation.
+        pub conversation_id: u64,
+        /// `Unspecified`: the user's level.
+        pub level: NotifyLevel,
+        /// Nothing from it until then (ms since the epoch; 0: not muted).
+        pub mute_until_ms: u64,
+    }
+}
+
+record! {
+    /// A user's notification rules, the same on every device (PROTOCOL.md §13.2).
+    pub struct NotifySettings {
+        /// Which messages notify (`Unspecified` counts as all).
+        pub level: NotifyLevel,
+        /// Nothing at all until then (ms since the epoch; 0: not muted).
+        pub mute_until_ms: u64,
+        /// IANA time zone of the do-not-disturb hours ("" = UTC).
+        pub time_zone: String,
+        /// Do not disturb from this minute after midnight…
+        pub dnd_start_minute: u32,
+        /// …until this one (may wrap past midnight; equal: off).
+        pub dnd_end_minute: u32,
+        /// Conversations with a rule of their own.
+        pub conversations: Vec<ConversationNotify>,
+    }
+}
+
+fn level(n: i32) -> NotifyLevel {
+    pb::NotifyLevel::try_from(n)
+        .unwrap_or(pb::NotifyLevel::Unspecified)
+        .into()
+}
+
+impl From<pb::NotifySettings> for NotifySettings {
+    fn from(s: pb::NotifySettings) -> Self {
+        NotifySettings {
+            level: level(s.level),
+            mute_until_ms: s.mute_until_ms,
+            time_zone: s.time_zone,
+            dnd_start_minute: s.dnd_start_minute,
+            dnd_end_minute: s.dnd_end_minute,
+            conversations: s
+                .conversations
+                .into_iter()
+                .map(|c| ConversationNotify {
+                    conversation_id: c.conversation_id,
+                    level: level(c.level),
+                    mute_until_ms: c.mute_until_ms,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<NotifySettings> for pb::NotifySettings {
+    fn from(s: NotifySettings) -> Self {
+        pb::NotifySettings {
+            level: pb::NotifyLevel::from(s.level) as i32,
+            mute_until_ms: s.mute_until_ms,
+            time_zone: s.time_zone,
+            dnd_start_minute: s.dnd_start_minute,
+            dnd_end_minute: s.dnd_end_minute,
+            conversations: s
+                .conversations
+                .into_iter()
+                .map(|c| pb::ConversationNotify {
+                    conversation_id: c.conversation_id,
+                    level: pb::NotifyLevel::from(c.level) as i32,
+                    mute_until_ms: c.mute_until_ms,
+                })
+                .collect(),
+        }
+    }
+}
+
+app_enum!(
     /// Who wakes the device. JS: `"webpush"`, `"unifiedpush"`, `"apns"`, `"fcm"`.
     PushProvider from pb::PushProvider, serde "lowercase" { Unspecified, WebPush, UnifiedPush, Apns, Fcm }
 );

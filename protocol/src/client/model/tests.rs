@@ -17,6 +17,7 @@ fn wire_message(seq: u64, text: &str) -> pb::ConversationEvent {
             body: Some(pb::MessageBody {
                 text: text.into(),
                 reply_to_seq: 4,
+                mentions: vec![9],
                 ..Default::default()
             }),
         })),
@@ -40,6 +41,8 @@ fn a_wire_event_becomes_a_typed_body() {
                 text: "hi".into(),
                 reply_to_seq: 4,
                 attachments: Vec::new(),
+                mentions: vec![9],
+                mention_here: false,
             },
         }
     );
@@ -149,7 +152,8 @@ mod json {
                 "event": {
                     "conversationId": 7, "seq": 5, "senderUserId": 2, "senderUsername": "bob",
                     "senderDeviceId": 3, "serverTimeMs": 1000,
-                    "body": { "type": "message", "clientMsgId": "m1", "text": "hi", "replyToSeq": 4, "attachments": [] }
+                    "body": { "type": "message", "clientMsgId": "m1", "text": "hi", "replyToSeq": 4, "attachments": [],
+                              "mentions": [9], "mentionHere": false }
                 }
             })
         );

@@ -84,6 +84,8 @@ enum Cmd {
     /// Notifications for this device when offline: keys, register, list, remove, decrypt.
     #[command(subcommand)]
     Push(push::PushCmd),
+    /// Show or change which messages notify: level, mutes, do-not-disturb hours.
+    NotifySettings(push::NotifyArgs),
     /// Groups: create, add, remove, leave, rename.
     #[command(subcommand)]
     Group(GroupCmd),
@@ -551,6 +553,7 @@ async fn command(
             }
         }
         Cmd::Push(p) => push::online(p, client).await?,
+        Cmd::NotifySettings(a) => push::notify_settings(a, client).await?,
         Cmd::Backup(BackupCmd::Enable) => {
             let recovery_key = client.enable_backup().await?;
             print(json!({ "recoveryKey": recovery_key }));

@@ -170,3 +170,96 @@ fn write_private(file: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         std::fs::write(file, bytes).with_context(|| format!("writing {}", file.display()))
     }
 }
+
+/// `natter notify-settings`: show the user's notification rules, or change them.
+#[derive(Debug, clap::Args)]
+pub struct NotifyArgs {
+    /// all, mentions or none (with --conversation: that conversation's; "default" there
+    /// means the user's level).
+    #[arg(long)]
+    level: Option<String>,
+    /// Mute for this many minutes (0: unmute); with --conversation only that one.
+    #[arg(long)]
+    mute_minutes: Option<u64>,
+    /// Do-not-disturb hours, e.g. 22:00-07:00 ("off" to turn them off).
+    #[arg(long)]
+    dnd: Option<String>,
+    /// The IANA time zone of the do-not-disturb hours, e.g. Europe/Berlin.
+    #[arg(long)]
+    time_zone: Option<String>,
+    /// Change this conversation's own rule instead of the user's.
+    #[arg(long)]
+    conversation: Option<u64>,
+}
+
+fn notify_level(s: &str) -> anyhow::Result<pb::NotifyLevel> {
+    Ok(match s {
+        "all" => pb::NotifyLevel::All,
+        "mentions" => pb::NotifyLevel::Mentions,
+        "none" => pb::NotifyLevel::None,
+        "default" => pb::NotifyLevel::Unspecified,
+        other => bail!("unknown level {other:?}: all, mentions, none or default"),
+    })
+}
+
+fn minute_of_day(s: &str) -> anyhow::Result<u32> {
+    let (h, m) = s.split_once(':').context("times are HH:MM")?;
+    let (h, m): (u32, u32) = (h.parse()?, m.parse()?);
+    if h > 23 || m > 59 {
+        bail!("{s} is not a time of day");
+    }
+    Ok(h * 60 + m)
+}
+
+/// Show or change the notification rules.
+pub async fn notify_settings(a: NotifyArgs, client: &Client) -> anyhow::Result<()> {
+    let mut s = client.notify_settings().await?;
+    let changing = a.level.is_some() || a.mute_minutes.is_some() || a.dnd.is_some() || a.time_zone.is_some();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64;
+    let until = |m: u64| if m == 0 { 0 } else { now + m * 60_000 };
+    if let Some(id) = a.conversation {
+        let i = match s.conversations.iter().position(|c| c.conversation_id == id) {
+            Some(i) => i,
+            None => {
+                s.conversations.push(pb::ConversationNotify {
+                    conversation_id: id,
+                    ..Default::default()
+                });
+                s.conversations.len() - 1
+            }
+        };
+        let c = &mut s.conversations[i];
+        if let Some(l) = &a.level {
+            c.level = notify_level(l)? as i32;
+        }
+        if let Some(m) = a.mute_minutes {
+            c.mute_until_ms = until(m);
+        }
+    } else {
+        if let Some(l) = &a.level {
+            s.level = notify_level(l)? as i32;
+        }
+        if let Some(m) = a.mute_minutes {
+            s.mute_until_ms = until(m);
+        }
+    }
+    if let Some(d) = &a.dnd {
+        (s.dnd_start_minute, s.dnd_end_minute) = if d == "off" {
+            (0, 0)
+        } else {
+            let (from, to) = d.split_once('-').context("--dnd is HH:MM-HH:MM")?;
+            (minute_of_day(from)?, minute_of_day(to)?)
+        };
+    }
+    if let Some(tz) = a.time_zone {
+        s.time_zone = tz;
+    }
+    if changing {
+        s = client.set_notify_settings(s).await?;
+    }
+    print_record(&natter_protocol::client::model::NotifySettings::from(s));
+    Ok(())
+}
