@@ -8,7 +8,7 @@ import init, { NatterClient, Timeline } from "./pkg/index.js";
 import { renderAttachments, sendFiles } from "./media.js";
 import { forgetStoreKey, onVerification, renderDevices, storeKey, wireBackup } from "./e2ee.js";
 import { el } from "./dom.js";
-import { enableNotifications, notifyHidden, startNotifications } from "./notify.js";
+import { enableNotifications, notifyHidden, startNotifications, wireNotifyLevel } from "./notify.js";
 
 const KIND = { DIRECT: "direct", GROUP: "group", CHANNEL: "channel" };
 const $ = (id) => document.getElementById(id);
@@ -57,6 +57,7 @@ function onEvent(ev) {
       $("me-name").textContent = ev.username;
       showApp();
       refreshConversations();
+      wireNotifyLevel(state.client);
       break;
     case "disconnected": setConn("reconnecting…", false); break;
     case "authFailed":

@@ -48,3 +48,23 @@ export function notifyHidden(title, body, conversationId) {
   const n = new Notification(title, { body, tag: `c${conversationId}` });
   n.onclick = () => { window.focus(); n.close(); };
 }
+
+/** Show the user's notification level and save changes to it (PROTOCOL.md §13.2). */
+export async function wireNotifyLevel(client) {
+  const select = $("notify-level");
+  try {
+    const s = await client.getNotifySettings();
+    select.value = s.level === "unspecified" ? "all" : s.level;
+    select.onchange = async () => {
+      try {
+        const saved = await client.setNotifySettings({ ...(await client.getNotifySettings()), level: select.value });
+        select.value = saved.level;
+        $("notify-status").textContent = `Notifications: ${select.selectedOptions[0].text}.`;
+      } catch (e) {
+        $("notify-status").textContent = `Not saved: ${e.message}`;
+      }
+    };
+  } catch (e) {
+    console.warn("notify settings:", e.message);
+  }
+}

@@ -55,6 +55,7 @@ async function run(cmd) {
     // Load the page again (what a person's reload does: storage stays, memory goes).
     case "reload": await page.reload(); return null;
     case "click": await page.click(cmd.selector); return null;
+    case "select": await page.selectOption(cmd.selector, cmd.value); return null;
     case "text": return await page.locator(cmd.selector).allInnerTexts();
     case "wait": await page.waitForSelector(cmd.selector, { timeout: cmd.timeout ?? 20000 }); return null;
     // Wait until an expression (evaluated in the page) is truthy; returns its value.

@@ -40,7 +40,7 @@ if len(sys.argv) == 4 and sys.argv[1] == "extension":
     try:
         note = n.decrypt_notification(keys, body)
         out = {"seq": note.seq, "preview": note.preview, "sender": note.sender_name,
-               "conversation": note.conversation_id}
+               "conversation": note.conversation_id, "mention": note.mention}
     except n.NatterError.Decrypt as e:
         out = {"error": "Decrypt", "detail": str(e)}
     out["hwm_over_baseline_kib"] = hwm_kib() - baseline
@@ -117,10 +117,25 @@ async def scenario(base):
         check(False, "malformed keys are refused")
     except n.NatterError.InvalidInput:
         check(True, "malformed keys are refused with InvalidInput")
+    # Rules: mentions only, kept and read back; an unknown time zone is refused.
+    rules = await alice.notify_settings()
+    check(rules.level == m.NotifyLevel.UNSPECIFIED and rules.conversations == [], "no rules at first")
+    rules.level = m.NotifyLevel.MENTIONS
+    rules.time_zone = "Europe/Berlin"
+    saved = await alice.set_notify_settings(rules)
+    check(saved.level == m.NotifyLevel.MENTIONS and saved.time_zone == "Europe/Berlin", "rules are kept")
+    try:
+        await alice.set_notify_settings(m.NotifySettings(level=m.NotifyLevel.ALL, mute_until_ms=0,
+                                                         time_zone="Nowhere/Atlantis", dnd_start_minute=0,
+                                                         dnd_end_minute=0, conversations=[]))
+        check(False, "an unknown time zone is refused")
+    except n.NatterError.Server as e:
+        check(e.code == m.ErrorCode.BAD_REQUEST, "an unknown time zone is refused with BAD_REQUEST")
     await alice.shutdown()  # the phone goes into a pocket
 
     conv = await bob.direct(alice_name)
-    ack = await bob.send(conv.conversation_id, "ding", 0)
+    await bob.send(conv.conversation_id, "no mention: alice hears nothing", 0)
+    ack = await bob.send(conv.conversation_id, f"ding @{alice_name}", 0)
     deadline = time.time() + WAIT
     got = []
     while not got and time.time() < deadline:
@@ -134,8 +149,9 @@ async def scenario(base):
         b = got[0]["body"]
         open(body_path, "wb").write(__import__("base64").urlsafe_b64decode(b + "=" * (-len(b) % 4)))
         opened = extension(keys_path, body_path)
-        check(opened.get("preview") == "ding" and opened.get("seq") == ack.seq
-              and opened.get("sender") == bob_name, f"the extension opened it: {opened}")
+        check(opened.get("preview") == f"ding @{alice_name}" and opened.get("seq") == ack.seq
+              and opened.get("sender") == bob_name and opened.get("mention"),
+              f"the extension opened the notification of the mention: {opened}")
         print(f"extension: loading the bindings took {opened['import_kib']} KiB, opening the "
               f"notification {opened['hwm_over_baseline_kib']} KiB more at peak", flush=True)
         check(opened["hwm_over_baseline_kib"] < 8 * 1024, "the extension stays under 8 MB")

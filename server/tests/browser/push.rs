@@ -16,6 +16,25 @@ async fn the_service_worker_shows_a_web_push_and_its_click_opens_the_conversatio
     b.open("a", &page_url(&s, "websocket")).await;
     sign_up(&mut b, "a", "alice", "websocket").await;
     b.wait("a", "#notify-btn:not([hidden])").await;
+    // The level select saves the user's rule.
+    b.cmd(json!({"op": "select", "page": "a", "selector": "#notify-level", "value": "mentions"}))
+        .await;
+    b.wait_fn(
+        "a",
+        "document.getElementById('notify-status').textContent.includes('mentions only')",
+    )
+    .await;
+    let saved = b
+        .eval("a", "return (await window.natter.client.getNotifySettings()).level;")
+        .await;
+    assert_eq!(saved, "mentions");
+    b.cmd(json!({"op": "select", "page": "a", "selector": "#notify-level", "value": "all"}))
+        .await;
+    b.wait_fn(
+        "a",
+        "document.getElementById('notify-status').textContent.includes('all messages')",
+    )
+    .await;
     b.cmd(json!({"op": "grant", "page": "a", "permissions": ["notifications"]}))
         .await;
     b.eval("a", "await navigator.serviceWorker.ready; return true;").await;
