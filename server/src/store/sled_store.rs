@@ -827,10 +827,8 @@ impl Store for SledStore {
                     if j.due_ms > now_ms {
                         continue; // moved on meanwhile
                     }
-                    t.remove(push_due_key(j.due_ms, id))?;
-                    j.due_ms = until_ms;
-                    t.insert(push_due_key(j.due_ms, id), &[][..])?;
-                    t.insert(jk, enc(&j))?;
+                    let attempts = j.attempts;
+                    j = reschedule(t, j, until_ms, attempts)?;
                     out.push(j);
                 }
                 Ok(out)
@@ -845,14 +843,11 @@ impl Store for SledStore {
             media_txn(&h.tree, |t| {
                 let jk = push_job_key(&id);
                 let Some(v) = t.get(&jk)? else { return Ok(()) };
-                let mut j: PushJob = dec(&v).map_err(Abort::Abort)?;
-                t.remove(push_due_key(j.due_ms, &id))?;
+                let j: PushJob = dec(&v).map_err(Abort::Abort)?;
                 if j.seq > sent_seq {
-                    j.due_ms = next_due_ms;
-                    j.attempts = 0;
-                    t.insert(push_due_key(j.due_ms, &id), &[][..])?;
-                    t.insert(jk, enc(&j))?;
+                    reschedule(t, j, next_due_ms, 0)?;
                 } else {
+                    t.remove(push_due_key(j.due_ms, &id))?;
                     t.remove(jk)?;
                 }
                 Ok(())
@@ -867,12 +862,7 @@ impl Store for SledStore {
             media_txn(&h.tree, |t| {
                 let jk = push_job_key(&id);
                 let Some(v) = t.get(&jk)? else { return Ok(()) };
-                let mut j: PushJob = dec(&v).map_err(Abort::Abort)?;
-                t.remove(push_due_key(j.due_ms, &id))?;
-                j.due_ms = due_ms;
-                j.attempts = attempts;
-                t.insert(push_due_key(j.due_ms, &id), &[][..])?;
-                t.insert(jk, enc(&j))?;
+                reschedule(t, dec(&v).map_err(Abort::Abort)?, due_ms, attempts)?;
                 Ok(())
             })
         })
@@ -900,6 +890,21 @@ use sled::transaction::ConflictableTransactionError as Abort;
 
 fn push_job_key(id: &str) -> Vec<u8> {
     key(b"pj/", &[id.as_bytes()])
+}
+
+/// Move a queued job to `due_ms` with `attempts` (its order key with it).
+fn reschedule(
+    t: &sled::transaction::TransactionalTree,
+    mut j: PushJob,
+    due_ms: u64,
+    attempts: u32,
+) -> Result<PushJob, Abort<StoreError>> {
+    t.remove(push_due_key(j.due_ms, &j.id))?;
+    j.due_ms = due_ms;
+    j.attempts = attempts;
+    t.insert(push_due_key(j.due_ms, &j.id), &[][..])?;
+    t.insert(push_job_key(&j.id), enc(&j))?;
+    Ok(j)
 }
 
 /// The queue's order: `pd/<due ms, big-endian><job id>`.

@@ -61,18 +61,15 @@ impl Provider {
         }
     }
 
+    /// GET `path` of the provider, as JSON.
+    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        let res = self.http.get(format!("{}{path}", self.base)).send().await.unwrap();
+        serde_json::from_slice(&res.bytes().await.unwrap()).unwrap()
+    }
+
     /// A subscription for `device`, as a browser's PushManager would hand it out.
     pub async fn subscribe(&self, device: &str) -> pb::PushTarget {
-        let v: serde_json::Value = self
-            .http
-            .get(format!("{}/subscribe/{device}", self.base))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .map(|b| serde_json::from_slice(&b).unwrap())
-            .unwrap();
+        let v: serde_json::Value = self.get(&format!("/subscribe/{device}")).await;
         pb::PushTarget {
             provider: pb::PushProvider::WebPush as i32,
             endpoint: v["endpoint"].as_str().unwrap().into(),
@@ -84,29 +81,13 @@ impl Provider {
 
     /// An endpoint for a device that brings its own keys; bodies are kept as they came.
     pub async fn endpoint(&self, device: &str) -> String {
-        let v: serde_json::Value = self
-            .http
-            .get(format!("{}/subscribe/{device}?keys=device", self.base))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .map(|b| serde_json::from_slice(&b).unwrap())
-            .unwrap();
+        let v: serde_json::Value = self.get(&format!("/subscribe/{device}?keys=device")).await;
         v["endpoint"].as_str().unwrap().into()
     }
 
+    /// Every push `device` got so far, in order.
     pub async fn received(&self, device: &str) -> Vec<Received> {
-        self.http
-            .get(format!("{}/received/{device}", self.base))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .map(|b| serde_json::from_slice(&b).unwrap())
-            .unwrap()
+        self.get(&format!("/received/{device}")).await
     }
 
     /// Wait until `device` got at least `n` pushes; all of them.
