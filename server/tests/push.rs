@@ -134,7 +134,7 @@ async fn a_gone_registration_is_removed_and_a_busy_service_is_retried_after_retr
     let seq = bob.client.send(to_alice, "later").await.unwrap().seq.0;
     let t0 = std::time::Instant::now();
     let got = provider.until("alice", 2).await;
-    assert_eq!((got[0].status, got[1].status), (429, 201));
+    assert_eq!((got[0].status, got[1].status), (Some(429), Some(201)));
     assert!(
         t0.elapsed() >= Duration::from_secs(2),
         "retried after {:?}",
@@ -145,7 +145,7 @@ async fn a_gone_registration_is_removed_and_a_busy_service_is_retried_after_retr
     // 410: the registration is gone; later messages are not sent there.
     provider.answer("dave", 410, None, 1).await;
     bob.client.send(to_dave, "gone?").await.unwrap();
-    assert_eq!(provider.until("dave", 1).await[0].status, 410);
+    assert_eq!(provider.until("dave", 1).await[0].status, Some(410));
     bob.client.send(to_dave, "still there?").await.unwrap();
     // Alice's next notification is queued after that message's decision.
     bob.client.send(to_alice, "sync").await.unwrap();
@@ -427,7 +427,7 @@ async fn a_queued_notification_survives_kill_9_and_is_sent_once_after_the_restar
     provider.clear("alice").await;
 
     let p2 = spawn_server_binary_with(dir.path(), "127.0.0.1:0", &["--config", cfg]);
-    let taken = |got: &[Received]| got.iter().filter(|r| r.status == 201).count();
+    let taken = |got: &[Received]| got.iter().filter(|r| r.status == Some(201)).count();
     let until = tokio::time::Instant::now() + DEADLINE * 2;
     let got = loop {
         let got = provider.received("alice").await;
@@ -440,7 +440,11 @@ async fn a_queued_notification_survives_kill_9_and_is_sent_once_after_the_restar
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let sent: Vec<u64> = got.iter().filter(|r| r.status == 201).map(|r| payload(r).seq).collect();
+    let sent: Vec<u64> = got
+        .iter()
+        .filter(|r| r.status == Some(201))
+        .map(|r| payload(r).seq)
+        .collect();
     assert_eq!(sent, vec![seq], "sent once, the message from before the crash");
 
     // The next message is its own notification; the first is not sent again.
@@ -450,7 +454,11 @@ async fn a_queued_notification_survives_kill_9_and_is_sent_once_after_the_restar
     loop {
         let got = provider.received("alice").await;
         if taken(&got) >= 2 {
-            let sent: Vec<u64> = got.iter().filter(|r| r.status == 201).map(|r| payload(r).seq).collect();
+            let sent: Vec<u64> = got
+                .iter()
+                .filter(|r| r.status == Some(201))
+                .map(|r| payload(r).seq)
+                .collect();
             assert_eq!(sent, vec![seq, next], "none twice");
             break;
         }
@@ -649,5 +657,41 @@ async fn mentions_only_works_in_an_encrypted_direct_conversation() {
         provider.received("alice").await.len(),
         1,
         "the message without a mention did not notify"
+    );
+}
+
+/// A push service that answers slowly holds up only its own notifications: the others go
+/// out meanwhile (each send is a task of its own).
+#[tokio::test]
+async fn a_slow_push_service_does_not_hold_up_other_notifications() {
+    let provider = Provider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = push_server(dir.path()).await;
+    let bob = user(&s, "bob").await;
+    for name in ["alice", "dave"] {
+        drop(user(&s, name).await);
+    }
+    let alice = registered(&s, "alice", provider.subscribe("alice").await).await;
+    let dave = registered(&s, "dave", provider.subscribe("dave").await).await;
+    go_offline(&s, alice).await;
+    go_offline(&s, dave).await;
+    provider.answer_after("dave", 201, None, 1, 6.0).await;
+    let to_dave = natter_sdk::ConversationId(bob.client.direct("dave").await.unwrap().conversation_id);
+    let to_alice = natter_sdk::ConversationId(bob.client.direct("alice").await.unwrap().conversation_id);
+    bob.client.send(to_dave, "slowly").await.unwrap();
+    provider.until_seen("dave", 1, false).await;
+    // Dave's push service is still thinking; alice's notification goes out meanwhile.
+    let seq = bob.client.send(to_alice, "promptly").await.unwrap().seq.0;
+    let got = provider.until("alice", 1).await;
+    assert_eq!(payload(&got[0]).seq, seq);
+    assert_eq!(
+        provider.received("dave").await[0].status,
+        None,
+        "dave's answer is still held back"
+    );
+    assert_eq!(
+        provider.until("dave", 1).await[0].status,
+        Some(201),
+        "and then it comes"
     );
 }

@@ -32,6 +32,10 @@ pub mod sender;
 
 /// Longest endpoint (URL or token) kept.
 pub const MAX_ENDPOINT: usize = 1024;
+/// Notifications being sent at once by one node.
+const IN_FLIGHT: usize = 64;
+/// Most notifications claimed at once.
+const BATCH: usize = 64;
 /// How long a node holds the jobs it took to send (longer than a send may take).
 const CLAIM: Duration = Duration::from_secs(20);
 /// Committed events waiting for the push worker; past this, new ones are dropped (logged).
@@ -81,6 +85,8 @@ pub struct Push {
     rx: std::sync::Mutex<Option<mpsc::Receiver<Committed>>>,
     /// Woken when a job is queued, so the sender need not wait for its next look.
     queued: Notify,
+    /// Room for notifications in flight.
+    sending: Arc<tokio::sync::Semaphore>,
     sender: sender::Sender,
 }
 
@@ -104,6 +110,7 @@ impl Push {
             tx,
             rx: std::sync::Mutex::new(Some(rx)),
             queued: Notify::new(),
+            sending: Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT)),
         })
     }
 
@@ -301,7 +308,7 @@ impl Push {
                 }
             }
         };
-        tokio::join!(deciding, self.send_loop());
+        tokio::join!(deciding, self.clone().send_loop());
     }
 
     /// Queue a job for every registered device of every other member with no attached
@@ -348,7 +355,7 @@ impl Push {
         Ok(())
     }
 
-    async fn send_loop(&self) {
+    async fn send_loop(self: Arc<Self>) {
         loop {
             let next = match self.send_due().await {
                 Ok(true) => continue,
@@ -365,22 +372,35 @@ impl Push {
         }
     }
 
-    /// Send what is due; true if a full batch was handled (more may be due).
-    async fn send_due(&self) -> Result<bool, ServerError> {
-        const BATCH: usize = 64;
+    /// Start sending what is due, each notification on its own task (at most
+    /// [`IN_FLIGHT`] at once), so a slow push service holds up only its own; true if as
+    /// many were claimed as could be started (more may be due).
+    async fn send_due(self: &Arc<Self>) -> Result<bool, ServerError> {
+        // Wait for room: claim no more than can be sent before the claims run out.
+        let first = self.sending.clone().acquire_owned().await.expect("semaphore open");
+        let room = self.sending.available_permits() + 1;
+        let limit = room.min(BATCH);
         // Claimed for a while: another node does not take them meanwhile, and if this one
         // dies mid-send they are sent after the claim runs out.
         let now = now_ms();
         let due = self
             .store
-            .claim_pushes(now, now + CLAIM.as_millis() as u64, BATCH)
+            .claim_pushes(now, now + CLAIM.as_millis() as u64, limit)
             .await?;
-        let full = due.len() == BATCH;
-        let sends = due.into_iter().map(|job| self.send_one(job));
-        for r in futures::future::join_all(sends).await {
-            if let Err(e) = r {
-                tracing::warn!(error = %e.message, "a notification failed");
-            }
+        let full = due.len() == limit;
+        let mut first = Some(first);
+        for job in due {
+            let permit = match first.take() {
+                Some(p) => p,
+                None => self.sending.clone().acquire_owned().await.expect("semaphore open"),
+            };
+            let me = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = me.send_one(job).await {
+                    tracing::warn!(error = %e.message, "a notification failed");
+                }
+                drop(permit);
+            });
         }
         Ok(full)
     }

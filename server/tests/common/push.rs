@@ -20,7 +20,8 @@ pub struct Provider {
 /// One push request as the provider saw it.
 #[derive(Debug, serde::Deserialize)]
 pub struct Received {
-    pub status: u16,
+    /// None while the provider holds its answer back.
+    pub status: Option<u16>,
     pub length: usize,
     pub topic: Option<String>,
     pub urgency: Option<String>,
@@ -90,12 +91,18 @@ impl Provider {
         self.get(&format!("/received/{device}")).await
     }
 
-    /// Wait until `device` got at least `n` pushes; all of them.
+    /// Wait until `device` got at least `n` pushes and answered each; all of them.
     pub async fn until(&self, device: &str, n: usize) -> Vec<Received> {
+        self.until_seen(device, n, true).await
+    }
+
+    /// Wait until `device` got at least `n` pushes (`answered`: and the provider answered
+    /// each); all of them.
+    pub async fn until_seen(&self, device: &str, n: usize, answered: bool) -> Vec<Received> {
         let until = tokio::time::Instant::now() + DEADLINE;
         loop {
             let got = self.received(device).await;
-            if got.len() >= n {
+            if got.len() >= n && (!answered || got.iter().all(|r| r.status.is_some())) {
                 return got;
             }
             assert!(
@@ -120,7 +127,15 @@ impl Provider {
 
     /// Answer `device`'s next `count` pushes with `status` (and `Retry-After`).
     pub async fn answer(&self, device: &str, status: u16, retry_after: Option<u32>, count: u32) {
-        let mut url = format!("{}/mode/{device}?status={status}&count={count}", self.base);
+        self.answer_after(device, status, retry_after, count, 0.0).await;
+    }
+
+    /// [`Provider::answer`], each answer held back `delay` seconds.
+    pub async fn answer_after(&self, device: &str, status: u16, retry_after: Option<u32>, count: u32, delay: f64) {
+        let mut url = format!(
+            "{}/mode/{device}?status={status}&count={count}&delay={delay}",
+            self.base
+        );
         if let Some(r) = retry_after {
             url += &format!("&retry_after={r}");
         }

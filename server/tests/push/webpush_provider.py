@@ -8,9 +8,10 @@ GET  /subscribe/<device>       -> {"endpoint", "p256dh", "auth"} (base64url)
 GET  /subscribe/<device>?keys=device   -> {"endpoint"}: the device brings its own keys (as
                                   APNs and FCM apps do); bodies are recorded as they came
 POST /push/<device>            the push service endpoint
-POST /mode/<device>?status=410&retry_after=3&count=1   answer the next `count` pushes so
+POST /mode/<device>?status=410&retry_after=3&count=1&delay=0   answer the next `count`
+                               pushes so (after `delay` seconds)
 POST /clear/<device>           answer normally again
-GET  /received/<device>        -> [{"status", "payload" (base64url plaintext), "body"
+GET  /received/<device>        -> [{"status" (null while the answer is delayed), "payload" (base64url plaintext), "body"
                                     (base64url, for devices with their own keys), "length",
                                     "topic", "urgency", "ttl", "at"}]
 Prints "port <n>" once listening.
@@ -128,7 +129,7 @@ class Handler(BaseHTTPRequestHandler):
             q = {k: v[0] for k, v in parse_qs(url.query).items()}
             with lock:
                 devices[parts[1]]["modes"].append(
-                    [int(q["status"]), q.get("retry_after"), int(q.get("count", "1"))]
+                    [int(q["status"]), q.get("retry_after"), int(q.get("count", "1")), float(q.get("delay", "0"))]
                 )
             return self.reply(200, {})
         if parts[0] != "push" or parts[1] not in devices:
@@ -156,6 +157,7 @@ class Handler(BaseHTTPRequestHandler):
                 record["payload"] = b64e(plain)
             except Exception as e:  # a body that does not decrypt is the sender's bug
                 record["problem"] = f"decrypt: {e}"
+        delay = 0.0
         with lock:
             status, headers = (201, [])
             if record["problem"]:
@@ -165,11 +167,16 @@ class Handler(BaseHTTPRequestHandler):
                 status = mode[0]
                 if mode[1]:
                     headers = [("Retry-After", mode[1])]
+                delay = mode[3]
                 mode[2] -= 1
                 if mode[2] <= 0:
                     dev["modes"].pop(0)
-            record["status"] = status
+            # Seen at once; "status" is null until the answer goes out.
+            record["status"] = None
             dev["received"].append(record)
+        time.sleep(delay)
+        with lock:
+            record["status"] = status
         self.reply(status, None, headers + ([("Location", f"/message/{len(dev['received'])}")] if status == 201 else []))
 
 
