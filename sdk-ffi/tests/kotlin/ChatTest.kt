@@ -219,7 +219,9 @@ suspend fun scenario() {
         for (i in 0 until 5) bob.send(dm, "from bob $i", 0u)
         sends.awaitAll()
     }
-    check(acks.none { it.duplicate }) { "no alice send reported as a duplicate of another" }
+    // A send that crossed the cut may be resent by the SDK and acked as a duplicate of its own
+    // first attempt; what must hold is that no two sends became one message.
+    check(acks.map { it.seq }.toSet().size == 5) { "each alice send has a message of its own, got $acks" }
     aEvents.waitFor("alice sees the drop", mark) { it is NatterEvent.Disconnected }
     val resumed = aEvents.waitFor("alice reconnects", mark) { it is NatterEvent.Connected } as NatterEvent.Connected
     check(resumed.resumed) { "alice's session was resumed" }

@@ -226,7 +226,9 @@ async def main():
     for i in range(5):
         await bob.send(dm, f"from bob {i}", 0)
     acks = await asyncio.gather(*sends)
-    check(all(not a.duplicate for a in acks), "no alice send reported as a duplicate of another")
+    # A send that crossed the cut may be resent by the SDK and acked as a duplicate of its own
+    # first attempt; what must hold is that no two sends became one message.
+    check(len({a.seq for a in acks}) == 5, f"each alice send has a message of its own, got {acks}")
     await a_events.wait_for(lambda e: isinstance(e, m.NatterEvent.DISCONNECTED), "alice sees the drop", mark)
     resumed = await a_events.wait_for(lambda e: isinstance(e, m.NatterEvent.CONNECTED), "alice reconnects", mark)
     check(resumed.resumed, "alice's session was resumed")
