@@ -87,13 +87,23 @@ async fn the_service_worker_shows_a_web_push_and_its_click_opens_the_conversatio
 
     // The browser hands the (decrypted) payload to the service worker.
     b.cmd(json!({"op": "deliverPush", "page": "a", "data": json})).await;
-    let shown = b
-        .wait_fn(
-            "a",
-            "(async () => { const r = await navigator.serviceWorker.ready; const n = await r.getNotifications();
-               return n.length ? n.map(x => ({ title: x.title, body: x.body, tag: x.tag, data: x.data })) : null; })()",
-        )
-        .await;
+    // Polled through `eval` (it awaits the async body; waitFn would take the promise itself
+    // as the truthy answer).
+    let until = tokio::time::Instant::now() + DEADLINE;
+    let shown = loop {
+        let shown = b
+            .eval(
+                "a",
+                "const r = await navigator.serviceWorker.ready; const n = await r.getNotifications();
+                 return n.map(x => ({ title: x.title, body: x.body, tag: x.tag, data: x.data }));",
+            )
+            .await;
+        if shown.as_array().is_some_and(|a| !a.is_empty()) {
+            break shown;
+        }
+        assert!(tokio::time::Instant::now() < until, "no notification shown");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(shown[0]["title"], "bob");
     assert_eq!(shown[0]["body"], "while you were away");
     assert_eq!(shown[0]["tag"], format!("c{dm}"));
