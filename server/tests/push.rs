@@ -58,6 +58,17 @@ async fn go_offline(s: &natter_server::RunningServer, r: Raw) {
     }
 }
 
+/// Bob, online; and `names`, registered with the provider and offline.
+async fn bob_and_offline(s: &natter_server::RunningServer, provider: &Provider, names: &[&str]) -> Device {
+    let bob = user(s, "bob").await;
+    for name in names {
+        drop(user(s, name).await);
+        let r = registered(s, name, provider.subscribe(name).await).await;
+        go_offline(s, r).await;
+    }
+    bob
+}
+
 #[tokio::test]
 async fn an_offline_device_gets_one_encrypted_notification_per_burst_and_an_online_one_none() {
     let provider = Provider::start().await;
@@ -118,14 +129,7 @@ async fn a_gone_registration_is_removed_and_a_busy_service_is_retried_after_retr
     let provider = Provider::start().await;
     let dir = tempfile::tempdir().unwrap();
     let s = push_server(dir.path()).await;
-    let bob = user(&s, "bob").await;
-    for name in ["alice", "dave"] {
-        drop(user(&s, name).await);
-    }
-    let alice = registered(&s, "alice", provider.subscribe("alice").await).await;
-    let dave = registered(&s, "dave", provider.subscribe("dave").await).await;
-    go_offline(&s, alice).await;
-    go_offline(&s, dave).await;
+    let bob = bob_and_offline(&s, &provider, &["alice", "dave"]).await;
     let to_alice = natter_sdk::ConversationId(bob.client.direct("alice").await.unwrap().conversation_id);
     let to_dave = natter_sdk::ConversationId(bob.client.direct("dave").await.unwrap().conversation_id);
 
@@ -667,14 +671,7 @@ async fn a_slow_push_service_does_not_hold_up_other_notifications() {
     let provider = Provider::start().await;
     let dir = tempfile::tempdir().unwrap();
     let s = push_server(dir.path()).await;
-    let bob = user(&s, "bob").await;
-    for name in ["alice", "dave"] {
-        drop(user(&s, name).await);
-    }
-    let alice = registered(&s, "alice", provider.subscribe("alice").await).await;
-    let dave = registered(&s, "dave", provider.subscribe("dave").await).await;
-    go_offline(&s, alice).await;
-    go_offline(&s, dave).await;
+    let bob = bob_and_offline(&s, &provider, &["alice", "dave"]).await;
     provider.answer_after("dave", 201, None, 1, 6.0).await;
     let to_dave = natter_sdk::ConversationId(bob.client.direct("dave").await.unwrap().conversation_id);
     let to_alice = natter_sdk::ConversationId(bob.client.direct("alice").await.unwrap().conversation_id);
