@@ -25,6 +25,11 @@ self.notificationFor = (p) => {
 self.addEventListener("push", (event) => {
   let p;
   try { p = event.data.json(); } catch { return; }
+  if (p.withdraw) {
+    // Read on another device (§13.2): take the conversation's notification away.
+    event.waitUntil(self.withdraw(p));
+    return;
+  }
   const { title, options } = self.notificationFor(p);
   // The server pushes only to devices with no connected page (§13.2): always show it.
   event.waitUntil((async () => {
@@ -32,6 +37,13 @@ self.addEventListener("push", (event) => {
     if (self.navigator.setAppBadge && typeof p.badge === "number") await self.navigator.setAppBadge(p.badge).catch(() => {});
   })());
 });
+
+/** Close the notifications of `p`'s conversation; update the badge. */
+self.withdraw = async (p) => {
+  const shown = await self.registration.getNotifications({ tag: p.collapseId || `c${p.conversationId}` });
+  for (const n of shown) n.close();
+  if (self.navigator.setAppBadge && typeof p.badge === "number") await self.navigator.setAppBadge(p.badge).catch(() => {});
+};
 
 /** Focus a page of ours on the conversation (telling it which), or open one there. */
 self.openConversation = async (conversationId) => {

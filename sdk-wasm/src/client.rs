@@ -323,6 +323,7 @@ export type NatterEvent =
   | { type: "goAway"; reason: string; reconnectAfterMs: number }
   | { type: "connectionError"; error: ErrorInfo }
   | { type: "uploadProgress"; progress: UploadProgress }
+  | { type: "pushRemoved"; deviceId: number; registrationId: string; reason: string }
   /** This device's encryption state could not be loaded: `in_use` (open in another tab or
    * window: one client per state), `state` (another store key, or malformed), `storage`. */
   | { type: "encryptionUnavailable"; reason: "in_use" | "state" | "storage"; message: string }

@@ -79,6 +79,8 @@ export interface PushNotification {
   conversationId: number; seq: number; senderUserId: number; senderName: string;
   conversationTitle: string; badge: number; mention: boolean; preview: string;
   fetch: boolean; collapseId: string;
+  /** Read on another device: close the notification tagged `collapseId`, show nothing. */
+  withdraw: boolean;
 }
 "#;
 

@@ -106,7 +106,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     // Uploads read only what chat leaves over (chat_first.rs): shards report their commit
     // times, the probe runs on this (the chat) runtime.
     let chat_first = crate::chat_first::ChatFirst::new(config.chat_first());
-    let push = crate::push::Push::new(store.clone(), hub.clone(), config.push());
+    let push = crate::push::Push::new(store.clone(), hub.clone(), config.push())?;
     let shards = Shards::start(
         config.shard_count(),
         store.clone(),

@@ -129,6 +129,14 @@ pub struct Config {
     /// Tests only: accept `http` push endpoints on loopback addresses (the provider
     /// stand-ins). Never in production: it lets clients make the server call itself.
     pub push_allow_loopback_endpoints: bool,
+    /// Extra trusted root certificates (PEM) for push services: a relay or a stand-in with
+    /// its own CA. Unset: the system's roots only.
+    pub push_ca_file: Option<PathBuf>,
+    /// `[apns]`: Apple's push service (PROTOCOL.md §13.4). Unset: APNs registrations are
+    /// refused.
+    pub apns: Option<ApnsConfig>,
+    /// `[fcm]`: Firebase Cloud Messaging HTTP v1. Unset: FCM registrations are refused.
+    pub fcm: Option<FcmConfig>,
     /// Bytes of media one user may hold. Default 10 GiB.
     pub media_quota_bytes: u64,
     /// Where media bytes live without S3. Unset: `<data_dir>/media`.
@@ -152,6 +160,58 @@ pub struct S3Config {
     pub access_key: String,
     /// Secret key (or env `NATTER_S3_SECRET_KEY`).
     pub secret_key: crate::security::Secret,
+}
+
+/// `[apns]`: Apple Push Notification service with a provider token (an ES256 JWT).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApnsConfig {
+    /// The `.p8` signing key from Apple's developer account (PKCS#8 PEM).
+    pub key_file: PathBuf,
+    /// The key's id (10 characters), the JWT's `kid`.
+    pub key_id: String,
+    /// The developer team id, the JWT's `iss`.
+    pub team_id: String,
+    /// The app's bundle id, the `apns-topic` of registrations that name none.
+    pub topic: String,
+    /// Production service. Default `https://api.push.apple.com`.
+    pub url: String,
+    /// Development service, for registrations marked sandbox. Default
+    /// `https://api.sandbox.push.apple.com`.
+    pub sandbox_url: String,
+}
+
+impl Default for ApnsConfig {
+    fn default() -> Self {
+        ApnsConfig {
+            key_file: PathBuf::new(),
+            key_id: String::new(),
+            team_id: String::new(),
+            topic: String::new(),
+            url: "https://api.push.apple.com".into(),
+            sandbox_url: "https://api.sandbox.push.apple.com".into(),
+        }
+    }
+}
+
+/// `[fcm]`: Firebase Cloud Messaging HTTP v1 with a service account (OAuth 2.0).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FcmConfig {
+    /// The service account's JSON key file (`project_id`, `client_email`, `private_key`,
+    /// `token_uri`), as the Firebase console hands it out.
+    pub service_account_file: PathBuf,
+    /// The FCM API. Default `https://fcm.googleapis.com`.
+    pub url: String,
+}
+
+impl Default for FcmConfig {
+    fn default() -> Self {
+        FcmConfig {
+            service_account_file: PathBuf::new(),
+            url: "https://fcm.googleapis.com".into(),
+        }
+    }
 }
 
 /// The storage backend.
@@ -218,6 +278,9 @@ impl Default for Config {
             push_enabled: true,
             push_contact: crate::push::PushSettings::default().contact,
             push_allow_loopback_endpoints: false,
+            push_ca_file: None,
+            apns: None,
+            fcm: None,
             media_quota_bytes: limits::MEDIA_QUOTA_BYTES,
             media_dir: None,
             s3: None,
@@ -310,6 +373,9 @@ impl Config {
             enabled: self.push_enabled,
             contact: self.push_contact.clone(),
             allow_loopback_endpoints: self.push_allow_loopback_endpoints,
+            ca_file: self.push_ca_file.clone(),
+            apns: self.apns.clone(),
+            fcm: self.fcm.clone(),
             ..crate::push::PushSettings::default()
         }
     }

@@ -107,10 +107,17 @@ impl PushKeys {
         }
     }
 
-    /// Decrypt a notification's body (RFC 8291 aes128gcm) to bytes.
+    /// Decrypt a notification's body (RFC 8291 aes128gcm) to bytes. The body may also be
+    /// given as the base64 text APNs and FCM carry (the `n` field, PROTOCOL.md §13.4).
     pub fn decrypt_bytes(&self, body: &[u8]) -> Result<Vec<u8>, PushError> {
-        web_push_native::decrypt(body.to_vec(), &self.secret, &Auth::clone_from_slice(&self.auth))
-            .map_err(|_| PushError::Decrypt)
+        let open = |b: Vec<u8>| {
+            web_push_native::decrypt(b, &self.secret, &Auth::clone_from_slice(&self.auth))
+                .map_err(|_| PushError::Decrypt)
+        };
+        match open(body.to_vec()) {
+            Err(e) => base64_text(body).map_or(Err(e), open),
+            ok => ok,
+        }
     }
 
     /// Decrypt a notification's body to what it says: protobuf for APNs, FCM and
@@ -128,6 +135,16 @@ pub fn payload(plain: &[u8]) -> Result<PushNotification, PushError> {
     pb::PushPayload::decode(plain)
         .map(Into::into)
         .map_err(|_| PushError::Payload)
+}
+
+/// `b` read as base64 text (standard or URL-safe, padded or not), if it is.
+fn base64_text(b: &[u8]) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let text = std::str::from_utf8(b).ok()?.trim().trim_end_matches('=');
+    let e = base64::engine::general_purpose::STANDARD_NO_PAD;
+    e.decode(text)
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text))
+        .ok()
 }
 
 fn rand_fill(b: &mut [u8]) {
@@ -184,6 +201,12 @@ mod tests {
         let body =
             web_push_native::encrypt(payload.encode_to_vec(), &public, &Auth::clone_from_slice(&keys.auth())).unwrap();
         assert_eq!(back.decrypt(&body).unwrap(), PushNotification::from(payload.clone()));
+        // APNs and FCM carry the body as base64 text.
+        let text = base64::engine::general_purpose::STANDARD.encode(&body);
+        assert_eq!(
+            back.decrypt(text.as_bytes()).unwrap(),
+            PushNotification::from(payload.clone())
+        );
         // Web Push carries JSON, padded with spaces.
         let mut json = serde_json::to_vec(&PushNotification::from(payload.clone())).unwrap();
         json.resize(300, b' ');

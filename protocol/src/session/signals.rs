@@ -168,6 +168,7 @@ impl ClientSession {
                     self.events.push_back(SessionEvent::KeyCounts(c));
                 }
             }
+            Some(pb::signal::Kind::PushRemoved(r)) => self.events.push_back(SessionEvent::PushRemoved(r)),
             Some(pb::signal::Kind::ToDevice(t)) => {
                 let mine = self.identity.as_ref().is_some_and(|i| i.2 .0 == t.to_device_id);
                 if mine {

@@ -221,6 +221,9 @@ pub enum SessionEvent {
     /// This device's one-time key stock ran low or its fallback key was used
     /// (PROTOCOL.md §12.1): publish more keys.
     KeyCounts(pb::KeyCounts),
+    /// A push service said one of the user's registrations is gone and the server removed
+    /// it (PROTOCOL.md §13.4): the device it names should register again.
+    PushRemoved(pb::PushRemoved),
     /// Another device's message to this one (PROTOCOL.md §12.10): a verification step,
     /// which an SDK's encryption consumes.
     ToDevice(pb::ToDevice),

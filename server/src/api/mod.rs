@@ -303,6 +303,7 @@ pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError
             let delivered = ctx.store.advance_delivered_cursor(actor.user, conv, read).await?;
             if read > before {
                 cursors_moved(ctx, actor, &view, before, delivered, read, true).await?;
+                ctx.push.read(actor.user, conv, read.0);
             }
             Ok(Res::Done(pb::Done {}))
         }

@@ -26,6 +26,8 @@ use crate::clock::now_ms;
 use crate::session::hub::Hub;
 use crate::store::{PushJob, PushRecord, PushRegistrationRecord, Store, StoreError};
 
+pub mod apns;
+pub mod fcm;
 pub mod payload;
 pub mod rules;
 pub mod sender;
@@ -54,6 +56,12 @@ pub struct PushSettings {
     pub burst: Duration,
     /// At most one notification per device and conversation in this time.
     pub coalesce: Duration,
+    /// Extra trusted roots for push services (PEM).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Apple's push service, if configured.
+    pub apns: Option<crate::config::ApnsConfig>,
+    /// FCM, if configured.
+    pub fcm: Option<crate::config::FcmConfig>,
 }
 
 impl Default for PushSettings {
@@ -64,15 +72,27 @@ impl Default for PushSettings {
             allow_loopback_endpoints: false,
             burst: Duration::from_millis(250),
             coalesce: Duration::from_secs(1),
+            ca_file: None,
+            apns: None,
+            fcm: None,
         }
     }
 }
 
-/// A committed event and who may hear of it.
+/// What the worker hears from the layers above.
 #[derive(Debug)]
-struct Committed {
-    event: Arc<pb::ConversationEvent>,
-    recipients: Vec<UserId>,
+enum Committed {
+    /// A committed event and who may hear of it.
+    Event {
+        event: Arc<pb::ConversationEvent>,
+        recipients: Vec<UserId>,
+    },
+    /// A user read a conversation up to a seq (on some device).
+    Read {
+        user: UserId,
+        conversation: ConversationId,
+        seq: u64,
+    },
 }
 
 /// One server's notifications.
@@ -99,11 +119,12 @@ fn rejected(msg: impl Into<String>) -> ServerError {
 }
 
 impl Push {
-    /// Notifications over `store`, told about sessions by `hub`.
-    pub fn new(store: Arc<dyn Store>, hub: Hub, settings: PushSettings) -> Arc<Self> {
+    /// Notifications over `store`, told about sessions by `hub`; fails on an APNs or FCM
+    /// account that cannot be read.
+    pub fn new(store: Arc<dyn Store>, hub: Hub, settings: PushSettings) -> anyhow::Result<Arc<Self>> {
         let (tx, rx) = mpsc::channel(QUEUE);
-        Arc::new(Push {
-            sender: sender::Sender::new(store.clone(), settings.contact.clone()),
+        Ok(Arc::new(Push {
+            sender: sender::Sender::new(store.clone(), &settings)?,
             store,
             hub,
             settings,
@@ -111,7 +132,7 @@ impl Push {
             rx: std::sync::Mutex::new(Some(rx)),
             queued: Notify::new(),
             sending: Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT)),
-        })
+        }))
     }
 
     /// A conversation committed `event` for `recipients` (the shard calls this after the
@@ -120,12 +141,28 @@ impl Push {
         if !self.settings.enabled || !matches!(event.body, Some(pb::conversation_event::Body::Message(_))) {
             return;
         }
-        let c = Committed {
+        let c = Committed::Event {
             event: event.clone(),
             recipients: recipients.to_vec(),
         };
         if self.tx.try_send(c).is_err() {
             tracing::warn!("push queue full: a notification decision was dropped");
+        }
+    }
+
+    /// `user` read `conversation` up to `seq` (it never waits): a notification of it that
+    /// another device still shows is withdrawn (PROTOCOL.md §13.2).
+    pub fn read(&self, user: UserId, conversation: ConversationId, seq: u64) {
+        if !self.settings.enabled {
+            return;
+        }
+        let c = Committed::Read {
+            user,
+            conversation,
+            seq,
+        };
+        if self.tx.try_send(c).is_err() {
+            tracing::warn!("push queue full: a withdrawal was dropped");
         }
     }
 
@@ -247,15 +284,23 @@ impl Push {
         if t.endpoint.is_empty() || t.endpoint.len() > MAX_ENDPOINT {
             return Err(rejected(format!("the endpoint must have 1..={MAX_ENDPOINT} bytes")));
         }
-        match pb::PushProvider::try_from(t.provider) {
-            Ok(pb::PushProvider::WebPush | pb::PushProvider::UnifiedPush) => self.check_url(&t.endpoint)?,
-            Ok(pb::PushProvider::Apns | pb::PushProvider::Fcm) => {
-                return Err(err(
-                    ErrorCode::BadRequest,
-                    "APNs and FCM are not configured on this server",
-                ))
+        let provider = pb::PushProvider::try_from(t.provider).unwrap_or(pb::PushProvider::Unspecified);
+        if provider != pb::PushProvider::Unspecified && !self.sender.supports(provider) {
+            return Err(err(
+                ErrorCode::BadRequest,
+                format!("{} is not configured on this server", provider.as_str_name()),
+            ));
+        }
+        match provider {
+            pb::PushProvider::WebPush | pb::PushProvider::UnifiedPush => self.check_url(&t.endpoint)?,
+            pb::PushProvider::Apns => {
+                apns::check_token(&t.endpoint).map_err(rejected)?;
+                if t.apns_topic.len() > 255 || t.apns_topic.bytes().any(|b| !b.is_ascii_graphic()) {
+                    return Err(rejected("apns_topic must be a bundle id"));
+                }
             }
-            _ => return Err(rejected("unknown push provider")),
+            pb::PushProvider::Fcm => fcm::check_token(&t.endpoint).map_err(rejected)?,
+            pb::PushProvider::Unspecified => return Err(rejected("unknown push provider")),
         }
         if t.p256dh.len() != 65 || web_push_native::p256::PublicKey::from_sec1_bytes(&t.p256dh).is_err() {
             return Err(rejected("p256dh must be an uncompressed P-256 public key (65 bytes)"));
@@ -302,7 +347,15 @@ impl Push {
             let me = self.clone();
             async move {
                 while let Some(c) = rx.recv().await {
-                    if let Err(e) = me.decide(&c).await {
+                    let done = match &c {
+                        Committed::Event { event, recipients } => me.decide(event, recipients).await,
+                        Committed::Read {
+                            user,
+                            conversation,
+                            seq,
+                        } => me.withdraw(*user, *conversation, *seq).await,
+                    };
+                    if let Err(e) = done {
                         tracing::warn!(error = %e.message, "queueing notifications failed");
                     }
                 }
@@ -313,16 +366,16 @@ impl Push {
 
     /// Queue a job for every registered device of every other member with no attached
     /// session.
-    async fn decide(&self, c: &Committed) -> Result<(), ServerError> {
-        let conv = ConversationId(c.event.conversation_id);
-        let sender = UserId(c.event.sender_user_id);
-        let body = match &c.event.body {
+    async fn decide(&self, event: &pb::ConversationEvent, recipients: &[UserId]) -> Result<(), ServerError> {
+        let conv = ConversationId(event.conversation_id);
+        let sender = UserId(event.sender_user_id);
+        let body = match &event.body {
             Some(pb::conversation_event::Body::Message(m)) => m.body.clone().unwrap_or_default(),
             _ => return Ok(()),
         };
         let now = now_ms();
         let mut any = false;
-        for &user in c.recipients.iter().filter(|u| **u != sender) {
+        for &user in recipients.iter().filter(|u| **u != sender) {
             let Some(rec) = self.store.push_record(user).await? else {
                 continue;
             };
@@ -341,13 +394,51 @@ impl Push {
                     device: reg.device,
                     registration: reg.id.clone(),
                     conversation: conv,
-                    seq: c.event.seq,
+                    seq: event.seq,
                     due_ms: now + self.settings.burst.as_millis() as u64,
                     attempts: 0,
+                    withdraw: false,
                 };
                 self.store.enqueue_push(&job).await?;
                 any = true;
             }
+        }
+        if any {
+            self.queued.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Queue a withdrawal for every device of `user` not attached here that was shown a
+    /// notification of `conv` no newer than `seq`.
+    async fn withdraw(&self, user: UserId, conv: ConversationId, seq: u64) -> Result<(), ServerError> {
+        let Some(rec) = self.store.push_record(user).await? else {
+            return Ok(());
+        };
+        let mut any = false;
+        for reg in &rec.registrations {
+            // An attached device shows what it reads itself.
+            if self.hub.device_attached(user, reg.device) {
+                continue;
+            }
+            let shown = PushJob::shown_id(&reg.id, conv);
+            let Some(marker) = self.store.get_push(&shown).await? else {
+                continue;
+            };
+            if marker.seq > seq {
+                continue; // a newer notification than what was read: it stays
+            }
+            self.store.drop_push(&shown).await?;
+            self.store
+                .enqueue_push(&PushJob {
+                    id: PushJob::withdraw_id(&reg.id, conv),
+                    due_ms: now_ms(),
+                    attempts: 0,
+                    withdraw: true,
+                    ..marker
+                })
+                .await?;
+            any = true;
         }
         if any {
             self.queued.notify_one();
@@ -416,21 +507,48 @@ impl Push {
         };
         let next = now_ms() + self.settings.coalesce.as_millis() as u64;
         // Online again, or read elsewhere since: nothing to say.
-        let read = self.store.read_cursor(job.user, job.conversation).await?;
-        if self.hub.device_attached(job.user, job.device) || read.0 >= job.seq {
-            return Ok(self.store.finish_push(&job.id, job.seq, next).await?);
+        if !job.withdraw {
+            let read = self.store.read_cursor(job.user, job.conversation).await?;
+            if self.hub.device_attached(job.user, job.device) || read.0 >= job.seq {
+                return Ok(self.store.finish_push(&job.id, job.seq, next).await?);
+            }
         }
         let provider = pb::PushProvider::try_from(reg.provider).unwrap_or(pb::PushProvider::Unspecified);
         let body = payload::build(&*self.store, &job, provider).await?;
         match self.sender.send(reg, &job, body).await {
-            sender::Outcome::Sent => self.store.finish_push(&job.id, job.seq, next).await?,
-            sender::Outcome::Gone => {
+            sender::Outcome::Sent if job.withdraw => self.store.drop_push(&job.id).await?,
+            sender::Outcome::Sent => {
+                // Remembered, so a read elsewhere can withdraw it.
+                self.store
+                    .enqueue_push(&PushJob {
+                        id: PushJob::shown_id(&reg.id, job.conversation),
+                        due_ms: PushJob::NEVER,
+                        ..job.clone()
+                    })
+                    .await?;
+                self.store.finish_push(&job.id, job.seq, next).await?
+            }
+            sender::Outcome::Gone(reason) => {
                 tracing::info!(
                     device = job.device.0,
+                    %reason,
                     "push registration gone at the push service: removed"
                 );
                 self.forget(job.user, &reg.id).await?;
                 self.store.drop_push(&job.id).await?;
+                // Every session of the user hears it; the device registers again when it
+                // next runs (PROTOCOL.md §13.4).
+                let frame = pb::Frame {
+                    kind: Some(pb::frame::Kind::Signal(pb::Signal {
+                        kind: Some(pb::signal::Kind::PushRemoved(pb::PushRemoved {
+                            device_id: job.device.0,
+                            registration_id: reg.id.clone(),
+                            reason,
+                        })),
+                    })),
+                };
+                self.hub
+                    .signal(&[job.user], natter_protocol::codec::encode_frame(&frame));
             }
             sender::Outcome::Refused(why) => {
                 tracing::warn!(%why, "the push service refused a notification: dropped");

@@ -10,9 +10,21 @@ use prost::Message;
 
 use crate::store::{Page, PushJob, Store};
 
-/// Every payload's length before encryption. Web Push bodies may have 4,096 bytes; RFC 8291
-/// adds 103 (header, tag and padding delimiter), which leaves room to spare.
+/// A Web Push or UnifiedPush payload's length before encryption. Their bodies may have
+/// 4,096 bytes; RFC 8291 adds 103 (header, tag and padding delimiter), which leaves room.
 pub const PAYLOAD_BYTES: usize = 3072;
+/// An APNs or FCM payload's length before encryption. Both take at most 4,096 bytes of
+/// JSON, and carry the encrypted body as base64 text (4/3 larger): 2,048 + 103 bytes
+/// become 2,868 characters, with room for the rest of the request.
+pub const MOBILE_PAYLOAD_BYTES: usize = 2048;
+
+/// The padded length of every payload for `provider`.
+pub fn size_for(provider: pb::PushProvider) -> usize {
+    match provider {
+        pb::PushProvider::Apns | pb::PushProvider::Fcm => MOBILE_PAYLOAD_BYTES,
+        _ => PAYLOAD_BYTES,
+    }
+}
 /// Longest text preview, in characters.
 pub const PREVIEW_CHARS: usize = 160;
 /// Conversations counted for the badge (the rest count as read).
@@ -23,6 +35,7 @@ const BADGE_CAP: u32 = 999;
 /// The padded payload for `job`, encoded for `provider`.
 pub async fn build(store: &dyn Store, job: &PushJob, provider: pb::PushProvider) -> Result<Vec<u8>, ServerError> {
     let web = provider == pb::PushProvider::WebPush;
+    let size = size_for(provider);
     let (events, _) = store
         .events(job.conversation, Page::After(Seq(job.seq.saturating_sub(1))), 1)
         .await?;
@@ -34,9 +47,12 @@ pub async fn build(store: &dyn Store, job: &PushJob, provider: pb::PushProvider)
         collapse_id: collapse_id(job),
         conversation_title: meta.as_ref().map(|m| m.name.clone()).unwrap_or_default(),
         badge: badge(store, job).await?,
+        withdraw: job.withdraw,
         ..Default::default()
     };
-    if let Some(e) = &event {
+    if job.withdraw {
+        // Read elsewhere: what to take away, and the badge now; nothing to show.
+    } else if let Some(e) = &event {
         p.sender_user_id = e.sender_user_id;
         p.sender_name = e.sender_username.clone();
         p.kind = "message".into();
@@ -47,10 +63,13 @@ pub async fn build(store: &dyn Store, job: &PushJob, provider: pb::PushProvider)
                 // (never to a browser: its service worker holds no keys; it fetches).
                 let bytes = e.encode_to_vec();
                 if !web
-                    && pad(&pb::PushPayload {
-                        event: bytes.clone(),
-                        ..p.clone()
-                    })
+                    && pad(
+                        &pb::PushPayload {
+                            event: bytes.clone(),
+                            ..p.clone()
+                        },
+                        size,
+                    )
                     .is_some()
                 {
                     p.event = bytes;
@@ -65,7 +84,7 @@ pub async fn build(store: &dyn Store, job: &PushJob, provider: pb::PushProvider)
     } else {
         p.fetch = true;
     }
-    let padded = if web { pad_json(&p) } else { pad(&p) };
+    let padded = if web { pad_json(&p) } else { pad(&p, size) };
     padded.ok_or_else(|| ServerError::new(pb::ErrorCode::Internal, "a push payload does not fit"))
 }
 
@@ -79,19 +98,19 @@ pub fn pad_json(p: &pb::PushPayload) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// `p` encoded and padded to exactly [`PAYLOAD_BYTES`], if it fits.
-pub fn pad(p: &pb::PushPayload) -> Option<Vec<u8>> {
+/// `p` encoded and padded to exactly `size` bytes, if it fits.
+pub fn pad(p: &pb::PushPayload, size: usize) -> Option<Vec<u8>> {
     let mut p = p.clone();
     p.padding.clear();
     let bare = p.encoded_len();
     // Field 15 (one tag byte), its length as a varint, then the bytes.
-    let mut n = PAYLOAD_BYTES.checked_sub(bare + 2)?;
-    while bare + 1 + prost::encoding::encoded_len_varint(n as u64) + n > PAYLOAD_BYTES {
+    let mut n = size.checked_sub(bare + 2)?;
+    while bare + 1 + prost::encoding::encoded_len_varint(n as u64) + n > size {
         n = n.checked_sub(1)?;
     }
     p.padding = vec![0; n];
     let out = p.encode_to_vec();
-    (out.len() == PAYLOAD_BYTES).then_some(out)
+    (out.len() == size).then_some(out)
 }
 
 /// One notification per device and conversation shows at a time: the newest replaces it.
@@ -146,16 +165,18 @@ mod tests {
                 preview: text.into(),
                 ..Default::default()
             };
-            let out = pad(&p).expect("fits");
-            assert_eq!(out.len(), PAYLOAD_BYTES);
-            let back = pb::PushPayload::decode(&out[..]).unwrap();
-            assert_eq!(back.preview, text);
+            for size in [PAYLOAD_BYTES, MOBILE_PAYLOAD_BYTES] {
+                let out = pad(&p, size).expect("fits");
+                assert_eq!(out.len(), size);
+                let back = pb::PushPayload::decode(&out[..]).unwrap();
+                assert_eq!(back.preview, text);
+            }
         }
         let huge = pb::PushPayload {
             event: vec![1; PAYLOAD_BYTES],
             ..Default::default()
         };
-        assert_eq!(pad(&huge), None, "too big to carry");
+        assert_eq!(pad(&huge, PAYLOAD_BYTES), None, "too big to carry");
         let json = pad_json(&pb::PushPayload {
             preview: "\"quoted\" ünïcode".into(),
             ..Default::default()

@@ -1,6 +1,7 @@
 //! Sending one notification (PROTOCOL.md §13.4): RFC 8030 Web Push (and UnifiedPush, the
 //! same protocol) with the payload encrypted by RFC 8291 and the server identified by VAPID
-//! (RFC 8292), the request built by `web-push-native` and posted with `reqwest`; the push
+//! (RFC 8292), the request built by `web-push-native` and posted with `reqwest`; APNs
+//! (`apns.rs`) and FCM (`fcm.rs`) with the same encrypted payload as base64 text; each push
 //! service's answer sorted into sent, gone, refused or later.
 use std::time::Duration;
 
@@ -29,21 +30,27 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 pub enum Outcome {
     /// The push service took it.
     Sent,
-    /// The registration is gone (404, 410): remove it.
-    Gone,
+    /// The registration is gone (404, 410): remove it. What the service said.
+    Gone(String),
     /// The request will never be taken (another 4xx): drop it.
     Refused(String),
     /// Try again later (429, 5xx, no answer), after at least this long if the service said.
     Later(Option<Duration>),
 }
 
-/// The server's side of Web Push: its VAPID key (shared by every node through the store)
-/// and an HTTP client.
+/// Most bytes of a push service's answer read (the rest is not waited for).
+const MAX_ANSWER: usize = 64 * 1024;
+
+/// The server's side of every push service: the VAPID key (shared by every node through
+/// the store), the APNs and FCM accounts if configured, and one HTTP client (HTTP/2 where
+/// the service speaks it).
 pub struct Sender {
     store: std::sync::Arc<dyn Store>,
     contact: String,
     vapid: OnceCell<ES256KeyPair>,
     http: reqwest::Client,
+    apns: Option<super::apns::Apns>,
+    fcm: Option<super::fcm::Fcm>,
 }
 
 impl std::fmt::Debug for Sender {
@@ -55,18 +62,36 @@ impl std::fmt::Debug for Sender {
 }
 
 impl Sender {
-    pub(super) fn new(store: std::sync::Arc<dyn Store>, contact: String) -> Self {
+    pub(super) fn new(store: std::sync::Arc<dyn Store>, settings: &super::PushSettings) -> anyhow::Result<Self> {
+        use anyhow::Context;
         // natter's TLS is ring's everywhere; reqwest needs it installed (once per process).
         let _ = rustls::crypto::ring::default_provider().install_default();
-        Sender {
+        let mut http = reqwest::Client::builder()
+            .timeout(TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(file) = &settings.ca_file {
+            let pem = std::fs::read(file).with_context(|| format!("reading push_ca_file {}", file.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("push_ca_file {} is not PEM certificates", file.display()))?;
+            http = http.tls_certs_merge(certs);
+        }
+        Ok(Sender {
             store,
-            contact,
+            contact: settings.contact.clone(),
             vapid: OnceCell::new(),
-            http: reqwest::Client::builder()
-                .timeout(TIMEOUT)
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .expect("an HTTP client"),
+            http: http.build().context("the push HTTP client")?,
+            apns: settings.apns.clone().map(super::apns::Apns::new).transpose()?,
+            fcm: settings.fcm.clone().map(super::fcm::Fcm::new).transpose()?,
+        })
+    }
+
+    /// Whether this server is set up to send through `provider`.
+    pub fn supports(&self, provider: pb::PushProvider) -> bool {
+        match provider {
+            pb::PushProvider::WebPush | pb::PushProvider::UnifiedPush => true,
+            pb::PushProvider::Apns => self.apns.is_some(),
+            pb::PushProvider::Fcm => self.fcm.is_some(),
+            pb::PushProvider::Unspecified => false,
         }
     }
 
@@ -109,6 +134,18 @@ impl Sender {
 
     /// Send `payload` (padded, not yet encrypted) for `job` to `reg`.
     pub async fn send(&self, reg: &PushRegistrationRecord, job: &PushJob, payload: Vec<u8>) -> Outcome {
+        let provider = pb::PushProvider::try_from(reg.provider).unwrap_or(pb::PushProvider::Unspecified);
+        if matches!(provider, pb::PushProvider::Apns | pb::PushProvider::Fcm) {
+            let body = match encrypt(reg, payload) {
+                Ok(b) => b,
+                Err(e) => return Outcome::Refused(e.message),
+            };
+            match (provider, &self.apns, &self.fcm) {
+                (pb::PushProvider::Apns, Some(a), _) => return a.send(&self.http, reg, job, &body).await,
+                (pb::PushProvider::Fcm, _, Some(f)) => return f.send(&self.http, reg, job, &body).await,
+                _ => return Outcome::Refused("provider not configured on this server".into()),
+            }
+        }
         match self.request(reg, job, payload).await {
             Ok(req) => match self.http.execute(req).await {
                 Ok(res) => classify(res.status().as_u16(), retry_after(res.headers())),
@@ -156,14 +193,36 @@ impl Sender {
 pub fn classify(status: u16, retry_after: Option<Duration>) -> Outcome {
     match status {
         200..=299 => Outcome::Sent,
-        404 | 410 => Outcome::Gone,
+        404 | 410 => Outcome::Gone(status.to_string()),
         408 | 425 | 429 | 500..=599 => Outcome::Later(retry_after),
         s => Outcome::Refused(format!("HTTP {s}")),
     }
 }
 
+/// `payload` encrypted to `reg`'s keys (RFC 8291, one record).
+fn encrypt(reg: &PushRegistrationRecord, payload: Vec<u8>) -> Result<Vec<u8>, ServerError> {
+    let bad = |e: String| ServerError::new(ErrorCode::PushTargetRejected, e);
+    let key =
+        web_push_native::p256::PublicKey::from_sec1_bytes(&reg.p256dh).map_err(|e| bad(format!("p256dh: {e}")))?;
+    web_push_native::encrypt(payload, &key, &Auth::clone_from_slice(&reg.auth))
+        .map_err(|e| bad(format!("encrypting: {e}")))
+}
+
+/// At most [`MAX_ANSWER`] bytes of an answer's body: a push service answering with a huge
+/// (or endless) body costs no more than this.
+pub(super) async fn read_capped(mut res: reqwest::Response) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Ok(Some(chunk)) = res.chunk().await {
+        out.extend_from_slice(&chunk[..chunk.len().min(MAX_ANSWER - out.len())]);
+        if out.len() >= MAX_ANSWER {
+            break;
+        }
+    }
+    out
+}
+
 /// `Retry-After` in seconds or as an HTTP date.
-fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
+pub(super) fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
     let v = h.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
     let d = match v.parse::<u64>() {
         Ok(secs) => Duration::from_secs(secs),
@@ -182,8 +241,8 @@ mod tests {
     #[test]
     fn answers_sort_into_sent_gone_refused_and_later() {
         assert_eq!(classify(201, None), Outcome::Sent);
-        assert_eq!(classify(410, None), Outcome::Gone);
-        assert_eq!(classify(404, None), Outcome::Gone);
+        assert_eq!(classify(410, None), Outcome::Gone("410".into()));
+        assert_eq!(classify(404, None), Outcome::Gone("404".into()));
         let d = Some(Duration::from_secs(7));
         assert_eq!(classify(429, d), Outcome::Later(d));
         assert_eq!(classify(503, None), Outcome::Later(None));

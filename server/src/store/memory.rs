@@ -603,6 +603,10 @@ impl Store for MemoryStore {
         self.with(|s| s.push_jobs.remove(id));
         Ok(())
     }
+
+    async fn get_push(&self, id: &str) -> Result<Option<PushJob>, StoreError> {
+        Ok(self.with(|s| s.push_jobs.get(id).cloned()))
+    }
 }
 
 #[cfg(test)]

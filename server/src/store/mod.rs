@@ -425,6 +425,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn retry_push(&self, id: &str, due_ms: u64, attempts: u32) -> Result<(), StoreError>;
     /// Drop a job (its registration is gone).
     async fn drop_push(&self, id: &str) -> Result<(), StoreError>;
+    /// One queued job (or marker), as it stands.
+    async fn get_push(&self, id: &str) -> Result<Option<PushJob>, StoreError>;
 }
 
 /// 32 fresh random bytes.

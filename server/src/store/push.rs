@@ -75,12 +75,30 @@ pub struct PushJob {
     pub due_ms: u64,
     /// Failed attempts so far.
     pub attempts: u32,
+    /// Not a notification but its withdrawal: the user read the conversation elsewhere.
+    #[serde(default)]
+    pub withdraw: bool,
 }
 
 impl PushJob {
+    /// The due time of a job that is never sent: a marker (what a device was last shown).
+    /// 2^52 ms: exact as a Redis score.
+    pub const NEVER: u64 = 1 << 52;
+
     /// The queue id of a registration's job for a conversation.
     pub fn id_for(registration: &str, conversation: ConversationId) -> String {
         format!("{registration}/{}", conversation.0)
+    }
+
+    /// The id of the marker saying a registration was shown a notification of a
+    /// conversation (its seq: the newest shown), never due.
+    pub fn shown_id(registration: &str, conversation: ConversationId) -> String {
+        format!("{registration}/{}/shown", conversation.0)
+    }
+
+    /// The id of a withdrawal for a registration and conversation.
+    pub fn withdraw_id(registration: &str, conversation: ConversationId) -> String {
+        format!("{registration}/{}/withdraw", conversation.0)
     }
 }
 

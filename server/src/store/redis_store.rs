@@ -1192,6 +1192,12 @@ impl Store for RedisStore {
         let () = self.conn.script(&inv).await?;
         self.replicated().await
     }
+
+    async fn get_push(&self, id: &str) -> Result<Option<PushJob>, StoreError> {
+        let due: Option<String> = self.conn.query(redis::cmd("ZSCORE").arg(PUSH_DUE).arg(id)).await?;
+        let Some(due) = due else { return Ok(None) };
+        Ok(self.push_jobs(vec![id.to_string(), due]).await?.pop())
+    }
 }
 
 #[cfg(test)]

@@ -884,6 +884,11 @@ impl Store for SledStore {
         })
         .await
     }
+
+    async fn get_push(&self, id: &str) -> Result<Option<PushJob>, StoreError> {
+        let view = self.view().await?;
+        view.get(&push_job_key(id))?.map(|v| dec(&v)).transpose()
+    }
 }
 
 use sled::transaction::ConflictableTransactionError as Abort;

@@ -588,6 +588,7 @@ pub(crate) async fn push_queue(store: &dyn Store) {
         seq,
         due_ms: due,
         attempts: 0,
+        withdraw: false,
     };
     let ids = |v: Vec<PushJob>| {
         v.into_iter()
@@ -641,4 +642,45 @@ pub(crate) async fn push_queue(store: &dyn Store) {
         ids(store.due_pushes(10, 10).await.unwrap()),
         vec![("r/1".into(), 8, 10, 0)]
     );
+
+    // Markers are never due, read back whole, and take the newer seq; withdrawals keep
+    // their kind.
+    let shown = PushJob {
+        id: PushJob::shown_id("r", ConversationId(1)),
+        due_ms: PushJob::NEVER,
+        ..job("r", 1, 8, 0)
+    };
+    store.enqueue_push(&shown).await.unwrap();
+    store
+        .enqueue_push(&PushJob {
+            seq: 9,
+            ..shown.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_push(&shown.id).await.unwrap(),
+        Some(PushJob {
+            seq: 9,
+            ..shown.clone()
+        })
+    );
+    assert_eq!(
+        ids(store
+            .claim_pushes(1_000_000_000_000_000, 1_000_000_000_000_001, 10)
+            .await
+            .unwrap()),
+        vec![("r/1".into(), 8, 1_000_000_000_000_001, 0)],
+        "the marker is never due"
+    );
+    let w = PushJob {
+        id: PushJob::withdraw_id("r", ConversationId(1)),
+        withdraw: true,
+        ..job("r", 1, 9, 5)
+    };
+    store.enqueue_push(&w).await.unwrap();
+    assert_eq!(store.get_push(&w.id).await.unwrap(), Some(w.clone()));
+    store.drop_push(&shown.id).await.unwrap();
+    assert_eq!(store.get_push(&shown.id).await.unwrap(), None);
+    assert_eq!(store.get_push("nothing/here").await.unwrap(), None);
 }

@@ -1,6 +1,7 @@
-//! The Web Push service on loopback (`tests/push/webpush_provider.py`), from the tests'
-//! side: start it, take subscriptions, read what it received and decrypted, and tell it
-//! how to answer. Shared by the push tests and the browser's.
+//! The push services on loopback, from the tests' side: the Web Push service
+//! (`tests/push/webpush_provider.py`) and APNs + FCM (`tests/push/mobile_provider.py`,
+//! HTTPS with a CA made here). Start one, take subscriptions, read what it received and
+//! decrypted, and tell it how to answer. Shared by the push tests and the browser's.
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -22,7 +23,10 @@ pub struct Provider {
 pub struct Received {
     /// None while the provider holds its answer back.
     pub status: Option<u16>,
+    #[serde(default)]
     pub length: usize,
+    /// The HTTP version the request came over (APNs and FCM).
+    pub http: Option<String>,
     pub topic: Option<String>,
     pub urgency: Option<String>,
     pub problem: Option<String>,
@@ -37,13 +41,112 @@ pub fn b64(s: &str) -> Vec<u8> {
         .expect("base64url")
 }
 
+/// What a server needs to send through the APNs and FCM stand-in.
+pub struct MobileAccounts {
+    /// The stand-in's CA certificate (the server's `push_ca_file`).
+    pub ca_file: std::path::PathBuf,
+    pub apns: natter_server::config::ApnsConfig,
+    pub fcm: natter_server::config::FcmConfig,
+}
+
+impl MobileAccounts {
+    /// `cfg` sending through these accounts.
+    pub fn apply(&self, cfg: &mut natter_server::config::Config) {
+        cfg.push_ca_file = Some(self.ca_file.clone());
+        cfg.apns = Some(self.apns.clone());
+        cfg.fcm = Some(self.fcm.clone());
+    }
+}
+
 impl Provider {
     pub async fn start() -> Provider {
+        Self::spawn("webpush_provider.py", &[]).await.0
+    }
+
+    /// The APNs and FCM stand-in, its files (CA, keys, service account) in `dir`.
+    pub async fn start_mobile(dir: &std::path::Path) -> (Provider, MobileAccounts) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca, &ca_key)
+            .unwrap();
+        let file = |name: &str, text: String| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let ca_file = file("ca.pem", ca.pem());
+        let cert = file("cert.pem", leaf.pem());
+        let key = file("key.pem", leaf_key.serialize_pem());
+        let (mut p, port) = Self::spawn(
+            "mobile_provider.py",
+            &[cert.as_os_str(), key.as_os_str(), dir.as_os_str()],
+        )
+        .await;
+        p.base = format!("https://127.0.0.1:{port}");
+        p.http = reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap()])
+            .build()
+            .unwrap();
+        let accounts = MobileAccounts {
+            ca_file,
+            apns: natter_server::config::ApnsConfig {
+                key_file: dir.join("apns.p8"),
+                key_id: "KEY1234567".into(),
+                team_id: "TEAM123456".into(),
+                topic: "com.example.natter".into(),
+                url: p.base.clone(),
+                sandbox_url: p.base.clone(),
+            },
+            fcm: natter_server::config::FcmConfig {
+                service_account_file: dir.join("service-account.json"),
+                url: p.base.clone(),
+            },
+        };
+        (p, accounts)
+    }
+
+    /// A device of `provider` (APNs or FCM) at the stand-in: its token, and keys the
+    /// stand-in keeps to decrypt what reaches it.
+    pub async fn subscribe_mobile(&self, device: &str, provider: pb::PushProvider) -> pb::PushTarget {
+        let name = if provider == pb::PushProvider::Apns {
+            "apns"
+        } else {
+            "fcm"
+        };
+        let v: serde_json::Value = self.get(&format!("/subscribe/{device}?provider={name}")).await;
+        pb::PushTarget {
+            provider: provider as i32,
+            endpoint: v["token"].as_str().unwrap().into(),
+            p256dh: b64(v["p256dh"].as_str().unwrap()),
+            auth: b64(v["auth"].as_str().unwrap()),
+            ..Default::default()
+        }
+    }
+
+    /// The stand-in's counts: OAuth tokens handed out, distinct APNs provider tokens seen.
+    pub async fn stats(&self) -> serde_json::Value {
+        self.get("/stats").await
+    }
+
+    /// Answer `device`'s next `count` notifications with `status` and a body of `mib` MiB.
+    pub async fn answer_big(&self, device: &str, status: u16, count: u32, mib: u32) {
+        let url = format!("{}/mode/{device}?status={status}&count={count}&big={mib}", self.base);
+        self.http.post(url).send().await.unwrap().error_for_status().unwrap();
+    }
+
+    async fn spawn(script: &str, args: &[&std::ffi::OsStr]) -> (Provider, String) {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let py = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/py/bin/python");
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/push/webpush_provider.py");
+        let script = format!("{}/tests/push/{script}", env!("CARGO_MANIFEST_DIR"));
         let mut child = tokio::process::Command::new(py)
             .arg(script)
+            .args(args)
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -55,11 +158,12 @@ impl Provider {
             .unwrap()
             .unwrap();
         let port = line.strip_prefix("port ").expect("port line").to_string();
-        Provider {
+        let p = Provider {
             _child: child,
             base: format!("http://127.0.0.1:{port}"),
             http: reqwest::Client::new(),
-        }
+        };
+        (p, port)
     }
 
     /// GET `path` of the provider, as JSON.
@@ -109,6 +213,29 @@ impl Provider {
                 tokio::time::Instant::now() < until,
                 "{device} got {} of {n} pushes",
                 got.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Wait until `device` got a mobile (protobuf) notification about `seq`.
+    pub async fn until_payload(&self, device: &str, seq: u64) {
+        use prost::Message;
+        let until = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let got = self.received(device).await;
+            let seqs: Vec<u64> = got
+                .iter()
+                .filter_map(|r| r.payload.as_deref())
+                .filter_map(|p| pb::PushPayload::decode(&b64(p)[..]).ok())
+                .map(|p| p.seq)
+                .collect();
+            if seqs.contains(&seq) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < until,
+                "{device} got no push about {seq}: {seqs:?}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

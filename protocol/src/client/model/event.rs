@@ -95,6 +95,17 @@ pub enum NatterEvent {
         /// Why.
         error: ErrorInfo,
     },
+    /// A push service said one of your devices' push registrations is gone, and the server
+    /// removed it. If `device_id` is this device, register again (a new subscription or
+    /// token); other devices may show that one of yours stopped getting notifications.
+    PushRemoved {
+        /// The device it was for.
+        device_id: u64,
+        /// The registration removed.
+        registration_id: String,
+        /// What the push service answered.
+        reason: String,
+    },
     /// One of your uploads moved on: more bytes stored, processed, ready or rejected.
     UploadProgress {
         /// What the server reported.
@@ -220,6 +231,11 @@ impl NatterEvent {
                 user_id: user_id.0,
             },
             SessionEvent::UploadProgress(u) => NatterEvent::UploadProgress { progress: u.into() },
+            SessionEvent::PushRemoved(r) => NatterEvent::PushRemoved {
+                device_id: r.device_id,
+                registration_id: r.registration_id,
+                reason: r.reason,
+            },
             // Download bytes go to the waiting download (the client core's Router).
             SessionEvent::DownloadData { .. } | SessionEvent::DownloadFinished { .. } => return None,
             // Key stock: the SDK's encryption keeps it topped up by itself; device messages

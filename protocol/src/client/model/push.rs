@@ -144,6 +144,9 @@ record! {
         pub fetch: bool,
         /// Notifications with the same id replace each other.
         pub collapse_id: String,
+        /// Read on another device: remove the notification with `collapse_id`, show nothing.
+        #[cfg_attr(feature = "serde", serde(default))]
+        pub withdraw: bool,
     }
 }
 
@@ -185,6 +188,7 @@ impl From<pb::PushPayload> for PushNotification {
             event: p.event,
             fetch: p.fetch,
             collapse_id: p.collapse_id,
+            withdraw: p.withdraw,
         }
     }
 }
