@@ -8,7 +8,7 @@ import init, { NatterClient, Timeline } from "./pkg/index.js";
 import { renderAttachments, sendFiles } from "./media.js";
 import { forgetStoreKey, onVerification, renderDevices, storeKey, wireBackup } from "./e2ee.js";
 import { el } from "./dom.js";
-import { enableNotifications, notifyHidden, startNotifications, wireNotifyLevel } from "./notify.js";
+import { enableNotifications, notifyHidden, pushRemoved, startNotifications, wireNotifyLevel } from "./notify.js";
 
 const KIND = { DIRECT: "direct", GROUP: "group", CHANNEL: "channel" };
 const $ = (id) => document.getElementById(id);
@@ -75,6 +75,7 @@ function onEvent(ev) {
     case "presenceChanged": state.presence.set(ev.presence.userId, ev.presence.state); renderList(); renderHeader(); break;
     case "typing": typingMap(ev.conversationId).set(ev.userId, ev.username); renderTyping(); break;
     case "typingStopped": typingMap(ev.conversationId).delete(ev.userId); renderTyping(); break;
+    case "pushRemoved": pushRemoved(ev, state.me); break;
     case "sendFailed": $("chat-error").textContent = `Not sent: ${ev.error.message}`; break;
     case "encryptionUnavailable":
       $("banner").hidden = false;

@@ -41,6 +41,20 @@ export async function enableNotifications(client) {
   }
 }
 
+/** The push service dropped one of the user's registrations (PROTOCOL.md §13.4). Ours: the
+ *  subscription is dead, so drop it and offer to turn notifications on again. */
+export async function pushRemoved(ev, me) {
+  const status = $("notify-status");
+  if (ev.deviceId !== me?.deviceId) {
+    status.textContent = `One of your other devices stopped getting notifications (${ev.reason}).`;
+    return;
+  }
+  const reg = registration ?? (await navigator.serviceWorker?.ready);
+  await (await reg?.pushManager.getSubscription())?.unsubscribe().catch(() => {});
+  status.textContent = `The push service ended this browser's notifications (${ev.reason}). Turn them on again.`;
+  delete $("notify-btn").dataset.on;
+}
+
 /** A message arrived while the page is open but hidden: tell the person. */
 export function notifyHidden(title, body, conversationId) {
   if (document.visibilityState === "visible" || !("Notification" in window)) return;

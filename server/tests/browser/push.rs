@@ -114,4 +114,35 @@ async fn the_service_worker_shows_a_web_push_and_its_click_opens_the_conversatio
     b.cmd(json!({"op": "workerEval", "page": "a", "js": format!("await self.openConversation({dm}); return true;")}))
         .await;
     b.wait_fn("a", &format!("window.natter.active === {dm}")).await;
+
+    // Alice reads on her phone: the server withdraws the browser's notification, and the
+    // worker takes it away.
+    let phone = device(s.addr, &s.fingerprint, "alice", false).await;
+    phone
+        .client
+        .mark_read(ConversationId(dm), natter_sdk::Seq(seq))
+        .await
+        .unwrap();
+    let got = provider.until("alice", 2).await;
+    let json = String::from_utf8(crate::common::push::plaintext(&got[1])).unwrap();
+    let w: Value = serde_json::from_str(json.trim_end()).unwrap();
+    assert_eq!(
+        (w["withdraw"].as_bool(), w["collapseId"].as_str()),
+        (Some(true), Some(format!("c{dm}").as_str()))
+    );
+    b.cmd(json!({"op": "deliverPush", "page": "a", "data": json})).await;
+    let until = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let left = b
+            .eval(
+                "a",
+                "return (await (await navigator.serviceWorker.ready).getNotifications()).length;",
+            )
+            .await;
+        if left == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < until, "the notification stays");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
