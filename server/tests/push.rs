@@ -159,6 +159,52 @@ async fn a_gone_registration_is_removed_and_a_busy_service_is_retried_after_retr
     assert_eq!(provider.received("dave").await.len(), 1, "nothing after 410");
 }
 
+/// A push service down for a minute: every notification waits, none is lost, none is sent
+/// twice, and what came meanwhile is folded into one.
+#[tokio::test]
+async fn a_push_service_down_for_a_minute_loses_nothing_and_sends_nothing_twice() {
+    let provider = Provider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = push_server(dir.path()).await;
+    let bob = bob_and_offline(&s, &provider, &["alice", "dave"]).await;
+    let to_alice = natter_sdk::ConversationId(bob.client.direct("alice").await.unwrap().conversation_id);
+    let to_dave = natter_sdk::ConversationId(bob.client.direct("dave").await.unwrap().conversation_id);
+    provider.down("alice", 60).await;
+    provider.down("dave", 60).await;
+    let t0 = std::time::Instant::now();
+    bob.client.send(to_alice, "during the outage").await.unwrap();
+    let to_d = bob.client.send(to_dave, "for dave").await.unwrap().seq.0;
+    // After two failed attempts, another message to alice joins the waiting notification.
+    provider
+        .until_within("alice", DEADLINE, |got| {
+            got.iter().filter(|r| r.status == Some(503)).count() >= 2
+        })
+        .await;
+    let later = bob.client.send(to_alice, "still down?").await.unwrap().seq.0;
+    let taken = |got: &[Received]| got.iter().filter(|r| r.status == Some(201)).count();
+    let a = provider
+        .until_within("alice", Duration::from_secs(150), |got| taken(got) >= 1)
+        .await;
+    assert!(t0.elapsed() >= Duration::from_secs(60), "sent during the outage");
+    let d = provider
+        .until_within("dave", Duration::from_secs(30), |got| taken(got) >= 1)
+        .await;
+    for got in [&a, &d] {
+        let (last, before) = got.split_last().unwrap();
+        assert_eq!(last.status, Some(201));
+        assert!(before.iter().all(|r| r.status == Some(503)), "{got:?}");
+        assert!(before.len() >= 3, "retried with backoff: {got:?}");
+    }
+    assert_eq!(payload(a.last().unwrap()).seq, later, "the newest of what waited");
+    assert_eq!(payload(d.last().unwrap()).seq, to_d);
+    // Nothing twice: the next notification of each is about the next message.
+    let next = bob.client.send(to_alice, "back").await.unwrap().seq.0;
+    let a = provider.until_within("alice", DEADLINE, |got| taken(got) >= 2).await;
+    assert_eq!(payload(a.last().unwrap()).seq, next);
+    assert_eq!(taken(&a), 2, "{a:?}");
+    assert_eq!(taken(&provider.received("dave").await), 1);
+}
+
 #[tokio::test]
 async fn registrations_that_would_make_the_server_call_where_it_should_not_are_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -241,6 +241,30 @@ impl Provider {
         }
     }
 
+    /// The service is down for `device` for `secs`: 503 to every push meanwhile.
+    pub async fn down(&self, device: &str, secs: u32) {
+        let url = format!("{}/down/{device}?secs={secs}", self.base);
+        self.http.post(url).send().await.unwrap().error_for_status().unwrap();
+    }
+
+    /// Wait up to `deadline` until `f` holds for what `device` received; all of it.
+    pub async fn until_within(
+        &self,
+        device: &str,
+        deadline: Duration,
+        f: impl Fn(&[Received]) -> bool,
+    ) -> Vec<Received> {
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            let got = self.received(device).await;
+            if f(&got) {
+                return got;
+            }
+            assert!(tokio::time::Instant::now() < until, "{device}: {got:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Answer `device`'s pushes normally again.
     pub async fn clear(&self, device: &str) {
         self.http

@@ -10,6 +10,7 @@ GET  /subscribe/<device>?keys=device   -> {"endpoint"}: the device brings its ow
 POST /push/<device>            the push service endpoint
 POST /mode/<device>?status=410&retry_after=3&count=1&delay=0   answer the next `count`
                                pushes so (after `delay` seconds)
+POST /down/<device>?secs=60    answer 503 to everything for that long
 POST /clear/<device>           answer normally again
 GET  /received/<device>        -> [{"status" (null while the answer is delayed), "payload" (base64url plaintext), "body"
                                     (base64url, for devices with their own keys), "length",
@@ -125,6 +126,11 @@ class Handler(BaseHTTPRequestHandler):
             with lock:
                 devices[parts[1]]["modes"].clear()
             return self.reply(200, {})
+        if parts[0] == "down":
+            # The service is down for `secs`: every push meanwhile gets 503.
+            with lock:
+                devices[parts[1]]["down_until"] = time.time() + float(parse_qs(url.query)["secs"][0])
+            return self.reply(200, {})
         if parts[0] == "mode":
             q = {k: v[0] for k, v in parse_qs(url.query).items()}
             with lock:
@@ -162,6 +168,8 @@ class Handler(BaseHTTPRequestHandler):
             status, headers = (201, [])
             if record["problem"]:
                 status = 401 if "vapid" in record["problem"] or "signature" in record["problem"] else 400
+            elif dev.get("down_until", 0) > time.time():
+                status = 503
             elif dev["modes"]:
                 mode = dev["modes"][0]
                 status = mode[0]
