@@ -73,6 +73,10 @@ export interface NotifySettings {
   level: NotifyLevel; muteUntilMs: number; timeZone: string;
   dndStartMinute: number; dndEndMinute: number;
   conversations: { conversationId: number; level: NotifyLevel; muteUntilMs: number }[];
+  /** Where email digests of unread messages go ("" = none). */
+  email: string;
+  /** Email digests turned off. */
+  noEmailDigest: boolean;
 }
 /** What the service worker gets in a Web Push (`event.data.json()`, PROTOCOL.md §13.3). */
 export interface PushNotification {

@@ -137,6 +137,9 @@ pub struct Config {
     pub apns: Option<ApnsConfig>,
     /// `[fcm]`: Firebase Cloud Messaging HTTP v1. Unset: FCM registrations are refused.
     pub fcm: Option<FcmConfig>,
+    /// `[email]`: digests of unread messages for users who stay offline (PROTOCOL.md
+    /// §13.6). Unset: no email.
+    pub email: Option<EmailConfig>,
     /// Bytes of media one user may hold. Default 10 GiB.
     pub media_quota_bytes: u64,
     /// Where media bytes live without S3. Unset: `<data_dir>/media`.
@@ -214,6 +217,32 @@ impl Default for FcmConfig {
     }
 }
 
+/// `[email]`: email digests over SMTP.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmailConfig {
+    /// The SMTP server: `smtp://host:587` (STARTTLS when offered), `smtps://host:465`, with
+    /// `user:password@` if it needs a login. Default `smtp://127.0.0.1:25`.
+    pub smtp_url: String,
+    /// The sender, e.g. `natter <noreply@example.com>`.
+    pub from: String,
+    /// The web chat's address, linked from every digest (and its unsubscribe link).
+    pub web_url: String,
+    /// A user offline this long after a message gets a digest. Default 3,600 s.
+    pub quiet_secs: u32,
+}
+
+impl Default for EmailConfig {
+    fn default() -> Self {
+        EmailConfig {
+            smtp_url: "smtp://127.0.0.1:25".into(),
+            from: "natter <noreply@localhost>".into(),
+            web_url: "https://localhost:8443/".into(),
+            quiet_secs: 3600,
+        }
+    }
+}
+
 /// The storage backend.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -281,6 +310,7 @@ impl Default for Config {
             push_ca_file: None,
             apns: None,
             fcm: None,
+            email: None,
             media_quota_bytes: limits::MEDIA_QUOTA_BYTES,
             media_dir: None,
             s3: None,
@@ -376,6 +406,7 @@ impl Config {
             ca_file: self.push_ca_file.clone(),
             apns: self.apns.clone(),
             fcm: self.fcm.clone(),
+            email: self.email.clone(),
             ..crate::push::PushSettings::default()
         }
     }

@@ -3,6 +3,8 @@
 //! (`tests/push/webpush_provider.py`: it checks each request's VAPID signature and decrypts
 //! every body with the independent `http_ece` library).
 mod common;
+#[path = "push/email.rs"]
+mod email;
 #[path = "push/mobile.rs"]
 mod mobile;
 

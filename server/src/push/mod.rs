@@ -27,6 +27,7 @@ use crate::session::hub::Hub;
 use crate::store::{PushJob, PushRecord, PushRegistrationRecord, Store, StoreError};
 
 pub mod apns;
+pub mod email;
 pub mod fcm;
 pub mod payload;
 pub mod rules;
@@ -62,6 +63,8 @@ pub struct PushSettings {
     pub apns: Option<crate::config::ApnsConfig>,
     /// FCM, if configured.
     pub fcm: Option<crate::config::FcmConfig>,
+    /// Email digests, if configured.
+    pub email: Option<crate::config::EmailConfig>,
 }
 
 impl Default for PushSettings {
@@ -75,6 +78,7 @@ impl Default for PushSettings {
             ca_file: None,
             apns: None,
             fcm: None,
+            email: None,
         }
     }
 }
@@ -108,6 +112,8 @@ pub struct Push {
     /// Room for notifications in flight.
     sending: Arc<tokio::sync::Semaphore>,
     sender: sender::Sender,
+    /// Email digests, made on first use (their unsubscribe key comes from the store).
+    email: tokio::sync::OnceCell<Option<email::Email>>,
 }
 
 fn err(code: ErrorCode, msg: impl Into<String>) -> ServerError {
@@ -123,6 +129,9 @@ impl Push {
     /// account that cannot be read.
     pub fn new(store: Arc<dyn Store>, hub: Hub, settings: PushSettings) -> anyhow::Result<Arc<Self>> {
         let (tx, rx) = mpsc::channel(QUEUE);
+        if let Some(cfg) = &settings.email {
+            email::Email::new(cfg.clone(), b"checked at start")?;
+        }
         Ok(Arc::new(Push {
             sender: sender::Sender::new(store.clone(), &settings)?,
             store,
@@ -132,6 +141,7 @@ impl Push {
             rx: std::sync::Mutex::new(Some(rx)),
             queued: Notify::new(),
             sending: Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT)),
+            email: tokio::sync::OnceCell::new(),
         }))
     }
 
@@ -164,6 +174,34 @@ impl Push {
         if self.tx.try_send(c).is_err() {
             tracing::warn!("push queue full: a withdrawal was dropped");
         }
+    }
+
+    /// The mailer, if email digests are configured.
+    async fn mailer(&self) -> Result<Option<&email::Email>, ServerError> {
+        let m = self
+            .email
+            .get_or_try_init(|| async {
+                let Some(cfg) = &self.settings.email else {
+                    return Ok(None);
+                };
+                let secret = self.store.shared_secret("email-unsubscribe").await?;
+                email::Email::new(cfg.clone(), &secret)
+                    .map(Some)
+                    .map_err(|e| err(ErrorCode::Internal, e.to_string()))
+            })
+            .await?;
+        Ok(m.as_ref())
+    }
+
+    /// The unsubscribe link's target: turn `user`'s digests off if `token` is theirs.
+    pub async fn unsubscribe(&self, user: UserId, token: &str) -> Result<(), ServerError> {
+        let Some(m) = self.mailer().await? else {
+            return Err(err(ErrorCode::NotFound, "this server sends no email"));
+        };
+        if !m.unsubscribe_ok(user, token) {
+            return Err(err(ErrorCode::Forbidden, "this unsubscribe link is not valid"));
+        }
+        self.change_record(user, |r| r.rules.no_email_digest = true).await
     }
 
     /// Register `device`'s push target, replacing its earlier one.
@@ -384,6 +422,16 @@ impl Push {
             if !rec.rules.allows(conv.0, mentioned, now) {
                 continue;
             }
+            // A digest for a user with no device online, a quiet period from now (a queued
+            // one keeps its time).
+            if !rec.rules.email.is_empty()
+                && !rec.rules.no_email_digest
+                && self.hub.attached_elsewhere(user, DeviceId(0)) == 0
+            {
+                if let Some(m) = self.mailer().await? {
+                    self.store.enqueue_push(&m.job(user, conv, event.seq, now)).await?;
+                }
+            }
             for reg in &rec.registrations {
                 if self.hub.device_attached(user, reg.device) {
                     continue;
@@ -496,7 +544,45 @@ impl Push {
         Ok(full)
     }
 
+    /// Send a digest, unless the user came back or turned digests off meanwhile.
+    async fn send_digest(&self, job: PushJob) -> Result<(), ServerError> {
+        let rec = self.store.push_record(job.user).await?;
+        let to = rec
+            .as_ref()
+            .filter(|r| !r.rules.no_email_digest)
+            .map(|r| r.rules.email.clone())
+            .unwrap_or_default();
+        let quiet = self
+            .settings
+            .email
+            .as_ref()
+            .map_or(0, |c| u64::from(c.quiet_secs) * 1000);
+        let seen = self.store.presence_record(job.user).await?.last_seen_ms;
+        let came_back = self.hub.attached_elsewhere(job.user, DeviceId(0)) > 0 || seen > now_ms().saturating_sub(quiet);
+        let Some(m) = self.mailer().await?.filter(|_| !to.is_empty() && !came_back) else {
+            return Ok(self.store.drop_push(&job.id).await?);
+        };
+        match m.send(&*self.store, job.user, &to).await? {
+            sender::Outcome::Later(_) => {
+                let attempts = job.attempts + 1;
+                let backoff = Duration::from_secs(1 << attempts.min(9)).min(Duration::from_secs(600));
+                self.store
+                    .retry_push(&job.id, now_ms() + backoff.as_millis() as u64, attempts)
+                    .await?;
+            }
+            sender::Outcome::Refused(why) => {
+                tracing::warn!(%why, "a digest was refused: dropped");
+                self.store.drop_push(&job.id).await?;
+            }
+            _ => self.store.drop_push(&job.id).await?,
+        }
+        Ok(())
+    }
+
     async fn send_one(&self, job: PushJob) -> Result<(), ServerError> {
+        if job.registration == email::REGISTRATION {
+            return self.send_digest(job).await;
+        }
         let rec = self.store.push_record(job.user).await?;
         let Some(reg) = rec
             .iter()

@@ -21,6 +21,11 @@ fn level(n: i32) -> Result<NotifyLevel, ServerError> {
     NotifyLevel::try_from(n).map_err(|_| bad(format!("unknown notify level {n}")))
 }
 
+/// An address lettre can send to, of sane length, with no header tricks.
+fn plausible_email(s: &str) -> bool {
+    s.len() <= 254 && !s.chars().any(|c| c.is_control() || c == ',' || c == '<') && s.parse::<lettre::Address>().is_ok()
+}
+
 impl NotifyRules {
     /// Rules from the wire, checked: known levels, minutes within a day, a time zone this
     /// server knows, at most [`MAX_CONVERSATION_RULES`] conversations, each once.
@@ -31,6 +36,9 @@ impl NotifyRules {
         }
         if !s.time_zone.is_empty() && jiff::tz::TimeZone::get(&s.time_zone).is_err() {
             return Err(bad(format!("unknown time zone {:?}", s.time_zone)));
+        }
+        if !s.email.is_empty() && !plausible_email(&s.email) {
+            return Err(bad("email must be an address like name@example.com"));
         }
         if s.conversations.len() > MAX_CONVERSATION_RULES {
             return Err(bad(format!("at most {MAX_CONVERSATION_RULES} conversation rules")));
@@ -50,6 +58,8 @@ impl NotifyRules {
             level: s.level,
             mute_until_ms: s.mute_until_ms,
             time_zone: s.time_zone,
+            email: s.email,
+            no_email_digest: s.no_email_digest,
             dnd_start_minute: s.dnd_start_minute,
             dnd_end_minute: s.dnd_end_minute,
             conversations,
@@ -64,6 +74,8 @@ impl NotifyRules {
             time_zone: self.time_zone.clone(),
             dnd_start_minute: self.dnd_start_minute,
             dnd_end_minute: self.dnd_end_minute,
+            email: self.email.clone(),
+            no_email_digest: self.no_email_digest,
             conversations: self
                 .conversations
                 .iter()

@@ -122,4 +122,10 @@ pub struct NotifyRules {
     pub dnd_end_minute: u32,
     /// Conversation id → its rule.
     pub conversations: BTreeMap<u64, ConversationRule>,
+    /// Where email digests go; empty: none.
+    #[serde(default)]
+    pub email: String,
+    /// Email digests turned off.
+    #[serde(default)]
+    pub no_email_digest: bool,
 }

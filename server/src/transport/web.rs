@@ -61,6 +61,35 @@ fn request_host(headers: &HeaderMap) -> String {
         .unwrap_or_else(|| "127.0.0.1".into())
 }
 
+#[derive(serde::Deserialize)]
+struct Unsubscribe {
+    u: u64,
+    t: String,
+}
+
+/// An email digest's unsubscribe link (PROTOCOL.md §13.6): opened (GET) or one-click
+/// (RFC 8058 POST), it turns the user's digests off.
+async fn unsubscribe(State(state): State<WebState>, q: axum::extract::Query<Unsubscribe>) -> Response {
+    let Some(shared) = state.shared.upgrade() else {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
+    match shared.ctx.push.unsubscribe(natter_protocol::UserId(q.u), &q.t).await {
+        Ok(()) => (
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "You will get no more email digests from natter.\n",
+        )
+            .into_response(),
+        Err(e) => {
+            let status = match e.code {
+                natter_protocol::pb::ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+                natter_protocol::pb::ErrorCode::NotFound => StatusCode::NOT_FOUND,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            (status, format!("{}\n", e.message)).into_response()
+        }
+    }
+}
+
 async fn discovery(State(state): State<WebState>, headers: HeaderMap) -> Response {
     let host = request_host(&headers);
     let ws_scheme = if state.tls { "wss" } else { "ws" };
@@ -156,6 +185,7 @@ impl WebEndpoint {
         let router = Router::new()
             .route("/natter.json", get(discovery))
             .route("/ws", get(websocket))
+            .route("/unsubscribe", get(unsubscribe).post(unsubscribe))
             .with_state(state.clone())
             .merge(crate::transport::http_media::routes(state.shared.clone()))
             .fallback_service(tower_http::services::ServeDir::new(root));

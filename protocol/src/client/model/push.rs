@@ -35,6 +35,12 @@ record! {
         pub dnd_end_minute: u32,
         /// Conversations with a rule of their own.
         pub conversations: Vec<ConversationNotify>,
+        /// Where email digests of unread messages go, after a quiet spell ("" = none).
+        #[cfg_attr(feature = "serde", serde(default))]
+        pub email: String,
+        /// Email digests turned off.
+        #[cfg_attr(feature = "serde", serde(default))]
+        pub no_email_digest: bool,
     }
 }
 
@@ -52,6 +58,8 @@ impl From<pb::NotifySettings> for NotifySettings {
             time_zone: s.time_zone,
             dnd_start_minute: s.dnd_start_minute,
             dnd_end_minute: s.dnd_end_minute,
+            email: s.email,
+            no_email_digest: s.no_email_digest,
             conversations: s
                 .conversations
                 .into_iter()
@@ -73,6 +81,8 @@ impl From<NotifySettings> for pb::NotifySettings {
             time_zone: s.time_zone,
             dnd_start_minute: s.dnd_start_minute,
             dnd_end_minute: s.dnd_end_minute,
+            email: s.email,
+            no_email_digest: s.no_email_digest,
             conversations: s
                 .conversations
                 .into_iter()
