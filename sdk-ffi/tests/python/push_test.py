@@ -122,12 +122,15 @@ async def scenario(base):
     check(rules.level == m.NotifyLevel.UNSPECIFIED and rules.conversations == [], "no rules at first")
     rules.level = m.NotifyLevel.MENTIONS
     rules.time_zone = "Europe/Berlin"
+    rules.email = "alice@example.com"
     saved = await alice.set_notify_settings(rules)
-    check(saved.level == m.NotifyLevel.MENTIONS and saved.time_zone == "Europe/Berlin", "rules are kept")
+    check(saved.level == m.NotifyLevel.MENTIONS and saved.time_zone == "Europe/Berlin"
+          and saved.email == "alice@example.com" and not saved.no_email_digest, "rules are kept")
     try:
         await alice.set_notify_settings(m.NotifySettings(level=m.NotifyLevel.ALL, mute_until_ms=0,
                                                          time_zone="Nowhere/Atlantis", dnd_start_minute=0,
-                                                         dnd_end_minute=0, conversations=[]))
+                                                         dnd_end_minute=0, conversations=[], email="",
+                                                         no_email_digest=False))
         check(False, "an unknown time zone is refused")
     except n.NatterError.Server as e:
         check(e.code == m.ErrorCode.BAD_REQUEST, "an unknown time zone is refused with BAD_REQUEST")
@@ -155,6 +158,11 @@ async def scenario(base):
         print(f"extension: loading the bindings took {opened['import_kib']} KiB, opening the "
               f"notification {opened['hwm_over_baseline_kib']} KiB more at peak", flush=True)
         check(opened["hwm_over_baseline_kib"] < 8 * 1024, "the extension stays under 8 MB")
+        # APNs and FCM carry the body as base64 text (the `n` field): opened as it comes.
+        raw = open(body_path, "rb").read()
+        open(body_path, "wb").write(__import__("base64").b64encode(raw))
+        as_text = extension(keys_path, body_path)
+        check(as_text.get("seq") == ack.seq, f"the base64 text of APNs/FCM opens the same: {as_text}")
         open(keys_path, "wb").write(bytes(n.generate_push_keys()))
         refused = extension(keys_path, body_path)
         check(refused.get("error") == "Decrypt", "another device's keys do not open it")
