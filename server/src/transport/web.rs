@@ -67,8 +67,22 @@ struct Unsubscribe {
     t: String,
 }
 
-/// An email digest's unsubscribe link (PROTOCOL.md §13.6): opened (GET) or one-click
-/// (RFC 8058 POST), it turns the user's digests off.
+/// An email digest's unsubscribe link opened in a browser (PROTOCOL.md §13.6): a page
+/// whose button posts it. A GET changes nothing, so mail scanners that fetch links do not
+/// unsubscribe anyone.
+async fn unsubscribe_page(q: axum::extract::Query<Unsubscribe>) -> Response {
+    let html = format!(
+        "<!doctype html><meta charset=utf-8><title>natter</title>\
+         <form method=post action=\"unsubscribe?u={}&amp;t={}\">\
+         <p>Stop email digests from natter?</p><button>Unsubscribe</button></form>",
+        q.u,
+        q.t.chars().filter(char::is_ascii_hexdigit).collect::<String>()
+    );
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
+}
+
+/// The unsubscribe link posted (the page's button, or RFC 8058 one-click): the user's
+/// digests are turned off.
 async fn unsubscribe(State(state): State<WebState>, q: axum::extract::Query<Unsubscribe>) -> Response {
     let Some(shared) = state.shared.upgrade() else {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
@@ -185,7 +199,7 @@ impl WebEndpoint {
         let router = Router::new()
             .route("/natter.json", get(discovery))
             .route("/ws", get(websocket))
-            .route("/unsubscribe", get(unsubscribe).post(unsubscribe))
+            .route("/unsubscribe", get(unsubscribe_page).post(unsubscribe))
             .with_state(state.clone())
             .merge(crate::transport::http_media::routes(state.shared.clone()))
             .fallback_service(tower_http::services::ServeDir::new(root));

@@ -143,6 +143,10 @@ async fn a_user_offline_past_the_quiet_period_gets_one_digest_and_one_who_came_b
         .await
         .unwrap();
     assert_eq!(forged.status(), 403, "a forged token does nothing");
+    // Opened in a browser (or fetched by a mail scanner) it only asks.
+    let page = http.get(format!("http://{web}/{path}")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("<form method=post"));
     let res = http.post(format!("http://{web}/{path}")).send().await.unwrap();
     assert_eq!(res.status(), 200);
     bob.client.send(dms["alice"], "still there?").await.unwrap();
