@@ -31,7 +31,15 @@ for a in "$@"; do
     extra=(--web http://127.0.0.1:18080)
   fi
 done
-taskset -c 0 target/release/natter-server --config bench/server.toml \
+# The push scenario's push service is a sink on loopback: admitted by the test-only switch.
+config=bench/server.toml
+for a in "$@"; do
+  if [[ "$a" == push ]]; then
+    config=target/bench-push.toml
+    { echo "push_allow_loopback_endpoints = true"; cat bench/server.toml; } > "$config"
+  fi
+done
+taskset -c 0 target/release/natter-server --config "$config" \
   "${web[@]}" --webtransport-listen off "${storage[@]}" > "$out" &
 server=$!
 stop() {

@@ -4,13 +4,16 @@
 //! trips), [`connections`] (hold many authenticated connections, measure memory per
 //! connection and delivery while they are held) and [`history`] (paging over a large
 //! conversation) and [`media`] (upload and download throughput next to curl, chat
-//! latency while large uploads run). Every scenario counts lost and duplicated deliveries, which must be zero.
+//! latency while large uploads run) and [`push`] (offline devices notified through a Web
+//! Push sink at a rate, chat latency beside it). Every scenario counts lost and duplicated deliveries, which must be zero.
 #![forbid(unsafe_code)]
 
 mod media;
 mod media_load;
+mod push;
 pub use media::{media, MediaOpts};
 pub use media_load::media_load;
+pub use push::{push, PushOpts};
 
 use std::collections::HashSet;
 use std::net::SocketAddr;

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use natter_bench::{ConnectionsOpts, DmOpts, FanoutOpts, HistoryOpts, MediaOpts, Target};
+use natter_bench::{ConnectionsOpts, DmOpts, FanoutOpts, HistoryOpts, MediaOpts, PushOpts, Target};
 
 #[derive(Debug, Parser)]
 #[command(version, about = "Load generator for natter")]
@@ -93,6 +93,23 @@ enum Scenario {
         chat_rate: f64,
         #[arg(long, default_value_t = 15.0)]
         chat_secs: f64,
+    },
+    /// Users whose one device is offline get direct messages at a rate: each a Web Push
+    /// to a sink here (send → push service latency), with online pairs chatting beside.
+    Push {
+        #[arg(long, default_value_t = 10_000)]
+        offline: usize,
+        #[arg(long, default_value_t = 50)]
+        senders: usize,
+        /// Messages per second to the offline users, all together.
+        #[arg(long, default_value_t = 500.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 50)]
+        chat_pairs: usize,
+        #[arg(long, default_value_t = 5.0)]
+        chat_rate: f64,
+        #[arg(long, default_value_t = 20.0)]
+        secs: f64,
     },
     /// The media scenario's uploaders (started by `media`; see media_load.rs).
     #[command(hide = true)]
@@ -194,6 +211,24 @@ fn main() -> anyhow::Result<()> {
                     chat_secs,
                 };
                 natter_bench::media(&target, &o).await
+            }
+            Scenario::Push {
+                offline,
+                senders,
+                rate,
+                chat_pairs,
+                chat_rate,
+                secs,
+            } => {
+                let o = PushOpts {
+                    offline,
+                    senders,
+                    rate,
+                    chat_pairs,
+                    chat_rate,
+                    secs,
+                };
+                natter_bench::push(&target, &o).await
             }
             Scenario::MediaLoad { .. } => unreachable!("handled above"),
         }

@@ -52,6 +52,30 @@ pub fn decrypt_notification(keys_file: Vec<u8>, body: Vec<u8>) -> Result<PushNot
         .map_err(|e| NatterError::Decrypt { detail: e.to_string() })
 }
 
+/// [`decrypt_notification`], and for an encrypted conversation also open the sealed
+/// message it carries (APNs, FCM and UnifiedPush carry it when it fits) with the device's
+/// encryption state — the file at `encryption_state_path` and its 32-byte store key, as
+/// given to `ConnectOptions` — into `preview`, with `fetch` false. Read-only, and still no
+/// client: the extension never writes the app's state. A message that does not open
+/// (or none carried) leaves `fetch` true: show "New message" and let the app fetch.
+#[uniffi::export]
+pub fn open_notification(
+    keys_file: Vec<u8>,
+    body: Vec<u8>,
+    encryption_state_path: String,
+    encryption_store_key: Vec<u8>,
+) -> Result<PushNotification, NatterError> {
+    let store_key: [u8; 32] = encryption_store_key.try_into().map_err(|_| NatterError::InvalidInput {
+        detail: "the store key is 32 bytes".into(),
+    })?;
+    let state = std::fs::read(&encryption_state_path).map_err(|e| NatterError::InvalidInput {
+        detail: format!("reading the encryption state {encryption_state_path}: {e}"),
+    })?;
+    keys(&keys_file)?
+        .open(&body, &state, &store_key)
+        .map_err(|e| NatterError::Decrypt { detail: e.to_string() })
+}
+
 #[uniffi::export]
 impl NatterClient {
     /// Register this device's push target (replacing its earlier one): the push service

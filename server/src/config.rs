@@ -165,83 +165,9 @@ pub struct S3Config {
     pub secret_key: crate::security::Secret,
 }
 
-/// `[apns]`: Apple Push Notification service with a provider token (an ES256 JWT).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ApnsConfig {
-    /// The `.p8` signing key from Apple's developer account (PKCS#8 PEM).
-    pub key_file: PathBuf,
-    /// The key's id (10 characters), the JWT's `kid`.
-    pub key_id: String,
-    /// The developer team id, the JWT's `iss`.
-    pub team_id: String,
-    /// The app's bundle id, the `apns-topic` of registrations that name none.
-    pub topic: String,
-    /// Production service. Default `https://api.push.apple.com`.
-    pub url: String,
-    /// Development service, for registrations marked sandbox. Default
-    /// `https://api.sandbox.push.apple.com`.
-    pub sandbox_url: String,
-}
-
-impl Default for ApnsConfig {
-    fn default() -> Self {
-        ApnsConfig {
-            key_file: PathBuf::new(),
-            key_id: String::new(),
-            team_id: String::new(),
-            topic: String::new(),
-            url: "https://api.push.apple.com".into(),
-            sandbox_url: "https://api.sandbox.push.apple.com".into(),
-        }
-    }
-}
-
-/// `[fcm]`: Firebase Cloud Messaging HTTP v1 with a service account (OAuth 2.0).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct FcmConfig {
-    /// The service account's JSON key file (`project_id`, `client_email`, `private_key`,
-    /// `token_uri`), as the Firebase console hands it out.
-    pub service_account_file: PathBuf,
-    /// The FCM API. Default `https://fcm.googleapis.com`.
-    pub url: String,
-}
-
-impl Default for FcmConfig {
-    fn default() -> Self {
-        FcmConfig {
-            service_account_file: PathBuf::new(),
-            url: "https://fcm.googleapis.com".into(),
-        }
-    }
-}
-
-/// `[email]`: email digests over SMTP.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct EmailConfig {
-    /// The SMTP server: `smtp://host:587` (STARTTLS when offered), `smtps://host:465`, with
-    /// `user:password@` if it needs a login. Default `smtp://127.0.0.1:25`.
-    pub smtp_url: String,
-    /// The sender, e.g. `natter <noreply@example.com>`.
-    pub from: String,
-    /// The web chat's address, linked from every digest (and its unsubscribe link).
-    pub web_url: String,
-    /// A user offline this long after a message gets a digest. Default 3,600 s.
-    pub quiet_secs: u32,
-}
-
-impl Default for EmailConfig {
-    fn default() -> Self {
-        EmailConfig {
-            smtp_url: "smtp://127.0.0.1:25".into(),
-            from: "natter <noreply@localhost>".into(),
-            web_url: "https://localhost:8443/".into(),
-            quiet_secs: 3600,
-        }
-    }
-}
+pub use crate::push::apns::ApnsConfig;
+pub use crate::push::email::EmailConfig;
+pub use crate::push::fcm::FcmConfig;
 
 /// The storage backend.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

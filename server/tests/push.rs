@@ -207,6 +207,52 @@ async fn a_push_service_down_for_a_minute_loses_nothing_and_sends_nothing_twice(
     assert_eq!(taken(&provider.received("dave").await), 1);
 }
 
+/// A name that resolves to this machine passes the registration's look at the URL, but
+/// not the look at its addresses when a notification is sent: the registration is removed
+/// and the user's other devices hear why.
+#[tokio::test]
+async fn a_name_that_resolves_to_this_machine_is_refused_when_sending() {
+    use std::net::ToSocketAddrs;
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name = [hostname.trim(), "ip6-localhost", "localhost6", "localhost.localdomain"]
+        .into_iter()
+        .find(|h| {
+            !h.is_empty()
+                && (*h, 443u16).to_socket_addrs().is_ok_and(|mut a| {
+                    a.all(|x| x.ip().is_loopback() || matches!(x.ip(), std::net::IpAddr::V4(v) if v.is_private()))
+                })
+        })
+        .expect("this machine resolves one of its own names (its hostname or ip6-localhost)")
+        .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let s = natter_server::start(&config(dir.path())).await.unwrap();
+    let bob = user(&s, "bob").await;
+    drop(user(&s, "alice").await);
+    let key = {
+        let secret = web_push_native::p256::SecretKey::random(&mut rand::thread_rng());
+        use web_push_native::p256::elliptic_curve::sec1::ToEncodedPoint;
+        secret.public_key().to_encoded_point(false).as_bytes().to_vec()
+    };
+    let target = pb::PushTarget {
+        provider: pb::PushProvider::WebPush as i32,
+        endpoint: format!("https://{name}:9/push"),
+        p256dh: key,
+        auth: vec![7; 16],
+        ..Default::default()
+    };
+    let phone = registered(&s, "alice", target).await;
+    go_offline(&s, phone).await;
+    let mut laptop = device(s.addr, &s.fingerprint, "alice", false).await;
+    let to_alice = natter_sdk::ConversationId(bob.client.direct("alice").await.unwrap().conversation_id);
+    bob.client.send(to_alice, "where do you live?").await.unwrap();
+    let removed = wait_for(&mut laptop.events, |e| match e {
+        natter_sdk::ClientEvent::PushRemoved(r) => Some(r.clone()),
+        _ => None,
+    })
+    .await;
+    assert!(removed.reason.contains("non-public address"), "{removed:?}");
+}
+
 #[tokio::test]
 async fn registrations_that_would_make_the_server_call_where_it_should_not_are_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -426,6 +472,20 @@ async fn the_cli_registers_its_own_keys_and_decrypts_what_the_push_service_carri
     assert_eq!(opened[0]["seq"], seq);
     assert_eq!(opened[0]["conversationId"], to_erin.0);
     assert_eq!(opened[0]["senderName"], "bob");
+    // `--open` reads the profile's encryption state too (a plain message needs none of it).
+    let with_state = cli(
+        &profile,
+        &[
+            "push",
+            "decrypt",
+            "--open",
+            "--keys",
+            keys.to_str().unwrap(),
+            body.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(with_state, opened);
     // Another device's keys do not open it.
     let other = dir.path().join("other.keys");
     cli(&profile, &["push", "keys", other.to_str().unwrap()]).await;

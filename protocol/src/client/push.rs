@@ -28,7 +28,14 @@ pub enum PushError {
     /// It decrypts, but is not a natter payload.
     #[error("the notification is not a natter payload")]
     Payload,
+    /// The device's encryption state does not open with the store key given (or is not
+    /// a state this version reads).
+    #[error("the encryption state does not open with this store key")]
+    State,
 }
+
+/// The longest preview opened from a sealed event, in characters (as the server's).
+pub const PREVIEW_CHARS: usize = 160;
 
 /// A device's push keys. Secret: `Debug` shows only the public key.
 #[derive(Clone)]
@@ -124,6 +131,30 @@ impl PushKeys {
     /// UnifiedPush, JSON for Web Push (PROTOCOL.md §13.3).
     pub fn decrypt(&self, body: &[u8]) -> Result<PushNotification, PushError> {
         payload(&self.decrypt_bytes(body)?)
+    }
+
+    /// [`PushKeys::decrypt`], and if the notification carries a sealed event, open it with
+    /// the device's encryption state (the SDK's state file and its store key) into
+    /// `preview`, with `fetch` false — what a notification extension does, with no client
+    /// and no connection (PROTOCOL.md §13.3). Read-only: the state is not written back
+    /// (the app opens the event again from its own state, which a copy's ratchet step does
+    /// not disturb). An event that does not open leaves `fetch` true.
+    #[cfg(feature = "e2ee")]
+    pub fn open(&self, body: &[u8], state: &[u8], store_key: &[u8; 32]) -> Result<PushNotification, PushError> {
+        let plain = self.decrypt_bytes(body)?;
+        let mut n = payload(&plain)?;
+        if plain.first() == Some(&b'{') || n.event.is_empty() {
+            return Ok(n);
+        }
+        let p = pb::PushPayload::decode(&plain[..]).map_err(|_| PushError::Payload)?;
+        let event = pb::ConversationEvent::decode(&p.event[..]).map_err(|_| PushError::Payload)?;
+        let mut crypto = crate::client::e2ee::Crypto::load(store_key, state).map_err(|_| PushError::State)?;
+        if let Ok(content) = crypto.open(&event, p.sender_device.as_ref()) {
+            let text = content.body.map(|b| b.text).unwrap_or_default();
+            n.preview = text.chars().take(PREVIEW_CHARS).collect();
+            n.fetch = false;
+        }
+        Ok(n)
     }
 }
 

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -25,6 +26,23 @@ def hwm_kib():
                 return int(line.split()[1])
     raise RuntimeError("no VmHWM")
 
+
+if len(sys.argv) == 6 and sys.argv[1] == "open":
+    # The extension of an encrypted conversation: it also opens the sealed message with the
+    # device's encryption state file and store key (read-only), still with no client.
+    sys.path.insert(0, os.environ["NATTER_BINDINGS"])
+    import natter_ffi as n
+    baseline = hwm_kib()
+    keys = open(sys.argv[2], "rb").read()
+    body = open(sys.argv[3], "rb").read()
+    try:
+        note = n.open_notification(keys, body, sys.argv[4], bytes.fromhex(sys.argv[5]))
+        out = {"seq": note.seq, "preview": note.preview, "fetch": note.fetch, "event": len(note.event)}
+    except n.NatterError.Decrypt as e:
+        out = {"error": "Decrypt", "detail": str(e)}
+    out["hwm_over_baseline_kib"] = hwm_kib() - baseline
+    print(json.dumps(out))
+    sys.exit(0)
 
 if len(sys.argv) == 4 and sys.argv[1] == "extension":
     # The notification extension: the interpreter with natter's bindings loaded is the
@@ -68,10 +86,30 @@ def get_json(url):
         return json.loads(r.read())
 
 
-def options():
+def options(state=None, key=None):
     return n.ConnectOptions(address=os.environ["NATTER_ADDR"],
                             certificate_sha256=os.environ["NATTER_FINGERPRINT"],
-                            client_name="python-push-test")
+                            client_name="python-push-test", encryption_state_path=state,
+                            encryption_store_key=key)
+
+
+class Recorder(n.NatterListener):
+    """Every event a client hears; wait for a message text."""
+    def __init__(self):
+        self.events = []
+        self.cond = threading.Condition()
+
+    def on_event(self, event):
+        with self.cond:
+            self.events.append(event)
+            self.cond.notify_all()
+
+    def wait_text(self, text):
+        def seen():
+            return any(isinstance(e, m.NatterEvent.EVENT) and isinstance(e.event.body, m.EventBody.MESSAGE)
+                       and e.event.body.text == text for e in self.events)
+        with self.cond:
+            return self.cond.wait_for(seen, timeout=WAIT)
 
 
 def extension(keys_path, body_path):
@@ -89,6 +127,7 @@ async def main():
     try:
         base = "http://127.0.0.1:" + provider.stdout.readline().split()[1]
         await scenario(base)
+        await encrypted_scenario(base)
     finally:
         provider.kill()
 
@@ -167,6 +206,58 @@ async def scenario(base):
         refused = extension(keys_path, body_path)
         check(refused.get("error") == "Decrypt", "another device's keys do not open it")
     await bob.shutdown()
+
+
+async def encrypted_scenario(base):
+    """An encrypted direct conversation: the UnifiedPush notification carries the sealed
+    message, and the extension opens it with the phone's state file."""
+    carol_name, dan_name = f"{PREFIX}carol", f"{PREFIX}dan"
+    with tempfile.TemporaryDirectory() as d:
+        carol_state, carol_key = os.path.join(d, "carol.state"), os.urandom(32)
+        carol = n.NatterClient(options(carol_state, carol_key))
+        dan = n.NatterClient(options(os.path.join(d, "dan.state"), os.urandom(32)))
+        rec = Recorder()
+        sub = carol.subscribe(rec)
+        await carol.register(carol_name, "carol password")
+        await dan.register(dan_name, "dan password")
+        await carol.login(carol_name, "carol password", "phone")
+        await dan.login(dan_name, "dan password", "laptop")
+        keys = n.generate_push_keys()
+        endpoint = get_json(f"{base}/subscribe/{carol_name}?keys=device")["endpoint"]
+        await carol.register_push(m.PushProvider.UNIFIED_PUSH, endpoint, n.push_public_keys(keys), "", False)
+        conv = await dan.encrypted_direct(carol_name)
+        # A first message while carol is online: the Olm session exists on both sides.
+        await dan.send(conv.conversation_id, "hello carol", 0)
+        check(await asyncio.to_thread(rec.wait_text, "hello carol"), "carol reads the first sealed message")
+        await carol.shutdown()  # the phone goes into a pocket; its state is on disk
+        ack = await dan.send(conv.conversation_id, "the secret is 42", 0)
+        deadline = time.time() + WAIT
+        got = []
+        while not got and time.time() < deadline:
+            got = get_json(f"{base}/received/{carol_name}")
+            await asyncio.sleep(0.02)
+        check(len(got) == 1 and got[0]["problem"] is None, "one UnifiedPush notification for carol")
+        keys_path, body_path = os.path.join(d, "push.keys"), os.path.join(d, "body")
+        open(keys_path, "wb").write(bytes(keys))
+        b = got[0]["body"]
+        open(body_path, "wb").write(__import__("base64").urlsafe_b64decode(b + "=" * (-len(b) % 4)))
+        state_before = open(carol_state, "rb").read()
+        run = lambda key: json.loads(subprocess.run(  # noqa: E731
+            [sys.executable, __file__, "open", keys_path, body_path, carol_state, key.hex()],
+            capture_output=True, text=True, env=os.environ, timeout=60, check=True).stdout)
+        plain = extension(keys_path, body_path)
+        check(plain.get("seq") == ack.seq and plain.get("preview") == "", f"the push keys alone show no text: {plain}")
+        opened = run(carol_key)
+        check(opened.get("preview") == "the secret is 42" and opened.get("fetch") is False
+              and opened.get("event", 0) > 0, f"the extension opens the sealed message: {opened}")
+        print(f"extension: opening the sealed message took {opened['hwm_over_baseline_kib']} KiB at peak",
+              flush=True)
+        check(opened["hwm_over_baseline_kib"] < 8 * 1024, "opening it stays under 8 MB")
+        wrong = run(os.urandom(32))
+        check(wrong.get("error") == "Decrypt", f"another store key does not open the state: {wrong}")
+        check(open(carol_state, "rb").read() == state_before, "the extension wrote nothing to the app's state")
+        del sub
+        await dan.shutdown()
     print("all checks passed", flush=True)
 
 

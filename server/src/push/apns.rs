@@ -11,8 +11,9 @@ use web_push_native::jwt_simple::algorithms::{ECDSAP256KeyPairLike, ES256KeyPair
 use web_push_native::jwt_simple::claims::Claims;
 
 use super::sender::{read_capped, retry_after, Outcome};
-use crate::config::ApnsConfig;
 use crate::store::{PushJob, PushRegistrationRecord};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 
 /// A provider token is made again after this long.
 const TOKEN_LIFE: Duration = Duration::from_secs(40 * 60);
@@ -174,6 +175,38 @@ pub fn check_token(t: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err("an APNs device token is 32 to 200 bytes in hex".into())
+    }
+}
+
+/// `[apns]`: Apple Push Notification service with a provider token (an ES256 JWT).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApnsConfig {
+    /// The `.p8` signing key from Apple's developer account (PKCS#8 PEM).
+    pub key_file: PathBuf,
+    /// The key's id (10 characters), the JWT's `kid`.
+    pub key_id: String,
+    /// The developer team id, the JWT's `iss`.
+    pub team_id: String,
+    /// The app's bundle id, the `apns-topic` of registrations that name none.
+    pub topic: String,
+    /// Production service. Default `https://api.push.apple.com`.
+    pub url: String,
+    /// Development service, for registrations marked sandbox. Default
+    /// `https://api.sandbox.push.apple.com`.
+    pub sandbox_url: String,
+}
+
+impl Default for ApnsConfig {
+    fn default() -> Self {
+        ApnsConfig {
+            key_file: PathBuf::new(),
+            key_id: String::new(),
+            team_id: String::new(),
+            topic: String::new(),
+            url: "https://api.push.apple.com".into(),
+            sandbox_url: "https://api.sandbox.push.apple.com".into(),
+        }
     }
 }
 

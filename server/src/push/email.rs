@@ -11,8 +11,8 @@ use natter_protocol::pb;
 use natter_protocol::{ConversationId, DeviceId, ServerError, UserId};
 
 use super::sender::Outcome;
-use crate::config::EmailConfig;
 use crate::store::{Page, PushJob, Store};
+use serde::{Deserialize, Serialize};
 
 /// The `registration` of a digest job.
 pub const REGISTRATION: &str = "email";
@@ -237,5 +237,31 @@ impl lettre::message::header::Header for ListUnsubscribePost {
     }
     fn display(&self) -> lettre::message::header::HeaderValue {
         lettre::message::header::HeaderValue::new(Self::name(), "List-Unsubscribe=One-Click".into())
+    }
+}
+
+/// `[email]`: email digests over SMTP.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmailConfig {
+    /// The SMTP server: `smtp://host:587` (STARTTLS when offered), `smtps://host:465`, with
+    /// `user:password@` if it needs a login. Default `smtp://127.0.0.1:25`.
+    pub smtp_url: String,
+    /// The sender, e.g. `natter <noreply@example.com>`.
+    pub from: String,
+    /// The web chat's address, linked from every digest (and its unsubscribe link).
+    pub web_url: String,
+    /// A user offline this long after a message gets a digest. Default 3,600 s.
+    pub quiet_secs: u32,
+}
+
+impl Default for EmailConfig {
+    fn default() -> Self {
+        EmailConfig {
+            smtp_url: "smtp://127.0.0.1:25".into(),
+            from: "natter <noreply@localhost>".into(),
+            web_url: "https://localhost:8443/".into(),
+            quiet_secs: 3600,
+        }
     }
 }

@@ -7,13 +7,13 @@
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use serde::{Deserialize, Serialize};
 use web_push_native::jwt_simple::algorithms::{RS256KeyPair, RSAKeyPairLike};
 use web_push_native::jwt_simple::claims::Claims;
 
 use super::sender::{read_capped, retry_after, Outcome};
-use crate::config::FcmConfig;
 use crate::store::{PushJob, PushRegistrationRecord};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 
 /// The scope an FCM sender needs.
 const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
@@ -201,6 +201,26 @@ pub fn check_token(t: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err("an FCM registration token is 1 to 1024 characters of A-Z a-z 0-9 _ : -".into())
+    }
+}
+
+/// `[fcm]`: Firebase Cloud Messaging HTTP v1 with a service account (OAuth 2.0).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FcmConfig {
+    /// The service account's JSON key file (`project_id`, `client_email`, `private_key`,
+    /// `token_uri`), as the Firebase console hands it out.
+    pub service_account_file: PathBuf,
+    /// The FCM API. Default `https://fcm.googleapis.com`.
+    pub url: String,
+}
+
+impl Default for FcmConfig {
+    fn default() -> Self {
+        FcmConfig {
+            service_account_file: PathBuf::new(),
+            url: "https://fcm.googleapis.com".into(),
+        }
     }
 }
 

@@ -10,7 +10,8 @@
 //!   posted with retries, backoff and `Retry-After`. A registration the push service says is
 //!   gone is removed.
 //!
-//! May import: `session` (the hub: is a device attached here?), `store`, `clock`, `error`.
+//! May import: `keys` (a sender device's public keys for a payload), `session` (the hub: is
+//! a device attached here?), `store`, `clock`, `error`.
 //! Must not import `conversation` or anything above it; the shards hand committed events
 //! in through [`Push::committed`], which never blocks a commit.
 use std::net::IpAddr;
@@ -43,6 +44,9 @@ const BATCH: usize = 64;
 const CLAIM: Duration = Duration::from_secs(20);
 /// Committed events waiting for the push worker; past this, new ones are dropped (logged).
 const QUEUE: usize = 4096;
+/// Failed attempts after which a notification is given up (backoff 2 s doubling to 10
+/// minutes: about two hours).
+const MAX_ATTEMPTS: u32 = 20;
 
 /// How a server sends notifications.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,11 +64,11 @@ pub struct PushSettings {
     /// Extra trusted roots for push services (PEM).
     pub ca_file: Option<std::path::PathBuf>,
     /// Apple's push service, if configured.
-    pub apns: Option<crate::config::ApnsConfig>,
+    pub apns: Option<apns::ApnsConfig>,
     /// FCM, if configured.
-    pub fcm: Option<crate::config::FcmConfig>,
+    pub fcm: Option<fcm::FcmConfig>,
     /// Email digests, if configured.
-    pub email: Option<crate::config::EmailConfig>,
+    pub email: Option<email::EmailConfig>,
 }
 
 impl Default for PushSettings {
@@ -640,6 +644,13 @@ impl Push {
                 tracing::warn!(%why, "the push service refused a notification: dropped");
                 self.store.drop_push(&job.id).await?;
             }
+            sender::Outcome::Later(_) if job.attempts + 1 >= MAX_ATTEMPTS => {
+                tracing::warn!(
+                    device = job.device.0,
+                    "a notification failed {MAX_ATTEMPTS} times: given up"
+                );
+                self.store.drop_push(&job.id).await?;
+            }
             sender::Outcome::Later(after) => {
                 let attempts = job.attempts + 1;
                 let backoff = Duration::from_secs(1 << attempts.min(9)).min(Duration::from_secs(600));
@@ -655,7 +666,7 @@ impl Push {
 
 /// An address on the public internet (not loopback, private, link-local, unspecified,
 /// shared, documentation or multicast).
-fn public(ip: IpAddr) -> bool {
+pub(crate) fn public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(a) => {
             let o = a.octets();

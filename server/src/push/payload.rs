@@ -5,7 +5,7 @@
 //! service worker reads with `event.data.json()`.
 use natter_protocol::client::model::PushNotification;
 use natter_protocol::pb;
-use natter_protocol::{Seq, ServerError};
+use natter_protocol::{DeviceId, Seq, ServerError, UserId};
 use prost::Message;
 
 use crate::store::{Page, PushJob, Store};
@@ -62,17 +62,17 @@ pub async fn build(store: &dyn Store, job: &PushJob, provider: pb::PushProvider)
                 // Sealed: the event itself if it fits, for the device to open on its own
                 // (never to a browser: its service worker holds no keys; it fetches).
                 let bytes = e.encode_to_vec();
-                if !web
-                    && pad(
-                        &pb::PushPayload {
-                            event: bytes.clone(),
-                            ..p.clone()
-                        },
-                        size,
-                    )
-                    .is_some()
-                {
-                    p.event = bytes;
+                let sender_device = store
+                    .key_state(UserId(e.sender_user_id), DeviceId(e.sender_device_id))
+                    .await?
+                    .map(|s| crate::keys::device_keys(&s));
+                let with_event = pb::PushPayload {
+                    event: bytes,
+                    sender_device,
+                    ..p.clone()
+                };
+                if !web && pad(&with_event, size).is_some() {
+                    p = with_event;
                 } else {
                     p.fetch = true;
                 }

@@ -48,7 +48,12 @@ pub struct Sender {
     store: std::sync::Arc<dyn Store>,
     contact: String,
     vapid: OnceCell<ES256KeyPair>,
+    /// For the services the operator configured (APNs, FCM, their relays).
     http: reqwest::Client,
+    /// For endpoints devices registered: their names must resolve to public addresses.
+    web_http: reqwest::Client,
+    /// Test only: loopback endpoints are allowed.
+    allow_loopback: bool,
     apns: Option<super::apns::Apns>,
     fcm: Option<super::fcm::Fcm>,
 }
@@ -66,20 +71,29 @@ impl Sender {
         use anyhow::Context;
         // natter's TLS is ring's everywhere; reqwest needs it installed (once per process).
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut http = reqwest::Client::builder()
-            .timeout(TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none());
+        let builder = || {
+            reqwest::Client::builder()
+                .timeout(TIMEOUT)
+                .redirect(reqwest::redirect::Policy::none())
+        };
+        let mut http = builder();
         if let Some(file) = &settings.ca_file {
             let pem = std::fs::read(file).with_context(|| format!("reading push_ca_file {}", file.display()))?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem)
                 .with_context(|| format!("push_ca_file {} is not PEM certificates", file.display()))?;
             http = http.tls_certs_merge(certs);
         }
+        let mut web_http = builder();
+        if !settings.allow_loopback_endpoints {
+            web_http = web_http.dns_resolver(PublicOnly);
+        }
         Ok(Sender {
             store,
             contact: settings.contact.clone(),
             vapid: OnceCell::new(),
             http: http.build().context("the push HTTP client")?,
+            web_http: web_http.build().context("the push HTTP client")?,
+            allow_loopback: settings.allow_loopback_endpoints,
             apns: settings.apns.clone().map(super::apns::Apns::new).transpose()?,
             fcm: settings.fcm.clone().map(super::fcm::Fcm::new).transpose()?,
         })
@@ -146,8 +160,28 @@ impl Sender {
                 _ => return Outcome::Refused("provider not configured on this server".into()),
             }
         }
+        // A name that resolves to a loopback, private or link-local address is refused like
+        // such an address in the URL (§13.1), and the registration removed; the resolver
+        // checks again on connecting, so a name cannot change its answer in between.
+        if !self.allow_loopback {
+            if let Some(host) = reqwest::Url::parse(&reg.endpoint)
+                .ok()
+                .and_then(|u| u.domain().map(str::to_owned))
+            {
+                match public_addrs(&host).await {
+                    Ok(_) => {}
+                    Err(Lookup::NotPublic(ip)) => {
+                        return Outcome::Gone(format!("the endpoint's name resolves to a non-public address ({ip})"))
+                    }
+                    Err(Lookup::Failed(e)) => {
+                        tracing::debug!(error = %e, "push service name does not resolve");
+                        return Outcome::Later(None);
+                    }
+                }
+            }
+        }
         match self.request(reg, job, payload).await {
-            Ok(req) => match self.http.execute(req).await {
+            Ok(req) => match self.web_http.execute(req).await {
                 Ok(res) => classify(res.status().as_u16(), retry_after(res.headers())),
                 Err(e) => {
                     tracing::debug!(error = %e, "push service unreachable");
@@ -199,6 +233,59 @@ pub fn classify(status: u16, retry_after: Option<Duration>) -> Outcome {
     }
 }
 
+/// Why a push service's name is not used.
+#[derive(Debug)]
+pub(super) enum Lookup {
+    /// It resolves (also) to an address that is not public.
+    NotPublic(std::net::IpAddr),
+    /// It does not resolve now.
+    Failed(String),
+}
+
+impl std::fmt::Display for Lookup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Lookup::NotPublic(ip) => write!(f, "resolves to a non-public address ({ip})"),
+            Lookup::Failed(e) => write!(f, "does not resolve: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Lookup {}
+
+/// `host`'s addresses, if every one is public.
+pub(super) async fn public_addrs(host: &str) -> Result<Vec<std::net::SocketAddr>, Lookup> {
+    let all: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host, 0))
+        .await
+        .map_err(|e| Lookup::Failed(e.to_string()))?
+        .collect();
+    only_public(all)
+}
+
+/// `addrs`, if every one is public (one private answer taints the name).
+fn only_public(addrs: Vec<std::net::SocketAddr>) -> Result<Vec<std::net::SocketAddr>, Lookup> {
+    if let Some(bad) = addrs.iter().find(|a| !super::public(a.ip())) {
+        return Err(Lookup::NotPublic(bad.ip()));
+    }
+    if addrs.is_empty() {
+        return Err(Lookup::Failed("no addresses".into()));
+    }
+    Ok(addrs)
+}
+
+/// reqwest's resolver for device-registered endpoints: public addresses only.
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addrs = public_addrs(&host).await?;
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
 /// `payload` encrypted to `reg`'s keys (RFC 8291, one record).
 fn encrypt(reg: &PushRegistrationRecord, payload: Vec<u8>) -> Result<Vec<u8>, ServerError> {
     let bad = |e: String| ServerError::new(ErrorCode::PushTargetRejected, e);
@@ -247,6 +334,24 @@ mod tests {
         assert_eq!(classify(429, d), Outcome::Later(d));
         assert_eq!(classify(503, None), Outcome::Later(None));
         assert!(matches!(classify(413, None), Outcome::Refused(_)));
+    }
+
+    #[test]
+    fn a_name_with_any_non_public_address_is_refused() {
+        let a = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        assert!(only_public(vec![a("8.8.8.8:0"), a("[2606:4700::1111]:0")]).is_ok());
+        assert!(matches!(
+            only_public(vec![a("8.8.8.8:0"), a("10.0.0.1:0")]),
+            Err(Lookup::NotPublic(_))
+        ));
+        assert!(matches!(only_public(vec![a("[::1]:0")]), Err(Lookup::NotPublic(_))));
+        assert!(matches!(only_public(vec![]), Err(Lookup::Failed(_))));
+    }
+
+    #[tokio::test]
+    async fn names_of_this_machine_are_not_public() {
+        // `localhost` resolves through the system's resolver (/etc/hosts) to loopback.
+        assert!(matches!(public_addrs("localhost").await, Err(Lookup::NotPublic(_))));
     }
 
     #[test]

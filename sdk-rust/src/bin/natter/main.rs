@@ -419,7 +419,7 @@ async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Cmd::Push(p) = cli.cmd {
         if p.offline() {
-            return push::offline(p);
+            return push::offline(p, &cli.profile);
         }
         return with_client(Cli {
             cmd: Cmd::Push(p),

@@ -51,6 +51,10 @@ pub enum PushCmd {
         #[arg(long)]
         keys: PathBuf,
         body: PathBuf,
+        /// Also open an encrypted conversation's message with this profile's encryption
+        /// state (read-only), as a notification extension does.
+        #[arg(long)]
+        open: bool,
     },
 }
 
@@ -87,14 +91,14 @@ fn provider(name: &str) -> anyhow::Result<pb::PushProvider> {
 }
 
 /// Run the commands that need no server.
-pub fn offline(cmd: PushCmd) -> anyhow::Result<()> {
+pub fn offline(cmd: PushCmd, profile: &Path) -> anyhow::Result<()> {
     match cmd {
         PushCmd::Keys { file } => {
             let keys = PushKeys::generate();
             write_private(&file, &keys.to_bytes())?;
             print(json!({ "p256dh": b64(&keys.public_key()), "auth": b64(&keys.auth()) }));
         }
-        PushCmd::Decrypt { keys, body } => {
+        PushCmd::Decrypt { keys, body, open } => {
             let body = if body.as_os_str() == "-" {
                 let mut b = Vec::new();
                 std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)?;
@@ -102,7 +106,15 @@ pub fn offline(cmd: PushCmd) -> anyhow::Result<()> {
             } else {
                 std::fs::read(&body).with_context(|| format!("reading {}", body.display()))?
             };
-            print_record(&read_keys(&keys)?.decrypt(&body)?);
+            let keys = read_keys(&keys)?;
+            if open {
+                let state = profile.join("e2ee.state");
+                let state = std::fs::read(&state).with_context(|| format!("reading {}", state.display()))?;
+                let key = super::store_key(profile)?;
+                print_record(&keys.open(&body, &state, &key.0)?);
+            } else {
+                print_record(&keys.decrypt(&body)?);
+            }
         }
         _ => bail!("this push command needs the server"),
     }
