@@ -108,11 +108,14 @@ pub async fn push(t: &Target, o: &PushOpts) -> anyhow::Result<Report> {
     eprintln!("  {} offline users with push registrations", o.offline);
     let offline = bench_users(t, o.offline, 1000, 64).await?;
     let names: Vec<String> = offline.iter().map(|u| u.name.clone()).collect();
-    futures::future::try_join_all(offline.iter().enumerate().map(|(i, u)| {
-        let target = sink.keys[i].target(pb::PushProvider::WebPush, &format!("http://127.0.0.1:{port}/p/{i}"));
-        u.client.register_push(target)
-    }))
-    .await?;
+    for (n, chunk) in offline.chunks(256).enumerate() {
+        futures::future::try_join_all(chunk.iter().enumerate().map(|(j, u)| {
+            let i = n * 256 + j;
+            let target = sink.keys[i].target(pb::PushProvider::WebPush, &format!("http://127.0.0.1:{port}/p/{i}"));
+            u.client.register_push(target)
+        }))
+        .await?;
+    }
     futures::future::join_all(offline.iter().map(|u| u.client.shutdown())).await;
     drop(offline);
 

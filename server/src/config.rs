@@ -132,6 +132,10 @@ pub struct Config {
     /// Extra trusted root certificates (PEM) for push services: a relay or a stand-in with
     /// its own CA. Unset: the system's roots only.
     pub push_ca_file: Option<PathBuf>,
+    /// A device with a session here that has not acknowledged a new event after this many
+    /// milliseconds is notified as if it were offline (a connection that died without a
+    /// close). Default 2000.
+    pub push_ack_delay_ms: u64,
     /// `[apns]`: Apple's push service (PROTOCOL.md §13.4). Unset: APNs registrations are
     /// refused.
     pub apns: Option<ApnsConfig>,
@@ -234,6 +238,7 @@ impl Default for Config {
             push_contact: crate::push::PushSettings::default().contact,
             push_allow_loopback_endpoints: false,
             push_ca_file: None,
+            push_ack_delay_ms: 2_000,
             apns: None,
             fcm: None,
             email: None,
@@ -330,6 +335,7 @@ impl Config {
             contact: self.push_contact.clone(),
             allow_loopback_endpoints: self.push_allow_loopback_endpoints,
             ca_file: self.push_ca_file.clone(),
+            ack_delay: std::time::Duration::from_millis(self.push_ack_delay_ms.max(100)),
             apns: self.apns.clone(),
             fcm: self.fcm.clone(),
             email: self.email.clone(),

@@ -115,9 +115,12 @@ async fn an_offline_device_gets_one_encrypted_notification_per_burst_and_an_onli
     assert_eq!(payload(&got[1]).seq, fourth);
     assert_eq!(got[0].length, got[1].length, "every encrypted body has the same length");
 
-    // Carol is online: nothing for her. Dave's notification comes after hers would have.
+    // Carol is online and acknowledges: nothing for her. Dave's notification comes after
+    // hers would have.
+    let mut carol = carol;
     let to_carol = natter_sdk::ConversationId(bob.client.direct("carol").await.unwrap().conversation_id);
-    bob.client.send(to_carol, "you are here").await.unwrap();
+    let here = bob.client.send(to_carol, "you are here").await.unwrap().seq.0;
+    ack(&mut carol, to_carol.0, here).await;
     let to_dave = natter_sdk::ConversationId(bob.client.direct("dave").await.unwrap().conversation_id);
     bob.client.send(to_dave, "you are not").await.unwrap();
     assert_eq!(payload(&provider.until("dave", 1).await[0]).preview, "you are not");
@@ -126,6 +129,71 @@ async fn an_offline_device_gets_one_encrypted_notification_per_burst_and_an_onli
         "an online device gets none"
     );
     drop(carol);
+}
+
+/// `r` acknowledges the delivery of `conversation` up to `seq` (as an SDK does).
+async fn ack(r: &mut Raw, conversation: u64, seq: u64) {
+    let op = Op::MarkDelivered(pb::MarkDelivered {
+        conversation_id: conversation,
+        seq,
+    });
+    assert!(matches!(r.request(op).await, Res::Done(_)), "the ack is taken");
+}
+
+/// A device with a session that does not acknowledge what it is sent (its connection died
+/// without a close, or its app is frozen) is notified once the ack delay has passed; one
+/// that acknowledges is not.
+#[tokio::test]
+async fn an_attached_device_that_does_not_acknowledge_is_notified_after_the_ack_delay() {
+    let provider = Provider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = natter_server::Config {
+        push_allow_loopback_endpoints: true,
+        push_ack_delay_ms: 600,
+        ..config(dir.path())
+    };
+    let s = natter_server::start(&cfg).await.expect("server starts");
+    let bob = user(&s, "bob").await;
+    for name in ["carol", "erin", "dave"] {
+        drop(user(&s, name).await);
+    }
+    let mut carol = registered(&s, "carol", provider.subscribe("carol").await).await;
+    let erin = registered(&s, "erin", provider.subscribe("erin").await).await;
+    let dave = registered(&s, "dave", provider.subscribe("dave").await).await;
+    go_offline(&s, dave).await;
+    let direct = |name: &'static str| {
+        let c = bob.client.clone();
+        async move { natter_sdk::ConversationId(c.direct(name).await.unwrap().conversation_id) }
+    };
+    let (to_carol, to_erin, to_dave) = (direct("carol").await, direct("erin").await, direct("dave").await);
+
+    // Both are attached; carol acknowledges at once, erin never does.
+    let for_carol = bob.client.send(to_carol, "for carol").await.unwrap().seq.0;
+    ack(&mut carol, to_carol.0, for_carol).await;
+    let sent = tokio::time::Instant::now();
+    let for_erin = bob.client.send(to_erin, "for erin").await.unwrap().seq.0;
+    let got = provider.until("erin", 1).await;
+    assert!(
+        sent.elapsed() >= Duration::from_millis(600),
+        "not before the ack delay: {:?}",
+        sent.elapsed()
+    );
+    let n = payload(&got[0]);
+    assert_eq!(
+        (n.conversation_id, n.seq, n.preview.as_str()),
+        (to_erin.0, for_erin, "for erin")
+    );
+
+    // Carol's deadline came first: had her ack not counted, her notification would be out
+    // before dave's (an offline device, notified after the burst wait).
+    bob.client.send(to_dave, "for dave").await.unwrap();
+    provider.until("dave", 1).await;
+    assert!(
+        provider.received("carol").await.is_empty(),
+        "an acknowledging device gets none"
+    );
+    assert!(s.attached_sessions() >= 2, "carol and erin were attached throughout");
+    drop((carol, erin));
 }
 
 #[tokio::test]

@@ -304,6 +304,7 @@ pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError
             if read > before {
                 cursors_moved(ctx, actor, &view, before, delivered, read, true).await?;
                 ctx.push.read(actor.user, conv, read.0);
+                ctx.push.acked(actor.user, actor.device, conv, read.0);
             }
             Ok(Res::Done(pb::Done {}))
         }
@@ -312,6 +313,7 @@ pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError
             let view = cursor_target(ctx, actor, conv, r.seq).await?;
             let before = ctx.store.delivered_cursor(actor.user, conv).await?;
             let delivered = ctx.store.advance_delivered_cursor(actor.user, conv, Seq(r.seq)).await?;
+            ctx.push.acked(actor.user, actor.device, conv, r.seq);
             if delivered > before {
                 let read = ctx.store.read_cursor(actor.user, conv).await?;
                 cursors_moved(ctx, actor, &view, before, delivered, read, false).await?;

@@ -3,7 +3,8 @@
 //!   and must not name a loopback, private or link-local address, and the keys must be well
 //!   formed;
 //! - the decision to notify: a new message, for each registered device of each other
-//!   member that has no attached session;
+//!   member that has no attached session, or whose session has not acknowledged it within
+//!   the ack delay (`watch.rs`);
 //! - the durable queue in the store, where a burst becomes one notification per device and
 //!   conversation;
 //! - the sender (`sender.rs`): payloads padded to one size, encrypted with RFC 8291, and
@@ -33,6 +34,7 @@ pub mod fcm;
 pub mod payload;
 pub mod rules;
 pub mod sender;
+pub mod watch;
 
 /// Longest endpoint (URL or token) kept.
 pub const MAX_ENDPOINT: usize = 1024;
@@ -61,6 +63,9 @@ pub struct PushSettings {
     pub burst: Duration,
     /// At most one notification per device and conversation in this time.
     pub coalesce: Duration,
+    /// An attached device that has not acknowledged an event this long after it was
+    /// delivered is notified.
+    pub ack_delay: Duration,
     /// Extra trusted roots for push services (PEM).
     pub ca_file: Option<std::path::PathBuf>,
     /// Apple's push service, if configured.
@@ -79,6 +84,7 @@ impl Default for PushSettings {
             allow_loopback_endpoints: false,
             burst: Duration::from_millis(250),
             coalesce: Duration::from_secs(1),
+            ack_delay: Duration::from_secs(2),
             ca_file: None,
             apns: None,
             fcm: None,
@@ -118,6 +124,8 @@ pub struct Push {
     sender: sender::Sender,
     /// Email digests, made on first use (their unsubscribe key comes from the store).
     email: tokio::sync::OnceCell<Option<email::Email>>,
+    /// Deliveries to attached devices not yet acknowledged.
+    watch: watch::Watch,
 }
 
 fn err(code: ErrorCode, msg: impl Into<String>) -> ServerError {
@@ -146,6 +154,7 @@ impl Push {
             queued: Notify::new(),
             sending: Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT)),
             email: tokio::sync::OnceCell::new(),
+            watch: watch::Watch::default(),
         }))
     }
 
@@ -177,6 +186,14 @@ impl Push {
         };
         if self.tx.try_send(c).is_err() {
             tracing::warn!("push queue full: a withdrawal was dropped");
+        }
+    }
+
+    /// `device` of `user` acknowledged `conversation`'s events up to `seq` (it never
+    /// waits): nothing of them is notified to it.
+    pub fn acked(&self, user: UserId, device: DeviceId, conversation: ConversationId, seq: u64) {
+        if self.settings.enabled {
+            self.watch.acked(user, device, conversation, seq);
         }
     }
 
@@ -403,7 +420,28 @@ impl Push {
                 }
             }
         };
-        tokio::join!(deciding, self.clone().send_loop());
+        tokio::join!(deciding, self.clone().send_loop(), self.clone().overdue_loop());
+    }
+
+    /// Queue the notifications of attached devices that let their ack delay pass.
+    async fn overdue_loop(self: Arc<Self>) {
+        let every = (self.settings.ack_delay / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = now_ms();
+            let due = self.watch.expired(now);
+            if due.is_empty() {
+                continue;
+            }
+            for job in due {
+                if let Err(e) = self.store.enqueue_push(&PushJob { due_ms: now, ..job }).await {
+                    tracing::warn!(error = %e, "queueing an unacknowledged notification failed");
+                }
+            }
+            self.queued.notify_one();
+        }
     }
 
     /// Queue a job for every registered device of every other member with no attached
@@ -437,9 +475,6 @@ impl Push {
                 }
             }
             for reg in &rec.registrations {
-                if self.hub.device_attached(user, reg.device) {
-                    continue;
-                }
                 let job = PushJob {
                     id: PushJob::id_for(&reg.id, conv),
                     user,
@@ -451,6 +486,14 @@ impl Push {
                     attempts: 0,
                     withdraw: false,
                 };
+                // An attached device has it on its connection: notified only if it does not
+                // acknowledge in time (or has not, and a newer event joins its notification).
+                if self.hub.device_attached(user, reg.device) {
+                    let deadline = now + self.settings.ack_delay.as_millis() as u64;
+                    if self.watch.delivered(job.clone(), deadline) != watch::Watched::Overdue {
+                        continue;
+                    }
+                }
                 self.store.enqueue_push(&job).await?;
                 any = true;
             }
@@ -596,16 +639,24 @@ impl Push {
             return Ok(self.store.drop_push(&job.id).await?);
         };
         let next = now_ms() + self.settings.coalesce.as_millis() as u64;
-        // Online again, or read elsewhere since: nothing to say.
+        // Online again (and acknowledging), or read elsewhere since: nothing to say.
         if !job.withdraw {
             let read = self.store.read_cursor(job.user, job.conversation).await?;
-            if self.hub.device_attached(job.user, job.device) || read.0 >= job.seq {
+            let online = self.hub.device_attached(job.user, job.device) && !self.watch.overdue(&job);
+            if online || read.0 >= job.seq {
+                if read.0 >= job.seq {
+                    self.watch.settled(&job);
+                }
                 return Ok(self.store.finish_push(&job.id, job.seq, next).await?);
             }
         }
         let provider = pb::PushProvider::try_from(reg.provider).unwrap_or(pb::PushProvider::Unspecified);
         let body = payload::build(&*self.store, &job, provider).await?;
-        match self.sender.send(reg, &job, body).await {
+        let outcome = self.sender.send(reg, &job, body).await;
+        if !job.withdraw && !matches!(outcome, sender::Outcome::Later(_)) {
+            self.watch.settled(&job);
+        }
+        match outcome {
             sender::Outcome::Sent if job.withdraw => self.store.drop_push(&job.id).await?,
             sender::Outcome::Sent => {
                 // Remembered, so a read elsewhere can withdraw it.

@@ -22,6 +22,11 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 const TTL: Duration = Duration::from_secs(24 * 3600);
 /// How long a VAPID token is valid (RFC 8292 allows at most 24 hours).
 const VAPID_VALID: Duration = Duration::from_secs(12 * 3600);
+/// A VAPID token is reused for pushes to the same origin until this long before it expires
+/// (signing is an ECDSA operation per push otherwise; push services accept a reused token).
+const VAPID_RENEW: Duration = Duration::from_secs(3600);
+/// Most origins whose token is kept (a few push services in practice; bounded anyway).
+const VAPID_ORIGINS: usize = 256;
 /// Longest `Retry-After` honoured; a longer one is capped.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
@@ -48,6 +53,8 @@ pub struct Sender {
     store: std::sync::Arc<dyn Store>,
     contact: String,
     vapid: OnceCell<ES256KeyPair>,
+    /// The `Authorization` header per push service origin, and when it is renewed.
+    vapid_tokens: std::sync::Mutex<std::collections::HashMap<String, (http::HeaderValue, std::time::Instant)>>,
     /// For the services the operator configured (APNs, FCM, their relays).
     http: reqwest::Client,
     /// For endpoints devices registered: their names must resolve to public addresses.
@@ -91,6 +98,7 @@ impl Sender {
             store,
             contact: settings.contact.clone(),
             vapid: OnceCell::new(),
+            vapid_tokens: Default::default(),
             http: http.build().context("the push HTTP client")?,
             web_http: web_http.build().context("the push HTTP client")?,
             allow_loopback: settings.allow_loopback_endpoints,
@@ -135,15 +143,30 @@ impl Sender {
             .map_err(|e| bad(format!("endpoint: {e}")))?
             .origin()
             .ascii_serialization();
+        let now = std::time::Instant::now();
+        if let Some((h, renew)) = self.vapid_tokens.lock().expect("vapid tokens").get(&origin) {
+            if now < *renew {
+                return Ok(h.clone());
+            }
+        }
         let kp = self.vapid().await?;
         let claims = Claims::create(VAPID_VALID.into())
-            .with_audience(origin)
+            .with_audience(origin.clone())
             .with_subject(&self.contact);
         let token = kp
             .sign(claims)
             .map_err(|e| ServerError::new(ErrorCode::Internal, format!("VAPID: {e}")))?;
         let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.vapid_public_key().await?);
-        http::HeaderValue::from_str(&format!("vapid t={token}, k={k}")).map_err(|e| bad(e.to_string()))
+        let h = http::HeaderValue::from_str(&format!("vapid t={token}, k={k}")).map_err(|e| bad(e.to_string()))?;
+        let mut tokens = self.vapid_tokens.lock().expect("vapid tokens");
+        if tokens.len() >= VAPID_ORIGINS {
+            tokens.retain(|_, (_, renew)| now < *renew);
+            if tokens.len() >= VAPID_ORIGINS {
+                tokens.clear();
+            }
+        }
+        tokens.insert(origin, (h.clone(), now + (VAPID_VALID - VAPID_RENEW)));
+        Ok(h)
     }
 
     /// Send `payload` (padded, not yet encrypted) for `job` to `reg`.

@@ -43,17 +43,54 @@ const PROBE_BYTES: usize = 1 << 20;
 pub(super) const RETRY_AFTER_MS: u32 = 1_000;
 
 /// An open database.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub(super) struct Handles {
     pub db: sled::Db,
     pub tree: sled::Tree,
+    /// Durable writes share flushes through it (group commit).
+    pub flushes: FlushGate,
 }
 
 impl Handles {
     pub fn open(dir: &Path) -> Result<Handles, sled::Error> {
         let db = sled::Config::new().path(dir).flush_every_ms(Some(500)).open()?;
         let tree = db.open_tree("natter")?;
-        Ok(Handles { db, tree })
+        Ok(Handles {
+            db,
+            tree,
+            flushes: FlushGate::default(),
+        })
+    }
+}
+
+/// Group commit for durable writes: one flush runs at a time, and a flush that started
+/// after a write was applied makes it durable, so writers that queue behind a running
+/// flush share the next one instead of each syncing the disk. A writer takes a ticket
+/// after applying its write; a flush records the last ticket taken before it started;
+/// a writer whose ticket is covered when it gets its turn returns at once.
+#[derive(Debug, Default)]
+pub(super) struct FlushGate {
+    requested: std::sync::atomic::AtomicU64,
+    flushed: std::sync::atomic::AtomicU64,
+    turn: tokio::sync::Mutex<()>,
+}
+
+impl FlushGate {
+    /// Run `flush` unless a flush that started after this call already covered it.
+    pub async fn flush<F>(&self, flush: F) -> Result<(), String>
+    where
+        F: std::future::Future<Output = Result<(), String>>,
+    {
+        use std::sync::atomic::Ordering::SeqCst;
+        let ticket = self.requested.fetch_add(1, SeqCst) + 1;
+        let _turn = self.turn.lock().await;
+        if self.flushed.load(SeqCst) >= ticket {
+            return Ok(());
+        }
+        let covers = self.requested.load(SeqCst);
+        flush.await?;
+        self.flushed.fetch_max(covers, SeqCst);
+        Ok(())
     }
 }
 
@@ -368,5 +405,60 @@ mod tests {
             (Bound::Included(vec![1, 0xff]), Bound::Excluded(vec![2]))
         );
         assert_eq!(prefix_range(&[0xff]), (Bound::Included(vec![0xff]), Bound::Unbounded));
+    }
+
+    /// Twenty writers flush at once: each returns only after a flush that started after
+    /// its write was applied, and they share two flushes (the running one and the next).
+    #[tokio::test]
+    async fn writers_queued_behind_a_flush_share_the_next_and_each_is_covered() {
+        use std::sync::Mutex;
+        let gate = Arc::new(FlushGate::default());
+        let applied = Arc::new(Mutex::new(Vec::new()));
+        let flushes = Arc::new(Mutex::new(Vec::<Vec<usize>>::new()));
+        let writers: Vec<_> = (0..20)
+            .map(|w| {
+                let (gate, applied, flushes) = (gate.clone(), applied.clone(), flushes.clone());
+                tokio::spawn(async move {
+                    applied.lock().unwrap().push(w);
+                    let (applied2, flushes2, gate2) = (applied.clone(), flushes.clone(), gate.clone());
+                    gate.flush(async move {
+                        // What a flush makes durable: every write applied before it began.
+                        let durable = applied2.lock().unwrap().clone();
+                        // The flush lasts until every writer has queued.
+                        while gate2.requested.load(Ordering::SeqCst) < 20 {
+                            tokio::task::yield_now().await;
+                        }
+                        flushes2.lock().unwrap().push(durable);
+                        Ok(())
+                    })
+                    .await
+                    .unwrap();
+                    let done = flushes.lock().unwrap();
+                    assert!(
+                        done.iter().any(|d| d.contains(&w)),
+                        "writer {w} returned before a flush covered it"
+                    );
+                })
+            })
+            .collect();
+        for w in writers {
+            w.await.unwrap();
+        }
+        assert_eq!(flushes.lock().unwrap().len(), 2, "queued writers share one flush");
+    }
+
+    /// A failed flush is not counted as covering anyone: the next writer flushes again.
+    #[tokio::test]
+    async fn a_failed_flush_covers_no_one() {
+        let gate = FlushGate::default();
+        assert!(gate.flush(async { Err("disk".to_string()) }).await.is_err());
+        let ran = std::sync::atomic::AtomicBool::new(false);
+        gate.flush(async {
+            ran.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert!(ran.load(std::sync::atomic::Ordering::SeqCst));
     }
 }

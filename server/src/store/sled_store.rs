@@ -209,13 +209,18 @@ impl SledStore {
 async fn flush(h: &Arc<Handles>) -> Result<(), String> {
     // The blocking thread holds the handles (not a bare tree), so a failed database is
     // dropped only once this flush has returned (see `sled_health::bury`).
-    let h = h.clone();
-    match tokio::time::timeout(FLUSH_DEADLINE, tokio::task::spawn_blocking(move || h.tree.flush())).await {
-        Ok(Ok(Ok(_))) => Ok(()),
-        Ok(Ok(Err(e))) => Err(e.to_string()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("flush did not finish within {FLUSH_DEADLINE:?}")),
-    }
+    // Writers queued behind a running flush share the next one (`FlushGate`).
+    let held = h.clone();
+    h.flushes
+        .flush(async move {
+            match tokio::time::timeout(FLUSH_DEADLINE, tokio::task::spawn_blocking(move || held.tree.flush())).await {
+                Ok(Ok(Ok(_))) => Ok(()),
+                Ok(Ok(Err(e))) => Err(e.to_string()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("flush did not finish within {FLUSH_DEADLINE:?}")),
+            }
+        })
+        .await
 }
 
 #[async_trait]
