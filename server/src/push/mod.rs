@@ -46,6 +46,8 @@ const BATCH: usize = 64;
 const CLAIM: Duration = Duration::from_secs(20);
 /// Committed events waiting for the push worker; past this, new ones are dropped (logged).
 const QUEUE: usize = 4096;
+/// Most committed events decided together (their jobs made durable in one write).
+const DECIDE_BATCH: usize = 256;
 /// Failed attempts after which a notification is given up (backoff 2 s doubling to 10
 /// minutes: about two hours).
 const MAX_ATTEMPTS: u32 = 20;
@@ -402,19 +404,31 @@ impl Push {
         let Some(mut rx) = self.rx.lock().expect("push lock").take() else {
             return;
         };
+        // Decisions in batches: what a batch of commits queues is made durable together
+        // (one flush), so deciding keeps up with the commit rate.
         let deciding = {
             let me = self.clone();
             async move {
-                while let Some(c) = rx.recv().await {
-                    let done = match &c {
-                        Committed::Event { event, recipients } => me.decide(event, recipients).await,
-                        Committed::Read {
-                            user,
-                            conversation,
-                            seq,
-                        } => me.withdraw(*user, *conversation, *seq).await,
-                    };
-                    if let Err(e) = done {
+                let mut batch = Vec::with_capacity(DECIDE_BATCH);
+                let mut jobs = Vec::new();
+                while rx.recv_many(&mut batch, DECIDE_BATCH).await > 0 {
+                    for c in batch.drain(..) {
+                        let done = match &c {
+                            Committed::Event { event, recipients } => me.decide(event, recipients, &mut jobs).await,
+                            Committed::Read {
+                                user,
+                                conversation,
+                                seq,
+                            } => match me.queue(&mut jobs).await {
+                                Ok(()) => me.withdraw(*user, *conversation, *seq).await,
+                                Err(e) => Err(e),
+                            },
+                        };
+                        if let Err(e) = done {
+                            tracing::warn!(error = %e.message, "queueing notifications failed");
+                        }
+                    }
+                    if let Err(e) = me.queue(&mut jobs).await {
                         tracing::warn!(error = %e.message, "queueing notifications failed");
                     }
                 }
@@ -435,18 +449,33 @@ impl Push {
             if due.is_empty() {
                 continue;
             }
-            for job in due {
-                if let Err(e) = self.store.enqueue_push(&PushJob { due_ms: now, ..job }).await {
-                    tracing::warn!(error = %e, "queueing an unacknowledged notification failed");
-                }
+            let mut jobs: Vec<PushJob> = due.into_iter().map(|job| PushJob { due_ms: now, ..job }).collect();
+            if let Err(e) = self.queue(&mut jobs).await {
+                tracing::warn!(error = %e.message, "queueing unacknowledged notifications failed");
             }
-            self.queued.notify_one();
         }
     }
 
-    /// Queue a job for every registered device of every other member with no attached
-    /// session.
-    async fn decide(&self, event: &pb::ConversationEvent, recipients: &[UserId]) -> Result<(), ServerError> {
+    /// Queue `jobs` durably (and empty it).
+    async fn queue(&self, jobs: &mut Vec<PushJob>) -> Result<(), ServerError> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let done = self.store.enqueue_pushes(jobs).await;
+        jobs.clear();
+        done?;
+        self.queued.notify_one();
+        Ok(())
+    }
+
+    /// Add to `jobs` one for every registered device of every other member with no
+    /// attached session (or, attached, already overdue), and any email digest.
+    async fn decide(
+        &self,
+        event: &pb::ConversationEvent,
+        recipients: &[UserId],
+        jobs: &mut Vec<PushJob>,
+    ) -> Result<(), ServerError> {
         let conv = ConversationId(event.conversation_id);
         let sender = UserId(event.sender_user_id);
         let body = match &event.body {
@@ -454,7 +483,6 @@ impl Push {
             _ => return Ok(()),
         };
         let now = now_ms();
-        let mut any = false;
         for &user in recipients.iter().filter(|u| **u != sender) {
             let Some(rec) = self.store.push_record(user).await? else {
                 continue;
@@ -471,7 +499,7 @@ impl Push {
                 && self.hub.attached_elsewhere(user, DeviceId(0)) == 0
             {
                 if let Some(m) = self.mailer().await? {
-                    self.store.enqueue_push(&m.job(user, conv, event.seq, now)).await?;
+                    jobs.push(m.job(user, conv, event.seq, now));
                 }
             }
             for reg in &rec.registrations {
@@ -494,12 +522,8 @@ impl Push {
                         continue;
                     }
                 }
-                self.store.enqueue_push(&job).await?;
-                any = true;
+                jobs.push(job);
             }
-        }
-        if any {
-            self.queued.notify_one();
         }
         Ok(())
     }

@@ -412,6 +412,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Queue a notification, durably. A job with the same id that is still queued takes the
     /// larger seq and keeps its due time and attempts (a burst becomes one notification).
     async fn enqueue_push(&self, job: &PushJob) -> Result<(), StoreError>;
+    /// [`Self::enqueue_push`] for several jobs, durable together (one flush where the
+    /// backend can).
+    async fn enqueue_pushes(&self, jobs: &[PushJob]) -> Result<(), StoreError> {
+        for job in jobs {
+            self.enqueue_push(job).await?;
+        }
+        Ok(())
+    }
     /// Queued notifications due at `now_ms`, earliest first.
     async fn due_pushes(&self, now_ms: u64, limit: usize) -> Result<Vec<PushJob>, StoreError>;
     /// Take the notifications due at `now_ms` (earliest first) for the caller to send: each

@@ -780,22 +780,31 @@ impl Store for SledStore {
     }
 
     async fn enqueue_push(&self, job: &PushJob) -> Result<(), StoreError> {
-        let job = job.clone();
+        self.enqueue_pushes(std::slice::from_ref(job)).await
+    }
+
+    async fn enqueue_pushes(&self, jobs: &[PushJob]) -> Result<(), StoreError> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let jobs = jobs.to_vec();
         self.write(true, move |h| {
             media_txn(&h.tree, |t| {
-                let jk = push_job_key(&job.id);
-                let kept = match t.get(&jk)? {
-                    Some(v) => {
-                        let mut j: PushJob = dec(&v).map_err(Abort::Abort)?;
-                        j.seq = j.seq.max(job.seq);
-                        j
-                    }
-                    None => {
-                        t.insert(push_due_key(job.due_ms, &job.id), &[][..])?;
-                        job.clone()
-                    }
-                };
-                t.insert(jk, enc(&kept))?;
+                for job in &jobs {
+                    let jk = push_job_key(&job.id);
+                    let kept = match t.get(&jk)? {
+                        Some(v) => {
+                            let mut j: PushJob = dec(&v).map_err(Abort::Abort)?;
+                            j.seq = j.seq.max(job.seq);
+                            j
+                        }
+                        None => {
+                            t.insert(push_due_key(job.due_ms, &job.id), &[][..])?;
+                            job.clone()
+                        }
+                    };
+                    t.insert(jk, enc(&kept))?;
+                }
                 Ok(())
             })
         })

@@ -597,9 +597,12 @@ pub(crate) async fn push_queue(store: &dyn Store) {
     };
     store.enqueue_push(&job("r", 1, 5, 100)).await.unwrap();
     store.enqueue_push(&job("r", 2, 9, 50)).await.unwrap();
-    // A burst: the queued job takes the newer seq and keeps its due time.
-    store.enqueue_push(&job("r", 1, 6, 300)).await.unwrap();
-    store.enqueue_push(&job("r", 1, 4, 300)).await.unwrap();
+    // A burst: the queued job takes the newer seq and keeps its due time, also when the
+    // burst comes in one batch.
+    store
+        .enqueue_pushes(&[job("r", 1, 6, 300), job("r", 1, 4, 300)])
+        .await
+        .unwrap();
     assert_eq!(ids(store.due_pushes(49, 10).await.unwrap()), vec![]);
     assert_eq!(
         ids(store.due_pushes(100, 10).await.unwrap()),
@@ -683,4 +686,16 @@ pub(crate) async fn push_queue(store: &dyn Store) {
     store.drop_push(&shown.id).await.unwrap();
     assert_eq!(store.get_push(&shown.id).await.unwrap(), None);
     assert_eq!(store.get_push("nothing/here").await.unwrap(), None);
+
+    // A batch that queues a new job twice: one job, the first due time, the newest seq.
+    store
+        .enqueue_pushes(&[job("q", 3, 2, 400), job("q", 3, 3, 500), job("q", 4, 1, 450)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_push("q/3").await.unwrap().map(|j| (j.seq, j.due_ms)),
+        Some((3, 400))
+    );
+    assert_eq!(store.get_push("q/4").await.unwrap().map(|j| j.seq), Some(1));
+    store.enqueue_pushes(&[]).await.unwrap();
 }
