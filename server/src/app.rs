@@ -127,7 +127,15 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
             let advertise = config.advertise.clone().unwrap_or_else(|| config.listen.to_string());
             let urls = config.redis_urls.clone();
             let (hub, shards) = (hub.clone(), shards.clone());
-            Some(Cluster::start(conn, urls, node, advertise, hub, shards, Arc::new(presence.clone())).await?)
+            let local = crate::cluster::Local {
+                hub,
+                shards,
+                presence: Arc::new(presence.clone()),
+                push: push.clone(),
+            };
+            let cluster = Cluster::start(conn, urls, node, advertise, local).await?;
+            push.set_elsewhere(cluster.clone());
+            Some(cluster)
         }
         None => None,
     };

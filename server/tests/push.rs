@@ -7,6 +7,8 @@ mod common;
 mod email;
 #[path = "push/mobile.rs"]
 mod mobile;
+#[path = "push/nodes.rs"]
+mod nodes;
 
 use std::time::Duration;
 

@@ -22,7 +22,11 @@
 //! Each conversation's order is still decided in one place: the commit script in Redis
 //! (store/redis_store.rs), so shards on different nodes may serve the same conversation.
 //!
-//! May import: `conversation`, `session`, `store`, `clock`. Must not import `api`, `conn`
+//! - **Devices** (`devices.rs`): which device is attached on which node, so a notification
+//!   is decided where the device is (PROTOCOL.md §13.2).
+//!
+//! May import: `conversation`, `push` (forwarded events, to watch acknowledgements),
+//! `session`, `store`, `clock`. Must not import `api`, `conn`
 //! or `transport`; local presence comes in through [`LocalPresence`], which it defines.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -34,10 +38,12 @@ use tokio::sync::mpsc;
 
 use crate::clock::now_ms;
 use crate::conversation::Shards;
+use crate::push::Push;
 use crate::session::hub::{Forward, Hub};
 use crate::store::{RedisConn, StoreError};
 
 mod bus;
+mod devices;
 use bus::{decode, encode, recipients};
 
 /// A node is dead once its registry entry is this old.
@@ -89,6 +95,15 @@ pub struct Cluster {
     peers_read_at: std::sync::atomic::AtomicU64,
 }
 
+/// This node's parts the cluster works with.
+#[derive(Debug)]
+pub struct Local {
+    pub hub: Hub,
+    pub shards: Shards,
+    pub presence: Arc<dyn LocalPresence>,
+    pub push: Arc<Push>,
+}
+
 impl Cluster {
     /// Join the cluster: register this node and start the heartbeat, the bus publisher
     /// (fed by the hub) and the subscriber (delivering to the hub and invalidating shards).
@@ -97,10 +112,14 @@ impl Cluster {
         urls: Vec<String>,
         node: String,
         advertise: String,
-        hub: Hub,
-        shards: Shards,
-        presence: Arc<dyn LocalPresence>,
+        local: Local,
     ) -> Result<Arc<Cluster>, StoreError> {
+        let Local {
+            hub,
+            shards,
+            presence,
+            push,
+        } = local;
         let cluster = Arc::new(Cluster {
             node,
             advertise,
@@ -131,12 +150,15 @@ impl Cluster {
                     if let Err(e) = c.refresh(&users).await {
                         tracing::warn!(error = %e, "cluster: directory refresh failed");
                     }
+                    if let Err(e) = c.refresh_devices(&beat_hub.local_devices()).await {
+                        tracing::warn!(error = %e, "cluster: device refresh failed");
+                    }
                 }
             }
         });
         let forwards = hub.set_forwarder();
         tokio::spawn(publish_loop(Arc::downgrade(&cluster), forwards));
-        tokio::spawn(subscribe_loop(Arc::downgrade(&cluster), hub, shards));
+        tokio::spawn(subscribe_loop(Arc::downgrade(&cluster), hub, shards, push));
         Ok(cluster)
     }
 
@@ -363,7 +385,7 @@ async fn publish_loop(cluster: std::sync::Weak<Cluster>, mut rx: mpsc::Receiver<
 
 /// Receive this node's channel and deliver to local sessions; reconnect (to the next URL)
 /// when the subscription breaks.
-async fn subscribe_loop(cluster: std::sync::Weak<Cluster>, hub: Hub, shards: Shards) {
+async fn subscribe_loop(cluster: std::sync::Weak<Cluster>, hub: Hub, shards: Shards, push: Arc<Push>) {
     use futures::StreamExt;
     let mut attempt = 0usize;
     loop {
@@ -395,8 +417,10 @@ async fn subscribe_loop(cluster: std::sync::Weak<Cluster>, hub: Hub, shards: Sha
             match decode(msg.get_payload_bytes()) {
                 Ok(forwards) => {
                     for f in forwards {
-                        if let Forward::Event(_, ev) = &f {
+                        if let Forward::Event(users, ev) = &f {
                             shards.forget(ConversationId(ev.conversation_id), Seq(ev.seq));
+                            // Delivered here: this node watches its devices' acknowledgements.
+                            push.forwarded(ev, users);
                         }
                         hub.deliver_forwarded(f);
                     }

@@ -157,6 +157,11 @@ impl<T: Transport> Conn<T> {
                 .attach(user, pb::PresenceState::Online)
                 .await
                 .map_err(|e| crate::error::internal(&e))?;
+            // Where the device is, so other nodes do not notify it (PROTOCOL.md §13.2).
+            cluster
+                .attach_device(user, device)
+                .await
+                .map_err(|e| crate::error::internal(&e))?;
         }
         let hub = &self.shared.hub;
         let resumed = if resume_token.is_empty() {

@@ -288,6 +288,18 @@ where
     if let Phase::Authenticated(a) = std::mem::replace(&mut conn.phase, Phase::Unauthenticated) {
         a.delivery.abort();
         conn.shared.hub.detach(&a.session, conn.conn_id);
+        if let Some(cluster) = conn.shared.ctx.cluster.clone() {
+            // Notifications for this device are decided anywhere again, unless another
+            // session of it is still attached here.
+            let (user, device) = (a.actor.user, a.actor.device);
+            if !conn.shared.hub.device_attached(user, device) {
+                tokio::spawn(async move {
+                    if let Err(e) = cluster.detach_device(user, device).await {
+                        tracing::warn!(%user, error = %e, "cluster: device detach not recorded");
+                    }
+                });
+            }
+        }
         let clean = result.is_ok();
         conn.shared
             .ctx

@@ -71,6 +71,7 @@ impl Email {
             due_ms: now_ms + u64::from(self.cfg.quiet_secs) * 1000,
             attempts: 0,
             withdraw: false,
+            unacked: false,
         }
     }
 

@@ -95,13 +95,23 @@ impl Default for PushSettings {
     }
 }
 
+/// Where devices are attached on other nodes (the cluster, when there is one).
+#[async_trait::async_trait]
+pub trait Elsewhere: Send + Sync + std::fmt::Debug {
+    /// The devices of `user` attached to other live nodes.
+    async fn devices_elsewhere(&self, user: UserId) -> Vec<DeviceId>;
+}
+
 /// What the worker hears from the layers above.
 #[derive(Debug)]
 enum Committed {
-    /// A committed event and who may hear of it.
+    /// A committed event and who may hear of it; `here` when this node committed it
+    /// (it decides for devices attached nowhere), not when another node forwarded it
+    /// (only this node's attached devices are watched).
     Event {
         event: Arc<pb::ConversationEvent>,
         recipients: Vec<UserId>,
+        here: bool,
     },
     /// A user read a conversation up to a seq (on some device).
     Read {
@@ -128,6 +138,8 @@ pub struct Push {
     email: tokio::sync::OnceCell<Option<email::Email>>,
     /// Deliveries to attached devices not yet acknowledged.
     watch: watch::Watch,
+    /// Devices attached to other nodes (set when the cluster starts).
+    elsewhere: std::sync::OnceLock<Arc<dyn Elsewhere>>,
 }
 
 fn err(code: ErrorCode, msg: impl Into<String>) -> ServerError {
@@ -157,18 +169,35 @@ impl Push {
             sending: Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT)),
             email: tokio::sync::OnceCell::new(),
             watch: watch::Watch::default(),
+            elsewhere: std::sync::OnceLock::new(),
         }))
     }
 
     /// A conversation committed `event` for `recipients` (the shard calls this after the
     /// commit; it never waits).
     pub fn committed(&self, event: &Arc<pb::ConversationEvent>, recipients: &[UserId]) {
+        self.event(event, recipients, true);
+    }
+
+    /// Another node committed `event` and forwarded it here for `recipients` (the cluster
+    /// bus calls this; it never waits): their devices attached here are watched.
+    pub fn forwarded(&self, event: &Arc<pb::ConversationEvent>, recipients: &[UserId]) {
+        self.event(event, recipients, false);
+    }
+
+    /// Several nodes: where devices attached elsewhere are found.
+    pub fn set_elsewhere(&self, e: Arc<dyn Elsewhere>) {
+        let _ = self.elsewhere.set(e);
+    }
+
+    fn event(&self, event: &Arc<pb::ConversationEvent>, recipients: &[UserId], here: bool) {
         if !self.settings.enabled || !matches!(event.body, Some(pb::conversation_event::Body::Message(_))) {
             return;
         }
         let c = Committed::Event {
             event: event.clone(),
             recipients: recipients.to_vec(),
+            here,
         };
         if self.tx.try_send(c).is_err() {
             tracing::warn!("push queue full: a notification decision was dropped");
@@ -414,7 +443,11 @@ impl Push {
                 while rx.recv_many(&mut batch, DECIDE_BATCH).await > 0 {
                     for c in batch.drain(..) {
                         let done = match &c {
-                            Committed::Event { event, recipients } => me.decide(event, recipients, &mut jobs).await,
+                            Committed::Event {
+                                event,
+                                recipients,
+                                here,
+                            } => me.decide(event, recipients, *here, &mut jobs).await,
                             Committed::Read {
                                 user,
                                 conversation,
@@ -469,11 +502,14 @@ impl Push {
     }
 
     /// Add to `jobs` one for every registered device of every other member with no
-    /// attached session (or, attached, already overdue), and any email digest.
+    /// attached session (or, attached here, already overdue), and any email digest; watch
+    /// the devices attached here. For an event another node committed (`here` false), only
+    /// the watch: that node decides for the rest.
     async fn decide(
         &self,
         event: &pb::ConversationEvent,
         recipients: &[UserId],
+        here: bool,
         jobs: &mut Vec<PushJob>,
     ) -> Result<(), ServerError> {
         let conv = ConversationId(event.conversation_id);
@@ -494,7 +530,8 @@ impl Push {
             }
             // A digest for a user with no device online, a quiet period from now (a queued
             // one keeps its time).
-            if !rec.rules.email.is_empty()
+            if here
+                && !rec.rules.email.is_empty()
                 && !rec.rules.no_email_digest
                 && self.hub.attached_elsewhere(user, DeviceId(0)) == 0
             {
@@ -502,6 +539,12 @@ impl Push {
                     jobs.push(m.job(user, conv, event.seq, now));
                 }
             }
+            // Devices attached to other nodes are theirs to watch (several nodes).
+            let elsewhere = if here && !rec.registrations.is_empty() {
+                self.devices_elsewhere(user).await
+            } else {
+                Vec::new()
+            };
             for reg in &rec.registrations {
                 let job = PushJob {
                     id: PushJob::id_for(&reg.id, conv),
@@ -513,19 +556,37 @@ impl Push {
                     due_ms: now + self.settings.burst.as_millis() as u64,
                     attempts: 0,
                     withdraw: false,
+                    unacked: false,
                 };
                 // An attached device has it on its connection: notified only if it does not
                 // acknowledge in time (or has not, and a newer event joins its notification).
                 if self.hub.device_attached(user, reg.device) {
                     let deadline = now + self.settings.ack_delay.as_millis() as u64;
-                    if self.watch.delivered(job.clone(), deadline) != watch::Watched::Overdue {
-                        continue;
+                    let unacked = PushJob {
+                        id: PushJob::unacked_id(&reg.id, conv),
+                        unacked: true,
+                        due_ms: now,
+                        ..job
+                    };
+                    if self.watch.delivered(unacked.clone(), deadline) == watch::Watched::Overdue {
+                        jobs.push(unacked);
                     }
+                    continue;
+                } else if !here || elsewhere.contains(&reg.device) {
+                    continue;
                 }
                 jobs.push(job);
             }
         }
         Ok(())
+    }
+
+    /// The devices of `user` attached to other nodes (none with one node).
+    async fn devices_elsewhere(&self, user: UserId) -> Vec<DeviceId> {
+        match self.elsewhere.get() {
+            Some(e) => e.devices_elsewhere(user).await,
+            None => Vec::new(),
+        }
     }
 
     /// Queue a withdrawal for every device of `user` not attached here that was shown a
@@ -663,10 +724,17 @@ impl Push {
             return Ok(self.store.drop_push(&job.id).await?);
         };
         let next = now_ms() + self.settings.coalesce.as_millis() as u64;
-        // Online again (and acknowledging), or read elsewhere since: nothing to say.
+        // Online again (and acknowledging), or read elsewhere since: nothing to say. An
+        // unacknowledged device's notification is sent attached or not.
         if !job.withdraw {
             let read = self.store.read_cursor(job.user, job.conversation).await?;
-            let online = self.hub.device_attached(job.user, job.device) && !self.watch.overdue(&job);
+            let online = if job.unacked {
+                false
+            } else if self.hub.device_attached(job.user, job.device) {
+                true // watched here: its own job if it does not acknowledge
+            } else {
+                self.devices_elsewhere(job.user).await.contains(&job.device)
+            };
             if online || read.0 >= job.seq {
                 if read.0 >= job.seq {
                     self.watch.settled(&job);

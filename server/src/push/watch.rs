@@ -141,9 +141,9 @@ impl Watch {
             .collect()
     }
 
-    /// Whether a notification of `job` to a device that is attached is due: only if the
-    /// device let its deadline pass without acknowledging.
-    pub fn overdue(&self, job: &PushJob) -> bool {
+    /// Whether the device of `job` let its deadline pass without acknowledging.
+    #[cfg(test)]
+    fn overdue(&self, job: &PushJob) -> bool {
         let entries = self.entries.lock().expect("watch lock");
         entries
             .get(&(job.user, job.device, job.conversation))
@@ -180,6 +180,7 @@ mod tests {
             due_ms: 0,
             attempts: 0,
             withdraw: false,
+            unacked: false,
         }
     }
 

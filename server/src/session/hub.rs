@@ -333,6 +333,21 @@ impl Hub {
             .collect()
     }
 
+    /// The (user, device) of every attached session on this node.
+    pub fn local_devices(&self) -> Vec<(UserId, DeviceId)> {
+        let mut out = Vec::new();
+        for stripe in &self.inner.users {
+            for (user, list) in stripe.lock().expect("hub lock").iter() {
+                for s in list {
+                    if s.state.lock().expect("session lock").sink.is_some() {
+                        out.push((*user, s.device));
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Send `frame` (a GoAway) to every attached session, not kept for replay: the node is
     /// draining and its clients should reconnect elsewhere.
     pub fn broadcast_control(&self, frame: Bytes) -> usize {

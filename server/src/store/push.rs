@@ -78,6 +78,10 @@ pub struct PushJob {
     /// Not a notification but its withdrawal: the user read the conversation elsewhere.
     #[serde(default)]
     pub withdraw: bool,
+    /// For a device that was attached but did not acknowledge in time (the node holding it
+    /// decided): sent whether or not the device is attached (PROTOCOL.md §13.2).
+    #[serde(default)]
+    pub unacked: bool,
 }
 
 impl PushJob {
@@ -94,6 +98,13 @@ impl PushJob {
     /// conversation (its seq: the newest shown), never due.
     pub fn shown_id(registration: &str, conversation: ConversationId) -> String {
         format!("{registration}/{}/shown", conversation.0)
+    }
+
+    /// The id of the notification of a registration's attached device that did not
+    /// acknowledge a conversation's events in time (apart from the offline job, which
+    /// another node may hold and send only if the device is attached nowhere).
+    pub fn unacked_id(registration: &str, conversation: ConversationId) -> String {
+        format!("{registration}/{}/unacked", conversation.0)
     }
 
     /// The id of a withdrawal for a registration and conversation.

@@ -589,6 +589,7 @@ pub(crate) async fn push_queue(store: &dyn Store) {
         due_ms: due,
         attempts: 0,
         withdraw: false,
+        unacked: false,
     };
     let ids = |v: Vec<PushJob>| {
         v.into_iter()
