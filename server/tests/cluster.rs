@@ -438,8 +438,9 @@ async fn a_resume_token_presented_to_another_node_gets_a_cursor_sync_with_nothin
         })
     };
     let mut bob = Raw::hello(a.addr, &a.fingerprint).await;
-    let Res::Auth(first) = bob.request(auth("", 0)).await else {
-        panic!("authenticate failed")
+    let first = match bob.request(auth("", 0)).await {
+        Res::Auth(first) => first,
+        other => panic!("authenticate failed: {other:?}"),
     };
     let last = |s: &pb::AuthOk| {
         s.conversations

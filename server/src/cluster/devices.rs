@@ -1,6 +1,6 @@
 //! Which devices are attached on which node, for notifications (PROTOCOL.md §13.2): the
 //! node that commits a message must not notify a device attached to another node (that
-//! node delivers it and watches for its acknowledgement). `n:{u:ID}:devs` (a hash in the
+//! node delivers it and watches for its acknowledgement). `n:{u:ID}:attached` (a hash in the
 //! user's slot, beside the directory) maps device id → `<node>|<expiry ms>`: written when a
 //! session attaches, removed when it detaches (only by the node that wrote it), renewed
 //! with the directory, and ignored once expired or when its node is gone.
@@ -13,7 +13,7 @@ use crate::clock::now_ms;
 use crate::store::StoreError;
 
 pub(super) fn devices_key(user: UserId) -> String {
-    format!("n:{{u:{}}}:devs", user.0)
+    format!("n:{{u:{}}}:attached", user.0)
 }
 
 /// Remove a device's entry only if this node wrote it (the device may have moved on).
