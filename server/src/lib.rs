@@ -24,6 +24,7 @@ pub mod error;
 pub mod keys;
 pub mod media;
 pub mod push;
+pub mod search;
 pub mod security;
 pub mod session;
 pub mod store;

@@ -16,6 +16,7 @@ const LAYERS: &[&str] = &[
     "session",
     "media",
     "keys",
+    "search",
     "store",
 ];
 /// Beside the layers: any layer may use them; they use no layer.

@@ -1,0 +1,104 @@
+//! Full-text search of conversations the server can read (PROTOCOL.md §14). This module
+//! owns the index: what a message's document holds, how a parsed query
+//! (`natter_protocol::search`) becomes an index query, and the [`SearchIndex`] trait with
+//! tantivy as the embedded default (`tantivy_index.rs`, under the data dir). The index is a
+//! view derived from the committed log: documents are put, replaced (edits) and removed
+//! (deletes, conversation deletion) in batches, each batch committed together with the
+//! feed's position, so after a restart the feed resumes from where the index stands.
+//!
+//! Authorization is part of every query: the caller's conversations are a required filter,
+//! decided by the layer above at query time.
+//!
+//! May import: `clock`, `error`. Must not import the layers above it.
+use natter_protocol::search::{Has, Query};
+use natter_protocol::{ConversationId, UserId};
+
+pub mod tantivy_index;
+
+pub use tantivy_index::TantivyIndex;
+
+/// One message as the index sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Doc {
+    pub conversation: ConversationId,
+    pub seq: u64,
+    pub sender: UserId,
+    /// Commit time, ms since the epoch.
+    pub time_ms: u64,
+    /// The text, with the attachments' file names appended.
+    pub text: String,
+    pub has: Vec<Has>,
+}
+
+/// A change to the index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Add a message, or replace it (an edit).
+    Put(Doc),
+    /// A message was deleted.
+    Remove { conversation: ConversationId, seq: u64 },
+    /// A conversation was deleted.
+    RemoveConversation(ConversationId),
+}
+
+/// Hit order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Order {
+    /// Newest first.
+    #[default]
+    Recent,
+    /// Best match first (BM25), newest first among equals.
+    Relevant,
+}
+
+/// What a search may return: the query, and the filters the caller's rights and request
+/// add to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub query: Query,
+    /// Only these conversations (the caller's, within the requested scope). Empty finds
+    /// nothing.
+    pub conversations: Vec<ConversationId>,
+    /// Only messages from these senders (empty: anyone).
+    pub senders: Vec<UserId>,
+    /// Only messages committed in `[after_ms, before_ms)`.
+    pub after_ms: Option<u64>,
+    pub before_ms: Option<u64>,
+    pub order: Order,
+    pub offset: usize,
+    pub limit: usize,
+}
+
+/// One hit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hit {
+    pub conversation: ConversationId,
+    pub seq: u64,
+    pub time_ms: u64,
+    pub score: f32,
+}
+
+/// Why the index failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    #[error("search index: {0}")]
+    Index(String),
+}
+
+impl From<tantivy::TantivyError> for SearchError {
+    fn from(e: tantivy::TantivyError) -> Self {
+        SearchError::Index(e.to_string())
+    }
+}
+
+/// A search index. Tantivy is the embedded default; a distributed engine can take its
+/// place at larger scale (docs/SCALING.md).
+pub trait SearchIndex: Send + Sync + std::fmt::Debug {
+    /// Apply `ops` in order and make them durable together with `position` (the feed's
+    /// place in the log).
+    fn apply(&self, ops: &[Op], position: &str) -> Result<(), SearchError>;
+    /// The position the last applied batch was committed with (empty for a new index).
+    fn position(&self) -> Result<String, SearchError>;
+    /// The hits of `req`, and how many matched in all.
+    fn search(&self, req: &Request) -> Result<(Vec<Hit>, usize), SearchError>;
+}

@@ -1,0 +1,283 @@
+//! The embedded index: tantivy in a directory under the data dir. Text is indexed with
+//! natter's own terms (`natter_protocol::search::terms`, given to tantivy pre-tokenized,
+//! with positions for phrases); conversation, seq, sender, time and attachment kinds are
+//! filter fields. A batch of changes is one tantivy commit whose payload is the feed's
+//! position, so the two never disagree after a crash.
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::Mutex;
+
+use natter_protocol::search::{terms, Has, Phrase};
+use natter_protocol::ConversationId;
+use tantivy::collector::{Count, TopDocs};
+use tantivy::query::{
+    AllQuery, BooleanQuery, Occur, PhrasePrefixQuery, PhraseQuery, Query as TQuery, RangeQuery, TermQuery, TermSetQuery,
+};
+use tantivy::schema::{
+    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, FAST, INDEXED, STORED, STRING,
+};
+use tantivy::tokenizer::{PreTokenizedString, Token};
+use tantivy::{DocAddress, Index, IndexReader, IndexWriter, Order as TOrder, ReloadPolicy, TantivyDocument, Term};
+
+use super::{Doc, Hit, Op, Order, Request, SearchError, SearchIndex};
+
+/// Most terms a prefix expands to.
+const MAX_EXPANSIONS: u32 = 64;
+/// The indexing writer's memory budget.
+const WRITER_BYTES: usize = 32 * 1024 * 1024;
+
+#[derive(Clone, Copy, Debug)]
+struct Fields {
+    /// `<conversation>/<seq>`: what an edit or delete replaces.
+    id: Field,
+    conv: Field,
+    seq: Field,
+    sender: Field,
+    time: Field,
+    has: Field,
+    text: Field,
+}
+
+fn schema() -> (Schema, Fields) {
+    let mut b = Schema::builder();
+    let text = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer("raw")
+            .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+    );
+    let fields = Fields {
+        id: b.add_text_field("id", STRING),
+        conv: b.add_u64_field("conv", INDEXED | STORED | FAST),
+        seq: b.add_u64_field("seq", STORED | FAST),
+        sender: b.add_u64_field("sender", INDEXED),
+        time: b.add_u64_field("time", INDEXED | STORED | FAST),
+        has: b.add_text_field("has", STRING),
+        text: b.add_text_field("text", text),
+    };
+    (b.build(), fields)
+}
+
+fn has_name(h: Has) -> &'static str {
+    match h {
+        Has::File => "file",
+        Has::Image => "image",
+        Has::Link => "link",
+    }
+}
+
+fn doc_id(conv: ConversationId, seq: u64) -> String {
+    format!("{}/{seq}", conv.0)
+}
+
+/// The embedded index.
+pub struct TantivyIndex {
+    index: Index,
+    fields: Fields,
+    writer: Mutex<IndexWriter>,
+    reader: IndexReader,
+}
+
+impl std::fmt::Debug for TantivyIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TantivyIndex").finish_non_exhaustive()
+    }
+}
+
+impl TantivyIndex {
+    /// Open the index in `dir`, creating it (and the directory) if missing.
+    pub fn open(dir: &Path) -> Result<TantivyIndex, SearchError> {
+        std::fs::create_dir_all(dir).map_err(|e| SearchError::Index(format!("{}: {e}", dir.display())))?;
+        let (schema, fields) = schema();
+        let directory = tantivy::directory::MmapDirectory::open(dir).map_err(|e| SearchError::Index(e.to_string()))?;
+        let index = Index::open_or_create(directory, schema)?;
+        let writer = index.writer_with_num_threads(1, WRITER_BYTES)?;
+        let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
+        Ok(TantivyIndex {
+            index,
+            fields,
+            writer: Mutex::new(writer),
+            reader,
+        })
+    }
+
+    fn document(&self, d: &Doc) -> TantivyDocument {
+        let f = &self.fields;
+        let mut doc = TantivyDocument::default();
+        doc.add_text(f.id, doc_id(d.conversation, d.seq));
+        doc.add_u64(f.conv, d.conversation.0);
+        doc.add_u64(f.seq, d.seq);
+        doc.add_u64(f.sender, d.sender.0);
+        doc.add_u64(f.time, d.time_ms);
+        for h in &d.has {
+            doc.add_text(f.has, has_name(*h));
+        }
+        let tokens = terms(&d.text)
+            .into_iter()
+            .map(|t| Token {
+                offset_from: t.span.start,
+                offset_to: t.span.end,
+                position: t.position as usize,
+                text: t.text,
+                position_length: 1,
+            })
+            .collect();
+        doc.add_pre_tokenized_text(
+            f.text,
+            PreTokenizedString {
+                text: d.text.clone(),
+                tokens,
+            },
+        );
+        doc
+    }
+
+    /// One word or phrase of a query.
+    fn phrase(&self, p: &Phrase) -> Box<dyn TQuery> {
+        let f = self.fields.text;
+        let terms: Vec<Term> = p.parts.iter().map(|t| Term::from_field_text(f, t)).collect();
+        let parts: Box<dyn TQuery> = match (terms.len(), p.prefix) {
+            (_, true) => {
+                let mut q = PhrasePrefixQuery::new(terms);
+                q.set_max_expansions(MAX_EXPANSIONS);
+                Box::new(q)
+            }
+            (1, false) => Box::new(TermQuery::new(
+                terms.into_iter().next().expect("one term"),
+                IndexRecordOption::WithFreqs,
+            )),
+            _ => Box::new(PhraseQuery::new(terms)),
+        };
+        match &p.whole {
+            Some(w) => Box::new(BooleanQuery::union(vec![
+                parts,
+                Box::new(TermQuery::new(
+                    Term::from_field_text(f, w),
+                    IndexRecordOption::WithFreqs,
+                )),
+            ])),
+            None => parts,
+        }
+    }
+
+    fn query(&self, req: &Request) -> Box<dyn TQuery> {
+        let f = &self.fields;
+        let mut clauses: Vec<(Occur, Box<dyn TQuery>)> = Vec::new();
+        clauses.push((
+            Occur::Must,
+            Box::new(TermSetQuery::new(
+                req.conversations.iter().map(|c| Term::from_field_u64(f.conv, c.0)),
+            )),
+        ));
+        if !req.senders.is_empty() {
+            clauses.push((
+                Occur::Must,
+                Box::new(TermSetQuery::new(
+                    req.senders.iter().map(|u| Term::from_field_u64(f.sender, u.0)),
+                )),
+            ));
+        }
+        if req.after_ms.is_some() || req.before_ms.is_some() {
+            let lower = req
+                .after_ms
+                .map_or(Bound::Unbounded, |t| Bound::Included(Term::from_field_u64(f.time, t)));
+            let upper = req
+                .before_ms
+                .map_or(Bound::Unbounded, |t| Bound::Excluded(Term::from_field_u64(f.time, t)));
+            clauses.push((Occur::Must, Box::new(RangeQuery::new(lower, upper))));
+        }
+        for h in &req.query.has {
+            clauses.push((
+                Occur::Must,
+                Box::new(TermQuery::new(
+                    Term::from_field_text(f.has, has_name(*h)),
+                    IndexRecordOption::Basic,
+                )),
+            ));
+        }
+        for p in &req.query.must {
+            clauses.push((Occur::Must, self.phrase(p)));
+        }
+        for p in &req.query.exclude {
+            clauses.push((Occur::MustNot, self.phrase(p)));
+        }
+        if req.query.must.is_empty() {
+            clauses.push((Occur::Must, Box::new(AllQuery)));
+        }
+        Box::new(BooleanQuery::new(clauses))
+    }
+
+    fn hit(&self, searcher: &tantivy::Searcher, addr: DocAddress, score: f32) -> Result<Hit, SearchError> {
+        let doc: TantivyDocument = searcher.doc(addr)?;
+        let u = |field: Field| doc.get_first(field).and_then(|v| v.as_u64()).unwrap_or(0);
+        Ok(Hit {
+            conversation: ConversationId(u(self.fields.conv)),
+            seq: u(self.fields.seq),
+            time_ms: u(self.fields.time),
+            score,
+        })
+    }
+}
+
+impl SearchIndex for TantivyIndex {
+    fn apply(&self, ops: &[Op], position: &str) -> Result<(), SearchError> {
+        let f = self.fields;
+        let mut writer = self.writer.lock().expect("index writer");
+        for op in ops {
+            match op {
+                Op::Put(d) => {
+                    writer.delete_term(Term::from_field_text(f.id, &doc_id(d.conversation, d.seq)));
+                    writer.add_document(self.document(d))?;
+                }
+                Op::Remove { conversation, seq } => {
+                    writer.delete_term(Term::from_field_text(f.id, &doc_id(*conversation, *seq)));
+                }
+                Op::RemoveConversation(c) => {
+                    writer.delete_term(Term::from_field_u64(f.conv, c.0));
+                }
+            }
+        }
+        let mut commit = writer.prepare_commit()?;
+        commit.set_payload(position);
+        commit.commit()?;
+        drop(writer);
+        self.reader.reload()?;
+        Ok(())
+    }
+
+    fn position(&self) -> Result<String, SearchError> {
+        Ok(self.index.load_metas()?.payload.unwrap_or_default())
+    }
+
+    fn search(&self, req: &Request) -> Result<(Vec<Hit>, usize), SearchError> {
+        if req.conversations.is_empty() || req.limit == 0 {
+            return Ok((Vec::new(), 0));
+        }
+        let searcher = self.reader.searcher();
+        let query = self.query(req);
+        let top = TopDocs::with_limit(req.limit).and_offset(req.offset);
+        let hits = match req.order {
+            Order::Recent => {
+                let (docs, total) =
+                    searcher.search(&query, &(top.order_by_fast_field::<u64>("time", TOrder::Desc), Count))?;
+                let hits = docs
+                    .into_iter()
+                    .map(|(_, addr)| self.hit(&searcher, addr, 0.0))
+                    .collect::<Result<Vec<_>, _>>()?;
+                (hits, total)
+            }
+            Order::Relevant => {
+                let (docs, total) = searcher.search(&query, &(top, Count))?;
+                let hits = docs
+                    .into_iter()
+                    .map(|(score, addr)| self.hit(&searcher, addr, score))
+                    .collect::<Result<Vec<_>, _>>()?;
+                (hits, total)
+            }
+        };
+        Ok(hits)
+    }
+}
+
+#[cfg(test)]
+#[path = "tantivy_tests.rs"]
+mod tests;
