@@ -77,6 +77,9 @@ export interface NotifySettings {
   email: string;
   /** Email digests turned off. */
   noEmailDigest: boolean;
+  /** Set by the server once the address is confirmed through the link mailed to it
+   *  (digests go only to a confirmed address); ignored when set. */
+  emailVerified: boolean;
 }
 /** What the service worker gets in a Web Push (`event.data.json()`, PROTOCOL.md §13.3). */
 export interface PushNotification {

@@ -92,6 +92,45 @@ impl Email {
         .is_ok()
     }
 
+    fn verify_tag(user: UserId, address: &str) -> String {
+        format!("verify/{}/{address}", user.0)
+    }
+
+    /// The token in the link that confirms `address` for `user`.
+    pub fn verify_token(&self, user: UserId, address: &str) -> String {
+        let tag = ring::hmac::sign(&self.unsubscribe_key, Self::verify_tag(user, address).as_bytes());
+        hex::encode(tag.as_ref())
+    }
+
+    /// Whether `token` confirms `address` for `user`.
+    pub fn verify_ok(&self, user: UserId, address: &str, token: &str) -> bool {
+        let Ok(given) = hex::decode(token) else { return false };
+        ring::hmac::verify(
+            &self.unsubscribe_key,
+            Self::verify_tag(user, address).as_bytes(),
+            &given,
+        )
+        .is_ok()
+    }
+
+    /// Mail `address` the link that confirms it for `user`'s digests.
+    pub async fn send_verification(&self, user: UserId, address: &str) -> Result<Outcome, ServerError> {
+        let url = format!(
+            "{}verify-email?u={}&e={}&t={}",
+            base(&self.cfg.web_url),
+            user.0,
+            hex::encode(address.as_bytes()),
+            self.verify_token(user, address)
+        );
+        let text = format!(
+            "Someone asked for natter's digests of unread messages to be sent to this address.\n\n\
+             If that was you, confirm it here:\n{url}\n\n\
+             If not, ignore this message: nothing will be sent.\n"
+        );
+        self.deliver(address, "Confirm your address for natter digests", text, None)
+            .await
+    }
+
     fn unsubscribe_url(&self, user: UserId) -> String {
         format!(
             "{}unsubscribe?u={}&t={}",
@@ -109,19 +148,32 @@ impl Email {
             None => return Ok(Outcome::Sent),
         };
         let unsubscribe = self.unsubscribe_url(user);
+        let body = format!("{}\nStop these emails: {unsubscribe}\n", text.body);
+        self.deliver(to, &text.subject, body, Some(unsubscribe)).await
+    }
+
+    /// Send one plain-text message; with `unsubscribe`, the List-Unsubscribe headers.
+    async fn deliver(
+        &self,
+        to: &str,
+        subject: &str,
+        body: String,
+        unsubscribe: Option<String>,
+    ) -> Result<Outcome, ServerError> {
         let Ok(to) = to.parse::<Mailbox>() else {
             return Ok(Outcome::Refused(format!("not an address: {to:?}")));
         };
-        let body = format!("{}\nStop these emails: {unsubscribe}\n", text.body);
-        let msg = Message::builder()
+        let mut b = Message::builder()
             .from(self.from.clone())
             .to(to)
-            .subject(text.subject)
-            .header(ContentType::TEXT_PLAIN)
-            .header(ListUnsubscribe(format!("<{unsubscribe}>")))
-            .header(ListUnsubscribePost)
+            .subject(subject)
+            .header(ContentType::TEXT_PLAIN);
+        if let Some(u) = unsubscribe {
+            b = b.header(ListUnsubscribe(format!("<{u}>"))).header(ListUnsubscribePost);
+        }
+        let msg = b
             .body(body)
-            .map_err(|e| ServerError::new(pb::ErrorCode::Internal, format!("digest: {e}")))?;
+            .map_err(|e| ServerError::new(pb::ErrorCode::Internal, format!("email: {e}")))?;
         Ok(match self.mailer.send(msg).await {
             Ok(_) => Outcome::Sent,
             Err(e) if e.is_permanent() => Outcome::Refused(e.to_string()),

@@ -325,9 +325,45 @@ impl Push {
         user: UserId,
         s: Option<pb::NotifySettings>,
     ) -> Result<pb::NotifySettings, ServerError> {
-        let rules = rules::NotifyRules::from_wire(s.unwrap_or_default())?;
+        let mut rules = rules::NotifyRules::from_wire(s.unwrap_or_default())?;
+        let before = self.store.push_record(user).await?.map(|r| r.rules).unwrap_or_default();
+        // An unchanged address stays confirmed; a new one waits for its link.
+        let new_address = rules.email != before.email;
+        rules.email_verified = !new_address && before.email_verified;
         self.change_record(user, |r| r.rules = rules.clone()).await?;
+        if new_address && !rules.email.is_empty() {
+            match self.mailer().await? {
+                Some(m) => match m.send_verification(user, &rules.email).await? {
+                    sender::Outcome::Sent => {}
+                    other => tracing::warn!(?other, "the confirmation email was not sent"),
+                },
+                None => tracing::debug!("an email address was set, but this server sends no email"),
+            }
+        }
         self.settings(user).await
+    }
+
+    /// The confirmation link's target: `address` is `user`'s confirmed digest address if
+    /// `token` is its token and it is still the address the user set.
+    pub async fn verify_email(&self, user: UserId, address: &str, token: &str) -> Result<(), ServerError> {
+        let Some(m) = self.mailer().await? else {
+            return Err(err(ErrorCode::NotFound, "this server sends no email"));
+        };
+        if !m.verify_ok(user, address, token) {
+            return Err(err(ErrorCode::Forbidden, "this confirmation link is not valid"));
+        }
+        let mut current = true;
+        self.change_record(user, |r| {
+            current = r.rules.email == address;
+            if current {
+                r.rules.email_verified = true;
+            }
+        })
+        .await?;
+        if !current {
+            return Err(err(ErrorCode::NotFound, "this address is no longer the one set"));
+        }
+        Ok(())
     }
 
     /// Forget a registration the push service says is gone (all its jobs go with it as they
@@ -532,6 +568,7 @@ impl Push {
             // one keeps its time).
             if here
                 && !rec.rules.email.is_empty()
+                && rec.rules.email_verified
                 && !rec.rules.no_email_digest
                 && self.hub.attached_elsewhere(user, DeviceId(0)) == 0
             {
@@ -681,7 +718,7 @@ impl Push {
         let rec = self.store.push_record(job.user).await?;
         let to = rec
             .as_ref()
-            .filter(|r| !r.rules.no_email_digest)
+            .filter(|r| !r.rules.no_email_digest && r.rules.email_verified)
             .map(|r| r.rules.email.clone())
             .unwrap_or_default();
         let quiet = self

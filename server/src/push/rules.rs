@@ -60,6 +60,9 @@ impl NotifyRules {
             time_zone: s.time_zone,
             email: s.email,
             no_email_digest: s.no_email_digest,
+            // Only the confirmation link sets it (Push::set_settings keeps it for an
+            // unchanged address).
+            email_verified: false,
             dnd_start_minute: s.dnd_start_minute,
             dnd_end_minute: s.dnd_end_minute,
             conversations,
@@ -76,6 +79,7 @@ impl NotifyRules {
             dnd_end_minute: self.dnd_end_minute,
             email: self.email.clone(),
             no_email_digest: self.no_email_digest,
+            email_verified: self.email_verified,
             conversations: self
                 .conversations
                 .iter()

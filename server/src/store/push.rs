@@ -139,4 +139,7 @@ pub struct NotifyRules {
     /// Email digests turned off.
     #[serde(default)]
     pub no_email_digest: bool,
+    /// `email` was confirmed through the link mailed to it.
+    #[serde(default)]
+    pub email_verified: bool,
 }

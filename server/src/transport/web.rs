@@ -67,6 +67,65 @@ struct Unsubscribe {
     t: String,
 }
 
+#[derive(serde::Deserialize)]
+struct VerifyEmail {
+    u: u64,
+    /// The address, hex.
+    e: String,
+    t: String,
+}
+
+fn hex_only(s: &str) -> String {
+    s.chars().filter(char::is_ascii_hexdigit).collect()
+}
+
+/// The confirmation link of a digest address opened in a browser (PROTOCOL.md §13.6): a
+/// page whose button posts it (a GET confirms nothing, so a scanner cannot).
+async fn verify_email_page(q: axum::extract::Query<VerifyEmail>) -> Response {
+    let html = format!(
+        "<!doctype html><meta charset=utf-8><title>natter</title>\
+         <form method=post action=\"verify-email?u={}&amp;e={}&amp;t={}\">\
+         <p>Send natter's digests of unread messages to this address?</p>\
+         <button>Confirm</button></form>",
+        q.u,
+        hex_only(&q.e),
+        hex_only(&q.t)
+    );
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
+}
+
+/// The confirmation link posted: the address is confirmed for digests.
+async fn verify_email(State(state): State<WebState>, q: axum::extract::Query<VerifyEmail>) -> Response {
+    let Some(shared) = state.shared.upgrade() else {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
+    let Some(address) = hex::decode(&q.e).ok().and_then(|b| String::from_utf8(b).ok()) else {
+        return (StatusCode::BAD_REQUEST, "not a confirmation link\n").into_response();
+    };
+    match shared
+        .ctx
+        .push
+        .verify_email(natter_protocol::UserId(q.u), &address, &q.t)
+        .await
+    {
+        Ok(()) => (
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "Confirmed: natter's digests will come to this address.\n",
+        )
+            .into_response(),
+        Err(e) => error_response(&e),
+    }
+}
+
+fn error_response(e: &natter_protocol::ServerError) -> Response {
+    let status = match e.code {
+        natter_protocol::pb::ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        natter_protocol::pb::ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    (status, format!("{}\n", e.message)).into_response()
+}
+
 /// An email digest's unsubscribe link opened in a browser (PROTOCOL.md §13.6): a page
 /// whose button posts it. A GET changes nothing, so mail scanners that fetch links do not
 /// unsubscribe anyone.
@@ -93,14 +152,7 @@ async fn unsubscribe(State(state): State<WebState>, q: axum::extract::Query<Unsu
             "You will get no more email digests from natter.\n",
         )
             .into_response(),
-        Err(e) => {
-            let status = match e.code {
-                natter_protocol::pb::ErrorCode::Forbidden => StatusCode::FORBIDDEN,
-                natter_protocol::pb::ErrorCode::NotFound => StatusCode::NOT_FOUND,
-                _ => StatusCode::SERVICE_UNAVAILABLE,
-            };
-            (status, format!("{}\n", e.message)).into_response()
-        }
+        Err(e) => error_response(&e),
     }
 }
 
@@ -200,6 +252,7 @@ impl WebEndpoint {
             .route("/natter.json", get(discovery))
             .route("/ws", get(websocket))
             .route("/unsubscribe", get(unsubscribe_page).post(unsubscribe))
+            .route("/verify-email", get(verify_email_page).post(verify_email))
             .with_state(state.clone())
             .merge(crate::transport::http_media::routes(state.shared.clone()))
             .fallback_service(tower_http::services::ServeDir::new(root));

@@ -1,6 +1,7 @@
 //! Email digests (PROTOCOL.md §13.6) to a real SMTP server on loopback (`smtp_sink.py`,
 //! aiosmtpd): one digest for a user offline past the quiet period, none for one who came
-//! back or turned them off, and the unsubscribe link works.
+//! back, turned them off or never confirmed the address, and the confirmation and
+//! unsubscribe links work.
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -52,13 +53,46 @@ impl Sink {
     }
 }
 
-/// `name`, with an email address (and digests on unless `off`), offline.
-async fn offline_with_email(s: &natter_server::RunningServer, name: &str, off: bool) {
+/// `name`, with an email address (and digests on unless `off`), offline; the address
+/// confirmed through the link mailed to it if `confirm`.
+async fn offline_with_email(s: &natter_server::RunningServer, sink: &mut Sink, name: &str, off: bool, confirm: bool) {
     let d = user(s, name).await;
     let mut settings = d.client.notify_settings().await.unwrap();
     settings.email = format!("{name}@example.com");
     settings.no_email_digest = off;
-    d.client.set_notify_settings(settings).await.unwrap();
+    let saved = d.client.set_notify_settings(settings).await.unwrap();
+    assert!(!saved.email_verified, "a new address waits for its confirmation");
+    // The confirmation mail.
+    let m = sink.next().await;
+    assert_eq!(m["to"][0], format!("{name}@example.com"));
+    assert_eq!(m["subject"], "Confirm your address for natter digests");
+    assert!(m["headers"]["List-Unsubscribe"].is_null(), "not a digest");
+    let body = m["body"].as_str().unwrap();
+    let link = body
+        .split_whitespace()
+        .find(|w| w.starts_with("https://chat.natter.test/verify-email?"))
+        .expect("a confirmation link");
+    let path = link.strip_prefix("https://chat.natter.test/").unwrap();
+    let web = s.web_addr.expect("the web endpoint");
+    let http = reqwest::Client::new();
+    // A scanner's GET confirms nothing; a forged token is refused.
+    let page = http.get(format!("http://{web}/{path}")).send().await.unwrap();
+    assert!(page.text().await.unwrap().contains("<form method=post"));
+    let forged = http
+        .post(format!("http://{web}/{}", path.replace("t=", "t=00")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    assert!(!d.client.notify_settings().await.unwrap().email_verified);
+    if confirm {
+        let res = http.post(format!("http://{web}/{path}")).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert!(d.client.notify_settings().await.unwrap().email_verified);
+        // Saving the same address again keeps it confirmed.
+        let again = d.client.notify_settings().await.unwrap();
+        assert!(d.client.set_notify_settings(again).await.unwrap().email_verified);
+    }
     let mut r = Raw::hello(s.addr, &s.fingerprint).await;
     r.login(name).await;
     drop(d);
@@ -78,8 +112,15 @@ async fn a_user_offline_past_the_quiet_period_gets_one_digest_and_one_who_came_b
     });
     let s = natter_server::start(&cfg).await.unwrap();
     let bob = user(&s, "bob").await;
-    for (name, off) in [("alice", false), ("carol", false), ("erin", true), ("dave", false)] {
-        offline_with_email(&s, name, off).await;
+    // Frank never confirms his address.
+    for (name, off, confirm) in [
+        ("alice", false, true),
+        ("carol", false, true),
+        ("erin", true, true),
+        ("frank", false, false),
+        ("dave", false, true),
+    ] {
+        offline_with_email(&s, &mut sink, name, off, confirm).await;
     }
     // Bad addresses are refused.
     let mut bad = bob.client.notify_settings().await.unwrap();
@@ -88,7 +129,7 @@ async fn a_user_offline_past_the_quiet_period_gets_one_digest_and_one_who_came_b
     assert_eq!(e.code(), Some(pb::ErrorCode::BadRequest), "{e:?}");
 
     let mut dms = std::collections::HashMap::new();
-    for name in ["alice", "carol", "erin", "dave"] {
+    for name in ["alice", "carol", "erin", "frank", "dave"] {
         dms.insert(
             name,
             natter_sdk::ConversationId(bob.client.direct(name).await.unwrap().conversation_id),
@@ -99,6 +140,7 @@ async fn a_user_offline_past_the_quiet_period_gets_one_digest_and_one_who_came_b
     }
     bob.client.send(dms["carol"], "hi carol").await.unwrap();
     bob.client.send(dms["erin"], "hi erin").await.unwrap();
+    bob.client.send(dms["frank"], "hi frank").await.unwrap();
     // Carol comes back within the quiet period.
     let carol = device(s.addr, &s.fingerprint, "carol", false).await;
     // Dave's digest comes last: when it is here, every earlier one was decided.
@@ -118,7 +160,7 @@ async fn a_user_offline_past_the_quiet_period_gets_one_digest_and_one_who_came_b
     assert_eq!(
         to,
         ["alice@example.com", "dave@example.com"],
-        "one each, none for carol or erin"
+        "one each, none for carol (back), erin (off) or frank (unconfirmed)"
     );
     let alice = &got[0];
     assert_eq!(alice["subject"], "You have 2 unread messages on natter");

@@ -41,6 +41,11 @@ record! {
         /// Email digests turned off.
         #[cfg_attr(feature = "serde", serde(default))]
         pub no_email_digest: bool,
+        /// Set by the server once the address is confirmed through the link mailed to it;
+        /// digests go only to a confirmed address.
+        #[cfg_attr(feature = "serde", serde(default))]
+        #[cfg_attr(feature = "uniffi", uniffi(default = false))]
+        pub email_verified: bool,
     }
 }
 
@@ -60,6 +65,7 @@ impl From<pb::NotifySettings> for NotifySettings {
             dnd_end_minute: s.dnd_end_minute,
             email: s.email,
             no_email_digest: s.no_email_digest,
+            email_verified: s.email_verified,
             conversations: s
                 .conversations
                 .into_iter()
@@ -83,6 +89,7 @@ impl From<NotifySettings> for pb::NotifySettings {
             dnd_end_minute: s.dnd_end_minute,
             email: s.email,
             no_email_digest: s.no_email_digest,
+            email_verified: s.email_verified,
             conversations: s
                 .conversations
                 .into_iter()
