@@ -142,6 +142,39 @@ async fn ack(r: &mut Raw, conversation: u64, seq: u64) {
     assert!(matches!(r.request(op).await, Res::Done(_)), "the ack is taken");
 }
 
+/// Bob's direct conversations with carol and erin, whose devices are attached to `devices`
+/// and registered for pushes, and with dave, registered and offline.
+struct Trio {
+    carol: Raw,
+    erin: Raw,
+    to_carol: natter_sdk::ConversationId,
+    to_erin: natter_sdk::ConversationId,
+    to_dave: natter_sdk::ConversationId,
+}
+
+impl Trio {
+    async fn new(bob: &Device, devices: &natter_server::RunningServer, provider: &Provider) -> Trio {
+        for name in ["carol", "erin", "dave"] {
+            drop(user(devices, name).await);
+        }
+        let carol = registered(devices, "carol", provider.subscribe("carol").await).await;
+        let erin = registered(devices, "erin", provider.subscribe("erin").await).await;
+        let dave = registered(devices, "dave", provider.subscribe("dave").await).await;
+        go_offline(devices, dave).await;
+        let direct = |name: &'static str| {
+            let c = bob.client.clone();
+            async move { natter_sdk::ConversationId(c.direct(name).await.unwrap().conversation_id) }
+        };
+        Trio {
+            carol,
+            erin,
+            to_carol: direct("carol").await,
+            to_erin: direct("erin").await,
+            to_dave: direct("dave").await,
+        }
+    }
+}
+
 /// A device with a session that does not acknowledge what it is sent (its connection died
 /// without a close, or its app is frozen) is notified once the ack delay has passed; one
 /// that acknowledges is not.
@@ -156,18 +189,13 @@ async fn an_attached_device_that_does_not_acknowledge_is_notified_after_the_ack_
     };
     let s = natter_server::start(&cfg).await.expect("server starts");
     let bob = user(&s, "bob").await;
-    for name in ["carol", "erin", "dave"] {
-        drop(user(&s, name).await);
-    }
-    let mut carol = registered(&s, "carol", provider.subscribe("carol").await).await;
-    let erin = registered(&s, "erin", provider.subscribe("erin").await).await;
-    let dave = registered(&s, "dave", provider.subscribe("dave").await).await;
-    go_offline(&s, dave).await;
-    let direct = |name: &'static str| {
-        let c = bob.client.clone();
-        async move { natter_sdk::ConversationId(c.direct(name).await.unwrap().conversation_id) }
-    };
-    let (to_carol, to_erin, to_dave) = (direct("carol").await, direct("erin").await, direct("dave").await);
+    let Trio {
+        mut carol,
+        erin,
+        to_carol,
+        to_erin,
+        to_dave,
+    } = Trio::new(&bob, &s, &provider).await;
 
     // Both are attached; carol acknowledges at once, erin never does.
     let for_carol = bob.client.send(to_carol, "for carol").await.unwrap().seq.0;

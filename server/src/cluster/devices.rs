@@ -52,20 +52,7 @@ impl Cluster {
     pub(super) async fn refresh_devices(&self, devices: &[(UserId, DeviceId)]) -> Result<(), StoreError> {
         let cmds = devices
             .iter()
-            .flat_map(|(u, d)| {
-                let key = devices_key(*u);
-                [
-                    redis::cmd("HSET")
-                        .arg(&key)
-                        .arg(d.0)
-                        .arg(self.device_entry())
-                        .to_owned(),
-                    redis::cmd("PEXPIRE")
-                        .arg(&key)
-                        .arg(USER_TTL.as_millis() as u64)
-                        .to_owned(),
-                ]
-            })
+            .flat_map(|(u, d)| super::hset_for_ttl(&devices_key(*u), &d.0.to_string(), &self.device_entry()))
             .collect();
         self.conn.each::<redis::Value>(cmds).await?;
         Ok(())

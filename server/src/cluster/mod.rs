@@ -63,6 +63,18 @@ fn user_key(user: UserId) -> String {
     format!("n:{{u:{}}}:nodes", user.0)
 }
 
+/// Set `field` of the hash `key` and give the hash [`USER_TTL`] to live (a directory
+/// entry, renewed while its sessions last).
+fn hset_for_ttl(key: &str, field: &str, value: &str) -> [redis::Cmd; 2] {
+    [
+        redis::cmd("HSET").arg(key).arg(field).arg(value).to_owned(),
+        redis::cmd("PEXPIRE")
+            .arg(key)
+            .arg(USER_TTL.as_millis() as u64)
+            .to_owned(),
+    ]
+}
+
 fn channel(node: &str) -> String {
     format!("n:node:{node}")
 }
@@ -223,20 +235,7 @@ impl Cluster {
     async fn refresh(&self, users: &[(UserId, State)]) -> Result<(), StoreError> {
         let cmds = users
             .iter()
-            .flat_map(|(u, state)| {
-                let key = user_key(*u);
-                [
-                    redis::cmd("HSET")
-                        .arg(&key)
-                        .arg(&self.node)
-                        .arg(Self::entry(*state))
-                        .to_owned(),
-                    redis::cmd("PEXPIRE")
-                        .arg(&key)
-                        .arg(USER_TTL.as_millis() as u64)
-                        .to_owned(),
-                ]
-            })
+            .flat_map(|(u, state)| hset_for_ttl(&user_key(*u), &self.node, &Self::entry(*state)))
             .collect();
         self.conn.each::<redis::Value>(cmds).await?;
         Ok(())

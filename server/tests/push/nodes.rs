@@ -6,7 +6,7 @@ use std::time::Duration;
 use natter_server::config::Storage;
 use natter_server::store::testredis::TestRedis;
 
-use super::{ack, go_offline, payload, registered};
+use super::{ack, payload, Trio};
 use crate::common::push::Provider;
 use crate::common::*;
 
@@ -31,18 +31,13 @@ async fn a_device_attached_to_another_node_is_watched_there_and_notified_once() 
     let b = node(db.path(), &redis, "b").await;
     // Bob sends on node A; carol, erin and dave's devices are on node B.
     let bob = user(&a, "bob").await;
-    for name in ["carol", "erin", "dave"] {
-        drop(user(&b, name).await);
-    }
-    let mut carol = registered(&b, "carol", provider.subscribe("carol").await).await;
-    let erin = registered(&b, "erin", provider.subscribe("erin").await).await;
-    let dave = registered(&b, "dave", provider.subscribe("dave").await).await;
-    go_offline(&b, dave).await;
-    let direct = |name: &'static str| {
-        let c = bob.client.clone();
-        async move { natter_sdk::ConversationId(c.direct(name).await.unwrap().conversation_id) }
-    };
-    let (to_carol, to_erin, to_dave) = (direct("carol").await, direct("erin").await, direct("dave").await);
+    let Trio {
+        mut carol,
+        erin,
+        to_carol,
+        to_erin,
+        to_dave,
+    } = Trio::new(&bob, &b, &provider).await;
 
     // Carol acknowledges on node B at once; erin, attached there too, never does.
     let for_carol = bob.client.send(to_carol, "for carol").await.unwrap().seq.0;
