@@ -3,8 +3,9 @@
 //! (`natter_protocol::search`) becomes an index query, and the [`SearchIndex`] trait with
 //! tantivy as the embedded default (`tantivy_index.rs`, under the data dir). The index is a
 //! view derived from the committed log: documents are put, replaced (edits) and removed
-//! (deletes, conversation deletion) in batches, each batch committed together with the
-//! feed's position, so after a restart the feed resumes from where the index stands.
+//! (deletes, conversation deletion) in batches, each committed together with how far each
+//! conversation it touched is indexed (and the feed's cursor), so after a restart or a
+//! crash the feed resumes from where the index stands.
 //!
 //! Authorization is part of every query: the caller's conversations are a required filter,
 //! decided by the layer above at query time.
@@ -78,6 +79,16 @@ pub struct Hit {
     pub score: f32,
 }
 
+/// A batch of changes and where they leave the index.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    pub ops: Vec<Op>,
+    /// Each conversation the batch brings up to date, and the seq it is indexed through.
+    pub through: Vec<(ConversationId, u64)>,
+    /// The feed's cursor after the batch (e.g. a stream id), if it has one.
+    pub cursor: Option<String>,
+}
+
 /// Why the index failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {
@@ -94,11 +105,12 @@ impl From<tantivy::TantivyError> for SearchError {
 /// A search index. Tantivy is the embedded default; a distributed engine can take its
 /// place at larger scale (docs/SCALING.md).
 pub trait SearchIndex: Send + Sync + std::fmt::Debug {
-    /// Apply `ops` in order and make them durable together with `position` (the feed's
-    /// place in the log).
-    fn apply(&self, ops: &[Op], position: &str) -> Result<(), SearchError>;
-    /// The position the last applied batch was committed with (empty for a new index).
-    fn position(&self) -> Result<String, SearchError>;
+    /// Apply a batch's ops in order and make them durable together with its positions.
+    fn apply(&self, batch: &Batch) -> Result<(), SearchError>;
+    /// How far each conversation is indexed (conversations never indexed are absent).
+    fn positions(&self) -> Result<Vec<(ConversationId, u64)>, SearchError>;
+    /// The feed's cursor the last batch that had one was committed with.
+    fn cursor(&self) -> Result<Option<String>, SearchError>;
     /// The hits of `req`, and how many matched in all.
     fn search(&self, req: &Request) -> Result<(Vec<Hit>, usize), SearchError>;
 }

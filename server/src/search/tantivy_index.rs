@@ -1,8 +1,10 @@
 //! The embedded index: tantivy in a directory under the data dir. Text is indexed with
 //! natter's own terms (`natter_protocol::search::terms`, given to tantivy pre-tokenized,
 //! with positions for phrases); conversation, seq, sender, time and attachment kinds are
-//! filter fields. A batch of changes is one tantivy commit whose payload is the feed's
-//! position, so the two never disagree after a crash.
+//! filter fields. A batch of changes is one tantivy commit that also holds one position
+//! document per conversation it brings up to date (`kind` = `pos`, beside the messages'
+//! `msg`) and, as the commit's payload, the feed's cursor: the index and its positions
+//! never disagree after a crash.
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::Mutex;
@@ -19,7 +21,7 @@ use tantivy::schema::{
 use tantivy::tokenizer::{PreTokenizedString, Token};
 use tantivy::{DocAddress, Index, IndexReader, IndexWriter, Order as TOrder, ReloadPolicy, TantivyDocument, Term};
 
-use super::{Doc, Hit, Op, Order, Request, SearchError, SearchIndex};
+use super::{Batch, Doc, Hit, Op, Order, Request, SearchError, SearchIndex};
 
 /// Most terms a prefix expands to.
 const MAX_EXPANSIONS: u32 = 64;
@@ -28,8 +30,11 @@ const WRITER_BYTES: usize = 32 * 1024 * 1024;
 
 #[derive(Clone, Copy, Debug)]
 struct Fields {
-    /// `<conversation>/<seq>`: what an edit or delete replaces.
+    /// `<conversation>/<seq>`: what an edit or delete replaces; `pos/<conversation>` for a
+    /// position.
     id: Field,
+    /// `msg` or `pos`.
+    kind: Field,
     conv: Field,
     seq: Field,
     sender: Field,
@@ -47,6 +52,7 @@ fn schema() -> (Schema, Fields) {
     );
     let fields = Fields {
         id: b.add_text_field("id", STRING),
+        kind: b.add_text_field("kind", STRING),
         conv: b.add_u64_field("conv", INDEXED | STORED | FAST),
         seq: b.add_u64_field("seq", STORED | FAST),
         sender: b.add_u64_field("sender", INDEXED),
@@ -104,6 +110,7 @@ impl TantivyIndex {
         let f = &self.fields;
         let mut doc = TantivyDocument::default();
         doc.add_text(f.id, doc_id(d.conversation, d.seq));
+        doc.add_text(f.kind, "msg");
         doc.add_u64(f.conv, d.conversation.0);
         doc.add_u64(f.seq, d.seq);
         doc.add_u64(f.sender, d.sender.0);
@@ -162,6 +169,7 @@ impl TantivyIndex {
     fn query(&self, req: &Request) -> Box<dyn TQuery> {
         let f = &self.fields;
         let mut clauses: Vec<(Occur, Box<dyn TQuery>)> = Vec::new();
+        clauses.push((Occur::Must, kind(f.kind, "msg")));
         clauses.push((
             Occur::Must,
             Box::new(TermSetQuery::new(
@@ -218,11 +226,22 @@ impl TantivyIndex {
     }
 }
 
+fn kind(field: Field, k: &str) -> Box<dyn TQuery> {
+    Box::new(TermQuery::new(
+        Term::from_field_text(field, k),
+        IndexRecordOption::Basic,
+    ))
+}
+
+fn pos_id(conv: ConversationId) -> String {
+    format!("pos/{}", conv.0)
+}
+
 impl SearchIndex for TantivyIndex {
-    fn apply(&self, ops: &[Op], position: &str) -> Result<(), SearchError> {
+    fn apply(&self, batch: &Batch) -> Result<(), SearchError> {
         let f = self.fields;
         let mut writer = self.writer.lock().expect("index writer");
-        for op in ops {
+        for op in &batch.ops {
             match op {
                 Op::Put(d) => {
                     writer.delete_term(Term::from_field_text(f.id, &doc_id(d.conversation, d.seq)));
@@ -236,16 +255,41 @@ impl SearchIndex for TantivyIndex {
                 }
             }
         }
+        // After the ops: a conversation deleted in this batch still gets its position.
+        for (conv, seq) in &batch.through {
+            writer.delete_term(Term::from_field_text(f.id, &pos_id(*conv)));
+            let mut doc = TantivyDocument::default();
+            doc.add_text(f.id, pos_id(*conv));
+            doc.add_text(f.kind, "pos");
+            doc.add_u64(f.conv, conv.0);
+            doc.add_u64(f.seq, *seq);
+            writer.add_document(doc)?;
+        }
         let mut commit = writer.prepare_commit()?;
-        commit.set_payload(position);
+        if let Some(c) = &batch.cursor {
+            commit.set_payload(c);
+        } else if let Some(old) = self.index.load_metas()?.payload {
+            commit.set_payload(&old);
+        }
         commit.commit()?;
         drop(writer);
         self.reader.reload()?;
         Ok(())
     }
 
-    fn position(&self) -> Result<String, SearchError> {
-        Ok(self.index.load_metas()?.payload.unwrap_or_default())
+    fn positions(&self) -> Result<Vec<(ConversationId, u64)>, SearchError> {
+        let searcher = self.reader.searcher();
+        let docs = searcher.search(&kind(self.fields.kind, "pos"), &tantivy::collector::DocSetCollector)?;
+        docs.into_iter()
+            .map(|addr| {
+                let h = self.hit(&searcher, addr, 0.0)?;
+                Ok((h.conversation, h.seq))
+            })
+            .collect()
+    }
+
+    fn cursor(&self) -> Result<Option<String>, SearchError> {
+        Ok(self.index.load_metas()?.payload)
     }
 
     fn search(&self, req: &Request) -> Result<(Vec<Hit>, usize), SearchError> {

@@ -16,6 +16,14 @@ fn doc(conv: u64, seq: u64, sender: u64, time_ms: u64, text: &str) -> Doc {
     }
 }
 
+/// A batch of `ops` with no positions.
+fn ops(ops: Vec<Op>) -> Batch {
+    Batch {
+        ops,
+        ..Batch::default()
+    }
+}
+
 fn request(q: &str, convs: &[u64]) -> Request {
     Request {
         query: parse(q, false).expect("parses"),
@@ -53,7 +61,12 @@ fn golden() -> (tempfile::TempDir, TantivyIndex) {
         .enumerate()
         .map(|(i, t)| Op::Put(doc(1, i as u64 + 1, 7, 1_000 + i as u64, t)))
         .collect();
-    ix.apply(&ops, "p1").unwrap();
+    ix.apply(&Batch {
+        ops,
+        through: vec![(ConversationId(1), 10)],
+        cursor: None,
+    })
+    .unwrap();
     (dir, ix)
 }
 
@@ -91,13 +104,10 @@ fn golden_queries_find_what_the_protocol_promises() {
 fn only_the_conversations_in_scope_are_searched() {
     let dir = tempfile::tempdir().unwrap();
     let ix = TantivyIndex::open(dir.path()).unwrap();
-    ix.apply(
-        &[
-            Op::Put(doc(1, 1, 7, 10, "secret plans")),
-            Op::Put(doc(2, 1, 8, 20, "secret recipe")),
-        ],
-        "p",
-    )
+    ix.apply(&ops(vec![
+        Op::Put(doc(1, 1, 7, 10, "secret plans")),
+        Op::Put(doc(2, 1, 8, 20, "secret recipe")),
+    ]))
     .unwrap();
     assert_eq!(seqs(&ix, &request("secret", &[2])), vec![1]);
     let (hits, total) = ix.search(&request("secret", &[2])).unwrap();
@@ -115,14 +125,11 @@ fn filters_narrow_by_sender_time_and_attachment() {
     let ix = TantivyIndex::open(dir.path()).unwrap();
     let mut with_file = doc(1, 3, 8, 300, "report attached report.pdf");
     with_file.has = vec![Has::File];
-    ix.apply(
-        &[
-            Op::Put(doc(1, 1, 7, 100, "report one")),
-            Op::Put(doc(1, 2, 8, 200, "report two")),
-            Op::Put(with_file),
-        ],
-        "p",
-    )
+    ix.apply(&ops(vec![
+        Op::Put(doc(1, 1, 7, 100, "report one")),
+        Op::Put(doc(1, 2, 8, 200, "report two")),
+        Op::Put(with_file),
+    ]))
     .unwrap();
     let by_8 = Request {
         senders: vec![UserId(8)],
@@ -144,32 +151,36 @@ fn filters_narrow_by_sender_time_and_attachment() {
 }
 
 #[test]
-fn edits_replace_deletes_remove_and_a_reopened_index_keeps_both_and_its_position() {
+fn edits_replace_deletes_remove_and_a_reopened_index_keeps_both_and_its_positions() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("search");
+    let (c1, c2) = (ConversationId(1), ConversationId(2));
     {
         let ix = TantivyIndex::open(&path).unwrap();
-        assert_eq!(ix.position().unwrap(), "", "a new index has no position");
-        ix.apply(
-            &[
+        assert!(ix.positions().unwrap().is_empty(), "a new index has no positions");
+        assert_eq!(ix.cursor().unwrap(), None);
+        ix.apply(&Batch {
+            ops: vec![
                 Op::Put(doc(1, 1, 7, 10, "first draft")),
                 Op::Put(doc(1, 2, 7, 20, "to be deleted")),
                 Op::Put(doc(2, 1, 7, 30, "draft elsewhere")),
             ],
-            "p1",
-        )
+            through: vec![(c1, 2), (c2, 1)],
+            cursor: Some("s1".into()),
+        })
         .unwrap();
-        ix.apply(
-            &[
+        ix.apply(&Batch {
+            ops: vec![
                 Op::Put(doc(1, 1, 7, 10, "final version")),
                 Op::Remove {
-                    conversation: ConversationId(1),
+                    conversation: c1,
                     seq: 2,
                 },
-                Op::RemoveConversation(ConversationId(2)),
+                Op::RemoveConversation(c2),
             ],
-            "p2",
-        )
+            through: vec![(c1, 4), (c2, 2)],
+            cursor: None,
+        })
         .unwrap();
         assert!(
             seqs(&ix, &request("draft", &[1, 2])).is_empty(),
@@ -179,30 +190,36 @@ fn edits_replace_deletes_remove_and_a_reopened_index_keeps_both_and_its_position
         assert!(seqs(&ix, &request("deleted", &[1])).is_empty());
     }
     let ix = TantivyIndex::open(&path).unwrap();
-    assert_eq!(ix.position().unwrap(), "p2");
+    let mut positions = ix.positions().unwrap();
+    positions.sort();
+    assert_eq!(positions, vec![(c1, 4), (c2, 2)], "one position each, the newest");
+    assert_eq!(
+        ix.cursor().unwrap().as_deref(),
+        Some("s1"),
+        "a batch without a cursor keeps it"
+    );
     assert_eq!(seqs(&ix, &request("final", &[1])), vec![1]);
     assert!(seqs(&ix, &request("deleted elsewhere", &[1, 2])).is_empty());
     let (_, total) = ix.search(&request("final", &[1])).unwrap();
     assert_eq!(total, 1, "one document for the edited message");
+    let (_, all) = ix.search(&request("after:1970-01-01", &[1, 2])).unwrap();
+    assert_eq!(all, 1, "a filter-only query finds messages, not positions");
 }
 
 #[test]
 fn relevant_order_ranks_the_better_match_first_and_pages() {
     let dir = tempfile::tempdir().unwrap();
     let ix = TantivyIndex::open(dir.path()).unwrap();
-    ix.apply(
-        &[
-            Op::Put(doc(1, 1, 7, 10, "rust rust rust rust")),
-            Op::Put(doc(
-                1,
-                2,
-                7,
-                20,
-                "rust and a long sentence about many other things entirely",
-            )),
-        ],
-        "p",
-    )
+    ix.apply(&ops(vec![
+        Op::Put(doc(1, 1, 7, 10, "rust rust rust rust")),
+        Op::Put(doc(
+            1,
+            2,
+            7,
+            20,
+            "rust and a long sentence about many other things entirely",
+        )),
+    ]))
     .unwrap();
     let relevant = Request {
         order: Order::Relevant,
