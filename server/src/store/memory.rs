@@ -159,6 +159,24 @@ impl Store for MemoryStore {
         }))
     }
 
+    async fn conversations_after(
+        &self,
+        after: ConversationId,
+        limit: usize,
+    ) -> Result<Vec<(ConversationId, Seq)>, StoreError> {
+        Ok(self.with(|s| {
+            let mut out: Vec<(ConversationId, Seq)> = s
+                .convs
+                .iter()
+                .filter(|(id, c)| id.0 > after.0 && c.meta.is_some())
+                .map(|(id, c)| (*id, c.last_seq()))
+                .collect();
+            out.sort();
+            out.truncate(limit);
+            out
+        }))
+    }
+
     async fn allocate_conversation_id(&self) -> Result<ConversationId, StoreError> {
         Ok(self.with(|s| {
             s.next_id += 1;

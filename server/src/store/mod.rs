@@ -300,6 +300,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn channel_by_name(&self, name: &str) -> Result<Option<ConversationId>, StoreError>;
     /// A conversation with its members and last seq.
     async fn load_conversation(&self, id: ConversationId) -> Result<Option<ConversationRecord>, StoreError>;
+    /// Up to `limit` conversations with ids above `after`, ascending, each with its last
+    /// seq (deleted ones too): how a derived view (the search index) finds what it missed.
+    /// Empty when there are no more.
+    async fn conversations_after(
+        &self,
+        after: ConversationId,
+        limit: usize,
+    ) -> Result<Vec<(ConversationId, Seq)>, StoreError>;
     /// Persist events (with their state changes) in order, atomically and durably.
     async fn commit(&self, batch: &[Commit]) -> Result<(), StoreError>;
     /// The committed send with this idempotency key, if any.

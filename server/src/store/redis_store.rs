@@ -734,6 +734,44 @@ impl Store for RedisStore {
         }))
     }
 
+    async fn conversations_after(
+        &self,
+        after: ConversationId,
+        limit: usize,
+    ) -> Result<Vec<(ConversationId, Seq)>, StoreError> {
+        // Conversation ids come from the counter every id does: look at them in windows.
+        const WINDOW: u64 = 512;
+        let newest: Option<u64> = self.conn.query(redis::cmd("GET").arg("n:ids")).await?;
+        let newest = newest.unwrap_or(0);
+        let mut out = Vec::new();
+        let mut from = after.0.saturating_add(1);
+        while out.len() < limit && from <= newest {
+            let to = from.saturating_add(WINDOW - 1).min(newest);
+            let ids: Vec<ConversationId> = (from..=to).map(ConversationId).collect();
+            let cmds = ids
+                .iter()
+                .flat_map(|id| {
+                    [
+                        redis::cmd("EXISTS").arg(ck(*id, "meta")).to_owned(),
+                        redis::cmd("GET").arg(ck(*id, "last")).to_owned(),
+                    ]
+                })
+                .collect();
+            let found: Vec<redis::Value> = self.conn.each(cmds).await?;
+            for (id, pair) in ids.iter().zip(found.chunks(2)) {
+                let exists: bool = redis::FromRedisValue::from_redis_value(pair[0].clone())
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                if exists && out.len() < limit {
+                    let last: Option<u64> = redis::FromRedisValue::from_redis_value(pair[1].clone())
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    out.push((*id, Seq(last.unwrap_or(0))));
+                }
+            }
+            from = to + 1;
+        }
+        Ok(out)
+    }
+
     async fn commit(&self, commits: &[Commit]) -> Result<(), StoreError> {
         // Runs per conversation, in batch order within each.
         let mut runs: Vec<(ConversationId, Vec<&Commit>)> = Vec::new();

@@ -378,7 +378,7 @@ impl View {
 }
 
 /// The range of keys that start with `prefix`.
-fn prefix_range(prefix: &[u8]) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+pub(super) fn prefix_range(prefix: &[u8]) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
     let start = Bound::Included(prefix.to_vec());
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {

@@ -370,6 +370,32 @@ impl Store for SledStore {
         }))
     }
 
+    async fn conversations_after(
+        &self,
+        after: ConversationId,
+        limit: usize,
+    ) -> Result<Vec<(ConversationId, Seq)>, StoreError> {
+        let view = self.view().await?;
+        let Some(first) = after.0.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        let (_, end) = crate::store::sled_health::prefix_range(b"c/");
+        let mut out = Vec::new();
+        for kv in view.range((std::ops::Bound::Included(key(b"c/", &[&be(first)])), end), false) {
+            if out.len() == limit {
+                break;
+            }
+            let (k, _) = kv?;
+            let id = ConversationId(read_u64(&k[2..])?);
+            let last = match view.prefix(&key(b"e/", &[&be(id.0)]), true).next() {
+                Some(kv) => Seq(read_u64(&kv?.0[10..])?),
+                None => Seq(0),
+            };
+            out.push((id, last));
+        }
+        Ok(out)
+    }
+
     async fn commit(&self, commits: &[Commit]) -> Result<(), StoreError> {
         let h = self.health.writer()?;
         // A conversation whose next event key is taken moved on without this shard knowing

@@ -44,7 +44,7 @@ macro_rules! store_suite {
             accounts presence_records devices conversation_records paging idempotency_keys
             read_and_delivered_cursors unread_counts message_state member_removal claims
             media_records media_quota shared_secrets key_records key_backups user_keys
-            push_records push_queue);
+            push_records push_queue conversation_listing);
     };
     (@each $make:expr; $($behaviour:ident)*) => {
         $(
@@ -140,6 +140,23 @@ pub(crate) async fn conversation_records(store: &dyn Store) {
     assert_eq!(rec.last_seq, Seq(11));
     assert_eq!(rec.members.len(), 2);
     assert_eq!(store.user_conversations(a).await.unwrap(), vec![conv]);
+}
+
+pub(crate) async fn conversation_listing(store: &dyn Store) {
+    let none = ConversationId(0);
+    assert!(store.conversations_after(none, 10).await.unwrap().is_empty());
+    // seeded() also takes an id it never uses, and so does an account: both are skipped.
+    let (c1, ..) = seeded(store).await;
+    store.create_user("between", "h", 1).await.unwrap();
+    let (c2, a, ..) = seeded(store).await;
+    store.commit(&[msg(c2, 12, a, "one more")]).await.unwrap();
+    assert_eq!(
+        store.conversations_after(none, 10).await.unwrap(),
+        vec![(c1, Seq(11)), (c2, Seq(12))]
+    );
+    assert_eq!(store.conversations_after(none, 1).await.unwrap(), vec![(c1, Seq(11))]);
+    assert_eq!(store.conversations_after(c1, 10).await.unwrap(), vec![(c2, Seq(12))]);
+    assert!(store.conversations_after(c2, 10).await.unwrap().is_empty());
 }
 
 pub(crate) async fn paging(store: &dyn Store) {
