@@ -10,10 +10,12 @@
 //! Authorization is part of every query: the caller's conversations are a required filter,
 //! decided by the layer above at query time.
 //!
-//! May import: `clock`, `error`. Must not import the layers above it.
+//! May import: `store` (the log the feed reads, `feed.rs`), `clock`, `error`. Must not
+//! import the layers above it.
 use natter_protocol::search::{Has, Query};
 use natter_protocol::{ConversationId, UserId};
 
+pub mod feed;
 pub mod tantivy_index;
 
 pub use tantivy_index::TantivyIndex;
