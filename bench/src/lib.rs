@@ -11,9 +11,11 @@
 mod media;
 mod media_load;
 mod push;
+mod search_index;
 pub use media::{media, MediaOpts};
 pub use media_load::media_load;
 pub use push::{push, PushOpts};
+pub use search_index::{search_index, SearchIndexOpts};
 
 use std::collections::HashSet;
 use std::net::SocketAddr;

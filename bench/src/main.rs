@@ -111,6 +111,22 @@ enum Scenario {
         #[arg(long, default_value_t = 20.0)]
         secs: f64,
     },
+    /// The server's embedded search index on its own: index synthetic messages, then time
+    /// typed queries (no server process; search_index.rs).
+    SearchIndex {
+        #[arg(long, default_value_t = 1_000_000)]
+        messages: usize,
+        #[arg(long, default_value_t = 10_000)]
+        conversations: u64,
+        #[arg(long, default_value_t = 512)]
+        batch: usize,
+        #[arg(long, default_value_t = 2_000)]
+        queries: usize,
+        #[arg(long, default_value_t = 50)]
+        scope: usize,
+        #[arg(long, default_value = "target/bench-data/search-index")]
+        dir: std::path::PathBuf,
+    },
     /// The media scenario's uploaders (started by `media`; see media_load.rs).
     #[command(hide = true)]
     MediaLoad {
@@ -131,6 +147,31 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     if let Scenario::MediaLoad { uploads, mib } = args.scenario {
         return rt.block_on(natter_bench::media_load(&target, uploads, mib));
+    }
+    if let Scenario::SearchIndex {
+        messages,
+        conversations,
+        batch,
+        queries,
+        scope,
+        dir,
+    } = args.scenario
+    {
+        let o = natter_bench::SearchIndexOpts {
+            messages,
+            conversations,
+            batch,
+            queries,
+            scope,
+            dir,
+        };
+        let report = natter_bench::search_index(&o)?;
+        let json = serde_json::to_string_pretty(&report)?;
+        if let Some(path) = &args.json {
+            std::fs::write(path, &json)?;
+        }
+        println!("{json}");
+        return Ok(());
     }
     let report = rt.block_on(async {
         match args.scenario {
@@ -230,7 +271,7 @@ fn main() -> anyhow::Result<()> {
                 };
                 natter_bench::push(&target, &o).await
             }
-            Scenario::MediaLoad { .. } => unreachable!("handled above"),
+            Scenario::MediaLoad { .. } | Scenario::SearchIndex { .. } => unreachable!("handled above"),
         }
     })?;
     let json = serde_json::to_string_pretty(&report)?;
