@@ -325,12 +325,19 @@ impl Push {
         user: UserId,
         s: Option<pb::NotifySettings>,
     ) -> Result<pb::NotifySettings, ServerError> {
-        let mut rules = rules::NotifyRules::from_wire(s.unwrap_or_default())?;
-        let before = self.store.push_record(user).await?.map(|r| r.rules).unwrap_or_default();
-        // An unchanged address stays confirmed; a new one waits for its link.
-        let new_address = rules.email != before.email;
-        rules.email_verified = !new_address && before.email_verified;
-        self.change_record(user, |r| r.rules = rules.clone()).await?;
+        let rules = rules::NotifyRules::from_wire(s.unwrap_or_default())?;
+        // An unchanged address stays confirmed; a new one waits for its link. Decided inside
+        // the compare-and-set, against the record it replaces.
+        let mut new_address = false;
+        self.change_record(user, |r| {
+            new_address = rules.email != r.rules.email;
+            let verified = !new_address && r.rules.email_verified;
+            r.rules = rules::NotifyRules {
+                email_verified: verified,
+                ..rules.clone()
+            };
+        })
+        .await?;
         if new_address && !rules.email.is_empty() {
             match self.mailer().await? {
                 Some(m) => match m.send_verification(user, &rules.email).await? {
