@@ -154,6 +154,14 @@ async fn cross_node_chat(redis_urls: Vec<String>, cluster: bool) {
         got.iter().map(|(_, t)| t.clone()).collect::<Vec<_>>(),
         (0..10).map(|i| format!("dm {i}")).collect::<Vec<_>>()
     );
+    // A seq committed on node 0 can be marked on node 1 at once, before node 1's bus has
+    // told its cached conversation state about it.
+    for i in 0..10 {
+        let seq = alice.send(dm, &format!("read at once {i}")).await.unwrap().seq;
+        bob.mark_read(dm, seq)
+            .await
+            .expect("a seq that exists is markable on any node");
+    }
 
     // A group on three nodes, all sending at once: one order for everyone.
     let group = ConversationId(

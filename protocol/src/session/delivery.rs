@@ -15,6 +15,10 @@ pub(super) struct ConvState {
     pub(super) pending: BTreeMap<Seq, pb::ConversationEvent>,
     pub(super) fetching: bool,
     pub(super) fetch_not_before: Millis,
+    /// First seen live at an event that does not begin this member's view of it (with
+    /// several nodes, a later event committed on this node can overtake earlier ones from
+    /// another): where the view begins is learnt from the first gap page.
+    pub(super) start_unknown: bool,
     /// Members' (delivered, read) cursors, where receipts are kept.
     pub(super) receipts: BTreeMap<UserId, (Seq, Seq)>,
     /// This user's read cursor.
@@ -66,6 +70,23 @@ impl ClientSession {
                 if let Some(st) = self.convs.get_mut(&c) {
                     st.fetching = false;
                     st.highest_seen = st.highest_seen.max(Seq(page.last_seq));
+                    if std::mem::take(&mut st.start_unknown) {
+                        // The member's view begins at the page's first event (or, if the
+                        // page is empty, at the first event held).
+                        let first = page
+                            .events
+                            .first()
+                            .map(|e| Seq(e.seq))
+                            .or_else(|| st.pending.keys().next().copied());
+                        if let Some(first) = first {
+                            st.delivered = st.delivered.max(Seq(first.0.saturating_sub(1)));
+                        }
+                        if page.events.is_empty() {
+                            if let Some((_, held)) = st.pending.pop_first() {
+                                self.on_event(held);
+                            }
+                        }
+                    }
                 }
                 for ev in page.events {
                     if ev.conversation_id == c.0 {
@@ -109,12 +130,17 @@ impl ClientSession {
         if seq.0 == 0 {
             return;
         }
-        // A conversation seen for the first time live starts at this event.
+        // A conversation seen for the first time live starts at this event if the event
+        // begins this member's view (its creation, or this user being added); otherwise
+        // what came before is fetched from the start of the view.
+        let me = self.identity.as_ref().map(|i| i.0);
         let st = self.convs.entry(ConversationId(ev.conversation_id)).or_insert_with(|| {
-            let base = Seq(seq.0 - 1);
+            let starts = seq.0 == 1 || begins_membership(&ev, me);
+            let base = if starts { Seq(seq.0 - 1) } else { Seq(0) };
             ConvState {
                 delivered: base,
                 highest_seen: base,
+                start_unknown: !starts,
                 ..Default::default()
             }
         });
@@ -218,5 +244,14 @@ impl ClientSession {
         if stopped_typing {
             self.events.push_back(typing_stopped);
         }
+    }
+}
+
+/// Whether `ev` is where `me`'s view of its conversation begins: `me` being added.
+fn begins_membership(ev: &pb::ConversationEvent, me: Option<UserId>) -> bool {
+    use pb::conversation_event::Body;
+    match (&ev.body, me) {
+        (Some(Body::MembersAdded(m)), Some(me)) => m.members.iter().any(|m| m.user_id == me.0),
+        _ => false,
     }
 }

@@ -218,6 +218,76 @@ fn events_are_delivered_once_in_order_and_gaps_are_fetched() {
     );
 }
 
+/// The one History request the session sent, as (request id, anchor).
+fn history_request(reqs: &[pb::Request]) -> (u64, Option<pb::get_history::Anchor>) {
+    match reqs {
+        [pb::Request {
+            id,
+            op: Some(Op::History(h)),
+        }] => (*id, h.anchor),
+        other => panic!("expected one History request: {other:?}"),
+    }
+}
+
+#[test]
+fn a_new_conversation_first_seen_past_its_start_is_fetched_from_the_start_of_the_view() {
+    let mut p = Peer::new(Some("tok"));
+    p.connect(auth_ok(false, vec![]));
+    p.events();
+    // With several nodes, this user's own message (seq 3, committed on this node) can
+    // arrive before the creation and the first message (committed on another).
+    p.stream(1, &[header(8), Kind::Event(ev(8, 3, "mine"))]);
+    assert!(p.delivered().is_empty(), "3 is held until what came before is known");
+    let (id, anchor) = history_request(&p.acks_and_requests().1);
+    assert_eq!(anchor, Some(pb::get_history::Anchor::After(0)), "from the start");
+    p.respond(
+        id,
+        Res::History(pb::HistoryPage {
+            conversation_id: 8,
+            events: vec![ev(8, 1, "created"), ev(8, 2, "first"), ev(8, 3, "mine")],
+            has_more: false,
+            last_seq: 3,
+        }),
+    );
+    assert_eq!(
+        p.delivered(),
+        vec![(8, 1), (8, 2), (8, 3)],
+        "nothing skipped, once each"
+    );
+    p.stream(1, &[Kind::Event(ev(8, 1, "late")), Kind::Event(ev(8, 2, "late"))]);
+    assert!(
+        p.delivered().is_empty(),
+        "the overtaken events come late, and only once"
+    );
+
+    // A member whose view begins later (added at 5): the page starts there.
+    p.stream(3, &[header(9), Kind::Event(ev(9, 7, "g"))]);
+    let (id, anchor) = history_request(&p.acks_and_requests().1);
+    assert_eq!(anchor, Some(pb::get_history::Anchor::After(0)));
+    p.respond(
+        id,
+        Res::History(pb::HistoryPage {
+            conversation_id: 9,
+            events: vec![ev(9, 5, "added"), ev(9, 6, "f"), ev(9, 7, "g")],
+            has_more: false,
+            last_seq: 7,
+        }),
+    );
+    assert_eq!(p.delivered(), vec![(9, 5), (9, 6), (9, 7)]);
+
+    // Being added begins the view: delivered at once, nothing fetched.
+    let mut added = ev(10, 40, "");
+    added.body = Some(pb::conversation_event::Body::MembersAdded(pb::MembersAdded {
+        members: vec![pb::Member {
+            user_id: 1,
+            ..Default::default()
+        }],
+    }));
+    p.stream(5, &[header(10), Kind::Event(added)]);
+    assert_eq!(p.delivered(), vec![(10, 40)]);
+    assert!(p.acks_and_requests().1.is_empty(), "no fetch");
+}
+
 #[test]
 fn with_ack_by_app_nothing_is_acknowledged_until_the_app_says_so() {
     let config = SessionConfig {

@@ -52,7 +52,7 @@ pub(super) async fn cursor_target(
     conv: ConversationId,
     seq: u64,
 ) -> Result<ConvView, ServerError> {
-    let view = ctx.shards.view(conv, actor.user).await?;
+    let view = ctx.shards.view_at_least(conv, actor.user, Seq(seq)).await?;
     if seq > view.last_seq.0 {
         return Err(bad("cannot mark beyond the last seq"));
     }

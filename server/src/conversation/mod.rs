@@ -173,6 +173,9 @@ enum Cmd {
     View {
         conv: ConversationId,
         user: UserId,
+        /// A seq the caller knows exists: a cached state older than it (another node
+        /// committed it and the bus has not said so yet) is read again from the store.
+        at_least: Seq,
         reply: oneshot::Sender<Result<ConvView, ServerError>>,
     },
 }
@@ -263,9 +266,26 @@ impl Shards {
 
     /// The conversation as `user` may see it: `NOT_MEMBER` unless they are a member.
     pub async fn view(&self, conv: ConversationId, user: UserId) -> Result<ConvView, ServerError> {
+        self.view_at_least(conv, user, Seq(0)).await
+    }
+
+    /// `user`'s view of `conv`, read again from the store if the cached one has not yet
+    /// reached `at_least` (with several nodes, a client can know of a seq before the bus
+    /// tells this node).
+    pub async fn view_at_least(
+        &self,
+        conv: ConversationId,
+        user: UserId,
+        at_least: Seq,
+    ) -> Result<ConvView, ServerError> {
         let (reply, rx) = oneshot::channel();
         self.shard(conv)
-            .send(Cmd::View { conv, user, reply })
+            .send(Cmd::View {
+                conv,
+                user,
+                at_least,
+                reply,
+            })
             .await
             .map_err(|_| shutting_down())?;
         rx.await.map_err(|_| shutting_down())?
@@ -312,7 +332,15 @@ impl Shard {
             let mut batch_msgs: HashMap<(ConversationId, Seq), Target> = HashMap::new();
             for cmd in cmds.drain(..) {
                 match cmd {
-                    Cmd::View { conv, user, reply } => {
+                    Cmd::View {
+                        conv,
+                        user,
+                        at_least,
+                        reply,
+                    } => {
+                        if self.convs.get(&conv).is_some_and(|c| c.last_seq < at_least) {
+                            self.convs.remove(&conv);
+                        }
                         let _ = reply.send(self.view(conv, user).await);
                     }
                     Cmd::Forget { conv, seq } => {
