@@ -119,6 +119,7 @@ pub fn search_index(o: &SearchIndexOpts) -> anyhow::Result<serde_json::Value> {
                 sender: UserId(rng.gen_range(1..=1_000)),
                 time_ms: 1_700_000_000_000 + done as u64,
                 text,
+                names: Vec::new(),
                 has: Vec::new(),
             }));
             through.insert(ConversationId(conv), seq);

@@ -467,6 +467,111 @@ pub fn text_matches(text: &str, q: &Query) -> bool {
     q.must.iter().all(|p| matches(&ts, p)) && !q.exclude.iter().any(|p| matches(&ts, p))
 }
 
+/// The bytes of `text` that match `q`'s words and phrases (not its exclusions), merged and
+/// in order: what a result highlights.
+pub fn highlights(text: &str, q: &Query) -> Vec<Range<usize>> {
+    let ts = terms(text);
+    let mut spans: Vec<Range<usize>> = Vec::new();
+    for p in &q.must {
+        if let Some(w) = &p.whole {
+            spans.extend(ts.iter().filter(|t| &t.text == w).map(|t| t.span.clone()));
+        }
+        let Some((first, rest)) = p.parts.split_first() else {
+            continue;
+        };
+        let last = p.parts.len() - 1;
+        let hit = |t: &Term, i: usize, part: &str| {
+            if p.prefix && i == last {
+                t.text.starts_with(part)
+            } else {
+                t.text == part
+            }
+        };
+        for start in ts.iter().filter(|t| hit(t, 0, first)) {
+            let mut found = vec![start.span.clone()];
+            let complete = rest.iter().enumerate().all(|(k, part)| {
+                let pos = start.position + k as u32 + 1;
+                match ts.iter().find(|t| t.position == pos && hit(t, k + 1, part)) {
+                    Some(t) => {
+                        found.push(t.span.clone());
+                        true
+                    }
+                    None => false,
+                }
+            });
+            if complete {
+                // A phrase is highlighted from its first part to its last.
+                let (lo, hi) = (found[0].start, found.last().expect("one").end);
+                spans.push(lo..hi);
+            }
+        }
+    }
+    spans.sort_by_key(|r| (r.start, r.end));
+    let mut merged: Vec<Range<usize>> = Vec::new();
+    for r in spans {
+        match merged.last_mut() {
+            Some(m) if r.start <= m.end => m.end = m.end.max(r.end),
+            _ => merged.push(r),
+        }
+    }
+    merged
+}
+
+/// Characters of context a snippet keeps before its first highlight.
+const SNIPPET_LEAD: usize = 40;
+
+/// A snippet of `text` of at most `max_chars` characters (plus an ellipsis at a cut end)
+/// around the first of `spans` (from [`highlights`]), as (piece, highlighted) pairs in
+/// order. Without highlights it is the start of the text.
+pub fn snippet(text: &str, spans: &[Range<usize>], max_chars: usize) -> Vec<(String, bool)> {
+    let boundaries: Vec<usize> = text.char_indices().map(|(i, _)| i).chain([text.len()]).collect();
+    let chars = boundaries.len() - 1;
+    let first_char = spans
+        .first()
+        .map_or(0, |r| boundaries.partition_point(|b| *b < r.start));
+    let mut start = first_char.saturating_sub(SNIPPET_LEAD);
+    if chars.saturating_sub(start) < max_chars {
+        start = chars.saturating_sub(max_chars);
+    }
+    // Start at a word where one is near.
+    if start > 0 {
+        if let Some(ws) = text[boundaries[start]..boundaries[first_char]].find(char::is_whitespace) {
+            let cut = boundaries[start] + ws;
+            start = boundaries.partition_point(|b| *b <= cut);
+        }
+    }
+    let end = (start + max_chars).min(chars);
+    let (lo, hi) = (boundaries[start], boundaries[end]);
+    let mut out: Vec<(String, bool)> = Vec::new();
+    let mut push = |piece: &str, hit: bool| {
+        if piece.is_empty() {
+            return;
+        }
+        match out.last_mut() {
+            Some((t, h)) if *h == hit => t.push_str(piece),
+            _ => out.push((piece.to_string(), hit)),
+        }
+    };
+    if lo > 0 {
+        push("…", false);
+    }
+    let mut at = lo;
+    for r in spans {
+        let (a, b) = (r.start.max(at), r.end.min(hi));
+        if a >= b {
+            continue;
+        }
+        push(&text[at..a], false);
+        push(&text[a..b], true);
+        at = b;
+    }
+    push(&text[at..hi], false);
+    if hi < text.len() {
+        push("…", false);
+    }
+    out
+}
+
 #[cfg(test)]
 #[path = "search_tests.rs"]
 mod tests;

@@ -188,3 +188,47 @@ fn long_runs_are_not_indexed_but_everything_else_is() {
     assert!(terms(&format!("x {hash} y")).iter().all(|t| t.text != hash));
     assert_eq!(texts(&format!("x {hash} y")), vec![("x".into(), 0), ("y".into(), 1)]);
 }
+
+/// The snippet of `text` for query `q`, with highlighted pieces in brackets.
+fn marked(text: &str, q: &str, max: usize) -> String {
+    let q = parse(q, true).unwrap();
+    snippet(text, &highlights(text, &q), max)
+        .into_iter()
+        .map(|(t, hit)| if hit { format!("[{t}]") } else { t })
+        .collect()
+}
+
+#[test]
+fn snippets_highlight_what_matched_around_the_first_match() {
+    assert_eq!(
+        marked("Ship the Release today", "release", 160),
+        "Ship the [Release] today"
+    );
+    // A phrase is one highlight; a prefix highlights the whole word; excluded is not.
+    assert_eq!(
+        marked("the quick brown fox jumps", "\"quick brown\" -fox jum", 160),
+        "the [quick brown] fox [jumps]"
+    );
+    // Whole terms: a file name and a URL.
+    assert_eq!(marked("see report.pdf now", "report.pdf", 160), "see [report.pdf] now");
+    assert_eq!(
+        marked("docs at https://natter.dev/x ok", "natter.dev", 160),
+        "docs at https://[natter.dev]/x ok"
+    );
+    // Accents and case are folded, the original is shown.
+    assert_eq!(marked("Café CRÈME", "creme", 160), "Café [CRÈME]");
+    // CJK bigrams.
+    assert_eq!(marked("我们明天开会", "明天", 160), "我们[明天]开会");
+    // A long text is cut around the first match, at a word, with ellipses.
+    let long = format!("{} needle {}", "word ".repeat(100), "tail ".repeat(100));
+    let s = marked(&long, "needle", 60);
+    assert!(s.starts_with('…') && s.ends_with('…'), "{s}");
+    assert!(s.contains("[needle]"));
+    assert!(s.trim_start_matches('…').starts_with("word"), "starts at a word: {s}");
+    assert!(s.chars().filter(|c| *c != '[' && *c != ']').count() <= 62);
+    // No match (a filter-only query): the start of the text.
+    assert_eq!(marked("hello world", "has:link", 5), "hello…");
+    // Multi-byte text is cut at characters.
+    let s = marked(&"é".repeat(300), "é", 10);
+    assert!(s.chars().count() <= 12);
+}

@@ -711,6 +711,29 @@ impl Client {
         self.call(ops::set_hide_last_seen(hide)).await
     }
 
+    /// One page of messages matching `req.query` in your conversations (PROTOCOL.md
+    /// §14.3): words, "phrases", -excluded, `from:`, `in:`, `has:`, `after:`/`before:`.
+    /// A query the server refuses is `BAD_REQUEST` naming why; pass `next_cursor` back as
+    /// `req.cursor` for the next page.
+    pub async fn search(&self, req: pb::Search) -> Result<pb::SearchResults, ClientError> {
+        self.call(ops::search(req)).await
+    }
+
+    /// Users whose username starts with `prefix` (except those unlisted, and you).
+    pub async fn search_users(&self, prefix: &str, limit: u32) -> Result<Vec<pb::UserMatch>, ClientError> {
+        self.call(ops::search_users(prefix, limit)).await
+    }
+
+    /// Public channels whose name starts with `prefix` (empty: all, by name).
+    pub async fn search_channels(&self, prefix: &str, limit: u32) -> Result<Vec<pb::ChannelMatch>, ClientError> {
+        self.call(ops::search_channels(prefix, limit)).await
+    }
+
+    /// Leave yourself out of other users' [`Client::search_users`] (or list yourself again).
+    pub async fn set_unlisted(&self, unlisted: bool) -> Result<(), ClientError> {
+        self.call(ops::set_unlisted(unlisted)).await
+    }
+
     /// Presence of these users, as far as they are your contacts (others are left out).
     pub async fn presence(&self, users: &[UserId]) -> Result<Vec<pb::PresenceUpdate>, ClientError> {
         self.call(ops::presence(users)).await

@@ -107,6 +107,18 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     // times, the probe runs on this (the chat) runtime.
     let chat_first = crate::chat_first::ChatFirst::new(config.chat_first());
     let push = crate::push::Push::new(store.clone(), hub.clone(), config.push())?;
+    let search = if config.search_enabled {
+        let dir = config.data_dir.join("search");
+        let index = crate::search::TantivyIndex::open(&dir)
+            .with_context(|| format!("opening the search index in {}", dir.display()))?;
+        Some(crate::search::Search::new(
+            store.clone(),
+            Arc::new(index),
+            config.search(),
+        ))
+    } else {
+        None
+    };
     let shards = Shards::start(
         config.shard_count(),
         store.clone(),
@@ -114,6 +126,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         member_limits,
         chat_first.clone(),
         push.clone(),
+        search.clone(),
     );
     let weak_store = Arc::downgrade(&store);
     let presence = Presence::new(Duration::from_millis(config.heartbeat_interval_ms.max(1).into()));
@@ -132,6 +145,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
                 shards,
                 presence: Arc::new(presence.clone()),
                 push: push.clone(),
+                search: search.clone(),
             };
             let cluster = Cluster::start(conn, urls, node, advertise, local).await?;
             push.set_elsewhere(cluster.clone());
@@ -164,6 +178,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         )),
         keys,
         push: push.clone(),
+        search: search.clone(),
     };
     let shared = Arc::new(Shared::new(
         ctx,
@@ -206,6 +221,9 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         tokio::spawn(chat_first.run_probe()),
         tokio::spawn(push.run()),
     ];
+    if let Some(search) = &search {
+        tasks.push(tokio::spawn(search.clone().run()));
+    }
 
     let idle = Duration::from_secs(config.idle_timeout_secs);
     let pem = config.tls_cert.as_deref().zip(config.tls_key.as_deref());
@@ -346,6 +364,14 @@ impl RunningServer {
     /// resumable). For operators (a ban takes revocation too) and tests.
     pub fn disconnect_user(&self, user: natter_protocol::UserId) -> usize {
         self.shared.hub.disconnect_user(user)
+    }
+
+    /// Wait until this node's search index has `conversation` through `seq` (tests and
+    /// tools synchronise on it instead of sleeping). Returns at once without search.
+    pub async fn search_indexed_through(&self, conversation: natter_protocol::ConversationId, seq: u64) {
+        if let Some(search) = &self.shared.ctx.search {
+            search.indexed_through(conversation, seq).await;
+        }
     }
 
     /// This node's id in a multi-node deployment; "single" on sled.

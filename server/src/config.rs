@@ -144,6 +144,14 @@ pub struct Config {
     /// `[email]`: digests of unread messages for users who stay offline (PROTOCOL.md
     /// §13.6). Unset: no email.
     pub email: Option<EmailConfig>,
+    /// Full-text search of conversations the server can read (PROTOCOL.md §14), with an
+    /// index under `<data_dir>/search`. Default on.
+    pub search_enabled: bool,
+    /// How long committed messages gather before one index commit. Default 250.
+    pub search_commit_ms: u64,
+    /// How often the index compares every conversation with the log (with several nodes,
+    /// what a lost bus message left out). Default 300.
+    pub search_reconcile_secs: u64,
     /// Bytes of media one user may hold. Default 10 GiB.
     pub media_quota_bytes: u64,
     /// Where media bytes live without S3. Unset: `<data_dir>/media`.
@@ -242,6 +250,9 @@ impl Default for Config {
             apns: None,
             fcm: None,
             email: None,
+            search_enabled: true,
+            search_commit_ms: 250,
+            search_reconcile_secs: 300,
             media_quota_bytes: limits::MEDIA_QUOTA_BYTES,
             media_dir: None,
             s3: None,
@@ -340,6 +351,15 @@ impl Config {
             fcm: self.fcm.clone(),
             email: self.email.clone(),
             ..crate::push::PushSettings::default()
+        }
+    }
+
+    /// How the search index follows the log (search/live.rs).
+    pub fn search(&self) -> crate::search::LiveSettings {
+        crate::search::LiveSettings {
+            commit_every: std::time::Duration::from_millis(self.search_commit_ms.max(1)),
+            reconcile_every: std::time::Duration::from_secs(self.search_reconcile_secs.max(1)),
+            ..crate::search::LiveSettings::default()
         }
     }
 

@@ -141,6 +141,44 @@ pub fn set_notify_settings(settings: pb::NotifySettings) -> Call<pb::NotifySetti
     Call::new(op, notify)
 }
 
+/// One page of messages matching a query (PROTOCOL.md §14.3). `req.cursor` continues a
+/// previous page.
+pub fn search(req: pb::Search) -> Call<pb::SearchResults> {
+    Call::new(Op::Search(req), |r| match r {
+        Res::Search(s) => Some(s),
+        _ => None,
+    })
+}
+
+/// Listed users whose username starts with `prefix` (PROTOCOL.md §14.4).
+pub fn search_users(prefix: &str, limit: u32) -> Call<Vec<pb::UserMatch>> {
+    let op = Op::SearchUsers(pb::SearchUsers {
+        prefix: prefix.into(),
+        limit,
+    });
+    Call::new(op, |r| match r {
+        Res::Users(u) => Some(u.users),
+        _ => None,
+    })
+}
+
+/// Public channels whose name starts with `prefix` (PROTOCOL.md §14.4).
+pub fn search_channels(prefix: &str, limit: u32) -> Call<Vec<pb::ChannelMatch>> {
+    let op = Op::SearchChannels(pb::SearchChannels {
+        prefix: prefix.into(),
+        limit,
+    });
+    Call::new(op, |r| match r {
+        Res::Channels(c) => Some(c.channels),
+        _ => None,
+    })
+}
+
+/// Leave this user out of [`search_users`] (or list them again).
+pub fn set_unlisted(unlisted: bool) -> Call<()> {
+    Call::new(Op::SetUnlisted(pb::SetUnlisted { unlisted }), done)
+}
+
 fn notify(r: Res) -> Option<pb::NotifySettings> {
     match r {
         Res::NotifySettings(s) => Some(s),

@@ -22,6 +22,7 @@ mod history;
 pub mod keys;
 pub mod media;
 pub mod presence;
+mod search;
 mod signals;
 
 use history::history;
@@ -59,6 +60,8 @@ pub struct Ctx {
     pub keys: crate::keys::Keys,
     /// Notifications for offline devices.
     pub push: Arc<crate::push::Push>,
+    /// Full-text search, if on.
+    pub search: Option<Arc<crate::search::Search>>,
 }
 
 fn bad(msg: &str) -> ServerError {
@@ -371,6 +374,7 @@ pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError
             ctx.presence.ensure_loaded(&*ctx.store, actor.user).await?;
             let rec = ctx.presence.set_hide_last_seen(actor.user, p.hide_last_seen);
             ctx.store.put_presence_record(actor.user, rec).await?;
+
             Ok(Res::Done(pb::Done {}))
         }
         Op::GetPresence(g) => {
@@ -421,6 +425,13 @@ pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError
             Ok(Res::Push(
                 ctx.push.remove(actor.user, actor.device, &r.registration_id).await?,
             ))
+        }
+        Op::Search(r) => search::messages(ctx, actor, r).await,
+        Op::SearchUsers(r) => search::users(ctx, actor, r).await,
+        Op::SearchChannels(r) => search::channels(ctx, actor, r).await,
+        Op::SetUnlisted(r) => {
+            ctx.store.set_unlisted(actor.user, r.unlisted).await?;
+            Ok(Res::Done(pb::Done {}))
         }
         Op::Ping(p) => Ok(Res::Pong(pb::Pong {
             nonce: p.nonce,

@@ -81,6 +81,28 @@ pub(super) fn decode(mut b: &[u8]) -> Result<Vec<Forward>, BusError> {
     Ok(out)
 }
 
+/// A search message: (conversation, committed seq) pairs, `u64` each.
+pub(super) fn encode_positions(at: &std::collections::HashMap<u64, u64>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(at.len() * 16);
+    for (conv, seq) in at {
+        out.put_u64(*conv);
+        out.put_u64(*seq);
+    }
+    out
+}
+
+/// Read a search message back. A malformed message is refused whole.
+pub(super) fn decode_positions(mut b: &[u8]) -> Result<Vec<(u64, u64)>, BusError> {
+    if b.len() % 16 != 0 {
+        return Err(BusError::Truncated);
+    }
+    let mut out = Vec::with_capacity(b.len() / 16);
+    while b.has_remaining() {
+        out.push((b.get_u64(), b.get_u64()));
+    }
+    Ok(out)
+}
+
 pub(super) fn recipients(f: &Forward) -> &[UserId] {
     match f {
         Forward::Event(to, _) | Forward::Signal(to, _) | Forward::Ephemeral(to, _, _) => to,
@@ -90,6 +112,15 @@ pub(super) fn recipients(f: &Forward) -> &[UserId] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn search_positions_round_trip_and_refuse_truncation() {
+        let at = std::collections::HashMap::from([(5, 9), (7, 1)]);
+        let mut back = decode_positions(&encode_positions(&at)).unwrap();
+        back.sort();
+        assert_eq!(back, vec![(5, 9), (7, 1)]);
+        assert_eq!(decode_positions(&encode_positions(&at)[..20]), Err(BusError::Truncated));
+    }
 
     #[test]
     fn bus_messages_round_trip_and_refuse_truncation() {

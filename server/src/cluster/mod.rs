@@ -24,9 +24,14 @@
 //!
 //! - **Devices** (`devices.rs`): which device is attached on which node, so a notification
 //!   is decided where the device is (PROTOCOL.md §13.2).
+//! - **Search** (`n:search`): every round of the bus also publishes, to every node, how
+//!   far each conversation it carried has been committed; each node's search index reads
+//!   what it has not indexed from the log in Redis (search/live.rs). A lost message is
+//!   healed by the next event of the conversation, or by the reconcile a resubscription
+//!   and a timer start.
 //!
 //! May import: `conversation`, `push` (forwarded events, to watch acknowledgements),
-//! `session`, `store`, `clock`. Must not import `api`, `conn`
+//! `session`, `search` (positions for the index), `store`, `clock`. Must not import `api`, `conn`
 //! or `transport`; local presence comes in through [`LocalPresence`], which it defines.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -39,6 +44,7 @@ use tokio::sync::mpsc;
 use crate::clock::now_ms;
 use crate::conversation::Shards;
 use crate::push::Push;
+use crate::search::Search;
 use crate::session::hub::{Forward, Hub};
 use crate::store::{RedisConn, StoreError};
 
@@ -58,6 +64,8 @@ const USER_REFRESH: Duration = Duration::from_secs(10);
 const BUS_BATCH: usize = 512;
 
 const NODES: &str = "n:nodes";
+/// Where every node hears how far conversations are committed (for its search index).
+const SEARCH_CHANNEL: &str = "n:search";
 
 fn user_key(user: UserId) -> String {
     format!("n:{{u:{}}}:nodes", user.0)
@@ -114,6 +122,8 @@ pub struct Local {
     pub shards: Shards,
     pub presence: Arc<dyn LocalPresence>,
     pub push: Arc<Push>,
+    /// This node's search index, if search is on.
+    pub search: Option<Arc<Search>>,
 }
 
 impl Cluster {
@@ -131,6 +141,7 @@ impl Cluster {
             shards,
             presence,
             push,
+            search,
         } = local;
         let cluster = Arc::new(Cluster {
             node,
@@ -170,7 +181,13 @@ impl Cluster {
         });
         let forwards = hub.set_forwarder();
         tokio::spawn(publish_loop(Arc::downgrade(&cluster), forwards));
-        tokio::spawn(subscribe_loop(Arc::downgrade(&cluster), hub, shards, push));
+        let sub = Subscriber {
+            hub,
+            shards,
+            push,
+            search,
+        };
+        tokio::spawn(subscribe_loop(Arc::downgrade(&cluster), sub));
         Ok(cluster)
     }
 
@@ -352,6 +369,13 @@ async fn publish_loop(cluster: std::sync::Weak<Cluster>, mut rx: mpsc::Receiver<
             }
         };
         let mut messages: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut committed: HashMap<u64, u64> = HashMap::new();
+        for f in &batch {
+            if let Forward::Event(_, ev) = f {
+                let at = committed.entry(ev.conversation_id).or_default();
+                *at = (*at).max(ev.seq);
+            }
+        }
         for f in batch.drain(..) {
             let mut per_node: HashMap<&str, Vec<UserId>> = HashMap::new();
             for u in recipients(&f) {
@@ -370,22 +394,37 @@ async fn publish_loop(cluster: std::sync::Weak<Cluster>, mut rx: mpsc::Receiver<
                 encode(&mut messages[at].1, &f, &to);
             }
         }
-        for (node, body) in messages {
-            if let Err(e) = c
-                .conn
-                .query::<()>(redis::cmd("PUBLISH").arg(channel(&node)).arg(body))
-                .await
-            {
-                tracing::warn!(%node, error = %e, "cluster: publish failed");
+        let search = (!committed.is_empty()).then(|| (SEARCH_CHANNEL.to_string(), bus::encode_positions(&committed)));
+        let messages = messages
+            .into_iter()
+            .map(|(node, body)| (channel(&node), body))
+            .chain(search);
+        for (target, body) in messages {
+            if let Err(e) = c.conn.query::<()>(redis::cmd("PUBLISH").arg(&target).arg(body)).await {
+                tracing::warn!(%target, error = %e, "cluster: publish failed");
             }
         }
     }
 }
 
-/// Receive this node's channel and deliver to local sessions; reconnect (to the next URL)
-/// when the subscription breaks.
-async fn subscribe_loop(cluster: std::sync::Weak<Cluster>, hub: Hub, shards: Shards, push: Arc<Push>) {
+/// What the subscriber hands messages to.
+struct Subscriber {
+    hub: Hub,
+    shards: Shards,
+    push: Arc<Push>,
+    search: Option<Arc<Search>>,
+}
+
+/// Receive this node's channel and deliver to local sessions, and the search channel for
+/// the index; reconnect (to the next URL) when the subscription breaks.
+async fn subscribe_loop(cluster: std::sync::Weak<Cluster>, sub: Subscriber) {
     use futures::StreamExt;
+    let Subscriber {
+        hub,
+        shards,
+        push,
+        search,
+    } = sub;
     let mut attempt = 0usize;
     loop {
         let Some(c) = cluster.upgrade() else { return };
@@ -397,6 +436,9 @@ async fn subscribe_loop(cluster: std::sync::Weak<Cluster>, hub: Hub, shards: Sha
             let client = redis::Client::open(url.as_str())?;
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&name).await?;
+            if search.is_some() {
+                pubsub.subscribe(SEARCH_CHANNEL).await?;
+            }
             redis::RedisResult::Ok(pubsub)
         }
         .await;
@@ -408,10 +450,25 @@ async fn subscribe_loop(cluster: std::sync::Weak<Cluster>, hub: Hub, shards: Sha
                 continue;
             }
         };
+        if let Some(search) = &search {
+            // Whatever was published while this node was not listening is in the log.
+            search.reconcile_soon();
+        }
         let mut stream = pubsub.into_on_message();
         while let Some(msg) = stream.next().await {
             if cluster.strong_count() == 0 {
                 return;
+            }
+            if msg.get_channel_name() == SEARCH_CHANNEL {
+                if let Some(search) = &search {
+                    match bus::decode_positions(msg.get_payload_bytes()) {
+                        Ok(at) => at
+                            .into_iter()
+                            .for_each(|(conv, seq)| search.seen(ConversationId(conv), seq)),
+                        Err(e) => tracing::warn!(error = %e, "cluster: bad search message"),
+                    }
+                }
+                continue;
             }
             match decode(msg.get_payload_bytes()) {
                 Ok(forwards) => {

@@ -10,7 +10,7 @@
 //! This file is the actor (queue, batching, load and commit); what a mutation may do and
 //! which event it commits are the pure functions of [`rules`].
 //!
-//! May import: `push` (told of commits), `session` (the hub, for fan-out), `store`,
+//! May import: `push` and `search` (told of commits), `session` (the hub, for fan-out), `store`,
 //! `clock`, `chat_first`. Must not import
 //! `cluster`, `api`, `conn` or `transport`.
 use std::collections::HashMap;
@@ -29,6 +29,7 @@ use rules::{apply, apply_to_message, create, live, not_member, Conv, Target};
 use crate::chat_first::ChatFirst;
 use crate::clock::now_ms;
 use crate::push::Push;
+use crate::search::Search;
 use crate::session::hub::Hub;
 use crate::store::{Commit, ConversationMeta, EncryptedDevice, MemberRecord, Page, Store, StoreError};
 
@@ -205,6 +206,7 @@ impl Shards {
         limits: MemberLimits,
         chat_first: Arc<ChatFirst>,
         push: Arc<Push>,
+        search: Option<Arc<Search>>,
     ) -> Self {
         let senders = (0..n.max(1))
             .map(|_| {
@@ -216,6 +218,7 @@ impl Shards {
                     convs: HashMap::new(),
                     chat_first: chat_first.clone(),
                     push: push.clone(),
+                    search: search.clone(),
                 };
                 tokio::spawn(shard.run(rx));
                 tx
@@ -301,6 +304,8 @@ struct Shard {
     chat_first: Arc<ChatFirst>,
     /// Told of every committed event (it decides who gets a notification).
     push: Arc<Push>,
+    /// Told of every committed event (it indexes them), if search is on.
+    search: Option<Arc<Search>>,
 }
 
 /// One accepted mutation waiting for the batch's commit.
@@ -437,6 +442,9 @@ impl Shard {
                     if let Some((i, recipients)) = p.fanout {
                         self.hub.publish(&recipients, events[i].clone());
                         self.push.committed(&events[i], &recipients);
+                        if let Some(search) = &self.search {
+                            search.committed(&events[i]);
+                        }
                     }
                 }
             }

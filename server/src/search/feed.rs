@@ -3,6 +3,8 @@
 //! conversation's events are applied in seq order and its position moves with them in the
 //! same commit, so re-running a catch-up after a crash adds nothing twice and misses
 //! nothing. Encrypted messages are never indexed here.
+use std::sync::Arc;
+
 use natter_protocol::pb::{self, conversation_event::Body};
 use natter_protocol::search::Has;
 use natter_protocol::{ConversationId, Seq, UserId};
@@ -24,18 +26,18 @@ pub enum FeedError {
     Index(#[from] SearchError),
 }
 
-/// What a message body says to the index: its text with the attachments' names, and what
-/// it has.
-fn content(body: &pb::MessageBody, text: &str) -> Option<(String, Vec<Has>)> {
+/// What a message body says to the index: its attachments' names, and what it has.
+fn content(body: &pb::MessageBody, text: &str) -> Option<(Vec<String>, Vec<Has>)> {
     if body.encrypted.is_some() {
         return None;
     }
-    let mut all = text.to_string();
+    let names: Vec<String> = body
+        .attachments
+        .iter()
+        .map(|a| a.name.clone())
+        .filter(|n| !n.is_empty())
+        .collect();
     let mut has = Vec::new();
-    for a in &body.attachments {
-        all.push('\n');
-        all.push_str(&a.name);
-    }
     if !body.attachments.is_empty() {
         has.push(Has::File);
     }
@@ -46,7 +48,7 @@ fn content(body: &pb::MessageBody, text: &str) -> Option<(String, Vec<Has>)> {
     if lower.contains("https://") || lower.contains("http://") {
         has.push(Has::Link);
     }
-    Some((all, has))
+    Some((names, has))
 }
 
 /// The index changes `ev` makes. An edit needs its message's first event (for the sender,
@@ -57,12 +59,13 @@ pub async fn ops_for(store: &dyn Store, ev: &pb::ConversationEvent) -> Result<Ve
         Some(Body::Message(m)) => {
             let Some(body) = &m.body else { return Ok(Vec::new()) };
             match content(body, &body.text) {
-                Some((text, has)) => vec![Op::Put(Doc {
+                Some((names, has)) => vec![Op::Put(Doc {
                     conversation: conv,
                     seq: ev.seq,
                     sender: UserId(ev.sender_user_id),
                     time_ms: ev.server_time_ms,
-                    text,
+                    text: body.text.clone(),
+                    names,
                     has,
                 })],
                 None => Vec::new(),
@@ -77,12 +80,13 @@ pub async fn ops_for(store: &dyn Store, ev: &pb::ConversationEvent) -> Result<Ve
                 _ => return Ok(Vec::new()),
             };
             match content(&body, &e.text) {
-                Some((text, has)) if !state.deleted => vec![Op::Put(Doc {
+                Some((names, has)) if !state.deleted => vec![Op::Put(Doc {
                     conversation: conv,
                     seq: e.target_seq,
                     sender: UserId(first.sender_user_id),
                     time_ms: first.server_time_ms,
-                    text,
+                    text: e.text.clone(),
+                    names,
                     has,
                 })],
                 _ => Vec::new(),
@@ -97,40 +101,55 @@ pub async fn ops_for(store: &dyn Store, ev: &pb::ConversationEvent) -> Result<Ve
     })
 }
 
+/// Apply `batch` off the async runtime (an index commit writes and syncs files).
+pub async fn apply<I: SearchIndex + ?Sized + 'static>(index: &Arc<I>, batch: Batch) -> Result<(), SearchError> {
+    let index = index.clone();
+    tokio::task::spawn_blocking(move || index.apply(&batch))
+        .await
+        .map_err(|e| SearchError::Index(format!("index task: {e}")))?
+}
+
 /// Bring `conv` from `indexed` (its position) up to the store's newest event; how many
-/// events were read.
-pub async fn catch_up(
+/// events were read, and the position it is left at.
+pub async fn catch_up<I: SearchIndex + ?Sized + 'static>(
     store: &dyn Store,
-    index: &dyn SearchIndex,
+    index: &Arc<I>,
     conv: ConversationId,
     mut indexed: u64,
-) -> Result<u64, FeedError> {
+) -> Result<(u64, u64), FeedError> {
     let mut read = 0;
     loop {
         let (events, more) = store.events(conv, Page::After(Seq(indexed)), PAGE).await?;
         let Some(last) = events.last().map(|e| e.seq) else {
-            return Ok(read);
+            return Ok((read, indexed));
         };
         let mut ops = Vec::new();
         for ev in &events {
             ops.extend(ops_for(store, ev).await?);
         }
         read += events.len() as u64;
-        index.apply(&Batch {
-            ops,
-            through: vec![(conv, last)],
-            cursor: None,
-        })?;
+        apply(
+            index,
+            Batch {
+                ops,
+                through: vec![(conv, last)],
+                cursor: None,
+            },
+        )
+        .await?;
         indexed = last;
         if !more {
-            return Ok(read);
+            return Ok((read, indexed));
         }
     }
 }
 
 /// Bring every conversation up to date: what a new, rebuilt or restarted index does
 /// before it follows the live feed. Returns (conversations caught up, events read).
-pub async fn reconcile(store: &dyn Store, index: &dyn SearchIndex) -> Result<(u64, u64), FeedError> {
+pub async fn reconcile<I: SearchIndex + ?Sized + 'static>(
+    store: &dyn Store,
+    index: &Arc<I>,
+) -> Result<(u64, u64), FeedError> {
     let positions: std::collections::HashMap<ConversationId, u64> = index.positions()?.into_iter().collect();
     let (mut convs, mut events) = (0, 0);
     let mut after = ConversationId(0);
@@ -142,7 +161,7 @@ pub async fn reconcile(store: &dyn Store, index: &dyn SearchIndex) -> Result<(u6
         for (conv, last) in page {
             let indexed = positions.get(&conv).copied().unwrap_or(0);
             if last.0 > indexed {
-                events += catch_up(store, index, conv, indexed).await?;
+                events += catch_up(store, index, conv, indexed).await?.0;
                 convs += 1;
             }
         }

@@ -16,8 +16,10 @@ use natter_protocol::search::{Has, Query};
 use natter_protocol::{ConversationId, UserId};
 
 pub mod feed;
+pub mod live;
 pub mod tantivy_index;
 
+pub use live::{LiveSettings, Search};
 pub use tantivy_index::TantivyIndex;
 
 /// One message as the index sees it.
@@ -28,9 +30,23 @@ pub struct Doc {
     pub sender: UserId,
     /// Commit time, ms since the epoch.
     pub time_ms: u64,
-    /// The text, with the attachments' file names appended.
+    /// The message's text (as last edited).
     pub text: String,
+    /// Its attachments' file names (found like the text).
+    pub names: Vec<String>,
     pub has: Vec<Has>,
+}
+
+impl Doc {
+    /// What is indexed: the text, then each name on a line of its own.
+    pub fn indexed_text(&self) -> String {
+        let mut all = self.text.clone();
+        for n in &self.names {
+            all.push('\n');
+            all.push_str(n);
+        }
+        all
+    }
 }
 
 /// A change to the index.
@@ -79,6 +95,10 @@ pub struct Hit {
     pub seq: u64,
     pub time_ms: u64,
     pub score: f32,
+    /// The message's text as indexed (as last edited).
+    pub text: String,
+    /// Its attachments' names.
+    pub names: Vec<String>,
 }
 
 /// A batch of changes and where they leave the index.

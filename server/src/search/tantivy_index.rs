@@ -41,6 +41,10 @@ struct Fields {
     time: Field,
     has: Field,
     text: Field,
+    /// The text as written, and the attachments' names (stored, not indexed): for
+    /// snippets.
+    body: Field,
+    names: Field,
 }
 
 fn schema() -> (Schema, Fields) {
@@ -59,6 +63,8 @@ fn schema() -> (Schema, Fields) {
         time: b.add_u64_field("time", INDEXED | STORED | FAST),
         has: b.add_text_field("has", STRING),
         text: b.add_text_field("text", text),
+        body: b.add_text_field("body", STORED),
+        names: b.add_text_field("names", STORED),
     };
     (b.build(), fields)
 }
@@ -95,7 +101,21 @@ impl TantivyIndex {
         std::fs::create_dir_all(dir).map_err(|e| SearchError::Index(format!("{}: {e}", dir.display())))?;
         let (schema, fields) = schema();
         let directory = tantivy::directory::MmapDirectory::open(dir).map_err(|e| SearchError::Index(e.to_string()))?;
-        let index = Index::open_or_create(directory, schema)?;
+        let index = match Index::open_or_create(directory.clone(), schema.clone()) {
+            Ok(index) => index,
+            // Made by a version with another schema: the index is a view of the log, so
+            // it is rebuilt (the feed reconciles from nothing).
+            Err(tantivy::TantivyError::SchemaError(e)) => {
+                tracing::warn!(error = %e, dir = %dir.display(), "search index has another schema; rebuilding it");
+                drop(directory);
+                std::fs::remove_dir_all(dir).map_err(|e| SearchError::Index(format!("{}: {e}", dir.display())))?;
+                std::fs::create_dir_all(dir).map_err(|e| SearchError::Index(format!("{}: {e}", dir.display())))?;
+                let directory =
+                    tantivy::directory::MmapDirectory::open(dir).map_err(|e| SearchError::Index(e.to_string()))?;
+                Index::create(directory, schema, tantivy::IndexSettings::default())?
+            }
+            Err(e) => return Err(e.into()),
+        };
         let writer = index.writer_with_num_threads(1, WRITER_BYTES)?;
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
         Ok(TantivyIndex {
@@ -115,10 +135,15 @@ impl TantivyIndex {
         doc.add_u64(f.seq, d.seq);
         doc.add_u64(f.sender, d.sender.0);
         doc.add_u64(f.time, d.time_ms);
+        doc.add_text(f.body, &d.text);
+        for n in &d.names {
+            doc.add_text(f.names, n);
+        }
+        let indexed = d.indexed_text();
         for h in &d.has {
             doc.add_text(f.has, has_name(*h));
         }
-        let tokens = terms(&d.text)
+        let tokens = terms(&indexed)
             .into_iter()
             .map(|t| Token {
                 offset_from: t.span.start,
@@ -128,13 +153,7 @@ impl TantivyIndex {
                 position_length: 1,
             })
             .collect();
-        doc.add_pre_tokenized_text(
-            f.text,
-            PreTokenizedString {
-                text: d.text.clone(),
-                tokens,
-            },
-        );
+        doc.add_pre_tokenized_text(f.text, PreTokenizedString { text: indexed, tokens });
         doc
     }
 
@@ -222,6 +241,15 @@ impl TantivyIndex {
             seq: u(self.fields.seq),
             time_ms: u(self.fields.time),
             score,
+            text: doc
+                .get_first(self.fields.body)
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_string(),
+            names: doc
+                .get_all(self.fields.names)
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
         })
     }
 }

@@ -12,6 +12,7 @@ fn doc(conv: u64, seq: u64, sender: u64, time_ms: u64, text: &str) -> Doc {
         sender: UserId(sender),
         time_ms,
         text: text.into(),
+        names: Vec::new(),
         has: Vec::new(),
     }
 }

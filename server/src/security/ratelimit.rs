@@ -30,6 +30,10 @@ pub struct RateConfig {
     pub typing_per_second_per_user: u32,
     /// Push registrations and removals per user per minute.
     pub push_changes_per_minute_per_user: u32,
+    /// Searches (messages, users, channels) per user per second.
+    pub searches_per_second_per_user: u32,
+    /// Searches a user may burst above the sustained rate.
+    pub search_burst_per_user: u32,
 }
 
 impl Default for RateConfig {
@@ -42,6 +46,8 @@ impl Default for RateConfig {
             send_burst_per_user: 200,
             typing_per_second_per_user: 5,
             push_changes_per_minute_per_user: 10,
+            searches_per_second_per_user: 10,
+            search_burst_per_user: 20,
         }
     }
 }
@@ -55,6 +61,7 @@ pub struct RateLimits {
     sends: DefaultKeyedRateLimiter<UserId>,
     typing: DefaultKeyedRateLimiter<UserId>,
     push: DefaultKeyedRateLimiter<UserId>,
+    search: DefaultKeyedRateLimiter<UserId>,
 }
 
 fn nz(n: u32) -> NonZeroU32 {
@@ -85,6 +92,9 @@ impl RateLimits {
             ),
             typing: DefaultKeyedRateLimiter::keyed(Quota::per_second(nz(c.typing_per_second_per_user))),
             push: DefaultKeyedRateLimiter::keyed(Quota::per_minute(nz(c.push_changes_per_minute_per_user))),
+            search: DefaultKeyedRateLimiter::keyed(
+                Quota::per_second(nz(c.searches_per_second_per_user)).allow_burst(nz(c.search_burst_per_user)),
+            ),
         }
     }
 
@@ -118,6 +128,11 @@ impl RateLimits {
         check(&self.push, &user, "push registration changes")
     }
 
+    /// A search (messages, users or channels) by `user`.
+    pub fn search(&self, user: UserId) -> Result<(), ServerError> {
+        check(&self.search, &user, "searches")
+    }
+
     /// Forget keys whose limits have fully recovered (bounds memory).
     pub fn retain_recent(&self) {
         self.login_user.retain_recent();
@@ -126,6 +141,7 @@ impl RateLimits {
         self.sends.retain_recent();
         self.typing.retain_recent();
         self.push.retain_recent();
+        self.search.retain_recent();
     }
 }
 

@@ -23,6 +23,8 @@ pub struct MemoryStore {
 struct State {
     next_id: u64,
     users: HashMap<String, UserRecord>,
+    /// Users left out of the directory.
+    unlisted: std::collections::HashSet<UserId>,
     devices: BTreeMap<(UserId, DeviceId), DeviceRecord>,
     tokens: HashMap<[u8; 32], (UserId, DeviceId)>,
     convs: HashMap<ConversationId, Conv>,
@@ -104,6 +106,31 @@ impl Store for MemoryStore {
 
     async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
         Ok(self.with(|s| s.users.get(username).cloned()))
+    }
+
+    async fn users_by_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<UserRecord>, StoreError> {
+        Ok(self.with(|s| {
+            let mut found: Vec<UserRecord> = s
+                .users
+                .values()
+                .filter(|u| u.username.starts_with(prefix) && !s.unlisted.contains(&u.id))
+                .cloned()
+                .collect();
+            found.sort_by(|a, b| a.username.cmp(&b.username));
+            found.truncate(limit);
+            found
+        }))
+    }
+
+    async fn set_unlisted(&self, user: UserId, unlisted: bool) -> Result<(), StoreError> {
+        self.with(|s| {
+            if unlisted {
+                s.unlisted.insert(user);
+            } else {
+                s.unlisted.remove(&user);
+            }
+        });
+        Ok(())
     }
 
     async fn create_device(
@@ -201,6 +228,24 @@ impl Store for MemoryStore {
 
     async fn channel_by_name(&self, name: &str) -> Result<Option<ConversationId>, StoreError> {
         Ok(self.with(|s| s.channels.get(name).copied()))
+    }
+
+    async fn channels_by_prefix(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, ConversationId)>, StoreError> {
+        Ok(self.with(|s| {
+            let mut found: Vec<(String, ConversationId)> = s
+                .channels
+                .iter()
+                .filter(|(n, _)| n.starts_with(prefix))
+                .map(|(n, c)| (n.clone(), *c))
+                .collect();
+            found.sort();
+            found.truncate(limit);
+            found
+        }))
     }
 
     async fn load_conversation(&self, id: ConversationId) -> Result<Option<ConversationRecord>, StoreError> {

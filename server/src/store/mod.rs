@@ -266,6 +266,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn create_user(&self, username: &str, password_hash: &str, now_ms: u64) -> Result<UserId, StoreError>;
     /// Look an account up by username.
     async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>, StoreError>;
+    /// Up to `limit` users whose username starts with `prefix`, in username order, without
+    /// those who asked not to be listed.
+    async fn users_by_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<UserRecord>, StoreError>;
+    /// Whether `user` is left out of [`Store::users_by_prefix`].
+    async fn set_unlisted(&self, user: UserId, unlisted: bool) -> Result<(), StoreError>;
     /// Create a device for a user with the hash of its access token.
     async fn create_device(
         &self,
@@ -298,6 +303,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn claim_channel_name(&self, name: &str, candidate: ConversationId) -> Result<ConversationId, StoreError>;
     /// The channel with this name, if any.
     async fn channel_by_name(&self, name: &str) -> Result<Option<ConversationId>, StoreError>;
+    /// Up to `limit` channel names starting with `prefix` and their conversations, in name
+    /// order (deleted channels included: the caller checks).
+    async fn channels_by_prefix(&self, prefix: &str, limit: usize)
+        -> Result<Vec<(String, ConversationId)>, StoreError>;
     /// A conversation with its members and last seq.
     async fn load_conversation(&self, id: ConversationId) -> Result<Option<ConversationRecord>, StoreError>;
     /// Up to `limit` conversations with ids above `after`, ascending, each with its last

@@ -234,6 +234,12 @@ return 1
 /// The push queue (PROTOCOL.md §13.4): one slot (`{push}`) on a cluster. A job's record is
 /// written once; what changes lives beside it: its seq, its attempts, and its due time as
 /// the score in the due set.
+/// The user directory: a sorted set of `<username>\0<id>` (scores 0, so by name).
+const UNAMES: &str = "n:unames";
+/// Users left out of the directory.
+const UNLISTED: &str = "n:unlisted";
+/// Channel names: a sorted set of `<name>\0<conversation id>`.
+const CHANNELS: &str = "n:channames";
 const PUSH_JOBS: &str = "n:{push}:jobs";
 const PUSH_DUE: &str = "n:{push}:due";
 const PUSH_SEQ: &str = "n:{push}:seq";
@@ -597,11 +603,69 @@ impl Store for RedisStore {
             .query(redis::cmd("SET").arg(format!("n:uname:{username}")).arg(id.0).arg("NX"))
             .await?;
         if claimed {
+            // The directory: member `<username>\0<id>`, scores 0, so names sort by bytes.
+            self.conn
+                .query::<()>(
+                    redis::cmd("ZADD")
+                        .arg(UNAMES)
+                        .arg(0)
+                        .arg(format!("{username}\0{}", id.0)),
+                )
+                .await?;
             self.replicated().await?;
             Ok(id)
         } else {
             Err(StoreError::UsernameTaken)
         }
+    }
+
+    async fn users_by_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<UserRecord>, StoreError> {
+        let mut out = Vec::new();
+        let mut from = format!("[{prefix}");
+        let to = format!("[{prefix}\u{10FFFF}");
+        // Pages past unlisted users until `limit` are found or the names run out.
+        loop {
+            let page: Vec<String> = self
+                .conn
+                .query(
+                    redis::cmd("ZRANGEBYLEX")
+                        .arg(UNAMES)
+                        .arg(&from)
+                        .arg(&to)
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(limit.max(16)),
+                )
+                .await?;
+            let Some(last) = page.last().cloned() else {
+                return Ok(out);
+            };
+            let ids: Vec<u64> = page
+                .iter()
+                .filter_map(|m| m.rsplit_once('\0').and_then(|(_, id)| id.parse().ok()))
+                .collect();
+            let hidden: Vec<bool> = self
+                .conn
+                .query(redis::cmd("SMISMEMBER").arg(UNLISTED).arg(&ids))
+                .await?;
+            for (id, hidden) in ids.iter().zip(hidden) {
+                if hidden {
+                    continue;
+                }
+                if let Some(u) = self.get_json::<UserRecord>(&uk(UserId(*id), "user")).await? {
+                    out.push(u);
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                }
+            }
+            from = format!("({last}");
+        }
+    }
+
+    async fn set_unlisted(&self, user: UserId, unlisted: bool) -> Result<(), StoreError> {
+        let cmd = if unlisted { "SADD" } else { "SREM" };
+        self.conn.query::<()>(redis::cmd(cmd).arg(UNLISTED).arg(user.0)).await
     }
 
     async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
@@ -712,7 +776,42 @@ impl Store for RedisStore {
     }
 
     async fn claim_channel_name(&self, name: &str, candidate: ConversationId) -> Result<ConversationId, StoreError> {
-        self.claim(format!("n:chan:{name}"), candidate).await
+        let owner = self.claim(format!("n:chan:{name}"), candidate).await?;
+        self.conn
+            .query::<()>(
+                redis::cmd("ZADD")
+                    .arg(CHANNELS)
+                    .arg(0)
+                    .arg(format!("{name}\0{}", owner.0)),
+            )
+            .await?;
+        Ok(owner)
+    }
+
+    async fn channels_by_prefix(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, ConversationId)>, StoreError> {
+        let page: Vec<String> = self
+            .conn
+            .query(
+                redis::cmd("ZRANGEBYLEX")
+                    .arg(CHANNELS)
+                    .arg(format!("[{prefix}"))
+                    .arg(format!("[{prefix}\u{10FFFF}"))
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit),
+            )
+            .await?;
+        Ok(page
+            .iter()
+            .filter_map(|m| {
+                let (name, id) = m.rsplit_once('\0')?;
+                Some((name.to_string(), ConversationId(id.parse().ok()?)))
+            })
+            .collect())
     }
 
     async fn channel_by_name(&self, name: &str) -> Result<Option<ConversationId>, StoreError> {

@@ -260,6 +260,33 @@ impl Store for SledStore {
             .transpose()
     }
 
+    async fn users_by_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<UserRecord>, StoreError> {
+        let view = self.view().await?;
+        let mut out = Vec::new();
+        for kv in view.prefix(&key(b"u/", &[prefix.as_bytes()]), false) {
+            let u: UserRecord = dec(&kv?.1)?;
+            if view.get(&key(b"ul/", &[&be(u.id.0)]))?.is_none() {
+                out.push(u);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn set_unlisted(&self, user: UserId, unlisted: bool) -> Result<(), StoreError> {
+        let k = key(b"ul/", &[&be(user.0)]);
+        self.write(true, move |h| {
+            if unlisted {
+                h.tree.insert(k, &[][..]).map_err(backend).map(drop)
+            } else {
+                h.tree.remove(k).map_err(backend).map(drop)
+            }
+        })
+        .await
+    }
+
     async fn create_device(
         &self,
         user: UserId,
@@ -347,6 +374,23 @@ impl Store for SledStore {
     async fn channel_by_name(&self, name: &str) -> Result<Option<ConversationId>, StoreError> {
         let v = self.view().await?.get(&key(b"ch/", &[name.as_bytes()]))?;
         v.map(|v| read_u64(&v).map(ConversationId)).transpose()
+    }
+
+    async fn channels_by_prefix(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, ConversationId)>, StoreError> {
+        self.view()
+            .await?
+            .prefix(&key(b"ch/", &[prefix.as_bytes()]), false)
+            .take(limit)
+            .map(|kv| {
+                let (k, v) = kv?;
+                let name = String::from_utf8_lossy(&k[3..]).into_owned();
+                Ok((name, ConversationId(read_u64(&v)?)))
+            })
+            .collect()
     }
 
     async fn load_conversation(&self, id: ConversationId) -> Result<Option<ConversationRecord>, StoreError> {

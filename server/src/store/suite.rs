@@ -44,7 +44,7 @@ macro_rules! store_suite {
             accounts presence_records devices conversation_records paging idempotency_keys
             read_and_delivered_cursors unread_counts message_state member_removal claims
             media_records media_quota shared_secrets key_records key_backups user_keys
-            push_records push_queue conversation_listing);
+            push_records push_queue conversation_listing directory);
     };
     (@each $make:expr; $($behaviour:ident)*) => {
         $(
@@ -157,6 +157,47 @@ pub(crate) async fn conversation_listing(store: &dyn Store) {
     assert_eq!(store.conversations_after(none, 1).await.unwrap(), vec![(c1, Seq(11))]);
     assert_eq!(store.conversations_after(c1, 10).await.unwrap(), vec![(c2, Seq(12))]);
     assert!(store.conversations_after(c2, 10).await.unwrap().is_empty());
+}
+
+pub(crate) async fn directory(store: &dyn Store) {
+    let names = |v: Vec<UserRecord>| v.into_iter().map(|u| u.username).collect::<Vec<_>>();
+    for n in ["anna", "ann", "annika", "bob", "an"] {
+        store.create_user(n, "h", 1).await.unwrap();
+    }
+    assert_eq!(
+        names(store.users_by_prefix("ann", 10).await.unwrap()),
+        ["ann", "anna", "annika"]
+    );
+    assert_eq!(names(store.users_by_prefix("an", 2).await.unwrap()), ["an", "ann"]);
+    assert!(store.users_by_prefix("z", 10).await.unwrap().is_empty());
+    let anna = store.user_by_name("anna").await.unwrap().unwrap().id;
+    store.set_unlisted(anna, true).await.unwrap();
+    assert_eq!(
+        names(store.users_by_prefix("an", 2).await.unwrap()),
+        ["an", "ann"],
+        "limit counts listed users only"
+    );
+    assert_eq!(
+        names(store.users_by_prefix("ann", 10).await.unwrap()),
+        ["ann", "annika"]
+    );
+    store.set_unlisted(anna, false).await.unwrap();
+    assert_eq!(names(store.users_by_prefix("anna", 10).await.unwrap()), ["anna"]);
+
+    let (c1, c2, c3) = (ConversationId(901), ConversationId(902), ConversationId(903));
+    assert_eq!(store.claim_channel_name("rust", c1).await.unwrap(), c1);
+    assert_eq!(store.claim_channel_name("rustaceans", c2).await.unwrap(), c2);
+    assert_eq!(store.claim_channel_name("go", c3).await.unwrap(), c3);
+    assert_eq!(store.claim_channel_name("rust", c3).await.unwrap(), c1, "taken");
+    assert_eq!(
+        store.channels_by_prefix("rust", 10).await.unwrap(),
+        vec![("rust".to_string(), c1), ("rustaceans".to_string(), c2)]
+    );
+    assert_eq!(store.channels_by_prefix("", 2).await.unwrap().len(), 2);
+    assert_eq!(
+        store.channels_by_prefix("", 10).await.unwrap()[0],
+        ("go".to_string(), c3)
+    );
 }
 
 pub(crate) async fn paging(store: &dyn Store) {

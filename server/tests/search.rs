@@ -1,0 +1,338 @@
+//! Search end to end (PROTOCOL.md §14): the real server with its tantivy index, clients
+//! over QUIC. What users type is found (file names, code tokens, URLs, accents, CJK),
+//! only in conversations the searcher is a member of at query time; edits and deletes are
+//! followed; pages neither repeat nor skip; bad input gets typed errors; people and
+//! channels are found by prefix; an index deleted or killed mid-way is rebuilt from the log.
+mod common;
+
+use common::*;
+use natter_protocol::pb;
+use natter_sdk::{ClientError, ConversationId};
+
+/// Search as `who` (all of their conversations, newest first, 100 hits).
+async fn find(who: &Device, q: &str) -> Vec<(u64, u64)> {
+    let r = who.client.search(query(q)).await.expect("search");
+    r.hits.iter().map(|h| (h.conversation_id, h.seq)).collect()
+}
+
+fn query(q: &str) -> pb::Search {
+    pb::Search {
+        query: q.into(),
+        limit: 100,
+        ..Default::default()
+    }
+}
+
+fn code(e: ClientError) -> pb::ErrorCode {
+    e.server_error().map(|e| e.code).unwrap_or(pb::ErrorCode::Unspecified)
+}
+
+/// Send `text` to `conv` as `who` and wait until the server has indexed it.
+async fn said(s: &natter_server::RunningServer, who: &Device, conv: ConversationId, text: &str) -> u64 {
+    let seq = who.client.send(conv, text).await.unwrap().seq.0;
+    indexed(s, conv, seq).await;
+    seq
+}
+
+async fn indexed(s: &natter_server::RunningServer, conv: ConversationId, seq: u64) {
+    tokio::time::timeout(DEADLINE, s.search_indexed_through(conv, seq))
+        .await
+        .expect("indexed before the deadline");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_users_type_is_found_only_where_they_are_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path()).await;
+    let (alice, bob, dm) = alice_and_bob(&s).await;
+    let carol = user(&s, "carol").await;
+    let group = ConversationId(
+        alice
+            .client
+            .create_group("launch", &["bob", "carol"])
+            .await
+            .unwrap()
+            .conversation_id,
+    );
+
+    let png = said(&s, &alice, dm, "the screenshot foo.png is ready").await;
+    let cpp = said(&s, &bob, dm, "we moved to C++20 modules").await;
+    let cafe = said(&s, &alice, dm, "Café CRÈME at noon?").await;
+    let link = said(&s, &alice, group, "launch plan at https://natter.dev/launch").await;
+    let cjk = said(&s, &carol, group, "我们明天开会").await;
+    let the = said(&s, &bob, group, "the the the").await;
+
+    // Words inside file names, code tokens, URLs; folding; CJK; no stop words.
+    assert_eq!(find(&bob, "foo").await, vec![(dm.0, png)]);
+    assert_eq!(find(&bob, "foo.png").await, vec![(dm.0, png)]);
+    assert_eq!(find(&bob, "C++20").await, vec![(dm.0, cpp)]);
+    assert_eq!(find(&bob, "creme cafe").await, vec![(dm.0, cafe)]);
+    assert_eq!(find(&bob, "natter.dev").await, vec![(group.0, link)]);
+    assert_eq!(find(&bob, "明天").await, vec![(group.0, cjk)]);
+    assert_eq!(
+        find(&bob, "the").await,
+        vec![(group.0, the), (dm.0, png)],
+        "newest first"
+    );
+    // Filters and exclusions.
+    assert_eq!(find(&bob, "has:link").await, vec![(group.0, link)]);
+    assert_eq!(find(&bob, "from:bob the").await, vec![(group.0, the)]);
+    assert_eq!(find(&bob, "in:launch the").await, vec![(group.0, the)]);
+    assert_eq!(
+        find(&bob, "in:alice the").await,
+        vec![(dm.0, png)],
+        "a DM by the other's name"
+    );
+    assert_eq!(find(&bob, "the -screenshot").await, vec![(group.0, the)]);
+    assert!(find(&bob, "from:nobody the").await.is_empty());
+    // Search as you type: the last word is a prefix.
+    let typed = pb::Search {
+        typing: true,
+        ..query("screensh")
+    };
+    assert_eq!(bob.client.search(typed).await.unwrap().hits.len(), 1);
+
+    // Only where the searcher is a member: carol is not in the DM.
+    assert!(find(&carol, "foo").await.is_empty());
+    let theirs = pb::Search {
+        conversation_ids: vec![dm.0],
+        ..query("foo")
+    };
+    assert_eq!(
+        code(carol.client.search(theirs).await.unwrap_err()),
+        pb::ErrorCode::NotMember
+    );
+
+    // A hit carries the message and a snippet with the match marked.
+    let r = bob.client.search(query("C++20")).await.unwrap();
+    let h = &r.hits[0];
+    let marked: Vec<(&str, bool)> = h.snippet.iter().map(|p| (p.text.as_str(), p.hit)).collect();
+    assert_eq!(
+        marked,
+        vec![("we moved to ", false), ("C++20", true), (" modules", false)]
+    );
+    let ev = h.event.as_ref().unwrap();
+    assert_eq!((ev.seq, ev.sender_username.as_str()), (cpp, "bob"));
+    assert_eq!(r.total, 1);
+    assert_eq!(r.index_lag_ms, 0, "nothing waits to be indexed");
+    assert!(r.next_cursor.is_empty());
+
+    // Edits replace the text; deletes remove the message.
+    let edit = bob
+        .client
+        .edit(dm, natter_sdk::Seq(cpp), "now on Rust 2024 editions")
+        .await
+        .unwrap();
+    indexed(&s, dm, edit.0).await;
+    assert!(find(&alice, "modules").await.is_empty(), "the old text is gone");
+    let r = alice.client.search(query("editions")).await.unwrap();
+    assert_eq!(r.hits.len(), 1);
+    match &r.hits[0].event.as_ref().unwrap().body {
+        Some(pb::conversation_event::Body::Message(m)) => {
+            assert_eq!(
+                m.body.as_ref().unwrap().text,
+                "now on Rust 2024 editions",
+                "as last edited"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    let del = alice.client.delete_message(dm, natter_sdk::Seq(cafe)).await.unwrap();
+    indexed(&s, dm, del.0).await;
+    assert!(find(&bob, "creme").await.is_empty(), "deleted");
+
+    // A member who leaves finds nothing there afterwards.
+    assert_eq!(find(&carol, "明天").await, vec![(group.0, cjk)]);
+    carol.client.leave(group).await.unwrap();
+    assert!(find(&carol, "明天").await.is_empty());
+    assert!(find(&carol, "launch").await.is_empty());
+
+    // Typed refusals.
+    assert_eq!(
+        code(bob.client.search(query("  ")).await.unwrap_err()),
+        pb::ErrorCode::BadRequest
+    );
+    assert_eq!(
+        code(bob.client.search(query("-only")).await.unwrap_err()),
+        pb::ErrorCode::BadRequest
+    );
+    let e = bob.client.search(query("has:video")).await.unwrap_err();
+    assert!(e.to_string().contains("video"), "{e}");
+    let big = pb::Search {
+        limit: 101,
+        ..query("the")
+    };
+    assert_eq!(
+        code(bob.client.search(big).await.unwrap_err()),
+        pb::ErrorCode::LimitExceeded
+    );
+    let forged = pb::Search {
+        cursor: "t12".into(),
+        ..query("the")
+    };
+    assert_eq!(
+        code(bob.client.search(forged).await.unwrap_err()),
+        pb::ErrorCode::BadRequest
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_neither_repeat_nor_skip_and_new_messages_do_not_shift_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path()).await;
+    let (alice, bob, dm) = alice_and_bob(&s).await;
+    let mut last = 0;
+    for i in 0..45 {
+        last = alice
+            .client
+            .send(dm, &format!("report number {i}"))
+            .await
+            .unwrap()
+            .seq
+            .0;
+    }
+    indexed(&s, dm, last).await;
+    let mut matching = 45;
+    let mut newest = last;
+    for order in [pb::SearchOrder::Recent, pb::SearchOrder::Relevant] {
+        // What exists when the walk starts is what it must find, each once.
+        let upto = newest;
+        let mut seen = Vec::new();
+        let mut cursor = String::new();
+        let mut pages = 0;
+        loop {
+            let r = bob
+                .client
+                .search(pb::Search {
+                    query: "report".into(),
+                    limit: 20,
+                    order: order as i32,
+                    cursor: cursor.clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            assert_eq!(r.total, matching, "every match counted");
+            seen.extend(r.hits.iter().map(|h| h.seq));
+            pages += 1;
+            if pages == 1 {
+                // Arriving between pages: not on the next pages of a newest-first walk.
+                let extra = alice.client.send(dm, "report late").await.unwrap().seq.0;
+                indexed(&s, dm, extra).await;
+                matching += 1;
+                newest = extra;
+            }
+            if r.next_cursor.is_empty() {
+                break;
+            }
+            cursor = r.next_cursor;
+        }
+        let mut sorted = seen.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), seen.len(), "{order:?}: a hit repeated: {seen:?}");
+        assert_eq!(pages, 3);
+        if order == pb::SearchOrder::Recent {
+            assert_eq!(seen, (2..=upto).rev().collect::<Vec<_>>(), "newest first, none skipped");
+        } else {
+            assert_eq!(sorted, (2..=upto).collect::<Vec<_>>(), "{order:?}: none skipped");
+        }
+    }
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn people_and_public_channels_are_found_by_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path()).await;
+    let anna = user(&s, "anna").await;
+    let annika = user(&s, "annika").await;
+    let _bob = user(&s, "bob").await;
+    let names = |v: Vec<pb::UserMatch>| v.into_iter().map(|u| u.username).collect::<Vec<_>>();
+    assert_eq!(
+        names(anna.client.search_users("ann", 0).await.unwrap()),
+        ["annika"],
+        "not oneself"
+    );
+    assert_eq!(
+        names(_bob.client.search_users("@ANN", 0).await.unwrap()),
+        ["anna", "annika"]
+    );
+    annika.client.set_unlisted(true).await.unwrap();
+    assert_eq!(names(_bob.client.search_users("ann", 0).await.unwrap()), ["anna"]);
+    annika.client.set_unlisted(false).await.unwrap();
+    assert_eq!(names(_bob.client.search_users("annik", 0).await.unwrap()), ["annika"]);
+    assert_eq!(
+        code(_bob.client.search_users("", 0).await.unwrap_err()),
+        pb::ErrorCode::BadRequest
+    );
+    assert_eq!(
+        code(_bob.client.search_users("a", 51).await.unwrap_err()),
+        pb::ErrorCode::LimitExceeded
+    );
+
+    let rust = anna.client.create_channel("rust").await.unwrap().conversation_id;
+    anna.client.create_channel("rustaceans").await.unwrap();
+    anna.client.create_channel("golang").await.unwrap();
+    annika.client.join_channel("rust").await.unwrap();
+    let found = _bob.client.search_channels("#Rust", 0).await.unwrap();
+    let got: Vec<(&str, u32, bool)> = found
+        .iter()
+        .map(|c| (c.name.as_str(), c.member_count, c.joined))
+        .collect();
+    assert_eq!(got, vec![("rust", 2, false), ("rustaceans", 1, false)]);
+    assert_eq!(found[0].conversation_id, rust);
+    let mine = annika.client.search_channels("rust", 1).await.unwrap();
+    assert!(mine[0].joined && mine.len() == 1);
+    assert_eq!(_bob.client.search_channels("", 0).await.unwrap().len(), 3);
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_searches_is_rate_limited_with_a_typed_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path()).await;
+    let (alice, ..) = alice_and_bob(&s).await;
+    let mut limited = 0;
+    for _ in 0..40 {
+        match alice.client.search(query("anything")).await {
+            Ok(_) => {}
+            Err(e) => {
+                assert_eq!(code(e), pb::ErrorCode::RateLimited);
+                limited += 1;
+            }
+        }
+    }
+    assert!(limited > 0, "40 searches at once pass a burst of 20");
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_index_is_rebuilt_from_the_log_with_the_same_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path()).await;
+    let addr = s.addr;
+    let (alice, bob, dm) = alice_and_bob(&s).await;
+    let mut last = 0;
+    for i in 0..30 {
+        last = alice
+            .client
+            .send(dm, &format!("archived note {i}"))
+            .await
+            .unwrap()
+            .seq
+            .0;
+    }
+    indexed(&s, dm, last).await;
+    let before = find(&bob, "archived").await;
+    assert_eq!(before.len(), 30);
+    drop((alice, bob));
+    s.shutdown().await;
+    std::fs::remove_dir_all(dir.path().join("search")).unwrap();
+    let s = restart(dir.path(), addr).await;
+    indexed(&s, dm, last).await;
+    let bob = device(s.addr, &s.fingerprint, "bob", false).await;
+    assert_eq!(find(&bob, "archived").await, before);
+    s.shutdown().await;
+}
