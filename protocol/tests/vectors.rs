@@ -112,6 +112,20 @@ fn vectors() -> Vec<(&'static str, &'static str, pb::Frame, bool)> {
             req(9, Op::Send(pb::SendMessage { conversation_id: 42, client_msg_id: "c11".into(), body: Some(pb::MessageBody { kind: pb::MessageKind::Image as i32, attachments: vec![pb::Attachment { media_id: "B".repeat(22), ..Default::default() }], ..Default::default() }) })), false),
         ("compressed_event", "Frame { compressed: zstd(ConversationEvent { conversation 42, seq 10, text \"natter \" x 4000 }) }",
             f(Kind::Event(message(42, 10, &"natter ".repeat(4000)))), true),
+        ("search", "Request 10: Search { query \"foo.png from:bob\", conversations [42], RELEVANT, limit 20, cursor \"o20.1700000000100\" }",
+            req(10, Op::Search(pb::Search { query: "foo.png from:bob".into(), conversation_ids: vec![42], order: pb::SearchOrder::Relevant as i32, limit: 20, cursor: "o20.1700000000100".into(), ..Default::default() })), false),
+        ("search_results", "Response 10: SearchResults { one hit (conversation 42, seq 8, score 1.5, snippet [\"see \", hit \"foo.png\"], event: message seq 8 \"see foo.png\"), no next cursor, total 1, index lag 0 }",
+            res(10, Res::Search(pb::SearchResults { hits: vec![pb::SearchHit { conversation_id: 42, seq: 8, score: 1.5, snippet: vec![pb::SnippetPart { text: "see ".into(), hit: false }, pb::SnippetPart { text: "foo.png".into(), hit: true }], event: Some(message(42, 8, "see foo.png")) }], next_cursor: String::new(), total: 1, index_lag_ms: 0, encrypted_conversation_ids: vec![] })), false),
+        ("search_users", "Request 11: SearchUsers { prefix \"ann\", limit 0 (20) }",
+            req(11, Op::SearchUsers(pb::SearchUsers { prefix: "ann".into(), limit: 0 })), false),
+        ("user_matches", "Response 11: UserMatches [anna (user 5)]",
+            res(11, Res::Users(pb::UserMatches { users: vec![pb::UserMatch { user_id: 5, username: "anna".into() }] })), false),
+        ("search_channels", "Request 12: SearchChannels { prefix \"rust\", limit 10 }",
+            req(12, Op::SearchChannels(pb::SearchChannels { prefix: "rust".into(), limit: 10 })), false),
+        ("channel_matches", "Response 12: ChannelMatches [rust (conversation 7, 2 members, joined)]",
+            res(12, Res::Channels(pb::ChannelMatches { channels: vec![pb::ChannelMatch { conversation_id: 7, name: "rust".into(), member_count: 2, joined: true }] })), false),
+        ("set_unlisted", "Request 13: SetUnlisted { unlisted: true }",
+            req(13, Op::SetUnlisted(pb::SetUnlisted { unlisted: true })), false),
     ]
 }
 
