@@ -739,6 +739,32 @@ impl NatterClient {
         run(async move { c.set_hide_last_seen(hide).await }).await
     }
 
+    /// One page of messages matching `query` in your conversations (PROTOCOL.md §14.3);
+    /// a query the server refuses is `BAD_REQUEST` naming why. Pass `next_cursor` back as
+    /// `cursor` for the next page.
+    pub async fn search(&self, query: SearchQuery) -> Result<SearchResults, NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.search(query.into()).await }).await
+    }
+
+    /// Users whose username starts with `prefix` (except those unlisted, and you).
+    pub async fn search_users(&self, prefix: String, limit: u32) -> Result<Vec<UserMatch>, NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.search_users(&prefix, limit).await.map(list) }).await
+    }
+
+    /// Public channels whose name starts with `prefix` (empty: all, by name).
+    pub async fn search_channels(&self, prefix: String, limit: u32) -> Result<Vec<ChannelMatch>, NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.search_channels(&prefix, limit).await.map(list) }).await
+    }
+
+    /// Leave yourself out of other users' `search_users` (or list yourself again).
+    pub async fn set_unlisted(&self, unlisted: bool) -> Result<(), NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.set_unlisted(unlisted).await }).await
+    }
+
     /// Round trip to the server; returns its clock (ms since the epoch).
     pub async fn ping(&self) -> Result<u64, NatterError> {
         let c = self.inner.clone();

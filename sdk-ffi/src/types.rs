@@ -6,6 +6,9 @@
 use natter_sdk::{ConversationId, Seq};
 
 pub use natter_protocol::client::model::{
+    ChannelMatch, SearchHit, SearchOrder, SearchQuery, SearchResults, SnippetPart, UserMatch,
+};
+pub use natter_protocol::client::model::{
     Conversation, ConversationEvent, ConversationKind, Device, ErrorCode, ErrorInfo, EventBody, HistoryPage, MediaInfo,
     MediaVariant, Member, MemberReceipt, Message, NatterEvent, PendingUpload, Presence, PresenceState, Reaction, Role,
     SendAck,

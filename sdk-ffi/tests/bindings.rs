@@ -87,8 +87,8 @@ struct Outcome {
     output: String,
 }
 
-/// Run a test program against `server`, serving its "@cut <user id>" requests, and
-/// collect its output.
+/// Run a test program against `server`, serving its "@cut <user id>" and "@indexed
+/// <conversation> <seq>" requests, and collect its output.
 async fn run_program(
     mut cmd: tokio::process::Command,
     server: &RunningServer,
@@ -118,6 +118,13 @@ async fn run_program(
                     Some(("cut", id)) => {
                         let user = natter_sdk::UserId(id.trim().parse().expect("a user id"));
                         assert!(server.disconnect_user(user) > 0, "user {id} had no connection to cut");
+                        "ok\n"
+                    }
+                    // "@indexed <conversation> <seq>": answered once search finds it.
+                    Some(("indexed", at)) => {
+                        let (conv, seq) = at.trim().split_once(' ').expect("conversation and seq");
+                        let conv = natter_sdk::ConversationId(conv.parse().expect("a conversation id"));
+                        server.search_indexed_through(conv, seq.parse().expect("a seq")).await;
                         "ok\n"
                     }
                     _ => "unknown request\n",

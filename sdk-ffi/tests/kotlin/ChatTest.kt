@@ -210,6 +210,21 @@ suspend fun scenario() {
         alice.edit(dm, reply.seq, "not mine")
     }
 
+    // Search: the edited text is found, with the match marked; the directory finds bob.
+    harness("indexed $dm $editSeq")
+    val found = alice.search(SearchQuery(query = "alice!", order = SearchOrder.RECENT))
+    check(found.hits.map { it.conversationId to it.seq } == listOf(dm to reply.seq)) { "search finds the edit: $found" }
+    check(found.hits[0].snippet.any { it.hit && it.text == "alice" }) { "the match is marked: ${found.hits[0]}" }
+    check((found.hits[0].event?.body as EventBody.Message).text == "hi alice!") { "the hit's message as last edited" }
+    expectError<NatterException.Server>("an unknown has: value", ErrorCode.BAD_REQUEST) {
+        alice.search(SearchQuery(query = "has:video", order = SearchOrder.RELEVANT))
+    }
+    val users = alice.searchUsers(bobName.dropLast(1), 0u)
+    check(users.map { it.username } == listOf(bobName)) { "bob found by prefix: $users" }
+    bob.setUnlisted(true)
+    check(alice.searchUsers(bobName, 0u).isEmpty()) { "an unlisted user is not found" }
+    bob.setUnlisted(false)
+
     // A dropped connection: alice is cut off by the server while both keep sending; she
     // resumes, her queued sends go out once, and both see every message once, in order.
     val mark = aEvents.mark()

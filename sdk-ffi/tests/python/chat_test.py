@@ -218,6 +218,24 @@ async def main():
     await expect_error(n.NatterError.Server, alice.edit(dm, reply.seq, "not mine"),
                        "editing someone else's message", m.ErrorCode.FORBIDDEN)
 
+    # Search: the edited text is found, with the match marked; the directory finds bob.
+    await harness(f"indexed {dm} {edit_seq}")
+    found = await alice.search(m.SearchQuery(query="alice!", conversation_ids=[], from_user_ids=[], after_ms=0,
+                                             before_ms=0, order=m.SearchOrder.RECENT, limit=0, cursor="",
+                                             typing=False))
+    check([(h.conversation_id, h.seq) for h in found.hits] == [(dm, reply.seq)], f"search finds the edit: {found}")
+    check(any(p.hit and p.text == "alice" for p in found.hits[0].snippet), f"the match is marked: {found.hits[0]}")
+    check(found.hits[0].event.body.text == "hi alice!", "the hit's message as last edited")
+    await expect_error(n.NatterError.Server, alice.search(m.SearchQuery(
+        query="has:video", conversation_ids=[], from_user_ids=[], after_ms=0, before_ms=0,
+        order=m.SearchOrder.RELEVANT, limit=0, cursor="", typing=False)), "an unknown has: value",
+        m.ErrorCode.BAD_REQUEST)
+    users = await alice.search_users(bob_name[:-1], 0)
+    check([u.username for u in users] == [bob_name], f"bob found by prefix: {users}")
+    await bob.set_unlisted(True)
+    check(await alice.search_users(bob_name, 0) == [], "an unlisted user is not found")
+    await bob.set_unlisted(False)
+
     # A dropped connection: alice is cut off by the server while both keep sending; she
     # resumes, her queued sends go out once, and both see every message once, in order.
     mark = a_events.mark()

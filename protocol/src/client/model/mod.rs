@@ -22,6 +22,7 @@ pub use push::{
     ConversationNotify, NotifyLevel, NotifySettings, PushNotification, PushProvider, PushRegistration,
     PushRegistrations,
 };
+pub use search::{ChannelMatch, SearchHit, SearchOrder, SearchQuery, SearchResults, SnippetPart, UserMatch};
 
 use crate::client::SendAck as CoreSendAck;
 use crate::error::ServerError;
@@ -598,3 +599,4 @@ impl From<&MessageView> for Message {
 
 mod media;
 mod push;
+mod search;
