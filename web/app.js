@@ -8,6 +8,7 @@ import init, { NatterClient, Timeline } from "./pkg/index.js";
 import { renderAttachments, sendFiles } from "./media.js";
 import { forgetStoreKey, onVerification, renderDevices, storeKey, wireBackup } from "./e2ee.js";
 import { el } from "./dom.js";
+import { wireSearch } from "./search.js";
 import { enableNotifications, notifyHidden, pushRemoved, startNotifications, wireNotifyLevel } from "./notify.js";
 
 const KIND = { DIRECT: "direct", GROUP: "group", CHANNEL: "channel" };
@@ -251,7 +252,7 @@ function renderMessages() {
     // Sent before this device was added to the conversation: only keys from elsewhere open it.
     const before = m.undecryptable && c.readableFrom != null && m.seq < c.readableFrom;
     if (before) m.text = "🔒 Sent before this device joined: restore your key backup, or verify another device of yours, to read it.";
-    return el("li", { class: `msg${mine ? " mine" : ""}${m.deleted ? " deleted" : ""}${m.undecryptable ? " undecryptable" : ""}`, "data-seq": String(m.seq), "data-before-device": before ? "true" : undefined },
+    return el("li", { class: `msg${mine ? " mine" : ""}${m.deleted ? " deleted" : ""}${m.undecryptable ? " undecryptable" : ""}${c.found === m.seq ? " found" : ""}`, "data-seq": String(m.seq), "data-before-device": before ? "true" : undefined },
       !mine && c.summary.kind !== KIND.DIRECT ? el("div", { class: "who" }, m.who) : null,
       m.text || !m.attachments?.length ? el("div", { class: "text" }, m.text) : null,
       m.attachments?.length ? (m.attachmentsEl ??= renderAttachments(state.client, m.attachments)) : null,
@@ -305,6 +306,21 @@ async function openConversation(id) {
   renderTyping();
   markReadIfVisible();
   $("text").focus();
+}
+
+// Open a conversation at one of its messages (a search hit): older pages are loaded until
+// it is drawn, then it is scrolled to and marked.
+async function openAt(id, seq) {
+  await openConversation(id);
+  const c = conv(id);
+  while (!c.messages.has(seq) && c.oldest != null && c.oldest > seq) {
+    const before = c.oldest;
+    await loadOlder(false);
+    if (c.oldest === before) break;
+  }
+  c.found = seq;
+  renderMessages();
+  document.querySelector(`#message-list li[data-seq='${seq}']`)?.scrollIntoView({ block: "center" });
 }
 
 async function loadOlder(latest = false) {
@@ -400,6 +416,7 @@ function wire() {
   }; };
   action("new-dm", () => state.client.direct($("dm-user").value.trim(), { encrypted: $("dm-encrypted").checked }));
   $("notify-btn").onclick = () => enableNotifications(state.client);
+  wireSearch(state.client, { title: (id) => title(conv(id)), open: openAt });
   $("devices-btn").onclick = () => ($("devices").hidden ? showDevices() : ($("devices").hidden = true));
   action("new-group", () => state.client.createGroup($("group-name").value.trim(),
     $("group-members").value.split(",").map((s) => s.trim()).filter(Boolean)));

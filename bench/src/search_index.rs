@@ -176,6 +176,7 @@ pub fn search_index(o: &SearchIndexOpts) -> anyhow::Result<serde_json::Value> {
                 senders: Vec::new(),
                 after_ms: None,
                 before_ms: None,
+                below: None,
                 order: Order::Recent,
                 offset: 0,
                 limit: 20,

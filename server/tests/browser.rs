@@ -10,6 +10,8 @@ mod e2ee;
 mod media;
 #[path = "browser/push.rs"]
 mod push;
+#[path = "browser/search.rs"]
+mod search;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

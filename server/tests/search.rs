@@ -8,6 +8,7 @@ mod common;
 use common::*;
 use natter_protocol::pb;
 use natter_sdk::{ClientError, ConversationId};
+use serde_json::json;
 
 /// Search as `who` (all of their conversations, newest first, 100 hits).
 async fn find(who: &Device, q: &str) -> Vec<(u64, u64)> {
@@ -167,7 +168,7 @@ async fn what_users_type_is_found_only_where_they_are_members() {
         pb::ErrorCode::LimitExceeded
     );
     let forged = pb::Search {
-        cursor: "t12".into(),
+        cursor: "t12.x".into(),
         ..query("the")
     };
     assert_eq!(
@@ -334,5 +335,51 @@ async fn a_deleted_index_is_rebuilt_from_the_log_with_the_same_answers() {
     indexed(&s, dm, last).await;
     let bob = device(s.addr, &s.fingerprint, "bob", false).await;
     assert_eq!(find(&bob, "archived").await, before);
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_searches_pages_and_finds_people_and_channels() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path()).await;
+    let (a, b) = (dir.path().join("alice"), dir.path().join("bob"));
+    cli_user(&a, &s, "alice").await;
+    cli_user(&b, &s, "bob").await;
+    let dm = cli(&a, &["dm", "bob"]).await[0]["conversationId"].as_u64().unwrap();
+    let dm_s = dm.to_string();
+    let mut last = 0;
+    for i in 0..3 {
+        last = cli(&a, &["send", &dm_s, "deploy", "step", &i.to_string()]).await[0]["seq"]
+            .as_u64()
+            .unwrap();
+    }
+    indexed(&s, ConversationId(dm), last).await;
+    let out = cli(&b, &["search", "deploy", "--limit", "2"]).await;
+    assert_eq!(out.len(), 3, "two hits and the closing line: {out:?}");
+    assert_eq!(out[0]["seq"], last, "newest first");
+    assert_eq!(out[0]["snippet"][0], json!({"text": "deploy", "hit": true}));
+    assert_eq!(out[2]["total"], 3);
+    let cursor = out[2]["nextCursor"].as_str().unwrap().to_string();
+    assert!(!cursor.is_empty());
+    let next = cli(&b, &["search", "deploy", "--limit", "2", "--cursor", &cursor]).await;
+    assert_eq!(next.len(), 2, "the last hit and the closing line: {next:?}");
+    assert_eq!(next[0]["seq"], last - 2);
+    assert_eq!(next[1]["nextCursor"], "");
+    let refused = cli_fails(&b, &["search", "has:video"]).await;
+    assert!(
+        refused.contains("BAD_REQUEST") || refused.contains("video"),
+        "{refused}"
+    );
+
+    let found = cli(&b, &["find-users", "al"]).await;
+    assert_eq!(found, vec![json!({"userId": found[0]["userId"], "username": "alice"})]);
+    cli(&a, &["unlisted"]).await;
+    assert!(cli(&b, &["find-users", "al"]).await.is_empty(), "unlisted");
+    cli(&a, &["channel", "ops"]).await;
+    let chans = cli(&b, &["find-channels", "op"]).await;
+    assert_eq!(
+        (chans[0]["name"].as_str(), chans[0]["joined"].as_bool()),
+        (Some("ops"), Some(false))
+    );
     s.shutdown().await;
 }

@@ -10,7 +10,7 @@ use natter_protocol::{ConversationId, Seq, ServerError, UserId};
 
 use super::{bad, Ctx};
 use crate::conversation::Actor;
-use crate::search::{Hit, Order, Request};
+use crate::search::{recency, Hit, Order, Request};
 
 /// Hits per page unless asked.
 const DEFAULT_LIMIT: u32 = 20;
@@ -29,12 +29,9 @@ const MS_PER_DAY: u64 = 86_400_000;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Cursor {
     Start,
-    /// Newest first: hits older than `before_ms`, after skipping `skip` at `before_ms - 1`
-    /// already returned.
-    Below {
-        before_ms: u64,
-        skip: usize,
-    },
+    /// Newest first: hits below this [`recency`] (the last hit's, so nothing repeats and
+    /// messages arriving meanwhile do not shift the pages).
+    Below(u64),
     /// By relevance: hits from `offset` on among those committed before `as_of_ms` (when
     /// the first page was made, so newer messages do not shift the pages).
     Offset {
@@ -50,13 +47,7 @@ impl Cursor {
             return Ok(Cursor::Start);
         }
         match (order, s.split_at_checked(1)) {
-            (Order::Recent, Some(("t", rest))) => {
-                let (t, k) = rest.split_once('.').ok_or_else(refused)?;
-                Ok(Cursor::Below {
-                    before_ms: t.parse().map_err(|_| refused())?,
-                    skip: k.parse().map_err(|_| refused())?,
-                })
-            }
+            (Order::Recent, Some(("t", rest))) => Ok(Cursor::Below(rest.parse().map_err(|_| refused())?)),
             (Order::Relevant, Some(("o", rest))) => {
                 let (o, t) = rest.split_once('.').ok_or_else(refused)?;
                 Ok(Cursor::Offset {
@@ -71,7 +62,7 @@ impl Cursor {
     fn encode(self) -> String {
         match self {
             Cursor::Start => String::new(),
-            Cursor::Below { before_ms, skip } => format!("t{before_ms}.{skip}"),
+            Cursor::Below(key) => format!("t{key}"),
             Cursor::Offset { offset, as_of_ms } => format!("o{offset}.{as_of_ms}"),
         }
     }
@@ -111,13 +102,14 @@ pub(super) async fn messages(ctx: &Ctx, actor: &Actor, r: pb::Search) -> Result<
             None => nobody = true,
         }
     }
-    let (after_ms, mut before_ms) = bounds(&r, &query);
+    let (after_ms, before_ms) = bounds(&r, &query);
     let mut req = Request {
         query,
         conversations,
         senders,
         after_ms,
         before_ms,
+        below: None,
         order,
         offset: 0,
         limit: limit + 1,
@@ -131,17 +123,14 @@ pub(super) async fn messages(ctx: &Ctx, actor: &Actor, r: pb::Search) -> Result<
             req.offset = offset;
             req.before_ms = Some(before_ms.map_or(as_of_ms, |x| x.min(as_of_ms)));
         }
-        Cursor::Below { before_ms: b, skip } => {
-            before_ms = Some(before_ms.map_or(b, |x| x.min(b)));
-            req.before_ms = before_ms;
-            req.offset = skip;
-        }
+        Cursor::Below(key) => req.below = Some(key),
     }
     let (mut found, mut total) = search.search(req.clone()).await.map_err(internal)?;
     if cursor != Cursor::Start {
         // The total counts every match, not only those below the page.
         let all = Request {
-            before_ms: bounds(&r, &req.query).1,
+            before_ms,
+            below: None,
             offset: 0,
             limit: 1,
             ..req.clone()
@@ -162,19 +151,7 @@ pub(super) async fn messages(ctx: &Ctx, actor: &Actor, r: pb::Search) -> Result<
                 offset: limit,
                 as_of_ms: started_ms,
             },
-            (Order::Recent, _) => {
-                let last = found.last().map_or(0, |h| h.time_ms);
-                // Hits at the last hit's millisecond already returned, to skip next time.
-                let same = found.iter().filter(|h| h.time_ms == last).count();
-                let skip = match cursor {
-                    Cursor::Below { before_ms: b, skip } if b == last + 1 => skip + same,
-                    _ => same,
-                };
-                Cursor::Below {
-                    before_ms: last + 1,
-                    skip,
-                }
-            }
+            (Order::Recent, _) => Cursor::Below(found.last().map_or(0, |h| recency(h.time_ms, h.seq))),
         }
     };
     let mut hits = Vec::with_capacity(found.len());
@@ -373,7 +350,7 @@ mod tests {
     #[test]
     fn cursors_round_trip_and_foreign_ones_are_refused() {
         for (c, o) in [
-            (Cursor::Below { before_ms: 17, skip: 2 }, Order::Recent),
+            (Cursor::Below(17 << 20), Order::Recent),
             (
                 Cursor::Offset {
                     offset: 40,
@@ -385,7 +362,7 @@ mod tests {
             assert_eq!(Cursor::parse(&c.encode(), o).unwrap(), c);
         }
         assert_eq!(Cursor::parse("", Order::Recent).unwrap(), Cursor::Start);
-        for bad in ["x", "t5", "tq.1", "o40", "o4.x", "é"] {
+        for bad in ["x", "t5.1", "tq", "o40", "o4.x", "é"] {
             let e = Cursor::parse(bad, Order::Recent).unwrap_err();
             assert_eq!(e.code, ErrorCode::BadRequest, "{bad}");
         }

@@ -83,6 +83,7 @@ fn found(ix: &TantivyIndex, q: &str, convs: &[ConversationId]) -> Vec<(u64, u64)
         senders: Vec::new(),
         after_ms: None,
         before_ms: None,
+        below: None,
         order: Order::Recent,
         offset: 0,
         limit: 2_000,

@@ -81,6 +81,7 @@ async fn found(search: &Search, q: &str, conv: ConversationId) -> Vec<u64> {
         senders: vec![],
         after_ms: None,
         before_ms: None,
+        below: None,
         order: Order::Recent,
         offset: 0,
         limit: 100,

@@ -83,9 +83,17 @@ pub struct Request {
     /// Only messages committed in `[after_ms, before_ms)`.
     pub after_ms: Option<u64>,
     pub before_ms: Option<u64>,
+    /// Only messages whose [`recency`] is below this (the next page of a newest-first walk).
+    pub below: Option<u64>,
     pub order: Order,
     pub offset: usize,
     pub limit: usize,
+}
+
+/// Where a message stands in newest-first order: its commit time, then its seq (messages
+/// of one conversation committed in the same millisecond keep their order).
+pub fn recency(time_ms: u64, seq: u64) -> u64 {
+    (time_ms << 20) | (seq & 0xF_FFFF)
 }
 
 /// One hit.

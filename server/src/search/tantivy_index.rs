@@ -39,6 +39,8 @@ struct Fields {
     seq: Field,
     sender: Field,
     time: Field,
+    /// [`super::recency`]: the newest-first order and its page boundaries.
+    recency: Field,
     has: Field,
     text: Field,
     /// The text as written, and the attachments' names (stored, not indexed): for
@@ -61,6 +63,7 @@ fn schema() -> (Schema, Fields) {
         seq: b.add_u64_field("seq", STORED | FAST),
         sender: b.add_u64_field("sender", INDEXED),
         time: b.add_u64_field("time", INDEXED | STORED | FAST),
+        recency: b.add_u64_field("recency", INDEXED | FAST),
         has: b.add_text_field("has", STRING),
         text: b.add_text_field("text", text),
         body: b.add_text_field("body", STORED),
@@ -135,6 +138,7 @@ impl TantivyIndex {
         doc.add_u64(f.seq, d.seq);
         doc.add_u64(f.sender, d.sender.0);
         doc.add_u64(f.time, d.time_ms);
+        doc.add_u64(f.recency, super::recency(d.time_ms, d.seq));
         doc.add_text(f.body, &d.text);
         for n in &d.names {
             doc.add_text(f.names, n);
@@ -211,6 +215,15 @@ impl TantivyIndex {
                 .before_ms
                 .map_or(Bound::Unbounded, |t| Bound::Excluded(Term::from_field_u64(f.time, t)));
             clauses.push((Occur::Must, Box::new(RangeQuery::new(lower, upper))));
+        }
+        if let Some(below) = req.below {
+            clauses.push((
+                Occur::Must,
+                Box::new(RangeQuery::new(
+                    Bound::Unbounded,
+                    Bound::Excluded(Term::from_field_u64(f.recency, below)),
+                )),
+            ));
         }
         for h in &req.query.has {
             clauses.push((
@@ -329,8 +342,10 @@ impl SearchIndex for TantivyIndex {
         let top = TopDocs::with_limit(req.limit).and_offset(req.offset);
         let hits = match req.order {
             Order::Recent => {
-                let (docs, total) =
-                    searcher.search(&query, &(top.order_by_fast_field::<u64>("time", TOrder::Desc), Count))?;
+                let (docs, total) = searcher.search(
+                    &query,
+                    &(top.order_by_fast_field::<u64>("recency", TOrder::Desc), Count),
+                )?;
                 let hits = docs
                     .into_iter()
                     .map(|(_, addr)| self.hit(&searcher, addr, 0.0))

@@ -32,6 +32,7 @@ fn request(q: &str, convs: &[u64]) -> Request {
         senders: Vec::new(),
         after_ms: None,
         before_ms: None,
+        below: None,
         order: Order::Recent,
         offset: 0,
         limit: 20,

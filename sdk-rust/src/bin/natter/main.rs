@@ -14,6 +14,7 @@ use natter_sdk::{
 use serde::{Deserialize, Serialize};
 
 mod push;
+mod search;
 use serde_json::{json, Value};
 
 #[derive(Debug, Parser)]
@@ -86,6 +87,27 @@ enum Cmd {
     Push(push::PushCmd),
     /// Show or change which messages notify: level, mutes, do-not-disturb hours.
     NotifySettings(push::NotifyArgs),
+    /// Search messages in your conversations (one JSON line per hit, then the page's
+    /// cursor, total and index lag).
+    Search(search::SearchArgs),
+    /// Find users by username prefix.
+    FindUsers {
+        prefix: String,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Find public channels by name prefix ("" lists them).
+    FindChannels {
+        #[arg(default_value = "")]
+        prefix: String,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Leave yourself out of others' find-users (--off lists you again).
+    Unlisted {
+        #[arg(long)]
+        off: bool,
+    },
     /// Groups: create, add, remove, leave, rename.
     #[command(subcommand)]
     Group(GroupCmd),
@@ -554,6 +576,13 @@ async fn command(
         }
         Cmd::Push(p) => push::online(p, client).await?,
         Cmd::NotifySettings(a) => push::notify_settings(a, client).await?,
+        Cmd::Search(a) => search::search(a, client).await?,
+        Cmd::FindUsers { prefix, limit } => search::users(&prefix, limit, client).await?,
+        Cmd::FindChannels { prefix, limit } => search::channels(&prefix, limit, client).await?,
+        Cmd::Unlisted { off } => {
+            client.set_unlisted(!off).await?;
+            print(json!({"unlisted": !off}));
+        }
         Cmd::Backup(BackupCmd::Enable) => {
             let recovery_key = client.enable_backup().await?;
             print(json!({ "recoveryKey": recovery_key }));
