@@ -108,7 +108,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     let chat_first = crate::chat_first::ChatFirst::new(config.chat_first());
     let push = crate::push::Push::new(store.clone(), hub.clone(), config.push())?;
     let search = if config.search_enabled {
-        let dir = config.data_dir.join("search");
+        let dir = config.search_dir();
         let index = crate::search::TantivyIndex::open(&dir)
             .with_context(|| format!("opening the search index in {}", dir.display()))?;
         Some(crate::search::Search::new(

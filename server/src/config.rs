@@ -144,9 +144,11 @@ pub struct Config {
     /// `[email]`: digests of unread messages for users who stay offline (PROTOCOL.md
     /// §13.6). Unset: no email.
     pub email: Option<EmailConfig>,
-    /// Full-text search of conversations the server can read (PROTOCOL.md §14), with an
-    /// index under `<data_dir>/search`. Default on.
+    /// Full-text search of conversations the server can read (PROTOCOL.md §14). Default on.
     pub search_enabled: bool,
+    /// Where this node's search index lives. Unset: `<data_dir>/search`, and with Redis
+    /// `<data_dir>/search/<node_id>` (every node keeps an index of its own).
+    pub search_dir: Option<PathBuf>,
     /// How long committed messages gather before one index commit. Default 250.
     pub search_commit_ms: u64,
     /// How often the index compares every conversation with the log (with several nodes,
@@ -251,6 +253,7 @@ impl Default for Config {
             fcm: None,
             email: None,
             search_enabled: true,
+            search_dir: None,
             search_commit_ms: 250,
             search_reconcile_secs: 300,
             media_quota_bytes: limits::MEDIA_QUOTA_BYTES,
@@ -351,6 +354,16 @@ impl Config {
             fcm: self.fcm.clone(),
             email: self.email.clone(),
             ..crate::push::PushSettings::default()
+        }
+    }
+
+    /// This node's search index directory.
+    pub fn search_dir(&self) -> PathBuf {
+        match (&self.search_dir, self.storage) {
+            (Some(d), _) => d.clone(),
+            (None, Storage::Redis) if !self.node_id.is_empty() => self.data_dir.join("search").join(&self.node_id),
+            (None, Storage::Redis) => self.data_dir.join("search").join("node"),
+            (None, _) => self.data_dir.join("search"),
         }
     }
 
