@@ -39,6 +39,11 @@ for a in "$@"; do
     { echo "push_allow_loopback_endpoints = true"; cat bench/server.toml; } > "$config"
   fi
 done
+# SEARCH=off: the same server without its search index (to measure what indexing costs).
+if [[ "${SEARCH:-on}" == off ]]; then
+  { echo "search_enabled = false"; cat "$config"; } > target/bench-nosearch.toml
+  config=target/bench-nosearch.toml
+fi
 taskset -c 0 target/release/natter-server --config "$config" \
   "${web[@]}" --webtransport-listen off "${storage[@]}" > "$out" &
 server=$!

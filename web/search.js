@@ -1,6 +1,7 @@
 // Search in the web chat (PROTOCOL.md §14): the box above the conversations searches
 // messages as you type (the last word a prefix) and lists hits with their matches
-// marked; a hit opens its conversation at that message. The "Message a user…" and
+// marked (encrypted conversations' hits come from this browser's own index); a hit opens
+// its conversation at that message. The "Message a user…" and
 // "#channel" inputs suggest names from the directory. Everything goes through natter-wasm's
 // search, searchUsers and searchChannels.
 import { el } from "./dom.js";
@@ -45,8 +46,9 @@ function render(r, { title, open }) {
   list.hidden = false;
   const more = r.total > r.hits.length ? ` (${r.total} in all)` : "";
   const lag = r.indexLagMs > 1000 ? " · the index is catching up" : "";
-  const sealed = r.encryptedConversationIds.length
-    ? ` · ${r.encryptedConversationIds.length} encrypted conversation(s) are not searched on the server` : "";
+  // Encrypted conversations are searched on this device, as far back as it has read them.
+  const partial = (r.local ?? []).filter((l) => !l.complete).length;
+  const sealed = partial ? ` · ${partial} encrypted conversation(s) searched only as far back as this device has read` : "";
   $("search-status").textContent = (r.hits.length ? `${r.hits.length} found${more}` : "Nothing found") + lag + sealed;
 }
 

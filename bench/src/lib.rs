@@ -479,6 +479,9 @@ pub struct DmOpts {
     pub secs: f64,
     /// End-to-end encrypted conversations (PROTOCOL.md §12): every client seals and opens.
     pub encrypted: bool,
+    /// Measure search freshness during the run: this many marker messages, each searched
+    /// for until found (plain conversations only).
+    pub search_probes: usize,
 }
 
 /// 1:1 pairs: both sides send at a rate; each side records the other's delivery latency.
@@ -514,6 +517,10 @@ pub async fn dm(t: &Target, o: &DmOpts) -> anyhow::Result<Report> {
         secs: o.secs,
     };
     let name = if o.encrypted { "dm-encrypted" } else { "dm" };
+    let probes = (o.search_probes > 0 && !o.encrypted).then(|| {
+        let every = Duration::from_secs_f64(o.secs / o.search_probes as f64);
+        tokio::spawn(search_freshness(clients[0].clone(), convs[0], o.search_probes, every))
+    });
     let mut r = run_senders(t, &f, &clients, &convs, receipts, name).await?;
     r.params = serde_json::to_value(o)?;
     // The clients' CPU per delivered message (sealing on one side, opening on the other).
@@ -521,8 +528,48 @@ pub async fn dm(t: &Target, o: &DmOpts) -> anyhow::Result<Report> {
     r.extra = serde_json::json!({
         "client_cpu_us_per_message": 1e6 * cpu_secs / r.delivered.max(1) as f64,
     });
+    if let Some(p) = probes {
+        r.extra["search_freshness"] = serde_json::to_value(p.await??)?;
+    }
     drop(keys);
     Ok(r)
+}
+
+/// From a send's acknowledgement to its first search hit, `n` times, one every `every`
+/// (searched for every 5 ms; a marker word that occurs nowhere else).
+async fn search_freshness(client: Client, conv: ConversationId, n: usize, every: Duration) -> anyhow::Result<Latency> {
+    let mut h = histogram();
+    for i in 0..n {
+        let marker = format!("fresh{i}x{}", now_us());
+        client.send(conv, &format!("probe {marker}")).await?;
+        let acked = Instant::now();
+        let until = acked + Duration::from_secs(30);
+        loop {
+            let q = pb::Search {
+                query: marker.clone(),
+                conversation_ids: vec![conv.0],
+                limit: 1,
+                ..Default::default()
+            };
+            match client.search(q).await {
+                Ok(r) if !r.hits.is_empty() => {
+                    h.record(acked.elapsed().as_micros().max(1) as u64)?;
+                    break;
+                }
+                Ok(_) => {}
+                // A server with the default search rate: wait as it says.
+                Err(e) if e.server_error().is_some_and(|e| e.code == pb::ErrorCode::RateLimited) => {
+                    let wait = e.server_error().map_or(100, |e| e.retry_after_ms);
+                    tokio::time::sleep(Duration::from_millis(wait.into())).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+            anyhow::ensure!(Instant::now() < until, "probe {i} not found within 30 s");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(every.saturating_sub(acked.elapsed())).await;
+    }
+    Ok(latency(&h))
 }
 
 /// Idle-connection parameters.

@@ -52,6 +52,9 @@ enum Scenario {
         /// End-to-end encrypted conversations.
         #[arg(long)]
         encrypted: bool,
+        /// Search freshness probes during the run (0: none).
+        #[arg(long, default_value_t = 0)]
+        search_probes: usize,
     },
     /// Hold many authenticated connections; memory per connection; delivery while held.
     Connections {
@@ -196,12 +199,14 @@ fn main() -> anyhow::Result<()> {
                 rate,
                 secs,
                 encrypted,
+                search_probes,
             } => {
                 let o = DmOpts {
                     pairs,
                     rate_per_sender: rate,
                     secs,
                     encrypted,
+                    search_probes,
                 };
                 natter_bench::dm(&target, &o).await
             }

@@ -52,17 +52,22 @@ async fn every_scenario_runs_small_with_nothing_lost_or_doubled() {
             rate_per_sender: 20.0,
             secs: 1.0,
             encrypted: false,
+            search_probes: 2,
         },
     )
     .await
     .unwrap();
     check(&r);
     assert_eq!(r.delivered, r.sent);
+    let fresh = &r.extra["search_freshness"];
+    assert_eq!(fresh["samples"], 2, "both probes found: {fresh}");
+    assert!(fresh["max_ms"].as_f64().unwrap() > 0.0);
     let sealed = DmOpts {
         pairs: 3,
         rate_per_sender: 10.0,
         secs: 1.0,
         encrypted: true,
+        search_probes: 0,
     };
     let r = natter_bench::dm(&t, &sealed).await.unwrap();
     check(&r);

@@ -437,28 +437,48 @@ pub fn parse(q: &str, typing: bool) -> Result<Query, QueryError> {
 
 /// Whether the terms of a text (from [`terms`]) match `p`.
 pub fn matches(terms: &[Term], p: &Phrase) -> bool {
-    if let Some(w) = &p.whole {
-        if terms.iter().any(|t| &t.text == w) {
-            return true;
-        }
-    }
-    let Some((first, rest)) = p.parts.split_first() else {
-        return false;
-    };
-    let last = p.parts.len() - 1;
-    let hit = |t: &Term, i: usize, part: &str| {
+    p.whole.as_ref().is_some_and(|w| terms.iter().any(|t| &t.text == w)) || occurrences(terms, p).next().is_some()
+}
+
+/// Each place `p`'s parts match `terms` at consecutive positions: the terms matched, first
+/// to last (the last part as a prefix when `p.prefix`).
+fn occurrences<'a>(terms: &'a [Term], p: &'a Phrase) -> impl Iterator<Item = Vec<&'a Term>> + 'a {
+    let last = p.parts.len().saturating_sub(1);
+    let hit = move |t: &Term, i: usize| {
+        let part = &p.parts[i];
         if p.prefix && i == last {
-            t.text.starts_with(part)
+            t.text.starts_with(part.as_str())
         } else {
-            t.text == part
+            &t.text == part
         }
     };
-    terms.iter().filter(|t| hit(t, 0, first)).any(|start| {
-        rest.iter().enumerate().all(|(k, part)| {
-            let pos = start.position + k as u32 + 1;
-            terms.iter().any(|t| t.position == pos && hit(t, k + 1, part))
+    terms
+        .iter()
+        .filter(move |t| !p.parts.is_empty() && hit(t, 0))
+        .filter_map(move |start| {
+            let mut found = vec![start];
+            for k in 1..p.parts.len() {
+                let pos = start.position + k as u32;
+                found.push(terms.iter().find(|t| t.position == pos && hit(t, k))?);
+            }
+            Some(found)
         })
-    })
+}
+
+/// What a message has for `has:` filters: attachments (any), an image, a link in its text.
+pub fn message_has(body: &crate::pb::MessageBody) -> Vec<Has> {
+    let mut has = Vec::new();
+    if !body.attachments.is_empty() {
+        has.push(Has::File);
+    }
+    if body.attachments.iter().any(|a| a.mime.starts_with("image/")) {
+        has.push(Has::Image);
+    }
+    let lower = body.text.to_ascii_lowercase();
+    if lower.contains("https://") || lower.contains("http://") {
+        has.push(Has::Link);
+    }
+    has
 }
 
 /// Whether a text matches the text part of `q` (every `must`, no `exclude`).
@@ -476,35 +496,8 @@ pub fn highlights(text: &str, q: &Query) -> Vec<Range<usize>> {
         if let Some(w) = &p.whole {
             spans.extend(ts.iter().filter(|t| &t.text == w).map(|t| t.span.clone()));
         }
-        let Some((first, rest)) = p.parts.split_first() else {
-            continue;
-        };
-        let last = p.parts.len() - 1;
-        let hit = |t: &Term, i: usize, part: &str| {
-            if p.prefix && i == last {
-                t.text.starts_with(part)
-            } else {
-                t.text == part
-            }
-        };
-        for start in ts.iter().filter(|t| hit(t, 0, first)) {
-            let mut found = vec![start.span.clone()];
-            let complete = rest.iter().enumerate().all(|(k, part)| {
-                let pos = start.position + k as u32 + 1;
-                match ts.iter().find(|t| t.position == pos && hit(t, k + 1, part)) {
-                    Some(t) => {
-                        found.push(t.span.clone());
-                        true
-                    }
-                    None => false,
-                }
-            });
-            if complete {
-                // A phrase is highlighted from its first part to its last.
-                let (lo, hi) = (found[0].start, found.last().expect("one").end);
-                spans.push(lo..hi);
-            }
-        }
+        // A phrase is highlighted from its first part to its last.
+        spans.extend(occurrences(&ts, p).map(|found| found[0].span.start..found[found.len() - 1].span.end));
     }
     spans.sort_by_key(|r| (r.start, r.end));
     let mut merged: Vec<Range<usize>> = Vec::new();

@@ -115,7 +115,7 @@ fn vectors() -> Vec<(&'static str, &'static str, pb::Frame, bool)> {
         ("search", "Request 10: Search { query \"foo.png from:bob\", conversations [42], RELEVANT, limit 20, cursor \"o20.1700000000100\" }",
             req(10, Op::Search(pb::Search { query: "foo.png from:bob".into(), conversation_ids: vec![42], order: pb::SearchOrder::Relevant as i32, limit: 20, cursor: "o20.1700000000100".into(), ..Default::default() })), false),
         ("search_results", "Response 10: SearchResults { one hit (conversation 42, seq 8, score 1.5, snippet [\"see \", hit \"foo.png\"], event: message seq 8 \"see foo.png\"), no next cursor, total 1, index lag 0 }",
-            res(10, Res::Search(pb::SearchResults { hits: vec![pb::SearchHit { conversation_id: 42, seq: 8, score: 1.5, snippet: vec![pb::SnippetPart { text: "see ".into(), hit: false }, pb::SnippetPart { text: "foo.png".into(), hit: true }], event: Some(message(42, 8, "see foo.png")) }], next_cursor: String::new(), total: 1, index_lag_ms: 0, encrypted_conversation_ids: vec![] })), false),
+            res(10, Res::Search(pb::SearchResults { hits: vec![pb::SearchHit { conversation_id: 42, seq: 8, score: 1.5, snippet: vec![pb::SnippetPart { text: "see ".into(), hit: false }, pb::SnippetPart { text: "foo.png".into(), hit: true }], event: Some(message(42, 8, "see foo.png")) }], next_cursor: String::new(), total: 1, index_lag_ms: 0, encrypted_conversation_ids: vec![], local: vec![] })), false),
         ("search_users", "Request 11: SearchUsers { prefix \"ann\", limit 0 (20) }",
             req(11, Op::SearchUsers(pb::SearchUsers { prefix: "ann".into(), limit: 0 })), false),
         ("user_matches", "Response 11: UserMatches [anna (user 5)]",

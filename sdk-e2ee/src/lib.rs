@@ -34,8 +34,10 @@ use natter_protocol::session::{RequestError, SessionEvent};
 use natter_protocol::{ClientMsgId, ConversationId, DeviceId, Seq, UserId};
 
 mod backup;
+mod search;
 mod verify;
 
+pub use search::{LocalResults, FLUSH_MS};
 pub use verify::DeviceTrust;
 
 /// `Send` where threads exist (natter-sdk's tokio tasks), nothing in a browser, where
@@ -82,6 +84,10 @@ pub trait Io: MaybeSend + MaybeSync + 'static {
     fn load_state(&self) -> impl Future<Output = Result<Option<Vec<u8>>, String>> + MaybeSend;
     /// Append a record to the state log, or (`whole`) replace it; durable when `Ok`.
     fn write_state(&self, bytes: Vec<u8>, whole: bool) -> impl Future<Output = Result<(), String>> + MaybeSend;
+    /// The local search index as last written (sealed), or `None`.
+    fn load_index(&self) -> impl Future<Output = Result<Option<Vec<u8>>, String>> + MaybeSend;
+    /// Replace the local search index (sealed bytes).
+    fn write_index(&self, bytes: Vec<u8>) -> impl Future<Output = Result<(), String>> + MaybeSend;
     /// Wait this long.
     fn sleep(&self, ms: u32) -> impl Future<Output = ()> + MaybeSend;
     /// Run `task` on its own.
@@ -182,6 +188,8 @@ pub struct Engine<I: Io> {
     unsaved_event: AtomicBool,
     /// A backup upload is running (one at a time).
     backing_up: AtomicBool,
+    /// The device's index of what it opened (search.rs).
+    search: SyncMutex<search::LocalSearch>,
 }
 
 impl<I: Io> std::fmt::Debug for Engine<I> {
@@ -214,6 +222,7 @@ impl<I: Io> Engine<I> {
             ready: SyncMutex::new((false, Vec::new())),
             unsaved_event: AtomicBool::new(false),
             backing_up: AtomicBool::new(false),
+            search: SyncMutex::default(),
         })
     }
 
@@ -294,7 +303,9 @@ impl<I: Io> Engine<I> {
                     .unwrap_or_else(|| Crypto::new(user, device)),
             );
             *self.log.lock().expect("log sizes") = StateLog::default();
+            *self.search.lock().expect("search") = search::LocalSearch::default();
         }
+        self.load_index().await;
         self.set_ready(true);
         let published = inner.crypto.as_ref().is_some_and(Crypto::published);
         drop(inner);
@@ -305,6 +316,8 @@ impl<I: Io> Engine<I> {
         };
         self.top_up(counts.as_ref()).await?;
         self.ensure_user_key().await?;
+        let me = self.clone();
+        self.io.spawn(async move { me.backfill().await });
         self.sync_backup().await
     }
 
@@ -415,6 +428,7 @@ impl<I: Io> Engine<I> {
         };
         let n = reopened.len();
         for ev in reopened {
+            self.index(&ev);
             self.io.emit(SessionEvent::Event(ev));
         }
         n
@@ -435,6 +449,7 @@ impl<I: Io> Engine<I> {
                     _ => self.convs().keep_unopened(ev.clone()),
                 }
             }
+            self.index(ev);
         }
     }
 
@@ -582,6 +597,7 @@ impl<I: Io> Engine<I> {
     /// Forget this device's account (its login is gone); the SDK deletes the state.
     pub async fn unload(&self) {
         self.inner.lock().await.crypto = None;
+        *self.search.lock().expect("search") = search::LocalSearch::default();
         self.set_ready(false);
     }
 
@@ -628,8 +644,10 @@ impl<I: Io> Engine<I> {
                 } else {
                     SessionEvent::Event(e)
                 };
-                if let SessionEvent::Undecryptable { event, .. } = &out {
-                    self.convs().keep_unopened(event.clone());
+                match &out {
+                    SessionEvent::Undecryptable { event, .. } => self.convs().keep_unopened(event.clone()),
+                    SessionEvent::Event(opened) => self.index_event(opened),
+                    _ => {}
                 }
                 // After the state is written: the message may now count as delivered.
                 let unsaved = self.unsaved_event.swap(false, Ordering::AcqRel);

@@ -6,7 +6,7 @@
 use natter_sdk::{ConversationId, Seq};
 
 pub use natter_protocol::client::model::{
-    ChannelMatch, SearchHit, SearchOrder, SearchQuery, SearchResults, SnippetPart, UserMatch,
+    ChannelMatch, LocalCoverage, SearchHit, SearchOrder, SearchQuery, SearchResults, SnippetPart, UserMatch,
 };
 pub use natter_protocol::client::model::{
     Conversation, ConversationEvent, ConversationKind, Device, ErrorCode, ErrorInfo, EventBody, HistoryPage, MediaInfo,

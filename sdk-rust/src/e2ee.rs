@@ -146,6 +146,37 @@ impl Io for NativeIo {
         }
     }
 
+    fn load_index(&self) -> impl Future<Output = Result<Option<Vec<u8>>, String>> + Send {
+        let path = index_path(&self.state_path);
+        async move {
+            match tokio::fs::read(&path).await {
+                Ok(bytes) => Ok(Some(bytes)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    }
+
+    fn write_index(&self, bytes: Vec<u8>) -> impl Future<Output = Result<(), String>> + Send {
+        let path = index_path(&self.state_path);
+        async move {
+            // Whole, by rename: a crash leaves the old index or the new one.
+            let wrote = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                use std::io::Write;
+                let tmp = path.with_extension("search.tmp");
+                let mut f = std::fs::File::create(&tmp)?;
+                f.write_all(&bytes)?;
+                f.sync_all()?;
+                std::fs::rename(&tmp, &path)
+            })
+            .await;
+            match wrote {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    }
+
     fn sleep(&self, ms: u32) -> impl Future<Output = ()> + Send {
         tokio::time::sleep(std::time::Duration::from_millis(ms.into()))
     }
@@ -188,4 +219,12 @@ pub(crate) async fn pump(
             }
         }
     }
+}
+
+/// The local search index's file: beside the state, `<state>.search` (sealed with the
+/// same key).
+fn index_path(state: &std::path::Path) -> PathBuf {
+    let mut name = state.file_name().unwrap_or_default().to_os_string();
+    name.push(".search");
+    state.with_file_name(name)
 }

@@ -715,8 +715,16 @@ impl Client {
     /// §14.3): words, "phrases", -excluded, `from:`, `in:`, `has:`, `after:`/`before:`.
     /// A query the server refuses is `BAD_REQUEST` naming why; pass `next_cursor` back as
     /// `req.cursor` for the next page.
+    ///
+    /// With encryption on, the encrypted conversations in scope are searched on this
+    /// device (PROTOCOL.md §14.5): their hits join the first page, and `local` says how
+    /// far back each is indexed here.
     pub async fn search(&self, req: pb::Search) -> Result<pb::SearchResults, ClientError> {
-        self.call(ops::search(req)).await
+        let mut answer = self.call(ops::search(req.clone())).await?;
+        if let Some(e2ee) = &self.e2ee {
+            e2ee.merge_local(&req, &mut answer);
+        }
+        Ok(answer)
     }
 
     /// Users whose username starts with `prefix` (except those unlisted, and you).
@@ -759,8 +767,11 @@ impl Client {
         let _ = self.cmd.send(Command::Reconnect);
     }
 
-    /// Close the connection and stop.
+    /// Close the connection and stop (writing the device's search index first).
     pub async fn shutdown(&self) {
+        if let Some(e2ee) = &self.e2ee {
+            e2ee.flush_index().await;
+        }
         let (tx, rx) = oneshot::channel();
         if self.cmd.send(Command::Shutdown(tx)).is_ok() {
             let _ = rx.await;

@@ -46,6 +46,9 @@ pub(crate) struct WasmIo {
     /// The client (set once it exists: it holds the engine).
     inner: OnceCell<Weak<Inner>>,
     db: store::StateDb,
+    /// The local search index (PROTOCOL.md §14.5): a database of its own, `<state>-search`,
+    /// one record, sealed with the same key.
+    index_db: store::StateDb,
 }
 
 impl WasmIo {
@@ -114,6 +117,14 @@ impl Io for WasmIo {
         self.db.write(&bytes, whole).await
     }
 
+    async fn load_index(&self) -> Result<Option<Vec<u8>>, String> {
+        self.index_db.load().await
+    }
+
+    async fn write_index(&self, bytes: Vec<u8>) -> Result<(), String> {
+        self.index_db.write(&bytes, true).await
+    }
+
     fn sleep(&self, ms: u32) -> impl Future<Output = ()> {
         gloo_timers::future::TimeoutFuture::new(ms)
     }
@@ -151,6 +162,7 @@ impl E2ee {
         let io = WasmIo {
             inner: OnceCell::new(),
             db: store::StateDb::new(name.clone()),
+            index_db: store::StateDb::new(format!("{name}-search")),
         };
         Rc::new(E2ee {
             engine: Engine::new(io, store_key),
@@ -250,10 +262,24 @@ impl E2ee {
         self.engine.restore_backup(recovery_key).await.map_err(js_error)
     }
 
+    /// Add this device's hits in the encrypted conversations of a search answer's scope
+    /// (PROTOCOL.md §14.5).
+    pub(crate) fn merge_local(
+        &self,
+        req: &natter_protocol::pb::Search,
+        answer: &mut natter_protocol::pb::SearchResults,
+    ) {
+        self.engine.merge_local(req, answer);
+    }
+
     /// Forget this device's state (its login is gone): unloaded, released, deleted.
     pub(crate) async fn forget(&self) -> Result<(), JsError> {
         self.engine.unload().await;
         self.engine.io().db.close();
+        self.engine.io().index_db.close();
+        store::forget(&format!("{}-search", self.name))
+            .await
+            .map_err(|e| JsError::local("ENCRYPTION", format!("deleting the search index: {e}")))?;
         store::forget(&self.name)
             .await
             .map_err(|e| JsError::local("ENCRYPTION", format!("deleting the encryption state: {e}")))

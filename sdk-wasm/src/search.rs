@@ -39,6 +39,9 @@ export interface SearchHit {
 export interface SearchResults {
   hits: SearchHit[]; nextCursor: string; total: number; indexLagMs: number;
   encryptedConversationIds: number[];
+  /** How far back this device has indexed each encrypted conversation in scope (their
+   *  hits come from the device's own index, PROTOCOL.md §14.5). */
+  local: { conversationId: number; fromSeq: number; toSeq: number; complete: boolean }[];
 }
 export interface UserMatch { userId: number; username: string }
 export interface ChannelMatch { conversationId: number; name: string; memberCount: number; joined: boolean }
@@ -53,7 +56,12 @@ impl NatterClient {
         future_to_promise(async move {
             let q: SearchQuery = serde_wasm_bindgen::from_value(query)
                 .map_err(|e| js_error(&JsError::local("INVALID_INPUT", format!("search: {e}"))))?;
-            let r = inner.call(ops::search(q.into())).await.map_err(|e| js_error(&e))?;
+            let req: natter_protocol::pb::Search = q.into();
+            let mut r = inner.call(ops::search(req.clone())).await.map_err(|e| js_error(&e))?;
+            // Encrypted conversations: this device's own hits (PROTOCOL.md §14.5).
+            if let Some(e2ee) = &inner.e2ee {
+                e2ee.merge_local(&req, &mut r);
+            }
             Ok(to_js(&SearchResults::from(r)))
         })
     }

@@ -504,3 +504,91 @@ async fn kill_9_while_indexing_loses_nothing_from_the_index() {
     }
     assert_eq!(seen.len(), 400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_word_sent_only_in_an_encrypted_dm_is_found_on_the_device_and_nowhere_on_the_server() {
+    use common::e2ee::{files_containing, phone, read};
+    let data = tempfile::tempdir().unwrap();
+    let phones = tempfile::tempdir().unwrap();
+    let s = server(data.path()).await;
+    let addr = s.addr;
+    let alice = phone(&s, phones.path(), "alice", 1, true).await;
+    let mut bob = phone(&s, phones.path(), "bob", 1, true).await;
+    let bob_token = bob.client.snapshot().await.unwrap().access_token.expect("logged in");
+    let dm = ConversationId(alice.client.encrypted_direct("bob").await.unwrap().conversation_id);
+    let plain = ConversationId(alice.client.direct("bob").await.unwrap().conversation_id);
+    const WORD: &str = "zanzibarquokka";
+    let secret = alice
+        .client
+        .send(dm, &format!("the {WORD} plan, file.pdf"))
+        .await
+        .unwrap()
+        .seq
+        .0;
+    let edited = alice.client.send(dm, "first draft").await.unwrap().seq;
+    alice.client.edit(dm, edited, "final wording").await.unwrap();
+    let public = alice.client.send(plain, "the public plan").await.unwrap().seq.0;
+    assert_eq!(read(&mut bob, dm, 2).await.len(), 2);
+    indexed(&s, plain, public).await;
+
+    // The recipient's device finds it, merged with the server's hits, and says how far
+    // back it has indexed the encrypted conversation.
+    let wait_edit = async {
+        loop {
+            let r = bob.client.search(query("final")).await.unwrap();
+            if !r.hits.is_empty() {
+                return r;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(120)).await;
+        }
+    };
+    let r = tokio::time::timeout(DEADLINE, wait_edit)
+        .await
+        .expect("the edit reaches the index");
+    assert_eq!(
+        (r.hits[0].conversation_id, r.hits[0].seq),
+        (dm.0, edited.0),
+        "the edited text"
+    );
+    assert!(
+        bob.client.search(query("draft")).await.unwrap().hits.is_empty(),
+        "the old text is gone"
+    );
+    let r = bob.client.search(query(WORD)).await.unwrap();
+    assert_eq!(
+        r.hits.iter().map(|h| (h.conversation_id, h.seq)).collect::<Vec<_>>(),
+        vec![(dm.0, secret)]
+    );
+    assert!(r.hits[0].snippet.iter().any(|p| p.hit && p.text == WORD));
+    assert_eq!(r.encrypted_conversation_ids, vec![dm.0]);
+    assert_eq!(r.local.len(), 1);
+    assert_eq!(r.local[0].conversation_id, dm.0);
+    assert!(r.local[0].to_seq >= edited.0);
+    let r = bob.client.search(query("plan")).await.unwrap();
+    let mut found: Vec<(u64, u64)> = r.hits.iter().map(|h| (h.conversation_id, h.seq)).collect();
+    found.sort();
+    let mut want = vec![(plain.0, public), (dm.0, secret)];
+    want.sort();
+    assert_eq!(found, want, "server and device hits, merged, once each");
+    // The server found only the plain one.
+    assert_eq!(
+        find(&device(addr, &s.fingerprint, "carol", true).await, "plan").await,
+        vec![]
+    );
+
+    // Nowhere on the server: not in its store, not in its index.
+    assert!(files_containing(data.path(), WORD.as_bytes()).is_empty());
+    // The device's own index is sealed at rest.
+    bob.client.shutdown().await;
+    assert!(
+        files_containing(phones.path(), WORD.as_bytes()).is_empty(),
+        "sealed at rest"
+    );
+
+    // A new start of the same device (its token) opens its index from the file.
+    let again = common::e2ee::phone_at(&s, &phones.path().join("bob-1.state"), "bob", false, Some(bob_token)).await;
+    assert_eq!(again.device, bob.device);
+    let r = again.client.search(query(WORD)).await.unwrap();
+    assert_eq!(r.hits.len(), 1, "the index came back from its file");
+    s.shutdown().await;
+}

@@ -28,6 +28,7 @@ mod router;
 #[cfg(feature = "e2ee")]
 pub mod e2ee;
 pub mod file_crypto;
+pub mod local_search;
 pub mod model;
 pub mod ops;
 #[cfg(feature = "push")]

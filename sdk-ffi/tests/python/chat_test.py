@@ -420,6 +420,18 @@ async def encrypted_dm():
     await erin.send(sid, "and back", 0)
     await d_events.wait_for(is_message(sid, "and back"), "dave opens erin's answer")
 
+    # Search on the device: the sealed message is found by erin's own index (the server
+    # cannot read it), and the answer says how far back it is indexed.
+    def sealed_query(q):
+        return m.SearchQuery(query=q, conversation_ids=[], from_user_ids=[], after_ms=0, before_ms=0,
+                             order=m.SearchOrder.RECENT, limit=0, cursor="", typing=False)
+    found = await erin.search(sealed_query("sealed"))
+    check([(h.conversation_id, h.event.body.text) for h in found.hits] == [(sid, "sealed from python")],
+          f"erin's device finds the sealed message: {found}")
+    check(found.encrypted_conversation_ids == [sid] and [c.conversation_id for c in found.local] == [sid],
+          f"the encrypted conversation is searched locally: {found}")
+    check(any(p.hit and p.text == "sealed" for p in found.hits[0].snippet), f"marked: {found.hits[0]}")
+
     keyless = n.NatterClient(options())
     k_events = Recorder("erin (no keys)")
     k_sub = keyless.subscribe(k_events)

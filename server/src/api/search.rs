@@ -166,6 +166,8 @@ pub(super) async fn messages(ctx: &Ctx, actor: &Actor, r: pb::Search) -> Result<
         total: total.min(MAX_TOTAL) as u32,
         index_lag_ms: search.lag_ms(),
         encrypted_conversation_ids: encrypted.iter().map(|c| c.0).collect(),
+        // The client's own (§14.5).
+        local: Vec::new(),
     }))
 }
 

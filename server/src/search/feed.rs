@@ -37,17 +37,11 @@ fn content(body: &pb::MessageBody, text: &str) -> Option<(Vec<String>, Vec<Has>)
         .map(|a| a.name.clone())
         .filter(|n| !n.is_empty())
         .collect();
-    let mut has = Vec::new();
-    if !body.attachments.is_empty() {
-        has.push(Has::File);
-    }
-    if body.attachments.iter().any(|a| a.mime.starts_with("image/")) {
-        has.push(Has::Image);
-    }
-    let lower = text.to_ascii_lowercase();
-    if lower.contains("https://") || lower.contains("http://") {
-        has.push(Has::Link);
-    }
+    let has = natter_protocol::search::message_has(&pb::MessageBody {
+        text: text.to_string(),
+        attachments: body.attachments.clone(),
+        ..Default::default()
+    });
     Some((names, has))
 }
 

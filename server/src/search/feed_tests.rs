@@ -6,47 +6,14 @@ use natter_protocol::search::parse;
 use natter_protocol::{ConversationId, Seq};
 
 use super::*;
+use crate::search::test_log::{created, event, message};
 use crate::search::{Order, Request, TantivyIndex};
 use crate::store::memory::MemoryStore;
-use crate::store::{Commit, ConversationMeta, MessageState};
-
-fn event(conv: ConversationId, seq: u64, body: Body) -> pb::ConversationEvent {
-    pb::ConversationEvent {
-        conversation_id: conv.0,
-        seq,
-        sender_user_id: 7,
-        server_time_ms: 1_000 + seq,
-        body: Some(body),
-        ..Default::default()
-    }
-}
-
-fn message(text: &str) -> Body {
-    Body::Message(pb::MessageEvent {
-        client_msg_id: text.into(),
-        body: Some(pb::MessageBody {
-            text: text.into(),
-            ..Default::default()
-        }),
-    })
-}
+use crate::store::{Commit, MessageState};
 
 async fn conversation(store: &MemoryStore, bodies: Vec<Body>) -> ConversationId {
     let conv = store.allocate_conversation_id().await.unwrap();
-    let created = Commit {
-        event: event(conv, 1, Body::Created(pb::ConversationCreated::default())),
-        meta: Some(ConversationMeta {
-            id: conv,
-            kind: pb::ConversationKind::Group,
-            name: "g".into(),
-            created_ms: 1,
-            deleted: false,
-            encrypted: false,
-            devices: Vec::new(),
-        }),
-        ..Default::default()
-    };
-    let mut commits = vec![created];
+    let mut commits = vec![created(conv)];
     for (i, b) in bodies.into_iter().enumerate() {
         let seq = i as u64 + 2;
         let state = match &b {

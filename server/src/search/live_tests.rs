@@ -4,38 +4,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use natter_protocol::pb::{self, conversation_event::Body};
+use natter_protocol::pb;
 use natter_protocol::search::parse;
 use natter_protocol::ConversationId;
 
 use super::*;
+use crate::search::test_log::{created, event, message};
 use crate::search::{Order, Request, TantivyIndex};
 use crate::store::memory::MemoryStore;
-use crate::store::{Commit, ConversationMeta};
+use crate::store::Commit;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn event(conv: ConversationId, seq: u64, text: &str) -> pb::ConversationEvent {
-    let body = if seq == 1 {
-        Body::Created(pb::ConversationCreated::default())
-    } else {
-        Body::Message(pb::MessageEvent {
-            client_msg_id: format!("m{seq}"),
-            body: Some(pb::MessageBody {
-                text: text.into(),
-                ..Default::default()
-            }),
-        })
-    };
-    pb::ConversationEvent {
-        conversation_id: conv.0,
-        seq,
-        sender_user_id: 7,
-        server_time_ms: 1_000 + seq,
-        body: Some(body),
-        ..Default::default()
-    }
-}
 
 /// Commit `texts` as the next events of `conv` (creating it at seq 1 first if `from` is
 /// 1); returns the events.
@@ -48,24 +27,12 @@ async fn commit(
     let mut commits = Vec::new();
     let mut seq = from;
     if from == 1 {
-        commits.push(Commit {
-            event: event(conv, 1, ""),
-            meta: Some(ConversationMeta {
-                id: conv,
-                kind: pb::ConversationKind::Group,
-                name: "g".into(),
-                created_ms: 1,
-                deleted: false,
-                encrypted: false,
-                devices: Vec::new(),
-            }),
-            ..Default::default()
-        });
+        commits.push(created(conv));
         seq = 2;
     }
     for t in texts {
         commits.push(Commit {
-            event: event(conv, seq, t),
+            event: event(conv, seq, message(t)),
             ..Default::default()
         });
         seq += 1;

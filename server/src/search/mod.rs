@@ -18,6 +18,8 @@ use natter_protocol::{ConversationId, UserId};
 pub mod feed;
 pub mod live;
 pub mod tantivy_index;
+#[cfg(test)]
+mod test_log;
 
 pub use live::{LiveSettings, Search};
 pub use tantivy_index::TantivyIndex;

@@ -205,6 +205,19 @@ async fn a_browser_python_bindings_and_native_devices_read_every_encrypted_messa
     b.wait_shown("alice", "after the reload").await;
     assert_eq!(page_undecryptable(&mut b, "alice", conv).await, vec![]);
 
+    // The page's own index finds what the server cannot read (PROTOCOL.md §14.5).
+    let out = b
+        .eval(
+            "alice",
+            "const r = await window.natter.client.search({ query: 'reload' });
+             return { hits: r.hits.map(h => [h.conversationId, h.event.body.text]),
+                      sealed: r.encryptedConversationIds, local: r.local.map(l => l.conversationId) };",
+        )
+        .await;
+    assert_eq!(out["hits"], json!([[conv, "after the reload"]]), "{out}");
+    assert_eq!(out["sealed"], json!([conv]));
+    assert_eq!(out["local"], json!([conv]));
+
     // The server holds no plaintext of any of it.
     let leaks = files_containing(dir.path(), MARKER.as_bytes());
     assert!(leaks.is_empty(), "plaintext on the server: {leaks:?}");

@@ -104,6 +104,13 @@ impl Conversations {
         self.encrypted.get(&conv).copied()
     }
 
+    /// The conversations this device knows to be encrypted.
+    pub fn encrypted_ids(&self) -> Vec<ConversationId> {
+        let mut ids: Vec<ConversationId> = self.encrypted.iter().filter(|(_, e)| **e).map(|(c, _)| *c).collect();
+        ids.sort();
+        ids
+    }
+
     /// A conversation's devices as learned, if they were.
     pub fn devices(&self, conv: ConversationId) -> Option<&[pb::DeviceKeys]> {
         self.lists.get(&conv).map(Vec::as_slice)

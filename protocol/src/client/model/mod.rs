@@ -22,7 +22,9 @@ pub use push::{
     ConversationNotify, NotifyLevel, NotifySettings, PushNotification, PushProvider, PushRegistration,
     PushRegistrations,
 };
-pub use search::{ChannelMatch, SearchHit, SearchOrder, SearchQuery, SearchResults, SnippetPart, UserMatch};
+pub use search::{
+    ChannelMatch, LocalCoverage, SearchHit, SearchOrder, SearchQuery, SearchResults, SnippetPart, UserMatch,
+};
 
 use crate::client::SendAck as CoreSendAck;
 use crate::error::ServerError;

@@ -103,6 +103,34 @@ pub struct SearchResults {
     pub index_lag_ms: u64,
     /// Encrypted conversations in the scope, which the server cannot search.
     pub encrypted_conversation_ids: Vec<u64>,
+    /// How far back this device has indexed each of them (their hits are its own).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub local: Vec<LocalCoverage>,
+}
+
+record! {
+    /// How much of one encrypted conversation this device has indexed (PROTOCOL.md §14.5).
+    pub struct LocalCoverage {
+        /// The conversation.
+        pub conversation_id: u64,
+        /// The oldest event looked at (0: none yet).
+        pub from_seq: u64,
+        /// The newest.
+        pub to_seq: u64,
+        /// From the conversation's start.
+        pub complete: bool,
+    }
+}
+
+impl From<pb::LocalCoverage> for LocalCoverage {
+    fn from(c: pb::LocalCoverage) -> Self {
+        LocalCoverage {
+            conversation_id: c.conversation_id,
+            from_seq: c.from_seq,
+            to_seq: c.to_seq,
+            complete: c.complete,
+        }
+    }
 }
 
 record! {
@@ -174,6 +202,7 @@ impl From<pb::SearchResults> for SearchResults {
             total: r.total,
             index_lag_ms: r.index_lag_ms,
             encrypted_conversation_ids: r.encrypted_conversation_ids,
+            local: list(r.local),
         }
     }
 }
