@@ -211,8 +211,8 @@ impl<I: Io> Engine<I> {
         }
     }
 
-    /// Search the encrypted conversations among `conversations` (all this device knows
-    /// when empty) on the device.
+    /// Search `conversations` (the encrypted ones the server named; all this device knows
+    /// to be encrypted when empty) on the device.
     pub fn search_local(
         &self,
         query: &Query,
@@ -225,11 +225,12 @@ impl<I: Io> Engine<I> {
         let mut scope: Vec<u64> = if conversations.is_empty() {
             self.convs().encrypted_ids().into_iter().map(|c| c.0).collect()
         } else {
-            conversations
-                .iter()
-                .copied()
-                .filter(|c| self.convs().is_encrypted(ConversationId(*c)) == Some(true))
-                .collect()
+            // The server's word: it knows which of the caller's conversations are encrypted
+            // even before this device's list has arrived.
+            for c in conversations {
+                self.note(ConversationId(*c), true);
+            }
+            conversations.to_vec()
         };
         scope.sort_unstable();
         scope.dedup();

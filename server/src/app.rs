@@ -450,6 +450,10 @@ impl RunningServer {
         for t in &tasks {
             t.abort();
         }
+        // The search index's directory lock goes now, whoever still holds the index.
+        if let Some(search) = &shared.ctx.search {
+            search.close();
+        }
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
         drop(shared);
         // Connection and shard tasks wind down as their connections and queues close; the

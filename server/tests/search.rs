@@ -153,6 +153,23 @@ async fn what_users_type_is_found_only_where_they_are_members() {
         code(bob.client.search(query("  ")).await.unwrap_err()),
         pb::ErrorCode::BadRequest
     );
+    // Hostile input: typed refusals or bounded work, and the server keeps serving.
+    let huge = "a".repeat(100_000);
+    assert_eq!(
+        code(bob.client.search(query(&huge)).await.unwrap_err()),
+        pb::ErrorCode::BadRequest
+    );
+    let many = vec!["w"; 1_000].join(" ");
+    assert_eq!(
+        code(bob.client.search(query(&many)).await.unwrap_err()),
+        pb::ErrorCode::BadRequest
+    );
+    let nested = "\"".repeat(500) + "x" + &"\"".repeat(500);
+    let _ = bob.client.search(query(&nested)).await;
+    assert!(
+        bob.client.search(query("(a+)+$ [a-z]*.*")).await.is_ok(),
+        "regex-like text is text"
+    );
     assert_eq!(
         code(bob.client.search(query("-only")).await.unwrap_err()),
         pb::ErrorCode::BadRequest
@@ -445,6 +462,28 @@ async fn any_node_answers_and_a_node_that_joins_later_catches_up_by_itself() {
     let more = alice.client.send(group, "incident 20 resolved").await.unwrap().seq.0;
     indexed(&d, group, more).await;
     assert_eq!(find(&on_d, "incident").await.len(), 21, "and follows");
+
+    // A node stopped while messages go on comes back caught up.
+    drop(on_b);
+    b.shutdown().await;
+    let mut last = more;
+    for i in 21..30 {
+        last = alice
+            .client
+            .send(group, &format!("incident {i} resolved"))
+            .await
+            .unwrap()
+            .seq
+            .0;
+    }
+    let b = node(dirs[1].path(), &redis, "b").await;
+    indexed(&b, group, last).await;
+    let on_b = device(b.addr, &b.fingerprint, "bob", false).await;
+    assert_eq!(
+        find(&on_b, "incident").await.len(),
+        30,
+        "node B caught up after its restart"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

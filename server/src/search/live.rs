@@ -67,6 +67,8 @@ pub struct Search {
     behind_since: AtomicU64,
     /// Notices received (to tell whether more came during a round).
     received: AtomicU64,
+    /// Closed: the feed stops.
+    closed: AtomicBool,
     /// Events this node has indexed (tests and the benchmark read it).
     indexed: AtomicU64,
     /// How far each conversation is indexed, and a tick per change of it.
@@ -97,6 +99,7 @@ impl Search {
             wake: Notify::new(),
             behind_since: AtomicU64::new(now_ms()),
             received: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
             indexed: AtomicU64::new(0),
             positions: std::sync::Mutex::new(HashMap::new()),
             moved: watch::channel(0).0,
@@ -113,6 +116,14 @@ impl Search {
         self.notice(Notice::Seen(conversation, seq));
     }
 
+    /// Stop following the feed and close the index (the server stops): its directory
+    /// can be opened again at once.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+        self.index.close();
+    }
+
     /// Compare every conversation with the store soon (the bus may have lost messages).
     pub fn reconcile_soon(&self) {
         self.reconcile.store(true, Ordering::Relaxed);
@@ -120,6 +131,9 @@ impl Search {
     }
 
     fn notice(&self, n: Notice) {
+        if self.closed.load(Ordering::Relaxed) {
+            return;
+        }
         self.received.fetch_add(1, Ordering::SeqCst);
         let _ = self
             .behind_since
@@ -191,6 +205,9 @@ impl Search {
         let mut next_reconcile = tokio::time::Instant::now();
         let mut notices = Vec::new();
         loop {
+            if self.closed.load(Ordering::SeqCst) {
+                return;
+            }
             if self.reconcile.swap(false, Ordering::Relaxed) || tokio::time::Instant::now() >= next_reconcile {
                 next_reconcile = tokio::time::Instant::now() + self.settings.reconcile_every;
                 let (received, at) = (self.received.load(Ordering::SeqCst), now_ms());
@@ -217,6 +234,9 @@ impl Search {
                 notices.push(n);
             }
             let (received, at) = (self.received.load(Ordering::SeqCst), now_ms());
+            if self.closed.load(Ordering::SeqCst) {
+                return;
+            }
             match self.round(std::mem::take(&mut notices), &mut positions).await {
                 Ok(()) => self.settled(received, at),
                 Err(e) => {

@@ -145,4 +145,6 @@ pub trait SearchIndex: Send + Sync + std::fmt::Debug {
     fn cursor(&self) -> Result<Option<String>, SearchError>;
     /// The hits of `req`, and how many matched in all.
     fn search(&self, req: &Request) -> Result<(Vec<Hit>, usize), SearchError>;
+    /// Stop writing (the server stops): another process may open the index afterwards.
+    fn close(&self) {}
 }

@@ -88,7 +88,8 @@ fn doc_id(conv: ConversationId, seq: u64) -> String {
 pub struct TantivyIndex {
     index: Index,
     fields: Fields,
-    writer: Mutex<IndexWriter>,
+    /// `None` once closed (the directory's lock released).
+    writer: Mutex<Option<IndexWriter>>,
     reader: IndexReader,
 }
 
@@ -124,7 +125,7 @@ impl TantivyIndex {
         Ok(TantivyIndex {
             index,
             fields,
-            writer: Mutex::new(writer),
+            writer: Mutex::new(Some(writer)),
             reader,
         })
     }
@@ -281,7 +282,10 @@ fn pos_id(conv: ConversationId) -> String {
 impl SearchIndex for TantivyIndex {
     fn apply(&self, batch: &Batch) -> Result<(), SearchError> {
         let f = self.fields;
-        let mut writer = self.writer.lock().expect("index writer");
+        let mut guard = self.writer.lock().expect("index writer");
+        let writer = guard
+            .as_mut()
+            .ok_or_else(|| SearchError::Index("the index is closed".into()))?;
         for op in &batch.ops {
             match op {
                 Op::Put(d) => {
@@ -313,9 +317,14 @@ impl SearchIndex for TantivyIndex {
             commit.set_payload(&old);
         }
         commit.commit()?;
-        drop(writer);
+        drop(guard);
         self.reader.reload()?;
         Ok(())
+    }
+
+    fn close(&self) {
+        // Dropping the writer waits for its threads and releases the directory's lock.
+        drop(self.writer.lock().expect("index writer").take());
     }
 
     fn positions(&self) -> Result<Vec<(ConversationId, u64)>, SearchError> {
