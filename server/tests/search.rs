@@ -35,6 +35,15 @@ async fn said(s: &natter_server::RunningServer, who: &Device, conv: Conversation
     seq
 }
 
+/// Send `n` messages `text(i)` to `conv` as `who`, one after another; the last seq.
+async fn send_n(who: &Device, conv: ConversationId, n: usize, text: impl Fn(usize) -> String) -> u64 {
+    let mut last = 0;
+    for i in 0..n {
+        last = who.client.send(conv, &text(i)).await.unwrap().seq.0;
+    }
+    last
+}
+
 async fn indexed(s: &natter_server::RunningServer, conv: ConversationId, seq: u64) {
     tokio::time::timeout(DEADLINE, s.search_indexed_through(conv, seq))
         .await
@@ -200,16 +209,7 @@ async fn pages_neither_repeat_nor_skip_and_new_messages_do_not_shift_them() {
     let dir = tempfile::tempdir().unwrap();
     let s = server(dir.path()).await;
     let (alice, bob, dm) = alice_and_bob(&s).await;
-    let mut last = 0;
-    for i in 0..45 {
-        last = alice
-            .client
-            .send(dm, &format!("report number {i}"))
-            .await
-            .unwrap()
-            .seq
-            .0;
-    }
+    let last = send_n(&alice, dm, 45, |i| format!("report number {i}")).await;
     indexed(&s, dm, last).await;
     let mut matching = 45;
     let mut newest = last;
@@ -332,16 +332,7 @@ async fn a_deleted_index_is_rebuilt_from_the_log_with_the_same_answers() {
     let s = server(dir.path()).await;
     let addr = s.addr;
     let (alice, bob, dm) = alice_and_bob(&s).await;
-    let mut last = 0;
-    for i in 0..30 {
-        last = alice
-            .client
-            .send(dm, &format!("archived note {i}"))
-            .await
-            .unwrap()
-            .seq
-            .0;
-    }
+    let last = send_n(&alice, dm, 30, |i| format!("archived note {i}")).await;
     indexed(&s, dm, last).await;
     let before = find(&bob, "archived").await;
     assert_eq!(before.len(), 30);
@@ -435,16 +426,7 @@ async fn any_node_answers_and_a_node_that_joins_later_catches_up_by_itself() {
             .unwrap()
             .conversation_id,
     );
-    let mut last = 0;
-    for i in 0..20 {
-        last = alice
-            .client
-            .send(group, &format!("incident {i} resolved"))
-            .await
-            .unwrap()
-            .seq
-            .0;
-    }
+    let last = send_n(&alice, group, 20, |i| format!("incident {i} resolved")).await;
     // Every node indexes every committed message, wherever it was committed and whoever
     // is connected there.
     for n in [&a, &b, &c] {
@@ -466,16 +448,7 @@ async fn any_node_answers_and_a_node_that_joins_later_catches_up_by_itself() {
     // A node stopped while messages go on comes back caught up.
     drop(on_b);
     b.shutdown().await;
-    let mut last = more;
-    for i in 21..30 {
-        last = alice
-            .client
-            .send(group, &format!("incident {i} resolved"))
-            .await
-            .unwrap()
-            .seq
-            .0;
-    }
+    let last = send_n(&alice, group, 9, |i| format!("incident {} resolved", i + 21)).await;
     let b = node(dirs[1].path(), &redis, "b").await;
     indexed(&b, group, last).await;
     let on_b = device(b.addr, &b.fingerprint, "bob", false).await;
