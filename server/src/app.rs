@@ -440,8 +440,12 @@ impl RunningServer {
             store,
             tasks,
             webtransport,
+            cluster,
             ..
         } = self;
+        if let Some(cluster) = &cluster {
+            cluster.stop();
+        }
         if let Some(wt) = &webtransport {
             wt.close().await;
         }

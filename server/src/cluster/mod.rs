@@ -113,6 +113,9 @@ pub struct Cluster {
     peers: Mutex<HashMap<String, u64>>,
     /// When `peers` was last read (ms since the epoch, taken before the read).
     peers_read_at: std::sync::atomic::AtomicU64,
+    /// Set when the server stops: the heartbeat and the subscriber end (and let go of
+    /// the hub, shards and search they hold).
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 /// This node's parts the cluster works with.
@@ -150,15 +153,20 @@ impl Cluster {
             urls,
             peers: Mutex::new(HashMap::new()),
             peers_read_at: 0.into(),
+            stop: tokio::sync::watch::channel(false).0,
         });
         cluster.beat().await?;
         let weak = Arc::downgrade(&cluster);
         let beat_hub = hub.clone();
+        let mut stop = cluster.stop.subscribe();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(NODE_BEAT);
             let mut last_refresh = tokio::time::Instant::now();
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.wait_for(|stopped| *stopped) => return,
+                }
                 let Some(c) = weak.upgrade() else { return };
                 if let Err(e) = c.beat().await {
                     tracing::warn!(error = %e, "cluster: heartbeat failed");
@@ -187,8 +195,14 @@ impl Cluster {
             push,
             search,
         };
-        tokio::spawn(subscribe_loop(Arc::downgrade(&cluster), sub));
+        tokio::spawn(subscribe_loop(Arc::downgrade(&cluster), sub, cluster.stop.subscribe()));
         Ok(cluster)
+    }
+
+    /// The server stops: end this node's heartbeat and bus subscription (leaving is
+    /// [`Cluster::leave`], part of a drain).
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
     }
 
     /// This node's id.
@@ -417,7 +431,11 @@ struct Subscriber {
 
 /// Receive this node's channel and deliver to local sessions, and the search channel for
 /// the index; reconnect (to the next URL) when the subscription breaks.
-async fn subscribe_loop(cluster: std::sync::Weak<Cluster>, sub: Subscriber) {
+async fn subscribe_loop(
+    cluster: std::sync::Weak<Cluster>,
+    sub: Subscriber,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     use futures::StreamExt;
     let Subscriber {
         hub,
@@ -427,6 +445,9 @@ async fn subscribe_loop(cluster: std::sync::Weak<Cluster>, sub: Subscriber) {
     } = sub;
     let mut attempt = 0usize;
     loop {
+        if *stop.borrow() {
+            return;
+        }
         let Some(c) = cluster.upgrade() else { return };
         let url = c.urls[attempt % c.urls.len().max(1)].clone();
         let name = channel(&c.node);
@@ -455,7 +476,12 @@ async fn subscribe_loop(cluster: std::sync::Weak<Cluster>, sub: Subscriber) {
             search.reconcile_soon();
         }
         let mut stream = pubsub.into_on_message();
-        while let Some(msg) = stream.next().await {
+        loop {
+            let msg = tokio::select! {
+                m = stream.next() => m,
+                _ = stop.wait_for(|stopped| *stopped) => return,
+            };
+            let Some(msg) = msg else { break };
             if cluster.strong_count() == 0 {
                 return;
             }
