@@ -465,20 +465,64 @@ fn occurrences<'a>(terms: &'a [Term], p: &'a Phrase) -> impl Iterator<Item = Vec
         })
 }
 
-/// What a message has for `has:` filters: attachments (any), an image, a link in its text.
-pub fn message_has(body: &crate::pb::MessageBody) -> Vec<Has> {
+/// What a message with `text` and `attachments` has for `has:` filters: attachments (any),
+/// an image, a link in its text.
+pub fn message_has(text: &str, attachments: &[crate::pb::Attachment]) -> Vec<Has> {
     let mut has = Vec::new();
-    if !body.attachments.is_empty() {
+    if !attachments.is_empty() {
         has.push(Has::File);
     }
-    if body.attachments.iter().any(|a| a.mime.starts_with("image/")) {
+    if attachments.iter().any(|a| a.mime.starts_with("image/")) {
         has.push(Has::Image);
     }
-    let lower = body.text.to_ascii_lowercase();
+    let lower = text.to_ascii_lowercase();
     if lower.contains("https://") || lower.contains("http://") {
         has.push(Has::Link);
     }
     has
+}
+
+/// The attachments' names a message is found by (empty names left out).
+pub fn attachment_names(attachments: &[crate::pb::Attachment]) -> Vec<String> {
+    attachments
+        .iter()
+        .map(|a| a.name.clone())
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
+/// What is indexed of a message, on the server and on devices alike: its text, then each
+/// attachment name on a line of its own.
+pub fn indexed_text(text: &str, names: &[String]) -> String {
+    let mut all = text.to_string();
+    for n in names {
+        all.push('\n');
+        all.push_str(n);
+    }
+    all
+}
+
+/// Characters of a hit's snippet.
+pub const SNIPPET_CHARS: usize = 160;
+
+/// A hit's snippet (PROTOCOL.md §14.3): around the first match in `text`, or — when only
+/// an attachment's name matched — that name; in pieces, the matches marked.
+pub fn hit_snippet(text: &str, names: &[String], q: &Query) -> Vec<crate::pb::SnippetPart> {
+    let mut spans = highlights(text, q);
+    let mut source = text;
+    if spans.is_empty() {
+        if let Some((name, found)) = names
+            .iter()
+            .map(|n| (n, highlights(n, q)))
+            .find(|(_, found)| !found.is_empty())
+        {
+            (source, spans) = (name, found);
+        }
+    }
+    snippet(source, &spans, SNIPPET_CHARS)
+        .into_iter()
+        .map(|(text, hit)| crate::pb::SnippetPart { text, hit })
+        .collect()
 }
 
 /// Whether a text matches the text part of `q` (every `must`, no `exclude`).

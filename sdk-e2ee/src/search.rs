@@ -9,7 +9,7 @@ use std::sync::Arc;
 use natter_protocol::client::local_search::{Coverage, LocalDoc, LocalIndex, LocalRequest};
 use natter_protocol::client::ops;
 use natter_protocol::pb::{self, conversation_event::Body};
-use natter_protocol::search::{message_has, Query};
+use natter_protocol::search::{attachment_names, hit_snippet, message_has, Query};
 use natter_protocol::{ConversationId, Seq};
 
 use crate::{random, Engine, Io};
@@ -52,13 +52,8 @@ fn doc(ev: &pb::ConversationEvent, body: &pb::MessageBody) -> LocalDoc {
         sender: ev.sender_user_id,
         sender_name: ev.sender_username.clone(),
         text: body.text.clone(),
-        names: body
-            .attachments
-            .iter()
-            .map(|a| a.name.clone())
-            .filter(|n| !n.is_empty())
-            .collect(),
-        has: message_has(body),
+        names: attachment_names(&body.attachments),
+        has: message_has(&body.text, &body.attachments),
     }
 }
 
@@ -276,9 +271,6 @@ impl<I: Io> Engine<I> {
     }
 }
 
-/// Characters of a local hit's snippet (as the server's).
-const SNIPPET_CHARS: usize = 160;
-
 impl<I: Io> Engine<I> {
     /// Merge this device's hits in the encrypted conversations of a server answer's scope
     /// (`encrypted_conversation_ids`) into it: on the first page (no cursor) up to
@@ -326,15 +318,12 @@ impl<I: Io> Engine<I> {
                 Some(Body::Message(m)) => m.body.as_ref().map(|b| b.text.clone()).unwrap_or_default(),
                 _ => String::new(),
             };
-            let spans = natter_protocol::search::highlights(&text, &query);
             answer.hits.push(pb::SearchHit {
                 conversation_id: ev.conversation_id,
                 seq: ev.seq,
                 score: 0.0,
-                snippet: natter_protocol::search::snippet(&text, &spans, SNIPPET_CHARS)
-                    .into_iter()
-                    .map(|(text, hit)| pb::SnippetPart { text, hit })
-                    .collect(),
+                // The local hit's event carries its text only.
+                snippet: hit_snippet(&text, &[], &query),
                 event: Some(ev),
             });
         }

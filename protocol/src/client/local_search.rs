@@ -46,12 +46,7 @@ pub struct LocalDoc {
 
 impl LocalDoc {
     fn indexed_text(&self) -> String {
-        let mut all = self.text.clone();
-        for n in &self.names {
-            all.push('\n');
-            all.push_str(n);
-        }
-        all
+        crate::search::indexed_text(&self.text, &self.names)
     }
 
     fn bytes(&self) -> usize {

@@ -5,7 +5,7 @@
 //! indexed is left out) and returned with the event and a snippet. People and channels
 //! are found by name prefix in the store.
 use natter_protocol::pb::{self, conversation_event::Body, response::Result as Res, ErrorCode};
-use natter_protocol::search::{highlights, parse, snippet, Query};
+use natter_protocol::search::{hit_snippet, parse, Query};
 use natter_protocol::{ConversationId, Seq, ServerError, UserId};
 
 use super::{bad, Ctx};
@@ -18,8 +18,6 @@ const DEFAULT_LIMIT: u32 = 20;
 const MAX_LIMIT: u32 = 100;
 /// Matches counted at most.
 const MAX_TOTAL: usize = 10_000;
-/// Characters of a snippet.
-const SNIPPET_CHARS: usize = 160;
 /// Names per directory answer unless asked, and at most.
 const DEFAULT_NAMES: u32 = 20;
 const MAX_NAMES: u32 = 50;
@@ -269,20 +267,11 @@ async fn hit(ctx: &Ctx, q: &Query, h: Hit) -> Result<Option<pb::SearchHit>, Serv
             }
         }
     }
-    let spans = highlights(&h.text, q);
-    let pieces = match (spans.is_empty(), h.names.iter().find(|n| !highlights(n, q).is_empty())) {
-        // Found by an attachment's name: show the name.
-        (true, Some(name)) => snippet(name, &highlights(name, q), SNIPPET_CHARS),
-        _ => snippet(&h.text, &spans, SNIPPET_CHARS),
-    };
     Ok(Some(pb::SearchHit {
         conversation_id: h.conversation.0,
         seq: h.seq,
         score: h.score,
-        snippet: pieces
-            .into_iter()
-            .map(|(text, hit)| pb::SnippetPart { text, hit })
-            .collect(),
+        snippet: hit_snippet(&h.text, &h.names, q),
         event: Some(event),
     }))
 }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use natter_protocol::pb::{self, conversation_event::Body};
-use natter_protocol::search::Has;
+use natter_protocol::search::{attachment_names, message_has, Has};
 use natter_protocol::{ConversationId, Seq, UserId};
 
 use super::{Batch, Doc, Op, SearchError, SearchIndex};
@@ -31,18 +31,10 @@ fn content(body: &pb::MessageBody, text: &str) -> Option<(Vec<String>, Vec<Has>)
     if body.encrypted.is_some() {
         return None;
     }
-    let names: Vec<String> = body
-        .attachments
-        .iter()
-        .map(|a| a.name.clone())
-        .filter(|n| !n.is_empty())
-        .collect();
-    let has = natter_protocol::search::message_has(&pb::MessageBody {
-        text: text.to_string(),
-        attachments: body.attachments.clone(),
-        ..Default::default()
-    });
-    Some((names, has))
+    Some((
+        attachment_names(&body.attachments),
+        message_has(text, &body.attachments),
+    ))
 }
 
 /// The index changes `ev` makes. An edit needs its message's first event (for the sender,

@@ -42,12 +42,7 @@ pub struct Doc {
 impl Doc {
     /// What is indexed: the text, then each name on a line of its own.
     pub fn indexed_text(&self) -> String {
-        let mut all = self.text.clone();
-        for n in &self.names {
-            all.push('\n');
-            all.push_str(n);
-        }
-        all
+        natter_protocol::search::indexed_text(&self.text, &self.names)
     }
 }
 
