@@ -51,6 +51,8 @@ pub const MAX_CURSORS: usize = 10_000;
 pub const MAX_CLIENT_NAME_BYTES: usize = 128;
 /// Bytes of an access or resume token.
 pub const MAX_TOKEN_BYTES: usize = 128;
+/// Bytes of a product token (a JWT, PROTOCOL.md §5.13).
+pub const MAX_PRODUCT_TOKEN_BYTES: usize = 8192;
 /// How often clients send presence heartbeats; a user is offline after two missed.
 pub const HEARTBEAT_INTERVAL_MS: u32 = 15_000;
 /// The server's QUIC idle timeout: a connection silent this long is dropped.

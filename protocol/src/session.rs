@@ -88,6 +88,11 @@ pub struct ClientSession {
     phase: Phase,
     limits: pb::Limits,
     access_token: Option<String>,
+    /// The latest product token (PROTOCOL.md §5.13) the app gave, sent with Authenticate.
+    product_token: Option<String>,
+    /// Authenticate was refused with TOKEN_EXPIRED: waiting for a fresh product token
+    /// (how many times in a row, so a provider that keeps giving stale ones is cut off).
+    token_wait: Option<u8>,
     resume_token: Option<String>,
     identity: Option<(UserId, String, DeviceId)>,
     next_request_id: u64,
@@ -122,6 +127,8 @@ impl ClientSession {
             phase: Phase::Disconnected,
             limits: limits::default_limits(),
             access_token,
+            product_token: None,
+            token_wait: None,
             resume_token: None,
             identity: None,
             next_request_id: 1,
@@ -201,6 +208,20 @@ impl ClientSession {
         self.access_token = token;
     }
 
+    /// A product token (PROTOCOL.md §5.13) from the app, e.g. after
+    /// [`SessionEvent::TokenNeeded`]: kept for the next Authenticate; sent at once as
+    /// Authenticate when the session waits for it, or as RefreshToken when it is ready.
+    pub fn set_product_token(&mut self, now: Millis, token: String) {
+        self.now = now;
+        self.product_token = Some(token.clone());
+        if self.token_wait.is_some() && self.state() == State::Authenticating {
+            self.send_authenticate();
+        } else if self.ready() {
+            let id = self.alloc_id();
+            self.put_request(id, Op::RefreshToken(pb::RefreshToken { token }), Purpose::Ack);
+        }
+    }
+
     /// Restore a resume token and cursors persisted by an earlier process.
     pub fn restore(&mut self, resume_token: Option<String>, cursors: impl IntoIterator<Item = (ConversationId, Seq)>) {
         self.resume_token = resume_token;
@@ -250,6 +271,9 @@ impl ClientSession {
     pub fn request(&mut self, now: Millis, op: Op) -> Result<RequestId, ValidationError> {
         self.now = now;
         validate_op(&op)?;
+        if let Op::TokenLogin(t) = &op {
+            self.product_token = Some(t.token.clone());
+        }
         let id = self.alloc_id();
         self.queued.push_back((id, op));
         self.flush();
@@ -517,6 +541,7 @@ impl ClientSession {
             access_token: token,
             resume_token: self.resume_token.clone().unwrap_or_default(),
             cursors,
+            product_token: self.product_token.clone().unwrap_or_default(),
         });
         let id = self.alloc_id();
         self.put_request(id, op, Purpose::Authenticate);
@@ -535,7 +560,12 @@ impl ClientSession {
         // ones that wait for auth (which Login is needed to reach).
         let mut i = 0;
         while self.in_flight.len() < cap && i < self.queued.len() {
-            if !ready && !matches!(self.queued[i].1, Op::Register(_) | Op::Login(_) | Op::Ping(_)) {
+            if !ready
+                && !matches!(
+                    self.queued[i].1,
+                    Op::Register(_) | Op::Login(_) | Op::TokenLogin(_) | Op::Ping(_)
+                )
+            {
                 i += 1;
                 continue;
             }
@@ -680,7 +710,23 @@ impl ClientSession {
                 });
             }
             Purpose::Authenticate => match result {
-                Ok(Res::Auth(ok)) => self.apply_auth(ok),
+                Ok(Res::Auth(ok)) => {
+                    self.token_wait = None;
+                    self.apply_auth(ok)
+                }
+                // The device's product token expired (§5.13): the login stands; wait for a
+                // fresh token from the app. A provider that keeps giving expired ones is
+                // cut off after three, as a refused login.
+                Err(e) if e.code == pb::ErrorCode::TokenExpired => {
+                    let tries = self.token_wait.map_or(1, |n| n + 1);
+                    if tries > 3 {
+                        self.token_wait = None;
+                        self.auth_failed(e);
+                    } else {
+                        self.token_wait = Some(tries);
+                        self.events.push_back(SessionEvent::TokenNeeded { expires_at_ms: 0 });
+                    }
+                }
                 Ok(_) => self.auth_failed(ServerError::new(
                     pb::ErrorCode::Internal,
                     "unexpected response to Authenticate",
@@ -688,7 +734,12 @@ impl ClientSession {
                 // Only a refused token means "log in again". Anything else (too many
                 // connections, a server error) keeps the login: the driver reconnects and
                 // authenticates afresh, without the resume token in case it was the cause.
-                Err(e) if matches!(e.code, pb::ErrorCode::Unauthenticated | pb::ErrorCode::TokenRevoked) => {
+                Err(e)
+                    if matches!(
+                        e.code,
+                        pb::ErrorCode::Unauthenticated | pb::ErrorCode::TokenRevoked | pb::ErrorCode::InvalidToken
+                    ) =>
+                {
                     self.auth_failed(e)
                 }
                 Err(e) => {
@@ -710,6 +761,7 @@ impl ClientSession {
 
     fn auth_failed(&mut self, e: ServerError) {
         self.access_token = None;
+        self.product_token = None;
         self.resume_token = None;
         self.set_step(State::Unauthenticated);
         self.events.push_back(SessionEvent::AuthFailed(e));
@@ -842,6 +894,16 @@ fn validate_op(op: &Op) -> Result<(), ValidationError> {
                 Ok(())
             } else {
                 validate::name(&l.device_name)
+            }
+        }
+        Op::TokenLogin(t) => {
+            if t.token.is_empty() || t.token.len() > limits::MAX_PRODUCT_TOKEN_BYTES {
+                return Err(ValidationError::ProductToken);
+            }
+            if t.device_name.is_empty() {
+                Ok(())
+            } else {
+                validate::name(&t.device_name)
             }
         }
         Op::CreateDirect(d) => validate::username(&d.username),

@@ -63,6 +63,9 @@ pub enum ValidationError {
     /// A malformed media or upload id.
     #[error("malformed media or upload id")]
     MediaId,
+    /// A product token that is empty or over [`limits::MAX_PRODUCT_TOKEN_BYTES`].
+    #[error("a product token must be 1-8192 bytes")]
+    ProductToken,
     /// An end-to-end envelope of the wrong shape, or content outside it (PROTOCOL.md §12.3).
     #[error("encrypted message: {0}")]
     Envelope(&'static str),

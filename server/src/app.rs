@@ -179,6 +179,15 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         keys,
         push: push.clone(),
         search: search.clone(),
+        logins: crate::api::Logins {
+            passwords: config.password_logins,
+            tokens: Arc::new(crate::security::jwt::ProductTokens::new(
+                &config.token_issuers,
+                config.token_leeway_secs,
+            )?),
+            leeway_ms: config.token_leeway_secs * 1000,
+            refresh_ahead_ms: config.token_refresh_ahead_secs * 1000,
+        },
     };
     let shared = Arc::new(Shared::new(
         ctx,

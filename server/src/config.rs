@@ -154,6 +154,17 @@ pub struct Config {
     /// How often the index compares every conversation with the log (with several nodes,
     /// what a lost bus message left out). Default 300.
     pub search_reconcile_secs: u64,
+    /// Accounts with passwords (Register, Login). Default on; off, only product tokens
+    /// log in (PROTOCOL.md §5.13).
+    pub password_logins: bool,
+    /// `[[token_issuers]]`: the product backends whose JWTs log users in (PROTOCOL.md
+    /// §5.13). Empty (the default): token logins are off.
+    pub token_issuers: Vec<crate::security::jwt::IssuerConfig>,
+    /// Clock skew allowed on a product token's `exp` and `nbf`, in seconds. Default 30.
+    pub token_leeway_secs: u64,
+    /// A connection is told its product token expires (`TokenExpiring`) this many seconds
+    /// before it does (at most half its lifetime). Default 60.
+    pub token_refresh_ahead_secs: u64,
     /// Bytes of media one user may hold. Default 10 GiB.
     pub media_quota_bytes: u64,
     /// Where media bytes live without S3. Unset: `<data_dir>/media`.
@@ -256,6 +267,10 @@ impl Default for Config {
             search_dir: None,
             search_commit_ms: 250,
             search_reconcile_secs: 300,
+            password_logins: true,
+            token_issuers: Vec::new(),
+            token_leeway_secs: 30,
+            token_refresh_ahead_secs: 60,
             media_quota_bytes: limits::MEDIA_QUOTA_BYTES,
             media_dir: None,
             s3: None,

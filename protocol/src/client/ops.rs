@@ -97,6 +97,20 @@ pub fn login(username: &str, password: &str, device_name: &str) -> Call<pb::Logi
     })
 }
 
+/// Log in as a new device with a product token (a JWT the product's backend minted,
+/// PROTOCOL.md §5.13); the session authenticates with the device's access token from then
+/// on, and keeps the product token for when it must be renewed.
+pub fn token_login(token: &str, device_name: &str) -> Call<pb::LoginOk> {
+    let op = Op::TokenLogin(pb::TokenLogin {
+        token: token.into(),
+        device_name: device_name.into(),
+    });
+    Call::new(op, |r| match r {
+        Res::Login(l) => Some(l),
+        _ => None,
+    })
+}
+
 /// Revoke a device's token (`DeviceId(0)`: this device; the connection then closes).
 pub fn logout(device: DeviceId) -> Call<()> {
     Call::new(Op::Logout(pb::Logout { device_id: device.0 }), done)

@@ -169,6 +169,9 @@ impl ClientSession {
                 }
             }
             Some(pb::signal::Kind::PushRemoved(r)) => self.events.push_back(SessionEvent::PushRemoved(r)),
+            Some(pb::signal::Kind::TokenExpiring(t)) => self.events.push_back(SessionEvent::TokenNeeded {
+                expires_at_ms: t.expires_at_ms,
+            }),
             Some(pb::signal::Kind::ToDevice(t)) => {
                 let mine = self.identity.as_ref().is_some_and(|i| i.2 .0 == t.to_device_id);
                 if mine {

@@ -173,6 +173,13 @@ pub enum SessionEvent {
     },
     /// The access token was refused: the app must log in again.
     AuthFailed(ServerError),
+    /// The device's product token (PROTOCOL.md §5.13) expires at `expires_at_ms`, or has
+    /// expired (0: the session waits to authenticate): give the session a fresh one with
+    /// `set_product_token`. SDKs ask the app's token provider.
+    TokenNeeded {
+        /// When the current one expires, ms since the epoch; 0 when it already has.
+        expires_at_ms: u64,
+    },
     /// Cursor sync: every conversation the user is a member of.
     Conversations(Vec<pb::ConversationSummary>),
     /// A conversation event: exactly once, in seq order per conversation.

@@ -18,6 +18,7 @@ use crate::session::hub::Hub;
 use crate::session::presence::Presence;
 use crate::store::Store;
 
+pub mod accounts;
 mod history;
 pub mod keys;
 pub mod media;
@@ -62,6 +63,21 @@ pub struct Ctx {
     pub push: Arc<crate::push::Push>,
     /// Full-text search, if on.
     pub search: Option<Arc<crate::search::Search>>,
+    /// Accounts: whether passwords log in, and the product tokens that do (§5.13).
+    pub logins: Logins,
+}
+
+/// How users log in (PROTOCOL.md §5.1, §5.13).
+#[derive(Debug, Clone)]
+pub struct Logins {
+    /// Register and Login with passwords.
+    pub passwords: bool,
+    /// The trusted product token issuers (none: token logins are off).
+    pub tokens: Arc<crate::security::jwt::ProductTokens>,
+    /// Clock skew allowed on a product token's expiry, ms.
+    pub leeway_ms: u64,
+    /// How long before a product token expires its connection is told so, ms.
+    pub refresh_ahead_ms: u64,
 }
 
 fn bad(msg: &str) -> ServerError {
@@ -441,6 +457,8 @@ pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError
         | Op::Logout(_)
         | Op::Register(_)
         | Op::Login(_)
+        | Op::TokenLogin(_)
+        | Op::RefreshToken(_)
         | Op::Authenticate(_)
         | Op::Send(_)
         | Op::Download(_)

@@ -15,7 +15,19 @@ use crate::conversation::Actor;
 use crate::security::auth;
 
 impl<T: Transport> Conn<T> {
+    fn passwords_on(&self) -> Result<(), ServerError> {
+        if self.shared.ctx.logins.passwords {
+            Ok(())
+        } else {
+            Err(ServerError::new(
+                ErrorCode::Forbidden,
+                "password logins are off on this server: log in with a product token",
+            ))
+        }
+    }
+
     pub(super) async fn register(&self, r: pb::Register) -> Result<Res, ServerError> {
+        self.passwords_on()?;
         self.shared.ctx.rates.register(self.transport.peer_ip())?;
         validate::username(&r.username)?;
         validate::password(&r.password)?;
@@ -38,6 +50,7 @@ impl<T: Transport> Conn<T> {
         if matches!(self.phase, Phase::Authenticated(_)) {
             return Err(ServerError::new(ErrorCode::Conflict, "already authenticated"));
         }
+        self.passwords_on()?;
         validate::username(&r.username)?;
         validate::password(&r.password)?;
         // Counted before the password is checked: brute force meets the limit either way.
@@ -97,6 +110,80 @@ impl<T: Transport> Conn<T> {
         }))
     }
 
+    /// Log in with a product token (PROTOCOL.md §5.13): the subject's user (made on first
+    /// use), a new device bound to the subject until the token's `exp`.
+    pub(super) async fn token_login(&mut self, t: pb::TokenLogin) -> Result<Res, ServerError> {
+        if matches!(self.phase, Phase::Authenticated(_)) {
+            return Err(ServerError::new(ErrorCode::Conflict, "already authenticated"));
+        }
+        let ctx = &self.shared.ctx;
+        if !ctx.logins.tokens.enabled() {
+            return Err(ServerError::new(
+                ErrorCode::Forbidden,
+                "token logins are off on this server (no token issuer is configured)",
+            ));
+        }
+        if t.token.is_empty() || t.token.len() > limits::MAX_PRODUCT_TOKEN_BYTES {
+            return Err(ServerError::new(
+                ErrorCode::InvalidToken,
+                "a product token is 1-8192 bytes",
+            ));
+        }
+        let device_name = if t.device_name.is_empty() {
+            "unnamed device".to_string()
+        } else {
+            t.device_name
+        };
+        validate::name(&device_name)?;
+        ctx.rates.token_login(self.transport.peer_ip())?;
+        let claims = ctx.logins.tokens.verify(&t.token).await?;
+        let who = api::accounts::product_user(ctx, &claims, now_ms()).await?;
+        self.check_user_connections(who.user, DeviceId(0))?;
+        let token = auth::new_token("nt_");
+        let device = ctx
+            .store
+            .create_device(
+                who.user,
+                &who.username,
+                &device_name,
+                auth::token_hash(&token),
+                now_ms(),
+            )
+            .await
+            .map_err(ServerError::from)?;
+        api::accounts::bind(ctx, device, &claims).await?;
+        let mut session = self.establish(who.user, who.username, device, "", &[]).await?;
+        session.token_expires_at_ms = claims.expires_ms;
+        self.watch_token(claims.expires_ms);
+        Ok(Res::Login(pb::LoginOk {
+            user_id: who.user.0,
+            device_id: device.0,
+            access_token: token,
+            session: Some(session),
+        }))
+    }
+
+    /// Renew this device's product token (PROTOCOL.md §5.13).
+    pub(super) async fn refresh_token(&mut self, r: pb::RefreshToken, actor: &Actor) -> Result<Res, ServerError> {
+        let ctx = &self.shared.ctx;
+        let bound = api::accounts::binding(ctx, actor.device).await?.ok_or_else(|| {
+            ServerError::new(
+                ErrorCode::BadRequest,
+                "this device logged in with a password: it has no product token to renew",
+            )
+        })?;
+        if r.token.is_empty() || r.token.len() > limits::MAX_PRODUCT_TOKEN_BYTES {
+            return Err(ServerError::new(
+                ErrorCode::InvalidToken,
+                "a product token is 1-8192 bytes",
+            ));
+        }
+        let claims = ctx.logins.tokens.verify(&r.token).await?;
+        let expires_at_ms = api::accounts::renew(ctx, actor.device, &bound, &claims).await?;
+        self.watch_token(expires_at_ms);
+        Ok(Res::TokenRefreshed(pb::TokenRefreshed { expires_at_ms }))
+    }
+
     pub(super) async fn authenticate(&mut self, a: pb::Authenticate) -> Result<Res, ServerError> {
         if matches!(self.phase, Phase::Authenticated(_)) {
             return Err(ServerError::new(ErrorCode::Conflict, "already authenticated"));
@@ -120,9 +207,35 @@ impl<T: Transport> Conn<T> {
             .await
             .map_err(ServerError::from)?
             .ok_or_else(|| ServerError::new(ErrorCode::Unauthenticated, "unknown or revoked token"))?;
-        let ok = self
+        // A device a product token made holds only as long as its last token (§5.13).
+        let ctx = &self.shared.ctx;
+        let expires = match api::accounts::binding(ctx, device.id).await? {
+            None => None,
+            Some(bound) if !a.product_token.is_empty() => {
+                if a.product_token.len() > limits::MAX_PRODUCT_TOKEN_BYTES {
+                    return Err(ServerError::new(
+                        ErrorCode::InvalidToken,
+                        "a product token is 1-8192 bytes",
+                    ));
+                }
+                let claims = ctx.logins.tokens.verify(&a.product_token).await?;
+                Some(api::accounts::renew(ctx, device.id, &bound, &claims).await?)
+            }
+            Some(bound) if now_ms() > bound.expires_ms + ctx.logins.leeway_ms => {
+                return Err(ServerError::new(
+                    ErrorCode::TokenExpired,
+                    "this device's product token has expired: authenticate with a fresh one",
+                ))
+            }
+            Some(bound) => Some(bound.expires_ms),
+        };
+        let mut ok = self
             .establish(device.user, device.username, device.id, resume_token, &a.cursors)
             .await?;
+        if let Some(at) = expires {
+            ok.token_expires_at_ms = at;
+            self.watch_token(at);
+        }
         Ok(Res::Auth(ok))
     }
 
@@ -233,6 +346,7 @@ impl<T: Transport> Conn<T> {
             resumed: was_resumed,
             conversations,
             key_counts,
+            token_expires_at_ms: 0,
         })
     }
 

@@ -234,6 +234,17 @@ struct Conn<T: Transport> {
     /// Closes the session layer asks for (logged out elsewhere, resumed on another
     /// connection): the read loop ends with them, so they go out like every other close.
     closes: mpsc::Sender<Close>,
+    /// For a device a product token made: when that token expires (§5.13).
+    token: Option<TokenClock>,
+}
+
+/// A product token's expiry as one connection watches it: `TokenExpiring` first, then the
+/// close with `TOKEN_EXPIRED` unless RefreshToken moved it.
+#[derive(Clone, Copy, Debug)]
+struct TokenClock {
+    expires_ms: u64,
+    warn_ms: u64,
+    warned: bool,
 }
 
 /// Serve one connection until it ends. `recv`/`send` are its control stream.
@@ -269,6 +280,7 @@ where
         in_flight,
         actor,
         closes,
+        token: None,
     };
     let mut decoder = FrameDecoder::new(conn.shared.config.limits.max_frame_bytes as usize);
     let datagrams = tokio::spawn(read_datagrams(
@@ -384,7 +396,55 @@ fn response_frame(id: u64, result: Result<Res, ServerError>) -> Bytes {
     })
 }
 
+/// A wall-clock time as a tokio deadline.
+fn at_wall(ms: u64) -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_millis(ms.saturating_sub(now_ms()))
+}
+
 impl<T: Transport> Conn<T> {
+    /// Watch the device's product token: told `refresh_ahead` before `expires_ms` (at most
+    /// half of what is left), closed after it (and the leeway).
+    fn watch_token(&mut self, expires_ms: u64) {
+        let left = expires_ms.saturating_sub(now_ms());
+        let ahead = self.shared.ctx.logins.refresh_ahead_ms.min(left / 2);
+        self.token = Some(TokenClock {
+            expires_ms,
+            warn_ms: expires_ms - ahead,
+            warned: false,
+        });
+    }
+
+    /// The token's next moment: the warning, or the close.
+    fn token_due(&self) -> Option<tokio::time::Instant> {
+        self.token.map(|t| {
+            if t.warned {
+                at_wall(t.expires_ms + self.shared.ctx.logins.leeway_ms)
+            } else {
+                at_wall(t.warn_ms)
+            }
+        })
+    }
+
+    async fn token_tick(&mut self) -> Result<(), Close> {
+        let Some(t) = &mut self.token else { return Ok(()) };
+        if t.warned {
+            return Err(Close::new(
+                ErrorCode::TokenExpired,
+                "the product token expired: authenticate again with a fresh one",
+            ));
+        }
+        t.warned = true;
+        let frame = pb::Frame {
+            kind: Some(Kind::Signal(pb::Signal {
+                kind: Some(pb::signal::Kind::TokenExpiring(pb::TokenExpiring {
+                    expires_at_ms: t.expires_ms,
+                })),
+            })),
+        };
+        let _ = self.out.send(encode_frame(&frame)).await;
+        Ok(())
+    }
+
     async fn respond(&self, id: u64, result: Result<Res, ServerError>) {
         let _ = self.out.send(response_frame(id, result)).await;
     }
@@ -443,9 +503,14 @@ impl<T: Transport> Conn<T> {
 
         loop {
             let unauthenticated = matches!(self.phase, Phase::Unauthenticated);
+            let token_due = self.token_due();
             let frame = tokio::select! {
                 frame = read_frame(&*self.transport, recv, decoder) => frame?,
                 Some(close) = close_requests.recv() => return Err(close),
+                _ = tokio::time::sleep_until(token_due.unwrap_or_else(tokio::time::Instant::now)), if token_due.is_some() => {
+                    self.token_tick().await?;
+                    continue;
+                }
                 _ = tokio::time::sleep_until(auth_deadline), if unauthenticated => {
                     return Err(Close::new(
                         ErrorCode::HandshakeRequired,
@@ -499,6 +564,10 @@ impl<T: Transport> Conn<T> {
                 let res = self.authenticate(x).await;
                 self.respond(id, res).await;
             }
+            Op::TokenLogin(x) => {
+                let res = self.token_login(x).await;
+                self.respond(id, res).await;
+            }
             Op::Ping(p) => {
                 self.respond(
                     id,
@@ -533,6 +602,10 @@ impl<T: Transport> Conn<T> {
                 self.respond(id, Ok(Res::Done(pb::Done {}))).await;
             }
             Op::Logout(x) => return self.logout(id, x, actor).await,
+            Op::RefreshToken(r) => {
+                let res = self.refresh_token(r, &actor).await;
+                self.respond(id, res).await;
+            }
             Op::ListDevices(_) => {
                 let res = self.list_devices(&actor).await;
                 self.respond(id, res).await;

@@ -1,8 +1,9 @@
 //! Security primitives beside the layers: password hashing and token derivation
-//! ([`auth`]), rate limits ([`ratelimit`]), certificates ([`tls`]) and the QUIC
+//! ([`auth`]), product tokens ([`jwt`]), rate limits ([`ratelimit`]), certificates ([`tls`]) and the QUIC
 //! stateless-reset key ([`reset`]). Imports none of the
 //! crate's layers; every layer may use it.
 pub mod auth;
+pub mod jwt;
 pub mod ratelimit;
 pub mod reset;
 pub mod tls;

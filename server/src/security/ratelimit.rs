@@ -108,6 +108,12 @@ impl RateLimits {
         )
     }
 
+    /// A product-token login from `ip` (PROTOCOL.md §5.13): the address's login budget;
+    /// a forged token costs a signature check, never a password hash.
+    pub fn token_login(&self, ip: IpAddr) -> Result<(), ServerError> {
+        check(&self.login_ip, &ip, "login attempts from this address")
+    }
+
     /// A registration from `ip`.
     pub fn register(&self, ip: IpAddr) -> Result<(), ServerError> {
         check(&self.register_ip, &ip, "registrations from this address")

@@ -44,6 +44,7 @@ struct State {
     backup_keys: BTreeMap<(UserId, ConversationId, Vec<u8>), BackupKeyRecord>,
     push: HashMap<UserId, PushRecord>,
     push_jobs: HashMap<String, PushJob>,
+    docs: BTreeMap<(String, String), Doc>,
 }
 
 #[derive(Debug, Default)]
@@ -669,6 +670,46 @@ impl Store for MemoryStore {
 
     async fn get_push(&self, id: &str) -> Result<Option<PushJob>, StoreError> {
         Ok(self.with(|s| s.push_jobs.get(id).cloned()))
+    }
+
+    async fn doc(&self, space: &str, key: &str) -> Result<Option<Doc>, StoreError> {
+        Ok(self.with(|s| s.docs.get(&(space.to_string(), key.to_string())).cloned()))
+    }
+
+    async fn put_doc(&self, space: &str, key: &str, expected: u64, value: Vec<u8>) -> Result<bool, StoreError> {
+        Ok(self.with(|s| {
+            let k = (space.to_string(), key.to_string());
+            if s.docs.get(&k).map_or(0, |d| d.version) != expected {
+                return false;
+            }
+            s.docs.insert(
+                k,
+                Doc {
+                    version: expected + 1,
+                    value,
+                },
+            );
+            true
+        }))
+    }
+
+    async fn delete_doc(&self, space: &str, key: &str) -> Result<bool, StoreError> {
+        Ok(self.with(|s| s.docs.remove(&(space.to_string(), key.to_string())).is_some()))
+    }
+
+    async fn docs(&self, space: &str, after: &str, limit: usize) -> Result<Vec<(String, Doc)>, StoreError> {
+        use std::ops::Bound;
+        Ok(self.with(|s| {
+            s.docs
+                .range((
+                    Bound::Excluded((space.to_string(), after.to_string())),
+                    Bound::Unbounded,
+                ))
+                .take_while(|((sp, _), _)| sp == space)
+                .take(limit)
+                .map(|((_, k), d)| (k.clone(), d.clone()))
+                .collect()
+        }))
     }
 }
 

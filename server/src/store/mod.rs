@@ -12,6 +12,7 @@ use natter_protocol::pb;
 use natter_protocol::{ConversationId, DeviceId, Seq, UserId};
 use serde::{Deserialize, Serialize};
 
+pub mod docs;
 pub mod keys;
 pub mod media;
 pub mod memory;
@@ -26,6 +27,7 @@ pub mod suite;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testredis;
 
+pub use docs::Doc;
 pub use keys::{
     BackupKeyRecord, DeviceKeysRecord, EncryptedDevice, KeyBackupRecord, KeyState, OneTimeKeyRecord, UserKeyRecord,
     Versioned,
@@ -286,6 +288,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn revoke_device(&self, user: UserId, device: DeviceId) -> Result<bool, StoreError>;
     /// A user's devices, revoked ones included.
     async fn list_devices(&self, user: UserId) -> Result<Vec<DeviceRecord>, StoreError>;
+
+    /// The document under `(space, key)` ([`docs`]).
+    async fn doc(&self, space: &str, key: &str) -> Result<Option<Doc>, StoreError>;
+    /// Write the document if its version is `expected` (0: absent); it then has version
+    /// `expected + 1`. `Ok(false)` when the version differs (nothing written).
+    async fn put_doc(&self, space: &str, key: &str, expected: u64, value: Vec<u8>) -> Result<bool, StoreError>;
+    /// Remove the document. False if there was none.
+    async fn delete_doc(&self, space: &str, key: &str) -> Result<bool, StoreError>;
+    /// Documents of `space` with keys after `after` (exclusive; "" from the start), in key
+    /// byte order, at most `limit`.
+    async fn docs(&self, space: &str, after: &str, limit: usize) -> Result<Vec<(String, Doc)>, StoreError>;
 
     /// A fresh conversation id, never handed out before.
     async fn allocate_conversation_id(&self) -> Result<ConversationId, StoreError>;

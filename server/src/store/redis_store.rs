@@ -323,6 +323,73 @@ redis.call('HDEL', KEYS[4], ARGV[1])
     )
 });
 
+/// Documents ([`super::docs`]): per space one slot (`{x:<space>}`) with the values, the
+/// versions and the keys in order. KEYS: values, versions, order.
+fn doc_keys(inv: &mut redis::ScriptInvocation<'_>, space: &str) {
+    inv.key(format!("n:{{x:{space}}}:d"))
+        .key(format!("n:{{x:{space}}}:v"))
+        .key(format!("n:{{x:{space}}}:z"));
+}
+
+/// ARGV: key. `{version, value}` or nil.
+static DOC_GET: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local v = redis.call('HGET', KEYS[2], ARGV[1])
+if not v then return nil end
+return {v, redis.call('HGET', KEYS[1], ARGV[1])}
+"#,
+    )
+});
+
+/// ARGV: key, expected version, value. 1 if written.
+static DOC_PUT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local v = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+if v ~= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[1], v + 1)
+redis.call('ZADD', KEYS[3], 0, ARGV[1])
+return 1
+"#,
+    )
+});
+
+/// ARGV: key. 1 if there was one.
+static DOC_DELETE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return redis.call('HDEL', KEYS[2], ARGV[1])
+"#,
+    )
+});
+
+/// ARGV: lex start ("-" or "(<after>"), limit. Flat `key, version, value` triples.
+static DOC_LIST: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local ks = redis.call('ZRANGEBYLEX', KEYS[3], ARGV[1], '+', 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {}
+for _, k in ipairs(ks) do
+  table.insert(out, k)
+  table.insert(out, redis.call('HGET', KEYS[2], k) or '0')
+  table.insert(out, redis.call('HGET', KEYS[1], k) or '')
+end
+return out
+"#,
+    )
+});
+
+fn doc_version(v: &[u8]) -> Result<u64, StoreError> {
+    std::str::from_utf8(v)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| StoreError::Corrupt("document version".into()))
+}
+
 /// Keys of media records: one hash per file (`v`, `r`), the upload id → file id, and the
 /// set of unfinished uploads scored by expiry. Media ids are random, so each record is a
 /// slot of its own on a cluster; updates of one record are one script.
@@ -1334,6 +1401,63 @@ impl Store for RedisStore {
         let due: Option<String> = self.conn.query(redis::cmd("ZSCORE").arg(PUSH_DUE).arg(id)).await?;
         let Some(due) = due else { return Ok(None) };
         Ok(self.push_jobs(vec![id.to_string(), due]).await?.pop())
+    }
+
+    async fn doc(&self, space: &str, key: &str) -> Result<Option<Doc>, StoreError> {
+        let mut inv = DOC_GET.prepare_invoke();
+        doc_keys(&mut inv, space);
+        inv.arg(key);
+        let got: Option<(Vec<u8>, Vec<u8>)> = self.conn.script(&inv).await?;
+        got.map(|(v, value)| {
+            Ok(Doc {
+                version: doc_version(&v)?,
+                value,
+            })
+        })
+        .transpose()
+    }
+
+    async fn put_doc(&self, space: &str, key: &str, expected: u64, value: Vec<u8>) -> Result<bool, StoreError> {
+        let mut inv = DOC_PUT.prepare_invoke();
+        doc_keys(&mut inv, space);
+        inv.arg(key).arg(expected).arg(value);
+        let written: i64 = self.conn.script(&inv).await?;
+        if written == 1 {
+            self.replicated().await?;
+        }
+        Ok(written == 1)
+    }
+
+    async fn delete_doc(&self, space: &str, key: &str) -> Result<bool, StoreError> {
+        let mut inv = DOC_DELETE.prepare_invoke();
+        doc_keys(&mut inv, space);
+        inv.arg(key);
+        let removed: i64 = self.conn.script(&inv).await?;
+        self.replicated().await?;
+        Ok(removed == 1)
+    }
+
+    async fn docs(&self, space: &str, after: &str, limit: usize) -> Result<Vec<(String, Doc)>, StoreError> {
+        let mut inv = DOC_LIST.prepare_invoke();
+        doc_keys(&mut inv, space);
+        let start = if after.is_empty() {
+            "-".to_string()
+        } else {
+            format!("({after}")
+        };
+        inv.arg(start).arg(limit);
+        let flat: Vec<Vec<u8>> = self.conn.script(&inv).await?;
+        flat.chunks_exact(3)
+            .map(|c| {
+                Ok((
+                    String::from_utf8_lossy(&c[0]).into_owned(),
+                    Doc {
+                        version: doc_version(&c[1])?,
+                        value: c[2].clone(),
+                    },
+                ))
+            })
+            .collect()
     }
 }
 

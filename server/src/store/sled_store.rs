@@ -973,9 +973,69 @@ impl Store for SledStore {
         let view = self.view().await?;
         view.get(&push_job_key(id))?.map(|v| dec(&v)).transpose()
     }
+
+    async fn doc(&self, space: &str, key: &str) -> Result<Option<Doc>, StoreError> {
+        self.view()
+            .await?
+            .get(&doc_key(space, key))?
+            .map(|v| read_doc(&v))
+            .transpose()
+    }
+
+    async fn put_doc(&self, space: &str, key: &str, expected: u64, value: Vec<u8>) -> Result<bool, StoreError> {
+        let k = doc_key(space, key);
+        let current = self.view().await?.get(&k)?;
+        let version = current.as_deref().map(read_doc).transpose()?.map_or(0, |d| d.version);
+        if version != expected {
+            return Ok(false);
+        }
+        let mut next = be(expected + 1).to_vec();
+        next.extend_from_slice(&value);
+        self.write(true, move |h| {
+            h.tree
+                .compare_and_swap(&k, current, Some(next))
+                .map_err(backend)
+                .map(|r| r.is_ok())
+        })
+        .await
+    }
+
+    async fn delete_doc(&self, space: &str, key: &str) -> Result<bool, StoreError> {
+        let k = doc_key(space, key);
+        self.write(true, move |h| {
+            h.tree.remove(&k).map_err(backend).map(|old| old.is_some())
+        })
+        .await
+    }
+
+    async fn docs(&self, space: &str, after: &str, limit: usize) -> Result<Vec<(String, Doc)>, StoreError> {
+        let view = self.view().await?;
+        let prefix = doc_key(space, "");
+        let (_, end) = super::sled_health::prefix_range(&prefix);
+        let start = std::ops::Bound::Excluded(doc_key(space, after));
+        view.range((start, end), false)
+            .take(limit)
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((String::from_utf8_lossy(&k[prefix.len()..]).into_owned(), read_doc(&v)?))
+            })
+            .collect()
+    }
 }
 
 use sled::transaction::ConflictableTransactionError as Abort;
+
+/// `x/<space>\0<key>` → the version (8 bytes, big-endian) then the value.
+fn doc_key(space: &str, key: &str) -> Vec<u8> {
+    self::key(b"x/", &[space.as_bytes(), b"\0", key.as_bytes()])
+}
+
+fn read_doc(v: &[u8]) -> Result<Doc, StoreError> {
+    Ok(Doc {
+        version: read_u64(v)?,
+        value: v[8..].to_vec(),
+    })
+}
 
 fn push_job_key(id: &str) -> Vec<u8> {
     key(b"pj/", &[id.as_bytes()])

@@ -44,7 +44,7 @@ macro_rules! store_suite {
             accounts presence_records devices conversation_records paging idempotency_keys
             read_and_delivered_cursors unread_counts message_state member_removal claims
             media_records media_quota shared_secrets key_records key_backups user_keys
-            push_records push_queue conversation_listing directory);
+            push_records push_queue conversation_listing directory documents);
     };
     (@each $make:expr; $($behaviour:ident)*) => {
         $(
@@ -157,6 +157,45 @@ pub(crate) async fn conversation_listing(store: &dyn Store) {
     assert_eq!(store.conversations_after(none, 1).await.unwrap(), vec![(c1, Seq(11))]);
     assert_eq!(store.conversations_after(c1, 10).await.unwrap(), vec![(c2, Seq(12))]);
     assert!(store.conversations_after(c2, 10).await.unwrap().is_empty());
+}
+
+pub(crate) async fn documents(store: &dyn Store) {
+    use super::docs;
+    assert_eq!(store.doc("t", "a").await.unwrap(), None);
+    // First write only against "absent"; then only against the version read.
+    assert!(store.put_doc("t", "a", 0, b"1".to_vec()).await.unwrap());
+    assert!(!store.put_doc("t", "a", 0, b"x".to_vec()).await.unwrap());
+    assert!(!store.put_doc("t", "a", 2, b"x".to_vec()).await.unwrap());
+    assert!(store.put_doc("t", "a", 1, b"2".to_vec()).await.unwrap());
+    let d = store.doc("t", "a").await.unwrap().unwrap();
+    assert_eq!((d.version, d.value), (2, b"2".to_vec()));
+    // Spaces are apart; listing is in key byte order, after the given key, bounded.
+    for k in ["c", "b", "d/1", "d"] {
+        assert!(store.put_doc("t", k, 0, k.as_bytes().to_vec()).await.unwrap());
+    }
+    assert!(store.put_doc("u", "a", 0, b"other".to_vec()).await.unwrap());
+    let keys = |v: Vec<(String, Doc)>| v.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+    assert_eq!(
+        keys(store.docs("t", "", 10).await.unwrap()),
+        ["a", "b", "c", "d", "d/1"]
+    );
+    assert_eq!(keys(store.docs("t", "b", 2).await.unwrap()), ["c", "d"]);
+    assert_eq!(keys(store.docs("t", "d/1", 10).await.unwrap()), Vec::<String>::new());
+    assert_eq!(store.docs("u", "", 10).await.unwrap()[0].1.value, b"other");
+    // Deleting frees the key for a first write again.
+    assert!(store.delete_doc("t", "b").await.unwrap());
+    assert!(!store.delete_doc("t", "b").await.unwrap());
+    assert!(store.put_doc("t", "b", 0, b"again".to_vec()).await.unwrap());
+    // The typed layer: first claim wins; update retries on its own.
+    assert_eq!(docs::claim(store, "claims", "k", 7u64).await.unwrap(), 7);
+    assert_eq!(docs::claim(store, "claims", "k", 9u64).await.unwrap(), 7);
+    let n = docs::update(store, "counter", "n", |v: Option<u64>| Some((v.unwrap_or(0) + 1, ())));
+    n.await.unwrap();
+    docs::update(store, "counter", "n", |v: Option<u64>| Some((v.unwrap_or(0) + 1, ())))
+        .await
+        .unwrap();
+    let got = docs::get::<u64>(store, "counter", "n").await.unwrap().unwrap();
+    assert_eq!((got.value, got.version), (2, 2));
 }
 
 pub(crate) async fn directory(store: &dyn Store) {

@@ -106,6 +106,14 @@ pub enum NatterEvent {
         /// What the push service answered.
         reason: String,
     },
+    /// This device logged in with a product token (PROTOCOL.md §5.13) that expires at
+    /// `expires_at_ms`, or has expired (0: the client waits to reconnect). Give the client
+    /// a fresh token from your backend (`set_token`); a client with a token provider asks
+    /// it by itself, and this event only tells you it did.
+    TokenNeeded {
+        /// When the current token expires, ms since the epoch; 0 when it already has.
+        expires_at_ms: u64,
+    },
     /// One of your uploads moved on: more bytes stored, processed, ready or rejected.
     UploadProgress {
         /// What the server reported.
@@ -231,6 +239,7 @@ impl NatterEvent {
                 user_id: user_id.0,
             },
             SessionEvent::UploadProgress(u) => NatterEvent::UploadProgress { progress: u.into() },
+            SessionEvent::TokenNeeded { expires_at_ms } => NatterEvent::TokenNeeded { expires_at_ms },
             SessionEvent::PushRemoved(r) => NatterEvent::PushRemoved {
                 device_id: r.device_id,
                 registration_id: r.registration_id,

@@ -1,0 +1,163 @@
+//! Accounts of the product's users (PROTOCOL.md §5.13): a product token's subject is the
+//! product's id for its user, mapped to one natter user created on first use (its username
+//! from `preferred_username` when free, else derived from the subject; its display name
+//! and avatar from `name` and `picture`), and the devices such a login creates, bound to
+//! the subject until the token's `exp`. The token's signature and claims are checked
+//! before anything here runs ([`crate::security::jwt`]).
+use natter_protocol::pb::ErrorCode;
+use natter_protocol::{validate, DeviceId, ServerError, UserId};
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+
+use super::Ctx;
+use crate::security::jwt::Claims;
+use crate::store::docs;
+
+/// Document space: product subject → natter user.
+const IDENTITY: &str = "identity";
+/// Document space: device id → its product binding.
+const BINDING: &str = "binding";
+/// Document space: user id → profile.
+pub const PROFILE: &str = "profile";
+
+/// The natter user of one product subject.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// The user.
+    pub user: UserId,
+    /// Their username.
+    pub username: String,
+}
+
+/// A device created by a product token: whose it is, and until when its last token holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Binding {
+    /// The product's id for the user.
+    pub subject: String,
+    /// The last accepted token's `exp`, ms since the epoch.
+    pub expires_ms: u64,
+}
+
+/// What a user shows others beside their username.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Profile {
+    /// The username (so a profile also finds a user by id).
+    pub username: String,
+    /// The product's id for the user, when the product made it.
+    #[serde(default)]
+    pub external_id: String,
+    /// Display name; empty: the username.
+    #[serde(default)]
+    pub display_name: String,
+    /// Avatar: an https URL (from a token's `picture`) or `media:<id>`.
+    #[serde(default)]
+    pub avatar: String,
+}
+
+/// Longest display name, in characters.
+const MAX_DISPLAY_NAME_CHARS: usize = 64;
+/// Longest avatar URL, in bytes.
+const MAX_AVATAR_BYTES: usize = 1024;
+
+/// The subject's natter user, created on first use.
+pub async fn product_user(ctx: &Ctx, claims: &Claims, now_ms: u64) -> Result<Identity, ServerError> {
+    if let Some(found) = docs::get::<Identity>(&*ctx.store, IDENTITY, &claims.subject).await? {
+        return Ok(found.value);
+    }
+    let mut names = Vec::new();
+    if let Some(p) = claims
+        .preferred_username
+        .as_deref()
+        .filter(|p| validate::username(p).is_ok())
+    {
+        names.push(p.to_string());
+    }
+    let digest = hex::encode(sha2::Sha256::digest(claims.subject.as_bytes()));
+    names.extend([12, 20, 31].map(|n| format!("u{}", &digest[..n])));
+    let mut created = None;
+    for name in names {
+        // No password: such an account logs in only with a product token.
+        match ctx.store.create_user(&name, "", now_ms).await {
+            Ok(id) => {
+                created = Some(Identity {
+                    user: id,
+                    username: name,
+                });
+                break;
+            }
+            Err(crate::store::StoreError::UsernameTaken) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let created = created.ok_or_else(|| ServerError::new(ErrorCode::Conflict, "no free username for this subject"))?;
+    let won = docs::claim(&*ctx.store, IDENTITY, &claims.subject, created.clone()).await?;
+    if won != created {
+        // Another login of the same subject won the race; the account made here has no
+        // password and no identity, so nothing can log into it.
+        tracing::info!(user = %created.user, "product login race: an unused account was left");
+        return Ok(won);
+    }
+    let profile = Profile {
+        username: created.username.clone(),
+        external_id: claims.subject.clone(),
+        display_name: claims
+            .name
+            .as_deref()
+            .map(|n| {
+                n.chars()
+                    .filter(|c| !c.is_control())
+                    .take(MAX_DISPLAY_NAME_CHARS)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        avatar: claims
+            .picture
+            .as_deref()
+            .filter(|p| p.len() <= MAX_AVATAR_BYTES && p.starts_with("https://"))
+            .unwrap_or_default()
+            .to_string(),
+    };
+    docs::set(&*ctx.store, PROFILE, &created.user.0.to_string(), &profile).await?;
+    Ok(created)
+}
+
+/// Bind a new device to the token's subject until its `exp`.
+pub async fn bind(ctx: &Ctx, device: DeviceId, claims: &Claims) -> Result<(), ServerError> {
+    let b = Binding {
+        subject: claims.subject.clone(),
+        expires_ms: claims.expires_ms,
+    };
+    docs::set(&*ctx.store, BINDING, &device.0.to_string(), &b).await?;
+    Ok(())
+}
+
+/// The device's binding, if a product token created it.
+pub async fn binding(ctx: &Ctx, device: DeviceId) -> Result<Option<Binding>, ServerError> {
+    Ok(docs::get::<Binding>(&*ctx.store, BINDING, &device.0.to_string())
+        .await?
+        .map(|d| d.value))
+}
+
+/// A fresh token for a bound device: same subject, later `exp`. Returns the new expiry.
+pub async fn renew(ctx: &Ctx, device: DeviceId, bound: &Binding, claims: &Claims) -> Result<u64, ServerError> {
+    if claims.subject != bound.subject {
+        return Err(ServerError::new(
+            ErrorCode::InvalidToken,
+            "the token is for another user than this device's",
+        ));
+    }
+    let expires_ms = claims.expires_ms.max(bound.expires_ms);
+    let renewed = Binding {
+        subject: bound.subject.clone(),
+        expires_ms,
+    };
+    docs::set(&*ctx.store, BINDING, &device.0.to_string(), &renewed).await?;
+    Ok(expires_ms)
+}
+
+/// The user's profile (a default one for an account without).
+pub async fn profile(ctx: &Ctx, user: UserId) -> Result<Option<Profile>, ServerError> {
+    Ok(docs::get::<Profile>(&*ctx.store, PROFILE, &user.0.to_string())
+        .await?
+        .map(|d| d.value))
+}
