@@ -78,7 +78,7 @@ step "browser test driver (playwright-core, no downloaded browser) and tus-js-cl
 step "Kotlin compiler for natter-ffi's Kotlin tests (npm kotlin-compiler: kotlinc + coroutines)"
 (cd sdk-ffi/tests/kotlin && npm ci --no-audit --no-fund --loglevel=error)
 
-step "tuspy (the tus interoperability test), PyNaCl (an independent file decryption), moto's S3 server (the several-node media test) http-ece (the push service stand-ins decrypt with it), Hypercorn (the APNs and FCM stand-ins speak HTTP/2 over TLS) and aiosmtpd (the SMTP server email digests go to), PyPI, in a venv at target/py"
+step "tuspy (the tus interoperability test), PyNaCl (an independent file decryption), moto's S3 server (the several-node media test) http-ece (the push service stand-ins decrypt with it), Hypercorn (the APNs and FCM stand-ins speak HTTP/2 over TLS) aiosmtpd (the SMTP server email digests go to) and PyJWT (the product backend that mints login tokens), PyPI, in a venv at target/py"
 [[ -x target/py/bin/python ]] || python3 -m venv target/py
 target/py/bin/python -c "import tusclient" 2>/dev/null || target/py/bin/pip install -q tuspy==1.1.0
 # PyNaCl (libsodium): the Python bindings test opens a natter-encrypted file with it.
@@ -87,6 +87,9 @@ target/py/bin/python -c "import nacl" 2>/dev/null || target/py/bin/pip install -
 target/py/bin/python -c "import http_ece" 2>/dev/null || target/py/bin/pip install -q http-ece==1.2.1
 target/py/bin/python -c "import hypercorn" 2>/dev/null || target/py/bin/pip install -q hypercorn==0.18.0
 target/py/bin/python -c "import aiosmtpd" 2>/dev/null || target/py/bin/pip install -q aiosmtpd==1.4.6
+# PyJWT (with cryptography): the product backend of the token-login tests mints and signs its
+# users' tokens (server/tests/accounts/product.py).
+target/py/bin/python -c "import jwt" 2>/dev/null || target/py/bin/pip install -q "pyjwt[crypto]==2.10.1"
 
 step "format"
 cargo fmt --all -- --check

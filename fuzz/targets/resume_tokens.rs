@@ -43,6 +43,7 @@ pub fn run(data: &[u8]) {
             access_token: access.clone(),
             resume_token: resume,
             cursors,
+            product_token: String::new(),
         });
         match server::request(&mut c, 1, auth).await {
             Some(Res::Auth(ok)) => {

@@ -90,9 +90,12 @@ pub struct ClientSession {
     access_token: Option<String>,
     /// The latest product token (PROTOCOL.md §5.13) the app gave, sent with Authenticate.
     product_token: Option<String>,
-    /// Authenticate was refused with TOKEN_EXPIRED: waiting for a fresh product token
-    /// (how many times in a row, so a provider that keeps giving stale ones is cut off).
-    token_wait: Option<u8>,
+    /// Authenticate was refused with TOKEN_EXPIRED: waiting for a fresh product token.
+    token_wait: bool,
+    /// Whether `product_token` came from the app since the last TOKEN_EXPIRED, and how
+    /// many it gave in a row that were expired already (more than three: logged out).
+    token_fresh: bool,
+    stale_tokens: u8,
     resume_token: Option<String>,
     identity: Option<(UserId, String, DeviceId)>,
     next_request_id: u64,
@@ -128,7 +131,9 @@ impl ClientSession {
             limits: limits::default_limits(),
             access_token,
             product_token: None,
-            token_wait: None,
+            token_wait: false,
+            token_fresh: false,
+            stale_tokens: 0,
             resume_token: None,
             identity: None,
             next_request_id: 1,
@@ -214,7 +219,8 @@ impl ClientSession {
     pub fn set_product_token(&mut self, now: Millis, token: String) {
         self.now = now;
         self.product_token = Some(token.clone());
-        if self.token_wait.is_some() && self.state() == State::Authenticating {
+        self.token_fresh = true;
+        if self.token_wait && self.state() == State::Authenticating {
             self.send_authenticate();
         } else if self.ready() {
             let id = self.alloc_id();
@@ -271,8 +277,11 @@ impl ClientSession {
     pub fn request(&mut self, now: Millis, op: Op) -> Result<RequestId, ValidationError> {
         self.now = now;
         validate_op(&op)?;
-        if let Op::TokenLogin(t) = &op {
-            self.product_token = Some(t.token.clone());
+        match &op {
+            Op::TokenLogin(pb::TokenLogin { token, .. }) | Op::RefreshToken(pb::RefreshToken { token }) => {
+                self.product_token = Some(token.clone());
+            }
+            _ => {}
         }
         let id = self.alloc_id();
         self.queued.push_back((id, op));
@@ -527,6 +536,7 @@ impl ClientSession {
     }
 
     fn send_authenticate(&mut self) {
+        self.token_wait = false;
         let token = self.access_token.clone().unwrap_or_default();
         let cursors = self
             .convs
@@ -711,19 +721,23 @@ impl ClientSession {
             }
             Purpose::Authenticate => match result {
                 Ok(Res::Auth(ok)) => {
-                    self.token_wait = None;
+                    self.token_wait = false;
+                    self.stale_tokens = 0;
                     self.apply_auth(ok)
                 }
                 // The device's product token expired (§5.13): the login stands; wait for a
-                // fresh token from the app. A provider that keeps giving expired ones is
-                // cut off after three, as a refused login.
+                // fresh token from the app. An app that keeps giving expired ones is cut
+                // off after three, as a refused login.
                 Err(e) if e.code == pb::ErrorCode::TokenExpired => {
-                    let tries = self.token_wait.map_or(1, |n| n + 1);
-                    if tries > 3 {
-                        self.token_wait = None;
+                    if std::mem::take(&mut self.token_fresh) {
+                        self.stale_tokens += 1;
+                    }
+                    if self.stale_tokens > 3 {
+                        self.token_wait = false;
+                        self.stale_tokens = 0;
                         self.auth_failed(e);
                     } else {
-                        self.token_wait = Some(tries);
+                        self.token_wait = true;
                         self.events.push_back(SessionEvent::TokenNeeded { expires_at_ms: 0 });
                     }
                 }

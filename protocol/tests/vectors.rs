@@ -53,6 +53,7 @@ fn vectors() -> Vec<(&'static str, &'static str, pb::Frame, bool)> {
         resumed: true,
         conversations: vec![],
         key_counts: None,
+        token_expires_at_ms: 0,
     };
     vec![
         ("hello", "Hello { versions: [1], client: \"natter-sdk/0.1.0\" }",
@@ -68,7 +69,7 @@ fn vectors() -> Vec<(&'static str, &'static str, pb::Frame, bool)> {
         ("login_ok", "Response 2: LoginOk { user_id: 1, device_id: 2, access_token: \"nt_00\", session: AuthOk(resumed: false, no conversations) }",
             res(2, Res::Login(pb::LoginOk { user_id: 1, device_id: 2, access_token: "nt_00".into(), session: Some(pb::AuthOk { resumed: false, ..auth_ok.clone() }) })), false),
         ("authenticate", "Request 3: Authenticate { access_token: \"nt_00\", resume_token: \"rs_00\", cursors: [(conversation 42, seq 7)] }",
-            req(3, Op::Authenticate(pb::Authenticate { access_token: "nt_00".into(), resume_token: "rs_00".into(), cursors: vec![pb::Cursor { conversation_id: 42, seq: 7 }] })), false),
+            req(3, Op::Authenticate(pb::Authenticate { access_token: "nt_00".into(), resume_token: "rs_00".into(), cursors: vec![pb::Cursor { conversation_id: 42, seq: 7 }], product_token: String::new() })), false),
         ("auth_ok_resumed", "Response 3: AuthOk { user 1 \"alice\", device 2, resume_token \"rs_00\", window 120 s, resumed: true }",
             res(3, Res::Auth(auth_ok)), false),
         ("send", "Request 4: SendMessage { conversation 42, client_msg_id \"c8\", text \"hi\", reply_to_seq 7 }",
@@ -126,6 +127,18 @@ fn vectors() -> Vec<(&'static str, &'static str, pb::Frame, bool)> {
             res(12, Res::Channels(pb::ChannelMatches { channels: vec![pb::ChannelMatch { conversation_id: 7, name: "rust".into(), member_count: 2, joined: true }] })), false),
         ("set_unlisted", "Request 13: SetUnlisted { unlisted: true }",
             req(13, Op::SetUnlisted(pb::SetUnlisted { unlisted: true })), false),
+        ("token_login", "Request 14: TokenLogin { token: \"h.p.s\", device_name: \"phone\" }",
+            req(14, Op::TokenLogin(pb::TokenLogin { token: "h.p.s".into(), device_name: "phone".into() })), false),
+        ("authenticate_product_token", "Request 15: Authenticate { access_token: \"nt_00\", product_token: \"h.p.s\" }",
+            req(15, Op::Authenticate(pb::Authenticate { access_token: "nt_00".into(), product_token: "h.p.s".into(), ..Default::default() })), false),
+        ("error_token_expired", "Response 15: Error { code: TOKEN_EXPIRED (30), message: \"expired\" }",
+            res(15, Res::Error(pb::Error { code: pb::ErrorCode::TokenExpired as i32, message: "expired".into(), retry_after_ms: 0, device_mismatch: None })), false),
+        ("token_expiring", "Signal { TokenExpiring { expires_at_ms 1700000060000 } }",
+            f(Kind::Signal(pb::Signal { kind: Some(pb::signal::Kind::TokenExpiring(pb::TokenExpiring { expires_at_ms: 1_700_000_060_000 })) })), false),
+        ("refresh_token", "Request 16: RefreshToken { token: \"h.p.s\" }",
+            req(16, Op::RefreshToken(pb::RefreshToken { token: "h.p.s".into() })), false),
+        ("token_refreshed", "Response 16: TokenRefreshed { expires_at_ms 1700000660000 }",
+            res(16, Res::TokenRefreshed(pb::TokenRefreshed { expires_at_ms: 1_700_000_660_000 })), false),
     ]
 }
 

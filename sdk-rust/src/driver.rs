@@ -87,6 +87,8 @@ struct Driver {
     session: ClientSession,
     start: Instant,
     cmds: mpsc::UnboundedReceiver<Command>,
+    /// Back into `cmds`: where the token provider's answers arrive.
+    cmds_in: mpsc::WeakUnboundedSender<Command>,
     events: mpsc::UnboundedSender<ClientEvent>,
     pending: Pending,
     reconnect: Reconnect,
@@ -99,6 +101,7 @@ struct Driver {
 pub(crate) fn spawn(
     config: ClientConfig,
     cmds: mpsc::UnboundedReceiver<Command>,
+    cmds_in: mpsc::WeakUnboundedSender<Command>,
     events: mpsc::UnboundedSender<ClientEvent>,
 ) -> Result<(), ClientError> {
     let tls = crate::tls::client_config(&config.trust).map_err(ClientError::Setup)?;
@@ -135,6 +138,7 @@ pub(crate) fn spawn(
         session,
         start: Instant::now(),
         cmds,
+        cmds_in,
         events,
         pending: Router::new(),
         reconnect,
@@ -394,6 +398,7 @@ impl Driver {
                 }
             },
             Command::Presence(state) => self.session.set_presence(now, state),
+            Command::ProductToken(token) => self.session.set_product_token(now, token),
             Command::Reconnect | Command::Shutdown(_) => unreachable!("handled by the loops"),
         }
     }
@@ -408,6 +413,9 @@ impl Driver {
             match self.pending.route(ev, state, &mut self.reconnect) {
                 Routed::Handled => {}
                 Routed::App(ev) => {
+                    if let natter_protocol::SessionEvent::TokenNeeded { .. } = &ev {
+                        self.ask_for_token();
+                    }
                     if let natter_protocol::SessionEvent::UploadProgress(p) = &ev {
                         if let Some(watchers) = self.upload_watchers.get_mut(&p.upload_id) {
                             watchers.retain(|w| w.send(UploadWatch::Progress(Box::new(p.clone()))).is_ok());
@@ -425,6 +433,21 @@ impl Driver {
             }
         }
         exit
+    }
+}
+
+impl Driver {
+    /// Ask the app's token provider for a fresh product token; its answer comes back as a
+    /// command (PROTOCOL.md §5.13).
+    fn ask_for_token(&self) {
+        let (Some(provider), Some(cmds)) = (self.config.token_provider.clone(), self.cmds_in.upgrade()) else {
+            return;
+        };
+        tokio::spawn(async move {
+            if let Some(token) = provider.fetch().await {
+                let _ = cmds.send(Command::ProductToken(token));
+            }
+        });
     }
 }
 

@@ -76,6 +76,38 @@ pub struct ClientConfig {
     /// encrypted messages reach the app as `EventBody::Encrypted`, and sending to an
     /// encrypted conversation fails with [`E2eeError::NotConfigured`].
     pub encryption: Option<Encryption>,
+    /// Where a fresh product token comes from (PROTOCOL.md §5.13), for a device that
+    /// logged in with [`Client::login_with_token`]: asked before the current one expires
+    /// and when a reconnect finds it expired, so the session goes on without the app
+    /// doing anything. `None`: the app hears `SessionEvent::TokenNeeded` and calls
+    /// [`Client::set_token`].
+    pub token_provider: Option<TokenProvider>,
+}
+
+/// Asks the app's backend for a fresh product token; `None` when it has none (the
+/// client then waits for [`Client::set_token`]).
+#[derive(Clone)]
+pub struct TokenProvider(Arc<dyn Fn() -> futures::future::BoxFuture<'static, Option<String>> + Send + Sync>);
+
+impl TokenProvider {
+    /// From an async function.
+    pub fn new<F, Fut>(f: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Option<String>> + Send + 'static,
+    {
+        TokenProvider(Arc::new(move || Box::pin(f())))
+    }
+
+    pub(crate) fn fetch(&self) -> futures::future::BoxFuture<'static, Option<String>> {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for TokenProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenProvider")
+    }
 }
 
 impl ClientConfig {
@@ -99,6 +131,7 @@ impl ClientConfig {
             reconnect_max_ms: 5_000,
             endpoint: None,
             encryption: None,
+            token_provider: None,
         }
     }
 }
@@ -241,6 +274,8 @@ enum Command {
     WatchUpload(String, mpsc::UnboundedSender<driver::UploadWatch>),
     Download(pb::Download, driver::DownloadWaiter),
     Reconnect,
+    /// A fresh product token (PROTOCOL.md §5.13), from the app or the token provider.
+    ProductToken(String),
     /// The app is done with a conversation up to a seq (with `SessionConfig::ack_by_app`).
     Acknowledge(ConversationId, Seq),
     Shutdown(oneshot::Sender<()>),
@@ -301,6 +336,7 @@ impl Client {
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let uploads = Arc::new(media::UploadTable::restore(config.pending_uploads.clone()));
         let e2ee = config.encryption.clone().map(e2ee::new);
+        let weak = cmd.downgrade();
         let client = Client { cmd, uploads, e2ee };
         if let Some(e) = &client.e2ee {
             e2ee::attach(e, client.clone());
@@ -309,10 +345,10 @@ impl Client {
             // Events pass through the encryption on their way to the app, in order.
             Some(e) => {
                 let (raw_tx, raw_rx) = mpsc::unbounded_channel();
-                driver::spawn(config, cmd_rx, raw_tx)?;
+                driver::spawn(config, cmd_rx, weak, raw_tx)?;
                 tokio::spawn(e2ee::pump(e.clone(), raw_rx, ev_tx));
             }
-            None => driver::spawn(config, cmd_rx, ev_tx)?,
+            None => driver::spawn(config, cmd_rx, weak, ev_tx)?,
         }
         Ok((client, Events(ev_rx)))
     }
@@ -347,6 +383,31 @@ impl Client {
             device_id: DeviceId(r.device_id),
             access_token: r.access_token,
         })
+    }
+
+    /// Log in as a new device with a product token: a JWT the product's backend minted
+    /// for its user (PROTOCOL.md §5.13). The user is made on first use. Give the client a
+    /// [`TokenProvider`] (or answer `SessionEvent::TokenNeeded` with [`Client::set_token`])
+    /// so the session outlives the token.
+    pub async fn login_with_token(&self, token: &str, device_name: &str) -> Result<LoginInfo, ClientError> {
+        let r = self.call(ops::token_login(token, device_name)).await?;
+        Ok(LoginInfo {
+            user_id: UserId(r.user_id),
+            device_id: DeviceId(r.device_id),
+            access_token: r.access_token,
+        })
+    }
+
+    /// Renew this device's product token now and hear how it went: the new expiry (ms
+    /// since the epoch), or the typed refusal (`INVALID_TOKEN`, `TOKEN_EXPIRED`).
+    pub async fn refresh_token(&self, token: &str) -> Result<u64, ClientError> {
+        self.call(ops::refresh_token(token)).await
+    }
+
+    /// A fresh product token for this device: renews it now if connected, and is used
+    /// for the next authentication (PROTOCOL.md §5.13).
+    pub fn set_token(&self, token: &str) {
+        let _ = self.cmd.send(Command::ProductToken(token.to_string()));
     }
 
     /// Revoke a device's token (0: this device; the connection then closes).

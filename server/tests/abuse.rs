@@ -234,6 +234,7 @@ async fn forged_and_foreign_resume_tokens_never_resume_someone_elses_session() {
             access_token: token.into(),
             resume_token: resume.into(),
             cursors: vec![],
+            product_token: String::new(),
         })
     };
     for (what, resume) in [
@@ -543,6 +544,7 @@ async fn a_second_connection_of_the_same_device_closes_the_first_with_its_reason
             access_token: bob.token.clone(),
             resume_token: String::new(),
             cursors: vec![],
+            product_token: String::new(),
         })
     };
     for attempt in 0..20 {

@@ -443,6 +443,7 @@ async fn a_resume_token_presented_to_another_node_gets_a_cursor_sync_with_nothin
                 conversation_id: dm.0,
                 seq: cursor,
             }],
+            product_token: String::new(),
         })
     };
     let mut bob = Raw::hello(a.addr, &a.fingerprint).await;

@@ -893,6 +893,7 @@ async fn session_layer_closes_send_their_reason_first() {
             access_token: login.access_token,
             resume_token,
             cursors: vec![],
+            product_token: String::new(),
         }))
         .await;
     assert!(matches!(&auth, Res::Auth(a) if a.resumed), "resumed: {auth:?}");

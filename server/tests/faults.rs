@@ -524,6 +524,7 @@ async fn a_connection_lost_during_its_first_cursor_sync_resumes_only_exactly() {
                 .iter()
                 .map(|&(conversation_id, seq)| pb::Cursor { conversation_id, seq })
                 .collect(),
+            product_token: String::new(),
         })
     };
     let last_seq = |ok: &pb::AuthOk| {

@@ -111,6 +111,16 @@ pub fn token_login(token: &str, device_name: &str) -> Call<pb::LoginOk> {
     })
 }
 
+/// Renew this device's product token now (PROTOCOL.md §5.13): the new expiry, ms since
+/// the epoch. The session keeps the token for its next authentication.
+pub fn refresh_token(token: &str) -> Call<u64> {
+    let op = Op::RefreshToken(pb::RefreshToken { token: token.into() });
+    Call::new(op, |r| match r {
+        Res::TokenRefreshed(t) => Some(t.expires_at_ms),
+        _ => None,
+    })
+}
+
 /// Revoke a device's token (`DeviceId(0)`: this device; the connection then closes).
 pub fn logout(device: DeviceId) -> Call<()> {
     Call::new(Op::Logout(pb::Logout { device_id: device.0 }), done)

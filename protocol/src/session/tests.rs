@@ -157,6 +157,7 @@ fn auth_ok(resumed: bool, convs: Vec<pb::ConversationSummary>) -> pb::AuthOk {
         resumed,
         conversations: convs,
         key_counts: None,
+        token_expires_at_ms: 0,
     }
 }
 
@@ -664,6 +665,7 @@ fn only_a_refused_token_logs_out_other_authentication_errors_reconnect() {
     for (code, logs_out) in [
         (pb::ErrorCode::Unauthenticated, true),
         (pb::ErrorCode::TokenRevoked, true),
+        (pb::ErrorCode::InvalidToken, true),
         (pb::ErrorCode::LimitExceeded, false),
         (pb::ErrorCode::Internal, false),
         (pb::ErrorCode::BadRequest, false),
@@ -687,6 +689,114 @@ fn only_a_refused_token_logs_out_other_authentication_errors_reconnect() {
             assert_eq!(p.s.access_token(), Some("tok"), "{code:?} keeps the login");
         }
     }
+}
+
+#[test]
+fn an_expired_product_token_waits_for_a_fresh_one_and_keeps_the_login() {
+    use pb::response::Result as R;
+    let mut p = Peer::new(Some("tok"));
+    let (id, first) = p.handshake();
+    assert_eq!(first.product_token, "");
+    p.respond(
+        id,
+        R::Error(ServerError::new(pb::ErrorCode::TokenExpired, "expired").into()),
+    );
+    let evs = p.events();
+    assert!(evs
+        .iter()
+        .any(|e| matches!(e, SessionEvent::TokenNeeded { expires_at_ms: 0 })));
+    assert!(!evs.iter().any(|e| matches!(e, SessionEvent::AuthFailed(_))));
+    assert_eq!(p.s.access_token(), Some("tok"), "the device stays logged in");
+    assert!(p.requests().is_empty(), "nothing is sent until a token comes");
+
+    // The fresh token goes out with Authenticate, and the session is ready.
+    p.s.set_product_token(p.now, "jwt-2".into());
+    let reqs = p.requests();
+    let [pb::Request {
+        id,
+        op: Some(Op::Authenticate(a)),
+    }] = &reqs[..]
+    else {
+        panic!("expected Authenticate, got {reqs:?}")
+    };
+    assert_eq!((a.access_token.as_str(), a.product_token.as_str()), ("tok", "jwt-2"));
+    p.respond(*id, R::Auth(auth_ok(false, vec![])));
+    assert_eq!(p.s.state(), State::Ready);
+
+    // Told the token expires soon: the app is asked, and its token renews it in place.
+    p.control(Kind::Signal(pb::Signal {
+        kind: Some(pb::signal::Kind::TokenExpiring(pb::TokenExpiring { expires_at_ms: 99 })),
+    }));
+    assert!(p
+        .events()
+        .iter()
+        .any(|e| matches!(e, SessionEvent::TokenNeeded { expires_at_ms: 99 })));
+    p.s.set_product_token(p.now, "jwt-3".into());
+    let reqs = p.requests();
+    assert!(
+        matches!(&reqs[..], [pb::Request { op: Some(Op::RefreshToken(r)), .. }] if r.token == "jwt-3"),
+        "{reqs:?}"
+    );
+}
+
+#[test]
+fn an_app_that_keeps_giving_expired_tokens_is_logged_out() {
+    use pb::response::Result as R;
+    let mut p = Peer::new(Some("tok"));
+    let (mut id, _) = p.handshake();
+    for round in 0..5 {
+        p.respond(
+            id,
+            R::Error(ServerError::new(pb::ErrorCode::TokenExpired, "expired").into()),
+        );
+        if p.events().iter().any(|e| matches!(e, SessionEvent::AuthFailed(_))) {
+            assert_eq!(round, 4, "logged out after the fourth stale token");
+            assert_eq!(p.s.access_token(), None);
+            return;
+        }
+        p.s.set_product_token(p.now, format!("stale-{round}"));
+        id = p.requests()[0].id;
+    }
+    panic!("never logged out");
+}
+
+#[test]
+fn a_token_login_goes_before_authentication_and_keeps_the_token() {
+    let mut p = Peer::new(None);
+    p.s.handle_connected(p.now);
+    p.sent();
+    p.control(Kind::Welcome(pb::Welcome {
+        version: 1,
+        ..Default::default()
+    }));
+    let bad = p.s.request(
+        p.now,
+        Op::TokenLogin(pb::TokenLogin {
+            token: "x".repeat(limits::MAX_PRODUCT_TOKEN_BYTES + 1),
+            device_name: String::new(),
+        }),
+    );
+    assert!(bad.is_err(), "an oversized token is refused locally");
+    p.s.request(
+        p.now,
+        Op::TokenLogin(pb::TokenLogin {
+            token: "jwt".into(),
+            device_name: "phone".into(),
+        }),
+    )
+    .unwrap();
+    assert!(matches!(
+        &p.requests()[..],
+        [pb::Request {
+            op: Some(Op::TokenLogin(_)),
+            ..
+        }]
+    ));
+    // Reconnecting later sends it along with the access token.
+    p.s.handle_disconnected(p.now, "test");
+    p.s.set_access_token(Some("tok".into()));
+    let (_, auth) = p.handshake();
+    assert_eq!(auth.product_token, "jwt");
 }
 
 #[test]
