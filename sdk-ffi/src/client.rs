@@ -28,6 +28,16 @@ pub trait NatterListener: Send + Sync {
     fn on_event(&self, event: NatterEvent);
 }
 
+/// Where the client gets a fresh product token (PROTOCOL.md §5.13): ask your backend for
+/// one. Called on a background thread (it may block) before the device's token expires and
+/// when a reconnect finds it expired; `None` when there is none (the client then waits for
+/// `set_token`). Implement it in Kotlin, Swift or Python.
+#[uniffi::export(with_foreign)]
+pub trait TokenSource: Send + Sync {
+    /// A fresh token for this device's user, or `None`.
+    fn fresh_token(&self) -> Option<String>;
+}
+
 /// Hears an upload's progress. Implement it in Kotlin, Swift or Python.
 #[uniffi::export(with_foreign)]
 pub trait UploadListener: Send + Sync {
@@ -230,6 +240,30 @@ impl NatterClient {
         }))
     }
 
+    /// Start a client whose product token (PROTOCOL.md §5.13) is renewed from `source`:
+    /// the session outlives every token without the app doing anything.
+    #[uniffi::constructor]
+    pub fn with_token_source(options: ConnectOptions, source: Arc<dyn TokenSource>) -> Result<Arc<Self>, NatterError> {
+        let mut config = config(options)?;
+        config.token_provider = Some(natter_sdk::TokenProvider::new(move || {
+            let source = source.clone();
+            async move {
+                tokio::task::spawn_blocking(move || source.fresh_token())
+                    .await
+                    .ok()
+                    .flatten()
+            }
+        }));
+        let _rt = runtime().enter();
+        let (inner, events) = Client::connect(config)?;
+        Ok(Arc::new(NatterClient {
+            inner,
+            events: Mutex::new(Some(events)),
+            listeners: Arc::new(Listeners::default()),
+            next_subscription: 0.into(),
+        }))
+    }
+
     /// Deliver events to `listener` until the returned subscription is cancelled/dropped.
     pub fn subscribe(&self, listener: Arc<dyn NatterListener>) -> Arc<Subscription> {
         let id = self
@@ -272,6 +306,26 @@ impl NatterClient {
     ) -> Result<LoginInfo, NatterError> {
         let c = self.inner.clone();
         run(async move { c.login(&username, &password, &device_name).await }).await
+    }
+
+    /// Log in as a new device with a product token: a JWT your backend minted for its user
+    /// (PROTOCOL.md §5.13); the user is made on first use.
+    pub async fn login_with_token(&self, token: String, device_name: String) -> Result<LoginInfo, NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.login_with_token(&token, &device_name).await }).await
+    }
+
+    /// Renew this device's product token now: its new expiry (ms since the epoch), or a
+    /// typed refusal (`INVALID_TOKEN`, `TOKEN_EXPIRED`).
+    pub async fn refresh_token(&self, token: String) -> Result<u64, NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.refresh_token(&token).await }).await
+    }
+
+    /// A fresh product token, e.g. answering `TokenNeeded`: renews the device's now and is
+    /// used for its next authentication.
+    pub fn set_token(&self, token: String) {
+        self.inner.set_token(&token);
     }
 
     /// Revoke a device (0: this one; its connection closes).

@@ -368,3 +368,43 @@ async fn python_bindings_register_push_and_an_extension_process_opens_a_notifica
     }
     server.shutdown().await;
 }
+
+/// Product logins from Python (tests/python/token_test.py) with the product backend of
+/// the server's token tests (server/tests/accounts/product.py): a TokenSource renews 4 s
+/// tokens in place and bad tokens are refused with typed errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_bindings_log_in_with_product_tokens_and_renew_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let venv = manifest_dir().join("../target/py/bin/python");
+    let mut product = std::process::Command::new(&venv)
+        .arg(manifest_dir().join("../server/tests/accounts/product.py"))
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the product backend starts (scripts/test.sh installs PyJWT)");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(product.stdout.take().unwrap()), &mut line).unwrap();
+    let port = line.trim().strip_prefix("port ").expect("port line").to_string();
+    let secret = std::fs::read_to_string(dir.path().join("hs256.secret")).unwrap();
+    let config = Config {
+        token_issuers: vec![natter_server::security::jwt::IssuerConfig {
+            issuer: "https://product.test".into(),
+            audience: vec!["natter".into()],
+            hs256_secret: Some(natter_server::security::Secret(secret)),
+            ..Default::default()
+        }],
+        token_leeway_secs: 0,
+        token_refresh_ahead_secs: 2,
+        ..Config::loopback(&dir.path().join("server"))
+    };
+    let server = natter_server::start(&config).await.expect("server starts");
+    let mut cmd = tokio::process::Command::new(venv);
+    cmd.arg(manifest_dir().join("tests/python/token_test.py"))
+        .env("NATTER_PRODUCT", format!("http://127.0.0.1:{port}"));
+    let outcome = run_program(cmd, &server, "pytok", 20).await;
+    let _ = product.kill();
+    let _ = product.wait();
+    assert!(outcome.success, "the token program failed:\n{}", outcome.output);
+    assert!(outcome.output.contains("all checks passed"), "{}", outcome.output);
+    server.shutdown().await;
+}
