@@ -14,6 +14,16 @@ import { enableNotifications, notifyHidden, pushRemoved, startNotifications, wir
 const KIND = { DIRECT: "direct", GROUP: "group", CHANNEL: "channel" };
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
+// A product embedding the chat logs its user in with a token it minted (PROTOCOL.md §5.13):
+// `#token=<jwt>` (a fragment: never sent to a server or kept in its logs), and
+// `?token_url=<url>`, where the page asks the product's backend (with its cookies) for a
+// fresh one before the device's expires.
+const productToken = new URLSearchParams(location.hash.slice(1)).get("token");
+const tokenUrl = params.get("token_url");
+const tokenProvider = tokenUrl ? async () => {
+  const r = await fetch(tokenUrl, { credentials: "include" }).catch(() => null);
+  return r?.ok ? (await r.text()).trim() : null;
+} : undefined;
 const TOKEN_KEY = "natter.token";
 
 const state = {
@@ -77,6 +87,8 @@ function onEvent(ev) {
     case "typing": typingMap(ev.conversationId).set(ev.userId, ev.username); renderTyping(); break;
     case "typingStopped": typingMap(ev.conversationId).delete(ev.userId); renderTyping(); break;
     case "pushRemoved": pushRemoved(ev, state.me); break;
+    // A product login whose token expired with no way here to get a fresh one.
+    case "tokenNeeded": if (!tokenProvider && ev.expiresAtMs === 0) showAuth("Your sign-in has expired: open the chat from the app again."); break;
     case "sendFailed": $("chat-error").textContent = `Not sent: ${ev.error.message}`; break;
     case "encryptionUnavailable":
       $("banner").hidden = false;
@@ -443,8 +455,18 @@ await init();
 const token = localStorage.getItem(TOKEN_KEY);
 state.client = NatterClient.connect({
   transport: params.get("transport") || "auto", token: token || undefined, onEvent,
-  encryption: { storeKey: storeKey() },
+  encryption: { storeKey: storeKey() }, tokenProvider,
 });
 wire();
 startNotifications((id) => { state.pendingOpen = id; openPending(); });
-if (!token) showAuth();
+if (!token && productToken) {
+  // Opened by a product with its user's token (PROTOCOL.md §5.13): log in with it, and keep
+  // it out of the address bar and history.
+  history.replaceState(null, "", location.pathname + location.search);
+  try {
+    const login = await state.client.loginWithToken(productToken, "browser");
+    localStorage.setItem(TOKEN_KEY, login.accessToken);
+  } catch (e) {
+    showAuth(e.code === "TOKEN_EXPIRED" ? "That sign-in link has expired." : `Sign-in refused: ${e.message}`);
+  }
+} else if (!token) showAuth();

@@ -96,6 +96,8 @@ pub struct ClientSession {
     /// many it gave in a row that were expired already (more than three: logged out).
     token_fresh: bool,
     stale_tokens: u8,
+    /// An app's RefreshToken in flight, and its token.
+    refreshing: Option<(RequestId, String)>,
     resume_token: Option<String>,
     identity: Option<(UserId, String, DeviceId)>,
     next_request_id: u64,
@@ -134,6 +136,7 @@ impl ClientSession {
             token_wait: false,
             token_fresh: false,
             stale_tokens: 0,
+            refreshing: None,
             resume_token: None,
             identity: None,
             next_request_id: 1,
@@ -277,13 +280,14 @@ impl ClientSession {
     pub fn request(&mut self, now: Millis, op: Op) -> Result<RequestId, ValidationError> {
         self.now = now;
         validate_op(&op)?;
+        let id = self.alloc_id();
         match &op {
-            Op::TokenLogin(pb::TokenLogin { token, .. }) | Op::RefreshToken(pb::RefreshToken { token }) => {
-                self.product_token = Some(token.clone());
-            }
+            // Kept at once: before a login there is no device to authenticate.
+            Op::TokenLogin(t) => self.product_token = Some(t.token.clone()),
+            // Kept once the server accepted it for this device.
+            Op::RefreshToken(r) => self.refreshing = Some((id, r.token.clone())),
             _ => {}
         }
-        let id = self.alloc_id();
         self.queued.push_back((id, op));
         self.flush();
         Ok(id)
@@ -708,6 +712,11 @@ impl ClientSession {
         };
         match inf.purpose {
             Purpose::App => {
+                if let (Ok(Res::TokenRefreshed(_)), Some((rid, _))) = (&result, &self.refreshing) {
+                    if *rid == id {
+                        self.product_token = self.refreshing.take().map(|(_, t)| t);
+                    }
+                }
                 if let Ok(Res::Login(ok)) = &result {
                     self.access_token = Some(ok.access_token.clone());
                     if let Some(session) = ok.session.clone() {
@@ -774,6 +783,17 @@ impl ClientSession {
     }
 
     fn auth_failed(&mut self, e: ServerError) {
+        // Requests that wait for authentication would wait forever: they fail with it.
+        let (waiting, kept): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.queued)
+            .into_iter()
+            .partition(|(_, op)| !matches!(op, Op::Register(_) | Op::Login(_) | Op::TokenLogin(_) | Op::Ping(_)));
+        self.queued = kept;
+        for (id, _) in waiting {
+            self.events.push_back(SessionEvent::Response {
+                id,
+                result: Err(RequestError::Server(e.clone())),
+            });
+        }
         self.access_token = None;
         self.product_token = None;
         self.resume_token = None;

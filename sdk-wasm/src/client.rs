@@ -34,6 +34,8 @@ pub(crate) enum Wake {
     Reconnect,
     /// Stop.
     Close,
+    /// A fresh product token (PROTOCOL.md §5.13), from `setToken` or the token provider.
+    ProductToken(String),
     /// Open an upload stream with this header and body (WebTransport only).
     UploadStream(
         Vec<u8>,
@@ -103,6 +105,8 @@ pub(crate) struct Inner {
     wake: mpsc::UnboundedSender<Wake>,
     events: RefCell<Events>,
     start: f64,
+    /// `connect`'s `tokenProvider`: `async () => token | null`.
+    token_provider: Option<js_sys::Function>,
 }
 
 /// A value as JavaScript sees it: plain JSON-compatible objects (numbers, not BigInts).
@@ -129,6 +133,30 @@ impl Inner {
 
     pub(crate) fn wake(&self, w: Wake) {
         let _ = self.wake.unbounded_send(w);
+    }
+
+    /// A fresh product token into the session (sent as RefreshToken or Authenticate).
+    pub(crate) fn take_token(&self, token: String) {
+        let now = self.now();
+        self.session.borrow_mut().set_product_token(now, token);
+    }
+
+    /// Ask the app's `tokenProvider` for a fresh product token; its answer reaches the
+    /// driver as a wake-up (PROTOCOL.md §5.13).
+    pub(crate) fn ask_for_token(&self) {
+        let Some(provider) = &self.token_provider else { return };
+        let answer = provider.call0(&JsValue::NULL);
+        let wake = self.wake.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            let value = match answer {
+                Ok(v) if v.has_type::<Promise>() => wasm_bindgen_futures::JsFuture::from(Promise::from(v)).await.ok(),
+                Ok(v) => Some(v),
+                Err(_) => None,
+            };
+            if let Some(token) = value.and_then(|v| v.as_string()) {
+                let _ = wake.unbounded_send(Wake::ProductToken(token));
+            }
+        });
     }
 
     /// Send a request; resolves to its outcome, or `Canceled` when the client closed
@@ -324,6 +352,7 @@ export type NatterEvent =
   | { type: "connectionError"; error: ErrorInfo }
   | { type: "uploadProgress"; progress: UploadProgress }
   | { type: "pushRemoved"; deviceId: number; registrationId: string; reason: string }
+  | { type: "tokenNeeded"; expiresAtMs: number }
   /** This device's encryption state could not be loaded: `in_use` (open in another tab or
    * window: one client per state), `state` (another store key, or malformed), `storage`. */
   | { type: "encryptionUnavailable"; reason: "in_use" | "state" | "storage"; message: string }
@@ -564,7 +593,9 @@ impl NatterClient {
     /// access token from an earlier login), `resumeToken` and `cursors` (from
     /// `snapshot()`), `onEvent` (callback), `reconnectMinMs`, `reconnectMaxMs`, and
     /// `encryption` (`{ storeKey, database }`: end-to-end encrypted direct conversations;
-    /// sealed messages then reach `onEvent` opened).
+    /// sealed messages then reach `onEvent` opened), and `tokenProvider`
+    /// (`async () => string | null`: a fresh product token from your backend, asked before
+    /// the device's expires; PROTOCOL.md §5.13).
     pub fn connect(options: JsValue) -> Result<NatterClient, JsValue> {
         let server = match get_str(&options, "server") {
             Some(s) => s,
@@ -615,6 +646,9 @@ impl NatterClient {
                 .and_then(|v| serde_wasm_bindgen::from_value(v).ok())
                 .unwrap_or_default();
         let (wake, wake_rx) = mpsc::unbounded();
+        let token_provider = Reflect::get(&options, &"tokenProvider".into())
+            .ok()
+            .and_then(|f| f.dyn_into::<js_sys::Function>().ok());
         let callback = Reflect::get(&options, &"onEvent".into())
             .ok()
             .and_then(|f| f.dyn_into::<js_sys::Function>().ok());
@@ -638,6 +672,7 @@ impl NatterClient {
                 ..Default::default()
             }),
             start: js_sys::Date::now(),
+            token_provider,
         });
         if let Some(e2ee) = e2ee {
             wasm_bindgen_futures::spawn_local(crate::e2ee::pump(inner.clone(), e2ee, pumped));
@@ -703,6 +738,35 @@ impl NatterClient {
             let _ = Reflect::set(&o, &"accessToken".into(), &l.access_token.into());
             o.into()
         })
+    }
+
+    /// Log in as a new device with a product token: a JWT your backend minted for its user
+    /// (PROTOCOL.md §5.13). Resolves like `login`. Give `connect` a `tokenProvider`
+    /// (`async () => token`) so the session outlives the token, or answer `tokenNeeded`
+    /// events with `setToken`.
+    #[wasm_bindgen(js_name = loginWithToken)]
+    pub fn login_with_token(&self, token: String, device_name: String) -> Promise {
+        self.call(ops::token_login(&token, &device_name), |l| {
+            let o = js_sys::Object::new();
+            let _ = Reflect::set(&o, &"userId".into(), &(l.user_id as f64).into());
+            let _ = Reflect::set(&o, &"deviceId".into(), &(l.device_id as f64).into());
+            let _ = Reflect::set(&o, &"accessToken".into(), &l.access_token.into());
+            o.into()
+        })
+    }
+
+    /// Renew this device's product token now: resolves to its new expiry (ms since the
+    /// epoch), or rejects with `INVALID_TOKEN` / `TOKEN_EXPIRED`.
+    #[wasm_bindgen(js_name = refreshToken)]
+    pub fn refresh_token(&self, token: String) -> Promise {
+        self.call(ops::refresh_token(&token), |t| JsValue::from_f64(t as f64))
+    }
+
+    /// A fresh product token (e.g. answering a `tokenNeeded` event): renews the device's
+    /// now and is used for its next authentication.
+    #[wasm_bindgen(js_name = setToken)]
+    pub fn set_token(&self, token: String) {
+        self.inner.wake(Wake::ProductToken(token));
     }
 
     /// Revoke this device's token (the connection then closes); with encryption, its

@@ -132,6 +132,7 @@ pub(crate) async fn run(inner: Rc<Inner>, mut wake: mpsc::UnboundedReceiver<Wake
                 _ = timer => break,
                 w = wake.next() => match w {
                     Some(Wake::Flush) => {}
+                    Some(Wake::ProductToken(t)) => inner.take_token(t),
                     Some(Wake::UploadStream(_, _, _, done)) => { let _ = done.send(Err("not connected".into())); }
                     Some(Wake::Reconnect) => break,
                     Some(Wake::Close) | None => { inner.finish(); return; }
@@ -170,6 +171,7 @@ async fn pump(
         futures::select! {
             w = wake.next() => match w {
                 Some(Wake::Flush) => {}
+                Some(Wake::ProductToken(t)) => inner.take_token(t),
                 Some(Wake::UploadStream(header, body, signal, done)) => link.upload(header, body, signal, done),
                 Some(Wake::Reconnect) => return Exit::Reconnect("reconnect requested".into()),
                 Some(Wake::Close) | None => return Exit::Close,
@@ -218,6 +220,9 @@ fn dispatch(inner: &Inner) -> Option<Exit> {
                 ev
             }
         };
+        if let SessionEvent::TokenNeeded { .. } = &ev {
+            inner.ask_for_token();
+        }
         if let SessionEvent::UploadProgress(p) = &ev {
             if let Some((reports, _)) = inner.uploads.borrow().get(&p.upload_id) {
                 let _ = reports.unbounded_send(Some(p.clone()));

@@ -387,3 +387,50 @@ async fn password_logins_can_be_switched_off() {
     assert_eq!(code_of(&err), ErrorCode::Forbidden);
     plain.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_cli_logs_in_with_a_token_and_runs_its_token_command_when_it_expires() {
+    let product = Product::start();
+    let dir = tempfile::tempdir().unwrap();
+    let s = server_with(&product, dir.path(), |c| c.token_leeway_secs = 0).await;
+    let profile = dir.path().join("cli");
+    let (addr, fp) = (s.addr.to_string(), s.fingerprint.clone());
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/py/bin/python");
+    let fresh = format!(
+        "{} -c \"import urllib.request as u; print(u.urlopen('http://127.0.0.1:{}/token?sub=cli-user&exp_in=600').read().decode())\"",
+        python.display(),
+        product.port
+    );
+    let short = product.token("sub=cli-user&preferred_username=carla&exp_in=2").await;
+    let out = cli(
+        &profile,
+        &[
+            "--server",
+            &addr,
+            "--fingerprint",
+            &fp,
+            "login-token",
+            "--token",
+            &short,
+            "--token-command",
+            &fresh,
+        ],
+    )
+    .await;
+    assert_eq!(out[0]["logged_in"], "carla");
+    // Past the token's expiry: the next command's Authenticate is refused as expired, the
+    // saved command is run, and the command goes through on the same device.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let made = cli(&profile, &["channel", "cli-room"]).await;
+    assert_eq!(made[0]["name"], "cli-room");
+    let devices = cli(&profile, &["devices"]).await;
+    assert_eq!(devices.len(), 1, "no second login: {devices:?}");
+    // And renewing by hand prints the new expiry; another user's token is refused.
+    let t = product.token("sub=cli-user&exp_in=900").await;
+    let renewed = cli(&profile, &["set-token", "--token", &t]).await;
+    assert!(renewed[0]["token_expires_at_ms"].as_u64().unwrap() > natter_server::clock::now_ms() + 800_000);
+    let other = product.token("sub=someone-else").await;
+    let err = cli_fails(&profile, &["set-token", "--token", &other]).await;
+    assert!(err.contains("INVALID_TOKEN") || err.contains("another user"), "{err}");
+    s.shutdown().await;
+}

@@ -740,6 +740,52 @@ fn an_expired_product_token_waits_for_a_fresh_one_and_keeps_the_login() {
 }
 
 #[test]
+fn a_refused_refresh_keeps_the_token_that_works_and_requests_fail_with_a_refused_login() {
+    use pb::response::Result as R;
+    let mut p = Peer::new(Some("tok"));
+    let (id, _) = p.handshake();
+    p.respond(id, R::Auth(auth_ok(false, vec![])));
+    p.s.set_product_token(p.now, "good".into());
+    p.requests();
+    let bad =
+        p.s.request(
+            p.now,
+            Op::RefreshToken(pb::RefreshToken {
+                token: "other user's".into(),
+            }),
+        )
+        .unwrap();
+    p.requests();
+    p.respond(
+        bad.0,
+        R::Error(ServerError::new(pb::ErrorCode::InvalidToken, "another user").into()),
+    );
+    p.s.handle_disconnected(p.now, "test");
+    let (_, auth) = p.handshake();
+    assert_eq!(auth.product_token, "good", "only an accepted token is kept");
+
+    // A request queued behind an Authenticate that is refused fails with the refusal
+    // instead of waiting forever.
+    let mut p = Peer::new(Some("revoked"));
+    let queued =
+        p.s.request(p.now, Op::ListConversations(pb::ListConversations {}))
+            .unwrap();
+    let (id, _) = p.handshake();
+    p.respond(
+        id,
+        R::Error(ServerError::new(pb::ErrorCode::TokenRevoked, "gone").into()),
+    );
+    let evs = p.events();
+    assert!(
+        evs.iter().any(
+            |e| matches!(e, SessionEvent::Response { id, result: Err(RequestError::Server(e)) }
+        if *id == queued && e.code == pb::ErrorCode::TokenRevoked)
+        ),
+        "{evs:?}"
+    );
+}
+
+#[test]
 fn an_app_that_keeps_giving_expired_tokens_is_logged_out() {
     use pb::response::Result as R;
     let mut p = Peer::new(Some("tok"));

@@ -211,23 +211,32 @@ impl<T: Transport> Conn<T> {
         let ctx = &self.shared.ctx;
         let expires = match api::accounts::binding(ctx, device.id).await? {
             None => None,
-            Some(bound) if !a.product_token.is_empty() => {
-                if a.product_token.len() > limits::MAX_PRODUCT_TOKEN_BYTES {
-                    return Err(ServerError::new(
+            Some(bound) => {
+                // A fresh token renews the binding. One that does not check out is only
+                // an error once the binding has run out: a login that still holds is
+                // never lost to a bad token.
+                let renewed = if a.product_token.is_empty() {
+                    Err(ServerError::new(
+                        ErrorCode::TokenExpired,
+                        "this device's product token has expired: authenticate with a fresh one",
+                    ))
+                } else if a.product_token.len() > limits::MAX_PRODUCT_TOKEN_BYTES {
+                    Err(ServerError::new(
                         ErrorCode::InvalidToken,
                         "a product token is 1-8192 bytes",
-                    ));
+                    ))
+                } else {
+                    match ctx.logins.tokens.verify(&a.product_token).await {
+                        Ok(claims) => api::accounts::renew(ctx, device.id, &bound, &claims).await,
+                        Err(e) => Err(e.into()),
+                    }
+                };
+                match renewed {
+                    Ok(until) => Some(until),
+                    Err(_) if now_ms() <= bound.expires_ms + ctx.logins.leeway_ms => Some(bound.expires_ms),
+                    Err(e) => return Err(e),
                 }
-                let claims = ctx.logins.tokens.verify(&a.product_token).await?;
-                Some(api::accounts::renew(ctx, device.id, &bound, &claims).await?)
             }
-            Some(bound) if now_ms() > bound.expires_ms + ctx.logins.leeway_ms => {
-                return Err(ServerError::new(
-                    ErrorCode::TokenExpired,
-                    "this device's product token has expired: authenticate with a fresh one",
-                ))
-            }
-            Some(bound) => Some(bound.expires_ms),
         };
         let mut ok = self
             .establish(device.user, device.username, device.id, resume_token, &a.cursors)

@@ -49,6 +49,24 @@ enum Cmd {
         #[arg(long, default_value = "natter-cli")]
         device: String,
     },
+    /// Log in as a new device with a product token (a JWT the product's backend minted,
+    /// PROTOCOL.md §5.13). Token from --token, NATTER_PRODUCT_TOKEN or stdin.
+    LoginToken {
+        #[arg(long, env = "NATTER_PRODUCT_TOKEN")]
+        token: Option<String>,
+        #[arg(long, default_value = "natter-cli")]
+        device: String,
+        /// A shell command that prints a fresh token (e.g. the product's own CLI), saved in
+        /// the profile: later commands run it when the device's token expires.
+        #[arg(long)]
+        token_command: Option<String>,
+    },
+    /// Renew this device's product token now. Token from --token, NATTER_PRODUCT_TOKEN
+    /// or stdin.
+    SetToken {
+        #[arg(long, env = "NATTER_PRODUCT_TOKEN")]
+        token: Option<String>,
+    },
     /// Revoke this device's token (or another device's).
     Logout {
         #[arg(long)]
@@ -240,6 +258,9 @@ struct Profile {
     fingerprint: Option<String>,
     token: Option<String>,
     username: Option<String>,
+    /// For a product login: the command that prints a fresh token.
+    #[serde(default)]
+    token_command: Option<String>,
     /// Uploads not finished yet: what `natter resume` goes on with.
     #[serde(default)]
     pending_uploads: Vec<model::PendingUpload>,
@@ -338,6 +359,36 @@ async fn verify(client: &Client, events: &mut natter_sdk::Events, with: Option<(
             S::Cancelled(reason) => bail!("not verified: {reason}"),
         }
     }
+}
+
+/// Wait for this login's `Connected` (the device's encryption keys are published before
+/// it reaches us, so others can write to it as soon as we return): our username.
+async fn wait_connected(events: &mut natter_sdk::Events) -> anyhow::Result<String> {
+    let connected = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(ev) = events.next().await {
+            if let ClientEvent::Connected { username, .. } = ev {
+                return Some(username);
+            }
+        }
+        None
+    });
+    match connected.await {
+        Ok(Some(name)) => Ok(name),
+        _ => bail!("logged in, but the connection did not settle"),
+    }
+}
+
+/// The profile's token command as the client's token provider: its first output line.
+fn token_command(cmd: String) -> natter_sdk::TokenProvider {
+    natter_sdk::TokenProvider::new(move || {
+        let cmd = cmd.clone();
+        async move {
+            let run = move || std::process::Command::new("sh").arg("-c").arg(&cmd).output();
+            let out = tokio::task::spawn_blocking(run).await.ok()?.ok()?;
+            let line = String::from_utf8(out.stdout).ok()?.lines().next()?.trim().to_string();
+            (out.status.success() && !line.is_empty()).then_some(line)
+        }
+    })
 }
 
 fn password(p: Option<String>) -> anyhow::Result<String> {
@@ -475,7 +526,13 @@ async fn with_client(cli: Cli) -> anyhow::Result<()> {
         state_path: cli.profile.join("e2ee.state"),
         store_key: store_key(&cli.profile)?,
     });
-    let needs_login = !matches!(cli.cmd, Cmd::Register { .. } | Cmd::Login { .. });
+    if let Some(cmd) = profile.token_command.clone() {
+        config.token_provider = Some(token_command(cmd));
+    }
+    let needs_login = !matches!(
+        cli.cmd,
+        Cmd::Register { .. } | Cmd::Login { .. } | Cmd::LoginToken { .. }
+    );
     if needs_login && profile.token.is_none() {
         bail!("not logged in: run `natter login USERNAME` first");
     }
@@ -520,22 +577,27 @@ async fn command(
             device,
         } => {
             let info = client.login(&username, &password(pw)?, &device).await?;
-            // The device's encryption keys are published before `Connected` reaches us:
-            // wait for it, so others can write to this device as soon as we return.
-            let connected = tokio::time::timeout(std::time::Duration::from_secs(30), async {
-                while let Some(ev) = events.next().await {
-                    if matches!(ev, ClientEvent::Connected { .. }) {
-                        return true;
-                    }
-                }
-                false
-            });
-            if !matches!(connected.await, Ok(true)) {
-                bail!("logged in, but the connection did not settle");
-            }
+            wait_connected(events).await?;
             profile.token = Some(info.access_token);
             profile.username = Some(username.clone());
             print(json!({"logged_in": username, "user_id": info.user_id.0, "device_id": info.device_id.0}));
+        }
+        Cmd::LoginToken {
+            token,
+            device,
+            token_command,
+        } => {
+            let token = password(token)?;
+            let info = client.login_with_token(&token, &device).await?;
+            let username = wait_connected(events).await?;
+            profile.token = Some(info.access_token);
+            profile.username = Some(username.clone());
+            profile.token_command = token_command;
+            print(json!({"logged_in": username, "user_id": info.user_id.0, "device_id": info.device_id.0}));
+        }
+        Cmd::SetToken { token } => {
+            let until = client.refresh_token(&password(token)?).await?;
+            print(json!({"token_expires_at_ms": until}));
         }
         Cmd::Logout { device } => {
             client.logout(DeviceId(device.unwrap_or(0))).await?;
