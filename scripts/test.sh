@@ -78,7 +78,7 @@ step "browser test driver (playwright-core, no downloaded browser) and tus-js-cl
 step "Kotlin compiler for natter-ffi's Kotlin tests (npm kotlin-compiler: kotlinc + coroutines)"
 (cd sdk-ffi/tests/kotlin && npm ci --no-audit --no-fund --loglevel=error)
 
-step "tuspy (the tus interoperability test), PyNaCl (an independent file decryption), moto's S3 server (the several-node media test) http-ece (the push service stand-ins decrypt with it), Hypercorn (the APNs and FCM stand-ins speak HTTP/2 over TLS) aiosmtpd (the SMTP server email digests go to) and PyJWT (the product backend that mints login tokens), PyPI, in a venv at target/py"
+step "tuspy (the tus interoperability test), PyNaCl (an independent file decryption), moto's S3 server (the several-node media test) http-ece (the push service stand-ins decrypt with it), Hypercorn (the APNs and FCM stand-ins speak HTTP/2 over TLS) aiosmtpd (the SMTP server email digests go to) PyJWT (the product backend that mints login tokens), openapi-spec-validator and openapi-python-client (the server API's document), PyPI, in a venv at target/py"
 [[ -x target/py/bin/python ]] || python3 -m venv target/py
 target/py/bin/python -c "import tusclient" 2>/dev/null || target/py/bin/pip install -q tuspy==1.1.0
 # PyNaCl (libsodium): the Python bindings test opens a natter-encrypted file with it.
@@ -90,6 +90,10 @@ target/py/bin/python -c "import aiosmtpd" 2>/dev/null || target/py/bin/pip insta
 # PyJWT (with cryptography): the product backend of the token-login tests mints and signs its
 # users' tokens (server/tests/accounts/product.py).
 target/py/bin/python -c "import jwt" 2>/dev/null || target/py/bin/pip install -q "pyjwt[crypto]==2.10.1"
+# The server API's OpenAPI document: validated by openapi-spec-validator, and a client generated
+# from it by openapi-python-client chats (server/tests/server_api/generated_client.py).
+target/py/bin/python -c "import openapi_spec_validator" 2>/dev/null || target/py/bin/pip install -q openapi-spec-validator==0.9.0
+[[ -x target/py/bin/openapi-python-client ]] || target/py/bin/pip install -q openapi-python-client==0.26.2
 
 step "format"
 cargo fmt --all -- --check

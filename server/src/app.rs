@@ -67,29 +67,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     // One process-wide rustls provider (ring) for the HTTP clients that ask for the
     // default one (object_store's S3 client); a second call finds it installed.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
-    let (store, redis): (Arc<dyn Store>, Option<RedisConn>) = match config.storage {
-        Storage::Sled => (
-            Arc::new(SledStore::open_with_reserve(
-                &config.data_dir.join("db"),
-                config.disk_reserve_bytes,
-            )?),
-            None,
-        ),
-        Storage::Redis => {
-            let conn = RedisConn::connect(&config.redis_urls, config.redis_cluster)
-                .await
-                .with_context(|| format!("connecting to Redis at {:?}", config.redis_urls))?;
-            let durability = Durability {
-                replicas: config.redis_wait_replicas,
-                timeout_ms: config.redis_wait_timeout_ms,
-            };
-            (
-                Arc::new(RedisStore::with_durability(conn.clone(), durability)),
-                Some(conn),
-            )
-        }
-    };
+    let (store, redis) = open_store(config).await?;
     let identity = match (&config.tls_cert, &config.tls_key) {
         (Some(c), Some(k)) => tls::load(c, k)?,
         (None, None) => tls::dev_identity(&config.data_dir)?,
@@ -504,4 +482,33 @@ fn media_store(config: &Config) -> anyhow::Result<Arc<dyn crate::media::MediaSto
         .clone()
         .unwrap_or_else(|| config.data_dir.join("media"));
     Ok(Arc::new(ObjectMediaStore::local(&dir)?))
+}
+
+/// The configured store (and the Redis connection, when it is Redis), as the server opens
+/// it; also for the offline subcommands (`natter-server api-key`). The embedded store is
+/// locked by a running server: stop it first, or use the server API.
+pub async fn open_store(config: &Config) -> anyhow::Result<(Arc<dyn Store>, Option<RedisConn>)> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    Ok(match config.storage {
+        Storage::Sled => (
+            Arc::new(SledStore::open_with_reserve(
+                &config.data_dir.join("db"),
+                config.disk_reserve_bytes,
+            )?),
+            None,
+        ),
+        Storage::Redis => {
+            let conn = RedisConn::connect(&config.redis_urls, config.redis_cluster)
+                .await
+                .with_context(|| format!("connecting to Redis at {:?}", config.redis_urls))?;
+            let durability = Durability {
+                replicas: config.redis_wait_replicas,
+                timeout_ms: config.redis_wait_timeout_ms,
+            };
+            (
+                Arc::new(RedisStore::with_durability(conn.clone(), durability)),
+                Some(conn),
+            )
+        }
+    })
 }

@@ -62,6 +62,73 @@ struct Args {
     /// disk, 1–256 MiB; 0: none).
     #[arg(long, env = "NATTER_DISK_RESERVE_BYTES")]
     disk_reserve_bytes: Option<u64>,
+    /// Without a subcommand: run the server.
+    #[command(subcommand)]
+    cmd: Option<Sub>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Sub {
+    /// API keys of the server API (on the configured store; the embedded one only while
+    /// the server is stopped — a running server takes admin keys at /api/v1/keys).
+    #[command(subcommand)]
+    ApiKey(ApiKeyCmd),
+    /// Print the server API's OpenAPI document.
+    Openapi,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum ApiKeyCmd {
+    /// Make a key; its secret is printed once.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// read, write or admin.
+        #[arg(long, default_value = "write")]
+        scope: String,
+    },
+    /// Every key (never their secrets).
+    List,
+    /// Revoke a key by its id.
+    Revoke { id: String },
+}
+
+/// One offline subcommand, as JSON lines.
+async fn subcommand(config: &Config, cmd: Sub) -> anyhow::Result<()> {
+    use natter_server::api::access;
+    let key_json = |k: &access::ApiKey| {
+        serde_json::json!({"id": k.id, "name": k.name, "scope": format!("{:?}", k.scope).to_lowercase(),
+            "created_ms": k.created_ms, "revoked": k.revoked})
+    };
+    match cmd {
+        Sub::Openapi => print!("{}", natter_server::transport::http_api::openapi_json()),
+        Sub::ApiKey(cmd) => {
+            let (store, _) = natter_server::app::open_store(config).await?;
+            match cmd {
+                ApiKeyCmd::Create { name, scope } => {
+                    let scope = scope.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+                    let new = access::create(&*store, &name, scope, natter_server::clock::now_ms())
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    let mut out = key_json(&new.key);
+                    out["secret"] = new.secret.0.into();
+                    println!("{out}");
+                }
+                ApiKeyCmd::List => {
+                    for k in access::list(&*store).await.map_err(|e| anyhow::anyhow!("{e}"))? {
+                        println!("{}", key_json(&k));
+                    }
+                }
+                ApiKeyCmd::Revoke { id } => {
+                    if !access::revoke(&*store, &id).await.map_err(|e| anyhow::anyhow!("{e}"))? {
+                        anyhow::bail!("no live key {id:?}");
+                    }
+                    println!("{}", serde_json::json!({"revoked": id}));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -124,6 +191,9 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    if let Some(cmd) = args.cmd {
+        return rt.block_on(subcommand(&config, cmd));
+    }
     rt.block_on(async {
         let server = natter_server::start(&config).await?;
         // Machine-readable first lines: tests and scripts read the address and fingerprint.

@@ -52,6 +52,9 @@ pub struct Profile {
     /// Avatar: an https URL (from a token's `picture`) or `media:<id>`.
     #[serde(default)]
     pub avatar: String,
+    /// A bot the product's backend drives.
+    #[serde(default)]
+    pub bot: bool,
 }
 
 /// Longest display name, in characters.
@@ -59,11 +62,46 @@ const MAX_DISPLAY_NAME_CHARS: usize = 64;
 /// Longest avatar URL, in bytes.
 const MAX_AVATAR_BYTES: usize = 1024;
 
+/// What a product says about its user when it first appears.
+#[derive(Clone, Debug, Default)]
+pub struct NewUser {
+    /// The product's id for the user.
+    pub subject: String,
+    /// The username to try first.
+    pub preferred_username: Option<String>,
+    /// Display name.
+    pub name: Option<String>,
+    /// Avatar URL (https).
+    pub picture: Option<String>,
+    /// A bot: an account the product's backend drives.
+    pub bot: bool,
+}
+
 /// The subject's natter user, created on first use.
 pub async fn product_user(ctx: &Ctx, claims: &Claims, now_ms: u64) -> Result<Identity, ServerError> {
-    if let Some(found) = docs::get::<Identity>(&*ctx.store, IDENTITY, &claims.subject).await? {
-        return Ok(found.value);
+    let new = NewUser {
+        subject: claims.subject.clone(),
+        preferred_username: claims.preferred_username.clone(),
+        name: claims.name.clone(),
+        picture: claims.picture.clone(),
+        bot: false,
+    };
+    Ok(ensure_user(ctx, &new, now_ms).await?.0)
+}
+
+/// The natter user of a product's user id, if it has one.
+pub async fn external_user(ctx: &Ctx, subject: &str) -> Result<Option<Identity>, ServerError> {
+    Ok(docs::get::<Identity>(&*ctx.store, IDENTITY, subject)
+        .await?
+        .map(|d| d.value))
+}
+
+/// The subject's user, made now if it has none (`true`: made by this call).
+pub async fn ensure_user(ctx: &Ctx, new: &NewUser, now_ms: u64) -> Result<(Identity, bool), ServerError> {
+    if let Some(found) = external_user(ctx, &new.subject).await? {
+        return Ok((found, false));
     }
+    let claims = new;
     let mut names = Vec::new();
     if let Some(p) = claims
         .preferred_username
@@ -95,7 +133,7 @@ pub async fn product_user(ctx: &Ctx, claims: &Claims, now_ms: u64) -> Result<Ide
         // Another login of the same subject won the race; the account made here has no
         // password and no identity, so nothing can log into it.
         tracing::info!(user = %created.user, "product login race: an unused account was left");
-        return Ok(won);
+        return Ok((won, false));
     }
     let profile = Profile {
         username: created.username.clone(),
@@ -116,9 +154,49 @@ pub async fn product_user(ctx: &Ctx, claims: &Claims, now_ms: u64) -> Result<Ide
             .filter(|p| p.len() <= MAX_AVATAR_BYTES && p.starts_with("https://"))
             .unwrap_or_default()
             .to_string(),
+        bot: claims.bot,
     };
     docs::set(&*ctx.store, PROFILE, &created.user.0.to_string(), &profile).await?;
-    Ok(created)
+    Ok((created, true))
+}
+
+/// Change a profile's display name and/or avatar (checked as at creation).
+pub async fn update_profile(
+    ctx: &Ctx,
+    user: UserId,
+    display_name: Option<String>,
+    avatar: Option<String>,
+) -> Result<Profile, ServerError> {
+    if let Some(n) = &display_name {
+        if n.chars().count() > MAX_DISPLAY_NAME_CHARS || n.chars().any(char::is_control) {
+            return Err(ServerError::new(
+                ErrorCode::BadRequest,
+                "display_name is at most 64 characters without control characters",
+            ));
+        }
+    }
+    if let Some(a) = &avatar {
+        let ok =
+            a.is_empty() || (a.len() <= MAX_AVATAR_BYTES && (a.starts_with("https://") || a.starts_with("media:")));
+        if !ok {
+            return Err(ServerError::new(
+                ErrorCode::BadRequest,
+                "avatar is an https URL or media:<id>, at most 1024 bytes",
+            ));
+        }
+    }
+    let updated = docs::update(&*ctx.store, PROFILE, &user.0.to_string(), |p: Option<Profile>| {
+        let mut p = p?;
+        if let Some(n) = &display_name {
+            p.display_name = n.clone();
+        }
+        if let Some(a) = &avatar {
+            p.avatar = a.clone();
+        }
+        Some((p.clone(), p))
+    })
+    .await?;
+    updated.ok_or_else(|| ServerError::new(ErrorCode::NotFound, "no such user"))
 }
 
 /// Bind a new device to the token's subject until its `exp`.

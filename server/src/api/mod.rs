@@ -18,6 +18,7 @@ use crate::session::hub::Hub;
 use crate::session::presence::Presence;
 use crate::store::Store;
 
+pub mod access;
 pub mod accounts;
 mod history;
 pub mod keys;

@@ -6,8 +6,11 @@
 //! May import: `conn` (the contract and the driver), `security` (TLS). Must not import
 //! the domain services or `store`. The one exception is [`http_media`]: HTTP requests on
 //! the web endpoint (tus uploads, media GETs) have no connection to run in, so it maps each
-//! onto the `api::media` handlers and the media layer directly — still no rule of its own.
+//! onto the `api::media` handlers and the media layer directly — still no rule of its own;
+//! and likewise [`http_api`], the server API for a product's backend, which maps each
+//! request onto the api handlers and the shards.
 pub mod chanwrite;
+pub mod http_api;
 pub mod http_media;
 pub mod mem;
 pub mod quic;

@@ -255,6 +255,7 @@ impl WebEndpoint {
             .route("/verify-email", get(verify_email_page).post(verify_email))
             .with_state(state.clone())
             .merge(crate::transport::http_media::routes(state.shared.clone()))
+            .merge(crate::transport::http_api::routes(state.shared.clone()))
             .fallback_service(tower_http::services::ServeDir::new(root));
         let acceptor = tls.map(|mut cfg| {
             cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
