@@ -97,6 +97,11 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     } else {
         None
     };
+    let webhooks = crate::webhooks::Webhooks::new(store.clone(), config.webhooks.clone());
+    webhooks
+        .start()
+        .await
+        .map_err(|e| anyhow::anyhow!("webhooks: {}", e.message))?;
     let shards = Shards::start(
         config.shard_count(),
         store.clone(),
@@ -104,7 +109,13 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         member_limits,
         chat_first.clone(),
         push.clone(),
-        search.clone(),
+        {
+            let mut taps: Vec<Arc<dyn crate::conversation::CommitTap>> = vec![webhooks.clone()];
+            if let Some(s) = &search {
+                taps.push(s.clone());
+            }
+            taps
+        },
     );
     let weak_store = Arc::downgrade(&store);
     let presence = Presence::new(Duration::from_millis(config.heartbeat_interval_ms.max(1).into()));
@@ -165,6 +176,11 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
             )?),
             leeway_ms: config.token_leeway_secs * 1000,
             refresh_ahead_ms: config.token_refresh_ahead_secs * 1000,
+        },
+        webhooks,
+        presend: match &config.presend_hook {
+            Some(c) => Some(Arc::new(crate::webhooks::presend::Presend::new(c.clone())?)),
+            None => None,
         },
     };
     let shared = Arc::new(Shared::new(

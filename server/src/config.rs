@@ -165,6 +165,11 @@ pub struct Config {
     /// A connection is told its product token expires (`TokenExpiring`) this many seconds
     /// before it does (at most half its lifetime). Default 60.
     pub token_refresh_ahead_secs: u64,
+    /// `[webhooks]`: retries and timeouts of webhook deliveries.
+    pub webhooks: crate::webhooks::WebhookSettings,
+    /// `[presend_hook]`: the product's endpoint that allows, rejects or rewrites each
+    /// plaintext message before it is committed. Unset: none.
+    pub presend_hook: Option<crate::webhooks::presend::PresendConfig>,
     /// Bytes of media one user may hold. Default 10 GiB.
     pub media_quota_bytes: u64,
     /// Where media bytes live without S3. Unset: `<data_dir>/media`.
@@ -267,6 +272,8 @@ impl Default for Config {
             search_dir: None,
             search_commit_ms: 250,
             search_reconcile_secs: 300,
+            webhooks: Default::default(),
+            presend_hook: None,
             password_logins: true,
             token_issuers: Vec::new(),
             token_leeway_secs: 30,

@@ -29,6 +29,7 @@ pub mod security;
 pub mod session;
 pub mod store;
 pub mod transport;
+pub mod webhooks;
 
 pub use app::{start, RunningServer};
 pub use config::Config;

@@ -157,6 +157,9 @@ pub async fn ensure_user(ctx: &Ctx, new: &NewUser, now_ms: u64) -> Result<(Ident
         bot: claims.bot,
     };
     docs::set(&*ctx.store, PROFILE, &created.user.0.to_string(), &profile).await?;
+    let data = serde_json::json!({"user_id": created.user.0, "username": created.username,
+        "id": profile.external_id, "display_name": profile.display_name, "bot": profile.bot});
+    ctx.webhooks.emit("user.created", data, now_ms).await?;
     Ok((created, true))
 }
 

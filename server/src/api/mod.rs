@@ -66,6 +66,10 @@ pub struct Ctx {
     pub search: Option<Arc<crate::search::Search>>,
     /// Accounts: whether passwords log in, and the product tokens that do (§5.13).
     pub logins: Logins,
+    /// Webhook subscriptions and their deliveries.
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
+    /// The product's pre-send hook, if configured.
+    pub presend: Option<Arc<crate::webhooks::presend::Presend>>,
 }
 
 /// How users log in (PROTOCOL.md §5.1, §5.13).

@@ -658,6 +658,13 @@ impl<T: Transport> Conn<T> {
             return self.respond(id, Err(e)).await;
         }
         let conv = ConversationId(s.conversation_id);
+        if let Some(hook) = &self.shared.ctx.presend {
+            // Awaited in read order: the hook's latency is the send's (README "Server API").
+            body = match hook.check(conv.0, (actor.user.0, &actor.username), body).await {
+                Ok(b) => b,
+                Err(e) => return self.respond(id, Err(e)).await,
+            };
+        }
         if !body.attachments.is_empty() || body.encrypted.as_ref().is_some_and(|e| !e.media_ids.is_empty()) {
             // Awaited here, in read order, so sends still reach their shard in order.
             if let Err(e) = api::media::attach(&self.shared.ctx, &actor, conv, &s.client_msg_id, &mut body).await {

@@ -193,6 +193,19 @@ impl std::fmt::Debug for Cmd {
     }
 }
 
+/// Hears of every committed event, after it is durable and fanned out; must not wait
+/// (webhooks only note that a conversation moved).
+pub trait CommitTap: Send + Sync + std::fmt::Debug {
+    /// One committed event.
+    fn committed(&self, event: &Arc<pb::ConversationEvent>);
+}
+
+impl CommitTap for Search {
+    fn committed(&self, event: &Arc<pb::ConversationEvent>) {
+        Search::committed(self, event);
+    }
+}
+
 fn shutting_down() -> ServerError {
     ServerError::new(ErrorCode::ShuttingDown, "server is shutting down")
 }
@@ -206,7 +219,7 @@ impl Shards {
         limits: MemberLimits,
         chat_first: Arc<ChatFirst>,
         push: Arc<Push>,
-        search: Option<Arc<Search>>,
+        taps: Vec<Arc<dyn CommitTap>>,
     ) -> Self {
         let senders = (0..n.max(1))
             .map(|_| {
@@ -218,7 +231,7 @@ impl Shards {
                     convs: HashMap::new(),
                     chat_first: chat_first.clone(),
                     push: push.clone(),
-                    search: search.clone(),
+                    taps: taps.clone(),
                 };
                 tokio::spawn(shard.run(rx));
                 tx
@@ -304,8 +317,8 @@ struct Shard {
     chat_first: Arc<ChatFirst>,
     /// Told of every committed event (it decides who gets a notification).
     push: Arc<Push>,
-    /// Told of every committed event (it indexes them), if search is on.
-    search: Option<Arc<Search>>,
+    /// Told of every committed event: search (it indexes them), webhooks.
+    taps: Vec<Arc<dyn CommitTap>>,
 }
 
 /// One accepted mutation waiting for the batch's commit.
@@ -442,8 +455,8 @@ impl Shard {
                     if let Some((i, recipients)) = p.fanout {
                         self.hub.publish(&recipients, events[i].clone());
                         self.push.committed(&events[i], &recipients);
-                        if let Some(search) = &self.search {
-                            search.committed(&events[i]);
+                        for tap in &self.taps {
+                            tap.committed(&events[i]);
                         }
                     }
                 }

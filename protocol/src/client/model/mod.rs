@@ -81,7 +81,7 @@ app_enum!(
         FrameTooLarge, UsernameTaken, InvalidCredentials, NotMember, TextTooLong,
         UnknownRequest, ShuttingDown, HandshakeRequired, TokenRevoked, NameTaken,
         StorageUnavailable, MediaNotReady, MediaRejected, QuotaExceeded, OffsetMismatch,
-        DeviceMismatch, PushTargetRejected, TokenExpired, InvalidToken,
+        DeviceMismatch, PushTargetRejected, TokenExpired, InvalidToken, MessageRejected,
     }
 );
 app_enum!(

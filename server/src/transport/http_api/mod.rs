@@ -48,6 +48,10 @@ pub fn routes(shared: Weak<Shared>) -> Router {
         )
         .route("/api/v1/keys", post(create_key).get(list_keys))
         .route("/api/v1/keys/{id}", delete(revoke_key))
+        .route("/api/v1/webhooks", post(create_webhook).get(list_webhooks))
+        .route("/api/v1/webhooks/{id}", delete(delete_webhook))
+        .route("/api/v1/webhooks/{id}/dead-letters", get(dead_letters))
+        .route("/api/v1/webhooks/{id}/dead-letters/replay", post(replay_dead_letters))
         .route("/api/v1/{*rest}", axum::routing::any(unknown))
         .layer(axum::middleware::map_response(typed_errors))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -100,7 +104,8 @@ async fn typed_errors(r: Response) -> Response {
     paths(
         create_user, get_user, update_user, create_conversation, get_conversation, add_members,
         remove_member, send_message, history, get_message, edit_message, delete_message,
-        create_key, list_keys, revoke_key
+        create_key, list_keys, revoke_key, create_webhook, list_webhooks, delete_webhook,
+        dead_letters, replay_dead_letters
     ),
     components(schemas(ApiError, ErrorBody)),
     modifiers(&BearerAuth),
@@ -205,6 +210,15 @@ fn shared_of(w: &Weak<Shared>) -> Result<Arc<Shared>, Refusal> {
 
 /// Check the request's API key for `scope`; the server's handler context.
 async fn authorize(w: &Weak<Shared>, headers: &HeaderMap, scope: Scope) -> Result<Arc<Shared>, Refusal> {
+    Ok(authorize_key(w, headers, scope).await?.0)
+}
+
+/// [`authorize`], and the key.
+async fn authorize_key(
+    w: &Weak<Shared>,
+    headers: &HeaderMap,
+    scope: Scope,
+) -> Result<(Arc<Shared>, access::ApiKey), Refusal> {
     let shared = shared_of(w)?;
     let bearer = headers
         .get(header::AUTHORIZATION)
@@ -216,8 +230,8 @@ async fn authorize(w: &Weak<Shared>, headers: &HeaderMap, scope: Scope) -> Resul
                 "Authorization: Bearer <API key> is required",
             ))
         })?;
-    access::check(&*shared.ctx.store, bearer.trim(), scope).await?;
-    Ok(shared)
+    let key = access::check(&*shared.ctx.store, bearer.trim(), scope).await?;
+    Ok((shared, key))
 }
 
 /// The product's user id as natter's actor. API requests act as the user's server-API
@@ -505,6 +519,10 @@ async fn send_message(
         return Err(bad("conversation id is required"));
     }
     ctx.rates.send(sender.user)?;
+    let body = match &ctx.presend {
+        Some(hook) => hook.check(id, (sender.user.0, &sender.username), body).await?,
+        None => body,
+    };
     let rx = ctx
         .shards
         .submit(ConversationId(id), sender, Mutation::Send { client_msg_id, body })
@@ -690,6 +708,91 @@ async fn revoke_key(
     } else {
         Err(Refusal(ServerError::new(ErrorCode::NotFound, "no such live key")))
     }
+}
+
+fn webhook_info(s: crate::webhooks::Subscription, with_secret: bool) -> Webhook {
+    Webhook {
+        id: s.id,
+        url: s.url,
+        events: s.events,
+        secret: with_secret.then_some(s.secret),
+        created_ms: s.created_ms,
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/webhooks", request_body = CreateWebhook,
+    responses((status = 201, body = Webhook, description = "its secret is shown only here"), (status = "4XX", body = ApiError)))]
+/// Subscribe a URL to event types. Deliveries are signed with the returned secret.
+async fn create_webhook(
+    State(w): State<Weak<Shared>>,
+    headers: HeaderMap,
+    b: Result<Json<CreateWebhook>, JsonRejection>,
+) -> Result<Response, Refusal> {
+    let (shared, key) = authorize_key(&w, &headers, Scope::Write).await?;
+    let b = body(b)?;
+    let sub = shared
+        .ctx
+        .webhooks
+        .subscribe(&key.id, &b.url, b.events, now_ms())
+        .await?;
+    Ok((StatusCode::CREATED, Json(webhook_info(sub, true))).into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/webhooks", responses((status = 200, body = Vec<Webhook>), (status = "4XX", body = ApiError)))]
+/// This API key's webhooks.
+async fn list_webhooks(State(w): State<Weak<Shared>>, headers: HeaderMap) -> Answer<Vec<Webhook>> {
+    let (shared, key) = authorize_key(&w, &headers, Scope::Read).await?;
+    let subs = shared.ctx.webhooks.list(&key.id).await;
+    Ok(Json(subs.into_iter().map(|s| webhook_info(s, false)).collect()))
+}
+
+#[utoipa::path(delete, path = "/api/v1/webhooks/{id}", params(("id" = String, Path)),
+    responses((status = 204), (status = "4XX", body = ApiError)))]
+/// Remove a webhook.
+async fn delete_webhook(
+    State(w): State<Weak<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, Refusal> {
+    let (shared, key) = authorize_key(&w, &headers, Scope::Write).await?;
+    shared.ctx.webhooks.unsubscribe(&key.id, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/api/v1/webhooks/{id}/dead-letters", params(("id" = String, Path)),
+    responses((status = 200, body = Vec<DeadLetter>), (status = "4XX", body = ApiError)))]
+/// Deliveries that failed every attempt.
+async fn dead_letters(
+    State(w): State<Weak<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Answer<Vec<DeadLetter>> {
+    let (shared, key) = authorize_key(&w, &headers, Scope::Read).await?;
+    let list = shared.ctx.webhooks.dead_letters(&key.id, &id).await?;
+    Ok(Json(
+        list.into_iter()
+            .map(|d| DeadLetter {
+                event_id: d.event_id,
+                body: d.body,
+                attempts: d.attempts,
+                last_error: d.last_error,
+                failed_ms: d.failed_ms,
+            })
+            .collect(),
+    ))
+}
+
+#[utoipa::path(post, path = "/api/v1/webhooks/{id}/dead-letters/replay", params(("id" = String, Path)),
+    responses((status = 200, body = Replayed), (status = "4XX", body = ApiError)))]
+/// Deliver the dead letters again, once each; delivered ones leave the list.
+async fn replay_dead_letters(
+    State(w): State<Weak<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Answer<Replayed> {
+    let (shared, key) = authorize_key(&w, &headers, Scope::Write).await?;
+    let (delivered, still_dead) = shared.ctx.webhooks.replay(&key.id, &id).await?;
+    Ok(Json(Replayed { delivered, still_dead }))
 }
 
 #[cfg(test)]

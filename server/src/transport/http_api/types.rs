@@ -298,6 +298,57 @@ pub struct AsUser {
     pub user: String,
 }
 
+/// Subscribe a URL to event types.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWebhook {
+    /// Where deliveries go: an http or https URL.
+    pub url: String,
+    /// Any of `message.created`, `message.edited`, `message.deleted`, `reaction`,
+    /// `member.joined`, `member.left`, `conversation.created`, `conversation.deleted`,
+    /// `user.created`.
+    pub events: Vec<String>,
+}
+
+/// A webhook subscription.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Webhook {
+    /// Its id.
+    pub id: String,
+    /// Where deliveries go.
+    pub url: String,
+    /// What it hears.
+    pub events: Vec<String>,
+    /// The HMAC-SHA256 key deliveries are signed with (only when made).
+    pub secret: Option<String>,
+    /// Events committed from then on are delivered.
+    pub created_ms: u64,
+}
+
+/// A delivery that failed every attempt.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DeadLetter {
+    /// The event's id.
+    pub event_id: String,
+    /// The body that was sent.
+    pub body: String,
+    /// How many times it was tried.
+    pub attempts: u32,
+    /// The last answer or error.
+    pub last_error: String,
+    /// When it was given up.
+    pub failed_ms: u64,
+}
+
+/// What a replay did.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Replayed {
+    /// Delivered now (and gone from the list).
+    pub delivered: usize,
+    /// Failed again (still listed).
+    pub still_dead: usize,
+}
+
 /// An API key as listed (never its secret).
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ApiKeyInfo {
