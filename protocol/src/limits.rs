@@ -51,6 +51,10 @@ pub const MAX_CURSORS: usize = 10_000;
 pub const MAX_CLIENT_NAME_BYTES: usize = 128;
 /// Bytes of an access or resume token.
 pub const MAX_TOKEN_BYTES: usize = 128;
+/// Longest slow-mode interval (6 hours).
+pub const MAX_SLOW_MODE_SECS: u32 = 6 * 3600;
+/// Characters of a report's reason.
+pub const MAX_REPORT_REASON_CHARS: usize = 500;
 /// Bytes of a product token (a JWT, PROTOCOL.md §5.13).
 pub const MAX_PRODUCT_TOKEN_BYTES: usize = 8192;
 /// How often clients send presence heartbeats; a user is offline after two missed.

@@ -611,6 +611,28 @@ impl Client {
         self.call(ops::set_role(conv, user, role)).await
     }
 
+    /// Mute (until `until_ms`; 0: until unmuted), unmute, ban or unban a user in a group or
+    /// channel (owners and admins; PROTOCOL.md §5.14).
+    pub async fn moderate(
+        &self,
+        conv: ConversationId,
+        user: UserId,
+        action: pb::ModerationAction,
+        until_ms: u64,
+    ) -> Result<(), ClientError> {
+        self.call(ops::moderate(conv, user, action, until_ms)).await
+    }
+
+    /// A channel's slow mode: one message per member per `interval_secs` (0: off).
+    pub async fn set_slow_mode(&self, conv: ConversationId, interval_secs: u32) -> Result<(), ClientError> {
+        self.call(ops::set_slow_mode(conv, interval_secs)).await
+    }
+
+    /// Report a message to the product's moderators.
+    pub async fn report(&self, conv: ConversationId, seq: Seq, reason: &str) -> Result<(), ClientError> {
+        self.call(ops::report(conv, seq, reason)).await
+    }
+
     /// Every conversation of the user, with last message (opened, in an encrypted one) and
     /// unread count.
     pub async fn conversations(&self) -> Result<Vec<pb::ConversationSummary>, ClientError> {

@@ -154,7 +154,7 @@ async fn a_backend_makes_users_and_a_channel_and_its_system_message_takes_its_pl
         }
     };
     let (ann, _ann_ev) = connect("u-ann").await;
-    let (_bob, mut bob_ev) = connect("u-bob").await;
+    let (bob, mut bob_ev) = connect("u-bob").await;
 
     ann.send(conv, "a1").await.unwrap();
     let body = serde_json::to_vec(&json!({"sender": "system", "text": "The launch is at noon."})).unwrap();
@@ -219,6 +219,33 @@ async fn a_backend_makes_users_and_a_channel_and_its_system_message_takes_its_pl
         )
         .await;
     assert_eq!((st, one["text"].as_str()), (200, Some("The launch is at noon.")));
+
+    // A member reports the system message; the moderators' list has it.
+    bob.report(conv, natter_sdk::Seq(first["seq"].as_u64().unwrap()), "not true")
+        .await
+        .unwrap();
+    let (st, reports) = api.get("/api/v1/reports", &read).await;
+    assert_eq!(st, 200, "{reports}");
+    assert_eq!(reports[0]["reason"], "not true");
+    assert_eq!(reports[0]["reporter_username"], "bob");
+    assert_eq!(reports[0]["text"], "The launch is at noon.");
+
+    // Moderation through the API: bob muted until unmuted, then his sends are refused.
+    let modpath = format!("/api/v1/conversations/{}/moderation", conv.0);
+    let (st, _) = api
+        .post(
+            &modpath,
+            &key,
+            json!({"by": "u-ann", "user": "u-bob", "action": "mute"}),
+        )
+        .await;
+    assert_eq!(st, 204);
+    let refused = bob.send(conv, "muted?").await.expect_err("muted");
+    assert!(refused.to_string().contains("muted"), "{refused}");
+    let (st, e) = api
+        .post(&modpath, &key, json!({"by": "u-bob", "user": "u-ann", "action": "ban"}))
+        .await;
+    assert_eq!((st, e["error"]["code"].as_str()), (403, Some("FORBIDDEN")));
 
     // Edit and delete go through the same rules: only the sender edits.
     let (st, e) = api

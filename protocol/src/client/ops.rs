@@ -395,6 +395,37 @@ pub fn set_role(conv: ConversationId, user: UserId, role: pb::Role) -> Call<()> 
     Call::new(op, done)
 }
 
+/// Mute (until `until_ms`, 0: until unmuted), unmute, ban or unban a user in a group or
+/// channel (owners and admins; PROTOCOL.md §5.14).
+pub fn moderate(conv: ConversationId, user: UserId, action: pb::ModerationAction, until_ms: u64) -> Call<()> {
+    let op = Op::Moderate(pb::Moderate {
+        conversation_id: conv.0,
+        user_id: user.0,
+        action: action as i32,
+        until_ms,
+    });
+    Call::new(op, done)
+}
+
+/// A channel's slow mode: one message per member per `interval_secs` (0: off).
+pub fn set_slow_mode(conv: ConversationId, interval_secs: u32) -> Call<()> {
+    let op = Op::SetSlowMode(pb::SetSlowMode {
+        conversation_id: conv.0,
+        interval_secs,
+    });
+    Call::new(op, done)
+}
+
+/// Report a message to the product's moderators.
+pub fn report(conv: ConversationId, seq: Seq, reason: &str) -> Call<()> {
+    let op = Op::ReportMessage(pb::ReportMessage {
+        conversation_id: conv.0,
+        seq: seq.0,
+        reason: reason.into(),
+    });
+    Call::new(op, done)
+}
+
 /// Members of a conversation, with roles.
 pub fn members(conv: ConversationId) -> Call<Vec<pb::Member>> {
     let op = Op::GetMembers(pb::GetMembers {

@@ -23,6 +23,7 @@ pub mod accounts;
 mod history;
 pub mod keys;
 pub mod media;
+pub mod moderation;
 pub mod presence;
 mod search;
 mod signals;
@@ -450,6 +451,28 @@ pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError
         Op::Search(r) => search::messages(ctx, actor, r).await,
         Op::SearchUsers(r) => search::users(ctx, actor, r).await,
         Op::SearchChannels(r) => search::channels(ctx, actor, r).await,
+        Op::Moderate(r) => {
+            let action = pb::ModerationAction::try_from(r.action).map_err(|_| bad("unknown action"))?;
+            let user = UserId(r.user_id);
+            let username = moderation::username(ctx, actor, conv_id(r.conversation_id)?, user).await?;
+            let m = Mutation::Moderate {
+                user,
+                username,
+                action,
+                until_ms: r.until_ms,
+            };
+            done(ctx, actor, r.conversation_id, m).await
+        }
+        Op::SetSlowMode(r) => {
+            if r.interval_secs > limits::MAX_SLOW_MODE_SECS {
+                return Err(bad("slow mode is at most 6 hours"));
+            }
+            done(ctx, actor, r.conversation_id, Mutation::SlowMode(r.interval_secs)).await
+        }
+        Op::ReportMessage(r) => {
+            moderation::report(ctx, actor, r).await?;
+            Ok(Res::Done(pb::Done {}))
+        }
         Op::SetUnlisted(r) => {
             ctx.store.set_unlisted(actor.user, r.unlisted).await?;
             Ok(Res::Done(pb::Done {}))

@@ -60,10 +60,12 @@ mod tests {
                 deleted: false,
                 encrypted: false,
                 devices: Vec::new(),
+                moderation: Default::default(),
             },
             members: [member(1, "alice"), member(2, "bob"), member(3, "carol.d")].into(),
             last_seq: Seq(1),
             last_time_ms: 0,
+            last_sent: Default::default(),
         }
     }
 

@@ -104,6 +104,19 @@ pub enum Mutation {
     },
     /// Delete a message.
     DeleteMessage(Seq),
+    /// Mute, unmute, ban or unban a user (owners and admins; PROTOCOL.md §5.14).
+    Moderate {
+        /// Whom.
+        user: UserId,
+        /// Their username (for the event).
+        username: String,
+        /// What.
+        action: pb::ModerationAction,
+        /// A mute's end (0: until unmuted).
+        until_ms: u64,
+    },
+    /// A channel's slow mode (0: off).
+    SlowMode(u32),
     /// Add or take back a reaction.
     React {
         /// The message.
@@ -498,6 +511,7 @@ impl Shard {
                             members,
                             last_seq: rec.last_seq,
                             last_time_ms,
+                            last_sent: HashMap::new(),
                         },
                     );
                 }

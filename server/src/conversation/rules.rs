@@ -21,6 +21,9 @@ pub(crate) struct Conv {
     pub(crate) last_seq: Seq,
     /// `server_time_ms` of the event at `last_seq`.
     pub(crate) last_time_ms: u64,
+    /// When each member last sent, for slow mode (this shard's memory only: a member
+    /// whose conversation moved shards may send once early).
+    pub(crate) last_sent: HashMap<UserId, u64>,
 }
 
 impl Conv {
@@ -198,6 +201,7 @@ pub(crate) fn create(
         deleted: false,
         encrypted: encrypted.is_some(),
         devices,
+        moderation: Default::default(),
     };
     let ev = event(
         id,
@@ -224,8 +228,41 @@ pub(crate) fn create(
         members: members.into_iter().map(|m| (m.user, m)).collect(),
         last_seq: seq,
         last_time_ms: now,
+        last_sent: HashMap::new(),
     };
     (commit, recipients, conv)
+}
+
+/// A muted member sends nothing until the mute ends; in slow mode a member (not an owner
+/// or admin) sends once per interval (PROTOCOL.md §5.14). Both answer with when to retry.
+fn moderation_allows_send(conv: &Conv, user: UserId, is_admin: bool, now: u64) -> Result<(), ServerError> {
+    let m = &conv.meta.moderation;
+    if let Some(&(_, until)) = m.muted.iter().find(|(u, _)| *u == user) {
+        if until > now {
+            let mut e = forbidden(&if until == u64::MAX {
+                "you are muted in this conversation".to_string()
+            } else {
+                format!("you are muted here until {until} (ms since the epoch)")
+            });
+            e.retry_after_ms = u32::try_from(until.saturating_sub(now)).unwrap_or(0);
+            return Err(e);
+        }
+    }
+    if m.slow_mode_secs > 0 && !is_admin {
+        let next = conv
+            .last_sent
+            .get(&user)
+            .map_or(0, |t| t + u64::from(m.slow_mode_secs) * 1000);
+        if next > now {
+            let mut e = ServerError::new(
+                ErrorCode::RateLimited,
+                format!("slow mode: one message every {} s", m.slow_mode_secs),
+            );
+            e.retry_after_ms = u32::try_from(next - now).unwrap_or(u32::MAX);
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 fn role_of(conv: &Conv, user: UserId) -> Option<Role> {
@@ -287,6 +324,8 @@ pub(crate) fn apply(
                     format!("reply_to_seq {} names no event of this conversation", body.reply_to_seq),
                 ));
             }
+            moderation_allows_send(conv, actor.user, is_admin, now)?;
+            conv.last_sent.insert(actor.user, now);
             super::mentions::resolve(conv, &mut body);
             commit.idempotency = Some((actor.user, client_msg_id.clone()));
             commit.read_cursors = vec![(actor.user, seq)];
@@ -314,6 +353,9 @@ pub(crate) fn apply(
             }
             if !is_admin {
                 return Err(forbidden("only owners and admins add members"));
+            }
+            if let Some((_, name)) = users.iter().find(|(u, _)| conv.meta.moderation.banned.contains(u)) {
+                return Err(forbidden(&format!("{name} is banned from this conversation")));
             }
             let new: Vec<MemberRecord> = users
                 .into_iter()
@@ -343,6 +385,9 @@ pub(crate) fn apply(
             }
             if my_role.is_some() {
                 return Err(ServerError::new(ErrorCode::Conflict, "already a member"));
+            }
+            if conv.meta.moderation.banned.contains(&actor.user) {
+                return Err(forbidden("you are banned from this channel"));
             }
             if conv.members.len() >= max_members {
                 return Err(ServerError::new(
@@ -415,6 +460,86 @@ pub(crate) fn apply(
             meta.deleted = true;
             commit.meta = Some(meta);
             Body::Deleted(pb::ConversationDeleted {})
+        }
+        Mutation::Moderate {
+            user,
+            username,
+            action,
+            until_ms,
+        } => {
+            if kind == Kind::Direct {
+                return Err(forbidden("direct conversations have no moderators"));
+            }
+            let target = role_of(conv, user);
+            let allowed = match my_role {
+                Some(Role::Owner) => target != Some(Role::Owner),
+                Some(Role::Admin) => matches!(target, None | Some(Role::Member)),
+                _ => false,
+            };
+            if user == actor.user || !allowed {
+                return Err(forbidden("owners moderate anyone else, admins moderate members"));
+            }
+            let mut meta = conv.meta.clone();
+            let m = &mut meta.moderation;
+            let changed = match action {
+                pb::ModerationAction::Mute => {
+                    if target.is_none() {
+                        return Err(ServerError::new(ErrorCode::NotFound, "not a member"));
+                    }
+                    if until_ms != 0 && until_ms <= now {
+                        return Err(ServerError::new(ErrorCode::BadRequest, "until_ms is in the past"));
+                    }
+                    m.muted.retain(|(u, _)| *u != user);
+                    m.muted.push((user, if until_ms == 0 { u64::MAX } else { until_ms }));
+                    true
+                }
+                pb::ModerationAction::Unmute => {
+                    let before = m.muted.len();
+                    m.muted.retain(|(u, _)| *u != user);
+                    before != m.muted.len()
+                }
+                pb::ModerationAction::Ban => {
+                    if target.is_some() {
+                        commit.remove_members = vec![user];
+                        extra_recipients.push(user);
+                    }
+                    m.muted.retain(|(u, _)| *u != user);
+                    !m.banned.contains(&user) && {
+                        m.banned.push(user);
+                        true
+                    }
+                }
+                pb::ModerationAction::Unban => {
+                    let before = m.banned.len();
+                    m.banned.retain(|u| *u != user);
+                    before != m.banned.len()
+                }
+                pb::ModerationAction::Unspecified => {
+                    return Err(ServerError::new(ErrorCode::BadRequest, "action is required"))
+                }
+            };
+            if !changed {
+                return Err(ServerError::new(ErrorCode::Conflict, "nothing to change"));
+            }
+            commit.meta = Some(meta);
+            Body::MemberModerated(pb::MemberModerated {
+                user_id: user.0,
+                username,
+                action: action as i32,
+                until_ms,
+            })
+        }
+        Mutation::SlowMode(secs) => {
+            if kind != Kind::Channel || !is_admin {
+                return Err(forbidden("owners and admins of a channel set its slow mode"));
+            }
+            if conv.meta.moderation.slow_mode_secs == secs {
+                return Err(ServerError::new(ErrorCode::Conflict, "slow mode is that already"));
+            }
+            let mut meta = conv.meta.clone();
+            meta.moderation.slow_mode_secs = secs;
+            commit.meta = Some(meta);
+            Body::SlowModeChanged(pb::SlowModeChanged { interval_secs: secs })
         }
         Mutation::SetRole(user, role) => {
             if my_role != Some(Role::Owner) || kind == Kind::Direct || user == actor.user {

@@ -649,3 +649,51 @@ fn an_encrypted_conversation_takes_only_envelopes_and_tracks_its_devices() {
         ErrorCode::BadRequest
     );
 }
+
+#[test]
+fn mutes_bans_and_slow_mode() {
+    use pb::ModerationAction as A;
+    let mut c = conv(Kind::Channel, &[2, 3]);
+    let moderate = |user: u64, action: A, until_ms: u64| Mutation::Moderate {
+        user: UserId(user),
+        username: format!("user{user}"),
+        action,
+        until_ms,
+    };
+    // Members do not moderate; the owner mutes until a time.
+    assert_eq!(
+        code(apply(&mut c, &actor(2), moderate(3, A::Mute, 0), NOW, LIMITS)),
+        ErrorCode::Forbidden
+    );
+    apply(&mut c, &actor(1), moderate(2, A::Mute, NOW + 500), NOW, LIMITS).unwrap();
+    let e = apply(&mut c, &actor(2), send("x", "a"), NOW + 100, LIMITS).expect_err("muted");
+    assert_eq!((e.code, e.retry_after_ms), (ErrorCode::Forbidden, 400));
+    apply(&mut c, &actor(2), send("x", "b"), NOW + 500, LIMITS).expect("the mute ended");
+    // Ban: out, and no way back in until unbanned.
+    apply(&mut c, &actor(1), moderate(3, A::Ban, 0), NOW, LIMITS).unwrap();
+    assert_eq!(role(&c, 3), None);
+    assert_eq!(
+        code(apply(&mut c, &actor(3), Mutation::Join, NOW, LIMITS)),
+        ErrorCode::Forbidden
+    );
+    assert_eq!(
+        code(apply(
+            &mut c,
+            &actor(1),
+            Mutation::AddMembers(others(&[3])),
+            NOW,
+            LIMITS
+        )),
+        ErrorCode::Forbidden
+    );
+    apply(&mut c, &actor(1), moderate(3, A::Unban, 0), NOW, LIMITS).unwrap();
+    apply(&mut c, &actor(3), Mutation::Join, NOW, LIMITS).unwrap();
+    // Slow mode: one message per second for members, none for the owner.
+    apply(&mut c, &actor(1), Mutation::SlowMode(1), NOW, LIMITS).unwrap();
+    apply(&mut c, &actor(3), send("1", "c"), NOW + 1000, LIMITS).unwrap();
+    let e = apply(&mut c, &actor(3), send("2", "d"), NOW + 1200, LIMITS).expect_err("too soon");
+    assert_eq!((e.code, e.retry_after_ms), (ErrorCode::RateLimited, 800));
+    apply(&mut c, &actor(1), send("o1", "e"), NOW + 1200, LIMITS).unwrap();
+    apply(&mut c, &actor(1), send("o2", "f"), NOW + 1201, LIMITS).unwrap();
+    apply(&mut c, &actor(3), send("2", "g"), NOW + 2000, LIMITS).expect("a second later");
+}

@@ -40,6 +40,7 @@ pub(super) fn created(conv: ConversationId) -> Commit {
             deleted: false,
             encrypted: false,
             devices: Vec::new(),
+            moderation: Default::default(),
         }),
         ..Default::default()
     }

@@ -172,6 +172,23 @@ pub struct ConversationMeta {
     /// by user and device.
     #[serde(default)]
     pub devices: Vec<EncryptedDevice>,
+    /// Mutes, bans and slow mode (PROTOCOL.md §5.14).
+    #[serde(default)]
+    pub moderation: Moderation,
+}
+
+/// A group's or channel's moderation state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Moderation {
+    /// Muted members and when each mute ends (`u64::MAX`: until unmuted).
+    #[serde(default)]
+    pub muted: Vec<(UserId, u64)>,
+    /// Users who may not join or be added.
+    #[serde(default)]
+    pub banned: Vec<UserId>,
+    /// Seconds between two messages of a member (0: off).
+    #[serde(default)]
+    pub slow_mode_secs: u32,
 }
 
 /// One member of a conversation.
@@ -493,6 +510,7 @@ mod tests {
             created_ms: 1,
             deleted: false,
             devices: Vec::new(),
+            moderation: Default::default(),
             encrypted: false,
         };
         let json = serde_json::to_string(&meta).unwrap();

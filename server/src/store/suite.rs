@@ -113,6 +113,7 @@ async fn seeded(store: &dyn Store) -> (ConversationId, UserId, UserId, Conversat
         created_ms: 1,
         deleted: false,
         devices: Vec::new(),
+        moderation: Default::default(),
         encrypted: false,
     };
     let created = Commit {

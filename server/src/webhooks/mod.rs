@@ -42,6 +42,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "conversation.created",
     "conversation.deleted",
     "user.created",
+    "message.reported",
 ];
 
 /// Tunables.

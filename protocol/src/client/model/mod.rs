@@ -85,6 +85,10 @@ app_enum!(
     }
 );
 app_enum!(
+    /// A moderation step. JS: `"mute"`, `"unmute"`, `"ban"`, `"unban"`.
+    ModerationAction from pb::ModerationAction, serde "lowercase" { Unspecified, Mute, Unmute, Ban, Unban }
+);
+app_enum!(
     /// Direct, group or channel. JS: `"direct"`, `"group"`, `"channel"`.
     ConversationKind from pb::ConversationKind, serde "lowercase" { Unspecified, Direct, Group, Channel }
 );
@@ -258,6 +262,22 @@ pub enum EventBody {
     },
     /// The conversation was deleted.
     Deleted,
+    /// An owner or admin muted, unmuted, banned or unbanned someone (PROTOCOL.md §5.14).
+    MemberModerated {
+        /// Whom.
+        user_id: u64,
+        /// Their username.
+        username: String,
+        /// What.
+        action: ModerationAction,
+        /// A mute's end, ms since the epoch (0: until unmuted).
+        until_ms: u64,
+    },
+    /// A channel's slow mode changed (0: off).
+    SlowModeChanged {
+        /// Seconds between two messages of a member.
+        interval_secs: u32,
+    },
     /// The message at `target_seq` now reads `text`.
     MessageEdited {
         /// Which.
@@ -497,6 +517,15 @@ impl From<pb::conversation_event::Body> for EventBody {
                 user_id: r.user_id,
             },
             B::Deleted(_) => EventBody::Deleted,
+            B::MemberModerated(m) => EventBody::MemberModerated {
+                action: m.action().into(),
+                user_id: m.user_id,
+                username: m.username,
+                until_ms: m.until_ms,
+            },
+            B::SlowModeChanged(s) => EventBody::SlowModeChanged {
+                interval_secs: s.interval_secs,
+            },
             B::MessageEdited(e) => EventBody::MessageEdited {
                 target_seq: e.target_seq,
                 text: e.text,

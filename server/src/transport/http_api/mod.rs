@@ -46,6 +46,9 @@ pub fn routes(shared: Weak<Shared>) -> Router {
             "/api/v1/conversations/{id}/messages/{seq}",
             get(get_message).patch(edit_message).delete(delete_message),
         )
+        .route("/api/v1/conversations/{id}/moderation", post(moderate))
+        .route("/api/v1/conversations/{id}/slow-mode", axum::routing::put(slow_mode))
+        .route("/api/v1/reports", get(reports))
         .route("/api/v1/keys", post(create_key).get(list_keys))
         .route("/api/v1/keys/{id}", delete(revoke_key))
         .route("/api/v1/webhooks", post(create_webhook).get(list_webhooks))
@@ -104,7 +107,7 @@ async fn typed_errors(r: Response) -> Response {
     paths(
         create_user, get_user, update_user, create_conversation, get_conversation, add_members,
         remove_member, send_message, history, get_message, edit_message, delete_message,
-        create_key, list_keys, revoke_key, create_webhook, list_webhooks, delete_webhook,
+        moderate, slow_mode, reports, create_key, list_keys, revoke_key, create_webhook, list_webhooks, delete_webhook,
         dead_letters, replay_dead_letters
     ),
     components(schemas(ApiError, ErrorBody)),
@@ -708,6 +711,85 @@ async fn revoke_key(
     } else {
         Err(Refusal(ServerError::new(ErrorCode::NotFound, "no such live key")))
     }
+}
+
+#[utoipa::path(post, path = "/api/v1/conversations/{id}/moderation", request_body = Moderate,
+    params(("id" = u64, Path)), responses((status = 204), (status = "4XX", body = ApiError)))]
+/// Mute (until a time), unmute, ban or unban a user, as an owner or admin.
+async fn moderate(
+    State(w): State<Weak<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<u64>,
+    b: Result<Json<Moderate>, JsonRejection>,
+) -> Result<StatusCode, Refusal> {
+    let shared = authorize(&w, &headers, Scope::Write).await?;
+    let b = body(b)?;
+    let ctx = &shared.ctx;
+    let by = actor(ctx, &b.by).await?;
+    let whom = actor(ctx, &b.user).await?;
+    let action = match b.action.as_str() {
+        "mute" => pb::ModerationAction::Mute,
+        "unmute" => pb::ModerationAction::Unmute,
+        "ban" => pb::ModerationAction::Ban,
+        "unban" => pb::ModerationAction::Unban,
+        _ => return Err(bad("action is mute, unmute, ban or unban")),
+    };
+    let op = Op::Moderate(pb::Moderate {
+        conversation_id: id,
+        user_id: whom.user.0,
+        action: action as i32,
+        until_ms: b.until_ms,
+    });
+    api::handle(ctx, &by, op).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(put, path = "/api/v1/conversations/{id}/slow-mode", request_body = SlowMode,
+    params(("id" = u64, Path)), responses((status = 204), (status = "4XX", body = ApiError)))]
+/// Set a channel's slow mode, as an owner or admin.
+async fn slow_mode(
+    State(w): State<Weak<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<u64>,
+    b: Result<Json<SlowMode>, JsonRejection>,
+) -> Result<StatusCode, Refusal> {
+    let shared = authorize(&w, &headers, Scope::Write).await?;
+    let b = body(b)?;
+    let by = actor(&shared.ctx, &b.by).await?;
+    let op = Op::SetSlowMode(pb::SetSlowMode {
+        conversation_id: id,
+        interval_secs: b.interval_secs,
+    });
+    api::handle(&shared.ctx, &by, op).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/api/v1/reports", params(ReportsQuery),
+    responses((status = 200, body = Vec<Report>), (status = "4XX", body = ApiError)))]
+/// Members' reports of messages, for the product's moderators.
+async fn reports(
+    State(w): State<Weak<Shared>>,
+    headers: HeaderMap,
+    Query(q): Query<ReportsQuery>,
+) -> Answer<Vec<Report>> {
+    let shared = authorize(&w, &headers, Scope::Read).await?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 500);
+    let list = api::moderation::reports(&shared.ctx, q.after.as_deref().unwrap_or(""), limit).await?;
+    Ok(Json(
+        list.into_iter()
+            .map(|(key, r)| Report {
+                key,
+                conversation_id: r.conversation_id,
+                seq: r.seq,
+                reporter_user_id: r.reporter.0,
+                reporter_username: r.reporter_username,
+                sender_user_id: r.sender.0,
+                text: r.text,
+                reason: r.reason,
+                created_ms: r.created_ms,
+            })
+            .collect(),
+    ))
 }
 
 fn webhook_info(s: crate::webhooks::Subscription, with_secret: bool) -> Webhook {

@@ -246,6 +246,8 @@ impl From<&pb::ConversationEvent> for Event {
             Some(Body::RoleChanged(_)) => ("role_changed", String::new(), 0, String::new(), false),
             Some(Body::Deleted(_)) => ("deleted", String::new(), 0, String::new(), false),
             Some(Body::DevicesChanged(_)) => ("devices_changed", String::new(), 0, String::new(), false),
+            Some(Body::MemberModerated(_)) => ("member_moderated", String::new(), 0, String::new(), false),
+            Some(Body::SlowModeChanged(_)) => ("slow_mode_changed", String::new(), 0, String::new(), false),
             None => ("unknown", String::new(), 0, String::new(), false),
         };
         Event {
@@ -347,6 +349,66 @@ pub struct Replayed {
     pub delivered: usize,
     /// Failed again (still listed).
     pub still_dead: usize,
+}
+
+/// A moderation step, as `by` (an owner or admin).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Moderate {
+    /// Who moderates (the product's id).
+    pub by: String,
+    /// Whom (the product's id).
+    pub user: String,
+    /// `mute`, `unmute`, `ban` or `unban`.
+    pub action: String,
+    /// A mute's end, ms since the epoch (0 or absent: until unmuted).
+    #[serde(default)]
+    pub until_ms: u64,
+}
+
+/// A channel's slow mode, as `by` (an owner or admin).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SlowMode {
+    /// Who sets it.
+    pub by: String,
+    /// Seconds between two messages of a member (0: off).
+    pub interval_secs: u32,
+}
+
+/// A member's report of a message.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Report {
+    /// Pass as `after` for the next page.
+    pub key: String,
+    /// Where.
+    pub conversation_id: u64,
+    /// Which event.
+    pub seq: u64,
+    /// Who reported it.
+    pub reporter_user_id: u64,
+    /// Their username.
+    pub reporter_username: String,
+    /// Whose message it is.
+    pub sender_user_id: u64,
+    /// Its text ("" when encrypted).
+    pub text: String,
+    /// Why.
+    pub reason: String,
+    /// When.
+    pub created_ms: u64,
+}
+
+/// A page of reports.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ReportsQuery {
+    /// The last `key` of the previous page.
+    #[serde(default)]
+    pub after: Option<String>,
+    /// At most this many (default 100, at most 500).
+    #[serde(default)]
+    pub limit: Option<usize>,
 }
 
 /// An API key as listed (never its secret).
