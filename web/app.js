@@ -164,7 +164,7 @@ function addEvent(e) {
 }
 
 // Conversation changes shown as a line of their own.
-const NOTICES = new Set(["created", "membersAdded", "memberRemoved", "renamed", "devicesChanged"]);
+const NOTICES = new Set(["created", "membersAdded", "memberRemoved", "renamed", "devicesChanged", "memberModerated", "slowModeChanged"]);
 
 function notice(e) {
   const b = e.body;
@@ -173,6 +173,12 @@ function notice(e) {
     case "membersAdded": return `${e.senderUsername} added ${b.members.map((m) => m.username).join(", ")}`;
     case "memberRemoved": return b.left ? `${b.username} left` : `${b.username} was removed`;
     case "renamed": return `${e.senderUsername} renamed it to ${b.name}`;
+    case "memberModerated": {
+      const until = b.untilMs ? ` until ${new Date(b.untilMs).toLocaleTimeString()}` : "";
+      const verb = { mute: `muted ${b.username}${until}`, unmute: `unmuted ${b.username}`, ban: `banned ${b.username}`, unban: `lifted ${b.username}'s ban` }[b.action] || b.action;
+      return `${e.senderUsername} ${verb}`;
+    }
+    case "slowModeChanged": return b.intervalSecs ? `${e.senderUsername} turned on slow mode: one message every ${b.intervalSecs} s` : `${e.senderUsername} turned off slow mode`;
     case "devicesChanged": {
       const who = username(b.userId);
       const parts = [...b.added.map((d) => `added device ${d}`), ...b.removed.map((d) => `removed device ${d}`)];

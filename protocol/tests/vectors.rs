@@ -139,6 +139,14 @@ fn vectors() -> Vec<(&'static str, &'static str, pb::Frame, bool)> {
             req(16, Op::RefreshToken(pb::RefreshToken { token: "h.p.s".into() })), false),
         ("token_refreshed", "Response 16: TokenRefreshed { expires_at_ms 1700000660000 }",
             res(16, Res::TokenRefreshed(pb::TokenRefreshed { expires_at_ms: 1_700_000_660_000 })), false),
+        ("moderate_mute", "Request 17: Moderate { conversation 42, user 3, MUTE, until_ms 1700000600000 }",
+            req(17, Op::Moderate(pb::Moderate { conversation_id: 42, user_id: 3, action: pb::ModerationAction::Mute as i32, until_ms: 1_700_000_600_000 })), false),
+        ("set_slow_mode", "Request 18: SetSlowMode { conversation 42, interval_secs 30 }",
+            req(18, Op::SetSlowMode(pb::SetSlowMode { conversation_id: 42, interval_secs: 30 })), false),
+        ("report_message", "Request 19: ReportMessage { conversation 42, seq 8, reason \"spam\" }",
+            req(19, Op::ReportMessage(pb::ReportMessage { conversation_id: 42, seq: 8, reason: "spam".into() })), false),
+        ("event_member_moderated", "Event: conversation 42 seq 9, MemberModerated { user 3 \"bob\", BAN }",
+            f(Kind::Event(pb::ConversationEvent { seq: 9, body: Some(Body::MemberModerated(pb::MemberModerated { user_id: 3, username: "bob".into(), action: pb::ModerationAction::Ban as i32, until_ms: 0 })), ..message(42, 9, "") })), false),
     ]
 }
 

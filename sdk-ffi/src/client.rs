@@ -482,6 +482,40 @@ impl NatterClient {
     }
 
     /// Change a member's role (owner); `OWNER` transfers ownership.
+    /// Mute (until `until_ms`; 0: until unmuted), unmute, ban or unban a user in a group
+    /// or channel (owners and admins).
+    pub async fn moderate(
+        &self,
+        conversation_id: u64,
+        user_id: u64,
+        action: ModerationAction,
+        until_ms: u64,
+    ) -> Result<(), NatterError> {
+        let c = self.inner.clone();
+        run(async move {
+            c.moderate(
+                ConversationId(conversation_id),
+                UserId(user_id),
+                action.into(),
+                until_ms,
+            )
+            .await
+        })
+        .await
+    }
+
+    /// A channel's slow mode: one message per member per `interval_secs` (0: off).
+    pub async fn set_slow_mode(&self, conversation_id: u64, interval_secs: u32) -> Result<(), NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.set_slow_mode(ConversationId(conversation_id), interval_secs).await }).await
+    }
+
+    /// Report a message to the product's moderators.
+    pub async fn report(&self, conversation_id: u64, seq: u64, reason: String) -> Result<(), NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.report(ConversationId(conversation_id), Seq(seq), &reason).await }).await
+    }
+
     pub async fn set_role(&self, conversation_id: u64, user_id: u64, role: Role) -> Result<(), NatterError> {
         let c = self.inner.clone();
         run(async move {

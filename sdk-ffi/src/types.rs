@@ -10,8 +10,8 @@ pub use natter_protocol::client::model::{
 };
 pub use natter_protocol::client::model::{
     Conversation, ConversationEvent, ConversationKind, Device, ErrorCode, ErrorInfo, EventBody, HistoryPage, MediaInfo,
-    MediaVariant, Member, MemberReceipt, Message, NatterEvent, PendingUpload, Presence, PresenceState, Reaction, Role,
-    SendAck,
+    MediaVariant, Member, MemberReceipt, Message, ModerationAction, NatterEvent, PendingUpload, Presence,
+    PresenceState, Reaction, Role, SendAck,
 };
 pub use natter_protocol::session::{DeliveryState, MessageStatus};
 

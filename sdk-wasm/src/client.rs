@@ -977,6 +977,34 @@ impl NatterClient {
         )
     }
 
+    /// Mute (`untilMs`; 0: until unmuted), unmute, ban or unban a user in a group or
+    /// channel (owners and admins). `action`: "mute" | "unmute" | "ban" | "unban".
+    pub fn moderate(&self, conversation_id: f64, user_id: f64, action: String, until_ms: f64) -> Promise {
+        let action = match action.as_str() {
+            "mute" => pb::ModerationAction::Mute,
+            "unmute" => pb::ModerationAction::Unmute,
+            "ban" => pb::ModerationAction::Ban,
+            "unban" => pb::ModerationAction::Unban,
+            _ => {
+                let why = "action is mute, unmute, ban or unban";
+                return Promise::reject(&js_error(&JsError::local("INVALID", why)));
+            }
+        };
+        let call = ops::moderate(conv(conversation_id), UserId(user_id as u64), action, until_ms as u64);
+        self.call(call, nothing)
+    }
+
+    /// A channel's slow mode: one message per member per `intervalSecs` (0: off).
+    #[wasm_bindgen(js_name = setSlowMode)]
+    pub fn set_slow_mode(&self, conversation_id: f64, interval_secs: u32) -> Promise {
+        self.call(ops::set_slow_mode(conv(conversation_id), interval_secs), nothing)
+    }
+
+    /// Report a message to the product's moderators.
+    pub fn report(&self, conversation_id: f64, seq: f64, reason: String) -> Promise {
+        self.call(ops::report(conv(conversation_id), Seq(seq as u64), &reason), nothing)
+    }
+
     /// Members with roles.
     pub fn members(&self, conversation_id: f64) -> Promise {
         self.call(ops::members(conv(conversation_id)), records::<_, Member>)

@@ -250,6 +250,27 @@ enum GroupCmd {
     Leave { conversation: u64 },
     /// Rename a group.
     Rename { conversation: u64, name: String },
+    /// Mute a member (owners and admins): for --minutes, or until unmuted.
+    Mute {
+        conversation: u64,
+        user_id: u64,
+        #[arg(long)]
+        minutes: Option<u64>,
+    },
+    /// Let a muted member speak again.
+    Unmute { conversation: u64, user_id: u64 },
+    /// Ban a user: removed, and never joins or is added again until unbanned.
+    Ban { conversation: u64, user_id: u64 },
+    /// Lift a ban.
+    Unban { conversation: u64, user_id: u64 },
+    /// A channel's slow mode: one message per member per SECONDS (0: off).
+    SlowMode { conversation: u64, seconds: u32 },
+    /// Report a message to the product's moderators.
+    Report {
+        conversation: u64,
+        seq: u64,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -676,6 +697,44 @@ async fn command(
         Cmd::Group(GroupCmd::Rename { conversation, name }) => {
             client.rename(conv(conversation), &name).await?;
             print(json!({"renamed": conversation, "name": name}));
+        }
+        Cmd::Group(GroupCmd::Mute {
+            conversation,
+            user_id,
+            minutes,
+        }) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let until = minutes.map_or(0, |m| now + m * 60_000);
+            let mute = natter_sdk::proto::ModerationAction::Mute;
+            client
+                .moderate(conv(conversation), UserId(user_id), mute, until)
+                .await?;
+            print(json!({"muted": user_id, "until_ms": until}));
+        }
+        Cmd::Group(cmd @ (GroupCmd::Unmute { .. } | GroupCmd::Ban { .. } | GroupCmd::Unban { .. })) => {
+            use natter_sdk::proto::ModerationAction as A;
+            let (conversation, user_id, action, word) = match cmd {
+                GroupCmd::Unmute { conversation, user_id } => (conversation, user_id, A::Unmute, "unmuted"),
+                GroupCmd::Ban { conversation, user_id } => (conversation, user_id, A::Ban, "banned"),
+                GroupCmd::Unban { conversation, user_id } => (conversation, user_id, A::Unban, "unbanned"),
+                _ => unreachable!("matched above"),
+            };
+            client.moderate(conv(conversation), UserId(user_id), action, 0).await?;
+            print(json!({ word: user_id }));
+        }
+        Cmd::Group(GroupCmd::SlowMode { conversation, seconds }) => {
+            client.set_slow_mode(conv(conversation), seconds).await?;
+            print(json!({"slow_mode_secs": seconds}));
+        }
+        Cmd::Group(GroupCmd::Report {
+            conversation,
+            seq,
+            reason,
+        }) => {
+            client.report(conv(conversation), Seq(seq), &reason).await?;
+            print(json!({"reported": seq}));
         }
         Cmd::Channel { name } => print_as::<_, Conversation>(client.create_channel(&name).await?),
         Cmd::Join { name } => print_as::<_, Conversation>(client.join_channel(&name).await?),
