@@ -39,6 +39,15 @@ for a in "$@"; do
     { echo "push_allow_loopback_endpoints = true"; cat bench/server.toml; } > "$config"
   fi
 done
+# The api scenario: the web endpoint, and a write key made on the fresh store before start.
+for a in "$@"; do
+  if [[ "$a" == api ]]; then
+    web=(--web-listen 127.0.0.1:18080)
+    key=$(target/release/natter-server --config "$config" "${storage[@]}" api-key create --name bench --scope write \
+      | sed -n 's/.*"secret":"\([^"]*\)".*/\1/p')
+    extra=(--web http://127.0.0.1:18080 --api-key "$key")
+  fi
+done
 # SEARCH=off: the same server without its search index (to measure what indexing costs).
 if [[ "${SEARCH:-on}" == off ]]; then
   { echo "search_enabled = false"; cat "$config"; } > target/bench-nosearch.toml

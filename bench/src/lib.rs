@@ -8,6 +8,8 @@
 //! Push sink at a rate, chat latency beside it). Every scenario counts lost and duplicated deliveries, which must be zero.
 #![forbid(unsafe_code)]
 
+mod api;
+pub use api::{api, ApiOpts};
 mod media;
 mod media_load;
 mod push;

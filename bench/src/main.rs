@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use natter_bench::{ConnectionsOpts, DmOpts, FanoutOpts, HistoryOpts, MediaOpts, PushOpts, Target};
+use natter_bench::{ApiOpts, ConnectionsOpts, DmOpts, FanoutOpts, HistoryOpts, MediaOpts, PushOpts, Target};
 
 #[derive(Debug, Parser)]
 #[command(version, about = "Load generator for natter")]
@@ -77,6 +77,23 @@ enum Scenario {
         page_size: u32,
         #[arg(long, default_value_t = 512)]
         window: usize,
+    },
+    /// The server API next to the SDK: the same senders and rate into a channel, through
+    /// natter-sdk and through POST /api/v1/.../messages; sends/s and ack latency of each.
+    Api {
+        /// The server's web endpoint (e.g. http://127.0.0.1:18080).
+        #[arg(long)]
+        web: String,
+        /// A write-scoped API key (bench/run.sh makes one).
+        #[arg(long, env = "NATTER_API_KEY")]
+        api_key: String,
+        #[arg(long, default_value_t = 20)]
+        senders: usize,
+        /// Sends per second on each side, all senders together.
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 10.0)]
+        secs: f64,
     },
     /// Upload/download throughput over QUIC next to curl over HTTP; chat p99 idle and
     /// while large uploads run.
@@ -275,6 +292,22 @@ fn main() -> anyhow::Result<()> {
                     secs,
                 };
                 natter_bench::push(&target, &o).await
+            }
+            Scenario::Api {
+                web,
+                api_key,
+                senders,
+                rate,
+                secs,
+            } => {
+                let o = ApiOpts {
+                    web,
+                    key: api_key,
+                    senders,
+                    rate,
+                    secs,
+                };
+                natter_bench::api(&target, &o).await
             }
             Scenario::MediaLoad { .. } | Scenario::SearchIndex { .. } => unreachable!("handled above"),
         }
