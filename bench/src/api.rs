@@ -91,7 +91,11 @@ pub async fn api(t: &Target, o: &ApiOpts) -> anyhow::Result<Report> {
                 .await?;
             let status = r.status();
             let bytes = r.bytes().await?;
-            anyhow::ensure!(status.is_success(), "HTTP {status}: {}", String::from_utf8_lossy(&bytes));
+            anyhow::ensure!(
+                status.is_success(),
+                "HTTP {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            );
             Ok::<serde_json::Value, anyhow::Error>(serde_json::from_slice(&bytes).unwrap_or_default())
         }
     };
@@ -114,9 +118,12 @@ pub async fn api(t: &Target, o: &ApiOpts) -> anyhow::Result<Report> {
 
     // The API side: users and a channel made through the API.
     for i in 0..=o.senders {
-        post("/api/v1/users".into(), serde_json::json!({"id": format!("{prefix}-a{i}")}))
-            .await
-            .context("POST /api/v1/users (is the key write-scoped?)")?;
+        post(
+            "/api/v1/users".into(),
+            serde_json::json!({"id": format!("{prefix}-a{i}")}),
+        )
+        .await
+        .context("POST /api/v1/users (is the key write-scoped?)")?;
     }
     let members: Vec<String> = (1..=o.senders).map(|i| format!("{prefix}-a{i}")).collect();
     let ch = post(
@@ -130,7 +137,8 @@ pub async fn api(t: &Target, o: &ApiOpts) -> anyhow::Result<Report> {
         let http = http.clone();
         let url = format!("{web}/api/v1/conversations/{api_conv}/messages");
         let auth = format!("Bearer {key}");
-        let body = serde_json::json!({"sender": format!("{prefix2}-a{}", s + 1), "text": format!("api {s} {n}")}).to_string();
+        let body =
+            serde_json::json!({"sender": format!("{prefix2}-a{}", s + 1), "text": format!("api {s} {n}")}).to_string();
         async move {
             let r = http
                 .post(url)

@@ -132,6 +132,20 @@ impl std::fmt::Debug for NatterClient {
     }
 }
 
+impl NatterClient {
+    /// Connect with a finished configuration.
+    fn start(config: ClientConfig) -> Result<Arc<Self>, NatterError> {
+        let _rt = runtime().enter();
+        let (inner, events) = Client::connect(config)?;
+        Ok(Arc::new(NatterClient {
+            inner,
+            events: Mutex::new(Some(events)),
+            listeners: Arc::new(Listeners::default()),
+            next_subscription: 0.into(),
+        }))
+    }
+}
+
 /// Run an SDK future on the library's runtime and convert its result.
 pub(crate) async fn run<T, R>(
     fut: impl Future<Output = Result<T, ClientError>> + Send + 'static,
@@ -229,15 +243,7 @@ impl NatterClient {
     /// Start a client; it connects in the background (calls made meanwhile wait).
     #[uniffi::constructor]
     pub fn new(options: ConnectOptions) -> Result<Arc<Self>, NatterError> {
-        let config = config(options)?;
-        let _rt = runtime().enter();
-        let (inner, events) = Client::connect(config)?;
-        Ok(Arc::new(NatterClient {
-            inner,
-            events: Mutex::new(Some(events)),
-            listeners: Arc::new(Listeners::default()),
-            next_subscription: 0.into(),
-        }))
+        Self::start(config(options)?)
     }
 
     /// Start a client whose product token (PROTOCOL.md §5.13) is renewed from `source`:
@@ -254,14 +260,7 @@ impl NatterClient {
                     .flatten()
             }
         }));
-        let _rt = runtime().enter();
-        let (inner, events) = Client::connect(config)?;
-        Ok(Arc::new(NatterClient {
-            inner,
-            events: Mutex::new(Some(events)),
-            listeners: Arc::new(Listeners::default()),
-            next_subscription: 0.into(),
-        }))
+        Self::start(config)
     }
 
     /// Deliver events to `listener` until the returned subscription is cancelled/dropped.

@@ -577,6 +577,15 @@ pub(crate) fn conv(id: f64) -> ConversationId {
     ConversationId(id as u64)
 }
 
+/// A login as JS sees it: `{ userId, deviceId, accessToken }`.
+fn login_info(l: pb::LoginOk) -> JsValue {
+    let o = js_sys::Object::new();
+    let _ = Reflect::set(&o, &"userId".into(), &(l.user_id as f64).into());
+    let _ = Reflect::set(&o, &"deviceId".into(), &(l.device_id as f64).into());
+    let _ = Reflect::set(&o, &"accessToken".into(), &l.access_token.into());
+    o.into()
+}
+
 fn nothing(_: ()) -> JsValue {
     JsValue::UNDEFINED
 }
@@ -731,13 +740,7 @@ impl NatterClient {
     /// Log in as a new device: `{ userId, deviceId, accessToken }`. Keep the token (e.g.
     /// in localStorage) to connect later without the password.
     pub fn login(&self, username: String, password: String, device_name: String) -> Promise {
-        self.call(ops::login(&username, &password, &device_name), |l| {
-            let o = js_sys::Object::new();
-            let _ = Reflect::set(&o, &"userId".into(), &(l.user_id as f64).into());
-            let _ = Reflect::set(&o, &"deviceId".into(), &(l.device_id as f64).into());
-            let _ = Reflect::set(&o, &"accessToken".into(), &l.access_token.into());
-            o.into()
-        })
+        self.call(ops::login(&username, &password, &device_name), login_info)
     }
 
     /// Log in as a new device with a product token: a JWT your backend minted for its user
@@ -746,13 +749,7 @@ impl NatterClient {
     /// events with `setToken`.
     #[wasm_bindgen(js_name = loginWithToken)]
     pub fn login_with_token(&self, token: String, device_name: String) -> Promise {
-        self.call(ops::token_login(&token, &device_name), |l| {
-            let o = js_sys::Object::new();
-            let _ = Reflect::set(&o, &"userId".into(), &(l.user_id as f64).into());
-            let _ = Reflect::set(&o, &"deviceId".into(), &(l.device_id as f64).into());
-            let _ = Reflect::set(&o, &"accessToken".into(), &l.access_token.into());
-            o.into()
-        })
+        self.call(ops::token_login(&token, &device_name), login_info)
     }
 
     /// Renew this device's product token now: resolves to its new expiry (ms since the

@@ -87,20 +87,7 @@ impl<T: Transport> Conn<T> {
         };
         // A new device would be one connection too many: refuse before creating it.
         self.check_user_connections(user.id, DeviceId(0))?;
-        let token = auth::new_token("nt_");
-        let device = self
-            .shared
-            .ctx
-            .store
-            .create_device(
-                user.id,
-                &user.username,
-                &device_name,
-                auth::token_hash(&token),
-                now_ms(),
-            )
-            .await
-            .map_err(ServerError::from)?;
+        let (device, token) = self.new_device(user.id, &user.username, &device_name).await?;
         let session = self.establish(user.id, user.username, device, "", &[]).await?;
         Ok(Res::Login(pb::LoginOk {
             user_id: user.id.0,
@@ -139,19 +126,8 @@ impl<T: Transport> Conn<T> {
         let claims = ctx.logins.tokens.verify(&t.token).await?;
         let who = api::accounts::product_user(ctx, &claims, now_ms()).await?;
         self.check_user_connections(who.user, DeviceId(0))?;
-        let token = auth::new_token("nt_");
-        let device = ctx
-            .store
-            .create_device(
-                who.user,
-                &who.username,
-                &device_name,
-                auth::token_hash(&token),
-                now_ms(),
-            )
-            .await
-            .map_err(ServerError::from)?;
-        api::accounts::bind(ctx, device, &claims).await?;
+        let (device, token) = self.new_device(who.user, &who.username, &device_name).await?;
+        api::accounts::bind(&self.shared.ctx, device, &claims).await?;
         let mut session = self.establish(who.user, who.username, device, "", &[]).await?;
         session.token_expires_at_ms = claims.expires_ms;
         self.watch_token(claims.expires_ms);
@@ -161,6 +137,18 @@ impl<T: Transport> Conn<T> {
             access_token: token,
             session: Some(session),
         }))
+    }
+
+    /// A new device of `user` and its access token (shown once; the store keeps its hash).
+    async fn new_device(&self, user: UserId, username: &str, name: &str) -> Result<(DeviceId, String), ServerError> {
+        let token = auth::new_token("nt_");
+        let device = self
+            .shared
+            .ctx
+            .store
+            .create_device(user, username, name, auth::token_hash(&token), now_ms())
+            .await?;
+        Ok((device, token))
     }
 
     /// Renew this device's product token (PROTOCOL.md §5.13).

@@ -88,8 +88,8 @@ pub struct Subscription {
     pub created_ms: u64,
 }
 
-/// A delivery that failed `max_attempts` times.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A delivery that failed `max_attempts` times (the server API lists them as they are).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeadLetter {
     /// The event's id.
     pub event_id: String,

@@ -850,18 +850,7 @@ async fn dead_letters(
     Path(id): Path<String>,
 ) -> Answer<Vec<DeadLetter>> {
     let (shared, key) = authorize_key(&w, &headers, Scope::Read).await?;
-    let list = shared.ctx.webhooks.dead_letters(&key.id, &id).await?;
-    Ok(Json(
-        list.into_iter()
-            .map(|d| DeadLetter {
-                event_id: d.event_id,
-                body: d.body,
-                attempts: d.attempts,
-                last_error: d.last_error,
-                failed_ms: d.failed_ms,
-            })
-            .collect(),
-    ))
+    Ok(Json(shared.ctx.webhooks.dead_letters(&key.id, &id).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/webhooks/{id}/dead-letters/replay", params(("id" = String, Path)),

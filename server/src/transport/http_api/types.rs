@@ -327,20 +327,7 @@ pub struct Webhook {
     pub created_ms: u64,
 }
 
-/// A delivery that failed every attempt.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct DeadLetter {
-    /// The event's id.
-    pub event_id: String,
-    /// The body that was sent.
-    pub body: String,
-    /// How many times it was tried.
-    pub attempts: u32,
-    /// The last answer or error.
-    pub last_error: String,
-    /// When it was given up.
-    pub failed_ms: u64,
-}
+pub use crate::webhooks::DeadLetter;
 
 /// What a replay did.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
