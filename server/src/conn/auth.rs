@@ -375,7 +375,7 @@ impl<T: Transport> Conn<T> {
         self.respond(id, Ok(Res::Done(pb::Done {}))).await;
         if device == actor.device {
             self.shared.hub.close_device(actor.user, device, None);
-            return Err(Close::new(ErrorCode::TokenRevoked, "logged out"));
+            return Err(Close::after_answer(ErrorCode::TokenRevoked, "logged out"));
         }
         self.shared
             .hub

@@ -200,11 +200,17 @@ impl Shared {
 /// Ends a connection: the code and message go out in a ConnectionError frame, then the
 /// transport closes with the code.
 #[derive(Debug)]
-pub(super) struct Close(ErrorCode, String);
+pub(super) struct Close(ErrorCode, String, bool);
 
 impl Close {
     pub(super) fn new(code: ErrorCode, msg: impl Into<String>) -> Self {
-        Close(code, msg.into())
+        Close(code, msg.into(), false)
+    }
+
+    /// A close right after the answer to the request that caused it (a Logout of this
+    /// device), which the client must read before the close: it gets longer to close first.
+    pub(super) fn after_answer(code: ErrorCode, msg: impl Into<String>) -> Self {
+        Close(code, msg.into(), true)
     }
 }
 
@@ -318,7 +324,7 @@ where
             .presence
             .disconnected(a.actor.user, a.actor.device, conn.conn_id, clean);
     }
-    if let Err(Close(code, message)) = result {
+    if let Err(Close(code, message, answered)) = result {
         tracing::debug!(conn = conn.conn_id, ?code, %message, "closing connection");
         let frame = pb::Frame {
             kind: Some(Kind::ConnectionError(pb::ConnectionError {
@@ -329,9 +335,13 @@ where
         let _ = conn.out.send(encode_frame(&frame)).await;
         drop(conn.out);
         // Let the error frame out before the close discards unsent data, and give the
-        // client a moment to read it and close first (it does on `ConnectionError`).
+        // client a moment to read it and close first (it does on `ConnectionError`). A
+        // logout's close follows the answer to the Logout itself, which the client must
+        // see (a close that overtakes it reads as a lost connection): a loaded client gets
+        // longer to read and close.
         let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
-        conn.transport.peer_closed(Duration::from_secs(1)).await;
+        let grace = if answered { 5 } else { 1 };
+        conn.transport.peer_closed(Duration::from_secs(grace)).await;
         conn.transport.close(code, &message);
     }
 }
