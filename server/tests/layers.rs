@@ -11,6 +11,7 @@ const LAYERS: &[&str] = &[
     "conn",
     "api",
     "cluster",
+    "webhooks",
     "conversation",
     "push",
     "session",
