@@ -101,16 +101,15 @@ pub async fn ensure_user(ctx: &Ctx, new: &NewUser, now_ms: u64) -> Result<(Ident
     if let Some(found) = external_user(ctx, &new.subject).await? {
         return Ok((found, false));
     }
-    let claims = new;
     let mut names = Vec::new();
-    if let Some(p) = claims
+    if let Some(p) = new
         .preferred_username
         .as_deref()
         .filter(|p| validate::username(p).is_ok())
     {
         names.push(p.to_string());
     }
-    let digest = hex::encode(sha2::Sha256::digest(claims.subject.as_bytes()));
+    let digest = hex::encode(sha2::Sha256::digest(new.subject.as_bytes()));
     names.extend([12, 20, 31].map(|n| format!("u{}", &digest[..n])));
     let mut created = None;
     for name in names {
@@ -128,7 +127,7 @@ pub async fn ensure_user(ctx: &Ctx, new: &NewUser, now_ms: u64) -> Result<(Ident
         }
     }
     let created = created.ok_or_else(|| ServerError::new(ErrorCode::Conflict, "no free username for this subject"))?;
-    let won = docs::claim(&*ctx.store, IDENTITY, &claims.subject, created.clone()).await?;
+    let won = docs::claim(&*ctx.store, IDENTITY, &new.subject, created.clone()).await?;
     if won != created {
         // Another login of the same subject won the race; the account made here has no
         // password and no identity, so nothing can log into it.
@@ -137,8 +136,8 @@ pub async fn ensure_user(ctx: &Ctx, new: &NewUser, now_ms: u64) -> Result<(Ident
     }
     let profile = Profile {
         username: created.username.clone(),
-        external_id: claims.subject.clone(),
-        display_name: claims
+        external_id: new.subject.clone(),
+        display_name: new
             .name
             .as_deref()
             .map(|n| {
@@ -148,13 +147,13 @@ pub async fn ensure_user(ctx: &Ctx, new: &NewUser, now_ms: u64) -> Result<(Ident
                     .collect()
             })
             .unwrap_or_default(),
-        avatar: claims
+        avatar: new
             .picture
             .as_deref()
             .filter(|p| p.len() <= MAX_AVATAR_BYTES && p.starts_with("https://"))
             .unwrap_or_default()
             .to_string(),
-        bot: claims.bot,
+        bot: new.bot,
     };
     docs::set(&*ctx.store, PROFILE, &created.user.0.to_string(), &profile).await?;
     let data = serde_json::json!({"user_id": created.user.0, "username": created.username,

@@ -274,7 +274,7 @@ impl ProductTokens {
         let mut tried = 0;
         for key in issuer.keys.iter().filter(|k| fits(k)) {
             tried += 1;
-            match check(token, &key.key, &validation)? {
+            match check(token, &key.key, &validation, &issuer.config.issuer)? {
                 Some(c) => return Ok(c),
                 None => continue,
             }
@@ -302,7 +302,7 @@ impl ProductTokens {
             }
             for key in fetched.keys.iter().filter(|k| fits(k)) {
                 tried += 1;
-                if let Some(c) = check(token, &key.key, &validation)? {
+                if let Some(c) = check(token, &key.key, &validation, &issuer.config.issuer)? {
                     return Ok(c);
                 }
             }
@@ -345,7 +345,7 @@ impl ProductTokens {
 }
 
 /// `Ok(None)`: not this key's signature (try the next).
-fn check(token: &str, key: &DecodingKey, validation: &Validation) -> Result<Option<Claims>, TokenError> {
+fn check(token: &str, key: &DecodingKey, validation: &Validation, issuer: &str) -> Result<Option<Claims>, TokenError> {
     use jsonwebtoken::errors::ErrorKind;
     match jsonwebtoken::decode::<Raw>(token, key, validation) {
         Ok(data) => {
@@ -355,13 +355,8 @@ fn check(token: &str, key: &DecodingKey, validation: &Validation) -> Result<Opti
                     "sub must be 1-{MAX_SUBJECT_BYTES} bytes without control characters"
                 )));
             }
-            let iss = validation
-                .iss
-                .as_ref()
-                .and_then(|s| s.iter().next().cloned())
-                .unwrap_or_default();
             Ok(Some(Claims {
-                issuer: iss,
+                issuer: issuer.to_string(),
                 subject: c.sub,
                 expires_ms: c.exp.saturating_mul(1000),
                 name: c.name,
