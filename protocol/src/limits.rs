@@ -55,6 +55,16 @@ pub const MAX_TOKEN_BYTES: usize = 128;
 pub const MAX_SLOW_MODE_SECS: u32 = 6 * 3600;
 /// Characters of a report's reason.
 pub const MAX_REPORT_REASON_CHARS: usize = 500;
+/// Characters of a display name (PROTOCOL.md §5.15).
+pub const MAX_DISPLAY_NAME_CHARS: usize = 64;
+/// Characters of a profile's status text.
+pub const MAX_STATUS_CHARS: usize = 140;
+/// Bytes of an avatar URL or `media:<id>`.
+pub const MAX_AVATAR_REF_BYTES: usize = 1024;
+/// Bytes of an avatar image upload (`CreateUpload` with conversation 0).
+pub const MAX_AVATAR_BYTES: u64 = 10 * 1024 * 1024;
+/// Users in one `GetProfiles`.
+pub const MAX_PROFILES_PER_REQUEST: usize = 100;
 /// Bytes of a product token (a JWT, PROTOCOL.md §5.13).
 pub const MAX_PRODUCT_TOKEN_BYTES: usize = 8192;
 /// How often clients send presence heartbeats; a user is offline after two missed.

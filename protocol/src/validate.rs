@@ -66,6 +66,9 @@ pub enum ValidationError {
     /// A product token that is empty or over [`limits::MAX_PRODUCT_TOKEN_BYTES`].
     #[error("a product token must be 1-8192 bytes")]
     ProductToken,
+    /// A profile field that breaks its rule (PROTOCOL.md §5.15).
+    #[error("{0}")]
+    Profile(&'static str),
     /// An end-to-end envelope of the wrong shape, or content outside it (PROTOCOL.md §12.3).
     #[error("encrypted message: {0}")]
     Envelope(&'static str),
@@ -205,6 +208,38 @@ pub fn mime(m: &str) -> Result<(), ValidationError> {
 pub fn media_id(id: &str) -> Result<(), ValidationError> {
     let ok = id.len() == 22 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     ok.then_some(()).ok_or(ValidationError::MediaId)
+}
+
+/// A `SetProfile`'s fields (PROTOCOL.md §5.15): display name and status within their
+/// lengths and without control characters, the avatar as [`avatar`] says.
+pub fn set_profile(p: &pb::SetProfile) -> Result<(), ValidationError> {
+    let plain = |s: &str, max: usize| s.chars().count() <= max && !s.chars().any(char::is_control);
+    if p.display_name
+        .as_deref()
+        .is_some_and(|n| !plain(n, limits::MAX_DISPLAY_NAME_CHARS))
+    {
+        return Err(ValidationError::Profile(
+            "display name is at most 64 characters without control characters",
+        ));
+    }
+    if p.status.as_deref().is_some_and(|n| !plain(n, limits::MAX_STATUS_CHARS)) {
+        return Err(ValidationError::Profile(
+            "status is at most 140 characters without control characters",
+        ));
+    }
+    p.avatar.as_deref().map_or(Ok(()), avatar)
+}
+
+/// An avatar: empty (none), an `https://` URL, or `media:<id>`; at most 1024 bytes, no
+/// whitespace or control characters.
+pub fn avatar(a: &str) -> Result<(), ValidationError> {
+    let clean = a.len() <= limits::MAX_AVATAR_REF_BYTES && !a.chars().any(|c| c.is_control() || c.is_whitespace());
+    let shape = a.is_empty()
+        || a.strip_prefix("https://").is_some_and(|rest| !rest.is_empty())
+        || a.strip_prefix("media:").is_some_and(|id| media_id(id).is_ok());
+    (clean && shape).then_some(()).ok_or(ValidationError::Profile(
+        "avatar is an https URL or media:<id> of at most 1024 bytes",
+    ))
 }
 
 /// A username (PROTOCOL.md §5.1).

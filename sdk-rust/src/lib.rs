@@ -633,6 +633,28 @@ impl Client {
         self.call(ops::report(conv, seq, reason)).await
     }
 
+    /// Change your profile (PROTOCOL.md §5.15): only the fields given change (`Some("")`
+    /// clears one). Your contacts, fellow members and your other devices hear
+    /// `ProfileChanged`.
+    pub async fn set_profile(
+        &self,
+        display_name: Option<&str>,
+        avatar: Option<&str>,
+        status: Option<&str>,
+    ) -> Result<pb::UserProfile, ClientError> {
+        let change = pb::SetProfile {
+            display_name: display_name.map(String::from),
+            avatar: avatar.map(String::from),
+            status: status.map(String::from),
+        };
+        self.call(ops::set_profile(change)).await
+    }
+
+    /// Up to 100 users' profiles (unknown ones are left out).
+    pub async fn profiles(&self, users: &[UserId]) -> Result<Vec<pb::UserProfile>, ClientError> {
+        self.call(ops::profiles_of(users)).await
+    }
+
     /// Every conversation of the user, with last message (opened, in an encrypted one) and
     /// unread count.
     pub async fn conversations(&self) -> Result<Vec<pb::ConversationSummary>, ClientError> {

@@ -113,6 +113,14 @@ impl Client {
         self.upload_from(conv, name, mime, data, None, progress).await
     }
 
+    /// Upload an image and make it your avatar (PROTOCOL.md §5.15): anyone signed in may
+    /// then read it and its thumbnail. Answers your new profile.
+    pub async fn set_avatar(&self, name: &str, mime: &str, data: Bytes) -> Result<pb::UserProfile, ClientError> {
+        let info = self.upload(ConversationId(0), name, mime, data, |_, _| {}).await?;
+        self.set_profile(None, Some(&format!("media:{}", info.media_id)), None)
+            .await
+    }
+
     /// [`Client::upload`] of a file on disk, named by its file name. Its path is kept with
     /// the upload in the snapshot, so [`Client::resume_upload_file`] needs only the id.
     pub async fn upload_file(

@@ -426,6 +426,28 @@ pub fn report(conv: ConversationId, seq: Seq, reason: &str) -> Call<()> {
     Call::new(op, done)
 }
 
+fn profiles(r: Res) -> Option<Vec<pb::UserProfile>> {
+    match r {
+        Res::Profiles(p) => Some(p.profiles),
+        _ => None,
+    }
+}
+
+/// Change the caller's profile (PROTOCOL.md §5.15): only the fields given change; an avatar
+/// is "", an https URL or `media:<id>` of an image uploaded for conversation 0
+/// ([`create_upload`] with [`ConversationId`] 0). Answers the new profile.
+pub fn set_profile(change: pb::SetProfile) -> Call<pb::UserProfile> {
+    Call::new(Op::SetProfile(change), |r| profiles(r)?.into_iter().next())
+}
+
+/// Up to 100 users' profiles (unknown ones are left out).
+pub fn profiles_of(users: &[UserId]) -> Call<Vec<pb::UserProfile>> {
+    let op = Op::GetProfiles(pb::GetProfiles {
+        user_ids: users.iter().map(|u| u.0).collect(),
+    });
+    Call::new(op, profiles)
+}
+
 /// Members of a conversation, with roles.
 pub fn members(conv: ConversationId) -> Call<Vec<pb::Member>> {
     let op = Op::GetMembers(pb::GetMembers {

@@ -169,6 +169,7 @@ impl ClientSession {
                 }
             }
             Some(pb::signal::Kind::PushRemoved(r)) => self.events.push_back(SessionEvent::PushRemoved(r)),
+            Some(pb::signal::Kind::ProfileChanged(p)) => self.events.push_back(SessionEvent::ProfileChanged(p)),
             Some(pb::signal::Kind::TokenExpiring(t)) => self.events.push_back(SessionEvent::TokenNeeded {
                 expires_at_ms: t.expires_at_ms,
             }),

@@ -231,6 +231,9 @@ pub enum SessionEvent {
     /// A push service said one of the user's registrations is gone and the server removed
     /// it (PROTOCOL.md §13.4): the device it names should register again.
     PushRemoved(pb::PushRemoved),
+    /// A user's profile changed: a contact's, a fellow member's or the user's own
+    /// (PROTOCOL.md §5.15).
+    ProfileChanged(pb::UserProfile),
     /// Another device's message to this one (PROTOCOL.md §12.10): a verification step,
     /// which an SDK's encryption consumes.
     ToDevice(pb::ToDevice),

@@ -2,13 +2,14 @@
 //! product's id for its user, mapped to one natter user created on first use (its username
 //! from `preferred_username` when free, else derived from the subject; its display name
 //! and avatar from `name` and `picture`), and the devices such a login creates, bound to
-//! the subject until the token's `exp`. The token's signature and claims are checked
+//! the subject until the token's `exp` (the profile itself is [`super::profiles`]). The token's signature and claims are checked
 //! before anything here runs ([`crate::security::jwt`]).
 use natter_protocol::pb::ErrorCode;
 use natter_protocol::{validate, DeviceId, ServerError, UserId};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
+use super::profiles::{self, clean_display_name, Profile};
 use super::Ctx;
 use crate::security::jwt::Claims;
 use crate::store::docs;
@@ -17,8 +18,6 @@ use crate::store::docs;
 const IDENTITY: &str = "identity";
 /// Document space: device id → its product binding.
 const BINDING: &str = "binding";
-/// Document space: user id → profile.
-pub const PROFILE: &str = "profile";
 
 /// The natter user of one product subject.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,30 +36,6 @@ pub struct Binding {
     /// The last accepted token's `exp`, ms since the epoch.
     pub expires_ms: u64,
 }
-
-/// What a user shows others beside their username.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Profile {
-    /// The username (so a profile also finds a user by id).
-    pub username: String,
-    /// The product's id for the user, when the product made it.
-    #[serde(default)]
-    pub external_id: String,
-    /// Display name; empty: the username.
-    #[serde(default)]
-    pub display_name: String,
-    /// Avatar: an https URL (from a token's `picture`) or `media:<id>`.
-    #[serde(default)]
-    pub avatar: String,
-    /// A bot the product's backend drives.
-    #[serde(default)]
-    pub bot: bool,
-}
-
-/// Longest display name, in characters.
-const MAX_DISPLAY_NAME_CHARS: usize = 64;
-/// Longest avatar URL, in bytes.
-const MAX_AVATAR_BYTES: usize = 1024;
 
 /// What a product says about its user when it first appears.
 #[derive(Clone, Debug, Default)]
@@ -137,68 +112,22 @@ pub async fn ensure_user(ctx: &Ctx, new: &NewUser, now_ms: u64) -> Result<(Ident
     let profile = Profile {
         username: created.username.clone(),
         external_id: new.subject.clone(),
-        display_name: new
-            .name
-            .as_deref()
-            .map(|n| {
-                n.chars()
-                    .filter(|c| !c.is_control())
-                    .take(MAX_DISPLAY_NAME_CHARS)
-                    .collect()
-            })
-            .unwrap_or_default(),
+        display_name: new.name.as_deref().map(clean_display_name).unwrap_or_default(),
         avatar: new
             .picture
             .as_deref()
-            .filter(|p| p.len() <= MAX_AVATAR_BYTES && p.starts_with("https://"))
+            .filter(|p| p.starts_with("https://") && validate::avatar(p).is_ok())
             .unwrap_or_default()
             .to_string(),
         bot: new.bot,
+        updated_ms: now_ms,
+        ..Profile::default()
     };
-    docs::set(&*ctx.store, PROFILE, &created.user.0.to_string(), &profile).await?;
+    profiles::create(ctx, created.user, &profile).await?;
     let data = serde_json::json!({"user_id": created.user.0, "username": created.username,
         "id": profile.external_id, "display_name": profile.display_name, "bot": profile.bot});
     ctx.webhooks.emit("user.created", data, now_ms).await?;
     Ok((created, true))
-}
-
-/// Change a profile's display name and/or avatar (checked as at creation).
-pub async fn update_profile(
-    ctx: &Ctx,
-    user: UserId,
-    display_name: Option<String>,
-    avatar: Option<String>,
-) -> Result<Profile, ServerError> {
-    if let Some(n) = &display_name {
-        if n.chars().count() > MAX_DISPLAY_NAME_CHARS || n.chars().any(char::is_control) {
-            return Err(ServerError::new(
-                ErrorCode::BadRequest,
-                "display_name is at most 64 characters without control characters",
-            ));
-        }
-    }
-    if let Some(a) = &avatar {
-        let ok =
-            a.is_empty() || (a.len() <= MAX_AVATAR_BYTES && (a.starts_with("https://") || a.starts_with("media:")));
-        if !ok {
-            return Err(ServerError::new(
-                ErrorCode::BadRequest,
-                "avatar is an https URL or media:<id>, at most 1024 bytes",
-            ));
-        }
-    }
-    let updated = docs::update(&*ctx.store, PROFILE, &user.0.to_string(), |p: Option<Profile>| {
-        let mut p = p?;
-        if let Some(n) = &display_name {
-            p.display_name = n.clone();
-        }
-        if let Some(a) = &avatar {
-            p.avatar = a.clone();
-        }
-        Some((p.clone(), p))
-    })
-    .await?;
-    updated.ok_or_else(|| ServerError::new(ErrorCode::NotFound, "no such user"))
 }
 
 /// Bind a new device to the token's subject until its `exp`.
@@ -233,11 +162,4 @@ pub async fn renew(ctx: &Ctx, device: DeviceId, bound: &Binding, claims: &Claims
     };
     docs::set(&*ctx.store, BINDING, &device.0.to_string(), &renewed).await?;
     Ok(expires_ms)
-}
-
-/// The user's profile (a default one for an account without).
-pub async fn profile(ctx: &Ctx, user: UserId) -> Result<Option<Profile>, ServerError> {
-    Ok(docs::get::<Profile>(&*ctx.store, PROFILE, &user.0.to_string())
-        .await?
-        .map(|d| d.value))
 }

@@ -1,11 +1,12 @@
 //! Media requests (PROTOCOL.md §11): announcing, inspecting and cancelling uploads, reading
 //! files, and the attachments of a send. Who may read a file is decided here, where
-//! memberships are known: its uploader, and the members of any conversation one of whose
-//! messages attaches it.
+//! memberships are known: its uploader, the members of any conversation one of whose
+//! messages attaches it, and anyone signed in while it is someone's avatar.
 use natter_protocol::pb::{self, response::Result as Res, ErrorCode};
-use natter_protocol::{ServerError, UserId};
+use natter_protocol::{limits, ConversationId, ServerError, UserId};
 
-use super::{conv_id, Ctx};
+use super::profiles::{is_avatar, AVATAR_CONVERSATION};
+use super::Ctx;
 use crate::conversation::Actor;
 use crate::media::{self, Media};
 use crate::store::{MediaRecord, MediaState};
@@ -19,8 +20,22 @@ pub async fn handle(ctx: &Ctx, actor: &Actor, op: pb::request::Op) -> Result<Res
     use pb::request::Op;
     match op {
         Op::CreateUpload(r) => {
-            let conv = conv_id(r.conversation_id)?;
-            ctx.shards.view(conv, actor.user).await?;
+            let conv = ConversationId(r.conversation_id);
+            if conv == AVATAR_CONVERSATION {
+                // An avatar (PROTOCOL.md §5.15): an image anyone signed in may see.
+                let image = r.mime.split(';').next().is_some_and(|m| m.trim().starts_with("image/"));
+                if r.encrypted || !image {
+                    return Err(err(
+                        ErrorCode::BadRequest,
+                        "an avatar is an image that is not encrypted",
+                    ));
+                }
+                if r.size > limits::MAX_AVATAR_BYTES {
+                    return Err(err(ErrorCode::TooLarge, "an avatar is at most 10 MiB"));
+                }
+            } else {
+                ctx.shards.view(conv, actor.user).await?;
+            }
             ctx.rates.send(actor.user)?;
             let rec = ctx.media.create(actor.user, conv, r, crate::clock::now_ms()).await?;
             Ok(Res::Upload(media::upload_info(&rec)))
@@ -117,9 +132,10 @@ pub async fn check_url(
 /// not know of) or `MEDIA_NOT_READY`.
 pub async fn readable(ctx: &Ctx, user: UserId, id: &str) -> Result<MediaRecord, ServerError> {
     let rec = ctx.media.media(id).await?;
-    let allowed = rec.owner == user || {
+    let allowed = rec.owner == user || is_avatar(&rec) || {
         let mut ok = false;
         let convs: std::collections::BTreeSet<_> = rec.refs.iter().map(|r| r.0).collect();
+        // (an avatar reference, conversation 0, was answered above)
         for c in convs {
             if ctx.shards.view(c, user).await.is_ok() {
                 ok = true;

@@ -25,6 +25,7 @@ pub mod keys;
 pub mod media;
 pub mod moderation;
 pub mod presence;
+pub mod profiles;
 mod search;
 mod signals;
 
@@ -473,6 +474,14 @@ pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError
             moderation::report(ctx, actor, r).await?;
             Ok(Res::Done(pb::Done {}))
         }
+        Op::SetProfile(r) => {
+            ctx.rates.send(actor.user)?;
+            let p = profiles::update(ctx, actor.user, &actor.username, r).await?;
+            Ok(Res::Profiles(pb::Profiles {
+                profiles: vec![p.to_wire(actor.user)],
+            }))
+        }
+        Op::GetProfiles(r) => Ok(Res::Profiles(profiles::get_many(ctx, &r.user_ids).await?)),
         Op::SetUnlisted(r) => {
             ctx.store.set_unlisted(actor.user, r.unlisted).await?;
             Ok(Res::Done(pb::Done {}))

@@ -41,7 +41,7 @@ pub async fn username(ctx: &Ctx, actor: &Actor, conv: ConversationId, user: User
     if let Some(m) = view.members.iter().find(|m| m.user == user) {
         return Ok(m.username.clone());
     }
-    Ok(super::accounts::profile(ctx, user)
+    Ok(super::profiles::profile(ctx, user)
         .await?
         .map(|p| p.username)
         .unwrap_or_default())

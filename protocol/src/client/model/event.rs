@@ -1,6 +1,6 @@
 //! [`NatterEvent`]: what the app hears, in the shape every binding shows it, and the one
 //! mapping from the session's [`SessionEvent`] to it.
-use super::{Conversation, ConversationEvent, ErrorInfo, Presence, UploadProgress};
+use super::{Conversation, ConversationEvent, ErrorInfo, Presence, Profile, UploadProgress};
 use crate::session::SessionEvent;
 
 /// What the app hears: from natter-ffi's `NatterListener.onEvent`, from natter-wasm's
@@ -105,6 +105,13 @@ pub enum NatterEvent {
         registration_id: String,
         /// What the push service answered.
         reason: String,
+    },
+    /// A user's profile changed (yours, a contact's or a fellow member's): redraw their
+    /// name and avatar. Profiles changed while this client was away are not replayed: read
+    /// the ones you show again (`profiles`) after a `Connected` that did not resume.
+    ProfileChanged {
+        /// The new profile.
+        profile: Profile,
     },
     /// This device logged in with a product token (PROTOCOL.md §5.13) that expires at
     /// `expires_at_ms`, or has expired (0: the client waits to reconnect). Give the client
@@ -240,6 +247,7 @@ impl NatterEvent {
             },
             SessionEvent::UploadProgress(u) => NatterEvent::UploadProgress { progress: u.into() },
             SessionEvent::TokenNeeded { expires_at_ms } => NatterEvent::TokenNeeded { expires_at_ms },
+            SessionEvent::ProfileChanged(p) => NatterEvent::ProfileChanged { profile: p.into() },
             SessionEvent::PushRemoved(r) => NatterEvent::PushRemoved {
                 device_id: r.device_id,
                 registration_id: r.registration_id,

@@ -18,6 +18,7 @@ mod tests;
 
 pub use event::NatterEvent;
 pub use media::{Attachment, MediaInfo, MediaVariant, PendingUpload, Thumbnail, UploadProgress, UploadState};
+pub use profile::Profile;
 pub use push::{
     ConversationNotify, NotifyLevel, NotifySettings, PushNotification, PushProvider, PushRegistration,
     PushRegistrations,
@@ -629,5 +630,6 @@ impl From<&MessageView> for Message {
 }
 
 mod media;
+mod profile;
 mod push;
 mod search;

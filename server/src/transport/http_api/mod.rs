@@ -20,6 +20,7 @@ use utoipa::OpenApi;
 
 use crate::api::access::{self, Scope};
 use crate::api::accounts::{self, NewUser};
+use crate::api::profiles;
 use crate::api::{self, Ctx};
 use crate::clock::now_ms;
 use crate::conn::Shared;
@@ -260,13 +261,14 @@ fn check_id(id: &str) -> Result<(), Refusal> {
 
 async fn user_of(ctx: &Ctx, id: &str) -> Result<User, Refusal> {
     let a = actor(ctx, id).await?;
-    let p = accounts::profile(ctx, a.user).await?.unwrap_or_default();
+    let p = profiles::profile(ctx, a.user).await?.unwrap_or_default();
     Ok(User {
         id: id.to_string(),
         user_id: a.user.0,
         username: a.username,
         display_name: p.display_name,
         avatar: p.avatar,
+        status: p.status,
         bot: p.bot,
     })
 }
@@ -295,9 +297,14 @@ async fn create_user(
         bot: b.bot,
     };
     let (_, made) = accounts::ensure_user(ctx, &new, now_ms()).await?;
-    if made && (b.display_name.is_some() || b.avatar.is_some()) {
+    if made && (b.display_name.is_some() || b.avatar.is_some() || b.status.is_some()) {
         let a = actor(ctx, &b.id).await?;
-        accounts::update_profile(ctx, a.user, b.display_name, b.avatar).await?;
+        let change = pb::SetProfile {
+            display_name: b.display_name,
+            avatar: b.avatar,
+            status: b.status,
+        };
+        profiles::update(ctx, a.user, &a.username, change).await?;
     }
     let status = if made { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(user_of(ctx, &b.id).await?)).into_response())
@@ -314,7 +321,7 @@ async fn get_user(State(w): State<Weak<Shared>>, headers: HeaderMap, Path(id): P
 #[utoipa::path(patch, path = "/api/v1/users/{id}", request_body = UpdateUser,
     params(("id" = String, Path, description = "the product's user id")),
     responses((status = 200, body = User), (status = "4XX", body = ApiError)))]
-/// Change a user's display name or avatar.
+/// Change a user's display name, avatar or status (everyone who sees them hears of it).
 async fn update_user(
     State(w): State<Weak<Shared>>,
     headers: HeaderMap,
@@ -324,7 +331,12 @@ async fn update_user(
     let shared = authorize(&w, &headers, Scope::Write).await?;
     let b = body(b)?;
     let a = actor(&shared.ctx, &id).await?;
-    accounts::update_profile(&shared.ctx, a.user, b.display_name, b.avatar).await?;
+    let change = pb::SetProfile {
+        display_name: b.display_name,
+        avatar: b.avatar,
+        status: b.status,
+    };
+    profiles::update(&shared.ctx, a.user, &a.username, change).await?;
     Ok(Json(user_of(&shared.ctx, &id).await?))
 }
 

@@ -33,6 +33,8 @@ pub struct User {
     pub display_name: String,
     /// Avatar: an https URL or `media:<id>` ("" = none).
     pub avatar: String,
+    /// Status text.
+    pub status: String,
     /// Driven by the product's backend.
     pub bot: bool,
 }
@@ -52,6 +54,9 @@ pub struct CreateUser {
     /// An https URL.
     #[serde(default)]
     pub avatar: Option<String>,
+    /// Status text, at most 140 characters.
+    #[serde(default)]
+    pub status: Option<String>,
     /// A bot account.
     #[serde(default)]
     pub bot: bool,
@@ -64,9 +69,12 @@ pub struct UpdateUser {
     /// New display name.
     #[serde(default)]
     pub display_name: Option<String>,
-    /// New avatar: an https URL or `media:<id>` ("" clears it).
+    /// New avatar: an https URL or `media:<id>` of an image the user uploaded ("" clears it).
     #[serde(default)]
     pub avatar: Option<String>,
+    /// New status text ("" clears it).
+    #[serde(default)]
+    pub status: Option<String>,
 }
 
 /// Direct, group or channel.
