@@ -3,12 +3,14 @@
 // view state and renders it; what a message says after edits, deletes and reactions comes
 // from natter-wasm's Timeline (the protocol's own fold). Query options:
 // ?transport=websocket|webtransport|auto. Encrypted direct conversations (the 🔒 box
-// beside "Chat"), their device list and emoji verification are in e2ee.js.
+// beside "Chat"), their device list and emoji verification are in e2ee.js; names, avatars
+// and the profile form in profiles.js.
 import init, { NatterClient, Timeline } from "./pkg/index.js";
 import { renderAttachments, sendFiles } from "./media.js";
 import { forgetStoreKey, onVerification, renderDevices, storeKey, wireBackup } from "./e2ee.js";
 import { el } from "./dom.js";
 import { wireSearch } from "./search.js";
+import { avatar, onProfileChanged, refreshProfiles, shownName, wireProfileForm, wireProfiles } from "./profiles.js";
 import { enableNotifications, notifyHidden, pushRemoved, startNotifications, wireNotifyLevel } from "./notify.js";
 
 const KIND = { DIRECT: "direct", GROUP: "group", CHANNEL: "channel" };
@@ -50,7 +52,7 @@ function conv(id) {
 
 function title(c) {
   const s = c.summary;
-  if (s.kind === KIND.DIRECT) return c.peer ? c.peer.username : s.name || "Direct message";
+  if (s.kind === KIND.DIRECT) return c.peer ? shownName(c.peer.userId, c.peer.username) : s.name || "Direct message";
   if (s.kind === KIND.CHANNEL) return "#" + s.name;
   return s.name;
 }
@@ -65,7 +67,8 @@ function onEvent(ev) {
     case "transport": setConn(`connected · ${ev.name}`, true); break;
     case "connected":
       state.me = { userId: ev.userId, username: ev.username, deviceId: ev.deviceId };
-      $("me-name").textContent = ev.username;
+      if (!ev.resumed) refreshProfiles();
+      renderMe();
       showApp();
       refreshConversations();
       wireNotifyLevel(state.client);
@@ -87,6 +90,7 @@ function onEvent(ev) {
     case "typing": typingMap(ev.conversationId).set(ev.userId, ev.username); renderTyping(); break;
     case "typingStopped": typingMap(ev.conversationId).delete(ev.userId); renderTyping(); break;
     case "pushRemoved": pushRemoved(ev, state.me); break;
+    case "profileChanged": onProfileChanged(ev.profile); break;
     // A product login whose token expired with no way here to get a fresh one.
     case "tokenNeeded": if (!tokenProvider && ev.expiresAtMs === 0) showAuth("Your sign-in has expired: open the chat from the app again."); break;
     case "sendFailed": $("chat-error").textContent = `Not sent: ${ev.error.message}`; break;
@@ -104,8 +108,8 @@ function onEvent(ev) {
 // A user's name as this page knows it (a conversation peer, or this user).
 function username(userId) {
   if (userId === state.me?.userId) return "you";
-  for (const c of state.convs.values()) if (c.peer?.userId === userId) return c.peer.username;
-  return `user ${userId}`;
+  for (const c of state.convs.values()) if (c.peer?.userId === userId) return shownName(userId, c.peer.username);
+  return shownName(userId, `user ${userId}`);
 }
 
 function typingMap(id) {
@@ -210,6 +214,21 @@ function onConversationEvent(e) {
 
 // ---- rendering ----------------------------------------------------------------------
 
+// This user's avatar and name at the top of the sidebar.
+function renderMe() {
+  if (!state.me) return;
+  $("me-name").replaceChildren(avatar(state.me.userId, state.me.username),
+    el("span", { class: "me-label" }, shownName(state.me.userId, state.me.username)));
+}
+
+// A profile changed or arrived: redraw what shows names and avatars.
+function renderProfiles() {
+  renderMe();
+  renderList();
+  renderHeader();
+  if (state.active != null) renderMessages();
+}
+
 function setConn(text, up) {
   const c = $("conn");
   c.textContent = text;
@@ -230,6 +249,7 @@ function renderList() {
       const last = body?.type !== "message" ? undefined
         : body.text || (body.attachments?.length ? `📎 ${body.attachments.map((a) => a.name).join(", ")}` : undefined);
       const li = el("li", { "data-conversation": String(s.conversationId), class: s.conversationId === state.active ? "active" : "" },
+        c.peer ? avatar(c.peer.userId, c.peer.username) : null,
         el("span", { class: `dot ${presence ?? "none"}`, "data-presence": presence ?? "", title: presence ?? "" }),
         el("span", { class: "name" }, s.encrypted ? el("span", { class: "lock", title: "end-to-end encrypted", "data-encrypted": "true" }, "🔒 ") : null,
           title(c), last ? el("span", { class: "preview" }, last) : null),
@@ -271,7 +291,8 @@ function renderMessages() {
     const before = m.undecryptable && c.readableFrom != null && m.seq < c.readableFrom;
     if (before) m.text = "🔒 Sent before this device joined: restore your key backup, or verify another device of yours, to read it.";
     return el("li", { class: `msg${mine ? " mine" : ""}${m.deleted ? " deleted" : ""}${m.undecryptable ? " undecryptable" : ""}${c.found === m.seq ? " found" : ""}`, "data-seq": String(m.seq), "data-before-device": before ? "true" : undefined },
-      !mine && c.summary.kind !== KIND.DIRECT ? el("div", { class: "who" }, m.who) : null,
+      !mine && m.from != null ? avatar(m.from, m.who) : null,
+      !mine && c.summary.kind !== KIND.DIRECT ? el("div", { class: "who" }, shownName(m.from, m.who)) : null,
       m.text || !m.attachments?.length ? el("div", { class: "text" }, m.text) : null,
       m.attachments?.length ? (m.attachmentsEl ??= renderAttachments(state.client, m.attachments)) : null,
       m.reactions?.length ? el("div", { class: "reactions" }, ...m.reactions.map((r) =>
@@ -435,6 +456,8 @@ function wire() {
   action("new-dm", () => state.client.direct($("dm-user").value.trim(), { encrypted: $("dm-encrypted").checked }));
   $("notify-btn").onclick = () => enableNotifications(state.client);
   wireSearch(state.client, { title: (id) => title(conv(id)), open: openAt });
+  wireProfiles(state.client, renderProfiles);
+  wireProfileForm(() => state.me);
   $("devices-btn").onclick = () => ($("devices").hidden ? showDevices() : ($("devices").hidden = true));
   action("new-group", () => state.client.createGroup($("group-name").value.trim(),
     $("group-members").value.split(",").map((s) => s.trim()).filter(Boolean)));

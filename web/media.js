@@ -14,7 +14,7 @@ export function humanSize(n) {
 
 // Signed URLs, cached per file and variant until shortly before they expire.
 const urls = new Map();
-async function signedUrl(client, mediaId, variant) {
+export async function signedUrl(client, mediaId, variant) {
   const key = `${mediaId}/${variant}`;
   const hit = urls.get(key);
   if (hit && hit.expiresMs - 30_000 > Date.now()) return hit.url;

@@ -515,6 +515,37 @@ impl NatterClient {
         run(async move { c.report(ConversationId(conversation_id), Seq(seq), &reason).await }).await
     }
 
+    /// Change your profile (PROTOCOL.md §5.15): only the fields given change (`""` clears
+    /// one); `avatar` is an https URL or `media:<id>` (see [`Self::set_avatar`]). Your
+    /// contacts, fellow members and other devices hear `ProfileChanged`.
+    pub async fn set_profile(
+        &self,
+        display_name: Option<String>,
+        avatar: Option<String>,
+        status: Option<String>,
+    ) -> Result<Profile, NatterError> {
+        let c = self.inner.clone();
+        run(async move {
+            c.set_profile(display_name.as_deref(), avatar.as_deref(), status.as_deref())
+                .await
+        })
+        .await
+    }
+
+    /// Upload an image (PNG, JPEG, GIF or WebP bytes) and make it your avatar: anyone
+    /// signed in may then read it and its thumbnails.
+    pub async fn set_avatar(&self, name: String, mime: String, data: Vec<u8>) -> Result<Profile, NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.set_avatar(&name, &mime, data.into()).await }).await
+    }
+
+    /// Up to 100 users' profiles (unknown ones are left out).
+    pub async fn profiles(&self, user_ids: Vec<u64>) -> Result<Vec<Profile>, NatterError> {
+        let c = self.inner.clone();
+        let users: Vec<UserId> = user_ids.into_iter().map(UserId).collect();
+        run(async move { c.profiles(&users).await.map(list) }).await
+    }
+
     pub async fn set_role(&self, conversation_id: u64, user_id: u64, role: Role) -> Result<(), NatterError> {
         let c = self.inner.clone();
         run(async move {

@@ -11,7 +11,7 @@ pub use natter_protocol::client::model::{
 pub use natter_protocol::client::model::{
     Conversation, ConversationEvent, ConversationKind, Device, ErrorCode, ErrorInfo, EventBody, HistoryPage, MediaInfo,
     MediaVariant, Member, MemberReceipt, Message, ModerationAction, NatterEvent, PendingUpload, Presence,
-    PresenceState, Reaction, Role, SendAck,
+    PresenceState, Profile, Reaction, Role, SendAck,
 };
 pub use natter_protocol::session::{DeliveryState, MessageStatus};
 

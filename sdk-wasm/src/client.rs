@@ -353,6 +353,9 @@ export type NatterEvent =
   | { type: "uploadProgress"; progress: UploadProgress }
   | { type: "pushRemoved"; deviceId: number; registrationId: string; reason: string }
   | { type: "tokenNeeded"; expiresAtMs: number }
+  /** A user's profile changed (yours, a contact's or a fellow member's); not replayed after
+   * a connect that did not resume: read the profiles you show again with `profiles`. */
+  | { type: "profileChanged"; profile: Profile }
   /** This device's encryption state could not be loaded: `in_use` (open in another tab or
    * window: one client per state), `state` (another store key, or malformed), `storage`. */
   | { type: "encryptionUnavailable"; reason: "in_use" | "state" | "storage"; message: string }

@@ -30,6 +30,8 @@ mod media;
 #[cfg(target_arch = "wasm32")]
 mod push;
 #[cfg(target_arch = "wasm32")]
+mod profile;
+#[cfg(target_arch = "wasm32")]
 mod search;
 #[cfg(target_arch = "wasm32")]
 mod timeline;

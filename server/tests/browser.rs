@@ -8,6 +8,8 @@ mod common;
 mod e2ee;
 #[path = "browser/media.rs"]
 mod media;
+#[path = "browser/profiles.rs"]
+mod profiles;
 #[path = "browser/push.rs"]
 mod push;
 #[path = "browser/search.rs"]

@@ -13,6 +13,7 @@ use natter_sdk::{
 };
 use serde::{Deserialize, Serialize};
 
+mod profile;
 mod push;
 mod search;
 use serde_json::{json, Value};
@@ -121,6 +122,9 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
+    /// Your profile (display name, status, avatar) and others'.
+    #[command(subcommand)]
+    Profile(profile::ProfileCmd),
     /// Leave yourself out of others' find-users (--off lists you again).
     Unlisted {
         #[arg(long)]
@@ -662,6 +666,7 @@ async fn command(
         Cmd::Search(a) => search::search(a, client).await?,
         Cmd::FindUsers { prefix, limit } => search::users(&prefix, limit, client).await?,
         Cmd::FindChannels { prefix, limit } => search::channels(&prefix, limit, client).await?,
+        Cmd::Profile(c) => profile::run(c, client).await?,
         Cmd::Unlisted { off } => {
             client.set_unlisted(!off).await?;
             print(json!({"unlisted": !off}));
