@@ -147,6 +147,16 @@ fn vectors() -> Vec<(&'static str, &'static str, pb::Frame, bool)> {
             req(19, Op::ReportMessage(pb::ReportMessage { conversation_id: 42, seq: 8, reason: "spam".into() })), false),
         ("event_member_moderated", "Event: conversation 42 seq 9, MemberModerated { user 3 \"bob\", BAN }",
             f(Kind::Event(pb::ConversationEvent { seq: 9, body: Some(Body::MemberModerated(pb::MemberModerated { user_id: 3, username: "bob".into(), action: pb::ModerationAction::Ban as i32, until_ms: 0 })), ..message(42, 9, "") })), false),
+        ("set_profile", "Request 20: SetProfile { display_name \"Alice\", avatar \"media:AAAAAAAAAAAAAAAAAAAAAA\" } (status absent: unchanged)",
+            req(20, Op::SetProfile(pb::SetProfile { display_name: Some("Alice".into()), avatar: Some("media:AAAAAAAAAAAAAAAAAAAAAA".into()), status: None })), false),
+        ("set_profile_clear_status", "Request 21: SetProfile { status \"\" } (present and empty: cleared)",
+            req(21, Op::SetProfile(pb::SetProfile { display_name: None, avatar: None, status: Some(String::new()) })), false),
+        ("get_profiles", "Request 22: GetProfiles { user_ids [3, 7] }",
+            req(22, Op::GetProfiles(pb::GetProfiles { user_ids: vec![3, 7] })), false),
+        ("profiles", "Response 22: Profiles [user 3 \"alice\" \"Alice\" avatar https, status \"away\", updated 1700000000000]",
+            res(22, Res::Profiles(pb::Profiles { profiles: vec![pb::UserProfile { user_id: 3, username: "alice".into(), display_name: "Alice".into(), avatar: "https://example.com/a.png".into(), status: "away".into(), bot: false, updated_ms: 1_700_000_000_000 }] })), false),
+        ("signal_profile_changed", "Signal: ProfileChanged { user 3 \"alice\", bot }",
+            f(Kind::Signal(pb::Signal { kind: Some(pb::signal::Kind::ProfileChanged(pb::UserProfile { user_id: 3, username: "alice".into(), bot: true, updated_ms: 1_700_000_000_001, ..Default::default() })) })), false),
     ]
 }
 

@@ -28,9 +28,9 @@ mod link;
 #[cfg(target_arch = "wasm32")]
 mod media;
 #[cfg(target_arch = "wasm32")]
-mod push;
-#[cfg(target_arch = "wasm32")]
 mod profile;
+#[cfg(target_arch = "wasm32")]
+mod push;
 #[cfg(target_arch = "wasm32")]
 mod search;
 #[cfg(target_arch = "wasm32")]

@@ -43,7 +43,9 @@ impl NatterClient {
             if v.is_undefined() || v.is_null() {
                 return Ok(None);
             }
-            v.as_string().map(Some).ok_or_else(|| invalid(format!("{k} is a string")))
+            v.as_string()
+                .map(Some)
+                .ok_or_else(|| invalid(format!("{k} is a string")))
         };
         let wire = match (field("displayName"), field("avatar"), field("status")) {
             (Ok(display_name), Ok(avatar), Ok(status)) => pb::SetProfile {

@@ -167,3 +167,53 @@ async fn a_changed_profile_reaches_members_and_own_devices_and_its_avatar_is_rea
         ErrorCode::LimitExceeded
     );
 }
+
+#[tokio::test]
+async fn the_cli_sets_a_name_status_and_avatar_file_and_reads_profiles() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path()).await;
+    let cli_dir = dir.path().join("cli");
+    cli_user(&cli_dir, &s, "dora").await;
+    let mut watcher = user(&s, "wally").await;
+    watcher.client.direct("dora").await.unwrap();
+
+    let file = dir.path().join("dora.png");
+    std::fs::write(&file, png(100, 80, 50)).unwrap();
+    let file = file.to_str().unwrap();
+    let set = cli(
+        &cli_dir,
+        &[
+            "profile",
+            "set",
+            "--name",
+            "Dora the CLI",
+            "--status",
+            "in a terminal",
+            "--avatar-file",
+            file,
+        ],
+    )
+    .await;
+    assert_eq!(set.len(), 1);
+    assert_eq!(set[0]["displayName"], "Dora the CLI");
+    assert_eq!(set[0]["status"], "in a terminal");
+    let avatar = set[0]["avatar"].as_str().unwrap().to_string();
+    assert!(avatar.starts_with("media:"), "{avatar}");
+    let heard = wait_for(&mut watcher.events, |e| match e {
+        ClientEvent::ProfileChanged(p) if p.display_name == "Dora the CLI" => Some(p.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(heard.avatar, avatar, "the member of her DM heard the change");
+
+    let got = cli(&cli_dir, &["profile", "get", &heard.user_id.to_string(), "999999"]).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["username"], "dora");
+    let err = cli_fails(&cli_dir, &["profile", "set", "--avatar-url", "ftp://x"]).await;
+    assert!(
+        err.contains("BadRequest") || err.contains("BAD_REQUEST") || err.contains("avatar"),
+        "{err}"
+    );
+    let err = cli_fails(&cli_dir, &["profile", "set", "--avatar-file", "/etc/hostname"]).await;
+    assert!(err.contains(".png"), "{err}");
+}

@@ -6,7 +6,9 @@
 use super::*;
 
 fn png(w: u32, h: u32, rgb: [u8; 3]) -> Vec<u8> {
-    let img = image::RgbImage::from_fn(w, h, |x, _| image::Rgb([rgb[0], rgb[1], rgb[2].wrapping_add((x % 7) as u8)]));
+    let img = image::RgbImage::from_fn(w, h, |x, _| {
+        image::Rgb([rgb[0], rgb[1], rgb[2].wrapping_add((x % 7) as u8)])
+    });
     let mut out = Vec::new();
     image::DynamicImage::ImageRgb8(img)
         .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
@@ -27,10 +29,14 @@ async fn an_avatar_changed_from_python_shows_on_another_users_page_without_a_rel
     let dm = ConversationId(alice.client.direct("bob").await.unwrap().conversation_id);
     alice.client.send(dm, "hello from alice").await.unwrap();
     b.wait_stored("bob", dm.0, 1).await;
-    b.click("bob", &format!("#conversations [data-conversation='{}']", dm.0)).await;
+    b.click("bob", &format!("#conversations [data-conversation='{}']", dm.0))
+        .await;
     b.wait("bob", "#message-list .msg .avatar").await;
     let alice_id = b
-        .eval("bob", "return Number(document.querySelector('#message-list .msg .avatar').dataset.user);")
+        .eval(
+            "bob",
+            "return Number(document.querySelector('#message-list .msg .avatar').dataset.user);",
+        )
         .await
         .as_u64()
         .unwrap();
@@ -68,10 +74,18 @@ async fn an_avatar_changed_from_python_shows_on_another_users_page_without_a_rel
     assert!(out.status.success(), "the Python program failed (its error is above)");
     let set: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(set["userId"].as_u64(), Some(alice_id));
-    let media = set["avatar"].as_str().unwrap().strip_prefix("media:").unwrap().to_string();
+    let media = set["avatar"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("media:")
+        .unwrap()
+        .to_string();
 
     // Bob's page, as it was: the new picture loads beside her message and in the list.
-    for place in ["#message-list .msg", &format!("#conversations [data-conversation='{}']", dm.0)] {
+    for place in [
+        "#message-list .msg",
+        &format!("#conversations [data-conversation='{}']", dm.0),
+    ] {
         b.wait_fn(
             "bob",
             &format!(
@@ -123,6 +137,9 @@ async fn an_avatar_changed_from_python_shows_on_another_users_page_without_a_rel
         .await
         .unwrap();
     assert!(image::load_from_memory(&thumb).is_ok());
-    b.wait_fn("bob", "document.getElementById('me-name').textContent.includes('Bob in Chromium')")
-        .await;
+    b.wait_fn(
+        "bob",
+        "document.getElementById('me-name').textContent.includes('Bob in Chromium')",
+    )
+    .await;
 }

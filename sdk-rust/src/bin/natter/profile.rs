@@ -33,7 +33,11 @@ pub enum ProfileCmd {
 }
 
 fn image_mime(path: &std::path::Path) -> anyhow::Result<&'static str> {
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     Ok(match ext.as_str() {
         "png" => "image/png",
         "jpg" | "jpeg" => "image/jpeg",
