@@ -7,6 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::client::model::{Attachment, ConversationEvent, EventBody, Message};
 use crate::{Seq, UserId};
 
+/// The username shown for the sender of an anonymised message (PROTOCOL.md §5.16).
+pub const DELETED_USER: &str = "deleted-user";
+
 /// One message as it stands after every event so far.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MessageView {
@@ -58,7 +61,11 @@ impl Timeline {
     /// holds it (what a view has to redraw).
     pub fn apply(&mut self, ev: &ConversationEvent) -> Option<Seq> {
         let target = match &ev.body {
-            EventBody::Message { .. } => Seq(ev.seq),
+            EventBody::UserErased { user_id, anonymised } => {
+                self.erase_user(UserId(*user_id), *anonymised);
+                return None;
+            }
+            EventBody::Message { .. } | EventBody::Erased { message: true } => Seq(ev.seq),
             EventBody::MessageEdited { target_seq, .. }
             | EventBody::MessageDeleted { target_seq }
             | EventBody::Reaction { target_seq, .. } => Seq(*target_seq),
@@ -81,6 +88,17 @@ impl Timeline {
                         reply_to: Seq(*reply_to_seq),
                         attachments: attachments.clone(),
                         server_time_ms: ev.server_time_ms,
+                        ..Default::default()
+                    },
+                );
+            }
+            EventBody::Erased { .. } => {
+                self.messages.insert(
+                    target,
+                    MessageView {
+                        seq: target,
+                        server_time_ms: ev.server_time_ms,
+                        deleted: true,
                         ..Default::default()
                     },
                 );
@@ -115,6 +133,29 @@ impl Timeline {
             _ => {}
         }
         self.messages.contains_key(&target).then_some(target)
+    }
+
+    /// A user's account was deleted (PROTOCOL.md §5.16): their messages become tombstones
+    /// (or, `anonymised`, stay under "deleted-user" with user id 0) and their reactions go.
+    /// Every message may have changed: redraw them all.
+    pub fn erase_user(&mut self, user: UserId, anonymised: bool) {
+        for m in self.messages.values_mut() {
+            for users in m.reactions.values_mut() {
+                users.remove(&user);
+            }
+            m.reactions.retain(|_, users| !users.is_empty());
+            if m.sender != user {
+                continue;
+            }
+            m.sender = UserId(0);
+            m.sender_username = if anonymised { DELETED_USER.into() } else { String::new() };
+            if !anonymised {
+                m.deleted = true;
+                m.text.clear();
+                m.attachments.clear();
+                m.reactions.clear();
+            }
+        }
     }
 
     /// One message as the app shows it.

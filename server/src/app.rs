@@ -178,6 +178,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
             refresh_ahead_ms: config.token_refresh_ahead_secs * 1000,
         },
         webhooks,
+        deleted_user_messages: config.deleted_user_messages,
         presend: match &config.presend_hook {
             Some(c) => Some(Arc::new(crate::webhooks::presend::Presend::new(c.clone())?)),
             None => None,

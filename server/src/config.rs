@@ -157,6 +157,10 @@ pub struct Config {
     /// Accounts with passwords (Register, Login). Default on; off, only product tokens
     /// log in (PROTOCOL.md §5.13).
     pub password_logins: bool,
+    /// What deleting an account does to the messages it sent (PROTOCOL.md §5.16):
+    /// `"erase"` (the default: each becomes an `Erased` tombstone) or `"anonymise"`
+    /// (kept, sent by "deleted-user").
+    pub deleted_user_messages: crate::api::privacy::DeletedMessages,
     /// `[[token_issuers]]`: the product backends whose JWTs log users in (PROTOCOL.md
     /// §5.13). Empty (the default): token logins are off.
     pub token_issuers: Vec<crate::security::jwt::IssuerConfig>,
@@ -275,6 +279,7 @@ impl Default for Config {
             webhooks: Default::default(),
             presend_hook: None,
             password_logins: true,
+            deleted_user_messages: Default::default(),
             token_issuers: Vec::new(),
             token_leeway_secs: 30,
             token_refresh_ahead_secs: 60,

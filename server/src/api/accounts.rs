@@ -140,6 +140,19 @@ pub async fn bind(ctx: &Ctx, device: DeviceId, claims: &Claims) -> Result<(), Se
     Ok(())
 }
 
+/// Let the product's id go (its account was deleted): a later login with it makes a new
+/// user.
+pub async fn forget_identity(ctx: &Ctx, subject: &str) -> Result<(), ServerError> {
+    ctx.store.delete_doc(IDENTITY, subject).await?;
+    Ok(())
+}
+
+/// Forget a device's binding to a product token (the device is gone).
+pub async fn unbind(ctx: &Ctx, device: DeviceId) -> Result<(), ServerError> {
+    ctx.store.delete_doc(BINDING, &device.0.to_string()).await?;
+    Ok(())
+}
+
 /// The device's binding, if a product token created it.
 pub async fn binding(ctx: &Ctx, device: DeviceId) -> Result<Option<Binding>, ServerError> {
     Ok(docs::get::<Binding>(&*ctx.store, BINDING, &device.0.to_string())

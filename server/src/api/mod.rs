@@ -25,6 +25,7 @@ pub mod keys;
 pub mod media;
 pub mod moderation;
 pub mod presence;
+pub mod privacy;
 pub mod profiles;
 mod search;
 mod signals;
@@ -72,6 +73,8 @@ pub struct Ctx {
     pub webhooks: Arc<crate::webhooks::Webhooks>,
     /// The product's pre-send hook, if configured.
     pub presend: Option<Arc<crate::webhooks::presend::Presend>>,
+    /// What deleting an account does to its messages (§5.16).
+    pub deleted_user_messages: privacy::DeletedMessages,
 }
 
 /// How users log in (PROTOCOL.md §5.1, §5.13).
@@ -481,6 +484,10 @@ pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError
                 profiles: vec![p.to_wire(actor.user)],
             }))
         }
+        Op::ExportAccount(_) => {
+            ctx.rates.send(actor.user)?;
+            Ok(Res::Export(privacy::export_url(ctx, actor.user).await?))
+        }
         Op::GetProfiles(r) => Ok(Res::Profiles(profiles::get_many(ctx, &r.user_ids).await?)),
         Op::SetUnlisted(r) => {
             ctx.store.set_unlisted(actor.user, r.unlisted).await?;
@@ -492,6 +499,7 @@ pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError
         })),
         Op::ListDevices(_)
         | Op::Logout(_)
+        | Op::DeleteAccount(_)
         | Op::Register(_)
         | Op::Login(_)
         | Op::TokenLogin(_)

@@ -12,7 +12,7 @@ use crate::conversation::Actor;
 use crate::store::docs;
 
 /// Document space: `<conversation:020>/<seq:020>/<reporter>` → [`Report`].
-const REPORTS: &str = "report";
+pub const REPORTS: &str = "report";
 
 /// One report.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -83,6 +83,9 @@ pub async fn profile(ctx: &Ctx, user: UserId) -> Result<Option<Profile>, ServerE
     if let Some(p) = stored(ctx, user).await? {
         return Ok(Some(p));
     }
+    if super::privacy::is_deleted(ctx, user).await? {
+        return Ok(None);
+    }
     Ok(ctx.store.list_devices(user).await?.into_iter().next().map(|d| Profile {
         username: d.username,
         ..Profile::default()

@@ -76,8 +76,12 @@ impl<T: Transport> Conn<T> {
         let ok = tokio::task::spawn_blocking(move || auth::verify_password(&hash, &pw))
             .await
             .unwrap_or(false);
+        let deleted = match &user {
+            Some(u) if ok => crate::api::privacy::is_deleted(&self.shared.ctx, u.id).await?,
+            _ => false,
+        };
         let user = match user {
-            Some(u) if ok => u,
+            Some(u) if ok && !deleted => u,
             _ => {
                 return Err(ServerError::new(
                     ErrorCode::InvalidCredentials,
@@ -381,6 +385,23 @@ impl<T: Transport> Conn<T> {
             .hub
             .close_device(actor.user, device, Some(ErrorCode::TokenRevoked));
         Ok(())
+    }
+
+    /// `DeleteAccount` (PROTOCOL.md §5.16): the account goes, this connection answers and
+    /// then closes like a logout (the user's other devices were closed by the deletion).
+    pub(super) async fn delete_account(&mut self, id: u64, d: pb::DeleteAccount, actor: Actor) -> Result<(), Close> {
+        let ctx = &self.shared.ctx;
+        match crate::api::privacy::delete_own(ctx, &actor, d.password).await {
+            Ok(_) => {
+                self.respond(id, Ok(Res::Done(pb::Done {}))).await;
+                self.shared.hub.close_device(actor.user, actor.device, None);
+                Err(Close::after_answer(ErrorCode::TokenRevoked, "account deleted"))
+            }
+            Err(e) => {
+                self.respond(id, Err(e)).await;
+                Ok(())
+            }
+        }
     }
 
     pub(super) async fn list_devices(&self, actor: &Actor) -> Result<Res, ServerError> {

@@ -612,6 +612,7 @@ impl<T: Transport> Conn<T> {
                 self.respond(id, Ok(Res::Done(pb::Done {}))).await;
             }
             Op::Logout(x) => return self.logout(id, x, actor).await,
+            Op::DeleteAccount(x) => return self.delete_account(id, x, actor).await,
             Op::RefreshToken(r) => {
                 let res = self.refresh_token(r, &actor).await;
                 self.respond(id, res).await;

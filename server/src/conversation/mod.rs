@@ -117,6 +117,16 @@ pub enum Mutation {
     },
     /// A channel's slow mode (0: off).
     SlowMode(u32),
+    /// A user's account was deleted (PROTOCOL.md §5.16): they leave (a direct
+    /// conversation keeps them as "deleted-user"; an owner's place goes to the longest
+    /// standing admin, else member) and everyone hears `UserErased`. The server's own
+    /// step: no role of the actor is needed.
+    EraseUser {
+        /// Whose account.
+        user: UserId,
+        /// Their messages are kept under "deleted-user" rather than erased.
+        anonymised: bool,
+    },
     /// Add or take back a reaction.
     React {
         /// The message.

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use natter_protocol::pb::{self, conversation_event::Body, ConversationKind as Kind, ErrorCode, Role};
+use natter_protocol::timeline::DELETED_USER;
 use natter_protocol::{ConversationId, Seq, ServerError, UserId};
 
 use super::{coverage, Actor, MemberLimits, Mutation};
@@ -290,7 +291,7 @@ pub(crate) fn apply(
         Kind::Channel => limits.channel,
         _ => limits.group,
     };
-    if my_role.is_none() && !matches!(m, Mutation::Join) {
+    if my_role.is_none() && !matches!(m, Mutation::Join | Mutation::EraseUser { .. }) {
         return Err(not_member());
     }
     let body = match m {
@@ -441,6 +442,32 @@ pub(crate) fn apply(
                 user_id: actor.user.0,
                 username: actor.username.clone(),
                 left: true,
+            })
+        }
+        Mutation::EraseUser { user, anonymised } => {
+            if let Some(mut gone) = conv.members.get(&user).cloned() {
+                if kind == Kind::Direct {
+                    gone.username = DELETED_USER.into();
+                    commit.upsert_members = vec![gone];
+                } else {
+                    commit.remove_members = vec![user];
+                    if gone.role == Role::Owner {
+                        let heir = conv
+                            .members
+                            .values()
+                            .filter(|m| m.user != user)
+                            .min_by_key(|m| (m.role != Role::Admin, m.joined_seq, m.user.0));
+                        if let Some(heir) = heir {
+                            let mut heir = heir.clone();
+                            heir.role = Role::Owner;
+                            commit.upsert_members = vec![heir];
+                        }
+                    }
+                }
+            }
+            Body::UserErased(pb::UserErased {
+                user_id: user.0,
+                anonymised,
             })
         }
         Mutation::Rename(name) => {

@@ -200,7 +200,46 @@ impl Media {
             version: 1,
         };
         self.store.create_media(&rec, self.config.quota_bytes).await?;
+        // The owner's index of files, for deleting and exporting an account (§5.16).
+        let owned = owned_key(owner, &rec.media_id.0);
+        if let Err(e) = crate::store::docs::set(&*self.store, OWNED, &owned, &()).await {
+            tracing::warn!(error = %e, "a file is missing from its owner's index");
+        }
         Ok(rec)
+    }
+
+    /// The ids of every file the user uploaded (finished or not), oldest index key first.
+    pub async fn owned(&self, owner: UserId) -> Result<Vec<String>, ServerError> {
+        let prefix = owned_key(owner, "");
+        let mut out = Vec::new();
+        let mut after = prefix.clone();
+        loop {
+            let page = crate::store::docs::list::<()>(&*self.store, OWNED, &after, 500).await?;
+            let done = page.len() < 500;
+            for (k, _) in page {
+                let Some(id) = k.strip_prefix(&prefix) else {
+                    return Ok(out);
+                };
+                out.push(id.to_string());
+                after = k;
+            }
+            if done {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Delete a file whoever attaches it (its owner's account is deleted, §5.16).
+    pub async fn delete(&self, id: &str) -> Result<(), ServerError> {
+        match self.media(id).await {
+            Ok(rec) => {
+                let _writing = self.try_take(&rec.upload_id, false);
+                self.discard(&rec).await;
+                Ok(())
+            }
+            Err(e) if e.code == ErrorCode::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// The caller's upload.
@@ -509,8 +548,12 @@ impl Media {
             return tracing::warn!(error = %e, "deleting media bytes failed; the sweep retries");
         }
         if let Err(e) = self.store.delete_media(&rec.media_id).await {
-            tracing::warn!(error = %e, "deleting a media record failed; the sweep retries");
+            return tracing::warn!(error = %e, "deleting a media record failed; the sweep retries");
         }
+        let _ = self
+            .store
+            .delete_doc(OWNED, &owned_key(rec.owner, &rec.media_id.0))
+            .await;
     }
 
     /// Stop the caller's upload and delete what it stored.
@@ -635,6 +678,13 @@ impl Media {
         }
         Ok(n)
     }
+}
+
+/// Document space: `<owner>/<media id>` for every file a user holds.
+const OWNED: &str = "owned";
+
+fn owned_key(owner: UserId, media: &str) -> String {
+    format!("{:020}/{media}", owner.0)
 }
 
 fn read_error(e: io::Error) -> ServerError {

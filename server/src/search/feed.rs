@@ -83,6 +83,11 @@ pub async fn ops_for(store: &dyn Store, ev: &pb::ConversationEvent) -> Result<Ve
             seq: d.target_seq,
         }],
         Some(Body::Deleted(_)) => vec![Op::RemoveConversation(conv)],
+        // Erased or anonymised, a deleted account's messages leave the index.
+        Some(Body::UserErased(u)) => vec![Op::RemoveSender {
+            conversation: conv,
+            sender: UserId(u.user_id),
+        }],
         _ => Vec::new(),
     })
 }

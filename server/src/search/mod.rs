@@ -55,6 +55,11 @@ pub enum Op {
     Remove { conversation: ConversationId, seq: u64 },
     /// A conversation was deleted.
     RemoveConversation(ConversationId),
+    /// A user's account was deleted (PROTOCOL.md §5.16): every message they sent here goes.
+    RemoveSender {
+        conversation: ConversationId,
+        sender: UserId,
+    },
 }
 
 /// Hit order.

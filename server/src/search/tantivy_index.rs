@@ -298,6 +298,25 @@ impl SearchIndex for TantivyIndex {
                 Op::RemoveConversation(c) => {
                     writer.delete_term(Term::from_field_u64(f.conv, c.0));
                 }
+                Op::RemoveSender { conversation, sender } => {
+                    let q = BooleanQuery::new(vec![
+                        (
+                            Occur::Must,
+                            Box::new(TermQuery::new(
+                                Term::from_field_u64(f.conv, conversation.0),
+                                IndexRecordOption::Basic,
+                            )) as Box<dyn TQuery>,
+                        ),
+                        (
+                            Occur::Must,
+                            Box::new(TermQuery::new(
+                                Term::from_field_u64(f.sender, sender.0),
+                                IndexRecordOption::Basic,
+                            )),
+                        ),
+                    ]);
+                    writer.delete_query(Box::new(q))?;
+                }
             }
         }
         // After the ops: a conversation deleted in this batch still gets its position.

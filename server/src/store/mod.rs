@@ -12,6 +12,7 @@ use natter_protocol::pb;
 use natter_protocol::{ConversationId, DeviceId, Seq, UserId};
 use serde::{Deserialize, Serialize};
 
+pub mod content_keys;
 pub mod docs;
 pub mod keys;
 pub mod media;
@@ -349,6 +350,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<Vec<(ConversationId, Seq)>, StoreError>;
     /// Persist events (with their state changes) in order, atomically and durably.
     async fn commit(&self, batch: &[Commit]) -> Result<(), StoreError>;
+    /// Replace logged events in place, each at its own seq (PROTOCOL.md §5.16: a deleted
+    /// account's events rewritten); seqs with no event are skipped. Durable when it returns.
+    async fn rewrite_events(&self, conv: ConversationId, events: &[pb::ConversationEvent]) -> Result<(), StoreError>;
+    /// Make every stored copy of the user's events unreadable that a rewrite could not
+    /// reach (the embedded store destroys the user's content key; see
+    /// [`content_keys`]). Called once their events are rewritten.
+    async fn forget_user(&self, user: UserId) -> Result<(), StoreError>;
     /// The committed send with this idempotency key, if any.
     async fn find_sent(
         &self,

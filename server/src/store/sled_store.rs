@@ -21,9 +21,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use natter_protocol::pb;
 use natter_protocol::{ConversationId, DeviceId, Seq, UserId};
-use prost::Message;
 use serde::{de::DeserializeOwned, Serialize};
 
+use super::content_keys::ContentKeys;
 use super::sled_health::{Handles, Health, View};
 use super::*;
 
@@ -41,6 +41,8 @@ const REOPEN_READ_WAIT: Duration = Duration::from_millis(500);
 #[derive(Debug, Clone)]
 pub struct SledStore {
     health: Arc<Health>,
+    /// Events are sealed under their sender's key, kept outside sled ([`ContentKeys`]).
+    keys: Arc<ContentKeys>,
 }
 
 fn key(prefix: &[u8], parts: &[&[u8]]) -> Vec<u8> {
@@ -77,9 +79,8 @@ fn event_key(conv: ConversationId, seq: Seq) -> Vec<u8> {
     key(b"e/", &[&be(conv.0), &be(seq.0)])
 }
 
-fn decode_event(b: &[u8]) -> Result<pb::ConversationEvent, StoreError> {
-    pb::ConversationEvent::decode(b).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
+/// Where the content keys live, inside the store's directory but outside sled's files.
+pub const CONTENT_KEYS: &str = "content-keys";
 
 impl SledStore {
     /// The record under `k`, if there is one.
@@ -119,6 +120,7 @@ impl SledStore {
     pub fn open_with_reserve(dir: &Path, reserve: Option<u64>) -> Result<Self, StoreError> {
         Ok(Self {
             health: Health::open(dir, reserve).map_err(backend)?,
+            keys: Arc::new(ContentKeys::open(&dir.join(CONTENT_KEYS))?),
         })
     }
 
@@ -464,7 +466,7 @@ impl Store for SledStore {
         {
             let conv = ConversationId(c.event.conversation_id);
             let cb = be(conv.0);
-            let event = c.event.encode_to_vec();
+            let event = self.keys.seal(&c.event)?;
             bytes += 2 * event.len() as u64 + 512;
             batch.insert(event_key(conv, Seq(c.event.seq)), event);
             if let Some(meta) = &c.meta {
@@ -507,6 +509,29 @@ impl Store for SledStore {
         }
     }
 
+    async fn rewrite_events(&self, conv: ConversationId, events: &[pb::ConversationEvent]) -> Result<(), StoreError> {
+        let mut sealed = Vec::with_capacity(events.len());
+        for ev in events {
+            sealed.push((event_key(conv, Seq(ev.seq)), self.keys.seal(ev)?));
+        }
+        let bytes = SMALL_WRITE + 2 * sealed.iter().map(|(_, v)| v.len() as u64 + 64).sum::<u64>();
+        self.write_sized(bytes, true, move |h| {
+            let mut batch = sled::Batch::default();
+            for (k, v) in sealed {
+                // Only events that are there: a rewrite never makes a hole into an event.
+                if h.tree.contains_key(&k).map_err(backend)? {
+                    batch.insert(k, v);
+                }
+            }
+            h.tree.apply_batch(batch).map_err(backend)
+        })
+        .await
+    }
+
+    async fn forget_user(&self, user: UserId) -> Result<(), StoreError> {
+        self.keys.erase(user)
+    }
+
     async fn find_sent(
         &self,
         conv: ConversationId,
@@ -526,7 +551,7 @@ impl Store for SledStore {
         let Some(raw) = view.get(&event_key(conv, seq))? else {
             return Ok(None);
         };
-        let ev = decode_event(&raw)?;
+        let ev = self.keys.open_event(conv, seq, &raw)?;
         if !matches!(ev.body, Some(pb::conversation_event::Body::Message(_))) {
             return Ok(None);
         }
@@ -565,7 +590,8 @@ impl Store for SledStore {
                 more = true;
                 break;
             }
-            out.push(decode_event(&kv?.1)?);
+            let (k, v) = kv?;
+            out.push(self.keys.open_event(conv, Seq(read_u64(&k[10..])?), &v)?);
         }
         if rev {
             out.reverse();
@@ -632,7 +658,7 @@ impl Store for SledStore {
             if seq <= after && last.is_some() {
                 break;
             }
-            let ev = decode_event(&v)?;
+            let ev = self.keys.open_event(conv, seq, &v)?;
             if !is_message(&ev) {
                 continue;
             }

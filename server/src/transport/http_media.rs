@@ -37,6 +37,7 @@ pub fn routes(shared: Weak<Shared>) -> Router {
         .route("/tus", any(tus_collection))
         .route("/tus/{id}", any(tus_upload))
         .route("/media/{id}", get(get_media).head(get_media))
+        .route("/export/{user}", get(get_export))
         .with_state(shared)
 }
 
@@ -443,6 +444,31 @@ struct Signed {
     exp: Option<u64>,
     u: Option<u64>,
     sig: Option<String>,
+}
+
+/// `GET /export/<user>?exp=&sig=`: the user's archive, by the signed path `ExportAccount`
+/// gave them (PROTOCOL.md §5.16).
+async fn get_export(State(w): State<Weak<Shared>>, Path(user): Path<u64>, Query(q): Query<Signed>) -> Response {
+    let shared = match shared_of(&w) {
+        Ok(s) => s,
+        Err(e) => return refuse(&e),
+    };
+    let user = natter_protocol::UserId(user);
+    let served = async {
+        let (Some(exp), Some(sig)) = (q.exp, q.sig.as_deref()) else {
+            return Err(bad("an export link is signed"));
+        };
+        api::privacy::check_export_url(&shared.ctx, user, exp, sig).await?;
+        let name = api::profiles::profile(&shared.ctx, user)
+            .await?
+            .map(|p| p.username)
+            .unwrap_or_default();
+        Ok((api::privacy::export(&shared.ctx, user).await?, name))
+    };
+    match served.await {
+        Ok((zip, name)) => super::http_api::privacy::zip_response(zip, &name),
+        Err(e) => refuse(&e),
+    }
 }
 
 /// `GET /media/<id>`: the file (or `?v=` a thumbnail), whole or one `Range`.

@@ -279,6 +279,21 @@ pub enum EventBody {
         /// Seconds between two messages of a member.
         interval_secs: u32,
     },
+    /// What is left of an event whose sender's account was deleted with its messages
+    /// erased (PROTOCOL.md §5.16): `message` when it was a message (show a tombstone),
+    /// else an edit or a reaction.
+    Erased {
+        /// It was a message.
+        message: bool,
+    },
+    /// A user's account was deleted: their messages here are erased (or, `anonymised`,
+    /// kept under "deleted-user"), and they are no longer a member.
+    UserErased {
+        /// Whose.
+        user_id: u64,
+        /// Kept without their name rather than erased.
+        anonymised: bool,
+    },
     /// The message at `target_seq` now reads `text`.
     MessageEdited {
         /// Which.
@@ -526,6 +541,11 @@ impl From<pb::conversation_event::Body> for EventBody {
             },
             B::SlowModeChanged(s) => EventBody::SlowModeChanged {
                 interval_secs: s.interval_secs,
+            },
+            B::Erased(e) => EventBody::Erased { message: e.message },
+            B::UserErased(u) => EventBody::UserErased {
+                user_id: u.user_id,
+                anonymised: u.anonymised,
             },
             B::MessageEdited(e) => EventBody::MessageEdited {
                 target_seq: e.target_seq,

@@ -26,6 +26,7 @@ use crate::clock::now_ms;
 use crate::conn::Shared;
 use crate::conversation::{Actor, Mutation};
 
+pub mod privacy;
 pub mod types;
 use types::*;
 
@@ -37,7 +38,11 @@ pub fn routes(shared: Weak<Shared>) -> Router {
     Router::new()
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/users", post(create_user))
-        .route("/api/v1/users/{id}", get(get_user).patch(update_user))
+        .route(
+            "/api/v1/users/{id}",
+            get(get_user).patch(update_user).delete(privacy::delete_user),
+        )
+        .route("/api/v1/users/{id}/export", get(privacy::export_user))
         .route("/api/v1/conversations", post(create_conversation))
         .route("/api/v1/conversations/{id}", get(get_conversation))
         .route("/api/v1/conversations/{id}/members", post(add_members))
@@ -106,7 +111,7 @@ async fn typed_errors(r: Response) -> Response {
         version = "1"
     ),
     paths(
-        create_user, get_user, update_user, create_conversation, get_conversation, add_members,
+        create_user, get_user, update_user, privacy::delete_user, privacy::export_user, create_conversation, get_conversation, add_members,
         remove_member, send_message, history, get_message, edit_message, delete_message,
         moderate, slow_mode, reports, create_key, list_keys, revoke_key, create_webhook, list_webhooks, delete_webhook,
         dead_letters, replay_dead_letters

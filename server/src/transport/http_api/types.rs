@@ -224,7 +224,9 @@ pub struct Event {
     /// Commit time, ms since the epoch.
     pub server_time_ms: u64,
     /// `message`, `edit`, `delete`, `reaction`, `created`, `members_added`,
-    /// `member_removed`, `renamed`, `role_changed`, `deleted`, `devices_changed`.
+    /// `member_removed`, `renamed`, `role_changed`, `deleted`, `devices_changed`,
+    /// `member_moderated`, `slow_mode_changed`, `erased` (a deleted account's message, edit
+    /// or reaction), `user_erased`.
     #[serde(rename = "type")]
     pub kind: String,
     /// A message's (or an edit's) text; "" for an encrypted one.
@@ -235,6 +237,9 @@ pub struct Event {
     pub emoji: String,
     /// Whether a message is end-to-end encrypted (the server cannot read it).
     pub encrypted: bool,
+    /// The user a `member_removed`, `role_changed`, `member_moderated` or `user_erased`
+    /// event is about (0 otherwise).
+    pub user_id: u64,
 }
 
 impl From<&pb::ConversationEvent> for Event {
@@ -256,6 +261,8 @@ impl From<&pb::ConversationEvent> for Event {
             Some(Body::DevicesChanged(_)) => ("devices_changed", String::new(), 0, String::new(), false),
             Some(Body::MemberModerated(_)) => ("member_moderated", String::new(), 0, String::new(), false),
             Some(Body::SlowModeChanged(_)) => ("slow_mode_changed", String::new(), 0, String::new(), false),
+            Some(Body::Erased(_)) => ("erased", String::new(), 0, String::new(), false),
+            Some(Body::UserErased(_)) => ("user_erased", String::new(), 0, String::new(), false),
             None => ("unknown", String::new(), 0, String::new(), false),
         };
         Event {
@@ -268,6 +275,13 @@ impl From<&pb::ConversationEvent> for Event {
             target_seq,
             emoji,
             encrypted,
+            user_id: match &e.body {
+                Some(Body::MemberRemoved(x)) => x.user_id,
+                Some(Body::RoleChanged(x)) => x.user_id,
+                Some(Body::MemberModerated(x)) => x.user_id,
+                Some(Body::UserErased(x)) => x.user_id,
+                _ => 0,
+            },
         }
     }
 }
