@@ -44,7 +44,8 @@ macro_rules! store_suite {
             accounts presence_records devices conversation_records paging idempotency_keys
             read_and_delivered_cursors unread_counts message_state member_removal claims
             media_records media_quota shared_secrets key_records key_backups user_keys
-            push_records push_queue conversation_listing directory documents);
+            push_records push_queue conversation_listing directory documents
+            rewritten_events);
     };
     (@each $make:expr; $($behaviour:ident)*) => {
         $(
@@ -797,4 +798,49 @@ pub(crate) async fn push_queue(store: &dyn Store) {
     );
     assert_eq!(store.get_push("q/4").await.unwrap().map(|j| j.seq), Some(1));
     store.enqueue_pushes(&[]).await.unwrap();
+}
+
+/// A deleted account's events are rewritten in place (PROTOCOL.md §5.16): same seqs, the
+/// rest of the log untouched, no event made where there was none, and the rewrite is what
+/// every later read sees — also after the store is told to forget the user.
+pub(crate) async fn rewritten_events(store: &dyn Store) {
+    let (conv, a, b, _) = seeded(store).await;
+    let (before, _) = store.events(conv, Page::After(Seq(0)), 100).await.unwrap();
+    let mut rewrites: Vec<pb::ConversationEvent> = before
+        .iter()
+        .filter(|e| e.sender_user_id == a.0 && matches!(e.body, Some(Body::Message(_))))
+        .map(|e| pb::ConversationEvent {
+            sender_user_id: 0,
+            sender_username: String::new(),
+            body: Some(Body::Erased(pb::Erased { message: true })),
+            ..e.clone()
+        })
+        .collect();
+    assert!(!rewrites.is_empty());
+    let hole = pb::ConversationEvent {
+        conversation_id: conv.0,
+        seq: 999,
+        body: Some(Body::Erased(pb::Erased { message: true })),
+        ..Default::default()
+    };
+    rewrites.push(hole);
+    store.rewrite_events(conv, &rewrites).await.unwrap();
+    store.forget_user(a).await.unwrap();
+    let (after, _) = store.events(conv, Page::After(Seq(0)), 100).await.unwrap();
+    assert_eq!(after.len(), before.len(), "no event made where there was none");
+    for (old, new) in before.iter().zip(&after) {
+        assert_eq!(old.seq, new.seq);
+        if old.sender_user_id == a.0 && matches!(old.body, Some(Body::Message(_))) {
+            assert_eq!(new.body, Some(Body::Erased(pb::Erased { message: true })));
+            assert_eq!((new.sender_user_id, new.server_time_ms), (0, old.server_time_ms));
+        } else {
+            assert_eq!(old, new, "others' events untouched");
+        }
+    }
+    assert!(after.iter().any(|e| e.sender_user_id == b.0 && matches!(e.body, Some(Body::Message(_)))));
+    let first_erased = after.iter().find(|e| matches!(e.body, Some(Body::Erased(_)))).unwrap();
+    assert!(
+        store.message(conv, Seq(first_erased.seq)).await.unwrap().is_none(),
+        "an erased message is no message to edit or react to"
+    );
 }
