@@ -650,6 +650,21 @@ impl Client {
         self.call(ops::set_profile(change)).await
     }
 
+    /// Delete your own account (PROTOCOL.md §5.16): your messages are erased (or
+    /// anonymised, as the server is configured), your files, devices and profile deleted.
+    /// A password account confirms with its password; a product login's with "". Every
+    /// device is logged out: this client then reports `AuthFailed`.
+    pub async fn delete_account(&self, password: &str) -> Result<(), ClientError> {
+        self.call(ops::delete_account(password)).await
+    }
+
+    /// A path on the server's web endpoint (`https://<web address><path>`) that serves a
+    /// zip of your data — profile, conversations, every event you sent, your files — for
+    /// 15 minutes.
+    pub async fn export_account(&self) -> Result<pb::ExportReady, ClientError> {
+        self.call(ops::export_account()).await
+    }
+
     /// Up to 100 users' profiles (unknown ones are left out).
     pub async fn profiles(&self, users: &[UserId]) -> Result<Vec<pb::UserProfile>, ClientError> {
         self.call(ops::profiles_of(users)).await

@@ -8,86 +8,12 @@ mod common;
 
 use std::path::Path;
 
+use common::api::*;
 use common::*;
 use natter_sdk::{Client, ClientEvent, ConversationId};
 use natter_server::security::jwt::IssuerConfig;
 use natter_server::security::Secret;
 use serde_json::{json, Value};
-
-const SECRET: &str = "server-api-test-secret-0123456789abcdef";
-
-/// `natter-server api-key create` on the data dir (the server is not running yet).
-fn make_key(data: &Path, name: &str, scope: &str) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_natter-server"))
-        .args(["--data-dir"])
-        .arg(data)
-        .args(["api-key", "create", "--name", name, "--scope", scope])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["scope"], scope);
-    v["secret"].as_str().unwrap().to_string()
-}
-
-fn product_token(sub: &str) -> String {
-    let claims = json!({"iss": "https://product.test", "aud": "natter", "sub": sub,
-        "exp": natter_server::clock::now_ms() / 1000 + 600});
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
-}
-
-struct Api {
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Api {
-    async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        key: Option<&str>,
-        body: Option<&[u8]>,
-        extra: &[(&str, &str)],
-    ) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method.parse().unwrap(), format!("{}{path}", self.base));
-        if let Some(k) = key {
-            req = req.header("authorization", format!("Bearer {k}"));
-        }
-        if let Some(b) = body {
-            req = req.header("content-type", "application/json").body(b.to_vec());
-        }
-        for (h, v) in extra {
-            req = req.header(*h, *v);
-        }
-        let r = req.send().await.unwrap();
-        let status = r.status().as_u16();
-        let bytes = r.bytes().await.unwrap();
-        let v = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| panic!("{method} {path}: not JSON: {}", String::from_utf8_lossy(&bytes)))
-        };
-        (status, v)
-    }
-
-    async fn post(&self, path: &str, key: &str, body: Value) -> (u16, Value) {
-        self.call("POST", path, Some(key), Some(&serde_json::to_vec(&body).unwrap()), &[])
-            .await
-    }
-
-    async fn get(&self, path: &str, key: &str) -> (u16, Value) {
-        self.call("GET", path, Some(key), None, &[]).await
-    }
-}
 
 async fn setup() -> (tempfile::TempDir, natter_server::RunningServer, Api, String, String) {
     let dir = tempfile::tempdir().unwrap();

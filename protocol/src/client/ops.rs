@@ -448,6 +448,23 @@ pub fn profiles_of(users: &[UserId]) -> Call<Vec<pb::UserProfile>> {
     Call::new(op, profiles)
 }
 
+/// Delete your own account (PROTOCOL.md §5.16): a password account confirms with its
+/// password, a product login's with "". The server then logs out every device.
+pub fn delete_account(password: &str) -> Call<()> {
+    let op = Op::DeleteAccount(pb::DeleteAccount {
+        password: password.into(),
+    });
+    Call::new(op, done)
+}
+
+/// A signed path on the web endpoint that serves a zip of your data for 15 minutes.
+pub fn export_account() -> Call<pb::ExportReady> {
+    Call::new(Op::ExportAccount(pb::ExportAccount {}), |r| match r {
+        Res::Export(e) => Some(e),
+        _ => None,
+    })
+}
+
 /// Members of a conversation, with roles.
 pub fn members(conv: ConversationId) -> Call<Vec<pb::Member>> {
     let op = Op::GetMembers(pb::GetMembers {

@@ -61,6 +61,9 @@ pub struct Tombstone {
     pub anonymised: bool,
 }
 
+/// How long a deletion waits for the search index to drop the user's messages.
+const SEARCH_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Events read per page while scanning a conversation.
 const PAGE: usize = 500;
 
@@ -160,9 +163,18 @@ async fn finish(ctx: &Ctx, user: UserId, anonymised: bool, mut done: Erasure) ->
         }
         done.conversations += 1;
         let m = Mutation::EraseUser { user, anonymised };
-        if let Err(e) = ctx.shards.mutate(conv, system(), m).await {
+        match ctx.shards.mutate(conv, system(), m).await {
+            // The answer means "gone from search" too: wait for the index to drop them.
+            Ok(c) => {
+                if let Some(search) = &ctx.search {
+                    let indexed = search.indexed_through(conv, c.seq.0);
+                    if tokio::time::timeout(SEARCH_WAIT, indexed).await.is_err() {
+                        tracing::warn!(%conv, "search has not yet dropped a deleted account's messages");
+                    }
+                }
+            }
             // A deleted conversation takes no events; its log is still rewritten.
-            tracing::info!(%conv, error = %e.message, "no UserErased event here");
+            Err(e) => tracing::info!(%conv, error = %e.message, "no UserErased event here"),
         }
         ctx.store.rewrite_events(conv, &rewrites).await?;
         done.events += rewrites.len() as u32;

@@ -336,6 +336,23 @@ impl SearchIndex for TantivyIndex {
             commit.set_payload(&old);
         }
         commit.commit()?;
+        // A deleted account's messages leave the files too (PROTOCOL.md §5.16): deleted
+        // documents stay in their segment until it is merged, so merge every segment now
+        // and remove the files the merge replaced.
+        if batch.ops.iter().any(|o| matches!(o, Op::RemoveSender { .. })) {
+            let ids = self.index.searchable_segment_ids()?;
+            if !ids.is_empty() {
+                writer.merge(&ids).wait()?;
+            }
+            // Searchers of the old segments let go before their files are collected.
+            self.reader.reload()?;
+            let gc = writer.garbage_collect_files().wait()?;
+            tracing::info!(
+                deleted = gc.deleted_files.len(),
+                failed = gc.failed_to_delete_files.len(),
+                "search: a deleted account's messages merged out"
+            );
+        }
         drop(guard);
         self.reader.reload()?;
         Ok(())

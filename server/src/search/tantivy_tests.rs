@@ -235,3 +235,35 @@ fn relevant_order_ranks_the_better_match_first_and_pages() {
     };
     assert_eq!(seqs(&ix, &second_page), vec![1], "recent order, second hit");
 }
+
+/// A deleted account (PROTOCOL.md §5.16): its messages leave the index and its files (the
+/// segments are merged without them); others' messages stay.
+#[test]
+fn a_removed_senders_messages_leave_the_index_and_its_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let ix = TantivyIndex::open(&dir.path().join("search")).unwrap();
+    ix.apply(&ops(vec![
+        Op::Put(doc(1, 1, 7, 10, "zebra-secret words")),
+        Op::Put(doc(1, 2, 8, 11, "zebra others")),
+    ]))
+    .unwrap();
+    ix.apply(&ops(vec![Op::Put(doc(2, 1, 7, 12, "zebra-secret elsewhere"))]))
+        .unwrap();
+    let grep = |needle: &[u8]| {
+        std::fs::read_dir(dir.path().join("search"))
+            .unwrap()
+            .flatten()
+            .any(|f| std::fs::read(f.path()).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)))
+    };
+    assert!(grep(b"zebra-secret"), "the text is in the files at first");
+    for conv in [1, 2] {
+        ix.apply(&ops(vec![Op::RemoveSender {
+            conversation: ConversationId(conv),
+            sender: UserId(7),
+        }]))
+        .unwrap();
+    }
+    assert_eq!(seqs(&ix, &request("zebra", &[1, 2])), vec![2]);
+    assert!(!grep(b"zebra-secret"), "merged out of every file");
+    assert!(grep(b"zebra others"));
+}

@@ -124,6 +124,15 @@ impl SledStore {
         })
     }
 
+    /// A store in `dir` whose content keys are in `keys` (a copy of a store's files read
+    /// with the keys of another: what a backup still reveals once accounts are deleted).
+    pub fn open_with_content_keys(dir: &Path, keys: &Path) -> Result<Self, StoreError> {
+        Ok(Self {
+            health: Health::open(dir, None).map_err(backend)?,
+            keys: Arc::new(ContentKeys::open(keys)?),
+        })
+    }
+
     /// What reads see. While the store reopens after a failure (milliseconds), reads wait
     /// for it rather than fail, up to [`REOPEN_READ_WAIT`].
     async fn view(&self) -> Result<View, StoreError> {

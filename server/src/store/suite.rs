@@ -837,7 +837,9 @@ pub(crate) async fn rewritten_events(store: &dyn Store) {
             assert_eq!(old, new, "others' events untouched");
         }
     }
-    assert!(after.iter().any(|e| e.sender_user_id == b.0 && matches!(e.body, Some(Body::Message(_)))));
+    assert!(after
+        .iter()
+        .any(|e| e.sender_user_id == b.0 && matches!(e.body, Some(Body::Message(_)))));
     let first_erased = after.iter().find(|e| matches!(e.body, Some(Body::Erased(_)))).unwrap();
     assert!(
         store.message(conv, Seq(first_erased.seq)).await.unwrap().is_none(),

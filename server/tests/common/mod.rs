@@ -1,6 +1,7 @@
 //! Test harness: real servers on loopback (in-process or the binary), SDK clients, a raw
 //! frame-level client for hostile input, and event waits bounded by a deadline.
 #![allow(dead_code)]
+pub mod api;
 pub mod e2ee;
 pub mod media;
 pub mod push;

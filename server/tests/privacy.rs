@@ -1,0 +1,357 @@
+//! Deleting and exporting an account (PROTOCOL.md §5.16) through the server API and the
+//! SDK: the export holds exactly the user's data; deletion erases (or anonymises) their
+//! messages in history and search, deletes their files, logs out their devices, tells the
+//! other members; no byte of what they wrote is left readable in the data directory, and a
+//! copy of the store taken before the deletion no longer opens their events.
+mod common;
+
+use std::io::Read;
+use std::path::Path;
+
+use bytes::Bytes;
+use common::api::*;
+use common::*;
+use natter_protocol::pb;
+use natter_sdk::{Client, ClientEvent, ConversationId, Events, Seq};
+use natter_server::security::jwt::IssuerConfig;
+use natter_server::security::Secret;
+use natter_server::store::{Page, Store};
+use serde_json::{json, Value};
+
+async fn setup(dir: &Path) -> (natter_server::RunningServer, Api, String) {
+    let admin = make_key(&dir.join("data"), "operator", "admin");
+    let mut cfg = config(&dir.join("data"));
+    cfg.token_issuers = vec![IssuerConfig {
+        issuer: "https://product.test".into(),
+        audience: vec!["natter".into()],
+        hs256_secret: Some(Secret(SECRET.into())),
+        ..Default::default()
+    }];
+    let s = natter_server::start(&cfg).await.unwrap();
+    let api = Api {
+        base: format!("http://{}", s.web_addr.unwrap()),
+        http: reqwest::Client::new(),
+    };
+    for (id, name) in [("u-ann", "ann"), ("u-bob", "bob")] {
+        let (st, u) = api
+            .post(
+                "/api/v1/users",
+                &admin,
+                json!({"id": id, "username": name, "display_name": name.to_uppercase()}),
+            )
+            .await;
+        assert_eq!(st, 201, "{u}");
+    }
+    (s, api, admin)
+}
+
+async fn login(s: &natter_server::RunningServer, sub: &str) -> (Client, Events) {
+    let (c, ev) = Client::connect(client_config(s.addr, &s.fingerprint, None)).unwrap();
+    c.login_with_token(&product_token(sub), "phone").await.unwrap();
+    (c, ev)
+}
+
+/// Every file under `dir` that contains `needle`.
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)) {
+                out.push(p.display().to_string());
+            }
+        }
+    }
+    out
+}
+
+fn copy_dir(from: &Path, to: &Path, skip: &str) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let (p, name) = (e.path(), e.file_name());
+        if name == skip {
+            continue;
+        }
+        if p.is_dir() {
+            copy_dir(&p, &to.join(&name), skip);
+        } else {
+            std::fs::copy(&p, to.join(&name)).unwrap();
+        }
+    }
+}
+
+fn unzip(bytes: &[u8]) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut z = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    for i in 0..z.len() {
+        let mut f = z.by_index(i).unwrap();
+        let mut b = Vec::new();
+        f.read_to_end(&mut b).unwrap();
+        out.insert(f.name().to_string(), b);
+    }
+    out
+}
+
+async fn search_hits(c: &Client, q: &str) -> usize {
+    let r = c
+        .search(pb::Search {
+            query: q.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    r.hits.len()
+}
+
+/// Poll `f` until it holds (the search index follows commits a little later).
+async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !f().await {
+        assert!(std::time::Instant::now() < until, "{what} within 20 s");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_users_messages_files_and_devices_are_gone_everywhere_and_their_export_was_exactly_theirs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, api, admin) = setup(dir.path()).await;
+    let (ann, mut ann_ev) = login(&s, "u-ann").await;
+    let (bob, mut bob_ev) = login(&s, "u-bob").await;
+    let (st, g) = api
+        .post(
+            "/api/v1/conversations",
+            &admin,
+            json!({"kind": "group", "name": "trip", "creator": "u-ann", "members": ["u-bob"]}),
+        )
+        .await;
+    assert_eq!(st, 201, "{g}");
+    let group = ConversationId(g["conversation_id"].as_u64().unwrap());
+    let dm = ConversationId(ann.direct("bob").await.unwrap().conversation_id);
+
+    let alpha = ann.send(group, "ann-secret-alpha").await.unwrap().seq;
+    ann.send(group, "ann-secret-beta").await.unwrap();
+    let bobs = bob.send(group, "bob-words-delta").await.unwrap().seq;
+    ann.send(dm, "ann-dm-gamma").await.unwrap();
+    ann.edit(group, alpha, "ann-secret-alpha-edited").await.unwrap();
+    bob.react(group, alpha, "👍", false).await.unwrap();
+    let ann_file = ann
+        .upload(
+            group,
+            "ann-notes.txt",
+            "text/plain",
+            Bytes::from_static(b"ANNFILEBYTES-xyzzy"),
+            |_, _| {},
+        )
+        .await
+        .unwrap();
+    ann.send_attachments(group, "ann-file-message", std::slice::from_ref(&ann_file))
+        .await
+        .unwrap();
+    let bob_file = bob
+        .upload(
+            group,
+            "bob-notes.txt",
+            "text/plain",
+            Bytes::from_static(b"BOBFILEBYTES-plugh"),
+            |_, _| {},
+        )
+        .await
+        .unwrap();
+    bob.send_attachments(group, "bob-file-message", std::slice::from_ref(&bob_file))
+        .await
+        .unwrap();
+    eventually("bob finds ann's words", async || search_hits(&bob, "alpha").await == 1).await;
+
+    // The export: exactly ann's data.
+    let r = api
+        .http
+        .get(format!("{}/api/v1/users/u-ann/export", api.base))
+        .header("authorization", format!("Bearer {admin}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/zip");
+    let files = unzip(&r.bytes().await.unwrap());
+    let names: Vec<&str> = files.keys().map(String::as_str).collect();
+    let media_entry = format!("media/{}/ann-notes.txt", ann_file.media_id);
+    assert_eq!(
+        names,
+        vec![
+            "conversations.json",
+            media_entry.as_str(),
+            "messages.jsonl",
+            "profile.json"
+        ],
+        "no file of bob's"
+    );
+    assert_eq!(files[&media_entry], b"ANNFILEBYTES-xyzzy");
+    let profile: Value = serde_json::from_slice(&files["profile.json"]).unwrap();
+    assert_eq!(
+        (profile["username"].as_str(), profile["id"].as_str()),
+        (Some("ann"), Some("u-ann"))
+    );
+    let convs: Value = serde_json::from_slice(&files["conversations.json"]).unwrap();
+    assert_eq!(convs.as_array().unwrap().len(), 2);
+    let lines: Vec<Value> = String::from_utf8(files["messages.jsonl"].clone())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let texts: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["type"] == "message" || l["type"] == "edit")
+        .map(|l| l["text"].as_str().unwrap())
+        .collect();
+    let mut sorted = texts.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted,
+        vec![
+            "ann-dm-gamma",
+            "ann-file-message",
+            "ann-secret-alpha",
+            "ann-secret-alpha-edited",
+            "ann-secret-beta"
+        ]
+    );
+    assert!(
+        !String::from_utf8_lossy(&files["messages.jsonl"]).contains("bob"),
+        "nothing of bob's"
+    );
+
+    // A copy of the store before the deletion (without its content keys, kept apart).
+    let store_dir = dir.path().join("data/db");
+    assert!(store_dir.join("content-keys").is_dir(), "{}", store_dir.display());
+    copy_dir(&store_dir, &dir.path().join("backup"), "content-keys");
+
+    let r = api
+        .http
+        .delete(format!("{}/api/v1/users/u-ann", api.base))
+        .header("authorization", format!("Bearer {admin}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let done: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(
+        (
+            done["devices"].as_u64(),
+            done["conversations"].as_u64(),
+            done["media"].as_u64()
+        ),
+        (Some(1), Some(2), Some(1)),
+        "{done}"
+    );
+
+    // Ann's device is logged out; bob hears it in both conversations.
+    wait_for(&mut ann_ev, |e| matches!(e, ClientEvent::AuthFailed(_)).then_some(())).await;
+    for conv in [group, dm] {
+        wait_for(&mut bob_ev, |e| match e {
+            ClientEvent::Event(ev) if ev.conversation_id == conv.0 => match &ev.body {
+                Some(pb::conversation_event::Body::UserErased(u)) => Some(assert!(!u.anonymised)),
+                _ => None,
+            },
+            _ => None,
+        })
+        .await;
+    }
+
+    // History as the API and bob read it: ann's messages are tombstones, bob's stand.
+    let (st, page) = api
+        .get(
+            &format!("/api/v1/conversations/{}/messages?user=u-bob&after=0", group.0),
+            &admin,
+        )
+        .await;
+    assert_eq!(st, 200, "{page}");
+    let events = page["events"].as_array().unwrap();
+    let text_of = |seq: u64| events.iter().find(|e| e["seq"] == seq).unwrap().clone();
+    assert_eq!(
+        (text_of(alpha.0)["type"].as_str(), text_of(alpha.0)["text"].as_str()),
+        (Some("erased"), Some(""))
+    );
+    assert_eq!(text_of(bobs.0)["text"], "bob-words-delta");
+    assert!(!page.to_string().contains("ann-"), "{page}");
+    let (st, _) = api.get("/api/v1/users/u-ann", &admin).await;
+    assert_eq!(st, 404, "the product's id is free again");
+    let members = bob.members(group).await.unwrap();
+    assert_eq!(
+        members.iter().map(|m| m.username.as_str()).collect::<Vec<_>>(),
+        vec!["bob"]
+    );
+    assert_eq!(members[0].role, pb::Role::Owner as i32, "bob took over the group");
+
+    // Search, files, devices.
+    eventually("ann's words leave the index", async || {
+        search_hits(&bob, "alpha").await == 0
+    })
+    .await;
+    assert_eq!(search_hits(&bob, "delta").await, 1);
+    assert!(bob
+        .download_all(&ann_file.media_id, pb::MediaVariant::Original)
+        .await
+        .is_err());
+    assert_eq!(
+        bob.download_all(&bob_file.media_id, pb::MediaVariant::Original)
+            .await
+            .unwrap(),
+        b"BOBFILEBYTES-plugh"
+    );
+    let (again, _ev) = Client::connect(client_config(s.addr, &s.fingerprint, None)).unwrap();
+    again
+        .login_with_token(&product_token("u-ann"), "new phone")
+        .await
+        .unwrap();
+    assert!(
+        again.conversations().await.unwrap().is_empty(),
+        "the same product id is a new user now"
+    );
+
+    // Nothing ann wrote is readable in the data directory, bob's words still are there
+    // (sealed: found through the store, not the bytes).
+    s.shutdown().await;
+    let data = dir.path().join("data");
+    for needle in ["ann-secret", "ann-dm-gamma", "ANNFILEBYTES", "alpha-edited"] {
+        assert_eq!(
+            files_containing(&data, needle.as_bytes()),
+            Vec::<String>::new(),
+            "{needle}"
+        );
+    }
+    let live = natter_server::store::sled_store::SledStore::open(&store_dir).unwrap();
+    let (log, _) = live.events(group, Page::After(Seq(0)), 100).await.unwrap();
+    assert!(log.iter().any(|e| matches!(&e.body, Some(pb::conversation_event::Body::Message(m)) if m.body.as_ref().unwrap().text == "bob-words-delta")));
+    drop(live);
+
+    // The old copy, opened with today's keys: ann's events no longer open, bob's do.
+    let old = natter_server::store::sled_store::SledStore::open_with_content_keys(
+        &dir.path().join("backup"),
+        &store_dir.join("content-keys"),
+    )
+    .unwrap();
+    let (log, _) = old.events(group, Page::After(Seq(0)), 100).await.unwrap();
+    let ann_texts: Vec<_> = log
+        .iter()
+        .filter_map(|e| match &e.body {
+            Some(pb::conversation_event::Body::Message(m)) => Some(m.body.as_ref().unwrap().text.clone()),
+            _ => None,
+        })
+        .filter(|t| t.starts_with("ann"))
+        .collect();
+    assert_eq!(
+        ann_texts,
+        Vec::<String>::new(),
+        "the backup's copies of ann's messages are unreadable"
+    );
+    assert!(log
+        .iter()
+        .any(|e| e.seq == alpha.0 && matches!(e.body, Some(pb::conversation_event::Body::Erased(_)))));
+    assert!(log
+        .iter()
+        .any(|e| e.seq == bobs.0 && matches!(e.body, Some(pb::conversation_event::Body::Message(_)))));
+}
