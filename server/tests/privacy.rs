@@ -355,3 +355,114 @@ async fn a_deleted_users_messages_files_and_devices_are_gone_everywhere_and_thei
         .iter()
         .any(|e| e.seq == bobs.0 && matches!(e.body, Some(pb::conversation_event::Body::Message(_)))));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_exports_then_deletes_their_own_account_and_anonymised_messages_stay_under_deleted_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path()).await;
+    let (alice, mut bob, dm) = alice_and_bob(&s).await;
+    let seq = alice.client.send(dm, "alice keeps talking").await.unwrap().seq;
+    bob.client.send(dm, "bob answers").await.unwrap();
+
+    // Her own export, over the signed path the server gives her.
+    let ready = alice.client.export_account().await.unwrap();
+    assert!(ready.path.starts_with("/export/"), "{}", ready.path);
+    let web = s.web_addr.expect("web endpoint");
+    let zip = reqwest::get(format!("http://{web}{}", ready.path)).await.unwrap();
+    assert_eq!(zip.status(), 200);
+    let files = unzip(&zip.bytes().await.unwrap());
+    let lines = String::from_utf8(files["messages.jsonl"].clone()).unwrap();
+    assert!(
+        lines.contains("alice keeps talking") && !lines.contains("bob answers"),
+        "{lines}"
+    );
+    let forged = ready.path.replace("sig=", "sig=00");
+    let refused = reqwest::get(format!("http://{web}{forged}")).await.unwrap();
+    assert_eq!(refused.status(), 401, "a forged link is refused");
+
+    // Deleting needs her password.
+    let wrong = alice.client.delete_account("not her password").await.unwrap_err();
+    assert_eq!(wrong.code(), Some(pb::ErrorCode::InvalidCredentials));
+    alice.client.delete_account(PASSWORD).await.unwrap();
+    let gone = wait_for(&mut bob.events, |e| match e {
+        ClientEvent::Event(ev) => match &ev.body {
+            Some(pb::conversation_event::Body::UserErased(u)) => Some(u.clone()),
+            _ => None,
+        },
+        _ => None,
+    })
+    .await;
+    assert!(!gone.anonymised, "the server's default erases");
+    let (again, _ev) = Client::connect(client_config(s.addr, &s.fingerprint, None)).unwrap();
+    let refused = again.login("alice", PASSWORD, "laptop").await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(pb::ErrorCode::InvalidCredentials),
+        "a deleted account never logs in"
+    );
+    let page = bob
+        .client
+        .history(dm, natter_sdk::HistoryAnchor::Before(Seq(0)), 50)
+        .await
+        .unwrap();
+    let erased = page.events.iter().find(|e| e.seq == seq.0).unwrap();
+    assert!(matches!(
+        erased.body,
+        Some(pb::conversation_event::Body::Erased(pb::Erased { message: true }))
+    ));
+    assert!(bob
+        .client
+        .profiles(&[natter_sdk::UserId(gone.user_id)])
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymised_messages_stay_in_history_under_deleted_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, api, admin) = setup(dir.path()).await;
+    let (ann, _ann_ev) = login(&s, "u-ann").await;
+    let (bob, mut bob_ev) = login(&s, "u-bob").await;
+    let dm = ConversationId(ann.direct("bob").await.unwrap().conversation_id);
+    let seq = ann.send(dm, "ann-words-kept").await.unwrap().seq;
+    let r = api
+        .http
+        .delete(format!("{}/api/v1/users/u-ann?messages=anonymise", api.base))
+        .header("authorization", format!("Bearer {admin}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let bad = api
+        .http
+        .delete(format!("{}/api/v1/users/u-bob?messages=shred", api.base))
+        .header("authorization", format!("Bearer {admin}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400, "an unknown mode changes nothing");
+    wait_for(&mut bob_ev, |e| match e {
+        ClientEvent::Event(ev) => match &ev.body {
+            Some(pb::conversation_event::Body::UserErased(u)) => Some(assert!(u.anonymised)),
+            _ => None,
+        },
+        _ => None,
+    })
+    .await;
+    let page = bob
+        .history(dm, natter_sdk::HistoryAnchor::Before(Seq(0)), 50)
+        .await
+        .unwrap();
+    let kept = page.events.iter().find(|e| e.seq == seq.0).unwrap();
+    assert_eq!(
+        (kept.sender_user_id, kept.sender_username.as_str()),
+        (0, "deleted-user")
+    );
+    assert!(
+        matches!(&kept.body, Some(pb::conversation_event::Body::Message(m)) if m.body.as_ref().unwrap().text == "ann-words-kept")
+    );
+    let members = bob.members(dm).await.unwrap();
+    assert!(members.iter().any(|m| m.username == "deleted-user"), "{members:?}");
+    assert_eq!(bob.send(dm, "still here").await.map(|_| ()).ok(), Some(()));
+}
