@@ -10,7 +10,7 @@ import { renderAttachments, sendFiles } from "./media.js";
 import { forgetStoreKey, onVerification, renderDevices, storeKey, wireBackup } from "./e2ee.js";
 import { el } from "./dom.js";
 import { wireSearch } from "./search.js";
-import { avatar, onProfileChanged, refreshProfiles, shownName, wireProfileForm, wireProfiles } from "./profiles.js";
+import { avatar, onProfileChanged, refreshProfiles, shownName, wireAccount, wireProfileForm, wireProfiles } from "./profiles.js";
 import { enableNotifications, notifyHidden, pushRemoved, startNotifications, wireNotifyLevel } from "./notify.js";
 
 const KIND = { DIRECT: "direct", GROUP: "group", CHANNEL: "channel" };
@@ -146,15 +146,19 @@ function addEvent(e) {
   const kind = e.body.type;
   // Messages, edits, deletes and reactions fold in the timeline; it names the message to redraw.
   const changed = c.timeline.apply(e);
+  const keep = (m) => c.messages.set(m.seq, {
+    seq: m.seq, from: m.senderUserId || null, who: m.senderUsername || "deleted user", time: m.serverTimeMs,
+    text: m.deleted ? "message deleted" : m.text, edited: m.edited, deleted: m.deleted, reactions: m.reactions,
+    attachments: m.deleted ? [] : m.attachments,
+    // Drawn once and kept, so a redraw does not reload images and players.
+    attachmentsEl: m.deleted ? undefined : c.messages.get(m.seq)?.attachmentsEl,
+  });
   if (changed) {
-    const m = c.timeline.message(changed);
-    c.messages.set(changed, {
-      seq: m.seq, from: m.senderUserId, who: m.senderUsername, time: m.serverTimeMs,
-      text: m.deleted ? "message deleted" : m.text, edited: m.edited, deleted: m.deleted, reactions: m.reactions,
-      attachments: m.deleted ? [] : m.attachments,
-      // Drawn once and kept, so a redraw does not reload images and players.
-      attachmentsEl: c.messages.get(changed)?.attachmentsEl,
-    });
+    keep(c.timeline.message(changed));
+  } else if (kind === "userErased") {
+    // A deleted account: every message of theirs may have changed (PROTOCOL.md §5.16).
+    for (const m of c.timeline.all()) keep(m);
+    c.messages.set(e.seq, { seq: e.seq, notice: notice(e) });
   } else if (NOTICES.has(kind)) {
     c.messages.set(e.seq, { seq: e.seq, notice: notice(e) });
   } else if ((kind === "undecryptable" || kind === "encrypted") && !c.timeline.message(e.seq)) {
@@ -182,6 +186,7 @@ function notice(e) {
       const verb = { mute: `muted ${b.username}${until}`, unmute: `unmuted ${b.username}`, ban: `banned ${b.username}`, unban: `lifted ${b.username}'s ban` }[b.action] || b.action;
       return `${e.senderUsername} ${verb}`;
     }
+    case "userErased": return b.anonymised ? "An account was deleted; its messages stay as deleted-user's" : "An account was deleted with its messages";
     case "slowModeChanged": return b.intervalSecs ? `${e.senderUsername} turned on slow mode: one message every ${b.intervalSecs} s` : `${e.senderUsername} turned off slow mode`;
     case "devicesChanged": {
       const who = username(b.userId);
@@ -458,6 +463,11 @@ function wire() {
   wireSearch(state.client, { title: (id) => title(conv(id)), open: openAt });
   wireProfiles(state.client, renderProfiles);
   wireProfileForm(() => state.me);
+  wireAccount(() => {
+    localStorage.removeItem(TOKEN_KEY);
+    forgetStoreKey();
+    location.reload();
+  });
   $("devices-btn").onclick = () => ($("devices").hidden ? showDevices() : ($("devices").hidden = true));
   action("new-group", () => state.client.createGroup($("group-name").value.trim(),
     $("group-members").value.split(",").map((s) => s.trim()).filter(Boolean)));

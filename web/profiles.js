@@ -87,6 +87,30 @@ export function avatar(userId, fallbackName) {
   return box;
 }
 
+// The account (PROTOCOL.md §5.16): download a zip of this user's data, or delete it.
+export function wireAccount(onDeleted) {
+  const status = document.getElementById("profile-status");
+  document.getElementById("export-account").onclick = async () => {
+    status.textContent = "";
+    try {
+      const { path } = await client.exportAccount();
+      const a = el("a", { href: path, download: "natter-export.zip" });
+      document.body.append(a);
+      a.click();
+      a.remove();
+    } catch (err) { status.textContent = err.message; }
+  };
+  document.getElementById("delete-account").onclick = async () => {
+    status.textContent = "";
+    const password = prompt("Delete your account, your messages and your files for good? Type your password (leave empty if you signed in through another app).");
+    if (password === null) return;
+    try {
+      await client.deleteAccount(password);
+      onDeleted();
+    } catch (err) { status.textContent = err.code === "INVALID_CREDENTIALS" ? "Wrong password." : err.message; }
+  };
+}
+
 // The "Profile" form: this user's display name, status and avatar.
 export function wireProfileForm(me) {
   const form = document.getElementById("profile-form");

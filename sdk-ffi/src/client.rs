@@ -539,6 +539,22 @@ impl NatterClient {
         run(async move { c.set_avatar(&name, &mime, data.into()).await }).await
     }
 
+    /// Delete your own account (PROTOCOL.md §5.16): your messages erased (or anonymised,
+    /// as the server is configured), your files, devices and profile deleted. A password
+    /// account confirms with its password; a product login's with "". Every device is
+    /// logged out: listeners then hear `AuthFailed`.
+    pub async fn delete_account(&self, password: String) -> Result<(), NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.delete_account(&password).await }).await
+    }
+
+    /// A path on the server's web endpoint that serves a zip of your data (profile,
+    /// conversations, every event you sent, your files) for 15 minutes.
+    pub async fn export_account(&self) -> Result<String, NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.export_account().await.map(|e| e.path) }).await
+    }
+
     /// Up to 100 users' profiles (unknown ones are left out).
     pub async fn profiles(&self, user_ids: Vec<u64>) -> Result<Vec<Profile>, NatterError> {
         let c = self.inner.clone();

@@ -2,6 +2,8 @@
 //! changes only the fields given, `setAvatar(file)` uploads an image and makes it the
 //! avatar, `profiles(userIds)` reads up to 100 users' profiles; changes arrive as
 //! `profileChanged` events. An avatar `media:<id>` is shown with `mediaUrl(id, "thumb320")`.
+//! The account itself (PROTOCOL.md §5.16): `exportAccount()` resolves to a path on the web
+//! endpoint serving a zip of the user's data, `deleteAccount(password)` deletes it.
 use js_sys::{Promise, Reflect};
 use natter_protocol::client::model::{self, Profile};
 use natter_protocol::client::ops;
@@ -77,6 +79,34 @@ impl NatterClient {
             };
             let p = inner.call(ops::set_profile(change)).await.map_err(|e| js_error(&e))?;
             Ok(to_js(&Profile::from(p)))
+        })
+    }
+
+    /// Delete your own account: a password account confirms with its password, a product
+    /// login's with "". Every device is logged out (this one hears `authFailed`).
+    #[wasm_bindgen(js_name = deleteAccount)]
+    pub fn delete_account(&self, password: String) -> Promise {
+        let inner = self.inner().clone();
+        future_to_promise(async move {
+            inner
+                .call(ops::delete_account(&password))
+                .await
+                .map_err(|e| js_error(&e))?;
+            Ok(JsValue::UNDEFINED)
+        })
+    }
+
+    /// A path on this server's web endpoint that serves a zip of your data for 15 minutes:
+    /// `{ path, expiresMs }`.
+    #[wasm_bindgen(js_name = exportAccount)]
+    pub fn export_account(&self) -> Promise {
+        let inner = self.inner().clone();
+        future_to_promise(async move {
+            let r = inner.call(ops::export_account()).await.map_err(|e| js_error(&e))?;
+            let out = js_sys::Object::new();
+            Reflect::set(&out, &"path".into(), &r.path.into())?;
+            Reflect::set(&out, &"expiresMs".into(), &(r.expires_ms as f64).into())?;
+            Ok(out.into())
         })
     }
 

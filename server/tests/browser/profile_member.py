@@ -36,6 +36,9 @@ async def main():
         assert e.code == m.ErrorCode.BAD_REQUEST, e
     (again,) = await client.profiles([p.user_id])
     assert again.avatar == p.avatar and again.display_name == os.environ["NATTER_NAME"], again
+    # Her data, as a link to a zip on the web endpoint (PROTOCOL.md §5.16).
+    path = await client.export_account()
+    assert path.startswith("/export/"), path
     print(json.dumps({"avatar": p.avatar, "displayName": p.display_name, "userId": p.user_id}), flush=True)
     await client.shutdown()
 

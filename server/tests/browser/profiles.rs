@@ -142,4 +142,38 @@ async fn an_avatar_changed_from_python_shows_on_another_users_page_without_a_rel
         "document.getElementById('me-name').textContent.includes('Bob in Chromium')",
     )
     .await;
+
+    // The package's account calls (PROTOCOL.md §5.16): a zip of bob's data from the link
+    // it gives, then the account deleted; alice hears it.
+    let zip = b
+        .eval(
+            "bob",
+            "const { path } = await window.natter.client.exportAccount();
+             const r = await fetch(path); const b = new Uint8Array(await r.arrayBuffer());
+             return [r.status, r.headers.get('content-type'), String.fromCharCode(b[0], b[1])];",
+        )
+        .await;
+    assert_eq!(zip, json!([200, "application/zip", "PK"]));
+    let refused = b
+        .eval(
+            "bob",
+            "try { await window.natter.client.deleteAccount('wrong password'); return 'deleted'; } catch (e) { return e.code; }",
+        )
+        .await;
+    assert_eq!(refused, json!("INVALID_CREDENTIALS"));
+    b.eval(
+        "bob",
+        &format!("await window.natter.client.deleteAccount({PASSWORD:?}); return true;"),
+    )
+    .await;
+    let erased = wait_for(&mut alice.events, |e| match e {
+        ClientEvent::Event(ev) if ev.conversation_id == dm.0 => match &ev.body {
+            Some(natter_protocol::pb::conversation_event::Body::UserErased(u)) => Some(u.clone()),
+            _ => None,
+        },
+        _ => None,
+    })
+    .await;
+    assert_eq!(erased.user_id, heard.user_id);
+    b.wait("bob", "#auth:not([hidden])").await;
 }

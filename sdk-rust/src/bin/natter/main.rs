@@ -125,6 +125,9 @@ enum Cmd {
     /// Your profile (display name, status, avatar) and others'.
     #[command(subcommand)]
     Profile(profile::ProfileCmd),
+    /// Your account: export your data, or delete it.
+    #[command(subcommand)]
+    Account(profile::AccountCmd),
     /// Leave yourself out of others' find-users (--off lists you again).
     Unlisted {
         #[arg(long)]
@@ -667,6 +670,7 @@ async fn command(
         Cmd::FindUsers { prefix, limit } => search::users(&prefix, limit, client).await?,
         Cmd::FindChannels { prefix, limit } => search::channels(&prefix, limit, client).await?,
         Cmd::Profile(c) => profile::run(c, client).await?,
+        Cmd::Account(c) => profile::account(c, client).await?,
         Cmd::Unlisted { off } => {
             client.set_unlisted(!off).await?;
             print(json!({"unlisted": !off}));

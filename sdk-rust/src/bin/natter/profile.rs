@@ -1,6 +1,8 @@
 //! `natter profile set|get` (PROTOCOL.md §5.15): change your display name, status and
 //! avatar (an https URL or an image file, uploaded), and read users' profiles — one JSON
 //! line per profile, the JS package's shape. `natter listen` prints `profileChanged`.
+//! `natter account export|delete` (PROTOCOL.md §5.16): a link to a zip of your data, or
+//! delete your account.
 use anyhow::{bail, Context};
 use clap::Subcommand;
 use natter_protocol::client::model::Profile;
@@ -45,6 +47,46 @@ fn image_mime(path: &std::path::Path) -> anyhow::Result<&'static str> {
         "webp" => "image/webp",
         _ => bail!("an avatar file is .png, .jpg, .gif or .webp"),
     })
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccountCmd {
+    /// A link to a zip of your data (profile, conversations, every event you sent, your
+    /// files): a path on the server's web endpoint, valid for 15 minutes (fetch it with
+    /// curl or a browser).
+    Export,
+    /// Delete your account: your messages, files and devices go; every device is logged
+    /// out. A password account confirms with its password (--password, NATTER_PASSWORD or
+    /// standard input).
+    Delete {
+        #[arg(long)]
+        password: Option<String>,
+        /// The account logged in with a product token: no password to confirm.
+        #[arg(long)]
+        product_login: bool,
+    },
+}
+
+pub async fn account(cmd: AccountCmd, client: &Client) -> anyhow::Result<()> {
+    match cmd {
+        AccountCmd::Export => {
+            let ready = client.export_account().await?;
+            super::print(serde_json::json!({"path": ready.path, "expiresMs": ready.expires_ms}));
+        }
+        AccountCmd::Delete {
+            password,
+            product_login,
+        } => {
+            let password = if product_login {
+                String::new()
+            } else {
+                super::password(password)?
+            };
+            client.delete_account(&password).await?;
+            super::print(serde_json::json!({"deleted": true}));
+        }
+    }
+    Ok(())
 }
 
 pub async fn run(cmd: ProfileCmd, client: &Client) -> anyhow::Result<()> {
