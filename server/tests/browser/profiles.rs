@@ -168,7 +168,7 @@ async fn an_avatar_changed_from_python_shows_on_another_users_page_without_a_rel
     .await;
     let erased = wait_for(&mut alice.events, |e| match e {
         ClientEvent::Event(ev) if ev.conversation_id == dm.0 => match &ev.body {
-            Some(natter_protocol::pb::conversation_event::Body::UserErased(u)) => Some(u.clone()),
+            Some(natter_protocol::pb::conversation_event::Body::UserErased(u)) => Some(*u),
             _ => None,
         },
         _ => None,
