@@ -10,6 +10,9 @@ use sha2::Digest;
 
 use crate::store::{docs, Store};
 
+/// How every API key begins.
+pub const KEY_PREFIX: &str = "nk_";
+
 /// Document space: key id → [`ApiKey`].
 const SPACE: &str = "apikey";
 
@@ -90,7 +93,7 @@ pub async fn create(store: &dyn Store, name: &str, scope: Scope, now_ms: u64) ->
     }
     Ok(NewKey {
         key,
-        secret: crate::security::Secret(format!("nk_{id}_{secret}")),
+        secret: crate::security::Secret(format!("{KEY_PREFIX}{id}_{secret}")),
     })
 }
 
@@ -123,7 +126,7 @@ pub async fn revoke(store: &dyn Store, id: &str) -> Result<bool, ServerError> {
 /// The live key a bearer secret belongs to, if its scope reaches `needed`.
 pub async fn check(store: &dyn Store, bearer: &str, needed: Scope) -> Result<ApiKey, ServerError> {
     let unauthenticated = || ServerError::new(ErrorCode::Unauthenticated, "a valid API key is required");
-    let rest = bearer.strip_prefix("nk_").ok_or_else(unauthenticated)?;
+    let rest = bearer.strip_prefix(KEY_PREFIX).ok_or_else(unauthenticated)?;
     let (id, secret) = rest.split_once('_').ok_or_else(unauthenticated)?;
     if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(unauthenticated());

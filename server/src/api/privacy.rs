@@ -118,28 +118,10 @@ pub async fn delete_user(
         accounts::forget_identity(ctx, &p.external_id).await?;
     }
 
-    // Devices: revoked, out of encrypted conversations' lists, disconnected.
-    let mut done = Erasure::default();
-    let mut revoked = Vec::new();
-    for d in devices.iter().filter(|d| !d.revoked) {
-        if ctx.store.revoke_device(user, d.id).await? {
-            revoked.push(d.id);
-        }
-        accounts::unbind(ctx, d.id).await?;
-        if let Err(e) = ctx.keys.remove(user, d.id).await {
-            tracing::warn!(%user, error = %e.message, "a deleted account's device keys stay");
-        }
-    }
-    done.devices = revoked.len() as u32;
-    let actor = Actor {
-        user,
-        username,
-        device: DeviceId(0),
+    let done = Erasure {
+        devices: log_out_all(ctx, user, &username, asking).await? as u32,
+        ..Erasure::default()
     };
-    super::keys::sync_devices(ctx, &actor, Vec::new(), revoked.clone()).await;
-    for d in revoked.iter().filter(|d| Some(**d) != asking) {
-        ctx.hub.close_device(user, *d, Some(ErrorCode::TokenRevoked));
-    }
     if let Some(mut rec) = ctx.store.push_record(user).await? {
         rec.registrations.clear();
         rec.rules = Default::default();
@@ -147,6 +129,64 @@ pub async fn delete_user(
         ctx.store.put_push_record(&rec).await?;
     }
     finish(ctx, user, anonymised, done).await
+}
+
+/// Revoke and disconnect every device of the user (but `asking`'s connection, which
+/// closes itself after its answer), with their keys and product bindings; how many.
+async fn log_out_all(ctx: &Ctx, user: UserId, username: &str, asking: Option<DeviceId>) -> Result<usize, ServerError> {
+    let mut revoked = Vec::new();
+    for d in ctx.store.list_devices(user).await?.iter().filter(|d| !d.revoked) {
+        if ctx.store.revoke_device(user, d.id).await? {
+            revoked.push(d.id);
+        }
+        accounts::unbind(ctx, d.id).await?;
+        if let Err(e) = ctx.keys.remove(user, d.id).await {
+            tracing::warn!(%user, error = %e.message, "a logged-out device's keys stay");
+        }
+    }
+    let actor = Actor {
+        user,
+        username: username.to_string(),
+        device: DeviceId(0),
+    };
+    super::keys::sync_devices(ctx, &actor, Vec::new(), revoked.clone()).await;
+    for d in revoked.iter().filter(|d| Some(**d) != asking) {
+        ctx.hub.close_device(user, *d, Some(ErrorCode::TokenRevoked));
+    }
+    Ok(revoked.len())
+}
+
+/// Document space: user id → when their account was deactivated.
+const DEACTIVATED: &str = "deactivated";
+
+/// Suspend an account (the server API): every device logged out, and no login until it
+/// is reactivated; its messages, conversations and files stay. How many devices went.
+pub async fn deactivate(ctx: &Ctx, user: UserId, username: &str, now_ms: u64) -> Result<usize, ServerError> {
+    docs::set(&*ctx.store, DEACTIVATED, &user.0.to_string(), &now_ms).await?;
+    log_out_all(ctx, user, username, None).await
+}
+
+/// Let a deactivated account log in again. False if it was not deactivated.
+pub async fn reactivate(ctx: &Ctx, user: UserId) -> Result<bool, ServerError> {
+    Ok(ctx.store.delete_doc(DEACTIVATED, &user.0.to_string()).await?)
+}
+
+/// Why the account may not log in or be acted for, if it may not: deleted
+/// (`INVALID_CREDENTIALS`, as if it never was) or deactivated (`FORBIDDEN`).
+pub async fn refusal(ctx: &Ctx, user: UserId) -> Result<Option<ServerError>, ServerError> {
+    if is_deleted(ctx, user).await? {
+        return Ok(Some(ServerError::new(ErrorCode::InvalidCredentials, "no such account")));
+    }
+    if docs::get::<u64>(&*ctx.store, DEACTIVATED, &user.0.to_string())
+        .await?
+        .is_some()
+    {
+        return Ok(Some(ServerError::new(
+            ErrorCode::Forbidden,
+            "the account is deactivated",
+        )));
+    }
+    Ok(None)
 }
 
 /// Conversations, files, reports, profile, and the store's last copies.

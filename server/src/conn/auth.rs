@@ -76,12 +76,16 @@ impl<T: Transport> Conn<T> {
         let ok = tokio::task::spawn_blocking(move || auth::verify_password(&hash, &pw))
             .await
             .unwrap_or(false);
-        let deleted = match &user {
-            Some(u) if ok => crate::api::privacy::is_deleted(&self.shared.ctx, u.id).await?,
-            _ => false,
+        // A deleted account answers as if it never was; a deactivated one says so.
+        let refused = match &user {
+            Some(u) if ok => crate::api::privacy::refusal(&self.shared.ctx, u.id).await?,
+            _ => None,
         };
+        if let Some(e) = refused.as_ref().filter(|e| e.code == ErrorCode::Forbidden) {
+            return Err(e.clone());
+        }
         let user = match user {
-            Some(u) if ok && !deleted => u,
+            Some(u) if ok && refused.is_none() => u,
             _ => {
                 return Err(ServerError::new(
                     ErrorCode::InvalidCredentials,
@@ -129,6 +133,9 @@ impl<T: Transport> Conn<T> {
         ctx.rates.token_login(self.transport.peer_ip())?;
         let claims = ctx.logins.tokens.verify(&t.token).await?;
         let who = api::accounts::product_user(ctx, &claims, now_ms()).await?;
+        if let Some(e) = api::privacy::refusal(ctx, who.user).await? {
+            return Err(e);
+        }
         self.check_user_connections(who.user, DeviceId(0))?;
         let (device, token) = self.new_device(who.user, &who.username, &device_name).await?;
         api::accounts::bind(&self.shared.ctx, device, &claims).await?;

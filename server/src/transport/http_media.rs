@@ -20,6 +20,7 @@ use serde::Deserialize;
 use sha2::Digest;
 
 use crate::api;
+use crate::api::access::Scope;
 use crate::conn::Shared;
 use crate::conversation::Actor;
 use crate::media;
@@ -95,7 +96,7 @@ fn shared_of(w: &Weak<Shared>) -> Result<Arc<Shared>, ServerError> {
 }
 
 /// The device an `Authorization: Bearer` access token belongs to.
-async fn bearer(shared: &Shared, headers: &HeaderMap) -> Result<Actor, ServerError> {
+async fn bearer(shared: &Shared, headers: &HeaderMap, scope: Scope) -> Result<Actor, ServerError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -103,11 +104,32 @@ async fn bearer(shared: &Shared, headers: &HeaderMap) -> Result<Actor, ServerErr
         .ok_or_else(|| {
             ServerError::new(
                 ErrorCode::Unauthenticated,
-                "Authorization: Bearer <access token> is required",
+                "Authorization: Bearer <access token or API key> is required",
             )
-        })?;
-    api::media::actor_for_token(&shared.ctx, token.trim()).await
+        })?
+        .trim();
+    if !token.starts_with(api::access::KEY_PREFIX) {
+        return api::media::actor_for_token(&shared.ctx, token).await;
+    }
+    // A product's backend (README "Server API"): its API key, acting for the user the
+    // `Natter-User` header names by the product's id.
+    api::access::check(&*shared.ctx.store, token, scope).await?;
+    let id = headers
+        .get(USER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| ServerError::new(ErrorCode::BadRequest, "with an API key, Natter-User names the user"))?;
+    let who = api::accounts::external_user(&shared.ctx, id)
+        .await?
+        .ok_or_else(|| ServerError::new(ErrorCode::NotFound, format!("no user {id:?}")))?;
+    Ok(Actor {
+        user: who.user,
+        username: who.username,
+        device: natter_protocol::DeviceId(0),
+    })
 }
+
+/// The header that names the product's user an API key acts for.
+const USER_HEADER: &str = "natter-user";
 
 fn header_u64(h: &HeaderMap, name: &str) -> Result<Option<u64>, ServerError> {
     match h.get(name) {
@@ -225,7 +247,7 @@ impl MapStatus for Response {
 /// tus creation (and creation-with-upload): `Upload-Length`, `Upload-Metadata` with
 /// `conversation` (its id), `filename` and `filetype`.
 async fn create(shared: &Shared, h: &HeaderMap, body: Body) -> Result<Response, ServerError> {
-    let actor = bearer(shared, h).await?;
+    let actor = bearer(shared, h, Scope::Write).await?;
     if h.contains_key("upload-defer-length") {
         return Err(bad("Upload-Defer-Length is not supported: declare Upload-Length"));
     }
@@ -373,7 +395,7 @@ async fn tus_upload(
         return r;
     }
     let result = async {
-        let actor = bearer(&shared, &headers).await?;
+        let actor = bearer(&shared, &headers, Scope::Write).await?;
         let media = &shared.ctx.media;
         match method {
             Method::HEAD => {
@@ -502,7 +524,7 @@ async fn serve_media(
         (Some(sig), Some(exp), Some(u)) => {
             api::media::check_url(ctx, id, variant, exp, natter_protocol::UserId(u), sig).await?
         }
-        _ => bearer(shared, h).await?.user,
+        _ => bearer(shared, h, Scope::Read).await?.user,
     };
     let rec = api::media::readable(ctx, user, id).await?;
     let (total, mime) = media::Media::variant_of(&rec, variant)

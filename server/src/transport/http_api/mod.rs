@@ -26,6 +26,8 @@ use crate::clock::now_ms;
 use crate::conn::Shared;
 use crate::conversation::{Actor, Mutation};
 
+mod directory;
+mod manage;
 pub mod privacy;
 pub mod types;
 use types::*;
@@ -37,14 +39,27 @@ const MAX_BODY: usize = 64 * 1024;
 pub fn routes(shared: Weak<Shared>) -> Router {
     Router::new()
         .route("/api/v1/openapi.json", get(openapi))
-        .route("/api/v1/users", post(create_user))
+        .route("/api/v1/users", post(create_user).get(directory::find_users))
+        .route("/api/v1/users/{id}/conversations", get(directory::user_conversations))
+        .route("/api/v1/users/{id}/deactivate", post(directory::deactivate))
+        .route("/api/v1/users/{id}/reactivate", post(directory::reactivate))
+        .route("/api/v1/search", get(manage::search))
         .route(
             "/api/v1/users/{id}",
             get(get_user).patch(update_user).delete(privacy::delete_user),
         )
         .route("/api/v1/users/{id}/export", get(privacy::export_user))
         .route("/api/v1/conversations", post(create_conversation))
-        .route("/api/v1/conversations/{id}", get(get_conversation))
+        .route(
+            "/api/v1/conversations/{id}",
+            get(get_conversation).patch(manage::rename).delete(manage::delete),
+        )
+        .route(
+            "/api/v1/conversations/{id}/members/{user}/role",
+            axum::routing::put(manage::set_role),
+        )
+        .route("/api/v1/conversations/{id}/read-state", get(manage::read_state))
+        .route("/api/v1/conversations/{id}/read", post(manage::mark_read))
         .route("/api/v1/conversations/{id}/members", post(add_members))
         .route("/api/v1/conversations/{id}/members/{user}", delete(remove_member))
         .route("/api/v1/conversations/{id}/messages", post(send_message).get(history))
@@ -111,7 +126,9 @@ async fn typed_errors(r: Response) -> Response {
         version = "1"
     ),
     paths(
-        create_user, get_user, update_user, privacy::delete_user, privacy::export_user, create_conversation, get_conversation, add_members,
+        create_user, get_user, update_user, privacy::delete_user, privacy::export_user, directory::find_users,
+        directory::user_conversations, directory::deactivate, directory::reactivate, create_conversation,
+        manage::rename, manage::delete, manage::set_role, manage::read_state, manage::mark_read, manage::search, get_conversation, add_members,
         remove_member, send_message, history, get_message, edit_message, delete_message,
         moderate, slow_mode, reports, create_key, list_keys, revoke_key, create_webhook, list_webhooks, delete_webhook,
         dead_letters, replay_dead_letters
@@ -244,8 +261,18 @@ async fn authorize_key(
 }
 
 /// The product's user id as natter's actor. API requests act as the user's server-API
-/// device (0): no connection, no session.
+/// device (0): no connection, no session. A deleted or deactivated account is refused.
 async fn actor(ctx: &Ctx, id: &str) -> Result<Actor, Refusal> {
+    let a = target(ctx, id).await?;
+    if let Some(e) = api::privacy::refusal(ctx, a.user).await? {
+        return Err(Refusal(e));
+    }
+    Ok(a)
+}
+
+/// The product's user id as natter's user, whatever the state of their account (what
+/// an admin endpoint acts on).
+async fn target(ctx: &Ctx, id: &str) -> Result<Actor, Refusal> {
     check_id(id)?;
     let who = accounts::external_user(ctx, id)
         .await?
@@ -265,9 +292,11 @@ fn check_id(id: &str) -> Result<(), Refusal> {
 }
 
 async fn user_of(ctx: &Ctx, id: &str) -> Result<User, Refusal> {
-    let a = actor(ctx, id).await?;
+    let a = target(ctx, id).await?;
     let p = profiles::profile(ctx, a.user).await?.unwrap_or_default();
+    let deactivated = api::privacy::refusal(ctx, a.user).await?.is_some();
     Ok(User {
+        deactivated,
         id: id.to_string(),
         user_id: a.user.0,
         username: a.username,
@@ -367,11 +396,7 @@ async fn conversation(ctx: &Ctx, a: &Actor, conv: ConversationId) -> Result<Conv
     else {
         return Err(Refusal(ServerError::new(ErrorCode::Internal, "members")));
     };
-    let kind = match pb::ConversationKind::try_from(s.kind) {
-        Ok(pb::ConversationKind::Direct) => Kind::Direct,
-        Ok(pb::ConversationKind::Channel) => Kind::Channel,
-        _ => Kind::Group,
-    };
+    let kind = Kind::from_wire(s.kind());
     Ok(Conversation {
         conversation_id: s.conversation_id,
         kind,
@@ -528,10 +553,29 @@ async fn send_message(
         }
         None => format!("api-{}", hex::encode(rand::random::<[u8; 12]>())),
     };
-    let body = pb::MessageBody {
-        kind: pb::MessageKind::Text as i32,
+    validate::count(
+        "attachments",
+        b.attachments.len(),
+        natter_protocol::limits::MAX_ATTACHMENTS,
+    )
+    .map_err(|e| Refusal(e.into()))?;
+    let kind = if b.text.is_empty() && !b.attachments.is_empty() {
+        pb::MessageKind::File
+    } else {
+        pb::MessageKind::Text
+    };
+    let mut body = pb::MessageBody {
+        kind: kind as i32,
         text: b.text,
         reply_to_seq: b.reply_to_seq,
+        attachments: b
+            .attachments
+            .into_iter()
+            .map(|media_id| pb::Attachment {
+                media_id,
+                ..Default::default()
+            })
+            .collect(),
         ..Default::default()
     };
     validate::message_body(&body, ctx.max_text_chars).map_err(|e| Refusal(e.into()))?;
@@ -539,6 +583,7 @@ async fn send_message(
         return Err(bad("conversation id is required"));
     }
     ctx.rates.send(sender.user)?;
+    api::media::attach(ctx, &sender, ConversationId(id), &client_msg_id, &mut body).await?;
     let body = match &ctx.presend {
         Some(hook) => hook.check(id, (sender.user.0, &sender.username), body).await?,
         None => body,

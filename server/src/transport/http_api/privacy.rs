@@ -10,13 +10,14 @@ use axum::Json;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
-use super::{actor, authorize, Answer, Scope};
+use super::{authorize, target, Answer, Scope};
 use crate::api::privacy::{self, DeletedMessages};
 use crate::clock::now_ms;
 use crate::conn::Shared;
 
 /// `?messages=` of a deletion.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DeleteQuery {
     /// `erase` or `anonymise` (absent: the server's `deleted_user_messages`).
     pub messages: Option<String>,
@@ -49,7 +50,7 @@ pub(super) async fn delete_user(
 ) -> Answer<Deleted> {
     let shared = authorize(&w, &headers, Scope::Admin).await?;
     let ctx = &shared.ctx;
-    let a = actor(ctx, &id).await?;
+    let a = target(ctx, &id).await?;
     let mode = match q.messages.as_deref() {
         None => ctx.deleted_user_messages,
         Some("erase") => DeletedMessages::Erase,
@@ -77,7 +78,7 @@ pub(super) async fn export_user(
     Path(id): Path<String>,
 ) -> Result<Response, super::Refusal> {
     let shared = authorize(&w, &headers, Scope::Admin).await?;
-    let a = actor(&shared.ctx, &id).await?;
+    let a = target(&shared.ctx, &id).await?;
     let zip = privacy::export(&shared.ctx, a.user).await?;
     Ok(zip_response(zip, &a.username))
 }

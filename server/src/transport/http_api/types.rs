@@ -37,6 +37,8 @@ pub struct User {
     pub status: String,
     /// Driven by the product's backend.
     pub bot: bool,
+    /// Suspended: no login, and the API does not act for them, until reactivated.
+    pub deactivated: bool,
 }
 
 /// Make a user (or get the one that exists for this id).
@@ -87,6 +89,17 @@ pub enum Kind {
     Group,
     /// Public, by name.
     Channel,
+}
+
+impl Kind {
+    /// The wire's kind.
+    pub fn from_wire(k: pb::ConversationKind) -> Self {
+        match k {
+            pb::ConversationKind::Direct => Kind::Direct,
+            pb::ConversationKind::Channel => Kind::Channel,
+            _ => Kind::Group,
+        }
+    }
 }
 
 /// A member's role.
@@ -187,6 +200,10 @@ pub struct SendMessage {
     /// The seq of the message this one answers.
     #[serde(default)]
     pub reply_to_seq: u64,
+    /// Files to attach: media ids of finished uploads by the sender (tus on `/tus` with
+    /// this API key and `Natter-User: <sender>`; the id is in `Natter-Media-Id`).
+    #[serde(default)]
+    pub attachments: Vec<String>,
 }
 
 /// Change a message's text, as its sender.
