@@ -138,6 +138,8 @@ async fn a_deleted_users_messages_files_and_devices_are_gone_everywhere_and_thei
     ann.send(dm, "ann-dm-gamma").await.unwrap();
     ann.edit(group, alpha, "ann-secret-alpha-edited").await.unwrap();
     bob.react(group, alpha, "👍", false).await.unwrap();
+    // A report keeps no copy of the text (it is read from the log when listed).
+    bob.report(group, alpha, "please look").await.unwrap();
     let ann_file = ann
         .upload(
             group,

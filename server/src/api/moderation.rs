@@ -27,7 +27,10 @@ pub struct Report {
     pub reporter_username: String,
     /// Whose message it is.
     pub sender: UserId,
-    /// The message's text (plaintext conversations; "" for an encrypted one).
+    /// The message's text as first sent (plaintext conversations; "" for an encrypted,
+    /// deleted or erased one). Never stored with the report, nor sent in `message.reported`: read
+    /// from the log when listed, so erasing a message reaches it (PROTOCOL.md §5.16).
+    #[serde(skip_serializing, default)]
     pub text: String,
     /// Why, in the reporter's words.
     pub reason: String,
@@ -63,17 +66,13 @@ pub async fn report(ctx: &Ctx, actor: &Actor, r: pb::ReportMessage) -> Result<()
         .message(conv, Seq(r.seq))
         .await?
         .ok_or_else(|| ServerError::new(ErrorCode::NotFound, "no such message"))?;
-    let text = match &ev.body {
-        Some(pb::conversation_event::Body::Message(m)) => m.body.as_ref().map(|b| b.text.clone()).unwrap_or_default(),
-        _ => String::new(),
-    };
     let report = Report {
         conversation_id: conv.0,
         seq: r.seq,
         reporter: actor.user,
         reporter_username: actor.username.clone(),
         sender: UserId(ev.sender_user_id),
-        text,
+        text: String::new(),
         reason: r.reason,
         created_ms: now_ms(),
     };
@@ -88,9 +87,16 @@ pub async fn report(ctx: &Ctx, actor: &Actor, r: pb::ReportMessage) -> Result<()
 
 /// Reports, oldest conversation first, after `after` (a key from the previous page).
 pub async fn reports(ctx: &Ctx, after: &str, limit: usize) -> Result<Vec<(String, Report)>, ServerError> {
-    Ok(docs::list::<Report>(&*ctx.store, REPORTS, after, limit)
-        .await?
-        .into_iter()
-        .map(|(k, d)| (k, d.value))
-        .collect())
+    let mut out = Vec::new();
+    for (k, d) in docs::list::<Report>(&*ctx.store, REPORTS, after, limit).await? {
+        let mut r = d.value;
+        let conv = ConversationId(r.conversation_id);
+        if let Some((ev, state)) = ctx.store.message(conv, Seq(r.seq)).await? {
+            if let (Some(pb::conversation_event::Body::Message(m)), false) = (&ev.body, state.deleted) {
+                r.text = m.body.as_ref().map(|b| b.text.clone()).unwrap_or_default();
+            }
+        }
+        out.push((k, r));
+    }
+    Ok(out)
 }

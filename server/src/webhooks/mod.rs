@@ -42,6 +42,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "conversation.created",
     "conversation.deleted",
     "user.created",
+    "user.deleted",
     "message.reported",
 ];
 
@@ -89,12 +90,21 @@ pub struct Subscription {
 }
 
 /// A delivery that failed `max_attempts` times (the server API lists them as they are).
+/// One about a logged event keeps only where it is in the log (its body is made again
+/// from the log when listed or replayed), so no copy of a message's text is kept outside
+/// the log, whose erasure reaches it (PROTOCOL.md §5.16).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeadLetter {
     /// The event's id.
     pub event_id: String,
-    /// The body that was sent.
+    /// The body that was sent ("" for a logged event: made again from the log).
     pub body: String,
+    /// A logged event's conversation (0: a queued event, whose body is kept).
+    #[serde(default)]
+    pub conversation_id: u64,
+    /// A logged event's seq.
+    #[serde(default)]
+    pub seq: u64,
     /// How many times it was tried.
     pub attempts: u32,
     /// The last answer or error.
@@ -331,11 +341,32 @@ impl Webhooks {
     pub async fn dead_letters(&self, key_id: &str, id: &str) -> Result<Vec<DeadLetter>, ServerError> {
         self.owned(key_id, id).await?;
         let page = docs::list::<DeadLetter>(&*self.store, DEAD, &format!("{id}/"), 1000).await?;
-        Ok(page
-            .into_iter()
-            .take_while(|(k, _)| k.starts_with(&format!("{id}/")))
-            .map(|(_, d)| d.value)
-            .collect())
+        let mut out = Vec::new();
+        for (_, d) in page.into_iter().take_while(|(k, _)| k.starts_with(&format!("{id}/"))) {
+            let mut d = d.value;
+            if let Some(body) = self.body_of(&d).await? {
+                d.body = body;
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A dead letter's body: kept (a queued event), or made again from the log (`None`:
+    /// the event is no longer there to deliver, e.g. its sender's account was deleted).
+    async fn body_of(&self, d: &DeadLetter) -> Result<Option<String>, ServerError> {
+        if d.conversation_id == 0 {
+            return Ok(Some(d.body.clone()));
+        }
+        let conv = ConversationId(d.conversation_id);
+        let (events, _) = self
+            .store
+            .events(conv, Page::After(Seq(d.seq.saturating_sub(1))), 1)
+            .await?;
+        Ok(events
+            .first()
+            .filter(|e| e.seq == d.seq)
+            .and_then(|e| event_type(e).map(|kind| payload(e, kind).to_string())))
     }
 
     /// Deliver the dead letters again (once each, now); those delivered leave the list.
@@ -345,7 +376,12 @@ impl Webhooks {
         let page = docs::list::<DeadLetter>(&*self.store, DEAD, &format!("{id}/"), 1000).await?;
         let (mut ok, mut still) = (0, 0);
         for (k, d) in page.into_iter().take_while(|(k, _)| k.starts_with(&format!("{id}/"))) {
-            match self.post(&sub, &d.value.event_id, &d.value.body).await {
+            let Some(body) = self.body_of(&d.value).await? else {
+                // Nothing left to deliver.
+                self.store.delete_doc(DEAD, &k).await?;
+                continue;
+            };
+            match self.post(&sub, &d.value.event_id, &body).await {
                 Ok(()) => {
                     self.store.delete_doc(DEAD, &k).await?;
                     ok += 1;
@@ -433,6 +469,7 @@ impl Webhooks {
                         &event_id(conv, e.seq),
                         &body,
                         &format!("{:020}/{:020}", conv.0, e.seq),
+                        Some((conv, e.seq)),
                     )
                     .await?;
                     docs::set(&*self.store, CURSORS, &cursor_key, &e.seq).await?;
@@ -456,14 +493,21 @@ impl Webhooks {
             }
             for (k, d) in page {
                 let id = k.rsplit('-').next().unwrap_or_default().to_string();
-                self.deliver(sub, &id, &d.value, &format!("q/{k}")).await?;
+                self.deliver(sub, &id, &d.value, &format!("q/{k}"), None).await?;
                 self.store.delete_doc(QUEUE, &k).await?;
             }
         }
     }
 
     /// One event to one subscription: retried with backoff, then a dead letter.
-    async fn deliver(&self, sub: &Subscription, id: &str, body: &str, dead_key: &str) -> Result<(), ServerError> {
+    async fn deliver(
+        &self,
+        sub: &Subscription,
+        id: &str,
+        body: &str,
+        dead_key: &str,
+        logged: Option<(ConversationId, u64)>,
+    ) -> Result<(), ServerError> {
         let mut delay = self.settings.backoff_base_ms.max(1);
         let mut last = String::new();
         for attempt in 1..=self.settings.max_attempts.max(1) {
@@ -477,9 +521,12 @@ impl Webhooks {
             }
         }
         tracing::warn!(sub = %sub.id, event = id, error = %last, "webhook: event moved to the dead letters");
+        let (conv, seq) = logged.unwrap_or((ConversationId(0), 0));
         let dead = DeadLetter {
             event_id: id.to_string(),
-            body: body.to_string(),
+            body: if conv.0 == 0 { body.to_string() } else { String::new() },
+            conversation_id: conv.0,
+            seq,
             attempts: self.settings.max_attempts,
             last_error: last,
             failed_ms: crate::clock::now_ms(),

@@ -347,7 +347,7 @@ pub struct CreateWebhook {
     pub url: String,
     /// Any of `message.created`, `message.edited`, `message.deleted`, `reaction`,
     /// `member.joined`, `member.left`, `conversation.created`, `conversation.deleted`,
-    /// `user.created`.
+    /// `user.created`, `user.deleted`, `message.reported`.
     pub events: Vec<String>,
 }
 
