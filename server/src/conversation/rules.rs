@@ -471,8 +471,14 @@ pub(crate) fn apply(
             })
         }
         Mutation::Rename(name) => {
+            if kind == Kind::Channel {
+                return Err(ServerError::new(
+                    ErrorCode::BadRequest,
+                    "a channel keeps its name: it is how people find and join it",
+                ));
+            }
             if kind == Kind::Direct || !is_admin {
-                return Err(forbidden("only owners and admins rename groups and channels"));
+                return Err(forbidden("only owners and admins rename groups"));
             }
             let mut meta = conv.meta.clone();
             meta.name = name.clone();

@@ -376,6 +376,23 @@ fn admins_rename_members_do_not() {
 }
 
 #[test]
+fn a_channel_keeps_its_name() {
+    let mut c = conv(Kind::Channel, &[2]);
+    let (name, last) = (c.meta.name.clone(), c.last_seq);
+    assert_eq!(
+        code(apply(
+            &mut c,
+            &actor(1),
+            Mutation::Rename("../../etc".into()),
+            NOW,
+            LIMITS
+        )),
+        ErrorCode::BadRequest
+    );
+    assert_eq!((c.meta.name.clone(), c.last_seq), (name, last));
+}
+
+#[test]
 fn only_the_owner_deletes_a_conversation() {
     let mut c = conv(Kind::Group, &[2]);
     assert_eq!(
