@@ -13,25 +13,12 @@ use common::api::*;
 use common::*;
 use natter_protocol::pb;
 use natter_sdk::{Client, ClientEvent, ConversationId, Events, Seq};
-use natter_server::security::jwt::IssuerConfig;
-use natter_server::security::Secret;
 use natter_server::store::{Page, Store};
 use serde_json::{json, Value};
 
 async fn setup(dir: &Path) -> (natter_server::RunningServer, Api, String) {
     let admin = make_key(&dir.join("data"), "operator", "admin");
-    let mut cfg = config(&dir.join("data"));
-    cfg.token_issuers = vec![IssuerConfig {
-        issuer: "https://product.test".into(),
-        audience: vec!["natter".into()],
-        hs256_secret: Some(Secret(SECRET.into())),
-        ..Default::default()
-    }];
-    let s = natter_server::start(&cfg).await.unwrap();
-    let api = Api {
-        base: format!("http://{}", s.web_addr.unwrap()),
-        http: reqwest::Client::new(),
-    };
+    let (s, api) = api_server(&dir.join("data")).await;
     for (id, name) in [("u-ann", "ann"), ("u-bob", "bob")] {
         let (st, u) = api
             .post(

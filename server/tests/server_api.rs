@@ -11,8 +11,6 @@ use std::path::Path;
 use common::api::*;
 use common::*;
 use natter_sdk::{Client, ClientEvent, ConversationId};
-use natter_server::security::jwt::IssuerConfig;
-use natter_server::security::Secret;
 use serde_json::{json, Value};
 
 async fn setup() -> (tempfile::TempDir, natter_server::RunningServer, Api, String, String) {
@@ -21,18 +19,7 @@ async fn setup() -> (tempfile::TempDir, natter_server::RunningServer, Api, Strin
     let read = make_key(&dir.path().join("data"), "reports", "read");
     let admin = make_key(&dir.path().join("data"), "operator", "admin");
     std::fs::write(dir.path().join("admin.key"), admin).unwrap();
-    let mut cfg = config(&dir.path().join("data"));
-    cfg.token_issuers = vec![IssuerConfig {
-        issuer: "https://product.test".into(),
-        audience: vec!["natter".into()],
-        hs256_secret: Some(Secret(SECRET.into())),
-        ..Default::default()
-    }];
-    let s = natter_server::start(&cfg).await.unwrap();
-    let api = Api {
-        base: format!("http://{}", s.web_addr.unwrap()),
-        http: reqwest::Client::new(),
-    };
+    let (s, api) = api_server(&dir.path().join("data")).await;
     (dir, s, api, write, read)
 }
 

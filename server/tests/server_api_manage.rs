@@ -8,26 +8,13 @@ use base64::Engine;
 use common::api::*;
 use common::*;
 use natter_sdk::Client;
-use natter_server::security::jwt::IssuerConfig;
-use natter_server::security::Secret;
 use serde_json::{json, Value};
 
 async fn setup(dir: &std::path::Path) -> (natter_server::RunningServer, Api, String, String, String) {
     let write = make_key(&dir.join("data"), "backend", "write");
     let read = make_key(&dir.join("data"), "reader", "read");
     let admin = make_key(&dir.join("data"), "operator", "admin");
-    let mut cfg = config(&dir.join("data"));
-    cfg.token_issuers = vec![IssuerConfig {
-        issuer: "https://product.test".into(),
-        audience: vec!["natter".into()],
-        hs256_secret: Some(Secret(SECRET.into())),
-        ..Default::default()
-    }];
-    let s = natter_server::start(&cfg).await.unwrap();
-    let api = Api {
-        base: format!("http://{}", s.web_addr.unwrap()),
-        http: reqwest::Client::new(),
-    };
+    let (s, api) = api_server(&dir.join("data")).await;
     (s, api, write, read, admin)
 }
 

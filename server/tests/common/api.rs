@@ -2,6 +2,9 @@
 //! tokens signed with the test issuer's secret, and JSON calls over real HTTP.
 use std::path::Path;
 
+use natter_server::security::jwt::IssuerConfig;
+use natter_server::security::Secret;
+
 use serde_json::{json, Value};
 
 /// The HS256 secret of the test product's token issuer.
@@ -78,4 +81,21 @@ impl Api {
     pub async fn get(&self, path: &str, key: &str) -> (u16, Value) {
         self.call("GET", path, Some(key), None, &[]).await
     }
+}
+
+/// A server on `data` that trusts the test product's tokens, and its API client.
+pub async fn api_server(data: &Path) -> (natter_server::RunningServer, Api) {
+    let mut cfg = super::config(data);
+    cfg.token_issuers = vec![IssuerConfig {
+        issuer: "https://product.test".into(),
+        audience: vec!["natter".into()],
+        hs256_secret: Some(Secret(SECRET.into())),
+        ..Default::default()
+    }];
+    let s = natter_server::start(&cfg).await.unwrap();
+    let api = Api {
+        base: format!("http://{}", s.web_addr.unwrap()),
+        http: reqwest::Client::new(),
+    };
+    (s, api)
 }
