@@ -96,6 +96,8 @@ struct Driver {
     conn: Option<quinn::Connection>,
     /// Callers waiting on an upload's progress reports, by upload id.
     upload_watchers: std::collections::HashMap<String, Vec<mpsc::UnboundedSender<UploadWatch>>>,
+    /// The token provider's calls in flight.
+    token_fetches: Vec<tokio::task::JoinHandle<()>>,
 }
 
 pub(crate) fn spawn(
@@ -144,6 +146,7 @@ pub(crate) fn spawn(
         reconnect,
         conn: None,
         upload_watchers: Default::default(),
+        token_fetches: Vec::new(),
     };
     tokio::spawn(driver.run());
     Ok(())
@@ -176,6 +179,7 @@ impl Driver {
                 if self.owns_endpoint {
                     self.endpoint.close(0u32.into(), b"bye");
                 }
+                self.let_go_of_the_app().await;
                 if let Some(done) = done {
                     let _ = done.send(());
                 }
@@ -190,7 +194,11 @@ impl Driver {
                     _ = tokio::time::sleep_until(until) => break,
                     cmd = self.cmds.recv() => match cmd {
                         None => return,
-                        Some(Command::Shutdown(done)) => { let _ = done.send(()); return; }
+                        Some(Command::Shutdown(done)) => {
+                            self.let_go_of_the_app().await;
+                            let _ = done.send(());
+                            return;
+                        }
                         Some(Command::Reconnect) => break,
                         Some(cmd) => { self.command(cmd); self.dispatch(); }
                     }
@@ -439,15 +447,26 @@ impl Driver {
 impl Driver {
     /// Ask the app's token provider for a fresh product token; its answer comes back as a
     /// command (PROTOCOL.md §5.13).
-    fn ask_for_token(&self) {
+    fn ask_for_token(&mut self) {
         let (Some(provider), Some(cmds)) = (self.config.token_provider.clone(), self.cmds_in.upgrade()) else {
             return;
         };
-        tokio::spawn(async move {
+        self.token_fetches.retain(|h| !h.is_finished());
+        self.token_fetches.push(tokio::spawn(async move {
             if let Some(token) = provider.fetch().await {
                 let _ = cmds.send(Command::ProductToken(token));
             }
-        });
+        }));
+    }
+
+    /// Before the app hears the client is shut down: the token provider's call in flight
+    /// ends (bounded), and the provider goes. A foreign one (Kotlin/Swift/Python) is then
+    /// never called nor freed from this client's threads after `shutdown` returned — a
+    /// Python interpreter exiting then aborts a thread that calls into it.
+    async fn let_go_of_the_app(&mut self) {
+        let fetches = futures::future::join_all(std::mem::take(&mut self.token_fetches));
+        let _ = tokio::time::timeout(Duration::from_secs(5), fetches).await;
+        self.config.token_provider = None;
     }
 }
 
