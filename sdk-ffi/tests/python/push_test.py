@@ -65,12 +65,12 @@ if len(sys.argv) == 6 and sys.argv[1] == "open":
 if len(sys.argv) == 4 and sys.argv[1] == "extension":
     # The notification extension: the interpreter with natter's bindings loaded is the
     # baseline (Python's module objects for the generated bindings cost ~17 MB in CPython
-    # before natter runs a line, and the library's code pages: reported, not counted); then
-    # one notification is opened.
+    # before natter runs a line: reported, not counted); then one notification is opened.
+    # The acceptance measure (issue 17): everything the call touches counts, the library's
+    # code pages included.
     bare = hwm_kib()
     sys.path.insert(0, os.environ["NATTER_BINDINGS"])
     import natter_ffi as n
-    fault_in_library_code()
     baseline = hwm_kib()
 
     keys = open(sys.argv[2], "rb").read()
