@@ -18,8 +18,8 @@ use natter_sdk::{
 use natter_protocol::client::model::list;
 
 use crate::error::NatterError;
-use crate::runtime;
 use crate::types::*;
+use crate::{foreign, runtime};
 
 /// Receives a client's events. Implement it in Kotlin, Swift or Python.
 #[uniffi::export(with_foreign)]
@@ -50,9 +50,11 @@ pub trait UploadListener: Send + Sync {
 #[derive(Default)]
 struct Listeners {
     list: Mutex<Vec<(u64, Arc<dyn NatterListener>)>>,
-    /// Held while a listener runs; `cancel` waits on it (except on the event thread itself,
-    /// where a listener may cancel from inside `on_event`).
-    dispatch: Mutex<()>,
+    /// True while a listener runs; `cancel` waits for it to turn false (except on the event
+    /// thread itself, where a listener may cancel from inside `on_event`, and once the
+    /// app's runtime has ended a thread inside a call: that listener never comes back).
+    running: Mutex<bool>,
+    finished: std::sync::Condvar,
     thread: std::sync::OnceLock<std::thread::ThreadId>,
 }
 
@@ -68,8 +70,16 @@ impl Listeners {
 
     fn remove(&self, id: u64) {
         lock(&self.list).retain(|(i, _)| *i != id);
-        if self.thread.get() != Some(&std::thread::current().id()) {
-            drop(lock(&self.dispatch));
+        if self.thread.get() == Some(&std::thread::current().id()) {
+            return;
+        }
+        let mut running = lock(&self.running);
+        while *running && !foreign::ended() {
+            running = self
+                .finished
+                .wait_timeout(running, std::time::Duration::from_millis(50))
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
         }
     }
 
@@ -77,11 +87,14 @@ impl Listeners {
     fn deliver(&self, event: &NatterEvent) {
         let ids: Vec<u64> = lock(&self.list).iter().map(|(id, _)| *id).collect();
         for id in ids {
-            let _running = lock(&self.dispatch);
+            // Marked running before the check, so a `remove` after the check waits for it.
+            *lock(&self.running) = true;
             let listener = lock(&self.list).iter().find(|(i, _)| *i == id).map(|(_, l)| l.clone());
             if let Some(listener) = listener {
-                listener.on_event(event.clone());
+                foreign::call(|| listener.on_event(event.clone()));
             }
+            *lock(&self.running) = false;
+            self.finished.notify_all();
         }
     }
 }
@@ -154,7 +167,7 @@ where
     T: Send + 'static,
     R: From<T>,
 {
-    match runtime().spawn(fut).await {
+    match foreign::Resumed(runtime().spawn(fut)).await {
         Ok(result) => Ok(result?.into()),
         Err(_) => Err(NatterError::Closed),
     }
@@ -164,7 +177,7 @@ where
 fn progress_of(listener: Option<Arc<dyn UploadListener>>) -> impl Fn(u64, u64) + Send {
     move |stored, size| {
         if let Some(l) = &listener {
-            l.on_progress(stored, size);
+            foreign::call(|| l.on_progress(stored, size));
         }
     }
 }
@@ -254,7 +267,7 @@ impl NatterClient {
         config.token_provider = Some(natter_sdk::TokenProvider::new(move || {
             let source = source.clone();
             async move {
-                tokio::task::spawn_blocking(move || source.fresh_token())
+                tokio::task::spawn_blocking(move || foreign::call(|| source.fresh_token()))
                     .await
                     .ok()
                     .flatten()
@@ -920,6 +933,6 @@ impl NatterClient {
     /// Close the connection and stop; events end.
     pub async fn shutdown(&self) {
         let c = self.inner.clone();
-        let _ = runtime().spawn(async move { c.shutdown().await }).await;
+        let _ = foreign::Resumed(runtime().spawn(async move { c.shutdown().await })).await;
     }
 }

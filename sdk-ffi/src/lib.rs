@@ -13,6 +13,8 @@
 //! - [`timeline`]: the timeline fold as an object.
 //! - [`push`]: push registrations, and opening a notification without a client.
 //! - [`error`]: `NatterError`, the SDK's errors flattened to one enum at this edge.
+//! - `foreign`: every call from the library's threads into the app's language, safe when
+//!   the app's runtime ends (CPython's exit).
 //!
 //! Async methods run on one tokio runtime owned by this library ([`runtime`]); foreign
 //! languages await them as Kotlin `suspend` functions, Swift `async` functions and Python
@@ -20,6 +22,7 @@
 
 pub mod client;
 pub mod error;
+mod foreign;
 pub mod push;
 pub mod timeline;
 pub mod types;

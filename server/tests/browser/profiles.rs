@@ -57,6 +57,7 @@ async fn an_avatar_changed_from_python_shows_on_another_users_page_without_a_rel
         "the Python bindings are missing: bash sdk-ffi/bindgen.sh (scripts/test.sh runs it)"
     );
     let out = Command::new("python3")
+        .args(["-X", "faulthandler"])
         .arg(repo().join("server/tests/browser/profile_member.py"))
         .env("NATTER_BINDINGS", &bindings)
         .env("NATTER_ADDR", s.addr.to_string())
@@ -65,13 +66,18 @@ async fn an_avatar_changed_from_python_shows_on_another_users_page_without_a_rel
         .env("NATTER_PASSWORD", PASSWORD)
         .env("NATTER_AVATAR", &avatar_file)
         .env("NATTER_NAME", "Alice Python")
-        .stderr(Stdio::inherit())
         .output();
     let out = tokio::time::timeout(Duration::from_secs(60), out)
         .await
         .expect("the Python program ends within a minute")
         .unwrap();
-    assert!(out.status.success(), "the Python program failed (its error is above)");
+    assert!(
+        out.status.success(),
+        "the Python program failed ({}): {}\nits output: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
     let set: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(set["userId"].as_u64(), Some(alice_id));
     let media = set["avatar"]
