@@ -293,11 +293,29 @@ async fn a_backend_finds_users_manages_conversations_reads_state_searches_and_mo
         )
         .await;
     assert_eq!((st, e["error"]["code"].as_str()), (403, Some("FORBIDDEN")));
+    // Files too: no read and no tus upload as him under the key.
+    assert_eq!(get("u-bob", read.clone(), None).await.0, 403);
+    let r = api
+        .http
+        .post(format!("{}/tus", api.base))
+        .header("authorization", format!("Bearer {key}"))
+        .header("natter-user", "u-bob")
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", "10")
+        .header(
+            "upload-metadata",
+            format!("conversation {},filename {}", b64(&conv.to_string()), b64("x.bin")),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "{:?}", r.text().await);
     let (st, _) = api.post("/api/v1/users/u-bob/reactivate", &admin, json!({})).await;
     assert_eq!(st, 204);
     let (st, _) = api.post("/api/v1/users/u-bob/reactivate", &admin, json!({})).await;
     assert_eq!(st, 409);
     bob.login_with_token(&product_token("u-bob"), "phone").await.unwrap();
+    assert_eq!(get("u-bob", read.clone(), None).await.1, bytes, "his files again");
 
     // The owner deletes the group; an admin may not.
     let del = |user: &str, k: &str| {

@@ -11,6 +11,7 @@ use sha2::Digest;
 
 use super::profiles::{self, clean_display_name, Profile};
 use super::Ctx;
+use crate::conversation::Actor;
 use crate::security::jwt::Claims;
 use crate::store::docs;
 
@@ -69,6 +70,32 @@ pub async fn external_user(ctx: &Ctx, subject: &str) -> Result<Option<Identity>,
     Ok(docs::get::<Identity>(&*ctx.store, IDENTITY, subject)
         .await?
         .map(|d| d.value))
+}
+
+/// The product's user `id` (a token subject; the server API's user ids and `Natter-User`)
+/// as the actor a product's backend acts as: their user on device 0, whatever the state of
+/// the account. `BAD_REQUEST` for a malformed id, `NOT_FOUND` for an unknown one.
+pub async fn product_actor(ctx: &Ctx, id: &str) -> Result<Actor, ServerError> {
+    check_product_id(id)?;
+    let who = external_user(ctx, id)
+        .await?
+        .ok_or_else(|| ServerError::new(ErrorCode::NotFound, format!("no user {id:?}")))?;
+    Ok(Actor {
+        user: who.user,
+        username: who.username,
+        device: DeviceId(0),
+    })
+}
+
+/// A product's user id is 1-255 bytes without control characters (`BAD_REQUEST`).
+pub fn check_product_id(id: &str) -> Result<(), ServerError> {
+    if id.is_empty() || id.len() > crate::security::jwt::MAX_SUBJECT_BYTES || id.chars().any(char::is_control) {
+        return Err(ServerError::new(
+            ErrorCode::BadRequest,
+            "a user id is 1-255 bytes without control characters",
+        ));
+    }
+    Ok(())
 }
 
 /// The subject's user, made now if it has none (`true`: made by this call).

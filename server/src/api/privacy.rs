@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{accounts, moderation, profiles, Ctx};
 use crate::conversation::{Actor, Mutation};
-use crate::store::{docs, Page};
+use crate::store::{docs, DeviceRecord, Page};
 
 /// What deleting an account does to the messages it sent (`deleted_user_messages`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,7 +119,7 @@ pub async fn delete_user(
     }
 
     let done = Erasure {
-        devices: log_out_all(ctx, user, &username, asking).await? as u32,
+        devices: log_out_all(ctx, user, &username, &devices, asking).await? as u32,
         ..Erasure::default()
     };
     if let Some(mut rec) = ctx.store.push_record(user).await? {
@@ -131,11 +131,18 @@ pub async fn delete_user(
     finish(ctx, user, anonymised, done).await
 }
 
-/// Revoke and disconnect every device of the user (but `asking`'s connection, which
-/// closes itself after its answer), with their keys and product bindings; how many.
-async fn log_out_all(ctx: &Ctx, user: UserId, username: &str, asking: Option<DeviceId>) -> Result<usize, ServerError> {
+/// Revoke and disconnect every device of the user, `devices` as the store lists them (but
+/// `asking`'s connection, which closes itself after its answer), with their keys and
+/// product bindings; how many.
+async fn log_out_all(
+    ctx: &Ctx,
+    user: UserId,
+    username: &str,
+    devices: &[DeviceRecord],
+    asking: Option<DeviceId>,
+) -> Result<usize, ServerError> {
     let mut revoked = Vec::new();
-    for d in ctx.store.list_devices(user).await?.iter().filter(|d| !d.revoked) {
+    for d in devices.iter().filter(|d| !d.revoked) {
         if ctx.store.revoke_device(user, d.id).await? {
             revoked.push(d.id);
         }
@@ -163,7 +170,8 @@ const DEACTIVATED: &str = "deactivated";
 /// is reactivated; its messages, conversations and files stay. How many devices went.
 pub async fn deactivate(ctx: &Ctx, user: UserId, username: &str, now_ms: u64) -> Result<usize, ServerError> {
     docs::set(&*ctx.store, DEACTIVATED, &user.0.to_string(), &now_ms).await?;
-    log_out_all(ctx, user, username, None).await
+    let devices = ctx.store.list_devices(user).await?;
+    log_out_all(ctx, user, username, &devices, None).await
 }
 
 /// Let a deactivated account log in again. False if it was not deactivated.
@@ -187,6 +195,17 @@ pub async fn refusal(ctx: &Ctx, user: UserId) -> Result<Option<ServerError>, Ser
         )));
     }
     Ok(None)
+}
+
+/// The product's user `id` as the actor its backend acts as ([`accounts::product_actor`]),
+/// refused as [`refusal`] says when the account is deleted or deactivated: what every
+/// server API call made *as* a user goes through (the JSON API and tus/media alike).
+pub async fn acting_for(ctx: &Ctx, id: &str) -> Result<Actor, ServerError> {
+    let actor = accounts::product_actor(ctx, id).await?;
+    match refusal(ctx, actor.user).await? {
+        Some(refused) => Err(refused),
+        None => Ok(actor),
+    }
 }
 
 /// Conversations, files, reports, profile, and the store's last copies.

@@ -118,14 +118,7 @@ async fn bearer(shared: &Shared, headers: &HeaderMap, scope: Scope) -> Result<Ac
         .get(USER_HEADER)
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| ServerError::new(ErrorCode::BadRequest, "with an API key, Natter-User names the user"))?;
-    let who = api::accounts::external_user(&shared.ctx, id)
-        .await?
-        .ok_or_else(|| ServerError::new(ErrorCode::NotFound, format!("no user {id:?}")))?;
-    Ok(Actor {
-        user: who.user,
-        username: who.username,
-        device: natter_protocol::DeviceId(0),
-    })
+    api::privacy::acting_for(&shared.ctx, id).await
 }
 
 /// The header that names the product's user an API key acts for.

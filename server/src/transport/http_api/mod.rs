@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use natter_protocol::pb::{self, request::Op, response::Result as Res, ErrorCode};
-use natter_protocol::{validate, ConversationId, DeviceId, ServerError};
+use natter_protocol::{validate, ConversationId, ServerError};
 use utoipa::OpenApi;
 
 use crate::api::access::{self, Scope};
@@ -263,32 +263,13 @@ async fn authorize_key(
 /// The product's user id as natter's actor. API requests act as the user's server-API
 /// device (0): no connection, no session. A deleted or deactivated account is refused.
 async fn actor(ctx: &Ctx, id: &str) -> Result<Actor, Refusal> {
-    let a = target(ctx, id).await?;
-    if let Some(e) = api::privacy::refusal(ctx, a.user).await? {
-        return Err(Refusal(e));
-    }
-    Ok(a)
+    Ok(api::privacy::acting_for(ctx, id).await?)
 }
 
 /// The product's user id as natter's user, whatever the state of their account (what
 /// an admin endpoint acts on).
 async fn target(ctx: &Ctx, id: &str) -> Result<Actor, Refusal> {
-    check_id(id)?;
-    let who = accounts::external_user(ctx, id)
-        .await?
-        .ok_or_else(|| Refusal(ServerError::new(ErrorCode::NotFound, format!("no user {id:?}"))))?;
-    Ok(Actor {
-        user: who.user,
-        username: who.username,
-        device: DeviceId(0),
-    })
-}
-
-fn check_id(id: &str) -> Result<(), Refusal> {
-    if id.is_empty() || id.len() > crate::security::jwt::MAX_SUBJECT_BYTES || id.chars().any(char::is_control) {
-        return Err(bad("a user id is 1-255 bytes without control characters"));
-    }
-    Ok(())
+    Ok(accounts::product_actor(ctx, id).await?)
 }
 
 async fn user_of(ctx: &Ctx, id: &str) -> Result<User, Refusal> {
@@ -318,7 +299,7 @@ async fn create_user(
 ) -> Result<Response, Refusal> {
     let shared = authorize(&w, &headers, Scope::Write).await?;
     let b = body(b)?;
-    check_id(&b.id)?;
+    accounts::check_product_id(&b.id)?;
     if let Some(u) = &b.username {
         validate::username(u).map_err(|e| bad(e.to_string()))?;
     }
