@@ -820,11 +820,15 @@ async fn rules_decide_which_group_messages_notify() {
     );
 }
 
-/// "Mentions only" in an encrypted direct conversation: the sender's SDK lists the
-/// mention outside the ciphertext; the notification says so and carries no preview.
+/// Mentions-only, mute-until and do-not-disturb hours in an encrypted direct conversation,
+/// each with messages that must and must not notify. The sender's SDK lists mentions
+/// outside the ciphertext; notifications say so and carry no preview. A message that must
+/// not notify is followed by a pause longer than a burst (`QUIET`) before the next send, so
+/// a wrong notification would go out on its own and be counted, not merged into the next.
 #[tokio::test]
-async fn mentions_only_works_in_an_encrypted_direct_conversation() {
+async fn rules_decide_which_encrypted_direct_messages_notify() {
     use common::e2ee::phone;
+    const QUIET: Duration = Duration::from_millis(900);
     let provider = Provider::start().await;
     let dir = tempfile::tempdir().unwrap();
     let s = push_server(dir.path()).await;
@@ -835,10 +839,17 @@ async fn mentions_only_works_in_an_encrypted_direct_conversation() {
         .register_push(provider.subscribe("alice").await)
         .await
         .unwrap();
+    let dm = natter_sdk::ConversationId(bob.client.encrypted_direct("alice").await.unwrap().conversation_id);
+    // Mentions only, and this conversation muted for the next few seconds.
+    let muted_until = now_ms() + 2_500;
     let mut rules = alice.client.notify_settings().await.unwrap();
     rules.level = pb::NotifyLevel::Mentions as i32;
+    rules.conversations = vec![pb::ConversationNotify {
+        conversation_id: dm.0,
+        level: 0,
+        mute_until_ms: muted_until,
+    }];
     alice.client.set_notify_settings(rules).await.unwrap();
-    let dm = natter_sdk::ConversationId(bob.client.encrypted_direct("alice").await.unwrap().conversation_id);
     let before = s.attached_sessions();
     alice.client.shutdown().await;
     let until = tokio::time::Instant::now() + DEADLINE;
@@ -846,8 +857,23 @@ async fn mentions_only_works_in_an_encrypted_direct_conversation() {
         assert!(tokio::time::Instant::now() < until, "alice stays attached");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    bob.client.send(dm, "no mention here").await.unwrap();
-    let mentioned = bob.client.send(dm, "@alice are you there?").await.unwrap().seq.0;
+    let sent = |text: &'static str| {
+        let c = bob.client.clone();
+        async move { c.send(dm, text).await.unwrap().seq.0 }
+    };
+
+    // 1. Muted: not even a mention.
+    sent("@alice while muted").await;
+    tokio::time::sleep(QUIET).await;
+    assert!(now_ms() < muted_until, "the mute outlasted the muted message's burst");
+    while now_ms() <= muted_until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // 2. The mute is over; mentions only: a message without one does not notify, a
+    //    mention does.
+    sent("no mention here").await;
+    tokio::time::sleep(QUIET).await;
+    let mentioned = sent("@alice are you there?").await;
     let got = provider.until("alice", 1).await;
     let p = payload(&got[0]);
     assert_eq!((p.seq, p.mention, p.fetch), (mentioned, true, true));
@@ -865,10 +891,38 @@ async fn mentions_only_works_in_an_encrypted_direct_conversation() {
         _ => None,
     });
     assert_eq!(alice_id.map(|v| v.len()), Some(1));
+
+    // 3. Do-not-disturb hours around now in her time zone (set from her laptop, whose
+    //    session does not stand for the phone): not even a mention. Then the same hours
+    //    an hour later: the mention notifies.
+    let laptop = phone(&s, dir.path(), "alice", 2, false).await;
+    let minute = |offset: u32| ((now_ms() / 60_000 + offset as u64) % 1440) as u32;
+    let hours = |start: u32, end: u32| pb::NotifySettings {
+        time_zone: "UTC".into(),
+        dnd_start_minute: start,
+        dnd_end_minute: end,
+        ..Default::default()
+    };
+    laptop
+        .client
+        .set_notify_settings(hours(minute(1439), minute(3)))
+        .await
+        .unwrap();
+    sent("@alice at night").await;
+    tokio::time::sleep(QUIET).await;
+    laptop
+        .client
+        .set_notify_settings(hours(minute(60), minute(120)))
+        .await
+        .unwrap();
+    let morning = sent("@alice in the morning").await;
+    let got = provider.until("alice", 2).await;
+    assert_eq!(payload(&got[1]).seq, morning);
+    tokio::time::sleep(QUIET).await;
     assert_eq!(
-        provider.received("alice").await.len(),
-        1,
-        "the message without a mention did not notify"
+        notified(&provider, "alice").await,
+        vec![mentioned, morning],
+        "the muted mention, the message without one and the one at night did not notify"
     );
 }
 
