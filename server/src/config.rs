@@ -101,6 +101,16 @@ pub struct Config {
     pub advertise: Option<String>,
     /// Seconds a draining node (SIGTERM) waits for its clients to move before closing.
     pub drain_secs: u64,
+    /// Log lines: "text" for people, "json" (one object per line) for log pipelines.
+    pub log_format: LogFormat,
+    /// TCP address of the ops listener: `/livez`, `/readyz`, `/metrics` (docs/OPERATIONS.md).
+    /// Keep it off the public network; unset disables it.
+    pub ops_listen: Option<SocketAddr>,
+    /// Seconds between SIGTERM turning `/readyz` to 503 and the drain (clients told to
+    /// move), so load balancers stop sending new connections first.
+    pub ready_grace_secs: u64,
+    /// `/readyz` fails once the TLS certificate expires within this many days.
+    pub cert_min_valid_days: u64,
     /// Free disk space (bytes) the embedded store keeps in reserve: below it writes are
     /// refused with `STORAGE_UNAVAILABLE` and reads go on (PROTOCOL.md §6). Unset: 5 % of
     /// the file system, 1–256 MiB. 0 turns the reserve off (then a full disk reaches sled,
@@ -257,6 +267,10 @@ impl Default for Config {
             node_id: String::new(),
             advertise: None,
             drain_secs: 10,
+            log_format: LogFormat::Text,
+            ops_listen: Some("127.0.0.1:9100".parse().expect("valid address")),
+            ready_grace_secs: 5,
+            cert_min_valid_days: 7,
             disk_reserve_bytes: None,
             max_upload_bytes: limits::MAX_UPLOAD_BYTES,
             upload_chunk_bytes: limits::UPLOAD_CHUNK_BYTES,
@@ -291,17 +305,40 @@ impl Default for Config {
 }
 
 impl Config {
-    /// A server for tests and embedding: QUIC on an ephemeral loopback port, no web or
-    /// WebTransport endpoint, two shards, warnings only, data in `data_dir`.
+    /// A server for tests and embedding: QUIC and the ops listener on ephemeral loopback
+    /// ports, no web or WebTransport endpoint, two shards, warnings only, data in `data_dir`.
     pub fn loopback(data_dir: &Path) -> Self {
         Config {
             listen: "127.0.0.1:0".parse().expect("valid address"),
             web_listen: None,
             webtransport_listen: None,
+            ops_listen: Some("127.0.0.1:0".parse().expect("valid address")),
             data_dir: data_dir.to_path_buf(),
             shards: 2,
             log: "warn".into(),
             ..Default::default()
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line (timestamp, level, target, message, fields).
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("log format {other:?}: expected text or json")),
         }
     }
 }
@@ -437,5 +474,42 @@ mod tests {
         assert_eq!(c.shards, 3);
         assert_eq!(c.max_text_chars, limits::MAX_TEXT_CHARS);
         assert!(toml::from_str::<Config>("lisen = \"x\"").is_err());
+    }
+
+    /// The names of a struct's `pub` fields, read from its source.
+    fn fields(source: &str, name: &str) -> Vec<String> {
+        let start = source
+            .find(&format!("pub struct {name} {{"))
+            .unwrap_or_else(|| panic!("struct {name}"));
+        let body = &source[start..];
+        let body = &body[..body.find("\n}").unwrap()];
+        body.lines()
+            .filter_map(|l| l.trim().strip_prefix("pub "))
+            .filter_map(|l| l.split_once(':').map(|(n, _)| n.trim().to_string()))
+            .filter(|n| !n.starts_with("struct"))
+            .collect()
+    }
+
+    /// docs/CONFIG.md is the one reference of every key: a key added here and not there
+    /// fails this test.
+    #[test]
+    fn every_key_is_in_the_configuration_reference() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let reference = std::fs::read_to_string(root.join("../docs/CONFIG.md")).unwrap();
+        let config = std::fs::read_to_string(root.join("src/config.rs")).unwrap();
+        let rates = std::fs::read_to_string(root.join("src/security/ratelimit.rs")).unwrap();
+        let mut missing = Vec::new();
+        for key in fields(&config, "Config")
+            .into_iter()
+            .chain(fields(&rates, "RateConfig"))
+        {
+            if !reference.contains(&format!("`{key}`")) {
+                missing.push(key);
+            }
+        }
+        assert!(missing.is_empty(), "not in docs/CONFIG.md: {missing:?}");
+        // And the defaults it prints are what the server runs with.
+        let defaults = toml::to_string(&Config::default()).unwrap();
+        assert!(defaults.contains("ops_listen = \"127.0.0.1:9100\""), "{defaults}");
     }
 }

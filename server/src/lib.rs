@@ -9,7 +9,8 @@
 //! streams) → [`api`] (one function per request) → [`cluster`] (several nodes on Redis) →
 //! [`conversation`] (shards: order, permissions, group commit) → [`session`] (hub, presence)
 //! → [`store`] (durable state behind the `Store` trait). [`security`] (accounts and tokens,
-//! rate limits, TLS), [`clock`] and [`error`] sit beside the layers and import none of them.
+//! rate limits, TLS), [`ops`] (metrics and readiness), [`clock`] and [`error`] sit beside the
+//! layers and import none of them.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -23,6 +24,7 @@ pub mod conversation;
 pub mod error;
 pub mod keys;
 pub mod media;
+pub mod ops;
 pub mod push;
 pub mod search;
 pub mod security;

@@ -25,6 +25,16 @@ struct Args {
     /// UDP address for WebTransport (default 127.0.0.1:4434; "off" disables it).
     #[arg(long, env = "NATTER_WEBTRANSPORT_LISTEN")]
     webtransport_listen: Option<String>,
+    /// TCP address of the ops listener: /livez, /readyz, /metrics (default 127.0.0.1:9100;
+    /// "off" disables it). Keep it off the public network.
+    #[arg(long, env = "NATTER_OPS_LISTEN")]
+    ops_listen: Option<String>,
+    /// Log lines as "text" (default) or "json" (one object per line).
+    #[arg(long, env = "NATTER_LOG_FORMAT")]
+    log_format: Option<String>,
+    /// Seconds between SIGTERM turning /readyz to 503 and the drain (default 5).
+    #[arg(long, env = "NATTER_READY_GRACE_SECS")]
+    ready_grace_secs: Option<u64>,
     /// Folder with the chat page (default ./web).
     #[arg(long, env = "NATTER_WEB_ROOT")]
     web_root: Option<PathBuf>,
@@ -67,7 +77,7 @@ struct Args {
     cmd: Option<Sub>,
 }
 
-#[derive(Debug, clap::Subcommand)]
+#[derive(Debug, Clone, clap::Subcommand)]
 enum Sub {
     /// API keys of the server API (on the configured store; the embedded one only while
     /// the server is stopped — a running server takes admin keys at /api/v1/keys).
@@ -75,9 +85,23 @@ enum Sub {
     ApiKey(ApiKeyCmd),
     /// Print the server API's OpenAPI document.
     Openapi,
+    /// The configuration: `--print-defaults` prints every key with its default (TOML), the
+    /// reference docs/CONFIG.md explains; without it, the configuration this command line
+    /// and file would run with.
+    Config {
+        #[arg(long)]
+        print_defaults: bool,
+    },
+    /// Exit 0 when the node's /readyz answers 200, 1 otherwise, printing its answer: for
+    /// health checks that have no HTTP client (the Dockerfile's HEALTHCHECK).
+    Ready {
+        /// The ops listener's address.
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        ops: SocketAddr,
+    },
 }
 
-#[derive(Debug, clap::Subcommand)]
+#[derive(Debug, Clone, clap::Subcommand)]
 enum ApiKeyCmd {
     /// Make a key; its secret is printed once.
     Create {
@@ -102,6 +126,21 @@ async fn subcommand(config: &Config, cmd: Sub) -> anyhow::Result<()> {
     };
     match cmd {
         Sub::Openapi => print!("{}", natter_server::transport::http_api::openapi_json()),
+        Sub::Ready { ops } => {
+            let (status, body) = readyz(ops)?;
+            println!("{body}");
+            if status != 200 {
+                anyhow::bail!("not ready (HTTP {status})");
+            }
+        }
+        Sub::Config { print_defaults } => {
+            let shown = if print_defaults {
+                Config::default()
+            } else {
+                config.clone()
+            };
+            print!("{}", toml::to_string(&shown)?);
+        }
         Sub::ApiKey(cmd) => {
             let (store, _) = natter_server::app::open_store(config).await?;
             match cmd {
@@ -131,8 +170,9 @@ async fn subcommand(config: &Config, cmd: Sub) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+/// The configuration: the file, then flags and environment variables on top. Read again
+/// on SIGHUP.
+fn build_config(args: &Args) -> anyhow::Result<Config> {
     let mut config = match &args.config {
         Some(p) => Config::from_file(p)?,
         None => Config::default(),
@@ -140,16 +180,22 @@ fn main() -> anyhow::Result<()> {
     if let Some(v) = args.listen {
         config.listen = v;
     }
-    if let Some(v) = args.web_listen {
+    if let Some(v) = args.web_listen.clone() {
         config.web_listen = optional_addr(&v)?;
     }
-    if let Some(v) = args.webtransport_listen {
+    if let Some(v) = args.ops_listen.clone() {
+        config.ops_listen = optional_addr(&v)?;
+    }
+    if let Some(v) = args.ready_grace_secs {
+        config.ready_grace_secs = v;
+    }
+    if let Some(v) = args.webtransport_listen.clone() {
         config.webtransport_listen = optional_addr(&v)?;
     }
-    if let Some(v) = args.web_root {
+    if let Some(v) = args.web_root.clone() {
         config.web_root = v;
     }
-    if let Some(v) = args.data_dir {
+    if let Some(v) = args.data_dir.clone() {
         config.data_dir = v;
     }
     if let Some(v) = args.shards {
@@ -161,17 +207,17 @@ fn main() -> anyhow::Result<()> {
     if let Some(v) = args.resume_window_secs {
         config.resume_window_secs = v;
     }
-    if let Some(v) = args.log {
+    if let Some(v) = args.log.clone() {
         config.log = v;
     }
-    if let Some(v) = args.storage {
+    if let Some(v) = args.storage.clone() {
         config.storage = match v.as_str() {
             "sled" => natter_server::config::Storage::Sled,
             "redis" => natter_server::config::Storage::Redis,
             other => anyhow::bail!("--storage {other:?}: expected sled or redis"),
         };
     }
-    if let Some(v) = args.redis {
+    if let Some(v) = args.redis.clone() {
         config.redis_urls = v;
     }
     if args.redis_cluster {
@@ -183,15 +229,21 @@ fn main() -> anyhow::Result<()> {
     if let Some(v) = args.redis_wait_timeout_ms {
         config.redis_wait_timeout_ms = v;
     }
-    if let Some(v) = args.node_id {
+    if let Some(v) = args.node_id.clone() {
         config.node_id = v;
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&config.log)?)
-        .with_writer(std::io::stderr)
-        .init();
+    if let Some(v) = &args.log_format {
+        config.log_format = v.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    }
+    Ok(config)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let config = build_config(&args)?;
+    let log = logging(&config)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    if let Some(cmd) = args.cmd {
+    if let Some(cmd) = args.cmd.clone() {
         return rt.block_on(subcommand(&config, cmd));
     }
     rt.block_on(async {
@@ -212,19 +264,108 @@ fn main() -> anyhow::Result<()> {
                 config.web_root.display()
             );
         }
+        if let Some(addr) = server.ops_addr {
+            let _ = writeln!(out, "ops listening on http://{addr}/ (livez, readyz, metrics)");
+        }
         let _ = writeln!(out, "data dir {}", config.data_dir.display());
         let _ = out.flush();
         let _ = writeln!(out, "node {}", server.node_id());
         let _ = out.flush();
-        shutdown_signal().await;
-        // Drain first: clients are told to reconnect (to another node, when there is one)
-        // and given time to go before the endpoint closes.
+        // SIGHUP: read the configuration again and apply what can change live.
+        let reloads = async {
+            #[cfg(unix)]
+            {
+                let mut hup =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).expect("SIGHUP handler");
+                while hup.recv().await.is_some() {
+                    reload(&args, &server, &log);
+                }
+            }
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = reloads => {}
+        }
+        // Not ready first, so load balancers stop sending new connections; then drain:
+        // clients are told to reconnect (to another node, when there is one) and given
+        // time to go before the endpoint closes.
+        server.stop_being_ready();
+        tracing::info!(
+            grace_secs = config.ready_grace_secs,
+            "not ready; draining after the grace period"
+        );
+        tokio::time::sleep(std::time::Duration::from_secs(config.ready_grace_secs)).await;
         tracing::info!("draining");
         server.drain(std::time::Duration::from_secs(config.drain_secs)).await;
         tracing::info!("shutting down");
         server.shutdown().await;
         anyhow::Ok(())
     })
+}
+
+/// GET /readyz on the ops listener (plain HTTP/1.0, 3 s bound): status and body.
+fn readyz(ops: SocketAddr) -> anyhow::Result<(u16, String)> {
+    use std::io::Read;
+    let bound = std::time::Duration::from_secs(3);
+    let mut tcp = std::net::TcpStream::connect_timeout(&ops, bound)?;
+    tcp.set_read_timeout(Some(bound))?;
+    tcp.set_write_timeout(Some(bound))?;
+    write!(tcp, "GET /readyz HTTP/1.0\r\nHost: {ops}\r\n\r\n")?;
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer)?;
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("not an HTTP answer from {ops}"))?;
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+    Ok((status, body))
+}
+
+/// Logs to stderr, as text or JSON lines (`log_format`); the filter can change on SIGHUP.
+fn logging(config: &Config) -> anyhow::Result<LogFilter> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(tracing_subscriber::EnvFilter::try_new(&config.log)?);
+    let registry = tracing_subscriber::registry().with(filter);
+    match config.log_format {
+        natter_server::config::LogFormat::Text => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .init(),
+        natter_server::config::LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
+    }
+    Ok(handle)
+}
+
+type LogFilter = tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+/// SIGHUP: the configuration again, applied where it can be; what needs a restart is
+/// logged. A configuration that does not load changes nothing.
+fn reload(args: &Args, server: &natter_server::RunningServer, log: &LogFilter) {
+    let outcome = build_config(args).and_then(|new| {
+        let done = server.reload(&new)?;
+        if done.applied.iter().any(|a| a.starts_with("log ")) {
+            let filter = tracing_subscriber::EnvFilter::try_new(&new.log)?;
+            log.modify(|f| *f = filter)?;
+        }
+        Ok(done)
+    });
+    match outcome {
+        Ok(done) => tracing::warn!(
+            applied = ?done.applied,
+            need_restart = ?done.need_restart,
+            "configuration reloaded"
+        ),
+        Err(e) => tracing::error!(error = %e, "reload refused; nothing changed"),
+    }
 }
 
 fn optional_addr(v: &str) -> anyhow::Result<Option<SocketAddr>> {

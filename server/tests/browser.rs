@@ -740,5 +740,8 @@ async fn history_pages_in_the_page_and_the_package_api_from_plain_js() {
     assert!(seen.contains(&"connected".to_string()), "{seen:?}");
     assert_eq!(out["ack"]["conversationId"], json!(conv));
     assert_eq!(out["ack"]["seq"], json!(82));
-    assert_eq!(out["status"]["state"], "sent");
+    // Acknowledged: sent, or already delivered when the other member's device confirmed
+    // it in the same moment (its receipt can arrive with the ack).
+    let state = out["status"]["state"].as_str().unwrap_or_default();
+    assert!(matches!(state, "sent" | "delivered"), "{out}");
 }

@@ -52,6 +52,7 @@ fn node_with_env(env: &[(&str, &str)], dir: &Path, redis: &[String], cluster: bo
         "warn",
     ])
     .args(["--web-listen", "off", "--webtransport-listen", "off"])
+    .args(["--ops-listen", "127.0.0.1:0", "--ready-grace-secs", "0"])
     .args(["--storage", "redis", "--redis", &redis.join(","), "--node-id", id])
     .stdout(Stdio::piped());
     if cluster {

@@ -75,6 +75,8 @@ pub struct Ctx {
     pub presend: Option<Arc<crate::webhooks::presend::Presend>>,
     /// What deleting an account does to its messages (§5.16).
     pub deleted_user_messages: privacy::DeletedMessages,
+    /// This node's metrics.
+    pub metrics: Arc<crate::ops::Metrics>,
 }
 
 /// How users log in (PROTOCOL.md §5.1, §5.13).

@@ -116,6 +116,12 @@ pub struct Cluster {
     /// Set when the server stops: the heartbeat and the subscriber end (and let go of
     /// the hub, shards and search they hold).
     stop: tokio::sync::watch::Sender<bool>,
+    /// Whether this node's bus subscription is live (readiness).
+    subscribed: std::sync::atomic::AtomicBool,
+    /// Until when this node's registry entry holds, as last written (ms since the epoch).
+    registered_until: std::sync::atomic::AtomicU64,
+    /// Bus messages and errors.
+    metrics: Arc<crate::ops::Metrics>,
 }
 
 /// This node's parts the cluster works with.
@@ -127,6 +133,8 @@ pub struct Local {
     pub push: Arc<Push>,
     /// This node's search index, if search is on.
     pub search: Option<Arc<Search>>,
+    /// This node's metrics (bus messages and errors).
+    pub metrics: Arc<crate::ops::Metrics>,
 }
 
 impl Cluster {
@@ -145,6 +153,7 @@ impl Cluster {
             presence,
             push,
             search,
+            metrics,
         } = local;
         let cluster = Arc::new(Cluster {
             node,
@@ -154,6 +163,9 @@ impl Cluster {
             peers: Mutex::new(HashMap::new()),
             peers_read_at: 0.into(),
             stop: tokio::sync::watch::channel(false).0,
+            subscribed: false.into(),
+            registered_until: 0.into(),
+            metrics: metrics.clone(),
         });
         cluster.beat().await?;
         let weak = Arc::downgrade(&cluster);
@@ -194,6 +206,7 @@ impl Cluster {
             shards,
             push,
             search,
+            metrics,
         };
         tokio::spawn(subscribe_loop(Arc::downgrade(&cluster), sub, cluster.stop.subscribe()));
         Ok(cluster)
@@ -212,11 +225,26 @@ impl Cluster {
 
     /// Renew this node's registry entry and re-read the live peers.
     async fn beat(&self) -> Result<(), StoreError> {
-        let entry = format!("{}|{}", now_ms() + NODE_TTL.as_millis() as u64, self.advertise);
+        let until = now_ms() + NODE_TTL.as_millis() as u64;
+        let entry = format!("{until}|{}", self.advertise);
         self.conn
             .query::<()>(redis::cmd("HSET").arg(NODES).arg(&self.node).arg(entry))
             .await?;
+        self.registered_until.store(until, std::sync::atomic::Ordering::Release);
         self.read_peers().await
+    }
+
+    /// Readiness (`/readyz`): the bus subscription is live and this node's registry entry
+    /// holds (other nodes route to it); `Err(why)` otherwise.
+    pub fn health(&self) -> Result<(), String> {
+        if !self.subscribed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err("not subscribed to the cluster bus".into());
+        }
+        let until = self.registered_until.load(std::sync::atomic::Ordering::Acquire);
+        if until <= now_ms() {
+            return Err("this node's registration has lapsed (heartbeats to Redis fail)".into());
+        }
+        Ok(())
     }
 
     /// Re-read the registry: which other nodes are alive.
@@ -414,8 +442,14 @@ async fn publish_loop(cluster: std::sync::Weak<Cluster>, mut rx: mpsc::Receiver<
             .map(|(node, body)| (channel(&node), body))
             .chain(search);
         for (target, body) in messages {
-            if let Err(e) = c.conn.query::<()>(redis::cmd("PUBLISH").arg(&target).arg(body)).await {
-                tracing::warn!(%target, error = %e, "cluster: publish failed");
+            match c.conn.query::<()>(redis::cmd("PUBLISH").arg(&target).arg(body)).await {
+                Ok(()) => {
+                    c.metrics.bus_messages.get_or_create(&PUBLISHED).inc();
+                }
+                Err(e) => {
+                    c.metrics.bus_errors.inc();
+                    tracing::warn!(%target, error = %e, "cluster: publish failed");
+                }
             }
         }
     }
@@ -427,7 +461,11 @@ struct Subscriber {
     shards: Shards,
     push: Arc<Push>,
     search: Option<Arc<Search>>,
+    metrics: Arc<crate::ops::Metrics>,
 }
+
+const PUBLISHED: crate::ops::metrics::DirectionLabel = crate::ops::metrics::DirectionLabel { direction: "published" };
+const RECEIVED: crate::ops::metrics::DirectionLabel = crate::ops::metrics::DirectionLabel { direction: "received" };
 
 /// Receive this node's channel and deliver to local sessions, and the search channel for
 /// the index; reconnect (to the next URL) when the subscription breaks.
@@ -442,6 +480,7 @@ async fn subscribe_loop(
         shards,
         push,
         search,
+        metrics,
     } = sub;
     let mut attempt = 0usize;
     loop {
@@ -464,8 +503,14 @@ async fn subscribe_loop(
         }
         .await;
         let pubsub = match subscribed {
-            Ok(p) => p,
+            Ok(p) => {
+                if let Some(c) = cluster.upgrade() {
+                    c.subscribed.store(true, std::sync::atomic::Ordering::Release);
+                }
+                p
+            }
             Err(e) => {
+                metrics.bus_errors.inc();
                 tracing::warn!(%url, error = %e, "cluster: subscribing failed");
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
@@ -485,6 +530,7 @@ async fn subscribe_loop(
             if cluster.strong_count() == 0 {
                 return;
             }
+            metrics.bus_messages.get_or_create(&RECEIVED).inc();
             if msg.get_channel_name() == SEARCH_CHANNEL {
                 if let Some(search) = &search {
                     match bus::decode_positions(msg.get_payload_bytes()) {
@@ -510,6 +556,10 @@ async fn subscribe_loop(
                 Err(e) => tracing::warn!(error = %e, "cluster: bad bus message"),
             }
         }
+        if let Some(c) = cluster.upgrade() {
+            c.subscribed.store(false, std::sync::atomic::Ordering::Release);
+        }
+        metrics.bus_errors.inc();
         tracing::warn!(%url, "cluster: subscription ended; resubscribing");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -294,6 +294,20 @@ impl<T: Transport> Conn<T> {
                 .collect();
             hub.resume(resume_token, user, device, &map, self.conn_id)
         };
+        // A reconnect's outcome: resumed with a replay, or a fresh session syncing by
+        // cursor (its token expired or unknown, or none given with cursors to sync from).
+        let outcome = match (&resumed, resume_token.is_empty()) {
+            (Some(_), _) => Some("replay"),
+            (None, false) => Some("expired"),
+            (None, true) if !cursors.is_empty() => Some("cursor_sync"),
+            (None, true) => None,
+        };
+        if let Some(outcome) = outcome {
+            let m = &self.shared.ctx.metrics;
+            m.resumes
+                .get_or_create(&crate::ops::metrics::OutcomeLabel { outcome })
+                .inc();
+        }
         let (session, token, rx, conversations, was_resumed) = match resumed {
             Some((session, token, rx, replayed)) => {
                 tracing::debug!(%user, %device, replayed, "session resumed");
@@ -317,6 +331,7 @@ impl<T: Transport> Conn<T> {
             self.closes.clone(),
             self.shared.config.stream_idle,
             self.shared.config.stream_queue,
+            self.shared.ctx.metrics.clone(),
         ));
         let actor = Actor {
             user,
@@ -334,6 +349,7 @@ impl<T: Transport> Conn<T> {
             session,
             delivery,
         });
+        self.gauge.authenticated();
         // Best effort: a device learns its stock again from its next upload.
         let key_counts = match self.shared.ctx.keys.counts(user, device).await {
             Ok(c) => c.map(|mut c| {

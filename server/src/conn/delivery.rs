@@ -14,6 +14,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use super::{Close, ControlSend, Transport};
+use crate::ops::Metrics;
 use crate::session::hub::Outbound;
 
 /// Write queued frames to the control stream, then finish it (with a bounded wait for the
@@ -36,6 +37,7 @@ pub(super) async fn deliver<T: Transport>(
     closes: mpsc::Sender<Close>,
     idle: Duration,
     queue: usize,
+    metrics: Arc<Metrics>,
 ) {
     let mut writers: HashMap<ConversationId, mpsc::Sender<Arc<pb::ConversationEvent>>> = HashMap::new();
     while let Some(o) = rx.recv().await {
@@ -43,14 +45,17 @@ pub(super) async fn deliver<T: Transport>(
             Outbound::Event(ev) => ev,
             Outbound::Signal(frame) => {
                 if control.try_send(frame).is_err() {
+                    metrics.slow_consumer_cutoffs.inc();
                     return transport.close(ErrorCode::LimitExceeded, "slow reader: control queue full");
                 }
                 continue;
             }
             Outbound::Ephemeral(frame) => {
                 // Loss-tolerant: a datagram if possible, else the control stream, else dropped.
-                if !transport.send_datagram(Bytes::from(prost::Message::encode_to_vec(&*frame))) {
-                    let _ = control.try_send(encode_frame(&frame));
+                if !transport.send_datagram(Bytes::from(prost::Message::encode_to_vec(&*frame)))
+                    && control.try_send(encode_frame(&frame)).is_err()
+                {
+                    metrics.datagrams_dropped.inc();
                 }
                 continue;
             }
@@ -68,7 +73,7 @@ pub(super) async fn deliver<T: Transport>(
         loop {
             let tx = writers.entry(conv).or_insert_with(|| {
                 let (tx, rx) = mpsc::channel(queue);
-                tokio::spawn(write_conversation(transport.clone(), conv, rx, idle));
+                tokio::spawn(write_conversation(transport.clone(), conv, rx, idle, metrics.clone()));
                 tx
             });
             match tx.try_send(ev) {
@@ -79,6 +84,7 @@ pub(super) async fn deliver<T: Transport>(
                     ev = back;
                 }
                 Err(mpsc::error::TrySendError::Full(_)) => {
+                    metrics.slow_consumer_cutoffs.inc();
                     return transport.close(ErrorCode::LimitExceeded, "slow reader: delivery queue full");
                 }
             }
@@ -93,7 +99,13 @@ async fn write_conversation<T: Transport>(
     conv: ConversationId,
     mut rx: mpsc::Receiver<Arc<pb::ConversationEvent>>,
     idle: Duration,
+    metrics: Arc<Metrics>,
 ) {
+    let delivered = |ev: &pb::ConversationEvent| {
+        metrics.deliveries.inc();
+        let waited = crate::clock::now_ms().saturating_sub(ev.server_time_ms);
+        metrics.delivery_latency.observe(waited as f64 / 1000.0);
+    };
     let Ok(mut stream) = transport.open_stream().await else {
         return;
     };
@@ -112,6 +124,7 @@ async fn write_conversation<T: Transport>(
                 if stream.write_all(&encode_event_frame(&ev)).await.is_err() {
                     return;
                 }
+                delivered(&ev);
             }
             Ok(None) => break,
             Err(_) => {
@@ -121,6 +134,7 @@ async fn write_conversation<T: Transport>(
                     if stream.write_all(&encode_event_frame(&ev)).await.is_err() {
                         return;
                     }
+                    delivered(&ev);
                 }
                 break;
             }

@@ -115,6 +115,7 @@ pub(super) async fn download<T: Transport>(
     _permit: OwnedSemaphorePermit,
 ) {
     let ctx = &shared.ctx;
+    let arrived = std::time::Instant::now();
     let checked = async {
         let rec = api::media::readable(ctx, actor.user, &d.media_id).await?;
         let (start, end, total, mime) = api::media::range(&rec, &d)?;
@@ -124,10 +125,12 @@ pub(super) async fn download<T: Transport>(
     let (rec, start, end, total, mime) = match checked {
         Ok(v) => v,
         Err(e) => {
+            ctx.metrics.request("download", e.code.as_str_name(), arrived.elapsed());
             let _ = out.send(response_frame(id, Err(e))).await;
             return;
         }
     };
+    ctx.metrics.request("download", "OK", arrived.elapsed());
     let ok = Res::Download(pb::DownloadOk {
         media_id: d.media_id.clone(),
         offset: start,

@@ -242,6 +242,48 @@ struct Conn<T: Transport> {
     closes: mpsc::Sender<Close>,
     /// For a device a product token made: when that token expires (§5.13).
     token: Option<TokenClock>,
+    /// This connection in the connections gauge (by transport and phase).
+    gauge: crate::ops::metrics::ConnectionGauge,
+    /// Requests awaiting their answer, for the request metrics.
+    answers: Answers,
+}
+
+/// The requests of one connection awaiting their answer — kind and arrival — so each
+/// answer is counted by kind and code and timed (`natter_requests_total`,
+/// `natter_request_duration_seconds`). Shared with the tasks that answer them.
+#[derive(Clone)]
+struct Answers {
+    metrics: Arc<crate::ops::Metrics>,
+    pending: Arc<std::sync::Mutex<HashMap<u64, (&'static str, std::time::Instant)>>>,
+}
+
+impl Answers {
+    fn new(metrics: Arc<crate::ops::Metrics>) -> Answers {
+        Answers {
+            metrics,
+            pending: Default::default(),
+        }
+    }
+
+    /// Request `id` of kind `op` arrived.
+    fn arrived(&self, id: u64, op: &'static str) {
+        self.pending
+            .lock()
+            .expect("answers lock")
+            .insert(id, (op, std::time::Instant::now()));
+    }
+
+    /// The answer to request `id`, counted.
+    fn frame(&self, id: u64, result: Result<Res, ServerError>) -> Bytes {
+        let arrived = self.pending.lock().expect("answers lock").remove(&id);
+        let (op, took) = arrived.map_or(("unknown", Duration::ZERO), |(op, at)| (op, at.elapsed()));
+        let code = match &result {
+            Ok(_) => "OK",
+            Err(e) => e.code.as_str_name(),
+        };
+        self.metrics.request(op, code, took);
+        response_frame(id, result)
+    }
 }
 
 /// A product token's expiry as one connection watches it: `TokenExpiring` first, then the
@@ -277,6 +319,7 @@ where
         shared: shared.clone(),
         id: conn_id,
     };
+    let shared_metrics = shared.ctx.metrics.clone();
     let mut conn = Conn {
         shared,
         transport,
@@ -287,6 +330,8 @@ where
         actor,
         closes,
         token: None,
+        gauge: shared_metrics.connection(T::KIND),
+        answers: Answers::new(shared_metrics.clone()),
     };
     let mut decoder = FrameDecoder::new(conn.shared.config.limits.max_frame_bytes as usize);
     let datagrams = tokio::spawn(read_datagrams(
@@ -456,7 +501,7 @@ impl<T: Transport> Conn<T> {
     }
 
     async fn respond(&self, id: u64, result: Result<Res, ServerError>) {
-        let _ = self.out.send(response_frame(id, result)).await;
+        let _ = self.out.send(self.answers.frame(id, result)).await;
     }
 
     async fn run<R: AsyncRead + Unpin>(
@@ -561,6 +606,10 @@ impl<T: Transport> Conn<T> {
             .await;
             return Ok(());
         }
+        if !matches!(op, Op::Download(_)) {
+            // A download answers on its own stream and counts itself (media.rs).
+            self.answers.arrived(id, op.name());
+        }
         match op {
             Op::Register(x) => {
                 let res = self.register(x).await;
@@ -637,9 +686,10 @@ impl<T: Transport> Conn<T> {
                 };
                 let shared = self.shared.clone();
                 let out = self.out.clone();
+                let answers = self.answers.clone();
                 tokio::spawn(async move {
                     let res = api::handle(&shared.ctx, &actor, op).await;
-                    let _ = out.send(response_frame(id, res)).await;
+                    let _ = out.send(answers.frame(id, res)).await;
                     drop(permit);
                 });
             }
@@ -691,6 +741,7 @@ impl<T: Transport> Conn<T> {
             Err(e) => return self.respond(id, Err(e)).await,
         };
         let out = self.out.clone();
+        let answers = self.answers.clone();
         tokio::spawn(async move {
             let res = match rx.await {
                 Ok(Ok(c)) => Ok(Res::Sent(pb::SendOk {
@@ -702,7 +753,10 @@ impl<T: Transport> Conn<T> {
                 Ok(Err(e)) => Err(e),
                 Err(_) => Err(ServerError::new(ErrorCode::ShuttingDown, "server is shutting down")),
             };
-            let _ = out.send(response_frame(id, res)).await;
+            if matches!(&res, Ok(Res::Sent(ok)) if ok.duplicate) {
+                answers.metrics.duplicates.inc();
+            }
+            let _ = out.send(answers.frame(id, res)).await;
             drop(permit);
         });
     }

@@ -17,6 +17,8 @@ pub trait Transport: Send + Sync + 'static {
     type Stream: AsyncWrite + Unpin + Send + 'static;
     /// A client-opened upload stream (PROTOCOL.md §11.2).
     type Upload: UploadRecv;
+    /// The transport's name in metrics: "quic", "webtransport", "websocket", "in_process".
+    const KIND: &'static str;
     /// The next upload stream the client opens; `None` once there will be no more (the
     /// connection ended, or the transport has none: WebSocket clients upload over HTTP).
     async fn accept_upload(&self) -> Option<Self::Upload>;

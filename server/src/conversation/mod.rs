@@ -233,17 +233,37 @@ fn shutting_down() -> ServerError {
     ServerError::new(ErrorCode::ShuttingDown, "server is shutting down")
 }
 
+/// What every shard works with.
+#[derive(Debug)]
+pub struct ShardParts {
+    /// Durable state.
+    pub store: Arc<dyn Store>,
+    /// Live delivery.
+    pub hub: Hub,
+    /// Group and channel sizes.
+    pub limits: MemberLimits,
+    /// Told how long each commit took.
+    pub chat_first: Arc<ChatFirst>,
+    /// Told of every committed event (notifications).
+    pub push: Arc<Push>,
+    /// Told of every committed event: search, webhooks.
+    pub taps: Vec<Arc<dyn CommitTap>>,
+    /// Commits, their duration and conflicts.
+    pub metrics: Arc<crate::ops::Metrics>,
+}
+
 impl Shards {
     /// Start `n` shard tasks.
-    pub fn start(
-        n: usize,
-        store: Arc<dyn Store>,
-        hub: Hub,
-        limits: MemberLimits,
-        chat_first: Arc<ChatFirst>,
-        push: Arc<Push>,
-        taps: Vec<Arc<dyn CommitTap>>,
-    ) -> Self {
+    pub fn start(n: usize, parts: ShardParts) -> Self {
+        let ShardParts {
+            store,
+            hub,
+            limits,
+            chat_first,
+            push,
+            taps,
+            metrics,
+        } = parts;
         let senders = (0..n.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::channel(4096);
@@ -255,6 +275,7 @@ impl Shards {
                     chat_first: chat_first.clone(),
                     push: push.clone(),
                     taps: taps.clone(),
+                    metrics: metrics.clone(),
                 };
                 tokio::spawn(shard.run(rx));
                 tx
@@ -342,6 +363,8 @@ struct Shard {
     push: Arc<Push>,
     /// Told of every committed event: search (it indexes them), webhooks.
     taps: Vec<Arc<dyn CommitTap>>,
+    /// Counts commits, their duration and their conflicts.
+    metrics: Arc<crate::ops::Metrics>,
 }
 
 /// One accepted mutation waiting for the batch's commit.
@@ -443,7 +466,25 @@ impl Shard {
         } else {
             let started = std::time::Instant::now();
             let result = self.store.commit(&commits).await;
-            self.chat_first.commit_took(started.elapsed());
+            let took = started.elapsed();
+            self.chat_first.commit_took(took);
+            self.metrics.store_commit_duration.observe(took.as_secs_f64());
+            match &result {
+                Ok(()) => {
+                    self.metrics.events_committed.inc_by(commits.len() as u64);
+                }
+                Err(StoreError::Conflict(convs)) => {
+                    self.metrics.store_commit_conflicts.inc();
+                    let lost = commits
+                        .iter()
+                        .filter(|c| convs.contains(&ConversationId(c.event.conversation_id)))
+                        .count();
+                    self.metrics.events_committed.inc_by((commits.len() - lost) as u64);
+                }
+                Err(_) => {
+                    self.metrics.store_commit_failures.inc();
+                }
+            }
             result
         };
         let lost: Vec<ConversationId> = match &result {

@@ -140,6 +140,8 @@ pub struct Push {
     watch: watch::Watch,
     /// Devices attached to other nodes (set when the cluster starts).
     elsewhere: std::sync::OnceLock<Arc<dyn Elsewhere>>,
+    /// Notifications posted, by result.
+    metrics: Arc<crate::ops::Metrics>,
 }
 
 fn err(code: ErrorCode, msg: impl Into<String>) -> ServerError {
@@ -153,7 +155,12 @@ fn rejected(msg: impl Into<String>) -> ServerError {
 impl Push {
     /// Notifications over `store`, told about sessions by `hub`; fails on an APNs or FCM
     /// account that cannot be read.
-    pub fn new(store: Arc<dyn Store>, hub: Hub, settings: PushSettings) -> anyhow::Result<Arc<Self>> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        hub: Hub,
+        settings: PushSettings,
+        metrics: Arc<crate::ops::Metrics>,
+    ) -> anyhow::Result<Arc<Self>> {
         let (tx, rx) = mpsc::channel(QUEUE);
         if let Some(cfg) = &settings.email {
             email::Email::new(cfg.clone(), b"checked at start")?;
@@ -170,6 +177,7 @@ impl Push {
             email: tokio::sync::OnceCell::new(),
             watch: watch::Watch::default(),
             elsewhere: std::sync::OnceLock::new(),
+            metrics,
         }))
     }
 
@@ -789,6 +797,13 @@ impl Push {
         let provider = pb::PushProvider::try_from(reg.provider).unwrap_or(pb::PushProvider::Unspecified);
         let body = payload::build(&*self.store, &job, provider).await?;
         let outcome = self.sender.send(reg, &job, body).await;
+        let result = match &outcome {
+            sender::Outcome::Sent => "sent",
+            sender::Outcome::Gone(_) => "gone",
+            sender::Outcome::Later(_) => "retried",
+            sender::Outcome::Refused(_) => "refused",
+        };
+        crate::ops::Metrics::result(&self.metrics.push_notifications, result);
         if !job.withdraw && !matches!(outcome, sender::Outcome::Later(_)) {
             self.watch.settled(&job);
         }

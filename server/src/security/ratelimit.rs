@@ -12,8 +12,8 @@ use natter_protocol::pb::ErrorCode;
 use natter_protocol::{ServerError, UserId};
 use serde::{Deserialize, Serialize};
 
-/// Rates, all configurable.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// Rates, all configurable (and reloadable: SIGHUP).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateConfig {
     /// Login attempts per username per minute (brute force against one account).
@@ -52,9 +52,16 @@ impl Default for RateConfig {
     }
 }
 
-/// The server's limiters.
+/// The server's limiters, replaceable while it runs ([`RateLimits::reconfigure`], SIGHUP).
 #[derive(Debug)]
 pub struct RateLimits {
+    limiters: std::sync::RwLock<Limiters>,
+    /// Refusals by limit (`natter_rate_limited_total`).
+    metrics: std::sync::Arc<crate::ops::Metrics>,
+}
+
+#[derive(Debug)]
+struct Limiters {
     login_user: DefaultKeyedRateLimiter<String>,
     login_ip: DefaultKeyedRateLimiter<IpAddr>,
     register_ip: DefaultKeyedRateLimiter<IpAddr>,
@@ -68,22 +75,9 @@ fn nz(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n.max(1)).expect("at least 1")
 }
 
-fn check<K: Hash + Eq + Clone>(limiter: &DefaultKeyedRateLimiter<K>, key: &K, what: &str) -> Result<(), ServerError> {
-    limiter.check_key(key).map_err(|not_until| {
-        let wait: Duration = not_until.wait_time_from(DefaultClock::default().now());
-        ServerError {
-            code: ErrorCode::RateLimited,
-            message: format!("too many {what}; retry later"),
-            retry_after_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX).max(1),
-            device_mismatch: None,
-        }
-    })
-}
-
-impl RateLimits {
-    /// Limiters with these rates.
-    pub fn new(c: &RateConfig) -> Self {
-        RateLimits {
+impl Limiters {
+    fn new(c: &RateConfig) -> Limiters {
+        Limiters {
             login_user: DefaultKeyedRateLimiter::keyed(Quota::per_minute(nz(c.login_per_minute_per_user))),
             login_ip: DefaultKeyedRateLimiter::keyed(Quota::per_minute(nz(c.login_per_minute_per_ip))),
             register_ip: DefaultKeyedRateLimiter::keyed(Quota::per_minute(nz(c.register_per_minute_per_ip))),
@@ -97,12 +91,58 @@ impl RateLimits {
             ),
         }
     }
+}
+
+fn refuse<K: Hash + Eq + Clone>(limiter: &DefaultKeyedRateLimiter<K>, key: &K, what: &str) -> Result<(), ServerError> {
+    limiter.check_key(key).map_err(|not_until| {
+        let wait: Duration = not_until.wait_time_from(DefaultClock::default().now());
+        ServerError {
+            code: ErrorCode::RateLimited,
+            message: format!("too many {what}; retry later"),
+            retry_after_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX).max(1),
+            device_mismatch: None,
+        }
+    })
+}
+
+impl RateLimits {
+    /// Limiters with these rates.
+    pub fn new(c: &RateConfig, metrics: std::sync::Arc<crate::ops::Metrics>) -> Self {
+        RateLimits {
+            limiters: std::sync::RwLock::new(Limiters::new(c)),
+            metrics,
+        }
+    }
+
+    /// New rates from now on (a reload). Counts start afresh: a burst allowance comes back.
+    pub fn reconfigure(&self, c: &RateConfig) {
+        *self.limiters.write().expect("rate limits lock") = Limiters::new(c);
+    }
+
+    /// `key` against the limiter `pick` chooses (named `limit` in metrics); refusals are
+    /// counted.
+    fn check<K: Hash + Eq + Clone>(
+        &self,
+        pick: impl FnOnce(&Limiters) -> &DefaultKeyedRateLimiter<K>,
+        limit: &'static str,
+        key: &K,
+        what: &str,
+    ) -> Result<(), ServerError> {
+        let limiters = self.limiters.read().expect("rate limits lock");
+        refuse(pick(&limiters), key, what).inspect_err(|_| {
+            self.metrics
+                .rate_limited
+                .get_or_create(&crate::ops::metrics::LimitLabel { limit })
+                .inc();
+        })
+    }
 
     /// A login attempt from `ip` for `username` (counted whether or not it succeeds).
     pub fn login(&self, ip: IpAddr, username: &str) -> Result<(), ServerError> {
-        check(&self.login_ip, &ip, "login attempts from this address")?;
-        check(
-            &self.login_user,
+        self.check(|l| &l.login_ip, "login_ip", &ip, "login attempts from this address")?;
+        self.check(
+            |l| &l.login_user,
+            "login_user",
             &username.to_string(),
             "login attempts for this account",
         )
@@ -111,43 +151,49 @@ impl RateLimits {
     /// A product-token login from `ip` (PROTOCOL.md §5.13): the address's login budget;
     /// a forged token costs a signature check, never a password hash.
     pub fn token_login(&self, ip: IpAddr) -> Result<(), ServerError> {
-        check(&self.login_ip, &ip, "login attempts from this address")
+        self.check(|l| &l.login_ip, "login_ip", &ip, "login attempts from this address")
     }
 
     /// A registration from `ip`.
     pub fn register(&self, ip: IpAddr) -> Result<(), ServerError> {
-        check(&self.register_ip, &ip, "registrations from this address")
+        self.check(
+            |l| &l.register_ip,
+            "register_ip",
+            &ip,
+            "registrations from this address",
+        )
     }
 
     /// A send (or other message change) by `user`.
     pub fn send(&self, user: UserId) -> Result<(), ServerError> {
-        check(&self.sends, &user, "messages")
+        self.check(|l| &l.sends, "sends", &user, "messages")
     }
 
     /// A typing notice by `user`.
     pub fn typing(&self, user: UserId) -> Result<(), ServerError> {
-        check(&self.typing, &user, "typing notices")
+        self.check(|l| &l.typing, "typing", &user, "typing notices")
     }
 
     /// A push registration or removal by `user`.
     pub fn push_change(&self, user: UserId) -> Result<(), ServerError> {
-        check(&self.push, &user, "push registration changes")
+        self.check(|l| &l.push, "push_changes", &user, "push registration changes")
     }
 
     /// A search (messages, users or channels) by `user`.
     pub fn search(&self, user: UserId) -> Result<(), ServerError> {
-        check(&self.search, &user, "searches")
+        self.check(|l| &l.search, "searches", &user, "searches")
     }
 
     /// Forget keys whose limits have fully recovered (bounds memory).
     pub fn retain_recent(&self) {
-        self.login_user.retain_recent();
-        self.login_ip.retain_recent();
-        self.register_ip.retain_recent();
-        self.sends.retain_recent();
-        self.typing.retain_recent();
-        self.push.retain_recent();
-        self.search.retain_recent();
+        let l = self.limiters.read().expect("rate limits lock");
+        l.login_user.retain_recent();
+        l.login_ip.retain_recent();
+        l.register_ip.retain_recent();
+        l.sends.retain_recent();
+        l.typing.retain_recent();
+        l.push.retain_recent();
+        l.search.retain_recent();
     }
 }
 
@@ -157,10 +203,14 @@ mod tests {
 
     #[test]
     fn a_burst_over_the_quota_is_refused_with_a_retry_time() {
-        let r = RateLimits::new(&RateConfig {
-            login_per_minute_per_user: 3,
-            ..Default::default()
-        });
+        let metrics = std::sync::Arc::new(crate::ops::Metrics::new());
+        let r = RateLimits::new(
+            &RateConfig {
+                login_per_minute_per_user: 3,
+                ..Default::default()
+            },
+            metrics.clone(),
+        );
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         for _ in 0..3 {
             r.login(ip, "alice").unwrap();
@@ -173,5 +223,16 @@ mod tests {
             e.retry_after_ms
         );
         r.login(ip, "bob").expect("another account is not affected");
+        r.reconfigure(&RateConfig {
+            login_per_minute_per_user: 5,
+            ..Default::default()
+        });
+        r.login(ip, "alice").expect("new rates, counted afresh");
+        assert!(
+            metrics
+                .encode(false)
+                .contains("natter_rate_limited_total{limit=\"login_user\"} 1"),
+            "the refusal is counted by its limit"
+        );
     }
 }

@@ -18,6 +18,13 @@ pub struct Identity {
     pub fingerprint: String,
 }
 
+/// When a DER certificate stops being valid (`None` if it does not parse).
+pub fn not_after(cert: &[u8]) -> Option<std::time::SystemTime> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let secs = u64::try_from(parsed.validity().not_after.timestamp()).ok()?;
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+}
+
 /// Hex SHA-256 of a DER certificate: what clients pin.
 pub fn fingerprint(cert: &[u8]) -> String {
     hex::encode(Sha256::digest(cert))
@@ -61,13 +68,80 @@ pub fn dev_identity(dir: &Path) -> anyhow::Result<Identity> {
     })
 }
 
-/// A rustls server config for natter (TLS 1.3 only, ALPN `natter/1`).
-pub fn server_config(id: &Identity) -> anyhow::Result<rustls::ServerConfig> {
+/// A rustls server config for natter (TLS 1.3 only, ALPN `natter/1`) that presents
+/// whatever certificate `live` holds at each handshake.
+pub fn server_config(live: &std::sync::Arc<LiveCert>) -> anyhow::Result<rustls::ServerConfig> {
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
-        .with_single_cert(id.chain.clone(), id.key.clone_key())?;
+        .with_cert_resolver(live.clone());
     cfg.alpn_protocols = vec![natter_protocol::limits::ALPN.to_vec()];
     Ok(cfg)
+}
+
+/// The server's certificate, replaceable while it runs (SIGHUP reloads it from its files):
+/// new handshakes on every endpoint present the new one; connections already made go on
+/// with the one they got.
+#[derive(Debug)]
+pub struct LiveCert {
+    current: std::sync::RwLock<Current>,
+}
+
+#[derive(Debug)]
+struct Current {
+    key: std::sync::Arc<rustls::sign::CertifiedKey>,
+    fingerprint: String,
+    not_after: Option<std::time::SystemTime>,
+}
+
+impl LiveCert {
+    /// Holding `id`.
+    pub fn new(id: &Identity) -> anyhow::Result<std::sync::Arc<LiveCert>> {
+        Ok(std::sync::Arc::new(LiveCert {
+            current: std::sync::RwLock::new(Current::of(id)?),
+        }))
+    }
+
+    /// Present `id` from the next handshake on.
+    pub fn replace(&self, id: &Identity) -> anyhow::Result<()> {
+        let next = Current::of(id)?;
+        *self.current.write().expect("certificate lock") = next;
+        Ok(())
+    }
+
+    /// The current certificate's SHA-256 (what clients pin).
+    pub fn fingerprint(&self) -> String {
+        self.current.read().expect("certificate lock").fingerprint.clone()
+    }
+
+    /// When the current certificate stops being valid (`None`: unreadable).
+    pub fn not_after(&self) -> Option<std::time::SystemTime> {
+        self.current.read().expect("certificate lock").not_after
+    }
+}
+
+impl Current {
+    fn of(id: &Identity) -> anyhow::Result<Current> {
+        let provider = rustls::crypto::ring::default_provider();
+        let signing = provider
+            .key_provider
+            .load_private_key(id.key.clone_key())
+            .context("the TLS key does not load")?;
+        let key = rustls::sign::CertifiedKey::new(id.chain.clone(), signing);
+        if let Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) = key.keys_match() {
+            anyhow::bail!("the TLS key does not match the certificate");
+        }
+        Ok(Current {
+            key: std::sync::Arc::new(key),
+            fingerprint: id.fingerprint.clone(),
+            not_after: id.chain.first().and_then(|leaf| not_after(leaf)),
+        })
+    }
+}
+
+impl rustls::server::ResolvesServerCert for LiveCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<std::sync::Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current.read().expect("certificate lock").key.clone())
+    }
 }

@@ -58,6 +58,7 @@ fn stream_writer(out: mpsc::Sender<Out>, stream: Option<u64>) -> MemStream {
 impl Transport for MemTransport {
     type Stream = MemStream;
     type Upload = crate::conn::NoUpload;
+    const KIND: &'static str = "in_process";
 
     /// Uploads go over HTTP (tus) beside this transport (PROTOCOL.md §11.3).
     async fn accept_upload(&self) -> Option<crate::conn::NoUpload> {

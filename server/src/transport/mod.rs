@@ -8,11 +8,13 @@
 //! the web endpoint (tus uploads, media GETs) have no connection to run in, so it maps each
 //! onto the `api::media` handlers and the media layer directly — still no rule of its own;
 //! and likewise [`http_api`], the server API for a product's backend, which maps each
-//! request onto the api handlers and the shards.
+//! request onto the api handlers and the shards. [`ops_http`] serves the node's metrics
+//! and readiness (`ops/`) to operators' tools.
 pub mod chanwrite;
 pub mod http_api;
 pub mod http_media;
 pub mod mem;
+pub mod ops_http;
 pub mod quic;
 pub mod web;
 pub mod websocket;

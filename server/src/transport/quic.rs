@@ -19,6 +19,7 @@ pub struct QuicTransport(pub quinn::Connection);
 impl Transport for QuicTransport {
     type Stream = quinn::SendStream;
     type Upload = quinn::RecvStream;
+    const KIND: &'static str = "quic";
 
     async fn open_stream(&self) -> io::Result<quinn::SendStream> {
         self.0.open_uni().await.map_err(io::Error::other)
@@ -116,14 +117,18 @@ impl Drop for Handshaking {
 /// under load, one from an address not yet validated gets a Retry first.
 pub async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
     let handshaking = Arc::new(AtomicUsize::new(0));
+    let handshakes = &shared.ctx.metrics.handshakes.clone();
+    let count = |result: &'static str| crate::ops::Metrics::result(handshakes, result);
     while let Some(incoming) = endpoint.accept().await {
         let Some(slot) = shared.admit(incoming.remote_address().ip()) else {
+            count("refused");
             incoming.refuse();
             continue;
         };
         let busy = handshaking.load(Ordering::Relaxed) >= shared.config.retry_above_handshakes;
         if busy && !incoming.remote_address_validated() && incoming.may_retry() {
             drop(slot);
+            count("retry");
             let _ = incoming.retry();
             continue;
         }
@@ -131,9 +136,16 @@ pub async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
         let handshake_running = Handshaking::start(&handshaking);
         tokio::spawn(async move {
             let _slot = slot;
+            let handshakes = &shared.ctx.metrics.handshakes;
             let conn = match incoming.await {
-                Ok(c) => c,
-                Err(e) => return tracing::debug!(error = %e, "handshake failed"),
+                Ok(c) => {
+                    crate::ops::Metrics::result(handshakes, "ok");
+                    c
+                }
+                Err(e) => {
+                    crate::ops::Metrics::result(handshakes, "failed");
+                    return tracing::debug!(error = %e, "handshake failed");
+                }
             };
             drop(handshake_running);
             let handshake = shared.config.handshake_timeout;

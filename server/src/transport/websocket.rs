@@ -54,6 +54,7 @@ fn channel_writer(out: mpsc::Sender<Bytes>, channel: Channel) -> WsStream {
 impl Transport for WsTransport {
     type Stream = WsStream;
     type Upload = crate::conn::NoUpload;
+    const KIND: &'static str = "websocket";
 
     /// Uploads go over HTTP (tus) beside this transport (PROTOCOL.md §11.3).
     async fn accept_upload(&self) -> Option<crate::conn::NoUpload> {

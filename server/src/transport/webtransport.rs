@@ -26,6 +26,7 @@ pub struct WtTransport(pub wtransport::Connection);
 impl Transport for WtTransport {
     type Stream = wtransport::SendStream;
     type Upload = wtransport::RecvStream;
+    const KIND: &'static str = "webtransport";
 
     async fn accept_upload(&self) -> Option<wtransport::RecvStream> {
         self.0.accept_uni().await.ok()

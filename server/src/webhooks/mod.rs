@@ -125,6 +125,8 @@ pub struct Webhooks {
     subs: std::sync::RwLock<Vec<Subscription>>,
     running: Mutex<Running>,
     me: Weak<Webhooks>,
+    /// Deliveries by result ("delivered", "failed" attempts, "dead_lettered").
+    metrics: Arc<crate::ops::Metrics>,
 }
 
 fn bad(msg: impl Into<String>) -> ServerError {
@@ -196,7 +198,7 @@ pub fn signature(secret: &str, unix_secs: u64, body: &str) -> String {
 
 impl Webhooks {
     /// The dispatcher; `start` runs it.
-    pub fn new(store: Arc<dyn Store>, settings: WebhookSettings) -> Arc<Self> {
+    pub fn new(store: Arc<dyn Store>, settings: WebhookSettings, metrics: Arc<crate::ops::Metrics>) -> Arc<Self> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_millis(settings.timeout_ms.max(100)))
@@ -209,6 +211,7 @@ impl Webhooks {
             subs: Default::default(),
             running: Default::default(),
             me: me.clone(),
+            metrics,
         })
     }
 
@@ -511,9 +514,16 @@ impl Webhooks {
         let mut delay = self.settings.backoff_base_ms.max(1);
         let mut last = String::new();
         for attempt in 1..=self.settings.max_attempts.max(1) {
+            let counted = &self.metrics.webhook_deliveries;
             match self.post(sub, id, body).await {
-                Ok(()) => return Ok(()),
-                Err(e) => last = e,
+                Ok(()) => {
+                    crate::ops::Metrics::result(counted, "delivered");
+                    return Ok(());
+                }
+                Err(e) => {
+                    crate::ops::Metrics::result(counted, "failed");
+                    last = e
+                }
             }
             if attempt < self.settings.max_attempts {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -521,6 +531,7 @@ impl Webhooks {
             }
         }
         tracing::warn!(sub = %sub.id, event = id, error = %last, "webhook: event moved to the dead letters");
+        crate::ops::Metrics::result(&self.metrics.webhook_deliveries, "dead_lettered");
         let (conv, seq) = logged.unwrap_or((ConversationId(0), 0));
         let dead = DeadLetter {
             event_id: id.to_string(),

@@ -2,6 +2,7 @@
 //! frame-level client for hostile input, and event waits bounded by a deadline.
 #![allow(dead_code)]
 pub mod api;
+pub mod disk;
 pub mod e2ee;
 pub mod media;
 pub mod push;
@@ -494,6 +495,11 @@ fn spawn_server(
         .args(["--data-dir", dir.to_str().unwrap(), "--listen", listen, "--log", level])
         .stderr(stderr)
         .args(["--web-listen", "127.0.0.1:0"])
+        .args(if extra.contains(&"--ops-listen") {
+            &[][..]
+        } else {
+            &["--ops-listen", "127.0.0.1:0", "--ready-grace-secs", "0"][..]
+        })
         .args(if extra.contains(&"--webtransport-listen") {
             &[][..]
         } else {

@@ -1,0 +1,417 @@
+//! The server's Prometheus metrics: one registry per server instance (so in-process
+//! multi-node tests stay apart), every name prefixed `natter_`, base units (seconds,
+//! bytes), and labels only from closed sets written in this file or by the protocol
+//! (transport, state, result, outcome, limit, a request kind's name, an error code's name)
+//! — never a user, device or conversation id, so the number of series does not grow with
+//! traffic. docs/OPERATIONS.md lists every series and what to alert on.
+//!
+//! Layers count through the handles here (`metrics.deliveries.inc()`); what is cheaper to
+//! read than to count (attached sessions, the process's CPU, memory and descriptors) is read
+//! when Prometheus scrapes ([`Metrics::encode`]).
+use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+
+/// A connection's transport.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabel {
+    /// "quic", "webtransport", "websocket" or "in_process".
+    pub transport: &'static str,
+}
+
+/// A connection's transport and phase.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    /// As [`TransportLabel`].
+    pub transport: &'static str,
+    /// "unauthenticated" or "authenticated".
+    pub state: &'static str,
+}
+
+/// How something ended: a handshake, a push, a webhook delivery.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// A short closed word per series ("ok", "failed", "refused", "retried", "gone", …).
+    pub result: &'static str,
+}
+
+/// A request's kind and how it was answered.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The kind's name (`pb::request::Op::name`), or "unknown".
+    pub op: &'static str,
+    /// "OK" or the error code's name (`ErrorCode::as_str_name`).
+    pub code: &'static str,
+}
+
+/// A request's kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabel {
+    /// As [`RequestLabels::op`].
+    pub op: &'static str,
+}
+
+/// How a reconnecting session came back.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// "replay" (resumed, missed events replayed), "cursor_sync" (a new session that
+    /// syncs by cursor) or "expired" (a resume token too old or unknown).
+    pub outcome: &'static str,
+}
+
+/// Which rate limit refused a request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabel {
+    /// The limit's name in the configuration (`[rates]`).
+    pub limit: &'static str,
+}
+
+/// A bus message's direction.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    /// "published" or "received".
+    pub direction: &'static str,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// 0.5 ms … ~16 s: requests, store commits.
+fn latency_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// Every series this server exports, and the registry that encodes them.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Open connections, by transport and phase.
+    pub connections: Family<ConnectionLabels, Gauge>,
+    /// Connections accepted, by transport.
+    pub connections_accepted: Family<TransportLabel, Counter>,
+    /// QUIC and WebTransport handshakes, by result ("ok", "failed", "refused").
+    pub handshakes: Family<ResultLabel, Counter>,
+    /// Requests answered, by kind and code.
+    pub requests: Family<RequestLabels, Counter>,
+    /// From a request's arrival to its answer, by kind.
+    pub request_duration: Histograms<OpLabel>,
+    /// Events committed to conversation logs (messages, edits, membership, …).
+    pub events_committed: Counter,
+    /// Messages a send found already committed (a retry absorbed by idempotency).
+    pub duplicates: Counter,
+    /// Store commits (one per shard batch): their duration.
+    pub store_commit_duration: Histogram,
+    /// Store commits that failed (the batch's senders got an error and retry).
+    pub store_commit_failures: Counter,
+    /// Store commits that lost a race for a conversation to another node (its commands
+    /// are applied again).
+    pub store_commit_conflicts: Counter,
+    /// Events written to a connection's delivery stream.
+    pub deliveries: Counter,
+    /// From an event's commit to its write on a recipient's connection.
+    pub delivery_latency: Histogram,
+    /// Connections cut off for reading too slowly.
+    pub slow_consumer_cutoffs: Counter,
+    /// Ephemeral events (typing, presence) dropped: no datagram room and a full queue.
+    pub datagrams_dropped: Counter,
+    /// Sessions resumed or started after a reconnect, by outcome.
+    pub resumes: Family<OutcomeLabel, Counter>,
+    /// Requests refused by a rate limit, by limit.
+    pub rate_limited: Family<LimitLabel, Counter>,
+    /// Sessions with a live connection on this node (read at scrape).
+    pub sessions_attached: Gauge,
+    /// Messages on the cluster bus, by direction.
+    pub bus_messages: Family<DirectionLabel, Counter>,
+    /// Cluster bus failures (publish or subscribe).
+    pub bus_errors: Counter,
+    /// Push notifications posted to providers, by result.
+    pub push_notifications: Family<ResultLabel, Counter>,
+    /// Webhook deliveries, by result.
+    pub webhook_deliveries: Family<ResultLabel, Counter>,
+    /// Process: CPU time used (read at scrape).
+    process_cpu: Counter<f64, AtomicU64>,
+    process_cpu_seen: Mutex<f64>,
+    /// Process: resident memory (read at scrape).
+    process_memory: Gauge<i64, AtomicI64>,
+    /// Process: open file descriptors (read at scrape).
+    process_fds: Gauge<i64, AtomicI64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every series registered.
+    pub fn new() -> Metrics {
+        let mut root = Registry::default();
+        let r = root.sub_registry_with_prefix("natter");
+        let m = Metrics {
+            registry: Registry::default(),
+            connections: Family::default(),
+            connections_accepted: Family::default(),
+            handshakes: Family::default(),
+            requests: Family::default(),
+            request_duration: Family::new_with_constructor(latency_buckets),
+            events_committed: Counter::default(),
+            duplicates: Counter::default(),
+            store_commit_duration: latency_buckets(),
+            store_commit_failures: Counter::default(),
+            store_commit_conflicts: Counter::default(),
+            deliveries: Counter::default(),
+            delivery_latency: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            slow_consumer_cutoffs: Counter::default(),
+            datagrams_dropped: Counter::default(),
+            resumes: Family::default(),
+            rate_limited: Family::default(),
+            sessions_attached: Gauge::default(),
+            bus_messages: Family::default(),
+            bus_errors: Counter::default(),
+            push_notifications: Family::default(),
+            webhook_deliveries: Family::default(),
+            process_cpu: Counter::default(),
+            process_cpu_seen: Mutex::new(0.0),
+            process_memory: Gauge::default(),
+            process_fds: Gauge::default(),
+        };
+        r.register(
+            "build",
+            "natter-server's version",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        r.register("connections", "Open connections", m.connections.clone());
+        r.register(
+            "connections_accepted",
+            "Connections accepted",
+            m.connections_accepted.clone(),
+        );
+        r.register("handshakes", "Transport handshakes by result", m.handshakes.clone());
+        r.register("requests", "Requests answered, by kind and code", m.requests.clone());
+        r.register_with_unit(
+            "request_duration",
+            "From a request's arrival to its answer",
+            Unit::Seconds,
+            m.request_duration.clone(),
+        );
+        r.register("events_committed", "Events committed", m.events_committed.clone());
+        r.register(
+            "duplicates",
+            "Sends absorbed as duplicates of a committed message",
+            m.duplicates.clone(),
+        );
+        r.register_with_unit(
+            "store_commit_duration",
+            "Store commits of a shard batch",
+            Unit::Seconds,
+            m.store_commit_duration.clone(),
+        );
+        r.register(
+            "store_commit_failures",
+            "Store commits that failed",
+            m.store_commit_failures.clone(),
+        );
+        r.register(
+            "store_commit_conflicts",
+            "Store commits that lost a conversation to another node",
+            m.store_commit_conflicts.clone(),
+        );
+        r.register("deliveries", "Events written to a connection", m.deliveries.clone());
+        r.register_with_unit(
+            "delivery_latency",
+            "From an event's commit to its write on a recipient's connection",
+            Unit::Seconds,
+            m.delivery_latency.clone(),
+        );
+        r.register(
+            "slow_consumer_cutoffs",
+            "Connections cut off for reading too slowly",
+            m.slow_consumer_cutoffs.clone(),
+        );
+        r.register(
+            "datagrams_dropped",
+            "Ephemeral events dropped",
+            m.datagrams_dropped.clone(),
+        );
+        r.register("resumes", "Reconnected sessions by outcome", m.resumes.clone());
+        r.register(
+            "rate_limited",
+            "Requests refused by a rate limit",
+            m.rate_limited.clone(),
+        );
+        r.register(
+            "sessions_attached",
+            "Sessions with a live connection",
+            m.sessions_attached.clone(),
+        );
+        r.register("bus_messages", "Cluster bus messages", m.bus_messages.clone());
+        r.register("bus_errors", "Cluster bus failures", m.bus_errors.clone());
+        r.register(
+            "push_notifications",
+            "Push notifications posted to providers",
+            m.push_notifications.clone(),
+        );
+        r.register("webhook_deliveries", "Webhook deliveries", m.webhook_deliveries.clone());
+        let p = root.sub_registry_with_prefix("process");
+        p.register_with_unit("cpu", "CPU time used", Unit::Seconds, m.process_cpu.clone());
+        p.register_with_unit(
+            "resident_memory",
+            "Resident memory",
+            Unit::Bytes,
+            m.process_memory.clone(),
+        );
+        p.register("open_fds", "Open file descriptors", m.process_fds.clone());
+        Metrics { registry: root, ..m }
+    }
+
+    /// A request of kind `op` answered with `code` after `took`.
+    pub fn request(&self, op: &'static str, code: &'static str, took: Duration) {
+        self.requests.get_or_create(&RequestLabels { op, code }).inc();
+        self.request_duration
+            .get_or_create(&OpLabel { op })
+            .observe(took.as_secs_f64());
+    }
+
+    /// A connection of `transport` opened: counted and shown unauthenticated until
+    /// [`ConnectionGauge::authenticated`]; the gauge goes down when the guard drops.
+    pub fn connection(self: &std::sync::Arc<Self>, transport: &'static str) -> ConnectionGauge {
+        self.connections_accepted
+            .get_or_create(&TransportLabel { transport })
+            .inc();
+        let g = ConnectionGauge {
+            metrics: self.clone(),
+            transport,
+            state: "unauthenticated",
+        };
+        g.gauge().inc();
+        g
+    }
+
+    /// `result` of something counted by result.
+    pub fn result(family: &Family<ResultLabel, Counter>, result: &'static str) {
+        family.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// The registry in Prometheus's text format (version 0.0.4), or OpenMetrics text.
+    pub fn encode(&self, openmetrics: bool) -> String {
+        self.read_process();
+        let mut out = String::new();
+        let done = if openmetrics {
+            prometheus_client::encoding::text::encode(&mut out, &self.registry)
+        } else {
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+        };
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+
+    /// CPU, memory and descriptors from /proc (Linux; elsewhere they stay 0).
+    fn read_process(&self) {
+        let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+            return;
+        };
+        // Fields after the command (which may hold spaces) closes with ')'.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        // utime and stime are fields 14 and 15 (1-based), 11 and 12 after the command.
+        if let (Some(u), Some(s)) = (fields.get(11), fields.get(12)) {
+            let ticks = u.parse::<f64>().unwrap_or(0.0) + s.parse::<f64>().unwrap_or(0.0);
+            let secs = ticks / clock_ticks();
+            let mut seen = self.process_cpu_seen.lock().expect("cpu lock");
+            if secs > *seen {
+                self.process_cpu.inc_by(secs - *seen);
+                *seen = secs;
+            }
+        }
+        if let Some(rss) = fields.get(21).and_then(|p| p.parse::<i64>().ok()) {
+            self.process_memory.set(rss * 4096);
+        }
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            self.process_fds.set(dir.count() as i64);
+        }
+    }
+}
+
+/// Linux reports CPU time in clock ticks: 100 per second on every architecture it runs
+/// natter on (USER_HZ).
+fn clock_ticks() -> f64 {
+    100.0
+}
+
+/// One open connection in [`Metrics::connections`]; moves to "authenticated" once, and
+/// leaves the gauge when dropped.
+#[derive(Debug)]
+pub struct ConnectionGauge {
+    metrics: std::sync::Arc<Metrics>,
+    transport: &'static str,
+    state: &'static str,
+}
+
+impl ConnectionGauge {
+    fn gauge(&self) -> Gauge {
+        self.metrics
+            .connections
+            .get_or_create(&ConnectionLabels {
+                transport: self.transport,
+                state: self.state,
+            })
+            .clone()
+    }
+
+    /// The connection authenticated.
+    pub fn authenticated(&mut self) {
+        if self.state != "authenticated" {
+            self.gauge().dec();
+            self.state = "authenticated";
+            self.gauge().inc();
+        }
+    }
+}
+
+impl Drop for ConnectionGauge {
+    fn drop(&mut self) {
+        self.gauge().dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_are_prefixed_and_counters_count() {
+        let m = std::sync::Arc::new(Metrics::new());
+        m.events_committed.inc();
+        m.request("send", "OK", Duration::from_millis(3));
+        let mut c = m.connection("quic");
+        c.authenticated();
+        let text = m.encode(false);
+        assert!(text.contains("natter_events_committed_total 1"), "{text}");
+        assert!(
+            text.contains("natter_requests_total{op=\"send\",code=\"OK\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("natter_connections{transport=\"quic\",state=\"authenticated\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("natter_build_info{version="), "{text}");
+        drop(c);
+        assert!(m
+            .encode(false)
+            .contains("natter_connections{transport=\"quic\",state=\"authenticated\"} 0"),);
+        assert!(m.encode(true).ends_with("# EOF\n"), "OpenMetrics on request");
+    }
+}
