@@ -133,6 +133,30 @@ async fn the_ops_listener_answers_liveness_readiness_and_metrics_that_count_the_
     assert!(after.contains("natter_build_info{version=\""));
     promtool_accepts(&after);
 
+    // HTTP on the web endpoint: counted by route template and status, never by path.
+    let web = format!("http://{}", s.web_addr.unwrap());
+    for path in ["/natter.json", "/api/v1/users/u-1", "/api/v1/users/u-2"] {
+        reqwest::get(format!("{web}{path}")).await.unwrap();
+    }
+    let http = scrape(ops).await;
+    assert_eq!(
+        sample(
+            &http,
+            "natter_http_requests_total{route=\"/natter.json\",status=\"200\"}"
+        ),
+        1.0,
+        "{http}"
+    );
+    assert_eq!(
+        sample(
+            &http,
+            "natter_http_requests_total{route=\"/api/v1/users/{id}\",status=\"401\"}"
+        ),
+        2.0,
+        "two users' paths, one series"
+    );
+    assert!(!http.contains("u-1"), "no path in a label");
+
     // OpenMetrics when the scraper asks for it.
     let (status, kind, om) = get(ops, "/metrics", Some("application/openmetrics-text;version=1.0.0")).await;
     assert_eq!(status, 200);

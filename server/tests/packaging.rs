@@ -84,3 +84,65 @@ async fn the_health_check_command_follows_readiness() {
     assert!(!out.status.success(), "not ready, and the command says so");
     assert!(String::from_utf8_lossy(&out.stdout).contains("the node is draining"));
 }
+
+/// Every `natter_…` and `process_…` name in `text`.
+fn named(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, _) in text.match_indices(['n', 'p']) {
+        let rest = &text[i..];
+        if !(rest.starts_with("natter_") || rest.starts_with("process_")) {
+            continue;
+        }
+        if i > 0 && text.as_bytes()[i - 1].is_ascii_alphanumeric() {
+            continue;
+        }
+        let end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len());
+        out.push(rest[..end].to_string());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alert_rules_and_the_dashboard_ask_for_series_natter_exports() {
+    // Every sample name natter can export; and a live node's exposition carries them.
+    let exported: std::collections::BTreeSet<String> =
+        natter_server::ops::Metrics::sample_names().into_iter().collect();
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path()).await;
+    let live = reqwest::get(format!("http://{}/metrics", s.ops_addr.unwrap()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(live.contains("natter_events_committed_total"), "{live}");
+    let rules = repo().join("packaging/prometheus/alerts.yml");
+    let out = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .expect("promtool runs (scripts/test.sh installs Debian's prometheus)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let dashboard: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo().join("packaging/prometheus/grafana-dashboard.json")).unwrap())
+            .expect("the dashboard is JSON");
+    let mut exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter())
+        .map(|t| t["expr"].as_str().unwrap().to_string())
+        .collect();
+    assert!(exprs.len() >= 10, "a dashboard with its panels");
+    exprs.push(std::fs::read_to_string(&rules).unwrap());
+    let mut unknown: Vec<String> = exprs
+        .iter()
+        .flat_map(|e| named(e))
+        .filter(|n| !exported.contains(n))
+        .collect();
+    unknown.sort();
+    unknown.dedup();
+    assert!(unknown.is_empty(), "asked for but not exported: {unknown:?}");
+}

@@ -52,6 +52,22 @@ pub struct RequestLabels {
     pub code: &'static str,
 }
 
+/// An HTTP request on the web endpoint: its route template and status.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// The route as written in the router (`/api/v1/users/{id}`), or "static".
+    pub route: String,
+    /// The response's HTTP status.
+    pub status: u16,
+}
+
+/// An HTTP route template.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    /// As [`HttpLabels::route`].
+    pub route: String,
+}
+
 /// A request's kind.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OpLabel {
@@ -102,6 +118,11 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     /// From a request's arrival to its answer, by kind.
     pub request_duration: Histograms<OpLabel>,
+    /// HTTP requests on the web endpoint (server API, tus, media, WebSocket upgrades, the
+    /// page), by route and status.
+    pub http_requests: Family<HttpLabels, Counter>,
+    /// From an HTTP request's arrival to its response's head, by route.
+    pub http_request_duration: Histograms<RouteLabel>,
     /// Events committed to conversation logs (messages, edits, membership, …).
     pub events_committed: Counter,
     /// Messages a send found already committed (a retry absorbed by idempotency).
@@ -162,6 +183,8 @@ impl Metrics {
             handshakes: Family::default(),
             requests: Family::default(),
             request_duration: Family::new_with_constructor(latency_buckets),
+            http_requests: Family::default(),
+            http_request_duration: Family::new_with_constructor(latency_buckets),
             events_committed: Counter::default(),
             duplicates: Counter::default(),
             store_commit_duration: latency_buckets(),
@@ -201,6 +224,17 @@ impl Metrics {
             "From a request's arrival to its answer",
             Unit::Seconds,
             m.request_duration.clone(),
+        );
+        r.register(
+            "http_requests",
+            "HTTP requests on the web endpoint, by route and status",
+            m.http_requests.clone(),
+        );
+        r.register_with_unit(
+            "http_request_duration",
+            "From an HTTP request's arrival to its response's head",
+            Unit::Seconds,
+            m.http_request_duration.clone(),
         );
         r.register("events_committed", "Events committed", m.events_committed.clone());
         r.register(
@@ -280,6 +314,14 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
+    /// An HTTP request on route template `route` answered `status` after `took`.
+    pub fn http(&self, route: String, status: u16, took: Duration) {
+        self.http_request_duration
+            .get_or_create(&RouteLabel { route: route.clone() })
+            .observe(took.as_secs_f64());
+        self.http_requests.get_or_create(&HttpLabels { route, status }).inc();
+    }
+
     /// A connection of `transport` opened: counted and shown unauthenticated until
     /// [`ConnectionGauge::authenticated`]; the gauge goes down when the guard drops.
     pub fn connection(self: &std::sync::Arc<Self>, transport: &'static str) -> ConnectionGauge {
@@ -313,6 +355,34 @@ impl Metrics {
             tracing::warn!(error = %e, "encoding metrics failed");
         }
         out
+    }
+
+    /// Every sample name this registry can export (`natter_requests_total`,
+    /// `natter_request_duration_seconds_bucket`, …): a labelled family shows in the
+    /// exposition only once it has a series, so this fills a fresh registry's families with
+    /// one series each and reads the result. Dashboards and alert rules are checked
+    /// against it.
+    pub fn sample_names() -> Vec<String> {
+        let m = std::sync::Arc::new(Metrics::new());
+        let one = "x";
+        drop(m.connection(one));
+        Metrics::result(&m.handshakes, one);
+        m.request(one, one, Duration::ZERO);
+        m.http(one.into(), 200, Duration::ZERO);
+        m.resumes.get_or_create(&OutcomeLabel { outcome: one }).inc();
+        m.rate_limited.get_or_create(&LimitLabel { limit: one }).inc();
+        m.bus_messages.get_or_create(&DirectionLabel { direction: one }).inc();
+        Metrics::result(&m.push_notifications, one);
+        Metrics::result(&m.webhook_deliveries, one);
+        let mut names: Vec<String> = m
+            .encode(false)
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| l.split(['{', ' ']).next().unwrap_or_default().to_string())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
     }
 
     /// CPU, memory and descriptors from /proc (Linux; elsewhere they stay 0).
@@ -413,5 +483,14 @@ mod tests {
             .encode(false)
             .contains("natter_connections{transport=\"quic\",state=\"authenticated\"} 0"),);
         assert!(m.encode(true).ends_with("# EOF\n"), "OpenMetrics on request");
+        let names = Metrics::sample_names();
+        for name in [
+            "natter_requests_total",
+            "natter_request_duration_seconds_bucket",
+            "natter_webhook_deliveries_total",
+            "process_cpu_seconds_total",
+        ] {
+            assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
+        }
     }
 }

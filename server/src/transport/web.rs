@@ -28,6 +28,26 @@ struct WebState {
     webtransport: Option<(u16, Arc<WtCerts>)>,
 }
 
+/// Every HTTP request on the web endpoint, counted by route template (a closed set: the
+/// routes above, "static" for the page's files) and status, and timed to its response's
+/// head (`natter_http_requests_total`, `natter_http_request_duration_seconds`).
+async fn count_http(
+    State(shared): State<Weak<Shared>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "static".to_string(), |p| p.as_str().to_string());
+    let started = std::time::Instant::now();
+    let res = next.run(req).await;
+    if let Some(shared) = shared.upgrade() {
+        shared.ctx.metrics.http(route, res.status().as_u16(), started.elapsed());
+    }
+    res
+}
+
 /// `/natter.json`: where and how a browser connects.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -256,7 +276,8 @@ impl WebEndpoint {
             .with_state(state.clone())
             .merge(crate::transport::http_media::routes(state.shared.clone()))
             .merge(crate::transport::http_api::routes(state.shared.clone()))
-            .fallback_service(tower_http::services::ServeDir::new(root));
+            .fallback_service(tower_http::services::ServeDir::new(root))
+            .layer(axum::middleware::from_fn_with_state(state.shared.clone(), count_http));
         let acceptor = tls.map(|mut cfg| {
             cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
             tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
