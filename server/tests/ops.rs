@@ -13,7 +13,6 @@ use common::api::product_token;
 use common::disk::{fill, Tmpfs};
 use common::*;
 use natter_sdk::{Client, ClientEvent, ConversationId};
-use natter_server::config::Storage;
 use natter_server::store::testredis::TestRedis;
 use serde_json::Value;
 
@@ -324,16 +323,6 @@ impl Prometheus {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-}
-
-async fn redis_node(dir: &std::path::Path, redis: &TestRedis, id: &str) -> natter_server::RunningServer {
-    let cfg = natter_server::Config {
-        storage: Storage::Redis,
-        redis_urls: vec![redis.url()],
-        node_id: id.into(),
-        ..config(dir)
-    };
-    natter_server::start(&cfg).await.expect("node starts")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

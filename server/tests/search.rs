@@ -393,27 +393,13 @@ async fn the_cli_searches_pages_and_finds_people_and_channels() {
 }
 
 /// A node of a Redis deployment, in process, on its own data dir.
-async fn node(
-    dir: &std::path::Path,
-    redis: &natter_server::store::testredis::TestRedis,
-    id: &str,
-) -> natter_server::RunningServer {
-    let cfg = natter_server::Config {
-        storage: natter_server::config::Storage::Redis,
-        redis_urls: vec![redis.url()],
-        node_id: id.into(),
-        ..config(dir)
-    };
-    natter_server::start(&cfg).await.expect("node starts")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_node_answers_and_a_node_that_joins_later_catches_up_by_itself() {
     let redis = natter_server::store::testredis::TestRedis::start();
     let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
-    let a = node(dirs[0].path(), &redis, "a").await;
-    let b = node(dirs[1].path(), &redis, "b").await;
-    let c = node(dirs[2].path(), &redis, "c").await;
+    let a = redis_node(dirs[0].path(), &redis, "a").await;
+    let b = redis_node(dirs[1].path(), &redis, "b").await;
+    let c = redis_node(dirs[2].path(), &redis, "c").await;
     // Alice writes on A; bob reads on C; the group's third member never connects to B.
     let alice = user(&a, "alice").await;
     let bob = user(&c, "bob").await;
@@ -437,7 +423,7 @@ async fn any_node_answers_and_a_node_that_joins_later_catches_up_by_itself() {
     assert_eq!(find(&on_b, "incident").await.len(), 20, "node B answers");
 
     // A node that joins afterwards catches up from the log in Redis, then follows.
-    let d = node(dirs[3].path(), &redis, "d").await;
+    let d = redis_node(dirs[3].path(), &redis, "d").await;
     indexed(&d, group, last).await;
     let on_d = device(d.addr, &d.fingerprint, "bob", false).await;
     assert_eq!(find(&on_d, "incident").await.len(), 20, "node D caught up");
@@ -449,7 +435,7 @@ async fn any_node_answers_and_a_node_that_joins_later_catches_up_by_itself() {
     drop(on_b);
     b.shutdown().await;
     let last = send_n(&alice, group, 9, |i| format!("incident {} resolved", i + 21)).await;
-    let b = node(dirs[1].path(), &redis, "b").await;
+    let b = redis_node(dirs[1].path(), &redis, "b").await;
     indexed(&b, group, last).await;
     let on_b = device(b.addr, &b.fingerprint, "bob", false).await;
     assert_eq!(

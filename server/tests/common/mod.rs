@@ -35,6 +35,23 @@ pub async fn server(dir: &Path) -> RunningServer {
     natter_server::start(&config(dir)).await.expect("server starts")
 }
 
+/// [`config`] for node `id` of several on one Redis.
+pub fn redis_config(dir: &Path, redis: &natter_server::store::testredis::TestRedis, id: &str) -> Config {
+    Config {
+        storage: natter_server::config::Storage::Redis,
+        redis_urls: vec![redis.url()],
+        node_id: id.into(),
+        ..config(dir)
+    }
+}
+
+/// A node of several on one Redis, in process.
+pub async fn redis_node(dir: &Path, redis: &natter_server::store::testredis::TestRedis, id: &str) -> RunningServer {
+    natter_server::start(&redis_config(dir, redis, id))
+        .await
+        .expect("node starts")
+}
+
 /// Start a server again on the same data dir and address. sled may release its directory
 /// lock a moment after the previous in-process server's last handle is gone (its I/O pool
 /// finishes first), so opening is retried while the lock is held, up to the deadline.

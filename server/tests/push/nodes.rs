@@ -3,7 +3,6 @@
 //! node's to watch, and is notified (once) only if it does not acknowledge.
 use std::time::Duration;
 
-use natter_server::config::Storage;
 use natter_server::store::testredis::TestRedis;
 
 use super::{ack, payload, Trio};
@@ -12,12 +11,9 @@ use crate::common::*;
 
 async fn node(dir: &std::path::Path, redis: &TestRedis, id: &str) -> natter_server::RunningServer {
     let cfg = natter_server::Config {
-        storage: Storage::Redis,
-        redis_urls: vec![redis.url()],
-        node_id: id.into(),
         push_allow_loopback_endpoints: true,
         push_ack_delay_ms: 600,
-        ..config(dir)
+        ..redis_config(dir, redis, id)
     };
     natter_server::start(&cfg).await.expect("node starts")
 }
