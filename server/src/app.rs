@@ -471,18 +471,14 @@ impl RunningServer {
                 out.need_restart.push(k.clone());
             }
         }
-        let (cert, key, rates, log) = (
-            new.tls_cert.clone(),
-            new.tls_key.clone(),
-            new.rates.clone(),
-            new.log.clone(),
-        );
-        if out.need_restart.iter().all(|k| k != "tls_cert") {
-            running.tls_cert = cert;
-            running.tls_key = key;
+        // What now runs: the live settings as applied (a removed certificate stays until
+        // the restart it needs).
+        if !out.need_restart.iter().any(|k| k == "tls_cert") {
+            running.tls_cert = new.tls_cert.clone();
+            running.tls_key = new.tls_key.clone();
         }
-        running.rates = rates;
-        running.log = log;
+        running.rates = new.rates.clone();
+        running.log = new.log.clone();
         Ok(out)
     }
 
@@ -490,11 +486,6 @@ impl RunningServer {
     /// new connections before [`RunningServer::drain`] tells the clients to move).
     pub fn stop_being_ready(&self) {
         self.readiness.set_draining();
-    }
-
-    /// This node's metrics in Prometheus's text format (what `/metrics` serves).
-    pub fn metrics_text(&self) -> String {
-        self.shared.ctx.metrics.encode(false)
     }
 
     /// Drain before a planned stop (SIGTERM), one sequence for every connection of every

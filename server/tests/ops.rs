@@ -219,12 +219,7 @@ async fn the_number_of_series_does_not_grow_with_users_and_conversations() {
     // Token logins: no password hashing per user; the address may log in often.
     let mut cfg = config(dir.path());
     cfg.rates.login_per_minute_per_ip = 100_000;
-    cfg.token_issuers = vec![natter_server::security::jwt::IssuerConfig {
-        issuer: "https://product.test".into(),
-        audience: vec!["natter".into()],
-        hs256_secret: Some(natter_server::security::Secret(common::api::SECRET.into())),
-        ..Default::default()
-    }];
+    cfg.token_issuers = vec![common::api::product_issuer()];
     let s = natter_server::start(&cfg).await.unwrap();
     let ops = s.ops_addr.unwrap();
     activity(&s, 0, 10, 2, 0).await;
@@ -526,15 +521,16 @@ async fn sighup_gives_new_connections_a_new_certificate_and_existing_ones_contin
     let (cert, key, first) = certificate(dir.path(), "first");
     let (next_cert, next_key, second) = certificate(dir.path(), "second");
     let config = dir.path().join("natter.toml");
-    std::fs::write(
-        &config,
-        format!(
+    // The configuration file: the certificate's files, then `more`.
+    let write_config = |more: &str| {
+        let files = format!(
             "tls_cert = {:?}\ntls_key = {:?}\n",
             cert.display().to_string(),
             key.display().to_string()
-        ),
-    )
-    .unwrap();
+        );
+        std::fs::write(&config, files + more).unwrap();
+    };
+    write_config("");
     let log = dir.path().join("server.log");
     let p = spawn_server_binary_logging(
         dir.path(),
@@ -551,15 +547,7 @@ async fn sighup_gives_new_connections_a_new_certificate_and_existing_ones_contin
     // The files change, then SIGHUP; a rate also changes, and a key that needs a restart.
     std::fs::copy(&next_cert, &cert).unwrap();
     std::fs::copy(&next_key, &key).unwrap();
-    std::fs::write(
-        &config,
-        format!(
-            "tls_cert = {:?}\ntls_key = {:?}\nmax_text_chars = 100\n[rates]\nsends_per_second_per_user = 7\n",
-            cert.display().to_string(),
-            key.display().to_string()
-        ),
-    )
-    .unwrap();
+    write_config("max_text_chars = 100\n[rates]\nsends_per_second_per_user = 7\n");
     let pid = p.child.id().to_string();
     assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
     // The reload is logged as one JSON object: what it applied and what needs a restart.

@@ -198,17 +198,19 @@ async fn a_backend_finds_users_manages_conversations_reads_state_searches_and_mo
         b64("log.bin"),
         b64("application/octet-stream")
     );
-    let r = api
-        .http
-        .post(format!("{}/tus", api.base))
-        .header("authorization", format!("Bearer {key}"))
-        .header("natter-user", "u-ann")
-        .header("tus-resumable", "1.0.0")
-        .header("upload-length", bytes.len().to_string())
-        .header("upload-metadata", meta)
-        .send()
-        .await
-        .unwrap();
+    // A tus upload made under the write key for `user`.
+    let tus_create = |user: &'static str, length: usize, meta: String| {
+        let req = api
+            .http
+            .post(format!("{}/tus", api.base))
+            .header("authorization", format!("Bearer {key}"))
+            .header("natter-user", user)
+            .header("tus-resumable", "1.0.0")
+            .header("upload-length", length.to_string())
+            .header("upload-metadata", meta);
+        async move { req.send().await.unwrap() }
+    };
+    let r = tus_create("u-ann", bytes.len(), meta).await;
     assert_eq!(r.status(), 201, "{:?}", r.text().await);
     let location = r.headers()["location"].to_str().unwrap().to_string();
     let media_id = r.headers()["natter-media-id"].to_str().unwrap().to_string();
@@ -295,20 +297,12 @@ async fn a_backend_finds_users_manages_conversations_reads_state_searches_and_mo
     assert_eq!((st, e["error"]["code"].as_str()), (403, Some("FORBIDDEN")));
     // Files too: no read and no tus upload as him under the key.
     assert_eq!(get("u-bob", read.clone(), None).await.0, 403);
-    let r = api
-        .http
-        .post(format!("{}/tus", api.base))
-        .header("authorization", format!("Bearer {key}"))
-        .header("natter-user", "u-bob")
-        .header("tus-resumable", "1.0.0")
-        .header("upload-length", "10")
-        .header(
-            "upload-metadata",
-            format!("conversation {},filename {}", b64(&conv.to_string()), b64("x.bin")),
-        )
-        .send()
-        .await
-        .unwrap();
+    let r = tus_create(
+        "u-bob",
+        10,
+        format!("conversation {},filename {}", b64(&conv.to_string()), b64("x.bin")),
+    )
+    .await;
     assert_eq!(r.status(), 403, "{:?}", r.text().await);
     let (st, _) = api.post("/api/v1/users/u-bob/reactivate", &admin, json!({})).await;
     assert_eq!(st, 204);

@@ -83,15 +83,20 @@ impl Api {
     }
 }
 
-/// A server on `data` that trusts the test product's tokens, and its API client.
-pub async fn api_server(data: &Path) -> (natter_server::RunningServer, Api) {
-    let mut cfg = super::config(data);
-    cfg.token_issuers = vec![IssuerConfig {
+/// The test product's token issuer (HS256 with [`SECRET`]), as a server trusts it.
+pub fn product_issuer() -> IssuerConfig {
+    IssuerConfig {
         issuer: "https://product.test".into(),
         audience: vec!["natter".into()],
         hs256_secret: Some(Secret(SECRET.into())),
         ..Default::default()
-    }];
+    }
+}
+
+/// A server on `data` that trusts the test product's tokens, and its API client.
+pub async fn api_server(data: &Path) -> (natter_server::RunningServer, Api) {
+    let mut cfg = super::config(data);
+    cfg.token_issuers = vec![product_issuer()];
     let s = natter_server::start(&cfg).await.unwrap();
     let api = Api {
         base: format!("http://{}", s.web_addr.unwrap()),
