@@ -37,6 +37,11 @@ if [[ "${1:-}" == quick ]]; then
   exit 0
 fi
 
+# A fresh clone builds everything once: incremental caches (~4 GB of target/) would only be
+# written, never read. A run once failed on a full disk; the free space is printed to tell.
+[[ -n "${CI:-}" ]] && export CARGO_INCREMENTAL=0
+df -h . | tail -1 | awk '{ print "natter: " $4 " free on the build disk" }'
+
 step "toolchain: rustfmt, clippy, wasm32-unknown-unknown, wasm-bindgen CLI"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 source scripts/wasm-tools.sh
