@@ -71,6 +71,7 @@ impl Op {
             Op::GetProfiles(_) => "get_profiles",
             Op::DeleteAccount(_) => "delete_account",
             Op::ExportAccount(_) => "export_account",
+            Op::SetRetention(_) => "set_retention",
         }
     }
 }

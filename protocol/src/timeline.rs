@@ -48,6 +48,7 @@ impl MessageView {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Timeline {
     messages: BTreeMap<Seq, MessageView>,
+    removed_through: Seq,
 }
 
 impl Timeline {
@@ -71,6 +72,10 @@ impl Timeline {
             | EventBody::Reaction { target_seq, .. } => Seq(*target_seq),
             _ => return None,
         };
+        if target <= self.removed_through {
+            // Retention removed it (an older page arriving late).
+            return None;
+        }
         match &ev.body {
             EventBody::Message {
                 text,
@@ -158,6 +163,25 @@ impl Timeline {
         }
     }
 
+    /// Retention removed the conversation's events up to `through` (PROTOCOL.md §5.17: a
+    /// history page's `removed_through`, or the `HistoryRemoved` event): the messages held
+    /// up to there go, and the view shows one tombstone before the first message left.
+    /// Never moves back. Returns whether anything changed (redraw).
+    pub fn remove_through(&mut self, through: Seq) -> bool {
+        if through <= self.removed_through {
+            return false;
+        }
+        self.removed_through = through;
+        self.messages = self.messages.split_off(&through.next());
+        true
+    }
+
+    /// Events up to here were removed by retention (`Seq(0)`: none): draw a tombstone
+    /// above the oldest message when it is not 0.
+    pub fn removed_through(&self) -> Seq {
+        self.removed_through
+    }
+
     /// One message as the app shows it.
     pub fn message(&self, seq: Seq) -> Option<Message> {
         self.messages.get(&seq).map(Message::from)
@@ -204,6 +228,21 @@ mod tests {
             mentions: Vec::new(),
             mention_here: false,
         }
+    }
+
+    #[test]
+    fn a_range_removed_by_retention_leaves_the_messages_after_it() {
+        let mut t = Timeline::new();
+        for seq in 1..=5 {
+            t.apply(&ev(seq, 1, msg(&format!("m{seq}"))));
+        }
+        assert!(t.remove_through(Seq(3)));
+        assert_eq!(t.removed_through(), Seq(3));
+        let left: Vec<u64> = t.messages().map(|m| m.seq.0).collect();
+        assert_eq!(left, [4, 5]);
+        assert!(!t.remove_through(Seq(2)), "it never moves back");
+        assert_eq!(t.apply(&ev(2, 1, msg("late page"))), None, "a removed message stays removed");
+        assert_eq!(t.messages().count(), 2);
     }
 
     #[test]

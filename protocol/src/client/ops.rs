@@ -416,6 +416,16 @@ pub fn set_slow_mode(conv: ConversationId, interval_secs: u32) -> Call<()> {
     Call::new(op, done)
 }
 
+/// How long the conversation keeps its events (PROTOCOL.md §5.17): `Some(secs)` (0:
+/// forever), or `None` for the server's default for its kind.
+pub fn set_retention(conv: ConversationId, retention_secs: Option<u64>) -> Call<()> {
+    let op = Op::SetRetention(pb::SetRetention {
+        conversation_id: conv.0,
+        retention_secs,
+    });
+    Call::new(op, done)
+}
+
 /// Report a message to the product's moderators.
 pub fn report(conv: ConversationId, seq: Seq, reason: &str) -> Call<()> {
     let op = Op::ReportMessage(pb::ReportMessage {

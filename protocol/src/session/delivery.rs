@@ -67,9 +67,20 @@ impl ClientSession {
     pub(super) fn on_gap_page(&mut self, c: ConversationId, result: Result<Res, ServerError>) {
         match result {
             Ok(Res::History(page)) => {
+                let mut removed = None;
                 if let Some(st) = self.convs.get_mut(&c) {
                     st.fetching = false;
                     st.highest_seen = st.highest_seen.max(Seq(page.last_seq));
+                    // Retention removed the events up to `removed_through` (PROTOCOL.md
+                    // §5.17): that range is not a gap to wait for. The view goes on after it,
+                    // and the app hears of the removal once.
+                    let floor = Seq(page.removed_through);
+                    if floor > st.delivered {
+                        st.delivered = floor;
+                        st.start_unknown = false;
+                        st.pending.retain(|s, _| *s > floor);
+                        removed = Some(floor);
+                    }
                     if std::mem::take(&mut st.start_unknown) {
                         // The member's view begins at the page's first event (or, if the
                         // page is empty, at the first event held).
@@ -88,10 +99,19 @@ impl ClientSession {
                         }
                     }
                 }
+                if let Some(through) = removed {
+                    self.events.push_back(SessionEvent::HistoryRemoved {
+                        conversation_id: c,
+                        through,
+                    });
+                }
                 for ev in page.events {
                     if ev.conversation_id == c.0 {
                         self.on_event(ev);
                     }
+                }
+                if removed.is_some() {
+                    self.release_pending(c);
                 }
             }
             Err(e)
@@ -110,6 +130,20 @@ impl ClientSession {
                     st.fetch_not_before = retry;
                 }
             }
+        }
+    }
+
+    /// Hand the app the held events that now follow on from what it was given.
+    fn release_pending(&mut self, c: ConversationId) {
+        let mut ready = Vec::new();
+        if let Some(st) = self.convs.get_mut(&c) {
+            while let Some(next) = st.pending.remove(&st.delivered.next()) {
+                st.delivered = st.delivered.next();
+                ready.push(next);
+            }
+        }
+        for ev in ready {
+            self.deliver(ev);
         }
     }
 

@@ -207,6 +207,7 @@ fn events_are_delivered_once_in_order_and_gaps_are_fetched() {
             events: vec![ev(5, 3, "c"), ev(5, 4, "d"), ev(5, 5, "e")],
             has_more: false,
             last_seq: 5,
+            ..Default::default()
         }),
     );
     assert_eq!(p.delivered(), vec![(5, 3), (5, 4), (5, 5)]);
@@ -217,6 +218,50 @@ fn events_are_delivered_once_in_order_and_gaps_are_fetched() {
         (vec![(5, 5), (5, 6)], vec![]),
         "an ack after the gap filled, one after 6"
     );
+}
+
+#[test]
+fn a_range_removed_by_retention_ends_the_gap_with_one_tombstone() {
+    let mut p = Peer::new(Some("tok"));
+    p.connect(auth_ok(false, vec![summary(5, 0, 1)]));
+    p.events();
+    p.stream(1, &[header(5), Kind::Event(ev(5, 1, "a")), Kind::Event(ev(5, 2, "b"))]);
+    assert_eq!(p.delivered(), vec![(5, 1), (5, 2)]);
+    p.acks_and_requests();
+    // Back after a long time: 3..=7 expired meanwhile; 9 arrives live, before 8.
+    p.stream(1, &[Kind::Event(ev(5, 9, "i"))]);
+    assert!(p.delivered().is_empty());
+    let (_, reqs) = p.acks_and_requests();
+    let (id, anchor) = history_request(&reqs);
+    assert_eq!(anchor, Some(pb::get_history::Anchor::After(2)));
+    p.respond(
+        id,
+        Res::History(pb::HistoryPage {
+            conversation_id: 5,
+            events: vec![ev(5, 8, "h")],
+            has_more: true,
+            last_seq: 9,
+            removed_through: 7,
+        }),
+    );
+    let seen: Vec<_> = p
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            SessionEvent::Event(e) => Some(format!("event {}", e.seq)),
+            SessionEvent::HistoryRemoved { conversation_id, through } => {
+                Some(format!("removed {} through {}", conversation_id.0, through.0))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(seen, ["removed 5 through 7", "event 8", "event 9"]);
+    let (acks, reqs) = p.acks_and_requests();
+    assert_eq!(acks, vec![(5, 9)]);
+    assert!(reqs.is_empty(), "no gap is left to fetch: {reqs:?}");
+    // A page that says the same again tells the app nothing new.
+    p.stream(1, &[Kind::Event(ev(5, 9, "dup")), Kind::Event(ev(5, 10, "j"))]);
+    assert_eq!(p.delivered(), vec![(5, 10)]);
 }
 
 /// The one History request the session sent, as (request id, anchor).
@@ -248,6 +293,7 @@ fn a_new_conversation_first_seen_past_its_start_is_fetched_from_the_start_of_the
             events: vec![ev(8, 1, "created"), ev(8, 2, "first"), ev(8, 3, "mine")],
             has_more: false,
             last_seq: 3,
+            ..Default::default()
         }),
     );
     assert_eq!(
@@ -272,6 +318,7 @@ fn a_new_conversation_first_seen_past_its_start_is_fetched_from_the_start_of_the
             events: vec![ev(9, 5, "added"), ev(9, 6, "f"), ev(9, 7, "g")],
             has_more: false,
             last_seq: 7,
+            ..Default::default()
         }),
     );
     assert_eq!(p.delivered(), vec![(9, 5), (9, 6), (9, 7)]);

@@ -184,6 +184,14 @@ pub enum SessionEvent {
     Conversations(Vec<pb::ConversationSummary>),
     /// A conversation event: exactly once, in seq order per conversation.
     Event(pb::ConversationEvent),
+    /// Retention removed a conversation's events up to `through` (PROTOCOL.md §5.17) before
+    /// this device was given them: show one tombstone for the range; events after it follow.
+    HistoryRemoved {
+        /// Where.
+        conversation_id: ConversationId,
+        /// Every event up to here is gone.
+        through: Seq,
+    },
     /// A member's delivered/read cursors moved (drives message status).
     Receipt {
         /// Where.

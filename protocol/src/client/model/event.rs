@@ -47,6 +47,15 @@ pub enum NatterEvent {
         /// The event.
         event: ConversationEvent,
     },
+    /// Retention removed the conversation's events up to `through_seq` (PROTOCOL.md
+    /// §5.17) before this device got them: show one "older messages were removed" line;
+    /// the events after it follow.
+    HistoryRemoved {
+        /// Where.
+        conversation_id: u64,
+        /// Every event up to here is gone.
+        through_seq: u64,
+    },
     /// A member's cursors moved: refresh message status.
     Receipt {
         /// Where.
@@ -201,6 +210,10 @@ impl NatterEvent {
                 conversations: super::list(list),
             },
             SessionEvent::Event(e) => NatterEvent::Event { event: e.into() },
+            SessionEvent::HistoryRemoved { conversation_id, through } => NatterEvent::HistoryRemoved {
+                conversation_id: conversation_id.0,
+                through_seq: through.0,
+            },
             SessionEvent::Undecryptable { event, reason } => {
                 let mut event = super::ConversationEvent::from(event);
                 if let super::EventBody::Encrypted { client_msg_id } = event.body {

@@ -177,6 +177,12 @@ record! {
         pub receipts: Vec<MemberReceipt>,
         /// End-to-end encrypted (PROTOCOL.md §12).
         pub encrypted: bool,
+        /// How long events are kept, seconds; 0: forever (PROTOCOL.md §5.17).
+        pub retention_secs: u64,
+        /// `retention_secs` is the conversation's own setting, not the server's default.
+        pub retention_set: bool,
+        /// Events up to this seq were removed by retention; 0: none.
+        pub removed_through: u64,
     }
 }
 
@@ -279,6 +285,14 @@ pub enum EventBody {
         /// Seconds between two messages of a member.
         interval_secs: u32,
     },
+    /// How long the conversation keeps its events changed (PROTOCOL.md §5.17).
+    RetentionChanged {
+        /// The conversation's own setting in seconds (0: forever); `None`: the server's
+        /// default for its kind.
+        retention_secs: Option<u64>,
+        /// What applies now, seconds; 0: forever.
+        effective_secs: u64,
+    },
     /// What is left of an event whose sender's account was deleted with its messages
     /// erased (PROTOCOL.md §5.16): `message` when it was a message (show a tombstone),
     /// else an edit or a reaction.
@@ -356,6 +370,9 @@ record! {
         pub has_more: bool,
         /// The conversation's newest seq.
         pub last_seq: u64,
+        /// Events up to this seq were removed by retention (PROTOCOL.md §5.17): a page
+        /// that reaches them ends there, and the app shows one tombstone; 0: none.
+        pub removed_through: u64,
     }
 }
 
@@ -479,6 +496,9 @@ impl From<pb::ConversationSummary> for Conversation {
             last_message: c.last_message.map(ConversationEvent::from),
             receipts: list(c.receipts),
             encrypted: c.encrypted,
+            retention_secs: c.retention_secs,
+            retention_set: c.retention_set,
+            removed_through: c.removed_through,
         }
     }
 }
@@ -542,6 +562,10 @@ impl From<pb::conversation_event::Body> for EventBody {
             B::SlowModeChanged(s) => EventBody::SlowModeChanged {
                 interval_secs: s.interval_secs,
             },
+            B::RetentionChanged(r) => EventBody::RetentionChanged {
+                retention_secs: r.retention_secs,
+                effective_secs: r.effective_secs,
+            },
             B::Erased(e) => EventBody::Erased { message: e.message },
             B::UserErased(u) => EventBody::UserErased {
                 user_id: u.user_id,
@@ -584,6 +608,7 @@ impl From<pb::HistoryPage> for HistoryPage {
             events: list(h.events),
             has_more: h.has_more,
             last_seq: h.last_seq,
+            removed_through: h.removed_through,
         }
     }
 }
