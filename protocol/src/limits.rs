@@ -53,6 +53,8 @@ pub const MAX_CLIENT_NAME_BYTES: usize = 128;
 pub const MAX_TOKEN_BYTES: usize = 128;
 /// Longest slow-mode interval (6 hours).
 pub const MAX_SLOW_MODE_SECS: u32 = 6 * 3600;
+/// Longest retention a conversation may set, seconds (100 years; 0 means forever).
+pub const MAX_RETENTION_SECS: u64 = 36_500 * 86_400;
 /// Characters of a report's reason.
 pub const MAX_REPORT_REASON_CHARS: usize = 500;
 /// Characters of a display name (PROTOCOL.md §5.15).

@@ -14,6 +14,7 @@ use crate::cluster::{Cluster, LocalPresence};
 use crate::config::Config;
 use crate::config::Storage;
 use crate::conn::{ConnConfig, Shared};
+use crate::conversation::retention::{Retention, SharedRetention, Swept};
 use crate::conversation::{MemberLimits, Shards};
 use crate::security::tls;
 use crate::session::hub::{Hub, HubConfig};
@@ -75,6 +76,8 @@ pub struct RunningServer {
     shared: Arc<Shared>,
     cluster: Option<Arc<Cluster>>,
     store: std::sync::Weak<dyn Store>,
+    /// The retention sweep (it also runs by itself every `[retention] sweep_secs`).
+    retention: Arc<Retention>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -165,6 +168,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     };
     let store_for_media = store.clone();
     let keys = crate::keys::Keys::new(store.clone());
+    let retention_settings: SharedRetention = Arc::new(std::sync::RwLock::new(config.retention));
     let ctx = Ctx {
         store,
         hub: hub.clone(),
@@ -201,6 +205,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         webhooks,
         deleted_user_messages: config.deleted_user_messages,
         metrics: metrics.clone(),
+        retention: retention_settings.clone(),
         presend: match &config.presend_hook {
             Some(c) => Some(Arc::new(crate::webhooks::presend::Presend::new(c.clone())?)),
             None => None,
@@ -360,7 +365,16 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
             }
         }
     }));
+    let retention = Retention::new(
+        shared.ctx.store.clone(),
+        shared.ctx.media.clone(),
+        search.clone(),
+        retention_settings,
+        metrics.clone(),
+    );
+    tasks.push(tokio::spawn(retention.clone().run()));
     Ok(RunningServer {
+        retention,
         addr,
         fingerprint: identity.fingerprint,
         webtransport_addr: webtransport.as_ref().map(|wt| wt.addr),
@@ -461,7 +475,11 @@ impl RunningServer {
         if new.log != running.log {
             out.applied.push(format!("log ({})", new.log));
         }
-        let live = ["tls_cert", "tls_key", "rates", "log"];
+        if new.retention != running.retention {
+            *self.shared.ctx.retention.write().expect("retention settings") = new.retention;
+            out.applied.push("retention".into());
+        }
+        let live = ["tls_cert", "tls_key", "rates", "log", "retention"];
         let (was, now) = (toml::Table::try_from(&*running)?, toml::Table::try_from(new)?);
         let mut keys: Vec<&String> = was.keys().chain(now.keys()).collect();
         keys.sort();
@@ -479,7 +497,13 @@ impl RunningServer {
         }
         running.rates = new.rates.clone();
         running.log = new.log.clone();
+        running.retention = new.retention;
         Ok(out)
+    }
+
+    /// Run a retention sweep now (PROTOCOL.md §5.17), as the periodic one does.
+    pub async fn sweep_retention(&self) -> anyhow::Result<Swept> {
+        Ok(self.retention.sweep(crate::clock::now_ms()).await?)
     }
 
     /// Turn `/readyz` to 503 (the first step of a planned stop: load balancers stop sending

@@ -184,6 +184,10 @@ pub struct Config {
     /// `[presend_hook]`: the product's endpoint that allows, rejects or rewrites each
     /// plaintext message before it is committed. Unset: none.
     pub presend_hook: Option<crate::webhooks::presend::PresendConfig>,
+    /// `[retention]`: how long conversations keep their events by kind (365 days each by
+    /// default; 0 = forever), and how often the sweep runs (PROTOCOL.md §5.17). Reloaded
+    /// by SIGHUP.
+    pub retention: crate::conversation::retention::RetentionSettings,
     /// Bytes of media one user may hold. Default 10 GiB.
     pub media_quota_bytes: u64,
     /// Where media bytes live without S3. Unset: `<data_dir>/media`.
@@ -298,6 +302,7 @@ impl Default for Config {
             token_leeway_secs: 30,
             token_refresh_ahead_secs: 60,
             media_quota_bytes: limits::MEDIA_QUOTA_BYTES,
+            retention: Default::default(),
             media_dir: None,
             s3: None,
         }

@@ -26,6 +26,9 @@ pub(super) async fn history(ctx: &Ctx, actor: &Actor, r: pb::GetHistory) -> Resu
         Some(pb::get_history::Anchor::Before(s)) => Page::Before(Seq(s)),
         None => Page::Before(Seq(0)),
     };
+    // The floor first: events removed after it was read can only leave the page shorter,
+    // never show a hole below a floor the page does not report (PROTOCOL.md §5.17).
+    let removed_through = ctx.store.removed_through(conv).await?;
     let (mut events, mut has_more) = ctx.store.events(conv, page, limit).await?;
     // Keep the page inside one frame whatever its compressibility (PROTOCOL.md §5.6).
     let mut budget = PAGE_BYTE_BUDGET;
@@ -53,5 +56,6 @@ pub(super) async fn history(ctx: &Ctx, actor: &Actor, r: pb::GetHistory) -> Resu
         events,
         has_more,
         last_seq: view.last_seq.0,
+        removed_through: removed_through.0,
     }))
 }

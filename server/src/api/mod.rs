@@ -77,6 +77,8 @@ pub struct Ctx {
     pub deleted_user_messages: privacy::DeletedMessages,
     /// This node's metrics.
     pub metrics: Arc<crate::ops::Metrics>,
+    /// How long conversations keep their events (PROTOCOL.md §5.17); SIGHUP replaces it.
+    pub retention: crate::conversation::retention::SharedRetention,
 }
 
 /// How users log in (PROTOCOL.md §5.1, §5.13).
@@ -140,6 +142,8 @@ async fn summarize(ctx: &Ctx, user: UserId, v: ConvView) -> Result<pb::Conversat
     } else {
         v.meta.name.clone()
     };
+    let retention_secs = ctx.retention.read().expect("retention settings").effective(&v.meta);
+    let removed_through = ctx.store.removed_through(v.meta.id).await?;
     let receipts = if v.meta.kind == Kind::Channel {
         Vec::new()
     } else {
@@ -158,6 +162,9 @@ async fn summarize(ctx: &Ctx, user: UserId, v: ConvView) -> Result<pb::Conversat
         last_message: last,
         receipts,
         encrypted: v.meta.encrypted,
+        retention_secs,
+        retention_set: v.meta.retention_secs.is_some(),
+        removed_through: removed_through.0,
     })
 }
 
@@ -474,6 +481,14 @@ pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError
                 return Err(bad("slow mode is at most 6 hours"));
             }
             done(ctx, actor, r.conversation_id, Mutation::SlowMode(r.interval_secs)).await
+        }
+        Op::SetRetention(r) => {
+            let defaults = *ctx.retention.read().expect("retention settings");
+            let m = Mutation::Retention {
+                secs: r.retention_secs,
+                defaults,
+            };
+            done(ctx, actor, r.conversation_id, m).await
         }
         Op::ReportMessage(r) => {
             moderation::report(ctx, actor, r).await?;

@@ -61,6 +61,7 @@ mod tests {
                 encrypted: false,
                 devices: Vec::new(),
                 moderation: Default::default(),
+                retention_secs: None,
             },
             members: [member(1, "alice"), member(2, "bob"), member(3, "carol.d")].into(),
             last_seq: Seq(1),

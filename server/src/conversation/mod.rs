@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 mod coverage;
 mod mentions;
+pub mod retention;
 mod rules;
 
 use rules::{apply, apply_to_message, create, live, not_member, Conv, Target};
@@ -117,6 +118,14 @@ pub enum Mutation {
     },
     /// A channel's slow mode (0: off).
     SlowMode(u32),
+    /// How long the conversation keeps its events (PROTOCOL.md §5.17): its own seconds
+    /// (0: forever), or `None` for its kind's default; `defaults` gives that default.
+    Retention {
+        /// The new setting.
+        secs: Option<u64>,
+        /// The server's settings now (for the event's effective value).
+        defaults: retention::RetentionSettings,
+    },
     /// A user's account was deleted (PROTOCOL.md §5.16): they leave (a direct
     /// conversation keeps them as "deleted-user"; an owner's place goes to the longest
     /// standing admin, else member) and everyone hears `UserErased`. The server's own

@@ -203,6 +203,7 @@ pub(crate) fn create(
         encrypted: encrypted.is_some(),
         devices,
         moderation: Default::default(),
+        retention_secs: None,
     };
     let ev = event(
         id,
@@ -573,6 +574,29 @@ pub(crate) fn apply(
             meta.moderation.slow_mode_secs = secs;
             commit.meta = Some(meta);
             Body::SlowModeChanged(pb::SlowModeChanged { interval_secs: secs })
+        }
+        Mutation::Retention { secs, defaults } => {
+            // Groups and channels: the owner; a direct conversation: either member.
+            if kind != Kind::Direct && my_role != Some(Role::Owner) {
+                return Err(forbidden("only the owner sets how long events are kept"));
+            }
+            if secs.is_some_and(|s| s > natter_protocol::limits::MAX_RETENTION_SECS) {
+                return Err(ServerError::new(
+                    ErrorCode::BadRequest,
+                    format!("retention is at most {} s (0: forever)", natter_protocol::limits::MAX_RETENTION_SECS),
+                ));
+            }
+            if conv.meta.retention_secs == secs {
+                return Err(ServerError::new(ErrorCode::Conflict, "retention is that already"));
+            }
+            let mut meta = conv.meta.clone();
+            meta.retention_secs = secs;
+            let effective_secs = defaults.effective(&meta);
+            commit.meta = Some(meta);
+            Body::RetentionChanged(pb::RetentionChanged {
+                retention_secs: secs,
+                effective_secs,
+            })
         }
         Mutation::SetRole(user, role) => {
             if my_role != Some(Role::Owner) || kind == Kind::Direct || user == actor.user {

@@ -156,6 +156,10 @@ pub struct Metrics {
     pub push_notifications: Family<ResultLabel, Counter>,
     /// Webhook deliveries, by result.
     pub webhook_deliveries: Family<ResultLabel, Counter>,
+    /// Events removed by retention.
+    pub retention_removed: Counter,
+    /// Retention sweeps over every conversation, by result (`ok`, `failed`).
+    pub retention_sweeps: Family<ResultLabel, Counter>,
     /// Process: CPU time used (read at scrape).
     process_cpu: Counter<f64, AtomicU64>,
     process_cpu_seen: Mutex<f64>,
@@ -201,6 +205,8 @@ impl Metrics {
             bus_errors: Counter::default(),
             push_notifications: Family::default(),
             webhook_deliveries: Family::default(),
+            retention_removed: Counter::default(),
+            retention_sweeps: Family::default(),
             process_cpu: Counter::default(),
             process_cpu_seen: Mutex::new(0.0),
             process_memory: Gauge::default(),
@@ -237,6 +243,16 @@ impl Metrics {
             m.http_request_duration.clone(),
         );
         r.register("events_committed", "Events committed", m.events_committed.clone());
+        r.register(
+            "retention_removed_events",
+            "Events removed by retention",
+            m.retention_removed.clone(),
+        );
+        r.register(
+            "retention_sweeps",
+            "Retention sweeps over every conversation, by result",
+            m.retention_sweeps.clone(),
+        );
         r.register(
             "duplicates",
             "Sends absorbed as duplicates of a committed message",
@@ -374,6 +390,7 @@ impl Metrics {
         m.bus_messages.get_or_create(&DirectionLabel { direction: one }).inc();
         Metrics::result(&m.push_notifications, one);
         Metrics::result(&m.webhook_deliveries, one);
+        Metrics::result(&m.retention_sweeps, one);
         let mut names: Vec<String> = m
             .encode(false)
             .lines()

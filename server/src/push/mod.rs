@@ -793,6 +793,11 @@ impl Push {
                 }
                 return Ok(self.store.finish_push(&job.id, job.seq, next).await?);
             }
+            // Retention removed the event meanwhile (PROTOCOL.md §5.17): nothing to show.
+            if self.store.removed_through(job.conversation).await?.0 >= job.seq {
+                self.watch.settled(&job);
+                return Ok(self.store.drop_push(&job.id).await?);
+            }
         }
         let provider = pb::PushProvider::try_from(reg.provider).unwrap_or(pb::PushProvider::Unspecified);
         let body = payload::build(&*self.store, &job, provider).await?;

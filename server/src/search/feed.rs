@@ -112,6 +112,14 @@ pub async fn catch_up<I: SearchIndex + ?Sized + 'static>(
     loop {
         let (events, more) = store.events(conv, Page::After(Seq(indexed)), PAGE).await?;
         let Some(last) = events.last().map(|e| e.seq) else {
+            // Retention may have removed everything after the position: the floor is
+            // where the conversation is indexed through then.
+            let floor = store.removed_through(conv).await?.0;
+            if floor > indexed {
+                let through = vec![(conv, floor)];
+                apply(index, Batch { through, ..Default::default() }).await?;
+                indexed = floor;
+            }
             return Ok((read, indexed));
         };
         let mut ops = Vec::new();

@@ -50,6 +50,8 @@ enum Notice {
     Event(Arc<pb::ConversationEvent>),
     /// Committed elsewhere: the conversation has reached this seq.
     Seen(ConversationId, u64),
+    /// Retention removed the conversation's events up to this seq.
+    Removed(ConversationId, u64),
 }
 
 /// A node's search: the index and what feeds it.
@@ -81,6 +83,7 @@ impl std::fmt::Debug for Notice {
         match self {
             Notice::Event(e) => write!(f, "Event({}, {})", e.conversation_id, e.seq),
             Notice::Seen(c, s) => write!(f, "Seen({}, {s})", c.0),
+            Notice::Removed(c, s) => write!(f, "Removed({}, {s})", c.0),
         }
     }
 }
@@ -114,6 +117,13 @@ impl Search {
     /// Another node committed `conversation` up to `seq` (never waits).
     pub fn seen(&self, conversation: ConversationId, seq: u64) {
         self.notice(Notice::Seen(conversation, seq));
+    }
+
+    /// Retention removed `conversation`'s events up to `seq` (PROTOCOL.md §5.17): their
+    /// entries go in the next round (never waits). Hits below the floor are left out at
+    /// query time meanwhile, so a lost notice costs only space.
+    pub fn remove_through(&self, conversation: ConversationId, seq: u64) {
+        self.notice(Notice::Removed(conversation, seq));
     }
 
     /// Stop following the feed and close the index (the server stops): its directory
@@ -277,11 +287,16 @@ impl Search {
     async fn round(&self, notices: Vec<Notice>, positions: &mut HashMap<ConversationId, u64>) -> Result<(), FeedError> {
         let mut events: BTreeMap<ConversationId, Vec<Arc<pb::ConversationEvent>>> = BTreeMap::new();
         let mut seen: BTreeMap<ConversationId, u64> = BTreeMap::new();
+        let mut removed: BTreeMap<ConversationId, u64> = BTreeMap::new();
         for n in notices {
             match n {
                 Notice::Event(e) => events.entry(ConversationId(e.conversation_id)).or_default().push(e),
                 Notice::Seen(c, s) => {
                     let e = seen.entry(c).or_default();
+                    *e = (*e).max(s);
+                }
+                Notice::Removed(c, s) => {
+                    let e = removed.entry(c).or_default();
                     *e = (*e).max(s);
                 }
             }
@@ -328,6 +343,14 @@ impl Search {
             positions.insert(conv, at);
             changed.push(conv);
             count += read;
+        }
+        // Last, after whatever this round put in: the removed ranges go.
+        if !removed.is_empty() {
+            let ops = removed
+                .into_iter()
+                .map(|(conversation, seq)| super::Op::RemoveThrough { conversation, seq })
+                .collect();
+            feed::apply(&self.index, Batch { ops, ..Default::default() }).await?;
         }
         self.indexed.fetch_add(count, Ordering::Relaxed);
         self.publish(positions, changed);

@@ -55,6 +55,8 @@ pub enum Op {
     Remove { conversation: ConversationId, seq: u64 },
     /// A conversation was deleted.
     RemoveConversation(ConversationId),
+    /// Retention removed the conversation's messages up to `seq` (PROTOCOL.md §5.17).
+    RemoveThrough { conversation: ConversationId, seq: u64 },
     /// A user's account was deleted (PROTOCOL.md §5.16): every message they sent here goes.
     RemoveSender {
         conversation: ConversationId,

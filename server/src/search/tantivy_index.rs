@@ -298,6 +298,27 @@ impl SearchIndex for TantivyIndex {
                 Op::RemoveConversation(c) => {
                     writer.delete_term(Term::from_field_u64(f.conv, c.0));
                 }
+                Op::RemoveThrough { conversation, seq } => {
+                    // The conversation's messages (not its position) up to `seq`.
+                    let q = BooleanQuery::new(vec![
+                        (
+                            Occur::Must,
+                            Box::new(TermQuery::new(
+                                Term::from_field_u64(f.conv, conversation.0),
+                                IndexRecordOption::Basic,
+                            )) as Box<dyn TQuery>,
+                        ),
+                        (Occur::Must, kind(f.kind, "msg")),
+                        (
+                            Occur::Must,
+                            Box::new(RangeQuery::new(
+                                Bound::Unbounded,
+                                Bound::Included(Term::from_field_u64(f.seq, *seq)),
+                            )),
+                        ),
+                    ]);
+                    writer.delete_query(Box::new(q))?;
+                }
                 Op::RemoveSender { conversation, sender } => {
                     let q = BooleanQuery::new(vec![
                         (

@@ -267,3 +267,26 @@ fn a_removed_senders_messages_leave_the_index_and_its_files() {
     assert!(!grep(b"zebra-secret"), "merged out of every file");
     assert!(grep(b"zebra others"));
 }
+
+/// Retention (PROTOCOL.md §5.17): a conversation's messages up to a seq leave the index;
+/// later ones, other conversations and the conversation's position stay.
+#[test]
+fn a_range_removed_by_retention_leaves_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let ix = TantivyIndex::open(&dir.path().join("search")).unwrap();
+    ix.apply(&Batch {
+        ops: (1..=5).map(|s| Op::Put(doc(1, s, 7, 10 + s, "otter"))).collect(),
+        through: vec![(ConversationId(1), 5)],
+        cursor: None,
+    })
+    .unwrap();
+    ix.apply(&ops(vec![Op::Put(doc(2, 1, 7, 10, "otter"))])).unwrap();
+    ix.apply(&ops(vec![Op::RemoveThrough {
+        conversation: ConversationId(1),
+        seq: 3,
+    }]))
+    .unwrap();
+    assert_eq!(seqs(&ix, &request("otter", &[1])), vec![5, 4]);
+    assert_eq!(seqs(&ix, &request("otter", &[2])), vec![1]);
+    assert!(ix.positions().unwrap().contains(&(ConversationId(1), 5)));
+}

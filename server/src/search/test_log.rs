@@ -41,6 +41,7 @@ pub(super) fn created(conv: ConversationId) -> Commit {
             encrypted: false,
             devices: Vec::new(),
             moderation: Default::default(),
+            retention_secs: None,
         }),
         ..Default::default()
     }

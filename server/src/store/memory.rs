@@ -54,11 +54,13 @@ struct Conv {
     events: BTreeMap<Seq, pb::ConversationEvent>,
     sent: HashMap<(UserId, String), SentRecord>,
     message_state: HashMap<Seq, MessageState>,
+    /// Events up to here were removed by retention.
+    removed: Seq,
 }
 
 impl Conv {
     fn last_seq(&self) -> Seq {
-        self.events.keys().next_back().copied().unwrap_or(Seq(0))
+        self.events.keys().next_back().copied().unwrap_or(self.removed)
     }
 }
 
@@ -328,6 +330,21 @@ impl Store for MemoryStore {
             }
         });
         Ok(())
+    }
+
+    async fn remove_events(&self, conv: ConversationId, through: Seq) -> Result<(), StoreError> {
+        self.with(|st| {
+            if let Some(c) = st.convs.get_mut(&conv) {
+                c.events = c.events.split_off(&through.next());
+                c.message_state.retain(|s, _| *s > through);
+                c.removed = c.removed.max(through);
+            }
+        });
+        Ok(())
+    }
+
+    async fn removed_through(&self, conv: ConversationId) -> Result<Seq, StoreError> {
+        Ok(self.with(|st| st.convs.get(&conv).map_or(Seq(0), |c| c.removed)))
     }
 
     async fn forget_user(&self, _user: UserId) -> Result<(), StoreError> {

@@ -176,6 +176,10 @@ pub struct ConversationMeta {
     /// Mutes, bans and slow mode (PROTOCOL.md §5.14).
     #[serde(default)]
     pub moderation: Moderation,
+    /// The conversation's own retention in seconds (0: forever); `None`: the server's
+    /// default for its kind (PROTOCOL.md §5.17).
+    #[serde(default)]
+    pub retention_secs: Option<u64>,
 }
 
 /// A group's or channel's moderation state.
@@ -353,6 +357,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Replace logged events in place, each at its own seq (PROTOCOL.md §5.16: a deleted
     /// account's events rewritten); seqs with no event are skipped. Durable when it returns.
     async fn rewrite_events(&self, conv: ConversationId, events: &[pb::ConversationEvent]) -> Result<(), StoreError>;
+    /// Remove the events with seq <= `through` and what is kept of their messages (their
+    /// state), and raise the conversation's removal floor to `through` (PROTOCOL.md §5.17:
+    /// retention). Atomic and durable when it returns; the caller bounds the batch (it
+    /// removes at most `through - removed_through` events). The newest seq stays what it
+    /// was even when every event is gone, so no seq is ever handed out twice.
+    async fn remove_events(&self, conv: ConversationId, through: Seq) -> Result<(), StoreError>;
+    /// Every event up to this seq was removed by retention (0: none).
+    async fn removed_through(&self, conv: ConversationId) -> Result<Seq, StoreError>;
     /// Make every stored copy of the user's events unreadable that a rewrite could not
     /// reach (the embedded store destroys the user's content key; see
     /// [`content_keys`]). Called once their events are rewritten.
@@ -519,6 +531,7 @@ mod tests {
             deleted: false,
             devices: Vec::new(),
             moderation: Default::default(),
+            retention_secs: None,
             encrypted: false,
         };
         let json = serde_json::to_string(&meta).unwrap();

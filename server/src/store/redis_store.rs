@@ -372,6 +372,24 @@ return n
     )
 });
 
+/// KEYS: ev, msg, floor. ARGV: through. Removes the events (and message states) above the
+/// floor up to `through` and raises the floor, atomically; the caller bounds the count.
+static REMOVE_EVENTS: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local cur = tonumber(redis.call('GET', KEYS[3]) or '0')
+local through = tonumber(ARGV[1])
+if through <= cur then return 0 end
+for i = cur + 1, through do
+  redis.call('HDEL', KEYS[1], i)
+  redis.call('HDEL', KEYS[2], i)
+end
+redis.call('SET', KEYS[3], through)
+return through - cur
+"#,
+    )
+});
+
 /// ARGV: key. 1 if there was one.
 static DOC_DELETE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
@@ -991,6 +1009,18 @@ impl Store for RedisStore {
         self.replicated().await
     }
 
+    async fn remove_events(&self, conv: ConversationId, through: Seq) -> Result<(), StoreError> {
+        let mut inv = REMOVE_EVENTS.key(ck(conv, "ev"));
+        inv.key(ck(conv, "msg")).key(ck(conv, "floor")).arg(through.0);
+        let _: i64 = self.conn.script(&inv).await?;
+        self.replicated().await
+    }
+
+    async fn removed_through(&self, conv: ConversationId) -> Result<Seq, StoreError> {
+        let v: Option<u64> = self.conn.query(redis::cmd("GET").arg(ck(conv, "floor"))).await?;
+        Ok(Seq(v.unwrap_or(0)))
+    }
+
     async fn forget_user(&self, _user: UserId) -> Result<(), StoreError> {
         // Redis keeps no older copy of a hash field once it is rewritten; its append-only
         // file does until it is rewritten (BGREWRITEAOF; README, "Deleting a user").
@@ -1049,18 +1079,23 @@ impl Store for RedisStore {
         page: Page,
         limit: usize,
     ) -> Result<(Vec<pb::ConversationEvent>, bool), StoreError> {
-        // The log is gap-free from 1, so a page is a range of seqs.
-        let last = self.last_seq(conv).await?.0;
+        // The log is gap-free from above its retention floor, so a page is a range of seqs.
+        let mut p = redis::pipe();
+        p.cmd("GET").arg(ck(conv, "last"));
+        p.cmd("GET").arg(ck(conv, "floor"));
+        let (last, floor): (Option<u64>, Option<u64>) = self.conn.pipe(&p).await?;
+        let (last, first) = (last.unwrap_or(0), floor.unwrap_or(0) + 1);
         let limit = limit as u64;
         let (from, to, more) = match page {
             Page::After(after) => {
-                let to = after.0.saturating_add(limit).min(last);
-                (after.0 + 1, to, to < last)
+                let from = (after.0 + 1).max(first);
+                let to = from.saturating_add(limit).saturating_sub(1).min(last);
+                (from, to, to < last)
             }
             Page::Before(before) => {
                 let to = if before.0 == 0 { last } else { (before.0 - 1).min(last) };
-                let from = to.saturating_sub(limit.saturating_sub(1)).max(1);
-                (from, to, from > 1)
+                let from = to.saturating_sub(limit.saturating_sub(1)).max(first);
+                (from, to, from > first)
             }
         };
         if from > to || limit == 0 {
@@ -1134,9 +1169,11 @@ impl Store for RedisStore {
         let mut last = None;
         // Newest first, as the sled store does, bounded the same way.
         let mut to = self.last_seq(conv).await?.0;
+        // Nothing to read at or below the retention floor.
+        let floor = self.removed_through(conv).await?.0;
         let mut budget = u64::from(cap) + 1000;
-        while to > 0 && budget > 0 {
-            let from = to.saturating_sub(PAGE - 1).max(1);
+        while to > floor && budget > 0 {
+            let from = to.saturating_sub(PAGE - 1).max(floor + 1);
             let seqs: Vec<u64> = (from..=to).rev().collect();
             for ev in self.events_at(conv, &seqs).await? {
                 budget = budget.saturating_sub(1);

@@ -79,6 +79,20 @@ fn event_key(conv: ConversationId, seq: Seq) -> Vec<u8> {
     key(b"e/", &[&be(conv.0), &be(seq.0)])
 }
 
+/// Where a conversation's retention floor lives (PROTOCOL.md §5.17).
+fn floor_key(conv: ConversationId) -> Vec<u8> {
+    key(b"rt/", &[&be(conv.0)])
+}
+
+/// A conversation's newest seq: its last event's, or (every event removed by retention)
+/// its floor.
+fn last_seq_in(view: &super::sled_health::View, conv: ConversationId) -> Result<Seq, StoreError> {
+    match view.prefix(&key(b"e/", &[&be(conv.0)]), true).next() {
+        Some(kv) => Ok(Seq(read_u64(&kv?.0[10..])?)),
+        None => Ok(Seq(view.get(&floor_key(conv))?.map(|v| read_u64(&v)).transpose()?.unwrap_or(0))),
+    }
+}
+
 /// Where the content keys live, inside the store's directory but outside sled's files.
 pub const CONTENT_KEYS: &str = "content-keys";
 
@@ -414,10 +428,7 @@ impl Store for SledStore {
             .prefix(&key(b"m/", &[&be(id.0)]), false)
             .map(|kv| kv.and_then(|(_, v)| dec(&v)))
             .collect::<Result<Vec<MemberRecord>, _>>()?;
-        let last_seq = match view.prefix(&key(b"e/", &[&be(id.0)]), true).next() {
-            Some(kv) => Seq(read_u64(&kv?.0[10..])?),
-            None => Seq(0),
-        };
+        let last_seq = last_seq_in(&view, id)?;
         Ok(Some(ConversationRecord {
             meta,
             members,
@@ -442,11 +453,7 @@ impl Store for SledStore {
             }
             let (k, _) = kv?;
             let id = ConversationId(read_u64(&k[2..])?);
-            let last = match view.prefix(&key(b"e/", &[&be(id.0)]), true).next() {
-                Some(kv) => Seq(read_u64(&kv?.0[10..])?),
-                None => Seq(0),
-            };
-            out.push((id, last));
+            out.push((id, last_seq_in(&view, id)?));
         }
         Ok(out)
     }
@@ -535,6 +542,37 @@ impl Store for SledStore {
             h.tree.apply_batch(batch).map_err(backend)
         })
         .await
+    }
+
+    async fn remove_events(&self, conv: ConversationId, through: Seq) -> Result<(), StoreError> {
+        let view = self.view().await?;
+        let floor = Seq(view.get(&floor_key(conv))?.map(|v| read_u64(&v)).transpose()?.unwrap_or(0));
+        if through <= floor {
+            return Ok(());
+        }
+        let mut gone = Vec::new();
+        for kv in view.range(event_key(conv, Seq(0))..=event_key(conv, through), false) {
+            let (k, _) = kv?;
+            let seq = Seq(read_u64(&k[10..])?);
+            gone.push(k.to_vec());
+            gone.push(key(b"ms/", &[&be(conv.0), &be(seq.0)]));
+        }
+        drop(view);
+        // The floor with the removal, in one atomic batch: a page never shows a hole.
+        self.write(true, move |h| {
+            let mut batch = sled::Batch::default();
+            for k in gone {
+                batch.remove(k);
+            }
+            batch.insert(floor_key(conv), be(through.0).to_vec());
+            h.tree.apply_batch(batch).map_err(backend)
+        })
+        .await
+    }
+
+    async fn removed_through(&self, conv: ConversationId) -> Result<Seq, StoreError> {
+        let v = self.view().await?.get(&floor_key(conv))?;
+        Ok(Seq(v.map(|v| read_u64(&v)).transpose()?.unwrap_or(0)))
     }
 
     async fn forget_user(&self, user: UserId) -> Result<(), StoreError> {

@@ -45,7 +45,7 @@ macro_rules! store_suite {
             read_and_delivered_cursors unread_counts message_state member_removal claims
             media_records media_quota shared_secrets key_records key_backups user_keys
             push_records push_queue conversation_listing directory documents
-            rewritten_events);
+            rewritten_events removed_events);
     };
     (@each $make:expr; $($behaviour:ident)*) => {
         $(
@@ -115,6 +115,7 @@ async fn seeded(store: &dyn Store) -> (ConversationId, UserId, UserId, Conversat
         deleted: false,
         devices: Vec::new(),
         moderation: Default::default(),
+        retention_secs: None,
         encrypted: false,
     };
     let created = Commit {
@@ -845,4 +846,38 @@ pub(crate) async fn rewritten_events(store: &dyn Store) {
         store.message(conv, Seq(first_erased.seq)).await.unwrap().is_none(),
         "an erased message is no message to edit or react to"
     );
+}
+
+/// Retention (PROTOCOL.md §5.17): a prefix of the log goes, the floor says how far, and the
+/// newest seq stays.
+pub(crate) async fn removed_events(store: &dyn Store) {
+    let (conv, a, _b, _) = seeded(store).await;
+    assert_eq!(store.removed_through(conv).await.unwrap(), Seq(0));
+    store.remove_events(conv, Seq(4)).await.unwrap();
+    assert_eq!(store.removed_through(conv).await.unwrap(), Seq(4));
+    let seqs = |evs: &[pb::ConversationEvent]| evs.iter().map(|e| e.seq).collect::<Vec<_>>();
+    let (evs, more) = store.events(conv, Page::After(Seq(0)), 100).await.unwrap();
+    assert_eq!((seqs(&evs), more), ((5..=11).collect(), false));
+    let (evs, more) = store.events(conv, Page::After(Seq(2)), 3).await.unwrap();
+    assert_eq!((seqs(&evs), more), (vec![5, 6, 7], true));
+    let (evs, more) = store.events(conv, Page::Before(Seq(8)), 2).await.unwrap();
+    assert_eq!((seqs(&evs), more), (vec![6, 7], true));
+    let (evs, more) = store.events(conv, Page::Before(Seq(7)), 10).await.unwrap();
+    assert_eq!((seqs(&evs), more), (vec![5, 6], false), "a page ends at the floor");
+    assert!(store.message(conv, Seq(2)).await.unwrap().is_none());
+    assert!(store.message(conv, Seq(6)).await.unwrap().is_some());
+    store.remove_events(conv, Seq(2)).await.unwrap();
+    assert_eq!(store.removed_through(conv).await.unwrap(), Seq(4), "the floor never moves back");
+    // Everything gone: the newest seq stays, and the log goes on after it.
+    store.remove_events(conv, Seq(11)).await.unwrap();
+    assert_eq!(store.load_conversation(conv).await.unwrap().unwrap().last_seq, Seq(11));
+    let listed = store.conversations_after(ConversationId(0), 10).await.unwrap();
+    assert!(listed.contains(&(conv, Seq(11))), "{listed:?}");
+    assert_eq!(store.events(conv, Page::Before(Seq(0)), 10).await.unwrap(), (vec![], false));
+    assert_eq!(store.unread_and_last_message(conv, a, Seq(0), 10).await.unwrap(), (0, None));
+    store.commit(&[msg(conv, 12, a, "after")]).await.unwrap();
+    let (evs, _) = store.events(conv, Page::After(Seq(0)), 10).await.unwrap();
+    assert_eq!(seqs(&evs), vec![12]);
+    let (_, last) = store.unread_and_last_message(conv, a, Seq(0), 10).await.unwrap();
+    assert_eq!(last.map(|e| e.seq), Some(12));
 }

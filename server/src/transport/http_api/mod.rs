@@ -69,6 +69,7 @@ pub fn routes(shared: Weak<Shared>) -> Router {
         )
         .route("/api/v1/conversations/{id}/moderation", post(moderate))
         .route("/api/v1/conversations/{id}/slow-mode", axum::routing::put(slow_mode))
+        .route("/api/v1/conversations/{id}/retention", axum::routing::put(retention))
         .route("/api/v1/reports", get(reports))
         .route("/api/v1/keys", post(create_key).get(list_keys))
         .route("/api/v1/keys/{id}", delete(revoke_key))
@@ -130,7 +131,7 @@ async fn typed_errors(r: Response) -> Response {
         directory::user_conversations, directory::deactivate, directory::reactivate, create_conversation,
         manage::rename, manage::delete, manage::set_role, manage::read_state, manage::mark_read, manage::search, get_conversation, add_members,
         remove_member, send_message, history, get_message, edit_message, delete_message,
-        moderate, slow_mode, reports, create_key, list_keys, revoke_key, create_webhook, list_webhooks, delete_webhook,
+        moderate, slow_mode, retention, reports, create_key, list_keys, revoke_key, create_webhook, list_webhooks, delete_webhook,
         dead_letters, replay_dead_letters
     ),
     components(schemas(ApiError, ErrorBody)),
@@ -393,6 +394,8 @@ async fn conversation(ctx: &Ctx, a: &Actor, conv: ConversationId) -> Result<Conv
                 joined_seq: m.joined_seq,
             })
             .collect(),
+        retention_secs: s.retention_secs,
+        removed_through: s.removed_through,
     })
 }
 
@@ -618,6 +621,7 @@ async fn history(
         events: page.events.iter().map(Event::from).collect(),
         has_more: page.has_more,
         last_seq: page.last_seq,
+        removed_through: page.removed_through,
     }))
 }
 
@@ -802,6 +806,26 @@ async fn slow_mode(
     let op = Op::SetSlowMode(pb::SetSlowMode {
         conversation_id: id,
         interval_secs: b.interval_secs,
+    });
+    api::handle(&shared.ctx, &by, op).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(put, path = "/api/v1/conversations/{id}/retention", request_body = Retention,
+    params(("id" = u64, Path)), responses((status = 204), (status = "4XX", body = ApiError)))]
+/// Set how long a conversation keeps its events (PROTOCOL.md §5.17), as its owner.
+async fn retention(
+    State(w): State<Weak<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<u64>,
+    b: Result<Json<Retention>, JsonRejection>,
+) -> Result<StatusCode, Refusal> {
+    let shared = authorize(&w, &headers, Scope::Write).await?;
+    let b = body(b)?;
+    let by = actor(&shared.ctx, &b.by).await?;
+    let op = Op::SetRetention(pb::SetRetention {
+        conversation_id: id,
+        retention_secs: b.retention_secs,
     });
     api::handle(&shared.ctx, &by, op).await?;
     Ok(StatusCode::NO_CONTENT)

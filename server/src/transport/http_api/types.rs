@@ -163,6 +163,10 @@ pub struct Conversation {
     pub last_seq: u64,
     /// Who is in it.
     pub members: Vec<Member>,
+    /// How long it keeps its events, seconds (0: forever).
+    pub retention_secs: u64,
+    /// Events up to this seq were removed by retention (0: none).
+    pub removed_through: u64,
 }
 
 /// One member.
@@ -243,7 +247,7 @@ pub struct Event {
     /// `message`, `edit`, `delete`, `reaction`, `created`, `members_added`,
     /// `member_removed`, `renamed`, `role_changed`, `deleted`, `devices_changed`,
     /// `member_moderated`, `slow_mode_changed`, `erased` (a deleted account's message, edit
-    /// or reaction), `user_erased`.
+    /// or reaction), `user_erased`, `retention_changed`.
     #[serde(rename = "type")]
     pub kind: String,
     /// A message's (or an edit's) text; "" for an encrypted one.
@@ -278,6 +282,7 @@ impl From<&pb::ConversationEvent> for Event {
             Some(Body::DevicesChanged(_)) => ("devices_changed", String::new(), 0, String::new(), false),
             Some(Body::MemberModerated(_)) => ("member_moderated", String::new(), 0, String::new(), false),
             Some(Body::SlowModeChanged(_)) => ("slow_mode_changed", String::new(), 0, String::new(), false),
+            Some(Body::RetentionChanged(_)) => ("retention_changed", String::new(), 0, String::new(), false),
             Some(Body::Erased(_)) => ("erased", String::new(), 0, String::new(), false),
             Some(Body::UserErased(_)) => ("user_erased", String::new(), 0, String::new(), false),
             None => ("unknown", String::new(), 0, String::new(), false),
@@ -312,6 +317,9 @@ pub struct HistoryPage {
     pub has_more: bool,
     /// The conversation's latest seq.
     pub last_seq: u64,
+    /// Events up to this seq were removed by the conversation's retention (0: none); a
+    /// page reaching them ends there.
+    pub removed_through: u64,
 }
 
 /// Where a history page starts.
@@ -400,6 +408,19 @@ pub struct SlowMode {
     pub by: String,
     /// Seconds between two messages of a member (0: off).
     pub interval_secs: u32,
+}
+
+/// How long a conversation keeps its events, as `by` (its owner; either member of a
+/// direct conversation).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    /// Who sets it.
+    pub by: String,
+    /// Seconds to keep events (0: forever); absent or null: the server's default for the
+    /// conversation's kind.
+    #[serde(default)]
+    pub retention_secs: Option<u64>,
 }
 
 /// A member's report of a message.
