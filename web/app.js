@@ -84,6 +84,8 @@ function onEvent(ev) {
       openPending();
       break;
     case "event": onConversationEvent(ev.event); break;
+    // Retention removed what this device had not been given (PROTOCOL.md §5.17).
+    case "historyRemoved": removeThrough(ev.conversationId, ev.throughSeq); break;
     case "unread": conv(ev.conversationId).summary.unreadCount = ev.unreadCount; renderList(); break;
     case "receipt": if (ev.conversationId === state.active) renderMarks(); break;
     case "presenceChanged": state.presence.set(ev.presence.userId, ev.presence.state); renderList(); renderHeader(); break;
@@ -120,6 +122,7 @@ function typingMap(id) {
 function addSummary(s) {
   const c = conv(s.conversationId);
   c.summary = s;
+  if (s.removedThrough) removeThrough(s.conversationId, s.removedThrough, false);
   if (s.lastMessage) addEvent(s.lastMessage);
   if (s.kind === KIND.DIRECT && !c.peer) loadPeer(s.conversationId);
 }
@@ -171,8 +174,25 @@ function addEvent(e) {
   if (e.seq > (c.summary.lastSeq || 0)) c.summary.lastSeq = e.seq;
 }
 
+// Retention removed a conversation's events up to `through` (PROTOCOL.md §5.17): they go
+// from the view, which shows one line for the range instead.
+function removeThrough(id, through, redraw = true) {
+  const c = conv(id);
+  if (!c.timeline.removeThrough(through)) return;
+  for (const seq of [...c.messages.keys()]) if (seq <= through) c.messages.delete(seq);
+  if (c.oldest != null && c.oldest <= through) c.oldest = c.messages.size ? Math.min(...c.messages.keys()) : null;
+  if (redraw && id === state.active) renderMessages();
+}
+
+// How long a conversation keeps its messages, in words.
+function keptFor(secs) {
+  if (!secs) return "forever";
+  const days = secs / 86400;
+  return Number.isInteger(days) ? `${days} day${days === 1 ? "" : "s"}` : `${secs} s`;
+}
+
 // Conversation changes shown as a line of their own.
-const NOTICES = new Set(["created", "membersAdded", "memberRemoved", "renamed", "devicesChanged", "memberModerated", "slowModeChanged"]);
+const NOTICES = new Set(["created", "membersAdded", "memberRemoved", "renamed", "devicesChanged", "memberModerated", "slowModeChanged", "retentionChanged"]);
 
 function notice(e) {
   const b = e.body;
@@ -187,6 +207,9 @@ function notice(e) {
       return `${e.senderUsername} ${verb}`;
     }
     case "userErased": return b.anonymised ? "An account was deleted; its messages stay as deleted-user's" : "An account was deleted with its messages";
+    case "retentionChanged": return b.retentionSecs == null
+      ? `${e.senderUsername} set messages to be kept for the server's default (${keptFor(b.effectiveSecs)})`
+      : `${e.senderUsername} set messages to be kept ${b.retentionSecs ? "for " : ""}${keptFor(b.retentionSecs)}`;
     case "slowModeChanged": return b.intervalSecs ? `${e.senderUsername} turned on slow mode: one message every ${b.intervalSecs} s` : `${e.senderUsername} turned off slow mode`;
     case "devicesChanged": {
       const who = username(b.userId);
@@ -208,6 +231,11 @@ function onConversationEvent(e) {
     }
     typingMap(e.conversationId).delete(e.senderUserId);
     renderTyping();
+  }
+  if (e.body.type === "retentionChanged") {
+    c.summary.retentionSecs = e.body.effectiveSecs;
+    c.summary.retentionSet = e.body.retentionSecs != null;
+    if (e.conversationId === state.active) renderHeader();
   }
   if (!known || ["created", "renamed", "membersAdded"].includes(e.body.type)) refreshConversations();
   if (e.conversationId === state.active) {
@@ -273,6 +301,11 @@ function renderHeader() {
   if (!c.summary.encrypted) $("devices").hidden = true;
   const sub = c.peer ? state.presence.get(c.peer.userId) || "offline" : `${c.summary.memberCount || ""} members`;
   $("chat-sub").textContent = sub;
+  // How long messages are kept: its owner (either member of a direct conversation) changes it.
+  const r = $("retention");
+  r.disabled = !(c.summary.kind === KIND.DIRECT || c.summary.myRole === "owner");
+  r.value = c.summary.retentionSet ? String(c.summary.retentionSecs) : "default";
+  r.title = `Messages are kept ${c.summary.retentionSecs ? "for " : ""}${keptFor(c.summary.retentionSecs)}`;
 }
 
 function mark(m) {
@@ -289,7 +322,13 @@ function renderMessages() {
   const box = $("messages");
   const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
   const msgs = [...c.messages.values()].sort((a, b) => a.seq - b.seq);
-  ol.replaceChildren(...msgs.map((m) => {
+  // What retention removed: one line, never a silent gap.
+  const removed = c.timeline.removedThrough;
+  const tombstone = removed > 0 && (c.oldest == null || c.oldest === removed + 1)
+    ? el("li", { class: "notice removed", "data-removed-through": String(removed) },
+      `Older messages were removed: this conversation keeps messages ${c.summary.retentionSecs ? "for " : ""}${keptFor(c.summary.retentionSecs)}.`)
+    : null;
+  ol.replaceChildren(...(tombstone ? [tombstone] : []), ...msgs.map((m) => {
     if (m.notice) return el("li", { class: "notice", "data-seq": String(m.seq) }, m.notice);
     const mine = m.from === state.me?.userId;
     // Sent before this device was added to the conversation: only keys from elsewhere open it.
@@ -304,7 +343,7 @@ function renderMessages() {
         el("span", { class: `reaction${r.userIds.includes(state.me?.userId) ? " mine" : ""}`, "data-emoji": r.emoji }, `${r.emoji} ${r.count}`))) : null,
       el("div", { class: "meta" }, new Date(m.time).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }), m.edited ? " · edited" : "", " ", mark(m)));
   }));
-  $("older").hidden = !(c.oldest > 1);
+  $("older").hidden = !(c.oldest > Math.max(1, removed + 1));
   if (atBottom) box.scrollTop = box.scrollHeight;
 }
 
@@ -369,8 +408,12 @@ async function openAt(id, seq) {
 
 async function loadOlder(latest = false) {
   const c = conv(state.active);
-  const page = await state.client.history(state.active, { before: latest ? 0 : c.oldest, limit: 50 });
+  const id = state.active;
+  const page = await state.client.history(id, { before: latest ? 0 : c.oldest, limit: 50 });
+  if (page.removedThrough) removeThrough(id, page.removedThrough, false);
   for (const e of page.events) addEvent(e);
+  // Reached the removed range: what is left begins just after it.
+  if (!page.hasMore && page.removedThrough && c.oldest == null) c.oldest = page.removedThrough + 1;
   renderMessages();
 }
 
@@ -453,6 +496,15 @@ function wire() {
   $("viewer").onclick = (e) => { if (e.target.tagName !== "A") $("viewer").hidden = true; };
   $("text").oninput = () => { if (state.active != null && $("text").value) state.client.typing(state.active); };
   $("older").onclick = () => loadOlder(false);
+  $("retention").onchange = async (e) => {
+    const v = e.target.value;
+    try {
+      await state.client.setRetention(state.active, v === "default" ? null : Number(v));
+    } catch (err) {
+      $("chat-error").textContent = err.message;
+      renderHeader();
+    }
+  };
   const action = (form, fn) => { $(form).onsubmit = async (e) => {
     e.preventDefault();
     try { const s = await fn(); addSummary(s); renderList(); openConversation(s.conversationId); e.target.reset(); }

@@ -522,6 +522,14 @@ impl NatterClient {
         run(async move { c.set_slow_mode(ConversationId(conversation_id), interval_secs).await }).await
     }
 
+    /// How long the conversation keeps its events (PROTOCOL.md §5.17): seconds (0:
+    /// forever), or null for the server's default for its kind. Groups and channels: the
+    /// owner; direct conversations: either member.
+    pub async fn set_retention(&self, conversation_id: u64, retention_secs: Option<u64>) -> Result<(), NatterError> {
+        let c = self.inner.clone();
+        run(async move { c.set_retention(ConversationId(conversation_id), retention_secs).await }).await
+    }
+
     /// Report a message to the product's moderators.
     pub async fn report(&self, conversation_id: u64, seq: u64, reason: String) -> Result<(), NatterError> {
         let c = self.inner.clone();

@@ -39,6 +39,19 @@ impl Timeline {
     pub fn messages(&self) -> Vec<Message> {
         self.lock().all()
     }
+
+    /// Retention removed the conversation's events up to `through_seq` (PROTOCOL.md
+    /// §5.17: a history page's `removed_through`, or `NatterEvent.HistoryRemoved`): the
+    /// messages up to there go. Returns whether anything changed (redraw).
+    pub fn remove_through(&self, through_seq: u64) -> bool {
+        self.lock().remove_through(Seq(through_seq))
+    }
+
+    /// Events up to this seq were removed by retention (0: none): draw one "older
+    /// messages were removed" line above the oldest message.
+    pub fn removed_through(&self) -> u64 {
+        self.lock().removed_through().0
+    }
 }
 
 impl Timeline {

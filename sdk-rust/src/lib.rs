@@ -628,6 +628,13 @@ impl Client {
         self.call(ops::set_slow_mode(conv, interval_secs)).await
     }
 
+    /// How long the conversation keeps its events (PROTOCOL.md §5.17): `Some(secs)` (0:
+    /// forever) or `None` for the server's default for its kind. Groups and channels:
+    /// the owner; direct conversations: either member.
+    pub async fn set_retention(&self, conv: ConversationId, retention_secs: Option<u64>) -> Result<(), ClientError> {
+        self.call(ops::set_retention(conv, retention_secs)).await
+    }
+
     /// Report a message to the product's moderators.
     pub async fn report(&self, conv: ConversationId, seq: Seq, reason: &str) -> Result<(), ClientError> {
         self.call(ops::report(conv, seq, reason)).await

@@ -1000,6 +1000,22 @@ impl NatterClient {
         self.call(ops::set_slow_mode(conv(conversation_id), interval_secs), nothing)
     }
 
+    /// How long the conversation keeps its events (PROTOCOL.md §5.17): seconds (0:
+    /// forever), or `null`/`undefined` for the server's default for its kind.
+    #[wasm_bindgen(js_name = setRetention)]
+    pub fn set_retention(&self, conversation_id: f64, retention_secs: Option<f64>) -> Promise {
+        let secs = match retention_secs {
+            Some(s) if !(s >= 0.0 && s.fract() == 0.0 && s <= 2f64.powi(53)) => {
+                return Promise::reject(&js_error(&JsError::local(
+                    "INVALID",
+                    "retentionSecs is a whole number of seconds, 0 or more",
+                )));
+            }
+            s => s.map(|s| s as u64),
+        };
+        self.call(ops::set_retention(conv(conversation_id), secs), nothing)
+    }
+
     /// Report a message to the product's moderators.
     pub fn report(&self, conversation_id: f64, seq: f64, reason: String) -> Promise {
         self.call(ops::report(conv(conversation_id), Seq(seq as u64), &reason), nothing)

@@ -43,4 +43,19 @@ impl Timeline {
     pub fn messages(&self) -> JsValue {
         to_js(&self.inner.all())
     }
+
+    /// Retention removed the conversation's events up to `throughSeq` (PROTOCOL.md §5.17:
+    /// a history page's `removedThrough`, or a `{ type: "historyRemoved" }` event): the
+    /// messages up to there go. Returns whether anything changed (redraw).
+    #[wasm_bindgen(js_name = removeThrough)]
+    pub fn remove_through(&mut self, through_seq: f64) -> bool {
+        self.inner.remove_through(Seq(through_seq as u64))
+    }
+
+    /// Events up to this seq were removed by retention (0: none): draw one "older
+    /// messages were removed" line above the oldest message.
+    #[wasm_bindgen(getter, js_name = removedThrough)]
+    pub fn removed_through(&self) -> f64 {
+        self.inner.removed_through().0 as f64
+    }
 }

@@ -272,6 +272,20 @@ enum GroupCmd {
     Unban { conversation: u64, user_id: u64 },
     /// A channel's slow mode: one message per member per SECONDS (0: off).
     SlowMode { conversation: u64, seconds: u32 },
+    /// How long a conversation keeps its events (PROTOCOL.md §5.17; its owner, or either
+    /// member of a direct conversation): --days N, --seconds N, --forever, or --default
+    /// (the server's default for its kind).
+    Retention {
+        conversation: u64,
+        #[arg(long, conflicts_with_all = ["seconds", "forever", "default"])]
+        days: Option<u64>,
+        #[arg(long, conflicts_with_all = ["forever", "default"])]
+        seconds: Option<u64>,
+        #[arg(long, conflicts_with = "default")]
+        forever: bool,
+        #[arg(long)]
+        default: bool,
+    },
     /// Report a message to the product's moderators.
     Report {
         conversation: u64,
@@ -737,6 +751,23 @@ async fn command(
             client.set_slow_mode(conv(conversation), seconds).await?;
             print(json!({"slow_mode_secs": seconds}));
         }
+        Cmd::Group(GroupCmd::Retention {
+            conversation,
+            days,
+            seconds,
+            forever,
+            default,
+        }) => {
+            let secs = match (days, seconds, forever, default) {
+                (Some(d), ..) => Some(d.saturating_mul(86_400)),
+                (_, Some(s), ..) => Some(s),
+                (_, _, true, _) => Some(0),
+                (_, _, _, true) => None,
+                _ => anyhow::bail!("say how long: --days N, --seconds N, --forever or --default"),
+            };
+            client.set_retention(conv(conversation), secs).await?;
+            print(json!({ "retentionSecs": secs }));
+        }
         Cmd::Group(GroupCmd::Report {
             conversation,
             seq,
@@ -844,6 +875,10 @@ async fn command(
             // In an encrypted conversation: from which seq this device can read (§12.6).
             let readable = client.readable_from(conv(conversation)).await.ok().flatten();
             let mut end = json!({"hasMore": page.has_more, "lastSeq": page.last_seq});
+            // Retention removed the events up to here (PROTOCOL.md §5.17).
+            if page.removed_through > 0 {
+                end["removedThrough"] = json!(page.removed_through);
+            }
             if let Some(from) = readable {
                 end["readableFrom"] = json!(from.0);
             }
