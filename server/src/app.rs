@@ -501,9 +501,10 @@ impl RunningServer {
         Ok(out)
     }
 
-    /// Run a retention sweep now (PROTOCOL.md §5.17), as the periodic one does.
-    pub async fn sweep_retention(&self) -> anyhow::Result<Swept> {
-        Ok(self.retention.sweep(crate::clock::now_ms()).await?)
+    /// Run a retention sweep (PROTOCOL.md §5.17) as the periodic one does, as if it were
+    /// `now_ms` (ms since the epoch; the periodic one uses the clock).
+    pub async fn sweep_retention(&self, now_ms: u64) -> anyhow::Result<Swept> {
+        Ok(self.retention.sweep(now_ms).await?)
     }
 
     /// Turn `/readyz` to 503 (the first step of a planned stop: load balancers stop sending

@@ -3,6 +3,8 @@
 //! do not multiply with users and conversations; readiness that tells the truth (Redis
 //! paused, a full disk, SIGTERM before any client hears `GoAway`). Every wait is bounded.
 mod common;
+#[path = "ops/retention.rs"]
+mod retention;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
