@@ -241,7 +241,11 @@ mod tests {
         let left: Vec<u64> = t.messages().map(|m| m.seq.0).collect();
         assert_eq!(left, [4, 5]);
         assert!(!t.remove_through(Seq(2)), "it never moves back");
-        assert_eq!(t.apply(&ev(2, 1, msg("late page"))), None, "a removed message stays removed");
+        assert_eq!(
+            t.apply(&ev(2, 1, msg("late page"))),
+            None,
+            "a removed message stays removed"
+        );
         assert_eq!(t.messages().count(), 2);
     }
 

@@ -81,7 +81,7 @@ fn vectors() -> Vec<(&'static str, &'static str, pb::Frame, bool)> {
         ("history_after", "Request 6: GetHistory { conversation 42, after: 7, limit: 200 }",
             req(6, Op::History(pb::GetHistory { conversation_id: 42, anchor: Some(pb::get_history::Anchor::After(7)), limit: 200 })), false),
         ("history_page", "Response 6: HistoryPage { conversation 42, events: [message seq 8 \"hi\"], has_more: false, last_seq: 8 }",
-            res(6, Res::History(pb::HistoryPage { conversation_id: 42, events: vec![message(42, 8, "hi")], has_more: false, last_seq: 8 })), false),
+            res(6, Res::History(pb::HistoryPage { conversation_id: 42, events: vec![message(42, 8, "hi")], has_more: false, last_seq: 8, removed_through: 0 })), false),
         ("stream_header", "StreamHeader { conversation 42 } (first frame of a delivery stream)",
             f(Kind::StreamHeader(pb::StreamHeader { conversation_id: 42, ..Default::default() })), false),
         ("event_message", "ConversationEvent { conversation 42, seq 8, from alice (user 1, device 2), message c8 \"hi\" }",
@@ -167,6 +167,16 @@ fn vectors() -> Vec<(&'static str, &'static str, pb::Frame, bool)> {
             f(Kind::Event(pb::ConversationEvent { seq: 4, sender_user_id: 0, sender_username: String::new(), sender_device_id: 0, body: Some(Body::Erased(pb::Erased { message: true })), ..message(42, 4, "") })), false),
         ("signal_profile_changed", "Signal: ProfileChanged { user 3 \"alice\", bot }",
             f(Kind::Signal(pb::Signal { kind: Some(pb::signal::Kind::ProfileChanged(pb::UserProfile { user_id: 3, username: "alice".into(), bot: true, updated_ms: 1_700_000_000_001, ..Default::default() })) })), false),
+        ("set_retention", "Request 25: SetRetention { conversation 42, retention_secs 2592000 (30 days) }",
+            req(25, Op::SetRetention(pb::SetRetention { conversation_id: 42, retention_secs: Some(2_592_000) })), false),
+        ("set_retention_forever", "Request 26: SetRetention { conversation 42, retention_secs 0 (forever; present, unlike the default) }",
+            req(26, Op::SetRetention(pb::SetRetention { conversation_id: 42, retention_secs: Some(0) })), false),
+        ("set_retention_default", "Request 27: SetRetention { conversation 42 } (retention_secs absent: the kind's default)",
+            req(27, Op::SetRetention(pb::SetRetention { conversation_id: 42, retention_secs: None })), false),
+        ("event_retention_changed", "Event: conversation 42 seq 11, RetentionChanged { retention_secs absent, effective_secs 31536000 }",
+            f(Kind::Event(pb::ConversationEvent { seq: 11, body: Some(Body::RetentionChanged(pb::RetentionChanged { retention_secs: None, effective_secs: 31_536_000 })), ..message(42, 11, "") })), false),
+        ("history_removed_through", "Response 28: HistoryPage { conversation 42, events [message seq 8 \"hi\"], has_more false, last_seq 8, removed_through 7 }",
+            res(28, Res::History(pb::HistoryPage { conversation_id: 42, events: vec![message(42, 8, "hi")], has_more: false, last_seq: 8, removed_through: 7 })), false),
     ]
 }
 

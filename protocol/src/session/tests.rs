@@ -249,9 +249,10 @@ fn a_range_removed_by_retention_ends_the_gap_with_one_tombstone() {
         .into_iter()
         .filter_map(|e| match e {
             SessionEvent::Event(e) => Some(format!("event {}", e.seq)),
-            SessionEvent::HistoryRemoved { conversation_id, through } => {
-                Some(format!("removed {} through {}", conversation_id.0, through.0))
-            }
+            SessionEvent::HistoryRemoved {
+                conversation_id,
+                through,
+            } => Some(format!("removed {} through {}", conversation_id.0, through.0)),
             _ => None,
         })
         .collect();

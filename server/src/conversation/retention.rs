@@ -161,7 +161,9 @@ impl Retention {
                 let (events, _) = self.store.events(conv, Page::After(floor), batch).await?;
                 // Times never decrease along the log: what expired is a prefix.
                 let expired: Vec<_> = events.iter().take_while(|e| e.server_time_ms < cutoff).collect();
-                let Some(through) = expired.last().map(|e| Seq(e.seq)) else { break };
+                let Some(through) = expired.last().map(|e| Seq(e.seq)) else {
+                    break;
+                };
                 for ev in &expired {
                     self.release_files(conv, ev).await;
                 }
@@ -220,7 +222,11 @@ impl Retention {
             tokio::time::sleep(std::time::Duration::from_secs(every)).await;
             match self.sweep(crate::clock::now_ms()).await {
                 Ok(s) if s.events > 0 => {
-                    tracing::info!(events = s.events, conversations = s.conversations, "retention: expired events removed")
+                    tracing::info!(
+                        events = s.events,
+                        conversations = s.conversations,
+                        "retention: expired events removed"
+                    )
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "retention: the sweep failed; the next one tries again"),

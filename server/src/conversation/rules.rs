@@ -583,7 +583,10 @@ pub(crate) fn apply(
             if secs.is_some_and(|s| s > natter_protocol::limits::MAX_RETENTION_SECS) {
                 return Err(ServerError::new(
                     ErrorCode::BadRequest,
-                    format!("retention is at most {} s (0: forever)", natter_protocol::limits::MAX_RETENTION_SECS),
+                    format!(
+                        "retention is at most {} s (0: forever)",
+                        natter_protocol::limits::MAX_RETENTION_SECS
+                    ),
                 ));
             }
             if conv.meta.retention_secs == secs {

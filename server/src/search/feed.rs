@@ -117,7 +117,14 @@ pub async fn catch_up<I: SearchIndex + ?Sized + 'static>(
             let floor = store.removed_through(conv).await?.0;
             if floor > indexed {
                 let through = vec![(conv, floor)];
-                apply(index, Batch { through, ..Default::default() }).await?;
+                apply(
+                    index,
+                    Batch {
+                        through,
+                        ..Default::default()
+                    },
+                )
+                .await?;
                 indexed = floor;
             }
             return Ok((read, indexed));

@@ -350,7 +350,14 @@ impl Search {
                 .into_iter()
                 .map(|(conversation, seq)| super::Op::RemoveThrough { conversation, seq })
                 .collect();
-            feed::apply(&self.index, Batch { ops, ..Default::default() }).await?;
+            feed::apply(
+                &self.index,
+                Batch {
+                    ops,
+                    ..Default::default()
+                },
+            )
+            .await?;
         }
         self.indexed.fetch_add(count, Ordering::Relaxed);
         self.publish(positions, changed);

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use natter_protocol::pb;
 use natter_protocol::search::parse;
-use natter_protocol::ConversationId;
+use natter_protocol::{ConversationId, Seq};
 
 use super::*;
 use crate::search::test_log::{created, event, message};
@@ -142,4 +142,40 @@ async fn an_overflowing_queue_loses_nothing_and_a_restart_catches_up() {
     until(&search, conv, 42).await;
     assert_eq!(found(&search, "away", conv).await, vec![42]);
     assert_eq!(search.indexed(), 1, "only what was missed is read again");
+}
+
+/// Retention (PROTOCOL.md §5.17): a removed range leaves this node's index in the next
+/// round; a conversation whose every event went before it was indexed counts as indexed
+/// through the floor (nothing waits for events that no longer exist).
+#[tokio::test]
+async fn ranges_removed_by_retention_leave_the_index() {
+    let store = Arc::new(MemoryStore::new());
+    let dir = tempfile::tempdir().unwrap();
+    let index = Arc::new(TantivyIndex::open(dir.path()).unwrap());
+    let search = Search::new(store.clone(), index, settings(1_024));
+    tokio::spawn(search.clone().run());
+    let conv = ConversationId(1);
+    for e in commit(&store, conv, 1, &["otter a", "otter b", "otter c", "otter d"]).await {
+        search.committed(&e);
+    }
+    until(&search, conv, 5).await;
+    assert_eq!(found(&search, "otter", conv).await, vec![2, 3, 4, 5]);
+    store.remove_events(conv, Seq(3)).await.unwrap();
+    search.remove_through(conv, 3);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while found(&search, "otter", conv).await != vec![4, 5] {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the range left the index in time"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Never indexed here, and all gone by the time this node hears of it.
+    let quiet = ConversationId(2);
+    commit(&store, quiet, 1, &["otter e", "otter f"]).await;
+    store.remove_events(quiet, Seq(3)).await.unwrap();
+    search.seen(quiet, 3);
+    until(&search, quiet, 3).await;
+    assert!(found(&search, "otter", quiet).await.is_empty());
 }

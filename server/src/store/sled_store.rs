@@ -89,7 +89,11 @@ fn floor_key(conv: ConversationId) -> Vec<u8> {
 fn last_seq_in(view: &super::sled_health::View, conv: ConversationId) -> Result<Seq, StoreError> {
     match view.prefix(&key(b"e/", &[&be(conv.0)]), true).next() {
         Some(kv) => Ok(Seq(read_u64(&kv?.0[10..])?)),
-        None => Ok(Seq(view.get(&floor_key(conv))?.map(|v| read_u64(&v)).transpose()?.unwrap_or(0))),
+        None => Ok(Seq(view
+            .get(&floor_key(conv))?
+            .map(|v| read_u64(&v))
+            .transpose()?
+            .unwrap_or(0))),
     }
 }
 
@@ -546,7 +550,11 @@ impl Store for SledStore {
 
     async fn remove_events(&self, conv: ConversationId, through: Seq) -> Result<(), StoreError> {
         let view = self.view().await?;
-        let floor = Seq(view.get(&floor_key(conv))?.map(|v| read_u64(&v)).transpose()?.unwrap_or(0));
+        let floor = Seq(view
+            .get(&floor_key(conv))?
+            .map(|v| read_u64(&v))
+            .transpose()?
+            .unwrap_or(0));
         if through <= floor {
             return Ok(());
         }

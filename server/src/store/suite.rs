@@ -867,14 +867,24 @@ pub(crate) async fn removed_events(store: &dyn Store) {
     assert!(store.message(conv, Seq(2)).await.unwrap().is_none());
     assert!(store.message(conv, Seq(6)).await.unwrap().is_some());
     store.remove_events(conv, Seq(2)).await.unwrap();
-    assert_eq!(store.removed_through(conv).await.unwrap(), Seq(4), "the floor never moves back");
+    assert_eq!(
+        store.removed_through(conv).await.unwrap(),
+        Seq(4),
+        "the floor never moves back"
+    );
     // Everything gone: the newest seq stays, and the log goes on after it.
     store.remove_events(conv, Seq(11)).await.unwrap();
     assert_eq!(store.load_conversation(conv).await.unwrap().unwrap().last_seq, Seq(11));
     let listed = store.conversations_after(ConversationId(0), 10).await.unwrap();
     assert!(listed.contains(&(conv, Seq(11))), "{listed:?}");
-    assert_eq!(store.events(conv, Page::Before(Seq(0)), 10).await.unwrap(), (vec![], false));
-    assert_eq!(store.unread_and_last_message(conv, a, Seq(0), 10).await.unwrap(), (0, None));
+    assert_eq!(
+        store.events(conv, Page::Before(Seq(0)), 10).await.unwrap(),
+        (vec![], false)
+    );
+    assert_eq!(
+        store.unread_and_last_message(conv, a, Seq(0), 10).await.unwrap(),
+        (0, None)
+    );
     store.commit(&[msg(conv, 12, a, "after")]).await.unwrap();
     let (evs, _) = store.events(conv, Page::After(Seq(0)), 10).await.unwrap();
     assert_eq!(seqs(&evs), vec![12]);

@@ -61,7 +61,9 @@ async fn expired_events_leave_history_search_and_media_and_paging_meets_one_tomb
     let key = make_key(&data, "backend", "admin");
     let (s, api) = api_server(&data).await;
     for (id, name) in [("u-ann", "ann"), ("u-bob", "bob")] {
-        let (st, u) = api.post("/api/v1/users", &key, json!({"id": id, "username": name})).await;
+        let (st, u) = api
+            .post("/api/v1/users", &key, json!({"id": id, "username": name}))
+            .await;
         assert_eq!(st, 201, "{u}");
     }
     let group = |name: &str| {
@@ -82,7 +84,13 @@ async fn expired_events_leave_history_search_and_media_and_paging_meets_one_tomb
     // message in a conversation on the server's default (365 days).
     let bytes = file(40_000, 7);
     let info = ann
-        .upload(short, "old.bin", "application/octet-stream", bytes.clone().into(), |_, _| {})
+        .upload(
+            short,
+            "old.bin",
+            "application/octet-stream",
+            bytes.clone().into(),
+            |_, _| {},
+        )
         .await
         .unwrap();
     ann.send_attachments(short, "walrus with a file", std::slice::from_ref(&info))
@@ -98,10 +106,15 @@ async fn expired_events_leave_history_search_and_media_and_paging_meets_one_tomb
     }
     assert_eq!(find(&bob, "walrus").await.len(), 4);
     assert_eq!(
-        bob.download_all(&info.media_id, pb::MediaVariant::Original).await.unwrap(),
+        bob.download_all(&info.media_id, pb::MediaVariant::Original)
+            .await
+            .unwrap(),
         bytes
     );
-    assert!(!files_containing(&data, &bytes[..4096]).is_empty(), "the file is stored");
+    assert!(
+        !files_containing(&data, &bytes[..4096]).is_empty(),
+        "the file is stored"
+    );
 
     // The owner sets one second from the CLI (a device logged in with a product token).
     let profile = dir.path().join("ann-cli");
@@ -109,7 +122,15 @@ async fn expired_events_leave_history_search_and_media_and_paging_meets_one_tomb
     let token = product_token("u-ann");
     cli(
         &profile,
-        &["--server", &addr, "--fingerprint", &fp, "login-token", "--token", &token],
+        &[
+            "--server",
+            &addr,
+            "--fingerprint",
+            &fp,
+            "login-token",
+            "--token",
+            &token,
+        ],
     )
     .await;
     let short_id = short.0.to_string();
@@ -138,10 +159,16 @@ async fn expired_events_leave_history_search_and_media_and_paging_meets_one_tomb
     assert_eq!(seqs(&page), vec![first_new.seq.0, last_new]);
     assert_eq!((page.has_more, page.removed_through), (false, floor));
     // Paging back one at a time reaches the tombstone, not a gap.
-    let back = bob.history(short, HistoryAnchor::Before(Seq(last_new)), 1).await.unwrap();
+    let back = bob
+        .history(short, HistoryAnchor::Before(Seq(last_new)), 1)
+        .await
+        .unwrap();
     assert_eq!(seqs(&back), vec![first_new.seq.0]);
     assert_eq!((back.has_more, back.removed_through), (false, floor));
-    let below = bob.history(short, HistoryAnchor::Before(Seq(first_new.seq.0)), 10).await.unwrap();
+    let below = bob
+        .history(short, HistoryAnchor::Before(Seq(first_new.seq.0)), 10)
+        .await
+        .unwrap();
     assert!(below.events.is_empty());
     assert_eq!((below.has_more, below.removed_through), (false, floor));
     // A device catching up from the start gets what is left, and where it begins.
@@ -176,7 +203,10 @@ async fn expired_events_leave_history_search_and_media_and_paging_meets_one_tomb
     // The conversation on the default keeps everything.
     let kept_page = bob.history(kept, HistoryAnchor::Before(Seq(0)), 50).await.unwrap();
     assert_eq!(kept_page.events.last().map(|e| e.seq), Some(kept_seq));
-    assert_eq!((kept_page.events.first().map(|e| e.seq), kept_page.removed_through), (Some(1), 0));
+    assert_eq!(
+        (kept_page.events.first().map(|e| e.seq), kept_page.removed_through),
+        (Some(1), 0)
+    );
 
     // The CLI and the server API show the same floor.
     let lines = cli(&profile, &["history", &short_id]).await;
@@ -189,7 +219,10 @@ async fn expired_events_leave_history_search_and_media_and_paging_meets_one_tomb
     assert_eq!(h["events"].as_array().unwrap().len(), 2);
 
     // A second sweep finds nothing more; the metrics count what went.
-    assert_eq!(s.sweep_retention(first_new.server_time_ms + 999).await.unwrap().events, 0);
+    assert_eq!(
+        s.sweep_retention(first_new.server_time_ms + 999).await.unwrap().events,
+        0
+    );
     let (_, _, metrics) = crate::get(s.ops_addr.unwrap(), "/metrics", None).await;
     assert!(
         metrics.contains(&format!("natter_retention_removed_events_total {floor}")),

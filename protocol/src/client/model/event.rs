@@ -210,7 +210,10 @@ impl NatterEvent {
                 conversations: super::list(list),
             },
             SessionEvent::Event(e) => NatterEvent::Event { event: e.into() },
-            SessionEvent::HistoryRemoved { conversation_id, through } => NatterEvent::HistoryRemoved {
+            SessionEvent::HistoryRemoved {
+                conversation_id,
+                through,
+            } => NatterEvent::HistoryRemoved {
                 conversation_id: conversation_id.0,
                 through_seq: through.0,
             },
