@@ -127,6 +127,14 @@ async fn run_program(
                         server.search_indexed_through(conv, seq.parse().expect("a seq")).await;
                         "ok\n"
                     }
+                    // "@sweep <now_ms>": a retention sweep as of that time (PROTOCOL.md §5.17).
+                    Some(("sweep", now)) => {
+                        server
+                            .sweep_retention(now.trim().parse().expect("ms since the epoch"))
+                            .await
+                            .expect("the sweep ran");
+                        "ok\n"
+                    }
                     _ => "unknown request\n",
                 };
                 stdin.write_all(answer.as_bytes()).await.unwrap();

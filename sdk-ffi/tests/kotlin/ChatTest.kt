@@ -7,6 +7,7 @@ import kotlinx.coroutines.Dispatchers
 import kotlinx.coroutines.async
 import kotlinx.coroutines.awaitAll
 import kotlinx.coroutines.coroutineScope
+import kotlinx.coroutines.delay
 import kotlinx.coroutines.runBlocking
 import kotlinx.coroutines.withContext
 import uniffi.natter_ffi.*
@@ -382,6 +383,29 @@ suspend fun scenario() {
         bOther.waitFor("the second listener receives", pred = isMessage(dm, "after cancel"))
         check(bEvents.mark() == quiet) { "a cancelled subscription still got events" }
     }
+
+    // Retention (PROTOCOL.md §5.17): a group kept for one second loses what is older once
+    // the server sweeps; bob's page ends at one tombstone, and the timeline shows it.
+    val keep = alice.createGroup("${PREFIX}keep", listOf(bobName)).conversationId
+    alice.send(keep, "soon gone", 0u)
+    expectError<NatterException.Server>("a member setting retention", ErrorCode.FORBIDDEN) {
+        bob.setRetention(keep, 0uL)
+    }
+    alice.setRetention(keep, 1uL)
+    delay(1_100) // event times are wall-clock: what follows is a second younger
+    val fresh = alice.send(keep, "still here", 0u)
+    harness("sweep ${fresh.serverTimeMs + 999uL}")
+    val kept = bob.history(keep, HistoryAnchor.Before(0uL), 100u)
+    check(kept.events.map { it.seq } == listOf(fresh.seq) && kept.removedThrough == fresh.seq - 1uL && !kept.hasMore) {
+        "the page ends at the removed range: $kept"
+    }
+    val keptTimeline = Timeline()
+    keptTimeline.removeThrough(kept.removedThrough)
+    kept.events.forEach { keptTimeline.apply(it) }
+    check(keptTimeline.removedThrough() == fresh.seq - 1uL && keptTimeline.messages().map { it.text } == listOf("still here")) {
+        "the timeline shows what is left, after one tombstone"
+    }
+    bob.setRetention(dm, 0uL) // either member of a direct conversation: kept forever
 
     encryptedDm()
 

@@ -379,6 +379,29 @@ async def main():
     check(b_events.mark() == quiet, "a cancelled subscription still got events")
     b_other_sub.cancel()
 
+    # Retention (PROTOCOL.md §5.17): a group kept for one second loses what is older once
+    # the server sweeps; bob's page ends at one tombstone, and the timeline shows it.
+    keep = (await alice.create_group(f"{PREFIX}keep", [bob_name])).conversation_id
+    await alice.send(keep, "soon gone", 0)
+    await expect_error(n.NatterError.Server, bob.set_retention(keep, 0), "a member setting retention",
+                       m.ErrorCode.FORBIDDEN)
+    await alice.set_retention(keep, 1)
+    await asyncio.sleep(1.1)  # event times are wall-clock: what follows is a second younger
+    fresh = await alice.send(keep, "still here", 0)
+    await harness(f"sweep {fresh.server_time_ms + 999}")
+    page = await bob.history(keep, n.HistoryAnchor.BEFORE(seq=0), 100)
+    check([e.seq for e in page.events] == [fresh.seq] and page.removed_through == fresh.seq - 1
+          and not page.has_more, f"the page ends at the removed range: {page}")
+    kept = n.Timeline()
+    kept.remove_through(page.removed_through)
+    for e in page.events:
+        kept.apply(e)
+    check(kept.removed_through() == fresh.seq - 1 and [x.text for x in kept.messages()] == ["still here"],
+          "the timeline shows what is left, after one tombstone")
+    summary = [c for c in await bob.conversations() if c.conversation_id == keep][0]
+    check((summary.retention_secs, summary.retention_set, summary.removed_through) == (1, True, fresh.seq - 1),
+          f"the summary tells how long and how far: {summary}")
+
     await encrypted_dm()
 
     await alice.logout(0)
