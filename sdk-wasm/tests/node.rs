@@ -271,6 +271,14 @@ fn the_timeline_class_folds_javascript_events() {
     assert_eq!(get(&reactions.get(0), "count").as_f64(), Some(1.0));
     assert!(t.message(2.0).is_null(), "an edit is not a message of its own");
     assert!(t.apply(wasm_bindgen::JsValue::from_str("nonsense")).is_err());
+    // Retention (PROTOCOL.md §5.17): a page's `removedThrough` drops what it covers.
+    t.apply(message_event(5, 7, "later").serialize(&ser).unwrap()).unwrap();
+    assert_eq!(t.removed_through(), 0.0);
+    assert!(t.remove_through(4.0));
+    assert_eq!(t.removed_through(), 4.0);
+    assert!(t.message(1.0).is_null(), "removed");
+    assert_eq!(get(&t.message(5.0), "text").as_string().unwrap(), "later");
+    assert!(!t.remove_through(3.0), "never back");
 }
 
 #[wasm_bindgen_test]

@@ -20,6 +20,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
+use natter_protocol::pb;
 use natter_sdk::{ClientEvent, ConversationId, UserId};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
@@ -536,6 +537,84 @@ async fn groups_and_channels_from_the_page() {
         .await;
     let list = b.texts("ann", "#conversations li .name").await;
     assert_eq!(list.len(), 3, "group and two channels: {list:?}");
+}
+
+/// Retention from the page (PROTOCOL.md §5.17): the owner picks how long messages are kept,
+/// members hear of it, and once the server has swept, the page shows one line where the
+/// removed messages were — after a reload too — and keeps what is younger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_from_the_page_and_a_removed_range_shows_as_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = natter_server::start(&web_config(dir.path())).await.unwrap();
+    let mut b = Browser::start().await;
+    let url = page_url(&s, "websocket");
+    let mut bob = user(&s, "bob").await;
+    b.open("ann", &url).await;
+    sign_up(&mut b, "ann", "ann", "websocket").await;
+    b.fill("ann", "#group-name", "brief").await;
+    b.fill("ann", "#group-members", "bob").await;
+    b.click("ann", "#new-group button").await;
+    b.wait_fn("ann", "document.getElementById('chat-title').textContent === 'brief'")
+        .await;
+    let conv = bob
+        .client
+        .conversations()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.name == "brief")
+        .expect("bob is in the group");
+    let group = ConversationId(conv.conversation_id);
+    bob.client.send(group, "old words").await.unwrap();
+    b.wait_shown("ann", "old words").await;
+
+    // The owner keeps messages for one day.
+    b.cmd(json!({"op": "select", "page": "ann", "selector": "#retention", "value": "86400"}))
+        .await;
+    let changed = wait_for(&mut bob.events, |e| match e {
+        ClientEvent::Event(ev) => match &ev.body {
+            Some(pb::conversation_event::Body::RetentionChanged(r)) => Some(r.clone()),
+            _ => None,
+        },
+        _ => None,
+    })
+    .await;
+    assert_eq!((changed.retention_secs, changed.effective_secs), (Some(86_400), 86_400));
+    b.wait_fn(
+        "ann",
+        "[...document.querySelectorAll('#message-list li.notice')].some(e => e.textContent === 'ann set messages to be kept for 1 day')",
+    )
+    .await;
+
+    // A day later (as far as the sweep is told), everything before bob's next message goes.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let fresh = bob.client.send(group, "fresh words").await.unwrap();
+    b.wait_shown("ann", "fresh words").await;
+    let swept = s.sweep_retention(fresh.server_time_ms + 86_400_000 - 1).await.unwrap();
+    assert_eq!(swept.events, fresh.seq.0 - 1);
+
+    // A fresh load of the page: one line for the removed range, the young message, nothing old.
+    b.cmd(json!({"op": "reload", "page": "ann"})).await;
+    b.wait("ann", "#app:not([hidden])").await;
+    b.click("ann", "#conversations li").await;
+    b.wait(
+        "ann",
+        &format!("#message-list li.removed[data-removed-through='{}']", fresh.seq.0 - 1),
+    )
+    .await;
+    let shown = b.texts("ann", "#message-list li").await;
+    assert!(shown[0].starts_with("Older messages were removed"), "{shown:?}");
+    assert!(shown.iter().any(|t| t.contains("fresh words")), "{shown:?}");
+    assert!(!shown.iter().any(|t| t.contains("old words")), "{shown:?}");
+    assert_eq!(
+        b.eval("ann", "return document.getElementById('retention').value").await,
+        json!("86400")
+    );
+    assert_eq!(
+        b.eval("ann", "return document.getElementById('older').hidden").await,
+        json!(true),
+        "nothing older to load"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
