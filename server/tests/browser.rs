@@ -573,7 +573,7 @@ async fn retention_from_the_page_and_a_removed_range_shows_as_one_line() {
         .await;
     let changed = wait_for(&mut bob.events, |e| match e {
         ClientEvent::Event(ev) => match &ev.body {
-            Some(pb::conversation_event::Body::RetentionChanged(r)) => Some(r.clone()),
+            Some(pb::conversation_event::Body::RetentionChanged(r)) => Some(*r),
             _ => None,
         },
         _ => None,
