@@ -78,6 +78,10 @@ pub struct RunningServer {
     store: std::sync::Weak<dyn Store>,
     /// The retention sweep (it also runs by itself every `[retention] sweep_secs`).
     retention: Arc<Retention>,
+    /// The embedded store and local media directory, for backups (`None` on Redis).
+    backup: Option<(Arc<SledStore>, Option<std::path::PathBuf>)>,
+    /// Notified when an operator asks this node to drain (`POST /admin/v1/drain`).
+    drain_requests: Arc<tokio::sync::Notify>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -87,7 +91,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     // default one (object_store's S3 client); a second call finds it installed.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let metrics = Arc::new(crate::ops::Metrics::new());
-    let (store, redis) = open_store(config).await?;
+    let (store, redis, sled) = open_store_parts(config).await?;
     let identity = match (&config.tls_cert, &config.tls_key) {
         (Some(c), Some(k)) => tls::load(c, k)?,
         (None, None) => tls::dev_identity(&config.data_dir)?,
@@ -314,6 +318,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         }
         None => (None, false),
     };
+    let drain_requests = Arc::new(tokio::sync::Notify::new());
     let readiness = Arc::new(crate::ops::Readiness::new(readiness_checks(
         config,
         &shared.ctx.store,
@@ -328,7 +333,15 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
                 readiness: readiness.clone(),
                 attached_sessions: Arc::new(move || hub.attached_sessions()),
             };
-            let endpoint = crate::transport::ops_http::OpsEndpoint::bind(addr, ops)
+            let admin = crate::transport::ops_admin::Admin {
+                shared: Arc::downgrade(&shared),
+                backup: sled.clone().map(|s| (s, local_media_dir(config))),
+                drain: drain_requests.clone(),
+                readiness: readiness.clone(),
+                node_id: cluster.as_ref().map_or("single".into(), |c| c.node_id().to_string()),
+                started_ms: crate::clock::now_ms(),
+            };
+            let endpoint = crate::transport::ops_http::OpsEndpoint::bind(addr, ops, admin)
                 .await
                 .with_context(|| format!("binding the ops listener on {addr}"))?;
             let bound = endpoint.addr;
@@ -375,6 +388,8 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     tasks.push(tokio::spawn(retention.clone().run()));
     Ok(RunningServer {
         retention,
+        backup: sled.map(|s| (s, local_media_dir(config))),
+        drain_requests,
         addr,
         fingerprint: identity.fingerprint,
         webtransport_addr: webtransport.as_ref().map(|wt| wt.addr),
@@ -499,6 +514,21 @@ impl RunningServer {
         running.log = new.log.clone();
         running.retention = new.retention;
         Ok(out)
+    }
+
+    /// Take a backup of the embedded store and local media into `to`, a new or empty
+    /// directory, while serving (docs/OPERATIONS.md): what `POST /admin/v1/backup` does.
+    pub async fn backup(&self, to: &std::path::Path) -> anyhow::Result<crate::store::backup::Manifest> {
+        let Some((store, media)) = &self.backup else {
+            anyhow::bail!("this node stores in Redis: back it up with Redis's own tools");
+        };
+        Ok(crate::store::backup::take(store, media.as_deref(), to, crate::clock::now_ms()).await?)
+    }
+
+    /// Resolves when an operator asks this node to drain (`natter-server admin drain`); the
+    /// owner of the server then drains it as on SIGTERM.
+    pub async fn drain_requested(&self) {
+        self.drain_requests.notified().await
     }
 
     /// Run a retention sweep (PROTOCOL.md §5.17) as the periodic one does, as if it were
@@ -711,15 +741,23 @@ fn media_store(config: &Config) -> anyhow::Result<Arc<dyn crate::media::MediaSto
 /// it; also for the offline subcommands (`natter-server api-key`). The embedded store is
 /// locked by a running server: stop it first, or use the server API.
 pub async fn open_store(config: &Config) -> anyhow::Result<(Arc<dyn Store>, Option<RedisConn>)> {
+    let (store, redis, _) = open_store_parts(config).await?;
+    Ok((store, redis))
+}
+
+/// [`open_store`], and the embedded store as itself (backups need it).
+async fn open_store_parts(
+    config: &Config,
+) -> anyhow::Result<(Arc<dyn Store>, Option<RedisConn>, Option<Arc<SledStore>>)> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
     Ok(match config.storage {
-        Storage::Sled => (
-            Arc::new(SledStore::open_with_reserve(
+        Storage::Sled => {
+            let sled = Arc::new(SledStore::open_with_reserve(
                 &config.data_dir.join("db"),
                 config.disk_reserve_bytes,
-            )?),
-            None,
-        ),
+            )?);
+            (sled.clone(), None, Some(sled))
+        }
         Storage::Redis => {
             let conn = RedisConn::connect(&config.redis_urls, config.redis_cluster)
                 .await
@@ -731,7 +769,18 @@ pub async fn open_store(config: &Config) -> anyhow::Result<(Arc<dyn Store>, Opti
             (
                 Arc::new(RedisStore::with_durability(conn.clone(), durability)),
                 Some(conn),
+                None,
             )
         }
+    })
+}
+
+/// Where media bytes are on this machine, when they are not in S3.
+fn local_media_dir(config: &Config) -> Option<std::path::PathBuf> {
+    config.s3.is_none().then(|| {
+        config
+            .media_dir
+            .clone()
+            .unwrap_or_else(|| config.data_dir.join("media"))
     })
 }

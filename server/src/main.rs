@@ -8,6 +8,9 @@ use std::io::Write;
 use clap::Parser;
 use natter_server::Config;
 
+#[path = "main/admin.rs"]
+mod admin;
+
 /// natter chat server.
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -99,6 +102,36 @@ enum Sub {
         #[arg(long, default_value = "127.0.0.1:9100")]
         ops: SocketAddr,
     },
+    /// Operate a running node through its ops listener: users, devices, conversations, API
+    /// keys, live stats, drain (docs/OPERATIONS.md, "The admin CLI").
+    Admin {
+        #[command(flatten)]
+        target: admin::Target,
+        #[command(subcommand)]
+        cmd: admin::AdminCmd,
+    },
+    /// Back a running node's embedded store and local media up into DIR (new or empty, on
+    /// the node's machine), consistent as of one moment; writes pause while it copies.
+    Backup {
+        #[arg(long)]
+        to: PathBuf,
+        #[command(flatten)]
+        target: admin::Target,
+    },
+    /// Check a backup: every file against its manifest, and every conversation's log whole.
+    Verify {
+        #[arg(long)]
+        from: PathBuf,
+    },
+    /// Restore a checked backup into this configuration's data directory (the node
+    /// stopped). A data directory that holds a database needs --force, and the old one is
+    /// moved aside, not deleted.
+    Restore {
+        #[arg(long)]
+        from: PathBuf,
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -126,6 +159,35 @@ async fn subcommand(config: &Config, cmd: Sub) -> anyhow::Result<()> {
     };
     match cmd {
         Sub::Openapi => print!("{}", natter_server::transport::http_api::openapi_json()),
+        Sub::Admin { target, cmd } => admin::admin(&target, cmd).await?,
+        Sub::Backup { to, target } => admin::backup(&target, to).await?,
+        Sub::Verify { from } => {
+            let m = tokio::task::spawn_blocking(move || natter_server::store::backup::verify(&from)).await??;
+            println!(
+                "{}",
+                serde_json::json!({"verified": true, "created_ms": m.created_ms, "conversations": m.conversations,
+                    "events": m.events, "files": m.files.len()})
+            );
+        }
+        Sub::Restore { from, force } => {
+            let (data, media) = (
+                config.data_dir.clone(),
+                config
+                    .media_dir
+                    .clone()
+                    .unwrap_or_else(|| config.data_dir.join("media")),
+            );
+            let now = natter_server::clock::now_ms();
+            let m = tokio::task::spawn_blocking(move || {
+                natter_server::store::backup::restore(&from, &data, &media, force, now)
+            })
+            .await??;
+            println!(
+                "{}",
+                serde_json::json!({"restored": true, "created_ms": m.created_ms, "conversations": m.conversations,
+                    "events": m.events, "data_dir": config.data_dir})
+            );
+        }
         Sub::Ready { ops } => {
             let (status, body) = readyz(ops)?;
             println!("{body}");
@@ -283,9 +345,14 @@ fn main() -> anyhow::Result<()> {
             }
             std::future::pending::<()>().await
         };
-        tokio::select! {
-            _ = shutdown_signal() => {}
-            _ = reloads => {}
+        let mut reloads = Box::pin(reloads);
+        let asked = tokio::select! {
+            _ = shutdown_signal() => false,
+            _ = &mut reloads => false,
+            _ = server.drain_requested() => true,
+        };
+        if asked {
+            tracing::info!("an operator asked this node to drain");
         }
         // Not ready first, so load balancers stop sending new connections; then drain:
         // clients are told to reconnect (to another node, when there is one) and given
@@ -298,7 +365,16 @@ fn main() -> anyhow::Result<()> {
         tokio::time::sleep(std::time::Duration::from_secs(config.ready_grace_secs)).await;
         tracing::info!("draining");
         server.drain(std::time::Duration::from_secs(config.drain_secs)).await;
+        if asked {
+            // Drained on request: nothing is served any more; stop when told to.
+            tracing::info!("drained; stopping on SIGTERM");
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = &mut reloads => {}
+            }
+        }
         tracing::info!("shutting down");
+        drop(reloads);
         server.shutdown().await;
         anyhow::Ok(())
     })

@@ -131,6 +131,20 @@ pub async fn delete_user(
     finish(ctx, user, anonymised, done).await
 }
 
+/// Revoke one device of the user (an operator's `admin devices revoke`) as a logout does:
+/// its token, keys and product binding go and its connections close with `TOKEN_REVOKED`.
+/// False if the user has no such live device.
+pub async fn revoke_device(ctx: &Ctx, user: UserId, username: &str, device: DeviceId) -> Result<bool, ServerError> {
+    let devices: Vec<DeviceRecord> = ctx
+        .store
+        .list_devices(user)
+        .await?
+        .into_iter()
+        .filter(|d| d.id == device && !d.revoked)
+        .collect();
+    Ok(log_out_all(ctx, user, username, &devices, None).await? > 0)
+}
+
 /// Revoke and disconnect every device of the user, `devices` as the store lists them (but
 /// `asking`'s connection, which closes itself after its answer), with their keys and
 /// product bindings; how many.

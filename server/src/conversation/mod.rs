@@ -126,6 +126,10 @@ pub enum Mutation {
         /// The server's settings now (for the event's effective value).
         defaults: retention::RetentionSettings,
     },
+    /// An operator deletes the conversation (`natter-server admin conversations delete`):
+    /// what the owner's `DeleteConversation` does, without a member's role; the event's
+    /// sender is 0 (the server).
+    DeleteByOperator,
     /// A user's account was deleted (PROTOCOL.md §5.16): they leave (a direct
     /// conversation keeps them as "deleted-user"; an owner's place goes to the longest
     /// standing admin, else member) and everyone hears `UserErased`. The server's own

@@ -292,7 +292,12 @@ pub(crate) fn apply(
         Kind::Channel => limits.channel,
         _ => limits.group,
     };
-    if my_role.is_none() && !matches!(m, Mutation::Join | Mutation::EraseUser { .. }) {
+    if my_role.is_none()
+        && !matches!(
+            m,
+            Mutation::Join | Mutation::EraseUser { .. } | Mutation::DeleteByOperator
+        )
+    {
         return Err(not_member());
     }
     let body = match m {
@@ -486,8 +491,8 @@ pub(crate) fn apply(
             commit.meta = Some(meta);
             Body::Renamed(pb::Renamed { name })
         }
-        Mutation::Delete => {
-            if my_role != Some(Role::Owner) {
+        Mutation::Delete | Mutation::DeleteByOperator => {
+            if my_role != Some(Role::Owner) && !matches!(m, Mutation::DeleteByOperator) {
                 return Err(forbidden("only the owner deletes a conversation"));
             }
             let mut meta = conv.meta.clone();

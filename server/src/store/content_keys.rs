@@ -53,6 +53,11 @@ impl ContentKeys {
         })
     }
 
+    /// Where the keys are.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     fn path(&self, user: UserId) -> PathBuf {
         self.dir.join(user.0.to_string())
     }

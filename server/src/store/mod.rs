@@ -12,6 +12,7 @@ use natter_protocol::pb;
 use natter_protocol::{ConversationId, DeviceId, Seq, UserId};
 use serde::{Deserialize, Serialize};
 
+pub mod backup;
 pub mod content_keys;
 pub mod docs;
 pub mod keys;

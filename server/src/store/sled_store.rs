@@ -43,6 +43,9 @@ pub struct SledStore {
     health: Arc<Health>,
     /// Events are sealed under their sender's key, kept outside sled ([`ContentKeys`]).
     keys: Arc<ContentKeys>,
+    /// Every write holds it shared while it applies and flushes; a backup holds it
+    /// exclusively while it copies, so the copy is one point in time ([`Self::snapshot_into`]).
+    gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 fn key(prefix: &[u8], parts: &[&[u8]]) -> Vec<u8> {
@@ -139,6 +142,7 @@ impl SledStore {
         Ok(Self {
             health: Health::open(dir, reserve).map_err(backend)?,
             keys: Arc::new(ContentKeys::open(&dir.join(CONTENT_KEYS))?),
+            gate: Arc::default(),
         })
     }
 
@@ -148,7 +152,46 @@ impl SledStore {
         Ok(Self {
             health: Health::open(dir, None).map_err(backend)?,
             keys: Arc::new(ContentKeys::open(keys)?),
+            gate: Arc::default(),
         })
+    }
+
+    /// Copy the whole store into a new database at `to` (which must not hold one) as of one
+    /// point in time: writes wait from the moment every write in progress has finished
+    /// until the copy, its content keys and `also` (the caller's files: media) are done;
+    /// reads go on. The copy is flushed before this returns. How many records it holds.
+    pub async fn snapshot_into(
+        &self,
+        to: &Path,
+        also: impl FnOnce() -> Result<(), StoreError> + Send + 'static,
+    ) -> Result<u64, StoreError> {
+        let paused = self.gate.clone().write_owned().await;
+        let h = self.health.writer()?;
+        flush(&h).await.map_err(StoreError::Backend)?;
+        let (to, keys_from) = (to.to_path_buf(), self.keys.dir().to_path_buf());
+        let copied = tokio::task::spawn_blocking(move || -> Result<u64, StoreError> {
+            let copy = sled::Config::new().path(&to).open().map_err(backend)?;
+            let tree = copy.open_tree("natter").map_err(backend)?;
+            let mut n = 0u64;
+            let mut batch = sled::Batch::default();
+            for kv in h.tree.iter() {
+                let (k, v) = kv.map_err(backend)?;
+                batch.insert(k, v);
+                n += 1;
+                if n % 10_000 == 0 {
+                    tree.apply_batch(std::mem::take(&mut batch)).map_err(backend)?;
+                }
+            }
+            tree.apply_batch(batch).map_err(backend)?;
+            copy.flush().map_err(backend)?;
+            copy_dir(&keys_from, &to.join(CONTENT_KEYS))?;
+            also()?;
+            Ok(n)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("snapshot task: {e}")))?;
+        drop(paused);
+        copied
     }
 
     /// What reads see. While the store reopens after a failure (milliseconds), reads wait
@@ -182,6 +225,7 @@ impl SledStore {
         durable: bool,
         apply: impl FnOnce(&Handles) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        let _writing = self.gate.read().await;
         let h = self.health.writer_for(bytes)?;
         let out = match apply(&h) {
             Ok(v) => v,
@@ -230,6 +274,23 @@ impl SledStore {
             Err(current) => Ok(ConversationId(read_u64(&current.unwrap_or_default())?)),
         }
     }
+}
+
+/// Copy every file of `from` into `to` (made if missing), each synced.
+pub(crate) fn copy_dir(from: &Path, to: &Path) -> Result<(), StoreError> {
+    let io = |e: std::io::Error| StoreError::Backend(format!("copying {}: {e}", from.display()));
+    std::fs::create_dir_all(to).map_err(io)?;
+    for entry in std::fs::read_dir(from).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let (path, target) = (entry.path(), to.join(entry.file_name()));
+        if entry.file_type().map_err(io)?.is_dir() {
+            copy_dir(&path, &target)?;
+        } else {
+            std::fs::copy(&path, &target).map_err(io)?;
+            std::fs::File::open(&target).and_then(|f| f.sync_all()).map_err(io)?;
+        }
+    }
+    std::fs::File::open(to).and_then(|d| d.sync_all()).map_err(io)
 }
 
 /// Make every write so far durable. Runs sled's synchronous flush on a blocking thread

@@ -14,6 +14,7 @@ pub mod chanwrite;
 pub mod http_api;
 pub mod http_media;
 pub mod mem;
+pub mod ops_admin;
 pub mod ops_http;
 pub mod quic;
 pub mod web;

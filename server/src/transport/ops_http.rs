@@ -2,7 +2,8 @@
 //! (the process answers), `/readyz` (200 only while every readiness check passes and the
 //! node is not draining, else 503 with a JSON body naming the failing checks) and
 //! `/metrics` (Prometheus text format; OpenMetrics when the scraper's `Accept` asks for it).
-//! Plain HTTP on purpose: it serves load balancers and Prometheus on a private address.
+//! Plain HTTP on purpose: it serves load balancers and Prometheus on a private address. The
+//! operator's `/admin/v1` endpoints beside them need an admin API key ([`super::ops_admin`]).
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -44,14 +45,16 @@ pub struct OpsEndpoint {
 }
 
 impl OpsEndpoint {
-    /// Bind `addr` (port 0: any free port).
-    pub async fn bind(addr: SocketAddr, ops: Ops) -> std::io::Result<OpsEndpoint> {
+    /// Bind `addr` (port 0: any free port), with the operator's `/admin/v1` routes
+    /// ([`super::ops_admin`]) beside the open ones.
+    pub async fn bind(addr: SocketAddr, ops: Ops, admin: super::ops_admin::Admin) -> std::io::Result<OpsEndpoint> {
         let listener = TcpListener::bind(addr).await?;
         let router = Router::new()
             .route("/livez", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
-            .with_state(ops);
+            .with_state(ops)
+            .merge(super::ops_admin::routes(admin));
         Ok(OpsEndpoint {
             addr: listener.local_addr()?,
             listener,

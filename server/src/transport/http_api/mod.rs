@@ -167,7 +167,7 @@ async fn openapi() -> Response {
 }
 
 /// A refusal as HTTP: status from the code, body `{"error": {"code", "message"}}`.
-struct Refusal(ServerError);
+pub(crate) struct Refusal(pub(crate) ServerError);
 
 impl From<ServerError> for Refusal {
     fn from(e: ServerError) -> Self {
