@@ -2,6 +2,8 @@
 //! `/metrics`; a real Prometheus (Debian's) scraping three nodes on one Redis; series that
 //! do not multiply with users and conversations; readiness that tells the truth (Redis
 //! paused, a full disk, SIGTERM before any client hears `GoAway`). Every wait is bounded.
+#[path = "ops/admin.rs"]
+mod admin;
 #[path = "ops/backup.rs"]
 mod backup;
 mod common;

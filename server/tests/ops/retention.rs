@@ -251,3 +251,28 @@ async fn expired_events_leave_history_search_and_media_and_paging_meets_one_tomb
 fn code(e: &ClientError) -> pb::ErrorCode {
     e.server_error().map(|e| e.code).unwrap_or(pb::ErrorCode::Unspecified)
 }
+
+/// SIGHUP's reload takes new defaults at once (docs/OPERATIONS.md): summaries report them,
+/// and nothing about retention is named as needing a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changes_the_kinds_defaults_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let s = natter_server::start(&cfg).await.unwrap();
+    let (alice, _bob, dm) = alice_and_bob(&s).await;
+    let summary = |list: Vec<pb::ConversationSummary>| list.into_iter().find(|c| c.conversation_id == dm.0).unwrap();
+    assert_eq!(
+        summary(alice.client.conversations().await.unwrap()).retention_secs,
+        365 * 86_400
+    );
+    let mut next = cfg.clone();
+    next.retention.direct_days = 30;
+    let reloaded = s.reload(&next).unwrap();
+    assert!(reloaded.applied.contains(&"retention".to_string()), "{reloaded:?}");
+    assert!(reloaded.need_restart.is_empty(), "{reloaded:?}");
+    assert_eq!(
+        summary(alice.client.conversations().await.unwrap()).retention_secs,
+        30 * 86_400
+    );
+    s.shutdown().await;
+}
