@@ -479,6 +479,14 @@ impl RunningServer {
             if id.fingerprint != self.live_cert.fingerprint() {
                 self.live_cert.replace(&id)?;
                 out.applied.push(format!("tls certificate (sha256 {})", id.fingerprint));
+                // WebTransport has an endpoint of its own with the same certificate.
+                if let Some(wt) = &self.webtransport {
+                    match wt.replace_identity(&id) {
+                        Ok(true) => out.applied.push("webtransport certificate".into()),
+                        Ok(false) => {}
+                        Err(e) => out.need_restart.push(format!("webtransport_listen (certificate: {e})")),
+                    }
+                }
             }
         } else if running.tls_cert.is_some() {
             out.need_restart.push("tls_cert".into());

@@ -546,6 +546,23 @@ async fn sighup_gives_new_connections_a_new_certificate_and_existing_ones_contin
         &log,
     );
     assert_eq!(p.fingerprint, first);
+    let mut p = p;
+    let wt: SocketAddr = loop {
+        let line = p
+            .stdout
+            .next()
+            .expect("the server prints its WebTransport address")
+            .unwrap();
+        if let Some(rest) = line.strip_prefix("webtransport listening on ") {
+            break rest.trim().parse().unwrap();
+        }
+    };
+    let wt_url = format!("https://127.0.0.1:{}/wt", wt.port());
+    assert_eq!(
+        wt_connect(&wt_url, &first).await,
+        Ok(()),
+        "WebTransport serves the configured certificate"
+    );
     let mut ann = device(p.addr, &first, "ann", true).await;
     let own = ConversationId(ann.client.create_group("notes", &[]).await.unwrap().conversation_id);
     ann.client.send(own, "before").await.unwrap();
@@ -576,6 +593,7 @@ async fn sighup_gives_new_connections_a_new_certificate_and_existing_ones_contin
         "{reloaded}"
     );
     assert!(applied.contains("rates"), "{reloaded}");
+    assert!(applied.contains("webtransport certificate"), "{reloaded}");
     assert!(
         reloaded["need_restart"].as_str().unwrap().contains("max_text_chars"),
         "{reloaded}"
@@ -599,6 +617,12 @@ async fn sighup_gives_new_connections_a_new_certificate_and_existing_ones_contin
         !matches!(refused, Ok(Ok(_))),
         "a client pinned to the old certificate still got through"
     );
+    // WebTransport too: the new certificate, not the old one.
+    assert_eq!(wt_connect(&wt_url, &second).await, Ok(()));
+    assert!(
+        wt_connect(&wt_url, &first).await.is_err(),
+        "WebTransport still serves the old certificate"
+    );
     // The connection made before goes on, on the old certificate, without reconnecting.
     ann.client.send(own, "after").await.unwrap();
     while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(1), ann.events.next()).await {
@@ -607,4 +631,23 @@ async fn sighup_gives_new_connections_a_new_certificate_and_existing_ones_contin
             "ann's connection was cut: {ev:?}"
         );
     }
+}
+
+/// A WebTransport session to `url`, the server's certificate pinned by its SHA-256.
+async fn wt_connect(url: &str, hex_hash: &str) -> Result<(), String> {
+    // natter's own pinning verifier (browsers' hash pinning wants certificates valid for
+    // at most 14 days; a configured certificate is not one), with WebTransport's ALPN.
+    let mut tls = natter_sdk::tls::client_config(&natter_sdk::tls::Trust::Fingerprint(hex_hash.into())).unwrap();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let config = wtransport::ClientConfig::builder()
+        .with_bind_default()
+        .with_custom_tls(tls)
+        .build();
+    let endpoint = wtransport::Endpoint::client(config).map_err(|e| e.to_string())?;
+    let conn = tokio::time::timeout(Duration::from_secs(5), endpoint.connect(url))
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    conn.close(wtransport::VarInt::from_u32(0), b"");
+    Ok(())
 }

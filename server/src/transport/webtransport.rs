@@ -186,6 +186,32 @@ impl WtEndpoint {
         Ok(())
     }
 
+    /// Serve a new configured certificate (SIGHUP): new sessions get it, sessions already
+    /// made keep theirs. A generated certificate renews itself instead ([`Self::renew`]).
+    /// wtransport takes only PKCS#8 keys here; another kind needs a restart.
+    pub fn replace_identity(&self, id: &crate::security::tls::Identity) -> anyhow::Result<bool> {
+        use rustls::pki_types::PrivateKeyDer;
+        use wtransport::tls::{Certificate, CertificateChain, PrivateKey};
+        if self.certs.generated {
+            return Ok(false);
+        }
+        let PrivateKeyDer::Pkcs8(key) = &id.key else {
+            anyhow::bail!("its key is not PKCS#8");
+        };
+        let chain = id
+            .chain
+            .iter()
+            .map(|c| Certificate::from_der(c.to_vec()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let identity = Identity::new(
+            CertificateChain::new(chain),
+            PrivateKey::from_der_pkcs8(key.secret_pkcs8_der().to_vec()),
+        );
+        self.endpoint
+            .reload_config(server_config(self.addr, &identity, self.idle, &self.keys), false)?;
+        Ok(true)
+    }
+
     /// Stop accepting, then close every session. Waits (at most 2 s) for the accept loop
     /// to let go of the endpoint first, so no `accept` is pending when it closes.
     pub async fn close(&self) {
