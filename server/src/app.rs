@@ -193,6 +193,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
             media_store(config)?,
             config.media_config(),
             chat_first.clone(),
+            metrics.clone(),
         )),
         keys,
         push: push.clone(),
@@ -359,6 +360,9 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
             hub.sweep();
             if let Some(shared) = housekeeping.upgrade() {
                 shared.ctx.rates.retain_recent();
+                if let Some(search) = &shared.ctx.search {
+                    shared.ctx.metrics.search_index_lag.set(search.lag_ms() as f64 / 1000.0);
+                }
             }
         }
     }));

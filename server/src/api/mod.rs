@@ -461,7 +461,12 @@ pub async fn handle(ctx: &Ctx, actor: &Actor, op: Op) -> Result<Res, ServerError
                 ctx.push.remove(actor.user, actor.device, &r.registration_id).await?,
             ))
         }
-        Op::Search(r) => search::messages(ctx, actor, r).await,
+        Op::Search(r) => {
+            let found = search::messages(ctx, actor, r).await;
+            let result = if found.is_ok() { "ok" } else { "refused" };
+            crate::ops::Metrics::result(&ctx.metrics.search_queries, result);
+            found
+        }
         Op::SearchUsers(r) => search::users(ctx, actor, r).await,
         Op::SearchChannels(r) => search::channels(ctx, actor, r).await,
         Op::Moderate(r) => {

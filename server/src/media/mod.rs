@@ -5,7 +5,7 @@
 //! of what expired or is no longer referenced. Transport-neutral: an upload stream, a tus
 //! PATCH and a download all come here as byte streams.
 //!
-//! May import: `store`, `security`, `clock`, `error`, `chat_first`. Must not import `conversation`,
+//! May import: `store`, `security`, `clock`, `error`, `chat_first`, `ops` (its counters). Must not import `conversation`,
 //! `session`, `api`, `conn` or `transport`: who may read a file is decided above (api),
 //! which knows memberships.
 use std::collections::HashMap;
@@ -25,6 +25,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::chat_first::ChatFirst;
+use crate::ops::Metrics;
 use crate::store::{MediaId, MediaRecord, MediaRef, MediaState, ReadyInfo, Store, StoreError, ThumbRecord, UploadId};
 
 pub mod background;
@@ -82,6 +83,8 @@ pub type Progress<'a> = &'a (dyn Fn(pb::UploadProgress) + Send + Sync);
 /// The media service of one node.
 #[derive(Debug)]
 pub struct Media {
+    /// Uploads and deletions are counted here.
+    metrics: Arc<Metrics>,
     store: Arc<dyn Store>,
     blobs: Arc<dyn MediaStore>,
     /// Its limits.
@@ -146,8 +149,10 @@ impl Media {
         blobs: Arc<dyn MediaStore>,
         config: MediaConfig,
         chat_first: Arc<ChatFirst>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Media {
+            metrics,
             chat_first,
             store,
             blobs,
@@ -412,6 +417,7 @@ impl Media {
                 .map_err(unavailable)?;
             rec.pieces.push(end);
             rec = self.save(rec).await?;
+            self.metrics.media_bytes_stored.inc_by(end - start);
             progress(progress_of(&rec));
             if short {
                 return Ok(rec); // the stream ended inside a piece: that much is stored
@@ -460,11 +466,13 @@ impl Media {
                 rec.state = MediaState::Ready;
                 rec.ready = Some(info);
                 rec = self.save(rec).await?;
+                Metrics::result(&self.metrics.media_uploads, "ready");
                 progress(progress_of(&rec));
                 Ok(rec)
             }
             Err(e) if e.code == ErrorCode::StorageUnavailable => Err(e),
             Err(e) => {
+                Metrics::result(&self.metrics.media_uploads, "rejected");
                 self.discard(&rec).await;
                 Err(e)
             }
@@ -550,6 +558,9 @@ impl Media {
         if let Err(e) = self.store.delete_media(&rec.media_id).await {
             return tracing::warn!(error = %e, "deleting a media record failed; the sweep retries");
         }
+        if rec.state == MediaState::Ready {
+            self.metrics.media_files_deleted.inc();
+        }
         let _ = self
             .store
             .delete_doc(OWNED, &owned_key(rec.owner, &rec.media_id.0))
@@ -564,6 +575,7 @@ impl Media {
         }
         self.blobs.delete(&rec.media_id).await.map_err(unavailable)?;
         self.store.delete_media(&rec.media_id).await?;
+        Metrics::result(&self.metrics.media_uploads, "cancelled");
         Ok(())
     }
 
@@ -672,6 +684,7 @@ impl Media {
                 }
                 if let Some(_writing) = self.try_take(&rec.upload_id, false) {
                     self.discard(&rec).await;
+                    Metrics::result(&self.metrics.media_uploads, "expired");
                     n += 1;
                 }
             }

@@ -156,6 +156,17 @@ pub struct Metrics {
     pub push_notifications: Family<ResultLabel, Counter>,
     /// Webhook deliveries, by result.
     pub webhook_deliveries: Family<ResultLabel, Counter>,
+    /// Uploads that ended, by result (`ready`, `rejected`, `cancelled`, `expired`).
+    pub media_uploads: Family<ResultLabel, Counter>,
+    /// Bytes of uploads stored (pieces made durable).
+    pub media_bytes_stored: Counter,
+    /// Files deleted (no message attaches them any more, or their owner's account went).
+    pub media_files_deleted: Counter,
+    /// Message searches answered, by result (`ok`, `refused`).
+    pub search_queries: Family<ResultLabel, Counter>,
+    /// How far this node's search index is behind the log, seconds (set every few
+    /// seconds).
+    pub search_index_lag: Gauge<f64, AtomicU64>,
     /// Events removed by retention.
     pub retention_removed: Counter,
     /// Retention sweeps over every conversation, by result (`ok`, `failed`).
@@ -205,6 +216,11 @@ impl Metrics {
             bus_errors: Counter::default(),
             push_notifications: Family::default(),
             webhook_deliveries: Family::default(),
+            media_uploads: Family::default(),
+            media_bytes_stored: Counter::default(),
+            media_files_deleted: Counter::default(),
+            search_queries: Family::default(),
+            search_index_lag: Gauge::default(),
             retention_removed: Counter::default(),
             retention_sweeps: Family::default(),
             process_cpu: Counter::default(),
@@ -243,6 +259,29 @@ impl Metrics {
             m.http_request_duration.clone(),
         );
         r.register("events_committed", "Events committed", m.events_committed.clone());
+        r.register(
+            "media_uploads",
+            "Uploads that ended, by result",
+            m.media_uploads.clone(),
+        );
+        r.register_with_unit(
+            "media_stored",
+            "Bytes of uploads made durable",
+            Unit::Bytes,
+            m.media_bytes_stored.clone(),
+        );
+        r.register("media_files_deleted", "Files deleted", m.media_files_deleted.clone());
+        r.register(
+            "search_queries",
+            "Message searches, by result",
+            m.search_queries.clone(),
+        );
+        r.register_with_unit(
+            "search_index_lag",
+            "How far this node's search index is behind the log",
+            Unit::Seconds,
+            m.search_index_lag.clone(),
+        );
         r.register(
             "retention_removed_events",
             "Events removed by retention",
@@ -391,6 +430,8 @@ impl Metrics {
         Metrics::result(&m.push_notifications, one);
         Metrics::result(&m.webhook_deliveries, one);
         Metrics::result(&m.retention_sweeps, one);
+        Metrics::result(&m.media_uploads, one);
+        Metrics::result(&m.search_queries, one);
         let mut names: Vec<String> = m
             .encode(false)
             .lines()
