@@ -12,7 +12,7 @@ use bytes::Bytes;
 use common::api::*;
 use common::*;
 use natter_protocol::pb;
-use natter_sdk::{Client, ClientEvent, ConversationId, Events, Seq};
+use natter_sdk::{Client, ClientEvent, ConversationId, Seq};
 use natter_server::store::{Page, Store};
 use serde_json::{json, Value};
 
@@ -30,29 +30,6 @@ async fn setup(dir: &Path) -> (natter_server::RunningServer, Api, String) {
         assert_eq!(st, 201, "{u}");
     }
     (s, api, admin)
-}
-
-async fn login(s: &natter_server::RunningServer, sub: &str) -> (Client, Events) {
-    let (c, ev) = Client::connect(client_config(s.addr, &s.fingerprint, None)).unwrap();
-    c.login_with_token(&product_token(sub), "phone").await.unwrap();
-    (c, ev)
-}
-
-/// Every file under `dir` that contains `needle`.
-fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)) {
-                out.push(p.display().to_string());
-            }
-        }
-    }
-    out
 }
 
 fn copy_dir(from: &Path, to: &Path, skip: &str) {
@@ -106,8 +83,8 @@ async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
 async fn a_deleted_users_messages_files_and_devices_are_gone_everywhere_and_their_export_was_exactly_theirs() {
     let dir = tempfile::tempdir().unwrap();
     let (s, api, admin) = setup(dir.path()).await;
-    let (ann, mut ann_ev) = login(&s, "u-ann").await;
-    let (bob, mut bob_ev) = login(&s, "u-bob").await;
+    let (ann, mut ann_ev) = product_login(&s, "u-ann").await;
+    let (bob, mut bob_ev) = product_login(&s, "u-bob").await;
     let (st, g) = api
         .post(
             "/api/v1/conversations",
@@ -309,7 +286,7 @@ async fn a_deleted_users_messages_files_and_devices_are_gone_everywhere_and_thei
     for needle in ["ann-secret", "ann-dm-gamma", "ANNFILEBYTES", "alpha-edited"] {
         assert_eq!(
             files_containing(&data, needle.as_bytes()),
-            Vec::<String>::new(),
+            Vec::<std::path::PathBuf>::new(),
             "{needle}"
         );
     }
@@ -412,8 +389,8 @@ async fn a_user_exports_then_deletes_their_own_account_and_anonymised_messages_s
 async fn anonymised_messages_stay_in_history_under_deleted_user() {
     let dir = tempfile::tempdir().unwrap();
     let (s, api, admin) = setup(dir.path()).await;
-    let (ann, _ann_ev) = login(&s, "u-ann").await;
-    let (bob, mut bob_ev) = login(&s, "u-bob").await;
+    let (ann, _ann_ev) = product_login(&s, "u-ann").await;
+    let (bob, mut bob_ev) = product_login(&s, "u-bob").await;
     let dm = ConversationId(ann.direct("bob").await.unwrap().conversation_id);
     let seq = ann.send(dm, "ann-words-kept").await.unwrap().seq;
     let r = api

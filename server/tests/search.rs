@@ -505,7 +505,8 @@ async fn kill_9_while_indexing_loses_nothing_from_the_index() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_word_sent_only_in_an_encrypted_dm_is_found_on_the_device_and_nowhere_on_the_server() {
-    use common::e2ee::{files_containing, phone, read};
+    use common::e2ee::{phone, read};
+    use common::files_containing;
     let data = tempfile::tempdir().unwrap();
     let phones = tempfile::tempdir().unwrap();
     let s = server(data.path()).await;

@@ -275,6 +275,19 @@ fn kind(field: Field, k: &str) -> Box<dyn TQuery> {
     ))
 }
 
+/// Documents whose `field` holds `value`.
+fn u64_is(field: Field, value: u64) -> Box<dyn TQuery> {
+    Box::new(TermQuery::new(
+        Term::from_field_u64(field, value),
+        IndexRecordOption::Basic,
+    ))
+}
+
+/// Documents that match every one of `queries`.
+fn all_of(queries: Vec<Box<dyn TQuery>>) -> BooleanQuery {
+    BooleanQuery::new(queries.into_iter().map(|q| (Occur::Must, q)).collect())
+}
+
 fn pos_id(conv: ConversationId) -> String {
     format!("pos/{}", conv.0)
 }
@@ -300,42 +313,16 @@ impl SearchIndex for TantivyIndex {
                 }
                 Op::RemoveThrough { conversation, seq } => {
                     // The conversation's messages (not its position) up to `seq`.
-                    let q = BooleanQuery::new(vec![
-                        (
-                            Occur::Must,
-                            Box::new(TermQuery::new(
-                                Term::from_field_u64(f.conv, conversation.0),
-                                IndexRecordOption::Basic,
-                            )) as Box<dyn TQuery>,
-                        ),
-                        (Occur::Must, kind(f.kind, "msg")),
-                        (
-                            Occur::Must,
-                            Box::new(RangeQuery::new(
-                                Bound::Unbounded,
-                                Bound::Included(Term::from_field_u64(f.seq, *seq)),
-                            )),
-                        ),
+                    let up_to = RangeQuery::new(Bound::Unbounded, Bound::Included(Term::from_field_u64(f.seq, *seq)));
+                    let q = all_of(vec![
+                        u64_is(f.conv, conversation.0),
+                        kind(f.kind, "msg"),
+                        Box::new(up_to),
                     ]);
                     writer.delete_query(Box::new(q))?;
                 }
                 Op::RemoveSender { conversation, sender } => {
-                    let q = BooleanQuery::new(vec![
-                        (
-                            Occur::Must,
-                            Box::new(TermQuery::new(
-                                Term::from_field_u64(f.conv, conversation.0),
-                                IndexRecordOption::Basic,
-                            )) as Box<dyn TQuery>,
-                        ),
-                        (
-                            Occur::Must,
-                            Box::new(TermQuery::new(
-                                Term::from_field_u64(f.sender, sender.0),
-                                IndexRecordOption::Basic,
-                            )),
-                        ),
-                    ]);
+                    let q = all_of(vec![u64_is(f.conv, conversation.0), u64_is(f.sender, sender.0)]);
                     writer.delete_query(Box::new(q))?;
                 }
             }

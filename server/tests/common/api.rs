@@ -104,3 +104,10 @@ pub async fn api_server(data: &Path) -> (natter_server::RunningServer, Api) {
     };
     (s, api)
 }
+
+/// A client of `s` logged in as the product's user `sub` (a product token).
+pub async fn product_login(s: &natter_server::RunningServer, sub: &str) -> (natter_sdk::Client, natter_sdk::Events) {
+    let (c, ev) = natter_sdk::Client::connect(super::client_config(s.addr, &s.fingerprint, None)).unwrap();
+    c.login_with_token(&product_token(sub), "phone").await.unwrap();
+    (c, ev)
+}

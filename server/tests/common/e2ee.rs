@@ -90,24 +90,3 @@ pub async fn read_after(p: &mut Phone, conv: ConversationId, floor: u64, n: usiz
     }
     out
 }
-
-/// Every file under `dir` (or `dir` itself, a file) whose bytes contain `needle`.
-pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
-    let holds = |path: &Path| std::fs::read(path).unwrap().windows(needle.len()).any(|w| w == needle);
-    if dir.is_file() {
-        return if holds(dir) { vec![dir.to_path_buf()] } else { vec![] };
-    }
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if holds(&path) {
-                out.push(path);
-            }
-        }
-    }
-    out
-}

@@ -536,3 +536,26 @@ fn spawn_server(
         fingerprint,
     }
 }
+
+/// Every file under `dir` (or `dir` itself, a file) whose bytes contain `needle`.
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    // A running server may delete a file between the listing and the read (search index
+    // merges): a file that is gone holds nothing.
+    let holds = |path: &Path| std::fs::read(path).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle));
+    if dir.is_file() {
+        return if holds(dir) { vec![dir.to_path_buf()] } else { vec![] };
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if holds(&path) {
+                out.push(path);
+            }
+        }
+    }
+    out
+}

@@ -4,19 +4,12 @@
 //! as a silent gap; what is inside the window, and other conversations, stay untouched.
 //! Set from the CLI, read through the SDK, the CLI and the server API.
 use natter_protocol::pb;
-use natter_sdk::{Client, ClientError, ConversationId, Events, HistoryAnchor, Seq};
+use natter_sdk::{Client, ClientError, ConversationId, HistoryAnchor, Seq};
 use serde_json::json;
 
-use crate::common::api::{api_server, make_key, product_token};
+use crate::common::api::{api_server, make_key, product_login, product_token};
 use crate::common::media::file;
 use crate::common::*;
-
-async fn login(s: &natter_server::RunningServer, sub: &str) -> Client {
-    let (c, ev): (Client, Events) = Client::connect(client_config(s.addr, &s.fingerprint, None)).unwrap();
-    c.login_with_token(&product_token(sub), "phone").await.unwrap();
-    drop(ev);
-    c
-}
 
 fn seqs(page: &pb::HistoryPage) -> Vec<u64> {
     page.events.iter().map(|e| e.seq).collect()
@@ -35,23 +28,6 @@ async fn find(who: &Client, q: &str) -> Vec<(u64, u64)> {
     let mut hits: Vec<_> = r.hits.iter().map(|h| (h.conversation_id, h.seq)).collect();
     hits.sort();
     hits
-}
-
-/// Every file under `dir` holding `needle`.
-fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)) {
-                out.push(p.display().to_string());
-            }
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,8 +53,8 @@ async fn expired_events_leave_history_search_and_media_and_paging_meets_one_tomb
         }
     };
     let (short, kept) = (group("short").await, group("kept").await);
-    let ann = login(&s, "u-ann").await;
-    let bob = login(&s, "u-bob").await;
+    let (ann, _) = product_login(&s, "u-ann").await;
+    let (bob, _) = product_login(&s, "u-bob").await;
 
     // Before: a file and two messages in the conversation that will keep one second, one
     // message in a conversation on the server's default (365 days).
@@ -198,7 +174,10 @@ async fn expired_events_leave_history_search_and_media_and_paging_meets_one_tomb
         .await
         .unwrap_err();
     assert_eq!(code(&gone), pb::ErrorCode::NotFound);
-    assert_eq!(files_containing(&data, &bytes[..4096]), Vec::<String>::new());
+    assert_eq!(
+        files_containing(&data, &bytes[..4096]),
+        Vec::<std::path::PathBuf>::new()
+    );
 
     // The conversation on the default keeps everything.
     let kept_page = bob.history(kept, HistoryAnchor::Before(Seq(0)), 50).await.unwrap();
