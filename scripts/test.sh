@@ -56,7 +56,7 @@ apt_install() {
     { $sudo apt-get update -qq && $sudo apt-get install -y -qq "$@" >/dev/null; }
 }
 
-step "Debian packages: chromium (browser tests), a JRE and JNA (Kotlin bindings), python3 with python3-olm and python3-nacl (the independent end-to-end decryptor), redis-server (multi-node tests), faketime (a skewed node clock), prometheus (its server scrapes three nodes; promtool checks the exposition)"
+step "Debian packages: chromium (browser tests), a JRE and JNA (Kotlin bindings), python3 with python3-olm and python3-nacl (the independent end-to-end decryptor), redis-server (multi-node tests), faketime (a skewed node clock), prometheus (its server scrapes three nodes; promtool checks the exposition), nats-server and mosquitto (the benchmark's peers)"
 need=()
 # The Redis tests start their own redis-server processes (one server, or a 3-master
 # cluster with redis-cli) on free loopback ports, each in a temporary directory.
@@ -69,6 +69,10 @@ command -v faketime >/dev/null || need+=(faketime)
 if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
   apt_install --no-install-recommends prometheus
 fi
+# The benchmark's peers (bench/compare.sh): its quick test drives Debian's nats-server
+# and mosquitto on free loopback ports.
+command -v nats-server >/dev/null || need+=(nats-server)
+command -v mosquitto >/dev/null || need+=(mosquitto)
 [[ -x /usr/bin/chromium ]] || need+=(chromium chromium-driver)
 command -v java >/dev/null || need+=(default-jre-headless)
 [[ -f /usr/share/java/jna.jar ]] || need+=(libjna-java)

@@ -12,10 +12,12 @@ mod api;
 pub use api::{api, ApiOpts};
 mod media;
 mod media_load;
+mod peers;
 mod push;
 mod search_index;
 pub use media::{media, MediaOpts};
 pub use media_load::media_load;
+pub use peers::{peer_connections, peer_fanout, Broker};
 pub use push::{push, PushOpts};
 pub use search_index::{search_index, SearchIndexOpts};
 
@@ -584,6 +586,8 @@ pub struct ConnectionsOpts {
     pub parallel: usize,
     /// Messages timed while all are held.
     pub probes: usize,
+    /// Seconds of quiet, once all are held, over which the server's idle CPU is measured.
+    pub idle_secs: f64,
 }
 
 /// Open and hold `connections` authenticated connections; report handshakes/s and server
@@ -596,6 +600,11 @@ pub async fn connections(t: &Target, o: &ConnectionsOpts) -> anyhow::Result<Repo
     // Let the server settle (presence publishing, allocator) before reading memory.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let held = ProcStats::read(t.server_pid);
+    // Idle: nothing but what the held connections cost by themselves (keep-alives,
+    // heartbeats).
+    tokio::time::sleep(Duration::from_secs_f64(o.idle_secs)).await;
+    let quiet = ProcStats::read(t.server_pid);
+    let idle_share = (quiet.cpu_secs - held.cpu_secs) / o.idle_secs.max(1e-9);
     let mut iter = users.into_iter();
     let a = iter.next().expect("two users");
     let b = iter.next().expect("two users");
@@ -664,6 +673,7 @@ pub async fn connections(t: &Target, o: &ConnectionsOpts) -> anyhow::Result<Repo
             "server_rss_before_bytes": before.rss_bytes,
             "server_rss_held_bytes": held.rss_bytes,
             "server_bytes_per_connection": per_conn,
+            "server_idle_cpu_share": idle_share,
             "handshakes_per_sec": handshakes_per_sec,
         }),
     })

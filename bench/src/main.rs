@@ -13,8 +13,8 @@ struct Args {
     /// Server UDP address.
     #[arg(long, default_value = "127.0.0.1:4433")]
     server: SocketAddr,
-    /// The server's certificate fingerprint (printed at start).
-    #[arg(long)]
+    /// The server's certificate fingerprint (printed at start; not needed for the peers).
+    #[arg(long, default_value = "")]
     fingerprint: String,
     /// The server's pid, for CPU time and memory from /proc.
     #[arg(long)]
@@ -66,6 +66,41 @@ enum Scenario {
         parallel: usize,
         #[arg(long, default_value_t = 200)]
         probes: usize,
+        /// Seconds of quiet over which the server's idle CPU is measured.
+        #[arg(long, default_value_t = 10.0)]
+        idle_secs: f64,
+    },
+    /// The fan-out scenario against a peer broker (NATS or MQTT) instead of natter.
+    PeerFanout {
+        /// nats or mqtt.
+        #[arg(long)]
+        broker: String,
+        /// The broker's address (default: 127.0.0.1:4222 for NATS, 127.0.0.1:1883 for MQTT).
+        #[arg(long)]
+        url: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        users: usize,
+        #[arg(long, default_value_t = 100)]
+        group_size: usize,
+        #[arg(long, default_value_t = 1)]
+        senders: usize,
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 10.0)]
+        secs: f64,
+    },
+    /// The idle-connections scenario against a peer broker.
+    PeerConnections {
+        #[arg(long)]
+        broker: String,
+        #[arg(long)]
+        url: Option<String>,
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        #[arg(long, default_value_t = 200)]
+        probes: usize,
+        #[arg(long, default_value_t = 10.0)]
+        idle_secs: f64,
     },
     /// Page through a conversation with many stored messages.
     History {
@@ -157,6 +192,15 @@ enum Scenario {
     },
 }
 
+/// `--broker nats|mqtt` and its address.
+fn broker_of(name: &str, url: Option<String>) -> anyhow::Result<natter_bench::Broker> {
+    Ok(match name {
+        "nats" => natter_bench::Broker::Nats(url.unwrap_or_else(|| "127.0.0.1:4222".into())),
+        "mqtt" => natter_bench::Broker::Mqtt(url.unwrap_or_else(|| "127.0.0.1:1883".into())),
+        other => anyhow::bail!("--broker {other:?}: nats or mqtt"),
+    })
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let target = Target {
@@ -232,14 +276,43 @@ fn main() -> anyhow::Result<()> {
                 per_socket,
                 parallel,
                 probes,
+                idle_secs,
             } => {
                 let o = ConnectionsOpts {
                     connections,
                     per_socket,
                     parallel,
                     probes,
+                    idle_secs,
                 };
                 natter_bench::connections(&target, &o).await
+            }
+            Scenario::PeerFanout {
+                broker,
+                url,
+                users,
+                group_size,
+                senders,
+                rate,
+                secs,
+            } => {
+                let o = FanoutOpts {
+                    users,
+                    group_size,
+                    senders_per_group: senders,
+                    rate_per_sender: rate,
+                    secs,
+                };
+                natter_bench::peer_fanout(&target, &broker_of(&broker, url)?, &o).await
+            }
+            Scenario::PeerConnections {
+                broker,
+                url,
+                connections,
+                probes,
+                idle_secs,
+            } => {
+                natter_bench::peer_connections(&target, &broker_of(&broker, url)?, connections, probes, idle_secs).await
             }
             Scenario::History {
                 messages,

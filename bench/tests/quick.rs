@@ -1,7 +1,7 @@
 //! Every natter-bench scenario, small and quick, against an in-process server: keeps the
 //! benchmark working and asserts what it must always show — nothing lost, nothing
 //! duplicated, no errors. Timing is reported, never asserted (figures live in RESULTS.md).
-use natter_bench::{ConnectionsOpts, DmOpts, FanoutOpts, HistoryOpts, Report, Target};
+use natter_bench::{Broker, ConnectionsOpts, DmOpts, FanoutOpts, HistoryOpts, Report, Target};
 
 async fn server(dir: &std::path::Path) -> natter_server::RunningServer {
     let mut cfg = natter_server::Config {
@@ -79,6 +79,7 @@ async fn every_scenario_runs_small_with_nothing_lost_or_doubled() {
         per_socket: 20,
         parallel: 16,
         probes: 5,
+        idle_secs: 0.2,
     };
     let r = natter_bench::connections(&t, &c).await.unwrap();
     check(&r);
@@ -92,4 +93,83 @@ async fn every_scenario_runs_small_with_nothing_lost_or_doubled() {
     let r = natter_bench::history(&t, &h).await.unwrap();
     check(&r);
     assert_eq!(r.delivered, 20, "every page is the gap-free run below its anchor");
+}
+
+/// A free TCP port on loopback.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A broker process that is killed when the test ends.
+struct Broker_(std::process::Child);
+
+impl Drop for Broker_ {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start `program args` and wait until `port` accepts connections.
+fn start_broker(program: &str, args: &[&str], port: u16) -> Broker_ {
+    let child = std::process::Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program} (Debian's package; scripts/test.sh installs it): {e}"));
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < until, "{program} did not listen on {port}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Broker_(child)
+}
+
+/// The peers' side of the comparison (bench/compare.sh): NATS and Mosquitto, Debian's, each
+/// on a free loopback port, through the same fan-out and idle-connection scenarios.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peer_scenarios_run_against_nats_and_mosquitto() {
+    let (nats_port, mqtt_port) = (free_port(), free_port());
+    let nats = start_broker(
+        "nats-server",
+        &["-a", "127.0.0.1", "-p", &nats_port.to_string()],
+        nats_port,
+    );
+    let conf = std::env::temp_dir().join(format!("natter-bench-mosquitto-{mqtt_port}.conf"));
+    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/mosquitto.conf")).unwrap();
+    std::fs::write(
+        &conf,
+        shipped.replace("listener 1883", &format!("listener {mqtt_port}")),
+    )
+    .unwrap();
+    let mqtt = start_broker("mosquitto", &["-c", conf.to_str().unwrap()], mqtt_port);
+    for (broker, pid) in [
+        (Broker::Nats(format!("127.0.0.1:{nats_port}")), nats.0.id()),
+        (Broker::Mqtt(format!("127.0.0.1:{mqtt_port}")), mqtt.0.id()),
+    ] {
+        let t = Target {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            fingerprint: String::new(),
+            server_pid: Some(pid),
+        };
+        let o = FanoutOpts {
+            users: 20,
+            group_size: 10,
+            senders_per_group: 1,
+            rate_per_sender: 20.0,
+            secs: 1.0,
+        };
+        let r = natter_bench::peer_fanout(&t, &broker, &o).await.unwrap();
+        check(&r);
+        assert_eq!(r.delivered, r.sent * 9, "{r:?}");
+        let r = natter_bench::peer_connections(&t, &broker, 30, 5, 0.2).await.unwrap();
+        check(&r);
+        assert_eq!(r.extra["connections_held"], 30);
+        assert!(r.server_rss_bytes > 0, "the broker's memory is read from /proc");
+    }
 }

@@ -113,6 +113,8 @@ pub struct ClientSession {
     now: Millis,
     /// Highest seq to acknowledge as delivered, per conversation.
     to_ack: BTreeMap<ConversationId, Seq>,
+    /// When the acknowledgements in `to_ack` go out (`Timer::AckDelay` after the first).
+    ack_due: Option<Millis>,
     /// Whether the transport carries datagrams.
     datagrams_ok: bool,
     datagrams: VecDeque<Bytes>,
@@ -151,6 +153,7 @@ impl ClientSession {
             fetch_queue: VecDeque::new(),
             now: Millis(0),
             to_ack: BTreeMap::new(),
+            ack_due: None,
             datagrams_ok: false,
             datagrams: VecDeque::new(),
             presence: pb::PresenceState::Online,
@@ -504,15 +507,27 @@ impl ClientSession {
             _ => None,
         };
         let typing = self.typing_shown.values().copied();
+        let acks = self.ack_due.filter(|_| ready);
         requests
             .chain(sends)
             .chain(fetches)
             .chain(heartbeat)
             .chain(typing)
+            .chain(acks)
             .min()
     }
 
     // ───────────────────────────── internals ─────────────────────────────
+
+    /// Acknowledge delivery of `conv` up to `seq`: with the next acks, after
+    /// `Timer::AckDelay` from the first of them.
+    pub(super) fn ack_later(&mut self, conv: ConversationId, seq: Seq) {
+        let e = self.to_ack.entry(conv).or_default();
+        *e = (*e).max(seq);
+        if self.ack_due.is_none() {
+            self.ack_due = Some(self.deadline(Timer::AckDelay));
+        }
+    }
 
     fn alloc_id(&mut self) -> RequestId {
         let id = RequestId(self.next_request_id);
@@ -608,9 +623,19 @@ impl ClientSession {
             self.outbox[i].in_flight = Some(id);
             self.put_request(id, op, Purpose::Send(cid));
         }
-        // Delivery acks, one per conversation with the highest seq received.
-        while self.in_flight.len() < cap {
-            let Some((c, seq)) = self.to_ack.pop_first() else { break };
+        // Delivery acks, one per conversation with the highest seq received, once their
+        // delay is up.
+        if self.to_ack.is_empty() {
+            self.ack_due = None;
+        }
+        while self.in_flight.len() < cap && self.ack_due.is_some_and(|due| due <= now) {
+            let Some((c, seq)) = self.to_ack.pop_first() else {
+                self.ack_due = None;
+                break;
+            };
+            if self.to_ack.is_empty() {
+                self.ack_due = None;
+            }
             let op = Op::MarkDelivered(pb::MarkDelivered {
                 conversation_id: c.0,
                 seq: seq.0,

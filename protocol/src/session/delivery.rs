@@ -206,8 +206,7 @@ impl ClientSession {
     /// delivery acknowledgement goes out.
     pub fn acknowledge(&mut self, now: Millis, conv: ConversationId, seq: Seq) {
         self.now = now;
-        let e = self.to_ack.entry(conv).or_default();
-        *e = (*e).max(seq);
+        self.ack_later(conv, seq);
         if self.ready() {
             self.flush();
         }
@@ -245,8 +244,10 @@ impl ClientSession {
                 }
                 Some(Body::Message(_)) => {
                     if !self.config.ack_by_app {
+                        // `ack_later`, spelt out: `st` holds a borrow of `self.convs`.
                         let e = self.to_ack.entry(conv).or_default();
                         *e = (*e).max(seq);
+                        self.ack_due.get_or_insert(self.now.plus(self.config.ack_delay_ms));
                     }
                     if seq > st.unread_as_of && seq > st.read {
                         st.add_unread(seq);

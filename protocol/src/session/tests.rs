@@ -45,7 +45,13 @@ fn text(t: &str) -> pb::MessageBody {
 
 impl Peer {
     fn new(token: Option<&str>) -> Self {
-        Peer::with_config(SessionConfig::default(), token)
+        // Acknowledgements at once, so each test sees them with the events that caused them;
+        // the delay has its own test.
+        let config = SessionConfig {
+            ack_delay_ms: 0,
+            ..Default::default()
+        };
+        Peer::with_config(config, token)
     }
 
     fn with_config(config: SessionConfig, token: Option<&str>) -> Self {
@@ -338,9 +344,44 @@ fn a_new_conversation_first_seen_past_its_start_is_fetched_from_the_start_of_the
 }
 
 #[test]
+fn delivery_acks_wait_their_delay_and_cover_a_burst_with_one_per_conversation() {
+    let mut p = Peer::with_config(SessionConfig::default(), Some("tok"));
+    p.connect(auth_ok(false, vec![summary(5, 0, 1), summary(6, 0, 1)]));
+    p.events();
+    let start = p.now;
+    p.stream(1, &[header(5), Kind::Event(ev(5, 1, "a")), Kind::Event(ev(5, 2, "b"))]);
+    p.stream(3, &[header(6), Kind::Event(ev(6, 1, "c"))]);
+    assert_eq!(p.delivered().len(), 3, "the app gets events at once");
+    assert_eq!(p.acks_and_requests().0, vec![], "acks wait");
+    let due = p.s.poll_timeout().expect("a timer for the acks");
+    assert_eq!(
+        due,
+        start.plus(100),
+        "SessionConfig::ack_delay_ms after the first event"
+    );
+    p.now = start.plus(60);
+    p.stream(1, &[Kind::Event(ev(5, 3, "d"))]);
+    p.s.handle_timeout(p.now);
+    assert_eq!(
+        p.acks_and_requests().0,
+        vec![],
+        "a later event does not move the deadline, nor send early"
+    );
+    p.now = due;
+    p.s.handle_timeout(p.now);
+    assert_eq!(
+        p.acks_and_requests().0,
+        vec![(5, 3), (6, 1)],
+        "one cumulative ack per conversation"
+    );
+    assert_eq!(p.s.poll_timeout().map(|t| t > due), Some(true), "no ack timer left");
+}
+
+#[test]
 fn with_ack_by_app_nothing_is_acknowledged_until_the_app_says_so() {
     let config = SessionConfig {
         ack_by_app: true,
+        ack_delay_ms: 0,
         ..Default::default()
     };
     let mut p = Peer::with_config(config, Some("tok"));

@@ -23,6 +23,9 @@ pub(crate) enum Timer {
     /// A repeated "typing" for the same conversation is sent again only after half the
     /// indicator's lifetime (PROTOCOL.md §5.12). The server's `Limits.typing_ttl_ms` / 2.
     TypingRenew,
+    /// Delivery acknowledgements gather this long after the first event they cover
+    /// (PROTOCOL.md §7.4). `SessionConfig::ack_delay_ms`.
+    AckDelay,
 }
 
 impl ClientSession {
@@ -33,6 +36,7 @@ impl ClientSession {
             Timer::SendRetry | Timer::GapFetchRetry => self.config.send_retry_ms,
             Timer::Heartbeat => u64::from(self.limits.heartbeat_interval_ms.max(100)),
             Timer::TypingRenew => u64::from(self.limits.typing_ttl_ms / 2),
+            Timer::AckDelay => self.config.ack_delay_ms,
         }
     }
 

@@ -46,6 +46,11 @@ pub struct SessionConfig {
     /// write what an event changed before the server may consider it delivered (the
     /// end-to-end encryption's state, PROTOCOL.md §12.7).
     pub ack_by_app: bool,
+    /// Delivery acknowledgements wait this long after the first event they cover, so one
+    /// cumulative `MarkDelivered` per conversation stands for every event of a burst
+    /// (PROTOCOL.md §7.4); 0 sends one with every batch of events as it arrives. "Delivered"
+    /// marks and the server's push decisions move this much later.
+    pub ack_delay_ms: u64,
 }
 
 impl Default for SessionConfig {
@@ -58,6 +63,7 @@ impl Default for SessionConfig {
             max_early_events: 10_000,
             max_pending_per_conversation: 10_000,
             ack_by_app: false,
+            ack_delay_ms: 100,
         }
     }
 }

@@ -94,6 +94,9 @@ pub(super) async fn deliver<T: Transport>(
     transport.close(ErrorCode::LimitExceeded, "session detached from this connection");
 }
 
+/// Most events one stream write carries.
+const WRITE_BATCH: usize = 64;
+
 async fn write_conversation<T: Transport>(
     transport: Arc<T>,
     conv: ConversationId,
@@ -118,13 +121,30 @@ async fn write_conversation<T: Transport>(
     if stream.write_all(&encode_frame(&header)).await.is_err() {
         return;
     }
+    let mut batch: Vec<Arc<pb::ConversationEvent>> = Vec::with_capacity(WRITE_BATCH);
+    let mut out = bytes::BytesMut::new();
     loop {
         match tokio::time::timeout(idle, rx.recv()).await {
             Ok(Some(ev)) => {
-                if stream.write_all(&encode_event_frame(&ev)).await.is_err() {
+                // Whatever queued meanwhile goes out in the same write (fewer stream writes
+                // and packets under load; one event at a time when it is quiet).
+                batch.push(ev);
+                while batch.len() < WRITE_BATCH {
+                    match rx.try_recv() {
+                        Ok(more) => batch.push(more),
+                        Err(_) => break,
+                    }
+                }
+                out.clear();
+                for ev in &batch {
+                    out.extend_from_slice(&encode_event_frame(ev));
+                }
+                if stream.write_all(&out).await.is_err() {
                     return;
                 }
-                delivered(&ev);
+                for ev in batch.drain(..) {
+                    delivered(&ev);
+                }
             }
             Ok(None) => break,
             Err(_) => {
