@@ -213,6 +213,11 @@ pub async fn bench_user(
     config.reconnect_min_ms = 50;
     config.reconnect_max_ms = 1_000;
     config.session.request_timeout_ms = 60_000;
+    // NATTER_BENCH_ACK_DELAY_MS: the clients' delivery-ack delay (SessionConfig::ack_delay_ms),
+    // to measure what cumulative acks save (bench/RESULTS.md).
+    if let Some(ms) = std::env::var("NATTER_BENCH_ACK_DELAY_MS").ok().and_then(|v| v.parse().ok()) {
+        config.session.ack_delay_ms = ms;
+    }
     let (client, mut events) = Client::connect(config)?;
     // Under heavy setup load a connection can drop before a response: retry (a register
     // whose response was lost reads USERNAME_TAKEN the second time, which is success).
