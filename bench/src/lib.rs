@@ -215,7 +215,10 @@ pub async fn bench_user(
     config.session.request_timeout_ms = 60_000;
     // NATTER_BENCH_ACK_DELAY_MS: the clients' delivery-ack delay (SessionConfig::ack_delay_ms),
     // to measure what cumulative acks save (bench/RESULTS.md).
-    if let Some(ms) = std::env::var("NATTER_BENCH_ACK_DELAY_MS").ok().and_then(|v| v.parse().ok()) {
+    if let Some(ms) = std::env::var("NATTER_BENCH_ACK_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         config.session.ack_delay_ms = ms;
     }
     let (client, mut events) = Client::connect(config)?;
