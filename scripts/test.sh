@@ -32,7 +32,7 @@ if [[ "${1:-}" == quick ]]; then
   step "unit tests: protocol (session, codec, timeline, vectors), server (rules, hub, presence, store suite on memory and sled), the layer rule"
   cargo test --locked -p natter-protocol 2>&1 | tee "$log"
   cargo test --locked -p natter-server --lib -- --skip store::redis_store 2>&1 | tee -a "$log"
-  cargo test --locked -p natter-server --test layers 2>&1 | tee -a "$log"
+  cargo test --locked -p natter-server --test suite -- layers:: 2>&1 | tee -a "$log"
   totals "$log"
   exit 0
 fi

@@ -67,8 +67,9 @@ enum Phase {
     },
     /// Authenticated, cursor sync or resume applied: everything flows.
     Ready {
-        /// When the next presence heartbeat is due.
-        next_heartbeat: Millis,
+        /// When the next presence heartbeat is due (`None`: only when the state changes,
+        /// `SessionConfig::transport_keeps_alive`).
+        next_heartbeat: Option<Millis>,
     },
 }
 
@@ -452,7 +453,7 @@ impl ClientSession {
                 ))),
             }
         }
-        if matches!(self.phase, Phase::Ready { next_heartbeat } if next_heartbeat <= now) {
+        if matches!(self.phase, Phase::Ready { next_heartbeat: Some(due) } if due <= now) {
             self.send_heartbeat();
         }
         let expired: Vec<(ConversationId, UserId)> = self
@@ -503,7 +504,7 @@ impl ClientSession {
             .filter(|s| ready && !s.fetching && s.delivered < s.highest_seen)
             .map(|s| s.fetch_not_before);
         let heartbeat = match self.phase {
-            Phase::Ready { next_heartbeat } => Some(next_heartbeat),
+            Phase::Ready { next_heartbeat } => next_heartbeat,
             _ => None,
         };
         let typing = self.typing_shown.values().copied();
@@ -836,7 +837,7 @@ impl ClientSession {
 
     fn apply_auth(&mut self, ok: pb::AuthOk) {
         let ready = Phase::Ready {
-            next_heartbeat: self.deadline(Timer::Heartbeat),
+            next_heartbeat: self.next_heartbeat(),
         };
         let early = match std::mem::replace(&mut self.phase, ready) {
             Phase::Connecting { early, .. } => early,
@@ -895,6 +896,10 @@ impl ClientSession {
         }
         for ev in early {
             self.on_event(ev);
+        }
+        // The server counts a new connection as online: an away device says so at once.
+        if self.presence == pb::PresenceState::Away {
+            self.send_heartbeat();
         }
     }
 

@@ -231,6 +231,7 @@ fn config(options: ConnectOptions) -> Result<ClientConfig, NatterError> {
     if let Some(ms) = options.idle_timeout_ms {
         config.idle_timeout_ms = ms;
     }
+    config.keep_alive_ms = options.keep_alive_ms;
     config.encryption = match (options.encryption_state_path, options.encryption_store_key) {
         (None, None) => None,
         (Some(path), Some(key)) => {

@@ -49,11 +49,16 @@ pub struct ConnectOptions {
     /// Shown in the server's logs.
     #[uniffi(default = "natter-ffi")]
     pub client_name: String,
-    /// How long a silent connection is given before the client reconnects (ms); unset: 8 s,
-    /// right for an app in the foreground. Raise it while in the background (PROTOCOL.md
-    /// §3.1).
+    /// How long a silent connection is given before the client reconnects (ms); unset:
+    /// 60 s, the server's default. Lower it (with `keep_alive_ms`) where a silent dead path
+    /// must be noticed sooner; a network change is better told by `reconnect()`
+    /// (PROTOCOL.md §3.1).
     #[uniffi(default)]
     pub idle_timeout_ms: Option<u64>,
+    /// A keep-alive after this long without traffic (ms, at most half the idle timeout);
+    /// unset: the server's advertised interval (25 s by default).
+    #[uniffi(default)]
+    pub keep_alive_ms: Option<u64>,
     /// End-to-end encryption (PROTOCOL.md §12): where this device keeps its keys (a file
     /// in the app's private storage) and the 32-byte key they are sealed with (keep it in
     /// the keychain/keystore). Both or neither; without them encrypted messages arrive as

@@ -83,7 +83,8 @@ struct Driver {
     endpoint: quinn::Endpoint,
     /// Closed on shutdown only if this client made it.
     owns_endpoint: bool,
-    quic: quinn::ClientConfig,
+    /// TLS for every connection (the transport parameters are set per connection).
+    crypto: Arc<quinn::crypto::rustls::QuicClientConfig>,
     session: ClientSession,
     start: Instant,
     cmds: mpsc::UnboundedReceiver<Command>,
@@ -109,16 +110,8 @@ pub(crate) fn spawn(
     let tls = crate::tls::client_config(&config.trust).map_err(ClientError::Setup)?;
     let crypto =
         quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| ClientError::Setup(e.to_string()))?;
-    let mut quic = quinn::ClientConfig::new(Arc::new(crypto));
-    let mut transport = quinn::TransportConfig::default();
-    let idle = Duration::from_millis(config.idle_timeout_ms.max(300));
-    transport.keep_alive_interval(Some((idle / 4).min(Duration::from_secs(5))));
-    transport.max_idle_timeout(Some(
-        idle.try_into()
-            .map_err(|_| ClientError::Setup("idle timeout too long".into()))?,
-    ));
-    transport.max_concurrent_uni_streams(1024u32.into());
-    quic.transport_config(Arc::new(transport));
+    let crypto = Arc::new(crypto);
+    quinn::VarInt::from_u64(config.idle_timeout_ms).map_err(|_| ClientError::Setup("idle timeout too long".into()))?;
     let bind: std::net::SocketAddr = if config.addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
         .parse()
         .expect("valid");
@@ -129,14 +122,19 @@ pub(crate) fn spawn(
             true,
         ),
     };
-    let mut session = ClientSession::new(config.session.clone(), config.access_token.clone());
+    // QUIC keeps the connection alive: presence heartbeats go only when the state changes.
+    let session_config = natter_protocol::session::SessionConfig {
+        transport_keeps_alive: true,
+        ..config.session.clone()
+    };
+    let mut session = ClientSession::new(session_config, config.access_token.clone());
     session.restore(config.resume_token.clone(), config.cursors.iter().copied());
     let reconnect = Reconnect::new(config.reconnect_min_ms, config.reconnect_max_ms);
     let driver = Driver {
         config,
         endpoint,
         owns_endpoint,
-        quic,
+        crypto,
         session,
         start: Instant::now(),
         cmds,
@@ -214,10 +212,34 @@ impl Driver {
         }
     }
 
+    /// QUIC parameters for the next connection (PROTOCOL.md §3.1): the idle timeout, and a
+    /// PING after `ClientConfig::keep_alive_ms` of silence — by default the interval the
+    /// server advertised last (`Limits.keep_alive_ms`) — at most half the idle timeout in
+    /// effect (the smaller of ours and the server's last advertised one).
+    fn quic_config(&self) -> quinn::ClientConfig {
+        let idle = Duration::from_millis(self.config.idle_timeout_ms.max(300));
+        let limits = self.session.limits();
+        let advertised = |ms: u32| Some(u64::from(ms)).filter(|&ms| ms > 0).map(Duration::from_millis);
+        let effective_idle = advertised(limits.idle_timeout_ms).map_or(idle, |server| server.min(idle));
+        let keep_alive = self
+            .config
+            .keep_alive_ms
+            .map(Duration::from_millis)
+            .or(advertised(limits.keep_alive_ms))
+            .unwrap_or(Duration::from_millis(natter_protocol::limits::KEEP_ALIVE_MS.into()));
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(Some(keep_alive.max(Duration::from_millis(100)).min(effective_idle / 2)));
+        transport.max_idle_timeout(idle.try_into().ok());
+        transport.max_concurrent_uni_streams(1024u32.into());
+        let mut quic = quinn::ClientConfig::new(self.crypto.clone());
+        quic.transport_config(Arc::new(transport));
+        quic
+    }
+
     async fn connect(&mut self) -> Result<quinn::Connection, String> {
         let connecting = self
             .endpoint
-            .connect_with(self.quic.clone(), self.addr(), &self.config.server_name)
+            .connect_with(self.quic_config(), self.addr(), &self.config.server_name)
             .map_err(|e| e.to_string())?;
         tokio::time::timeout(Duration::from_secs(10), connecting)
             .await

@@ -39,14 +39,18 @@ pub struct ClientConfig {
     /// draining node's clients move to the others.
     pub fallback_addrs: Vec<SocketAddr>,
     /// QUIC idle timeout: a server that stops answering (crash, lost network, a dead path)
-    /// is given up after this long and the client reconnects; keep-alives go out after a
-    /// quarter of it without traffic (at most every 5 s). The effective timeout is the smaller
-    /// of this and the server's (`Limits.idle_timeout_ms`, 30 s by default). Default 8 s
-    /// (a keep-alive every 2 s while nothing else moves, so a restarted node's stateless
-    /// reset reaches the client within that) for a connected app; an app in
-    /// the background raises it up to the server's, or disconnects and relies on push
-    /// (PROTOCOL.md §3.1).
+    /// is given up after this long and the client reconnects. The effective timeout is the
+    /// smaller of this and the server's (`Limits.idle_timeout_ms`, 60 s by default). Default
+    /// 60 s. An app that must notice a silent dead path sooner while in the foreground
+    /// lowers it (and `keep_alive_ms` with it); a network change is better told by
+    /// [`Client::reconnect`] (PROTOCOL.md §3.1).
     pub idle_timeout_ms: u64,
+    /// Keep-alive interval: a QUIC PING after this long without traffic (at most half the
+    /// idle timeout). `None` (the default): the interval the server advertises
+    /// (`Limits.keep_alive_ms`, 25 s by default; until the first connection, that default).
+    /// Shorter costs battery and the server's CPU; a restarted node's stateless reset
+    /// reaches an idle client with its next keep-alive.
+    pub keep_alive_ms: Option<u64>,
     /// TLS server name (the development certificate is valid for "localhost").
     pub server_name: String,
     /// How to verify the server's certificate.
@@ -117,6 +121,7 @@ impl ClientConfig {
             addr,
             fallback_addrs: Vec::new(),
             idle_timeout_ms: natter_protocol::limits::CLIENT_IDLE_TIMEOUT_MS.into(),
+            keep_alive_ms: None,
             server_name: "localhost".into(),
             trust: Trust::Fingerprint(fingerprint.to_string()),
             access_token: None,

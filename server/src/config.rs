@@ -50,11 +50,17 @@ pub struct Config {
     /// address (a QUIC Retry: one packet, no state kept, so a flood from spoofed addresses
     /// costs no handshakes); 0 validates every new address. Default 64.
     pub quic_retry_above_handshakes: u32,
-    /// QUIC idle timeout in seconds (clients send keep-alives well inside it).
+    /// Idle timeout in seconds: a connection of any transport silent this long is dropped
+    /// (clients send keep-alives well inside it). Default 60.
     pub idle_timeout_secs: u64,
+    /// The keep-alive interval advertised to QUIC clients (ms, `Limits.keep_alive_ms`):
+    /// each idle connection costs the node one PING and one ACK this often. Default 25,000.
+    pub keep_alive_ms: u32,
     /// Seconds before an idle delivery stream is finished.
     pub stream_idle_secs: u64,
-    /// Presence heartbeat interval (ms); a device is gone after two missed.
+    /// Heartbeat interval (ms) of clients without keep-alives of their own (browsers); a
+    /// device whose connection ended without a close stays present this long (a resume
+    /// keeps it). Default 25,000.
     pub heartbeat_interval_ms: u32,
     /// How long a typing indicator lasts unless renewed (ms).
     pub typing_ttl_ms: u32,
@@ -250,6 +256,7 @@ impl Default for Config {
             max_connections: 100_000,
             quic_retry_above_handshakes: 64,
             idle_timeout_secs: u64::from(limits::IDLE_TIMEOUT_MS / 1000),
+            keep_alive_ms: limits::KEEP_ALIVE_MS,
             stream_idle_secs: 30,
             heartbeat_interval_ms: limits::HEARTBEAT_INTERVAL_MS,
             typing_ttl_ms: limits::TYPING_TTL_MS,
@@ -400,6 +407,10 @@ impl Config {
             resume_window_secs: self.resume_window_secs,
             max_requests_in_flight: self.max_requests_in_flight as u32,
             heartbeat_interval_ms: self.heartbeat_interval_ms,
+            // Two keep-alives fit in the idle timeout, whatever the configuration says.
+            keep_alive_ms: self
+                .keep_alive_ms
+                .min(u32::try_from(self.idle_timeout_secs.saturating_mul(500)).unwrap_or(u32::MAX)),
             typing_ttl_ms: self.typing_ttl_ms,
             idle_timeout_ms: u32::try_from(self.idle_timeout_secs.saturating_mul(1000)).unwrap_or(u32::MAX),
             max_upload_bytes: self.max_upload_bytes,

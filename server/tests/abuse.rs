@@ -1,6 +1,6 @@
 //! Hostile input against the live server (real QUIC on loopback): each abuse gets its typed
 //! error, and a well-behaved client on the same server keeps sending and receiving.
-mod common;
+use crate::common;
 
 use common::*;
 use natter_protocol::pb::{self, request::Op, response::Result as Res, ErrorCode};

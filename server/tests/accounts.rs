@@ -3,7 +3,7 @@
 //! in as the product's users; bad tokens are refused with typed errors; a session outlives
 //! its token through the app's token provider, or through `set_token` after a reconnect;
 //! a new JWKS key works without a restart; password logins can be switched off.
-mod common;
+use crate::common;
 
 use std::io::BufRead;
 use std::path::Path;

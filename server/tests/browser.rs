@@ -3,7 +3,7 @@
 //! drives Chromium (playwright-core, Debian's chromium); this file orchestrates it with
 //! native natter-sdk clients and server hooks, and asserts. `scripts/test.sh` builds the
 //! WASM package and installs Chromium and the driver's one npm package first.
-mod common;
+use crate::common;
 #[path = "browser/e2ee.rs"]
 mod e2ee;
 #[path = "browser/media.rs"]

@@ -2,7 +2,7 @@
 //! real `redis-server` (or a 3-master Redis Cluster), with SDK clients spread across them.
 //! Cross-node order, presence and typing; `kill -9` of a node while its clients send; a
 //! graceful drain (SIGTERM). Every wait is bounded.
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Lines};
 use std::net::SocketAddr;

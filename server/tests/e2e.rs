@@ -1,7 +1,7 @@
 //! End-to-end guarantees over real QUIC on loopback, a real sled dir and the real server
 //! (in-process, or the `natter-server` binary for crash tests). Each test asserts the
 //! property itself: order, no loss, no duplicate, typed error.
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::process::Command;

@@ -17,7 +17,7 @@
 //!   nothing lost or doubled; 30 % loss with delay keeps every pipelined send once, in order.
 //! - Lost connections at the wrong moment: a drop during the first cursor sync never
 //!   turns into a resume that skips events (§7.2).
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;

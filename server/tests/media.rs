@@ -2,7 +2,7 @@
 //! resumable uploads on client-opened QUIC streams, range downloads on server-opened
 //! ones, attachments, and hostile input — each refusal typed, nothing stored, the server
 //! serving others.
-mod common;
+use crate::common;
 // Uploads and downloads through the SDK and the CLI: pause, restart, resume, cancel.
 #[path = "media/sdk.rs"]
 mod sdk;

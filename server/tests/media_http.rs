@@ -2,7 +2,7 @@
 //! (npm) and tuspy (PyPI) upload through tus 1.0, each interrupted once and resumed from
 //! the server's offset; tus refusals with their status codes; `GET /media` with Range,
 //! signed URLs and the headers that keep stored files from running as pages.
-mod common;
+use crate::common;
 
 use std::process::Command;
 

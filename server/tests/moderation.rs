@@ -2,7 +2,7 @@
 //! the mute ends; a banned user cannot rejoin a channel or be added; slow mode spaces a
 //! member's sends (not the admins'); an admin deletes anyone's message; a report reaches
 //! the server API's list.
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 mod admin;
 #[path = "ops/backup.rs"]
 mod backup;
-mod common;
+use crate::common;
 #[path = "ops/retention.rs"]
 mod retention;
 

@@ -2,7 +2,7 @@
 //! verify` without a single warning; hadolint (from PyPI) passes the Dockerfile; the
 //! Dockerfile's health check, `natter-server ready`, follows `/readyz`. (Docker itself is
 //! not on this machine: `packaging/build.sh` runs the Dockerfile's build steps without it.)
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

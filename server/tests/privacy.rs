@@ -3,7 +3,7 @@
 //! messages in history and search, deletes their files, logs out their devices, tells the
 //! other members; no byte of what they wrote is left readable in the data directory, and a
 //! copy of the store taken before the deletion no longer opens their events.
-mod common;
+use crate::common;
 
 use std::io::Read;
 use std::path::Path;
@@ -68,15 +68,6 @@ async fn search_hits(c: &Client, q: &str) -> usize {
         .await
         .unwrap();
     r.hits.len()
-}
-
-/// Poll `f` until it holds (the search index follows commits a little later).
-async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !f().await {
-        assert!(std::time::Instant::now() < until, "{what} within 20 s");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,7 @@
 //! stranger does not; anyone signed in reads the avatar and its thumbnail, but only while it
 //! is the avatar; files that cannot be avatars and malformed fields are typed refusals; the
 //! server API's view of the user agrees.
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use common::*;

@@ -2,7 +2,7 @@
 //! Push service on loopback that does the provider's side faithfully
 //! (`tests/push/webpush_provider.py`: it checks each request's VAPID signature and decrypts
 //! every body with the independent `http_ece` library).
-mod common;
+use crate::common;
 #[path = "push/email.rs"]
 mod email;
 #[path = "push/mobile.rs"]

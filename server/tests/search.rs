@@ -3,7 +3,7 @@
 //! only in conversations the searcher is a member of at query time; edits and deletes are
 //! followed; pages neither repeat nor skip; bad input gets typed errors; people and
 //! channels are found by prefix; an index deleted or killed mid-way is rebuilt from the log.
-mod common;
+use crate::common;
 
 use common::*;
 use natter_protocol::pb;

@@ -4,7 +4,7 @@
 //! everyone, once however often it is retried), hostile requests answered with typed JSON
 //! errors and nothing changed, and the OpenAPI document validated and used by a client
 //! generated from it (openapi-python-client).
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -2,7 +2,7 @@
 //! conversations and read state, roles, rename and delete, search as a user, files
 //! uploaded with tus and read with ranges under an API key, and suspending an account —
 //! each checked against what SDK clients see.
-mod common;
+use crate::common;
 
 use base64::Engine;
 use common::api::*;

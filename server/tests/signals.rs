@@ -1,7 +1,7 @@
 //! Issue 3 over real QUIC on loopback: edits, deletes and reactions as ordered conversation
 //! events — on every device, after a restart, through resume and cursor sync — and their
 //! typed errors.
-mod common;
+use crate::common;
 
 use common::*;
 use natter_protocol::pb::{self, request::Op, ErrorCode};
@@ -385,6 +385,9 @@ async fn unread_counts_are_right_after_a_cursor_sync() {
 
 fn live_config(dir: &std::path::Path) -> natter_server::Config {
     let mut cfg = config(dir);
+    // A device lost without a close: its connection is dropped after 4 s of silence, and
+    // it stays present for 300 ms more.
+    cfg.idle_timeout_secs = 4;
     cfg.heartbeat_interval_ms = 300;
     cfg.typing_ttl_ms = 600;
     cfg
@@ -435,7 +438,7 @@ async fn contacts_see_presence_and_last_seen_and_nobody_else_does() {
     assert_eq!(off.state, Offline as i32);
     assert!(off.last_seen_ms > 0, "last seen is set");
     eprintln!(
-        "contact saw offline {:?} after the kill (heartbeat 300 ms)",
+        "contact saw offline {:?} after the kill (idle timeout 4 s, linger 300 ms)",
         killed.elapsed()
     );
 
@@ -602,8 +605,8 @@ async fn hidden_last_seen_and_last_seen_survive_a_server_restart() {
     s.shutdown().await;
 }
 
-/// With production heartbeats (15 s; gone after two missed = 30 s), a client that shuts
-/// down cleanly is offline for its contacts at once — well inside the 20 s wait here. The
+/// With production settings (a device lost without a close counts for the 60 s idle
+/// timeout and a 25 s linger), a client that shuts down cleanly is offline for its contacts at once — well inside the 20 s wait here. The
 /// SDK finishes its control stream and closes with code 0 in one go; either may arrive
 /// first at the server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -614,7 +617,7 @@ async fn a_clean_shutdown_is_offline_without_waiting_for_heartbeats() {
         let cfg = config(dir.path());
         assert!(
             cfg.heartbeat_interval_ms >= 10_000,
-            "this test needs production heartbeats"
+            "this test needs the production linger"
         );
         let s = natter_server::start(&cfg).await.unwrap();
         let mut alice = user(&s, "alice").await;

@@ -4,7 +4,7 @@
 //! and a receiver that answers 500 for 30 s; dead letters listed and replayed; a pre-send
 //! hook that rejects or rewrites, and the fail-open and fail-closed policies when it is
 //! down.
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::path::Path;

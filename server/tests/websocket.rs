@@ -2,7 +2,7 @@
 //! channels, a full session (register, login, a message delivered on a delivery channel
 //! with its stream header), and typed closes for what breaks the mapping — while the
 //! server keeps serving.
-mod common;
+use crate::common;
 
 use bytes::BytesMut;
 use common::*;
@@ -317,7 +317,7 @@ async fn wt_ending(mut r: common::wt::RawWt) -> Ending {
 /// other tests' own threads.
 static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// The drain test's name: its thread's.
+/// The drain test's name: its thread's is this behind the module path.
 const DRAIN_TEST: &str = "a_drain_tells_every_connection_of_every_transport_and_then_closes_it_with_its_reason";
 
 /// PROTOCOL.md §7.6: a drain (what SIGTERM runs) follows one sequence for every connection
@@ -330,9 +330,12 @@ async fn a_drain_tells_every_connection_of_every_transport_and_then_closes_it_wi
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         // The other tests of this binary run alongside on their own threads (named after
-        // them); their panics are theirs to report. Server tasks run on runtime workers.
+        // them, `area::test`); their panics are theirs to report. Server tasks run on
+        // runtime workers.
         let thread = std::thread::current();
-        let another_test = thread.name().is_some_and(|n| n.contains('_') && n != DRAIN_TEST);
+        let another_test = thread
+            .name()
+            .is_some_and(|n| n.contains("::") && !n.ends_with(DRAIN_TEST));
         if !another_test {
             PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }

@@ -131,10 +131,16 @@ impl ClientSession {
             }),
             Purpose::Ack,
         );
-        let due = self.deadline(Timer::Heartbeat);
+        let due = self.next_heartbeat();
         if let Phase::Ready { next_heartbeat } = &mut self.phase {
             *next_heartbeat = due;
         }
+    }
+
+    /// When the heartbeat after one sent now is due: never where the transport keeps the
+    /// connection alive (the server counts a device while its connection lives).
+    pub(super) fn next_heartbeat(&self) -> Option<super::Millis> {
+        (!self.config.transport_keeps_alive).then(|| self.deadline(Timer::Heartbeat))
     }
 
     pub(super) fn on_signal(&mut self, sig: pb::Signal) {

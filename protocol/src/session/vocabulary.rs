@@ -51,6 +51,12 @@ pub struct SessionConfig {
     /// (PROTOCOL.md §7.4); 0 sends one with every batch of events as it arrives. "Delivered"
     /// marks and the server's push decisions move this much later.
     pub ack_delay_ms: u64,
+    /// The transport keeps the connection alive by itself (QUIC PINGs at the server's
+    /// `Limits.keep_alive_ms`): presence heartbeats then go only when the device's state
+    /// changes, not every `Limits.heartbeat_interval_ms` (PROTOCOL.md §5.11). The native
+    /// SDK sets it; a browser's WebTransport and WebSocket cannot send PINGs, so there the
+    /// periodic heartbeat is the keep-alive.
+    pub transport_keeps_alive: bool,
 }
 
 impl Default for SessionConfig {
@@ -64,6 +70,7 @@ impl Default for SessionConfig {
             max_pending_per_conversation: 10_000,
             ack_by_app: false,
             ack_delay_ms: 100,
+            transport_keeps_alive: false,
         }
     }
 }

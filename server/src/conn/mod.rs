@@ -396,7 +396,10 @@ async fn read_frame<T: Transport, R: AsyncRead + Unpin>(
     recv: &mut R,
     decoder: &mut FrameDecoder,
 ) -> Result<Option<pb::Frame>, Close> {
-    let mut buf = [0u8; 16 * 1024];
+    // Part of every connection's task while it waits for its next request, so it is held
+    // by every idle connection: small (requests are ~100 bytes; a larger frame just takes
+    // more reads).
+    let mut buf = [0u8; 2 * 1024];
     loop {
         match decoder.next_frame() {
             Ok(Some(f)) => return Ok(Some(f)),

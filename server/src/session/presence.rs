@@ -1,11 +1,14 @@
 //! Presence (PROTOCOL.md §5.11): online / away / offline per user over all their devices,
-//! from heartbeats; last seen; and coalesced updates to the user's contacts (the members of
-//! their direct conversations and groups — channels do not make contacts).
+//! from their connections; last seen; and coalesced updates to the user's contacts (the
+//! members of their direct conversations and groups — channels do not make contacts).
 //!
-//! A device counts until its connection closes cleanly or it misses two heartbeats. Changes
-//! are collected and published at most once per flush tick per user, so a flapping
-//! connection cannot flood anyone. It never touches the conversation log.
-use std::collections::{HashMap, HashSet};
+//! A device counts while its connection lives (every transport drops a connection silent
+//! for the idle timeout), and for one heartbeat interval after a connection ended without a
+//! close (it may resume). Heartbeats only carry the device's state, so an idle connection
+//! costs presence nothing; each flush tick visits only what changed and the lingering
+//! devices that are due. Changes are published at most once per flush tick per user, so a
+//! flapping connection cannot flood anyone. It never touches the conversation log.
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,8 +24,9 @@ const FLUSH_EVERY: Duration = Duration::from_millis(200);
 #[derive(Debug, Default)]
 struct UserPresence {
     username: String,
-    /// Live connections: (device, connection) → (state, last heartbeat).
-    devices: HashMap<(DeviceId, u64), (State, Instant)>,
+    /// Connections: (device, connection) → (state, when it stops counting: `None` while
+    /// the connection lives, the end of its linger once it ended without a close).
+    devices: HashMap<(DeviceId, u64), (State, Option<Instant>)>,
     /// What contacts were last told.
     published: Option<State>,
     last_seen_ms: u64,
@@ -49,7 +53,8 @@ impl UserPresence {
 #[derive(Clone, Debug)]
 pub struct Presence {
     inner: Arc<Mutex<Inner>>,
-    heartbeat: Duration,
+    /// How long a device whose connection ended without a close still counts.
+    linger: Duration,
     clock: Arc<dyn Clock>,
 }
 
@@ -57,19 +62,22 @@ pub struct Presence {
 struct Inner {
     users: HashMap<UserId, UserPresence>,
     dirty: HashSet<UserId>,
+    /// Devices whose connection ended without a close, by when they stop counting.
+    lingering: BTreeSet<(Instant, UserId, DeviceId, u64)>,
 }
 
 impl Presence {
-    /// A tracker expecting a heartbeat every `heartbeat`.
-    pub fn new(heartbeat: Duration) -> Self {
-        Presence::with_clock(heartbeat, Arc::new(SystemClock))
+    /// A tracker where a connection that ended without a close counts for `linger` more
+    /// (the heartbeat interval).
+    pub fn new(linger: Duration) -> Self {
+        Presence::with_clock(linger, Arc::new(SystemClock))
     }
 
     /// A tracker on the given clock (tests pass a [`crate::clock::FakeClock`]).
-    pub fn with_clock(heartbeat: Duration, clock: Arc<dyn Clock>) -> Self {
+    pub fn with_clock(linger: Duration, clock: Arc<dyn Clock>) -> Self {
         Presence {
             inner: Arc::new(Mutex::new(Inner::default())),
-            heartbeat,
+            linger,
             clock,
         }
     }
@@ -99,13 +107,13 @@ impl Presence {
         self.with(|i| {
             let u = i.users.entry(user).or_default();
             u.username = username.to_string();
-            u.devices.insert((device, conn), (State::Online, self.clock.now()));
+            u.devices.insert((device, conn), (State::Online, None));
             u.connected_since_flush = true;
             i.dirty.insert(user);
         });
     }
 
-    /// A heartbeat (with the device's chosen state).
+    /// A heartbeat: the device's chosen state (nothing to do unless it changed).
     pub fn heartbeat(&self, user: UserId, device: DeviceId, conn: u64, state: State) {
         let state = if state == State::Away {
             State::Away
@@ -113,24 +121,30 @@ impl Presence {
             State::Online
         };
         self.with(|i| {
-            if let Some(u) = i.users.get_mut(&user) {
-                u.devices.insert((device, conn), (state, self.clock.now()));
-                i.dirty.insert(user);
+            let Some(u) = i.users.get_mut(&user) else { return };
+            if let Some((s, None)) = u.devices.get_mut(&(device, conn)) {
+                if *s != state {
+                    *s = state;
+                    i.dirty.insert(user);
+                }
             }
         });
     }
 
-    /// The connection closed. A clean close counts at once; otherwise the device stays
-    /// until its heartbeats are missed (it may come back by resume).
+    /// The connection ended. A clean close counts at once; otherwise the device stays for
+    /// the linger (it may come back by resume, on another connection).
     pub fn disconnected(&self, user: UserId, device: DeviceId, conn: u64, clean: bool) {
-        if clean {
-            self.with(|i| {
-                if let Some(u) = i.users.get_mut(&user) {
-                    u.devices.remove(&(device, conn));
-                    i.dirty.insert(user);
-                }
-            });
-        }
+        let until = self.clock.now() + self.linger;
+        self.with(|i| {
+            let Some(u) = i.users.get_mut(&user) else { return };
+            if clean {
+                u.devices.remove(&(device, conn));
+                i.dirty.insert(user);
+            } else if let Some((_, end @ None)) = u.devices.get_mut(&(device, conn)) {
+                *end = Some(until);
+                i.lingering.insert((until, user, device, conn));
+            }
+        });
     }
 
     /// Hide or show this user's last-seen time; returns the record to persist.
@@ -159,18 +173,23 @@ impl Presence {
         })
     }
 
-    /// Drop devices that missed two heartbeats; return users whose state changed, and the
+    /// Drop lingering devices whose time is up; return users whose state changed, and the
     /// records of those who went offline (to persist their last seen).
     fn expire_and_take_changes(&self) -> (Vec<pb::PresenceUpdate>, Vec<(UserId, PresenceRecord)>) {
-        let limit = self.heartbeat * 2;
         let (now, now_ms) = (self.clock.now(), self.clock.now_ms());
         self.with(|i| {
-            for (user, u) in i.users.iter_mut() {
-                let before = u.devices.len();
-                u.devices
-                    .retain(|_, (_, beat)| now.saturating_duration_since(*beat) <= limit);
-                if u.devices.len() != before {
-                    i.dirty.insert(*user);
+            while let Some(&(until, user, device, conn)) = i.lingering.first() {
+                if until >= now {
+                    break;
+                }
+                i.lingering.pop_first();
+                let Some(u) = i.users.get_mut(&user) else { continue };
+                if u.devices
+                    .get(&(device, conn))
+                    .is_some_and(|(_, end)| *end == Some(until))
+                {
+                    u.devices.remove(&(device, conn));
+                    i.dirty.insert(user);
                 }
             }
             let dirty: Vec<UserId> = i.dirty.drain().collect();

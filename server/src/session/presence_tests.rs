@@ -1,5 +1,5 @@
-//! Unit tests of presence on a fake clock: states over devices, expiry after two missed
-//! heartbeats, last seen, privacy and coalescing.
+//! Unit tests of presence on a fake clock: states over devices, connections that count
+//! without heartbeats, the linger after an unclean end, last seen, privacy and coalescing.
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,12 +39,14 @@ fn a_connected_device_makes_its_user_online_once() {
 }
 
 #[test]
-fn two_missed_heartbeats_make_a_user_offline_with_last_seen() {
+fn an_unclean_end_lingers_one_interval_then_the_user_is_offline_with_last_seen() {
     let (p, clock) = presence();
     p.connected(U, "ann", PHONE, 1);
     p.expire_and_take_changes();
-    clock.advance(BEAT * 2);
-    assert!(p.expire_and_take_changes().0.is_empty(), "two beats is still in time");
+    clock.advance(BEAT * 5);
+    p.disconnected(U, PHONE, 1, false);
+    clock.advance(BEAT);
+    assert!(p.expire_and_take_changes().0.is_empty(), "the linger is still running");
     clock.advance(Duration::from_millis(1));
     let (changes, offline) = p.expire_and_take_changes();
     assert_eq!(states(&changes), vec![(1, State::Offline)]);
@@ -62,15 +64,39 @@ fn two_missed_heartbeats_make_a_user_offline_with_last_seen() {
 }
 
 #[test]
-fn heartbeats_keep_a_device_online() {
+fn a_live_connection_counts_without_any_heartbeat() {
     let (p, clock) = presence();
     p.connected(U, "ann", PHONE, 1);
     p.expire_and_take_changes();
     for _ in 0..5 {
-        clock.advance(BEAT);
-        p.heartbeat(U, PHONE, 1, State::Online);
+        clock.advance(BEAT * 10);
         assert!(p.expire_and_take_changes().0.is_empty());
     }
+    assert_eq!(p.get(U).state(), State::Online);
+}
+
+#[test]
+fn a_heartbeat_that_repeats_the_state_changes_nothing() {
+    let (p, clock) = presence();
+    p.connected(U, "ann", PHONE, 1);
+    p.expire_and_take_changes();
+    clock.advance(BEAT);
+    p.heartbeat(U, PHONE, 1, State::Online);
+    assert!(p.expire_and_take_changes().0.is_empty(), "nothing to publish");
+    p.heartbeat(U, PHONE, 1, State::Away);
+    assert_eq!(states(&p.expire_and_take_changes().0), vec![(1, State::Away)]);
+}
+
+#[test]
+fn a_device_that_resumes_within_the_linger_never_goes_offline() {
+    let (p, clock) = presence();
+    p.connected(U, "ann", PHONE, 1);
+    p.expire_and_take_changes();
+    p.disconnected(U, PHONE, 1, false);
+    clock.advance(BEAT / 2);
+    p.connected(U, "ann", PHONE, 2);
+    clock.advance(BEAT * 2);
+    assert!(p.expire_and_take_changes().0.is_empty(), "online all along");
     assert_eq!(p.get(U).state(), State::Online);
 }
 
@@ -97,7 +123,7 @@ fn a_clean_close_counts_at_once_an_unclean_one_after_the_heartbeats() {
     p.disconnected(U, LAPTOP, 2, false);
     p.disconnected(U, PHONE, 1, true);
     assert_eq!(p.get(U).state(), State::Online, "the laptop may still resume");
-    clock.advance(BEAT * 2 + Duration::from_millis(1));
+    clock.advance(BEAT + Duration::from_millis(1));
     let (changes, _) = p.expire_and_take_changes();
     assert_eq!(states(&changes), vec![(1, State::Offline)]);
 }

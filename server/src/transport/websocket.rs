@@ -100,7 +100,10 @@ pub async fn serve(shared: Arc<Shared>, socket: WebSocket, ip: IpAddr) {
         ip,
     });
     let writer = tokio::spawn(write_loop(sink, out_rx, close_rx));
-    let reader = tokio::spawn(read_loop(stream, control_tx, dgram_tx));
+    // Like QUIC's idle timeout (PROTOCOL.md §3.6): a WebSocket silent this long is gone
+    // (its client heartbeats well inside it), so a half-open TCP connection ends too.
+    let idle = Duration::from_millis(shared.config.limits.idle_timeout_ms.max(1).into());
+    let reader = tokio::spawn(read_loop(stream, control_tx, dgram_tx, idle));
     let control_rx = futures::stream::unfold(control_rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
     let recv = tokio_util::io::StreamReader::new(Box::pin(control_rx));
     let send = channel_writer(out, Channel::Control);
@@ -114,8 +117,18 @@ async fn read_loop(
     mut stream: futures::stream::SplitStream<WebSocket>,
     control: mpsc::Sender<io::Result<Bytes>>,
     datagrams: mpsc::Sender<Bytes>,
+    idle: Duration,
 ) {
-    while let Some(msg) = stream.next().await {
+    loop {
+        let msg = match tokio::time::timeout(idle, stream.next()).await {
+            Ok(Some(msg)) => msg,
+            Ok(None) => break,
+            Err(_) => {
+                let silent = io::Error::new(io::ErrorKind::TimedOut, "idle timeout: the client went silent");
+                let _ = control.send(Err(silent)).await;
+                break;
+            }
+        };
         let data = match msg {
             Ok(Message::Binary(data)) if data.len() > limits::MAX_WS_MESSAGE_BYTES => {
                 let why = format!(

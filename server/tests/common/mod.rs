@@ -81,6 +81,10 @@ pub fn client_config(addr: SocketAddr, fingerprint: &str, token: Option<String>)
     c.access_token = token;
     c.reconnect_min_ms = 20;
     c.reconnect_max_ms = 200;
+    // A foreground app that wants a dead path or a restarted node noticed within seconds
+    // (PROTOCOL.md §3.1): the tests that kill, restart or blackhole a server wait on it.
+    c.idle_timeout_ms = 8_000;
+    c.keep_alive_ms = Some(2_000);
     c
 }
 
@@ -117,6 +121,16 @@ pub async fn alice_and_bob(s: &RunningServer) -> (Device, Device, ConversationId
     let bob = user(s, "bob").await;
     let dm = ConversationId(alice.client.direct("bob").await.unwrap().conversation_id);
     (alice, bob, dm)
+}
+
+/// Poll `f` until it holds, within [`DEADLINE`]: for state another process changes later
+/// than the event a test can see (an index following commits, a delayed acknowledgement).
+pub async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let until = std::time::Instant::now() + DEADLINE;
+    while !f().await {
+        assert!(std::time::Instant::now() < until, "{what} within {DEADLINE:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Wait for the first event matching `f`, up to the deadline.

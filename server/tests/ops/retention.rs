@@ -202,7 +202,7 @@ async fn expired_events_leave_history_search_and_media_and_paging_meets_one_tomb
         s.sweep_retention(first_new.server_time_ms + 999).await.unwrap().events,
         0
     );
-    let (_, _, metrics) = crate::get(s.ops_addr.unwrap(), "/metrics", None).await;
+    let (_, _, metrics) = super::get(s.ops_addr.unwrap(), "/metrics", None).await;
     for line in [
         format!("natter_retention_removed_events_total {floor}"),
         "natter_media_uploads_total{result=\"ready\"} 1".into(),
