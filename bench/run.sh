@@ -4,6 +4,9 @@
 # report and a summary; the server is stopped afterwards.
 # Usage: bench/run.sh <scenario> [scenario options]   e.g. bench/run.sh fanout --users 2000
 #        PERF=1 bench/run.sh …   also samples the server with perf and prints the top of the profile
+#        HEAPTRACK=1 bench/run.sh …   runs the server under heaptrack (Debian's) and prints where
+#                                     the memory it held at its peak was allocated (the report's
+#                                     CPU and RSS figures are then heaptrack's, not natter's)
 #        STORAGE=redis bench/run.sh …   the server on a fresh redis-server (appendfsync always,
 #                                       on CPU 0 with the server) instead of sled
 set -euo pipefail
@@ -53,7 +56,9 @@ if [[ "${SEARCH:-on}" == off ]]; then
   { echo "search_enabled = false"; cat "$config"; } > target/bench-nosearch.toml
   config=target/bench-nosearch.toml
 fi
-taskset -c 0 target/release/natter-server --config "$config" \
+wrap=()
+[[ -n "${HEAPTRACK:-}" ]] && wrap=(heaptrack -o target/bench-heap)
+taskset -c 0 "${wrap[@]}" target/release/natter-server --config "$config" \
   "${web[@]}" --webtransport-listen off "${storage[@]}" > "$out" &
 server=$!
 stop() {
@@ -65,6 +70,10 @@ stop() {
   rm -f "$out"
 }
 trap stop EXIT
+if [[ -n "${HEAPTRACK:-}" ]]; then
+  trap 'stop; heaptrack_print -f target/bench-heap.*zst --print-peaks 1 --print-allocators 0 --print-temporary 0 \
+    --print-leaks 0 --peak-limit 25 2>/dev/null | head -150' EXIT
+fi
 for _ in $(seq 100); do grep -q "certificate sha256" "$out" && break; sleep 0.1; done
 fp=$(sed -n 's/^certificate sha256 //p' "$out")
 if [[ -n "${PERF:-}" ]]; then

@@ -933,15 +933,16 @@ async fn thirty_idle_clients_are_back_soon_after_a_kill_9_and_restart() {
             d.client.shutdown().await;
         }
     }
-    // Independent apps: their keep-alive timers run out of step, so connect them spread
-    // over one keep-alive interval (a quarter of the idle timeout).
-    let idle = std::time::Duration::from_millis(natter_protocol::limits::CLIENT_IDLE_TIMEOUT_MS.into());
-    let stagger = idle / 4 / 30;
+    // Foreground apps (idle timeout 8 s, a keep-alive every 2 s: the harness's client
+    // settings, PROTOCOL.md §3.1). Independent apps' keep-alive timers run out of step, so
+    // connect them spread over one keep-alive interval.
+    let probe = client_config(p.addr, &p.fingerprint, None);
+    let idle = std::time::Duration::from_millis(probe.idle_timeout_ms);
+    let stagger = std::time::Duration::from_millis(probe.keep_alive_ms.unwrap()) / 30;
     let mut clients = Vec::new();
     for token in tokens {
         tokio::time::sleep(stagger).await;
-        let mut config = natter_sdk::ClientConfig::pinned(p.addr, &p.fingerprint);
-        config.access_token = Some(token);
+        let config = client_config(p.addr, &p.fingerprint, Some(token));
         let (client, mut events) = natter_sdk::Client::connect(config).unwrap();
         wait_for(&mut events, |e| {
             matches!(e, ClientEvent::Connected { .. }).then_some(())
