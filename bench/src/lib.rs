@@ -9,7 +9,9 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod handshakes;
 pub use api::{api, ApiOpts};
+pub use handshakes::{handshakes, HandshakesOpts};
 mod media;
 mod media_load;
 mod peers;
@@ -89,7 +91,7 @@ pub struct Latency {
     pub samples: u64,
 }
 
-fn latency(h: &Histogram<u64>) -> Latency {
+pub(crate) fn latency(h: &Histogram<u64>) -> Latency {
     let ms = |us: u64| us as f64 / 1000.0;
     Latency {
         p50_ms: ms(h.value_at_quantile(0.50)),

@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use natter_bench::{ApiOpts, ConnectionsOpts, DmOpts, FanoutOpts, HistoryOpts, MediaOpts, PushOpts, Target};
+use natter_bench::{
+    ApiOpts, ConnectionsOpts, DmOpts, FanoutOpts, HandshakesOpts, HistoryOpts, MediaOpts, PushOpts, Target,
+};
 
 #[derive(Debug, Parser)]
 #[command(version, about = "Load generator for natter")]
@@ -69,6 +71,18 @@ enum Scenario {
         /// Seconds of quiet over which the server's idle CPU is measured.
         #[arg(long, default_value_t = 10.0)]
         idle_secs: f64,
+    },
+    /// Connections set up per second with authentication (QUIC + TLS handshake, Hello,
+    /// Authenticate with a token), full or resumed TLS.
+    Handshakes {
+        /// Connections being set up at once (each its own device).
+        #[arg(long, default_value_t = 64)]
+        parallel: usize,
+        #[arg(long, default_value_t = 10.0)]
+        secs: f64,
+        /// Present the previous connection's TLS session ticket.
+        #[arg(long)]
+        resumed: bool,
     },
     /// The fan-out scenario against a peer broker (NATS or MQTT) instead of natter.
     PeerFanout {
@@ -286,6 +300,18 @@ fn main() -> anyhow::Result<()> {
                     idle_secs,
                 };
                 natter_bench::connections(&target, &o).await
+            }
+            Scenario::Handshakes {
+                parallel,
+                secs,
+                resumed,
+            } => {
+                let o = HandshakesOpts {
+                    parallel,
+                    secs,
+                    resumed,
+                };
+                natter_bench::handshakes(&target, &o).await
             }
             Scenario::PeerFanout {
                 broker,

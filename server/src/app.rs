@@ -233,7 +233,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         },
     ));
 
-    let live_cert = tls::LiveCert::new(&identity)?;
+    let live_cert = tls::LiveCert::new(&identity, shared.ctx.metrics.tls_full_handshakes.clone())?;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls::server_config(&live_cert)?)?;
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server_config.transport_config(Arc::new(quic::transport_config(

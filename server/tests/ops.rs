@@ -651,3 +651,40 @@ async fn wt_connect(url: &str, hex_hash: &str) -> Result<(), String> {
     conn.close(wtransport::VarInt::from_u32(0), b"");
     Ok(())
 }
+
+/// TLS resumption (PROTOCOL.md §3.1): a client that reconnects presents the ticket of its
+/// last session, so the handshake signs nothing — `natter_tls_full_handshakes_total` stays
+/// while the successful handshakes go up. A fresh client, with no ticket, signs once more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnecting_client_resumes_its_tls_session_and_a_new_one_does_not() {
+    const OK: &str = "natter_handshakes_total{result=\"ok\"}";
+    const FULL: &str = "natter_tls_full_handshakes_total";
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path()).await;
+    let ops = s.ops_addr.expect("the ops listener is on");
+    let mut ann = user(&s, "ann").await;
+    let before = scrape(ops).await;
+    for round in 0..3 {
+        ann.client.reconnect();
+        wait_for(&mut ann.events, |e| {
+            matches!(e, ClientEvent::Connected { .. }).then_some(())
+        })
+        .await;
+        let now = scrape(ops).await;
+        let moved = |key: &str| sample(&now, key) - sample(&before, key);
+        assert_eq!(
+            moved(OK),
+            f64::from(round + 1),
+            "round {round}: a new handshake each time"
+        );
+        assert_eq!(moved(FULL), 0.0, "round {round}: resumed, nothing signed");
+    }
+    let _bob = user(&s, "bob").await;
+    let after = scrape(ops).await;
+    assert_eq!(
+        sample(&after, FULL) - sample(&before, FULL),
+        1.0,
+        "a client without a ticket makes a full handshake"
+    );
+    s.shutdown().await;
+}

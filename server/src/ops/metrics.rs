@@ -114,6 +114,9 @@ pub struct Metrics {
     pub connections_accepted: Family<TransportLabel, Counter>,
     /// QUIC and WebTransport handshakes, by result ("ok", "failed", "refused").
     pub handshakes: Family<ResultLabel, Counter>,
+    /// Full TLS handshakes (the certificate's key signed); the rest of the successful
+    /// handshakes resumed a TLS session from a ticket.
+    pub tls_full_handshakes: Counter,
     /// Requests answered, by kind and code.
     pub requests: Family<RequestLabels, Counter>,
     /// From a request's arrival to its answer, by kind.
@@ -196,6 +199,7 @@ impl Metrics {
             connections: Family::default(),
             connections_accepted: Family::default(),
             handshakes: Family::default(),
+            tls_full_handshakes: Counter::default(),
             requests: Family::default(),
             request_duration: Family::new_with_constructor(latency_buckets),
             http_requests: Family::default(),
@@ -240,6 +244,11 @@ impl Metrics {
             m.connections_accepted.clone(),
         );
         r.register("handshakes", "Transport handshakes by result", m.handshakes.clone());
+        r.register(
+            "tls_full_handshakes",
+            "TLS handshakes that signed with the certificate's key (not resumed from a ticket)",
+            m.tls_full_handshakes.clone(),
+        );
         r.register("requests", "Requests answered, by kind and code", m.requests.clone());
         r.register_with_unit(
             "request_duration",

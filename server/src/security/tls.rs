@@ -68,15 +68,36 @@ pub fn dev_identity(dir: &Path) -> anyhow::Result<Identity> {
     })
 }
 
+/// ring with AES-128-GCM/SHA-256 first (rustls's default order starts with
+/// AES-256-GCM/SHA-384): every handshake's key schedule, and every QUIC packet's protection,
+/// cost less — SHA-384 was the largest single item of a handshake profile (bench/RESULTS.md).
+/// The SDK's `tls::provider` is the same.
+pub fn provider() -> rustls::crypto::CryptoProvider {
+    let mut p = rustls::crypto::ring::default_provider();
+    p.cipher_suites
+        .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    p
+}
+
 /// A rustls server config for natter (TLS 1.3 only, ALPN `natter/1`) that presents
 /// whatever certificate `live` holds at each handshake.
 pub fn server_config(live: &std::sync::Arc<LiveCert>) -> anyhow::Result<rustls::ServerConfig> {
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let provider = std::sync::Arc::new(provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_cert_resolver(live.clone());
     cfg.alpn_protocols = vec![natter_protocol::limits::ALPN.to_vec()];
+    // The server's order of cipher suites (see `provider`) for every client.
+    cfg.ignore_client_order = true;
+    // TLS 1.3 resumption by stateless tickets (PROTOCOL.md §3.1): a reconnecting client
+    // skips the certificate and its signature, and the node keeps no per-client state for it
+    // (rustls's default is a 256-entry session cache, useless at a node's scale). The
+    // ticket key lives in memory: after a restart, or on another node, a client makes a full
+    // handshake. No 0-RTT (early data stays off): a replayed first flight could repeat a
+    // request.
+    cfg.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    cfg.send_tls13_tickets = 1;
     Ok(cfg)
 }
 
@@ -86,6 +107,9 @@ pub fn server_config(live: &std::sync::Arc<LiveCert>) -> anyhow::Result<rustls::
 #[derive(Debug)]
 pub struct LiveCert {
     current: std::sync::RwLock<Current>,
+    /// Signatures made with the certificate's key: one per full handshake (a resumed one
+    /// signs nothing).
+    signatures: prometheus_client::metrics::counter::Counter,
 }
 
 #[derive(Debug)]
@@ -96,16 +120,21 @@ struct Current {
 }
 
 impl LiveCert {
-    /// Holding `id`.
-    pub fn new(id: &Identity) -> anyhow::Result<std::sync::Arc<LiveCert>> {
+    /// Holding `id`; every signature its key makes (every full handshake) counts in
+    /// `signatures`.
+    pub fn new(
+        id: &Identity,
+        signatures: prometheus_client::metrics::counter::Counter,
+    ) -> anyhow::Result<std::sync::Arc<LiveCert>> {
         Ok(std::sync::Arc::new(LiveCert {
-            current: std::sync::RwLock::new(Current::of(id)?),
+            current: std::sync::RwLock::new(Current::of(id, &signatures)?),
+            signatures,
         }))
     }
 
     /// Present `id` from the next handshake on.
     pub fn replace(&self, id: &Identity) -> anyhow::Result<()> {
-        let next = Current::of(id)?;
+        let next = Current::of(id, &self.signatures)?;
         *self.current.write().expect("certificate lock") = next;
         Ok(())
     }
@@ -122,12 +151,16 @@ impl LiveCert {
 }
 
 impl Current {
-    fn of(id: &Identity) -> anyhow::Result<Current> {
+    fn of(id: &Identity, signatures: &prometheus_client::metrics::counter::Counter) -> anyhow::Result<Current> {
         let provider = rustls::crypto::ring::default_provider();
         let signing = provider
             .key_provider
             .load_private_key(id.key.clone_key())
             .context("the TLS key does not load")?;
+        let signing = std::sync::Arc::new(CountingKey {
+            inner: signing,
+            count: signatures.clone(),
+        });
         let key = rustls::sign::CertifiedKey::new(id.chain.clone(), signing);
         if let Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) = key.keys_match() {
             anyhow::bail!("the TLS key does not match the certificate");
@@ -137,6 +170,48 @@ impl Current {
             fingerprint: id.fingerprint.clone(),
             not_after: id.chain.first().and_then(|leaf| not_after(leaf)),
         })
+    }
+}
+
+/// The certificate's key, counting the signatures it makes.
+#[derive(Debug)]
+struct CountingKey {
+    inner: std::sync::Arc<dyn rustls::sign::SigningKey>,
+    count: prometheus_client::metrics::counter::Counter,
+}
+
+impl rustls::sign::SigningKey for CountingKey {
+    fn choose_scheme(&self, offered: &[rustls::SignatureScheme]) -> Option<Box<dyn rustls::sign::Signer>> {
+        let inner = self.inner.choose_scheme(offered)?;
+        Some(Box::new(CountingSigner {
+            inner,
+            count: self.count.clone(),
+        }))
+    }
+
+    fn public_key(&self) -> Option<rustls::pki_types::SubjectPublicKeyInfoDer<'_>> {
+        self.inner.public_key()
+    }
+
+    fn algorithm(&self) -> rustls::SignatureAlgorithm {
+        self.inner.algorithm()
+    }
+}
+
+#[derive(Debug)]
+struct CountingSigner {
+    inner: Box<dyn rustls::sign::Signer>,
+    count: prometheus_client::metrics::counter::Counter,
+}
+
+impl rustls::sign::Signer for CountingSigner {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rustls::Error> {
+        self.count.inc();
+        self.inner.sign(message)
+    }
+
+    fn scheme(&self) -> rustls::SignatureScheme {
+        self.inner.scheme()
     }
 }
 
