@@ -23,6 +23,9 @@ use tokio::time::MissedTickBehavior;
 
 /// How often the probe checks the chat runtime and the controller moves the rate.
 pub const TICK: Duration = Duration::from_millis(10);
+/// The probe parks once no upload has read for this long, and wakes with the next read: an
+/// idle server does not wake 100 times a second for nothing (bench/RESULTS.md, idle CPU).
+const PARK_AFTER: Duration = Duration::from_secs(1);
 /// Scheduling lag the chat runtime may show before uploads slow down. Tokio's timers have
 /// millisecond resolution, so up to about a millisecond is noise.
 const LAG_LIMIT: Duration = Duration::from_millis(2);
@@ -153,6 +156,8 @@ struct State {
     demand: bool,
     /// The last conversation commit.
     last_commit: Option<Instant>,
+    /// The last read an upload paid for.
+    last_take: Instant,
 }
 
 impl State {
@@ -174,6 +179,7 @@ impl State {
             slow_commit: false,
             demand: false,
             last_commit: None,
+            last_take: now,
         }
     }
 
@@ -204,6 +210,7 @@ impl State {
 
     /// `n` bytes were read at `now`: how long the reader waits before reading more.
     fn charge(&mut self, now: Instant, n: usize) -> Option<Duration> {
+        self.last_take = now;
         self.refill(now);
         self.tokens -= n as f64;
         if self.tokens >= 0.0 {
@@ -259,6 +266,9 @@ impl Default for Settings {
 pub struct ChatFirst {
     settings: Settings,
     state: Mutex<State>,
+    /// The probe is ticking (else it waits for `wake`).
+    probing: std::sync::atomic::AtomicBool,
+    wake: tokio::sync::Notify,
 }
 
 impl ChatFirst {
@@ -267,6 +277,8 @@ impl ChatFirst {
         Arc::new(ChatFirst {
             settings,
             state: Mutex::new(State::new(settings, Instant::now())),
+            probing: std::sync::atomic::AtomicBool::new(false),
+            wake: tokio::sync::Notify::new(),
         })
     }
 
@@ -285,6 +297,9 @@ impl ChatFirst {
             return;
         }
         let wait = self.state().charge(Instant::now(), n);
+        if !self.probing.load(std::sync::atomic::Ordering::Relaxed) {
+            self.wake.notify_one();
+        }
         if let Some(wait) = wait {
             tokio::time::sleep(wait).await;
         }
@@ -295,13 +310,29 @@ impl ChatFirst {
         self.state().controller.rate()
     }
 
-    /// Probe the runtime this runs on every [`TICK`] and move the rate (until aborted).
+    /// Probe the runtime this runs on every [`TICK`] and move the rate while uploads read,
+    /// parked in between (until aborted).
     pub async fn run_probe(self: Arc<Self>) {
-        let mut every = tokio::time::interval(TICK);
-        every.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        use std::sync::atomic::Ordering::Relaxed;
         loop {
-            let due = every.tick().await.into_std();
-            self.state().tick(Instant::now(), due);
+            self.probing.store(true, Relaxed);
+            let mut every = tokio::time::interval(TICK);
+            every.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            loop {
+                let due = every.tick().await.into_std();
+                let now = Instant::now();
+                let mut state = self.state();
+                state.tick(now, due);
+                if now.saturating_duration_since(state.last_take) > PARK_AFTER {
+                    break;
+                }
+            }
+            self.probing.store(false, Relaxed);
+            // A read between the last tick and here has left a permit: no wake is lost.
+            if self.state().last_take.elapsed() <= PARK_AFTER {
+                continue;
+            }
+            self.wake.notified().await;
         }
     }
 }

@@ -531,6 +531,12 @@ impl Push {
             let now = now_ms();
             let due = self.watch.expired(now);
             if due.is_empty() {
+                // Nothing being watched: park until a delivery is (an idle node does not
+                // wake four times a second for nothing).
+                if self.watch.idle() {
+                    self.watch.added.notified().await;
+                    tick.reset();
+                }
                 continue;
             }
             let mut jobs: Vec<PushJob> = due.into_iter().map(|job| PushJob { due_ms: now, ..job }).collect();

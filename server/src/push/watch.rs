@@ -41,6 +41,8 @@ struct Entry {
 pub struct Watch {
     entries: Mutex<HashMap<Key, Entry>>,
     acks: Mutex<Acks>,
+    /// A deadline was added: the loop that checks them wakes if it was parked.
+    pub added: tokio::sync::Notify,
 }
 
 /// Recent acknowledgements: the newest seq per device and conversation, in two
@@ -106,6 +108,7 @@ impl Watch {
                 overdue: false,
             },
         );
+        self.added.notify_one();
         Watched::Waiting
     }
 
@@ -139,6 +142,12 @@ impl Watch {
                 e.job.clone()
             })
             .collect()
+    }
+
+    /// No deadline is running (every entry is overdue or there is none): nothing to check
+    /// until [`Watch::added`] says so.
+    pub fn idle(&self) -> bool {
+        self.entries.lock().expect("watch lock").values().all(|e| e.overdue)
     }
 
     /// Whether the device of `job` let its deadline pass without acknowledging.

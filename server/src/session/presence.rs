@@ -56,6 +56,8 @@ pub struct Presence {
     /// How long a device whose connection ended without a close still counts.
     linger: Duration,
     clock: Arc<dyn Clock>,
+    /// Something changed or lingers: the flush loop wakes if it was parked.
+    changed: Arc<tokio::sync::Notify>,
 }
 
 #[derive(Debug, Default)]
@@ -79,11 +81,24 @@ impl Presence {
             inner: Arc::new(Mutex::new(Inner::default())),
             linger,
             clock,
+            changed: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
+    /// Run `f` on the state; wake the flush loop if it left something to publish or expire.
     fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
-        f(&mut self.inner.lock().expect("presence lock"))
+        let mut inner = self.inner.lock().expect("presence lock");
+        let r = f(&mut inner);
+        if !inner.dirty.is_empty() || !inner.lingering.is_empty() {
+            self.changed.notify_one();
+        }
+        r
+    }
+
+    /// Nothing to publish and nobody lingering: the flush loop may park.
+    fn idle(&self) -> bool {
+        let inner = self.inner.lock().expect("presence lock");
+        inner.dirty.is_empty() && inner.lingering.is_empty()
     }
 
     /// Load the user's persisted settings and last seen, unless already in memory.
@@ -228,6 +243,12 @@ impl Presence {
             let (changes, offline) = self.expire_and_take_changes();
             if !outlet.flush(changes, offline).await {
                 return;
+            }
+            // Idle: park until a change (which then waits one tick, so changes still
+            // coalesce), rather than wake five times a second for nothing.
+            if self.idle() {
+                self.changed.notified().await;
+                tick.reset();
             }
         }
     }
