@@ -399,6 +399,7 @@ impl Config {
 
     /// The limits advertised in Welcome.
     pub fn wire_limits(&self) -> natter_protocol::pb::Limits {
+        let idle_timeout_ms = u32::try_from(self.idle_timeout_secs.saturating_mul(1000)).unwrap_or(u32::MAX);
         natter_protocol::pb::Limits {
             max_text_chars: self.max_text_chars as u32,
             max_group_members: self.max_group_members as u32,
@@ -408,11 +409,9 @@ impl Config {
             max_requests_in_flight: self.max_requests_in_flight as u32,
             heartbeat_interval_ms: self.heartbeat_interval_ms,
             // Two keep-alives fit in the idle timeout, whatever the configuration says.
-            keep_alive_ms: self
-                .keep_alive_ms
-                .min(u32::try_from(self.idle_timeout_secs.saturating_mul(500)).unwrap_or(u32::MAX)),
+            keep_alive_ms: self.keep_alive_ms.min(idle_timeout_ms / 2),
             typing_ttl_ms: self.typing_ttl_ms,
-            idle_timeout_ms: u32::try_from(self.idle_timeout_secs.saturating_mul(1000)).unwrap_or(u32::MAX),
+            idle_timeout_ms,
             max_upload_bytes: self.max_upload_bytes,
             upload_chunk_bytes: self.upload_chunk_bytes,
             max_upload_streams: self.max_upload_streams,
