@@ -618,8 +618,15 @@ impl RunningServer {
             tasks,
             webtransport,
             cluster,
+            retention,
+            backup,
+            readiness,
             ..
         } = self;
+        // What holds the store and is not a task goes first: a field left to the end of
+        // this function would hold sled's directory lock through the wait below (it once
+        // made every shutdown wait the full 10 s).
+        drop((retention, backup, readiness));
         if let Some(cluster) = &cluster {
             cluster.stop();
         }

@@ -90,6 +90,17 @@ async fn write_until_stored(r: &mut Raw, id: &str, offset: u64, bytes: &[u8], st
     s
 }
 
+/// The report that follows a reset upload stream (PROTOCOL.md §11.2): where the upload
+/// stands — the whole pieces stored — and no error, since a reset is a pause, not a refusal.
+async fn cut_reported(r: &mut Raw, stored: u64) {
+    let p = progress_until(r, |_| true).await;
+    assert_eq!(
+        (p.committed, p.error, p.state()),
+        (stored, 0, pb::UploadState::Uploading),
+        "{p:?}"
+    );
+}
+
 async fn end(mut s: quinn::SendStream, finish: bool) {
     if finish {
         let _ = s.finish();
@@ -221,7 +232,7 @@ async fn a_cut_upload_resumes_from_the_committed_offset_and_downloads_intact() {
             alice = raw(&s, "alice").await;
         } else {
             end(s_up, false).await;
-            progress_until(&mut alice, |p| p.error != 0).await;
+            cut_reported(&mut alice, stored).await;
         }
         let now = get_upload(&mut alice, &up.upload_id).await.unwrap().committed;
         assert_eq!(
@@ -719,7 +730,7 @@ async fn fifty_mib_cut_six_times_by_resets_vanished_connections_and_kill_9_downl
         match i % 3 {
             0 => {
                 end(s_up, false).await;
-                progress_until(&mut alice, |p| p.error != 0).await;
+                cut_reported(&mut alice, stored as u64).await;
             }
             1 => {
                 relay.blackhole(true);

@@ -393,7 +393,18 @@ impl Media {
                 let slice = (want - buf.len() as u64).min(READ_SLICE);
                 let mut sliced = (&mut body).take(slice);
                 let n = tokio::select! {
-                    n = sliced.read_buf(&mut buf) => n.map_err(read_error)?,
+                    // A reset stream, or one whose connection dropped, is its sender
+                    // stopping (PROTOCOL.md §11.2: how a client pauses, and what a
+                    // reconnect does to a stream under way), not a refusal: the pieces
+                    // stored stay, the partly read one goes, and the report says where
+                    // the upload stands, without an error.
+                    n = sliced.read_buf(&mut buf) => match n {
+                        Ok(n) => n,
+                        Err(_) => {
+                            progress(progress_of(&rec));
+                            return Ok(rec);
+                        }
+                    },
                     // A newer stream took over: what is stored stays, the partial piece
                     // goes (that stream starts at the committed offset).
                     () = writing.stop.cancelled() => return Ok(rec),
@@ -698,10 +709,6 @@ const OWNED: &str = "owned";
 
 fn owned_key(owner: UserId, media: &str) -> String {
     format!("{:020}/{media}", owner.0)
-}
-
-fn read_error(e: io::Error) -> ServerError {
-    err(ErrorCode::BadRequest, format!("upload stream failed: {e}"))
 }
 
 fn state_of(rec: &MediaRecord) -> pb::UploadState {

@@ -26,14 +26,29 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Send one inline command and return the raw reply.
+/// Send one inline command and return the raw reply. A signal may interrupt the blocking
+/// calls — SIGCHLD comes whenever a child stops or goes on (`signal(i, "STOP")`), and the
+/// test binary has handlers installed (tokio's, for the tests that run processes) — so
+/// interrupted calls are retried.
 fn ask(port: u16, cmd: &str) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let mut s = again(|| TcpStream::connect(("127.0.0.1", port))).ok()?;
+    // Generous: with `appendfsync always` a reply waits for an fsync, which a busy disk
+    // (the disk-full tests beside this one) can hold for seconds.
+    s.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
     s.write_all(format!("{cmd}\r\n").as_bytes()).ok()?;
     let mut buf = [0u8; 4096];
-    let n = s.read(&mut buf).ok()?;
+    let n = again(|| s.read(&mut buf)).ok()?;
     Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// `op`, again while a signal interrupts it.
+fn again<T>(mut op: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+    loop {
+        match op() {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
 }
 
 fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
@@ -54,6 +69,8 @@ impl TestRedis {
             .args(["--appendonly", "yes", "--appendfsync", "always"])
             .arg("--dir")
             .arg(&data)
+            .arg("--logfile")
+            .arg(data.join("redis.log"))
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         if cluster {
@@ -136,6 +153,14 @@ impl TestRedis {
     /// Send server `i` one inline command; its raw reply (None if it does not answer).
     pub fn ask(&self, i: usize, cmd: &str) -> Option<String> {
         ask(self.ports[i], cmd)
+    }
+
+    /// The last lines of server `i`'s log, for a failure message.
+    pub fn log_tail(&self, i: usize) -> String {
+        let log = self._dir.join(self.ports[i].to_string()).join("redis.log");
+        let text = std::fs::read_to_string(&log).unwrap_or_else(|e| format!("({}: {e})", log.display()));
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
     }
 
     /// Send server `i` a signal (`kill -s SIG`): `KILL`, `STOP`, `CONT`.
