@@ -399,7 +399,7 @@ async fn read_frame<T: Transport, R: AsyncRead + Unpin>(
     // Part of every connection's task while it waits for its next request, so it is held
     // by every idle connection: small (requests are ~100 bytes; a larger frame just takes
     // more reads).
-    let mut buf = [0u8; 2 * 1024];
+    let mut buf = [0u8; 512];
     loop {
         match decoder.next_frame() {
             Ok(Some(f)) => return Ok(Some(f)),
@@ -566,7 +566,7 @@ impl<T: Transport> Conn<T> {
                 frame = read_frame(&*self.transport, recv, decoder) => frame?,
                 Some(close) = close_requests.recv() => return Err(close),
                 _ = tokio::time::sleep_until(token_due.unwrap_or_else(tokio::time::Instant::now)), if token_due.is_some() => {
-                    self.token_tick().await?;
+                    Box::pin(self.token_tick()).await?;
                     continue;
                 }
                 _ = tokio::time::sleep_until(auth_deadline), if unauthenticated => {
@@ -578,7 +578,10 @@ impl<T: Transport> Conn<T> {
             };
             let Some(frame) = frame else { break };
             match frame.kind {
-                Some(Kind::Request(r)) => self.on_request(r).await?,
+                // Boxed: the largest handler's state would otherwise be part of every
+                // connection's task for its whole life, idle or not (bench/RESULTS.md,
+                // memory per connection).
+                Some(Kind::Request(r)) => Box::pin(self.on_request(r)).await?,
                 None => return Err(Close::new(ErrorCode::UnknownFrame, "unknown frame kind")),
                 Some(_) => {
                     return Err(Close::new(

@@ -134,33 +134,52 @@ pub async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
         }
         let shared = shared.clone();
         let handshake_running = Handshaking::start(&handshaking);
-        tokio::spawn(async move {
+        let task = async move {
             let _slot = slot;
-            let handshakes = &shared.ctx.metrics.handshakes;
-            let conn = match incoming.await {
-                Ok(c) => {
-                    crate::ops::Metrics::result(handshakes, "ok");
-                    c
-                }
-                Err(e) => {
-                    crate::ops::Metrics::result(handshakes, "failed");
-                    return tracing::debug!(error = %e, "handshake failed");
-                }
+            // Each phase in a box of its own: a task's future is as large as its largest
+            // state for the task's whole life, and the handshake's (the Initial packet,
+            // its keys) would otherwise be held by every idle connection.
+            let Some((conn, send, recv)) = Box::pin(handshake(incoming, &shared, handshake_running)).await else {
+                return;
             };
-            drop(handshake_running);
-            let handshake = shared.config.handshake_timeout;
-            let (send, recv) = match tokio::time::timeout(handshake, conn.accept_bi()).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return tracing::debug!(error = %e, "no control stream"),
-                Err(_) => {
-                    conn.close(
-                        quinn::VarInt::from_u32(ErrorCode::HandshakeRequired as u32),
-                        b"no control stream",
-                    );
-                    return;
-                }
-            };
-            conn::serve(shared, Arc::new(QuicTransport(conn)), recv, send).await;
-        });
+            Box::pin(conn::serve(shared, Arc::new(QuicTransport(conn)), recv, send)).await;
+        };
+        tokio::spawn(task);
+    }
+}
+
+/// The QUIC and TLS handshake, then the client's control stream (within the handshake
+/// timeout); `None` if either fails (counted, logged at debug).
+async fn handshake(
+    incoming: quinn::Incoming,
+    shared: &Shared,
+    running: Handshaking,
+) -> Option<(quinn::Connection, quinn::SendStream, quinn::RecvStream)> {
+    let handshakes = &shared.ctx.metrics.handshakes;
+    let conn = match incoming.await {
+        Ok(c) => {
+            crate::ops::Metrics::result(handshakes, "ok");
+            c
+        }
+        Err(e) => {
+            crate::ops::Metrics::result(handshakes, "failed");
+            tracing::debug!(error = %e, "handshake failed");
+            return None;
+        }
+    };
+    drop(running);
+    match tokio::time::timeout(shared.config.handshake_timeout, conn.accept_bi()).await {
+        Ok(Ok((send, recv))) => Some((conn, send, recv)),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "no control stream");
+            None
+        }
+        Err(_) => {
+            conn.close(
+                quinn::VarInt::from_u32(ErrorCode::HandshakeRequired as u32),
+                b"no control stream",
+            );
+            None
+        }
     }
 }

@@ -107,7 +107,8 @@ pub async fn serve(shared: Arc<Shared>, socket: WebSocket, ip: IpAddr) {
     let control_rx = futures::stream::unfold(control_rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
     let recv = tokio_util::io::StreamReader::new(Box::pin(control_rx));
     let send = channel_writer(out, Channel::Control);
-    conn::serve(shared, transport.clone(), recv, send).await;
+    // Boxed, like QUIC's (transport/quic.rs): the HTTP upgrade's state is not held for life.
+    Box::pin(conn::serve(shared, transport.clone(), recv, send)).await;
     transport.close(ErrorCode::Unspecified, "");
     reader.abort();
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;

@@ -246,7 +246,7 @@ impl WtEndpoint {
                 };
                 match tokio::time::timeout(handshake, session).await {
                     Ok(Ok((conn, send, recv, _slot))) => {
-                        conn::serve(shared, Arc::new(WtTransport(conn)), recv, send).await
+                        Box::pin(conn::serve(shared, Arc::new(WtTransport(conn)), recv, send)).await
                     }
                     Ok(Err(e)) => tracing::debug!(error = %e, "WebTransport session failed"),
                     Err(_) => tracing::debug!("WebTransport session without a control stream in time"),
