@@ -134,7 +134,7 @@ pub async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
         }
         let shared = shared.clone();
         let handshake_running = Handshaking::start(&handshaking);
-        let task = async move {
+        tokio::spawn(async move {
             let _slot = slot;
             // Each phase in a box of its own: a task's future is as large as its largest
             // state for the task's whole life, and the handshake's (the Initial packet,
@@ -143,8 +143,7 @@ pub async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
                 return;
             };
             Box::pin(conn::serve(shared, Arc::new(QuicTransport(conn)), recv, send)).await;
-        };
-        tokio::spawn(task);
+        });
     }
 }
 
