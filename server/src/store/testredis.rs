@@ -60,26 +60,69 @@ fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
 }
 
 impl TestRedis {
+    /// Start one `redis-server` on a free port and wait until it answers. A port picked as
+    /// free may be taken before the server binds it (tests run in parallel, and a cluster
+    /// node also needs a second, bus port), so a server that exits, or a port that turns
+    /// out to answer for another process, costs a fresh try on new ports.
     fn spawn(dir: &std::path::Path, cluster: bool) -> (Child, u16) {
-        let port = free_port();
-        let data = dir.join(port.to_string());
-        std::fs::create_dir_all(&data).expect("redis data dir");
-        let mut cmd = Command::new("redis-server");
-        cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", ""])
-            .args(["--appendonly", "yes", "--appendfsync", "always"])
-            .arg("--dir")
-            .arg(&data)
-            .arg("--logfile")
-            .arg(data.join("redis.log"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if cluster {
-            cmd.args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]);
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let data = dir.join(port.to_string());
+            std::fs::create_dir_all(&data).expect("redis data dir");
+            let mut cmd = Command::new("redis-server");
+            cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", ""])
+                .args(["--appendonly", "yes", "--appendfsync", "always"])
+                .arg("--dir")
+                .arg(&data)
+                .arg("--logfile")
+                .arg(data.join("redis.log"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            if cluster {
+                // The default bus port is port + 10000, which may be taken or past 65535.
+                let bus = free_port().to_string();
+                cmd.args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
+                    .args(["--cluster-port", &bus]);
+            }
+            let mut child = cmd
+                .spawn()
+                .expect("redis-server runs (apt-get install redis-server; scripts/test.sh does)");
+            match Self::wait_up(&mut child, port) {
+                Ok(()) => return (child, port),
+                Err(why) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let log = std::fs::read_to_string(data.join("redis.log")).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                    last = format!("{why}; its log ends: {}", tail.join(" | "));
+                }
+            }
         }
-        let child = cmd
-            .spawn()
-            .expect("redis-server runs (apt-get install redis-server; scripts/test.sh does)");
-        (child, port)
+        panic!("redis-server did not come up in 5 tries: {last}")
+    }
+
+    /// Wait until `child` answers PING on `port` as itself (its `process_id`).
+    fn wait_up(child: &mut Child, port: u16) -> Result<(), String> {
+        let until = Instant::now() + START;
+        let me = format!("process_id:{}\r\n", child.id());
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("port {port}: redis-server exited ({status})"));
+            }
+            if let Some(info) = ask(port, "INFO server") {
+                if info.contains(&me) {
+                    return Ok(());
+                }
+                if info.contains("process_id:") {
+                    return Err(format!("port {port} answers for another process"));
+                }
+            }
+            if Instant::now() >= until {
+                return Err(format!("port {port}: no answer within {START:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn dir() -> PathBuf {
@@ -92,9 +135,6 @@ impl TestRedis {
     pub fn start() -> Self {
         let dir = Self::dir();
         let (child, port) = Self::spawn(&dir, false);
-        wait_until("answers PING", || {
-            ask(port, "PING").is_some_and(|r| r.starts_with("+PONG"))
-        });
         TestRedis {
             children: vec![child],
             ports: vec![port],
@@ -102,34 +142,42 @@ impl TestRedis {
         }
     }
 
-    /// A Redis Cluster of `masters` masters and no replicas, all slots assigned.
+    /// A Redis Cluster of `masters` masters and no replicas, all slots assigned. A create
+    /// that fails (a node's port taken in between) is tried again on new servers, and the
+    /// last failure's output is in the panic.
     pub fn cluster(masters: usize) -> Self {
-        let dir = Self::dir();
-        let (children, ports): (Vec<Child>, Vec<u16>) = (0..masters).map(|_| Self::spawn(&dir, true)).unzip();
-        for p in &ports {
-            wait_until("answers PING", || {
-                ask(*p, "PING").is_some_and(|r| r.starts_with("+PONG"))
-            });
+        let mut last = String::new();
+        for _ in 0..3 {
+            let dir = Self::dir();
+            let (children, ports): (Vec<Child>, Vec<u16>) = (0..masters).map(|_| Self::spawn(&dir, true)).unzip();
+            let redis = TestRedis {
+                children,
+                ports,
+                _dir: dir,
+            };
+            let out = Command::new("redis-cli")
+                .args(["--cluster", "create"])
+                .args(redis.ports.iter().map(|p| format!("127.0.0.1:{p}")))
+                .args(["--cluster-replicas", "0", "--cluster-yes"])
+                .stdin(Stdio::null())
+                .output()
+                .expect("redis-cli runs");
+            if !out.status.success() {
+                last = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                continue; // `redis` drops here: its servers are killed
+            }
+            for p in &redis.ports {
+                wait_until("cluster_state:ok", || {
+                    ask(*p, "CLUSTER INFO").is_some_and(|r| r.contains("cluster_state:ok"))
+                });
+            }
+            return redis;
         }
-        let status = Command::new("redis-cli")
-            .args(["--cluster", "create"])
-            .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("redis-cli runs");
-        assert!(status.success(), "redis-cli --cluster create failed");
-        for p in &ports {
-            wait_until("cluster_state:ok", || {
-                ask(*p, "CLUSTER INFO").is_some_and(|r| r.contains("cluster_state:ok"))
-            });
-        }
-        TestRedis {
-            children,
-            ports,
-            _dir: dir,
-        }
+        panic!("redis-cli --cluster create failed 3 times; last output:\n{last}")
     }
 
     /// A primary (index 0) and one replica of it (index 1), linked and in sync.
@@ -138,9 +186,6 @@ impl TestRedis {
         let (child, port) = Self::spawn(&redis._dir, false);
         redis.children.push(child);
         redis.ports.push(port);
-        wait_until("the replica answers PING", || {
-            ask(port, "PING").is_some_and(|r| r.starts_with("+PONG"))
-        });
         let primary = redis.ports[0];
         let ok = ask(port, &format!("REPLICAOF 127.0.0.1 {primary}"));
         assert!(ok.is_some_and(|r| r.starts_with("+OK")), "REPLICAOF");
