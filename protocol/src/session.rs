@@ -871,7 +871,7 @@ impl ClientSession {
                     }
                 });
                 st.highest_seen = st.highest_seen.max(last);
-                st.read = st.read.max(Seq(s.read_seq));
+                st.advance_read(Seq(s.read_seq));
                 st.set_unread(s.unread_count, last);
                 if !s.receipts.is_empty() {
                     st.receipts = s

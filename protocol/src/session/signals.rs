@@ -203,7 +203,7 @@ impl ClientSession {
         // Only an update that carries a count (last_seq > 0: the read cursor moved) says
         // anything about this user's unread messages.
         if me == Some(user) && r.last_seq > 0 {
-            st.read = st.read.max(read);
+            st.advance_read(read);
             st.set_unread(r.unread_count, Seq(r.last_seq));
             let (read_seq, unread_count) = (st.read, st.unread());
             self.events.push_back(SessionEvent::Unread {

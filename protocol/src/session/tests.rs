@@ -1009,3 +1009,49 @@ fn a_long_client_name_is_cut_to_128_bytes_at_a_character_boundary() {
     };
     assert_eq!(hello.client, "é".repeat(64), "128 bytes, whole characters");
 }
+
+#[test]
+fn the_unread_count_follows_others_messages_the_read_cursor_and_ones_own_sends() {
+    let mut p = Peer::new(Some("tok"));
+    p.connect(auth_ok(false, vec![summary(5, 0, 1)]));
+    let others = |seqs: std::ops::RangeInclusive<u64>| -> Vec<Kind> {
+        std::iter::once(header(5))
+            .chain(seqs.map(|seq| {
+                let mut e = ev(5, seq, "x");
+                e.sender_user_id = 2;
+                Kind::Event(e)
+            }))
+            .collect()
+    };
+    let unread = |p: &Peer| p.s.unread(ConversationId(5));
+    p.stream(1, &others(1..=10));
+    assert_eq!(unread(&p), Some(10));
+    // This user read up to 4 elsewhere; the server's count (0) is as of seq 4.
+    let read_elsewhere = |p: &mut Peer, read_seq: u64, last_seq: u64| {
+        p.control(Kind::Signal(pb::Signal {
+            kind: Some(pb::signal::Kind::Receipt(pb::ReceiptUpdate {
+                conversation_id: 5,
+                user_id: 1,
+                delivered_seq: read_seq,
+                read_seq,
+                unread_count: 0,
+                last_seq,
+            })),
+        }))
+    };
+    read_elsewhere(&mut p, 4, 4);
+    assert_eq!(unread(&p), Some(6));
+    // A read cursor past the count's seq: what it passed is read all the same.
+    read_elsewhere(&mut p, 8, 6);
+    assert_eq!(unread(&p), Some(2));
+    // An older update changes nothing.
+    read_elsewhere(&mut p, 3, 3);
+    assert_eq!(unread(&p), Some(2));
+    // Sending reads the conversation up to one's own message.
+    let mut mine = ev(5, 11, "mine");
+    mine.sender_user_id = 1;
+    p.stream(1, &[Kind::Event(mine)]);
+    assert_eq!(unread(&p), Some(0));
+    p.stream(1, &others(12..=13)[1..]);
+    assert_eq!(unread(&p), Some(2));
+}

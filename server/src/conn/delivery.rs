@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use natter_protocol::codec::{encode_event_frame, encode_frame};
+use natter_protocol::codec::encode_frame;
 use natter_protocol::pb::{self, frame::Kind, ErrorCode};
 use natter_protocol::ConversationId;
 use tokio::io::AsyncWriteExt;
@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use super::{Close, ControlSend, Transport};
 use crate::ops::Metrics;
-use crate::session::hub::Outbound;
+use crate::session::hub::{EventFrame, Outbound};
 
 /// Write queued frames to the control stream, then finish it (with a bounded wait for the
 /// peer to read everything).
@@ -39,7 +39,7 @@ pub(super) async fn deliver<T: Transport>(
     queue: usize,
     metrics: Arc<Metrics>,
 ) {
-    let mut writers: HashMap<ConversationId, mpsc::Sender<Arc<pb::ConversationEvent>>> = HashMap::new();
+    let mut writers: HashMap<ConversationId, mpsc::Sender<EventFrame>> = HashMap::new();
     while let Some(o) = rx.recv().await {
         let mut ev = match o {
             Outbound::Event(ev) => ev,
@@ -100,7 +100,7 @@ const WRITE_BATCH: usize = 64;
 async fn write_conversation<T: Transport>(
     transport: Arc<T>,
     conv: ConversationId,
-    mut rx: mpsc::Receiver<Arc<pb::ConversationEvent>>,
+    mut rx: mpsc::Receiver<EventFrame>,
     idle: Duration,
     metrics: Arc<Metrics>,
 ) {
@@ -121,7 +121,7 @@ async fn write_conversation<T: Transport>(
     if stream.write_all(&encode_frame(&header)).await.is_err() {
         return;
     }
-    let mut batch: Vec<Arc<pb::ConversationEvent>> = Vec::with_capacity(WRITE_BATCH);
+    let mut batch: Vec<EventFrame> = Vec::with_capacity(WRITE_BATCH);
     let mut out = bytes::BytesMut::new();
     loop {
         match tokio::time::timeout(idle, rx.recv()).await {
@@ -135,11 +135,17 @@ async fn write_conversation<T: Transport>(
                         Err(_) => break,
                     }
                 }
-                out.clear();
-                for ev in &batch {
-                    out.extend_from_slice(&encode_event_frame(ev));
-                }
-                if stream.write_all(&out).await.is_err() {
+                // One event: its shared frame as it is; several: one buffer, one write.
+                let written = if let [one] = &batch[..] {
+                    stream.write_all(one.frame()).await
+                } else {
+                    out.clear();
+                    for ev in &batch {
+                        out.extend_from_slice(ev.frame());
+                    }
+                    stream.write_all(&out).await
+                };
+                if written.is_err() {
                     return;
                 }
                 for ev in batch.drain(..) {
@@ -151,7 +157,7 @@ async fn write_conversation<T: Transport>(
                 // Idle: refuse new events, write what raced in, then finish the stream.
                 rx.close();
                 while let Ok(ev) = rx.try_recv() {
-                    if stream.write_all(&encode_event_frame(&ev)).await.is_err() {
+                    if stream.write_all(ev.frame()).await.is_err() {
                         return;
                     }
                     delivered(&ev);

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use natter_protocol::codec::encode_event_frame;
 use natter_protocol::pb;
 use natter_protocol::{ConversationId, DeviceId, Seq, UserId};
 use tokio::sync::mpsc;
@@ -19,11 +20,39 @@ use crate::security::auth::ResumeToken;
 
 const STRIPES: usize = 16;
 
+/// A committed event and its delivery-stream frame, encoded once when it is published and
+/// shared by every recipient's queue, ring and stream writer (a group of 100 used to encode
+/// each event 100 times). Derefs to the event.
+#[derive(Debug, Clone)]
+pub struct EventFrame {
+    event: Arc<pb::ConversationEvent>,
+    frame: Bytes,
+}
+
+impl EventFrame {
+    pub fn new(event: Arc<pb::ConversationEvent>) -> Self {
+        let frame = encode_event_frame(&event);
+        EventFrame { event, frame }
+    }
+
+    /// The encoded `Frame { event }`, length prefix included.
+    pub fn frame(&self) -> &Bytes {
+        &self.frame
+    }
+}
+
+impl std::ops::Deref for EventFrame {
+    type Target = pb::ConversationEvent;
+    fn deref(&self) -> &pb::ConversationEvent {
+        &self.event
+    }
+}
+
 /// What the hub hands a connection's delivery task.
 #[derive(Debug)]
 pub enum Outbound {
-    /// A committed event for this session.
-    Event(Arc<pb::ConversationEvent>),
+    /// A committed event for this session, with its delivery frame.
+    Event(EventFrame),
     /// An encoded `Signal` frame for the control stream.
     Signal(Bytes),
     /// An ephemeral frame: a datagram where the transport has them, else the control stream.
@@ -75,7 +104,7 @@ pub struct Session {
 /// resume) and signals (replayed as they are; they are idempotent cursor updates).
 #[derive(Debug, Clone)]
 enum RingItem {
-    Event(Arc<pb::ConversationEvent>),
+    Event(EventFrame),
     Signal(Bytes),
 }
 
@@ -299,7 +328,7 @@ impl Hub {
     /// the cluster bus) on other nodes.
     pub fn publish(&self, recipients: &[UserId], event: Arc<pb::ConversationEvent>) {
         self.forward(|| Forward::Event(recipients.to_vec(), event.clone()));
-        self.push(recipients, RingItem::Event(event));
+        self.push(recipients, RingItem::Event(EventFrame::new(event)));
     }
 
     /// Send an encoded signal frame to every session of every recipient (kept for replay).
@@ -318,7 +347,7 @@ impl Hub {
     /// Deliver what another node forwarded, to this node's sessions only.
     pub fn deliver_forwarded(&self, f: Forward) {
         match f {
-            Forward::Event(to, ev) => self.push(&to, RingItem::Event(ev)),
+            Forward::Event(to, ev) => self.push(&to, RingItem::Event(EventFrame::new(ev))),
             Forward::Signal(to, frame) => self.push(&to, RingItem::Signal(frame)),
             Forward::Ephemeral(to, except, frame) => self.ephemeral_here(&to, except, frame),
         }

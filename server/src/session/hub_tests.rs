@@ -264,3 +264,30 @@ fn with_a_forwarder_every_fan_out_also_goes_to_the_bus() {
     assert_eq!(seqs(&mut rx), vec![2]);
     assert!(bus.try_recv().is_err());
 }
+
+#[test]
+fn an_event_is_encoded_once_for_all_its_recipients_and_their_replays() {
+    let (hub, clock) = hub(16);
+    let (a, token, mut rx_a) = hub.open(A, PHONE, 1);
+    let (_, _, mut rx_b) = hub.open(B, PHONE, 2);
+    let mut event = (*ev(5, 1)).clone();
+    event.sender_user_id = A.0;
+    hub.publish(&[A, B], Arc::new(event.clone()));
+    let frame = |rx: &mut mpsc::Receiver<Outbound>| match rx.try_recv() {
+        Ok(Outbound::Event(e)) => e.frame().clone(),
+        other => panic!("expected an event, got {other:?}"),
+    };
+    let (fa, fb) = (frame(&mut rx_a), frame(&mut rx_b));
+    // The frame is the event, length-prefixed, as the client decodes it.
+    let mut decoder = natter_protocol::codec::FrameDecoder::new(1 << 20);
+    decoder.push(&fa);
+    let decoded = decoder.next_frame().expect("decodes").expect("one whole frame");
+    assert_eq!(decoded.kind, Some(pb::frame::Kind::Event(event)));
+    // Both recipients (and the replay below) share one buffer: no per-recipient encoding.
+    assert_eq!(fa.as_ptr(), fb.as_ptr());
+    hub.detach(&a, 1);
+    clock.advance(Duration::from_secs(1));
+    let (_, _, mut replay, n) = hub.resume(token.expose(), A, PHONE, &cursors(&[]), 3).expect("resumes");
+    assert_eq!(n, 1);
+    assert_eq!(frame(&mut replay).as_ptr(), fa.as_ptr());
+}
