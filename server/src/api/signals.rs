@@ -108,19 +108,9 @@ pub(super) async fn cursors_moved(
         return Ok(());
     }
     let upto = delivered.max(read);
-    let (events, _) = ctx
-        .store
-        .events(conv, crate::store::Page::After(since), RECEIPT_SCAN)
-        .await?;
-    let mut others: Vec<UserId> = if events.last().is_some_and(|e| e.seq >= upto.0) || events.len() < RECEIPT_SCAN {
-        events
-            .iter()
-            .filter(|e| e.seq <= upto.0 && matches!(e.body, Some(pb::conversation_event::Body::Message(_))))
-            .map(|e| UserId(e.sender_user_id))
-            .filter(|u| *u != actor.user)
-            .collect()
-    } else {
-        v.members.iter().map(|m| m.user).filter(|u| *u != actor.user).collect()
+    let mut others: Vec<UserId> = match ctx.store.message_senders(conv, since, upto, RECEIPT_SCAN).await? {
+        Some(senders) => senders.into_iter().filter(|u| *u != actor.user).collect(),
+        None => v.members.iter().map(|m| m.user).filter(|u| *u != actor.user).collect(),
     };
     others.sort_unstable();
     others.dedup();

@@ -172,6 +172,22 @@ impl ContentKeys {
             .map_err(|_| StoreError::Corrupt(format!("event {} of {} does not open", seq.0, conv.0)))?;
         pb::ConversationEvent::decode(&plain[..]).map_err(|e| StoreError::Corrupt(e.to_string()))
     }
+
+    /// The sender of a stored event if it is a message, from its plain header alone
+    /// (nothing opened: receipts route on it); an older plain event is decoded.
+    pub fn message_sender(&self, conv: ConversationId, seq: Seq, b: &[u8]) -> Result<Option<UserId>, StoreError> {
+        if b.first() != Some(&MAGIC) {
+            let ev = self.open_event(conv, seq, b)?;
+            return Ok(
+                matches!(ev.body, Some(pb::conversation_event::Body::Message(_))).then_some(UserId(ev.sender_user_id))
+            );
+        }
+        if b.len() < HEADER + NONCE + 16 {
+            return Err(StoreError::Corrupt("short sealed event".into()));
+        }
+        let sender = u64::from_be_bytes(b[2..10].try_into().expect("8 bytes"));
+        Ok((b[1] & 1 == 1).then_some(UserId(sender)))
+    }
 }
 
 fn is_message(ev: &pb::ConversationEvent) -> bool {

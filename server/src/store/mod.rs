@@ -391,6 +391,36 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         page: Page,
         limit: usize,
     ) -> Result<(Vec<pb::ConversationEvent>, bool), StoreError>;
+    /// Who sent the messages in `(after, upto]`, in seq order (one entry per message), for
+    /// routing receipts; `None` when more than `limit` events lie in that range (the caller
+    /// then tells every member). Backends may read less than whole events: the embedded
+    /// store reads the sealed events' plain headers and opens nothing (so a message erased
+    /// with its sender's account may still name that sender: telling a deleted user costs
+    /// nothing).
+    async fn message_senders(
+        &self,
+        conv: ConversationId,
+        after: Seq,
+        upto: Seq,
+        limit: usize,
+    ) -> Result<Option<Vec<UserId>>, StoreError> {
+        let span = upto.0.saturating_sub(after.0);
+        if span == 0 {
+            return Ok(Some(Vec::new()));
+        }
+        let want = usize::try_from(span).unwrap_or(usize::MAX).min(limit);
+        let (events, more) = self.events(conv, Page::After(after), want).await?;
+        if more && events.last().is_some_and(|e| e.seq < upto.0) {
+            return Ok(None);
+        }
+        Ok(Some(
+            events
+                .iter()
+                .filter(|e| e.seq <= upto.0 && matches!(e.body, Some(pb::conversation_event::Body::Message(_))))
+                .map(|e| UserId(e.sender_user_id))
+                .collect(),
+        ))
+    }
     /// The conversations a user is a member of.
     async fn user_conversations(&self, user: UserId) -> Result<Vec<ConversationId>, StoreError>;
     /// A user's read cursor in a conversation (0 if none).

@@ -715,6 +715,31 @@ impl Store for SledStore {
         Ok((out, more))
     }
 
+    async fn message_senders(
+        &self,
+        conv: ConversationId,
+        after: Seq,
+        upto: Seq,
+        limit: usize,
+    ) -> Result<Option<Vec<UserId>>, StoreError> {
+        if upto <= after {
+            return Ok(Some(Vec::new()));
+        }
+        let view = self.view().await?;
+        let range = event_key(conv, Seq(after.0 + 1))..=event_key(conv, upto);
+        let mut out = Vec::new();
+        for (n, kv) in view.range(range, false).enumerate() {
+            if n == limit {
+                return Ok(None);
+            }
+            let (k, v) = kv?;
+            if let Some(sender) = self.keys.message_sender(conv, Seq(read_u64(&k[10..])?), &v)? {
+                out.push(sender);
+            }
+        }
+        Ok(Some(out))
+    }
+
     async fn user_conversations(&self, user: UserId) -> Result<Vec<ConversationId>, StoreError> {
         self.view()
             .await?

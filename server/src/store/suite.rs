@@ -45,7 +45,7 @@ macro_rules! store_suite {
             read_and_delivered_cursors unread_counts message_state member_removal claims
             media_records media_quota shared_secrets key_records key_backups user_keys
             push_records push_queue conversation_listing directory documents
-            rewritten_events removed_events);
+            rewritten_events removed_events message_senders);
     };
     (@each $make:expr; $($behaviour:ident)*) => {
         $(
@@ -254,6 +254,34 @@ pub(crate) async fn paging(store: &dyn Store) {
     assert_eq!((seqs(&p), more), (vec![9, 10, 11], true));
     let (p, more) = store.events(conv, Page::Before(Seq(3)), 5).await.unwrap();
     assert_eq!((seqs(&p), more), (vec![1, 2], false));
+}
+
+pub(crate) async fn message_senders(store: &dyn Store) {
+    // Seq 1 created the conversation (not a message); 2..=11 are messages, even seqs a's.
+    let (conv, a, b, _) = seeded(store).await;
+    let senders = |after: u64, upto: u64, limit: usize| store.message_senders(conv, Seq(after), Seq(upto), limit);
+    assert_eq!(
+        senders(0, 4, 256).await.unwrap(),
+        Some(vec![a, b, a]),
+        "messages only, in order"
+    );
+    assert_eq!(senders(3, 3, 256).await.unwrap(), Some(vec![]), "an empty range");
+    assert_eq!(
+        senders(7, 11, 4).await.unwrap(),
+        Some(vec![a, b, a, b]),
+        "exactly the limit"
+    );
+    assert_eq!(senders(1, 11, 4).await.unwrap(), None, "more events than the limit");
+    assert_eq!(
+        senders(9, 20, 4).await.unwrap(),
+        Some(vec![a, b]),
+        "past the last event"
+    );
+    let other = store.allocate_conversation_id().await.unwrap();
+    assert_eq!(
+        store.message_senders(other, Seq(0), Seq(5), 4).await.unwrap(),
+        Some(vec![])
+    );
 }
 
 pub(crate) async fn idempotency_keys(store: &dyn Store) {
