@@ -244,6 +244,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     // that their connection is gone (security/reset.rs).
     let endpoint_config = crate::security::reset::endpoint_config(&config.data_dir, &config.node_id)?;
     let socket = std::net::UdpSocket::bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
+    shared.ctx.metrics.watch_udp_socket(&socket);
     let endpoint = quinn::Endpoint::new(
         endpoint_config,
         Some(server_config),

@@ -181,6 +181,12 @@ pub struct Metrics {
     process_memory: Gauge<i64, AtomicI64>,
     /// Process: open file descriptors (read at scrape).
     process_fds: Gauge<i64, AtomicI64>,
+    /// Datagrams the kernel dropped because the QUIC socket's receive buffer was full (read
+    /// at scrape from /proc/self/net/udp{,6}; bench/RESULTS.md, many groups).
+    udp_drops: Counter,
+    udp_drops_seen: Mutex<u64>,
+    /// The watched socket's inode, which names it in /proc/net/udp.
+    udp_inode: Mutex<Option<u64>>,
 }
 
 impl Default for Metrics {
@@ -231,6 +237,9 @@ impl Metrics {
             process_cpu_seen: Mutex::new(0.0),
             process_memory: Gauge::default(),
             process_fds: Gauge::default(),
+            udp_drops: Counter::default(),
+            udp_drops_seen: Mutex::new(0),
+            udp_inode: Mutex::new(None),
         };
         r.register(
             "build",
@@ -358,6 +367,11 @@ impl Metrics {
             m.push_notifications.clone(),
         );
         r.register("webhook_deliveries", "Webhook deliveries", m.webhook_deliveries.clone());
+        r.register(
+            "udp_receive_drops",
+            "Datagrams the kernel dropped at the QUIC socket (receive buffer full)",
+            m.udp_drops.clone(),
+        );
         let p = root.sub_registry_with_prefix("process");
         p.register_with_unit("cpu", "CPU time used", Unit::Seconds, m.process_cpu.clone());
         p.register_with_unit(
@@ -452,8 +466,40 @@ impl Metrics {
         names
     }
 
+    /// Count the kernel's drops at this UDP socket (the QUIC endpoint's) from now on.
+    pub fn watch_udp_socket(&self, socket: &impl std::os::fd::AsRawFd) {
+        use std::os::unix::fs::MetadataExt;
+        let fd = socket.as_raw_fd();
+        if let Ok(meta) = std::fs::metadata(format!("/proc/self/fd/{fd}")) {
+            *self.udp_inode.lock().expect("udp lock") = Some(meta.ino());
+        }
+    }
+
+    /// The watched socket's drop count from /proc/self/net/udp or udp6 (the last column).
+    fn read_udp_drops(&self) {
+        let Some(inode) = *self.udp_inode.lock().expect("udp lock") else {
+            return;
+        };
+        let inode = inode.to_string();
+        let found = ["/proc/self/net/udp", "/proc/self/net/udp6"].iter().find_map(|path| {
+            let table = std::fs::read_to_string(path).ok()?;
+            table.lines().skip(1).find_map(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                (f.get(9) == Some(&inode.as_str())).then(|| f.last()?.parse::<u64>().ok())?
+            })
+        });
+        if let Some(drops) = found {
+            let mut seen = self.udp_drops_seen.lock().expect("udp lock");
+            if drops > *seen {
+                self.udp_drops.inc_by(drops - *seen);
+                *seen = drops;
+            }
+        }
+    }
+
     /// CPU, memory and descriptors from /proc (Linux; elsewhere they stay 0).
     fn read_process(&self) {
+        self.read_udp_drops();
         let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
             return;
         };
@@ -555,9 +601,41 @@ mod tests {
             "natter_requests_total",
             "natter_request_duration_seconds_bucket",
             "natter_webhook_deliveries_total",
+            "natter_udp_receive_drops_total",
             "process_cpu_seconds_total",
         ] {
             assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
         }
+    }
+
+    #[test]
+    fn a_full_socket_buffer_shows_as_udp_receive_drops() {
+        let m = Metrics::new();
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        m.watch_udp_socket(&socket);
+        let drops = |m: &Metrics| {
+            let text = m.encode(false);
+            text.lines()
+                .find_map(|l| l.strip_prefix("natter_udp_receive_drops_total "))
+                .map(|v| v.trim().parse::<f64>().unwrap())
+                .unwrap_or_else(|| panic!("no drop count in {text}"))
+        };
+        assert_eq!(drops(&m), 0.0, "nothing sent yet");
+        // Nobody reads the socket: sends on loopback land in its buffer until it is full,
+        // then the kernel drops them (bounded: at most 40 MB).
+        let to = socket.local_addr().unwrap();
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let payload = [7u8; 1200];
+        let mut seen = 0.0;
+        for _ in 0..32 {
+            for _ in 0..1000 {
+                let _ = sender.send_to(&payload, to);
+            }
+            seen = drops(&m);
+            if seen > 0.0 {
+                break;
+            }
+        }
+        assert!(seen > 0.0, "32,000 unread datagrams and no drop counted");
     }
 }
