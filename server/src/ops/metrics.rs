@@ -423,6 +423,7 @@ impl Metrics {
     /// The registry in Prometheus's text format (version 0.0.4), or OpenMetrics text.
     pub fn encode(&self, openmetrics: bool) -> String {
         self.read_process();
+        self.read_udp_drops();
         let mut out = String::new();
         let done = if openmetrics {
             prometheus_client::encoding::text::encode(&mut out, &self.registry)
@@ -499,7 +500,6 @@ impl Metrics {
 
     /// CPU, memory and descriptors from /proc (Linux; elsewhere they stay 0).
     fn read_process(&self) {
-        self.read_udp_drops();
         let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
             return;
         };

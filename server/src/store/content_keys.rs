@@ -144,23 +144,15 @@ impl ContentKeys {
     /// A stored event read back: opened, or (its sender's key erased) an `Erased`
     /// placeholder; a plain (older) event as it is.
     pub fn open_event(&self, conv: ConversationId, seq: Seq, b: &[u8]) -> Result<pb::ConversationEvent, StoreError> {
-        if b.first() != Some(&MAGIC) {
+        let Some(h) = SealedHeader::read(b)? else {
             return pb::ConversationEvent::decode(b).map_err(|e| StoreError::Corrupt(e.to_string()));
-        }
-        if b.len() < HEADER + NONCE + 16 {
-            return Err(StoreError::Corrupt("short sealed event".into()));
-        }
-        let flags = b[1];
-        let sender = u64::from_be_bytes(b[2..10].try_into().expect("8 bytes"));
-        let time = u64::from_be_bytes(b[10..18].try_into().expect("8 bytes"));
-        let Some(key) = self.get(UserId(sender))? else {
+        };
+        let Some(key) = self.get(h.sender)? else {
             return Ok(pb::ConversationEvent {
                 conversation_id: conv.0,
                 seq: seq.0,
-                server_time_ms: time,
-                body: Some(pb::conversation_event::Body::Erased(pb::Erased {
-                    message: flags & 1 == 1,
-                })),
+                server_time_ms: h.time_ms,
+                body: Some(pb::conversation_event::Body::Erased(pb::Erased { message: h.message })),
                 ..Default::default()
             });
         };
@@ -176,17 +168,36 @@ impl ContentKeys {
     /// The sender of a stored event if it is a message, from its plain header alone
     /// (nothing opened: receipts route on it); an older plain event is decoded.
     pub fn message_sender(&self, conv: ConversationId, seq: Seq, b: &[u8]) -> Result<Option<UserId>, StoreError> {
+        if let Some(h) = SealedHeader::read(b)? {
+            return Ok(h.message.then_some(h.sender));
+        }
+        let ev = self.open_event(conv, seq, b)?;
+        Ok(matches!(ev.body, Some(pb::conversation_event::Body::Message(_))).then_some(UserId(ev.sender_user_id)))
+    }
+}
+
+/// The plain header of a sealed event (`0xA5 | flags | sender | time`).
+struct SealedHeader {
+    message: bool,
+    sender: UserId,
+    time_ms: u64,
+}
+
+impl SealedHeader {
+    /// `None` for an older plain event; an error for a sealed one too short to be whole.
+    fn read(b: &[u8]) -> Result<Option<SealedHeader>, StoreError> {
         if b.first() != Some(&MAGIC) {
-            let ev = self.open_event(conv, seq, b)?;
-            return Ok(
-                matches!(ev.body, Some(pb::conversation_event::Body::Message(_))).then_some(UserId(ev.sender_user_id))
-            );
+            return Ok(None);
         }
         if b.len() < HEADER + NONCE + 16 {
             return Err(StoreError::Corrupt("short sealed event".into()));
         }
-        let sender = u64::from_be_bytes(b[2..10].try_into().expect("8 bytes"));
-        Ok((b[1] & 1 == 1).then_some(UserId(sender)))
+        let u64_at = |i: usize| u64::from_be_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        Ok(Some(SealedHeader {
+            message: b[1] & 1 == 1,
+            sender: UserId(u64_at(2)),
+            time_ms: u64_at(10),
+        }))
     }
 }
 

@@ -51,6 +51,13 @@ fn again<T>(mut op: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
     }
 }
 
+/// The last `n` lines of a log file (or why it could not be read).
+fn tail(log: &std::path::Path, n: usize) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_else(|e| format!("({}: {e})", log.display()));
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
     let until = Instant::now() + START;
     while !ok() {
@@ -93,9 +100,7 @@ impl TestRedis {
                 Err(why) => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    let log = std::fs::read_to_string(data.join("redis.log")).unwrap_or_default();
-                    let tail: Vec<&str> = log.lines().rev().take(5).collect();
-                    last = format!("{why}; its log ends: {}", tail.join(" | "));
+                    last = format!("{why}; its log ends:\n{}", tail(&data.join("redis.log"), 5));
                 }
             }
         }
@@ -202,10 +207,7 @@ impl TestRedis {
 
     /// The last lines of server `i`'s log, for a failure message.
     pub fn log_tail(&self, i: usize) -> String {
-        let log = self._dir.join(self.ports[i].to_string()).join("redis.log");
-        let text = std::fs::read_to_string(&log).unwrap_or_else(|e| format!("({}: {e})", log.display()));
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(15)..].join("\n")
+        tail(&self._dir.join(self.ports[i].to_string()).join("redis.log"), 15)
     }
 
     /// Send server `i` a signal (`kill -s SIG`): `KILL`, `STOP`, `CONT`.
