@@ -47,6 +47,12 @@ fn cursors(pairs: &[(u64, u64)]) -> HashMap<ConversationId, Seq> {
 
 const A: UserId = UserId(1);
 const B: UserId = UserId(2);
+const C: UserId = UserId(3);
+
+fn sorted(mut users: Vec<UserId>) -> Vec<UserId> {
+    users.sort_by_key(|u| u.0);
+    users
+}
 const PHONE: DeviceId = DeviceId(10);
 const LAPTOP: DeviceId = DeviceId(11);
 
@@ -238,6 +244,44 @@ fn sweep_drops_expired_sessions_and_keeps_attached_ones() {
     clock.advance(WINDOW + Duration::from_secs(1));
     hub.sweep();
     assert_eq!(hub.local_users(), vec![B]);
+}
+
+#[test]
+fn sweep_counts_the_window_from_the_last_detach_and_spares_resumed_sessions() {
+    let (hub, clock) = hub(16);
+    // Detached, resumed, detached again half a window later: the first detach's window
+    // passing must not expire it; the second's must.
+    let (s, t, _r) = hub.open(A, PHONE, 1);
+    hub.detach(&s, 1);
+    // Cut as a network failure would (another way in): expires like any detach.
+    let (_, ct, _r5) = hub.open(C, DeviceId(30), 5);
+    assert_eq!(hub.disconnect_user(C), 1);
+    clock.advance(WINDOW / 2);
+    let (s, t, _r2, _) = hub.resume(t.expose(), A, PHONE, &cursors(&[]), 2).unwrap();
+    hub.detach(&s, 2);
+    // Detached, then resumed and still attached: never expires.
+    let (live, lt, _r3) = hub.open(B, DeviceId(20), 3);
+    hub.detach(&live, 3);
+    let (_, _, _r4, _) = hub.resume(lt.expose(), B, DeviceId(20), &cursors(&[]), 4).unwrap();
+
+    clock.advance(WINDOW / 2 + Duration::from_secs(1));
+    hub.sweep();
+    assert_eq!(
+        sorted(hub.local_users()),
+        vec![A, B],
+        "C's window has passed, A's second has not"
+    );
+    assert!(hub.resume(ct.expose(), C, DeviceId(30), &cursors(&[]), 6).is_none());
+
+    clock.advance(WINDOW / 2);
+    hub.sweep();
+    assert_eq!(
+        hub.local_users(),
+        vec![B],
+        "A's second window has passed; B is attached"
+    );
+    assert!(hub.resume(t.expose(), A, PHONE, &cursors(&[]), 7).is_none());
+    assert_eq!(hub.attached_sessions(), 1);
 }
 
 #[test]
