@@ -26,5 +26,6 @@ mod search;
 mod server_api;
 mod server_api_manage;
 mod signals;
+mod streams;
 mod webhooks;
 mod websocket;

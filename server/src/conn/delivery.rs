@@ -123,37 +123,24 @@ async fn write_conversation<T: Transport>(
     }
     let mut batch: Vec<EventFrame> = Vec::with_capacity(WRITE_BATCH);
     let mut out = bytes::BytesMut::new();
+    // One idle timer for the stream's life, moved on only when it fires early: re-arming
+    // a timeout for every event cost a timer-wheel insert and removal per delivery.
+    let idle_timer = tokio::time::sleep(idle);
+    tokio::pin!(idle_timer);
+    let mut last_write = tokio::time::Instant::now();
     loop {
-        match tokio::time::timeout(idle, rx.recv()).await {
-            Ok(Some(ev)) => {
-                // Whatever queued meanwhile goes out in the same write (fewer stream writes
-                // and packets under load; one event at a time when it is quiet).
-                batch.push(ev);
-                while batch.len() < WRITE_BATCH {
-                    match rx.try_recv() {
-                        Ok(more) => batch.push(more),
-                        Err(_) => break,
-                    }
+        let ev = tokio::select! {
+            biased;
+            got = rx.recv() => match got {
+                Some(ev) => ev,
+                None => break,
+            },
+            () = &mut idle_timer => {
+                let due = last_write + idle;
+                if due > tokio::time::Instant::now() {
+                    idle_timer.as_mut().reset(due);
+                    continue;
                 }
-                // One event: its shared frame as it is; several: one buffer, one write.
-                let written = if let [one] = &batch[..] {
-                    stream.write_all(one.frame()).await
-                } else {
-                    out.clear();
-                    for ev in &batch {
-                        out.extend_from_slice(ev.frame());
-                    }
-                    stream.write_all(&out).await
-                };
-                if written.is_err() {
-                    return;
-                }
-                for ev in batch.drain(..) {
-                    delivered(&ev);
-                }
-            }
-            Ok(None) => break,
-            Err(_) => {
                 // Idle: refuse new events, write what raced in, then finish the stream.
                 rx.close();
                 while let Ok(ev) = rx.try_recv() {
@@ -164,6 +151,32 @@ async fn write_conversation<T: Transport>(
                 }
                 break;
             }
+        };
+        // Whatever queued meanwhile goes out in the same write (fewer stream writes and
+        // packets under load; one event at a time when it is quiet).
+        batch.push(ev);
+        while batch.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(more) => batch.push(more),
+                Err(_) => break,
+            }
+        }
+        // One event: its shared frame as it is; several: one buffer, one write.
+        let written = if let [one] = &batch[..] {
+            stream.write_all(one.frame()).await
+        } else {
+            out.clear();
+            for ev in &batch {
+                out.extend_from_slice(ev.frame());
+            }
+            stream.write_all(&out).await
+        };
+        if written.is_err() {
+            return;
+        }
+        last_write = tokio::time::Instant::now();
+        for ev in batch.drain(..) {
+            delivered(&ev);
         }
     }
     let _ = stream.shutdown().await;

@@ -461,7 +461,10 @@ impl Hub {
         }
         let cap = self.inner.config.ring_capacity;
         for user in recipients {
-            for s in self.sessions_of(*user) {
+            // Under the hub lock (hub, then session, as everywhere): no copy of the
+            // user's session list per recipient and event.
+            let users = self.inner.users[stripe(*user)].lock().expect("hub lock");
+            for s in users.get(user).into_iter().flatten() {
                 let mut st = s.state.lock().expect("session lock");
                 st.ring.push_back(item.clone());
                 if st.ring.len() > cap {
@@ -480,7 +483,7 @@ impl Hub {
                 };
                 if full {
                     // Slow reader: cut the connection; the ring keeps what it missed.
-                    self.detach_locked(&s, &mut st);
+                    self.detach_locked(s, &mut st);
                 }
             }
         }
