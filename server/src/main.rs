@@ -14,7 +14,7 @@ mod admin;
 /// mimalloc rather than glibc's malloc: glibc's allocator (its chunk consolidation
 /// above all) took about a tenth of the server's CPU in a fan-out; mimalloc cut the CPU
 /// per delivery by ~18 % for ~6 % more memory per idle connection (transparent huge pages
-/// off, or it would be far more). Measured in bench/RESULTS.md, "Fan-out, fourth pass".
+/// off, or it would be far more). Measured in bench/RESULTS.md, "Fourth pass".
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
