@@ -160,7 +160,6 @@ struct HubInner {
 #[derive(Debug)]
 struct Detached {
     at: Instant,
-    user: UserId,
     session: Weak<Session>,
 }
 
@@ -330,7 +329,6 @@ impl Hub {
         let sink = st.detach(at)?;
         self.inner.detached.lock().expect("hub lock").push_back(Detached {
             at,
-            user: session.user,
             session: Arc::downgrade(session),
         });
         Some(sink)
@@ -423,23 +421,15 @@ impl Hub {
 
     fn ephemeral_here(&self, recipients: &[UserId], except: UserId, frame: Arc<pb::Frame>) {
         for user in recipients.iter().filter(|u| **u != except) {
-            for s in self.sessions_of(*user) {
+            // Under the hub lock, as `push` does: no copy of the session list.
+            let users = self.inner.users[stripe(*user)].lock().expect("hub lock");
+            for s in users.get(user).into_iter().flatten() {
                 let st = s.state.lock().expect("session lock");
                 if let Some((_, tx)) = &st.sink {
                     let _ = tx.try_send(Outbound::Ephemeral(frame.clone()));
                 }
             }
         }
-    }
-
-    /// The user's sessions, copied out so no hub lock is held while using them.
-    fn sessions_of(&self, user: UserId) -> Vec<Arc<Session>> {
-        self.inner.users[stripe(user)]
-            .lock()
-            .expect("hub lock")
-            .get(&user)
-            .cloned()
-            .unwrap_or_default()
     }
 
     /// Fault injection (feature `faults`, tests only): while set, committed messages are
@@ -571,16 +561,17 @@ impl Hub {
             let Some(session) = d.session.upgrade() else {
                 continue; // closed meanwhile (logout, a new login)
             };
-            let mut users = self.inner.users[stripe(d.user)].lock().expect("hub lock");
+            let user = session.user;
+            let mut users = self.inner.users[stripe(user)].lock().expect("hub lock");
             // Still detached since then? (Resumed: live; detached again: queued again.)
             // Checked under the hub lock, so no resume can slip in before it is removed.
             if session.state.lock().expect("session lock").detached_at != Some(d.at) {
                 continue;
             }
-            if let Some(list) = users.get_mut(&d.user) {
+            if let Some(list) = users.get_mut(&user) {
                 list.retain(|s| !Arc::ptr_eq(s, &session));
                 if list.is_empty() {
-                    users.remove(&d.user);
+                    users.remove(&user);
                 }
             }
             drop(users);
