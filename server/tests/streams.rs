@@ -1,6 +1,7 @@
 //! Delivery streams (PROTOCOL.md §3.2): one server-opened stream per conversation, opened
 //! when an event comes and finished when the conversation has been quiet for the stream
-//! idle time — so an idle connection holds no streams — with nothing lost across the change.
+//! idle time — so an idle connection holds no streams — with nothing lost across the change;
+//! and the acknowledgement frequency the server asks of the clients it streams to (§3.1).
 use crate::common;
 
 use bytes::BytesMut;
@@ -67,4 +68,22 @@ async fn a_quiet_conversation_s_stream_is_finished_and_its_next_event_opens_a_ne
         _ => unreachable!(),
     };
     assert_eq!(ev.seq, last_seq + 1, "the next seq, on the new stream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quinn_client_is_asked_to_acknowledge_less_often() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = natter_server::start(&common::config(dir.path()))
+        .await
+        .expect("server starts");
+    let (alice, _bob, dm) = alice_and_bob(&s).await;
+    let mut raw = Raw::hello(s.addr, &s.fingerprint).await;
+    raw.login("bob").await;
+    alice.client.send(dm, "hello").await.unwrap();
+    let ev = raw.next_delivered().await;
+    assert_eq!(ev.conversation_id, dm.0);
+    // quinn advertises `min_ack_delay`, so the server asks it for fewer acknowledgements
+    // (PROTOCOL.md §3.1) as soon as the handshake is done, long before this delivery.
+    let asked = raw.conn.stats().frame_rx.ack_frequency;
+    assert!(asked >= 1, "the server sent an ACK_FREQUENCY frame (got {asked})");
 }

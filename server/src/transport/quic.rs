@@ -84,14 +84,24 @@ impl ControlSend for quinn::SendStream {
     }
 }
 
+/// How many ack-eliciting packets a client that supports the ACK frequency extension may
+/// receive before it must acknowledge (PROTOCOL.md §3.1): at most every tenth packet, or
+/// within its `max_ack_delay` (25 ms), whichever comes first. By default QUIC acknowledges
+/// every second packet, so a busy delivery stream brought back one ACK datagram for every
+/// two it sent — each received, decrypted and processed by the server like any other.
+pub const ACK_ELICITING_THRESHOLD: u32 = 9;
+
 /// Transport parameters: one client-opened bidirectional stream (control), `uploads`
 /// client-opened unidirectional streams (PROTOCOL.md §11.2), keep-alives from the client,
-/// a bounded idle timeout.
+/// a bounded idle timeout, and fewer acknowledgements from clients that can be asked.
 pub fn transport_config(idle: Duration, uploads: u32) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(1u32.into());
     t.max_concurrent_uni_streams(uploads.into());
     t.max_idle_timeout(Some(idle.try_into().expect("idle timeout in range")));
+    let mut acks = quinn::AckFrequencyConfig::default();
+    acks.ack_eliciting_threshold(ACK_ELICITING_THRESHOLD.into());
+    t.ack_frequency_config(Some(acks));
     t
 }
 
