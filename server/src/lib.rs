@@ -9,12 +9,14 @@
 //! streams) → [`api`] (one function per request) → [`cluster`] (several nodes on Redis) →
 //! [`conversation`] (shards: order, permissions, group commit) → [`session`] (hub, presence)
 //! → [`store`] (durable state behind the `Store` trait). [`security`] (accounts and tokens,
-//! rate limits, TLS), [`ops`] (metrics and readiness), [`clock`] and [`error`] sit beside the
+//! rate limits, TLS), [`ops`] (metrics and readiness), [`background`] (CPU work below chat's
+//! priority), [`chat_first`], [`clock`] and [`error`] sit beside the
 //! layers and import none of them.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod app;
+pub mod background;
 pub mod chat_first;
 pub mod clock;
 pub mod cluster;

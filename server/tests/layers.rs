@@ -21,7 +21,7 @@ const LAYERS: &[&str] = &[
     "store",
 ];
 /// Beside the layers: any layer may use them; they use no layer.
-const SIDE: &[&str] = &["security", "clock", "error", "chat_first", "ops"];
+const SIDE: &[&str] = &["security", "clock", "error", "chat_first", "background", "ops"];
 /// The composition root: it may use everything, and nothing may use it.
 const ROOT: &[&str] = &["app", "config", "main", "lib"];
 

@@ -501,7 +501,7 @@ impl Media {
             // Hashing is file work too: below chat's priority (background.rs).
             hasher = {
                 let b = b.clone();
-                background::blocking(move || {
+                crate::background::blocking(move || {
                     hasher.update(&b);
                     hasher
                 })
@@ -537,7 +537,7 @@ impl Media {
             ..Default::default()
         };
         if process::is_raster(&mime) && keep_all {
-            let out = background::blocking(move || process::image(&all, &mime))
+            let out = crate::background::blocking(move || process::image(&all, &mime))
                 .await
                 .map_err(|e| err(ErrorCode::Internal, e.to_string()))?
                 .map_err(|e| err(ErrorCode::MediaRejected, e.0))?;

@@ -45,7 +45,7 @@ pub async fn ops_for(store: &dyn Store, ev: &pb::ConversationEvent) -> Result<Ve
         Some(Body::Message(m)) => {
             let Some(body) = &m.body else { return Ok(Vec::new()) };
             match content(body, &body.text) {
-                Some((names, has)) => vec![Op::Put(Doc {
+                Some((names, has)) => vec![Op::Add(Doc {
                     conversation: conv,
                     seq: ev.seq,
                     sender: UserId(ev.sender_user_id),
@@ -95,7 +95,8 @@ pub async fn ops_for(store: &dyn Store, ev: &pb::ConversationEvent) -> Result<Ve
 /// Apply `batch` off the async runtime (an index commit writes and syncs files).
 pub async fn apply<I: SearchIndex + ?Sized + 'static>(index: &Arc<I>, batch: Batch) -> Result<(), SearchError> {
     let index = index.clone();
-    tokio::task::spawn_blocking(move || index.apply(&batch))
+    // Below chat's priority: a commit's burst of CPU must not show in delivery latency.
+    crate::background::blocking(move || index.apply(&batch))
         .await
         .map_err(|e| SearchError::Index(format!("index task: {e}")))?
 }

@@ -49,6 +49,10 @@ impl Doc {
 /// A change to the index.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
+    /// A new message, past its conversation's position: nothing in the index to replace
+    /// (a conversation's events are applied in seq order, each batch with the position
+    /// it reaches, in one commit).
+    Add(Doc),
     /// Add a message, or replace it (an edit).
     Put(Doc),
     /// A message was deleted.

@@ -120,7 +120,9 @@ impl TantivyIndex {
             }
             Err(e) => return Err(e.into()),
         };
-        let writer = index.writer_with_num_threads(1, WRITER_BYTES)?;
+        // The writer's threads (indexing, merging, compressing) start at the priority of
+        // the thread that makes it: below chat's.
+        let writer = crate::background::on_own_thread(|| index.writer_with_num_threads(1, WRITER_BYTES))?;
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
         Ok(TantivyIndex {
             index,
@@ -128,6 +130,61 @@ impl TantivyIndex {
             writer: Mutex::new(Some(writer)),
             reader,
         })
+    }
+
+    /// Stage `batch`'s changes and its positions in `writer`, and commit them as one.
+    fn commit(&self, writer: &mut IndexWriter, batch: &Batch) -> Result<(), SearchError> {
+        let f = self.fields;
+        for op in &batch.ops {
+            match op {
+                // No delete to queue: each one is looked up in every segment at commit.
+                Op::Add(d) => {
+                    writer.add_document(self.document(d))?;
+                }
+                Op::Put(d) => {
+                    writer.delete_term(Term::from_field_text(f.id, &doc_id(d.conversation, d.seq)));
+                    writer.add_document(self.document(d))?;
+                }
+                Op::Remove { conversation, seq } => {
+                    writer.delete_term(Term::from_field_text(f.id, &doc_id(*conversation, *seq)));
+                }
+                Op::RemoveConversation(c) => {
+                    writer.delete_term(Term::from_field_u64(f.conv, c.0));
+                }
+                Op::RemoveThrough { conversation, seq } => {
+                    // The conversation's messages (not its position) up to `seq`.
+                    let up_to = RangeQuery::new(Bound::Unbounded, Bound::Included(Term::from_field_u64(f.seq, *seq)));
+                    let q = all_of(vec![
+                        u64_is(f.conv, conversation.0),
+                        kind(f.kind, "msg"),
+                        Box::new(up_to),
+                    ]);
+                    writer.delete_query(Box::new(q))?;
+                }
+                Op::RemoveSender { conversation, sender } => {
+                    let q = all_of(vec![u64_is(f.conv, conversation.0), u64_is(f.sender, sender.0)]);
+                    writer.delete_query(Box::new(q))?;
+                }
+            }
+        }
+        // After the ops: a conversation deleted in this batch still gets its position.
+        for (conv, seq) in &batch.through {
+            writer.delete_term(Term::from_field_text(f.id, &pos_id(*conv)));
+            let mut doc = TantivyDocument::default();
+            doc.add_text(f.id, pos_id(*conv));
+            doc.add_text(f.kind, "pos");
+            doc.add_u64(f.conv, conv.0);
+            doc.add_u64(f.seq, *seq);
+            writer.add_document(doc)?;
+        }
+        let mut commit = writer.prepare_commit()?;
+        if let Some(c) = &batch.cursor {
+            commit.set_payload(c);
+        } else if let Some(old) = self.index.load_metas()?.payload {
+            commit.set_payload(&old);
+        }
+        commit.commit()?;
+        Ok(())
     }
 
     fn document(&self, d: &Doc) -> TantivyDocument {
@@ -294,56 +351,17 @@ fn pos_id(conv: ConversationId) -> String {
 
 impl SearchIndex for TantivyIndex {
     fn apply(&self, batch: &Batch) -> Result<(), SearchError> {
-        let f = self.fields;
         let mut guard = self.writer.lock().expect("index writer");
         let writer = guard
             .as_mut()
             .ok_or_else(|| SearchError::Index("the index is closed".into()))?;
-        for op in &batch.ops {
-            match op {
-                Op::Put(d) => {
-                    writer.delete_term(Term::from_field_text(f.id, &doc_id(d.conversation, d.seq)));
-                    writer.add_document(self.document(d))?;
-                }
-                Op::Remove { conversation, seq } => {
-                    writer.delete_term(Term::from_field_text(f.id, &doc_id(*conversation, *seq)));
-                }
-                Op::RemoveConversation(c) => {
-                    writer.delete_term(Term::from_field_u64(f.conv, c.0));
-                }
-                Op::RemoveThrough { conversation, seq } => {
-                    // The conversation's messages (not its position) up to `seq`.
-                    let up_to = RangeQuery::new(Bound::Unbounded, Bound::Included(Term::from_field_u64(f.seq, *seq)));
-                    let q = all_of(vec![
-                        u64_is(f.conv, conversation.0),
-                        kind(f.kind, "msg"),
-                        Box::new(up_to),
-                    ]);
-                    writer.delete_query(Box::new(q))?;
-                }
-                Op::RemoveSender { conversation, sender } => {
-                    let q = all_of(vec![u64_is(f.conv, conversation.0), u64_is(f.sender, sender.0)]);
-                    writer.delete_query(Box::new(q))?;
-                }
-            }
+        // A batch that fails is undone whole: its documents must not linger in the writer
+        // for the next commit (the feed applies the batch again, and an `Add` replaces
+        // nothing).
+        if let Err(e) = self.commit(writer, batch) {
+            let _ = writer.rollback();
+            return Err(e);
         }
-        // After the ops: a conversation deleted in this batch still gets its position.
-        for (conv, seq) in &batch.through {
-            writer.delete_term(Term::from_field_text(f.id, &pos_id(*conv)));
-            let mut doc = TantivyDocument::default();
-            doc.add_text(f.id, pos_id(*conv));
-            doc.add_text(f.kind, "pos");
-            doc.add_u64(f.conv, conv.0);
-            doc.add_u64(f.seq, *seq);
-            writer.add_document(doc)?;
-        }
-        let mut commit = writer.prepare_commit()?;
-        if let Some(c) = &batch.cursor {
-            commit.set_payload(c);
-        } else if let Some(old) = self.index.load_metas()?.payload {
-            commit.set_payload(&old);
-        }
-        commit.commit()?;
         // A deleted account's messages leave the files too (PROTOCOL.md §5.16): deleted
         // documents stay in their segment until it is merged, so merge every segment now
         // and remove the files the merge replaced.

@@ -163,9 +163,10 @@ fn edits_replace_deletes_remove_and_a_reopened_index_keeps_both_and_its_position
         assert_eq!(ix.cursor().unwrap(), None);
         ix.apply(&Batch {
             ops: vec![
-                Op::Put(doc(1, 1, 7, 10, "first draft")),
-                Op::Put(doc(1, 2, 7, 20, "to be deleted")),
-                Op::Put(doc(2, 1, 7, 30, "draft elsewhere")),
+                // New messages are added (nothing to replace); the edit below replaces.
+                Op::Add(doc(1, 1, 7, 10, "first draft")),
+                Op::Add(doc(1, 2, 7, 20, "to be deleted")),
+                Op::Add(doc(2, 1, 7, 30, "draft elsewhere")),
             ],
             through: vec![(c1, 2), (c2, 1)],
             cursor: Some("s1".into()),
