@@ -113,7 +113,7 @@ pub fn search_index(o: &SearchIndexOpts) -> anyhow::Result<serde_json::Value> {
             if kept.len() < 10_000 && rng.gen_ratio(1, 50) {
                 kept.push(text.clone());
             }
-            ops.push(Op::Put(Doc {
+            ops.push(Op::Add(Doc {
                 conversation: ConversationId(conv),
                 seq,
                 sender: UserId(rng.gen_range(1..=1_000)),
