@@ -46,6 +46,8 @@ pub struct SledStore {
     /// Every write holds it shared while it applies and flushes; a backup holds it
     /// exclusively while it copies, so the copy is one point in time ([`Self::snapshot_into`]).
     gate: Arc<tokio::sync::RwLock<()>>,
+    /// Push records as last read or written (one read per recipient of every message).
+    push_records: Arc<super::push::RecordCache>,
 }
 
 fn key(prefix: &[u8], parts: &[&[u8]]) -> Vec<u8> {
@@ -143,6 +145,7 @@ impl SledStore {
             health: Health::open(dir, reserve).map_err(backend)?,
             keys: Arc::new(ContentKeys::open(&dir.join(CONTENT_KEYS))?),
             gate: Arc::default(),
+            push_records: Arc::default(),
         })
     }
 
@@ -153,6 +156,7 @@ impl SledStore {
             health: Health::open(dir, None).map_err(backend)?,
             keys: Arc::new(ContentKeys::open(keys)?),
             gate: Arc::default(),
+            push_records: Arc::default(),
         })
     }
 
@@ -1009,11 +1013,13 @@ impl Store for SledStore {
     }
 
     async fn push_record(&self, user: UserId) -> Result<Option<PushRecord>, StoreError> {
-        self.get_record(&key(b"pr/", &[&be(user.0)])).await
+        let k = key(b"pr/", &[&be(user.0)]);
+        self.push_records.read_through(user, self.get_record(&k)).await
     }
 
     async fn put_push_record(&self, rec: &PushRecord) -> Result<(), StoreError> {
-        self.put_versioned(key(b"pr/", &[&be(rec.user.0)]), rec.clone()).await
+        let write = self.put_versioned(key(b"pr/", &[&be(rec.user.0)]), rec.clone());
+        self.push_records.write_through(rec, write).await
     }
 
     async fn enqueue_push(&self, job: &PushJob) -> Result<(), StoreError> {
