@@ -23,16 +23,21 @@ pub const NICE: i32 = 10;
 
 fn runtime() -> &'static Runtime {
     static RT: OnceLock<Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .max_blocking_threads(16)
-            .thread_name("natter-background")
-            .on_thread_start(lower_priority)
-            .enable_all()
-            .build()
-            .expect("the background runtime starts")
-    })
+    RT.get_or_init(|| side_runtime("natter-background", true))
+}
+
+/// A runtime beside the chat runtime: one worker and up to 16 blocking threads named
+/// `name`, at nice +10 when `nicer`. For work that must not run on chat's threads.
+pub fn side_runtime(name: &str, nicer: bool) -> Runtime {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.worker_threads(1)
+        .max_blocking_threads(16)
+        .thread_name(name)
+        .enable_all();
+    if nicer {
+        b.on_thread_start(lower_priority);
+    }
+    b.build().expect("a side runtime starts")
 }
 
 /// Lower this thread's CPU priority by [`NICE`] (Linux: nice is per thread). Best effort:

@@ -19,15 +19,7 @@ use tokio::task::JoinError;
 /// it would only stall the transfer it feeds.
 fn io_runtime() -> &'static Runtime {
     static RT: OnceLock<Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .max_blocking_threads(16)
-            .thread_name("natter-media-io")
-            .enable_all()
-            .build()
-            .expect("the media runtime starts")
-    })
+    RT.get_or_init(|| crate::background::side_runtime("natter-media-io", false))
 }
 
 /// Run blob store I/O on the media I/O runtime and wait for it; an error if it panicked.
