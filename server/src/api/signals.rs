@@ -34,7 +34,7 @@ pub async fn typing(ctx: &Ctx, actor: &Actor, conv: u64) -> Result<(), ServerErr
 /// Every member's cursors.
 pub(super) async fn receipts(ctx: &Ctx, v: &ConvView) -> Result<Vec<pb::MemberReceipt>, ServerError> {
     let mut out = Vec::with_capacity(v.members.len());
-    for m in &v.members {
+    for m in v.members.iter() {
         out.push(pb::MemberReceipt {
             user_id: m.user.0,
             delivered_seq: ctx.store.delivered_cursor(m.user, v.meta.id).await?.0,

@@ -67,6 +67,7 @@ mod tests {
             last_seq: Seq(1),
             last_time_ms: 0,
             last_sent: Default::default(),
+            member_list: None,
         }
     }
 

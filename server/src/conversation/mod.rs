@@ -183,8 +183,8 @@ pub struct ConvView {
     pub last_seq: Seq,
     /// The caller's membership.
     pub me: MemberRecord,
-    /// All members.
-    pub members: Vec<MemberRecord>,
+    /// All members (shared with the shard until they change).
+    pub members: Arc<Vec<MemberRecord>>,
 }
 
 /// Per-kind member limits.
@@ -576,6 +576,7 @@ impl Shard {
                             last_seq: rec.last_seq,
                             last_time_ms,
                             last_sent: HashMap::new(),
+                            member_list: None,
                         },
                     );
                 }
@@ -588,11 +589,15 @@ impl Shard {
     async fn view(&mut self, id: ConversationId, user: UserId) -> Result<ConvView, ServerError> {
         let conv = live(self.load(id).await?)?;
         let me = conv.members.get(&user).cloned().ok_or_else(not_member)?;
+        let members = conv
+            .member_list
+            .get_or_insert_with(|| Arc::new(conv.members.values().cloned().collect()))
+            .clone();
         Ok(ConvView {
             meta: conv.meta.clone(),
             last_seq: conv.last_seq,
             me,
-            members: conv.members.values().cloned().collect(),
+            members,
         })
     }
 

@@ -3,6 +3,7 @@
 //! tasks: the shard actor in [`super`] loads state, calls these, and commits the result,
 //! which is why every rule here has a unit test that runs in microseconds.
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use natter_protocol::pb::{self, conversation_event::Body, ConversationKind as Kind, ErrorCode, Role};
 use natter_protocol::timeline::DELETED_USER;
@@ -25,6 +26,11 @@ pub(crate) struct Conv {
     /// When each member last sent, for slow mode (this shard's memory only: a member
     /// whose conversation moved shards may send once early).
     pub(crate) last_sent: HashMap<UserId, u64>,
+    /// The members as one shared list, made by the first view that needs it and dropped
+    /// when they change: a view is asked for by every delivery ack and read mark, and
+    /// copying a channel's 10,000 members for each would make a message's acks cost
+    /// O(members²).
+    pub(crate) member_list: Option<Arc<Vec<MemberRecord>>>,
 }
 
 impl Conv {
@@ -231,6 +237,7 @@ pub(crate) fn create(
         last_seq: seq,
         last_time_ms: now,
         last_sent: HashMap::new(),
+        member_list: None,
     };
     (commit, recipients, conv)
 }
@@ -640,6 +647,9 @@ pub(crate) fn apply(
     }
     for u in &commit.remove_members {
         conv.members.remove(u);
+    }
+    if !commit.upsert_members.is_empty() || !commit.remove_members.is_empty() {
+        conv.member_list = None;
     }
     if let Some(meta) = &commit.meta {
         conv.meta = meta.clone();

@@ -714,3 +714,24 @@ fn mutes_bans_and_slow_mode() {
     apply(&mut c, &actor(1), send("o2", "f"), NOW + 1201, LIMITS).unwrap();
     apply(&mut c, &actor(3), send("2", "g"), NOW + 2000, LIMITS).expect("a second later");
 }
+
+#[test]
+fn the_shared_member_list_is_dropped_exactly_when_the_members_change() {
+    let mut c = conv(Kind::Group, &[2]);
+    let shared = |c: &mut Conv| {
+        let list: Vec<_> = c.members.values().cloned().collect();
+        c.member_list = Some(std::sync::Arc::new(list));
+    };
+    shared(&mut c);
+    apply(&mut c, &actor(1), send("hi", "k1"), NOW, LIMITS).unwrap();
+    assert!(c.member_list.is_some(), "a message leaves the members as they were");
+    for change in [
+        Mutation::AddMembers(others(&[3])),
+        Mutation::SetRole(UserId(3), Role::Admin),
+        Mutation::Remove(UserId(3)),
+    ] {
+        shared(&mut c);
+        apply(&mut c, &actor(1), change, NOW, LIMITS).unwrap();
+        assert!(c.member_list.is_none(), "a change of members drops the shared list");
+    }
+}
