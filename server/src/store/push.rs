@@ -186,18 +186,18 @@ impl std::fmt::Debug for RecordCache {
 }
 
 impl RecordCache {
-    /// `user`'s record: as held, or from `read` (held afterwards unless a write overlapped).
-    pub async fn read_through<E>(
-        &self,
-        user: UserId,
-        read: impl Future<Output = Result<Option<PushRecord>, E>>,
-    ) -> Result<Option<PushRecord>, E> {
+    /// `user`'s record: as held, or from what `read` makes (held afterwards unless a write
+    /// overlapped). `read` is called only when nothing is held.
+    pub async fn read_through<E, F>(&self, user: UserId, read: impl FnOnce() -> F) -> Result<Option<PushRecord>, E>
+    where
+        F: Future<Output = Result<Option<PushRecord>, E>>,
+    {
         if let Some(held) = self.held.lock().expect("push record cache").get(&user) {
             return Ok(held.clone());
         }
         let begun = self.writes_begun.load(Ordering::SeqCst);
         let quiet = begun == self.writes_ended.load(Ordering::SeqCst);
-        let rec = read.await?;
+        let rec = read().await?;
         if quiet && self.writes_begun.load(Ordering::SeqCst) == begun {
             self.held.lock().expect("push record cache").put(user, rec.clone());
         }
@@ -248,9 +248,9 @@ mod tests {
         let alice = UserId(1);
         let read = |v: Option<u64>| async move { Ok::<_, ()>(v.map(|v| record(1, v))) };
         // Nothing held: the read goes to the store, and is held.
-        assert_eq!(cache.read_through(alice, read(None)).await, Ok(None));
+        assert_eq!(cache.read_through(alice, || read(None)).await, Ok(None));
         assert_eq!(
-            cache.read_through(alice, read(Some(9))).await,
+            cache.read_through(alice, || read(Some(9))).await,
             Ok(None),
             "held: the store not asked"
         );
@@ -261,13 +261,17 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            cache.read_through(alice, read(None)).await.unwrap().map(|r| r.version),
+            cache
+                .read_through(alice, || read(None))
+                .await
+                .unwrap()
+                .map(|r| r.version),
             Some(1)
         );
         assert_eq!(cache.write_through(&record(1, 2), async { Err(()) }).await, Err(()));
         assert_eq!(
             cache
-                .read_through(alice, read(Some(1)))
+                .read_through(alice, || read(Some(1)))
                 .await
                 .unwrap()
                 .map(|r| r.version),
@@ -279,7 +283,7 @@ mod tests {
         // answered, not held.
         let bob = UserId(2);
         let (go, wait) = tokio::sync::oneshot::channel::<()>();
-        let stale = cache.read_through(bob, async move {
+        let stale = cache.read_through(bob, || async move {
             wait.await.unwrap();
             Ok::<_, ()>(None)
         });
@@ -293,7 +297,7 @@ mod tests {
         let (got, ()) = tokio::join!(stale, write);
         assert_eq!(got, Ok(None));
         assert_eq!(
-            cache.read_through(bob, read(None)).await.unwrap().map(|r| r.version),
+            cache.read_through(bob, || read(None)).await.unwrap().map(|r| r.version),
             Some(1),
             "the write's record is held, not the stale read"
         );

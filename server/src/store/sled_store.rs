@@ -1013,8 +1013,13 @@ impl Store for SledStore {
     }
 
     async fn push_record(&self, user: UserId) -> Result<Option<PushRecord>, StoreError> {
-        let k = key(b"pr/", &[&be(user.0)]);
-        self.push_records.read_through(user, self.get_record(&k)).await
+        // The key is made only when the cache does not hold the record.
+        self.push_records
+            .read_through(
+                user,
+                || async move { self.get_record(&key(b"pr/", &[&be(user.0)])).await },
+            )
+            .await
     }
 
     async fn put_push_record(&self, rec: &PushRecord) -> Result<(), StoreError> {
