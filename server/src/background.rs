@@ -19,7 +19,7 @@ use tokio::task::JoinError;
 
 /// How much nicer background threads are than the thread that started them (nice +10: CFS
 /// weight 110 against chat's 1024).
-pub const NICE: i32 = 10;
+const NICE: i32 = 10;
 
 fn runtime() -> &'static Runtime {
     static RT: OnceLock<Runtime> = OnceLock::new();
