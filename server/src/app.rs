@@ -779,9 +779,13 @@ async fn open_store_parts(
             (sled.clone(), None, Some(sled))
         }
         Storage::Redis => {
-            let conn = RedisConn::connect(&config.redis_urls, config.redis_cluster)
-                .await
-                .with_context(|| format!("connecting to Redis at {:?}", config.redis_urls))?;
+            let conn = RedisConn::connect(
+                &config.redis_urls,
+                config.redis_cluster,
+                std::time::Duration::from_millis(config.redis_wait_timeout_ms),
+            )
+            .await
+            .with_context(|| format!("connecting to Redis at {:?}", config.redis_urls))?;
             let durability = Durability {
                 replicas: config.redis_wait_replicas,
                 timeout_ms: config.redis_wait_timeout_ms,

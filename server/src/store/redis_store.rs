@@ -64,21 +64,58 @@ impl std::fmt::Debug for RedisConn {
     }
 }
 
+/// How long one command may wait for its answer beyond the longest `WAIT` it may carry. A
+/// single server: the client library's own default. A cluster: more, since each node fsyncs
+/// on its own and a slow one should not fail a healthy commit; the cluster client has no
+/// limit of its own, and a node that never answers must not hold a caller forever.
+const SINGLE_RESPONSE: std::time::Duration = std::time::Duration::from_millis(500);
+const CLUSTER_RESPONSE: std::time::Duration = std::time::Duration::from_secs(5);
+/// Opening one TCP connection to a node.
+const CONNECT: std::time::Duration = std::time::Duration::from_secs(1);
+/// Joining a cluster (connections to the seed nodes and the slot map), per try. The cluster
+/// client can wait forever here (redis-rs issue 1953), so it is bounded and tried again.
+const CLUSTER_JOIN: std::time::Duration = std::time::Duration::from_secs(10);
+const CLUSTER_JOIN_TRIES: u32 = 3;
+
 impl RedisConn {
     /// Connect: one URL is a single server, several are the seed nodes of a cluster.
-    pub async fn connect(urls: &[String], cluster: bool) -> Result<Self, StoreError> {
+    /// `longest_wait` is the longest `WAIT` a command may carry
+    /// ([`Durability::timeout_ms`]); every command's answer is awaited that long and a
+    /// margin more, never forever.
+    pub async fn connect(
+        urls: &[String],
+        cluster: bool,
+        longest_wait: std::time::Duration,
+    ) -> Result<Self, StoreError> {
         if cluster {
-            let client = redis::cluster::ClusterClient::new(urls.to_vec()).map_err(backend)?;
-            Ok(RedisConn::Cluster(
-                client.get_async_connection().await.map_err(backend)?,
-            ))
+            let client = redis::cluster::ClusterClient::builder(urls.to_vec())
+                .connection_timeout(CONNECT)
+                .response_timeout(CLUSTER_RESPONSE + longest_wait)
+                .build()
+                .map_err(backend)?;
+            let mut last = String::new();
+            for _ in 0..CLUSTER_JOIN_TRIES {
+                match tokio::time::timeout(CLUSTER_JOIN, client.get_async_connection()).await {
+                    Ok(Ok(conn)) => return Ok(RedisConn::Cluster(conn)),
+                    Ok(Err(e)) => last = e.to_string(),
+                    Err(_) => last = format!("no answer within {CLUSTER_JOIN:?}"),
+                }
+            }
+            Err(StoreError::Unavailable(format!(
+                "joining the Redis Cluster failed {CLUSTER_JOIN_TRIES} times; last: {last}"
+            )))
         } else {
             let url = urls
                 .first()
                 .ok_or_else(|| StoreError::Backend("no Redis URL configured".into()))?;
             let client = redis::Client::open(url.as_str()).map_err(backend)?;
+            let config = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(CONNECT))
+                .set_response_timeout(Some(SINGLE_RESPONSE + longest_wait));
             Ok(RedisConn::Single(
-                ConnectionManager::new(client).await.map_err(backend)?,
+                ConnectionManager::new_with_config(client, config)
+                    .await
+                    .map_err(backend)?,
             ))
         }
     }
@@ -1542,7 +1579,11 @@ mod tests {
         use crate::store::{testredis::TestRedis, RedisConn, RedisStore};
         crate::store::suite::store_suite!({
             let redis = TestRedis::start();
-            let store = RedisStore::new(RedisConn::connect(&[redis.url()], false).await.unwrap());
+            let store = RedisStore::new(
+                RedisConn::connect(&[redis.url()], false, std::time::Duration::ZERO)
+                    .await
+                    .unwrap(),
+            );
             (redis, store)
         });
     }
@@ -1552,7 +1593,11 @@ mod tests {
         use crate::store::{testredis::TestRedis, RedisConn, RedisStore};
         crate::store::suite::store_suite!({
             let cluster = TestRedis::cluster(3);
-            let store = RedisStore::new(RedisConn::connect(&cluster.urls(), true).await.unwrap());
+            let store = RedisStore::new(
+                RedisConn::connect(&cluster.urls(), true, std::time::Duration::ZERO)
+                    .await
+                    .unwrap(),
+            );
             (cluster, store)
         });
     }
@@ -1562,7 +1607,11 @@ mod tests {
     #[tokio::test]
     async fn a_read_only_or_unreachable_redis_is_unavailable_not_internal() {
         let redis = crate::store::testredis::TestRedis::start();
-        let store = RedisStore::new(RedisConn::connect(&[redis.url()], false).await.unwrap());
+        let store = RedisStore::new(
+            RedisConn::connect(&[redis.url()], false, std::time::Duration::ZERO)
+                .await
+                .unwrap(),
+        );
         store.create_user("ann", "h", 1).await.unwrap();
         // Demote it: a replica of a primary that does not exist is read-only.
         let client = redis::Client::open(redis.url()).unwrap();
@@ -1593,7 +1642,11 @@ mod tests {
     #[tokio::test]
     async fn a_commit_on_a_stale_view_is_a_conflict_and_changes_nothing() {
         let redis = crate::store::testredis::TestRedis::start();
-        let store = RedisStore::new(RedisConn::connect(&[redis.url()], false).await.unwrap());
+        let store = RedisStore::new(
+            RedisConn::connect(&[redis.url()], false, std::time::Duration::ZERO)
+                .await
+                .unwrap(),
+        );
         let conv = store.allocate_conversation_id().await.unwrap();
         let ev = |seq: u64, text: &str| Commit {
             event: pb::ConversationEvent {

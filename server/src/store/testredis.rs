@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 /// How long a Redis may take to come up.
 const START: Duration = Duration::from_secs(20);
+/// How long `redis-cli --cluster create` may take.
+const CREATE: Duration = Duration::from_secs(60);
 
 /// One or more running `redis-server` processes.
 #[derive(Debug)]
@@ -160,16 +162,20 @@ impl TestRedis {
                 ports,
                 _dir: dir,
             };
-            let out = Command::new("redis-cli")
+            // `redis-cli --cluster create` waits for the nodes to agree with no limit of its
+            // own; a join that never settles is cut short and tried again on new servers.
+            let out = Command::new("timeout")
+                .args(["-k", "5", &CREATE.as_secs().to_string(), "redis-cli"])
                 .args(["--cluster", "create"])
                 .args(redis.ports.iter().map(|p| format!("127.0.0.1:{p}")))
                 .args(["--cluster-replicas", "0", "--cluster-yes"])
                 .stdin(Stdio::null())
                 .output()
-                .expect("redis-cli runs");
+                .expect("timeout and redis-cli run");
             if !out.status.success() {
                 last = format!(
-                    "{}{}",
+                    "({}) {}{}",
+                    out.status,
                     String::from_utf8_lossy(&out.stdout),
                     String::from_utf8_lossy(&out.stderr)
                 );
