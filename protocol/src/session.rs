@@ -29,8 +29,12 @@ use crate::validate::{self, ValidationError};
 #[derive(Debug)]
 enum Purpose {
     App,
-    /// Fire-and-forget (delivery acks, heartbeats): the response only frees the slot.
+    /// Fire-and-forget (heartbeats, token refreshes): the response only frees the slot.
     Ack,
+    /// A delivery ack (`MarkDelivered`) up to this seq: its `Done` is the server's word that
+    /// the user's delivered cursor moved, which the server does not repeat to this device
+    /// as a `ReceiptUpdate` (PROTOCOL.md §5.10).
+    Delivered(ConversationId, Seq),
     /// Typing over the control stream (no datagrams): only an error matters.
     Typing(ConversationId),
     Authenticate,
@@ -401,7 +405,11 @@ impl ClientSession {
                     id,
                     result: Err(RequestError::ConnectionLost),
                 }),
-                Purpose::Send(_) | Purpose::Authenticate | Purpose::Ack | Purpose::Typing(_) => {}
+                Purpose::Send(_)
+                | Purpose::Authenticate
+                | Purpose::Ack
+                | Purpose::Delivered(..)
+                | Purpose::Typing(_) => {}
                 Purpose::GapFetch(c) => {
                     if let Some(st) = self.convs.get_mut(&c) {
                         st.fetching = false;
@@ -446,7 +454,7 @@ impl ClientSession {
                     }
                     self.fetch_queue.push_back(c);
                 }
-                Purpose::Ack | Purpose::Typing(_) => {}
+                Purpose::Ack | Purpose::Delivered(..) | Purpose::Typing(_) => {}
                 Purpose::Authenticate => self.events.push_back(SessionEvent::ConnectionError(ServerError::new(
                     pb::ErrorCode::Internal,
                     "authentication timed out",
@@ -642,7 +650,7 @@ impl ClientSession {
                 seq: seq.0,
             });
             let id = self.alloc_id();
-            self.put_request(id, op, Purpose::Ack);
+            self.put_request(id, op, Purpose::Delivered(c, seq));
         }
         // Gap fetches: re-derive the queue from state so nothing is forgotten.
         for (c, st) in &self.convs {
@@ -798,6 +806,11 @@ impl ClientSession {
             },
             Purpose::Send(cid) => self.on_send_result(id, cid, result),
             Purpose::Ack => {}
+            Purpose::Delivered(c, seq) => {
+                if result.is_ok() {
+                    self.own_delivered(c, seq);
+                }
+            }
             Purpose::Typing(conversation_id) => {
                 if let Err(error) = result {
                     self.events

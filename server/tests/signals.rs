@@ -265,6 +265,86 @@ async fn a_dm_message_goes_sent_delivered_read_on_both_sender_devices() {
     s.shutdown().await;
 }
 
+/// Read a raw connection's control stream until `responses` responses and a
+/// `ReceiptUpdate` for `user` for which `last` holds have arrived; that user's updates in
+/// order (the last included).
+async fn receipts_until(
+    raw: &mut Raw,
+    user: u64,
+    mut responses: usize,
+    last: impl Fn(&pb::ReceiptUpdate) -> bool,
+) -> Vec<pb::ReceiptUpdate> {
+    let mut seen = Vec::new();
+    let mut done = false;
+    while !done || responses > 0 {
+        match raw.read().await.expect("the control stream stays open").kind {
+            Some(pb::frame::Kind::Signal(pb::Signal {
+                kind: Some(pb::signal::Kind::Receipt(r)),
+            })) if r.user_id == user => {
+                done |= last(&r);
+                seen.push(r);
+            }
+            Some(pb::frame::Kind::Response(r)) => {
+                assert!(matches!(r.result, Some(pb::response::Result::Done(_))), "{r:?}");
+                responses -= 1;
+            }
+            _ => continue,
+        }
+    }
+    seen
+}
+
+/// PROTOCOL.md §5.10: a delivery ack's own `Done` is the acking device's word that the
+/// delivered cursor moved; the server sends the `ReceiptUpdate` to the user's other devices
+/// only. A read mark, which carries the unread count, goes to every device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_ack_is_echoed_to_the_users_other_devices_not_back_to_the_acking_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path()).await;
+    let a = user(&s, "alice").await;
+    let b = user(&s, "bob").await;
+    let dm = dm_id(&a).await;
+    let (_, bob) = ids(&a).await;
+    b.client.shutdown().await;
+    let (mut acking, mut other) = (
+        Raw::hello(s.addr, &s.fingerprint).await,
+        Raw::hello(s.addr, &s.fingerprint).await,
+    );
+    acking.login("bob").await;
+    other.login("bob").await;
+    let seq = a.client.send(ConversationId(dm), "hi").await.unwrap().seq.0;
+    let ack = Op::MarkDelivered(pb::MarkDelivered {
+        conversation_id: dm,
+        seq,
+    });
+    let read = Op::MarkRead(pb::MarkRead {
+        conversation_id: dm,
+        seq,
+    });
+    for (id, op) in [(100, ack), (101, read)] {
+        acking
+            .frame(pb::frame::Kind::Request(pb::Request { id, op: Some(op) }))
+            .await;
+    }
+    // The acking device: only the read mark's update (it carries the count, last_seq > 0);
+    // a delivered-only one would have come before it.
+    let mine = receipts_until(&mut acking, bob.0, 2, |r| r.last_seq > 0).await;
+    assert_eq!(
+        mine.len(),
+        1,
+        "no delivered-only update back to the acking device: {mine:?}"
+    );
+    assert_eq!((mine[0].delivered_seq, mine[0].read_seq), (seq, seq));
+    // The other device: the delivered move, then the read one.
+    let theirs = receipts_until(&mut other, bob.0, 0, |r| r.last_seq > 0).await;
+    let moves: Vec<(u64, u64, u64)> = theirs
+        .iter()
+        .map(|r| (r.delivered_seq, r.read_seq, r.last_seq))
+        .collect();
+    assert_eq!(moves, vec![(seq, 0, 0), (seq, seq, seq)]);
+    s.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_read_counts_move_as_each_member_reads() {
     use natter_sdk::DeliveryState::*;

@@ -189,6 +189,27 @@ impl ClientSession {
         }
     }
 
+    /// This device's own delivery ack was accepted: the user's delivered cursor is at
+    /// least `seq`, as the `ReceiptUpdate` the server sends the user's other devices says.
+    pub(super) fn own_delivered(&mut self, conv: ConversationId, seq: Seq) {
+        let Some(me) = self.identity.as_ref().map(|i| i.0) else {
+            return;
+        };
+        let (delivered, read) = self
+            .convs
+            .get(&conv)
+            .and_then(|st| st.receipts.get(&me))
+            .map_or((Seq(0), Seq(0)), |c| *c);
+        self.on_receipt(pb::ReceiptUpdate {
+            conversation_id: conv.0,
+            user_id: me.0,
+            delivered_seq: delivered.max(seq).0,
+            read_seq: read.0,
+            unread_count: 0,
+            last_seq: 0,
+        });
+    }
+
     pub(super) fn on_receipt(&mut self, r: pb::ReceiptUpdate) {
         let conv = ConversationId(r.conversation_id);
         let user = UserId(r.user_id);

@@ -1055,3 +1055,75 @@ fn the_unread_count_follows_others_messages_the_read_cursor_and_ones_own_sends()
     p.stream(1, &others(12..=13)[1..]);
     assert_eq!(unread(&p), Some(2));
 }
+
+#[test]
+fn a_delivery_acks_done_is_this_users_own_receipt_and_a_refusal_is_not() {
+    let mut p = Peer::new(Some("tok"));
+    p.connect(auth_ok(false, vec![summary(5, 0, 1)]));
+    let from_bob = |seq: u64| {
+        let mut e = ev(5, seq, "x");
+        e.sender_user_id = 2;
+        Kind::Event(e)
+    };
+    let own_receipts = |p: &mut Peer| -> Vec<(u64, u64)> {
+        p.events()
+            .into_iter()
+            .filter_map(|e| match e {
+                SessionEvent::Receipt {
+                    user_id: UserId(1),
+                    delivered_seq,
+                    read_seq,
+                    ..
+                } => Some((delivered_seq.0, read_seq.0)),
+                _ => None,
+            })
+            .collect()
+    };
+    p.stream(1, &[header(5), from_bob(1), from_bob(2)]);
+    let ack_id = |p: &mut Peer| {
+        let reqs = p.requests();
+        let [pb::Request {
+            id,
+            op: Some(Op::MarkDelivered(m)),
+        }] = &reqs[..]
+        else {
+            panic!("one delivery ack: {reqs:?}")
+        };
+        (*id, m.seq)
+    };
+    let (id, seq) = ack_id(&mut p);
+    assert_eq!(seq, 2);
+    assert!(own_receipts(&mut p).is_empty(), "nothing before the server accepts it");
+    // The server's Done moves this user's delivered cursor; it sends this device no
+    // ReceiptUpdate of its own for that (PROTOCOL.md §5.10).
+    p.respond(id, Res::Done(pb::Done {}));
+    assert_eq!(own_receipts(&mut p), vec![(2, 0)]);
+    // Read elsewhere up to 2: the read cursor is kept when a later ack moves delivery.
+    p.control(Kind::Signal(pb::Signal {
+        kind: Some(pb::signal::Kind::Receipt(pb::ReceiptUpdate {
+            conversation_id: 5,
+            user_id: 1,
+            delivered_seq: 2,
+            read_seq: 2,
+            unread_count: 0,
+            last_seq: 2,
+        })),
+    }));
+    assert_eq!(own_receipts(&mut p), vec![(2, 2)]);
+    p.stream(1, &[from_bob(3)]);
+    let (id, _) = ack_id(&mut p);
+    p.respond(id, Res::Done(pb::Done {}));
+    assert_eq!(own_receipts(&mut p), vec![(3, 2)]);
+    // A refused ack moves nothing.
+    p.stream(1, &[from_bob(4)]);
+    let (id, _) = ack_id(&mut p);
+    p.respond(
+        id,
+        Res::Error(pb::Error {
+            code: pb::ErrorCode::NotMember as i32,
+            message: "gone".into(),
+            ..Default::default()
+        }),
+    );
+    assert!(own_receipts(&mut p).is_empty());
+}

@@ -103,7 +103,13 @@ pub(super) async fn cursors_moved(
     } else {
         update(0, 0)
     };
-    ctx.hub.signal(&[actor.user], frame(own));
+    if read_moved {
+        ctx.hub.signal(&[actor.user], frame(own));
+    } else {
+        // Only the delivered cursor moved, by this device's own ack: its `Done` says so,
+        // and the SDK applies it (one packet less per delivery ack).
+        ctx.hub.signal_other_devices(actor.user, actor.device, frame(own));
+    }
     if v.meta.kind == Kind::Channel {
         return Ok(());
     }

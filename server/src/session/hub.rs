@@ -353,13 +353,21 @@ impl Hub {
     /// the cluster bus) on other nodes.
     pub fn publish(&self, recipients: &[UserId], event: Arc<pb::ConversationEvent>) {
         self.forward(|| Forward::Event(recipients.to_vec(), event.clone()));
-        self.push(recipients, RingItem::Event(EventFrame::new(event)));
+        self.push(recipients, RingItem::Event(EventFrame::new(event)), None);
     }
 
     /// Send an encoded signal frame to every session of every recipient (kept for replay).
     pub fn signal(&self, recipients: &[UserId], frame: Bytes) {
         self.forward(|| Forward::Signal(recipients.to_vec(), frame.clone()));
-        self.push(recipients, RingItem::Signal(frame));
+        self.push(recipients, RingItem::Signal(frame), None);
+    }
+
+    /// [`Hub::signal`] to every session of `user` but `device`'s, which caused it and knows
+    /// (its own delivery ack: PROTOCOL.md §5.10). That device is connected here, so other
+    /// nodes get the signal as usual.
+    pub fn signal_other_devices(&self, user: UserId, device: DeviceId, frame: Bytes) {
+        self.forward(|| Forward::Signal(vec![user], frame.clone()));
+        self.push(&[user], RingItem::Signal(frame), Some(device));
     }
 
     /// Send an ephemeral frame (typing) to the attached sessions of the recipients, skipping
@@ -372,8 +380,8 @@ impl Hub {
     /// Deliver what another node forwarded, to this node's sessions only.
     pub fn deliver_forwarded(&self, f: Forward) {
         match f {
-            Forward::Event(to, ev) => self.push(&to, RingItem::Event(EventFrame::new(ev))),
-            Forward::Signal(to, frame) => self.push(&to, RingItem::Signal(frame)),
+            Forward::Event(to, ev) => self.push(&to, RingItem::Event(EventFrame::new(ev)), None),
+            Forward::Signal(to, frame) => self.push(&to, RingItem::Signal(frame), None),
             Forward::Ephemeral(to, except, frame) => self.ephemeral_here(&to, except, frame),
         }
     }
@@ -441,7 +449,8 @@ impl Hub {
             .store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
-    fn push(&self, recipients: &[UserId], item: RingItem) {
+    /// Queue `item` for every session of every recipient, but `except`'s device.
+    fn push(&self, recipients: &[UserId], item: RingItem, except: Option<DeviceId>) {
         #[cfg(feature = "faults")]
         if let RingItem::Event(ev) = &item {
             let message = matches!(ev.body, Some(pb::conversation_event::Body::Message(_)));
@@ -455,6 +464,9 @@ impl Hub {
             // user's session list per recipient and event.
             let users = self.inner.users[stripe(*user)].lock().expect("hub lock");
             for s in users.get(user).into_iter().flatten() {
+                if except == Some(s.device) {
+                    continue;
+                }
                 let mut st = s.state.lock().expect("session lock");
                 st.ring.push_back(item.clone());
                 if st.ring.len() > cap {
