@@ -64,11 +64,12 @@ impl std::fmt::Debug for RedisConn {
     }
 }
 
-/// How long one command may wait for its answer beyond the longest `WAIT` it may carry. A
-/// single server: the client library's own default. A cluster: more, since each node fsyncs
-/// on its own and a slow one should not fail a healthy commit; the cluster client has no
-/// limit of its own, and a node that never answers must not hold a caller forever.
+/// How long one command may wait for its answer beyond the longest `WAIT` it may carry, on
+/// a single server: the client library's own default.
 const SINGLE_RESPONSE: std::time::Duration = std::time::Duration::from_millis(500);
+/// The same on a cluster: more, since each node fsyncs on its own and a slow one should not
+/// fail a healthy commit. The cluster client has no limit of its own, and a node that never
+/// answers must not hold a caller forever.
 const CLUSTER_RESPONSE: std::time::Duration = std::time::Duration::from_secs(5);
 /// Opening one TCP connection to a node.
 const CONNECT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -1635,6 +1636,32 @@ mod tests {
         drop(redis);
         let err = store.user_by_name("ann").await.unwrap_err();
         assert!(matches!(err, StoreError::Unavailable(_)), "unreachable: {err:?}");
+    }
+
+    /// A cluster whose nodes stop answering (SIGSTOP) holds neither a command nor a join
+    /// forever: both fail as the retryable `Unavailable`, in bounded time.
+    #[tokio::test]
+    async fn a_cluster_that_stops_answering_is_unavailable_not_a_hang() {
+        let mut cluster = crate::store::testredis::TestRedis::cluster(3);
+        let zero = std::time::Duration::ZERO;
+        let store = RedisStore::new(RedisConn::connect(&cluster.urls(), true, zero).await.unwrap());
+        store.create_user("ann", "h", 1).await.unwrap();
+        for i in 0..3 {
+            cluster.signal(i, "STOP");
+        }
+        let limit = std::time::Duration::from_secs(60);
+        let err = tokio::time::timeout(limit, store.user_by_name("ann"))
+            .await
+            .expect("a command on a stopped cluster ends")
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        let joined = tokio::time::timeout(limit, RedisConn::connect(&cluster.urls(), true, zero))
+            .await
+            .expect("joining a stopped cluster ends");
+        assert!(matches!(joined, Err(StoreError::Unavailable(_))), "{joined:?}");
+        for i in 0..3 {
+            cluster.signal(i, "CONT");
+        }
     }
 
     /// Two nodes committing to one conversation: the second, with a stale view, is refused
