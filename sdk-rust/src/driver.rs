@@ -227,12 +227,9 @@ impl Driver {
             .map(Duration::from_millis)
             .or(advertised(limits.keep_alive_ms))
             .unwrap_or(Duration::from_millis(natter_protocol::limits::KEEP_ALIVE_MS.into()));
-        let mut transport = quinn::TransportConfig::default();
-        transport.keep_alive_interval(Some(keep_alive.max(Duration::from_millis(100)).min(effective_idle / 2)));
-        transport.max_idle_timeout(idle.try_into().ok());
-        transport.max_concurrent_uni_streams(1024u32.into());
+        let keep_alive = keep_alive.max(Duration::from_millis(100)).min(effective_idle / 2);
         let mut quic = quinn::ClientConfig::new(self.crypto.clone());
-        quic.transport_config(Arc::new(transport));
+        quic.transport_config(Arc::new(transport_config(keep_alive, idle)));
         quic
     }
 
@@ -525,5 +522,40 @@ async fn upload_stream(
             let _ = s.reset(0u32.into());
             Err("stopped".into())
         }
+    }
+}
+
+/// A connection's QUIC transport: a PING after `keep_alive` of silence, the idle timeout,
+/// room for the server's delivery streams, and immediate acknowledgements from the server.
+fn transport_config(keep_alive: Duration, idle: Duration) -> quinn::TransportConfig {
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(keep_alive));
+    transport.max_idle_timeout(idle.try_into().ok());
+    transport.max_concurrent_uni_streams(1024u32.into());
+    // Ask the server to acknowledge each of our ack-eliciting packets at once (the ACK
+    // frequency extension, PROTOCOL.md §3.1): an idle connection's keep-alive PING is then
+    // received and acknowledged in one wake-up of the server's connection instead of two
+    // (its arrival, then the delayed ACK's timer 25 ms later). What a client sends is mostly
+    // requests answered at once anyway, whose answer carries the ACK.
+    let mut acks = quinn::AckFrequencyConfig::default();
+    acks.ack_eliciting_threshold(0u32.into());
+    transport.ack_frequency_config(Some(acks));
+    transport
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_server_is_asked_to_acknowledge_at_once() {
+        let t = format!(
+            "{:?}",
+            transport_config(Duration::from_secs(25), Duration::from_secs(60))
+        );
+        assert!(
+            t.contains("ack_frequency_config: Some(AckFrequencyConfig { ack_eliciting_threshold: 0"),
+            "{t}"
+        );
     }
 }
