@@ -190,7 +190,9 @@ impl ClientSession {
     }
 
     /// This device's own delivery ack was accepted: the user's delivered cursor is at
-    /// least `seq`, as the `ReceiptUpdate` the server sends the user's other devices says.
+    /// least `seq`, as the `ReceiptUpdate` the server sends the user's other devices says —
+    /// which it sends only when the cursor moved, so nothing happens here when another
+    /// device's ack already took it that far.
     pub(super) fn own_delivered(&mut self, conv: ConversationId, seq: Seq) {
         let Some(me) = self.identity.as_ref().map(|i| i.0) else {
             return;
@@ -200,10 +202,13 @@ impl ClientSession {
             .get(&conv)
             .and_then(|st| st.receipts.get(&me))
             .map_or((Seq(0), Seq(0)), |c| *c);
+        if delivered >= seq {
+            return;
+        }
         self.on_receipt(pb::ReceiptUpdate {
             conversation_id: conv.0,
             user_id: me.0,
-            delivered_seq: delivered.max(seq).0,
+            delivered_seq: seq.0,
             read_seq: read.0,
             unread_count: 0,
             last_seq: 0,

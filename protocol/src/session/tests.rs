@@ -1114,8 +1114,24 @@ fn a_delivery_acks_done_is_this_users_own_receipt_and_a_refusal_is_not() {
     let (id, _) = ack_id(&mut p);
     p.respond(id, Res::Done(pb::Done {}));
     assert_eq!(own_receipts(&mut p), vec![(3, 2)]);
-    // A refused ack moves nothing.
+    // Another device's ack took the cursor there first: its update is the one event, and
+    // the Done (the server did not move the cursor) adds none.
     p.stream(1, &[from_bob(4)]);
+    let (id, _) = ack_id(&mut p);
+    p.control(Kind::Signal(pb::Signal {
+        kind: Some(pb::signal::Kind::Receipt(pb::ReceiptUpdate {
+            conversation_id: 5,
+            user_id: 1,
+            delivered_seq: 4,
+            read_seq: 2,
+            unread_count: 0,
+            last_seq: 0,
+        })),
+    }));
+    p.respond(id, Res::Done(pb::Done {}));
+    assert_eq!(own_receipts(&mut p), vec![(4, 2)]);
+    // A refused ack moves nothing.
+    p.stream(1, &[from_bob(5)]);
     let (id, _) = ack_id(&mut p);
     p.respond(
         id,
