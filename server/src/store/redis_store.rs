@@ -43,6 +43,7 @@ use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::time::Duration;
 
 use super::*;
 
@@ -66,16 +67,16 @@ impl std::fmt::Debug for RedisConn {
 
 /// How long one command may wait for its answer beyond the longest `WAIT` it may carry, on
 /// a single server: the client library's own default.
-const SINGLE_RESPONSE: std::time::Duration = std::time::Duration::from_millis(500);
+const SINGLE_RESPONSE: Duration = Duration::from_millis(500);
 /// The same on a cluster: more, since each node fsyncs on its own and a slow one should not
 /// fail a healthy commit. The cluster client has no limit of its own, and a node that never
 /// answers must not hold a caller forever.
-const CLUSTER_RESPONSE: std::time::Duration = std::time::Duration::from_secs(5);
+const CLUSTER_RESPONSE: Duration = Duration::from_secs(5);
 /// Opening one TCP connection to a node.
-const CONNECT: std::time::Duration = std::time::Duration::from_secs(1);
+const CONNECT: Duration = Duration::from_secs(1);
 /// Joining a cluster (connections to the seed nodes and the slot map), per try. The cluster
 /// client can wait forever here (redis-rs issue 1953), so it is bounded and tried again.
-const CLUSTER_JOIN: std::time::Duration = std::time::Duration::from_secs(10);
+const CLUSTER_JOIN: Duration = Duration::from_secs(10);
 const CLUSTER_JOIN_TRIES: u32 = 3;
 
 impl RedisConn {
@@ -83,11 +84,7 @@ impl RedisConn {
     /// `longest_wait` is the longest `WAIT` a command may carry
     /// ([`Durability::timeout_ms`]); every command's answer is awaited that long and a
     /// margin more, never forever.
-    pub async fn connect(
-        urls: &[String],
-        cluster: bool,
-        longest_wait: std::time::Duration,
-    ) -> Result<Self, StoreError> {
+    pub async fn connect(urls: &[String], cluster: bool, longest_wait: Duration) -> Result<Self, StoreError> {
         if cluster {
             let client = redis::cluster::ClusterClient::builder(urls.to_vec())
                 .connection_timeout(CONNECT)
@@ -1578,13 +1575,10 @@ mod tests {
     /// The shared store suite on one redis-server, one test per behaviour.
     mod suite {
         use crate::store::{testredis::TestRedis, RedisConn, RedisStore};
+        use std::time::Duration;
         crate::store::suite::store_suite!({
             let redis = TestRedis::start();
-            let store = RedisStore::new(
-                RedisConn::connect(&[redis.url()], false, std::time::Duration::ZERO)
-                    .await
-                    .unwrap(),
-            );
+            let store = RedisStore::new(RedisConn::connect(&[redis.url()], false, Duration::ZERO).await.unwrap());
             (redis, store)
         });
     }
@@ -1592,13 +1586,10 @@ mod tests {
     /// The shared store suite on a 3-master Redis Cluster, one test per behaviour.
     mod cluster_suite {
         use crate::store::{testredis::TestRedis, RedisConn, RedisStore};
+        use std::time::Duration;
         crate::store::suite::store_suite!({
             let cluster = TestRedis::cluster(3);
-            let store = RedisStore::new(
-                RedisConn::connect(&cluster.urls(), true, std::time::Duration::ZERO)
-                    .await
-                    .unwrap(),
-            );
+            let store = RedisStore::new(RedisConn::connect(&cluster.urls(), true, Duration::ZERO).await.unwrap());
             (cluster, store)
         });
     }
@@ -1608,11 +1599,7 @@ mod tests {
     #[tokio::test]
     async fn a_read_only_or_unreachable_redis_is_unavailable_not_internal() {
         let redis = crate::store::testredis::TestRedis::start();
-        let store = RedisStore::new(
-            RedisConn::connect(&[redis.url()], false, std::time::Duration::ZERO)
-                .await
-                .unwrap(),
-        );
+        let store = RedisStore::new(RedisConn::connect(&[redis.url()], false, Duration::ZERO).await.unwrap());
         store.create_user("ann", "h", 1).await.unwrap();
         // Demote it: a replica of a primary that does not exist is read-only.
         let client = redis::Client::open(redis.url()).unwrap();
@@ -1643,13 +1630,13 @@ mod tests {
     #[tokio::test]
     async fn a_cluster_that_stops_answering_is_unavailable_not_a_hang() {
         let mut cluster = crate::store::testredis::TestRedis::cluster(3);
-        let zero = std::time::Duration::ZERO;
+        let zero = Duration::ZERO;
         let store = RedisStore::new(RedisConn::connect(&cluster.urls(), true, zero).await.unwrap());
         store.create_user("ann", "h", 1).await.unwrap();
         for i in 0..3 {
             cluster.signal(i, "STOP");
         }
-        let limit = std::time::Duration::from_secs(60);
+        let limit = Duration::from_secs(60);
         let err = tokio::time::timeout(limit, store.user_by_name("ann"))
             .await
             .expect("a command on a stopped cluster ends")
@@ -1669,11 +1656,7 @@ mod tests {
     #[tokio::test]
     async fn a_commit_on_a_stale_view_is_a_conflict_and_changes_nothing() {
         let redis = crate::store::testredis::TestRedis::start();
-        let store = RedisStore::new(
-            RedisConn::connect(&[redis.url()], false, std::time::Duration::ZERO)
-                .await
-                .unwrap(),
-        );
+        let store = RedisStore::new(RedisConn::connect(&[redis.url()], false, Duration::ZERO).await.unwrap());
         let conv = store.allocate_conversation_id().await.unwrap();
         let ev = |seq: u64, text: &str| Commit {
             event: pb::ConversationEvent {
