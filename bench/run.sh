@@ -4,14 +4,22 @@
 # report and a summary; the server is stopped afterwards.
 # Usage: bench/run.sh <scenario> [scenario options]   e.g. bench/run.sh fanout --users 2000
 #        PERF=1 bench/run.sh …   also samples the server with perf and prints the top of the profile
-#        HEAPTRACK=1 bench/run.sh …   runs the server under heaptrack (Debian's) and prints where
+#        HEAPTRACK=1 bench/run.sh …   runs the server (built on glibc's allocator, which heaptrack
+#                                     can hook) under heaptrack (Debian's) and prints where
 #                                     the memory it held at its peak was allocated (the report's
 #                                     CPU and RSS figures are then heaptrack's, not natter's)
+#        EXISTING_USERS=1 bench/run.sh connections --connections N …   registers the N users on a
+#                                     first server, restarts it on the same store, and holds
+#                                     connections of those users: the memory per connection
+#                                     then leaves out what registering them cost
 #        STORAGE=redis bench/run.sh …   the server on a fresh redis-server (appendfsync always,
 #                                       on CPU 0 with the server) instead of sled
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --locked -p natter-server -p natter-bench
+# heaptrack hooks malloc: the server then keeps glibc's allocator (mimalloc bypasses it).
+features=()
+[[ -n "${HEAPTRACK:-}" ]] && features=(--features natter-server/system-alloc)
+cargo build --release --locked -p natter-server -p natter-bench "${features[@]}"
 rm -rf target/bench-data
 ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 out=$(mktemp)
@@ -56,12 +64,34 @@ if [[ "${SEARCH:-on}" == off ]]; then
   { echo "search_enabled = false"; cat "$config"; } > target/bench-nosearch.toml
   config=target/bench-nosearch.toml
 fi
+# EXISTING_USERS=1: the users of a connections run are registered on a server of their
+# own first, which is then stopped; the measured server starts on that store.
+bench_args=("$@")
+if [[ -n "${EXISTING_USERS:-}" ]]; then
+  n=10000
+  for ((i = 1; i < $#; i++)); do [[ "${!i}" == --connections ]] && { j=$((i + 1)); n=${!j}; }; done
+  pre=$(mktemp)
+  taskset -c 0 target/release/natter-server --config "$config" --web-listen off --webtransport-listen off \
+    "${storage[@]}" > "$pre" &
+  setup=$!
+  trap 'kill "$setup" 2>/dev/null; wait "$setup" 2>/dev/null' EXIT
+  for _ in $(seq 100); do grep -q "certificate sha256" "$pre" && break; sleep 0.1; done
+  setup_fp=$(sed -n 's/^certificate sha256 //p' "$pre")
+  [[ -n "$setup_fp" ]] || { cat "$pre"; echo "the registering server did not start" >&2; exit 1; }
+  taskset -c 1 target/release/natter-bench --fingerprint "$setup_fp" \
+    --server-pid "$setup" register --users "$n" --prefix pre > /dev/null
+  kill "$setup"; wait "$setup" 2>/dev/null || true
+  trap - EXIT
+  rm -f "$pre"
+  bench_args+=(--existing pre)
+fi
 wrap=()
 [[ -n "${HEAPTRACK:-}" ]] && wrap=(heaptrack -o target/bench-heap)
 taskset -c 0 "${wrap[@]}" target/release/natter-server --config "$config" \
   "${web[@]}" --webtransport-listen off "${storage[@]}" > "$out" &
 server=$!
 stop() {
+  pkill -P "$server" 2>/dev/null || true # under heaptrack the server is the wrapper's child
   kill "$server" 2>/dev/null; wait "$server" 2>/dev/null
   if [[ -n "$redis" ]]; then
     echo "redis-server CPU: $(ps -o times= -p "$redis" | tr -d ' ') s"
@@ -81,7 +111,7 @@ if [[ -n "${PERF:-}" ]]; then
   perf record -e cpu-clock -F 999 -g -p "$server" -o target/bench-perf.data > /dev/null 2>&1 &
   perf_pid=$!
 fi
-taskset -c 1 target/release/natter-bench --fingerprint "$fp" --server-pid "$server" "$@" "${extra[@]}"
+taskset -c 1 target/release/natter-bench --fingerprint "$fp" --server-pid "$server" "${bench_args[@]}" "${extra[@]}"
 if [[ -n "${PERF:-}" ]]; then
   kill -INT "$perf_pid"; wait "$perf_pid" || true
   perf report -i target/bench-perf.data --stdio --no-children --percent-limit 1.5 2>/dev/null \

@@ -202,11 +202,25 @@ pub fn run_prefix() -> String {
     format!("b{:08x}", rand::random::<u32>())
 }
 
-/// Register and log in `name` on a client sharing `endpoint`.
+/// Whose users a scenario connects as.
+#[derive(Clone, Debug, Default)]
+pub enum Users {
+    /// New users, registered by the scenario under a run-unique prefix.
+    #[default]
+    New,
+    /// New users, registered under this prefix.
+    Register(String),
+    /// Users `<prefix>u0`, `<prefix>u1`, … that an earlier `register` run created: only
+    /// logged in, so the server's figures leave out what registering them cost.
+    Existing(String),
+}
+
+/// Register (unless `existing`) and log in `name` on a client sharing `endpoint`.
 pub async fn bench_user(
     t: &Target,
     endpoint: quinn::Endpoint,
     name: &str,
+    existing: bool,
     encryption: Option<natter_sdk::Encryption>,
 ) -> anyhow::Result<BenchUser> {
     let mut config = ClientConfig::pinned(t.addr, &t.fingerprint);
@@ -227,13 +241,15 @@ pub async fn bench_user(
     // Under heavy setup load a connection can drop before a response: retry (a register
     // whose response was lost reads USERNAME_TAKEN the second time, which is success).
     let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match client.register(name, PASSWORD).await {
-            Ok(_) => break,
-            Err(e) if e.code() == Some(pb::ErrorCode::UsernameTaken) && attempt > 1 => break,
-            Err(e) if attempt < 4 && e.code().is_none() => continue,
-            Err(e) => return Err(e).with_context(|| format!("register {name}")),
+    if !existing {
+        loop {
+            attempt += 1;
+            match client.register(name, PASSWORD).await {
+                Ok(_) => break,
+                Err(e) if e.code() == Some(pb::ErrorCode::UsernameTaken) && attempt > 1 => break,
+                Err(e) if attempt < 4 && e.code().is_none() => continue,
+                Err(e) => return Err(e).with_context(|| format!("register {name}")),
+            }
         }
     }
     let mut attempt = 0;
@@ -263,7 +279,7 @@ pub async fn bench_user(
 
 /// Create `n` users, `parallel` at a time, printing progress.
 pub async fn bench_users(t: &Target, n: usize, per_socket: usize, parallel: usize) -> anyhow::Result<Vec<BenchUser>> {
-    bench_users_with(t, n, per_socket, parallel, None).await
+    bench_users_with(t, n, per_socket, parallel, &Users::New, None).await
 }
 
 /// [`bench_users`], each an encrypting device with its state file in `keys` when given.
@@ -272,10 +288,15 @@ pub async fn bench_users_with(
     n: usize,
     per_socket: usize,
     parallel: usize,
+    who: &Users,
     keys: Option<&std::path::Path>,
 ) -> anyhow::Result<Vec<BenchUser>> {
     use futures::StreamExt;
-    let prefix = run_prefix();
+    let (prefix, existing) = match who {
+        Users::New => (run_prefix(), false),
+        Users::Register(prefix) => (prefix.clone(), false),
+        Users::Existing(prefix) => (prefix.clone(), true),
+    };
     let endpoints = Endpoints::new(n, per_socket)?;
     let started = Instant::now();
     let done = AtomicU64::new(0);
@@ -290,7 +311,7 @@ pub async fn bench_users_with(
             });
             let done = &done;
             async move {
-                let u = bench_user(&t, ep, &name, encryption).await;
+                let u = bench_user(&t, ep, &name, existing, encryption).await;
                 let d = done.fetch_add(1, Ordering::Relaxed) + 1;
                 if d % 1000 == 0 {
                     eprintln!(
@@ -501,7 +522,15 @@ pub struct DmOpts {
 /// 1:1 pairs: both sides send at a rate; each side records the other's delivery latency.
 pub async fn dm(t: &Target, o: &DmOpts) -> anyhow::Result<Report> {
     let keys = tempfile::tempdir()?;
-    let users = bench_users_with(t, o.pairs * 2, 1000, 64, o.encrypted.then_some(keys.path())).await?;
+    let users = bench_users_with(
+        t,
+        o.pairs * 2,
+        1000,
+        64,
+        &Users::New,
+        o.encrypted.then_some(keys.path()),
+    )
+    .await?;
     let receipts = Arc::new(Receipts::default());
     let mut convs = Vec::new();
     let mut clients = Vec::new();
@@ -598,6 +627,30 @@ pub struct ConnectionsOpts {
     pub probes: usize,
     /// Seconds of quiet, once all are held, over which the server's idle CPU is measured.
     pub idle_secs: f64,
+    /// Log in as the users `<prefix>u<i>` an earlier `register` run made, rather than
+    /// registering new ones: the memory per connection then leaves the users' records out.
+    pub existing: Option<String>,
+}
+
+/// Register `n` users `<prefix>u0`, `<prefix>u1`, … (each logged in once, then
+/// disconnected) for a later run on the same store: `connections --existing <prefix>`.
+pub async fn register(t: &Target, n: usize, parallel: usize, prefix: &str) -> anyhow::Result<Report> {
+    let before = ProcStats::read(t.server_pid);
+    let started = Instant::now();
+    let users = bench_users_with(t, n, 1000, parallel, &Users::Register(prefix.to_string()), None).await?;
+    let secs = started.elapsed().as_secs_f64();
+    drop(users);
+    let after = ProcStats::read(t.server_pid);
+    Ok(Report {
+        scenario: "register".into(),
+        params: serde_json::json!({ "users": n, "parallel": parallel, "prefix": prefix }),
+        duration_secs: secs,
+        server_cpu_secs: after.cpu_secs - before.cpu_secs,
+        server_cpu_share: (after.cpu_secs - before.cpu_secs) / secs.max(1e-9),
+        server_rss_bytes: after.rss_bytes,
+        extra: serde_json::json!({ "registrations_and_logins_per_sec": n as f64 / secs.max(1e-9) }),
+        ..Report::default()
+    })
 }
 
 /// Open and hold `connections` authenticated connections; report handshakes/s and server
@@ -605,7 +658,11 @@ pub struct ConnectionsOpts {
 pub async fn connections(t: &Target, o: &ConnectionsOpts) -> anyhow::Result<Report> {
     let before = ProcStats::read(t.server_pid);
     let started = Instant::now();
-    let users = bench_users(t, o.connections.max(2), o.per_socket, o.parallel).await?;
+    let who = match &o.existing {
+        Some(prefix) => Users::Existing(prefix.clone()),
+        None => Users::New,
+    };
+    let users = bench_users_with(t, o.connections.max(2), o.per_socket, o.parallel, &who, None).await?;
     let open_secs = started.elapsed().as_secs_f64();
     // Let the server settle (presence publishing, allocator) before reading memory.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -683,6 +740,7 @@ pub async fn connections(t: &Target, o: &ConnectionsOpts) -> anyhow::Result<Repo
             "server_rss_before_bytes": before.rss_bytes,
             "server_rss_held_bytes": held.rss_bytes,
             "server_bytes_per_connection": per_conn,
+            "users_registered_before_start": o.existing.is_some(),
             "server_idle_cpu_share": idle_share,
             "handshakes_per_sec": handshakes_per_sec,
         }),

@@ -76,6 +76,20 @@ enum Scenario {
         /// Seconds of quiet over which the server's idle CPU is measured.
         #[arg(long, default_value_t = 10.0)]
         idle_secs: f64,
+        /// Log in as the users a `register --prefix P` run made (`bench/run.sh` does this
+        /// with a server restart between, for `connections … --existing`), instead of
+        /// registering new ones.
+        #[arg(long)]
+        existing: Option<String>,
+    },
+    /// Register users `<prefix>u0`, `<prefix>u1`, … for a later `connections --existing`.
+    Register {
+        #[arg(long)]
+        users: usize,
+        #[arg(long)]
+        prefix: String,
+        #[arg(long, default_value_t = 256)]
+        parallel: usize,
     },
     /// Connections set up per second with authentication (QUIC + TLS handshake, Hello,
     /// Authenticate with a token), full or resumed TLS.
@@ -296,6 +310,7 @@ fn main() -> anyhow::Result<()> {
                 parallel,
                 probes,
                 idle_secs,
+                existing,
             } => {
                 let o = ConnectionsOpts {
                     connections,
@@ -303,9 +318,15 @@ fn main() -> anyhow::Result<()> {
                     parallel,
                     probes,
                     idle_secs,
+                    existing,
                 };
                 natter_bench::connections(&target, &o).await
             }
+            Scenario::Register {
+                users,
+                prefix,
+                parallel,
+            } => natter_bench::register(&target, users, parallel, &prefix).await,
             Scenario::Handshakes {
                 parallel,
                 secs,

@@ -80,10 +80,24 @@ async fn every_scenario_runs_small_with_nothing_lost_or_doubled() {
         parallel: 16,
         probes: 5,
         idle_secs: 0.2,
+        existing: None,
     };
     let r = natter_bench::connections(&t, &c).await.unwrap();
     check(&r);
     assert_eq!(r.extra["connections_held"], 50);
+    // Users made by a `register` run, then only logged in (EXISTING_USERS=1 bench/run.sh;
+    // there the server restarts in between). Registering them again would be refused.
+    let r = natter_bench::register(&t, 20, 8, "pre").await.unwrap();
+    assert_eq!(r.scenario, "register");
+    let c = ConnectionsOpts {
+        connections: 20,
+        existing: Some("pre".into()),
+        ..c
+    };
+    let r = natter_bench::connections(&t, &c).await.unwrap();
+    check(&r);
+    assert_eq!(r.extra["connections_held"], 20);
+    assert_eq!(r.extra["users_registered_before_start"], true);
     let h = HistoryOpts {
         messages: 300,
         pages: 20,

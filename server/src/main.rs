@@ -15,6 +15,8 @@ mod admin;
 /// above all) took about a tenth of the server's CPU in a fan-out; mimalloc cut the CPU
 /// per delivery by ~18 % for ~6 % more memory per idle connection (transparent huge pages
 /// off, or it would be far more). Measured in bench/RESULTS.md, "Fourth pass".
+/// (The `system-alloc` feature keeps glibc's, for heaptrack; bench/run.sh.)
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
