@@ -203,10 +203,9 @@ pub fn run_prefix() -> String {
 }
 
 /// Whose users a scenario connects as.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub enum Users {
     /// New users, registered by the scenario under a run-unique prefix.
-    #[default]
     New,
     /// New users, registered under this prefix.
     Register(String),

@@ -1010,6 +1010,21 @@ fn a_long_client_name_is_cut_to_128_bytes_at_a_character_boundary() {
     assert_eq!(hello.client, "é".repeat(64), "128 bytes, whole characters");
 }
 
+/// This user's (user 1's) cursors in conversation 5 as another of its devices moved them:
+/// the server's `ReceiptUpdate` with an unread count of 0 as of `last_seq`.
+fn own_update(p: &mut Peer, delivered_seq: u64, read_seq: u64, last_seq: u64) {
+    p.control(Kind::Signal(pb::Signal {
+        kind: Some(pb::signal::Kind::Receipt(pb::ReceiptUpdate {
+            conversation_id: 5,
+            user_id: 1,
+            delivered_seq,
+            read_seq,
+            unread_count: 0,
+            last_seq,
+        })),
+    }))
+}
+
 #[test]
 fn the_unread_count_follows_others_messages_the_read_cursor_and_ones_own_sends() {
     let mut p = Peer::new(Some("tok"));
@@ -1027,18 +1042,7 @@ fn the_unread_count_follows_others_messages_the_read_cursor_and_ones_own_sends()
     p.stream(1, &others(1..=10));
     assert_eq!(unread(&p), Some(10));
     // This user read up to 4 elsewhere; the server's count (0) is as of seq 4.
-    let read_elsewhere = |p: &mut Peer, read_seq: u64, last_seq: u64| {
-        p.control(Kind::Signal(pb::Signal {
-            kind: Some(pb::signal::Kind::Receipt(pb::ReceiptUpdate {
-                conversation_id: 5,
-                user_id: 1,
-                delivered_seq: read_seq,
-                read_seq,
-                unread_count: 0,
-                last_seq,
-            })),
-        }))
-    };
+    let read_elsewhere = |p: &mut Peer, read_seq: u64, last_seq: u64| own_update(p, read_seq, read_seq, last_seq);
     read_elsewhere(&mut p, 4, 4);
     assert_eq!(unread(&p), Some(6));
     // A read cursor past the count's seq: what it passed is read all the same.
@@ -1099,16 +1103,7 @@ fn a_delivery_acks_done_is_this_users_own_receipt_and_a_refusal_is_not() {
     p.respond(id, Res::Done(pb::Done {}));
     assert_eq!(own_receipts(&mut p), vec![(2, 0)]);
     // Read elsewhere up to 2: the read cursor is kept when a later ack moves delivery.
-    p.control(Kind::Signal(pb::Signal {
-        kind: Some(pb::signal::Kind::Receipt(pb::ReceiptUpdate {
-            conversation_id: 5,
-            user_id: 1,
-            delivered_seq: 2,
-            read_seq: 2,
-            unread_count: 0,
-            last_seq: 2,
-        })),
-    }));
+    own_update(&mut p, 2, 2, 2);
     assert_eq!(own_receipts(&mut p), vec![(2, 2)]);
     p.stream(1, &[from_bob(3)]);
     let (id, _) = ack_id(&mut p);
@@ -1118,16 +1113,7 @@ fn a_delivery_acks_done_is_this_users_own_receipt_and_a_refusal_is_not() {
     // the Done (the server did not move the cursor) adds none.
     p.stream(1, &[from_bob(4)]);
     let (id, _) = ack_id(&mut p);
-    p.control(Kind::Signal(pb::Signal {
-        kind: Some(pb::signal::Kind::Receipt(pb::ReceiptUpdate {
-            conversation_id: 5,
-            user_id: 1,
-            delivered_seq: 4,
-            read_seq: 2,
-            unread_count: 0,
-            last_seq: 0,
-        })),
-    }));
+    own_update(&mut p, 4, 2, 0);
     p.respond(id, Res::Done(pb::Done {}));
     assert_eq!(own_receipts(&mut p), vec![(4, 2)]);
     // A refused ack moves nothing.
